@@ -1,0 +1,3 @@
+fn main() {
+    println!("aegis-agent: not yet implemented");
+}

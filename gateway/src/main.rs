@@ -1,0 +1,3 @@
+fn main() {
+    println!("aegis-gateway: not yet implemented");
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("aegis-kit: not yet implemented");
+}

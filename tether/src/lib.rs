@@ -1,0 +1,30 @@
+//! # tether
+//!
+//! The Aegis tether protocol, shared by `aegis-agent`, `aegis-gateway` and `aegis-kit`
+//! (see PROTOCOL.md in the project's shared docs):
+//!
+//! - [`frame`]: the frame model, typed payloads, validation;
+//! - [`rpc`] and [`lines`]: JSON-RPC 2.0 over newline-delimited JSON, with a size limit;
+//! - [`transport`] and [`hybrid`]: unix socket, TCP and AF_VSOCK streams, and the host
+//!   side of Firecracker-style hybrid vsock;
+//! - [`store`]: the per-instance egress history with sequence cursors;
+//! - [`client`]: the aegisd HTTP API over its unix socket.
+//!
+//! The library starts no threads of its own.
+
+pub mod client;
+pub mod frame;
+pub mod hybrid;
+pub mod lines;
+pub mod paths;
+pub mod rpc;
+pub mod store;
+pub mod time;
+pub mod transport;
+pub mod unix_http;
+
+pub use client::{AegisClient, ClientError};
+pub use frame::{Direction, Frame, FrameError, Session};
+pub use rpc::Message;
+pub use store::EgressStore;
+pub use transport::{Addr, Listener, Stream};
