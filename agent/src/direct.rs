@@ -1,0 +1,130 @@
+//! [ours] Direct tether: without a harness, the agent dials the control channel itself
+//! (unix socket, TCP or vsock from `AEGIS_TETHER`) and exchanges `tether.frame`
+//! notifications (PROTOCOL.md §3).
+//!
+//! The connection thread owns the writing side: it writes egress frames and answers to
+//! host requests, and reconnects with backoff when the host goes away. A reader thread
+//! per connection turns lines into ingress frames and requests. A frame whose write
+//! failed is written again on the next connection, so none is lost to a host restart.
+
+use std::io::{BufReader, Write};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{select, unbounded, Receiver, Sender};
+use tether::lines::LineReader;
+use tether::rpc::Message;
+use tether::{Addr, Frame, Stream};
+
+/// What the reader thread reports.
+enum Inbound {
+    /// A JSON-RPC request needing a response.
+    Request(Message),
+    /// The connection ended.
+    Closed,
+}
+
+/// Keep a connection to `addr` up until `egress` closes.
+pub fn run(addr: &Addr, egress: Receiver<Frame>, ingress: Sender<Frame>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut unsent: Option<Vec<u8>> = None;
+    loop {
+        let stream = match Stream::connect(addr, Duration::from_secs(5)) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("cannot reach tether host at {addr}: {e}; retrying in {backoff:?}");
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        log::info!("tether connected to {addr}");
+        let (inbound_tx, inbound_rx) = unbounded();
+        let reader = match stream.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                log::error!("cannot clone tether socket: {e}");
+                continue;
+            }
+        };
+        let ingress2 = ingress.clone();
+        thread::Builder::new()
+            .name("tether-reader".into())
+            .spawn(move || read_loop(reader, ingress2, inbound_tx))
+            .expect("spawn tether reader");
+        match write_loop(stream, &egress, &inbound_rx, &mut unsent) {
+            Ok(()) => return,
+            Err(e) => log::warn!("tether connection lost: {e}; reconnecting"),
+        }
+    }
+}
+
+fn write_loop(
+    mut stream: Stream,
+    egress: &Receiver<Frame>,
+    inbound: &Receiver<Inbound>,
+    unsent: &mut Option<Vec<u8>>,
+) -> std::io::Result<()> {
+    if let Some(line) = unsent.as_ref() {
+        stream.write_all(line)?;
+        *unsent = None;
+    }
+    loop {
+        let line = select! {
+            recv(egress) -> f => match f {
+                Ok(frame) => Message::tether_frame(&frame).encode(),
+                Err(_) => {
+                    let _ = stream.shutdown();
+                    return Ok(());
+                }
+            },
+            recv(inbound) -> m => match m {
+                Ok(Inbound::Request(Message::Request { id, method, .. })) => match method.as_str() {
+                    "health" => Message::result(id, &serde_json::json!({"status": "ok"})).encode(),
+                    other => Message::error(id, -32601, format!("method {other} not supported by aegis-agent")).encode(),
+                },
+                Ok(_) | Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "host closed the connection")),
+            },
+        };
+        if let Err(e) = stream.write_all(&line) {
+            *unsent = Some(line);
+            let _ = stream.shutdown();
+            return Err(e);
+        }
+    }
+}
+
+fn read_loop(stream: Stream, ingress: Sender<Frame>, inbound: Sender<Inbound>) {
+    let mut lines = LineReader::new(BufReader::new(stream));
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) if e.is_recoverable() => {
+                log::warn!("tether: {e}");
+                continue;
+            }
+            Err(e) => {
+                log::debug!("tether read ended: {e}");
+                break;
+            }
+        };
+        match Message::decode(line) {
+            Ok(m) => match m.as_tether_frame() {
+                Some(Ok(frame)) => {
+                    if ingress.send(frame).is_err() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => log::warn!("tether: invalid frame: {e}"),
+                None if matches!(m, Message::Request { .. }) => {
+                    let _ = inbound.send(Inbound::Request(m));
+                }
+                None => log::debug!("tether: ignoring message {m:?}"),
+            },
+            Err(e) => log::warn!("tether: {e}"),
+        }
+    }
+    let _ = inbound.send(Inbound::Closed);
+}

@@ -1,0 +1,310 @@
+//! Conversation history on disk (PROTOCOL.md §6): one JSONL file per session under
+//! `$AEGIS_WORKSPACE/sessions`, one turn per line.
+//!
+//! Duties:
+//! 1. map a session (channel, id chosen by the outside world) to a file name that can
+//!    neither escape the folder nor collide with another session's;
+//! 2. load a history, skipping torn or corrupt lines with a warning;
+//! 3. append a turn as one whole line, so a crash never leaves half a turn behind;
+//! 4. pick the context window: the newest turns within a turn and character budget.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tether::Session;
+
+/// Longest part of a file name taken verbatim from a channel or id.
+const MAX_NAME_PART: usize = 64;
+
+/// Who spoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The person (or people) in the chat.
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One line of a session file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Speaker.
+    pub role: Role,
+    /// What was said; user turns carry the `[name]: ` prefix.
+    pub content: String,
+    /// When, RFC 3339.
+    #[serde(default)]
+    pub ts: String,
+    /// [ours] The reply was cut short by `control.cancel`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
+}
+
+impl Turn {
+    /// A turn stamped now.
+    pub fn new(role: Role, content: String) -> Turn {
+        Turn {
+            role,
+            content,
+            ts: tether::time::now_rfc3339(),
+            cancelled: false,
+        }
+    }
+}
+
+/// Context budget: the newest turns within both limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// At most this many turns.
+    pub turns: usize,
+    /// At most this many characters of turn content.
+    pub chars: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget {
+            turns: 50,
+            chars: 24_000,
+        }
+    }
+}
+
+/// The file name (without folder) for a session: `{channel}_{id}.jsonl` when both are
+/// plain (`[A-Za-z0-9.-]`, at most 64 bytes), as upstream names them. Anything else is
+/// replaced by `-` and followed by `~` and a hash of the original, so distinct sessions
+/// never share a file and no name contains `/`, `_` from outside, or NUL.
+pub fn file_name(session: &Session) -> String {
+    format!("{}_{}.jsonl", clean(&session.channel), clean(&session.id))
+}
+
+fn clean(part: &str) -> String {
+    let plain = !part.is_empty()
+        && part.len() <= MAX_NAME_PART
+        && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !part.starts_with('.');
+    if plain {
+        return part.to_string();
+    }
+    let mut out: String = part
+        .chars()
+        .take(MAX_NAME_PART)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect();
+    out.push_str(&format!("~{:016x}", fnv1a(part.as_bytes())));
+    out
+}
+
+/// FNV-1a, 64 bit: stable across builds and platforms, which file names must be.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The sessions folder and its files.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    /// `$AEGIS_WORKSPACE/sessions`.
+    dir: PathBuf,
+}
+
+impl SessionStore {
+    /// A store rooted at `workspace/sessions` (created on first write).
+    pub fn new(workspace: &Path) -> SessionStore {
+        SessionStore {
+            dir: workspace.join("sessions"),
+        }
+    }
+
+    /// The file for `session`.
+    pub fn path(&self, session: &Session) -> PathBuf {
+        self.dir.join(file_name(session))
+    }
+
+    /// Every readable turn of `session`, oldest first; a missing file is an empty history.
+    pub fn load(&self, session: &Session) -> io::Result<Vec<Turn>> {
+        let path = self.path(session);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut turns = Vec::new();
+        for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
+            let line = line?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Turn>(&line) {
+                Ok(t) => turns.push(t),
+                Err(e) => log::warn!("{}: skipping corrupt line {}: {e}", path.display(), n + 1),
+            }
+        }
+        Ok(turns)
+    }
+
+    /// Append `turn` as one line. If an earlier crash left a torn last line, a newline is
+    /// written first so the torn part stays a separate (skipped) line.
+    pub fn append(&self, session: &Session, turn: &Turn) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.path(session);
+        let mut f = OpenOptions::new().create(true).append(true).read(true).open(&path)?;
+        let mut line = Vec::with_capacity(turn.content.len() + 64);
+        if !ends_with_newline(&mut f)? {
+            line.push(b'\n');
+        }
+        serde_json::to_writer(&mut line, turn).map_err(io::Error::other)?;
+        line.push(b'\n');
+        // One write of the whole line: O_APPEND places it atomically at the end.
+        f.write_all(&line)?;
+        f.sync_data()
+    }
+}
+
+fn ends_with_newline(f: &mut File) -> io::Result<bool> {
+    let len = f.metadata()?.len();
+    if len == 0 {
+        return Ok(true);
+    }
+    f.seek(SeekFrom::Start(len - 1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(b[0] == b'\n')
+}
+
+/// The newest turns of `history` that fit `budget`, oldest first, never starting with an
+/// assistant turn whose question was cut off.
+pub fn context(history: &[Turn], budget: Budget) -> &[Turn] {
+    let mut start = history.len();
+    let mut chars = 0;
+    while start > 0 && history.len() - start < budget.turns {
+        let len = history[start - 1].content.chars().count();
+        if chars + len > budget.chars {
+            break;
+        }
+        chars += len;
+        start -= 1;
+    }
+    while start < history.len() && history[start].role != Role::User {
+        start += 1;
+    }
+    &history[start..]
+}
+
+/// The user turn text the model sees: `[name]: text` when the sender is known.
+pub fn user_content(text: &str, user: Option<&tether::frame::User>) -> String {
+    match user.and_then(|u| u.display()) {
+        Some(name) => format!("[{name}]: {text}"),
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashSet;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("agent-session-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn s(c: &str, i: &str) -> Session {
+        Session::new(c, i)
+    }
+
+    #[test]
+    fn plain_names_match_upstream() {
+        assert_eq!(file_name(&s("telegram", "123456")), "telegram_123456.jsonl");
+        assert_eq!(file_name(&s("telegram", "-100123")), "telegram_-100123.jsonl");
+    }
+
+    #[test]
+    fn hostile_names_stay_inside_and_distinct() {
+        let hostile = [
+            s("..", ".."),
+            s("../../etc", "passwd"),
+            s("telegram", "/"),
+            s("telegram", "a\0b"),
+            s("telegram", &"x".repeat(10_000)),
+            s("a_b", "c"),
+            s("a", "b_c"),
+            s("telegram", "1/2"),
+            s("telegram", "1-2"),
+            s("télé", "gram"),
+        ];
+        let mut seen = HashSet::new();
+        for h in &hostile {
+            let name = file_name(h);
+            assert!(!name.contains('/') && !name.contains('\0'), "{name}");
+            assert!(!name.starts_with('.'), "{name}");
+            assert!(name.len() < 200, "{}", name.len());
+            assert!(seen.insert(name.clone()), "collision: {name}");
+        }
+    }
+
+    #[test]
+    fn append_then_load_survives_a_torn_line() {
+        let dir = tmp("torn");
+        let store = SessionStore::new(&dir);
+        let sess = s("test", "1");
+        store.append(&sess, &Turn::new(Role::User, "hi".into())).unwrap();
+        // A crash mid-write leaves half a line without newline.
+        let mut f = OpenOptions::new().append(true).open(store.path(&sess)).unwrap();
+        f.write_all(b"{\"role\":\"assis").unwrap();
+        store.append(&sess, &Turn::new(Role::User, "again".into())).unwrap();
+        fs::write(dir.join("sessions/other_x.jsonl"), b"garbage\n").unwrap();
+        let turns = store.load(&sess).unwrap();
+        assert_eq!(turns.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(), vec!["hi", "again"]);
+        assert!(store.load(&s("other", "x")).unwrap().is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    fn turns(spec: &[(Role, usize)]) -> Vec<Turn> {
+        spec.iter().map(|&(r, n)| Turn::new(r, "x".repeat(n))).collect()
+    }
+
+    #[test]
+    fn context_respects_both_budgets_and_starts_with_a_user_turn() {
+        use Role::*;
+        let h = turns(&[(User, 10), (Assistant, 10), (User, 10), (Assistant, 10)]);
+        assert_eq!(context(&h, Budget { turns: 50, chars: 1000 }).len(), 4);
+        // 3 turns fit, but the oldest of them is an orphan assistant turn.
+        assert_eq!(context(&h, Budget { turns: 3, chars: 1000 }).len(), 2);
+        assert_eq!(context(&h, Budget { turns: 50, chars: 25 }).len(), 2);
+        assert_eq!(context(&h, Budget { turns: 50, chars: 5 }).len(), 0);
+    }
+
+    #[test]
+    fn user_prefix_uses_name_then_username() {
+        use tether::frame::User;
+        let u = User { id: None, username: Some("johndoe".into()), name: Some("John".into()) };
+        assert_eq!(user_content("hi", Some(&u)), "[John]: hi");
+        let u = User { id: None, username: Some("johndoe".into()), name: None };
+        assert_eq!(user_content("hi", Some(&u)), "[johndoe]: hi");
+        assert_eq!(user_content("hi", None), "hi");
+    }
+
+    proptest! {
+        #[test]
+        fn sanitised_names_are_safe_and_injective(a in ".{0,80}", b in ".{0,80}", c in ".{0,80}", d in ".{0,80}") {
+            let (x, y) = (file_name(&s(&a, &b)), file_name(&s(&c, &d)));
+            for n in [&x, &y] {
+                prop_assert!(!n.contains('/') && !n.contains('\0') && !n.starts_with('.'));
+                prop_assert!(n.len() <= 2 * (MAX_NAME_PART + 17) + 7);
+            }
+            if (a.clone(), b.clone()) != (c.clone(), d.clone()) {
+                prop_assert_ne!(x, y);
+            }
+        }
+    }
+}
