@@ -111,7 +111,7 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
     let mut harness = env("AEGIS_HARNESS_URL").unwrap_or_else(|| "http://127.0.0.1:7777".into());
     let mut tether = env("AEGIS_TETHER");
     let mut workspace = env("AEGIS_WORKSPACE").unwrap_or_else(|| "/workspace".into());
-    let mut parser = lexopt::Parser::from_iter(args);
+    let mut parser = lexopt::Parser::from_args(args);
     let bad = |e: lexopt::Error| ConfigError(format!("{e} (see --help)"));
     while let Some(arg) = parser.next().map_err(bad)? {
         match arg {
@@ -121,7 +121,10 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
             Long("workspace") => workspace = parser.value().map_err(bad)?.string().map_err(bad)?,
             Short('h') | Long("help") => return Ok(Action::Print(HELP.to_string())),
             Short('V') | Long("version") => {
-                return Ok(Action::Print(format!("aegis-agent {}", env!("CARGO_PKG_VERSION"))))
+                return Ok(Action::Print(format!(
+                    "aegis-agent {}",
+                    env!("CARGO_PKG_VERSION")
+                )))
             }
             other => return Err(bad(other.unexpected())),
         }

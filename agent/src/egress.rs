@@ -32,14 +32,21 @@ pub fn run(rx: Receiver<Frame>, harness: &str) {
                 Ok(r) if r.status().is_success() => break,
                 Ok(r) if r.status().is_client_error() => {
                     // The harness refused this frame; retrying cannot help.
-                    log::error!("harness refused {} frame: HTTP {}", frame.kind, r.status().as_u16());
+                    log::error!(
+                        "harness refused {} frame: HTTP {}",
+                        frame.kind,
+                        r.status().as_u16()
+                    );
                     break;
                 }
                 Ok(r) => format!("HTTP {}", r.status().as_u16()),
                 Err(e) => e.to_string(),
             };
             if started.elapsed() > GIVE_UP {
-                log::error!("dropping {} frame: harness unreachable for {GIVE_UP:?} ({err})", frame.kind);
+                log::error!(
+                    "dropping {} frame: harness unreachable for {GIVE_UP:?} ({err})",
+                    frame.kind
+                );
                 break;
             }
             log::warn!("harness send failed ({err}); retrying in {backoff:?}");

@@ -12,7 +12,9 @@ const MAX_BODY: u64 = 1 << 20;
 
 fn json(status: u16, body: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
     let header = tiny_http::Header::from_bytes("Content-Type", "application/json").expect("static header");
-    tiny_http::Response::from_string(body).with_status_code(status).with_header(header)
+    tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(header)
 }
 
 fn error(status: u16, message: &str) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {

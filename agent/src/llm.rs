@@ -150,13 +150,20 @@ impl LlmError {
             ErrorKind::RateLimited => {
                 "⚠️ The LLM provider is rate-limiting requests. Please try again in a moment.".into()
             }
-            ErrorKind::Overloaded => "⚠️ The LLM provider is overloaded. Please try again in a moment.".into(),
+            ErrorKind::Overloaded => {
+                "⚠️ The LLM provider is overloaded. Please try again in a moment.".into()
+            }
             ErrorKind::Connect | ErrorKind::Server => {
-                format!("⚠️ The LLM provider is unavailable ({}). Please try again later.", self.detail)
+                format!(
+                    "⚠️ The LLM provider is unavailable ({}). Please try again later.",
+                    self.detail
+                )
             }
             ErrorKind::Request => format!("⚠️ The LLM provider refused the request ({}).", self.detail),
             ErrorKind::Timeout => "⚠️ The LLM provider stopped responding. Please try again.".into(),
-            ErrorKind::Cut | ErrorKind::Malformed => format!("⚠️ The reply was interrupted ({}).", self.detail),
+            ErrorKind::Cut | ErrorKind::Malformed => {
+                format!("⚠️ The reply was interrupted ({}).", self.detail)
+            }
         }
     }
 }
@@ -223,7 +230,10 @@ impl Llm {
             .spawn(move || me.run(&body, &tx, &cancel_rx));
         if let Err(e) = spawned {
             let (tx, rx2) = unbounded();
-            let _ = tx.send(Chunk::End(Err(LlmError::new(ErrorKind::Connect, format!("no thread: {e}")))));
+            let _ = tx.send(Chunk::End(Err(LlmError::new(
+                ErrorKind::Connect,
+                format!("no thread: {e}"),
+            ))));
             return Stream {
                 chunks: rx2,
                 _cancel: cancel_tx,
@@ -240,7 +250,11 @@ impl Llm {
         match p.kind {
             ProviderKind::OpenAi => {
                 let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
-                messages.extend(turns.iter().map(|t| serde_json::json!({"role": t.role, "content": t.content})));
+                messages.extend(
+                    turns
+                        .iter()
+                        .map(|t| serde_json::json!({"role": t.role, "content": t.content})),
+                );
                 let mut body = serde_json::json!({"model": p.model, "messages": messages, "stream": true});
                 if let Some(m) = p.max_tokens {
                     body["max_tokens"] = m.into();
@@ -254,7 +268,8 @@ impl Llm {
                 for t in turns {
                     match messages.last_mut() {
                         Some(last) if last["role"] == serde_json::json!(t.role) => {
-                            let merged = format!("{}\n\n{}", last["content"].as_str().unwrap_or(""), t.content);
+                            let merged =
+                                format!("{}\n\n{}", last["content"].as_str().unwrap_or(""), t.content);
                             last["content"] = merged.into();
                         }
                         _ => messages.push(serde_json::json!({"role": t.role, "content": t.content})),
@@ -304,7 +319,12 @@ impl Llm {
         }
     }
 
-    fn attempt(&self, body: &serde_json::Value, tx: &Sender<Chunk>, sent_any: &mut bool) -> Result<(), LlmError> {
+    fn attempt(
+        &self,
+        body: &serde_json::Value,
+        tx: &Sender<Chunk>,
+        sent_any: &mut bool,
+    ) -> Result<(), LlmError> {
         let p = &self.provider;
         let mut req = match p.kind {
             ProviderKind::OpenAi => self.agent.post(format!("{}/chat/completions", p.base_url)),
@@ -376,7 +396,10 @@ impl Llm {
             }
         }
         let _ = parser.finish();
-        Err(LlmError::new(ErrorKind::Cut, "the stream ended before the reply was complete"))
+        Err(LlmError::new(
+            ErrorKind::Cut,
+            "the stream ended before the reply was complete",
+        ))
     }
 
     fn step(&self, ev: &sse::Event) -> Result<Step, LlmError> {
@@ -398,7 +421,10 @@ fn openai_step(ev: &sse::Event) -> Result<Step, LlmError> {
     }
     let v: serde_json::Value = serde_json::from_str(data).map_err(|e| malformed("chunk", e))?;
     if let Some(err) = v.get("error") {
-        let msg = err.get("message").and_then(|m| m.as_str()).unwrap_or("error event");
+        let msg = err
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("error event");
         return Err(LlmError::new(ErrorKind::Server, msg.to_string()));
     }
     let choice = &v["choices"][0];
@@ -419,7 +445,10 @@ fn anthropic_step(ev: &sse::Event) -> Result<Step, LlmError> {
         "message_stop" => Ok(Step::Done),
         "error" => {
             let etype = v["error"]["type"].as_str().unwrap_or("");
-            let msg = v["error"]["message"].as_str().unwrap_or("error event").to_string();
+            let msg = v["error"]["message"]
+                .as_str()
+                .unwrap_or("error event")
+                .to_string();
             let kind = match etype {
                 "overloaded_error" => ErrorKind::Overloaded,
                 "rate_limit_error" => ErrorKind::RateLimited,
@@ -482,18 +511,37 @@ mod tests {
 
     #[test]
     fn openai_chunks_map_to_steps() {
-        assert!(matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#)), Ok(Step::Text(t)) if t == "Hi"));
-        assert!(matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"role":"assistant"}}]}"#)), Ok(Step::Nothing)));
+        assert!(
+            matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#)), Ok(Step::Text(t)) if t == "Hi")
+        );
+        assert!(matches!(
+            openai_step(&ev(None, r#"{"choices":[{"delta":{"role":"assistant"}}]}"#)),
+            Ok(Step::Nothing)
+        ));
         assert!(matches!(openai_step(&ev(None, "[DONE]")), Ok(Step::Done)));
-        assert!(matches!(openai_step(&ev(None, "{bad")), Err(LlmError { kind: ErrorKind::Malformed, .. })));
+        assert!(matches!(
+            openai_step(&ev(None, "{bad")),
+            Err(LlmError {
+                kind: ErrorKind::Malformed,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn anthropic_events_map_to_steps() {
         let d = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#;
-        assert!(matches!(anthropic_step(&ev(Some("content_block_delta"), d)), Ok(Step::Text(t)) if t == "Hello"));
-        assert!(matches!(anthropic_step(&ev(Some("ping"), r#"{"type": "ping"}"#)), Ok(Step::Nothing)));
-        assert!(matches!(anthropic_step(&ev(Some("message_stop"), r#"{"type":"message_stop"}"#)), Ok(Step::Done)));
+        assert!(
+            matches!(anthropic_step(&ev(Some("content_block_delta"), d)), Ok(Step::Text(t)) if t == "Hello")
+        );
+        assert!(matches!(
+            anthropic_step(&ev(Some("ping"), r#"{"type": "ping"}"#)),
+            Ok(Step::Nothing)
+        ));
+        assert!(matches!(
+            anthropic_step(&ev(Some("message_stop"), r#"{"type":"message_stop"}"#)),
+            Ok(Step::Done)
+        ));
         let e = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let err = match anthropic_step(&ev(Some("error"), e)) {
             Err(e) => e,
@@ -506,7 +554,14 @@ mod tests {
     #[test]
     fn statuses_classify() {
         assert_eq!(status_error(429, "").kind, ErrorKind::RateLimited);
-        assert_eq!(status_error(529, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#).detail, "HTTP 529: Overloaded");
+        assert_eq!(
+            status_error(
+                529,
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            )
+            .detail,
+            "HTTP 529: Overloaded"
+        );
         assert_eq!(status_error(401, "").kind, ErrorKind::Auth);
         assert!(!status_error(400, "").retryable());
         assert!(status_error(503, "").retryable());

@@ -56,20 +56,39 @@ fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shar
             });
             ack.msg_id = frame.msg_id.clone();
             let _ = shared.egress.send(ack);
-            let w = workers.entry(session.clone()).or_insert_with(|| spawn(&session, shared));
+            if !workers.contains_key(&session) {
+                match spawn(shared) {
+                    Ok(w) => {
+                        workers.insert(session.clone(), w);
+                    }
+                    Err(e) => return refuse(&frame, &session, shared, &e),
+                }
+            }
+            let w = workers.get_mut(&session).expect("worker just ensured");
             w.last_used = Instant::now();
             w.state.pending.fetch_add(1, Ordering::SeqCst);
             if let Err(e) = w.work.send(frame) {
                 // The worker thread died (it cannot have been retired: pending was > 0).
-                log::error!("worker for {}/{} is gone; restarting it", session.channel, session.id);
-                let fresh = spawn(&session, shared);
+                log::error!(
+                    "worker for {}/{} is gone; restarting it",
+                    session.channel,
+                    session.id
+                );
+                let fresh = match spawn(shared) {
+                    Ok(w) => w,
+                    Err(err) => return refuse(&e.into_inner(), &session, shared, &err),
+                };
                 fresh.state.pending.fetch_add(1, Ordering::SeqCst);
                 let _ = fresh.work.send(e.into_inner());
                 workers.insert(session, fresh);
             }
         }
         kind::CONTROL_CANCEL => {
-            let target = frame.payload_as::<Cancel>().ok().and_then(|c| c.msg_id).or(frame.msg_id.clone());
+            let target = frame
+                .payload_as::<Cancel>()
+                .ok()
+                .and_then(|c| c.msg_id)
+                .or(frame.msg_id.clone());
             cancel(workers.get(&session), target.as_deref(), &session);
         }
         other => log::debug!("ignoring {other} frame"),
@@ -97,18 +116,32 @@ fn cancel(worker: Option<&Worker>, target: Option<&str>, session: &Session) {
     }
 }
 
-fn spawn(session: &Session, shared: &Arc<Shared>) -> Worker {
-    let (tx, rx) = unbounded();
+/// Start a worker whose session arrives with its first frame. The thread name is fixed:
+/// session ids come from outside and may hold anything, NUL included.
+fn spawn(shared: &Arc<Shared>) -> std::io::Result<Worker> {
+    let (tx, rx) = unbounded::<Frame>();
     let state = Arc::new(SessionState::default());
-    let (s, st, sh) = (session.clone(), Arc::clone(&state), Arc::clone(shared));
+    let (st, sh) = (Arc::clone(&state), Arc::clone(shared));
     thread::Builder::new()
-        .name(format!("session-{}", session.id.chars().take(8).collect::<String>()))
+        .name("session".into())
         .stack_size(256 * 1024)
-        .spawn(move || worker::run(s, st, rx, sh))
-        .expect("spawn session worker");
-    Worker {
+        .spawn(move || worker::run(st, rx, sh))?;
+    Ok(Worker {
         work: tx,
         state,
         last_used: Instant::now(),
-    }
+    })
+}
+
+/// Tell the user their message cannot be handled now (no thread could be started).
+fn refuse(frame: &Frame, session: &Session, shared: &Shared, err: &std::io::Error) {
+    log::error!(
+        "cannot start a worker for {}/{}: {err}",
+        session.channel,
+        session.id
+    );
+    let text = "⚠️ The agent is out of resources and cannot answer right now. Please try again later.";
+    let mut done = Frame::text(kind::ASSISTANT_DONE, session.clone(), text);
+    done.msg_id = frame.msg_id.clone();
+    let _ = shared.egress.send(done);
 }

@@ -84,7 +84,9 @@ pub fn file_name(session: &Session) -> String {
 fn clean(part: &str) -> String {
     let plain = !part.is_empty()
         && part.len() <= MAX_NAME_PART
-        && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
         && !part.starts_with('.');
     if plain {
         return part.to_string();
@@ -92,7 +94,13 @@ fn clean(part: &str) -> String {
     let mut out: String = part
         .chars()
         .take(MAX_NAME_PART)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     out.push_str(&format!("~{:016x}", fnv1a(part.as_bytes())));
     out
@@ -155,7 +163,11 @@ impl SessionStore {
     pub fn append(&self, session: &Session, turn: &Turn) -> io::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let path = self.path(session);
-        let mut f = OpenOptions::new().create(true).append(true).read(true).open(&path)?;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)?;
         let mut line = Vec::with_capacity(turn.content.len() + 64);
         if !ends_with_newline(&mut f)? {
             line.push(b'\n');
@@ -261,10 +273,15 @@ mod tests {
         // A crash mid-write leaves half a line without newline.
         let mut f = OpenOptions::new().append(true).open(store.path(&sess)).unwrap();
         f.write_all(b"{\"role\":\"assis").unwrap();
-        store.append(&sess, &Turn::new(Role::User, "again".into())).unwrap();
+        store
+            .append(&sess, &Turn::new(Role::User, "again".into()))
+            .unwrap();
         fs::write(dir.join("sessions/other_x.jsonl"), b"garbage\n").unwrap();
         let turns = store.load(&sess).unwrap();
-        assert_eq!(turns.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(), vec!["hi", "again"]);
+        assert_eq!(
+            turns.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(),
+            vec!["hi", "again"]
+        );
         assert!(store.load(&s("other", "x")).unwrap().is_empty());
         let _ = fs::remove_dir_all(dir);
     }
@@ -277,9 +294,29 @@ mod tests {
     fn context_respects_both_budgets_and_starts_with_a_user_turn() {
         use Role::*;
         let h = turns(&[(User, 10), (Assistant, 10), (User, 10), (Assistant, 10)]);
-        assert_eq!(context(&h, Budget { turns: 50, chars: 1000 }).len(), 4);
+        assert_eq!(
+            context(
+                &h,
+                Budget {
+                    turns: 50,
+                    chars: 1000
+                }
+            )
+            .len(),
+            4
+        );
         // 3 turns fit, but the oldest of them is an orphan assistant turn.
-        assert_eq!(context(&h, Budget { turns: 3, chars: 1000 }).len(), 2);
+        assert_eq!(
+            context(
+                &h,
+                Budget {
+                    turns: 3,
+                    chars: 1000
+                }
+            )
+            .len(),
+            2
+        );
         assert_eq!(context(&h, Budget { turns: 50, chars: 25 }).len(), 2);
         assert_eq!(context(&h, Budget { turns: 50, chars: 5 }).len(), 0);
     }
@@ -287,9 +324,17 @@ mod tests {
     #[test]
     fn user_prefix_uses_name_then_username() {
         use tether::frame::User;
-        let u = User { id: None, username: Some("johndoe".into()), name: Some("John".into()) };
+        let u = User {
+            id: None,
+            username: Some("johndoe".into()),
+            name: Some("John".into()),
+        };
         assert_eq!(user_content("hi", Some(&u)), "[John]: hi");
-        let u = User { id: None, username: Some("johndoe".into()), name: None };
+        let u = User {
+            id: None,
+            username: Some("johndoe".into()),
+            name: None,
+        };
         assert_eq!(user_content("hi", Some(&u)), "[johndoe]: hi");
         assert_eq!(user_content("hi", None), "hi");
     }

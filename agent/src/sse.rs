@@ -177,7 +177,8 @@ mod tests {
     fn unterminated_event_is_reported_on_finish() {
         let mut p = Parser::new();
         let mut out = Vec::new();
-        p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel", &mut out).unwrap();
+        p.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel", &mut out)
+            .unwrap();
         assert!(out.is_empty());
         assert!(p.finish());
         assert!(!p.finish());

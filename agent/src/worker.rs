@@ -60,13 +60,20 @@ pub struct SessionState {
 }
 
 /// A session worker's loop: runs until the router drops the sending side.
-pub fn run(session: Session, state: Arc<SessionState>, work: Receiver<Frame>, shared: Arc<Shared>) {
+pub fn run(state: Arc<SessionState>, work: Receiver<Frame>, shared: Arc<Shared>) {
     let mut history: Option<Vec<Turn>> = None;
     for frame in work {
+        // The router only queues frames that carry a session.
+        let Some(session) = frame.session.clone() else {
+            continue;
+        };
         let history = history.get_or_insert_with(|| match shared.sessions.load(&session) {
             Ok(h) => h,
             Err(e) => {
-                log::error!("cannot read history of {}: {e}", shared.sessions.path(&session).display());
+                log::error!(
+                    "cannot read history of {}: {e}",
+                    shared.sessions.path(&session).display()
+                );
                 Vec::new()
             }
         });
@@ -82,7 +89,9 @@ fn reply_frame(kind: &str, session: &Session, msg_id: &Option<String>) -> Frame 
 }
 
 fn send_text(shared: &Shared, kind: &str, session: &Session, msg_id: &Option<String>, text: &str) {
-    let f = reply_frame(kind, session, msg_id).with_payload(&tether::frame::Text { text: text.to_string() });
+    let f = reply_frame(kind, session, msg_id).with_payload(&tether::frame::Text {
+        text: text.to_string(),
+    });
     let _ = shared.egress.send(f);
 }
 
@@ -120,7 +129,13 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let msg_id = frame.msg_id.clone();
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
-            send_error(shared, session, &msg_id, "cancelled", "cancelled before it started");
+            send_error(
+                shared,
+                session,
+                &msg_id,
+                "cancelled",
+                "cancelled before it started",
+            );
             send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, CANCELLED);
             return;
         }

@@ -1,0 +1,534 @@
+//! The real `aegis-agent` binary against a harness stand-in, a direct tether host and
+//! local LLM servers speaking the OpenAI and Anthropic streaming formats.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aegis_e2e::harness::{collect_until_done, post_to_agent, FakeHarness, FakeTetherHost};
+use aegis_e2e::llm::{anthropic_error_event, anthropic_sse, openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::proc::{command, free_port, temp_dir, Proc};
+use serde_json::json;
+use tether::frame::{Session, User};
+use tether::Frame;
+
+const T: Duration = Duration::from_secs(20);
+
+struct Agent {
+    proc: Proc,
+    addr: String,
+    harness: FakeHarness,
+    workspace: PathBuf,
+}
+
+fn start_agent(workspace: &Path, env: &[(&str, &str)]) -> Agent {
+    start_agent_with(workspace, env, FakeHarness::start())
+}
+
+fn start_agent_with(workspace: &Path, env: &[(&str, &str)], harness: FakeHarness) -> Agent {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = command("aegis-agent");
+    cmd.env("AEGIS_AGENT_ADDR", &addr)
+        .env("AEGIS_HARNESS_URL", harness.url())
+        .env("AEGIS_WORKSPACE", workspace);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn(cmd);
+    proc.wait_for(&format!("agent listening on {addr}"), T);
+    Agent {
+        proc,
+        addr,
+        harness,
+        workspace: workspace.to_path_buf(),
+    }
+}
+
+fn message(chat: &str, text: &str, msg_id: &str) -> Frame {
+    Frame::user_message(Session::new("telegram", chat), text, None).with_msg_id(msg_id)
+}
+
+impl Agent {
+    fn send(&self, f: &Frame) {
+        let (status, body) = post_to_agent(&self.addr, &f.to_json());
+        assert_eq!(status, 202, "{body}");
+    }
+
+    fn reply(&self) -> Vec<Frame> {
+        collect_until_done(self.harness.frames(), 1, T)
+    }
+}
+
+fn kinds(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(|f| f.kind.clone()).collect()
+}
+
+fn texts(frames: &[Frame], kind: &str) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.kind == kind)
+        .map(|f| f.text_payload().unwrap())
+        .collect()
+}
+
+fn done_text(frames: &[Frame]) -> String {
+    texts(frames, "assistant.done").pop().expect("a done frame")
+}
+
+#[test]
+fn harness_mode_streams_an_openai_reply_in_protocol_order() {
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["Hel", "lo!"]))]);
+    let ws = temp_dir("openai");
+    let a = start_agent(
+        &ws,
+        &[("OPENAI_API_KEY", "sk-test-123"), ("OPENAI_BASE_URL", llm.url())],
+    );
+    assert!(a.proc.log().contains("aegis-agent starting"));
+    assert!(a.proc.log().contains("LLM provider: OpenAI"));
+    let mut f = message("42", "Hello!", "m-1");
+    f = f.with_payload(&tether::frame::UserMessage {
+        text: "Hello!".into(),
+        user: Some(User {
+            id: Some("7".into()),
+            username: Some("johndoe".into()),
+            name: Some("John".into()),
+        }),
+    });
+    a.send(&f);
+    let frames = a.reply();
+    assert_eq!(
+        kinds(&frames),
+        vec![
+            "event.ack",
+            "status.presence",
+            "assistant.delta",
+            "assistant.delta",
+            "assistant.done"
+        ]
+    );
+    assert_eq!(
+        frames[0]
+            .payload_as::<tether::frame::Ack>()
+            .unwrap()
+            .msg_id
+            .as_deref(),
+        Some("m-1")
+    );
+    assert_eq!(texts(&frames, "assistant.delta"), vec!["Hel", "lo!"]);
+    assert_eq!(done_text(&frames), "Hello!");
+    assert!(frames
+        .iter()
+        .all(|f| f.session == Some(Session::new("telegram", "42"))));
+    let req = &llm.requests()[0];
+    assert_eq!(req.path, "/chat/completions");
+    assert_eq!(req.header("authorization"), Some("Bearer sk-test-123"));
+    let body = req.json();
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["model"], "gpt-4o");
+    assert_eq!(
+        body["messages"][0],
+        json!({"role": "system", "content": "You are a helpful assistant."})
+    );
+    assert_eq!(
+        body["messages"][1],
+        json!({"role": "user", "content": "[John]: Hello!"})
+    );
+    // The history file holds both turns, one line each.
+    let hist = std::fs::read_to_string(ws.join("sessions/telegram_42.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = hist.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["role"], "user");
+    assert_eq!(lines[1]["content"], "Hello!");
+    assert!(!a.proc.log().contains("sk-test-123"), "the key was logged");
+}
+
+#[test]
+fn anthropic_stream_with_ping_after_a_529_and_a_429() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::overloaded(),
+        Reply::rate_limited(0),
+        Reply::sse(anthropic_sse(&["Bonjour", " !"])),
+    ]);
+    let ws = temp_dir("anthropic");
+    let a = start_agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-xyz"),
+            ("ANTHROPIC_BASE_URL", llm.url()),
+            ("OPENAI_API_KEY", "ignored"),
+            ("AEGIS_SYSTEM_PROMPT", "Be brief."),
+        ],
+    );
+    assert!(a.proc.log().contains("LLM provider: Anthropic"));
+    a.send(&message("1", "Salut", "m-1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Bonjour !");
+    assert!(!kinds(&frames).contains(&"error".to_string()));
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 3, "two retries before the first token");
+    let r = &reqs[2];
+    assert_eq!(r.path, "/v1/messages");
+    assert_eq!(r.header("x-api-key"), Some("sk-ant-xyz"));
+    assert_eq!(r.header("anthropic-version"), Some("2023-06-01"));
+    let body = r.json();
+    assert_eq!(body["system"], "Be brief.");
+    assert_eq!(body["max_tokens"], 4096);
+    assert_eq!(body["model"], "claude-sonnet-4-20250514");
+    assert_eq!(body["messages"], json!([{"role": "user", "content": "Salut"}]));
+}
+
+#[test]
+fn anthropic_overloaded_error_event_before_the_first_token_is_retried() {
+    let mut first = anthropic_sse(&[]);
+    first.truncate(3);
+    first.push(anthropic_error_event("overloaded_error", "Overloaded"));
+    let llm = FakeLlm::scripted(vec![Reply::sse(first), Reply::sse(anthropic_sse(&["ok"]))]);
+    let ws = temp_dir("anth-err");
+    let a = start_agent(
+        &ws,
+        &[("ANTHROPIC_API_KEY", "k"), ("ANTHROPIC_BASE_URL", llm.url())],
+    );
+    a.send(&message("1", "hi", "m"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    assert_eq!(llm.requests().len(), 2);
+}
+
+#[test]
+fn a_cut_stream_keeps_the_partial_reply_and_says_so() {
+    let mut pieces = openai_sse(&["The answer ", "is"]);
+    pieces.truncate(3);
+    pieces.push("data: {\"choices\":[{\"delta\":{\"content\":\" 4".into()); // cut mid-event
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces,
+        delay: Duration::ZERO,
+        end: End::Cut,
+    }]);
+    let ws = temp_dir("cut");
+    let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    a.send(&message("1", "2+2?", "m"));
+    let frames = a.reply();
+    let err = frames.iter().find(|f| f.kind == "error").expect("error frame");
+    assert_eq!(
+        err.payload_as::<tether::frame::ErrorPayload>().unwrap().code,
+        "llm_interrupted"
+    );
+    let done = done_text(&frames);
+    assert!(
+        done.starts_with("The answer is\n\n⚠️ The reply was interrupted"),
+        "{done}"
+    );
+    assert_eq!(llm.requests().len(), 1, "no retry after the first token");
+    let hist = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
+    assert!(hist.contains("\"content\":\"The answer is\""), "{hist}");
+}
+
+#[test]
+fn malformed_chunk_ends_the_reply_with_a_clear_message() {
+    let mut pieces = openai_sse(&["Hi"]);
+    pieces.insert(2, "data: {not json}\n\n".into());
+    let llm = FakeLlm::scripted(vec![Reply::sse(pieces)]);
+    let ws = temp_dir("malformed");
+    let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    a.send(&message("1", "hi", "m"));
+    let done = done_text(&a.reply());
+    assert!(
+        done.starts_with("Hi\n\n⚠️ The reply was interrupted (malformed chunk"),
+        "{done}"
+    );
+}
+
+#[test]
+fn persistent_server_errors_end_with_an_unavailable_message() {
+    let llm = FakeLlm::scripted(vec![Reply::server_error()]);
+    let ws = temp_dir("500");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_LLM_RETRIES", "2"),
+        ],
+    );
+    a.send(&message("1", "hi", "m"));
+    let frames = a.reply();
+    let done = done_text(&frames);
+    assert!(
+        done.contains("The LLM provider is unavailable (HTTP 500"),
+        "{done}"
+    );
+    assert_eq!(llm.requests().len(), 2);
+    // A bad key is not retried and says what is wrong.
+    let llm = FakeLlm::scripted(vec![Reply::unauthorized()]);
+    let b = start_agent(
+        &temp_dir("401"),
+        &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
+    );
+    b.send(&message("1", "hi", "m"));
+    let done = done_text(&b.reply());
+    assert!(
+        done.contains("rejected the API key (HTTP 401: Incorrect API key provided)"),
+        "{done}"
+    );
+    assert_eq!(llm.requests().len(), 1);
+}
+
+#[test]
+fn no_key_reply_names_the_variables() {
+    let ws = temp_dir("nokey");
+    let a = start_agent(&ws, &[]);
+    a.send(&message("1", "hi", "m"));
+    let done = done_text(&a.reply());
+    assert!(
+        done.contains("ANTHROPIC_API_KEY") && done.contains("OPENAI_API_KEY"),
+        "{done}"
+    );
+}
+
+#[test]
+fn cancel_stops_the_stream_and_keeps_the_partial_reply_marked_cancelled() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::Sse {
+            pieces: openai_sse(&["partial"])[..2].to_vec(),
+            delay: Duration::ZERO,
+            end: End::Hang(Duration::from_secs(60)),
+        },
+        Reply::sse(openai_sse(&["next"])),
+    ]);
+    let ws = temp_dir("cancel");
+    let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    a.send(&message("9", "long story please", "m-1"));
+    // Wait for the first delta, then cancel.
+    loop {
+        let f = a.harness.frames().recv_timeout(T).expect("delta");
+        if f.kind == "assistant.delta" {
+            break;
+        }
+    }
+    let cancel = Frame::new("control.cancel", Some(Session::new("telegram", "9")));
+    let sent = Instant::now();
+    a.send(&cancel);
+    let frames = a.reply();
+    println!("cancel to done: {:?}", sent.elapsed());
+    let err = frames.iter().find(|f| f.kind == "error").unwrap();
+    assert_eq!(
+        err.payload_as::<tether::frame::ErrorPayload>().unwrap().code,
+        "cancelled"
+    );
+    assert_eq!(done_text(&frames), "partial\n\n⏹ Reply cancelled.");
+    // The next message is answered normally and sees the cancelled turn in its context.
+    a.send(&message("9", "go on", "m-2"));
+    assert_eq!(done_text(&a.reply()), "next");
+    let hist = std::fs::read_to_string(ws.join("sessions/telegram_9.jsonl")).unwrap();
+    let turns: Vec<serde_json::Value> = hist.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(turns[1]["content"], "partial");
+    assert_eq!(turns[1]["cancelled"], true);
+    let msgs = &llm.requests()[1].json()["messages"];
+    assert_eq!(msgs[2]["content"], "partial");
+}
+
+#[test]
+fn history_survives_a_restart_and_feeds_the_context() {
+    let llm = FakeLlm::echo_openai();
+    let ws = temp_dir("restart");
+    let env = [("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())];
+    let mut a = start_agent(&ws, &env);
+    a.send(&message("5", "first", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: first");
+    a.proc.kill9();
+    let b = start_agent(&ws, &env);
+    b.send(&message("5", "second", "m-2"));
+    assert_eq!(done_text(&b.reply()), "echo: second");
+    let msgs = llm.requests()[1].json()["messages"].clone();
+    let contents: Vec<&str> = msgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        contents,
+        vec!["You are a helpful assistant.", "first", "echo: first", "second"]
+    );
+    let _ = a.workspace;
+}
+
+#[test]
+fn hostile_session_names_stay_inside_the_sessions_folder() {
+    let llm = FakeLlm::echo_openai();
+    let ws = temp_dir("hostile");
+    let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    let long = "x".repeat(10_000);
+    let ids = ["../../etc/passwd", "/", "..", long.as_str(), "a\u{0}b"];
+    for (i, id) in ids.iter().enumerate() {
+        let f =
+            Frame::user_message(Session::new("../telegram", *id), "hi", None).with_msg_id(format!("m{i}"));
+        a.send(&f);
+        assert_eq!(done_text(&a.reply()), "echo: hi");
+    }
+    let files: Vec<_> = std::fs::read_dir(ws.join("sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files.len(), ids.len(), "{files:?}");
+    let entries: Vec<_> = std::fs::read_dir(&ws)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, vec!["sessions"], "nothing written outside sessions/");
+}
+
+#[test]
+fn hundred_concurrent_sessions_get_their_own_replies_once() {
+    let llm = FakeLlm::with(|req| {
+        let body = req.json();
+        let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Reply::Sse {
+            pieces: openai_sse(&["re: ", &last]),
+            delay: Duration::from_millis(5),
+            end: End::Finish,
+        }
+    });
+    let ws = temp_dir("hundred");
+    let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    let addr = a.addr.clone();
+    let senders: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for j in 0..2 {
+                    let f = message(&format!("c{i}"), &format!("msg {i}.{j}"), &format!("m{i}.{j}"));
+                    assert_eq!(post_to_agent(&addr, &f.to_json()).0, 202);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let frames = collect_until_done(a.harness.frames(), 200, Duration::from_secs(60));
+    let mut per_chat: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for f in frames.iter().filter(|f| f.kind == "assistant.done") {
+        per_chat
+            .entry(f.session.clone().unwrap().id)
+            .or_default()
+            .push(f.text_payload().unwrap());
+    }
+    assert_eq!(per_chat.len(), 100);
+    for (chat, dones) in per_chat {
+        let i = &chat[1..];
+        assert_eq!(
+            dones,
+            vec![format!("re: msg {i}.0"), format!("re: msg {i}.1")],
+            "chat {chat}"
+        );
+    }
+    assert!(
+        a.harness
+            .frames()
+            .recv_timeout(Duration::from_millis(300))
+            .is_err(),
+        "extra frames"
+    );
+}
+
+#[test]
+fn bad_ingress_gets_json_errors_and_the_agent_keeps_working() {
+    let llm = FakeLlm::echo_openai();
+    let a = start_agent(
+        &temp_dir("bad"),
+        &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
+    );
+    let cases = [
+        ("{not json", 400, "invalid frame JSON"),
+        (
+            r#"{"v":1,"type":"user.message","session":{"channel":"t","id":"1"},"payload":{"text":""}}"#,
+            400,
+            "non-empty",
+        ),
+        (r#"{"v":2,"type":"user.message"}"#, 400, "version"),
+    ];
+    for (body, status, want) in cases {
+        let (s, b) = post_to_agent(&a.addr, body);
+        assert_eq!(s, status, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+        assert!(v["error"].as_str().unwrap().contains(want), "{b}");
+    }
+    let huge = format!(
+        r#"{{"v":1,"type":"user.message","payload":{{"text":"{}"}}}}"#,
+        "x".repeat(2 << 20)
+    );
+    assert_eq!(post_to_agent(&a.addr, &huge).0, 413);
+    a.send(&message("1", "still there?", "m"));
+    assert_eq!(done_text(&a.reply()), "echo: still there?");
+}
+
+#[test]
+fn egress_waits_for_a_harness_that_is_briefly_unavailable() {
+    let llm = FakeLlm::echo_openai();
+    let harness = FakeHarness::start();
+    harness.fail_next.store(3, std::sync::atomic::Ordering::SeqCst);
+    let a = start_agent_with(
+        &temp_dir("busy"),
+        &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
+        harness,
+    );
+    a.send(&message("1", "hi", "m"));
+    let frames = a.reply();
+    assert_eq!(
+        kinds(&frames),
+        vec![
+            "event.ack",
+            "status.presence",
+            "assistant.delta",
+            "assistant.delta",
+            "assistant.done"
+        ]
+    );
+}
+
+#[test]
+fn direct_mode_exchanges_frames_and_reconnects_after_the_host_drops() {
+    let llm = FakeLlm::echo_openai();
+    let dir = temp_dir("direct");
+    let sock = dir.join("tether.sock");
+    let host = FakeTetherHost::bind(&sock);
+    let mut cmd = command("aegis-agent");
+    cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+        .env("AEGIS_WORKSPACE", &dir)
+        .env("OPENAI_API_KEY", "k")
+        .env("OPENAI_BASE_URL", llm.url());
+    let _agent = Proc::spawn(cmd);
+    host.wait_connected(1, T);
+    // A host health request is answered.
+    host.send_line(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"health\"}\n");
+    let resp = host.responses().recv_timeout(T).unwrap();
+    assert!(
+        matches!(resp, tether::Message::Response { outcome: Ok(ref r), .. } if r.get() == r#"{"status":"ok"}"#)
+    );
+    host.send(&message("1", "one", "m-1"));
+    assert_eq!(done_text(&collect_until_done(host.frames(), 1, T)), "echo: one");
+    // Garbage on the line does not break the connection.
+    host.send_line(b"this is not json\n");
+    host.drop_connection();
+    host.wait_connected(2, T);
+    host.send(&message("1", "two", "m-2"));
+    assert_eq!(done_text(&collect_until_done(host.frames(), 1, T)), "echo: two");
+}
+
+#[test]
+fn help_and_bad_flags() {
+    let out = command("aegis-agent").arg("--help").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("AEGIS_TETHER"));
+    let out = command("aegis-agent").arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+    let out = command("aegis-agent")
+        .env("AEGIS_TETHER", "vsock:x:1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cid must be a number"));
+}

@@ -1,0 +1,244 @@
+//! A minimal HTTP/1.1 server for fake upstream services, written against raw sockets so a
+//! test controls every byte: chunk boundaries, flush timing, abrupt cuts, odd statuses.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+/// A parsed request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// `GET`, `POST`...
+    pub method: String,
+    /// Path with query.
+    pub path: String,
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// Body bytes (Content-Length or chunked).
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The body parsed as JSON (Null if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+    }
+}
+
+/// Writes one response; dropped without `finish`, the connection is cut.
+pub struct Responder {
+    stream: TcpStream,
+    chunked: bool,
+}
+
+impl Responder {
+    /// A complete response with a body.
+    pub fn send(mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\n",
+            reason(status),
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = self.stream.write_all(head.as_bytes());
+        let _ = self.stream.write_all(body);
+        let _ = self.stream.flush();
+    }
+
+    /// JSON response.
+    pub fn json(self, status: u16, body: &serde_json::Value) {
+        self.send(
+            status,
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        );
+    }
+
+    /// Start a chunked response; then `chunk` and `finish` (or drop to cut it).
+    pub fn start_chunked(mut self, status: u16, content_type: &str) -> Responder {
+        let head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n",
+            reason(status)
+        );
+        let _ = self.stream.write_all(head.as_bytes());
+        let _ = self.stream.flush();
+        self.chunked = true;
+        self
+    }
+
+    /// Send one chunk and flush it; false if the client has gone.
+    pub fn chunk(&mut self, data: &[u8]) -> bool {
+        if data.is_empty() {
+            return true;
+        }
+        let ok = self
+            .stream
+            .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+            .is_ok()
+            && self.stream.write_all(data).is_ok()
+            && self.stream.write_all(b"\r\n").is_ok();
+        ok && self.stream.flush().is_ok()
+    }
+
+    /// End a chunked response properly.
+    pub fn finish(mut self) {
+        if self.chunked {
+            let _ = self.stream.write_all(b"0\r\n\r\n");
+        }
+        let _ = self.stream.flush();
+    }
+
+    /// Close the connection abruptly (a cut stream).
+    pub fn cut(self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        529 => "Overloaded",
+        _ => "Status",
+    }
+}
+
+/// A running fake server; stops accepting when dropped.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    stop: Arc<AtomicBool>,
+    port: u16,
+}
+
+impl Server {
+    /// Serve on an ephemeral loopback port; `handler` runs on a thread per request.
+    pub fn start(handler: impl Fn(Request, Responder) + Send + Sync + 'static) -> Server {
+        Server::start_on("127.0.0.1:0", handler)
+    }
+
+    /// Serve on a given address (to restart a server on the same port).
+    pub fn start_on(addr: &str, handler: impl Fn(Request, Responder) + Send + Sync + 'static) -> Server {
+        let listener = TcpListener::bind(addr).expect("bind fake server");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler = Arc::new(handler);
+        let stop2 = Arc::clone(&stop);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let handler = Arc::clone(&handler);
+                thread::spawn(move || serve_conn(conn, &*handler));
+            }
+        });
+        Server {
+            url: format!("http://127.0.0.1:{port}"),
+            stop,
+            port,
+        }
+    }
+
+    /// The port listened on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
+    }
+}
+
+fn serve_conn(conn: TcpStream, handler: &(dyn Fn(Request, Responder) + Send + Sync)) {
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    loop {
+        let req = match read_request(&mut reader) {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let Ok(stream) = conn.try_clone() else { return };
+        handler(
+            req,
+            Responder {
+                stream,
+                chunked: false,
+            },
+        );
+    }
+}
+
+fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut body = Vec::new();
+    if let Some(len) = headers
+        .get("content-length")
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    } else if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Ok(Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    }))
+}

@@ -1,0 +1,241 @@
+//! Fake LLM APIs speaking the real streaming wire formats: OpenAI Chat Completions SSE
+//! (`data: {...}` chunks, `data: [DONE]`) and Anthropic Messages SSE (`event:` lines,
+//! `ping`, `error` events), plus their HTTP errors (429 with `retry-after`, 500,
+//! 529 `overloaded_error`) and broken streams (cut mid-event, malformed JSON, stalls).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::http::{Request, Responder, Server};
+
+/// How a streamed reply ends.
+#[derive(Debug, Clone)]
+pub enum End {
+    /// Properly terminated chunked body.
+    Finish,
+    /// The connection is cut after the last piece.
+    Cut,
+    /// Nothing more is sent for this long, then the connection closes.
+    Hang(Duration),
+}
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// A plain HTTP response.
+    Status {
+        /// Status code.
+        code: u16,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+        /// JSON body text.
+        body: String,
+    },
+    /// An SSE stream: each piece is written and flushed separately, `delay` apart.
+    Sse {
+        /// Raw pieces of the event stream (may split events anywhere).
+        pieces: Vec<String>,
+        /// Pause before each piece.
+        delay: Duration,
+        /// How it ends.
+        end: End,
+    },
+}
+
+impl Reply {
+    /// A stream of `pieces` with no delay, properly finished.
+    pub fn sse(pieces: Vec<String>) -> Reply {
+        Reply::Sse {
+            pieces,
+            delay: Duration::ZERO,
+            end: End::Finish,
+        }
+    }
+
+    /// HTTP 429 with `retry-after` seconds, OpenAI's body.
+    pub fn rate_limited(retry_after: u32) -> Reply {
+        Reply::Status {
+            code: 429,
+            headers: vec![("retry-after".into(), retry_after.to_string())],
+            body: json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}).to_string(),
+        }
+    }
+
+    /// Anthropic's HTTP 529.
+    pub fn overloaded() -> Reply {
+        Reply::Status {
+            code: 529,
+            headers: vec![],
+            body: json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+                .to_string(),
+        }
+    }
+
+    /// HTTP 500 with an OpenAI-style error body.
+    pub fn server_error() -> Reply {
+        Reply::Status {
+            code: 500,
+            headers: vec![],
+            body: json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error"}}).to_string(),
+        }
+    }
+
+    /// HTTP 401 for a bad key.
+    pub fn unauthorized() -> Reply {
+        Reply::Status {
+            code: 401,
+            headers: vec![],
+            body: json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}}).to_string(),
+        }
+    }
+}
+
+/// OpenAI chunks for `texts`, then `[DONE]`.
+pub fn openai_sse(texts: &[&str]) -> Vec<String> {
+    let mut out = vec![format!(
+        "data: {}\n\n",
+        json!({"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]})
+    )];
+    for t in texts {
+        out.push(format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{"content":t},"finish_reason":null}]})
+        ));
+    }
+    out.push(format!(
+        "data: {}\n\n",
+        json!({"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+    ));
+    out.push("data: [DONE]\n\n".into());
+    out
+}
+
+/// The Anthropic event sequence for `texts`, with a `ping` as the real API sends.
+pub fn anthropic_sse(texts: &[&str]) -> Vec<String> {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![
+        ev(
+            "message_start",
+            json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+        ),
+        ev("ping", json!({"type":"ping"})),
+    ];
+    for t in texts {
+        out.push(ev(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":t}}),
+        ));
+    }
+    out.push(ev(
+        "content_block_stop",
+        json!({"type":"content_block_stop","index":0}),
+    ));
+    out.push(ev("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}})));
+    out.push(ev("message_stop", json!({"type":"message_stop"})));
+    out
+}
+
+/// An Anthropic `error` event mid-stream.
+pub fn anthropic_error_event(kind: &str, message: &str) -> String {
+    format!(
+        "event: error\ndata: {}\n\n",
+        json!({"type":"error","error":{"type":kind,"message":message}})
+    )
+}
+
+type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
+
+/// A fake LLM server recording every request.
+pub struct FakeLlm {
+    server: Server,
+    requests: Arc<Mutex<Vec<Request>>>,
+}
+
+impl FakeLlm {
+    /// Answer with `replies` in order; the last one repeats.
+    pub fn scripted(replies: Vec<Reply>) -> FakeLlm {
+        let queue = Mutex::new(VecDeque::from(replies));
+        FakeLlm::with(move |_| {
+            let mut q = queue.lock().unwrap();
+            if q.len() > 1 {
+                q.pop_front().unwrap()
+            } else {
+                q.front().cloned().expect("at least one reply")
+            }
+        })
+    }
+
+    /// Answer every request with `f(request)`.
+    pub fn with(f: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeLlm {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let rec = Arc::clone(&requests);
+        let f: Arc<Handler> = Arc::new(f);
+        let server = Server::start(move |req, resp| {
+            rec.lock().unwrap().push(req.clone());
+            respond(f(&req), resp);
+        });
+        FakeLlm { server, requests }
+    }
+
+    /// OpenAI-compatible server that answers `echo: <last user message>` in pieces.
+    pub fn echo_openai() -> FakeLlm {
+        FakeLlm::with(|req| {
+            let body = req.json();
+            let last = body["messages"]
+                .as_array()
+                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                .and_then(|m| m["content"].as_str())
+                .unwrap_or("")
+                .to_string();
+            let text = format!("echo: {last}");
+            let (a, b) = text.split_at(text.len() / 2);
+            Reply::sse(openai_sse(&[a, b]))
+        })
+    }
+
+    /// Base URL (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn respond(reply: Reply, resp: Responder) {
+    match reply {
+        Reply::Status { code, headers, body } => {
+            let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            h.push(("Content-Type", "application/json"));
+            resp.send(code, &h, body.as_bytes());
+        }
+        Reply::Sse { pieces, delay, end } => {
+            let mut r = resp.start_chunked(200, "text/event-stream");
+            for p in pieces {
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
+                if !r.chunk(p.as_bytes()) {
+                    return;
+                }
+            }
+            match end {
+                End::Finish => r.finish(),
+                End::Cut => r.cut(),
+                End::Hang(d) => {
+                    std::thread::sleep(d);
+                    r.cut();
+                }
+            }
+        }
+    }
+}
