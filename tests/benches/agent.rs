@@ -1,0 +1,148 @@
+//! Footprint of the release `aegis-agent`: `cargo bench -p aegis-e2e --bench agent`.
+//!
+//! Builds the static release binaries (scripts/release.sh), then measures binary size,
+//! exec → listening time, idle RSS, and the per-delta overhead from an SSE chunk leaving
+//! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aegis_e2e::http::Server;
+use aegis_e2e::proc::{free_port, temp_dir};
+use tether::lines::LineReader;
+use tether::rpc::Message;
+use tether::{Frame, Session};
+
+fn release_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts/release.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("scripts/release.sh");
+    assert!(out.status.success(), "release build failed");
+    root.join(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn stats(name: &str, unit: &str, mut v: Vec<f64>) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{name:<44} median {:>9.3} {unit}  p90 {:>9.3}  p99 {:>9.3}  min {:>9.3}  max {:>9.3}  (n={})",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        v[0],
+        v[v.len() - 1],
+        v.len()
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap()
+}
+
+fn epoch() -> Instant {
+    static E: OnceLock<Instant> = OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = release_dir();
+    let agent = dir.join("aegis-agent");
+    println!("binary: {}", agent.display());
+    println!("{:<44} {} bytes", "aegis-agent static release size", std::fs::metadata(&agent).unwrap().len());
+
+    // exec → listening, and idle RSS.
+    let ws = temp_dir("bench-agent");
+    let mut startup = Vec::new();
+    let mut rss = Vec::new();
+    for i in 0..30 {
+        let port = free_port();
+        let t = Instant::now();
+        let mut child = Command::new(&agent)
+            .env_clear()
+            .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
+            .env("AEGIS_WORKSPACE", &ws)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        startup.push(t.elapsed().as_secs_f64() * 1000.0);
+        if i < 5 {
+            std::thread::sleep(Duration::from_millis(300));
+            rss.push(rss_kib(child.id()) as f64 / 1024.0);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    stats("exec -> listening (harness mode)", "ms", startup);
+    stats("idle RSS (harness mode)", "MiB", rss);
+
+    // Per-delta overhead, direct mode over a unix socket.
+    const N: usize = 2000;
+    let llm = Server::start(|_req, resp| {
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for _ in 0..N {
+            std::thread::sleep(Duration::from_micros(500));
+            let t = epoch().elapsed().as_nanos().to_string();
+            let data = serde_json::json!({"choices":[{"delta":{"content": format!("{t} ")}}]});
+            r.chunk(format!("data: {data}\n\n").as_bytes());
+        }
+        r.chunk(b"data: [DONE]\n\n");
+        r.finish();
+    });
+    let sock = ws.join("tether.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut child = Command::new(&agent)
+        .env_clear()
+        .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+        .env("AEGIS_WORKSPACE", &ws)
+        .env("OPENAI_BASE_URL", &llm.url)
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let f = Frame::user_message(Session::new("bench", "1"), "go", None);
+    std::io::Write::write_all(&mut writer, &Message::tether_frame(&f).encode()).unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut lat = Vec::new();
+    while let Ok(Some(line)) = lines.next_line() {
+        let now = epoch().elapsed().as_nanos();
+        let frame = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+        match frame.kind.as_str() {
+            "assistant.delta" => {
+                let sent: u128 = frame.text_payload().unwrap().trim().parse().unwrap();
+                lat.push((now - sent) as f64 / 1000.0);
+            }
+            "assistant.done" => break,
+            _ => {}
+        }
+    }
+    println!("peak RSS after a {N}-delta reply: {:.2} MiB", rss_kib(child.id()) as f64 / 1024.0);
+    let _ = child.kill();
+    let _ = child.wait();
+    stats("SSE chunk sent -> delta frame received", "µs", lat);
+    let _ = BufRead::fill_buf(&mut BufReader::new(&b""[..]));
+}
