@@ -41,6 +41,10 @@ pub struct Turn {
     /// [ours] The reply was cut short by `control.cancel`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    /// [ours] `msg_id` of the ingress frame, so a message the host delivers again after
+    /// a crash is not stored twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
 }
 
 impl Turn {
@@ -51,6 +55,7 @@ impl Turn {
             content,
             ts: tether::time::now_rfc3339(),
             cancelled: false,
+            msg_id: None,
         }
     }
 }

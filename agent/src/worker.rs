@@ -151,12 +151,24 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         state: "thinking".into(),
     });
     let _ = shared.egress.send(presence);
-    persist(
-        shared,
-        session,
-        history,
-        Turn::new(Role::User, user_content(&msg.text, msg.user.as_ref())),
-    );
+    // A host redelivers a message whose reply was lost in a crash: answer it again, but
+    // keep one copy of it in the history.
+    let redelivered = msg_id.is_some()
+        && history
+            .iter()
+            .rev()
+            .take(8)
+            .any(|t| t.role == Role::User && t.msg_id == msg_id);
+    if redelivered {
+        if history.last().is_some_and(|t| t.role == Role::Assistant) {
+            // The interrupted partial reply is superseded by the new one.
+            history.pop();
+        }
+    } else {
+        let mut turn = Turn::new(Role::User, user_content(&msg.text, msg.user.as_ref()));
+        turn.msg_id = msg_id.clone();
+        persist(shared, session, history, turn);
+    }
     let Some(llm) = &shared.llm else {
         send_error(shared, session, &msg_id, "no_provider", NO_PROVIDER);
         send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, NO_PROVIDER);

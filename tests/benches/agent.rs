@@ -65,7 +65,11 @@ fn main() {
     let dir = release_dir();
     let agent = dir.join("aegis-agent");
     println!("binary: {}", agent.display());
-    println!("{:<44} {} bytes", "aegis-agent static release size", std::fs::metadata(&agent).unwrap().len());
+    println!(
+        "{:<44} {} bytes",
+        "aegis-agent static release size",
+        std::fs::metadata(&agent).unwrap().len()
+    );
 
     // exec → listening, and idle RSS.
     let ws = temp_dir("bench-agent");
@@ -140,7 +144,10 @@ fn main() {
             _ => {}
         }
     }
-    println!("peak RSS after a {N}-delta reply: {:.2} MiB", rss_kib(child.id()) as f64 / 1024.0);
+    println!(
+        "peak RSS after a {N}-delta reply: {:.2} MiB",
+        rss_kib(child.id()) as f64 / 1024.0
+    );
     let _ = child.kill();
     let _ = child.wait();
     stats("SSE chunk sent -> delta frame received", "µs", lat);

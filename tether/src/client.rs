@@ -208,9 +208,17 @@ impl AegisClient {
         if let Some(a) = after {
             path.push_str(&format!("?after={a}"));
         }
+        let reader = self.get_reader(&path)?;
+        Ok(FrameStream {
+            lines: LineReader::new(BufReader::new(reader)),
+        })
+    }
+
+    /// `GET path` of a long-lived response (a stream): the body as a reader, no timeout.
+    pub fn get_reader(&self, path: &str) -> Result<Box<dyn Read + Send>, ClientError> {
         let resp = self
             .agent
-            .get(Self::url(&path))
+            .get(Self::url(path))
             .config()
             .timeout_global(None)
             .build()
@@ -221,10 +229,7 @@ impl AegisClient {
             let text = resp.into_body().read_to_string().unwrap_or_default();
             return Err(status_error(code, &text));
         }
-        let reader: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
-        Ok(FrameStream {
-            lines: LineReader::new(BufReader::new(reader)),
-        })
+        Ok(Box::new(resp.into_body().into_reader()))
     }
 }
 

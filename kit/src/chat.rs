@@ -1,0 +1,201 @@
+//! `aegis-kit chat NAME`: talk to an instance from the terminal over the same API the
+//! gateway uses. A line in, the reply streamed out as deltas arrive; Ctrl-C cancels the
+//! reply in flight (`control.cancel`) and, when nothing is in flight, quits.
+//!
+//! Threads: stdin lines, egress frames, and Ctrl-C each feed a channel; the main loop
+//! selects over them and owns the terminal.
+
+use std::io::{BufRead, Write};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{select, unbounded, Receiver};
+use tether::frame::{kind, ErrorPayload, Session};
+use tether::{AegisClient, Frame};
+
+use crate::CliError;
+
+/// Options of `chat`.
+#[derive(Debug)]
+pub struct ChatOpts {
+    /// Instance name.
+    pub instance: String,
+    /// One-shot message (`-m`): send it, print the reply, exit.
+    pub message: Option<String>,
+    /// Session id (channel `terminal`).
+    pub session: String,
+}
+
+fn now_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("chat-{}-{}", std::process::id(), t.as_micros())
+}
+
+/// Run the chat until EOF, Ctrl-C at the prompt, or the one-shot reply.
+pub fn run(c: &AegisClient, o: &ChatOpts) -> Result<(), CliError> {
+    let info = c.request(
+        "GET",
+        &format!("/v1/instances/{}", tether::client::encode_segment(&o.instance)),
+        None,
+    )?;
+    // Only frames newer than now: the reply to what we are about to send.
+    let after = info["last_seq"].as_u64();
+    let frames = spawn_stream(c.clone(), o.instance.clone(), after);
+    let session = Session::new("terminal", o.session.clone());
+    let interrupts = interrupts()?;
+
+    let lines = match &o.message {
+        Some(m) => {
+            let (tx, rx) = unbounded();
+            let _ = tx.send(m.clone());
+            drop(tx);
+            rx
+        }
+        None => {
+            eprintln!(
+                "chatting with {} (Ctrl-C cancels a reply, Ctrl-D quits)",
+                o.instance
+            );
+            stdin_lines()
+        }
+    };
+    let interactive = o.message.is_none();
+    loop {
+        if interactive {
+            eprint!("> ");
+            let _ = std::io::stderr().flush();
+        }
+        let text = select! {
+            recv(lines) -> l => match l { Ok(l) => l, Err(_) => return Ok(()) },
+            recv(interrupts) -> _ => { eprintln!(); return Ok(()) },
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let msg_id = now_id();
+        let frame = Frame::user_message(session.clone(), text.trim(), None).with_msg_id(msg_id.clone());
+        c.post_frame(&o.instance, &frame)?;
+        let ok = print_reply(c, o, &session, &msg_id, &frames, &interrupts)?;
+        if !interactive {
+            return if ok {
+                Ok(())
+            } else {
+                Err(CliError::Other("the reply failed".into()))
+            };
+        }
+    }
+}
+
+/// Print the reply to `msg_id` as it streams; true if it completed without an error.
+fn print_reply(
+    c: &AegisClient,
+    o: &ChatOpts,
+    session: &Session,
+    msg_id: &str,
+    frames: &Receiver<Result<Frame, String>>,
+    interrupts: &Receiver<()>,
+) -> Result<bool, CliError> {
+    let mut out = std::io::stdout();
+    let mut shown = String::new();
+    let mut failed = false;
+    loop {
+        select! {
+            recv(frames) -> f => {
+                let f = match f {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => return Err(CliError::Other(e)),
+                    Err(_) => return Err(CliError::Other("the egress stream ended".into())),
+                };
+                if f.session.as_ref() != Some(session) || f.msg_id.as_deref() != Some(msg_id) {
+                    continue;
+                }
+                match f.kind.as_str() {
+                    kind::ASSISTANT_DELTA => {
+                        let t = f.text_payload().unwrap_or_default();
+                        shown.push_str(&t);
+                        let _ = write!(out, "{t}");
+                        let _ = out.flush();
+                    }
+                    kind::ERROR => failed = f.payload_as::<ErrorPayload>().map(|e| e.code != "cancelled").unwrap_or(true),
+                    kind::ASSISTANT_DONE => {
+                        let full = f.text_payload().unwrap_or_default();
+                        // The final text may add to what streamed (an error notice).
+                        match full.strip_prefix(shown.as_str()) {
+                            Some(rest) => { let _ = writeln!(out, "{rest}"); }
+                            None => { let _ = writeln!(out, "\n{full}"); }
+                        }
+                        return Ok(!failed);
+                    }
+                    _ => {}
+                }
+            },
+            recv(interrupts) -> _ => {
+                let mut cancel = Frame::new(kind::CONTROL_CANCEL, Some(session.clone()))
+                    .with_payload(&tether::frame::Cancel { msg_id: Some(msg_id.to_string()) });
+                cancel.msg_id = Some(now_id());
+                c.post_frame(&o.instance, &cancel)?;
+            },
+        }
+    }
+}
+
+fn spawn_stream(c: AegisClient, instance: String, after: Option<u64>) -> Receiver<Result<Frame, String>> {
+    let (tx, rx) = unbounded();
+    thread::spawn(move || {
+        let mut cursor = after;
+        loop {
+            match c.stream(&instance, cursor) {
+                Ok(stream) => {
+                    for item in stream {
+                        match item {
+                            Ok(f) => {
+                                cursor = f.seq.or(cursor);
+                                if tx.send(Ok(f)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => log::debug!("{e}"),
+                        }
+                    }
+                }
+                Err(e) if e.is_transient() => log::debug!("egress stream: {e}"),
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            }
+            // Reconnect from the cursor, so nothing is missed or repeated.
+            thread::sleep(Duration::from_millis(200));
+        }
+    });
+    rx
+}
+
+fn stdin_lines() -> Receiver<String> {
+    let (tx, rx) = unbounded();
+    thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn interrupts() -> Result<Receiver<()>, CliError> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT])
+        .map_err(|e| CliError::Other(format!("cannot catch Ctrl-C: {e}")))?;
+    let (tx, rx) = unbounded();
+    thread::spawn(move || {
+        for _ in signals.forever() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}

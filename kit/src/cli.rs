@@ -1,0 +1,178 @@
+//! The client commands: `instance`, `logs`, `secret`. Each is one or two API calls
+//! against aegisd or `aegis-kit serve` through `tether::AegisClient`.
+
+use std::io::{BufRead, Write};
+
+use serde_json::{json, Value};
+use tether::AegisClient;
+
+use crate::CliError;
+
+/// Options of `instance start`.
+#[derive(Debug, Default)]
+pub struct StartOpts {
+    /// Instance name.
+    pub name: Option<String>,
+    /// Kit preset.
+    pub kit: Option<String>,
+    /// Secrets passed as env vars.
+    pub secrets: Vec<String>,
+    /// `K=V` pairs.
+    pub env: Vec<(String, String)>,
+    /// OCI image (recorded).
+    pub image: Option<String>,
+    /// Command after `--`.
+    pub command: Vec<String>,
+}
+
+/// `instance start`: create the instance if it does not exist, then boot it.
+pub fn instance_start(c: &AegisClient, o: &StartOpts) -> Result<(), CliError> {
+    let name = o
+        .name
+        .as_deref()
+        .ok_or_else(|| CliError::Usage("instance start needs --name NAME".into()))?;
+    let exists = match c.request("GET", &format!("/v1/instances/{}", enc(name)), None) {
+        Ok(_) => true,
+        Err(e) if e.status() == Some(404) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !exists {
+        let preset = match &o.kit {
+            Some(k) => Some(crate::manifest::load_installed(k)?),
+            None => None,
+        };
+        let command = if o.command.is_empty() {
+            preset
+                .as_ref()
+                .map(|m| m.defaults.command.clone())
+                .unwrap_or_default()
+        } else {
+            o.command.clone()
+        };
+        let image = o
+            .image
+            .clone()
+            .or(preset.as_ref().and_then(|m| m.image.base.clone()));
+        let env: serde_json::Map<String, Value> = o.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let body = json!({
+            "name": name, "kit": o.kit, "image": image, "command": command,
+            "secrets": o.secrets, "env": env,
+        });
+        c.request("POST", "/v1/instances", Some(&body))?;
+        println!("instance {name} created");
+    } else if !o.secrets.is_empty() || !o.env.is_empty() || !o.command.is_empty() {
+        eprintln!(
+            "note: instance {name} already exists; --secret/--env/command apply only when it is created"
+        );
+    }
+    let info = c.request("POST", &format!("/v1/instances/{}/start", enc(name)), None)?;
+    println!("instance {name}: {}", info["state"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+fn enc(s: &str) -> String {
+    tether::client::encode_segment(s)
+}
+
+/// `instance list`.
+pub fn instance_list(c: &AegisClient) -> Result<(), CliError> {
+    let v = c.request("GET", "/v1/instances", None)?;
+    println!(
+        "{:<20} {:<10} {:<8} {:<8} COMMAND",
+        "NAME", "STATE", "PID", "IDLE"
+    );
+    for i in v["instances"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<10} {:<8} {:<8} {}",
+            i["name"].as_str().unwrap_or("?"),
+            i["state"].as_str().unwrap_or("?"),
+            i["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
+            format!("{}s", i["idle_secs"].as_u64().unwrap_or(0)),
+            i["command"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// `instance info NAME`: the full record as JSON.
+pub fn instance_info(c: &AegisClient, name: &str) -> Result<(), CliError> {
+    let v = c.request("GET", &format!("/v1/instances/{}", enc(name)), None)?;
+    println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    Ok(())
+}
+
+/// `instance stop|pause NAME`.
+pub fn instance_action(c: &AegisClient, name: &str, action: &str) -> Result<(), CliError> {
+    let v = c.request("POST", &format!("/v1/instances/{}/{action}", enc(name)), None)?;
+    println!("instance {name}: {}", v["state"].as_str().unwrap_or("?"));
+    Ok(())
+}
+
+/// `instance rm NAME`.
+pub fn instance_rm(c: &AegisClient, name: &str) -> Result<(), CliError> {
+    c.request("DELETE", &format!("/v1/instances/{}", enc(name)), None)?;
+    println!("instance {name} deleted");
+    Ok(())
+}
+
+/// `logs NAME [-f] [--tail N]`.
+pub fn logs(c: &AegisClient, name: &str, follow: bool, tail: Option<usize>) -> Result<(), CliError> {
+    if !follow {
+        let mut path = format!("/v1/instances/{}/logs", enc(name));
+        if let Some(t) = tail {
+            path.push_str(&format!("?tail={t}"));
+        }
+        let v = c.request("GET", &path, None)?;
+        let out = std::io::stdout();
+        let mut out = out.lock();
+        for l in v["lines"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "{}", l.as_str().unwrap_or(""));
+        }
+        return Ok(());
+    }
+    let mut r = c.get_reader(&format!("/v1/instances/{}/logs?follow=1", enc(name)))?;
+    let mut out = std::io::stdout();
+    std::io::copy(&mut r, &mut out).map_err(|e| CliError::Other(format!("log stream ended: {e}")))?;
+    Ok(())
+}
+
+/// `secret set NAME [VALUE]`; the value is read from stdin when omitted, so it stays out
+/// of shell history and process listings.
+pub fn secret_set(c: &AegisClient, name: &str, value: Option<String>) -> Result<(), CliError> {
+    let value = match value {
+        Some(v) => v,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .map_err(|e| CliError::Other(format!("cannot read the value from stdin: {e}")))?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    if value.is_empty() {
+        return Err(CliError::Usage(format!("secret {name}: empty value")));
+    }
+    c.put_secret(name, &value)?;
+    println!("secret {name} set");
+    Ok(())
+}
+
+/// `secret ls`.
+pub fn secret_ls(c: &AegisClient) -> Result<(), CliError> {
+    let v = c.request("GET", "/v1/secrets", None)?;
+    for n in v["secrets"].as_array().into_iter().flatten() {
+        println!("{}", n.as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+/// `secret rm NAME`.
+pub fn secret_rm(c: &AegisClient, name: &str) -> Result<(), CliError> {
+    c.delete_secret(name)?;
+    println!("secret {name} removed");
+    Ok(())
+}

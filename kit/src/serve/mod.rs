@@ -1,0 +1,207 @@
+//! `aegis-kit serve`: a standalone tether host speaking the subset of the aegisd API the
+//! kit uses (PROTOCOL.md §2) on `~/.aegis/aegisd.sock`, running each instance as a
+//! supervised local process with wake-on-message, pause on idle and scale to zero.
+//!
+//! Threads: the API accept loop (one short-lived thread per request, long-lived for
+//! streams), one supervisor per instance (see `supervisor`), and a signal thread that
+//! turns SIGTERM/SIGINT into an orderly shutdown of every instance.
+
+pub mod api;
+pub mod registry;
+pub mod secrets;
+pub mod supervisor;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tether::EgressStore;
+
+use registry::{InstanceDef, Registry};
+use secrets::Secrets;
+use supervisor::{Handle, Timing};
+
+/// An error answered as `{"error": message}` with `status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// Message for the client.
+    pub message: String,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.message)
+    }
+}
+
+/// Settings of one serve process.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The API socket.
+    pub socket: PathBuf,
+    /// Where instances and secrets live.
+    pub state_dir: PathBuf,
+    /// Lifecycle timing.
+    pub timing: Timing,
+    /// The agent binary run for `aegis-agent` commands.
+    pub agent_bin: PathBuf,
+}
+
+/// Why serve could not start.
+#[derive(Debug)]
+pub enum ServeError {
+    /// Another server answers on the socket.
+    AlreadyRunning(PathBuf),
+    /// Filesystem or socket setup failed.
+    Setup(String),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::AlreadyRunning(p) => write!(f, "a server is already listening on {}", p.display()),
+            ServeError::Setup(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// State shared by the request handlers.
+pub struct Host {
+    /// Instances by name.
+    pub instances: RwLock<BTreeMap<String, Handle>>,
+    /// Definitions on disk.
+    pub registry: Registry,
+    /// Encrypted secrets.
+    pub secrets: Arc<Secrets>,
+    /// Settings.
+    pub config: ServeConfig,
+}
+
+/// First egress seq of a store created now: microseconds since the epoch. Seqs then stay
+/// above any handed out by an earlier serve (fewer than a million frames a second), so
+/// a gateway's `after` cursor stays valid across serve restarts.
+pub fn first_seq() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+}
+
+impl Host {
+    /// Find an instance by name or id.
+    pub fn find(&self, key: &str) -> Option<Handle> {
+        let map = self.instances.read().expect("instances lock");
+        map.get(key)
+            .cloned()
+            .or_else(|| map.values().find(|h| h.def.id == key).cloned())
+    }
+
+    /// Start supervising `def` (not booting it).
+    pub fn adopt(&self, def: InstanceDef) -> std::io::Result<Handle> {
+        let store = EgressStore::with_limits(
+            tether::store::DEFAULT_CAPACITY,
+            tether::store::DEFAULT_REPLAY,
+            first_seq(),
+        );
+        let h = supervisor::spawn(
+            def.clone(),
+            self.registry.instance_dir(&def.name),
+            self.config.timing,
+            Arc::clone(&self.secrets),
+            self.config.agent_bin.clone(),
+            store,
+        )?;
+        self.instances
+            .write()
+            .expect("instances lock")
+            .insert(def.name.clone(), h.clone());
+        Ok(h)
+    }
+}
+
+/// Run serve until SIGTERM/SIGINT; returns after every instance has stopped.
+pub fn run(config: ServeConfig) -> Result<(), ServeError> {
+    let setup =
+        |what: &str, p: &Path, e: std::io::Error| ServeError::Setup(format!("{what} {}: {e}", p.display()));
+    if let Some(parent) = config.socket.parent() {
+        fs::create_dir_all(parent).map_err(|e| setup("cannot create", parent, e))?;
+    }
+    if config.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+            return Err(ServeError::AlreadyRunning(config.socket.clone()));
+        }
+        fs::remove_file(&config.socket).map_err(|e| setup("cannot remove stale", &config.socket, e))?;
+    }
+    fs::create_dir_all(&config.state_dir).map_err(|e| setup("cannot create", &config.state_dir, e))?;
+    let secrets = Secrets::open(&config.state_dir).map_err(|e| ServeError::Setup(e.to_string()))?;
+    let server = tiny_http::Server::http_unix(&config.socket)
+        .map_err(|e| ServeError::Setup(format!("cannot listen on {}: {e}", config.socket.display())))?;
+    fs::set_permissions(&config.socket, fs::Permissions::from_mode(0o600))
+        .map_err(|e| setup("cannot restrict", &config.socket, e))?;
+    let host = Arc::new(Host {
+        instances: RwLock::new(BTreeMap::new()),
+        registry: Registry::new(&config.state_dir),
+        secrets: Arc::new(secrets),
+        config: config.clone(),
+    });
+    for def in host.registry.load_all() {
+        if let Err(e) = host.adopt(def) {
+            log::error!("cannot supervise instance: {e}");
+        }
+    }
+    let server = Arc::new(server);
+    let signals =
+        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+            .map_err(|e| ServeError::Setup(format!("cannot install signal handlers: {e}")))?;
+    {
+        let server = Arc::clone(&server);
+        std::thread::spawn(move || {
+            let mut signals = signals;
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig}: shutting down");
+                server.unblock();
+            }
+        });
+    }
+    log::info!(
+        "aegis-kit serve listening on {} ({} instances)",
+        config.socket.display(),
+        host.instances.read().expect("instances lock").len()
+    );
+    api::serve(&server, &host);
+    shutdown(&host);
+    let _ = fs::remove_file(&config.socket);
+    log::info!("aegis-kit serve stopped");
+    Ok(())
+}
+
+fn shutdown(host: &Host) {
+    let handles: Vec<Handle> = host
+        .instances
+        .read()
+        .expect("instances lock")
+        .values()
+        .cloned()
+        .collect();
+    let waits: Vec<_> = handles
+        .iter()
+        .filter_map(|h| {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            h.tx.send(supervisor::Cmd::Shutdown(tx)).ok().map(|_| rx)
+        })
+        .collect();
+    for rx in waits {
+        let _ = rx.recv_timeout(Duration::from_secs(10));
+    }
+    for h in handles {
+        h.store.close();
+    }
+}

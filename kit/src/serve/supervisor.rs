@@ -1,0 +1,885 @@
+//! One supervisor thread per instance: the owner of its state machine
+//! (stopped → starting → running ⇄ paused → stopped, PROTOCOL.md §5).
+//!
+//! Duties:
+//! 1. wake on message: an ingress frame boots a stopped instance or resumes (SIGCONT) a
+//!    paused one, and is queued, in order and bounded, until the agent's direct tether
+//!    connection is up; over the bound the caller gets 503, never a silent drop;
+//! 2. idle: pause (SIGSTOP: zero CPU) after `pause_after` without ingress or egress, stop
+//!    after `stop_after` more; timers are deadlines, so an idle instance wakes nobody;
+//! 3. crashes: a user message the agent took but never answered is delivered again after
+//!    an unexpected exit; 5 crashes within 2 minutes refuse further boots;
+//! 4. stop and shutdown: SIGTERM to the process group, SIGKILL after a grace period.
+//!
+//! Events reach it on one channel: API commands, agent connections and disconnections
+//! (from the accept and reader threads) and child exits (from a waiter thread).
+
+use std::collections::VecDeque;
+use std::fs::{self, OpenOptions};
+use std::io::{BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use serde::Serialize;
+use tether::frame::{kind, Direction};
+use tether::lines::LineReader;
+use tether::rpc::Message;
+use tether::{Addr, EgressStore, Frame, Listener, Stream};
+
+use super::registry::InstanceDef;
+use super::secrets::Secrets;
+use super::ApiError;
+
+/// Crashes within `CRASH_WINDOW` that refuse further boots.
+const CRASH_LIMIT: usize = 5;
+const CRASH_WINDOW: Duration = Duration::from_secs(120);
+/// Grace period between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Largest instance log kept before it is rotated at boot.
+const MAX_LOG: u64 = 10 << 20;
+
+/// Lifecycle timing, configurable per serve.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Idle time before SIGSTOP (zero disables pausing).
+    pub pause_after: Duration,
+    /// Further idle time before the instance is stopped.
+    pub stop_after: Duration,
+    /// How long a boot may take before the wake fails.
+    pub boot: Duration,
+    /// Frames queued while booting before callers get 503.
+    pub queue_limit: usize,
+}
+
+/// Lifecycle states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// No process.
+    Stopped,
+    /// Process spawned, tether not yet connected.
+    Starting,
+    /// Connected and running.
+    Running,
+    /// SIGSTOPped.
+    Paused,
+    /// SIGTERM sent, waiting for exit.
+    Stopping,
+    /// Refuses to boot after repeated crashes.
+    Crashloop,
+}
+
+/// What `instance info` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Info {
+    /// The definition.
+    #[serde(flatten)]
+    pub def: InstanceDef,
+    /// Current state.
+    pub state: State,
+    /// Process id while a process exists.
+    pub pid: Option<u32>,
+    /// Seconds since the last ingress or egress.
+    pub idle_secs: u64,
+    /// Frames waiting for the agent.
+    pub queued: usize,
+    /// User messages delivered but not yet answered.
+    pub unanswered: usize,
+    /// Crashes in the last two minutes.
+    pub recent_crashes: usize,
+    /// Newest egress seq.
+    pub last_seq: u64,
+    /// The instance's folder.
+    pub dir: PathBuf,
+}
+
+/// Where the outcome of a request goes.
+pub type Waiter = Sender<Result<(), ApiError>>;
+
+/// Messages to a supervisor.
+pub enum Cmd {
+    /// Deliver an ingress frame (wake if needed); answered once delivered or failed.
+    Ingress(Frame, Waiter),
+    /// Boot now (clears a crash loop).
+    Start(Waiter),
+    /// Stop now.
+    Stop(Waiter),
+    /// Pause now.
+    Pause(Waiter),
+    /// Report state.
+    Info(Sender<Info>),
+    /// Stop the process and end the thread.
+    Shutdown(Sender<()>),
+    /// The agent connected (connection number, writing half).
+    Connected(u64, Stream),
+    /// That connection ended.
+    Disconnected(u64),
+    /// `assistant.done` seen for this `msg_id`.
+    Answered(String),
+    /// The process exited (pid, exit code if not killed by a signal).
+    Exited(u32, Option<i32>),
+}
+
+/// What the API keeps per instance.
+#[derive(Clone)]
+pub struct Handle {
+    /// The definition (immutable after creation).
+    pub def: InstanceDef,
+    /// The supervisor's inbox.
+    pub tx: Sender<Cmd>,
+    /// Egress history, shared with the connection readers and stream clients.
+    pub store: Arc<EgressStore>,
+}
+
+/// Milliseconds since serve started, for lock-free activity stamps.
+fn now_ms(epoch: Instant) -> u64 {
+    epoch.elapsed().as_millis() as u64
+}
+
+struct Child {
+    pid: u32,
+    /// Connection counter value at spawn, to ignore events of older connections.
+    since_conn: u64,
+}
+
+struct Supervisor {
+    def: InstanceDef,
+    dir: PathBuf,
+    timing: Timing,
+    secrets: Arc<Secrets>,
+    agent_bin: PathBuf,
+    tx: Sender<Cmd>,
+    store: Arc<EgressStore>,
+    state: State,
+    child: Option<Child>,
+    /// The agent's tether connection and its number.
+    conn: Option<(u64, Stream)>,
+    /// Numbers connections so stale disconnect events are ignored.
+    conn_counter: Arc<AtomicU64>,
+    /// Ingress waiting for the agent, with the callers waiting for the outcome.
+    queue: VecDeque<(Frame, Option<Waiter>)>,
+    /// Delivered user messages without an `assistant.done` yet.
+    unanswered: VecDeque<Frame>,
+    /// Recent unexpected exits.
+    crashes: VecDeque<Instant>,
+    /// Last ingress or egress, ms since `epoch` (egress readers update it).
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+    /// When a boot or a stop gives up.
+    deadline: Option<Instant>,
+    /// Start requests waiting for the agent to connect.
+    start_waiters: Vec<Waiter>,
+    /// Tells the accept thread to end.
+    listener_closed: Option<Arc<AtomicBool>>,
+    /// Assigns `msg_id`s to ingress frames that came without one.
+    next_msg: u64,
+}
+
+/// Start the supervisor thread of `def`; `store` is the instance's egress history.
+pub fn spawn(
+    def: InstanceDef,
+    dir: PathBuf,
+    timing: Timing,
+    secrets: Arc<Secrets>,
+    agent_bin: PathBuf,
+    store: Arc<EgressStore>,
+) -> std::io::Result<Handle> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let epoch = Instant::now();
+    kill_orphan(&dir);
+    let sup = Supervisor {
+        def: def.clone(),
+        dir,
+        timing,
+        secrets,
+        agent_bin,
+        tx: tx.clone(),
+        store: Arc::clone(&store),
+        state: State::Stopped,
+        child: None,
+        conn: None,
+        conn_counter: Arc::new(AtomicU64::new(0)),
+        queue: VecDeque::new(),
+        unanswered: VecDeque::new(),
+        crashes: VecDeque::new(),
+        activity: Arc::new(AtomicU64::new(0)),
+        epoch,
+        deadline: None,
+        start_waiters: Vec::new(),
+        listener_closed: None,
+        next_msg: 0,
+    };
+    thread::Builder::new()
+        .name("supervisor".into())
+        .stack_size(128 * 1024)
+        .spawn(move || sup.run(rx))?;
+    Ok(Handle { def, tx, store })
+}
+
+/// A previous serve killed with SIGKILL may have left a process behind: end it.
+fn kill_orphan(dir: &Path) {
+    let pidfile = dir.join("pid");
+    let Ok(text) = fs::read_to_string(&pidfile) else {
+        return;
+    };
+    if let Ok(pid) = text.trim().parse::<i32>() {
+        // Only our own children: the pid file names the process group we created.
+        let cmdline = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let marker = format!("AEGIS_TETHER=unix:{}", dir.join("tether.sock").display());
+        if pid > 1 && cmdline.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+            log::warn!("killing orphaned instance process group {pid}");
+            signal_group(pid as u32, libc::SIGKILL);
+        }
+    }
+    let _ = fs::remove_file(pidfile);
+}
+
+fn signal_group(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group we created with
+    // process_group(0); it has no memory-safety preconditions.
+    unsafe {
+        libc::kill(-(pid as i32), sig);
+    }
+}
+
+/// Whether the instance's command is the agent, which dials the tether; other commands
+/// (a debug shell) run without one and are `running` as soon as they are spawned.
+fn speaks_tether(def: &InstanceDef) -> bool {
+    def.command
+        .first()
+        .is_none_or(|c| Path::new(c).file_name().is_some_and(|n| n == "aegis-agent"))
+}
+
+fn err(status: u16, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+impl Supervisor {
+    fn run(mut self, rx: Receiver<Cmd>) {
+        loop {
+            let cmd = match self.next_deadline() {
+                Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return self.stop_now(),
+                },
+                None => match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return self.stop_now(),
+                },
+            };
+            match cmd {
+                Some(Cmd::Shutdown(reply)) => {
+                    self.stop_now();
+                    let _ = reply.send(());
+                    return;
+                }
+                Some(c) => self.handle(c),
+                None => self.on_timer(),
+            }
+        }
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.activity.load(Ordering::Relaxed))
+    }
+
+    fn touch(&self) {
+        self.activity.store(now_ms(self.epoch), Ordering::Relaxed);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let idle = self.idle_since();
+        match self.state {
+            State::Starting | State::Stopping => self.deadline,
+            State::Running if !self.timing.pause_after.is_zero() => Some(idle + self.timing.pause_after),
+            State::Running | State::Paused => Some(idle + self.timing.pause_after + self.timing.stop_after),
+            State::Stopped | State::Crashloop => None,
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        match self.state {
+            State::Starting if self.deadline.is_some_and(|d| now >= d) => {
+                let msg = format!(
+                    "wake failed: {} did not connect within {:?}",
+                    self.def.name, self.timing.boot
+                );
+                log::error!("{msg}");
+                self.fail_queue(503, &msg);
+                self.terminate(libc::SIGKILL);
+            }
+            State::Stopping if self.deadline.is_some_and(|d| now >= d) => {
+                log::warn!("{} ignored SIGTERM; killing it", self.def.name);
+                if let Some(c) = &self.child {
+                    signal_group(c.pid, libc::SIGKILL);
+                }
+                self.deadline = None;
+            }
+            State::Running | State::Paused => {
+                let idle = now.saturating_duration_since(self.idle_since());
+                let busy = !self.unanswered.is_empty() || !self.queue.is_empty();
+                if idle >= self.timing.pause_after + self.timing.stop_after && !busy {
+                    log::info!("{}: idle for {idle:?}, stopping", self.def.name);
+                    self.terminate(libc::SIGTERM);
+                } else if self.state == State::Running
+                    && !self.timing.pause_after.is_zero()
+                    && idle >= self.timing.pause_after
+                {
+                    if busy {
+                        // A reply is still owed: count its wait as activity.
+                        self.touch();
+                    } else if let Some(c) = &self.child {
+                        log::info!("{}: idle for {idle:?}, pausing", self.def.name);
+                        signal_group(c.pid, libc::SIGSTOP);
+                        self.state = State::Paused;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Ingress(frame, reply) => self.ingress(frame, reply),
+            Cmd::Start(reply) => {
+                self.crashes.clear();
+                match self.state {
+                    State::Stopped | State::Crashloop => match self.boot() {
+                        Ok(()) if !speaks_tether(&self.def) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Ok(()) => self.start_waiters.push(reply),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    },
+                    State::Starting => self.start_waiters.push(reply),
+                    State::Paused => {
+                        self.resume();
+                        let _ = reply.send(Ok(()));
+                    }
+                    State::Running => {
+                        let _ = reply.send(Ok(()));
+                    }
+                    State::Stopping => {
+                        let _ = reply.send(Err(err(409, "instance is stopping; try again")));
+                    }
+                }
+            }
+            Cmd::Stop(reply) => {
+                self.fail_queue(503, "instance stopped");
+                if self.state == State::Crashloop {
+                    self.state = State::Stopped;
+                }
+                self.unanswered.clear();
+                self.terminate(libc::SIGTERM);
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Pause(reply) => {
+                let r = match (&self.child, self.state) {
+                    (Some(c), State::Running) => {
+                        signal_group(c.pid, libc::SIGSTOP);
+                        self.state = State::Paused;
+                        Ok(())
+                    }
+                    (_, State::Paused) => Ok(()),
+                    _ => Err(err(
+                        409,
+                        format!("instance is {:?}, not running", self.state).to_lowercase(),
+                    )),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Info(reply) => {
+                let _ = reply.send(self.info());
+            }
+            Cmd::Shutdown(_) => unreachable!("handled in run"),
+            Cmd::Connected(n, stream) => self.connected(n, stream),
+            Cmd::Disconnected(n) => {
+                if self.conn.as_ref().is_some_and(|(c, _)| *c == n) {
+                    log::info!("{}: tether connection closed", self.def.name);
+                    self.conn = None;
+                    if self.state == State::Running {
+                        // The process may still live and reconnect; wait for it.
+                        self.state = State::Starting;
+                        self.deadline = Some(Instant::now() + self.timing.boot);
+                    }
+                }
+            }
+            Cmd::Answered(id) => self
+                .unanswered
+                .retain(|f| f.msg_id.as_deref() != Some(id.as_str())),
+            Cmd::Exited(pid, code) => self.exited(pid, code),
+        }
+    }
+
+    fn ingress(&mut self, mut frame: Frame, reply: Waiter) {
+        if self.state == State::Crashloop {
+            let _ = reply.send(Err(err(
+                503,
+                format!(
+                    "instance {} is crash-looping ({CRASH_LIMIT} crashes within 2 minutes); see `aegis-kit logs {}`, then `aegis-kit instance start {}`",
+                    self.def.name, self.def.name, self.def.name
+                ),
+            )));
+            return;
+        }
+        if !speaks_tether(&self.def) {
+            let _ = reply.send(Err(err(
+                409,
+                format!(
+                    "instance {} runs {:?}, which does not speak the tether",
+                    self.def.name, self.def.command
+                ),
+            )));
+            return;
+        }
+        if frame.kind == kind::USER_MESSAGE && frame.msg_id.is_none() {
+            self.next_msg += 1;
+            frame.msg_id = Some(format!("kit-{}-{}", now_ms(self.epoch), self.next_msg));
+        }
+        self.touch();
+        match self.state {
+            State::Paused => {
+                self.resume();
+                self.deliver(frame, Some(reply));
+            }
+            State::Running => self.deliver(frame, Some(reply)),
+            State::Stopped | State::Starting | State::Stopping => {
+                if frame.kind == kind::CONTROL_CANCEL && self.state != State::Starting {
+                    // Nothing runs, so nothing is in flight to cancel.
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                if self.queue.len() >= self.timing.queue_limit {
+                    let _ = reply.send(Err(err(
+                        503,
+                        format!(
+                            "instance {} is starting and {} frames are already queued",
+                            self.def.name,
+                            self.queue.len()
+                        ),
+                    )));
+                    return;
+                }
+                self.queue.push_back((frame, Some(reply)));
+                if self.state == State::Stopped {
+                    if let Err(e) = self.boot() {
+                        self.fail_queue(e.status, &e.message);
+                    }
+                }
+            }
+            State::Crashloop => unreachable!(),
+        }
+    }
+
+    fn resume(&mut self) {
+        if let Some(c) = &self.child {
+            signal_group(c.pid, libc::SIGCONT);
+        }
+        self.state = State::Running;
+        self.touch();
+    }
+
+    /// Write `frame` to the agent, or queue it if the connection just failed.
+    fn deliver(&mut self, frame: Frame, reply: Option<Waiter>) {
+        let line = Message::tether_frame(&frame).encode();
+        let written = match &mut self.conn {
+            Some((_, s)) => s.write_all(&line).is_ok(),
+            None => false,
+        };
+        if written {
+            if frame.kind == kind::USER_MESSAGE {
+                self.unanswered.push_back(frame);
+            }
+            if let Some(r) = reply {
+                let _ = r.send(Ok(()));
+            }
+        } else {
+            log::warn!(
+                "{}: tether write failed; waiting for the agent to reconnect",
+                self.def.name
+            );
+            self.conn = None;
+            self.queue.push_back((frame, reply));
+            self.state = State::Starting;
+            self.deadline = Some(Instant::now() + self.timing.boot);
+        }
+    }
+
+    fn connected(&mut self, n: u64, stream: Stream) {
+        let Some(child) = &self.child else { return };
+        if n <= child.since_conn {
+            return;
+        }
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+        log::info!("{}: agent connected", self.def.name);
+        self.conn = Some((n, stream));
+        if matches!(self.state, State::Starting) {
+            self.state = State::Running;
+            self.deadline = None;
+        }
+        self.touch();
+        for w in self.start_waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+        let queued: Vec<_> = self.queue.drain(..).collect();
+        for (f, r) in queued {
+            self.deliver(f, r);
+        }
+    }
+
+    fn exited(&mut self, pid: u32, code: Option<i32>) {
+        if self.child.as_ref().map(|c| c.pid) != Some(pid) {
+            return;
+        }
+        let expected = self.state == State::Stopping;
+        self.child = None;
+        self.conn = None;
+        self.deadline = None;
+        self.close_listener();
+        let _ = fs::remove_file(self.dir.join("pid"));
+        let crashed = !expected && code != Some(0);
+        log::info!(
+            "{}: process {pid} exited ({})",
+            self.def.name,
+            code.map_or("killed by a signal".to_string(), |c| format!("code {c}"))
+        );
+        self.state = State::Stopped;
+        if !crashed {
+            if !self.queue.is_empty() {
+                if let Err(e) = self.boot() {
+                    self.fail_queue(e.status, &e.message);
+                }
+            }
+            return;
+        }
+        let now = Instant::now();
+        self.crashes.push_back(now);
+        while self
+            .crashes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > CRASH_WINDOW)
+        {
+            self.crashes.pop_front();
+        }
+        if self.crashes.len() >= CRASH_LIMIT {
+            log::error!(
+                "{}: {} crashes within 2 minutes; refusing to boot",
+                self.def.name,
+                self.crashes.len()
+            );
+            self.state = State::Crashloop;
+            self.unanswered.clear();
+            self.fail_queue(503, &format!("instance {} is crash-looping", self.def.name));
+            for w in self.start_waiters.drain(..) {
+                let _ = w.send(Err(err(503, "instance is crash-looping")));
+            }
+            return;
+        }
+        // Messages the agent took but never answered go first, then what was queued.
+        let owed: Vec<_> = self.unanswered.drain(..).map(|f| (f, None)).collect();
+        if !owed.is_empty() {
+            log::warn!(
+                "{}: redelivering {} unanswered message(s) after a crash",
+                self.def.name,
+                owed.len()
+            );
+        }
+        for item in owed.into_iter().rev() {
+            self.queue.push_front(item);
+        }
+        if !self.queue.is_empty() || !self.start_waiters.is_empty() {
+            if let Err(e) = self.boot() {
+                self.fail_queue(e.status, &e.message);
+            }
+        }
+    }
+
+    fn fail_queue(&mut self, status: u16, message: &str) {
+        for (_, r) in self.queue.drain(..) {
+            if let Some(r) = r {
+                let _ = r.send(Err(err(status, message)));
+            }
+        }
+        for w in self.start_waiters.drain(..) {
+            let _ = w.send(Err(err(status, message)));
+        }
+    }
+
+    fn terminate(&mut self, sig: i32) {
+        match &self.child {
+            Some(c) => {
+                signal_group(c.pid, sig);
+                // A stopped process only acts on SIGTERM once continued.
+                signal_group(c.pid, libc::SIGCONT);
+                self.state = State::Stopping;
+                self.deadline = Some(Instant::now() + STOP_GRACE);
+            }
+            None => {
+                if self.state != State::Crashloop {
+                    self.state = State::Stopped;
+                }
+                self.deadline = None;
+            }
+        }
+        self.conn = None;
+    }
+
+    /// Stop synchronously (serve shutting down).
+    fn stop_now(&mut self) {
+        self.fail_queue(503, "aegis-kit serve is shutting down");
+        if let Some(c) = self.child.take() {
+            signal_group(c.pid, libc::SIGTERM);
+            signal_group(c.pid, libc::SIGCONT);
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline && Path::new(&format!("/proc/{}", c.pid)).exists() {
+                if fs::read_to_string(format!("/proc/{}/stat", c.pid))
+                    .map(|s| s.contains(") Z "))
+                    .unwrap_or(true)
+                {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            signal_group(c.pid, libc::SIGKILL);
+            let _ = fs::remove_file(self.dir.join("pid"));
+        }
+        self.close_listener();
+    }
+
+    fn close_listener(&mut self) {
+        if let Some(flag) = self.listener_closed.take() {
+            flag.store(true, Ordering::SeqCst);
+            // Wake the accept thread so it sees the flag.
+            let _ = std::os::unix::net::UnixStream::connect(self.dir.join("tether.sock"));
+        }
+    }
+
+    fn boot(&mut self) -> Result<(), ApiError> {
+        let sock = self.dir.join("tether.sock");
+        self.close_listener();
+        // The path is ours alone; the previous listener (just told to close) may still
+        // hold it, and the new one must own it.
+        let _ = fs::remove_file(&sock);
+        let listener = Listener::bind(&Addr::Unix(sock.clone())).map_err(|e| {
+            err(
+                503,
+                format!("wake failed: cannot listen on {}: {e}", sock.display()),
+            )
+        })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        self.listener_closed = Some(Arc::clone(&closed));
+        let since_conn = self.conn_counter.load(Ordering::SeqCst);
+        spawn_acceptor(
+            listener,
+            closed,
+            Arc::clone(&self.conn_counter),
+            self.tx.clone(),
+            Arc::clone(&self.store),
+            Arc::clone(&self.activity),
+            self.epoch,
+        );
+
+        let mut env: Vec<(String, String)> = Vec::new();
+        for name in &self.def.secrets {
+            let value = self
+                .secrets
+                .get(name)
+                .map_err(|e| err(503, format!("wake failed: {e}")))?;
+            env.push((name.clone(), value));
+        }
+        let log_path = self.dir.join("instance.log");
+        if fs::metadata(&log_path).is_ok_and(|m| m.len() > MAX_LOG) {
+            let _ = fs::rename(&log_path, self.dir.join("instance.log.1"));
+        }
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| err(503, format!("wake failed: {}: {e}", log_path.display())))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| err(503, format!("wake failed: {e}")))?;
+        let workspace = self.dir.join("workspace");
+        let _ = fs::create_dir_all(&workspace);
+
+        let program = match self.def.command.first().map(String::as_str) {
+            Some("aegis-agent") | None => self.agent_bin.clone(),
+            Some(p) => PathBuf::from(p),
+        };
+        let mut cmd = Command::new(&program);
+        cmd.args(self.def.command.iter().skip(1))
+            .current_dir(&workspace)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0);
+        for var in [
+            "PATH",
+            "HOME",
+            "LANG",
+            "TZ",
+            "RUST_LOG",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+        ] {
+            if let Some(v) = std::env::var_os(var) {
+                cmd.env(var, v);
+            }
+        }
+        cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+            .env("AEGIS_WORKSPACE", &workspace)
+            .env("AEGIS_INSTANCE", &self.def.name)
+            .envs(self.def.env.iter())
+            .envs(env);
+        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the instance if
+        // serve dies without stopping it, so a serve restart finds no orphans.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| err(503, format!("wake failed: cannot run {}: {e}", program.display())))?;
+        let pid = child.id();
+        let _ = fs::write(self.dir.join("pid"), pid.to_string());
+        log::info!("{}: started {} (pid {pid})", self.def.name, program.display());
+        let tx = self.tx.clone();
+        thread::Builder::new()
+            .name("waiter".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let code = child.wait().ok().and_then(|s| s.code());
+                let _ = tx.send(Cmd::Exited(pid, code));
+            })
+            .map_err(|e| err(503, format!("wake failed: {e}")))?;
+        self.child = Some(Child { pid, since_conn });
+        if speaks_tether(&self.def) {
+            self.state = State::Starting;
+            self.deadline = Some(Instant::now() + self.timing.boot);
+        } else {
+            self.state = State::Running;
+        }
+        self.touch();
+        Ok(())
+    }
+
+    fn info(&self) -> Info {
+        let now = Instant::now();
+        Info {
+            def: self.def.clone(),
+            state: self.state,
+            pid: self.child.as_ref().map(|c| c.pid),
+            idle_secs: now.saturating_duration_since(self.idle_since()).as_secs(),
+            queued: self.queue.len(),
+            unanswered: self.unanswered.len(),
+            recent_crashes: self
+                .crashes
+                .iter()
+                .filter(|t| now.duration_since(**t) <= CRASH_WINDOW)
+                .count(),
+            last_seq: self.store.last_seq(),
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+/// Accept the agent's tether connections until `closed` is set.
+fn spawn_acceptor(
+    listener: Listener,
+    closed: Arc<AtomicBool>,
+    counter: Arc<AtomicU64>,
+    tx: Sender<Cmd>,
+    store: Arc<EgressStore>,
+    activity: Arc<AtomicU64>,
+    epoch: Instant,
+) {
+    let spawned = thread::Builder::new()
+        .name("tether-accept".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            while let Ok(stream) = listener.accept() {
+                if closed.load(Ordering::SeqCst) {
+                    return;
+                }
+                let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                let Ok(writer) = stream.try_clone() else { continue };
+                let (tx2, store2, act2) = (tx.clone(), Arc::clone(&store), Arc::clone(&activity));
+                let reader = thread::Builder::new()
+                    .name("tether-read".into())
+                    .stack_size(128 * 1024)
+                    .spawn(move || read_egress(stream, n, &tx2, &store2, &act2, epoch));
+                if reader.is_ok() && tx.send(Cmd::Connected(n, writer)).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start tether acceptor: {e}");
+    }
+}
+
+/// Append the agent's egress frames to the store until the connection ends.
+fn read_egress(
+    stream: Stream,
+    n: u64,
+    tx: &Sender<Cmd>,
+    store: &EgressStore,
+    activity: &AtomicU64,
+    epoch: Instant,
+) {
+    let mut lines = LineReader::new(BufReader::new(stream));
+    loop {
+        let line = match lines.next_line() {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) if e.is_recoverable() => {
+                log::warn!("tether: {e}");
+                continue;
+            }
+            Err(_) => break,
+        };
+        activity.store(now_ms(epoch), Ordering::Relaxed);
+        let msg = match Message::decode(line) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("tether: {e}");
+                continue;
+            }
+        };
+        match msg.as_tether_frame() {
+            Some(Ok(frame)) if frame.direction() == Direction::Egress => {
+                let answered = (frame.kind == kind::ASSISTANT_DONE)
+                    .then(|| frame.msg_id.clone())
+                    .flatten();
+                store.append(frame);
+                if let Some(id) = answered {
+                    let _ = tx.send(Cmd::Answered(id));
+                }
+            }
+            Some(Ok(frame)) => log::warn!(
+                "tether: ignoring ingress-type frame {} from the agent",
+                frame.kind
+            ),
+            Some(Err(e)) => log::warn!("tether: invalid frame from the agent: {e}"),
+            None => {} // log, activity, keepalive notifications: activity is what matters
+        }
+    }
+    let _ = tx.send(Cmd::Disconnected(n));
+}

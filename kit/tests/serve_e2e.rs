@@ -1,0 +1,500 @@
+//! The real `aegis-kit serve` running real `aegis-agent` processes against a local LLM
+//! server: wake from stopped and paused, idle pause/stop, cursor resume, crashes, serve
+//! restarts, bad requests and file permissions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::proc::{bin, command, temp_dir, Proc};
+use crossbeam_channel::{unbounded, Receiver};
+use serde_json::{json, Value};
+use tether::frame::Session;
+use tether::{AegisClient, Frame};
+
+const T: Duration = Duration::from_secs(20);
+
+struct Serve {
+    proc: Proc,
+    home: PathBuf,
+    socket: PathBuf,
+}
+
+fn start_serve(home: &Path, args: &[&str]) -> Serve {
+    let socket = home.join("aegisd.sock");
+    let mut cmd = command("aegis-kit");
+    cmd.env("AEGIS_HOME", home)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("serve")
+        .arg("--agent")
+        .arg(bin("aegis-agent"))
+        .args(args);
+    let proc = Proc::spawn(cmd);
+    proc.wait_for("aegis-kit serve listening", T);
+    Serve {
+        proc,
+        home: home.to_path_buf(),
+        socket,
+    }
+}
+
+impl Serve {
+    fn client(&self) -> AegisClient {
+        AegisClient::new(&self.socket)
+    }
+
+    fn create_agent(&self, name: &str, llm: &FakeLlm) {
+        let c = self.client();
+        c.put_secret("OPENAI_API_KEY", "sk-kit-test").unwrap();
+        let body =
+            json!({"name": name, "secrets": ["OPENAI_API_KEY"], "env": {"OPENAI_BASE_URL": llm.url()}});
+        c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    }
+
+    fn info(&self, name: &str) -> Value {
+        self.client()
+            .request("GET", &format!("/v1/instances/{name}"), None)
+            .unwrap()
+    }
+
+    fn wait_state(&self, name: &str, state: &str) -> Value {
+        let deadline = Instant::now() + T;
+        loop {
+            let i = self.info(name);
+            if i["state"] == state {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "{name} never became {state}: {i}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kit(&self, args: &[&str]) -> std::process::Output {
+        command("aegis-kit")
+            .env("AEGIS_HOME", &self.home)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn msg(chat: &str, text: &str, id: &str) -> Frame {
+    Frame::user_message(Session::new("test", chat), text, None).with_msg_id(id)
+}
+
+/// Egress frames of `name` on a channel, from `after`.
+fn stream(c: &AegisClient, name: &str, after: Option<u64>) -> Receiver<Frame> {
+    let (tx, rx) = unbounded();
+    let s = c.stream(name, after).unwrap();
+    std::thread::spawn(move || {
+        for f in s.flatten() {
+            if tx.send(f).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn until_done(rx: &Receiver<Frame>, msg_id: &str) -> Vec<Frame> {
+    let mut out = Vec::new();
+    loop {
+        let f = rx
+            .recv_timeout(T)
+            .unwrap_or_else(|_| panic!("no done for {msg_id}; got {out:#?}"));
+        let done = f.kind == "assistant.done" && f.msg_id.as_deref() == Some(msg_id);
+        out.push(f);
+        if done {
+            return out;
+        }
+    }
+}
+
+fn done_text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .rev()
+        .find(|f| f.kind == "assistant.done")
+        .unwrap()
+        .text_payload()
+        .unwrap()
+}
+
+fn proc_state(pid: u64) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(") ")
+        .next()
+        .and_then(|s| s.chars().next())
+        .unwrap_or('?')
+}
+
+#[test]
+fn wake_from_stopped_streams_the_reply_with_increasing_seqs() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-wake");
+    let s = start_serve(&home, &[]);
+    s.create_agent("my-agent", &llm);
+    assert_eq!(s.info("my-agent")["state"], "stopped");
+    let c = s.client();
+    let rx = stream(&c, "my-agent", None);
+    c.post_frame("my-agent", &msg("1", "hi", "m1")).unwrap();
+    let frames = until_done(&rx, "m1");
+    assert_eq!(done_text(&frames), "echo: hi");
+    let seqs: Vec<u64> = frames.iter().map(|f| f.seq.unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+    assert_eq!(s.info("my-agent")["state"], "running");
+    // The key reached the agent only as an environment variable, and no log shows it.
+    assert_eq!(
+        llm.requests()[0].header("authorization"),
+        Some("Bearer sk-kit-test")
+    );
+    assert!(!s.proc.log().contains("sk-kit-test"));
+    let logs = s.kit(&["logs", "my-agent"]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("aegis-agent starting"), "{logs}");
+    assert!(!logs.contains("sk-kit-test"));
+    // The curl example of the kit docs: a frame without msg_id or ts is accepted.
+    let raw =
+        r#"{"v":1,"type":"user.message","session":{"channel":"test","id":"1"},"payload":{"text":"Hello!"}}"#;
+    c.request(
+        "POST",
+        "/v1/instances/my-agent/tether",
+        Some(&serde_json::from_str(raw).unwrap()),
+    )
+    .unwrap();
+    let f = rx.recv_timeout(T).unwrap();
+    assert_eq!(f.kind, "event.ack");
+    assert!(f.msg_id.unwrap().starts_with("kit-"));
+}
+
+#[test]
+fn idle_instance_pauses_stops_and_wakes_on_message() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-idle");
+    let s = start_serve(&home, &["--pause-after", "1", "--stop-after", "2"]);
+    s.create_agent("a", &llm);
+    let c = s.client();
+    let rx = stream(&c, "a", None);
+    c.post_frame("a", &msg("1", "one", "m1")).unwrap();
+    until_done(&rx, "m1");
+    let paused = s.wait_state("a", "paused");
+    let pid = paused["pid"].as_u64().unwrap();
+    assert_eq!(proc_state(pid), 'T', "a paused agent is SIGSTOPped");
+    // Resume on message.
+    c.post_frame("a", &msg("1", "two", "m2")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m2")), "echo: two");
+    assert_eq!(s.info("a")["pid"].as_u64(), Some(pid), "resumed, not rebooted");
+    // Then scale to zero, and boot again on the next message, history intact.
+    s.wait_state("a", "stopped");
+    assert!(!Path::new(&format!("/proc/{pid}")).exists() || proc_state(pid) == 'Z');
+    c.post_frame("a", &msg("1", "three", "m3")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m3")), "echo: three");
+    let last = llm.requests().last().unwrap().json();
+    assert_eq!(last["messages"].as_array().unwrap().len(), 6, "{last}");
+}
+
+#[test]
+fn cursor_resume_gets_exactly_the_later_frames() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-cursor");
+    let s = start_serve(&home, &[]);
+    s.create_agent("a", &llm);
+    let c = s.client();
+    let rx = stream(&c, "a", None);
+    c.post_frame("a", &msg("1", "x", "m1")).unwrap();
+    let all = until_done(&rx, "m1");
+    let cut = all[1].seq.unwrap();
+    let again: Vec<Frame> = c
+        .stream("a", Some(cut))
+        .unwrap()
+        .take(all.len() - 2)
+        .map(Result::unwrap)
+        .collect();
+    let want: Vec<u64> = all[2..].iter().map(|f| f.seq.unwrap()).collect();
+    assert_eq!(again.iter().map(|f| f.seq.unwrap()).collect::<Vec<_>>(), want);
+    // Without a cursor the recent history is replayed.
+    let replay: Vec<Frame> = c
+        .stream("a", None)
+        .unwrap()
+        .take(all.len())
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(replay.first().unwrap().seq, all.first().unwrap().seq);
+}
+
+#[test]
+fn killed_agent_mid_reply_is_restarted_and_the_message_answered_once() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::Sse {
+            pieces: openai_sse(&["par"])[..2].to_vec(),
+            delay: Duration::ZERO,
+            end: End::Hang(Duration::from_secs(30)),
+        },
+        Reply::sse(openai_sse(&["full ", "answer"])),
+    ]);
+    let home = temp_dir("serve-kill");
+    let s = start_serve(&home, &[]);
+    s.create_agent("a", &llm);
+    let c = s.client();
+    let rx = stream(&c, "a", None);
+    c.post_frame("a", &msg("1", "question", "m1")).unwrap();
+    loop {
+        if rx.recv_timeout(T).unwrap().kind == "assistant.delta" {
+            break;
+        }
+    }
+    let pid = s.info("a")["pid"].as_i64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let frames = until_done(&rx, "m1");
+    assert_eq!(done_text(&frames), "full answer");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing after the one done"
+    );
+    let info = s.info("a");
+    assert_ne!(info["pid"].as_i64().unwrap(), pid);
+    assert_eq!(info["recent_crashes"], 1);
+    // The agent's history holds the question once.
+    let hist = std::fs::read_to_string(home.join("kit/instances/a/workspace/sessions/test_1.jsonl")).unwrap();
+    assert_eq!(hist.matches("question").count(), 1, "{hist}");
+}
+
+#[test]
+fn crash_loop_refuses_to_boot_with_a_clear_error() {
+    let home = temp_dir("serve-crash");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    c.request(
+        "POST",
+        "/v1/instances",
+        Some(&json!({"name": "bad", "command": ["aegis-agent", "--no-such-flag"]})),
+    )
+    .unwrap();
+    let err = c.post_frame("bad", &msg("1", "hi", "m1")).unwrap_err();
+    assert_eq!(err.status(), Some(503), "{err}");
+    s.wait_state("bad", "crashloop");
+    let err = c.post_frame("bad", &msg("1", "hi", "m2")).unwrap_err();
+    assert!(err.to_string().contains("crash-looping"), "{err}");
+}
+
+#[test]
+fn serve_restart_keeps_instances_stops_children_and_continues_seqs() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-restart");
+    let mut s = start_serve(&home, &[]);
+    s.create_agent("a", &llm);
+    let c = s.client();
+    let rx = stream(&c, "a", None);
+    c.post_frame("a", &msg("1", "before", "m1")).unwrap();
+    let before = until_done(&rx, "m1");
+    let last_seq = before.last().unwrap().seq.unwrap();
+    let pid = s.info("a")["pid"].as_u64().unwrap();
+    assert!(s.proc.terminate(T).is_some(), "serve exits on SIGTERM");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists() || proc_state(pid) == 'Z',
+        "child stopped with serve"
+    );
+    let s2 = start_serve(&home, &[]);
+    assert_eq!(s2.info("a")["state"], "stopped");
+    let rx = stream(&s2.client(), "a", Some(last_seq));
+    s2.client().post_frame("a", &msg("1", "after", "m2")).unwrap();
+    let after = until_done(&rx, "m2");
+    assert!(
+        after[0].seq.unwrap() > last_seq,
+        "seqs continue above the old cursor"
+    );
+    assert_eq!(done_text(&after), "echo: after");
+    // kill -9 of serve takes its children with it; the next serve finds no orphan.
+    let mut s2 = s2;
+    let pid = s2.info("a")["pid"].as_u64().unwrap();
+    s2.proc.kill9();
+    let deadline = Instant::now() + T;
+    while Path::new(&format!("/proc/{pid}")).exists() && proc_state(pid) != 'Z' {
+        assert!(Instant::now() < deadline, "orphan {pid} survived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s3 = start_serve(&home, &[]);
+    assert_eq!(s3.info("a")["state"], "stopped");
+    let _ = &mut s;
+}
+
+#[test]
+fn bad_requests_get_json_errors() {
+    let home = temp_dir("serve-bad");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    c.request(
+        "POST",
+        "/v1/instances",
+        Some(&json!({"name": "a", "command": ["sleep", "60"]})),
+    )
+    .unwrap();
+    let cases: Vec<(&str, &str, Option<Value>, u16, &str)> = vec![
+        (
+            "POST",
+            "/v1/instances/nope/tether",
+            Some(
+                json!({"v":1,"type":"user.message","session":{"channel":"t","id":"1"},"payload":{"text":"x"}}),
+            ),
+            404,
+            "not found",
+        ),
+        (
+            "POST",
+            "/v1/instances/a/tether",
+            Some(json!({"v":1,"type":"assistant.done","payload":{"text":"x"}})),
+            400,
+            "egress frame type",
+        ),
+        (
+            "POST",
+            "/v1/instances/a/tether",
+            Some(json!({"v":1,"session":{"channel":"t","id":"1"}})),
+            400,
+            "no type",
+        ),
+        (
+            "POST",
+            "/v1/instances/a/tether",
+            Some(json!([1])),
+            400,
+            "invalid frame JSON",
+        ),
+        (
+            "POST",
+            "/v1/instances",
+            Some(json!({"name": "../x"})),
+            400,
+            "invalid instance name",
+        ),
+        (
+            "POST",
+            "/v1/instances",
+            Some(json!({"name": "a"})),
+            409,
+            "already exists",
+        ),
+        (
+            "POST",
+            "/v1/instances",
+            Some(json!({"name": "b", "secrets": ["MISSING"]})),
+            400,
+            "not found",
+        ),
+        ("GET", "/v1/secrets/bad%2Fname", None, 400, "invalid secret name"),
+        ("GET", "/v1/secrets/NOPE", None, 404, "not found"),
+        ("GET", "/v1/nothing", None, 404, "no route"),
+        (
+            "GET",
+            "/v1/instances/a/tether/stream?after=abc",
+            None,
+            400,
+            "after",
+        ),
+    ];
+    for (m, path, body, status, want) in cases {
+        let err = c.request(m, path, body.as_ref()).unwrap_err();
+        assert_eq!(err.status(), Some(status), "{m} {path}: {err}");
+        assert!(err.to_string().contains(want), "{m} {path}: {err}");
+    }
+    let huge = json!({"v":1,"type":"user.message","session":{"channel":"t","id":"1"},"payload":{"text":"x".repeat(2 << 20)}});
+    assert_eq!(
+        c.request("POST", "/v1/instances/a/tether", Some(&huge))
+            .unwrap_err()
+            .status(),
+        Some(413)
+    );
+    // Sockets and key files are private.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&s.socket), 0o600);
+    c.put_secret("X", "y").unwrap();
+    assert_eq!(mode(&home.join("kit/master.key")), 0o600);
+    assert_eq!(mode(&home.join("kit/secrets.json")), 0o600);
+    // A second serve on the same socket refuses to start.
+    let out = command("aegis-kit")
+        .env("AEGIS_HOME", &home)
+        .arg("--socket")
+        .arg(&s.socket)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"));
+}
+
+#[test]
+fn cli_manages_secrets_and_instances_and_chats_one_shot() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-cli");
+    let s = start_serve(&home, &[]);
+    let mut set = command("aegis-kit");
+    set.env("AEGIS_HOME", &home)
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["secret", "set", "OPENAI_API_KEY"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = set.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"sk-from-stdin\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(s.client().get_secret("OPENAI_API_KEY").unwrap(), "sk-from-stdin");
+    let out = s.kit(&["secret", "ls"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OPENAI_API_KEY");
+    let base = format!("OPENAI_BASE_URL={}", llm.url());
+    let out = s.kit(&[
+        "instance",
+        "start",
+        "--kit",
+        "agent",
+        "--name",
+        "my-agent",
+        "--secret",
+        "OPENAI_API_KEY",
+        "--env",
+        &base,
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("instance my-agent: running"));
+    let info = s.info("my-agent");
+    assert_eq!(info["kit"], "agent");
+    assert_eq!(info["image"], "python:3.12-alpine");
+    assert_eq!(info["command"], json!(["aegis-agent"]));
+    let out = s.kit(&["chat", "my-agent", "-m", "hello there"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "echo: hello there");
+    let out = s.kit(&["instance", "list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(list.contains("my-agent") && list.contains("running"), "{list}");
+    // `--kit agent -- CMD` overrides the preset's command.
+    let out = s.kit(&[
+        "instance", "start", "--kit", "agent", "--name", "shell", "--", "sh", "-c", "sleep 30",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.info("shell")["command"], json!(["sh", "-c", "sleep 30"]));
+    let out = s.kit(&["instance", "rm", "shell"]);
+    assert!(out.status.success());
+    assert_eq!(
+        s.client()
+            .request("GET", "/v1/instances/shell", None)
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    // Errors name the problem.
+    let out = s.kit(&["instance", "info", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("instance \"ghost\" not found"));
+    let out = command("aegis-kit")
+        .args(["--socket", "/nonexistent.sock", "instance", "list"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `aegis-kit serve` (or aegisd) running?"));
+}
