@@ -1,3 +1,211 @@
-fn main() {
-    println!("aegis-gateway: not yet implemented");
+//! `aegis-gateway`: turns a Telegram bot into the front door of an agent instance
+//! (PROTOCOL.md §7). Works against the real aegisd and against `aegis-kit serve`.
+
+mod bot;
+mod config;
+mod markdown;
+mod poller;
+mod render;
+mod sender;
+mod state;
+mod telegram;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+use lexopt::prelude::*;
+use tether::AegisClient;
+
+use config::{BotConfig, TokenSource};
+use telegram::{redact, Telegram};
+
+const HELP: &str = "\
+aegis-gateway: a Telegram bot in front of an Aegis agent instance.
+
+USAGE:
+    aegis-gateway [OPTIONS]
+
+OPTIONS:
+    --config PATH   gateway config [env AEGIS_GATEWAY_CONFIG, default ~/.aegis/gateway.json]
+    --socket PATH   aegisd API socket [env AEGIS_SOCKET, default ~/.aegis/aegisd.sock]
+    --check         validate the config, the token (getMe) and the instance, then exit
+    -v, --verbose   debug logging (same as RUST_LOG=debug)
+    -h, --help      this help
+    -V, --version   the version
+
+CONFIG (~/.aegis/gateway.json):
+    {\"telegram\": {\"bot_token_secret\": \"TELEGRAM_BOT_TOKEN\", \"instance\": \"my-agent\",
+                  \"allowed_chats\": [\"*\"]}}
+    bot_token        inline token instead of a secret (not recommended)
+    allowed_chats    chat ids, or \"*\" for all; absent or empty: no chat is answered
+    api_url          Bot API base [default https://api.telegram.org]
+    \"telegram\" may also be a list of such objects, one per bot.
+
+ENVIRONMENT (override the single-bot config):
+    TELEGRAM_BOT_TOKEN, TELEGRAM_BOT_TOKEN_SECRET, AEGIS_GATEWAY_INSTANCE, TELEGRAM_API_URL
+
+CHAT COMMANDS:
+    /stop, /cancel   cancel the reply in progress
+    /new             start a fresh conversation";
+
+struct Args {
+    config: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    check: bool,
+    verbose: bool,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut a = Args {
+        config: None,
+        socket: std::env::var_os("AEGIS_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from),
+        check: false,
+        verbose: false,
+    };
+    let mut p = lexopt::Parser::from_env();
+    let bad = |e: lexopt::Error| format!("{e} (see --help)");
+    while let Some(arg) = p.next().map_err(bad)? {
+        match arg {
+            Long("config") => a.config = Some(PathBuf::from(p.value().map_err(bad)?)),
+            Long("socket") => a.socket = Some(PathBuf::from(p.value().map_err(bad)?)),
+            Long("check") => a.check = true,
+            Short('v') | Long("verbose") => a.verbose = true,
+            Short('h') | Long("help") => {
+                println!("{HELP}");
+                return Ok(None);
+            }
+            Short('V') | Long("version") => {
+                println!("aegis-gateway {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            other => return Err(bad(other.unexpected())),
+        }
+    }
+    Ok(Some(a))
+}
+
+/// The token of `bot`, fetching a secret from aegisd (waiting for aegisd to come up when
+/// `wait` is set, as after a reboot where the gateway starts first).
+fn resolve_token(bot: &BotConfig, aegis: &AegisClient, wait: bool) -> Result<String, String> {
+    match &bot.token {
+        TokenSource::Inline(t) => Ok(t.clone()),
+        TokenSource::Secret(name) => {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match aegis.get_secret(name) {
+                    Ok(t) => return Ok(t.trim().to_string()),
+                    Err(e) if wait && e.is_transient() => {
+                        log::warn!("cannot read secret {name} yet ({e}); retrying in {backoff:?}");
+                        thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    Err(e) => return Err(format!("bot token secret {name:?}: {e}")),
+                }
+            }
+        }
+    }
+}
+
+fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Result<(), String> {
+    println!(
+        "config: {} ({} bot{})",
+        path.display(),
+        bots.len(),
+        if bots.len() == 1 { "" } else { "s" }
+    );
+    for bot in bots {
+        let token = resolve_token(bot, aegis, false)?;
+        let tg = Telegram::new(&bot.api_url, &token);
+        let name = tg
+            .get_me()
+            .map_err(|e| format!("token rejected by getMe: {}", redact(&e.to_string(), &token)))?;
+        println!("bot: @{name} (token from {:?})", bot.token);
+        aegis
+            .request(
+                "GET",
+                &format!("/v1/instances/{}", tether::client::encode_segment(&bot.instance)),
+                None,
+            )
+            .map_err(|e| format!("instance {:?}: {e}", bot.instance))?;
+        println!("instance: {} reachable", bot.instance);
+        match &bot.allowed_chats {
+            None => println!("allowed_chats: every chat"),
+            Some(ids) if ids.is_empty() => println!("allowed_chats: none (no chat will be answered)"),
+            Some(ids) => println!("allowed_chats: {ids:?}"),
+        }
+    }
+    println!("ok");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aegis-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = if args.verbose { "debug" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let path = config::path(args.config);
+    let bots = match config::load(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("aegis-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let aegis = AegisClient::new(args.socket.unwrap_or_else(tether::client::default_socket));
+    if args.check {
+        return match check(&bots, &aegis, &path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("aegis-gateway: check failed: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("aegis-gateway: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for bot in bots {
+        let token = match resolve_token(&bot, &aegis, true) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("aegis-gateway: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let tg = Telegram::new(&bot.api_url, &token);
+        if bot.allowed_chats.as_ref().is_some_and(|c| c.is_empty()) {
+            log::warn!(
+                "bot {}: allowed_chats is empty, so no chat will be answered; add chat ids or \"*\"",
+                tg.bot_id()
+            );
+        }
+        log::info!("bot {} → instance {}", tg.bot_id(), bot.instance);
+        if let Err(e) = bot::start(bot, tg, aegis.clone()) {
+            eprintln!("aegis-gateway: cannot start threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    log::info!("aegis-gateway running");
+    // State is saved as it changes, so stopping is just leaving.
+    if let Some(sig) = signals.forever().next() {
+        log::info!("signal {sig}: stopping");
+    }
+    ExitCode::SUCCESS
 }

@@ -1,0 +1,161 @@
+//! One bot's thread pipeline:
+//!
+//! ```text
+//! poller (getUpdates) ──frames──▶ aegisd            aegisd ──egress stream──▶ stream thread
+//!        │ user message                                                         │ frames
+//!        ▼                                                                      ▼
+//!     renderer (owns every chat's reply state, throttle, typing) ◀──────────────┘
+//!        │ actions                          ▲ message ids
+//!        ▼                                  │
+//!     sender (serialises Bot API calls, honours retry_after) ───┘
+//! ```
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, unbounded, Receiver, Sender};
+use tether::{AegisClient, Frame};
+
+use crate::config::BotConfig;
+use crate::poller::Poller;
+use crate::render::{Action, Renderer, ReplyKey, Snapshot};
+use crate::state;
+use crate::telegram::Telegram;
+
+/// What reaches the renderer.
+#[derive(Debug)]
+pub enum Event {
+    /// A user wrote in this chat (typing starts).
+    UserMessage(i64),
+    /// The user's message could not be delivered; typing stops.
+    Delivered(i64),
+    /// An egress frame.
+    Frame(Frame),
+    /// The sender created a reply message.
+    Sent {
+        /// Reply.
+        key: ReplyKey,
+        /// Part index.
+        part: usize,
+        /// Telegram message id.
+        message_id: i64,
+    },
+    /// The sender could not create it.
+    SendFailed {
+        /// Reply.
+        key: ReplyKey,
+        /// Part index.
+        part: usize,
+    },
+}
+
+/// Start every thread of one bot.
+pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Result<()> {
+    let dir = state::dir(tg.bot_id());
+    let render_path = dir.join("render.json");
+    let snapshot: Snapshot = state::load(&render_path);
+    let cursor = snapshot.cursor;
+    let (events_tx, events_rx) = unbounded();
+    let (actions_tx, actions_rx) = unbounded();
+
+    let tg2 = tg.clone();
+    let ev = events_tx.clone();
+    thread::Builder::new()
+        .name("tg-sender".into())
+        .spawn(move || crate::sender::run(tg2, actions_rx, ev))?;
+
+    let acts = actions_tx.clone();
+    thread::Builder::new()
+        .name("renderer".into())
+        .spawn(move || render_loop(Renderer::restore(snapshot), &events_rx, &acts, &render_path))?;
+
+    let (a2, inst, ev) = (aegis.clone(), bot.instance.clone(), events_tx.clone());
+    thread::Builder::new()
+        .name("egress".into())
+        .spawn(move || stream_loop(&a2, &inst, cursor, &ev))?;
+
+    let poller = Poller {
+        bot,
+        tg,
+        aegis,
+        events: events_tx,
+        actions: actions_tx,
+        state_path: dir.join("poll.json"),
+    };
+    thread::Builder::new()
+        .name("poller".into())
+        .spawn(move || poller.run())?;
+    Ok(())
+}
+
+fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Action>, path: &PathBuf) {
+    let mut out = Vec::new();
+    let mut saved_cursor = r.cursor();
+    let mut last_save = Instant::now();
+    loop {
+        let wait = r
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        select! {
+            recv(events) -> ev => {
+                let now = Instant::now();
+                match ev {
+                    Ok(Event::UserMessage(chat)) => r.user_message(chat, now, &mut out),
+                    Ok(Event::Delivered(chat)) => r.stop_typing(chat),
+                    Ok(Event::Frame(f)) => r.frame(&f, now, &mut out),
+                    Ok(Event::Sent { key, part, message_id }) => r.sent(&key, part, message_id, now, &mut out),
+                    Ok(Event::SendFailed { key, part }) => r.send_failed(&key, part),
+                    Err(_) => return,
+                }
+            },
+            default(wait) => r.tick(Instant::now(), &mut out),
+        }
+        for a in out.drain(..) {
+            let _ = actions.send(a);
+        }
+        // Save whenever a restart would otherwise repeat a Telegram side effect, and
+        // every few seconds while the cursor moves.
+        let moved = r.cursor() != saved_cursor && last_save.elapsed() >= Duration::from_secs(2);
+        if r.take_dirty() || moved {
+            if let Err(e) = state::save(path, &r.snapshot()) {
+                log::error!("cannot save {}: {e}", path.display());
+            }
+            saved_cursor = r.cursor();
+            last_save = Instant::now();
+        }
+    }
+}
+
+fn stream_loop(aegis: &AegisClient, instance: &str, mut cursor: Option<u64>, events: &Sender<Event>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match aegis.stream(instance, cursor) {
+            Ok(stream) => {
+                log::info!("egress stream of {instance} connected (after {cursor:?})");
+                backoff = Duration::from_millis(200);
+                for item in stream {
+                    match item {
+                        Ok(f) => {
+                            if f.seq.is_some() {
+                                cursor = f.seq;
+                            }
+                            if events.send(Event::Frame(f)).is_err() {
+                                return;
+                            }
+                        }
+                        Err(tether::client::StreamError::Frame(e)) => log::warn!("egress: {e}"),
+                        Err(e) => {
+                            log::warn!("egress stream of {instance} broke: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => log::warn!("egress stream of {instance}: {e}"),
+        }
+        thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

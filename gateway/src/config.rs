@@ -1,0 +1,257 @@
+//! Gateway configuration (PROTOCOL.md §7): `~/.aegis/gateway.json` or
+//! `AEGIS_GATEWAY_CONFIG`, with environment overrides. One bot:
+//! `{"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent", "allowed_chats": ["*"]}}`;
+//! several: `"telegram"` may be a list of such objects. Errors name the file and field.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// One bot and the instance it fronts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BotConfig {
+    /// Where the token comes from.
+    pub token: TokenSource,
+    /// Instance handle or id.
+    pub instance: String,
+    /// Allowed chat ids; `None` means every chat (`"*"`).
+    pub allowed_chats: Option<Vec<i64>>,
+    /// Bot API base URL.
+    pub api_url: String,
+}
+
+/// Token source; `Debug` never shows an inline token.
+#[derive(Clone, PartialEq)]
+pub enum TokenSource {
+    /// Inline in the config or `TELEGRAM_BOT_TOKEN`.
+    Inline(String),
+    /// Name of an aegis secret.
+    Secret(String),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            TokenSource::Secret(n) => write!(f, "Secret({n:?})"),
+        }
+    }
+}
+
+impl BotConfig {
+    /// Whether messages from `chat` are handled.
+    pub fn allows(&self, chat: i64) -> bool {
+        self.allowed_chats.as_ref().is_none_or(|ids| ids.contains(&chat))
+    }
+}
+
+/// A configuration problem, naming file and field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The config file path: `--config`, else `AEGIS_GATEWAY_CONFIG`, else `~/.aegis/gateway.json`.
+pub fn path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("AEGIS_GATEWAY_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| tether::paths::aegis_home().join("gateway.json"))
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Read the file (if any) and apply the environment. A missing file is fine when the
+/// environment supplies a token and an instance.
+pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
+    let at = |field: &str, why: &str| ConfigError(format!("{}: {field}: {why}", path.display()));
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ConfigError(format!("{}: {e}", path.display()))),
+    };
+    let entries: Vec<Value> = match &text {
+        None => vec![Value::Object(Default::default())],
+        Some(t) => {
+            let v: Value = serde_json::from_str(t)
+                .map_err(|e| ConfigError(format!("{}: invalid JSON: {e}", path.display())))?;
+            match v.get("telegram") {
+                Some(Value::Object(_)) => vec![v["telegram"].clone()],
+                Some(Value::Array(a)) if !a.is_empty() => a.clone(),
+                Some(_) => return Err(at("telegram", "must be an object or a non-empty list of objects")),
+                None => return Err(at("telegram", "missing")),
+            }
+        }
+    };
+    let single = entries.len() == 1;
+    let mut bots = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let field = |f: &str| {
+            if single {
+                format!("telegram.{f}")
+            } else {
+                format!("telegram[{i}].{f}")
+            }
+        };
+        if !e.is_object() {
+            return Err(at(
+                &field("").trim_end_matches('.').to_string(),
+                "must be an object",
+            ));
+        }
+        let s = |f: &str| -> Result<Option<String>, ConfigError> {
+            match e.get(f) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(x)) if !x.trim().is_empty() => Ok(Some(x.trim().to_string())),
+                Some(_) => Err(at(&field(f), "must be a non-empty string")),
+            }
+        };
+        // The environment overrides the single-bot form only; a list is explicit.
+        let over = |var: &str, v: Option<String>| if single { env(var).or(v) } else { v };
+        let env_token = if single { env("TELEGRAM_BOT_TOKEN") } else { None };
+        let env_secret = if single {
+            env("TELEGRAM_BOT_TOKEN_SECRET")
+        } else {
+            None
+        };
+        let token = if let Some(t) = env_token {
+            TokenSource::Inline(t)
+        } else if let Some(n) = env_secret.or(s("bot_token_secret")?) {
+            TokenSource::Secret(n)
+        } else if let Some(t) = s("bot_token")? {
+            TokenSource::Inline(t)
+        } else {
+            return Err(at(
+                &field("bot_token_secret"),
+                "missing (set bot_token_secret or bot_token, or TELEGRAM_BOT_TOKEN / TELEGRAM_BOT_TOKEN_SECRET)",
+            ));
+        };
+        let instance = over("AEGIS_GATEWAY_INSTANCE", s("instance")?)
+            .ok_or_else(|| at(&field("instance"), "missing (or set AEGIS_GATEWAY_INSTANCE)"))?;
+        let allowed_chats = match e.get("allowed_chats") {
+            None | Some(Value::Null) => Some(Vec::new()),
+            Some(Value::Array(items)) => {
+                let mut ids = Vec::new();
+                let mut all = false;
+                for item in items {
+                    match item {
+                        Value::String(s) if s == "*" => all = true,
+                        Value::String(s) => ids.push(s.trim().parse::<i64>().map_err(|_| {
+                            at(
+                                &field("allowed_chats"),
+                                &format!("{s:?} is not a chat id or \"*\""),
+                            )
+                        })?),
+                        Value::Number(n) => ids.push(
+                            n.as_i64()
+                                .ok_or_else(|| at(&field("allowed_chats"), "chat ids are integers"))?,
+                        ),
+                        _ => return Err(at(&field("allowed_chats"), "entries are chat ids or \"*\"")),
+                    }
+                }
+                if all {
+                    None
+                } else {
+                    Some(ids)
+                }
+            }
+            Some(_) => return Err(at(&field("allowed_chats"), "must be a list")),
+        };
+        let api_url =
+            over("TELEGRAM_API_URL", s("api_url")?).unwrap_or_else(|| "https://api.telegram.org".into());
+        bots.push(BotConfig {
+            token,
+            instance,
+            allowed_chats,
+            api_url,
+        });
+    }
+    Ok(bots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("gw-config-{}-{name}.json", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    // Environment overrides are covered by the end-to-end tests, which run the binary
+    // with a controlled environment; these tests assume the variables are unset.
+
+    #[test]
+    fn the_documented_single_bot_form() {
+        let p = write(
+            "single",
+            r#"{"telegram":{"bot_token_secret":"TELEGRAM_BOT_TOKEN","instance":"my-agent","allowed_chats":["*"]}}"#,
+        );
+        let bots = load(&p).unwrap();
+        assert_eq!(bots.len(), 1);
+        assert_eq!(bots[0].token, TokenSource::Secret("TELEGRAM_BOT_TOKEN".into()));
+        assert_eq!(bots[0].instance, "my-agent");
+        assert!(bots[0].allows(12345));
+        assert_eq!(bots[0].api_url, "https://api.telegram.org");
+    }
+
+    #[test]
+    fn a_list_of_bots_and_chat_id_filters() {
+        let p = write(
+            "list",
+            r#"{"telegram":[{"bot_token":"1:a","instance":"a","allowed_chats":["42", -100]},{"bot_token":"2:b","instance":"b"}]}"#,
+        );
+        let bots = load(&p).unwrap();
+        assert_eq!(bots.len(), 2);
+        assert!(bots[0].allows(42) && bots[0].allows(-100) && !bots[0].allows(7));
+        assert!(!bots[1].allows(7), "no allowed_chats means no chat is allowed");
+        assert_eq!(format!("{:?}", bots[0].token), "Inline(<redacted>)");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_field() {
+        let cases = [
+            ("{", "invalid JSON"),
+            (r#"{}"#, "telegram: missing"),
+            (
+                r#"{"telegram":{"instance":"a"}}"#,
+                "telegram.bot_token_secret: missing",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a"}}"#,
+                "telegram.instance: missing",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":5}}"#,
+                "telegram.instance: must be a non-empty string",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","allowed_chats":["x"]}}"#,
+                "telegram.allowed_chats: \"x\" is not a chat id",
+            ),
+            (
+                r#"{"telegram":[{"bot_token":"1:a","instance":"a"},{"instance":"b"}]}"#,
+                "telegram[1].bot_token_secret: missing",
+            ),
+        ];
+        for (i, (text, want)) in cases.iter().enumerate() {
+            let p = write(&format!("bad{i}"), text);
+            let e = load(&p).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&p.display().to_string()) && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+    }
+}

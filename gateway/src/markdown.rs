@@ -1,0 +1,226 @@
+//! Model Markdown → Telegram HTML (`parse_mode: "HTML"`).
+//!
+//! Telegram rejects a message whose entities do not parse, so the output must be valid by
+//! construction: every character outside our tags is escaped, tags nest properly, and a
+//! marker without its partner stays literal text. Supported: fenced code blocks, inline
+//! code, **bold**/__bold__, *italic*/_italic_, ~~strike~~, [links](https://...), and
+//! `#` headings (shown bold).
+
+/// Escape text for Telegram HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// Convert `md`; returns `None` when the text has no formatting worth a parse mode.
+pub fn to_html(md: &str) -> Option<String> {
+    let mut out = String::with_capacity(md.len() + 32);
+    let mut formatted = false;
+    let mut lines = md.split('\n').peekable();
+    let mut first = true;
+    while let Some(line) = lines.next() {
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        if let Some(lang) = line.trim_start().strip_prefix("```") {
+            // Collect until the closing fence; an unclosed fence runs to the end.
+            let mut body = Vec::new();
+            let mut closed = false;
+            for l in lines.by_ref() {
+                if l.trim_start().starts_with("```") {
+                    closed = true;
+                    break;
+                }
+                body.push(l);
+            }
+            let lang = lang.trim();
+            let code = escape(&body.join("\n"));
+            if !lang.is_empty()
+                && lang
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-#_".contains(c))
+            {
+                out.push_str(&format!(
+                    "<pre><code class=\"language-{lang}\">{code}</code></pre>"
+                ));
+            } else {
+                out.push_str(&format!("<pre>{code}</pre>"));
+            }
+            formatted = true;
+            let _ = closed;
+            continue;
+        }
+        let trimmed = line.trim_start();
+        let hashes = trimmed.chars().take_while(|&c| c == '#').count();
+        if (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
+            out.push_str("<b>");
+            out.push_str(&inline(trimmed[hashes..].trim(), &mut formatted));
+            out.push_str("</b>");
+            formatted = true;
+            continue;
+        }
+        out.push_str(&inline(line, &mut formatted));
+    }
+    formatted.then_some(out)
+}
+
+/// Inline markup of one line.
+fn inline(line: &str, formatted: &mut bool) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let mut out = String::new();
+    // Open markers: (marker, tag, index in `out` where the tag was written).
+    let mut stack: Vec<(&'static str, &'static str, usize)> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let rest: String = chars[i..].iter().take(2).collect();
+        let c = chars[i];
+        if c == '`' {
+            if let Some(end) = chars[i + 1..].iter().position(|&x| x == '`') {
+                let code: String = chars[i + 1..i + 1 + end].iter().collect();
+                if !code.is_empty() {
+                    out.push_str(&format!("<code>{}</code>", escape(&code)));
+                    *formatted = true;
+                    i += end + 2;
+                    continue;
+                }
+            }
+        }
+        if c == '[' {
+            if let Some((text, url, used)) = link(&chars[i..]) {
+                out.push_str(&format!("<a href=\"{}\">{}</a>", escape(&url), escape(&text)));
+                *formatted = true;
+                i += used;
+                continue;
+            }
+        }
+        let marker = match (rest.as_str(), c) {
+            ("**", _) => Some(("**", "b")),
+            ("__", _) => Some(("__", "b")),
+            ("~~", _) => Some(("~~", "s")),
+            (_, '*') => Some(("*", "i")),
+            (_, '_') => Some(("_", "i")),
+            _ => None,
+        };
+        if let Some((m, tag)) = marker {
+            let len = m.chars().count();
+            let before = if i == 0 { ' ' } else { chars[i - 1] };
+            let after = chars.get(i + len).copied().unwrap_or(' ');
+            if stack.last().is_some_and(|(open, _, _)| *open == m) && !before.is_whitespace() {
+                let (_, tag, _) = stack.pop().expect("checked");
+                out.push_str(&format!("</{tag}>"));
+                *formatted = true;
+                i += len;
+                continue;
+            }
+            // Single `_` inside a word (snake_case) is not emphasis.
+            let opens = !after.is_whitespace() && !(m == "_" && before.is_alphanumeric());
+            if opens && !stack.iter().any(|(open, _, _)| *open == m) {
+                stack.push((m, tag, out.len()));
+                out.push_str(&format!("<{tag}>"));
+                i += len;
+                continue;
+            }
+        }
+        out.push_str(&escape(&c.to_string()));
+        i += 1;
+    }
+    // Unclosed markers become literal again, innermost first.
+    while let Some((m, tag, at)) = stack.pop() {
+        let open = format!("<{tag}>");
+        out.replace_range(at..at + open.len(), m);
+        // Closing tags of markers opened later were already written; they stay balanced
+        // because a marker only closes the top of the stack.
+    }
+    out
+}
+
+/// `[text](http...)` at the start of `s`: (text, url, chars used).
+fn link(s: &[char]) -> Option<(String, String, usize)> {
+    let close = s.iter().position(|&c| c == ']')?;
+    if s.get(close + 1) != Some(&'(') {
+        return None;
+    }
+    let end = s[close + 2..].iter().position(|&c| c == ')')? + close + 2;
+    let text: String = s[1..close].iter().collect();
+    let url: String = s[close + 2..end].iter().collect();
+    let ok = (url.starts_with("http://") || url.starts_with("https://") || url.starts_with("tg://"))
+        && !url.contains(char::is_whitespace)
+        && !text.is_empty();
+    ok.then_some((text, url, end + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn common_markdown_converts() {
+        assert_eq!(
+            to_html("**bold** and *it* `x<y`").unwrap(),
+            "<b>bold</b> and <i>it</i> <code>x&lt;y</code>"
+        );
+        assert_eq!(to_html("# Title\ntext").unwrap(), "<b>Title</b>\ntext");
+        assert_eq!(
+            to_html("```rust\nfn a() {}\n```").unwrap(),
+            "<pre><code class=\"language-rust\">fn a() {}</code></pre>"
+        );
+        assert_eq!(
+            to_html("see [docs](https://x.y/a?b=1&c=2)").unwrap(),
+            "see <a href=\"https://x.y/a?b=1&amp;c=2\">docs</a>"
+        );
+    }
+
+    #[test]
+    fn plain_or_broken_markdown_stays_literal() {
+        assert_eq!(to_html("just text, 3 < 4"), None);
+        assert_eq!(to_html("a snake_case_name"), None);
+        assert_eq!(to_html("2 * 3 * 4"), None);
+        assert_eq!(to_html("**unclosed bold").as_deref(), None);
+        assert_eq!(to_html("**a** and **b").unwrap(), "<b>a</b> and **b");
+    }
+
+    /// Tags our converter writes nest properly and nothing else looks like a tag.
+    fn well_formed(html: &str) -> bool {
+        let mut stack = Vec::new();
+        let mut rest = html;
+        while let Some(i) = rest.find('<') {
+            let Some(j) = rest[i..].find('>') else {
+                return false;
+            };
+            let tag = &rest[i + 1..i + j];
+            if let Some(name) = tag.strip_prefix('/') {
+                if stack.pop() != Some(name.to_string()) {
+                    return false;
+                }
+            } else {
+                let name = tag.split(' ').next().unwrap_or("");
+                if !["b", "i", "s", "code", "pre", "a"].contains(&name) {
+                    return false;
+                }
+                stack.push(name.to_string());
+            }
+            rest = &rest[i + j + 1..];
+        }
+        stack.is_empty()
+    }
+
+    proptest! {
+        #[test]
+        fn output_is_always_valid_telegram_html(s in "[a-z *_`~\\[\\]()#<>&\n]{0,60}") {
+            if let Some(h) = to_html(&s) {
+                prop_assert!(well_formed(&h), "{s:?} -> {h:?}");
+            }
+        }
+    }
+}

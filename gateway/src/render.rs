@@ -1,0 +1,628 @@
+//! The renderer's decisions, free of I/O and clocks (callers pass `Instant`s): how tether
+//! egress frames become Telegram messages.
+//!
+//! Per reply (a chat and the `msg_id` it answers): the first delta → `sendMessage`; later
+//! deltas → `editMessageText` at most once a second per chat; `assistant.done` → the final
+//! edit with the full text, formatted when the Markdown converts; text past 4096
+//! characters continues in new messages split at paragraph, line, sentence or word
+//! boundaries. Per chat: a typing indicator every 3 s from the user's message until the
+//! reply completes, 2 minutes at most. Frames at or below the cursor are replays and are
+//! ignored, so a reconnect or a restart never renders anything twice.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tether::frame::{kind, ErrorPayload};
+use tether::Frame;
+
+use crate::markdown;
+
+/// Telegram's message length limit, in characters.
+pub const MAX_MESSAGE: usize = 4096;
+/// Edits per chat at most this often.
+pub const EDIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Typing indicator refresh.
+pub const TYPING_EVERY: Duration = Duration::from_secs(3);
+/// Typing indicator hard stop.
+pub const TYPING_MAX: Duration = Duration::from_secs(120);
+/// Replayed frames without `seq` (old aegisd) remembered for de-duplication.
+const SEEN_LIMIT: usize = 4096;
+
+/// Identifies a reply: chat id and the `msg_id` answered ("" for an old agent).
+pub type ReplyKey = (i64, String);
+
+/// Something for the Telegram sender to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// `sendMessage`; the sender reports the new message id as `Sent`.
+    Send {
+        /// Reply the message belongs to (None for notices).
+        key: Option<ReplyKey>,
+        /// Part index within the reply.
+        part: usize,
+        /// Chat.
+        chat: i64,
+        /// Plain text.
+        text: String,
+        /// The same as Telegram HTML, when it has formatting.
+        html: Option<String>,
+    },
+    /// `editMessageText`.
+    Edit {
+        /// Chat.
+        chat: i64,
+        /// Message to edit.
+        message_id: i64,
+        /// Plain text.
+        text: String,
+        /// The same as Telegram HTML, when it has formatting.
+        html: Option<String>,
+    },
+    /// `sendChatAction typing`.
+    Typing {
+        /// Chat.
+        chat: i64,
+    },
+}
+
+/// One Telegram message of a reply.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Part {
+    /// Set once `sendMessage` returned.
+    pub message_id: Option<i64>,
+    /// What the message currently shows (its HTML when formatted, else plain text).
+    pub shown: String,
+    /// A `sendMessage` is in flight.
+    #[serde(skip)]
+    pub sending: bool,
+}
+
+/// A reply being rendered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reply {
+    /// Text so far (all deltas, or the final text once done).
+    pub text: String,
+    /// The messages showing it.
+    pub parts: Vec<Part>,
+    /// `assistant.done` arrived.
+    pub done: bool,
+    /// An `error` frame's message, shown if the reply ends without text.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Typing {
+    until: Instant,
+    next: Instant,
+}
+
+/// What a restart needs to carry on exactly where the last run stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    /// Newest egress seq rendered.
+    pub cursor: Option<u64>,
+    /// Replies in progress, by "chat/msg_id".
+    pub replies: BTreeMap<String, Reply>,
+}
+
+/// The renderer of one bot.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    /// Replies in progress.
+    replies: BTreeMap<ReplyKey, Reply>,
+    /// Per-chat time of the last edit, for the throttle.
+    last_edit: BTreeMap<i64, Instant>,
+    /// Per-chat typing indicator.
+    typing: BTreeMap<i64, Typing>,
+    /// Newest seq rendered.
+    cursor: Option<u64>,
+    /// Fingerprints of seq-less frames already rendered (old aegisd replays them).
+    seen: HashSet<u64>,
+    /// Order of `seen`, to forget the oldest.
+    seen_order: VecDeque<u64>,
+    /// State changed in a way a restart must know (a message id, a finished reply).
+    dirty: bool,
+}
+
+/// The chat id of a session id: `"123"` or, after `/new`, `"123:2"`.
+pub fn chat_of(session_id: &str) -> Option<i64> {
+    session_id.split(':').next()?.parse().ok()
+}
+
+fn fingerprint(f: &Frame) -> u64 {
+    // FNV-1a over the frame JSON: stable and cheap; collisions only cost a skipped frame.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in f.to_json().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Split `text` into messages of at most `max` characters, preferring a paragraph break,
+/// then a line break, then a sentence end, then a space, in the last half of each piece.
+pub fn split(text: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while rest.chars().count() > max {
+        let cut_byte = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+        let window = &rest[..cut_byte];
+        let half = window.char_indices().nth(max / 2).map_or(0, |(i, _)| i);
+        let at = ["\n\n", "\n", ". ", " "]
+            .iter()
+            .find_map(|sep| window[half..].rfind(sep).map(|i| half + i + sep.len()))
+            .unwrap_or(cut_byte);
+        parts.push(rest[..at].trim_end().to_string());
+        rest = rest[at..].trim_start_matches(['\n', ' ']);
+    }
+    if !rest.is_empty() || parts.is_empty() {
+        parts.push(rest.to_string());
+    }
+    parts
+}
+
+impl Renderer {
+    /// A renderer continuing from `snap`.
+    pub fn restore(snap: Snapshot) -> Renderer {
+        let mut r = Renderer {
+            cursor: snap.cursor,
+            ..Default::default()
+        };
+        for (k, mut reply) in snap.replies {
+            // A message whose creation was in flight at the snapshot is sent again.
+            while reply.parts.last().is_some_and(|p| p.message_id.is_none()) {
+                reply.parts.pop();
+            }
+            if let Some((chat, id)) = k.split_once('/') {
+                if let Ok(chat) = chat.parse() {
+                    r.replies.insert((chat, id.to_string()), reply);
+                }
+            }
+        }
+        r
+    }
+
+    /// The state to persist.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            cursor: self.cursor,
+            replies: self
+                .replies
+                .iter()
+                .map(|((chat, id), r)| (format!("{chat}/{id}"), r.clone()))
+                .collect(),
+        }
+    }
+
+    /// Newest seq rendered.
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    /// Whether state worth persisting changed since the last call.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Replies in progress.
+    #[cfg(test)]
+    pub fn in_progress(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// A user message arrived in `chat`: show typing until the reply completes.
+    pub fn user_message(&mut self, chat: i64, now: Instant, out: &mut Vec<Action>) {
+        self.typing.insert(
+            chat,
+            Typing {
+                until: now + TYPING_MAX,
+                next: now + TYPING_EVERY,
+            },
+        );
+        out.push(Action::Typing { chat });
+    }
+
+    /// Stop the typing indicator of `chat` (its message could not be delivered).
+    pub fn stop_typing(&mut self, chat: i64) {
+        self.typing.remove(&chat);
+    }
+
+    /// An egress frame.
+    pub fn frame(&mut self, f: &Frame, now: Instant, out: &mut Vec<Action>) {
+        match f.seq {
+            Some(seq) => {
+                if self.cursor.is_some_and(|c| seq <= c) {
+                    return; // a replay
+                }
+                self.cursor = Some(seq);
+            }
+            None => {
+                let fp = fingerprint(f);
+                if !self.seen.insert(fp) {
+                    return;
+                }
+                self.seen_order.push_back(fp);
+                if self.seen_order.len() > SEEN_LIMIT {
+                    if let Some(old) = self.seen_order.pop_front() {
+                        self.seen.remove(&old);
+                    }
+                }
+            }
+        }
+        let Some(session) = &f.session else { return };
+        if session.channel != "telegram" {
+            return;
+        }
+        let Some(chat) = chat_of(&session.id) else { return };
+        let key = (chat, f.msg_id.clone().unwrap_or_default());
+        match f.kind.as_str() {
+            kind::ASSISTANT_DELTA => {
+                let t = f.text_payload().unwrap_or_default();
+                let reply = self.replies.entry(key.clone()).or_default();
+                if reply.done {
+                    return;
+                }
+                reply.text.push_str(&t);
+            }
+            kind::ASSISTANT_DONE => {
+                let t = f.text_payload().unwrap_or_default();
+                let reply = self.replies.entry(key.clone()).or_default();
+                reply.text = if !t.is_empty() {
+                    t
+                } else if let Some(e) = &reply.error {
+                    format!("⚠️ {e}")
+                } else {
+                    reply.text.clone()
+                };
+                reply.done = true;
+                self.typing.remove(&chat);
+            }
+            kind::ERROR => {
+                if let Ok(e) = f.payload_as::<ErrorPayload>() {
+                    log::info!("chat {chat}: agent error {}: {}", e.code, e.message);
+                    self.replies.entry(key.clone()).or_default().error = Some(e.message);
+                }
+                return;
+            }
+            _ => return,
+        }
+        self.progress(&key, now, out);
+    }
+
+    /// The sender created the message of `part` of reply `key`.
+    pub fn sent(
+        &mut self,
+        key: &ReplyKey,
+        part: usize,
+        message_id: i64,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if let Some(p) = self.replies.get_mut(key).and_then(|r| r.parts.get_mut(part)) {
+            p.message_id = Some(message_id);
+            p.sending = false;
+            self.dirty = true;
+        }
+        self.last_edit.insert(key.0, now);
+        self.progress(key, now, out);
+    }
+
+    /// The sender gave up creating that message: forget the part so it is tried again.
+    /// The sender could not create a message (Telegram refused it for good, e.g. the bot
+    /// was blocked): the reply cannot be shown, so it is dropped.
+    pub fn send_failed(&mut self, key: &ReplyKey, part: usize) {
+        log::error!(
+            "chat {}: giving up on reply {:?} (part {part} could not be sent)",
+            key.0,
+            key.1
+        );
+        self.replies.remove(key);
+        self.dirty = true;
+    }
+
+    /// Time passed: typing refreshes and throttled edits.
+    pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.typing.retain(|_, t| now < t.until);
+        for (chat, t) in self.typing.iter_mut() {
+            if now >= t.next {
+                out.push(Action::Typing { chat: *chat });
+                t.next = now + TYPING_EVERY;
+            }
+        }
+        let keys: Vec<ReplyKey> = self.replies.keys().cloned().collect();
+        for k in keys {
+            self.progress(&k, now, out);
+        }
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let typing = self.typing.values().map(|t| t.next.min(t.until));
+        let edits = self.replies.iter().filter_map(|((chat, _), r)| {
+            let pending = r.parts.iter().any(|p| p.message_id.is_some()) && self.wants_edit(r);
+            pending.then(|| {
+                self.last_edit
+                    .get(chat)
+                    .map_or_else(Instant::now, |t| *t + EDIT_INTERVAL)
+            })
+        });
+        typing.chain(edits).min()
+    }
+
+    fn wants_edit(&self, r: &Reply) -> bool {
+        let desired = desired_parts(r);
+        r.parts
+            .iter()
+            .zip(&desired)
+            .any(|(p, (t, h))| p.message_id.is_some() && &p.shown != h.as_ref().unwrap_or(t))
+            || desired.len() > r.parts.len()
+    }
+
+    /// Move reply `key` one step closer to showing its text.
+    fn progress(&mut self, key: &ReplyKey, now: Instant, out: &mut Vec<Action>) {
+        let chat = key.0;
+        let may_edit = self
+            .last_edit
+            .get(&chat)
+            .is_none_or(|t| now >= *t + EDIT_INTERVAL);
+        let Some(r) = self.replies.get_mut(key) else {
+            return;
+        };
+        if r.text.is_empty() && !r.done {
+            return;
+        }
+        let desired = desired_parts(r);
+        let mut edited = false;
+        for (i, (text, html)) in desired.iter().enumerate() {
+            let shown = html.as_ref().unwrap_or(text);
+            if i >= r.parts.len() {
+                // Parts are created in order, one sendMessage at a time.
+                if r.parts.iter().any(|p| p.sending) {
+                    break;
+                }
+                r.parts.push(Part {
+                    message_id: None,
+                    shown: shown.clone(),
+                    sending: true,
+                });
+                out.push(Action::Send {
+                    key: Some(key.clone()),
+                    part: i,
+                    chat,
+                    text: text.clone(),
+                    html: html.clone(),
+                });
+                break;
+            }
+            let p = &mut r.parts[i];
+            if let Some(id) = p.message_id {
+                if &p.shown != shown && (may_edit || edited) {
+                    p.shown = shown.clone();
+                    out.push(Action::Edit {
+                        chat,
+                        message_id: id,
+                        text: text.clone(),
+                        html: html.clone(),
+                    });
+                    edited = true;
+                }
+            }
+        }
+        if edited {
+            self.last_edit.insert(chat, now);
+        }
+        let complete = r.done
+            && r.parts.len() == desired.len()
+            && r.parts
+                .iter()
+                .zip(&desired)
+                .all(|(p, (t, h))| p.message_id.is_some() && &p.shown == h.as_ref().unwrap_or(t));
+        if complete {
+            self.replies.remove(key);
+            self.dirty = true;
+        }
+    }
+}
+
+/// The messages a reply should show now, as (plain, HTML): plain text while streaming;
+/// once done, each part also as HTML when its Markdown converts.
+fn desired_parts(r: &Reply) -> Vec<(String, Option<String>)> {
+    let text = if r.text.is_empty() && r.done {
+        "…".to_string()
+    } else {
+        r.text.clone()
+    };
+    split(&text, MAX_MESSAGE)
+        .into_iter()
+        .map(|p| {
+            let html = r.done.then(|| markdown::to_html(&p)).flatten();
+            (p, html)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether::frame::Session;
+
+    fn delta(chat: &str, id: &str, seq: u64, t: &str) -> Frame {
+        let mut f = Frame::text(kind::ASSISTANT_DELTA, Session::new("telegram", chat), t).with_msg_id(id);
+        f.seq = Some(seq);
+        f
+    }
+
+    fn done(chat: &str, id: &str, seq: u64, t: &str) -> Frame {
+        let mut f = Frame::text(kind::ASSISTANT_DONE, Session::new("telegram", chat), t).with_msg_id(id);
+        f.seq = Some(seq);
+        f
+    }
+
+    #[test]
+    fn first_delta_sends_later_deltas_edit_at_most_once_a_second() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&delta("5", "m", 1, "Hel"), t0, &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Send {
+                key: Some((5, "m".into())),
+                part: 0,
+                chat: 5,
+                text: "Hel".into(),
+                html: None
+            }]
+        );
+        out.clear();
+        r.sent(&(5, "m".into()), 0, 100, t0, &mut out);
+        assert!(out.is_empty());
+        r.frame(
+            &delta("5", "m", 2, "lo"),
+            t0 + Duration::from_millis(300),
+            &mut out,
+        );
+        assert!(out.is_empty(), "throttled");
+        assert_eq!(r.next_deadline(), Some(t0 + EDIT_INTERVAL));
+        r.tick(t0 + EDIT_INTERVAL, &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Edit {
+                chat: 5,
+                message_id: 100,
+                text: "Hello".into(),
+                html: None
+            }]
+        );
+        out.clear();
+        r.frame(
+            &done("5", "m", 3, "Hello **world**"),
+            t0 + Duration::from_millis(1500),
+            &mut out,
+        );
+        assert!(out.is_empty(), "the final edit also respects the throttle");
+        r.tick(t0 + Duration::from_secs(2), &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Edit {
+                chat: 5,
+                message_id: 100,
+                text: "Hello **world**".into(),
+                html: Some("Hello <b>world</b>".into())
+            }]
+        );
+        assert_eq!(r.in_progress(), 0);
+    }
+
+    #[test]
+    fn replays_at_or_below_the_cursor_are_ignored() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&delta("5", "m", 10, "a"), t0, &mut out);
+        r.frame(&delta("5", "m", 10, "a"), t0, &mut out);
+        r.frame(&delta("5", "m", 9, "z"), t0, &mut out);
+        assert_eq!(out.len(), 1);
+        let snap = r.snapshot();
+        assert_eq!(snap.cursor, Some(10));
+        let mut again = Renderer::restore(snap);
+        again.frame(&delta("5", "m", 10, "a"), t0, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn seqless_replays_from_an_old_aegisd_are_recognised() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut f = delta("5", "m", 0, "a");
+        f.seq = None;
+        r.frame(&f, t0, &mut out);
+        r.frame(&f, t0, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn restart_mid_reply_edits_the_same_message() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&delta("5", "m", 1, "Hel"), t0, &mut out);
+        r.sent(&(5, "m".into()), 0, 100, t0, &mut out);
+        assert!(r.take_dirty());
+        let mut r2 = Renderer::restore(r.snapshot());
+        out.clear();
+        r2.frame(&done("5", "m", 2, "Hello"), t0 + Duration::from_secs(5), &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Edit {
+                chat: 5,
+                message_id: 100,
+                text: "Hello".into(),
+                html: None
+            }]
+        );
+    }
+
+    #[test]
+    fn long_replies_continue_in_new_messages() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let para = "word ".repeat(600); // 3000 chars
+        let text = format!("{para}\n\n{para}");
+        r.frame(&done("5", "m", 1, &text), t0, &mut out);
+        assert!(matches!(&out[0], Action::Send { part: 0, .. }));
+        out.clear();
+        r.sent(&(5, "m".into()), 0, 1, t0, &mut out);
+        let Action::Send {
+            part: 1,
+            text: second,
+            ..
+        } = &out[0]
+        else {
+            panic!("{out:?}")
+        };
+        assert!(second.starts_with("word"));
+        out.clear();
+        r.sent(&(5, "m".into()), 1, 2, t0, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(r.in_progress(), 0);
+    }
+
+    #[test]
+    fn split_prefers_boundaries_and_respects_the_limit() {
+        let parts = split(&format!("{}\n\n{}", "a".repeat(3000), "b".repeat(3000)), 4096);
+        assert_eq!(parts, vec!["a".repeat(3000), "b".repeat(3000)]);
+        let parts = split(&"x".repeat(9000), 4096);
+        assert_eq!(
+            parts.iter().map(|p| p.chars().count()).collect::<Vec<_>>(),
+            vec![4096, 4096, 808]
+        );
+        let parts = split(&"é".repeat(5000), 4096);
+        assert!(parts.iter().all(|p| p.chars().count() <= 4096));
+        assert_eq!(split("", 10), vec![""]);
+    }
+
+    #[test]
+    fn typing_repeats_every_3s_until_done_and_stops_after_2_minutes() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.user_message(5, t0, &mut out);
+        assert_eq!(out, vec![Action::Typing { chat: 5 }]);
+        out.clear();
+        r.tick(t0 + Duration::from_secs(3), &mut out);
+        assert_eq!(out, vec![Action::Typing { chat: 5 }]);
+        out.clear();
+        r.tick(t0 + Duration::from_secs(121), &mut out);
+        assert!(out.is_empty());
+        r.user_message(6, t0, &mut out);
+        out.clear();
+        r.frame(&done("6", "m", 1, "ok"), t0, &mut out);
+        out.clear();
+        r.tick(t0 + Duration::from_secs(3), &mut out);
+        assert!(!out.contains(&Action::Typing { chat: 6 }));
+    }
+}

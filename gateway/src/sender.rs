@@ -1,0 +1,155 @@
+//! The Telegram sender: one thread per bot that performs every Bot API call in order.
+//!
+//! It honours `retry_after` for all calls (a 429 pauses the bot, then the same call is
+//! tried again, so no edit and no final text is lost), retries 5xx and network errors
+//! with backoff, treats "message is not modified" as success, falls back to plain text
+//! when Telegram rejects the formatting, and drops an edit that a newer edit of the same
+//! message has already superseded. A failing `sendChatAction` is logged and forgotten.
+
+use std::collections::VecDeque;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{json, Value};
+
+use crate::bot::Event;
+use crate::render::Action;
+use crate::telegram::{Telegram, TgError};
+
+/// How long one call is retried through transient failures before it is given up.
+const GIVE_UP: Duration = Duration::from_secs(300);
+
+/// Run until `actions` closes.
+pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>) {
+    let mut queue: VecDeque<Action> = VecDeque::new();
+    loop {
+        if queue.is_empty() {
+            match actions.recv() {
+                Ok(a) => queue.push_back(a),
+                Err(_) => return,
+            }
+        }
+        queue.extend(actions.try_iter());
+        let Some(action) = queue.pop_front() else { continue };
+        if let Action::Edit { chat, message_id, .. } = &action {
+            let superseded = queue.iter().any(
+                |a| matches!(a, Action::Edit { chat: c, message_id: m, .. } if c == chat && m == message_id),
+            );
+            if superseded {
+                continue;
+            }
+        }
+        execute(&tg, action, &events);
+    }
+}
+
+fn body(chat: i64, text: &str, html: Option<&str>) -> Value {
+    match html {
+        Some(h) => {
+            json!({"chat_id": chat, "text": h, "parse_mode": "HTML", "disable_web_page_preview": true})
+        }
+        None => json!({"chat_id": chat, "text": text, "disable_web_page_preview": true}),
+    }
+}
+
+fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
+    match action {
+        Action::Typing { chat } => {
+            if let Err(e) = call_once_honouring_429(
+                tg,
+                "sendChatAction",
+                &json!({"chat_id": chat, "action": "typing"}),
+            ) {
+                log::debug!("chat {chat}: typing indicator failed: {e}");
+            }
+        }
+        Action::Send {
+            key,
+            part,
+            chat,
+            text,
+            html,
+        } => {
+            let result = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |b| b);
+            match result {
+                Ok(v) => {
+                    if let (Some(key), Some(id)) = (key, v["message_id"].as_i64()) {
+                        let _ = events.send(Event::Sent {
+                            key,
+                            part,
+                            message_id: id,
+                        });
+                    }
+                }
+                Err(e) => {
+                    log::error!("chat {chat}: sendMessage failed: {e}");
+                    if let Some(key) = key {
+                        let _ = events.send(Event::SendFailed { key, part });
+                    }
+                }
+            }
+        }
+        Action::Edit {
+            chat,
+            message_id,
+            text,
+            html,
+        } => {
+            let result = call_with_fallback(tg, "editMessageText", chat, &text, html.as_deref(), |mut b| {
+                b["message_id"] = json!(message_id);
+                b
+            });
+            match result {
+                Ok(_) | Err(TgError::NotModified) => {}
+                Err(e) => log::error!("chat {chat}: editMessageText {message_id} failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Call with retries; if Telegram rejects the HTML, send the plain text instead.
+fn call_with_fallback(
+    tg: &Telegram,
+    method: &str,
+    chat: i64,
+    text: &str,
+    html: Option<&str>,
+    extra: impl Fn(Value) -> Value,
+) -> Result<Value, TgError> {
+    match call_retrying(tg, method, &extra(body(chat, text, html))) {
+        Err(TgError::BadEntities(e)) if html.is_some() => {
+            log::warn!("chat {chat}: formatting rejected ({e}); sending plain text");
+            call_retrying(tg, method, &extra(body(chat, text, None)))
+        }
+        other => other,
+    }
+}
+
+fn call_once_honouring_429(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgError> {
+    let r = tg.call(method, body);
+    if let Err(TgError::RetryAfter(d)) = &r {
+        log::warn!("Telegram rate limit: pausing {d:?}");
+        thread::sleep(*d);
+    }
+    r
+}
+
+fn call_retrying(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match tg.call(method, body) {
+            Err(TgError::RetryAfter(d)) => {
+                log::warn!("Telegram rate limit on {method}: waiting {d:?}");
+                thread::sleep(d);
+            }
+            Err(TgError::Transient(e)) if started.elapsed() < GIVE_UP => {
+                log::warn!("{method} failed ({e}); retrying in {backoff:?}");
+                thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}

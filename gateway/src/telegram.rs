@@ -1,0 +1,292 @@
+//! The Telegram Bot API: the types we read and a blocking client for the calls we make
+//! (getMe, getUpdates, sendMessage, editMessageText, sendChatAction).
+//!
+//! The token is part of every URL, so no error leaving this module may carry a URL:
+//! every message passes through `redact` first.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// One update from `getUpdates`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Update {
+    /// Monotonic id; the next poll asks for `offset = update_id + 1`.
+    pub update_id: i64,
+    /// A new message (other update kinds are not requested).
+    #[serde(default)]
+    pub message: Option<Message>,
+}
+
+/// A message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    /// Id within the chat.
+    pub message_id: i64,
+    /// The chat it was sent in.
+    pub chat: Chat,
+    /// Sender (absent for channel posts).
+    #[serde(default)]
+    pub from: Option<TgUser>,
+    /// Text (absent for stickers, photos without caption...).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Caption of a photo or document.
+    #[serde(default)]
+    pub caption: Option<String>,
+}
+
+/// A chat.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Chat {
+    /// Chat id (negative for groups).
+    pub id: i64,
+}
+
+/// A Telegram user.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TgUser {
+    /// User id.
+    pub id: i64,
+    /// First name.
+    #[serde(default)]
+    pub first_name: String,
+    /// Last name.
+    #[serde(default)]
+    pub last_name: Option<String>,
+    /// @username without the @.
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+impl TgUser {
+    /// "First Last".
+    pub fn full_name(&self) -> String {
+        match &self.last_name {
+            Some(l) if !l.is_empty() => format!("{} {l}", self.first_name),
+            _ => self.first_name.clone(),
+        }
+    }
+}
+
+/// Parse a `getUpdates` result array, skipping (and counting) entries that do not parse,
+/// so one odd update never blocks the ones after it.
+pub fn parse_updates(result: &Value) -> (Vec<Update>, Vec<i64>) {
+    let mut ok = Vec::new();
+    let mut skipped = Vec::new();
+    for item in result.as_array().into_iter().flatten() {
+        match serde_json::from_value::<Update>(item.clone()) {
+            Ok(u) => ok.push(u),
+            Err(_) => {
+                if let Some(id) = item.get("update_id").and_then(Value::as_i64) {
+                    skipped.push(id);
+                }
+            }
+        }
+    }
+    (ok, skipped)
+}
+
+/// A failed Bot API call.
+#[derive(Debug, Clone)]
+pub enum TgError {
+    /// HTTP 429: wait this long before any further call.
+    RetryAfter(Duration),
+    /// 400 "message is not modified": the edit was a no-op.
+    NotModified,
+    /// 400 "can't parse entities": the formatted text was rejected.
+    BadEntities(String),
+    /// Another 4xx: retrying will not help (message says why).
+    Rejected(u16, String),
+    /// 5xx or a network error: retry with backoff.
+    Transient(String),
+}
+
+impl fmt::Display for TgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TgError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
+            TgError::NotModified => write!(f, "message is not modified"),
+            TgError::BadEntities(m) => write!(f, "formatting rejected: {m}"),
+            TgError::Rejected(c, m) => write!(f, "Telegram refused ({c}): {m}"),
+            TgError::Transient(m) => write!(f, "Telegram unreachable: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for TgError {}
+
+/// A Bot API client for one token.
+#[derive(Clone)]
+pub struct Telegram {
+    /// `{api}/bot{token}`; never logged.
+    base: String,
+    /// The token, to scrub it from error texts.
+    token: String,
+    /// HTTP client.
+    agent: ureq::Agent,
+}
+
+impl fmt::Debug for Telegram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Telegram").field("token", &"<redacted>").finish()
+    }
+}
+
+/// Remove `token` from `text`.
+pub fn redact(text: &str, token: &str) -> String {
+    if token.is_empty() {
+        text.to_string()
+    } else {
+        text.replace(token, "<token>")
+    }
+}
+
+impl Telegram {
+    /// A client for `token` at `api_url` (`https://api.telegram.org` or a local server).
+    pub fn new(api_url: &str, token: &str) -> Telegram {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Telegram {
+            base: format!("{}/bot{token}", api_url.trim_end_matches('/')),
+            token: token.to_string(),
+            agent,
+        }
+    }
+
+    /// The bot's numeric id (the token's prefix); not secret, used to name state files.
+    pub fn bot_id(&self) -> &str {
+        self.token.split(':').next().unwrap_or("bot")
+    }
+
+    /// Call `method` with a JSON body; the `result` on success.
+    pub fn call(&self, method: &str, body: &Value) -> Result<Value, TgError> {
+        let resp = self
+            .agent
+            .post(format!("{}/{method}", self.base))
+            .content_type("application/json")
+            .send(body.to_string())
+            .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .into_body()
+            .into_with_config()
+            .limit(16 << 20)
+            .read_to_string()
+            .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status == 200 && v["ok"] == true {
+            return Ok(v["result"].clone());
+        }
+        let desc = redact(
+            v["description"].as_str().unwrap_or_else(|| {
+                if text.is_empty() {
+                    "no body"
+                } else {
+                    "unexpected body"
+                }
+            }),
+            &self.token,
+        );
+        Err(match status {
+            429 => TgError::RetryAfter(Duration::from_secs(
+                v["parameters"]["retry_after"].as_u64().unwrap_or(1).max(1),
+            )),
+            400 if desc.contains("message is not modified") => TgError::NotModified,
+            400 if desc.contains("can't parse entities") => TgError::BadEntities(desc),
+            400..=499 => TgError::Rejected(status, desc),
+            _ => TgError::Transient(format!("HTTP {status}: {desc}")),
+        })
+    }
+
+    /// `getMe`: the bot's username.
+    pub fn get_me(&self) -> Result<String, TgError> {
+        let r = self.call("getMe", &json!({}))?;
+        Ok(r["username"].as_str().unwrap_or("?").to_string())
+    }
+
+    /// `getUpdates` long poll.
+    pub fn get_updates(&self, offset: i64, timeout_secs: u64) -> Result<Value, TgError> {
+        self.call(
+            "getUpdates",
+            &json!({"offset": offset, "timeout": timeout_secs, "allowed_updates": ["message"]}),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn updates_parse_and_odd_ones_are_skipped() {
+        let v = json!([
+            {"update_id": 1, "message": {"message_id": 5, "chat": {"id": -100, "type": "group"},
+                "from": {"id": 7, "first_name": "John", "last_name": "Doe", "username": "jd"}, "text": "hi"}},
+            {"update_id": 2, "edited_message": {"message_id": 5}},
+            {"update_id": 3, "message": {"message_id": "bad"}},
+            {"no_id": true}
+        ]);
+        let (ok, skipped) = parse_updates(&v);
+        assert_eq!(ok.len(), 2);
+        assert_eq!(
+            ok[0].message.as_ref().unwrap().from.as_ref().unwrap().full_name(),
+            "John Doe"
+        );
+        assert!(ok[1].message.is_none());
+        assert_eq!(skipped, vec![3]);
+    }
+
+    #[test]
+    fn redaction_removes_the_token() {
+        let t = "123456:ABC-secret";
+        assert_eq!(
+            redact(&format!("GET https://x/bot{t}/getMe failed"), t),
+            "GET https://x/bot<token>/getMe failed"
+        );
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z_]{0,8}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("update_id".to_string()),
+                        Just("message".to_string()),
+                        Just("chat".to_string()),
+                        Just("id".to_string()),
+                        Just("text".to_string()),
+                        Just("from".to_string()),
+                        "[a-z]{1,5}"
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn update_parser_never_panics(v in json_value()) {
+            let (ok, skipped) = parse_updates(&Value::Array(vec![v.clone()]));
+            prop_assert!(ok.len() + skipped.len() <= 1);
+            let _ = parse_updates(&v);
+        }
+    }
+}
