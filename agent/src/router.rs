@@ -45,6 +45,7 @@ pub fn run(ingress: Receiver<Frame>, shared: Arc<Shared>) {
 }
 
 fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shared>) {
+    log::debug!("ingress {} frame (msg_id {:?})", frame.kind, frame.msg_id);
     let Some(session) = frame.session.clone() else {
         log::warn!("ignoring {} frame without session", frame.kind);
         return;
@@ -84,11 +85,8 @@ fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shar
             }
         }
         kind::CONTROL_CANCEL => {
-            let target = frame
-                .payload_as::<Cancel>()
-                .ok()
-                .and_then(|c| c.msg_id)
-                .or(frame.msg_id.clone());
+            // The frame's own msg_id names the cancel itself; the target is in the payload.
+            let target = frame.payload_as::<Cancel>().ok().and_then(|c| c.msg_id);
             cancel(workers.get(&session), target.as_deref(), &session);
         }
         other => log::debug!("ignoring {other} frame"),

@@ -147,28 +147,40 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             return;
         }
     };
+    // A message can arrive twice: a host redelivers it after a crash, a gateway re-reads
+    // it after a restart. Answered already (an assistant turn follows it): drop it.
+    // Stored but unanswered: answer it, without storing it a second time.
+    let earlier = msg_id.as_ref().and_then(|id| {
+        history
+            .iter()
+            .rposition(|t| t.role == Role::User && t.msg_id.as_ref() == Some(id))
+    });
+    match earlier {
+        Some(i) if history[i + 1..].iter().any(|t| t.role == Role::Assistant) => {
+            log::info!(
+                "{}/{}: message {:?} was already answered; ignoring the copy",
+                session.channel,
+                session.id,
+                msg_id
+            );
+            return;
+        }
+        Some(_) => log::info!(
+            "{}/{}: answering redelivered message {:?}",
+            session.channel,
+            session.id,
+            msg_id
+        ),
+        None => {
+            let mut turn = Turn::new(Role::User, user_content(&msg.text, msg.user.as_ref()));
+            turn.msg_id = msg_id.clone();
+            persist(shared, session, history, turn);
+        }
+    }
     let presence = reply_frame(kind::STATUS_PRESENCE, session, &msg_id).with_payload(&Presence {
         state: "thinking".into(),
     });
     let _ = shared.egress.send(presence);
-    // A host redelivers a message whose reply was lost in a crash: answer it again, but
-    // keep one copy of it in the history.
-    let redelivered = msg_id.is_some()
-        && history
-            .iter()
-            .rev()
-            .take(8)
-            .any(|t| t.role == Role::User && t.msg_id == msg_id);
-    if redelivered {
-        if history.last().is_some_and(|t| t.role == Role::Assistant) {
-            // The interrupted partial reply is superseded by the new one.
-            history.pop();
-        }
-    } else {
-        let mut turn = Turn::new(Role::User, user_content(&msg.text, msg.user.as_ref()));
-        turn.msg_id = msg_id.clone();
-        persist(shared, session, history, turn);
-    }
     let Some(llm) = &shared.llm else {
         send_error(shared, session, &msg_id, "no_provider", NO_PROVIDER);
         send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, NO_PROVIDER);

@@ -10,7 +10,7 @@
 //!     sender (serialises Bot API calls, honours retry_after) ───┘
 //! ```
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -89,7 +89,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
     Ok(())
 }
 
-fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Action>, path: &PathBuf) {
+fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Action>, path: &Path) {
     let mut out = Vec::new();
     let mut saved_cursor = r.cursor();
     let mut last_save = Instant::now();

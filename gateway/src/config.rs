@@ -104,10 +104,7 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             }
         };
         if !e.is_object() {
-            return Err(at(
-                &field("").trim_end_matches('.').to_string(),
-                "must be an object",
-            ));
+            return Err(at(field("").trim_end_matches('.'), "must be an object"));
         }
         let s = |f: &str| -> Result<Option<String>, ConfigError> {
             match e.get(f) {

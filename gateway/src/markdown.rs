@@ -123,7 +123,7 @@ fn inline(line: &str, formatted: &mut bool) -> String {
                 continue;
             }
             // Single `_` inside a word (snake_case) is not emphasis.
-            let opens = !after.is_whitespace() && !(m == "_" && before.is_alphanumeric());
+            let opens = !(after.is_whitespace() || m == "_" && before.is_alphanumeric());
             if opens && !stack.iter().any(|(open, _, _)| *open == m) {
                 stack.push((m, tag, out.len()));
                 out.push_str(&format!("<{tag}>"));

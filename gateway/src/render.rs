@@ -157,7 +157,7 @@ pub fn split(text: &str, max: usize) -> Vec<String> {
         rest = rest[at..].trim_start_matches(['\n', ' ']);
     }
     if !rest.is_empty() || parts.is_empty() {
-        parts.push(rest.to_string());
+        parts.push(rest.trim_end().to_string());
     }
     parts
 }

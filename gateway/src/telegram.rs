@@ -185,12 +185,10 @@ impl Telegram {
             return Ok(v["result"].clone());
         }
         let desc = redact(
-            v["description"].as_str().unwrap_or_else(|| {
-                if text.is_empty() {
-                    "no body"
-                } else {
-                    "unexpected body"
-                }
+            v["description"].as_str().unwrap_or(if text.is_empty() {
+                "no body"
+            } else {
+                "unexpected body"
             }),
             &self.token,
         );

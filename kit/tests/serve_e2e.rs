@@ -498,3 +498,27 @@ fn cli_manages_secrets_and_instances_and_chats_one_shot() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `aegis-kit serve` (or aegisd) running?"));
 }
+
+#[test]
+fn cancel_through_serve_stops_the_reply_in_flight() {
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&["partial"])[..2].to_vec(),
+        delay: Duration::ZERO,
+        end: End::Hang(Duration::from_secs(60)),
+    }]);
+    let home = temp_dir("serve-cancel");
+    let s = start_serve(&home, &[]);
+    s.create_agent("a", &llm);
+    let c = s.client();
+    let rx = stream(&c, "a", None);
+    c.post_frame("a", &msg("1", "go", "m1")).unwrap();
+    loop {
+        if rx.recv_timeout(T).unwrap().kind == "assistant.delta" {
+            break;
+        }
+    }
+    let cancel = Frame::new("control.cancel", Some(Session::new("test", "1"))).with_msg_id("c1");
+    c.post_frame("a", &cancel).unwrap();
+    let frames = until_done(&rx, "m1");
+    assert_eq!(done_text(&frames), "partial\n\n⏹ Reply cancelled.");
+}

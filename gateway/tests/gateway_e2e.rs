@@ -1,0 +1,327 @@
+//! The real `aegis-gateway` against a fake Telegram Bot API, with the real
+//! `aegis-kit serve` + `aegis-agent` and a fake LLM behind it.
+
+use std::time::Duration;
+
+use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::proc::Proc;
+use aegis_e2e::stack::{Stack, T};
+use aegis_e2e::telegram::Fault;
+use serde_json::json;
+
+const CHAT: i64 = 4242;
+
+fn stack(name: &str, llm: FakeLlm) -> Stack {
+    let mut s = Stack::new(name, llm, &[]);
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s
+}
+
+#[test]
+fn round_trip_with_typing_and_user_identity() {
+    let s = stack("gw-roundtrip", FakeLlm::echo_openai());
+    s.telegram.push_text(CHAT, 7, "John", "hello");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [John]: hello")
+    });
+    assert_eq!(msgs.len(), 1, "one reply message");
+    let typing = s.telegram.calls_of("sendChatAction");
+    assert!(!typing.is_empty());
+    assert_eq!(typing[0].body["action"], "typing");
+    let req = &s.llm.requests()[0].json();
+    assert_eq!(req["messages"][1]["content"], "[John]: hello");
+    // The bot token appears in no log line.
+    let log = s.gateway.as_ref().unwrap().log();
+    assert!(
+        !log.contains(s.telegram.token()),
+        "token leaked into the gateway log"
+    );
+    assert!(!s.serve.log().contains(s.telegram.token()));
+}
+
+#[test]
+fn streaming_edits_are_throttled_and_the_final_text_lands() {
+    let texts: Vec<String> = (0..20).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&refs),
+        delay: Duration::from_millis(100),
+        end: End::Finish,
+    }]);
+    let s = stack("gw-throttle", llm);
+    s.telegram.push_text(CHAT, 1, "Ann", "count");
+    let full: String = texts.concat();
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last()
+            .is_some_and(|m| m.visible() == full.trim_end() || m.visible() == full)
+    });
+    assert_eq!(msgs.len(), 1);
+    let edits = s.telegram.calls_of("editMessageText");
+    // About 2.3 s of streaming: at most one edit per second plus the final one.
+    assert!(edits.len() <= 4, "{} edits", edits.len());
+    for w in edits.windows(2) {
+        assert!(
+            w[1].at.duration_since(w[0].at) >= Duration::from_millis(900),
+            "edits closer than 1 s"
+        );
+    }
+}
+
+#[test]
+fn long_replies_are_split_into_several_messages() {
+    let para = "lorem ipsum dolor sit amet. ".repeat(120); // ~3360 chars
+    let text = format!("{para}\n\n{para}\n\n{para}");
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&[&text]))]);
+    let s = stack("gw-split", llm);
+    s.telegram.push_text(CHAT, 1, "Ann", "long please");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.len() == 3 && m.iter().all(|m| !m.visible().is_empty())
+    });
+    let joined: Vec<String> = msgs.iter().map(|m| m.visible()).collect();
+    assert!(joined.iter().all(|m| m.chars().count() <= 4096));
+    let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    assert!(
+        words(&joined.join(" ")) == words(&text),
+        "the parts together are the whole reply"
+    );
+    let ends: Vec<String> = joined
+        .iter()
+        .map(|m| m.chars().rev().take(12).collect::<String>())
+        .collect();
+    assert!(
+        joined.iter().all(|m| m.ends_with("amet.")),
+        "split at sentence ends: {ends:?}"
+    );
+}
+
+#[test]
+fn rate_limits_and_not_modified_never_lose_the_final_text() {
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&["one ", "two ", "three"]),
+        delay: Duration::from_millis(700),
+        end: End::Finish,
+    }]);
+    let s = stack("gw-429", llm);
+    s.telegram.fail_next("editMessageText", Fault::RetryAfter(1));
+    s.telegram.fail_next("editMessageText", Fault::Internal);
+    s.telegram.fail_next("sendChatAction", Fault::RetryAfter(1));
+    s.telegram.push_text(CHAT, 1, "Ann", "go");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "one two three")
+    });
+    assert_eq!(msgs.len(), 1);
+    let statuses: Vec<u16> = s
+        .telegram
+        .calls_of("editMessageText")
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert!(statuses.contains(&429) && statuses.contains(&500), "{statuses:?}");
+}
+
+#[test]
+fn markdown_is_formatted_and_plain_text_stays_plain() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_sse(&["Use **bold** and `code`"])),
+        Reply::sse(openai_sse(&["2 * 3 < 7"])),
+    ]);
+    let s = stack("gw-markdown", llm);
+    s.telegram.push_text(CHAT, 1, "Ann", "fmt");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.parse_mode.as_deref() == Some("HTML"))
+    });
+    assert_eq!(msgs[0].text, "Use <b>bold</b> and <code>code</code>");
+    assert_eq!(msgs[0].visible(), "Use bold and code");
+    s.telegram.push_text(CHAT, 1, "Ann", "math");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    assert_eq!(msgs[1].visible(), "2 * 3 < 7");
+    assert_eq!(msgs[1].parse_mode, None);
+}
+
+#[test]
+fn disallowed_chats_are_ignored_with_a_log_line() {
+    let mut s = Stack::new("gw-allowed", FakeLlm::echo_openai(), &[]);
+    s.write_gateway_config(json!([CHAT.to_string()]));
+    s.start_gateway();
+    s.telegram.push_text(999, 1, "Eve", "let me in");
+    s.telegram.push_text(CHAT, 1, "Ann", "hi");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [Ann]: hi")
+    });
+    assert!(s.telegram.messages(999).is_empty());
+    assert_eq!(s.llm.requests().len(), 1);
+    s.gateway
+        .as_ref()
+        .unwrap()
+        .wait_for("ignoring message from chat 999 (not in allowed_chats)", T);
+}
+
+#[test]
+fn stop_cancels_the_reply_in_flight() {
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&["thinking hard"])[..2].to_vec(),
+        delay: Duration::ZERO,
+        end: End::Hang(Duration::from_secs(60)),
+    }]);
+    let s = stack("gw-stop", llm);
+    s.telegram.push_text(CHAT, 1, "Ann", "tell me everything");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    s.telegram.push_text(CHAT, 1, "Ann", "/stop");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible().contains("Reply cancelled"))
+    });
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].visible().starts_with("thinking hard"));
+}
+
+#[test]
+fn new_starts_a_fresh_session() {
+    let s = stack("gw-new", FakeLlm::echo_openai());
+    s.telegram.push_text(CHAT, 1, "Ann", "first");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.len() == 1 && m[0].visible().contains("first"));
+    s.telegram.push_text(CHAT, 1, "Ann", "/new");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.len() == 2 && m[1].visible().contains("New conversation")
+    });
+    s.telegram.push_text(CHAT, 1, "Ann", "second");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.len() == 3 && m[2].visible().contains("second"));
+    let msgs = s.llm.requests()[1].json()["messages"].as_array().unwrap().len();
+    assert_eq!(msgs, 2, "system prompt and the new message only");
+}
+
+#[test]
+fn gateway_kill_mid_reply_neither_loses_nor_duplicates() {
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&["part one, ", "part two, ", "part three"]),
+        delay: Duration::from_millis(1500),
+        end: End::Finish,
+    }]);
+    let mut s = stack("gw-kill", llm);
+    s.telegram.push_text(CHAT, 1, "Ann", "story");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    // Mid-reply (the next delta is 1.5 s away), but not inside the instant between
+    // Telegram creating the message and the gateway recording its id, which no client
+    // can close (the Bot API cannot look a message up).
+    std::thread::sleep(Duration::from_millis(300));
+    s.gateway.as_mut().unwrap().kill9();
+    // A message written while the gateway is down is not lost.
+    s.telegram.push_text(CHAT, 1, "Ann", "and then?");
+    s.start_gateway();
+    let msgs = s.telegram.wait_chat(CHAT, Duration::from_secs(60), |m| {
+        m.len() == 2 && m[0].visible() == "part one, part two, part three" && !m[1].visible().is_empty()
+    });
+    assert_eq!(
+        msgs[0].visible(),
+        "part one, part two, part three",
+        "the first reply was finished in place"
+    );
+    assert_eq!(
+        s.llm.requests().len(),
+        2,
+        "each user message reached the model once"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.telegram.messages(CHAT).len(), 2, "no duplicate reply");
+}
+
+#[test]
+fn stream_reconnects_after_serve_restarts() {
+    let mut s = stack("gw-reconnect", FakeLlm::echo_openai());
+    s.telegram.push_text(CHAT, 1, "Ann", "one");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    s.restart_serve(&[]);
+    s.telegram.push_text(CHAT, 1, "Ann", "two");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.len() == 2 && m[1].visible() == "echo: [Ann]: two");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.telegram.messages(CHAT).len(), 2);
+}
+
+#[test]
+fn an_emulator_answering_at_once_and_without_chat_actions_does_not_make_it_spin() {
+    let mut s = Stack::new("gw-emulator", FakeLlm::echo_openai(), &[]);
+    s.telegram.answer_empty_at_once(true);
+    s.telegram.without_chat_action();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    std::thread::sleep(Duration::from_secs(3));
+    let polls = s.telegram.calls_of("getUpdates").len();
+    assert!(polls <= 12, "{polls} polls in 3 s");
+    s.telegram.push_text(CHAT, 1, "Ann", "hi");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [Ann]: hi")
+    });
+}
+
+#[test]
+fn unavailable_agent_is_reported_to_the_user() {
+    let mut s = Stack::new("gw-unavail", FakeLlm::echo_openai(), &[]);
+    s.write_gateway_config(json!(["*"]));
+    let cfg = s.home.join("gateway.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v["telegram"]["instance"] = json!("ghost");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let p = Proc::spawn(s.gateway_command());
+    p.wait_for("egress stream of ghost", T);
+    s.gateway = Some(p);
+    s.telegram.push_text(CHAT, 1, "Ann", "anyone?");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible().contains("unavailable"))
+    });
+}
+
+#[test]
+fn check_and_bad_config_report_clearly() {
+    let s = Stack::new("gw-check", FakeLlm::echo_openai(), &[]);
+    let cfg = s.write_gateway_config(json!(["*"]));
+    let out = s.gateway_command().arg("--check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("bot: @test_bot") && stdout.contains("instance: my-agent reachable"),
+        "{stdout}"
+    );
+    // A wrong token fails the check without printing the token.
+    s.client()
+        .put_secret("TELEGRAM_BOT_TOKEN", "999:wrong-secret-token")
+        .unwrap();
+    let out = s.gateway_command().arg("--check").output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success());
+    assert!(
+        all.contains("token rejected by getMe") && all.contains("Unauthorized"),
+        "{all}"
+    );
+    assert!(!all.contains("wrong-secret-token"), "{all}");
+    // A broken config names the file and the field.
+    std::fs::write(&cfg, r#"{"telegram":{"bot_token_secret":"TELEGRAM_BOT_TOKEN"}}"#).unwrap();
+    let out = s.gateway_command().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&cfg.display().to_string()) && err.contains("telegram.instance: missing"),
+        "{err}"
+    );
+    // The environment can stand in for the file.
+    std::fs::remove_file(&cfg).unwrap();
+    let out = s
+        .gateway_command()
+        .env("TELEGRAM_BOT_TOKEN", s.telegram.token())
+        .env("AEGIS_GATEWAY_INSTANCE", "my-agent")
+        .env("TELEGRAM_API_URL", s.telegram.url())
+        .arg("--check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

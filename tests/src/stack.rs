@@ -1,0 +1,107 @@
+//! The whole kit on one machine for end-to-end tests: a fake LLM and a fake Telegram,
+//! the real `aegis-kit serve` running real `aegis-agent`s, and the real `aegis-gateway`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+use tether::AegisClient;
+
+use crate::llm::FakeLlm;
+use crate::proc::{bin, command, temp_dir, Proc};
+use crate::telegram::FakeTelegram;
+
+/// Default wait for anything in an end-to-end test.
+pub const T: Duration = Duration::from_secs(30);
+
+/// A running kit.
+pub struct Stack {
+    /// `AEGIS_HOME` of every process.
+    pub home: PathBuf,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// `aegis-kit serve`.
+    pub serve: Proc,
+    /// `aegis-gateway`, once started.
+    pub gateway: Option<Proc>,
+    /// The fake Telegram.
+    pub telegram: FakeTelegram,
+    /// The fake LLM.
+    pub llm: FakeLlm,
+}
+
+/// Start `aegis-kit serve` in `home` with extra serve flags.
+pub fn start_serve(home: &Path, socket: &Path, args: &[&str]) -> Proc {
+    let mut cmd = command("aegis-kit");
+    cmd.env("AEGIS_HOME", home)
+        .arg("--socket")
+        .arg(socket)
+        .arg("serve")
+        .arg("--agent")
+        .arg(bin("aegis-agent"))
+        .args(args);
+    let p = Proc::spawn(cmd);
+    p.wait_for("aegis-kit serve listening", T);
+    p
+}
+
+impl Stack {
+    /// Serve with an instance `my-agent` answering through `llm`, and a fake Telegram
+    /// whose bot token is stored as the secret `TELEGRAM_BOT_TOKEN`.
+    pub fn new(name: &str, llm: FakeLlm, serve_args: &[&str]) -> Stack {
+        let home = temp_dir(name);
+        let socket = home.join("aegisd.sock");
+        let serve = start_serve(&home, &socket, serve_args);
+        let telegram = FakeTelegram::start("123456:TEST-token-abcdefghijklmnop");
+        let c = AegisClient::new(&socket);
+        c.put_secret("OPENAI_API_KEY", "sk-stack-test").unwrap();
+        c.put_secret("TELEGRAM_BOT_TOKEN", telegram.token()).unwrap();
+        let body =
+            json!({"name": "my-agent", "secrets": ["OPENAI_API_KEY"], "env": {"OPENAI_BASE_URL": llm.url()}});
+        c.request("POST", "/v1/instances", Some(&body)).unwrap();
+        Stack {
+            home,
+            socket,
+            serve,
+            gateway: None,
+            telegram,
+            llm,
+        }
+    }
+
+    /// The API client.
+    pub fn client(&self) -> AegisClient {
+        AegisClient::new(&self.socket)
+    }
+
+    /// Write `gateway.json` with these `allowed_chats`.
+    pub fn write_gateway_config(&self, allowed: serde_json::Value) -> PathBuf {
+        let path = self.home.join("gateway.json");
+        let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+            "allowed_chats": allowed, "api_url": self.telegram.url()}});
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        path
+    }
+
+    /// A gateway command with this stack's environment.
+    pub fn gateway_command(&self) -> std::process::Command {
+        let mut cmd = command("aegis-gateway");
+        cmd.env("AEGIS_HOME", &self.home)
+            .arg("--socket")
+            .arg(&self.socket);
+        cmd
+    }
+
+    /// Start the gateway (config must exist) and wait until it runs.
+    pub fn start_gateway(&mut self) {
+        let p = Proc::spawn(self.gateway_command());
+        p.wait_for("egress stream of my-agent connected", T);
+        self.gateway = Some(p);
+    }
+
+    /// Restart serve (SIGTERM, then start again with the same flags).
+    pub fn restart_serve(&mut self, serve_args: &[&str]) {
+        self.serve.terminate(T).expect("serve exits on SIGTERM");
+        self.serve = start_serve(&self.home, &self.socket, serve_args);
+    }
+}

@@ -1,0 +1,386 @@
+//! A fake Telegram Bot API server with the real JSON shapes and errors: `getMe`,
+//! long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
+//! `editMessageText` (400 "message is not modified", "message to edit not found"),
+//! `sendChatAction`, HTML `parse_mode` validation (400 "can't parse entities"), the 4096
+//! character limit, 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::http::{Request, Responder, Server};
+
+/// A fault to answer the next call of a method with.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// 429 with `parameters.retry_after`.
+    RetryAfter(u64),
+    /// 500 Internal Server Error.
+    Internal,
+    /// 502 with an HTML body, as a proxy in front of the API would.
+    BadGateway,
+}
+
+/// One message as the user sees it.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// Message id.
+    pub id: i64,
+    /// Raw text as last set.
+    pub text: String,
+    /// `parse_mode` of the last set.
+    pub parse_mode: Option<String>,
+    /// How many successful edits it had.
+    pub edits: usize,
+}
+
+impl Msg {
+    /// The text as displayed (HTML tags removed and entities decoded).
+    pub fn visible(&self) -> String {
+        match self.parse_mode.as_deref() {
+            Some("HTML") => visible_html(&self.text),
+            _ => self.text.clone(),
+        }
+    }
+}
+
+/// One recorded API call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Method name.
+    pub method: String,
+    /// JSON body.
+    pub body: Value,
+    /// When it arrived.
+    pub at: Instant,
+    /// HTTP status answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    updates: Vec<Value>,
+    next_update: i64,
+    next_message: i64,
+    chats: BTreeMap<i64, Vec<Msg>>,
+    calls: Vec<Call>,
+    faults: VecDeque<(String, Fault)>,
+    empty_at_once: bool,
+    no_chat_action: bool,
+}
+
+/// The fake server.
+pub struct FakeTelegram {
+    server: Server,
+    token: String,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+fn ok(result: Value) -> (u16, Value) {
+    (200, json!({"ok": true, "result": result}))
+}
+
+fn bad(status: u16, description: &str) -> (u16, Value) {
+    (
+        status,
+        json!({"ok": false, "error_code": status, "description": description}),
+    )
+}
+
+/// Strip the tags Telegram's HTML mode accepts and decode its entities.
+pub fn visible_html(s: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in s.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&amp;", "&")
+}
+
+/// Telegram's check of an HTML text: known tags, properly nested, entities escaped.
+fn html_error(s: &str) -> Option<String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(['<', '&']) {
+        if rest[i..].starts_with('&') {
+            let ok = ["&lt;", "&gt;", "&amp;", "&quot;"]
+                .iter()
+                .any(|e| rest[i..].starts_with(e));
+            if !ok {
+                return Some(format!(
+                    "Bad Request: can't parse entities: unsupported entity at byte offset {i}"
+                ));
+            }
+            rest = &rest[i + 1..];
+            continue;
+        }
+        let Some(j) = rest[i..].find('>') else {
+            return Some("Bad Request: can't parse entities: unclosed start tag".into());
+        };
+        let tag = &rest[i + 1..i + j];
+        if let Some(name) = tag.strip_prefix('/') {
+            if stack.pop().as_deref() != Some(name) {
+                return Some(format!(
+                    "Bad Request: can't parse entities: unmatched end tag \"{name}\""
+                ));
+            }
+        } else {
+            let name = tag.split(' ').next().unwrap_or("");
+            if ![
+                "b",
+                "strong",
+                "i",
+                "em",
+                "u",
+                "s",
+                "code",
+                "pre",
+                "a",
+                "blockquote",
+                "tg-spoiler",
+            ]
+            .contains(&name)
+            {
+                return Some(format!(
+                    "Bad Request: can't parse entities: unsupported start tag \"{name}\""
+                ));
+            }
+            stack.push(name.to_string());
+        }
+        rest = &rest[i + j + 1..];
+    }
+    stack.pop().map(|t| {
+        format!("Bad Request: can't parse entities: can't find end tag corresponding to start tag \"{t}\"")
+    })
+}
+
+impl FakeTelegram {
+    /// Serve the API for `token`.
+    pub fn start(token: &str) -> FakeTelegram {
+        let state = Arc::new((
+            Mutex::new(State {
+                next_update: 1,
+                next_message: 1,
+                ..Default::default()
+            }),
+            Condvar::new(),
+        ));
+        let st = Arc::clone(&state);
+        let tok = token.to_string();
+        let server = Server::start(move |req: Request, resp: Responder| {
+            let (status, body) = handle(&st, &tok, &req);
+            resp.json(status, &body);
+        });
+        FakeTelegram {
+            server,
+            token: token.to_string(),
+            state,
+        }
+    }
+
+    /// API base URL (what `TELEGRAM_API_URL` should be).
+    pub fn url(&self) -> &str {
+        &self.server.url
+    }
+
+    /// The token it accepts.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// A user writes `text` in `chat`; returns the update id.
+    pub fn push_text(&self, chat: i64, user_id: i64, name: &str, text: &str) -> i64 {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        let id = s.next_update;
+        s.next_update += 1;
+        let message_id = 10_000 + id;
+        let kind = if chat < 0 { "group" } else { "private" };
+        s.updates.push(json!({
+            "update_id": id,
+            "message": {
+                "message_id": message_id,
+                "date": 1_700_000_000,
+                "chat": {"id": chat, "type": kind},
+                "from": {"id": user_id, "is_bot": false, "first_name": name, "username": name.to_lowercase()},
+                "text": text,
+            }
+        }));
+        cv.notify_all();
+        id
+    }
+
+    /// Answer the next call of `method` with `fault`.
+    pub fn fail_next(&self, method: &str, fault: Fault) {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .faults
+            .push_back((method.to_string(), fault));
+    }
+
+    /// Answer `getUpdates` at once even when there is nothing (as emulators do).
+    pub fn answer_empty_at_once(&self, on: bool) {
+        self.state.0.lock().unwrap().empty_at_once = on;
+    }
+
+    /// Make `sendChatAction` unknown (404), as some Bot API servers are.
+    pub fn without_chat_action(&self) {
+        self.state.0.lock().unwrap().no_chat_action = true;
+    }
+
+    /// The messages in `chat`, oldest first.
+    pub fn messages(&self, chat: i64) -> Vec<Msg> {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .chats
+            .get(&chat)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.state.0.lock().unwrap().calls.clone()
+    }
+
+    /// Calls of one method.
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.calls().into_iter().filter(|c| c.method == method).collect()
+    }
+
+    /// Wait until `pred(messages of chat)` holds; panics with the messages on timeout.
+    pub fn wait_chat(&self, chat: i64, timeout: Duration, pred: impl Fn(&[Msg]) -> bool) -> Vec<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.messages(chat);
+            if pred(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!("chat {chat} never reached the expected state; messages: {m:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (u16, Value) {
+    let Some(rest) = req.path.strip_prefix("/bot") else {
+        return bad(404, "Not Found");
+    };
+    let Some((tok, method)) = rest.split_once('/') else {
+        return bad(404, "Not Found");
+    };
+    let body = req.json();
+    let (lock, cv) = &**state;
+    let mut s = lock.lock().unwrap();
+    let result = if tok != token {
+        bad(401, "Unauthorized")
+    } else if let Some(pos) = s.faults.iter().position(|(m, _)| m == method) {
+        let (_, f) = s.faults.remove(pos).unwrap();
+        match f {
+            Fault::RetryAfter(n) => (
+                429,
+                json!({"ok": false, "error_code": 429, "description": format!("Too Many Requests: retry after {n}"), "parameters": {"retry_after": n}}),
+            ),
+            Fault::Internal => bad(500, "Internal Server Error"),
+            Fault::BadGateway => (502, Value::Null),
+        }
+    } else {
+        match method {
+            "getMe" => {
+                ok(json!({"id": 123456, "is_bot": true, "first_name": "Test Bot", "username": "test_bot"}))
+            }
+            "getUpdates" => {
+                let offset = body["offset"].as_i64().unwrap_or(0);
+                let timeout = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0).min(50));
+                // An offset confirms every update before it, as on Telegram.
+                s.updates
+                    .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+                let deadline = Instant::now() + timeout;
+                while s.updates.is_empty() && !s.empty_at_once && Instant::now() < deadline {
+                    s = cv.wait_timeout(s, deadline - Instant::now()).unwrap().0;
+                }
+                ok(Value::Array(s.updates.iter().take(100).cloned().collect()))
+            }
+            "sendMessage" | "editMessageText" => send_or_edit(&mut s, method, &body),
+            "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
+            "sendChatAction" => ok(json!(true)),
+            _ => bad(404, "Not Found: method not found"),
+        }
+    };
+    s.calls.push(Call {
+        method: method.to_string(),
+        body,
+        at: Instant::now(),
+        status: result.0,
+    });
+    result
+}
+
+fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
+    let Some(chat) = body["chat_id"].as_i64() else {
+        return bad(400, "Bad Request: chat_id is empty");
+    };
+    let text = body["text"].as_str().unwrap_or("").to_string();
+    let parse_mode = body["parse_mode"].as_str().map(str::to_string);
+    if text.trim().is_empty() {
+        return bad(400, "Bad Request: message text is empty");
+    }
+    let visible = if parse_mode.as_deref() == Some("HTML") {
+        if let Some(e) = html_error(&text) {
+            return bad(400, &e);
+        }
+        visible_html(&text)
+    } else {
+        text.clone()
+    };
+    if visible.chars().count() > 4096 {
+        return bad(400, "Bad Request: message is too long");
+    }
+    if method == "sendMessage" {
+        let id = s.next_message;
+        s.next_message += 1;
+        s.chats.entry(chat).or_default().push(Msg {
+            id,
+            text: text.clone(),
+            parse_mode,
+            edits: 0,
+        });
+        return ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "text": visible}));
+    }
+    let Some(id) = body["message_id"].as_i64() else {
+        return bad(400, "Bad Request: message_id is empty");
+    };
+    let Some(m) = s
+        .chats
+        .get_mut(&chat)
+        .and_then(|c| c.iter_mut().find(|m| m.id == id))
+    else {
+        return bad(400, "Bad Request: message to edit not found");
+    };
+    if m.text == text && m.parse_mode == parse_mode {
+        return bad(
+            400,
+            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+        );
+    }
+    m.text = text;
+    m.parse_mode = parse_mode;
+    m.edits += 1;
+    ok(json!({"message_id": id, "chat": {"id": chat}, "text": visible}))
+}
