@@ -4,6 +4,8 @@
 
 mod chat;
 mod cli;
+mod daemon;
+mod kitcmd;
 mod manifest;
 mod quickstart;
 mod serve;
@@ -25,6 +27,12 @@ USAGE:
 
 COMMANDS:
     quickstart                      start serve if needed, create my-agent if absent, chat
+    install [--prefix DIR]          install the kit binaries into DIR/bin [default ~/.local]
+                                    and the manifest into ~/.aegis/kits/agent.json
+    uninstall [--prefix DIR]        remove them again
+    list                            installed kits: NAME VERSION STATUS DESCRIPTION
+    up [--no-daemons]               start serve (unless aegisd runs) and the kit daemons
+    down                            stop the kit daemons and serve
     serve [OPTIONS]                 run the standalone tether host (no AegisVM needed)
         --pause-after SECS          pause an idle instance (SIGSTOP) [default 60, 0 = never]
         --stop-after SECS           then stop it after this much more idle time [default 300]
@@ -206,6 +214,43 @@ fn run(mut args: Vec<OsString>) -> Result<(), CliError> {
             }
             chat::run(&client(), &o)
         }
+        "install" | "uninstall" => {
+            let mut prefix = None;
+            while let Some(a) = p.next()? {
+                match a {
+                    Long("prefix") => prefix = Some(PathBuf::from(p.value()?)),
+                    other => return Err(other.unexpected().into()),
+                }
+            }
+            let prefix = prefix.unwrap_or_else(default_prefix);
+            if command == "install" {
+                kitcmd::install(&prefix)
+            } else {
+                kitcmd::uninstall(&prefix)
+            }
+        }
+        "list" => {
+            if let Some(a) = p.next()? {
+                return Err(a.unexpected().into());
+            }
+            kitcmd::list()
+        }
+        "up" => {
+            let mut no_daemons = false;
+            while let Some(a) = p.next()? {
+                match a {
+                    Long("no-daemons") => no_daemons = true,
+                    other => return Err(other.unexpected().into()),
+                }
+            }
+            kitcmd::up(&socket, no_daemons)
+        }
+        "down" => {
+            if let Some(a) = p.next()? {
+                return Err(a.unexpected().into());
+            }
+            kitcmd::down()
+        }
         "quickstart" => {
             if let Some(a) = p.next()? {
                 return Err(a.unexpected().into());
@@ -243,13 +288,14 @@ fn serve_cmd(p: &mut lexopt::Parser, socket: PathBuf) -> Result<(), CliError> {
     serve::run(config).map_err(|e| CliError::Other(e.to_string()))
 }
 
-/// A kit binary: beside this executable if there, else found through PATH at spawn time.
+/// A kit binary: beside this executable or on PATH; else its bare name, so the error
+/// when running it names what is missing.
 pub fn sibling_binary(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|d| d.join(name)))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
+    daemon::find_binary(name).unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn default_prefix() -> PathBuf {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local")).unwrap_or_else(|| PathBuf::from("/usr/local"))
 }
 
 fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -> Result<(), CliError> {

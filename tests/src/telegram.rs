@@ -55,7 +55,7 @@ pub struct Call {
     pub body: Value,
     /// When it arrived.
     pub at: Instant,
-    /// HTTP status answered.
+    /// HTTP status answered (0 while a long poll is still waiting).
     pub status: u16,
 }
 
@@ -288,6 +288,14 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
     let body = req.json();
     let (lock, cv) = &**state;
     let mut s = lock.lock().unwrap();
+    // Recorded on arrival (a long poll may take a while to answer); status set at the end.
+    let index = s.calls.len();
+    s.calls.push(Call {
+        method: method.to_string(),
+        body: body.clone(),
+        at: Instant::now(),
+        status: 0,
+    });
     let result = if tok != token {
         bad(401, "Unauthorized")
     } else if let Some(pos) = s.faults.iter().position(|(m, _)| m == method) {
@@ -323,12 +331,7 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             _ => bad(404, "Not Found: method not found"),
         }
     };
-    s.calls.push(Call {
-        method: method.to_string(),
-        body,
-        at: Instant::now(),
-        status: result.0,
-    });
+    s.calls[index].status = result.0;
     result
 }
 

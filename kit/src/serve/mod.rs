@@ -179,6 +179,11 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     api::serve(&server, &host);
     shutdown(&host);
     let _ = fs::remove_file(&config.socket);
+    // `up` wrote our pid file; a foreground serve has none of its own to remove.
+    let pid_file = tether::paths::aegis_home().join("serve.pid");
+    if fs::read_to_string(&pid_file).is_ok_and(|p| p.trim() == std::process::id().to_string()) {
+        let _ = fs::remove_file(pid_file);
+    }
     log::info!("aegis-kit serve stopped");
     Ok(())
 }
