@@ -9,7 +9,7 @@
 //! 4. pick the context window: the newest turns within a turn and character budget.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -141,26 +141,43 @@ impl SessionStore {
         self.dir.join(file_name(session))
     }
 
-    /// Every readable turn of `session`, oldest first; a missing file is an empty history.
-    pub fn load(&self, session: &Session) -> io::Result<Vec<Turn>> {
+    /// The newest `keep` readable turns of `session`, oldest first; a missing file is an
+    /// empty history. Reads the file from its end, so the first message of a long-lived
+    /// session costs time and memory for the turns it needs, not for the whole history.
+    pub fn load(&self, session: &Session, keep: usize) -> io::Result<Vec<Turn>> {
         let path = self.path(session);
-        let file = match File::open(&path) {
+        let mut file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut turns = Vec::new();
-        for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
-            let line = line?;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
+        let len = file.metadata()?.len();
+        let mut window: u64 = 64 * 1024;
+        loop {
+            let start = len.saturating_sub(window);
+            file.seek(SeekFrom::Start(start))?;
+            let mut buf = Vec::with_capacity((len - start) as usize);
+            file.read_to_end(&mut buf)?;
+            let mut lines: Vec<&[u8]> = buf
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                .collect();
+            if start > 0 && !lines.is_empty() {
+                lines.remove(0); // begins mid-line
             }
-            match serde_json::from_slice::<Turn>(&line) {
-                Ok(t) => turns.push(t),
-                Err(e) => log::warn!("{}: skipping corrupt line {}: {e}", path.display(), n + 1),
+            if lines.len() >= keep || start == 0 {
+                let from = lines.len().saturating_sub(keep);
+                let mut turns = Vec::with_capacity(lines.len() - from);
+                for line in &lines[from..] {
+                    match serde_json::from_slice::<Turn>(line) {
+                        Ok(t) => turns.push(t),
+                        Err(e) => log::warn!("{}: skipping a corrupt line: {e}", path.display()),
+                    }
+                }
+                return Ok(turns);
             }
+            window *= 4;
         }
-        Ok(turns)
     }
 
     /// Append `turn` as one line. If an earlier crash left a torn last line, a newline is
@@ -282,12 +299,32 @@ mod tests {
             .append(&sess, &Turn::new(Role::User, "again".into()))
             .unwrap();
         fs::write(dir.join("sessions/other_x.jsonl"), b"garbage\n").unwrap();
-        let turns = store.load(&sess).unwrap();
+        let turns = store.load(&sess, 100).unwrap();
         assert_eq!(
             turns.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(),
             vec!["hi", "again"]
         );
-        assert!(store.load(&s("other", "x")).unwrap().is_empty());
+        assert!(store.load(&s("other", "x"), 100).unwrap().is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn load_reads_only_the_newest_turns_of_a_long_history() {
+        let dir = tmp("tail");
+        let store = SessionStore::new(&dir);
+        let sess = s("test", "long");
+        fs::create_dir_all(dir.join("sessions")).unwrap();
+        let mut text = String::new();
+        for i in 0..5000 {
+            text.push_str(&serde_json::to_string(&Turn::new(Role::User, format!("{i} {}", "x".repeat(100)))).unwrap());
+            text.push('\n');
+        }
+        fs::write(store.path(&sess), text).unwrap();
+        let turns = store.load(&sess, 70).unwrap();
+        assert_eq!(turns.len(), 70);
+        assert!(turns[0].content.starts_with("4930 "));
+        assert!(turns[69].content.starts_with("4999 "));
+        assert_eq!(store.load(&sess, 10_000).unwrap().len(), 5000);
         let _ = fs::remove_dir_all(dir);
     }
 

@@ -67,7 +67,7 @@ pub fn run(state: Arc<SessionState>, work: Receiver<Frame>, shared: Arc<Shared>)
         let Some(session) = frame.session.clone() else {
             continue;
         };
-        let history = history.get_or_insert_with(|| match shared.sessions.load(&session) {
+        let history = history.get_or_insert_with(|| match shared.sessions.load(&session, keep(&shared)) {
             Ok(h) => h,
             Err(e) => {
                 log::error!(
@@ -103,6 +103,12 @@ fn send_error(shared: &Shared, session: &Session, msg_id: &Option<String>, code:
     let _ = shared.egress.send(f);
 }
 
+/// Turns kept in memory: the context window plus a margin for recognising repeated
+/// messages. Older turns stay on disk only.
+fn keep(shared: &Shared) -> usize {
+    shared.budget.turns + 16
+}
+
 fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Turn) {
     if let Err(e) = shared.sessions.append(session, &turn) {
         // The reply still goes out; only the record of it is missing.
@@ -116,6 +122,10 @@ fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Tu
         );
     }
     history.push(turn);
+    let keep = keep(shared);
+    if history.len() > 2 * keep {
+        history.drain(..history.len() - keep);
+    }
 }
 
 /// How a streamed reply ended.

@@ -4,7 +4,7 @@
 //! exec → listening time, idle RSS, and the per-delta overhead from an SSE chunk leaving
 //! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -151,5 +151,54 @@ fn main() {
     let _ = child.kill();
     let _ = child.wait();
     stats("SSE chunk sent -> delta frame received", "µs", lat);
-    let _ = BufRead::fill_buf(&mut BufReader::new(&b""[..]));
+    history_load(&agent);
+}
+
+/// First message of a session after a cold start, as its history grows: user.message
+/// written → `status.presence` back (sent once the history is loaded and the turn stored).
+fn history_load(agent: &std::path::Path) {
+    for turns in [1usize, 100, 10_000] {
+        let ws = temp_dir(&format!("bench-hist-{turns}"));
+        std::fs::create_dir_all(ws.join("sessions")).unwrap();
+        let mut file = String::new();
+        for i in 0..turns {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            let content = format!("turn {i}: {}", "lorem ipsum dolor sit amet ".repeat(4));
+            file.push_str(&serde_json::json!({"role": role, "content": content, "ts": "2026-01-01T00:00:00.000Z"}).to_string());
+            file.push('\n');
+        }
+        std::fs::write(ws.join("sessions/bench_1.jsonl"), &file).unwrap();
+        let mut times = Vec::new();
+        for _ in 0..10 {
+            let sock = ws.join("t.sock");
+            let _ = std::fs::remove_file(&sock);
+            let listener = UnixListener::bind(&sock).unwrap();
+            let mut child = Command::new(agent)
+                .env_clear()
+                .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+                .env("AEGIS_WORKSPACE", &ws)
+                .env("RUST_LOG", "error")
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let (conn, _) = listener.accept().unwrap();
+            let mut w = conn.try_clone().unwrap();
+            let f = Frame::user_message(Session::new("bench", "1"), "hi", None);
+            let t = Instant::now();
+            std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+            let mut lines = LineReader::new(BufReader::new(conn));
+            while let Ok(Some(line)) = lines.next_line() {
+                let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+                if fr.kind == "status.presence" {
+                    break;
+                }
+            }
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            let _ = child.kill();
+            let _ = child.wait();
+            // Keep the file at its size: drop the turns this run appended.
+            std::fs::write(ws.join("sessions/bench_1.jsonl"), &file).unwrap();
+        }
+        stats(&format!("first message, history of {turns} turns ({} KiB)", file.len() / 1024), "ms", times);
+    }
 }

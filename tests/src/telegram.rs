@@ -55,6 +55,8 @@ pub struct Call {
     pub body: Value,
     /// When it arrived.
     pub at: Instant,
+    /// When it arrived, µs since the Unix epoch (comparable with other processes).
+    pub wall_us: u64,
     /// HTTP status answered (0 while a long poll is still waiting).
     pub status: u16,
 }
@@ -294,6 +296,7 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
         method: method.to_string(),
         body: body.clone(),
         at: Instant::now(),
+        wall_us: crate::bench::now_us(),
         status: 0,
     });
     let result = if tok != token {

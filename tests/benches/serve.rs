@@ -1,0 +1,157 @@
+//! `aegis-kit serve` under measurement: `cargo bench -p aegis-e2e --bench serve`.
+//!
+//! 1. wake latency, POST → the agent's `event.ack` back on the stream, from stopped (cold
+//!    start), paused (resume) and running;
+//! 2. egress stream throughput to 1 and to 10 readers (a stand-in agent blasts frames);
+//! 3. serve RSS and CPU with 1,000 idle (stopped) instances.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aegis_e2e::bench::{cpu_ticks, maybe_blast, release_dir, rss_kib, stats};
+use aegis_e2e::proc::{temp_dir, Proc};
+use serde_json::json;
+use tether::frame::Session;
+use tether::{AegisClient, Frame};
+
+fn serve(dir: &Path, home: &Path, agent: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = std::process::Command::new(dir.join("aegis-kit"));
+    cmd.env("AEGIS_HOME", home)
+        .env("RUST_LOG", "warn")
+        .arg("--socket")
+        .arg(home.join("aegisd.sock"))
+        .arg("serve")
+        .arg("--agent")
+        .arg(agent)
+        .args(extra);
+    let p = Proc::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(home.join("aegisd.sock")).is_err() {
+        assert!(Instant::now() < deadline, "serve did not start: {}", p.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    p
+}
+
+fn wait_state(c: &AegisClient, name: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.request("GET", &format!("/v1/instances/{name}"), None).unwrap()["state"] != state {
+        assert!(Instant::now() < deadline, "{name} never {state}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn wake_latency(dir: &Path) {
+    let home = temp_dir("bench-wake");
+    let _s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
+    let c = AegisClient::new(home.join("aegisd.sock"));
+    c.request("POST", "/v1/instances", Some(&json!({"name": "a"}))).unwrap();
+    let mut stream = c.stream("a", None).unwrap();
+    let mut one = |i: usize| -> f64 {
+        let f = Frame::user_message(Session::new("bench", "1"), "ping", None).with_msg_id(format!("w{i}"));
+        let t = Instant::now();
+        c.post_frame("a", &f).unwrap();
+        loop {
+            let fr = stream.next().unwrap().unwrap();
+            if fr.kind == "event.ack" && fr.msg_id.as_deref() == Some(&format!("w{i}")) {
+                return t.elapsed().as_secs_f64() * 1000.0;
+            }
+        }
+    };
+    let (mut cold, mut resume, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..60 {
+        match i % 3 {
+            0 => {
+                c.request("POST", "/v1/instances/a/stop", None).unwrap();
+                wait_state(&c, "a", "stopped");
+                cold.push(one(i));
+            }
+            1 => {
+                c.request("POST", "/v1/instances/a/pause", None).unwrap();
+                resume.push(one(i));
+            }
+            _ => warm.push(one(i)),
+        }
+        // Let the reply (no LLM configured: an immediate notice) drain.
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    stats("POST -> agent ack, from stopped (cold start)", "ms", cold);
+    stats("POST -> agent ack, from paused (resume)", "ms", resume);
+    stats("POST -> agent ack, running", "ms", warm);
+}
+
+fn throughput(dir: &Path) {
+    // The stand-in agent is this bench binary, under the name serve expects.
+    let home = temp_dir("bench-tput");
+    let fake = home.join("aegis-agent");
+    std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &fake).unwrap();
+    let _s = serve(dir, &home, &fake, &[]);
+    let c = AegisClient::new(home.join("aegisd.sock"));
+    const N: usize = 9_000; // within the store's 10,000-frame history
+    for readers in [1usize, 10] {
+        let name = format!("blast{readers}");
+        c.request("POST", "/v1/instances", Some(&json!({"name": name, "env": {"BENCH_BLAST": N.to_string()}})))
+            .unwrap();
+        let start = c.request("GET", &format!("/v1/instances/{name}"), None).unwrap()["last_seq"].as_u64().unwrap();
+        let handles: Vec<_> = (0..readers)
+            .map(|_| {
+                let (c, name) = (c.clone(), name.clone());
+                std::thread::spawn(move || {
+                    let s = c.stream(&name, Some(start)).unwrap();
+                    let mut t0 = None;
+                    let mut n = 0;
+                    for f in s {
+                        f.unwrap();
+                        t0.get_or_insert_with(Instant::now);
+                        n += 1;
+                        if n == N {
+                            break;
+                        }
+                    }
+                    N as f64 / t0.unwrap().elapsed().as_secs_f64()
+                })
+            })
+            .collect();
+        c.request("POST", &format!("/v1/instances/{name}/start"), None).unwrap();
+        let rates: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let total: f64 = rates.iter().sum();
+        stats(&format!("egress stream, {readers} reader(s), per reader"), "frames/s", rates);
+        println!("{:<46} {:.0} frames/s delivered in total", format!("egress stream, {readers} reader(s)"), total);
+        c.request("POST", &format!("/v1/instances/{name}/stop"), None).unwrap();
+    }
+}
+
+fn idle_instances(dir: &Path) {
+    let home = temp_dir("bench-idle");
+    let s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
+    let c = AegisClient::new(home.join("aegisd.sock"));
+    let before = rss_kib(s.pid());
+    for i in 0..1000 {
+        c.request("POST", "/v1/instances", Some(&json!({"name": format!("idle-{i}")}))).unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let t0 = cpu_ticks(s.pid());
+    std::thread::sleep(Duration::from_secs(10));
+    let ticks = cpu_ticks(s.pid()) - t0;
+    println!("{:<46} {:.2} MiB (empty serve: {:.2} MiB)", "serve RSS with 1,000 stopped instances", rss_kib(s.pid()) as f64 / 1024.0, before as f64 / 1024.0);
+    println!("{:<46} {:.2} % of one core over 10 s ({ticks} ticks)", "serve CPU with 1,000 stopped instances", ticks as f64 / 10.0);
+    drop(s);
+    // A restart re-adopts all of them.
+    let t = Instant::now();
+    let _s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
+    while c.request("GET", "/v1/instances", None).unwrap()["instances"].as_array().map_or(0, Vec::len) < 1000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!("{:<46} {:.1} ms", "serve restart until 1,000 instances are listed", t.elapsed().as_secs_f64() * 1000.0);
+}
+
+fn main() {
+    maybe_blast();
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let dir = release_dir();
+    wake_latency(&dir);
+    throughput(&dir);
+    idle_instances(&dir);
+}
