@@ -157,7 +157,8 @@ impl SessionStore {
             let start = len.saturating_sub(window);
             file.seek(SeekFrom::Start(start))?;
             let mut buf = Vec::with_capacity((len - start) as usize);
-            file.read_to_end(&mut buf)?;
+            // Read what the file held when we looked, not whatever it may become.
+            (&mut file).take(len - start).read_to_end(&mut buf)?;
             let mut lines: Vec<&[u8]> = buf
                 .split(|&b| b == b'\n')
                 .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
@@ -316,7 +317,9 @@ mod tests {
         fs::create_dir_all(dir.join("sessions")).unwrap();
         let mut text = String::new();
         for i in 0..5000 {
-            text.push_str(&serde_json::to_string(&Turn::new(Role::User, format!("{i} {}", "x".repeat(100)))).unwrap());
+            text.push_str(
+                &serde_json::to_string(&Turn::new(Role::User, format!("{i} {}", "x".repeat(100)))).unwrap(),
+            );
             text.push('\n');
         }
         fs::write(store.path(&sess), text).unwrap();

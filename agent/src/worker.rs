@@ -111,7 +111,8 @@ fn keep(shared: &Shared) -> usize {
 
 fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Turn) {
     if let Err(e) = shared.sessions.append(session, &turn) {
-        // The reply still goes out; only the record of it is missing.
+        // The reply still goes out; only the record of it is missing. The error frame
+        // carries no msg_id: it is about the session, not a failed reply.
         log::error!("cannot write {}: {e}", shared.sessions.path(session).display());
         send_error(
             shared,

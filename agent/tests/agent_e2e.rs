@@ -532,3 +532,43 @@ fn help_and_bad_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cid must be a number"));
 }
+
+#[test]
+fn a_silent_llm_times_out_with_a_clear_message() {
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: vec![],
+        delay: Duration::ZERO,
+        end: End::Hang(Duration::from_secs(30)),
+    }]);
+    let ws = temp_dir("silent");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_LLM_READ_TIMEOUT", "1"),
+            ("AEGIS_LLM_RETRIES", "2"),
+        ],
+    );
+    a.send(&message("1", "hello?", "m"));
+    let done = done_text(&a.reply());
+    assert!(done.contains("stopped responding"), "{done}");
+    assert_eq!(llm.requests().len(), 2);
+}
+
+#[test]
+fn a_copy_of_an_answered_message_is_ignored() {
+    let llm = FakeLlm::echo_openai();
+    let a = start_agent(
+        &temp_dir("dup"),
+        &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
+    );
+    a.send(&message("1", "once", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: once");
+    a.send(&message("1", "once", "m-1"));
+    a.send(&message("1", "twice", "m-2"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "echo: twice");
+    assert_eq!(frames.iter().filter(|f| f.kind == "assistant.done").count(), 1);
+    assert_eq!(llm.requests().len(), 2, "the copy never reached the model");
+}

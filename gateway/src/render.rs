@@ -281,7 +281,20 @@ impl Renderer {
             kind::ERROR => {
                 if let Ok(e) = f.payload_as::<ErrorPayload>() {
                     log::info!("chat {chat}: agent error {}: {}", e.code, e.message);
-                    self.replies.entry(key.clone()).or_default().error = Some(e.message);
+                    // Only an error about a reply is shown, and only if the reply has no text.
+                    if f.msg_id.is_some() {
+                        self.replies.entry(key.clone()).or_default().error = Some(e.message);
+                    }
+                }
+                return;
+            }
+            kind::STATUS_PRESENCE => {
+                // A new attempt at a reply already on screen (the agent restarted and the
+                // message was delivered again): start its text over, in the same messages.
+                if let Some(r) = self.replies.get_mut(&key) {
+                    if !r.done && !r.text.is_empty() {
+                        r.text.clear();
+                    }
                 }
                 return;
             }
@@ -589,6 +602,39 @@ mod tests {
         r.sent(&(5, "m".into()), 1, 2, t0, &mut out);
         assert!(out.is_empty());
         assert_eq!(r.in_progress(), 0);
+    }
+
+    #[test]
+    fn a_new_attempt_restarts_the_text_in_the_same_message() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&delta("5", "m", 1, "par"), t0, &mut out);
+        r.sent(&(5, "m".into()), 0, 100, t0, &mut out);
+        let mut thinking =
+            Frame::new(kind::STATUS_PRESENCE, Some(Session::new("telegram", "5"))).with_msg_id("m");
+        thinking.seq = Some(2);
+        r.frame(&thinking, t0, &mut out);
+        r.frame(
+            &delta("5", "m", 3, "full "),
+            t0 + Duration::from_secs(2),
+            &mut out,
+        );
+        out.clear();
+        r.frame(
+            &delta("5", "m", 4, "answer"),
+            t0 + Duration::from_secs(4),
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            vec![Action::Edit {
+                chat: 5,
+                message_id: 100,
+                text: "full answer".into(),
+                html: None
+            }]
+        );
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub fn log_file(name: &str) -> PathBuf {
 
 fn alive(pid: i32) -> bool {
     // A zombie still has a /proc entry; it counts as gone.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(") ").next().unwrap_or("").starts_with('Z'))
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(") ").next().unwrap_or("").starts_with('Z'))
 }
 
 /// The pid of daemon `name` if its pid file names a live process.
@@ -103,10 +104,17 @@ pub fn ensure_serve(socket: &Path) -> Result<bool, CliError> {
 /// A kit binary: beside this executable, else the first executable match on PATH.
 pub fn find_binary(name: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    let beside = std::env::current_exe().ok().and_then(|e| e.parent().map(|d| d.join(name)));
+    let executable =
+        |p: &Path| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)));
     beside
         .into_iter()
-        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect::<Vec<_>>()))
+        .chain(std::env::var_os("PATH").into_iter().flat_map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .collect::<Vec<_>>()
+        }))
         .find(|p| executable(p))
 }

@@ -16,13 +16,20 @@ pub const BINARIES: [&str; 3] = ["aegis-agent", "aegis-gateway", "aegis-kit"];
 /// replaced atomically and identical ones are left alone.
 pub fn install(prefix: &Path) -> Result<(), CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
-    let from = exe.parent().ok_or_else(|| CliError::Other("no folder for this executable".into()))?;
+    let from = exe
+        .parent()
+        .ok_or_else(|| CliError::Other("no folder for this executable".into()))?;
     let bin = prefix.join("bin");
     fs::create_dir_all(&bin).map_err(|e| CliError::Other(format!("{}: {e}", bin.display())))?;
     for name in BINARIES {
         let src = from.join(name);
         let dst = bin.join(name);
-        let data = fs::read(&src).map_err(|e| CliError::Other(format!("{}: {e} (build the kit first: make install-kit)", src.display())))?;
+        let data = fs::read(&src).map_err(|e| {
+            CliError::Other(format!(
+                "{}: {e} (build the kit first: make install-kit)",
+                src.display()
+            ))
+        })?;
         if fs::read(&dst).is_ok_and(|old| old == data) {
             println!("{}: up to date", dst.display());
             continue;
@@ -83,14 +90,25 @@ pub struct KitRow {
 pub fn rows() -> Vec<KitRow> {
     let dir = manifest::kits_dir();
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
-        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
         .into_iter()
         .map(|path| {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            match fs::read_to_string(&path).map_err(|e| e.to_string()).and_then(|t| manifest::parse(&path, &t).map_err(|e| e.to_string())) {
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| manifest::parse(&path, &t).map_err(|e| e.to_string()))
+            {
                 Ok(m) => row(&m),
                 Err(e) => KitRow {
                     name: stem,
@@ -113,8 +131,16 @@ fn row(m: &Manifest) -> KitRow {
         .collect();
     KitRow {
         name: m.name.clone(),
-        version: if m.version.starts_with('v') { m.version.clone() } else { format!("v{}", m.version) },
-        status: if missing.is_empty() { "ok".into() } else { format!("missing: {}", missing.join(", ")) },
+        version: if m.version.starts_with('v') {
+            m.version.clone()
+        } else {
+            format!("v{}", m.version)
+        },
+        status: if missing.is_empty() {
+            "ok".into()
+        } else {
+            format!("missing: {}", missing.join(", "))
+        },
         description: m.description.clone(),
     }
 }
@@ -124,10 +150,16 @@ pub fn list() -> Result<(), CliError> {
     let rows = rows();
     println!("{:<12} {:<10} {:<10} DESCRIPTION", "NAME", "VERSION", "STATUS");
     if rows.is_empty() {
-        eprintln!("no kits installed in {} (run `aegis-kit install`)", manifest::kits_dir().display());
+        eprintln!(
+            "no kits installed in {} (run `aegis-kit install`)",
+            manifest::kits_dir().display()
+        );
     }
     for r in rows {
-        println!("{:<12} {:<10} {:<10} {}", r.name, r.version, r.status, r.description);
+        println!(
+            "{:<12} {:<10} {:<10} {}",
+            r.name, r.version, r.status, r.description
+        );
     }
     Ok(())
 }
@@ -167,7 +199,10 @@ fn installed_manifests() -> Vec<Manifest> {
     let mut out = Vec::new();
     for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
         let p = e.path();
-        if let Ok(m) = fs::read_to_string(&p).map_err(|e| e.to_string()).and_then(|t| manifest::parse(&p, &t).map_err(|e| e.to_string())) {
+        if let Ok(m) = fs::read_to_string(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| manifest::parse(&p, &t).map_err(|e| e.to_string()))
+        {
             out.push(m);
         }
     }
@@ -203,7 +238,10 @@ fn up_daemon(name: &str, kit: &str, socket: &Path) -> Result<(), CliError> {
 
 /// `down`: stop kit daemons, then serve.
 pub fn down() -> Result<(), CliError> {
-    let mut names: Vec<String> = installed_manifests().into_iter().flat_map(|m| m.daemons).collect();
+    let mut names: Vec<String> = installed_manifests()
+        .into_iter()
+        .flat_map(|m| m.daemons)
+        .collect();
     names.dedup();
     for name in names {
         if daemon::stop(&name) {

@@ -295,7 +295,9 @@ pub fn sibling_binary(name: &str) -> PathBuf {
 }
 
 fn default_prefix() -> PathBuf {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local")).unwrap_or_else(|| PathBuf::from("/usr/local"))
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".local"))
+        .unwrap_or_else(|| PathBuf::from("/usr/local"))
 }
 
 fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -> Result<(), CliError> {

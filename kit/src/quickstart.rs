@@ -15,7 +15,10 @@ const INSTANCE: &str = "my-agent";
 /// The quickstart flow.
 pub fn run(socket: &Path) -> Result<(), CliError> {
     if crate::daemon::ensure_serve(socket)? {
-        eprintln!("aegis-kit serve started (log: {})", crate::daemon::log_file("serve").display());
+        eprintln!(
+            "aegis-kit serve started (log: {})",
+            crate::daemon::log_file("serve").display()
+        );
     }
     let c = AegisClient::new(socket);
     let exists = match c.request("GET", &format!("/v1/instances/{INSTANCE}"), None) {

@@ -164,7 +164,10 @@ fn history_load(agent: &std::path::Path) {
         for i in 0..turns {
             let role = if i % 2 == 0 { "user" } else { "assistant" };
             let content = format!("turn {i}: {}", "lorem ipsum dolor sit amet ".repeat(4));
-            file.push_str(&serde_json::json!({"role": role, "content": content, "ts": "2026-01-01T00:00:00.000Z"}).to_string());
+            file.push_str(
+                &serde_json::json!({"role": role, "content": content, "ts": "2026-01-01T00:00:00.000Z"})
+                    .to_string(),
+            );
             file.push('\n');
         }
         std::fs::write(ws.join("sessions/bench_1.jsonl"), &file).unwrap();
@@ -199,6 +202,13 @@ fn history_load(agent: &std::path::Path) {
             // Keep the file at its size: drop the turns this run appended.
             std::fs::write(ws.join("sessions/bench_1.jsonl"), &file).unwrap();
         }
-        stats(&format!("first message, history of {turns} turns ({} KiB)", file.len() / 1024), "ms", times);
+        stats(
+            &format!(
+                "first message, history of {turns} turns ({} KiB)",
+                file.len() / 1024
+            ),
+            "ms",
+            times,
+        );
     }
 }

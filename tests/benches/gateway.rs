@@ -22,15 +22,29 @@ fn main() {
         return;
     }
     let dir = release_dir();
-    println!("{:<46} {} bytes", "aegis-gateway static release size", std::fs::metadata(dir.join("aegis-gateway")).unwrap().len());
-    println!("{:<46} {} bytes", "aegis-kit static release size", std::fs::metadata(dir.join("aegis-kit")).unwrap().len());
+    println!(
+        "{:<46} {} bytes",
+        "aegis-gateway static release size",
+        std::fs::metadata(dir.join("aegis-gateway")).unwrap().len()
+    );
+    println!(
+        "{:<46} {} bytes",
+        "aegis-kit static release size",
+        std::fs::metadata(dir.join("aegis-kit")).unwrap().len()
+    );
 
     let home = temp_dir("bench-gw");
     let fake = home.join("aegis-agent");
     std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &fake).unwrap();
     let sock = home.join("aegisd.sock");
     let mut cmd = std::process::Command::new(dir.join("aegis-kit"));
-    cmd.env("AEGIS_HOME", &home).env("RUST_LOG", "warn").arg("--socket").arg(&sock).arg("serve").arg("--agent").arg(&fake);
+    cmd.env("AEGIS_HOME", &home)
+        .env("RUST_LOG", "warn")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("serve")
+        .arg("--agent")
+        .arg(&fake);
     let _serve = Proc::spawn(cmd);
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         std::thread::sleep(Duration::from_millis(10));
@@ -48,7 +62,12 @@ fn main() {
     let conf = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "a", "allowed_chats": ["*"], "api_url": tg.url()}});
     std::fs::write(&cfg, conf.to_string()).unwrap();
     let mut gcmd = std::process::Command::new(dir.join("aegis-gateway"));
-    gcmd.env("AEGIS_HOME", &home).env("RUST_LOG", "warn").arg("--socket").arg(&sock).arg("--config").arg(&cfg);
+    gcmd.env("AEGIS_HOME", &home)
+        .env("RUST_LOG", "warn")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--config")
+        .arg(&cfg);
     let gw = Proc::spawn(gcmd);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tg.calls_of("getUpdates").is_empty() {
@@ -59,11 +78,21 @@ fn main() {
     let t0 = cpu_ticks(gw.pid());
     std::thread::sleep(Duration::from_secs(10));
     let ticks = cpu_ticks(gw.pid()) - t0;
-    println!("{:<46} {:.2} MiB", "gateway idle RSS (long-polling)", rss_kib(gw.pid()) as f64 / 1024.0);
-    println!("{:<46} {:.2} % of one core over 10 s ({ticks} ticks)", "gateway idle CPU", ticks as f64 / 10.0);
+    println!(
+        "{:<46} {:.2} MiB",
+        "gateway idle RSS (long-polling)",
+        rss_kib(gw.pid()) as f64 / 1024.0
+    );
+    println!(
+        "{:<46} {:.2} % of one core over 10 s ({ticks} ticks)",
+        "gateway idle CPU",
+        ticks as f64 / 10.0
+    );
 
     // A plain reader of the same stream, for the baseline.
-    let last = c.request("GET", "/v1/instances/a", None).unwrap()["last_seq"].as_u64().unwrap();
+    let last = c.request("GET", "/v1/instances/a", None).unwrap()["last_seq"]
+        .as_u64()
+        .unwrap();
     let reader = {
         let c = c.clone();
         std::thread::spawn(move || {
@@ -85,7 +114,11 @@ fn main() {
     let base = reader.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while tg.calls_of("sendMessage").len() < N {
-        assert!(Instant::now() < deadline, "only {} messages", tg.calls_of("sendMessage").len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} messages",
+            tg.calls_of("sendMessage").len()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let gw_lat: Vec<f64> = tg
@@ -96,12 +129,24 @@ fn main() {
             Some((call.wall_us - sent) as f64 / 1000.0)
         })
         .collect();
-    stats("agent delta -> plain stream reader (baseline)", "ms", base.clone());
-    stats("agent delta -> gateway sendMessage at Telegram", "ms", gw_lat.clone());
+    stats(
+        "agent delta -> plain stream reader (baseline)",
+        "ms",
+        base.clone(),
+    );
+    stats(
+        "agent delta -> gateway sendMessage at Telegram",
+        "ms",
+        gw_lat.clone(),
+    );
     let med = |mut v: Vec<f64>| {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    println!("{:<46} {:.3} ms (difference of medians)", "added by the gateway", med(gw_lat) - med(base));
+    println!(
+        "{:<46} {:.3} ms (difference of medians)",
+        "added by the gateway",
+        med(gw_lat) - med(base)
+    );
     let _ = Path::new("");
 }

@@ -45,7 +45,8 @@ fn wake_latency(dir: &Path) {
     let home = temp_dir("bench-wake");
     let _s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
     let c = AegisClient::new(home.join("aegisd.sock"));
-    c.request("POST", "/v1/instances", Some(&json!({"name": "a"}))).unwrap();
+    c.request("POST", "/v1/instances", Some(&json!({"name": "a"})))
+        .unwrap();
     let mut stream = c.stream("a", None).unwrap();
     let mut one = |i: usize| -> f64 {
         let f = Frame::user_message(Session::new("bench", "1"), "ping", None).with_msg_id(format!("w{i}"));
@@ -90,9 +91,15 @@ fn throughput(dir: &Path) {
     const N: usize = 9_000; // within the store's 10,000-frame history
     for readers in [1usize, 10] {
         let name = format!("blast{readers}");
-        c.request("POST", "/v1/instances", Some(&json!({"name": name, "env": {"BENCH_BLAST": N.to_string()}})))
+        c.request(
+            "POST",
+            "/v1/instances",
+            Some(&json!({"name": name, "env": {"BENCH_BLAST": N.to_string()}})),
+        )
+        .unwrap();
+        let start = c.request("GET", &format!("/v1/instances/{name}"), None).unwrap()["last_seq"]
+            .as_u64()
             .unwrap();
-        let start = c.request("GET", &format!("/v1/instances/{name}"), None).unwrap()["last_seq"].as_u64().unwrap();
         let handles: Vec<_> = (0..readers)
             .map(|_| {
                 let (c, name) = (c.clone(), name.clone());
@@ -112,12 +119,22 @@ fn throughput(dir: &Path) {
                 })
             })
             .collect();
-        c.request("POST", &format!("/v1/instances/{name}/start"), None).unwrap();
+        c.request("POST", &format!("/v1/instances/{name}/start"), None)
+            .unwrap();
         let rates: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let total: f64 = rates.iter().sum();
-        stats(&format!("egress stream, {readers} reader(s), per reader"), "frames/s", rates);
-        println!("{:<46} {:.0} frames/s delivered in total", format!("egress stream, {readers} reader(s)"), total);
-        c.request("POST", &format!("/v1/instances/{name}/stop"), None).unwrap();
+        stats(
+            &format!("egress stream, {readers} reader(s), per reader"),
+            "frames/s",
+            rates,
+        );
+        println!(
+            "{:<46} {:.0} frames/s delivered in total",
+            format!("egress stream, {readers} reader(s)"),
+            total
+        );
+        c.request("POST", &format!("/v1/instances/{name}/stop"), None)
+            .unwrap();
     }
 }
 
@@ -127,22 +144,44 @@ fn idle_instances(dir: &Path) {
     let c = AegisClient::new(home.join("aegisd.sock"));
     let before = rss_kib(s.pid());
     for i in 0..1000 {
-        c.request("POST", "/v1/instances", Some(&json!({"name": format!("idle-{i}")}))).unwrap();
+        c.request(
+            "POST",
+            "/v1/instances",
+            Some(&json!({"name": format!("idle-{i}")})),
+        )
+        .unwrap();
     }
     std::thread::sleep(Duration::from_secs(1));
     let t0 = cpu_ticks(s.pid());
     std::thread::sleep(Duration::from_secs(10));
     let ticks = cpu_ticks(s.pid()) - t0;
-    println!("{:<46} {:.2} MiB (empty serve: {:.2} MiB)", "serve RSS with 1,000 stopped instances", rss_kib(s.pid()) as f64 / 1024.0, before as f64 / 1024.0);
-    println!("{:<46} {:.2} % of one core over 10 s ({ticks} ticks)", "serve CPU with 1,000 stopped instances", ticks as f64 / 10.0);
+    println!(
+        "{:<46} {:.2} MiB (empty serve: {:.2} MiB)",
+        "serve RSS with 1,000 stopped instances",
+        rss_kib(s.pid()) as f64 / 1024.0,
+        before as f64 / 1024.0
+    );
+    println!(
+        "{:<46} {:.2} % of one core over 10 s ({ticks} ticks)",
+        "serve CPU with 1,000 stopped instances",
+        ticks as f64 / 10.0
+    );
     drop(s);
     // A restart re-adopts all of them.
     let t = Instant::now();
     let _s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
-    while c.request("GET", "/v1/instances", None).unwrap()["instances"].as_array().map_or(0, Vec::len) < 1000 {
+    while c.request("GET", "/v1/instances", None).unwrap()["instances"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < 1000
+    {
         std::thread::sleep(Duration::from_millis(1));
     }
-    println!("{:<46} {:.1} ms", "serve restart until 1,000 instances are listed", t.elapsed().as_secs_f64() * 1000.0);
+    println!(
+        "{:<46} {:.1} ms",
+        "serve restart until 1,000 instances are listed",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 }
 
 fn main() {

@@ -54,7 +54,8 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let after = stat.rsplit(") ").next().unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     // Fields after the command: state is [0]; utime [11], stime [12].
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// Microseconds since the Unix epoch (comparable across processes on one machine).
@@ -67,9 +68,13 @@ pub fn now_us() -> u64 {
 /// frames. With `BENCH_GAP_MS`, each frame is a new reply's first delta stamped with the
 /// send time (for latency); otherwise deltas as fast as possible (for throughput).
 pub fn maybe_blast() {
-    let Ok(n) = std::env::var("BENCH_BLAST") else { return };
+    let Ok(n) = std::env::var("BENCH_BLAST") else {
+        return;
+    };
     let n: usize = n.parse().unwrap();
-    let gap = std::env::var("BENCH_GAP_MS").ok().and_then(|g| g.parse::<u64>().ok());
+    let gap = std::env::var("BENCH_GAP_MS")
+        .ok()
+        .and_then(|g| g.parse::<u64>().ok());
     let addr: Addr = std::env::var("AEGIS_TETHER").unwrap().parse().unwrap();
     let mut s = Stream::connect(&addr, Duration::from_secs(5)).unwrap();
     let session = Session::new("telegram", "777");

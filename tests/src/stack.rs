@@ -49,6 +49,11 @@ impl Stack {
     /// Serve with an instance `my-agent` answering through `llm`, and a fake Telegram
     /// whose bot token is stored as the secret `TELEGRAM_BOT_TOKEN`.
     pub fn new(name: &str, llm: FakeLlm, serve_args: &[&str]) -> Stack {
+        Stack::with_env(name, llm, serve_args, &[])
+    }
+
+    /// As `new`, with extra environment variables for the agent instance.
+    pub fn with_env(name: &str, llm: FakeLlm, serve_args: &[&str], env: &[(&str, &str)]) -> Stack {
         let home = temp_dir(name);
         let socket = home.join("aegisd.sock");
         let serve = start_serve(&home, &socket, serve_args);
@@ -56,8 +61,12 @@ impl Stack {
         let c = AegisClient::new(&socket);
         c.put_secret("OPENAI_API_KEY", "sk-stack-test").unwrap();
         c.put_secret("TELEGRAM_BOT_TOKEN", telegram.token()).unwrap();
-        let body =
-            json!({"name": "my-agent", "secrets": ["OPENAI_API_KEY"], "env": {"OPENAI_BASE_URL": llm.url()}});
+        let mut vars = serde_json::Map::new();
+        vars.insert("OPENAI_BASE_URL".into(), json!(llm.url()));
+        for (k, v) in env {
+            vars.insert(k.to_string(), json!(v));
+        }
+        let body = json!({"name": "my-agent", "secrets": ["OPENAI_API_KEY"], "env": vars});
         c.request("POST", "/v1/instances", Some(&body)).unwrap();
         Stack {
             home,
@@ -97,6 +106,19 @@ impl Stack {
         let p = Proc::spawn(self.gateway_command());
         p.wait_for("egress stream of my-agent connected", T);
         self.gateway = Some(p);
+    }
+
+    /// The agent instance's folder.
+    pub fn instance_dir(&self) -> PathBuf {
+        self.home.join("kit/instances/my-agent")
+    }
+
+    /// Pid of the running agent, if any.
+    pub fn agent_pid(&self) -> Option<i64> {
+        self.client()
+            .request("GET", "/v1/instances/my-agent", None)
+            .ok()?["pid"]
+            .as_i64()
     }
 
     /// Restart serve (SIGTERM, then start again with the same flags).

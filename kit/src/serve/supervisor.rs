@@ -193,6 +193,7 @@ pub fn spawn(
     let (tx, rx) = crossbeam_channel::unbounded();
     let epoch = Instant::now();
     kill_orphan(&dir);
+    let owed = load_unanswered(&dir);
     let sup = Supervisor {
         def: def.clone(),
         dir,
@@ -206,7 +207,7 @@ pub fn spawn(
         conn: None,
         conn_counter: Arc::new(AtomicU64::new(0)),
         queue: VecDeque::new(),
-        unanswered: VecDeque::new(),
+        unanswered: owed,
         crashes: VecDeque::new(),
         activity: Arc::new(AtomicU64::new(0)),
         epoch,
@@ -263,8 +264,47 @@ fn err(status: u16, message: impl Into<String>) -> ApiError {
     }
 }
 
+/// User messages delivered but not answered when serve last stopped (or died).
+fn load_unanswered(dir: &Path) -> VecDeque<Frame> {
+    let text = fs::read_to_string(dir.join("unanswered.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| Frame::parse(l.as_bytes()).ok())
+        .collect()
+}
+
 impl Supervisor {
+    /// Mirror `unanswered` to disk, so messages owed a reply survive a serve crash too.
+    fn save_unanswered(&self) {
+        let path = self.dir.join("unanswered.jsonl");
+        if self.unanswered.is_empty() {
+            let _ = fs::remove_file(&path);
+            return;
+        }
+        let mut text = String::new();
+        for f in &self.unanswered {
+            text.push_str(&f.to_json());
+            text.push('\n');
+        }
+        let tmp = self.dir.join("unanswered.jsonl.tmp");
+        if let Err(e) = fs::write(&tmp, text).and_then(|_| fs::rename(&tmp, &path)) {
+            log::error!("{}: cannot save {}: {e}", self.def.name, path.display());
+        }
+    }
+
     fn run(mut self, rx: Receiver<Cmd>) {
+        // Messages owed from before a restart are delivered first.
+        if !self.unanswered.is_empty() {
+            log::warn!(
+                "{}: {} message(s) owed a reply from before the restart",
+                self.def.name,
+                self.unanswered.len()
+            );
+            let owed: Vec<_> = self.unanswered.drain(..).map(|f| (f, None)).collect();
+            self.queue.extend(owed);
+            if let Err(e) = self.boot() {
+                self.fail_queue(e.status, &e.message);
+            }
+        }
         loop {
             let cmd = match self.next_deadline() {
                 Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
@@ -384,6 +424,7 @@ impl Supervisor {
                     self.state = State::Stopped;
                 }
                 self.unanswered.clear();
+                self.save_unanswered();
                 self.terminate(libc::SIGTERM);
                 let _ = reply.send(Ok(()));
             }
@@ -418,9 +459,11 @@ impl Supervisor {
                     }
                 }
             }
-            Cmd::Answered(id) => self
-                .unanswered
-                .retain(|f| f.msg_id.as_deref() != Some(id.as_str())),
+            Cmd::Answered(id) => {
+                self.unanswered
+                    .retain(|f| f.msg_id.as_deref() != Some(id.as_str()));
+                self.save_unanswered();
+            }
             Cmd::Exited(pid, code) => self.exited(pid, code),
         }
     }
@@ -503,6 +546,7 @@ impl Supervisor {
         if written {
             if frame.kind == kind::USER_MESSAGE {
                 self.unanswered.push_back(frame);
+                self.save_unanswered();
             }
             if let Some(r) = reply {
                 let _ = r.send(Ok(()));
@@ -583,6 +627,7 @@ impl Supervisor {
             );
             self.state = State::Crashloop;
             self.unanswered.clear();
+            self.save_unanswered();
             self.fail_queue(503, &format!("instance {} is crash-looping", self.def.name));
             for w in self.start_waiters.drain(..) {
                 let _ = w.send(Err(err(503, "instance is crash-looping")));
