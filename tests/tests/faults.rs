@@ -196,5 +196,5 @@ fn unwritable_sessions_give_a_clear_error_and_the_reply_still_arrives() {
     s.telegram.push_text(12, 1, "Ann", "still?");
     s.telegram
         .wait_chat(12, T, |m| m.len() == 1 && m[0].visible() == "echo: [Ann]: still?");
-    assert_eq!(s.agent_pid().is_some(), true, "the agent did not crash");
+    assert!(s.agent_pid().is_some(), "the agent did not crash");
 }
