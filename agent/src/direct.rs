@@ -12,8 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
-use tether::lines::LineReader;
-use tether::rpc::Message;
+use tether::rpc::{Message, Messages};
 use tether::{Addr, Frame, Stream};
 
 /// What the reader thread reports.
@@ -96,34 +95,18 @@ fn write_loop(
 }
 
 fn read_loop(stream: Stream, ingress: Sender<Frame>, inbound: Sender<Inbound>) {
-    let mut lines = LineReader::new(BufReader::new(stream));
-    loop {
-        let line = match lines.next_line() {
-            Ok(Some(l)) => l,
-            Ok(None) => break,
-            Err(e) if e.is_recoverable() => {
-                log::warn!("tether: {e}");
-                continue;
-            }
-            Err(e) => {
-                log::debug!("tether read ended: {e}");
-                break;
-            }
-        };
-        match Message::decode(line) {
-            Ok(m) => match m.as_tether_frame() {
-                Some(Ok(frame)) => {
-                    if ingress.send(frame).is_err() {
-                        break;
-                    }
+    for m in Messages::new(BufReader::new(stream)) {
+        match m.as_tether_frame() {
+            Some(Ok(frame)) => {
+                if ingress.send(frame).is_err() {
+                    break;
                 }
-                Some(Err(e)) => log::warn!("tether: invalid frame: {e}"),
-                None if matches!(m, Message::Request { .. }) => {
-                    let _ = inbound.send(Inbound::Request(m));
-                }
-                None => log::debug!("tether: ignoring message {m:?}"),
-            },
-            Err(e) => log::warn!("tether: {e}"),
+            }
+            Some(Err(e)) => log::warn!("tether: invalid frame: {e}"),
+            None if matches!(m, Message::Request { .. }) => {
+                let _ = inbound.send(Inbound::Request(m));
+            }
+            None => log::debug!("tether: ignoring message {m:?}"),
         }
     }
     let _ = inbound.send(Inbound::Closed);

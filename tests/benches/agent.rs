@@ -7,51 +7,16 @@
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use aegis_e2e::bench::{release_dir, rss_kib, stats};
 use aegis_e2e::http::Server;
 use aegis_e2e::proc::{free_port, temp_dir};
 use tether::lines::LineReader;
 use tether::rpc::Message;
 use tether::{Frame, Session};
-
-fn release_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = Command::new("bash")
-        .arg(root.join("scripts/release.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("scripts/release.sh");
-    assert!(out.status.success(), "release build failed");
-    root.join(String::from_utf8(out.stdout).unwrap().trim())
-}
-
-fn stats(name: &str, unit: &str, mut v: Vec<f64>) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
-    println!(
-        "{name:<44} median {:>9.3} {unit}  p90 {:>9.3}  p99 {:>9.3}  min {:>9.3}  max {:>9.3}  (n={})",
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        v[0],
-        v[v.len() - 1],
-        v.len()
-    );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap()
-}
 
 fn epoch() -> Instant {
     static E: OnceLock<Instant> = OnceLock::new();

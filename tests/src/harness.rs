@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use tether::lines::LineReader;
-use tether::rpc::Message;
+use tether::rpc::{Message, Messages};
 use tether::{Addr, Frame, Listener, Stream};
 
 use crate::http::Server;
@@ -180,9 +179,7 @@ impl FakeTetherHost {
 }
 
 fn read_frames(s: Stream, tx: &Sender<Frame>, rtx: &Sender<Message>) {
-    let mut lines = LineReader::new(BufReader::new(s));
-    while let Ok(Some(line)) = lines.next_line() {
-        let Ok(m) = Message::decode(line) else { continue };
+    for m in Messages::new(BufReader::new(s)) {
         match m.as_tether_frame() {
             Some(Ok(f)) => {
                 let _ = tx.send(f);

@@ -237,6 +237,44 @@ fn to_raw<T: Serialize + ?Sized>(v: &T) -> Box<RawValue> {
     serde_json::value::to_raw_value(v).expect("params serialise")
 }
 
+/// The JSON-RPC messages arriving on a byte stream, in order. Lines that are too long or
+/// do not decode are logged and skipped (the stream stays usable); iteration ends when
+/// the stream ends or fails.
+pub struct Messages<R> {
+    /// Newline framing with the size limit.
+    lines: crate::lines::LineReader<R>,
+}
+
+impl<R: std::io::BufRead> Messages<R> {
+    /// Messages read from `reader`.
+    pub fn new(reader: R) -> Messages<R> {
+        Messages {
+            lines: crate::lines::LineReader::new(reader),
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for Messages<R> {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) => match Message::decode(line) {
+                    Ok(m) => return Some(m),
+                    Err(e) => log::warn!("tether: {e}"),
+                },
+                Ok(None) => return None,
+                Err(e) if e.is_recoverable() => log::warn!("tether: {e}"),
+                Err(e) => {
+                    log::debug!("tether read ended: {e}");
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// The outcome a waiting caller receives.
 pub type Outcome = Result<Box<RawValue>, RpcError>;
 
@@ -346,6 +384,15 @@ mod tests {
         assert_eq!(*line.last().unwrap(), b'\n');
         let back = Message::decode(&line[..line.len() - 1]).unwrap();
         assert_eq!(back.as_tether_frame().unwrap().unwrap(), f);
+    }
+
+    #[test]
+    fn messages_skip_bad_lines_and_end_with_the_stream() {
+        let src = b"{\"jsonrpc\":\"2.0\",\"method\":\"a\"}\nnot json\n\n{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":1}\n{\"jsonrpc\"";
+        let got: Vec<Message> = Messages::new(&src[..]).collect();
+        assert_eq!(got.len(), 2);
+        assert!(matches!(got[0], Message::Notification { .. }));
+        assert!(matches!(got[1], Message::Response { .. }));
     }
 
     #[test]

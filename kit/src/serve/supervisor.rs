@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use tether::frame::{kind, Direction};
-use tether::lines::LineReader;
-use tether::rpc::Message;
+use tether::rpc::{Message, Messages};
 use tether::{Addr, EgressStore, Frame, Listener, Stream};
 
 use super::registry::InstanceDef;
@@ -889,25 +888,8 @@ fn read_egress(
     activity: &AtomicU64,
     epoch: Instant,
 ) {
-    let mut lines = LineReader::new(BufReader::new(stream));
-    loop {
-        let line = match lines.next_line() {
-            Ok(Some(l)) => l,
-            Ok(None) => break,
-            Err(e) if e.is_recoverable() => {
-                log::warn!("tether: {e}");
-                continue;
-            }
-            Err(_) => break,
-        };
+    for msg in Messages::new(BufReader::new(stream)) {
         activity.store(now_ms(epoch), Ordering::Relaxed);
-        let msg = match Message::decode(line) {
-            Ok(m) => m,
-            Err(e) => {
-                log::warn!("tether: {e}");
-                continue;
-            }
-        };
         match msg.as_tether_frame() {
             Some(Ok(frame)) if frame.direction() == Direction::Egress => {
                 let answered = (frame.kind == kind::ASSISTANT_DONE)
