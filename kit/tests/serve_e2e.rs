@@ -522,3 +522,66 @@ fn cancel_through_serve_stops_the_reply_in_flight() {
     let frames = until_done(&rx, "m1");
     assert_eq!(done_text(&frames), "partial\n\n⏹ Reply cancelled.");
 }
+
+#[test]
+fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    let llm = FakeLlm::scripted(vec![
+        Reply::Sse {
+            pieces: openai_sse(&["partial"])[..2].to_vec(),
+            delay: Duration::ZERO,
+            end: End::Hang(Duration::from_secs(60)),
+        },
+        Reply::sse(openai_sse(&["second ", "answer"])),
+    ]);
+    let home = temp_dir("serve-chat");
+    let s = start_serve(&home, &[]);
+    s.create_agent("a", &llm);
+    let mut child = command("aegis-kit")
+        .env("AEGIS_HOME", &home)
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["chat", "a"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let out2 = Arc::clone(&out);
+    std::thread::spawn(move || {
+        let mut b = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            out2.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
+        }
+    });
+    let wait_out = |needle: &str| {
+        let deadline = Instant::now() + T;
+        while !out.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                out.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"first question\n").unwrap();
+    wait_out("partial"); // streamed before the reply is complete
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    wait_out("Reply cancelled");
+    stdin.write_all(b"again\n").unwrap();
+    wait_out("second answer");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}

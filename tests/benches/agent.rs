@@ -116,7 +116,55 @@ fn main() {
     let _ = child.kill();
     let _ = child.wait();
     stats("SSE chunk sent -> delta frame received", "µs", lat);
+    cancel_latency(&agent);
     history_load(&agent);
+}
+
+/// `control.cancel` written → `assistant.done` back, while the LLM stream is stalled
+/// (the worst case: nothing arrives that would wake the reader).
+fn cancel_latency(agent: &std::path::Path) {
+    let llm = Server::start(|_req, resp| {
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        r.chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"partial\"}}]}\n\n");
+        std::thread::sleep(Duration::from_secs(20));
+    });
+    let ws = temp_dir("bench-cancel");
+    let sock = ws.join("t.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut child = Command::new(agent)
+        .env_clear()
+        .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+        .env("AEGIS_WORKSPACE", &ws)
+        .env("OPENAI_BASE_URL", &llm.url)
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
+        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+        let mut sent = None;
+        while let Ok(Some(line)) = lines.next_line() {
+            let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+            match fr.kind.as_str() {
+                "assistant.delta" if sent.is_none() => {
+                    let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
+                    sent = Some(Instant::now());
+                    std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
+                }
+                "assistant.done" => break,
+                _ => {}
+            }
+        }
+        times.push(sent.unwrap().elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    stats("control.cancel -> assistant.done (stalled stream)", "ms", times);
 }
 
 /// First message of a session after a cold start, as its history grows: user.message
