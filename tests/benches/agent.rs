@@ -115,9 +115,50 @@ fn main() {
     );
     let _ = child.kill();
     let _ = child.wait();
-    stats("SSE chunk sent -> delta frame received", "µs", lat);
+    stats("SSE chunk sent -> delta frame received", "µs", lat.clone());
+    // Baseline: the same stream read straight from the fake LLM by a plain SSE reader in
+    // this process. The difference of medians is what the agent adds.
+    let base = baseline_sse(&llm.url);
+    stats("SSE chunk sent -> read directly (baseline)", "µs", base.clone());
+    println!(
+        "{:<44} {:.1} µs (difference of medians)",
+        "added by the agent per delta",
+        median(lat) - median(base)
+    );
     cancel_latency(&agent);
     history_load(&agent);
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn baseline_sse(url: &str) -> Vec<f64> {
+    use std::io::BufRead;
+    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let resp = agent.post(format!("{url}/chat/completions")).send("{}").unwrap();
+    let reader = BufReader::new(resp.into_body().into_reader());
+    let mut lat = Vec::new();
+    for line in reader.lines() {
+        let line = line.unwrap();
+        let now = epoch().elapsed().as_nanos();
+        let Some(data) = line.strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        let sent: u128 = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        lat.push((now - sent) as f64 / 1000.0);
+    }
+    lat
 }
 
 /// `control.cancel` written → `assistant.done` back, while the LLM stream is stalled

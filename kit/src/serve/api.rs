@@ -281,14 +281,7 @@ fn create(host: &Host, body: &[u8]) -> Reply {
 }
 
 fn list(host: &Host) -> Reply {
-    let handles: Vec<Handle> = host
-        .instances
-        .read()
-        .expect("instances lock")
-        .values()
-        .cloned()
-        .collect();
-    let infos: Vec<Info> = handles.iter().filter_map(|h| info(h).ok()).collect();
+    let infos: Vec<Info> = host.handles().iter().filter_map(|h| info(h).ok()).collect();
     Ok((200, json!({"instances": infos})))
 }
 

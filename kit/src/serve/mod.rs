@@ -104,6 +104,16 @@ impl Host {
             .or_else(|| map.values().find(|h| h.def.id == key).cloned())
     }
 
+    /// Every instance, by name.
+    pub fn handles(&self) -> Vec<Handle> {
+        self.instances
+            .read()
+            .expect("instances lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Start supervising `def` (not booting it).
     pub fn adopt(&self, def: InstanceDef) -> std::io::Result<Handle> {
         let store = EgressStore::with_limits(
@@ -189,13 +199,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
 }
 
 fn shutdown(host: &Host) {
-    let handles: Vec<Handle> = host
-        .instances
-        .read()
-        .expect("instances lock")
-        .values()
-        .cloned()
-        .collect();
+    let handles = host.handles();
     let waits: Vec<_> = handles
         .iter()
         .filter_map(|h| {
