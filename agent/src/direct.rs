@@ -48,10 +48,14 @@ pub fn run(addr: &Addr, egress: Receiver<Frame>, ingress: Sender<Frame>) {
             }
         };
         let ingress2 = ingress.clone();
-        thread::Builder::new()
+        let spawned = thread::Builder::new()
             .name("tether-reader".into())
-            .spawn(move || read_loop(reader, ingress2, inbound_tx))
-            .expect("spawn tether reader");
+            .spawn(move || read_loop(reader, ingress2, inbound_tx));
+        if let Err(e) = spawned {
+            log::error!("cannot start the tether reader: {e}; retrying in {backoff:?}");
+            thread::sleep(backoff);
+            continue;
+        }
         match write_loop(stream, &egress, &inbound_rx, &mut unsent) {
             Ok(()) => return,
             Err(e) => log::warn!("tether connection lost: {e}; reconnecting"),

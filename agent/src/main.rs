@@ -57,10 +57,16 @@ fn main() -> ExitCode {
         budget: config.budget,
         egress: egress_tx,
     });
-    let router = thread::Builder::new()
+    let router = match thread::Builder::new()
         .name("router".into())
         .spawn(move || router::run(ingress_rx, shared))
-        .expect("spawn router");
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("cannot start the router thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     match &config.mode {
         Mode::Harness { listen, harness } => {
@@ -73,10 +79,13 @@ fn main() -> ExitCode {
             };
             log::info!("agent listening on {listen}");
             let harness = harness.clone();
-            thread::Builder::new()
+            let spawned = thread::Builder::new()
                 .name("egress".into())
-                .spawn(move || egress::run(egress_rx, &harness))
-                .expect("spawn egress");
+                .spawn(move || egress::run(egress_rx, &harness));
+            if let Err(e) = spawned {
+                log::error!("cannot start the egress thread: {e}");
+                return ExitCode::FAILURE;
+            }
             harness::serve(server, ingress_tx);
         }
         Mode::Direct(addr) => {
