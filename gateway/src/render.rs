@@ -123,6 +123,10 @@ pub struct Renderer {
     seen_order: VecDeque<u64>,
     /// State changed in a way a restart must know (a message id, a finished reply).
     dirty: bool,
+    /// Per chat, the key of the reply an old agent (no `msg_id`) is streaming.
+    open_anon: BTreeMap<i64, String>,
+    /// Numbers those keys; starts at the clock so keys stay unique across restarts.
+    anon_counter: u64,
 }
 
 /// The chat id of a session id: `"123"` or, after `/new`, `"123:2"`.
@@ -167,6 +171,9 @@ impl Renderer {
     pub fn restore(snap: Snapshot) -> Renderer {
         let mut r = Renderer {
             cursor: snap.cursor,
+            anon_counter: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
             ..Default::default()
         };
         for (k, mut reply) in snap.replies {
@@ -255,7 +262,27 @@ impl Renderer {
             return;
         }
         let Some(chat) = chat_of(&session.id) else { return };
-        let key = (chat, f.msg_id.clone().unwrap_or_default());
+        let key = match &f.msg_id {
+            Some(id) => (chat, id.clone()),
+            // An old agent names no message: each reply is a run of deltas closed by a
+            // done, and gets a key of its own so back-to-back replies never share one.
+            None if matches!(f.kind.as_str(), kind::ASSISTANT_DELTA | kind::ASSISTANT_DONE) => {
+                let id = match self.open_anon.get(&chat) {
+                    Some(id) => id.clone(),
+                    None => {
+                        self.anon_counter += 1;
+                        let id = format!("#{}", self.anon_counter);
+                        self.open_anon.insert(chat, id.clone());
+                        id
+                    }
+                };
+                if f.kind == kind::ASSISTANT_DONE {
+                    self.open_anon.remove(&chat);
+                }
+                (chat, id)
+            }
+            None => (chat, String::new()),
+        };
         match f.kind.as_str() {
             kind::ASSISTANT_DELTA => {
                 let t = f.text_payload().unwrap_or_default();
@@ -542,6 +569,30 @@ mod tests {
         let mut again = Renderer::restore(snap);
         again.frame(&delta("5", "m", 10, "a"), t0, &mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn back_to_back_replies_of_an_old_agent_get_their_own_messages() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let anon = |k: &str, seq: u64, t: &str| {
+            let mut f = Frame::text(k, Session::new("telegram", "5"), t);
+            f.seq = Some(seq);
+            f
+        };
+        r.frame(&anon(kind::ASSISTANT_DELTA, 1, "one"), t0, &mut out);
+        r.frame(&anon(kind::ASSISTANT_DONE, 2, "one"), t0, &mut out);
+        r.frame(&anon(kind::ASSISTANT_DELTA, 3, "two"), t0, &mut out);
+        r.frame(&anon(kind::ASSISTANT_DONE, 4, "two"), t0, &mut out);
+        let sends: Vec<&str> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sends, vec!["one", "two"]);
     }
 
     #[test]
