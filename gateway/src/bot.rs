@@ -91,7 +91,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
 
 fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Action>, path: &Path) {
     let mut out = Vec::new();
-    let mut saved_cursor = r.cursor();
+    let mut saved_frames = r.frames_taken();
     let mut last_save = Instant::now();
     loop {
         let wait = r
@@ -117,12 +117,12 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
         }
         // Save whenever a restart would otherwise repeat a Telegram side effect, and
         // every few seconds while the cursor moves.
-        let moved = r.cursor() != saved_cursor && last_save.elapsed() >= Duration::from_secs(2);
+        let moved = r.frames_taken() != saved_frames && last_save.elapsed() >= Duration::from_secs(2);
         if r.take_dirty() || moved {
             if let Err(e) = state::save(path, &r.snapshot()) {
                 log::error!("cannot save {}: {e}", path.display());
             }
-            saved_cursor = r.cursor();
+            saved_frames = r.frames_taken();
             last_save = Instant::now();
         }
     }

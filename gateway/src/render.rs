@@ -28,6 +28,8 @@ pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 pub const TYPING_MAX: Duration = Duration::from_secs(120);
 /// Replayed frames without `seq` (old aegisd) remembered for de-duplication.
 const SEEN_LIMIT: usize = 4096;
+/// Of those, how many a snapshot keeps (aegisd replays its last 50 frames).
+const SNAPSHOT_SEEN: usize = 256;
 
 /// Identifies a reply: chat id and the `msg_id` answered ("" for an old agent).
 pub type ReplyKey = (i64, String);
@@ -104,6 +106,10 @@ pub struct Snapshot {
     pub cursor: Option<u64>,
     /// Replies in progress, by "chat/msg_id".
     pub replies: BTreeMap<String, Reply>,
+    /// Fingerprints of the newest seq-less frames, so an old aegisd's replay after a
+    /// gateway restart is recognised too.
+    #[serde(default)]
+    pub seen: Vec<u64>,
 }
 
 /// The renderer of one bot.
@@ -127,6 +133,8 @@ pub struct Renderer {
     open_anon: BTreeMap<i64, String>,
     /// Numbers those keys; starts at the clock so keys stay unique across restarts.
     anon_counter: u64,
+    /// Frames accepted (not replays).
+    frames_taken: u64,
 }
 
 /// The chat id of a session id: `"123"` or, after `/new`, `"123:2"`.
@@ -170,6 +178,8 @@ impl Renderer {
     /// A renderer continuing from `snap`.
     pub fn restore(snap: Snapshot) -> Renderer {
         let mut r = Renderer {
+            seen: snap.seen.iter().copied().collect(),
+            seen_order: snap.seen.iter().copied().collect(),
             cursor: snap.cursor,
             anon_counter: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -193,6 +203,14 @@ impl Renderer {
     /// The state to persist.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
+            seen: self
+                .seen_order
+                .iter()
+                .rev()
+                .take(SNAPSHOT_SEEN)
+                .rev()
+                .copied()
+                .collect(),
             cursor: self.cursor,
             replies: self
                 .replies
@@ -202,9 +220,9 @@ impl Renderer {
         }
     }
 
-    /// Newest seq rendered.
-    pub fn cursor(&self) -> Option<u64> {
-        self.cursor
+    /// Frames taken in so far (with or without seq), to tell when to save.
+    pub fn frames_taken(&self) -> u64 {
+        self.frames_taken
     }
 
     /// Whether state worth persisting changed since the last call.
@@ -237,17 +255,26 @@ impl Renderer {
 
     /// An egress frame.
     pub fn frame(&mut self, f: &Frame, now: Instant, out: &mut Vec<Action>) {
+        if !self.accept(f) {
+            return;
+        }
+        self.frames_taken += 1;
+        self.render(f, now, out);
+    }
+
+    /// Whether `f` is new (not a replay), remembering it.
+    fn accept(&mut self, f: &Frame) -> bool {
         match f.seq {
             Some(seq) => {
                 if self.cursor.is_some_and(|c| seq <= c) {
-                    return; // a replay
+                    return false; // a replay
                 }
                 self.cursor = Some(seq);
             }
             None => {
                 let fp = fingerprint(f);
                 if !self.seen.insert(fp) {
-                    return;
+                    return false;
                 }
                 self.seen_order.push_back(fp);
                 if self.seen_order.len() > SEEN_LIMIT {
@@ -257,6 +284,10 @@ impl Renderer {
                 }
             }
         }
+        true
+    }
+
+    fn render(&mut self, f: &Frame, now: Instant, out: &mut Vec<Action>) {
         let Some(session) = &f.session else { return };
         if session.channel != "telegram" {
             return;
@@ -604,6 +635,10 @@ mod tests {
         f.seq = None;
         r.frame(&f, t0, &mut out);
         r.frame(&f, t0, &mut out);
+        assert_eq!(out.len(), 1);
+        // Also after a restart from the saved state.
+        let mut again = Renderer::restore(r.snapshot());
+        again.frame(&f, t0, &mut out);
         assert_eq!(out.len(), 1);
     }
 
