@@ -327,3 +327,44 @@ fn check_and_bad_config_report_clearly() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Against an upstream-style aegisd (no seq, no msg_id, a 50-frame replay on every
+/// connection): replays after a stream reconnect and after a gateway restart are never
+/// rendered again, and every reply lands once.
+#[test]
+fn old_aegisd_replays_are_never_rendered_twice() {
+    use aegis_e2e::aegisd::OldAegisd;
+    use aegis_e2e::proc::{command, temp_dir};
+    use aegis_e2e::telegram::FakeTelegram;
+    let home = temp_dir("gw-old-aegisd");
+    let tg = FakeTelegram::start("77:old-aegisd-token");
+    let aegisd = OldAegisd::start(
+        &home.join("aegisd.sock"),
+        vec![("TELEGRAM_BOT_TOKEN".into(), tg.token().into())],
+    );
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent", "allowed_chats": ["*"], "api_url": tg.url()}});
+    std::fs::write(home.join("gateway.json"), cfg.to_string()).unwrap();
+    let gateway = || {
+        let mut c = command("aegis-gateway");
+        c.env("AEGIS_HOME", &home).arg("--socket").arg(&aegisd.socket);
+        let p = Proc::spawn(c);
+        p.wait_for("egress stream of my-agent connected", T);
+        p
+    };
+    let mut gw = gateway();
+    tg.push_text(CHAT, 1, "Ann", "one");
+    tg.wait_chat(CHAT, T, |m| m.len() == 1 && m[0].visible() == "echo: one");
+    aegisd.drop_streams();
+    gw.wait_for("egress stream of my-agent broke", T);
+    tg.push_text(CHAT, 1, "Ann", "two");
+    tg.wait_chat(CHAT, T, |m| m.len() == 2 && m[1].visible() == "echo: two");
+    std::thread::sleep(Duration::from_secs(3)); // the reply is saved, then the gateway dies
+    gw.kill9();
+    let _gw = gateway();
+    tg.push_text(CHAT, 1, "Ann", "three");
+    let msgs = tg.wait_chat(CHAT, T, |m| m.len() >= 3 && m[2].visible() == "echo: three");
+    std::thread::sleep(Duration::from_millis(800));
+    let texts: Vec<String> = tg.messages(CHAT).iter().map(|m| m.visible()).collect();
+    assert_eq!(texts, vec!["echo: one", "echo: two", "echo: three"], "{msgs:?}");
+    assert_eq!(aegisd.received().len(), 3, "each message delivered once");
+}

@@ -36,11 +36,36 @@ impl Request {
 
 /// Writes one response; dropped without `finish`, the connection is cut.
 pub struct Responder {
-    stream: TcpStream,
+    stream: Box<dyn Conn>,
     chunked: bool,
 }
 
+/// A connection a response can be written to: TCP or a unix socket.
+pub trait Conn: Write + Send {
+    /// Close both directions at once.
+    fn shutdown(&self);
+}
+
+impl Conn for TcpStream {
+    fn shutdown(&self) {
+        let _ = TcpStream::shutdown(self, std::net::Shutdown::Both);
+    }
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn shutdown(&self) {
+        let _ = std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Both);
+    }
+}
+
 impl Responder {
+    fn new(stream: Box<dyn Conn>) -> Responder {
+        Responder {
+            stream,
+            chunked: false,
+        }
+    }
+
     /// A complete response with a body.
     pub fn send(mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         let mut head = format!(
@@ -102,7 +127,7 @@ impl Responder {
 
     /// Close the connection abruptly (a cut stream).
     pub fn cut(self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.stream.shutdown();
     }
 }
 
@@ -182,14 +207,28 @@ fn serve_conn(conn: TcpStream, handler: &(dyn Fn(Request, Responder) + Send + Sy
             _ => return,
         };
         let Ok(stream) = conn.try_clone() else { return };
-        handler(
-            req,
-            Responder {
-                stream,
-                chunked: false,
-            },
-        );
+        handler(req, Responder::new(Box::new(stream)));
     }
+}
+
+/// Serve HTTP on a unix socket at `path` (as aegisd does) with `handler`.
+pub fn serve_unix(path: &std::path::Path, handler: impl Fn(Request, Responder) + Send + Sync + 'static) {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind unix socket");
+    let handler = Arc::new(handler);
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let handler = Arc::clone(&handler);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                while let Ok(Some(req)) = read_request(&mut reader) {
+                    let Ok(stream) = conn.try_clone() else { return };
+                    handler(req, Responder::new(Box::new(stream)));
+                }
+            });
+        }
+    });
 }
 
 fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {

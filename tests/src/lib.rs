@@ -6,6 +6,7 @@
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]).
 
+pub mod aegisd;
 pub mod bench;
 pub mod harness;
 pub mod http;
