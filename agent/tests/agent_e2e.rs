@@ -572,3 +572,18 @@ fn a_copy_of_an_answered_message_is_ignored() {
     assert_eq!(frames.iter().filter(|f| f.kind == "assistant.done").count(), 1);
     assert_eq!(llm.requests().len(), 2, "the copy never reached the model");
 }
+
+#[test]
+fn an_openai_compatible_server_works_without_a_key() {
+    let llm = FakeLlm::echo_openai();
+    let a = start_agent(
+        &temp_dir("nokey-compat"),
+        &[("OPENAI_BASE_URL", llm.url()), ("AEGIS_MODEL", "llama3.2")],
+    );
+    assert!(a.proc.log().contains("LLM provider: OpenAI (model llama3.2"));
+    a.send(&message("1", "local?", "m"));
+    assert_eq!(done_text(&a.reply()), "echo: local?");
+    let req = &llm.requests()[0];
+    assert_eq!(req.header("authorization"), None);
+    assert_eq!(req.json()["model"], "llama3.2");
+}

@@ -169,6 +169,17 @@ fn wake_from_stopped_streams_the_reply_with_increasing_seqs() {
     let f = rx.recv_timeout(T).unwrap();
     assert_eq!(f.kind, "event.ack");
     assert!(f.msg_id.unwrap().starts_with("kit-"));
+    // `logs -f` follows the log as it grows.
+    let mut follow = command("aegis-kit");
+    follow
+        .env("AEGIS_HOME", &s.home)
+        .arg("--socket")
+        .arg(&s.socket)
+        .args(["logs", "my-agent", "-f"]);
+    let follower = Proc::spawn(follow);
+    follower.wait_for("aegis-agent starting", T);
+    c.post_frame("my-agent", &msg("2", "more", "m-follow")).unwrap();
+    follower.wait_for("m-follow", T);
 }
 
 #[test]
