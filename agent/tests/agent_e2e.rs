@@ -286,11 +286,7 @@ fn no_key_reply_names_the_variables() {
 #[test]
 fn cancel_stops_the_stream_and_keeps_the_partial_reply_marked_cancelled() {
     let llm = FakeLlm::scripted(vec![
-        Reply::Sse {
-            pieces: openai_sse(&["partial"])[..2].to_vec(),
-            delay: Duration::ZERO,
-            end: End::Hang(Duration::from_secs(60)),
-        },
+        Reply::stalls_after("partial"),
         Reply::sse(openai_sse(&["next"])),
     ]);
     let ws = temp_dir("cancel");
@@ -535,11 +531,7 @@ fn help_and_bad_flags() {
 
 #[test]
 fn a_silent_llm_times_out_with_a_clear_message() {
-    let llm = FakeLlm::scripted(vec![Reply::Sse {
-        pieces: vec![],
-        delay: Duration::ZERO,
-        end: End::Hang(Duration::from_secs(30)),
-    }]);
+    let llm = FakeLlm::scripted(vec![Reply::silent()]);
     let ws = temp_dir("silent");
     let a = start_agent(
         &ws,

@@ -161,11 +161,7 @@ fn disallowed_chats_are_ignored_with_a_log_line() {
 
 #[test]
 fn stop_cancels_the_reply_in_flight() {
-    let llm = FakeLlm::scripted(vec![Reply::Sse {
-        pieces: openai_sse(&["thinking hard"])[..2].to_vec(),
-        delay: Duration::ZERO,
-        end: End::Hang(Duration::from_secs(60)),
-    }]);
+    let llm = FakeLlm::scripted(vec![Reply::stalls_after("thinking hard")]);
     let s = stack("gw-stop", llm);
     s.telegram.push_text(CHAT, 1, "Ann", "tell me everything");
     s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::llm::{openai_sse, FakeLlm, Reply};
 use aegis_e2e::proc::{bin, command, temp_dir, Proc};
 use crossbeam_channel::{unbounded, Receiver};
 use serde_json::{json, Value};
@@ -240,11 +240,7 @@ fn cursor_resume_gets_exactly_the_later_frames() {
 #[test]
 fn killed_agent_mid_reply_is_restarted_and_the_message_answered_once() {
     let llm = FakeLlm::scripted(vec![
-        Reply::Sse {
-            pieces: openai_sse(&["par"])[..2].to_vec(),
-            delay: Duration::ZERO,
-            end: End::Hang(Duration::from_secs(30)),
-        },
+        Reply::stalls_after("par"),
         Reply::sse(openai_sse(&["full ", "answer"])),
     ]);
     let home = temp_dir("serve-kill");
@@ -512,11 +508,7 @@ fn cli_manages_secrets_and_instances_and_chats_one_shot() {
 
 #[test]
 fn cancel_through_serve_stops_the_reply_in_flight() {
-    let llm = FakeLlm::scripted(vec![Reply::Sse {
-        pieces: openai_sse(&["partial"])[..2].to_vec(),
-        delay: Duration::ZERO,
-        end: End::Hang(Duration::from_secs(60)),
-    }]);
+    let llm = FakeLlm::scripted(vec![Reply::stalls_after("partial")]);
     let home = temp_dir("serve-cancel");
     let s = start_serve(&home, &[]);
     s.create_agent("a", &llm);
@@ -540,11 +532,7 @@ fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
     use std::process::Stdio;
     use std::sync::{Arc, Mutex};
     let llm = FakeLlm::scripted(vec![
-        Reply::Sse {
-            pieces: openai_sse(&["partial"])[..2].to_vec(),
-            delay: Duration::ZERO,
-            end: End::Hang(Duration::from_secs(60)),
-        },
+        Reply::stalls_after("partial"),
         Reply::sse(openai_sse(&["second ", "answer"])),
     ]);
     let home = temp_dir("serve-chat");

@@ -6,7 +6,7 @@
 
 use std::io::BufReader;
 use std::net::TcpStream;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -79,19 +79,7 @@ fn main() {
         r.chunk(b"data: [DONE]\n\n");
         r.finish();
     });
-    let sock = ws.join("tether.sock");
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).unwrap();
-    let mut child = Command::new(&agent)
-        .env_clear()
-        .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
-        .env("AEGIS_WORKSPACE", &ws)
-        .env("OPENAI_BASE_URL", &llm.url)
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (conn, _) = listener.accept().unwrap();
+    let (mut child, conn) = direct_agent(&agent, &ws, Some(&llm.url));
     let mut writer = conn.try_clone().unwrap();
     let f = Frame::user_message(Session::new("bench", "1"), "go", None);
     std::io::Write::write_all(&mut writer, &Message::tether_frame(&f).encode()).unwrap();
@@ -127,6 +115,30 @@ fn main() {
     );
     cancel_latency(&agent);
     history_load(&agent);
+}
+
+/// Start the agent in direct mode against a unix socket in `ws`; returns the process and
+/// the accepted tether connection.
+fn direct_agent(
+    agent: &std::path::Path,
+    ws: &std::path::Path,
+    llm: Option<&str>,
+) -> (std::process::Child, UnixStream) {
+    let sock = ws.join("tether.sock");
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).unwrap();
+    let mut cmd = Command::new(agent);
+    cmd.env_clear()
+        .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+        .env("AEGIS_WORKSPACE", ws)
+        .env("RUST_LOG", "error")
+        .stderr(Stdio::null());
+    if let Some(url) = llm {
+        cmd.env("OPENAI_BASE_URL", url);
+    }
+    let child = cmd.spawn().unwrap();
+    let (conn, _) = listener.accept().unwrap();
+    (child, conn)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -170,18 +182,7 @@ fn cancel_latency(agent: &std::path::Path) {
         std::thread::sleep(Duration::from_secs(20));
     });
     let ws = temp_dir("bench-cancel");
-    let sock = ws.join("t.sock");
-    let listener = UnixListener::bind(&sock).unwrap();
-    let mut child = Command::new(agent)
-        .env_clear()
-        .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
-        .env("AEGIS_WORKSPACE", &ws)
-        .env("OPENAI_BASE_URL", &llm.url)
-        .env("RUST_LOG", "error")
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (conn, _) = listener.accept().unwrap();
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
     let mut lines = LineReader::new(BufReader::new(conn));
     let mut times = Vec::new();
@@ -227,18 +228,7 @@ fn history_load(agent: &std::path::Path) {
         std::fs::write(ws.join("sessions/bench_1.jsonl"), &file).unwrap();
         let mut times = Vec::new();
         for _ in 0..10 {
-            let sock = ws.join("t.sock");
-            let _ = std::fs::remove_file(&sock);
-            let listener = UnixListener::bind(&sock).unwrap();
-            let mut child = Command::new(agent)
-                .env_clear()
-                .env("AEGIS_TETHER", format!("unix:{}", sock.display()))
-                .env("AEGIS_WORKSPACE", &ws)
-                .env("RUST_LOG", "error")
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let (conn, _) = listener.accept().unwrap();
+            let (mut child, conn) = direct_agent(agent, &ws, None);
             let mut w = conn.try_clone().unwrap();
             let f = Frame::user_message(Session::new("bench", "1"), "hi", None);
             let t = Instant::now();

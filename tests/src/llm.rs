@@ -55,6 +55,25 @@ impl Reply {
         }
     }
 
+    /// An OpenAI stream that sends `text` as its first delta and then goes silent (the
+    /// reply is in flight for as long as a test needs: a cancel, a kill).
+    pub fn stalls_after(text: &str) -> Reply {
+        Reply::Sse {
+            pieces: openai_sse(&[text])[..2].to_vec(),
+            delay: Duration::ZERO,
+            end: End::Hang(Duration::from_secs(60)),
+        }
+    }
+
+    /// Response headers, then nothing at all (an LLM that never starts answering).
+    pub fn silent() -> Reply {
+        Reply::Sse {
+            pieces: vec![],
+            delay: Duration::ZERO,
+            end: End::Hang(Duration::from_secs(30)),
+        }
+    }
+
     /// HTTP 429 with `retry-after` seconds, OpenAI's body.
     pub fn rate_limited(retry_after: u32) -> Reply {
         Reply::Status {

@@ -18,11 +18,7 @@ fn with_gateway(mut s: Stack) -> Stack {
 /// Replies: a first request that streams "partial " then hangs, then full answers.
 fn hanging_then_full() -> FakeLlm {
     FakeLlm::scripted(vec![
-        Reply::Sse {
-            pieces: openai_sse(&["partial "])[..2].to_vec(),
-            delay: Duration::ZERO,
-            end: End::Hang(Duration::from_secs(60)),
-        },
+        Reply::stalls_after("partial "),
         Reply::sse(openai_sse(&["the full ", "answer"])),
     ])
 }
@@ -112,11 +108,7 @@ fn llm_faults_each_end_with_a_clear_message() {
             t if t.ends_with("500") => Reply::server_error(),
             t if t.ends_with("529") => Reply::overloaded(),
             t if t.ends_with("429") => Reply::rate_limited(0),
-            t if t.ends_with("slow") => Reply::Sse {
-                pieces: vec![],
-                delay: Duration::ZERO,
-                end: End::Hang(Duration::from_secs(30)),
-            },
+            t if t.ends_with("slow") => Reply::silent(),
             t if t.ends_with("cut") => Reply::Sse {
                 pieces: openai_sse(&["half"])[..2].to_vec(),
                 delay: Duration::ZERO,
