@@ -40,8 +40,12 @@ pub fn install(prefix: &Path) -> Result<(), CliError> {
     let kits = manifest::kits_dir();
     fs::create_dir_all(&kits).map_err(|e| CliError::Other(format!("{}: {e}", kits.display())))?;
     let m = kits.join("agent.json");
-    replace(&m, EMBEDDED_AGENT.as_bytes(), 0o644)?;
-    println!("{}: installed", m.display());
+    if fs::read(&m).is_ok_and(|old| old == EMBEDDED_AGENT.as_bytes()) {
+        println!("{}: up to date", m.display());
+    } else {
+        replace(&m, EMBEDDED_AGENT.as_bytes(), 0o644)?;
+        println!("{}: installed", m.display());
+    }
     if !std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d == bin)) {
         println!("note: add {} to PATH", bin.display());
     }
