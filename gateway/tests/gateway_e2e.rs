@@ -364,3 +364,36 @@ fn old_aegisd_replays_are_never_rendered_twice() {
     assert_eq!(texts, vec!["echo: one", "echo: two", "echo: three"], "{msgs:?}");
     assert_eq!(aegisd.received().len(), 3, "each message delivered once");
 }
+
+/// The list form: two bots, each in front of its own instance, in one gateway.
+#[test]
+fn two_bots_in_one_gateway_each_reach_their_own_instance() {
+    use aegis_e2e::telegram::FakeTelegram;
+    let mut s = Stack::new("gw-two-bots", FakeLlm::echo_openai(), &[]);
+    let other_llm = FakeLlm::with(|_| Reply::sse(openai_sse(&["from the other agent"])));
+    let c = s.client();
+    let body =
+        json!({"name": "other", "secrets": ["OPENAI_API_KEY"], "env": {"OPENAI_BASE_URL": other_llm.url()}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    let tg2 = FakeTelegram::start("222:second-bot-token");
+    c.put_secret("SECOND_BOT", tg2.token()).unwrap();
+    let cfg = json!({"telegram": [
+        {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent", "allowed_chats": ["*"], "api_url": s.telegram.url()},
+        {"bot_token_secret": "SECOND_BOT", "instance": "other", "allowed_chats": ["*"], "api_url": tg2.url()}
+    ]});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    let p = Proc::spawn(s.gateway_command());
+    p.wait_for("egress stream of other connected", T);
+    s.gateway = Some(p);
+    s.telegram.push_text(CHAT, 1, "Ann", "hi one");
+    tg2.push_text(CHAT, 1, "Bob", "hi two");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.len() == 1 && m[0].visible() == "echo: [Ann]: hi one"
+    });
+    tg2.wait_chat(CHAT, T, |m| {
+        m.len() == 1 && m[0].visible() == "from the other agent"
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.telegram.messages(CHAT).len(), 1);
+    assert_eq!(tg2.messages(CHAT).len(), 1);
+}
