@@ -374,18 +374,7 @@ fn hostile_session_names_stay_inside_the_sessions_folder() {
 
 #[test]
 fn hundred_concurrent_sessions_get_their_own_replies_once() {
-    let llm = FakeLlm::with(|req| {
-        let body = req.json();
-        let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        Reply::Sse {
-            pieces: openai_sse(&["re: ", &last]),
-            delay: Duration::from_millis(5),
-            end: End::Finish,
-        }
-    });
+    let llm = FakeLlm::prefixing("re: ", Duration::from_millis(5));
     let ws = temp_dir("hundred");
     let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
     let addr = a.addr.clone();

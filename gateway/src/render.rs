@@ -91,6 +91,10 @@ pub struct Reply {
     pub done: bool,
     /// An `error` frame's message, shown if the reply ends without text.
     pub error: Option<String>,
+    /// A message shows less than it should (an edit waits for the throttle), as the
+    /// last `progress` found; saves recomputing the parts on every loop.
+    #[serde(skip)]
+    pub behind: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -191,6 +195,8 @@ impl Renderer {
             while reply.parts.last().is_some_and(|p| p.message_id.is_none()) {
                 reply.parts.pop();
             }
+            // Let the first tick compare what is shown with what should be.
+            reply.behind = true;
             if let Some((chat, id)) = k.split_once('/') {
                 if let Ok(chat) = chat.parse() {
                     r.replies.insert((chat, id.to_string()), reply);
@@ -411,7 +417,7 @@ impl Renderer {
     pub fn next_deadline(&self) -> Option<Instant> {
         let typing = self.typing.values().map(|t| t.next.min(t.until));
         let edits = self.replies.iter().filter_map(|((chat, _), r)| {
-            let pending = r.parts.iter().any(|p| p.message_id.is_some()) && self.wants_edit(r);
+            let pending = r.behind && r.parts.iter().any(|p| p.message_id.is_some());
             pending.then(|| {
                 self.last_edit
                     .get(chat)
@@ -419,15 +425,6 @@ impl Renderer {
             })
         });
         typing.chain(edits).min()
-    }
-
-    fn wants_edit(&self, r: &Reply) -> bool {
-        let desired = desired_parts(r);
-        r.parts
-            .iter()
-            .zip(&desired)
-            .any(|(p, (t, h))| p.message_id.is_some() && &p.shown != h.as_ref().unwrap_or(t))
-            || desired.len() > r.parts.len()
     }
 
     /// Move reply `key` one step closer to showing its text.
@@ -483,12 +480,15 @@ impl Renderer {
         if edited {
             self.last_edit.insert(chat, now);
         }
-        let complete = r.done
-            && r.parts.len() == desired.len()
-            && r.parts
+        r.behind = desired.len() > r.parts.len()
+            || r.parts
                 .iter()
                 .zip(&desired)
-                .all(|(p, (t, h))| p.message_id.is_some() && &p.shown == h.as_ref().unwrap_or(t));
+                .any(|(p, (t, h))| p.message_id.is_some() && &p.shown != h.as_ref().unwrap_or(t));
+        let complete = r.done
+            && !r.behind
+            && r.parts.len() == desired.len()
+            && r.parts.iter().all(|p| p.message_id.is_some());
         if complete {
             self.replies.remove(key);
             self.dirty = true;

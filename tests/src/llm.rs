@@ -169,6 +169,16 @@ pub fn anthropic_error_event(kind: &str, message: &str) -> String {
     )
 }
 
+/// The text of the newest user message of a chat-completions request ("" if none).
+pub fn last_user_text(req: &Request) -> String {
+    req.json()["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
 
 /// A fake LLM server recording every request.
@@ -205,17 +215,15 @@ impl FakeLlm {
 
     /// OpenAI-compatible server that answers `echo: <last user message>` in pieces.
     pub fn echo_openai() -> FakeLlm {
-        FakeLlm::with(|req| {
-            let body = req.json();
-            let last = body["messages"]
-                .as_array()
-                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-                .and_then(|m| m["content"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let text = format!("echo: {last}");
-            let (a, b) = text.split_at(text.len() / 2);
-            Reply::sse(openai_sse(&[a, b]))
+        FakeLlm::prefixing("echo: ", Duration::ZERO)
+    }
+
+    /// Answers `{prefix}<last user message>` as two deltas, `delay` before each piece.
+    pub fn prefixing(prefix: &'static str, delay: Duration) -> FakeLlm {
+        FakeLlm::with(move |req| Reply::Sse {
+            pieces: openai_sse(&[prefix, &last_user_text(req)]),
+            delay,
+            end: End::Finish,
         })
     }
 

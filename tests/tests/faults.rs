@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::llm::{last_user_text, openai_sse, End, FakeLlm, Reply};
 use aegis_e2e::stack::{Stack, T};
 use aegis_e2e::telegram::Fault;
 use serde_json::json;
@@ -25,18 +25,7 @@ fn hanging_then_full() -> FakeLlm {
 
 #[test]
 fn hundred_chats_at_once_each_get_every_reply_once_in_order() {
-    let llm = FakeLlm::with(|req| {
-        let body = req.json();
-        let last = body["messages"].as_array().unwrap().last().unwrap()["content"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        Reply::Sse {
-            pieces: openai_sse(&["re: ", &last]),
-            delay: Duration::from_millis(20),
-            end: End::Finish,
-        }
-    });
+    let llm = FakeLlm::prefixing("re: ", Duration::from_millis(20));
     let s = with_gateway(Stack::new("e2e-hundred", llm, &[]));
     for round in 0..2 {
         for chat in 0..100 {
@@ -99,23 +88,17 @@ fn serve_killed_mid_reply_the_message_is_answered_after_restart() {
 
 #[test]
 fn llm_faults_each_end_with_a_clear_message() {
-    let llm = FakeLlm::with(|req| {
-        let text = req.json()["messages"].as_array().unwrap().last().unwrap()["content"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        match text.as_str() {
-            t if t.ends_with("500") => Reply::server_error(),
-            t if t.ends_with("529") => Reply::overloaded(),
-            t if t.ends_with("429") => Reply::rate_limited(0),
-            t if t.ends_with("slow") => Reply::silent(),
-            t if t.ends_with("cut") => Reply::Sse {
-                pieces: openai_sse(&["half"])[..2].to_vec(),
-                delay: Duration::ZERO,
-                end: End::Cut,
-            },
-            _ => Reply::sse(vec!["data: {broken\n\n".into()]),
-        }
+    let llm = FakeLlm::with(|req| match last_user_text(req).as_str() {
+        t if t.ends_with("500") => Reply::server_error(),
+        t if t.ends_with("529") => Reply::overloaded(),
+        t if t.ends_with("429") => Reply::rate_limited(0),
+        t if t.ends_with("slow") => Reply::silent(),
+        t if t.ends_with("cut") => Reply::Sse {
+            pieces: openai_sse(&["half"])[..2].to_vec(),
+            delay: Duration::ZERO,
+            end: End::Cut,
+        },
+        _ => Reply::sse(vec!["data: {broken\n\n".into()]),
     });
     let s = with_gateway(Stack::with_env(
         "e2e-llm-faults",

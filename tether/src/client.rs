@@ -208,10 +208,7 @@ impl AegisClient {
         if let Some(a) = after {
             path.push_str(&format!("?after={a}"));
         }
-        let reader = self.get_reader(&path)?;
-        Ok(FrameStream {
-            lines: LineReader::new(BufReader::new(reader)),
-        })
+        Ok(FrameStream::from_reader(self.get_reader(&path)?))
     }
 
     /// `GET path` of a long-lived response (a stream): the body as a reader, no timeout.
@@ -277,6 +274,8 @@ impl std::error::Error for StreamError {}
 pub struct FrameStream {
     /// Lines of the chunked response body.
     lines: LineReader<BufReader<Box<dyn Read + Send>>>,
+    /// Set after an error the stream cannot recover from: iteration is over.
+    ended: bool,
 }
 
 impl fmt::Debug for FrameStream {
@@ -290,6 +289,7 @@ impl FrameStream {
     pub fn from_reader(r: Box<dyn Read + Send>) -> FrameStream {
         FrameStream {
             lines: LineReader::new(BufReader::new(r)),
+            ended: false,
         }
     }
 }
@@ -298,11 +298,18 @@ impl Iterator for FrameStream {
     type Item = Result<Frame, StreamError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
         match self.lines.next_line() {
             Ok(None) => None,
             Ok(Some(line)) => Some(Frame::parse(line).map_err(StreamError::Frame)),
-            Err(e) if e.is_recoverable() => Some(Err(StreamError::Line(e))),
-            Err(e) => Some(Err(StreamError::Line(e))),
+            Err(e) => {
+                // An oversized line is reported and reading goes on; after any other
+                // error the stream is over, even for a caller that keeps iterating.
+                self.ended = !e.is_recoverable();
+                Some(Err(StreamError::Line(e)))
+            }
         }
     }
 }
@@ -333,5 +340,21 @@ mod tests {
         assert_eq!(items[0].as_ref().unwrap().seq, Some(1));
         assert!(matches!(items[1], Err(StreamError::Frame(_))));
         assert_eq!(items[2].as_ref().unwrap().text_payload().as_deref(), Some("ab"));
+    }
+
+    #[test]
+    fn frame_stream_ends_after_a_broken_connection() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::ErrorKind::ConnectionReset.into())
+            }
+        }
+        let mut s = FrameStream::from_reader(Box::new(Broken));
+        assert!(matches!(s.next(), Some(Err(StreamError::Line(_)))));
+        assert!(
+            s.next().is_none(),
+            "no endless errors for a caller that keeps iterating"
+        );
     }
 }
