@@ -329,7 +329,6 @@ fn serve_restart_keeps_instances_stops_children_and_continues_seqs() {
     }
     let s3 = start_serve(&home, &[]);
     assert_eq!(s3.info("a")["state"], "stopped");
-    let _ = &mut s;
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! `sendMessage` reaching Telegram, next to the same path ending at a plain stream
 //! reader instead of the gateway: the difference is what the gateway adds.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aegis_e2e::bench::{cpu_ticks, maybe_blast, now_us, release_dir, rss_kib, stats};
@@ -148,5 +147,4 @@ fn main() {
         "added by the gateway",
         med(gw_lat) - med(base)
     );
-    let _ = Path::new("");
 }

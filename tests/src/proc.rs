@@ -130,11 +130,6 @@ impl Proc {
         }
         None
     }
-
-    /// Wait for the process to exit by itself.
-    pub fn wait(&mut self) -> std::process::ExitStatus {
-        self.child.wait().expect("wait")
-    }
 }
 
 impl Drop for Proc {
