@@ -56,7 +56,8 @@ impl Parser {
     /// Feed the next chunk; complete events are pushed to `out`.
     pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<Event>) -> Result<(), LineTooLong> {
         let mut rest = chunk;
-        if self.after_cr {
+        // An empty read must not forget a pending `\r`: the `\n` may come in the next one.
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(b'\n') = rest.first() {
                 rest = &rest[1..];
@@ -171,6 +172,12 @@ mod tests {
     fn multi_line_data_and_crlf_split_across_reads() {
         let got = parse_chunks(&[b"data: a\r", b"\ndata:b\r\n\r", b"\ndata: [DONE]\r\r"]);
         assert_eq!(got, vec![ev(None, "a\nb"), ev(None, "[DONE]")]);
+    }
+
+    #[test]
+    fn an_empty_read_between_cr_and_lf_changes_nothing() {
+        let got = parse_chunks(&[b"data: x\r\n\r", b"", b"\nevent: a\r\ndata: \r\n\r\n"]);
+        assert_eq!(got, vec![ev(None, "x"), ev(Some("a"), "")]);
     }
 
     #[test]
