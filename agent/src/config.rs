@@ -1,11 +1,18 @@
 //! Agent configuration: flags override environment variables, which override defaults.
 //! Every name here is part of the user-facing contract (PROTOCOL.md §6, README).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent_file::{self, AgentFile};
+use crate::context::Budget;
 use crate::llm::{Provider, ProviderKind};
-use crate::session::Budget;
+use crate::mcp::{self, ServerConfig};
+use crate::tools::{Builtin, Selection, ToolConfig};
+
+/// Tool rounds per message unless configured.
+pub const DEFAULT_TOOL_ROUNDS: usize = 20;
 
 /// Usage text for `--help`.
 pub const HELP: &str = "\
@@ -21,7 +28,9 @@ OPTIONS:
                         [env AEGIS_HARNESS_URL, default http://127.0.0.1:7777]
     --tether ADDR       direct mode: dial the control channel yourself
                         (unix:/path, tcp:host:port or vsock:cid:port) [env AEGIS_TETHER]
-    --workspace DIR     sessions live in DIR/sessions [env AEGIS_WORKSPACE, default /workspace]
+    --workspace DIR     the agent's folder: sessions in DIR/sessions, config in
+                        DIR/.aegis/agent.json, tools work here
+                        [env AEGIS_WORKSPACE, default /workspace]
     -h, --help          print this help
     -V, --version       print the version
 
@@ -37,7 +46,21 @@ LLM (environment only, so keys never appear in a process listing):
     AEGIS_CONTEXT_CHARS character budget of those turns [default 24000]
     AEGIS_LLM_CONNECT_TIMEOUT  seconds to connect to the LLM API [default 10]
     AEGIS_LLM_READ_TIMEOUT     seconds allowed between streamed chunks [default 120]
-    AEGIS_LLM_RETRIES          attempts before the first token [default 4]
+    AEGIS_LLM_RETRIES          attempts per model request [default 4]
+
+TOOLS:
+    AEGIS_TOOLS         which tools are on: comma-separated names or groups (shell,
+                        files, web, mcp), `all`, `none`, `-NAME` to remove; a list
+                        starting with a name selects exactly those [default all]
+    AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
+    Built-in: bash, read_file, write_file, edit_file, list_files, glob, grep,
+    web_fetch. MCP servers come from agent.json `mcp`, DIR/.aegis/mcp.json, and
+    aegis-mcp-guest on PATH (as server `aegis`).
+
+DIR/.aegis/agent.json (optional; the variables above override it):
+    model (\"openai/NAME\" or \"anthropic/NAME\"), api_key_env, base_url, max_tokens,
+    context_turns, context_chars, system_prompt, max_tool_rounds,
+    tools {NAME: {enabled, timeout_secs}}, mcp {NAME: {command, args, env, timeout_secs}}
 
 Logs go to stderr; RUST_LOG=debug for more.";
 
@@ -64,10 +87,16 @@ pub struct Config {
     pub workspace: PathBuf,
     /// The LLM to call, if any key or base URL is configured.
     pub provider: Option<Provider>,
-    /// System prompt.
-    pub system_prompt: String,
+    /// System prompt, if configured (else a default that mentions the tools).
+    pub system_prompt: Option<String>,
     /// Context window limits.
     pub budget: Budget,
+    /// Built-in tool settings.
+    pub tools: ToolConfig,
+    /// MCP servers to attach.
+    pub mcp: BTreeMap<String, ServerConfig>,
+    /// Model calls per message at most.
+    pub max_rounds: usize,
 }
 
 /// A flag or variable with a bad value.
@@ -136,43 +165,140 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
             harness: harness.trim_end_matches('/').to_string(),
         },
     };
+    let workspace = PathBuf::from(workspace);
+    let file = agent_file::load(&workspace.join(".aegis/agent.json"));
     let budget = Budget {
-        turns: env_num("AEGIS_CONTEXT_TURNS", 50)?,
-        chars: env_num("AEGIS_CONTEXT_CHARS", 24_000)?,
+        turns: env_num("AEGIS_CONTEXT_TURNS", file.context_turns.unwrap_or(50))?,
+        chars: env_num("AEGIS_CONTEXT_CHARS", file.context_chars.unwrap_or(24_000))?,
     };
+    let provider = provider_from(&file)?;
+    let tools = tool_config(&file, provider.as_ref())?;
+    let mut mcp_servers = BTreeMap::new();
+    if tools.selection.mcp {
+        if let Some(guest) = mcp::guest_server() {
+            mcp_servers.insert("aegis".to_string(), guest);
+        }
+        mcp_servers.extend(mcp::servers_file(&workspace));
+        mcp_servers.extend(file.mcp.clone());
+    }
     Ok(Action::Run(Box::new(Config {
         mode,
-        workspace: PathBuf::from(workspace),
-        provider: provider_from_env()?,
-        system_prompt: env("AEGIS_SYSTEM_PROMPT").unwrap_or_else(|| "You are a helpful assistant.".into()),
+        workspace,
+        provider,
+        system_prompt: env("AEGIS_SYSTEM_PROMPT").or(file.system_prompt.clone()),
         budget,
+        tools,
+        mcp: mcp_servers,
+        max_rounds: env_num(
+            "AEGIS_MAX_TOOL_ROUNDS",
+            file.max_tool_rounds.unwrap_or(DEFAULT_TOOL_ROUNDS),
+        )?
+        .max(1),
     })))
 }
 
-fn provider_from_env() -> Result<Option<Provider>, ConfigError> {
-    let anthropic_key = env("ANTHROPIC_API_KEY");
-    let openai_key = env("OPENAI_API_KEY");
-    let openai_base = env("OPENAI_BASE_URL");
-    let (kind, key, base) = if let Some(k) = anthropic_key {
-        let base = env("ANTHROPIC_BASE_URL").unwrap_or_else(|| "https://api.anthropic.com".into());
-        (ProviderKind::Anthropic, Some(k), base)
-    } else if openai_key.is_some() || openai_base.is_some() {
-        let base = openai_base.unwrap_or_else(|| "https://api.openai.com/v1".into());
-        (ProviderKind::OpenAi, openai_key, base)
-    } else {
-        return Ok(None);
+fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConfig, ConfigError> {
+    let mut selection = Selection::all();
+    for (name, setting) in &file.tools {
+        if setting.enabled == Some(false) {
+            match Builtin::ALL.into_iter().find(|b| b.name() == name) {
+                Some(b) => {
+                    selection.builtins.remove(&b);
+                }
+                None => log::warn!("agent.json: tools.{name}: no built-in tool of that name"),
+            }
+        }
+    }
+    if let Some(spec) = env("AEGIS_TOOLS") {
+        selection.narrow(&spec).map_err(ConfigError)?;
+    }
+    let bash_timeout = file
+        .tools
+        .get("bash")
+        .and_then(|t| t.timeout_secs)
+        .map_or(Duration::from_secs(60), |s| Duration::from_secs(s.max(1)));
+    // The agent's own credential stays out of commands the model runs.
+    let mut hidden_env = vec!["ANTHROPIC_API_KEY".to_string(), "OPENAI_API_KEY".to_string()];
+    if let Some(k) = provider.and_then(|p| p.key_env.clone()) {
+        hidden_env.push(k);
+    }
+    Ok(ToolConfig {
+        selection,
+        bash_timeout,
+        hidden_env,
+    })
+}
+
+/// The provider: agent.json's `model`, `api_key_env` and `base_url`, overridden by the
+/// environment; without either, the first of `ANTHROPIC_API_KEY`, `OPENAI_API_KEY`,
+/// `OPENAI_BASE_URL` that is set.
+fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
+    let spec = env("AEGIS_MODEL").or(file.model.clone());
+    // `openai/gpt-4o` names a provider; `meta-llama/Llama-3` is just a model name.
+    let (named, model_name) = match spec.as_deref().and_then(|m| m.split_once('/')) {
+        Some(("openai", m)) => (Some(ProviderKind::OpenAi), Some(m.to_string())),
+        Some(("anthropic", m)) => (Some(ProviderKind::Anthropic), Some(m.to_string())),
+        _ => (None, spec.clone()),
     };
-    let model = env("AEGIS_MODEL").unwrap_or_else(|| match kind {
+    let key_env = file.api_key_env.clone().filter(|k| !k.trim().is_empty());
+    let from_key_env = key_env.as_deref().and_then(|k| {
+        let k = k.to_ascii_lowercase();
+        if k.contains("anthropic") {
+            Some(ProviderKind::Anthropic)
+        } else if k.contains("openai") {
+            Some(ProviderKind::OpenAi)
+        } else {
+            None
+        }
+    });
+    let explicit_key = key_env.as_deref().and_then(env);
+    if key_env.is_some() && explicit_key.is_none() {
+        log::warn!(
+            "agent.json: api_key_env names {:?}, which is not set",
+            key_env.as_deref().unwrap_or("")
+        );
+    }
+    let kind = match named.or(from_key_env) {
+        Some(k) => k,
+        None if env("ANTHROPIC_API_KEY").is_some() => ProviderKind::Anthropic,
+        None if explicit_key.is_some()
+            || env("OPENAI_API_KEY").is_some()
+            || env("OPENAI_BASE_URL").is_some()
+            || file.base_url.is_some() =>
+        {
+            ProviderKind::OpenAi
+        }
+        None => return Ok(None),
+    };
+    let (key, key_env) = match (explicit_key, kind) {
+        (Some(k), _) => (Some(k), key_env),
+        (None, ProviderKind::Anthropic) => (env("ANTHROPIC_API_KEY"), Some("ANTHROPIC_API_KEY".into())),
+        (None, ProviderKind::OpenAi) => (env("OPENAI_API_KEY"), Some("OPENAI_API_KEY".into())),
+    };
+    let base = match kind {
+        ProviderKind::Anthropic => env("ANTHROPIC_BASE_URL"),
+        ProviderKind::OpenAi => env("OPENAI_BASE_URL"),
+    }
+    .or(file.base_url.clone());
+    if key.is_none() && (kind == ProviderKind::Anthropic || base.is_none()) {
+        return Ok(None);
+    }
+    let base = base.unwrap_or_else(|| match kind {
+        ProviderKind::Anthropic => "https://api.anthropic.com".into(),
+        ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
+    });
+    let model = model_name.unwrap_or_else(|| match kind {
         ProviderKind::Anthropic => "claude-sonnet-4-20250514".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
     let max_tokens = match env("AEGIS_MAX_TOKENS") {
         Some(_) => Some(env_num("AEGIS_MAX_TOKENS", 4096u32)?),
-        None => None,
+        None => file.max_tokens,
     };
     Ok(Some(Provider {
         kind,
         key,
+        key_env,
         base_url: base.trim_end_matches('/').to_string(),
         model,
         max_tokens,

@@ -23,8 +23,9 @@ enum Inbound {
     Closed,
 }
 
-/// Keep a connection to `addr` up until `egress` closes.
-pub fn run(addr: &Addr, egress: Receiver<Frame>, ingress: Sender<Frame>) {
+/// Keep a connection to `addr` up until `egress` closes. `notices` carries the agent's
+/// own notifications to the host (the keepalive lease).
+pub fn run(addr: &Addr, egress: Receiver<Frame>, notices: Receiver<Message>, ingress: Sender<Frame>) {
     let mut backoff = Duration::from_millis(50);
     let mut unsent: Option<Vec<u8>> = None;
     loop {
@@ -56,7 +57,7 @@ pub fn run(addr: &Addr, egress: Receiver<Frame>, ingress: Sender<Frame>) {
             thread::sleep(backoff);
             continue;
         }
-        match write_loop(stream, &egress, &inbound_rx, &mut unsent) {
+        match write_loop(stream, &egress, &notices, &inbound_rx, &mut unsent) {
             Ok(()) => return,
             Err(e) => log::warn!("tether connection lost: {e}; reconnecting"),
         }
@@ -66,6 +67,7 @@ pub fn run(addr: &Addr, egress: Receiver<Frame>, ingress: Sender<Frame>) {
 fn write_loop(
     mut stream: Stream,
     egress: &Receiver<Frame>,
+    notices: &Receiver<Message>,
     inbound: &Receiver<Inbound>,
     unsent: &mut Option<Vec<u8>>,
 ) -> std::io::Result<()> {
@@ -81,6 +83,11 @@ fn write_loop(
                     let _ = stream.shutdown();
                     return Ok(());
                 }
+            },
+            // A lease notice lost with a connection is renewed soon anyway.
+            recv(notices) -> n => match n {
+                Ok(m) => m.encode(),
+                Err(_) => continue,
             },
             recv(inbound) -> m => match m {
                 Ok(Inbound::Request(Message::Request { id, method, .. })) => match method.as_str() {

@@ -2,11 +2,16 @@
 //!
 //! Duties:
 //! 1. send the request (OpenAI Chat Completions or Anthropic Messages, both `stream:true`);
-//! 2. retry connect errors, 429 (honouring `retry-after`), 5xx and 529 with backoff, but
-//!    only until the first token: after that a failure ends the reply, keeping its text;
+//!    with the tools on offer;
+//! 2. retry connect errors, 429 (honouring `retry-after`), 5xx, 529, timeouts and cut
+//!    streams with backoff, within the attempt budget. A retry after text was streamed
+//!    first sends `Chunk::Restart`, so the worker can start the round's text over in
+//!    front of the user; only the last attempt's failure ends the round with an error;
 //! 3. turn the SSE body into `Chunk`s on a channel, so the session worker can wait on
-//!    tokens and on a cancel at the same time. Dropping the `Stream` cancels: the reader
-//!    thread notices at its next chunk or backoff and closes the connection.
+//!    tokens and on a cancel at the same time, and collect streamed tool calls (their
+//!    arguments arrive in arbitrary pieces) into whole `ToolCall`s at the end. Dropping
+//!    the `Stream` cancels: the reader thread notices at its next chunk or backoff and
+//!    closes the connection.
 
 use std::fmt;
 use std::io::Read;
@@ -15,8 +20,30 @@ use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
-use crate::session::Turn;
+use crate::session::{Block, Content, Role, Turn};
 use crate::sse;
+
+/// A tool as offered to the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// Name the model calls it by.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: String,
+    /// JSON Schema of its arguments (an object schema).
+    pub input_schema: serde_json::Value,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    /// Provider's call id, echoed with the result.
+    pub id: String,
+    /// Tool name.
+    pub name: String,
+    /// Arguments: an object, or a JSON string holding text that did not parse.
+    pub input: serde_json::Value,
+}
 
 /// Which API dialect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +70,8 @@ pub struct Provider {
     pub kind: ProviderKind,
     /// API key; `None` for local OpenAI-compatible servers that need none.
     pub key: Option<String>,
+    /// The variable the key came from (kept out of tool commands).
+    pub key_env: Option<String>,
     /// Base URL without trailing slash.
     pub base_url: String,
     /// Model name.
@@ -173,8 +202,11 @@ impl LlmError {
 pub enum Chunk {
     /// The next piece of text.
     Delta(String),
-    /// The reply is complete, or failed.
-    End(Result<(), LlmError>),
+    /// The stream broke after text and is being tried again: the text of this round so
+    /// far is void.
+    Restart,
+    /// The round is complete (with the tool calls it asked for), or failed.
+    End(Result<Vec<ToolCall>, LlmError>),
 }
 
 /// A reply being streamed. Dropping it cancels the request.
@@ -202,6 +234,52 @@ enum Step {
     Nothing,
 }
 
+/// A tool call whose pieces are still arriving.
+#[derive(Debug, Default)]
+struct PartialCall {
+    id: String,
+    name: String,
+    arguments: String,
+}
+
+/// Per-attempt stream state: tool calls under construction, keyed by the provider's
+/// index (OpenAI `tool_calls[].index`, Anthropic content block `index`).
+#[derive(Debug, Default)]
+struct Decoder {
+    calls: std::collections::BTreeMap<u64, PartialCall>,
+    /// OpenAI sent a `finish_reason`: the reply is complete even if `[DONE]` never comes.
+    finished: bool,
+}
+
+impl Decoder {
+    /// The calls, in index order. Empty arguments mean `{}`.
+    fn into_calls(self) -> Vec<ToolCall> {
+        self.calls
+            .into_values()
+            .filter(|c| !c.name.is_empty())
+            .enumerate()
+            .map(|(i, c)| {
+                let raw = c.arguments.trim();
+                let input = if raw.is_empty() {
+                    serde_json::json!({})
+                } else {
+                    serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()))
+                };
+                let id = if c.id.is_empty() {
+                    format!("call_{i}")
+                } else {
+                    c.id
+                };
+                ToolCall {
+                    id,
+                    name: c.name,
+                    input,
+                }
+            })
+            .collect()
+    }
+}
+
 impl Llm {
     /// A client for `provider`.
     pub fn new(provider: Provider) -> Llm {
@@ -218,11 +296,11 @@ impl Llm {
         }
     }
 
-    /// Start streaming a reply to `turns` on a new reader thread.
-    pub fn stream(&self, system: &str, turns: &[Turn]) -> Stream {
+    /// Start streaming a reply to `turns` on a new reader thread, offering `tools`.
+    pub fn stream(&self, system: &str, turns: &[Turn], tools: &[ToolSpec]) -> Stream {
         let (tx, rx) = unbounded();
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
-        let body = self.request_body(system, turns);
+        let body = self.request_body(system, turns, tools);
         let me = self.clone();
         let spawned = thread::Builder::new()
             .name("llm-reader".into())
@@ -245,43 +323,43 @@ impl Llm {
         }
     }
 
-    fn request_body(&self, system: &str, turns: &[Turn]) -> serde_json::Value {
+    /// The request body for `turns` (a valid context: see `context.rs`).
+    pub fn request_body(&self, system: &str, turns: &[Turn], tools: &[ToolSpec]) -> serde_json::Value {
         let p = &self.provider;
         match p.kind {
             ProviderKind::OpenAi => {
                 let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
-                messages.extend(
-                    turns
-                        .iter()
-                        .map(|t| serde_json::json!({"role": t.role, "content": t.content})),
-                );
+                messages.extend(turns.iter().map(openai_message));
                 let mut body = serde_json::json!({"model": p.model, "messages": messages, "stream": true});
                 if let Some(m) = p.max_tokens {
                     body["max_tokens"] = m.into();
                 }
+                if !tools.is_empty() {
+                    body["tools"] = tools
+                        .iter()
+                        .map(|t| {
+                            serde_json::json!({"type": "function", "function": {
+                                "name": t.name, "description": t.description, "parameters": t.input_schema}})
+                        })
+                        .collect();
+                }
                 body
             }
             ProviderKind::Anthropic => {
-                // The Messages API wants alternating roles starting with a user turn: merge
-                // consecutive turns of one role (a failed reply leaves two user turns).
-                let mut messages: Vec<serde_json::Value> = Vec::new();
-                for t in turns {
-                    match messages.last_mut() {
-                        Some(last) if last["role"] == serde_json::json!(t.role) => {
-                            let merged =
-                                format!("{}\n\n{}", last["content"].as_str().unwrap_or(""), t.content);
-                            last["content"] = merged.into();
-                        }
-                        _ => messages.push(serde_json::json!({"role": t.role, "content": t.content})),
-                    }
-                }
-                serde_json::json!({
+                let mut body = serde_json::json!({
                     "model": p.model,
                     "max_tokens": p.max_tokens.unwrap_or(4096),
                     "system": system,
-                    "messages": messages,
+                    "messages": anthropic_messages(turns),
                     "stream": true,
-                })
+                });
+                if !tools.is_empty() {
+                    body["tools"] = tools
+                        .iter()
+                        .map(|t| serde_json::json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+                        .collect();
+                }
+                body
             }
         }
     }
@@ -293,15 +371,18 @@ impl Llm {
             let mut sent_any = false;
             let result = self.attempt(body, tx, &mut sent_any);
             let err = match result {
-                Ok(()) => {
-                    let _ = tx.send(Chunk::End(Ok(())));
+                Ok(calls) => {
+                    let _ = tx.send(Chunk::End(Ok(calls)));
                     return;
                 }
                 Err(e) => e,
             };
-            if sent_any || !err.retryable() || attempt >= self.provider.attempts {
+            if !err.retryable() || attempt >= self.provider.attempts {
                 let _ = tx.send(Chunk::End(Err(err)));
                 return;
+            }
+            if sent_any && tx.send(Chunk::Restart).is_err() {
+                return; // cancelled
             }
             let backoff = err
                 .retry_after
@@ -324,7 +405,7 @@ impl Llm {
         body: &serde_json::Value,
         tx: &Sender<Chunk>,
         sent_any: &mut bool,
-    ) -> Result<(), LlmError> {
+    ) -> Result<Vec<ToolCall>, LlmError> {
         let p = &self.provider;
         let mut req = match p.kind {
             ProviderKind::OpenAi => self.agent.post(format!("{}/chat/completions", p.base_url)),
@@ -368,9 +449,14 @@ impl Llm {
         let mut events = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         let mut finished = false;
+        let mut decoder = Decoder::default();
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(n) => n,
+                Err(e) if decoder.finished => {
+                    log::debug!("stream closed after its finish_reason: {e}");
+                    return Ok(decoder.into_calls());
+                }
                 Err(e) => return Err(read_error(&e)),
             };
             if n == 0 {
@@ -380,11 +466,11 @@ impl Llm {
                 .feed(&buf[..n], &mut events)
                 .map_err(|e| LlmError::new(ErrorKind::Malformed, e.to_string()))?;
             for ev in events.drain(..) {
-                match self.step(&ev)? {
+                match self.step(&ev, &mut decoder)? {
                     Step::Text(t) if !t.is_empty() => {
                         *sent_any = true;
                         if tx.send(Chunk::Delta(t)).is_err() {
-                            return Ok(()); // cancelled: nobody listens any more
+                            return Ok(Vec::new()); // cancelled: nobody listens any more
                         }
                     }
                     Step::Done => finished = true,
@@ -392,20 +478,23 @@ impl Llm {
                 }
             }
             if finished {
-                return Ok(());
+                return Ok(decoder.into_calls());
             }
         }
         let _ = parser.finish();
+        if decoder.finished {
+            return Ok(decoder.into_calls());
+        }
         Err(LlmError::new(
             ErrorKind::Cut,
             "the stream ended before the reply was complete",
         ))
     }
 
-    fn step(&self, ev: &sse::Event) -> Result<Step, LlmError> {
+    fn step(&self, ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
         match self.provider.kind {
-            ProviderKind::OpenAi => openai_step(ev),
-            ProviderKind::Anthropic => anthropic_step(ev),
+            ProviderKind::OpenAi => openai_step(ev, decoder),
+            ProviderKind::Anthropic => anthropic_step(ev, decoder),
         }
     }
 }
@@ -414,7 +503,7 @@ fn malformed(what: &str, e: impl fmt::Display) -> LlmError {
     LlmError::new(ErrorKind::Malformed, format!("malformed {what}: {e}"))
 }
 
-fn openai_step(ev: &sse::Event) -> Result<Step, LlmError> {
+fn openai_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
     let data = ev.data.trim();
     if data == "[DONE]" {
         return Ok(Step::Done);
@@ -428,18 +517,51 @@ fn openai_step(ev: &sse::Event) -> Result<Step, LlmError> {
         return Err(LlmError::new(ErrorKind::Server, msg.to_string()));
     }
     let choice = &v["choices"][0];
+    if let Some(calls) = choice["delta"]["tool_calls"].as_array() {
+        for (pos, c) in calls.iter().enumerate() {
+            let index = c["index"].as_u64().unwrap_or(pos as u64);
+            let partial = decoder.calls.entry(index).or_default();
+            if let Some(id) = c["id"].as_str() {
+                partial.id = id.to_string();
+            }
+            if let Some(name) = c["function"]["name"].as_str() {
+                partial.name.push_str(name);
+            }
+            if let Some(args) = c["function"]["arguments"].as_str() {
+                partial.arguments.push_str(args);
+            }
+        }
+    }
+    if choice["finish_reason"].is_string() {
+        decoder.finished = true;
+    }
     Ok(match choice["delta"]["content"].as_str() {
         Some(t) => Step::Text(t.to_string()),
         None => Step::Nothing,
     })
 }
 
-fn anthropic_step(ev: &sse::Event) -> Result<Step, LlmError> {
+fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
     let v: serde_json::Value = serde_json::from_str(&ev.data).map_err(|e| malformed("event", e))?;
     let kind = ev.event.as_deref().or(v["type"].as_str()).unwrap_or("");
+    let index = v["index"].as_u64().unwrap_or(0);
     match kind {
-        "content_block_delta" => Ok(match v["delta"]["text"].as_str() {
-            Some(t) if v["delta"]["type"] == "text_delta" => Step::Text(t.to_string()),
+        "content_block_start" if v["content_block"]["type"] == "tool_use" => {
+            let block = &v["content_block"];
+            let partial = decoder.calls.entry(index).or_default();
+            partial.id = block["id"].as_str().unwrap_or_default().to_string();
+            partial.name = block["name"].as_str().unwrap_or_default().to_string();
+            Ok(Step::Nothing)
+        }
+        "content_block_delta" => Ok(match v["delta"]["type"].as_str() {
+            Some("text_delta") => Step::Text(v["delta"]["text"].as_str().unwrap_or_default().to_string()),
+            Some("input_json_delta") => {
+                if let Some(p) = decoder.calls.get_mut(&index) {
+                    p.arguments
+                        .push_str(v["delta"]["partial_json"].as_str().unwrap_or_default());
+                }
+                Step::Nothing
+            }
             _ => Step::Nothing,
         }),
         "message_stop" => Ok(Step::Done),
@@ -459,6 +581,88 @@ fn anthropic_step(ev: &sse::Event) -> Result<Step, LlmError> {
             Err(LlmError::new(kind, msg))
         }
         _ => Ok(Step::Nothing), // message_start, ping, content_block_start/stop, message_delta
+    }
+}
+
+/// One turn as a Chat Completions message.
+fn openai_message(t: &Turn) -> serde_json::Value {
+    match (t.role, &t.content) {
+        (Role::Tool, c) => serde_json::json!({
+            "role": "tool",
+            "tool_call_id": t.tool_call_id.clone().unwrap_or_default(),
+            "content": c.text(),
+        }),
+        (Role::Assistant, c @ Content::Blocks(_)) if c.tool_uses().next().is_some() => {
+            let text = c.text();
+            let calls: Vec<serde_json::Value> = c
+                .tool_uses()
+                .map(|(id, name, input)| {
+                    serde_json::json!({"id": id, "type": "function",
+                        "function": {"name": name, "arguments": input.to_string()}})
+                })
+                .collect();
+            serde_json::json!({
+                "role": "assistant",
+                "content": if text.is_empty() { serde_json::Value::Null } else { text.into() },
+                "tool_calls": calls,
+            })
+        }
+        (role, c) => serde_json::json!({"role": role, "content": c.text()}),
+    }
+}
+
+/// Turns as Messages API messages: roles alternate, starting with the user. Tool results
+/// are user-side `tool_result` blocks; consecutive turns of one side are merged (a failed
+/// reply leaves two user turns in a row); a side that is all text stays a plain string.
+fn anthropic_messages(turns: &[Turn]) -> Vec<serde_json::Value> {
+    let mut sides: Vec<(&str, Vec<serde_json::Value>)> = Vec::new();
+    for t in turns {
+        let (role, blocks) = match (t.role, &t.content) {
+            (Role::Tool, c) => (
+                "user",
+                vec![serde_json::json!({"type": "tool_result",
+                    "tool_use_id": t.tool_call_id.clone().unwrap_or_default(), "content": c.text()})],
+            ),
+            (Role::User, c) => ("user", text_block(&c.text())),
+            (Role::Assistant, Content::Text(text)) => ("assistant", text_block(text)),
+            (Role::Assistant, Content::Blocks(bs)) => (
+                "assistant",
+                bs.iter()
+                    .filter_map(|b| match b {
+                        Block::Text { text } if !text.is_empty() => Some(serde_json::json!({"type": "text", "text": text})),
+                        Block::ToolUse { id, name, input } => {
+                            let input = if input.is_object() { input.clone() } else { serde_json::json!({}) };
+                            Some(serde_json::json!({"type": "tool_use", "id": id, "name": name, "input": input}))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        };
+        match sides.last_mut() {
+            Some((r, existing)) if *r == role => existing.extend(blocks),
+            _ => sides.push((role, blocks)),
+        }
+    }
+    sides
+        .into_iter()
+        .map(|(role, blocks)| {
+            let all_text = blocks.iter().all(|b| b["type"] == "text");
+            if all_text {
+                let text: Vec<&str> = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
+                serde_json::json!({"role": role, "content": text.join("\n\n")})
+            } else {
+                serde_json::json!({"role": role, "content": blocks})
+            }
+        })
+        .collect()
+}
+
+fn text_block(text: &str) -> Vec<serde_json::Value> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![serde_json::json!({"type": "text", "text": text})]
     }
 }
 
@@ -512,15 +716,21 @@ mod tests {
     #[test]
     fn openai_chunks_map_to_steps() {
         assert!(
-            matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#)), Ok(Step::Text(t)) if t == "Hi")
+            matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#), &mut Decoder::default()), Ok(Step::Text(t)) if t == "Hi")
         );
         assert!(matches!(
-            openai_step(&ev(None, r#"{"choices":[{"delta":{"role":"assistant"}}]}"#)),
+            openai_step(
+                &ev(None, r#"{"choices":[{"delta":{"role":"assistant"}}]}"#),
+                &mut Decoder::default()
+            ),
             Ok(Step::Nothing)
         ));
-        assert!(matches!(openai_step(&ev(None, "[DONE]")), Ok(Step::Done)));
         assert!(matches!(
-            openai_step(&ev(None, "{bad")),
+            openai_step(&ev(None, "[DONE]"), &mut Decoder::default()),
+            Ok(Step::Done)
+        ));
+        assert!(matches!(
+            openai_step(&ev(None, "{bad"), &mut Decoder::default()),
             Err(LlmError {
                 kind: ErrorKind::Malformed,
                 ..
@@ -532,18 +742,21 @@ mod tests {
     fn anthropic_events_map_to_steps() {
         let d = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#;
         assert!(
-            matches!(anthropic_step(&ev(Some("content_block_delta"), d)), Ok(Step::Text(t)) if t == "Hello")
+            matches!(anthropic_step(&ev(Some("content_block_delta"), d), &mut Decoder::default()), Ok(Step::Text(t)) if t == "Hello")
         );
         assert!(matches!(
-            anthropic_step(&ev(Some("ping"), r#"{"type": "ping"}"#)),
+            anthropic_step(&ev(Some("ping"), r#"{"type": "ping"}"#), &mut Decoder::default()),
             Ok(Step::Nothing)
         ));
         assert!(matches!(
-            anthropic_step(&ev(Some("message_stop"), r#"{"type":"message_stop"}"#)),
+            anthropic_step(
+                &ev(Some("message_stop"), r#"{"type":"message_stop"}"#),
+                &mut Decoder::default()
+            ),
             Ok(Step::Done)
         ));
         let e = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        let err = match anthropic_step(&ev(Some("error"), e)) {
+        let err = match anthropic_step(&ev(Some("error"), e), &mut Decoder::default()) {
             Err(e) => e,
             Ok(_) => panic!("error event accepted"),
         };
@@ -572,6 +785,7 @@ mod tests {
         let p = Provider {
             kind: ProviderKind::OpenAi,
             key: Some("sk-secret-123".into()),
+            key_env: None,
             base_url: "http://x".into(),
             model: "m".into(),
             max_tokens: None,

@@ -2,17 +2,24 @@
 //!
 //! Threads, data flowing one way:
 //! ingress (harness HTTP listener, or direct tether reader) → router → one worker per
-//! session (each with an LLM reader thread while it streams) → egress (harness poster,
-//! or direct tether writer).
+//! session (each with an LLM reader thread while it streams, and tools it runs between
+//! model rounds) → egress (harness poster, or direct tether writer). Beside them: one
+//! thread holding the keepalive lease while replies run, and MCP servers (a child
+//! process and a reader thread each) started in the background.
 
+mod agent_file;
 mod config;
+mod context;
 mod direct;
 mod egress;
 mod harness;
+mod keepalive;
 mod llm;
+mod mcp;
 mod router;
 mod session;
 mod sse;
+mod tools;
 mod worker;
 
 use std::process::ExitCode;
@@ -22,11 +29,49 @@ use std::thread;
 use crossbeam_channel::unbounded;
 
 use config::{Action, Mode};
+use keepalive::Keepalive;
 use llm::Llm;
+use mcp::McpServers;
 use session::SessionStore;
+use tools::paths::Workspace;
+use tools::Toolbox;
 use worker::Shared;
 
+/// The system prompt when none is configured: it says what the model can do here.
+fn default_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
+    let base = "You are a helpful assistant.";
+    if !tools.any() {
+        return base.into();
+    }
+    let names = tools.builtin_names();
+    let mut can = Vec::new();
+    if names.contains(&"bash") {
+        can.push("run shell commands");
+    }
+    if names
+        .iter()
+        .any(|n| n.ends_with("_file") || *n == "glob" || *n == "grep" || *n == "list_files")
+    {
+        can.push("read, write and search files");
+    }
+    if names.contains(&"web_fetch") {
+        can.push("fetch web pages");
+    }
+    let what = if can.is_empty() {
+        "use the tools you are given".to_string()
+    } else {
+        format!("{} with your tools", can.join(", "))
+    };
+    format!(
+        "{base} You work in the folder {} (your workspace): you can {what}. Use a tool when it helps \
+         answer; answer directly when it does not. Files you create stay in the workspace.",
+        workspace.display()
+    )
+}
+
 fn main() -> ExitCode {
+    // Logging first: reading agent.json already reports problems.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let action = match config::from_args_and_env(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(e) => {
@@ -41,21 +86,56 @@ fn main() -> ExitCode {
         }
         Action::Run(c) => c,
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     log::info!("aegis-agent starting");
     match &config.provider {
         Some(p) => log::info!("LLM provider: {} (model {}, {})", p.kind, p.model, p.base_url),
         None => log::warn!("LLM provider: none (set ANTHROPIC_API_KEY or OPENAI_API_KEY)"),
     }
 
+    let workspace = match Workspace::new(&config.workspace) {
+        Ok(w) => w,
+        Err(e) => {
+            log::error!("cannot use workspace {}: {e}", config.workspace.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mcp = Arc::new(McpServers::start(config.mcp.clone(), workspace.root()));
+    let tools = Toolbox::new(workspace, &config.tools, Arc::clone(&mcp));
+    let builtins = tools.builtin_names();
+    log::info!(
+        "tools: {}{}",
+        if builtins.is_empty() {
+            "none built in".to_string()
+        } else {
+            builtins.join(", ")
+        },
+        if mcp.is_empty() {
+            String::new()
+        } else {
+            format!("; MCP servers: {}", mcp.names().join(", "))
+        }
+    );
+    let (notice_tx, notice_rx) = unbounded();
+    let keepalive = Keepalive::start(match &config.mode {
+        Mode::Harness { harness, .. } => keepalive::Channel::Harness(harness.clone()),
+        Mode::Direct(_) => keepalive::Channel::Tether(notice_tx),
+    });
+
     let (ingress_tx, ingress_rx) = unbounded();
     let (egress_tx, egress_rx) = unbounded();
+    let system_prompt = config
+        .system_prompt
+        .clone()
+        .unwrap_or_else(|| default_prompt(&config.workspace, &tools));
     let shared = Arc::new(Shared {
         llm: config.provider.clone().map(Llm::new),
         sessions: SessionStore::new(&config.workspace),
-        system_prompt: config.system_prompt.clone(),
+        system_prompt,
         budget: config.budget,
         egress: egress_tx,
+        tools,
+        max_rounds: config.max_rounds,
+        keepalive,
     });
     let router = match thread::Builder::new()
         .name("router".into())
@@ -90,7 +170,7 @@ fn main() -> ExitCode {
         }
         Mode::Direct(addr) => {
             log::info!("agent dialing tether at {addr}");
-            direct::run(addr, egress_rx, ingress_tx);
+            direct::run(addr, egress_rx, notice_rx, ingress_tx);
         }
     }
     let _ = router.join();

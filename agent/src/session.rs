@@ -6,7 +6,8 @@
 //!    neither escape the folder nor collide with another session's;
 //! 2. load a history, skipping torn or corrupt lines with a warning;
 //! 3. append a turn as one whole line, so a crash never leaves half a turn behind;
-//! 4. pick the context window: the newest turns within a turn and character budget.
+//!
+//! Which turns reach the model is `context.rs`'s job.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -26,6 +27,98 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// The result of one tool call (`tool_call_id` names the call).
+    Tool,
+}
+
+/// One block of a structured turn, in upstream's line shape (and Anthropic's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block {
+    /// Text the model wrote before or between tool calls.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// A tool call the model made.
+    ToolUse {
+        /// Call id, echoed by the result turn's `tool_call_id`.
+        id: String,
+        /// Tool name as offered.
+        name: String,
+        /// Arguments (an object).
+        input: serde_json::Value,
+    },
+    /// A block this agent does not use (images of a later version, for example): kept
+    /// out of the context rather than failing the whole line.
+    #[serde(other)]
+    Other,
+}
+
+/// A turn's content: plain text, or blocks (an assistant turn that called tools).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Text and tool-use blocks.
+    Blocks(Vec<Block>),
+}
+
+impl Content {
+    /// The text of the content: the string, or the text blocks joined.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(t) => t.clone(),
+            Content::Blocks(b) => b
+                .iter()
+                .filter_map(|b| match b {
+                    Block::Text { text } => Some(text.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join(""),
+        }
+    }
+
+    /// The tool calls among the blocks.
+    pub fn tool_uses(&self) -> impl Iterator<Item = (&str, &str, &serde_json::Value)> {
+        let blocks: &[Block] = match self {
+            Content::Blocks(b) => b,
+            Content::Text(_) => &[],
+        };
+        blocks.iter().filter_map(|b| match b {
+            Block::ToolUse { id, name, input } => Some((id.as_str(), name.as_str(), input)),
+            _ => None,
+        })
+    }
+
+    /// Characters this content costs in the context budget.
+    pub fn size(&self) -> usize {
+        match self {
+            Content::Text(t) => t.chars().count(),
+            Content::Blocks(b) => b
+                .iter()
+                .map(|b| match b {
+                    Block::Text { text } => text.chars().count(),
+                    Block::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
+                    Block::Other => 0,
+                })
+                .sum(),
+        }
+    }
+}
+
+impl From<String> for Content {
+    fn from(t: String) -> Content {
+        Content::Text(t)
+    }
+}
+
+impl From<&str> for Content {
+    fn from(t: &str) -> Content {
+        Content::Text(t.to_string())
+    }
 }
 
 /// One line of a session file.
@@ -34,10 +127,13 @@ pub struct Turn {
     /// Speaker.
     pub role: Role,
     /// What was said; user turns carry the `[name]: ` prefix.
-    pub content: String,
+    pub content: Content,
     /// When, RFC 3339.
     #[serde(default)]
     pub ts: String,
+    /// For a tool result: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
     /// [ours] The reply was cut short by `control.cancel`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
@@ -49,32 +145,38 @@ pub struct Turn {
 
 impl Turn {
     /// A turn stamped now.
-    pub fn new(role: Role, content: String) -> Turn {
+    pub fn new(role: Role, content: impl Into<Content>) -> Turn {
         Turn {
             role,
-            content,
+            content: content.into(),
             ts: tether::time::now_rfc3339(),
+            tool_call_id: None,
             cancelled: false,
             msg_id: None,
         }
     }
-}
 
-/// Context budget: the newest turns within both limits.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    /// At most this many turns.
-    pub turns: usize,
-    /// At most this many characters of turn content.
-    pub chars: usize,
-}
+    /// The result of tool call `id`.
+    pub fn tool_result(id: &str, text: String) -> Turn {
+        let mut t = Turn::new(Role::Tool, text);
+        t.tool_call_id = Some(id.to_string());
+        t
+    }
 
-impl Default for Budget {
-    fn default() -> Budget {
-        Budget {
-            turns: 50,
-            chars: 24_000,
+    /// An assistant turn that called tools, as upstream writes it.
+    pub fn tool_calls(text: &str, calls: &[crate::llm::ToolCall]) -> Turn {
+        let mut blocks = Vec::with_capacity(calls.len() + 1);
+        if !text.is_empty() {
+            blocks.push(Block::Text {
+                text: text.to_string(),
+            });
         }
+        blocks.extend(calls.iter().map(|c| Block::ToolUse {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            input: c.input.clone(),
+        }));
+        Turn::new(Role::Assistant, Content::Blocks(blocks))
     }
 }
 
@@ -191,7 +293,7 @@ impl SessionStore {
             .append(true)
             .read(true)
             .open(&path)?;
-        let mut line = Vec::with_capacity(turn.content.len() + 64);
+        let mut line = Vec::with_capacity(turn.content.size() + 64);
         if !ends_with_newline(&mut f)? {
             line.push(b'\n');
         }
@@ -212,25 +314,6 @@ fn ends_with_newline(f: &mut File) -> io::Result<bool> {
     let mut b = [0u8; 1];
     f.read_exact(&mut b)?;
     Ok(b[0] == b'\n')
-}
-
-/// The newest turns of `history` that fit `budget`, oldest first, never starting with an
-/// assistant turn whose question was cut off.
-pub fn context(history: &[Turn], budget: Budget) -> &[Turn] {
-    let mut start = history.len();
-    let mut chars = 0;
-    while start > 0 && history.len() - start < budget.turns {
-        let len = history[start - 1].content.chars().count();
-        if chars + len > budget.chars {
-            break;
-        }
-        chars += len;
-        start -= 1;
-    }
-    while start < history.len() && history[start].role != Role::User {
-        start += 1;
-    }
-    &history[start..]
 }
 
 /// The user turn text the model sees: `[name]: text` when the sender is known.
@@ -292,17 +375,15 @@ mod tests {
         let dir = tmp("torn");
         let store = SessionStore::new(&dir);
         let sess = s("test", "1");
-        store.append(&sess, &Turn::new(Role::User, "hi".into())).unwrap();
+        store.append(&sess, &Turn::new(Role::User, "hi")).unwrap();
         // A crash mid-write leaves half a line without newline.
         let mut f = OpenOptions::new().append(true).open(store.path(&sess)).unwrap();
         f.write_all(b"{\"role\":\"assis").unwrap();
-        store
-            .append(&sess, &Turn::new(Role::User, "again".into()))
-            .unwrap();
+        store.append(&sess, &Turn::new(Role::User, "again")).unwrap();
         fs::write(dir.join("sessions/other_x.jsonl"), b"garbage\n").unwrap();
         let turns = store.load(&sess, 100).unwrap();
         assert_eq!(
-            turns.iter().map(|t| t.content.as_str()).collect::<Vec<_>>(),
+            turns.iter().map(|t| t.content.text()).collect::<Vec<_>>(),
             vec!["hi", "again"]
         );
         assert!(store.load(&s("other", "x"), 100).unwrap().is_empty());
@@ -325,45 +406,10 @@ mod tests {
         fs::write(store.path(&sess), text).unwrap();
         let turns = store.load(&sess, 70).unwrap();
         assert_eq!(turns.len(), 70);
-        assert!(turns[0].content.starts_with("4930 "));
-        assert!(turns[69].content.starts_with("4999 "));
+        assert!(turns[0].content.text().starts_with("4930 "));
+        assert!(turns[69].content.text().starts_with("4999 "));
         assert_eq!(store.load(&sess, 10_000).unwrap().len(), 5000);
         let _ = fs::remove_dir_all(dir);
-    }
-
-    fn turns(spec: &[(Role, usize)]) -> Vec<Turn> {
-        spec.iter().map(|&(r, n)| Turn::new(r, "x".repeat(n))).collect()
-    }
-
-    #[test]
-    fn context_respects_both_budgets_and_starts_with_a_user_turn() {
-        use Role::*;
-        let h = turns(&[(User, 10), (Assistant, 10), (User, 10), (Assistant, 10)]);
-        assert_eq!(
-            context(
-                &h,
-                Budget {
-                    turns: 50,
-                    chars: 1000
-                }
-            )
-            .len(),
-            4
-        );
-        // 3 turns fit, but the oldest of them is an orphan assistant turn.
-        assert_eq!(
-            context(
-                &h,
-                Budget {
-                    turns: 3,
-                    chars: 1000
-                }
-            )
-            .len(),
-            2
-        );
-        assert_eq!(context(&h, Budget { turns: 50, chars: 25 }).len(), 2);
-        assert_eq!(context(&h, Budget { turns: 50, chars: 5 }).len(), 0);
     }
 
     #[test]

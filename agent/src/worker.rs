@@ -1,9 +1,15 @@
 //! One worker thread per active session: answers that session's messages in order.
 //!
-//! For each `user.message`: `status.presence thinking`, the user turn appended to the
-//! session file, the LLM stream relayed as `assistant.delta`s, the reply appended, then
-//! `assistant.done`. A cancel (delivered on a channel installed for the reply in flight)
-//! stops the stream at once; the partial reply is kept, marked cancelled.
+//! For each `user.message`: the user turn appended to the session file,
+//! `status.presence thinking` (with the explicit restart signal, so a host that shows a
+//! previous attempt's text starts over), then up to `max_rounds` model calls: each
+//! round's text is relayed as `assistant.delta`s; if the model asks for tools, the calls
+//! and their results are appended to the session and run one after another, each
+//! announced by `status.presence tool: NAME`, and the next round starts. The reply ends
+//! with `assistant.done` carrying all the text the user saw. A cancel (delivered on a
+//! channel installed for the reply in flight) stops the stream or the tool at once; the
+//! partial reply is kept, marked cancelled. While the reply runs, the worker holds a
+//! share of the keepalive lease.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +19,11 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use tether::frame::{kind, ErrorPayload, Presence, UserMessage};
 use tether::{Frame, Session};
 
-use crate::llm::{Chunk, ErrorKind, Llm, LlmError};
-use crate::session::{context, user_content, Budget, Role, SessionStore, Turn};
+use crate::context::{context, Budget};
+use crate::keepalive::Keepalive;
+use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
+use crate::session::{user_content, Role, SessionStore, Turn};
+use crate::tools::{Outcome, Toolbox};
 
 /// The reply text when no provider is configured.
 pub const NO_PROVIDER: &str = "⚠️ No LLM is configured for this agent. Set ANTHROPIC_API_KEY or \
@@ -23,6 +32,9 @@ environment and restart it.";
 
 /// Shown when a reply is cancelled before any text arrived.
 pub const CANCELLED: &str = "⏹ Reply cancelled.";
+
+/// The result recorded for a tool call the cancel did not let run.
+const CALL_CANCELLED: &str = "error: cancelled by the user before the tool finished";
 
 /// What every worker shares.
 #[derive(Debug)]
@@ -37,6 +49,12 @@ pub struct Shared {
     pub budget: Budget,
     /// Egress frames, in order, to the host.
     pub egress: Sender<Frame>,
+    /// The tools on offer.
+    pub tools: Toolbox,
+    /// Model calls per message at most.
+    pub max_rounds: usize,
+    /// The lease that keeps the host from pausing a busy agent.
+    pub keepalive: Keepalive,
 }
 
 /// The reply in flight for one session, so a cancel can reach it.
@@ -129,11 +147,33 @@ fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Tu
     }
 }
 
-/// How a streamed reply ended.
+fn send_presence(shared: &Shared, session: &Session, msg_id: &Option<String>, p: &Presence) {
+    let _ = shared
+        .egress
+        .send(reply_frame(kind::STATUS_PRESENCE, session, msg_id).with_payload(p));
+}
+
+/// How a reply ended; each carries the text the user has seen.
 enum Ending {
-    Complete,
+    Complete(String),
+    Failed(LlmError, String),
+    Cancelled(String),
+    RoundLimit(String),
+}
+
+/// How one model call ended.
+enum Round {
+    Calls(Vec<ToolCall>),
     Failed(LlmError),
     Cancelled,
+}
+
+/// Whether the message of `history[i]` (a user turn) got its final answer: a later
+/// assistant turn that calls no tool, or a later question (the talk moved on).
+fn answered(history: &[Turn], i: usize) -> bool {
+    history[i + 1..].iter().any(|t| {
+        t.role == Role::User || (t.role == Role::Assistant && t.content.tool_uses().next().is_none())
+    })
 }
 
 fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mut Vec<Turn>, frame: &Frame) {
@@ -159,15 +199,15 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         }
     };
     // A message can arrive twice: a host redelivers it after a crash, a gateway re-reads
-    // it after a restart. Answered already (an assistant turn follows it): drop it.
-    // Stored but unanswered: answer it, without storing it a second time.
+    // it after a restart. Answered already: drop it. Stored but unanswered (perhaps
+    // halfway through its tools): answer it, without storing it a second time.
     let earlier = msg_id.as_ref().and_then(|id| {
         history
             .iter()
             .rposition(|t| t.role == Role::User && t.msg_id.as_ref() == Some(id))
     });
     match earlier {
-        Some(i) if history[i + 1..].iter().any(|t| t.role == Role::Assistant) => {
+        Some(i) if answered(history, i) => {
             log::info!(
                 "{}/{}: message {:?} was already answered; ignoring the copy",
                 session.channel,
@@ -188,73 +228,173 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             persist(shared, session, history, turn);
         }
     }
-    let presence = reply_frame(kind::STATUS_PRESENCE, session, &msg_id).with_payload(&Presence {
-        state: "thinking".into(),
-    });
-    let _ = shared.egress.send(presence);
+    send_presence(shared, session, &msg_id, &Presence::restart(""));
     let Some(llm) = &shared.llm else {
         send_error(shared, session, &msg_id, "no_provider", NO_PROVIDER);
         send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, NO_PROVIDER);
         return;
     };
 
+    let _busy = shared.keepalive.busy();
     let (cancel_tx, cancel_rx) = bounded::<()>(1);
     *state.inflight.lock().expect("inflight lock") = Some(InFlight {
         msg_id: msg_id.clone(),
         cancel: cancel_tx,
     });
-    let stream = llm.stream(&shared.system_prompt, context(history, shared.budget));
-    let mut text = String::new();
-    let ending = loop {
-        select! {
-            recv(stream.chunks) -> chunk => match chunk {
-                Ok(Chunk::Delta(t)) => {
-                    send_text(shared, kind::ASSISTANT_DELTA, session, &msg_id, &t);
-                    text.push_str(&t);
-                }
-                Ok(Chunk::End(Ok(()))) => break Ending::Complete,
-                Ok(Chunk::End(Err(e))) => break Ending::Failed(e),
-                Err(_) => break Ending::Failed(LlmError {
-                    kind: ErrorKind::Cut,
-                    detail: "the LLM reader stopped".into(),
-                    retry_after: None,
-                }),
-            },
-            recv(cancel_rx) -> _ => break Ending::Cancelled,
-        }
-    };
+    let ending = rounds(llm, session, &msg_id, shared, history, &cancel_rx);
     *state.inflight.lock().expect("inflight lock") = None;
-    drop(stream); // stops the reader thread if it is still running
 
     match ending {
-        Ending::Complete => {
-            persist(shared, session, history, Turn::new(Role::Assistant, text.clone()));
-            send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &text);
-        }
-        Ending::Failed(e) => {
+        Ending::Complete(text) => send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &text),
+        Ending::Failed(e, text) => {
             log::warn!("reply for {}/{} failed: {e}", session.channel, session.id);
             let notice = e.user_message();
             send_error(shared, session, &msg_id, e.code(), &notice);
             let done = if text.is_empty() {
                 notice
             } else {
-                persist(shared, session, history, Turn::new(Role::Assistant, text.clone()));
                 format!("{text}\n\n{notice}")
             };
             send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &done);
         }
-        Ending::Cancelled => {
+        Ending::Cancelled(text) => {
             log::info!("reply for {}/{} cancelled", session.channel, session.id);
             send_error(shared, session, &msg_id, "cancelled", "the reply was cancelled");
             let done = if text.is_empty() {
                 CANCELLED.to_string()
             } else {
-                let mut turn = Turn::new(Role::Assistant, text.clone());
-                turn.cancelled = true;
-                persist(shared, session, history, turn);
                 format!("{text}\n\n{CANCELLED}")
             };
             send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &done);
         }
+        Ending::RoundLimit(text) => {
+            let note = round_limit_note(shared.max_rounds);
+            persist(shared, session, history, Turn::new(Role::Assistant, note.clone()));
+            let done = if text.is_empty() {
+                note
+            } else {
+                format!("{text}\n\n{note}")
+            };
+            send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &done);
+        }
     }
+}
+
+/// The note that ends a reply whose model kept calling tools.
+pub fn round_limit_note(rounds: usize) -> String {
+    format!(
+        "⚠️ Stopped after {rounds} rounds of tool use without a final answer. Send a message to let the agent continue."
+    )
+}
+
+/// The model rounds of one reply: stream, run the tools asked for, repeat.
+fn rounds(
+    llm: &Llm,
+    session: &Session,
+    msg_id: &Option<String>,
+    shared: &Shared,
+    history: &mut Vec<Turn>,
+    cancel: &Receiver<()>,
+) -> Ending {
+    let specs: Vec<ToolSpec> = shared.tools.specs();
+    // All the text the user has seen, across rounds.
+    let mut shown = String::new();
+    for _ in 0..shared.max_rounds {
+        let round_start = shown.len();
+        let mut text = String::new();
+        let stream = llm.stream(&shared.system_prompt, &context(history, shared.budget), &specs);
+        let round = loop {
+            select! {
+                recv(stream.chunks) -> chunk => match chunk {
+                    Ok(Chunk::Delta(t)) => {
+                        if text.is_empty() && !shown.is_empty() {
+                            // The text of a new round begins a new paragraph.
+                            send_text(shared, kind::ASSISTANT_DELTA, session, msg_id, "\n\n");
+                            shown.push_str("\n\n");
+                        }
+                        send_text(shared, kind::ASSISTANT_DELTA, session, msg_id, &t);
+                        text.push_str(&t);
+                        shown.push_str(&t);
+                    }
+                    Ok(Chunk::Restart) => {
+                        shown.truncate(round_start);
+                        text.clear();
+                        send_presence(shared, session, msg_id, &Presence::restart(shown.clone()));
+                    }
+                    Ok(Chunk::End(Ok(calls))) => break Round::Calls(calls),
+                    Ok(Chunk::End(Err(e))) => break Round::Failed(e),
+                    Err(_) => break Round::Failed(LlmError {
+                        kind: ErrorKind::Cut,
+                        detail: "the LLM reader stopped".into(),
+                        retry_after: None,
+                    }),
+                },
+                recv(cancel) -> _ => break Round::Cancelled,
+            }
+        };
+        drop(stream); // stops the reader thread if it is still running
+
+        let calls = match round {
+            Round::Calls(calls) if calls.is_empty() => {
+                persist(shared, session, history, Turn::new(Role::Assistant, text));
+                return Ending::Complete(shown);
+            }
+            Round::Calls(calls) => calls,
+            Round::Failed(e) => {
+                if !text.is_empty() {
+                    persist(shared, session, history, Turn::new(Role::Assistant, text));
+                }
+                return Ending::Failed(e, shown);
+            }
+            Round::Cancelled => {
+                if !text.is_empty() {
+                    let mut turn = Turn::new(Role::Assistant, text);
+                    turn.cancelled = true;
+                    persist(shared, session, history, turn);
+                }
+                return Ending::Cancelled(shown);
+            }
+        };
+        persist(shared, session, history, Turn::tool_calls(&text, &calls));
+        let mut cancelled = false;
+        for call in &calls {
+            if cancelled {
+                persist(
+                    shared,
+                    session,
+                    history,
+                    Turn::tool_result(&call.id, CALL_CANCELLED.into()),
+                );
+                continue;
+            }
+            send_presence(
+                shared,
+                session,
+                msg_id,
+                &Presence::state(format!("tool: {}", call.name)),
+            );
+            let started = std::time::Instant::now();
+            let result = match shared.tools.run(call, cancel) {
+                Outcome::Done(r) => r,
+                Outcome::Cancelled => {
+                    cancelled = true;
+                    CALL_CANCELLED.to_string()
+                }
+            };
+            log::info!(
+                "{}/{}: tool {} took {:?}, {} bytes of result",
+                session.channel,
+                session.id,
+                call.name,
+                started.elapsed(),
+                result.len()
+            );
+            persist(shared, session, history, Turn::tool_result(&call.id, result));
+        }
+        if cancelled {
+            return Ending::Cancelled(shown);
+        }
+        send_presence(shared, session, msg_id, &Presence::state("thinking"));
+    }
+    Ending::RoundLimit(shown)
 }

@@ -124,9 +124,31 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
     let body = req.json();
     assert_eq!(body["stream"], true);
     assert_eq!(body["model"], "gpt-4o");
+    // Tools are on by default: the prompt says so, and every built-in is offered.
+    let system = body["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.starts_with("You are a helpful assistant. You work in the folder"),
+        "{system}"
+    );
+    assert!(system.contains("run shell commands"), "{system}");
+    let offered: Vec<&str> = body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        body["messages"][0],
-        json!({"role": "system", "content": "You are a helpful assistant."})
+        offered,
+        vec![
+            "bash",
+            "read_file",
+            "write_file",
+            "edit_file",
+            "list_files",
+            "glob",
+            "grep",
+            "web_fetch"
+        ]
     );
     assert_eq!(
         body["messages"][1],
@@ -192,18 +214,64 @@ fn anthropic_overloaded_error_event_before_the_first_token_is_retried() {
     assert_eq!(llm.requests().len(), 2);
 }
 
-#[test]
-fn a_cut_stream_keeps_the_partial_reply_and_says_so() {
+/// The first two deltas of "The answer is 4", then a cut in the middle of an event.
+fn cut_reply() -> Reply {
     let mut pieces = openai_sse(&["The answer ", "is"]);
     pieces.truncate(3);
     pieces.push("data: {\"choices\":[{\"delta\":{\"content\":\" 4".into()); // cut mid-event
-    let llm = FakeLlm::scripted(vec![Reply::Sse {
+    Reply::Sse {
         pieces,
         delay: Duration::ZERO,
         end: End::Cut,
-    }]);
-    let ws = temp_dir("cut");
+    }
+}
+
+#[test]
+fn a_cut_stream_is_retried_and_the_reply_visibly_starts_over() {
+    let llm = FakeLlm::scripted(vec![
+        cut_reply(),
+        Reply::sse(openai_sse(&["The answer ", "is 4"])),
+    ]);
+    let ws = temp_dir("cut-retry");
     let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    a.send(&message("1", "2+2?", "m"));
+    let frames = a.reply();
+    assert_eq!(
+        kinds(&frames),
+        vec![
+            "event.ack",
+            "status.presence",
+            "assistant.delta",
+            "assistant.delta",
+            "status.presence",
+            "assistant.delta",
+            "assistant.delta",
+            "assistant.done"
+        ]
+    );
+    let restart: tether::frame::Presence = frames[4].payload_as().unwrap();
+    assert_eq!(restart.restart, Some(true));
+    assert_eq!(restart.text.as_deref(), Some(""));
+    assert_eq!(done_text(&frames), "The answer is 4");
+    assert!(frames.iter().all(|f| f.kind != "error"));
+    assert_eq!(llm.requests().len(), 2);
+    let hist = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
+    assert_eq!(hist.matches("\"role\":\"assistant\"").count(), 1, "{hist}");
+    assert!(hist.contains("\"content\":\"The answer is 4\""), "{hist}");
+}
+
+#[test]
+fn a_stream_cut_on_every_attempt_keeps_the_partial_reply_and_says_so() {
+    let llm = FakeLlm::scripted(vec![cut_reply()]);
+    let ws = temp_dir("cut");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_LLM_RETRIES", "2"),
+        ],
+    );
     a.send(&message("1", "2+2?", "m"));
     let frames = a.reply();
     let err = frames.iter().find(|f| f.kind == "error").expect("error frame");
@@ -216,7 +284,11 @@ fn a_cut_stream_keeps_the_partial_reply_and_says_so() {
         done.starts_with("The answer is\n\n⚠️ The reply was interrupted"),
         "{done}"
     );
-    assert_eq!(llm.requests().len(), 1, "no retry after the first token");
+    assert_eq!(
+        llm.requests().len(),
+        2,
+        "retried within the budget, then given up"
+    );
     let hist = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
     assert!(hist.contains("\"content\":\"The answer is\""), "{hist}");
 }
@@ -325,7 +397,12 @@ fn cancel_stops_the_stream_and_keeps_the_partial_reply_marked_cancelled() {
 fn history_survives_a_restart_and_feeds_the_context() {
     let llm = FakeLlm::echo_openai();
     let ws = temp_dir("restart");
-    let env = [("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())];
+    // Without tools the system prompt is the plain default.
+    let env = [
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", llm.url()),
+        ("AEGIS_TOOLS", "none"),
+    ];
     let mut a = start_agent(&ws, &env);
     a.send(&message("5", "first", "m-1"));
     assert_eq!(done_text(&a.reply()), "echo: first");

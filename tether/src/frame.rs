@@ -210,10 +210,40 @@ pub struct Text {
 }
 
 /// `status.presence` payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Presence {
     /// `thinking`, `tool: NAME` or `idle`.
     pub state: String,
+    /// [ours] The explicit restart signal: `true` says the reply's text so far is void
+    /// and is now exactly `text` (a new attempt at the message, or a model stream retried
+    /// after it broke); later deltas continue from there. `false` says the text stands
+    /// (a tool runs mid-reply). Absent: an old agent; renderers leave the text alone and
+    /// rely on `assistant.done`, which always carries the whole reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<bool>,
+    /// [ours] With `restart: true`, the text that stands (default empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl Presence {
+    /// A presence that leaves the reply's text as it is.
+    pub fn state(state: impl Into<String>) -> Presence {
+        Presence {
+            state: state.into(),
+            restart: Some(false),
+            text: None,
+        }
+    }
+
+    /// `thinking`, with the reply's text starting over from `text`.
+    pub fn restart(text: impl Into<String>) -> Presence {
+        Presence {
+            state: "thinking".into(),
+            restart: Some(true),
+            text: Some(text.into()),
+        }
+    }
 }
 
 /// `event.ack` payload.

@@ -1,0 +1,162 @@
+//! `<workspace>/.aegis/agent.json`, the agent's optional configuration file (upstream's
+//! shape). Each field is read on its own: a field with a bad value is reported by name
+//! and left at its default, and the rest of the file still applies.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::mcp::ServerConfig;
+
+/// Per-tool settings (`tools.NAME`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ToolSetting {
+    /// `false` turns the tool off.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// [ours] For `bash`: longest run in seconds (default 60).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// The file's content. Absent fields are `None`/empty.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentFile {
+    /// `provider/model` (`openai/gpt-4o`, `anthropic/claude-...`) or a bare model name.
+    pub model: Option<String>,
+    /// Name of the environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// API base URL.
+    pub base_url: Option<String>,
+    /// Reply token limit.
+    pub max_tokens: Option<u32>,
+    /// Turns in the context.
+    pub context_turns: Option<usize>,
+    /// Characters in the context.
+    pub context_chars: Option<usize>,
+    /// System prompt.
+    pub system_prompt: Option<String>,
+    /// [ours] Tool rounds per message.
+    pub max_tool_rounds: Option<usize>,
+    /// Tool settings by name.
+    pub tools: BTreeMap<String, ToolSetting>,
+    /// MCP servers by name.
+    pub mcp: BTreeMap<String, ServerConfig>,
+}
+
+const FIELDS: &[&str] = &[
+    "model",
+    "api_key_env",
+    "base_url",
+    "max_tokens",
+    "context_turns",
+    "context_chars",
+    "system_prompt",
+    "max_tool_rounds",
+    "tools",
+    "mcp",
+    // upstream fields this agent does not use (yet): accepted without a warning
+    "memory",
+    "timezone",
+];
+
+/// Parse the text of an agent.json; problems come back as messages naming the field.
+pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
+    let mut problems = Vec::new();
+    let root: Value = match serde_json::from_str(text) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => return (AgentFile::default(), vec!["the file is not a JSON object".into()]),
+        Err(e) => return (AgentFile::default(), vec![format!("not valid JSON: {e}")]),
+    };
+    let obj = root.as_object().expect("checked above");
+    for key in obj.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        problems.push(format!("unknown field `{key}` (ignored)"));
+    }
+    let file = AgentFile {
+        model: get(obj, "model", &mut problems),
+        api_key_env: get(obj, "api_key_env", &mut problems),
+        base_url: get(obj, "base_url", &mut problems),
+        max_tokens: get(obj, "max_tokens", &mut problems),
+        context_turns: get(obj, "context_turns", &mut problems),
+        context_chars: get(obj, "context_chars", &mut problems),
+        system_prompt: get(obj, "system_prompt", &mut problems),
+        max_tool_rounds: get(obj, "max_tool_rounds", &mut problems),
+        tools: get(obj, "tools", &mut problems).unwrap_or_default(),
+        mcp: get(obj, "mcp", &mut problems).unwrap_or_default(),
+    };
+    (file, problems)
+}
+
+fn get<T: DeserializeOwned>(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    let v = obj.get(name).filter(|v| !v.is_null())?.clone();
+    match serde_json::from_value(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(format!("field `{name}`: {e} (default used)"));
+            None
+        }
+    }
+}
+
+/// Read `path`; a missing file is an empty configuration. Problems are logged with the
+/// file's path and the field.
+pub fn load(path: &Path) -> AgentFile {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return AgentFile::default(),
+        Err(e) => {
+            log::error!("{}: {e}; running with defaults", path.display());
+            return AgentFile::default();
+        }
+    };
+    let (file, problems) = parse(&text);
+    for p in &problems {
+        log::error!("{}: {p}", path.display());
+    }
+    if problems.is_empty() {
+        log::info!("loaded {}", path.display());
+    }
+    file
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_shape_parses() {
+        let (f, problems) = parse(
+            r#"{"model": "anthropic/claude-x", "api_key_env": "MY_KEY", "max_tokens": 1000,
+                "context_turns": 10, "system_prompt": "Be brief.", "memory": {"inject_mode": "off"},
+                "tools": {"bash": {"enabled": false}, "web_fetch": {"brave_api_key_env": "X"}},
+                "mcp": {"weather": {"command": "weather-mcp", "args": ["--stdio"]}}}"#,
+        );
+        assert!(problems.iter().all(|p| !p.contains("field")), "{problems:?}");
+        assert_eq!(f.model.as_deref(), Some("anthropic/claude-x"));
+        assert_eq!(f.max_tokens, Some(1000));
+        assert_eq!(f.tools["bash"].enabled, Some(false));
+        assert_eq!(f.mcp["weather"].args, vec!["--stdio".to_string()]);
+    }
+
+    #[test]
+    fn a_bad_field_is_named_and_the_rest_still_applies() {
+        let (f, problems) = parse(r#"{"max_tokens": "lots", "context_turns": 7, "tools": 3, "colour": 1}"#);
+        assert_eq!(f.max_tokens, None);
+        assert_eq!(f.context_turns, Some(7));
+        assert!(
+            problems.iter().any(|p| p.contains("`max_tokens`")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.contains("`tools`")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("`colour`")), "{problems:?}");
+        let (_, problems) = parse("{not json");
+        assert!(problems[0].contains("not valid JSON"), "{problems:?}");
+    }
+}

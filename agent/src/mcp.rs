@@ -1,0 +1,563 @@
+//! MCP client (protocol revision 2025-06-18, stdio transport): each configured server is
+//! a child process speaking newline-delimited JSON-RPC on its stdin/stdout.
+//!
+//! Duties:
+//! 1. start every server in the background at boot (the agent listens at once), with
+//!    `initialize`, `notifications/initialized` and `tools/list` (following
+//!    `nextCursor`); offer the tools as `SERVER_TOOL`;
+//! 2. carry out `tools/call`, joining text content and marking `isError` results;
+//! 3. bound everything: a server that will not start, dies or stops answering gives a
+//!    clear tool error within its timeout, is killed (its whole process group) and is
+//!    started again on the next call; a cancel ends a call at once;
+//! 4. answer the server's own requests (`ping`; anything else: method not found).
+//!
+//! One reader thread per running server pairs responses with requests (the
+//! [`Correlator`]); calls to one server are serialised by its connection lock.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, Receiver};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tether::rpc::{Correlator, Message, Messages};
+
+use crate::llm::ToolSpec;
+use crate::tools::Outcome;
+
+/// The MCP revision we speak.
+pub const PROTOCOL_VERSION: &str = "2025-06-18";
+/// Longest wait for `initialize` and each `tools/list` page.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default longest wait for one `tools/call`.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A server that failed to start is tried again after this long at the earliest.
+const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// `tools/list` pages followed at most.
+const MAX_PAGES: usize = 50;
+
+/// How to run one server (agent.json `mcp`, `.aegis/mcp.json` `servers`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ServerConfig {
+    /// Program to run.
+    pub command: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// [ours] Longest `tools/call`, in seconds (default 60).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Why a request to a server failed.
+#[derive(Debug)]
+pub enum McpError {
+    /// The program could not be started.
+    Spawn(std::io::Error),
+    /// Writing to its stdin failed (it exited).
+    Write(std::io::Error),
+    /// No answer within the timeout.
+    Timeout(&'static str, Duration),
+    /// The server exited or closed its stdout.
+    Gone,
+    /// It answered with a JSON-RPC error.
+    Rpc(tether::rpc::RpcError),
+    /// Its answer is not what the protocol says.
+    Protocol(String),
+    /// The reply was cancelled meanwhile.
+    Cancelled,
+}
+
+impl fmt::Display for McpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            McpError::Spawn(e) => write!(f, "cannot start: {e}"),
+            McpError::Write(e) => write!(f, "cannot send to it: {e}"),
+            McpError::Timeout(what, d) => write!(f, "no answer to {what} within {} s", d.as_secs()),
+            McpError::Gone => f.write_str("it exited"),
+            McpError::Rpc(e) => write!(f, "{e}"),
+            McpError::Protocol(e) => write!(f, "unexpected answer: {e}"),
+            McpError::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// One tool of a server.
+#[derive(Debug, Clone)]
+struct RemoteTool {
+    /// The name the server knows it by.
+    remote: String,
+    /// As offered to the model (`SERVER_TOOL`).
+    spec: ToolSpec,
+}
+
+/// A running server process.
+struct Conn {
+    child: Child,
+    stdin: Arc<Mutex<ChildStdin>>,
+    correlator: Arc<Correlator>,
+    /// Cleared by the reader thread when stdout ends.
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the server's own process group; no memory involved.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+        self.correlator.fail_all("the MCP server was stopped");
+    }
+}
+
+impl Conn {
+    fn request(
+        &self,
+        method: &str,
+        params: &Value,
+        timeout: Duration,
+        cancel: &Receiver<()>,
+    ) -> Result<Value, McpError> {
+        if !self.alive.load(Ordering::SeqCst) {
+            return Err(McpError::Gone);
+        }
+        let (msg, rx) = self.correlator.start(method, params);
+        self.send(&msg)?;
+        select! {
+            recv(rx) -> r => match r {
+                Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
+                Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
+                Ok(Err(e)) => Err(McpError::Rpc(e)),
+                Err(_) => Err(McpError::Gone),
+            },
+            recv(cancel) -> _ => Err(McpError::Cancelled),
+            recv(after(timeout)) -> _ => Err(McpError::Timeout(static_name(method), timeout)),
+        }
+    }
+
+    fn send(&self, msg: &Message) -> Result<(), McpError> {
+        let mut stdin = self.stdin.lock().expect("mcp stdin lock");
+        stdin
+            .write_all(&msg.encode())
+            .and_then(|()| stdin.flush())
+            .map_err(McpError::Write)
+    }
+}
+
+fn static_name(method: &str) -> &'static str {
+    match method {
+        "initialize" => "initialize",
+        "tools/list" => "tools/list",
+        "tools/call" => "tools/call",
+        _ => "a request",
+    }
+}
+
+/// One configured server: its connection (started on demand) and its tool list.
+struct Server {
+    name: String,
+    config: ServerConfig,
+    workspace: PathBuf,
+    /// The running process; held while starting and during a call.
+    conn: Mutex<Option<Conn>>,
+    /// Tools from the last successful `tools/list`, offered even while the server is down
+    /// (a call starts it again).
+    tools: Mutex<Vec<RemoteTool>>,
+    /// When the last start failed, to pace retries.
+    failed_at: Mutex<Option<Instant>>,
+    /// While a background start runs: disconnects when it is over.
+    starting: Mutex<Option<Receiver<()>>>,
+}
+
+impl Server {
+    /// Start the process and run the handshake. Caller holds `conn`.
+    fn connect(&self) -> Result<Conn, McpError> {
+        let mut cmd = Command::new(&self.config.command);
+        cmd.args(&self.config.args)
+            .envs(&self.config.env)
+            .current_dir(&self.workspace)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(McpError::Spawn)?;
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let conn = Conn {
+            child,
+            stdin: Arc::new(Mutex::new(stdin)),
+            correlator: Arc::new(Correlator::new()),
+            alive: Arc::new(AtomicBool::new(true)),
+        };
+        let (correlator, stdin, alive, name) = (
+            Arc::clone(&conn.correlator),
+            Arc::clone(&conn.stdin),
+            Arc::clone(&conn.alive),
+            self.name.clone(),
+        );
+        thread::Builder::new()
+            .name("mcp-reader".into())
+            .stack_size(128 * 1024)
+            .spawn(move || read_loop(&name, stdout, &correlator, &stdin, &alive))
+            .map_err(McpError::Spawn)?;
+
+        let none = never();
+        let init = conn.request(
+            "initialize",
+            &json!({
+                "protocolVersion": PROTOCOL_VERSION,
+                "capabilities": {},
+                "clientInfo": {"name": "aegis-agent", "version": env!("CARGO_PKG_VERSION")},
+            }),
+            START_TIMEOUT,
+            &none,
+        )?;
+        match init["protocolVersion"].as_str() {
+            Some(PROTOCOL_VERSION) => {}
+            Some(other) => log::info!("MCP [{}]: server speaks revision {other}", self.name),
+            None => {
+                return Err(McpError::Protocol(
+                    "initialize result has no protocolVersion".into(),
+                ))
+            }
+        }
+        conn.send(&Message::notification("notifications/initialized", &json!({})))?;
+
+        let mut tools = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = match &cursor {
+                Some(c) => json!({"cursor": c}),
+                None => json!({}),
+            };
+            let page = conn.request("tools/list", &params, START_TIMEOUT, &none)?;
+            let listed = page["tools"]
+                .as_array()
+                .ok_or_else(|| McpError::Protocol("tools/list result has no tools".into()))?;
+            tools.extend(listed.iter().filter_map(|t| self.remote_tool(t)));
+            cursor = page["nextCursor"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if cursor.is_none() {
+                break;
+            }
+        }
+        log::info!("MCP [{}]: {} tools", self.name, tools.len());
+        *self.tools.lock().expect("mcp tools lock") = tools;
+        Ok(conn)
+    }
+
+    fn remote_tool(&self, t: &Value) -> Option<RemoteTool> {
+        let remote = t["name"].as_str()?.to_string();
+        let exposed: String = format!("{}_{}", self.name, remote)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let schema = match &t["inputSchema"] {
+            s @ Value::Object(_) => s.clone(),
+            _ => json!({"type": "object", "properties": {}}),
+        };
+        Some(RemoteTool {
+            remote,
+            spec: ToolSpec {
+                name: exposed,
+                description: t["description"].as_str().unwrap_or("").to_string(),
+                input_schema: schema,
+            },
+        })
+    }
+
+    /// Make sure the server runs; on failure remember when, and say why.
+    fn ensure(&self, conn: &mut Option<Conn>) -> Result<(), McpError> {
+        if conn.as_ref().is_some_and(|c| c.alive.load(Ordering::SeqCst)) {
+            return Ok(());
+        }
+        *conn = None; // reaps a dead one
+        match self.connect() {
+            Ok(c) => {
+                *conn = Some(c);
+                *self.failed_at.lock().expect("mcp failed lock") = None;
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("MCP [{}]: {e}", self.name);
+                *self.failed_at.lock().expect("mcp failed lock") = Some(Instant::now());
+                Err(e)
+            }
+        }
+    }
+
+    fn call(&self, remote: &str, args: &Value, cancel: &Receiver<()>) -> Outcome {
+        let mut conn = self.conn.lock().expect("mcp conn lock");
+        if let Err(e) = self.ensure(&mut conn) {
+            return Outcome::Done(format!("error: MCP server {} is unavailable: {e}", self.name));
+        }
+        let timeout = self.config.timeout_secs.map_or(CALL_TIMEOUT, Duration::from_secs);
+        let c = conn.as_ref().expect("ensured");
+        match c.request(
+            "tools/call",
+            &json!({"name": remote, "arguments": args}),
+            timeout,
+            cancel,
+        ) {
+            Ok(result) => Outcome::Done(call_text(&result)),
+            Err(McpError::Cancelled) => Outcome::Cancelled,
+            Err(e) => {
+                if matches!(e, McpError::Timeout(..) | McpError::Gone | McpError::Write(_)) {
+                    // Unresponsive or dead: stop it; the next call starts it again.
+                    *conn = None;
+                }
+                Outcome::Done(format!(
+                    "error: MCP server {} failed: {e}{}",
+                    self.name,
+                    if conn.is_none() {
+                        " (it will be restarted on the next call)"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+        }
+    }
+}
+
+fn read_loop(
+    name: &str,
+    stdout: std::process::ChildStdout,
+    correlator: &Correlator,
+    stdin: &Mutex<ChildStdin>,
+    alive: &AtomicBool,
+) {
+    for m in Messages::new(BufReader::new(stdout)) {
+        match m {
+            Message::Response { id, outcome } => {
+                if !correlator.complete(&id, outcome) {
+                    log::debug!("MCP [{name}]: response to unknown request {id}");
+                }
+            }
+            Message::Request { id, method, .. } => {
+                let reply = if method == "ping" {
+                    Message::result(id, &json!({}))
+                } else {
+                    Message::error(
+                        id,
+                        -32601,
+                        format!("method {method} is not supported by aegis-agent"),
+                    )
+                };
+                let mut w = stdin.lock().expect("mcp stdin lock");
+                let _ = w.write_all(&reply.encode()).and_then(|()| w.flush());
+            }
+            Message::Notification { method, .. } => log::debug!("MCP [{name}]: notification {method}"),
+        }
+    }
+    alive.store(false, Ordering::SeqCst);
+    correlator.fail_all("the MCP server exited");
+    log::info!("MCP [{name}]: server exited");
+}
+
+/// The text the model sees for a `tools/call` result.
+fn call_text(result: &Value) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in result["content"].as_array().into_iter().flatten() {
+        match c["type"].as_str() {
+            Some("text") => parts.push(c["text"].as_str().unwrap_or("").to_string()),
+            Some("resource") => parts.push(
+                c["resource"]["text"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        format!("[resource {}]", c["resource"]["uri"].as_str().unwrap_or("?"))
+                    }),
+            ),
+            Some(other) => parts.push(format!("[{other} content]")),
+            None => {}
+        }
+    }
+    if parts.is_empty() {
+        if let Some(s) = result.get("structuredContent") {
+            parts.push(s.to_string());
+        }
+    }
+    let text = parts.join("\n");
+    if result["isError"].as_bool() == Some(true) {
+        format!("error: {text}")
+    } else {
+        text
+    }
+}
+
+/// Every MCP server of the agent.
+#[derive(Default)]
+pub struct McpServers {
+    servers: Vec<Arc<Server>>,
+}
+
+impl McpServers {
+    /// Start `configs` in the background (tools are listed as each comes up).
+    pub fn start(configs: BTreeMap<String, ServerConfig>, workspace: &Path) -> McpServers {
+        let servers: Vec<Arc<Server>> = configs
+            .into_iter()
+            .map(|(name, config)| {
+                Arc::new(Server {
+                    name,
+                    config,
+                    workspace: workspace.to_path_buf(),
+                    conn: Mutex::new(None),
+                    tools: Mutex::new(Vec::new()),
+                    failed_at: Mutex::new(None),
+                    starting: Mutex::new(None),
+                })
+            })
+            .collect();
+        for s in &servers {
+            start_in_background(s);
+        }
+        McpServers { servers }
+    }
+
+    /// No server configured.
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty()
+    }
+
+    /// Names of the servers.
+    pub fn names(&self) -> Vec<&str> {
+        self.servers.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    /// Every server's tools. Waits for servers still starting (each bounded by its start
+    /// timeouts); a server that failed is tried again in the background now and then.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs = Vec::new();
+        let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs(5);
+        for s in &self.servers {
+            let starting = s.starting.lock().expect("mcp starting lock").clone();
+            if let Some(done) = starting {
+                let _ = done.recv_deadline(deadline);
+            }
+            let running = s.conn.lock().expect("mcp conn lock").is_some();
+            let failed_long_ago = s
+                .failed_at
+                .lock()
+                .expect("mcp failed lock")
+                .is_some_and(|t| t.elapsed() > RETRY_AFTER);
+            if !running && failed_long_ago {
+                start_in_background(s);
+            }
+            specs.extend(
+                s.tools
+                    .lock()
+                    .expect("mcp tools lock")
+                    .iter()
+                    .map(|t| t.spec.clone()),
+            );
+        }
+        specs
+    }
+
+    /// Run `name` if a server offers it; `None` if none does.
+    pub fn call(&self, name: &str, args: &Value, cancel: &Receiver<()>) -> Option<Outcome> {
+        for s in &self.servers {
+            let remote = s
+                .tools
+                .lock()
+                .expect("mcp tools lock")
+                .iter()
+                .find(|t| t.spec.name == name)
+                .map(|t| t.remote.clone());
+            if let Some(remote) = remote {
+                return Some(s.call(&remote, args, cancel));
+            }
+        }
+        None
+    }
+}
+
+fn start_in_background(server: &Arc<Server>) {
+    let s = Arc::clone(server);
+    *s.failed_at.lock().expect("mcp failed lock") = None;
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+    *s.starting.lock().expect("mcp starting lock") = Some(done_rx);
+    let spawned = thread::Builder::new()
+        .name("mcp-start".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let mut conn = s.conn.lock().expect("mcp conn lock");
+            let _ = s.ensure(&mut conn);
+            *s.starting.lock().expect("mcp starting lock") = None;
+            drop(done_tx);
+        });
+    if let Err(e) = spawned {
+        log::error!("MCP [{}]: cannot start a thread: {e}", server.name);
+    }
+}
+
+/// The servers named in `<workspace>/.aegis/mcp.json` (`{"servers": {NAME: {...}}}`).
+pub fn servers_file(workspace: &Path) -> BTreeMap<String, ServerConfig> {
+    let path = workspace.join(".aegis/mcp.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return BTreeMap::new();
+    };
+    #[derive(Deserialize)]
+    struct File {
+        #[serde(default)]
+        servers: BTreeMap<String, ServerConfig>,
+    }
+    match serde_json::from_str::<File>(&text) {
+        Ok(f) => f.servers,
+        Err(e) => {
+            log::error!("{}: {e}; its MCP servers are not attached", path.display());
+            BTreeMap::new()
+        }
+    }
+}
+
+/// `aegis-mcp-guest` on PATH, if any (attached as server `aegis`).
+pub fn guest_server() -> Option<ServerConfig> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("aegis-mcp-guest"))
+        .find(|p| p.is_file())
+        .map(|p| ServerConfig {
+            command: p.to_string_lossy().into_owned(),
+            ..ServerConfig::default()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_results_join_text_and_mark_errors() {
+        let r = json!({"content": [{"type": "text", "text": "a"}, {"type": "image", "data": "x", "mimeType": "image/png"}, {"type": "text", "text": "b"}]});
+        assert_eq!(call_text(&r), "a\n[image content]\nb");
+        let r = json!({"content": [{"type": "text", "text": "no such city"}], "isError": true});
+        assert_eq!(call_text(&r), "error: no such city");
+        assert_eq!(
+            call_text(&json!({"content": [], "structuredContent": {"t": 1}})),
+            "{\"t\":1}"
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! File tools: `read_file`, `write_file`, `edit_file`, `list_files`. Every path goes
+//! through [`Workspace::resolve`]; every failure is an `Err` text for the model.
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::paths::Workspace;
+use super::{arg_str, arg_usize, cap_text};
+
+/// Bytes of a file `read_file` returns.
+pub const READ_CAP: usize = 50_000;
+/// Largest file `read_file` with a line range or `edit_file` loads.
+const LOAD_CAP: u64 = 20 * 1024 * 1024;
+/// Largest content `write_file` accepts.
+const WRITE_CAP: usize = 10 * 1024 * 1024;
+/// Entries `list_files` shows.
+const LIST_CAP: usize = 1000;
+
+fn is_binary(bytes: &[u8]) -> bool {
+    bytes[..bytes.len().min(8192)].contains(&0)
+}
+
+fn load(ws: &Workspace, path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let shown = ws.display(path);
+    let meta = fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+    if meta.is_dir() {
+        return Err(format!("{shown} is a directory (use list_files)"));
+    }
+    if meta.len() > limit {
+        return Err(format!("{shown} is too large ({} bytes)", meta.len()));
+    }
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if is_binary(&bytes) {
+        return Err(format!("{shown} is a binary file ({} bytes)", meta.len()));
+    }
+    Ok(bytes)
+}
+
+fn partial(ws: &Workspace, path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(READ_CAP as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: {e}", ws.display(path)))?;
+    if is_binary(&bytes) {
+        return Err(format!("{} is a binary file", ws.display(path)));
+    }
+    Ok(bytes)
+}
+
+/// `read_file {path, start_line?, end_line?}`.
+pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
+    let path = ws.resolve(arg_str(args, "path")?).map_err(|e| e.to_string())?;
+    let start = arg_usize(args, "start_line")?.filter(|&n| n > 0);
+    let end = arg_usize(args, "end_line")?.filter(|&n| n > 0);
+    if start.is_none() && end.is_none() {
+        // Without a range a large file is read in part, not refused.
+        let size = fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", ws.display(&path)))?
+            .len();
+        let bytes = load(ws, &path, size.min(READ_CAP as u64 + 1).max(1)).or_else(|e| {
+            if size > READ_CAP as u64 && e.contains("too large") {
+                partial(ws, &path)
+            } else {
+                Err(e)
+            }
+        })?;
+        return Ok(cap_text(
+            String::from_utf8_lossy(&bytes).into_owned(),
+            READ_CAP,
+            size as usize,
+        ));
+    }
+    let bytes = load(ws, &path, LOAD_CAP)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.split('\n').collect();
+    let first = start.unwrap_or(1);
+    let last = end.unwrap_or(lines.len()).min(lines.len());
+    if first > lines.len() {
+        return Err(format!(
+            "start_line {first} is past the end of the file ({} lines)",
+            lines.len()
+        ));
+    }
+    if last < first {
+        return Err(format!("end_line {last} is before start_line {first}"));
+    }
+    let mut out = format!("({} lines total, showing {first}-{last})\n", lines.len());
+    for (i, line) in lines[first - 1..last].iter().enumerate() {
+        out.push_str(&format!("{:4} | {line}\n", first + i));
+    }
+    Ok(cap_text(out.clone(), READ_CAP, out.len()))
+}
+
+/// `write_file {path, content}`: creates parent folders.
+pub fn write_file(ws: &Workspace, args: &Value) -> Result<String, String> {
+    let given = arg_str(args, "path")?;
+    let content = arg_str(args, "content")?;
+    if content.len() > WRITE_CAP {
+        return Err(format!(
+            "content is too large ({} bytes; at most {WRITE_CAP})",
+            content.len()
+        ));
+    }
+    let path = ws.resolve(given).map_err(|e| e.to_string())?;
+    if path == ws.root() || path.is_dir() {
+        return Err(format!("{given} is a directory"));
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", ws.display(parent)))?;
+    }
+    // The folders may have changed while they were created: check again where they lead.
+    let path = ws.resolve(given).map_err(|e| e.to_string())?;
+    fs::write(&path, content).map_err(|e| format!("{given}: {e}"))?;
+    Ok(format!("wrote {} bytes to {}", content.len(), ws.display(&path)))
+}
+
+/// `edit_file {path, old_text, new_text, occurrence?}` or
+/// `edit_file {path, start_line, end_line?, new_text}`; returns a unified diff.
+pub fn edit_file(ws: &Workspace, args: &Value) -> Result<String, String> {
+    let given = arg_str(args, "path")?;
+    let path = ws.resolve(given).map_err(|e| e.to_string())?;
+    let new_text = arg_str(args, "new_text")?;
+    let original = String::from_utf8(load(ws, &path, LOAD_CAP)?)
+        .map_err(|_| format!("{given} is not valid UTF-8 text; edit it with bash"))?;
+    let old_text = args
+        .get("old_text")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let updated = if let Some(old) = old_text {
+        let count = original.matches(old).count();
+        let occurrence = arg_usize(args, "occurrence")?;
+        match (count, occurrence) {
+            (0, _) => return Err("old_text was not found in the file".into()),
+            (n, None) if n > 1 => {
+                return Err(format!(
+                    "old_text was found {n} times; give more context or an occurrence (1-{n})"
+                ))
+            }
+            (n, Some(k)) if k == 0 || k > n => {
+                return Err(format!("occurrence {k} requested; old_text is found {n} times"))
+            }
+            (_, k) => {
+                let k = k.unwrap_or(1);
+                let (at, _) = original.match_indices(old).nth(k - 1).expect("counted above");
+                format!("{}{new_text}{}", &original[..at], &original[at + old.len()..])
+            }
+        }
+    } else if let Some(start) = arg_usize(args, "start_line")?.filter(|&n| n > 0) {
+        let lines: Vec<&str> = original.split('\n').collect();
+        let end = arg_usize(args, "end_line")?.unwrap_or(start);
+        if start > lines.len() || end > lines.len() || end < start {
+            return Err(format!(
+                "invalid line range {start}-{end} (the file has {} lines)",
+                lines.len()
+            ));
+        }
+        let mut out: Vec<&str> = lines[..start - 1].to_vec();
+        out.extend(new_text.split('\n'));
+        out.extend(&lines[end..]);
+        out.join("\n")
+    } else {
+        return Err("give old_text (text to replace) or start_line (a line range)".into());
+    };
+    if updated == original {
+        return Ok("no change: the new text is the same as the old".into());
+    }
+    fs::write(&path, &updated).map_err(|e| format!("{given}: {e}"))?;
+    Ok(unified_diff(&ws.display(&path), &original, &updated))
+}
+
+/// A unified diff of one contiguous change (what `edit_file` makes), 3 lines of context.
+pub fn unified_diff(name: &str, old: &str, new: &str) -> String {
+    let a: Vec<&str> = old.split('\n').collect();
+    let b: Vec<&str> = new.split('\n').collect();
+    let prefix = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let max_suffix = a.len().min(b.len()) - prefix;
+    let suffix = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take(max_suffix)
+        .take_while(|(x, y)| x == y)
+        .count();
+    let ctx_start = prefix.saturating_sub(3);
+    let a_end = (a.len() - suffix + 3).min(a.len());
+    let b_end = (b.len() - suffix + 3).min(b.len());
+    let mut out = format!("--- a/{name}\n+++ b/{name}\n");
+    let range = |start: usize, end: usize| {
+        let n = end - start;
+        if n == 0 {
+            format!("{start},0")
+        } else {
+            format!("{},{n}", start + 1)
+        }
+    };
+    out.push_str(&format!(
+        "@@ -{} +{} @@\n",
+        range(ctx_start, a_end),
+        range(ctx_start, b_end)
+    ));
+    for l in &a[ctx_start..prefix] {
+        out.push_str(&format!(" {l}\n"));
+    }
+    for l in &a[prefix..a.len() - suffix] {
+        out.push_str(&format!("-{l}\n"));
+    }
+    for l in &b[prefix..b.len() - suffix] {
+        out.push_str(&format!("+{l}\n"));
+    }
+    for l in &a[a.len() - suffix..a_end] {
+        out.push_str(&format!(" {l}\n"));
+    }
+    out
+}
+
+/// `list_files {path?}`: one entry per line, folders with a trailing `/`.
+pub fn list_files(ws: &Workspace, args: &Value) -> Result<String, String> {
+    let given = args.get("path").and_then(Value::as_str).unwrap_or("");
+    let path = ws.resolve(given).map_err(|e| e.to_string())?;
+    let shown = ws.display(&path);
+    let mut entries: Vec<(String, String)> = fs::read_dir(&path)
+        .map_err(|e| format!("{shown}: {e}"))?
+        .filter_map(Result::ok)
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let line = match e.file_type() {
+                Ok(t) if t.is_dir() => format!("{name}/"),
+                Ok(t) if t.is_symlink() => match fs::read_link(e.path()) {
+                    Ok(target) => format!("{name} -> {}", target.display()),
+                    Err(_) => format!("{name} -> ?"),
+                },
+                _ => match e.metadata() {
+                    Ok(m) => format!("{name} ({} bytes)", m.len()),
+                    Err(_) => name.clone(),
+                },
+            };
+            (name, line)
+        })
+        .collect();
+    if entries.is_empty() {
+        return Ok(format!("{shown} is empty"));
+    }
+    entries.sort();
+    let total = entries.len();
+    let mut out: Vec<String> = entries.into_iter().take(LIST_CAP).map(|(_, l)| l).collect();
+    if total > LIST_CAP {
+        out.push(format!("... and {} more", total - LIST_CAP));
+    }
+    Ok(out.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_of_a_middle_change_has_context_and_counts() {
+        let old = "1\n2\n3\n4\n5\n6\n7\n8\n9";
+        let new = "1\n2\n3\n4\nfive\n6\n7\n8\n9";
+        let d = unified_diff("f.txt", old, new);
+        assert_eq!(
+            d,
+            "--- a/f.txt\n+++ b/f.txt\n@@ -2,7 +2,7 @@\n 2\n 3\n 4\n-5\n+five\n 6\n 7\n 8\n"
+        );
+    }
+
+    #[test]
+    fn diff_of_an_insertion_at_the_start() {
+        let d = unified_diff("f", "a\nb", "new\na\nb");
+        assert_eq!(d, "--- a/f\n+++ b/f\n@@ -1,2 +1,3 @@\n+new\n a\n b\n");
+    }
+}

@@ -1,0 +1,431 @@
+//! The agent's tools: what is offered to the model and how a call is carried out.
+//!
+//! Built-in tools are named and shaped like upstream AegisVM's, so prompts and sessions
+//! carry over: `bash` (shell.rs), `read_file`, `write_file`, `edit_file`, `list_files`
+//! (files.rs), `glob`, `grep` (search.rs), `web_fetch` (web.rs). MCP servers add theirs
+//! as `SERVER_TOOL` (see `mcp.rs`). Every path a model names goes through
+//! [`paths::Workspace::resolve`]. A failure is a text result starting with `error: ` for
+//! the model, never a failed reply.
+
+pub mod files;
+pub mod paths;
+pub mod search;
+pub mod shell;
+pub mod web;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, select, Receiver};
+use serde_json::{json, Value};
+
+use crate::llm::{ToolCall, ToolSpec};
+use crate::mcp::McpServers;
+use paths::Workspace;
+
+/// What running a tool call came to.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The text result for the model.
+    Done(String),
+    /// The reply was cancelled while the tool ran (its processes are gone).
+    Cancelled,
+}
+
+/// A built-in tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Builtin {
+    /// `bash {command}`.
+    Bash,
+    /// `read_file {path, start_line?, end_line?}`.
+    ReadFile,
+    /// `write_file {path, content}`.
+    WriteFile,
+    /// `edit_file {path, old_text|start_line, new_text, ...}`.
+    EditFile,
+    /// `list_files {path?}`.
+    ListFiles,
+    /// `glob {pattern, path?}`.
+    Glob,
+    /// `grep {pattern, path?, include?}`.
+    Grep,
+    /// `web_fetch {url}`.
+    WebFetch,
+}
+
+impl Builtin {
+    /// Every built-in, in the order they are offered.
+    pub const ALL: [Builtin; 8] = [
+        Builtin::Bash,
+        Builtin::ReadFile,
+        Builtin::WriteFile,
+        Builtin::EditFile,
+        Builtin::ListFiles,
+        Builtin::Glob,
+        Builtin::Grep,
+        Builtin::WebFetch,
+    ];
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Bash => "bash",
+            Builtin::ReadFile => "read_file",
+            Builtin::WriteFile => "write_file",
+            Builtin::EditFile => "edit_file",
+            Builtin::ListFiles => "list_files",
+            Builtin::Glob => "glob",
+            Builtin::Grep => "grep",
+            Builtin::WebFetch => "web_fetch",
+        }
+    }
+
+    /// The group `AEGIS_TOOLS` can name it by.
+    pub fn group(self) -> &'static str {
+        match self {
+            Builtin::Bash => "shell",
+            Builtin::WebFetch => "web",
+            _ => "files",
+        }
+    }
+
+    fn spec(self) -> ToolSpec {
+        let s = |d: &str| json!({"type": "string", "description": d});
+        let n = |d: &str| json!({"type": "integer", "description": d});
+        let (description, properties, required): (&str, Value, &[&str]) = match self {
+            Builtin::Bash => (
+                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes.",
+                json!({"command": s("The shell command to run")}),
+                &["command"],
+            ),
+            Builtin::ReadFile => (
+                "Read a file in the workspace (up to 50,000 bytes). With start_line/end_line, returns those lines numbered.",
+                json!({"path": s("File path, relative to the workspace"), "start_line": n("First line (1-based)"), "end_line": n("Last line (1-based, inclusive)")}),
+                &["path"],
+            ),
+            Builtin::WriteFile => (
+                "Write a file in the workspace, creating parent folders. Content is written exactly as given (a JSON \\n is a newline).",
+                json!({"path": s("File path, relative to the workspace"), "content": s("The whole new content")}),
+                &["path", "content"],
+            ),
+            Builtin::EditFile => (
+                "Edit a file in the workspace: replace old_text (must be unique unless occurrence is given) or the lines start_line..end_line with new_text. Returns a unified diff.",
+                json!({"path": s("File path"), "old_text": s("Exact text to replace"), "new_text": s("Replacement text"), "start_line": n("First line to replace (1-based)"), "end_line": n("Last line to replace (inclusive)"), "occurrence": n("Which occurrence of old_text (1-based)")}),
+                &["path", "new_text"],
+            ),
+            Builtin::ListFiles => (
+                "List a folder of the workspace (default: its root). Folders end with /.",
+                json!({"path": s("Folder path, relative to the workspace")}),
+                &[],
+            ),
+            Builtin::Glob => (
+                "Find files in the workspace by glob pattern; ** matches across folders (e.g. '**/*.py'). Up to 200 results.",
+                json!({"pattern": s("Glob pattern, relative"), "path": s("Folder to search (default: the workspace)")}),
+                &["pattern"],
+            ),
+            Builtin::Grep => (
+                "Search file contents in the workspace with a regular expression. Up to 50 matches as file:line: text.",
+                json!({"pattern": s("Regular expression"), "path": s("File or folder to search (default: the workspace)"), "include": s("Glob for file names, e.g. '*.rs'")}),
+                &["pattern"],
+            ),
+            Builtin::WebFetch => (
+                "Fetch an http(s) URL and return its text (HTML reduced to readable text), up to 10,000 characters.",
+                json!({"url": s("URL starting with http:// or https://")}),
+                &["url"],
+            ),
+        };
+        ToolSpec {
+            name: self.name().into(),
+            description: description.into(),
+            input_schema: json!({"type": "object", "properties": properties, "required": required}),
+        }
+    }
+}
+
+/// Which tools are on: agent.json may turn tools off, and `AEGIS_TOOLS` (if set) may
+/// narrow the rest. A tool is on when both allow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Built-ins that are on.
+    pub builtins: BTreeSet<Builtin>,
+    /// MCP servers are attached.
+    pub mcp: bool,
+}
+
+impl Selection {
+    /// Everything on.
+    pub fn all() -> Selection {
+        Selection {
+            builtins: Builtin::ALL.into_iter().collect(),
+            mcp: true,
+        }
+    }
+
+    /// Apply an `AEGIS_TOOLS` value: comma-separated `all`, `none`, tool names, groups
+    /// (`shell`, `files`, `web`, `mcp`), each optionally prefixed with `-` to remove it.
+    /// A list that starts with a plain name selects exactly what it names.
+    pub fn narrow(&mut self, spec: &str) -> Result<(), String> {
+        let items: Vec<&str> = spec.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let exact = items
+            .first()
+            .is_some_and(|f| !f.starts_with('-') && *f != "all" && *f != "none");
+        let mut on: BTreeSet<Builtin> = if exact {
+            BTreeSet::new()
+        } else {
+            Builtin::ALL.into()
+        };
+        let mut mcp = !exact;
+        for item in items {
+            let (add, name) = match item.strip_prefix('-') {
+                Some(n) => (false, n),
+                None => (true, item),
+            };
+            let set = |on: &mut BTreeSet<Builtin>, b: Builtin| {
+                if add {
+                    on.insert(b);
+                } else {
+                    on.remove(&b);
+                }
+            };
+            match name {
+                "all" | "none" => {
+                    let everything = (name == "all") == add;
+                    on = if everything {
+                        Builtin::ALL.into()
+                    } else {
+                        BTreeSet::new()
+                    };
+                    mcp = everything;
+                }
+                "mcp" => mcp = add,
+                other => {
+                    let hits: Vec<Builtin> = Builtin::ALL
+                        .into_iter()
+                        .filter(|b| b.name() == other || b.group() == other)
+                        .collect();
+                    if hits.is_empty() {
+                        return Err(format!(
+                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, web, mcp; or all, none)"
+                        ));
+                    }
+                    for b in hits {
+                        set(&mut on, b);
+                    }
+                }
+            }
+        }
+        self.builtins = self.builtins.intersection(&on).copied().collect();
+        self.mcp &= mcp;
+        Ok(())
+    }
+}
+
+/// Settings of the tools.
+#[derive(Debug, Clone)]
+pub struct ToolConfig {
+    /// What is on.
+    pub selection: Selection,
+    /// Longest `bash` run.
+    pub bash_timeout: Duration,
+    /// Variables `bash` must not see (the agent's own LLM key).
+    pub hidden_env: Vec<String>,
+}
+
+/// The tools of one agent: built-ins over the workspace, plus MCP servers.
+pub struct Toolbox {
+    /// Where file tools may look.
+    workspace: Workspace,
+    /// Built-ins on offer, in offering order.
+    builtins: Vec<Builtin>,
+    /// `bash` settings.
+    shell: shell::Shell,
+    /// MCP servers (empty when MCP is off).
+    mcp: Arc<McpServers>,
+}
+
+impl std::fmt::Debug for Toolbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Toolbox")
+            .field("builtins", &self.builtins)
+            .finish()
+    }
+}
+
+impl Toolbox {
+    /// Tools over `workspace` as `config` selects, with the MCP servers `mcp`.
+    pub fn new(workspace: Workspace, config: &ToolConfig, mcp: Arc<McpServers>) -> Toolbox {
+        let builtins = Builtin::ALL
+            .into_iter()
+            .filter(|b| config.selection.builtins.contains(b))
+            .collect();
+        Toolbox {
+            shell: shell::Shell {
+                dir: workspace.root().to_path_buf(),
+                timeout: config.bash_timeout,
+                hidden_env: config.hidden_env.clone(),
+            },
+            workspace,
+            builtins,
+            mcp,
+        }
+    }
+
+    /// Names of the built-ins on offer.
+    pub fn builtin_names(&self) -> Vec<&'static str> {
+        self.builtins.iter().map(|b| b.name()).collect()
+    }
+
+    /// Whether any tool is on offer (MCP servers may still be starting).
+    pub fn any(&self) -> bool {
+        !self.builtins.is_empty() || !self.mcp.is_empty()
+    }
+
+    /// The tools to offer the model now: built-ins, then every MCP server's tools (this
+    /// waits, boundedly, for servers still starting).
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs: Vec<ToolSpec> = self.builtins.iter().map(|b| b.spec()).collect();
+        specs.extend(self.mcp.specs());
+        specs
+    }
+
+    /// Carry out `call`; a cancel on `cancel` ends it early.
+    pub fn run(&self, call: &ToolCall, cancel: &Receiver<()>) -> Outcome {
+        let args = &call.input;
+        if !args.is_object() {
+            return Outcome::Done(format!(
+                "error: the arguments of {} must be a JSON object, got: {}",
+                call.name,
+                cap_text(args.to_string(), 200, args.to_string().len())
+            ));
+        }
+        let Some(builtin) = self.builtins.iter().find(|b| b.name() == call.name) else {
+            return match self.mcp.call(&call.name, args, cancel) {
+                Some(outcome) => outcome,
+                None => Outcome::Done(format!("error: unknown tool {:?}", call.name)),
+            };
+        };
+        let ws = &self.workspace;
+        let result = match builtin {
+            Builtin::Bash => {
+                return match arg_str(args, "command") {
+                    Ok(c) => self.shell.run(c, cancel),
+                    Err(e) => Outcome::Done(format!("error: {e}")),
+                }
+            }
+            Builtin::ReadFile => files::read_file(ws, args),
+            Builtin::WriteFile => files::write_file(ws, args),
+            Builtin::EditFile => files::edit_file(ws, args),
+            Builtin::ListFiles => files::list_files(ws, args),
+            Builtin::Glob => search::glob(ws, args),
+            Builtin::Grep => search::grep(ws, args),
+            Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
+        };
+        Outcome::Done(match result {
+            Ok(text) => text,
+            Err(e) => format!("error: {e}"),
+        })
+    }
+}
+
+/// Run `f` on a thread of its own so a cancel does not wait for it.
+fn cancellable(args: Value, cancel: &Receiver<()>, f: fn(&Value) -> Result<String, String>) -> Outcome {
+    let (tx, rx) = bounded(1);
+    let spawned = thread::Builder::new()
+        .name("tool".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let _ = tx.send(f(&args));
+        });
+    if let Err(e) = spawned {
+        return Outcome::Done(format!("error: cannot start the tool: {e}"));
+    }
+    select! {
+        recv(rx) -> r => Outcome::Done(match r {
+            Ok(Ok(text)) => text,
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(_) => "error: the tool stopped unexpectedly".into(),
+        }),
+        recv(cancel) -> _ => Outcome::Cancelled,
+    }
+}
+
+/// A required string argument.
+pub fn arg_str<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
+    match args.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        None | Some(Value::Null) => Err(format!("{name} is required")),
+        Some(other) => Err(format!("{name} must be a string, got {other}")),
+    }
+}
+
+/// An optional non-negative integer argument (numbers written as strings are accepted).
+pub fn arg_usize(args: &Value, name: &str) -> Result<Option<usize>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| format!("{name} must be a whole number >= 0")),
+        Some(Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name} must be a whole number, got {s:?}")),
+        Some(other) => Err(format!("{name} must be a whole number, got {other}")),
+    }
+}
+
+/// `text` cut to at most `cap` bytes (on a character boundary), with a note saying how
+/// much there was when anything was left out. `total` is the size of the whole output
+/// (it may be more than `text` already holds).
+pub fn cap_text(mut text: String, cap: usize, total: usize) -> String {
+    let total = total.max(text.len());
+    if total <= cap {
+        return text;
+    }
+    let mut end = cap.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("\n... (truncated: {total} bytes in all)"));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aegis_tools_narrows_by_names_groups_and_removals() {
+        let names = |s: &Selection| s.builtins.iter().map(|b| b.name()).collect::<Vec<_>>();
+        let mut s = Selection::all();
+        s.narrow("all,-shell,-files").unwrap();
+        assert_eq!(names(&s), vec!["web_fetch"]);
+        assert!(s.mcp);
+        let mut s = Selection::all();
+        s.narrow("read_file,grep").unwrap();
+        assert_eq!(names(&s), vec!["read_file", "grep"]);
+        assert!(!s.mcp);
+        let mut s = Selection::all();
+        s.narrow("none").unwrap();
+        assert!(s.builtins.is_empty() && !s.mcp);
+        let mut s = Selection::all();
+        s.builtins.remove(&Builtin::WebFetch);
+        s.narrow("all").unwrap();
+        assert!(
+            !s.builtins.contains(&Builtin::WebFetch),
+            "env cannot turn on what agent.json turned off"
+        );
+        assert!(Selection::all().narrow("bsh").unwrap_err().contains("bsh"));
+    }
+
+    #[test]
+    fn cap_text_cuts_on_a_char_boundary_and_says_so() {
+        let t = cap_text("ééé".into(), 3, 6);
+        assert!(t.starts_with('é') && t.contains("6 bytes in all"), "{t}");
+        assert_eq!(cap_text("abc".into(), 3, 3), "abc");
+    }
+}
