@@ -1,78 +1,17 @@
 //! The real `aegis-agent` binary against a harness stand-in, a direct tether host and
 //! local LLM servers speaking the OpenAI and Anthropic streaming formats.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use aegis_e2e::agent::{done_text, kinds, message, start_agent, start_agent_with, texts};
 use aegis_e2e::harness::{collect_until_done, post_to_agent, FakeHarness, FakeTetherHost};
 use aegis_e2e::llm::{anthropic_error_event, anthropic_sse, openai_sse, End, FakeLlm, Reply};
-use aegis_e2e::proc::{command, free_port, temp_dir, Proc};
+use aegis_e2e::proc::{command, temp_dir, Proc};
 use serde_json::json;
 use tether::frame::{Session, User};
 use tether::Frame;
 
 const T: Duration = Duration::from_secs(20);
-
-struct Agent {
-    proc: Proc,
-    addr: String,
-    harness: FakeHarness,
-    workspace: PathBuf,
-}
-
-fn start_agent(workspace: &Path, env: &[(&str, &str)]) -> Agent {
-    start_agent_with(workspace, env, FakeHarness::start())
-}
-
-fn start_agent_with(workspace: &Path, env: &[(&str, &str)], harness: FakeHarness) -> Agent {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = command("aegis-agent");
-    cmd.env("AEGIS_AGENT_ADDR", &addr)
-        .env("AEGIS_HARNESS_URL", harness.url())
-        .env("AEGIS_WORKSPACE", workspace);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let proc = Proc::spawn(cmd);
-    proc.wait_for(&format!("agent listening on {addr}"), T);
-    Agent {
-        proc,
-        addr,
-        harness,
-        workspace: workspace.to_path_buf(),
-    }
-}
-
-fn message(chat: &str, text: &str, msg_id: &str) -> Frame {
-    Frame::user_message(Session::new("telegram", chat), text, None).with_msg_id(msg_id)
-}
-
-impl Agent {
-    fn send(&self, f: &Frame) {
-        let (status, body) = post_to_agent(&self.addr, &f.to_json());
-        assert_eq!(status, 202, "{body}");
-    }
-
-    fn reply(&self) -> Vec<Frame> {
-        collect_until_done(self.harness.frames(), 1, T)
-    }
-}
-
-fn kinds(frames: &[Frame]) -> Vec<String> {
-    frames.iter().map(|f| f.kind.clone()).collect()
-}
-
-fn texts(frames: &[Frame], kind: &str) -> Vec<String> {
-    frames
-        .iter()
-        .filter(|f| f.kind == kind)
-        .map(|f| f.text_payload().unwrap())
-        .collect()
-}
-
-fn done_text(frames: &[Frame]) -> String {
-    texts(frames, "assistant.done").pop().expect("a done frame")
-}
 
 #[test]
 fn harness_mode_streams_an_openai_reply_in_protocol_order() {

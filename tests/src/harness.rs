@@ -14,12 +14,15 @@ use tether::{Addr, Frame, Listener, Stream};
 
 use crate::http::Server;
 
-/// The harness's egress endpoint; frames arrive on a channel.
+/// The harness's egress endpoint; frames arrive on a channel. Also the guest API's
+/// keepalive lease (`POST`/`DELETE /v1/self/keepalive`), recorded in order.
 pub struct FakeHarness {
     server: Server,
     frames: Receiver<Frame>,
     /// Requests to answer with 503 before accepting (simulates a busy harness).
     pub fail_next: Arc<AtomicUsize>,
+    /// Lease requests: `acquire TTL_MS REASON` or `release`.
+    leases: Arc<Mutex<Vec<String>>>,
 }
 
 impl FakeHarness {
@@ -33,7 +36,21 @@ impl FakeHarness {
         let (tx, rx) = unbounded();
         let fail_next = Arc::new(AtomicUsize::new(0));
         let fail = Arc::clone(&fail_next);
+        let leases = Arc::new(Mutex::new(Vec::new()));
+        let lease_log = Arc::clone(&leases);
         let server = Server::start_on(addr, move |req, resp| {
+            if req.path == "/v1/self/keepalive" {
+                let entry = match req.method.as_str() {
+                    "POST" => {
+                        let b = req.json();
+                        format!("acquire {} {}", b["ttl_ms"], b["reason"].as_str().unwrap_or(""))
+                    }
+                    "DELETE" => "release".to_string(),
+                    _ => return resp.json(405, &serde_json::json!({"error": "method not allowed"})),
+                };
+                lease_log.lock().unwrap().push(entry);
+                return resp.json(200, &serde_json::json!({"status": "ok"}));
+            }
             if req.method != "POST" || req.path != "/v1/tether/send" {
                 return resp.json(404, &serde_json::json!({"error": "not found"}));
             }
@@ -53,7 +70,13 @@ impl FakeHarness {
             server,
             frames: rx,
             fail_next,
+            leases,
         }
+    }
+
+    /// Keepalive lease requests so far.
+    pub fn leases(&self) -> Vec<String> {
+        self.leases.lock().unwrap().clone()
     }
 
     /// `http://127.0.0.1:PORT`.

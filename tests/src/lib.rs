@@ -7,6 +7,7 @@
 //! HTTP server ([`http`]).
 
 pub mod aegisd;
+pub mod agent;
 pub mod bench;
 pub mod harness;
 pub mod http;

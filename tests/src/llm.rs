@@ -161,6 +161,115 @@ pub fn anthropic_sse(texts: &[&str]) -> Vec<String> {
     out
 }
 
+/// Split `s` into pieces of at most `n` characters (tool arguments arrive like this).
+fn pieces_of(s: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = s.chars().collect();
+    chars.chunks(n.max(1)).map(|c| c.iter().collect()).collect()
+}
+
+/// An OpenAI stream that says `text` (if any), then asks for `calls` (id, name,
+/// arguments JSON) in one round, each call's arguments split into `split`-character
+/// pieces, ending with `finish_reason: "tool_calls"` and `[DONE]`.
+pub fn openai_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-2","object":"chat.completion.chunk","model":"gpt-4o","choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
+        )
+    };
+    let mut out = vec![chunk(json!({"role": "assistant", "content": null}), json!(null))];
+    if !text.is_empty() {
+        out.push(chunk(json!({"content": text}), json!(null)));
+    }
+    for (i, (id, name, args)) in calls.iter().enumerate() {
+        out.push(chunk(
+            json!({"tool_calls": [{"index": i, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]}),
+            json!(null),
+        ));
+        for piece in pieces_of(args, split) {
+            out.push(chunk(
+                json!({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}),
+                json!(null),
+            ));
+        }
+    }
+    out.push(chunk(json!({}), json!("tool_calls")));
+    out.push("data: [DONE]\n\n".into());
+    out
+}
+
+/// The Anthropic event sequence that says `text` (if any), then calls `calls` (id, name,
+/// input JSON) with `input_json_delta` pieces of `split` characters; `stop_reason`
+/// `tool_use`.
+pub fn anthropic_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize) -> Vec<String> {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![ev(
+        "message_start",
+        json!({"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
+    )];
+    let mut index = 0;
+    if !text.is_empty() {
+        out.push(ev(
+            "content_block_start",
+            json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
+        ));
+        out.push(ev(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":text}}),
+        ));
+        out.push(ev(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":0}),
+        ));
+        index = 1;
+    }
+    for (id, name, input) in calls {
+        out.push(ev(
+            "content_block_start",
+            json!({"type":"content_block_start","index":index,"content_block":{"type":"tool_use","id":id,"name":name,"input":{}}}),
+        ));
+        out.push(ev("ping", json!({"type": "ping"})));
+        for piece in pieces_of(input, split) {
+            out.push(ev(
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
+            ));
+        }
+        out.push(ev(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":index}),
+        ));
+        index += 1;
+    }
+    out.push(ev("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":30}})));
+    out.push(ev("message_stop", json!({"type":"message_stop"})));
+    out
+}
+
+/// The tool results in a request, in order: OpenAI `role: tool` messages or Anthropic
+/// `tool_result` blocks, as (call id, content).
+pub fn tool_results(req: &Request) -> Vec<(String, String)> {
+    let body = req.json();
+    let mut out = Vec::new();
+    for m in body["messages"].as_array().into_iter().flatten() {
+        if m["role"] == "tool" {
+            out.push((
+                m["tool_call_id"].as_str().unwrap_or("").to_string(),
+                m["content"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+        for b in m["content"].as_array().into_iter().flatten() {
+            if b["type"] == "tool_result" {
+                out.push((
+                    b["tool_use_id"].as_str().unwrap_or("").to_string(),
+                    b["content"].as_str().unwrap_or("").to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// An Anthropic `error` event mid-stream.
 pub fn anthropic_error_event(kind: &str, message: &str) -> String {
     format!(

@@ -32,6 +32,58 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// A temporary folder removed with everything in it when dropped (also when the test
+/// fails and unwinds).
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A fresh, empty folder unique to this test.
+    pub fn new(name: &str) -> TempDir {
+        TempDir(temp_dir(name))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Processes whose command line contains `marker` (a unique argument such as
+/// `sleep 30.731`), so a test can prove none was left behind.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// A command for `name` with an environment free of the developer's keys and settings.
 pub fn command(name: &str) -> Command {
     let mut c = Command::new(bin(name));

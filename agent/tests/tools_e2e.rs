@@ -1,0 +1,659 @@
+//! The agent's hands, end to end: the real `aegis-agent` driven by a scripted fake model
+//! (OpenAI and Anthropic wire formats, tool arguments split at arbitrary points), real
+//! shell commands and files in a real workspace, and a real MCP server process.
+
+use std::time::{Duration, Instant};
+
+use aegis_e2e::agent::{done_text, kinds, message, start_agent, Agent, T};
+use aegis_e2e::harness::collect_until_done;
+use aegis_e2e::llm::{
+    anthropic_sse, anthropic_tool_sse, openai_sse, openai_tool_sse, tool_results, FakeLlm, Reply,
+};
+use aegis_e2e::proc::{bin, processes_with, TempDir};
+use serde_json::{json, Value};
+use tether::frame::{kind, Cancel, Presence, Session};
+use tether::Frame;
+
+fn openai(llm: &FakeLlm) -> [(&'static str, String); 2] {
+    [
+        ("OPENAI_API_KEY", "sk-test".into()),
+        ("OPENAI_BASE_URL", llm.url().to_string()),
+    ]
+}
+
+fn agent(ws: &TempDir, env: &[(&str, String)]) -> Agent {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    start_agent(ws, &env)
+}
+
+fn presences(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.kind == kind::STATUS_PRESENCE)
+        .map(|f| f.payload_as::<Presence>().unwrap().state)
+        .collect()
+}
+
+fn session_lines(ws: &TempDir, chat: &str) -> Vec<Value> {
+    std::fs::read_to_string(ws.join(format!("sessions/telegram_{chat}.jsonl")))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn write_agent_json(ws: &TempDir, v: Value) {
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(ws.join(".aegis/agent.json"), v.to_string()).unwrap();
+}
+
+#[test]
+fn openai_tool_calls_split_anywhere_run_and_feed_the_next_round() {
+    for split in [1, 4, 1000] {
+        let llm = FakeLlm::scripted(vec![
+            Reply::sse(openai_tool_sse(
+                "Let me check.",
+                &[
+                    ("call_1", "bash", r#"{"command": "echo hi > f.txt && cat f.txt"}"#),
+                    ("call_2", "read_file", r#"{"path": "f.txt"}"#),
+                    ("call_3", "list_files", ""),
+                ],
+                split,
+            )),
+            Reply::sse(openai_sse(&["It says ", "hi."])),
+        ]);
+        let ws = TempDir::new("tools-openai");
+        let a = agent(&ws, &openai(&llm));
+        a.send(&message("1", "what does f.txt say?", "m1"));
+        let frames = a.reply();
+        assert_eq!(
+            presences(&frames),
+            vec![
+                "thinking",
+                "tool: bash",
+                "tool: read_file",
+                "tool: list_files",
+                "thinking"
+            ],
+            "split {split}"
+        );
+        assert_eq!(done_text(&frames), "Let me check.\n\nIt says hi.");
+        let reqs = llm.requests();
+        assert_eq!(reqs.len(), 2);
+        assert_eq!(
+            tool_results(&reqs[1]),
+            vec![
+                ("call_1".to_string(), "hi\nexit status: 0".to_string()),
+                ("call_2".to_string(), "hi\n".to_string()),
+                ("call_3".to_string(), "f.txt (3 bytes)\nsessions/".to_string()),
+            ]
+        );
+        let msgs = reqs[1].json()["messages"].clone();
+        assert_eq!(msgs[2]["role"], "assistant");
+        assert_eq!(msgs[2]["content"], "Let me check.");
+        assert_eq!(msgs[2]["tool_calls"][0]["function"]["name"], "bash");
+        let args: Value = serde_json::from_str(
+            msgs[2]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(args, json!({"command": "echo hi > f.txt && cat f.txt"}));
+        assert_eq!(
+            msgs[2]["tool_calls"][2]["function"]["arguments"], "{}",
+            "empty arguments mean {{}}"
+        );
+        // The session holds the chain in upstream's line shape.
+        let lines = session_lines(&ws, "1");
+        let roles: Vec<&str> = lines.iter().map(|l| l["role"].as_str().unwrap()).collect();
+        assert_eq!(
+            roles,
+            vec!["user", "assistant", "tool", "tool", "tool", "assistant"]
+        );
+        assert_eq!(
+            lines[1]["content"][0],
+            json!({"type": "text", "text": "Let me check."})
+        );
+        assert_eq!(
+            lines[1]["content"][1],
+            json!({"type": "tool_use", "id": "call_1", "name": "bash", "input": {"command": "echo hi > f.txt && cat f.txt"}})
+        );
+        assert_eq!(lines[2]["tool_call_id"], "call_1");
+        assert_eq!(lines[5]["content"], "It says hi.");
+    }
+}
+
+#[test]
+fn anthropic_tool_use_with_split_input_runs_and_feeds_the_next_round() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(anthropic_tool_sse(
+            "",
+            &[
+                (
+                    "toolu_1",
+                    "write_file",
+                    r#"{"path": "notes/todo.md", "content": "- milk\n- eggs\n"}"#,
+                ),
+                (
+                    "toolu_2",
+                    "edit_file",
+                    r#"{"path": "notes/todo.md", "old_text": "eggs", "new_text": "bread"}"#,
+                ),
+            ],
+            3,
+        )),
+        Reply::sse(anthropic_sse(&["Saved."])),
+    ]);
+    let ws = TempDir::new("tools-anthropic");
+    let a = agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k".into()),
+            ("ANTHROPIC_BASE_URL", llm.url().into()),
+        ],
+    );
+    a.send(&message("2", "note milk and bread", "m1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Saved.");
+    assert_eq!(
+        std::fs::read_to_string(ws.join("notes/todo.md")).unwrap(),
+        "- milk\n- bread\n"
+    );
+    let reqs = llm.requests();
+    let first = reqs[0].json();
+    let offered: Vec<&str> = first["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(offered.contains(&"edit_file") && first["tools"][0]["input_schema"]["type"] == "object");
+    let msgs = reqs[1].json()["messages"].clone();
+    assert_eq!(msgs.as_array().unwrap().len(), 3, "{msgs}");
+    assert_eq!(msgs[1]["role"], "assistant");
+    assert_eq!(msgs[1]["content"][0]["type"], "tool_use");
+    assert_eq!(msgs[1]["content"][0]["input"]["path"], "notes/todo.md");
+    assert_eq!(msgs[2]["role"], "user");
+    let results = tool_results(&reqs[1]);
+    assert_eq!(
+        results[0],
+        ("toolu_1".into(), "wrote 14 bytes to notes/todo.md".into())
+    );
+    assert_eq!(
+        results[1].1,
+        "--- a/notes/todo.md\n+++ b/notes/todo.md\n@@ -1,3 +1,3 @@\n - milk\n-- eggs\n+- bread\n \n"
+    );
+}
+
+#[test]
+fn hostile_paths_are_refused_as_tool_errors() {
+    let parent = TempDir::new("tools-hostile");
+    let ws_path = parent.join("workspace");
+    std::fs::create_dir_all(&ws_path).unwrap();
+    std::fs::create_dir_all(parent.join("workspace2")).unwrap();
+    std::fs::write(parent.join("workspace2/secret"), "TOP SECRET").unwrap();
+    std::fs::write(parent.join("outside.txt"), "TOP SECRET").unwrap();
+    std::os::unix::fs::symlink("/etc", ws_path.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink(parent.join("workspace2"), ws_path.join("twin")).unwrap();
+    let twin_abs = format!("{}/secret", parent.join("workspace2").display());
+    let calls: Vec<(String, &str, String)> = vec![
+        (
+            "c1".into(),
+            "read_file",
+            json!({"path": "../outside.txt"}).to_string(),
+        ),
+        (
+            "c2".into(),
+            "read_file",
+            json!({"path": "/etc/hostname"}).to_string(),
+        ),
+        (
+            "c3".into(),
+            "read_file",
+            json!({"path": "etc-link/hostname"}).to_string(),
+        ),
+        ("c4".into(), "read_file", json!({"path": twin_abs}).to_string()),
+        (
+            "c5".into(),
+            "read_file",
+            json!({"path": "twin/secret"}).to_string(),
+        ),
+        (
+            "c6".into(),
+            "write_file",
+            json!({"path": "../escape.txt", "content": "x"}).to_string(),
+        ),
+        (
+            "c7".into(),
+            "write_file",
+            json!({"path": "twin/escape.txt", "content": "x"}).to_string(),
+        ),
+        ("c8".into(), "list_files", json!({"path": ".."}).to_string()),
+        ("c9".into(), "glob", json!({"pattern": "../*"}).to_string()),
+        (
+            "c10".into(),
+            "grep",
+            json!({"pattern": "SECRET", "path": "../"}).to_string(),
+        ),
+        (
+            "c11".into(),
+            "edit_file",
+            json!({"path": "twin/secret", "old_text": "TOP", "new_text": "NO"}).to_string(),
+        ),
+    ];
+    let refs: Vec<(&str, &str, &str)> = calls
+        .iter()
+        .map(|(i, n, a)| (i.as_str(), *n, a.as_str()))
+        .collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &refs, 5)),
+        Reply::sse(openai_sse(&["ok"])),
+    ]);
+    let env = openai(&llm);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let a = start_agent(&ws_path, &env);
+    a.send(&message("3", "try to escape", "m1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let results = tool_results(&llm.requests()[1]);
+    assert_eq!(results.len(), calls.len());
+    for (id, text) in &results {
+        assert!(text.starts_with("error:"), "{id} was not refused: {text}");
+        assert!(!text.contains("TOP SECRET"), "{id} leaked: {text}");
+    }
+    assert!(!parent.join("escape.txt").exists() && !parent.join("workspace2/escape.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(parent.join("workspace2/secret")).unwrap(),
+        "TOP SECRET"
+    );
+}
+
+#[test]
+fn bash_times_out_and_its_processes_are_killed() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(
+                "c1",
+                "bash",
+                r#"{"command": "sleep 30.731 & sleep 30.732; echo never"}"#,
+            )],
+            9,
+        )),
+        Reply::sse(openai_sse(&["gave up"])),
+    ]);
+    let ws = TempDir::new("tools-timeout");
+    write_agent_json(&ws, json!({"tools": {"bash": {"timeout_secs": 1}}}));
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("4", "run it", "m1"));
+    assert_eq!(done_text(&a.reply()), "gave up");
+    let result = &tool_results(&llm.requests()[1])[0].1;
+    assert!(result.contains("error: timed out after 1 s"), "{result}");
+    assert!(!result.contains("never"), "{result}");
+    assert!(processes_with("sleep 30.73").is_empty(), "processes left behind");
+}
+
+#[test]
+fn cancel_during_a_tool_kills_its_process_group_and_ends_the_reply() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "Working on it.",
+            &[
+                ("c1", "bash", r#"{"command": "sleep 30.456 & sleep 30.457"}"#),
+                ("c2", "bash", r#"{"command": "echo second"}"#),
+            ],
+            4,
+        )),
+        Reply::sse(openai_sse(&["next answer"])),
+    ]);
+    let ws = TempDir::new("tools-cancel");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("5", "long job", "m1"));
+    // Wait until the tool runs.
+    let deadline = Instant::now() + T;
+    let mut frames = Vec::new();
+    loop {
+        let f = a.harness.frames().recv_timeout(T).expect("frames");
+        let is_tool =
+            f.kind == kind::STATUS_PRESENCE && f.payload_as::<Presence>().unwrap().state == "tool: bash";
+        frames.push(f);
+        if is_tool {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+    }
+    while processes_with("sleep 30.45").len() < 2 {
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(Instant::now() < deadline, "the command did not start");
+    }
+    let cancel =
+        Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", "5"))).with_payload(&Cancel {
+            msg_id: Some("m1".into()),
+        });
+    let sent = Instant::now();
+    a.send(&cancel);
+    frames.extend(collect_until_done(a.harness.frames(), 1, T));
+    let took = sent.elapsed();
+    assert_eq!(done_text(&frames), "Working on it.\n\n⏹ Reply cancelled.");
+    assert!(processes_with("sleep 30.45").is_empty(), "processes left behind");
+    println!("cancel during a tool: done after {took:?}");
+    assert_eq!(llm.requests().len(), 1, "no model call after a cancel");
+    let lines = session_lines(&ws, "5");
+    let results: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["role"] == "tool")
+        .map(|l| l["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(results.len(), 2, "the chain stays whole: {lines:?}");
+    assert!(results.iter().all(|r| r.contains("cancelled")), "{results:?}");
+    // The next message is answered normally, from a valid history.
+    a.send(&message("5", "anything else?", "m2"));
+    assert_eq!(done_text(&a.reply()), "next answer");
+}
+
+#[test]
+fn the_round_limit_ends_the_reply_with_a_note() {
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_tool_sse(
+        "Again.",
+        &[("c", "bash", r#"{"command": "true"}"#)],
+        50,
+    ))]);
+    let ws = TempDir::new("tools-rounds");
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_MAX_TOOL_ROUNDS", "3".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("6", "loop forever", "m1"));
+    let done = done_text(&a.reply());
+    assert!(
+        done.starts_with("Again.\n\nAgain.\n\nAgain.\n\n⚠️ Stopped after 3 rounds"),
+        "{done}"
+    );
+    assert_eq!(llm.requests().len(), 3);
+}
+
+#[test]
+fn outputs_are_capped_and_binary_files_are_refused_cleanly() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                (
+                    "c1",
+                    "bash",
+                    r#"{"command": "head -c 100000 /dev/zero | tr '\\0' x; printf '\\377\\376'"}"#,
+                ),
+                ("c2", "read_file", r#"{"path": "blob.bin"}"#),
+                ("c3", "read_file", r#"{"path": "big.txt"}"#),
+                ("c4", "bash", r#"{"command": 42}"#),
+                ("c5", "no_such_tool", "{}"),
+                ("c6", "read_file", "[1, 2"),
+            ],
+            7,
+        )),
+        Reply::sse(openai_sse(&["fine"])),
+    ]);
+    let ws = TempDir::new("tools-caps");
+    std::fs::write(ws.join("blob.bin"), [0u8, 159, 146, 150, 0, 1]).unwrap();
+    std::fs::write(ws.join("big.txt"), "y".repeat(80_000)).unwrap();
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("7", "caps", "m1"));
+    assert_eq!(done_text(&a.reply()), "fine");
+    let r = tool_results(&llm.requests()[1]);
+    assert!(r[0].1.len() <= 10_000 + 100, "{}", r[0].1.len());
+    assert!(
+        r[0].1.contains("(truncated: 100002 bytes in all)"),
+        "{}",
+        &r[0].1[r[0].1.len() - 120..]
+    );
+    assert!(r[0].1.ends_with("exit status: 0"));
+    assert!(
+        r[1].1.starts_with("error: blob.bin is a binary file"),
+        "{}",
+        r[1].1
+    );
+    assert!(
+        r[2].1.len() <= 50_000 + 100 && r[2].1.contains("truncated: 80000 bytes"),
+        "{}",
+        r[2].1.len()
+    );
+    assert_eq!(r[3].1, "error: command must be a string, got 42");
+    assert_eq!(r[4].1, "error: unknown tool \"no_such_tool\"");
+    assert!(
+        r[5].1
+            .starts_with("error: the arguments of read_file must be a JSON object"),
+        "{}",
+        r[5].1
+    );
+}
+
+#[test]
+fn a_go_agent_session_continues_with_its_tool_chain() {
+    let ws = TempDir::new("tools-go-session");
+    std::fs::create_dir_all(ws.join("sessions")).unwrap();
+    // Lines exactly as the Go agent writes them (json.Marshal of its Turn).
+    let go = [
+        r#"{"role":"user","content":"what files are there?","ts":"2026-03-01T10:00:00.000Z","user":"John"}"#,
+        r#"{"role":"assistant","content":[{"type":"text","text":"Looking."},{"type":"tool_use","id":"toolu_01A","name":"list_files","input":{}}],"ts":"2026-03-01T10:00:01.000Z"}"#,
+        r#"{"role":"tool","content":"a.txt (3 bytes)","ts":"2026-03-01T10:00:01.500Z","tool_call_id":"toolu_01A"}"#,
+        r#"{"role":"assistant","content":"There is a.txt.","ts":"2026-03-01T10:00:02.000Z"}"#,
+    ];
+    std::fs::write(ws.join("sessions/telegram_8.jsonl"), go.join("\n") + "\n").unwrap();
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["Still a.txt."]))]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("8", "and now?", "m9"));
+    assert_eq!(done_text(&a.reply()), "Still a.txt.");
+    let msgs = llm.requests()[0].json()["messages"].clone();
+    assert_eq!(
+        msgs[1],
+        json!({"role": "user", "content": "what files are there?"})
+    );
+    assert_eq!(msgs[2]["content"], "Looking.");
+    assert_eq!(
+        msgs[2]["tool_calls"][0],
+        json!({"id": "toolu_01A", "type": "function", "function": {"name": "list_files", "arguments": "{}"}})
+    );
+    assert_eq!(
+        msgs[3],
+        json!({"role": "tool", "tool_call_id": "toolu_01A", "content": "a.txt (3 bytes)"})
+    );
+    assert_eq!(
+        msgs[4],
+        json!({"role": "assistant", "content": "There is a.txt."})
+    );
+    assert_eq!(msgs[5], json!({"role": "user", "content": "and now?"}));
+    // Our lines keep the same shape, so the Go agent can read this file back.
+    let lines = session_lines(&ws, "8");
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[4]["role"], "user");
+    assert_eq!(
+        lines[5],
+        json!({"role": "assistant", "content": "Still a.txt.", "ts": lines[5]["ts"]})
+    );
+}
+
+#[test]
+fn a_chain_cut_mid_tool_is_repaired_in_the_next_request() {
+    let ws = TempDir::new("tools-cut-chain");
+    std::fs::create_dir_all(ws.join("sessions")).unwrap();
+    let lines = [
+        json!({"role": "user", "content": "check two things", "ts": ""}),
+        json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "bash", "input": {"command": "true"}}, {"type": "tool_use", "id": "t2", "name": "bash", "input": {"command": "sleep 100"}}], "ts": ""}),
+        json!({"role": "tool", "content": "exit status: 0", "tool_call_id": "t1", "ts": ""}),
+        // the agent was killed while t2 ran
+    ];
+    let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
+    std::fs::write(ws.join("sessions/telegram_9.jsonl"), text).unwrap();
+    let llm = FakeLlm::scripted(vec![Reply::sse(anthropic_sse(&["Sorry, I was interrupted."]))]);
+    let a = agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k".into()),
+            ("ANTHROPIC_BASE_URL", llm.url().into()),
+        ],
+    );
+    a.send(&message("9", "hello again", "m2"));
+    assert_eq!(done_text(&a.reply()), "Sorry, I was interrupted.");
+    let msgs = llm.requests()[0].json()["messages"].clone();
+    assert_eq!(msgs.as_array().unwrap().len(), 3, "{msgs}");
+    assert_eq!(msgs[1]["content"].as_array().unwrap().len(), 2);
+    let user = msgs[2]["content"].as_array().unwrap();
+    assert_eq!(user[0]["tool_use_id"], "t1");
+    assert_eq!(user[1]["tool_use_id"], "t2");
+    assert!(user[1]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("error: the tool did not finish"));
+    assert_eq!(user[2], json!({"type": "text", "text": "hello again"}));
+}
+
+#[test]
+fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
+    let ws = TempDir::new("tools-mcp");
+    let log = ws.join("mcp.log");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {"fake": {"command": bin("fake-mcp"), "timeout_secs": 1, "env": {"FAKE_MCP_LOG": log}}}}),
+    );
+    let round = |calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse("", calls, 2));
+    let llm = FakeLlm::scripted(vec![
+        round(&[("c1", "fake_echo", r#"{"text": "ping"}"#), ("c2", "fake_pid", "")]),
+        round(&[("c3", "fake_hang", "")]),
+        round(&[("c4", "fake_pid", ""), ("c5", "fake_fail", "")]),
+        round(&[("c6", "fake_crash", "")]),
+        round(&[("c7", "fake_add", r#"{"a": 2, "b": 3}"#)]),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("10", "use the server", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    let offered: Vec<String> = reqs[0].json()["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+        .filter(|n| n.starts_with("fake_"))
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            "fake_echo",
+            "fake_add",
+            "fake_fail",
+            "fake_hang",
+            "fake_crash",
+            "fake_pid"
+        ],
+        "all three pages"
+    );
+    let r = tool_results(&reqs[5]);
+    assert_eq!(r[0].1, "ping");
+    let first_pid = r[1].1.clone();
+    assert_eq!(
+        r[2].1,
+        "error: MCP server fake failed: no answer to tools/call within 1 s (it will be restarted on the next call)"
+    );
+    assert_ne!(r[3].1, first_pid, "a new server process after the hang");
+    assert_eq!(r[4].1, "error: this tool always fails");
+    assert!(
+        r[5].1.starts_with("error: MCP server fake failed: it exited"),
+        "{}",
+        r[5].1
+    );
+    assert_eq!(r[6].1, "5", "started again after the crash");
+    let log = std::fs::read_to_string(&log).unwrap();
+    let init = log.find("notifications/initialized").expect("initialized sent");
+    assert!(init < log.find("tools/list").unwrap());
+    assert!(log.contains("\"protocolVersion\":\"2025-06-18\""));
+}
+
+#[test]
+fn a_server_that_will_not_start_costs_nothing_but_its_tools() {
+    let ws = TempDir::new("tools-mcp-broken");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {"gone": {"command": "/nonexistent/mcp-server"}}}),
+    );
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["hi"]))]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("11", "hello", "m1"));
+    assert_eq!(done_text(&a.reply()), "hi");
+    let tools = llm.requests()[0].json()["tools"].clone();
+    assert!(tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| !t["function"]["name"].as_str().unwrap().starts_with("gone_")));
+    a.proc.wait_for("MCP [gone]: cannot start", T);
+}
+
+#[test]
+fn tools_can_be_chosen_by_agent_json_and_aegis_tools() {
+    let ws = TempDir::new("tools-choose");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"grep": {"enabled": false}}, "system_prompt": "Be brief."}),
+    );
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "bash", r#"{"command": "echo no"}"#)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["ok"])),
+    ]);
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_TOOLS", "files,-write_file".into()));
+    let a = agent(&ws, &env);
+    a.proc
+        .wait_for("tools: read_file, edit_file, list_files, glob", T);
+    a.send(&message("12", "hi", "m1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let reqs = llm.requests();
+    let body = reqs[0].json();
+    let offered: Vec<&str> = body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["function"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(offered, ["read_file", "edit_file", "list_files", "glob"]);
+    assert_eq!(body["messages"][0]["content"], "Be brief.");
+    assert_eq!(tool_results(&reqs[1])[0].1, "error: unknown tool \"bash\"");
+}
+
+#[test]
+fn a_bad_agent_json_is_reported_by_field_and_the_agent_runs_on() {
+    let ws = TempDir::new("tools-bad-json");
+    write_agent_json(&ws, json!({"max_tokens": "many", "context_turns": 2}));
+    let llm = FakeLlm::echo_openai();
+    let a = agent(&ws, &openai(&llm));
+    a.proc.wait_for("agent.json: field `max_tokens`", T);
+    a.send(&message("13", "hi", "m1"));
+    assert_eq!(done_text(&a.reply()), "echo: hi");
+    assert!(llm.requests()[0].json().get("max_tokens").is_none());
+}
+
+#[test]
+fn the_keepalive_lease_is_held_while_a_reply_runs() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "bash", r#"{"command": "sleep 0.3"}"#)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["rested"])),
+    ]);
+    let ws = TempDir::new("tools-lease");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("14", "rest a bit", "m1"));
+    let frames = a.reply();
+    assert_eq!(kinds(&frames).last().map(String::as_str), Some("assistant.done"));
+    let deadline = Instant::now() + T;
+    while a.harness.leases().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        a.harness.leases(),
+        vec!["acquire 30000 agent reply in progress", "release"]
+    );
+}

@@ -1,0 +1,88 @@
+//! The real `aegis-agent` in harness mode against the harness stand-in: start it, send
+//! it messages, read its replies.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tether::frame::Session;
+use tether::Frame;
+
+use crate::harness::{collect_until_done, post_to_agent, FakeHarness};
+use crate::proc::{command, free_port, Proc};
+
+/// How long a reply may take in a test.
+pub const T: Duration = Duration::from_secs(20);
+
+/// A running `aegis-agent` in harness mode, with its harness stand-in.
+pub struct Agent {
+    /// The process.
+    pub proc: Proc,
+    /// Where it listens.
+    pub addr: String,
+    /// Where its egress goes.
+    pub harness: FakeHarness,
+    /// Its workspace.
+    pub workspace: PathBuf,
+}
+
+/// Start the agent on `workspace` with extra environment `env`.
+pub fn start_agent(workspace: &Path, env: &[(&str, &str)]) -> Agent {
+    start_agent_with(workspace, env, FakeHarness::start())
+}
+
+/// The same, with a given harness stand-in.
+pub fn start_agent_with(workspace: &Path, env: &[(&str, &str)], harness: FakeHarness) -> Agent {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = command("aegis-agent");
+    cmd.env("AEGIS_AGENT_ADDR", &addr)
+        .env("AEGIS_HARNESS_URL", harness.url())
+        .env("AEGIS_WORKSPACE", workspace);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let proc = Proc::spawn(cmd);
+    proc.wait_for(&format!("agent listening on {addr}"), T);
+    Agent {
+        proc,
+        addr,
+        harness,
+        workspace: workspace.to_path_buf(),
+    }
+}
+
+/// A `user.message` on telegram chat `chat`.
+pub fn message(chat: &str, text: &str, msg_id: &str) -> Frame {
+    Frame::user_message(Session::new("telegram", chat), text, None).with_msg_id(msg_id)
+}
+
+impl Agent {
+    /// Deliver `f` to the agent (expects 202).
+    pub fn send(&self, f: &Frame) {
+        let (status, body) = post_to_agent(&self.addr, &f.to_json());
+        assert_eq!(status, 202, "{body}");
+    }
+
+    /// The frames of the next reply, through its `assistant.done`.
+    pub fn reply(&self) -> Vec<Frame> {
+        collect_until_done(self.harness.frames(), 1, T)
+    }
+}
+
+/// The frame types, in order.
+pub fn kinds(frames: &[Frame]) -> Vec<String> {
+    frames.iter().map(|f| f.kind.clone()).collect()
+}
+
+/// The texts of the frames of one type.
+pub fn texts(frames: &[Frame], kind: &str) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.kind == kind)
+        .map(|f| f.text_payload().unwrap())
+        .collect()
+}
+
+/// The text of the (last) `assistant.done`.
+pub fn done_text(frames: &[Frame]) -> String {
+    texts(frames, "assistant.done").pop().expect("a done frame")
+}
