@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tether::frame::{kind, ErrorPayload};
+use tether::frame::{kind, ErrorPayload, Presence};
 use tether::Frame;
 
 use crate::markdown;
@@ -353,11 +353,18 @@ impl Renderer {
                 return;
             }
             kind::STATUS_PRESENCE => {
-                // A new attempt at a reply already on screen (the agent restarted and the
-                // message was delivered again): start its text over, in the same messages.
-                if let Some(r) = self.replies.get_mut(&key) {
-                    if !r.done && !r.text.is_empty() {
-                        r.text.clear();
+                // Only the explicit restart signal touches the text: a new attempt at the
+                // message (the agent restarted) or a model stream retried after it broke.
+                // The text then stands as the signal says, in the same messages; the next
+                // delta or the done shows it. A tool running mid-reply (`restart: false`)
+                // and old agents' presences (no field) leave the text alone: the
+                // `assistant.done` carries the whole reply in any case.
+                let p = f.payload_as::<Presence>().unwrap_or_default();
+                if p.restart == Some(true) {
+                    if let Some(r) = self.replies.get_mut(&key) {
+                        if !r.done {
+                            r.text = p.text.unwrap_or_default();
+                        }
                     }
                 }
                 return;
@@ -697,18 +704,38 @@ mod tests {
         let mut out = Vec::new();
         r.frame(&delta("5", "m", 1, "par"), t0, &mut out);
         r.sent(&(5, "m".into()), 0, 100, t0, &mut out);
-        let mut thinking =
-            Frame::new(kind::STATUS_PRESENCE, Some(Session::new("telegram", "5"))).with_msg_id("m");
-        thinking.seq = Some(2);
-        r.frame(&thinking, t0, &mut out);
+        // A tool presence mid-reply and an old agent's presence leave the text alone.
+        for (seq, p) in [
+            (2, Presence::state("tool: bash")),
+            (
+                3,
+                Presence {
+                    state: "thinking".into(),
+                    restart: None,
+                    text: None,
+                },
+            ),
+        ] {
+            let mut f = Frame::new(kind::STATUS_PRESENCE, Some(Session::new("telegram", "5")))
+                .with_msg_id("m")
+                .with_payload(&p);
+            f.seq = Some(seq);
+            r.frame(&f, t0, &mut out);
+        }
+        assert_eq!(r.replies[&(5, "m".to_string())].text, "par");
+        let mut restart = Frame::new(kind::STATUS_PRESENCE, Some(Session::new("telegram", "5")))
+            .with_msg_id("m")
+            .with_payload(&Presence::restart(""));
+        restart.seq = Some(4);
+        r.frame(&restart, t0, &mut out);
         r.frame(
-            &delta("5", "m", 3, "full "),
+            &delta("5", "m", 5, "full "),
             t0 + Duration::from_secs(2),
             &mut out,
         );
         out.clear();
         r.frame(
-            &delta("5", "m", 4, "answer"),
+            &delta("5", "m", 6, "answer"),
             t0 + Duration::from_secs(4),
             &mut out,
         );

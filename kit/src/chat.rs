@@ -118,6 +118,19 @@ fn print_reply(
                         let _ = write!(out, "{t}");
                         let _ = out.flush();
                     }
+                    kind::STATUS_PRESENCE => {
+                        let p: tether::frame::Presence = f.payload_as().unwrap_or_default();
+                        if p.restart == Some(true) && !shown.is_empty() {
+                            // A new attempt: say so, then show what stands.
+                            let kept = p.text.unwrap_or_default();
+                            let _ = write!(out, "\n↻ (the reply starts over)\n{kept}");
+                            let _ = out.flush();
+                            shown = kept;
+                        } else if let Some(tool) = p.state.strip_prefix("tool: ") {
+                            // Tool activity goes to stderr: stdout stays the reply.
+                            eprintln!("\n⚙ {tool}");
+                        }
+                    }
                     kind::ERROR => failed = f.payload_as::<ErrorPayload>().map(|e| e.code != "cancelled").unwrap_or(true),
                     kind::ASSISTANT_DONE => {
                         let full = f.text_payload().unwrap_or_default();

@@ -583,3 +583,102 @@ fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+fn offered_tools(req: &aegis_e2e::http::Request) -> Vec<String> {
+    req.json()["tools"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn unsandboxed_instances_get_no_shell_or_file_tools_unless_they_opt_in() {
+    let llm = FakeLlm::echo_openai();
+    let home = aegis_e2e::proc::TempDir::new("serve-tools");
+    let s = start_serve(&home, &[]);
+    s.create_agent("plain", &llm);
+    let c = s.client();
+    let body = json!({"name": "trusted", "secrets": ["OPENAI_API_KEY"],
+        "env": {"OPENAI_BASE_URL": llm.url(), "AEGIS_TOOLS": "all"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    for name in ["plain", "trusted"] {
+        let rx = stream(&c, name, None);
+        c.post_frame(name, &msg("1", "hi", "m1")).unwrap();
+        until_done(&rx, "m1");
+    }
+    let reqs = llm.requests();
+    assert_eq!(offered_tools(&reqs[0]), ["web_fetch"]);
+    assert!(
+        offered_tools(&reqs[1]).contains(&"bash".to_string()),
+        "{:?}",
+        offered_tools(&reqs[1])
+    );
+    let log = std::fs::read_to_string(home.join("kit/instances/plain/instance.log")).unwrap_or_default();
+    assert!(
+        log.contains("tools: web_fetch"),
+        "the agent logs which tools are on: {log}"
+    );
+}
+
+#[test]
+fn a_long_tool_run_completes_and_the_instance_pauses_afterwards() {
+    use aegis_e2e::llm::{openai_tool_sse, tool_results};
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "bash", r#"{"command": "sleep 2.5; echo slept"}"#)],
+            8,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let home = aegis_e2e::proc::TempDir::new("serve-long-tool");
+    let s = start_serve(&home, &["--pause-after", "1", "--stop-after", "1"]);
+    let c = s.client();
+    c.put_secret("OPENAI_API_KEY", "sk-kit-test").unwrap();
+    let body = json!({"name": "worker", "secrets": ["OPENAI_API_KEY"],
+        "env": {"OPENAI_BASE_URL": llm.url(), "AEGIS_TOOLS": "all"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    let rx = stream(&c, "worker", None);
+    c.post_frame("worker", &msg("1", "work", "m1")).unwrap();
+    // The tether is silent for 2.5 s while the tool runs, longer than pause-after.
+    assert_eq!(done_text(&until_done(&rx, "m1")), "done");
+    assert_eq!(tool_results(&llm.requests()[1])[0].1, "slept\nexit status: 0");
+    s.wait_state("worker", "paused");
+}
+
+#[test]
+fn a_keepalive_lease_holds_off_the_idle_pause_until_released() {
+    let home = aegis_e2e::proc::TempDir::new("serve-lease");
+    let socket = home.join("aegisd.sock");
+    let mut cmd = command("aegis-kit");
+    cmd.env("AEGIS_HOME", home.path())
+        .arg("--socket")
+        .arg(&socket)
+        .args(["serve", "--pause-after", "1", "--stop-after", "30", "--agent"])
+        .arg(bin("lease-agent"));
+    let proc = Proc::spawn(cmd);
+    proc.wait_for("aegis-kit serve listening", T);
+    let s = Serve {
+        proc,
+        home: home.to_path_buf(),
+        socket,
+    };
+    let c = s.client();
+    c.request(
+        "POST",
+        "/v1/instances",
+        Some(&json!({"name": "held", "env": {"LEASE_TTL_MS": "4000", "LEASE_HOLD_MS": "2500"}})),
+    )
+    .unwrap();
+    c.request("POST", "/v1/instances/held/start", None).unwrap();
+    s.wait_state("held", "running");
+    // Silent for 2 s with a 1 s pause-after: only the lease keeps it running.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(s.info("held")["state"], "running", "paused despite the lease");
+    // Released at 2.5 s: the usual idle pause follows.
+    s.wait_state("held", "paused");
+}

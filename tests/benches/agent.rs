@@ -2,7 +2,10 @@
 //!
 //! Builds the static release binaries (scripts/release.sh), then measures binary size,
 //! exec → listening time, idle RSS, and the per-delta overhead from an SSE chunk leaving
-//! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host.
+//! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host;
+//! exec → listening with three MCP servers configured; and the tool overhead: the end of
+//! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
+//! call).
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -115,6 +118,151 @@ fn main() {
     );
     cancel_latency(&agent);
     history_load(&agent);
+    startup_with_mcp(&agent);
+    tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
+    cancel_during_tool(&agent);
+    tool_overhead(
+        &agent,
+        "fake_echo",
+        r#"{"text": "hi"}"#,
+        Some(env!("CARGO_BIN_EXE_fake-mcp")),
+    );
+}
+
+/// `control.cancel` written while `bash` runs `sleep 30` → `assistant.done` back (the
+/// process group is killed first).
+fn cancel_during_tool(agent: &std::path::Path) {
+    let llm = Server::start(|_req, resp| {
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for p in aegis_e2e::llm::openai_tool_sse("", &[("c1", "bash", r#"{"command": "sleep 30"}"#)], 1000) {
+            r.chunk(p.as_bytes());
+        }
+        r.finish();
+    });
+    let ws = temp_dir("bench-cancel-tool");
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
+        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+        let mut sent = None;
+        while let Ok(Some(line)) = lines.next_line() {
+            let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+            let tool = fr.kind == "status.presence"
+                && fr
+                    .payload
+                    .as_ref()
+                    .is_some_and(|p| p.get().contains("tool: bash"));
+            if tool && sent.is_none() {
+                std::thread::sleep(Duration::from_millis(20)); // let sleep start
+                let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
+                sent = Some(Instant::now());
+                std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
+            } else if fr.kind == "assistant.done" {
+                break;
+            }
+        }
+        times.push(sent.unwrap().elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    stats("control.cancel -> assistant.done (bash sleep 30)", "ms", times);
+}
+
+/// exec → listening with three MCP servers in agent.json (they start in the background).
+fn startup_with_mcp(agent: &std::path::Path) {
+    let ws = temp_dir("bench-mcp-start");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    let server = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp"), "env": {"FAKE_MCP_SLOW_START_MS": "200"}});
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        serde_json::json!({"mcp": {"one": server, "two": server, "three": server}}).to_string(),
+    )
+    .unwrap();
+    let mut startup = Vec::new();
+    for _ in 0..30 {
+        let port = free_port();
+        let t = Instant::now();
+        let mut child = Command::new(agent)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
+            .env("AEGIS_WORKSPACE", &ws)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        startup.push(t.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    stats("exec -> listening, 3 MCP servers configured", "ms", startup);
+}
+
+/// Model response asking for `tool` fully sent → the agent's next model request
+/// arrives, over 50 messages (direct mode). Each sample includes running the tool.
+fn tool_overhead(agent: &std::path::Path, tool: &str, args: &str, mcp: Option<&str>) {
+    use std::sync::{Arc, Mutex};
+    let ws = temp_dir("bench-tool");
+    if let Some(cmd) = mcp {
+        std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+        std::fs::write(
+            ws.join(".aegis/agent.json"),
+            serde_json::json!({"mcp": {"fake": {"command": cmd}}}).to_string(),
+        )
+        .unwrap();
+    }
+    // (request arrived, response fully written) per request, in order.
+    let times: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&times);
+    let label = format!(
+        "tool overhead, {} ({tool})",
+        if mcp.is_some() { "MCP call" } else { "no-op bash" }
+    );
+    let (tool, args) = (tool.to_string(), args.to_string());
+    let llm = Server::start(move |_req, resp| {
+        let arrived = Instant::now();
+        let n = log.lock().unwrap().len();
+        let pieces = if n.is_multiple_of(2) {
+            aegis_e2e::llm::openai_tool_sse("", &[("c1", &tool, &args)], 1000)
+        } else {
+            aegis_e2e::llm::openai_sse(&["ok"])
+        };
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for p in pieces {
+            r.chunk(p.as_bytes());
+        }
+        r.finish();
+        log.lock().unwrap().push((arrived, Instant::now()));
+    });
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    for i in 0..50 {
+        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
+        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+        while let Ok(Some(line)) = lines.next_line() {
+            let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+            if fr.kind == "assistant.done" {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let t = times.lock().unwrap().clone();
+    let samples: Vec<f64> = t
+        .chunks(2)
+        .filter(|p| p.len() == 2)
+        .map(|p| p[1].0.duration_since(p[0].1).as_secs_f64() * 1000.0)
+        .collect();
+    stats(&label, "ms", samples);
 }
 
 /// Start the agent in direct mode against a unix socket in `ws`; returns the process and

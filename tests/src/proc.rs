@@ -187,6 +187,15 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // A failing test shows what the process said last (the harness prints it).
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" ureq")).collect();
+            eprintln!("--- last lines of {:?} ---", self.child.id());
+            for l in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 

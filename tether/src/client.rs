@@ -110,6 +110,11 @@ impl AegisClient {
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))
+            // One connection per request. An idle keep-alive connection pins a server
+            // thread in tiny_http (which serves `aegis-kit serve`), and its task pool can
+            // leave a new connection queued behind such threads indefinitely (seen: a
+            // gateway's POST unanswered for 30 s). A unix-socket connect costs ~20 µs.
+            .max_idle_connections(0)
             .build();
         let agent = Agent::with_parts(config, UnixConnector { path: socket.clone() }, NoResolver);
         AegisClient { agent, socket }

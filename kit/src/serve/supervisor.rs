@@ -123,6 +123,9 @@ pub enum Cmd {
     Answered(String),
     /// The process exited (pid, exit code if not killed by a signal).
     Exited(u32, Option<i32>),
+    /// The agent holds a keepalive lease for this long (`keepalive` notification), or
+    /// released it (`keepalive.release`).
+    Lease(Option<Duration>),
 }
 
 /// What the API keeps per instance.
@@ -178,7 +181,12 @@ struct Supervisor {
     listener_closed: Option<Arc<AtomicBool>>,
     /// Assigns `msg_id`s to ingress frames that came without one.
     next_msg: u64,
+    /// Until when the agent's keepalive lease holds off pause and stop.
+    lease_until: Option<Instant>,
 }
+
+/// `AEGIS_TOOLS` for an agent serve starts: everything but the shell and file tools.
+pub const UNSANDBOXED_TOOLS: &str = "all,-shell,-files";
 
 /// Start the supervisor thread of `def`; `store` is the instance's egress history.
 pub fn spawn(
@@ -214,6 +222,7 @@ pub fn spawn(
         start_waiters: Vec::new(),
         listener_closed: None,
         next_msg: 0,
+        lease_until: None,
     };
     thread::Builder::new()
         .name("supervisor".into())
@@ -365,6 +374,9 @@ impl Supervisor {
                 }
                 self.deadline = None;
             }
+            // A reply or tool is running in the agent (it may use no tether for minutes,
+            // and its tool processes' CPU is no activity we can see): no pause, no stop.
+            State::Running if self.lease_until.is_some_and(|u| now < u) => self.touch(),
             State::Running | State::Paused => {
                 let idle = now.saturating_duration_since(self.idle_since());
                 let busy = !self.unanswered.is_empty() || !self.queue.is_empty();
@@ -464,6 +476,10 @@ impl Supervisor {
                 self.save_unanswered();
             }
             Cmd::Exited(pid, code) => self.exited(pid, code),
+            Cmd::Lease(ttl) => {
+                self.lease_until = ttl.map(|t| Instant::now() + t);
+                self.touch();
+            }
         }
     }
 
@@ -591,6 +607,7 @@ impl Supervisor {
         let expected = self.state == State::Stopping;
         self.child = None;
         self.conn = None;
+        self.lease_until = None;
         self.deadline = None;
         self.close_listener();
         let _ = fs::remove_file(self.dir.join("pid"));
@@ -785,6 +802,10 @@ impl Supervisor {
                 cmd.env(var, v);
             }
         }
+        // Instances are not sandboxed yet: the agent's shell and file tools would act
+        // with serve's rights, so they are off unless the instance opts in (its own
+        // AEGIS_TOOLS, set below, wins).
+        cmd.env("AEGIS_TOOLS", UNSANDBOXED_TOOLS);
         cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
             .env("AEGIS_WORKSPACE", &workspace)
             .env("AEGIS_INSTANCE", &self.def.name)
@@ -905,7 +926,21 @@ fn read_egress(
                 frame.kind
             ),
             Some(Err(e)) => log::warn!("tether: invalid frame from the agent: {e}"),
-            None => {} // log, activity, keepalive notifications: activity is what matters
+            None => match &msg {
+                Message::Notification { method, params } if method == "keepalive" => {
+                    let ttl = params
+                        .as_ref()
+                        .and_then(|p| serde_json::from_str::<serde_json::Value>(p.get()).ok())
+                        .and_then(|v| v["ttl_ms"].as_u64())
+                        .unwrap_or(30_000)
+                        .min(10 * 60 * 1000);
+                    let _ = tx.send(Cmd::Lease(Some(Duration::from_millis(ttl))));
+                }
+                Message::Notification { method, .. } if method == "keepalive.release" => {
+                    let _ = tx.send(Cmd::Lease(None));
+                }
+                _ => {} // log, activity: any message already counted as activity
+            },
         }
     }
     let _ = tx.send(Cmd::Disconnected(n));
