@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use aegis_e2e::agent::{done_text, kinds, message, start_agent, start_agent_with, texts};
 use aegis_e2e::harness::{collect_until_done, post_to_agent, FakeHarness, FakeTetherHost};
-use aegis_e2e::llm::{anthropic_error_event, anthropic_sse, openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::llm::{anthropic_error_event, anthropic_sse, offered_tools, openai_sse, End, FakeLlm, Reply};
 use aegis_e2e::proc::{command, temp_dir, Proc};
 use serde_json::json;
 use tether::frame::{Session, User};
@@ -70,14 +70,8 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
         "{system}"
     );
     assert!(system.contains("run shell commands"), "{system}");
-    let offered: Vec<&str> = body["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        offered,
+        offered_tools(req),
         vec![
             "bash",
             "read_file",

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use aegis_e2e::agent::{done_text, kinds, message, start_agent, Agent, T};
 use aegis_e2e::harness::collect_until_done;
 use aegis_e2e::llm::{
-    anthropic_sse, anthropic_tool_sse, openai_sse, openai_tool_sse, tool_results, FakeLlm, Reply,
+    anthropic_sse, anthropic_tool_sse, offered_tools, openai_sse, openai_tool_sse, tool_results, FakeLlm,
+    Reply,
 };
 use aegis_e2e::proc::{bin, processes_with, TempDir};
 use serde_json::{json, Value};
@@ -160,14 +161,8 @@ fn anthropic_tool_use_with_split_input_runs_and_feeds_the_next_round() {
         "- milk\n- bread\n"
     );
     let reqs = llm.requests();
-    let first = reqs[0].json();
-    let offered: Vec<&str> = first["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    assert!(offered.contains(&"edit_file") && first["tools"][0]["input_schema"]["type"] == "object");
+    assert!(offered_tools(&reqs[0]).contains(&"edit_file".to_string()));
+    assert_eq!(reqs[0].json()["tools"][0]["input_schema"]["type"], "object");
     let msgs = reqs[1].json()["messages"].clone();
     assert_eq!(msgs.as_array().unwrap().len(), 3, "{msgs}");
     assert_eq!(msgs[1]["role"], "assistant");
@@ -526,11 +521,8 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
     a.send(&message("10", "use the server", "m1"));
     assert_eq!(done_text(&a.reply()), "done");
     let reqs = llm.requests();
-    let offered: Vec<String> = reqs[0].json()["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap().to_string())
+    let offered: Vec<String> = offered_tools(&reqs[0])
+        .into_iter()
         .filter(|n| n.starts_with("fake_"))
         .collect();
     assert_eq!(
@@ -610,13 +602,10 @@ fn tools_can_be_chosen_by_agent_json_and_aegis_tools() {
     assert_eq!(done_text(&a.reply()), "ok");
     let reqs = llm.requests();
     let body = reqs[0].json();
-    let offered: Vec<&str> = body["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["function"]["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(offered, ["read_file", "edit_file", "list_files", "glob"]);
+    assert_eq!(
+        offered_tools(&reqs[0]),
+        ["read_file", "edit_file", "list_files", "glob"]
+    );
     assert_eq!(body["messages"][0]["content"], "Be brief.");
     assert_eq!(tool_results(&reqs[1])[0].1, "error: unknown tool \"bash\"");
 }

@@ -584,19 +584,9 @@ fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
     assert!(child.wait().unwrap().success());
 }
 
-fn offered_tools(req: &aegis_e2e::http::Request) -> Vec<String> {
-    req.json()["tools"]
-        .as_array()
-        .map(|t| {
-            t.iter()
-                .map(|t| t["function"]["name"].as_str().unwrap().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn unsandboxed_instances_get_no_shell_or_file_tools_unless_they_opt_in() {
+    use aegis_e2e::llm::offered_tools;
     let llm = FakeLlm::echo_openai();
     let home = aegis_e2e::proc::TempDir::new("serve-tools");
     let s = start_serve(&home, &[]);

@@ -139,7 +139,18 @@ fn cancel_during_tool(agent: &std::path::Path) {
         }
         r.finish();
     });
-    let ws = temp_dir("bench-cancel-tool");
+    measure_cancel(
+        agent,
+        &llm,
+        "control.cancel -> assistant.done (bash sleep 30)",
+        |f| f.kind == "status.presence" && f.payload.as_ref().is_some_and(|p| p.get().contains("tool: bash")),
+    );
+}
+
+/// Send 20 messages; when `ready` says the reply is under way, write a cancel and time
+/// it until the `assistant.done`.
+fn measure_cancel(agent: &std::path::Path, llm: &Server, label: &str, ready: fn(&Frame) -> bool) {
+    let ws = temp_dir("bench-cancel");
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
     let mut lines = LineReader::new(BufReader::new(conn));
@@ -150,13 +161,8 @@ fn cancel_during_tool(agent: &std::path::Path) {
         let mut sent = None;
         while let Ok(Some(line)) = lines.next_line() {
             let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
-            let tool = fr.kind == "status.presence"
-                && fr
-                    .payload
-                    .as_ref()
-                    .is_some_and(|p| p.get().contains("tool: bash"));
-            if tool && sent.is_none() {
-                std::thread::sleep(Duration::from_millis(20)); // let sleep start
+            if sent.is_none() && ready(&fr) {
+                std::thread::sleep(Duration::from_millis(20)); // let the work start
                 let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
                 sent = Some(Instant::now());
                 std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
@@ -168,7 +174,7 @@ fn cancel_during_tool(agent: &std::path::Path) {
     }
     let _ = child.kill();
     let _ = child.wait();
-    stats("control.cancel -> assistant.done (bash sleep 30)", "ms", times);
+    stats(label, "ms", times);
 }
 
 /// exec → listening with three MCP servers in agent.json (they start in the background).
@@ -329,32 +335,12 @@ fn cancel_latency(agent: &std::path::Path) {
         r.chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"partial\"}}]}\n\n");
         std::thread::sleep(Duration::from_secs(20));
     });
-    let ws = temp_dir("bench-cancel");
-    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
-    let mut w = conn.try_clone().unwrap();
-    let mut lines = LineReader::new(BufReader::new(conn));
-    let mut times = Vec::new();
-    for i in 0..20 {
-        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
-        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
-        let mut sent = None;
-        while let Ok(Some(line)) = lines.next_line() {
-            let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
-            match fr.kind.as_str() {
-                "assistant.delta" if sent.is_none() => {
-                    let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
-                    sent = Some(Instant::now());
-                    std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
-                }
-                "assistant.done" => break,
-                _ => {}
-            }
-        }
-        times.push(sent.unwrap().elapsed().as_secs_f64() * 1000.0);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    stats("control.cancel -> assistant.done (stalled stream)", "ms", times);
+    measure_cancel(
+        agent,
+        &llm,
+        "control.cancel -> assistant.done (stalled stream)",
+        |f| f.kind == "assistant.delta",
+    );
 }
 
 /// First message of a session after a cold start, as its history grows: user.message

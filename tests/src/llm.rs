@@ -246,6 +246,21 @@ pub fn anthropic_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize
     out
 }
 
+/// The names of the tools a request offers (OpenAI `function.name` or Anthropic `name`).
+pub fn offered_tools(req: &Request) -> Vec<String> {
+    req.json()["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            t["function"]["name"]
+                .as_str()
+                .or(t["name"].as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// The tool results in a request, in order: OpenAI `role: tool` messages or Anthropic
 /// `tool_result` blocks, as (call id, content).
 pub fn tool_results(req: &Request) -> Vec<(String, String)> {
