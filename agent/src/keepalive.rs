@@ -67,16 +67,8 @@ impl Keepalive {
 }
 
 fn run(rx: &Receiver<bool>, channel: &Channel) {
-    let agent: Option<ureq::Agent> = matches!(channel, Channel::Harness(_)).then(|| {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            // No idle connection may stay open: the seed's harness counts an open
-            // connection as activity, which would keep the VM awake forever.
-            .max_idle_connections(0)
-            .build()
-            .into()
-    });
+    // Built on first use: an idle agent that never replies pays nothing for it.
+    let mut agent: Option<ureq::Agent> = None;
     let mut busy = 0usize;
     let mut warned = false;
     let mut renew = never();
@@ -86,28 +78,38 @@ fn run(rx: &Receiver<bool>, channel: &Channel) {
                 Ok(true) => {
                     busy += 1;
                     if busy == 1 {
-                        send(channel, agent.as_ref(), true, &mut warned);
+                        send(channel, &mut agent, true, &mut warned);
                         renew = tick(TTL / 2);
                     }
                 }
                 Ok(false) => {
                     busy = busy.saturating_sub(1);
                     if busy == 0 {
-                        send(channel, agent.as_ref(), false, &mut warned);
+                        send(channel, &mut agent, false, &mut warned);
                         renew = never();
                     }
                 }
                 Err(_) => return,
             },
-            recv(renew) -> _ => send(channel, agent.as_ref(), true, &mut warned),
+            recv(renew) -> _ => send(channel, &mut agent, true, &mut warned),
         }
     }
 }
 
-fn send(channel: &Channel, agent: Option<&ureq::Agent>, hold: bool, warned: &mut bool) {
+fn send(channel: &Channel, agent: &mut Option<ureq::Agent>, hold: bool, warned: &mut bool) {
     let body = json!({"ttl_ms": TTL.as_millis() as u64, "reason": "agent reply in progress"});
-    match (channel, agent) {
-        (Channel::Harness(base), Some(agent)) => {
+    match channel {
+        Channel::Harness(base) => {
+            let agent = agent.get_or_insert_with(|| {
+                ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    // No idle connection may stay open: the seed's harness counts an
+                    // open connection as activity, which would keep the VM awake.
+                    .max_idle_connections(0)
+                    .build()
+                    .into()
+            });
             let url = format!("{base}/v1/self/keepalive");
             let result = if hold {
                 agent
@@ -131,7 +133,7 @@ fn send(channel: &Channel, agent: Option<&ureq::Agent>, hold: bool, warned: &mut
                 }
             }
         }
-        (Channel::Tether(tx), _) => {
+        Channel::Tether(tx) => {
             let msg = if hold {
                 Message::notification("keepalive", &body)
             } else {
@@ -139,6 +141,5 @@ fn send(channel: &Channel, agent: Option<&ureq::Agent>, hold: bool, warned: &mut
             };
             let _ = tx.send(msg);
         }
-        _ => {}
     }
 }

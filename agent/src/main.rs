@@ -99,7 +99,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mcp = Arc::new(McpServers::start(config.mcp.clone(), workspace.root()));
+    let mcp = Arc::new(McpServers::new(config.mcp.clone(), workspace.root()));
     let tools = Toolbox::new(workspace, &config.tools, Arc::clone(&mcp));
     let builtins = tools.builtin_names();
     log::info!(
@@ -158,6 +158,7 @@ fn main() -> ExitCode {
                 }
             };
             log::info!("agent listening on {listen}");
+            mcp.start_all();
             let harness = harness.clone();
             let spawned = thread::Builder::new()
                 .name("egress".into())
@@ -170,6 +171,7 @@ fn main() -> ExitCode {
         }
         Mode::Direct(addr) => {
             log::info!("agent dialing tether at {addr}");
+            mcp.start_all();
             direct::run(addr, egress_rx, notice_rx, ingress_tx);
         }
     }

@@ -414,8 +414,8 @@ pub struct McpServers {
 }
 
 impl McpServers {
-    /// Start `configs` in the background (tools are listed as each comes up).
-    pub fn start(configs: BTreeMap<String, ServerConfig>, workspace: &Path) -> McpServers {
+    /// The servers of `configs`, not started yet (see [`McpServers::start_all`]).
+    pub fn new(configs: BTreeMap<String, ServerConfig>, workspace: &Path) -> McpServers {
         let servers: Vec<Arc<Server>> = configs
             .into_iter()
             .map(|(name, config)| {
@@ -430,10 +430,15 @@ impl McpServers {
                 })
             })
             .collect();
-        for s in &servers {
+        McpServers { servers }
+    }
+
+    /// Start every server in the background (tools are listed as each comes up). Called
+    /// once the agent listens, so starting servers never delays that.
+    pub fn start_all(&self) {
+        for s in &self.servers {
             start_in_background(s);
         }
-        McpServers { servers }
     }
 
     /// No server configured.

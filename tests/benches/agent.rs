@@ -90,7 +90,10 @@ fn main() {
     let mut lat = Vec::new();
     while let Ok(Some(line)) = lines.next_line() {
         let now = epoch().elapsed().as_nanos();
-        let frame = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+        // Skip the agent's other notifications (the keepalive lease).
+        let Some(Ok(frame)) = Message::decode(line).unwrap().as_tether_frame() else {
+            continue;
+        };
         match frame.kind.as_str() {
             "assistant.delta" => {
                 let sent: u128 = frame.text_payload().unwrap().trim().parse().unwrap();
@@ -143,13 +146,20 @@ fn cancel_during_tool(agent: &std::path::Path) {
         agent,
         &llm,
         "control.cancel -> assistant.done (bash sleep 30)",
+        Duration::from_millis(20),
         |f| f.kind == "status.presence" && f.payload.as_ref().is_some_and(|p| p.get().contains("tool: bash")),
     );
 }
 
-/// Send 20 messages; when `ready` says the reply is under way, write a cancel and time
-/// it until the `assistant.done`.
-fn measure_cancel(agent: &std::path::Path, llm: &Server, label: &str, ready: fn(&Frame) -> bool) {
+/// Send 20 messages; when `ready` says the reply is under way, wait `settle` (so a tool's
+/// process is running), write a cancel and time it until the `assistant.done`.
+fn measure_cancel(
+    agent: &std::path::Path,
+    llm: &Server,
+    label: &str,
+    settle: Duration,
+    ready: fn(&Frame) -> bool,
+) {
     let ws = temp_dir("bench-cancel");
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
@@ -160,9 +170,11 @@ fn measure_cancel(agent: &std::path::Path, llm: &Server, label: &str, ready: fn(
         std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
         let mut sent = None;
         while let Ok(Some(line)) = lines.next_line() {
-            let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                continue;
+            };
             if sent.is_none() && ready(&fr) {
-                std::thread::sleep(Duration::from_millis(20)); // let the work start
+                std::thread::sleep(settle);
                 let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
                 sent = Some(Instant::now());
                 std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
@@ -254,7 +266,9 @@ fn tool_overhead(agent: &std::path::Path, tool: &str, args: &str, mcp: Option<&s
         let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
         std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
         while let Ok(Some(line)) = lines.next_line() {
-            let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                continue;
+            };
             if fr.kind == "assistant.done" {
                 break;
             }
@@ -339,6 +353,7 @@ fn cancel_latency(agent: &std::path::Path) {
         agent,
         &llm,
         "control.cancel -> assistant.done (stalled stream)",
+        Duration::ZERO,
         |f| f.kind == "assistant.delta",
     );
 }
@@ -369,7 +384,9 @@ fn history_load(agent: &std::path::Path) {
             std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
             let mut lines = LineReader::new(BufReader::new(conn));
             while let Ok(Some(line)) = lines.next_line() {
-                let fr = Message::decode(line).unwrap().as_tether_frame().unwrap().unwrap();
+                let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                    continue;
+                };
                 if fr.kind == "status.presence" {
                     break;
                 }
