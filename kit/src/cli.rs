@@ -23,6 +23,8 @@ pub struct StartOpts {
     pub image: Option<String>,
     /// Command after `--`.
     pub command: Vec<String>,
+    /// Sandbox settings (`--sandbox`, `--net`, `--memory`, `--max-procs`).
+    pub sandbox: serde_json::Map<String, Value>,
 }
 
 /// `instance start`: create the instance if it does not exist, then boot it.
@@ -56,17 +58,20 @@ pub fn instance_start(c: &AegisClient, o: &StartOpts) -> Result<(), CliError> {
         let env: serde_json::Map<String, Value> = o.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         let body = json!({
             "name": name, "kit": o.kit, "image": image, "command": command,
-            "secrets": o.secrets, "env": env,
+            "secrets": o.secrets, "env": env, "sandbox": o.sandbox,
         });
         c.request("POST", "/v1/instances", Some(&body))?;
         println!("instance {name} created");
-    } else if !o.secrets.is_empty() || !o.env.is_empty() || !o.command.is_empty() {
+    } else if !o.secrets.is_empty() || !o.env.is_empty() || !o.command.is_empty() || !o.sandbox.is_empty() {
         eprintln!(
-            "note: instance {name} already exists; --secret/--env/command apply only when it is created"
+            "note: instance {name} already exists; --secret/--env/--sandbox/--net/command apply only when it is created"
         );
     }
     let info = c.request("POST", &format!("/v1/instances/{}/start", enc(name)), None)?;
     println!("instance {name}: {}", info["state"].as_str().unwrap_or("?"));
+    if let Some(s) = info["sandbox_in_force"].as_str() {
+        println!("sandbox: {s}");
+    }
     Ok(())
 }
 

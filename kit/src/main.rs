@@ -8,6 +8,7 @@ mod daemon;
 mod kitcmd;
 mod manifest;
 mod quickstart;
+mod sandbox;
 mod serve;
 
 use std::ffi::OsString;
@@ -38,7 +39,11 @@ COMMANDS:
         --stop-after SECS           then stop it after this much more idle time [default 300]
         --boot-timeout SECS         how long a wake may take [default 30]
         --agent PATH                aegis-agent binary [default: beside aegis-kit, else PATH]
-    instance start --name NAME [--kit KIT] [--secret NAME]... [--env K=V]... [--image IMG] [-- CMD...]
+        --sandbox auto|strict|none  how instances are isolated [default auto: every layer
+                                    the kernel offers; strict: refuse without all of them]
+    instance start --name NAME [--kit KIT] [--secret NAME]... [--env K=V]... [--image IMG]
+                   [--sandbox auto|strict|none] [--net host|none|PORT,...] [--memory MiB]
+                   [--max-procs N] [-- CMD...]
     instance start NAME             boot an existing instance
     instance list | info NAME | stop NAME | pause NAME | rm NAME
     logs NAME [-f] [--tail N]       an instance's output
@@ -94,7 +99,14 @@ impl From<lexopt::Error> for CliError {
 }
 
 fn main() -> ExitCode {
-    match run(std::env::args_os().skip(1).collect()) {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // Internal entry points serve starts this binary with (not in --help).
+    match args.first().and_then(|a| a.to_str()) {
+        Some("__sandbox") => return sandbox::launch::main(args.into_iter().skip(1).collect()),
+        Some("__sandbox-probe") => return sandbox::probe_main(),
+        _ => {}
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("aegis-kit: {e}");
@@ -269,8 +281,10 @@ fn serve_cmd(p: &mut lexopt::Parser, socket: PathBuf) -> Result<(), CliError> {
         queue_limit: 100,
     };
     let mut agent_bin = None;
+    let mut level = sandbox::Level::Auto;
     while let Some(a) = p.next()? {
         match a {
+            Long("sandbox") => level = string(p.value()?)?.parse().map_err(CliError::Usage)?,
             Long("pause-after") => timing.pause_after = secs(p.value()?, "--pause-after")?,
             Long("stop-after") => timing.stop_after = secs(p.value()?, "--stop-after")?,
             Long("boot-timeout") => timing.boot = secs(p.value()?, "--boot-timeout")?,
@@ -279,11 +293,45 @@ fn serve_cmd(p: &mut lexopt::Parser, socket: PathBuf) -> Result<(), CliError> {
         }
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::Other(format!("cannot find this executable: {e}")))?;
+    let probe = sandbox::Probe::run(&exe);
+    let missing = probe.missing();
+    log::info!(
+        "sandbox ({level:?} by default): {}",
+        probe.describe(level, &sandbox::Net::Host).to_lowercase()
+    );
+    if level != sandbox::Level::None && !missing.is_empty() {
+        log::warn!(
+            "sandbox: this kernel lacks {}; {}",
+            missing.join("; "),
+            if level == sandbox::Level::Strict {
+                "instances that need a strict sandbox will not start"
+            } else {
+                "instances run with what is available"
+            }
+        );
+    }
+    let home = tether::paths::aegis_home();
+    let home = home.canonicalize().unwrap_or(home);
+    let sock_real = socket.canonicalize().unwrap_or_else(|_| socket.clone());
+    let hide_files = if sock_real.starts_with(&home) {
+        Vec::new()
+    } else {
+        vec![sock_real]
+    };
     let config = serve::ServeConfig {
         socket,
         state_dir: tether::paths::aegis_home().join("kit"),
         timing,
         agent_bin: agent_bin.unwrap_or_else(|| sibling_binary("aegis-agent")),
+        sandbox: std::sync::Arc::new(serve::SandboxSettings {
+            level,
+            probe,
+            exe,
+            hide_dirs: vec![home],
+            hide_files,
+        }),
     };
     serve::run(config).map_err(|e| CliError::Other(e.to_string()))
 }
@@ -321,6 +369,28 @@ fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -
             Long("kit") => o.kit = Some(string(p.value()?)?),
             Long("secret") => o.secrets.push(string(p.value()?)?),
             Long("image") => o.image = Some(string(p.value()?)?),
+            Long("sandbox") => {
+                let level: sandbox::Level = string(p.value()?)?.parse().map_err(CliError::Usage)?;
+                o.sandbox.insert("level".into(), serde_json::json!(level));
+            }
+            Long("net") => {
+                let net: sandbox::Net = string(p.value()?)?.parse().map_err(CliError::Usage)?;
+                o.sandbox.insert("net".into(), serde_json::json!(net));
+            }
+            Long("memory") => {
+                let mb = string(p.value()?)?;
+                let mb: u64 = mb
+                    .parse()
+                    .map_err(|_| CliError::Usage(format!("--memory takes MiB, got {mb:?}")))?;
+                o.sandbox.insert("memory_mb".into(), serde_json::json!(mb));
+            }
+            Long("max-procs") => {
+                let n = string(p.value()?)?;
+                let n: u64 = n
+                    .parse()
+                    .map_err(|_| CliError::Usage(format!("--max-procs takes a number, got {n:?}")))?;
+                o.sandbox.insert("max_procs".into(), serde_json::json!(n));
+            }
             Long("env") => {
                 let kv = string(p.value()?)?;
                 let (k, v) = kv

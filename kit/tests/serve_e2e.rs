@@ -585,32 +585,49 @@ fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
 }
 
 #[test]
-fn unsandboxed_instances_get_no_shell_or_file_tools_unless_they_opt_in() {
+fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
     use aegis_e2e::llm::offered_tools;
     let llm = FakeLlm::echo_openai();
     let home = aegis_e2e::proc::TempDir::new("serve-tools");
     let s = start_serve(&home, &[]);
-    s.create_agent("plain", &llm);
     let c = s.client();
-    let body = json!({"name": "trusted", "secrets": ["OPENAI_API_KEY"],
-        "env": {"OPENAI_BASE_URL": llm.url(), "AEGIS_TOOLS": "all"}});
-    c.request("POST", "/v1/instances", Some(&body)).unwrap();
-    for name in ["plain", "trusted"] {
+    c.put_secret("OPENAI_API_KEY", "sk-kit-test").unwrap();
+    let make = |name: &str, sandbox: Value, env: Value| {
+        let mut e = json!({"OPENAI_BASE_URL": llm.url()});
+        e.as_object_mut()
+            .unwrap()
+            .extend(env.as_object().unwrap().clone());
+        let body = json!({"name": name, "secrets": ["OPENAI_API_KEY"], "env": e, "sandbox": sandbox});
+        c.request("POST", "/v1/instances", Some(&body)).unwrap()
+    };
+    let boxed = make("boxed", json!({}), json!({}));
+    assert!(
+        boxed["sandbox_in_force"].as_str().unwrap().contains("namespaces"),
+        "{boxed}"
+    );
+    make("plain", json!({"level": "none"}), json!({}));
+    make("trusted", json!({"level": "none"}), json!({"AEGIS_TOOLS": "all"}));
+    for name in ["boxed", "plain", "trusted"] {
         let rx = stream(&c, name, None);
         c.post_frame(name, &msg("1", "hi", "m1")).unwrap();
         until_done(&rx, "m1");
     }
     let reqs = llm.requests();
-    assert_eq!(offered_tools(&reqs[0]), ["web_fetch"]);
     assert!(
-        offered_tools(&reqs[1]).contains(&"bash".to_string()),
+        offered_tools(&reqs[0]).contains(&"bash".to_string()),
         "{:?}",
-        offered_tools(&reqs[1])
+        offered_tools(&reqs[0])
     );
+    assert_eq!(offered_tools(&reqs[1]), ["web_fetch"]);
+    assert!(offered_tools(&reqs[2]).contains(&"bash".to_string()));
     let log = std::fs::read_to_string(home.join("kit/instances/plain/instance.log")).unwrap_or_default();
     assert!(
         log.contains("tools: web_fetch"),
         "the agent logs which tools are on: {log}"
+    );
+    assert_eq!(
+        s.info("plain")["sandbox_in_force"],
+        "none (opted out): the instance runs with serve's rights"
     );
 }
 

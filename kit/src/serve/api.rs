@@ -270,6 +270,11 @@ fn create(host: &Host, body: &[u8]) -> Reply {
         kit: v["kit"].as_str().map(str::to_string),
         image: v["image"].as_str().map(str::to_string),
         created_at: tether::time::now_rfc3339(),
+        sandbox: match &v["sandbox"] {
+            Value::Null => Default::default(),
+            other => serde_json::from_value(other.clone())
+                .map_err(|err| e(400, format!("\"sandbox\": {err} (fields: level auto|strict|none, net host|none|{{ports: [443]}}, memory_mb, max_procs)")))?,
+        },
     };
     host.registry
         .save(&def)

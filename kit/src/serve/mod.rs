@@ -51,6 +51,23 @@ pub struct ServeConfig {
     pub timing: Timing,
     /// The agent binary run for `aegis-agent` commands.
     pub agent_bin: PathBuf,
+    /// How instances are sandboxed.
+    pub sandbox: Arc<SandboxSettings>,
+}
+
+/// Serve's sandbox defaults and what the kernel offers.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Default level (`serve --sandbox`).
+    pub level: crate::sandbox::Level,
+    /// What the kernel offers (probed once at start).
+    pub probe: crate::sandbox::Probe,
+    /// This executable, which runs `__sandbox`.
+    pub exe: PathBuf,
+    /// Folders no instance may see (serve's state).
+    pub hide_dirs: Vec<PathBuf>,
+    /// Files no instance may use (the API socket when outside those folders).
+    pub hide_files: Vec<PathBuf>,
 }
 
 /// Why serve could not start.
@@ -127,6 +144,7 @@ impl Host {
             self.config.timing,
             Arc::clone(&self.secrets),
             self.config.agent_bin.clone(),
+            Arc::clone(&self.config.sandbox),
             store,
         )?;
         self.instances

@@ -33,6 +33,32 @@ pub struct InstanceDef {
     /// Creation time, RFC 3339.
     #[serde(default)]
     pub created_at: String,
+    /// Sandbox settings that differ from serve's defaults.
+    #[serde(default, skip_serializing_if = "InstanceSandbox::is_default")]
+    pub sandbox: InstanceSandbox,
+}
+
+/// An instance's own sandbox settings; `None` fields take serve's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSandbox {
+    /// `auto`, `strict` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<crate::sandbox::Level>,
+    /// `host`, `none` or TCP ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::sandbox::Net>,
+    /// Memory per process, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// Processes in the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_procs: Option<u64>,
+}
+
+impl InstanceSandbox {
+    fn is_default(&self) -> bool {
+        *self == InstanceSandbox::default()
+    }
 }
 
 /// Check an instance name: 1–63 of `[A-Za-z0-9_.-]`, not starting with `.` or `-`.

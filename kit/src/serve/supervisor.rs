@@ -34,6 +34,8 @@ use tether::{Addr, EgressStore, Frame, Listener, Stream};
 use super::registry::InstanceDef;
 use super::secrets::Secrets;
 use super::ApiError;
+use super::SandboxSettings;
+use crate::sandbox::{Level, Limits, Net, Policy};
 
 /// Crashes within `CRASH_WINDOW` that refuse further boots.
 const CRASH_LIMIT: usize = 5;
@@ -96,6 +98,8 @@ pub struct Info {
     pub last_seq: u64,
     /// The instance's folder.
     pub dir: PathBuf,
+    /// The sandbox in force (or that would be, for a stopped instance).
+    pub sandbox_in_force: String,
 }
 
 /// Where the outcome of a request goes.
@@ -183,6 +187,8 @@ struct Supervisor {
     next_msg: u64,
     /// Until when the agent's keepalive lease holds off pause and stop.
     lease_until: Option<Instant>,
+    /// Serve's sandbox defaults and the kernel's features.
+    sandbox: Arc<SandboxSettings>,
 }
 
 /// `AEGIS_TOOLS` for an agent serve starts: everything but the shell and file tools.
@@ -195,6 +201,7 @@ pub fn spawn(
     timing: Timing,
     secrets: Arc<Secrets>,
     agent_bin: PathBuf,
+    sandbox: Arc<SandboxSettings>,
     store: Arc<EgressStore>,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -223,6 +230,7 @@ pub fn spawn(
         listener_closed: None,
         next_msg: 0,
         lease_until: None,
+        sandbox,
     };
     thread::Builder::new()
         .name("supervisor".into())
@@ -781,7 +789,41 @@ impl Supervisor {
             Some("aegis-agent") | None => self.agent_bin.clone(),
             Some(p) => PathBuf::from(p),
         };
-        let mut cmd = Command::new(&program);
+        let level = self.level();
+        if level == Level::Strict {
+            let missing = self.sandbox.probe.missing();
+            if !missing.is_empty() {
+                return Err(err(
+                    503,
+                    format!(
+                        "wake failed: {} needs a strict sandbox, and this kernel lacks: {}",
+                        self.def.name,
+                        missing.join("; ")
+                    ),
+                ));
+            }
+        }
+        let mut cmd = if level == Level::None {
+            Command::new(&program)
+        } else {
+            let policy = Policy {
+                level,
+                net: self.net(),
+                limits: self.limits(),
+                workspace: workspace.canonicalize().unwrap_or_else(|_| workspace.clone()),
+                tether: Some(sock.canonicalize().unwrap_or_else(|_| sock.clone())),
+                hide_dirs: self.sandbox.hide_dirs.clone(),
+                hide_files: self.sandbox.hide_files.clone(),
+                keep_files: program.canonicalize().ok().into_iter().collect(),
+                hostname: format!("aegis-{}", self.def.name),
+            };
+            let mut c = Command::new(&self.sandbox.exe);
+            c.arg("__sandbox")
+                .arg(serde_json::to_string(&policy).unwrap_or_default())
+                .arg("--")
+                .arg(&program);
+            c
+        };
         cmd.args(self.def.command.iter().skip(1))
             .current_dir(&workspace)
             .env_clear()
@@ -802,10 +844,12 @@ impl Supervisor {
                 cmd.env(var, v);
             }
         }
-        // Instances are not sandboxed yet: the agent's shell and file tools would act
-        // with serve's rights, so they are off unless the instance opts in (its own
-        // AEGIS_TOOLS, set below, wins).
-        cmd.env("AEGIS_TOOLS", UNSANDBOXED_TOOLS);
+        // Without the namespaces the agent's shell and file tools would act with serve's
+        // rights, so they are off unless the instance opts in (its own AEGIS_TOOLS,
+        // set below, wins).
+        if !self.sandbox.probe.isolates(level) {
+            cmd.env("AEGIS_TOOLS", UNSANDBOXED_TOOLS);
+        }
         cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
             .env("AEGIS_WORKSPACE", &workspace)
             .env("AEGIS_INSTANCE", &self.def.name)
@@ -819,6 +863,7 @@ impl Supervisor {
                 Ok(())
             });
         }
+        log::info!("{}: sandbox: {}", self.def.name, self.sandbox_line());
         let mut child = cmd
             .spawn()
             .map_err(|e| err(503, format!("wake failed: cannot run {}: {e}", program.display())))?;
@@ -845,6 +890,29 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The instance's sandbox level: its own, else serve's.
+    fn level(&self) -> Level {
+        self.def.sandbox.level.unwrap_or(self.sandbox.level)
+    }
+
+    fn net(&self) -> Net {
+        self.def.sandbox.net.clone().unwrap_or_default()
+    }
+
+    fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            memory_mb: self.def.sandbox.memory_mb.unwrap_or(d.memory_mb),
+            max_procs: self.def.sandbox.max_procs.unwrap_or(d.max_procs),
+            ..d
+        }
+    }
+
+    /// `user+mount+pid+ipc+uts namespaces, landlock v7, seccomp, net: host` and so on.
+    fn sandbox_line(&self) -> String {
+        self.sandbox.probe.describe(self.level(), &self.net())
+    }
+
     fn info(&self) -> Info {
         let now = Instant::now();
         Info {
@@ -861,6 +929,7 @@ impl Supervisor {
                 .count(),
             last_seq: self.store.last_seq(),
             dir: self.dir.clone(),
+            sandbox_in_force: self.sandbox_line(),
         }
     }
 }
