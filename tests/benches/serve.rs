@@ -1,7 +1,7 @@
 //! `aegis-kit serve` under measurement: `cargo bench -p aegis-e2e --bench serve`.
 //!
 //! 1. wake latency, POST → the agent's `event.ack` back on the stream, from stopped (cold
-//!    start), paused (resume) and running;
+//!    start), paused (resume) and running; in the default sandbox and without one;
 //! 2. egress stream throughput to 1 and to 10 readers (a stand-in agent blasts frames);
 //! 3. serve RSS and CPU with 1,000 idle (stopped) instances.
 
@@ -41,9 +41,9 @@ fn wait_state(c: &AegisClient, name: &str, state: &str) {
     }
 }
 
-fn wake_latency(dir: &Path) {
+fn wake_latency(dir: &Path, extra: &[&str], label: &str) {
     let home = temp_dir("bench-wake");
-    let _s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
+    let _s = serve(dir, &home, &dir.join("aegis-agent"), extra);
     let c = AegisClient::new(home.join("aegisd.sock"));
     c.request("POST", "/v1/instances", Some(&json!({"name": "a"})))
         .unwrap();
@@ -76,9 +76,9 @@ fn wake_latency(dir: &Path) {
         // Let the reply (no LLM configured: an immediate notice) drain.
         std::thread::sleep(Duration::from_millis(30));
     }
-    stats("POST -> agent ack, from stopped (cold start)", "ms", cold);
-    stats("POST -> agent ack, from paused (resume)", "ms", resume);
-    stats("POST -> agent ack, running", "ms", warm);
+    stats(&format!("{label}: POST -> agent ack, cold start"), "ms", cold);
+    stats(&format!("{label}: POST -> agent ack, resume"), "ms", resume);
+    stats(&format!("{label}: POST -> agent ack, running"), "ms", warm);
 }
 
 fn throughput(dir: &Path) {
@@ -190,7 +190,8 @@ fn main() {
         return;
     }
     let dir = release_dir();
-    wake_latency(&dir);
+    wake_latency(&dir, &[], "sandboxed");
+    wake_latency(&dir, &["--sandbox", "none"], "no sandbox");
     throughput(&dir);
     idle_instances(&dir);
 }
