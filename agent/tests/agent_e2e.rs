@@ -263,8 +263,9 @@ fn persistent_server_errors_end_with_an_unavailable_message() {
     assert_eq!(llm.requests().len(), 2);
     // A bad key is not retried and says what is wrong.
     let llm = FakeLlm::scripted(vec![Reply::unauthorized()]);
+    let ws_401 = temp_dir("401");
     let b = start_agent(
-        &temp_dir("401"),
+        &ws_401,
         &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
     );
     b.send(&message("1", "hi", "m"));
@@ -431,8 +432,9 @@ fn hundred_concurrent_sessions_get_their_own_replies_once() {
 #[test]
 fn bad_ingress_gets_json_errors_and_the_agent_keeps_working() {
     let llm = FakeLlm::echo_openai();
+    let ws_bad = temp_dir("bad");
     let a = start_agent(
-        &temp_dir("bad"),
+        &ws_bad,
         &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
     );
     let cases = [
@@ -464,8 +466,9 @@ fn egress_waits_for_a_harness_that_is_briefly_unavailable() {
     let llm = FakeLlm::echo_openai();
     let harness = FakeHarness::start();
     harness.fail_next.store(3, std::sync::atomic::Ordering::SeqCst);
+    let ws_busy = temp_dir("busy");
     let a = start_agent_with(
-        &temp_dir("busy"),
+        &ws_busy,
         &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
         harness,
     );
@@ -550,8 +553,9 @@ fn a_silent_llm_times_out_with_a_clear_message() {
 #[test]
 fn a_copy_of_an_answered_message_is_ignored() {
     let llm = FakeLlm::echo_openai();
+    let ws_dup = temp_dir("dup");
     let a = start_agent(
-        &temp_dir("dup"),
+        &ws_dup,
         &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())],
     );
     a.send(&message("1", "once", "m-1"));
@@ -567,8 +571,9 @@ fn a_copy_of_an_answered_message_is_ignored() {
 #[test]
 fn an_openai_compatible_server_works_without_a_key() {
     let llm = FakeLlm::echo_openai();
+    let ws_nokey_compat = temp_dir("nokey-compat");
     let a = start_agent(
-        &temp_dir("nokey-compat"),
+        &ws_nokey_compat,
         &[("OPENAI_BASE_URL", llm.url()), ("AEGIS_MODEL", "llama3.2")],
     );
     assert!(a.proc.log().contains("LLM provider: OpenAI (model llama3.2"));

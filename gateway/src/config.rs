@@ -180,10 +180,26 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
 mod tests {
     use super::*;
 
-    fn write(name: &str, text: &str) -> PathBuf {
+    /// A config file removed when dropped (also when the test fails).
+    struct File(PathBuf);
+
+    impl Drop for File {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for File {
+        type Target = PathBuf;
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    fn write(name: &str, text: &str) -> File {
         let p = std::env::temp_dir().join(format!("gw-config-{}-{name}.json", std::process::id()));
         std::fs::write(&p, text).unwrap();
-        p
+        File(p)
     }
 
     // Environment overrides are covered by the end-to-end tests, which run the binary

@@ -10,15 +10,15 @@ use aegis_e2e::telegram::FakeTelegram;
 use serde_json::json;
 
 struct Env {
-    home: PathBuf,
     prefix: PathBuf,
+    home: aegis_e2e::proc::TempDir,
 }
 
 impl Env {
     fn new(name: &str) -> Env {
         let home = temp_dir(name);
         let prefix = home.join("prefix");
-        let e = Env { home, prefix };
+        let e = Env { prefix, home };
         let out = e.run(
             &bin("aegis-kit"),
             &["install", "--prefix", e.prefix.to_str().unwrap()],

@@ -689,3 +689,42 @@ fn a_keepalive_lease_holds_off_the_idle_pause_until_released() {
     // Released at 2.5 s: the usual idle pause follows.
     s.wait_state("held", "paused");
 }
+
+#[test]
+fn requests_past_the_cap_get_a_503_with_a_json_error_and_the_cap_frees_up() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let home = aegis_e2e::proc::TempDir::new("serve-cap");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    c.request(
+        "POST",
+        "/v1/instances",
+        Some(&json!({"name": "a", "command": ["sh", "-c", "sleep 60"]})),
+    )
+    .unwrap();
+    // Hold the cap's worth of egress streams open.
+    let open = |n: usize| -> Vec<UnixStream> {
+        (0..n)
+            .map(|_| {
+                let mut st = UnixStream::connect(&s.socket).unwrap();
+                st.write_all(b"GET /v1/instances/a/tether/stream HTTP/1.1\r\nHost: aegis\r\n\r\n")
+                    .unwrap();
+                let mut head = [0u8; 12];
+                st.read_exact(&mut head).unwrap();
+                assert_eq!(&head, b"HTTP/1.1 200", "a stream within the cap opens");
+                st
+            })
+            .collect()
+    };
+    let streams = open(256);
+    let err = c.request("GET", "/v1/instances/a", None).unwrap_err().to_string();
+    assert!(err.contains("503") && err.contains("busy"), "{err}");
+    drop(streams);
+    // Closed streams end their threads (at their next wake-up), and the cap frees up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.request("GET", "/v1/instances/a", None).is_err() {
+        assert!(Instant::now() < deadline, "the cap never freed up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

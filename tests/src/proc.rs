@@ -22,8 +22,13 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A fresh, empty temporary folder unique to this test.
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh, empty temporary folder unique to this test, removed with its contents
+/// when the returned guard drops (also when the test fails).
+pub fn temp_dir(name: &str) -> TempDir {
+    TempDir(fresh_dir(name))
+}
+
+fn fresh_dir(name: &str) -> PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let d = std::env::temp_dir().join(format!("aegis-e2e-{name}-{}-{n}", std::process::id()));
@@ -40,7 +45,7 @@ pub struct TempDir(PathBuf);
 impl TempDir {
     /// A fresh, empty folder unique to this test.
     pub fn new(name: &str) -> TempDir {
-        TempDir(temp_dir(name))
+        TempDir(fresh_dir(name))
     }
 
     /// Its path.
@@ -59,6 +64,12 @@ impl std::ops::Deref for TempDir {
 impl AsRef<Path> for TempDir {
     fn as_ref(&self) -> &Path {
         &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 use tether::AegisClient;
 
 use crate::llm::FakeLlm;
-use crate::proc::{bin, command, temp_dir, Proc};
+use crate::proc::{bin, command, temp_dir, Proc, TempDir};
 use crate::telegram::FakeTelegram;
 
 /// Default wait for anything in an end-to-end test.
@@ -16,8 +16,6 @@ pub const T: Duration = Duration::from_secs(30);
 
 /// A running kit.
 pub struct Stack {
-    /// `AEGIS_HOME` of every process.
-    pub home: PathBuf,
     /// The API socket.
     pub socket: PathBuf,
     /// `aegis-kit serve`.
@@ -28,6 +26,8 @@ pub struct Stack {
     pub telegram: FakeTelegram,
     /// The fake LLM.
     pub llm: FakeLlm,
+    /// `AEGIS_HOME` of every process; last, so it is removed after they are gone.
+    pub home: TempDir,
 }
 
 /// Start `aegis-kit serve` in `home` with extra serve flags.

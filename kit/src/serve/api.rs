@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -37,14 +38,44 @@ fn e(status: u16, message: impl Into<String>) -> ApiError {
     }
 }
 
+/// Requests (streams included) handled at once; past it a request gets 503 at once, so
+/// a flood of connections cannot take unbounded threads and memory.
+pub const MAX_ACTIVE: usize = 256;
+
+/// Counts a request thread while it lives.
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Accept requests until the server is unblocked.
 pub fn serve(server: &tiny_http::Server, host: &Arc<Host>) {
+    let active = Arc::new(AtomicUsize::new(0));
     for req in server.incoming_requests() {
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+            active.fetch_sub(1, Ordering::SeqCst);
+            log::warn!(
+                "{MAX_ACTIVE} requests in progress: refusing {} {}",
+                req.method(),
+                req.url()
+            );
+            let body =
+                json!({"error": format!("serve is busy ({MAX_ACTIVE} requests in progress); try again")});
+            let _ = req.respond(json_response(503, &body));
+            continue;
+        }
+        let guard = Active(Arc::clone(&active));
         let host = Arc::clone(host);
         let spawned = thread::Builder::new()
             .name("api".into())
             .stack_size(256 * 1024)
-            .spawn(move || handle(req, &host));
+            .spawn(move || {
+                let _guard = guard;
+                handle(req, &host)
+            });
         if let Err(err) = spawned {
             log::error!("cannot start a request thread: {err}");
         }

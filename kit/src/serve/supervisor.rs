@@ -806,6 +806,13 @@ impl Supervisor {
         let mut cmd = if level == Level::None {
             Command::new(&program)
         } else {
+            // The real file, so it can be shown inside even when it lives in /tmp or
+            // behind a symlink there (a bare name is looked up on PATH inside instead).
+            let program = if program.is_absolute() {
+                program.canonicalize().unwrap_or(program.clone())
+            } else {
+                program.clone()
+            };
             let policy = Policy {
                 level,
                 net: self.net(),
@@ -814,7 +821,11 @@ impl Supervisor {
                 tether: Some(sock.canonicalize().unwrap_or_else(|_| sock.clone())),
                 hide_dirs: self.sandbox.hide_dirs.clone(),
                 hide_files: self.sandbox.hide_files.clone(),
-                keep_files: program.canonicalize().ok().into_iter().collect(),
+                keep_files: program
+                    .is_absolute()
+                    .then(|| program.clone())
+                    .into_iter()
+                    .collect(),
                 hostname: format!("aegis-{}", self.def.name),
             };
             let mut c = Command::new(&self.sandbox.exe);
