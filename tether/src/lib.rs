@@ -7,12 +7,14 @@
 //! - [`rpc`] and [`lines`]: JSON-RPC 2.0 over newline-delimited JSON, with a size limit;
 //! - [`transport`] and [`hybrid`]: unix socket, TCP and AF_VSOCK streams, and the host
 //!   side of Firecracker-style hybrid vsock;
-//! - [`store`]: the per-instance egress history with sequence cursors;
+//! - [`store`]: the per-instance egress history with sequence cursors, and [`disklog`],
+//!   its durable on-disk continuation;
 //! - [`client`]: the aegisd HTTP API over its unix socket.
 //!
 //! The library starts no threads of its own.
 
 pub mod client;
+pub mod disklog;
 pub mod frame;
 pub mod hybrid;
 pub mod lines;

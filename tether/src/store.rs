@@ -2,15 +2,18 @@
 //! `seq` [ours], kept in a bounded history, read by any number of subscribers.
 //!
 //! Subscribers pull with a cursor (the last `seq` they saw), so a slow reader never holds
-//! back the appender or another reader: it simply reads later, from where it was. Only a
-//! reader that falls behind the whole history loses frames, and it is told so
-//! (`StoreError::Lagged`) instead of silently skipping them.
+//! back the appender or another reader: it simply reads later, from where it was. With a
+//! [`DiskLog`] attached, every frame is also written to disk and a reader behind the
+//! in-memory window is served from there. Only a reader that falls behind the whole
+//! history loses frames, and it is told so (`StoreError::Lagged`) instead of silently
+//! skipping them.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::disklog::DiskLog;
 use crate::frame::Frame;
 
 /// Frames kept per instance by default.
@@ -81,6 +84,8 @@ pub struct EgressStore {
     capacity: usize,
     /// Frames replayed to a subscriber without a cursor.
     replay: usize,
+    /// The durable history behind the window, if any; written under `append_order`.
+    disk: Option<Mutex<DiskLog>>,
 }
 
 impl EgressStore {
@@ -103,6 +108,30 @@ impl EgressStore {
             appended: Condvar::new(),
             capacity: capacity.max(1),
             replay,
+            disk: None,
+        })
+    }
+
+    /// A store backed by `disk`: the window starts with the newest frames on disk, and
+    /// seqs continue after the last one there (else from `first_seq`).
+    pub fn with_disk(capacity: usize, replay: usize, first_seq: u64, disk: DiskLog) -> Arc<EgressStore> {
+        let tail = disk.tail(capacity.max(1)).unwrap_or_else(|e| {
+            log::error!("cannot read the egress log: {e}");
+            Vec::new()
+        });
+        let next_seq = disk.last_seq().map_or(first_seq.max(1), |s| s + 1);
+        Arc::new(EgressStore {
+            append_order: Mutex::new(()),
+            inner: Mutex::new(Inner {
+                next_seq,
+                entries: tail.into(),
+                closed: false,
+                waiting: 0,
+            }),
+            appended: Condvar::new(),
+            capacity: capacity.max(1),
+            replay,
+            disk: Some(Mutex::new(disk)),
         })
     }
 
@@ -122,6 +151,13 @@ impl EgressStore {
             seq,
             json: Arc::from(frame.to_json()),
         };
+        if let Some(disk) = &self.disk {
+            let mut disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = disk.append(seq, &entry.json) {
+                // The frame still reaches live readers; only its durable copy is missing.
+                log::error!("egress log: cannot write frame {seq}: {e}");
+            }
+        }
         let mut inner = self.lock();
         inner.next_seq = seq + 1;
         if inner.entries.len() == self.capacity {
@@ -194,6 +230,10 @@ impl Subscription {
             if let Some(front) = inner.entries.front() {
                 if next < front.seq {
                     let oldest = front.seq;
+                    drop(inner);
+                    if let Some(found) = self.read_disk(max, oldest)? {
+                        return Ok(found);
+                    }
                     self.cursor = oldest - 1;
                     return Err(StoreError::Lagged {
                         missed_from: next,
@@ -219,6 +259,41 @@ impl Subscription {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
             inner.waiting -= 1;
+        }
+    }
+
+    /// Frames after the cursor from the disk log, when the window no longer has them.
+    /// `Ok(None)`: there is no disk log. A gap (frames gone from disk too) is `Lagged`.
+    fn read_disk(&mut self, max: usize, window_front: u64) -> Result<Option<Vec<Entry>>, StoreError> {
+        let Some(disk) = &self.store.disk else {
+            return Ok(None);
+        };
+        let next = self.cursor + 1;
+        let found = {
+            let disk = disk.lock().unwrap_or_else(|p| p.into_inner());
+            disk.read_after(self.cursor, max.max(1))
+        };
+        let found: Vec<Entry> = match found {
+            Ok(f) => f.into_iter().filter(|e| e.seq < window_front).collect(),
+            Err(e) => {
+                log::error!("egress log: cannot read after {}: {e}", self.cursor);
+                Vec::new()
+            }
+        };
+        match found.first() {
+            Some(first) if first.seq == next => {
+                self.cursor = found.last().map_or(self.cursor, |e| e.seq);
+                Ok(Some(found))
+            }
+            Some(first) => {
+                let oldest = first.seq;
+                self.cursor = oldest - 1;
+                Err(StoreError::Lagged {
+                    missed_from: next,
+                    oldest,
+                })
+            }
+            None => Ok(None),
         }
     }
 

@@ -133,11 +133,31 @@ impl Host {
 
     /// Start supervising `def` (not booting it).
     pub fn adopt(&self, def: InstanceDef) -> std::io::Result<Handle> {
-        let store = EgressStore::with_limits(
-            tether::store::DEFAULT_CAPACITY,
-            tether::store::DEFAULT_REPLAY,
-            first_seq(),
-        );
+        let dir = self.registry.instance_dir(&def.name);
+        // Egress goes to disk too, so replies survive a long gateway outage and a serve
+        // crash; without a usable folder the instance still runs, memory only.
+        let store = match tether::disklog::DiskLog::open(
+            &dir.join("egress"),
+            tether::disklog::Retention::default(),
+        ) {
+            Ok(disk) => EgressStore::with_disk(
+                tether::store::DEFAULT_CAPACITY,
+                tether::store::DEFAULT_REPLAY,
+                first_seq(),
+                disk,
+            ),
+            Err(e) => {
+                log::error!(
+                    "{}: no egress log ({e}); undelivered replies will not survive a restart",
+                    def.name
+                );
+                EgressStore::with_limits(
+                    tether::store::DEFAULT_CAPACITY,
+                    tether::store::DEFAULT_REPLAY,
+                    first_seq(),
+                )
+            }
+        };
         let h = supervisor::spawn(
             def.clone(),
             self.registry.instance_dir(&def.name),
