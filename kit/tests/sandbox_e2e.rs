@@ -236,3 +236,32 @@ fn strict_refuses_what_auto_accepts_only_when_a_layer_is_missing() {
     let err = bad.unwrap_err().to_string();
     assert!(err.contains("400") && err.contains("sandbox"), "{err}");
 }
+
+#[test]
+fn a_port_allow_list_limits_tcp_connections() {
+    let s = start_serve();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let env = BTreeMap::from([("PROBE_TCP", format!("127.0.0.1:{port}"))]);
+    let allowed = s.probe("allowed", json!({"net": {"ports": [port]}}), &env);
+    assert_eq!(
+        allowed["connect-tcp"], "ESCAPE",
+        "the listed port is reachable: {allowed:?}"
+    );
+    let other = if port == 443 { 444 } else { 443 };
+    let denied = s.probe("denied", json!({"net": {"ports": [other]}}), &env);
+    assert_eq!(
+        denied["connect-tcp"], "BLOCKED",
+        "an unlisted port is not: {denied:?}"
+    );
+    let open = s.probe("open", json!({}), &env);
+    assert_eq!(
+        open["connect-tcp"], "ESCAPE",
+        "the host network by default: {open:?}"
+    );
+    let none = s.probe("cut", json!({"net": "none"}), &env);
+    assert_eq!(
+        none["connect-tcp"], "BLOCKED",
+        "no network with net none: {none:?}"
+    );
+}

@@ -88,6 +88,15 @@ fn main() {
             .map(drop)
             .map_err(|e| e.to_string()),
     );
+    let tcp = var("PROBE_TCP");
+    if !tcp.is_empty() {
+        report(
+            "connect-tcp",
+            std::net::TcpStream::connect(&tcp)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        );
+    }
     let forks: usize = var("PROBE_FORKS").parse().unwrap_or(0);
     if forks > 0 {
         println!("forks {}", fork_many(forks));
