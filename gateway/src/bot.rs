@@ -82,6 +82,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         events: events_tx,
         actions: actions_tx,
         state_path: dir.join("poll.json"),
+        username: None,
     };
     thread::Builder::new()
         .name("poller".into())

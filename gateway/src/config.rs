@@ -18,6 +18,8 @@ pub struct BotConfig {
     pub allowed_chats: Option<Vec<i64>>,
     /// Bot API base URL.
     pub api_url: String,
+    /// In groups: answer only messages addressed to the bot (`false`), or every one.
+    pub group_all: bool,
 }
 
 /// Token source; `Debug` never shows an inline token.
@@ -166,11 +168,22 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
         };
         let api_url =
             over("TELEGRAM_API_URL", s("api_url")?).unwrap_or_else(|| "https://api.telegram.org".into());
+        let group_all = match s("group_mode")?.as_deref() {
+            None | Some("mention") => false,
+            Some("all") => true,
+            Some(other) => {
+                return Err(at(
+                    &field("group_mode"),
+                    &format!("{other:?}: use \"mention\" (default) or \"all\""),
+                ))
+            }
+        };
         bots.push(BotConfig {
             token,
             instance,
             allowed_chats,
             api_url,
+            group_all,
         });
     }
     Ok(bots)

@@ -6,6 +6,13 @@
 //! (`tg-{chat}-{message_id}`), so a message re-read after a crash is recognised
 //! downstream. While the instance wakes (503), the post is retried with backoff; after
 //! that the user is told the agent is unavailable.
+//!
+//! In groups the bot answers only what is addressed to it: a message mentioning
+//! `@username` (learned with `getMe`, and removed from the text), a reply to one of its
+//! messages, or a command addressed to it (`/new@username`), unless `group_mode` is
+//! `all`. Bot API trouble: a wrong token (401) ends the gateway with a message saying so;
+//! another poller on the same token (409) and an unreachable API are retried with
+//! backoff, logged once per outage rather than on every attempt.
 
 use std::path::PathBuf;
 use std::thread;
@@ -29,6 +36,12 @@ const DELIVERY_ATTEMPTS: u32 = 7;
 /// Text shown when the instance cannot be reached.
 pub const UNAVAILABLE: &str = "⚠️ The agent is unavailable right now. Please try again in a moment.";
 
+/// The answer to `/start`.
+pub const GREETING: &str = "👋 Hi! I'm an AI agent. Send me a message and I'll answer. /new starts a fresh conversation, /stop stops a reply in progress.";
+
+/// Exit status when Telegram rejects the token (a configuration error).
+pub const EXIT_BAD_TOKEN: i32 = 2;
+
 /// Everything the poller needs.
 pub struct Poller {
     /// This bot's settings.
@@ -43,19 +56,38 @@ pub struct Poller {
     pub actions: Sender<Action>,
     /// `poll.json`.
     pub state_path: PathBuf,
+    /// The bot's `@username`, lowercased, once `getMe` answered.
+    pub username: Option<String>,
 }
 
 impl Poller {
     /// Poll forever.
-    pub fn run(self) {
+    pub fn run(mut self) {
         let mut st: PollState = state::load(&self.state_path);
         let mut backoff = Duration::from_secs(1);
         let mut idle = Duration::from_millis(50);
+        let mut failures = 0u32;
+        if let Err(e) = self.tg.set_my_commands() {
+            log::debug!("bot {}: setMyCommands failed: {e}", self.tg.bot_id());
+        }
         loop {
+            if self.username.is_none() {
+                match self.tg.get_me() {
+                    Ok(name) => self.username = Some(name.to_lowercase()),
+                    Err(e) => self.trouble(&e, &mut failures, &mut backoff),
+                }
+            }
             let asked = Instant::now();
             match self.tg.get_updates(st.offset, POLL_TIMEOUT_SECS) {
                 Ok(result) => {
                     backoff = Duration::from_secs(1);
+                    if failures > 0 {
+                        log::info!(
+                            "bot {}: Telegram reachable again after {failures} failed attempts",
+                            self.tg.bot_id()
+                        );
+                        failures = 0;
+                    }
                     let (updates, skipped) = parse_updates(&result);
                     for id in skipped {
                         log::warn!("skipping update {id}: unexpected shape");
@@ -80,14 +112,62 @@ impl Poller {
                         }
                     }
                 }
-                Err(TgError::RetryAfter(d)) => thread::sleep(d),
-                Err(e) => {
-                    log::warn!("getUpdates failed: {e}; retrying in {backoff:?}");
-                    thread::sleep(backoff);
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
-                }
+                Err(e) => self.trouble(&e, &mut failures, &mut backoff),
             }
         }
+    }
+
+    /// React to a failed Bot API call: exit on a wrong token, else wait (429's wait,
+    /// or a growing backoff), logging an outage once rather than on every attempt.
+    fn trouble(&self, e: &TgError, failures: &mut u32, backoff: &mut Duration) {
+        let bot = self.tg.bot_id();
+        match e {
+            TgError::RetryAfter(d) => {
+                thread::sleep(*d);
+                return;
+            }
+            TgError::Rejected(401, d) => {
+                log::error!(
+                    "bot {bot}: Telegram rejected the bot token ({d}); check bot_token_secret / bot_token / TELEGRAM_BOT_TOKEN"
+                );
+                eprintln!("aegis-gateway: bot {bot}: the bot token is wrong (Telegram answered 401 Unauthorized)");
+                std::process::exit(EXIT_BAD_TOKEN);
+            }
+            TgError::Rejected(409, d) => log::error!(
+                "bot {bot}: another program is polling this bot ({d}); only one poller per token can run. Retrying in {backoff:?}"
+            ),
+            other if *failures == 0 => log::warn!(
+                "bot {bot}: Telegram call failed: {other}; retrying with backoff (repeats are logged at debug level)"
+            ),
+            other => log::debug!("bot {bot}: Telegram call failed again: {other}; retrying in {backoff:?}"),
+        }
+        *failures += 1;
+        thread::sleep(*backoff);
+        *backoff = (*backoff * 2).min(Duration::from_secs(60));
+    }
+
+    /// In a group, whether `m` is for this bot, and its text without the mention.
+    fn addressed(&self, m: &Message, text: &str) -> Option<String> {
+        if !m.chat.is_group() || self.bot.group_all {
+            return Some(text.to_string());
+        }
+        let bot_id: i64 = self.tg.bot_id().parse().unwrap_or(0);
+        let reply_to_bot = m
+            .reply_to_message
+            .as_ref()
+            .and_then(|r| r.from.as_ref())
+            .is_some_and(|u| u.id == bot_id);
+        let mention = self.username.as_ref().map(|u| format!("@{u}"));
+        let mentioned = mention
+            .as_ref()
+            .is_some_and(|mn| !mention_at(text, mn).is_empty());
+        if !reply_to_bot && !mentioned {
+            return None;
+        }
+        Some(match &mention {
+            Some(mn) => strip_mention(text, mn),
+            None => text.to_string(),
+        })
     }
 
     fn handle(&self, m: &Message, st: &mut PollState) {
@@ -104,6 +184,14 @@ impl Poller {
         };
         if !self.bot.allows(chat) {
             log::info!("ignoring message from chat {chat} (not in allowed_chats)");
+            return;
+        }
+        let Some(text) = self.addressed(m, text) else {
+            log::debug!("chat {chat}: group message not addressed to the bot; ignored");
+            return;
+        };
+        let text = text.as_str();
+        if text.is_empty() {
             return;
         }
         let session = Session::new("telegram", st.session_id(chat));
@@ -125,6 +213,10 @@ impl Poller {
             "/new" => {
                 *st.sessions.entry(chat).or_insert(0) += 1;
                 self.notice(chat, "🆕 New conversation started.");
+                return;
+            }
+            "/start" => {
+                self.notice(chat, GREETING);
                 return;
             }
             _ => {}
@@ -174,6 +266,75 @@ impl Poller {
     }
 }
 
+/// Byte offsets where `mention` (ASCII, as Telegram usernames are) stands in `text` as
+/// a whole name, ignoring ASCII case. ASCII matches sit on character boundaries.
+fn mention_at(text: &str, mention: &str) -> Vec<usize> {
+    let (t, m) = (text.as_bytes(), mention.as_bytes());
+    if m.is_empty() || t.len() < m.len() {
+        return Vec::new();
+    }
+    (0..=t.len() - m.len())
+        .filter(|&i| t[i..i + m.len()].eq_ignore_ascii_case(m))
+        // Only the whole name: `@bot` in `@botany` is someone else.
+        .filter(|&i| {
+            t.get(i + m.len())
+                .is_none_or(|&c| !(c.is_ascii_alphanumeric() || c == b'_'))
+        })
+        .collect()
+}
+
+/// `text` without any `@username` mention (case-insensitive), spaces tidied.
+pub fn strip_mention(text: &str, mention: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    for at in mention_at(text, mention) {
+        if at >= i {
+            out.push_str(&text[i..at]);
+            i = at + mention.len();
+        }
+    }
+    out.push_str(&text[i..]);
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn skipped_none(result: &serde_json::Value) -> bool {
     result.as_array().is_none_or(|a| a.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_mention;
+    use proptest::strategy::Strategy;
+
+    #[test]
+    fn mentions_are_removed_whole_and_in_any_case() {
+        assert_eq!(
+            strip_mention("@Test_Bot what is 2+2?", "@test_bot"),
+            "what is 2+2?"
+        );
+        assert_eq!(strip_mention("/new@test_bot", "@test_bot"), "/new");
+        assert_eq!(
+            strip_mention("hey @test_botany and @test_bot!", "@test_bot"),
+            "hey @test_botany and !"
+        );
+        assert_eq!(strip_mention("@test_bot", "@test_bot"), "");
+        assert_eq!(strip_mention("İstanbul @TEST_BOT ok", "@test_bot"), "İstanbul ok");
+    }
+
+    proptest::proptest! {
+        /// Words around mentions survive in order; no whole mention survives.
+        #[test]
+        fn stripping_keeps_every_other_word(parts in proptest::collection::vec(
+            proptest::prop_oneof![
+                "[a-zé]{1,6}".prop_map(|w| w),
+                proptest::strategy::Just("@test_bot".to_string()),
+                proptest::strategy::Just("@TEST_Bot".to_string()),
+                proptest::strategy::Just("@test_botany".to_string()),
+            ], 0..10)) {
+            let text = parts.join(" ");
+            let out = strip_mention(&text, "@test_bot");
+            let kept: Vec<&str> = parts.iter().map(String::as_str).filter(|p| !p.eq_ignore_ascii_case("@test_bot")).collect();
+            proptest::prop_assert_eq!(out, kept.join(" "));
+        }
+    }
 }

@@ -71,7 +71,17 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
             text,
             html,
         } => {
-            let result = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |b| b);
+            // In a group, the first message of a reply answers the user's message.
+            let reply_to = key
+                .as_ref()
+                .filter(|_| part == 0 && chat < 0)
+                .and_then(|(_, msg_id)| msg_id.strip_prefix(&format!("tg-{chat}-"))?.parse::<i64>().ok());
+            let result = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |mut b| {
+                if let Some(id) = reply_to {
+                    b["reply_parameters"] = json!({"message_id": id, "allow_sending_without_reply": true});
+                }
+                b
+            });
             match result {
                 Ok(v) => {
                     if let (Some(key), Some(id)) = (key, v["message_id"].as_i64()) {

@@ -1,5 +1,5 @@
 //! The Telegram Bot API: the types we read and a blocking client for the calls we make
-//! (getMe, getUpdates, sendMessage, editMessageText, sendChatAction).
+//! (getMe, setMyCommands, getUpdates, sendMessage, editMessageText, sendChatAction).
 //!
 //! The token is part of every URL, so no error leaving this module may carry a URL:
 //! every message passes through `redact` first.
@@ -36,6 +36,9 @@ pub struct Message {
     /// Caption of a photo or document.
     #[serde(default)]
     pub caption: Option<String>,
+    /// The message this one replies to.
+    #[serde(default)]
+    pub reply_to_message: Option<Box<Message>>,
 }
 
 /// A chat.
@@ -43,6 +46,16 @@ pub struct Message {
 pub struct Chat {
     /// Chat id (negative for groups).
     pub id: i64,
+    /// `private`, `group`, `supergroup` or `channel`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+impl Chat {
+    /// A group or supergroup (where the bot answers only when addressed).
+    pub fn is_group(&self) -> bool {
+        matches!(self.kind.as_deref(), Some("group" | "supergroup"))
+    }
 }
 
 /// A Telegram user.
@@ -207,6 +220,18 @@ impl Telegram {
     pub fn get_me(&self) -> Result<String, TgError> {
         let r = self.call("getMe", &json!({}))?;
         Ok(r["username"].as_str().unwrap_or("?").to_string())
+    }
+
+    /// `setMyCommands`: the menu Telegram shows for `/`.
+    pub fn set_my_commands(&self) -> Result<(), TgError> {
+        self.call(
+            "setMyCommands",
+            &json!({"commands": [
+                {"command": "new", "description": "Start a fresh conversation"},
+                {"command": "stop", "description": "Stop the reply in progress"}
+            ]}),
+        )
+        .map(drop)
     }
 
     /// `getUpdates` long poll.

@@ -397,3 +397,118 @@ fn two_bots_in_one_gateway_each_reach_their_own_instance() {
     assert_eq!(s.telegram.messages(CHAT).len(), 1);
     assert_eq!(tg2.messages(CHAT).len(), 1);
 }
+
+#[test]
+fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
+    const GROUP: i64 = -1001;
+    let s = stack("gw-groups", FakeLlm::echo_openai());
+    let from = |name: &str, id: i64| json!({"id": id, "is_bot": false, "first_name": name});
+    let group = json!({"id": GROUP, "type": "supergroup", "title": "Team"});
+    let say = |text: &str| {
+        s.telegram
+            .push_message(json!({"chat": group, "from": from("Ann", 7), "text": text}))
+    };
+    say("hello everyone");
+    say("/new@other_bot");
+    let asked = say("@Test_Bot what is up?");
+    let msgs = s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: what is up?")
+    });
+    assert_eq!(
+        msgs.len(),
+        1,
+        "only the mention was answered, without the mention in it"
+    );
+    let sent = s.telegram.calls_of("sendMessage");
+    assert_eq!(
+        sent[0].body["reply_parameters"]["message_id"], asked,
+        "the answer replies to the question"
+    );
+    // A reply to one of the bot's messages is addressed to it too.
+    let bot_message = json!({"message_id": msgs[0].id, "chat": group, "from": {"id": 123456, "is_bot": true, "first_name": "Test Bot"}, "text": msgs[0].text});
+    s.telegram.push_message(
+        json!({"chat": group, "from": from("Bob", 8), "text": "and you?", "reply_to_message": bot_message}),
+    );
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Bob]: and you?")
+    });
+    say("/new@test_bot");
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible().contains("New conversation"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let asked_llm: Vec<String> = s
+        .llm
+        .requests()
+        .iter()
+        .map(aegis_e2e::llm::last_user_text)
+        .collect();
+    assert_eq!(
+        asked_llm,
+        ["[Ann]: what is up?", "[Bob]: and you?"],
+        "nothing else reached the agent"
+    );
+}
+
+#[test]
+fn group_mode_all_answers_every_group_message() {
+    const GROUP: i64 = -1002;
+    let mut s = Stack::new("gw-groups-all", FakeLlm::echo_openai(), &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "api_url": s.telegram.url(), "group_mode": "all"}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.start_gateway();
+    s.telegram.push_text(GROUP, 7, "Ann", "hello everyone");
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: hello everyone")
+    });
+}
+
+#[test]
+fn start_greets_and_the_command_menu_is_set() {
+    let s = stack("gw-start", FakeLlm::echo_openai());
+    s.telegram.push_text(CHAT, 7, "Ann", "/start");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("👋 Hi!")));
+    let menu = s.telegram.calls_of("setMyCommands");
+    assert_eq!(menu.len(), 1);
+    let names: Vec<&str> = menu[0].body["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["command"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["new", "stop"]);
+    assert!(
+        s.llm.requests().is_empty(),
+        "/start is not a question for the agent"
+    );
+}
+
+#[test]
+fn a_wrong_token_ends_the_gateway_and_a_second_poller_is_waited_out() {
+    let mut s = Stack::new("gw-token", FakeLlm::echo_openai(), &[]);
+    s.write_gateway_config(json!(["*"]));
+    // 409 once: logged clearly, retried, and the bot works.
+    s.telegram.fail_next("getUpdates", Fault::Conflict);
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "hi");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "echo: [Ann]: hi"));
+    s.gateway
+        .as_ref()
+        .unwrap()
+        .wait_for("another program is polling this bot", T);
+    // A token Telegram does not know: exit 2 with a message that says so.
+    s.client()
+        .put_secret("TELEGRAM_BOT_TOKEN", "999:wrong-token")
+        .unwrap();
+    let out = s.gateway_command().output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the bot token is wrong"), "{err}");
+    assert!(
+        !err.contains("wrong-token"),
+        "the token itself is never printed: {err}"
+    );
+}

@@ -1,7 +1,7 @@
 //! A fake Telegram Bot API server with the real JSON shapes and errors: `getMe`,
 //! long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
 //! `editMessageText` (400 "message is not modified", "message to edit not found"),
-//! `sendChatAction`, HTML `parse_mode` validation (400 "can't parse entities"), the 4096
+//! `sendChatAction`, `setMyCommands`, HTML `parse_mode` validation (400 "can't parse entities"), the 4096
 //! character limit, 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -21,6 +21,8 @@ pub enum Fault {
     Internal,
     /// 502 with an HTML body, as a proxy in front of the API would.
     BadGateway,
+    /// 409 Conflict: another program is calling getUpdates with the same token.
+    Conflict,
 }
 
 /// One message as the user sees it.
@@ -222,6 +224,21 @@ impl FakeTelegram {
         id
     }
 
+    /// A message with any fields (`chat`, `from`, `text`, `reply_to_message`, ...)
+    /// arrives as an update; `message_id` and `date` are filled in. Returns the message id.
+    pub fn push_message(&self, mut message: Value) -> i64 {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        let id = s.next_update;
+        s.next_update += 1;
+        let message_id = 10_000 + id;
+        message["message_id"] = json!(message_id);
+        message["date"] = json!(1_700_000_000);
+        s.updates.push(json!({"update_id": id, "message": message}));
+        cv.notify_all();
+        message_id
+    }
+
     /// Answer the next call of `method` with `fault`.
     pub fn fail_next(&self, method: &str, fault: Fault) {
         self.state
@@ -310,6 +327,10 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             ),
             Fault::Internal => bad(500, "Internal Server Error"),
             Fault::BadGateway => (502, Value::Null),
+            Fault::Conflict => bad(
+                409,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+            ),
         }
     } else {
         match method {
@@ -331,6 +352,15 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             "sendMessage" | "editMessageText" => send_or_edit(&mut s, method, &body),
             "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
             "sendChatAction" => ok(json!(true)),
+            "setMyCommands" => match body["commands"].as_array() {
+                Some(c)
+                    if c.iter()
+                        .all(|c| c["command"].is_string() && c["description"].is_string()) =>
+                {
+                    ok(json!(true))
+                }
+                _ => bad(400, "Bad Request: commands must be an array of BotCommand"),
+            },
             _ => bad(404, "Not Found: method not found"),
         }
     };
