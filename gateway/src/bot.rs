@@ -41,6 +41,11 @@ pub enum Event {
         /// Telegram message id.
         message_id: i64,
     },
+    /// The Bot API refused `sendMessageDraft` for this reply.
+    DraftRefused {
+        /// Reply.
+        key: ReplyKey,
+    },
     /// The sender could not create it.
     SendFailed {
         /// Reply.
@@ -66,9 +71,11 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         .spawn(move || crate::sender::run(tg2, actions_rx, ev))?;
 
     let acts = actions_tx.clone();
+    let mut renderer = Renderer::restore(snapshot);
+    renderer.set_stream_mode(bot.stream_mode);
     thread::Builder::new()
         .name("renderer".into())
-        .spawn(move || render_loop(Renderer::restore(snapshot), &events_rx, &acts, &render_path))?;
+        .spawn(move || render_loop(renderer, &events_rx, &acts, &render_path))?;
 
     let (a2, inst, ev) = (aegis.clone(), bot.instance.clone(), events_tx.clone());
     thread::Builder::new()
@@ -108,6 +115,7 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
                     Ok(Event::Frame(f)) => r.frame(&f, now, &mut out),
                     Ok(Event::Sent { key, part, message_id }) => r.sent(&key, part, message_id, now, &mut out),
                     Ok(Event::SendFailed { key, part }) => r.send_failed(&key, part),
+                    Ok(Event::DraftRefused { key }) => r.draft_refused(&key, now, &mut out),
                     Err(_) => return,
                 }
             },

@@ -20,6 +20,8 @@ pub struct BotConfig {
     pub api_url: String,
     /// In groups: answer only messages addressed to the bot (`false`), or every one.
     pub group_all: bool,
+    /// Drafts or edits (`stream_mode`).
+    pub stream_mode: crate::render::StreamMode,
 }
 
 /// Token source; `Debug` never shows an inline token.
@@ -178,12 +180,24 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
                 ))
             }
         };
+        let stream_mode = match s("stream_mode")?.as_deref() {
+            None | Some("auto") => crate::render::StreamMode::Auto,
+            Some("draft") => crate::render::StreamMode::Draft,
+            Some("edit") => crate::render::StreamMode::Edit,
+            Some(other) => {
+                return Err(at(
+                    &field("stream_mode"),
+                    &format!("{other:?}: use \"auto\" (default), \"draft\" or \"edit\""),
+                ))
+            }
+        };
         bots.push(BotConfig {
             token,
             instance,
             allowed_chats,
             api_url,
             group_all,
+            stream_mode,
         });
     }
     Ok(bots)

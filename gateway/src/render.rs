@@ -1,6 +1,13 @@
 //! The renderer's decisions, free of I/O and clocks (callers pass `Instant`s): how tether
 //! egress frames become Telegram messages.
 //!
+//! Private chats stream as a native draft when the Bot API has `sendMessageDraft`
+//! (`stream_mode` auto or draft): an empty draft ("Thinking…") when the reply starts, the
+//! text as it grows (at most once a second, and again every 20 s so the ephemeral preview
+//! stays), then one `sendMessage` per part with the final formatted text. Groups, edit
+//! mode, and servers that do not know the method (remembered after the first refusal)
+//! use the messages-and-edits scheme below.
+//!
 //! Per reply (a chat and the `msg_id` it answers): the first delta → `sendMessage`; later
 //! deltas → `editMessageText` at most once a second per chat; `assistant.done` → the final
 //! edit with the full text, formatted when the Markdown converts; text past 4096
@@ -26,6 +33,8 @@ pub const EDIT_INTERVAL: Duration = Duration::from_secs(1);
 pub const TYPING_EVERY: Duration = Duration::from_secs(3);
 /// Typing indicator hard stop.
 pub const TYPING_MAX: Duration = Duration::from_secs(120);
+/// A draft unchanged this long is sent again, so Telegram's ~30 s preview never lapses.
+pub const DRAFT_REFRESH: Duration = Duration::from_secs(20);
 /// Replayed frames without `seq` (old aegisd) remembered for de-duplication.
 const SEEN_LIMIT: usize = 4096;
 /// Of those, how many a snapshot keeps (aegisd replays its last 50 frames).
@@ -66,6 +75,29 @@ pub enum Action {
         /// Chat.
         chat: i64,
     },
+    /// `sendMessageDraft`: show `text` as the reply being written (empty: "Thinking…").
+    Draft {
+        /// Reply the draft belongs to (a refusal turns it to edit mode).
+        key: ReplyKey,
+        /// Chat.
+        chat: i64,
+        /// Non-zero id, one per reply.
+        draft_id: i64,
+        /// Plain text so far (the part being written).
+        text: String,
+    },
+}
+
+/// How replies stream (config `stream_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamMode {
+    /// Drafts in private chats when the Bot API has them, else edits.
+    #[default]
+    Auto,
+    /// Drafts in private chats (still falls back when the method is refused).
+    Draft,
+    /// Send and edit messages, as Bot APIs before drafts.
+    Edit,
 }
 
 /// One Telegram message of a reply.
@@ -95,6 +127,12 @@ pub struct Reply {
     /// last `progress` found; saves recomputing the parts on every loop.
     #[serde(skip)]
     pub behind: bool,
+    /// Streaming as a native draft with this id (no message exists until done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<i64>,
+    /// The draft text last sent, and when.
+    #[serde(skip)]
+    pub draft_shown: Option<(String, Instant)>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,6 +177,10 @@ pub struct Renderer {
     anon_counter: u64,
     /// Frames accepted (not replays).
     frames_taken: u64,
+    /// Drafts or edits.
+    mode: StreamMode,
+    /// The Bot API refused `sendMessageDraft`: edits from now on.
+    drafts_refused: bool,
 }
 
 /// The chat id of a session id: `"123"` or, after `/new`, `"123:2"`.
@@ -224,6 +266,57 @@ impl Renderer {
                 .map(|((chat, id), r)| (format!("{chat}/{id}"), r.clone()))
                 .collect(),
         }
+    }
+
+    /// Use `mode` for new replies.
+    pub fn set_stream_mode(&mut self, mode: StreamMode) {
+        self.mode = mode;
+    }
+
+    /// The Bot API does not know `sendMessageDraft` (or refused it for `key`'s chat):
+    /// every reply streaming as a draft continues with messages and edits.
+    pub fn draft_refused(&mut self, key: &ReplyKey, now: Instant, out: &mut Vec<Action>) {
+        if !self.drafts_refused {
+            log::info!(
+                "sendMessageDraft refused (chat {}); streaming with message edits",
+                key.0
+            );
+        }
+        self.drafts_refused = true;
+        let keys: Vec<ReplyKey> = self.replies.keys().cloned().collect();
+        for k in keys {
+            if let Some(r) = self.replies.get_mut(&k) {
+                r.draft = None;
+                r.draft_shown = None;
+            }
+            self.progress(&k, now, out);
+        }
+    }
+
+    /// Whether a new reply in `chat` streams as a draft, and with which id.
+    fn draft_for(&mut self, chat: i64) -> Option<i64> {
+        let private = chat > 0;
+        if !private || self.mode == StreamMode::Edit || self.drafts_refused {
+            return None;
+        }
+        self.anon_counter += 1;
+        // Non-zero and distinct per reply; the counter starts at the clock.
+        Some((self.anon_counter % (i32::MAX as u64 - 1) + 1) as i64)
+    }
+
+    /// The reply of `key`, created (with its streaming mode) if new.
+    fn reply_entry(&mut self, key: &ReplyKey) -> &mut Reply {
+        if !self.replies.contains_key(key) {
+            let draft = self.draft_for(key.0);
+            self.replies.insert(
+                key.clone(),
+                Reply {
+                    draft,
+                    ..Reply::default()
+                },
+            );
+        }
+        self.replies.get_mut(key).expect("inserted above")
     }
 
     /// Frames taken in so far (with or without seq), to tell when to save.
@@ -323,7 +416,7 @@ impl Renderer {
         match f.kind.as_str() {
             kind::ASSISTANT_DELTA => {
                 let t = f.text_payload().unwrap_or_default();
-                let reply = self.replies.entry(key.clone()).or_default();
+                let reply = self.reply_entry(&key);
                 if reply.done {
                     return;
                 }
@@ -331,7 +424,7 @@ impl Renderer {
             }
             kind::ASSISTANT_DONE => {
                 let t = f.text_payload().unwrap_or_default();
-                let reply = self.replies.entry(key.clone()).or_default();
+                let reply = self.reply_entry(&key);
                 reply.text = if !t.is_empty() {
                     t
                 } else if let Some(e) = &reply.error {
@@ -365,6 +458,26 @@ impl Renderer {
                         if !r.done {
                             r.text = p.text.unwrap_or_default();
                         }
+                    }
+                }
+                // A reply starting in a private chat shows "Thinking…" as a draft.
+                if !self.replies.contains_key(&key) && !key.1.is_empty() {
+                    if let Some(id) = self.draft_for(chat) {
+                        self.replies.insert(
+                            key.clone(),
+                            Reply {
+                                draft: Some(id),
+                                draft_shown: Some((String::new(), now)),
+                                ..Reply::default()
+                            },
+                        );
+                        out.push(Action::Draft {
+                            key: key.clone(),
+                            chat,
+                            draft_id: id,
+                            text: String::new(),
+                        });
+                        self.last_edit.insert(chat, now);
                     }
                 }
                 return;
@@ -423,6 +536,20 @@ impl Renderer {
     /// When `tick` next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let typing = self.typing.values().map(|t| t.next.min(t.until));
+        let drafts = self
+            .replies
+            .iter()
+            .filter(|(_, r)| r.draft.is_some() && !r.done && !r.text.is_empty())
+            .map(|((chat, _), r)| {
+                let throttle = self
+                    .last_edit
+                    .get(chat)
+                    .map_or_else(Instant::now, |t| *t + EDIT_INTERVAL);
+                match &r.draft_shown {
+                    Some((_, at)) if !r.behind => *at + DRAFT_REFRESH,
+                    _ => throttle,
+                }
+            });
         let edits = self.replies.iter().filter_map(|((chat, _), r)| {
             let pending = r.behind && r.parts.iter().any(|p| p.message_id.is_some());
             pending.then(|| {
@@ -431,7 +558,7 @@ impl Renderer {
                     .map_or_else(Instant::now, |t| *t + EDIT_INTERVAL)
             })
         });
-        typing.chain(edits).min()
+        typing.chain(edits).chain(drafts).min()
     }
 
     /// Move reply `key` one step closer to showing its text.
@@ -445,6 +572,28 @@ impl Renderer {
             return;
         };
         if r.text.is_empty() && !r.done {
+            return;
+        }
+        if let (Some(id), false) = (r.draft, r.done) {
+            // The part being written, as a draft; earlier parts of a long reply are sent
+            // as messages when it is done.
+            let text = split(&r.text, MAX_MESSAGE).pop().unwrap_or_default();
+            let stale = r
+                .draft_shown
+                .as_ref()
+                .is_none_or(|(t, at)| *t != text || now >= *at + DRAFT_REFRESH);
+            r.behind = r.draft_shown.as_ref().is_none_or(|(t, _)| *t != text);
+            if stale && may_edit {
+                r.draft_shown = Some((text.clone(), now));
+                r.behind = false;
+                out.push(Action::Draft {
+                    key: key.clone(),
+                    chat,
+                    draft_id: id,
+                    text,
+                });
+                self.last_edit.insert(chat, now);
+            }
             return;
         }
         let desired = desired_parts(r);
@@ -523,6 +672,13 @@ fn desired_parts(r: &Reply) -> Vec<(String, Option<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages-and-edits scheme (these tests predate drafts and prove it).
+    fn edit_mode() -> Renderer {
+        let mut r = Renderer::default();
+        r.set_stream_mode(StreamMode::Edit);
+        r
+    }
     use tether::frame::Session;
 
     fn delta(chat: &str, id: &str, seq: u64, t: &str) -> Frame {
@@ -539,7 +695,7 @@ mod tests {
 
     #[test]
     fn first_delta_sends_later_deltas_edit_at_most_once_a_second() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         r.frame(&delta("5", "m", 1, "Hel"), t0, &mut out);
@@ -595,7 +751,7 @@ mod tests {
 
     #[test]
     fn replays_at_or_below_the_cursor_are_ignored() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         r.frame(&delta("5", "m", 10, "a"), t0, &mut out);
@@ -611,7 +767,7 @@ mod tests {
 
     #[test]
     fn back_to_back_replies_of_an_old_agent_get_their_own_messages() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let anon = |k: &str, seq: u64, t: &str| {
@@ -635,7 +791,7 @@ mod tests {
 
     #[test]
     fn seqless_replays_from_an_old_aegisd_are_recognised() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let mut f = delta("5", "m", 0, "a");
@@ -651,7 +807,7 @@ mod tests {
 
     #[test]
     fn restart_mid_reply_edits_the_same_message() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         r.frame(&delta("5", "m", 1, "Hel"), t0, &mut out);
@@ -673,7 +829,7 @@ mod tests {
 
     #[test]
     fn long_replies_continue_in_new_messages() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         let para = "word ".repeat(600); // 3000 chars
@@ -699,7 +855,7 @@ mod tests {
 
     #[test]
     fn a_new_attempt_restarts_the_text_in_the_same_message() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         r.frame(&delta("5", "m", 1, "par"), t0, &mut out);
@@ -766,7 +922,7 @@ mod tests {
 
     #[test]
     fn typing_repeats_every_3s_until_done_and_stops_after_2_minutes() {
-        let mut r = Renderer::default();
+        let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
         r.user_message(5, t0, &mut out);
@@ -783,5 +939,101 @@ mod tests {
         out.clear();
         r.tick(t0 + Duration::from_secs(3), &mut out);
         assert!(!out.contains(&Action::Typing { chat: 6 }));
+    }
+
+    fn presence(chat: &str, msg: &str, seq: u64) -> Frame {
+        let mut f = Frame::new(kind::STATUS_PRESENCE, Some(Session::new("telegram", chat)))
+            .with_msg_id(msg)
+            .with_payload(&Presence::restart(""));
+        f.seq = Some(seq);
+        f
+    }
+
+    #[test]
+    fn private_replies_stream_as_a_draft_then_one_final_message() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&presence("5", "m", 1), t0, &mut out);
+        let Action::Draft { draft_id, text, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert!(*draft_id != 0 && text.is_empty(), "Thinking… first");
+        let id = *draft_id;
+        out.clear();
+        r.frame(
+            &delta("5", "m", 2, "Hel"),
+            t0 + Duration::from_millis(100),
+            &mut out,
+        );
+        assert!(out.is_empty(), "throttled: {out:?}");
+        r.tick(t0 + Duration::from_secs(1), &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Draft {
+                key: (5, "m".into()),
+                chat: 5,
+                draft_id: id,
+                text: "Hel".into()
+            }]
+        );
+        out.clear();
+        // Unchanged for 20 s: sent again so the preview does not lapse.
+        assert_eq!(r.next_deadline(), Some(t0 + Duration::from_secs(21)));
+        r.tick(t0 + Duration::from_secs(21), &mut out);
+        assert_eq!(out.len(), 1);
+        out.clear();
+        let mut done = Frame::text(
+            kind::ASSISTANT_DONE,
+            Session::new("telegram", "5"),
+            "Hello **there**",
+        )
+        .with_msg_id("m");
+        done.seq = Some(3);
+        r.frame(&done, t0 + Duration::from_secs(22), &mut out);
+        assert_eq!(
+            out,
+            vec![Action::Send {
+                key: Some((5, "m".into())),
+                part: 0,
+                chat: 5,
+                text: "Hello **there**".into(),
+                html: Some("Hello <b>there</b>".into())
+            }]
+        );
+        out.clear();
+        r.sent(&(5, "m".into()), 0, 77, t0 + Duration::from_secs(22), &mut out);
+        assert!(out.is_empty(), "no edits in draft mode: {out:?}");
+        assert_eq!(r.in_progress(), 0);
+    }
+
+    #[test]
+    fn a_refused_draft_falls_back_to_edits_for_good() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&presence("5", "m", 1), t0, &mut out);
+        r.frame(&delta("5", "m", 2, "Hi"), t0 + Duration::from_secs(2), &mut out);
+        out.clear();
+        r.draft_refused(&(5, "m".into()), t0 + Duration::from_secs(2), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Send { part: 0, text, .. }] if text == "Hi"),
+            "{out:?}"
+        );
+        out.clear();
+        // The next reply goes straight to messages.
+        r.frame(&delta("5", "m2", 3, "Yo"), t0 + Duration::from_secs(9), &mut out);
+        assert!(matches!(&out[..], [Action::Send { .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn groups_never_use_drafts() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&presence("-100", "m", 1), t0, &mut out);
+        assert!(out.is_empty());
+        r.frame(&delta("-100", "m", 2, "Hi"), t0, &mut out);
+        assert!(matches!(&out[..], [Action::Send { .. }]), "{out:?}");
     }
 }

@@ -100,6 +100,25 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
                 }
             }
         }
+        Action::Draft {
+            key,
+            chat,
+            draft_id,
+            text,
+        } => {
+            // A draft is a preview: one attempt (after a 429's wait); the next update or
+            // the final message supersedes a lost one.
+            let body = json!({"chat_id": chat, "draft_id": draft_id, "text": text});
+            match call_once_honouring_429(tg, "sendMessageDraft", &body) {
+                Ok(_) | Err(TgError::RetryAfter(_)) | Err(TgError::Transient(_)) => {}
+                Err(e) => {
+                    // 404 method not found (an older Bot API server), or a chat where
+                    // drafts are not allowed: stream with edits instead.
+                    log::debug!("chat {chat}: sendMessageDraft refused: {e}");
+                    let _ = events.send(Event::DraftRefused { key });
+                }
+            }
+        }
         Action::Edit {
             chat,
             message_id,

@@ -58,6 +58,12 @@ fn streaming_edits_are_throttled_and_the_final_text_lands() {
     });
     assert_eq!(msgs.len(), 1);
     let edits = s.telegram.calls_of("editMessageText");
+    println!(
+        "edit mode: {} sendMessage + {} editMessageText + {} sendMessageDraft (refused) for a 2 s reply",
+        s.telegram.calls_of("sendMessage").len(),
+        edits.len(),
+        s.telegram.calls_of("sendMessageDraft").len()
+    );
     // About 2.3 s of streaming: at most one edit per second plus the final one.
     assert!(edits.len() <= 4, "{} edits", edits.len());
     // Arrival times at the fake server can be squeezed by delays in transit, so this
@@ -510,5 +516,67 @@ fn a_wrong_token_ends_the_gateway_and_a_second_poller_is_waited_out() {
     assert!(
         !err.contains("wrong-token"),
         "the token itself is never printed: {err}"
+    );
+}
+
+#[test]
+fn private_replies_stream_as_native_drafts_and_end_in_one_message() {
+    let texts: Vec<String> = (0..12).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&refs),
+        delay: Duration::from_millis(250),
+        end: End::Finish,
+    }]);
+    let mut s = Stack::new("gw-drafts", llm, &[]);
+    s.telegram.enable_drafts();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "count");
+    let full: String = texts.concat();
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].visible(), full.trim_end());
+    assert_eq!(msgs[0].edits, 0, "no edits: the draft carried the streaming");
+    let drafts = s.telegram.calls_of("sendMessageDraft");
+    assert!(
+        drafts.len() >= 3,
+        "the draft grew as text arrived: {}",
+        drafts.len()
+    );
+    assert_eq!(drafts[0].body["text"], "", "Thinking… first");
+    let id = drafts[0].body["draft_id"].as_i64().unwrap();
+    assert!(
+        id != 0 && drafts.iter().all(|d| d.body["draft_id"] == id),
+        "one draft id per reply"
+    );
+    assert!(s.telegram.calls_of("editMessageText").is_empty());
+    assert_eq!(
+        s.telegram.draft(CHAT),
+        None,
+        "the final message replaced the draft"
+    );
+    println!(
+        "draft mode: {} sendMessageDraft + {} sendMessage for a 3 s reply",
+        drafts.len(),
+        s.telegram.calls_of("sendMessage").len()
+    );
+}
+
+#[test]
+fn a_bot_api_without_drafts_streams_with_edits() {
+    // The fake knows no sendMessageDraft unless asked: the first reply's draft is
+    // refused, and that reply and the next stream by send + edit.
+    let s = stack("gw-nodrafts", FakeLlm::echo_openai());
+    s.telegram.push_text(CHAT, 7, "Ann", "one");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "echo: [Ann]: one"));
+    s.telegram.push_text(CHAT, 7, "Ann", "two");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "echo: [Ann]: two"));
+    assert_eq!(
+        s.telegram.calls_of("sendMessageDraft").len(),
+        1,
+        "asked once, then remembered"
     );
 }

@@ -1,7 +1,8 @@
 //! A fake Telegram Bot API server with the real JSON shapes and errors: `getMe`,
 //! long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
 //! `editMessageText` (400 "message is not modified", "message to edit not found"),
-//! `sendChatAction`, `setMyCommands`, HTML `parse_mode` validation (400 "can't parse entities"), the 4096
+//! `sendChatAction`, `setMyCommands`, `sendMessageDraft` (on demand; private chats only,
+//! non-zero id), HTML `parse_mode` validation (400 "can't parse entities"), the 4096
 //! character limit, 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -73,6 +74,10 @@ struct State {
     faults: VecDeque<(String, Fault)>,
     empty_at_once: bool,
     no_chat_action: bool,
+    /// `sendMessageDraft` is known (off: like a Bot API server from before drafts).
+    drafts: bool,
+    /// Per chat, the draft shown now (id, text); a sent message replaces it.
+    draft_now: BTreeMap<i64, (i64, String)>,
 }
 
 /// The fake server.
@@ -249,6 +254,17 @@ impl FakeTelegram {
             .push_back((method.to_string(), fault));
     }
 
+    /// Know `sendMessageDraft`, as the current Bot API does (off by default, like a
+    /// local Bot API server from before drafts, so the fallback runs everywhere else).
+    pub fn enable_drafts(&self) {
+        self.state.0.lock().unwrap().drafts = true;
+    }
+
+    /// The draft a chat shows now, if any: (draft id, text).
+    pub fn draft(&self, chat: i64) -> Option<(i64, String)> {
+        self.state.0.lock().unwrap().draft_now.get(&chat).cloned()
+    }
+
     /// Answer `getUpdates` at once even when there is nothing (as emulators do).
     pub fn answer_empty_at_once(&self, on: bool) {
         self.state.0.lock().unwrap().empty_at_once = on;
@@ -352,6 +368,25 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             "sendMessage" | "editMessageText" => send_or_edit(&mut s, method, &body),
             "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
             "sendChatAction" => ok(json!(true)),
+            "sendMessageDraft" if !s.drafts => bad(404, "Not Found: method not found"),
+            "sendMessageDraft" => {
+                let chat = body["chat_id"].as_i64().unwrap_or(0);
+                let id = body["draft_id"].as_i64().unwrap_or(0);
+                let text = body["text"].as_str().unwrap_or("").to_string();
+                if chat <= 0 {
+                    bad(
+                        400,
+                        "Bad Request: sendMessageDraft can be used only in private chats",
+                    )
+                } else if id == 0 {
+                    bad(400, "Bad Request: draft_id must be non-zero")
+                } else if text.chars().count() > 4096 {
+                    bad(400, "Bad Request: text is too long")
+                } else {
+                    s.draft_now.insert(chat, (id, text));
+                    ok(json!(true))
+                }
+            }
             "setMyCommands" => match body["commands"].as_array() {
                 Some(c)
                     if c.iter()
@@ -389,6 +424,7 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
         return bad(400, "Bad Request: message is too long");
     }
     if method == "sendMessage" {
+        s.draft_now.remove(&chat);
         let id = s.next_message;
         s.next_message += 1;
         s.chats.entry(chat).or_default().push(Msg {
