@@ -31,6 +31,9 @@ pub enum TokenSource {
     Inline(String),
     /// Name of an aegis secret.
     Secret(String),
+    /// Per-instance mode: the environment variable `telegram.bot_token_env` names
+    /// (default `TELEGRAM_BOT_TOKEN`), with its value.
+    Env(String, String),
 }
 
 impl std::fmt::Debug for TokenSource {
@@ -38,8 +41,15 @@ impl std::fmt::Debug for TokenSource {
         match self {
             TokenSource::Inline(_) => f.write_str("Inline(<redacted>)"),
             TokenSource::Secret(n) => write!(f, "Secret({n:?})"),
+            TokenSource::Env(n, _) => write!(f, "Env({n:?})"),
         }
     }
+}
+
+/// Per-instance mode of current AegisVM: `AEGIS_INSTANCE` names the one instance this
+/// gateway serves; its config is `~/.aegis/kits/<handle>/gateway.json`.
+pub fn per_instance() -> Option<String> {
+    env("AEGIS_INSTANCE")
 }
 
 impl BotConfig {
@@ -61,14 +71,21 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// The config file path: `--config`, else `AEGIS_GATEWAY_CONFIG`, else `~/.aegis/gateway.json`.
+/// The config file path: `--config`, else `AEGIS_GATEWAY_CONFIG`, else
+/// `~/.aegis/kits/<handle>/gateway.json` in per-instance mode, else `~/.aegis/gateway.json`.
 pub fn path(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| {
         std::env::var_os("AEGIS_GATEWAY_CONFIG")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     })
-    .unwrap_or_else(|| tether::paths::aegis_home().join("gateway.json"))
+    .unwrap_or_else(|| match per_instance() {
+        Some(handle) => tether::paths::aegis_home()
+            .join("kits")
+            .join(handle)
+            .join("gateway.json"),
+        None => tether::paths::aegis_home().join("gateway.json"),
+    })
 }
 
 fn env(name: &str) -> Option<String> {
@@ -125,7 +142,20 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
         } else {
             None
         };
-        let token = if let Some(t) = env_token {
+        let instance_mode = per_instance();
+        let token = if instance_mode.is_some()
+            && e.get("bot_token").is_none()
+            && e.get("bot_token_secret").is_none()
+        {
+            let var = s("bot_token_env")?.unwrap_or_else(|| "TELEGRAM_BOT_TOKEN".into());
+            let value = env(&var).ok_or_else(|| {
+                at(
+                    &field("bot_token_env"),
+                    &format!("the variable {var} (the bot token) is not set"),
+                )
+            })?;
+            TokenSource::Env(var, value)
+        } else if let Some(t) = env_token {
             TokenSource::Inline(t)
         } else if let Some(n) = env_secret.or(s("bot_token_secret")?) {
             TokenSource::Secret(n)
@@ -137,8 +167,20 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
                 "missing (set bot_token_secret or bot_token, or TELEGRAM_BOT_TOKEN / TELEGRAM_BOT_TOKEN_SECRET)",
             ));
         };
-        let instance = over("AEGIS_GATEWAY_INSTANCE", s("instance")?)
-            .ok_or_else(|| at(&field("instance"), "missing (or set AEGIS_GATEWAY_INSTANCE)"))?;
+        let instance = match &instance_mode {
+            // The instance is implied; a different one in the file is a mistake.
+            Some(handle) => match s("instance")? {
+                Some(other) if &other != handle => {
+                    return Err(at(
+                        &field("instance"),
+                        &format!("{other:?}, but this gateway serves {handle:?} (AEGIS_INSTANCE)"),
+                    ))
+                }
+                _ => handle.clone(),
+            },
+            None => over("AEGIS_GATEWAY_INSTANCE", s("instance")?)
+                .ok_or_else(|| at(&field("instance"), "missing (or set AEGIS_GATEWAY_INSTANCE)"))?,
+        };
         let allowed_chats = match e.get("allowed_chats") {
             None | Some(Value::Null) => Some(Vec::new()),
             Some(Value::Array(items)) => {

@@ -3,6 +3,7 @@
 
 mod bot;
 mod config;
+mod lifecycle;
 mod markdown;
 mod poller;
 mod render;
@@ -41,10 +42,21 @@ CONFIG (~/.aegis/gateway.json):
     bot_token        inline token instead of a secret (not recommended)
     allowed_chats    chat ids, or \"*\" for all; absent or empty: no chat is answered
     api_url          Bot API base [default https://api.telegram.org]
+    stream_mode      auto (drafts in private chats when available), draft, or edit
+    group_mode       mention (answer only when addressed in groups) or all
     \"telegram\" may also be a list of such objects, one per bot.
 
 ENVIRONMENT (override the single-bot config):
     TELEGRAM_BOT_TOKEN, TELEGRAM_BOT_TOKEN_SECRET, AEGIS_GATEWAY_INSTANCE, TELEGRAM_API_URL
+
+PER-INSTANCE MODE (current AegisVM starts one gateway per instance):
+    AEGIS_INSTANCE=HANDLE   serve only this instance; config ~/.aegis/kits/HANDLE/gateway.json;
+                            the token comes from the variable telegram.bot_token_env names
+                            [default TELEGRAM_BOT_TOKEN]; exits 0 once the instance is
+                            deleted or aegisd is gone
+
+A changed config file (seen within 5 s) or SIGHUP reloads the gateway without losing or
+repeating a message.
 
 CHAT COMMANDS:
     /stop, /cancel   cancel the reply in progress
@@ -93,6 +105,7 @@ fn parse_args() -> Result<Option<Args>, String> {
 fn resolve_token(bot: &BotConfig, aegis: &AegisClient, wait: bool) -> Result<String, String> {
     match &bot.token {
         TokenSource::Inline(t) => Ok(t.clone()),
+        TokenSource::Env(_, t) => Ok(t.clone()),
         TokenSource::Secret(name) => {
             let mut backoff = Duration::from_secs(1);
             loop {
@@ -171,13 +184,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
+    let events = match lifecycle::start(path.clone(), config::per_instance(), aegis.clone()) {
+        Ok(rx) => rx,
         Err(e) => {
-            eprintln!("aegis-gateway: cannot install signal handlers: {e}");
+            eprintln!("aegis-gateway: cannot start the watcher: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -203,9 +213,39 @@ fn main() -> ExitCode {
         }
     }
     log::info!("aegis-gateway running");
-    // State is saved as it changes, so stopping is just leaving.
-    if let Some(sig) = signals.forever().next() {
-        log::info!("signal {sig}: stopping");
+    // State is saved as it changes, so stopping is just leaving, and a reload is a
+    // fresh start of this same program.
+    for ev in events {
+        match ev {
+            lifecycle::Event::Stop(sig) => {
+                log::info!("signal {sig}: stopping");
+                return ExitCode::SUCCESS;
+            }
+            lifecycle::Event::Gone(why) => {
+                log::info!("{why}: exiting");
+                return ExitCode::SUCCESS;
+            }
+            lifecycle::Event::Reload(why) => match config::load(&path) {
+                Ok(_) => {
+                    log::info!("{why}: reloading {}", path.display());
+                    return reexec();
+                }
+                Err(e) => {
+                    log::error!("{why}, but the new config is not valid ({e}); keeping the running one")
+                }
+            },
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// Replace this process with a fresh run of the same program, arguments and environment.
+fn reexec() -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("aegis-gateway"));
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    eprintln!("aegis-gateway: cannot restart {}: {err}", exe.display());
+    ExitCode::FAILURE
 }

@@ -580,3 +580,58 @@ fn a_bot_api_without_drafts_streams_with_edits() {
         "asked once, then remembered"
     );
 }
+
+#[test]
+fn per_instance_mode_reloads_its_config_live_and_exits_when_the_instance_is_deleted() {
+    let s = Stack::new("gw-per-instance", FakeLlm::echo_openai(), &[]);
+    let dir = s.home.join("kits/my-agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |allowed: serde_json::Value| {
+        let cfg = json!({"telegram": {"bot_token_env": "MY_BOT_TOKEN", "allowed_chats": allowed, "api_url": s.telegram.url()}});
+        // Written whole and renamed into place, as editors and tools do.
+        std::fs::write(dir.join("gateway.json.tmp"), cfg.to_string()).unwrap();
+        std::fs::rename(dir.join("gateway.json.tmp"), dir.join("gateway.json")).unwrap();
+    };
+    write(json!([1]));
+    let mut cmd = s.gateway_command();
+    cmd.env("AEGIS_INSTANCE", "my-agent")
+        .env("MY_BOT_TOKEN", s.telegram.token());
+    let mut gw = Proc::spawn(cmd);
+    gw.wait_for("egress stream of my-agent connected", T);
+    s.telegram.push_text(CHAT, 7, "Ann", "first");
+    gw.wait_for(&format!("ignoring message from chat {CHAT}"), T);
+    // Allow the chat: applied without a restart by hand, within 5 s.
+    write(json!(["*"]));
+    gw.wait_for("the config file changed: reloading", T);
+    s.telegram.push_text(CHAT, 7, "Ann", "second");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: second")
+    });
+    // SIGHUP reloads too.
+    std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    gw.wait_for("SIGHUP: reloading", T);
+    // The third start (first run, file change, SIGHUP) is up before the next change.
+    let deadline = std::time::Instant::now() + T;
+    while gw.log().matches("aegis-gateway running").count() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restart after SIGHUP: {}",
+            gw.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // the watcher takes its first look
+                                                    // A broken config is refused and the running one kept.
+    std::fs::write(dir.join("gateway.json"), "{broken").unwrap();
+    gw.wait_for("the new config is not valid", T);
+    // The instance is deleted: the gateway leaves with status 0 ("do not restart").
+    s.client()
+        .request("DELETE", "/v1/instances/my-agent", None)
+        .unwrap();
+    let status = gw.wait_exit(Duration::from_secs(20)).expect("the gateway exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(gw.log().contains("instance my-agent was deleted"), "{}", gw.log());
+}
