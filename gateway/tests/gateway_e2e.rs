@@ -635,3 +635,62 @@ fn per_instance_mode_reloads_its_config_live_and_exits_when_the_instance_is_dele
     assert_eq!(status.code(), Some(0));
     assert!(gw.log().contains("instance my-agent was deleted"), "{}", gw.log());
 }
+
+#[test]
+fn serve_runs_a_gateway_per_instance_restarts_it_and_stops_it_with_the_instance() {
+    let s = Stack::new("gw-daemons", FakeLlm::echo_openai(), &[]);
+    // The per-instance config first: without it serve starts no daemon (like `up`).
+    let dir = s.home.join("kits/team");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = json!({"telegram": {"allowed_chats": ["*"], "api_url": s.telegram.url()}});
+    std::fs::write(dir.join("gateway.json"), cfg.to_string()).unwrap();
+    let c = s.client();
+    let body = json!({"name": "team", "kit": "agent", "secrets": ["OPENAI_API_KEY", "TELEGRAM_BOT_TOKEN"],
+        "env": {"OPENAI_BASE_URL": s.llm.url()}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    s.serve.wait_for("team: daemon aegis-gateway started", T);
+    s.telegram.push_text(CHAT, 7, "Ann", "hello team");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: hello team")
+    });
+    // A crash is followed by a restart.
+    let pid_of = |log: &str| -> i32 {
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains("team: daemon aegis-gateway started"))
+            .unwrap();
+        line.rsplit("pid ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap()
+    };
+    let first = pid_of(&s.serve.log());
+    std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    s.serve.wait_for("team: daemon aegis-gateway exited", T);
+    let deadline = std::time::Instant::now() + T;
+    while pid_of(&s.serve.log()) == first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not restarted: {}",
+            s.serve.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = pid_of(&s.serve.log());
+    s.telegram.push_text(CHAT, 7, "Ann", "still there?");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: still there?")
+    });
+    // Deleting the instance stops its gateway.
+    c.request("DELETE", "/v1/instances/team", None).unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{second}")).exists(),
+        "the daemon outlived its instance"
+    );
+}

@@ -24,6 +24,10 @@ pub struct Manifest {
     /// Host daemons `up` starts (when their config exists) and `down` stops.
     #[serde(default)]
     pub daemons: Vec<String>,
+    /// Daemons run once per instance of this kit (current AegisVM), with
+    /// `AEGIS_INSTANCE`; serve starts one when its per-instance config exists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_daemons: Vec<String>,
     /// Guest image settings.
     #[serde(default)]
     pub image: Image,
@@ -91,6 +95,7 @@ mod tests {
         let m = parse(Path::new("agent.json"), EMBEDDED_AGENT).unwrap();
         assert_eq!(m.name, "agent");
         assert_eq!(m.daemons, vec!["aegis-gateway"]);
+        assert_eq!(m.instance_daemons, vec!["aegis-gateway"]);
         assert_eq!(m.image.base.as_deref(), Some("python:3.12-alpine"));
         assert_eq!(m.image.inject, vec!["aegis-agent"]);
         assert_eq!(m.defaults.command, vec!["aegis-agent"]);

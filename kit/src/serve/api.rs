@@ -334,6 +334,7 @@ fn action_cmd(host: &Host, id: &str, action: &str) -> Reply {
 
 fn delete(host: &Host, id: &str) -> Reply {
     let h = with(host, id)?;
+    host.stop_daemons(&h.def.name);
     ask(&h, Cmd::Shutdown, Duration::from_secs(15))?;
     host.instances
         .write()

@@ -7,6 +7,7 @@
 //! turns SIGTERM/SIGINT into an orderly shutdown of every instance.
 
 pub mod api;
+pub mod daemons;
 pub mod registry;
 pub mod secrets;
 pub mod supervisor;
@@ -100,6 +101,8 @@ pub struct Host {
     pub secrets: Arc<Secrets>,
     /// Settings.
     pub config: ServeConfig,
+    /// Per-instance daemons, by instance name; dropping an entry stops them.
+    pub daemons: std::sync::Mutex<BTreeMap<String, daemons::Daemons>>,
 }
 
 /// First egress seq of a store created now: microseconds since the epoch. Seqs then stay
@@ -171,7 +174,25 @@ impl Host {
             .write()
             .expect("instances lock")
             .insert(def.name.clone(), h.clone());
+        let names = def
+            .kit
+            .as_deref()
+            .and_then(|k| crate::manifest::load_installed(k).ok())
+            .map(|m| m.instance_daemons)
+            .unwrap_or_default();
+        if let Some(d) = daemons::start(&def, &names, &dir, &self.config.socket, &self.secrets) {
+            self.daemons
+                .lock()
+                .expect("daemons lock")
+                .insert(def.name.clone(), d);
+        }
         Ok(h)
+    }
+
+    /// Stop the daemons of `name` (deleted) and wait until they are gone.
+    pub fn stop_daemons(&self, name: &str) {
+        let d = self.daemons.lock().expect("daemons lock").remove(name);
+        drop(d);
     }
 }
 
@@ -199,6 +220,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         registry: Registry::new(&config.state_dir),
         secrets: Arc::new(secrets),
         config: config.clone(),
+        daemons: std::sync::Mutex::new(BTreeMap::new()),
     });
     for def in host.registry.load_all() {
         if let Err(e) = host.adopt(def) {
@@ -237,6 +259,9 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
 }
 
 fn shutdown(host: &Host) {
+    // Daemons first: a gateway would see its instance go and exit by itself anyway.
+    let all = std::mem::take(&mut *host.daemons.lock().expect("daemons lock"));
+    drop(all);
     let handles = host.handles();
     let waits: Vec<_> = handles
         .iter()
