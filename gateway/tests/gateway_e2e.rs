@@ -694,3 +694,23 @@ fn serve_runs_a_gateway_per_instance_restarts_it_and_stops_it_with_the_instance(
         "the daemon outlived its instance"
     );
 }
+
+#[test]
+fn a_reply_nobody_asked_for_reaches_the_sessions_chat() {
+    // A scheduled task or a host-side message answers no Telegram message: its reply
+    // still lands in the chat of its session, once.
+    let s = stack("gw-unsolicited", FakeLlm::echo_openai());
+    let f = tether::Frame::user_message(
+        tether::Session::new("telegram", CHAT.to_string()),
+        "daily summary",
+        None,
+    )
+    .with_msg_id("cron-1-29000000");
+    s.client().post_frame("my-agent", &f).unwrap();
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: daily summary")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.telegram.messages(CHAT).len(), msgs.len());
+    assert_eq!(msgs.len(), 1);
+}
