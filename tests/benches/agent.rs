@@ -41,31 +41,7 @@ fn main() {
 
     // exec → listening, and idle RSS.
     let ws = temp_dir("bench-agent");
-    let mut startup = Vec::new();
-    let mut rss = Vec::new();
-    for i in 0..30 {
-        let port = free_port();
-        let t = Instant::now();
-        let mut child = Command::new(&agent)
-            .env_clear()
-            .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
-            .env("AEGIS_WORKSPACE", &ws)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        startup.push(t.elapsed().as_secs_f64() * 1000.0);
-        if i < 5 {
-            std::thread::sleep(Duration::from_millis(300));
-            rss.push(rss_kib(child.id()) as f64 / 1024.0);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let (startup, rss) = time_startup(&agent, &ws, 30, 5);
     stats("exec -> listening (harness mode)", "ms", startup);
     stats("idle RSS (harness mode)", "MiB", rss);
 
@@ -189,6 +165,42 @@ fn measure_cancel(
     stats(label, "ms", times);
 }
 
+/// Start the agent `n` times on `ws` (harness mode): exec → listening in ms, and for the
+/// first `rss_runs` the idle RSS in MiB after 300 ms.
+fn time_startup(
+    agent: &std::path::Path,
+    ws: &std::path::Path,
+    n: usize,
+    rss_runs: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut startup, mut rss) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let port = free_port();
+        let t = Instant::now();
+        let mut child = Command::new(agent)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
+            .env("AEGIS_WORKSPACE", ws)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        startup.push(t.elapsed().as_secs_f64() * 1000.0);
+        if i < rss_runs {
+            std::thread::sleep(Duration::from_millis(300));
+            rss.push(rss_kib(child.id()) as f64 / 1024.0);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (startup, rss)
+}
+
 /// exec → listening with three MCP servers in agent.json (they start in the background).
 fn startup_with_mcp(agent: &std::path::Path) {
     let ws = temp_dir("bench-mcp-start");
@@ -199,27 +211,7 @@ fn startup_with_mcp(agent: &std::path::Path) {
         serde_json::json!({"mcp": {"one": server, "two": server, "three": server}}).to_string(),
     )
     .unwrap();
-    let mut startup = Vec::new();
-    for _ in 0..30 {
-        let port = free_port();
-        let t = Instant::now();
-        let mut child = Command::new(agent)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
-            .env("AEGIS_WORKSPACE", &ws)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        startup.push(t.elapsed().as_secs_f64() * 1000.0);
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    let (startup, _) = time_startup(agent, &ws, 30, 0);
     stats("exec -> listening, 3 MCP servers configured", "ms", startup);
 }
 

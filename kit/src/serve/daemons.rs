@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -180,25 +179,9 @@ fn run(spec: &Spec, stop: &Receiver<()>) {
 
 fn spawn(spec: &Spec) -> std::io::Result<std::process::Child> {
     let log = OpenOptions::new().create(true).append(true).open(&spec.log)?;
-    let mut cmd = Command::new(&spec.program);
-    cmd.env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
-        .process_group(0);
-    for var in [
-        "PATH",
-        "HOME",
-        "LANG",
-        "TZ",
-        "RUST_LOG",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "AEGIS_HOME",
-    ] {
-        if let Some(v) = std::env::var_os(var) {
-            cmd.env(var, v);
-        }
+    let mut cmd = super::supervised_command(&spec.program, &log)?;
+    if let Some(home) = std::env::var_os("AEGIS_HOME") {
+        cmd.env("AEGIS_HOME", home);
     }
     cmd.env("AEGIS_INSTANCE", &spec.instance.name)
         .env("AEGIS_SOCKET", &spec.socket)

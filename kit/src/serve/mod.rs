@@ -26,6 +26,33 @@ use registry::{InstanceDef, Registry};
 use secrets::Secrets;
 use supervisor::{Handle, Timing};
 
+/// A command for a process serve supervises: a clean environment with only what it
+/// needs from serve's (paths, locale, time zone, log level, certificates), no stdin,
+/// stdout and stderr to `log`, a process group of its own.
+pub fn supervised_command(program: &Path, log: &fs::File) -> std::io::Result<std::process::Command> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    cmd.env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .process_group(0);
+    for var in [
+        "PATH",
+        "HOME",
+        "LANG",
+        "TZ",
+        "RUST_LOG",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+    ] {
+        if let Some(v) = std::env::var_os(var) {
+            cmd.env(var, v);
+        }
+    }
+    Ok(cmd)
+}
+
 /// An error answered as `{"error": message}` with `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

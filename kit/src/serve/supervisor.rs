@@ -19,7 +19,6 @@ use std::fs::{self, OpenOptions};
 use std::io::{BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -779,9 +778,6 @@ impl Supervisor {
             .append(true)
             .open(&log_path)
             .map_err(|e| err(503, format!("wake failed: {}: {e}", log_path.display())))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| err(503, format!("wake failed: {e}")))?;
         let workspace = self.dir.join("workspace");
         let _ = fs::create_dir_all(&workspace);
 
@@ -803,8 +799,9 @@ impl Supervisor {
                 ));
             }
         }
+        let spawn_err = |e: std::io::Error| err(503, format!("wake failed: {e}"));
         let mut cmd = if level == Level::None {
-            Command::new(&program)
+            super::supervised_command(&program, &log).map_err(spawn_err)?
         } else {
             // The real file, so it can be shown inside even when it lives in /tmp or
             // behind a symlink there (a bare name is looked up on PATH inside instead).
@@ -828,33 +825,14 @@ impl Supervisor {
                     .collect(),
                 hostname: format!("aegis-{}", self.def.name),
             };
-            let mut c = Command::new(&self.sandbox.exe);
+            let mut c = super::supervised_command(&self.sandbox.exe, &log).map_err(spawn_err)?;
             c.arg("__sandbox")
                 .arg(serde_json::to_string(&policy).unwrap_or_default())
                 .arg("--")
                 .arg(&program);
             c
         };
-        cmd.args(self.def.command.iter().skip(1))
-            .current_dir(&workspace)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .process_group(0);
-        for var in [
-            "PATH",
-            "HOME",
-            "LANG",
-            "TZ",
-            "RUST_LOG",
-            "SSL_CERT_FILE",
-            "SSL_CERT_DIR",
-        ] {
-            if let Some(v) = std::env::var_os(var) {
-                cmd.env(var, v);
-            }
-        }
+        cmd.args(self.def.command.iter().skip(1)).current_dir(&workspace);
         // Without the namespaces the agent's shell and file tools would act with serve's
         // rights, so they are off unless the instance opts in (its own AEGIS_TOOLS,
         // set below, wins).
