@@ -45,6 +45,10 @@ pub struct AgentFile {
     pub tools: BTreeMap<String, ToolSetting>,
     /// MCP servers by name.
     pub mcp: BTreeMap<String, ServerConfig>,
+    /// Long-term memory settings.
+    pub memory: Option<crate::memory::MemoryConfig>,
+    /// IANA time zone the host evaluates scheduled tasks in (`Europe/Paris`).
+    pub timezone: Option<String>,
 }
 
 const FIELDS: &[&str] = &[
@@ -58,7 +62,6 @@ const FIELDS: &[&str] = &[
     "max_tool_rounds",
     "tools",
     "mcp",
-    // upstream fields this agent does not use (yet): accepted without a warning
     "memory",
     "timezone",
 ];
@@ -86,6 +89,8 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         max_tool_rounds: get(obj, "max_tool_rounds", &mut problems),
         tools: get(obj, "tools", &mut problems).unwrap_or_default(),
         mcp: get(obj, "mcp", &mut problems).unwrap_or_default(),
+        memory: get(obj, "memory", &mut problems),
+        timezone: get(obj, "timezone", &mut problems),
     };
     (file, problems)
 }

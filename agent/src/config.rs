@@ -95,6 +95,8 @@ pub struct Config {
     pub tools: ToolConfig,
     /// MCP servers to attach.
     pub mcp: BTreeMap<String, ServerConfig>,
+    /// agent.json `memory`.
+    pub memory: crate::memory::MemoryConfig,
     /// Model calls per message at most.
     pub max_rounds: usize,
 }
@@ -189,6 +191,7 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         budget,
         tools,
         mcp: mcp_servers,
+        memory: file.memory.clone().unwrap_or_default(),
         max_rounds: env_num(
             "AEGIS_MAX_TOOL_ROUNDS",
             file.max_tool_rounds.unwrap_or(DEFAULT_TOOL_ROUNDS),
@@ -226,6 +229,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         selection,
         bash_timeout,
         hidden_env,
+        timezone: file.timezone.clone(),
     })
 }
 

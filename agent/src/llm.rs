@@ -607,8 +607,53 @@ fn openai_message(t: &Turn) -> serde_json::Value {
                 "tool_calls": calls,
             })
         }
+        (Role::User, Content::Blocks(bs)) if bs.iter().any(|b| matches!(b, Block::Image { .. })) => {
+            let parts: Vec<serde_json::Value> = bs
+                .iter()
+                .filter_map(|b| match b {
+                    Block::Text { text } if !text.is_empty() => {
+                        Some(serde_json::json!({"type": "text", "text": text}))
+                    }
+                    Block::Image {
+                        media_type,
+                        data: Some(d),
+                        ..
+                    } => Some(serde_json::json!({
+                        "type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{d}")}})),
+                    Block::Image { .. } => {
+                        Some(serde_json::json!({"type": "text", "text": "[image no longer available]"}))
+                    }
+                    _ => None,
+                })
+                .collect();
+            serde_json::json!({"role": "user", "content": parts})
+        }
         (role, c) => serde_json::json!({"role": role, "content": c.text()}),
     }
+}
+
+/// A user turn as Messages API blocks: images first (as Anthropic recommends), then text.
+fn anthropic_user_blocks(c: &Content) -> Vec<serde_json::Value> {
+    let Content::Blocks(bs) = c else {
+        return text_block(&c.text());
+    };
+    let mut out: Vec<serde_json::Value> = bs
+        .iter()
+        .filter_map(|b| match b {
+            Block::Image {
+                media_type,
+                data: Some(d),
+                ..
+            } => Some(serde_json::json!({
+                "type": "image", "source": {"type": "base64", "media_type": media_type, "data": d}})),
+            Block::Image { .. } => {
+                Some(serde_json::json!({"type": "text", "text": "[image no longer available]"}))
+            }
+            _ => None,
+        })
+        .collect();
+    out.extend(text_block(&c.text()));
+    out
 }
 
 /// Turns as Messages API messages: roles alternate, starting with the user. Tool results
@@ -623,7 +668,7 @@ fn anthropic_messages(turns: &[Turn]) -> Vec<serde_json::Value> {
                 vec![serde_json::json!({"type": "tool_result",
                     "tool_use_id": t.tool_call_id.clone().unwrap_or_default(), "content": c.text()})],
             ),
-            (Role::User, c) => ("user", text_block(&c.text())),
+            (Role::User, c) => ("user", anthropic_user_blocks(c)),
             (Role::Assistant, Content::Text(text)) => ("assistant", text_block(text)),
             (Role::Assistant, Content::Blocks(bs)) => (
                 "assistant",

@@ -8,6 +8,7 @@
 //! process and a reader thread each) started in the background.
 
 mod agent_file;
+mod blobs;
 mod config;
 mod context;
 mod direct;
@@ -16,9 +17,12 @@ mod harness;
 mod keepalive;
 mod llm;
 mod mcp;
+mod memory;
 mod router;
 mod session;
 mod sse;
+#[cfg(test)]
+mod testutil;
 mod tools;
 mod worker;
 
@@ -32,6 +36,7 @@ use config::{Action, Mode};
 use keepalive::Keepalive;
 use llm::Llm;
 use mcp::McpServers;
+use memory::MemoryStore;
 use session::SessionStore;
 use tools::paths::Workspace;
 use tools::Toolbox;
@@ -62,11 +67,26 @@ fn default_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
     } else {
         format!("{} with your tools", can.join(", "))
     };
-    format!(
+    let mut prompt = format!(
         "{base} You work in the folder {} (your workspace): you can {what}. Use a tool when it helps \
          answer; answer directly when it does not. Files you create stay in the workspace.",
         workspace.display()
-    )
+    );
+    if names.contains(&"memory_store") {
+        prompt.push_str(
+            " You have a long-term memory: use memory_store when the user asks you to remember \
+             something or you learn a lasting fact about them or the work; never store secrets, \
+             passwords or keys, nor passing details. Delete memories that turn out wrong. \
+             Relevant memories appear below under [Memories].",
+        );
+    }
+    if names.contains(&"cron_create") {
+        prompt.push_str(
+            " For reminders and recurring jobs, schedule a task with cron_create; its runs come to \
+             you as messages from \"Scheduled Task\" and your answer reaches the chat that asked.",
+        );
+    }
+    prompt
 }
 
 fn main() -> ExitCode {
@@ -100,7 +120,8 @@ fn main() -> ExitCode {
         }
     };
     let mcp = Arc::new(McpServers::new(config.mcp.clone(), workspace.root()));
-    let tools = Toolbox::new(workspace, &config.tools, Arc::clone(&mcp));
+    let memory = Arc::new(MemoryStore::new(&config.workspace, config.memory.clone()));
+    let tools = Toolbox::new(workspace, &config.tools, Arc::clone(&mcp), Arc::clone(&memory));
     let builtins = tools.builtin_names();
     log::info!(
         "tools: {}{}",
@@ -136,6 +157,8 @@ fn main() -> ExitCode {
         tools,
         max_rounds: config.max_rounds,
         keepalive,
+        workspace: config.workspace.clone(),
+        memory,
     });
     let router = match thread::Builder::new()
         .name("router".into())

@@ -49,11 +49,24 @@ pub enum Block {
         /// Arguments (an object).
         input: serde_json::Value,
     },
-    /// A block this agent does not use (images of a later version, for example): kept
-    /// out of the context rather than failing the whole line.
+    /// An image (sent by the user, or attached by a tool), by blob-store name.
+    Image {
+        /// `image/png`, ...
+        media_type: String,
+        /// Name in `<workspace>/.aegis/blobs`.
+        blob: String,
+        /// The bytes as base64, filled in just before a request; never stored.
+        #[serde(skip)]
+        data: Option<String>,
+    },
+    /// A block this agent does not use: kept out of the context rather than failing the
+    /// whole line.
     #[serde(other)]
     Other,
 }
+
+/// What an image costs in the context budget, in characters.
+const IMAGE_COST: usize = 1000;
 
 /// A turn's content: plain text, or blocks (an assistant turn that called tools).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +115,7 @@ impl Content {
                 .map(|b| match b {
                     Block::Text { text } => text.chars().count(),
                     Block::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
+                    Block::Image { .. } => IMAGE_COST,
                     Block::Other => 0,
                 })
                 .sum(),
@@ -330,10 +344,8 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::HashSet;
 
-    fn tmp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("agent-session-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
+    fn tmp(name: &str) -> crate::testutil::TempDir {
+        crate::testutil::TempDir::new(&format!("session-{name}"))
     }
 
     fn s(c: &str, i: &str) -> Session {
@@ -372,8 +384,9 @@ mod tests {
 
     #[test]
     fn append_then_load_survives_a_torn_line() {
-        let dir = tmp("torn");
-        let store = SessionStore::new(&dir);
+        let tmp = tmp("torn");
+        let dir = tmp.path();
+        let store = SessionStore::new(dir);
         let sess = s("test", "1");
         store.append(&sess, &Turn::new(Role::User, "hi")).unwrap();
         // A crash mid-write leaves half a line without newline.
@@ -387,13 +400,13 @@ mod tests {
             vec!["hi", "again"]
         );
         assert!(store.load(&s("other", "x"), 100).unwrap().is_empty());
-        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]
     fn load_reads_only_the_newest_turns_of_a_long_history() {
-        let dir = tmp("tail");
-        let store = SessionStore::new(&dir);
+        let tmp = tmp("tail");
+        let dir = tmp.path();
+        let store = SessionStore::new(dir);
         let sess = s("test", "long");
         fs::create_dir_all(dir.join("sessions")).unwrap();
         let mut text = String::new();
@@ -409,7 +422,6 @@ mod tests {
         assert!(turns[0].content.text().starts_with("4930 "));
         assert!(turns[69].content.text().starts_with("4999 "));
         assert_eq!(store.load(&sess, 10_000).unwrap().len(), 5000);
-        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]

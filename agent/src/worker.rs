@@ -22,8 +22,8 @@ use tether::{Frame, Session};
 use crate::context::{context, Budget};
 use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
-use crate::session::{user_content, Role, SessionStore, Turn};
-use crate::tools::{Outcome, Toolbox};
+use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
+use crate::tools::{CallContext, Outcome, Toolbox};
 
 /// The reply text when no provider is configured.
 pub const NO_PROVIDER: &str = "⚠️ No LLM is configured for this agent. Set ANTHROPIC_API_KEY or \
@@ -55,6 +55,10 @@ pub struct Shared {
     pub max_rounds: usize,
     /// The lease that keeps the host from pausing a busy agent.
     pub keepalive: Keepalive,
+    /// The workspace (blob store of images).
+    pub workspace: std::path::PathBuf,
+    /// Long-term memory, for the prompt.
+    pub memory: std::sync::Arc<crate::memory::MemoryStore>,
 }
 
 /// The reply in flight for one session, so a cancel can reach it.
@@ -109,6 +113,24 @@ fn reply_frame(kind: &str, session: &Session, msg_id: &Option<String>) -> Frame 
 fn send_text(shared: &Shared, kind: &str, session: &Session, msg_id: &Option<String>, text: &str) {
     let f = reply_frame(kind, session, msg_id).with_payload(&tether::frame::Text {
         text: text.to_string(),
+    });
+    let _ = shared.egress.send(f);
+}
+
+/// The `assistant.done` of a reply, with the images tools attached to it.
+fn send_done(
+    shared: &Shared,
+    session: &Session,
+    msg_id: &Option<String>,
+    text: &str,
+    images: Vec<tether::frame::Image>,
+) {
+    if images.is_empty() {
+        return send_text(shared, kind::ASSISTANT_DONE, session, msg_id, text);
+    }
+    let f = reply_frame(kind::ASSISTANT_DONE, session, msg_id).with_payload(&tether::frame::Done {
+        text: text.to_string(),
+        images,
     });
     let _ = shared.egress.send(f);
 }
@@ -178,19 +200,6 @@ fn answered(history: &[Turn], i: usize) -> bool {
 
 fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mut Vec<Turn>, frame: &Frame) {
     let msg_id = frame.msg_id.clone();
-    if let Some(id) = &msg_id {
-        if state.skip.lock().expect("skip lock").remove(id) {
-            send_error(
-                shared,
-                session,
-                &msg_id,
-                "cancelled",
-                "cancelled before it started",
-            );
-            send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, CANCELLED);
-            return;
-        }
-    }
     let msg: UserMessage = match frame.payload_as() {
         Ok(m) => m,
         Err(e) => {
@@ -198,6 +207,19 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             return;
         }
     };
+    // A scheduled task's run keeps its own conversation, and its reply goes to the chat
+    // that created the task.
+    let out = match (&msg.reply_to, session.channel.as_str()) {
+        (Some(chat), "cron") => chat,
+        _ => session,
+    };
+    if let Some(id) = &msg_id {
+        if state.skip.lock().expect("skip lock").remove(id) {
+            send_error(shared, out, &msg_id, "cancelled", "cancelled before it started");
+            send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, CANCELLED);
+            return;
+        }
+    }
     // A message can arrive twice: a host redelivers it after a crash, a gateway re-reads
     // it after a restart. Answered already: drop it. Stored but unanswered (perhaps
     // halfway through its tools): answer it, without storing it a second time.
@@ -223,15 +245,16 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             msg_id
         ),
         None => {
-            let mut turn = Turn::new(Role::User, user_content(&msg.text, msg.user.as_ref()));
+            let text = user_content(&msg.text, msg.user.as_ref());
+            let mut turn = Turn::new(Role::User, user_turn(shared, text, &msg.images));
             turn.msg_id = msg_id.clone();
             persist(shared, session, history, turn);
         }
     }
-    send_presence(shared, session, &msg_id, &Presence::restart(""));
+    send_presence(shared, out, &msg_id, &Presence::restart(""));
     let Some(llm) = &shared.llm else {
-        send_error(shared, session, &msg_id, "no_provider", NO_PROVIDER);
-        send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, NO_PROVIDER);
+        send_error(shared, out, &msg_id, "no_provider", NO_PROVIDER);
+        send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, NO_PROVIDER);
         return;
     };
 
@@ -241,31 +264,40 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         msg_id: msg_id.clone(),
         cancel: cancel_tx,
     });
-    let ending = rounds(llm, session, &msg_id, shared, history, &cancel_rx);
+    let mut images = Vec::new();
+    let system = format!("{}{}", shared.system_prompt, shared.memory.inject(&msg.text));
+    let r = ReplyCtx {
+        shared,
+        session,
+        out,
+        msg_id: &msg_id,
+        system: &system,
+    };
+    let ending = rounds(llm, r, history, &cancel_rx, &mut images);
     *state.inflight.lock().expect("inflight lock") = None;
 
     match ending {
-        Ending::Complete(text) => send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &text),
+        Ending::Complete(text) => send_done(shared, out, &msg_id, &text, images),
         Ending::Failed(e, text) => {
             log::warn!("reply for {}/{} failed: {e}", session.channel, session.id);
             let notice = e.user_message();
-            send_error(shared, session, &msg_id, e.code(), &notice);
+            send_error(shared, out, &msg_id, e.code(), &notice);
             let done = if text.is_empty() {
                 notice
             } else {
                 format!("{text}\n\n{notice}")
             };
-            send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &done);
+            send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
         }
         Ending::Cancelled(text) => {
             log::info!("reply for {}/{} cancelled", session.channel, session.id);
-            send_error(shared, session, &msg_id, "cancelled", "the reply was cancelled");
+            send_error(shared, out, &msg_id, "cancelled", "the reply was cancelled");
             let done = if text.is_empty() {
                 CANCELLED.to_string()
             } else {
                 format!("{text}\n\n{CANCELLED}")
             };
-            send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &done);
+            send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
         }
         Ending::RoundLimit(text) => {
             let note = round_limit_note(shared.max_rounds);
@@ -275,9 +307,53 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             } else {
                 format!("{text}\n\n{note}")
             };
-            send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, &done);
+            send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
         }
     }
+}
+
+/// A user turn's content: the text, plus the images stored in the blob store (an image
+/// that cannot be stored is mentioned instead, never fatal).
+fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> Content {
+    if images.is_empty() {
+        return Content::Text(text);
+    }
+    let mut blocks = vec![Block::Text { text }];
+    for img in images {
+        let stored = match (&img.data, &img.blob) {
+            (Some(data), _) => crate::blobs::store_base64(&shared.workspace, &img.media_type, data),
+            (None, Some(name)) if crate::blobs::valid_name(name) => Ok(name.clone()),
+            _ => Err(std::io::Error::other("neither data nor a valid blob name")),
+        };
+        match stored {
+            Ok(blob) => blocks.push(Block::Image {
+                media_type: img.media_type.clone(),
+                blob,
+                data: None,
+            }),
+            Err(e) => {
+                log::warn!("cannot keep an image ({}): {e}", img.media_type);
+                blocks.push(Block::Text {
+                    text: format!("\n[an image could not be received: {e}]"),
+                });
+            }
+        }
+    }
+    Content::Blocks(blocks)
+}
+
+/// Fill the image blocks of `turns` with their bytes for a request.
+fn with_image_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
+    for t in &mut turns {
+        if let Content::Blocks(blocks) = &mut t.content {
+            for b in blocks {
+                if let Block::Image { blob, data, .. } = b {
+                    *data = crate::blobs::load_base64(&shared.workspace, blob, crate::blobs::MAX_IMAGE);
+                }
+            }
+        }
+    }
+    turns
 }
 
 /// The note that ends a reply whose model kept calling tools.
@@ -287,39 +363,57 @@ pub fn round_limit_note(rounds: usize) -> String {
     )
 }
 
+/// Who a reply is for: the session whose history it extends, the session its frames go
+/// to (a scheduled task's chat), the message it answers, the system prompt to use.
+#[derive(Clone, Copy)]
+struct ReplyCtx<'a> {
+    shared: &'a Shared,
+    session: &'a Session,
+    out: &'a Session,
+    msg_id: &'a Option<String>,
+    system: &'a str,
+}
+
 /// The model rounds of one reply: stream, run the tools asked for, repeat.
 fn rounds(
     llm: &Llm,
-    session: &Session,
-    msg_id: &Option<String>,
-    shared: &Shared,
+    r: ReplyCtx,
     history: &mut Vec<Turn>,
     cancel: &Receiver<()>,
+    images: &mut Vec<tether::frame::Image>,
 ) -> Ending {
+    let ReplyCtx {
+        shared,
+        session,
+        out,
+        msg_id,
+        system,
+    } = r;
     let specs: Vec<ToolSpec> = shared.tools.specs();
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for _ in 0..shared.max_rounds {
         let round_start = shown.len();
         let mut text = String::new();
-        let stream = llm.stream(&shared.system_prompt, &context(history, shared.budget), &specs);
+        let window = with_image_data(shared, context(history, shared.budget));
+        let stream = llm.stream(system, &window, &specs);
         let round = loop {
             select! {
                 recv(stream.chunks) -> chunk => match chunk {
                     Ok(Chunk::Delta(t)) => {
                         if text.is_empty() && !shown.is_empty() {
                             // The text of a new round begins a new paragraph.
-                            send_text(shared, kind::ASSISTANT_DELTA, session, msg_id, "\n\n");
+                            send_text(shared, kind::ASSISTANT_DELTA, out, msg_id, "\n\n");
                             shown.push_str("\n\n");
                         }
-                        send_text(shared, kind::ASSISTANT_DELTA, session, msg_id, &t);
+                        send_text(shared, kind::ASSISTANT_DELTA, out, msg_id, &t);
                         text.push_str(&t);
                         shown.push_str(&t);
                     }
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
                         text.clear();
-                        send_presence(shared, session, msg_id, &Presence::restart(shown.clone()));
+                        send_presence(shared, out, msg_id, &Presence::restart(shown.clone()));
                     }
                     Ok(Chunk::End(Ok(calls))) => break Round::Calls(calls),
                     Ok(Chunk::End(Err(e))) => break Round::Failed(e),
@@ -369,12 +463,19 @@ fn rounds(
             }
             send_presence(
                 shared,
-                session,
+                out,
                 msg_id,
                 &Presence::state(format!("tool: {}", call.name)),
             );
             let started = std::time::Instant::now();
-            let result = match shared.tools.run(call, cancel) {
+            let mut ctx = CallContext {
+                cancel,
+                origin: out,
+                attachments: Vec::new(),
+            };
+            let outcome = shared.tools.run(call, &mut ctx);
+            images.append(&mut ctx.attachments);
+            let result = match outcome {
                 Outcome::Done(r) => r,
                 Outcome::Cancelled => {
                     cancelled = true;
@@ -394,7 +495,7 @@ fn rounds(
         if cancelled {
             return Ending::Cancelled(shown);
         }
-        send_presence(shared, session, msg_id, &Presence::state("thinking"));
+        send_presence(shared, out, msg_id, &Presence::state("thinking"));
     }
     Ending::RoundLimit(shown)
 }

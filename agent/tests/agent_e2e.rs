@@ -31,6 +31,7 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
             username: Some("johndoe".into()),
             name: Some("John".into()),
         }),
+        ..Default::default()
     });
     a.send(&f);
     let frames = a.reply();
@@ -80,7 +81,16 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
             "list_files",
             "glob",
             "grep",
-            "web_fetch"
+            "web_fetch",
+            "respond_with_image",
+            "memory_store",
+            "memory_search",
+            "memory_delete",
+            "cron_create",
+            "cron_list",
+            "cron_delete",
+            "cron_enable",
+            "cron_disable"
         ]
     );
     assert_eq!(
@@ -582,4 +592,71 @@ fn an_openai_compatible_server_works_without_a_key() {
     let req = &llm.requests()[0];
     assert_eq!(req.header("authorization"), None);
     assert_eq!(req.json()["model"], "llama3.2");
+}
+
+#[test]
+fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference() {
+    use tether::frame::Image;
+    let llm = FakeLlm::scripted(vec![Reply::sse(anthropic_sse(&["A cat."]))]);
+    let ws = temp_dir("images");
+    let env = [("ANTHROPIC_API_KEY", "k"), ("ANTHROPIC_BASE_URL", llm.url())];
+    let png = b"\x89PNG\r\n\x1a\n cat".to_vec();
+    let b64 = "iVBORw0KGgogY2F0"; // base64 of `png`
+    let session = Session::new("telegram", "5");
+    let a = start_agent(&ws, &env);
+    let image = Image {
+        media_type: "image/png".into(),
+        data: Some(b64.into()),
+        size: Some(png.len() as u64),
+        ..Image::default()
+    };
+    a.send(
+        &Frame::user_message_with_images(session.clone(), "what is it?", None, vec![image])
+            .with_msg_id("m-1"),
+    );
+    assert_eq!(done_text(&a.reply()), "A cat.");
+    let source = json!({"type": "base64", "media_type": "image/png", "data": b64});
+    assert_eq!(
+        llm.requests()[0].json()["messages"][0]["content"],
+        json!([{"type": "image", "source": source}, {"type": "text", "text": "what is it?"}])
+    );
+    let history = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
+    assert!(!history.contains(b64), "bytes inline in the session: {history}");
+    let blobs: Vec<_> = std::fs::read_dir(ws.join(".aegis/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(std::fs::read(&blobs[0]).unwrap(), png);
+    drop(a);
+
+    // After a restart the history still shows the model the image; an upstream-style
+    // message naming a blob of the workspace works too, and a bad name is refused.
+    let a = start_agent(&ws, &env);
+    let blob = blobs[0].file_name().unwrap().to_str().unwrap().to_string();
+    let by_name = Image {
+        media_type: "image/png".into(),
+        blob: Some(blob),
+        ..Image::default()
+    };
+    let escape = Image {
+        media_type: "image/png".into(),
+        blob: Some("../../../etc/passwd".into()),
+        ..Image::default()
+    };
+    a.send(
+        &Frame::user_message_with_images(session, "and this?", None, vec![by_name, escape])
+            .with_msg_id("m-2"),
+    );
+    assert_eq!(done_text(&a.reply()), "A cat.");
+    let msgs = llm.requests()[1].json()["messages"].clone();
+    assert_eq!(
+        msgs[0]["content"][0]["source"], source,
+        "the first image, from its blob"
+    );
+    let second = &msgs[2]["content"];
+    assert_eq!(second[0]["source"], source, "the image named by blob");
+    let text = second.to_string();
+    assert!(text.contains("could not be received"), "{text}");
+    assert!(!text.contains("root:"), "{text}");
 }

@@ -604,7 +604,13 @@ fn tools_can_be_chosen_by_agent_json_and_aegis_tools() {
     let body = reqs[0].json();
     assert_eq!(
         offered_tools(&reqs[0]),
-        ["read_file", "edit_file", "list_files", "glob"]
+        [
+            "read_file",
+            "edit_file",
+            "list_files",
+            "glob",
+            "respond_with_image"
+        ]
     );
     assert_eq!(body["messages"][0]["content"], "Be brief.");
     assert_eq!(tool_results(&reqs[1])[0].1, "error: unknown tool \"bash\"");
@@ -645,4 +651,63 @@ fn the_keepalive_lease_is_held_while_a_reply_runs() {
         a.harness.leases(),
         vec!["acquire 30000 agent reply in progress", "release"]
     );
+}
+
+#[test]
+fn memories_are_stored_refused_when_secret_and_injected_after_a_restart() {
+    let ws = TempDir::new("tools-memory");
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                (
+                    "c1",
+                    "memory_store",
+                    r#"{"text": "User's favourite colour is teal", "tags": ["pref"]}"#,
+                ),
+                (
+                    "c2",
+                    "memory_store",
+                    r#"{"text": "the API key is sk-proj-abcdefghijklmnopqrstuvwxyz"}"#,
+                ),
+                ("c3", "memory_store", r#"{"text": "Office is in Lisbon"}"#),
+            ],
+            9,
+        )),
+        Reply::sse(openai_sse(&["Noted."])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message(
+        "1",
+        "remember my colour is teal, my key, and the office",
+        "m1",
+    ));
+    assert_eq!(done_text(&a.reply()), "Noted.");
+    let results = tool_results(&llm.requests()[1]);
+    assert_eq!(results[0].1, r#"{"id":"m-1","ok":true}"#);
+    assert!(
+        results[1]
+            .1
+            .starts_with("error: text appears to contain a secret (an API key)"),
+        "{}",
+        results[1].1
+    );
+    let file = std::fs::read_to_string(ws.join(".aegis/memory/memories.jsonl")).unwrap();
+    assert!(!file.contains("sk-proj"), "a secret reached the memory file");
+    assert_eq!(file.lines().count(), 2);
+    drop(a);
+
+    // A new agent, another chat: the relevant memory is in the system prompt.
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("2", "Which colour should the new logo be?", "m2"));
+    a.reply();
+    let req = llm.requests().last().unwrap().json();
+    let system = req["messages"][0]["content"].as_str().unwrap().to_string();
+    let block = &system[system.rfind("\n\n[Memories]").expect("memories injected") + 2..];
+    assert_eq!(
+        block, "[Memories]\n- (m-1, pref) User's favourite colour is teal",
+        "only the relevant one"
+    );
+    // The tools are offered, and search finds what was stored.
+    assert!(offered_tools(&llm.requests()[0]).contains(&"memory_search".to_string()));
 }

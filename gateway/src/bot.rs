@@ -46,6 +46,13 @@ pub enum Event {
         /// Reply.
         key: ReplyKey,
     },
+    /// The sender is done with a photo of a reply (sent, or given up on).
+    PhotoSent {
+        /// Reply.
+        key: ReplyKey,
+        /// Image index.
+        index: usize,
+    },
     /// The sender could not create it.
     SendFailed {
         /// Reply.
@@ -115,6 +122,7 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
                     Ok(Event::Frame(f)) => r.frame(&f, now, &mut out),
                     Ok(Event::Sent { key, part, message_id }) => r.sent(&key, part, message_id, now, &mut out),
                     Ok(Event::SendFailed { key, part }) => r.send_failed(&key, part),
+                    Ok(Event::PhotoSent { key, index }) => r.photo_sent(&key, index, now, &mut out),
                     Ok(Event::DraftRefused { key }) => r.draft_refused(&key, now, &mut out),
                     Err(_) => return,
                 }
@@ -138,6 +146,7 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
 }
 
 fn stream_loop(aegis: &AegisClient, instance: &str, mut cursor: Option<u64>, events: &Sender<Event>) {
+    let mut images = crate::images::BlobReader::new(aegis.clone(), instance);
     let mut backoff = Duration::from_millis(200);
     loop {
         match aegis.stream(instance, cursor) {
@@ -146,9 +155,13 @@ fn stream_loop(aegis: &AegisClient, instance: &str, mut cursor: Option<u64>, eve
                 backoff = Duration::from_millis(200);
                 for item in stream {
                     match item {
-                        Ok(f) => {
+                        Ok(mut f) => {
                             if f.seq.is_some() {
                                 cursor = f.seq;
+                            }
+                            images.inline(&mut f);
+                            if f.kind == tether::frame::kind::ASSISTANT_DONE {
+                                crate::cron::answered(f.msg_id.as_deref().unwrap_or(""));
                             }
                             if events.send(Event::Frame(f)).is_err() {
                                 return;

@@ -3,6 +3,8 @@
 
 mod bot;
 mod config;
+mod cron;
+mod images;
 mod lifecycle;
 mod markdown;
 mod poller;
@@ -53,7 +55,8 @@ PER-INSTANCE MODE (current AegisVM starts one gateway per instance):
     AEGIS_INSTANCE=HANDLE   serve only this instance; config ~/.aegis/kits/HANDLE/gateway.json;
                             the token comes from the variable telegram.bot_token_env names
                             [default TELEGRAM_BOT_TOKEN]; exits 0 once the instance is
-                            deleted or aegisd is gone
+                            deleted or aegisd is gone; fires the instance's scheduled tasks
+                            (workspace/.aegis/cron.json) unless AEGIS_HOST_SCHEDULES is set
 
 A changed config file (seen within 5 s) or SIGHUP reloads the gateway without losing or
 repeating a message.
@@ -210,6 +213,24 @@ fn main() -> ExitCode {
         if let Err(e) = bot::start(bot, tg, aegis.clone()) {
             eprintln!("aegis-gateway: cannot start threads: {e}");
             return ExitCode::FAILURE;
+        }
+    }
+    if let Some(instance) = config::per_instance() {
+        if std::env::var_os("AEGIS_HOST_SCHEDULES").is_some() {
+            log::info!("scheduled tasks: fired by the host");
+        } else {
+            let clock = match tether::schedule::Clock::from_env() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("aegis-gateway: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let dir = path.parent().map(PathBuf::from).unwrap_or_default();
+            if let Err(e) = cron::start(aegis.clone(), instance, dir, clock) {
+                eprintln!("aegis-gateway: cannot start the scheduler: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     log::info!("aegis-gateway running");

@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use tether::frame::{kind, Cancel, Session, User};
+use tether::frame::{kind, Cancel, Image, Session, User};
 use tether::{AegisClient, Frame};
 
 use crate::bot::Event;
@@ -38,6 +38,9 @@ pub const UNAVAILABLE: &str = "⚠️ The agent is unavailable right now. Please
 
 /// The answer to `/start`.
 pub const GREETING: &str = "👋 Hi! I'm an AI agent. Send me a message and I'll answer. /new starts a fresh conversation, /stop stops a reply in progress.";
+
+/// The text of a message that is only an image.
+const IMAGE_TEXT: &str = "[image]";
 
 /// Exit status when Telegram rejects the token (a configuration error).
 pub const EXIT_BAD_TOKEN: i32 = 2;
@@ -172,12 +175,14 @@ impl Poller {
 
     fn handle(&self, m: &Message, st: &mut PollState) {
         let chat = m.chat.id;
+        let image = crate::images::pick(m);
         let Some(text) = m
             .text
             .as_deref()
             .or(m.caption.as_deref())
             .map(str::trim)
             .filter(|t| !t.is_empty())
+            .or(image.is_some().then_some(IMAGE_TEXT))
         else {
             log::debug!("chat {chat}: ignoring a message without text");
             return;
@@ -226,8 +231,40 @@ impl Poller {
             username: u.username.clone(),
             name: Some(u.full_name()).filter(|n| !n.is_empty()),
         });
-        let frame =
-            Frame::user_message(session, text, user).with_msg_id(format!("tg-{chat}-{}", m.message_id));
+        let images = match image {
+            None => Vec::new(),
+            Some(Err(size)) => {
+                self.notice(
+                    chat,
+                    &format!(
+                        "⚠️ This image is too large for the agent ({} KB; at most {} KB). Send it as a compressed photo.",
+                        size / 1024,
+                        crate::images::MAX_IMAGE_IN / 1024
+                    ),
+                );
+                return;
+            }
+            Some(Ok((file_id, media_type))) => {
+                match self.tg.download(&file_id, crate::images::MAX_IMAGE_IN) {
+                    Ok(bytes) => vec![Image {
+                        media_type,
+                        blob: None,
+                        size: Some(bytes.len() as u64),
+                        data: Some(crate::images::encode(&bytes)),
+                    }],
+                    Err(e) => {
+                        log::warn!("chat {chat}: cannot download an image: {e}");
+                        self.notice(
+                            chat,
+                            &format!("⚠️ The image could not be fetched from Telegram ({e})."),
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let frame = Frame::user_message_with_images(session, text, user, images)
+            .with_msg_id(format!("tg-{chat}-{}", m.message_id));
         let _ = self.events.send(Event::UserMessage(chat));
         self.deliver(chat, &frame);
     }

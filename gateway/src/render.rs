@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tether::frame::{kind, ErrorPayload, Presence};
+use tether::frame::{kind, Done, ErrorPayload, Image, Presence};
 use tether::Frame;
 
 use crate::markdown;
@@ -74,6 +74,17 @@ pub enum Action {
     Typing {
         /// Chat.
         chat: i64,
+    },
+    /// `sendPhoto`, once the reply's text is shown; the sender reports `PhotoSent`.
+    Photo {
+        /// Reply the photo belongs to.
+        key: ReplyKey,
+        /// Index among the reply's images.
+        index: usize,
+        /// Chat.
+        chat: i64,
+        /// The image (bytes inline).
+        image: Image,
     },
     /// `sendMessageDraft`: show `text` as the reply being written (empty: "Thinking…").
     Draft {
@@ -133,6 +144,16 @@ pub struct Reply {
     /// The draft text last sent, and when.
     #[serde(skip)]
     pub draft_shown: Option<(String, Instant)>,
+    /// Images of the `assistant.done`, sent as photos after the text; kept in the
+    /// snapshot until sent so a restart neither loses nor repeats one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+    /// Photos sent so far (they go out in order).
+    #[serde(default)]
+    pub photos_sent: usize,
+    /// A `sendPhoto` is in flight.
+    #[serde(skip)]
+    pub photo_sending: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -237,6 +258,8 @@ impl Renderer {
             while reply.parts.last().is_some_and(|p| p.message_id.is_none()) {
                 reply.parts.pop();
             }
+            // So is a photo.
+            reply.photo_sending = false;
             // Let the first tick compare what is shown with what should be.
             reply.behind = true;
             if let Some((chat, id)) = k.split_once('/') {
@@ -424,7 +447,9 @@ impl Renderer {
             }
             kind::ASSISTANT_DONE => {
                 let t = f.text_payload().unwrap_or_default();
+                let images = f.payload_as::<Done>().map(|d| d.images).unwrap_or_default();
                 let reply = self.reply_entry(&key);
+                reply.images = images.into_iter().filter(|i| i.data.is_some()).collect();
                 reply.text = if !t.is_empty() {
                     t
                 } else if let Some(e) = &reply.error {
@@ -505,7 +530,18 @@ impl Renderer {
         self.progress(key, now, out);
     }
 
-    /// The sender gave up creating that message: forget the part so it is tried again.
+    /// The sender is done with photo `index` of reply `key` (sent, or given up on).
+    pub fn photo_sent(&mut self, key: &ReplyKey, index: usize, now: Instant, out: &mut Vec<Action>) {
+        if let Some(r) = self.replies.get_mut(key) {
+            if r.photos_sent == index {
+                r.photos_sent += 1;
+                r.photo_sending = false;
+                self.dirty = true;
+            }
+        }
+        self.progress(key, now, out);
+    }
+
     /// The sender could not create a message (Telegram refused it for good, e.g. the bot
     /// was blocked): the reply cannot be shown, so it is dropped.
     pub fn send_failed(&mut self, key: &ReplyKey, part: usize) {
@@ -641,11 +677,23 @@ impl Renderer {
                 .iter()
                 .zip(&desired)
                 .any(|(p, (t, h))| p.message_id.is_some() && &p.shown != h.as_ref().unwrap_or(t));
-        let complete = r.done
+        let text_shown = r.done
             && !r.behind
             && r.parts.len() == desired.len()
             && r.parts.iter().all(|p| p.message_id.is_some());
-        if complete {
+        if text_shown && r.photos_sent < r.images.len() {
+            if !r.photo_sending {
+                r.photo_sending = true;
+                out.push(Action::Photo {
+                    key: key.clone(),
+                    index: r.photos_sent,
+                    chat,
+                    image: r.images[r.photos_sent].clone(),
+                });
+            }
+            return;
+        }
+        if text_shown {
             self.replies.remove(key);
             self.dirty = true;
         }
@@ -655,6 +703,9 @@ impl Renderer {
 /// The messages a reply should show now, as (plain, HTML): plain text while streaming;
 /// once done, each part also as HTML when its Markdown converts.
 fn desired_parts(r: &Reply) -> Vec<(String, Option<String>)> {
+    if r.text.is_empty() && r.done && !r.images.is_empty() {
+        return Vec::new(); // the photos are the reply
+    }
     let text = if r.text.is_empty() && r.done {
         "…".to_string()
     } else {
@@ -1035,5 +1086,67 @@ mod tests {
         assert!(out.is_empty());
         r.frame(&delta("-100", "m", 2, "Hi"), t0, &mut out);
         assert!(matches!(&out[..], [Action::Send { .. }]), "{out:?}");
+    }
+
+    #[test]
+    fn images_of_a_reply_go_out_one_at_a_time_after_its_text_and_survive_a_restart() {
+        let img = |d: &str| Image {
+            media_type: "image/png".into(),
+            data: Some(d.into()),
+            ..Image::default()
+        };
+        let mut f = Frame::new(kind::ASSISTANT_DONE, Some(Session::new("telegram", "5")))
+            .with_msg_id("m")
+            .with_payload(&Done {
+                text: "two charts".into(),
+                images: vec![img("AAAA"), img("BBBB")],
+            });
+        f.seq = Some(1);
+        let key: ReplyKey = (5, "m".into());
+        let photo = |index: usize, d: &str| Action::Photo {
+            key: key.clone(),
+            index,
+            chat: 5,
+            image: img(d),
+        };
+        let mut r = edit_mode();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&f, t0, &mut out);
+        assert!(
+            matches!(out.as_slice(), [Action::Send { .. }]),
+            "text first: {out:?}"
+        );
+        out.clear();
+        r.sent(&key, 0, 100, t0, &mut out);
+        assert_eq!(out, vec![photo(0, "AAAA")]);
+        out.clear();
+        r.tick(t0 + Duration::from_secs(5), &mut out);
+        assert!(out.is_empty(), "one sendPhoto at a time");
+        // A restart with the first photo in flight sends it again, then the second.
+        let mut r = Renderer::restore(r.snapshot());
+        r.tick(t0, &mut out);
+        assert_eq!(out, vec![photo(0, "AAAA")]);
+        out.clear();
+        r.photo_sent(&key, 0, t0, &mut out);
+        assert_eq!(out, vec![photo(1, "BBBB")]);
+        out.clear();
+        r.photo_sent(&key, 0, t0, &mut out);
+        assert!(out.is_empty(), "a stale report changes nothing");
+        r.photo_sent(&key, 1, t0, &mut out);
+        assert_eq!(r.in_progress(), 0);
+        // A reply that is only images sends no text message.
+        let mut f = Frame::new(kind::ASSISTANT_DONE, Some(Session::new("telegram", "5")))
+            .with_msg_id("n")
+            .with_payload(&Done {
+                text: String::new(),
+                images: vec![img("CCCC")],
+            });
+        f.seq = Some(2);
+        r.frame(&f, t0, &mut out);
+        assert!(
+            matches!(out.as_slice(), [Action::Photo { index: 0, .. }]),
+            "{out:?}"
+        );
     }
 }

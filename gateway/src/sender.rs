@@ -100,6 +100,20 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
                 }
             }
         }
+        Action::Photo {
+            key,
+            index,
+            chat,
+            image,
+        } => {
+            let sent = crate::images::decode(&image)
+                .map_err(|e| TgError::Rejected(400, e))
+                .and_then(|bytes| retrying(|| tg.send_photo(chat, &image.media_type, &bytes)));
+            if let Err(e) = sent {
+                log::error!("chat {chat}: sendPhoto failed, the image is left out: {e}");
+            }
+            let _ = events.send(Event::PhotoSent { key, index });
+        }
         Action::Draft {
             key,
             chat,
@@ -165,16 +179,21 @@ fn call_once_honouring_429(tg: &Telegram, method: &str, body: &Value) -> Result<
 }
 
 fn call_retrying(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgError> {
+    retrying(|| tg.call(method, body))
+}
+
+/// `call` again after a 429's wait, and through transient failures for a while.
+fn retrying(call: impl Fn() -> Result<Value, TgError>) -> Result<Value, TgError> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(500);
     loop {
-        match tg.call(method, body) {
+        match call() {
             Err(TgError::RetryAfter(d)) => {
-                log::warn!("Telegram rate limit on {method}: waiting {d:?}");
+                log::warn!("Telegram rate limit: waiting {d:?}");
                 thread::sleep(d);
             }
             Err(TgError::Transient(e)) if started.elapsed() < GIVE_UP => {
-                log::warn!("{method} failed ({e}); retrying in {backoff:?}");
+                log::warn!("Bot API call failed ({e}); retrying in {backoff:?}");
                 thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }

@@ -39,6 +39,41 @@ pub struct Message {
     /// The message this one replies to.
     #[serde(default)]
     pub reply_to_message: Option<Box<Message>>,
+    /// A photo, in the sizes Telegram keeps (smallest first).
+    #[serde(default)]
+    pub photo: Vec<PhotoSize>,
+    /// A file sent as a document (an image sent uncompressed, for example).
+    #[serde(default)]
+    pub document: Option<Document>,
+}
+
+/// One size of a photo.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PhotoSize {
+    /// For `getFile`.
+    pub file_id: String,
+    /// Pixels.
+    #[serde(default)]
+    pub width: u32,
+    /// Pixels.
+    #[serde(default)]
+    pub height: u32,
+    /// Bytes, when Telegram says.
+    #[serde(default)]
+    pub file_size: Option<u64>,
+}
+
+/// A document.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Document {
+    /// For `getFile`.
+    pub file_id: String,
+    /// MIME type, when Telegram says.
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    /// Bytes, when Telegram says.
+    #[serde(default)]
+    pub file_size: Option<u64>,
 }
 
 /// A chat.
@@ -186,6 +221,11 @@ impl Telegram {
             .content_type("application/json")
             .send(body.to_string())
             .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        self.answer(resp)
+    }
+
+    /// The `result` of a Bot API response, or its error sorted by what to do about it.
+    fn answer(&self, resp: ureq::http::Response<ureq::Body>) -> Result<Value, TgError> {
         let status = resp.status().as_u16();
         let text = resp
             .into_body()
@@ -220,6 +260,59 @@ impl Telegram {
     pub fn get_me(&self) -> Result<String, TgError> {
         let r = self.call("getMe", &json!({}))?;
         Ok(r["username"].as_str().unwrap_or("?").to_string())
+    }
+
+    /// `getFile` then the download of the file: its bytes (at most `cap`).
+    pub fn download(&self, file_id: &str, cap: u64) -> Result<Vec<u8>, TgError> {
+        let file = self.call("getFile", &json!({"file_id": file_id}))?;
+        let path = file["file_path"]
+            .as_str()
+            .ok_or_else(|| TgError::Rejected(400, "getFile returned no file_path".into()))?;
+        // Files live at `{api}/file/bot{token}/{file_path}`.
+        let api = &self.base[..self.base.len() - self.token.len() - "/bot".len()];
+        let file_base = format!("{api}/file/bot{}", self.token);
+        let resp = self
+            .agent
+            .get(format!("{file_base}/{path}"))
+            .call()
+            .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        if resp.status().as_u16() != 200 {
+            return Err(TgError::Rejected(
+                resp.status().as_u16(),
+                "file download refused".into(),
+            ));
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(resp.into_body().into_reader(), cap + 1),
+            &mut bytes,
+        )
+        .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        if bytes.len() as u64 > cap {
+            return Err(TgError::Rejected(
+                413,
+                format!("the file is larger than {cap} bytes"),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// `sendPhoto` with the image uploaded from memory.
+    pub fn send_photo(&self, chat: i64, media_type: &str, bytes: &[u8]) -> Result<Value, TgError> {
+        use ureq::unversioned::multipart::{Form, Part};
+        let chat_id = chat.to_string();
+        let name = format!("image.{}", media_type.rsplit('/').next().unwrap_or("jpg"));
+        let part = Part::bytes(bytes)
+            .file_name(&name)
+            .mime_str(media_type)
+            .map_err(|e| TgError::Rejected(400, e.to_string()))?;
+        let form = Form::new().text("chat_id", &chat_id).part("photo", part);
+        let resp = self
+            .agent
+            .post(format!("{}/sendPhoto", self.base))
+            .send(form)
+            .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        self.answer(resp)
     }
 
     /// `setMyCommands`: the menu Telegram shows for `/`.

@@ -714,3 +714,253 @@ fn a_reply_nobody_asked_for_reaches_the_sessions_chat() {
     assert_eq!(s.telegram.messages(CHAT).len(), msgs.len());
     assert_eq!(msgs.len(), 1);
 }
+
+/// A small valid-looking JPEG (the magic bytes Telegram checks, then filler).
+fn jpeg(len: usize, fill: u8) -> Vec<u8> {
+    let mut b = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    b.resize(len, fill);
+    b
+}
+
+#[test]
+fn a_photo_reaches_the_model_and_an_image_from_a_tool_comes_back_as_a_photo() {
+    use aegis_e2e::llm::{openai_tool_sse, tool_results};
+    use base64::Engine;
+    let llm = FakeLlm::with(|req| {
+        let pieces = if tool_results(req).is_empty() {
+            openai_tool_sse(
+                "Let me draw it.",
+                &[("call_1", "respond_with_image", r#"{"path":"chart.png"}"#)],
+                7,
+            )
+        } else {
+            openai_sse(&["Here is the chart."])
+        };
+        Reply::Sse {
+            pieces,
+            delay: Duration::ZERO,
+            end: End::Finish,
+        }
+    });
+    let s = stack("gw-photos", llm);
+    let png = b"\x89PNG\r\n\x1a\n chart bytes".to_vec();
+    std::fs::write(s.instance_dir().join("workspace/chart.png"), &png).unwrap();
+    // Telegram's sizes, smallest first; the largest is over the tether's limit.
+    let sizes = vec![jpeg(300, 1), jpeg(20_000, 2), jpeg(800 * 1024, 3)];
+    s.telegram.push_photo(CHAT, 7, &sizes, Some("what is this?"));
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible().contains("Here is the chart."))
+    });
+    let deadline = std::time::Instant::now() + T;
+    while s.telegram.photos(CHAT).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The model saw the caption and the largest size that fits, as a data URL.
+    let req = s.llm.requests()[0].json();
+    let content = &req["messages"].as_array().unwrap().last().unwrap()["content"];
+    assert_eq!(content[0]["text"], "[Pat]: what is this?");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&sizes[1]);
+    assert_eq!(
+        content[1]["image_url"]["url"],
+        format!("data:image/jpeg;base64,{b64}")
+    );
+    // The session keeps a reference to a blob file, not the bytes.
+    let ws = s.instance_dir().join("workspace");
+    let session = std::fs::read_to_string(ws.join(format!("sessions/telegram_{CHAT}.jsonl"))).unwrap();
+    assert!(
+        !session.contains(&b64[..100]),
+        "image bytes inline in the session"
+    );
+    let blob = session
+        .split('"')
+        .find(|w| w.len() == 68 && w.ends_with(".jpg"))
+        .expect("a blob name in the session");
+    assert_eq!(
+        std::fs::read(ws.join(".aegis/blobs").join(blob)).unwrap(),
+        sizes[1]
+    );
+
+    // The tool's image arrived once, as a photo, after the text.
+    let photos = s.telegram.photos(CHAT);
+    assert_eq!(photos.len(), 1, "one photo");
+    assert_eq!(photos[0], ("image/png".to_string(), png));
+    let calls = s.telegram.calls();
+    let last_text = calls
+        .iter()
+        .rposition(|c| c.method == "sendMessage" || c.method == "editMessageText");
+    let photo = calls.iter().position(|c| c.method == "sendPhoto");
+    assert!(last_text < photo, "the photo follows the text");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.telegram.photos(CHAT).len(), 1, "sent exactly once");
+}
+
+#[test]
+fn an_image_too_large_gets_a_note_and_an_image_document_without_caption_is_passed_on() {
+    let s = stack("gw-photo-limits", FakeLlm::echo_openai());
+    s.telegram.push_photo(CHAT, 7, &[jpeg(800 * 1024, 1)], None);
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
+    assert!(msgs[0].visible().contains("too large"), "{:?}", msgs[0].visible());
+    assert!(s.llm.requests().is_empty(), "nothing reached the model");
+
+    let png = b"\x89PNG\r\n\x1a\n document".to_vec();
+    s.telegram.push_document(CHAT, 7, "image/png", &png, None);
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Pat]: [image]")
+    });
+    let req = s.llm.requests()[0].json();
+    let content = &req["messages"].as_array().unwrap().last().unwrap()["content"];
+    assert!(content[1]["image_url"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+
+    // A document that is not an image is not an image message (and has no text).
+    s.telegram
+        .push_document(CHAT, 7, "application/pdf", b"%PDF", Some("read this"));
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Pat]: read this")
+    });
+    let last = s.llm.requests().last().unwrap().json();
+    assert_eq!(
+        last["messages"].as_array().unwrap().last().unwrap()["content"],
+        "[Pat]: read this"
+    );
+}
+
+#[test]
+fn a_scheduled_task_runs_once_on_time_through_serve_crashes_and_replies_in_its_chat() {
+    use aegis_e2e::llm::{last_user_text, openai_tool_sse, tool_results};
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    // Serve's clock: Monday 2026-11-23 08:58:00 UTC, 20x fast (a minute in 3 s).
+    const START: i64 = 1_795_424_280;
+    const SPEED: i64 = 20;
+    let anchor = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let real = Instant::now();
+    let virtual_secs = || START + (real.elapsed().as_millis() as i64 * SPEED) / 1000;
+    let sleep_until = |t: i64| {
+        let wait = (t - START) * 1000 / SPEED - real.elapsed().as_millis() as i64;
+        std::thread::sleep(Duration::from_millis(wait.max(0) as u64));
+    };
+    let llm = FakeLlm::with(|req| {
+        let pieces = if !tool_results(req).is_empty() {
+            openai_sse(&["Scheduled."])
+        } else if last_user_text(req).contains("Time for standup") {
+            openai_sse(&["☀️ Standup in 5 minutes!"])
+        } else {
+            openai_tool_sse(
+                "",
+                &[(
+                    "c1",
+                    "cron_create",
+                    r#"{"schedule": "0 9 * * 1-5", "text": "Time for standup"}"#,
+                )],
+                11,
+            )
+        };
+        Reply::Sse {
+            pieces,
+            delay: Duration::ZERO,
+            end: End::Finish,
+        }
+    });
+    let clock = format!("{START},{anchor},{SPEED}");
+    let mut s = Stack::with_serve_env("gw-cron", llm, &[], &[], &[("AEGIS_KIT_CLOCK", &clock)]);
+    let aegis = s.instance_dir().join("workspace/.aegis");
+    std::fs::create_dir_all(&aegis).unwrap();
+    std::fs::write(aegis.join("agent.json"), r#"{"timezone": "UTC"}"#).unwrap();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+
+    s.telegram
+        .push_text(CHAT, 7, "Ann", "remind me of standup at 9 on weekdays");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "Scheduled."));
+    let cron: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(aegis.join("cron.json")).unwrap()).unwrap();
+    assert_eq!(
+        cron["entries"][0]["reply_to"],
+        json!({"channel": "telegram", "id": CHAT.to_string()})
+    );
+    assert!(
+        virtual_secs() < START + 105,
+        "the machine is too slow for this test's clock"
+    );
+
+    // serve dies just before 09:00 and is back only at 09:01:10: the 09:00 run is
+    // caught up, once.
+    sleep_until(START + 110);
+    s.kill9_serve();
+    sleep_until(START + 190);
+    s.start_serve_again(&[]);
+    let standup =
+        |m: &[aegis_e2e::telegram::Msg]| m.iter().filter(|m| m.visible().contains("Standup in 5")).count();
+    s.telegram.wait_chat(CHAT, T, |m| standup(m) == 1);
+    // serve dies again right after the run: the restarted one does not send it again.
+    s.kill9_serve();
+    s.start_serve_again(&[]);
+    sleep_until(virtual_secs() + 150);
+    assert_eq!(
+        standup(&s.telegram.messages(CHAT)),
+        1,
+        "{:#?}",
+        s.telegram.messages(CHAT)
+    );
+    let runs = s
+        .llm
+        .requests()
+        .iter()
+        .filter(|r| last_user_text(r).contains("Time for standup"))
+        .count();
+    assert_eq!(runs, 1, "the model was asked once");
+    // The run kept its own conversation, as the scheduled task's.
+    let session =
+        std::fs::read_to_string(s.instance_dir().join("workspace/sessions/cron_cron-1.jsonl")).unwrap();
+    assert!(
+        session.contains("[Scheduled Task]: Time for standup"),
+        "{session}"
+    );
+    let minute = (START + 120) / 60;
+    assert!(session.contains(&format!("cron-cron-1-{minute}")), "{session}");
+}
+
+#[test]
+fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    // A host that does not fire tasks (AEGIS_KIT_CRON=off, like aegisd), a fast clock
+    // just before 09:00 UTC, and a task the agent wrote earlier for this chat.
+    const START: i64 = 1_795_424_340; // 2026-11-23 08:59:00 UTC
+    let anchor = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let clock = format!("{START},{anchor},20");
+    let s = Stack::with_serve_env(
+        "gw-cron-per-instance",
+        FakeLlm::echo_openai(),
+        &[],
+        &[],
+        &[("AEGIS_KIT_CRON", "off"), ("AEGIS_KIT_CLOCK", &clock)],
+    );
+    let aegis = s.instance_dir().join("workspace/.aegis");
+    std::fs::create_dir_all(&aegis).unwrap();
+    std::fs::write(aegis.join("agent.json"), r#"{"timezone": "UTC"}"#).unwrap();
+    let task = json!({"entries": [{"id": "cron-1", "schedule": "0 9 * * *", "message": "good morning",
+        "session": "cron-1", "enabled": true, "created_at": "2026-11-01T00:00:00Z",
+        "reply_to": {"channel": "telegram", "id": CHAT.to_string()}}], "next_id": 2});
+    std::fs::write(aegis.join("cron.json"), task.to_string()).unwrap();
+    let dir = s.home.join("kits/my-agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = json!({"telegram": {"allowed_chats": ["*"], "api_url": s.telegram.url()}});
+    std::fs::write(dir.join("gateway.json"), cfg.to_string()).unwrap();
+    let mut cmd = s.gateway_command();
+    cmd.env("AEGIS_INSTANCE", "my-agent")
+        .env("TELEGRAM_BOT_TOKEN", s.telegram.token())
+        .env("AEGIS_KIT_CLOCK", &clock);
+    let gw = Proc::spawn(cmd);
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter()
+            .any(|m| m.visible() == "echo: [Scheduled Task]: good morning")
+    });
+    assert_eq!(msgs.len(), 1);
+    assert!(gw.log().contains("task cron-1 runs"), "{}", gw.log());
+    assert!(!s.serve.log().contains("task cron-1 runs"), "serve fired too");
+    assert!(dir.join("cron-state.json").exists());
+}

@@ -618,7 +618,17 @@ fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
         "{:?}",
         offered_tools(&reqs[0])
     );
-    assert_eq!(offered_tools(&reqs[1]), ["web_fetch"]);
+    // Unsandboxed: no shell, no file tools; web, memory and tasks (files of its own
+    // .aegis only) stay.
+    let plain = offered_tools(&reqs[1]);
+    assert_eq!(plain[0], "web_fetch");
+    assert!(
+        plain
+            .iter()
+            .all(|t| !["bash", "read_file", "write_file", "respond_with_image"].contains(&t.as_str())),
+        "{plain:?}"
+    );
+    assert!(plain.contains(&"memory_store".to_string()) && plain.contains(&"cron_create".to_string()));
     assert!(offered_tools(&reqs[2]).contains(&"bash".to_string()));
     let log = std::fs::read_to_string(home.join("kit/instances/plain/instance.log")).unwrap_or_default();
     assert!(

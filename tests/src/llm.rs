@@ -298,9 +298,12 @@ pub fn last_user_text(req: &Request) -> String {
     req.json()["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .to_string()
+        .map(|m| match &m["content"] {
+            // With images the content is a list of parts; its text parts count.
+            serde_json::Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+            c => c.as_str().unwrap_or("").to_string(),
+        })
+        .unwrap_or_default()
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;

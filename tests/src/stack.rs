@@ -26,13 +26,21 @@ pub struct Stack {
     pub telegram: FakeTelegram,
     /// The fake LLM.
     pub llm: FakeLlm,
+    /// Extra environment of serve (kept for restarts).
+    pub serve_env: Vec<(String, String)>,
     /// `AEGIS_HOME` of every process; last, so it is removed after they are gone.
     pub home: TempDir,
 }
 
 /// Start `aegis-kit serve` in `home` with extra serve flags.
 pub fn start_serve(home: &Path, socket: &Path, args: &[&str]) -> Proc {
+    start_serve_with_env(home, socket, args, &[])
+}
+
+/// Start `aegis-kit serve` in `home` with extra serve flags and environment.
+pub fn start_serve_with_env(home: &Path, socket: &Path, args: &[&str], env: &[(String, String)]) -> Proc {
     let mut cmd = command("aegis-kit");
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.env("AEGIS_HOME", home)
         .arg("--socket")
         .arg(socket)
@@ -54,9 +62,24 @@ impl Stack {
 
     /// As `new`, with extra environment variables for the agent instance.
     pub fn with_env(name: &str, llm: FakeLlm, serve_args: &[&str], env: &[(&str, &str)]) -> Stack {
+        Stack::with_serve_env(name, llm, serve_args, env, &[])
+    }
+
+    /// As `with_env`, with extra environment variables for serve itself.
+    pub fn with_serve_env(
+        name: &str,
+        llm: FakeLlm,
+        serve_args: &[&str],
+        env: &[(&str, &str)],
+        serve_env: &[(&str, &str)],
+    ) -> Stack {
+        let serve_env: Vec<(String, String)> = serve_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let home = temp_dir(name);
         let socket = home.join("aegisd.sock");
-        let serve = start_serve(&home, &socket, serve_args);
+        let serve = start_serve_with_env(&home, &socket, serve_args, &serve_env);
         let telegram = FakeTelegram::start("123456:TEST-token-abcdefghijklmnop");
         let c = AegisClient::new(&socket);
         c.put_secret("OPENAI_API_KEY", "sk-stack-test").unwrap();
@@ -75,6 +98,7 @@ impl Stack {
             gateway: None,
             telegram,
             llm,
+            serve_env,
         }
     }
 
@@ -124,6 +148,17 @@ impl Stack {
     /// Restart serve (SIGTERM, then start again with the same flags).
     pub fn restart_serve(&mut self, serve_args: &[&str]) {
         self.serve.terminate(T).expect("serve exits on SIGTERM");
-        self.serve = start_serve(&self.home, &self.socket, serve_args);
+        self.serve = start_serve_with_env(&self.home, &self.socket, serve_args, &self.serve_env);
+    }
+
+    /// Kill serve with SIGKILL (its agents live on, orphaned, as after a host crash of
+    /// serve alone), then start it again.
+    pub fn kill9_serve(&mut self) {
+        self.serve.kill9();
+    }
+
+    /// Start serve again after `kill9_serve`.
+    pub fn start_serve_again(&mut self, serve_args: &[&str]) {
+        self.serve = start_serve_with_env(&self.home, &self.socket, serve_args, &self.serve_env);
     }
 }

@@ -4,6 +4,10 @@
 //! `sendChatAction`, `setMyCommands`, `sendMessageDraft` (on demand; private chats only,
 //! non-zero id), HTML `parse_mode` validation (400 "can't parse entities"), the 4096
 //! character limit, 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
+//! Photos: messages with `photo` sizes or an image `document`, `getFile` (400 "invalid
+//! file_id", "file is too big" past 20 MB), downloads from `/file/bot<token>/<path>`, and
+//! `sendPhoto` as multipart/form-data (400 "there is no photo in the request",
+//! "IMAGE_PROCESS_FAILED" for bytes that are no image).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -78,6 +82,10 @@ struct State {
     drafts: bool,
     /// Per chat, the draft shown now (id, text); a sent message replaces it.
     draft_now: BTreeMap<i64, (i64, String)>,
+    /// Uploaded files by `file_id`: (file_path, bytes).
+    files: BTreeMap<String, (String, Vec<u8>)>,
+    /// Photos the bot sent, per chat: (content type of the part, bytes).
+    photos: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
 }
 
 /// The fake server.
@@ -187,6 +195,9 @@ impl FakeTelegram {
         let st = Arc::clone(&state);
         let tok = token.to_string();
         let server = Server::start(move |req: Request, resp: Responder| {
+            if let Some(rest) = req.path.strip_prefix("/file/bot") {
+                return download(&st, &tok, rest, resp);
+            }
             let (status, body) = handle(&st, &tok, &req);
             resp.json(status, &body);
         });
@@ -242,6 +253,71 @@ impl FakeTelegram {
         s.updates.push(json!({"update_id": id, "message": message}));
         cv.notify_all();
         message_id
+    }
+
+    /// A user sends a photo (Telegram's sizes, smallest first) with an optional caption;
+    /// returns the message id.
+    pub fn push_photo(&self, chat: i64, user_id: i64, sizes: &[Vec<u8>], caption: Option<&str>) -> i64 {
+        let photo: Vec<Value> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| {
+                let side = 90 * (i as u64 + 1);
+                let id = self.add_file("photos", "jpg", bytes);
+                json!({"file_id": id, "file_unique_id": format!("u{id}"), "width": side, "height": side, "file_size": bytes.len()})
+            })
+            .collect();
+        let mut m = json!({
+            "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
+            "from": {"id": user_id, "is_bot": false, "first_name": "Pat"},
+            "photo": photo,
+        });
+        if let Some(c) = caption {
+            m["caption"] = json!(c);
+        }
+        self.push_message(m)
+    }
+
+    /// A user sends a file as a document (e.g. an uncompressed image).
+    pub fn push_document(
+        &self,
+        chat: i64,
+        user_id: i64,
+        mime_type: &str,
+        bytes: &[u8],
+        caption: Option<&str>,
+    ) -> i64 {
+        let id = self.add_file("documents", "bin", bytes);
+        let mut m = json!({
+            "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
+            "from": {"id": user_id, "is_bot": false, "first_name": "Pat"},
+            "document": {"file_id": id, "file_unique_id": format!("u{id}"), "file_name": "picture", "mime_type": mime_type, "file_size": bytes.len()},
+        });
+        if let Some(c) = caption {
+            m["caption"] = json!(c);
+        }
+        self.push_message(m)
+    }
+
+    fn add_file(&self, folder: &str, ext: &str, bytes: &[u8]) -> String {
+        let mut s = self.state.0.lock().unwrap();
+        let n = s.files.len();
+        let id = format!("AgACAgIAAx{n:04}");
+        s.files
+            .insert(id.clone(), (format!("{folder}/file_{n}.{ext}"), bytes.to_vec()));
+        id
+    }
+
+    /// Photos the bot sent to `chat`: (part content type, bytes).
+    pub fn photos(&self, chat: i64) -> Vec<(String, Vec<u8>)> {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .photos
+            .get(&chat)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Answer the next call of `method` with `fault`.
@@ -320,7 +396,20 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
     let Some((tok, method)) = rest.split_once('/') else {
         return bad(404, "Not Found");
     };
-    let body = req.json();
+    let multipart = multipart(req);
+    let body = match &multipart {
+        // Recorded as JSON: the text fields, and each file's size.
+        Some(parts) => Value::Object(
+            parts
+                .iter()
+                .map(|p| match &p.filename {
+                    Some(_) => (p.name.clone(), json!({"bytes": p.data.len()})),
+                    None => (p.name.clone(), json!(String::from_utf8_lossy(&p.data))),
+                })
+                .collect(),
+        ),
+        None => req.json(),
+    };
     let (lock, cv) = &**state;
     let mut s = lock.lock().unwrap();
     // Recorded on arrival (a long poll may take a while to answer); status set at the end.
@@ -366,6 +455,17 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 ok(Value::Array(s.updates.iter().take(100).cloned().collect()))
             }
             "sendMessage" | "editMessageText" => send_or_edit(&mut s, method, &body),
+            "getFile" => match s.files.get(body["file_id"].as_str().unwrap_or("")) {
+                None => bad(400, "Bad Request: invalid file_id"),
+                Some((_, bytes)) if bytes.len() > 20 << 20 => bad(400, "Bad Request: file is too big"),
+                Some((path, bytes)) => ok(json!({
+                    "file_id": body["file_id"],
+                    "file_unique_id": "u",
+                    "file_size": bytes.len(),
+                    "file_path": path,
+                })),
+            },
+            "sendPhoto" => send_photo(&mut s, multipart.as_deref().unwrap_or(&[])),
             "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
             "sendChatAction" => ok(json!(true)),
             "sendMessageDraft" if !s.drafts => bad(404, "Not Found: method not found"),
@@ -455,4 +555,129 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     m.parse_mode = parse_mode;
     m.edits += 1;
     ok(json!({"message_id": id, "chat": {"id": chat}, "text": visible}))
+}
+
+/// One part of a multipart/form-data body.
+struct FormPart {
+    name: String,
+    filename: Option<String>,
+    content_type: Option<String>,
+    data: Vec<u8>,
+}
+
+/// The parts of a multipart/form-data request (None for any other body).
+fn multipart(req: &Request) -> Option<Vec<FormPart>> {
+    let ct = req.header("content-type")?;
+    let boundary = ct
+        .strip_prefix("multipart/form-data")?
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delim = format!("--{boundary}").into_bytes();
+    let body = &req.body;
+    let find = |from: usize| {
+        body[from..]
+            .windows(delim.len())
+            .position(|w| w == delim.as_slice())
+            .map(|i| i + from)
+    };
+    let mut parts = Vec::new();
+    let mut at = find(0)? + delim.len();
+    while body.get(at..at + 2) == Some(b"\r\n") {
+        let start = at + 2;
+        let next = find(start)?;
+        // The part's content ends with CRLF before the next delimiter.
+        let part = &body[start..next.saturating_sub(2).max(start)];
+        let split = part.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&part[..split]);
+        let mut fp = FormPart {
+            name: String::new(),
+            filename: None,
+            content_type: None,
+            data: part[split + 4..].to_vec(),
+        };
+        for line in head.split("\r\n") {
+            let (k, v) = line.split_once(':')?;
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-disposition" => {
+                    for attr in v.split(';').map(str::trim) {
+                        if let Some(n) = attr.strip_prefix("name=") {
+                            fp.name = n.trim_matches('"').to_string();
+                        } else if let Some(f) = attr.strip_prefix("filename=") {
+                            fp.filename = Some(f.trim_matches('"').to_string());
+                        }
+                    }
+                }
+                "content-type" => fp.content_type = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        parts.push(fp);
+        at = next + delim.len();
+    }
+    Some(parts)
+}
+
+/// Whether `b` starts like a JPEG, PNG, GIF or WebP file.
+fn is_image(b: &[u8]) -> bool {
+    b.starts_with(&[0xFF, 0xD8, 0xFF])
+        || b.starts_with(b"\x89PNG\r\n\x1a\n")
+        || b.starts_with(b"GIF8")
+        || (b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WEBP")
+}
+
+fn send_photo(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
+    let field = |n: &str| parts.iter().find(|p| p.name == n);
+    let Some(chat) = field("chat_id").and_then(|p| String::from_utf8_lossy(&p.data).parse::<i64>().ok())
+    else {
+        return bad(400, "Bad Request: chat_id is empty");
+    };
+    let Some(photo) = field("photo").filter(|p| p.filename.is_some()) else {
+        return bad(400, "Bad Request: there is no photo in the request");
+    };
+    if photo.data.len() > 10 << 20 {
+        return bad(400, "Bad Request: PHOTO_INVALID_DIMENSIONS");
+    }
+    if !is_image(&photo.data) {
+        return bad(400, "Bad Request: IMAGE_PROCESS_FAILED");
+    }
+    s.draft_now.remove(&chat);
+    let id = s.next_message;
+    s.next_message += 1;
+    s.photos
+        .entry(chat)
+        .or_default()
+        .push((photo.content_type.clone().unwrap_or_default(), photo.data.clone()));
+    ok(
+        json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat},
+        "photo": [{"file_id": format!("sent{id}"), "file_unique_id": "s", "width": 90, "height": 90, "file_size": photo.data.len()}]}),
+    )
+}
+
+/// `GET /file/bot<token>/<file_path>`: the file's bytes.
+fn download(state: &Arc<(Mutex<State>, Condvar)>, token: &str, rest: &str, resp: Responder) {
+    let Some((tok, path)) = rest.split_once('/') else {
+        return resp.json(
+            404,
+            &json!({"ok": false, "error_code": 404, "description": "Not Found"}),
+        );
+    };
+    if tok != token {
+        return resp.json(
+            401,
+            &json!({"ok": false, "error_code": 401, "description": "Unauthorized"}),
+        );
+    }
+    let s = state.0.lock().unwrap();
+    match s.files.values().find(|(p, _)| p == path) {
+        Some((_, bytes)) => {
+            let bytes = bytes.clone();
+            drop(s);
+            resp.send(200, &[("Content-Type", "application/octet-stream")], &bytes);
+        }
+        None => resp.json(
+            404,
+            &json!({"ok": false, "error_code": 404, "description": "Not Found"}),
+        ),
+    }
 }

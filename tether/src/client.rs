@@ -206,6 +206,20 @@ impl AegisClient {
             .map(drop)
     }
 
+    /// The host path of `instance`'s workspace (`workspace` of `GET /v1/instances/{id}`),
+    /// if aegisd reports one.
+    pub fn instance_workspace(&self, instance: &str) -> Result<Option<std::path::PathBuf>, ClientError> {
+        let v = self.request(
+            "GET",
+            &format!("/v1/instances/{}", encode_segment(instance)),
+            None,
+        )?;
+        Ok(v["workspace"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(std::path::PathBuf::from))
+    }
+
     /// `GET /v1/instances/{instance}/tether/stream[?after=SEQ]`: a blocking iterator of
     /// egress frames that ends when the server closes the stream.
     pub fn stream(&self, instance: &str, after: Option<u64>) -> Result<FrameStream, ClientError> {

@@ -169,13 +169,48 @@ impl From<serde_json::Error> for FrameError {
 }
 
 /// `user.message` payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserMessage {
     /// What the user wrote; never empty.
     pub text: String,
     /// Who wrote it, for group chats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
+    /// Images sent with the message (a photo and its caption).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+    /// [ours] On channel `cron`: the chat the scheduled task belongs to; the agent sends
+    /// its reply frames there (the run's conversation stays in the cron session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Session>,
+}
+
+/// An image in a `user.message` or an `assistant.done` (upstream's `images` entries).
+/// Upstream names a file of the guest's blob store (`blob`); a host that cannot write
+/// into the guest carries the bytes inline instead (`data`, base64) **[ours]**.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Image {
+    /// `image/jpeg`, `image/png`, ...
+    pub media_type: String,
+    /// A file of the workspace blob store (`.aegis/blobs/NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// [ours] The bytes, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// `assistant.done` payload with images (the plain form is [`Text`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    /// The whole reply.
+    pub text: String,
+    /// Images that go with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
 }
 
 /// Identity of the person behind a `user.message`.
@@ -302,9 +337,21 @@ impl Frame {
 
     /// A `user.message` from `text`.
     pub fn user_message(session: Session, text: &str, user: Option<User>) -> Frame {
+        Frame::user_message_with_images(session, text, user, Vec::new())
+    }
+
+    /// A `user.message` with images.
+    pub fn user_message_with_images(
+        session: Session,
+        text: &str,
+        user: Option<User>,
+        images: Vec<Image>,
+    ) -> Frame {
         Frame::new(kind::USER_MESSAGE, Some(session)).with_payload(&UserMessage {
             text: text.to_string(),
             user,
+            images,
+            reply_to: None,
         })
     }
 

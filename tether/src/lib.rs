@@ -9,17 +9,22 @@
 //!   side of Firecracker-style hybrid vsock;
 //! - [`store`]: the per-instance egress history with sequence cursors, and [`disklog`],
 //!   its durable on-disk continuation;
-//! - [`client`]: the aegisd HTTP API over its unix socket.
+//! - [`client`]: the aegisd HTTP API over its unix socket;
+//! - [`cron`]: scheduled tasks, the `cron.json` the agent writes and the host fires, and
+//!   (feature `schedule`) `schedule`, which runs are due when.
 //!
 //! The library starts no threads of its own.
 
 pub mod client;
+pub mod cron;
 pub mod disklog;
 pub mod frame;
 pub mod hybrid;
 pub mod lines;
 pub mod paths;
 pub mod rpc;
+#[cfg(feature = "schedule")]
+pub mod schedule;
 pub mod store;
 pub mod time;
 pub mod transport;

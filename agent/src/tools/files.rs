@@ -219,6 +219,34 @@ pub fn unified_diff(name: &str, old: &str, new: &str) -> String {
     out
 }
 
+/// Largest image `respond_with_image` attaches: its base64 must fit a 1 MiB tether line.
+pub const ATTACH_CAP: u64 = 700 * 1024;
+
+/// `respond_with_image {path}`: the image to attach, and the text for the model.
+pub fn attach_image(ws: &Workspace, args: &Value) -> Result<(tether::frame::Image, String), String> {
+    let given = arg_str(args, "path")?;
+    let path = ws.resolve(given).map_err(|e| e.to_string())?;
+    let media_type = crate::blobs::media_type(&path)
+        .ok_or_else(|| format!("{given} is not a .png, .jpg, .gif or .webp image"))?;
+    let size = fs::metadata(&path).map_err(|e| format!("{given}: {e}"))?.len();
+    if size > ATTACH_CAP {
+        return Err(format!(
+            "{given} is too large to send ({size} bytes; at most {ATTACH_CAP})"
+        ));
+    }
+    let bytes = fs::read(&path).map_err(|e| format!("{given}: {e}"))?;
+    // Also in the blob store: a gateway that reads blobs from the workspace (upstream's)
+    // finds it there; ours uses the inline bytes.
+    let blob = crate::blobs::store(ws.root(), media_type, &bytes).map_err(|e| format!("{given}: {e}"))?;
+    let image = tether::frame::Image {
+        media_type: media_type.to_string(),
+        blob: Some(blob),
+        data: Some(crate::blobs::encode(&bytes)),
+        size: Some(bytes.len() as u64),
+    };
+    Ok((image, format!("{} attached to the reply", ws.display(&path))))
+}
+
 /// `list_files {path?}`: one entry per line, folders with a trailing `/`.
 pub fn list_files(ws: &Workspace, args: &Value) -> Result<String, String> {
     let given = args.get("path").and_then(Value::as_str).unwrap_or("");

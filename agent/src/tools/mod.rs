@@ -7,6 +7,7 @@
 //! [`paths::Workspace::resolve`]. A failure is a text result starting with `error: ` for
 //! the model, never a failed reply.
 
+pub mod cron;
 pub mod files;
 pub mod paths;
 pub mod search;
@@ -23,7 +24,9 @@ use serde_json::{json, Value};
 
 use crate::llm::{ToolCall, ToolSpec};
 use crate::mcp::McpServers;
+use crate::memory::MemoryStore;
 use paths::Workspace;
+use tether::Session;
 
 /// What running a tool call came to.
 #[derive(Debug, PartialEq)]
@@ -53,11 +56,29 @@ pub enum Builtin {
     Grep,
     /// `web_fetch {url}`.
     WebFetch,
+    /// `respond_with_image {path}`.
+    RespondWithImage,
+    /// `memory_store {text, tags?, scope?}`.
+    MemoryStore,
+    /// `memory_search {query?, tag?}`.
+    MemorySearch,
+    /// `memory_delete {id}`.
+    MemoryDelete,
+    /// `cron_create {schedule, text, session?, on_conflict?}`.
+    CronCreate,
+    /// `cron_list {}`.
+    CronList,
+    /// `cron_delete {id}`.
+    CronDelete,
+    /// `cron_enable {id}`.
+    CronEnable,
+    /// `cron_disable {id}`.
+    CronDisable,
 }
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 8] = [
+    pub const ALL: [Builtin; 17] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -66,6 +87,15 @@ impl Builtin {
         Builtin::Glob,
         Builtin::Grep,
         Builtin::WebFetch,
+        Builtin::RespondWithImage,
+        Builtin::MemoryStore,
+        Builtin::MemorySearch,
+        Builtin::MemoryDelete,
+        Builtin::CronCreate,
+        Builtin::CronList,
+        Builtin::CronDelete,
+        Builtin::CronEnable,
+        Builtin::CronDisable,
     ];
 
     /// Its name.
@@ -79,6 +109,15 @@ impl Builtin {
             Builtin::Glob => "glob",
             Builtin::Grep => "grep",
             Builtin::WebFetch => "web_fetch",
+            Builtin::RespondWithImage => "respond_with_image",
+            Builtin::MemoryStore => "memory_store",
+            Builtin::MemorySearch => "memory_search",
+            Builtin::MemoryDelete => "memory_delete",
+            Builtin::CronCreate => "cron_create",
+            Builtin::CronList => "cron_list",
+            Builtin::CronDelete => "cron_delete",
+            Builtin::CronEnable => "cron_enable",
+            Builtin::CronDisable => "cron_disable",
         }
     }
 
@@ -87,6 +126,12 @@ impl Builtin {
         match self {
             Builtin::Bash => "shell",
             Builtin::WebFetch => "web",
+            Builtin::MemoryStore | Builtin::MemorySearch | Builtin::MemoryDelete => "memory",
+            Builtin::CronCreate
+            | Builtin::CronList
+            | Builtin::CronDelete
+            | Builtin::CronEnable
+            | Builtin::CronDisable => "cron",
             _ => "files",
         }
     }
@@ -135,6 +180,47 @@ impl Builtin {
                 json!({"url": s("URL starting with http:// or https://")}),
                 &["url"],
             ),
+            Builtin::RespondWithImage => (
+                "Attach an image file of the workspace (.png, .jpg, .gif or .webp, at most 700 KB) to your reply; the user receives it with your text.",
+                json!({"path": s("Image path, relative to the workspace")}),
+                &["path"],
+            ),
+            Builtin::MemoryStore => (
+                "Remember a stable fact for later conversations (at most 500 characters): something the user asked you to remember, or a lasting fact about the user or the work. Never store secrets, keys, tokens or passwords.",
+                json!({"text": s("The fact to remember"), "tags": {"type": "array", "items": {"type": "string"}, "description": "Up to 5 labels"}, "scope": s("'user', 'workspace' (default) or 'session'")}),
+                &["text"],
+            ),
+            Builtin::MemorySearch => (
+                "Search your memories by words in their text and/or a tag; newest first, up to 20. Without arguments, the 20 newest.",
+                json!({"query": s("Text to look for (case-insensitive)"), "tag": s("Only memories with this tag")}),
+                &[],
+            ),
+            Builtin::MemoryDelete => (
+                "Forget a memory that is wrong or outdated.",
+                json!({"id": s("Memory id, e.g. 'm-3'")}),
+                &["id"],
+            ),
+            Builtin::CronCreate => (
+                "Schedule a recurring task. When it is due, text is sent to you as a message and your reply goes to this chat. Schedule: 5-field cron expression (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5' for weekdays at 9:00). At most 20 tasks.",
+                json!({"schedule": s("Cron expression, 5 fields"), "text": s("What to do when it runs (at most 1000 characters)"), "on_conflict": s("'skip' (default): skip a run while the previous one is unanswered; 'queue': run anyway")}),
+                &["schedule", "text"],
+            ),
+            Builtin::CronList => ("List the scheduled tasks.", json!({}), &[]),
+            Builtin::CronDelete => (
+                "Delete a scheduled task.",
+                json!({"id": s("Task id, e.g. 'cron-1'")}),
+                &["id"],
+            ),
+            Builtin::CronEnable => (
+                "Turn a scheduled task back on.",
+                json!({"id": s("Task id")}),
+                &["id"],
+            ),
+            Builtin::CronDisable => (
+                "Pause a scheduled task without deleting it.",
+                json!({"id": s("Task id")}),
+                &["id"],
+            ),
         };
         ToolSpec {
             name: self.name().into(),
@@ -164,7 +250,7 @@ impl Selection {
     }
 
     /// Apply an `AEGIS_TOOLS` value: comma-separated `all`, `none`, tool names, groups
-    /// (`shell`, `files`, `web`, `mcp`), each optionally prefixed with `-` to remove it.
+    /// (`shell`, `files`, `web`, `memory`, `cron`, `mcp`), each optionally prefixed with `-` to remove it.
     /// A list that starts with a plain name selects exactly what it names.
     pub fn narrow(&mut self, spec: &str) -> Result<(), String> {
         let items: Vec<&str> = spec.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -207,7 +293,7 @@ impl Selection {
                         .collect();
                     if hits.is_empty() {
                         return Err(format!(
-                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, web, mcp; or all, none)"
+                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, web, memory, cron, mcp; or all, none)"
                         ));
                     }
                     for b in hits {
@@ -231,6 +317,8 @@ pub struct ToolConfig {
     pub bash_timeout: Duration,
     /// Variables `bash` must not see (the agent's own LLM key).
     pub hidden_env: Vec<String>,
+    /// agent.json `timezone`, which the host evaluates schedules in.
+    pub timezone: Option<String>,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -243,6 +331,20 @@ pub struct Toolbox {
     shell: shell::Shell,
     /// MCP servers (empty when MCP is off).
     mcp: Arc<McpServers>,
+    /// Long-term memory.
+    memory: Arc<MemoryStore>,
+    /// Scheduled tasks.
+    cron: cron::CronTools,
+}
+
+/// What a tool call may use and produce besides its arguments.
+pub struct CallContext<'a> {
+    /// A message here cancels the call.
+    pub cancel: &'a Receiver<()>,
+    /// The chat being answered (scheduled tasks reply there).
+    pub origin: &'a Session,
+    /// Images attached to the reply.
+    pub attachments: Vec<tether::frame::Image>,
 }
 
 impl std::fmt::Debug for Toolbox {
@@ -255,7 +357,12 @@ impl std::fmt::Debug for Toolbox {
 
 impl Toolbox {
     /// Tools over `workspace` as `config` selects, with the MCP servers `mcp`.
-    pub fn new(workspace: Workspace, config: &ToolConfig, mcp: Arc<McpServers>) -> Toolbox {
+    pub fn new(
+        workspace: Workspace,
+        config: &ToolConfig,
+        mcp: Arc<McpServers>,
+        memory: Arc<MemoryStore>,
+    ) -> Toolbox {
         let builtins = Builtin::ALL
             .into_iter()
             .filter(|b| config.selection.builtins.contains(b))
@@ -266,9 +373,11 @@ impl Toolbox {
                 timeout: config.bash_timeout,
                 hidden_env: config.hidden_env.clone(),
             },
+            cron: cron::CronTools::new(workspace.root(), config.timezone.as_deref()),
             workspace,
             builtins,
             mcp,
+            memory,
         }
     }
 
@@ -290,8 +399,9 @@ impl Toolbox {
         specs
     }
 
-    /// Carry out `call`; a cancel on `cancel` ends it early.
-    pub fn run(&self, call: &ToolCall, cancel: &Receiver<()>) -> Outcome {
+    /// Carry out `call`; a cancel on `ctx.cancel` ends it early.
+    pub fn run(&self, call: &ToolCall, ctx: &mut CallContext) -> Outcome {
+        let cancel = ctx.cancel;
         let args = &call.input;
         if !args.is_object() {
             return Outcome::Done(format!(
@@ -321,11 +431,58 @@ impl Toolbox {
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
             Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
+            Builtin::RespondWithImage => files::attach_image(ws, args).map(|(img, note)| {
+                ctx.attachments.push(img);
+                note
+            }),
+            Builtin::MemoryStore => self.memory_store(args),
+            Builtin::MemorySearch => self.memory_search(args),
+            Builtin::MemoryDelete => arg_str(args, "id")
+                .and_then(|id| self.memory.delete(id))
+                .map(|()| json!({"ok": true}).to_string()),
+            Builtin::CronCreate => self.cron.create(args, ctx.origin),
+            Builtin::CronList => self.cron.list(),
+            Builtin::CronDelete => self.cron.delete(args),
+            Builtin::CronEnable => self.cron.set_enabled(args, true),
+            Builtin::CronDisable => self.cron.set_enabled(args, false),
         };
         Outcome::Done(match result {
             Ok(text) => text,
             Err(e) => format!("error: {e}"),
         })
+    }
+}
+
+impl Toolbox {
+    fn memory_store(&self, args: &Value) -> Result<String, String> {
+        let text = arg_str(args, "text")?;
+        let tags: Vec<String> = match args.get("tags") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|t| t.as_str().map(str::to_string).ok_or("tags must be strings"))
+                .collect::<Result<_, _>>()?,
+            Some(Value::String(t)) => vec![t.clone()],
+            Some(other) => return Err(format!("tags must be a list of strings, got {other}")),
+        };
+        let id = self.memory.store(text, &tags, arg_opt(args, "scope")?)?;
+        Ok(json!({"ok": true, "id": id}).to_string())
+    }
+
+    fn memory_search(&self, args: &Value) -> Result<String, String> {
+        let found = self
+            .memory
+            .search(arg_opt(args, "query")?, arg_opt(args, "tag")?)?;
+        Ok(crate::memory::search_result(&found))
+    }
+}
+
+/// An optional string argument.
+pub fn arg_opt<'a>(args: &'a Value, name: &str) -> Result<Option<&'a str>, String> {
+    match args.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(format!("{name} must be a string, got {other}")),
     }
 }
 
@@ -403,8 +560,15 @@ mod tests {
         let names = |s: &Selection| s.builtins.iter().map(|b| b.name()).collect::<Vec<_>>();
         let mut s = Selection::all();
         s.narrow("all,-shell,-files").unwrap();
-        assert_eq!(names(&s), vec!["web_fetch"]);
+        assert_eq!(names(&s)[0], "web_fetch");
+        assert!(names(&s).contains(&"memory_store") && names(&s).contains(&"cron_create"));
+        assert!(!names(&s).contains(&"respond_with_image") && !names(&s).contains(&"bash"));
         assert!(s.mcp);
+        let mut s = Selection::all();
+        s.narrow("all,-memory,-cron").unwrap();
+        assert!(!names(&s)
+            .iter()
+            .any(|n| n.starts_with("memory_") || n.starts_with("cron_")));
         let mut s = Selection::all();
         s.narrow("read_file,grep").unwrap();
         assert_eq!(names(&s), vec!["read_file", "grep"]);

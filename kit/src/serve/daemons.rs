@@ -183,6 +183,10 @@ fn spawn(spec: &Spec) -> std::io::Result<std::process::Child> {
     if let Some(home) = std::env::var_os("AEGIS_HOME") {
         cmd.env("AEGIS_HOME", home);
     }
+    // serve fires scheduled tasks itself (see `cron`); the gateway must not as well.
+    if super::cron::host_fires() {
+        cmd.env("AEGIS_HOST_SCHEDULES", "1");
+    }
     cmd.env("AEGIS_INSTANCE", &spec.instance.name)
         .env("AEGIS_SOCKET", &spec.socket)
         .envs(spec.instance.env.iter());

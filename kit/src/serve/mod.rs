@@ -3,10 +3,12 @@
 //! supervised local process with wake-on-message, pause on idle and scale to zero.
 //!
 //! Threads: the API accept loop (one short-lived thread per request, long-lived for
-//! streams), one supervisor per instance (see `supervisor`), and a signal thread that
-//! turns SIGTERM/SIGINT into an orderly shutdown of every instance.
+//! streams), one supervisor per instance (see `supervisor`), the scheduler of the
+//! instances' tasks (see `cron`), and a signal thread that turns SIGTERM/SIGINT into an
+//! orderly shutdown of every instance.
 
 pub mod api;
+pub mod cron;
 pub mod daemons;
 pub mod registry;
 pub mod secrets;
@@ -249,10 +251,17 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         config: config.clone(),
         daemons: std::sync::Mutex::new(BTreeMap::new()),
     });
+    let clock = tether::schedule::Clock::from_env().map_err(ServeError::Setup)?;
     for def in host.registry.load_all() {
         if let Err(e) = host.adopt(def) {
             log::error!("cannot supervise instance: {e}");
         }
+    }
+    if cron::host_fires() {
+        cron::start(Arc::clone(&host), clock)
+            .map_err(|e| ServeError::Setup(format!("cannot start the scheduler: {e}")))?;
+    } else {
+        log::info!("scheduled tasks: left to per-instance gateways (AEGIS_KIT_CRON=off)");
     }
     let server = Arc::new(server);
     let signals =

@@ -97,6 +97,8 @@ pub struct Info {
     pub last_seq: u64,
     /// The instance's folder.
     pub dir: PathBuf,
+    /// Its workspace on the host (upstream's field: a gateway reads image blobs there).
+    pub workspace: PathBuf,
     /// The sandbox in force (or that would be, for a stopped instance).
     pub sandbox_in_force: String,
 }
@@ -126,6 +128,8 @@ pub enum Cmd {
     Answered(String),
     /// The process exited (pid, exit code if not killed by a signal).
     Exited(u32, Option<i32>),
+    /// Whether a user message whose `msg_id` starts with this is queued or unanswered.
+    Owes(String, Sender<bool>),
     /// The agent holds a keepalive lease for this long (`keepalive` notification), or
     /// released it (`keepalive.release`).
     Lease(Option<Duration>),
@@ -483,6 +487,11 @@ impl Supervisor {
                 self.save_unanswered();
             }
             Cmd::Exited(pid, code) => self.exited(pid, code),
+            Cmd::Owes(prefix, reply) => {
+                let owed = |f: &Frame| f.msg_id.as_deref().is_some_and(|m| m.starts_with(&prefix));
+                let _ =
+                    reply.send(self.unanswered.iter().any(owed) || self.queue.iter().any(|(f, _)| owed(f)));
+            }
             Cmd::Lease(ttl) => {
                 self.lease_until = ttl.map(|t| Instant::now() + t);
                 self.touch();
@@ -918,6 +927,7 @@ impl Supervisor {
                 .count(),
             last_seq: self.store.last_seq(),
             dir: self.dir.clone(),
+            workspace: self.dir.join("workspace"),
             sandbox_in_force: self.sandbox_line(),
         }
     }

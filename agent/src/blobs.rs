@@ -1,0 +1,115 @@
+//! The workspace blob store (`<workspace>/.aegis/blobs/<sha256>.<ext>`, upstream's
+//! layout): images that arrive with messages are kept here once, and session lines refer
+//! to them by name instead of carrying their bytes.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+/// Largest image stored from a message.
+pub const MAX_IMAGE: usize = 10 * 1024 * 1024;
+
+fn dir(workspace: &Path) -> PathBuf {
+    workspace.join(".aegis/blobs")
+}
+
+/// The file extension for an image type.
+pub fn extension(media_type: &str) -> &'static str {
+    match media_type {
+        "image/png" => "png",
+        "image/gif" => "gif",
+        "image/webp" => "webp",
+        _ => "jpg",
+    }
+}
+
+/// The image type of a file name's extension, if it is an image.
+pub fn media_type(path: &Path) -> Option<&'static str> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "gif" => Some("image/gif"),
+        "webp" => Some("image/webp"),
+        _ => None,
+    }
+}
+
+/// Whether `name` is a plain blob name (no path, no dot file).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+}
+
+/// Store base64 `data` of `media_type`; the blob's name.
+pub fn store_base64(workspace: &Path, media_type: &str, data: &str) -> io::Result<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("image data is not base64: {e}"),
+            )
+        })?;
+    store(workspace, media_type, &bytes)
+}
+
+/// Store `bytes` of `media_type` (written under a temporary name, then renamed, so a
+/// reader never sees half a blob); the blob's name.
+pub fn store(workspace: &Path, media_type: &str, bytes: &[u8]) -> io::Result<String> {
+    if bytes.len() > MAX_IMAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("image of {} bytes is too large", bytes.len()),
+        ));
+    }
+    let name = format!("{:x}.{}", Sha256::digest(bytes), extension(media_type));
+    let d = dir(workspace);
+    fs::create_dir_all(&d)?;
+    let path = d.join(&name);
+    if !path.exists() {
+        let tmp = d.join(format!(".{name}.tmp"));
+        fs::write(&tmp, bytes)?;
+        fs::rename(&tmp, &path)?;
+    }
+    Ok(name)
+}
+
+/// The blob `name` as base64, if it exists and is at most `cap` bytes.
+pub fn load_base64(workspace: &Path, name: &str, cap: usize) -> Option<String> {
+    if !valid_name(name) {
+        return None;
+    }
+    let bytes = fs::read(dir(workspace).join(name)).ok()?;
+    (bytes.len() <= cap).then(|| base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// `bytes` as base64.
+pub fn encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_content_addressed_and_names_cannot_escape() {
+        let tmp = crate::testutil::TempDir::new("blobs");
+        let ws = tmp.path();
+        let name = store_base64(ws, "image/png", &encode(b"\\x89PNG fake")).unwrap();
+        assert!(name.ends_with(".png") && name.len() == 64 + 4, "{name}");
+        assert_eq!(
+            store_base64(ws, "image/png", &encode(b"\\x89PNG fake")).unwrap(),
+            name
+        );
+        assert_eq!(load_base64(ws, &name, 1024), Some(encode(b"\\x89PNG fake")));
+        assert_eq!(load_base64(ws, "../../etc/passwd", 1024), None);
+        assert!(store_base64(ws, "image/png", "not base64!").is_err());
+    }
+}

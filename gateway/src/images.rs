@@ -1,0 +1,252 @@
+//! Images between Telegram and the tether: which photo of a message goes to the agent,
+//! and the bytes of an image an agent names only by its workspace blob (upstream's
+//! agent does that; ours also carries the bytes inline).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use tether::frame::{kind, Done, Image};
+use tether::{AegisClient, Frame};
+
+use crate::telegram::Message;
+
+/// Largest image passed to the agent: its base64 must fit the 1 MiB tether line.
+pub const MAX_IMAGE_IN: u64 = 700 * 1024;
+
+/// Largest image sent to Telegram (`sendPhoto` takes 10 MB).
+pub const MAX_IMAGE_OUT: u64 = 10 * 1024 * 1024;
+
+/// The image of `m` to pass on, as (file id, media type), if it has one; `Err(size)`
+/// when even its smallest form is larger than [`MAX_IMAGE_IN`].
+pub fn pick(m: &Message) -> Option<Result<(String, String), u64>> {
+    if !m.photo.is_empty() {
+        let fits = |p: &&crate::telegram::PhotoSize| p.file_size.is_none_or(|s| s <= MAX_IMAGE_IN);
+        // Telegram re-encodes photos as JPEG; the largest size that fits is the best view.
+        return Some(
+            match m
+                .photo
+                .iter()
+                .filter(fits)
+                .max_by_key(|p| u64::from(p.width) * u64::from(p.height))
+            {
+                Some(p) => Ok((p.file_id.clone(), "image/jpeg".to_string())),
+                None => Err(m.photo.iter().filter_map(|p| p.file_size).min().unwrap_or(0)),
+            },
+        );
+    }
+    let doc = m.document.as_ref()?;
+    let media = doc
+        .mime_type
+        .as_deref()
+        .filter(|t| matches!(*t, "image/jpeg" | "image/png" | "image/gif" | "image/webp"))?;
+    Some(match doc.file_size {
+        Some(s) if s > MAX_IMAGE_IN => Err(s),
+        _ => Ok((doc.file_id.clone(), media.to_string())),
+    })
+}
+
+/// An image's bytes (from its inline base64).
+pub fn decode(image: &Image) -> Result<Vec<u8>, String> {
+    let data = image.data.as_deref().ok_or("the image has no data")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| format!("the image data is not base64: {e}"))
+}
+
+/// `bytes` as base64.
+pub fn encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Whether `name` is a blob name as upstream writes them: `<sha256 hex>.<ext>`.
+pub fn valid_blob_name(name: &str) -> bool {
+    let Some((hash, ext)) = name.split_once('.') else {
+        return false;
+    };
+    hash.len() == 64
+        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && matches!(ext, "png" | "jpg" | "gif" | "webp")
+}
+
+/// Read blob `name` of `workspace`, refusing anything that is not a regular file inside
+/// `<workspace>/.aegis/blobs`: the guest owns that folder and could plant a symlink to a
+/// host file, which must never reach a chat.
+pub fn read_blob(workspace: &Path, name: &str) -> Result<Vec<u8>, String> {
+    if !valid_blob_name(name) {
+        return Err(format!("{name:?} is not a blob name"));
+    }
+    let ws = workspace
+        .canonicalize()
+        .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
+    let expected = ws.join(".aegis/blobs").join(name);
+    let file = File::open(&expected).map_err(|e| format!("blob {name}: {e}"))?;
+    // The path the open actually reached, whatever links were on the way.
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|e| format!("blob {name}: {e}"))?;
+    if real != expected {
+        return Err(format!("blob {name} leads outside the workspace blob store"));
+    }
+    let meta = file.metadata().map_err(|e| format!("blob {name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("blob {name} is not a file"));
+    }
+    if meta.len() > MAX_IMAGE_OUT {
+        return Err(format!("blob {name} is too large ({} bytes)", meta.len()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_IMAGE_OUT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("blob {name}: {e}"))?;
+    Ok(bytes)
+}
+
+/// Fills in the bytes of images an `assistant.done` names only by blob, from the
+/// instance's workspace as aegisd reports it (`GET /v1/instances/{id}` → `workspace`).
+pub struct BlobReader {
+    aegis: AegisClient,
+    instance: String,
+    workspace: Option<PathBuf>,
+}
+
+impl BlobReader {
+    /// For `instance`.
+    pub fn new(aegis: AegisClient, instance: &str) -> BlobReader {
+        BlobReader {
+            aegis,
+            instance: instance.to_string(),
+            workspace: None,
+        }
+    }
+
+    fn workspace(&mut self) -> Option<PathBuf> {
+        if self.workspace.is_none() {
+            match self.aegis.instance_workspace(&self.instance) {
+                Ok(ws) => self.workspace = ws,
+                Err(e) => log::warn!("cannot look up the workspace of {}: {e}", self.instance),
+            }
+        }
+        self.workspace.clone()
+    }
+
+    /// Give every blob-only image of `f` (an `assistant.done`) its bytes; an image that
+    /// cannot be read is dropped with a log line.
+    pub fn inline(&mut self, f: &mut Frame) {
+        if f.kind != kind::ASSISTANT_DONE {
+            return;
+        }
+        let Ok(mut done) = f.payload_as::<Done>() else {
+            return;
+        };
+        if done.images.iter().all(|i| i.data.is_some()) {
+            return;
+        }
+        let ws = self.workspace();
+        done.images.retain_mut(|img| {
+            if img.data.is_some() {
+                return true;
+            }
+            let read = match (&ws, &img.blob) {
+                (Some(ws), Some(name)) => read_blob(ws, name),
+                (None, _) => Err("the instance's workspace is unknown".to_string()),
+                (_, None) => Err("the image has neither data nor blob".to_string()),
+            };
+            match read {
+                Ok(bytes) => {
+                    img.data = Some(encode(&bytes));
+                    true
+                }
+                Err(e) => {
+                    log::warn!("an image of a reply is left out: {e}");
+                    false
+                }
+            }
+        });
+        *f = f.clone().with_payload(&done);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn blob_names_are_hashes_with_an_image_extension() {
+        let h = "a".repeat(64);
+        assert!(valid_blob_name(&format!("{h}.png")));
+        assert!(!valid_blob_name(&format!("{h}.txt")));
+        assert!(!valid_blob_name("../../etc/passwd"));
+        assert!(!valid_blob_name(&format!("../{}.png", "a".repeat(61))));
+        assert!(!valid_blob_name(&format!("{}.png", "A".repeat(64))));
+    }
+
+    #[test]
+    fn a_blob_linked_outside_the_workspace_is_refused() {
+        let base = std::env::temp_dir().join(format!("aegis-gw-unit-blobs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let _d = Dir(base.clone());
+        let ws = base.join("ws");
+        let blobs = ws.join(".aegis/blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        std::fs::write(base.join("host-secret"), "secret").unwrap();
+        let good = format!("{}.png", "1".repeat(64));
+        std::fs::write(blobs.join(&good), "png").unwrap();
+        assert_eq!(read_blob(&ws, &good).unwrap(), b"png");
+        // A planted link to a host file.
+        let evil = format!("{}.png", "2".repeat(64));
+        std::os::unix::fs::symlink(base.join("host-secret"), blobs.join(&evil)).unwrap();
+        let e = read_blob(&ws, &evil).unwrap_err();
+        assert!(e.contains("outside"), "{e}");
+        // The blob folder itself replaced by a link.
+        std::fs::remove_dir_all(ws.join(".aegis")).unwrap();
+        std::fs::create_dir_all(base.join("elsewhere/blobs")).unwrap();
+        std::fs::write(base.join("elsewhere/blobs").join(&good), "outside").unwrap();
+        std::os::unix::fs::symlink(base.join("elsewhere"), ws.join(".aegis")).unwrap();
+        assert!(read_blob(&ws, &good).unwrap_err().contains("outside"));
+        // A folder where a file should be.
+        std::fs::remove_file(ws.join(".aegis")).unwrap();
+        std::fs::create_dir_all(blobs.join(&good)).unwrap();
+        assert!(read_blob(&ws, &good).is_err());
+    }
+
+    #[test]
+    fn blob_only_images_of_a_reply_get_their_bytes_and_unreadable_ones_are_dropped() {
+        let base = std::env::temp_dir().join(format!("aegis-gw-unit-inline-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let _d = Dir(base.clone());
+        let blobs = base.join(".aegis/blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let name = format!("{}.png", "3".repeat(64));
+        std::fs::write(blobs.join(&name), "png bytes").unwrap();
+        let mut reader = BlobReader {
+            aegis: AegisClient::new("/nonexistent.sock"),
+            instance: "i".into(),
+            workspace: Some(base.clone()),
+        };
+        let img = |blob: &str| Image {
+            media_type: "image/png".into(),
+            blob: Some(blob.into()),
+            ..Image::default()
+        };
+        let done = Done {
+            text: "two pictures".into(),
+            images: vec![img(&name), img("../secret.png")],
+        };
+        let mut f =
+            Frame::new(kind::ASSISTANT_DONE, Some(tether::Session::new("telegram", "1"))).with_payload(&done);
+        reader.inline(&mut f);
+        let out: Done = f.payload_as().unwrap();
+        assert_eq!(out.text, "two pictures");
+        assert_eq!(out.images.len(), 1);
+        assert_eq!(decode(&out.images[0]).unwrap(), b"png bytes");
+    }
+}

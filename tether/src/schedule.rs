@@ -1,0 +1,384 @@
+//! The evaluation of scheduled tasks, for the host programs that fire them (`aegis-kit
+//! serve`, and `aegis-gateway` in per-instance mode under AegisVM): which runs of a
+//! workspace's `cron.json` are due, in which time zone, and the record of the newest
+//! minute evaluated that makes a restart catch up without sending a run twice.
+//!
+//! Missed runs are caught up to an hour back, each task's coalesced into its latest; a
+//! task never runs for a minute before it was created; a wall time that repeats when
+//! clocks go back runs once, one that is skipped when they go forward does not run.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::cron::{CronFile, Entry, Minute, Schedule, MAX_ENTRIES, MAX_FILE};
+use crate::frame::{kind, User, UserMessage};
+use crate::{Frame, Session};
+
+/// How far back a restarted host catches up on runs it missed.
+pub const CATCH_UP_MINUTES: i64 = 60;
+
+/// The host's clock: the real one, or for tests a fast one (`AEGIS_KIT_CLOCK`).
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Virtual unix time (ms) at `anchor_ms` of real time.
+    start_ms: i64,
+    anchor_ms: i64,
+    speed: i64,
+}
+
+fn real_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Clock {
+    /// The real clock.
+    pub fn real() -> Clock {
+        Clock {
+            start_ms: 0,
+            anchor_ms: 0,
+            speed: 1,
+        }
+    }
+
+    /// `AEGIS_KIT_CLOCK=VIRTUAL_UNIX_SECS,REAL_ANCHOR_UNIX_MS,SPEED`: time runs from the
+    /// virtual start at the real anchor, SPEED times faster. Every serve given the same
+    /// value shares one timeline, so a test can restart serve mid-schedule.
+    pub fn from_env() -> Result<Clock, String> {
+        let Ok(v) = std::env::var("AEGIS_KIT_CLOCK") else {
+            return Ok(Clock::real());
+        };
+        let bad = || format!("AEGIS_KIT_CLOCK={v:?}: expected VIRTUAL_UNIX_SECS,REAL_ANCHOR_UNIX_MS,SPEED");
+        let parts: Vec<i64> = v
+            .split(',')
+            .map(|p| p.trim().parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        match parts[..] {
+            [start, anchor, speed] if speed >= 1 => Ok(Clock {
+                start_ms: start * 1000,
+                anchor_ms: anchor,
+                speed,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Whether this is the real clock.
+    pub fn is_real(&self) -> bool {
+        self.speed == 1 && self.start_ms == 0
+    }
+
+    /// Unix time in ms.
+    pub fn now_ms(&self) -> i64 {
+        self.start_ms + (real_ms() - self.anchor_ms) * self.speed
+    }
+
+    /// Real time until virtual unix second `t`.
+    pub fn until(&self, t: i64) -> Duration {
+        let ms = (t * 1000 - self.now_ms()).max(0) / self.speed;
+        Duration::from_millis(ms as u64)
+    }
+}
+
+/// The newest minute evaluated for an instance.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct State {
+    last_minute: Option<i64>,
+}
+
+/// The runs of one workspace due now, and how to record that they were sent.
+#[derive(Debug)]
+pub struct Due {
+    /// Each task due, with the minute of its run.
+    pub runs: Vec<(Entry, i64)>,
+    /// Problems worth a log line (bad schedules, too many tasks).
+    pub problems: Vec<String>,
+    state_path: PathBuf,
+    minute: i64,
+}
+
+impl Due {
+    /// Record the minute as evaluated: call once every run was accepted (a run not
+    /// accepted is tried again next minute under the same `msg_id`).
+    pub fn commit(&self) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(&State {
+            last_minute: Some(self.minute),
+        })
+        .map_err(std::io::Error::other)?;
+        write_atomic(&self.state_path, &bytes)
+    }
+}
+
+/// The runs of `workspace`'s tasks due at unix `minute` and in the minutes missed since
+/// the last evaluation recorded in `state_path`; `None` when the workspace has no tasks
+/// or the minute was evaluated already.
+pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> Result<Option<Due>, String> {
+    let Some(file) = read_cron_file(&workspace.join(".aegis/cron.json"))? else {
+        return Ok(None);
+    };
+    let state: State = fs::read(state_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if state.last_minute.is_some_and(|l| l >= minute) {
+        return Ok(None);
+    }
+    let from = state
+        .last_minute
+        .map_or(minute, |l| (l + 1).max(minute - CATCH_UP_MINUTES + 1));
+    let (tz, mut problems) = time_zone(workspace);
+    if file.entries.len() > MAX_ENTRIES {
+        problems.push(format!(
+            "cron.json has {} tasks; only the first {MAX_ENTRIES} run",
+            file.entries.len()
+        ));
+    }
+    let mut runs = Vec::new();
+    for entry in file.entries.into_iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
+        let schedule = match Schedule::parse(&entry.schedule) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("task {}: {e}", entry.id));
+                continue;
+            }
+        };
+        // A task never runs for a minute before it existed (catching up after a pause).
+        // The agent stamps tasks with real time, so a test clock cannot compare.
+        let created = humantime::parse_rfc3339_weak(&entry.created_at)
+            .ok()
+            .filter(|_| clock.is_real())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(i64::MIN, |d| d.as_secs() as i64 / 60);
+        if let Some(m) = (from..=minute)
+            .rev()
+            .find(|m| *m >= created && due_at(&schedule, *m, &tz))
+        {
+            runs.push((entry, m));
+        }
+    }
+    Ok(Some(Due {
+        runs,
+        problems,
+        state_path: state_path.to_path_buf(),
+        minute,
+    }))
+}
+
+/// The `user.message` of the run of `entry` at unix `minute`: channel `cron`, the task's
+/// session, user "Scheduled Task", the chat to answer in, `msg_id` `cron-<id>-<minute>`.
+pub fn run_frame(entry: &Entry, minute: i64) -> Frame {
+    Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", &entry.session)))
+        .with_payload(&UserMessage {
+            text: entry.message.clone(),
+            user: Some(User {
+                id: Some("cron".into()),
+                username: None,
+                name: Some("Scheduled Task".into()),
+            }),
+            reply_to: entry.reply_to.clone(),
+            ..UserMessage::default()
+        })
+        .with_msg_id(crate::cron::run_msg_id(&entry.id, minute))
+}
+
+/// Whether `schedule` is due at unix minute `m` in `tz`. A wall time that repeats when
+/// clocks go back (the same time an hour earlier) counts once.
+fn due_at(schedule: &Schedule, m: i64, tz: &TimeZone) -> bool {
+    let Some(now) = wall(m, tz) else { return false };
+    schedule.matches(now) && wall(m - 60, tz) != Some(now)
+}
+
+fn wall(m: i64, tz: &TimeZone) -> Option<Minute> {
+    let z = jiff::Timestamp::from_second(m * 60).ok()?.to_zoned(tz.clone());
+    Some(Minute {
+        minute: z.minute() as u8,
+        hour: z.hour() as u8,
+        day: z.day() as u8,
+        month: z.month() as u8,
+        weekday: z.weekday().to_sunday_zero_offset() as u8,
+    })
+}
+
+/// agent.json's `timezone`, else the host's (with a problem when the name is unknown).
+fn time_zone(workspace: &Path) -> (TimeZone, Vec<String>) {
+    let name = fs::read(workspace.join(".aegis/agent.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["timezone"].as_str().map(str::to_string));
+    match name {
+        Some(n) => match TimeZone::get(&n) {
+            Ok(tz) => (tz, Vec::new()),
+            Err(e) => (
+                TimeZone::system(),
+                vec![format!("agent.json timezone {n:?}: {e}; using the host's")],
+            ),
+        },
+        None => (TimeZone::system(), Vec::new()),
+    }
+}
+
+/// The task file, if there is one. The guest owns the workspace, so the file is opened
+/// without following a link, must be a regular file, and is read up to a size cap.
+fn read_cron_file(path: &Path) -> Result<Option<CronFile>, String> {
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open cron.json: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("cron.json: {e}"))?;
+    if !meta.is_file() {
+        return Err("cron.json is not a regular file".into());
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("cron.json is larger than {MAX_FILE} bytes"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cron.json: {e}"))?;
+    // Only the position of a syntax error is reported, never the file's content.
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        format!(
+            "cron.json is not valid (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn workspace(name: &str, cron: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("tether-unit-schedule-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(d.join(".aegis")).unwrap();
+        fs::write(d.join(".aegis/cron.json"), cron).unwrap();
+        fs::write(d.join(".aegis/agent.json"), r#"{"timezone": "UTC"}"#).unwrap();
+        Dir(d)
+    }
+
+    #[test]
+    fn missed_minutes_are_caught_up_once_and_recorded() {
+        let cron = r#"{"entries": [
+            {"id": "cron-1", "schedule": "0 9 * * *", "message": "standup", "session": "cron-1", "created_at": "2026-11-01T00:00:00Z"},
+            {"id": "cron-2", "schedule": "*/1 * * * *", "message": "tick", "session": "cron-2", "created_at": "2026-11-23T09:05:30Z"},
+            {"id": "cron-3", "schedule": "0 9 * * *", "message": "off", "session": "cron-3", "enabled": false},
+            {"id": "cron-4", "schedule": "61 * * * *", "message": "bad", "session": "cron-4"}
+        ], "next_id": 5}"#;
+        let d = workspace("catch-up", cron);
+        let state = d.0.join("state.json");
+        let clock = Clock::real();
+        let nine = 1_795_424_400 / 60; // 2026-11-23 09:00 UTC
+                                       // First sight: only the current minute counts.
+        let due0 = due(&d.0, &state, nine - 5, &clock).unwrap().unwrap();
+        assert!(due0.runs.is_empty());
+        assert!(
+            due0.problems.iter().any(|p| p.contains("cron-4")),
+            "{:?}",
+            due0.problems
+        );
+        due0.commit().unwrap();
+        // Down from 08:56 to 09:10: the 09:00 run once; the every-minute task only from
+        // its creation, coalesced into the latest minute.
+        let due1 = due(&d.0, &state, nine + 10, &clock).unwrap().unwrap();
+        let runs: Vec<(&str, i64)> = due1.runs.iter().map(|(e, m)| (e.id.as_str(), *m)).collect();
+        assert_eq!(runs, vec![("cron-1", nine), ("cron-2", nine + 10)]);
+        // Not committed (a run was not accepted): the same runs, the same msg_ids.
+        let again = due(&d.0, &state, nine + 10, &clock).unwrap().unwrap();
+        assert_eq!(again.runs.len(), 2);
+        assert_eq!(
+            run_frame(&again.runs[0].0, again.runs[0].1).msg_id.unwrap(),
+            format!("cron-cron-1-{nine}")
+        );
+        again.commit().unwrap();
+        assert!(
+            due(&d.0, &state, nine + 10, &clock).unwrap().is_none(),
+            "evaluated already"
+        );
+        // Down for a day: at most an hour back.
+        let late = due(&d.0, &state, nine + 24 * 60 + 90, &clock).unwrap().unwrap();
+        assert!(late.runs.iter().all(|(e, _)| e.id == "cron-2"));
+    }
+
+    #[test]
+    fn a_planted_link_or_a_huge_file_is_refused() {
+        let d = workspace("hostile", "{}");
+        let f = d.0.join(".aegis/cron.json");
+        fs::remove_file(&f).unwrap();
+        fs::write(d.0.join("outside.json"), r#"{"entries": []}"#).unwrap();
+        std::os::unix::fs::symlink(d.0.join("outside.json"), &f).unwrap();
+        let e = due(&d.0, &d.0.join("s"), 1, &Clock::real()).unwrap_err();
+        assert!(e.contains("cannot open"), "{e}");
+        fs::remove_file(&f).unwrap();
+        fs::write(&f, vec![b' '; MAX_FILE as usize + 1]).unwrap();
+        assert!(due(&d.0, &d.0.join("s"), 1, &Clock::real())
+            .unwrap_err()
+            .contains("larger"));
+        fs::write(&f, "{\"entries\": [secret").unwrap();
+        let e = due(&d.0, &d.0.join("s"), 1, &Clock::real()).unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_repeated_wall_time_runs_once_and_a_skipped_one_not_at_all() {
+        let tz = TimeZone::get("Europe/Paris").unwrap();
+        let s = Schedule::parse("30 2 * * *").unwrap();
+        // 2026-10-25: 03:00 CEST goes back to 02:00 CET; 02:30 happens twice.
+        let first = jiff::civil::date(2026, 10, 25)
+            .at(0, 30, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap();
+        let m0 = first.timestamp().as_second() / 60;
+        let runs: Vec<i64> = (m0..m0 + 120).filter(|m| due_at(&s, *m, &tz)).collect();
+        assert_eq!(runs, vec![m0], "once, at the first 02:30");
+        // 2026-03-29: 02:00 CET jumps to 03:00 CEST; 02:30 does not exist.
+        let day = jiff::civil::date(2026, 3, 29)
+            .at(0, 0, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap();
+        let d0 = day.timestamp().as_second() / 60;
+        assert!((d0..d0 + 24 * 60).all(|m| !due_at(&s, m, &tz)));
+    }
+
+    #[test]
+    fn the_test_clock_runs_fast_from_its_start() {
+        let c = Clock {
+            start_ms: 1_000_000,
+            anchor_ms: real_ms(),
+            speed: 60,
+        };
+        let n = c.now_ms();
+        assert!((1_000_000..1_000_000 + 60_000).contains(&n), "{n}");
+        assert!(c.until(n / 1000 + 60) <= Duration::from_secs(1));
+    }
+}
