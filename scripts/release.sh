@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
 # Build the release binaries as small static executables and print where they are.
-#   musl (fully static) when the Rust musl target and musl-gcc are installed,
-#   else glibc with crt-static.
+#   musl (fully static, smallest) when the toolchain has the Rust musl target: it is added
+#   with rustup when missing, and linked self-contained (the C parts of dependencies are
+#   compiled with musl-gcc when installed, else with the plain C compiler);
+#   else glibc with crt-static, with a line saying so and how to get musl.
 # Usage: scripts/release.sh [cargo build args...]   (prints the output folder last)
 #        TINY=1 scripts/release.sh ...               (nightly build-std, smallest binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=$(uname -m)
 musl="$arch-unknown-linux-musl"
-if rustup target list --installed 2>/dev/null | grep -qx "$musl" && command -v musl-gcc >/dev/null; then
+has_musl() { rustup target list --installed 2>/dev/null | grep -qx "$musl"; }
+if ! has_musl && command -v rustup >/dev/null; then
+  echo "release: adding the Rust target $musl (rustup target add $musl)" >&2
+  timeout 30 rustup target add "$musl" >/dev/null 2>&1 || true
+fi
+if has_musl; then
   target=$musl
-  export "CC_${arch}_unknown_linux_musl=musl-gcc"
+  if command -v musl-gcc >/dev/null; then
+    export "CC_${arch}_unknown_linux_musl=musl-gcc"
+  else
+    # The C in our dependencies (ring's crypto) is freestanding: the host compiler does.
+    export "CC_${arch}_unknown_linux_musl=${CC:-cc}"
+  fi
+  # Rust's musl target carries its own C runtime and libc: no musl linker needed.
+  export "CARGO_TARGET_$(echo "$musl" | tr a-z- A-Z_)_LINKER=${MUSL_LINKER:-cc}"
+  export RUSTFLAGS="${RUSTFLAGS:-} -C link-self-contained=yes"
 else
   target=$(rustc -vV | sed -n 's/host: //p')
+  echo "release: the Rust musl target is not available (rustup could not add $musl); building" \
+    "glibc static binaries instead, about 1 MB larger each. On a machine that can reach" \
+    "static.rust-lang.org: rustup target add $musl" >&2
   # With an explicit --target these flags reach only the binaries, not build scripts.
   export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 fi
@@ -25,5 +43,9 @@ if [ "${TINY:-}" = 1 ]; then
   echo "target/tiny/$target/release"
   exit 0
 fi
-cargo build --release --locked --target "$target" --bins "$@" >&2
+# One package at a time: features are then chosen per binary (only aegis-kit carries the
+# bundled time zone database, the agent no scheduler at all).
+for p in aegis-agent aegis-gateway aegis-kit; do
+  cargo build --release --locked --target "$target" -p "$p" --bins "$@" >&2
+done
 echo "target/$target/release"

@@ -8,7 +8,7 @@
 //! then renamed over the original. Every session's worker shares one store behind a mutex.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -154,19 +154,12 @@ impl MemoryStore {
 
     /// Rewrite the file from `entries` (temporary file, fsync, rename).
     fn rewrite(&self, cache: &mut Cache) -> io::Result<()> {
-        let dir = self.path.parent().expect("memory file has a folder");
-        fs::create_dir_all(dir)?;
-        let tmp = dir.join(".memories.jsonl.tmp");
         let mut text = String::new();
         for m in &cache.entries {
             text.push_str(&serde_json::to_string(m).map_err(io::Error::other)?);
             text.push('\n');
         }
-        let mut f = File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, &self.path)?;
-        File::open(dir)?.sync_all()?;
+        tether::fsutil::replace_synced(&self.path, text.as_bytes())?;
         cache.bad_lines = 0;
         self.stamp_now(cache);
         Ok(())

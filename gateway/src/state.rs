@@ -50,10 +50,7 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path) -> T {
 
 /// Replace a state file atomically.
 pub fn save<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
-    if let Some(d) = path.parent() {
-        fs::create_dir_all(d)?;
-    }
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, serde_json::to_vec(value).map_err(io::Error::other)?)?;
-    fs::rename(tmp, path)
+    // Saved often while replies stream: crash-safe, not synced (a power loss costs at
+    // most a repeated edit).
+    tether::fsutil::replace(path, &serde_json::to_vec(value).map_err(io::Error::other)?)
 }

@@ -19,6 +19,7 @@ pub mod client;
 pub mod cron;
 pub mod disklog;
 pub mod frame;
+pub mod fsutil;
 pub mod hybrid;
 pub mod lines;
 pub mod paths;

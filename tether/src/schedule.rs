@@ -112,7 +112,7 @@ impl Due {
             last_minute: Some(self.minute),
         })
         .map_err(std::io::Error::other)?;
-        write_atomic(&self.state_path, &bytes)
+        crate::fsutil::replace_synced(&self.state_path, &bytes)
     }
 }
 
@@ -255,16 +255,6 @@ fn read_cron_file(path: &Path) -> Result<Option<CronFile>, String> {
             e.column()
         )
     })
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    {
-        let mut f = fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -3,8 +3,7 @@
 //! host reads it and sends each run as a `user.message`, so the instance may sleep
 //! between runs (see `tether::cron`).
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -46,20 +45,10 @@ impl CronTools {
 
     /// Write the file whole: temporary file, fsync, rename, so the host never reads half.
     fn save(&self, file: &CronFile) -> Result<(), String> {
-        let write = || -> std::io::Result<()> {
-            let dir = self.path.parent().expect("cron.json has a folder");
-            fs::create_dir_all(dir)?;
-            let tmp = dir.join(".cron.json.tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(
-                serde_json::to_string_pretty(file)
-                    .map_err(std::io::Error::other)?
-                    .as_bytes(),
-            )?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        serde_json::to_string_pretty(file)
+            .map_err(std::io::Error::other)
+            .and_then(|text| tether::fsutil::replace_synced(&self.path, text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
     }
 
     /// `cron_create {schedule, text (or message), session?, on_conflict?}` from `origin`,

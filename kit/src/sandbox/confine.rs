@@ -67,10 +67,16 @@ pub fn apply(policy: &Policy, probe: &Probe, namespaced: bool) -> Result<(), Con
     }
 }
 
+/// `setrlimit`'s resource type: glibc and musl spell it differently.
+#[cfg(target_env = "musl")]
+type Resource = libc::c_int;
+#[cfg(not(target_env = "musl"))]
+type Resource = libc::__rlimit_resource_t;
+
 fn limits(policy: &Policy) -> Result<(), String> {
     let l = &policy.limits;
     let mib = 1024 * 1024;
-    let set = |res: libc::__rlimit_resource_t, v: u64, name: &str| {
+    let set = |res: Resource, v: u64, name: &str| {
         let r = libc::rlimit {
             rlim_cur: v,
             rlim_max: v,

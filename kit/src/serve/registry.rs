@@ -123,9 +123,10 @@ impl Registry {
     pub fn save(&self, def: &InstanceDef) -> io::Result<()> {
         let dir = self.instance_dir(&def.name);
         fs::create_dir_all(dir.join("workspace"))?;
-        let tmp = dir.join("instance.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(def).expect("def serialises"))?;
-        fs::rename(tmp, dir.join("instance.json"))
+        tether::fsutil::replace_synced(
+            &dir.join("instance.json"),
+            &serde_json::to_vec_pretty(def).expect("def serialises"),
+        )
     }
 
     /// Delete the instance's folder, workspace included.

@@ -304,8 +304,7 @@ impl Supervisor {
             text.push_str(&f.to_json());
             text.push('\n');
         }
-        let tmp = self.dir.join("unanswered.jsonl.tmp");
-        if let Err(e) = fs::write(&tmp, text).and_then(|_| fs::rename(&tmp, &path)) {
+        if let Err(e) = tether::fsutil::replace(&path, text.as_bytes()) {
             log::error!("{}: cannot save {}: {e}", self.def.name, path.display());
         }
     }

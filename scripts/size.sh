@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Print the footprint table: each release binary's size against its budget, and the idle
+# RSS of the agent and the gateway. Builds through scripts/release.sh (musl when the
+# toolchain has it, else glibc static). Informational: it never fails on a budget.
+# Usage: scripts/size.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=$(mktemp -d -t aegis-size-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+dir=$(scripts/release.sh 2>"$work/build.log") || { cat "$work/build.log" >&2; exit 1; }
+grep '^release:' "$work/build.log" >&2 || true
+case "$dir" in *musl*) libc=musl ;; *) libc="glibc static" ;; esac
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+rss_mib() { awk '/^VmRSS:/ {printf "%.2f MiB", $2/1024}' "/proc/$1/status"; }
+wait_port() { for _ in $(seq 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.01; done; return 1; }
+
+# The agent, idle in harness mode.
+port=$(free_port)
+mkdir -p "$work/ws"
+env -i PATH="$PATH" AEGIS_AGENT_ADDR="127.0.0.1:$port" AEGIS_WORKSPACE="$work/ws" RUST_LOG=error \
+  "$dir/aegis-agent" >/dev/null 2>&1 &
+pids+=($!); agent=$!
+wait_port "$port"
+sleep 0.3
+agent_rss=$(rss_mib "$agent")
+
+# The gateway, idle: long-polling a stand-in Bot API that never has an update.
+api=$(free_port)
+python3 - "$api" >/dev/null 2>&1 <<'EOF' &
+import http.server, json, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.endswith("/getUpdates"):
+            time.sleep(25)
+        result = {"id": 1, "is_bot": True, "first_name": "t", "username": "t_bot"} if self.path.endswith("/getMe") else ([] if self.path.endswith("/getUpdates") else True)
+        body = json.dumps({"ok": True, "result": result}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+EOF
+pids+=($!)
+wait_port "$api"
+cat >"$work/gateway.json" <<EOF
+{"telegram": {"bot_token": "1:size", "instance": "none", "allowed_chats": ["*"], "api_url": "http://127.0.0.1:$api"}}
+EOF
+env -i PATH="$PATH" HOME="$work" RUST_LOG=error "$dir/aegis-gateway" --config "$work/gateway.json" \
+  --socket "$work/none.sock" >/dev/null 2>&1 &
+pids+=($!); gateway=$!
+sleep 1
+gateway_rss=$(rss_mib "$gateway")
+
+printf '%-15s %12s %12s  %s\n' binary bytes budget "idle RSS (budget)"
+row() { printf '%-15s %12s %12s  %s\n' "$1" "$(stat -c %s "$dir/$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta')" "$2" "$3"; }
+row aegis-agent 1,500,000 "$agent_rss (1.3 MiB)"
+row aegis-gateway 1,500,000 "$gateway_rss (2 MiB)"
+row aegis-kit "-" "-"
+echo "($libc, $(rustc -V | cut -d' ' -f2), $dir)"
