@@ -15,6 +15,12 @@ if ! has_musl && command -v rustup >/dev/null; then
   echo "release: adding the Rust target $musl (rustup target add $musl)" >&2
   timeout 30 rustup target add "$musl" >/dev/null 2>&1 || true
 fi
+glibc_static() {
+  target=$(rustc -vV | sed -n 's/host: //p')
+  # With an explicit --target these flags reach only the binaries, not build scripts.
+  export RUSTFLAGS="${base_flags} -C target-feature=+crt-static"
+}
+base_flags="${RUSTFLAGS:-}"
 if has_musl; then
   target=$musl
   if command -v musl-gcc >/dev/null; then
@@ -25,14 +31,12 @@ if has_musl; then
   fi
   # Rust's musl target carries its own C runtime and libc: no musl linker needed.
   export "CARGO_TARGET_$(echo "$musl" | tr a-z- A-Z_)_LINKER=${MUSL_LINKER:-cc}"
-  export RUSTFLAGS="${RUSTFLAGS:-} -C link-self-contained=yes"
+  export RUSTFLAGS="${base_flags} -C link-self-contained=yes"
 else
-  target=$(rustc -vV | sed -n 's/host: //p')
   echo "release: the Rust musl target is not available (rustup could not add $musl); building" \
     "glibc static binaries instead, about 1 MB larger each. On a machine that can reach" \
     "static.rust-lang.org: rustup target add $musl" >&2
-  # With an explicit --target these flags reach only the binaries, not build scripts.
-  export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
+  glibc_static
 fi
 if [ "${TINY:-}" = 1 ]; then
   # Smallest build: std rebuilt with panic=immediate-abort (no unwinding or panic
@@ -45,7 +49,15 @@ if [ "${TINY:-}" = 1 ]; then
 fi
 # One package at a time: features are then chosen per binary (only aegis-kit carries the
 # bundled time zone database, the agent no scheduler at all).
-for p in aegis-agent aegis-gateway aegis-kit; do
-  cargo build --release --locked --target "$target" -p "$p" --bins "$@" >&2
-done
+build_all() {
+  for p in aegis-agent aegis-gateway aegis-kit; do
+    cargo build --release --locked --target "$target" -p "$p" --bins "$@" >&2 || return 1
+  done
+}
+if ! build_all "$@"; then
+  [ "$target" = "$musl" ] || exit 1
+  echo "release: the musl build failed (see above); building glibc static binaries instead" >&2
+  glibc_static
+  build_all "$@"
+fi
 echo "target/$target/release"
