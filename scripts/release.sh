@@ -21,6 +21,11 @@ glibc_static() {
   export RUSTFLAGS="${base_flags} -C target-feature=+crt-static"
 }
 base_flags="${RUSTFLAGS:-}"
+case "$PWD" in
+  *" "*) ;; # RUSTFLAGS splits on spaces: keep the tables rather than break the build.
+  # No unwind tables and no lookup table for them (see scripts/discard-unwind-tables.ld).
+  *) base_flags="$base_flags -C link-arg=-Wl,--no-eh-frame-hdr -C link-arg=-Wl,-T,$PWD/scripts/discard-unwind-tables.ld" ;;
+esac
 if has_musl; then
   target=$musl
   if command -v musl-gcc >/dev/null; then
