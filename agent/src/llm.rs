@@ -283,7 +283,7 @@ impl Decoder {
 impl Llm {
     /// A client for `provider`.
     pub fn new(provider: Provider) -> Llm {
-        let config = ureq::Agent::config_builder()
+        let config = tether::http::agent_config()
             .http_status_as_error(false)
             .timeout_connect(Some(provider.connect_timeout))
             .timeout_recv_response(Some(provider.read_timeout))

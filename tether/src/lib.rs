@@ -9,7 +9,8 @@
 //!   side of Firecracker-style hybrid vsock;
 //! - [`store`]: the per-instance egress history with sequence cursors, and [`disklog`],
 //!   its durable on-disk continuation;
-//! - [`client`]: the aegisd HTTP API over its unix socket;
+//! - [`client`]: the aegisd HTTP API over its unix socket, and [`http`], the settings
+//!   every HTTP client of the kit starts from;
 //! - [`cron`]: scheduled tasks, the `cron.json` the agent writes and the host fires, and
 //!   (feature `schedule`) `schedule`, which runs are due when.
 //!
@@ -20,6 +21,7 @@ pub mod cron;
 pub mod disklog;
 pub mod frame;
 pub mod fsutil;
+pub mod http;
 pub mod hybrid;
 pub mod lines;
 pub mod paths;
