@@ -784,3 +784,86 @@ fn a_reader_away_for_20000_frames_and_a_serve_killed_in_between_lose_nothing() {
     c.request("DELETE", "/v1/instances/b", None).unwrap();
     assert!(!home.join("kit/instances/b/egress").exists());
 }
+
+#[test]
+fn an_instance_that_cannot_boot_does_not_hold_up_another_instances_tasks() {
+    use std::collections::BTreeSet;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    // A fast clock (a minute every 3 s) and two instances with a task every minute. serve
+    // visits instances in name order, so the one that never boots comes first: its run
+    // waits out the whole boot timeout (8 s, nearly three minutes of this clock).
+    const START: i64 = 1_795_424_340; // 2026-11-23 08:59:00 UTC
+    const SPEED: i64 = 20;
+    let anchor = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-cron-stuck");
+    let stuck = home.join("stuck/aegis-agent");
+    std::fs::create_dir_all(stuck.parent().unwrap()).unwrap();
+    std::fs::write(&stuck, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&stuck, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = home.join("aegisd.sock");
+    let mut cmd = command("aegis-kit");
+    cmd.env("AEGIS_HOME", &home)
+        .env("AEGIS_KIT_CLOCK", format!("{START},{anchor},{SPEED}"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("serve")
+        .arg("--agent")
+        .arg(bin("aegis-agent"))
+        .args(["--boot-timeout", "8", "--sandbox", "none"]);
+    let proc = Proc::spawn(cmd);
+    proc.wait_for("aegis-kit serve listening", T);
+    let s = Serve {
+        proc,
+        home: home.to_path_buf(),
+        socket,
+    };
+    s.create_agent("b-good", &llm);
+    s.client()
+        .request(
+            "POST",
+            "/v1/instances",
+            Some(&json!({"name": "a-stuck", "command": [stuck.to_str().unwrap()]})),
+        )
+        .unwrap();
+    let every_minute = json!({"entries": [{"id": "cron-1", "schedule": "* * * * *",
+        "message": "tick", "session": "cron-1", "on_conflict": "queue"}], "next_id": 2});
+    for name in ["a-stuck", "b-good"] {
+        let aegis = home.join(format!("kit/instances/{name}/workspace/.aegis"));
+        std::fs::create_dir_all(&aegis).unwrap();
+        std::fs::write(aegis.join("cron.json"), every_minute.to_string()).unwrap();
+    }
+
+    // Five minutes of this clock: b-good's task runs in every one of them.
+    let rx = stream(&s.client(), "b-good", None);
+    let mut minutes = BTreeSet::new();
+    let until = Instant::now() + Duration::from_millis((5 * 60 * 1000 / SPEED) as u64);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(f) = rx.recv_timeout(left) else { break };
+        if f.kind != "assistant.done" {
+            continue;
+        }
+        let id = f.msg_id.clone().unwrap_or_default();
+        if let Some(m) = id.strip_prefix("cron-cron-1-") {
+            assert_eq!(
+                done_text(std::slice::from_ref(&f)),
+                "echo: [Scheduled Task]: tick"
+            );
+            minutes.insert(m.parse::<i64>().unwrap());
+        }
+    }
+    let minutes: Vec<i64> = minutes.into_iter().collect();
+    assert!(minutes.len() >= 4, "runs in minutes {minutes:?}");
+    assert!(
+        minutes.windows(2).all(|w| w[1] == w[0] + 1),
+        "a minute was skipped or merged: {minutes:?}"
+    );
+    // The stuck instance's runs failed in the open, and were not recorded as sent.
+    assert!(
+        s.proc
+            .log()
+            .contains("a-stuck: task cron-1 could not be delivered"),
+        "{}",
+        s.proc.log()
+    );
+}

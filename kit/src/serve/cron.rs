@@ -6,17 +6,18 @@
 //! minute boundary catches up on start and never sends a run twice (a run is named
 //! `cron-<task id>-<unix minute>`, and the agent ignores a copy it answered).
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, Receiver};
 use tether::cron::OnConflict;
 use tether::schedule::{self, Clock};
 
 use super::supervisor::{Cmd, Handle};
-use super::Host;
+use super::{ApiError, Host};
 
 /// Whether serve fires scheduled tasks: yes unless `AEGIS_KIT_CRON=off`, which leaves
 /// them to per-instance gateways as under AegisVM (aegisd does not fire them).
@@ -28,15 +29,42 @@ pub fn host_fires() -> bool {
 const ACCEPT_WAIT: Duration = Duration::from_secs(60);
 
 /// Start the scheduler thread.
+///
+/// Runs are sent to every instance before any acceptance is awaited, and each instance's
+/// acceptances are awaited on a thread of their own: an instance that takes its whole
+/// boot timeout to fail delays nobody else's runs. An instance whose previous runs are
+/// still unsettled is left out of a minute; the minutes it missed are caught up once they
+/// settle (nothing was recorded as sent).
 pub fn start(host: Arc<Host>, clock: Clock) -> std::io::Result<()> {
     if !clock.is_real() {
         log::warn!("scheduled tasks use a test clock (AEGIS_KIT_CLOCK)");
     }
+    let unsettled: Arc<Mutex<HashSet<String>>> = Arc::default();
     thread::Builder::new().name("cron".into()).spawn(move || loop {
         let minute = clock.now_ms().div_euclid(60_000);
         for h in host.handles() {
-            let dir = host.registry.instance_dir(&h.def.name);
-            run_instance(&h, &dir, minute, &clock);
+            let name = h.def.name.clone();
+            if unsettled.lock().expect("cron lock").contains(&name) {
+                log::debug!("{name}: scheduled tasks: earlier runs not settled yet");
+                continue;
+            }
+            let dir = host.registry.instance_dir(&name);
+            let Some(batch) = send_due(&h, &dir, minute, &clock) else {
+                continue;
+            };
+            unsettled.lock().expect("cron lock").insert(name.clone());
+            let settled = Arc::clone(&unsettled);
+            let spawned = thread::Builder::new()
+                .name(format!("cron-{name}"))
+                .spawn(move || {
+                    batch.settle();
+                    settled.lock().expect("cron lock").remove(&name);
+                });
+            if let Err(e) = spawned {
+                // Nothing was recorded as sent: the runs go again next minute, same msg_id.
+                log::error!("scheduled tasks: cannot start a thread: {e}");
+                unsettled.lock().expect("cron lock").remove(&h.def.name);
+            }
         }
         // A little past the boundary, so the next minute has surely begun.
         thread::sleep(clock.until((minute + 1) * 60) + Duration::from_millis(5));
@@ -44,8 +72,15 @@ pub fn start(host: Arc<Host>, clock: Clock) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Send one instance's runs due at `minute` (and any it missed).
-fn run_instance(h: &Handle, dir: &Path, minute: i64, clock: &Clock) {
+/// Runs sent to one instance, waiting to be accepted.
+struct Batch {
+    name: String,
+    due: schedule::Due,
+    waits: Vec<(String, Receiver<Result<(), ApiError>>)>,
+}
+
+/// Send one instance's runs due at `minute` (and any it missed); `None` when none are.
+fn send_due(h: &Handle, dir: &Path, minute: i64, clock: &Clock) -> Option<Batch> {
     let due = match schedule::due(
         &dir.join("workspace"),
         &dir.join("cron-state.json"),
@@ -53,10 +88,10 @@ fn run_instance(h: &Handle, dir: &Path, minute: i64, clock: &Clock) {
         clock,
     ) {
         Ok(Some(d)) => d,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             log::warn!("{}: scheduled tasks: {e}", h.def.name);
-            return;
+            return None;
         }
     };
     for p in &due.problems {
@@ -85,22 +120,35 @@ fn run_instance(h: &Handle, dir: &Path, minute: i64, clock: &Clock) {
             waits.push((entry.id.clone(), rx));
         }
     }
-    let mut all_accepted = true;
-    for (id, rx) in waits {
-        let problem = match rx.recv_timeout(ACCEPT_WAIT) {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "not accepted in time".to_string(),
-        };
-        all_accepted = false;
-        log::warn!(
-            "{}: task {id} could not be delivered ({problem}); trying again next minute",
-            h.def.name
-        );
-    }
-    if all_accepted {
-        if let Err(e) = due.commit() {
-            log::error!("{}: cannot save cron-state.json: {e}", h.def.name);
+    Some(Batch {
+        name: h.def.name.clone(),
+        due,
+        waits,
+    })
+}
+
+impl Batch {
+    /// Wait for every run to be accepted, then record the minute as done; a run not
+    /// accepted leaves it unrecorded, so it is sent again (same `msg_id`) next minute.
+    fn settle(self) {
+        let deadline = Instant::now() + ACCEPT_WAIT;
+        let mut all_accepted = true;
+        for (id, rx) in self.waits {
+            let problem = match rx.recv_deadline(deadline) {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "not accepted in time".to_string(),
+            };
+            all_accepted = false;
+            log::warn!(
+                "{}: task {id} could not be delivered ({problem}); trying again next minute",
+                self.name
+            );
+        }
+        if all_accepted {
+            if let Err(e) = self.due.commit() {
+                log::error!("{}: cannot save cron-state.json: {e}", self.name);
+            }
         }
     }
 }
