@@ -5,12 +5,20 @@
 #   compiled with musl-gcc when installed, else with the plain C compiler);
 #   else glibc with crt-static, with a line saying so and how to get musl.
 # Usage: scripts/release.sh [cargo build args...]   (prints the output folder last)
-#        TINY=1 scripts/release.sh ...               (nightly build-std, smallest binaries)
+#        TINY=1 scripts/release.sh ...               (smallest: std rebuilt, see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 arch=$(uname -m)
 musl="$arch-unknown-linux-musl"
-has_musl() { rustup target list --installed 2>/dev/null | grep -qx "$musl"; }
+# Whether `rustup ARGS...` lists LINE (read whole first: `grep -q` closing the pipe early
+# would fail the pipeline under pipefail).
+rustup_lists() {
+  local line=$1 out
+  shift
+  out=$(rustup "$@" 2>/dev/null) || return 1
+  grep -qx -- "$line" <<<"$out"
+}
+has_musl() { rustup_lists "$musl" target list --installed; }
 if ! has_musl && command -v rustup >/dev/null; then
   echo "release: adding the Rust target $musl (rustup target add $musl)" >&2
   timeout 30 rustup target add "$musl" >/dev/null 2>&1 || true
@@ -43,26 +51,45 @@ else
     "static.rust-lang.org: rustup target add $musl" >&2
   glibc_static
 fi
-if [ "${TINY:-}" = 1 ]; then
-  # Smallest build: std rebuilt with panic=immediate-abort (no unwinding or panic
-  # message machinery). Needs a nightly toolchain with the rust-src component.
-  export RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort"
-  cargo +nightly build --release --locked --target "$target" -Z build-std=std,panic_abort \
-    --target-dir target/tiny --bins "$@" >&2
-  echo "target/tiny/$target/release"
-  exit 0
-fi
 # One package at a time: features are then chosen per binary (only aegis-kit carries the
 # bundled time zone database, the agent no scheduler at all).
 build_all() {
   for p in aegis-agent aegis-gateway aegis-kit; do
-    cargo build --release --locked --target "$target" -p "$p" --bins "$@" >&2 || return 1
+    cargo "${toolchain[@]}" build --release --locked --target "$target" -p "$p" --bins \
+      "${extra[@]}" "$@" >&2 || return 1
   done
 }
+toolchain=()
+extra=()
+out="target/$target/release"
+if [ "${TINY:-}" = 1 ]; then
+  # Smallest build: std rebuilt with panic=immediate-abort (no unwinding or panic
+  # message machinery). Unstable options: nightly when installed, else the stable
+  # compiler with RUSTC_BOOTSTRAP=1 (works, but the Rust project does not support it).
+  if rustup run nightly rustc -V >/dev/null 2>&1 &&
+    { [ "$target" != "$musl" ] || rustup_lists "$musl" +nightly target list --installed; }; then
+    toolchain=(+nightly)
+  else
+    echo "release: TINY=1 without a nightly toolchain for $target: using the stable" \
+      "compiler's unstable options (RUSTC_BOOTSTRAP=1)" >&2
+    export RUSTC_BOOTSTRAP=1
+  fi
+  if ! rustup_lists rust-src "${toolchain[@]}" component list --installed; then
+    echo "release: adding the rust-src component (rustup component add rust-src)" >&2
+    timeout 60 rustup "${toolchain[@]}" component add rust-src >/dev/null 2>&1 || true
+  fi
+  export RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort"
+  extra=(-Z build-std=std,panic_abort --target-dir target/tiny)
+  out="target/tiny/$target/release"
+  build_all "$@"
+  echo "$out"
+  exit 0
+fi
 if ! build_all "$@"; then
   [ "$target" = "$musl" ] || exit 1
   echo "release: the musl build failed (see above); building glibc static binaries instead" >&2
   glibc_static
+  out="target/$target/release"
   build_all "$@"
 fi
-echo "target/$target/release"
+echo "$out"
