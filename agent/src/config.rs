@@ -50,17 +50,23 @@ LLM (environment only, so keys never appear in a process listing):
 
 TOOLS:
     AEGIS_TOOLS         which tools are on: comma-separated names or groups (shell,
-                        files, web, mcp), `all`, `none`, `-NAME` to remove; a list
-                        starting with a name selects exactly those [default all]
+                        files, web, memory, cron, mcp), `all`, `none`, `-NAME` to
+                        remove; a list starting with a name selects exactly those
+                        [default all]
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
-    Built-in: bash, read_file, write_file, edit_file, list_files, glob, grep,
-    web_fetch. MCP servers come from agent.json `mcp`, DIR/.aegis/mcp.json, and
-    aegis-mcp-guest on PATH (as server `aegis`).
+    Built-in: bash; read_file, write_file, edit_file, list_files, glob, grep,
+    respond_with_image; web_fetch; memory_store, memory_search, memory_delete
+    (DIR/.aegis/memory/memories.jsonl); cron_create, cron_list, cron_delete,
+    cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host). MCP servers
+    come from agent.json `mcp`, DIR/.aegis/mcp.json, and aegis-mcp-guest on PATH
+    (as server `aegis`).
 
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\" or \"anthropic/NAME\"), api_key_env, base_url, max_tokens,
     context_turns, context_chars, system_prompt, max_tool_rounds,
-    tools {NAME: {enabled, timeout_secs}}, mcp {NAME: {command, args, env, timeout_secs}}
+    tools {NAME: {enabled, timeout_secs}}, mcp {NAME: {command, args, env, timeout_secs}},
+    memory {inject_mode (relevant, recent_only, off), max_inject_chars,
+    max_inject_count, max_total}, timezone (IANA name, for scheduled tasks)
 
 Logs go to stderr; RUST_LOG=debug for more.";
 

@@ -58,6 +58,8 @@ OPTIONS:
 
 ENVIRONMENT:
     AEGIS_HOME        state folder [default ~/.aegis]
+    AEGIS_KIT_CRON    off: serve leaves scheduled tasks to per-instance gateways
+                      [default: serve fires every instance's workspace/.aegis/cron.json]
     RUST_LOG          log level (serve logs to stderr)";
 
 /// A failed command, printed as `aegis-kit: MESSAGE`.
