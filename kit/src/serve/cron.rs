@@ -52,6 +52,11 @@ pub fn start(host: Arc<Host>, clock: Clock) -> std::io::Result<()> {
             let Some(batch) = send_due(&h, &dir, minute, &clock) else {
                 continue;
             };
+            if batch.waits.is_empty() {
+                // Nothing sent (the usual minute): just record it, no thread needed.
+                batch.settle();
+                continue;
+            }
             unsettled.lock().expect("cron lock").insert(name.clone());
             let settled = Arc::clone(&unsettled);
             let spawned = thread::Builder::new()
