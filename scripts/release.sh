@@ -61,7 +61,6 @@ build_all() {
 }
 toolchain=()
 extra=()
-out="target/$target/release"
 if [ "${TINY:-}" = 1 ]; then
   # Smallest build: std rebuilt with panic=immediate-abort (no unwinding or panic
   # message machinery). Unstable options: nightly when installed, else the stable
@@ -80,16 +79,14 @@ if [ "${TINY:-}" = 1 ]; then
   fi
   export RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort"
   extra=(-Z build-std=std,panic_abort --target-dir target/tiny)
-  out="target/tiny/$target/release"
   build_all "$@"
-  echo "$out"
+  echo "target/tiny/$target/release"
   exit 0
 fi
 if ! build_all "$@"; then
   [ "$target" = "$musl" ] || exit 1
   echo "release: the musl build failed (see above); building glibc static binaries instead" >&2
   glibc_static
-  out="target/$target/release"
   build_all "$@"
 fi
-echo "$out"
+echo "target/$target/release"

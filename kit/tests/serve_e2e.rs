@@ -22,14 +22,20 @@ struct Serve {
 }
 
 fn start_serve(home: &Path, args: &[&str]) -> Serve {
+    start_serve_with(home, &bin("aegis-agent"), &[], args)
+}
+
+/// serve with its own agent binary and extra environment.
+fn start_serve_with(home: &Path, agent: &Path, env: &[(&str, &str)], args: &[&str]) -> Serve {
     let socket = home.join("aegisd.sock");
     let mut cmd = command("aegis-kit");
     cmd.env("AEGIS_HOME", home)
+        .envs(env.iter().copied())
         .arg("--socket")
         .arg(&socket)
         .arg("serve")
         .arg("--agent")
-        .arg(bin("aegis-agent"))
+        .arg(agent)
         .args(args);
     let proc = Proc::spawn(cmd);
     proc.wait_for("aegis-kit serve listening", T);
@@ -670,20 +676,12 @@ fn a_long_tool_run_completes_and_the_instance_pauses_afterwards() {
 #[test]
 fn a_keepalive_lease_holds_off_the_idle_pause_until_released() {
     let home = aegis_e2e::proc::TempDir::new("serve-lease");
-    let socket = home.join("aegisd.sock");
-    let mut cmd = command("aegis-kit");
-    cmd.env("AEGIS_HOME", home.path())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["serve", "--pause-after", "1", "--stop-after", "30", "--agent"])
-        .arg(bin("lease-agent"));
-    let proc = Proc::spawn(cmd);
-    proc.wait_for("aegis-kit serve listening", T);
-    let s = Serve {
-        proc,
-        home: home.to_path_buf(),
-        socket,
-    };
+    let s = start_serve_with(
+        home.path(),
+        &bin("lease-agent"),
+        &[],
+        &["--pause-after", "1", "--stop-after", "30"],
+    );
     let c = s.client();
     c.request(
         "POST",
@@ -801,23 +799,13 @@ fn an_instance_that_cannot_boot_does_not_hold_up_another_instances_tasks() {
     std::fs::create_dir_all(stuck.parent().unwrap()).unwrap();
     std::fs::write(&stuck, "#!/bin/sh\nexec sleep 600\n").unwrap();
     std::fs::set_permissions(&stuck, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let socket = home.join("aegisd.sock");
-    let mut cmd = command("aegis-kit");
-    cmd.env("AEGIS_HOME", &home)
-        .env("AEGIS_KIT_CLOCK", format!("{START},{anchor},{SPEED}"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("serve")
-        .arg("--agent")
-        .arg(bin("aegis-agent"))
-        .args(["--boot-timeout", "8", "--sandbox", "none"]);
-    let proc = Proc::spawn(cmd);
-    proc.wait_for("aegis-kit serve listening", T);
-    let s = Serve {
-        proc,
-        home: home.to_path_buf(),
-        socket,
-    };
+    let clock = format!("{START},{anchor},{SPEED}");
+    let s = start_serve_with(
+        &home,
+        &bin("aegis-agent"),
+        &[("AEGIS_KIT_CLOCK", &clock)],
+        &["--boot-timeout", "8", "--sandbox", "none"],
+    );
     s.create_agent("b-good", &llm);
     s.client()
         .request(

@@ -43,12 +43,12 @@ pub fn start(host: Arc<Host>, clock: Clock) -> std::io::Result<()> {
     thread::Builder::new().name("cron".into()).spawn(move || loop {
         let minute = clock.now_ms().div_euclid(60_000);
         for h in host.handles() {
-            let name = h.def.name.clone();
-            if unsettled.lock().expect("cron lock").contains(&name) {
+            let name = &h.def.name;
+            if unsettled.lock().expect("cron lock").contains(name) {
                 log::debug!("{name}: scheduled tasks: earlier runs not settled yet");
                 continue;
             }
-            let dir = host.registry.instance_dir(&name);
+            let dir = host.registry.instance_dir(name);
             let Some(batch) = send_due(&h, &dir, minute, &clock) else {
                 continue;
             };
@@ -62,13 +62,14 @@ pub fn start(host: Arc<Host>, clock: Clock) -> std::io::Result<()> {
             let spawned = thread::Builder::new()
                 .name(format!("cron-{name}"))
                 .spawn(move || {
+                    let name = batch.name.clone();
                     batch.settle();
                     settled.lock().expect("cron lock").remove(&name);
                 });
             if let Err(e) = spawned {
                 // Nothing was recorded as sent: the runs go again next minute, same msg_id.
                 log::error!("scheduled tasks: cannot start a thread: {e}");
-                unsettled.lock().expect("cron lock").remove(&h.def.name);
+                unsettled.lock().expect("cron lock").remove(name);
             }
         }
         // A little past the boundary, so the next minute has surely begun.
