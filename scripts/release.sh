@@ -30,9 +30,12 @@ glibc_static() {
 }
 base_flags="${RUSTFLAGS:-}"
 case "$PWD" in
-  *" "*) ;; # RUSTFLAGS splits on spaces: keep the tables rather than break the build.
-  # No unwind tables and no lookup table for them (see scripts/discard-unwind-tables.ld).
-  *) base_flags="$base_flags -C link-arg=-Wl,--no-eh-frame-hdr -C link-arg=-Wl,-T,$PWD/scripts/discard-unwind-tables.ld" ;;
+  # RUSTFLAGS splits on spaces: keep the linker's defaults rather than break the build.
+  *" "*) ;;
+  # No unwind tables and no lookup table for them (see scripts/discard-unwind-tables.ld);
+  # the code that start-up and idling run placed first, together (see scripts/hot-text.ld).
+  *) base_flags="$base_flags -C link-arg=-Wl,--no-eh-frame-hdr -C link-arg=-Wl,-T,$PWD/scripts/discard-unwind-tables.ld"
+     base_flags="$base_flags -C link-arg=-Wl,-T,$PWD/scripts/hot-text.ld" ;;
 esac
 if has_musl; then
   target=$musl
@@ -51,12 +54,44 @@ else
     "static.rust-lang.org: rustup target add $musl" >&2
   glibc_static
 fi
+# Cargo does not track the linker scripts: remove the binaries linked before a script last
+# changed, so that cargo links them again.
+relink_if_stale() {
+  local bin script
+  for bin in "$1"/aegis_agent-* "$1"/aegis_gateway-* "$1"/aegis_kit-*; do
+    case "$bin" in *.*) continue ;; esac
+    [ -f "$bin" ] || continue
+    for script in scripts/*.ld; do
+      if [ "$script" -nt "$bin" ]; then rm -f "$bin"; break; fi
+    done
+  done
+}
+# Source paths as panic locations name them: a crate's own (ureq-3.1.2/src/...) rather than
+# this machine's registry folder, and std's as shipped (/rustc/COMMIT/...) whether or not
+# rust-src is installed (with it, rustc embeds its local path: 8 KB more and the builder's
+# home folder in the binary). Paths with spaces are left alone (RUSTFLAGS splits on them).
+path_remaps() {
+  local sysroot commit reg
+  sysroot=$(rustc "${toolchain[@]}" --print sysroot)
+  commit=$(rustc "${toolchain[@]}" -vV | sed -n 's/^commit-hash: //p')
+  case "$sysroot" in *" "*) ;; *) printf ' --remap-path-prefix=%s' "$sysroot/lib/rustlib/src/rust=/rustc/$commit" ;; esac
+  # The registry's folders exist once the sources are unpacked, so that the first build
+  # gets the same flags as the next.
+  cargo "${toolchain[@]}" fetch --locked --target "$target" >/dev/null 2>&1 || true
+  for reg in "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/; do
+    case "$reg" in *" "*) ;; *) [ -d "$reg" ] && printf ' --remap-path-prefix=%s' "$reg=" ;; esac
+  done
+}
 # One package at a time: features are then chosen per binary (only aegis-kit carries the
 # bundled time zone database, the agent no scheduler at all).
-build_all() {
+build_all() { # build_all DEFAULT_TARGET_DIR [cargo build args...]
+  relink_if_stale "${CARGO_TARGET_DIR:-$1}/$target/release/deps"
+  shift
+  local flags
+  flags="${RUSTFLAGS:-}$(path_remaps)"
   for p in aegis-agent aegis-gateway aegis-kit; do
-    cargo "${toolchain[@]}" build --release --locked --target "$target" -p "$p" --bins \
-      "${extra[@]}" "$@" >&2 || return 1
+    RUSTFLAGS="$flags" cargo "${toolchain[@]}" build --release --locked --target "$target" \
+      -p "$p" --bins "${extra[@]}" "$@" >&2 || return 1
   done
 }
 toolchain=()
@@ -78,15 +113,15 @@ if [ "${TINY:-}" = 1 ]; then
     timeout 60 rustup "${toolchain[@]}" component add rust-src >/dev/null 2>&1 || true
   fi
   export RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort"
-  extra=(-Z build-std=std,panic_abort --target-dir target/tiny)
-  build_all "$@"
-  echo "target/tiny/$target/release"
+  extra=(-Z build-std=std,panic_abort --target-dir "${CARGO_TARGET_DIR:-target/tiny}")
+  build_all target/tiny "$@"
+  echo "${CARGO_TARGET_DIR:-target/tiny}/$target/release"
   exit 0
 fi
-if ! build_all "$@"; then
+if ! build_all target "$@"; then
   [ "$target" = "$musl" ] || exit 1
   echo "release: the musl build failed (see above); building glibc static binaries instead" >&2
   glibc_static
-  build_all "$@"
+  build_all target "$@"
 fi
-echo "target/$target/release"
+echo "${CARGO_TARGET_DIR:-target}/$target/release"

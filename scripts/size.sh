@@ -22,10 +22,11 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 rss_mib() { awk '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} END {printf "%.2f MiB, anon %d KiB", r/1024, a}' "/proc/$1/status"; }
 wait_port() { for _ in $(seq 500); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.01; done; return 1; }
 
-# The agent, idle in harness mode.
+# The agent, idle in harness mode, with a provider as deployed (nothing is sent at idle).
 port=$(free_port)
 mkdir -p "$work/ws"
 env -i PATH="$PATH" AEGIS_AGENT_ADDR="127.0.0.1:$port" AEGIS_WORKSPACE="$work/ws" RUST_LOG=error \
+  OPENAI_API_KEY=sk-size-measurement \
   "$dir/aegis-agent" >/dev/null 2>&1 &
 pids+=($!); agent=$!
 wait_port "$port"
@@ -34,20 +35,7 @@ agent_rss=$(rss_mib "$agent")
 
 # The gateway, idle: long-polling a stand-in Bot API that never has an update.
 api=$(free_port)
-python3 - "$api" >/dev/null 2>&1 <<'EOF' &
-import http.server, json, sys, time
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if self.path.endswith("/getUpdates"):
-            time.sleep(25)
-        result = {"id": 1, "is_bot": True, "first_name": "t", "username": "t_bot"} if self.path.endswith("/getMe") else ([] if self.path.endswith("/getUpdates") else True)
-        body = json.dumps({"ok": True, "result": result}).encode()
-        self.send_response(200); self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-EOF
+python3 scripts/stand-in-bot-api.py "$api" >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$api"
 cat >"$work/gateway.json" <<EOF
