@@ -1,7 +1,8 @@
 //! Footprint of the release `aegis-agent`: `cargo bench -p aegis-e2e --bench agent`.
 //!
 //! Builds the static release binaries (scripts/release.sh), then measures binary size,
-//! exec → listening time, idle RSS, and the per-delta overhead from an SSE chunk leaving
+//! exec → listening time, idle RSS, the same from an empty page cache (time, major faults,
+//! bytes read), and the per-delta overhead from an SSE chunk leaving
 //! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host;
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
@@ -10,11 +11,14 @@
 use std::io::BufReader;
 use std::net::TcpStream;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use aegis_e2e::bench::{release_dir, rss_kib, stats};
+use aegis_e2e::bench::{
+    cached_kib, evict_from_page_cache, major_faults, read_ahead_kib, release_dir, rss_kib, stats,
+};
 use aegis_e2e::http::Server;
 use aegis_e2e::proc::{free_port, temp_dir};
 use tether::lines::LineReader;
@@ -44,6 +48,7 @@ fn main() {
     let (startup, rss) = time_startup(&agent, &ws, 30, 5);
     stats("exec -> listening (harness mode)", "ms", startup);
     stats("idle RSS (harness mode)", "MiB", rss);
+    cold_start(&agent, &ws);
 
     // Per-delta overhead, direct mode over a unix socket.
     const N: usize = 2000;
@@ -175,21 +180,8 @@ fn time_startup(
 ) -> (Vec<f64>, Vec<f64>) {
     let (mut startup, mut rss) = (Vec::new(), Vec::new());
     for i in 0..n {
-        let port = free_port();
         let t = Instant::now();
-        let mut child = Command::new(agent)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
-            .env("AEGIS_WORKSPACE", ws)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_micros(50));
-        }
+        let mut child = start_listening(agent, ws);
         startup.push(t.elapsed().as_secs_f64() * 1000.0);
         if i < rss_runs {
             std::thread::sleep(Duration::from_millis(300));
@@ -199,6 +191,58 @@ fn time_startup(
         let _ = child.wait();
     }
     (startup, rss)
+}
+
+/// Start the agent on `ws` in harness mode, with a provider configured as deployed (its
+/// client is built at start; nothing is sent); returns once it listens.
+fn start_listening(agent: &Path, ws: &Path) -> Child {
+    let port = free_port();
+    let child = Command::new(agent)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AEGIS_AGENT_ADDR", format!("127.0.0.1:{port}"))
+        .env("AEGIS_WORKSPACE", ws)
+        .env("OPENAI_API_KEY", "sk-bench")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    child
+}
+
+/// exec → listening with the binary dropped from the page cache first, as a cold-booted VM
+/// finds it: the time, the page faults that read the disk, and how much of the file idling
+/// needed read in (readahead included), over 20 runs.
+fn cold_start(agent: &Path, ws: &Path) {
+    let (mut times, mut faults, mut read) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..20 {
+        if let Err(e) = evict_from_page_cache(agent) {
+            println!(
+                "cold start: cannot drop {} from the page cache: {e}",
+                agent.display()
+            );
+            return;
+        }
+        let t = Instant::now();
+        let mut child = start_listening(agent, ws);
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(300));
+        faults.push(major_faults(child.id()) as f64);
+        read.push(cached_kib(agent).unwrap_or(0) as f64);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    stats("cold exec -> listening (not in page cache)", "ms", times);
+    stats("cold start: major page faults until idle", "", faults);
+    stats("cold start: binary read until idle", "KiB", read);
+    match read_ahead_kib(agent) {
+        Some(kib) => println!("(read-ahead of the binary's disk: {kib} KiB)"),
+        None => println!("(read-ahead of the binary's disk: unknown)"),
+    }
 }
 
 /// exec → listening with three MCP servers in agent.json (they start in the background).

@@ -2,7 +2,8 @@
 //! and a stand-in agent that blasts egress frames over the direct tether.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +11,12 @@ use tether::frame::{kind, Session};
 use tether::rpc::Message;
 use tether::{Addr, Frame, Stream};
 
-/// Build the static release binaries (scripts/release.sh) and return their folder.
+/// Build the static release binaries (scripts/release.sh) and return their folder; or,
+/// with `AEGIS_BENCH_BINARIES` set, that folder as it is (to compare two builds).
 pub fn release_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AEGIS_BENCH_BINARIES") {
+        return PathBuf::from(dir);
+    }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = Command::new("bash")
         .arg(root.join("scripts/release.sh"))
@@ -48,14 +53,93 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time (user + system) of `pid` in clock ticks (1/100 s on Linux).
-pub fn cpu_ticks(pid: u32) -> u64 {
+/// Field `i` of `/proc/<pid>/stat` counted after the command (state is 0), as a number.
+fn stat_field(pid: u32, i: usize) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(") ").next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the command: state is [0]; utime [11], stime [12].
-    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    after
+        .split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system) of `pid` in clock ticks (1/100 s on Linux).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    stat_field(pid, 11) + stat_field(pid, 12)
+}
+
+/// Page faults of `pid` that had to read from the disk.
+pub fn major_faults(pid: u32) -> u64 {
+    stat_field(pid, 9)
+}
+
+/// Drop `path` from the page cache (written back first), as a VM's cold boot finds it.
+/// Pages a running process maps stay.
+pub fn evict_from_page_cache(path: &Path) -> std::io::Result<()> {
+    let file = std::fs::File::open(path)?;
+    file.sync_data()?;
+    // SAFETY: a plain advice call on an open descriptor.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    match rc {
+        0 => Ok(()),
+        e => Err(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// The read-ahead of the disk `path` is on, in KiB (what a page fault reads at least), when
+/// the file system sits on a block device.
+pub fn read_ahead_kib(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let sys = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        libc::major(dev),
+        libc::minor(dev)
+    ));
+    // A partition has no queue of its own: its disk's is one level up.
+    [
+        sys.join("queue/read_ahead_kb"),
+        sys.join("../queue/read_ahead_kb"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok())
+    .and_then(|v| v.trim().parse().ok())
+}
+
+/// How much of `path` is in the page cache, in KiB (what a run read from the disk, after
+/// `evict_from_page_cache`).
+pub fn cached_kib(path: &Path) -> std::io::Result<u64> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: a read-only shared mapping of a file we hold open, unmapped before returning;
+    // mincore only reads the page tables.
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut resident = vec![0u8; len.div_ceil(page)];
+        let rc = libc::mincore(addr, len, resident.as_mut_ptr());
+        let err = std::io::Error::last_os_error();
+        libc::munmap(addr, len);
+        if rc != 0 {
+            return Err(err);
+        }
+        let pages = resident.iter().filter(|r| *r & 1 == 1).count();
+        Ok((pages * page / 1024) as u64)
+    }
 }
 
 /// Microseconds since the Unix epoch (comparable across processes on one machine).
