@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate scripts/hot-text.ld: the code aegis-agent and aegis-gateway run from exec until
-they idle, in the order it first runs, for the linker to place first and together.
+they idle, then the code of the agent's first message, in the order it first runs, for the
+linker to place first and together.
 
 Why: scattered through .text, that code (about 150 KB) sits on most of the binary's pages,
 and the kernel maps 64 KiB around every page fault, so an idle agent had 1.3 MiB of code
@@ -8,14 +9,16 @@ resident and a cold start read nearly the whole file. Together it fits in a few 
 
 How: builds the release binaries with a link map each through scripts/release.sh (in
 target/hot-text, also with TINY=1), runs each under valgrind's lackey (which prints every
-instruction's address) until it idles, and maps those addresses to the input sections of
-the link map.
+instruction's address) until it idles (the agent also answers one message from a stand-in
+model, over plain HTTP), and maps those addresses to the input sections of the link map.
 Hashes in the section names become wildcards, so the list keeps working across rebuilds and
 small changes; code it misses stays in .text and only faults in later. Rerun it when the
 start-up path changes (scripts/size.sh's idle RSS shows when): needs valgrind.
 Usage: scripts/hot-text.py
 """
 import bisect
+import http.server
+import json
 import os
 import re
 import signal
@@ -23,7 +26,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,23 +111,35 @@ def load_base(pid, binary):
     sys.exit(f"hot-text: {binary} is not mapped in process {pid}")
 
 
-def trace(binary, args, env, log, port=None):
-    """Run `binary` under lackey until it idles; instruction offsets in first-run order."""
+def wait_idle(log, deadline):
+    """Until the trace has not grown for QUIET_S: the process runs nothing."""
+    size, still = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = log.stat().st_size if log.exists() else 0
+        if now != size:
+            size, still = now, time.monotonic()
+        elif time.monotonic() - still >= QUIET_S:
+            return
+
+
+def trace(binary, args, env, log, port=None, steps=()):
+    """Run `binary` under lackey until it idles, then each of `steps` (a function) and until
+    it idles again. Returns the instruction offsets each phase ran first, in first-run
+    order: [until idle, after step 1, ...]."""
     cmd = ["valgrind", "--tool=lackey", "--trace-mem=yes", f"--log-file={log}", str(binary)]
     proc = subprocess.Popen(cmd + args, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+    marks = []
     try:
         deadline = time.monotonic() + GIVE_UP_S
         if port:
             wait_port(port, deadline)
-        size, still = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            now = log.stat().st_size if log.exists() else 0
-            if now != size:
-                size, still = now, time.monotonic()
-            elif time.monotonic() - still >= QUIET_S:
-                break
+        wait_idle(log, deadline)
+        for step in steps:
+            marks.append(log.stat().st_size)
+            step()
+            wait_idle(log, deadline)
         time.sleep(AFTER_IDLE_S)
         base = load_base(proc.pid, binary)
     finally:
@@ -132,15 +149,73 @@ def trace(binary, args, env, log, port=None):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    seen, order = set(), []
-    with open(log) as f:
-        for line in f:
-            if line.startswith("I  "):
-                off = int(line[3:line.index(",")], 16) - base
+    data = log.read_bytes()
+    # Each phase from the first whole line after its mark.
+    bounds = [0] + [data.find(b"\n", m) + 1 for m in marks] + [len(data)]
+    seen, phases = set(), []
+    for start, end in zip(bounds, bounds[1:]):
+        order = []
+        for line in data[start:end].splitlines():
+            if line.startswith(b"I  "):
+                off = int(line[3:line.index(b",")], 16) - base
                 if off not in seen:
                     seen.add(off)
                     order.append(off)
-    return order
+        phases.append(order)
+    return phases
+
+
+class StandIns(http.server.BaseHTTPRequestHandler):
+    """What the agent talks to in harness mode: an OpenAI-compatible model that streams a
+    short reply, and the harness (egress frames, the keepalive lease). `done` is set when
+    an assistant.done frame arrives."""
+    done = threading.Event()
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.path.endswith("/chat/completions"):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for word in ["Hello", " from", " the", " stand-in."]:
+                chunk = json.dumps({"choices": [{"delta": {"content": word}}]})
+                self.wfile.write(f"data: {chunk}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
+            return
+        if self.path == "/v1/tether/send" and b'"assistant.done"' in body:
+            StandIns.done.set()
+        self.reply()
+
+    def do_DELETE(self):
+        self.reply()
+
+    def reply(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+def first_message(port):
+    """A step: one user.message to the agent on `port`, then its reply's end."""
+    def step():
+        StandIns.done.clear()
+        frame = {"v": 1, "type": "user.message", "ts": "2026-01-01T00:00:00.000Z",
+                 "session": {"channel": "telegram", "id": "1"}, "msg_id": "hot-1",
+                 "payload": {"text": "Hello", "user": {"id": "1", "name": "Hot"}}}
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/tether/recv",
+                                     data=json.dumps(frame).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=60).read()
+        if not StandIns.done.wait(GIVE_UP_S):
+            sys.exit("hot-text: the agent did not finish its reply")
+    return step
 
 
 def hot_sections(sections, offsets):
@@ -176,43 +251,61 @@ def pattern(name, file):
 def main():
     builds = [(variant, *build(variant, extra_env)) for variant, extra_env in VARIANTS]
     work = Path(tempfile.mkdtemp(prefix="aegis-hot-text-"))
-    api = None
+    api, stand_ins = None, None
     try:
-        (work / "ws").mkdir()
         env = {"PATH": os.environ["PATH"], "RUST_LOG": "error", "HOME": str(work)}
         api_port = free_port()
         api = subprocess.Popen([sys.executable, str(ROOT / "scripts/stand-in-bot-api.py"),
                                 str(api_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(api_port, time.monotonic() + 10)
+        stand_ins = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIns)
+        threading.Thread(target=stand_ins.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{stand_ins.server_address[1]}"
         (work / "gateway.json").write_text(
             '{"telegram": {"bot_token": "1:hot", "instance": "none", "allowed_chats": ["*"],'
             f' "api_url": "http://127.0.0.1:{api_port}"}}}}')
         gateway_args = ["--config", str(work / "gateway.json"), "--socket", str(work / "none.sock")]
-        # One binary's code together in every variant: each binary's patterns in turn.
-        patterns = []
+        traced = []
         for crate, name in [("aegis_agent", "aegis-agent"), ("aegis_gateway", "aegis-gateway")]:
             for variant, folder, maps in builds:
-                port = free_port() if crate == "aegis_agent" else None
-                # With a provider, as deployed (its client is built at start; nothing is sent).
-                run_env = env if port is None else dict(
-                    env, AEGIS_AGENT_ADDR=f"127.0.0.1:{port}", AEGIS_WORKSPACE=str(work / "ws"),
-                    OPENAI_API_KEY="sk-hot-text")
-                args = gateway_args if port is None else []
                 log = work / f"{crate}-{variant}.log"
-                offsets = trace(folder / name, args, run_env, log, port)
-                hot = hot_sections(link_map(crate, maps), offsets)
-                print(f"hot-text: {name} ({variant}): {len(hot)} sections,"
-                      f" {sum(s[1] for s in hot)} bytes run until idle", file=sys.stderr)
+                if crate == "aegis_agent":
+                    port = free_port()
+                    # A fresh workspace each: an agent skips a message it has already seen.
+                    ws = work / f"ws-{variant}"
+                    ws.mkdir()
+                    run_env = dict(env, AEGIS_AGENT_ADDR=f"127.0.0.1:{port}",
+                                   AEGIS_WORKSPACE=str(ws), AEGIS_HARNESS_URL=base,
+                                   OPENAI_API_KEY="sk-hot-text", OPENAI_BASE_URL=f"{base}/v1")
+                    phases = trace(folder / name, [], run_env, log, port, [first_message(port)])
+                else:
+                    phases = trace(folder / name, gateway_args, env, log)
+                log.unlink()
+                traced.append((f"{name} ({variant})", link_map(crate, maps), phases))
+        # Phase by phase: every binary's idle code first (each binary's in turn, all
+        # variants), then the agent's first message, so that neither binary's idle code is
+        # spread by the other's or by message handling.
+        groups = [[], []]
+        for phase, label in enumerate(["until idle", "first message"]):
+            for who, sections, phases in traced:
+                if phase >= len(phases):
+                    continue
+                hot = hot_sections(sections, phases[phase])
+                print(f"hot-text: {who}, {label}: {len(hot)} sections,"
+                      f" {sum(s[1] for s in hot)} bytes", file=sys.stderr)
                 for s in hot:
                     p = pattern(s[2], s[3])
-                    if p and p not in patterns:
-                        patterns.append(p)
-        write(patterns)
-        print(f"hot-text: wrote {OUT.relative_to(ROOT)} ({len(patterns)} patterns)", file=sys.stderr)
+                    if p and not any(p in g for g in groups):
+                        groups[phase].append(p)
+        write(groups[0] + groups[1])
+        print(f"hot-text: wrote {OUT.relative_to(ROOT)} ({len(groups[0])} + {len(groups[1])}"
+              " patterns)", file=sys.stderr)
     finally:
         if api:
             api.kill()
             api.wait()
+        if stand_ins:
+            stand_ins.shutdown()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
@@ -220,11 +313,12 @@ def write(patterns):
     rustc = subprocess.run(["rustc", "-V"], stdout=subprocess.PIPE, text=True).stdout.strip()
     lines = [
         "/* Generated by scripts/hot-text.py (" + rustc + "); regenerate rather than edit.",
-        "   The code aegis-agent and aegis-gateway run from exec until idle, in the order it",
-        "   first runs, placed before the rest of .text (scripts/release.sh adds this to the",
-        "   default linker script): an idle process then maps, and a cold start reads, a few",
-        "   pages of code instead of most of the binary. Sections no pattern names stay where",
-        "   they were; a pattern that names nothing is ignored. */",
+        "   The code aegis-agent and aegis-gateway run from exec until idle, then the code of",
+        "   the agent's first message, in the order it first runs, placed before the rest of",
+        "   .text (scripts/release.sh adds this to the default linker script): an idle",
+        "   process then maps, and a cold start reads, a few pages of code instead of most",
+        "   of the binary. Sections no pattern names stay where they were; a pattern that",
+        "   names nothing is ignored. */",
         "SECTIONS",
         "{",
         "  .text.aegis_hot :",
