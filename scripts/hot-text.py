@@ -127,7 +127,9 @@ def trace(binary, args, env, log, port=None, steps=()):
     """Run `binary` under lackey until it idles, then each of `steps` (a function) and until
     it idles again. Returns the instruction offsets each phase ran first, in first-run
     order: [until idle, after step 1, ...]."""
-    cmd = ["valgrind", "--tool=lackey", "--trace-mem=yes", f"--log-file={log}", str(binary)]
+    # No gdb server: its pipes in /tmp would outlive a killed run.
+    cmd = ["valgrind", "--tool=lackey", "--trace-mem=yes", "--vgdb=no", f"--log-file={log}",
+           str(binary)]
     proc = subprocess.Popen(cmd + args, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     marks = []
