@@ -287,7 +287,7 @@ def main():
         # Phase by phase: every binary's idle code first (each binary's in turn, all
         # variants), then the agent's first message, so that neither binary's idle code is
         # spread by the other's or by message handling.
-        groups = [[], []]
+        groups, named = [[], []], set()
         for phase, label in enumerate(["until idle", "first message"]):
             for who, sections, phases in traced:
                 if phase >= len(phases):
@@ -297,7 +297,8 @@ def main():
                       f" {sum(s[1] for s in hot)} bytes", file=sys.stderr)
                 for s in hot:
                     p = pattern(s[2], s[3])
-                    if p and not any(p in g for g in groups):
+                    if p and p not in named:
+                        named.add(p)
                         groups[phase].append(p)
         write(groups[0] + groups[1])
         print(f"hot-text: wrote {OUT.relative_to(ROOT)} ({len(groups[0])} + {len(groups[1])}"

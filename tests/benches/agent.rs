@@ -115,7 +115,7 @@ fn main() {
 
 /// `control.cancel` written while `bash` runs `sleep 30` → `assistant.done` back (the
 /// process group is killed first).
-fn cancel_during_tool(agent: &std::path::Path) {
+fn cancel_during_tool(agent: &Path) {
     let llm = Server::start(|_req, resp| {
         let mut r = resp.start_chunked(200, "text/event-stream");
         for p in aegis_e2e::llm::openai_tool_sse("", &[("c1", "bash", r#"{"command": "sleep 30"}"#)], 1000) {
@@ -134,13 +134,7 @@ fn cancel_during_tool(agent: &std::path::Path) {
 
 /// Send 20 messages; when `ready` says the reply is under way, wait `settle` (so a tool's
 /// process is running), write a cancel and time it until the `assistant.done`.
-fn measure_cancel(
-    agent: &std::path::Path,
-    llm: &Server,
-    label: &str,
-    settle: Duration,
-    ready: fn(&Frame) -> bool,
-) {
+fn measure_cancel(agent: &Path, llm: &Server, label: &str, settle: Duration, ready: fn(&Frame) -> bool) {
     let ws = temp_dir("bench-cancel");
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
@@ -172,12 +166,7 @@ fn measure_cancel(
 
 /// Start the agent `n` times on `ws` (harness mode): exec → listening in ms, and for the
 /// first `rss_runs` the idle RSS in MiB after 300 ms.
-fn time_startup(
-    agent: &std::path::Path,
-    ws: &std::path::Path,
-    n: usize,
-    rss_runs: usize,
-) -> (Vec<f64>, Vec<f64>) {
+fn time_startup(agent: &Path, ws: &Path, n: usize, rss_runs: usize) -> (Vec<f64>, Vec<f64>) {
     let (mut startup, mut rss) = (Vec::new(), Vec::new());
     for i in 0..n {
         let t = Instant::now();
@@ -246,7 +235,7 @@ fn cold_start(agent: &Path, ws: &Path) {
 }
 
 /// exec → listening with three MCP servers in agent.json (they start in the background).
-fn startup_with_mcp(agent: &std::path::Path) {
+fn startup_with_mcp(agent: &Path) {
     let ws = temp_dir("bench-mcp-start");
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
     let server = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp"), "env": {"FAKE_MCP_SLOW_START_MS": "200"}});
@@ -261,7 +250,7 @@ fn startup_with_mcp(agent: &std::path::Path) {
 
 /// Model response asking for `tool` fully sent → the agent's next model request
 /// arrives, over 50 messages (direct mode). Each sample includes running the tool.
-fn tool_overhead(agent: &std::path::Path, tool: &str, args: &str, mcp: Option<&str>) {
+fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<&str>) {
     use std::sync::{Arc, Mutex};
     let ws = temp_dir("bench-tool");
     if let Some(cmd) = mcp {
@@ -323,11 +312,7 @@ fn tool_overhead(agent: &std::path::Path, tool: &str, args: &str, mcp: Option<&s
 
 /// Start the agent in direct mode against a unix socket in `ws`; returns the process and
 /// the accepted tether connection.
-fn direct_agent(
-    agent: &std::path::Path,
-    ws: &std::path::Path,
-    llm: Option<&str>,
-) -> (std::process::Child, UnixStream) {
+fn direct_agent(agent: &Path, ws: &Path, llm: Option<&str>) -> (std::process::Child, UnixStream) {
     let sock = ws.join("tether.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
@@ -379,7 +364,7 @@ fn baseline_sse(url: &str) -> Vec<f64> {
 
 /// `control.cancel` written → `assistant.done` back, while the LLM stream is stalled
 /// (the worst case: nothing arrives that would wake the reader).
-fn cancel_latency(agent: &std::path::Path) {
+fn cancel_latency(agent: &Path) {
     let llm = Server::start(|_req, resp| {
         let mut r = resp.start_chunked(200, "text/event-stream");
         r.chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"partial\"}}]}\n\n");
@@ -396,7 +381,7 @@ fn cancel_latency(agent: &std::path::Path) {
 
 /// First message of a session after a cold start, as its history grows: user.message
 /// written → `status.presence` back (sent once the history is loaded and the turn stored).
-fn history_load(agent: &std::path::Path) {
+fn history_load(agent: &Path) {
     for turns in [1usize, 100, 10_000] {
         let ws = temp_dir(&format!("bench-hist-{turns}"));
         std::fs::create_dir_all(ws.join("sessions")).unwrap();

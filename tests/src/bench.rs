@@ -53,25 +53,23 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Field `i` of `/proc/<pid>/stat` counted after the command (state is 0), as a number.
-fn stat_field(pid: u32, i: usize) -> u64 {
+/// The numeric fields of `/proc/<pid>/stat` after the command (state is [0]); empty when
+/// the process is gone, and a field that is not a number reads 0.
+fn stat_fields(pid: u32) -> Vec<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(") ").next().unwrap_or("");
-    after
-        .split_whitespace()
-        .nth(i)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect()
 }
 
 /// CPU time (user + system) of `pid` in clock ticks (1/100 s on Linux).
 pub fn cpu_ticks(pid: u32) -> u64 {
-    stat_field(pid, 11) + stat_field(pid, 12)
+    let f = stat_fields(pid);
+    f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)
 }
 
 /// Page faults of `pid` that had to read from the disk.
 pub fn major_faults(pid: u32) -> u64 {
-    stat_field(pid, 9)
+    stat_fields(pid).get(9).copied().unwrap_or(0)
 }
 
 /// Drop `path` from the page cache (written back first), as a VM's cold boot finds it.
