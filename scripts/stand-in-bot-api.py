@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """A Bot API that never has an update, for measuring an idle aegis-gateway (scripts/size.sh,
 scripts/hot-text.py): getMe names a bot, getUpdates long-polls 25 s and returns nothing,
-every other method succeeds. Usage: stand-in-bot-api.py PORT"""
+every other method succeeds. With CERT and KEY it serves HTTPS (tests/fixtures/tls), as the real
+API does. Usage: stand-in-bot-api.py PORT [CERT KEY]"""
 import http.server
 import json
+import ssl
 import sys
 import time
 
@@ -29,4 +31,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+if len(sys.argv) == 4:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

@@ -61,6 +61,13 @@ TOOLS:
     come from agent.json `mcp`, DIR/.aegis/mcp.json, and aegis-mcp-guest on PATH
     (as server `aegis`).
 
+NETWORK (as for Go programs, curl and OpenSSL):
+    SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these
+                        folders (`:`-separated) instead of the bundled Mozilla roots
+    ALL_PROXY, HTTPS_PROXY, HTTP_PROXY (the first set), NO_PROXY  CONNECT proxy for the
+                        model and web_fetch; localhost and loopback addresses (the
+                        harness, a local model) never use it
+
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\" or \"anthropic/NAME\"), api_key_env, base_url, max_tokens,
     context_turns, context_chars, system_prompt, max_tool_rounds,

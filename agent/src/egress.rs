@@ -16,7 +16,7 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 /// POST frames from `rx` to the harness until `rx` closes.
 pub fn run(rx: Receiver<Frame>, harness: &str) {
     let url = format!("{harness}/v1/tether/send");
-    let agent: ureq::Agent = tether::http::agent_config()
+    let agent: ureq::Agent = tether::http::agent_config(harness)
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(2)))
         .timeout_global(Some(Duration::from_secs(10)))

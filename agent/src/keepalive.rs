@@ -101,7 +101,7 @@ fn send(channel: &Channel, agent: &mut Option<ureq::Agent>, hold: bool, warned: 
     match channel {
         Channel::Harness(base) => {
             let agent = agent.get_or_insert_with(|| {
-                tether::http::agent_config()
+                tether::http::agent_config(base)
                     .http_status_as_error(false)
                     .timeout_global(Some(Duration::from_secs(5)))
                     // No idle connection may stay open: the seed's harness counts an

@@ -102,6 +102,8 @@ impl fmt::Debug for Provider {
 pub enum ErrorKind {
     /// Could not connect or the connection broke before the response.
     Connect,
+    /// The server's TLS certificate does not verify against the trusted roots.
+    Certificate,
     /// HTTP 429 or a rate-limit error event.
     RateLimited,
     /// HTTP 529 or an `overloaded_error` event.
@@ -163,6 +165,7 @@ impl LlmError {
     pub fn code(&self) -> &'static str {
         match self.kind {
             ErrorKind::Connect | ErrorKind::Server => "llm_unavailable",
+            ErrorKind::Certificate => "llm_certificate",
             ErrorKind::RateLimited => "llm_rate_limited",
             ErrorKind::Overloaded => "llm_overloaded",
             ErrorKind::Auth => "llm_auth",
@@ -188,6 +191,10 @@ impl LlmError {
                     self.detail
                 )
             }
+            ErrorKind::Certificate => format!(
+                "⚠️ The LLM provider's TLS certificate cannot be verified ({}). If it is signed by a private CA, point SSL_CERT_FILE at that CA.",
+                self.detail
+            ),
             ErrorKind::Request => format!("⚠️ The LLM provider refused the request ({}).", self.detail),
             ErrorKind::Timeout => "⚠️ The LLM provider stopped responding. Please try again.".into(),
             ErrorKind::Cut | ErrorKind::Malformed => {
@@ -283,7 +290,7 @@ impl Decoder {
 impl Llm {
     /// A client for `provider`.
     pub fn new(provider: Provider) -> Llm {
-        let config = tether::http::agent_config()
+        let config = tether::http::agent_config(&provider.base_url)
             .http_status_as_error(false)
             .timeout_connect(Some(provider.connect_timeout))
             .timeout_recv_response(Some(provider.read_timeout))
@@ -732,9 +739,21 @@ fn status_error(status: u16, body: &str) -> LlmError {
 }
 
 fn transport_error(e: &ureq::Error) -> LlmError {
-    match e {
-        ureq::Error::Timeout(_) => LlmError::new(ErrorKind::Timeout, "no response in time"),
-        other => LlmError::new(ErrorKind::Connect, other.to_string()),
+    // A certificate that does not verify fails the same way on every attempt, so it is not
+    // retried; rustls' error arrives bare or inside the handshake's io::Error.
+    let rustls_error = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    match (e, rustls_error) {
+        (ureq::Error::Timeout(_), _) => LlmError::new(ErrorKind::Timeout, "no response in time"),
+        (_, Some(r @ rustls::Error::InvalidCertificate(_))) => {
+            LlmError::new(ErrorKind::Certificate, r.to_string())
+        }
+        (other, _) => LlmError::new(ErrorKind::Connect, other.to_string()),
     }
 }
 
@@ -823,6 +842,27 @@ mod tests {
         assert_eq!(status_error(401, "").kind, ErrorKind::Auth);
         assert!(!status_error(400, "").retryable());
         assert!(status_error(503, "").retryable());
+    }
+
+    #[test]
+    fn an_unverifiable_certificate_is_final_and_says_what_to_do() {
+        let bad = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        for e in [
+            ureq::Error::Rustls(bad.clone()),
+            ureq::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, bad)),
+        ] {
+            let err = transport_error(&e);
+            assert_eq!(err.kind, ErrorKind::Certificate, "{e}");
+            assert!(!err.retryable());
+            assert_eq!(err.code(), "llm_certificate");
+            assert!(
+                err.user_message().contains("SSL_CERT_FILE"),
+                "{}",
+                err.user_message()
+            );
+        }
+        let refused = ureq::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(transport_error(&refused).kind, ErrorKind::Connect);
     }
 
     #[test]

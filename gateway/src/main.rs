@@ -51,6 +51,12 @@ CONFIG (~/.aegis/gateway.json):
 ENVIRONMENT (override the single-bot config):
     TELEGRAM_BOT_TOKEN, TELEGRAM_BOT_TOKEN_SECRET, AEGIS_GATEWAY_INSTANCE, TELEGRAM_API_URL
 
+NETWORK (as for Go programs, curl and OpenSSL):
+    SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these folders
+                    (`:`-separated) instead of the bundled Mozilla roots
+    ALL_PROXY, HTTPS_PROXY, HTTP_PROXY (the first set), NO_PROXY  CONNECT proxy for the
+                    Bot API; localhost and loopback addresses never use it
+
 PER-INSTANCE MODE (current AegisVM starts one gateway per instance):
     AEGIS_INSTANCE=HANDLE   serve only this instance; config ~/.aegis/kits/HANDLE/gateway.json;
                             the token comes from the variable telegram.bot_token_env names
@@ -177,6 +183,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match tether::trust::install_from_env() {
+        Ok(Some(said)) => log::info!("{said}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("aegis-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let aegis = AegisClient::new(args.socket.unwrap_or_else(tether::client::default_socket));
     if args.check {
         return match check(&bots, &aegis, &path) {

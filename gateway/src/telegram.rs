@@ -195,7 +195,7 @@ pub fn redact(text: &str, token: &str) -> String {
 impl Telegram {
     /// A client for `token` at `api_url` (`https://api.telegram.org` or a local server).
     pub fn new(api_url: &str, token: &str) -> Telegram {
-        let agent: ureq::Agent = tether::http::agent_config()
+        let agent: ureq::Agent = tether::http::agent_config(api_url)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_global(Some(Duration::from_secs(60)))

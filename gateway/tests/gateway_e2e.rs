@@ -5,8 +5,10 @@ use std::time::Duration;
 
 use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
 use aegis_e2e::proc::Proc;
+use aegis_e2e::proxy::ConnectProxy;
 use aegis_e2e::stack::{Stack, T};
 use aegis_e2e::telegram::Fault;
+use aegis_e2e::tls::{fixture, TlsFront};
 use serde_json::json;
 
 const CHAT: i64 = 4242;
@@ -963,4 +965,44 @@ fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
     assert!(gw.log().contains("task cron-1 runs"), "{}", gw.log());
     assert!(!s.serve.log().contains("task cron-1 runs"), "serve fired too");
     assert!(dir.join("cron-state.json").exists());
+}
+
+#[test]
+fn https_with_a_private_ca_and_a_proxy_from_the_environment_end_to_end() {
+    // Telegram and the model over HTTPS with certificates of the test CA; the model at a
+    // host name only the company proxy resolves. serve hands its SSL_CERT_FILE and
+    // HTTPS_PROXY to the agent it supervises; the gateway gets them from its shell.
+    let llm = FakeLlm::echo_openai();
+    let model_front = TlsFront::start(llm.url());
+    let port: u16 = model_front.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy =
+        ConnectProxy::start(move |t| (t == "model.internal:443").then(|| ([127, 0, 0, 1], port).into()));
+    let ca = fixture("ca.pem").display().to_string();
+    let s = Stack::with_serve_env(
+        "gw-https",
+        llm,
+        &[],
+        &[("OPENAI_BASE_URL", "https://model.internal/v1")],
+        &[("SSL_CERT_FILE", &ca), ("HTTPS_PROXY", &proxy.url)],
+    );
+    let bot_front = TlsFront::start(s.telegram.url());
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "api_url": bot_front.url}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+
+    // Without the CA the gateway cannot verify the Bot API and says why.
+    let untrusting = Proc::spawn(s.gateway_command());
+    untrusting.wait_for("invalid peer certificate", T);
+    drop(untrusting);
+
+    let mut cmd = s.gateway_command();
+    cmd.env("SSL_CERT_FILE", &ca).env("HTTPS_PROXY", &proxy.url);
+    let gw = Proc::spawn(cmd);
+    gw.wait_for("trusting 1 certificate from SSL_CERT_FILE=", T);
+    s.telegram.push_text(CHAT, 7, "Ann", "over https");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [Ann]: over https")
+    });
+    // The Bot API stand-in is on loopback: reached directly, never through the proxy.
+    assert_eq!(proxy.targets(), ["model.internal:443"]);
 }

@@ -337,7 +337,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn baseline_sse(url: &str) -> Vec<f64> {
     use std::io::BufRead;
-    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+    let agent: ureq::Agent = ureq::Agent::config_builder().proxy(None).build().into();
     let resp = agent.post(format!("{url}/chat/completions")).send("{}").unwrap();
     let reader = BufReader::new(resp.into_body().into_reader());
     let mut lat = Vec::new();

@@ -93,6 +93,7 @@ impl FakeHarness {
 /// Deliver one ingress frame to the agent's `/v1/tether/recv`; returns status and body.
 pub fn post_to_agent(agent_addr: &str, body: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(None)
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()

@@ -4,7 +4,8 @@
 //! real wire format including its errors: LLM APIs ([`llm`]), Telegram's Bot API
 //! ([`telegram`]), the AegisVM harness and a direct tether host ([`harness`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
-//! HTTP server ([`http`]).
+//! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT
+//! proxy ([`proxy`]).
 
 pub mod aegisd;
 pub mod agent;
@@ -13,5 +14,7 @@ pub mod harness;
 pub mod http;
 pub mod llm;
 pub mod proc;
+pub mod proxy;
 pub mod stack;
 pub mod telegram;
+pub mod tls;

@@ -95,7 +95,23 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
-/// A command for `name` with an environment free of the developer's keys and settings.
+/// Variables of the machine's network setup that change where HTTPS clients connect and
+/// what they trust; a test that wants one sets it.
+pub const NETWORK_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// A command for `name` with an environment free of the developer's keys and settings
+/// and of the machine's proxies and certificate bundles.
 pub fn command(name: &str) -> Command {
     let mut c = Command::new(bin(name));
     for (k, _) in std::env::vars() {
@@ -103,6 +119,7 @@ pub fn command(name: &str) -> Command {
             || k.starts_with("OPENAI_")
             || k.starts_with("ANTHROPIC_")
             || k.starts_with("TELEGRAM_")
+            || NETWORK_VARS.contains(&k.as_str())
         {
             c.env_remove(k);
         }

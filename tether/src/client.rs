@@ -106,7 +106,7 @@ impl AegisClient {
     /// A client for the socket at `socket`.
     pub fn new(socket: impl Into<PathBuf>) -> AegisClient {
         let socket = socket.into();
-        let config = crate::http::agent_config()
+        let config = crate::http::agent_config("http://localhost")
             .http_status_as_error(false)
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .timeout_global(Some(REQUEST_TIMEOUT))

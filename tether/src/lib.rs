@@ -10,7 +10,8 @@
 //! - [`store`]: the per-instance egress history with sequence cursors, and [`disklog`],
 //!   its durable on-disk continuation;
 //! - [`client`]: the aegisd HTTP API over its unix socket, and [`http`], the settings
-//!   every HTTP client of the kit starts from;
+//!   every HTTP client of the kit starts from, and (feature `tls`) [`trust`], the
+//!   certificate authorities they trust;
 //! - [`cron`]: scheduled tasks, the `cron.json` the agent writes and the host fires, and
 //!   (feature `schedule`) `schedule`, which runs are due when.
 //!
@@ -31,6 +32,8 @@ pub mod schedule;
 pub mod store;
 pub mod time;
 pub mod transport;
+#[cfg(feature = "tls")]
+pub mod trust;
 pub mod unix_http;
 
 pub use client::{AegisClient, ClientError};

@@ -58,7 +58,7 @@ fn serve(stream: TcpStream, extra_header_bytes: usize) -> Vec<u8> {
 }
 
 fn client() -> ureq::Agent {
-    agent_config()
+    agent_config("http://127.0.0.1")
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
         .build()

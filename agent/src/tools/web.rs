@@ -19,7 +19,7 @@ pub fn fetch(args: &Value) -> Result<String, String> {
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
         return Err("only http:// and https:// URLs can be fetched".into());
     }
-    let agent: ureq::Agent = tether::http::agent_config()
+    let agent: ureq::Agent = tether::http::agent_config(url)
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_global(Some(Duration::from_secs(30)))

@@ -29,7 +29,7 @@ use secrets::Secrets;
 use supervisor::{Handle, Timing};
 
 /// A command for a process serve supervises: a clean environment with only what it
-/// needs from serve's (paths, locale, time zone, log level, certificates), no stdin,
+/// needs from serve's (paths, locale, time zone, log level, certificates, proxies), no stdin,
 /// stdout and stderr to `log`, a process group of its own.
 pub fn supervised_command(program: &Path, log: &fs::File) -> std::io::Result<std::process::Command> {
     use std::os::unix::process::CommandExt;
@@ -47,6 +47,14 @@ pub fn supervised_command(program: &Path, log: &fs::File) -> std::io::Result<std
         "RUST_LOG",
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
     ] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);

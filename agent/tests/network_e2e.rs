@@ -1,0 +1,144 @@
+//! The agent's HTTPS and proxies as deployed: a model behind TLS with a private CA
+//! (`SSL_CERT_FILE`, `SSL_CERT_DIR`), a certificate no configured root vouches for, and a
+//! CONNECT proxy in the environment that must carry the model's traffic but never the
+//! harness's.
+
+use std::net::SocketAddr;
+
+use aegis_e2e::agent::{done_text, message, start_agent};
+use aegis_e2e::llm::FakeLlm;
+use aegis_e2e::proc::{command, temp_dir};
+use aegis_e2e::proxy::ConnectProxy;
+use aegis_e2e::tls::{fixture, TlsFront};
+
+fn ca(name: &str) -> String {
+    fixture(name).display().to_string()
+}
+
+#[test]
+fn a_model_behind_a_private_ca_is_reached_with_ssl_cert_file_or_ssl_cert_dir() {
+    let llm = FakeLlm::echo_openai();
+    let front = TlsFront::start(llm.url());
+    let ws = temp_dir("tls-file");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &front.url),
+            ("SSL_CERT_FILE", &ca("ca.pem")),
+        ],
+    );
+    assert!(
+        a.proc.log().contains(&format!(
+            "trusting 1 certificate from SSL_CERT_FILE={} instead",
+            ca("ca.pem")
+        )),
+        "{}",
+        a.proc.log()
+    );
+    a.send(&message("1", "over TLS", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: over TLS");
+    assert_eq!(llm.requests()[0].header("authorization"), Some("Bearer k"));
+
+    // A folder of PEM files (the CA among others) works the same.
+    let dir = temp_dir("tls-dir");
+    std::fs::copy(fixture("other-ca.pem"), dir.join("other.pem")).unwrap();
+    std::fs::copy(fixture("ca.pem"), dir.join("ours.crt")).unwrap();
+    std::fs::write(dir.join("README"), "certificates for the agent").unwrap();
+    let ws2 = temp_dir("tls-dir-ws");
+    let b = start_agent(
+        &ws2,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &front.url),
+            ("SSL_CERT_DIR", &dir.display().to_string()),
+        ],
+    );
+    assert!(b
+        .proc
+        .log()
+        .contains("trusting 2 certificates from SSL_CERT_DIR="));
+    b.send(&message("1", "again", "m-1"));
+    assert_eq!(done_text(&b.reply()), "echo: again");
+}
+
+#[test]
+fn a_certificate_no_trusted_root_signed_is_refused_before_anything_is_sent() {
+    let llm = FakeLlm::echo_openai();
+    let front = TlsFront::start(llm.url());
+    // The bundled Mozilla roots, then a bundle of another CA.
+    for (name, extra) in [("tls-bundled", None), ("tls-other", Some(ca("other-ca.pem")))] {
+        let ws = temp_dir(name);
+        let mut env = vec![("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", front.url.as_str())];
+        if let Some(extra) = &extra {
+            env.push(("SSL_CERT_FILE", extra));
+        }
+        let a = start_agent(&ws, &env);
+        a.send(&message("1", "secret question", "m-1"));
+        let done = done_text(&a.reply());
+        assert!(
+            done.contains("cannot be verified") && done.contains("SSL_CERT_FILE"),
+            "{name}: {done}"
+        );
+    }
+    assert!(llm.requests().is_empty(), "no request reached the model");
+}
+
+#[test]
+fn ssl_cert_file_or_dir_naming_nothing_usable_stops_the_agent_with_a_clear_message() {
+    let ws = temp_dir("tls-bad");
+    let missing = ws.join("missing.pem");
+    for (var, value, says) in [
+        (
+            "SSL_CERT_FILE",
+            missing.display().to_string(),
+            "SSL_CERT_FILE: cannot read",
+        ),
+        ("SSL_CERT_FILE", ca("localhost.key"), "holds no PEM certificate"),
+        (
+            "SSL_CERT_DIR",
+            ws.display().to_string(),
+            "holds no PEM certificate",
+        ),
+    ] {
+        let out = command("aegis-agent")
+            .env("AEGIS_WORKSPACE", &*ws)
+            .env("OPENAI_API_KEY", "k")
+            .env(var, &value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains(&value), "{stderr}");
+    }
+}
+
+#[test]
+fn a_proxy_in_the_environment_carries_the_model_traffic_but_never_the_harness() {
+    let llm = FakeLlm::echo_openai();
+    let front = TlsFront::start(llm.url());
+    let port: u16 = front
+        .url
+        .trim_start_matches("https://localhost:")
+        .parse()
+        .unwrap();
+    let model = SocketAddr::from(([127, 0, 0, 1], port));
+    // The proxy routes the model's host name (which only it can resolve) to the TLS front.
+    let proxy = ConnectProxy::start(move |target| (target == "model.internal:443").then_some(model));
+    let ws = temp_dir("proxy");
+    let ca_path = ca("ca.pem");
+    let mut env = vec![
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", "https://model.internal/v1"),
+        ("SSL_CERT_FILE", ca_path.as_str()),
+    ];
+    for var in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "http_proxy"] {
+        env.push((var, &proxy.url));
+    }
+    let a = start_agent(&ws, &env);
+    a.send(&message("1", "via the proxy", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: via the proxy");
+    // The harness (loopback) was reached directly, the model only through the proxy.
+    assert_eq!(proxy.targets(), ["model.internal:443"]);
+    assert_eq!(llm.requests()[0].path, "/v1/chat/completions");
+}

@@ -1,0 +1,109 @@
+//! An HTTP CONNECT proxy, as a company's squid would be: it records every target it is
+//! asked for and tunnels to the stand-in that `route` names for it (or answers 502).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+type Route = dyn Fn(&str) -> Option<SocketAddr> + Send + Sync;
+
+/// A running proxy; stops accepting when dropped.
+pub struct ConnectProxy {
+    /// `http://127.0.0.1:PORT`, the value for `HTTPS_PROXY`.
+    pub url: String,
+    port: u16,
+    targets: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ConnectProxy {
+    /// Tunnel `CONNECT host:port` to `route("host:port")`.
+    pub fn start(route: impl Fn(&str) -> Option<SocketAddr> + Send + Sync + 'static) -> ConnectProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let route: Arc<Route> = Arc::new(route);
+        let (targets2, stop2) = (Arc::clone(&targets), Arc::clone(&stop));
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (route, targets) = (Arc::clone(&route), Arc::clone(&targets2));
+                thread::spawn(move || tunnel(conn, &*route, &targets));
+            }
+        });
+        ConnectProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            targets,
+            stop,
+        }
+    }
+
+    /// Every `CONNECT` target asked for so far (`host:port`).
+    pub fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ConnectProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
+    }
+}
+
+fn tunnel(mut client: TcpStream, route: &Route, targets: &Mutex<Vec<String>>) {
+    let Ok(read_half) = client.try_clone() else { return };
+    let mut reader = BufReader::new(read_half);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+    // The rest of the request head.
+    loop {
+        let mut header = String::new();
+        match reader.read_line(&mut header) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if header == "\r\n" || header == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    targets.lock().unwrap().push(target.clone());
+    let upstream = if method == "CONNECT" {
+        route(&target).and_then(|addr| TcpStream::connect(addr).ok())
+    } else {
+        None
+    };
+    let Some(upstream) = upstream else {
+        let _ =
+            client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    };
+    if client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .is_err()
+    {
+        return;
+    }
+    let (Ok(mut up_read), Ok(mut client_write)) = (upstream.try_clone(), client.try_clone()) else {
+        return;
+    };
+    let down = thread::spawn(move || {
+        let _ = std::io::copy(&mut up_read, &mut client_write);
+        let _ = client_write.shutdown(std::net::Shutdown::Both);
+    });
+    // Anything the client sent after the head is in the reader's buffer: copy through it.
+    let mut up_write = upstream;
+    let _ = std::io::copy(&mut reader, &mut up_write);
+    let _ = up_write.shutdown(std::net::Shutdown::Both);
+    let _ = down.join();
+}

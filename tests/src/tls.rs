@@ -1,0 +1,167 @@
+//! HTTPS for the stand-in servers: a TLS front that terminates TLS with the test
+//! certificate for localhost (`tests/fixtures/tls`, signed by the test CA no binary trusts
+//! unless `SSL_CERT_FILE` names it) and relays the plaintext to a plain stand-in, byte for
+//! byte, so every stand-in works over HTTPS unchanged, its errors and cut streams included.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+/// A file of `tests/fixtures/tls`: `ca.pem` (the test CA), `other-ca.pem` (a CA that
+/// signed nothing here), `localhost.pem` and `localhost.key` (the server's).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
+/// A running TLS front; stops accepting when dropped.
+pub struct TlsFront {
+    /// `https://localhost:PORT`.
+    pub url: String,
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsFront {
+    /// Serve HTTPS on an ephemeral loopback port in front of `backend`
+    /// (`http://127.0.0.1:PORT`).
+    pub fn start(backend: &str) -> TlsFront {
+        let backend: SocketAddr = backend
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("backend is http://IP:PORT");
+        let config = Arc::new(server_config());
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let config = Arc::clone(&config);
+                thread::spawn(move || relay(client, backend, config));
+            }
+        });
+        TlsFront {
+            url: format!("https://localhost:{port}"),
+            port,
+            stop,
+        }
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
+    }
+}
+
+fn server_config() -> ServerConfig {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("localhost.pem"))
+        .expect("localhost.pem")
+        .collect::<Result<_, _>>()
+        .expect("localhost.pem parses");
+    let key = PrivateKeyDer::from_pem_file(fixture("localhost.key")).expect("localhost.key");
+    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate and key match")
+}
+
+/// Relay one connection until either side ends it. An end from the backend (a complete
+/// response or a cut) ends the client's TCP connection without a TLS close_notify, so a
+/// cut stream reaches the client as the truncation it is.
+fn relay(client: TcpStream, backend_addr: SocketAddr, config: Arc<ServerConfig>) {
+    let Ok(backend) = TcpStream::connect(backend_addr) else {
+        return;
+    };
+    let Ok(conn) = ServerConnection::new(config) else {
+        return;
+    };
+    let conn = Arc::new(Mutex::new(conn));
+    let (Ok(client2), Ok(backend2)) = (client.try_clone(), backend.try_clone()) else {
+        return;
+    };
+    let conn2 = Arc::clone(&conn);
+    let downstream = thread::spawn(move || {
+        let _ = backend_to_client(&backend2, &client2, &conn2);
+        let _ = client2.shutdown(std::net::Shutdown::Both);
+    });
+    let _ = client_to_backend(&client, &backend, &conn);
+    let _ = backend.shutdown(std::net::Shutdown::Both);
+    let _ = downstream.join();
+}
+
+fn client_to_backend(
+    client: &TcpStream,
+    mut backend: &TcpStream,
+    conn: &Mutex<ServerConnection>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut plain = vec![0u8; 16 * 1024];
+    loop {
+        let n = (&*client).read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut c = conn.lock().unwrap();
+        let mut input = &buf[..n];
+        while !input.is_empty() {
+            c.read_tls(&mut input)?;
+            if let Err(e) = c.process_new_packets() {
+                // Send the alert: a client that rejected our certificate gets its answer.
+                let _ = write_tls(&mut c, client);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            }
+            loop {
+                match c.reader().read(&mut plain) {
+                    Ok(0) => return Ok(()),
+                    Ok(m) => backend.write_all(&plain[..m])?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        write_tls(&mut c, client)?;
+    }
+}
+
+fn backend_to_client(
+    mut backend: &TcpStream,
+    client: &TcpStream,
+    conn: &Mutex<ServerConnection>,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = backend.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut c = conn.lock().unwrap();
+        c.writer().write_all(&buf[..n])?;
+        write_tls(&mut c, client)?;
+    }
+}
+
+fn write_tls(conn: &mut ServerConnection, mut client: &TcpStream) -> io::Result<()> {
+    while conn.wants_write() {
+        conn.write_tls(&mut client)?;
+    }
+    client.flush()
+}
