@@ -10,7 +10,9 @@ resident and a cold start read nearly the whole file. Together it fits in a few 
 How: builds the release binaries with a link map each through scripts/release.sh (in
 target/hot-text, also with TINY=1), runs each under valgrind's lackey (which prints every
 instruction's address) until it idles (the agent also answers one message from a stand-in
-model, over plain HTTP), and maps those addresses to the input sections of the link map.
+model), and maps those addresses to the input sections of the link map. The Bot API and the
+model speak HTTPS, as in production, with the test CA of tests/fixtures/tls named by
+SSL_CERT_FILE; the harness is plain HTTP on loopback, as it is in a VM.
 Hashes in the section names become wildcards, so the list keeps working across rebuilds and
 small changes; code it misses stays in .text and only faults in later. Rerun it when the
 start-up path changes (scripts/size.sh's idle RSS shows when): needs valgrind.
@@ -23,6 +25,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -32,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+TLS = ROOT / "tests" / "fixtures" / "tls"
 OUT = ROOT / "scripts" / "hot-text.ld"
 # The builds release.sh makes. TINY=1 rebuilds std, whose symbols are then mangled the legacy
 # way instead of v0: its start-up code needs patterns of its own.
@@ -253,19 +257,29 @@ def pattern(name, file):
 def main():
     builds = [(variant, *build(variant, extra_env)) for variant, extra_env in VARIANTS]
     work = Path(tempfile.mkdtemp(prefix="aegis-hot-text-"))
-    api, stand_ins = None, None
+    api, stand_ins, model = None, None, None
     try:
-        env = {"PATH": os.environ["PATH"], "RUST_LOG": "error", "HOME": str(work)}
+        env = {"PATH": os.environ["PATH"], "RUST_LOG": "error", "HOME": str(work),
+               "SSL_CERT_FILE": str(TLS / "ca.pem")}
+        cert = [str(TLS / "localhost.pem"), str(TLS / "localhost.key")]
         api_port = free_port()
         api = subprocess.Popen([sys.executable, str(ROOT / "scripts/stand-in-bot-api.py"),
-                                str(api_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                str(api_port), *cert],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(api_port, time.monotonic() + 10)
+        # The harness in plain HTTP, the model in HTTPS: the same handler on two ports.
         stand_ins = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIns)
-        threading.Thread(target=stand_ins.serve_forever, daemon=True).start()
+        model = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIns)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(*cert)
+        model.socket = tls.wrap_socket(model.socket, server_side=True)
+        for server in (stand_ins, model):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{stand_ins.server_address[1]}"
+        model_url = f"https://localhost:{model.server_address[1]}/v1"
         (work / "gateway.json").write_text(
             '{"telegram": {"bot_token": "1:hot", "instance": "none", "allowed_chats": ["*"],'
-            f' "api_url": "http://127.0.0.1:{api_port}"}}}}')
+            f' "api_url": "https://localhost:{api_port}"}}}}')
         gateway_args = ["--config", str(work / "gateway.json"), "--socket", str(work / "none.sock")]
         traced = []
         for crate, name in [("aegis_agent", "aegis-agent"), ("aegis_gateway", "aegis-gateway")]:
@@ -278,7 +292,7 @@ def main():
                     ws.mkdir()
                     run_env = dict(env, AEGIS_AGENT_ADDR=f"127.0.0.1:{port}",
                                    AEGIS_WORKSPACE=str(ws), AEGIS_HARNESS_URL=base,
-                                   OPENAI_API_KEY="sk-hot-text", OPENAI_BASE_URL=f"{base}/v1")
+                                   OPENAI_API_KEY="sk-hot-text", OPENAI_BASE_URL=model_url)
                     phases = trace(folder / name, [], run_env, log, port, [first_message(port)])
                 else:
                     phases = trace(folder / name, gateway_args, env, log)
@@ -307,8 +321,9 @@ def main():
         if api:
             api.kill()
             api.wait()
-        if stand_ins:
-            stand_ins.shutdown()
+        for server in (stand_ins, model):
+            if server:
+                server.shutdown()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
 

@@ -33,15 +33,17 @@ wait_port "$port"
 sleep 0.3
 agent_rss=$(rss_mib "$agent")
 
-# The gateway, idle: long-polling a stand-in Bot API that never has an update.
+# The gateway, idle: long-polling a stand-in Bot API that never has an update, over HTTPS as
+# the real one (its certificate from the test CA, which SSL_CERT_FILE names).
+tls=tests/fixtures/tls
 api=$(free_port)
-python3 scripts/stand-in-bot-api.py "$api" >/dev/null 2>&1 &
+python3 scripts/stand-in-bot-api.py "$api" "$tls/localhost.pem" "$tls/localhost.key" >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$api"
 cat >"$work/gateway.json" <<EOF
-{"telegram": {"bot_token": "1:size", "instance": "none", "allowed_chats": ["*"], "api_url": "http://127.0.0.1:$api"}}
+{"telegram": {"bot_token": "1:size", "instance": "none", "allowed_chats": ["*"], "api_url": "https://localhost:$api"}}
 EOF
-env -i PATH="$PATH" HOME="$work" RUST_LOG=error "$dir/aegis-gateway" --config "$work/gateway.json" \
+env -i PATH="$PATH" HOME="$work" RUST_LOG=error SSL_CERT_FILE="$tls/ca.pem" "$dir/aegis-gateway" --config "$work/gateway.json" \
   --socket "$work/none.sock" >/dev/null 2>&1 &
 pids+=($!); gateway=$!
 sleep 1
@@ -50,6 +52,6 @@ gateway_rss=$(rss_mib "$gateway")
 printf '%-15s %12s %12s  %s\n' binary bytes budget "idle RSS"
 row() { printf '%-15s %12s %12s  %s\n' "$1" "$(stat -c %s "$dir/$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta')" "$2" "$3"; }
 row aegis-agent 1,500,000 "$agent_rss (budget 1.3 MiB)"
-row aegis-gateway 1,500,000 "$gateway_rss (budget 2 MiB)"
+row aegis-gateway 1,500,000 "$gateway_rss, over HTTPS (budget 2 MiB)"
 row aegis-kit "-" "-"
 echo "($libc, $(rustc -V | cut -d' ' -f2), $dir)"

@@ -3,7 +3,8 @@
 //! Builds the static release binaries (scripts/release.sh), then measures binary size,
 //! exec → listening time, idle RSS, the same from an empty page cache (time, major faults,
 //! bytes read), and the per-delta overhead from an SSE chunk leaving
-//! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host;
+//! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host, with
+//! the peak RSS after that reply (plain HTTP, then HTTPS through a TLS front);
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
 //! call).
@@ -21,9 +22,13 @@ use aegis_e2e::bench::{
 };
 use aegis_e2e::http::Server;
 use aegis_e2e::proc::{free_port, temp_dir};
+use aegis_e2e::tls::{self, TlsFront};
 use tether::lines::LineReader;
 use tether::rpc::Message;
 use tether::{Frame, Session};
+
+/// Deltas in the streamed reply.
+const N: usize = 2000;
 
 fn epoch() -> Instant {
     static E: OnceLock<Instant> = OnceLock::new();
@@ -51,7 +56,6 @@ fn main() {
     cold_start(&agent, &ws);
 
     // Per-delta overhead, direct mode over a unix socket.
-    const N: usize = 2000;
     let llm = Server::start(|_req, resp| {
         let mut r = resp.start_chunked(200, "text/event-stream");
         for _ in 0..N {
@@ -63,33 +67,19 @@ fn main() {
         r.chunk(b"data: [DONE]\n\n");
         r.finish();
     });
-    let (mut child, conn) = direct_agent(&agent, &ws, Some(&llm.url));
-    let mut writer = conn.try_clone().unwrap();
-    let f = Frame::user_message(Session::new("bench", "1"), "go", None);
-    std::io::Write::write_all(&mut writer, &Message::tether_frame(&f).encode()).unwrap();
-    let mut lines = LineReader::new(BufReader::new(conn));
-    let mut lat = Vec::new();
-    while let Ok(Some(line)) = lines.next_line() {
-        let now = epoch().elapsed().as_nanos();
-        // Skip the agent's other notifications (the keepalive lease).
-        let Some(Ok(frame)) = Message::decode(line).unwrap().as_tether_frame() else {
-            continue;
-        };
-        match frame.kind.as_str() {
-            "assistant.delta" => {
-                let sent: u128 = frame.text_payload().unwrap().trim().parse().unwrap();
-                lat.push((now - sent) as f64 / 1000.0);
-            }
-            "assistant.done" => break,
-            _ => {}
-        }
-    }
-    println!(
-        "peak RSS after a {N}-delta reply: {:.2} MiB",
-        rss_kib(child.id()) as f64 / 1024.0
+    let lat = streamed_reply(&agent, &ws, &llm.url, &[], "");
+    // The same over HTTPS (a TLS front, the test CA trusted through SSL_CERT_FILE), as a
+    // hosted model is reached: what TLS adds to the agent's memory.
+    let front = TlsFront::start(&llm.url);
+    let ca = tls::fixture("ca.pem");
+    let tls_lat = streamed_reply(
+        &agent,
+        &ws,
+        &front.url,
+        &[("SSL_CERT_FILE", ca.as_os_str())],
+        ", over HTTPS",
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    stats("SSE chunk sent -> delta, over HTTPS (+ relay)", "µs", tls_lat);
     stats("SSE chunk sent -> delta frame received", "µs", lat.clone());
     // Baseline: the same stream read straight from the fake LLM by a plain SSE reader in
     // this process. The difference of medians is what the agent adds.
@@ -111,6 +101,45 @@ fn main() {
         r#"{"text": "hi"}"#,
         Some(env!("CARGO_BIN_EXE_fake-mcp")),
     );
+}
+
+/// One {N}-delta reply from `url` in direct mode: prints the agent's peak RSS after it and
+/// returns each delta's latency (SSE chunk sent → frame received), in µs.
+fn streamed_reply(
+    agent: &Path,
+    ws: &Path,
+    url: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+    label: &str,
+) -> Vec<f64> {
+    let (mut child, conn) = direct_agent_with(agent, ws, Some(url), env);
+    let mut writer = conn.try_clone().unwrap();
+    let f = Frame::user_message(Session::new("bench", "1"), "go", None);
+    std::io::Write::write_all(&mut writer, &Message::tether_frame(&f).encode()).unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut lat = Vec::new();
+    while let Ok(Some(line)) = lines.next_line() {
+        let now = epoch().elapsed().as_nanos();
+        // Skip the agent's other notifications (the keepalive lease).
+        let Some(Ok(frame)) = Message::decode(line).unwrap().as_tether_frame() else {
+            continue;
+        };
+        match frame.kind.as_str() {
+            "assistant.delta" => {
+                let sent: u128 = frame.text_payload().unwrap().trim().parse().unwrap();
+                lat.push((now - sent) as f64 / 1000.0);
+            }
+            "assistant.done" => break,
+            _ => {}
+        }
+    }
+    println!(
+        "peak RSS after a {N}-delta reply{label}: {:.2} MiB",
+        rss_kib(child.id()) as f64 / 1024.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    lat
 }
 
 /// `control.cancel` written while `bash` runs `sleep 30` → `assistant.done` back (the
@@ -313,6 +342,15 @@ fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<&str>) {
 /// Start the agent in direct mode against a unix socket in `ws`; returns the process and
 /// the accepted tether connection.
 fn direct_agent(agent: &Path, ws: &Path, llm: Option<&str>) -> (std::process::Child, UnixStream) {
+    direct_agent_with(agent, ws, llm, &[])
+}
+
+fn direct_agent_with(
+    agent: &Path,
+    ws: &Path,
+    llm: Option<&str>,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, UnixStream) {
     let sock = ws.join("tether.sock");
     let _ = std::fs::remove_file(&sock);
     let listener = UnixListener::bind(&sock).unwrap();
@@ -325,6 +363,7 @@ fn direct_agent(agent: &Path, ws: &Path, llm: Option<&str>) -> (std::process::Ch
     if let Some(url) = llm {
         cmd.env("OPENAI_BASE_URL", url);
     }
+    cmd.envs(env.iter().copied());
     let child = cmd.spawn().unwrap();
     let (conn, _) = listener.accept().unwrap();
     (child, conn)

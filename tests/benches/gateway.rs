@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use aegis_e2e::bench::{cpu_ticks, maybe_blast, now_us, release_dir, rss_kib, stats};
-use aegis_e2e::proc::{temp_dir, Proc};
+use aegis_e2e::proc::{temp_dir, without_network_vars, Proc};
 use aegis_e2e::telegram::FakeTelegram;
 use serde_json::json;
 use tether::AegisClient;
@@ -37,7 +37,8 @@ fn main() {
     std::os::unix::fs::symlink(std::env::current_exe().unwrap(), &fake).unwrap();
     let sock = home.join("aegisd.sock");
     let mut cmd = std::process::Command::new(dir.join("aegis-kit"));
-    cmd.env("AEGIS_HOME", &home)
+    without_network_vars(&mut cmd)
+        .env("AEGIS_HOME", &home)
         .env("RUST_LOG", "warn")
         .arg("--socket")
         .arg(&sock)
@@ -61,7 +62,8 @@ fn main() {
     let conf = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "a", "allowed_chats": ["*"], "api_url": tg.url()}});
     std::fs::write(&cfg, conf.to_string()).unwrap();
     let mut gcmd = std::process::Command::new(dir.join("aegis-gateway"));
-    gcmd.env("AEGIS_HOME", &home)
+    without_network_vars(&mut gcmd)
+        .env("AEGIS_HOME", &home)
         .env("RUST_LOG", "warn")
         .arg("--socket")
         .arg(&sock)

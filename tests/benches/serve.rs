@@ -9,14 +9,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aegis_e2e::bench::{cpu_ticks, maybe_blast, release_dir, rss_kib, stats};
-use aegis_e2e::proc::{temp_dir, Proc};
+use aegis_e2e::proc::{temp_dir, without_network_vars, Proc};
 use serde_json::json;
 use tether::frame::Session;
 use tether::{AegisClient, Frame};
 
 fn serve(dir: &Path, home: &Path, agent: &Path, extra: &[&str]) -> Proc {
     let mut cmd = std::process::Command::new(dir.join("aegis-kit"));
-    cmd.env("AEGIS_HOME", home)
+    without_network_vars(&mut cmd)
+        .env("AEGIS_HOME", home)
         .env("RUST_LOG", "warn")
         .arg("--socket")
         .arg(home.join("aegisd.sock"))

@@ -110,16 +110,25 @@ pub const NETWORK_VARS: &[&str] = &[
     "no_proxy",
 ];
 
+/// Remove the machine's [`NETWORK_VARS`] from `cmd`'s environment (a bench measures the
+/// binaries as deployed, not with this machine's 145-certificate `SSL_CERT_FILE`).
+pub fn without_network_vars(cmd: &mut Command) -> &mut Command {
+    for var in NETWORK_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// A command for `name` with an environment free of the developer's keys and settings
 /// and of the machine's proxies and certificate bundles.
 pub fn command(name: &str) -> Command {
     let mut c = Command::new(bin(name));
+    without_network_vars(&mut c);
     for (k, _) in std::env::vars() {
         if k.starts_with("AEGIS_")
             || k.starts_with("OPENAI_")
             || k.starts_with("ANTHROPIC_")
             || k.starts_with("TELEGRAM_")
-            || NETWORK_VARS.contains(&k.as_str())
         {
             c.env_remove(k);
         }
