@@ -9,10 +9,13 @@ resident and a cold start read nearly the whole file. Together it fits in a few 
 
 How: builds the release binaries with a link map each through scripts/release.sh (in
 target/hot-text, also with TINY=1), runs each under valgrind's lackey (which prints every
-instruction's address) until it idles (the agent also answers one message from a stand-in
-model), and maps those addresses to the input sections of the link map. The Bot API and the
-model speak HTTPS, as in production, with the test CA of tests/fixtures/tls named by
-SSL_CERT_FILE; the harness is plain HTTP on loopback, as it is in a VM.
+instruction's address) until it idles (the agent idles with the default OpenAI URL, as
+deployed, then answers one message from a stand-in model, once over HTTPS and once over
+plain HTTP, in runs of their own), and maps those addresses to the input
+sections of the link map. The Bot API and the hosted model speak HTTPS, as in production
+(the Bot API with an RSA chain, as Telegram's; the model with ECDSA), with the test CAs of
+tests/fixtures/tls named by SSL_CERT_FILE; the harness is plain HTTP on loopback, as it is
+in a VM.
 Hashes in the section names become wildcards, so the list keeps working across rebuilds and
 small changes; code it misses stays in .text and only faults in later. Rerun it when the
 start-up path changes (scripts/size.sh's idle RSS shows when): needs valgrind.
@@ -239,11 +242,16 @@ def hot_sections(sections, offsets):
 def pattern(name, file):
     """A linker-script input-section pattern for the section, or None when it cannot name it."""
     if name == ".text":
-        # Assembly (memcpy and the like, the C runtime's _start) has a plain .text: name the
-        # file, or the member of a C library archive.
+        # Assembly (memcpy and the like, the C runtime's _start, ring's AES-GCM, SHA-2 and
+        # Montgomery code) has a plain .text: name the file, or the member of a C library
+        # archive or of a crate's rlib (`libring-HASH.rlib(HASH-aesni-gcm-x86_64-elf.o)`,
+        # both hashes as wildcards).
         m = re.match(r"(?:.*/)?(lib[^/]*\.a)\(([^()/]*)\)$", file)
         if m:
             return f"*{m[1]}:{m[2]}(.text)"
+        m = re.match(r"(?:.*/)?(lib[^/]*?)-[0-9a-f]+\.rlib\((?:[0-9a-f]+-)?([^()/]*\.o)\)$", file)
+        if m:
+            return f"*{m[1]}-*.rlib:*{m[2]}(.text)"
         m = re.match(r"(?:.*/)?([^/()]+\.o)$", file)
         return f"*{m[1]}(.text)" if m else None
     if not re.fullmatch(r"[A-Za-z0-9_.$]+", name):
@@ -251,6 +259,11 @@ def pattern(name, file):
     name = re.sub(r"17h[0-9a-f]{16}E$", "17h*E", name)  # legacy symbol hash
     name = re.sub(r"Cs[0-9A-Za-z]+_", "Cs*_", name)  # v0 crate disambiguator
     name = re.sub(r"\.[0-9]+$", ".*", name)  # a local copy's number (LTO renames them)
+    # A generic's copy ends with the crate that instantiated it (v0: C<hash><len><name>),
+    # which moves between crates with unrelated changes: any crate will do.
+    m = re.search(r"Cs\*_([0-9]+)([A-Za-z_][A-Za-z0-9_]*)(\.\*)?$", name)
+    if m and len(m[2]) == int(m[1]):
+        name = name[:m.start()] + "*"
     return f"*({name})"
 
 
@@ -259,12 +272,12 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="aegis-hot-text-"))
     api, stand_ins, model = None, None, None
     try:
-        env = {"PATH": os.environ["PATH"], "RUST_LOG": "error", "HOME": str(work),
-               "SSL_CERT_FILE": str(TLS / "ca.pem")}
+        env = {"PATH": os.environ["PATH"], "RUST_LOG": "error", "HOME": str(work)}
         cert = [str(TLS / "localhost.pem"), str(TLS / "localhost.key")]
         api_port = free_port()
         api = subprocess.Popen([sys.executable, str(ROOT / "scripts/stand-in-bot-api.py"),
-                                str(api_port), *cert],
+                                str(api_port), str(TLS / "localhost-rsa.pem"),
+                                str(TLS / "localhost-rsa.key")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(api_port, time.monotonic() + 10)
         # The harness in plain HTTP, the model in HTTPS: the same handler on two ports.
@@ -286,16 +299,29 @@ def main():
             for variant, folder, maps in builds:
                 log = work / f"{crate}-{variant}.log"
                 if crate == "aegis_agent":
-                    port = free_port()
-                    # A fresh workspace each: an agent skips a message it has already seen.
-                    ws = work / f"ws-{variant}"
-                    ws.mkdir()
-                    run_env = dict(env, AEGIS_AGENT_ADDR=f"127.0.0.1:{port}",
-                                   AEGIS_WORKSPACE=str(ws), AEGIS_HARNESS_URL=base,
-                                   OPENAI_API_KEY="sk-hot-text", OPENAI_BASE_URL=model_url)
-                    phases = trace(folder / name, [], run_env, log, port, [first_message(port)])
+                    # Idle as deployed (OpenAI's own URL, no SSL_CERT_FILE; nothing is sent),
+                    # then a first message from a hosted model (HTTPS, SSL_CERT_FILE naming
+                    # the test CA) and from a local one (plain HTTP), HTTPS first.
+                    runs = []
+                    for kind, url, extra in [("idle", None, {}),
+                                             ("https", model_url, {"SSL_CERT_FILE": str(TLS / "ca.pem")}),
+                                             ("plain", f"{base}/v1", {})]:
+                        port = free_port()
+                        # A fresh workspace each: an agent skips a message it has already seen.
+                        ws = work / f"ws-{variant}-{kind}"
+                        ws.mkdir()
+                        run_env = dict(env, AEGIS_AGENT_ADDR=f"127.0.0.1:{port}",
+                                       AEGIS_WORKSPACE=str(ws), AEGIS_HARNESS_URL=base,
+                                       OPENAI_API_KEY="sk-hot-text", **extra)
+                        if url:
+                            run_env["OPENAI_BASE_URL"] = url
+                        steps = [first_message(port)] if url else []
+                        runs.append(trace(folder / name, [], run_env, log, port, steps))
+                    (idle,), (_, https_message), (_, plain_message) = runs
+                    phases = [idle, https_message + plain_message]
                 else:
-                    phases = trace(folder / name, gateway_args, env, log)
+                    gateway_env = dict(env, SSL_CERT_FILE=str(TLS / "rsa-ca.pem"))
+                    phases = trace(folder / name, gateway_args, gateway_env, log)
                 log.unlink()
                 traced.append((f"{name} ({variant})", link_map(crate, maps), phases))
         # Phase by phase: every binary's idle code first (each binary's in turn, all

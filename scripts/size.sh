@@ -33,17 +33,17 @@ wait_port "$port"
 sleep 0.3
 agent_rss=$(rss_mib "$agent")
 
-# The gateway, idle: long-polling a stand-in Bot API that never has an update, over HTTPS as
-# the real one (its certificate from the test CA, which SSL_CERT_FILE names).
+# The gateway, idle: long-polling a stand-in Bot API that never has an update, over HTTPS with
+# an RSA chain as the real one (from the test RSA CA, which SSL_CERT_FILE names).
 tls=tests/fixtures/tls
 api=$(free_port)
-python3 scripts/stand-in-bot-api.py "$api" "$tls/localhost.pem" "$tls/localhost.key" >/dev/null 2>&1 &
+python3 scripts/stand-in-bot-api.py "$api" "$tls/localhost-rsa.pem" "$tls/localhost-rsa.key" >/dev/null 2>&1 &
 pids+=($!)
 wait_port "$api"
 cat >"$work/gateway.json" <<EOF
 {"telegram": {"bot_token": "1:size", "instance": "none", "allowed_chats": ["*"], "api_url": "https://localhost:$api"}}
 EOF
-env -i PATH="$PATH" HOME="$work" RUST_LOG=error SSL_CERT_FILE="$tls/ca.pem" "$dir/aegis-gateway" --config "$work/gateway.json" \
+env -i PATH="$PATH" HOME="$work" RUST_LOG=error SSL_CERT_FILE="$tls/rsa-ca.pem" "$dir/aegis-gateway" --config "$work/gateway.json" \
   --socket "$work/none.sock" >/dev/null 2>&1 &
 pids+=($!); gateway=$!
 sleep 1

@@ -969,9 +969,10 @@ fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
 
 #[test]
 fn https_with_a_private_ca_and_a_proxy_from_the_environment_end_to_end() {
-    // Telegram and the model over HTTPS with certificates of the test CA; the model at a
-    // host name only the company proxy resolves. serve hands its SSL_CERT_FILE and
-    // HTTPS_PROXY to the agent it supervises; the gateway gets them from its shell.
+    // Telegram over HTTPS with an RSA chain (as the real one), the model with ECDSA, each
+    // from its own test CA; the model at a host name only the company proxy resolves.
+    // serve hands its SSL_CERT_FILE and HTTPS_PROXY to the agent it supervises; the
+    // gateway gets them from its shell.
     let llm = FakeLlm::echo_openai();
     let model_front = TlsFront::start(llm.url());
     let port: u16 = model_front.url.rsplit(':').next().unwrap().parse().unwrap();
@@ -985,7 +986,7 @@ fn https_with_a_private_ca_and_a_proxy_from_the_environment_end_to_end() {
         &[("OPENAI_BASE_URL", "https://model.internal/v1")],
         &[("SSL_CERT_FILE", &ca), ("HTTPS_PROXY", &proxy.url)],
     );
-    let bot_front = TlsFront::start(s.telegram.url());
+    let bot_front = TlsFront::start_with(s.telegram.url(), "localhost-rsa");
     let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
         "allowed_chats": ["*"], "api_url": bot_front.url}});
     std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
@@ -996,7 +997,8 @@ fn https_with_a_private_ca_and_a_proxy_from_the_environment_end_to_end() {
     drop(untrusting);
 
     let mut cmd = s.gateway_command();
-    cmd.env("SSL_CERT_FILE", &ca).env("HTTPS_PROXY", &proxy.url);
+    let rsa_ca = fixture("rsa-ca.pem").display().to_string();
+    cmd.env("SSL_CERT_FILE", &rsa_ca).env("HTTPS_PROXY", &proxy.url);
     let gw = Proc::spawn(cmd);
     gw.wait_for("trusting 1 certificate from SSL_CERT_FILE=", T);
     s.telegram.push_text(CHAT, 7, "Ann", "over https");

@@ -97,18 +97,7 @@ pub fn processes_with(marker: &str) -> Vec<u32> {
 
 /// Variables of the machine's network setup that change where HTTPS clients connect and
 /// what they trust; a test that wants one sets it.
-pub const NETWORK_VARS: &[&str] = &[
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-    "ALL_PROXY",
-    "all_proxy",
-    "NO_PROXY",
-    "no_proxy",
-];
+pub use tether::http::NETWORK_VARS;
 
 /// Remove the machine's [`NETWORK_VARS`] from `cmd`'s environment (a bench measures the
 /// binaries as deployed, not with this machine's 145-certificate `SSL_CERT_FILE`).

@@ -15,8 +15,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
 
-/// A file of `tests/fixtures/tls`: `ca.pem` (the test CA), `other-ca.pem` (a CA that
-/// signed nothing here), `localhost.pem` and `localhost.key` (the server's).
+/// A file of `tests/fixtures/tls`: `ca.pem` (the test CA, ECDSA P-256), `other-ca.pem` (a
+/// CA that signed nothing here), `localhost.pem` and `localhost.key` (the server's);
+/// `rsa-ca.pem` and `localhost-rsa.*`, the same with RSA-2048 (as Telegram's chain).
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/tls")
@@ -33,14 +34,19 @@ pub struct TlsFront {
 
 impl TlsFront {
     /// Serve HTTPS on an ephemeral loopback port in front of `backend`
-    /// (`http://127.0.0.1:PORT`).
+    /// (`http://127.0.0.1:PORT`), with the ECDSA certificate of the test CA.
     pub fn start(backend: &str) -> TlsFront {
+        TlsFront::start_with(backend, "localhost")
+    }
+
+    /// As `start`, with the certificate `NAME.pem` and key `NAME.key` of the fixtures.
+    pub fn start_with(backend: &str, name: &str) -> TlsFront {
         let backend: SocketAddr = backend
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .parse()
             .expect("backend is http://IP:PORT");
-        let config = Arc::new(server_config());
+        let config = Arc::new(server_config(name));
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -70,12 +76,12 @@ impl Drop for TlsFront {
     }
 }
 
-fn server_config() -> ServerConfig {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture("localhost.pem"))
-        .expect("localhost.pem")
+fn server_config(name: &str) -> ServerConfig {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(fixture(&format!("{name}.pem")))
+        .expect("certificate file")
         .collect::<Result<_, _>>()
-        .expect("localhost.pem parses");
-    let key = PrivateKeyDer::from_pem_file(fixture("localhost.key")).expect("localhost.key");
+        .expect("certificate parses");
+    let key = PrivateKeyDer::from_pem_file(fixture(&format!("{name}.key"))).expect("key file");
     ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("TLS versions")

@@ -8,6 +8,22 @@ pub const INPUT_BUFFER: usize = 32 * 1024;
 /// Write buffer per connection and per layer.
 pub const OUTPUT_BUFFER: usize = 16 * 1024;
 
+/// The environment variables that decide where the kit's HTTPS clients connect and what
+/// they trust (ureq reads the proxies, [`crate::trust`] the certificates): a host passes
+/// them on to what it runs, a test or a bench keeps the machine's out.
+pub const NETWORK_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
 /// `ureq::Agent::config_builder()` for a client of `target` (its URL or base URL): small
 /// connection buffers, the trusted roots [`crate::trust`] installed (feature `tls`), and
 /// the proxy `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` name, minus `NO_PROXY`, except for a
@@ -45,11 +61,17 @@ pub fn is_loopback(url: &str) -> bool {
     let Some(host) = uri.host() else {
         return false;
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
+    // Only an address literal is parsed: a host name skips std's IP parsers, code an idle
+    // agent would otherwise fault in (64 KiB) for `api.openai.com` alone.
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>()
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    } else if host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        host.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+    } else {
+        host.eq_ignore_ascii_case("localhost")
+    }
 }
 
 #[cfg(test)]
@@ -65,6 +87,7 @@ mod tests {
             "https://LOCALHOST:11434",
             "http://[::1]:7777/",
             "http://[::ffff:127.0.0.1]:80",
+            "http://127.0.0.1",
         ] {
             assert!(is_loopback(url), "{url}");
         }
@@ -74,6 +97,9 @@ mod tests {
             "http://10.0.0.1:11434",
             "http://localhost.example.com",
             "http://[::2]/",
+            "http://127.0.0.1.example.com/",
+            "http://1.2.3.4/",
+            "http://[fe80::1]:80/",
             "not a url",
             "",
         ] {

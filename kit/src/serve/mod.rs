@@ -39,23 +39,8 @@ pub fn supervised_command(program: &Path, log: &fs::File) -> std::io::Result<std
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?)
         .process_group(0);
-    for var in [
-        "PATH",
-        "HOME",
-        "LANG",
-        "TZ",
-        "RUST_LOG",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-        "NO_PROXY",
-        "no_proxy",
-    ] {
+    let basics = ["PATH", "HOME", "LANG", "TZ", "RUST_LOG"];
+    for var in basics.iter().chain(tether::http::NETWORK_VARS) {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
