@@ -14,6 +14,7 @@ targets=(
   "tether:--test parsers_prop line_reader"     # newline reader with size limit
   "tether:--test parsers_prop ndjson_"         # NDJSON egress stream reader
   "tether:--test parsers_prop addr_"           # tether addresses, hybrid vsock CONNECT
+  "tether:--test parsers_prop loopback_"       # the loopback check on URLs (proxy bypass)
   "aegis-agent:--bin aegis-agent sse::"        # SSE parser
   "aegis-agent:--bin aegis-agent session::"    # session-name sanitiser
   "aegis-gateway:--bin aegis-gateway telegram::"  # Telegram update parser

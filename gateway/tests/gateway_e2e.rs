@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
-use aegis_e2e::proc::Proc;
+use aegis_e2e::proc::{temp_dir, Proc};
 use aegis_e2e::proxy::ConnectProxy;
 use aegis_e2e::stack::{Stack, T};
 use aegis_e2e::telegram::Fault;
@@ -978,7 +978,11 @@ fn https_with_a_private_ca_and_a_proxy_from_the_environment_end_to_end() {
     let port: u16 = model_front.url.rsplit(':').next().unwrap().parse().unwrap();
     let proxy =
         ConnectProxy::start(move |t| (t == "model.internal:443").then(|| ([127, 0, 0, 1], port).into()));
-    let ca = fixture("ca.pem").display().to_string();
+    // The CA under /tmp, which the instance's sandbox replaces: serve keeps it visible.
+    let ca_dir = temp_dir("gw-https-ca");
+    let ca_path = ca_dir.join("ca.pem");
+    std::fs::copy(fixture("ca.pem"), &ca_path).unwrap();
+    let ca = ca_path.display().to_string();
     let s = Stack::with_serve_env(
         "gw-https",
         llm,

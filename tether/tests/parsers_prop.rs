@@ -1,4 +1,4 @@
-//! Property tests for every tether parser: arbitrary input never panics, and everything
+//! Property tests for every tether parser (and the loopback check on URLs): arbitrary input never panics, and everything
 //! we encode decodes back to the same value.
 
 use std::io::Cursor;
@@ -51,6 +51,24 @@ fn frame() -> impl Strategy<Value = Frame> {
 
 // Case counts come from PROPTEST_CASES (default 256); scripts/fuzz.sh runs them at scale.
 proptest! {
+
+    #[test]
+    fn loopback_check_never_panics_and_matches_std_for_ip_literals(
+        text in ".{0,40}",
+        ip in any::<[u8; 4]>(),
+        v6 in any::<[u16; 8]>(),
+        port in any::<u16>(),
+    ) {
+        let _ = tether::http::is_loopback(&text);
+        let _ = tether::http::is_loopback(&format!("http://{text}/"));
+        let v4 = std::net::Ipv4Addr::from(ip);
+        prop_assert_eq!(tether::http::is_loopback(&format!("http://{v4}:{port}/v1")), v4.is_loopback());
+        let v6 = std::net::Ipv6Addr::from(v6);
+        prop_assert_eq!(
+            tether::http::is_loopback(&format!("https://[{v6}]:{port}")),
+            v6.to_canonical().is_loopback()
+        );
+    }
 
     #[test]
     fn frames_round_trip_with_unknown_fields(f in frame()) {

@@ -808,6 +808,12 @@ impl Supervisor {
             }
         }
         let spawn_err = |e: std::io::Error| err(503, format!("wake failed: {e}"));
+        // The CA bundle serve hands on must be readable inside the sandbox, which replaces
+        // /tmp and serve's state folder: kept visible as its real file, named by that path.
+        let cert_file = std::env::var_os("SSL_CERT_FILE")
+            .filter(|_| level != Level::None)
+            .and_then(|f| fs::canonicalize(f).ok())
+            .filter(|f| f.is_file());
         let mut cmd = if level == Level::None {
             super::supervised_command(&program, &log).map_err(spawn_err)?
         } else {
@@ -830,6 +836,7 @@ impl Supervisor {
                     .is_absolute()
                     .then(|| program.clone())
                     .into_iter()
+                    .chain(cert_file.clone())
                     .collect(),
                 hostname: format!("aegis-{}", self.def.name),
             };
@@ -841,6 +848,9 @@ impl Supervisor {
             c
         };
         cmd.args(self.def.command.iter().skip(1)).current_dir(&workspace);
+        if let Some(f) = &cert_file {
+            cmd.env("SSL_CERT_FILE", f);
+        }
         // Without the namespaces the agent's shell and file tools would act with serve's
         // rights, so they are off unless the instance opts in (its own AEGIS_TOOLS,
         // set below, wins).
