@@ -107,13 +107,9 @@ fn main() -> ExitCode {
         Action::Run(c) => c,
     };
     log::info!("aegis-agent starting");
-    match tether::trust::install_from_env() {
-        Ok(Some(said)) => log::info!("{said}"),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("aegis-agent: {e}");
-            return ExitCode::from(2);
-        }
+    if let Err(e) = tether::trust::install_from_env() {
+        eprintln!("aegis-agent: {e}");
+        return ExitCode::from(2);
     }
     match &config.provider {
         Some(p) => log::info!("LLM provider: {} (model {}, {})", p.kind, p.model, p.base_url),

@@ -183,13 +183,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match tether::trust::install_from_env() {
-        Ok(Some(said)) => log::info!("{said}"),
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("aegis-gateway: {e}");
-            return ExitCode::from(2);
-        }
+    if let Err(e) = tether::trust::install_from_env() {
+        eprintln!("aegis-gateway: {e}");
+        return ExitCode::from(2);
     }
     let aegis = AegisClient::new(args.socket.unwrap_or_else(tether::client::default_socket));
     if args.check {

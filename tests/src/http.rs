@@ -147,12 +147,53 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// A loopback listener that gives each connection a thread running `serve`; stops
+/// accepting when dropped. Every stand-in server (HTTP, the TLS front, the proxy) is one.
+pub struct Acceptor {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl Acceptor {
+    /// Listen on `addr` (`127.0.0.1:0` for an ephemeral port).
+    pub fn start(addr: &str, serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Acceptor {
+        let listener = TcpListener::bind(addr).expect("bind stand-in server");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let serve = Arc::new(serve);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let serve = Arc::clone(&serve);
+                thread::spawn(move || serve(conn));
+            }
+        });
+        Acceptor { port, stop }
+    }
+
+    /// The port listened on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
+    }
+}
+
 /// A running fake server; stops accepting when dropped.
 pub struct Server {
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    stop: Arc<AtomicBool>,
-    port: u16,
+    acceptor: Acceptor,
 }
 
 impl Server {
@@ -163,39 +204,16 @@ impl Server {
 
     /// Serve on a given address (to restart a server on the same port).
     pub fn start_on(addr: &str, handler: impl Fn(Request, Responder) + Send + Sync + 'static) -> Server {
-        let listener = TcpListener::bind(addr).expect("bind fake server");
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let handler = Arc::new(handler);
-        let stop2 = Arc::clone(&stop);
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let handler = Arc::clone(&handler);
-                thread::spawn(move || serve_conn(conn, &*handler));
-            }
-        });
+        let acceptor = Acceptor::start(addr, move |conn| serve_conn(conn, &handler));
         Server {
-            url: format!("http://127.0.0.1:{port}"),
-            stop,
-            port,
+            url: format!("http://127.0.0.1:{}", acceptor.port()),
+            acceptor,
         }
     }
 
     /// The port listened on.
     pub fn port(&self) -> u16 {
-        self.port
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
+        self.acceptor.port()
     }
 }
 

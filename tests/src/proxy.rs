@@ -2,11 +2,11 @@
 //! asked for and tunnels to the stand-in that `route` names for it (or answers 502).
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+
+use crate::http::Acceptor;
 
 type Route = dyn Fn(&str) -> Option<SocketAddr> + Send + Sync;
 
@@ -14,48 +14,26 @@ type Route = dyn Fn(&str) -> Option<SocketAddr> + Send + Sync;
 pub struct ConnectProxy {
     /// `http://127.0.0.1:PORT`, the value for `HTTPS_PROXY`.
     pub url: String,
-    port: u16,
     targets: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    _acceptor: Acceptor,
 }
 
 impl ConnectProxy {
     /// Tunnel `CONNECT host:port` to `route("host:port")`.
     pub fn start(route: impl Fn(&str) -> Option<SocketAddr> + Send + Sync + 'static) -> ConnectProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
         let targets = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let route: Arc<Route> = Arc::new(route);
-        let (targets2, stop2) = (Arc::clone(&targets), Arc::clone(&stop));
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let (route, targets) = (Arc::clone(&route), Arc::clone(&targets2));
-                thread::spawn(move || tunnel(conn, &*route, &targets));
-            }
-        });
+        let recorded = Arc::clone(&targets);
+        let acceptor = Acceptor::start("127.0.0.1:0", move |conn| tunnel(conn, &route, &recorded));
         ConnectProxy {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: format!("http://127.0.0.1:{}", acceptor.port()),
             targets,
-            stop,
+            _acceptor: acceptor,
         }
     }
 
     /// Every `CONNECT` target asked for so far (`host:port`).
     pub fn targets(&self) -> Vec<String> {
         self.targets.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ConnectProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
     }
 }
 

@@ -4,16 +4,16 @@
 //! byte, so every stand-in works over HTTPS unchanged, its errors and cut streams included.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ServerConfig, ServerConnection};
+
+use crate::http::Acceptor;
 
 /// A file of `tests/fixtures/tls`: `ca.pem` (the test CA, ECDSA P-256), `other-ca.pem` (a
 /// CA that signed nothing here), `localhost.pem` and `localhost.key` (the server's);
@@ -28,8 +28,7 @@ pub fn fixture(name: &str) -> PathBuf {
 pub struct TlsFront {
     /// `https://localhost:PORT`.
     pub url: String,
-    port: u16,
-    stop: Arc<AtomicBool>,
+    _acceptor: Acceptor,
 }
 
 impl TlsFront {
@@ -47,32 +46,13 @@ impl TlsFront {
             .parse()
             .expect("backend is http://IP:PORT");
         let config = Arc::new(server_config(name));
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind TLS front");
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = Arc::clone(&stop);
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(client) = client else { continue };
-                let config = Arc::clone(&config);
-                thread::spawn(move || relay(client, backend, config));
-            }
+        let acceptor = Acceptor::start("127.0.0.1:0", move |client| {
+            relay(client, backend, Arc::clone(&config))
         });
         TlsFront {
-            url: format!("https://localhost:{port}"),
-            port,
-            stop,
+            url: format!("https://localhost:{}", acceptor.port()),
+            _acceptor: acceptor,
         }
-    }
-}
-
-impl Drop for TlsFront {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&([127, 0, 0, 1], self.port).into(), Duration::from_millis(200));
     }
 }
 

@@ -205,18 +205,19 @@ impl Trust {
     }
 }
 
-/// Read the environment's trust and install it; what to log, `None` for the bundled roots.
-pub fn install_from_env() -> Result<Option<String>, TrustError> {
-    Ok(Trust::from_env()?.map(|trust| {
-        let said = format!(
+/// Read the environment's trust, install it and log what is trusted; nothing to do (the
+/// bundled roots) when neither variable is set.
+pub fn install_from_env() -> Result<(), TrustError> {
+    if let Some(trust) = Trust::from_env()? {
+        log::info!(
             "trusting {} certificate{} from {} instead of the bundled roots",
             trust.len(),
             if trust.len() == 1 { "" } else { "s" },
             trust.sources()
         );
         trust.install();
-        said
-    }))
+    }
+    Ok(())
 }
 
 /// Give `builder` the installed roots, if any.
