@@ -14,7 +14,9 @@ deployed, then answers one message from a stand-in model, once over HTTPS and on
 plain HTTP, in runs of their own), and maps those addresses to the input
 sections of the link map. The Bot API and the hosted model speak HTTPS, as in production
 (the Bot API with an RSA chain, as Telegram's; the model with ECDSA), with the test CAs of
-tests/fixtures/tls named by SSL_CERT_FILE; the harness is plain HTTP on loopback, as it is
+tests/fixtures/tls named by SSL_CERT_FILE, and are reached by their real names through the
+resolver on port 443 (scripts/deployed_net.py's namespaces; where those cannot be made, at
+localhost, without the resolver's code); the harness is plain HTTP on loopback, as it is
 in a VM.
 Hashes in the section names become wildcards, so the list keeps working across rebuilds and
 small changes; code it misses stays in .text and only faults in later. Rerun it when the
@@ -36,6 +38,9 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+sys.dont_write_bytecode = True  # no __pycache__ left in scripts/
+import deployed_net  # noqa: E402  (scripts/, beside this file)
 
 ROOT = Path(__file__).resolve().parent.parent
 TLS = ROOT / "tests" / "fixtures" / "tls"
@@ -98,10 +103,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, deadline):
+def wait_port(port, deadline, addr="127.0.0.1"):
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            socket.create_connection((addr, port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
@@ -269,30 +274,43 @@ def pattern(name, file):
 
 def main():
     builds = [(variant, *build(variant, extra_env)) for variant, extra_env in VARIANTS]
+    # Reach the Bot API and the hosted model by their real names through the resolver, as
+    # deployed (before any thread starts: entering namespaces needs a single thread).
+    try:
+        deployed_net.enter()
+        api_addr, api_port, model_addr = deployed_net.ADDRESSES["api.telegram.org"], 443, \
+            deployed_net.ADDRESSES["api.openai.com"]
+    except (deployed_net.Unavailable, OSError) as e:
+        print(f"hot-text: no private network namespace here ({e}): the stand-ins are reached"
+              " at localhost, and the resolver's code is left out", file=sys.stderr)
+        api_addr, api_port, model_addr = "127.0.0.1", free_port(), None
     work = Path(tempfile.mkdtemp(prefix="aegis-hot-text-"))
     api, stand_ins, model = None, None, None
     try:
         env = {"PATH": os.environ["PATH"], "RUST_LOG": "error", "HOME": str(work)}
         cert = [str(TLS / "localhost.pem"), str(TLS / "localhost.key")]
-        api_port = free_port()
         api = subprocess.Popen([sys.executable, str(ROOT / "scripts/stand-in-bot-api.py"),
-                                str(api_port), str(TLS / "localhost-rsa.pem"),
+                                f"{api_addr}:{api_port}", str(TLS / "localhost-rsa.pem"),
                                 str(TLS / "localhost-rsa.key")],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(api_port, time.monotonic() + 10)
+        wait_port(api_port, time.monotonic() + 10, api_addr)
         # The harness in plain HTTP, the model in HTTPS: the same handler on two ports.
         stand_ins = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIns)
-        model = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandIns)
+        model = http.server.ThreadingHTTPServer((model_addr or "127.0.0.1", 443 if model_addr else 0),
+                                                StandIns)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(*cert)
         model.socket = tls.wrap_socket(model.socket, server_side=True)
         for server in (stand_ins, model):
             threading.Thread(target=server.serve_forever, daemon=True).start()
         base = f"http://127.0.0.1:{stand_ins.server_address[1]}"
-        model_url = f"https://localhost:{model.server_address[1]}/v1"
+        # As deployed, the agent's default URL (api.openai.com) and the gateway's
+        # (api.telegram.org) reach them.
+        model_url = None if model_addr else f"https://localhost:{model.server_address[1]}/v1"
+        api_url = "" if model_addr else f', "api_url": "https://localhost:{api_port}"'
         (work / "gateway.json").write_text(
-            '{"telegram": {"bot_token": "1:hot", "instance": "none", "allowed_chats": ["*"],'
-            f' "api_url": "https://localhost:{api_port}"}}}}')
+            '{"telegram": {"bot_token": "1:hot", "instance": "none", "allowed_chats": ["*"]'
+            f'{api_url}}}}}')
         gateway_args = ["--config", str(work / "gateway.json"), "--socket", str(work / "none.sock")]
         traced = []
         for crate, name in [("aegis_agent", "aegis-agent"), ("aegis_gateway", "aegis-gateway")]:
@@ -300,12 +318,13 @@ def main():
                 log = work / f"{crate}-{variant}.log"
                 if crate == "aegis_agent":
                     # Idle as deployed (OpenAI's own URL, no SSL_CERT_FILE; nothing is sent),
-                    # then a first message from a hosted model (HTTPS, SSL_CERT_FILE naming
-                    # the test CA) and from a local one (plain HTTP), HTTPS first.
+                    # then a first message from a hosted model (HTTPS at api.openai.com,
+                    # SSL_CERT_FILE naming the test CA) and from a local one (plain HTTP).
                     runs = []
                     for kind, url, extra in [("idle", None, {}),
                                              ("https", model_url, {"SSL_CERT_FILE": str(TLS / "ca.pem")}),
                                              ("plain", f"{base}/v1", {})]:
+                        answers = kind != "idle"
                         port = free_port()
                         # A fresh workspace each: an agent skips a message it has already seen.
                         ws = work / f"ws-{variant}-{kind}"
@@ -315,7 +334,7 @@ def main():
                                        OPENAI_API_KEY="sk-hot-text", **extra)
                         if url:
                             run_env["OPENAI_BASE_URL"] = url
-                        steps = [first_message(port)] if url else []
+                        steps = [first_message(port)] if answers else []
                         runs.append(trace(folder / name, [], run_env, log, port, steps))
                     (idle,), (_, https_message), (_, plain_message) = runs
                     phases = [idle, https_message + plain_message]

@@ -2,7 +2,8 @@
 """A Bot API that never has an update, for measuring an idle aegis-gateway (scripts/size.sh,
 scripts/hot-text.py): getMe names a bot, getUpdates long-polls 25 s and returns nothing,
 every other method succeeds. With CERT and KEY it serves HTTPS (tests/fixtures/tls), as the real
-API does. Usage: stand-in-bot-api.py PORT [CERT KEY]"""
+API does. It listens on 127.0.0.1 unless given ADDR (scripts/deployed_net.py resolves
+api.telegram.org to 127.0.0.2). Usage: stand-in-bot-api.py [ADDR:]PORT [CERT KEY]"""
 import http.server
 import json
 import ssl
@@ -31,7 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+addr, _, port = sys.argv[1].rpartition(":")
+server = http.server.ThreadingHTTPServer((addr or "127.0.0.1", int(port)), Handler)
 if len(sys.argv) == 4:
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(sys.argv[2], sys.argv[3])

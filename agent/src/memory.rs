@@ -284,7 +284,7 @@ impl MemoryStore {
                     .filter(|(score, _, _)| *score > 0)
                     .collect();
                 // Most shared words first; among equals, the newest.
-                scored.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+                scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
                 if scored.is_empty() {
                     newest()
                 } else {

@@ -274,7 +274,7 @@ pub fn list_files(ws: &Workspace, args: &Value) -> Result<String, String> {
     if entries.is_empty() {
         return Ok(format!("{shown} is empty"));
     }
-    entries.sort();
+    entries.sort_unstable();
     let total = entries.len();
     let mut out: Vec<String> = entries.into_iter().take(LIST_CAP).map(|(_, l)| l).collect();
     if total > LIST_CAP {

@@ -41,7 +41,7 @@ fn walk(base: &Path, mut visit: impl FnMut(&Path, &fs::FileType) -> bool) -> boo
             .filter_map(Result::ok)
             .filter_map(|e| e.file_type().ok().map(|t| (e.path(), t)))
             .collect();
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
         for (path, kind) in entries.iter().rev() {
             seen += 1;
             if seen > WALK_CAP {
