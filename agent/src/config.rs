@@ -64,9 +64,9 @@ TOOLS:
 NETWORK (as for Go programs, curl and OpenSSL):
     SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these
                         folders (`:`-separated) instead of the bundled Mozilla roots
-    ALL_PROXY, HTTPS_PROXY, HTTP_PROXY (the first set), NO_PROXY  CONNECT proxy for the
-                        model and web_fetch; localhost and loopback addresses (the
-                        harness, a local model) never use it
+    HTTPS_PROXY for https://, HTTP_PROXY for http://, else ALL_PROXY; NO_PROXY
+                        CONNECT proxy for the model and web_fetch; localhost and
+                        loopback addresses (the harness, a local model) never use it
 
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\" or \"anthropic/NAME\"), api_key_env, base_url, max_tokens,

@@ -142,3 +142,68 @@ fn a_proxy_in_the_environment_carries_the_model_traffic_but_never_the_harness() 
     assert_eq!(proxy.targets(), ["model.internal:443"]);
     assert_eq!(llm.requests()[0].path, "/v1/chat/completions");
 }
+
+#[test]
+fn each_scheme_uses_its_own_proxy_as_in_go() {
+    let llm = FakeLlm::echo_openai();
+    let port: u16 = llm.url().rsplit(':').next().unwrap().parse().unwrap();
+    // A model on the LAN over plain HTTP. 0.0.0.0 is not a loopback address, so proxies
+    // apply to it, yet Linux connects it to this machine, where the stand-in listens.
+    let lan_model = format!("http://0.0.0.0:{port}/v1");
+    let target = format!("0.0.0.0:{port}");
+    let route_target = target.clone();
+    let proxy =
+        ConnectProxy::start(move |t| (t == route_target).then(|| SocketAddr::from(([127, 0, 0, 1], port))));
+
+    // HTTPS_PROXY (what a host sets for the cloud) never carries plain HTTP: the model on
+    // the LAN is reached directly, as the Go agent reaches it.
+    let ws = temp_dir("proxy-https-only");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &lan_model),
+            ("HTTPS_PROXY", &proxy.url),
+        ],
+    );
+    a.send(&message("1", "direct", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: direct");
+    assert!(proxy.targets().is_empty(), "{:?}", proxy.targets());
+    drop(a);
+
+    // HTTP_PROXY carries it.
+    let ws = temp_dir("proxy-http");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &lan_model),
+            ("HTTP_PROXY", &proxy.url),
+        ],
+    );
+    a.send(&message("1", "proxied", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: proxied");
+    assert_eq!(proxy.targets(), std::slice::from_ref(&target));
+    drop(a);
+
+    // NO_PROXY still exempts a host; a SOCKS proxy (not built in) is ignored with a
+    // warning rather than failing every request.
+    for (name, env) in [
+        (
+            "no-proxy",
+            [
+                ("HTTP_PROXY", proxy.url.as_str()),
+                ("NO_PROXY", "example.com, 0.0.0.0"),
+            ],
+        ),
+        ("socks", [("ALL_PROXY", "socks5://127.0.0.1:9"), ("NO_PROXY", "")]),
+    ] {
+        let ws = temp_dir(&format!("proxy-{name}"));
+        let mut env = env.to_vec();
+        env.extend([("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", &lan_model)]);
+        let a = start_agent(&ws, &env);
+        a.send(&message("1", name, "m-1"));
+        assert_eq!(done_text(&a.reply()), format!("echo: {name}"));
+    }
+    assert_eq!(proxy.targets(), [target]);
+}

@@ -54,8 +54,9 @@ ENVIRONMENT (override the single-bot config):
 NETWORK (as for Go programs, curl and OpenSSL):
     SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these folders
                     (`:`-separated) instead of the bundled Mozilla roots
-    ALL_PROXY, HTTPS_PROXY, HTTP_PROXY (the first set), NO_PROXY  CONNECT proxy for the
-                    Bot API; localhost and loopback addresses never use it
+    HTTPS_PROXY (HTTP_PROXY for an http:// api_url), else ALL_PROXY; NO_PROXY
+                    CONNECT proxy for the Bot API; localhost and loopback addresses
+                    never use it
 
 PER-INSTANCE MODE (current AegisVM starts one gateway per instance):
     AEGIS_INSTANCE=HANDLE   serve only this instance; config ~/.aegis/kits/HANDLE/gateway.json;

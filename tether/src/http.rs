@@ -26,8 +26,8 @@ pub const NETWORK_VARS: &[&str] = &[
 
 /// `ureq::Agent::config_builder()` for a client of `target` (its URL or base URL): small
 /// connection buffers, the trusted roots [`crate::trust`] installed (feature `tls`), and
-/// the proxy `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` name, minus `NO_PROXY`, except for a
-/// loopback target.
+/// the proxy the environment names for its scheme ([`proxy_url`]), minus `NO_PROXY`,
+/// except for a loopback target.
 ///
 /// ureq gives each connection a 128 KiB read and a 128 KiB write buffer, zero-filled on
 /// first use, and an HTTPS connection a second pair under its TLS layer: 512 KiB of
@@ -39,18 +39,77 @@ pub const NETWORK_VARS: &[&str] = &[
 /// do, and an image or host that exports `HTTP_PROXY` without listing `localhost` in
 /// `NO_PROXY` would otherwise cut the agent off from its harness and a local model.
 pub fn agent_config(target: &str) -> ConfigBuilder<AgentScope> {
+    let proxy = if is_loopback(target) {
+        None
+    } else {
+        proxy_url(target, |name| std::env::var(name).ok()).and_then(|url| env_proxy(&url))
+    };
     let builder = ureq::Agent::config_builder()
         .input_buffer_size(INPUT_BUFFER)
         .output_buffer_size(OUTPUT_BUFFER)
-        .max_response_header_size(INPUT_BUFFER);
-    let builder = if is_loopback(target) {
-        builder.proxy(None)
-    } else {
-        builder
-    };
+        .max_response_header_size(INPUT_BUFFER)
+        .proxy(proxy);
     #[cfg(feature = "tls")]
     let builder = crate::trust::configure(builder);
     builder
+}
+
+/// The proxy URL the environment (`var`) names for a client of `target`, chosen by the
+/// target's scheme as Go's clients (the Go kit) and curl choose it: `HTTPS_PROXY` for
+/// `https`, `HTTP_PROXY` for `http` (upper case first, then lower case), then, as curl
+/// does, `ALL_PROXY`. An empty variable counts as unset.
+///
+/// ureq's own choice is the first of `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` for every
+/// scheme: a host exporting `HTTPS_PROXY` for the cloud would then send the agent's plain
+/// HTTP to a model on the LAN through that proxy too, which the Go agent reaches directly.
+pub fn proxy_url(target: &str, var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let https = target
+        .trim_start()
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    let names: [&str; 4] = if https {
+        ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
+    } else {
+        ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+    };
+    names
+        .into_iter()
+        .find_map(|name| var(name).filter(|v| !v.trim().is_empty()))
+}
+
+/// The proxy at `url`, with `NO_PROXY`'s exceptions, or `None` (logged) when ureq cannot
+/// use it: a URL it cannot parse, or SOCKS, which this build does not speak. Either way
+/// the client then connects directly, as ureq does with such a variable.
+fn env_proxy(url: &str) -> Option<ureq::Proxy> {
+    use ureq::ProxyProtocol::{Http, Https};
+    let parsed = match ureq::Proxy::new(url) {
+        Ok(p) if matches!(p.protocol(), Http | Https) => p,
+        // Never the URL itself in a log: it may carry the proxy's password.
+        Ok(_) => {
+            log::warn!("proxy from the environment ignored: SOCKS proxies are not supported");
+            return None;
+        }
+        Err(e) => {
+            log::warn!("proxy from the environment ignored: {e}");
+            return None;
+        }
+    };
+    let mut builder = ureq::Proxy::builder(parsed.protocol())
+        .host(parsed.host())
+        .port(parsed.port());
+    if let Some(user) = parsed.username() {
+        builder = builder.username(user);
+    }
+    if let Some(password) = parsed.password() {
+        builder = builder.password(password);
+    }
+    let no_proxy = std::env::var("NO_PROXY")
+        .or_else(|_| std::env::var("no_proxy"))
+        .unwrap_or_default();
+    for entry in no_proxy.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        builder = builder.no_proxy(entry);
+    }
+    builder.build().ok()
 }
 
 /// Whether `url`'s host is `localhost` or a loopback address (`127.0.0.0/8`, `::1`).
@@ -76,7 +135,42 @@ pub fn is_loopback(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_loopback;
+    use super::{is_loopback, proxy_url};
+
+    #[test]
+    fn the_proxy_is_chosen_by_the_target_scheme_then_all_proxy() {
+        let env = |set: &'static [(&'static str, &'static str)]| {
+            move |name: &str| set.iter().find(|(n, _)| *n == name).map(|(_, v)| v.to_string())
+        };
+        let both = env(&[("HTTPS_PROXY", "http://s:1"), ("HTTP_PROXY", "http://p:2")]);
+        assert_eq!(
+            proxy_url("https://api.openai.com/v1", both).as_deref(),
+            Some("http://s:1")
+        );
+        assert_eq!(
+            proxy_url("HTTPS://api.openai.com", both).as_deref(),
+            Some("http://s:1")
+        );
+        assert_eq!(
+            proxy_url("http://10.0.0.5:11434/v1", both).as_deref(),
+            Some("http://p:2")
+        );
+        // One scheme's proxy never serves the other.
+        let only_https = env(&[("https_proxy", "http://s:1")]);
+        assert_eq!(proxy_url("http://10.0.0.5:11434", only_https), None);
+        assert_eq!(proxy_url("https://x", only_https).as_deref(), Some("http://s:1"));
+        let only_http = env(&[("HTTP_PROXY", "http://p:2")]);
+        assert_eq!(proxy_url("https://api.telegram.org", only_http), None);
+        // Upper case first; ALL_PROXY as the fallback; empty is unset.
+        let mixed = env(&[
+            ("HTTPS_PROXY", " "),
+            ("https_proxy", "http://lower:3"),
+            ("ALL_PROXY", "http://all:4"),
+        ]);
+        assert_eq!(proxy_url("https://x", mixed).as_deref(), Some("http://lower:3"));
+        assert_eq!(proxy_url("http://x", mixed).as_deref(), Some("http://all:4"));
+        assert_eq!(proxy_url("https://x", env(&[])), None);
+    }
 
     #[test]
     fn loopback_hosts_are_recognised_and_others_are_not() {
