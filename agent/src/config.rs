@@ -65,8 +65,10 @@ NETWORK (as for Go programs, curl and OpenSSL):
     SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these
                         folders (`:`-separated) instead of the bundled Mozilla roots
     HTTPS_PROXY for https://, HTTP_PROXY for http://, else ALL_PROXY; NO_PROXY
-                        CONNECT proxy for the model and web_fetch; localhost and
-                        loopback addresses (the harness, a local model) never use it
+                        proxy for the model and web_fetch: http://HOST:PORT
+                        (CONNECT) or socks5h://, socks5://, socks4a://, socks4://;
+                        localhost and loopback addresses (the harness, a local
+                        model) never use it
 
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\" or \"anthropic/NAME\"), api_key_env, base_url, max_tokens,

@@ -1,7 +1,7 @@
 //! The agent's HTTPS and proxies as deployed: a model behind TLS with a private CA
 //! (`SSL_CERT_FILE`, `SSL_CERT_DIR`), a certificate no configured root vouches for, and a
-//! CONNECT proxy in the environment that must carry the model's traffic but never the
-//! harness's.
+//! CONNECT or SOCKS5 proxy in the environment that must carry the model's traffic but
+//! never the harness's, chosen by scheme as Go chooses it.
 
 use std::net::SocketAddr;
 
@@ -9,6 +9,7 @@ use aegis_e2e::agent::{done_text, message, start_agent};
 use aegis_e2e::llm::FakeLlm;
 use aegis_e2e::proc::{command, temp_dir};
 use aegis_e2e::proxy::ConnectProxy;
+use aegis_e2e::socks::Socks5Proxy;
 use aegis_e2e::tls::{fixture, TlsFront};
 
 fn ca(name: &str) -> String {
@@ -186,24 +187,61 @@ fn each_scheme_uses_its_own_proxy_as_in_go() {
     assert_eq!(proxy.targets(), std::slice::from_ref(&target));
     drop(a);
 
-    // NO_PROXY still exempts a host; a SOCKS proxy (not built in) is ignored with a
-    // warning rather than failing every request.
-    for (name, env) in [
-        (
-            "no-proxy",
-            [
-                ("HTTP_PROXY", proxy.url.as_str()),
-                ("NO_PROXY", "example.com, 0.0.0.0"),
-            ],
-        ),
-        ("socks", [("ALL_PROXY", "socks5://127.0.0.1:9"), ("NO_PROXY", "")]),
+    // NO_PROXY still exempts a host.
+    let ws = temp_dir("proxy-no-proxy");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &lan_model),
+            ("HTTP_PROXY", &proxy.url),
+            ("NO_PROXY", "example.com, 0.0.0.0"),
+        ],
+    );
+    a.send(&message("1", "exempt", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: exempt");
+    assert_eq!(proxy.targets(), [target]);
+}
+
+#[test]
+fn a_socks5_proxy_from_the_environment_carries_the_model_traffic() {
+    let llm = FakeLlm::echo_openai();
+    let front = TlsFront::start(llm.url());
+    let tls_port: u16 = front.url.rsplit(':').next().unwrap().parse().unwrap();
+    let plain_port: u16 = llm.url().rsplit(':').next().unwrap().parse().unwrap();
+    let lan = format!("0.0.0.0:{plain_port}");
+    let lan_target = lan.clone();
+    // Names only the proxy resolves, and an address, each to its stand-in.
+    let proxy = Socks5Proxy::start(Some(("ann", "s3cret:/@")), move |t| {
+        if t == "model.internal:443" {
+            Some(SocketAddr::from(([127, 0, 0, 1], tls_port)))
+        } else {
+            (t == lan_target).then(|| SocketAddr::from(([127, 0, 0, 1], plain_port)))
+        }
+    });
+    let ca_path = ca("ca.pem");
+    // socks5h: the proxy resolves the name (where DNS is censored); socks5 with an
+    // address; the password percent-encoded, as in curl.
+    let socks5h = format!("socks5h://ann:s3cret%3A%2F%40@{}", proxy.addr);
+    let socks5 = format!("socks5://ann:s3cret%3A%2F%40@{}", proxy.addr);
+    let lan_model = format!("http://{lan}/v1");
+    for (name, url, var, model) in [
+        ("socks5h", &socks5h, "HTTPS_PROXY", "https://model.internal/v1"),
+        ("socks5", &socks5, "ALL_PROXY", lan_model.as_str()),
     ] {
-        let ws = temp_dir(&format!("proxy-{name}"));
-        let mut env = env.to_vec();
-        env.extend([("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", &lan_model)]);
-        let a = start_agent(&ws, &env);
+        let ws = temp_dir(&format!("socks-{name}"));
+        let a = start_agent(
+            &ws,
+            &[
+                ("OPENAI_API_KEY", "k"),
+                ("OPENAI_BASE_URL", model),
+                ("SSL_CERT_FILE", ca_path.as_str()),
+                (var, url),
+            ],
+        );
         a.send(&message("1", name, "m-1"));
         assert_eq!(done_text(&a.reply()), format!("echo: {name}"));
     }
-    assert_eq!(proxy.targets(), [target]);
+    // The harness (loopback) never went through it.
+    assert_eq!(proxy.targets(), ["model.internal:443".to_string(), lan]);
 }

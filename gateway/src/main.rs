@@ -55,8 +55,9 @@ NETWORK (as for Go programs, curl and OpenSSL):
     SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these folders
                     (`:`-separated) instead of the bundled Mozilla roots
     HTTPS_PROXY (HTTP_PROXY for an http:// api_url), else ALL_PROXY; NO_PROXY
-                    CONNECT proxy for the Bot API; localhost and loopback addresses
-                    never use it
+                    proxy for the Bot API: http://HOST:PORT (CONNECT) or
+                    socks5h://, socks5://, socks4a://, socks4:// (user:pass@ in
+                    any); localhost and loopback addresses never use it
 
 PER-INSTANCE MODE (current AegisVM starts one gateway per instance):
     AEGIS_INSTANCE=HANDLE   serve only this instance; config ~/.aegis/kits/HANDLE/gateway.json;

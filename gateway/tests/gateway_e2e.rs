@@ -6,6 +6,7 @@ use std::time::Duration;
 use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
 use aegis_e2e::proc::{temp_dir, Proc};
 use aegis_e2e::proxy::ConnectProxy;
+use aegis_e2e::socks::Socks5Proxy;
 use aegis_e2e::stack::{Stack, T};
 use aegis_e2e::telegram::Fault;
 use aegis_e2e::tls::{fixture, TlsFront};
@@ -1011,4 +1012,35 @@ fn https_with_a_private_ca_and_a_proxy_from_the_environment_end_to_end() {
     });
     // The Bot API stand-in is on loopback: reached directly, never through the proxy.
     assert_eq!(proxy.targets(), ["model.internal:443"]);
+}
+
+#[test]
+fn telegram_at_its_real_name_through_a_socks5h_proxy_where_it_is_blocked() {
+    // Where Telegram is blocked (DNS included), the gateway keeps its default URL,
+    // https://api.telegram.org, and HTTPS_PROXY names a SOCKS5 proxy that resolves the name
+    // itself: here it leads to the Bot API stand-in behind TLS (RSA; the test certificate
+    // names api.telegram.org). The gateway never resolves the name.
+    let mut s = Stack::new("gw-socks", FakeLlm::echo_openai(), &[]);
+    let bot_front = TlsFront::start_with(s.telegram.url(), "localhost-rsa");
+    let port: u16 = bot_front.url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = Socks5Proxy::start(Some(("gw", "pw")), move |t| {
+        (t == "api.telegram.org:443").then(|| ([127, 0, 0, 1], port).into())
+    });
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"]}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    let mut cmd = s.gateway_command();
+    cmd.env("SSL_CERT_FILE", fixture("rsa-ca.pem"))
+        .env("HTTPS_PROXY", format!("socks5h://gw:pw@{}", proxy.addr));
+    s.gateway = Some(Proc::spawn(cmd));
+    s.telegram.push_text(CHAT, 8, "Ann", "through socks");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.last()
+            .is_some_and(|m| m.visible() == "echo: [Ann]: through socks")
+    });
+    let targets = proxy.targets();
+    assert!(
+        !targets.is_empty() && targets.iter().all(|t| t == "api.telegram.org:443"),
+        "{targets:?}"
+    );
 }

@@ -5,7 +5,7 @@
 //! ([`telegram`]), the AegisVM harness and a direct tether host ([`harness`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT
-//! proxy ([`proxy`]).
+//! proxy ([`proxy`]) and a SOCKS5 one ([`socks`]).
 
 pub mod aegisd;
 pub mod agent;
@@ -15,6 +15,7 @@ pub mod http;
 pub mod llm;
 pub mod proc;
 pub mod proxy;
+pub mod socks;
 pub mod stack;
 pub mod telegram;
 pub mod tls;

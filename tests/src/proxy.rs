@@ -1,14 +1,14 @@
 //! An HTTP CONNECT proxy, as a company's squid would be: it records every target it is
 //! asked for and tunnels to the stand-in that `route` names for it (or answers 502).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::http::Acceptor;
 
-type Route = dyn Fn(&str) -> Option<SocketAddr> + Send + Sync;
+pub(crate) type Route = dyn Fn(&str) -> Option<SocketAddr> + Send + Sync;
 
 /// A running proxy; stops accepting when dropped.
 pub struct ConnectProxy {
@@ -72,6 +72,13 @@ fn tunnel(mut client: TcpStream, route: &Route, targets: &Mutex<Vec<String>>) {
     {
         return;
     }
+    // Anything the client sent after the head is in the reader's buffer: copy through it.
+    splice(&client, reader, upstream);
+}
+
+/// Copy both ways between a proxy's client (read through `from_client`) and the upstream
+/// until either side closes.
+pub(crate) fn splice(client: &TcpStream, mut from_client: impl Read, upstream: TcpStream) {
     let (Ok(mut up_read), Ok(mut client_write)) = (upstream.try_clone(), client.try_clone()) else {
         return;
     };
@@ -79,9 +86,8 @@ fn tunnel(mut client: TcpStream, route: &Route, targets: &Mutex<Vec<String>>) {
         let _ = std::io::copy(&mut up_read, &mut client_write);
         let _ = client_write.shutdown(std::net::Shutdown::Both);
     });
-    // Anything the client sent after the head is in the reader's buffer: copy through it.
     let mut up_write = upstream;
-    let _ = std::io::copy(&mut reader, &mut up_write);
+    let _ = std::io::copy(&mut from_client, &mut up_write);
     let _ = up_write.shutdown(std::net::Shutdown::Both);
     let _ = down.join();
 }

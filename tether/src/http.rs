@@ -77,16 +77,17 @@ pub fn proxy_url(target: &str, var: impl Fn(&str) -> Option<String>) -> Option<S
         .find_map(|name| var(name).filter(|v| !v.trim().is_empty()))
 }
 
-/// The proxy at `url`, with `NO_PROXY`'s exceptions, or `None` (logged) when ureq cannot
-/// use it: a URL it cannot parse, or SOCKS, which this build does not speak. Either way
-/// the client then connects directly, as ureq does with such a variable.
+/// The proxy at `url` (HTTP `CONNECT`, or SOCKS with feature `socks`), with `NO_PROXY`'s
+/// exceptions, or `None` (logged) when this build cannot use it: the client then connects
+/// directly, as ureq does with such a variable. (Given as an explicit proxy, a SOCKS one
+/// that ureq was built without would make it panic.)
 fn env_proxy(url: &str) -> Option<ureq::Proxy> {
     use ureq::ProxyProtocol::{Http, Https};
     let parsed = match ureq::Proxy::new(url) {
-        Ok(p) if matches!(p.protocol(), Http | Https) => p,
+        Ok(p) if cfg!(feature = "socks") || matches!(p.protocol(), Http | Https) => p,
         // Never the URL itself in a log: it may carry the proxy's password.
         Ok(_) => {
-            log::warn!("proxy from the environment ignored: SOCKS proxies are not supported");
+            log::warn!("proxy from the environment ignored: this build has no SOCKS support");
             return None;
         }
         Err(e) => {
