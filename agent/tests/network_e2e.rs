@@ -158,49 +158,37 @@ fn each_scheme_uses_its_own_proxy_as_in_go() {
 
     // HTTPS_PROXY (what a host sets for the cloud) never carries plain HTTP: the model on
     // the LAN is reached directly, as the Go agent reaches it.
-    let ws = temp_dir("proxy-https-only");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", &lan_model),
-            ("HTTPS_PROXY", &proxy.url),
-        ],
+    let proxied = proxy.url.as_str();
+    assert_eq!(
+        answer(&lan_model, &[("HTTPS_PROXY", proxied)], "direct"),
+        "echo: direct"
     );
-    a.send(&message("1", "direct", "m-1"));
-    assert_eq!(done_text(&a.reply()), "echo: direct");
     assert!(proxy.targets().is_empty(), "{:?}", proxy.targets());
-    drop(a);
-
     // HTTP_PROXY carries it.
-    let ws = temp_dir("proxy-http");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", &lan_model),
-            ("HTTP_PROXY", &proxy.url),
-        ],
+    assert_eq!(
+        answer(&lan_model, &[("HTTP_PROXY", proxied)], "proxied"),
+        "echo: proxied"
     );
-    a.send(&message("1", "proxied", "m-1"));
-    assert_eq!(done_text(&a.reply()), "echo: proxied");
     assert_eq!(proxy.targets(), std::slice::from_ref(&target));
-    drop(a);
-
     // NO_PROXY still exempts a host.
-    let ws = temp_dir("proxy-no-proxy");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", &lan_model),
-            ("HTTP_PROXY", &proxy.url),
-            ("NO_PROXY", "example.com, 0.0.0.0"),
-        ],
-    );
-    a.send(&message("1", "exempt", "m-1"));
-    assert_eq!(done_text(&a.reply()), "echo: exempt");
+    let exempt = [("HTTP_PROXY", proxied), ("NO_PROXY", "example.com, 0.0.0.0")];
+    assert_eq!(answer(&lan_model, &exempt, "exempt"), "echo: exempt");
     assert_eq!(proxy.targets(), [target]);
+}
+
+/// The reply of a fresh agent, its model at `model_url`, with `env` added, to `text`.
+fn answer(model_url: &str, env: &[(&str, &str)], text: &str) -> String {
+    let ws = temp_dir("proxy-answer");
+    let ca_path = ca("ca.pem");
+    let mut all = vec![
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", model_url),
+        ("SSL_CERT_FILE", ca_path.as_str()),
+    ];
+    all.extend_from_slice(env);
+    let a = start_agent(&ws, &all);
+    a.send(&message("1", text, "m-1"));
+    done_text(&a.reply())
 }
 
 #[test]
@@ -219,29 +207,21 @@ fn a_socks5_proxy_from_the_environment_carries_the_model_traffic() {
             (t == lan_target).then(|| SocketAddr::from(([127, 0, 0, 1], plain_port)))
         }
     });
-    let ca_path = ca("ca.pem");
     // socks5h: the proxy resolves the name (where DNS is censored); socks5 with an
     // address; the password percent-encoded, as in curl.
     let socks5h = format!("socks5h://ann:s3cret%3A%2F%40@{}", proxy.addr);
     let socks5 = format!("socks5://ann:s3cret%3A%2F%40@{}", proxy.addr);
     let lan_model = format!("http://{lan}/v1");
-    for (name, url, var, model) in [
-        ("socks5h", &socks5h, "HTTPS_PROXY", "https://model.internal/v1"),
-        ("socks5", &socks5, "ALL_PROXY", lan_model.as_str()),
-    ] {
-        let ws = temp_dir(&format!("socks-{name}"));
-        let a = start_agent(
-            &ws,
-            &[
-                ("OPENAI_API_KEY", "k"),
-                ("OPENAI_BASE_URL", model),
-                ("SSL_CERT_FILE", ca_path.as_str()),
-                (var, url),
-            ],
-        );
-        a.send(&message("1", name, "m-1"));
-        assert_eq!(done_text(&a.reply()), format!("echo: {name}"));
-    }
+    let via_name = answer(
+        "https://model.internal/v1",
+        &[("HTTPS_PROXY", &socks5h)],
+        "socks5h",
+    );
+    assert_eq!(via_name, "echo: socks5h");
+    assert_eq!(
+        answer(&lan_model, &[("ALL_PROXY", &socks5)], "socks5"),
+        "echo: socks5"
+    );
     // The harness (loopback) never went through it.
     assert_eq!(proxy.targets(), ["model.internal:443".to_string(), lan]);
 }
