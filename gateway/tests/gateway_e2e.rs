@@ -1044,3 +1044,27 @@ fn telegram_at_its_real_name_through_a_socks5h_proxy_where_it_is_blocked() {
         "{targets:?}"
     );
 }
+
+#[test]
+fn ssl_cert_dir_in_tmp_stays_visible_to_a_sandboxed_instance() {
+    // serve hands its SSL_CERT_DIR to the agent; the folder lies in /tmp, which the
+    // instance's sandbox replaces, so serve keeps it visible (read-only) at its real path.
+    let llm = FakeLlm::echo_openai();
+    let front = TlsFront::start(llm.url());
+    let ca_dir = temp_dir("gw-cert-dir");
+    std::fs::copy(fixture("ca.pem"), ca_dir.join("model-ca.pem")).unwrap();
+    let dir = ca_dir.display().to_string();
+    let mut s = Stack::with_serve_env(
+        "gw-cert-dir",
+        llm,
+        &[],
+        &[("OPENAI_BASE_URL", &front.url)],
+        &[("SSL_CERT_DIR", &dir)],
+    );
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 9, "Ann", "private ca");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [Ann]: private ca")
+    });
+}

@@ -334,6 +334,10 @@ fn build_view(policy: &Policy) -> Result<(), StepError> {
     {
         files.push((detach_copy(f, false)?, f));
     }
+    let mut dirs = Vec::new();
+    for d in policy.keep_dirs.iter().filter(|d| d.is_dir()) {
+        dirs.push((detach_copy(d, true)?, d));
+    }
     mount(
         Some(Path::new("tmpfs")),
         Path::new("/tmp"),
@@ -369,6 +373,17 @@ fn build_view(policy: &Policy) -> Result<(), StepError> {
             mkdir(parent)?;
         }
         touch(path)?;
+        attach(fd, path)?;
+    }
+    for (fd, path) in dirs {
+        if path.is_dir() {
+            // SAFETY: closing our own fd.
+            unsafe {
+                libc::close(fd);
+            }
+            continue;
+        }
+        mkdir(path)?;
         attach(fd, path)?;
     }
     // Our own /proc (this pid namespace only), and a pid limit that bounds a fork bomb

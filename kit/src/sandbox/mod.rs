@@ -136,6 +136,9 @@ pub struct Policy {
     /// program itself when it lives in `/tmp` or in serve's state folder.
     #[serde(default)]
     pub keep_files: Vec<PathBuf>,
+    /// Folders kept visible (read-only) the same way: an `SSL_CERT_DIR` under `/tmp`.
+    #[serde(default)]
+    pub keep_dirs: Vec<PathBuf>,
     /// Host name inside.
     pub hostname: String,
 }

@@ -814,6 +814,9 @@ impl Supervisor {
             .filter(|_| level != Level::None)
             .and_then(|f| fs::canonicalize(f).ok())
             .filter(|f| f.is_file());
+        let cert_dirs = std::env::var_os("SSL_CERT_DIR")
+            .filter(|_| level != Level::None)
+            .map(|dirs| cert_dirs(&dirs, &self.sandbox.hide_dirs));
         let mut cmd = if level == Level::None {
             super::supervised_command(&program, &log).map_err(spawn_err)?
         } else {
@@ -838,6 +841,7 @@ impl Supervisor {
                     .into_iter()
                     .chain(cert_file.clone())
                     .collect(),
+                keep_dirs: cert_dirs.as_ref().map(|d| d.keep.clone()).unwrap_or_default(),
                 hostname: format!("aegis-{}", self.def.name),
             };
             let mut c = super::supervised_command(&self.sandbox.exe, &log).map_err(spawn_err)?;
@@ -850,6 +854,9 @@ impl Supervisor {
         cmd.args(self.def.command.iter().skip(1)).current_dir(&workspace);
         if let Some(f) = &cert_file {
             cmd.env("SSL_CERT_FILE", f);
+        }
+        if let Some(d) = &cert_dirs {
+            cmd.env("SSL_CERT_DIR", &d.value);
         }
         // Without the namespaces the agent's shell and file tools would act with serve's
         // rights, so they are off unless the instance opts in (its own AEGIS_TOOLS,
@@ -1021,4 +1028,88 @@ fn read_egress(
         }
     }
     let _ = tx.send(Cmd::Disconnected(n));
+}
+
+/// `SSL_CERT_DIR` as a sandboxed instance gets it.
+#[derive(Debug, PartialEq)]
+struct CertDirs {
+    /// The variable's value, each folder by its real path (what stays visible inside).
+    value: std::ffi::OsString,
+    /// The folders the sandbox must keep visible: those in the `/tmp` or `/var/tmp` it
+    /// replaces. Never one in or around serve's state (`hide`): a kept folder is readable by
+    /// the instance's model through its tools, and `SSL_CERT_DIR=~/.aegis` would otherwise
+    /// hand it every secret. Those stay hidden, and the agent says which folder it lacks.
+    keep: Vec<PathBuf>,
+}
+
+fn cert_dirs(value: &std::ffi::OsStr, hide: &[PathBuf]) -> CertDirs {
+    let mut keep = Vec::new();
+    let mut real = Vec::new();
+    for dir in std::env::split_paths(value).filter(|d| !d.as_os_str().is_empty()) {
+        let Ok(canonical) = fs::canonicalize(&dir) else {
+            real.push(dir);
+            continue;
+        };
+        let replaced = ["/tmp", "/var/tmp"]
+            .iter()
+            .any(|t| canonical.starts_with(t) && canonical != Path::new(t));
+        let near_state = hide
+            .iter()
+            .any(|h| canonical.starts_with(h) || h.starts_with(&canonical));
+        if canonical.is_dir() && replaced && !near_state {
+            keep.push(canonical.clone());
+        }
+        real.push(canonical);
+    }
+    CertDirs {
+        value: std::env::join_paths(real).unwrap_or_else(|_| value.to_owned()),
+        keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A folder under /tmp (which the sandbox replaces), removed when dropped.
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn cert_dirs_keeps_folders_in_tmp_but_never_near_serves_state() {
+        let root = Scratch(PathBuf::from(format!(
+            "/tmp/aegis-cert-dirs-{}",
+            std::process::id()
+        )));
+        let (certs, state) = (root.0.join("certs"), root.0.join("home"));
+        let in_state = state.join("certs");
+        fs::create_dir_all(&certs).unwrap();
+        fs::create_dir_all(&in_state).unwrap();
+        let link = root.0.join("link");
+        std::os::unix::fs::symlink(&certs, &link).unwrap();
+        let missing = root.0.join("missing");
+        let list = |dirs: &[&Path]| std::env::join_paths(dirs).unwrap();
+        let hide = [state.clone()];
+
+        // A folder in /tmp is kept, by its real path, also when named through a link.
+        let got = cert_dirs(&list(&[&link, Path::new("/etc")]), &hide);
+        assert_eq!(got.keep, std::slice::from_ref(&certs));
+        assert_eq!(got.value, list(&[&certs, Path::new("/etc")]));
+        // Never serve's state, a folder in it or around it, /tmp itself or one that is
+        // not there; each is still passed on (the agent names what it cannot read).
+        let near = [&in_state, &state, &root.0, Path::new("/tmp"), &missing];
+        let got = cert_dirs(&list(&near), &hide);
+        assert!(got.keep.is_empty(), "{:?}", got.keep);
+        assert_eq!(got.value, list(&near));
+        // Empty entries (a stray `:`) are dropped.
+        let got = cert_dirs(std::ffi::OsStr::new(&format!(":{}:", certs.display())), &hide);
+        assert_eq!(
+            (got.keep, got.value),
+            (vec![certs.clone()], certs.into_os_string())
+        );
+    }
 }
