@@ -102,6 +102,8 @@ def enter():
         _write("/proc/self/setgroups", "deny")
         _write("/proc/self/uid_map", f"0 {uid} 1")
         _write("/proc/self/gid_map", f"0 {gid} 1")
+    # Loopback first: should a step below fail, a caller that goes on at localhost still can.
+    _loopback_up()
     # Mounts made here must not propagate back to the machine's namespace.
     _libc_call("mount", b"none", b"/", None, MS_REC | MS_PRIVATE, None)
     folder = tempfile.mkdtemp(prefix="aegis-deployed-net-")
@@ -113,7 +115,6 @@ def enter():
         # The bind mount holds the file; the folder itself can go now.
         os.unlink(resolv)
         os.rmdir(folder)
-    _loopback_up()
     dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dns.bind(("127.0.0.1", 53))
     threading.Thread(target=_serve_dns, args=(dns,), daemon=True).start()
