@@ -325,18 +325,18 @@ fn build_view(policy: &Policy) -> Result<(), StepError> {
     // The workspace and the socket usually live inside serve's state folder, which is
     // about to be covered: take detached copies first, put them back afterwards.
     let ws = detach_copy(&policy.workspace, true)?;
-    let mut files = Vec::new();
+    // (copy, path, whether a folder): the files and folders to put back.
+    let mut kept = Vec::new();
     for f in policy
         .tether
         .iter()
         .chain(&policy.keep_files)
         .filter(|f| f.exists())
     {
-        files.push((detach_copy(f, false)?, f));
+        kept.push((detach_copy(f, false)?, f, false));
     }
-    let mut dirs = Vec::new();
     for d in policy.keep_dirs.iter().filter(|d| d.is_dir()) {
-        dirs.push((detach_copy(d, true)?, d));
+        kept.push((detach_copy(d, true)?, d, true));
     }
     mount(
         Some(Path::new("tmpfs")),
@@ -359,7 +359,7 @@ fn build_view(policy: &Policy) -> Result<(), StepError> {
     }
     mkdir(&policy.workspace)?;
     attach(ws, &policy.workspace)?;
-    for (fd, path) in files {
+    for (fd, path, folder) in kept {
         if path.exists() {
             // Not covered: it is still there as it was (and may be a running binary,
             // which must not be opened for writing).
@@ -369,21 +369,14 @@ fn build_view(policy: &Policy) -> Result<(), StepError> {
             }
             continue;
         }
-        if let Some(parent) = path.parent() {
-            mkdir(parent)?;
-        }
-        touch(path)?;
-        attach(fd, path)?;
-    }
-    for (fd, path) in dirs {
-        if path.is_dir() {
-            // SAFETY: closing our own fd.
-            unsafe {
-                libc::close(fd);
+        if folder {
+            mkdir(path)?;
+        } else {
+            if let Some(parent) = path.parent() {
+                mkdir(parent)?;
             }
-            continue;
+            touch(path)?;
         }
-        mkdir(path)?;
         attach(fd, path)?;
     }
     // Our own /proc (this pid namespace only), and a pid limit that bounds a fork bomb

@@ -1031,7 +1031,6 @@ fn read_egress(
 }
 
 /// `SSL_CERT_DIR` as a sandboxed instance gets it.
-#[derive(Debug, PartialEq)]
 struct CertDirs {
     /// The variable's value, each folder by its real path (what stays visible inside).
     value: std::ffi::OsString,
