@@ -39,7 +39,7 @@ LLM (environment only, so keys never appear in a process listing):
     OPENAI_API_KEY      else use OpenAI Chat Completions (model gpt-4o)
     OPENAI_BASE_URL     OpenAI-compatible server (Ollama, llama.cpp, vLLM); works without a key
     ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]
-    AEGIS_MODEL         model name override
+    AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
     AEGIS_SYSTEM_PROMPT system prompt [default \"You are a helpful assistant.\"]
     AEGIS_CONTEXT_TURNS newest turns sent to the model [default 50]
@@ -71,7 +71,9 @@ NETWORK (as for Go programs, curl and OpenSSL):
                         model) never use it
 
 DIR/.aegis/agent.json (optional; the variables above override it):
-    model (\"openai/NAME\" or \"anthropic/NAME\"), api_key_env, base_url, max_tokens,
+    model (\"openai/NAME\", \"anthropic/NAME\", or \"host:SERVER/NAME\" for a model
+    server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
+    host:vllm/...), api_key_env, base_url, max_tokens,
     context_turns, context_chars, system_prompt, max_tool_rounds,
     tools {NAME: {enabled, timeout_secs}}, mcp {NAME: {command, args, env, timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
@@ -253,6 +255,9 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
 /// `OPENAI_BASE_URL` that is set.
 fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     let spec = env("AEGIS_MODEL").or(file.model.clone());
+    if let Some(rest) = spec.as_deref().and_then(|m| m.strip_prefix("host:")) {
+        return host_provider(rest, file).map(Some);
+    }
     // `openai/gpt-4o` names a provider; `meta-llama/Llama-3` is just a model name.
     let (named, model_name) = match spec.as_deref().and_then(|m| m.split_once('/')) {
         Some(("openai", m)) => (Some(ProviderKind::OpenAi), Some(m.to_string())),
@@ -310,19 +315,54 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         ProviderKind::Anthropic => "claude-sonnet-4-20250514".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
-    let max_tokens = match env("AEGIS_MAX_TOKENS") {
-        Some(_) => Some(env_num("AEGIS_MAX_TOKENS", 4096u32)?),
-        None => file.max_tokens,
-    };
     Ok(Some(Provider {
         kind,
         key,
         key_env,
         base_url: base.trim_end_matches('/').to_string(),
         model,
-        max_tokens,
+        max_tokens: max_tokens(file)?,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
+        host: None,
     }))
+}
+
+fn max_tokens(file: &AgentFile) -> Result<Option<u32>, ConfigError> {
+    match env("AEGIS_MAX_TOKENS") {
+        Some(_) => Ok(Some(env_num("AEGIS_MAX_TOKENS", 4096u32)?)),
+        None => Ok(file.max_tokens),
+    }
+}
+
+/// `host:NAME/MODEL` (after `host:`): a model server on the host, reached through it
+/// (upstream's local models). No key: the host adds none, as in the Go agent.
+fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> {
+    let named = rest.split_once('/').filter(|(name, model)| {
+        !name.is_empty()
+            && !model.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    });
+    let Some((name, model)) = named else {
+        return Err(ConfigError(format!(
+            "model \"host:{rest}\": expected host:SERVER/MODEL, as host:ollama/llama3.2 \
+             (SERVER in lower case: ollama, lmstudio, vllm)"
+        )));
+    };
+    Ok(Provider {
+        kind: ProviderKind::OpenAi,
+        key: None,
+        key_env: None,
+        base_url: format!("host:{name}"),
+        model: model.to_string(),
+        max_tokens: max_tokens(file)?,
+        connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
+        // A host server may first load the model from disk: half a minute is common.
+        read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
+        attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
+        host: Some(name.to_string()),
+    })
 }

@@ -1,6 +1,6 @@
 //! [ours] Direct tether: without a harness, the agent dials the control channel itself
 //! (unix socket, TCP or vsock from `AEGIS_TETHER`) and exchanges `tether.frame`
-//! notifications (PROTOCOL.md §3).
+//! notifications (PROTOCOL.md §3), and the `llm.frame`s of `host:` models (`host_llm`).
 //!
 //! The connection thread owns the writing side: it writes egress frames and answers to
 //! host requests, and reconnects with backoff when the host goes away. A reader thread
@@ -15,6 +15,8 @@ use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use tether::rpc::{Message, Messages};
 use tether::{Addr, Frame, Stream};
 
+use crate::host_llm::{LlmFrame, Routes};
+
 /// What the reader thread reports.
 enum Inbound {
     /// A JSON-RPC request needing a response.
@@ -24,8 +26,15 @@ enum Inbound {
 }
 
 /// Keep a connection to `addr` up until `egress` closes. `notices` carries the agent's
-/// own notifications to the host (the keepalive lease).
-pub fn run(addr: &Addr, egress: Receiver<Frame>, notices: Receiver<Message>, ingress: Sender<Frame>) {
+/// own notifications to the host (the keepalive lease, `llm.chat`); `llm.frame`s go to
+/// `routes`.
+pub fn run(
+    addr: &Addr,
+    egress: Receiver<Frame>,
+    notices: Receiver<Message>,
+    ingress: Sender<Frame>,
+    routes: &Routes,
+) {
     let mut backoff = Duration::from_millis(50);
     let mut unsent: Option<Vec<u8>> = None;
     loop {
@@ -48,16 +57,19 @@ pub fn run(addr: &Addr, egress: Receiver<Frame>, notices: Receiver<Message>, ing
                 continue;
             }
         };
-        let ingress2 = ingress.clone();
+        let (ingress2, routes2) = (ingress.clone(), routes.clone());
         let spawned = thread::Builder::new()
             .name("tether-reader".into())
-            .spawn(move || read_loop(reader, ingress2, inbound_tx));
+            .spawn(move || read_loop(reader, ingress2, &routes2, inbound_tx));
         if let Err(e) = spawned {
             log::error!("cannot start the tether reader: {e}; retrying in {backoff:?}");
             thread::sleep(backoff);
             continue;
         }
-        match write_loop(stream, &egress, &notices, &inbound_rx, &mut unsent) {
+        let ended = write_loop(stream, &egress, &notices, &inbound_rx, &mut unsent);
+        // The host's streams ended with the connection; their replies try again.
+        routes.fail_all("the tether connection to the host was lost");
+        match ended {
             Ok(()) => return,
             Err(e) => log::warn!("tether connection lost: {e}; reconnecting"),
         }
@@ -105,7 +117,7 @@ fn write_loop(
     }
 }
 
-fn read_loop(stream: Stream, ingress: Sender<Frame>, inbound: Sender<Inbound>) {
+fn read_loop(stream: Stream, ingress: Sender<Frame>, routes: &Routes, inbound: Sender<Inbound>) {
     for m in Messages::new(BufReader::new(stream)) {
         match m.as_tether_frame() {
             Some(Ok(frame)) => {
@@ -117,7 +129,18 @@ fn read_loop(stream: Stream, ingress: Sender<Frame>, inbound: Sender<Inbound>) {
             None if matches!(m, Message::Request { .. }) => {
                 let _ = inbound.send(Inbound::Request(m));
             }
-            None => log::debug!("tether: ignoring message {m:?}"),
+            None => match &m {
+                Message::Notification { method, params } if method == "llm.frame" => {
+                    let parsed = params.as_ref().map(|p| LlmFrame::parse(p.get().as_bytes()));
+                    match parsed {
+                        Some(Ok(frame)) => {
+                            routes.deliver(frame);
+                        }
+                        _ => log::warn!("tether: invalid llm.frame"),
+                    }
+                }
+                _ => log::debug!("tether: ignoring message {m:?}"),
+            },
         }
     }
     let _ = inbound.send(Inbound::Closed);

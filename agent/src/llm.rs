@@ -15,11 +15,13 @@
 
 use std::fmt;
 use std::io::Read;
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::host_llm::{HostLink, LlmFrame, Refused};
 use crate::session::{Block, Content, Role, Turn};
 use crate::sse;
 
@@ -84,6 +86,9 @@ pub struct Provider {
     pub read_timeout: Duration,
     /// Attempts before the first token.
     pub attempts: u32,
+    /// `host:NAME/MODEL`: the host's model server `NAME` (`ollama`, `lmstudio`, `vllm`),
+    /// reached through the host instead of `base_url` (see `host_llm`).
+    pub host: Option<String>,
 }
 
 impl fmt::Debug for Provider {
@@ -93,6 +98,7 @@ impl fmt::Debug for Provider {
             .field("key", &self.key.as_ref().map(|_| "<redacted>"))
             .field("base_url", &self.base_url)
             .field("model", &self.model)
+            .field("host", &self.host)
             .finish()
     }
 }
@@ -232,6 +238,8 @@ pub struct Llm {
     provider: Provider,
     /// HTTP client (TLS, connection pool).
     agent: ureq::Agent,
+    /// The way to the host's model servers, for `host:` models.
+    host: Option<Arc<HostLink>>,
 }
 
 /// What an SSE event means for the reply.
@@ -288,8 +296,8 @@ impl Decoder {
 }
 
 impl Llm {
-    /// A client for `provider`.
-    pub fn new(provider: Provider) -> Llm {
+    /// A client for `provider`; `host` carries `host:` models' requests.
+    pub fn new(provider: Provider, host: Option<Arc<HostLink>>) -> Llm {
         let config = tether::http::agent_config(&provider.base_url)
             .http_status_as_error(false)
             .timeout_connect(Some(provider.connect_timeout))
@@ -300,6 +308,7 @@ impl Llm {
         Llm {
             agent: config.new_agent(),
             provider,
+            host,
         }
     }
 
@@ -414,6 +423,9 @@ impl Llm {
         sent_any: &mut bool,
     ) -> Result<Vec<ToolCall>, LlmError> {
         let p = &self.provider;
+        if let Some(name) = &p.host {
+            return self.attempt_host(name, body, tx, sent_any);
+        }
         let mut req = match p.kind {
             ProviderKind::OpenAi => self.agent.post(format!("{}/chat/completions", p.base_url)),
             ProviderKind::Anthropic => self
@@ -496,6 +508,60 @@ impl Llm {
             ErrorKind::Cut,
             "the stream ended before the reply was complete",
         ))
+    }
+
+    /// One attempt through the host: the request goes up once, its chunks come back as
+    /// `llm.frame`s (OpenAI chunks, as from `/chat/completions`).
+    fn attempt_host(
+        &self,
+        name: &str,
+        body: &serde_json::Value,
+        tx: &Sender<Chunk>,
+        sent_any: &mut bool,
+    ) -> Result<Vec<ToolCall>, LlmError> {
+        let link = self
+            .host
+            .as_ref()
+            .ok_or_else(|| LlmError::new(ErrorKind::Request, "no way to the host's models"))?;
+        let ours = link.next_id();
+        let mut route = link.routes.open(&ours);
+        let theirs = link
+            .request(&ours, name, &self.provider.model, body)
+            .map_err(|r| refused_error(name, &r))?;
+        if theirs != ours {
+            route.alias(&theirs);
+        }
+        let mut decoder = Decoder::default();
+        loop {
+            let frame = match route.frames.recv_timeout(self.provider.read_timeout) {
+                Ok(f) => f,
+                Err(_) => {
+                    return Err(LlmError::new(
+                        ErrorKind::Timeout,
+                        format!("no chunk from host:{name} within the read timeout"),
+                    ))
+                }
+            };
+            match frame.kind.as_str() {
+                "llm.delta" => {
+                    if !host_delta(&frame, &mut decoder, tx, sent_any)? {
+                        return Ok(Vec::new()); // cancelled
+                    }
+                }
+                "llm.done" => {
+                    if link.reorders() {
+                        for late in route.settle() {
+                            if late.kind == "llm.delta" && !host_delta(&late, &mut decoder, tx, sent_any)? {
+                                return Ok(Vec::new());
+                            }
+                        }
+                    }
+                    return Ok(decoder.into_calls());
+                }
+                "llm.error" => return Err(host_error(name, frame.error.as_deref().unwrap_or(""))),
+                other => log::debug!("host:{name}: ignoring {other} frame"),
+            }
+        }
     }
 
     fn step(&self, ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
@@ -718,6 +784,82 @@ fn text_block(text: &str) -> Vec<serde_json::Value> {
     }
 }
 
+/// Pass one `llm.delta` on; false when nobody listens any more (cancelled).
+fn host_delta(
+    frame: &LlmFrame,
+    decoder: &mut Decoder,
+    tx: &Sender<Chunk>,
+    sent_any: &mut bool,
+) -> Result<bool, LlmError> {
+    let ev = sse::Event {
+        event: None,
+        data: frame.data.clone().unwrap_or_default(),
+    };
+    if ev.data.trim().is_empty() {
+        return Ok(true);
+    }
+    if let Step::Text(t) = openai_step(&ev, decoder)? {
+        if !t.is_empty() {
+            *sent_any = true;
+            return Ok(tx.send(Chunk::Delta(t)).is_ok());
+        }
+    }
+    Ok(true)
+}
+
+/// The harness did not take a request for `host:NAME`.
+fn refused_error(name: &str, r: &Refused) -> LlmError {
+    match r.status {
+        0 => LlmError::new(ErrorKind::Connect, r.message.clone()),
+        404 | 405 => LlmError::new(
+            ErrorKind::Request,
+            format!(
+                "this harness cannot reach models on the host (HTTP {}); host:{name} needs a newer AegisVM",
+                r.status
+            ),
+        ),
+        // aegisd refuses a name it does not know; nothing else it says is worth retrying
+        // either, except a busy harness.
+        _ if r.message.contains("unknown host LLM provider") => LlmError::new(
+            ErrorKind::Request,
+            format!("the host has no model server named {name:?}"),
+        ),
+        s => {
+            let mut e = status_error(s, "");
+            e.detail = format!("HTTP {s}: {}", r.message);
+            e
+        }
+    }
+}
+
+/// An `llm.error` from the host: aegisd reports a provider's HTTP error as
+/// `provider returned STATUS: BODY`; anything else is a connection or stream failure.
+fn host_error(name: &str, text: &str) -> LlmError {
+    if let Some(rest) = text.strip_prefix("provider returned ") {
+        let (code, body) = rest.split_once(':').unwrap_or((rest, ""));
+        if let Ok(status) = code.trim().parse::<u16>() {
+            let mut e = status_error(status, body.trim());
+            e.detail = format!("host:{name}: {}", e.detail);
+            return e;
+        }
+    }
+    if text.starts_with("unknown host LLM provider") {
+        return LlmError::new(
+            ErrorKind::Request,
+            format!("the host has no model server named {name:?}"),
+        );
+    }
+    let kind = if text.starts_with("stream read") {
+        ErrorKind::Cut
+    } else {
+        ErrorKind::Connect
+    };
+    LlmError::new(
+        kind,
+        format!("host:{name}: {}", text.chars().take(300).collect::<String>()),
+    )
+}
+
 fn status_error(status: u16, body: &str) -> LlmError {
     let detail = serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -877,7 +1019,58 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             attempts: 1,
+            host: None,
         };
         assert!(!format!("{p:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn host_errors_keep_the_providers_status() {
+        let e = host_error(
+            "ollama",
+            r#"provider returned 404: {"error":{"message":"model \"qwen\" not found"}}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::Request);
+        assert_eq!(e.detail, r#"host:ollama: HTTP 404: model "qwen" not found"#);
+        assert_eq!(
+            host_error("ollama", "provider returned 429: slow down").kind,
+            ErrorKind::RateLimited
+        );
+        assert_eq!(
+            host_error("vllm", "provider returned 503: ").kind,
+            ErrorKind::Server
+        );
+        let refused = host_error(
+            "ollama",
+            r#"Post "http://localhost:11434/v1/chat/completions": dial tcp [::1]:11434: connect: connection refused"#,
+        );
+        assert_eq!(refused.kind, ErrorKind::Connect);
+        assert!(refused.retryable());
+        assert_eq!(
+            host_error("ollama", "stream read: unexpected EOF").kind,
+            ErrorKind::Cut
+        );
+        assert_eq!(host_error("x", "provider returned soon").kind, ErrorKind::Connect);
+        let unknown = host_error("olama", "unknown host LLM provider: olama");
+        assert_eq!((unknown.kind, unknown.retryable()), (ErrorKind::Request, false));
+    }
+
+    #[test]
+    fn a_refused_host_request_says_why() {
+        let r = |status, message: &str| Refused {
+            status,
+            message: message.into(),
+        };
+        let unknown = refused_error("olama", &r(500, "unknown host LLM provider: olama"));
+        assert_eq!(unknown.kind, ErrorKind::Request);
+        assert!(!unknown.retryable());
+        assert!(unknown.detail.contains(r#""olama""#), "{}", unknown.detail);
+        let old = refused_error("ollama", &r(404, "404 page not found"));
+        assert!(old.detail.contains("newer AegisVM"), "{}", old.detail);
+        assert_eq!(refused_error("ollama", &r(503, "busy")).kind, ErrorKind::Server);
+        assert_eq!(
+            refused_error("ollama", &r(0, "harness unreachable")).kind,
+            ErrorKind::Connect
+        );
     }
 }

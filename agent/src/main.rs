@@ -14,6 +14,7 @@ mod context;
 mod direct;
 mod egress;
 mod harness;
+mod host_llm;
 mod keepalive;
 mod llm;
 mod mcp;
@@ -33,6 +34,7 @@ use std::thread;
 use crossbeam_channel::unbounded;
 
 use config::{Action, Mode};
+use host_llm::{HostLink, Routes, Uplink};
 use keepalive::Keepalive;
 use llm::Llm;
 use mcp::McpServers;
@@ -112,6 +114,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match &config.provider {
+        Some(p) if p.host.is_some() => {
+            log::info!(
+                "LLM provider: {} (model {}, through the host)",
+                p.base_url,
+                p.model
+            )
+        }
         Some(p) => log::info!("LLM provider: {} (model {}, {})", p.kind, p.model, p.base_url),
         None => log::warn!("LLM provider: none (set ANTHROPIC_API_KEY or OPENAI_API_KEY)"),
     }
@@ -141,6 +150,18 @@ fn main() -> ExitCode {
         }
     );
     let (notice_tx, notice_rx) = unbounded();
+    // Frames of `host:` models come back on the listener or the tether; only such an
+    // agent builds the link.
+    let routes = Routes::default();
+    let host = config.provider.as_ref().and_then(|p| p.host.as_ref()).map(|_| {
+        HostLink::new(
+            match &config.mode {
+                Mode::Harness { harness, .. } => Uplink::Harness(harness.clone()),
+                Mode::Direct(_) => Uplink::Tether(notice_tx.clone()),
+            },
+            routes.clone(),
+        )
+    });
     let keepalive = Keepalive::start(match &config.mode {
         Mode::Harness { harness, .. } => keepalive::Channel::Harness(harness.clone()),
         Mode::Direct(_) => keepalive::Channel::Tether(notice_tx),
@@ -153,7 +174,7 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| default_prompt(&config.workspace, &tools));
     let shared = Arc::new(Shared {
-        llm: config.provider.clone().map(Llm::new),
+        llm: config.provider.clone().map(|p| Llm::new(p, host)),
         sessions: SessionStore::new(&config.workspace),
         system_prompt,
         budget: config.budget,
@@ -194,12 +215,12 @@ fn main() -> ExitCode {
                 log::error!("cannot start the egress thread: {e}");
                 return ExitCode::FAILURE;
             }
-            harness::serve(server, ingress_tx);
+            harness::serve(server, ingress_tx, &routes);
         }
         Mode::Direct(addr) => {
             log::info!("agent dialing tether at {addr}");
             mcp.start_all();
-            direct::run(addr, egress_rx, notice_rx, ingress_tx);
+            direct::run(addr, egress_rx, notice_rx, ingress_tx, &routes);
         }
     }
     let _ = router.join();

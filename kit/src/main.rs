@@ -41,6 +41,12 @@ COMMANDS:
         --agent PATH                aegis-agent binary [default: beside aegis-kit, else PATH]
         --sandbox auto|strict|none  how instances are isolated [default auto: every layer
                                     the kernel offers; strict: refuse without all of them]
+        --host-llm NAME=URL         a model server on this machine that agents reach as
+                                    model host:NAME/MODEL, through serve (no network needed
+                                    in the instance); adds or replaces the defaults
+                                    ollama=http://localhost:11434/v1,
+                                    lmstudio=http://localhost:1234/v1,
+                                    vllm=http://localhost:8000/v1 [repeatable]
     instance start --name NAME [--kit KIT] [--secret NAME]... [--env K=V]... [--image IMG]
                    [--sandbox auto|strict|none] [--net host|none|PORT,...] [--memory MiB]
                    [--max-procs N] [-- CMD...]
@@ -284,8 +290,12 @@ fn serve_cmd(p: &mut lexopt::Parser, socket: PathBuf) -> Result<(), CliError> {
     };
     let mut agent_bin = None;
     let mut level = sandbox::Level::Auto;
+    let mut host_llm = Vec::new();
     while let Some(a) = p.next()? {
         match a {
+            Long("host-llm") => {
+                host_llm.push(serve::host_llm::parse_server(&string(p.value()?)?).map_err(CliError::Usage)?)
+            }
             Long("sandbox") => level = string(p.value()?)?.parse().map_err(CliError::Usage)?,
             Long("pause-after") => timing.pause_after = secs(p.value()?, "--pause-after")?,
             Long("stop-after") => timing.stop_after = secs(p.value()?, "--stop-after")?,
@@ -334,7 +344,12 @@ fn serve_cmd(p: &mut lexopt::Parser, socket: PathBuf) -> Result<(), CliError> {
             hide_dirs: vec![home],
             hide_files,
         }),
+        host_models: std::sync::Arc::new(serve::host_llm::HostModels::new(&host_llm)),
     };
+    log::info!(
+        "models on the host (host:NAME/MODEL): {}",
+        config.host_models.describe()
+    );
     serve::run(config).map_err(|e| CliError::Other(e.to_string()))
 }
 

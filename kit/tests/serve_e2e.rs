@@ -855,3 +855,90 @@ fn an_instance_that_cannot_boot_does_not_hold_up_another_instances_tasks() {
         s.proc.log()
     );
 }
+
+#[test]
+fn an_instance_without_network_reaches_a_model_on_the_host_through_serve() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-host-llm");
+    let s = start_serve(&home, &["--host-llm", &format!("local={}/", llm.url())]);
+    assert!(
+        s.proc.log().contains(&format!(
+            "models on the host (host:NAME/MODEL): lmstudio=http://localhost:1234/v1, local={}, ollama=",
+            llm.url()
+        )),
+        "{}",
+        s.proc.log()
+    );
+    let c = s.client();
+    c.put_secret("OPENAI_API_KEY", "sk-kit-test").unwrap();
+    let make = |name: &str, env: Value| {
+        let body =
+            json!({"name": name, "secrets": ["OPENAI_API_KEY"], "env": env, "sandbox": {"net": "none"}});
+        c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    };
+    // The same model server, straight over the network: `--net none` cuts it off...
+    make(
+        "cut-off",
+        json!({"OPENAI_BASE_URL": llm.url(), "AEGIS_LLM_RETRIES": "1", "AEGIS_LLM_CONNECT_TIMEOUT": "2"}),
+    );
+    // ...while through serve it answers, streamed, without the key.
+    make("via-host", json!({"AEGIS_MODEL": "host:local/tiny"}));
+    make(
+        "misnamed",
+        json!({"AEGIS_MODEL": "host:nope/tiny", "AEGIS_LLM_RETRIES": "3"}),
+    );
+
+    let rx = stream(&c, "cut-off", None);
+    c.post_frame("cut-off", &msg("1", "hi", "m1")).unwrap();
+    let cut = done_text(&until_done(&rx, "m1"));
+    assert!(cut.contains("unavailable"), "{cut}");
+    assert!(llm.requests().is_empty());
+
+    let rx = stream(&c, "via-host", None);
+    c.post_frame("via-host", &msg("1", "hello there", "m1")).unwrap();
+    let frames = until_done(&rx, "m1");
+    assert_eq!(done_text(&frames), "echo: hello there");
+    let deltas: Vec<String> = frames
+        .iter()
+        .filter(|f| f.kind == "assistant.delta")
+        .map(|f| f.text_payload().unwrap())
+        .collect();
+    assert_eq!(deltas, vec!["echo: ", "hello there"]);
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].path, "/chat/completions");
+    assert_eq!(reqs[0].json()["model"], "tiny");
+    assert_eq!(reqs[0].header("authorization"), None);
+    // A second message: a fresh stream, with the first reply in its context.
+    c.post_frame("via-host", &msg("1", "again", "m2")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m2")), "echo: again");
+
+    // A name serve does not know is refused once, not retried, and said plainly.
+    let rx = stream(&c, "misnamed", None);
+    c.post_frame("misnamed", &msg("1", "hi", "m1")).unwrap();
+    let refused = done_text(&until_done(&rx, "m1"));
+    assert!(
+        refused.contains(r#"the host has no model server named "nope""#),
+        "{refused}"
+    );
+    assert_eq!(llm.requests().len(), 2);
+}
+
+#[test]
+fn bad_host_llm_flags_are_refused_by_name() {
+    let home = temp_dir("serve-host-llm-flag");
+    for (flag, says) in [
+        ("ollama", "expected NAME=URL"),
+        ("x=https://example.com/v1", "must start with http://"),
+        ("Big=http://localhost:1/v1", "NAME must be lower-case"),
+    ] {
+        let out = command("aegis-kit")
+            .env("AEGIS_HOME", home.path())
+            .args(["--socket", "/nonexistent/s", "serve", "--host-llm", flag])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{flag}: {err}");
+    }
+}

@@ -40,6 +40,9 @@ pub fn start_agent_with(workspace: &Path, env: &[(&str, &str)], harness: FakeHar
     for (k, v) in env {
         cmd.env(k, v);
     }
+    if let Some(m) = &harness.host_models {
+        *m.agent_addr.lock().unwrap() = Some(addr.clone());
+    }
     let proc = Proc::spawn(cmd);
     proc.wait_for(&format!("agent listening on {addr}"), T);
     Agent {

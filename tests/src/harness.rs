@@ -12,6 +12,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use tether::rpc::{Message, Messages};
 use tether::{Addr, Frame, Listener, Stream};
 
+use crate::host_llm::HostModels;
 use crate::http::Server;
 
 /// The harness's egress endpoint; frames arrive on a channel. Also the guest API's
@@ -23,6 +24,8 @@ pub struct FakeHarness {
     pub fail_next: Arc<AtomicUsize>,
     /// Lease requests: `acquire TTL_MS REASON` or `release`.
     leases: Arc<Mutex<Vec<String>>>,
+    /// `host:` models, as current AegisVM serves them; `None`: an older harness (404).
+    pub host_models: Option<HostModels>,
 }
 
 impl FakeHarness {
@@ -33,12 +36,25 @@ impl FakeHarness {
 
     /// Listen on `addr`.
     pub fn start_on(addr: &str) -> FakeHarness {
+        FakeHarness::start_full(addr, None)
+    }
+
+    /// A harness of current AegisVM that also serves `host:` models.
+    pub fn with_host_models(models: HostModels) -> FakeHarness {
+        FakeHarness::start_full("127.0.0.1:0", Some(models))
+    }
+
+    fn start_full(addr: &str, host_models: Option<HostModels>) -> FakeHarness {
         let (tx, rx) = unbounded();
+        let models = host_models.clone();
         let fail_next = Arc::new(AtomicUsize::new(0));
         let fail = Arc::clone(&fail_next);
         let leases = Arc::new(Mutex::new(Vec::new()));
         let lease_log = Arc::clone(&leases);
         let server = Server::start_on(addr, move |req, resp| {
+            if let (Some(m), "POST", "/v1/llm/chat") = (&models, req.method.as_str(), req.path.as_str()) {
+                return m.chat(&req, resp);
+            }
             if req.path == "/v1/self/keepalive" {
                 let entry = match req.method.as_str() {
                     "POST" => {
@@ -71,6 +87,7 @@ impl FakeHarness {
             frames: rx,
             fail_next,
             leases,
+            host_models,
         }
     }
 

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cron;
 pub mod daemons;
+pub mod host_llm;
 pub mod registry;
 pub mod secrets;
 pub mod supervisor;
@@ -76,6 +77,8 @@ pub struct ServeConfig {
     pub agent_bin: PathBuf,
     /// How instances are sandboxed.
     pub sandbox: Arc<SandboxSettings>,
+    /// Model servers on this machine that `host:` models reach (`--host-llm`).
+    pub host_models: Arc<host_llm::HostModels>,
 }
 
 /// Serve's sandbox defaults and what the kernel offers.
@@ -186,10 +189,8 @@ impl Host {
         let h = supervisor::spawn(
             def.clone(),
             self.registry.instance_dir(&def.name),
-            self.config.timing,
+            &self.config,
             Arc::clone(&self.secrets),
-            self.config.agent_bin.clone(),
-            Arc::clone(&self.config.sandbox),
             store,
         )?;
         self.instances

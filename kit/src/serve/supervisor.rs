@@ -30,10 +30,11 @@ use tether::frame::{kind, Direction};
 use tether::rpc::{Message, Messages};
 use tether::{Addr, EgressStore, Frame, Listener, Stream};
 
+use super::host_llm::{self, HostModels};
 use super::registry::InstanceDef;
 use super::secrets::Secrets;
 use super::ApiError;
-use super::SandboxSettings;
+use super::{SandboxSettings, ServeConfig};
 use crate::sandbox::{Level, Limits, Net, Policy};
 
 /// Crashes within `CRASH_WINDOW` that refuse further boots.
@@ -133,6 +134,8 @@ pub enum Cmd {
     /// The agent holds a keepalive lease for this long (`keepalive` notification), or
     /// released it (`keepalive.release`).
     Lease(Option<Duration>),
+    /// Write this notification on that connection (a `host:` model's chunks).
+    Notify(u64, Message),
 }
 
 /// What the API keeps per instance.
@@ -192,6 +195,8 @@ struct Supervisor {
     lease_until: Option<Instant>,
     /// Serve's sandbox defaults and the kernel's features.
     sandbox: Arc<SandboxSettings>,
+    /// Model servers for `host:` models.
+    host_models: Arc<HostModels>,
 }
 
 /// `AEGIS_TOOLS` for an agent serve starts: everything but the shell and file tools.
@@ -201,10 +206,8 @@ pub const UNSANDBOXED_TOOLS: &str = "all,-shell,-files";
 pub fn spawn(
     def: InstanceDef,
     dir: PathBuf,
-    timing: Timing,
+    config: &ServeConfig,
     secrets: Arc<Secrets>,
-    agent_bin: PathBuf,
-    sandbox: Arc<SandboxSettings>,
     store: Arc<EgressStore>,
 ) -> std::io::Result<Handle> {
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -214,9 +217,9 @@ pub fn spawn(
     let sup = Supervisor {
         def: def.clone(),
         dir,
-        timing,
+        timing: config.timing,
         secrets,
-        agent_bin,
+        agent_bin: config.agent_bin.clone(),
         tx: tx.clone(),
         store: Arc::clone(&store),
         state: State::Stopped,
@@ -233,7 +236,8 @@ pub fn spawn(
         listener_closed: None,
         next_msg: 0,
         lease_until: None,
-        sandbox,
+        sandbox: Arc::clone(&config.sandbox),
+        host_models: Arc::clone(&config.host_models),
     };
     thread::Builder::new()
         .name("supervisor".into())
@@ -495,6 +499,19 @@ impl Supervisor {
                 self.lease_until = ttl.map(|t| Instant::now() + t);
                 self.touch();
             }
+            Cmd::Notify(n, msg) => match &mut self.conn {
+                // Chunks for an older connection have nobody to go to: its agent retries.
+                Some((c, s)) if *c == n => {
+                    if let Err(e) = s.write_all(&msg.encode()) {
+                        log::warn!(
+                            "{}: tether write failed ({e}); dropping the connection",
+                            self.def.name
+                        );
+                        let _ = s.shutdown();
+                    }
+                }
+                _ => {}
+            },
         }
     }
 
@@ -763,10 +780,13 @@ impl Supervisor {
             listener,
             closed,
             Arc::clone(&self.conn_counter),
-            self.tx.clone(),
-            Arc::clone(&self.store),
-            Arc::clone(&self.activity),
-            self.epoch,
+            Readers {
+                tx: self.tx.clone(),
+                store: Arc::clone(&self.store),
+                activity: Arc::clone(&self.activity),
+                epoch: self.epoch,
+                host_models: Arc::clone(&self.host_models),
+            },
         );
 
         let mut env: Vec<(String, String)> = Vec::new();
@@ -949,16 +969,18 @@ impl Supervisor {
     }
 }
 
-/// Accept the agent's tether connections until `closed` is set.
-fn spawn_acceptor(
-    listener: Listener,
-    closed: Arc<AtomicBool>,
-    counter: Arc<AtomicU64>,
+/// What every connection's reader needs.
+#[derive(Clone)]
+struct Readers {
     tx: Sender<Cmd>,
     store: Arc<EgressStore>,
     activity: Arc<AtomicU64>,
     epoch: Instant,
-) {
+    host_models: Arc<HostModels>,
+}
+
+/// Accept the agent's tether connections until `closed` is set.
+fn spawn_acceptor(listener: Listener, closed: Arc<AtomicBool>, counter: Arc<AtomicU64>, readers: Readers) {
     let spawned = thread::Builder::new()
         .name("tether-accept".into())
         .stack_size(64 * 1024)
@@ -969,12 +991,12 @@ fn spawn_acceptor(
                 }
                 let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
                 let Ok(writer) = stream.try_clone() else { continue };
-                let (tx2, store2, act2) = (tx.clone(), Arc::clone(&store), Arc::clone(&activity));
+                let r = readers.clone();
                 let reader = thread::Builder::new()
                     .name("tether-read".into())
                     .stack_size(128 * 1024)
-                    .spawn(move || read_egress(stream, n, &tx2, &store2, &act2, epoch));
-                if reader.is_ok() && tx.send(Cmd::Connected(n, writer)).is_err() {
+                    .spawn(move || read_egress(stream, n, &r));
+                if reader.is_ok() && readers.tx.send(Cmd::Connected(n, writer)).is_err() {
                     return;
                 }
             }
@@ -984,15 +1006,22 @@ fn spawn_acceptor(
     }
 }
 
-/// Append the agent's egress frames to the store until the connection ends.
-fn read_egress(
-    stream: Stream,
-    n: u64,
-    tx: &Sender<Cmd>,
-    store: &EgressStore,
-    activity: &AtomicU64,
-    epoch: Instant,
-) {
+/// Append the agent's egress frames to the store until the connection ends; start the
+/// streams of `host:` models it asks for.
+fn read_egress(stream: Stream, n: u64, r: &Readers) {
+    let (tx, store, activity, epoch) = (&r.tx, &*r.store, &*r.activity, r.epoch);
+    let host_conn = {
+        let (tx, activity) = (tx.clone(), Arc::clone(&r.activity));
+        host_llm::Conn {
+            // A chunk on its way is activity: a stream must not be paused half-way.
+            send: Arc::new(move |m| {
+                activity.store(now_ms(epoch), Ordering::Relaxed);
+                let _ = tx.send(Cmd::Notify(n, m));
+            }),
+            closed: Arc::new(AtomicBool::new(false)),
+            streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        }
+    };
     for msg in Messages::new(BufReader::new(stream)) {
         activity.store(now_ms(epoch), Ordering::Relaxed);
         match msg.as_tether_frame() {
@@ -1023,10 +1052,14 @@ fn read_egress(
                 Message::Notification { method, .. } if method == "keepalive.release" => {
                     let _ = tx.send(Cmd::Lease(None));
                 }
+                Message::Notification { method, params } if method == "llm.chat" => {
+                    r.host_models.start(params.as_deref(), &host_conn);
+                }
                 _ => {} // log, activity: any message already counted as activity
             },
         }
     }
+    host_conn.closed.store(true, Ordering::SeqCst);
     let _ = tx.send(Cmd::Disconnected(n));
 }
 
