@@ -3,12 +3,15 @@
 //! 1. wake latency, POST → the agent's `event.ack` back on the stream, from stopped (cold
 //!    start), paused (resume) and running; in the default sandbox and without one;
 //! 2. egress stream throughput to 1 and to 10 readers (a stand-in agent blasts frames);
-//! 3. serve RSS and CPU with 1,000 idle (stopped) instances.
+//! 3. serve RSS and CPU with 1,000 idle (stopped) instances;
+//! 4. a model on the host (`host:` through serve's proxy) against the same server reached
+//!    directly: a 500-delta reply, first delta and whole reply.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aegis_e2e::bench::{cpu_ticks, maybe_blast, release_dir, rss_kib, stats};
+use aegis_e2e::llm::{openai_sse, FakeLlm, Reply};
 use aegis_e2e::proc::{temp_dir, without_network_vars, Proc};
 use serde_json::json;
 use tether::frame::Session;
@@ -185,6 +188,90 @@ fn idle_instances(dir: &Path) {
     );
 }
 
+fn host_model(dir: &Path) {
+    const DELTAS: usize = 500;
+    let words: Vec<String> = (0..DELTAS).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&refs))]);
+    let home = temp_dir("bench-host-llm");
+    let _s = serve(
+        dir,
+        &home,
+        &dir.join("aegis-agent"),
+        &["--host-llm", &format!("local={}", llm.url())],
+    );
+    let c = AegisClient::new(home.join("aegisd.sock"));
+    c.put_secret("OPENAI_API_KEY", "sk-bench").unwrap();
+    let make = |name: &str, env: serde_json::Value| {
+        let body = json!({"name": name, "secrets": ["OPENAI_API_KEY"], "env": env});
+        c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    };
+    make(
+        "direct",
+        json!({"OPENAI_BASE_URL": llm.url(), "RUST_LOG": "warn"}),
+    );
+    make(
+        "via-host",
+        json!({"AEGIS_MODEL": "host:local/m", "RUST_LOG": "warn"}),
+    );
+    let mut streams = [
+        ("direct", c.stream("direct", None).unwrap()),
+        ("via-host", c.stream("via-host", None).unwrap()),
+    ];
+    let mut first = [Vec::new(), Vec::new()];
+    let mut whole = [Vec::new(), Vec::new()];
+    for i in 0..22 {
+        for (k, (name, stream)) in streams.iter_mut().enumerate() {
+            // A fresh session each time: the context stays one message long.
+            let f = Frame::user_message(Session::new("bench", &format!("{i}")), "go", None)
+                .with_msg_id(format!("h{i}"));
+            let t = Instant::now();
+            c.post_frame(name, &f).unwrap();
+            let mut seen_first = None;
+            loop {
+                let fr = stream.next().unwrap().unwrap();
+                if fr.msg_id.as_deref() != Some(&format!("h{i}")) {
+                    continue;
+                }
+                if fr.kind == "assistant.delta" && seen_first.is_none() {
+                    seen_first = Some(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                if fr.kind == "assistant.done" {
+                    assert!(fr.text_payload().unwrap().ends_with(&format!("w{} ", DELTAS - 1)));
+                    break;
+                }
+            }
+            // The first two are warm-up (boot, first connection).
+            if i >= 2 {
+                first[k].push(seen_first.unwrap());
+                whole[k].push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (d, h) = (median(&whole[0]), median(&whole[1]));
+    for (k, label) in ["model reached directly", "host: model through serve"]
+        .iter()
+        .enumerate()
+    {
+        stats(&format!("{label}: POST -> first delta"), "ms", first[k].clone());
+        stats(
+            &format!("{label}: POST -> done ({DELTAS} deltas)"),
+            "ms",
+            whole[k].clone(),
+        );
+    }
+    println!(
+        "{:<46} {:.1} µs (difference of medians / {DELTAS})",
+        "added per delta by the host route",
+        (h - d) * 1000.0 / DELTAS as f64
+    );
+}
+
 fn main() {
     maybe_blast();
     if std::env::args().any(|a| a == "--list") {
@@ -195,4 +282,5 @@ fn main() {
     wake_latency(&dir, &["--sandbox", "none"], "no sandbox");
     throughput(&dir);
     idle_instances(&dir);
+    host_model(&dir);
 }
