@@ -236,12 +236,7 @@ impl HostLink {
                         message: format!("harness unreachable: {e}"),
                     })?;
                 let status = resp.status().as_u16();
-                let text = resp
-                    .into_body()
-                    .into_with_config()
-                    .limit(64 * 1024)
-                    .read_to_string()
-                    .unwrap_or_default();
+                let text = tether::http::error_text(resp);
                 let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 if status != 200 {
                     // The Go harness answers {"error":{"message":...}}; accept a plain string too.

@@ -453,12 +453,7 @@ impl Llm {
                 .and_then(|v| v.trim().parse::<f64>().ok())
                 .filter(|s| s.is_finite() && *s >= 0.0)
                 .map(Duration::from_secs_f64);
-            let text = resp
-                .into_body()
-                .into_with_config()
-                .limit(64 * 1024)
-                .read_to_string()
-                .unwrap_or_default();
+            let text = tether::http::error_text(resp);
             let mut e = status_error(status, &text);
             e.retry_after = retry_after;
             return Err(e);

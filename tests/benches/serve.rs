@@ -223,7 +223,7 @@ fn host_model(dir: &Path) {
     for i in 0..22 {
         for (k, (name, stream)) in streams.iter_mut().enumerate() {
             // A fresh session each time: the context stays one message long.
-            let f = Frame::user_message(Session::new("bench", &format!("{i}")), "go", None)
+            let f = Frame::user_message(Session::new("bench", format!("{i}")), "go", None)
                 .with_msg_id(format!("h{i}"));
             let t = Instant::now();
             c.post_frame(name, &f).unwrap();

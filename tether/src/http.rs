@@ -113,6 +113,16 @@ fn env_proxy(url: &str) -> Option<ureq::Proxy> {
     builder.build().ok()
 }
 
+/// The start of an error response's body (64 KiB at most, enough for any API's error
+/// JSON), as text; empty when it cannot be read. Callers report it, never act on more.
+pub fn error_text(resp: ureq::http::Response<ureq::Body>) -> String {
+    resp.into_body()
+        .into_with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default()
+}
+
 /// Whether `url`'s host is `localhost` or a loopback address (`127.0.0.0/8`, `::1`).
 pub fn is_loopback(url: &str) -> bool {
     let Ok(uri) = url.trim().parse::<ureq::http::Uri>() else {

@@ -169,12 +169,7 @@ impl HostModels {
         };
         let status = resp.status().as_u16();
         if status != 200 {
-            let text = resp
-                .into_body()
-                .into_with_config()
-                .limit(64 * 1024)
-                .read_to_string()
-                .unwrap_or_default();
+            let text = tether::http::error_text(resp);
             return send(
                 "llm.error",
                 "error",
