@@ -179,11 +179,16 @@ def trace(binary, args, env, log, port=None, steps=()):
     return phases
 
 
+WORDS = ["Hello", " from", " the", " stand-in."]
+
+
 class StandIns(http.server.BaseHTTPRequestHandler):
     """What the agent talks to in harness mode: an OpenAI-compatible model that streams a
-    short reply, and the harness (egress frames, the keepalive lease). `done` is set when
-    an assistant.done frame arrives."""
+    short reply, and the harness (egress frames, the keepalive lease, and a `host:`
+    model's request, answered with llm.frames to the agent at `agent_port`). `done` is
+    set when an assistant.done frame arrives."""
     done = threading.Event()
+    agent_port = None
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -191,12 +196,22 @@ class StandIns(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
-            for word in ["Hello", " from", " the", " stand-in."]:
+            for word in WORDS:
                 chunk = json.dumps({"choices": [{"delta": {"content": word}}]})
                 self.wfile.write(f"data: {chunk}\n\n".encode())
                 self.wfile.flush()
             self.wfile.write(b"data: [DONE]\n\n")
             self.close_connection = True
+            return
+        if self.path == "/v1/llm/chat":
+            req_id = json.loads(body)["req_id"]
+            threading.Thread(target=host_frames, args=(req_id,), daemon=True).start()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            answer = json.dumps({"req_id": req_id}).encode()
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
             return
         if self.path == "/v1/tether/send" and b'"assistant.done"' in body:
             StandIns.done.set()
@@ -214,6 +229,18 @@ class StandIns(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def host_frames(req_id):
+    """What aegisd and the harness send for a `host:` model: a delta per word, then done."""
+    frames = [{"type": "llm.delta", "req_id": req_id,
+               "data": json.dumps({"choices": [{"delta": {"content": w}}]})} for w in WORDS]
+    frames.append({"type": "llm.done", "req_id": req_id})
+    for f in frames:
+        req = urllib.request.Request(f"http://127.0.0.1:{StandIns.agent_port}/v1/llm/recv",
+                                     data=json.dumps(f).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=60).read()
 
 
 def first_message(port):
@@ -319,13 +346,17 @@ def main():
                 if crate == "aegis_agent":
                     # Idle as deployed (OpenAI's own URL, no SSL_CERT_FILE; nothing is sent),
                     # then a first message from a hosted model (HTTPS at api.openai.com,
-                    # SSL_CERT_FILE naming the test CA) and from a local one (plain HTTP).
+                    # SSL_CERT_FILE naming the test CA), from a local one (plain HTTP) and
+                    # from one on the host (`host:`, through the harness): the last one's
+                    # idle code counts as idle too.
                     runs = []
                     for kind, url, extra in [("idle", None, {}),
                                              ("https", model_url, {"SSL_CERT_FILE": str(TLS / "ca.pem")}),
-                                             ("plain", f"{base}/v1", {})]:
+                                             ("plain", f"{base}/v1", {}),
+                                             ("host", None, {"AEGIS_MODEL": "host:ollama/hot"})]:
                         answers = kind != "idle"
                         port = free_port()
+                        StandIns.agent_port = port
                         # A fresh workspace each: an agent skips a message it has already seen.
                         ws = work / f"ws-{variant}-{kind}"
                         ws.mkdir()
@@ -336,8 +367,8 @@ def main():
                             run_env["OPENAI_BASE_URL"] = url
                         steps = [first_message(port)] if answers else []
                         runs.append(trace(folder / name, [], run_env, log, port, steps))
-                    (idle,), (_, https_message), (_, plain_message) = runs
-                    phases = [idle, https_message + plain_message]
+                    (idle,), (_, https_message), (_, plain_message), (host_idle, host_message) = runs
+                    phases = [idle + host_idle, https_message + plain_message + host_message]
                 else:
                     gateway_env = dict(env, SSL_CERT_FILE=str(TLS / "rsa-ca.pem"))
                     phases = trace(folder / name, gateway_args, gateway_env, log)

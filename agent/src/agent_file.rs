@@ -20,6 +20,9 @@ pub struct ToolSetting {
     /// [ours] For `bash`: longest run in seconds (default 60).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// For `web_search` and `image_search`: the variable holding the Brave Search key.
+    #[serde(default)]
+    pub brave_api_key_env: Option<String>,
 }
 
 /// The file's content. Absent fields are `None`/empty.

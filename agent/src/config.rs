@@ -55,7 +55,10 @@ TOOLS:
                         [default all]
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
     Built-in: bash; read_file, write_file, edit_file, list_files, glob, grep,
-    respond_with_image; web_fetch; memory_store, memory_search, memory_delete
+    respond_with_image; web_fetch, web_search, image_search (these two with a
+    Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
+    tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
+    endpoint); memory_store, memory_search, memory_delete
     (DIR/.aegis/memory/memories.jsonl); cron_create, cron_list, cron_delete,
     cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host). MCP servers
     come from agent.json `mcp`, DIR/.aegis/mcp.json, and aegis-mcp-guest on PATH
@@ -75,7 +78,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
     host:vllm/...), api_key_env, base_url, max_tokens,
     context_turns, context_chars, system_prompt, max_tool_rounds,
-    tools {NAME: {enabled, timeout_secs}}, mcp {NAME: {command, args, env, timeout_secs}},
+    tools {NAME: {enabled, timeout_secs, brave_api_key_env}}, mcp {NAME: {command, args, env, timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks)
 
@@ -237,16 +240,23 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         .get("bash")
         .and_then(|t| t.timeout_secs)
         .map_or(Duration::from_secs(60), |s| Duration::from_secs(s.max(1)));
-    // The agent's own credential stays out of commands the model runs.
+    let search_key_env = ["web_search", "image_search"].map(|tool| {
+        file.tools
+            .get(tool)
+            .and_then(|t| t.brave_api_key_env.clone())
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| crate::tools::brave::DEFAULT_KEY_ENV.to_string())
+    });
+    // The agent's own credentials stay out of commands the model runs.
     let mut hidden_env = vec!["ANTHROPIC_API_KEY".to_string(), "OPENAI_API_KEY".to_string()];
-    if let Some(k) = provider.and_then(|p| p.key_env.clone()) {
-        hidden_env.push(k);
-    }
+    hidden_env.extend(provider.and_then(|p| p.key_env.clone()));
+    hidden_env.extend(search_key_env.iter().cloned());
     Ok(ToolConfig {
         selection,
         bash_timeout,
         hidden_env,
         timezone: file.timezone.clone(),
+        search_key_env,
     })
 }
 

@@ -61,6 +61,9 @@ fn default_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
     {
         can.push("read, write and search files");
     }
+    if names.contains(&"web_search") {
+        can.push("search the web");
+    }
     if names.contains(&"web_fetch") {
         can.push("fetch web pages");
     }

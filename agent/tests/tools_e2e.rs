@@ -711,3 +711,133 @@ fn memories_are_stored_refused_when_secret_and_injected_after_a_restart() {
     // The tools are offered, and search finds what was stored.
     assert!(offered_tools(&llm.requests()[0]).contains(&"memory_search".to_string()));
 }
+
+#[test]
+fn web_and_image_search_go_to_brave_with_the_key_that_bash_cannot_see() {
+    use aegis_e2e::brave::FakeBrave;
+    let brave = FakeBrave::start("BSA-test-key");
+    // The free plan's one request a second: the first search is rate-limited once.
+    brave
+        .rate_limit_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                (
+                    "s1",
+                    "web_search",
+                    r#"{"query": "rust & go #1", "count": 2, "freshness": "pw"}"#,
+                ),
+                ("s2", "image_search", r#"{"query": "ferris", "count": 1}"#),
+                ("s3", "bash", r#"{"command": "echo key=[$BRAVE_SEARCH_API_KEY]"}"#),
+                ("s4", "web_search", r#"{"query": "x", "freshness": "last week"}"#),
+            ],
+            7,
+        )),
+        Reply::sse(openai_sse(&["Found."])),
+    ]);
+    let ws = TempDir::new("tools-search");
+    let mut env = openai(&llm).to_vec();
+    env.push(("BRAVE_SEARCH_API_KEY", "BSA-test-key".into()));
+    env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "search", "m1"));
+    assert_eq!(done_text(&a.reply()), "Found.");
+    let reqs = llm.requests();
+    let offered = offered_tools(&reqs[0]);
+    assert!(offered.contains(&"web_search".to_string()) && offered.contains(&"image_search".to_string()));
+    let results = tool_results(&reqs[1]);
+    let web: Value = serde_json::from_str(&results[0].1).unwrap();
+    assert_eq!(web["query"], "rust & go #1");
+    assert_eq!(web["count"], 2);
+    assert_eq!(
+        web["results"][0],
+        json!({"title": "Result 1 for rust & go #1", "url": "https://example.com/1",
+               "description": "All about rust & go #1 & more, part 1."})
+    );
+    let images: Value = serde_json::from_str(&results[1].1).unwrap();
+    assert_eq!(
+        images["results"][0],
+        json!({"title": "Picture 1 of ferris", "url": "https://example.com/img/1.jpg",
+               "thumbnail_url": "https://imgs.search.brave.com/t1.jpg",
+               "source_page": "https://example.com/gallery/1", "width": 1200, "height": 801})
+    );
+    assert_eq!(
+        results[2].1, "key=[]\nexit status: 0",
+        "bash never sees the search key"
+    );
+    assert!(
+        results[3].1.starts_with("error: freshness must be"),
+        "{}",
+        results[3].1
+    );
+    // The query reached Brave whole (its & and # encoded), the rate limit was waited out.
+    let searches = brave.searches();
+    assert_eq!(searches.len(), 3, "{searches:?}");
+    assert_eq!(searches[0].params["q"], "rust & go #1");
+    assert_eq!(searches[1].params["q"], "rust & go #1");
+    assert_eq!(
+        (
+            searches[1].params["count"].as_str(),
+            searches[1].params["freshness"].as_str()
+        ),
+        ("2", "pw")
+    );
+    assert_eq!(searches[2].endpoint, "images");
+    assert_eq!(searches[2].params["safesearch"], "strict");
+    assert!(searches
+        .iter()
+        .all(|s| s.token.as_deref() == Some("BSA-test-key")));
+    assert!(!a.proc.log().contains("BSA-test-key"));
+}
+
+#[test]
+fn search_tools_need_their_key_and_say_when_brave_refuses_it() {
+    use aegis_e2e::brave::FakeBrave;
+    let brave = FakeBrave::start("BSA-right");
+    // Without a key the tools are not offered at all.
+    let llm = FakeLlm::echo_openai();
+    let ws = TempDir::new("tools-search-nokey");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("1", "hi", "m1"));
+    a.reply();
+    let offered = offered_tools(&llm.requests()[0]);
+    assert!(
+        !offered.iter().any(|t| t == "web_search" || t == "image_search"),
+        "{offered:?}"
+    );
+    assert!(offered.contains(&"web_fetch".to_string()));
+
+    // agent.json names the variable, as upstream's does; Brave refuses the key in it.
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("s1", "web_search", r#"{"query": "q"}"#)],
+            3,
+        )),
+        Reply::sse(openai_sse(&["ok"])),
+    ]);
+    let ws = TempDir::new("tools-search-badkey");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"web_search": {"brave_api_key_env": "MY_BRAVE"}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("MY_BRAVE", "BSA-wrong".into()));
+    env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "hi", "m1"));
+    a.reply();
+    let reqs = llm.requests();
+    let offered = offered_tools(&reqs[0]);
+    assert!(offered.contains(&"web_search".to_string()));
+    assert!(
+        !offered.contains(&"image_search".to_string()),
+        "its own key variable is unset: {offered:?}"
+    );
+    assert_eq!(
+        tool_results(&reqs[1])[0].1,
+        "error: the search API rejected the key (HTTP 401: The provided subscription token is invalid.)"
+    );
+}

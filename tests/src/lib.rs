@@ -2,7 +2,7 @@
 //!
 //! The one place for the fake services our binaries talk to in tests, each speaking the
 //! real wire format including its errors: LLM APIs ([`llm`]), Telegram's Bot API
-//! ([`telegram`]), the AegisVM harness and a direct tether host ([`harness`]), with
+//! ([`telegram`]), Brave Search ([`brave`]), the AegisVM harness and a direct tether host ([`harness`]), with
 //! what it and aegisd do for `host:` models ([`host_llm`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT
@@ -11,6 +11,7 @@
 pub mod aegisd;
 pub mod agent;
 pub mod bench;
+pub mod brave;
 pub mod harness;
 pub mod host_llm;
 pub mod http;

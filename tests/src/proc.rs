@@ -118,6 +118,7 @@ pub fn command(name: &str) -> Command {
             || k.starts_with("OPENAI_")
             || k.starts_with("ANTHROPIC_")
             || k.starts_with("TELEGRAM_")
+            || k.starts_with("BRAVE_")
         {
             c.env_remove(k);
         }

@@ -2,11 +2,13 @@
 //!
 //! Built-in tools are named and shaped like upstream AegisVM's, so prompts and sessions
 //! carry over: `bash` (shell.rs), `read_file`, `write_file`, `edit_file`, `list_files`
-//! (files.rs), `glob`, `grep` (search.rs), `web_fetch` (web.rs). MCP servers add theirs
+//! (files.rs), `glob`, `grep` (search.rs), `web_fetch` (web.rs), `web_search`,
+//! `image_search` (brave.rs, offered when a Brave Search key is set). MCP servers add theirs
 //! as `SERVER_TOOL` (see `mcp.rs`). Every path a model names goes through
 //! [`paths::Workspace::resolve`]. A failure is a text result starting with `error: ` for
 //! the model, never a failed reply.
 
+pub mod brave;
 pub mod cron;
 pub mod files;
 pub mod paths;
@@ -56,6 +58,10 @@ pub enum Builtin {
     Grep,
     /// `web_fetch {url}`.
     WebFetch,
+    /// `web_search {query, count?, freshness?}`.
+    WebSearch,
+    /// `image_search {query, count?}`.
+    ImageSearch,
     /// `respond_with_image {path}`.
     RespondWithImage,
     /// `memory_store {text, tags?, scope?}`.
@@ -78,7 +84,7 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 17] = [
+    pub const ALL: [Builtin; 19] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -87,6 +93,8 @@ impl Builtin {
         Builtin::Glob,
         Builtin::Grep,
         Builtin::WebFetch,
+        Builtin::WebSearch,
+        Builtin::ImageSearch,
         Builtin::RespondWithImage,
         Builtin::MemoryStore,
         Builtin::MemorySearch,
@@ -109,6 +117,8 @@ impl Builtin {
             Builtin::Glob => "glob",
             Builtin::Grep => "grep",
             Builtin::WebFetch => "web_fetch",
+            Builtin::WebSearch => "web_search",
+            Builtin::ImageSearch => "image_search",
             Builtin::RespondWithImage => "respond_with_image",
             Builtin::MemoryStore => "memory_store",
             Builtin::MemorySearch => "memory_search",
@@ -125,7 +135,7 @@ impl Builtin {
     pub fn group(self) -> &'static str {
         match self {
             Builtin::Bash => "shell",
-            Builtin::WebFetch => "web",
+            Builtin::WebFetch | Builtin::WebSearch | Builtin::ImageSearch => "web",
             Builtin::MemoryStore | Builtin::MemorySearch | Builtin::MemoryDelete => "memory",
             Builtin::CronCreate
             | Builtin::CronList
@@ -179,6 +189,16 @@ impl Builtin {
                 "Fetch an http(s) URL and return its text (HTML reduced to readable text), up to 10,000 characters.",
                 json!({"url": s("URL starting with http:// or https://")}),
                 &["url"],
+            ),
+            Builtin::WebSearch => (
+                "Search the web (Brave Search). Returns JSON with the results' titles, URLs and descriptions; fetch a page with web_fetch to read it.",
+                json!({"query": s("Search query"), "count": n("Number of results, 1-20 (default 5)"), "freshness": s("Only results from the last 'pd' (24 h), 'pw' (7 days), 'pm' (31 days), 'py' (a year), or 'YYYY-MM-DDtoYYYY-MM-DD'")}),
+                &["query"],
+            ),
+            Builtin::ImageSearch => (
+                "Search for images (Brave Search, safe search on). Returns JSON with each image's URL, thumbnail, source page and size. To send one: download it with bash (curl or wget) into the workspace, then respond_with_image.",
+                json!({"query": s("Image search query"), "count": n("Number of results, 1-20 (default 5)")}),
+                &["query"],
             ),
             Builtin::RespondWithImage => (
                 "Attach an image file of the workspace (.png, .jpg, .gif or .webp, at most 700 KB) to your reply; the user receives it with your text.",
@@ -319,6 +339,8 @@ pub struct ToolConfig {
     pub hidden_env: Vec<String>,
     /// agent.json `timezone`, which the host evaluates schedules in.
     pub timezone: Option<String>,
+    /// The variables holding the Brave Search key of `web_search` and of `image_search`.
+    pub search_key_env: [String; 2],
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -335,6 +357,8 @@ pub struct Toolbox {
     memory: Arc<MemoryStore>,
     /// Scheduled tasks.
     cron: cron::CronTools,
+    /// Brave Search for `web_search` and for `image_search`, when their keys are set.
+    search: [Option<brave::Brave>; 2],
 }
 
 /// What a tool call may use and produce besides its arguments.
@@ -363,11 +387,23 @@ impl Toolbox {
         mcp: Arc<McpServers>,
         memory: Arc<MemoryStore>,
     ) -> Toolbox {
+        let search = config
+            .search_key_env
+            .clone()
+            .map(|var| brave::Brave::from_env(&var));
+        // A search tool without its key is not offered: a model would only learn of the
+        // missing key by calling it.
         let builtins = Builtin::ALL
             .into_iter()
             .filter(|b| config.selection.builtins.contains(b))
+            .filter(|b| match b {
+                Builtin::WebSearch => search[0].is_some(),
+                Builtin::ImageSearch => search[1].is_some(),
+                _ => true,
+            })
             .collect();
         Toolbox {
+            search,
             shell: shell::Shell {
                 dir: workspace.root().to_path_buf(),
                 timeout: config.bash_timeout,
@@ -431,6 +467,19 @@ impl Toolbox {
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
             Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
+            Builtin::WebSearch | Builtin::ImageSearch => {
+                let images = *builtin == Builtin::ImageSearch;
+                let Some(brave) = self.search[usize::from(images)].clone() else {
+                    return Outcome::Done("error: no Brave Search key is set".into());
+                };
+                return cancellable(args.clone(), cancel, move |a| {
+                    if images {
+                        brave.images(a)
+                    } else {
+                        brave.web(a)
+                    }
+                });
+            }
             Builtin::RespondWithImage => files::attach_image(ws, args).map(|(img, note)| {
                 ctx.attachments.push(img);
                 note
@@ -487,7 +536,11 @@ pub fn arg_opt<'a>(args: &'a Value, name: &str) -> Result<Option<&'a str>, Strin
 }
 
 /// Run `f` on a thread of its own so a cancel does not wait for it.
-fn cancellable(args: Value, cancel: &Receiver<()>, f: fn(&Value) -> Result<String, String>) -> Outcome {
+fn cancellable(
+    args: Value,
+    cancel: &Receiver<()>,
+    f: impl FnOnce(&Value) -> Result<String, String> + Send + 'static,
+) -> Outcome {
     let (tx, rx) = bounded(1);
     let spawned = thread::Builder::new()
         .name("tool".into())
