@@ -50,7 +50,7 @@ LLM (environment only, so keys never appear in a process listing):
 
 TOOLS:
     AEGIS_TOOLS         which tools are on: comma-separated names or groups (shell,
-                        files, web, memory, cron, mcp), `all`, `none`, `-NAME` to
+                        files, web, memory, cron, self, mcp), `all`, `none`, `-NAME` to
                         remove; a list starting with a name selects exactly those
                         [default all]
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
@@ -60,7 +60,8 @@ TOOLS:
     tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
     endpoint); memory_store, memory_search, memory_delete
     (DIR/.aegis/memory/memories.jsonl); cron_create, cron_list, cron_delete,
-    cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host). MCP servers
+    cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host);
+    self_restart (the host restarts the agent to load new configuration). MCP servers
     come from agent.json `mcp`, DIR/.aegis/mcp.json, and aegis-mcp-guest on PATH
     (as server `aegis`).
 

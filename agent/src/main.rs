@@ -19,6 +19,7 @@ mod keepalive;
 mod llm;
 mod mcp;
 mod memory;
+mod restart;
 mod router;
 mod session;
 mod sse;
@@ -165,6 +166,13 @@ fn main() -> ExitCode {
             routes.clone(),
         )
     });
+    let restarter = restart::Restarter::new(
+        match &config.mode {
+            Mode::Harness { harness, .. } => restart::Host::Harness(harness.clone()),
+            Mode::Direct(_) => restart::Host::Tether(notice_tx.clone()),
+        },
+        &config.workspace,
+    );
     let keepalive = Keepalive::start(match &config.mode {
         Mode::Harness { harness, .. } => keepalive::Channel::Harness(harness.clone()),
         Mode::Direct(_) => keepalive::Channel::Tether(notice_tx),
@@ -187,7 +195,9 @@ fn main() -> ExitCode {
         keepalive,
         workspace: config.workspace.clone(),
         memory,
+        restarter,
     });
+    restart::announce(&config.workspace, &shared.sessions, &shared.egress);
     let router = match thread::Builder::new()
         .name("router".into())
         .spawn(move || router::run(ingress_rx, shared))

@@ -59,6 +59,8 @@ pub struct Shared {
     pub workspace: std::path::PathBuf,
     /// Long-term memory, for the prompt.
     pub memory: std::sync::Arc<crate::memory::MemoryStore>,
+    /// Restarts the agent when `self_restart` asks.
+    pub restarter: crate::restart::Restarter,
 }
 
 /// The reply in flight for one session, so a cancel can reach it.
@@ -181,6 +183,8 @@ enum Ending {
     Failed(LlmError, String),
     Cancelled(String),
     RoundLimit(String),
+    /// `self_restart` was called: the reply ends after its tools, then the agent restarts.
+    Restart(String),
 }
 
 /// How one model call ended.
@@ -298,6 +302,17 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
                 format!("{text}\n\n{CANCELLED}")
             };
             send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
+        }
+        Ending::Restart(text) => {
+            let note = crate::restart::RESTARTING.to_string();
+            persist(shared, session, history, Turn::new(Role::Assistant, note.clone()));
+            let done = if text.is_empty() {
+                note
+            } else {
+                format!("{text}\n\n{note}")
+            };
+            send_done(shared, out, &msg_id, &done, images);
+            shared.restarter.request(out, &shared.egress);
         }
         Ending::RoundLimit(text) => {
             let note = round_limit_note(shared.max_rounds);
@@ -451,6 +466,7 @@ fn rounds(
         };
         persist(shared, session, history, Turn::tool_calls(&text, &calls));
         let mut cancelled = false;
+        let mut restart = false;
         for call in &calls {
             if cancelled {
                 persist(
@@ -472,9 +488,11 @@ fn rounds(
                 cancel,
                 origin: out,
                 attachments: Vec::new(),
+                restart: false,
             };
             let outcome = shared.tools.run(call, &mut ctx);
             images.append(&mut ctx.attachments);
+            restart |= ctx.restart;
             let result = match outcome {
                 Outcome::Done(r) => r,
                 Outcome::Cancelled => {
@@ -494,6 +512,9 @@ fn rounds(
         }
         if cancelled {
             return Ending::Cancelled(shown);
+        }
+        if restart {
+            return Ending::Restart(shown);
         }
         send_presence(shared, out, msg_id, &Presence::state("thinking"));
     }

@@ -90,7 +90,8 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
             "cron_list",
             "cron_delete",
             "cron_enable",
-            "cron_disable"
+            "cron_disable",
+            "self_restart"
         ]
     );
     assert_eq!(

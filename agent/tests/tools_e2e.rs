@@ -841,3 +841,102 @@ fn search_tools_need_their_key_and_say_when_brave_refuses_it() {
         "error: the search API rejected the key (HTTP 401: The provided subscription token is invalid.)"
     );
 }
+
+#[test]
+fn self_restart_ends_the_reply_asks_the_harness_and_the_new_process_says_it_is_back() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "Adding the server.",
+            &[
+                (
+                    "c1",
+                    "write_file",
+                    r#"{"path": ".aegis/agent.json", "content": "{\"system_prompt\": \"You are restarted.\"}"}"#,
+                ),
+                ("c2", "self_restart", ""),
+            ],
+            4,
+        )),
+        Reply::sse(openai_sse(&["unused"])),
+    ]);
+    let ws = TempDir::new("tools-restart");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("1", "add it", "m1"));
+    let frames = a.reply();
+    assert_eq!(
+        done_text(&frames),
+        "Adding the server.\n\nRestarting to apply configuration changes..."
+    );
+    // One model call only: the round with self_restart ends the reply.
+    assert_eq!(llm.requests().len(), 1);
+    assert!(offered_tools(&llm.requests()[0]).contains(&"self_restart".to_string()));
+    let deadline = Instant::now() + T;
+    while a.harness.restarts.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the harness was never asked to restart"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ws.join(".aegis/restart-pending.json").exists());
+    // The harness restarts the process (here: a new one on the same workspace).
+    drop(a);
+    let b = agent(&ws, &openai(&llm));
+    let back = collect_until_done(b.harness.frames(), 1, T);
+    let done = back.last().unwrap();
+    assert_eq!(
+        done.text_payload().unwrap(),
+        "Restart complete. New configuration loaded."
+    );
+    assert_eq!(done.session, Some(Session::new("telegram", "1")));
+    assert!(done.msg_id.as_deref().unwrap().starts_with("restart-"));
+    assert!(!ws.join(".aegis/restart-pending.json").exists());
+    let lines = session_lines(&ws, "1");
+    assert_eq!(
+        lines.last().unwrap()["content"],
+        "Restart complete. New configuration loaded."
+    );
+    // The new process runs on the new configuration.
+    assert!(b.proc.log().contains("loaded"), "{}", b.proc.log());
+    b.send(&message("1", "hello", "m2"));
+    b.reply();
+    let last = llm.requests().pop().unwrap().json();
+    assert!(
+        last["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("You are restarted."),
+        "{}",
+        last["messages"][0]
+    );
+}
+
+#[test]
+fn self_restart_where_the_host_cannot_restart_says_so() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("c1", "self_restart", "")], 2)),
+        Reply::sse(openai_sse(&["unused"])),
+    ]);
+    let ws = TempDir::new("tools-restart-refused");
+    let harness = aegis_e2e::harness::FakeHarness::start();
+    harness
+        .refuse_restart
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let a = aegis_e2e::agent::start_agent_with(
+        &ws,
+        &[("OPENAI_API_KEY", "sk-test"), ("OPENAI_BASE_URL", llm.url())],
+        harness,
+    );
+    a.send(&message("1", "restart", "m1"));
+    assert_eq!(
+        done_text(&a.reply()),
+        "Restarting to apply configuration changes..."
+    );
+    let next = collect_until_done(a.harness.frames(), 1, T);
+    assert!(
+        done_text(&next).contains("This host cannot restart the agent"),
+        "{next:#?}"
+    );
+    assert!(!ws.join(".aegis/restart-pending.json").exists());
+    assert!(a.proc.log().contains("did not take the request (HTTP 404)"));
+}

@@ -942,3 +942,58 @@ fn bad_host_llm_flags_are_refused_by_name() {
         assert!(err.contains(says), "{flag}: {err}");
     }
 }
+
+#[test]
+fn self_restart_under_serve_boots_a_new_agent_on_the_new_configuration() {
+    use aegis_e2e::llm::openai_tool_sse;
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                (
+                    "c1",
+                    "write_file",
+                    r#"{"path": ".aegis/agent.json", "content": "{\"system_prompt\": \"You are restarted.\"}"}"#,
+                ),
+                ("c2", "self_restart", ""),
+            ],
+            5,
+        )),
+        Reply::sse(openai_sse(&["hello again"])),
+    ]);
+    let home = temp_dir("serve-restart");
+    let s = start_serve(&home, &[]);
+    s.create_agent("me", &llm);
+    let c = s.client();
+    let rx = stream(&c, "me", None);
+    c.post_frame("me", &msg("1", "reconfigure", "m1")).unwrap();
+    assert_eq!(
+        done_text(&until_done(&rx, "m1")),
+        "Restarting to apply configuration changes..."
+    );
+    let before = s.info("me")["pid"].as_u64();
+    assert!(before.is_some(), "still the first process");
+    // The new process says it is back, in the same chat.
+    let back = loop {
+        let f = rx.recv_timeout(T).expect("the restarted agent speaks");
+        if f.kind == "assistant.done" {
+            break f;
+        }
+    };
+    assert_eq!(
+        back.text_payload().unwrap(),
+        "Restart complete. New configuration loaded."
+    );
+    assert_eq!(back.session, Some(Session::new("test", "1")));
+    let info = s.wait_state("me", "running");
+    assert_ne!(info["pid"].as_u64(), before, "a new process");
+    assert_eq!(info["recent_crashes"], 0, "a restart is not a crash: {info}");
+    assert!(s.proc.log().contains("me: the agent asked to be restarted"));
+    c.post_frame("me", &msg("1", "hi", "m2")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m2")), "hello again");
+    let system = llm.requests()[1].json()["messages"][0]["content"].clone();
+    assert!(
+        system.as_str().unwrap().starts_with("You are restarted."),
+        "{system}"
+    );
+}

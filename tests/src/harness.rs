@@ -26,6 +26,10 @@ pub struct FakeHarness {
     leases: Arc<Mutex<Vec<String>>>,
     /// `host:` models, as current AegisVM serves them; `None`: an older harness (404).
     pub host_models: Option<HostModels>,
+    /// `POST /v1/self/restart` requests (the Go harness then restarts the agent).
+    pub restarts: Arc<AtomicUsize>,
+    /// Answer those with 404, as a harness without the guest API's restart.
+    pub refuse_restart: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeHarness {
@@ -47,6 +51,10 @@ impl FakeHarness {
     fn start_full(addr: &str, host_models: Option<HostModels>) -> FakeHarness {
         let (tx, rx) = unbounded();
         let models = host_models.clone();
+        let restarts = Arc::new(AtomicUsize::new(0));
+        let restart_log = Arc::clone(&restarts);
+        let refuse_restart = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse = Arc::clone(&refuse_restart);
         let fail_next = Arc::new(AtomicUsize::new(0));
         let fail = Arc::clone(&fail_next);
         let leases = Arc::new(Mutex::new(Vec::new()));
@@ -54,6 +62,16 @@ impl FakeHarness {
         let server = Server::start_on(addr, move |req, resp| {
             if let (Some(m), "POST", "/v1/llm/chat") = (&models, req.method.as_str(), req.path.as_str()) {
                 return m.chat(&req, resp);
+            }
+            if (req.method.as_str(), req.path.as_str()) == ("POST", "/v1/self/restart") {
+                restart_log.fetch_add(1, Ordering::SeqCst);
+                if refuse.load(Ordering::SeqCst) {
+                    return resp.send(404, &[("Content-Type", "text/plain")], b"404 page not found\n");
+                }
+                return resp.json(
+                    200,
+                    &serde_json::json!({"ok": true, "message": "restart initiated"}),
+                );
             }
             if req.path == "/v1/self/keepalive" {
                 let entry = match req.method.as_str() {
@@ -88,6 +106,8 @@ impl FakeHarness {
             fail_next,
             leases,
             host_models,
+            restarts,
+            refuse_restart,
         }
     }
 

@@ -134,7 +134,7 @@ impl Brave {
             for (k, v) in params {
                 req = req.query(*k, v);
             }
-            // Never the error's URL or headers: the request carries the key.
+            // The key travels in a header only, so an error naming the URL cannot leak it.
             let resp = req
                 .call()
                 .map_err(|e| format!("search failed: {}", transport(&e)))?;

@@ -80,11 +80,13 @@ pub enum Builtin {
     CronEnable,
     /// `cron_disable {id}`.
     CronDisable,
+    /// `self_restart {}`.
+    SelfRestart,
 }
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 19] = [
+    pub const ALL: [Builtin; 20] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -104,6 +106,7 @@ impl Builtin {
         Builtin::CronDelete,
         Builtin::CronEnable,
         Builtin::CronDisable,
+        Builtin::SelfRestart,
     ];
 
     /// Its name.
@@ -128,6 +131,7 @@ impl Builtin {
             Builtin::CronDelete => "cron_delete",
             Builtin::CronEnable => "cron_enable",
             Builtin::CronDisable => "cron_disable",
+            Builtin::SelfRestart => "self_restart",
         }
     }
 
@@ -142,6 +146,7 @@ impl Builtin {
             | Builtin::CronDelete
             | Builtin::CronEnable
             | Builtin::CronDisable => "cron",
+            Builtin::SelfRestart => "self",
             _ => "files",
         }
     }
@@ -241,6 +246,11 @@ impl Builtin {
                 json!({"id": s("Task id")}),
                 &["id"],
             ),
+            Builtin::SelfRestart => (
+                "Restart this agent to load configuration you changed (.aegis/agent.json: MCP servers, tools, model; .aegis/mcp.json). Workspace files, sessions and memory are kept. The restart happens after this response; the user is told when the agent is back.",
+                json!({}),
+                &[],
+            ),
         };
         ToolSpec {
             name: self.name().into(),
@@ -313,7 +323,7 @@ impl Selection {
                         .collect();
                     if hits.is_empty() {
                         return Err(format!(
-                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, web, memory, cron, mcp; or all, none)"
+                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, web, memory, cron, self, mcp; or all, none)"
                         ));
                     }
                     for b in hits {
@@ -369,6 +379,8 @@ pub struct CallContext<'a> {
     pub origin: &'a Session,
     /// Images attached to the reply.
     pub attachments: Vec<tether::frame::Image>,
+    /// `self_restart` was called: the agent restarts once the reply is done.
+    pub restart: bool,
 }
 
 impl std::fmt::Debug for Toolbox {
@@ -494,6 +506,10 @@ impl Toolbox {
             Builtin::CronDelete => self.cron.delete(args),
             Builtin::CronEnable => self.cron.set_enabled(args, true),
             Builtin::CronDisable => self.cron.set_enabled(args, false),
+            Builtin::SelfRestart => {
+                ctx.restart = true;
+                Ok(json!({"ok": true, "message": "Restart scheduled. It will happen after this response completes."}).to_string())
+            }
         };
         Outcome::Done(match result {
             Ok(text) => text,

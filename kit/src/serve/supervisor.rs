@@ -136,6 +136,8 @@ pub enum Cmd {
     Lease(Option<Duration>),
     /// Write this notification on that connection (a `host:` model's chunks).
     Notify(u64, Message),
+    /// The agent asked to be restarted (`self.restart`, after its `self_restart` tool).
+    Restart,
 }
 
 /// What the API keeps per instance.
@@ -197,6 +199,8 @@ struct Supervisor {
     sandbox: Arc<SandboxSettings>,
     /// Model servers for `host:` models.
     host_models: Arc<HostModels>,
+    /// The agent asked for a restart: boot again as soon as it has exited.
+    restart_requested: bool,
 }
 
 /// `AEGIS_TOOLS` for an agent serve starts: everything but the shell and file tools.
@@ -238,6 +242,7 @@ pub fn spawn(
         lease_until: None,
         sandbox: Arc::clone(&config.sandbox),
         host_models: Arc::clone(&config.host_models),
+        restart_requested: false,
     };
     thread::Builder::new()
         .name("supervisor".into())
@@ -499,6 +504,13 @@ impl Supervisor {
                 self.lease_until = ttl.map(|t| Instant::now() + t);
                 self.touch();
             }
+            Cmd::Restart => {
+                if self.state == State::Running || self.state == State::Paused {
+                    log::info!("{}: the agent asked to be restarted", self.def.name);
+                    self.restart_requested = true;
+                    self.terminate(libc::SIGTERM);
+                }
+            }
             Cmd::Notify(n, msg) => match &mut self.conn {
                 // Chunks for an older connection have nobody to go to: its agent retries.
                 Some((c, s)) if *c == n => {
@@ -650,6 +662,18 @@ impl Supervisor {
             code.map_or("killed by a signal".to_string(), |c| format!("code {c}"))
         );
         self.state = State::Stopped;
+        if std::mem::take(&mut self.restart_requested) {
+            // As after a crash, messages other sessions were waiting on are delivered again.
+            let owed: Vec<_> = self.unanswered.drain(..).map(|f| (f, None)).collect();
+            for item in owed.into_iter().rev() {
+                self.queue.push_front(item);
+            }
+            if let Err(e) = self.boot() {
+                log::error!("{}: restart failed: {e}", self.def.name);
+                self.fail_queue(e.status, &e.message);
+            }
+            return;
+        }
         if !crashed {
             if !self.queue.is_empty() {
                 if let Err(e) = self.boot() {
@@ -1051,6 +1075,9 @@ fn read_egress(stream: Stream, n: u64, r: &Readers) {
                 }
                 Message::Notification { method, .. } if method == "keepalive.release" => {
                     let _ = tx.send(Cmd::Lease(None));
+                }
+                Message::Notification { method, .. } if method == "self.restart" => {
+                    let _ = tx.send(Cmd::Restart);
                 }
                 Message::Notification { method, params } if method == "llm.chat" => {
                     r.host_models.start(params.as_deref(), &host_conn);
