@@ -21,6 +21,8 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde::Deserialize;
 use tether::Message;
 
+use crate::uplink::Uplink;
+
 /// How long a harness-delivered reply waits after `llm.done` for deltas that overtook it.
 const SETTLE: Duration = Duration::from_millis(40);
 
@@ -135,14 +137,6 @@ impl Drop for Route {
             waiting.remove(id);
         }
     }
-}
-
-/// How the request reaches the host.
-pub enum Uplink {
-    /// The harness guest API at this base URL.
-    Harness(String),
-    /// An `llm.chat` notification written by the direct tether connection.
-    Tether(Sender<Message>),
 }
 
 /// A request the host did not take.

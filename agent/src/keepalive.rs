@@ -16,16 +16,10 @@ use crossbeam_channel::{never, select, tick, unbounded, Receiver, Sender};
 use serde_json::json;
 use tether::Message;
 
+use crate::uplink::Uplink;
+
 /// Lease length.
 pub const TTL: Duration = Duration::from_secs(30);
-
-/// Where lease requests go.
-pub enum Channel {
-    /// The harness guest API at this base URL.
-    Harness(String),
-    /// Notifications written by the direct tether connection.
-    Tether(Sender<Message>),
-}
 
 /// Holds the lease while alive; cheap to clone into every worker.
 #[derive(Debug, Clone)]
@@ -46,8 +40,8 @@ impl Drop for Busy {
 }
 
 impl Keepalive {
-    /// Start the lease thread for `channel`.
-    pub fn start(channel: Channel) -> Keepalive {
+    /// Start the lease thread, asking through `channel`.
+    pub fn start(channel: Uplink) -> Keepalive {
         let (tx, rx) = unbounded();
         let spawned = thread::Builder::new()
             .name("keepalive".into())
@@ -66,7 +60,7 @@ impl Keepalive {
     }
 }
 
-fn run(rx: &Receiver<bool>, channel: &Channel) {
+fn run(rx: &Receiver<bool>, channel: &Uplink) {
     // Built on first use: an idle agent that never replies pays nothing for it.
     let mut agent: Option<ureq::Agent> = None;
     let mut busy = 0usize;
@@ -96,10 +90,10 @@ fn run(rx: &Receiver<bool>, channel: &Channel) {
     }
 }
 
-fn send(channel: &Channel, agent: &mut Option<ureq::Agent>, hold: bool, warned: &mut bool) {
+fn send(channel: &Uplink, agent: &mut Option<ureq::Agent>, hold: bool, warned: &mut bool) {
     let body = json!({"ttl_ms": TTL.as_millis() as u64, "reason": "agent reply in progress"});
     match channel {
-        Channel::Harness(base) => {
+        Uplink::Harness(base) => {
             let agent = agent.get_or_insert_with(|| {
                 tether::http::agent_config(base)
                     .http_status_as_error(false)
@@ -133,7 +127,7 @@ fn send(channel: &Channel, agent: &mut Option<ureq::Agent>, hold: bool, warned: 
                 }
             }
         }
-        Channel::Tether(tx) => {
+        Uplink::Tether(tx) => {
             let msg = if hold {
                 Message::notification("keepalive", &body)
             } else {

@@ -26,6 +26,7 @@ mod sse;
 #[cfg(test)]
 mod testutil;
 mod tools;
+mod uplink;
 mod worker;
 
 use std::process::ExitCode;
@@ -35,7 +36,7 @@ use std::thread;
 use crossbeam_channel::unbounded;
 
 use config::{Action, Mode};
-use host_llm::{HostLink, Routes, Uplink};
+use host_llm::{HostLink, Routes};
 use keepalive::Keepalive;
 use llm::Llm;
 use mcp::McpServers;
@@ -43,6 +44,7 @@ use memory::MemoryStore;
 use session::SessionStore;
 use tools::paths::Workspace;
 use tools::Toolbox;
+use uplink::Uplink;
 use worker::Shared;
 
 /// The system prompt when none is configured: it says what the model can do here.
@@ -154,29 +156,20 @@ fn main() -> ExitCode {
         }
     );
     let (notice_tx, notice_rx) = unbounded();
+    let uplink = match &config.mode {
+        Mode::Harness { harness, .. } => Uplink::Harness(harness.clone()),
+        Mode::Direct(_) => Uplink::Tether(notice_tx),
+    };
     // Frames of `host:` models come back on the listener or the tether; only such an
     // agent builds the link.
     let routes = Routes::default();
-    let host = config.provider.as_ref().and_then(|p| p.host.as_ref()).map(|_| {
-        HostLink::new(
-            match &config.mode {
-                Mode::Harness { harness, .. } => Uplink::Harness(harness.clone()),
-                Mode::Direct(_) => Uplink::Tether(notice_tx.clone()),
-            },
-            routes.clone(),
-        )
-    });
-    let restarter = restart::Restarter::new(
-        match &config.mode {
-            Mode::Harness { harness, .. } => restart::Host::Harness(harness.clone()),
-            Mode::Direct(_) => restart::Host::Tether(notice_tx.clone()),
-        },
-        &config.workspace,
-    );
-    let keepalive = Keepalive::start(match &config.mode {
-        Mode::Harness { harness, .. } => keepalive::Channel::Harness(harness.clone()),
-        Mode::Direct(_) => keepalive::Channel::Tether(notice_tx),
-    });
+    let host = config
+        .provider
+        .as_ref()
+        .and_then(|p| p.host.as_ref())
+        .map(|_| HostLink::new(uplink.clone(), routes.clone()));
+    let restarter = restart::Restarter::new(uplink.clone(), &config.workspace);
+    let keepalive = Keepalive::start(uplink);
 
     let (ingress_tx, ingress_rx) = unbounded();
     let (egress_tx, egress_rx) = unbounded();

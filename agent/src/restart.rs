@@ -15,6 +15,7 @@ use tether::frame::kind;
 use tether::{Frame, Message, Session};
 
 use crate::session::{Role, SessionStore, Turn};
+use crate::uplink::Uplink;
 
 /// Where the chat to tell is kept across the restart (upstream's path).
 pub const MARKER: &str = ".aegis/restart-pending.json";
@@ -30,17 +31,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// After it emptied: time for the last frame to leave (its POST or write).
 const SETTLE: Duration = Duration::from_millis(500);
 
-/// Who restarts the process.
-pub enum Host {
-    /// The harness guest API at this base URL.
-    Harness(String),
-    /// The direct tether's host, through the connection's notifications.
-    Tether(Sender<Message>),
-}
-
 /// Carries out restart requests.
 pub struct Restarter {
-    host: Host,
+    host: Uplink,
     workspace: PathBuf,
 }
 
@@ -52,7 +45,7 @@ impl std::fmt::Debug for Restarter {
 
 impl Restarter {
     /// Restarts through `host`; the marker goes in `workspace`.
-    pub fn new(host: Host, workspace: &Path) -> Restarter {
+    pub fn new(host: Uplink, workspace: &Path) -> Restarter {
         Restarter {
             host,
             workspace: workspace.to_path_buf(),
@@ -76,11 +69,11 @@ impl Restarter {
         thread::sleep(SETTLE);
         log::info!("self_restart: asking the host to restart the agent");
         let refused = match &self.host {
-            Host::Tether(tx) => tx
+            Uplink::Tether(tx) => tx
                 .send(Message::notification("self.restart", &serde_json::json!({})))
                 .err()
                 .map(|_| "the tether connection is closed".to_string()),
-            Host::Harness(base) => {
+            Uplink::Harness(base) => {
                 let agent: ureq::Agent = tether::http::agent_config(base)
                     .http_status_as_error(false)
                     .timeout_global(Some(Duration::from_secs(10)))
