@@ -844,21 +844,7 @@ fn search_tools_need_their_key_and_say_when_brave_refuses_it() {
 
 #[test]
 fn self_restart_ends_the_reply_asks_the_harness_and_the_new_process_says_it_is_back() {
-    let llm = FakeLlm::scripted(vec![
-        Reply::sse(openai_tool_sse(
-            "Adding the server.",
-            &[
-                (
-                    "c1",
-                    "write_file",
-                    r#"{"path": ".aegis/agent.json", "content": "{\"system_prompt\": \"You are restarted.\"}"}"#,
-                ),
-                ("c2", "self_restart", ""),
-            ],
-            4,
-        )),
-        Reply::sse(openai_sse(&["unused"])),
-    ]);
+    let llm = aegis_e2e::llm::reconfigures_and_restarts("Adding the server.", "unused");
     let ws = TempDir::new("tools-restart");
     let a = agent(&ws, &openai(&llm));
     a.send(&message("1", "add it", "m1"));

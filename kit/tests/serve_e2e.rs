@@ -945,22 +945,7 @@ fn bad_host_llm_flags_are_refused_by_name() {
 
 #[test]
 fn self_restart_under_serve_boots_a_new_agent_on_the_new_configuration() {
-    use aegis_e2e::llm::openai_tool_sse;
-    let llm = FakeLlm::scripted(vec![
-        Reply::sse(openai_tool_sse(
-            "",
-            &[
-                (
-                    "c1",
-                    "write_file",
-                    r#"{"path": ".aegis/agent.json", "content": "{\"system_prompt\": \"You are restarted.\"}"}"#,
-                ),
-                ("c2", "self_restart", ""),
-            ],
-            5,
-        )),
-        Reply::sse(openai_sse(&["hello again"])),
-    ]);
+    let llm = aegis_e2e::llm::reconfigures_and_restarts("", "hello again");
     let home = temp_dir("serve-restart");
     let s = start_serve(&home, &[]);
     s.create_agent("me", &llm);

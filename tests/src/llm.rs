@@ -132,6 +132,21 @@ pub fn openai_sse(texts: &[&str]) -> Vec<String> {
     out
 }
 
+/// A model that, asked once, says `text`, sets agent.json's `system_prompt` to "You are
+/// restarted." with `write_file` and calls `self_restart`; asked again, answers `then`.
+pub fn reconfigures_and_restarts(text: &str, then: &str) -> FakeLlm {
+    let agent_json =
+        r#"{"path": ".aegis/agent.json", "content": "{\"system_prompt\": \"You are restarted.\"}"}"#;
+    FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            text,
+            &[("c1", "write_file", agent_json), ("c2", "self_restart", "")],
+            4,
+        )),
+        Reply::sse(openai_sse(&[then])),
+    ])
+}
+
 /// The Anthropic event sequence for `texts`, with a `ping` as the real API sends.
 pub fn anthropic_sse(texts: &[&str]) -> Vec<String> {
     let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
