@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
@@ -153,7 +153,8 @@ pub struct HostLink {
     /// Replies waiting for frames; the listener or the tether reader delivers to it.
     pub routes: Routes,
     uplink: Uplink,
-    agent: ureq::Agent,
+    /// For the harness's guest API; built on the first request, not at start-up.
+    agent: OnceLock<ureq::Agent>,
     counter: AtomicU64,
 }
 
@@ -166,21 +167,10 @@ impl std::fmt::Debug for HostLink {
 impl HostLink {
     /// A link through `uplink`, delivering into `routes`.
     pub fn new(uplink: Uplink, routes: Routes) -> Arc<HostLink> {
-        let base = match &uplink {
-            Uplink::Harness(url) => url.as_str(),
-            Uplink::Tether(_) => "http://127.0.0.1",
-        };
-        let agent = tether::http::agent_config(base)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            // No idle connection may stay open: the harness counts one as activity.
-            .max_idle_connections(0)
-            .build()
-            .into();
         Arc::new(HostLink {
             routes,
             uplink,
-            agent,
+            agent: OnceLock::new(),
             counter: AtomicU64::new(0),
         })
     }
@@ -220,8 +210,16 @@ impl HostLink {
                 Ok(req_id.to_string())
             }
             Uplink::Harness(base) => {
-                let resp = self
-                    .agent
+                let agent = self.agent.get_or_init(|| {
+                    tether::http::agent_config(base)
+                        .http_status_as_error(false)
+                        .timeout_global(Some(Duration::from_secs(30)))
+                        // No idle connection may stay open: the harness counts one as activity.
+                        .max_idle_connections(0)
+                        .build()
+                        .into()
+                });
+                let resp = agent
                     .post(format!("{base}/v1/llm/chat"))
                     .content_type("application/json")
                     .send(params.to_string())

@@ -231,15 +231,22 @@ pub struct Stream {
     _cancel: Sender<()>,
 }
 
-/// An LLM client: provider settings plus a reusable HTTP agent.
+/// An LLM client: provider settings plus the way its requests travel.
 #[derive(Debug, Clone)]
 pub struct Llm {
     /// Settings.
     provider: Provider,
-    /// HTTP client (TLS, connection pool).
-    agent: ureq::Agent,
-    /// The way to the host's model servers, for `host:` models.
-    host: Option<Arc<HostLink>>,
+    /// How requests reach the model.
+    transport: Transport,
+}
+
+/// How requests reach the model.
+#[derive(Debug, Clone)]
+enum Transport {
+    /// Straight to `base_url` (TLS, connection pool).
+    Http(ureq::Agent),
+    /// Through the host, for `host:` models.
+    Host(Arc<HostLink>),
 }
 
 /// What an SSE event means for the reply.
@@ -296,20 +303,23 @@ impl Decoder {
 }
 
 impl Llm {
-    /// A client for `provider`; `host` carries `host:` models' requests.
+    /// A client for `provider`; with `host`, its requests go through the host (a
+    /// `host:` model) and no HTTP client is built.
     pub fn new(provider: Provider, host: Option<Arc<HostLink>>) -> Llm {
-        let config = tether::http::agent_config(&provider.base_url)
-            .http_status_as_error(false)
-            .timeout_connect(Some(provider.connect_timeout))
-            .timeout_recv_response(Some(provider.read_timeout))
-            .timeout_per_read(Some(provider.read_timeout))
-            .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Llm {
-            agent: config.new_agent(),
-            provider,
-            host,
-        }
+        let transport = match host {
+            Some(link) => Transport::Host(link),
+            None => Transport::Http(
+                tether::http::agent_config(&provider.base_url)
+                    .http_status_as_error(false)
+                    .timeout_connect(Some(provider.connect_timeout))
+                    .timeout_recv_response(Some(provider.read_timeout))
+                    .timeout_per_read(Some(provider.read_timeout))
+                    .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .new_agent(),
+            ),
+        };
+        Llm { provider, transport }
     }
 
     /// Start streaming a reply to `turns` on a new reader thread, offering `tools`.
@@ -423,13 +433,13 @@ impl Llm {
         sent_any: &mut bool,
     ) -> Result<Vec<ToolCall>, LlmError> {
         let p = &self.provider;
-        if let Some(name) = &p.host {
-            return self.attempt_host(name, body, tx, sent_any);
-        }
+        let agent = match &self.transport {
+            Transport::Http(agent) => agent,
+            Transport::Host(link) => return self.attempt_host(link, body, tx, sent_any),
+        };
         let mut req = match p.kind {
-            ProviderKind::OpenAi => self.agent.post(format!("{}/chat/completions", p.base_url)),
-            ProviderKind::Anthropic => self
-                .agent
+            ProviderKind::OpenAi => agent.post(format!("{}/chat/completions", p.base_url)),
+            ProviderKind::Anthropic => agent
                 .post(format!("{}/v1/messages", p.base_url))
                 .header("anthropic-version", "2023-06-01"),
         };
@@ -509,15 +519,12 @@ impl Llm {
     /// `llm.frame`s (OpenAI chunks, as from `/chat/completions`).
     fn attempt_host(
         &self,
-        name: &str,
+        link: &HostLink,
         body: &serde_json::Value,
         tx: &Sender<Chunk>,
         sent_any: &mut bool,
     ) -> Result<Vec<ToolCall>, LlmError> {
-        let link = self
-            .host
-            .as_ref()
-            .ok_or_else(|| LlmError::new(ErrorKind::Request, "no way to the host's models"))?;
+        let name = self.provider.host.as_deref().unwrap_or_default();
         let ours = link.next_id();
         let mut route = link.routes.open(&ours);
         let theirs = link
@@ -802,6 +809,17 @@ fn host_delta(
     Ok(true)
 }
 
+/// How aegisd (and serve) refuse a server name they do not know.
+const UNKNOWN_SERVER: &str = "unknown host LLM provider";
+
+/// That refusal, final: no retry can find the server.
+fn unknown_server(name: &str) -> LlmError {
+    LlmError::new(
+        ErrorKind::Request,
+        format!("the host has no model server named {name:?}"),
+    )
+}
+
 /// The harness did not take a request for `host:NAME`.
 fn refused_error(name: &str, r: &Refused) -> LlmError {
     match r.status {
@@ -815,10 +833,7 @@ fn refused_error(name: &str, r: &Refused) -> LlmError {
         ),
         // aegisd refuses a name it does not know; nothing else it says is worth retrying
         // either, except a busy harness.
-        _ if r.message.contains("unknown host LLM provider") => LlmError::new(
-            ErrorKind::Request,
-            format!("the host has no model server named {name:?}"),
-        ),
+        _ if r.message.contains(UNKNOWN_SERVER) => unknown_server(name),
         s => {
             let mut e = status_error(s, "");
             e.detail = format!("HTTP {s}: {}", r.message);
@@ -838,11 +853,8 @@ fn host_error(name: &str, text: &str) -> LlmError {
             return e;
         }
     }
-    if text.starts_with("unknown host LLM provider") {
-        return LlmError::new(
-            ErrorKind::Request,
-            format!("the host has no model server named {name:?}"),
-        );
+    if text.starts_with(UNKNOWN_SERVER) {
+        return unknown_server(name);
     }
     let kind = if text.starts_with("stream read") {
         ErrorKind::Cut
