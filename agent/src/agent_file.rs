@@ -23,6 +23,12 @@ pub struct ToolSetting {
     /// For `web_search` and `image_search`: the variable holding the Brave Search key.
     #[serde(default)]
     pub brave_api_key_env: Option<String>,
+    /// For `image_generate`: the variable holding the OpenAI key.
+    #[serde(default)]
+    pub openai_api_key_env: Option<String>,
+    /// [ours] For `image_generate`: the image model (default `gpt-image-1`).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 /// The file's content. Absent fields are `None`/empty.

@@ -37,6 +37,21 @@ pub fn media_type(path: &Path) -> Option<&'static str> {
     }
 }
 
+/// The image type of `bytes` by their first bytes (PNG, JPEG, GIF, WebP), if an image.
+pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
 /// Whether `name` is a plain blob name (no path, no dot file).
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -111,5 +126,16 @@ mod tests {
         assert_eq!(load_base64(ws, &name, 1024), Some(encode(b"\\x89PNG fake")));
         assert_eq!(load_base64(ws, "../../etc/passwd", 1024), None);
         assert!(store_base64(ws, "image/png", "not base64!").is_err());
+    }
+
+    #[test]
+    fn images_are_told_by_their_first_bytes() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Some("image/png"));
+        assert_eq!(sniff(&[0xff, 0xd8, 0xff, 0xe0, 0, 0x10]), Some("image/jpeg"));
+        assert_eq!(sniff(b"GIF89a.."), Some("image/gif"));
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WEBPVP8 "), Some("image/webp"));
+        assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), None);
+        assert_eq!(sniff(b"<html>"), None);
+        assert_eq!(sniff(b""), None);
     }
 }

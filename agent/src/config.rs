@@ -58,6 +58,9 @@ TOOLS:
     respond_with_image; web_fetch, web_search, image_search (these two with a
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
     tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
+    endpoint); image_generate (OpenAI Images API, model gpt-image-1, with the key in
+    OPENAI_API_KEY unless OPENAI_BASE_URL points the chat elsewhere, or in the variable
+    tools.image_generate.openai_api_key_env names; OPENAI_IMAGES_BASE_URL for another
     endpoint); memory_store, memory_search, memory_delete
     (DIR/.aegis/memory/memories.jsonl); cron_create, cron_list, cron_delete,
     cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host);
@@ -79,7 +82,8 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
     host:vllm/...), api_key_env, base_url, max_tokens,
     context_turns, context_chars, system_prompt, max_tool_rounds,
-    tools {NAME: {enabled, timeout_secs, brave_api_key_env}}, mcp {NAME: {command, args, env, timeout_secs}},
+    tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
+    model}}, mcp {NAME: {command, args, env, timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks)
 
@@ -248,16 +252,36 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
             .filter(|v| !v.trim().is_empty())
             .unwrap_or_else(|| crate::tools::brave::DEFAULT_KEY_ENV.to_string())
     });
+    let image = file.tools.get("image_generate");
+    let image_key_env = match image
+        .and_then(|t| t.openai_api_key_env.clone())
+        .filter(|v| !v.trim().is_empty())
+    {
+        Some(named) => Some(named),
+        // With the chat model on another OpenAI-compatible server, OPENAI_API_KEY is that
+        // server's key, which OpenAI's image API would only refuse.
+        None if env("OPENAI_BASE_URL").is_none() && file.base_url.is_none() => {
+            Some(crate::tools::image_gen::DEFAULT_KEY_ENV.to_string())
+        }
+        None => None,
+    };
+    let image_model = image
+        .and_then(|t| t.model.clone())
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| crate::tools::image_gen::DEFAULT_MODEL.to_string());
     // The agent's own credentials stay out of commands the model runs.
     let mut hidden_env = vec!["ANTHROPIC_API_KEY".to_string(), "OPENAI_API_KEY".to_string()];
     hidden_env.extend(provider.and_then(|p| p.key_env.clone()));
     hidden_env.extend(search_key_env.iter().cloned());
+    hidden_env.extend(image_key_env.clone());
     Ok(ToolConfig {
         selection,
         bash_timeout,
         hidden_env,
         timezone: file.timezone.clone(),
         search_key_env,
+        image_key_env,
+        image_model,
     })
 }
 

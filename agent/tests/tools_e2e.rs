@@ -842,6 +842,222 @@ fn search_tools_need_their_key_and_say_when_brave_refuses_it() {
     );
 }
 
+/// The images of the reply's `assistant.done`.
+fn done_images(frames: &[Frame]) -> Vec<tether::frame::Image> {
+    let done = frames
+        .iter()
+        .rev()
+        .find(|f| f.kind == kind::ASSISTANT_DONE)
+        .expect("a done frame");
+    done.payload_as::<tether::frame::Done>().unwrap().images
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[test]
+fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
+    use aegis_e2e::openai_images::{fake_image, FakeImages, FORBIDDEN};
+    let images = FakeImages::start("sk-img-key");
+    let forbidden = format!(r#"{{"prompt": "{FORBIDDEN} thing"}}"#);
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                (
+                    "g1",
+                    "image_generate",
+                    r#"{"prompt": "a red fox in snow", "size": "1536x1024"}"#,
+                ),
+                ("g2", "bash", r#"{"command": "echo key=[$MY_OPENAI]"}"#),
+                ("g3", "image_generate", forbidden.as_str()),
+                ("g4", "image_generate", r#"{"prompt": "a fox", "size": "huge"}"#),
+                ("g5", "image_generate", r#"{"prompt": "   "}"#),
+            ],
+            9,
+        )),
+        Reply::sse(openai_sse(&["Here is your fox."])),
+    ]);
+    let ws = TempDir::new("tools-imagegen");
+    // As upstream's agent.json names it; the chat model is on another server, so the key
+    // must be named (OPENAI_API_KEY there is that server's).
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "MY_OPENAI"}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("MY_OPENAI", "sk-img-key".into()));
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "draw a fox", "m1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Here is your fox.");
+    let reqs = llm.requests();
+    assert!(offered_tools(&reqs[0]).contains(&"image_generate".to_string()));
+    let results = tool_results(&reqs[1]);
+    let made: Value = serde_json::from_str(&results[0].1).unwrap();
+    assert_eq!(made["ok"], true);
+    assert_eq!(made["media_type"], "image/jpeg");
+    assert_eq!(made["size"], 48 * 1024);
+    let expected = fake_image("jpeg", 48 * 1024);
+    let path = made["path"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read(ws.join(path)).unwrap(),
+        expected,
+        "kept in the workspace"
+    );
+    // The chat receives it with the reply, inline (it fits the tether) and by blob name.
+    let sent = done_images(&frames);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].media_type, "image/jpeg");
+    assert_eq!(sent[0].data.as_deref(), Some(b64(&expected).as_str()));
+    assert_eq!(sent[0].blob.as_deref(), made["blob"].as_str());
+    assert_eq!(results[1].1, "key=[]\nexit status: 0", "bash never sees the key");
+    assert!(
+        results[2].1.starts_with(
+            "error: the image API refused the prompt under its content policy (HTTP 400: Your request was rejected"
+        ),
+        "{}",
+        results[2].1
+    );
+    assert!(
+        results[3].1.starts_with("error: size must be WIDTHxHEIGHT"),
+        "{}",
+        results[3].1
+    );
+    assert_eq!(results[4].1, "error: prompt is required");
+    // OpenAI was asked twice (bad arguments never left the agent), for JPEG, with the key.
+    let gens = images.requests();
+    assert_eq!(gens.len(), 2, "{gens:?}");
+    assert_eq!(
+        gens[0].body,
+        json!({"model": "gpt-image-1", "prompt": "a red fox in snow", "n": 1, "size": "1536x1024",
+               "output_format": "jpeg", "output_compression": 90})
+    );
+    assert!(gens.iter().all(|g| g.key.as_deref() == Some("sk-img-key")));
+    // The session keeps the image by reference (the tool's result), not its bytes.
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
+    assert!(session.contains(made["blob"].as_str().unwrap()), "{session}");
+    assert!(
+        !session.contains(&b64(&expected)[..64]),
+        "no bytes in the session"
+    );
+    assert!(!a.proc.log().contains("sk-img-key"));
+}
+
+#[test]
+fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
+    use aegis_e2e::openai_images::{fake_image, FakeImages};
+    let images = FakeImages::start("sk-openai");
+    // The chat model on another OpenAI-compatible server and no key named: not offered.
+    let llm = FakeLlm::echo_openai();
+    let ws = TempDir::new("tools-imagegen-off");
+    let mut env = openai(&llm).to_vec();
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "hi", "m1"));
+    a.reply();
+    assert!(!offered_tools(&llm.requests()[0]).contains(&"image_generate".to_string()));
+    drop(a);
+
+    // Claude chats, OPENAI_API_KEY serves the images; DALL-E 3 answers a large PNG in
+    // base64, after one rate-limited try; a model of another server answers with a URL.
+    images
+        .rate_limit_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    images
+        .image_bytes
+        .store(900 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let calls = [
+        ("d1", "image_generate", r#"{"prompt": "a lighthouse"}"#),
+        (
+            "d2",
+            "image_generate",
+            r#"{"prompt": "a lighthouse", "size": "1792x1024"}"#,
+        ),
+    ];
+    let run = |model: &str, key: &str, calls: &[(&str, &str, &str)]| {
+        let llm = FakeLlm::scripted(vec![
+            Reply::sse(anthropic_tool_sse("", calls, 11)),
+            Reply::sse(anthropic_sse(&["Done."])),
+        ]);
+        let ws = TempDir::new("tools-imagegen-dalle");
+        write_agent_json(&ws, json!({"tools": {"image_generate": {"model": model}}}));
+        let env = [
+            ("ANTHROPIC_API_KEY", "sk-ant".to_string()),
+            ("ANTHROPIC_BASE_URL", llm.url().to_string()),
+            ("OPENAI_API_KEY", key.to_string()),
+            ("OPENAI_IMAGES_BASE_URL", images.base_url()),
+        ];
+        let a = agent(&ws, &env);
+        a.send(&message("1", "draw", "m1"));
+        let frames = a.reply();
+        let results = tool_results(&llm.requests()[1]);
+        (ws, frames, results)
+    };
+    let (ws, frames, results) = run("dall-e-3", "sk-openai", &calls);
+    assert!(
+        results[0].1.starts_with("error: the image API is rate-limiting requests or the quota is used up; try again later (HTTP 429: Rate limit reached"),
+        "{}",
+        results[0].1
+    );
+    let made: Value = serde_json::from_str(&results[1].1).unwrap();
+    assert_eq!(made["media_type"], "image/png", "told by its bytes");
+    assert_eq!(made["revised_prompt"], "A detailed rendering of a lighthouse");
+    assert!(
+        made["attached"].as_str().unwrap().contains("workspace file only"),
+        "{made}"
+    );
+    let png = fake_image("png", 900 * 1024);
+    assert_eq!(
+        std::fs::read(ws.join(made["path"].as_str().unwrap())).unwrap(),
+        png
+    );
+    // Too large for the tether line: it travels by blob name for the gateway to read.
+    let sent = done_images(&frames);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        (sent[0].data.as_ref(), sent[0].size),
+        (None, Some(png.len() as u64))
+    );
+    assert_eq!(sent[0].blob.as_deref(), made["blob"].as_str());
+    let gens = images.requests();
+    assert_eq!(gens.last().unwrap().body["response_format"], "b64_json");
+    assert_eq!(gens.last().unwrap().body["size"], "1792x1024");
+
+    images
+        .image_bytes
+        .store(20 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let (_ws, frames, results) = run("flux-dev", "sk-openai", &calls[..1]);
+    let made: Value = serde_json::from_str(&results[0].1).unwrap();
+    assert_eq!(
+        (made["ok"].clone(), made["size"].clone()),
+        (json!(true), json!(20 * 1024)),
+        "{made}"
+    );
+    assert_eq!(
+        done_images(&frames)[0].data.as_deref(),
+        Some(b64(&fake_image("png", 20 * 1024)).as_str())
+    );
+    assert_eq!(
+        images.requests().last().unwrap().body,
+        json!({"model": "flux-dev", "prompt": "a lighthouse", "n": 1, "size": "1024x1024"})
+    );
+
+    // A wrong key: OpenAI's words, without the key.
+    let (_ws, frames, results) = run("gpt-image-1", "sk-wrong-key", &calls[..1]);
+    assert!(
+        results[0].1.starts_with(
+            "error: the image API rejected the key (HTTP 401: Incorrect API key provided: sk-***ey."
+        ),
+        "{}",
+        results[0].1
+    );
+    assert!(done_images(&frames).is_empty());
+}
+
 #[test]
 fn self_restart_ends_the_reply_asks_the_harness_and_the_new_process_says_it_is_back() {
     let llm = aegis_e2e::llm::reconfigures_and_restarts("Adding the server.", "unused");

@@ -3,7 +3,8 @@
 //! Built-in tools are named and shaped like upstream AegisVM's, so prompts and sessions
 //! carry over: `bash` (shell.rs), `read_file`, `write_file`, `edit_file`, `list_files`
 //! (files.rs), `glob`, `grep` (search.rs), `web_fetch` (web.rs), `web_search`,
-//! `image_search` (brave.rs, offered when a Brave Search key is set). MCP servers add theirs
+//! `image_search` (brave.rs, offered when a Brave Search key is set), `image_generate`
+//! (image_gen.rs, offered when an OpenAI key is set). MCP servers add theirs
 //! as `SERVER_TOOL` (see `mcp.rs`). Every path a model names goes through
 //! [`paths::Workspace::resolve`]. A failure is a text result starting with `error: ` for
 //! the model, never a failed reply.
@@ -11,6 +12,7 @@
 pub mod brave;
 pub mod cron;
 pub mod files;
+pub mod image_gen;
 pub mod paths;
 pub mod search;
 pub mod shell;
@@ -62,6 +64,8 @@ pub enum Builtin {
     WebSearch,
     /// `image_search {query, count?}`.
     ImageSearch,
+    /// `image_generate {prompt, size?}`.
+    ImageGenerate,
     /// `respond_with_image {path}`.
     RespondWithImage,
     /// `memory_store {text, tags?, scope?}`.
@@ -86,7 +90,7 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 20] = [
+    pub const ALL: [Builtin; 21] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -97,6 +101,7 @@ impl Builtin {
         Builtin::WebFetch,
         Builtin::WebSearch,
         Builtin::ImageSearch,
+        Builtin::ImageGenerate,
         Builtin::RespondWithImage,
         Builtin::MemoryStore,
         Builtin::MemorySearch,
@@ -122,6 +127,7 @@ impl Builtin {
             Builtin::WebFetch => "web_fetch",
             Builtin::WebSearch => "web_search",
             Builtin::ImageSearch => "image_search",
+            Builtin::ImageGenerate => "image_generate",
             Builtin::RespondWithImage => "respond_with_image",
             Builtin::MemoryStore => "memory_store",
             Builtin::MemorySearch => "memory_search",
@@ -139,7 +145,7 @@ impl Builtin {
     pub fn group(self) -> &'static str {
         match self {
             Builtin::Bash => "shell",
-            Builtin::WebFetch | Builtin::WebSearch | Builtin::ImageSearch => "web",
+            Builtin::WebFetch | Builtin::WebSearch | Builtin::ImageSearch | Builtin::ImageGenerate => "web",
             Builtin::MemoryStore | Builtin::MemorySearch | Builtin::MemoryDelete => "memory",
             Builtin::CronCreate
             | Builtin::CronList
@@ -204,6 +210,11 @@ impl Builtin {
                 "Search for images (Brave Search, safe search on). Returns JSON with each image's URL, thumbnail, source page and size. To send one: download it with bash (curl or wget) into the workspace, then respond_with_image.",
                 json!({"query": s("Image search query"), "count": n("Number of results, 1-20 (default 5)")}),
                 &["query"],
+            ),
+            Builtin::ImageGenerate => (
+                "Generate an image from a text description (OpenAI Images API). The image is attached to your reply and kept in the workspace; say in your text what you made.",
+                json!({"prompt": s("What the image shows, in detail"), "size": s("'1024x1024' (default), '1536x1024' (landscape) or '1024x1536' (portrait)")}),
+                &["prompt"],
             ),
             Builtin::RespondWithImage => (
                 "Attach an image file of the workspace (.png, .jpg, .gif or .webp, at most 700 KB) to your reply; the user receives it with your text.",
@@ -351,6 +362,10 @@ pub struct ToolConfig {
     pub timezone: Option<String>,
     /// The variables holding the Brave Search key of `web_search` and of `image_search`.
     pub search_key_env: [String; 2],
+    /// The variable holding the OpenAI key of `image_generate`, if it has one.
+    pub image_key_env: Option<String>,
+    /// The model `image_generate` asks for.
+    pub image_model: String,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -369,6 +384,8 @@ pub struct Toolbox {
     cron: cron::CronTools,
     /// Brave Search for `web_search` and for `image_search`, when their keys are set.
     search: [Option<brave::Brave>; 2],
+    /// The Images API for `image_generate`, when its key is set.
+    images: Option<image_gen::ImageGen>,
 }
 
 /// What a tool call may use and produce besides its arguments.
@@ -403,19 +420,25 @@ impl Toolbox {
             .search_key_env
             .clone()
             .map(|var| brave::Brave::from_env(&var));
-        // A search tool without its key is not offered: a model would only learn of the
-        // missing key by calling it.
+        let images = config
+            .image_key_env
+            .as_deref()
+            .and_then(|var| image_gen::ImageGen::from_env(var, &config.image_model));
+        // A tool without its key is not offered: a model would only learn of the missing
+        // key by calling it.
         let builtins = Builtin::ALL
             .into_iter()
             .filter(|b| config.selection.builtins.contains(b))
             .filter(|b| match b {
                 Builtin::WebSearch => search[0].is_some(),
                 Builtin::ImageSearch => search[1].is_some(),
+                Builtin::ImageGenerate => images.is_some(),
                 _ => true,
             })
             .collect();
         Toolbox {
             search,
+            images,
             shell: shell::Shell {
                 dir: workspace.root().to_path_buf(),
                 timeout: config.bash_timeout,
@@ -492,6 +515,19 @@ impl Toolbox {
                     }
                 });
             }
+            Builtin::ImageGenerate => {
+                let Some(images) = self.images.clone() else {
+                    return Outcome::Done("error: no OpenAI key is set for image_generate".into());
+                };
+                let root = ws.root().to_path_buf();
+                match off_thread(args.clone(), cancel, move |a| images.generate(&root, a)) {
+                    Some(generated) => generated.map(|(img, note)| {
+                        ctx.attachments.push(img);
+                        note
+                    }),
+                    None => return Outcome::Cancelled,
+                }
+            }
             Builtin::RespondWithImage => files::attach_image(ws, args).map(|(img, note)| {
                 ctx.attachments.push(img);
                 note
@@ -557,6 +593,20 @@ fn cancellable(
     cancel: &Receiver<()>,
     f: impl FnOnce(&Value) -> Result<String, String> + Send + 'static,
 ) -> Outcome {
+    match off_thread(args, cancel, f) {
+        Some(Ok(text)) => Outcome::Done(text),
+        Some(Err(e)) => Outcome::Done(format!("error: {e}")),
+        None => Outcome::Cancelled,
+    }
+}
+
+/// `f(args)` run on a thread of its own; `None` when `cancel` came first (the thread
+/// finishes on its own and its result is dropped).
+fn off_thread<T: Send + 'static>(
+    args: Value,
+    cancel: &Receiver<()>,
+    f: impl FnOnce(&Value) -> Result<T, String> + Send + 'static,
+) -> Option<Result<T, String>> {
     let (tx, rx) = bounded(1);
     let spawned = thread::Builder::new()
         .name("tool".into())
@@ -565,15 +615,11 @@ fn cancellable(
             let _ = tx.send(f(&args));
         });
     if let Err(e) = spawned {
-        return Outcome::Done(format!("error: cannot start the tool: {e}"));
+        return Some(Err(format!("cannot start the tool: {e}")));
     }
     select! {
-        recv(rx) -> r => Outcome::Done(match r {
-            Ok(Ok(text)) => text,
-            Ok(Err(e)) => format!("error: {e}"),
-            Err(_) => "error: the tool stopped unexpectedly".into(),
-        }),
-        recv(cancel) -> _ => Outcome::Cancelled,
+        recv(rx) -> r => Some(r.unwrap_or_else(|_| Err("the tool stopped unexpectedly".into()))),
+        recv(cancel) -> _ => None,
     }
 }
 

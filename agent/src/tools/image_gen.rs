@@ -1,0 +1,333 @@
+//! `image_generate`: a picture from the OpenAI Images API (`POST {base}/images/generations`),
+//! as upstream AegisVM's agent makes it, attached to the reply like `respond_with_image`.
+//!
+//! GPT image models are asked for JPEG: Telegram recompresses every photo to JPEG anyway,
+//! and a JPEG of 1024x1024 fits the tether's 1 MiB line (base64) where a PNG of it often
+//! does not. DALL-E models are asked for base64 (`response_format`) so the picture comes in
+//! the answer itself; a server that still answers with a URL gets it fetched once. The
+//! image goes into the workspace blob store either way, and an image too large for the
+//! tether travels by blob name only (a gateway reading the workspace, as upstream's and
+//! ours do, still sends it).
+
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use super::arg_str;
+use crate::blobs;
+
+/// OpenAI's API base; `OPENAI_IMAGES_BASE_URL` replaces it (a stand-in, a compatible server).
+pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
+/// The variable holding the key unless agent.json names another (`openai_api_key_env`).
+pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+/// The model unless agent.json names another (`tools.image_generate.model`), as upstream.
+pub const DEFAULT_MODEL: &str = "gpt-image-1";
+/// Largest image kept (that of the blob store).
+const MAX_IMAGE: usize = blobs::MAX_IMAGE;
+/// Largest answer read: a maximal image in base64, and its JSON around it.
+const MAX_BODY: u64 = (MAX_IMAGE as u64) * 4 / 3 + 64 * 1024;
+/// Largest image sent inline with the reply: its base64 must fit a 1 MiB tether line.
+const INLINE_CAP: usize = super::files::ATTACH_CAP as usize;
+/// GPT image models at high quality take a minute or more.
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// An Images API client. `Debug` never prints the key.
+#[derive(Clone)]
+pub struct ImageGen {
+    key: String,
+    base: String,
+    model: String,
+}
+
+impl fmt::Debug for ImageGen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageGen")
+            .field("base", &self.base)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// What the API is asked for, by model family.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Family {
+    /// `gpt-image-*`: always base64; `output_format` chooses the encoding.
+    GptImage,
+    /// `dall-e-*`: a URL unless `response_format` asks for base64.
+    Dalle,
+    /// Anything else (a compatible server): only the common fields.
+    Other,
+}
+
+impl Family {
+    fn of(model: &str) -> Family {
+        if model.starts_with("gpt-image") {
+            Family::GptImage
+        } else if model.starts_with("dall-e") {
+            Family::Dalle
+        } else {
+            Family::Other
+        }
+    }
+}
+
+impl ImageGen {
+    /// A client with the key in variable `key_env` for `model`, or `None` when the
+    /// variable is unset or empty.
+    pub fn from_env(key_env: &str, model: &str) -> Option<ImageGen> {
+        let key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty())?;
+        let base = std::env::var("OPENAI_IMAGES_BASE_URL")
+            .ok()
+            .filter(|b| !b.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_BASE.to_string());
+        Some(ImageGen {
+            key: key.trim().to_string(),
+            base: base.trim().trim_end_matches('/').to_string(),
+            model: model.to_string(),
+        })
+    }
+
+    /// The request body for `prompt` at `size`.
+    fn body(&self, prompt: &str, size: &str) -> Value {
+        let mut body = json!({"model": self.model, "prompt": prompt, "n": 1, "size": size});
+        match Family::of(&self.model) {
+            Family::GptImage => {
+                body["output_format"] = "jpeg".into();
+                body["output_compression"] = 90.into();
+            }
+            Family::Dalle => body["response_format"] = "b64_json".into(),
+            Family::Other => {}
+        }
+        body
+    }
+
+    /// `image_generate {prompt, size?}`: the image stored in the workspace of `root`, to
+    /// attach, and the text for the model.
+    pub fn generate(&self, root: &Path, args: &Value) -> Result<(tether::frame::Image, String), String> {
+        let prompt = arg_str(args, "prompt")?.trim();
+        if prompt.is_empty() {
+            return Err("prompt is required".into());
+        }
+        let size = size(args)?;
+        let url = format!("{}/images/generations", self.base);
+        let agent = http_agent(&url);
+        let resp = agent
+            .post(&url)
+            .header("authorization", &format!("Bearer {}", self.key))
+            .content_type("application/json")
+            .send(self.body(prompt, &size).to_string())
+            .map_err(|e| format!("image generation failed: {}", transport(&e)))?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = tether::http::error_text(resp);
+            return Err(self.scrub(status_error(status, &text)));
+        }
+        let text = resp
+            .into_body()
+            .into_with_config()
+            .limit(MAX_BODY)
+            .read_to_string()
+            .map_err(|e| format!("reading the generated image failed: {e}"))?;
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("the image API answered something else than JSON: {e}"))?;
+        let first = &v["data"][0];
+        let bytes = if let Some(b64) = first["b64_json"].as_str() {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| format!("the image API sent an image that is not base64: {e}"))?
+        } else if let Some(link) = first["url"].as_str() {
+            download(link)?
+        } else {
+            return Err("the image API answered without an image".into());
+        };
+        let media_type = blobs::sniff(&bytes)
+            .ok_or("the image API sent something that is not a PNG, JPEG, GIF or WebP image")?;
+        let blob =
+            blobs::store(root, media_type, &bytes).map_err(|e| format!("cannot store the image: {e}"))?;
+        let inline = bytes.len() <= INLINE_CAP;
+        let image = tether::frame::Image {
+            media_type: media_type.to_string(),
+            blob: Some(blob.clone()),
+            data: inline.then(|| blobs::encode(&bytes)),
+            size: Some(bytes.len() as u64),
+        };
+        let mut note = json!({
+            "ok": true,
+            "blob": blob,
+            "path": format!(".aegis/blobs/{blob}"),
+            "media_type": media_type,
+            "size": bytes.len(),
+            "prompt": prompt,
+            "attached": "the image is attached to your reply",
+        });
+        if let Some(revised) = first["revised_prompt"].as_str().filter(|r| !r.is_empty()) {
+            note["revised_prompt"] = revised.into();
+        }
+        if !inline {
+            note["attached"] =
+                "the image is attached by its workspace file only (too large to travel inline); the chat receives it if the gateway can read the workspace".into();
+        }
+        Ok((image, note.to_string()))
+    }
+
+    /// `text` without the key, should a server ever echo it.
+    fn scrub(&self, text: String) -> String {
+        text.replace(&self.key, "[the key]")
+    }
+}
+
+fn http_agent(url: &str) -> ureq::Agent {
+    tether::http::agent_config(url)
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(TIMEOUT))
+        .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+/// The image a server linked to instead of sending it (DALL-E's default).
+fn download(link: &str) -> Result<Vec<u8>, String> {
+    if !(link.starts_with("https://") || link.starts_with("http://")) {
+        return Err("the image API linked to an image that is not http(s)".into());
+    }
+    let resp = http_agent(link)
+        .get(link)
+        .call()
+        .map_err(|e| format!("downloading the generated image failed: {}", transport(&e)))?;
+    if resp.status().as_u16() != 200 {
+        return Err(format!(
+            "downloading the generated image failed (HTTP {})",
+            resp.status().as_u16()
+        ));
+    }
+    let mut bytes = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(MAX_IMAGE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("downloading the generated image failed: {e}"))?;
+    if bytes.len() > MAX_IMAGE {
+        return Err(format!("the generated image is larger than {MAX_IMAGE} bytes"));
+    }
+    Ok(bytes)
+}
+
+/// `size`: `WIDTHxHEIGHT` or `auto`, `1024x1024` when absent. Which sizes a model takes is
+/// the API's to say (its refusal names them).
+fn size(args: &Value) -> Result<String, String> {
+    let given = match args.get("size") {
+        None | Some(Value::Null) => return Ok("1024x1024".into()),
+        Some(Value::String(s)) => s.trim().to_ascii_lowercase(),
+        Some(other) => return Err(format!("size must be a string like \"1024x1024\", got {other}")),
+    };
+    let dims = given.split_once('x').is_some_and(|(w, h)| {
+        [w, h]
+            .iter()
+            .all(|d| (2..=5).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if dims || given == "auto" {
+        Ok(given)
+    } else {
+        Err(format!(
+            "size must be WIDTHxHEIGHT, e.g. 1024x1024, 1536x1024 (landscape) or 1024x1536 (portrait), got {given:?}"
+        ))
+    }
+}
+
+/// A refusal, in OpenAI's words (`error.message`) when it gave them.
+fn status_error(status: u16, body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    let e = &v["error"];
+    let detail = e["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    let code = e["code"].as_str().unwrap_or("");
+    let what = match status {
+        401 | 403 => "the image API rejected the key",
+        400 if matches!(code, "moderation_blocked" | "content_policy_violation") => {
+            "the image API refused the prompt under its content policy"
+        }
+        429 => "the image API is rate-limiting requests or the quota is used up; try again later",
+        s if s >= 500 => "the image API failed; try again later",
+        _ => "the image API refused the request",
+    };
+    if detail.is_empty() {
+        format!("{what} (HTTP {status})")
+    } else {
+        format!("{what} (HTTP {status}: {detail})")
+    }
+}
+
+fn transport(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(_) => "no answer in time".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen(model: &str) -> ImageGen {
+        ImageGen {
+            key: "sk-secret".into(),
+            base: DEFAULT_BASE.into(),
+            model: model.into(),
+        }
+    }
+
+    #[test]
+    fn each_model_family_is_asked_in_its_own_terms() {
+        let b = gen("gpt-image-1").body("a cat", "1024x1024");
+        assert_eq!(
+            b,
+            json!({"model": "gpt-image-1", "prompt": "a cat", "n": 1, "size": "1024x1024",
+                   "output_format": "jpeg", "output_compression": 90})
+        );
+        let b = gen("dall-e-3").body("a cat", "1792x1024");
+        assert_eq!(b["response_format"], "b64_json");
+        assert!(b.get("output_format").is_none());
+        let b = gen("flux-schnell").body("a cat", "auto");
+        assert_eq!(
+            b,
+            json!({"model": "flux-schnell", "prompt": "a cat", "n": 1, "size": "auto"})
+        );
+    }
+
+    #[test]
+    fn sizes_are_dimensions_or_auto() {
+        assert_eq!(size(&json!({})).unwrap(), "1024x1024");
+        assert_eq!(size(&json!({"size": " 1536X1024 "})).unwrap(), "1536x1024");
+        assert_eq!(size(&json!({"size": "auto"})).unwrap(), "auto");
+        for bad in [
+            json!("big"),
+            json!("1024"),
+            json!("1024x"),
+            json!("x1024"),
+            json!(1024),
+        ] {
+            assert!(size(&json!({ "size": bad })).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusals_keep_openais_words_and_never_the_key() {
+        let body = r#"{"error":{"message":"Your request was rejected by the safety system.","type":"image_generation_user_error","param":null,"code":"moderation_blocked"}}"#;
+        assert_eq!(
+            status_error(400, body),
+            "the image API refused the prompt under its content policy (HTTP 400: Your request was rejected by the safety system.)"
+        );
+        assert!(status_error(429, "").starts_with("the image API is rate-limiting"));
+        assert!(status_error(503, "upstream connect error").ends_with("(HTTP 503: upstream connect error)"));
+        let g = gen("gpt-image-1");
+        assert_eq!(g.scrub("bad key sk-secret here".into()), "bad key [the key] here");
+        assert!(!format!("{g:?}").contains("sk-secret"));
+    }
+}

@@ -1,0 +1,185 @@
+//! A stand-in for the OpenAI Images API (`POST /v1/images/generations`): the bearer key
+//! check (401 `invalid_api_key`), each model family's parameters and sizes (400
+//! `unknown_parameter`, `invalid_value`), the safety system's refusal (400
+//! `moderation_blocked`), the rate limit (429 `rate_limit_exceeded`), and answers in base64
+//! or, for DALL-E without `response_format`, as a URL to fetch the image from.
+//!
+//! The "images" are bytes with the real signature of their format (JPEG, PNG) and the
+//! requested length, so an agent telling formats apart by their first bytes is exercised.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::http::{Request, Responder, Server};
+
+/// A prompt containing this is refused by the "safety system".
+pub const FORBIDDEN: &str = "FORBIDDEN";
+
+/// A recorded request: its JSON body and the bearer key sent.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// The request body.
+    pub body: Value,
+    /// The `Authorization: Bearer` key, if any.
+    pub key: Option<String>,
+}
+
+/// The stand-in.
+pub struct FakeImages {
+    server: Server,
+    requests: Arc<Mutex<Vec<Generation>>>,
+    /// Requests to answer with 429 before answering normally.
+    pub rate_limit_next: Arc<AtomicUsize>,
+    /// Length of each generated image in bytes.
+    pub image_bytes: Arc<AtomicUsize>,
+}
+
+fn error(resp: Responder, status: u16, message: &str, kind: &str, param: Option<&str>, code: &str) {
+    let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    resp.json(status, &body);
+}
+
+/// Bytes of `len` that start like a file of `format` (`jpeg`, `png`, `webp`).
+pub fn fake_image(format: &str, len: usize) -> Vec<u8> {
+    let head: &[u8] = match format {
+        "png" => b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR",
+        "webp" => b"RIFF\0\0\0\0WEBPVP8 ",
+        _ => &[0xff, 0xd8, 0xff, 0xe0, 0, 0x10, b'J', b'F', b'I', b'F', 0],
+    };
+    let mut bytes = head.to_vec();
+    bytes.extend((0..len.saturating_sub(head.len())).map(|i| (i % 251) as u8));
+    bytes
+}
+
+impl FakeImages {
+    /// Accept `key` only.
+    pub fn start(key: &'static str) -> FakeImages {
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let rate_limit_next = Arc::new(AtomicUsize::new(0));
+        let image_bytes = Arc::new(AtomicUsize::new(48 * 1024));
+        let (log, limit, len) = (
+            Arc::clone(&requests),
+            Arc::clone(&rate_limit_next),
+            Arc::clone(&image_bytes),
+        );
+        let server = Server::start(move |req: Request, resp| {
+            let n = len.load(Ordering::SeqCst);
+            if req.method == "GET" && req.path.starts_with("/files/") {
+                return resp.send(200, &[("Content-Type", "image/png")], &fake_image("png", n));
+            }
+            if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/images/generations") {
+                let msg = format!("Invalid URL ({} {})", req.method, req.path);
+                return error(resp, 404, &msg, "invalid_request_error", None, "");
+            }
+            let sent = req
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::to_string);
+            let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            log.lock().unwrap().push(Generation {
+                body: body.clone(),
+                key: sent.clone(),
+            });
+            if sent.as_deref() != Some(key) {
+                let shown = sent.as_deref().map_or("".into(), |k| {
+                    format!("{}***{}", &k[..k.len().min(3)], &k[k.len().saturating_sub(2)..])
+                });
+                let msg = format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.");
+                return error(resp, 401, &msg, "invalid_request_error", None, "invalid_api_key");
+            }
+            if limit.load(Ordering::SeqCst) > 0 {
+                limit.fetch_sub(1, Ordering::SeqCst);
+                let msg = "Rate limit reached for gpt-image-1 in organization org-test on images per minute (IPM): Limit 5, Used 5, Requested 1. Please try again in 12s.";
+                return error(resp, 429, msg, "requests", None, "rate_limit_exceeded");
+            }
+            answer(&body, n, &req, resp);
+        });
+        FakeImages {
+            server,
+            requests,
+            rate_limit_next,
+            image_bytes,
+        }
+    }
+
+    /// The base URL the agent takes (`OPENAI_IMAGES_BASE_URL`): `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.server.url)
+    }
+
+    /// Every generation request so far.
+    pub fn requests(&self) -> Vec<Generation> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// The answer to a well-authorised request: a refusal of what this model does not take,
+/// or the image.
+fn answer(body: &Value, n: usize, req: &Request, resp: Responder) {
+    let bad = |resp, msg: &str, param, code| error(resp, 400, msg, "invalid_request_error", param, code);
+    let Some(prompt) = body["prompt"].as_str() else {
+        return bad(
+            resp,
+            "Missing required parameter: 'prompt'.",
+            Some("prompt"),
+            "missing_required_parameter",
+        );
+    };
+    let model = body["model"].as_str().unwrap_or("dall-e-2");
+    let gpt = model.starts_with("gpt-image");
+    let size = body["size"].as_str().unwrap_or("1024x1024");
+    let sizes: &[&str] = if gpt {
+        &["1024x1024", "1024x1536", "1536x1024", "auto"]
+    } else {
+        &["1024x1024", "1792x1024", "1024x1792"]
+    };
+    if !sizes.contains(&size) {
+        let msg = format!(
+            "Invalid value: '{size}'. Supported values are: {}.",
+            sizes.join(", ")
+        );
+        return bad(resp, &msg, Some("size"), "invalid_value");
+    }
+    for (param, ok) in [
+        ("response_format", !gpt),
+        ("output_format", gpt),
+        ("output_compression", gpt),
+    ] {
+        if body.get(param).is_some() && !ok {
+            let msg = format!("Unknown parameter: '{param}'.");
+            return bad(resp, &msg, Some(param), "unknown_parameter");
+        }
+    }
+    if prompt.contains(FORBIDDEN) {
+        let msg = "Your request was rejected as a result of our safety system. Your request may contain content that is not allowed by our safety system.";
+        return error(
+            resp,
+            400,
+            msg,
+            "image_generation_user_error",
+            None,
+            "moderation_blocked",
+        );
+    }
+    let b64 = |format| base64::engine::general_purpose::STANDARD.encode(fake_image(format, n));
+    let answer = if gpt {
+        let format = body["output_format"].as_str().unwrap_or("png");
+        json!({"created": 1_764_633_600, "background": "opaque", "output_format": format,
+            "quality": "high", "size": size, "data": [{"b64_json": b64(format)}],
+            "usage": {"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172,
+                "input_tokens_details": {"image_tokens": 0, "text_tokens": 12}}})
+    } else {
+        let revised = format!("A detailed rendering of {prompt}");
+        let item = if body["response_format"] == "b64_json" {
+            json!({"b64_json": b64("png"), "revised_prompt": revised})
+        } else {
+            let host = req.header("host").unwrap_or("127.0.0.1");
+            json!({"url": format!("http://{host}/files/img-1.png"), "revised_prompt": revised})
+        };
+        json!({"created": 1_764_633_600, "data": [item]})
+    };
+    resp.json(200, &answer);
+}
