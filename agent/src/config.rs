@@ -64,7 +64,8 @@ TOOLS:
     endpoint); memory_store, memory_search, memory_delete
     (DIR/.aegis/memory/memories.jsonl); cron_create, cron_list, cron_delete,
     cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host);
-    self_restart (the host restarts the agent to load new configuration). MCP servers
+    self_info (the host's description of this instance); self_restart (the host
+    restarts the agent to load new configuration). MCP servers
     come from agent.json `mcp`, DIR/.aegis/mcp.json, and aegis-mcp-guest on PATH
     (as server `aegis`).
 

@@ -1,6 +1,7 @@
 //! [ours] Direct tether: without a harness, the agent dials the control channel itself
 //! (unix socket, TCP or vsock from `AEGIS_TETHER`) and exchanges `tether.frame`
-//! notifications (PROTOCOL.md §3), and the `llm.frame`s of `host:` models (`host_llm`).
+//! notifications (PROTOCOL.md §3), the `llm.frame`s of `host:` models (`host_llm`), and
+//! the responses to the agent's own requests (`uplink::TetherLink::call`).
 //!
 //! The connection thread owns the writing side: it writes egress frames and answers to
 //! host requests, and reconnects with backoff when the host goes away. A reader thread
@@ -8,11 +9,12 @@
 //! failed is written again on the next connection, so none is lost to a host restart.
 
 use std::io::{BufReader, Write};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{select, unbounded, Receiver, Sender};
-use tether::rpc::{Message, Messages};
+use tether::rpc::{Correlator, Message, Messages};
 use tether::{Addr, Frame, Stream};
 
 use crate::host_llm::{LlmFrame, Routes};
@@ -26,14 +28,15 @@ enum Inbound {
 }
 
 /// Keep a connection to `addr` up until `egress` closes. `notices` carries the agent's
-/// own notifications to the host (the keepalive lease, `llm.chat`); `llm.frame`s go to
-/// `routes`.
+/// own messages to the host (the keepalive lease, `llm.chat`, requests); `llm.frame`s go
+/// to `routes`, responses to `calls`.
 pub fn run(
     addr: &Addr,
     egress: Receiver<Frame>,
     notices: Receiver<Message>,
     ingress: Sender<Frame>,
     routes: &Routes,
+    calls: &Arc<Correlator>,
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut unsent: Option<Vec<u8>> = None;
@@ -57,18 +60,19 @@ pub fn run(
                 continue;
             }
         };
-        let (ingress2, routes2) = (ingress.clone(), routes.clone());
+        let (ingress2, routes2, calls2) = (ingress.clone(), routes.clone(), Arc::clone(calls));
         let spawned = thread::Builder::new()
             .name("tether-reader".into())
-            .spawn(move || read_loop(reader, ingress2, &routes2, inbound_tx));
+            .spawn(move || read_loop(reader, ingress2, &routes2, &calls2, inbound_tx));
         if let Err(e) = spawned {
             log::error!("cannot start the tether reader: {e}; retrying in {backoff:?}");
             thread::sleep(backoff);
             continue;
         }
         let ended = write_loop(stream, &egress, &notices, &inbound_rx, &mut unsent);
-        // The host's streams ended with the connection; their replies try again.
+        // The host's streams and answers ended with the connection; their replies try again.
         routes.fail_all("the tether connection to the host was lost");
+        calls.fail_all("the tether connection to the host was lost");
         match ended {
             Ok(()) => return,
             Err(e) => log::warn!("tether connection lost: {e}; reconnecting"),
@@ -117,7 +121,13 @@ fn write_loop(
     }
 }
 
-fn read_loop(stream: Stream, ingress: Sender<Frame>, routes: &Routes, inbound: Sender<Inbound>) {
+fn read_loop(
+    stream: Stream,
+    ingress: Sender<Frame>,
+    routes: &Routes,
+    calls: &Correlator,
+    inbound: Sender<Inbound>,
+) {
     for m in Messages::new(BufReader::new(stream)) {
         match m.as_tether_frame() {
             Some(Ok(frame)) => {
@@ -129,7 +139,12 @@ fn read_loop(stream: Stream, ingress: Sender<Frame>, routes: &Routes, inbound: S
             None if matches!(m, Message::Request { .. }) => {
                 let _ = inbound.send(Inbound::Request(m));
             }
-            None => match &m {
+            None => match m {
+                Message::Response { id, outcome } => {
+                    if !calls.complete(&id, outcome) {
+                        log::debug!("tether: a response to {id} came after its caller gave up");
+                    }
+                }
                 Message::Notification { method, params } if method == "llm.frame" => {
                     let parsed = params.as_ref().map(|p| LlmFrame::parse(p.get().as_bytes()));
                     match parsed {
@@ -139,7 +154,7 @@ fn read_loop(stream: Stream, ingress: Sender<Frame>, routes: &Routes, inbound: S
                         _ => log::warn!("tether: invalid llm.frame"),
                     }
                 }
-                _ => log::debug!("tether: ignoring message {m:?}"),
+                other => log::debug!("tether: ignoring message {other:?}"),
             },
         }
     }

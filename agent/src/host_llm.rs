@@ -19,7 +19,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use serde::Deserialize;
-use tether::Message;
 
 use crate::uplink::Uplink;
 
@@ -201,12 +200,9 @@ impl HostLink {
             "provider": provider, "model": model, "req_id": req_id, "body": body,
         });
         match &self.uplink {
-            Uplink::Tether(tx) => {
-                tx.send(Message::notification("llm.chat", &params))
-                    .map_err(|_| Refused {
-                        status: 0,
-                        message: "the tether connection is closed".into(),
-                    })?;
+            Uplink::Tether(link) => {
+                link.notify("llm.chat", &params)
+                    .map_err(|message| Refused { status: 0, message })?;
                 Ok(req_id.to_string())
             }
             Uplink::Harness(base) => {

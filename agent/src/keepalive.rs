@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use crossbeam_channel::{never, select, tick, unbounded, Receiver, Sender};
 use serde_json::json;
-use tether::Message;
 
 use crate::uplink::Uplink;
 
@@ -127,13 +126,12 @@ fn send(channel: &Uplink, agent: &mut Option<ureq::Agent>, hold: bool, warned: &
                 }
             }
         }
-        Uplink::Tether(tx) => {
-            let msg = if hold {
-                Message::notification("keepalive", &body)
+        Uplink::Tether(link) => {
+            let _ = if hold {
+                link.notify("keepalive", &body)
             } else {
-                Message::notification("keepalive.release", &json!({}))
+                link.notify("keepalive.release", &json!({}))
             };
-            let _ = tx.send(msg);
         }
     }
 }

@@ -44,7 +44,7 @@ use memory::MemoryStore;
 use session::SessionStore;
 use tools::paths::Workspace;
 use tools::Toolbox;
-use uplink::Uplink;
+use uplink::{TetherLink, Uplink};
 use worker::Shared;
 
 /// The system prompt when none is configured: it says what the model can do here.
@@ -140,7 +140,19 @@ fn main() -> ExitCode {
     };
     let mcp = Arc::new(McpServers::new(config.mcp.clone(), workspace.root()));
     let memory = Arc::new(MemoryStore::new(&config.workspace, config.memory.clone()));
-    let tools = Toolbox::new(workspace, &config.tools, Arc::clone(&mcp), Arc::clone(&memory));
+    let (notice_tx, notice_rx) = unbounded();
+    let link = TetherLink::new(notice_tx);
+    let uplink = match &config.mode {
+        Mode::Harness { harness, .. } => Uplink::Harness(harness.clone()),
+        Mode::Direct(_) => Uplink::Tether(link.clone()),
+    };
+    let tools = Toolbox::new(
+        workspace,
+        &config.tools,
+        Arc::clone(&mcp),
+        Arc::clone(&memory),
+        uplink.clone(),
+    );
     let builtins = tools.builtin_names();
     log::info!(
         "tools: {}{}",
@@ -155,11 +167,6 @@ fn main() -> ExitCode {
             format!("; MCP servers: {}", mcp.names().join(", "))
         }
     );
-    let (notice_tx, notice_rx) = unbounded();
-    let uplink = match &config.mode {
-        Mode::Harness { harness, .. } => Uplink::Harness(harness.clone()),
-        Mode::Direct(_) => Uplink::Tether(notice_tx),
-    };
     // Frames of `host:` models come back on the listener or the tether; only such an
     // agent builds the link.
     let routes = Routes::default();
@@ -226,7 +233,7 @@ fn main() -> ExitCode {
         Mode::Direct(addr) => {
             log::info!("agent dialing tether at {addr}");
             mcp.start_all();
-            direct::run(addr, egress_rx, notice_rx, ingress_tx, &routes);
+            direct::run(addr, egress_rx, notice_rx, ingress_tx, &routes, &link.calls);
         }
     }
     let _ = router.join();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
 use tether::frame::kind;
-use tether::{Frame, Message, Session};
+use tether::{Frame, Session};
 
 use crate::session::{Role, SessionStore, Turn};
 use crate::uplink::Uplink;
@@ -69,10 +69,7 @@ impl Restarter {
         thread::sleep(SETTLE);
         log::info!("self_restart: asking the host to restart the agent");
         let refused = match &self.host {
-            Uplink::Tether(tx) => tx
-                .send(Message::notification("self.restart", &serde_json::json!({})))
-                .err()
-                .map(|_| "the tether connection is closed".to_string()),
+            Uplink::Tether(link) => link.notify("self.restart", &serde_json::json!({})).err(),
             Uplink::Harness(base) => {
                 let agent: ureq::Agent = tether::http::agent_config(base)
                     .http_status_as_error(false)

@@ -91,6 +91,7 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
             "cron_delete",
             "cron_enable",
             "cron_disable",
+            "self_info",
             "self_restart"
         ]
     );

@@ -1059,6 +1059,22 @@ fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
 }
 
 #[test]
+fn self_info_reports_what_the_harness_knows_of_the_instance() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("i1", "self_info", "")], 4)),
+        Reply::sse(openai_sse(&["I am my-agent."])),
+    ]);
+    let ws = TempDir::new("tools-selfinfo");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("1", "who are you?", "m1"));
+    assert_eq!(done_text(&a.reply()), "I am my-agent.");
+    let reqs = llm.requests();
+    assert!(offered_tools(&reqs[0]).contains(&"self_info".to_string()));
+    let info: Value = serde_json::from_str(&tool_results(&reqs[1])[0].1).unwrap();
+    assert_eq!(info, aegis_e2e::harness::self_info());
+}
+
+#[test]
 fn self_restart_ends_the_reply_asks_the_harness_and_the_new_process_says_it_is_back() {
     let llm = aegis_e2e::llm::reconfigures_and_restarts("Adding the server.", "unused");
     let ws = TempDir::new("tools-restart");

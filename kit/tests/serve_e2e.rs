@@ -982,3 +982,27 @@ fn self_restart_under_serve_boots_a_new_agent_on_the_new_configuration() {
         "{system}"
     );
 }
+
+#[test]
+fn self_info_under_serve_names_the_instance_over_the_tether() {
+    use aegis_e2e::llm::{openai_tool_sse, tool_results};
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("i1", "self_info", "{}")], 5)),
+        Reply::sse(openai_sse(&["I am me."])),
+    ]);
+    let home = temp_dir("serve-selfinfo");
+    let s = start_serve(&home, &[]);
+    s.create_agent("me", &llm);
+    let c = s.client();
+    let rx = stream(&c, "me", None);
+    c.post_frame("me", &msg("1", "who are you?", "m1")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m1")), "I am me.");
+    let answered: Value = serde_json::from_str(&tool_results(&llm.requests()[1])[0].1).unwrap();
+    let id = s.info("me")["id"].clone();
+    assert!(id.as_str().is_some_and(|i| !i.is_empty()));
+    assert_eq!(
+        answered,
+        json!({"id": id, "handle": "me", "state": "running", "image": "", "parent_id": "",
+               "kit": null, "host": "aegis-kit serve"})
+    );
+}

@@ -63,6 +63,9 @@ impl FakeHarness {
             if let (Some(m), "POST", "/v1/llm/chat") = (&models, req.method.as_str(), req.path.as_str()) {
                 return m.chat(&req, resp);
             }
+            if (req.method.as_str(), req.path.as_str()) == ("GET", "/v1/self") {
+                return resp.json(200, &self_info());
+            }
             if (req.method.as_str(), req.path.as_str()) == ("POST", "/v1/self/restart") {
                 restart_log.fetch_add(1, Ordering::SeqCst);
                 if refuse.load(Ordering::SeqCst) {
@@ -125,6 +128,16 @@ impl FakeHarness {
     pub fn frames(&self) -> &Receiver<Frame> {
         &self.frames
     }
+}
+
+/// What the harness's `GET /v1/self` answers: aegisd's `guest.self_info` of an instance
+/// with one exposed port.
+pub fn self_info() -> serde_json::Value {
+    serde_json::json!({
+        "id": "inst-7f3a", "handle": "my-agent", "state": "running",
+        "image": "python:3.12-alpine", "parent_id": "",
+        "endpoints": [{"guest_port": 8080, "public_port": 40123, "url": "http://127.0.0.1:40123"}],
+    })
 }
 
 /// Deliver one ingress frame to the agent's `/v1/tether/recv`; returns status and body.

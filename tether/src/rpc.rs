@@ -314,6 +314,13 @@ impl Correlator {
         }
     }
 
+    /// Stop waiting for the response to `id` (its caller gave up); a late one is dropped.
+    pub fn abandon(&self, id: &Value) {
+        if let Some(id) = id.as_u64() {
+            self.pending.lock().expect("correlator lock").remove(&id);
+        }
+    }
+
     /// Fail every waiting request, e.g. when the connection drops.
     pub fn fail_all(&self, message: &str) {
         let drained: Vec<_> = self.pending.lock().expect("correlator lock").drain().collect();

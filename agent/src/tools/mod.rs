@@ -15,6 +15,7 @@ pub mod files;
 pub mod image_gen;
 pub mod paths;
 pub mod search;
+pub mod self_info;
 pub mod shell;
 pub mod web;
 
@@ -29,6 +30,7 @@ use serde_json::{json, Value};
 use crate::llm::{ToolCall, ToolSpec};
 use crate::mcp::McpServers;
 use crate::memory::MemoryStore;
+use crate::uplink::Uplink;
 use paths::Workspace;
 use tether::Session;
 
@@ -84,13 +86,15 @@ pub enum Builtin {
     CronEnable,
     /// `cron_disable {id}`.
     CronDisable,
+    /// `self_info {}`.
+    SelfInfo,
     /// `self_restart {}`.
     SelfRestart,
 }
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 21] = [
+    pub const ALL: [Builtin; 22] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -111,6 +115,7 @@ impl Builtin {
         Builtin::CronDelete,
         Builtin::CronEnable,
         Builtin::CronDisable,
+        Builtin::SelfInfo,
         Builtin::SelfRestart,
     ];
 
@@ -137,6 +142,7 @@ impl Builtin {
             Builtin::CronDelete => "cron_delete",
             Builtin::CronEnable => "cron_enable",
             Builtin::CronDisable => "cron_disable",
+            Builtin::SelfInfo => "self_info",
             Builtin::SelfRestart => "self_restart",
         }
     }
@@ -152,7 +158,7 @@ impl Builtin {
             | Builtin::CronDelete
             | Builtin::CronEnable
             | Builtin::CronDisable => "cron",
-            Builtin::SelfRestart => "self",
+            Builtin::SelfInfo | Builtin::SelfRestart => "self",
             _ => "files",
         }
     }
@@ -256,6 +262,11 @@ impl Builtin {
                 "Pause a scheduled task without deleting it.",
                 json!({"id": s("Task id")}),
                 &["id"],
+            ),
+            Builtin::SelfInfo => (
+                "Information about this instance from its host: id, handle (name), state, image, and the URLs of ports it exposes.",
+                json!({}),
+                &[],
             ),
             Builtin::SelfRestart => (
                 "Restart this agent to load configuration you changed (.aegis/agent.json: MCP servers, tools, model; .aegis/mcp.json). Workspace files, sessions and memory are kept. The restart happens after this response; the user is told when the agent is back.",
@@ -386,6 +397,8 @@ pub struct Toolbox {
     search: [Option<brave::Brave>; 2],
     /// The Images API for `image_generate`, when its key is set.
     images: Option<image_gen::ImageGen>,
+    /// The way to the host, for `self_info`.
+    host: Uplink,
 }
 
 /// What a tool call may use and produce besides its arguments.
@@ -409,12 +422,14 @@ impl std::fmt::Debug for Toolbox {
 }
 
 impl Toolbox {
-    /// Tools over `workspace` as `config` selects, with the MCP servers `mcp`.
+    /// Tools over `workspace` as `config` selects, with the MCP servers `mcp`; `host`
+    /// answers `self_info`.
     pub fn new(
         workspace: Workspace,
         config: &ToolConfig,
         mcp: Arc<McpServers>,
         memory: Arc<MemoryStore>,
+        host: Uplink,
     ) -> Toolbox {
         let search = config
             .search_key_env
@@ -439,6 +454,7 @@ impl Toolbox {
         Toolbox {
             search,
             images,
+            host,
             shell: shell::Shell {
                 dir: workspace.root().to_path_buf(),
                 timeout: config.bash_timeout,
@@ -542,6 +558,10 @@ impl Toolbox {
             Builtin::CronDelete => self.cron.delete(args),
             Builtin::CronEnable => self.cron.set_enabled(args, true),
             Builtin::CronDisable => self.cron.set_enabled(args, false),
+            Builtin::SelfInfo => {
+                let host = self.host.clone();
+                return cancellable(args.clone(), cancel, move |_| self_info::fetch(&host));
+            }
             Builtin::SelfRestart => {
                 ctx.restart = true;
                 Ok(json!({"ok": true, "message": "Restart scheduled. It will happen after this response completes."}).to_string())

@@ -134,7 +134,7 @@ pub enum Cmd {
     /// The agent holds a keepalive lease for this long (`keepalive` notification), or
     /// released it (`keepalive.release`).
     Lease(Option<Duration>),
-    /// Write this notification on that connection (a `host:` model's chunks).
+    /// Write this message on that connection (a `host:` model's chunks, an answer).
     Notify(u64, Message),
     /// The agent asked to be restarted (`self.restart`, after its `self_restart` tool).
     Restart,
@@ -810,6 +810,7 @@ impl Supervisor {
                 activity: Arc::clone(&self.activity),
                 epoch: self.epoch,
                 host_models: Arc::clone(&self.host_models),
+                self_info: Arc::new(self_info(&self.def)),
             },
         );
 
@@ -1001,6 +1002,8 @@ struct Readers {
     activity: Arc<AtomicU64>,
     epoch: Instant,
     host_models: Arc<HostModels>,
+    /// The answer to `guest.self_info`.
+    self_info: Arc<serde_json::Value>,
 }
 
 /// Accept the agent's tether connections until `closed` is set.
@@ -1030,8 +1033,22 @@ fn spawn_acceptor(listener: Listener, closed: Arc<AtomicBool>, counter: Arc<Atom
     }
 }
 
+/// What `guest.self_info` tells the agent of its instance: aegisd's fields (the agent is
+/// asking, so it runs; serve exposes no ports and spawns no children) and the kit.
+fn self_info(def: &InstanceDef) -> serde_json::Value {
+    serde_json::json!({
+        "id": def.id,
+        "handle": def.name,
+        "state": "running",
+        "image": def.image.as_deref().unwrap_or(""),
+        "parent_id": "",
+        "kit": def.kit,
+        "host": "aegis-kit serve",
+    })
+}
+
 /// Append the agent's egress frames to the store until the connection ends; start the
-/// streams of `host:` models it asks for.
+/// streams of `host:` models it asks for; answer its requests.
 fn read_egress(stream: Stream, n: u64, r: &Readers) {
     let (tx, store, activity, epoch) = (&r.tx, &*r.store, &*r.activity, r.epoch);
     let host_conn = {
@@ -1081,6 +1098,18 @@ fn read_egress(stream: Stream, n: u64, r: &Readers) {
                 }
                 Message::Notification { method, params } if method == "llm.chat" => {
                     r.host_models.start(params.as_deref(), &host_conn);
+                }
+                Message::Request { id, method, .. } => {
+                    let answer = if method == "guest.self_info" {
+                        Message::result(id.clone(), &*r.self_info)
+                    } else {
+                        Message::error(
+                            id.clone(),
+                            -32601,
+                            format!("method {method} not supported by aegis-kit serve"),
+                        )
+                    };
+                    let _ = tx.send(Cmd::Notify(n, answer));
                 }
                 _ => {} // log, activity: any message already counted as activity
             },
