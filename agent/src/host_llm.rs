@@ -179,6 +179,15 @@ impl HostLink {
         matches!(self.uplink, Uplink::Harness(_))
     }
 
+    /// Tell the host to stop streaming `req_id`: the reply no longer reads it. Only our
+    /// tether has a message for it (serve then closes the model server's connection, which
+    /// stops the generation); under AegisVM the stream runs to its end on the host.
+    pub fn cancel(&self, req_id: &str) {
+        if let Uplink::Tether(link) = &self.uplink {
+            let _ = link.notify("llm.cancel", &serde_json::json!({"req_id": req_id}));
+        }
+    }
+
     /// A fresh request id, unique across restarts of the agent.
     pub fn next_id(&self) -> String {
         let nanos = SystemTime::now()

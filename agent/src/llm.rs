@@ -533,6 +533,13 @@ impl Llm {
         if theirs != ours {
             route.alias(&theirs);
         }
+        // Whatever ends this reading early (a cancel, a timeout, a bad chunk) also ends
+        // the host's generation.
+        let mut stream = HostStream {
+            link,
+            req_id: &theirs,
+            ended: false,
+        };
         let mut decoder = Decoder::default();
         loop {
             let frame = match route.frames.recv_timeout(self.provider.read_timeout) {
@@ -551,6 +558,7 @@ impl Llm {
                     }
                 }
                 "llm.done" => {
+                    stream.ended = true;
                     if link.reorders() {
                         for late in route.settle() {
                             if late.kind == "llm.delta" && !host_delta(&late, &mut decoder, tx, sent_any)? {
@@ -560,7 +568,10 @@ impl Llm {
                     }
                     return Ok(decoder.into_calls());
                 }
-                "llm.error" => return Err(host_error(name, frame.error.as_deref().unwrap_or(""))),
+                "llm.error" => {
+                    stream.ended = true;
+                    return Err(host_error(name, frame.error.as_deref().unwrap_or("")));
+                }
                 other => log::debug!("host:{name}: ignoring {other} frame"),
             }
         }
@@ -570,6 +581,22 @@ impl Llm {
         match self.provider.kind {
             ProviderKind::OpenAi => openai_step(ev, decoder),
             ProviderKind::Anthropic => anthropic_step(ev, decoder),
+        }
+    }
+}
+
+/// A `host:` model's stream being read; dropped before its end, it asks the host to stop.
+struct HostStream<'a> {
+    link: &'a HostLink,
+    req_id: &'a str,
+    /// `llm.done` or `llm.error` arrived: nothing is left to stop.
+    ended: bool,
+}
+
+impl Drop for HostStream<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.link.cancel(self.req_id);
         }
     }
 }

@@ -1006,3 +1006,34 @@ fn self_info_under_serve_names_the_instance_over_the_tether() {
                "kit": null, "host": "aegis-kit serve"})
     );
 }
+
+#[test]
+fn a_cancelled_reply_stops_the_host_models_generation() {
+    // A local model generating a token every 20 ms for 20 s, unless its client goes away.
+    let tokens: Vec<&str> = vec!["tok "; 1000];
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&tokens),
+        delay: Duration::from_millis(20),
+        end: aegis_e2e::llm::End::Finish,
+    }]);
+    let home = temp_dir("serve-host-cancel");
+    let s = start_serve(&home, &["--host-llm", &format!("local={}", llm.url())]);
+    let c = s.client();
+    let body = json!({"name": "a", "env": {"AEGIS_MODEL": "host:local/tiny"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    let rx = stream(&c, "a", None);
+    c.post_frame("a", &msg("1", "go on forever", "m1")).unwrap();
+    while rx.recv_timeout(T).unwrap().kind != "assistant.delta" {}
+    let cancel = Frame::new("control.cancel", Some(Session::new("test", "1"))).with_msg_id("c1");
+    c.post_frame("a", &cancel).unwrap();
+    assert!(done_text(&until_done(&rx, "m1")).ends_with("⏹ Reply cancelled."));
+    // The model server sees its client go, long before the 20 s of tokens are out.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while llm.abandoned() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the host model still generates after the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -272,15 +272,86 @@ fn host_model(dir: &Path) {
     );
 }
 
+/// A reply from a `host:` model stopped by the user: how soon the model server sees its
+/// client go (and so stops generating), and how soon the chat has its cancelled reply.
+fn host_model_cancel(dir: &Path) {
+    const TOKEN_MS: u64 = 10;
+    let tokens = vec!["tok "; 2000];
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: openai_sse(&tokens),
+        delay: Duration::from_millis(TOKEN_MS),
+        end: aegis_e2e::llm::End::Finish,
+    }]);
+    let home = temp_dir("bench-host-cancel");
+    let _s = serve(
+        dir,
+        &home,
+        &dir.join("aegis-agent"),
+        &["--host-llm", &format!("local={}", llm.url())],
+    );
+    let c = AegisClient::new(home.join("aegisd.sock"));
+    let body = json!({"name": "a", "env": {"AEGIS_MODEL": "host:local/m", "RUST_LOG": "warn"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    let mut stream = c.stream("a", None).unwrap();
+    let (mut gone, mut done) = (Vec::new(), Vec::new());
+    for i in 0..12 {
+        let session = Session::new("bench", format!("{i}"));
+        let f = Frame::user_message(session.clone(), "go", None).with_msg_id(format!("c{i}"));
+        c.post_frame("a", &f).unwrap();
+        while stream.next().unwrap().unwrap().kind != "assistant.delta" {}
+        let before = llm.abandoned();
+        let t = Instant::now();
+        let cancel = Frame::new("control.cancel", Some(session)).with_msg_id(format!("x{i}"));
+        let (gone_at, done_at) = std::thread::scope(|scope| {
+            // The server's side is watched on a thread of its own: it may come first.
+            let watcher = scope.spawn(|| {
+                while llm.abandoned() == before {
+                    assert!(t.elapsed() < Duration::from_secs(10), "the model never stopped");
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                t.elapsed().as_secs_f64() * 1000.0
+            });
+            c.post_frame("a", &cancel).unwrap();
+            while stream.next().unwrap().unwrap().kind != "assistant.done" {}
+            let done_at = t.elapsed().as_secs_f64() * 1000.0;
+            (watcher.join().unwrap(), done_at)
+        });
+        if i >= 2 {
+            gone.push(gone_at);
+            done.push(done_at);
+        }
+    }
+    stats("host: model, cancel -> cancelled reply done", "ms", done);
+    stats(
+        &format!("host: model, cancel -> server sees its client go ({TOKEN_MS} ms/token)"),
+        "ms",
+        gone,
+    );
+}
+
 fn main() {
     maybe_blast();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    // `cargo bench -p aegis-e2e --bench serve -- NAME` runs the measurements named NAME.
+    let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let dir = release_dir();
-    wake_latency(&dir, &[], "sandboxed");
-    wake_latency(&dir, &["--sandbox", "none"], "no sandbox");
-    throughput(&dir);
-    idle_instances(&dir);
-    host_model(&dir);
+    if run("wake_latency") {
+        wake_latency(&dir, &[], "sandboxed");
+        wake_latency(&dir, &["--sandbox", "none"], "no sandbox");
+    }
+    if run("throughput") {
+        throughput(&dir);
+    }
+    if run("idle_instances") {
+        idle_instances(&dir);
+    }
+    if run("host_model") {
+        host_model(&dir);
+    }
+    if run("host_model_cancel") {
+        host_model_cancel(&dir);
+    }
 }

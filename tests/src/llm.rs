@@ -4,6 +4,7 @@
 //! 529 `overloaded_error`) and broken streams (cut mid-event, malformed JSON, stalls).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -327,6 +328,7 @@ type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
 pub struct FakeLlm {
     server: Server,
     requests: Arc<Mutex<Vec<Request>>>,
+    abandoned: Arc<AtomicUsize>,
 }
 
 impl FakeLlm {
@@ -346,13 +348,20 @@ impl FakeLlm {
     /// Answer every request with `f(request)`.
     pub fn with(f: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeLlm {
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let rec = Arc::clone(&requests);
+        let abandoned = Arc::new(AtomicUsize::new(0));
+        let (rec, gone) = (Arc::clone(&requests), Arc::clone(&abandoned));
         let f: Arc<Handler> = Arc::new(f);
         let server = Server::start(move |req, resp| {
             rec.lock().unwrap().push(req.clone());
-            respond(f(&req), resp);
+            if !respond(f(&req), resp) {
+                gone.fetch_add(1, Ordering::SeqCst);
+            }
         });
-        FakeLlm { server, requests }
+        FakeLlm {
+            server,
+            requests,
+            abandoned,
+        }
     }
 
     /// OpenAI-compatible server that answers `echo: <last user message>` in pieces.
@@ -378,9 +387,16 @@ impl FakeLlm {
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
     }
+
+    /// Streams whose client went away before their end (a write failed), as a model
+    /// server notices a client that stopped listening and stops generating.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
+    }
 }
 
-fn respond(reply: Reply, resp: Responder) {
+/// Send `reply`; false when the client went away before its last piece.
+fn respond(reply: Reply, resp: Responder) -> bool {
     match reply {
         Reply::Status { code, headers, body } => {
             let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -394,7 +410,7 @@ fn respond(reply: Reply, resp: Responder) {
                     std::thread::sleep(delay);
                 }
                 if !r.chunk(p.as_bytes()) {
-                    return;
+                    return false;
                 }
             }
             match end {
@@ -407,4 +423,5 @@ fn respond(reply: Reply, resp: Responder) {
             }
         }
     }
+    true
 }

@@ -9,11 +9,16 @@
 //! body must be a JSON object (at most the tether's line limit); a connection has at most
 //! `MAX_STREAMS` streams at once; a line over `MAX_LINE` ends its stream; every stream
 //! ends with the connection that asked for it.
+//!
+//! [ours] An `llm.cancel {req_id}` notification (a reply the user stopped, or one the
+//! agent gave up on) ends that stream at the server's next line: the connection to the
+//! model server closes, which stops Ollama, llama.cpp and vLLM generating. aegisd has no
+//! such message, and an agent under it sends none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,7 +57,53 @@ pub struct Conn {
     /// Set when the connection ended: its streams stop.
     pub closed: Arc<AtomicBool>,
     /// Streams running for it.
-    pub streams: Arc<AtomicUsize>,
+    pub streams: Arc<Streams>,
+}
+
+/// The streams of one connection, by `req_id`, each with its cancel flag.
+#[derive(Debug, Default)]
+pub struct Streams(Mutex<HashMap<String, Arc<AtomicBool>>>);
+
+impl Streams {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<AtomicBool>>> {
+        // Every change is one call: a panic elsewhere cannot leave the map half-changed.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Count `req_id` in, unless the connection has its fill or that id runs already.
+    fn begin(&self, req_id: &str) -> Result<Arc<AtomicBool>, String> {
+        let mut running = self.lock();
+        if running.len() >= MAX_STREAMS {
+            return Err(format!("too many model requests at once (at most {MAX_STREAMS})"));
+        }
+        if running.contains_key(req_id) {
+            return Err(format!("a request {req_id} is already streaming"));
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        running.insert(req_id.to_string(), Arc::clone(&flag));
+        Ok(flag)
+    }
+
+    fn end(&self, req_id: &str) {
+        self.lock().remove(req_id);
+    }
+
+    /// Stop stream `req_id` at its next line; false when none runs (it ended already).
+    pub fn cancel(&self, req_id: &str) -> bool {
+        match self.lock().get(req_id) {
+            Some(flag) => {
+                flag.store(true, Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many run.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
 }
 
 #[derive(Deserialize)]
@@ -136,26 +187,42 @@ impl HostModels {
         if !chat.body.get().trim_start().starts_with('{') {
             return fail("llm.chat: body must be a JSON object (a chat completions request)".into());
         }
-        if conn.streams.fetch_add(1, Ordering::SeqCst) >= MAX_STREAMS {
-            conn.streams.fetch_sub(1, Ordering::SeqCst);
-            return fail(format!("too many model requests at once (at most {MAX_STREAMS})"));
-        }
+        let cancelled = match conn.streams.begin(&req_id) {
+            Ok(flag) => flag,
+            Err(why) => return fail(why),
+        };
         let (me, conn2, body) = (Arc::clone(self), conn.clone(), chat.body.get().to_string());
         let (id2, name) = (req_id.clone(), chat.provider.clone());
         let spawned = thread::Builder::new()
             .name("host-llm".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                me.stream(&name, &base, &body, &id2, &conn2);
-                conn2.streams.fetch_sub(1, Ordering::SeqCst);
+                me.stream(&name, &base, &body, &id2, &conn2, &cancelled);
+                conn2.streams.end(&id2);
             });
         if let Err(e) = spawned {
-            conn.streams.fetch_sub(1, Ordering::SeqCst);
+            conn.streams.end(&req_id);
             fail(format!("no thread for the request: {e}"));
         }
     }
 
-    fn stream(&self, name: &str, base: &str, body: &str, req_id: &str, conn: &Conn) {
+    /// Handle an `llm.cancel` notification of `conn`.
+    pub fn cancel(params: Option<&RawValue>, conn: &Conn) {
+        #[derive(Deserialize)]
+        struct Cancel {
+            req_id: String,
+        }
+        match params.map(|p| serde_json::from_str::<Cancel>(p.get())) {
+            Some(Ok(c)) => {
+                if conn.streams.cancel(&c.req_id) {
+                    log::debug!("llm {}: cancelled by the agent", c.req_id);
+                }
+            }
+            _ => log::warn!("llm.cancel: invalid request (expected {{\"req_id\": ...}})"),
+        }
+    }
+
+    fn stream(&self, name: &str, base: &str, body: &str, req_id: &str, conn: &Conn, cancelled: &AtomicBool) {
         let send = |typ: &str, key: &str, value: &str| (conn.send)(frame(typ, req_id, key, value));
         let resp = self
             .agent
@@ -181,8 +248,12 @@ impl HostModels {
         loop {
             line.clear();
             let read = (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line);
+            // Returning drops the response, which closes the connection: the server stops.
             if conn.closed.load(Ordering::SeqCst) {
                 return log::debug!("llm {req_id}: the agent's connection ended; stream dropped");
+            }
+            if cancelled.load(Ordering::SeqCst) {
+                return log::debug!("llm {req_id}: cancelled; stream dropped");
             }
             match read {
                 Ok(0) => break,
@@ -247,7 +318,7 @@ mod tests {
         let c = Conn {
             send: Arc::new(send),
             closed: Arc::new(AtomicBool::new(false)),
-            streams: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(Streams::default()),
         };
         (c, rx)
     }
@@ -351,7 +422,7 @@ mod tests {
                 done += 1;
             }
         }
-        while c.streams.load(Ordering::SeqCst) > 0 {
+        while c.streams.len() > 0 {
             thread::sleep(Duration::from_millis(5));
         }
         go_tx.send(()).unwrap();
@@ -397,9 +468,54 @@ mod tests {
             rx.recv_timeout(Duration::from_millis(500)).is_err(),
             "no more frames, no done"
         );
-        while c.streams.load(Ordering::SeqCst) > 0 {
+        while c.streams.len() > 0 {
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_cancelled_stream_stops_and_closes_the_servers_connection() {
+        // A model generating one token every 20 ms until its client goes away.
+        let (gone_tx, gone_rx) = unbounded::<usize>();
+        let server = Server::start(move |_, resp| {
+            let mut r = resp.start_chunked(200, "text/event-stream");
+            for i in 0..500 {
+                if !r.chunk(format!("data: t{i}\n\n").as_bytes()) {
+                    let _ = gone_tx.send(i);
+                    return;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            r.finish();
+        });
+        let m = models(&server);
+        let (c, rx) = conn();
+        m.start(Some(&chat("local", "r1", "{}")), &c);
+        assert_eq!(next(&rx).2, "t0");
+        // The same id twice is refused while the first runs.
+        m.start(Some(&chat("local", "r1", "{}")), &c);
+        let refused = next(&rx);
+        assert_eq!(refused.0, "llm.error");
+        assert!(refused.2.contains("already streaming"), "{refused:?}");
+        assert_eq!(next(&rx).2, "t1");
+        let cancel = |id: &str| {
+            let p = RawValue::from_string(format!(r#"{{"req_id":"{id}"}}"#)).unwrap();
+            HostModels::cancel(Some(&p), &c);
+        };
+        cancel("someone-else");
+        HostModels::cancel(None, &c);
+        assert_eq!(next(&rx).2, "t2", "other ids and bad params change nothing");
+        cancel("r1");
+        // The server sees its client go within a token or two, and no done comes.
+        let stopped_at = gone_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the server's client went away");
+        assert!(stopped_at < 10, "{stopped_at}");
+        while let Ok(f) = rx.recv_timeout(Duration::from_millis(100)) {
+            assert_eq!(f.0, "llm.delta", "no done after a cancel");
+        }
+        assert_eq!(c.streams.len(), 0);
+        assert!(!c.streams.cancel("r1"), "nothing left to cancel");
     }
 
     #[test]

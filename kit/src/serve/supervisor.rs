@@ -1060,7 +1060,7 @@ fn read_egress(stream: Stream, n: u64, r: &Readers) {
                 let _ = tx.send(Cmd::Notify(n, m));
             }),
             closed: Arc::new(AtomicBool::new(false)),
-            streams: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            streams: Arc::new(host_llm::Streams::default()),
         }
     };
     for msg in Messages::new(BufReader::new(stream)) {
@@ -1098,6 +1098,9 @@ fn read_egress(stream: Stream, n: u64, r: &Readers) {
                 }
                 Message::Notification { method, params } if method == "llm.chat" => {
                     r.host_models.start(params.as_deref(), &host_conn);
+                }
+                Message::Notification { method, params } if method == "llm.cancel" => {
+                    HostModels::cancel(params.as_deref(), &host_conn);
                 }
                 Message::Request { id, method, .. } => {
                     let answer = if method == "guest.self_info" {
