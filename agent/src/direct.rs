@@ -92,32 +92,46 @@ fn write_loop(
         *unsent = None;
     }
     loop {
-        let line = select! {
+        let (line, resend) = select! {
             recv(egress) -> f => match f {
-                Ok(frame) => Message::tether_frame(&frame).encode(),
+                Ok(frame) => (Message::tether_frame(&frame).encode(), true),
                 Err(_) => {
                     let _ = stream.shutdown();
                     return Ok(());
                 }
             },
-            // A lease notice lost with a connection is renewed soon anyway.
             recv(notices) -> n => match n {
-                Ok(m) => m.encode(),
+                Ok(m) => (m.encode(), resend_after_loss(&m)),
                 Err(_) => continue,
             },
             recv(inbound) -> m => match m {
                 Ok(Inbound::Request(Message::Request { id, method, .. })) => match method.as_str() {
-                    "health" => Message::result(id, &serde_json::json!({"status": "ok"})).encode(),
-                    other => Message::error(id, -32601, format!("method {other} not supported by aegis-agent")).encode(),
+                    "health" => (Message::result(id, &serde_json::json!({"status": "ok"})).encode(), false),
+                    other => (Message::error(id, -32601, format!("method {other} not supported by aegis-agent")).encode(), false),
                 },
                 Ok(_) | Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "host closed the connection")),
             },
         };
         if let Err(e) = stream.write_all(&line) {
-            *unsent = Some(line);
+            if resend {
+                *unsent = Some(line);
+            }
             let _ = stream.shutdown();
             return Err(e);
         }
+    }
+}
+
+/// Whether a message whose write failed with its connection is written again on the next
+/// one. Frames are (nothing lost), and so is `self.restart` (else the agent would run on
+/// its old configuration). Not what the loss already settled: an `llm.chat` (its reply
+/// asks again with a new `req_id`; sent again, the host would generate an answer nobody
+/// reads), a request (its caller got an error), an `llm.cancel` (the stream ended with the
+/// connection), a lease notice (renewed soon, or a release the lease's expiry makes good).
+fn resend_after_loss(m: &Message) -> bool {
+    match m {
+        Message::Notification { method, .. } => method == "self.restart",
+        Message::Request { .. } | Message::Response { .. } => false,
     }
 }
 
@@ -159,4 +173,19 @@ fn read_loop(
         }
     }
     let _ = inbound.send(Inbound::Closed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_the_lost_connection_did_not_settle_is_written_again() {
+        let note = |m: &str| Message::notification(m, &serde_json::json!({}));
+        assert!(resend_after_loss(&note("self.restart")));
+        for settled in ["llm.chat", "llm.cancel", "keepalive", "keepalive.release"] {
+            assert!(!resend_after_loss(&note(settled)), "{settled}");
+        }
+        assert!(!resend_after_loss(&Message::request(1, "guest.self_info", &())));
+    }
 }
