@@ -97,6 +97,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         actions: actions_tx,
         state_path: dir.join("poll.json"),
         username: None,
+        exec: crate::exec::ExecMode::default(),
     };
     thread::Builder::new()
         .name("poller".into())

@@ -22,6 +22,9 @@ pub struct BotConfig {
     pub group_all: bool,
     /// Drafts or edits (`stream_mode`).
     pub stream_mode: crate::render::StreamMode,
+    /// Telegram users who may run shell commands in the instance (`/exec`); `None` means
+    /// every user of an allowed chat (`"*"`), empty (the default) no one.
+    pub exec_users: Option<Vec<i64>>,
 }
 
 /// Token source; `Debug` never shows an inline token.
@@ -56,6 +59,11 @@ impl BotConfig {
     /// Whether messages from `chat` are handled.
     pub fn allows(&self, chat: i64) -> bool {
         self.allowed_chats.as_ref().is_none_or(|ids| ids.contains(&chat))
+    }
+
+    /// Whether `user` may use `/exec`.
+    pub fn may_exec(&self, user: i64) -> bool {
+        self.exec_users.as_ref().is_none_or(|ids| ids.contains(&user))
     }
 }
 
@@ -181,35 +189,10 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             None => over("AEGIS_GATEWAY_INSTANCE", s("instance")?)
                 .ok_or_else(|| at(&field("instance"), "missing (or set AEGIS_GATEWAY_INSTANCE)"))?,
         };
-        let allowed_chats = match e.get("allowed_chats") {
-            None | Some(Value::Null) => Some(Vec::new()),
-            Some(Value::Array(items)) => {
-                let mut ids = Vec::new();
-                let mut all = false;
-                for item in items {
-                    match item {
-                        Value::String(s) if s == "*" => all = true,
-                        Value::String(s) => ids.push(s.trim().parse::<i64>().map_err(|_| {
-                            at(
-                                &field("allowed_chats"),
-                                &format!("{s:?} is not a chat id or \"*\""),
-                            )
-                        })?),
-                        Value::Number(n) => ids.push(
-                            n.as_i64()
-                                .ok_or_else(|| at(&field("allowed_chats"), "chat ids are integers"))?,
-                        ),
-                        _ => return Err(at(&field("allowed_chats"), "entries are chat ids or \"*\"")),
-                    }
-                }
-                if all {
-                    None
-                } else {
-                    Some(ids)
-                }
-            }
-            Some(_) => return Err(at(&field("allowed_chats"), "must be a list")),
-        };
+        let allowed_chats = ids(e.get("allowed_chats"), "chat", &|why| {
+            at(&field("allowed_chats"), why)
+        })?;
+        let exec_users = ids(e.get("exec_users"), "user", &|why| at(&field("exec_users"), why))?;
         let api_url =
             over("TELEGRAM_API_URL", s("api_url")?).unwrap_or_else(|| "https://api.telegram.org".into());
         let group_all = match s("group_mode")?.as_deref() {
@@ -240,9 +223,42 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             api_url,
             group_all,
             stream_mode,
+            exec_users,
         });
     }
     Ok(bots)
+}
+
+/// A list of Telegram ids (`allowed_chats`, `exec_users`): numbers or numeric strings, or
+/// `"*"` for all (`None`); absent means none.
+fn ids(
+    v: Option<&Value>,
+    what: &str,
+    at: &dyn Fn(&str) -> ConfigError,
+) -> Result<Option<Vec<i64>>, ConfigError> {
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Some(Vec::new())),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(at("must be a list")),
+    };
+    let mut ids = Vec::new();
+    let mut all = false;
+    for item in items {
+        match item {
+            Value::String(s) if s == "*" => all = true,
+            Value::String(s) => ids.push(
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| at(&format!("{s:?} is not a {what} id or \"*\"")))?,
+            ),
+            Value::Number(n) => ids.push(
+                n.as_i64()
+                    .ok_or_else(|| at(&format!("{what} ids are integers")))?,
+            ),
+            _ => return Err(at(&format!("entries are {what} ids or \"*\""))),
+        }
+    }
+    Ok(if all { None } else { Some(ids) })
 }
 
 #[cfg(test)]
@@ -302,6 +318,19 @@ mod tests {
     }
 
     #[test]
+    fn no_one_may_exec_unless_named() {
+        let bots = |users: &str| {
+            let text = format!(r#"{{"telegram":{{"bot_token":"1:a","instance":"a"{users}}}}}"#);
+            let p = write("exec", &text);
+            load(&p).unwrap().remove(0)
+        };
+        assert!(!bots("").may_exec(7), "nobody by default");
+        let named = bots(r#","exec_users":["7", 8]"#);
+        assert!(named.may_exec(7) && named.may_exec(8) && !named.may_exec(9));
+        assert!(bots(r#","exec_users":["*"]"#).may_exec(9));
+    }
+
+    #[test]
     fn errors_name_the_file_and_field() {
         let cases = [
             ("{", "invalid JSON"),
@@ -325,6 +354,14 @@ mod tests {
             (
                 r#"{"telegram":[{"bot_token":"1:a","instance":"a"},{"instance":"b"}]}"#,
                 "telegram[1].bot_token_secret: missing",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","exec_users":"7"}}"#,
+                "telegram.exec_users: must be a list",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","exec_users":["me"]}}"#,
+                "telegram.exec_users: \"me\" is not a user id",
             ),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {

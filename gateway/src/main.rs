@@ -4,6 +4,7 @@
 mod bot;
 mod config;
 mod cron;
+mod exec;
 mod images;
 mod lifecycle;
 mod markdown;
@@ -46,6 +47,8 @@ CONFIG (~/.aegis/gateway.json):
     api_url          Bot API base [default https://api.telegram.org]
     stream_mode      auto (drafts in private chats when available), draft, or edit
     group_mode       mention (answer only when addressed in groups) or all
+    exec_users       Telegram user ids who may send /exec (commands run in the instance
+                     with sh -c, without the model; /exit to return); default nobody
     \"telegram\" may also be a list of such objects, one per bot.
 
 ENVIRONMENT (override the single-bot config):

@@ -61,6 +61,8 @@ pub struct Poller {
     pub state_path: PathBuf,
     /// The bot's `@username`, lowercased, once `getMe` answered.
     pub username: Option<String>,
+    /// Who runs shell commands instead of talking to the agent (`/exec`).
+    pub exec: crate::exec::ExecMode,
 }
 
 impl Poller {
@@ -207,7 +209,42 @@ impl Poller {
             .split('@')
             .next()
             .unwrap_or("");
+        let user_id = m.from.as_ref().map_or(chat, |u| u.id);
         match command {
+            "/exec" => {
+                if self.bot.may_exec(user_id) {
+                    log::info!("chat {chat}: user {user_id} entered exec mode");
+                    self.exec.enter(chat, user_id);
+                    self.notice(chat, crate::exec::ENTER);
+                } else {
+                    log::warn!("chat {chat}: user {user_id} asked for /exec (not in exec_users)");
+                    self.notice(chat, crate::exec::REFUSED);
+                }
+                return;
+            }
+            "/exit" if self.exec.leave(chat, user_id) => {
+                self.notice(chat, crate::exec::LEAVE);
+                return;
+            }
+            // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
+            // their meaning.
+            c if !matches!(c, "/stop" | "/cancel" | "/new" | "/start" | "/exit")
+                && m.text.is_some()
+                && self.exec.is_on(chat, user_id) =>
+            {
+                // The list may have changed under a running gateway's feet: ask again.
+                if self.bot.may_exec(user_id) {
+                    self.exec.run(
+                        self.aegis.clone(),
+                        self.bot.instance.clone(),
+                        chat,
+                        text.to_string(),
+                        self.actions.clone(),
+                    );
+                    return;
+                }
+                self.exec.leave(chat, user_id);
+            }
             "/stop" | "/cancel" => {
                 let cancel = Frame::new(kind::CONTROL_CANCEL, Some(session))
                     .with_payload(&Cancel::default())

@@ -1068,3 +1068,93 @@ fn ssl_cert_dir_in_tmp_stays_visible_to_a_sandboxed_instance() {
         m.last().is_some_and(|m| m.visible() == "echo: [Ann]: private ca")
     });
 }
+
+/// `/exec` as upstream's gateway has it, through aegisd's exec API: only for the users
+/// `exec_users` names, per user in a group, and `/exit` back to the agent.
+#[test]
+fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
+    use aegis_e2e::aegisd::OldAegisd;
+    use aegis_e2e::proc::command;
+    use aegis_e2e::telegram::FakeTelegram;
+    const ADMIN: i64 = 7;
+    const GROUP: i64 = -1002;
+    let home = temp_dir("gw-exec");
+    let tg = FakeTelegram::start("78:exec-token");
+    let aegisd = OldAegisd::start(
+        &home.join("aegisd.sock"),
+        vec![("TELEGRAM_BOT_TOKEN".into(), tg.token().into())],
+    );
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "exec_users": [ADMIN], "group_mode": "all", "api_url": tg.url()}});
+    std::fs::write(home.join("gateway.json"), cfg.to_string()).unwrap();
+    let mut c = command("aegis-gateway");
+    c.env("AEGIS_HOME", &home).arg("--socket").arg(&aegisd.socket);
+    let gw = Proc::spawn(c);
+    gw.wait_for("egress stream of my-agent connected", T);
+    // Notices and command results are sent whole; an agent's reply streams, so it is
+    // waited for by its final text.
+    let last = |chat: i64, n: usize| tg.wait_chat(chat, T, |m| m.len() >= n)[n - 1].visible();
+    let reply = |chat: i64, n: usize, want: &str| {
+        tg.wait_chat(chat, T, |m| m.len() >= n && m[n - 1].visible() == want);
+    };
+
+    // Someone not named cannot enter exec mode; their text still goes to the agent.
+    tg.push_text(8, 8, "Eve", "/exec");
+    assert!(last(8, 1).starts_with("⛔ Running commands is not enabled for you"));
+    tg.push_text(8, 8, "Eve", "cat /etc/passwd");
+    reply(8, 2, "echo: cat /etc/passwd");
+
+    // The admin runs commands: shell syntax, both streams, the exit status.
+    tg.push_text(ADMIN, ADMIN, "Ann", "/exec");
+    assert!(last(ADMIN, 1).starts_with("⚡ Exec mode."));
+    tg.push_text(
+        ADMIN,
+        ADMIN,
+        "Ann",
+        "echo hi > f.txt && cat f.txt; echo '<oops>' >&2; exit 3",
+    );
+    let out = tg.wait_chat(ADMIN, T, |m| m.len() >= 2)[1].clone();
+    assert_eq!(out.visible(), "hi\n<oops>\n⚠️ exit: 3");
+    assert!(out.text.contains("<pre>hi\n&lt;oops&gt;</pre>"), "{}", out.text);
+    assert_eq!(
+        std::fs::read_to_string(home.join("workspace/f.txt")).unwrap(),
+        "hi\n"
+    );
+    tg.push_text(ADMIN, ADMIN, "Ann", "/usr/bin/env true");
+    assert_eq!(last(ADMIN, 3), "exit: 0");
+
+    // In a group, exec mode is the admin's own: another member still talks to the agent.
+    let group = json!({"id": GROUP, "type": "supergroup", "title": "Ops"});
+    let from = |name: &str, id: i64| json!({"id": id, "is_bot": false, "first_name": name});
+    let say = |who: (&str, i64), text: &str| {
+        tg.push_message(json!({"chat": group, "from": from(who.0, who.1), "text": text}))
+    };
+    say(("Ann", ADMIN), "/exec");
+    assert!(last(GROUP, 1).starts_with("⚡ Exec mode."));
+    say(("Eve", 8), "touch eve-was-here");
+    reply(GROUP, 2, "echo: touch eve-was-here");
+    say(("Ann", ADMIN), "pwd");
+    assert!(
+        last(GROUP, 3).ends_with("/workspace\nexit: 0"),
+        "{}",
+        last(GROUP, 3)
+    );
+
+    // /exit: back to the agent.
+    tg.push_text(ADMIN, ADMIN, "Ann", "/exit");
+    assert_eq!(last(ADMIN, 4), "💬 Back to chat mode.");
+    tg.push_text(ADMIN, ADMIN, "Ann", "ls");
+    reply(ADMIN, 5, "echo: ls");
+
+    let ran: Vec<String> = aegisd.execs().iter().map(|c| c.join(" ")).collect();
+    assert_eq!(
+        ran,
+        vec![
+            "sh -c echo hi > f.txt && cat f.txt; echo '<oops>' >&2; exit 3",
+            "sh -c /usr/bin/env true",
+            "sh -c pwd"
+        ],
+        "nothing of Eve's ran"
+    );
+    assert!(!home.join("workspace/eve-was-here").exists());
+}

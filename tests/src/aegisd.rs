@@ -3,7 +3,9 @@
 //! no `seq` and no `msg_id`, every stream connection first replays the last 50 frames,
 //! `?after=` is ignored. Speaks HTTP on a unix socket like aegisd; answers
 //! `POST .../tether` (202, and the "agent" replies `echo: TEXT` in two deltas and a done),
-//! `GET .../tether/stream`, `GET /v1/secrets/{name}` and `GET /v1/instances/{id}`.
+//! `GET .../tether/stream`, `GET /v1/secrets/{name}`, `GET /v1/instances/{id}`, and
+//! `POST .../exec` (the command really runs, in a folder standing for the VM's
+//! `/workspace`, its output streamed as aegisd's NDJSON log entries).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -23,6 +25,8 @@ struct Shared {
     generation: u64,
     /// User messages received.
     received: Vec<Frame>,
+    /// Commands run through the exec API.
+    execs: Vec<Vec<String>>,
 }
 
 /// The stand-in; serves until the test process ends.
@@ -37,6 +41,8 @@ impl OldAegisd {
     pub fn start(socket: &Path, secrets: Vec<(String, String)>) -> OldAegisd {
         let state: Arc<(Mutex<Shared>, Condvar)> = Arc::default();
         let st = Arc::clone(&state);
+        let workspace = socket.with_file_name("workspace");
+        let _ = std::fs::create_dir_all(&workspace);
         serve_unix(socket, move |req, resp| {
             let path = req.path.split('?').next().unwrap_or("").to_string();
             let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -46,6 +52,17 @@ impl OldAegisd {
                     None => resp.json(404, &json!({"error": "secret not found"})),
                 },
                 ("GET", ["v1", "instances", _]) => resp.json(200, &json!({"state": "running"})),
+                ("POST", ["v1", "instances", _, "exec"]) => {
+                    let command: Vec<String> = serde_json::from_slice::<serde_json::Value>(&req.body)
+                        .ok()
+                        .and_then(|v| serde_json::from_value(v["command"].clone()).ok())
+                        .unwrap_or_default();
+                    if command.is_empty() {
+                        return resp.json(400, &json!({"error": "command is required"}));
+                    }
+                    st.0.lock().unwrap().execs.push(command.clone());
+                    exec_like_aegisd(&command, &workspace, resp);
+                }
                 ("POST", ["v1", "instances", _, "tether"]) => {
                     let Ok(f) = Frame::parse(&req.body) else {
                         return resp.json(400, &json!({"error": "invalid frame"}));
@@ -95,6 +112,62 @@ impl OldAegisd {
     pub fn received(&self) -> Vec<Frame> {
         self.state.0.lock().unwrap().received.clone()
     }
+
+    /// Commands run through the exec API so far.
+    pub fn execs(&self) -> Vec<Vec<String>> {
+        self.state.0.lock().unwrap().execs.clone()
+    }
+}
+
+/// Run `command` in `dir` and stream it as aegisd does: `{exec_id, started_at}`, a log
+/// entry per output line (`{ts, stream, line, exec_id}`), then `{exec_id, exit_code, done}`.
+fn exec_like_aegisd(command: &[String], dir: &Path, resp: crate::http::Responder) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let exec_id = format!("exec-{}", std::process::id());
+    let child = Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return resp.json(500, &json!({"error": format!("exec: {e}")})),
+    };
+    let mut r = resp.start_chunked(200, "application/x-ndjson");
+    let line = |v: serde_json::Value| format!("{v}\n");
+    r.chunk(line(json!({"exec_id": exec_id, "started_at": "2026-12-02T08:00:00Z"})).as_bytes());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let readers = [
+        ("stdout", Box::new(out) as Box<dyn std::io::Read + Send>),
+        ("stderr", Box::new(err)),
+    ]
+    .map(|(stream, pipe)| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send((stream, l));
+            }
+        })
+    });
+    drop(tx);
+    for (stream, l) in rx {
+        let entry = json!({"ts": "2026-12-02T08:00:01Z", "stream": stream, "line": l,
+            "source": "exec", "exec_id": exec_id});
+        if !r.chunk(line(entry).as_bytes()) {
+            break;
+        }
+    }
+    for h in readers {
+        let _ = h.join();
+    }
+    let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+    r.chunk(line(json!({"exec_id": exec_id, "exit_code": code, "done": true})).as_bytes());
+    r.finish();
 }
 
 fn reply_like_the_go_agent(state: &Arc<(Mutex<Shared>, Condvar)>, f: Frame) {

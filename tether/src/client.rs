@@ -240,6 +240,33 @@ impl AegisClient {
             .build()
             .call()
             .map_err(|e| self.transport(e))?;
+        self.reader(resp)
+    }
+
+    /// `POST /v1/instances/{instance}/exec` `{"command": [...]}` (aegisd's exec API): the
+    /// NDJSON stream of the command's output lines (`{"line", "stream", "exec_id"}`) and
+    /// its end (`{"exit_code", "done": true}`), read for at most `limit`.
+    pub fn exec(
+        &self,
+        instance: &str,
+        command: &[&str],
+        limit: std::time::Duration,
+    ) -> Result<Box<dyn Read + Send>, ClientError> {
+        let path = format!("/v1/instances/{}/exec", encode_segment(instance));
+        let body = serde_json::json!({ "command": command }).to_string();
+        let resp = self
+            .agent
+            .post(Self::url(&path))
+            .config()
+            .timeout_global(Some(limit))
+            .build()
+            .content_type("application/json")
+            .send(body)
+            .map_err(|e| self.transport(e))?;
+        self.reader(resp)
+    }
+
+    fn reader(&self, resp: ureq::http::Response<ureq::Body>) -> Result<Box<dyn Read + Send>, ClientError> {
         let code = resp.status().as_u16();
         if !(200..300).contains(&code) {
             let text = resp.into_body().read_to_string().unwrap_or_default();

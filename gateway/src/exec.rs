@@ -1,0 +1,333 @@
+//! `/exec` mode, as upstream's gateway has it: each message of a user in exec mode runs as
+//! `sh -c TEXT` in the instance through aegisd's exec API (`POST /v1/instances/{id}/exec`,
+//! which wakes a stopped instance), without the model; the output comes back as one
+//! message with the exit status. `/exit` returns to chat mode.
+//!
+//! A shell in the instance reads its secrets and workspace, so exec mode is only for the
+//! Telegram users `exec_users` names (none by default), and it belongs to the user, not to
+//! the chat: in a group, another member's messages still go to the agent.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use serde::Deserialize;
+use tether::AegisClient;
+
+use crate::render::Action;
+
+/// The answer to `/exec`.
+pub const ENTER: &str = "⚡ Exec mode. Each command runs in a fresh shell.\nUse && to chain: cd /workspace && ls -la\nSend /exit to return to chat.";
+/// The answer to `/exit` in exec mode.
+pub const LEAVE: &str = "💬 Back to chat mode.";
+/// The answer to `/exec` from a user `exec_users` does not name.
+pub const REFUSED: &str =
+    "⛔ Running commands is not enabled for you on this bot (gateway.json: exec_users).";
+/// Commands of one bot running at once.
+pub const MAX_RUNNING: usize = 4;
+/// How long the gateway waits for a command's output (the command itself may run on).
+pub const WAIT: Duration = Duration::from_secs(600);
+/// Characters of output shown (the end of it: where errors and results are).
+const SHOWN: usize = 3500;
+/// Output kept while a command runs.
+const KEPT: usize = 64 * 1024;
+
+/// Who is in exec mode, and how many commands run. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct ExecMode {
+    /// (chat, user) pairs in exec mode.
+    users: Arc<Mutex<HashSet<(i64, i64)>>>,
+    running: Arc<AtomicUsize>,
+}
+
+impl ExecMode {
+    /// Put `user` of `chat` in exec mode.
+    pub fn enter(&self, chat: i64, user: i64) {
+        self.lock().insert((chat, user));
+    }
+
+    /// Take them out; false when they were not in it.
+    pub fn leave(&self, chat: i64, user: i64) -> bool {
+        self.lock().remove(&(chat, user))
+    }
+
+    /// Whether they are in it.
+    pub fn is_on(&self, chat: i64, user: i64) -> bool {
+        self.lock().contains(&(chat, user))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(i64, i64)>> {
+        self.users.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `text` in `instance` on a thread of its own; its result goes to `chat`. A
+    /// command over the bot's `MAX_RUNNING` is refused at once.
+    pub fn run(
+        &self,
+        aegis: AegisClient,
+        instance: String,
+        chat: i64,
+        text: String,
+        actions: Sender<Action>,
+    ) {
+        let say = |text: String| {
+            let _ = actions.send(Action::Send {
+                key: None,
+                part: 0,
+                chat,
+                text,
+                html: None,
+            });
+        };
+        if self.running.fetch_add(1, Ordering::SeqCst) >= MAX_RUNNING {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            return say(format!(
+                "⏳ {MAX_RUNNING} commands are still running; send this again when one has finished."
+            ));
+        }
+        let running = Arc::clone(&self.running);
+        let actions2 = actions.clone();
+        let spawned = thread::Builder::new()
+            .name("exec".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let (text, html) = run(&aegis, &instance, chat, &text, &actions2);
+                let _ = actions2.send(Action::Send {
+                    key: None,
+                    part: 0,
+                    chat,
+                    text,
+                    html,
+                });
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            say(format!("exec failed: {e}"));
+        }
+    }
+}
+
+/// One line of aegisd's exec stream.
+#[derive(Deserialize)]
+struct Entry {
+    #[serde(default)]
+    line: Option<String>,
+    #[serde(default)]
+    exit_code: Option<i64>,
+    #[serde(default)]
+    done: bool,
+}
+
+/// What a stream told: the output's end, its size, the exit status if it came.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    output: String,
+    total: usize,
+    exit: Option<i64>,
+    /// Why the stream ended without a status.
+    broken: Option<String>,
+}
+
+/// Run `text` and return the message to send (plain, and HTML when formatted), keeping
+/// the chat's typing indicator up meanwhile.
+fn run(
+    aegis: &AegisClient,
+    instance: &str,
+    chat: i64,
+    text: &str,
+    actions: &Sender<Action>,
+) -> (String, Option<String>) {
+    // sh -c, so builtins (cd, export), pipes and redirections work: the user types shell.
+    let reader = match aegis.exec(instance, &["sh", "-c", text], WAIT) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("chat {chat}: exec in {instance} failed: {e}");
+            return (format!("exec failed: {e}"), None);
+        }
+    };
+    let (tx, rx) = bounded(1);
+    let spawned = thread::Builder::new()
+        .name("exec-read".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _ = tx.send(read(BufReader::new(reader)));
+        });
+    if let Err(e) = spawned {
+        return (format!("exec failed: {e}"), None);
+    }
+    let outcome = loop {
+        let _ = actions.send(Action::Typing { chat });
+        match rx.recv_timeout(Duration::from_secs(4)) {
+            Ok(o) => break o,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break Outcome::default(),
+        }
+    };
+    log::info!(
+        "chat {chat}: exec in {instance}: {} bytes of output, exit {:?}",
+        outcome.total,
+        outcome.exit
+    );
+    format(&outcome)
+}
+
+/// Read an exec stream to its `done` line (or its end).
+fn read(reader: impl BufRead) -> Outcome {
+    let mut o = Outcome::default();
+    for line in reader.lines() {
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                o.broken = Some(if e.kind() == std::io::ErrorKind::TimedOut {
+                    format!(
+                        "stopped waiting after {} min; the command may still run",
+                        WAIT.as_secs() / 60
+                    )
+                } else {
+                    format!("the output stream broke: {e}")
+                });
+                return o;
+            }
+        };
+        let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
+            continue;
+        };
+        if entry.done {
+            o.exit = Some(entry.exit_code.unwrap_or(-1));
+            return o;
+        }
+        if let Some(text) = entry.line {
+            o.total += text.len() + 1;
+            o.output.push_str(&text);
+            o.output.push('\n');
+            if o.output.len() > 2 * KEPT {
+                let mut cut = o.output.len() - KEPT;
+                while !o.output.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                o.output.drain(..cut);
+            }
+        }
+    }
+    o.broken
+        .get_or_insert_with(|| "the output stream ended without an exit status".into());
+    o
+}
+
+/// The message for an outcome: the output's last `SHOWN` characters in a code block, then
+/// the exit status (marked when not 0).
+fn format(o: &Outcome) -> (String, Option<String>) {
+    let status = match (o.exit, &o.broken) {
+        (Some(0), _) => "exit: 0".to_string(),
+        (Some(code), _) => format!("⚠️ exit: {code}"),
+        (None, Some(why)) => format!("⚠️ {why}"),
+        (None, None) => "⚠️ no exit status".to_string(),
+    };
+    let body = o.output.trim_end_matches('\n');
+    if body.is_empty() {
+        return (status, None);
+    }
+    let chars = body.chars().count();
+    let (shown, note) = if chars > SHOWN {
+        let tail: String = body.chars().skip(chars - SHOWN).collect();
+        (
+            tail,
+            format!("… ({} bytes of output; the last {SHOWN} characters)\n", o.total),
+        )
+    } else {
+        (body.to_string(), String::new())
+    };
+    let plain = format!("{note}{shown}\n{status}");
+    let html = format!(
+        "{}<pre>{}</pre>\n{}",
+        escape(&note),
+        escape(&shown),
+        escape(&status)
+    );
+    (plain, Some(html))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(ndjson: &str) -> Outcome {
+        read(ndjson.as_bytes())
+    }
+
+    #[test]
+    fn the_stream_gives_the_output_and_the_exit_status() {
+        let o = outcome(concat!(
+            r#"{"exec_id":"e1","started_at":"2026-12-02T08:00:00Z"}"#,
+            "\n",
+            r#"{"ts":"2026-12-02T08:00:00Z","stream":"stdout","line":"hi <b>","exec_id":"e1"}"#,
+            "\n",
+            "not json\n",
+            r#"{"ts":"2026-12-02T08:00:00Z","stream":"stderr","line":"oops & more","exec_id":"e1"}"#,
+            "\n",
+            r#"{"exec_id":"e1","exit_code":3,"done":true}"#,
+            "\n",
+            r#"{"line":"after done"}"#,
+            "\n",
+        ));
+        assert_eq!(o.output, "hi <b>\noops & more\n");
+        assert_eq!(o.exit, Some(3));
+        let (plain, html) = format(&o);
+        assert_eq!(plain, "hi <b>\noops & more\n⚠️ exit: 3");
+        assert_eq!(
+            html.unwrap(),
+            "<pre>hi &lt;b&gt;\noops &amp; more</pre>\n⚠️ exit: 3"
+        );
+        assert_eq!(
+            format(&outcome(r#"{"exit_code":0,"done":true}"#)),
+            ("exit: 0".into(), None)
+        );
+    }
+
+    #[test]
+    fn a_stream_without_an_end_says_so_and_long_output_shows_its_end() {
+        let o = outcome(r#"{"line":"partial"}"#);
+        assert_eq!(o.exit, None);
+        assert_eq!(
+            format(&o).0,
+            "partial\n⚠️ the output stream ended without an exit status"
+        );
+        let lines: String = (0..30_000)
+            .map(|i| format!("{{\"line\":\"line {i}\"}}\n"))
+            .collect();
+        let o = outcome(&(lines + r#"{"exit_code":0,"done":true}"#));
+        assert!(
+            o.output.len() <= 2 * KEPT,
+            "bounded while reading: {}",
+            o.output.len()
+        );
+        let (plain, _) = format(&o);
+        assert!(
+            plain.starts_with("… (318890 bytes of output; the last 3500 characters)\n"),
+            "{}",
+            &plain[..80]
+        );
+        assert!(plain.ends_with("line 29999\nexit: 0"), "the end is kept");
+        assert!(plain.chars().count() < 3700);
+    }
+
+    #[test]
+    fn exec_mode_belongs_to_a_user_in_a_chat() {
+        let m = ExecMode::default();
+        m.enter(-100, 7);
+        assert!(m.is_on(-100, 7));
+        assert!(!m.is_on(-100, 8), "another member of the group");
+        assert!(!m.is_on(7, 7), "the same user elsewhere");
+        assert!(m.leave(-100, 7));
+        assert!(!m.leave(-100, 7));
+    }
+}
