@@ -1158,3 +1158,26 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     );
     assert!(!home.join("workspace/eve-was-here").exists());
 }
+
+/// `/exec` through `aegis-kit serve`: the command runs in the instance's sandbox and
+/// workspace.
+#[test]
+fn exec_through_serve_runs_in_the_instance_workspace() {
+    let mut s = Stack::new("gw-exec-serve", FakeLlm::echo_openai(), &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "exec_users": [7], "api_url": s.telegram.url()}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "/exec");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    s.telegram
+        .push_text(CHAT, 7, "Ann", "echo made > f.txt && pwd && ls");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    assert!(
+        msgs[1].visible().ends_with("/my-agent/workspace\nf.txt\nexit: 0"),
+        "{}",
+        msgs[1].visible()
+    );
+    let made = s.home.join("kit/instances/my-agent/workspace/f.txt");
+    assert_eq!(std::fs::read_to_string(made).unwrap(), "made\n");
+}

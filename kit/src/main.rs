@@ -52,6 +52,8 @@ COMMANDS:
                    [--max-procs N] [-- CMD...]
     instance start NAME             boot an existing instance
     instance list | info NAME | stop NAME | pause NAME | rm NAME
+    instance exec NAME -- CMD...    run a command in the instance's sandbox and workspace
+                                    (its output streams; exits with its status)
     logs NAME [-f] [--tail N]       an instance's output
     secret set NAME [VALUE]         store a secret (VALUE from stdin when omitted)
     secret ls | rm NAME
@@ -77,6 +79,8 @@ pub enum CliError {
     Api(ClientError),
     /// Anything else.
     Other(String),
+    /// A command run in an instance ended with this status (it said why itself).
+    Exit(u8),
 }
 
 impl fmt::Display for CliError {
@@ -90,6 +94,7 @@ impl fmt::Display for CliError {
             ),
             CliError::Api(e) => write!(f, "{e}"),
             CliError::Other(m) => f.write_str(m),
+            CliError::Exit(code) => write!(f, "the command exited with status {code}"),
         }
     }
 }
@@ -116,6 +121,7 @@ fn main() -> ExitCode {
     }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Exit(code)) => ExitCode::from(code),
         Err(e) => {
             eprintln!("aegis-kit: {e}");
             ExitCode::from(if matches!(e, CliError::Usage(_)) { 2 } else { 1 })
@@ -169,7 +175,7 @@ fn run(mut args: Vec<OsString>) -> Result<(), CliError> {
     let client = || AegisClient::new(&socket);
     if !tail.is_empty() && command != "instance" {
         return Err(CliError::Usage(
-            "`--` COMMAND is only for `instance start`".into(),
+            "`--` COMMAND is only for `instance start` and `instance exec`".into(),
         ));
     }
     match command.as_str() {
@@ -370,9 +376,9 @@ fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -
         p.value()
             .map_err(|_| CliError::Usage("instance needs start, list, info, stop, pause or rm".into()))?,
     )?;
-    if !command.is_empty() && sub != "start" {
+    if !command.is_empty() && sub != "start" && sub != "exec" {
         return Err(CliError::Usage(
-            "`--` COMMAND is only for `instance start`".into(),
+            "`--` COMMAND is only for `instance start` and `instance exec`".into(),
         ));
     }
     let mut o = cli::StartOpts {
@@ -444,6 +450,14 @@ fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -
         "stop" => cli::instance_action(c, &one("stop")?, "stop"),
         "pause" => cli::instance_action(c, &one("pause")?, "pause"),
         "rm" | "delete" => cli::instance_rm(c, &one("rm")?),
+        "exec" => {
+            if o.command.is_empty() {
+                return Err(CliError::Usage(
+                    "instance exec needs a command after --: instance exec NAME -- ls -la".into(),
+                ));
+            }
+            cli::instance_exec(c, &one("exec")?, &o.command)
+        }
         other => Err(CliError::Usage(format!("unknown instance command {other:?}"))),
     }
 }

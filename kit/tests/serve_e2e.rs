@@ -1037,3 +1037,140 @@ fn a_cancelled_reply_stops_the_host_models_generation() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The NDJSON entries of an exec stream, read to its end.
+fn exec_entries(c: &AegisClient, name: &str, script: &str) -> Vec<Value> {
+    use std::io::BufRead;
+    let r = c.exec(name, &["sh", "-c", script], T).unwrap();
+    std::io::BufReader::new(r)
+        .lines()
+        .map(Result::unwrap)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
+}
+
+#[test]
+fn exec_runs_in_the_instance_sandbox_without_its_secrets_and_dies_with_its_client() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-exec");
+    let s = start_serve(&home, &[]);
+    s.create_agent("me", &llm);
+    let c = s.client();
+    let workspace = s.info("me")["workspace"].as_str().unwrap().to_string();
+
+    // aegisd's stream: who it is, each line with its stream, the exit status.
+    let all = exec_entries(
+        &c,
+        "me",
+        "echo hi; pwd; echo oops >&2; echo \"[$OPENAI_API_KEY]\"; exit 4",
+    );
+    let exec_id = all[0]["exec_id"].as_str().unwrap().to_string();
+    assert!(all[0]["started_at"].is_string(), "{all:?}");
+    let mut lines: Vec<(String, String)> = all[1..all.len() - 1]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["exec_id"], exec_id.as_str());
+            (
+                e["stream"].as_str().unwrap().into(),
+                e["line"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    lines.sort();
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let mut want = vec![
+        pair("stderr", "oops"),
+        pair("stdout", "[]"),
+        pair("stdout", &workspace),
+        pair("stdout", "hi"),
+    ];
+    want.sort();
+    assert_eq!(
+        lines, want,
+        "the instance's secret is not in a command's environment"
+    );
+    assert_eq!(
+        all.last().unwrap(),
+        &json!({"exec_id": exec_id, "exit_code": 4, "done": true})
+    );
+
+    // Confined as the agent is: serve's state is hidden, the host read-only, and the
+    // workspace (also by a relative path) writable.
+    let secrets = home.join("kit/secrets.json");
+    assert!(secrets.exists());
+    let escape = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("exec-escape-{}", std::process::id()));
+    let script = format!(
+        "cat {} && echo READ; echo x > {} && echo WROTE; touch made-here",
+        secrets.display(),
+        escape.display()
+    );
+    let all = exec_entries(&c, "me", &script);
+    let wrote = escape.exists();
+    let _ = std::fs::remove_file(&escape);
+    let text = format!("{all:?}");
+    assert!(
+        !text.contains("READ") && !text.contains("WROTE") && !wrote,
+        "{text}"
+    );
+    assert!(
+        Path::new(&workspace).join("made-here").exists(),
+        "the workspace is writable"
+    );
+
+    // The CLI: output as it comes, stderr on stderr, the command's status as its own.
+    let out = s.kit(&[
+        "instance",
+        "exec",
+        "me",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref(),
+            String::from_utf8_lossy(&out.stderr).as_ref()
+        ),
+        (Some(3), "out\n", "err\n")
+    );
+    let out = s.kit(&["instance", "exec", "me"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("instance exec needs a command after --"));
+
+    // A client that goes away takes its command with it.
+    let marker = "57.125";
+    let mut r = std::io::BufReader::new(
+        c.exec("me", &["sh", "-c", &format!("echo started; sleep {marker}")], T)
+            .unwrap(),
+    );
+    let mut first = String::new();
+    while !first.contains("started\"") {
+        first.clear();
+        std::io::BufRead::read_line(&mut r, &mut first).unwrap();
+    }
+    // The launcher, the namespace's init, the shell and the sleep.
+    assert!(!aegis_e2e::proc::processes_with(marker).is_empty());
+    drop(r);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !aegis_e2e::proc::processes_with(marker).is_empty() {
+        assert!(Instant::now() < deadline, "the command outlived its client");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Bad requests, and an instance without the sandbox: clear refusals.
+    let err = |name: &str, body: Value| {
+        c.request("POST", &format!("/v1/instances/{name}/exec"), Some(&body))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(err("me", json!({})).contains("command is required"));
+    assert!(err("me", json!({"command": "ls"})).contains("command must be a list of strings"));
+    assert!(err("nobody", json!({"command": ["ls"]})).contains("not found"));
+    let body = json!({"name": "bare", "sandbox": {"level": "none"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    let refused = err("bare", json!({"command": ["id"]}));
+    assert!(refused.contains("exec needs the sandbox"), "{refused}");
+}

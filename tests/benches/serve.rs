@@ -329,12 +329,38 @@ fn host_model_cancel(dir: &Path) {
     );
 }
 
+/// `POST .../exec` of `true` until its `done` line: the sandbox's start and end, and
+/// the stream around them.
+fn exec_latency(dir: &Path) {
+    use std::io::BufRead;
+    let home = temp_dir("bench-exec");
+    let _s = serve(dir, &home, &dir.join("aegis-agent"), &[]);
+    let c = AegisClient::new(home.join("aegisd.sock"));
+    c.request("POST", "/v1/instances", Some(&json!({"name": "a"})))
+        .unwrap();
+    let mut times = Vec::new();
+    for i in 0..22 {
+        let t = Instant::now();
+        let r = c.exec("a", &["true"], Duration::from_secs(30)).unwrap();
+        let done = std::io::BufReader::new(r)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("\"done\":true"));
+        assert!(done);
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    stats("exec `true` in a sandboxed instance, POST -> done", "ms", times);
+}
+
 fn main() {
     maybe_blast();
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    // `cargo bench -p aegis-e2e --bench serve -- NAME` runs the measurements named NAME.
+    // `cargo bench -p aegis-e2e --bench serve -- NAME` runs the measurements whose name
+    // contains NAME.
     let only: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let run = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
     let dir = release_dir();
@@ -353,5 +379,8 @@ fn main() {
     }
     if run("host_model_cancel") {
         host_model_cancel(&dir);
+    }
+    if run("exec_latency") {
+        exec_latency(&dir);
     }
 }

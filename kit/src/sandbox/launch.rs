@@ -154,6 +154,12 @@ fn init(policy: &Policy, probe: &Probe, argv: &[CString]) -> ExitCode {
         eprintln!("aegis-sandbox: cannot build the filesystem view: {e}");
         return ExitCode::from(SETUP_FAILED);
     }
+    // The working folder inherited from serve is the host's, seen read-only under the
+    // view: enter the workspace again by its path, so relative paths (a shell's `touch
+    // x`) land in the view's writable workspace.
+    if let Err(e) = std::env::set_current_dir(&policy.workspace) {
+        eprintln!("aegis-sandbox: cannot enter {}: {e}", policy.workspace.display());
+    }
     let name = policy.hostname.as_bytes();
     // SAFETY: sethostname reads `name` for its length; we own the uts namespace.
     unsafe {

@@ -29,9 +29,9 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long an ingress POST may wait for a wake (aegisd allows 30 s).
 const WAKE_WAIT: Duration = Duration::from_secs(35);
 
-type Reply = Result<(u16, Value), ApiError>;
+pub(super) type Reply = Result<(u16, Value), ApiError>;
 
-fn e(status: u16, message: impl Into<String>) -> ApiError {
+pub(super) fn e(status: u16, message: impl Into<String>) -> ApiError {
     ApiError {
         status,
         message: message.into(),
@@ -107,6 +107,7 @@ fn handle(mut req: Request, host: &Host) {
         (Method::Get, ["v1", "instances", id, "logs"]) if query.get("follow") == Some(&"1") => {
             return follow_logs(req, host, id)
         }
+        (Method::Post, ["v1", "instances", id, "exec"]) => return super::exec::exec(req, host, id),
         _ => {}
     }
 
@@ -148,7 +149,7 @@ fn handle(mut req: Request, host: &Host) {
     respond(req, reply)
 }
 
-fn respond(req: Request, reply: Reply) {
+pub(super) fn respond(req: Request, reply: Reply) {
     let resp = match reply {
         Ok((status, body)) => json_response(status, &body),
         Err(err) => json_response(err.status, &json!({"error": err.message})),
@@ -158,7 +159,7 @@ fn respond(req: Request, reply: Reply) {
     }
 }
 
-fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
+pub(super) fn read_body(req: &mut Request) -> Result<Vec<u8>, ApiError> {
     if req.body_length().is_some_and(|l| l > MAX_BODY) {
         return Err(e(413, format!("body larger than {MAX_BODY} bytes")));
     }
@@ -192,12 +193,12 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn with(host: &Host, id: &str) -> Result<Handle, ApiError> {
+pub(super) fn with(host: &Host, id: &str) -> Result<Handle, ApiError> {
     host.find(id)
         .ok_or_else(|| e(404, format!("instance {id:?} not found")))
 }
 
-fn ask<T>(
+pub(super) fn ask<T>(
     h: &Handle,
     make: impl FnOnce(crossbeam_channel::Sender<T>) -> Cmd,
     wait: Duration,
@@ -362,7 +363,7 @@ fn logs(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {
 }
 
 /// Write a chunked response head on the raw connection.
-fn start_chunked(req: Request, content_type: &str) -> Box<dyn Write + Send> {
+pub(super) fn start_chunked(req: Request, content_type: &str) -> Box<dyn Write + Send> {
     let mut w = req.into_writer();
     let head = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n"
@@ -371,7 +372,7 @@ fn start_chunked(req: Request, content_type: &str) -> Box<dyn Write + Send> {
     w
 }
 
-fn write_chunk(w: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_chunk(w: &mut dyn Write, data: &[u8]) -> std::io::Result<()> {
     write!(w, "{:x}\r\n", data.len())?;
     w.write_all(data)?;
     w.write_all(b"\r\n")?;
@@ -415,7 +416,8 @@ fn stream(req: Request, host: &Host, id: &str, query: &BTreeMap<&str, &str>) {
                 log::warn!("{id}: stream reader lost frames {missed_from}..{}", oldest - 1);
             }
             Err(StoreError::Closed) => {
-                let _ = w.write_all(b"0\r\n\r\n");
+                // The end of the chunked body must leave now: the writer does not flush on drop.
+                let _ = w.write_all(b"0\r\n\r\n").and_then(|_| w.flush());
                 return;
             }
         }

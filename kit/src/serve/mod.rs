@@ -10,6 +10,7 @@
 pub mod api;
 pub mod cron;
 pub mod daemons;
+pub mod exec;
 pub mod host_llm;
 pub mod registry;
 pub mod secrets;

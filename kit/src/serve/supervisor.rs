@@ -138,6 +138,8 @@ pub enum Cmd {
     Notify(u64, Message),
     /// The agent asked to be restarted (`self.restart`, after its `self_restart` tool).
     Restart,
+    /// Prepare the command of an exec request (`argv`, not empty).
+    Exec(Vec<String>, Sender<Result<std::process::Command, ApiError>>),
 }
 
 /// What the API keeps per instance.
@@ -269,7 +271,7 @@ fn kill_orphan(dir: &Path) {
     let _ = fs::remove_file(pidfile);
 }
 
-fn signal_group(pid: u32, sig: i32) {
+pub(super) fn signal_group(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a negative pid signals the process group we created with
     // process_group(0); it has no memory-safety preconditions.
     unsafe {
@@ -495,6 +497,9 @@ impl Supervisor {
                 self.save_unanswered();
             }
             Cmd::Exited(pid, code) => self.exited(pid, code),
+            Cmd::Exec(argv, reply) => {
+                let _ = reply.send(self.exec_command(&argv));
+            }
             Cmd::Owes(prefix, reply) => {
                 let owed = |f: &Frame| f.msg_id.as_deref().is_some_and(|m| m.starts_with(&prefix));
                 let _ =
@@ -839,70 +844,8 @@ impl Supervisor {
             Some(p) => PathBuf::from(p),
         };
         let level = self.level();
-        if level == Level::Strict {
-            let missing = self.sandbox.probe.missing();
-            if !missing.is_empty() {
-                return Err(err(
-                    503,
-                    format!(
-                        "wake failed: {} needs a strict sandbox, and this kernel lacks: {}",
-                        self.def.name,
-                        missing.join("; ")
-                    ),
-                ));
-            }
-        }
-        let spawn_err = |e: std::io::Error| err(503, format!("wake failed: {e}"));
-        // The CA bundle serve hands on must be readable inside the sandbox, which replaces
-        // /tmp and serve's state folder: kept visible as its real file, named by that path.
-        let cert_file = std::env::var_os("SSL_CERT_FILE")
-            .filter(|_| level != Level::None)
-            .and_then(|f| fs::canonicalize(f).ok())
-            .filter(|f| f.is_file());
-        let cert_dirs = std::env::var_os("SSL_CERT_DIR")
-            .filter(|_| level != Level::None)
-            .map(|dirs| cert_dirs(&dirs, &self.sandbox.hide_dirs));
-        let mut cmd = if level == Level::None {
-            super::supervised_command(&program, &log).map_err(spawn_err)?
-        } else {
-            // The real file, so it can be shown inside even when it lives in /tmp or
-            // behind a symlink there (a bare name is looked up on PATH inside instead).
-            let program = if program.is_absolute() {
-                program.canonicalize().unwrap_or(program.clone())
-            } else {
-                program.clone()
-            };
-            let policy = Policy {
-                level,
-                net: self.net(),
-                limits: self.limits(),
-                workspace: workspace.canonicalize().unwrap_or_else(|_| workspace.clone()),
-                tether: Some(sock.canonicalize().unwrap_or_else(|_| sock.clone())),
-                hide_dirs: self.sandbox.hide_dirs.clone(),
-                hide_files: self.sandbox.hide_files.clone(),
-                keep_files: program
-                    .is_absolute()
-                    .then(|| program.clone())
-                    .into_iter()
-                    .chain(cert_file.clone())
-                    .collect(),
-                keep_dirs: cert_dirs.as_ref().map(|d| d.keep.clone()).unwrap_or_default(),
-                hostname: format!("aegis-{}", self.def.name),
-            };
-            let mut c = super::supervised_command(&self.sandbox.exe, &log).map_err(spawn_err)?;
-            c.arg("__sandbox")
-                .arg(serde_json::to_string(&policy).unwrap_or_default())
-                .arg("--")
-                .arg(&program);
-            c
-        };
+        let mut cmd = self.confined(&program, &workspace, Some(&sock), &log, "wake failed")?;
         cmd.args(self.def.command.iter().skip(1)).current_dir(&workspace);
-        if let Some(f) = &cert_file {
-            cmd.env("SSL_CERT_FILE", f);
-        }
-        if let Some(d) = &cert_dirs {
-            cmd.env("SSL_CERT_DIR", &d.value);
-        }
         // Without the namespaces the agent's shell and file tools would act with serve's
         // rights, so they are off unless the instance opts in (its own AEGIS_TOOLS,
         // set below, wins).
@@ -914,14 +857,6 @@ impl Supervisor {
             .env("AEGIS_INSTANCE", &self.def.name)
             .envs(self.def.env.iter())
             .envs(env);
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the instance if
-        // serve dies without stopping it, so a serve restart finds no orphans.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
         log::info!("{}: sandbox: {}", self.def.name, self.sandbox_line());
         let mut child = cmd
             .spawn()
@@ -947,6 +882,126 @@ impl Supervisor {
         }
         self.touch();
         Ok(())
+    }
+
+    /// `program` as this instance runs it: in its sandbox (`__sandbox POLICY -- PROGRAM`)
+    /// unless its level is `none`, with the environment built from scratch, the CA
+    /// bundle serve hands on, output to `log`, its own process group. `tether` is the
+    /// socket to keep reachable inside; `why` starts error messages.
+    fn confined(
+        &self,
+        program: &Path,
+        workspace: &Path,
+        tether: Option<&Path>,
+        log: &fs::File,
+        why: &str,
+    ) -> Result<std::process::Command, ApiError> {
+        let level = self.level();
+        if level == Level::Strict {
+            let missing = self.sandbox.probe.missing();
+            if !missing.is_empty() {
+                return Err(err(
+                    503,
+                    format!(
+                        "{why}: {} needs a strict sandbox, and this kernel lacks: {}",
+                        self.def.name,
+                        missing.join("; ")
+                    ),
+                ));
+            }
+        }
+        let spawn_err = |e: std::io::Error| err(503, format!("{why}: {e}"));
+        // The CA bundle serve hands on must be readable inside the sandbox, which replaces
+        // /tmp and serve's state folder: kept visible as its real file, named by that path.
+        let cert_file = std::env::var_os("SSL_CERT_FILE")
+            .filter(|_| level != Level::None)
+            .and_then(|f| fs::canonicalize(f).ok())
+            .filter(|f| f.is_file());
+        let cert_dirs = std::env::var_os("SSL_CERT_DIR")
+            .filter(|_| level != Level::None)
+            .map(|dirs| cert_dirs(&dirs, &self.sandbox.hide_dirs));
+        let mut cmd = if level == Level::None {
+            super::supervised_command(program, log).map_err(spawn_err)?
+        } else {
+            // The real file, so it can be shown inside even when it lives in /tmp or
+            // behind a symlink there (a bare name is looked up on PATH inside instead).
+            let program = if program.is_absolute() {
+                program.canonicalize().unwrap_or(program.to_path_buf())
+            } else {
+                program.to_path_buf()
+            };
+            let policy = Policy {
+                level,
+                net: self.net(),
+                limits: self.limits(),
+                workspace: workspace
+                    .canonicalize()
+                    .unwrap_or_else(|_| workspace.to_path_buf()),
+                tether: tether.map(|t| t.canonicalize().unwrap_or_else(|_| t.to_path_buf())),
+                hide_dirs: self.sandbox.hide_dirs.clone(),
+                hide_files: self.sandbox.hide_files.clone(),
+                keep_files: program
+                    .is_absolute()
+                    .then(|| program.clone())
+                    .into_iter()
+                    .chain(cert_file.clone())
+                    .collect(),
+                keep_dirs: cert_dirs.as_ref().map(|d| d.keep.clone()).unwrap_or_default(),
+                hostname: format!("aegis-{}", self.def.name),
+            };
+            let mut c = super::supervised_command(&self.sandbox.exe, log).map_err(spawn_err)?;
+            c.arg("__sandbox")
+                .arg(serde_json::to_string(&policy).unwrap_or_default())
+                .arg("--")
+                .arg(&program);
+            c
+        };
+        if let Some(f) = &cert_file {
+            cmd.env("SSL_CERT_FILE", f);
+        }
+        if let Some(d) = &cert_dirs {
+            cmd.env("SSL_CERT_DIR", &d.value);
+        }
+        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the process if
+        // serve dies without stopping it, so a serve restart finds no orphans.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
+    /// The command of an exec request (aegisd's `POST /v1/instances/{id}/exec`): `argv`
+    /// in the instance's sandbox, in its workspace, with its environment but not its
+    /// secrets. Refused for an instance the sandbox does not isolate: there it would be a
+    /// shell on this machine with serve's rights.
+    fn exec_command(&self, argv: &[String]) -> Result<std::process::Command, ApiError> {
+        if !self.sandbox.probe.isolates(self.level()) {
+            return Err(err(
+                403,
+                format!(
+                    "exec needs the sandbox, and {} runs without it ({})",
+                    self.def.name,
+                    self.sandbox_line()
+                ),
+            ));
+        }
+        let workspace = self.dir.join("workspace");
+        let _ = fs::create_dir_all(&workspace);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("instance.log"))
+            .map_err(|e| err(503, format!("exec failed: instance.log: {e}")))?;
+        let mut cmd = self.confined(Path::new(&argv[0]), &workspace, None, &log, "exec failed")?;
+        cmd.args(&argv[1..])
+            .current_dir(&workspace)
+            .env("AEGIS_WORKSPACE", &workspace)
+            .env("AEGIS_INSTANCE", &self.def.name)
+            .envs(self.def.env.iter());
+        Ok(cmd)
     }
 
     /// The instance's sandbox level: its own, else serve's.
