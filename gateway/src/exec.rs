@@ -12,9 +12,9 @@ use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, select, unbounded, Sender};
 use serde::Deserialize;
 use tether::AegisClient;
 
@@ -35,6 +35,10 @@ pub const WAIT: Duration = Duration::from_secs(600);
 const SHOWN: usize = 3500;
 /// Output kept while a command runs.
 const KEPT: usize = 64 * 1024;
+/// Telegram shows "typing…" for 5 s.
+const TYPING_EVERY: Duration = Duration::from_secs(4);
+/// Drafts of a running command's output, at most this often (as replies stream).
+const DRAFT_EVERY: Duration = Duration::from_secs(1);
 
 /// Who is in exec mode, and how many commands run. Cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -64,14 +68,16 @@ impl ExecMode {
         self.users.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Run `text` in `instance` on a thread of its own; its result goes to `chat`. A
-    /// command over the bot's `MAX_RUNNING` is refused at once.
+    /// Run `text` in `instance` on a thread of its own; its result goes to `chat` (with
+    /// `drafts`, its output also shows as a draft while it runs). A command over the
+    /// bot's `MAX_RUNNING` is refused at once.
     pub fn run(
         &self,
         aegis: AegisClient,
         instance: String,
         chat: i64,
         text: String,
+        drafts: bool,
         actions: Sender<Action>,
     ) {
         let say = |text: String| {
@@ -95,7 +101,7 @@ impl ExecMode {
             .name("exec".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let (text, html) = run(&aegis, &instance, chat, &text, &actions2);
+                let (text, html) = run(&aegis, &instance, chat, &text, drafts, &actions2);
                 let _ = actions2.send(Action::Send {
                     key: None,
                     part: 0,
@@ -134,12 +140,14 @@ struct Outcome {
 }
 
 /// Run `text` and return the message to send (plain, and HTML when formatted), keeping
-/// the chat's typing indicator up meanwhile.
+/// the chat's typing indicator up meanwhile and, with `drafts`, showing the output's end
+/// as a draft while it grows.
 fn run(
     aegis: &AegisClient,
     instance: &str,
     chat: i64,
     text: &str,
+    drafts: bool,
     actions: &Sender<Action>,
 ) -> (String, Option<String>) {
     // sh -c, so builtins (cd, export), pipes and redirections work: the user types shell.
@@ -150,22 +158,50 @@ fn run(
             return (format!("exec failed: {e}"), None);
         }
     };
-    let (tx, rx) = bounded(1);
+    let (lines_tx, lines_rx) = unbounded::<String>();
+    let (done_tx, done_rx) = bounded(1);
     let spawned = thread::Builder::new()
         .name("exec-read".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            let _ = tx.send(read(BufReader::new(reader)));
+            let outcome = read(BufReader::new(reader), &mut |l| {
+                let _ = lines_tx.send(l.to_string());
+            });
+            let _ = done_tx.send(outcome);
         });
     if let Err(e) = spawned {
         return (format!("exec failed: {e}"), None);
     }
+    let draft_id = draft_id(chat);
+    let mut live = String::new();
+    let (mut changed, mut typed, mut drafted) = (false, None::<Instant>, None::<Instant>);
     let outcome = loop {
-        let _ = actions.send(Action::Typing { chat });
-        match rx.recv_timeout(Duration::from_secs(4)) {
-            Ok(o) => break o,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break Outcome::default(),
+        select! {
+            recv(done_rx) -> o => break o.unwrap_or_default(),
+            recv(lines_rx) -> l => {
+                if let Ok(l) = l {
+                    live.push_str(&l);
+                    live.push('\n');
+                    keep_end(&mut live, 2 * SHOWN);
+                    changed = true;
+                }
+            }
+            default(Duration::from_millis(250)) => {}
+        }
+        let now = Instant::now();
+        if typed.is_none_or(|t| now - t >= TYPING_EVERY) {
+            let _ = actions.send(Action::Typing { chat });
+            typed = Some(now);
+        }
+        if drafts && changed && drafted.is_none_or(|t| now - t >= DRAFT_EVERY) {
+            let _ = actions.send(Action::Draft {
+                key: None,
+                chat,
+                draft_id,
+                text: tail(&live),
+            });
+            drafted = Some(now);
+            changed = false;
         }
     };
     log::info!(
@@ -176,8 +212,34 @@ fn run(
     format(&outcome)
 }
 
-/// Read an exec stream to its `done` line (or its end).
-fn read(reader: impl BufRead) -> Outcome {
+/// A draft id of its own for one command (non-zero, as Telegram wants).
+fn draft_id(chat: i64) -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as i64);
+    ((nanos ^ chat) & i64::MAX).max(1)
+}
+
+/// `s` without its beginning, so it holds at most about `max` bytes (on a character
+/// boundary).
+fn keep_end(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = s.len() - max;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s.drain(..cut);
+    }
+}
+
+/// The last `SHOWN` characters of `s`.
+fn tail(s: &str) -> String {
+    let chars = s.chars().count();
+    s.chars().skip(chars.saturating_sub(SHOWN)).collect()
+}
+
+/// Read an exec stream to its `done` line (or its end); `on_line` sees each output line.
+fn read(reader: impl BufRead, on_line: &mut dyn FnMut(&str)) -> Outcome {
     let mut o = Outcome::default();
     for line in reader.lines() {
         let line = match line {
@@ -202,15 +264,12 @@ fn read(reader: impl BufRead) -> Outcome {
             return o;
         }
         if let Some(text) = entry.line {
+            on_line(&text);
             o.total += text.len() + 1;
             o.output.push_str(&text);
             o.output.push('\n');
             if o.output.len() > 2 * KEPT {
-                let mut cut = o.output.len() - KEPT;
-                while !o.output.is_char_boundary(cut) {
-                    cut += 1;
-                }
-                o.output.drain(..cut);
+                keep_end(&mut o.output, KEPT);
             }
         }
     }
@@ -261,7 +320,7 @@ mod tests {
     use super::*;
 
     fn outcome(ndjson: &str) -> Outcome {
-        read(ndjson.as_bytes())
+        read(ndjson.as_bytes(), &mut |_| {})
     }
 
     #[test]

@@ -234,11 +234,15 @@ impl Poller {
             {
                 // The list may have changed under a running gateway's feet: ask again.
                 if self.bot.may_exec(user_id) {
+                    // Drafts exist in private chats only.
+                    let drafts =
+                        !m.chat.is_group() && self.bot.stream_mode != crate::render::StreamMode::Edit;
                     self.exec.run(
                         self.aegis.clone(),
                         self.bot.instance.clone(),
                         chat,
                         text.to_string(),
+                        drafts,
                         self.actions.clone(),
                     );
                     return;

@@ -88,8 +88,9 @@ pub enum Action {
     },
     /// `sendMessageDraft`: show `text` as the reply being written (empty: "Thinking…").
     Draft {
-        /// Reply the draft belongs to (a refusal turns it to edit mode).
-        key: ReplyKey,
+        /// Reply the draft belongs to (a refusal turns it to edit mode); `None` for the
+        /// output of a running `/exec` command, which has no reply to turn.
+        key: Option<ReplyKey>,
         /// Chat.
         chat: i64,
         /// Non-zero id, one per reply.
@@ -497,7 +498,7 @@ impl Renderer {
                             },
                         );
                         out.push(Action::Draft {
-                            key: key.clone(),
+                            key: Some(key.clone()),
                             chat,
                             draft_id: id,
                             text: String::new(),
@@ -623,7 +624,7 @@ impl Renderer {
                 r.draft_shown = Some((text.clone(), now));
                 r.behind = false;
                 out.push(Action::Draft {
-                    key: key.clone(),
+                    key: Some(key.clone()),
                     chat,
                     draft_id: id,
                     text,
@@ -1022,7 +1023,7 @@ mod tests {
         assert_eq!(
             out,
             vec![Action::Draft {
-                key: (5, "m".into()),
+                key: Some((5, "m".into())),
                 chat: 5,
                 draft_id: id,
                 text: "Hel".into()

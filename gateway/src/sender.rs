@@ -129,7 +129,9 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
                     // 404 method not found (an older Bot API server), or a chat where
                     // drafts are not allowed: stream with edits instead.
                     log::debug!("chat {chat}: sendMessageDraft refused: {e}");
-                    let _ = events.send(Event::DraftRefused { key });
+                    if let Some(key) = key {
+                        let _ = events.send(Event::DraftRefused { key });
+                    }
                 }
             }
         }

@@ -1180,4 +1180,20 @@ fn exec_through_serve_runs_in_the_instance_workspace() {
     );
     let made = s.home.join("kit/instances/my-agent/workspace/f.txt");
     assert_eq!(std::fs::read_to_string(made).unwrap(), "made\n");
+
+    // A long command's output shows as a draft while it runs (a private chat).
+    s.telegram.enable_drafts();
+    let before = s.telegram.calls_of("sendMessageDraft").len();
+    s.telegram
+        .push_text(CHAT, 7, "Ann", "echo one; sleep 1.5; echo two");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
+    assert_eq!(msgs[2].visible(), "one\ntwo\nexit: 0");
+    let drafts: Vec<String> = s
+        .telegram
+        .calls_of("sendMessageDraft")
+        .iter()
+        .skip(before)
+        .map(|c| c.body["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(drafts.first().is_some_and(|d| d == "one\n"), "{drafts:?}");
 }
