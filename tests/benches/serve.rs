@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aegis_e2e::bench::{cpu_ticks, maybe_blast, release_dir, rss_kib, stats};
 use aegis_e2e::llm::{openai_sse, FakeLlm, Reply};
-use aegis_e2e::proc::{temp_dir, without_network_vars, Proc};
+use aegis_e2e::proc::{temp_dir, without_network_vars, Proc, TempDir};
 use serde_json::json;
 use tether::frame::Session;
 use tether::{AegisClient, Frame};
@@ -193,13 +193,7 @@ fn host_model(dir: &Path) {
     let words: Vec<String> = (0..DELTAS).map(|i| format!("w{i} ")).collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
     let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&refs))]);
-    let home = temp_dir("bench-host-llm");
-    let _s = serve(
-        dir,
-        &home,
-        &dir.join("aegis-agent"),
-        &["--host-llm", &format!("local={}", llm.url())],
-    );
+    let (home, _s) = serve_with_host_model(dir, &llm, "bench-host-llm");
     let c = AegisClient::new(home.join("aegisd.sock"));
     c.put_secret("OPENAI_API_KEY", "sk-bench").unwrap();
     let make = |name: &str, env: serde_json::Value| {
@@ -272,6 +266,19 @@ fn host_model(dir: &Path) {
     );
 }
 
+/// A fresh home and a serve in it whose `host:local` model server is `llm` (bind them in
+/// this order: the serve must go before its home).
+fn serve_with_host_model(dir: &Path, llm: &FakeLlm, name: &str) -> (TempDir, Proc) {
+    let home = temp_dir(name);
+    let s = serve(
+        dir,
+        &home,
+        &dir.join("aegis-agent"),
+        &["--host-llm", &format!("local={}", llm.url())],
+    );
+    (home, s)
+}
+
 /// A reply from a `host:` model stopped by the user: how soon the model server sees its
 /// client go (and so stops generating), and how soon the chat has its cancelled reply.
 fn host_model_cancel(dir: &Path) {
@@ -282,13 +289,7 @@ fn host_model_cancel(dir: &Path) {
         delay: Duration::from_millis(TOKEN_MS),
         end: aegis_e2e::llm::End::Finish,
     }]);
-    let home = temp_dir("bench-host-cancel");
-    let _s = serve(
-        dir,
-        &home,
-        &dir.join("aegis-agent"),
-        &["--host-llm", &format!("local={}", llm.url())],
-    );
+    let (home, _s) = serve_with_host_model(dir, &llm, "bench-host-cancel");
     let c = AegisClient::new(home.join("aegisd.sock"));
     let body = json!({"name": "a", "env": {"AEGIS_MODEL": "host:local/m", "RUST_LOG": "warn"}});
     c.request("POST", "/v1/instances", Some(&body)).unwrap();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::web::html_to_text;
-use super::{arg_opt, arg_str};
+use super::{arg_opt, arg_str, transport};
 
 /// Brave's API base; `BRAVE_SEARCH_BASE_URL` replaces it (a stand-in, a gateway).
 pub const DEFAULT_BASE: &str = "https://api.search.brave.com/res/v1";
@@ -223,20 +223,7 @@ fn status_error(status: u16, body: &str) -> String {
         429 => "the search API is rate-limiting requests; try again later",
         _ => "the search API refused the request",
     };
-    if detail.is_empty() {
-        format!("{what} (HTTP {status})")
-    } else {
-        format!("{what} (HTTP {status}: {detail})")
-    }
-}
-
-/// A transport error without anything of the request (ureq's messages do not carry
-/// headers, but say so here once for every caller).
-fn transport(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Timeout(_) => "no answer in time".into(),
-        other => other.to_string(),
-    }
+    super::refusal(what, status, &detail)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::arg_str;
+use super::{arg_str, transport};
 use crate::blobs;
 
 /// OpenAI's API base; `OPENAI_IMAGES_BASE_URL` replaces it (a stand-in, a compatible server).
@@ -257,18 +257,7 @@ fn status_error(status: u16, body: &str) -> String {
         s if s >= 500 => "the image API failed; try again later",
         _ => "the image API refused the request",
     };
-    if detail.is_empty() {
-        format!("{what} (HTTP {status})")
-    } else {
-        format!("{what} (HTTP {status}: {detail})")
-    }
-}
-
-fn transport(e: &ureq::Error) -> String {
-    match e {
-        ureq::Error::Timeout(_) => "no answer in time".into(),
-        other => other.to_string(),
-    }
+    super::refusal(what, status, &detail)
 }
 
 #[cfg(test)]

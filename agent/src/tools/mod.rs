@@ -643,6 +643,25 @@ fn off_thread<T: Send + 'static>(
     }
 }
 
+/// A web API's refusal for the model: `what` it means, with the API's own words when it
+/// gave them (`the search API rejected the key (HTTP 401: ...)`).
+pub fn refusal(what: &str, status: u16, detail: &str) -> String {
+    if detail.is_empty() {
+        format!("{what} (HTTP {status})")
+    } else {
+        format!("{what} (HTTP {status}: {detail})")
+    }
+}
+
+/// A transport error of a web API call, without anything of the request (ureq's messages
+/// carry no headers, where keys travel).
+pub fn transport(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(_) => "no answer in time".into(),
+        other => other.to_string(),
+    }
+}
+
 /// A required string argument.
 pub fn arg_str<'a>(args: &'a Value, name: &str) -> Result<&'a str, String> {
     match args.get(name) {
