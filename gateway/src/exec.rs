@@ -29,8 +29,9 @@ pub const REFUSED: &str =
     "⛔ Running commands is not enabled for you on this bot (gateway.json: exec_users).";
 /// Commands of one bot running at once.
 pub const MAX_RUNNING: usize = 4;
-/// How long the gateway waits for a command's output (the command itself may run on).
-pub const WAIT: Duration = Duration::from_secs(600);
+/// How long the gateway waits for a command's output (under aegisd the command itself may
+/// run on); a little over serve's own limit, so serve's "killed" line gets through.
+pub const WAIT: Duration = Duration::from_secs(630);
 /// Characters of output shown (the end of it: where errors and results are).
 const SHOWN: usize = 3500;
 /// Output kept while a command runs.
