@@ -133,9 +133,12 @@ fn streamed_reply(
             _ => {}
         }
     }
+    // The anonymous part is the agent's own memory; the rest is code and data of the
+    // binary mapped from the page cache.
     println!(
-        "peak RSS after a {N}-delta reply{label}: {:.2} MiB",
-        rss_kib(child.id()) as f64 / 1024.0
+        "peak RSS after a {N}-delta reply{label}: {:.2} MiB (anon {} KiB)",
+        rss_kib(child.id()) as f64 / 1024.0,
+        aegis_e2e::bench::status_kib(child.id(), "RssAnon")
     );
     let _ = child.kill();
     let _ = child.wait();
