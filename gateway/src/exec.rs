@@ -8,14 +8,14 @@
 //! the chat: in a group, another member's messages still go to the agent.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, unbounded, Sender};
-use serde::Deserialize;
+use tether::client::{ExecEvent, ExecStream};
+use tether::lines::LineError;
+use tether::slots::Slots;
 use tether::AegisClient;
 
 use crate::render::Action;
@@ -41,12 +41,21 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// Drafts of a running command's output, at most this often (as replies stream).
 const DRAFT_EVERY: Duration = Duration::from_secs(1);
 
-/// Who is in exec mode, and how many commands run. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+/// Who is in exec mode, and the commands running. Cheap to clone.
+#[derive(Debug, Clone)]
 pub struct ExecMode {
     /// (chat, user) pairs in exec mode.
     users: Arc<Mutex<HashSet<(i64, i64)>>>,
-    running: Arc<AtomicUsize>,
+    running: Slots,
+}
+
+impl Default for ExecMode {
+    fn default() -> ExecMode {
+        ExecMode {
+            users: Arc::default(),
+            running: Slots::new(MAX_RUNNING),
+        }
+    }
 }
 
 impl ExecMode {
@@ -82,52 +91,26 @@ impl ExecMode {
         actions: Sender<Action>,
     ) {
         let say = |text: String| {
-            let _ = actions.send(Action::Send {
-                key: None,
-                part: 0,
-                chat,
-                text,
-                html: None,
-            });
+            let _ = actions.send(Action::notice(chat, text, None));
         };
-        if self.running.fetch_add(1, Ordering::SeqCst) >= MAX_RUNNING {
-            self.running.fetch_sub(1, Ordering::SeqCst);
+        let Some(slot) = self.running.take() else {
             return say(format!(
                 "⏳ {MAX_RUNNING} commands are still running; send this again when one has finished."
             ));
-        }
-        let running = Arc::clone(&self.running);
+        };
         let actions2 = actions.clone();
         let spawned = thread::Builder::new()
             .name("exec".into())
             .stack_size(256 * 1024)
             .spawn(move || {
                 let (text, html) = run(&aegis, &instance, chat, &text, drafts, &actions2);
-                let _ = actions2.send(Action::Send {
-                    key: None,
-                    part: 0,
-                    chat,
-                    text,
-                    html,
-                });
-                running.fetch_sub(1, Ordering::SeqCst);
+                let _ = actions2.send(Action::notice(chat, text, html));
+                drop(slot);
             });
         if let Err(e) = spawned {
-            self.running.fetch_sub(1, Ordering::SeqCst);
             say(format!("exec failed: {e}"));
         }
     }
-}
-
-/// One line of aegisd's exec stream.
-#[derive(Deserialize)]
-struct Entry {
-    #[serde(default)]
-    line: Option<String>,
-    #[serde(default)]
-    exit_code: Option<i64>,
-    #[serde(default)]
-    done: bool,
 }
 
 /// What a stream told: the output's end, its size, the exit status if it came.
@@ -165,7 +148,7 @@ fn run(
         .name("exec-read".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            let outcome = read(BufReader::new(reader), &mut |l| {
+            let outcome = read(ExecStream::from_reader(reader), &mut |l| {
                 let _ = lines_tx.send(l.to_string());
             });
             let _ = done_tx.send(outcome);
@@ -240,37 +223,33 @@ fn tail(s: &str) -> String {
 }
 
 /// Read an exec stream to its `done` line (or its end); `on_line` sees each output line.
-fn read(reader: impl BufRead, on_line: &mut dyn FnMut(&str)) -> Outcome {
+fn read(events: ExecStream, on_line: &mut dyn FnMut(&str)) -> Outcome {
     let mut o = Outcome::default();
-    for line in reader.lines() {
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                o.broken = Some(if e.kind() == std::io::ErrorKind::TimedOut {
-                    format!(
-                        "stopped waiting after {} min; the command may still run",
-                        WAIT.as_secs() / 60
-                    )
-                } else {
-                    format!("the output stream broke: {e}")
-                });
+    for event in events {
+        match event {
+            Ok(ExecEvent::Done(code)) => {
+                o.exit = Some(code);
                 return o;
             }
-        };
-        let Ok(entry) = serde_json::from_str::<Entry>(&line) else {
-            continue;
-        };
-        if entry.done {
-            o.exit = Some(entry.exit_code.unwrap_or(-1));
-            return o;
-        }
-        if let Some(text) = entry.line {
-            on_line(&text);
-            o.total += text.len() + 1;
-            o.output.push_str(&text);
-            o.output.push('\n');
-            if o.output.len() > 2 * KEPT {
-                keep_end(&mut o.output, KEPT);
+            Ok(ExecEvent::Line { text, .. }) => {
+                on_line(&text);
+                o.total += text.len() + 1;
+                o.output.push_str(&text);
+                o.output.push('\n');
+                if o.output.len() > 2 * KEPT {
+                    keep_end(&mut o.output, KEPT);
+                }
+            }
+            Err(LineError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                o.broken = Some(format!(
+                    "stopped waiting after {} min; the command may still run",
+                    WAIT.as_secs() / 60
+                ));
+                return o;
+            }
+            Err(e) => {
+                o.broken = Some(format!("the output stream broke: {e}"));
+                return o;
             }
         }
     }
@@ -320,8 +299,13 @@ fn escape(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The outcome of `ndjson`, its last line terminated as aegisd terminates every line.
     fn outcome(ndjson: &str) -> Outcome {
-        read(ndjson.as_bytes(), &mut |_| {})
+        let body = format!("{}\n", ndjson.trim_end_matches('\n')).into_bytes();
+        read(
+            ExecStream::from_reader(Box::new(std::io::Cursor::new(body))),
+            &mut |_| {},
+        )
     }
 
     #[test]

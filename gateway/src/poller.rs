@@ -311,13 +311,7 @@ impl Poller {
     }
 
     fn notice(&self, chat: i64, text: &str) {
-        let _ = self.actions.send(Action::Send {
-            key: None,
-            part: 0,
-            chat,
-            text: text.to_string(),
-            html: None,
-        });
+        let _ = self.actions.send(Action::notice(chat, text.to_string(), None));
     }
 
     fn deliver(&self, chat: i64, frame: &Frame) {

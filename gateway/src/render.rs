@@ -100,6 +100,19 @@ pub enum Action {
     },
 }
 
+impl Action {
+    /// A message of the gateway's own, not part of a reply (`html` when formatted).
+    pub fn notice(chat: i64, text: String, html: Option<String>) -> Action {
+        Action::Send {
+            key: None,
+            part: 0,
+            chat,
+            text,
+            html,
+        }
+    }
+}
+
 /// How replies stream (config `stream_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StreamMode {

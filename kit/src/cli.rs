@@ -126,29 +126,16 @@ pub fn instance_rm(c: &AegisClient, name: &str) -> Result<(), CliError> {
 /// `instance exec NAME -- CMD...`: the command's output as it comes (its stderr lines on
 /// stderr), then its exit status as ours.
 pub fn instance_exec(c: &AegisClient, name: &str, command: &[String]) -> Result<(), CliError> {
-    use std::io::BufRead;
+    use tether::client::{ExecEvent, ExecStream};
     let argv: Vec<&str> = command.iter().map(String::as_str).collect();
     // As long as serve lets a command run, and a little more.
     let limit = crate::serve::exec::RUN_LIMIT + std::time::Duration::from_secs(30);
-    let reader = c.exec(name, &argv, limit)?;
-    for line in std::io::BufReader::new(reader).lines() {
-        let line = line.map_err(|e| CliError::Other(format!("reading the command's output: {e}")))?;
-        let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue; // keep-alive
-        };
-        if entry["done"] == true {
-            let code = entry["exit_code"].as_i64().unwrap_or(1);
-            return match code {
-                0 => Ok(()),
-                c => Err(CliError::Exit(u8::try_from(c).unwrap_or(1).max(1))),
-            };
-        }
-        if let Some(text) = entry["line"].as_str() {
-            if entry["stream"] == "stderr" {
-                eprintln!("{text}");
-            } else {
-                println!("{text}");
-            }
+    for event in ExecStream::from_reader(c.exec(name, &argv, limit)?) {
+        match event.map_err(|e| CliError::Other(format!("reading the command's output: {e}")))? {
+            ExecEvent::Line { stderr: true, text } => eprintln!("{text}"),
+            ExecEvent::Line { text, .. } => println!("{text}"),
+            ExecEvent::Done(0) => return Ok(()),
+            ExecEvent::Done(code) => return Err(CliError::Exit(u8::try_from(code).unwrap_or(1).max(1))),
         }
     }
     Err(CliError::Other(

@@ -360,9 +360,102 @@ impl Iterator for FrameStream {
     }
 }
 
+/// One event of aegisd's exec stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    /// A line the command wrote, without its newline.
+    Line {
+        /// Written to stderr (else stdout).
+        stderr: bool,
+        /// The text.
+        text: String,
+    },
+    /// The command ended with this status.
+    Done(i64),
+}
+
+/// aegisd's exec stream (`POST /v1/instances/{id}/exec`): a first line `{exec_id,
+/// started_at}`, log entries `{line, stream}`, then `{exit_code, done: true}`. Lines that
+/// are none of these (keep-alive newlines) and oversized ones are skipped; iteration ends
+/// after `Done`, at the end of the body, or with the error that broke it.
+pub struct ExecStream {
+    lines: LineReader<BufReader<Box<dyn Read + Send>>>,
+    ended: bool,
+}
+
+impl fmt::Debug for ExecStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExecStream").finish()
+    }
+}
+
+impl ExecStream {
+    /// Read events from the body `AegisClient::exec` returned (or any NDJSON source).
+    pub fn from_reader(r: Box<dyn Read + Send>) -> ExecStream {
+        ExecStream {
+            lines: LineReader::new(BufReader::new(r)),
+            ended: false,
+        }
+    }
+}
+
+impl Iterator for ExecStream {
+    type Item = Result<ExecEvent, crate::lines::LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.ended {
+            let line = match self.lines.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(e) if e.is_recoverable() => continue,
+                Err(e) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(line) else {
+                continue;
+            };
+            if v["done"] == true {
+                self.ended = true;
+                return Some(Ok(ExecEvent::Done(v["exit_code"].as_i64().unwrap_or(-1))));
+            }
+            if let Some(text) = v["line"].as_str() {
+                let stderr = v["stream"] == "stderr";
+                let text = text.to_string();
+                return Some(Ok(ExecEvent::Line { stderr, text }));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exec_stream_gives_lines_then_the_status() {
+        let src = concat!(
+            "{\"exec_id\":\"e1\",\"started_at\":\"2026-12-02T08:00:00Z\"}\n",
+            "{\"stream\":\"stdout\",\"line\":\"hi\",\"exec_id\":\"e1\"}\n",
+            "\n",
+            "{\"stream\":\"stderr\",\"line\":\"oops\"}\n",
+            "{\"exec_id\":\"e1\",\"exit_code\":3,\"done\":true}\n",
+            "{\"line\":\"after done\"}\n",
+        );
+        let events: Vec<_> = ExecStream::from_reader(Box::new(src.as_bytes()))
+            .map(Result::unwrap)
+            .collect();
+        let line = |stderr, text: &str| ExecEvent::Line {
+            stderr,
+            text: text.into(),
+        };
+        assert_eq!(
+            events,
+            vec![line(false, "hi"), line(true, "oops"), ExecEvent::Done(3)]
+        );
+    }
 
     #[test]
     fn segments_are_percent_encoded() {

@@ -29,6 +29,7 @@ pub mod paths;
 pub mod rpc;
 #[cfg(feature = "schedule")]
 pub mod schedule;
+pub mod slots;
 pub mod store;
 pub mod time;
 pub mod transport;

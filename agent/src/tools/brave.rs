@@ -41,15 +41,8 @@ impl fmt::Debug for Brave {
 impl Brave {
     /// A client with the key in variable `key_env`, or `None` when it is unset or empty.
     pub fn from_env(key_env: &str) -> Option<Brave> {
-        let key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty())?;
-        let base = std::env::var("BRAVE_SEARCH_BASE_URL")
-            .ok()
-            .filter(|b| !b.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE.to_string());
-        Some(Brave {
-            key: key.trim().to_string(),
-            base: base.trim_end_matches('/').to_string(),
-        })
+        let (key, base) = super::api_from_env(key_env, "BRAVE_SEARCH_BASE_URL", DEFAULT_BASE)?;
+        Some(Brave { key, base })
     }
 
     /// `web_search {query, count?, freshness?}`.

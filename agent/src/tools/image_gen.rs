@@ -79,14 +79,10 @@ impl ImageGen {
     /// A client with the key in variable `key_env` for `model`, or `None` when the
     /// variable is unset or empty.
     pub fn from_env(key_env: &str, model: &str) -> Option<ImageGen> {
-        let key = std::env::var(key_env).ok().filter(|k| !k.trim().is_empty())?;
-        let base = std::env::var("OPENAI_IMAGES_BASE_URL")
-            .ok()
-            .filter(|b| !b.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE.to_string());
+        let (key, base) = super::api_from_env(key_env, "OPENAI_IMAGES_BASE_URL", DEFAULT_BASE)?;
         Some(ImageGen {
-            key: key.trim().to_string(),
-            base: base.trim().trim_end_matches('/').to_string(),
+            key,
+            base,
             model: model.to_string(),
         })
     }

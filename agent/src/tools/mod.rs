@@ -643,6 +643,15 @@ fn off_thread<T: Send + 'static>(
     }
 }
 
+/// A web API's key (variable `key_env`) and base URL (variable `base_env`, else
+/// `default`, without a trailing `/`); `None` when the key is unset or empty.
+pub fn api_from_env(key_env: &str, base_env: &str, default: &str) -> Option<(String, String)> {
+    let set = |var: &str| std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let key = set(key_env)?.trim().to_string();
+    let base = set(base_env).unwrap_or_else(|| default.to_string());
+    Some((key, base.trim().trim_end_matches('/').to_string()))
+}
+
 /// A web API's refusal for the model: `what` it means, with the API's own words when it
 /// gave them (`the search API rejected the key (HTTP 401: ...)`).
 pub fn refusal(what: &str, status: u16, detail: &str) -> String {

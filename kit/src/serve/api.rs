@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::bounded;
 use serde_json::{json, Value};
 use tether::frame::Direction;
+use tether::slots::Slots;
 use tether::store::StoreError;
 use tether::Frame;
 use tiny_http::{Header, Method, Request, Response};
@@ -42,21 +42,12 @@ pub(super) fn e(status: u16, message: impl Into<String>) -> ApiError {
 /// a flood of connections cannot take unbounded threads and memory.
 pub const MAX_ACTIVE: usize = 256;
 
-/// Counts a request thread while it lives.
-struct Active(Arc<AtomicUsize>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
 /// Accept requests until the server is unblocked.
 pub fn serve(server: &tiny_http::Server, host: &Arc<Host>) {
-    let active = Arc::new(AtomicUsize::new(0));
+    let active = Slots::new(MAX_ACTIVE);
     for req in server.incoming_requests() {
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
-            active.fetch_sub(1, Ordering::SeqCst);
+        // Held by the request's thread while it lives.
+        let Some(slot) = active.take() else {
             log::warn!(
                 "{MAX_ACTIVE} requests in progress: refusing {} {}",
                 req.method(),
@@ -66,14 +57,13 @@ pub fn serve(server: &tiny_http::Server, host: &Arc<Host>) {
                 json!({"error": format!("serve is busy ({MAX_ACTIVE} requests in progress); try again")});
             let _ = req.respond(json_response(503, &body));
             continue;
-        }
-        let guard = Active(Arc::clone(&active));
+        };
         let host = Arc::clone(host);
         let spawned = thread::Builder::new()
             .name("api".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _guard = guard;
+                let _slot = slot;
                 handle(req, &host)
             });
         if let Err(err) = spawned {

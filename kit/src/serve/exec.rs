@@ -11,7 +11,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tiny_http::Request;
 use super::api::{ask, e, read_body, respond, start_chunked, with, write_chunk};
 use super::supervisor::{signal_group, Cmd};
 use super::Host;
+use tether::slots::Slots;
 use tether::time::now_rfc3339 as rfc3339_now;
 
 /// Commands running at once across serve; more get a 429.
@@ -33,16 +34,8 @@ const KEEPALIVE: Duration = Duration::from_secs(5);
 /// Longest output line sent; a longer one is split.
 const LINE_CAP: u64 = 64 * 1024;
 
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
-
-/// Counts a running command while it lives.
-struct Slot;
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+/// The commands running across serve.
+static RUNNING: LazyLock<Slots> = LazyLock::new(|| Slots::new(MAX_RUNNING));
 
 /// What a request asks to run.
 #[derive(Debug, PartialEq)]
@@ -92,8 +85,7 @@ pub fn exec(mut req: Request, host: &Host, id: &str) {
         Ok(h) => h,
         Err(err) => return respond(req, Err(err)),
     };
-    if RUNNING.fetch_add(1, Ordering::SeqCst) >= MAX_RUNNING {
-        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    let Some(_slot) = RUNNING.take() else {
         return respond(
             req,
             Err(e(
@@ -101,8 +93,7 @@ pub fn exec(mut req: Request, host: &Host, id: &str) {
                 format!("{MAX_RUNNING} commands are running; try again later"),
             )),
         );
-    }
-    let _slot = Slot;
+    };
     let mut cmd = match ask(&h, |tx| Cmd::Exec(argv.clone(), tx), Duration::from_secs(10)) {
         Ok(Ok(c)) => c,
         Ok(Err(err)) | Err(err) => return respond(req, Err(err)),
