@@ -19,7 +19,7 @@ use tether::{AegisClient, Frame};
 
 use crate::config::BotConfig;
 use crate::poller::Poller;
-use crate::render::{Action, Renderer, ReplyKey, Snapshot};
+use crate::render::{Action, DraftsRefused, Renderer, ReplyKey, Snapshot};
 use crate::state;
 use crate::telegram::Telegram;
 
@@ -41,10 +41,11 @@ pub enum Event {
         /// Telegram message id.
         message_id: i64,
     },
-    /// The Bot API refused `sendMessageDraft` for this reply.
+    /// The Bot API refused `sendMessageDraft` in this chat (for a reply, or for `/exec`'s
+    /// output).
     DraftRefused {
-        /// Reply.
-        key: ReplyKey,
+        /// Chat.
+        chat: i64,
     },
     /// The sender is done with a photo of a reply (sent, or given up on).
     PhotoSent {
@@ -73,9 +74,11 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
 
     let tg2 = tg.clone();
     let ev = events_tx.clone();
+    let drafts_refused = DraftsRefused::default();
+    let refused = drafts_refused.clone();
     thread::Builder::new()
         .name("tg-sender".into())
-        .spawn(move || crate::sender::run(tg2, actions_rx, ev))?;
+        .spawn(move || crate::sender::run(tg2, actions_rx, ev, refused))?;
 
     let acts = actions_tx.clone();
     let mut renderer = Renderer::restore(snapshot);
@@ -97,7 +100,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         actions: actions_tx,
         state_path: dir.join("poll.json"),
         username: None,
-        exec: crate::exec::ExecMode::default(),
+        exec: crate::exec::ExecMode::new(drafts_refused),
     };
     thread::Builder::new()
         .name("poller".into())
@@ -124,7 +127,7 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
                     Ok(Event::Sent { key, part, message_id }) => r.sent(&key, part, message_id, now, &mut out),
                     Ok(Event::SendFailed { key, part }) => r.send_failed(&key, part),
                     Ok(Event::PhotoSent { key, index }) => r.photo_sent(&key, index, now, &mut out),
-                    Ok(Event::DraftRefused { key }) => r.draft_refused(&key, now, &mut out),
+                    Ok(Event::DraftRefused { chat }) => r.draft_refused(chat, now, &mut out),
                     Err(_) => return,
                 }
             },

@@ -18,7 +18,7 @@ use tether::lines::LineError;
 use tether::slots::Slots;
 use tether::AegisClient;
 
-use crate::render::Action;
+use crate::render::{Action, DraftsRefused};
 
 /// The answer to `/exec`.
 pub const ENTER: &str = "⚡ Exec mode. Each command runs in a fresh shell.\nUse && to chain: cd /workspace && ls -la\nSend /exit to return to chat.";
@@ -47,18 +47,20 @@ pub struct ExecMode {
     /// (chat, user) pairs in exec mode.
     users: Arc<Mutex<HashSet<(i64, i64)>>>,
     running: Slots,
-}
-
-impl Default for ExecMode {
-    fn default() -> ExecMode {
-        ExecMode {
-            users: Arc::default(),
-            running: Slots::new(MAX_RUNNING),
-        }
-    }
+    /// Set by the sender when the Bot API refuses drafts: output then shows only at the end.
+    drafts_refused: DraftsRefused,
 }
 
 impl ExecMode {
+    /// Nobody in exec mode yet; `drafts_refused` is the bot's (the sender's) flag.
+    pub fn new(drafts_refused: DraftsRefused) -> ExecMode {
+        ExecMode {
+            users: Arc::default(),
+            running: Slots::new(MAX_RUNNING),
+            drafts_refused,
+        }
+    }
+
     /// Put `user` of `chat` in exec mode.
     pub fn enter(&self, chat: i64, user: i64) {
         self.lock().insert((chat, user));
@@ -99,10 +101,12 @@ impl ExecMode {
             ));
         };
         let actions2 = actions.clone();
+        let refused = self.drafts_refused.clone();
         let spawned = thread::Builder::new()
             .name("exec".into())
             .stack_size(256 * 1024)
             .spawn(move || {
+                let drafts = drafts.then_some(&refused);
                 let (text, html) = run(&aegis, &instance, chat, &text, drafts, &actions2);
                 let _ = actions2.send(Action::notice(chat, text, html));
                 drop(slot);
@@ -125,13 +129,13 @@ struct Outcome {
 
 /// Run `text` and return the message to send (plain, and HTML when formatted), keeping
 /// the chat's typing indicator up meanwhile and, with `drafts`, showing the output's end
-/// as a draft while it grows.
+/// as a draft while it grows (until the Bot API refuses one).
 fn run(
     aegis: &AegisClient,
     instance: &str,
     chat: i64,
     text: &str,
-    drafts: bool,
+    drafts: Option<&DraftsRefused>,
     actions: &Sender<Action>,
 ) -> (String, Option<String>) {
     // sh -c, so builtins (cd, export), pipes and redirections work: the user types shell.
@@ -177,9 +181,9 @@ fn run(
             let _ = actions.send(Action::Typing { chat });
             typed = Some(now);
         }
-        if drafts && changed && drafted.is_none_or(|t| now - t >= DRAFT_EVERY) {
+        let may_draft = drafts.is_some_and(|refused| !refused.is_set());
+        if may_draft && changed && drafted.is_none_or(|t| now - t >= DRAFT_EVERY) {
             let _ = actions.send(Action::Draft {
-                key: None,
                 chat,
                 draft_id,
                 text: tail(&live),
@@ -366,7 +370,7 @@ mod tests {
 
     #[test]
     fn exec_mode_belongs_to_a_user_in_a_chat() {
-        let m = ExecMode::default();
+        let m = ExecMode::new(DraftsRefused::default());
         m.enter(-100, 7);
         assert!(m.is_on(-100, 7));
         assert!(!m.is_on(-100, 8), "another member of the group");

@@ -88,9 +88,6 @@ pub enum Action {
     },
     /// `sendMessageDraft`: show `text` as the reply being written (empty: "Thinking…").
     Draft {
-        /// Reply the draft belongs to (a refusal turns it to edit mode); `None` for the
-        /// output of a running `/exec` command, which has no reply to turn.
-        key: Option<ReplyKey>,
         /// Chat.
         chat: i64,
         /// Non-zero id, one per reply.
@@ -123,6 +120,24 @@ pub enum StreamMode {
     Draft,
     /// Send and edit messages, as Bot APIs before drafts.
     Edit,
+}
+
+/// Whether the Bot API refused `sendMessageDraft`, shared by the threads that send drafts
+/// (the sender learns it; `/exec`'s runs read it). Once refused, always refused: a Bot
+/// API server does not gain methods while the gateway runs. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct DraftsRefused(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl DraftsRefused {
+    /// The Bot API refused a draft.
+    pub fn note(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it did.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// One Telegram message of a reply.
@@ -310,14 +325,11 @@ impl Renderer {
         self.mode = mode;
     }
 
-    /// The Bot API does not know `sendMessageDraft` (or refused it for `key`'s chat):
-    /// every reply streaming as a draft continues with messages and edits.
-    pub fn draft_refused(&mut self, key: &ReplyKey, now: Instant, out: &mut Vec<Action>) {
+    /// The Bot API does not know `sendMessageDraft` (or refused it in `chat`): every
+    /// reply streaming as a draft continues with messages and edits.
+    pub fn draft_refused(&mut self, chat: i64, now: Instant, out: &mut Vec<Action>) {
         if !self.drafts_refused {
-            log::info!(
-                "sendMessageDraft refused (chat {}); streaming with message edits",
-                key.0
-            );
+            log::info!("sendMessageDraft refused (chat {chat}); streaming with message edits");
         }
         self.drafts_refused = true;
         let keys: Vec<ReplyKey> = self.replies.keys().cloned().collect();
@@ -511,7 +523,6 @@ impl Renderer {
                             },
                         );
                         out.push(Action::Draft {
-                            key: Some(key.clone()),
                             chat,
                             draft_id: id,
                             text: String::new(),
@@ -637,7 +648,6 @@ impl Renderer {
                 r.draft_shown = Some((text.clone(), now));
                 r.behind = false;
                 out.push(Action::Draft {
-                    key: Some(key.clone()),
                     chat,
                     draft_id: id,
                     text,
@@ -1036,7 +1046,6 @@ mod tests {
         assert_eq!(
             out,
             vec![Action::Draft {
-                key: Some((5, "m".into())),
                 chat: 5,
                 draft_id: id,
                 text: "Hel".into()
@@ -1080,7 +1089,7 @@ mod tests {
         r.frame(&presence("5", "m", 1), t0, &mut out);
         r.frame(&delta("5", "m", 2, "Hi"), t0 + Duration::from_secs(2), &mut out);
         out.clear();
-        r.draft_refused(&(5, "m".into()), t0 + Duration::from_secs(2), &mut out);
+        r.draft_refused(5, t0 + Duration::from_secs(2), &mut out);
         assert!(
             matches!(&out[..], [Action::Send { part: 0, text, .. }] if text == "Hi"),
             "{out:?}"

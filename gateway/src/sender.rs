@@ -14,14 +14,14 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::bot::Event;
-use crate::render::Action;
+use crate::render::{Action, DraftsRefused};
 use crate::telegram::{Telegram, TgError};
 
 /// How long one call is retried through transient failures before it is given up.
 const GIVE_UP: Duration = Duration::from_secs(300);
 
-/// Run until `actions` closes.
-pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>) {
+/// Run until `actions` closes; a refused draft is noted in `drafts` for `/exec`.
+pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>, drafts: DraftsRefused) {
     let mut queue: VecDeque<Action> = VecDeque::new();
     loop {
         if queue.is_empty() {
@@ -40,7 +40,7 @@ pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>) {
                 continue;
             }
         }
-        execute(&tg, action, &events);
+        execute(&tg, action, &events, &drafts);
     }
 }
 
@@ -53,7 +53,7 @@ fn body(chat: i64, text: &str, html: Option<&str>) -> Value {
     }
 }
 
-fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
+fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &DraftsRefused) {
     match action {
         Action::Typing { chat } => {
             if let Err(e) = call_once_honouring_429(
@@ -114,12 +114,7 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
             }
             let _ = events.send(Event::PhotoSent { key, index });
         }
-        Action::Draft {
-            key,
-            chat,
-            draft_id,
-            text,
-        } => {
+        Action::Draft { chat, draft_id, text } => {
             // A draft is a preview: one attempt (after a 429's wait); the next update or
             // the final message supersedes a lost one.
             let body = json!({"chat_id": chat, "draft_id": draft_id, "text": text});
@@ -129,9 +124,8 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>) {
                     // 404 method not found (an older Bot API server), or a chat where
                     // drafts are not allowed: stream with edits instead.
                     log::debug!("chat {chat}: sendMessageDraft refused: {e}");
-                    if let Some(key) = key {
-                        let _ = events.send(Event::DraftRefused { key });
-                    }
+                    drafts.note();
+                    let _ = events.send(Event::DraftRefused { chat });
                 }
             }
         }

@@ -1122,6 +1122,17 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     );
     tg.push_text(ADMIN, ADMIN, "Ann", "/usr/bin/env true");
     assert_eq!(last(ADMIN, 3), "exit: 0");
+    // This Bot API has no drafts (404): a command whose output grows for 2.4 s asks for
+    // one draft at most, not one a second, and the agent's replies stream as edits.
+    tg.push_text(
+        ADMIN,
+        ADMIN,
+        "Ann",
+        "for i in 1 2 3 4; do echo $i; sleep 0.6; done",
+    );
+    assert_eq!(last(ADMIN, 4), "1\n2\n3\n4\nexit: 0");
+    let drafts = tg.calls_of("sendMessageDraft").len();
+    assert!(drafts <= 1, "{drafts} drafts asked of a Bot API without them");
 
     // In a group, exec mode is the admin's own: another member still talks to the agent.
     let group = json!({"id": GROUP, "type": "supergroup", "title": "Ops"});
@@ -1142,9 +1153,14 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
 
     // /exit: back to the agent.
     tg.push_text(ADMIN, ADMIN, "Ann", "/exit");
-    assert_eq!(last(ADMIN, 4), "💬 Back to chat mode.");
+    assert_eq!(last(ADMIN, 5), "💬 Back to chat mode.");
     tg.push_text(ADMIN, ADMIN, "Ann", "ls");
-    reply(ADMIN, 5, "echo: ls");
+    reply(ADMIN, 6, "echo: ls");
+    assert_eq!(
+        tg.calls_of("sendMessageDraft").len(),
+        drafts,
+        "no draft tried since"
+    );
 
     let ran: Vec<String> = aegisd.execs().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
@@ -1152,6 +1168,7 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
         vec![
             "sh -c echo hi > f.txt && cat f.txt; echo '<oops>' >&2; exit 3",
             "sh -c /usr/bin/env true",
+            "sh -c for i in 1 2 3 4; do echo $i; sleep 0.6; done",
             "sh -c pwd"
         ],
         "nothing of Eve's ran"
@@ -1167,6 +1184,8 @@ fn exec_through_serve_runs_in_the_instance_workspace() {
     let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
         "allowed_chats": ["*"], "exec_users": [7], "api_url": s.telegram.url()}});
     std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    // A Bot API with drafts (a refused one would stop them for good).
+    s.telegram.enable_drafts();
     s.start_gateway();
     s.telegram.push_text(CHAT, 7, "Ann", "/exec");
     s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
@@ -1182,7 +1201,6 @@ fn exec_through_serve_runs_in_the_instance_workspace() {
     assert_eq!(std::fs::read_to_string(made).unwrap(), "made\n");
 
     // A long command's output shows as a draft while it runs (a private chat).
-    s.telegram.enable_drafts();
     let before = s.telegram.calls_of("sendMessageDraft").len();
     s.telegram
         .push_text(CHAT, 7, "Ann", "echo one; sleep 1.5; echo two");
