@@ -963,10 +963,13 @@ fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
     drop(a);
 
     // Claude chats, OPENAI_API_KEY serves the images; DALL-E 3 answers a large PNG in
-    // base64, after one rate-limited try; a model of another server answers with a URL.
+    // base64; a model of another server answers with a URL. Rate-limited four times (each
+    // asking for 1 s): the first call gives up after its three tries, the second makes it
+    // on its second.
     images
         .rate_limit_next
-        .store(1, std::sync::atomic::Ordering::SeqCst);
+        .store(4, std::sync::atomic::Ordering::SeqCst);
+    let before = images.requests().len();
     images
         .image_bytes
         .store(900 * 1024, std::sync::atomic::Ordering::SeqCst);
@@ -999,10 +1002,13 @@ fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
     };
     let (ws, frames, results) = run("dall-e-3", "sk-openai", &calls);
     assert!(
-        results[0].1.starts_with("error: the image API is rate-limiting requests or the quota is used up; try again later (HTTP 429: Rate limit reached"),
+        results[0].1.starts_with(
+            "error: the image API is rate-limiting requests; try again later (HTTP 429: Rate limit reached"
+        ),
         "{}",
         results[0].1
     );
+    assert_eq!(images.requests().len() - before, 3 + 2, "three tries, then two");
     let made: Value = serde_json::from_str(&results[1].1).unwrap();
     assert_eq!(made["media_type"], "image/png", "told by its bytes");
     assert_eq!(made["revised_prompt"], "A detailed rendering of a lighthouse");
@@ -1056,6 +1062,66 @@ fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
         results[0].1
     );
     assert!(done_images(&frames).is_empty());
+
+    // A used-up quota is a 429 too, but no wait cures it: one try, and the model is told.
+    images
+        .quota_used_up
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let before = images.requests().len();
+    let (_ws, _frames, results) = run("gpt-image-1", "sk-openai", &calls[..1]);
+    assert!(
+        results[0]
+            .1
+            .starts_with("error: the OpenAI account's quota is used up"),
+        "{}",
+        results[0].1
+    );
+    assert_eq!(images.requests().len(), before + 1, "not retried");
+}
+
+/// A generated image costs money: a reply cancelled while `image_generate` waits out a
+/// rate limit makes no further request (the tool's thread is told it was abandoned).
+#[test]
+fn a_cancelled_image_generation_is_not_retried() {
+    use aegis_e2e::openai_images::FakeImages;
+    use std::sync::atomic::Ordering::SeqCst;
+    let images = FakeImages::start("sk-openai");
+    images.rate_limit_next.store(10, SeqCst);
+    images.rate_limit_wait.store(2, SeqCst);
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "Drawing.",
+            &[("g1", "image_generate", r#"{"prompt": "a lighthouse"}"#)],
+            4,
+        )),
+        Reply::sse(openai_sse(&["never asked"])),
+    ]);
+    let ws = TempDir::new("tools-imagegen-cancel");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "IMAGES_KEY"}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    env.push(("IMAGES_KEY", "sk-openai".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("5", "draw", "m1"));
+    let deadline = Instant::now() + T;
+    while images.requests().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(Instant::now() < deadline, "the tool did not run");
+    }
+    let cancel =
+        Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", "5"))).with_payload(&Cancel {
+            msg_id: Some("m1".into()),
+        });
+    a.send(&cancel);
+    let frames = collect_until_done(a.harness.frames(), 1, T);
+    assert_eq!(done_text(&frames), "Drawing.\n\n⏹ Reply cancelled.");
+    // Past the 2 s the rate limit asked for: the retry would have come by now.
+    std::thread::sleep(Duration::from_millis(2600));
+    assert_eq!(images.requests().len(), 1, "no request after the cancel");
+    assert_eq!(llm.requests().len(), 1);
 }
 
 #[test]

@@ -1,13 +1,15 @@
 //! A stand-in for the OpenAI Images API (`POST /v1/images/generations`): the bearer key
 //! check (401 `invalid_api_key`), each model family's parameters and sizes (400
 //! `unknown_parameter`, `invalid_value`), the safety system's refusal (400
-//! `moderation_blocked`), the rate limit (429 `rate_limit_exceeded`), and answers in base64
+//! `moderation_blocked`), the rate limit (429 `rate_limit_exceeded` with `retry-after` and
+//! the `x-ratelimit-*` headers), a used-up quota (429 `insufficient_quota`, which no wait
+//! cures, so without `retry-after`), and answers in base64
 //! or, for DALL-E without `response_format`, as a URL to fetch the image from.
 //!
 //! The "images" are bytes with the real signature of their format (JPEG, PNG) and the
 //! requested length, so an agent telling formats apart by their first bytes is exercised.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -33,13 +35,31 @@ pub struct FakeImages {
     requests: Arc<Mutex<Vec<Generation>>>,
     /// Requests to answer with 429 before answering normally.
     pub rate_limit_next: Arc<AtomicUsize>,
+    /// The wait in seconds those 429s ask for (1 unless set).
+    pub rate_limit_wait: Arc<AtomicUsize>,
+    /// Answer every request with 429 `insufficient_quota`.
+    pub quota_used_up: Arc<AtomicBool>,
     /// Length of each generated image in bytes.
     pub image_bytes: Arc<AtomicUsize>,
 }
 
 fn error(resp: Responder, status: u16, message: &str, kind: &str, param: Option<&str>, code: &str) {
+    error_with(resp, status, &[], message, kind, param, code);
+}
+
+fn error_with(
+    resp: Responder,
+    status: u16,
+    headers: &[(&str, &str)],
+    message: &str,
+    kind: &str,
+    param: Option<&str>,
+    code: &str,
+) {
     let body = json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
-    resp.json(status, &body);
+    let mut all = vec![("Content-Type", "application/json")];
+    all.extend_from_slice(headers);
+    resp.send(status, &all, body.to_string().as_bytes());
 }
 
 /// Bytes of `len` that start like a file of `format` (`jpeg`, `png`, `webp`).
@@ -59,12 +79,15 @@ impl FakeImages {
     pub fn start(key: &'static str) -> FakeImages {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let rate_limit_next = Arc::new(AtomicUsize::new(0));
+        let rate_limit_wait = Arc::new(AtomicUsize::new(1));
+        let quota_used_up = Arc::new(AtomicBool::new(false));
         let image_bytes = Arc::new(AtomicUsize::new(48 * 1024));
         let (log, limit, len) = (
             Arc::clone(&requests),
             Arc::clone(&rate_limit_next),
             Arc::clone(&image_bytes),
         );
+        let (wait, quota) = (Arc::clone(&rate_limit_wait), Arc::clone(&quota_used_up));
         let server = Server::start(move |req: Request, resp| {
             let n = len.load(Ordering::SeqCst);
             if req.method == "GET" && req.path.starts_with("/files/") {
@@ -90,10 +113,22 @@ impl FakeImages {
                 let msg = format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.");
                 return error(resp, 401, &msg, "invalid_request_error", None, "invalid_api_key");
             }
+            if quota.load(Ordering::SeqCst) {
+                let msg = "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.";
+                return error(resp, 429, msg, "insufficient_quota", None, "insufficient_quota");
+            }
             if limit.load(Ordering::SeqCst) > 0 {
                 limit.fetch_sub(1, Ordering::SeqCst);
-                let msg = "Rate limit reached for gpt-image-1 in organization org-test on images per minute (IPM): Limit 5, Used 5, Requested 1. Please try again in 12s.";
-                return error(resp, 429, msg, "requests", None, "rate_limit_exceeded");
+                let secs = wait.load(Ordering::SeqCst);
+                let msg = format!("Rate limit reached for gpt-image-1 in organization org-test on images per minute (IPM): Limit 5, Used 5, Requested 1. Please try again in {secs}s.");
+                let (after, reset) = (secs.to_string(), format!("{secs}s"));
+                let headers = [
+                    ("retry-after", after.as_str()),
+                    ("x-ratelimit-limit-requests", "5"),
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", reset.as_str()),
+                ];
+                return error_with(resp, 429, &headers, &msg, "requests", None, "rate_limit_exceeded");
             }
             answer(&body, n, &req, resp);
         });
@@ -101,6 +136,8 @@ impl FakeImages {
             server,
             requests,
             rate_limit_next,
+            rate_limit_wait,
+            quota_used_up,
             image_bytes,
         }
     }

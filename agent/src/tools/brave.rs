@@ -8,13 +8,12 @@
 //! reported.
 
 use std::fmt;
-use std::thread;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::web::html_to_text;
-use super::{arg_opt, arg_str, transport};
+use super::{arg_opt, arg_str, transport, Abandoned};
 
 /// Brave's API base; `BRAVE_SEARCH_BASE_URL` replaces it (a stand-in, a gateway).
 pub const DEFAULT_BASE: &str = "https://api.search.brave.com/res/v1";
@@ -46,7 +45,7 @@ impl Brave {
     }
 
     /// `web_search {query, count?, freshness?}`.
-    pub fn web(&self, args: &Value) -> Result<String, String> {
+    pub fn web(&self, args: &Value, abandoned: &Abandoned) -> Result<String, String> {
         let query = arg_str(args, "query")?.trim();
         let mut params = vec![("q", query.to_string()), ("count", count(args)?.to_string())];
         if let Some(f) = arg_opt(args, "freshness")?
@@ -55,7 +54,7 @@ impl Brave {
         {
             params.push(("freshness", freshness(f)?));
         }
-        let v = self.get("web/search", query, &params)?;
+        let v = self.get("web/search", query, &params, abandoned)?;
         let results: Vec<Value> = v["web"]["results"]
             .as_array()
             .map(Vec::as_slice)
@@ -73,14 +72,14 @@ impl Brave {
     }
 
     /// `image_search {query, count?}`.
-    pub fn images(&self, args: &Value) -> Result<String, String> {
+    pub fn images(&self, args: &Value, abandoned: &Abandoned) -> Result<String, String> {
         let query = arg_str(args, "query")?.trim();
         let params = [
             ("q", query.to_string()),
             ("count", count(args)?.to_string()),
             ("safesearch", "strict".to_string()),
         ];
-        let v = self.get("images/search", query, &params)?;
+        let v = self.get("images/search", query, &params, abandoned)?;
         let results: Vec<Value> = v["results"]
             .as_array()
             .map(Vec::as_slice)
@@ -106,7 +105,15 @@ impl Brave {
         Ok(json!({"query": query, "count": results.len(), "results": results}).to_string())
     }
 
-    fn get(&self, path: &str, query: &str, params: &[(&str, String)]) -> Result<Value, String> {
+    /// The rate-limited retry is skipped when the call was `abandoned` meanwhile: each
+    /// search counts against the plan's monthly quota.
+    fn get(
+        &self,
+        path: &str,
+        query: &str,
+        params: &[(&str, String)],
+        abandoned: &Abandoned,
+    ) -> Result<Value, String> {
         if query.is_empty() {
             return Err("query is required".into());
         }
@@ -134,7 +141,9 @@ impl Brave {
             let status = resp.status().as_u16();
             if status == 429 && !retried {
                 retried = true;
-                thread::sleep(reset_wait(resp.headers().get("x-ratelimit-reset")));
+                if !abandoned.wait(reset_wait(resp.headers().get("x-ratelimit-reset"))) {
+                    return Err("cancelled".into());
+                }
                 continue;
             }
             if status != 200 {

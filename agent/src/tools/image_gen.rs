@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{arg_str, transport};
+use super::{arg_str, transport, Abandoned};
 use crate::blobs;
 
 /// OpenAI's API base; `OPENAI_IMAGES_BASE_URL` replaces it (a stand-in, a compatible server).
@@ -34,6 +34,10 @@ const MAX_BODY: u64 = (MAX_IMAGE as u64) * 4 / 3 + 64 * 1024;
 const INLINE_CAP: usize = super::files::ATTACH_CAP as usize;
 /// GPT image models at high quality take a minute or more.
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// Tries at one image, as OpenAI's SDKs make (two retries).
+const ATTEMPTS: u32 = 3;
+/// Longest wait a server may ask for before a retry; a longer one goes to the model.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// An Images API client. `Debug` never prints the key.
 #[derive(Clone)]
@@ -102,8 +106,14 @@ impl ImageGen {
     }
 
     /// `image_generate {prompt, size?}`: the image stored in the workspace of `root`, to
-    /// attach, and the text for the model.
-    pub fn generate(&self, root: &Path, args: &Value) -> Result<(tether::frame::Image, String), String> {
+    /// attach, and the text for the model. A refusal worth retrying is retried as OpenAI's
+    /// SDKs do (`retry_wait`), unless the call was `abandoned` meanwhile.
+    pub fn generate(
+        &self,
+        root: &Path,
+        args: &Value,
+        abandoned: &Abandoned,
+    ) -> Result<(tether::frame::Image, String), String> {
         let prompt = arg_str(args, "prompt")?.trim();
         if prompt.is_empty() {
             return Err("prompt is required".into());
@@ -111,17 +121,40 @@ impl ImageGen {
         let size = size(args)?;
         let url = format!("{}/images/generations", self.base);
         let agent = http_agent(&url);
-        let resp = agent
-            .post(&url)
-            .header("authorization", &format!("Bearer {}", self.key))
-            .content_type("application/json")
-            .send(self.body(prompt, &size).to_string())
-            .map_err(|e| format!("image generation failed: {}", transport(&e)))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
+        let body = self.body(prompt, &size).to_string();
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            let resp = agent
+                .post(&url)
+                .header("authorization", &format!("Bearer {}", self.key))
+                .content_type("application/json")
+                .send(&body)
+                .map_err(|e| format!("image generation failed: {}", transport(&e)))?;
+            let status = resp.status().as_u16();
+            if status == 200 {
+                break resp;
+            }
+            let header = |name: &str| {
+                let v = resp.headers().get(name)?;
+                v.to_str().ok().map(str::to_string)
+            };
+            let asked = (header("retry-after-ms"), header("retry-after"));
             let text = tether::http::error_text(resp);
-            return Err(self.scrub(status_error(status, &text)));
-        }
+            let refusal = self.scrub(status_error(status, &text));
+            match retry_wait(status, (asked.0.as_deref(), asked.1.as_deref()), &text, attempt) {
+                Retry::After(wait) if attempt < ATTEMPTS => {
+                    log::warn!("image_generate: HTTP {status} (attempt {attempt}); retrying in {wait:?}");
+                    if !abandoned.wait(wait) {
+                        return Err("cancelled".into());
+                    }
+                }
+                Retry::TooLong(wait) => {
+                    return Err(format!("{refusal}; it asks to wait {} s", wait.as_secs()))
+                }
+                _ => return Err(refusal),
+            }
+        };
         let text = resp
             .into_body()
             .into_with_config()
@@ -235,6 +268,46 @@ fn size(args: &Value) -> Result<String, String> {
     }
 }
 
+/// Whether to try a refused request again, and when.
+#[derive(Debug, PartialEq)]
+enum Retry {
+    /// Not worth it: the request itself, the key, or a used-up quota.
+    No,
+    /// After this wait.
+    After(Duration),
+    /// The server asks for a longer wait than a tool call should sit through.
+    TooLong(Duration),
+}
+
+/// As OpenAI's SDKs decide: 408, 409, 429 and 5xx are retried, after the wait the server
+/// asks for (`retry-after-ms`, else `retry-after` in seconds: `asked`), else 1 s, then 2 s.
+/// A 429 for a used-up quota (`insufficient_quota`) is not: it waits on billing, not time.
+fn retry_wait(status: u16, asked: (Option<&str>, Option<&str>), body: &str, attempt: u32) -> Retry {
+    match status {
+        408 | 409 | 500..=599 => {}
+        429 if !quota_used_up(body) => {}
+        _ => return Retry::No,
+    }
+    let seconds = |v: Option<&str>, per: f64| {
+        let n = v?.trim().parse::<f64>().ok()?;
+        (n.is_finite() && n >= 0.0).then(|| Duration::from_secs_f64(n / per))
+    };
+    let wait = seconds(asked.0, 1000.0)
+        .or_else(|| seconds(asked.1, 1.0))
+        .unwrap_or(Duration::from_secs(1 << attempt.saturating_sub(1).min(4)));
+    if wait > MAX_RETRY_WAIT {
+        Retry::TooLong(wait)
+    } else {
+        Retry::After(wait)
+    }
+}
+
+/// Whether an error body says the account's quota is used up (a 429 like a rate limit's).
+fn quota_used_up(body: &str) -> bool {
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    [&v["error"]["code"], &v["error"]["type"]].contains(&&json!("insufficient_quota"))
+}
+
 /// A refusal, in OpenAI's words (`error.message`) when it gave them.
 fn status_error(status: u16, body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_default();
@@ -249,7 +322,10 @@ fn status_error(status: u16, body: &str) -> String {
         400 if matches!(code, "moderation_blocked" | "content_policy_violation") => {
             "the image API refused the prompt under its content policy"
         }
-        429 => "the image API is rate-limiting requests or the quota is used up; try again later",
+        429 if quota_used_up(body) => {
+            "the OpenAI account's quota is used up; its billing must be seen to before images can be made"
+        }
+        429 => "the image API is rate-limiting requests; try again later",
         s if s >= 500 => "the image API failed; try again later",
         _ => "the image API refused the request",
     };
@@ -303,6 +379,44 @@ mod tests {
     }
 
     #[test]
+    fn retries_follow_openais_sdks_but_not_a_used_up_quota() {
+        let limited = r#"{"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}"#;
+        let quota = r#"{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}"#;
+        let secs = Duration::from_secs;
+        // The server's wait, in milliseconds first, then seconds.
+        assert_eq!(
+            retry_wait(429, (None, Some("12")), limited, 1),
+            Retry::After(secs(12))
+        );
+        assert_eq!(
+            retry_wait(429, (Some("250"), Some("1")), limited, 1),
+            Retry::After(Duration::from_millis(250))
+        );
+        // Without one: 1 s, then 2 s; garbage counts as none.
+        assert_eq!(retry_wait(503, (None, None), "", 1), Retry::After(secs(1)));
+        assert_eq!(
+            retry_wait(500, (None, Some("soon")), "", 2),
+            Retry::After(secs(2))
+        );
+        assert_eq!(retry_wait(408, (None, Some("-3")), "", 1), Retry::After(secs(1)));
+        assert_eq!(retry_wait(429, (None, Some("NaN")), "", 1), Retry::After(secs(1)));
+        // A wait longer than a tool call should sit through is the model's to know.
+        assert_eq!(
+            retry_wait(429, (None, Some("90")), limited, 1),
+            Retry::TooLong(secs(90))
+        );
+        // Requests that would fail again, and a quota that takes billing, not time.
+        for status in [400, 401, 403, 404] {
+            assert_eq!(
+                retry_wait(status, (None, Some("1")), "", 1),
+                Retry::No,
+                "{status}"
+            );
+        }
+        assert_eq!(retry_wait(429, (None, Some("1")), quota, 1), Retry::No);
+    }
+
+    #[test]
     fn refusals_keep_openais_words_and_never_the_key() {
         let body = r#"{"error":{"message":"Your request was rejected by the safety system.","type":"image_generation_user_error","param":null,"code":"moderation_blocked"}}"#;
         assert_eq!(
@@ -310,6 +424,8 @@ mod tests {
             "the image API refused the prompt under its content policy (HTTP 400: Your request was rejected by the safety system.)"
         );
         assert!(status_error(429, "").starts_with("the image API is rate-limiting"));
+        let quota = r#"{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}"#;
+        assert!(status_error(429, quota).starts_with("the OpenAI account's quota is used up"));
         assert!(status_error(503, "upstream connect error").ends_with("(HTTP 503: upstream connect error)"));
         let g = gen("gpt-image-1");
         assert_eq!(g.scrub("bad key sk-secret here".into()), "bad key [the key] here");

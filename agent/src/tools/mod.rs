@@ -517,17 +517,17 @@ impl Toolbox {
             Builtin::ListFiles => files::list_files(ws, args),
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
-            Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
+            Builtin::WebFetch => return cancellable(args.clone(), cancel, |a, _| web::fetch(a)),
             Builtin::WebSearch | Builtin::ImageSearch => {
                 let images = *builtin == Builtin::ImageSearch;
                 let Some(brave) = self.search[usize::from(images)].clone() else {
                     return Outcome::Done("error: no Brave Search key is set".into());
                 };
-                return cancellable(args.clone(), cancel, move |a| {
+                return cancellable(args.clone(), cancel, move |a, abandoned| {
                     if images {
-                        brave.images(a)
+                        brave.images(a, abandoned)
                     } else {
-                        brave.web(a)
+                        brave.web(a, abandoned)
                     }
                 });
             }
@@ -536,7 +536,9 @@ impl Toolbox {
                     return Outcome::Done("error: no OpenAI key is set for image_generate".into());
                 };
                 let root = ws.root().to_path_buf();
-                match off_thread(args.clone(), cancel, move |a| images.generate(&root, a)) {
+                match off_thread(args.clone(), cancel, move |a, abandoned| {
+                    images.generate(&root, a, abandoned)
+                }) {
                     Some(generated) => generated.map(|(img, note)| {
                         ctx.attachments.push(img);
                         note
@@ -560,7 +562,7 @@ impl Toolbox {
             Builtin::CronDisable => self.cron.set_enabled(args, false),
             Builtin::SelfInfo => {
                 let host = self.host.clone();
-                return cancellable(args.clone(), cancel, move |_| self_info::fetch(&host));
+                return cancellable(args.clone(), cancel, move |_, _| self_info::fetch(&host));
             }
             Builtin::SelfRestart => {
                 ctx.restart = true;
@@ -611,7 +613,7 @@ pub fn arg_opt<'a>(args: &'a Value, name: &str) -> Result<Option<&'a str>, Strin
 fn cancellable(
     args: Value,
     cancel: &Receiver<()>,
-    f: impl FnOnce(&Value) -> Result<String, String> + Send + 'static,
+    f: impl FnOnce(&Value, &Abandoned) -> Result<String, String> + Send + 'static,
 ) -> Outcome {
     match off_thread(args, cancel, f) {
         Some(Ok(text)) => Outcome::Done(text),
@@ -620,19 +622,33 @@ fn cancellable(
     }
 }
 
+/// Tells a tool running on a thread of its own that nobody waits for its result any more
+/// (the reply was cancelled), so it starts no further request: a retried image generation
+/// would be paid for and never seen.
+pub struct Abandoned(Receiver<()>);
+
+impl Abandoned {
+    /// Sleep `d`; false, at once, when the call was abandoned meanwhile.
+    pub fn wait(&self, d: Duration) -> bool {
+        // Nothing is ever sent: the sender's end is dropped when the caller stops waiting.
+        self.0.recv_timeout(d) == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+    }
+}
+
 /// `f(args)` run on a thread of its own; `None` when `cancel` came first (the thread
-/// finishes on its own and its result is dropped).
+/// finishes on its own, told by its `Abandoned`, and its result is dropped).
 fn off_thread<T: Send + 'static>(
     args: Value,
     cancel: &Receiver<()>,
-    f: impl FnOnce(&Value) -> Result<T, String> + Send + 'static,
+    f: impl FnOnce(&Value, &Abandoned) -> Result<T, String> + Send + 'static,
 ) -> Option<Result<T, String>> {
     let (tx, rx) = bounded(1);
+    let (_waiting, abandoned) = bounded::<()>(0);
     let spawned = thread::Builder::new()
         .name("tool".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(f(&args));
+            let _ = tx.send(f(&args, &Abandoned(abandoned)));
         });
     if let Err(e) = spawned {
         return Some(Err(format!("cannot start the tool: {e}")));
