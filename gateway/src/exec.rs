@@ -5,10 +5,11 @@
 //!
 //! A shell in the instance reads its secrets and workspace, so exec mode is only for the
 //! Telegram users `exec_users` names (none by default), and it belongs to the user, not to
-//! the chat: in a group, another member's messages still go to the agent.
+//! the chat: in a group, another member's messages still go to the agent. Who is in exec
+//! mode is saved with the poller's state, so a restart or a config reload does not turn
+//! the next command into a message to the model; a command starts only after its message
+//! is marked handled, so one re-read after a crash never runs twice.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,57 +42,40 @@ const TYPING_EVERY: Duration = Duration::from_secs(4);
 /// Drafts of a running command's output, at most this often (as replies stream).
 const DRAFT_EVERY: Duration = Duration::from_secs(1);
 
-/// Who is in exec mode, and the commands running. Cheap to clone.
+/// A command a user in exec mode sent.
+#[derive(Debug, PartialEq)]
+pub struct Command {
+    /// Chat it came from, where its output goes.
+    pub chat: i64,
+    /// The command line, for `sh -c`.
+    pub text: String,
+    /// Whether its output may show as a draft (a private chat, `stream_mode` not `edit`).
+    pub drafts: bool,
+}
+
+/// The commands of one bot: how many run, and whether their output may show as drafts.
+/// Who is in exec mode is the poller's state (`PollState::exec`). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ExecMode {
-    /// (chat, user) pairs in exec mode.
-    users: Arc<Mutex<HashSet<(i64, i64)>>>,
     running: Slots,
     /// Set by the sender when the Bot API refuses drafts: output then shows only at the end.
     drafts_refused: DraftsRefused,
 }
 
 impl ExecMode {
-    /// Nobody in exec mode yet; `drafts_refused` is the bot's (the sender's) flag.
+    /// No command running yet; `drafts_refused` is the bot's (the sender's) flag.
     pub fn new(drafts_refused: DraftsRefused) -> ExecMode {
         ExecMode {
-            users: Arc::default(),
             running: Slots::new(MAX_RUNNING),
             drafts_refused,
         }
     }
 
-    /// Put `user` of `chat` in exec mode.
-    pub fn enter(&self, chat: i64, user: i64) {
-        self.lock().insert((chat, user));
-    }
-
-    /// Take them out; false when they were not in it.
-    pub fn leave(&self, chat: i64, user: i64) -> bool {
-        self.lock().remove(&(chat, user))
-    }
-
-    /// Whether they are in it.
-    pub fn is_on(&self, chat: i64, user: i64) -> bool {
-        self.lock().contains(&(chat, user))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<(i64, i64)>> {
-        self.users.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Run `text` in `instance` on a thread of its own; its result goes to `chat` (with
-    /// `drafts`, its output also shows as a draft while it runs). A command over the
+    /// Run `command` in `instance` on a thread of its own; its result goes to its chat
+    /// (with `drafts`, its output also shows as a draft while it runs). A command over the
     /// bot's `MAX_RUNNING` is refused at once.
-    pub fn run(
-        &self,
-        aegis: AegisClient,
-        instance: String,
-        chat: i64,
-        text: String,
-        drafts: bool,
-        actions: Sender<Action>,
-    ) {
+    pub fn run(&self, aegis: AegisClient, instance: String, command: Command, actions: Sender<Action>) {
+        let Command { chat, text, drafts } = command;
         let say = |text: String| {
             let _ = actions.send(Action::notice(chat, text, None));
         };
@@ -366,16 +350,5 @@ mod tests {
         );
         assert!(plain.ends_with("line 29999\nexit: 0"), "the end is kept");
         assert!(plain.chars().count() < 3700);
-    }
-
-    #[test]
-    fn exec_mode_belongs_to_a_user_in_a_chat() {
-        let m = ExecMode::new(DraftsRefused::default());
-        m.enter(-100, 7);
-        assert!(m.is_on(-100, 7));
-        assert!(!m.is_on(-100, 8), "another member of the group");
-        assert!(!m.is_on(7, 7), "the same user elsewhere");
-        assert!(m.leave(-100, 7));
-        assert!(!m.leave(-100, 7));
     }
 }

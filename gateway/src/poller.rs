@@ -108,12 +108,14 @@ impl Poller {
                     }
                     idle = Duration::from_millis(50);
                     for u in updates {
-                        if let Some(m) = &u.message {
-                            self.handle(m, &mut st);
-                        }
+                        let command = u.message.as_ref().and_then(|m| self.handle(m, &mut st));
                         st.offset = st.offset.max(u.update_id + 1);
                         if let Err(e) = state::save(&self.state_path, &st) {
                             log::error!("cannot save {}: {e}", self.state_path.display());
+                        }
+                        if let Some(c) = command {
+                            let (aegis, instance) = (self.aegis.clone(), self.bot.instance.clone());
+                            self.exec.run(aegis, instance, c, self.actions.clone());
                         }
                     }
                 }
@@ -175,7 +177,10 @@ impl Poller {
         })
     }
 
-    fn handle(&self, m: &Message, st: &mut PollState) {
+    /// Deliver `m` (or answer it); a command of a user in exec mode is returned instead,
+    /// to be started once the message is marked handled: a command runs at most once,
+    /// where a message to the agent is delivered at least once (and deduplicated there).
+    fn handle(&self, m: &Message, st: &mut PollState) -> Option<crate::exec::Command> {
         let chat = m.chat.id;
         let image = crate::images::pick(m);
         let Some(text) = m
@@ -187,19 +192,19 @@ impl Poller {
             .or(image.is_some().then_some(IMAGE_TEXT))
         else {
             log::debug!("chat {chat}: ignoring a message without text");
-            return;
+            return None;
         };
         if !self.bot.allows(chat) {
             log::info!("ignoring message from chat {chat} (not in allowed_chats)");
-            return;
+            return None;
         }
         let Some(text) = self.addressed(m, text) else {
             log::debug!("chat {chat}: group message not addressed to the bot; ignored");
-            return;
+            return None;
         };
         let text = text.as_str();
         if text.is_empty() {
-            return;
+            return None;
         }
         let session = Session::new("telegram", st.session_id(chat));
         let command = text
@@ -214,56 +219,50 @@ impl Poller {
             "/exec" => {
                 if self.bot.may_exec(user_id) {
                     log::info!("chat {chat}: user {user_id} entered exec mode");
-                    self.exec.enter(chat, user_id);
+                    st.exec.insert((chat, user_id));
                     self.notice(chat, crate::exec::ENTER);
                 } else {
                     log::warn!("chat {chat}: user {user_id} asked for /exec (not in exec_users)");
                     self.notice(chat, crate::exec::REFUSED);
                 }
-                return;
+                return None;
             }
-            "/exit" if self.exec.leave(chat, user_id) => {
+            "/exit" if st.exec.remove(&(chat, user_id)) => {
                 self.notice(chat, crate::exec::LEAVE);
-                return;
+                return None;
             }
             // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
             // their meaning.
             c if !matches!(c, "/stop" | "/cancel" | "/new" | "/start" | "/exit")
                 && m.text.is_some()
-                && self.exec.is_on(chat, user_id) =>
+                && st.exec.contains(&(chat, user_id)) =>
             {
                 // The list may have changed under a running gateway's feet: ask again.
                 if self.bot.may_exec(user_id) {
-                    // Drafts exist in private chats only.
-                    let drafts =
-                        !m.chat.is_group() && self.bot.stream_mode != crate::render::StreamMode::Edit;
-                    self.exec.run(
-                        self.aegis.clone(),
-                        self.bot.instance.clone(),
+                    return Some(crate::exec::Command {
                         chat,
-                        text.to_string(),
-                        drafts,
-                        self.actions.clone(),
-                    );
-                    return;
+                        text: text.to_string(),
+                        // Drafts exist in private chats only.
+                        drafts: !m.chat.is_group() && self.bot.stream_mode != crate::render::StreamMode::Edit,
+                    });
                 }
-                self.exec.leave(chat, user_id);
+                st.exec.remove(&(chat, user_id));
             }
             "/stop" | "/cancel" => {
                 let cancel = Frame::new(kind::CONTROL_CANCEL, Some(session))
                     .with_payload(&Cancel::default())
                     .with_msg_id(format!("tg-{chat}-{}", m.message_id));
                 self.deliver(chat, &cancel);
-                return;
+                return None;
             }
             "/new" => {
                 *st.sessions.entry(chat).or_insert(0) += 1;
                 self.notice(chat, "🆕 New conversation started.");
-                return;
+                return None;
             }
             "/start" => {
                 self.notice(chat, GREETING);
-                return;
+                return None;
             }
             _ => {}
         }
@@ -283,7 +282,7 @@ impl Poller {
                         crate::images::MAX_IMAGE_IN / 1024
                     ),
                 );
-                return;
+                return None;
             }
             Some(Ok((file_id, media_type))) => {
                 match self.tg.download(&file_id, crate::images::MAX_IMAGE_IN) {
@@ -299,7 +298,7 @@ impl Poller {
                             chat,
                             &format!("⚠️ The image could not be fetched from Telegram ({e})."),
                         );
-                        return;
+                        return None;
                     }
                 }
             }
@@ -308,6 +307,7 @@ impl Poller {
             .with_msg_id(format!("tg-{chat}-{}", m.message_id));
         let _ = self.events.send(Event::UserMessage(chat));
         self.deliver(chat, &frame);
+        None
     }
 
     fn notice(&self, chat: i64, text: &str) {

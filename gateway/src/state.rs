@@ -1,10 +1,10 @@
 //! What the gateway remembers across restarts, per bot, under
-//! `~/.aegis/gateway/{bot id}/`: `poll.json` (the next `getUpdates` offset and each
-//! chat's session number, written by the poller) and `render.json` (the egress cursor and
+//! `~/.aegis/gateway/{bot id}/`: `poll.json` (the next `getUpdates` offset, each chat's
+//! session number and who is in `/exec` mode, written by the poller) and `render.json` (the egress cursor and
 //! the replies in progress, written by the renderer). Each file has one writer and is
 //! replaced atomically, so a crash leaves either the old or the new version.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,11 @@ pub struct PollState {
     /// Session number per chat; `/new` increments it.
     #[serde(default)]
     pub sessions: BTreeMap<i64, u32>,
+    /// (chat, user) pairs in `/exec` mode. Kept across restarts and config reloads, so a
+    /// command typed after one still runs as a command rather than reaching the model as
+    /// a chat message.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub exec: BTreeSet<(i64, i64)>,
 }
 
 impl PollState {
@@ -53,4 +58,28 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     // Saved often while replies stream: crash-safe, not synced (a power loss costs at
     // most a repeated edit).
     tether::fsutil::replace(path, &serde_json::to_vec(value).map_err(io::Error::other)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_mode_is_saved_and_older_files_still_load() {
+        // A poll.json from before exec mode was kept.
+        let old: PollState = serde_json::from_str(r#"{"offset": 42, "sessions": {"7": 2}}"#).unwrap();
+        assert_eq!((old.offset, old.session_id(7)), (42, "7:2".to_string()));
+        assert!(old.exec.is_empty());
+        assert!(
+            !serde_json::to_string(&old).unwrap().contains("exec"),
+            "nobody in exec mode: the file keeps its old shape"
+        );
+        let mut st = old;
+        st.exec.insert((-100, 7));
+        st.exec.insert((7, 7));
+        let json = serde_json::to_string(&st).unwrap();
+        let back: PollState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, st, "{json}");
+        assert!(back.exec.contains(&(-100, 7)) && !back.exec.contains(&(-100, 8)));
+    }
 }

@@ -1087,10 +1087,14 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
         "allowed_chats": ["*"], "exec_users": [ADMIN], "group_mode": "all", "api_url": tg.url()}});
     std::fs::write(home.join("gateway.json"), cfg.to_string()).unwrap();
-    let mut c = command("aegis-gateway");
-    c.env("AEGIS_HOME", &home).arg("--socket").arg(&aegisd.socket);
-    let gw = Proc::spawn(c);
-    gw.wait_for("egress stream of my-agent connected", T);
+    let start = || {
+        let mut c = command("aegis-gateway");
+        c.env("AEGIS_HOME", &home).arg("--socket").arg(&aegisd.socket);
+        let gw = Proc::spawn(c);
+        gw.wait_for("egress stream of my-agent connected", T);
+        gw
+    };
+    let mut gw = start();
     // Notices and command results are sent whole; an agent's reply streams, so it is
     // waited for by its final text.
     let last = |chat: i64, n: usize| tg.wait_chat(chat, T, |m| m.len() >= n)[n - 1].visible();
@@ -1134,6 +1138,14 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     let drafts = tg.calls_of("sendMessageDraft").len();
     assert!(drafts <= 1, "{drafts} drafts asked of a Bot API without them");
 
+    // Exec mode outlives the gateway (a crash, a config reload): the admin's next text
+    // still runs as a command, and reaches no model.
+    gw.kill9();
+    let _gw = start();
+    let drafts = tg.calls_of("sendMessageDraft").len();
+    tg.push_text(ADMIN, ADMIN, "Ann", "echo still a command");
+    assert_eq!(last(ADMIN, 5), "still a command\nexit: 0");
+
     // In a group, exec mode is the admin's own: another member still talks to the agent.
     let group = json!({"id": GROUP, "type": "supergroup", "title": "Ops"});
     let from = |name: &str, id: i64| json!({"id": id, "is_bot": false, "first_name": name});
@@ -1153,14 +1165,13 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
 
     // /exit: back to the agent.
     tg.push_text(ADMIN, ADMIN, "Ann", "/exit");
-    assert_eq!(last(ADMIN, 5), "💬 Back to chat mode.");
+    assert_eq!(last(ADMIN, 6), "💬 Back to chat mode.");
     tg.push_text(ADMIN, ADMIN, "Ann", "ls");
-    reply(ADMIN, 6, "echo: ls");
-    assert_eq!(
-        tg.calls_of("sendMessageDraft").len(),
-        drafts,
-        "no draft tried since"
-    );
+    reply(ADMIN, 7, "echo: ls");
+    // The new process learns again that drafts are refused, once for /exec and replies
+    // (a group's reply never drafts).
+    let since = tg.calls_of("sendMessageDraft").len() - drafts;
+    assert!(since <= 1, "{since} drafts tried since the restart");
 
     let ran: Vec<String> = aegisd.execs().iter().map(|c| c.join(" ")).collect();
     assert_eq!(
@@ -1169,6 +1180,7 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
             "sh -c echo hi > f.txt && cat f.txt; echo '<oops>' >&2; exit 3",
             "sh -c /usr/bin/env true",
             "sh -c for i in 1 2 3 4; do echo $i; sleep 0.6; done",
+            "sh -c echo still a command",
             "sh -c pwd"
         ],
         "nothing of Eve's ran"
