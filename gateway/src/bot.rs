@@ -27,9 +27,9 @@ use crate::telegram::Telegram;
 #[derive(Debug)]
 pub enum Event {
     /// A user wrote in this chat (typing starts).
-    UserMessage(i64),
+    UserMessage(i64, Option<i64>),
     /// The user's message could not be delivered; typing stops.
-    Delivered(i64),
+    Delivered(i64, Option<i64>),
     /// An egress frame.
     Frame(Frame),
     /// The sender created a reply message.
@@ -121,8 +121,8 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
             recv(events) -> ev => {
                 let now = Instant::now();
                 match ev {
-                    Ok(Event::UserMessage(chat)) => r.user_message(chat, now, &mut out),
-                    Ok(Event::Delivered(chat)) => r.stop_typing(chat),
+                    Ok(Event::UserMessage(chat, topic)) => r.user_message(chat, topic, now, &mut out),
+                    Ok(Event::Delivered(chat, topic)) => r.stop_typing(chat, topic),
                     Ok(Event::Frame(f)) => r.frame(&f, now, &mut out),
                     Ok(Event::Sent { key, part, message_id }) => r.sent(&key, part, message_id, now, &mut out),
                     Ok(Event::SendFailed { key, part }) => r.send_failed(&key, part),

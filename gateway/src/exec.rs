@@ -47,6 +47,8 @@ const DRAFT_EVERY: Duration = Duration::from_secs(1);
 pub struct Command {
     /// Chat it came from, where its output goes.
     pub chat: i64,
+    /// And the topic there, if any.
+    pub topic: Option<i64>,
     /// The command line, for `sh -c`.
     pub text: String,
     /// Whether its output may show as a draft (a private chat, `stream_mode` not `edit`).
@@ -75,9 +77,14 @@ impl ExecMode {
     /// (with `drafts`, its output also shows as a draft while it runs). A command over the
     /// bot's `MAX_RUNNING` is refused at once.
     pub fn run(&self, aegis: AegisClient, instance: String, command: Command, actions: Sender<Action>) {
-        let Command { chat, text, drafts } = command;
+        let Command {
+            chat,
+            topic,
+            text,
+            drafts,
+        } = command;
         let say = |text: String| {
-            let _ = actions.send(Action::notice(chat, text, None));
+            let _ = actions.send(Action::notice(chat, topic, text, None));
         };
         let Some(slot) = self.running.take() else {
             return say(format!(
@@ -91,8 +98,8 @@ impl ExecMode {
             .stack_size(256 * 1024)
             .spawn(move || {
                 let drafts = drafts.then_some(&refused);
-                let (text, html) = run(&aegis, &instance, chat, &text, drafts, &actions2);
-                let _ = actions2.send(Action::notice(chat, text, html));
+                let (text, html) = run(&aegis, &instance, (chat, topic), &text, drafts, &actions2);
+                let _ = actions2.send(Action::notice(chat, topic, text, html));
                 drop(slot);
             });
         if let Err(e) = spawned {
@@ -112,16 +119,17 @@ struct Outcome {
 }
 
 /// Run `text` and return the message to send (plain, and HTML when formatted), keeping
-/// the chat's typing indicator up meanwhile and, with `drafts`, showing the output's end
-/// as a draft while it grows (until the Bot API refuses one).
+/// the typing indicator up `at` (chat, topic) meanwhile and, with `drafts`, showing the
+/// output's end as a draft while it grows (until the Bot API refuses one).
 fn run(
     aegis: &AegisClient,
     instance: &str,
-    chat: i64,
+    at: (i64, Option<i64>),
     text: &str,
     drafts: Option<&DraftsRefused>,
     actions: &Sender<Action>,
 ) -> (String, Option<String>) {
+    let (chat, topic) = at;
     // sh -c, so builtins (cd, export), pipes and redirections work: the user types shell.
     let reader = match aegis.exec(instance, &["sh", "-c", text], WAIT) {
         Ok(r) => r,
@@ -162,13 +170,14 @@ fn run(
         }
         let now = Instant::now();
         if typed.is_none_or(|t| now - t >= TYPING_EVERY) {
-            let _ = actions.send(Action::Typing { chat });
+            let _ = actions.send(Action::Typing { chat, topic });
             typed = Some(now);
         }
         let may_draft = drafts.is_some_and(|refused| !refused.is_set());
         if may_draft && changed && drafted.is_none_or(|t| now - t >= DRAFT_EVERY) {
             let _ = actions.send(Action::Draft {
                 chat,
+                topic,
                 draft_id,
                 text: tail(&live),
             });

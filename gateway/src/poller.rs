@@ -182,6 +182,8 @@ impl Poller {
     /// where a message to the agent is delivered at least once (and deduplicated there).
     fn handle(&self, m: &Message, st: &mut PollState) -> Option<crate::exec::Command> {
         let chat = m.chat.id;
+        // Answers go where the message was: its chat, and its topic there.
+        let at = (chat, m.topic());
         let image = crate::images::pick(m);
         let Some(text) = m
             .text
@@ -206,7 +208,7 @@ impl Poller {
         if text.is_empty() {
             return None;
         }
-        let session = Session::new("telegram", st.session_id(chat));
+        let session = Session::new("telegram", st.session_id(chat, m.topic()));
         let command = text
             .split_whitespace()
             .next()
@@ -220,15 +222,15 @@ impl Poller {
                 if self.bot.may_exec(user_id) {
                     log::info!("chat {chat}: user {user_id} entered exec mode");
                     st.exec.insert((chat, user_id));
-                    self.notice(chat, crate::exec::ENTER);
+                    self.notice(at, crate::exec::ENTER);
                 } else {
                     log::warn!("chat {chat}: user {user_id} asked for /exec (not in exec_users)");
-                    self.notice(chat, crate::exec::REFUSED);
+                    self.notice(at, crate::exec::REFUSED);
                 }
                 return None;
             }
             "/exit" if st.exec.remove(&(chat, user_id)) => {
-                self.notice(chat, crate::exec::LEAVE);
+                self.notice(at, crate::exec::LEAVE);
                 return None;
             }
             // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
@@ -241,6 +243,7 @@ impl Poller {
                 if self.bot.may_exec(user_id) {
                     return Some(crate::exec::Command {
                         chat,
+                        topic: m.topic(),
                         text: text.to_string(),
                         // Drafts exist in private chats only.
                         drafts: !m.chat.is_group() && self.bot.stream_mode != crate::render::StreamMode::Edit,
@@ -252,16 +255,16 @@ impl Poller {
                 let cancel = Frame::new(kind::CONTROL_CANCEL, Some(session))
                     .with_payload(&Cancel::default())
                     .with_msg_id(format!("tg-{chat}-{}", m.message_id));
-                self.deliver(chat, &cancel);
+                self.deliver(at, &cancel);
                 return None;
             }
             "/new" => {
-                *st.sessions.entry(chat).or_insert(0) += 1;
-                self.notice(chat, "🆕 New conversation started.");
+                st.new_session(chat, m.topic());
+                self.notice(at, "🆕 New conversation started.");
                 return None;
             }
             "/start" => {
-                self.notice(chat, GREETING);
+                self.notice(at, GREETING);
                 return None;
             }
             _ => {}
@@ -275,7 +278,7 @@ impl Poller {
             None => Vec::new(),
             Some(Err(size)) => {
                 self.notice(
-                    chat,
+                    at,
                     &format!(
                         "⚠️ This image is too large for the agent ({} KB; at most {} KB). Send it as a compressed photo.",
                         size / 1024,
@@ -295,7 +298,7 @@ impl Poller {
                     Err(e) => {
                         log::warn!("chat {chat}: cannot download an image: {e}");
                         self.notice(
-                            chat,
+                            at,
                             &format!("⚠️ The image could not be fetched from Telegram ({e})."),
                         );
                         return None;
@@ -305,16 +308,21 @@ impl Poller {
         };
         let frame = Frame::user_message_with_images(session, text, user, images)
             .with_msg_id(format!("tg-{chat}-{}", m.message_id));
-        let _ = self.events.send(Event::UserMessage(chat));
-        self.deliver(chat, &frame);
+        let _ = self.events.send(Event::UserMessage(chat, m.topic()));
+        self.deliver(at, &frame);
         None
     }
 
-    fn notice(&self, chat: i64, text: &str) {
-        let _ = self.actions.send(Action::notice(chat, text.to_string(), None));
+    /// A message of the gateway's own at `at` (chat, topic).
+    fn notice(&self, at: (i64, Option<i64>), text: &str) {
+        let _ = self
+            .actions
+            .send(Action::notice(at.0, at.1, text.to_string(), None));
     }
 
-    fn deliver(&self, chat: i64, frame: &Frame) {
+    /// Post `frame`, from a message at `at` (chat, topic), to the instance.
+    fn deliver(&self, at: (i64, Option<i64>), frame: &Frame) {
+        let chat = at.0;
         let mut wait = Duration::from_millis(500);
         for attempt in 1..=DELIVERY_ATTEMPTS {
             match self.aegis.post_frame(&self.bot.instance, frame) {
@@ -329,8 +337,8 @@ impl Poller {
                 }
                 Err(e) => {
                     log::error!("chat {chat}: cannot deliver to {}: {e}", self.bot.instance);
-                    self.notice(chat, UNAVAILABLE);
-                    let _ = self.events.send(Event::Delivered(chat));
+                    self.notice(at, UNAVAILABLE);
+                    let _ = self.events.send(Event::Delivered(chat, at.1));
                     return;
                 }
             }

@@ -54,6 +54,8 @@ pub enum Action {
         part: usize,
         /// Chat.
         chat: i64,
+        /// Topic of the chat (`message_thread_id`), if any.
+        topic: Option<i64>,
         /// Plain text.
         text: String,
         /// The same as Telegram HTML, when it has formatting.
@@ -74,6 +76,8 @@ pub enum Action {
     Typing {
         /// Chat.
         chat: i64,
+        /// Topic of the chat, if any.
+        topic: Option<i64>,
     },
     /// `sendPhoto`, once the reply's text is shown; the sender reports `PhotoSent`.
     Photo {
@@ -83,6 +87,8 @@ pub enum Action {
         index: usize,
         /// Chat.
         chat: i64,
+        /// Topic of the chat, if any.
+        topic: Option<i64>,
         /// The image (bytes inline).
         image: Image,
     },
@@ -90,6 +96,8 @@ pub enum Action {
     Draft {
         /// Chat.
         chat: i64,
+        /// Topic of the chat, if any.
+        topic: Option<i64>,
         /// Non-zero id, one per reply.
         draft_id: i64,
         /// Plain text so far (the part being written).
@@ -98,12 +106,14 @@ pub enum Action {
 }
 
 impl Action {
-    /// A message of the gateway's own, not part of a reply (`html` when formatted).
-    pub fn notice(chat: i64, text: String, html: Option<String>) -> Action {
+    /// A message of the gateway's own in `chat` (in `topic` of it), not part of a reply
+    /// (`html` when formatted).
+    pub fn notice(chat: i64, topic: Option<i64>, text: String, html: Option<String>) -> Action {
         Action::Send {
             key: None,
             part: 0,
             chat,
+            topic,
             text,
             html,
         }
@@ -183,6 +193,9 @@ pub struct Reply {
     /// A `sendPhoto` is in flight.
     #[serde(skip)]
     pub photo_sending: bool,
+    /// The topic of the chat it answers in (its session's), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,8 +224,8 @@ pub struct Renderer {
     replies: BTreeMap<ReplyKey, Reply>,
     /// Per-chat time of the last edit, for the throttle.
     last_edit: BTreeMap<i64, Instant>,
-    /// Per-chat typing indicator.
-    typing: BTreeMap<i64, Typing>,
+    /// Typing indicator per chat and topic.
+    typing: BTreeMap<(i64, Option<i64>), Typing>,
     /// Newest seq rendered.
     cursor: Option<u64>,
     /// Fingerprints of seq-less frames already rendered (old aegisd replays them).
@@ -233,9 +246,13 @@ pub struct Renderer {
     drafts_refused: bool,
 }
 
-/// The chat id of a session id: `"123"` or, after `/new`, `"123:2"`.
-pub fn chat_of(session_id: &str) -> Option<i64> {
-    session_id.split(':').next()?.parse().ok()
+/// The chat and topic of a session id (`PollState::session_id`): `"123"`, `"123:2"`
+/// after `/new`, `"123:t45"` in a topic, `"123:t45:2"`.
+pub fn place_of(session_id: &str) -> Option<(i64, Option<i64>)> {
+    let mut parts = session_id.split(':');
+    let chat = parts.next()?.parse().ok()?;
+    let topic = parts.next().and_then(|p| p.strip_prefix('t')?.parse().ok());
+    Some((chat, topic))
 }
 
 fn fingerprint(f: &Frame) -> u64 {
@@ -384,21 +401,22 @@ impl Renderer {
         self.replies.len()
     }
 
-    /// A user message arrived in `chat`: show typing until the reply completes.
-    pub fn user_message(&mut self, chat: i64, now: Instant, out: &mut Vec<Action>) {
+    /// A user message arrived in `chat` (in `topic` of it): show typing there until the
+    /// reply completes.
+    pub fn user_message(&mut self, chat: i64, topic: Option<i64>, now: Instant, out: &mut Vec<Action>) {
         self.typing.insert(
-            chat,
+            (chat, topic),
             Typing {
                 until: now + TYPING_MAX,
                 next: now + TYPING_EVERY,
             },
         );
-        out.push(Action::Typing { chat });
+        out.push(Action::Typing { chat, topic });
     }
 
-    /// Stop the typing indicator of `chat` (its message could not be delivered).
-    pub fn stop_typing(&mut self, chat: i64) {
-        self.typing.remove(&chat);
+    /// Stop the typing indicator of `chat`'s `topic` (its message could not be delivered).
+    pub fn stop_typing(&mut self, chat: i64, topic: Option<i64>) {
+        self.typing.remove(&(chat, topic));
     }
 
     /// An egress frame.
@@ -440,7 +458,9 @@ impl Renderer {
         if session.channel != "telegram" {
             return;
         }
-        let Some(chat) = chat_of(&session.id) else { return };
+        let Some((chat, topic)) = place_of(&session.id) else {
+            return;
+        };
         let key = match &f.msg_id {
             Some(id) => (chat, id.clone()),
             // An old agent names no message: each reply is a run of deltas closed by a
@@ -469,12 +489,14 @@ impl Renderer {
                 if reply.done {
                     return;
                 }
+                reply.topic = topic;
                 reply.text.push_str(&t);
             }
             kind::ASSISTANT_DONE => {
                 let t = f.text_payload().unwrap_or_default();
                 let images = f.payload_as::<Done>().map(|d| d.images).unwrap_or_default();
                 let reply = self.reply_entry(&key);
+                reply.topic = topic;
                 reply.images = images.into_iter().filter(|i| i.data.is_some()).collect();
                 reply.text = if !t.is_empty() {
                     t
@@ -484,14 +506,16 @@ impl Renderer {
                     reply.text.clone()
                 };
                 reply.done = true;
-                self.typing.remove(&chat);
+                self.typing.remove(&(chat, topic));
             }
             kind::ERROR => {
                 if let Ok(e) = f.payload_as::<ErrorPayload>() {
                     log::info!("chat {chat}: agent error {}: {}", e.code, e.message);
                     // Only an error about a reply is shown, and only if the reply has no text.
                     if f.msg_id.is_some() {
-                        self.replies.entry(key.clone()).or_default().error = Some(e.message);
+                        let reply = self.replies.entry(key.clone()).or_default();
+                        reply.error = Some(e.message);
+                        reply.topic = topic;
                     }
                 }
                 return;
@@ -519,11 +543,13 @@ impl Renderer {
                             Reply {
                                 draft: Some(id),
                                 draft_shown: Some((String::new(), now)),
+                                topic,
                                 ..Reply::default()
                             },
                         );
                         out.push(Action::Draft {
                             chat,
+                            topic,
                             draft_id: id,
                             text: String::new(),
                         });
@@ -582,9 +608,9 @@ impl Renderer {
     /// Time passed: typing refreshes and throttled edits.
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.typing.retain(|_, t| now < t.until);
-        for (chat, t) in self.typing.iter_mut() {
+        for (&(chat, topic), t) in self.typing.iter_mut() {
             if now >= t.next {
-                out.push(Action::Typing { chat: *chat });
+                out.push(Action::Typing { chat, topic });
                 t.next = now + TYPING_EVERY;
             }
         }
@@ -649,6 +675,7 @@ impl Renderer {
                 r.behind = false;
                 out.push(Action::Draft {
                     chat,
+                    topic: r.topic,
                     draft_id: id,
                     text,
                 });
@@ -674,6 +701,7 @@ impl Renderer {
                     key: Some(key.clone()),
                     part: i,
                     chat,
+                    topic: r.topic,
                     text: text.clone(),
                     html: html.clone(),
                 });
@@ -712,6 +740,7 @@ impl Renderer {
                     key: key.clone(),
                     index: r.photos_sent,
                     chat,
+                    topic: r.topic,
                     image: r.images[r.photos_sent].clone(),
                 });
             }
@@ -780,6 +809,7 @@ mod tests {
                 key: Some((5, "m".into())),
                 part: 0,
                 chat: 5,
+                topic: None,
                 text: "Hel".into(),
                 html: None
             }]
@@ -1000,20 +1030,20 @@ mod tests {
         let mut r = edit_mode();
         let t0 = Instant::now();
         let mut out = Vec::new();
-        r.user_message(5, t0, &mut out);
-        assert_eq!(out, vec![Action::Typing { chat: 5 }]);
+        r.user_message(5, None, t0, &mut out);
+        assert_eq!(out, vec![Action::Typing { chat: 5, topic: None }]);
         out.clear();
         r.tick(t0 + Duration::from_secs(3), &mut out);
-        assert_eq!(out, vec![Action::Typing { chat: 5 }]);
+        assert_eq!(out, vec![Action::Typing { chat: 5, topic: None }]);
         out.clear();
         r.tick(t0 + Duration::from_secs(121), &mut out);
         assert!(out.is_empty());
-        r.user_message(6, t0, &mut out);
+        r.user_message(6, None, t0, &mut out);
         out.clear();
         r.frame(&done("6", "m", 1, "ok"), t0, &mut out);
         out.clear();
         r.tick(t0 + Duration::from_secs(3), &mut out);
-        assert!(!out.contains(&Action::Typing { chat: 6 }));
+        assert!(!out.contains(&Action::Typing { chat: 6, topic: None }));
     }
 
     fn presence(chat: &str, msg: &str, seq: u64) -> Frame {
@@ -1047,6 +1077,7 @@ mod tests {
             out,
             vec![Action::Draft {
                 chat: 5,
+                topic: None,
                 draft_id: id,
                 text: "Hel".into()
             }]
@@ -1071,6 +1102,7 @@ mod tests {
                 key: Some((5, "m".into())),
                 part: 0,
                 chat: 5,
+                topic: None,
                 text: "Hello **there**".into(),
                 html: Some("Hello <b>there</b>".into())
             }]
@@ -1112,6 +1144,93 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_in_a_topic_goes_to_that_topic_and_survives_a_restart() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        // A private chat with topics on: typing, the draft and the message all in topic 45.
+        r.user_message(5, Some(45), t0, &mut out);
+        r.frame(&presence("5:t45", "m", 1), t0, &mut out);
+        assert!(
+            matches!(
+                &out[..],
+                [
+                    Action::Typing { topic: Some(45), .. },
+                    Action::Draft { topic: Some(45), .. }
+                ]
+            ),
+            "{out:?}"
+        );
+        out.clear();
+        r.frame(
+            &delta("5:t45:2", "m", 2, "Hi"),
+            t0 + Duration::from_secs(2),
+            &mut out,
+        );
+        let snap = r.snapshot();
+        let mut r = Renderer::restore(snap);
+        out.clear();
+        r.frame(
+            &done("5:t45:2", "m", 3, "Hi there"),
+            t0 + Duration::from_secs(3),
+            &mut out,
+        );
+        assert!(
+            matches!(&out[..], [Action::Send { chat: 5, topic: Some(45), text, .. }] if text == "Hi there"),
+            "{out:?}"
+        );
+        // A forum's other topic, and outside topics, are told apart.
+        out.clear();
+        r.frame(
+            &delta("-100:t7", "g", 4, "Yo"),
+            t0 + Duration::from_secs(4),
+            &mut out,
+        );
+        r.frame(
+            &delta("-100", "h", 5, "Hey"),
+            t0 + Duration::from_secs(5),
+            &mut out,
+        );
+        let topics: Vec<Option<i64>> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { topic, .. } => Some(*topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, vec![Some(7), None]);
+    }
+
+    #[test]
+    fn session_ids_name_their_chat_and_topic() {
+        assert_eq!(place_of("123"), Some((123, None)));
+        assert_eq!(place_of("-100123:2"), Some((-100123, None)));
+        assert_eq!(place_of("-100123:t45"), Some((-100123, Some(45))));
+        assert_eq!(place_of("5:t45:3"), Some((5, Some(45))));
+        assert_eq!(place_of("cron"), None);
+        assert_eq!(place_of("5:tx"), Some((5, None)));
+    }
+
+    proptest::proptest! {
+        /// Every session id the poller makes names its own chat and topic back; anything
+        /// else parses without a panic.
+        #[test]
+        fn place_of_reads_back_what_the_poller_wrote(
+            chat in proptest::num::i64::ANY,
+            topic in proptest::option::of(1i64..i64::MAX),
+            news in 0u32..3,
+            junk in ".{0,40}",
+        ) {
+            let mut st = crate::state::PollState::default();
+            for _ in 0..news {
+                st.new_session(chat, topic);
+            }
+            proptest::prop_assert_eq!(place_of(&st.session_id(chat, topic)), Some((chat, topic)));
+            let _ = place_of(&junk);
+        }
+    }
+
+    #[test]
     fn images_of_a_reply_go_out_one_at_a_time_after_its_text_and_survive_a_restart() {
         let img = |d: &str| Image {
             media_type: "image/png".into(),
@@ -1130,6 +1249,7 @@ mod tests {
             key: key.clone(),
             index,
             chat: 5,
+            topic: None,
             image: img(d),
         };
         let mut r = edit_mode();

@@ -53,14 +53,19 @@ fn body(chat: i64, text: &str, html: Option<&str>) -> Value {
     }
 }
 
+/// `body` addressed to `topic` of its chat (`message_thread_id`), when there is one.
+fn in_topic(mut body: Value, topic: Option<i64>) -> Value {
+    if let Some(t) = topic {
+        body["message_thread_id"] = json!(t);
+    }
+    body
+}
+
 fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &DraftsRefused) {
     match action {
-        Action::Typing { chat } => {
-            if let Err(e) = call_once_honouring_429(
-                tg,
-                "sendChatAction",
-                &json!({"chat_id": chat, "action": "typing"}),
-            ) {
+        Action::Typing { chat, topic } => {
+            let body = in_topic(json!({"chat_id": chat, "action": "typing"}), topic);
+            if let Err(e) = call_once_honouring_429(tg, "sendChatAction", &body) {
                 log::debug!("chat {chat}: typing indicator failed: {e}");
             }
         }
@@ -68,6 +73,7 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
             key,
             part,
             chat,
+            topic,
             text,
             html,
         } => {
@@ -80,7 +86,7 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
                 if let Some(id) = reply_to {
                     b["reply_parameters"] = json!({"message_id": id, "allow_sending_without_reply": true});
                 }
-                b
+                in_topic(b, topic)
             });
             match result {
                 Ok(v) => {
@@ -104,20 +110,29 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
             key,
             index,
             chat,
+            topic,
             image,
         } => {
             let sent = crate::images::decode(&image)
                 .map_err(|e| TgError::Rejected(400, e))
-                .and_then(|bytes| retrying(|| tg.send_photo(chat, &image.media_type, &bytes)));
+                .and_then(|bytes| retrying(|| tg.send_photo(chat, topic, &image.media_type, &bytes)));
             if let Err(e) = sent {
                 log::error!("chat {chat}: sendPhoto failed, the image is left out: {e}");
             }
             let _ = events.send(Event::PhotoSent { key, index });
         }
-        Action::Draft { chat, draft_id, text } => {
+        Action::Draft {
+            chat,
+            topic,
+            draft_id,
+            text,
+        } => {
             // A draft is a preview: one attempt (after a 429's wait); the next update or
             // the final message supersedes a lost one.
-            let body = json!({"chat_id": chat, "draft_id": draft_id, "text": text});
+            let body = in_topic(
+                json!({"chat_id": chat, "draft_id": draft_id, "text": text}),
+                topic,
+            );
             match call_once_honouring_429(tg, "sendMessageDraft", &body) {
                 Ok(_) | Err(TgError::RetryAfter(_)) | Err(TgError::Transient(_)) => {}
                 Err(e) => {

@@ -20,6 +20,9 @@ pub struct PollState {
     /// Session number per chat; `/new` increments it.
     #[serde(default)]
     pub sessions: BTreeMap<i64, u32>,
+    /// Session number per topic (`"{chat}:t{topic}"`); `/new` in a topic increments it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topics: BTreeMap<String, u32>,
     /// (chat, user) pairs in `/exec` mode. Kept across restarts and config reloads, so a
     /// command typed after one still runs as a command rather than reaching the model as
     /// a chat message.
@@ -28,12 +31,31 @@ pub struct PollState {
 }
 
 impl PollState {
-    /// The tether session id of `chat`: `"123"`, or `"123:2"` after `/new`.
-    pub fn session_id(&self, chat: i64) -> String {
-        match self.sessions.get(&chat) {
-            Some(n) if *n > 0 => format!("{chat}:{n}"),
-            _ => chat.to_string(),
+    /// The tether session id of `chat`, or of `topic` in it: `"123"`, or `"123:2"` after
+    /// `/new`; in a topic `"123:t45"`, then `"123:t45:2"` (each topic a conversation of
+    /// its own, as Telegram shows it).
+    pub fn session_id(&self, chat: i64, topic: Option<i64>) -> String {
+        let (base, n) = match topic {
+            None => (chat.to_string(), self.sessions.get(&chat)),
+            Some(t) => {
+                let base = format!("{chat}:t{t}");
+                let n = self.topics.get(&base);
+                (base, n)
+            }
+        };
+        match n {
+            Some(n) if *n > 0 => format!("{base}:{n}"),
+            _ => base,
         }
+    }
+
+    /// `/new` in `chat` (or in `topic` of it): the next message starts a new session.
+    pub fn new_session(&mut self, chat: i64, topic: Option<i64>) {
+        let n = match topic {
+            None => self.sessions.entry(chat).or_insert(0),
+            Some(t) => self.topics.entry(format!("{chat}:t{t}")).or_insert(0),
+        };
+        *n += 1;
     }
 }
 
@@ -68,7 +90,7 @@ mod tests {
     fn exec_mode_is_saved_and_older_files_still_load() {
         // A poll.json from before exec mode was kept.
         let old: PollState = serde_json::from_str(r#"{"offset": 42, "sessions": {"7": 2}}"#).unwrap();
-        assert_eq!((old.offset, old.session_id(7)), (42, "7:2".to_string()));
+        assert_eq!((old.offset, old.session_id(7, None)), (42, "7:2".to_string()));
         assert!(old.exec.is_empty());
         assert!(
             !serde_json::to_string(&old).unwrap().contains("exec"),
@@ -81,5 +103,21 @@ mod tests {
         let back: PollState = serde_json::from_str(&json).unwrap();
         assert_eq!(back, st, "{json}");
         assert!(back.exec.contains(&(-100, 7)) && !back.exec.contains(&(-100, 8)));
+    }
+
+    #[test]
+    fn each_topic_is_a_conversation_of_its_own() {
+        let mut st = PollState::default();
+        assert_eq!(st.session_id(-100, Some(45)), "-100:t45");
+        st.new_session(-100, Some(45));
+        assert_eq!(st.session_id(-100, Some(45)), "-100:t45:1");
+        // Neither the chat outside topics nor another topic moved.
+        assert_eq!(st.session_id(-100, None), "-100");
+        assert_eq!(st.session_id(-100, Some(46)), "-100:t46");
+        st.new_session(-100, None);
+        assert_eq!(st.session_id(-100, None), "-100:1");
+        assert_eq!(st.session_id(-100, Some(45)), "-100:t45:1");
+        let back: PollState = serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(back, st);
     }
 }

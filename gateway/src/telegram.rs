@@ -45,6 +45,21 @@ pub struct Message {
     /// A file sent as a document (an image sent uncompressed, for example).
     #[serde(default)]
     pub document: Option<Document>,
+    /// The thread it belongs to: a topic of a forum supergroup or of a private chat with
+    /// topics on (Bot API 9.3), or, in a plain group, the reply thread.
+    #[serde(default)]
+    pub message_thread_id: Option<i64>,
+    /// Sent in a topic (as opposed to a reply thread of a plain group).
+    #[serde(default)]
+    pub is_topic_message: bool,
+}
+
+impl Message {
+    /// The topic it was sent in, where the answer must go too; `None` outside topics
+    /// (and in a forum's General topic, which takes messages without a thread id).
+    pub fn topic(&self) -> Option<i64> {
+        self.message_thread_id.filter(|_| self.is_topic_message)
+    }
 }
 
 /// One size of a photo.
@@ -298,15 +313,25 @@ impl Telegram {
     }
 
     /// `sendPhoto` with the image uploaded from memory.
-    pub fn send_photo(&self, chat: i64, media_type: &str, bytes: &[u8]) -> Result<Value, TgError> {
+    pub fn send_photo(
+        &self,
+        chat: i64,
+        topic: Option<i64>,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Value, TgError> {
         use ureq::unversioned::multipart::{Form, Part};
-        let chat_id = chat.to_string();
+        let (chat_id, thread) = (chat.to_string(), topic.map(|t| t.to_string()));
         let name = format!("image.{}", media_type.rsplit('/').next().unwrap_or("jpg"));
         let part = Part::bytes(bytes)
             .file_name(&name)
             .mime_str(media_type)
             .map_err(|e| TgError::Rejected(400, e.to_string()))?;
-        let form = Form::new().text("chat_id", &chat_id).part("photo", part);
+        let mut form = Form::new().text("chat_id", &chat_id);
+        if let Some(t) = &thread {
+            form = form.text("message_thread_id", t);
+        }
+        let form = form.part("photo", part);
         let resp = self
             .agent
             .post(format!("{}/sendPhoto", self.base))

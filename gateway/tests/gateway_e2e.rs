@@ -10,7 +10,7 @@ use aegis_e2e::socks::Socks5Proxy;
 use aegis_e2e::stack::{Stack, T};
 use aegis_e2e::telegram::Fault;
 use aegis_e2e::tls::{fixture, TlsFront};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const CHAT: i64 = 4242;
 
@@ -457,6 +457,112 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
         ["[Ann]: what is up?", "[Bob]: and you?"],
         "nothing else reached the agent"
     );
+}
+
+/// Topics (a forum supergroup's, and a private chat's with topics on, Bot API 9.3): each
+/// answer, its draft, typing and the bot's notices go to the topic the message came from,
+/// and each topic is a conversation of its own.
+#[test]
+fn replies_in_topics_go_to_their_topic_and_each_topic_is_its_own_conversation() {
+    const FORUM: i64 = -1003;
+    let mut s = Stack::new("gw-topics", FakeLlm::echo_openai(), &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "api_url": s.telegram.url(), "group_mode": "all"}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.telegram.enable_drafts();
+    s.start_gateway();
+    let ann = json!({"id": 7, "is_bot": false, "first_name": "Ann"});
+    let forum = json!({"id": FORUM, "type": "supergroup", "title": "Ops", "is_forum": true});
+    let private = json!({"id": CHAT, "type": "private", "first_name": "Ann"});
+    let say = |chat: &Value, topic: Option<i64>, text: &str| {
+        let mut m = json!({"chat": chat, "from": ann, "text": text});
+        if let Some(t) = topic {
+            m["message_thread_id"] = json!(t);
+            m["is_topic_message"] = json!(true);
+        }
+        s.telegram.push_message(m);
+    };
+    let answered = |chat: i64, text: &str| {
+        let want = format!("echo: [Ann]: {text}");
+        let msgs = s
+            .telegram
+            .wait_chat(chat, T, |m| m.iter().any(|m| m.visible() == want));
+        msgs.into_iter().find(|m| m.visible() == want).unwrap().thread
+    };
+    // The LLM request that carried `text`: how many user turns its history had.
+    let turns = |text: &str| {
+        let reqs = s.llm.requests();
+        let req = reqs
+            .iter()
+            .find(|r| aegis_e2e::llm::last_user_text(r).ends_with(text))
+            .unwrap();
+        let messages = req.json()["messages"].as_array().unwrap().clone();
+        messages.iter().filter(|m| m["role"] == "user").count()
+    };
+
+    say(&forum, Some(5), "alpha");
+    assert_eq!(answered(FORUM, "alpha"), Some(5));
+    say(&forum, Some(9), "beta");
+    assert_eq!(answered(FORUM, "beta"), Some(9));
+    say(&forum, None, "general");
+    assert_eq!(
+        answered(FORUM, "general"),
+        None,
+        "the General topic takes no thread id"
+    );
+    say(&forum, Some(5), "alpha again");
+    assert_eq!(answered(FORUM, "alpha again"), Some(5));
+    assert_eq!(
+        (turns("beta"), turns("general"), turns("alpha again")),
+        (1, 1, 2),
+        "one conversation per topic"
+    );
+    // /new in a topic: answered there, and only that topic starts afresh.
+    say(&forum, Some(5), "/new");
+    let notice = s.telegram.wait_chat(FORUM, T, |m| {
+        m.iter().any(|m| m.visible().contains("New conversation"))
+    });
+    let notice = notice
+        .iter()
+        .find(|m| m.visible().contains("New conversation"))
+        .unwrap();
+    assert_eq!(notice.thread, Some(5));
+    say(&forum, Some(5), "alpha fresh");
+    assert_eq!(answered(FORUM, "alpha fresh"), Some(5));
+    say(&forum, Some(9), "beta again");
+    assert_eq!(answered(FORUM, "beta again"), Some(9));
+    assert_eq!((turns("alpha fresh"), turns("beta again")), (1, 2));
+
+    // A private chat with topics on: the draft streams in the topic too.
+    say(&private, Some(11), "hi in a topic");
+    assert_eq!(answered(CHAT, "hi in a topic"), Some(11));
+    let threads = |method: &str| -> Vec<Option<i64>> {
+        s.telegram
+            .calls_of(method)
+            .iter()
+            .filter(|c| c.body["chat_id"] == json!(CHAT))
+            .map(|c| c.body["message_thread_id"].as_i64())
+            .collect()
+    };
+    let drafts = threads("sendMessageDraft");
+    assert!(
+        !drafts.is_empty() && drafts.iter().all(|t| *t == Some(11)),
+        "{drafts:?}"
+    );
+    let typing = threads("sendChatAction");
+    assert!(
+        !typing.is_empty() && typing.iter().all(|t| *t == Some(11)),
+        "{typing:?}"
+    );
+    // Nothing was refused for a wrong thread.
+    let refused: Vec<_> = s
+        .telegram
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == 400)
+        .map(|c| (c.method, c.body))
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct Msg {
     pub parse_mode: Option<String>,
     /// How many successful edits it had.
     pub edits: usize,
+    /// The topic it was sent to (`message_thread_id`).
+    pub thread: Option<i64>,
 }
 
 impl Msg {
@@ -74,6 +76,8 @@ struct State {
     next_update: i64,
     next_message: i64,
     chats: BTreeMap<i64, Vec<Msg>>,
+    /// Topics that exist, as (chat, thread id): those users wrote in.
+    topics: std::collections::HashSet<(i64, i64)>,
     calls: Vec<Call>,
     faults: VecDeque<(String, Fault)>,
     empty_at_once: bool,
@@ -250,6 +254,13 @@ impl FakeTelegram {
         let message_id = 10_000 + id;
         message["message_id"] = json!(message_id);
         message["date"] = json!(1_700_000_000);
+        if let (Some(chat), Some(thread), true) = (
+            message["chat"]["id"].as_i64(),
+            message["message_thread_id"].as_i64(),
+            message["is_topic_message"] == json!(true),
+        ) {
+            s.topics.insert((chat, thread));
+        }
         s.updates.push(json!({"update_id": id, "message": message}));
         cv.notify_all();
         message_id
@@ -437,6 +448,8 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
             ),
         }
+    } else if let Some(e) = unknown_thread(&s, method, &body, multipart.as_deref()) {
+        e
     } else {
         match method {
             "getMe" => {
@@ -503,6 +516,25 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
     result
 }
 
+/// A message sent to a topic that does not exist is refused, as Telegram refuses it.
+fn unknown_thread(s: &State, method: &str, body: &Value, parts: Option<&[FormPart]>) -> Option<(u16, Value)> {
+    if !matches!(
+        method,
+        "sendMessage" | "sendPhoto" | "sendChatAction" | "sendMessageDraft"
+    ) {
+        return None;
+    }
+    let field = |n: &str| {
+        let p = parts?.iter().find(|p| p.name == n)?;
+        String::from_utf8_lossy(&p.data).parse::<i64>().ok()
+    };
+    let chat = body["chat_id"].as_i64().or_else(|| field("chat_id"))?;
+    let thread = body["message_thread_id"]
+        .as_i64()
+        .or_else(|| field("message_thread_id"))?;
+    (!s.topics.contains(&(chat, thread))).then(|| bad(400, "Bad Request: message thread not found"))
+}
+
 fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     let Some(chat) = body["chat_id"].as_i64() else {
         return bad(400, "Bad Request: chat_id is empty");
@@ -532,6 +564,7 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
             text: text.clone(),
             parse_mode,
             edits: 0,
+            thread: body["message_thread_id"].as_i64(),
         });
         return ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "text": visible}));
     }
