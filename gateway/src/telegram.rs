@@ -161,6 +161,8 @@ pub enum TgError {
     NotModified,
     /// 400 "can't parse entities": the formatted text was rejected.
     BadEntities(String),
+    /// 400 "message thread not found": the topic is gone (the user deleted it).
+    ThreadNotFound,
     /// Another 4xx: retrying will not help (message says why).
     Rejected(u16, String),
     /// 5xx or a network error: retry with backoff.
@@ -173,6 +175,7 @@ impl fmt::Display for TgError {
             TgError::RetryAfter(d) => write!(f, "rate limited, retry after {d:?}"),
             TgError::NotModified => write!(f, "message is not modified"),
             TgError::BadEntities(m) => write!(f, "formatting rejected: {m}"),
+            TgError::ThreadNotFound => write!(f, "message thread not found"),
             TgError::Rejected(c, m) => write!(f, "Telegram refused ({c}): {m}"),
             TgError::Transient(m) => write!(f, "Telegram unreachable: {m}"),
         }
@@ -266,6 +269,7 @@ impl Telegram {
             )),
             400 if desc.contains("message is not modified") => TgError::NotModified,
             400 if desc.contains("can't parse entities") => TgError::BadEntities(desc),
+            400 if desc.contains("message thread not found") => TgError::ThreadNotFound,
             400..=499 => TgError::Rejected(status, desc),
             _ => TgError::Transient(format!("HTTP {status}: {desc}")),
         })

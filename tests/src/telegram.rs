@@ -78,6 +78,8 @@ struct State {
     chats: BTreeMap<i64, Vec<Msg>>,
     /// Topics that exist, as (chat, thread id): those users wrote in.
     topics: std::collections::HashSet<(i64, i64)>,
+    /// Topics the user deleted: a message still arriving from one does not revive it.
+    deleted_topics: std::collections::HashSet<(i64, i64)>,
     calls: Vec<Call>,
     faults: VecDeque<(String, Fault)>,
     empty_at_once: bool,
@@ -259,11 +261,21 @@ impl FakeTelegram {
             message["message_thread_id"].as_i64(),
             message["is_topic_message"] == json!(true),
         ) {
-            s.topics.insert((chat, thread));
+            if !s.deleted_topics.contains(&(chat, thread)) {
+                s.topics.insert((chat, thread));
+            }
         }
         s.updates.push(json!({"update_id": id, "message": message}));
         cv.notify_all();
         message_id
+    }
+
+    /// The user deletes topic `thread` of `chat`: sending there is refused from now on
+    /// ("message thread not found"), also for messages already on their way.
+    pub fn delete_topic(&self, chat: i64, thread: i64) {
+        let mut s = self.state.0.lock().unwrap();
+        s.topics.remove(&(chat, thread));
+        s.deleted_topics.insert((chat, thread));
     }
 
     /// A user sends a photo (Telegram's sizes, smallest first) with an optional caption;
