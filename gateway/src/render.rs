@@ -234,8 +234,9 @@ pub struct Renderer {
     seen_order: VecDeque<u64>,
     /// State changed in a way a restart must know (a message id, a finished reply).
     dirty: bool,
-    /// Per chat, the key of the reply an old agent (no `msg_id`) is streaming.
-    open_anon: BTreeMap<i64, String>,
+    /// Per session, the key of the reply an old agent (no `msg_id`) is streaming (per
+    /// session, not chat, so two topics of one chat answering at once stay apart).
+    open_anon: BTreeMap<String, String>,
     /// Numbers those keys; starts at the clock so keys stay unique across restarts.
     anon_counter: u64,
     /// Frames accepted (not replays).
@@ -466,17 +467,17 @@ impl Renderer {
             // An old agent names no message: each reply is a run of deltas closed by a
             // done, and gets a key of its own so back-to-back replies never share one.
             None if matches!(f.kind.as_str(), kind::ASSISTANT_DELTA | kind::ASSISTANT_DONE) => {
-                let id = match self.open_anon.get(&chat) {
+                let id = match self.open_anon.get(&session.id) {
                     Some(id) => id.clone(),
                     None => {
                         self.anon_counter += 1;
                         let id = format!("#{}", self.anon_counter);
-                        self.open_anon.insert(chat, id.clone());
+                        self.open_anon.insert(session.id.clone(), id.clone());
                         id
                     }
                 };
                 if f.kind == kind::ASSISTANT_DONE {
-                    self.open_anon.remove(&chat);
+                    self.open_anon.remove(&session.id);
                 }
                 (chat, id)
             }
@@ -892,6 +893,45 @@ mod tests {
             })
             .collect();
         assert_eq!(sends, vec!["one", "two"]);
+    }
+
+    #[test]
+    fn an_old_agent_answering_in_two_topics_at_once_keeps_them_apart() {
+        let mut r = edit_mode();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let anon = |session: &str, k: &str, seq: u64, t: &str| {
+            let mut f = Frame::text(k, Session::new("telegram", session), t);
+            f.seq = Some(seq);
+            f
+        };
+        r.frame(&anon("-100:t5", kind::ASSISTANT_DELTA, 1, "five"), t0, &mut out);
+        r.frame(&anon("-100:t9", kind::ASSISTANT_DELTA, 2, "nine"), t0, &mut out);
+        r.frame(
+            &anon("-100:t5", kind::ASSISTANT_DONE, 3, "five, done"),
+            t0,
+            &mut out,
+        );
+        r.frame(
+            &anon("-100:t9", kind::ASSISTANT_DONE, 4, "nine, done"),
+            t0,
+            &mut out,
+        );
+        r.tick(t0 + Duration::from_secs(5), &mut out);
+        let mut shown: Vec<(Option<i64>, String)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send { topic, text, .. } => Some((*topic, text.clone())),
+                _ => None,
+            })
+            .collect();
+        shown.sort();
+        assert_eq!(
+            shown,
+            vec![(Some(5), "five".to_string()), (Some(9), "nine".to_string())],
+            "{out:?}"
+        );
+        assert_eq!(r.in_progress(), 2, "each waits for its own message id");
     }
 
     #[test]
