@@ -69,6 +69,9 @@ impl Poller {
     /// Poll forever.
     pub fn run(mut self) {
         let mut st: PollState = state::load(&self.state_path);
+        for (&new, &old) in &st.migrated {
+            self.tg.follow_migration(old, new);
+        }
         let mut backoff = Duration::from_secs(1);
         let mut idle = Duration::from_millis(50);
         let mut failures = 0u32;
@@ -184,6 +187,10 @@ impl Poller {
         let chat = m.chat.id;
         // Answers go where the message was: its chat, and its topic there.
         let at = (chat, m.topic());
+        if let Some((old, new)) = m.migration() {
+            self.migrated(st, old, new);
+            return None;
+        }
         let image = crate::images::pick(m);
         let Some(text) = m
             .text
@@ -196,7 +203,9 @@ impl Poller {
             log::debug!("chat {chat}: ignoring a message without text");
             return None;
         };
-        if !self.bot.allows(chat) {
+        let allowed =
+            self.bot.allows(chat) || st.migrated.get(&chat).is_some_and(|old| self.bot.allows(*old));
+        if !allowed {
             log::info!("ignoring message from chat {chat} (not in allowed_chats)");
             return None;
         }
@@ -311,6 +320,25 @@ impl Poller {
         let _ = self.events.send(Event::UserMessage(chat, m.topic()));
         self.deliver(at, &frame);
         None
+    }
+
+    /// Group `old` became the supergroup `new` (Telegram does that when topics, a public
+    /// link or many members are turned on): the supergroup is answered as the group was,
+    /// and replies on their way to the group go to it. A new chat id is a new chat, so its
+    /// conversation starts afresh (memories stay).
+    fn migrated(&self, st: &mut PollState, old: i64, new: i64) {
+        if st.migrated.get(&new) == Some(&old) {
+            return; // each migration is announced in both chats
+        }
+        self.tg.follow_migration(old, new);
+        st.migrated.insert(new, old);
+        if self.bot.allows(old) && !self.bot.allows(new) {
+            log::warn!(
+                "group {old} became the supergroup {new}; answering it as allowed_chats allows {old} (add {new} to allowed_chats to say so in the config)"
+            );
+        } else {
+            log::info!("group {old} became the supergroup {new}");
+        }
     }
 
     /// A message of the gateway's own at `at` (chat, topic).

@@ -1,6 +1,7 @@
 //! What the gateway remembers across restarts, per bot, under
 //! `~/.aegis/gateway/{bot id}/`: `poll.json` (the next `getUpdates` offset, each chat's
-//! session number and who is in `/exec` mode, written by the poller) and `render.json` (the egress cursor and
+//! session number, who is in `/exec` mode and the groups that became supergroups,
+//! written by the poller) and `render.json` (the egress cursor and
 //! the replies in progress, written by the renderer). Each file has one writer and is
 //! replaced atomically, so a crash leaves either the old or the new version.
 
@@ -23,6 +24,10 @@ pub struct PollState {
     /// Session number per topic (`"{chat}:t{topic}"`); `/new` in a topic increments it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub topics: BTreeMap<String, u32>,
+    /// Supergroups that were groups (new id → old id): answered as the old group was
+    /// (`allowed_chats`), and what the sender learns at start-up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub migrated: BTreeMap<i64, i64>,
     /// (chat, user) pairs in `/exec` mode. Kept across restarts and config reloads, so a
     /// command typed after one still runs as a command rather than reaching the model as
     /// a chat message.

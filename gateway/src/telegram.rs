@@ -4,6 +4,7 @@
 //! The token is part of every URL, so no error leaving this module may carry a URL:
 //! every message passes through `redact` first.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -52,9 +53,26 @@ pub struct Message {
     /// Sent in a topic (as opposed to a reply thread of a plain group).
     #[serde(default)]
     pub is_topic_message: bool,
+    /// Service message in a group that became the supergroup of this id.
+    #[serde(default)]
+    pub migrate_to_chat_id: Option<i64>,
+    /// Service message in a supergroup that was the group of this id.
+    #[serde(default)]
+    pub migrate_from_chat_id: Option<i64>,
 }
 
 impl Message {
+    /// The (group, supergroup) ids of a migration this service message announces: a
+    /// group becomes a supergroup with a new id when topics, a public link or more members
+    /// are turned on.
+    pub fn migration(&self) -> Option<(i64, i64)> {
+        match (self.migrate_to_chat_id, self.migrate_from_chat_id) {
+            (Some(new), _) => Some((self.chat.id, new)),
+            (None, Some(old)) => Some((old, self.chat.id)),
+            (None, None) => None,
+        }
+    }
+
     /// The topic it was sent in, where the answer must go too; `None` outside topics
     /// (and in a forum's General topic, which takes messages without a thread id).
     pub fn topic(&self) -> Option<i64> {
@@ -163,6 +181,8 @@ pub enum TgError {
     BadEntities(String),
     /// 400 "message thread not found": the topic is gone (the user deleted it).
     ThreadNotFound,
+    /// 400 "group chat was upgraded to a supergroup chat": it lives on under this id.
+    Migrated(i64),
     /// Another 4xx: retrying will not help (message says why).
     Rejected(u16, String),
     /// 5xx or a network error: retry with backoff.
@@ -176,6 +196,7 @@ impl fmt::Display for TgError {
             TgError::NotModified => write!(f, "message is not modified"),
             TgError::BadEntities(m) => write!(f, "formatting rejected: {m}"),
             TgError::ThreadNotFound => write!(f, "message thread not found"),
+            TgError::Migrated(id) => write!(f, "the group is now the supergroup {id}"),
             TgError::Rejected(c, m) => write!(f, "Telegram refused ({c}): {m}"),
             TgError::Transient(m) => write!(f, "Telegram unreachable: {m}"),
         }
@@ -193,6 +214,8 @@ pub struct Telegram {
     token: String,
     /// HTTP client.
     agent: ureq::Agent,
+    /// Groups that became supergroups (old id → new id): calls for them go to the new.
+    moved: std::sync::Arc<std::sync::Mutex<HashMap<i64, i64>>>,
 }
 
 impl fmt::Debug for Telegram {
@@ -223,6 +246,35 @@ impl Telegram {
             base: format!("{}/bot{token}", api_url.trim_end_matches('/')),
             token: token.to_string(),
             agent,
+            moved: Default::default(),
+        }
+    }
+
+    /// From now on, calls for chat `old` go to `new` (the supergroup it became).
+    pub fn follow_migration(&self, old: i64, new: i64) {
+        self.moved
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(old, new);
+    }
+
+    /// Where calls for `chat` go.
+    fn current(&self, chat: i64) -> i64 {
+        let moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        moved.get(&chat).copied().unwrap_or(chat)
+    }
+
+    /// `call(chat)` for `chat` where it lives now; when Telegram answers that the group
+    /// became a supergroup, that is remembered and the call made there.
+    fn in_current(&self, chat: i64, call: impl Fn(i64) -> Result<Value, TgError>) -> Result<Value, TgError> {
+        let at = self.current(chat);
+        match call(at) {
+            Err(TgError::Migrated(new)) if new != at => {
+                log::warn!("chat {at} became the supergroup {new}; sending there");
+                self.follow_migration(chat, new);
+                call(new)
+            }
+            other => other,
         }
     }
 
@@ -231,8 +283,23 @@ impl Telegram {
         self.token.split(':').next().unwrap_or("bot")
     }
 
-    /// Call `method` with a JSON body; the `result` on success.
+    /// Call `method` with a JSON body; the `result` on success. A call for a group that
+    /// became a supergroup goes to the supergroup.
     pub fn call(&self, method: &str, body: &Value) -> Result<Value, TgError> {
+        let Some(chat) = body["chat_id"].as_i64() else {
+            return self.call_as_is(method, body);
+        };
+        self.in_current(chat, |at| {
+            if at == chat {
+                return self.call_as_is(method, body);
+            }
+            let mut moved = body.clone();
+            moved["chat_id"] = at.into();
+            self.call_as_is(method, &moved)
+        })
+    }
+
+    fn call_as_is(&self, method: &str, body: &Value) -> Result<Value, TgError> {
         let resp = self
             .agent
             .post(format!("{}/{method}", self.base))
@@ -270,6 +337,9 @@ impl Telegram {
             400 if desc.contains("message is not modified") => TgError::NotModified,
             400 if desc.contains("can't parse entities") => TgError::BadEntities(desc),
             400 if desc.contains("message thread not found") => TgError::ThreadNotFound,
+            400 if v["parameters"]["migrate_to_chat_id"].is_i64() => {
+                TgError::Migrated(v["parameters"]["migrate_to_chat_id"].as_i64().unwrap_or_default())
+            }
             400..=499 => TgError::Rejected(status, desc),
             _ => TgError::Transient(format!("HTTP {status}: {desc}")),
         })
@@ -318,6 +388,16 @@ impl Telegram {
 
     /// `sendPhoto` with the image uploaded from memory.
     pub fn send_photo(
+        &self,
+        chat: i64,
+        topic: Option<i64>,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Value, TgError> {
+        self.in_current(chat, |at| self.send_photo_as_is(at, topic, media_type, bytes))
+    }
+
+    fn send_photo_as_is(
         &self,
         chat: i64,
         topic: Option<i64>,

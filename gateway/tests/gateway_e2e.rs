@@ -574,6 +574,54 @@ fn replies_in_topics_go_to_their_topic_and_each_topic_is_its_own_conversation() 
     );
 }
 
+/// A group becomes a supergroup with a new id when topics are turned on: the supergroup is
+/// answered as `allowed_chats` allowed the group (also after a restart), and a reply on its
+/// way to the group when that happened reaches the supergroup.
+#[test]
+fn a_group_that_became_a_supergroup_is_still_answered() {
+    use aegis_e2e::llm::{last_user_text, End};
+    const OLD: i64 = -555;
+    const NEW: i64 = -1_005_550;
+    let llm = FakeLlm::with(|req| {
+        let text = last_user_text(req);
+        Reply::Sse {
+            pieces: openai_sse(&["echo: ", &text]),
+            delay: Duration::from_millis(if text.contains("slow") { 1500 } else { 0 }),
+            end: End::Finish,
+        }
+    });
+    let mut s = Stack::new("gw-migrate", llm, &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": [OLD], "api_url": s.telegram.url(), "group_mode": "all"}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.start_gateway();
+    let answered = |tg: &aegis_e2e::telegram::FakeTelegram, chat: i64, text: &str| {
+        let want = format!("echo: [Ann]: {text}");
+        tg.wait_chat(chat, T, |m| m.iter().any(|m| m.visible() == want));
+    };
+    s.telegram.push_text(OLD, 7, "Ann", "before");
+    answered(&s.telegram, OLD, "before");
+    // The group turns into a supergroup while a reply is being written.
+    s.telegram.push_text(OLD, 7, "Ann", "slow one");
+    let deadline = std::time::Instant::now() + T;
+    while s.llm.requests().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the model was not asked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s.telegram.migrate_group(OLD, NEW);
+    answered(&s.telegram, NEW, "slow one");
+    s.telegram.push_text(NEW, 7, "Ann", "after");
+    answered(&s.telegram, NEW, "after");
+    // Known after a restart too; a chat nobody allowed still is not answered.
+    s.gateway.take();
+    s.start_gateway();
+    s.telegram.push_text(-777, 7, "Eve", "let me in");
+    s.telegram.push_text(NEW, 7, "Ann", "after a restart");
+    answered(&s.telegram, NEW, "after a restart");
+    assert!(s.telegram.messages(-777).is_empty());
+    assert_eq!(s.telegram.messages(OLD).len(), 1, "only the answer from before");
+}
+
 #[test]
 fn group_mode_all_answers_every_group_message() {
     const GROUP: i64 = -1002;

@@ -78,6 +78,8 @@ struct State {
     chats: BTreeMap<i64, Vec<Msg>>,
     /// Topics that exist, as (chat, thread id): those users wrote in.
     topics: std::collections::HashSet<(i64, i64)>,
+    /// Groups that became supergroups: old id → new id.
+    migrated: BTreeMap<i64, i64>,
     /// Topics the user deleted: a message still arriving from one does not revive it.
     deleted_topics: std::collections::HashSet<(i64, i64)>,
     calls: Vec<Call>,
@@ -270,6 +272,16 @@ impl FakeTelegram {
         message_id
     }
 
+    /// Group `old` becomes the supergroup `new` (as when topics are turned on): both
+    /// service messages arrive, and calls for `old` are refused with the new id from now.
+    pub fn migrate_group(&self, old: i64, new: i64) {
+        self.push_message(json!({"chat": {"id": old, "type": "group", "title": "Team"},
+            "from": {"id": 7, "is_bot": false, "first_name": "Ann"}, "migrate_to_chat_id": new}));
+        self.push_message(json!({"chat": {"id": new, "type": "supergroup", "title": "Team"},
+            "from": {"id": 1087968824, "is_bot": true, "first_name": "Group"}, "migrate_from_chat_id": old}));
+        self.state.0.lock().unwrap().migrated.insert(old, new);
+    }
+
     /// The user deletes topic `thread` of `chat`: sending there is refused from now on
     /// ("message thread not found"), also for messages already on their way.
     pub fn delete_topic(&self, chat: i64, thread: i64) {
@@ -460,6 +472,8 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
             ),
         }
+    } else if let Some(e) = migrated_chat(&s, &body, multipart.as_deref()) {
+        e
     } else if let Some(e) = unknown_thread(&s, method, &body, multipart.as_deref()) {
         e
     } else {
@@ -526,6 +540,23 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
     };
     s.calls[index].status = result.0;
     result
+}
+
+/// A call for a group that became a supergroup is refused with the new id, as Telegram
+/// refuses it.
+fn migrated_chat(s: &State, body: &Value, parts: Option<&[FormPart]>) -> Option<(u16, Value)> {
+    let from_form = || {
+        let p = parts?.iter().find(|p| p.name == "chat_id")?;
+        String::from_utf8_lossy(&p.data).parse::<i64>().ok()
+    };
+    let chat = body["chat_id"].as_i64().or_else(from_form)?;
+    let new = s.migrated.get(&chat)?;
+    Some((
+        400,
+        json!({"ok": false, "error_code": 400,
+            "description": "Bad Request: group chat was upgraded to a supergroup chat",
+            "parameters": {"migrate_to_chat_id": new}}),
+    ))
 }
 
 /// A message sent to a topic that does not exist is refused, as Telegram refuses it.
