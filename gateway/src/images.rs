@@ -19,11 +19,12 @@ pub const MAX_IMAGE_IN: u64 = 700 * 1024;
 /// Largest image sent to Telegram (`sendPhoto` takes 10 MB).
 pub const MAX_IMAGE_OUT: u64 = 10 * 1024 * 1024;
 
-/// The image of `m` to pass on, as (file id, media type), if it has one; `Err(size)`
-/// when even its smallest form is larger than [`MAX_IMAGE_IN`].
-pub fn pick(m: &Message) -> Option<Result<(String, String), u64>> {
+/// The image of `m` to pass on, as (file id, media type), if it has one, at most `cap`
+/// bytes (an album's photos share [`MAX_IMAGE_IN`]); `Err(size)` when even its smallest
+/// form is larger.
+pub fn pick(m: &Message, cap: u64) -> Option<Result<(String, String), u64>> {
     if !m.photo.is_empty() {
-        let fits = |p: &&crate::telegram::PhotoSize| p.file_size.is_none_or(|s| s <= MAX_IMAGE_IN);
+        let fits = |p: &&crate::telegram::PhotoSize| p.file_size.is_none_or(|s| s <= cap);
         // Telegram re-encodes photos as JPEG; the largest size that fits is the best view.
         return Some(
             match m
@@ -43,7 +44,7 @@ pub fn pick(m: &Message) -> Option<Result<(String, String), u64>> {
         .as_deref()
         .filter(|t| matches!(*t, "image/jpeg" | "image/png" | "image/gif" | "image/webp"))?;
     Some(match doc.file_size {
-        Some(s) if s > MAX_IMAGE_IN => Err(s),
+        Some(s) if s > cap => Err(s),
         _ => Ok((doc.file_id.clone(), media.to_string())),
     })
 }

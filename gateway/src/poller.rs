@@ -26,10 +26,16 @@ use crate::bot::Event;
 use crate::config::BotConfig;
 use crate::render::Action;
 use crate::state::{self, PollState};
-use crate::telegram::{parse_updates, Message, Telegram, TgError};
+use crate::telegram::{parse_updates, Message, Telegram, TgError, Update};
 
 /// Long-poll timeout asked of Telegram.
 const POLL_TIMEOUT_SECS: u64 = 30;
+/// How long to wait for more photos of an album that ends a batch of updates, at most
+/// `ALBUM_POLLS` times.
+const ALBUM_WAIT: Duration = Duration::from_millis(700);
+const ALBUM_POLLS: u32 = 3;
+/// Photos in one album, at most (Telegram's limit).
+const MAX_ALBUM: usize = 10;
 /// Attempts to deliver one message while the instance is unavailable (about a minute).
 const DELIVERY_ATTEMPTS: u32 = 7;
 
@@ -96,11 +102,7 @@ impl Poller {
                         );
                         failures = 0;
                     }
-                    let (updates, skipped) = parse_updates(&result);
-                    for id in skipped {
-                        log::warn!("skipping update {id}: unexpected shape");
-                        st.offset = st.offset.max(id + 1);
-                    }
+                    let (mut updates, skipped) = parse_updates(&result);
                     if updates.is_empty() && skipped_none(&result) && asked.elapsed() < Duration::from_secs(1)
                     {
                         // A server that answers a long poll at once with nothing (local Bot
@@ -110,20 +112,57 @@ impl Poller {
                         continue;
                     }
                     idle = Duration::from_millis(50);
-                    for u in updates {
-                        let command = u.message.as_ref().and_then(|m| self.handle(m, &mut st));
-                        st.offset = st.offset.max(u.update_id + 1);
-                        if let Err(e) = state::save(&self.state_path, &st) {
-                            log::error!("cannot save {}: {e}", self.state_path.display());
+                    let (mut i, mut polls) = (0, 0);
+                    while i < updates.len() {
+                        let n = album_len(&updates[i..]);
+                        let album_open = n > 1 || is_album(&updates[i]);
+                        if album_open && i + n == updates.len() && polls < ALBUM_POLLS {
+                            // Telegram delivers an album's photos one by one, and the rest may
+                            // still be on its way: read again from its first photo (which
+                            // confirms only what is handled) until it stops growing.
+                            polls += 1;
+                            thread::sleep(ALBUM_WAIT);
+                            if let Ok(again) = self.tg.get_updates(updates[i].update_id, 0) {
+                                let (more, _) = parse_updates(&again);
+                                if more.first().map(|u| u.update_id) == Some(updates[i].update_id) {
+                                    if album_len(&more) == n {
+                                        polls = ALBUM_POLLS;
+                                    }
+                                    updates.truncate(i);
+                                    updates.extend(more);
+                                }
+                            }
+                            continue;
                         }
+                        let album: Vec<&Message> = updates[i..i + n]
+                            .iter()
+                            .filter_map(|u| u.message.as_ref())
+                            .collect();
+                        let command = self.handle(&album, &mut st);
+                        st.offset = st.offset.max(updates[i + n - 1].update_id + 1);
+                        self.save(&st);
                         if let Some(c) = command {
                             let (aegis, instance) = (self.aegis.clone(), self.bot.instance.clone());
                             self.exec.run(aegis, instance, c, self.actions.clone());
                         }
+                        i += n;
+                    }
+                    // Only once the updates before them are handled: an offset saved past
+                    // an unhandled update would lose it in a crash.
+                    for id in skipped {
+                        log::warn!("skipping update {id}: unexpected shape");
+                        st.offset = st.offset.max(id + 1);
+                        self.save(&st);
                     }
                 }
                 Err(e) => self.trouble(&e, &mut failures, &mut backoff),
             }
+        }
+    }
+
+    fn save(&self, st: &PollState) {
+        if let Err(e) = state::save(&self.state_path, st) {
+            log::error!("cannot save {}: {e}", self.state_path.display());
         }
     }
 
@@ -183,7 +222,12 @@ impl Poller {
     /// Deliver `m` (or answer it); a command of a user in exec mode is returned instead,
     /// to be started once the message is marked handled: a command runs at most once,
     /// where a message to the agent is delivered at least once (and deduplicated there).
-    fn handle(&self, m: &Message, st: &mut PollState) -> Option<crate::exec::Command> {
+    ///
+    /// `album` is one message, or the messages of an album (photos sent together, which
+    /// Telegram delivers one by one): they reach the agent as one message with all its
+    /// images and its caption, answered once.
+    fn handle(&self, album: &[&Message], st: &mut PollState) -> Option<crate::exec::Command> {
+        let m = *album.first()?;
         let chat = m.chat.id;
         // Answers go where the message was: its chat, and its topic there.
         let at = (chat, m.topic());
@@ -191,14 +235,16 @@ impl Poller {
             self.migrated(st, old, new);
             return None;
         }
-        let image = crate::images::pick(m);
-        let Some(text) = m
-            .text
-            .as_deref()
-            .or(m.caption.as_deref())
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .or(image.is_some().then_some(IMAGE_TEXT))
+        // An album's images share the tether line; its caption is on one of them.
+        let cap = crate::images::MAX_IMAGE_IN / album.len() as u64;
+        let picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
+        let Some(text) = album
+            .iter()
+            .find_map(|a| {
+                let t = a.text.as_deref().or(a.caption.as_deref())?.trim();
+                (!t.is_empty()).then_some(t)
+            })
+            .or((!picked.is_empty()).then_some(IMAGE_TEXT))
         else {
             log::debug!("chat {chat}: ignoring a message without text");
             return None;
@@ -283,38 +329,55 @@ impl Poller {
             username: u.username.clone(),
             name: Some(u.full_name()).filter(|n| !n.is_empty()),
         });
-        let images = match image {
-            None => Vec::new(),
-            Some(Err(size)) => {
+        let too_large: Vec<u64> = picked.iter().filter_map(|p| p.as_ref().err().copied()).collect();
+        if let [size] = too_large[..] {
+            if album.len() == 1 {
                 self.notice(
                     at,
                     &format!(
                         "⚠️ This image is too large for the agent ({} KB; at most {} KB). Send it as a compressed photo.",
                         size / 1024,
-                        crate::images::MAX_IMAGE_IN / 1024
+                        cap / 1024
                     ),
                 );
                 return None;
             }
-            Some(Ok((file_id, media_type))) => {
-                match self.tg.download(&file_id, crate::images::MAX_IMAGE_IN) {
-                    Ok(bytes) => vec![Image {
-                        media_type,
-                        blob: None,
-                        size: Some(bytes.len() as u64),
-                        data: Some(crate::images::encode(&bytes)),
-                    }],
-                    Err(e) => {
-                        log::warn!("chat {chat}: cannot download an image: {e}");
-                        self.notice(
-                            at,
-                            &format!("⚠️ The image could not be fetched from Telegram ({e})."),
-                        );
-                        return None;
-                    }
+        }
+        if !too_large.is_empty() {
+            self.notice(
+                at,
+                &format!(
+                    "⚠️ {} of these {} images are too large for the agent (at most {} KB each when {} are sent together); {}.",
+                    too_large.len(),
+                    album.len(),
+                    cap / 1024,
+                    album.len(),
+                    if too_large.len() == picked.len() { "nothing was passed on" } else { "the others go on" }
+                ),
+            );
+            if too_large.len() == picked.len() {
+                return None;
+            }
+        }
+        let mut images = Vec::new();
+        for (file_id, media_type) in picked.into_iter().filter_map(Result::ok) {
+            match self.tg.download(&file_id, cap) {
+                Ok(bytes) => images.push(Image {
+                    media_type,
+                    blob: None,
+                    size: Some(bytes.len() as u64),
+                    data: Some(crate::images::encode(&bytes)),
+                }),
+                Err(e) => {
+                    log::warn!("chat {chat}: cannot download an image: {e}");
+                    self.notice(
+                        at,
+                        &format!("⚠️ The image could not be fetched from Telegram ({e})."),
+                    );
+                    return None;
                 }
             }
-        };
+        }
         let frame = Frame::user_message_with_images(session, text, user, images)
             .with_msg_id(format!("tg-{chat}-{}", m.message_id));
         let _ = self.events.send(Event::UserMessage(chat, m.topic()));
@@ -374,6 +437,25 @@ impl Poller {
     }
 }
 
+/// Whether `u` is a photo of an album.
+fn is_album(u: &Update) -> bool {
+    u.message.as_ref().is_some_and(|m| m.media_group_id.is_some())
+}
+
+/// How many updates from the first are one album (the same chat and `media_group_id`, at
+/// most Telegram's 10); 1 for anything else, 0 for none.
+fn album_len(updates: &[Update]) -> usize {
+    let key = |u: &Update| {
+        let m = u.message.as_ref()?;
+        Some((m.chat.id, m.media_group_id.clone()?))
+    };
+    match updates.first().map(key) {
+        None => 0,
+        Some(None) => 1,
+        Some(k) => updates.iter().take(MAX_ALBUM).take_while(|u| key(u) == k).count(),
+    }
+}
+
 /// Byte offsets where `mention` (ASCII, as Telegram usernames are) stands in `text` as
 /// a whole name, ignoring ASCII case. ASCII matches sit on character boundaries.
 fn mention_at(text: &str, mention: &str) -> Vec<usize> {
@@ -411,8 +493,34 @@ fn skipped_none(result: &serde_json::Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_mention;
+    use super::{album_len, strip_mention};
+    use crate::telegram::Update;
     use proptest::strategy::Strategy;
+
+    #[test]
+    fn an_album_is_the_run_of_its_photos_in_one_chat() {
+        let u = |id: i64, chat: i64, group: Option<&str>| -> Update {
+            let mut m = serde_json::json!({"message_id": id, "chat": {"id": chat}, "photo": []});
+            if let Some(g) = group {
+                m["media_group_id"] = g.into();
+            }
+            serde_json::from_value(serde_json::json!({"update_id": id, "message": m})).unwrap()
+        };
+        let batch = [
+            u(1, 5, Some("a")),
+            u(2, 5, Some("a")),
+            u(3, 6, Some("a")), // the same id in another chat is another album
+            u(4, 6, None),
+            u(5, 5, Some("b")),
+        ];
+        assert_eq!(album_len(&batch), 2);
+        assert_eq!(album_len(&batch[2..]), 1);
+        assert_eq!(album_len(&batch[3..]), 1);
+        assert_eq!(album_len(&batch[4..]), 1);
+        assert_eq!(album_len(&[]), 0);
+        let many: Vec<Update> = (0..14).map(|i| u(i, 5, Some("c"))).collect();
+        assert_eq!(album_len(&many), 10, "Telegram's albums hold 10 at most");
+    }
 
     #[test]
     fn mentions_are_removed_whole_and_in_any_case() {

@@ -53,6 +53,9 @@ pub struct Message {
     /// Sent in a topic (as opposed to a reply thread of a plain group).
     #[serde(default)]
     pub is_topic_message: bool,
+    /// Set on each message of an album (photos sent together), the same for all of them.
+    #[serde(default)]
+    pub media_group_id: Option<String>,
     /// Service message in a group that became the supergroup of this id.
     #[serde(default)]
     pub migrate_to_chat_id: Option<i64>,

@@ -961,6 +961,51 @@ fn a_photo_reaches_the_model_and_an_image_from_a_tool_comes_back_as_a_photo() {
     assert_eq!(s.telegram.photos(CHAT).len(), 1, "sent exactly once");
 }
 
+/// An album (photos sent together) arrives from Telegram as one message per photo, here
+/// split over two polls: the model gets it as one message with its caption and every photo
+/// that fits (their sizes chosen to share the tether line), and answers once.
+#[test]
+fn an_album_reaches_the_model_as_one_message_and_is_answered_once() {
+    let s = stack("gw-album", FakeLlm::echo_openai());
+    let first = vec![jpeg(300, 1), jpeg(200_000, 2), jpeg(500_000, 3)];
+    let second = vec![jpeg(300, 4), jpeg(150_000, 5)];
+    let third = vec![jpeg(400_000, 6)]; // over its share (700 KB / 3) in any size
+    s.telegram
+        .push_album_photo(CHAT, 7, &first, Some("compare these"), "album-1");
+    std::thread::sleep(Duration::from_millis(300));
+    s.telegram.push_album_photo(CHAT, 7, &second, None, "album-1");
+    s.telegram.push_album_photo(CHAT, 7, &third, None, "album-1");
+    s.telegram.push_text(CHAT, 7, "Pat", "and after it?");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Pat]: and after it?")
+    });
+    let shown: Vec<String> = msgs.iter().map(|m| m.visible()).collect();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    assert!(
+        shown[0].starts_with("⚠️ 1 of these 3 images are too large for the agent"),
+        "{shown:?}"
+    );
+    assert_eq!(
+        shown[1..],
+        ["echo: [Pat]: compare these", "echo: [Pat]: and after it?"]
+    );
+    let reqs = s.llm.requests();
+    assert_eq!(reqs.len(), 2, "one model call for the album");
+    let req = reqs[0].json();
+    let content = &req["messages"].as_array().unwrap().last().unwrap()["content"];
+    assert_eq!(content[0]["text"], "[Pat]: compare these");
+    let b64 = |b: &[u8]| {
+        use base64::Engine;
+        format!(
+            "data:image/jpeg;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(b)
+        )
+    };
+    assert_eq!(content[1]["image_url"]["url"], b64(&first[1]));
+    assert_eq!(content[2]["image_url"]["url"], b64(&second[1]));
+    assert!(content.get(3).is_none(), "the photo too large is left out");
+}
+
 #[test]
 fn an_image_too_large_gets_a_note_and_an_image_document_without_caption_is_passed_on() {
     let s = stack("gw-photo-limits", FakeLlm::echo_openai());

@@ -293,6 +293,25 @@ impl FakeTelegram {
     /// A user sends a photo (Telegram's sizes, smallest first) with an optional caption;
     /// returns the message id.
     pub fn push_photo(&self, chat: i64, user_id: i64, sizes: &[Vec<u8>], caption: Option<&str>) -> i64 {
+        self.push_message(self.photo_message(chat, user_id, sizes, caption))
+    }
+
+    /// One photo of an album (photos sent together): Telegram delivers each as a message
+    /// of its own with the album's `media_group_id`, the caption on the first.
+    pub fn push_album_photo(
+        &self,
+        chat: i64,
+        user_id: i64,
+        sizes: &[Vec<u8>],
+        caption: Option<&str>,
+        album: &str,
+    ) -> i64 {
+        let mut m = self.photo_message(chat, user_id, sizes, caption);
+        m["media_group_id"] = json!(album);
+        self.push_message(m)
+    }
+
+    fn photo_message(&self, chat: i64, user_id: i64, sizes: &[Vec<u8>], caption: Option<&str>) -> Value {
         let photo: Vec<Value> = sizes
             .iter()
             .enumerate()
@@ -310,7 +329,7 @@ impl FakeTelegram {
         if let Some(c) = caption {
             m["caption"] = json!(c);
         }
-        self.push_message(m)
+        m
     }
 
     /// A user sends a file as a document (e.g. an uncompressed image).
