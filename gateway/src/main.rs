@@ -74,7 +74,11 @@ repeating a message.
 
 CHAT COMMANDS:
     /stop, /cancel   cancel the reply in progress
-    /new             start a fresh conversation";
+    /new             start a fresh conversation
+    /exec, /exit     shell commands in the instance, for the users exec_users names
+
+In a chat with topics (a forum group, or a private chat with topics on) each topic is a
+conversation of its own; an album of photos reaches the agent as one message.";
 
 struct Args {
     config: Option<PathBuf>,
