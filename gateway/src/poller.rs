@@ -34,6 +34,8 @@ const POLL_TIMEOUT_SECS: u64 = 30;
 /// `ALBUM_POLLS` times.
 const ALBUM_WAIT: Duration = Duration::from_millis(700);
 const ALBUM_POLLS: u32 = 3;
+/// Characters of a replied-to message put before the reply.
+const MAX_QUOTE: usize = 500;
 /// Photos in one album, at most (Telegram's limit).
 const MAX_ALBUM: usize = 10;
 /// Attempts to deliver one message while the instance is unavailable (about a minute).
@@ -237,7 +239,7 @@ impl Poller {
         }
         // An album's images share the tether line; its caption is on one of them.
         let cap = crate::images::MAX_IMAGE_IN / album.len() as u64;
-        let picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
+        let mut picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
         let Some(text) = album
             .iter()
             .find_map(|a| {
@@ -324,6 +326,17 @@ impl Poller {
             }
             _ => {}
         }
+        // What a reply answers is part of the question: "@bot what is this?" under a photo
+        // or under someone's message means that photo, that message.
+        let replied = m.replied_to();
+        if picked.is_empty() {
+            picked.extend(replied.and_then(|r| crate::images::pick(r, cap)));
+        }
+        let text = match replied.and_then(|r| self.quoted(m, r)) {
+            Some(q) => format!("{q}\n{text}"),
+            None => text.to_string(),
+        };
+        let text = text.as_str();
         let user = m.from.as_ref().map(|u| User {
             id: Some(u.id.to_string()),
             username: u.username.clone(),
@@ -383,6 +396,28 @@ impl Poller {
         let _ = self.events.send(Event::UserMessage(chat, m.topic()));
         self.deliver(at, &frame);
         None
+    }
+
+    /// The message `m` replies to, `r`, as a quote to put before `m`'s text: the part the
+    /// user quoted, else `r`'s text or caption (at most `MAX_QUOTE` characters), with who
+    /// wrote it (`you` for the bot itself); `None` when `r` has no text.
+    fn quoted(&self, m: &Message, r: &Message) -> Option<String> {
+        let whole = r.text.as_deref().or(r.caption.as_deref());
+        let text = m.quote.as_ref().map(|q| q.text.as_str()).or(whole)?.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let bot_id: i64 = self.tg.bot_id().parse().unwrap_or(0);
+        let who = match &r.from {
+            Some(u) if u.id == bot_id => "you".to_string(),
+            Some(u) => u.full_name(),
+            None => "someone".to_string(),
+        };
+        let mut shown: String = text.chars().take(MAX_QUOTE).collect();
+        if shown.len() < text.len() {
+            shown.push('…');
+        }
+        Some(format!("> {who}: {}", shown.replace('\n', "\n> ")))
     }
 
     /// Group `old` became the supergroup `new` (Telegram does that when topics, a public

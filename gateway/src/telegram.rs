@@ -40,6 +40,9 @@ pub struct Message {
     /// The message this one replies to.
     #[serde(default)]
     pub reply_to_message: Option<Box<Message>>,
+    /// The part of it the user quoted, if they chose one.
+    #[serde(default)]
+    pub quote: Option<TextQuote>,
     /// A photo, in the sizes Telegram keeps (smallest first).
     #[serde(default)]
     pub photo: Vec<PhotoSize>,
@@ -65,6 +68,13 @@ pub struct Message {
 }
 
 impl Message {
+    /// The message this one answers, unless that is only its topic's first message (every
+    /// message of a forum topic is a reply to it).
+    pub fn replied_to(&self) -> Option<&Message> {
+        let r = self.reply_to_message.as_deref()?;
+        (Some(r.message_id) != self.message_thread_id).then_some(r)
+    }
+
     /// The (group, supergroup) ids of a migration this service message announces: a
     /// group becomes a supergroup with a new id when topics, a public link or more members
     /// are turned on.
@@ -81,6 +91,13 @@ impl Message {
     pub fn topic(&self) -> Option<i64> {
         self.message_thread_id.filter(|_| self.is_topic_message)
     }
+}
+
+/// The quoted part of a replied-to message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TextQuote {
+    /// The quoted text.
+    pub text: String,
 }
 
 /// One size of a photo.

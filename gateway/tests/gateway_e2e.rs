@@ -438,8 +438,10 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
     s.telegram.push_message(
         json!({"chat": group, "from": from("Bob", 8), "text": "and you?", "reply_to_message": bot_message}),
     );
+    // (The model sees what it answers: its own earlier message, quoted.)
     s.telegram.wait_chat(GROUP, T, |m| {
-        m.iter().any(|m| m.visible() == "echo: [Bob]: and you?")
+        m.iter()
+            .any(|m| m.visible() == "echo: [Bob]: > you: echo: [Ann]: what is up?\nand you?")
     });
     say("/new@test_bot");
     s.telegram.wait_chat(GROUP, T, |m| {
@@ -454,7 +456,10 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
         .collect();
     assert_eq!(
         asked_llm,
-        ["[Ann]: what is up?", "[Bob]: and you?"],
+        [
+            "[Ann]: what is up?",
+            "[Bob]: > you: echo: [Ann]: what is up?\nand you?"
+        ],
         "nothing else reached the agent"
     );
 }
@@ -620,6 +625,59 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     answered(&s.telegram, NEW, "after a restart");
     assert!(s.telegram.messages(-777).is_empty());
     assert_eq!(s.telegram.messages(OLD).len(), 1, "only the answer from before");
+}
+
+/// A reply brings what it answers: "@bot why?" under a member's message is about that
+/// message (quoted, or only the part the user quoted), "@bot what is this?" under a photo
+/// about that photo. A topic's first message, which every message in a topic replies to,
+/// is not quoted.
+#[test]
+fn a_reply_brings_what_it_answers_to_the_model() {
+    const GROUP: i64 = -1004;
+    let s = stack("gw-replies", FakeLlm::echo_openai());
+    let group = json!({"id": GROUP, "type": "supergroup", "title": "Team", "is_forum": true});
+    let from = |name: &str, id: i64| json!({"id": id, "is_bot": false, "first_name": name});
+    let bob_said = json!({"message_id": 50, "chat": group, "from": from("Bob", 8),
+        "text": "the build failed at step 3\nsee the log"});
+    let ask = |extra: Value| {
+        let mut m = json!({"chat": group, "from": from("Ann", 7), "text": "@test_bot why?"});
+        for (k, v) in extra.as_object().unwrap() {
+            m[k] = v.clone();
+        }
+        s.telegram.push_message(m);
+    };
+    let last_request = |n: usize| {
+        let deadline = std::time::Instant::now() + T;
+        while s.llm.requests().len() < n {
+            assert!(std::time::Instant::now() < deadline, "the model was not asked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let req = s.llm.requests()[n - 1].json();
+        req["messages"].as_array().unwrap().last().unwrap()["content"].clone()
+    };
+    ask(json!({"reply_to_message": bob_said}));
+    assert_eq!(
+        last_request(1),
+        "[Ann]: > Bob: the build failed at step 3\n> see the log\nwhy?"
+    );
+    ask(json!({"reply_to_message": bob_said, "quote": {"text": "step 3", "position": 20}}));
+    assert_eq!(last_request(2), "[Ann]: > Bob: step 3\nwhy?");
+    // Under a photo: the photo goes to the model, its caption quoted.
+    let photo = s.telegram.photo_sizes(&[jpeg(20_000, 9)]);
+    let pic = json!({"message_id": 51, "chat": group, "from": from("Bob", 8), "photo": photo,
+        "caption": "our rack"});
+    ask(json!({"reply_to_message": pic, "text": "@test_bot what is this?"}));
+    let content = last_request(3);
+    assert_eq!(content[0]["text"], "[Ann]: > Bob: our rack\nwhat is this?");
+    assert!(content[1]["image_url"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/jpeg;base64,"));
+    // In a topic, the topic's first message is no reply of substance.
+    let root = json!({"message_id": 60, "chat": group, "from": from("Bob", 8),
+        "forum_topic_created": {"name": "Builds", "icon_color": 7322096}});
+    ask(json!({"reply_to_message": root, "message_thread_id": 60, "is_topic_message": true}));
+    assert_eq!(last_request(4), "[Ann]: why?");
 }
 
 #[test]

@@ -311,7 +311,9 @@ impl FakeTelegram {
         self.push_message(m)
     }
 
-    fn photo_message(&self, chat: i64, user_id: i64, sizes: &[Vec<u8>], caption: Option<&str>) -> Value {
+    /// Telegram's sizes of a photo whose files are `sizes` (smallest first), for a message
+    /// built by hand.
+    pub fn photo_sizes(&self, sizes: &[Vec<u8>]) -> Value {
         let photo: Vec<Value> = sizes
             .iter()
             .enumerate()
@@ -321,10 +323,14 @@ impl FakeTelegram {
                 json!({"file_id": id, "file_unique_id": format!("u{id}"), "width": side, "height": side, "file_size": bytes.len()})
             })
             .collect();
+        Value::Array(photo)
+    }
+
+    fn photo_message(&self, chat: i64, user_id: i64, sizes: &[Vec<u8>], caption: Option<&str>) -> Value {
         let mut m = json!({
             "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
             "from": {"id": user_id, "is_bot": false, "first_name": "Pat"},
-            "photo": photo,
+            "photo": self.photo_sizes(sizes),
         });
         if let Some(c) = caption {
             m["caption"] = json!(c);
