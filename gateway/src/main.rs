@@ -4,6 +4,7 @@
 mod bot;
 mod config;
 mod cron;
+mod documents;
 mod exec;
 mod images;
 mod lifecycle;
@@ -78,7 +79,8 @@ CHAT COMMANDS:
     /exec, /exit     shell commands in the instance, for the users exec_users names
 
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a
-conversation of its own; an album of photos reaches the agent as one message.";
+conversation of its own. An album of photos reaches the agent as one message, a text file
+(32 KB at most) inside the message, a reply with what it answers quoted.";
 
 struct Args {
     config: Option<PathBuf>,

@@ -49,6 +49,8 @@ pub const GREETING: &str = "👋 Hi! I'm an AI agent. Send me a message and I'll
 
 /// The text of a message that is only an image.
 const IMAGE_TEXT: &str = "[image]";
+/// The text of a message that is only a file (replaced by the file's text or note).
+const FILE_TEXT: &str = "[file]";
 
 /// Exit status when Telegram rejects the token (a configuration error).
 pub const EXIT_BAD_TOKEN: i32 = 2;
@@ -240,6 +242,7 @@ impl Poller {
         // An album's images share the tether line; its caption is on one of them.
         let cap = crate::images::MAX_IMAGE_IN / album.len() as u64;
         let mut picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
+        let file = crate::documents::attached(m).filter(|_| album.len() == 1);
         let Some(text) = album
             .iter()
             .find_map(|a| {
@@ -247,6 +250,7 @@ impl Poller {
                 (!t.is_empty()).then_some(t)
             })
             .or((!picked.is_empty()).then_some(IMAGE_TEXT))
+            .or(file.is_some().then_some(FILE_TEXT))
         else {
             log::debug!("chat {chat}: ignoring a message without text");
             return None;
@@ -332,6 +336,28 @@ impl Poller {
         if picked.is_empty() {
             picked.extend(replied.and_then(|r| crate::images::pick(r, cap)));
         }
+        let file_text = match file {
+            None => None,
+            Some(crate::documents::Attached::LeftOut(note)) => Some(note),
+            Some(crate::documents::Attached::Text(file_id, name)) => {
+                match self.tg.download(&file_id, crate::documents::MAX_TEXT_FILE) {
+                    Ok(bytes) => Some(crate::documents::fenced(&name, &bytes).unwrap_or_else(|note| note)),
+                    Err(e) => {
+                        log::warn!("chat {chat}: cannot download a file: {e}");
+                        self.notice(
+                            at,
+                            &format!("⚠️ The file could not be fetched from Telegram ({e})."),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        let text = match file_text {
+            Some(f) if text == FILE_TEXT => f,
+            Some(f) => format!("{text}\n\n{f}"),
+            None => text.to_string(),
+        };
         let text = match replied.and_then(|r| self.quoted(m, r)) {
             Some(q) => format!("{q}\n{text}"),
             None => text.to_string(),

@@ -121,6 +121,9 @@ pub struct PhotoSize {
 pub struct Document {
     /// For `getFile`.
     pub file_id: String,
+    /// The file's name, when the sender's app gave one.
+    #[serde(default)]
+    pub file_name: Option<String>,
     /// MIME type, when Telegram says.
     #[serde(default)]
     pub mime_type: Option<String>,

@@ -1065,7 +1065,7 @@ fn an_album_reaches_the_model_as_one_message_and_is_answered_once() {
 }
 
 #[test]
-fn an_image_too_large_gets_a_note_and_an_image_document_without_caption_is_passed_on() {
+fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_a_note() {
     let s = stack("gw-photo-limits", FakeLlm::echo_openai());
     s.telegram.push_photo(CHAT, 7, &[jpeg(800 * 1024, 1)], None);
     let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
@@ -1084,16 +1084,56 @@ fn an_image_too_large_gets_a_note_and_an_image_document_without_caption_is_passe
         .unwrap()
         .starts_with("data:image/png;base64,"));
 
-    // A document that is not an image is not an image message (and has no text).
-    s.telegram
-        .push_document(CHAT, 7, "application/pdf", b"%PDF", Some("read this"));
-    s.telegram.wait_chat(CHAT, T, |m| {
-        m.iter().any(|m| m.visible() == "echo: [Pat]: read this")
-    });
-    let last = s.llm.requests().last().unwrap().json();
+    // A document that is neither an image nor text is named as left out, so the model
+    // knows it did not see it.
+    let asked = |n: usize| {
+        let deadline = std::time::Instant::now() + T;
+        while s.llm.requests().len() < n {
+            assert!(std::time::Instant::now() < deadline, "the model was not asked");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let req = s.llm.requests()[n - 1].json();
+        req["messages"].as_array().unwrap().last().unwrap()["content"].clone()
+    };
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "report.pdf",
+        "application/pdf",
+        b"%PDF",
+        Some("read this"),
+    );
     assert_eq!(
-        last["messages"].as_array().unwrap().last().unwrap()["content"],
-        "[Pat]: read this"
+        asked(2),
+        "[Pat]: read this\n\n[file report.pdf (application/pdf, 1 KB) not passed on: only text files and images are]"
+    );
+    // A small text file is read, fenced; without a caption it is the message.
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "app.log",
+        "text/plain",
+        b"boot ok\nERROR: disk full\n",
+        Some("what's wrong?"),
+    );
+    assert_eq!(
+        asked(3),
+        "[Pat]: what's wrong?\n\n[file app.log]\n```\nboot ok\nERROR: disk full\n```"
+    );
+    s.telegram
+        .push_file(CHAT, 7, "notes.md", "text/markdown", b"# todo", None);
+    assert_eq!(asked(4), "[Pat]: [file notes.md]\n```\n# todo\n```");
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "big.csv",
+        "text/csv",
+        &vec![b'x'; 40 * 1024],
+        Some("sum it"),
+    );
+    assert_eq!(
+        asked(5),
+        "[Pat]: sum it\n\n[file big.csv (text/csv, 40 KB) not passed on: text files of at most 32 KB are]"
     );
 }
 

@@ -347,11 +347,24 @@ impl FakeTelegram {
         bytes: &[u8],
         caption: Option<&str>,
     ) -> i64 {
+        self.push_file(chat, user_id, "picture", mime_type, bytes, caption)
+    }
+
+    /// A user sends a file named `name`.
+    pub fn push_file(
+        &self,
+        chat: i64,
+        user_id: i64,
+        name: &str,
+        mime_type: &str,
+        bytes: &[u8],
+        caption: Option<&str>,
+    ) -> i64 {
         let id = self.add_file("documents", "bin", bytes);
         let mut m = json!({
             "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
             "from": {"id": user_id, "is_bot": false, "first_name": "Pat"},
-            "document": {"file_id": id, "file_unique_id": format!("u{id}"), "file_name": "picture", "mime_type": mime_type, "file_size": bytes.len()},
+            "document": {"file_id": id, "file_unique_id": format!("u{id}"), "file_name": name, "mime_type": mime_type, "file_size": bytes.len()},
         });
         if let Some(c) = caption {
             m["caption"] = json!(c);

@@ -1,0 +1,172 @@
+//! Files sent to the bot that are not images. A small text file (a log, a CSV, a script)
+//! reaches the agent inside the message, fenced, so the model reads it whatever tools it
+//! has; anything else is named in the message as left out, so the model can say so
+//! rather than answer as if it had seen it.
+
+use crate::telegram::{Document, Message};
+
+/// Largest text file passed inline (its UTF-8 bytes).
+pub const MAX_TEXT_FILE: u64 = 32 * 1024;
+
+/// Name extensions of text files whose type apps often send as `application/octet-stream`.
+const TEXT_EXTENSIONS: &[&str] = &[
+    "txt", "md", "csv", "tsv", "json", "jsonl", "yaml", "yml", "toml", "xml", "log", "ini", "conf", "cfg",
+    "env", "sql", "html", "css", "js", "ts", "py", "rs", "go", "java", "c", "h", "cpp", "rb", "php", "sh",
+    "diff", "patch",
+];
+
+/// What to do with a message's document.
+#[derive(Debug, PartialEq)]
+pub enum Attached {
+    /// Text to read: (file id, name).
+    Text(String, String),
+    /// Not passed on; the note for the model says why.
+    LeftOut(String),
+}
+
+/// The document of `m` that is not an image (images go the photo way), if any.
+pub fn attached(m: &Message) -> Option<Attached> {
+    let d = m.document.as_ref()?;
+    let mime = d.mime_type.as_deref().unwrap_or("");
+    if mime.starts_with("image/") && crate::images::pick(m, u64::MAX).is_some() {
+        return None;
+    }
+    let name = display_name(d);
+    let size = d
+        .file_size
+        .map_or(String::new(), |s| format!(", {} KB", s.div_ceil(1024)));
+    if !is_text(d) {
+        let kind = if mime.is_empty() { "unknown type" } else { mime };
+        return Some(Attached::LeftOut(format!(
+            "[file {name} ({kind}{size}) not passed on: only text files and images are]"
+        )));
+    }
+    if d.file_size.is_some_and(|s| s > MAX_TEXT_FILE) {
+        return Some(Attached::LeftOut(format!(
+            "[file {name} ({mime}{size}) not passed on: text files of at most {} KB are]",
+            MAX_TEXT_FILE / 1024
+        )));
+    }
+    Some(Attached::Text(d.file_id.clone(), name))
+}
+
+/// Whether `d` is text, by its type or, for a generic type, by its name.
+fn is_text(d: &Document) -> bool {
+    let mime = d.mime_type.as_deref().unwrap_or("").to_ascii_lowercase();
+    let by_type = mime.starts_with("text/")
+        || ["json", "xml", "yaml", "toml", "javascript", "x-sh", "sql", "csv"]
+            .iter()
+            .any(|t| mime.starts_with("application/") && mime.contains(t));
+    let by_name = d
+        .file_name
+        .as_deref()
+        .and_then(|n| n.rsplit_once('.'))
+        .is_some_and(|(_, ext)| TEXT_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
+    by_type || (by_name && matches!(mime.as_str(), "" | "application/octet-stream"))
+}
+
+/// The file's name as shown in the message: no line breaks or backticks, 100 characters.
+fn display_name(d: &Document) -> String {
+    let name: String = d
+        .file_name
+        .as_deref()
+        .unwrap_or("file")
+        .chars()
+        .filter(|c| !c.is_control() && *c != '`')
+        .take(100)
+        .collect();
+    if name.trim().is_empty() {
+        "file".into()
+    } else {
+        name
+    }
+}
+
+/// The text of file `name` for the message, fenced so that nothing in it can end the
+/// fence early; `Err` (the note for the model) when it is not UTF-8 text.
+pub fn fenced(name: &str, bytes: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| !t.contains('\0'))
+        .ok_or_else(|| format!("[file {name} not passed on: it is not UTF-8 text]"))?;
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    Ok(format!(
+        "[file {name}]\n{fence}\n{}\n{fence}",
+        text.trim_end_matches('\n')
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(name: Option<&str>, mime: Option<&str>, size: Option<u64>) -> Message {
+        serde_json::from_value(serde_json::json!({
+            "message_id": 1, "chat": {"id": 5},
+            "document": {"file_id": "f", "file_name": name, "mime_type": mime, "file_size": size},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn text_files_are_read_and_the_rest_is_named_as_left_out() {
+        let text = |n, m| attached(&doc(n, m, Some(100)));
+        assert_eq!(
+            text(Some("app.log"), Some("text/plain")),
+            Some(Attached::Text("f".into(), "app.log".into()))
+        );
+        assert!(matches!(
+            text(Some("a.json"), Some("application/json")),
+            Some(Attached::Text(..))
+        ));
+        assert!(matches!(
+            text(Some("main.rs"), Some("application/octet-stream")),
+            Some(Attached::Text(..))
+        ));
+        assert_eq!(
+            text(Some("report.pdf"), Some("application/pdf")),
+            Some(Attached::LeftOut(
+                "[file report.pdf (application/pdf, 1 KB) not passed on: only text files and images are]"
+                    .into()
+            ))
+        );
+        // A binary type keeps a text-like name from passing.
+        assert!(matches!(
+            text(Some("x.txt"), Some("application/zip")),
+            Some(Attached::LeftOut(_))
+        ));
+        let big = attached(&doc(Some("big.csv"), Some("text/csv"), Some(MAX_TEXT_FILE + 1)));
+        assert!(matches!(big, Some(Attached::LeftOut(n)) if n.contains("at most 32 KB")));
+        // Images go the photo way.
+        assert_eq!(attached(&doc(Some("a.png"), Some("image/png"), Some(100))), None);
+        // A name cannot break the message's lines or fences.
+        let odd = attached(&doc(Some("a\n```b.txt"), Some("text/plain"), Some(1)));
+        assert_eq!(odd, Some(Attached::Text("f".into(), "ab.txt".into())));
+    }
+
+    #[test]
+    fn the_fence_outlasts_any_backticks_inside() {
+        assert_eq!(fenced("a.txt", b"hi\n").unwrap(), "[file a.txt]\n```\nhi\n```");
+        let inner = fenced("b.md", b"```rust\nx\n```\n````").unwrap();
+        assert!(inner.starts_with("[file b.md]\n`````\n"), "{inner}");
+        assert!(inner.ends_with("\n`````"), "{inner}");
+        assert!(fenced("c.bin", b"\xff\xfe").unwrap_err().contains("not UTF-8"));
+        assert!(fenced("d.txt", b"a\0b").is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever the file holds, the fenced block opens and closes with the same fence
+        /// and nothing inside matches it.
+        #[test]
+        fn fenced_text_never_escapes(text in ".{0,200}") {
+            if let Ok(block) = fenced("f.txt", text.as_bytes()) {
+                let mut lines = block.lines().skip(1);
+                let fence = lines.next().unwrap().to_string();
+                proptest::prop_assert!(block.ends_with(&fence));
+                let body = &block[block.find('\n').unwrap() + 1 + fence.len()..block.len() - fence.len()];
+                proptest::prop_assert!(!body.contains(&fence));
+            }
+        }
+    }
+}
