@@ -340,17 +340,8 @@ impl Poller {
             None => None,
             Some(crate::documents::Attached::LeftOut(note)) => Some(note),
             Some(crate::documents::Attached::Text(file_id, name)) => {
-                match self.tg.download(&file_id, crate::documents::MAX_TEXT_FILE) {
-                    Ok(bytes) => Some(crate::documents::fenced(&name, &bytes).unwrap_or_else(|note| note)),
-                    Err(e) => {
-                        log::warn!("chat {chat}: cannot download a file: {e}");
-                        self.notice(
-                            at,
-                            &format!("⚠️ The file could not be fetched from Telegram ({e})."),
-                        );
-                        return None;
-                    }
-                }
+                let bytes = self.download(at, &file_id, crate::documents::MAX_TEXT_FILE, "file")?;
+                Some(crate::documents::fenced(&name, &bytes).unwrap_or_else(|note| note))
             }
         };
         let text = match file_text {
@@ -400,28 +391,35 @@ impl Poller {
         }
         let mut images = Vec::new();
         for (file_id, media_type) in picked.into_iter().filter_map(Result::ok) {
-            match self.tg.download(&file_id, cap) {
-                Ok(bytes) => images.push(Image {
-                    media_type,
-                    blob: None,
-                    size: Some(bytes.len() as u64),
-                    data: Some(crate::images::encode(&bytes)),
-                }),
-                Err(e) => {
-                    log::warn!("chat {chat}: cannot download an image: {e}");
-                    self.notice(
-                        at,
-                        &format!("⚠️ The image could not be fetched from Telegram ({e})."),
-                    );
-                    return None;
-                }
-            }
+            let bytes = self.download(at, &file_id, cap, "image")?;
+            images.push(Image {
+                media_type,
+                blob: None,
+                size: Some(bytes.len() as u64),
+                data: Some(crate::images::encode(&bytes)),
+            });
         }
         let frame = Frame::user_message_with_images(session, text, user, images)
             .with_msg_id(format!("tg-{chat}-{}", m.message_id));
         let _ = self.events.send(Event::UserMessage(chat, m.topic()));
         self.deliver(at, &frame);
         None
+    }
+
+    /// File `file_id` (an image or a file: `what`), at most `cap` bytes; `None` when it
+    /// cannot be had, which the chat at `at` is told.
+    fn download(&self, at: (i64, Option<i64>), file_id: &str, cap: u64, what: &str) -> Option<Vec<u8>> {
+        match self.tg.download(file_id, cap) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                log::warn!("chat {}: cannot download {what} {file_id}: {e}", at.0);
+                self.notice(
+                    at,
+                    &format!("⚠️ The {what} could not be fetched from Telegram ({e})."),
+                );
+                None
+            }
+        }
     }
 
     /// The message `m` replies to, `r`, as a quote to put before `m`'s text: the part the

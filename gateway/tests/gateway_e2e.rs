@@ -608,11 +608,7 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     answered(&s.telegram, OLD, "before");
     // The group turns into a supergroup while a reply is being written.
     s.telegram.push_text(OLD, 7, "Ann", "slow one");
-    let deadline = std::time::Instant::now() + T;
-    while s.llm.requests().len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the model was not asked");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    s.llm.wait_request(2, T);
     s.telegram.migrate_group(OLD, NEW);
     answered(&s.telegram, NEW, "slow one");
     s.telegram.push_text(NEW, 7, "Ann", "after");
@@ -646,15 +642,7 @@ fn a_reply_brings_what_it_answers_to_the_model() {
         }
         s.telegram.push_message(m);
     };
-    let last_request = |n: usize| {
-        let deadline = std::time::Instant::now() + T;
-        while s.llm.requests().len() < n {
-            assert!(std::time::Instant::now() < deadline, "the model was not asked");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let req = s.llm.requests()[n - 1].json();
-        req["messages"].as_array().unwrap().last().unwrap()["content"].clone()
-    };
+    let last_request = |n: usize| aegis_e2e::llm::last_content(&s.llm.wait_request(n, T));
     ask(json!({"reply_to_message": bob_said}));
     assert_eq!(
         last_request(1),
@@ -1086,15 +1074,7 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_a_note() 
 
     // A document that is neither an image nor text is named as left out, so the model
     // knows it did not see it.
-    let asked = |n: usize| {
-        let deadline = std::time::Instant::now() + T;
-        while s.llm.requests().len() < n {
-            assert!(std::time::Instant::now() < deadline, "the model was not asked");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let req = s.llm.requests()[n - 1].json();
-        req["messages"].as_array().unwrap().last().unwrap()["content"].clone()
-    };
+    let asked = |n: usize| aegis_e2e::llm::last_content(&s.llm.wait_request(n, T));
     s.telegram.push_file(
         CHAT,
         7,

@@ -310,6 +310,14 @@ pub fn anthropic_error_event(kind: &str, message: &str) -> String {
 }
 
 /// The text of the newest user message of a chat-completions request ("" if none).
+/// The content of the last message of a chat request (a string, or a list of parts).
+pub fn last_content(req: &Request) -> serde_json::Value {
+    req.json()["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .map_or(serde_json::Value::Null, |m| m["content"].clone())
+}
+
 pub fn last_user_text(req: &Request) -> String {
     req.json()["messages"]
         .as_array()
@@ -386,6 +394,18 @@ impl FakeLlm {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Request> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// The `n`-th request (from 1), once it has come; panics after `timeout`.
+    pub fn wait_request(&self, n: usize, timeout: Duration) -> Request {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.requests.lock().unwrap().get(n - 1) {
+                return r.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "request {n} never came");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Streams whose client went away before their end (a write failed), as a model
