@@ -371,14 +371,15 @@ impl Renderer {
         Some((self.anon_counter % (i32::MAX as u64 - 1) + 1) as i64)
     }
 
-    /// The reply of `key`, created (with its streaming mode) if new.
-    fn reply_entry(&mut self, key: &ReplyKey) -> &mut Reply {
+    /// The reply of `key`, created (with its streaming mode, in `topic`) if new.
+    fn reply_entry(&mut self, key: &ReplyKey, topic: Option<i64>) -> &mut Reply {
         if !self.replies.contains_key(key) {
             let draft = self.draft_for(key.0);
             self.replies.insert(
                 key.clone(),
                 Reply {
                     draft,
+                    topic,
                     ..Reply::default()
                 },
             );
@@ -486,18 +487,16 @@ impl Renderer {
         match f.kind.as_str() {
             kind::ASSISTANT_DELTA => {
                 let t = f.text_payload().unwrap_or_default();
-                let reply = self.reply_entry(&key);
+                let reply = self.reply_entry(&key, topic);
                 if reply.done {
                     return;
                 }
-                reply.topic = topic;
                 reply.text.push_str(&t);
             }
             kind::ASSISTANT_DONE => {
                 let t = f.text_payload().unwrap_or_default();
                 let images = f.payload_as::<Done>().map(|d| d.images).unwrap_or_default();
-                let reply = self.reply_entry(&key);
-                reply.topic = topic;
+                let reply = self.reply_entry(&key, topic);
                 reply.images = images.into_iter().filter(|i| i.data.is_some()).collect();
                 reply.text = if !t.is_empty() {
                     t
@@ -514,9 +513,11 @@ impl Renderer {
                     log::info!("chat {chat}: agent error {}: {}", e.code, e.message);
                     // Only an error about a reply is shown, and only if the reply has no text.
                     if f.msg_id.is_some() {
-                        let reply = self.replies.entry(key.clone()).or_default();
+                        let reply = self.replies.entry(key.clone()).or_insert_with(|| Reply {
+                            topic,
+                            ..Reply::default()
+                        });
                         reply.error = Some(e.message);
-                        reply.topic = topic;
                     }
                 }
                 return;

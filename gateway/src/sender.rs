@@ -53,22 +53,6 @@ fn body(chat: i64, text: &str, html: Option<&str>) -> Value {
     }
 }
 
-/// `send(topic)`, and when the topic is gone (the user deleted it while the agent
-/// answered), `send(None)`: the answer lands in the chat rather than nowhere.
-fn outside_a_gone_topic(
-    chat: i64,
-    topic: Option<i64>,
-    send: impl Fn(Option<i64>) -> Result<Value, TgError>,
-) -> Result<Value, TgError> {
-    match (send(topic), topic) {
-        (Err(TgError::ThreadNotFound), Some(t)) => {
-            log::warn!("chat {chat}: topic {t} is gone; answering in the chat itself");
-            send(None)
-        }
-        (other, _) => other,
-    }
-}
-
 /// `body` addressed to `topic` of its chat (`message_thread_id`), when there is one.
 fn in_topic(mut body: Value, topic: Option<i64>) -> Value {
     if let Some(t) = topic {
@@ -98,16 +82,12 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
                 .as_ref()
                 .filter(|_| part == 0 && chat < 0)
                 .and_then(|(_, msg_id)| msg_id.strip_prefix(&format!("tg-{chat}-"))?.parse::<i64>().ok());
-            let send = |topic: Option<i64>| {
-                call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |mut b| {
-                    if let Some(id) = reply_to {
-                        b["reply_parameters"] =
-                            json!({"message_id": id, "allow_sending_without_reply": true});
-                    }
-                    in_topic(b, topic)
-                })
-            };
-            let result = outside_a_gone_topic(chat, topic, send);
+            let result = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |mut b| {
+                if let Some(id) = reply_to {
+                    b["reply_parameters"] = json!({"message_id": id, "allow_sending_without_reply": true});
+                }
+                in_topic(b, topic)
+            });
             match result {
                 Ok(v) => {
                     if let (Some(key), Some(id)) = (key, v["message_id"].as_i64()) {
@@ -135,11 +115,7 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
         } => {
             let sent = crate::images::decode(&image)
                 .map_err(|e| TgError::Rejected(400, e))
-                .and_then(|bytes| {
-                    outside_a_gone_topic(chat, topic, |topic| {
-                        retrying(|| tg.send_photo(chat, topic, &image.media_type, &bytes))
-                    })
-                });
+                .and_then(|bytes| retrying(|| tg.send_photo(chat, topic, &image.media_type, &bytes)));
             if let Err(e) = sent {
                 log::error!("chat {chat}: sendPhoto failed, the image is left out: {e}");
             }
@@ -158,9 +134,7 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
                 topic,
             );
             match call_once_honouring_429(tg, "sendMessageDraft", &body) {
-                // A gone topic is the topic's trouble, not the Bot API's: drafts stay on,
-                // and the final message goes to the chat.
-                Ok(_) | Err(TgError::RetryAfter(_) | TgError::Transient(_) | TgError::ThreadNotFound) => {}
+                Ok(_) | Err(TgError::RetryAfter(_) | TgError::Transient(_)) => {}
                 Err(e) => {
                     // 404 method not found (an older Bot API server), or a chat where
                     // drafts are not allowed: stream with edits instead.

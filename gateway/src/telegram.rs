@@ -287,18 +287,35 @@ impl Telegram {
         moved.get(&chat).copied().unwrap_or(chat)
     }
 
-    /// `call(chat)` for `chat` where it lives now; when Telegram answers that the group
-    /// became a supergroup, that is remembered and the call made there.
-    fn in_current(&self, chat: i64, call: impl Fn(i64) -> Result<Value, TgError>) -> Result<Value, TgError> {
-        let at = self.current(chat);
-        match call(at) {
-            Err(TgError::Migrated(new)) if new != at => {
-                log::warn!("chat {at} became the supergroup {new}; sending there");
-                self.follow_migration(chat, new);
-                call(new)
+    /// `call(chat, topic)` where they live now: a group that became a supergroup is
+    /// followed (and remembered, once Telegram says so), and a topic the user deleted is
+    /// left for the chat itself, so an answer lands somewhere rather than nowhere.
+    fn in_current(
+        &self,
+        chat: i64,
+        topic: Option<i64>,
+        call: impl Fn(i64, Option<i64>) -> Result<Value, TgError>,
+    ) -> Result<Value, TgError> {
+        let (mut at, mut topic) = (self.current(chat), topic);
+        // At most one move of each kind.
+        for _ in 0..2 {
+            match call(at, topic) {
+                Err(TgError::Migrated(new)) if new != at => {
+                    log::warn!("chat {at} became the supergroup {new}; sending there");
+                    self.follow_migration(chat, new);
+                    at = new;
+                }
+                Err(TgError::ThreadNotFound) if topic.is_some() => {
+                    log::warn!(
+                        "chat {at}: topic {} is gone; sending to the chat itself",
+                        topic.unwrap_or_default()
+                    );
+                    topic = None;
+                }
+                other => return other,
             }
-            other => other,
         }
+        call(at, topic)
     }
 
     /// The bot's numeric id (the token's prefix); not secret, used to name state files.
@@ -307,17 +324,21 @@ impl Telegram {
     }
 
     /// Call `method` with a JSON body; the `result` on success. A call for a group that
-    /// became a supergroup goes to the supergroup.
+    /// became a supergroup goes to the supergroup, one for a deleted topic to its chat.
     pub fn call(&self, method: &str, body: &Value) -> Result<Value, TgError> {
         let Some(chat) = body["chat_id"].as_i64() else {
             return self.call_as_is(method, body);
         };
-        self.in_current(chat, |at| {
-            if at == chat {
+        let topic = body["message_thread_id"].as_i64();
+        self.in_current(chat, topic, |at, t| {
+            if (at, t) == (chat, topic) {
                 return self.call_as_is(method, body);
             }
             let mut moved = body.clone();
             moved["chat_id"] = at.into();
+            if let (None, Some(fields)) = (t, moved.as_object_mut()) {
+                fields.remove("message_thread_id");
+            }
             self.call_as_is(method, &moved)
         })
     }
@@ -417,7 +438,9 @@ impl Telegram {
         media_type: &str,
         bytes: &[u8],
     ) -> Result<Value, TgError> {
-        self.in_current(chat, |at| self.send_photo_as_is(at, topic, media_type, bytes))
+        self.in_current(chat, topic, |at, t| {
+            self.send_photo_as_is(at, t, media_type, bytes)
+        })
     }
 
     fn send_photo_as_is(
