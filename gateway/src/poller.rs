@@ -199,17 +199,18 @@ impl Poller {
         *backoff = (*backoff * 2).min(Duration::from_secs(60));
     }
 
+    /// Whether this bot sent `m` (its id is the token's prefix).
+    fn by_bot(&self, m: &Message) -> bool {
+        let bot_id: i64 = self.tg.bot_id().parse().unwrap_or(0);
+        m.from.as_ref().is_some_and(|u| u.id == bot_id)
+    }
+
     /// In a group, whether `m` is for this bot, and its text without the mention.
     fn addressed(&self, m: &Message, text: &str) -> Option<String> {
         if !m.chat.is_group() || self.bot.group_all {
             return Some(text.to_string());
         }
-        let bot_id: i64 = self.tg.bot_id().parse().unwrap_or(0);
-        let reply_to_bot = m
-            .reply_to_message
-            .as_ref()
-            .and_then(|r| r.from.as_ref())
-            .is_some_and(|u| u.id == bot_id);
+        let reply_to_bot = m.reply_to_message.as_deref().is_some_and(|r| self.by_bot(r));
         let mention = self.username.as_ref().map(|u| format!("@{u}"));
         let mentioned = mention
             .as_ref()
@@ -431,9 +432,8 @@ impl Poller {
         if text.is_empty() {
             return None;
         }
-        let bot_id: i64 = self.tg.bot_id().parse().unwrap_or(0);
         let who = match &r.from {
-            Some(u) if u.id == bot_id => "you".to_string(),
+            _ if self.by_bot(r) => "you".to_string(),
             Some(u) => u.full_name(),
             None => "someone".to_string(),
         };
