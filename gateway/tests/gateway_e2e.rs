@@ -1403,9 +1403,16 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
         "Ann",
         "echo hi > f.txt && cat f.txt; echo '<oops>' >&2; exit 3",
     );
+    // aegisd reads stdout and stderr on their own threads, so the two streams' lines
+    // arrive in either order; each is shown as it arrives.
     let out = tg.wait_chat(ADMIN, T, |m| m.len() >= 2)[1].clone();
-    assert_eq!(out.visible(), "hi\n<oops>\n⚠️ exit: 3");
-    assert!(out.text.contains("<pre>hi\n&lt;oops&gt;</pre>"), "{}", out.text);
+    let (visible, html) = if out.visible().starts_with("hi") {
+        ("hi\n<oops>", "<pre>hi\n&lt;oops&gt;</pre>")
+    } else {
+        ("<oops>\nhi", "<pre>&lt;oops&gt;\nhi</pre>")
+    };
+    assert_eq!(out.visible(), format!("{visible}\n⚠️ exit: 3"));
+    assert!(out.text.contains(html), "{}", out.text);
     assert_eq!(
         std::fs::read_to_string(home.join("workspace/f.txt")).unwrap(),
         "hi\n"
