@@ -11,7 +11,10 @@
 //!    tokens and on a cancel at the same time, and collect streamed tool calls (their
 //!    arguments arrive in arbitrary pieces) into whole `ToolCall`s at the end. Dropping
 //!    the `Stream` cancels: the reader thread notices at its next chunk or backoff and
-//!    closes the connection.
+//!    closes the connection;
+//! 4. keep a reasoning model's thoughts apart from its answer, whether the server sends
+//!    them in a field of their own (`reasoning`, `reasoning_content`, Anthropic's
+//!    `thinking_delta`) or inline at the start of the content (`think.rs`).
 
 use std::fmt;
 use std::io::Read;
@@ -24,6 +27,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use crate::host_llm::{HostLink, LlmFrame, Refused};
 use crate::session::{Block, Content, Role, Turn};
 use crate::sse;
+use crate::think::{InlineThink, Split};
 
 /// A tool as offered to the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +219,8 @@ impl LlmError {
 pub enum Chunk {
     /// The next piece of text.
     Delta(String),
+    /// The next piece of a reasoning model's thoughts: shown, never part of the reply.
+    Reasoning(String),
     /// The stream broke after text and is being tried again: the text of this round so
     /// far is void.
     Restart,
@@ -251,7 +257,8 @@ enum Transport {
 
 /// What an SSE event means for the reply.
 enum Step {
-    Text(String),
+    /// Thoughts and text, as the event carries them (the content still to be split).
+    Delta(Split),
     Done,
     Nothing,
 }
@@ -271,6 +278,8 @@ struct Decoder {
     calls: std::collections::BTreeMap<u64, PartialCall>,
     /// OpenAI sent a `finish_reason`: the reply is complete even if `[DONE]` never comes.
     finished: bool,
+    /// Thoughts written inline at the start of the content.
+    inline: InlineThink,
 }
 
 impl Decoder {
@@ -479,7 +488,7 @@ impl Llm {
                 Ok(n) => n,
                 Err(e) if decoder.finished => {
                     log::debug!("stream closed after its finish_reason: {e}");
-                    return Ok(decoder.into_calls());
+                    return Ok(complete(decoder, tx, sent_any));
                 }
                 Err(e) => return Err(read_error(&e)),
             };
@@ -491,23 +500,22 @@ impl Llm {
                 .map_err(|e| LlmError::new(ErrorKind::Malformed, e.to_string()))?;
             for ev in events.drain(..) {
                 match self.step(&ev, &mut decoder)? {
-                    Step::Text(t) if !t.is_empty() => {
-                        *sent_any = true;
-                        if tx.send(Chunk::Delta(t)).is_err() {
+                    Step::Delta(d) => {
+                        if !pass_on(d, &mut decoder, tx, sent_any) {
                             return Ok(Vec::new()); // cancelled: nobody listens any more
                         }
                     }
                     Step::Done => finished = true,
-                    _ => {}
+                    Step::Nothing => {}
                 }
             }
             if finished {
-                return Ok(decoder.into_calls());
+                return Ok(complete(decoder, tx, sent_any));
             }
         }
         let _ = parser.finish();
         if decoder.finished {
-            return Ok(decoder.into_calls());
+            return Ok(complete(decoder, tx, sent_any));
         }
         Err(LlmError::new(
             ErrorKind::Cut,
@@ -566,7 +574,7 @@ impl Llm {
                             }
                         }
                     }
-                    return Ok(decoder.into_calls());
+                    return Ok(complete(decoder, tx, sent_any));
                 }
                 "llm.error" => {
                     stream.ended = true;
@@ -637,10 +645,20 @@ fn openai_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError>
     if choice["finish_reason"].is_string() {
         decoder.finished = true;
     }
-    Ok(match choice["delta"]["content"].as_str() {
-        Some(t) => Step::Text(t.to_string()),
-        None => Step::Nothing,
-    })
+    let delta = &choice["delta"];
+    // Ollama and OpenRouter name the thoughts `reasoning`; DeepSeek, vLLM and LM Studio
+    // `reasoning_content`.
+    let reasoning = [&delta["reasoning_content"], &delta["reasoning"]]
+        .into_iter()
+        .find_map(|r| r.as_str().filter(|r| !r.is_empty()));
+    let text = delta["content"].as_str();
+    if reasoning.is_none() && text.is_none() {
+        return Ok(Step::Nothing);
+    }
+    Ok(Step::Delta(Split {
+        reasoning: reasoning.unwrap_or_default().to_string(),
+        text: text.unwrap_or_default().to_string(),
+    }))
 }
 
 fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
@@ -656,7 +674,15 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             Ok(Step::Nothing)
         }
         "content_block_delta" => Ok(match v["delta"]["type"].as_str() {
-            Some("text_delta") => Step::Text(v["delta"]["text"].as_str().unwrap_or_default().to_string()),
+            Some("text_delta") => Step::Delta(Split {
+                text: v["delta"]["text"].as_str().unwrap_or_default().to_string(),
+                ..Split::default()
+            }),
+            // Extended thinking, for a request that turned it on.
+            Some("thinking_delta") => Step::Delta(Split {
+                reasoning: v["delta"]["thinking"].as_str().unwrap_or_default().to_string(),
+                ..Split::default()
+            }),
             Some("input_json_delta") => {
                 if let Some(p) = decoder.calls.get_mut(&index) {
                     p.arguments
@@ -827,13 +853,35 @@ fn host_delta(
     if ev.data.trim().is_empty() {
         return Ok(true);
     }
-    if let Step::Text(t) = openai_step(&ev, decoder)? {
-        if !t.is_empty() {
-            *sent_any = true;
-            return Ok(tx.send(Chunk::Delta(t)).is_ok());
-        }
+    Ok(match openai_step(&ev, decoder)? {
+        Step::Delta(d) => pass_on(d, decoder, tx, sent_any),
+        Step::Done | Step::Nothing => true,
+    })
+}
+
+/// Send one event's thoughts and text on, the content split from thoughts written inline;
+/// false when nobody listens any more (cancelled).
+fn pass_on(d: Split, decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> bool {
+    let inline = decoder.inline.feed(&d.text);
+    send_split(d.reasoning + &inline.reasoning, inline.text, tx, sent_any)
+}
+
+/// The round is complete: what the inline split held back goes out, then the tool calls.
+fn complete(mut decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
+    let rest = decoder.inline.finish();
+    send_split(rest.reasoning, rest.text, tx, sent_any);
+    decoder.into_calls()
+}
+
+fn send_split(reasoning: String, text: String, tx: &Sender<Chunk>, sent_any: &mut bool) -> bool {
+    if !reasoning.is_empty() && tx.send(Chunk::Reasoning(reasoning)).is_err() {
+        return false;
     }
-    Ok(true)
+    if text.is_empty() {
+        return true;
+    }
+    *sent_any = true;
+    tx.send(Chunk::Delta(text)).is_ok()
 }
 
 /// How aegisd (and serve) refuse a server name they do not know.
@@ -956,7 +1004,7 @@ mod tests {
     #[test]
     fn openai_chunks_map_to_steps() {
         assert!(
-            matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#), &mut Decoder::default()), Ok(Step::Text(t)) if t == "Hi")
+            matches!(openai_step(&ev(None, r#"{"choices":[{"delta":{"content":"Hi"}}]}"#), &mut Decoder::default()), Ok(Step::Delta(d)) if d.text == "Hi" && d.reasoning.is_empty())
         );
         assert!(matches!(
             openai_step(
@@ -978,11 +1026,50 @@ mod tests {
         ));
     }
 
+    /// Thoughts in a field of their own, in either name, or inline: reasoning chunks,
+    /// never text.
+    #[test]
+    fn thoughts_reach_the_worker_apart_from_the_text() {
+        let (tx, rx) = unbounded();
+        let mut decoder = Decoder::default();
+        let mut sent_any = false;
+        for data in [
+            r#"{"choices":[{"delta":{"role":"assistant","content":"","reasoning_content":"Hmm"}}]}"#,
+            r#"{"choices":[{"delta":{"content":null,"reasoning":", so"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"<think>and"}}]}"#,
+            r#"{"choices":[{"delta":{"content":" </thi"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"nk>\n\nYes"}}]}"#,
+        ] {
+            let step = openai_step(&ev(None, data), &mut decoder).unwrap();
+            let Step::Delta(d) = step else {
+                panic!("{data}: no delta")
+            };
+            assert!(pass_on(d, &mut decoder, &tx, &mut sent_any));
+        }
+        assert!(sent_any);
+        let calls = complete(decoder, &tx, &mut sent_any);
+        assert!(calls.is_empty());
+        let got: Vec<String> = rx
+            .try_iter()
+            .map(|c| match c {
+                Chunk::Reasoning(t) => format!("r:{t}"),
+                Chunk::Delta(t) => format!("t:{t}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["r:Hmm", "r:, so", "r:and", "r: ", "t:Yes"]);
+        let d = r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me see"}}"#;
+        assert!(matches!(
+            anthropic_step(&ev(Some("content_block_delta"), d), &mut Decoder::default()),
+            Ok(Step::Delta(d)) if d.reasoning == "Let me see" && d.text.is_empty()
+        ));
+    }
+
     #[test]
     fn anthropic_events_map_to_steps() {
         let d = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#;
         assert!(
-            matches!(anthropic_step(&ev(Some("content_block_delta"), d), &mut Decoder::default()), Ok(Step::Text(t)) if t == "Hello")
+            matches!(anthropic_step(&ev(Some("content_block_delta"), d), &mut Decoder::default()), Ok(Step::Delta(d)) if d.text == "Hello")
         );
         assert!(matches!(
             anthropic_step(&ev(Some("ping"), r#"{"type": "ping"}"#), &mut Decoder::default()),

@@ -25,6 +25,7 @@ mod session;
 mod sse;
 #[cfg(test)]
 mod testutil;
+mod think;
 mod tools;
 mod uplink;
 mod worker;

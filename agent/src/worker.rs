@@ -119,6 +119,13 @@ fn send_text(shared: &Shared, kind: &str, session: &Session, msg_id: &Option<Str
     let _ = shared.egress.send(f);
 }
 
+/// The end of a reasoning model's thoughts (no payload, as upstream's agent sends it).
+fn send_reasoning_done(shared: &Shared, session: &Session, msg_id: &Option<String>) {
+    let _ = shared
+        .egress
+        .send(reply_frame(kind::REASONING_DONE, session, msg_id));
+}
+
 /// The `assistant.done` of a reply, with the images tools attached to it.
 fn send_done(
     shared: &Shared,
@@ -410,12 +417,17 @@ fn rounds(
     for _ in 0..shared.max_rounds {
         let round_start = shown.len();
         let mut text = String::new();
+        // A reasoning model's thoughts are streaming; they end where the text begins.
+        let mut thinking = false;
         let window = with_image_data(shared, context(history, shared.budget));
         let stream = llm.stream(system, &window, &specs);
         let round = loop {
             select! {
                 recv(stream.chunks) -> chunk => match chunk {
                     Ok(Chunk::Delta(t)) => {
+                        if std::mem::take(&mut thinking) {
+                            send_reasoning_done(shared, out, msg_id);
+                        }
                         if text.is_empty() && !shown.is_empty() {
                             // The text of a new round begins a new paragraph.
                             send_text(shared, kind::ASSISTANT_DELTA, out, msg_id, "\n\n");
@@ -424,6 +436,11 @@ fn rounds(
                         send_text(shared, kind::ASSISTANT_DELTA, out, msg_id, &t);
                         text.push_str(&t);
                         shown.push_str(&t);
+                    }
+                    Ok(Chunk::Reasoning(t)) => {
+                        // Shown as it comes, never stored: the session keeps answers.
+                        send_text(shared, kind::REASONING_DELTA, out, msg_id, &t);
+                        thinking = true;
                     }
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
@@ -442,6 +459,10 @@ fn rounds(
             }
         };
         drop(stream); // stops the reader thread if it is still running
+        if thinking {
+            // Thoughts that led to tool calls, or to nothing.
+            send_reasoning_done(shared, out, msg_id);
+        }
 
         let calls = match round {
             Round::Calls(calls) if calls.is_empty() => {

@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 
 use aegis_e2e::agent::{done_text, kinds, message, start_agent, start_agent_with, texts};
 use aegis_e2e::harness::{collect_until_done, post_to_agent, FakeHarness, FakeTetherHost};
-use aegis_e2e::llm::{anthropic_error_event, anthropic_sse, offered_tools, openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::llm::{
+    anthropic_error_event, anthropic_sse, offered_tools, openai_sse, openai_tool_sse, reasoning_sse, End,
+    FakeLlm, Reply,
+};
 use aegis_e2e::proc::{command, temp_dir, Proc};
 use serde_json::json;
 use tether::frame::{Session, User};
@@ -661,4 +664,105 @@ fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference()
     let text = second.to_string();
     assert!(text.contains("could not be received"), "{text}");
     assert!(!text.contains("root:"), "{text}");
+}
+
+/// A reasoning model's thoughts, sent in a field of their own (Ollama's `reasoning`,
+/// DeepSeek's `reasoning_content`) or inline (`<think>`, as llama.cpp sends them without a
+/// reasoning parser), stream as `reasoning.delta` frames that end with `reasoning.done`,
+/// as upstream's agent sends them; the reply, its history line and the model's next
+/// context hold the answer alone.
+#[test]
+fn a_reasoning_models_thoughts_stream_apart_and_never_join_the_reply() {
+    let mut thinks_then_calls = reasoning_sse("reasoning_content", &["I should look", " at the files."], &[]);
+    thinks_then_calls.truncate(2); // the thoughts, then the tool call's own chunks
+    thinks_then_calls.extend(openai_tool_sse(
+        "",
+        &[("call_1", "list_files", r#"{"path": "."}"#)],
+        8,
+    ));
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(reasoning_sse(
+            "reasoning",
+            &["The user", " asks for", " a capital."],
+            &["Par", "is."],
+        )),
+        Reply::sse(openai_sse(&[
+            "\n<think>\nThey",
+            " thank me.</th",
+            "ink>\n\nYou're",
+            " welcome!",
+        ])),
+        Reply::sse(thinks_then_calls),
+        Reply::sse(openai_sse(&["One file."])),
+    ]);
+    let ws = temp_dir("reasoning");
+    let a = start_agent(
+        &ws,
+        &[("OPENAI_BASE_URL", llm.url()), ("AEGIS_MODEL", "qwen3:8b")],
+    );
+    a.send(&message("9", "Capital of France?", "m-1"));
+    let frames = a.reply();
+    assert_eq!(
+        kinds(&frames),
+        vec![
+            "event.ack",
+            "status.presence",
+            "reasoning.delta",
+            "reasoning.delta",
+            "reasoning.delta",
+            "reasoning.done",
+            "assistant.delta",
+            "assistant.delta",
+            "assistant.done"
+        ]
+    );
+    assert_eq!(
+        texts(&frames, "reasoning.delta"),
+        vec!["The user", " asks for", " a capital."]
+    );
+    assert!(frames.iter().all(|f| f.msg_id.as_deref() == Some("m-1")));
+    assert_eq!(done_text(&frames), "Paris.");
+
+    a.send(&message("9", "Thanks!", "m-2"));
+    let frames = a.reply();
+    assert_eq!(texts(&frames, "reasoning.delta").concat(), "\nThey thank me.");
+    assert_eq!(texts(&frames, "assistant.delta").concat(), "You're welcome!");
+    let done = frames.iter().position(|f| f.kind == "reasoning.done").unwrap();
+    let first_text = frames.iter().position(|f| f.kind == "assistant.delta").unwrap();
+    assert!(done < first_text, "{:?}", kinds(&frames));
+    assert_eq!(done_text(&frames), "You're welcome!");
+
+    // Thoughts that lead to a tool call end before the tool runs.
+    a.send(&message("9", "What is here?", "m-3"));
+    let frames = a.reply();
+    let k = kinds(&frames);
+    let done = k
+        .iter()
+        .position(|k| k == "reasoning.done")
+        .expect("reasoning.done");
+    let tool = frames
+        .iter()
+        .position(|f| {
+            f.kind == "status.presence"
+                && f.payload_as::<tether::frame::Presence>().unwrap().state == "tool: list_files"
+        })
+        .expect("the tool's presence");
+    assert!(done < tool, "{k:?}");
+    assert_eq!(
+        texts(&frames, "reasoning.delta").concat(),
+        "I should look at the files."
+    );
+    assert_eq!(done_text(&frames), "One file.");
+
+    // What the model is sent next, and what the session keeps, are the answers alone.
+    let history = std::fs::read_to_string(ws.join("sessions/telegram_9.jsonl")).unwrap();
+    let sent = llm.requests()[3].json()["messages"].to_string();
+    for thought in ["capital.", "thank me", "look at", "think>"] {
+        assert!(!history.contains(thought), "{thought} in {history}");
+        assert!(!sent.contains(thought), "{thought} in {sent}");
+    }
+    assert!(
+        history.contains("\"Paris.\"") && history.contains("\"You're welcome!\""),
+        "{history}"
+    );
 }

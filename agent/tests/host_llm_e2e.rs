@@ -7,7 +7,9 @@ use std::time::Duration;
 use aegis_e2e::agent::{done_text, kinds, message, start_agent_with, texts, T};
 use aegis_e2e::harness::{collect_until_done, FakeHarness, FakeTetherHost};
 use aegis_e2e::host_llm::{HostModels, Order};
-use aegis_e2e::llm::{last_user_text, openai_sse, openai_tool_sse, tool_results, FakeLlm, Reply};
+use aegis_e2e::llm::{
+    last_user_text, openai_sse, openai_tool_sse, reasoning_sse, tool_results, FakeLlm, Reply,
+};
 use aegis_e2e::proc::{command, temp_dir, Proc};
 
 /// A harness whose host has one model server, `ollama`, at `llm`.
@@ -28,6 +30,8 @@ fn a_host_model_streams_through_the_harness_and_runs_tools() {
             3,
         )),
         Reply::sse(openai_sse(&["It printed ", "from-the-vm."])),
+        // Ollama's thinking models, as upstream's agent reads them through the harness.
+        Reply::sse(reasoning_sse("reasoning", &["Nothing", " to run."], &["Done."])),
     ]);
     let ws = temp_dir("host-llm");
     // A key and a base URL in the environment do not matter: the model names the route,
@@ -74,6 +78,15 @@ fn a_host_model_streams_through_the_harness_and_runs_tools() {
         tool_results(&reqs[1]),
         vec![("call_1".to_string(), "from-the-vm\nexit status: 0".to_string())]
     );
+
+    a.send(&message("1", "anything else?", "m2"));
+    let frames = a.reply();
+    assert_eq!(texts(&frames, "reasoning.delta").concat(), "Nothing to run.");
+    assert_eq!(
+        kinds(&frames)[4..],
+        ["reasoning.done", "assistant.delta", "assistant.done"]
+    );
+    assert_eq!(done_text(&frames), "Done.");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `aegis-kit chat NAME`: talk to an instance from the terminal over the same API the
 //! gateway uses. A line in, the reply streamed out as deltas arrive; Ctrl-C cancels the
-//! reply in flight (`control.cancel`) and, when nothing is in flight, quits.
+//! reply in flight (`control.cancel`) and, when nothing is in flight, quits. Tool activity
+//! and a reasoning model's thoughts go to stderr, so stdout is the reply alone.
 //!
 //! Threads: stdin lines, egress frames, and Ctrl-C each feed a channel; the main loop
 //! selects over them and owns the terminal.
@@ -100,6 +101,8 @@ fn print_reply(
     let mut out = std::io::stdout();
     let mut shown = String::new();
     let mut failed = false;
+    // A reasoning model's thoughts are being printed (on stderr).
+    let mut thinking = false;
     loop {
         select! {
             recv(frames) -> f => {
@@ -111,7 +114,18 @@ fn print_reply(
                 if f.session.as_ref() != Some(session) || f.msg_id.as_deref() != Some(msg_id) {
                     continue;
                 }
+                if thinking && f.kind != kind::REASONING_DELTA {
+                    eprintln!();
+                    thinking = false;
+                }
                 match f.kind.as_str() {
+                    kind::REASONING_DELTA => {
+                        let t = f.text_payload().unwrap_or_default();
+                        if !std::mem::replace(&mut thinking, true) {
+                            eprint!("💭 ");
+                        }
+                        eprint!("{t}");
+                    }
                     kind::ASSISTANT_DELTA => {
                         let t = f.text_payload().unwrap_or_default();
                         shown.push_str(&t);

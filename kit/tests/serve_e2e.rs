@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aegis_e2e::llm::{openai_sse, FakeLlm, Reply};
+use aegis_e2e::llm::{openai_sse, reasoning_sse, FakeLlm, Reply};
 use aegis_e2e::proc::{bin, command, temp_dir, Proc};
 use crossbeam_channel::{unbounded, Receiver};
 use serde_json::{json, Value};
@@ -509,6 +509,25 @@ fn cli_manages_secrets_and_instances_and_chats_one_shot() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("is `aegis-kit serve` (or aegisd) running?"));
+}
+
+/// A reasoning model's thoughts reach the egress stream (serve carries the frames the
+/// agent sends), and `chat` shows them on stderr: stdout is the answer alone.
+#[test]
+fn chat_shows_a_reasoning_models_thoughts_apart_from_the_answer() {
+    let llm = FakeLlm::scripted(vec![Reply::sse(reasoning_sse(
+        "reasoning",
+        &["The user", " wants a capital."],
+        &["Paris", "."],
+    ))]);
+    let home = temp_dir("serve-reasoning");
+    let s = start_serve(&home, &[]);
+    s.create_agent("thinker", &llm);
+    let out = s.kit(&["chat", "thinker", "-m", "Capital of France?"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Paris.\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("💭 The user wants a capital.\n"), "{err}");
 }
 
 #[test]

@@ -133,6 +133,37 @@ pub fn openai_sse(texts: &[&str]) -> Vec<String> {
     out
 }
 
+/// A reasoning model's chunks as Ollama's `/v1/chat/completions` streams them: the
+/// thoughts in `delta.reasoning` (`field`; DeepSeek and vLLM name it `reasoning_content`)
+/// with an empty `content`, then the answer in `content`, then `[DONE]`.
+pub fn reasoning_sse(field: &str, thoughts: &[&str], texts: &[&str]) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"chatcmpl-42","object":"chat.completion.chunk","created":1764662400,
+                "model":"qwen3:8b","system_fingerprint":"fp_ollama",
+                "choices":[{"index":0,"delta":delta,"finish_reason":finish}]})
+        )
+    };
+    let mut out = Vec::new();
+    for (i, t) in thoughts.iter().enumerate() {
+        let mut delta = json!({"content": "", field: t});
+        if i == 0 {
+            delta["role"] = "assistant".into();
+        }
+        out.push(chunk(delta, serde_json::Value::Null));
+    }
+    for t in texts {
+        out.push(chunk(
+            json!({"role": "assistant", "content": t}),
+            serde_json::Value::Null,
+        ));
+    }
+    out.push(chunk(json!({"role": "assistant", "content": ""}), "stop".into()));
+    out.push("data: [DONE]\n\n".into());
+    out
+}
+
 /// A model that, asked once, says `text`, sets agent.json's `system_prompt` to "You are
 /// restarted." with `write_file` and calls `self_restart`; asked again, answers `then`.
 pub fn reconfigures_and_restarts(text: &str, then: &str) -> FakeLlm {

@@ -27,6 +27,10 @@ pub mod kind {
     pub const ASSISTANT_DELTA: &str = "assistant.delta";
     /// The complete reply, guest → host.
     pub const ASSISTANT_DONE: &str = "assistant.done";
+    /// Next chunk of a reasoning model's thoughts, guest → host (never part of the reply).
+    pub const REASONING_DELTA: &str = "reasoning.delta";
+    /// The thoughts are over and the reply (or a tool call) follows, guest → host.
+    pub const REASONING_DONE: &str = "reasoning.done";
     /// Thinking / tool / idle indicator, guest → host.
     pub const STATUS_PRESENCE: &str = "status.presence";
     /// Acknowledges an ingress frame, guest → host.
@@ -430,7 +434,7 @@ impl Frame {
                 self.payload_as::<Cancel>()
                     .map_err(|_| bad("msg_id must be a string"))?;
             }
-            kind::ASSISTANT_DELTA | kind::ASSISTANT_DONE => {
+            kind::ASSISTANT_DELTA | kind::ASSISTANT_DONE | kind::REASONING_DELTA => {
                 self.payload_as::<Text>()
                     .map_err(|_| bad("text must be a string"))?;
             }
