@@ -13,8 +13,10 @@
 //! edit with the full text, formatted when the Markdown converts; text past 4096
 //! characters continues in new messages split at paragraph, line, sentence or word
 //! boundaries. Per chat: a typing indicator every 3 s from the user's message until the
-//! reply completes, 2 minutes at most. Frames at or below the cursor are replays and are
-//! ignored, so a reconnect or a restart never renders anything twice.
+//! reply completes, for as long as the agent is heard from: it and a draft's refresh stop
+//! 2 minutes after the reply's last frame (a reasoning model's thoughts count; they are not
+//! shown, Telegram's "Thinking…" stands for them). Frames at or below the cursor are
+//! replays and are ignored, so a reconnect or a restart never renders anything twice.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,7 +33,7 @@ pub const MAX_MESSAGE: usize = 4096;
 pub const EDIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Typing indicator refresh.
 pub const TYPING_EVERY: Duration = Duration::from_secs(3);
-/// Typing indicator hard stop.
+/// Typing indicator and draft refreshes stop this long after the agent was last heard from.
 pub const TYPING_MAX: Duration = Duration::from_secs(120);
 /// A draft unchanged this long is sent again, so Telegram's ~30 s preview never lapses.
 pub const DRAFT_REFRESH: Duration = Duration::from_secs(20);
@@ -196,6 +198,10 @@ pub struct Reply {
     /// The topic of the chat it answers in (its session's), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<i64>,
+    /// When the reply's last frame arrived: its draft is refreshed for 2 minutes after it,
+    /// so an agent that died mid-reply does not keep "Thinking…" up for ever.
+    #[serde(skip)]
+    pub heard: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -372,7 +378,7 @@ impl Renderer {
     }
 
     /// The reply of `key`, created (with its streaming mode, in `topic`) if new.
-    fn reply_entry(&mut self, key: &ReplyKey, topic: Option<i64>) -> &mut Reply {
+    fn reply_entry(&mut self, key: &ReplyKey, topic: Option<i64>, now: Instant) -> &mut Reply {
         if !self.replies.contains_key(key) {
             let draft = self.draft_for(key.0);
             self.replies.insert(
@@ -380,6 +386,7 @@ impl Renderer {
                 Reply {
                     draft,
                     topic,
+                    heard: Some(now),
                     ..Reply::default()
                 },
             );
@@ -439,6 +446,10 @@ impl Renderer {
                 }
                 self.cursor = Some(seq);
             }
+            // aegisd streams a reasoning model's thoughts live and never replays them, and
+            // nothing of them is shown: remembering them would only push out of the window
+            // the frames a replay can repeat.
+            None if matches!(f.kind.as_str(), kind::REASONING_DELTA | kind::REASONING_DONE) => {}
             None => {
                 let fp = fingerprint(f);
                 if !self.seen.insert(fp) {
@@ -484,10 +495,17 @@ impl Renderer {
             }
             None => (chat, String::new()),
         };
+        // The agent is at work on this reply (thinking, running a tool, writing).
+        if let Some(t) = self.typing.get_mut(&(chat, topic)) {
+            t.until = t.until.max(now + TYPING_MAX);
+        }
+        if let Some(r) = self.replies.get_mut(&key) {
+            r.heard = Some(now);
+        }
         match f.kind.as_str() {
             kind::ASSISTANT_DELTA => {
                 let t = f.text_payload().unwrap_or_default();
-                let reply = self.reply_entry(&key, topic);
+                let reply = self.reply_entry(&key, topic, now);
                 if reply.done {
                     return;
                 }
@@ -496,7 +514,7 @@ impl Renderer {
             kind::ASSISTANT_DONE => {
                 let t = f.text_payload().unwrap_or_default();
                 let images = f.payload_as::<Done>().map(|d| d.images).unwrap_or_default();
-                let reply = self.reply_entry(&key, topic);
+                let reply = self.reply_entry(&key, topic, now);
                 reply.images = images.into_iter().filter(|i| i.data.is_some()).collect();
                 reply.text = if !t.is_empty() {
                     t
@@ -546,6 +564,7 @@ impl Renderer {
                                 draft: Some(id),
                                 draft_shown: Some((String::new(), now)),
                                 topic,
+                                heard: Some(now),
                                 ..Reply::default()
                             },
                         );
@@ -628,15 +647,15 @@ impl Renderer {
         let drafts = self
             .replies
             .iter()
-            .filter(|(_, r)| r.draft.is_some() && !r.done && !r.text.is_empty())
-            .map(|((chat, _), r)| {
+            .filter(|(_, r)| r.draft.is_some() && !r.done)
+            .filter_map(|((chat, _), r)| {
                 let throttle = self
                     .last_edit
                     .get(chat)
                     .map_or_else(Instant::now, |t| *t + EDIT_INTERVAL);
                 match &r.draft_shown {
-                    Some((_, at)) if !r.behind => *at + DRAFT_REFRESH,
-                    _ => throttle,
+                    Some(_) if !r.behind => refresh_due(r).map(|at| at.max(throttle)),
+                    _ => Some(throttle),
                 }
             });
         let edits = self.replies.iter().filter_map(|((chat, _), r)| {
@@ -660,18 +679,12 @@ impl Renderer {
         let Some(r) = self.replies.get_mut(key) else {
             return;
         };
-        if r.text.is_empty() && !r.done {
-            return;
-        }
         if let (Some(id), false) = (r.draft, r.done) {
-            // The part being written, as a draft; earlier parts of a long reply are sent
-            // as messages when it is done.
+            // The part being written, as a draft (empty: "Thinking…"); earlier parts of a
+            // long reply are sent as messages when it is done.
             let text = split(&r.text, MAX_MESSAGE).pop().unwrap_or_default();
-            let stale = r
-                .draft_shown
-                .as_ref()
-                .is_none_or(|(t, at)| *t != text || now >= *at + DRAFT_REFRESH);
             r.behind = r.draft_shown.as_ref().is_none_or(|(t, _)| *t != text);
+            let stale = r.behind || refresh_due(r).is_some_and(|at| now >= at);
             if stale && may_edit {
                 r.draft_shown = Some((text.clone(), now));
                 r.behind = false;
@@ -683,6 +696,9 @@ impl Renderer {
                 });
                 self.last_edit.insert(chat, now);
             }
+            return;
+        }
+        if r.text.is_empty() && !r.done {
             return;
         }
         let desired = desired_parts(r);
@@ -753,6 +769,14 @@ impl Renderer {
             self.dirty = true;
         }
     }
+}
+
+/// When a draft showing what it should is sent again so Telegram's preview does not
+/// lapse: 20 s after it was, if the agent was heard from within 2 minutes before then.
+fn refresh_due(r: &Reply) -> Option<Instant> {
+    let (_, at) = r.draft_shown.as_ref()?;
+    let due = *at + DRAFT_REFRESH;
+    (due < r.heard? + TYPING_MAX).then_some(due)
 }
 
 /// The messages a reply should show now, as (plain, HTML): plain text while streaming;
@@ -1152,6 +1176,87 @@ mod tests {
         r.sent(&(5, "m".into()), 0, 77, t0 + Duration::from_secs(22), &mut out);
         assert!(out.is_empty(), "no edits in draft mode: {out:?}");
         assert_eq!(r.in_progress(), 0);
+    }
+
+    fn thought(chat: &str, msg: &str, seq: Option<u64>, t: &str) -> Frame {
+        let mut f = Frame::text(kind::REASONING_DELTA, Session::new("telegram", chat), t).with_msg_id(msg);
+        f.seq = seq;
+        f
+    }
+
+    /// A reasoning model thinking for minutes: "Thinking…" and typing stay up while its
+    /// thoughts arrive (never shown), and lapse 2 minutes after the agent falls silent.
+    #[test]
+    fn thinking_and_typing_last_while_the_agent_is_heard_from() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut out = Vec::new();
+        r.user_message(5, None, t0, &mut out);
+        r.frame(&presence("5", "m", 1), t0, &mut out);
+        let mut seq = 1;
+        let mut drafts = Vec::new();
+        let mut typing = Vec::new();
+        let mut collect = |out: &mut Vec<Action>, s: u64| {
+            for a in out.drain(..) {
+                match a {
+                    Action::Draft { text, .. } => {
+                        assert_eq!(text, "", "thoughts are never shown");
+                        drafts.push(s);
+                    }
+                    Action::Typing { .. } => typing.push(s),
+                    other => panic!("{other:?}"),
+                }
+            }
+        };
+        collect(&mut out, 0);
+        for s in 1..=400 {
+            if s <= 200 && s % 10 == 0 {
+                seq += 1;
+                r.frame(&thought("5", "m", Some(seq), "hmm"), at(s), &mut out);
+            }
+            r.tick(at(s), &mut out);
+            collect(&mut out, s);
+            if let Some(d) = r.next_deadline() {
+                assert!(d > at(s), "a deadline already passed would spin the loop");
+            }
+        }
+        assert_eq!(
+            drafts,
+            [0, 20, 40, 60, 80, 100, 120, 140, 160, 180, 200, 220, 240, 260, 280, 300]
+        );
+        assert_eq!(*typing.last().unwrap(), 318, "{typing:?}");
+        assert!(typing.windows(2).all(|w| w[1] - w[0] == 3), "{typing:?}");
+        assert!(r.next_deadline().is_none());
+        // The answer then arrives as usual.
+        r.frame(&delta("5", "m", seq + 1, "Yes"), at(401), &mut out);
+        assert!(
+            matches!(&out[..], [Action::Draft { text, .. }] if text == "Yes"),
+            "{out:?}"
+        );
+    }
+
+    /// An old aegisd (no seq) never replays thoughts: they take no room in the window
+    /// that recognises the frames it does replay.
+    #[test]
+    fn seqless_thoughts_do_not_push_replays_out_of_the_window() {
+        let mut r = edit_mode();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let mut d = delta("5", "m1", 0, "one");
+        d.seq = None;
+        let mut fin = done("5", "m1", 0, "one");
+        fin.seq = None;
+        r.frame(&d, t0, &mut out);
+        r.frame(&fin, t0, &mut out);
+        r.sent(&(5, "m1".into()), 0, 7, t0, &mut out);
+        let sends = |out: &[Action]| out.iter().filter(|a| matches!(a, Action::Send { .. })).count();
+        assert_eq!(sends(&out), 1);
+        for i in 0..2 * SEEN_LIMIT {
+            r.frame(&thought("5", "m2", None, &i.to_string()), t0, &mut out);
+        }
+        r.frame(&fin, t0, &mut out);
+        assert_eq!(sends(&out), 1, "the replayed done was rendered again");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use aegis_e2e::llm::{openai_sse, End, FakeLlm, Reply};
+use aegis_e2e::llm::{openai_sse, reasoning_sse, End, FakeLlm, Reply};
 use aegis_e2e::proc::{temp_dir, Proc};
 use aegis_e2e::proxy::ConnectProxy;
 use aegis_e2e::socks::Socks5Proxy;
@@ -773,6 +773,34 @@ fn private_replies_stream_as_native_drafts_and_end_in_one_message() {
         drafts.len(),
         s.telegram.calls_of("sendMessage").len()
     );
+}
+
+/// A reasoning model through the whole stack: its thoughts stream to the gateway, which
+/// shows Telegram's "Thinking…" for them and never their text; the message is the answer.
+#[test]
+fn a_reasoning_models_thoughts_show_as_thinking_and_never_reach_the_chat() {
+    let thoughts: Vec<String> = (0..6).map(|i| format!("secret step {i}. ")).collect();
+    let refs: Vec<&str> = thoughts.iter().map(String::as_str).collect();
+    let llm = FakeLlm::scripted(vec![Reply::Sse {
+        pieces: reasoning_sse("reasoning", &refs, &["Par", "is."]),
+        delay: Duration::from_millis(250),
+        end: End::Finish,
+    }]);
+    let mut s = Stack::new("gw-reasoning", llm, &[]);
+    s.telegram.enable_drafts();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "Capital of France?");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0].visible(), "Paris.");
+    let drafts = s.telegram.calls_of("sendMessageDraft");
+    assert_eq!(drafts[0].body["text"], "", "Thinking… first");
+    for d in &drafts {
+        let text = d.body["text"].as_str().unwrap();
+        assert!("Paris.".starts_with(text), "a draft showed {text:?}");
+    }
+    assert!(!s.telegram.calls_of("sendChatAction").is_empty());
 }
 
 #[test]
