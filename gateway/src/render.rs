@@ -63,10 +63,18 @@ pub enum Action {
         /// The same as Telegram HTML, when it has formatting.
         html: Option<String>,
     },
-    /// `editMessageText`.
+    /// `editMessageText`. Should the message be gone (deleted, or left behind in a group
+    /// that became a supergroup), the sender sends the text anew and reports the new
+    /// message as `Sent` for `key`'s `part`.
     Edit {
+        /// Reply.
+        key: ReplyKey,
+        /// Part index.
+        part: usize,
         /// Chat.
         chat: i64,
+        /// Its topic, for a message sent anew.
+        topic: Option<i64>,
         /// Message to edit.
         message_id: i64,
         /// Plain text.
@@ -730,7 +738,10 @@ impl Renderer {
                 if &p.shown != shown && (may_edit || edited) {
                     p.shown = shown.clone();
                     out.push(Action::Edit {
+                        key: key.clone(),
+                        part: i,
                         chat,
+                        topic: r.topic,
                         message_id: id,
                         text: text.clone(),
                         html: html.clone(),
@@ -854,7 +865,10 @@ mod tests {
         assert_eq!(
             out,
             vec![Action::Edit {
+                key: (5, "m".into()),
+                part: 0,
                 chat: 5,
+                topic: None,
                 message_id: 100,
                 text: "Hello".into(),
                 html: None
@@ -871,7 +885,10 @@ mod tests {
         assert_eq!(
             out,
             vec![Action::Edit {
+                key: (5, "m".into()),
+                part: 0,
                 chat: 5,
+                topic: None,
                 message_id: 100,
                 text: "Hello **world**".into(),
                 html: Some("Hello <b>world</b>".into())
@@ -989,7 +1006,10 @@ mod tests {
         assert_eq!(
             out,
             vec![Action::Edit {
+                key: (5, "m".into()),
+                part: 0,
                 chat: 5,
+                topic: None,
                 message_id: 100,
                 text: "Hello".into(),
                 html: None
@@ -1068,7 +1088,10 @@ mod tests {
         assert_eq!(
             out,
             vec![Action::Edit {
+                key: (5, "m".into()),
+                part: 0,
                 chat: 5,
+                topic: None,
                 message_id: 100,
                 text: "full answer".into(),
                 html: None

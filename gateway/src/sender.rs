@@ -23,6 +23,7 @@ const GIVE_UP: Duration = Duration::from_secs(300);
 /// Run until `actions` closes; a refused draft is noted in `drafts` for `/exec`.
 pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>, drafts: DraftsRefused) {
     let mut queue: VecDeque<Action> = VecDeque::new();
+    let mut moved = Moved::default();
     loop {
         if queue.is_empty() {
             match actions.recv() {
@@ -40,7 +41,40 @@ pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>, draft
                 continue;
             }
         }
-        execute(&tg, action, &events, &drafts);
+        execute(&tg, action, &events, &drafts, &mut moved);
+    }
+}
+
+/// Messages of replies that were gone when edited, and the ones sent in their place.
+#[derive(Default)]
+struct Moved {
+    /// (chat, old message id) → new message id, newest last.
+    to: VecDeque<((i64, i64), i64)>,
+}
+
+impl Moved {
+    /// Replacements remembered: more than the edits that can be queued for old ids.
+    const KEEP: usize = 256;
+
+    /// Where an edit of `message_id` goes now.
+    fn current(&self, chat: i64, message_id: i64) -> i64 {
+        self.to
+            .iter()
+            .rev()
+            .find(|(from, _)| *from == (chat, message_id))
+            .map_or(message_id, |(_, to)| *to)
+    }
+
+    /// Whether `message_id` was itself sent in place of a gone one.
+    fn is_replacement(&self, chat: i64, message_id: i64) -> bool {
+        self.to.iter().any(|((c, _), to)| *c == chat && *to == message_id)
+    }
+
+    fn note(&mut self, chat: i64, from: i64, to: i64) {
+        if self.to.len() == Self::KEEP {
+            self.to.pop_front();
+        }
+        self.to.push_back(((chat, from), to));
     }
 }
 
@@ -61,7 +95,7 @@ fn in_topic(mut body: Value, topic: Option<i64>) -> Value {
     body
 }
 
-fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &DraftsRefused) {
+fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &DraftsRefused, moved: &mut Moved) {
     match action {
         Action::Typing { chat, topic } => {
             let body = in_topic(json!({"chat_id": chat, "action": "typing"}), topic);
@@ -145,18 +179,44 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
             }
         }
         Action::Edit {
+            key,
+            part,
             chat,
+            topic,
             message_id,
             text,
             html,
         } => {
+            // An edit queued before its message was replaced goes to the replacement.
+            let current = moved.current(chat, message_id);
             let result = call_with_fallback(tg, "editMessageText", chat, &text, html.as_deref(), |mut b| {
-                b["message_id"] = json!(message_id);
+                b["message_id"] = json!(current);
                 b
             });
             match result {
                 Ok(_) | Err(TgError::NotModified) => {}
-                Err(e) => log::error!("chat {chat}: editMessageText {message_id} failed: {e}"),
+                // Once per message: a replacement that is gone too is left alone.
+                Err(TgError::MessageGone) if !moved.is_replacement(chat, current) => {
+                    log::warn!(
+                        "chat {chat}: message {current} is gone (deleted, or the group moved); sending the text anew"
+                    );
+                    let sent = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |b| {
+                        in_topic(b, topic)
+                    });
+                    match sent.map(|v| v["message_id"].as_i64()) {
+                        Ok(Some(id)) => {
+                            moved.note(chat, current, id);
+                            let _ = events.send(Event::Sent {
+                                key,
+                                part,
+                                message_id: id,
+                            });
+                        }
+                        Ok(None) => log::error!("chat {chat}: sendMessage returned no message id"),
+                        Err(e) => log::error!("chat {chat}: sendMessage in place of {current} failed: {e}"),
+                    }
+                }
+                Err(e) => log::error!("chat {chat}: editMessageText {current} failed: {e}"),
             }
         }
     }
@@ -210,5 +270,26 @@ fn retrying(call: impl Fn() -> Result<Value, TgError>) -> Result<Value, TgError>
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Moved;
+
+    #[test]
+    fn edits_follow_a_replaced_message_and_a_replacement_is_replaced_at_most_once() {
+        let mut m = Moved::default();
+        assert_eq!(m.current(5, 100), 100);
+        m.note(5, 100, 101);
+        assert_eq!(m.current(5, 100), 101, "queued edits go to the new message");
+        assert_eq!(m.current(6, 100), 100, "per chat");
+        assert!(m.is_replacement(5, 101));
+        assert!(!m.is_replacement(5, 100) && !m.is_replacement(6, 101));
+        for i in 0..Moved::KEEP as i64 {
+            m.note(7, i, 1000 + i);
+        }
+        assert_eq!(m.current(5, 100), 100, "the oldest is forgotten");
+        assert_eq!(m.current(7, 0), 1000);
     }
 }

@@ -204,6 +204,9 @@ pub enum TgError {
     BadEntities(String),
     /// 400 "message thread not found": the topic is gone (the user deleted it).
     ThreadNotFound,
+    /// 400 "message to edit not found": the message was deleted, or stayed behind in a
+    /// group that became a supergroup.
+    MessageGone,
     /// 400 "group chat was upgraded to a supergroup chat": it lives on under this id.
     Migrated(i64),
     /// Another 4xx: retrying will not help (message says why).
@@ -219,6 +222,7 @@ impl fmt::Display for TgError {
             TgError::NotModified => write!(f, "message is not modified"),
             TgError::BadEntities(m) => write!(f, "formatting rejected: {m}"),
             TgError::ThreadNotFound => write!(f, "message thread not found"),
+            TgError::MessageGone => write!(f, "message to edit not found"),
             TgError::Migrated(id) => write!(f, "the group is now the supergroup {id}"),
             TgError::Rejected(c, m) => write!(f, "Telegram refused ({c}): {m}"),
             TgError::Transient(m) => write!(f, "Telegram unreachable: {m}"),
@@ -381,6 +385,7 @@ impl Telegram {
             400 if desc.contains("message is not modified") => TgError::NotModified,
             400 if desc.contains("can't parse entities") => TgError::BadEntities(desc),
             400 if desc.contains("message thread not found") => TgError::ThreadNotFound,
+            400 if desc.contains("message to edit not found") => TgError::MessageGone,
             400 if v["parameters"]["migrate_to_chat_id"].is_i64() => {
                 TgError::Migrated(v["parameters"]["migrate_to_chat_id"].as_i64().unwrap_or_default())
             }

@@ -587,17 +587,24 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     use aegis_e2e::llm::{last_user_text, End};
     const OLD: i64 = -555;
     const NEW: i64 = -1_005_550;
+    const OLD2: i64 = -556;
+    const NEW2: i64 = -1_005_560;
     let llm = FakeLlm::with(|req| {
         let text = last_user_text(req);
+        let delay = match text.as_str() {
+            t if t.contains("slow") => 1500,
+            t if t.contains("halfway") => 800,
+            _ => 0,
+        };
         Reply::Sse {
             pieces: openai_sse(&["echo: ", &text]),
-            delay: Duration::from_millis(if text.contains("slow") { 1500 } else { 0 }),
+            delay: Duration::from_millis(delay),
             end: End::Finish,
         }
     });
     let mut s = Stack::new("gw-migrate", llm, &[]);
     let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
-        "allowed_chats": [OLD], "api_url": s.telegram.url(), "group_mode": "all"}});
+        "allowed_chats": [OLD, OLD2], "api_url": s.telegram.url(), "group_mode": "all"}});
     std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
     s.start_gateway();
     let answered = |tg: &aegis_e2e::telegram::FakeTelegram, chat: i64, text: &str| {
@@ -613,6 +620,13 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     answered(&s.telegram, NEW, "slow one");
     s.telegram.push_text(NEW, 7, "Ann", "after");
     answered(&s.telegram, NEW, "after");
+    // A reply half written when the group moves: its message stays behind in the old
+    // group, where it cannot be edited any more, so the whole text comes anew.
+    s.telegram.push_text(OLD2, 7, "Ann", "halfway");
+    s.telegram.wait_chat(OLD2, T, |m| !m.is_empty());
+    s.telegram.migrate_group(OLD2, NEW2);
+    answered(&s.telegram, NEW2, "halfway");
+    assert_eq!(s.telegram.messages(NEW2).len(), 1);
     // Known after a restart too; a chat nobody allowed still is not answered.
     s.gateway.take();
     s.start_gateway();
@@ -621,6 +635,36 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     answered(&s.telegram, NEW, "after a restart");
     assert!(s.telegram.messages(-777).is_empty());
     assert_eq!(s.telegram.messages(OLD).len(), 1, "only the answer from before");
+}
+
+/// Someone deletes the message a reply is being written into: the text is not lost, it
+/// arrives in a new message, once.
+#[test]
+fn a_reply_whose_message_is_deleted_midway_arrives_anew() {
+    use aegis_e2e::llm::End;
+    let texts: Vec<String> = (0..8).map(|i| format!("w{i} ")).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::Sse {
+            pieces: openai_sse(&refs),
+            delay: Duration::from_millis(300),
+            end: End::Finish,
+        },
+        Reply::sse(openai_sse(&["ok"])),
+    ]);
+    let s = stack("gw-deleted", llm);
+    s.telegram.push_text(CHAT, 7, "Ann", "count");
+    let first = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty())[0].id;
+    s.telegram.delete_message(CHAT, first);
+    let full = texts.concat();
+    let msgs = s
+        .telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == full.trim_end()));
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_ne!(msgs[0].id, first);
+    // The reply is finished, not stuck: the next one is answered as usual.
+    s.telegram.push_text(CHAT, 7, "Ann", "again");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
 }
 
 /// A reply brings what it answers: "@bot why?" under a member's message is about that

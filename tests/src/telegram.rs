@@ -290,6 +290,15 @@ impl FakeTelegram {
         s.deleted_topics.insert((chat, thread));
     }
 
+    /// Someone deletes message `id` of `chat` (an admin, or the user in a private chat):
+    /// editing it is refused from now on ("message to edit not found").
+    pub fn delete_message(&self, chat: i64, id: i64) {
+        let mut s = self.state.0.lock().unwrap();
+        if let Some(c) = s.chats.get_mut(&chat) {
+            c.retain(|m| m.id != id);
+        }
+    }
+
     /// A user sends a photo (Telegram's sizes, smallest first) with an optional caption;
     /// returns the message id.
     pub fn push_photo(&self, chat: i64, user_id: i64, sizes: &[Vec<u8>], caption: Option<&str>) -> i64 {
