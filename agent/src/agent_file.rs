@@ -58,6 +58,8 @@ pub struct AgentFile {
     pub memory: Option<crate::memory::MemoryConfig>,
     /// IANA time zone the host evaluates scheduled tasks in (`Europe/Paris`).
     pub timezone: Option<String>,
+    /// [ours] Voice messages: `enabled`, `openai_api_key_env`, `model` (speech to text).
+    pub voice: Option<ToolSetting>,
 }
 
 const FIELDS: &[&str] = &[
@@ -73,6 +75,7 @@ const FIELDS: &[&str] = &[
     "mcp",
     "memory",
     "timezone",
+    "voice",
 ];
 
 /// Parse the text of an agent.json; problems come back as messages naming the field.
@@ -100,6 +103,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         mcp: get(obj, "mcp", &mut problems).unwrap_or_default(),
         memory: get(obj, "memory", &mut problems),
         timezone: get(obj, "timezone", &mut problems),
+        voice: get(obj, "voice", &mut problems),
     };
     (file, problems)
 }

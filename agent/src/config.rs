@@ -86,7 +86,13 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
     model}}, mcp {NAME: {command, args, env, timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
-    max_inject_count, max_total}, timezone (IANA name, for scheduled tasks)
+    max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
+    voice {enabled, openai_api_key_env, model}
+
+VOICE MESSAGES (a recording that comes with a message is written down for the model):
+    OpenAI speech to text (model gpt-4o-mini-transcribe) with the key found as for
+    image_generate; AEGIS_TRANSCRIBE_MODEL another model; OPENAI_AUDIO_BASE_URL
+    another server (a local Whisper server needs no key)
 
 Logs go to stderr; RUST_LOG=debug for more.";
 
@@ -125,6 +131,8 @@ pub struct Config {
     pub memory: crate::memory::MemoryConfig,
     /// Model calls per message at most.
     pub max_rounds: usize,
+    /// Voice messages (speech to text).
+    pub voice: crate::transcribe::VoiceConfig,
 }
 
 /// A flag or variable with a bad value.
@@ -200,7 +208,9 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         chars: env_num("AEGIS_CONTEXT_CHARS", file.context_chars.unwrap_or(24_000))?,
     };
     let provider = provider_from(&file)?;
-    let tools = tool_config(&file, provider.as_ref())?;
+    let mut tools = tool_config(&file, provider.as_ref())?;
+    let voice = voice_config(&file);
+    tools.hidden_env.extend(voice.key_env.clone());
     let mut mcp_servers = BTreeMap::new();
     if tools.selection.mcp {
         if let Some(guest) = mcp::guest_server() {
@@ -223,7 +233,29 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
             file.max_tool_rounds.unwrap_or(DEFAULT_TOOL_ROUNDS),
         )?
         .max(1),
+        voice,
     })))
+}
+
+/// agent.json `voice` and `AEGIS_TRANSCRIBE_MODEL`: the key is found as `image_generate`'s.
+fn voice_config(file: &AgentFile) -> crate::transcribe::VoiceConfig {
+    let v = file.voice.clone().unwrap_or_default();
+    let key_env = match v.openai_api_key_env.filter(|n| !n.trim().is_empty()) {
+        Some(named) => Some(named),
+        // With the chat model on another OpenAI-compatible server, OPENAI_API_KEY is that
+        // server's key, which OpenAI's speech-to-text API would only refuse.
+        None if env("OPENAI_BASE_URL").is_none() && file.base_url.is_none() => {
+            Some(crate::tools::image_gen::DEFAULT_KEY_ENV.to_string())
+        }
+        None => None,
+    };
+    crate::transcribe::VoiceConfig {
+        enabled: v.enabled.unwrap_or(true),
+        key_env,
+        model: env("AEGIS_TRANSCRIBE_MODEL")
+            .or(v.model.filter(|m| !m.trim().is_empty()))
+            .unwrap_or_else(|| crate::transcribe::DEFAULT_MODEL.to_string()),
+    }
 }
 
 fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConfig, ConfigError> {

@@ -27,6 +27,7 @@ mod sse;
 mod testutil;
 mod think;
 mod tools;
+mod transcribe;
 mod uplink;
 mod worker;
 
@@ -197,6 +198,7 @@ fn main() -> ExitCode {
         workspace: config.workspace.clone(),
         memory,
         restarter,
+        voice: transcribe::Voice::from_config(&config.voice),
     });
     restart::announce(&config.workspace, &shared.sessions, &shared.egress);
     let router = match thread::Builder::new()

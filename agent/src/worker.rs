@@ -61,6 +61,8 @@ pub struct Shared {
     pub memory: std::sync::Arc<crate::memory::MemoryStore>,
     /// Restarts the agent when `self_restart` asks.
     pub restarter: crate::restart::Restarter,
+    /// Writes down voice messages.
+    pub voice: crate::transcribe::Voice,
 }
 
 /// The reply in flight for one session, so a cancel can reach it.
@@ -239,6 +241,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             .iter()
             .rposition(|t| t.role == Role::User && t.msg_id.as_ref() == Some(id))
     });
+    // What memories are chosen by: the words of the message, a recording's included.
+    let mut words = msg.text.clone();
     match earlier {
         Some(i) if answered(history, i) => {
             log::info!(
@@ -256,7 +260,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             msg_id
         ),
         None => {
-            let text = user_content(&msg.text, msg.user.as_ref());
+            // A recording is written down once, before the turn is stored: a redelivered
+            // message finds the transcript in its history.
+            let said = shared.voice.text_with(&msg.text, &msg.audio);
+            let text = user_content(&said, msg.user.as_ref());
+            words = said;
             let mut turn = Turn::new(Role::User, user_turn(shared, text, &msg.images));
             turn.msg_id = msg_id.clone();
             persist(shared, session, history, turn);
@@ -276,7 +284,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         cancel: cancel_tx,
     });
     let mut images = Vec::new();
-    let system = format!("{}{}", shared.system_prompt, shared.memory.inject(&msg.text));
+    let system = format!("{}{}", shared.system_prompt, shared.memory.inject(&words));
     let r = ReplyCtx {
         shared,
         session,

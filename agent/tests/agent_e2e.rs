@@ -766,3 +766,117 @@ fn a_reasoning_models_thoughts_stream_apart_and_never_join_the_reply() {
         "{history}"
     );
 }
+
+/// A voice message: the agent has the recording written down by OpenAI's speech-to-text
+/// API, with the key agent.json names (the chat model being another server), tries once
+/// more after a rate limit, and tells the model why when it cannot be written down.
+#[test]
+fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
+    use aegis_e2e::openai_audio::{fake_ogg, FakeSpeech};
+    use base64::Engine;
+    let speech = FakeSpeech::start(Some("sk-speech"));
+    let llm = FakeLlm::echo_openai();
+    let ws = temp_dir("voice");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        r#"{"voice": {"openai_api_key_env": "MY_OPENAI_KEY"}}"#,
+    )
+    .unwrap();
+    let base = speech.base_url();
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_BASE_URL", llm.url()),
+            ("MY_OPENAI_KEY", "sk-speech"),
+            ("OPENAI_AUDIO_BASE_URL", base.as_str()),
+            ("AEGIS_TOOLS", "bash"),
+        ],
+    );
+    let voice = |chat: &str, id: &str, bytes: &[u8]| {
+        let payload = tether::frame::UserMessage {
+            text: "[voice message, 2 s]".into(),
+            audio: vec![tether::frame::Audio {
+                media_type: "audio/ogg".into(),
+                data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                duration: Some(2),
+            }],
+            ..Default::default()
+        };
+        Frame::new("user.message", Some(Session::new("telegram", chat)))
+            .with_payload(&payload)
+            .with_msg_id(id)
+    };
+    let ogg = fake_ogg(5_000, 1);
+    speech.says(&ogg, " Remind me to call Bob. ");
+    speech
+        .rate_limit_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    a.send(&voice("1", "v-1", &ogg));
+    assert_eq!(
+        done_text(&a.reply()),
+        "echo: [voice message, 2 s]\n🎤 Remind me to call Bob."
+    );
+    let sent = speech.requests();
+    assert_eq!(sent.len(), 2, "tried once more after the 429");
+    assert_eq!(sent[1].key.as_deref(), Some("sk-speech"));
+    assert_eq!(sent[1].model, "gpt-4o-mini-transcribe");
+    // The key is never logged.
+    assert!(!a.proc.log().contains("sk-speech"), "the key was logged");
+
+    speech
+        .quota_used_up
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    a.send(&voice("1", "v-2", &fake_ogg(3_000, 2)));
+    let text = done_text(&a.reply());
+    assert!(
+        text.starts_with(
+            "echo: [voice message, 2 s]\n[not transcribed: the OpenAI account has no quota left (HTTP 429"
+        ),
+        "{text}"
+    );
+
+    // Without any speech-to-text set up: the model still hears of the message, and why.
+    let ws2 = temp_dir("voice-none");
+    let b = start_agent(&ws2, &[("OPENAI_BASE_URL", llm.url()), ("AEGIS_TOOLS", "none")]);
+    b.send(&voice("2", "v-3", &ogg));
+    let text = done_text(&b.reply());
+    assert!(
+        text.contains(
+            "[not transcribed: speech to text is not set up: the chat model's server is not OpenAI's"
+        ),
+        "{text}"
+    );
+    assert_eq!(speech.requests().len(), 3);
+
+    // The key agent.json names is hidden from commands, as the model's own.
+    let tool_llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "bash", r#"{"command": "echo \"[$MY_OPENAI_KEY]\""}"#)],
+            50,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let ws3 = temp_dir("voice-env");
+    std::fs::create_dir_all(ws3.join(".aegis")).unwrap();
+    std::fs::write(
+        ws3.join(".aegis/agent.json"),
+        r#"{"voice": {"openai_api_key_env": "MY_OPENAI_KEY"}}"#,
+    )
+    .unwrap();
+    let c = start_agent(
+        &ws3,
+        &[
+            ("OPENAI_BASE_URL", tool_llm.url()),
+            ("MY_OPENAI_KEY", "sk-speech"),
+            ("AEGIS_TOOLS", "bash"),
+        ],
+    );
+    c.send(&message("3", "env?", "m-env"));
+    assert_eq!(done_text(&c.reply()), "done");
+    assert_eq!(
+        aegis_e2e::llm::tool_results(&tool_llm.requests()[1]),
+        vec![("c1".to_string(), "[]\nexit status: 0".to_string())]
+    );
+}

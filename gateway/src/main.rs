@@ -14,6 +14,7 @@ mod render;
 mod sender;
 mod state;
 mod telegram;
+mod voice;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,7 +81,8 @@ CHAT COMMANDS:
 
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a
 conversation of its own. An album of photos reaches the agent as one message, a text file
-(32 KB at most) inside the message, a reply with what it answers quoted.";
+(32 KB at most) inside the message, a voice or video message or an audio file (700 KB at
+most) as a recording the agent has written down, a reply with what it answers quoted.";
 
 struct Args {
     config: Option<PathBuf>,

@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use tether::frame::{kind, Cancel, Image, Session, User};
+use tether::frame::{kind, Audio, Cancel, Image, Session, User, UserMessage};
 use tether::{AegisClient, Frame};
 
 use crate::bot::Event;
@@ -244,6 +244,11 @@ impl Poller {
         let cap = crate::images::MAX_IMAGE_IN / album.len() as u64;
         let mut picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
         let file = crate::documents::attached(m).filter(|_| album.len() == 1);
+        let recording = crate::voice::recorded(m).filter(|_| album.len() == 1);
+        let recording_text = recording.as_ref().map(|r| match r {
+            crate::voice::Recorded::Pass(s) => s.label.clone(),
+            crate::voice::Recorded::LeftOut(note) => note.clone(),
+        });
         let Some(text) = album
             .iter()
             .find_map(|a| {
@@ -252,6 +257,7 @@ impl Poller {
             })
             .or((!picked.is_empty()).then_some(IMAGE_TEXT))
             .or(file.is_some().then_some(FILE_TEXT))
+            .or(recording_text.as_deref())
         else {
             log::debug!("chat {chat}: ignoring a message without text");
             return None;
@@ -334,7 +340,8 @@ impl Poller {
         // What a reply answers is part of the question: "@bot what is this?" under a photo
         // or under someone's message means that photo, that message.
         let replied = m.replied_to();
-        if picked.is_empty() {
+        // A recording takes the line's room a replied-to photo would need.
+        if picked.is_empty() && recording.is_none() {
             picked.extend(replied.and_then(|r| crate::images::pick(r, cap)));
         }
         let file_text = match file {
@@ -350,6 +357,20 @@ impl Poller {
             Some(f) => format!("{text}\n\n{f}"),
             None => text.to_string(),
         };
+        // A caption goes first; the recording is named after it.
+        let text = match recording_text {
+            Some(r) if r != text => format!("{text}\n{r}"),
+            _ => text,
+        };
+        let mut audio = Vec::new();
+        if let Some(crate::voice::Recorded::Pass(s)) = recording {
+            let bytes = self.download(at, &s.file_id, crate::voice::MAX_RECORDING, "recording")?;
+            audio.push(Audio {
+                media_type: s.media_type,
+                data: crate::images::encode(&bytes),
+                duration: Some(s.duration).filter(|d| *d > 0),
+            });
+        }
         let text = match replied.and_then(|r| self.quoted(m, r)) {
             Some(q) => format!("{q}\n{text}"),
             None => text.to_string(),
@@ -400,7 +421,15 @@ impl Poller {
                 data: Some(crate::images::encode(&bytes)),
             });
         }
-        let frame = Frame::user_message_with_images(session, text, user, images)
+        let payload = UserMessage {
+            text: text.to_string(),
+            user,
+            images,
+            audio,
+            ..UserMessage::default()
+        };
+        let frame = Frame::new(kind::USER_MESSAGE, Some(session))
+            .with_payload(&payload)
             .with_msg_id(format!("tg-{chat}-{}", m.message_id));
         let _ = self.events.send(Event::UserMessage(chat, m.topic()));
         self.deliver(at, &frame);

@@ -49,6 +49,15 @@ pub struct Message {
     /// A file sent as a document (an image sent uncompressed, for example).
     #[serde(default)]
     pub document: Option<Document>,
+    /// A voice message (Opus in Ogg).
+    #[serde(default)]
+    pub voice: Option<Recording>,
+    /// An audio file sent as music (MP3, M4A, ...).
+    #[serde(default)]
+    pub audio: Option<Recording>,
+    /// A video message (the round ones; MP4).
+    #[serde(default)]
+    pub video_note: Option<Recording>,
     /// The thread it belongs to: a topic of a forum supergroup or of a private chat with
     /// topics on (Bot API 9.3), or, in a plain group, the reply thread.
     #[serde(default)]
@@ -130,6 +139,26 @@ pub struct Document {
     /// Bytes, when Telegram says.
     #[serde(default)]
     pub file_size: Option<u64>,
+}
+
+/// A voice message, an audio file or a video message: the fields of Telegram's `Voice`,
+/// `Audio` and `VideoNote` that matter here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recording {
+    /// For `getFile`.
+    pub file_id: String,
+    /// Length in seconds, as the sender's app says.
+    #[serde(default)]
+    pub duration: u64,
+    /// MIME type, when Telegram says (never for a video message).
+    #[serde(default)]
+    pub mime_type: Option<String>,
+    /// Bytes, when Telegram says.
+    #[serde(default)]
+    pub file_size: Option<u64>,
+    /// An audio file's name.
+    #[serde(default)]
+    pub file_name: Option<String>,
 }
 
 /// A chat.

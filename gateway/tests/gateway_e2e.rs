@@ -1124,6 +1124,56 @@ fn an_album_reaches_the_model_as_one_message_and_is_answered_once() {
     assert!(content.get(3).is_none(), "the photo too large is left out");
 }
 
+/// A voice message reaches the agent as a recording; the agent has it written down (here
+/// by a local Whisper server, which needs no key) and the model reads what was said. A
+/// recording too large for the tether is named as left out.
+#[test]
+fn a_voice_message_is_written_down_for_the_model() {
+    use aegis_e2e::openai_audio::{fake_ogg, FakeSpeech};
+    let speech = FakeSpeech::start(None);
+    let base = speech.base_url();
+    let mut s = Stack::with_env(
+        "gw-voice",
+        FakeLlm::echo_openai(),
+        &[],
+        &[
+            ("OPENAI_AUDIO_BASE_URL", base.as_str()),
+            ("AEGIS_TRANSCRIBE_MODEL", "whisper-1"),
+        ],
+    );
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    let ogg = fake_ogg(24_000, 3);
+    speech.says(&ogg, "What's the weather in Paris?");
+    s.telegram.push_voice(CHAT, 7, &ogg, 4);
+    let want = "echo: [Pat]: [voice message, 4 s]\n🎤 What's the weather in Paris?";
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
+    let sent = speech.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].bytes, ogg, "the recording arrived whole");
+    assert_eq!(
+        (
+            sent[0].model.as_str(),
+            sent[0].file_name.as_str(),
+            sent[0].content_type.as_deref()
+        ),
+        ("whisper-1", "voice.ogg", Some("audio/ogg"))
+    );
+    // The transcript is the user's turn; the recording is not kept.
+    let sessions = s.home.join("kit/instances/my-agent/workspace/sessions");
+    let history = std::fs::read_to_string(sessions.join(format!("telegram_{CHAT}.jsonl"))).unwrap();
+    assert!(history.contains("🎤 What's the weather in Paris?"), "{history}");
+    assert!(!history.contains("OggS"), "{history}");
+
+    let long = fake_ogg(800 * 1024, 4);
+    s.telegram.push_voice(CHAT, 7, &long, 600);
+    let want = "echo: [Pat]: [voice message, 10 min not passed on: 800 KB, at most 700 KB are]";
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
+    assert_eq!(speech.requests().len(), 1);
+}
+
 #[test]
 fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_a_note() {
     let s = stack("gw-photo-limits", FakeLlm::echo_openai());

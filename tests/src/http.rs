@@ -299,3 +299,68 @@ fn read_request(r: &mut impl BufRead) -> io::Result<Option<Request>> {
         body,
     }))
 }
+
+/// One part of a multipart/form-data body.
+pub struct FormPart {
+    /// The field name.
+    pub name: String,
+    /// The file name, for a file.
+    pub filename: Option<String>,
+    /// Its `Content-Type`, when given.
+    pub content_type: Option<String>,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// The parts of a multipart/form-data request (None for any other body).
+pub fn multipart(req: &Request) -> Option<Vec<FormPart>> {
+    let ct = req.header("content-type")?;
+    let boundary = ct
+        .strip_prefix("multipart/form-data")?
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("boundary="))?
+        .trim_matches('"');
+    let delim = format!("--{boundary}").into_bytes();
+    let body = &req.body;
+    let find = |from: usize| {
+        body[from..]
+            .windows(delim.len())
+            .position(|w| w == delim.as_slice())
+            .map(|i| i + from)
+    };
+    let mut parts = Vec::new();
+    let mut at = find(0)? + delim.len();
+    while body.get(at..at + 2) == Some(b"\r\n") {
+        let start = at + 2;
+        let next = find(start)?;
+        // The part's content ends with CRLF before the next delimiter.
+        let part = &body[start..next.saturating_sub(2).max(start)];
+        let split = part.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&part[..split]);
+        let mut fp = FormPart {
+            name: String::new(),
+            filename: None,
+            content_type: None,
+            data: part[split + 4..].to_vec(),
+        };
+        for line in head.split("\r\n") {
+            let (k, v) = line.split_once(':')?;
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-disposition" => {
+                    for attr in v.split(';').map(str::trim) {
+                        if let Some(n) = attr.strip_prefix("name=") {
+                            fp.name = n.trim_matches('"').to_string();
+                        } else if let Some(f) = attr.strip_prefix("filename=") {
+                            fp.filename = Some(f.trim_matches('"').to_string());
+                        }
+                    }
+                }
+                "content-type" => fp.content_type = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+        parts.push(fp);
+        at = next + delim.len();
+    }
+    Some(parts)
+}

@@ -16,6 +16,7 @@ pub mod harness;
 pub mod host_llm;
 pub mod http;
 pub mod llm;
+pub mod openai_audio;
 pub mod openai_images;
 pub mod proc;
 pub mod proxy;

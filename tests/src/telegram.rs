@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::http::{Request, Responder, Server};
+use crate::http::{multipart, FormPart, Request, Responder, Server};
 
 /// A fault to answer the next call of a method with.
 #[derive(Debug, Clone)]
@@ -381,6 +381,17 @@ impl FakeTelegram {
         self.push_message(m)
     }
 
+    /// A user records a voice message (Opus in Ogg) of `duration` seconds.
+    pub fn push_voice(&self, chat: i64, user_id: i64, bytes: &[u8], duration: u64) -> i64 {
+        let id = self.add_file("voice", "oga", bytes);
+        self.push_message(json!({
+            "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
+            "from": {"id": user_id, "is_bot": false, "first_name": "Pat"},
+            "voice": {"file_id": id, "file_unique_id": format!("u{id}"), "duration": duration,
+                "mime_type": "audio/ogg", "file_size": bytes.len()},
+        }))
+    }
+
     fn add_file(&self, folder: &str, ext: &str, bytes: &[u8]) -> String {
         let mut s = self.state.0.lock().unwrap();
         let n = s.files.len();
@@ -678,67 +689,6 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     m.parse_mode = parse_mode;
     m.edits += 1;
     ok(json!({"message_id": id, "chat": {"id": chat}, "text": visible}))
-}
-
-/// One part of a multipart/form-data body.
-struct FormPart {
-    name: String,
-    filename: Option<String>,
-    content_type: Option<String>,
-    data: Vec<u8>,
-}
-
-/// The parts of a multipart/form-data request (None for any other body).
-fn multipart(req: &Request) -> Option<Vec<FormPart>> {
-    let ct = req.header("content-type")?;
-    let boundary = ct
-        .strip_prefix("multipart/form-data")?
-        .split(';')
-        .find_map(|p| p.trim().strip_prefix("boundary="))?
-        .trim_matches('"');
-    let delim = format!("--{boundary}").into_bytes();
-    let body = &req.body;
-    let find = |from: usize| {
-        body[from..]
-            .windows(delim.len())
-            .position(|w| w == delim.as_slice())
-            .map(|i| i + from)
-    };
-    let mut parts = Vec::new();
-    let mut at = find(0)? + delim.len();
-    while body.get(at..at + 2) == Some(b"\r\n") {
-        let start = at + 2;
-        let next = find(start)?;
-        // The part's content ends with CRLF before the next delimiter.
-        let part = &body[start..next.saturating_sub(2).max(start)];
-        let split = part.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&part[..split]);
-        let mut fp = FormPart {
-            name: String::new(),
-            filename: None,
-            content_type: None,
-            data: part[split + 4..].to_vec(),
-        };
-        for line in head.split("\r\n") {
-            let (k, v) = line.split_once(':')?;
-            match k.trim().to_ascii_lowercase().as_str() {
-                "content-disposition" => {
-                    for attr in v.split(';').map(str::trim) {
-                        if let Some(n) = attr.strip_prefix("name=") {
-                            fp.name = n.trim_matches('"').to_string();
-                        } else if let Some(f) = attr.strip_prefix("filename=") {
-                            fp.filename = Some(f.trim_matches('"').to_string());
-                        }
-                    }
-                }
-                "content-type" => fp.content_type = Some(v.trim().to_string()),
-                _ => {}
-            }
-        }
-        parts.push(fp);
-        at = next + delim.len();
-    }
-    Some(parts)
 }
 
 /// Whether `b` starts like a JPEG, PNG, GIF or WebP file.

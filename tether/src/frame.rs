@@ -183,6 +183,10 @@ pub struct UserMessage {
     /// Images sent with the message (a photo and its caption).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
+    /// [ours] Recordings sent with it (a voice message): the agent writes down what is
+    /// said. `text` then names the recording, for an agent that does not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audio: Vec<Audio>,
     /// [ours] On channel `cron`: the chat the scheduled task belongs to; the agent sends
     /// its reply frames there (the run's conversation stays in the cron session).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +209,19 @@ pub struct Image {
     /// Size in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+}
+
+/// [ours] A recording in a `user.message`: a voice message, an audio file, the sound of a
+/// video message. The bytes travel inline, as an image's do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Audio {
+    /// `audio/ogg` (Telegram's voice messages: Opus), `audio/mpeg`, `video/mp4`, ...
+    pub media_type: String,
+    /// The bytes, base64.
+    pub data: String,
+    /// Length in seconds, when the sender said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
 }
 
 /// `assistant.done` payload with images (the plain form is [`Text`]).
@@ -355,7 +372,7 @@ impl Frame {
             text: text.to_string(),
             user,
             images,
-            reply_to: None,
+            ..UserMessage::default()
         })
     }
 

@@ -1,0 +1,267 @@
+//! Voice messages: what is said in a recording that came with a user message, written down
+//! by OpenAI's speech-to-text API (`POST {base}/audio/transcriptions`, multipart) or a
+//! server that speaks it (a local Whisper server), so the model reads it as it reads text.
+//! The recording itself is not kept; the transcript is the user's turn.
+//!
+//! Without a key (or with `voice.enabled` false) the message still reaches the model,
+//! saying why it was not transcribed, so the model can tell the user.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+use ureq::unversioned::multipart::{Form, Part};
+
+use crate::tools::{api_from_env, refusal, transport};
+
+/// OpenAI's API base; `OPENAI_AUDIO_BASE_URL` replaces it (a local Whisper server).
+pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
+/// The model unless agent.json names another (`voice.model`).
+pub const DEFAULT_MODEL: &str = "gpt-4o-mini-transcribe";
+/// A recording of several minutes takes seconds; a stalled server is given up on.
+const TIMEOUT: Duration = Duration::from_secs(90);
+/// Tries per recording: a rate limit or a server error is tried once more, 2 s later.
+const ATTEMPTS: u32 = 2;
+/// Longest transcript kept, in bytes (a 6-minute monologue is ~6 KB).
+const MAX_TEXT: u64 = 64 * 1024;
+
+/// How voice messages are handled, from agent.json `voice` and the environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VoiceConfig {
+    /// `voice.enabled`; false leaves recordings untranscribed.
+    pub enabled: bool,
+    /// The variable holding the key (`OPENAI_API_KEY` unless agent.json names another or
+    /// the chat model's server is not OpenAI's).
+    pub key_env: Option<String>,
+    /// The speech-to-text model.
+    pub model: String,
+}
+
+/// A speech-to-text client. `Debug` never prints the key.
+#[derive(Clone)]
+pub struct Transcriber {
+    key: Option<String>,
+    base: String,
+    model: String,
+}
+
+impl fmt::Debug for Transcriber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transcriber")
+            .field("base", &self.base)
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+/// Voice messages as the agent handles them: transcribed, or why not.
+#[derive(Debug, Clone)]
+pub enum Voice {
+    /// Through this client.
+    On(Transcriber),
+    /// Not at all; the reason goes into the message for the model.
+    Off(String),
+}
+
+impl Voice {
+    /// From the configuration and the environment: a key (or a base URL of a server that
+    /// needs none) turns transcription on.
+    pub fn from_config(c: &VoiceConfig) -> Voice {
+        if !c.enabled {
+            return Voice::Off("voice messages are turned off in agent.json".into());
+        }
+        let base_set = std::env::var("OPENAI_AUDIO_BASE_URL")
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let keyed = c
+            .key_env
+            .as_deref()
+            .and_then(|var| api_from_env(var, "OPENAI_AUDIO_BASE_URL", DEFAULT_BASE));
+        match (keyed, base_set) {
+            (Some((key, base)), _) => Voice::On(Transcriber {
+                key: Some(key),
+                base,
+                model: c.model.clone(),
+            }),
+            (None, Some(base)) => Voice::On(Transcriber {
+                key: None,
+                base: base.trim().trim_end_matches('/').to_string(),
+                model: c.model.clone(),
+            }),
+            (None, None) => Voice::Off(match &c.key_env {
+                Some(var) => format!("speech to text is not set up: the agent has no OpenAI key ({var})"),
+                None => "speech to text is not set up: the chat model's server is not OpenAI's; \
+                    agent.json voice.openai_api_key_env can name an OpenAI key"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The text of a user message with recordings: its own text (a caption, or the
+    /// gateway's `[voice message, 12 s]`), then each transcript, or why there is none.
+    pub fn text_with(&self, text: &str, audio: &[tether::frame::Audio]) -> String {
+        let mut out = text.to_string();
+        for a in audio {
+            let line = match self {
+                Voice::Off(why) => format!("[not transcribed: {why}]"),
+                Voice::On(t) => match t.transcribe(a) {
+                    Ok(said) if said.trim().is_empty() => "[transcript: nothing was said]".to_string(),
+                    Ok(said) => format!("🎤 {}", said.trim()),
+                    Err(e) => {
+                        log::warn!("voice message not transcribed: {e}");
+                        format!("[not transcribed: {e}]")
+                    }
+                },
+            };
+            out.push('\n');
+            out.push_str(&line);
+        }
+        out
+    }
+}
+
+impl Transcriber {
+    /// What is said in `a`.
+    fn transcribe(&self, a: &tether::frame::Audio) -> Result<String, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(a.data.trim())
+            .map_err(|e| format!("the recording is not base64: {e}"))?;
+        let url = format!("{}/audio/transcriptions", self.base);
+        let agent: ureq::Agent = tether::http::agent_config(&url)
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(TIMEOUT))
+            .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let form = Form::new()
+                .text("model", &self.model)
+                .text("response_format", "json")
+                .part(
+                    "file",
+                    Part::bytes(&bytes)
+                        .file_name(file_name(&a.media_type))
+                        .mime_str(&a.media_type)
+                        .map_err(|e| format!("bad media type {:?}: {e}", a.media_type))?,
+                );
+            let mut req = agent.post(&url);
+            if let Some(key) = &self.key {
+                req = req.header("authorization", &format!("Bearer {key}"));
+            }
+            let resp = req
+                .send(form)
+                .map_err(|e| format!("speech to text failed: {}", transport(&e)))?;
+            let status = resp.status().as_u16();
+            if status == 200 {
+                let body = resp
+                    .into_body()
+                    .into_with_config()
+                    .limit(MAX_TEXT)
+                    .read_to_string()
+                    .map_err(|e| format!("reading the transcript failed: {e}"))?;
+                let v: Value = serde_json::from_str(&body)
+                    .map_err(|e| format!("the speech-to-text API answered something else than JSON: {e}"))?;
+                return v["text"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| "the speech-to-text API answered without a text".to_string());
+            }
+            let text = tether::http::error_text(resp);
+            let worth_again = status == 429 && !text.contains("insufficient_quota") || status >= 500;
+            if worth_again && attempt < ATTEMPTS {
+                log::warn!("speech to text: HTTP {status} (attempt {attempt}); trying again in 2 s");
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            return Err(self.scrub(status_error(status, &text)));
+        }
+    }
+
+    fn scrub(&self, text: String) -> String {
+        match &self.key {
+            Some(k) => text.replace(k.as_str(), "[the key]"),
+            None => text,
+        }
+    }
+}
+
+/// A file name whose extension says the format: the API goes by it.
+fn file_name(media_type: &str) -> &'static str {
+    match media_type {
+        "audio/ogg" | "audio/opus" => "voice.ogg",
+        "audio/mpeg" | "audio/mp3" => "audio.mp3",
+        "audio/mp4" | "audio/m4a" | "audio/x-m4a" | "audio/aac" => "audio.m4a",
+        "audio/wav" | "audio/x-wav" | "audio/wave" => "audio.wav",
+        "audio/flac" | "audio/x-flac" => "audio.flac",
+        "audio/webm" => "audio.webm",
+        "video/mp4" => "video.mp4",
+        "video/webm" => "video.webm",
+        _ => "audio.ogg",
+    }
+}
+
+/// A refusal for the model, in the API's words where it gave them.
+fn status_error(status: u16, body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    let detail = v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    let what = match status {
+        401 | 403 => "the speech-to-text API rejected the key",
+        429 if body.contains("insufficient_quota") => "the OpenAI account has no quota left",
+        429 => "the speech-to-text API is rate limited",
+        400 | 413 | 415 => "the speech-to-text API refused the recording",
+        _ => "the speech-to-text API failed",
+    };
+    refusal(what, status, &detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(enabled: bool, key_env: Option<&str>) -> VoiceConfig {
+        VoiceConfig {
+            enabled,
+            key_env: key_env.map(str::to_string),
+            model: DEFAULT_MODEL.into(),
+        }
+    }
+
+    #[test]
+    fn without_a_key_or_turned_off_the_model_is_told_why() {
+        let audio = [tether::frame::Audio {
+            media_type: "audio/ogg".into(),
+            data: "T2dnUw==".into(),
+            duration: Some(3),
+        }];
+        let off = Voice::from_config(&config(false, Some("PATH")));
+        assert_eq!(
+            off.text_with("[voice message, 3 s]", &audio),
+            "[voice message, 3 s]\n[not transcribed: voice messages are turned off in agent.json]"
+        );
+        let none = Voice::from_config(&config(true, Some("AEGIS_TEST_NO_SUCH_KEY")));
+        assert!(
+            none.text_with("hi", &audio)
+                .ends_with("no OpenAI key (AEGIS_TEST_NO_SUCH_KEY)]"),
+            "{none:?}"
+        );
+        assert_eq!(none.text_with("plain", &[]), "plain");
+    }
+
+    #[test]
+    fn refusals_say_what_went_wrong_and_formats_keep_their_extension() {
+        let quota = r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        assert!(status_error(429, quota)
+            .starts_with("the OpenAI account has no quota left (HTTP 429: You exceeded"));
+        assert!(status_error(401, "{}").starts_with("the speech-to-text API rejected the key"));
+        assert_eq!(file_name("audio/ogg"), "voice.ogg");
+        assert_eq!(file_name("video/mp4"), "video.mp4");
+        assert_eq!(file_name("audio/x-unknown"), "audio.ogg");
+    }
+}
