@@ -128,13 +128,7 @@ impl Transcriber {
             .decode(a.data.trim())
             .map_err(|e| format!("the recording is not base64: {e}"))?;
         let url = format!("{}/audio/transcriptions", self.base);
-        let agent: ureq::Agent = tether::http::agent_config(&url)
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(TIMEOUT))
-            .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = crate::tools::api_agent(&url, TIMEOUT);
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -118,13 +118,7 @@ impl Brave {
             return Err("query is required".into());
         }
         let url = format!("{}/{path}", self.base);
-        let agent: ureq::Agent = tether::http::agent_config(&url)
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(15)))
-            .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let agent = super::api_agent(&url, Duration::from_secs(15));
         let mut retried = false;
         loop {
             let mut req = agent

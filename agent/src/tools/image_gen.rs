@@ -210,13 +210,7 @@ impl ImageGen {
 }
 
 fn http_agent(url: &str) -> ureq::Agent {
-    tether::http::agent_config(url)
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_global(Some(TIMEOUT))
-        .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into()
+    super::api_agent(url, TIMEOUT)
 }
 
 /// The image a server linked to instead of sending it (DALL-E's default).

@@ -668,6 +668,18 @@ pub fn api_from_env(key_env: &str, base_env: &str, default: &str) -> Option<(Str
     Some((key, base.trim().trim_end_matches('/').to_string()))
 }
 
+/// A client for calls to a web API at `url`: a status comes back as an answer (the caller
+/// reads the API's error body), 10 s to connect, `timeout` for the whole call.
+pub fn api_agent(url: &str, timeout: Duration) -> ureq::Agent {
+    tether::http::agent_config(url)
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(timeout))
+        .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
 /// A web API's refusal for the model: `what` it means, with the API's own words when it
 /// gave them (`the search API rejected the key (HTTP 401: ...)`).
 pub fn refusal(what: &str, status: u16, detail: &str) -> String {
