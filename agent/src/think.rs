@@ -49,6 +49,11 @@ impl InlineThink {
     /// The next piece of content.
     pub fn feed(&mut self, piece: &str) -> Split {
         let mut out = Split::default();
+        if self.state == State::Answer {
+            // Nearly every chunk of a reply: no copy beyond the one given out.
+            out.text.push_str(piece);
+            return out;
+        }
         let mut rest = piece.to_string();
         loop {
             match std::mem::replace(&mut self.state, State::Answer) {
