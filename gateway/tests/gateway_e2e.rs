@@ -1166,12 +1166,21 @@ fn a_voice_message_is_written_down_for_the_model() {
     assert!(history.contains("🎤 What's the weather in Paris?"), "{history}");
     assert!(!history.contains("OggS"), "{history}");
 
+    // The largest recording passed on fits the tether with the message around it.
+    let largest = fake_ogg(700 * 1024, 5);
+    speech.says(&largest, "A long story.");
+    s.telegram.push_voice(CHAT, 7, &largest, 360);
+    let want = "echo: [Pat]: [voice message, 6 min]\n🎤 A long story.";
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
+    assert_eq!(speech.requests()[1].bytes, largest);
+
     let long = fake_ogg(800 * 1024, 4);
     s.telegram.push_voice(CHAT, 7, &long, 600);
     let want = "echo: [Pat]: [voice message, 10 min not passed on: 800 KB, at most 700 KB are]";
     s.telegram
         .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
-    assert_eq!(speech.requests().len(), 1);
+    assert_eq!(speech.requests().len(), 2);
 }
 
 #[test]
