@@ -241,6 +241,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             .iter()
             .rposition(|t| t.role == Role::User && t.msg_id.as_ref() == Some(id))
     });
+    // From here a cancel reaches this message (a recording being written down included),
+    // and the host does not pause the agent.
+    let _busy = shared.keepalive.busy();
+    let (cancel_tx, cancel_rx) = bounded::<()>(1);
+    let inflight = InFlightGuard::set(state, &msg_id, cancel_tx);
     // What memories are chosen by: the words of the message, a recording's included.
     let mut words = msg.text.clone();
     match earlier {
@@ -262,7 +267,16 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         None => {
             // A recording is written down once, before the turn is stored: a redelivered
             // message finds the transcript in its history.
-            let said = shared.voice.text_with(&msg.text, &msg.audio);
+            let Some(said) = written_down(shared, out, &msg_id, &msg, &cancel_rx) else {
+                log::info!(
+                    "{}/{}: cancelled while a recording was written down",
+                    session.channel,
+                    session.id
+                );
+                send_error(shared, out, &msg_id, "cancelled", "the reply was cancelled");
+                send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, CANCELLED);
+                return;
+            };
             let text = user_content(&said, msg.user.as_ref());
             words = said;
             let mut turn = Turn::new(Role::User, user_turn(shared, text, &msg.images));
@@ -277,12 +291,6 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         return;
     };
 
-    let _busy = shared.keepalive.busy();
-    let (cancel_tx, cancel_rx) = bounded::<()>(1);
-    *state.inflight.lock().expect("inflight lock") = Some(InFlight {
-        msg_id: msg_id.clone(),
-        cancel: cancel_tx,
-    });
     let mut images = Vec::new();
     let system = format!("{}{}", shared.system_prompt, shared.memory.inject(&words));
     let r = ReplyCtx {
@@ -293,7 +301,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         system: &system,
     };
     let ending = rounds(llm, r, history, &cancel_rx, &mut images);
-    *state.inflight.lock().expect("inflight lock") = None;
+    drop(inflight);
 
     match ending {
         Ending::Complete(text) => send_done(shared, out, &msg_id, &text, images),
@@ -339,6 +347,57 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             };
             send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
         }
+    }
+}
+
+/// The reply of a session's message that a cancel can reach, for as long as it lives.
+struct InFlightGuard<'a>(&'a SessionState);
+
+impl<'a> InFlightGuard<'a> {
+    fn set(state: &'a SessionState, msg_id: &Option<String>, cancel: Sender<()>) -> Self {
+        *state.inflight.lock().expect("inflight lock") = Some(InFlight {
+            msg_id: msg_id.clone(),
+            cancel,
+        });
+        InFlightGuard(state)
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.inflight.lock().expect("inflight lock") = None;
+    }
+}
+
+/// The message's text with its recordings written down (`transcribe.rs`), on a thread of
+/// its own so a cancel ends the wait at once; `None` when cancelled (the request runs out
+/// on its thread, bounded by its timeout, and its answer is dropped).
+fn written_down(
+    shared: &Shared,
+    out: &Session,
+    msg_id: &Option<String>,
+    msg: &UserMessage,
+    cancel: &Receiver<()>,
+) -> Option<String> {
+    if msg.audio.is_empty() {
+        return Some(msg.text.clone());
+    }
+    // The user sees the reply begin ("Thinking…") while the service listens.
+    send_presence(shared, out, msg_id, &Presence::restart(""));
+    let (tx, rx) = bounded(1);
+    let (voice, text, audio) = (shared.voice.clone(), msg.text.clone(), msg.audio.clone());
+    let spawned = std::thread::Builder::new()
+        .name("transcribe".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let _ = tx.send(voice.text_with(&text, &audio));
+        });
+    if let Err(e) = spawned {
+        return Some(format!("{}\n[not transcribed: no thread: {e}]", msg.text));
+    }
+    select! {
+        recv(rx) -> said => Some(said.unwrap_or_else(|_| format!("{}\n[not transcribed: it failed]", msg.text))),
+        recv(cancel) -> _ => None,
     }
 }
 

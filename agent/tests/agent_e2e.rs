@@ -824,6 +824,23 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     // The key is never logged.
     assert!(!a.proc.log().contains("sk-speech"), "the key was logged");
 
+    // Stopped while the service listens (for a minute, longer than the reply is waited
+    // for): the reply ends at once, the model is not asked, and the message is not stored
+    // half-heard.
+    speech.delay_ms.store(60_000, std::sync::atomic::Ordering::SeqCst);
+    let asked = llm.requests().len();
+    a.send(&voice("1", "v-slow", &fake_ogg(4_000, 9)));
+    while speech.requests().len() < 3 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.send(&Frame::new("control.cancel", Some(Session::new("telegram", "1"))));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "⏹ Reply cancelled.");
+    assert_eq!(llm.requests().len(), asked);
+    let history = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
+    assert!(!history.contains("v-slow"), "{history}");
+    speech.delay_ms.store(0, std::sync::atomic::Ordering::SeqCst);
+
     speech
         .quota_used_up
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -847,7 +864,7 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
         ),
         "{text}"
     );
-    assert_eq!(speech.requests().len(), 3);
+    assert_eq!(speech.requests().len(), 4);
 
     // The key agent.json names is hidden from commands, as the model's own.
     let tool_llm = FakeLlm::scripted(vec![

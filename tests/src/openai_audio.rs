@@ -40,6 +40,8 @@ pub struct FakeSpeech {
     pub rate_limit_next: Arc<AtomicUsize>,
     /// Answer every request with 429 `insufficient_quota`.
     pub quota_used_up: Arc<AtomicBool>,
+    /// Milliseconds to listen before answering (a long recording).
+    pub delay_ms: Arc<AtomicUsize>,
 }
 
 fn error(resp: Responder, status: u16, message: &str, kind: &str, code: &str) {
@@ -54,6 +56,8 @@ impl FakeSpeech {
         let said: Arc<Mutex<HashMap<Vec<u8>, String>>> = Arc::default();
         let rate_limit_next = Arc::new(AtomicUsize::new(0));
         let quota_used_up = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicUsize::new(0));
+        let delay = Arc::clone(&delay_ms);
         let (log, texts, limit, quota) = (
             Arc::clone(&requests),
             Arc::clone(&said),
@@ -123,6 +127,9 @@ impl FakeSpeech {
                 let msg = "Rate limit reached for gpt-4o-mini-transcribe on requests per min (RPM): Limit 3, Used 3.";
                 return error(resp, 429, msg, "requests", "rate_limit_exceeded");
             }
+            std::thread::sleep(std::time::Duration::from_millis(
+                delay.load(Ordering::SeqCst) as u64
+            ));
             let text = texts
                 .lock()
                 .unwrap()
@@ -140,6 +147,7 @@ impl FakeSpeech {
             said,
             rate_limit_next,
             quota_used_up,
+            delay_ms,
         }
     }
 
