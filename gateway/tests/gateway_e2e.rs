@@ -589,16 +589,16 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     const NEW: i64 = -1_005_550;
     const OLD2: i64 = -556;
     const NEW2: i64 = -1_005_560;
-    let llm = FakeLlm::with(|req| {
+    let gate = aegis_e2e::llm::Gate::default();
+    let held = gate.clone();
+    let llm = FakeLlm::with(move |req| {
         let text = last_user_text(req);
-        let delay = match text.as_str() {
-            t if t.contains("slow") => 1500,
-            t if t.contains("halfway") => 800,
-            _ => 0,
-        };
+        if text.contains("halfway") {
+            return Reply::held(&["echo: "], &held, &[&text]);
+        }
         Reply::Sse {
             pieces: openai_sse(&["echo: ", &text]),
-            delay: Duration::from_millis(delay),
+            delay: Duration::from_millis(if text.contains("slow") { 1500 } else { 0 }),
             end: End::Finish,
         }
     });
@@ -625,6 +625,7 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
     s.telegram.push_text(OLD2, 7, "Ann", "halfway");
     s.telegram.wait_chat(OLD2, T, |m| !m.is_empty());
     s.telegram.migrate_group(OLD2, NEW2);
+    gate.open();
     answered(&s.telegram, NEW2, "halfway");
     assert_eq!(s.telegram.messages(NEW2).len(), 1);
     // Known after a restart too; a chat nobody allowed still is not answered.
@@ -641,21 +642,18 @@ fn a_group_that_became_a_supergroup_is_still_answered() {
 /// arrives in a new message, once.
 #[test]
 fn a_reply_whose_message_is_deleted_midway_arrives_anew() {
-    use aegis_e2e::llm::End;
+    let gate = aegis_e2e::llm::Gate::default();
     let texts: Vec<String> = (0..8).map(|i| format!("w{i} ")).collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let llm = FakeLlm::scripted(vec![
-        Reply::Sse {
-            pieces: openai_sse(&refs),
-            delay: Duration::from_millis(300),
-            end: End::Finish,
-        },
+        Reply::held(&refs[..2], &gate, &refs[2..]),
         Reply::sse(openai_sse(&["ok"])),
     ]);
     let s = stack("gw-deleted", llm);
     s.telegram.push_text(CHAT, 7, "Ann", "count");
     let first = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty())[0].id;
     s.telegram.delete_message(CHAT, first);
+    gate.open();
     let full = texts.concat();
     let msgs = s
         .telegram

@@ -23,6 +23,26 @@ pub enum End {
     Hang(Duration),
 }
 
+/// A switch a test flips to let a held reply go on (`Reply::Held`).
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Let every reply held at this gate go on.
+    pub fn open(&self) {
+        let (lock, cv) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cv.notify_all();
+    }
+
+    /// Wait until opened, `max` at most.
+    fn wait(&self, max: Duration) {
+        let (lock, cv) = &*self.0;
+        let open = lock.lock().unwrap();
+        let _ = cv.wait_timeout_while(open, max, |open| !*open).unwrap();
+    }
+}
+
 /// One scripted answer.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -44,9 +64,32 @@ pub enum Reply {
         /// How it ends.
         end: End,
     },
+    /// An SSE stream that sends `first`, waits until the test opens `gate` (a minute at
+    /// most), then sends `rest` and finishes: the reply is half written for exactly as
+    /// long as the test needs, however slow the machine.
+    Held {
+        /// Sent at once.
+        first: Vec<String>,
+        /// Opened by the test.
+        gate: Gate,
+        /// Sent after.
+        rest: Vec<String>,
+    },
 }
 
 impl Reply {
+    /// An OpenAI stream of `before`, held at `gate`, then `after`.
+    pub fn held(before: &[&str], gate: &Gate, after: &[&str]) -> Reply {
+        let all: Vec<&str> = before.iter().chain(after).copied().collect();
+        let mut pieces = openai_sse(&all);
+        let rest = pieces.split_off(1 + before.len());
+        Reply::Held {
+            first: pieces,
+            gate: gate.clone(),
+            rest,
+        }
+    }
+
     /// A stream of `pieces` with no delay, properly finished.
     pub fn sse(pieces: Vec<String>) -> Reply {
         Reply::Sse {
@@ -453,6 +496,21 @@ fn respond(reply: Reply, resp: Responder) -> bool {
             let mut h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             h.push(("Content-Type", "application/json"));
             resp.send(code, &h, body.as_bytes());
+        }
+        Reply::Held { first, gate, rest } => {
+            let mut r = resp.start_chunked(200, "text/event-stream");
+            for p in first {
+                if !r.chunk(p.as_bytes()) {
+                    return false;
+                }
+            }
+            gate.wait(Duration::from_secs(60));
+            for p in rest {
+                if !r.chunk(p.as_bytes()) {
+                    return false;
+                }
+            }
+            r.finish();
         }
         Reply::Sse { pieces, delay, end } => {
             let mut r = resp.start_chunked(200, "text/event-stream");
