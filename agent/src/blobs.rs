@@ -7,7 +7,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
 /// Largest image stored from a message.
 pub const MAX_IMAGE: usize = 10 * 1024 * 1024;
@@ -83,7 +82,7 @@ pub fn store(workspace: &Path, media_type: &str, bytes: &[u8]) -> io::Result<Str
             format!("image of {} bytes is too large", bytes.len()),
         ));
     }
-    let name = format!("{:x}.{}", Sha256::digest(bytes), extension(media_type));
+    let name = format!("{}.{}", sha256_hex(bytes), extension(media_type));
     let d = dir(workspace);
     fs::create_dir_all(&d)?;
     let path = d.join(&name);
@@ -109,9 +108,34 @@ pub fn encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// The SHA-256 of `bytes` in lowercase hex, by ring (which TLS links in anyway).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_sha256_of_the_content_as_upstream_names_them() {
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     #[test]
     fn blobs_are_content_addressed_and_names_cannot_escape() {
