@@ -124,6 +124,9 @@ impl Voice {
 impl Transcriber {
     /// What is said in `a`.
     fn transcribe(&self, a: &tether::frame::Audio) -> Result<String, String> {
+        if a.data.trim().is_empty() {
+            return Err("the recording came without its bytes".into());
+        }
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(a.data.trim())
             .map_err(|e| format!("the recording is not base64: {e}"))?;
@@ -246,6 +249,21 @@ mod tests {
             "{none:?}"
         );
         assert_eq!(none.text_with("plain", &[]), "plain");
+    }
+
+    #[test]
+    fn a_recording_without_its_bytes_is_reported_and_the_message_kept() {
+        let m: tether::frame::UserMessage =
+            serde_json::from_str(r#"{"text": "[voice message]", "audio": [{"duration": 3}]}"#).unwrap();
+        let on = Voice::On(Transcriber {
+            key: None,
+            base: "http://127.0.0.1:9/v1".into(),
+            model: DEFAULT_MODEL.into(),
+        });
+        assert_eq!(
+            on.text_with(&m.text, &m.audio),
+            "[voice message]\n[not transcribed: the recording came without its bytes]"
+        );
     }
 
     #[test]

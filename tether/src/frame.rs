@@ -216,8 +216,10 @@ pub struct Image {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Audio {
     /// `audio/ogg` (Telegram's voice messages: Opus), `audio/mpeg`, `video/mp4`, ...
+    #[serde(default)]
     pub media_type: String,
-    /// The bytes, base64.
+    /// The bytes, base64 (a recording without them is reported, not fatal to the message).
+    #[serde(default)]
     pub data: String,
     /// Length in seconds, when the sender said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
