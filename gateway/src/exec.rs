@@ -60,16 +60,33 @@ pub struct Command {
 #[derive(Debug, Clone)]
 pub struct ExecMode {
     running: Slots,
+    /// What runs, on disk, for the next run of the gateway should this one die.
+    record: crate::exec_record::ExecRecord,
     /// Set by the sender when the Bot API refuses drafts: output then shows only at the end.
     drafts_refused: DraftsRefused,
 }
 
 impl ExecMode {
-    /// No command running yet; `drafts_refused` is the bot's (the sender's) flag.
-    pub fn new(drafts_refused: DraftsRefused) -> ExecMode {
+    /// No command running yet; `drafts_refused` is the bot's (the sender's) flag; what
+    /// runs is recorded in `record` (a file of the bot's state folder).
+    pub fn new(drafts_refused: DraftsRefused, record: std::path::PathBuf) -> ExecMode {
         ExecMode {
             running: Slots::new(MAX_RUNNING),
             drafts_refused,
+            record: crate::exec_record::ExecRecord::new(record),
+        }
+    }
+
+    /// Tell the chats of commands that were running when the last run of the gateway
+    /// stopped that their output is lost.
+    pub fn recover(&self, actions: &Sender<Action>) {
+        for r in self.record.left_over() {
+            log::warn!(
+                "chat {}: a command was running when the gateway stopped: its output is lost",
+                r.chat
+            );
+            let text = crate::exec_record::lost_notice(&r);
+            let _ = actions.send(Action::notice(r.chat, r.topic, text, None));
         }
     }
 
@@ -93,6 +110,8 @@ impl ExecMode {
         };
         let actions2 = actions.clone();
         let refused = self.drafts_refused.clone();
+        let record = self.record.clone();
+        let id = record.started(chat, topic, &text);
         let spawned = thread::Builder::new()
             .name("exec".into())
             .stack_size(256 * 1024)
@@ -100,9 +119,11 @@ impl ExecMode {
                 let drafts = drafts.then_some(&refused);
                 let (text, html) = run(&aegis, &instance, (chat, topic), &text, drafts, &actions2);
                 let _ = actions2.send(Action::notice(chat, topic, text, html));
+                record.finished(id);
                 drop(slot);
             });
         if let Err(e) = spawned {
+            self.record.finished(id);
             say(format!("exec failed: {e}"));
         }
     }

@@ -6,6 +6,7 @@ mod config;
 mod cron;
 mod documents;
 mod exec;
+mod exec_record;
 mod images;
 mod lifecycle;
 mod markdown;

@@ -88,6 +88,7 @@ impl Poller {
         if let Err(e) = self.tg.set_my_commands() {
             log::debug!("bot {}: setMyCommands failed: {e}", self.tg.bot_id());
         }
+        self.exec.recover(&self.actions);
         loop {
             if self.username.is_none() {
                 match self.tg.get_me() {

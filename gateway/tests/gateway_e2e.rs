@@ -1610,6 +1610,44 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     assert!(!home.join("workspace/eve-was-here").exists());
 }
 
+/// A gateway killed while a command runs: the next one tells the chat the output is lost
+/// (serve stops the command once its client is gone), once, rather than leaving the user
+/// waiting for it.
+#[test]
+fn a_command_running_when_the_gateway_dies_is_reported_lost_after_the_restart() {
+    let mut s = Stack::new("gw-exec-lost", FakeLlm::echo_openai(), &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "exec_users": [7], "api_url": s.telegram.url()}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "/exec");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    s.telegram.push_text(CHAT, 7, "Ann", "sleep 20; echo late");
+    let record = s.home.join("gateway/123456/exec.json");
+    let deadline = std::time::Instant::now() + T;
+    while !std::fs::read_to_string(&record).is_ok_and(|r| r.contains("sleep 20")) {
+        assert!(std::time::Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.gateway.as_mut().unwrap().kill9();
+    s.start_gateway();
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    assert!(
+        msgs[1]
+            .visible()
+            .starts_with("⚠️ The gateway restarted while this command ran, so its output is lost")
+            && msgs[1].visible().ends_with("\nsleep 20; echo late"),
+        "{}",
+        msgs[1].visible()
+    );
+    // Told once: another restart says nothing more, and exec mode still holds.
+    s.gateway.take();
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "echo again");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
+    assert_eq!(msgs[2].visible(), "again\nexit: 0");
+}
+
 /// `/exec` through `aegis-kit serve`: the command runs in the instance's sandbox and
 /// workspace.
 #[test]
