@@ -1,6 +1,7 @@
 //! `aegis-gateway`: turns a Telegram bot into the front door of an agent instance
 //! (PROTOCOL.md §7). Works against the real aegisd and against `aegis-kit serve`.
 
+mod annotate;
 mod bot;
 mod config;
 mod cron;
@@ -83,7 +84,8 @@ CHAT COMMANDS:
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a
 conversation of its own. An album of photos reaches the agent as one message, a text file
 (32 KB at most) inside the message, a voice or video message or an audio file (700 KB at
-most) as a recording the agent has written down, a reply with what it answers quoted.";
+most) as a recording the agent has written down, a reply with what it answers quoted, a
+forward with whom it is from, a location as its coordinates.";
 
 struct Args {
     config: Option<PathBuf>,

@@ -250,6 +250,7 @@ impl Poller {
             crate::voice::Recorded::Pass(s) => s.label.clone(),
             crate::voice::Recorded::LeftOut(note) => note.clone(),
         });
+        let place = crate::annotate::shared_place(m);
         let Some(text) = album
             .iter()
             .find_map(|a| {
@@ -259,6 +260,7 @@ impl Poller {
             .or((!picked.is_empty()).then_some(IMAGE_TEXT))
             .or(file.is_some().then_some(FILE_TEXT))
             .or(recording_text.as_deref())
+            .or(place.as_deref())
         else {
             log::debug!("chat {chat}: ignoring a message without text");
             return None;
@@ -278,13 +280,18 @@ impl Poller {
             return None;
         }
         let session = Session::new("telegram", st.session_id(chat, m.topic()));
-        let command = text
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .split('@')
-            .next()
-            .unwrap_or("");
+        // A forwarded message is someone else's words: never a command, nor a shell line
+        // in exec mode.
+        let command = match m.forward_origin {
+            Some(_) => "",
+            None => text
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .split('@')
+                .next()
+                .unwrap_or(""),
+        };
         let user_id = m.from.as_ref().map_or(chat, |u| u.id);
         match command {
             "/exec" => {
@@ -306,6 +313,7 @@ impl Poller {
             // their meaning.
             c if !matches!(c, "/stop" | "/cancel" | "/new" | "/start" | "/exit")
                 && m.text.is_some()
+                && m.forward_origin.is_none()
                 && st.exec.contains(&(chat, user_id)) =>
             {
                 // The list may have changed under a running gateway's feet: ask again.
@@ -375,6 +383,11 @@ impl Poller {
         let text = match replied.and_then(|r| self.quoted(m, r)) {
             Some(q) => format!("{q}\n{text}"),
             None => text.to_string(),
+        };
+        // Someone else's words, which the user passes on.
+        let text = match crate::annotate::forwarded(m) {
+            Some(f) => format!("{f}\n{text}"),
+            None => text,
         };
         let text = text.as_str();
         let user = m.from.as_ref().map(|u| User {

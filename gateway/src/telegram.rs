@@ -58,6 +58,15 @@ pub struct Message {
     /// A video message (the round ones; MP4).
     #[serde(default)]
     pub video_note: Option<Recording>,
+    /// Where a forwarded message came from.
+    #[serde(default)]
+    pub forward_origin: Option<Origin>,
+    /// A shared location.
+    #[serde(default)]
+    pub location: Option<Location>,
+    /// A shared place (a location with a name and an address).
+    #[serde(default)]
+    pub venue: Option<Venue>,
     /// The thread it belongs to: a topic of a forum supergroup or of a private chat with
     /// topics on (Bot API 9.3), or, in a plain group, the reply thread.
     #[serde(default)]
@@ -141,6 +150,49 @@ pub struct Document {
     pub file_size: Option<u64>,
 }
 
+/// Where a forwarded message came from (Telegram's `MessageOrigin`: `user`,
+/// `hidden_user`, `chat` or `channel`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Origin {
+    /// Which kind of origin.
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    /// `user`: who wrote it.
+    #[serde(default)]
+    pub sender_user: Option<TgUser>,
+    /// `hidden_user`: the name of someone who hides their account.
+    #[serde(default)]
+    pub sender_user_name: Option<String>,
+    /// `chat`: the group it was sent on behalf of.
+    #[serde(default)]
+    pub sender_chat: Option<Chat>,
+    /// `channel`: the channel it was posted in.
+    #[serde(default)]
+    pub chat: Option<Chat>,
+}
+
+/// A point on the map.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Location {
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
+}
+
+/// A named place.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Venue {
+    /// Where it is.
+    pub location: Location,
+    /// Its name.
+    #[serde(default)]
+    pub title: String,
+    /// Its address.
+    #[serde(default)]
+    pub address: String,
+}
+
 /// A voice message, an audio file or a video message: the fields of Telegram's `Voice`,
 /// `Audio` and `VideoNote` that matter here.
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +221,9 @@ pub struct Chat {
     /// `private`, `group`, `supergroup` or `channel`.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// A group's or channel's title.
+    #[serde(default)]
+    pub title: Option<String>,
 }
 
 impl Chat {

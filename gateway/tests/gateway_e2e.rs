@@ -1610,6 +1610,48 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     assert!(!home.join("workspace/eve-was-here").exists());
 }
 
+/// A forwarded message reaches the model as someone else's words, a shared location as
+/// its coordinates; a forward is never a command, nor a shell line in exec mode.
+#[test]
+fn forwards_and_locations_reach_the_model_and_a_forward_never_runs() {
+    let mut s = Stack::new("gw-forwards", FakeLlm::echo_openai(), &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "exec_users": [7], "api_url": s.telegram.url()}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.start_gateway();
+    let ann = json!({"id": 7, "is_bot": false, "first_name": "Ann"});
+    let chat = json!({"id": CHAT, "type": "private"});
+    let bob = json!({"type": "user", "date": 1_700_000_000,
+        "sender_user": {"id": 8, "is_bot": false, "first_name": "Bob", "last_name": "Smith"}});
+    let asked = |n: usize| aegis_e2e::llm::last_content(&s.llm.wait_request(n, T));
+    s.telegram.push_message(
+        json!({"chat": chat, "from": ann, "forward_origin": bob, "text": "Meeting moved to 3pm"}),
+    );
+    assert_eq!(
+        asked(1),
+        "[Ann]: [forwarded from Bob Smith]\nMeeting moved to 3pm"
+    );
+    s.telegram.push_message(
+        json!({"chat": chat, "from": ann, "location": {"latitude": 48.858_37, "longitude": 2.294_48}}),
+    );
+    assert_eq!(asked(2), "[Ann]: [location: 48.85837, 2.29448]");
+
+    s.telegram.push_text(CHAT, 7, "Ann", "/exec");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
+    for text in ["touch forwarded-ran", "/exit"] {
+        s.telegram
+            .push_message(json!({"chat": chat, "from": ann, "forward_origin": bob, "text": text}));
+    }
+    assert_eq!(asked(4), "[Ann]: [forwarded from Bob Smith]\n/exit");
+    s.telegram.push_text(CHAT, 7, "Ann", "ls");
+    let msgs = s
+        .telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().ends_with("exit: 0")));
+    let ls = msgs.last().unwrap().visible();
+    assert!(!ls.contains("forwarded-ran"), "{ls}");
+    assert!(!s.instance_dir().join("workspace/forwarded-ran").exists());
+}
+
 /// A gateway killed while a command runs: the next one tells the chat the output is lost
 /// (serve stops the command once its client is gone), once, rather than leaving the user
 /// waiting for it.
