@@ -31,6 +31,20 @@ pub fn forwarded(m: &Message) -> Option<String> {
     })
 }
 
+/// What stands for a message that has nothing the agent can take in: `[sticker 👍]` (its
+/// emoji is what it says), `[animation]` (a GIF, silent).
+pub fn wordless(m: &Message) -> Option<String> {
+    if let Some(s) = &m.sticker {
+        let emoji = s.emoji.as_deref().map(clean).unwrap_or_default();
+        return Some(if emoji.is_empty() {
+            "[sticker]".into()
+        } else {
+            format!("[sticker {emoji}]")
+        });
+    }
+    m.animation.as_ref().map(|_| "[animation]".to_string())
+}
+
 /// `[location: 48.85837, 2.29448]`, or with a place's name and address.
 pub fn shared_place(m: &Message) -> Option<String> {
     let at = |l: &Location| format!("{:.5}, {:.5}", l.latitude, l.longitude);
@@ -97,6 +111,21 @@ mod tests {
             Some("[forwarded]".into())
         );
         assert_eq!(forwarded(&message(serde_json::json!({}))), None);
+    }
+
+    #[test]
+    fn stickers_say_their_emoji() {
+        let s = message(
+            serde_json::json!({"sticker": {"file_id": "s", "file_unique_id": "u", "type": "regular",
+            "width": 512, "height": 512, "is_animated": false, "is_video": false, "emoji": "👍"}}),
+        );
+        assert_eq!(wordless(&s), Some("[sticker 👍]".into()));
+        let gif = message(
+            serde_json::json!({"animation": {"file_id": "a", "file_unique_id": "u",
+            "width": 1, "height": 1, "duration": 2}}),
+        );
+        assert_eq!(wordless(&gif), Some("[animation]".into()));
+        assert_eq!(wordless(&message(serde_json::json!({}))), None);
     }
 
     #[test]

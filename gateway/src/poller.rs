@@ -250,7 +250,7 @@ impl Poller {
             crate::voice::Recorded::Pass(s) => s.label.clone(),
             crate::voice::Recorded::LeftOut(note) => note.clone(),
         });
-        let place = crate::annotate::shared_place(m);
+        let aside = crate::annotate::shared_place(m).or_else(|| crate::annotate::wordless(m));
         let Some(text) = album
             .iter()
             .find_map(|a| {
@@ -260,7 +260,7 @@ impl Poller {
             .or((!picked.is_empty()).then_some(IMAGE_TEXT))
             .or(file.is_some().then_some(FILE_TEXT))
             .or(recording_text.as_deref())
-            .or(place.as_deref())
+            .or(aside.as_deref())
         else {
             log::debug!("chat {chat}: ignoring a message without text");
             return None;

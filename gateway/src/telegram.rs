@@ -58,6 +58,15 @@ pub struct Message {
     /// A video message (the round ones; MP4).
     #[serde(default)]
     pub video_note: Option<Recording>,
+    /// A video (its sound is what reaches the agent).
+    #[serde(default)]
+    pub video: Option<Recording>,
+    /// A sticker.
+    #[serde(default)]
+    pub sticker: Option<Sticker>,
+    /// A GIF or a silent video clip (only its presence matters).
+    #[serde(default)]
+    pub animation: Option<serde_json::Value>,
     /// Where a forwarded message came from.
     #[serde(default)]
     pub forward_origin: Option<Origin>,
@@ -169,6 +178,14 @@ pub struct Origin {
     /// `channel`: the channel it was posted in.
     #[serde(default)]
     pub chat: Option<Chat>,
+}
+
+/// A sticker: what it means is its emoji.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Sticker {
+    /// The emoji it stands for.
+    #[serde(default)]
+    pub emoji: Option<String>,
 }
 
 /// A point on the map.

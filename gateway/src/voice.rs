@@ -1,4 +1,5 @@
-//! Recordings sent to the bot: voice messages, audio files, video messages. The gateway
+//! Recordings sent to the bot: voice messages, audio files, video messages, and the
+//! sound of videos (the picture does not reach the agent). The gateway
 //! holds no speech-to-text key, so it passes the recording on (inline, as an image) and
 //! the agent writes down what is said. The message's text names the recording, so an
 //! agent that cannot transcribe (upstream's) still knows one was sent, and the model can
@@ -39,6 +40,8 @@ pub fn recorded(m: &Message) -> Option<Recorded> {
         (r, "voice message", "audio/ogg")
     } else if let Some(r) = &m.video_note {
         (r, "video message", "video/mp4")
+    } else if let Some(r) = &m.video {
+        (r, "video", "video/mp4")
     } else {
         (m.audio.as_ref()?, "audio file", "audio/mpeg")
     };

@@ -1173,12 +1173,21 @@ fn a_voice_message_is_written_down_for_the_model() {
         .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
     assert_eq!(speech.requests()[1].bytes, largest);
 
+    // A video: its sound is what the agent gets.
+    let clip = fake_ogg(30_000, 6);
+    speech.says(&clip, "Look at this view.");
+    s.telegram.push_video(CHAT, 7, &clip, 9);
+    let want = "echo: [Pat]: [video, 9 s]\n🎤 Look at this view.";
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
+    assert_eq!(speech.requests()[2].file_name, "video.mp4");
+
     let long = fake_ogg(800 * 1024, 4);
     s.telegram.push_voice(CHAT, 7, &long, 600);
     let want = "echo: [Pat]: [voice message, 10 min not passed on: 800 KB, at most 700 KB are]";
     s.telegram
         .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
-    assert_eq!(speech.requests().len(), 2);
+    assert_eq!(speech.requests().len(), 3);
 }
 
 #[test]
@@ -1635,14 +1644,17 @@ fn forwards_and_locations_reach_the_model_and_a_forward_never_runs() {
         json!({"chat": chat, "from": ann, "location": {"latitude": 48.858_37, "longitude": 2.294_48}}),
     );
     assert_eq!(asked(2), "[Ann]: [location: 48.85837, 2.29448]");
+    s.telegram.push_message(json!({"chat": chat, "from": ann, "sticker": {"file_id": "CAAC", "file_unique_id": "u",
+        "type": "regular", "width": 512, "height": 512, "is_animated": false, "is_video": false, "emoji": "👍"}}));
+    assert_eq!(asked(3), "[Ann]: [sticker 👍]");
 
     s.telegram.push_text(CHAT, 7, "Ann", "/exec");
-    s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 4);
     for text in ["touch forwarded-ran", "/exit"] {
         s.telegram
             .push_message(json!({"chat": chat, "from": ann, "forward_origin": bob, "text": text}));
     }
-    assert_eq!(asked(4), "[Ann]: [forwarded from Bob Smith]\n/exit");
+    assert_eq!(asked(5), "[Ann]: [forwarded from Bob Smith]\n/exit");
     s.telegram.push_text(CHAT, 7, "Ann", "ls");
     let msgs = s
         .telegram

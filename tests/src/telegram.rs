@@ -392,6 +392,17 @@ impl FakeTelegram {
         }))
     }
 
+    /// A user sends a video (MP4) of `duration` seconds.
+    pub fn push_video(&self, chat: i64, user_id: i64, bytes: &[u8], duration: u64) -> i64 {
+        let id = self.add_file("videos", "mp4", bytes);
+        self.push_message(json!({
+            "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
+            "from": {"id": user_id, "is_bot": false, "first_name": "Pat"},
+            "video": {"file_id": id, "file_unique_id": format!("u{id}"), "width": 640, "height": 360,
+                "duration": duration, "mime_type": "video/mp4", "file_size": bytes.len()},
+        }))
+    }
+
     fn add_file(&self, folder: &str, ext: &str, bytes: &[u8]) -> String {
         let mut s = self.state.0.lock().unwrap();
         let n = s.files.len();
