@@ -45,9 +45,12 @@ pub fn wordless(m: &Message) -> Option<String> {
     m.animation.as_ref().map(|_| "[animation]".to_string())
 }
 
-/// `[location: 48.85837, 2.29448]`, or with a place's name and address.
+/// `[location: 48.858370, 2.294481]` (as Telegram gives them), or with a place's name and
+/// address.
 pub fn shared_place(m: &Message) -> Option<String> {
-    let at = |l: &Location| format!("{:.5}, {:.5}", l.latitude, l.longitude);
+    // As given (Telegram sends six decimals at most): rounding would need float code the
+    // gateway has no other use for.
+    let at = |l: &Location| format!("{}, {}", l.latitude, l.longitude);
     if let Some(v) = &m.venue {
         let name = [clean(&v.title), clean(&v.address)]
             .into_iter()
@@ -130,15 +133,15 @@ mod tests {
 
     #[test]
     fn locations_and_places_are_written_out() {
-        let l = message(serde_json::json!({"location": {"latitude": 48.858_370_1, "longitude": 2.294_481}}));
-        assert_eq!(shared_place(&l), Some("[location: 48.85837, 2.29448]".into()));
+        let l = message(serde_json::json!({"location": {"latitude": 48.858_37, "longitude": 2.294_481}}));
+        assert_eq!(shared_place(&l), Some("[location: 48.85837, 2.294481]".into()));
         let v = message(
             serde_json::json!({"venue": {"location": {"latitude": 48.8584, "longitude": 2.2945},
             "title": "Eiffel Tower", "address": "Champ de Mars, Paris"}}),
         );
         assert_eq!(
             shared_place(&v),
-            Some("[location: Eiffel Tower, Champ de Mars, Paris (48.85840, 2.29450)]".into())
+            Some("[location: Eiffel Tower, Champ de Mars, Paris (48.8584, 2.2945)]".into())
         );
         assert_eq!(shared_place(&message(serde_json::json!({}))), None);
     }

@@ -100,7 +100,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         actions: actions_tx,
         state_path: dir.join("poll.json"),
         username: None,
-        exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec.json")),
+        exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
     };
     thread::Builder::new()
         .name("poller".into())

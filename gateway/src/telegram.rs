@@ -64,9 +64,9 @@ pub struct Message {
     /// A sticker.
     #[serde(default)]
     pub sticker: Option<Sticker>,
-    /// A GIF or a silent video clip (only its presence matters).
+    /// A GIF or a silent video clip (only its presence matters, so nothing of it is kept).
     #[serde(default)]
-    pub animation: Option<serde_json::Value>,
+    pub animation: Option<serde::de::IgnoredAny>,
     /// Where a forwarded message came from.
     #[serde(default)]
     pub forward_origin: Option<Origin>,

@@ -1641,9 +1641,9 @@ fn forwards_and_locations_reach_the_model_and_a_forward_never_runs() {
         "[Ann]: [forwarded from Bob Smith]\nMeeting moved to 3pm"
     );
     s.telegram.push_message(
-        json!({"chat": chat, "from": ann, "location": {"latitude": 48.858_37, "longitude": 2.294_48}}),
+        json!({"chat": chat, "from": ann, "location": {"latitude": 48.858_37, "longitude": 2.294_481}}),
     );
-    assert_eq!(asked(2), "[Ann]: [location: 48.85837, 2.29448]");
+    assert_eq!(asked(2), "[Ann]: [location: 48.85837, 2.294481]");
     s.telegram.push_message(json!({"chat": chat, "from": ann, "sticker": {"file_id": "CAAC", "file_unique_id": "u",
         "type": "regular", "width": 512, "height": 512, "is_animated": false, "is_video": false, "emoji": "👍"}}));
     assert_eq!(asked(3), "[Ann]: [sticker 👍]");
@@ -1677,7 +1677,7 @@ fn a_command_running_when_the_gateway_dies_is_reported_lost_after_the_restart() 
     s.telegram.push_text(CHAT, 7, "Ann", "/exec");
     s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
     s.telegram.push_text(CHAT, 7, "Ann", "sleep 20; echo late");
-    let record = s.home.join("gateway/123456/exec.json");
+    let record = s.home.join("gateway/123456/exec-running");
     let deadline = std::time::Instant::now() + T;
     while !std::fs::read_to_string(&record).is_ok_and(|r| r.contains("sleep 20")) {
         assert!(std::time::Instant::now() < deadline, "the command never started");
