@@ -51,16 +51,16 @@ pub struct Message {
     pub document: Option<Document>,
     /// A voice message (Opus in Ogg).
     #[serde(default)]
-    pub voice: Option<Recording>,
+    pub voice: Option<Document>,
     /// An audio file sent as music (MP3, M4A, ...).
     #[serde(default)]
-    pub audio: Option<Recording>,
+    pub audio: Option<Document>,
     /// A video message (the round ones; MP4).
     #[serde(default)]
-    pub video_note: Option<Recording>,
+    pub video_note: Option<Document>,
     /// A video (its sound is what reaches the agent).
     #[serde(default)]
-    pub video: Option<Recording>,
+    pub video: Option<Document>,
     /// A sticker.
     #[serde(default)]
     pub sticker: Option<Sticker>,
@@ -143,7 +143,8 @@ pub struct PhotoSize {
     pub file_size: Option<u64>,
 }
 
-/// A document.
+/// A file sent with a message: the fields that matter here of Telegram's `Document`,
+/// `Voice`, `Audio`, `Video` and `VideoNote`, which share them.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Document {
     /// For `getFile`.
@@ -151,12 +152,15 @@ pub struct Document {
     /// The file's name, when the sender's app gave one.
     #[serde(default)]
     pub file_name: Option<String>,
-    /// MIME type, when Telegram says.
+    /// MIME type, when Telegram says (never for a video message).
     #[serde(default)]
     pub mime_type: Option<String>,
     /// Bytes, when Telegram says.
     #[serde(default)]
     pub file_size: Option<u64>,
+    /// A recording's length in seconds, as the sender's app says (0 for a document).
+    #[serde(default)]
+    pub duration: u64,
 }
 
 /// Where a forwarded message came from (Telegram's `MessageOrigin`: `user`,
@@ -208,26 +212,6 @@ pub struct Venue {
     /// Its address.
     #[serde(default)]
     pub address: String,
-}
-
-/// A voice message, an audio file or a video message: the fields of Telegram's `Voice`,
-/// `Audio` and `VideoNote` that matter here.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Recording {
-    /// For `getFile`.
-    pub file_id: String,
-    /// Length in seconds, as the sender's app says.
-    #[serde(default)]
-    pub duration: u64,
-    /// MIME type, when Telegram says (never for a video message).
-    #[serde(default)]
-    pub mime_type: Option<String>,
-    /// Bytes, when Telegram says.
-    #[serde(default)]
-    pub file_size: Option<u64>,
-    /// An audio file's name.
-    #[serde(default)]
-    pub file_name: Option<String>,
 }
 
 /// A chat.

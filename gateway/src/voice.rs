@@ -5,7 +5,7 @@
 //! agent that cannot transcribe (upstream's) still knows one was sent, and the model can
 //! say so.
 
-use crate::telegram::{Message, Recording};
+use crate::telegram::{Document, Message};
 
 /// Largest recording passed on: its base64 must fit the tether's 1 MiB line with the rest
 /// of the message. A voice message of Telegram's Opus (≈ 16–32 kbit/s) that size lasts
@@ -69,7 +69,7 @@ pub fn recorded(m: &Message) -> Option<Recorded> {
 }
 
 /// `[voice message, 12 s]`, `[audio file song.mp3, 3 min 5 s]`.
-fn label(kind: &str, r: &Recording) -> String {
+fn label(kind: &str, r: &Document) -> String {
     let name: String = r
         .file_name
         .as_deref()
