@@ -121,6 +121,18 @@ fn send_text(shared: &Shared, kind: &str, session: &Session, msg_id: &Option<Str
     let _ = shared.egress.send(f);
 }
 
+/// A cancelled reply's end: the `error` (`why`), then the `assistant.done` with the text
+/// the user saw and the notice.
+fn send_cancelled(shared: &Shared, out: &Session, msg_id: &Option<String>, why: &str, shown: &str) {
+    send_error(shared, out, msg_id, "cancelled", why);
+    let done = if shown.is_empty() {
+        CANCELLED.to_string()
+    } else {
+        format!("{shown}\n\n{CANCELLED}")
+    };
+    send_text(shared, kind::ASSISTANT_DONE, out, msg_id, &done);
+}
+
 /// The end of a reasoning model's thoughts (no payload, as upstream's agent sends it).
 fn send_reasoning_done(shared: &Shared, session: &Session, msg_id: &Option<String>) {
     let _ = shared
@@ -228,8 +240,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     };
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
-            send_error(shared, out, &msg_id, "cancelled", "cancelled before it started");
-            send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, CANCELLED);
+            send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
             return;
         }
     }
@@ -273,8 +284,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
                     session.channel,
                     session.id
                 );
-                send_error(shared, out, &msg_id, "cancelled", "the reply was cancelled");
-                send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, CANCELLED);
+                send_cancelled(shared, out, &msg_id, "the reply was cancelled", "");
                 return;
             };
             let text = user_content(&said, msg.user.as_ref());
@@ -318,13 +328,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         }
         Ending::Cancelled(text) => {
             log::info!("reply for {}/{} cancelled", session.channel, session.id);
-            send_error(shared, out, &msg_id, "cancelled", "the reply was cancelled");
-            let done = if text.is_empty() {
-                CANCELLED.to_string()
-            } else {
-                format!("{text}\n\n{CANCELLED}")
-            };
-            send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
+            send_cancelled(shared, out, &msg_id, "the reply was cancelled", &text);
         }
         Ending::Restart(text) => {
             let note = crate::restart::RESTARTING.to_string();
