@@ -49,12 +49,8 @@ impl InlineThink {
     /// The next piece of content.
     pub fn feed(&mut self, piece: &str) -> Split {
         let mut out = Split::default();
-        if self.state == State::Answer {
-            // Nearly every chunk of a reply: no copy beyond the one given out.
-            out.text.push_str(piece);
-            return out;
-        }
-        let mut rest = piece.to_string();
+        // Copied only where a tag is split off: nearly every chunk of a reply passes as it is.
+        let mut rest = std::borrow::Cow::Borrowed(piece);
         loop {
             match std::mem::replace(&mut self.state, State::Answer) {
                 State::Undecided(mut held) => {
@@ -66,7 +62,7 @@ impl InlineThink {
                     }
                     match start.strip_prefix(OPEN) {
                         Some(after) => {
-                            rest = after.to_string();
+                            rest = after.to_string().into();
                             self.state = State::Thinking(String::new());
                         }
                         None => {
@@ -79,7 +75,7 @@ impl InlineThink {
                     held.push_str(&rest);
                     if let Some(end) = held.find(CLOSE) {
                         out.reasoning.push_str(&held[..end]);
-                        rest = held[end + CLOSE.len()..].to_string();
+                        rest = held[end + CLOSE.len()..].to_string().into();
                         self.state = State::AfterThinking;
                         continue;
                     }
