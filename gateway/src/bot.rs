@@ -101,6 +101,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         state_path: dir.join("poll.json"),
         username: None,
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
+        workspace: Default::default(),
     };
     thread::Builder::new()
         .name("poller".into())

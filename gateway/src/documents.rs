@@ -1,7 +1,8 @@
 //! Files sent to the bot that are not images. A small text file (a log, a CSV, a script)
 //! reaches the agent inside the message, fenced, so the model reads it whatever tools it
-//! has; anything else is named in the message as left out, so the model can say so
-//! rather than answer as if it had seen it.
+//! has; any other file is saved into the workspace ([`crate::inbox`]) for its tools, and
+//! the message says where. One that cannot be had is named in the message as left out,
+//! so the model can say so rather than answer as if it had seen it.
 
 use crate::telegram::{Document, Message};
 
@@ -20,8 +21,38 @@ const TEXT_EXTENSIONS: &[&str] = &[
 pub enum Attached {
     /// Text to read: (file id, name).
     Text(String, String),
+    /// To save into the workspace.
+    Save(ToSave),
     /// Not passed on; the note for the model says why.
     LeftOut(String),
+}
+
+/// A file to save into the workspace.
+#[derive(Debug, PartialEq)]
+pub struct ToSave {
+    /// For `getFile`.
+    pub file_id: String,
+    /// Its name in the inbox ([`crate::inbox::safe_name`]).
+    pub name: String,
+    /// How the message describes it: `application/pdf, 1,204 KB`.
+    pub about: String,
+    /// Bytes, when Telegram says.
+    pub size: Option<u64>,
+}
+
+impl ToSave {
+    /// The note for the model once saved as `saved`.
+    pub fn saved(&self, saved: &crate::inbox::Saved) -> String {
+        format!(
+            "[file {} ({}) saved in the workspace as {}]",
+            self.name, self.about, saved.path
+        )
+    }
+
+    /// The note for the model when it was not saved, and why.
+    pub fn not_saved(&self, why: &str) -> String {
+        format!("[file {} ({}) not passed on: {why}]", self.name, self.about)
+    }
 }
 
 /// The document of `m` that is not an image (images go the photo way), if any.
@@ -32,22 +63,26 @@ pub fn attached(m: &Message) -> Option<Attached> {
         return None;
     }
     let name = display_name(d);
-    let size = d
-        .file_size
-        .map_or(String::new(), |s| format!(", {} KB", s.div_ceil(1024)));
-    if !is_text(d) {
-        let kind = if mime.is_empty() { "unknown type" } else { mime };
+    let kind = if mime.is_empty() { "unknown type" } else { mime };
+    let about = match d.file_size {
+        Some(s) => format!("{kind}, {} KB", s.div_ceil(1024)),
+        None => kind.to_string(),
+    };
+    if is_text(d) && d.file_size.is_none_or(|s| s <= MAX_TEXT_FILE) {
+        return Some(Attached::Text(d.file_id.clone(), name));
+    }
+    if d.file_size.is_some_and(|s| s > crate::inbox::MAX_FILE) {
         return Some(Attached::LeftOut(format!(
-            "[file {name} ({kind}{size}) not passed on: only text files and images are]"
+            "[file {name} ({about}) not passed on: bots can fetch files of at most {} MB]",
+            crate::inbox::MAX_FILE / (1024 * 1024)
         )));
     }
-    if d.file_size.is_some_and(|s| s > MAX_TEXT_FILE) {
-        return Some(Attached::LeftOut(format!(
-            "[file {name} ({mime}{size}) not passed on: text files of at most {} KB are]",
-            MAX_TEXT_FILE / 1024
-        )));
-    }
-    Some(Attached::Text(d.file_id.clone(), name))
+    Some(Attached::Save(ToSave {
+        file_id: d.file_id.clone(),
+        name: crate::inbox::safe_name(Some(&name)),
+        about,
+        size: d.file_size,
+    }))
 }
 
 /// Whether `d` is text, by its type or, for a generic type, by its name.
@@ -109,8 +144,15 @@ mod tests {
         .unwrap()
     }
 
+    fn saved_as(a: Option<Attached>) -> Option<String> {
+        match a? {
+            Attached::Save(s) => Some(format!("{} ({})", s.name, s.about)),
+            _ => None,
+        }
+    }
+
     #[test]
-    fn text_files_are_read_and_the_rest_is_named_as_left_out() {
+    fn text_files_are_read_and_the_rest_is_saved_unless_too_large() {
         let text = |n, m| attached(&doc(n, m, Some(100)));
         assert_eq!(
             text(Some("app.log"), Some("text/plain")),
@@ -124,20 +166,20 @@ mod tests {
             text(Some("main.rs"), Some("application/octet-stream")),
             Some(Attached::Text(..))
         ));
+        // Any other file is saved into the workspace.
         assert_eq!(
-            text(Some("report.pdf"), Some("application/pdf")),
-            Some(Attached::LeftOut(
-                "[file report.pdf (application/pdf, 1 KB) not passed on: only text files and images are]"
-                    .into()
-            ))
+            saved_as(text(Some("report.pdf"), Some("application/pdf"))).as_deref(),
+            Some("report.pdf (application/pdf, 1 KB)")
         );
-        // A binary type keeps a text-like name from passing.
-        assert!(matches!(
-            text(Some("x.txt"), Some("application/zip")),
-            Some(Attached::LeftOut(_))
-        ));
+        // A binary type keeps a text-like name from passing as text.
+        assert!(saved_as(text(Some("x.txt"), Some("application/zip"))).is_some());
         let big = attached(&doc(Some("big.csv"), Some("text/csv"), Some(MAX_TEXT_FILE + 1)));
-        assert!(matches!(big, Some(Attached::LeftOut(n)) if n.contains("at most 32 KB")));
+        assert_eq!(saved_as(big).as_deref(), Some("big.csv (text/csv, 33 KB)"));
+        let huge = attached(&doc(Some("a.iso"), None, Some(crate::inbox::MAX_FILE + 1)));
+        assert!(
+            matches!(&huge, Some(Attached::LeftOut(n)) if n == "[file a.iso (unknown type, 20481 KB) not passed on: bots can fetch files of at most 20 MB]"),
+            "{huge:?}"
+        );
         // Images go the photo way.
         assert_eq!(attached(&doc(Some("a.png"), Some("image/png"), Some(100))), None);
         // A name cannot break the message's lines or fences.

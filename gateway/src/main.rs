@@ -9,6 +9,7 @@ mod documents;
 mod exec;
 mod exec_record;
 mod images;
+mod inbox;
 mod lifecycle;
 mod markdown;
 mod poller;

@@ -73,6 +73,9 @@ pub struct Poller {
     pub username: Option<String>,
     /// Who runs shell commands instead of talking to the agent (`/exec`).
     pub exec: crate::exec::ExecMode,
+    /// The instance's workspace on this host, once aegisd has told it (files sent to the
+    /// bot are saved there).
+    pub workspace: std::cell::OnceCell<PathBuf>,
 }
 
 impl Poller {
@@ -360,6 +363,7 @@ impl Poller {
                 let bytes = self.download(at, &file_id, crate::documents::MAX_TEXT_FILE, "file")?;
                 Some(crate::documents::fenced(&name, &bytes).unwrap_or_else(|note| note))
             }
+            Some(crate::documents::Attached::Save(file)) => Some(self.save_file(at, &file)),
         };
         let text = match file_text {
             Some(f) if text == FILE_TEXT => f,
@@ -448,6 +452,51 @@ impl Poller {
         let _ = self.events.send(Event::UserMessage(chat, m.topic()));
         self.deliver(at, &frame);
         None
+    }
+
+    /// Save `file` into the instance's workspace: the note for the model, saying where or
+    /// why not (a file Telegram would not give, or a disk too full, is the model's to
+    /// explain, with the caption it came with).
+    fn save_file(&self, at: (i64, Option<i64>), file: &crate::documents::ToSave) -> String {
+        let Some(ws) = self.workspace() else {
+            return file.not_saved("the gateway does not know the instance's workspace");
+        };
+        let saved = crate::inbox::save(&ws, &file.name, file.size, |out| {
+            self.tg
+                .download_to(&file.file_id, crate::inbox::MAX_FILE, out)
+                .map(drop)
+                .map_err(|e| format!("Telegram would not give it ({e})"))
+        });
+        match saved {
+            Ok(saved) => {
+                log::info!(
+                    "chat {}: file saved as {} ({} bytes)",
+                    at.0,
+                    saved.path,
+                    saved.size
+                );
+                file.saved(&saved)
+            }
+            Err(e) => {
+                log::warn!("chat {}: file {} not saved: {e}", at.0, file.name);
+                file.not_saved(&e.to_string())
+            }
+        }
+    }
+
+    /// The instance's workspace on this host, asked of aegisd until it answers.
+    fn workspace(&self) -> Option<PathBuf> {
+        if let Some(ws) = self.workspace.get() {
+            return Some(ws.clone());
+        }
+        match self.aegis.instance_workspace(&self.bot.instance) {
+            Ok(Some(ws)) => Some(self.workspace.get_or_init(|| ws).clone()),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("cannot look up the workspace of {}: {e}", self.bot.instance);
+                None
+            }
+        }
     }
 
     /// File `file_id` (an image or a file: `what`), at most `cap` bytes; `None` when it

@@ -487,6 +487,14 @@ impl Telegram {
 
     /// `getFile` then the download of the file: its bytes (at most `cap`).
     pub fn download(&self, file_id: &str, cap: u64) -> Result<Vec<u8>, TgError> {
+        let mut bytes = Vec::new();
+        self.download_to(file_id, cap, &mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// `getFile` then the download of the file into `out`, at most `cap` bytes; a larger
+    /// file is an error (413) once `cap` bytes have been written.
+    pub fn download_to(&self, file_id: &str, cap: u64, out: &mut dyn std::io::Write) -> Result<u64, TgError> {
         let file = self.call("getFile", &json!({"file_id": file_id}))?;
         let path = file["file_path"]
             .as_str()
@@ -505,19 +513,16 @@ impl Telegram {
                 "file download refused".into(),
             ));
         }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(resp.into_body().into_reader(), cap + 1),
-            &mut bytes,
-        )
-        .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
-        if bytes.len() as u64 > cap {
+        let mut body = std::io::Read::take(resp.into_body().into_reader(), cap + 1);
+        let n = std::io::copy(&mut body, out)
+            .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
+        if n > cap {
             return Err(TgError::Rejected(
                 413,
                 format!("the file is larger than {cap} bytes"),
             ));
         }
-        Ok(bytes)
+        Ok(n)
     }
 
     /// `sendPhoto` with the image uploaded from memory.

@@ -1191,7 +1191,7 @@ fn a_voice_message_is_written_down_for_the_model() {
 }
 
 #[test]
-fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_a_note() {
+fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_workspace() {
     let s = stack("gw-photo-limits", FakeLlm::echo_openai());
     s.telegram.push_photo(CHAT, 7, &[jpeg(800 * 1024, 1)], None);
     let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
@@ -1210,21 +1210,23 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_a_note() 
         .unwrap()
         .starts_with("data:image/png;base64,"));
 
-    // A document that is neither an image nor text is named as left out, so the model
-    // knows it did not see it.
+    // A document that is neither an image nor small text is saved into the workspace,
+    // for the agent's tools, and the message says where.
     let asked = |n: usize| aegis_e2e::llm::last_content(&s.llm.wait_request(n, T));
+    let inbox = s.instance_dir().join("workspace/inbox");
     s.telegram.push_file(
         CHAT,
         7,
-        "report.pdf",
+        "../../report.pdf",
         "application/pdf",
-        b"%PDF",
+        b"%PDF-1.7 body",
         Some("read this"),
     );
     assert_eq!(
         asked(2),
-        "[Pat]: read this\n\n[file report.pdf (application/pdf, 1 KB) not passed on: only text files and images are]"
+        "[Pat]: read this\n\n[file report.pdf (application/pdf, 1 KB) saved in the workspace as inbox/report.pdf]"
     );
+    assert_eq!(std::fs::read(inbox.join("report.pdf")).unwrap(), b"%PDF-1.7 body");
     // A small text file is read, fenced; without a caption it is the message.
     s.telegram.push_file(
         CHAT,
@@ -1251,8 +1253,34 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_a_note() 
     );
     assert_eq!(
         asked(5),
-        "[Pat]: sum it\n\n[file big.csv (text/csv, 40 KB) not passed on: text files of at most 32 KB are]"
+        "[Pat]: sum it\n\n[file big.csv (text/csv, 40 KB) saved in the workspace as inbox/big.csv]"
     );
+    assert_eq!(std::fs::read(inbox.join("big.csv")).unwrap().len(), 40 * 1024);
+    // Telegram gives bots files of at most 20 MB; a larger one is named as left out.
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "disk.img",
+        "application/octet-stream",
+        &vec![0; (20 << 20) + 1],
+        None,
+    );
+    assert_eq!(
+        asked(6),
+        "[Pat]: [file disk.img (application/octet-stream, 20481 KB) not passed on: bots can fetch files of at most 20 MB]"
+    );
+    // A guest that turned the inbox into a link to a host folder gets nothing written
+    // there, and the model is told.
+    let host = temp_dir("gw-inbox-host");
+    std::fs::remove_dir_all(&inbox).unwrap();
+    std::os::unix::fs::symlink(host.path(), &inbox).unwrap();
+    s.telegram
+        .push_file(CHAT, 7, "notes.zip", "application/zip", b"PK\x03\x04", None);
+    assert_eq!(
+        asked(7),
+        "[Pat]: [file notes.zip (application/zip, 1 KB) not passed on: the workspace's inbox is not a folder]"
+    );
+    assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
 }
 
 #[test]

@@ -1,0 +1,485 @@
+//! Files sent to the bot, saved into the instance's workspace (`<workspace>/inbox/`) so
+//! the agent's tools can work on them: a PDF, an archive, a spreadsheet, a large log.
+//!
+//! The workspace is the guest's: it may have made `inbox` a link to any host folder, or
+//! planted a link under the name a file is about to take. Every step therefore goes
+//! through a descriptor of the workspace, then of `inbox` opened without following a
+//! link (`openat` with `O_NOFOLLOW`): a file lands in that very folder or nowhere, and no
+//! host file is ever opened for writing. A file is written under a temporary name and
+//! renamed when complete, so the agent never sees half of one. The same file sent again
+//! (or a message read again after a crash) finds its copy and is not saved twice.
+
+use std::ffi::CString;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The folder of the workspace that files are saved in.
+pub const FOLDER: &str = "inbox";
+
+/// Largest file saved: the Bot API lets bots fetch files of at most 20 MB.
+pub const MAX_FILE: u64 = 20 * 1024 * 1024;
+
+/// Free space a saved file must leave on the workspace's file system: a chat can fill a
+/// small host's disk otherwise.
+pub const MIN_FREE: u64 = 64 * 1024 * 1024;
+
+/// Names tried for one file (`report.pdf`, `report (2).pdf`, ...) before giving up.
+const MAX_NAMES: u32 = 100;
+
+/// Why a file was not saved.
+#[derive(Debug)]
+pub enum InboxError {
+    /// `inbox` is not a folder of the workspace (a link, a file).
+    NotAFolder,
+    /// The file would leave less than [`MIN_FREE`] on the disk.
+    DiskFull { free: u64 },
+    /// Every candidate name is taken by other content.
+    NoName,
+    /// Fetching the file's bytes failed (the source's error).
+    Source(String),
+    /// The file system refused (what was being done).
+    Io(&'static str, io::Error),
+}
+
+impl fmt::Display for InboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InboxError::NotAFolder => write!(f, "the workspace's {FOLDER} is not a folder"),
+            InboxError::DiskFull { free } => write!(
+                f,
+                "the workspace's disk has {} MB free, and {} MB must stay free",
+                free / (1024 * 1024),
+                MIN_FREE / (1024 * 1024)
+            ),
+            InboxError::NoName => write!(f, "{MAX_NAMES} files of that name are in {FOLDER} already"),
+            InboxError::Source(e) => write!(f, "{e}"),
+            InboxError::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+/// A file saved: its path relative to the workspace, and its size.
+#[derive(Debug, PartialEq)]
+pub struct Saved {
+    /// `inbox/report.pdf`.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// Save a file called `name` (already safe: see [`safe_name`]) into `workspace`'s inbox.
+/// `fill` writes its bytes (at most [`MAX_FILE`]); `size_hint`, when known, is checked
+/// against the free space first.
+pub fn save(
+    workspace: &Path,
+    name: &str,
+    size_hint: Option<u64>,
+    fill: impl FnOnce(&mut dyn Write) -> Result<(), String>,
+) -> Result<Saved, InboxError> {
+    let ws = open_at(None, workspace.as_os_str().as_bytes(), libc::O_DIRECTORY)
+        .map_err(|e| InboxError::Io("cannot open the workspace", e))?;
+    match mkdir_at(&ws, FOLDER) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(InboxError::Io("cannot make the inbox folder", e)),
+    }
+    let dir = open_at(
+        Some(&ws),
+        FOLDER.as_bytes(),
+        libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => InboxError::NotAFolder,
+        _ => InboxError::Io("cannot open the inbox folder", e),
+    })?;
+    let free = free_bytes(&dir).map_err(|e| InboxError::Io("cannot read the free space", e))?;
+    if free < MIN_FREE + size_hint.unwrap_or(0) {
+        return Err(InboxError::DiskFull { free });
+    }
+
+    let tmp = temp_name();
+    let file = open_at(
+        Some(&dir),
+        tmp.as_bytes(),
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+    )
+    .map_err(|e| InboxError::Io("cannot create the file", e))?;
+    let _cleanup = Unlink {
+        dir: &dir,
+        name: &tmp,
+    };
+    let mut out = Capped {
+        file: File::from(file),
+        left: MAX_FILE,
+    };
+    fill(&mut out).map_err(InboxError::Source)?;
+    out.file
+        .sync_all()
+        .map_err(|e| InboxError::Io("cannot write the file", e))?;
+    let size = MAX_FILE - out.left;
+
+    for n in 1..=MAX_NAMES {
+        let candidate = numbered(name, n);
+        match same_content(&dir, &candidate, &out.file, size) {
+            // The same file saved before (sent twice, or a message read again).
+            Ok(true) => return Ok(saved(&candidate, size)),
+            Ok(false) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A link, a folder, something unreadable: not ours to replace.
+            Err(_) => continue,
+        }
+        rename_at(&dir, &tmp, &candidate).map_err(|e| InboxError::Io("cannot name the file", e))?;
+        return Ok(saved(&candidate, size));
+    }
+    Err(InboxError::NoName)
+}
+
+fn saved(name: &str, size: u64) -> Saved {
+    Saved {
+        path: format!("{FOLDER}/{name}"),
+        size,
+    }
+}
+
+/// A name for a file sent as `given`: its last path part, without control characters,
+/// backticks, brackets or a leading dot, at most 100 characters (the extension kept);
+/// `file` when nothing is left.
+pub fn safe_name(given: Option<&str>) -> String {
+    let last = given.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = last
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '`' | '[' | ']'))
+        .collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    if cleaned.is_empty() {
+        return "file".into();
+    }
+    if cleaned.chars().count() <= 100 {
+        return cleaned.to_string();
+    }
+    let (stem, ext) = split_ext(cleaned);
+    let ext: String = ext.chars().take(16).collect();
+    let keep = 100 - ext.chars().count();
+    format!("{}{ext}", stem.chars().take(keep).collect::<String>())
+}
+
+/// `name` itself for `n` = 1, else `stem (n).ext`.
+fn numbered(name: &str, n: u32) -> String {
+    if n == 1 {
+        return name.to_string();
+    }
+    let (stem, ext) = split_ext(name);
+    format!("{stem} ({n}){ext}")
+}
+
+/// (`report`, `.pdf`); a name that is all extension keeps it as its stem.
+fn split_ext(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => name.split_at(i),
+        _ => (name, ""),
+    }
+}
+
+/// A temporary name no other save of this process or another uses.
+fn temp_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        ".upload-{}-{}.part",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether `name` in `dir` is a regular file (not a link) of `size` bytes holding what
+/// `ours` holds. `NotFound` when there is no such name.
+fn same_content(dir: &OwnedFd, name: &str, ours: &File, size: u64) -> io::Result<bool> {
+    // Non-blocking: a FIFO planted under the name must not hang the gateway.
+    let theirs = File::from(open_at(
+        Some(dir),
+        name.as_bytes(),
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    )?);
+    let meta = theirs.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if meta.len() != size {
+        return Ok(false);
+    }
+    let mut a = ours;
+    a.seek(SeekFrom::Start(0))?;
+    let mut b = theirs;
+    let (mut x, mut y) = ([0u8; 8192], [0u8; 8192]);
+    loop {
+        let n = read_full(&mut a, &mut x)?;
+        let m = read_full(&mut b, &mut y)?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The file being written, refusing bytes past [`MAX_FILE`].
+struct Capped {
+    file: File,
+    left: u64,
+}
+
+impl Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(io::Error::other(format!(
+                "the file is larger than {} MB",
+                MAX_FILE / (1024 * 1024)
+            )));
+        }
+        let n = self.file.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Removes the temporary file, whether the save ended well (it was renamed: nothing to
+/// remove) or not.
+struct Unlink<'a> {
+    dir: &'a OwnedFd,
+    name: &'a str,
+}
+
+impl Drop for Unlink<'_> {
+    fn drop(&mut self) {
+        if let Ok(c) = CString::new(self.name) {
+            // SAFETY: a valid descriptor and a NUL-terminated name; the result is only a
+            // status.
+            unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
+        }
+    }
+}
+
+fn cstr(path: &[u8]) -> io::Result<CString> {
+    CString::new(path).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
+}
+
+/// `openat(dir or the working folder, path, flags | O_CLOEXEC, 0644)`.
+fn open_at(dir: Option<&OwnedFd>, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
+    let c = cstr(path)?;
+    let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `at` is a descriptor we own (or AT_FDCWD) and `c` is NUL-terminated.
+    let fd = unsafe { libc::openat(at, c.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn mkdir_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    let c = cstr(name.as_bytes())?;
+    // SAFETY: a valid descriptor and a NUL-terminated name.
+    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `renameat` within `dir`: the names are looked up in that folder itself, whatever
+/// became of its path meanwhile.
+fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
+    let (a, b) = (cstr(from.as_bytes())?, cstr(to.as_bytes())?);
+    let fd = dir.as_raw_fd();
+    // SAFETY: valid descriptors and NUL-terminated names.
+    if unsafe { libc::renameat(fd, a.as_ptr(), fd, b.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes an unprivileged writer may still use on `dir`'s file system.
+fn free_bytes(dir: &OwnedFd) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` is written in full by a successful call, and read only then.
+    let st = unsafe {
+        if libc::fstatvfs(dir.as_raw_fd(), st.as_mut_ptr()) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        st.assume_init()
+    };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    /// A scratch folder removed on drop: `ws` (the workspace) and `host` (outside it).
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let d = std::env::temp_dir().join(format!("gw-unit-inbox-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&d);
+            fs::create_dir_all(d.join("ws")).unwrap();
+            fs::create_dir_all(d.join("host")).unwrap();
+            Scratch(d)
+        }
+        fn ws(&self) -> PathBuf {
+            self.0.join("ws")
+        }
+        fn host(&self) -> PathBuf {
+            self.0.join("host")
+        }
+        fn names(&self) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(self.ws().join(FOLDER))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn bytes(b: &'static [u8]) -> impl FnOnce(&mut dyn Write) -> Result<(), String> {
+        move |out| out.write_all(b).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn files_are_saved_whole_numbered_when_the_name_is_taken_and_never_twice() {
+        let s = Scratch::new("names");
+        let a = save(&s.ws(), "report.pdf", Some(3), bytes(b"one")).unwrap();
+        assert_eq!(
+            a,
+            Saved {
+                path: "inbox/report.pdf".into(),
+                size: 3
+            }
+        );
+        assert_eq!(fs::read(s.ws().join("inbox/report.pdf")).unwrap(), b"one");
+        // Other content under the same name gets the next free name.
+        let b = save(&s.ws(), "report.pdf", None, bytes(b"two")).unwrap();
+        assert_eq!(b.path, "inbox/report (2).pdf");
+        // The same content again (sent twice, or read again after a crash) is found.
+        let again = save(&s.ws(), "report.pdf", None, bytes(b"two")).unwrap();
+        assert_eq!(again.path, "inbox/report (2).pdf");
+        assert_eq!(s.names(), ["report (2).pdf", "report.pdf"], "no temporary left");
+        // A failing source leaves nothing behind.
+        let failed = save(&s.ws(), "x.zip", None, |out| {
+            out.write_all(b"half").unwrap();
+            Err("the connection dropped".into())
+        });
+        assert!(matches!(failed, Err(InboxError::Source(ref e)) if e == "the connection dropped"));
+        assert_eq!(s.names(), ["report (2).pdf", "report.pdf"]);
+    }
+
+    #[test]
+    fn an_inbox_linked_out_of_the_workspace_is_refused() {
+        let s = Scratch::new("link");
+        symlink(s.host(), s.ws().join(FOLDER)).unwrap();
+        let r = save(&s.ws(), "a.txt", None, bytes(b"planted"));
+        assert!(matches!(r, Err(InboxError::NotAFolder)), "{r:?}");
+        assert_eq!(
+            fs::read_dir(s.host()).unwrap().count(),
+            0,
+            "nothing written outside"
+        );
+    }
+
+    #[test]
+    fn a_link_or_a_fifo_under_the_name_is_never_followed_nor_waited_on() {
+        let s = Scratch::new("planted");
+        fs::create_dir(s.ws().join(FOLDER)).unwrap();
+        // Even a link to a host file that holds the very bytes sent is not taken as the
+        // file saved before (which would tell the chat what the host file holds).
+        let victim = s.host().join("authorized_keys");
+        fs::write(&victim, "ssh-ed25519 AAAA").unwrap();
+        symlink(&victim, s.ws().join("inbox/keys")).unwrap();
+        let r = save(&s.ws(), "keys", None, bytes(b"ssh-ed25519 AAAA")).unwrap();
+        assert_eq!(r.path, "inbox/keys (2)");
+        assert!(fs::symlink_metadata(s.ws().join("inbox/keys"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "ssh-ed25519 AAAA");
+        // A FIFO would block a plain open for reading until someone writes to it.
+        let fifo = CString::new(s.ws().join("inbox/notes.md").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let r = save(&s.ws(), "notes.md", None, bytes(b"notes")).unwrap();
+        assert_eq!(r.path, "inbox/notes (2).md");
+    }
+
+    #[test]
+    fn size_and_free_space_are_capped() {
+        let s = Scratch::new("caps");
+        let r = save(&s.ws(), "big.bin", Some(u64::MAX / 2), bytes(b"x"));
+        assert!(matches!(r, Err(InboxError::DiskFull { .. })), "{r:?}");
+        let r = save(&s.ws(), "big.bin", None, |out| {
+            let chunk = vec![0u8; 1024 * 1024];
+            for _ in 0..=MAX_FILE / chunk.len() as u64 {
+                out.write_all(&chunk).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        assert!(
+            matches!(r, Err(InboxError::Source(ref e)) if e.contains("larger than 20 MB")),
+            "{r:?}"
+        );
+        assert!(s.names().is_empty(), "{:?}", s.names());
+    }
+
+    #[test]
+    fn names_are_numbered_before_the_extension() {
+        assert_eq!(numbered("a.tar.gz", 3), "a.tar (3).gz");
+        assert_eq!(numbered("Makefile", 2), "Makefile (2)");
+        assert_eq!(safe_name(Some("../../.ssh/id_rsa")), "id_rsa");
+        assert_eq!(safe_name(Some("..")), "file");
+        assert_eq!(safe_name(None), "file");
+        assert_eq!(safe_name(Some(".bashrc")), "bashrc");
+        assert_eq!(
+            safe_name(Some("C:\\Users\\x\\[draft] plan.docx")),
+            "draft plan.docx"
+        );
+        let long = format!("{}.pdf", "é".repeat(300));
+        assert_eq!(safe_name(Some(&long)), format!("{}.pdf", "é".repeat(96)));
+    }
+
+    proptest::proptest! {
+        /// Whatever name a sender gives, the file lands directly in the inbox under a
+        /// visible, one-line name of at most 100 characters.
+        #[test]
+        fn any_given_name_stays_one_visible_entry_of_the_inbox(given in "\\PC{0,300}|[./\\\\a\\n]{0,20}") {
+            let n = safe_name(Some(&given));
+            proptest::prop_assert!(!n.is_empty() && n.chars().count() <= 100, "{n:?}");
+            proptest::prop_assert!(!n.contains(['/', '\\', '\n', '\0', '`']) && !n.starts_with('.'), "{n:?}");
+            proptest::prop_assert!(n != ".." && n.trim() == n, "{n:?}");
+        }
+    }
+}
