@@ -94,6 +94,54 @@ pub fn store(workspace: &Path, media_type: &str, bytes: &[u8]) -> io::Result<Str
     Ok(name)
 }
 
+/// Store a copy of the file at `src` (at most `cap` bytes), as it is now, whatever
+/// becomes of `src` later; its blob's name (`<sha256>.bin`) and size. A FIFO or a device
+/// is refused rather than waited on.
+pub fn store_file(workspace: &Path, src: &Path, cap: u64) -> io::Result<(String, u64)> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut from = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(src)?;
+    if !from.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let d = dir(workspace);
+    fs::create_dir_all(&d)?;
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = d.join(format!(".file-{}-{n}.tmp", std::process::id()));
+    let result = (|| {
+        let mut to = fs::File::create(&tmp)?;
+        let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut size = 0u64;
+        loop {
+            let got = from.read(&mut buf)?;
+            if got == 0 {
+                break;
+            }
+            size += got as u64;
+            if size > cap {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("larger than {cap} bytes"),
+                ));
+            }
+            hash.update(&buf[..got]);
+            to.write_all(&buf[..got])?;
+        }
+        let name = format!("{}.bin", hex(hash.finish().as_ref()));
+        fs::rename(&tmp, d.join(&name))?;
+        Ok((name, size))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// The blob `name` as base64, if it exists and is at most `cap` bytes.
 pub fn load_base64(workspace: &Path, name: &str, cap: usize) -> Option<String> {
     if !valid_name(name) {
@@ -110,15 +158,15 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// The SHA-256 of `bytes` in lowercase hex, by ring (which TLS links in anyway).
 fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest
-        .as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    bytes.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 #[cfg(test)]
@@ -150,6 +198,35 @@ mod tests {
         assert_eq!(load_base64(ws, &name, 1024), Some(encode(b"\\x89PNG fake")));
         assert_eq!(load_base64(ws, "../../etc/passwd", 1024), None);
         assert!(store_base64(ws, "image/png", "not base64!").is_err());
+    }
+
+    #[test]
+    fn a_file_is_stored_as_it_is_capped_and_a_fifo_is_not_waited_on() {
+        let tmp = crate::testutil::TempDir::new("blob-files");
+        let ws = tmp.path();
+        let src = ws.join("report.pdf");
+        fs::write(&src, b"abc").unwrap();
+        let (name, size) = store_file(ws, &src, 3).unwrap();
+        assert_eq!(name, format!("{}.bin", sha256_hex(b"abc")));
+        assert_eq!(size, 3);
+        fs::write(&src, b"later").unwrap();
+        assert_eq!(
+            fs::read(dir(ws).join(&name)).unwrap(),
+            b"abc",
+            "a copy, not a link"
+        );
+        let e = store_file(ws, &src, 4).unwrap_err();
+        assert!(e.to_string().contains("larger than 4 bytes"), "{e}");
+        let fifo = std::ffi::CString::new(ws.join("pipe").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let e = store_file(ws, &ws.join("pipe"), 10).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let left: Vec<_> = fs::read_dir(dir(ws))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from(&name)], "no temporary left");
     }
 
     #[test]

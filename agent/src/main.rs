@@ -82,6 +82,12 @@ fn default_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
          answer; answer directly when it does not. Files you create stay in the workspace.",
         workspace.display()
     );
+    if names.contains(&"send_file") {
+        prompt.push_str(
+            " Files the user sends you are saved under inbox/ in the workspace; send_file sends \
+             one of yours to them.",
+        );
+    }
     if names.contains(&"memory_store") {
         prompt.push_str(
             " You have a long-term memory: use memory_store when the user asks you to remember \

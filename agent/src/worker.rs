@@ -23,7 +23,7 @@ use crate::context::{context, Budget};
 use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
 use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
-use crate::tools::{CallContext, Outcome, Toolbox};
+use crate::tools::{Attachments, CallContext, Outcome, Toolbox};
 
 /// The reply text when no provider is configured.
 pub const NO_PROVIDER: &str = "⚠️ No LLM is configured for this agent. Set ANTHROPIC_API_KEY or \
@@ -140,20 +140,15 @@ fn send_reasoning_done(shared: &Shared, session: &Session, msg_id: &Option<Strin
         .send(reply_frame(kind::REASONING_DONE, session, msg_id));
 }
 
-/// The `assistant.done` of a reply, with the images tools attached to it.
-fn send_done(
-    shared: &Shared,
-    session: &Session,
-    msg_id: &Option<String>,
-    text: &str,
-    images: Vec<tether::frame::Image>,
-) {
-    if images.is_empty() {
+/// The `assistant.done` of a reply, with the images and files tools attached to it.
+fn send_done(shared: &Shared, session: &Session, msg_id: &Option<String>, text: &str, attached: Attachments) {
+    if attached.is_empty() {
         return send_text(shared, kind::ASSISTANT_DONE, session, msg_id, text);
     }
     let f = reply_frame(kind::ASSISTANT_DONE, session, msg_id).with_payload(&tether::frame::Done {
         text: text.to_string(),
-        images,
+        images: attached.images,
+        files: attached.files,
     });
     let _ = shared.egress.send(f);
 }
@@ -301,7 +296,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         return;
     };
 
-    let mut images = Vec::new();
+    let mut attached = Attachments::default();
     let system = format!("{}{}", shared.system_prompt, shared.memory.inject(&words));
     let r = ReplyCtx {
         shared,
@@ -310,11 +305,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         msg_id: &msg_id,
         system: &system,
     };
-    let ending = rounds(llm, r, history, &cancel_rx, &mut images);
+    let ending = rounds(llm, r, history, &cancel_rx, &mut attached);
     drop(inflight);
 
     match ending {
-        Ending::Complete(text) => send_done(shared, out, &msg_id, &text, images),
+        Ending::Complete(text) => send_done(shared, out, &msg_id, &text, attached),
         Ending::Failed(e, text) => {
             log::warn!("reply for {}/{} failed: {e}", session.channel, session.id);
             let notice = e.user_message();
@@ -338,7 +333,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             } else {
                 format!("{text}\n\n{note}")
             };
-            send_done(shared, out, &msg_id, &done, images);
+            send_done(shared, out, &msg_id, &done, attached);
             shared.restarter.request(out, &shared.egress);
         }
         Ending::RoundLimit(text) => {
@@ -473,7 +468,7 @@ fn rounds(
     r: ReplyCtx,
     history: &mut Vec<Turn>,
     cancel: &Receiver<()>,
-    images: &mut Vec<tether::frame::Image>,
+    attached: &mut Attachments,
 ) -> Ending {
     let ReplyCtx {
         shared,
@@ -579,11 +574,11 @@ fn rounds(
             let mut ctx = CallContext {
                 cancel,
                 origin: out,
-                attachments: Vec::new(),
+                attachments: Attachments::default(),
                 restart: false,
             };
             let outcome = shared.tools.run(call, &mut ctx);
-            images.append(&mut ctx.attachments);
+            attached.append(&mut ctx.attachments);
             restart |= ctx.restart;
             let result = match outcome {
                 Outcome::Done(r) => r,

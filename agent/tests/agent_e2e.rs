@@ -74,6 +74,7 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
         "{system}"
     );
     assert!(system.contains("run shell commands"), "{system}");
+    assert!(system.contains("saved under inbox/"), "{system}");
     assert_eq!(
         offered_tools(req),
         vec![
@@ -86,6 +87,7 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
             "grep",
             "web_fetch",
             "respond_with_image",
+            "send_file",
             "memory_store",
             "memory_search",
             "memory_delete",

@@ -609,7 +609,8 @@ fn tools_can_be_chosen_by_agent_json_and_aegis_tools() {
             "edit_file",
             "list_files",
             "glob",
-            "respond_with_image"
+            "respond_with_image",
+            "send_file"
         ]
     );
     assert_eq!(body["messages"][0]["content"], "Be brief.");

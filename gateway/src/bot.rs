@@ -11,6 +11,7 @@
 //! ```
 
 use std::path::Path;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use crate::poller::Poller;
 use crate::render::{Action, DraftsRefused, Renderer, ReplyKey, Snapshot};
 use crate::state;
 use crate::telegram::Telegram;
+use crate::workspace::InstanceWorkspace;
 
 /// What reaches the renderer.
 #[derive(Debug)]
@@ -47,11 +49,11 @@ pub enum Event {
         /// Chat.
         chat: i64,
     },
-    /// The sender is done with a photo of a reply (sent, or given up on).
-    PhotoSent {
+    /// The sender is done with a photo or file of a reply (sent, or given up on).
+    AttachmentSent {
         /// Reply.
         key: ReplyKey,
-        /// Image index.
+        /// Attachment index.
         index: usize,
     },
     /// The sender could not create it.
@@ -72,13 +74,15 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
     let (events_tx, events_rx) = unbounded();
     let (actions_tx, actions_rx) = unbounded();
 
+    let workspace = Arc::new(InstanceWorkspace::new(aegis.clone(), &bot.instance));
     let tg2 = tg.clone();
     let ev = events_tx.clone();
     let drafts_refused = DraftsRefused::default();
     let refused = drafts_refused.clone();
+    let ws = workspace.clone();
     thread::Builder::new()
         .name("tg-sender".into())
-        .spawn(move || crate::sender::run(tg2, actions_rx, ev, refused))?;
+        .spawn(move || crate::sender::run(tg2, actions_rx, ev, refused, &ws))?;
 
     let acts = actions_tx.clone();
     let mut renderer = Renderer::restore(snapshot);
@@ -87,10 +91,15 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         .name("renderer".into())
         .spawn(move || render_loop(renderer, &events_rx, &acts, &render_path))?;
 
-    let (a2, inst, ev) = (aegis.clone(), bot.instance.clone(), events_tx.clone());
+    let (a2, inst, ev, ws) = (
+        aegis.clone(),
+        bot.instance.clone(),
+        events_tx.clone(),
+        workspace.clone(),
+    );
     thread::Builder::new()
         .name("egress".into())
-        .spawn(move || stream_loop(&a2, &inst, cursor, &ev))?;
+        .spawn(move || stream_loop(&a2, &inst, cursor, &ev, ws))?;
 
     let poller = Poller {
         bot,
@@ -101,7 +110,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         state_path: dir.join("poll.json"),
         username: None,
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
-        workspace: Default::default(),
+        workspace,
     };
     thread::Builder::new()
         .name("poller".into())
@@ -127,7 +136,7 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
                     Ok(Event::Frame(f)) => r.frame(&f, now, &mut out),
                     Ok(Event::Sent { key, part, message_id }) => r.sent(&key, part, message_id, now, &mut out),
                     Ok(Event::SendFailed { key, part }) => r.send_failed(&key, part),
-                    Ok(Event::PhotoSent { key, index }) => r.photo_sent(&key, index, now, &mut out),
+                    Ok(Event::AttachmentSent { key, index }) => r.attachment_sent(&key, index, now, &mut out),
                     Ok(Event::DraftRefused { chat }) => r.draft_refused(chat, now, &mut out),
                     Err(_) => return,
                 }
@@ -150,8 +159,14 @@ fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Actio
     }
 }
 
-fn stream_loop(aegis: &AegisClient, instance: &str, mut cursor: Option<u64>, events: &Sender<Event>) {
-    let mut images = crate::images::BlobReader::new(aegis.clone(), instance);
+fn stream_loop(
+    aegis: &AegisClient,
+    instance: &str,
+    mut cursor: Option<u64>,
+    events: &Sender<Event>,
+    workspace: Arc<InstanceWorkspace>,
+) {
+    let mut images = crate::images::BlobReader::new(workspace);
     let mut backoff = Duration::from_millis(200);
     loop {
         match aegis.stream(instance, cursor) {

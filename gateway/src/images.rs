@@ -2,16 +2,16 @@
 //! and the bytes of an image an agent names only by its workspace blob (upstream's
 //! agent does that; ours also carries the bytes inline).
 
-use std::fs::File;
 use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use base64::Engine;
 use tether::frame::{kind, Done, Image};
-use tether::{AegisClient, Frame};
+use tether::Frame;
 
 use crate::telegram::Message;
+use crate::workspace::InstanceWorkspace;
 
 /// Largest image passed to the agent: its base64 must fit the 1 MiB tether line.
 pub const MAX_IMAGE_IN: u64 = 700 * 1024;
@@ -62,41 +62,10 @@ pub fn encode(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Whether `name` is a blob name as upstream writes them: `<sha256 hex>.<ext>`.
-pub fn valid_blob_name(name: &str) -> bool {
-    let Some((hash, ext)) = name.split_once('.') else {
-        return false;
-    };
-    hash.len() == 64
-        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && matches!(ext, "png" | "jpg" | "gif" | "webp")
-}
-
-/// Read blob `name` of `workspace`, refusing anything that is not a regular file inside
-/// `<workspace>/.aegis/blobs`: the guest owns that folder and could plant a symlink to a
-/// host file, which must never reach a chat.
+/// Read blob `name` of `workspace` ([`crate::workspace::open_blob`]: only a regular file
+/// of the blob store itself).
 pub fn read_blob(workspace: &Path, name: &str) -> Result<Vec<u8>, String> {
-    if !valid_blob_name(name) {
-        return Err(format!("{name:?} is not a blob name"));
-    }
-    let ws = workspace
-        .canonicalize()
-        .map_err(|e| format!("workspace {}: {e}", workspace.display()))?;
-    let expected = ws.join(".aegis/blobs").join(name);
-    let file = File::open(&expected).map_err(|e| format!("blob {name}: {e}"))?;
-    // The path the open actually reached, whatever links were on the way.
-    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| format!("blob {name}: {e}"))?;
-    if real != expected {
-        return Err(format!("blob {name} leads outside the workspace blob store"));
-    }
-    let meta = file.metadata().map_err(|e| format!("blob {name}: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("blob {name} is not a file"));
-    }
-    if meta.len() > MAX_IMAGE_OUT {
-        return Err(format!("blob {name} is too large ({} bytes)", meta.len()));
-    }
+    let file = crate::workspace::open_blob(workspace, name, MAX_IMAGE_OUT)?;
     let mut bytes = Vec::new();
     file.take(MAX_IMAGE_OUT + 1)
         .read_to_end(&mut bytes)
@@ -107,29 +76,13 @@ pub fn read_blob(workspace: &Path, name: &str) -> Result<Vec<u8>, String> {
 /// Fills in the bytes of images an `assistant.done` names only by blob, from the
 /// instance's workspace as aegisd reports it (`GET /v1/instances/{id}` → `workspace`).
 pub struct BlobReader {
-    aegis: AegisClient,
-    instance: String,
-    workspace: Option<PathBuf>,
+    workspace: Arc<InstanceWorkspace>,
 }
 
 impl BlobReader {
-    /// For `instance`.
-    pub fn new(aegis: AegisClient, instance: &str) -> BlobReader {
-        BlobReader {
-            aegis,
-            instance: instance.to_string(),
-            workspace: None,
-        }
-    }
-
-    fn workspace(&mut self) -> Option<PathBuf> {
-        if self.workspace.is_none() {
-            match self.aegis.instance_workspace(&self.instance) {
-                Ok(ws) => self.workspace = ws,
-                Err(e) => log::warn!("cannot look up the workspace of {}: {e}", self.instance),
-            }
-        }
-        self.workspace.clone()
+    /// For the instance whose workspace is `workspace`.
+    pub fn new(workspace: Arc<InstanceWorkspace>) -> BlobReader {
+        BlobReader { workspace }
     }
 
     /// Give every blob-only image of `f` (an `assistant.done`) its bytes; an image that
@@ -144,7 +97,7 @@ impl BlobReader {
         if done.images.iter().all(|i| i.data.is_some()) {
             return;
         }
-        let ws = self.workspace();
+        let ws = self.workspace.get();
         done.images.retain_mut(|img| {
             if img.data.is_some() {
                 return true;
@@ -173,21 +126,11 @@ impl BlobReader {
 mod tests {
     use super::*;
 
-    struct Dir(PathBuf);
+    struct Dir(std::path::PathBuf);
     impl Drop for Dir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
         }
-    }
-
-    #[test]
-    fn blob_names_are_hashes_with_an_image_extension() {
-        let h = "a".repeat(64);
-        assert!(valid_blob_name(&format!("{h}.png")));
-        assert!(!valid_blob_name(&format!("{h}.txt")));
-        assert!(!valid_blob_name("../../etc/passwd"));
-        assert!(!valid_blob_name(&format!("../{}.png", "a".repeat(61))));
-        assert!(!valid_blob_name(&format!("{}.png", "A".repeat(64))));
     }
 
     #[test]
@@ -228,11 +171,7 @@ mod tests {
         std::fs::create_dir_all(&blobs).unwrap();
         let name = format!("{}.png", "3".repeat(64));
         std::fs::write(blobs.join(&name), "png bytes").unwrap();
-        let mut reader = BlobReader {
-            aegis: AegisClient::new("/nonexistent.sock"),
-            instance: "i".into(),
-            workspace: Some(base.clone()),
-        };
+        let mut reader = BlobReader::new(Arc::new(InstanceWorkspace::at(&base)));
         let img = |blob: &str| Image {
             media_type: "image/png".into(),
             blob: Some(blob.into()),
@@ -241,6 +180,7 @@ mod tests {
         let done = Done {
             text: "two pictures".into(),
             images: vec![img(&name), img("../secret.png")],
+            files: vec![],
         };
         let mut f =
             Frame::new(kind::ASSISTANT_DONE, Some(tether::Session::new("telegram", "1"))).with_payload(&done);

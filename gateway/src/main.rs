@@ -18,6 +18,7 @@ mod sender;
 mod state;
 mod telegram;
 mod voice;
+mod workspace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -15,6 +15,7 @@
 //! backoff, logged once per outage rather than on every attempt.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use crate::config::BotConfig;
 use crate::render::Action;
 use crate::state::{self, PollState};
 use crate::telegram::{parse_updates, Message, Telegram, TgError, Update};
+use crate::workspace::InstanceWorkspace;
 
 /// Long-poll timeout asked of Telegram.
 const POLL_TIMEOUT_SECS: u64 = 30;
@@ -73,9 +75,8 @@ pub struct Poller {
     pub username: Option<String>,
     /// Who runs shell commands instead of talking to the agent (`/exec`).
     pub exec: crate::exec::ExecMode,
-    /// The instance's workspace on this host, once aegisd has told it (files sent to the
-    /// bot are saved there).
-    pub workspace: std::cell::OnceCell<PathBuf>,
+    /// The instance's workspace on this host (files sent to the bot are saved there).
+    pub workspace: Arc<InstanceWorkspace>,
 }
 
 impl Poller {
@@ -458,10 +459,10 @@ impl Poller {
     /// why not (a file Telegram would not give, or a disk too full, is the model's to
     /// explain, with the caption it came with).
     fn save_file(&self, at: (i64, Option<i64>), file: &crate::documents::ToSave) -> String {
-        let Some(ws) = self.workspace() else {
+        let Some(ws) = self.workspace.get() else {
             return file.not_saved("the gateway does not know the instance's workspace");
         };
-        let saved = crate::inbox::save(&ws, &file.name, file.size, |out| {
+        let saved = crate::inbox::save(ws, &file.name, file.size, |out| {
             self.tg
                 .download_to(&file.file_id, crate::inbox::MAX_FILE, out)
                 .map(drop)
@@ -480,21 +481,6 @@ impl Poller {
             Err(e) => {
                 log::warn!("chat {}: file {} not saved: {e}", at.0, file.name);
                 file.not_saved(&e.to_string())
-            }
-        }
-    }
-
-    /// The instance's workspace on this host, asked of aegisd until it answers.
-    fn workspace(&self) -> Option<PathBuf> {
-        if let Some(ws) = self.workspace.get() {
-            return Some(ws.clone());
-        }
-        match self.aegis.instance_workspace(&self.bot.instance) {
-            Ok(Some(ws)) => Some(self.workspace.get_or_init(|| ws).clone()),
-            Ok(None) => None,
-            Err(e) => {
-                log::warn!("cannot look up the workspace of {}: {e}", self.bot.instance);
-                None
             }
         }
     }

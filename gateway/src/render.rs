@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tether::frame::{kind, Done, ErrorPayload, Image, Presence};
+use tether::frame::{kind, Done, ErrorPayload, FileRef, Image, Presence};
 use tether::Frame;
 
 use crate::markdown;
@@ -89,18 +89,19 @@ pub enum Action {
         /// Topic of the chat, if any.
         topic: Option<i64>,
     },
-    /// `sendPhoto`, once the reply's text is shown; the sender reports `PhotoSent`.
-    Photo {
-        /// Reply the photo belongs to.
+    /// `sendPhoto` or `sendDocument`, once the reply's text is shown; the sender reports
+    /// `AttachmentSent`.
+    Attach {
+        /// Reply it belongs to.
         key: ReplyKey,
-        /// Index among the reply's images.
+        /// Index among the reply's attachments (its images, then its files).
         index: usize,
         /// Chat.
         chat: i64,
         /// Topic of the chat, if any.
         topic: Option<i64>,
-        /// The image (bytes inline).
-        image: Image,
+        /// What to send.
+        item: Attachment,
     },
     /// `sendMessageDraft`: show `text` as the reply being written (empty: "Thinking…").
     Draft {
@@ -128,6 +129,15 @@ impl Action {
             html,
         }
     }
+}
+
+/// Something a reply sends after its text.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attachment {
+    /// An image (bytes inline), as a photo.
+    Photo(Image),
+    /// A file of the workspace blob store, as a document.
+    File(FileRef),
 }
 
 /// How replies stream (config `stream_mode`).
@@ -197,12 +207,15 @@ pub struct Reply {
     /// snapshot until sent so a restart neither loses nor repeats one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
-    /// Photos sent so far (they go out in order).
-    #[serde(default)]
-    pub photos_sent: usize,
-    /// A `sendPhoto` is in flight.
+    /// Files of the `assistant.done` (by blob), sent as documents after the photos.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
+    /// Attachments sent so far (they go out in order: images, then files).
+    #[serde(default, rename = "photos_sent")]
+    pub attachments_sent: usize,
+    /// A `sendPhoto` or `sendDocument` is in flight.
     #[serde(skip)]
-    pub photo_sending: bool,
+    pub attaching: bool,
     /// The topic of the chat it answers in (its session's), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<i64>,
@@ -210,6 +223,20 @@ pub struct Reply {
     /// so an agent that died mid-reply does not keep "Thinking…" up for ever.
     #[serde(skip)]
     pub heard: Option<Instant>,
+}
+
+impl Reply {
+    /// Attachment `index`: its images first, then its files.
+    fn attachment(&self, index: usize) -> Option<Attachment> {
+        match self.images.get(index) {
+            Some(image) => Some(Attachment::Photo(image.clone())),
+            None => self
+                .files
+                .get(index - self.images.len())
+                .cloned()
+                .map(Attachment::File),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -319,8 +346,8 @@ impl Renderer {
             while reply.parts.last().is_some_and(|p| p.message_id.is_none()) {
                 reply.parts.pop();
             }
-            // So is a photo.
-            reply.photo_sending = false;
+            // So is a photo or a file.
+            reply.attaching = false;
             // Let the first tick compare what is shown with what should be.
             reply.behind = true;
             if let Some((chat, id)) = k.split_once('/') {
@@ -521,9 +548,10 @@ impl Renderer {
             }
             kind::ASSISTANT_DONE => {
                 let t = f.text_payload().unwrap_or_default();
-                let images = f.payload_as::<Done>().map(|d| d.images).unwrap_or_default();
+                let done = f.payload_as::<Done>().unwrap_or_default();
                 let reply = self.reply_entry(&key, topic, now);
-                reply.images = images.into_iter().filter(|i| i.data.is_some()).collect();
+                reply.images = done.images.into_iter().filter(|i| i.data.is_some()).collect();
+                reply.files = done.files;
                 reply.text = if !t.is_empty() {
                     t
                 } else if let Some(e) = &reply.error {
@@ -610,12 +638,12 @@ impl Renderer {
         self.progress(key, now, out);
     }
 
-    /// The sender is done with photo `index` of reply `key` (sent, or given up on).
-    pub fn photo_sent(&mut self, key: &ReplyKey, index: usize, now: Instant, out: &mut Vec<Action>) {
+    /// The sender is done with attachment `index` of reply `key` (sent, or given up on).
+    pub fn attachment_sent(&mut self, key: &ReplyKey, index: usize, now: Instant, out: &mut Vec<Action>) {
         if let Some(r) = self.replies.get_mut(key) {
-            if r.photos_sent == index {
-                r.photos_sent += 1;
-                r.photo_sending = false;
+            if r.attachments_sent == index {
+                r.attachments_sent += 1;
+                r.attaching = false;
                 self.dirty = true;
             }
         }
@@ -762,15 +790,15 @@ impl Renderer {
             && !r.behind
             && r.parts.len() == desired.len()
             && r.parts.iter().all(|p| p.message_id.is_some());
-        if text_shown && r.photos_sent < r.images.len() {
-            if !r.photo_sending {
-                r.photo_sending = true;
-                out.push(Action::Photo {
+        if let Some(item) = text_shown.then(|| r.attachment(r.attachments_sent)).flatten() {
+            if !r.attaching {
+                r.attaching = true;
+                out.push(Action::Attach {
                     key: key.clone(),
-                    index: r.photos_sent,
+                    index: r.attachments_sent,
                     chat,
                     topic: r.topic,
-                    image: r.images[r.photos_sent].clone(),
+                    item,
                 });
             }
             return;
@@ -793,8 +821,8 @@ fn refresh_due(r: &Reply) -> Option<Instant> {
 /// The messages a reply should show now, as (plain, HTML): plain text while streaming;
 /// once done, each part also as HTML when its Markdown converts.
 fn desired_parts(r: &Reply) -> Vec<(String, Option<String>)> {
-    if r.text.is_empty() && r.done && !r.images.is_empty() {
-        return Vec::new(); // the photos are the reply
+    if r.text.is_empty() && r.done && r.attachment(0).is_some() {
+        return Vec::new(); // the photos or files are the reply
     }
     let text = if r.text.is_empty() && r.done {
         "…".to_string()
@@ -1400,26 +1428,32 @@ mod tests {
     }
 
     #[test]
-    fn images_of_a_reply_go_out_one_at_a_time_after_its_text_and_survive_a_restart() {
+    fn images_then_files_of_a_reply_go_out_one_at_a_time_after_its_text_and_survive_a_restart() {
         let img = |d: &str| Image {
             media_type: "image/png".into(),
             data: Some(d.into()),
             ..Image::default()
+        };
+        let file = FileRef {
+            name: "report.pdf".into(),
+            blob: format!("{}.bin", "a".repeat(64)),
+            size: Some(3),
         };
         let mut f = Frame::new(kind::ASSISTANT_DONE, Some(Session::new("telegram", "5")))
             .with_msg_id("m")
             .with_payload(&Done {
                 text: "two charts".into(),
                 images: vec![img("AAAA"), img("BBBB")],
+                files: vec![file.clone()],
             });
         f.seq = Some(1);
         let key: ReplyKey = (5, "m".into());
-        let photo = |index: usize, d: &str| Action::Photo {
+        let photo = |index: usize, d: &str| Action::Attach {
             key: key.clone(),
             index,
             chat: 5,
             topic: None,
-            image: img(d),
+            item: Attachment::Photo(img(d)),
         };
         let mut r = edit_mode();
         let t0 = Instant::now();
@@ -1440,24 +1474,41 @@ mod tests {
         r.tick(t0, &mut out);
         assert_eq!(out, vec![photo(0, "AAAA")]);
         out.clear();
-        r.photo_sent(&key, 0, t0, &mut out);
+        r.attachment_sent(&key, 0, t0, &mut out);
         assert_eq!(out, vec![photo(1, "BBBB")]);
         out.clear();
-        r.photo_sent(&key, 0, t0, &mut out);
+        r.attachment_sent(&key, 0, t0, &mut out);
         assert!(out.is_empty(), "a stale report changes nothing");
-        r.photo_sent(&key, 1, t0, &mut out);
+        r.attachment_sent(&key, 1, t0, &mut out);
+        let document = Action::Attach {
+            key: key.clone(),
+            index: 2,
+            chat: 5,
+            topic: None,
+            item: Attachment::File(file.clone()),
+        };
+        assert_eq!(out, vec![document.clone()]);
+        out.clear();
+        // So does a restart with the file in flight.
+        let mut r = Renderer::restore(r.snapshot());
+        r.tick(t0, &mut out);
+        assert_eq!(out, vec![document]);
+        out.clear();
+        r.attachment_sent(&key, 2, t0, &mut out);
+        assert!(out.is_empty(), "{out:?}");
         assert_eq!(r.in_progress(), 0);
-        // A reply that is only images sends no text message.
+        // A reply that is only a file sends no text message.
         let mut f = Frame::new(kind::ASSISTANT_DONE, Some(Session::new("telegram", "5")))
             .with_msg_id("n")
             .with_payload(&Done {
                 text: String::new(),
-                images: vec![img("CCCC")],
+                images: vec![],
+                files: vec![file],
             });
         f.seq = Some(2);
         r.frame(&f, t0, &mut out);
         assert!(
-            matches!(out.as_slice(), [Action::Photo { index: 0, .. }]),
+            matches!(out.as_slice(), [Action::Attach { index: 0, .. }]),
             "{out:?}"
         );
     }

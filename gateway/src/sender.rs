@@ -14,14 +14,25 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::bot::Event;
-use crate::render::{Action, DraftsRefused};
+use crate::render::{Action, Attachment, DraftsRefused};
 use crate::telegram::{Telegram, TgError};
+use crate::workspace::InstanceWorkspace;
+
+/// Largest file sent as a document (the Bot API takes 50 MB).
+const MAX_DOCUMENT: u64 = 50 * 1024 * 1024;
 
 /// How long one call is retried through transient failures before it is given up.
 const GIVE_UP: Duration = Duration::from_secs(300);
 
-/// Run until `actions` closes; a refused draft is noted in `drafts` for `/exec`.
-pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>, drafts: DraftsRefused) {
+/// Run until `actions` closes; a refused draft is noted in `drafts` for `/exec`. Files of
+/// replies are read from `workspace`.
+pub fn run(
+    tg: Telegram,
+    actions: Receiver<Action>,
+    events: Sender<Event>,
+    drafts: DraftsRefused,
+    workspace: &InstanceWorkspace,
+) {
     let mut queue: VecDeque<Action> = VecDeque::new();
     let mut moved = Moved::default();
     loop {
@@ -41,7 +52,7 @@ pub fn run(tg: Telegram, actions: Receiver<Action>, events: Sender<Event>, draft
                 continue;
             }
         }
-        execute(&tg, action, &events, &drafts, &mut moved);
+        execute(&tg, action, &events, &drafts, &mut moved, workspace);
     }
 }
 
@@ -95,7 +106,14 @@ fn in_topic(mut body: Value, topic: Option<i64>) -> Value {
     body
 }
 
-fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &DraftsRefused, moved: &mut Moved) {
+fn execute(
+    tg: &Telegram,
+    action: Action,
+    events: &Sender<Event>,
+    drafts: &DraftsRefused,
+    moved: &mut Moved,
+    workspace: &InstanceWorkspace,
+) {
     match action {
         Action::Typing { chat, topic } => {
             let body = in_topic(json!({"chat_id": chat, "action": "typing"}), topic);
@@ -140,12 +158,12 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
                 }
             }
         }
-        Action::Photo {
+        Action::Attach {
             key,
             index,
             chat,
             topic,
-            image,
+            item: Attachment::Photo(image),
         } => {
             let sent = crate::images::decode(&image)
                 .map_err(|e| TgError::Rejected(400, e))
@@ -153,7 +171,38 @@ fn execute(tg: &Telegram, action: Action, events: &Sender<Event>, drafts: &Draft
             if let Err(e) = sent {
                 log::error!("chat {chat}: sendPhoto failed, the image is left out: {e}");
             }
-            let _ = events.send(Event::PhotoSent { key, index });
+            let _ = events.send(Event::AttachmentSent { key, index });
+        }
+        Action::Attach {
+            key,
+            index,
+            chat,
+            topic,
+            item: Attachment::File(file),
+        } => {
+            let sent = workspace
+                .get()
+                .ok_or_else(|| "the instance's workspace is unknown".to_string())
+                .and_then(|ws| crate::workspace::open_blob(ws, &file.blob, MAX_DOCUMENT))
+                .and_then(|f| {
+                    retrying(|| tg.send_document(chat, topic, &crate::inbox::safe_name(Some(&file.name)), &f))
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = sent {
+                // Unlike a picture, a file the user was promised is missed: say so.
+                log::error!("chat {chat}: sendDocument failed, {} is left out: {e}", file.name);
+                let text = format!(
+                    "⚠️ The file {} could not be sent ({e}).",
+                    crate::inbox::safe_name(Some(&file.name))
+                );
+                let _ = retrying(|| {
+                    tg.call(
+                        "sendMessage",
+                        &in_topic(json!({"chat_id": chat, "text": text}), topic),
+                    )
+                });
+            }
+            let _ = events.send(Event::AttachmentSent { key, index });
         }
         Action::Draft {
             chat,

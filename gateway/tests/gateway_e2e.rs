@@ -1077,6 +1077,68 @@ fn a_photo_reaches_the_model_and_an_image_from_a_tool_comes_back_as_a_photo() {
     assert_eq!(s.telegram.photos(CHAT).len(), 1, "sent exactly once");
 }
 
+#[test]
+fn a_file_the_agent_sends_arrives_once_as_a_document_after_the_text() {
+    use aegis_e2e::llm::{openai_tool_sse, tool_results};
+    let llm = FakeLlm::with(|req| {
+        let pieces = match tool_results(req).len() {
+            0 => openai_tool_sse(
+                "Packing it.",
+                &[("call_1", "send_file", r#"{"path":"out/report.csv"}"#)],
+                7,
+            ),
+            1 => openai_tool_sse(
+                "",
+                &[("call_2", "send_file", r#"{"path":"../../etc/passwd"}"#)],
+                7,
+            ),
+            _ => openai_sse(&["Here is the report."]),
+        };
+        Reply::Sse {
+            pieces,
+            delay: Duration::ZERO,
+            end: End::Finish,
+        }
+    });
+    let s = stack("gw-send-file", llm);
+    let ws = s.instance_dir().join("workspace");
+    std::fs::create_dir_all(ws.join("out")).unwrap();
+    // Not UTF-8, and larger than a tether line: only the blob's name travels.
+    let body: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(ws.join("out/report.csv"), &body).unwrap();
+    s.telegram.push_text(CHAT, 7, "Pat", "send me the report");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible().contains("Here is the report."))
+    });
+    let deadline = std::time::Instant::now() + T;
+    while s.telegram.documents(CHAT).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The file changed after the tool ran: the user gets it as it was sent.
+    std::fs::write(ws.join("out/report.csv"), b"changed").unwrap();
+    let docs = s.telegram.documents(CHAT);
+    assert_eq!(docs.len(), 1, "one document");
+    assert_eq!(docs[0].0, "report.csv");
+    assert!(docs[0].1 == body, "the bytes arrive unchanged");
+    let calls = s.telegram.calls();
+    let last_text = calls
+        .iter()
+        .rposition(|c| c.method == "sendMessage" || c.method == "editMessageText");
+    let doc = calls.iter().position(|c| c.method == "sendDocument");
+    assert!(last_text < doc, "the document follows the text");
+    // The model was told what it sent, and that a path outside the workspace is refused.
+    let results = tool_results(&s.llm.requests()[2]);
+    assert!(
+        results[0]
+            .1
+            .contains("out/report.csv (1500000 bytes) will be sent"),
+        "{results:?}"
+    );
+    assert!(results[1].1.contains("outside the workspace"), "{results:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.telegram.documents(CHAT).len(), 1, "sent exactly once");
+}
+
 /// An album (photos sent together) arrives from Telegram as one message per photo, here
 /// split over two polls: the model gets it as one message with its caption and every photo
 /// that fits (their sizes chosen to share the tether line), and answers once.

@@ -648,9 +648,14 @@ fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
     let plain = offered_tools(&reqs[1]);
     assert_eq!(plain[0], "web_fetch");
     assert!(
-        plain
-            .iter()
-            .all(|t| !["bash", "read_file", "write_file", "respond_with_image"].contains(&t.as_str())),
+        plain.iter().all(|t| ![
+            "bash",
+            "read_file",
+            "write_file",
+            "respond_with_image",
+            "send_file"
+        ]
+        .contains(&t.as_str())),
         "{plain:?}"
     );
     assert!(plain.contains(&"memory_store".to_string()) && plain.contains(&"cron_create".to_string()));

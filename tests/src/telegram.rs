@@ -7,7 +7,8 @@
 //! Photos: messages with `photo` sizes or an image `document`, `getFile` (400 "invalid
 //! file_id", "file is too big" past 20 MB), downloads from `/file/bot<token>/<path>`, and
 //! `sendPhoto` as multipart/form-data (400 "there is no photo in the request",
-//! "IMAGE_PROCESS_FAILED" for bytes that are no image).
+//! "IMAGE_PROCESS_FAILED" for bytes that are no image), `sendDocument` likewise (400
+//! "there is no document in the request", 413 "Request Entity Too Large" past 50 MB).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -94,6 +95,8 @@ struct State {
     files: BTreeMap<String, (String, Vec<u8>)>,
     /// Photos the bot sent, per chat: (content type of the part, bytes).
     photos: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
+    /// Documents sent, by chat: (file name, bytes).
+    documents: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
 }
 
 /// The fake server.
@@ -424,6 +427,18 @@ impl FakeTelegram {
             .unwrap_or_default()
     }
 
+    /// Documents the bot sent to `chat`: (file name, bytes).
+    pub fn documents(&self, chat: i64) -> Vec<(String, Vec<u8>)> {
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .documents
+            .get(&chat)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Answer the next call of `method` with `fault`.
     pub fn fail_next(&self, method: &str, fault: Fault) {
         self.state
@@ -574,6 +589,7 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 })),
             },
             "sendPhoto" => send_photo(&mut s, multipart.as_deref().unwrap_or(&[])),
+            "sendDocument" => send_document(&mut s, multipart.as_deref().unwrap_or(&[])),
             "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
             "sendChatAction" => ok(json!(true)),
             "sendMessageDraft" if !s.drafts => bad(404, "Not Found: method not found"),
@@ -632,7 +648,7 @@ fn migrated_chat(s: &State, body: &Value, parts: Option<&[FormPart]>) -> Option<
 fn unknown_thread(s: &State, method: &str, body: &Value, parts: Option<&[FormPart]>) -> Option<(u16, Value)> {
     if !matches!(
         method,
-        "sendMessage" | "sendPhoto" | "sendChatAction" | "sendMessageDraft"
+        "sendMessage" | "sendPhoto" | "sendDocument" | "sendChatAction" | "sendMessageDraft"
     ) {
         return None;
     }
@@ -735,6 +751,35 @@ fn send_photo(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
     ok(
         json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat},
         "photo": [{"file_id": format!("sent{id}"), "file_unique_id": "s", "width": 90, "height": 90, "file_size": photo.data.len()}]}),
+    )
+}
+
+fn send_document(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
+    let field = |n: &str| parts.iter().find(|p| p.name == n);
+    let Some(chat) = field("chat_id").and_then(|p| String::from_utf8_lossy(&p.data).parse::<i64>().ok())
+    else {
+        return bad(400, "Bad Request: chat_id is empty");
+    };
+    let Some(doc) = field("document").filter(|p| p.filename.is_some()) else {
+        return bad(400, "Bad Request: there is no document in the request");
+    };
+    if doc.data.len() > 50 << 20 {
+        return bad(413, "Request Entity Too Large");
+    }
+    if doc.data.is_empty() {
+        return bad(400, "Bad Request: file must be non-empty");
+    }
+    s.draft_now.remove(&chat);
+    let id = s.next_message;
+    s.next_message += 1;
+    let name = doc.filename.clone().unwrap_or_default();
+    s.documents
+        .entry(chat)
+        .or_default()
+        .push((name.clone(), doc.data.clone()));
+    ok(
+        json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat},
+        "document": {"file_id": format!("sent{id}"), "file_unique_id": "d", "file_name": name, "file_size": doc.data.len()}}),
     )
 }
 

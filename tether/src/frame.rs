@@ -211,6 +211,20 @@ pub struct Image {
     pub size: Option<u64>,
 }
 
+/// [ours] A file an `assistant.done` sends the user as a document: a report, an archive,
+/// code. Only its name travels; the bytes stay in the workspace blob store, where the
+/// host's gateway reads them (files may be far larger than a tether line).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The name the user sees (`report.pdf`).
+    pub name: String,
+    /// A file of the workspace blob store (`.aegis/blobs/NAME`).
+    pub blob: String,
+    /// Size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
 /// [ours] A recording in a `user.message`: a voice message, an audio file, the sound of a
 /// video message. The bytes travel inline, as an image's do.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -234,6 +248,9 @@ pub struct Done {
     /// Images that go with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<Image>,
+    /// [ours] Files that go with it, after the images.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileRef>,
 }
 
 /// Identity of the person behind a `user.message`.

@@ -247,6 +247,41 @@ pub fn attach_image(ws: &Workspace, args: &Value) -> Result<(tether::frame::Imag
     Ok((image, format!("{} attached to the reply", ws.display(&path))))
 }
 
+/// Largest file `send_file` sends: the Bot API takes documents of at most 50 MB.
+pub const SEND_CAP: u64 = 50 * 1024 * 1024;
+
+/// `send_file {path}`: the file to send with the reply (kept in the blob store, so what
+/// the user gets is the file as it was now), and the text for the model.
+pub fn attach_file(ws: &Workspace, args: &Value) -> Result<(tether::frame::FileRef, String), String> {
+    let given = arg_str(args, "path")?;
+    let path = ws.resolve(given).map_err(|e| e.to_string())?;
+    let shown = ws.display(&path);
+    let meta = fs::metadata(&path).map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a file"));
+    }
+    if meta.len() > SEND_CAP {
+        return Err(format!(
+            "{shown} is too large to send ({} bytes; at most {SEND_CAP})",
+            meta.len()
+        ));
+    }
+    let (blob, size) =
+        crate::blobs::store_file(ws.root(), &path, SEND_CAP).map_err(|e| format!("{shown}: {e}"))?;
+    let name = path
+        .file_name()
+        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let file = tether::frame::FileRef {
+        name,
+        blob,
+        size: Some(size),
+    };
+    Ok((
+        file,
+        format!("{shown} ({size} bytes) will be sent after your reply's text"),
+    ))
+}
+
 /// `list_files {path?}`: one entry per line, folders with a trailing `/`.
 pub fn list_files(ws: &Workspace, args: &Value) -> Result<String, String> {
     let given = args.get("path").and_then(Value::as_str).unwrap_or("");

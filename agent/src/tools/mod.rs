@@ -70,6 +70,8 @@ pub enum Builtin {
     ImageGenerate,
     /// `respond_with_image {path}`.
     RespondWithImage,
+    /// `send_file {path}`.
+    SendFile,
     /// `memory_store {text, tags?, scope?}`.
     MemoryStore,
     /// `memory_search {query?, tag?}`.
@@ -94,7 +96,7 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 22] = [
+    pub const ALL: [Builtin; 23] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -107,6 +109,7 @@ impl Builtin {
         Builtin::ImageSearch,
         Builtin::ImageGenerate,
         Builtin::RespondWithImage,
+        Builtin::SendFile,
         Builtin::MemoryStore,
         Builtin::MemorySearch,
         Builtin::MemoryDelete,
@@ -134,6 +137,7 @@ impl Builtin {
             Builtin::ImageSearch => "image_search",
             Builtin::ImageGenerate => "image_generate",
             Builtin::RespondWithImage => "respond_with_image",
+            Builtin::SendFile => "send_file",
             Builtin::MemoryStore => "memory_store",
             Builtin::MemorySearch => "memory_search",
             Builtin::MemoryDelete => "memory_delete",
@@ -225,6 +229,11 @@ impl Builtin {
             Builtin::RespondWithImage => (
                 "Attach an image file of the workspace (.png, .jpg, .gif or .webp, at most 700 KB) to your reply; the user receives it with your text.",
                 json!({"path": s("Image path, relative to the workspace")}),
+                &["path"],
+            ),
+            Builtin::SendFile => (
+                "Send a file of the workspace to the user as a document, after your reply's text: a report, an archive, a script or data you made (any type, at most 50 MB). For a picture to look at, use respond_with_image.",
+                json!({"path": s("File path, relative to the workspace")}),
                 &["path"],
             ),
             Builtin::MemoryStore => (
@@ -401,14 +410,36 @@ pub struct Toolbox {
     host: Uplink,
 }
 
+/// What tools attached to a reply, sent with its `assistant.done`.
+#[derive(Debug, Default)]
+pub struct Attachments {
+    /// Images, shown as photos.
+    pub images: Vec<tether::frame::Image>,
+    /// Files, sent as documents after the images.
+    pub files: Vec<tether::frame::FileRef>,
+}
+
+impl Attachments {
+    /// Whether nothing is attached.
+    pub fn is_empty(&self) -> bool {
+        self.images.is_empty() && self.files.is_empty()
+    }
+
+    /// Move everything of `other` to the end of these.
+    pub fn append(&mut self, other: &mut Attachments) {
+        self.images.append(&mut other.images);
+        self.files.append(&mut other.files);
+    }
+}
+
 /// What a tool call may use and produce besides its arguments.
 pub struct CallContext<'a> {
     /// A message here cancels the call.
     pub cancel: &'a Receiver<()>,
     /// The chat being answered (scheduled tasks reply there).
     pub origin: &'a Session,
-    /// Images attached to the reply.
-    pub attachments: Vec<tether::frame::Image>,
+    /// Images and files attached to the reply.
+    pub attachments: Attachments,
     /// `self_restart` was called: the agent restarts once the reply is done.
     pub restart: bool,
 }
@@ -540,14 +571,18 @@ impl Toolbox {
                     images.generate(&root, a, abandoned)
                 }) {
                     Some(generated) => generated.map(|(img, note)| {
-                        ctx.attachments.push(img);
+                        ctx.attachments.images.push(img);
                         note
                     }),
                     None => return Outcome::Cancelled,
                 }
             }
             Builtin::RespondWithImage => files::attach_image(ws, args).map(|(img, note)| {
-                ctx.attachments.push(img);
+                ctx.attachments.images.push(img);
+                note
+            }),
+            Builtin::SendFile => files::attach_file(ws, args).map(|(file, note)| {
+                ctx.attachments.files.push(file);
                 note
             }),
             Builtin::MemoryStore => self.memory_store(args),
