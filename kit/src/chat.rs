@@ -153,6 +153,7 @@ fn print_reply(
                             Some(rest) => { let _ = writeln!(out, "{rest}"); }
                             None => { let _ = writeln!(out, "\n{full}"); }
                         }
+                        attachments(c, o, &f);
                         return Ok(!failed);
                     }
                     _ => {}
@@ -165,6 +166,33 @@ fn print_reply(
                 c.post_frame(&o.instance, &cancel)?;
             },
         }
+    }
+}
+
+/// Name on stderr the images and files a reply attached, with where they are on this
+/// host (the terminal cannot show them).
+fn attachments(c: &AegisClient, o: &ChatOpts, done: &Frame) {
+    let Ok(d) = done.payload_as::<tether::frame::Done>() else {
+        return;
+    };
+    let blobs = d
+        .images
+        .iter()
+        .filter_map(|i| Some(("🖼", "image", i.blob.as_deref()?, i.size)))
+        .chain(
+            d.files
+                .iter()
+                .map(|f| ("📎", f.name.as_str(), f.blob.as_str(), f.size)),
+        );
+    let mut workspace = None;
+    for (icon, name, blob, size) in blobs {
+        let ws = workspace.get_or_insert_with(|| c.instance_workspace(&o.instance).ok().flatten());
+        let at = match ws {
+            Some(ws) => ws.join(".aegis/blobs").join(blob).display().to_string(),
+            None => format!("the instance's .aegis/blobs/{blob}"),
+        };
+        let size = size.map_or(String::new(), |s| format!(" ({s} bytes)"));
+        eprintln!("{icon} {name}{size}: {at}");
     }
 }
 

@@ -531,6 +531,35 @@ fn chat_shows_a_reasoning_models_thoughts_apart_from_the_answer() {
 }
 
 #[test]
+fn chat_names_a_file_the_agent_sends_and_where_it_is() {
+    use aegis_e2e::llm::openai_tool_sse;
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "send_file", r#"{"path":"notes.txt"}"#)],
+            7,
+        )),
+        Reply::sse(openai_sse(&["Sent."])),
+    ]);
+    let home = temp_dir("serve-chat-file");
+    let s = start_serve(&home, &[]);
+    s.create_agent("writer", &llm);
+    let ws = home.path().join("kit/instances/writer/workspace");
+    std::fs::create_dir_all(&ws).unwrap();
+    std::fs::write(ws.join("notes.txt"), "hello").unwrap();
+    let out = s.kit(&["chat", "writer", "-m", "send me the notes"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Sent.\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("📎 notes.txt (5 bytes): "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let path = line.rsplit(": ").next().unwrap();
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "hello");
+}
+
+#[test]
 fn cancel_through_serve_stops_the_reply_in_flight() {
     let llm = FakeLlm::scripted(vec![Reply::stalls_after("partial")]);
     let home = temp_dir("serve-cancel");
