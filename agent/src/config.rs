@@ -55,7 +55,7 @@ TOOLS:
                         [default all]
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
     Built-in: bash; read_file, write_file, edit_file, list_files, glob, grep,
-    respond_with_image; web_fetch, web_search, image_search (these two with a
+    respond_with_image, send_file; web_fetch, web_search, image_search (these two with a
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
     tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
     endpoint); image_generate (OpenAI Images API, model gpt-image-1, with the key in

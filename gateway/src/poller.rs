@@ -248,7 +248,11 @@ impl Poller {
         // An album's images share the tether line; its caption is on one of them.
         let cap = crate::images::MAX_IMAGE_IN / album.len() as u64;
         let mut picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
-        let file = crate::documents::attached(m).filter(|_| album.len() == 1);
+        // Files sent together arrive as an album too.
+        let files: Vec<_> = album
+            .iter()
+            .filter_map(|a| crate::documents::attached(a))
+            .collect();
         let recording = crate::voice::recorded(m).filter(|_| album.len() == 1);
         let recording_text = recording.as_ref().map(|r| match r {
             crate::voice::Recorded::Pass(s) => s.label.clone(),
@@ -262,7 +266,7 @@ impl Poller {
                 (!t.is_empty()).then_some(t)
             })
             .or((!picked.is_empty()).then_some(IMAGE_TEXT))
-            .or(file.is_some().then_some(FILE_TEXT))
+            .or((!files.is_empty()).then_some(FILE_TEXT))
             .or(recording_text.as_deref())
             .or(aside.as_deref())
         else {
@@ -357,15 +361,18 @@ impl Poller {
         if picked.is_empty() && recording.is_none() {
             picked.extend(replied.and_then(|r| crate::images::pick(r, cap)));
         }
-        let file_text = match file {
-            None => None,
-            Some(crate::documents::Attached::LeftOut(note)) => Some(note),
-            Some(crate::documents::Attached::Text(file_id, name)) => {
-                let bytes = self.download(at, &file_id, crate::documents::MAX_TEXT_FILE, "file")?;
-                Some(crate::documents::fenced(&name, &bytes).unwrap_or_else(|note| note))
-            }
-            Some(crate::documents::Attached::Save(file)) => Some(self.save_file(at, &file)),
-        };
+        let mut notes = Vec::new();
+        for file in files {
+            notes.push(match file {
+                crate::documents::Attached::LeftOut(note) => note,
+                crate::documents::Attached::Text(file_id, name) => {
+                    let bytes = self.download(at, &file_id, crate::documents::MAX_TEXT_FILE, "file")?;
+                    crate::documents::fenced(&name, &bytes).unwrap_or_else(|note| note)
+                }
+                crate::documents::Attached::Save(file) => self.save_file(at, &file),
+            });
+        }
+        let file_text = (!notes.is_empty()).then(|| notes.join("\n\n"));
         let text = match file_text {
             Some(f) if text == FILE_TEXT => f,
             Some(f) => format!("{text}\n\n{f}"),

@@ -1331,6 +1331,16 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
         asked(6),
         "[Pat]: [file disk.img (application/octet-stream, 20481 KB) not passed on: bots can fetch files of at most 20 MB]"
     );
+    // Files sent together arrive one message each, as an album: all of them are saved,
+    // and answered once.
+    s.telegram.push_album_file(CHAT, 7, "a.bin", b"first", "files-1");
+    s.telegram.push_album_file(CHAT, 7, "b.bin", b"second", "files-1");
+    assert_eq!(
+        asked(7),
+        "[Pat]: [file a.bin (application/octet-stream, 1 KB) saved in the workspace as inbox/a.bin]\n\n\
+         [file b.bin (application/octet-stream, 1 KB) saved in the workspace as inbox/b.bin]"
+    );
+    assert_eq!(std::fs::read(inbox.join("b.bin")).unwrap(), b"second");
     // A guest that turned the inbox into a link to a host folder gets nothing written
     // there, and the model is told.
     let host = temp_dir("gw-inbox-host");
@@ -1339,10 +1349,11 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     s.telegram
         .push_file(CHAT, 7, "notes.zip", "application/zip", b"PK\x03\x04", None);
     assert_eq!(
-        asked(7),
+        asked(8),
         "[Pat]: [file notes.zip (application/zip, 1 KB) not passed on: the workspace's inbox is not a folder]"
     );
     assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
+    assert_eq!(s.llm.requests().len(), 8, "each message answered once");
 }
 
 #[test]

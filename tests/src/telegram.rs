@@ -372,6 +372,26 @@ impl FakeTelegram {
         bytes: &[u8],
         caption: Option<&str>,
     ) -> i64 {
+        self.push_message(self.file_message(chat, user_id, name, mime_type, bytes, caption))
+    }
+
+    /// One file of several sent together: Telegram delivers each as a message of its own
+    /// with the group's `media_group_id`.
+    pub fn push_album_file(&self, chat: i64, user_id: i64, name: &str, bytes: &[u8], album: &str) -> i64 {
+        let mut m = self.file_message(chat, user_id, name, "application/octet-stream", bytes, None);
+        m["media_group_id"] = json!(album);
+        self.push_message(m)
+    }
+
+    fn file_message(
+        &self,
+        chat: i64,
+        user_id: i64,
+        name: &str,
+        mime_type: &str,
+        bytes: &[u8],
+        caption: Option<&str>,
+    ) -> Value {
         let id = self.add_file("documents", "bin", bytes);
         let mut m = json!({
             "chat": {"id": chat, "type": if chat < 0 { "group" } else { "private" }},
@@ -381,7 +401,7 @@ impl FakeTelegram {
         if let Some(c) = caption {
             m["caption"] = json!(c);
         }
-        self.push_message(m)
+        m
     }
 
     /// A user records a voice message (Opus in Ogg) of `duration` seconds.
