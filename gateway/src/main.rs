@@ -17,6 +17,7 @@ mod render;
 mod sender;
 mod state;
 mod telegram;
+mod upload;
 mod voice;
 mod workspace;
 

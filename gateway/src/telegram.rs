@@ -565,8 +565,8 @@ impl Telegram {
         self.answer(resp)
     }
 
-    /// `sendDocument` with `file` uploaded as `name` (streamed from the file, its length
-    /// known, so no more than a buffer of it is in memory).
+    /// `sendDocument` with `file` uploaded as `name`, streamed from the file with its
+    /// length known, so no more than a buffer of it is in memory.
     pub fn send_document(
         &self,
         chat: i64,
@@ -575,24 +575,18 @@ impl Telegram {
         file: &std::fs::File,
     ) -> Result<Value, TgError> {
         self.in_current(chat, topic, |at, t| {
-            use ureq::unversioned::multipart::{Form, Part};
-            let (chat_id, thread) = (at.to_string(), t.map(|t| t.to_string()));
-            // The descriptor's own path: the file already opened (and checked), from the start.
+            // The descriptor's own path: the file already opened (and checked), read from
+            // its start on every attempt.
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
-            let part = Part::file(&path)
-                .map_err(|e| TgError::Rejected(400, format!("cannot read the file: {e}")))?
-                .file_name(name)
-                .mime_str("application/octet-stream")
-                .map_err(|e| TgError::Rejected(400, e.to_string()))?;
-            let mut form = Form::new().text("chat_id", &chat_id);
-            if let Some(t) = &thread {
-                form = form.text("message_thread_id", t);
-            }
-            let form = form.part("document", part);
+            let body = std::fs::File::open(&path)
+                .and_then(|f| crate::upload::Upload::new(at, t, name, f))
+                .map_err(|e| TgError::Rejected(400, format!("cannot read the file: {e}")))?;
             let resp = self
                 .agent
                 .post(format!("{}/sendDocument", self.base))
-                .send(form)
+                .header("Content-Type", body.content_type())
+                .header("Content-Length", body.len())
+                .send(ureq::SendBody::from_owned_reader(body.into_reader()))
                 .map_err(|e| TgError::Transient(redact(&e.to_string(), &self.token)))?;
             self.answer(resp)
         })

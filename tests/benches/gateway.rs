@@ -3,7 +3,9 @@
 //! Static binary size; RSS and CPU while idle (blocked in a long poll); and the latency
 //! from a stand-in agent writing a reply's first `assistant.delta` to the gateway's
 //! `sendMessage` reaching Telegram, next to the same path ending at a plain stream
-//! reader instead of the gateway: the difference is what the gateway adds.
+//! reader instead of the gateway: the difference is what the gateway adds. Then files:
+//! a 20 MB file sent to the bot until it is in the workspace's inbox, and a 50 MB file
+//! a reply sends until Telegram has it, each with the gateway's peak RSS after.
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +57,7 @@ fn main() {
     c.request(
         "POST",
         "/v1/instances",
-        Some(&json!({"name": "a", "env": {"BENCH_BLAST": N.to_string(), "BENCH_GAP_MS": "150"}})),
+        Some(&json!({"name": "a", "env": {"BENCH_BLAST": N.to_string(), "BENCH_GAP_MS": "150", "BENCH_FILE_OUT": "send-now"}})),
     )
     .unwrap();
     let cfg = home.join("gateway.json");
@@ -149,4 +151,46 @@ fn main() {
         "added by the gateway",
         med(gw_lat) - med(base)
     );
+
+    // Files: streamed both ways, so the peak RSS should not grow by their size.
+    let hwm = |what: &str| {
+        println!(
+            "{:<46} {:.2} MiB",
+            format!("gateway peak RSS {what}"),
+            aegis_e2e::bench::status_kib(gw.pid(), "VmHWM") as f64 / 1024.0
+        );
+    };
+    hwm("before files");
+    let ws = home.join("kit/instances/a/workspace");
+    let body: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+    let t = Instant::now();
+    tg.push_file(777, 1, "big.bin", "application/octet-stream", &body, None);
+    let saved = ws.join("inbox/big.bin");
+    while std::fs::metadata(&saved).map_or(0, |m| m.len()) != body.len() as u64 {
+        assert!(t.elapsed() < Duration::from_secs(60), "not saved: {}", gw.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!(
+        "{:<46} {:.1} ms",
+        "20 MB file to the bot -> saved in inbox/",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    hwm("after saving it");
+    let blob = format!("{}.bin", "b".repeat(64));
+    std::fs::create_dir_all(ws.join(".aegis/blobs")).unwrap();
+    let big: Vec<u8> = (0..(50u32 << 20) - 4096).map(|i| (i % 253) as u8).collect();
+    std::fs::write(ws.join(".aegis/blobs").join(&blob), &big).unwrap();
+    let t = Instant::now();
+    std::fs::write(ws.join("send-now"), &blob).unwrap();
+    while tg.documents(777).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(60), "not sent: {}", gw.log());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!(
+        "{:<46} {:.1} ms (with the reply's text first)",
+        "50 MB file of a reply -> sendDocument received",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(tg.documents(777)[0].1.len(), big.len());
+    hwm("after sending it");
 }

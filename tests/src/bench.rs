@@ -183,6 +183,30 @@ pub fn maybe_blast() {
         }
     }
     s.write_all(&buf).unwrap();
+    // With BENCH_FILE_OUT, a reply that sends the blob named in the file BENCH_FILE_OUT
+    // names (relative to the workspace), once it appears.
+    if let Ok(trigger) = std::env::var("BENCH_FILE_OUT") {
+        let path = std::path::Path::new(&std::env::var("AEGIS_WORKSPACE").unwrap()).join(trigger);
+        let blob = loop {
+            match std::fs::read_to_string(&path) {
+                Ok(b) if !b.is_empty() => break b,
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        let done = tether::frame::Done {
+            text: "the file".into(),
+            images: vec![],
+            files: vec![tether::frame::FileRef {
+                name: "big.bin".into(),
+                blob: blob.trim().to_string(),
+                size: None,
+            }],
+        };
+        let f = Frame::new(kind::ASSISTANT_DONE, Some(session))
+            .with_payload(&done)
+            .with_msg_id("bench-file");
+        s.write_all(&Message::tether_frame(&f).encode()).unwrap();
+    }
     std::thread::sleep(Duration::from_secs(3600));
     std::process::exit(0);
 }
