@@ -746,14 +746,34 @@ fn is_image(b: &[u8]) -> bool {
         || (b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WEBP")
 }
 
-fn send_photo(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
-    let field = |n: &str| parts.iter().find(|p| p.name == n);
-    let Some(chat) = field("chat_id").and_then(|p| String::from_utf8_lossy(&p.data).parse::<i64>().ok())
+/// The chat and the file part `field` of an upload (`sendPhoto`, `sendDocument`), or
+/// Telegram's answer when either is missing.
+fn upload<'a>(parts: &'a [FormPart], field: &str) -> Result<(i64, &'a FormPart), (u16, Value)> {
+    let part = |n: &str| parts.iter().find(|p| p.name == n);
+    let Some(chat) = part("chat_id").and_then(|p| String::from_utf8_lossy(&p.data).parse::<i64>().ok())
     else {
-        return bad(400, "Bad Request: chat_id is empty");
+        return Err(bad(400, "Bad Request: chat_id is empty"));
     };
-    let Some(photo) = field("photo").filter(|p| p.filename.is_some()) else {
-        return bad(400, "Bad Request: there is no photo in the request");
+    match part(field).filter(|p| p.filename.is_some()) {
+        Some(file) => Ok((chat, file)),
+        None => Err(bad(
+            400,
+            &format!("Bad Request: there is no {field} in the request"),
+        )),
+    }
+}
+
+/// A new message id for an upload to `chat`, which ends the chat's draft.
+fn next_upload(s: &mut State, chat: i64) -> i64 {
+    s.draft_now.remove(&chat);
+    s.next_message += 1;
+    s.next_message - 1
+}
+
+fn send_photo(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
+    let (chat, photo) = match upload(parts, "photo") {
+        Ok(u) => u,
+        Err(answer) => return answer,
     };
     if photo.data.len() > 10 << 20 {
         return bad(400, "Bad Request: PHOTO_INVALID_DIMENSIONS");
@@ -761,9 +781,7 @@ fn send_photo(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
     if !is_image(&photo.data) {
         return bad(400, "Bad Request: IMAGE_PROCESS_FAILED");
     }
-    s.draft_now.remove(&chat);
-    let id = s.next_message;
-    s.next_message += 1;
+    let id = next_upload(s, chat);
     s.photos
         .entry(chat)
         .or_default()
@@ -775,13 +793,9 @@ fn send_photo(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
 }
 
 fn send_document(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
-    let field = |n: &str| parts.iter().find(|p| p.name == n);
-    let Some(chat) = field("chat_id").and_then(|p| String::from_utf8_lossy(&p.data).parse::<i64>().ok())
-    else {
-        return bad(400, "Bad Request: chat_id is empty");
-    };
-    let Some(doc) = field("document").filter(|p| p.filename.is_some()) else {
-        return bad(400, "Bad Request: there is no document in the request");
+    let (chat, doc) = match upload(parts, "document") {
+        Ok(u) => u,
+        Err(answer) => return answer,
     };
     if doc.data.len() > 50 << 20 {
         return bad(413, "Request Entity Too Large");
@@ -789,9 +803,7 @@ fn send_document(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
     if doc.data.is_empty() {
         return bad(400, "Bad Request: file must be non-empty");
     }
-    s.draft_now.remove(&chat);
-    let id = s.next_message;
-    s.next_message += 1;
+    let id = next_upload(s, chat);
     let name = doc.filename.clone().unwrap_or_default();
     s.documents
         .entry(chat)
