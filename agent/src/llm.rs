@@ -18,6 +18,7 @@
 
 use std::fmt;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -244,6 +245,11 @@ pub struct Llm {
     provider: Provider,
     /// How requests reach the model.
     transport: Transport,
+    /// OpenAI dialect: the reply limit goes as `max_completion_tokens`, not `max_tokens`.
+    /// OpenAI's reasoning models (o-series, GPT-5) refuse `max_tokens` with a 400, while
+    /// many compatible servers know only `max_tokens`: OpenAI's own API gets the new name
+    /// from the start, any other server once it has refused the old one.
+    completion_tokens: Arc<AtomicBool>,
 }
 
 /// How requests reach the model.
@@ -328,7 +334,12 @@ impl Llm {
                     .new_agent(),
             ),
         };
-        Llm { provider, transport }
+        let openai_itself = provider.base_url.starts_with("https://api.openai.com/");
+        Llm {
+            provider,
+            transport,
+            completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
+        }
     }
 
     /// Start streaming a reply to `turns` on a new reader thread, offering `tools`.
@@ -367,7 +378,12 @@ impl Llm {
                 messages.extend(turns.iter().map(openai_message));
                 let mut body = serde_json::json!({"model": p.model, "messages": messages, "stream": true});
                 if let Some(m) = p.max_tokens {
-                    body["max_tokens"] = m.into();
+                    let name = if self.completion_tokens.load(Ordering::Relaxed) {
+                        "max_completion_tokens"
+                    } else {
+                        "max_tokens"
+                    };
+                    body[name] = m.into();
                 }
                 if !tools.is_empty() {
                     body["tools"] = tools
@@ -400,11 +416,12 @@ impl Llm {
     }
 
     fn run(&self, body: &serde_json::Value, tx: &Sender<Chunk>, cancel: &Receiver<()>) {
+        let mut body = std::borrow::Cow::Borrowed(body);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut sent_any = false;
-            let result = self.attempt(body, tx, &mut sent_any);
+            let result = self.attempt(&body, tx, &mut sent_any);
             let err = match result {
                 Ok(calls) => {
                     let _ = tx.send(Chunk::End(Ok(calls)));
@@ -412,6 +429,15 @@ impl Llm {
                 }
                 Err(e) => e,
             };
+            if let Some(renamed) = with_completion_tokens(&body, &err) {
+                // A reasoning model behind a server that is not OpenAI's own (Azure, a
+                // proxy): ask again at once, and from now on with the new name.
+                log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
+                self.completion_tokens.store(true, Ordering::Relaxed);
+                body = std::borrow::Cow::Owned(renamed);
+                attempt -= 1;
+                continue;
+            }
             if !err.retryable() || attempt >= self.provider.attempts {
                 let _ = tx.send(Chunk::End(Err(err)));
                 return;
@@ -942,6 +968,18 @@ fn host_error(name: &str, text: &str) -> LlmError {
     )
 }
 
+/// `body` with `max_tokens` renamed `max_completion_tokens`, when `err` is the refusal of
+/// the old name that OpenAI's reasoning models answer (400, "Unsupported parameter:
+/// 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.").
+fn with_completion_tokens(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    let refused = err.kind == ErrorKind::Request && err.detail.contains("'max_completion_tokens'");
+    let limit = body.get("max_tokens").filter(|_| refused)?;
+    let mut renamed = body.clone();
+    renamed["max_completion_tokens"] = limit.clone();
+    renamed.as_object_mut()?.remove("max_tokens");
+    Some(renamed)
+}
+
 fn status_error(status: u16, body: &str) -> LlmError {
     let detail = serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -1092,6 +1130,41 @@ mod tests {
     }
 
     #[test]
+    fn openai_itself_gets_max_completion_tokens_and_others_max_tokens_until_refused() {
+        let llm = |base: &str| {
+            let mut p = test_provider(ProviderKind::OpenAi);
+            p.base_url = base.into();
+            p.max_tokens = Some(500);
+            Llm::new(p, None)
+        };
+        let openai = llm("https://api.openai.com/v1").request_body("s", &[], &[]);
+        assert_eq!(
+            (openai.get("max_tokens"), &openai["max_completion_tokens"]),
+            (None, &500.into())
+        );
+        let local = llm("http://localhost:11434/v1").request_body("s", &[], &[]);
+        assert_eq!(
+            (&local["max_tokens"], local.get("max_completion_tokens")),
+            (&500.into(), None)
+        );
+        let refusal = status_error(
+            400,
+            r#"{"error": {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.", "param": "max_tokens"}}"#,
+        );
+        let renamed = with_completion_tokens(&local, &refusal).unwrap();
+        assert_eq!(
+            (renamed.get("max_tokens"), &renamed["max_completion_tokens"]),
+            (None, &500.into())
+        );
+        assert!(
+            with_completion_tokens(&renamed, &refusal).is_none(),
+            "renamed once only"
+        );
+        assert!(with_completion_tokens(&local, &status_error(400, "context too long")).is_none());
+        assert!(with_completion_tokens(&local, &status_error(500, &refusal.detail)).is_none());
+    }
+
+    #[test]
     fn statuses_classify() {
         assert_eq!(status_error(429, "").kind, ErrorKind::RateLimited);
         assert_eq!(
@@ -1128,10 +1201,9 @@ mod tests {
         assert_eq!(transport_error(&refused).kind, ErrorKind::Connect);
     }
 
-    #[test]
-    fn debug_never_shows_the_key() {
-        let p = Provider {
-            kind: ProviderKind::OpenAi,
+    fn test_provider(kind: ProviderKind) -> Provider {
+        Provider {
+            kind,
             key: Some("sk-secret-123".into()),
             key_env: None,
             base_url: "http://x".into(),
@@ -1141,7 +1213,12 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             attempts: 1,
             host: None,
-        };
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let p = test_provider(ProviderKind::OpenAi);
         assert!(!format!("{p:?}").contains("sk-secret"));
     }
 

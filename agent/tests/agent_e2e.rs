@@ -16,6 +16,48 @@ use tether::Frame;
 
 const T: Duration = Duration::from_secs(20);
 
+/// OpenAI's reasoning models (o-series, GPT-5) refuse `max_tokens`, here as Azure or a
+/// proxy serves them: the agent asks again with `max_completion_tokens`, and keeps to it.
+#[test]
+fn a_reasoning_model_that_refuses_max_tokens_is_asked_again_with_max_completion_tokens() {
+    let llm = FakeLlm::with(|req| {
+        let body = req.json();
+        if body.get("max_tokens").is_some() {
+            return Reply::Status {
+                code: 400,
+                headers: vec![],
+                body: json!({"error": {
+                    "message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+                    "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
+                .to_string(),
+            };
+        }
+        Reply::sse(openai_sse(&["ok"]))
+    });
+    let ws = temp_dir("completion-tokens");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "sk-test"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_MAX_TOKENS", "1000"),
+        ],
+    );
+    a.send(&message("1", "first", "m-1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    a.send(&message("1", "second", "m-2"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let limits: Vec<(bool, Option<u64>)> = llm
+        .requests()
+        .iter()
+        .map(|r| {
+            let b = r.json();
+            (b.get("max_tokens").is_some(), b["max_completion_tokens"].as_u64())
+        })
+        .collect();
+    assert_eq!(limits, [(true, None), (false, Some(1000)), (false, Some(1000))]);
+}
+
 #[test]
 fn harness_mode_streams_an_openai_reply_in_protocol_order() {
     let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["Hel", "lo!"]))]);
