@@ -60,6 +60,8 @@ pub struct AgentFile {
     pub timezone: Option<String>,
     /// [ours] Voice messages: `enabled`, `openai_api_key_env`, `model` (speech to text).
     pub voice: Option<ToolSetting>,
+    /// [ours] How hard a reasoning model thinks (OpenAI `reasoning_effort`).
+    pub reasoning_effort: Option<String>,
 }
 
 const FIELDS: &[&str] = &[
@@ -76,6 +78,7 @@ const FIELDS: &[&str] = &[
     "memory",
     "timezone",
     "voice",
+    "reasoning_effort",
 ];
 
 /// Parse the text of an agent.json; problems come back as messages naming the field.
@@ -104,6 +107,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         memory: get(obj, "memory", &mut problems),
         timezone: get(obj, "timezone", &mut problems),
         voice: get(obj, "voice", &mut problems),
+        reasoning_effort: get(obj, "reasoning_effort", &mut problems),
     };
     (file, problems)
 }

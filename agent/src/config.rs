@@ -41,6 +41,8 @@ LLM (environment only, so keys never appear in a process listing):
     ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]
     AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
+    AEGIS_REASONING_EFFORT  how hard a reasoning model thinks (OpenAI-compatible
+                        reasoning_effort: minimal, low, medium, high) [model's default]
     AEGIS_SYSTEM_PROMPT system prompt [default \"You are a helpful assistant.\"]
     AEGIS_CONTEXT_TURNS newest turns sent to the model [default 50]
     AEGIS_CONTEXT_CHARS character budget of those turns [default 24000]
@@ -81,7 +83,7 @@ NETWORK (as for Go programs, curl and OpenSSL):
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\", \"anthropic/NAME\", or \"host:SERVER/NAME\" for a model
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
-    host:vllm/...), api_key_env, base_url, max_tokens,
+    host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort,
     context_turns, context_chars, system_prompt, max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
     model}}, mcp {NAME: {command, args, env, timeout_secs}},
@@ -390,6 +392,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         base_url: base.trim_end_matches('/').to_string(),
         model,
         max_tokens: max_tokens(file)?,
+        reasoning_effort: reasoning_effort(file, kind)?,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
@@ -402,6 +405,33 @@ fn max_tokens(file: &AgentFile) -> Result<Option<u32>, ConfigError> {
         Some(_) => Ok(Some(env_num("AEGIS_MAX_TOKENS", 4096u32)?)),
         None => Ok(file.max_tokens),
     }
+}
+
+/// How hard a reasoning model thinks (`AEGIS_REASONING_EFFORT`, agent.json
+/// `reasoning_effort`): OpenAI's word (`minimal`, `low`, `medium`, `high`, and what new
+/// models add), passed on as given; a word of lower-case letters, at most 16.
+fn reasoning_effort(file: &AgentFile, kind: ProviderKind) -> Result<Option<String>, ConfigError> {
+    let word = |e: &str| !e.is_empty() && e.len() <= 16 && e.bytes().all(|b| b.is_ascii_lowercase());
+    let effort = match (env("AEGIS_REASONING_EFFORT"), &file.reasoning_effort) {
+        (Some(e), _) if word(e.trim()) => e.trim().to_string(),
+        (Some(e), _) => {
+            return Err(ConfigError(format!(
+                "AEGIS_REASONING_EFFORT {e:?}: expected a word such as low, medium or high"
+            )))
+        }
+        // As for any field of agent.json, a bad value is reported and the agent runs on.
+        (None, Some(e)) if word(e.trim()) => e.trim().to_string(),
+        (None, Some(e)) => {
+            log::warn!("agent.json: field `reasoning_effort`: {e:?} is not a word such as low, medium or high (ignored)");
+            return Ok(None);
+        }
+        (None, None) => return Ok(None),
+    };
+    if kind == ProviderKind::Anthropic {
+        log::warn!("reasoning_effort is for OpenAI-compatible models; ignored for Anthropic");
+        return Ok(None);
+    }
+    Ok(Some(effort))
 }
 
 /// `host:NAME/MODEL` (after `host:`): a model server on the host, reached through it
@@ -427,6 +457,7 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         base_url: format!("host:{name}"),
         model: model.to_string(),
         max_tokens: max_tokens(file)?,
+        reasoning_effort: reasoning_effort(file, ProviderKind::OpenAi)?,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         // A host server may first load the model from disk: half a minute is common.
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),

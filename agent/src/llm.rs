@@ -85,6 +85,8 @@ pub struct Provider {
     pub model: String,
     /// Reply token limit (Anthropic requires one; default 4096).
     pub max_tokens: Option<u32>,
+    /// OpenAI `reasoning_effort` for reasoning models, when configured.
+    pub reasoning_effort: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest silence allowed between chunks (and before the response head).
@@ -384,6 +386,9 @@ impl Llm {
                         "max_tokens"
                     };
                     body[name] = m.into();
+                }
+                if let Some(e) = &p.reasoning_effort {
+                    body["reasoning_effort"] = e.as_str().into();
                 }
                 if !tools.is_empty() {
                     body["tools"] = tools
@@ -1209,6 +1214,7 @@ mod tests {
             base_url: "http://x".into(),
             model: "m".into(),
             max_tokens: None,
+            reasoning_effort: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             attempts: 1,

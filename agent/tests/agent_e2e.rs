@@ -41,6 +41,7 @@ fn a_reasoning_model_that_refuses_max_tokens_is_asked_again_with_max_completion_
             ("OPENAI_API_KEY", "sk-test"),
             ("OPENAI_BASE_URL", llm.url()),
             ("AEGIS_MAX_TOKENS", "1000"),
+            ("AEGIS_REASONING_EFFORT", "low"),
         ],
     );
     a.send(&message("1", "first", "m-1"));
@@ -56,6 +57,10 @@ fn a_reasoning_model_that_refuses_max_tokens_is_asked_again_with_max_completion_
         })
         .collect();
     assert_eq!(limits, [(true, None), (false, Some(1000)), (false, Some(1000))]);
+    assert!(llm
+        .requests()
+        .iter()
+        .all(|r| r.json()["reasoning_effort"] == "low"));
 }
 
 #[test]

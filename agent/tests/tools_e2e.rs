@@ -620,13 +620,18 @@ fn tools_can_be_chosen_by_agent_json_and_aegis_tools() {
 #[test]
 fn a_bad_agent_json_is_reported_by_field_and_the_agent_runs_on() {
     let ws = TempDir::new("tools-bad-json");
-    write_agent_json(&ws, json!({"max_tokens": "many", "context_turns": 2}));
+    write_agent_json(
+        &ws,
+        json!({"max_tokens": "many", "context_turns": 2, "reasoning_effort": "very high"}),
+    );
     let llm = FakeLlm::echo_openai();
     let a = agent(&ws, &openai(&llm));
     a.proc.wait_for("agent.json: field `max_tokens`", T);
+    a.proc.wait_for("agent.json: field `reasoning_effort`", T);
     a.send(&message("13", "hi", "m1"));
     assert_eq!(done_text(&a.reply()), "echo: hi");
-    assert!(llm.requests()[0].json().get("max_tokens").is_none());
+    let body = llm.requests()[0].json();
+    assert!(body.get("max_tokens").is_none() && body.get("reasoning_effort").is_none());
 }
 
 #[test]
