@@ -1,18 +1,22 @@
 //! Voice messages: what is said in a recording that came with a user message, written down
 //! by OpenAI's speech-to-text API (`POST {base}/audio/transcriptions`, multipart) or a
 //! server that speaks it (a local Whisper server), so the model reads it as it reads text.
-//! The recording itself is not kept; the transcript is the user's turn.
+//! The recording itself is not kept; the transcript is the user's turn. A recording too
+//! large for a tether line comes as a file of the workspace (the gateway saved it in the
+//! inbox), read from there as any file tool reads one: inside the workspace only.
 //!
 //! Without a key (or with `voice.enabled` false) the message still reaches the model,
 //! saying why it was not transcribed, so the model can tell the user.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
 use ureq::unversioned::multipart::{Form, Part};
 
+use crate::tools::paths::Workspace;
 use crate::tools::{api_from_env, refusal, transport};
 
 /// OpenAI's API base; `OPENAI_AUDIO_BASE_URL` replaces it (a local Whisper server).
@@ -23,8 +27,10 @@ pub const DEFAULT_MODEL: &str = "gpt-4o-mini-transcribe";
 const TIMEOUT: Duration = Duration::from_secs(90);
 /// Tries per recording: a rate limit or a server error is tried once more, 2 s later.
 const ATTEMPTS: u32 = 2;
-/// Longest transcript kept, in bytes (a 6-minute monologue is ~6 KB).
-const MAX_TEXT: u64 = 64 * 1024;
+/// Longest transcript kept, in bytes (an hour's monologue is ~60 KB).
+const MAX_TEXT: u64 = 256 * 1024;
+/// Largest recording sent: OpenAI's speech-to-text takes files of at most 25 MB.
+const MAX_RECORDING: u64 = 25 * 1024 * 1024;
 
 /// How voice messages are handled, from agent.json `voice` and the environment.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,12 +106,13 @@ impl Voice {
 
     /// The text of a user message with recordings: its own text (a caption, or the
     /// gateway's `[voice message, 12 s]`), then each transcript, or why there is none.
-    pub fn text_with(&self, text: &str, audio: &[tether::frame::Audio]) -> String {
+    /// A recording given by path is read from `workspace`.
+    pub fn text_with(&self, workspace: &Path, text: &str, audio: &[tether::frame::Audio]) -> String {
         let mut out = text.to_string();
         for a in audio {
             let line = match self {
                 Voice::Off(why) => format!("[not transcribed: {why}]"),
-                Voice::On(t) => match t.transcribe(a) {
+                Voice::On(t) => match recording(workspace, a).and_then(|bytes| t.transcribe(a, &bytes)) {
                     Ok(said) if said.trim().is_empty() => "[transcript: nothing was said]".to_string(),
                     Ok(said) => format!("🎤 {}", said.trim()),
                     Err(e) => {
@@ -121,15 +128,36 @@ impl Voice {
     }
 }
 
-impl Transcriber {
-    /// What is said in `a`.
-    fn transcribe(&self, a: &tether::frame::Audio) -> Result<String, String> {
-        if a.data.trim().is_empty() {
-            return Err("the recording came without its bytes".into());
+/// The bytes of `a`: inline, or the file of `workspace` it names (inside it only, a
+/// regular file, at most [`MAX_RECORDING`]).
+fn recording(workspace: &Path, a: &tether::frame::Audio) -> Result<Vec<u8>, String> {
+    if let Some(given) = a.path.as_deref().filter(|_| a.data.trim().is_empty()) {
+        let ws = Workspace::new(workspace).map_err(|e| format!("the workspace: {e}"))?;
+        let path = ws.resolve(given).map_err(|e| format!("the recording: {e}"))?;
+        let meta = std::fs::metadata(&path).map_err(|e| format!("the recording {given}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("the recording {given} is not a file"));
         }
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(a.data.trim())
-            .map_err(|e| format!("the recording is not base64: {e}"))?;
+        if meta.len() > MAX_RECORDING {
+            return Err(format!(
+                "the recording is too long for speech to text ({} MB; at most {} MB)",
+                meta.len() / (1024 * 1024),
+                MAX_RECORDING / (1024 * 1024)
+            ));
+        }
+        return std::fs::read(&path).map_err(|e| format!("the recording {given}: {e}"));
+    }
+    if a.data.trim().is_empty() {
+        return Err("the recording came without its bytes".into());
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(a.data.trim())
+        .map_err(|e| format!("the recording is not base64: {e}"))
+}
+
+impl Transcriber {
+    /// What is said in `a`, whose bytes are `bytes`.
+    fn transcribe(&self, a: &tether::frame::Audio, bytes: &[u8]) -> Result<String, String> {
         let url = format!("{}/audio/transcriptions", self.base);
         let agent = crate::tools::api_agent(&url, TIMEOUT);
         let mut attempt = 0;
@@ -140,7 +168,7 @@ impl Transcriber {
                 .text("response_format", "json")
                 .part(
                     "file",
-                    Part::bytes(&bytes)
+                    Part::bytes(bytes)
                         .file_name(file_name(&a.media_type))
                         .mime_str(&a.media_type)
                         .map_err(|e| format!("bad media type {:?}: {e}", a.media_type))?,
@@ -236,19 +264,21 @@ mod tests {
             media_type: "audio/ogg".into(),
             data: "T2dnUw==".into(),
             duration: Some(3),
+            path: None,
         }];
+        let ws = Path::new("/nonexistent");
         let off = Voice::from_config(&config(false, Some("PATH")));
         assert_eq!(
-            off.text_with("[voice message, 3 s]", &audio),
+            off.text_with(ws, "[voice message, 3 s]", &audio),
             "[voice message, 3 s]\n[not transcribed: voice messages are turned off in agent.json]"
         );
         let none = Voice::from_config(&config(true, Some("AEGIS_TEST_NO_SUCH_KEY")));
         assert!(
-            none.text_with("hi", &audio)
+            none.text_with(ws, "hi", &audio)
                 .ends_with("no OpenAI key (AEGIS_TEST_NO_SUCH_KEY)]"),
             "{none:?}"
         );
-        assert_eq!(none.text_with("plain", &[]), "plain");
+        assert_eq!(none.text_with(ws, "plain", &[]), "plain");
     }
 
     #[test]
@@ -260,10 +290,27 @@ mod tests {
             base: "http://127.0.0.1:9/v1".into(),
             model: DEFAULT_MODEL.into(),
         });
+        let tmp = crate::testutil::TempDir::new("transcribe-paths");
         assert_eq!(
-            on.text_with(&m.text, &m.audio),
+            on.text_with(tmp.path(), &m.text, &m.audio),
             "[voice message]\n[not transcribed: the recording came without its bytes]"
         );
+        // A recording by path is read from the workspace only, and only a file.
+        let by_path = |p: &str| {
+            let a = tether::frame::Audio {
+                path: Some(p.into()),
+                ..Default::default()
+            };
+            on.text_with(tmp.path(), "[voice message]", &[a])
+        };
+        assert!(
+            by_path("../../etc/passwd").contains("is outside the workspace"),
+            "{}",
+            by_path("../../etc/passwd")
+        );
+        assert!(by_path("inbox/none.ogg").contains("[not transcribed: the recording inbox/none.ogg: "));
+        std::fs::create_dir_all(tmp.path().join("inbox/dir.ogg")).unwrap();
+        assert!(by_path("inbox/dir.ogg").ends_with("the recording inbox/dir.ogg is not a file]"));
     }
 
     #[test]

@@ -385,11 +385,12 @@ fn written_down(
     send_presence(shared, out, msg_id, &Presence::restart(""));
     let (tx, rx) = bounded(1);
     let (voice, text, audio) = (shared.voice.clone(), msg.text.clone(), msg.audio.clone());
+    let workspace = shared.workspace.clone();
     let spawned = std::thread::Builder::new()
         .name("transcribe".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(voice.text_with(&text, &audio));
+            let _ = tx.send(voice.text_with(&workspace, &text, &audio));
         });
     if let Err(e) = spawned {
         return Some(format!("{}\n[not transcribed: no thread: {e}]", msg.text));

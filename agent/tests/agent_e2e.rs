@@ -849,6 +849,7 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
                 media_type: "audio/ogg".into(),
                 data: base64::engine::general_purpose::STANDARD.encode(bytes),
                 duration: Some(2),
+                path: None,
             }],
             ..Default::default()
         };

@@ -88,9 +88,9 @@ In a chat with topics (a forum group, or a private chat with topics on) each top
 conversation of its own. An album of photos reaches the agent as one message, a text file
 (32 KB at most) inside the message, any other file (20 MB at most) saved into the
 instance's workspace as inbox/NAME, a voice or video message, an audio file or a video
-(700 KB at most) as a recording the agent has written down, a reply with what it answers
-quoted, a forward with whom it is from, a location as its coordinates, a sticker as its
-emoji. Images and files a reply attaches follow its text as photos and documents.";
+as a recording the agent has written down (over 700 KB through inbox/), a reply with
+what it answers quoted, a forward with whom it is from, a location as its coordinates, a
+sticker as its emoji. Images and files a reply attaches follow its text as photos and documents.";
 
 struct Args {
     config: Option<PathBuf>,

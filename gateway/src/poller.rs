@@ -384,13 +384,38 @@ impl Poller {
             _ => text,
         };
         let mut audio = Vec::new();
-        if let Some(crate::voice::Recorded::Pass(s)) = recording {
-            let bytes = self.download(at, &s.file_id, crate::voice::MAX_RECORDING, "recording")?;
-            audio.push(Audio {
-                media_type: s.media_type,
-                data: crate::images::encode(&bytes),
-                duration: Some(s.duration).filter(|d| *d > 0),
-            });
+        let mut text = text;
+        match recording {
+            // Too large for the tether line: through the workspace, by path.
+            Some(crate::voice::Recorded::Pass(s)) if s.by_file() => {
+                match self.save_to_inbox(at, &s.file_name, &s.file_id, s.size) {
+                    Ok(saved) => {
+                        text = format!("{text}\n[saved in the workspace as {}]", saved.path);
+                        audio.push(Audio {
+                            media_type: s.media_type,
+                            data: String::new(),
+                            path: Some(saved.path),
+                            duration: Some(s.duration).filter(|d| *d > 0),
+                        });
+                    }
+                    Err(why) => {
+                        text = format!(
+                            "{text}\n[{} not passed on: {why}]",
+                            &s.label[1..s.label.len() - 1]
+                        );
+                    }
+                }
+            }
+            Some(crate::voice::Recorded::Pass(s)) => {
+                let bytes = self.download(at, &s.file_id, crate::voice::MAX_RECORDING, "recording")?;
+                audio.push(Audio {
+                    media_type: s.media_type,
+                    data: crate::images::encode(&bytes),
+                    path: None,
+                    duration: Some(s.duration).filter(|d| *d > 0),
+                });
+            }
+            _ => {}
         }
         let text = match replied.and_then(|r| self.quoted(m, r)) {
             Some(q) => format!("{q}\n{text}"),
@@ -466,12 +491,27 @@ impl Poller {
     /// why not (a file Telegram would not give, or a disk too full, is the model's to
     /// explain, with the caption it came with).
     fn save_file(&self, at: (i64, Option<i64>), file: &crate::documents::ToSave) -> String {
+        match self.save_to_inbox(at, &file.name, &file.file_id, file.size) {
+            Ok(saved) => file.saved(&saved),
+            Err(why) => file.not_saved(&why),
+        }
+    }
+
+    /// Telegram's file `file_id` saved into the instance's inbox as `name` (or the next
+    /// free name); why not, for the model, when it cannot be.
+    fn save_to_inbox(
+        &self,
+        at: (i64, Option<i64>),
+        name: &str,
+        file_id: &str,
+        size: Option<u64>,
+    ) -> Result<crate::inbox::Saved, String> {
         let Some(ws) = self.workspace.get() else {
-            return file.not_saved("the gateway does not know the instance's workspace");
+            return Err("the gateway does not know the instance's workspace".into());
         };
-        let saved = crate::inbox::save(ws, &file.name, file.size, |out| {
+        let saved = crate::inbox::save(ws, name, size, |out| {
             self.tg
-                .download_to(&file.file_id, crate::inbox::MAX_FILE, out)
+                .download_to(file_id, crate::inbox::MAX_FILE, out)
                 .map(drop)
                 .map_err(|e| format!("Telegram would not give it ({e})"))
         });
@@ -483,11 +523,11 @@ impl Poller {
                     saved.path,
                     saved.size
                 );
-                file.saved(&saved)
+                Ok(saved)
             }
             Err(e) => {
-                log::warn!("chat {}: file {} not saved: {e}", at.0, file.name);
-                file.not_saved(&e.to_string())
+                log::warn!("chat {}: file {name} not saved: {e}", at.0);
+                Err(e.to_string())
             }
         }
     }

@@ -1,15 +1,16 @@
 //! Recordings sent to the bot: voice messages, audio files, video messages, and the
 //! sound of videos (the picture does not reach the agent). The gateway
-//! holds no speech-to-text key, so it passes the recording on (inline, as an image) and
-//! the agent writes down what is said. The message's text names the recording, so an
+//! holds no speech-to-text key, so it passes the recording on (inline, as an image; one
+//! too large for a tether line saved into the workspace's inbox, by path) and the agent
+//! writes down what is said. The message's text names the recording, so an
 //! agent that cannot transcribe (upstream's) still knows one was sent, and the model can
 //! say so.
 
 use crate::telegram::{Document, Message};
 
-/// Largest recording passed on: its base64 must fit the tether's 1 MiB line with the rest
-/// of the message. A voice message of Telegram's Opus (≈ 16–32 kbit/s) that size lasts
-/// 3 to 6 minutes.
+/// Largest recording passed inline: its base64 must fit the tether's 1 MiB line with the
+/// rest of the message. A voice message of Telegram's Opus (≈ 16–32 kbit/s) that size
+/// lasts 3 to 6 minutes; a longer one goes through the workspace.
 pub const MAX_RECORDING: u64 = 700 * 1024;
 
 /// A recording to pass on.
@@ -23,6 +24,17 @@ pub struct Spoken {
     pub duration: u64,
     /// What the message says when it has no caption: `[voice message, 12 s]`.
     pub label: String,
+    /// Bytes, when Telegram says.
+    pub size: Option<u64>,
+    /// Its name in the inbox, should it be too large to pass inline (`voice-12.ogg`).
+    pub file_name: String,
+}
+
+impl Spoken {
+    /// Whether it is too large to travel inline, so it goes through the workspace.
+    pub fn by_file(&self) -> bool {
+        self.size.is_some_and(|s| s > MAX_RECORDING)
+    }
 }
 
 /// What to do with a message's recording.
@@ -30,30 +42,39 @@ pub struct Spoken {
 pub enum Recorded {
     /// Pass it on.
     Pass(Spoken),
-    /// Too large: the note for the model says so.
+    /// Too large even for the workspace: the note for the model says so.
     LeftOut(String),
 }
 
 /// The recording of `m`, if it has one.
 pub fn recorded(m: &Message) -> Option<Recorded> {
-    let (r, kind, default_type) = if let Some(r) = &m.voice {
-        (r, "voice message", "audio/ogg")
+    let (r, kind, default_type, ext) = if let Some(r) = &m.voice {
+        (r, "voice message", "audio/ogg", "ogg")
     } else if let Some(r) = &m.video_note {
-        (r, "video message", "video/mp4")
+        (r, "video message", "video/mp4", "mp4")
     } else if let Some(r) = &m.video {
-        (r, "video", "video/mp4")
+        (r, "video", "video/mp4", "mp4")
     } else {
-        (m.audio.as_ref()?, "audio file", "audio/mpeg")
+        (m.audio.as_ref()?, "audio file", "audio/mpeg", "mp3")
     };
     let label = label(kind, r);
-    if r.file_size.is_some_and(|s| s > MAX_RECORDING) {
+    if r.file_size.is_some_and(|s| s > crate::inbox::MAX_FILE) {
         let size = r.file_size.unwrap_or_default().div_ceil(1024);
         return Some(Recorded::LeftOut(format!(
-            "[{} not passed on: {size} KB, at most {} KB are]",
+            "[{} not passed on: {size} KB, bots can fetch files of at most {} MB]",
             &label[1..label.len() - 1],
-            MAX_RECORDING / 1024
+            crate::inbox::MAX_FILE / (1024 * 1024)
         )));
     }
+    // An audio file keeps its own name; a recording is named after its message.
+    let file_name = match r.file_name.as_deref() {
+        Some(n) if !n.trim().is_empty() => crate::inbox::safe_name(Some(n)),
+        _ => format!(
+            "{}-{}.{ext}",
+            kind.split(' ').next().unwrap_or("recording"),
+            m.message_id
+        ),
+    };
     let media_type = r
         .mime_type
         .as_deref()
@@ -65,6 +86,8 @@ pub fn recorded(m: &Message) -> Option<Recorded> {
         media_type,
         duration: r.duration,
         label,
+        size: r.file_size,
+        file_name,
     }))
 }
 
@@ -116,6 +139,8 @@ mod tests {
                 media_type: "audio/ogg".into(),
                 duration: 12,
                 label: "[voice message, 12 s]".into(),
+                size: Some(20_000),
+                file_name: "voice-1.ogg".into(),
             }))
         );
         let note = message(
@@ -137,6 +162,7 @@ mod tests {
             panic!()
         };
         assert_eq!(s.label, "[audio file take2.mp3, 3 min 5 s]");
+        assert_eq!(s.file_name, "take2.mp3");
         assert_eq!(
             s.media_type, "audio/mpeg",
             "a type that is no audio is not trusted"
@@ -145,15 +171,23 @@ mod tests {
     }
 
     #[test]
-    fn a_recording_too_large_for_the_tether_is_named_as_left_out() {
+    fn a_recording_too_large_for_the_tether_goes_by_file_and_one_too_large_for_that_is_left_out() {
         let long = message(
             serde_json::json!({"voice": {"file_id": "v1", "file_unique_id": "u",
             "duration": 900, "file_size": 2_000_000}}),
         );
+        let Some(Recorded::Pass(s)) = recorded(&long) else {
+            panic!()
+        };
+        assert!(s.by_file());
+        let huge = message(
+            serde_json::json!({"video": {"file_id": "v1", "file_unique_id": "u",
+            "duration": 3600, "file_size": 30_000_000}}),
+        );
         assert_eq!(
-            recorded(&long),
+            recorded(&huge),
             Some(Recorded::LeftOut(
-                "[voice message, 15 min not passed on: 1954 KB, at most 700 KB are]".into()
+                "[video, 60 min not passed on: 29297 KB, bots can fetch files of at most 20 MB]".into()
             ))
         );
     }

@@ -1244,12 +1244,24 @@ fn a_voice_message_is_written_down_for_the_model() {
         .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
     assert_eq!(speech.requests()[2].file_name, "video.mp4");
 
-    let long = fake_ogg(800 * 1024, 4);
-    s.telegram.push_voice(CHAT, 7, &long, 600);
-    let want = "echo: [Pat]: [voice message, 10 min not passed on: 800 KB, at most 700 KB are]";
+    // Too long for the tether line: it goes through the workspace's inbox, by path.
+    let long = fake_ogg(3 << 20, 4);
+    speech.says(&long, "An even longer story.");
+    let id = s.telegram.push_voice(CHAT, 7, &long, 1500);
+    let want = format!(
+        "echo: [Pat]: [voice message, 25 min]\n[saved in the workspace as inbox/voice-{id}.ogg]\n🎤 An even longer story."
+    );
     s.telegram
         .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
-    assert_eq!(speech.requests().len(), 3);
+    assert!(speech.requests()[3].bytes == long, "the recording arrived whole");
+    assert!(
+        std::fs::read(
+            s.home
+                .join(format!("kit/instances/my-agent/workspace/inbox/voice-{id}.ogg"))
+        )
+        .unwrap()
+            == long
+    );
 }
 
 #[test]

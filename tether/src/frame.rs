@@ -235,6 +235,10 @@ pub struct Audio {
     /// The bytes, base64 (a recording without them is reported, not fatal to the message).
     #[serde(default)]
     pub data: String,
+    /// A recording too large for a tether line, saved into the workspace instead: its path
+    /// there (`inbox/voice-12.ogg`); `data` is then empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Length in seconds, when the sender said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<u64>,
