@@ -62,6 +62,8 @@ pub struct AgentFile {
     pub voice: Option<ToolSetting>,
     /// [ours] How hard a reasoning model thinks (OpenAI `reasoning_effort`).
     pub reasoning_effort: Option<String>,
+    /// [ours] Anthropic extended thinking: the tokens it may think with.
+    pub thinking_budget: Option<u32>,
 }
 
 const FIELDS: &[&str] = &[
@@ -79,6 +81,7 @@ const FIELDS: &[&str] = &[
     "timezone",
     "voice",
     "reasoning_effort",
+    "thinking_budget",
 ];
 
 /// Parse the text of an agent.json; problems come back as messages naming the field.
@@ -108,6 +111,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         timezone: get(obj, "timezone", &mut problems),
         voice: get(obj, "voice", &mut problems),
         reasoning_effort: get(obj, "reasoning_effort", &mut problems),
+        thinking_budget: get(obj, "thinking_budget", &mut problems),
     };
     (file, problems)
 }

@@ -43,6 +43,8 @@ LLM (environment only, so keys never appear in a process listing):
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
     AEGIS_REASONING_EFFORT  how hard a reasoning model thinks (OpenAI-compatible
                         reasoning_effort: minimal, low, medium, high) [model's default]
+    AEGIS_THINKING_BUDGET   Anthropic extended thinking: tokens Claude may think with
+                        (at least 1024; 0 = off) [off]
     AEGIS_SYSTEM_PROMPT system prompt [default \"You are a helpful assistant.\"]
     AEGIS_CONTEXT_TURNS newest turns sent to the model [default 50]
     AEGIS_CONTEXT_CHARS character budget of those turns [default 24000]
@@ -84,7 +86,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\", \"anthropic/NAME\", or \"host:SERVER/NAME\" for a model
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
     host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort,
-    context_turns, context_chars, system_prompt, max_tool_rounds,
+    thinking_budget, context_turns, context_chars, system_prompt, max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
     model}}, mcp {NAME: {command, args, env, timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
@@ -393,6 +395,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         model,
         max_tokens: max_tokens(file)?,
         reasoning_effort: reasoning_effort(file, kind)?,
+        thinking_budget: thinking_budget(file, kind, max_tokens(file)?)?,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
@@ -434,6 +437,45 @@ fn reasoning_effort(file: &AgentFile, kind: ProviderKind) -> Result<Option<Strin
     Ok(Some(effort))
 }
 
+/// Anthropic extended thinking (`AEGIS_THINKING_BUDGET`, agent.json `thinking_budget`):
+/// the tokens Claude may think with, at least 1,024 (the API's minimum) and below the
+/// reply limit when one is set.
+fn thinking_budget(
+    file: &AgentFile,
+    kind: ProviderKind,
+    max_tokens: Option<u32>,
+) -> Result<Option<u32>, ConfigError> {
+    let from_env = env("AEGIS_THINKING_BUDGET").is_some();
+    let budget = match (from_env, file.thinking_budget) {
+        (true, _) => env_num("AEGIS_THINKING_BUDGET", 0u32)?,
+        (false, Some(b)) => b,
+        (false, None) => return Ok(None),
+    };
+    let problem = match budget {
+        0 => return Ok(None),
+        1..=1023 => Some(format!("{budget}: Anthropic's minimum is 1024 tokens")),
+        _ => max_tokens.filter(|m| *m <= budget).map(|m| {
+            format!("{budget} must be below max_tokens ({m}): thinking is part of the reply's tokens")
+        }),
+    };
+    match problem {
+        Some(p) if from_env => return Err(ConfigError(format!("AEGIS_THINKING_BUDGET {p}"))),
+        // As for any field of agent.json, a bad value is reported and the agent runs on.
+        Some(p) => {
+            log::warn!("agent.json: field `thinking_budget`: {p} (ignored)");
+            return Ok(None);
+        }
+        None => {}
+    }
+    if kind != ProviderKind::Anthropic {
+        log::warn!(
+            "thinking_budget is Anthropic's extended thinking; ignored for this model (see reasoning_effort)"
+        );
+        return Ok(None);
+    }
+    Ok(Some(budget))
+}
+
 /// `host:NAME/MODEL` (after `host:`): a model server on the host, reached through it
 /// (upstream's local models). No key: the host adds none, as in the Go agent.
 fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> {
@@ -458,6 +500,7 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         model: model.to_string(),
         max_tokens: max_tokens(file)?,
         reasoning_effort: reasoning_effort(file, ProviderKind::OpenAi)?,
+        thinking_budget: None,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         // A host server may first load the model from disk: half a minute is common.
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),

@@ -87,6 +87,8 @@ pub struct Provider {
     pub max_tokens: Option<u32>,
     /// OpenAI `reasoning_effort` for reasoning models, when configured.
     pub reasoning_effort: Option<String>,
+    /// Anthropic extended thinking's `budget_tokens`, when configured.
+    pub thinking_budget: Option<u32>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest silence allowed between chunks (and before the response head).
@@ -227,6 +229,9 @@ pub enum Chunk {
     /// The stream broke after text and is being tried again: the text of this round so
     /// far is void.
     Restart,
+    /// Anthropic's signed thinking blocks of the round, in order, just before its end:
+    /// to send back before the round's tool calls.
+    Thoughts(Vec<crate::session::Block>),
     /// The round is complete (with the tool calls it asked for), or failed.
     End(Result<Vec<ToolCall>, LlmError>),
 }
@@ -288,6 +293,8 @@ struct Decoder {
     finished: bool,
     /// Thoughts written inline at the start of the content.
     inline: InlineThink,
+    /// Anthropic thinking blocks by index, as signed (or withheld) by the API.
+    signed: std::collections::BTreeMap<u64, crate::session::Block>,
 }
 
 impl Decoder {
@@ -402,13 +409,18 @@ impl Llm {
                 body
             }
             ProviderKind::Anthropic => {
+                // The budget is part of the reply's tokens: the answer keeps its 4096 on top.
+                let max_tokens = p.max_tokens.unwrap_or(4096 + p.thinking_budget.unwrap_or(0));
                 let mut body = serde_json::json!({
                     "model": p.model,
-                    "max_tokens": p.max_tokens.unwrap_or(4096),
+                    "max_tokens": max_tokens,
                     "system": system,
                     "messages": anthropic_messages(turns),
                     "stream": true,
                 });
+                if let Some(budget) = p.thinking_budget {
+                    body["thinking"] = serde_json::json!({"type": "enabled", "budget_tokens": budget});
+                }
                 if !tools.is_empty() {
                     body["tools"] = tools
                         .iter()
@@ -697,6 +709,30 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
     let kind = ev.event.as_deref().or(v["type"].as_str()).unwrap_or("");
     let index = v["index"].as_u64().unwrap_or(0);
     match kind {
+        "content_block_start" if v["content_block"]["type"] == "thinking" => {
+            decoder.signed.insert(
+                index,
+                Block::Thinking {
+                    thinking: v["content_block"]["thinking"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    signature: v["content_block"]["signature"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                },
+            );
+            Ok(Step::Nothing)
+        }
+        "content_block_start" if v["content_block"]["type"] == "redacted_thinking" => {
+            let data = v["content_block"]["data"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            decoder.signed.insert(index, Block::RedactedThinking { data });
+            Ok(Step::Nothing)
+        }
         "content_block_start" if v["content_block"]["type"] == "tool_use" => {
             let block = &v["content_block"];
             let partial = decoder.calls.entry(index).or_default();
@@ -710,10 +746,22 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
                 ..Split::default()
             }),
             // Extended thinking, for a request that turned it on.
-            Some("thinking_delta") => Step::Delta(Split {
-                reasoning: v["delta"]["thinking"].as_str().unwrap_or_default().to_string(),
-                ..Split::default()
-            }),
+            Some("thinking_delta") => {
+                let piece = v["delta"]["thinking"].as_str().unwrap_or_default();
+                if let Some(Block::Thinking { thinking, .. }) = decoder.signed.get_mut(&index) {
+                    thinking.push_str(piece);
+                }
+                Step::Delta(Split {
+                    reasoning: piece.to_string(),
+                    ..Split::default()
+                })
+            }
+            Some("signature_delta") => {
+                if let Some(Block::Thinking { signature, .. }) = decoder.signed.get_mut(&index) {
+                    signature.push_str(v["delta"]["signature"].as_str().unwrap_or_default());
+                }
+                Step::Nothing
+            }
             Some("input_json_delta") => {
                 if let Some(p) = decoder.calls.get_mut(&index) {
                     p.arguments
@@ -838,6 +886,12 @@ fn anthropic_messages(turns: &[Turn]) -> Vec<serde_json::Value> {
                             let input = if input.is_object() { input.clone() } else { serde_json::json!({}) };
                             Some(serde_json::json!({"type": "tool_use", "id": id, "name": name, "input": input}))
                         }
+                        Block::Thinking { thinking, signature } => Some(
+                            serde_json::json!({"type": "thinking", "thinking": thinking, "signature": signature}),
+                        ),
+                        Block::RedactedThinking { data } => {
+                            Some(serde_json::json!({"type": "redacted_thinking", "data": data}))
+                        }
                         _ => None,
                     })
                     .collect(),
@@ -901,6 +955,10 @@ fn pass_on(d: Split, decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut b
 fn complete(mut decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
     let rest = decoder.inline.finish();
     send_split(rest.reasoning, rest.text, tx, sent_any);
+    let thoughts: Vec<Block> = std::mem::take(&mut decoder.signed).into_values().collect();
+    if !thoughts.is_empty() {
+        let _ = tx.send(Chunk::Thoughts(thoughts));
+    }
     decoder.into_calls()
 }
 
@@ -1215,6 +1273,7 @@ mod tests {
             model: "m".into(),
             max_tokens: None,
             reasoning_effort: None,
+            thinking_budget: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             attempts: 1,

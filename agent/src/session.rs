@@ -59,6 +59,20 @@ pub enum Block {
         #[serde(skip)]
         data: Option<String>,
     },
+    /// Anthropic extended thinking that led to tool calls, signed by the API, which wants
+    /// it back unchanged before those calls while the reply goes on. Kept in memory for
+    /// that; never written to the session file (see [`Turn::without_thoughts`]).
+    Thinking {
+        /// The thoughts.
+        thinking: String,
+        /// The API's signature over them.
+        signature: String,
+    },
+    /// Extended thinking the API withheld (encrypted), likewise sent back unchanged.
+    RedactedThinking {
+        /// As the API gave it.
+        data: String,
+    },
     /// A block this agent does not use: kept out of the context rather than failing the
     /// whole line.
     #[serde(other)]
@@ -116,7 +130,9 @@ impl Content {
                     Block::Text { text } => text.chars().count(),
                     Block::ToolUse { name, input, .. } => name.len() + input.to_string().len(),
                     Block::Image { .. } => IMAGE_COST,
-                    Block::Other => 0,
+                    // The API strips thoughts of earlier turns; those of the turn going on
+                    // count against the model's budget, not this one.
+                    Block::Thinking { .. } | Block::RedactedThinking { .. } | Block::Other => 0,
                 })
                 .sum(),
         }
@@ -177,9 +193,16 @@ impl Turn {
         t
     }
 
-    /// An assistant turn that called tools, as upstream writes it.
+    /// An assistant turn that called tools, without thoughts.
+    #[cfg(test)]
     pub fn tool_calls(text: &str, calls: &[crate::llm::ToolCall]) -> Turn {
-        let mut blocks = Vec::with_capacity(calls.len() + 1);
+        Turn::tool_calls_after(Vec::new(), text, calls)
+    }
+
+    /// An assistant turn that called tools, as upstream writes it, after the signed thoughts
+    /// (`Thinking`, `RedactedThinking`) that led to them.
+    pub fn tool_calls_after(thoughts: Vec<Block>, text: &str, calls: &[crate::llm::ToolCall]) -> Turn {
+        let mut blocks = thoughts;
         if !text.is_empty() {
             blocks.push(Block::Text {
                 text: text.to_string(),
@@ -191,6 +214,20 @@ impl Turn {
             input: c.input.clone(),
         }));
         Turn::new(Role::Assistant, Content::Blocks(blocks))
+    }
+
+    /// The turn as the session file keeps it: thoughts are not part of the conversation.
+    pub fn without_thoughts(&self) -> std::borrow::Cow<'_, Turn> {
+        let Content::Blocks(blocks) = &self.content else {
+            return std::borrow::Cow::Borrowed(self);
+        };
+        let thought = |b: &Block| matches!(b, Block::Thinking { .. } | Block::RedactedThinking { .. });
+        if !blocks.iter().any(thought) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let mut kept = self.clone();
+        kept.content = Content::Blocks(blocks.iter().filter(|b| !thought(b)).cloned().collect());
+        std::borrow::Cow::Owned(kept)
     }
 }
 

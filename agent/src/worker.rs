@@ -168,7 +168,7 @@ fn keep(shared: &Shared) -> usize {
 }
 
 fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Turn) {
-    if let Err(e) = shared.sessions.append(session, &turn) {
+    if let Err(e) = shared.sessions.append(session, &turn.without_thoughts()) {
         // The reply still goes out; only the record of it is missing. The error frame
         // carries no msg_id: it is about the session, not a failed reply.
         log::error!("cannot write {}: {e}", shared.sessions.path(session).display());
@@ -486,6 +486,8 @@ fn rounds(
         let mut text = String::new();
         // A reasoning model's thoughts are streaming; they end where the text begins.
         let mut thinking = false;
+        // Signed thoughts that led to this round's tool calls (Anthropic).
+        let mut thoughts = Vec::new();
         let window = with_image_data(shared, context(history, shared.budget));
         let stream = llm.stream(system, &window, &specs);
         let round = loop {
@@ -509,9 +511,11 @@ fn rounds(
                         send_text(shared, kind::REASONING_DELTA, out, msg_id, &t);
                         thinking = true;
                     }
+                    Ok(Chunk::Thoughts(blocks)) => thoughts = blocks,
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
                         text.clear();
+                        thoughts.clear();
                         send_presence(shared, out, msg_id, &Presence::restart(shown.clone()));
                     }
                     Ok(Chunk::End(Ok(calls))) => break Round::Calls(calls),
@@ -552,7 +556,12 @@ fn rounds(
                 return Ending::Cancelled(shown);
             }
         };
-        persist(shared, session, history, Turn::tool_calls(&text, &calls));
+        persist(
+            shared,
+            session,
+            history,
+            Turn::tool_calls_after(thoughts, &text, &calls),
+        );
         let mut cancelled = false;
         let mut restart = false;
         for call in &calls {

@@ -16,6 +16,75 @@ use tether::Frame;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Claude with extended thinking calls a tool: the signed thoughts go back before the
+/// call, as Anthropic requires, and never into the session file.
+#[test]
+fn anthropic_extended_thinking_sends_its_signed_thoughts_back_with_the_tool_call() {
+    use aegis_e2e::llm::{anthropic_thinking_refusal, anthropic_thinking_tool_sse, tool_results};
+    let llm = FakeLlm::with(|req| {
+        let body = req.json();
+        if let Some(refusal) = anthropic_thinking_refusal(&body) {
+            return refusal;
+        }
+        if tool_results(req).is_empty() {
+            return Reply::sse(anthropic_thinking_tool_sse(
+                &["The user wants", " a greeting file."],
+                "sig-EqQBCkgIARAB",
+                Some("ENCRYPTED-THOUGHTS"),
+                &[("toolu_1", "bash", r#"{"command":"echo hi > greeting.txt"}"#)],
+            ));
+        }
+        Reply::sse(anthropic_sse(&["Done."]))
+    });
+    let ws = temp_dir("anthropic-thinking");
+    let a = start_agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-test"),
+            ("ANTHROPIC_BASE_URL", llm.url()),
+            ("AEGIS_THINKING_BUDGET", "2048"),
+        ],
+    );
+    a.send(&message("5", "write a greeting file", "m-1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Done.");
+    assert_eq!(
+        texts(&frames, "reasoning.delta").concat(),
+        "The user wants a greeting file."
+    );
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 2, "the tool round was not refused");
+    let first = reqs[0].json();
+    assert_eq!(
+        first["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2048})
+    );
+    assert_eq!(
+        first["max_tokens"],
+        2048 + 4096,
+        "the answer keeps its 4096 on top"
+    );
+    let second = reqs[1].json();
+    let call = &second["messages"][1];
+    assert_eq!(
+        call["content"][0],
+        json!({"type": "thinking", "thinking": "The user wants a greeting file.", "signature": "sig-EqQBCkgIARAB"})
+    );
+    assert_eq!(
+        call["content"][1],
+        json!({"type": "redacted_thinking", "data": "ENCRYPTED-THOUGHTS"})
+    );
+    assert_eq!(call["content"][2]["type"], "tool_use");
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
+    assert!(session.contains("toolu_1"), "{session}");
+    assert!(
+        !session.contains("sig-EqQBCkgIARAB")
+            && !session.contains("ENCRYPTED")
+            && !session.contains("greeting file."),
+        "{session}"
+    );
+}
+
 /// OpenAI's reasoning models (o-series, GPT-5) refuse `max_tokens`, here as Azure or a
 /// proxy serves them: the agent asks again with `max_completion_tokens`, and keeps to it.
 #[test]

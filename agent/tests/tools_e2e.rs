@@ -622,12 +622,16 @@ fn a_bad_agent_json_is_reported_by_field_and_the_agent_runs_on() {
     let ws = TempDir::new("tools-bad-json");
     write_agent_json(
         &ws,
-        json!({"max_tokens": "many", "context_turns": 2, "reasoning_effort": "very high"}),
+        json!({"max_tokens": "many", "context_turns": 2, "reasoning_effort": "very high", "thinking_budget": 100}),
     );
     let llm = FakeLlm::echo_openai();
     let a = agent(&ws, &openai(&llm));
     a.proc.wait_for("agent.json: field `max_tokens`", T);
     a.proc.wait_for("agent.json: field `reasoning_effort`", T);
+    a.proc.wait_for(
+        "agent.json: field `thinking_budget`: 100: Anthropic's minimum is 1024 tokens (ignored)",
+        T,
+    );
     a.send(&message("13", "hi", "m1"));
     assert_eq!(done_text(&a.reply()), "echo: hi");
     let body = llm.requests()[0].json();

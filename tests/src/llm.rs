@@ -336,6 +336,94 @@ pub fn anthropic_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize
     out
 }
 
+/// The Anthropic event sequence of extended thinking that leads to tool calls: a
+/// `thinking` block streamed as `thoughts` and signed with `signature`, a
+/// `redacted_thinking` block with `redacted` (when given), then `calls` as in
+/// [`anthropic_tool_sse`].
+pub fn anthropic_thinking_tool_sse(
+    thoughts: &[&str],
+    signature: &str,
+    redacted: Option<&str>,
+    calls: &[(&str, &str, &str)],
+) -> Vec<String> {
+    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut out = vec![
+        ev(
+            "message_start",
+            json!({"type":"message_start","message":{"id":"msg_3","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
+        ),
+        ev(
+            "content_block_start",
+            json!({"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}),
+        ),
+    ];
+    for t in thoughts {
+        out.push(ev(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":t}}),
+        ));
+    }
+    out.push(ev(
+        "content_block_delta",
+        json!({"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":signature}}),
+    ));
+    out.push(ev(
+        "content_block_stop",
+        json!({"type":"content_block_stop","index":0}),
+    ));
+    let mut index = 1;
+    if let Some(data) = redacted {
+        out.push(ev(
+            "content_block_start",
+            json!({"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":data}}),
+        ));
+        out.push(ev(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":1}),
+        ));
+        index = 2;
+    }
+    // The tool calls, their block indices after the thoughts.
+    let tools = anthropic_tool_sse("", calls, 1000);
+    for e in &tools[1..] {
+        let Some((head, data)) = e.split_once("data: ") else {
+            continue;
+        };
+        let mut v: serde_json::Value = serde_json::from_str(data.trim()).unwrap();
+        if let Some(i) = v["index"].as_u64() {
+            v["index"] = json!(i + index);
+        }
+        out.push(format!("{head}data: {v}\n\n"));
+    }
+    out
+}
+
+/// Anthropic's rule for extended thinking with tools, as its API enforces it: with
+/// `thinking` on, the last assistant message that calls tools must start with the
+/// thinking blocks of that turn, unchanged. The 400 it answers otherwise, else `None`.
+pub fn anthropic_thinking_refusal(body: &serde_json::Value) -> Option<Reply> {
+    body.get("thinking")?;
+    let messages = body["messages"].as_array()?;
+    let (i, last) = messages.iter().enumerate().rev().find(|(_, m)| {
+        m["role"] == "assistant"
+            && m["content"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|b| b["type"] == "tool_use"))
+    })?;
+    let first = &last["content"][0]["type"];
+    if first == "thinking" || first == "redacted_thinking" {
+        return None;
+    }
+    Some(Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"type": "error", "error": {"type": "invalid_request_error", "message": format!(
+            "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns. To avoid this requirement, disable `thinking`. Please consult our documentation at https://docs.claude.com/en/docs/build-with-claude/extended-thinking",
+            first.as_str().unwrap_or("text"))}})
+        .to_string(),
+    })
+}
+
 /// The names of the tools a request offers (OpenAI `function.name` or Anthropic `name`).
 pub fn offered_tools(req: &Request) -> Vec<String> {
     req.json()["tools"]
