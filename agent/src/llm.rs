@@ -293,11 +293,17 @@ struct Decoder {
     finished: bool,
     /// Thoughts written inline at the start of the content.
     inline: InlineThink,
-    /// Anthropic thinking blocks by index, as signed (or withheld) by the API.
-    signed: std::collections::BTreeMap<u64, crate::session::Block>,
+    /// Anthropic thinking blocks with their index, as signed (or withheld) by the API, in
+    /// the order they came (a list: a turn has one or two).
+    signed: Vec<(u64, crate::session::Block)>,
 }
 
 impl Decoder {
+    /// The thinking block at `index`, if one started there.
+    fn signed_block(&mut self, index: u64) -> Option<&mut crate::session::Block> {
+        self.signed.iter_mut().find(|(i, _)| *i == index).map(|(_, b)| b)
+    }
+
     /// The calls, in index order. Empty arguments mean `{}`.
     fn into_calls(self) -> Vec<ToolCall> {
         self.calls
@@ -710,19 +716,12 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
     let index = v["index"].as_u64().unwrap_or(0);
     match kind {
         "content_block_start" if v["content_block"]["type"] == "thinking" => {
-            decoder.signed.insert(
-                index,
-                Block::Thinking {
-                    thinking: v["content_block"]["thinking"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    signature: v["content_block"]["signature"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                },
-            );
+            let block = &v["content_block"];
+            let thinking = Block::Thinking {
+                thinking: block["thinking"].as_str().unwrap_or_default().to_string(),
+                signature: block["signature"].as_str().unwrap_or_default().to_string(),
+            };
+            decoder.signed.push((index, thinking));
             Ok(Step::Nothing)
         }
         "content_block_start" if v["content_block"]["type"] == "redacted_thinking" => {
@@ -730,7 +729,7 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            decoder.signed.insert(index, Block::RedactedThinking { data });
+            decoder.signed.push((index, Block::RedactedThinking { data }));
             Ok(Step::Nothing)
         }
         "content_block_start" if v["content_block"]["type"] == "tool_use" => {
@@ -748,7 +747,7 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             // Extended thinking, for a request that turned it on.
             Some("thinking_delta") => {
                 let piece = v["delta"]["thinking"].as_str().unwrap_or_default();
-                if let Some(Block::Thinking { thinking, .. }) = decoder.signed.get_mut(&index) {
+                if let Some(Block::Thinking { thinking, .. }) = decoder.signed_block(index) {
                     thinking.push_str(piece);
                 }
                 Step::Delta(Split {
@@ -757,7 +756,7 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
                 })
             }
             Some("signature_delta") => {
-                if let Some(Block::Thinking { signature, .. }) = decoder.signed.get_mut(&index) {
+                if let Some(Block::Thinking { signature, .. }) = decoder.signed_block(index) {
                     signature.push_str(v["delta"]["signature"].as_str().unwrap_or_default());
                 }
                 Step::Nothing
@@ -955,7 +954,10 @@ fn pass_on(d: Split, decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut b
 fn complete(mut decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
     let rest = decoder.inline.finish();
     send_split(rest.reasoning, rest.text, tx, sent_any);
-    let thoughts: Vec<Block> = std::mem::take(&mut decoder.signed).into_values().collect();
+    let thoughts: Vec<Block> = std::mem::take(&mut decoder.signed)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
     if !thoughts.is_empty() {
         let _ = tx.send(Chunk::Thoughts(thoughts));
     }

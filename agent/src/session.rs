@@ -61,7 +61,9 @@ pub enum Block {
     },
     /// Anthropic extended thinking that led to tool calls, signed by the API, which wants
     /// it back unchanged before those calls while the reply goes on. Kept in memory for
-    /// that; never written to the session file (see [`Turn::without_thoughts`]).
+    /// that; never written to the session file (see [`Turn::without_thoughts`]), so never
+    /// read from one either (such a line would read as `Other`).
+    #[serde(skip_deserializing)]
     Thinking {
         /// The thoughts.
         thinking: String,
@@ -69,6 +71,7 @@ pub enum Block {
         signature: String,
     },
     /// Extended thinking the API withheld (encrypted), likewise sent back unchanged.
+    #[serde(skip_deserializing)]
     RedactedThinking {
         /// As the API gave it.
         data: String,
