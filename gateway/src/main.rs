@@ -167,7 +167,7 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
             .get_me()
             .map_err(|e| format!("token rejected by getMe: {}", redact(&e.to_string(), &token)))?;
         println!("bot: @{name} (token from {:?})", bot.token);
-        aegis
+        let instance = aegis
             .request(
                 "GET",
                 &format!("/v1/instances/{}", tether::client::encode_segment(&bot.instance)),
@@ -175,6 +175,14 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
             )
             .map_err(|e| format!("instance {:?}: {e}", bot.instance))?;
         println!("instance: {} reachable", bot.instance);
+        // Files go through the workspace both ways.
+        match instance["workspace"].as_str().filter(|w| !w.is_empty()) {
+            Some(ws) => println!("workspace: {ws} (files sent to the bot are saved in inbox/)"),
+            None => println!(
+                "workspace: not reported by aegisd (files sent to the bot other than text and images, \
+                 recordings over 700 KB and files the agent sends cannot pass)"
+            ),
+        }
         match &bot.allowed_chats {
             None => println!("allowed_chats: every chat"),
             Some(ids) if ids.is_empty() => println!("allowed_chats: none (no chat will be answered)"),

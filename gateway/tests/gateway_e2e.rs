@@ -295,6 +295,14 @@ fn check_and_bad_config_report_clearly() {
         stdout.contains("bot: @test_bot") && stdout.contains("instance: my-agent reachable"),
         "{stdout}"
     );
+    let ws = s.instance_dir().join("workspace");
+    assert!(
+        stdout.contains(&format!(
+            "workspace: {} (files sent to the bot are saved in inbox/)",
+            ws.display()
+        )),
+        "{stdout}"
+    );
     // A wrong token fails the check without printing the token.
     s.client()
         .put_secret("TELEGRAM_BOT_TOKEN", "999:wrong-secret-token")
