@@ -62,7 +62,7 @@ pub fn attached(m: &Message) -> Option<Attached> {
     if mime.starts_with("image/") && crate::images::pick(m, u64::MAX).is_some() {
         return None;
     }
-    let name = display_name(d);
+    let name = crate::inbox::safe_name(d.file_name.as_deref());
     let kind = if mime.is_empty() { "unknown type" } else { mime };
     let about = match d.file_size {
         Some(s) => format!("{kind}, {} KB", s.div_ceil(1024)),
@@ -79,7 +79,7 @@ pub fn attached(m: &Message) -> Option<Attached> {
     }
     Some(Attached::Save(ToSave {
         file_id: d.file_id.clone(),
-        name: crate::inbox::safe_name(Some(&name)),
+        name,
         about,
         size: d.file_size,
     }))
@@ -98,23 +98,6 @@ fn is_text(d: &Document) -> bool {
         .and_then(|n| n.rsplit_once('.'))
         .is_some_and(|(_, ext)| TEXT_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()));
     by_type || (by_name && matches!(mime.as_str(), "" | "application/octet-stream"))
-}
-
-/// The file's name as shown in the message: no line breaks or backticks, 100 characters.
-fn display_name(d: &Document) -> String {
-    let name: String = d
-        .file_name
-        .as_deref()
-        .unwrap_or("file")
-        .chars()
-        .filter(|c| !c.is_control() && *c != '`')
-        .take(100)
-        .collect();
-    if name.trim().is_empty() {
-        "file".into()
-    } else {
-        name
-    }
 }
 
 /// The text of file `name` for the message, fenced so that nothing in it can end the

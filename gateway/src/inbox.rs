@@ -146,26 +146,31 @@ fn saved(name: &str, size: u64) -> Saved {
     }
 }
 
-/// A name for a file sent as `given`: its last path part, without control characters,
-/// backticks, brackets or a leading dot, at most 100 characters (the extension kept);
-/// `file` when nothing is left.
+/// A name for a file sent as `given`, fit for the inbox and for a note to the model: its
+/// last path part, without control characters, backticks, brackets or a leading dot, at
+/// most 100 characters (the extension kept); `file` when nothing is left.
 pub fn safe_name(given: Option<&str>) -> String {
-    let last = given.unwrap_or("").rsplit(['/', '\\']).next().unwrap_or("");
+    clean_name(given.unwrap_or("")).unwrap_or_else(|| "file".into())
+}
+
+/// As [`safe_name`], `None` when nothing is left.
+pub fn clean_name(given: &str) -> Option<String> {
+    let last = given.rsplit(['/', '\\']).next().unwrap_or("");
     let cleaned: String = last
         .chars()
         .filter(|c| !c.is_control() && !matches!(c, '`' | '[' | ']'))
         .collect();
     let cleaned = cleaned.trim().trim_start_matches('.').trim();
     if cleaned.is_empty() {
-        return "file".into();
+        return None;
     }
     if cleaned.chars().count() <= 100 {
-        return cleaned.to_string();
+        return Some(cleaned.to_string());
     }
     let (stem, ext) = split_ext(cleaned);
     let ext: String = ext.chars().take(16).collect();
     let keep = 100 - ext.chars().count();
-    format!("{}{ext}", stem.chars().take(keep).collect::<String>())
+    Some(format!("{}{ext}", stem.chars().take(keep).collect::<String>()))
 }
 
 /// `name` itself for `n` = 1, else `stem (n).ext`.

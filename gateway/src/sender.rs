@@ -180,21 +180,19 @@ fn execute(
             topic,
             item: Attachment::File(file),
         } => {
+            // The agent's name for it, fit for a header and a message.
+            let name = crate::inbox::safe_name(Some(&file.name));
             let sent = workspace
                 .get()
                 .ok_or_else(|| "the instance's workspace is unknown".to_string())
                 .and_then(|ws| crate::workspace::open_blob(ws, &file.blob, MAX_DOCUMENT))
                 .and_then(|f| {
-                    retrying(|| tg.send_document(chat, topic, &crate::inbox::safe_name(Some(&file.name)), &f))
-                        .map_err(|e| e.to_string())
+                    retrying(|| tg.send_document(chat, topic, &name, &f)).map_err(|e| e.to_string())
                 });
             if let Err(e) = sent {
                 // Unlike a picture, a file the user was promised is missed: say so.
-                log::error!("chat {chat}: sendDocument failed, {} is left out: {e}", file.name);
-                let text = format!(
-                    "⚠️ The file {} could not be sent ({e}).",
-                    crate::inbox::safe_name(Some(&file.name))
-                );
+                log::error!("chat {chat}: sendDocument failed, {name} is left out: {e}");
+                let text = format!("⚠️ The file {name} could not be sent ({e}).");
                 let _ = retrying(|| {
                     tg.call(
                         "sendMessage",

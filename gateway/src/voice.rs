@@ -67,14 +67,14 @@ pub fn recorded(m: &Message) -> Option<Recorded> {
         )));
     }
     // An audio file keeps its own name; a recording is named after its message.
-    let file_name = match r.file_name.as_deref() {
-        Some(n) if !n.trim().is_empty() => crate::inbox::safe_name(Some(n)),
-        _ => format!(
-            "{}-{}.{ext}",
-            kind.split(' ').next().unwrap_or("recording"),
-            m.message_id
-        ),
-    };
+    let file_name = r
+        .file_name
+        .as_deref()
+        .and_then(crate::inbox::clean_name)
+        .unwrap_or_else(|| {
+            let what = kind.split(' ').next().unwrap_or("recording");
+            format!("{what}-{}.{ext}", m.message_id)
+        });
     let media_type = r
         .mime_type
         .as_deref()
@@ -93,18 +93,9 @@ pub fn recorded(m: &Message) -> Option<Recorded> {
 
 /// `[voice message, 12 s]`, `[audio file song.mp3, 3 min 5 s]`.
 fn label(kind: &str, r: &Document) -> String {
-    let name: String = r
-        .file_name
-        .as_deref()
-        .unwrap_or("")
-        .chars()
-        .filter(|c| !c.is_control() && !matches!(c, '[' | ']'))
-        .take(100)
-        .collect();
-    let what = if name.trim().is_empty() {
-        kind.to_string()
-    } else {
-        format!("{kind} {}", name.trim())
+    let what = match r.file_name.as_deref().and_then(crate::inbox::clean_name) {
+        Some(name) => format!("{kind} {name}"),
+        None => kind.to_string(),
     };
     match (r.duration / 60, r.duration % 60) {
         (0, 0) => format!("[{what}]"),
