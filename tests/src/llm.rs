@@ -222,32 +222,41 @@ pub fn reconfigures_and_restarts(text: &str, then: &str) -> FakeLlm {
     ])
 }
 
+/// One server-sent event of Anthropic's stream.
+fn anthropic_event(name: &str, data: serde_json::Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+/// The `message_start` event of message `id`, as the API opens a stream.
+fn anthropic_message_start(id: &str) -> String {
+    anthropic_event(
+        "message_start",
+        json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
+    )
+}
+
 /// The Anthropic event sequence for `texts`, with a `ping` as the real API sends.
 pub fn anthropic_sse(texts: &[&str]) -> Vec<String> {
-    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
     let mut out = vec![
-        ev(
-            "message_start",
-            json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
-        ),
-        ev(
+        anthropic_message_start("msg_1"),
+        anthropic_event(
             "content_block_start",
             json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
         ),
-        ev("ping", json!({"type":"ping"})),
+        anthropic_event("ping", json!({"type":"ping"})),
     ];
     for t in texts {
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_delta",
             json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":t}}),
         ));
     }
-    out.push(ev(
+    out.push(anthropic_event(
         "content_block_stop",
         json!({"type":"content_block_stop","index":0}),
     ));
-    out.push(ev("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}})));
-    out.push(ev("message_stop", json!({"type":"message_stop"})));
+    out.push(anthropic_event("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}})));
+    out.push(anthropic_event("message_stop", json!({"type":"message_stop"})));
     out
 }
 
@@ -292,47 +301,43 @@ pub fn openai_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize) -
 /// input JSON) with `input_json_delta` pieces of `split` characters; `stop_reason`
 /// `tool_use`.
 pub fn anthropic_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize) -> Vec<String> {
-    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
-    let mut out = vec![ev(
-        "message_start",
-        json!({"type":"message_start","message":{"id":"msg_2","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
-    )];
+    let mut out = vec![anthropic_message_start("msg_2")];
     let mut index = 0;
     if !text.is_empty() {
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_start",
             json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
         ));
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_delta",
             json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":text}}),
         ));
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_stop",
             json!({"type":"content_block_stop","index":0}),
         ));
         index = 1;
     }
     for (id, name, input) in calls {
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_start",
             json!({"type":"content_block_start","index":index,"content_block":{"type":"tool_use","id":id,"name":name,"input":{}}}),
         ));
-        out.push(ev("ping", json!({"type": "ping"})));
+        out.push(anthropic_event("ping", json!({"type": "ping"})));
         for piece in pieces_of(input, split) {
-            out.push(ev(
+            out.push(anthropic_event(
                 "content_block_delta",
                 json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
             ));
         }
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_stop",
             json!({"type":"content_block_stop","index":index}),
         ));
         index += 1;
     }
-    out.push(ev("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":30}})));
-    out.push(ev("message_stop", json!({"type":"message_stop"})));
+    out.push(anthropic_event("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":30}})));
+    out.push(anthropic_event("message_stop", json!({"type":"message_stop"})));
     out
 }
 
@@ -346,38 +351,34 @@ pub fn anthropic_thinking_tool_sse(
     redacted: Option<&str>,
     calls: &[(&str, &str, &str)],
 ) -> Vec<String> {
-    let ev = |name: &str, data: serde_json::Value| format!("event: {name}\ndata: {data}\n\n");
     let mut out = vec![
-        ev(
-            "message_start",
-            json!({"type":"message_start","message":{"id":"msg_3","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
-        ),
-        ev(
+        anthropic_message_start("msg_3"),
+        anthropic_event(
             "content_block_start",
             json!({"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}),
         ),
     ];
     for t in thoughts {
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_delta",
             json!({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":t}}),
         ));
     }
-    out.push(ev(
+    out.push(anthropic_event(
         "content_block_delta",
         json!({"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":signature}}),
     ));
-    out.push(ev(
+    out.push(anthropic_event(
         "content_block_stop",
         json!({"type":"content_block_stop","index":0}),
     ));
     let mut index = 1;
     if let Some(data) = redacted {
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_start",
             json!({"type":"content_block_start","index":1,"content_block":{"type":"redacted_thinking","data":data}}),
         ));
-        out.push(ev(
+        out.push(anthropic_event(
             "content_block_stop",
             json!({"type":"content_block_stop","index":1}),
         ));
