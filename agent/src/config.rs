@@ -387,15 +387,16 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         ProviderKind::Anthropic => "claude-sonnet-4-20250514".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
+    let limit = max_tokens(file)?;
     Ok(Some(Provider {
         kind,
         key,
         key_env,
         base_url: base.trim_end_matches('/').to_string(),
         model,
-        max_tokens: max_tokens(file)?,
+        max_tokens: limit,
         reasoning_effort: reasoning_effort(file, kind)?,
-        thinking_budget: thinking_budget(file, kind, max_tokens(file)?)?,
+        thinking_budget: thinking_budget(file, kind, limit)?,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
@@ -414,27 +415,36 @@ fn max_tokens(file: &AgentFile) -> Result<Option<u32>, ConfigError> {
 /// `reasoning_effort`): OpenAI's word (`minimal`, `low`, `medium`, `high`, and what new
 /// models add), passed on as given; a word of lower-case letters, at most 16.
 fn reasoning_effort(file: &AgentFile, kind: ProviderKind) -> Result<Option<String>, ConfigError> {
-    let word = |e: &str| !e.is_empty() && e.len() <= 16 && e.bytes().all(|b| b.is_ascii_lowercase());
-    let effort = match (env("AEGIS_REASONING_EFFORT"), &file.reasoning_effort) {
-        (Some(e), _) if word(e.trim()) => e.trim().to_string(),
-        (Some(e), _) => {
-            return Err(ConfigError(format!(
-                "AEGIS_REASONING_EFFORT {e:?}: expected a word such as low, medium or high"
-            )))
-        }
-        // As for any field of agent.json, a bad value is reported and the agent runs on.
-        (None, Some(e)) if word(e.trim()) => e.trim().to_string(),
-        (None, Some(e)) => {
-            log::warn!("agent.json: field `reasoning_effort`: {e:?} is not a word such as low, medium or high (ignored)");
-            return Ok(None);
-        }
-        (None, None) => return Ok(None),
+    let from_env = env("AEGIS_REASONING_EFFORT");
+    let Some(given) = from_env.as_ref().or(file.reasoning_effort.as_ref()) else {
+        return Ok(None);
     };
+    let effort = given.trim();
+    if effort.is_empty() || effort.len() > 16 || !effort.bytes().all(|b| b.is_ascii_lowercase()) {
+        let problem = format!("{given:?} is not a word such as low, medium or high");
+        return bad_setting(
+            "AEGIS_REASONING_EFFORT",
+            "reasoning_effort",
+            from_env.is_some(),
+            problem,
+        );
+    }
     if kind == ProviderKind::Anthropic {
         log::warn!("reasoning_effort is for OpenAI-compatible models; ignored for Anthropic");
         return Ok(None);
     }
-    Ok(Some(effort))
+    Ok(Some(effort.to_string()))
+}
+
+/// A bad value of a setting: from the environment (`var`) it stops the agent with a
+/// message naming it; from agent.json (`field`), as for any field there, it is reported
+/// and the agent runs on without it.
+fn bad_setting<T>(var: &str, field: &str, from_env: bool, problem: String) -> Result<Option<T>, ConfigError> {
+    if from_env {
+        return Err(ConfigError(format!("{var}: {problem}")));
+    }
+    log::warn!("agent.json: field `{field}`: {problem} (ignored)");
+    Ok(None)
 }
 
 /// Anthropic extended thinking (`AEGIS_THINKING_BUDGET`, agent.json `thinking_budget`):
@@ -458,14 +468,8 @@ fn thinking_budget(
             format!("{budget} must be below max_tokens ({m}): thinking is part of the reply's tokens")
         }),
     };
-    match problem {
-        Some(p) if from_env => return Err(ConfigError(format!("AEGIS_THINKING_BUDGET {p}"))),
-        // As for any field of agent.json, a bad value is reported and the agent runs on.
-        Some(p) => {
-            log::warn!("agent.json: field `thinking_budget`: {p} (ignored)");
-            return Ok(None);
-        }
-        None => {}
+    if let Some(p) = problem {
+        return bad_setting("AEGIS_THINKING_BUDGET", "thinking_budget", from_env, p);
     }
     if kind != ProviderKind::Anthropic {
         log::warn!(
