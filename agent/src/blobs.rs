@@ -142,6 +142,30 @@ pub fn store_file(workspace: &Path, src: &Path, cap: u64) -> io::Result<(String,
     result
 }
 
+/// Put a copy of the blob `name` at `dest` (a path already confined to the workspace),
+/// unless a regular file there holds the same bytes. A copy, not a link: a tool that
+/// edits the copy in place must not change the picture the session refers to.
+pub fn copy_to(workspace: &Path, name: &str, dest: &Path) -> io::Result<()> {
+    if !valid_name(name) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a blob name"));
+    }
+    let bytes = fs::read(dir(workspace).join(name))?;
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_file() && m.len() == bytes.len() as u64 && fs::read(dest)? == bytes => return Ok(()),
+        _ => {}
+    }
+    let folder = dest
+        .parent()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no folder"))?;
+    fs::create_dir_all(folder)?;
+    let tmp = folder.join(format!(".{name}.tmp"));
+    let written = fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, dest));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 /// The blob `name` as base64, if it exists and is at most `cap` bytes.
 pub fn load_base64(workspace: &Path, name: &str, cap: usize) -> Option<String> {
     if !valid_name(name) {
@@ -227,6 +251,25 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(left, [std::ffi::OsString::from(&name)], "no temporary left");
+    }
+
+    #[test]
+    fn a_copy_is_written_once_per_content_and_replaced_when_it_differs() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = crate::testutil::TempDir::new("blob-copies");
+        let ws = tmp.path();
+        let name = store(ws, "image/png", b"png bytes").unwrap();
+        let dest = ws.join("inbox/photo.png");
+        copy_to(ws, &name, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"png bytes");
+        let inode = fs::metadata(&dest).unwrap().ino();
+        copy_to(ws, &name, &dest).unwrap();
+        assert_eq!(fs::metadata(&dest).unwrap().ino(), inode, "the same bytes: left alone");
+        fs::write(&dest, b"png bytes, edited").unwrap();
+        copy_to(ws, &name, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"png bytes");
+        assert!(copy_to(ws, "../secret", &dest).is_err());
+        assert_eq!(fs::read_dir(ws.join("inbox")).unwrap().count(), 1, "no temporary left");
     }
 
     #[test]

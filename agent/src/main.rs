@@ -84,7 +84,7 @@ fn default_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
     );
     if names.contains(&"send_file") {
         prompt.push_str(
-            " Files the user sends you are saved under inbox/ in the workspace; send_file sends \
+            " Files and photos the user sends you are saved under inbox/ in the workspace; send_file sends \
              one of yours to them.",
         );
     }

@@ -407,7 +407,8 @@ fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> 
     if images.is_empty() {
         return Content::Text(text);
     }
-    let mut blocks = vec![Block::Text { text }];
+    let mut notes = String::new();
+    let mut blocks = vec![Block::Text { text: String::new() }];
     for img in images {
         let stored = match (&img.data, &img.blob) {
             (Some(data), _) => crate::blobs::store_base64(&shared.workspace, &img.media_type, data),
@@ -415,11 +416,21 @@ fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> 
             _ => Err(std::io::Error::other("neither data nor a valid blob name")),
         };
         match stored {
-            Ok(blob) => blocks.push(Block::Image {
-                media_type: img.media_type.clone(),
-                blob,
-                data: None,
-            }),
+            Ok(blob) => {
+                match shared.tools.share_photo(&blob) {
+                    Some(Ok(path)) => notes.push_str(&format!("\n[photo saved in the workspace as {path}]")),
+                    Some(Err(e)) => {
+                        log::warn!("cannot copy a photo for the tools: {e}");
+                        notes.push_str(&format!("\n[photo not saved in the workspace: {e}]"));
+                    }
+                    None => {}
+                }
+                blocks.push(Block::Image {
+                    media_type: img.media_type.clone(),
+                    blob,
+                    data: None,
+                })
+            }
             Err(e) => {
                 log::warn!("cannot keep an image ({}): {e}", img.media_type);
                 blocks.push(Block::Text {
@@ -428,6 +439,7 @@ fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> 
             }
         }
     }
+    blocks[0] = Block::Text { text: text + &notes };
     Content::Blocks(blocks)
 }
 

@@ -722,7 +722,12 @@ fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference()
     use tether::frame::Image;
     let llm = FakeLlm::scripted(vec![Reply::sse(anthropic_sse(&["A cat."]))]);
     let ws = temp_dir("images");
-    let env = [("ANTHROPIC_API_KEY", "k"), ("ANTHROPIC_BASE_URL", llm.url())];
+    // No tool could open a photo's file: none is copied for them (tools_e2e has the rest).
+    let env = [
+        ("ANTHROPIC_API_KEY", "k"),
+        ("ANTHROPIC_BASE_URL", llm.url()),
+        ("AEGIS_TOOLS", "memory"),
+    ];
     let png = b"\x89PNG\r\n\x1a\n cat".to_vec();
     let b64 = "iVBORw0KGgogY2F0"; // base64 of `png`
     let session = Session::new("telegram", "5");
@@ -751,6 +756,7 @@ fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference()
         .collect();
     assert_eq!(blobs.len(), 1);
     assert_eq!(std::fs::read(&blobs[0]).unwrap(), png);
+    assert!(!ws.join("inbox").exists(), "copied for no tool");
     drop(a);
 
     // After a restart the history still shows the model the image; an upstream-style

@@ -1234,3 +1234,85 @@ fn self_restart_where_the_host_cannot_restart_says_so() {
     assert!(!ws.join(".aegis/restart-pending.json").exists());
     assert!(a.proc.log().contains("did not take the request (HTTP 404)"));
 }
+
+/// A photo sent to the agent is also a file its tools can open: a copy in `inbox/`, named
+/// by its content, that the model is told of. Editing the copy leaves the picture the
+/// session shows unchanged; the same photo sent again is copied afresh over an edited
+/// copy; an `inbox` that leads out of the workspace gets nothing, and the model is told.
+#[test]
+fn a_photo_sent_to_the_agent_is_a_file_its_tools_can_open() {
+    let jpeg = [0xff, 0xd8, 0xff, 0xe0, b'c', b'a', b't'];
+    let photo_msg = |id: &str| {
+        let photo = tether::frame::Image {
+            media_type: "image/jpeg".into(),
+            data: Some("/9j/4GNhdA==".into()), // base64 of `jpeg`
+            ..Default::default()
+        };
+        Frame::user_message_with_images(Session::new("telegram", "4"), "what is it?", None, vec![photo])
+            .with_msg_id(id)
+    };
+    let copy = "inbox/photo-1e8f927ea0c2.jpg"; // the first 12 hex digits of its SHA-256
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(
+                "c1",
+                "bash",
+                &format!(r#"{{"command": "od -An -tx1 {copy} && printf x >> {copy}"}}"#),
+            )],
+            1000,
+        )),
+        Reply::sse(openai_sse(&["A cat."])),
+        Reply::sse(openai_sse(&["The same cat."])),
+        Reply::sse(openai_sse(&["No copy."])),
+    ]);
+    let ws = TempDir::new("tools-photo");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&photo_msg("m1"));
+    assert_eq!(done_text(&a.reply()), "A cat.");
+    let told = llm.requests()[0].json()["messages"][1]["content"].to_string();
+    assert!(
+        told.contains(&format!("[photo saved in the workspace as {copy}]")),
+        "{told}"
+    );
+    assert!(told.contains("image_url"), "the model still sees it: {told}");
+    let r = tool_results(&llm.requests()[1]);
+    assert!(r[0].1.contains("ff d8 ff e0 63 61 74"), "{}", r[0].1);
+    let blobs: Vec<_> = std::fs::read_dir(ws.join(".aegis/blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(
+        std::fs::read(&blobs[0]).unwrap(),
+        jpeg,
+        "the session's picture, unedited"
+    );
+
+    a.send(&photo_msg("m2"));
+    assert_eq!(done_text(&a.reply()), "The same cat.");
+    assert_eq!(std::fs::read(ws.join(copy)).unwrap(), jpeg, "copied afresh");
+    assert_eq!(
+        std::fs::read_dir(ws.join("inbox")).unwrap().count(),
+        1,
+        "one copy"
+    );
+
+    let outside = TempDir::new("tools-photo-outside");
+    std::fs::remove_dir_all(ws.join("inbox")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.join("inbox")).unwrap();
+    a.send(&photo_msg("m3"));
+    assert_eq!(done_text(&a.reply()), "No copy.");
+    let told = llm.requests()[3].json()["messages"].to_string();
+    assert!(
+        told.contains(
+            r#"[photo not saved in the workspace: \"inbox/photo-1e8f927ea0c2.jpg\" is outside the workspace]"#
+        ),
+        "{told}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+}

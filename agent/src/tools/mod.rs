@@ -509,6 +509,31 @@ impl Toolbox {
         !self.builtins.is_empty() || !self.mcp.is_empty()
     }
 
+    /// Copy the photo kept as blob `blob` into `inbox/` for the tools; where it now is,
+    /// relative to the workspace. `None` when no tool on offer could do anything with a
+    /// picture's file (no shell, no file sending, no MCP server): then nothing is copied.
+    pub fn share_photo(&self, blob: &str) -> Option<Result<String, String>> {
+        let useful = self
+            .builtins
+            .iter()
+            .any(|b| matches!(b, Builtin::Bash | Builtin::SendFile | Builtin::RespondWithImage))
+            || !self.mcp.is_empty();
+        if !useful {
+            return None;
+        }
+        // The name is the content's: the same photo sent again finds its copy.
+        let (hash, ext) = blob.split_once('.').unwrap_or((blob, "jpg"));
+        let rel = format!("inbox/photo-{}.{ext}", &hash[..hash.len().min(12)]);
+        let shared = self
+            .workspace
+            .resolve(&rel)
+            .map_err(|e| e.to_string())
+            .and_then(|dest| {
+                crate::blobs::copy_to(self.workspace.root(), blob, &dest).map_err(|e| format!("{rel}: {e}"))
+            });
+        Some(shared.map(|()| rel))
+    }
+
     /// The tools to offer the model now: built-ins, then every MCP server's tools (this
     /// waits, boundedly, for servers still starting).
     pub fn specs(&self) -> Vec<ToolSpec> {
