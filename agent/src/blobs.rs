@@ -264,12 +264,20 @@ mod tests {
         assert_eq!(fs::read(&dest).unwrap(), b"png bytes");
         let inode = fs::metadata(&dest).unwrap().ino();
         copy_to(ws, &name, &dest).unwrap();
-        assert_eq!(fs::metadata(&dest).unwrap().ino(), inode, "the same bytes: left alone");
+        assert_eq!(
+            fs::metadata(&dest).unwrap().ino(),
+            inode,
+            "the same bytes: left alone"
+        );
         fs::write(&dest, b"png bytes, edited").unwrap();
         copy_to(ws, &name, &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), b"png bytes");
         assert!(copy_to(ws, "../secret", &dest).is_err());
-        assert_eq!(fs::read_dir(ws.join("inbox")).unwrap().count(), 1, "no temporary left");
+        assert_eq!(
+            fs::read_dir(ws.join("inbox")).unwrap().count(),
+            1,
+            "no temporary left"
+        );
     }
 
     #[test]

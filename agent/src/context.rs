@@ -10,7 +10,9 @@
 //! 3. never collapse to the bare system prompt: the newest unit always goes, trimmed to
 //!    the budget if it alone is larger;
 //! 4. start with a user turn (Anthropic requires it): if the window would open with the
-//!    model speaking, the nearest earlier user turn is put in front, trimmed if needed.
+//!    model speaking, the nearest earlier user turn is put in front, trimmed if needed;
+//! 5. say when each user turn was sent ([`stamped`]): a model knows no date of its own,
+//!    and "remind me in an hour" or "what did I ask yesterday" need one.
 
 use crate::session::{Block, Content, Role, Turn};
 
@@ -98,6 +100,37 @@ pub fn context(history: &[Turn], budget: Budget) -> Vec<Turn> {
         }
     }
     out
+}
+
+/// `turns` with each user turn's text opened by the minute it was sent, from its stored
+/// `ts` (`[Wed 2026-12-02 19:20 UTC] `). Derived from the turn, not from the clock, so a
+/// turn reads the same in every later request and providers' prompt caches keep working;
+/// the session file keeps the text as it came.
+pub fn stamped(mut turns: Vec<Turn>) -> Vec<Turn> {
+    for t in turns.iter_mut().filter(|t| t.role == Role::User) {
+        let Some(stamp) = stamp(&t.ts) else { continue };
+        match &mut t.content {
+            Content::Text(text) => text.insert_str(0, &stamp),
+            Content::Blocks(blocks) => match blocks.iter_mut().find_map(|b| match b {
+                Block::Text { text } => Some(text),
+                _ => None,
+            }) {
+                Some(text) => text.insert_str(0, &stamp),
+                None => blocks.insert(0, Block::Text { text: stamp }),
+            },
+        }
+    }
+    turns
+}
+
+/// `[Wed 2026-12-02 19:20 UTC] ` for an RFC 3339 time in UTC; `None` for anything else.
+fn stamp(ts: &str) -> Option<String> {
+    let t = humantime::parse_rfc3339_weak(ts).ok()?;
+    let secs = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    // 1970-01-01 was a Thursday.
+    let day = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(secs / 86_400 % 7) as usize];
+    let utc = humantime::format_rfc3339_seconds(t).to_string();
+    Some(format!("[{day} {} {} UTC] ", &utc[..10], &utc[11..16]))
 }
 
 /// The largest a single tool result may be in the context.
@@ -194,6 +227,57 @@ mod tests {
     use crate::llm::ToolCall;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn user_turns_are_stamped_with_the_minute_they_were_sent_and_nothing_else_is() {
+        let at = |role: Role, content: Content, ts: &str| Turn {
+            ts: ts.into(),
+            ..Turn::new(role, content)
+        };
+        let image = Block::Image {
+            media_type: "image/png".into(),
+            blob: "b.png".into(),
+            data: None,
+        };
+        let turns = stamped(vec![
+            at(Role::User, "[Ann]: hi".into(), "2026-12-02T19:20:31.123Z"),
+            at(Role::Assistant, "hello".into(), "2026-12-02T19:20:33Z"),
+            at(
+                Role::User,
+                Content::Blocks(vec![image.clone(), Block::Text { text: "this?".into() }]),
+                "2024-02-29T23:59:59Z",
+            ),
+            at(
+                Role::User,
+                Content::Blocks(vec![image.clone()]),
+                "1970-01-01T00:00:00Z",
+            ),
+            at(Role::User, "no time".into(), ""),
+            at(Role::User, "an offset".into(), "2026-12-02T20:20:31+01:00"),
+        ]);
+        assert_eq!(turns[0].content.text(), "[Wed 2026-12-02 19:20 UTC] [Ann]: hi");
+        assert_eq!(turns[1].content.text(), "hello");
+        assert_eq!(
+            turns[2].content,
+            Content::Blocks(vec![
+                image.clone(),
+                Block::Text {
+                    text: "[Thu 2024-02-29 23:59 UTC] this?".into()
+                }
+            ])
+        );
+        assert_eq!(
+            turns[3].content,
+            Content::Blocks(vec![
+                Block::Text {
+                    text: "[Thu 1970-01-01 00:00 UTC] ".into()
+                },
+                image
+            ])
+        );
+        assert_eq!(turns[4].content.text(), "no time");
+        assert_eq!(turns[5].content.text(), "an offset");
+    }
 
     fn t(role: Role, n: usize) -> Turn {
         Turn::new(role, "x".repeat(n))

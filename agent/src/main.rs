@@ -50,7 +50,23 @@ use uplink::{TetherLink, Uplink};
 use worker::Shared;
 
 /// The system prompt when none is configured: it says what the model can do here.
-fn default_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
+fn default_prompt(workspace: &std::path::Path, tools: &Toolbox, timezone: Option<&str>) -> String {
+    let mut prompt = tool_prompt(workspace, tools);
+    // User turns reach the model stamped in UTC (context::stamped).
+    // TZ may be a file (`:/etc/localtime`), which says nothing to a model.
+    let named = |tz: &str| !tz.is_empty() && !tz.starts_with([':', '/']);
+    let zone = match timezone.map(str::to_string).or_else(|| std::env::var("TZ").ok()) {
+        Some(tz) if named(tz.trim()) => format!("the user's time zone is {}", tz.trim()),
+        _ => "ask the user for their time zone when it matters".to_string(),
+    };
+    prompt.push_str(&format!(
+        " Each user message begins with the time it was sent, in UTC ([Wed 2026-12-02 19:20 UTC]); {zone}."
+    ));
+    prompt
+}
+
+/// What the default prompt says of the workspace and the tools.
+fn tool_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
     let base = "You are a helpful assistant.";
     if !tools.any() {
         return base.into();
@@ -191,7 +207,7 @@ fn main() -> ExitCode {
     let system_prompt = config
         .system_prompt
         .clone()
-        .unwrap_or_else(|| default_prompt(&config.workspace, &tools));
+        .unwrap_or_else(|| default_prompt(&config.workspace, &tools, config.tools.timezone.as_deref()));
     let shared = Arc::new(Shared {
         llm: config.provider.clone().map(|p| Llm::new(p, host)),
         sessions: SessionStore::new(&config.workspace),

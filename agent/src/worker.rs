@@ -19,7 +19,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use tether::frame::{kind, ErrorPayload, Presence, UserMessage};
 use tether::{Frame, Session};
 
-use crate::context::{context, Budget};
+use crate::context::{context, stamped, Budget};
 use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
 use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
@@ -500,7 +500,7 @@ fn rounds(
         let mut thinking = false;
         // Signed thoughts that led to this round's tool calls (Anthropic).
         let mut thoughts = Vec::new();
-        let window = with_image_data(shared, context(history, shared.budget));
+        let window = with_image_data(shared, stamped(context(history, shared.budget)));
         let stream = llm.stream(system, &window, &specs);
         let round = loop {
             select! {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use aegis_e2e::agent::{done_text, kinds, message, start_agent, start_agent_with, texts};
 use aegis_e2e::harness::{collect_until_done, post_to_agent, FakeHarness, FakeTetherHost};
 use aegis_e2e::llm::{
-    anthropic_error_event, anthropic_sse, offered_tools, openai_sse, openai_tool_sse, reasoning_sse, End,
-    FakeLlm, Reply,
+    anthropic_error_event, anthropic_sse, offered_tools, openai_sse, openai_tool_sse, reasoning_sse,
+    unstamped, End, FakeLlm, Reply,
 };
 use aegis_e2e::proc::{command, temp_dir, Proc};
 use serde_json::json;
@@ -216,15 +216,20 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
             "self_restart"
         ]
     );
-    assert_eq!(
-        body["messages"][1],
-        json!({"role": "user", "content": "[John]: Hello!"})
-    );
-    // The history file holds both turns, one line each.
+    assert_eq!(body["messages"][1]["role"], "user");
+    let said = body["messages"][1]["content"].as_str().unwrap();
+    assert_eq!(unstamped(said), "[John]: Hello!");
+    // The history file holds both turns, one line each; the model is told when the user
+    // wrote, to the minute, in UTC, and the file keeps the words as they came.
     let hist = std::fs::read_to_string(ws.join("sessions/telegram_42.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = hist.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["role"], "user");
+    assert_eq!(lines[0]["content"], "[John]: Hello!");
+    let ts = lines[0]["ts"].as_str().unwrap();
+    assert!(ts.ends_with('Z'), "{ts}");
+    let minute = format!("{} {} UTC] ", &ts[..10], &ts[11..16]);
+    assert_eq!(&said[5..5 + minute.len()], minute, "{said}");
     assert_eq!(lines[1]["content"], "Hello!");
     assert!(!a.proc.log().contains("sk-test-123"), "the key was logged");
 }
@@ -261,7 +266,12 @@ fn anthropic_stream_with_ping_after_a_529_and_a_429() {
     assert_eq!(body["system"], "Be brief.");
     assert_eq!(body["max_tokens"], 4096);
     assert_eq!(body["model"], "claude-sonnet-4-20250514");
-    assert_eq!(body["messages"], json!([{"role": "user", "content": "Salut"}]));
+    assert_eq!(body["messages"][0]["role"], "user");
+    assert_eq!(
+        unstamped(body["messages"][0]["content"].as_str().unwrap()),
+        "Salut"
+    );
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
 }
 
 #[test]
@@ -482,12 +492,10 @@ fn history_survives_a_restart_and_feeds_the_context() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["content"].as_str().unwrap())
+        .map(|m| unstamped(m["content"].as_str().unwrap()))
         .collect();
-    assert_eq!(
-        contents,
-        vec!["You are a helpful assistant.", "first", "echo: first", "second"]
-    );
+    assert_eq!(contents[1..], ["first", "echo: first", "second"]);
+    assert!(contents[0].starts_with("You are a helpful assistant. Each user message begins with the time"));
     let _ = a.workspace;
 }
 
@@ -744,8 +752,11 @@ fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference()
     );
     assert_eq!(done_text(&a.reply()), "A cat.");
     let source = json!({"type": "base64", "media_type": "image/png", "data": b64});
+    let mut content = llm.requests()[0].json()["messages"][0]["content"].clone();
+    let words = unstamped(content[1]["text"].as_str().unwrap()).to_string();
+    content[1]["text"] = words.into();
     assert_eq!(
-        llm.requests()[0].json()["messages"][0]["content"],
+        content,
         json!([{"type": "image", "source": source}, {"type": "text", "text": "what is it?"}])
     );
     let history = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();

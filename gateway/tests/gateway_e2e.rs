@@ -32,8 +32,10 @@ fn round_trip_with_typing_and_user_identity() {
     let typing = s.telegram.calls_of("sendChatAction");
     assert!(!typing.is_empty());
     assert_eq!(typing[0].body["action"], "typing");
-    let req = &s.llm.requests()[0].json();
-    assert_eq!(req["messages"][1]["content"], "[John]: hello");
+    assert_eq!(
+        aegis_e2e::llm::last_content(&s.llm.requests()[0]),
+        "[John]: hello"
+    );
     // The bot token appears in no log line.
     let log = s.gateway.as_ref().unwrap().log();
     assert!(
@@ -706,7 +708,10 @@ fn a_reply_brings_what_it_answers_to_the_model() {
         "caption": "our rack"});
     ask(json!({"reply_to_message": pic, "text": "@test_bot what is this?"}));
     let content = last_request(3);
-    assert_eq!(content[0]["text"], "[Ann]: > Bob: our rack\nwhat is this?");
+    assert!(content[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("[Ann]: > Bob: our rack\nwhat is this?\n[photo saved in the workspace as inbox/photo-"));
     assert!(content[1]["image_url"]["url"]
         .as_str()
         .unwrap()
@@ -1047,9 +1052,9 @@ fn a_photo_reaches_the_model_and_an_image_from_a_tool_comes_back_as_a_photo() {
     }
 
     // The model saw the caption and the largest size that fits, as a data URL.
-    let req = s.llm.requests()[0].json();
-    let content = &req["messages"].as_array().unwrap().last().unwrap()["content"];
-    assert_eq!(content[0]["text"], "[Pat]: what is this?");
+    let content = aegis_e2e::llm::last_content(&s.llm.requests()[0]);
+    let (caption, note) = content[0]["text"].as_str().unwrap().split_once('\n').unwrap();
+    assert_eq!(caption, "[Pat]: what is this?");
     let b64 = base64::engine::general_purpose::STANDARD.encode(&sizes[1]);
     assert_eq!(
         content[1]["image_url"]["url"],
@@ -1070,6 +1075,10 @@ fn a_photo_reaches_the_model_and_an_image_from_a_tool_comes_back_as_a_photo() {
         std::fs::read(ws.join(".aegis/blobs").join(blob)).unwrap(),
         sizes[1]
     );
+    // The agent's tools can open it too: a copy in the inbox, which the model is told of.
+    let copy = format!("inbox/photo-{}.jpg", &blob[..12]);
+    assert_eq!(note, format!("[photo saved in the workspace as {copy}]"));
+    assert_eq!(std::fs::read(ws.join(copy)).unwrap(), sizes[1]);
 
     // The tool's image arrived once, as a photo, after the text.
     let photos = s.telegram.photos(CHAT);
@@ -1171,15 +1180,25 @@ fn an_album_reaches_the_model_as_one_message_and_is_answered_once() {
         shown[0].starts_with("⚠️ 1 of these 3 images are too large for the agent"),
         "{shown:?}"
     );
+    // The echo model repeats the caption and the agent's notes of the two copies it made
+    // for its tools.
+    let (echo, notes) = shown[1].split_once('\n').unwrap();
+    assert_eq!(echo, "echo: [Pat]: compare these");
     assert_eq!(
-        shown[1..],
-        ["echo: [Pat]: compare these", "echo: [Pat]: and after it?"]
+        notes
+            .matches("[photo saved in the workspace as inbox/photo-")
+            .count(),
+        2,
+        "{notes}"
     );
+    assert_eq!(shown[2], "echo: [Pat]: and after it?");
     let reqs = s.llm.requests();
     assert_eq!(reqs.len(), 2, "one model call for the album");
-    let req = reqs[0].json();
-    let content = &req["messages"].as_array().unwrap().last().unwrap()["content"];
-    assert_eq!(content[0]["text"], "[Pat]: compare these");
+    let content = aegis_e2e::llm::last_content(&reqs[0]);
+    assert!(content[0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("[Pat]: compare these\n[photo saved"));
     let b64 = |b: &[u8]| {
         use base64::Engine;
         format!(
@@ -1283,7 +1302,10 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     let png = b"\x89PNG\r\n\x1a\n document".to_vec();
     s.telegram.push_document(CHAT, 7, "image/png", &png, None);
     s.telegram.wait_chat(CHAT, T, |m| {
-        m.iter().any(|m| m.visible() == "echo: [Pat]: [image]")
+        m.iter().any(|m| {
+            m.visible()
+                .starts_with("echo: [Pat]: [image]\n[photo saved in the workspace as inbox/photo-")
+        })
     });
     let req = s.llm.requests()[0].json();
     let content = &req["messages"].as_array().unwrap().last().unwrap()["content"];

@@ -472,16 +472,33 @@ pub fn anthropic_error_event(kind: &str, message: &str) -> String {
     )
 }
 
-/// The text of the newest user message of a chat-completions request ("" if none).
-/// The content of the last message of a chat request (a string, or a list of parts).
+/// The content of the last message of a chat request (a string, or a list of parts),
+/// its text without the sending time the agent opens a user turn with ([`unstamped`]).
 pub fn last_content(req: &Request) -> serde_json::Value {
-    req.json()["messages"]
+    let mut content = req.json()["messages"]
         .as_array()
         .and_then(|m| m.last())
-        .map_or(serde_json::Value::Null, |m| m["content"].clone())
+        .map_or(serde_json::Value::Null, |m| m["content"].clone());
+    let text = match &mut content {
+        serde_json::Value::Array(parts) => parts.iter_mut().find_map(|p| p.get_mut("text")),
+        c => Some(c),
+    };
+    if let Some(t) = text {
+        if let Some(words) = t.as_str().map(|s| unstamped(s).to_string()) {
+            *t = words.into();
+        }
+    }
+    content
 }
 
+/// The text of the newest user message of a chat-completions request ("" if none),
+/// without the sending time the agent opens it with.
 pub fn last_user_text(req: &Request) -> String {
+    unstamped(&last_user_text_stamped(req)).to_string()
+}
+
+/// The same, with the `[Wed 2026-12-02 19:20 UTC] ` the agent opens each user turn with.
+pub fn last_user_text_stamped(req: &Request) -> String {
     req.json()["messages"]
         .as_array()
         .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
@@ -491,6 +508,24 @@ pub fn last_user_text(req: &Request) -> String {
             c => c.as_str().unwrap_or("").to_string(),
         })
         .unwrap_or_default()
+}
+
+/// `text` without the sending time the agent opens a user turn with, when it has one of
+/// exactly that shape (`[Wed 2026-12-02 19:20 UTC] `).
+pub fn unstamped(text: &str) -> &str {
+    let shape = "[Aaa 0000-00-00 00:00 UTC] ";
+    let stamped = text.len() >= shape.len()
+        && text.bytes().zip(shape.bytes()).all(|(b, s)| match s {
+            b'0' => b.is_ascii_digit(),
+            b'A' => b.is_ascii_uppercase(),
+            b'a' => b.is_ascii_lowercase(),
+            _ => b == s,
+        });
+    if stamped {
+        &text[shape.len()..]
+    } else {
+        text
+    }
 }
 
 type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
