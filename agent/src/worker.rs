@@ -287,6 +287,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             let mut turn = Turn::new(Role::User, user_turn(shared, text, &msg.images));
             turn.msg_id = msg_id.clone();
             persist(shared, session, history, turn);
+            if let Some(task) = msg_id.as_deref().and_then(tether::cron::task_of_msg_id) {
+                if session.channel == "cron" {
+                    shared.tools.task_ran(task);
+                }
+            }
         }
     }
     send_presence(shared, out, &msg_id, &Presence::restart(""));

@@ -1494,6 +1494,107 @@ fn a_scheduled_task_runs_once_on_time_through_serve_crashes_and_replies_in_its_c
     assert!(session.contains(&format!("cron-cron-1-{minute}")), "{session}");
 }
 
+/// "Remind me at ...": one-time tasks, one at an instant in UTC and one at a wall time
+/// in the tasks' time zone, each answered in the chat once, then gone from the task file.
+#[test]
+fn a_one_time_task_reminds_once_in_its_chat_and_is_deleted() {
+    use aegis_e2e::llm::{last_user_text, openai_tool_sse, tool_results};
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    // Serve's clock: two days from now (the agent refuses a time already past, by its own
+    // clock), 20 s before a minute starts, 20x fast (a minute in 3 s).
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let start = (now.as_secs() as i64 / 60 + 2 * 1440) * 60 - 20;
+    let anchor = now.as_millis() as i64;
+    let real = Instant::now();
+    let virtual_secs = move || start + (real.elapsed().as_millis() as i64 * 20) / 1000;
+    let first = start + 20 + 120; // a minute's start, 7 s from now
+    let utc = |t: i64, fmt_offset: i64| {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{}", t + fmt_offset), "+%Y-%m-%dT%H:%M"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    // The second as Tokyo's wall time (UTC+9 all year).
+    let (at_utc, at_tokyo) = (format!("{}Z", utc(first, 0)), utc(first + 60, 9 * 3600));
+    let args = |at: &str, text: &str| json!({"at": at, "text": text}).to_string();
+    let calls = [args(&at_utc, "Call Bob"), args(&at_tokyo, "Water the plants")];
+    let llm = FakeLlm::with(move |req| {
+        let said = last_user_text(req);
+        let pieces = if !tool_results(req).is_empty() {
+            openai_sse(&["Both set."])
+        } else if said.contains("Call Bob") {
+            openai_sse(&["📞 Time to call Bob!"])
+        } else if said.contains("Water the plants") {
+            openai_sse(&["🪴 The plants!"])
+        } else {
+            openai_tool_sse(
+                "",
+                &[("c1", "cron_create", &calls[0]), ("c2", "cron_create", &calls[1])],
+                9,
+            )
+        };
+        Reply::Sse {
+            pieces,
+            delay: Duration::ZERO,
+            end: End::Finish,
+        }
+    });
+    let clock = format!("{start},{anchor},20");
+    let mut s = Stack::with_serve_env("gw-cron-once", llm, &[], &[], &[("AEGIS_KIT_CLOCK", &clock)]);
+    let aegis = s.instance_dir().join("workspace/.aegis");
+    std::fs::create_dir_all(&aegis).unwrap();
+    std::fs::write(aegis.join("agent.json"), r#"{"timezone": "Asia/Tokyo"}"#).unwrap();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram
+        .push_text(CHAT, 7, "Ann", "remind me to call Bob, then to water the plants");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "Both set."));
+    let results = tool_results(&s.llm.requests()[1]);
+    assert!(
+        results[0]
+            .1
+            .contains(&format!(r#""runs_once_at":"{}:00Z""#, &at_utc[..16])),
+        "{results:?}"
+    );
+    assert!(
+        results[1].1.contains(&format!(r#""runs_once_at":"{at_tokyo}""#)),
+        "{results:?}"
+    );
+    assert!(results[1].1.contains("Asia/Tokyo"), "{results:?}");
+    assert!(
+        virtual_secs() < first,
+        "the machine is too slow for this test's clock"
+    );
+
+    let count = |m: &[aegis_e2e::telegram::Msg], text: &str| m.iter().filter(|m| m.visible() == text).count();
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| count(m, "🪴 The plants!") == 1);
+    assert_eq!(count(&msgs, "📞 Time to call Bob!"), 1);
+    let when = |text: &str| {
+        s.llm
+            .requests()
+            .iter()
+            .position(|r| last_user_text(r).contains(text))
+            .unwrap()
+    };
+    assert!(when("Call Bob") < when("Water the plants"), "in their order");
+    // Three more virtual minutes: neither comes again, and both are gone from the file.
+    std::thread::sleep(Duration::from_secs(9));
+    let msgs = s.telegram.messages(CHAT);
+    assert_eq!(
+        (
+            count(&msgs, "📞 Time to call Bob!"),
+            count(&msgs, "🪴 The plants!")
+        ),
+        (1, 1)
+    );
+    let cron: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(aegis.join("cron.json")).unwrap()).unwrap();
+    assert_eq!(cron["entries"], json!([]), "{cron}");
+    assert_eq!(s.llm.requests().len(), 4, "each reminder answered once");
+}
+
 #[test]
 fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
     use std::time::{SystemTime, UNIX_EPOCH};

@@ -57,6 +57,10 @@ pub struct Entry {
     /// [ours] The chat the task was created from: its replies are shown there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Session>,
+    /// [ours] A one-time task: when it runs ([`crate::at::At`]); `schedule` then only
+    /// describes it ("once at ..."), for upstream's tools, which cannot fire it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 fn yes() -> bool {
@@ -85,6 +89,12 @@ impl fmt::Display for ScheduleError {
 }
 
 impl std::error::Error for ScheduleError {}
+
+impl ScheduleError {
+    pub(crate) fn new(why: String) -> ScheduleError {
+        ScheduleError(why)
+    }
+}
 
 /// A parsed expression: one bit per allowed value of each field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,11 +12,13 @@
 //! - [`client`]: the aegisd HTTP API over its unix socket, and [`http`], the settings
 //!   every HTTP client of the kit starts from, and (feature `tls`) [`trust`], the
 //!   certificate authorities they trust;
-//! - [`cron`]: scheduled tasks, the `cron.json` the agent writes and the host fires, and
-//!   (feature `schedule`) `schedule`, which runs are due when.
+//! - [`cron`]: scheduled tasks, the `cron.json` the agent writes and the host fires,
+//!   [`at`], when a one-time task runs, and (feature `schedule`) `schedule`, which runs
+//!   are due when.
 //!
 //! The library starts no threads of its own.
 
+pub mod at;
 pub mod client;
 pub mod cron;
 pub mod disklog;

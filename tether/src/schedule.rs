@@ -6,6 +6,8 @@
 //! Missed runs are caught up to an hour back, each task's coalesced into its latest; a
 //! task never runs for a minute before it was created; a wall time that repeats when
 //! clocks go back runs once, one that is skipped when they go forward does not run.
+//! [ours] A one-time task (`at`) runs in its minute, or late, up to a day, when the host
+//! was down then; the recorded minute keeps it from running twice.
 
 use std::fs;
 use std::io::Read;
@@ -16,12 +18,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
+use crate::at::At;
 use crate::cron::{CronFile, Entry, Minute, Schedule, MAX_ENTRIES, MAX_FILE};
 use crate::frame::{kind, User, UserMessage};
 use crate::{Frame, Session};
 
 /// How far back a restarted host catches up on runs it missed.
 pub const CATCH_UP_MINUTES: i64 = 60;
+/// The same for a one-time task (a reminder): late is better than never, within a day.
+pub const CATCH_UP_ONCE_MINUTES: i64 = 24 * 60;
 
 /// The host's clock: the real one, or for tests a fast one (`AEGIS_KIT_CLOCK`).
 #[derive(Debug, Clone, Copy)]
@@ -130,9 +135,11 @@ pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> R
     if state.last_minute.is_some_and(|l| l >= minute) {
         return Ok(None);
     }
-    let from = state
-        .last_minute
-        .map_or(minute, |l| (l + 1).max(minute - CATCH_UP_MINUTES + 1));
+    let from = |catch_up: i64| {
+        state
+            .last_minute
+            .map_or(minute, |l| (l + 1).max(minute - catch_up + 1))
+    };
     let (tz, mut problems) = time_zone(workspace);
     if file.entries.len() > MAX_ENTRIES {
         problems.push(format!(
@@ -142,13 +149,6 @@ pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> R
     }
     let mut runs = Vec::new();
     for entry in file.entries.into_iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
-        let schedule = match Schedule::parse(&entry.schedule) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("task {}: {e}", entry.id));
-                continue;
-            }
-        };
         // A task never runs for a minute before it existed (catching up after a pause).
         // The agent stamps tasks with real time, so a test clock cannot compare.
         let created = humantime::parse_rfc3339_weak(&entry.created_at)
@@ -156,7 +156,25 @@ pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> R
             .filter(|_| clock.is_real())
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(i64::MIN, |d| d.as_secs() as i64 / 60);
-        if let Some(m) = (from..=minute)
+        if let Some(at) = &entry.at {
+            match once_minute(at, &tz) {
+                // Once the minute is evaluated, the state never lets it be sent again.
+                Ok(m) if (from(CATCH_UP_ONCE_MINUTES)..=minute).contains(&m) && m >= created => {
+                    runs.push((entry, m))
+                }
+                Ok(_) => {}
+                Err(e) => problems.push(format!("task {}: {e}", entry.id)),
+            }
+            continue;
+        }
+        let schedule = match Schedule::parse(&entry.schedule) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("task {}: {e}", entry.id));
+                continue;
+            }
+        };
+        if let Some(m) = (from(CATCH_UP_MINUTES)..=minute)
             .rev()
             .find(|m| *m >= created && due_at(&schedule, *m, &tz))
         {
@@ -186,6 +204,27 @@ pub fn run_frame(entry: &Entry, minute: i64) -> Frame {
             ..UserMessage::default()
         })
         .with_msg_id(crate::cron::run_msg_id(&entry.id, minute))
+}
+
+/// The unix minute a one-time task runs in: an instant's, or a wall time's in `tz` (a
+/// time skipped when clocks go forward runs just after the gap, one that repeats when
+/// they go back runs the first time).
+fn once_minute(at: &str, tz: &TimeZone) -> Result<i64, String> {
+    match At::parse(at).map_err(|e| e.to_string())? {
+        At::Instant(secs) => Ok(secs.div_euclid(60)),
+        At::Local(c) => jiff::civil::DateTime::new(
+            c.year as i16,
+            c.month as i8,
+            c.day as i8,
+            c.hour as i8,
+            c.minute as i8,
+            0,
+            0,
+        )
+        .and_then(|t| t.to_zoned(tz.clone()))
+        .map(|z| z.timestamp().as_second().div_euclid(60))
+        .map_err(|e| format!("{at:?}: {e}")),
+    }
 }
 
 /// Whether `schedule` is due at unix minute `m` in `tz`. A wall time that repeats when
@@ -318,6 +357,52 @@ mod tests {
         // Down for a day: at most an hour back.
         let late = due(&d.0, &state, nine + 24 * 60 + 90, &clock).unwrap().unwrap();
         assert!(late.runs.iter().all(|(e, _)| e.id == "cron-2"));
+    }
+
+    #[test]
+    fn a_one_time_task_runs_once_at_its_minute_or_late_within_a_day() {
+        let nine = 1_795_424_400 / 60; // 2026-11-23 09:00 UTC = 10:00 in Paris
+        let cron = r#"{"entries": [
+            {"id": "cron-1", "schedule": "once at 2026-11-23T09:00:00Z", "at": "2026-11-23T09:00:00Z", "message": "call Bob", "session": "cron-1", "created_at": "2026-11-23T08:00:00Z"},
+            {"id": "cron-2", "schedule": "once at 2026-11-23T10:05", "at": "2026-11-23T10:05", "message": "in Paris", "session": "cron-2", "created_at": "2026-11-23T08:00:00Z"},
+            {"id": "cron-3", "schedule": "once", "at": "2026-11-23T09:01:00Z", "message": "before it existed", "session": "cron-3", "created_at": "2026-11-23T09:30:00Z"},
+            {"id": "cron-4", "schedule": "once", "at": "tomorrow", "message": "bad", "session": "cron-4"},
+            {"id": "cron-5", "schedule": "once", "at": "2026-11-23T09:02:00Z", "message": "off", "session": "cron-5", "enabled": false}
+        ], "next_id": 6}"#;
+        let d = workspace("once", cron);
+        fs::write(d.0.join(".aegis/agent.json"), r#"{"timezone": "Europe/Paris"}"#).unwrap();
+        let state = d.0.join("state.json");
+        let clock = Clock::real();
+        let runs = |m: i64| {
+            let due = due(&d.0, &state, m, &clock).unwrap().unwrap();
+            due.commit().unwrap();
+            let runs: Vec<(String, i64)> = due.runs.iter().map(|(e, m)| (e.id.clone(), *m)).collect();
+            (runs, due.problems)
+        };
+        let (before, problems) = runs(nine - 1);
+        assert!(before.is_empty(), "{before:?}");
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("cron-4") && p.contains("\"tomorrow\"")),
+            "{problems:?}"
+        );
+        assert_eq!(runs(nine).0, [("cron-1".to_string(), nine)]);
+        assert!(runs(nine + 1).0.is_empty(), "once only");
+        // The wall time, in the tasks' zone: 10:05 in Paris is 09:05 UTC.
+        assert!(runs(nine + 4).0.is_empty());
+        assert_eq!(runs(nine + 5).0, [("cron-2".to_string(), nine + 5)]);
+        assert!(runs(nine + 6).0.is_empty());
+
+        // A host down over a task's minute sends it late, within a day, then never again.
+        let late = r#"{"entries": [
+            {"id": "cron-6", "schedule": "once", "at": "2026-11-23T12:00:00Z", "message": "over a day ago", "session": "cron-6"},
+            {"id": "cron-7", "schedule": "once", "at": "2026-11-23T13:00:00Z", "message": "under a day ago", "session": "cron-7"}
+        ], "next_id": 8}"#;
+        fs::write(d.0.join(".aegis/cron.json"), late).unwrap();
+        let next_day = nine + 4 * 60 + 24 * 60 - 30; // 2026-11-24 12:30 UTC
+        assert_eq!(runs(next_day).0, [("cron-7".to_string(), nine + 4 * 60)]);
+        assert!(runs(next_day + 1).0.is_empty());
     }
 
     #[test]

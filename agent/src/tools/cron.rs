@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
+use tether::at::At;
 use tether::cron::{CronFile, Entry, OnConflict, Schedule, MAX_ENTRIES, MAX_TEXT};
 use tether::Session;
 
@@ -51,10 +52,11 @@ impl CronTools {
             .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
     }
 
-    /// `cron_create {schedule, text (or message), session?, on_conflict?}` from `origin`,
-    /// the chat whose message is being answered: the task's replies go there.
+    /// `cron_create {schedule | at | in_minutes, text (or message), session?,
+    /// on_conflict?}` from `origin`, the chat whose message is being answered: the task's
+    /// replies go there.
     pub fn create(&self, args: &Value, origin: &Session) -> Result<String, String> {
-        let schedule = arg_str(args, "schedule")?.trim().to_string();
+        let when = When::from_args(args, now_secs())?;
         let text = match (args.get("text"), args.get("message")) {
             (Some(_), _) => arg_str(args, "text")?,
             (None, _) => arg_str(args, "message").map_err(|_| "text is required".to_string())?,
@@ -67,7 +69,6 @@ impl CronTools {
         if text.chars().count() > MAX_TEXT {
             return Err(format!("text is longer than {MAX_TEXT} characters"));
         }
-        Schedule::parse(&schedule).map_err(|e| format!("invalid schedule: {e}"))?;
         let on_conflict = match args.get("on_conflict").and_then(Value::as_str) {
             None | Some("skip") => OnConflict::Skip,
             Some("queue") => OnConflict::Queue,
@@ -93,9 +94,14 @@ impl CronTools {
         };
         // Replies go to the chat the task came from, unless that was itself a task run.
         let reply_to = (origin.channel != "cron").then(|| origin.clone());
+        let (schedule, at) = match &when {
+            When::Every(expr) => (expr.clone(), None),
+            When::Once(at) => (format!("once at {at}"), Some(at.to_string())),
+        };
         file.entries.push(Entry {
             id: id.clone(),
             schedule: schedule.clone(),
+            at: at.clone(),
             message: text,
             session,
             on_conflict,
@@ -104,7 +110,29 @@ impl CronTools {
             reply_to,
         });
         self.save(&file)?;
-        Ok(json!({"ok": true, "id": id, "schedule": schedule, "note": self.zone_note}).to_string())
+        Ok(match (&when, at) {
+            (When::Once(At::Instant(_)), Some(at)) => {
+                json!({"ok": true, "id": id, "runs_once_at": at, "note": "a time in UTC; the task is deleted once it has run"})
+            }
+            (When::Once(_), Some(at)) => json!({"ok": true, "id": id, "runs_once_at": at,
+                "note": format!("{}; the task is deleted once it has run", self.zone_note)}),
+            _ => json!({"ok": true, "id": id, "schedule": schedule, "note": self.zone_note}),
+        }
+        .to_string())
+    }
+
+    /// Delete one-time task `id` once its run has reached the agent; false when it is not
+    /// one (a recurring task stays).
+    pub fn ran(&self, id: &str) -> Result<bool, String> {
+        let _guard = self.lock.lock().expect("cron lock");
+        let mut file = self.load()?;
+        let before = file.entries.len();
+        file.entries.retain(|e| e.id != id || e.at.is_none());
+        if file.entries.len() == before {
+            return Ok(false);
+        }
+        self.save(&file)?;
+        Ok(true)
     }
 
     /// `cron_list {}`.
@@ -141,6 +169,68 @@ impl CronTools {
         self.save(&file)?;
         Ok(json!({"ok": true, "enabled": enabled}).to_string())
     }
+}
+
+/// When a new task runs, from `cron_create`'s arguments.
+#[derive(Debug, PartialEq)]
+enum When {
+    /// A 5-field expression.
+    Every(String),
+    /// Once.
+    Once(At),
+}
+
+/// The longest `in_minutes`: a year.
+const MAX_IN_MINUTES: u64 = 366 * 24 * 60;
+
+impl When {
+    /// Exactly one of `schedule`, `at`, `in_minutes`, checked against unix time `now`.
+    fn from_args(args: &Value, now: i64) -> Result<When, String> {
+        let given: Vec<&str> = ["schedule", "at", "in_minutes"]
+            .into_iter()
+            .filter(|k| args.get(*k).is_some_and(|v| !v.is_null()))
+            .collect();
+        match given[..] {
+            ["schedule"] => {
+                let expr = arg_str(args, "schedule")?.trim().to_string();
+                Schedule::parse(&expr).map_err(|e| format!("invalid schedule: {e}"))?;
+                Ok(When::Every(expr))
+            }
+            ["at"] => {
+                let at = At::parse(arg_str(args, "at")?).map_err(|e| format!("invalid at: {e}"))?;
+                let past = match at {
+                    At::Instant(secs) => secs.div_euclid(60) <= now.div_euclid(60),
+                    // A wall time is placed by the host, in the tasks' zone; any zone is
+                    // within 14 hours of UTC.
+                    At::Local(c) => c.unix_seconds_as_utc() + 14 * 3600 <= now,
+                };
+                if past {
+                    return Err(format!(
+                        "at {at} has passed: it is now {} (UTC)",
+                        At::Instant(now)
+                    ));
+                }
+                Ok(When::Once(at))
+            }
+            ["in_minutes"] => match args["in_minutes"].as_u64() {
+                Some(n @ 1..=MAX_IN_MINUTES) => Ok(When::Once(At::Instant(now + n as i64 * 60))),
+                _ => Err(format!(
+                    "in_minutes must be a whole number of minutes from 1 to {MAX_IN_MINUTES}"
+                )),
+            },
+            [] => Err("say when: schedule (recurring), at or in_minutes (once)".into()),
+            _ => Err(format!(
+                "give only one of schedule, at and in_minutes, not {}",
+                given.join(" and ")
+            )),
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
@@ -187,6 +277,61 @@ mod tests {
             .create(&json!({"schedule": "0 0 * * *", "text": "x"}), &chat)
             .unwrap();
         assert!(out.contains("cron-3"), "{out}");
+    }
+
+    #[test]
+    fn a_one_time_task_is_given_by_time_or_delay_and_deleted_once_it_ran() {
+        let now = 1_796_284_800; // 2026-12-03T08:00:00Z
+        let when = |args: Value| When::from_args(&args, now);
+        assert_eq!(
+            when(json!({"in_minutes": 20})),
+            Ok(When::Once(At::Instant(now + 1200)))
+        );
+        assert_eq!(
+            when(json!({"at": "2026-12-03T09:00+01:00", "schedule": null})),
+            Err("at 2026-12-03T08:00:00Z has passed: it is now 2026-12-03T08:00:00Z (UTC)".into())
+        );
+        assert_eq!(
+            when(json!({"at": "2026-12-03T08:01Z"})),
+            Ok(When::Once(At::Instant(now + 60)))
+        );
+        // A wall time is the host's to place: only one past in every zone is refused.
+        assert!(when(json!({"at": "2026-12-02T19:00"})).is_ok());
+        assert!(when(json!({"at": "2026-12-02T17:59"}))
+            .unwrap_err()
+            .contains("has passed"));
+        for (args, why) in [
+            (json!({"in_minutes": 0}), "from 1 to"),
+            (json!({"in_minutes": 2.5}), "whole number"),
+            (json!({"in_minutes": "20"}), "whole number"),
+            (json!({"in_minutes": 600_000}), "from 1 to 527040"),
+            (json!({"at": "tomorrow 9am"}), "invalid at"),
+            (json!({"at": "2026-12-04T09:00", "in_minutes": 5}), "only one of"),
+            (json!({}), "say when"),
+        ] {
+            let e = when(args.clone()).unwrap_err();
+            assert!(e.contains(why), "{args}: {e}");
+        }
+
+        let d = TempDir::new("cron-tools-once");
+        let c = CronTools::new(d.path(), None);
+        let chat = Session::new("telegram", "42");
+        let out = c.create(&json!({"in_minutes": 5, "text": "tea"}), &chat).unwrap();
+        assert!(
+            out.contains("runs_once_at") && out.contains("deleted once it has run"),
+            "{out}"
+        );
+        c.create(&json!({"schedule": "0 9 * * *", "text": "daily"}), &chat)
+            .unwrap();
+        let file: CronFile =
+            serde_json::from_str(&fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap()).unwrap();
+        let at = file.entries[0].at.clone().unwrap();
+        assert_eq!(file.entries[0].schedule, format!("once at {at}"));
+        assert_eq!(file.entries[1].at, None);
+        assert_eq!(c.ran("cron-2"), Ok(false), "a recurring task stays");
+        assert_eq!(c.ran("cron-1"), Ok(true));
+        assert_eq!(c.ran("cron-1"), Ok(false));
+        assert!(!c.list().unwrap().contains("tea"));
     }
 
     #[test]

@@ -252,9 +252,15 @@ impl Builtin {
                 &["id"],
             ),
             Builtin::CronCreate => (
-                "Schedule a recurring task. When it is due, text is sent to you as a message and your reply goes to this chat. Schedule: 5-field cron expression (minute hour day-of-month month day-of-week, e.g. '0 9 * * 1-5' for weekdays at 9:00). At most 20 tasks.",
-                json!({"schedule": s("Cron expression, 5 fields"), "text": s("What to do when it runs (at most 1000 characters)"), "on_conflict": s("'skip' (default): skip a run while the previous one is unanswered; 'queue': run anyway")}),
-                &["schedule", "text"],
+                "Schedule a task: recurring (schedule) or once, such as a reminder (at, or in_minutes); give exactly one of the three. When it is due, text is sent to you as a message and your reply goes to this chat; a one-time task is deleted once it has run. At most 20 tasks.",
+                json!({
+                    "schedule": s("Recurring: 5-field cron expression (minute hour day-of-month month day-of-week), e.g. '0 9 * * 1-5' for weekdays at 9:00, in the tasks' time zone"),
+                    "at": s("Once, at this time: '2026-12-03T09:00' (the tasks' time zone), '2026-12-03T08:00Z' (UTC) or with an offset, '2026-12-03T09:00+01:00'"),
+                    "in_minutes": {"type": "integer", "description": "Once, this many minutes from now (1 to 527040)"},
+                    "text": s("What to do when it runs (at most 1000 characters)"),
+                    "on_conflict": s("Recurring only. 'skip' (default): skip a run while the previous one is unanswered; 'queue': run anyway")
+                }),
+                &["text"],
             ),
             Builtin::CronList => ("List the scheduled tasks.", json!({}), &[]),
             Builtin::CronDelete => (
@@ -507,6 +513,16 @@ impl Toolbox {
     /// Whether any tool is on offer (MCP servers may still be starting).
     pub fn any(&self) -> bool {
         !self.builtins.is_empty() || !self.mcp.is_empty()
+    }
+
+    /// A run of scheduled task `id` has arrived: a one-time task is done with and goes
+    /// from the task file (the host never sends its run twice).
+    pub fn task_ran(&self, id: &str) {
+        match self.cron.ran(id) {
+            Ok(true) => log::info!("one-time task {id} ran; deleted"),
+            Ok(false) => {}
+            Err(e) => log::warn!("one-time task {id} ran, but stays listed: {e}"),
+        }
     }
 
     /// Copy the photo kept as blob `blob` into `inbox/` for the tools; where it now is,
