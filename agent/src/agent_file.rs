@@ -62,8 +62,8 @@ pub struct AgentFile {
     pub voice: Option<ToolSetting>,
     /// [ours] How hard a reasoning model thinks (OpenAI `reasoning_effort`).
     pub reasoning_effort: Option<String>,
-    /// [ours] Anthropic extended thinking: the tokens it may think with.
-    pub thinking_budget: Option<u32>,
+    /// [ours] Claude's thinking: the tokens it may think with, or `"adaptive"`.
+    pub thinking_budget: Option<Value>,
 }
 
 const FIELDS: &[&str] = &[

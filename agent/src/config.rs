@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::agent_file::{self, AgentFile};
 use crate::context::Budget;
-use crate::llm::{Provider, ProviderKind};
+use crate::llm::{Provider, ProviderKind, Thinking};
 use crate::mcp::{self, ServerConfig};
 use crate::tools::{Builtin, Selection, ToolConfig};
 
@@ -41,10 +41,13 @@ LLM (environment only, so keys never appear in a process listing):
     ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]
     AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
-    AEGIS_REASONING_EFFORT  how hard a reasoning model thinks (OpenAI-compatible
-                        reasoning_effort: minimal, low, medium, high) [model's default]
-    AEGIS_THINKING_BUDGET   Anthropic extended thinking: tokens Claude may think with
-                        (at least 1024; 0 = off) [off]
+    AEGIS_REASONING_EFFORT  how hard a reasoning model works (OpenAI-compatible
+                        reasoning_effort: minimal, low, medium, high; Claude's
+                        output_config.effort: low, medium, high, xhigh, max)
+                        [model's default]
+    AEGIS_THINKING_BUDGET   Claude's thinking: tokens it may think with (at least
+                        1024; 0 = off), or `adaptive` (Claude decides; 4.6 and
+                        later; a model that takes only that gets it) [off]
     AEGIS_SYSTEM_PROMPT system prompt [default \"You are a helpful assistant.\"]
     AEGIS_CONTEXT_TURNS newest turns sent to the model [default 50]
     AEGIS_CONTEXT_CHARS character budget of those turns [default 24000]
@@ -395,8 +398,8 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         base_url: base.trim_end_matches('/').to_string(),
         model,
         max_tokens: limit,
-        reasoning_effort: reasoning_effort(file, kind)?,
-        thinking_budget: thinking_budget(file, kind, limit)?,
+        reasoning_effort: reasoning_effort(file)?,
+        thinking: thinking(file, kind, limit)?,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
@@ -412,9 +415,10 @@ fn max_tokens(file: &AgentFile) -> Result<Option<u32>, ConfigError> {
 }
 
 /// How hard a reasoning model thinks (`AEGIS_REASONING_EFFORT`, agent.json
-/// `reasoning_effort`): OpenAI's word (`minimal`, `low`, `medium`, `high`, and what new
-/// models add), passed on as given; a word of lower-case letters, at most 16.
-fn reasoning_effort(file: &AgentFile, kind: ProviderKind) -> Result<Option<String>, ConfigError> {
+/// `reasoning_effort`): OpenAI's `reasoning_effort` (`minimal`, `low`, `medium`, `high`)
+/// or Anthropic's `output_config.effort` (`low` to `max`), and what new models add, passed
+/// on as given; a word of lower-case letters, at most 16.
+fn reasoning_effort(file: &AgentFile) -> Result<Option<String>, ConfigError> {
     let from_env = env("AEGIS_REASONING_EFFORT");
     let Some(given) = from_env.as_ref().or(file.reasoning_effort.as_ref()) else {
         return Ok(None);
@@ -428,10 +432,6 @@ fn reasoning_effort(file: &AgentFile, kind: ProviderKind) -> Result<Option<Strin
             from_env.is_some(),
             problem,
         );
-    }
-    if kind == ProviderKind::Anthropic {
-        log::warn!("reasoning_effort is for OpenAI-compatible models; ignored for Anthropic");
-        return Ok(None);
     }
     Ok(Some(effort.to_string()))
 }
@@ -447,37 +447,43 @@ fn bad_setting<T>(var: &str, field: &str, from_env: bool, problem: String) -> Re
     Ok(None)
 }
 
-/// Anthropic extended thinking (`AEGIS_THINKING_BUDGET`, agent.json `thinking_budget`):
-/// the tokens Claude may think with, at least 1,024 (the API's minimum) and below the
-/// reply limit when one is set.
-fn thinking_budget(
+/// Claude's thinking (`AEGIS_THINKING_BUDGET`, agent.json `thinking_budget`): the tokens
+/// it may think with, at least 1,024 (the API's minimum) and below the reply limit when
+/// one is set; or `adaptive`, Claude deciding (4.6 and later).
+fn thinking(
     file: &AgentFile,
     kind: ProviderKind,
     max_tokens: Option<u32>,
-) -> Result<Option<u32>, ConfigError> {
-    let from_env = env("AEGIS_THINKING_BUDGET").is_some();
-    let budget = match (from_env, file.thinking_budget) {
-        (true, _) => env_num("AEGIS_THINKING_BUDGET", 0u32)?,
-        (false, Some(b)) => b,
-        (false, None) => return Ok(None),
+) -> Result<Option<Thinking>, ConfigError> {
+    let from_env = env("AEGIS_THINKING_BUDGET");
+    let given = match (&from_env, &file.thinking_budget) {
+        (Some(v), _) => v.trim().to_string(),
+        (None, Some(serde_json::Value::String(s))) => s.trim().to_string(),
+        (None, Some(v)) => v.to_string(),
+        (None, None) => return Ok(None),
     };
-    let problem = match budget {
-        0 => return Ok(None),
-        1..=1023 => Some(format!("{budget}: Anthropic's minimum is 1024 tokens")),
-        _ => max_tokens.filter(|m| *m <= budget).map(|m| {
+    let problem = match (given.as_str(), given.parse::<u32>()) {
+        ("adaptive", _) => None,
+        (_, Ok(0)) => return Ok(None),
+        (_, Ok(budget @ 1..=1023)) => Some(format!("{budget}: Anthropic's minimum is 1024 tokens")),
+        (_, Ok(budget)) => max_tokens.filter(|m| *m <= budget).map(|m| {
             format!("{budget} must be below max_tokens ({m}): thinking is part of the reply's tokens")
         }),
+        (_, Err(_)) => Some(format!(
+            "{given:?} is neither a number of tokens nor \"adaptive\""
+        )),
     };
     if let Some(p) = problem {
-        return bad_setting("AEGIS_THINKING_BUDGET", "thinking_budget", from_env, p);
+        return bad_setting("AEGIS_THINKING_BUDGET", "thinking_budget", from_env.is_some(), p);
     }
     if kind != ProviderKind::Anthropic {
-        log::warn!(
-            "thinking_budget is Anthropic's extended thinking; ignored for this model (see reasoning_effort)"
-        );
+        log::warn!("thinking_budget is Claude's thinking; ignored for this model (see reasoning_effort)");
         return Ok(None);
     }
-    Ok(Some(budget))
+    Ok(Some(match given.parse() {
+        Ok(budget) => Thinking::Budget(budget),
+        Err(_) => Thinking::Adaptive,
+    }))
 }
 
 /// `host:NAME/MODEL` (after `host:`): a model server on the host, reached through it
@@ -503,8 +509,8 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         base_url: format!("host:{name}"),
         model: model.to_string(),
         max_tokens: max_tokens(file)?,
-        reasoning_effort: reasoning_effort(file, ProviderKind::OpenAi)?,
-        thinking_budget: None,
+        reasoning_effort: reasoning_effort(file)?,
+        thinking: None,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         // A host server may first load the model from disk: half a minute is common.
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),

@@ -85,10 +85,11 @@ pub struct Provider {
     pub model: String,
     /// Reply token limit (Anthropic requires one; default 4096).
     pub max_tokens: Option<u32>,
-    /// OpenAI `reasoning_effort` for reasoning models, when configured.
+    /// How hard a reasoning model works, when configured: OpenAI's `reasoning_effort`,
+    /// Anthropic's `output_config.effort`.
     pub reasoning_effort: Option<String>,
-    /// Anthropic extended thinking's `budget_tokens`, when configured.
-    pub thinking_budget: Option<u32>,
+    /// Claude's thinking, when configured.
+    pub thinking: Option<Thinking>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest silence allowed between chunks (and before the response head).
@@ -245,6 +246,15 @@ pub struct Stream {
     _cancel: Sender<()>,
 }
 
+/// How Claude thinks before it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thinking {
+    /// Extended thinking with at most this many tokens (`budget_tokens`).
+    Budget(u32),
+    /// Claude decides how much (Claude 4.6 and later; the only form the newest take).
+    Adaptive,
+}
+
 /// An LLM client: provider settings plus the way its requests travel.
 #[derive(Debug, Clone)]
 pub struct Llm {
@@ -257,6 +267,10 @@ pub struct Llm {
     /// many compatible servers know only `max_tokens`: OpenAI's own API gets the new name
     /// from the start, any other server once it has refused the old one.
     completion_tokens: Arc<AtomicBool>,
+    /// Anthropic dialect: thinking goes as `{"type": "adaptive"}` although a budget is
+    /// configured. The newest Claude models refuse the budget form with a 400; a budget
+    /// is kept for those that know only it, until the model refuses it once.
+    adaptive: Arc<AtomicBool>,
 }
 
 /// How requests reach the model.
@@ -354,6 +368,7 @@ impl Llm {
             provider,
             transport,
             completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
+            adaptive: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -415,8 +430,13 @@ impl Llm {
                 body
             }
             ProviderKind::Anthropic => {
-                // The budget is part of the reply's tokens: the answer keeps its 4096 on top.
-                let max_tokens = p.max_tokens.unwrap_or(4096 + p.thinking_budget.unwrap_or(0));
+                // Thinking is part of the reply's tokens: the answer keeps its 4096 on top
+                // of a budget; adaptive thinking gets the room Anthropic's examples give it.
+                let max_tokens = p.max_tokens.unwrap_or(match p.thinking {
+                    Some(Thinking::Budget(budget)) => 4096 + budget,
+                    Some(Thinking::Adaptive) => 16_000,
+                    None => 4096,
+                });
                 let mut body = serde_json::json!({
                     "model": p.model,
                     "max_tokens": max_tokens,
@@ -424,8 +444,15 @@ impl Llm {
                     "messages": anthropic_messages(turns),
                     "stream": true,
                 });
-                if let Some(budget) = p.thinking_budget {
-                    body["thinking"] = serde_json::json!({"type": "enabled", "budget_tokens": budget});
+                match p.thinking {
+                    Some(Thinking::Budget(budget)) if !self.adaptive.load(Ordering::Relaxed) => {
+                        body["thinking"] = serde_json::json!({"type": "enabled", "budget_tokens": budget});
+                    }
+                    Some(_) => body["thinking"] = serde_json::json!({"type": "adaptive"}),
+                    None => {}
+                }
+                if let Some(e) = &p.reasoning_effort {
+                    body["output_config"] = serde_json::json!({"effort": e});
                 }
                 if !tools.is_empty() {
                     body["tools"] = tools
@@ -458,6 +485,13 @@ impl Llm {
                 log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
                 self.completion_tokens.store(true, Ordering::Relaxed);
                 body = std::borrow::Cow::Owned(renamed);
+                attempt -= 1;
+                continue;
+            }
+            if let Some(adaptive) = with_adaptive_thinking(&body, &err) {
+                log::info!("the model takes only adaptive thinking, not a budget; asking again");
+                self.adaptive.store(true, Ordering::Relaxed);
+                body = std::borrow::Cow::Owned(adaptive);
                 attempt -= 1;
                 continue;
             }
@@ -1045,6 +1079,20 @@ fn with_completion_tokens(body: &serde_json::Value, err: &LlmError) -> Option<se
     Some(renamed)
 }
 
+/// `body` with adaptive thinking instead of a budget, when `err` is the refusal of the
+/// budget form by the newest Claude models (400, "\"thinking.type.enabled\" is not
+/// supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\"
+/// to control thinking behavior.").
+fn with_adaptive_thinking(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    let refused = err.kind == ErrorKind::Request && err.detail.contains("thinking.type.adaptive");
+    if !refused || body["thinking"]["type"] != "enabled" {
+        return None;
+    }
+    let mut adaptive = body.clone();
+    adaptive["thinking"] = serde_json::json!({"type": "adaptive"});
+    Some(adaptive)
+}
+
 fn status_error(status: u16, body: &str) -> LlmError {
     let detail = serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -1230,6 +1278,41 @@ mod tests {
     }
 
     #[test]
+    fn claude_thinks_by_budget_until_a_model_wants_adaptive_thinking_and_effort_goes_in_output_config() {
+        let claude = |thinking| {
+            let mut p = test_provider(ProviderKind::Anthropic);
+            p.thinking = thinking;
+            p.reasoning_effort = Some("low".into());
+            Llm::new(p, None).request_body("s", &[], &[])
+        };
+        let budget = claude(Some(Thinking::Budget(2048)));
+        assert_eq!(
+            budget["thinking"],
+            serde_json::json!({"type": "enabled", "budget_tokens": 2048})
+        );
+        assert_eq!(budget["max_tokens"], 2048 + 4096);
+        assert_eq!(budget["output_config"], serde_json::json!({"effort": "low"}));
+        let adaptive = claude(Some(Thinking::Adaptive));
+        assert_eq!(adaptive["thinking"], serde_json::json!({"type": "adaptive"}));
+        assert_eq!(adaptive["max_tokens"], 16_000);
+        assert_eq!(claude(None).get("thinking"), None);
+
+        let refusal = status_error(
+            400,
+            r#"{"type":"error","error":{"type":"invalid_request_error","message":"\"thinking.type.enabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\" to control thinking behavior."}}"#,
+        );
+        let asked_again = with_adaptive_thinking(&budget, &refusal).unwrap();
+        assert_eq!(asked_again["thinking"], serde_json::json!({"type": "adaptive"}));
+        assert_eq!(asked_again["max_tokens"], budget["max_tokens"]);
+        assert!(
+            with_adaptive_thinking(&asked_again, &refusal).is_none(),
+            "once only"
+        );
+        assert!(with_adaptive_thinking(&budget, &status_error(400, "prompt is too long")).is_none());
+        assert!(with_adaptive_thinking(&budget, &status_error(529, &refusal.detail)).is_none());
+    }
+
+    #[test]
     fn statuses_classify() {
         assert_eq!(status_error(429, "").kind, ErrorKind::RateLimited);
         assert_eq!(
@@ -1275,7 +1358,7 @@ mod tests {
             model: "m".into(),
             max_tokens: None,
             reasoning_effort: None,
-            thinking_budget: None,
+            thinking: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
             attempts: 1,

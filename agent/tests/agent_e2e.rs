@@ -85,6 +85,45 @@ fn anthropic_extended_thinking_sends_its_signed_thoughts_back_with_the_tool_call
     );
 }
 
+/// The newest Claude models take only adaptive thinking: a configured budget is refused
+/// with Anthropic's 400, asked again at once with adaptive thinking, and not tried again.
+/// The effort setting goes as `output_config.effort`.
+#[test]
+fn a_claude_model_that_takes_only_adaptive_thinking_is_asked_again_and_that_is_kept() {
+    use aegis_e2e::llm::anthropic_budget_refusal;
+    let llm = FakeLlm::with(|req| {
+        anthropic_budget_refusal(&req.json()).unwrap_or_else(|| Reply::sse(anthropic_sse(&["ok"])))
+    });
+    let ws = temp_dir("adaptive-thinking");
+    let a = start_agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "sk-ant-test"),
+            ("ANTHROPIC_BASE_URL", llm.url()),
+            ("AEGIS_MODEL", "claude-opus-5"),
+            ("AEGIS_THINKING_BUDGET", "4096"),
+            ("AEGIS_REASONING_EFFORT", "medium"),
+        ],
+    );
+    a.send(&message("1", "first", "m-1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    a.send(&message("1", "second", "m-2"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let bodies: Vec<serde_json::Value> = llm.requests().iter().map(|r| r.json()).collect();
+    let thinking: Vec<&str> = bodies
+        .iter()
+        .map(|b| b["thinking"]["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(thinking, ["enabled", "adaptive", "adaptive"]);
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b["output_config"] == json!({"effort": "medium"})),
+        "{bodies:?}"
+    );
+    assert!(a.proc.log().contains("takes only adaptive thinking"));
+}
+
 /// OpenAI's reasoning models (o-series, GPT-5) refuse `max_tokens`, here as Azure or a
 /// proxy serves them: the agent asks again with `max_completion_tokens`, and keeps to it.
 #[test]

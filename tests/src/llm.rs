@@ -425,6 +425,18 @@ pub fn anthropic_thinking_refusal(body: &serde_json::Value) -> Option<Reply> {
     })
 }
 
+/// The refusal the newest Claude models (Opus 4.7 and later, the Claude 5 family) answer a
+/// request that asks for extended thinking with a budget, in the API's words.
+pub fn anthropic_budget_refusal(body: &serde_json::Value) -> Option<Reply> {
+    (body["thinking"]["type"] == "enabled").then(|| Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"type": "error", "error": {"type": "invalid_request_error", "message":
+            "\"thinking.type.enabled\" is not supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\" to control thinking behavior."}})
+        .to_string(),
+    })
+}
+
 /// The names of the tools a request offers (OpenAI `function.name` or Anthropic `name`).
 pub fn offered_tools(req: &Request) -> Vec<String> {
     req.json()["tools"]
