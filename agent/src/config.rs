@@ -35,7 +35,7 @@ OPTIONS:
     -V, --version       print the version
 
 LLM (environment only, so keys never appear in a process listing):
-    ANTHROPIC_API_KEY   use the Anthropic Messages API (model claude-sonnet-4-20250514)
+    ANTHROPIC_API_KEY   use the Anthropic Messages API (model claude-sonnet-4-6)
     OPENAI_API_KEY      else use OpenAI Chat Completions (model gpt-4o)
     OPENAI_BASE_URL     OpenAI-compatible server (Ollama, llama.cpp, vLLM); works without a key
     ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]
@@ -386,8 +386,9 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         ProviderKind::Anthropic => "https://api.anthropic.com".into(),
         ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
     });
+    let default_model = model_name.is_none();
     let model = model_name.unwrap_or_else(|| match kind {
-        ProviderKind::Anthropic => "claude-sonnet-4-20250514".into(),
+        ProviderKind::Anthropic => "claude-sonnet-4-6".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
     let limit = max_tokens(file)?;
@@ -397,6 +398,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         key_env,
         base_url: base.trim_end_matches('/').to_string(),
         model,
+        default_model,
         max_tokens: limit,
         reasoning_effort: reasoning_effort(file)?,
         thinking: thinking(file, kind, limit)?,
@@ -508,6 +510,7 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         key_env: None,
         base_url: format!("host:{name}"),
         model: model.to_string(),
+        default_model: false,
         max_tokens: max_tokens(file)?,
         reasoning_effort: reasoning_effort(file)?,
         thinking: None,

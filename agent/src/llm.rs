@@ -83,6 +83,9 @@ pub struct Provider {
     pub base_url: String,
     /// Model name.
     pub model: String,
+    /// The model is the agent's default, not the user's choice: when the server no
+    /// longer has it, another is chosen (`successor`).
+    pub default_model: bool,
     /// Reply token limit (Anthropic requires one; default 4096).
     pub max_tokens: Option<u32>,
     /// How hard a reasoning model works, when configured: OpenAI's `reasoning_effort`,
@@ -211,6 +214,10 @@ impl LlmError {
                 "⚠️ The LLM provider's TLS certificate cannot be verified ({}). If it is signed by a private CA, point SSL_CERT_FILE at that CA.",
                 self.detail
             ),
+            ErrorKind::Request if crate::successor::model_gone(self) => format!(
+                "⚠️ The LLM provider has no such model ({}). It may have been retired: set AEGIS_MODEL or agent.json \"model\" to a current one.",
+                self.detail
+            ),
             ErrorKind::Request => format!("⚠️ The LLM provider refused the request ({}).", self.detail),
             ErrorKind::Timeout => "⚠️ The LLM provider stopped responding. Please try again.".into(),
             ErrorKind::Cut | ErrorKind::Malformed => {
@@ -267,6 +274,10 @@ pub struct Llm {
     /// many compatible servers know only `max_tokens`: OpenAI's own API gets the new name
     /// from the start, any other server once it has refused the old one.
     completion_tokens: Arc<AtomicBool>,
+    /// The model used instead of a retired default (`successor`), once chosen; asked
+    /// for once per process.
+    successor: Arc<std::sync::Mutex<Option<String>>>,
+    successor_sought: Arc<AtomicBool>,
     /// Anthropic dialect: thinking goes as `{"type": "adaptive"}` although a budget is
     /// configured. The newest Claude models refuse the budget form with a 400; a budget
     /// is kept for those that know only it, until the model refuses it once.
@@ -369,6 +380,8 @@ impl Llm {
             transport,
             completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
             adaptive: Arc::new(AtomicBool::new(false)),
+            successor: Arc::default(),
+            successor_sought: Arc::default(),
         }
     }
 
@@ -399,6 +412,40 @@ impl Llm {
         }
     }
 
+    /// The model requests name: the configured one, or its successor.
+    fn model(&self) -> String {
+        let successor = self.successor.lock().unwrap_or_else(|e| e.into_inner());
+        successor.clone().unwrap_or_else(|| self.provider.model.clone())
+    }
+
+    /// When the agent's default model is gone, the model to ask instead (at most one
+    /// search per process: a server that lists nothing better is not asked each message).
+    fn replace_retired_model(&self, err: &LlmError) -> Option<String> {
+        let Transport::Http(agent) = &self.transport else { return None };
+        if !self.provider.default_model
+            || !crate::successor::model_gone(err)
+            || self.successor_sought.swap(true, Ordering::Relaxed)
+        {
+            return None;
+        }
+        let gone = self.model();
+        match crate::successor::find(agent, &self.provider) {
+            Ok(next) => {
+                log::warn!(
+                    "model {gone} is gone ({}); using {next}, the newest of its kind this key can use \
+                     (set AEGIS_MODEL or agent.json model to choose)",
+                    err.detail
+                );
+                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+                Some(next)
+            }
+            Err(e) => {
+                log::warn!("model {gone} is gone ({}), and no other was found: {e}", err.detail);
+                None
+            }
+        }
+    }
+
     /// The request body for `turns` (a valid context: see `context.rs`).
     pub fn request_body(&self, system: &str, turns: &[Turn], tools: &[ToolSpec]) -> serde_json::Value {
         let p = &self.provider;
@@ -406,7 +453,8 @@ impl Llm {
             ProviderKind::OpenAi => {
                 let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
                 messages.extend(turns.iter().map(openai_message));
-                let mut body = serde_json::json!({"model": p.model, "messages": messages, "stream": true});
+                let model = self.model();
+                let mut body = serde_json::json!({"model": model, "messages": messages, "stream": true});
                 if let Some(m) = p.max_tokens {
                     let name = if self.completion_tokens.load(Ordering::Relaxed) {
                         "max_completion_tokens"
@@ -438,7 +486,7 @@ impl Llm {
                     None => 4096,
                 });
                 let mut body = serde_json::json!({
-                    "model": p.model,
+                    "model": self.model(),
                     "max_tokens": max_tokens,
                     "system": system,
                     "messages": anthropic_messages(turns),
@@ -485,6 +533,13 @@ impl Llm {
                 log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
                 self.completion_tokens.store(true, Ordering::Relaxed);
                 body = std::borrow::Cow::Owned(renamed);
+                attempt -= 1;
+                continue;
+            }
+            if let Some(next) = self.replace_retired_model(&err) {
+                let mut asked_again = body.into_owned();
+                asked_again["model"] = next.into();
+                body = std::borrow::Cow::Owned(asked_again);
                 attempt -= 1;
                 continue;
             }
@@ -1356,6 +1411,7 @@ mod tests {
             key_env: None,
             base_url: "http://x".into(),
             model: "m".into(),
+            default_model: false,
             max_tokens: None,
             reasoning_effort: None,
             thinking: None,

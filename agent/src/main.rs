@@ -23,6 +23,7 @@ mod restart;
 mod router;
 mod session;
 mod sse;
+mod successor;
 #[cfg(test)]
 mod testutil;
 mod think;

@@ -124,6 +124,79 @@ fn a_claude_model_that_takes_only_adaptive_thinking_is_asked_again_and_that_is_k
     assert!(a.proc.log().contains("takes only adaptive thinking"));
 }
 
+/// Providers retire models. When the agent's default is gone (Anthropic's 404
+/// `not_found_error`), it asks the server which models the key can use, takes the newest
+/// of the same family and keeps to it; a model the user named is never replaced, and its
+/// 404 tells them what to set.
+#[test]
+fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one_does_not() {
+    let current = ["claude-opus-5", "claude-sonnet-5", "claude-haiku-4-5"];
+    let llm = FakeLlm::with(move |req| {
+        if req.method == "GET" {
+            // Anthropic's list, newest first.
+            let data: Vec<_> = current
+                .iter()
+                .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "2026-10-01T00:00:00Z"}))
+                .collect();
+            return Reply::Status {
+                code: 200,
+                headers: vec![],
+                body: json!({"data": data, "has_more": false, "first_id": current[0], "last_id": current[2]})
+                    .to_string(),
+            };
+        }
+        let model = req.json()["model"].as_str().unwrap_or_default().to_string();
+        if !current.contains(&model.as_str()) {
+            return Reply::Status {
+                code: 404,
+                headers: vec![],
+                body: json!({"type": "error", "error": {"type": "not_found_error", "message": format!("model: {model}")}})
+                    .to_string(),
+            };
+        }
+        Reply::sse(anthropic_sse(&[&format!("I am {model}.")]))
+    });
+    let ws = temp_dir("retired-default");
+    let env = [("ANTHROPIC_API_KEY", "sk-ant-test"), ("ANTHROPIC_BASE_URL", llm.url())];
+    let a = start_agent(&ws, &env);
+    a.send(&message("1", "who are you?", "m-1"));
+    assert_eq!(done_text(&a.reply()), "I am claude-sonnet-5.");
+    a.send(&message("1", "and now?", "m-2"));
+    assert_eq!(done_text(&a.reply()), "I am claude-sonnet-5.");
+    let reqs = llm.requests();
+    let asked: Vec<(String, String)> = reqs
+        .iter()
+        .map(|r| (r.method.clone(), r.json()["model"].as_str().unwrap_or(&r.path).to_string()))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("POST".to_string(), "claude-sonnet-4-6".to_string()),
+            ("GET".to_string(), "/v1/models?limit=100".to_string()),
+            ("POST".to_string(), "claude-sonnet-5".to_string()),
+            ("POST".to_string(), "claude-sonnet-5".to_string()),
+        ]
+    );
+    assert_eq!(reqs[1].header("x-api-key"), Some("sk-ant-test"));
+    assert_eq!(reqs[1].header("anthropic-version"), Some("2023-06-01"));
+    assert!(a.proc.log().contains("model claude-sonnet-4-6 is gone"), "{}", a.proc.log());
+    assert!(!a.proc.log().contains("sk-ant-test"));
+    drop(a);
+
+    let ws = temp_dir("retired-named");
+    let mut env = env.to_vec();
+    env.push(("AEGIS_MODEL", "claude-3-7-sonnet-20250219"));
+    let b = start_agent(&ws, &env);
+    b.send(&message("1", "hello", "m-1"));
+    let said = done_text(&b.reply());
+    assert!(
+        said.contains("has no such model (HTTP 404: model: claude-3-7-sonnet-20250219)")
+            && said.contains("set AEGIS_MODEL"),
+        "{said}"
+    );
+    assert_eq!(llm.requests().len(), 5, "the named model was not replaced");
+}
+
 /// OpenAI's reasoning models (o-series, GPT-5) refuse `max_tokens`, here as Azure or a
 /// proxy serves them: the agent asks again with `max_completion_tokens`, and keeps to it.
 #[test]
@@ -304,7 +377,7 @@ fn anthropic_stream_with_ping_after_a_529_and_a_429() {
     let body = r.json();
     assert_eq!(body["system"], "Be brief.");
     assert_eq!(body["max_tokens"], 4096);
-    assert_eq!(body["model"], "claude-sonnet-4-20250514");
+    assert_eq!(body["model"], "claude-sonnet-4-6");
     assert_eq!(body["messages"][0]["role"], "user");
     assert_eq!(
         unstamped(body["messages"][0]["content"].as_str().unwrap()),

@@ -231,7 +231,7 @@ fn anthropic_event(name: &str, data: serde_json::Value) -> String {
 fn anthropic_message_start(id: &str) -> String {
     anthropic_event(
         "message_start",
-        json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-20250514","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
+        json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-6","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
     )
 }
 

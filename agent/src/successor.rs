@@ -1,0 +1,185 @@
+//! When the model the agent picked by default is gone. Providers retire models a year or
+//! so after release (Anthropic retired `claude-sonnet-4-20250514`, upstream's default, on
+//! 2026-06-15; OpenAI shuts `gpt-4o` down in January 2027), and an agent installed once
+//! and left to run would then answer every message with a 404. So when the user did not
+//! name a model and the server says it has no such model, the agent asks the server which
+//! models the key can use (`GET /v1/models`, which Anthropic, OpenAI, Ollama, vLLM and
+//! llama.cpp all answer) and takes the newest of the same family. A model the user named
+//! is never replaced: that 404 reaches them, with a hint.
+
+use serde_json::Value;
+
+use crate::llm::{ErrorKind, LlmError, Provider, ProviderKind};
+
+/// Largest model list read.
+const MAX_LIST: u64 = 1024 * 1024;
+
+/// Whether `err` says the requested model does not exist (a retired one included):
+/// Anthropic's 404 `not_found_error` ("model: NAME"), OpenAI's 404 `model_not_found`
+/// ("The model `NAME` does not exist or you do not have access to it."), Ollama's
+/// ("model \"NAME\" not found, try pulling it first").
+pub fn model_gone(err: &LlmError) -> bool {
+    err.kind == ErrorKind::Request
+        && err.detail.starts_with("HTTP 404")
+        && err.detail.to_ascii_lowercase().contains("model")
+}
+
+/// The model to use instead of `p.model`, asked of the server with `agent`.
+pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
+    let mut req = match p.kind {
+        ProviderKind::OpenAi => agent.get(format!("{}/models", p.base_url)),
+        ProviderKind::Anthropic => agent
+            .get(format!("{}/v1/models?limit=100", p.base_url))
+            .header("anthropic-version", "2023-06-01"),
+    };
+    if let Some(key) = &p.key {
+        req = match p.kind {
+            ProviderKind::OpenAi => req.header("authorization", format!("Bearer {key}")),
+            ProviderKind::Anthropic => req.header("x-api-key", key),
+        };
+    }
+    let resp = req.call().map_err(|e| format!("listing the models: {e}"))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        return Err(format!("listing the models: HTTP {status}"));
+    }
+    let text = resp
+        .into_body()
+        .with_config()
+        .limit(MAX_LIST)
+        .read_to_string()
+        .map_err(|e| format!("listing the models: {e}"))?;
+    let list: Value = serde_json::from_str(&text).map_err(|e| format!("listing the models: {e}"))?;
+    let openai_itself = p.base_url.starts_with("https://api.openai.com/");
+    choose(p.kind, openai_itself, &p.model, &list)
+        .ok_or_else(|| "the server lists no model to use instead".to_string())
+}
+
+/// The pick from a model list (`{"data": [{"id", ...}]}`), other than `current`.
+/// Anthropic lists newest first: the first of `current`'s family (sonnet, opus, haiku).
+/// OpenAI's own API lists everything it serves: the newest (by `created`) general chat
+/// model, no snapshot, no audio, image, search or small variant. Another server lists
+/// the models it has (Ollama: those pulled): the newest, else the first.
+pub fn choose(kind: ProviderKind, openai_itself: bool, current: &str, list: &Value) -> Option<String> {
+    let models: Vec<(&str, i64)> = list["data"]
+        .as_array()?
+        .iter()
+        .filter_map(|m| Some((m["id"].as_str()?, m["created"].as_i64().unwrap_or(0))))
+        .filter(|(id, _)| !id.is_empty() && *id != current)
+        .collect();
+    let newest = |eligible: &dyn Fn(&str) -> bool| {
+        models
+            .iter()
+            .enumerate()
+            .filter(|(_, (id, _))| eligible(id))
+            // Newest `created` first; among equals (or none given) the server's order.
+            .min_by_key(|(i, (_, created))| (std::cmp::Reverse(*created), *i))
+            .map(|(_, (id, _))| id.to_string())
+    };
+    match kind {
+        ProviderKind::Anthropic => {
+            let family = ["sonnet", "opus", "haiku"]
+                .into_iter()
+                .find(|f| current.contains(f));
+            newest(&|id| family.is_none_or(|f| id.contains(f))).or_else(|| newest(&|_| true))
+        }
+        ProviderKind::OpenAi if openai_itself => newest(&general_chat_model),
+        ProviderKind::OpenAi => newest(&|_| true),
+    }
+}
+
+/// Whether an OpenAI model id names a general chat model: `gpt-...`, neither a dated
+/// snapshot nor a special variant.
+fn general_chat_model(id: &str) -> bool {
+    const SPECIAL: [&str; 14] = [
+        "audio", "realtime", "transcribe", "tts", "search", "image", "instruct", "codex", "embedding",
+        "mini", "nano", "preview", "chat", "pro",
+    ];
+    let dated = id.len() > 11 && {
+        let tail = id.as_bytes()[id.len() - 11..].to_vec();
+        tail[0] == b'-' && tail[5] == b'-' && tail[8] == b'-'
+    };
+    id.starts_with("gpt-") && !dated && !SPECIAL.iter().any(|s| id.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_retired_model_is_told_from_other_refusals() {
+        let e = |kind, detail: &str| LlmError {
+            kind,
+            detail: detail.into(),
+            retry_after: None,
+        };
+        assert!(model_gone(&e(ErrorKind::Request, "HTTP 404: model: claude-sonnet-4-20250514")));
+        assert!(model_gone(&e(
+            ErrorKind::Request,
+            "HTTP 404: The model `gpt-4o` does not exist or you do not have access to it."
+        )));
+        assert!(!model_gone(&e(ErrorKind::Request, "HTTP 400: max_tokens: model limit")));
+        assert!(!model_gone(&e(ErrorKind::Request, "HTTP 404: Not Found")));
+        assert!(!model_gone(&e(ErrorKind::Auth, "HTTP 404: model")));
+    }
+
+    #[test]
+    fn claude_gets_the_newest_of_its_family() {
+        // Anthropic's list, newest first.
+        let list = json!({"data": [
+            {"type": "model", "id": "claude-opus-5", "created_at": "2026-11-01T00:00:00Z"},
+            {"type": "model", "id": "claude-sonnet-5", "created_at": "2026-10-01T00:00:00Z"},
+            {"type": "model", "id": "claude-sonnet-4-6", "created_at": "2026-02-17T00:00:00Z"}
+        ], "has_more": false});
+        let pick = |current| choose(ProviderKind::Anthropic, false, current, &list);
+        assert_eq!(pick("claude-sonnet-4-20250514").as_deref(), Some("claude-sonnet-5"));
+        assert_eq!(pick("claude-opus-4-1").as_deref(), Some("claude-opus-5"));
+        assert_eq!(pick("claude-haiku-3").as_deref(), Some("claude-opus-5"), "none of its family");
+        assert_eq!(pick("claude-sonnet-5").as_deref(), Some("claude-sonnet-4-6"), "never itself");
+    }
+
+    #[test]
+    fn openai_gets_its_newest_general_chat_model() {
+        let list = json!({"object": "list", "data": [
+            {"id": "gpt-6", "object": "model", "created": 1_780_000_000, "owned_by": "system"},
+            {"id": "gpt-6-2026-09-01", "object": "model", "created": 1_790_000_000},
+            {"id": "gpt-6-mini", "object": "model", "created": 1_790_000_001},
+            {"id": "gpt-realtime-2", "object": "model", "created": 1_790_000_002},
+            {"id": "gpt-image-2", "object": "model", "created": 1_790_000_003},
+            {"id": "text-embedding-3-large", "object": "model", "created": 1_790_000_004},
+            {"id": "o5", "object": "model", "created": 1_790_000_005},
+            {"id": "gpt-5.5", "object": "model", "created": 1_770_000_000},
+            {"id": "gpt-4o", "object": "model", "created": 1_715_000_000}
+        ]});
+        assert_eq!(choose(ProviderKind::OpenAi, true, "gpt-4o", &list).as_deref(), Some("gpt-6"));
+        // Another server lists what it has: the newest of those.
+        assert_eq!(choose(ProviderKind::OpenAi, false, "gpt-4o", &list).as_deref(), Some("o5"));
+        let ollama = json!({"object": "list", "data": [
+            {"id": "llama3.2:latest", "object": "model", "created": 0, "owned_by": "library"},
+            {"id": "qwen3:8b", "object": "model", "created": 0, "owned_by": "library"}
+        ]});
+        assert_eq!(
+            choose(ProviderKind::OpenAi, false, "gpt-4o", &ollama).as_deref(),
+            Some("llama3.2:latest"),
+            "the server's first"
+        );
+        assert_eq!(choose(ProviderKind::OpenAi, true, "gpt-4o", &ollama), None);
+        assert_eq!(choose(ProviderKind::OpenAi, false, "gpt-4o", &json!({"data": []})), None);
+        assert_eq!(choose(ProviderKind::OpenAi, false, "gpt-4o", &json!("nonsense")), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_list_gives_a_listed_model_or_none(ids in proptest::collection::vec("\\PC{0,20}", 0..8), created in proptest::collection::vec(any::<i64>(), 8)) {
+            let data: Vec<Value> = ids.iter().zip(&created).map(|(id, c)| json!({"id": id, "created": c})).collect();
+            let list = json!({"data": data});
+            for (kind, own) in [(ProviderKind::Anthropic, false), (ProviderKind::OpenAi, true), (ProviderKind::OpenAi, false)] {
+                if let Some(pick) = choose(kind, own, "gpt-4o", &list) {
+                    prop_assert!(ids.contains(&pick) && pick != "gpt-4o");
+                }
+            }
+        }
+    }
+}
