@@ -307,8 +307,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     };
     let image_model = image
         .and_then(|t| t.model.clone())
-        .filter(|m| !m.trim().is_empty())
-        .unwrap_or_else(|| crate::tools::image_gen::DEFAULT_MODEL.to_string());
+        .filter(|m| !m.trim().is_empty());
     // The agent's own credentials stay out of commands the model runs.
     let mut hidden_env = vec!["ANTHROPIC_API_KEY".to_string(), "OPENAI_API_KEY".to_string()];
     hidden_env.extend(provider.and_then(|p| p.key_env.clone()));

@@ -421,7 +421,9 @@ impl Llm {
     /// When the agent's default model is gone, the model to ask instead (at most one
     /// search per process: a server that lists nothing better is not asked each message).
     fn replace_retired_model(&self, err: &LlmError) -> Option<String> {
-        let Transport::Http(agent) = &self.transport else { return None };
+        let Transport::Http(agent) = &self.transport else {
+            return None;
+        };
         if !self.provider.default_model
             || !crate::successor::model_gone(err)
             || self.successor_sought.swap(true, Ordering::Relaxed)
@@ -440,7 +442,10 @@ impl Llm {
                 Some(next)
             }
             Err(e) => {
-                log::warn!("model {gone} is gone ({}), and no other was found: {e}", err.detail);
+                log::warn!(
+                    "model {gone} is gone ({}), and no other was found: {e}",
+                    err.detail
+                );
                 None
             }
         }

@@ -26,17 +26,50 @@ pub fn model_gone(err: &LlmError) -> bool {
 
 /// The model to use instead of `p.model`, asked of the server with `agent`.
 pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
-    let mut req = match p.kind {
-        ProviderKind::OpenAi => agent.get(format!("{}/models", p.base_url)),
-        ProviderKind::Anthropic => agent
-            .get(format!("{}/v1/models?limit=100", p.base_url))
-            .header("anthropic-version", "2023-06-01"),
+    let list = match (p.kind, &p.key) {
+        (ProviderKind::OpenAi, key) => list(agent, &format!("{}/models", p.base_url), key.as_deref(), &[])?,
+        (ProviderKind::Anthropic, key) => {
+            let key = key.as_deref().map(|k| ("x-api-key", k));
+            let headers: Vec<(&str, &str)> = key
+                .into_iter()
+                .chain([("anthropic-version", "2023-06-01")])
+                .collect();
+            list(
+                agent,
+                &format!("{}/v1/models?limit=100", p.base_url),
+                None,
+                &headers,
+            )?
+        }
     };
-    if let Some(key) = &p.key {
-        req = match p.kind {
-            ProviderKind::OpenAi => req.header("authorization", format!("Bearer {key}")),
-            ProviderKind::Anthropic => req.header("x-api-key", key),
-        };
+    let openai_itself = p.base_url.starts_with("https://api.openai.com/");
+    choose(p.kind, openai_itself, &p.model, &list)
+        .ok_or_else(|| "the server lists no model to use instead".to_string())
+}
+
+/// The image model to use instead of `current` at the OpenAI-compatible `base`: the
+/// newest GPT image model (not a small one), else the newest DALL-E.
+pub fn find_image_model(agent: &ureq::Agent, base: &str, key: &str, current: &str) -> Result<String, String> {
+    let list = list(agent, &format!("{base}/models"), Some(key), &[])?;
+    let models = listed(&list, current);
+    newest(&models, &|id| id.starts_with("gpt-image") && !id.contains("mini"))
+        .or_else(|| newest(&models, &|id| id.starts_with("dall-e")))
+        .ok_or_else(|| "the server lists no other image model".to_string())
+}
+
+/// `GET url` with the key as a bearer token (`bearer`) and `headers`: the model list.
+fn list(
+    agent: &ureq::Agent,
+    url: &str,
+    bearer: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Result<Value, String> {
+    let mut req = agent.get(url);
+    if let Some(key) = bearer {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = req.call().map_err(|e| format!("listing the models: {e}"))?;
     let status = resp.status().as_u16();
@@ -49,10 +82,30 @@ pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
         .limit(MAX_LIST)
         .read_to_string()
         .map_err(|e| format!("listing the models: {e}"))?;
-    let list: Value = serde_json::from_str(&text).map_err(|e| format!("listing the models: {e}"))?;
-    let openai_itself = p.base_url.starts_with("https://api.openai.com/");
-    choose(p.kind, openai_itself, &p.model, &list)
-        .ok_or_else(|| "the server lists no model to use instead".to_string())
+    serde_json::from_str(&text).map_err(|e| format!("listing the models: {e}"))
+}
+
+/// The ids of a model list (`{"data": [{"id", "created"?}]}`) with their `created`,
+/// other than `current`, in the server's order.
+fn listed<'a>(list: &'a Value, current: &str) -> Vec<(&'a str, i64)> {
+    let Some(data) = list["data"].as_array() else {
+        return Vec::new();
+    };
+    data.iter()
+        .filter_map(|m| Some((m["id"].as_str()?, m["created"].as_i64().unwrap_or(0))))
+        .filter(|(id, _)| !id.is_empty() && *id != current)
+        .collect()
+}
+
+/// The newest (by `created`; among equals, or none given, the first listed) of `models`
+/// that is `eligible`.
+fn newest(models: &[(&str, i64)], eligible: &dyn Fn(&str) -> bool) -> Option<String> {
+    models
+        .iter()
+        .enumerate()
+        .filter(|(_, (id, _))| eligible(id))
+        .min_by_key(|(i, (_, created))| (std::cmp::Reverse(*created), *i))
+        .map(|(_, (id, _))| id.to_string())
 }
 
 /// The pick from a model list (`{"data": [{"id", ...}]}`), other than `current`.
@@ -61,21 +114,8 @@ pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
 /// model, no snapshot, no audio, image, search or small variant. Another server lists
 /// the models it has (Ollama: those pulled): the newest, else the first.
 pub fn choose(kind: ProviderKind, openai_itself: bool, current: &str, list: &Value) -> Option<String> {
-    let models: Vec<(&str, i64)> = list["data"]
-        .as_array()?
-        .iter()
-        .filter_map(|m| Some((m["id"].as_str()?, m["created"].as_i64().unwrap_or(0))))
-        .filter(|(id, _)| !id.is_empty() && *id != current)
-        .collect();
-    let newest = |eligible: &dyn Fn(&str) -> bool| {
-        models
-            .iter()
-            .enumerate()
-            .filter(|(_, (id, _))| eligible(id))
-            // Newest `created` first; among equals (or none given) the server's order.
-            .min_by_key(|(i, (_, created))| (std::cmp::Reverse(*created), *i))
-            .map(|(_, (id, _))| id.to_string())
-    };
+    let models = listed(list, current);
+    let newest = |eligible: &dyn Fn(&str) -> bool| newest(&models, eligible);
     match kind {
         ProviderKind::Anthropic => {
             let family = ["sonnet", "opus", "haiku"]
@@ -92,8 +132,20 @@ pub fn choose(kind: ProviderKind, openai_itself: bool, current: &str, list: &Val
 /// snapshot nor a special variant.
 fn general_chat_model(id: &str) -> bool {
     const SPECIAL: [&str; 14] = [
-        "audio", "realtime", "transcribe", "tts", "search", "image", "instruct", "codex", "embedding",
-        "mini", "nano", "preview", "chat", "pro",
+        "audio",
+        "realtime",
+        "transcribe",
+        "tts",
+        "search",
+        "image",
+        "instruct",
+        "codex",
+        "embedding",
+        "mini",
+        "nano",
+        "preview",
+        "chat",
+        "pro",
     ];
     let dated = id.len() > 11 && {
         let tail = id.as_bytes()[id.len() - 11..].to_vec();
@@ -115,12 +167,18 @@ mod tests {
             detail: detail.into(),
             retry_after: None,
         };
-        assert!(model_gone(&e(ErrorKind::Request, "HTTP 404: model: claude-sonnet-4-20250514")));
+        assert!(model_gone(&e(
+            ErrorKind::Request,
+            "HTTP 404: model: claude-sonnet-4-20250514"
+        )));
         assert!(model_gone(&e(
             ErrorKind::Request,
             "HTTP 404: The model `gpt-4o` does not exist or you do not have access to it."
         )));
-        assert!(!model_gone(&e(ErrorKind::Request, "HTTP 400: max_tokens: model limit")));
+        assert!(!model_gone(&e(
+            ErrorKind::Request,
+            "HTTP 400: max_tokens: model limit"
+        )));
         assert!(!model_gone(&e(ErrorKind::Request, "HTTP 404: Not Found")));
         assert!(!model_gone(&e(ErrorKind::Auth, "HTTP 404: model")));
     }
@@ -134,10 +192,21 @@ mod tests {
             {"type": "model", "id": "claude-sonnet-4-6", "created_at": "2026-02-17T00:00:00Z"}
         ], "has_more": false});
         let pick = |current| choose(ProviderKind::Anthropic, false, current, &list);
-        assert_eq!(pick("claude-sonnet-4-20250514").as_deref(), Some("claude-sonnet-5"));
+        assert_eq!(
+            pick("claude-sonnet-4-20250514").as_deref(),
+            Some("claude-sonnet-5")
+        );
         assert_eq!(pick("claude-opus-4-1").as_deref(), Some("claude-opus-5"));
-        assert_eq!(pick("claude-haiku-3").as_deref(), Some("claude-opus-5"), "none of its family");
-        assert_eq!(pick("claude-sonnet-5").as_deref(), Some("claude-sonnet-4-6"), "never itself");
+        assert_eq!(
+            pick("claude-haiku-3").as_deref(),
+            Some("claude-opus-5"),
+            "none of its family"
+        );
+        assert_eq!(
+            pick("claude-sonnet-5").as_deref(),
+            Some("claude-sonnet-4-6"),
+            "never itself"
+        );
     }
 
     #[test]
@@ -153,9 +222,15 @@ mod tests {
             {"id": "gpt-5.5", "object": "model", "created": 1_770_000_000},
             {"id": "gpt-4o", "object": "model", "created": 1_715_000_000}
         ]});
-        assert_eq!(choose(ProviderKind::OpenAi, true, "gpt-4o", &list).as_deref(), Some("gpt-6"));
+        assert_eq!(
+            choose(ProviderKind::OpenAi, true, "gpt-4o", &list).as_deref(),
+            Some("gpt-6")
+        );
         // Another server lists what it has: the newest of those.
-        assert_eq!(choose(ProviderKind::OpenAi, false, "gpt-4o", &list).as_deref(), Some("o5"));
+        assert_eq!(
+            choose(ProviderKind::OpenAi, false, "gpt-4o", &list).as_deref(),
+            Some("o5")
+        );
         let ollama = json!({"object": "list", "data": [
             {"id": "llama3.2:latest", "object": "model", "created": 0, "owned_by": "library"},
             {"id": "qwen3:8b", "object": "model", "created": 0, "owned_by": "library"}
@@ -166,8 +241,14 @@ mod tests {
             "the server's first"
         );
         assert_eq!(choose(ProviderKind::OpenAi, true, "gpt-4o", &ollama), None);
-        assert_eq!(choose(ProviderKind::OpenAi, false, "gpt-4o", &json!({"data": []})), None);
-        assert_eq!(choose(ProviderKind::OpenAi, false, "gpt-4o", &json!("nonsense")), None);
+        assert_eq!(
+            choose(ProviderKind::OpenAi, false, "gpt-4o", &json!({"data": []})),
+            None
+        );
+        assert_eq!(
+            choose(ProviderKind::OpenAi, false, "gpt-4o", &json!("nonsense")),
+            None
+        );
     }
 
     proptest! {

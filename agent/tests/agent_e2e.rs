@@ -157,7 +157,10 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
         Reply::sse(anthropic_sse(&[&format!("I am {model}.")]))
     });
     let ws = temp_dir("retired-default");
-    let env = [("ANTHROPIC_API_KEY", "sk-ant-test"), ("ANTHROPIC_BASE_URL", llm.url())];
+    let env = [
+        ("ANTHROPIC_API_KEY", "sk-ant-test"),
+        ("ANTHROPIC_BASE_URL", llm.url()),
+    ];
     let a = start_agent(&ws, &env);
     a.send(&message("1", "who are you?", "m-1"));
     assert_eq!(done_text(&a.reply()), "I am claude-sonnet-5.");
@@ -166,7 +169,12 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
     let reqs = llm.requests();
     let asked: Vec<(String, String)> = reqs
         .iter()
-        .map(|r| (r.method.clone(), r.json()["model"].as_str().unwrap_or(&r.path).to_string()))
+        .map(|r| {
+            (
+                r.method.clone(),
+                r.json()["model"].as_str().unwrap_or(&r.path).to_string(),
+            )
+        })
         .collect();
     assert_eq!(
         asked,
@@ -179,7 +187,11 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
     );
     assert_eq!(reqs[1].header("x-api-key"), Some("sk-ant-test"));
     assert_eq!(reqs[1].header("anthropic-version"), Some("2023-06-01"));
-    assert!(a.proc.log().contains("model claude-sonnet-4-6 is gone"), "{}", a.proc.log());
+    assert!(
+        a.proc.log().contains("model claude-sonnet-4-6 is gone"),
+        "{}",
+        a.proc.log()
+    );
     assert!(!a.proc.log().contains("sk-ant-test"));
     drop(a);
 

@@ -1094,6 +1094,70 @@ fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
 
 /// A generated image costs money: a reply cancelled while `image_generate` waits out a
 /// rate limit makes no further request (the tool's thread is told it was abandoned).
+/// OpenAI shuts image models down. When the default one is gone (404
+/// `model_not_found`), the tool asks which models the key can use, takes the newest GPT
+/// image model that is not a small one, and keeps to it; a model agent.json names is
+/// never replaced.
+#[test]
+fn a_retired_default_image_model_gives_way_to_the_newest_one() {
+    use aegis_e2e::openai_images::FakeImages;
+    let images = FakeImages::start("sk-img");
+    images.retired.lock().unwrap().push("gpt-image-1".into());
+    let draw = |id: &str| (id.to_string(), "image_generate", r#"{"prompt": "a fox"}"#);
+    let calls = [draw("g1"), draw("g2")];
+    let calls: Vec<(&str, &str, &str)> = calls.iter().map(|(i, n, a)| (i.as_str(), *n, *a)).collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &calls, 9)),
+        Reply::sse(openai_sse(&["Two foxes."])),
+        Reply::sse(openai_tool_sse("", &calls[..1], 9)),
+        Reply::sse(openai_sse(&["No fox."])),
+    ]);
+    let ws = TempDir::new("tools-imagegen-retired");
+    let mut env = openai(&llm).to_vec();
+    env.push(("MY_OPENAI", "sk-img".into()));
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "MY_OPENAI"}}}),
+    );
+    let a = agent(&ws, &env);
+    a.send(&message("1", "draw two foxes", "m1"));
+    assert_eq!(done_text(&a.reply()), "Two foxes.");
+    let results = tool_results(&llm.requests()[1]);
+    assert!(
+        results.iter().all(|(_, r)| r.contains(r#""ok":true"#)),
+        "{results:?}"
+    );
+    let models: Vec<Value> = images
+        .requests()
+        .iter()
+        .map(|g| g.body["model"].clone())
+        .collect();
+    assert_eq!(models, ["gpt-image-1", "gpt-image-2", "gpt-image-2"]);
+    assert!(
+        a.proc.log().contains("image model gpt-image-1 is gone"),
+        "{}",
+        a.proc.log()
+    );
+    drop(a);
+
+    // Named in agent.json: the 404 reaches the model, nothing else is tried.
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "MY_OPENAI", "model": "gpt-image-1"}}}),
+    );
+    let a = agent(&ws, &env);
+    a.send(&message("1", "one more", "m2"));
+    assert_eq!(done_text(&a.reply()), "No fox.");
+    let results = tool_results(&llm.requests()[3]);
+    let refused = &results.last().unwrap().1;
+    assert!(
+        refused.contains("The model `gpt-image-1` does not exist"),
+        "{refused}"
+    );
+    assert_eq!(images.requests().len(), 4);
+}
+
 #[test]
 fn a_cancelled_image_generation_is_not_retried() {
     use aegis_e2e::openai_images::FakeImages;

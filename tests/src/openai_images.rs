@@ -6,6 +6,10 @@
 //! cures, so without `retry-after`), and answers in base64
 //! or, for DALL-E without `response_format`, as a URL to fetch the image from.
 //!
+//! `GET /v1/models` lists the models it serves (newest `created` last, as OpenAI's list
+//! comes in no useful order); a model in `retired` is answered 404 `model_not_found`, as
+//! OpenAI answers one it has shut down.
+//!
 //! The "images" are bytes with the real signature of their format (JPEG, PNG) and the
 //! requested length, so an agent telling formats apart by their first bytes is exercised.
 
@@ -41,7 +45,19 @@ pub struct FakeImages {
     pub quota_used_up: Arc<AtomicBool>,
     /// Length of each generated image in bytes.
     pub image_bytes: Arc<AtomicUsize>,
+    /// Models answered with 404 `model_not_found`, and left out of the model list.
+    pub retired: Arc<Mutex<Vec<String>>>,
 }
+
+/// The models the stand-in serves, with their `created`.
+pub const MODELS: [(&str, i64); 6] = [
+    ("dall-e-3", 1_698_785_189),
+    ("gpt-image-1", 1_745_517_030),
+    ("gpt-4o", 1_715_367_049),
+    ("gpt-image-2", 1_790_000_000),
+    ("gpt-image-2-mini", 1_790_000_100),
+    ("whisper-1", 1_677_532_384),
+];
 
 fn error(resp: Responder, status: u16, message: &str, kind: &str, param: Option<&str>, code: &str) {
     error_with(resp, status, &[], message, kind, param, code);
@@ -88,10 +104,33 @@ impl FakeImages {
             Arc::clone(&image_bytes),
         );
         let (wait, quota) = (Arc::clone(&rate_limit_wait), Arc::clone(&quota_used_up));
+        let retired = Arc::new(Mutex::new(Vec::<String>::new()));
+        let gone = Arc::clone(&retired);
         let server = Server::start(move |req: Request, resp| {
             let n = len.load(Ordering::SeqCst);
             if req.method == "GET" && req.path.starts_with("/files/") {
                 return resp.send(200, &[("Content-Type", "image/png")], &fake_image("png", n));
+            }
+            let authorised = req.header("authorization") == Some(&format!("Bearer {key}"));
+            if (req.method.as_str(), req.path.as_str()) == ("GET", "/v1/models") {
+                if !authorised {
+                    return error(
+                        resp,
+                        401,
+                        "Incorrect API key provided.",
+                        "invalid_request_error",
+                        None,
+                        "invalid_api_key",
+                    );
+                }
+                let gone = gone.lock().unwrap();
+                let data: Vec<Value> = MODELS
+                    .iter()
+                    .filter(|(id, _)| !gone.iter().any(|g| g == id))
+                    .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "system"}))
+                    .collect();
+                let body = json!({"object": "list", "data": data}).to_string();
+                return resp.send(200, &[("Content-Type", "application/json")], body.as_bytes());
             }
             if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/images/generations") {
                 let msg = format!("Invalid URL ({} {})", req.method, req.path);
@@ -112,6 +151,11 @@ impl FakeImages {
                 });
                 let msg = format!("Incorrect API key provided: {shown}. You can find your API key at https://platform.openai.com/account/api-keys.");
                 return error(resp, 401, &msg, "invalid_request_error", None, "invalid_api_key");
+            }
+            let model = body["model"].as_str().unwrap_or_default();
+            if gone.lock().unwrap().iter().any(|g| g == model) {
+                let msg = format!("The model `{model}` does not exist or you do not have access to it.");
+                return error(resp, 404, &msg, "invalid_request_error", None, "model_not_found");
             }
             if quota.load(Ordering::SeqCst) {
                 let msg = "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.";
@@ -139,6 +183,7 @@ impl FakeImages {
             rate_limit_wait,
             quota_used_up,
             image_bytes,
+            retired,
         }
     }
 

@@ -12,6 +12,8 @@
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -45,6 +47,11 @@ pub struct ImageGen {
     key: String,
     base: String,
     model: String,
+    /// `model` is the default, not agent.json's: when the API no longer has it, the
+    /// newest image model it lists is used instead (`successor`), sought once.
+    default_model: bool,
+    successor: Arc<Mutex<Option<String>>>,
+    successor_sought: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for ImageGen {
@@ -80,21 +87,51 @@ impl Family {
 }
 
 impl ImageGen {
-    /// A client with the key in variable `key_env` for `model`, or `None` when the
-    /// variable is unset or empty.
-    pub fn from_env(key_env: &str, model: &str) -> Option<ImageGen> {
+    /// A client with the key in variable `key_env` for `model` (the default when
+    /// `None`), or `None` when the variable is unset or empty.
+    pub fn from_env(key_env: &str, model: Option<&str>) -> Option<ImageGen> {
         let (key, base) = super::api_from_env(key_env, "OPENAI_IMAGES_BASE_URL", DEFAULT_BASE)?;
         Some(ImageGen {
             key,
             base,
-            model: model.to_string(),
+            model: model.unwrap_or(DEFAULT_MODEL).to_string(),
+            default_model: model.is_none(),
+            successor: Arc::default(),
+            successor_sought: Arc::default(),
         })
     }
 
-    /// The request body for `prompt` at `size`.
-    fn body(&self, prompt: &str, size: &str) -> Value {
-        let mut body = json!({"model": self.model, "prompt": prompt, "n": 1, "size": size});
-        match Family::of(&self.model) {
+    /// The model asked for: the configured one, or its successor.
+    fn model(&self) -> String {
+        let successor = self.successor.lock().unwrap_or_else(|e| e.into_inner());
+        successor.clone().unwrap_or_else(|| self.model.clone())
+    }
+
+    /// When the default model is gone (`refusal` is the API's 404), the one to use
+    /// instead, found once.
+    fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, refusal: &str) -> Option<String> {
+        let gone = status == 404 && refusal.to_ascii_lowercase().contains("model");
+        if !self.default_model || !gone || self.successor_sought.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let current = self.model();
+        match crate::successor::find_image_model(agent, &self.base, &self.key, &current) {
+            Ok(next) => {
+                log::warn!("image model {current} is gone ({refusal}); using {next}");
+                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+                Some(next)
+            }
+            Err(e) => {
+                log::warn!("image model {current} is gone ({refusal}), and no other was found: {e}");
+                None
+            }
+        }
+    }
+
+    /// The request body for `prompt` at `size` from `model`.
+    fn body(model: &str, prompt: &str, size: &str) -> Value {
+        let mut body = json!({"model": model, "prompt": prompt, "n": 1, "size": size});
+        match Family::of(model) {
             Family::GptImage => {
                 body["output_format"] = "jpeg".into();
                 body["output_compression"] = 90.into();
@@ -121,7 +158,7 @@ impl ImageGen {
         let size = size(args)?;
         let url = format!("{}/images/generations", self.base);
         let agent = http_agent(&url);
-        let body = self.body(prompt, &size).to_string();
+        let mut body = Self::body(&self.model(), prompt, &size).to_string();
         let mut attempt = 0;
         let resp = loop {
             attempt += 1;
@@ -142,6 +179,11 @@ impl ImageGen {
             let asked = (header("retry-after-ms"), header("retry-after"));
             let text = tether::http::error_text(resp);
             let refusal = self.scrub(status_error(status, &text));
+            if let Some(next) = self.replace_retired_model(&agent, status, &refusal) {
+                body = Self::body(&next, prompt, &size).to_string();
+                attempt -= 1;
+                continue;
+            }
             match retry_wait(status, (asked.0.as_deref(), asked.1.as_deref()), &text, attempt) {
                 Retry::After(wait) if attempt < ATTEMPTS => {
                     log::warn!("image_generate: HTTP {status} (attempt {attempt}); retrying in {wait:?}");
@@ -335,21 +377,24 @@ mod tests {
             key: "sk-secret".into(),
             base: DEFAULT_BASE.into(),
             model: model.into(),
+            default_model: false,
+            successor: Arc::default(),
+            successor_sought: Arc::default(),
         }
     }
 
     #[test]
     fn each_model_family_is_asked_in_its_own_terms() {
-        let b = gen("gpt-image-1").body("a cat", "1024x1024");
+        let b = ImageGen::body("gpt-image-1", "a cat", "1024x1024");
         assert_eq!(
             b,
             json!({"model": "gpt-image-1", "prompt": "a cat", "n": 1, "size": "1024x1024",
                    "output_format": "jpeg", "output_compression": 90})
         );
-        let b = gen("dall-e-3").body("a cat", "1792x1024");
+        let b = ImageGen::body("dall-e-3", "a cat", "1792x1024");
         assert_eq!(b["response_format"], "b64_json");
         assert!(b.get("output_format").is_none());
-        let b = gen("flux-schnell").body("a cat", "auto");
+        let b = ImageGen::body("flux-schnell", "a cat", "auto");
         assert_eq!(
             b,
             json!({"model": "flux-schnell", "prompt": "a cat", "n": 1, "size": "auto"})

@@ -390,8 +390,8 @@ pub struct ToolConfig {
     pub search_key_env: [String; 2],
     /// The variable holding the OpenAI key of `image_generate`, if it has one.
     pub image_key_env: Option<String>,
-    /// The model `image_generate` asks for.
-    pub image_model: String,
+    /// The model `image_generate` asks for, when agent.json names one.
+    pub image_model: Option<String>,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -475,7 +475,7 @@ impl Toolbox {
         let images = config
             .image_key_env
             .as_deref()
-            .and_then(|var| image_gen::ImageGen::from_env(var, &config.image_model));
+            .and_then(|var| image_gen::ImageGen::from_env(var, config.image_model.as_deref()));
         // A tool without its key is not offered: a model would only learn of the missing
         // key by calling it.
         let builtins = Builtin::ALL
