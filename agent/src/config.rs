@@ -259,9 +259,7 @@ fn voice_config(file: &AgentFile) -> crate::transcribe::VoiceConfig {
     crate::transcribe::VoiceConfig {
         enabled: v.enabled.unwrap_or(true),
         key_env,
-        model: env("AEGIS_TRANSCRIBE_MODEL")
-            .or(v.model.filter(|m| !m.trim().is_empty()))
-            .unwrap_or_else(|| crate::transcribe::DEFAULT_MODEL.to_string()),
+        model: env("AEGIS_TRANSCRIBE_MODEL").or(v.model.filter(|m| !m.trim().is_empty())),
     }
 }
 

@@ -5,7 +5,8 @@
 //! name a model and the server says it has no such model, the agent asks the server which
 //! models the key can use (`GET /v1/models`, which Anthropic, OpenAI, Ollama, vLLM and
 //! llama.cpp all answer) and takes the newest of the same family. A model the user named
-//! is never replaced: that 404 reaches them, with a hint.
+//! is never replaced: that 404 reaches them, with a hint. The same goes for the default
+//! image model (`image_generate`) and speech-to-text model (voice messages).
 
 use serde_json::Value;
 
@@ -51,10 +52,41 @@ pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
 /// newest GPT image model (not a small one), else the newest DALL-E.
 pub fn find_image_model(agent: &ureq::Agent, base: &str, key: &str, current: &str) -> Result<String, String> {
     let list = list(agent, &format!("{base}/models"), Some(key), &[])?;
-    let models = listed(&list, current);
+    choose_image_model(&list, current).ok_or_else(|| "the server lists no other image model".to_string())
+}
+
+/// The pick from an image server's model list, other than `current`.
+fn choose_image_model(list: &Value, current: &str) -> Option<String> {
+    let models = listed(list, current);
     newest(&models, &|id| id.starts_with("gpt-image") && !id.contains("mini"))
         .or_else(|| newest(&models, &|id| id.starts_with("dall-e")))
-        .ok_or_else(|| "the server lists no other image model".to_string())
+}
+
+/// The speech-to-text model to use instead of `current` at the OpenAI-compatible `base`
+/// (`key` where it needs one).
+pub fn find_transcribe_model(
+    agent: &ureq::Agent,
+    base: &str,
+    key: Option<&str>,
+    current: &str,
+) -> Result<String, String> {
+    let list = list(agent, &format!("{base}/models"), key, &[])?;
+    choose_transcribe_model(&list, current)
+        .ok_or_else(|| "the server lists no other speech-to-text model".to_string())
+}
+
+/// The pick from a model list for speech to text, other than `current`: the newest
+/// `*-transcribe` model of `current`'s size (a `mini` for a `mini`), else of any size,
+/// else the newest Whisper (OpenAI's `whisper-1`, a local server's `faster-whisper-*`).
+/// Never a diarizing model: it answers in another shape and needs more parameters; never
+/// a chat model a local server also lists.
+fn choose_transcribe_model(list: &Value, current: &str) -> Option<String> {
+    let models = listed(list, current);
+    let mini = current.contains("mini");
+    let transcribes = |id: &str| id.contains("transcribe") && !id.contains("diarize");
+    newest(&models, &|id| transcribes(id) && id.contains("mini") == mini)
+        .or_else(|| newest(&models, &transcribes))
+        .or_else(|| newest(&models, &|id| id.to_ascii_lowercase().contains("whisper")))
 }
 
 /// `GET url` with the key as a bearer token (`bearer`) and `headers`: the model list.
@@ -251,6 +283,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn speech_to_text_gets_the_newest_transcriber_of_its_size_and_never_a_chat_model() {
+        let list = json!({"object": "list", "data": [
+            {"id": "whisper-1", "created": 1_677_532_384},
+            {"id": "gpt-4o-transcribe", "created": 1_742_068_463},
+            {"id": "gpt-5-mini-transcribe", "created": 1_790_000_000},
+            {"id": "gpt-5-transcribe", "created": 1_790_000_001},
+            {"id": "gpt-5-transcribe-diarize", "created": 1_790_000_002},
+            {"id": "gpt-6", "created": 1_790_000_003}
+        ]});
+        let pick = |current| choose_transcribe_model(&list, current);
+        assert_eq!(
+            pick("gpt-4o-mini-transcribe").as_deref(),
+            Some("gpt-5-mini-transcribe")
+        );
+        assert_eq!(pick("gpt-4o-transcribe").as_deref(), Some("gpt-5-transcribe"));
+        let whisper_only = json!({"data": [
+            {"id": "llama3.2:latest", "created": 0},
+            {"id": "Systran/faster-whisper-small", "created": 0}
+        ]});
+        assert_eq!(
+            choose_transcribe_model(&whisper_only, "gpt-4o-mini-transcribe").as_deref(),
+            Some("Systran/faster-whisper-small")
+        );
+        let chat_only = json!({"data": [{"id": "llama3.2:latest", "created": 0}]});
+        assert_eq!(
+            choose_transcribe_model(&chat_only, "gpt-4o-mini-transcribe"),
+            None
+        );
+        assert_eq!(
+            choose_image_model(&json!({"data": [{"id": "whisper-1"}]}), "gpt-image-1"),
+            None
+        );
+    }
+
     proptest! {
         #[test]
         fn any_list_gives_a_listed_model_or_none(ids in proptest::collection::vec("\\PC{0,20}", 0..8), created in proptest::collection::vec(any::<i64>(), 8)) {
@@ -260,6 +327,10 @@ mod tests {
                 if let Some(pick) = choose(kind, own, "gpt-4o", &list) {
                     prop_assert!(ids.contains(&pick) && pick != "gpt-4o");
                 }
+            }
+            if let Some(pick) = choose_transcribe_model(&list, "gpt-4o-mini-transcribe") {
+                prop_assert!(ids.contains(&pick) && pick != "gpt-4o-mini-transcribe");
+                prop_assert!(pick.contains("transcribe") || pick.to_ascii_lowercase().contains("whisper"));
             }
         }
     }

@@ -10,6 +10,8 @@
 
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -40,8 +42,9 @@ pub struct VoiceConfig {
     /// The variable holding the key (`OPENAI_API_KEY` unless agent.json names another or
     /// the chat model's server is not OpenAI's).
     pub key_env: Option<String>,
-    /// The speech-to-text model.
-    pub model: String,
+    /// The speech-to-text model agent.json or `AEGIS_TRANSCRIBE_MODEL` names; `None`:
+    /// [`DEFAULT_MODEL`], or its successor once OpenAI has shut it down.
+    pub model: Option<String>,
 }
 
 /// A speech-to-text client. `Debug` never prints the key.
@@ -50,13 +53,19 @@ pub struct Transcriber {
     key: Option<String>,
     base: String,
     model: String,
+    /// `model` is the default, not one the user named: when the server no longer has it,
+    /// the newest speech-to-text model it lists is used instead (`successor`), sought
+    /// once per run.
+    default_model: bool,
+    successor: Arc<Mutex<Option<String>>>,
+    successor_sought: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for Transcriber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Transcriber")
             .field("base", &self.base)
-            .field("model", &self.model)
+            .field("model", &self.model())
             .finish()
     }
 }
@@ -84,17 +93,19 @@ impl Voice {
             .key_env
             .as_deref()
             .and_then(|var| api_from_env(var, "OPENAI_AUDIO_BASE_URL", DEFAULT_BASE));
-        match (keyed, base_set) {
-            (Some((key, base)), _) => Voice::On(Transcriber {
-                key: Some(key),
+        let client = |key, base| {
+            Voice::On(Transcriber {
+                key,
                 base,
-                model: c.model.clone(),
-            }),
-            (None, Some(base)) => Voice::On(Transcriber {
-                key: None,
-                base: base.trim().trim_end_matches('/').to_string(),
-                model: c.model.clone(),
-            }),
+                model: c.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+                default_model: c.model.is_none(),
+                successor: Arc::default(),
+                successor_sought: Arc::default(),
+            })
+        };
+        match (keyed, base_set) {
+            (Some((key, base)), _) => client(Some(key), base),
+            (None, Some(base)) => client(None, base.trim().trim_end_matches('/').to_string()),
             (None, None) => Voice::Off(match &c.key_env {
                 Some(var) => format!("speech to text is not set up: the agent has no OpenAI key ({var})"),
                 None => "speech to text is not set up: the chat model's server is not OpenAI's; \
@@ -156,6 +167,34 @@ fn recording(workspace: &Path, a: &tether::frame::Audio) -> Result<Vec<u8>, Stri
 }
 
 impl Transcriber {
+    /// The model asked for: the configured one, or its successor.
+    fn model(&self) -> String {
+        let successor = self.successor.lock().unwrap_or_else(|e| e.into_inner());
+        successor.clone().unwrap_or_else(|| self.model.clone())
+    }
+
+    /// When the default model is gone (the server's 404 `text` names a model), whether
+    /// a successor was found, once per run: OpenAI shuts models down, and an agent left
+    /// running would otherwise write down no voice message again.
+    fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, text: &str) -> bool {
+        let gone = status == 404 && text.to_ascii_lowercase().contains("model");
+        if !self.default_model || !gone || self.successor_sought.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let current = self.model();
+        match crate::successor::find_transcribe_model(agent, &self.base, self.key.as_deref(), &current) {
+            Ok(next) => {
+                log::warn!("speech-to-text model {current} is gone; using {next}");
+                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
+                true
+            }
+            Err(e) => {
+                log::warn!("speech-to-text model {current} is gone, and no other was found: {e}");
+                false
+            }
+        }
+    }
+
     /// What is said in `a`, whose bytes are `bytes`.
     fn transcribe(&self, a: &tether::frame::Audio, bytes: &[u8]) -> Result<String, String> {
         let url = format!("{}/audio/transcriptions", self.base);
@@ -163,8 +202,9 @@ impl Transcriber {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let model = self.model();
             let form = Form::new()
-                .text("model", &self.model)
+                .text("model", &model)
                 .text("response_format", "json")
                 .part(
                     "file",
@@ -196,6 +236,10 @@ impl Transcriber {
                     .ok_or_else(|| "the speech-to-text API answered without a text".to_string());
             }
             let text = tether::http::error_text(resp);
+            if self.replace_retired_model(&agent, status, &text) {
+                attempt -= 1;
+                continue;
+            }
             let worth_again = status == 429 && !text.contains("insufficient_quota") || status >= 500;
             if worth_again && attempt < ATTEMPTS {
                 log::warn!("speech to text: HTTP {status} (attempt {attempt}); trying again in 2 s");
@@ -254,7 +298,7 @@ mod tests {
         VoiceConfig {
             enabled,
             key_env: key_env.map(str::to_string),
-            model: DEFAULT_MODEL.into(),
+            model: None,
         }
     }
 
@@ -289,6 +333,9 @@ mod tests {
             key: None,
             base: "http://127.0.0.1:9/v1".into(),
             model: DEFAULT_MODEL.into(),
+            default_model: true,
+            successor: Arc::default(),
+            successor_sought: Arc::default(),
         });
         let tmp = crate::testutil::TempDir::new("transcribe-paths");
         assert_eq!(

@@ -1157,3 +1157,99 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
         vec![("c1".to_string(), "[]\nexit status: 0".to_string())]
     );
 }
+
+/// OpenAI shuts speech-to-text models down too: with the default model gone, the agent
+/// asks which models the key may use, once, and writes voice messages down with the
+/// newest transcriber of the same size from then on. A model the user named is never
+/// replaced: the model hears of the 404 and can tell the user.
+#[test]
+fn a_retired_default_speech_model_gives_way_to_the_newest_transcriber_of_its_size() {
+    use aegis_e2e::openai_audio::{fake_ogg, FakeSpeech};
+    use base64::Engine;
+    use std::sync::atomic::Ordering;
+    let speech = FakeSpeech::start(Some("sk-speech"));
+    speech
+        .retired
+        .lock()
+        .unwrap()
+        .push("gpt-4o-mini-transcribe".into());
+    let llm = FakeLlm::echo_openai();
+    let voice = |id: &str, bytes: &[u8]| {
+        let payload = tether::frame::UserMessage {
+            text: "[voice message, 2 s]".into(),
+            audio: vec![tether::frame::Audio {
+                media_type: "audio/ogg".into(),
+                data: base64::engine::general_purpose::STANDARD.encode(bytes),
+                duration: Some(2),
+                path: None,
+            }],
+            ..Default::default()
+        };
+        Frame::new("user.message", Some(Session::new("telegram", "1")))
+            .with_payload(&payload)
+            .with_msg_id(id)
+    };
+    let base = speech.base_url();
+    let env = [
+        ("OPENAI_BASE_URL", llm.url()),
+        ("MY_OPENAI_KEY", "sk-speech"),
+        ("OPENAI_AUDIO_BASE_URL", base.as_str()),
+        ("AEGIS_TOOLS", "none"),
+    ];
+    let ws = temp_dir("voice-retired");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        r#"{"voice": {"openai_api_key_env": "MY_OPENAI_KEY"}}"#,
+    )
+    .unwrap();
+    let a = start_agent(&ws, &env);
+    let (one, two) = (fake_ogg(3_000, 1), fake_ogg(3_000, 2));
+    speech.says(&one, "Call Bob.");
+    speech.says(&two, "And Alice.");
+    a.send(&voice("v-1", &one));
+    assert_eq!(done_text(&a.reply()), "echo: [voice message, 2 s]\n🎤 Call Bob.");
+    a.send(&voice("v-2", &two));
+    assert_eq!(done_text(&a.reply()), "echo: [voice message, 2 s]\n🎤 And Alice.");
+    let models: Vec<String> = speech.requests().into_iter().map(|r| r.model).collect();
+    assert_eq!(
+        models,
+        [
+            "gpt-4o-mini-transcribe",
+            "gpt-5-mini-transcribe",
+            "gpt-5-mini-transcribe"
+        ],
+        "the retired model once, then the newest mini transcriber (not the diarizer, not a chat model)"
+    );
+    assert_eq!(
+        speech.model_lists.load(Ordering::SeqCst),
+        1,
+        "the list is asked for once"
+    );
+    assert!(
+        a.proc
+            .log()
+            .contains("speech-to-text model gpt-4o-mini-transcribe is gone; using gpt-5-mini-transcribe"),
+        "{}",
+        a.proc.log()
+    );
+    drop(a);
+
+    // Named by the user: kept, and the model hears why nothing was written down.
+    let ws2 = temp_dir("voice-retired-named");
+    std::fs::create_dir_all(ws2.join(".aegis")).unwrap();
+    std::fs::write(
+        ws2.join(".aegis/agent.json"),
+        r#"{"voice": {"openai_api_key_env": "MY_OPENAI_KEY", "model": "gpt-4o-mini-transcribe"}}"#,
+    )
+    .unwrap();
+    let b = start_agent(&ws2, &env);
+    b.send(&voice("v-3", &one));
+    let text = done_text(&b.reply());
+    assert!(
+        text.contains("[not transcribed: the speech-to-text API failed (HTTP 404: The model `gpt-4o-mini-transcribe` does not exist"),
+        "{text}"
+    );
+    assert_eq!(speech.model_lists.load(Ordering::SeqCst), 1);
+    assert_eq!(speech.requests().last().unwrap().model, "gpt-4o-mini-transcribe");
+}

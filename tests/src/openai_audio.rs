@@ -4,6 +4,10 @@
 //! `file`, and for a file whose name has no supported extension: OpenAI goes by it), the
 //! rate limit (429 `rate_limit_exceeded`) and a used-up quota (429 `insufficient_quota`).
 //! The "transcript" is what a test registered for the recording's bytes.
+//!
+//! `GET /v1/models` lists the models it serves (in no useful order, as OpenAI's list); a
+//! model in `retired` is answered 404 `model_not_found`, as OpenAI answers one it has shut
+//! down, and left out of the list.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -42,7 +46,22 @@ pub struct FakeSpeech {
     pub quota_used_up: Arc<AtomicBool>,
     /// Milliseconds to listen before answering (a long recording).
     pub delay_ms: Arc<AtomicUsize>,
+    /// Models answered with 404 `model_not_found`, and left out of the model list.
+    pub retired: Arc<Mutex<Vec<String>>>,
+    /// `GET /v1/models` requests so far.
+    pub model_lists: Arc<AtomicUsize>,
 }
+
+/// The models the stand-in lists, with their `created`: a chat model among them, as
+/// OpenAI lists every model the key may use.
+pub const MODELS: [(&str, i64); 6] = [
+    ("gpt-4o-mini-transcribe", 1_742_068_596),
+    ("whisper-1", 1_677_532_384),
+    ("gpt-5-mini-transcribe", 1_790_000_000),
+    ("gpt-5-transcribe", 1_790_000_100),
+    ("gpt-5-transcribe-diarize", 1_790_000_200),
+    ("gpt-6", 1_790_000_300),
+];
 
 fn error(resp: Responder, status: u16, message: &str, kind: &str, code: &str) {
     let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
@@ -58,6 +77,10 @@ impl FakeSpeech {
         let quota_used_up = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicUsize::new(0));
         let delay = Arc::clone(&delay_ms);
+        let retired = Arc::new(Mutex::new(Vec::<String>::new()));
+        let gone = Arc::clone(&retired);
+        let model_lists = Arc::new(AtomicUsize::new(0));
+        let lists = Arc::clone(&model_lists);
         let (log, texts, limit, quota) = (
             Arc::clone(&requests),
             Arc::clone(&said),
@@ -65,6 +88,23 @@ impl FakeSpeech {
             Arc::clone(&quota_used_up),
         );
         let server = Server::start(move |req: Request, resp| {
+            if (req.method.as_str(), req.path.as_str()) == ("GET", "/v1/models") {
+                lists.fetch_add(1, Ordering::SeqCst);
+                let sent = req
+                    .header("authorization")
+                    .and_then(|h| h.strip_prefix("Bearer "));
+                if key.is_some() && sent != key {
+                    let msg = "Incorrect API key provided.";
+                    return error(resp, 401, msg, "invalid_request_error", "invalid_api_key");
+                }
+                let gone = gone.lock().unwrap();
+                let data: Vec<_> = MODELS
+                    .iter()
+                    .filter(|(id, _)| !gone.iter().any(|g| g == id))
+                    .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "system"}))
+                    .collect();
+                return resp.json(200, &json!({"object": "list", "data": data}));
+            }
             if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/audio/transcriptions") {
                 let msg = format!("Invalid URL ({} {})", req.method, req.path);
                 return error(resp, 404, &msg, "invalid_request_error", "");
@@ -107,12 +147,16 @@ impl FakeSpeech {
             };
             let file_name = file.filename.clone().unwrap_or_default();
             log.lock().unwrap().push(Transcription {
-                model,
+                model: model.clone(),
                 file_name: file_name.clone(),
                 content_type: file.content_type.clone(),
                 bytes: file.data.clone(),
                 key: sent,
             });
+            if gone.lock().unwrap().contains(&model) {
+                let msg = format!("The model `{model}` does not exist or you do not have access to it.");
+                return error(resp, 404, &msg, "invalid_request_error", "model_not_found");
+            }
             let ext = file_name.rsplit_once('.').map_or("", |(_, e)| e);
             if !FORMATS.contains(&ext) {
                 let msg = format!("Invalid file format. Supported formats: {FORMATS:?}");
@@ -148,6 +192,8 @@ impl FakeSpeech {
             rate_limit_next,
             quota_used_up,
             delay_ms,
+            retired,
+            model_lists,
         }
     }
 
