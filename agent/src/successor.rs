@@ -108,13 +108,7 @@ fn list(
     if status != 200 {
         return Err(format!("listing the models: HTTP {status}"));
     }
-    let text = resp
-        .into_body()
-        .with_config()
-        .limit(MAX_LIST)
-        .read_to_string()
-        .map_err(|e| format!("listing the models: {e}"))?;
-    serde_json::from_str(&text).map_err(|e| format!("listing the models: {e}"))
+    crate::tools::json_answer(resp, MAX_LIST, "the model list", "the model list's server")
 }
 
 /// The ids of a model list (`{"data": [{"id", "created"?}]}`) with their `created`,

@@ -19,7 +19,7 @@ use serde_json::Value;
 use ureq::unversioned::multipart::{Form, Part};
 
 use crate::tools::paths::Workspace;
-use crate::tools::{api_from_env, refusal, transport};
+use crate::tools::{api_from_env, json_answer, refusal, transport};
 
 /// OpenAI's API base; `OPENAI_AUDIO_BASE_URL` replaces it (a local Whisper server).
 pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
@@ -222,14 +222,7 @@ impl Transcriber {
                 .map_err(|e| format!("speech to text failed: {}", transport(&e)))?;
             let status = resp.status().as_u16();
             if status == 200 {
-                let body = resp
-                    .into_body()
-                    .into_with_config()
-                    .limit(MAX_TEXT)
-                    .read_to_string()
-                    .map_err(|e| format!("reading the transcript failed: {e}"))?;
-                let v: Value = serde_json::from_str(&body)
-                    .map_err(|e| format!("the speech-to-text API answered something else than JSON: {e}"))?;
+                let v = json_answer(resp, MAX_TEXT, "the transcript", "the speech-to-text API")?;
                 return v["text"]
                     .as_str()
                     .map(str::to_string)

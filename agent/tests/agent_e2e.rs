@@ -1026,13 +1026,30 @@ fn a_reasoning_models_thoughts_stream_apart_and_never_join_the_reply() {
     );
 }
 
+/// A 2-second voice message `bytes` in chat `chat`, as the gateway passes one inline.
+fn voice(chat: &str, id: &str, bytes: &[u8]) -> Frame {
+    use base64::Engine;
+    let payload = tether::frame::UserMessage {
+        text: "[voice message, 2 s]".into(),
+        audio: vec![tether::frame::Audio {
+            media_type: "audio/ogg".into(),
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            duration: Some(2),
+            path: None,
+        }],
+        ..Default::default()
+    };
+    Frame::new("user.message", Some(Session::new("telegram", chat)))
+        .with_payload(&payload)
+        .with_msg_id(id)
+}
+
 /// A voice message: the agent has the recording written down by OpenAI's speech-to-text
 /// API, with the key agent.json names (the chat model being another server), tries once
 /// more after a rate limit, and tells the model why when it cannot be written down.
 #[test]
 fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     use aegis_e2e::openai_audio::{fake_ogg, FakeSpeech};
-    use base64::Engine;
     let speech = FakeSpeech::start(Some("sk-speech"));
     let llm = FakeLlm::echo_openai();
     let ws = temp_dir("voice");
@@ -1052,21 +1069,6 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
             ("AEGIS_TOOLS", "bash"),
         ],
     );
-    let voice = |chat: &str, id: &str, bytes: &[u8]| {
-        let payload = tether::frame::UserMessage {
-            text: "[voice message, 2 s]".into(),
-            audio: vec![tether::frame::Audio {
-                media_type: "audio/ogg".into(),
-                data: base64::engine::general_purpose::STANDARD.encode(bytes),
-                duration: Some(2),
-                path: None,
-            }],
-            ..Default::default()
-        };
-        Frame::new("user.message", Some(Session::new("telegram", chat)))
-            .with_payload(&payload)
-            .with_msg_id(id)
-    };
     let ogg = fake_ogg(5_000, 1);
     speech.says(&ogg, " Remind me to call Bob. ");
     speech
@@ -1165,7 +1167,6 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
 #[test]
 fn a_retired_default_speech_model_gives_way_to_the_newest_transcriber_of_its_size() {
     use aegis_e2e::openai_audio::{fake_ogg, FakeSpeech};
-    use base64::Engine;
     use std::sync::atomic::Ordering;
     let speech = FakeSpeech::start(Some("sk-speech"));
     speech
@@ -1174,21 +1175,7 @@ fn a_retired_default_speech_model_gives_way_to_the_newest_transcriber_of_its_siz
         .unwrap()
         .push("gpt-4o-mini-transcribe".into());
     let llm = FakeLlm::echo_openai();
-    let voice = |id: &str, bytes: &[u8]| {
-        let payload = tether::frame::UserMessage {
-            text: "[voice message, 2 s]".into(),
-            audio: vec![tether::frame::Audio {
-                media_type: "audio/ogg".into(),
-                data: base64::engine::general_purpose::STANDARD.encode(bytes),
-                duration: Some(2),
-                path: None,
-            }],
-            ..Default::default()
-        };
-        Frame::new("user.message", Some(Session::new("telegram", "1")))
-            .with_payload(&payload)
-            .with_msg_id(id)
-    };
+    let voice = |id: &str, bytes: &[u8]| voice("1", id, bytes);
     let base = speech.base_url();
     let env = [
         ("OPENAI_BASE_URL", llm.url()),

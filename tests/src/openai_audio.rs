@@ -97,13 +97,10 @@ impl FakeSpeech {
                     let msg = "Incorrect API key provided.";
                     return error(resp, 401, msg, "invalid_request_error", "invalid_api_key");
                 }
-                let gone = gone.lock().unwrap();
-                let data: Vec<_> = MODELS
-                    .iter()
-                    .filter(|(id, _)| !gone.iter().any(|g| g == id))
-                    .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "system"}))
-                    .collect();
-                return resp.json(200, &json!({"object": "list", "data": data}));
+                return resp.json(
+                    200,
+                    &crate::openai_images::model_list(&MODELS, &gone.lock().unwrap()),
+                );
             }
             if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/audio/transcriptions") {
                 let msg = format!("Invalid URL ({} {})", req.method, req.path);

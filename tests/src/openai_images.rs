@@ -59,6 +59,16 @@ pub const MODELS: [(&str, i64); 6] = [
     ("whisper-1", 1_677_532_384),
 ];
 
+/// OpenAI's answer to `GET /v1/models`: `models` (id, created) except those `retired`.
+pub fn model_list(models: &[(&str, i64)], retired: &[String]) -> Value {
+    let data: Vec<Value> = models
+        .iter()
+        .filter(|(id, _)| !retired.iter().any(|g| g == id))
+        .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "system"}))
+        .collect();
+    json!({"object": "list", "data": data})
+}
+
 fn error(resp: Responder, status: u16, message: &str, kind: &str, param: Option<&str>, code: &str) {
     error_with(resp, status, &[], message, kind, param, code);
 }
@@ -123,14 +133,7 @@ impl FakeImages {
                         "invalid_api_key",
                     );
                 }
-                let gone = gone.lock().unwrap();
-                let data: Vec<Value> = MODELS
-                    .iter()
-                    .filter(|(id, _)| !gone.iter().any(|g| g == id))
-                    .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "system"}))
-                    .collect();
-                let body = json!({"object": "list", "data": data}).to_string();
-                return resp.send(200, &[("Content-Type", "application/json")], body.as_bytes());
+                return resp.json(200, &model_list(&MODELS, &gone.lock().unwrap()));
             }
             if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/images/generations") {
                 let msg = format!("Invalid URL ({} {})", req.method, req.path);

@@ -143,14 +143,7 @@ impl Brave {
             if status != 200 {
                 return Err(status_error(status, &tether::http::error_text(resp)));
             }
-            let text = resp
-                .into_body()
-                .into_with_config()
-                .limit(MAX_BODY)
-                .read_to_string()
-                .map_err(|e| format!("reading the search results failed: {e}"))?;
-            return serde_json::from_str(&text)
-                .map_err(|e| format!("the search API answered something else than JSON: {e}"));
+            return super::json_answer(resp, MAX_BODY, "the search results", "the search API");
         }
     }
 }

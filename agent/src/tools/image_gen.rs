@@ -197,14 +197,7 @@ impl ImageGen {
                 _ => return Err(refusal),
             }
         };
-        let text = resp
-            .into_body()
-            .into_with_config()
-            .limit(MAX_BODY)
-            .read_to_string()
-            .map_err(|e| format!("reading the generated image failed: {e}"))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("the image API answered something else than JSON: {e}"))?;
+        let v = super::json_answer(resp, MAX_BODY, "the generated image", "the image API")?;
         let first = &v["data"][0];
         let bytes = if let Some(b64) = first["b64_json"].as_str() {
             base64::engine::general_purpose::STANDARD

@@ -756,6 +756,23 @@ pub fn api_agent(url: &str, timeout: Duration) -> ureq::Agent {
         .into()
 }
 
+/// The JSON of a web API's answer (`api`, as "the search API"), read up to `limit` bytes;
+/// `what` names the answer in an error ("the search results").
+pub fn json_answer(
+    resp: ureq::http::Response<ureq::Body>,
+    limit: u64,
+    what: &str,
+    api: &str,
+) -> Result<Value, String> {
+    let text = resp
+        .into_body()
+        .into_with_config()
+        .limit(limit)
+        .read_to_string()
+        .map_err(|e| format!("reading {what} failed: {e}"))?;
+    serde_json::from_str(&text).map_err(|e| format!("{api} answered something else than JSON: {e}"))
+}
+
 /// A web API's refusal for the model: `what` it means, with the API's own words when it
 /// gave them (`the search API rejected the key (HTTP 401: ...)`).
 pub fn refusal(what: &str, status: u16, detail: &str) -> String {
