@@ -518,6 +518,26 @@ impl Llm {
         }
     }
 
+    /// `body` as it is to be sent again at once, when `err` is a refusal that says what
+    /// to change; what was learnt holds for every later request of this process.
+    fn corrected(&self, body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+        if let Some(renamed) = with_completion_tokens(body, err) {
+            // A reasoning model behind a server that is not OpenAI's own (Azure, a proxy).
+            log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
+            self.completion_tokens.store(true, Ordering::Relaxed);
+            return Some(renamed);
+        }
+        if let Some(next) = self.replace_retired_model(err) {
+            let mut renamed = body.clone();
+            renamed["model"] = next.into();
+            return Some(renamed);
+        }
+        let adaptive = with_adaptive_thinking(body, err)?;
+        log::info!("the model takes only adaptive thinking, not a budget; asking again");
+        self.adaptive.store(true, Ordering::Relaxed);
+        Some(adaptive)
+    }
+
     fn run(&self, body: &serde_json::Value, tx: &Sender<Chunk>, cancel: &Receiver<()>) {
         let mut body = std::borrow::Cow::Borrowed(body);
         let mut attempt = 0;
@@ -532,26 +552,8 @@ impl Llm {
                 }
                 Err(e) => e,
             };
-            if let Some(renamed) = with_completion_tokens(&body, &err) {
-                // A reasoning model behind a server that is not OpenAI's own (Azure, a
-                // proxy): ask again at once, and from now on with the new name.
-                log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
-                self.completion_tokens.store(true, Ordering::Relaxed);
-                body = std::borrow::Cow::Owned(renamed);
-                attempt -= 1;
-                continue;
-            }
-            if let Some(next) = self.replace_retired_model(&err) {
-                let mut asked_again = body.into_owned();
-                asked_again["model"] = next.into();
-                body = std::borrow::Cow::Owned(asked_again);
-                attempt -= 1;
-                continue;
-            }
-            if let Some(adaptive) = with_adaptive_thinking(&body, &err) {
-                log::info!("the model takes only adaptive thinking, not a budget; asking again");
-                self.adaptive.store(true, Ordering::Relaxed);
-                body = std::borrow::Cow::Owned(adaptive);
+            if let Some(corrected) = self.corrected(&body, &err) {
+                body = std::borrow::Cow::Owned(corrected);
                 attempt -= 1;
                 continue;
             }
