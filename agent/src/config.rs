@@ -74,7 +74,9 @@ TOOLS:
     self_info (the host's description of this instance); self_restart (the host
     restarts the agent to load new configuration). MCP servers
     come from agent.json `mcp`, DIR/.aegis/mcp.json, and aegis-mcp-guest on PATH
-    (as server `aegis`).
+    (as server `aegis`): a program (stdio), or a URL (Streamable HTTP) with headers
+    that may name variables (\"Bearer ${TOKEN}\"); the agent's own keys are never
+    given to a server.
 
 NETWORK (as for Go programs, curl and OpenSSL):
     SSL_CERT_FILE, SSL_CERT_DIR  trust the PEM certificates of this file / these
@@ -91,7 +93,8 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort,
     thinking_budget, context_turns, context_chars, system_prompt, max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
-    model}}, mcp {NAME: {command, args, env, timeout_secs}},
+    model}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
+    timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
     voice {enabled, openai_api_key_env, model}

@@ -18,6 +18,7 @@ mod host_llm;
 mod keepalive;
 mod llm;
 mod mcp;
+mod mcp_http;
 mod memory;
 mod restart;
 mod router;
@@ -163,7 +164,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mcp = Arc::new(McpServers::new(config.mcp.clone(), workspace.root()));
+    let mcp = Arc::new(McpServers::new(
+        config.mcp.clone(),
+        workspace.root(),
+        &config.tools.hidden_env,
+    ));
     let memory = Arc::new(MemoryStore::new(&config.workspace, config.memory.clone()));
     let (notice_tx, notice_rx) = unbounded();
     let link = TetherLink::new(notice_tx);

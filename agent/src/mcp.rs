@@ -1,5 +1,6 @@
-//! MCP client (protocol revision 2025-06-18, stdio transport): each configured server is
-//! a child process speaking newline-delimited JSON-RPC on its stdin/stdout.
+//! MCP client (protocol revision 2025-06-18): each configured server is a child process
+//! speaking newline-delimited JSON-RPC on its stdin/stdout (stdio), or a URL speaking
+//! Streamable HTTP ([`crate::mcp_http`]).
 //!
 //! Duties:
 //! 1. start every server in the background at boot (the agent listens at once), with
@@ -9,7 +10,9 @@
 //! 3. bound everything: a server that will not start, dies or stops answering gives a
 //!    clear tool error within its timeout, is killed (its whole process group) and is
 //!    started again on the next call; a cancel ends a call at once;
-//! 4. answer the server's own requests (`ping`; anything else: method not found).
+//! 4. answer the server's own requests (`ping`; anything else: method not found);
+//! 5. keep the agent's own keys from the servers: agent.json and mcp.json are files the
+//!    model can write, so a server is a command run on its behalf, as `bash` is.
 //!
 //! One reader thread per running server pairs responses with requests (the
 //! [`Correlator`]); calls to one server are serialised by its connection lock.
@@ -47,8 +50,18 @@ const MAX_PAGES: usize = 50;
 /// How to run one server (agent.json `mcp`, `.aegis/mcp.json` `servers`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct ServerConfig {
-    /// Program to run.
+    /// Program to run (stdio).
+    #[serde(default)]
     pub command: String,
+    /// [ours] The server's Streamable HTTP endpoint, instead of a program.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// [ours] Headers sent to `url` (`Authorization`); `${VAR}` takes a variable's value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `stdio` or `http` (`streamable-http`), as other clients' files say; optional.
+    #[serde(default, rename = "type")]
+    pub transport: Option<String>,
     /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
@@ -77,6 +90,14 @@ pub enum McpError {
     Protocol(String),
     /// The reply was cancelled meanwhile.
     Cancelled,
+    /// The server could not be reached, or the connection broke.
+    Transport(String),
+    /// It refused a message with this HTTP status (and its words).
+    Http(u16, String),
+    /// It no longer knows the session (HTTP 404): a new one is needed.
+    SessionEnded,
+    /// Its configuration cannot be used.
+    Config(String),
 }
 
 impl fmt::Display for McpError {
@@ -89,6 +110,15 @@ impl fmt::Display for McpError {
             McpError::Rpc(e) => write!(f, "{e}"),
             McpError::Protocol(e) => write!(f, "unexpected answer: {e}"),
             McpError::Cancelled => f.write_str("cancelled"),
+            McpError::Transport(e) => write!(f, "the connection failed: {e}"),
+            McpError::Http(401 | 403, e) => write!(
+                f,
+                "it refused the credentials ({e}); agent.json `headers` can carry a token: \"Authorization\": \"Bearer ${{TOKEN_VARIABLE}}\""
+            ),
+            McpError::Http(status, e) if e.is_empty() => write!(f, "HTTP {status}"),
+            McpError::Http(status, e) => write!(f, "HTTP {status}: {e}"),
+            McpError::SessionEnded => f.write_str("it ended the session"),
+            McpError::Config(e) => f.write_str(e),
         }
     }
 }
@@ -103,7 +133,7 @@ struct RemoteTool {
 }
 
 /// A running server process.
-struct Conn {
+struct StdioConn {
     child: Child,
     stdin: Arc<Mutex<ChildStdin>>,
     correlator: Arc<Correlator>,
@@ -111,7 +141,7 @@ struct Conn {
     alive: Arc<AtomicBool>,
 }
 
-impl Drop for Conn {
+impl Drop for StdioConn {
     fn drop(&mut self) {
         // SAFETY: kill(2) on the server's own process group; no memory involved.
         unsafe {
@@ -122,10 +152,10 @@ impl Drop for Conn {
     }
 }
 
-impl Conn {
+impl StdioConn {
     fn request(
         &self,
-        method: &str,
+        method: &'static str,
         params: &Value,
         timeout: Duration,
         cancel: &Receiver<()>,
@@ -142,8 +172,17 @@ impl Conn {
                 Ok(Err(e)) => Err(McpError::Rpc(e)),
                 Err(_) => Err(McpError::Gone),
             },
-            recv(cancel) -> _ => Err(McpError::Cancelled),
-            recv(after(timeout)) -> _ => Err(McpError::Timeout(static_name(method), timeout)),
+            recv(cancel) -> _ => {
+                // The server may stop its work; its late answer is dropped.
+                let id = msg_id(&msg);
+                self.correlator.abandon(&id);
+                let _ = self.send(&Message::notification(
+                    "notifications/cancelled",
+                    &json!({"requestId": id, "reason": "the user stopped the reply"}),
+                ));
+                Err(McpError::Cancelled)
+            }
+            recv(after(timeout)) -> _ => Err(McpError::Timeout(method, timeout)),
         }
     }
 
@@ -156,12 +195,45 @@ impl Conn {
     }
 }
 
-fn static_name(method: &str) -> &'static str {
-    match method {
-        "initialize" => "initialize",
-        "tools/list" => "tools/list",
-        "tools/call" => "tools/call",
-        _ => "a request",
+fn msg_id(msg: &Message) -> Value {
+    match msg {
+        Message::Request { id, .. } => id.clone(),
+        _ => Value::Null,
+    }
+}
+
+/// A server's connection, by transport.
+enum Conn {
+    Stdio(StdioConn),
+    Http(crate::mcp_http::HttpConn),
+}
+
+impl Conn {
+    fn request(
+        &self,
+        method: &'static str,
+        params: &Value,
+        timeout: Duration,
+        cancel: &Receiver<()>,
+    ) -> Result<Value, McpError> {
+        match self {
+            Conn::Stdio(c) => c.request(method, params, timeout, cancel),
+            Conn::Http(c) => c.request(method, params, timeout, cancel),
+        }
+    }
+
+    fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
+        match self {
+            Conn::Stdio(c) => c.send(&Message::notification(method, params)),
+            Conn::Http(c) => c.notify(method, params),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            Conn::Stdio(c) => c.alive.load(Ordering::SeqCst),
+            Conn::Http(c) => c.alive(),
+        }
     }
 }
 
@@ -170,6 +242,8 @@ struct Server {
     name: String,
     config: ServerConfig,
     workspace: PathBuf,
+    /// The agent's own keys: never passed to the server.
+    hidden_env: Arc<[String]>,
     /// The running process; held while starting and during a call.
     conn: Mutex<Option<Conn>>,
     /// Tools from the last successful `tools/list`, offered even while the server is down
@@ -182,9 +256,76 @@ struct Server {
 }
 
 impl Server {
-    /// Start the process and run the handshake. Caller holds `conn`.
+    /// Start the process, or open the session, and run the handshake. Caller holds `conn`.
     fn connect(&self) -> Result<Conn, McpError> {
+        let transport = self.config.transport.as_deref().map(str::to_ascii_lowercase);
+        let conn = match (transport.as_deref(), &self.config.url) {
+            (Some("sse"), _) => {
+                return Err(McpError::Config(
+                    "the HTTP+SSE transport of MCP 2024-11-05 is not supported: give the server's Streamable HTTP endpoint".into(),
+                ))
+            }
+            (None | Some("http" | "streamable-http" | "streamable_http"), Some(url)) => self.open(url)?,
+            (None | Some("stdio"), None) if !self.config.command.is_empty() => Conn::Stdio(self.spawn()?),
+            (Some("http" | "streamable-http" | "streamable_http"), None) => {
+                return Err(McpError::Config("`url` is missing".into()))
+            }
+            (None | Some("stdio"), _) => {
+                return Err(McpError::Config(
+                    "neither `command` nor `url` is given".into(),
+                ))
+            }
+            (Some(other), _) => {
+                return Err(McpError::Config(format!(
+                    "unknown `type` {other:?} (stdio or http)"
+                )))
+            }
+        };
+        self.handshake(&conn)?;
+        Ok(conn)
+    }
+
+    /// A session with the server at `url`.
+    fn open(&self, url: &str) -> Result<Conn, McpError> {
+        let var = |name: &str| std::env::var(name).ok();
+        let expand = |what: &str, text: &str| {
+            crate::mcp_http::expand(text, &self.hidden_env, var)
+                .map_err(|e| McpError::Config(format!("{what}: {e}")))
+        };
+        let url = expand("url", url)?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(McpError::Config(
+                "`url` must start with http:// or https://".into(),
+            ));
+        }
+        let headers = self
+            .config
+            .headers
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), expand(&format!("header {k}"), v)?)))
+            .collect::<Result<Vec<_>, McpError>>()?;
+        Ok(Conn::Http(crate::mcp_http::HttpConn::new(
+            &self.name,
+            &url,
+            headers,
+            self.call_timeout().max(START_TIMEOUT),
+        )))
+    }
+
+    fn call_timeout(&self) -> Duration {
+        self.config.timeout_secs.map_or(CALL_TIMEOUT, Duration::from_secs)
+    }
+
+    /// Start the server's process.
+    fn spawn(&self) -> Result<StdioConn, McpError> {
         let mut cmd = Command::new(&self.config.command);
+        for key in self
+            .hidden_env
+            .iter()
+            .filter(|k| !self.config.env.contains_key(*k))
+        {
+            cmd.env_remove(key);
+        }
         cmd.args(&self.config.args)
             .envs(&self.config.env)
             .current_dir(&self.workspace)
@@ -195,7 +336,7 @@ impl Server {
         let mut child = cmd.spawn().map_err(McpError::Spawn)?;
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
-        let conn = Conn {
+        let conn = StdioConn {
             child,
             stdin: Arc::new(Mutex::new(stdin)),
             correlator: Arc::new(Correlator::new()),
@@ -212,7 +353,11 @@ impl Server {
             .stack_size(128 * 1024)
             .spawn(move || read_loop(&name, stdout, &correlator, &stdin, &alive))
             .map_err(McpError::Spawn)?;
+        Ok(conn)
+    }
 
+    /// `initialize`, `notifications/initialized` and the tool list.
+    fn handshake(&self, conn: &Conn) -> Result<(), McpError> {
         let none = never();
         let init = conn.request(
             "initialize",
@@ -224,16 +369,22 @@ impl Server {
             START_TIMEOUT,
             &none,
         )?;
-        match init["protocolVersion"].as_str() {
-            Some(PROTOCOL_VERSION) => {}
-            Some(other) => log::info!("MCP [{}]: server speaks revision {other}", self.name),
+        let agreed = match init["protocolVersion"].as_str() {
+            Some(PROTOCOL_VERSION) => PROTOCOL_VERSION,
+            Some(other) => {
+                log::info!("MCP [{}]: server speaks revision {other}", self.name);
+                other
+            }
             None => {
                 return Err(McpError::Protocol(
                     "initialize result has no protocolVersion".into(),
                 ))
             }
+        };
+        if let Conn::Http(c) = conn {
+            c.agreed(agreed);
         }
-        conn.send(&Message::notification("notifications/initialized", &json!({})))?;
+        conn.notify("notifications/initialized", &json!({}))?;
 
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
@@ -257,7 +408,7 @@ impl Server {
         }
         log::info!("MCP [{}]: {} tools", self.name, tools.len());
         *self.tools.lock().expect("mcp tools lock") = tools;
-        Ok(conn)
+        Ok(())
     }
 
     fn remote_tool(&self, t: &Value) -> Option<RemoteTool> {
@@ -289,7 +440,7 @@ impl Server {
 
     /// Make sure the server runs; on failure remember when, and say why.
     fn ensure(&self, conn: &mut Option<Conn>) -> Result<(), McpError> {
-        if conn.as_ref().is_some_and(|c| c.alive.load(Ordering::SeqCst)) {
+        if conn.as_ref().is_some_and(Conn::alive) {
             return Ok(());
         }
         *conn = None; // reaps a dead one
@@ -309,35 +460,50 @@ impl Server {
 
     fn call(&self, remote: &str, args: &Value, cancel: &Receiver<()>) -> Outcome {
         let mut conn = self.conn.lock().expect("mcp conn lock");
-        if let Err(e) = self.ensure(&mut conn) {
-            return Outcome::Done(format!("error: MCP server {} is unavailable: {e}", self.name));
-        }
-        let timeout = self.config.timeout_secs.map_or(CALL_TIMEOUT, Duration::from_secs);
-        let c = conn.as_ref().expect("ensured");
-        match c.request(
-            "tools/call",
-            &json!({"name": remote, "arguments": args}),
-            timeout,
-            cancel,
-        ) {
-            Ok(result) => Outcome::Done(call_text(&result)),
-            Err(McpError::Cancelled) => Outcome::Cancelled,
-            Err(e) => {
-                if matches!(e, McpError::Timeout(..) | McpError::Gone | McpError::Write(_)) {
-                    // Unresponsive or dead: stop it; the next call starts it again.
-                    *conn = None;
-                }
-                Outcome::Done(format!(
-                    "error: MCP server {} failed: {e}{}",
-                    self.name,
-                    if conn.is_none() {
-                        " (it will be restarted on the next call)"
-                    } else {
-                        ""
-                    }
-                ))
+        let params = json!({"name": remote, "arguments": args});
+        for attempt in 0..2 {
+            if let Err(e) = self.ensure(&mut conn) {
+                return Outcome::Done(format!("error: MCP server {} is unavailable: {e}", self.name));
             }
+            let c = conn.as_ref().expect("ensured");
+            let stdio = matches!(c, Conn::Stdio(_));
+            let e = match c.request("tools/call", &params, self.call_timeout(), cancel) {
+                Ok(result) => return Outcome::Done(call_text(&result)),
+                Err(McpError::Cancelled) => return Outcome::Cancelled,
+                Err(McpError::SessionEnded) if attempt == 0 => {
+                    // The server forgot the session (it restarted, or expired it), so the
+                    // call never ran there: a new session runs it.
+                    log::info!(
+                        "MCP [{}]: the server ended the session; starting a new one",
+                        self.name
+                    );
+                    *conn = None;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            // A dead process, or one that stopped answering: stop it; the next call starts
+            // it again. An HTTP session stands until the server cannot be reached or ends
+            // it: a slow call or a cut stream leaves it usable.
+            let broken = if stdio {
+                matches!(e, McpError::Gone | McpError::Write(_) | McpError::Timeout(..))
+            } else {
+                !c.alive()
+            };
+            if broken {
+                *conn = None;
+            }
+            let next = match (conn.is_none(), stdio) {
+                (false, _) => "",
+                (true, true) => " (it will be restarted on the next call)",
+                (true, false) => " (it will be connected again on the next call)",
+            };
+            return Outcome::Done(format!("error: MCP server {} failed: {e}{next}", self.name));
         }
+        Outcome::Done(format!(
+            "error: MCP server {} ended two sessions in a row",
+            self.name
+        ))
     }
 }
 
@@ -415,7 +581,12 @@ pub struct McpServers {
 
 impl McpServers {
     /// The servers of `configs`, not started yet (see [`McpServers::start_all`]).
-    pub fn new(configs: BTreeMap<String, ServerConfig>, workspace: &Path) -> McpServers {
+    pub fn new(
+        configs: BTreeMap<String, ServerConfig>,
+        workspace: &Path,
+        hidden_env: &[String],
+    ) -> McpServers {
+        let hidden_env: Arc<[String]> = hidden_env.into();
         let servers: Vec<Arc<Server>> = configs
             .into_iter()
             .map(|(name, config)| {
@@ -423,6 +594,7 @@ impl McpServers {
                     name,
                     config,
                     workspace: workspace.to_path_buf(),
+                    hidden_env: Arc::clone(&hidden_env),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),

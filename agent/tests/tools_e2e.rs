@@ -536,9 +536,10 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
             "fake_fail",
             "fake_hang",
             "fake_crash",
-            "fake_pid"
+            "fake_pid",
+            "fake_env"
         ],
-        "all three pages"
+        "every page"
     );
     let r = tool_results(&reqs[5]);
     assert_eq!(r[0].1, "ping");
@@ -559,6 +560,153 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
     let init = log.find("notifications/initialized").expect("initialized sent");
     assert!(init < log.find("tools/list").unwrap());
     assert!(log.contains("\"protocolVersion\":\"2025-06-18\""));
+}
+
+/// agent.json and mcp.json are files the model can write: a server started from them must
+/// not get the agent's own keys (as `bash` does not), only what its entry gives it.
+#[test]
+fn an_mcp_server_never_sees_the_agents_keys() {
+    let ws = TempDir::new("tools-mcp-env");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {"fake": {"command": bin("fake-mcp"), "env": {"GIVEN": "yes"}}}}),
+    );
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                ("c1", "fake_env", r#"{"name": "OPENAI_API_KEY"}"#),
+                ("c2", "fake_env", r#"{"name": "GIVEN"}"#),
+                ("c3", "fake_env", r#"{"name": "PATH"}"#),
+            ],
+            100,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("14", "look around", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let r = tool_results(&llm.requests()[1]);
+    assert_eq!(r[0].1, "(unset)", "the agent's key reached the server");
+    assert_eq!(r[1].1, "yes");
+    assert_ne!(r[2].1, "(unset)", "the rest of the environment is inherited");
+}
+
+/// A remote MCP server (Streamable HTTP): its token comes from a variable, the session it
+/// gives travels with every later message, its ping on the stream is answered, a call that
+/// hangs ends at the timeout with the server told, the session is kept, a stream cut
+/// before the answer is an error, and a server that forgot the session (restarted) gets a
+/// new one without the call failing. The agent's own key is never put in a header.
+#[test]
+fn a_remote_mcp_server_keeps_its_session_and_gets_a_new_one_when_it_forgets() {
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start(Some("tok-remote-123"));
+    let ws = TempDir::new("tools-mcp-http");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {
+            "remote": {"type": "http", "url": remote.url(), "timeout_secs": 1,
+                       "headers": {"Authorization": "Bearer ${REMOTE_TOKEN}"}},
+            "leak": {"url": remote.url(), "headers": {"Authorization": "Bearer ${OPENAI_API_KEY}"}}
+        }}),
+    );
+    let round = |calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse("", calls, 3));
+    let llm = FakeLlm::scripted(vec![
+        round(&[
+            ("c1", "remote_echo", r#"{"text": "hello"}"#),
+            ("c2", "remote_add", r#"{"a": 2, "b": 40}"#),
+            ("c3", "remote_ask_ping", ""),
+        ]),
+        round(&[("c4", "remote_hang", "")]),
+        round(&[("c5", "remote_cut", "")]),
+        Reply::sse(openai_sse(&["first"])),
+        round(&[("c6", "remote_echo", r#"{"text": "again"}"#)]),
+        Reply::sse(openai_sse(&["second"])),
+    ]);
+    let mut env = openai(&llm).to_vec();
+    env.push(("REMOTE_TOKEN", "tok-remote-123".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("15", "use the remote server", "m1"));
+    assert_eq!(done_text(&a.reply()), "first");
+    let reqs = llm.requests();
+    let offered: Vec<String> = offered_tools(&reqs[0])
+        .into_iter()
+        .filter(|n| n.starts_with("remote_") || n.starts_with("leak_"))
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            "remote_echo",
+            "remote_add",
+            "remote_ask_ping",
+            "remote_hang",
+            "remote_cut"
+        ]
+    );
+    let r: Vec<String> = tool_results(&reqs[3]).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(r[0], "hello", "answered in an event stream");
+    assert_eq!(r[1], "42", "answered as JSON");
+    assert_eq!(
+        r[2], "pong answered",
+        "the server's ping on the stream was answered"
+    );
+    assert_eq!(
+        r[3],
+        "error: MCP server remote failed: no answer to tools/call within 1 s"
+    );
+    assert!(
+        r[4].starts_with("error: MCP server remote failed: the connection failed: reading the stream"),
+        "{}",
+        r[4]
+    );
+    a.proc.wait_for(
+        "MCP [leak]: header Authorization: ${OPENAI_API_KEY} is one of the agent's own keys",
+        T,
+    );
+
+    // The server restarts and forgets its sessions: the next call starts a new one.
+    remote.forget_sessions();
+    a.send(&message("15", "again", "m2"));
+    assert_eq!(done_text(&a.reply()), "second");
+    assert_eq!(tool_results(&llm.requests()[5]).last().unwrap().1, "again");
+
+    let seen = remote.seen();
+    assert!(
+        seen.iter()
+            .all(|s| s.auth.as_deref() == Some("Bearer tok-remote-123")),
+        "every message carries the token, and never the agent's key: {seen:?}"
+    );
+    let inits: Vec<usize> = (0..seen.len())
+        .filter(|&i| seen[i].what == "initialize")
+        .collect();
+    assert_eq!(
+        inits.len(),
+        2,
+        "one session, kept after a hang and a cut stream, and one after the restart"
+    );
+    for s in seen.iter().filter(|s| s.what != "initialize") {
+        assert!(s.session.is_some(), "{s:?}");
+        assert_eq!(s.protocol.as_deref(), Some("2025-06-18"), "{s:?}");
+    }
+    assert!(
+        seen.iter().any(|s| s.what == "response" && s.status == 202),
+        "the ping's answer"
+    );
+    let hang_id = seen
+        .iter()
+        .find(|s| s.what == "tools/call" && s.body["params"]["name"] == "hang")
+        .map(|s| s.body["id"].clone())
+        .unwrap();
+    assert!(
+        seen.iter().any(|s| s.what == "notifications/cancelled"
+            && s.body["params"]["requestId"] == hang_id
+            && s.body["params"]["reason"] == "timed out"),
+        "the server was told the agent stopped waiting: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.status == 404 && s.what == "tools/call"),
+        "the forgotten session was refused once"
+    );
+    assert!(!a.proc.log().contains("tok-remote-123"), "a token was logged");
 }
 
 #[test]

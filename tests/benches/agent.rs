@@ -7,7 +7,7 @@
 //! the peak RSS after that reply (plain HTTP, then HTTPS through a TLS front);
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
-//! call).
+//! call over stdio, one over Streamable HTTP).
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -95,11 +95,20 @@ fn main() {
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
     cancel_during_tool(&agent);
+    let stdio = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp")});
     tool_overhead(
         &agent,
         "fake_echo",
         r#"{"text": "hi"}"#,
-        Some(env!("CARGO_BIN_EXE_fake-mcp")),
+        Some(("MCP call", stdio)),
+    );
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start(None);
+    let http = serde_json::json!({"url": remote.url()});
+    tool_overhead(
+        &agent,
+        "fake_echo",
+        r#"{"text": "hi"}"#,
+        Some(("MCP call over HTTP", http)),
     );
 }
 
@@ -282,24 +291,24 @@ fn startup_with_mcp(agent: &Path) {
 
 /// Model response asking for `tool` fully sent → the agent's next model request
 /// arrives, over 50 messages (direct mode). Each sample includes running the tool.
-fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<&str>) {
+/// The time the agent takes around `tool` (no-op bash, or the tool of MCP server `fake`
+/// configured as `mcp`'s entry, named by its label).
+fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_json::Value)>) {
     use std::sync::{Arc, Mutex};
     let ws = temp_dir("bench-tool");
-    if let Some(cmd) = mcp {
+    let kind = mcp.as_ref().map_or("no-op bash", |(label, _)| *label);
+    if let Some((_, server)) = &mcp {
         std::fs::create_dir_all(ws.join(".aegis")).unwrap();
         std::fs::write(
             ws.join(".aegis/agent.json"),
-            serde_json::json!({"mcp": {"fake": {"command": cmd}}}).to_string(),
+            serde_json::json!({"mcp": {"fake": server}}).to_string(),
         )
         .unwrap();
     }
     // (request arrived, response fully written) per request, in order.
     let times: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&times);
-    let label = format!(
-        "tool overhead, {} ({tool})",
-        if mcp.is_some() { "MCP call" } else { "no-op bash" }
-    );
+    let label = format!("tool overhead, {kind} ({tool})");
     let (tool, args) = (tool.to_string(), args.to_string());
     let llm = Server::start(move |_req, resp| {
         let arrived = Instant::now();

@@ -92,11 +92,17 @@ impl Responder {
     }
 
     /// Start a chunked response; then `chunk` and `finish` (or drop to cut it).
-    pub fn start_chunked(mut self, status: u16, content_type: &str) -> Responder {
-        let head = format!(
-            "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n",
-            reason(status)
-        );
+    pub fn start_chunked(self, status: u16, content_type: &str) -> Responder {
+        self.start_chunked_with(status, &[("Content-Type", content_type)])
+    }
+
+    /// Start a chunked response with `headers`; then `chunk` and `finish`.
+    pub fn start_chunked_with(mut self, status: u16, headers: &[(&str, &str)]) -> Responder {
+        let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("Transfer-Encoding: chunked\r\n\r\n");
         let _ = self.stream.write_all(head.as_bytes());
         let _ = self.stream.flush();
         self.chunked = true;
@@ -137,7 +143,10 @@ fn reason(status: u16) -> &'static str {
         202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",

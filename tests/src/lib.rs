@@ -2,7 +2,7 @@
 //!
 //! The one place for the fake services our binaries talk to in tests, each speaking the
 //! real wire format including its errors: LLM APIs ([`llm`]), Telegram's Bot API
-//! ([`telegram`]), Brave Search ([`brave`]), the AegisVM harness and a direct tether host ([`harness`]), with
+//! ([`telegram`]), Brave Search ([`brave`]), a remote MCP server ([`mcp_http`]), the AegisVM harness and a direct tether host ([`harness`]), with
 //! what it and aegisd do for `host:` models ([`host_llm`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT
@@ -16,6 +16,7 @@ pub mod harness;
 pub mod host_llm;
 pub mod http;
 pub mod llm;
+pub mod mcp_http;
 pub mod openai_audio;
 pub mod openai_images;
 pub mod proc;

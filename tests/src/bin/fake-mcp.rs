@@ -5,7 +5,8 @@
 //! - `echo {text}` → the text; `add {a, b}` → the sum;
 //! - `fail` → an `isError` result;
 //! - `hang` → never answers; `crash` → the process exits at once;
-//! - `pid` → its process id (so a test can see it was restarted).
+//! - `pid` → its process id (so a test can see it was restarted);
+//! - `env {name}` → that environment variable's value, or `(unset)`.
 //!
 //! `FAKE_MCP_LOG=PATH` appends every received line to PATH; `FAKE_MCP_SLOW_START_MS`
 //! delays the answer to `initialize`.
@@ -21,6 +22,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("hang", "Never answers"),
     ("crash", "Exits the server"),
     ("pid", "The server's process id"),
+    ("env", "An environment variable of the server"),
 ];
 
 fn main() {
@@ -95,6 +97,13 @@ fn main() {
                     )),
                     "fail" => Ok(text("this tool always fails", true)),
                     "pid" => Ok(text(&std::process::id().to_string(), false)),
+                    "env" => {
+                        let name = args["name"].as_str().unwrap_or("");
+                        Ok(text(
+                            &std::env::var(name).unwrap_or_else(|_| "(unset)".into()),
+                            false,
+                        ))
+                    }
                     "hang" => continue,
                     "crash" => std::process::exit(3),
                     _ => Err((-32602, "unknown tool")),

@@ -1,0 +1,425 @@
+//! MCP over Streamable HTTP (revision 2025-06-18): a server at a URL (a hosted one, or one
+//! on the LAN) instead of a child process.
+//!
+//! Every message is a `POST` to the server's one endpoint, accepting JSON or an SSE
+//! stream. A request's answer is either one JSON message, or a stream whose events may
+//! carry the server's own requests (`ping`, answered with a `POST` of their own) and
+//! notifications before the answer. A notification is acknowledged with 202.
+//!
+//! Duties:
+//! 1. keep the session: the `Mcp-Session-Id` the server gives with its `initialize`
+//!    answer goes with every later message, with `MCP-Protocol-Version`; a 404 for it
+//!    means the session is over, and the caller starts a new one;
+//! 2. bound every exchange as the stdio transport does (timeout, cancel), telling the
+//!    server with `notifications/cancelled` when the agent stops waiting; a stream that
+//!    ends without the answer is an error, never a hang;
+//! 3. end the session with `DELETE` when the connection is dropped;
+//! 4. never log a header's value: they carry the user's tokens.
+//!
+//! Header values and the URL may name environment variables (`${GITHUB_TOKEN}`,
+//! `${NAME:-default}`), so tokens stay in secrets rather than agent.json ([`expand`]).
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{after, bounded, select, Receiver};
+use serde_json::{json, Value};
+use tether::rpc::Message;
+
+use crate::mcp::McpError;
+
+/// Largest answer read, JSON or a whole stream.
+const MAX_ANSWER: u64 = 8 * 1024 * 1024;
+/// Longest wait for a notification's acknowledgement or the session's `DELETE`.
+const SHORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A session with one server.
+pub struct HttpConn {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The server's name in agent.json, for logs.
+    name: String,
+    url: String,
+    /// Extra headers (`Authorization`), values expanded; never logged.
+    headers: Vec<(String, String)>,
+    agent: ureq::Agent,
+    /// `Mcp-Session-Id` once the server gave one.
+    session: Mutex<Option<String>>,
+    /// The revision agreed in `initialize`, sent as `MCP-Protocol-Version` after it.
+    protocol: Mutex<Option<String>>,
+    next_id: AtomicU64,
+    /// Cleared when the server forgot the session or could not be reached.
+    alive: AtomicBool,
+}
+
+impl HttpConn {
+    /// A connection to `url` with `headers`; `longest` bounds any one exchange (a call's
+    /// timeout), after which its thread gives up even when no one waits for it.
+    pub fn new(name: &str, url: &str, headers: Vec<(String, String)>, longest: Duration) -> HttpConn {
+        HttpConn {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                url: url.to_string(),
+                headers,
+                agent: crate::tools::api_agent(url, longest + SHORT_TIMEOUT),
+                session: Mutex::new(None),
+                protocol: Mutex::new(None),
+                next_id: AtomicU64::new(1),
+                alive: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// Whether the session still stands.
+    pub fn alive(&self) -> bool {
+        self.inner.alive.load(Ordering::SeqCst)
+    }
+
+    /// From now on, send `MCP-Protocol-Version: version`.
+    pub fn agreed(&self, version: &str) {
+        *lock(&self.inner.protocol) = Some(version.to_string());
+    }
+
+    /// Send request `method` and wait for its answer, at most `timeout`, or until `cancel`.
+    pub fn request(
+        &self,
+        method: &'static str,
+        params: &Value,
+        timeout: Duration,
+        cancel: &Receiver<()>,
+    ) -> Result<Value, McpError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
+        let (tx, rx) = bounded(1);
+        let inner = Arc::clone(&self.inner);
+        thread::Builder::new()
+            .name("mcp-http".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                let _ = tx.send(inner.exchange(id, &body));
+            })
+            .map_err(McpError::Spawn)?;
+        select! {
+            recv(rx) -> r => r.unwrap_or(Err(McpError::Gone)),
+            recv(cancel) -> _ => {
+                self.inner.cancelled(id, "the user stopped the reply");
+                Err(McpError::Cancelled)
+            }
+            recv(after(timeout)) -> _ => {
+                self.inner.cancelled(id, "timed out");
+                Err(McpError::Timeout(method, timeout))
+            }
+        }
+    }
+
+    /// Send notification `method`.
+    pub fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
+        let body = json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string();
+        self.inner.post_expecting_nothing(&body)
+    }
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        // The server may keep state per session: end it, without making anyone wait.
+        let Some(session) = lock(&self.inner.session).take() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let ended = thread::Builder::new()
+            .name("mcp-http-end".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let mut req = inner.agent.delete(&inner.url).header("mcp-session-id", &session);
+                if let Some(v) = lock(&inner.protocol).as_deref() {
+                    req = req.header("mcp-protocol-version", v);
+                }
+                for (k, v) in &inner.headers {
+                    req = req.header(k, v);
+                }
+                match req.call() {
+                    Ok(r) => log::debug!(
+                        "MCP [{}]: session ended (HTTP {})",
+                        inner.name,
+                        r.status().as_u16()
+                    ),
+                    Err(e) => log::debug!("MCP [{}]: ending the session failed: {e}", inner.name),
+                }
+            });
+        if let Err(e) = ended {
+            log::debug!("MCP [{}]: cannot end the session: {e}", self.inner.name);
+        }
+    }
+}
+
+impl Inner {
+    /// `POST body` with the session's headers.
+    fn post(&self, body: &str) -> Result<ureq::http::Response<ureq::Body>, McpError> {
+        let mut req = self
+            .agent
+            .post(&self.url)
+            .header("accept", "application/json, text/event-stream")
+            .content_type("application/json");
+        if let Some(s) = lock(&self.session).as_deref() {
+            req = req.header("mcp-session-id", s);
+        }
+        if let Some(v) = lock(&self.protocol).as_deref() {
+            req = req.header("mcp-protocol-version", v);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(k, v);
+        }
+        req.send(body).map_err(|e| {
+            self.alive.store(false, Ordering::SeqCst);
+            McpError::Transport(crate::tools::transport(&e))
+        })
+    }
+
+    /// A refusal, or the end of the session (404 to a message that carried it).
+    fn refused(&self, resp: ureq::http::Response<ureq::Body>) -> McpError {
+        let status = resp.status().as_u16();
+        if status == 404 && lock(&self.session).take().is_some() {
+            // Over on the server's side: nothing to end with a DELETE.
+            self.alive.store(false, Ordering::SeqCst);
+            return McpError::SessionEnded;
+        }
+        McpError::Http(status, refusal_detail(&tether::http::error_text(resp)))
+    }
+
+    /// A message that expects no answer (a notification, our answer to the server).
+    fn post_expecting_nothing(&self, body: &str) -> Result<(), McpError> {
+        let resp = self.post(body)?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(()),
+            _ => Err(self.refused(resp)),
+        }
+    }
+
+    /// One request `id` (`body`) and its answer.
+    fn exchange(&self, id: u64, body: &str) -> Result<Value, McpError> {
+        let resp = self.post(body)?;
+        if resp.status().as_u16() != 200 {
+            return Err(self.refused(resp));
+        }
+        if let Some(s) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            *lock(&self.session) = Some(s.to_string());
+        }
+        let streamed = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        let reader = resp.into_body().into_with_config().limit(MAX_ANSWER).reader();
+        if streamed {
+            self.answer_from_stream(id, reader)
+        } else {
+            let mut text = Vec::new();
+            { reader }
+                .read_to_end(&mut text)
+                .map_err(|e| McpError::Transport(format!("reading the answer: {e}")))?;
+            match decode(&text)? {
+                Message::Response { id: got, outcome } if got == json!(id) => outcome_value(outcome),
+                _ => Err(McpError::Protocol(
+                    "the answer is not the response to the request".into(),
+                )),
+            }
+        }
+    }
+
+    /// Read an SSE stream until the response to `id`, answering what the server asks on
+    /// the way.
+    fn answer_from_stream(&self, id: u64, mut reader: impl Read) -> Result<Value, McpError> {
+        let mut parser = crate::sse::Parser::new();
+        let mut events = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| McpError::Transport(format!("reading the stream: {e}")))?;
+            if n == 0 {
+                return Err(McpError::Protocol("the stream ended without the answer".into()));
+            }
+            parser
+                .feed(&buf[..n], &mut events)
+                .map_err(|e| McpError::Protocol(e.to_string()))?;
+            for event in events.drain(..) {
+                // Events of another type, or without data (a priming event), are not messages.
+                if event.event.as_deref().is_some_and(|t| t != "message") || event.data.trim().is_empty() {
+                    continue;
+                }
+                match decode(event.data.as_bytes())? {
+                    Message::Response { id: got, outcome } if got == json!(id) => {
+                        return outcome_value(outcome)
+                    }
+                    Message::Response { id: got, .. } => {
+                        log::debug!("MCP [{}]: response to unknown request {got}", self.name)
+                    }
+                    Message::Request {
+                        id: asked, method, ..
+                    } => self.answer(asked, &method),
+                    Message::Notification { method, .. } => {
+                        log::debug!("MCP [{}]: notification {method}", self.name)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answer the server's request: `ping`; nothing else is offered.
+    fn answer(&self, id: Value, method: &str) {
+        let reply = if method == "ping" {
+            json!({"jsonrpc": "2.0", "id": id, "result": {}})
+        } else {
+            let message = format!("method {method} is not supported by aegis-agent");
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": message}})
+        };
+        if let Err(e) = self.post_expecting_nothing(&reply.to_string()) {
+            log::debug!("MCP [{}]: answering {method} failed: {e}", self.name);
+        }
+    }
+
+    /// Tell the server the agent no longer waits for request `id` (in the background).
+    fn cancelled(self: &Arc<Self>, id: u64, reason: &'static str) {
+        let inner = Arc::clone(self);
+        let _ = thread::Builder::new()
+            .name("mcp-http-cancel".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": id, "reason": reason}});
+                if let Err(e) = inner.post_expecting_nothing(&note.to_string()) {
+                    log::debug!("MCP [{}]: notifications/cancelled failed: {e}", inner.name);
+                }
+            });
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each change is one assignment: a panic elsewhere cannot leave it half-made.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn decode(bytes: &[u8]) -> Result<Message, McpError> {
+    Message::decode(bytes).map_err(|e| McpError::Protocol(format!("not a JSON-RPC message: {e}")))
+}
+
+fn outcome_value(
+    outcome: Result<Box<serde_json::value::RawValue>, tether::rpc::RpcError>,
+) -> Result<Value, McpError> {
+    let raw = outcome.map_err(McpError::Rpc)?;
+    serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string()))
+}
+
+/// What a refusal's body says: the JSON-RPC error's message servers put there, else the
+/// start of the text.
+fn refusal_detail(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    v["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| body.trim().chars().take(200).collect())
+}
+
+/// `text` with each `${NAME}` replaced by that environment variable (`var`), and
+/// `${NAME:-default}` by `default` where it is unset or empty. A variable of `hidden` (the
+/// agent's own keys) is refused: agent.json and mcp.json are files the model can write,
+/// and a header is a way out of the machine.
+pub fn expand(text: &str, hidden: &[String], var: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{ in {:?}", shown(text)))?;
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (&after[..end], None),
+        };
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("${{{name}}} does not name an environment variable"));
+        }
+        if hidden.iter().any(|h| h == name) {
+            return Err(format!(
+                "${{{name}}} is one of the agent's own keys, which MCP servers are not given"
+            ));
+        }
+        match (var(name).filter(|v| !v.is_empty()), default) {
+            (Some(value), _) => out.push_str(&value),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => return Err(format!("${{{name}}} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The start of `text` for an error message: up to its first `${`, as values may follow.
+fn shown(text: &str) -> &str {
+    text.split("${").next().unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("t0k".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn variables_are_expanded_and_the_agents_keys_refused() {
+        let hidden = vec!["OPENAI_API_KEY".to_string()];
+        let x = |s: &str| expand(s, &hidden, env);
+        assert_eq!(x("Bearer ${TOKEN}").unwrap(), "Bearer t0k");
+        assert_eq!(x("${TOKEN}-${TOKEN}").unwrap(), "t0k-t0k");
+        assert_eq!(x("${MISSING:-none}/${EMPTY:-dflt}").unwrap(), "none/dflt");
+        assert_eq!(x("costs $5 and $HOME").unwrap(), "costs $5 and $HOME");
+        assert_eq!(x("${MISSING}").unwrap_err(), "${MISSING} is not set");
+        assert_eq!(
+            x("Bearer ${OPENAI_API_KEY}").unwrap_err(),
+            "${OPENAI_API_KEY} is one of the agent's own keys, which MCP servers are not given"
+        );
+        assert_eq!(
+            x("Bearer ${OPENAI_API_KEY:-x}").unwrap_err(),
+            "${OPENAI_API_KEY} is one of the agent's own keys, which MCP servers are not given"
+        );
+        assert_eq!(
+            x("${1X}").unwrap_err(),
+            "${1X} does not name an environment variable"
+        );
+        assert_eq!(x("a ${TOKEN").unwrap_err(), "unterminated ${ in \"a \"");
+    }
+
+    #[test]
+    fn a_refusal_is_told_in_the_servers_words() {
+        let body = r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}"#;
+        assert_eq!(refusal_detail(body), "Bad Request: No valid session ID provided");
+        assert_eq!(refusal_detail("  Unauthorized\n"), "Unauthorized");
+    }
+
+    proptest! {
+        #[test]
+        fn text_without_a_reference_is_kept_and_nothing_panics(s in "\\PC{0,40}") {
+            let hidden = vec!["OPENAI_API_KEY".to_string()];
+            let r = expand(&s, &hidden, env);
+            if !s.contains("${") {
+                prop_assert_eq!(r.unwrap(), s);
+            }
+        }
+    }
+}

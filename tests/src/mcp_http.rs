@@ -1,0 +1,306 @@
+//! A stand-in for a remote MCP server speaking Streamable HTTP (revision 2025-06-18) at
+//! `/mcp`, as the official SDKs' servers answer: a bearer token check (401 with
+//! `WWW-Authenticate`), 406 when the client does not accept both JSON and an event stream,
+//! a session id given with the `initialize` answer and required afterwards (400 without
+//! it, 404 `Session not found` for one it does not know), 400 for an unsupported
+//! `MCP-Protocol-Version`, 202 for notifications and responses, `DELETE` to end a session,
+//! 405 for `GET` (it offers no stream of its own).
+//!
+//! Tools: `echo {text}` (answered in an SSE stream, after a log notification), `add {a, b}`
+//! (answered as plain JSON), `ask_ping` (the server pings the client on the stream and
+//! says whether the answer came), `hang` (a stream that never answers), `cut` (a stream
+//! cut before the answer).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::http::{Request, Responder, Server};
+
+/// One message the server received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// `POST`, `DELETE`, `GET`.
+    pub http: String,
+    /// The JSON-RPC method, or `response` for the client's answer to the server.
+    pub what: String,
+    /// The body (JSON-RPC).
+    pub body: Value,
+    /// `Mcp-Session-Id` sent.
+    pub session: Option<String>,
+    /// `MCP-Protocol-Version` sent.
+    pub protocol: Option<String>,
+    /// `Authorization` sent.
+    pub auth: Option<String>,
+    /// The status answered.
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct State {
+    seen: Vec<Seen>,
+    sessions: HashSet<String>,
+    initialized: HashSet<String>,
+    next_session: u32,
+    /// Ids of the client's answers to our pings.
+    pongs: HashSet<String>,
+}
+
+/// The stand-in.
+pub struct FakeMcpHttp {
+    server: Server,
+    state: Arc<(Mutex<State>, Condvar)>,
+}
+
+const TOOLS: [(&str, &str); 5] = [
+    ("echo", "Echo the text back"),
+    ("add", "Add two numbers"),
+    ("ask_ping", "Pings the client first"),
+    ("hang", "Never answers"),
+    ("cut", "Cuts the stream"),
+];
+
+fn rpc_error(resp: Responder, status: u16, code: i64, message: &str) {
+    resp.json(
+        status,
+        &json!({"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": null}),
+    );
+}
+
+fn sse_event(msg: &Value) -> Vec<u8> {
+    format!("event: message\ndata: {msg}\n\n").into_bytes()
+}
+
+impl FakeMcpHttp {
+    /// Accept requests with `Authorization: Bearer TOKEN` only (`None`: no check).
+    pub fn start(token: Option<&'static str>) -> FakeMcpHttp {
+        let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
+        let st = Arc::clone(&state);
+        let server = Server::start(move |req: Request, resp: Responder| handle(&st, token, req, resp));
+        FakeMcpHttp { server, state }
+    }
+
+    /// The endpoint.
+    pub fn url(&self) -> String {
+        format!("{}/mcp", self.server.url)
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.0.lock().unwrap().seen.clone()
+    }
+
+    /// Forget every session, as a restarted server does.
+    pub fn forget_sessions(&self) {
+        let mut st = self.state.0.lock().unwrap();
+        st.sessions.clear();
+        st.initialized.clear();
+    }
+}
+
+fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, resp: Responder) {
+    let body = req.json();
+    let session = req.header("mcp-session-id").map(str::to_string);
+    let what = match (body["method"].as_str(), body.get("id")) {
+        (Some(m), _) => m.to_string(),
+        (None, Some(_)) => "response".to_string(),
+        (None, None) => String::new(),
+    };
+    let record = |status: u16| {
+        let (lock, cvar) = state;
+        let mut st = lock.lock().unwrap();
+        st.seen.push(Seen {
+            http: req.method.clone(),
+            what: what.clone(),
+            body: body.clone(),
+            session: session.clone(),
+            protocol: req.header("mcp-protocol-version").map(str::to_string),
+            auth: req.header("authorization").map(str::to_string),
+            status,
+        });
+        if what == "response" {
+            if let Some(id) = body["id"].as_str() {
+                st.pongs.insert(id.to_string());
+            }
+        }
+        cvar.notify_all();
+    };
+    if req.path != "/mcp" {
+        record(404);
+        return resp.send(404, &[("Content-Type", "text/plain")], b"Not Found");
+    }
+    if let Some(t) = token {
+        if req.header("authorization") != Some(&format!("Bearer {t}")) {
+            record(401);
+            let body =
+                json!({"error": "invalid_token", "error_description": "Missing or invalid access token"});
+            return resp.send(
+                401,
+                &[
+                    ("Content-Type", "application/json"),
+                    ("WWW-Authenticate", "Bearer error=\"invalid_token\""),
+                ],
+                body.to_string().as_bytes(),
+            );
+        }
+    }
+    let known = |s: &Option<String>| {
+        s.as_ref()
+            .is_some_and(|s| state.0.lock().unwrap().sessions.contains(s))
+    };
+    match req.method.as_str() {
+        "DELETE" => {
+            let status = if known(&session) { 200 } else { 404 };
+            if let Some(s) = &session {
+                state.0.lock().unwrap().sessions.remove(s);
+            }
+            record(status);
+            return resp.send(status, &[], b"");
+        }
+        "POST" => {}
+        _ => {
+            record(405);
+            return rpc_error(resp, 405, -32000, "Method not allowed.");
+        }
+    }
+    let accept = req.header("accept").unwrap_or("");
+    if !(accept.contains("application/json") && accept.contains("text/event-stream")) {
+        record(406);
+        let msg = "Not Acceptable: Client must accept both application/json and text/event-stream";
+        return rpc_error(resp, 406, -32000, msg);
+    }
+    if what == "initialize" {
+        let id = {
+            let mut st = state.0.lock().unwrap();
+            st.next_session += 1;
+            let id = format!("sess-{}", st.next_session);
+            st.sessions.insert(id.clone());
+            id
+        };
+        record(200);
+        let result = json!({"jsonrpc": "2.0", "id": body["id"], "result": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": "fake-remote", "version": "1.0.0"}}});
+        return resp.send(
+            200,
+            &[("Content-Type", "application/json"), ("mcp-session-id", &id)],
+            result.to_string().as_bytes(),
+        );
+    }
+    if session.is_none() {
+        record(400);
+        return rpc_error(
+            resp,
+            400,
+            -32000,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    }
+    if !known(&session) {
+        record(404);
+        return rpc_error(resp, 404, -32001, "Session not found");
+    }
+    if let Some(v) = req.header("mcp-protocol-version") {
+        if !["2025-06-18", "2025-03-26"].contains(&v) {
+            record(400);
+            let msg = format!("Bad Request: Unsupported protocol version: {v}");
+            return rpc_error(resp, 400, -32000, &msg);
+        }
+    }
+    let sid = session.clone().unwrap_or_default();
+    if body.get("id").is_none() || what == "response" {
+        if what == "notifications/initialized" {
+            state.0.lock().unwrap().initialized.insert(sid);
+        }
+        record(202);
+        return resp.send(202, &[], b"");
+    }
+    record(200);
+    let id = body["id"].clone();
+    let answer = |result: Value| json!({"jsonrpc": "2.0", "id": id, "result": result});
+    if !state.0.lock().unwrap().initialized.contains(&sid) {
+        let msg = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32002, "message": "Server not initialized"}});
+        return resp.json(200, &msg);
+    }
+    match what.as_str() {
+        "tools/list" => {
+            let tools: Vec<Value> = TOOLS
+                .iter()
+                .map(|(n, d)| json!({"name": n, "description": d, "inputSchema": {"type": "object", "properties": {}}}))
+                .collect();
+            resp.json(200, &answer(json!({"tools": tools})))
+        }
+        "tools/call" => {
+            let args = &body["params"]["arguments"];
+            let text = |t: String| json!({"content": [{"type": "text", "text": t}], "isError": false});
+            let headers = [
+                ("Content-Type", "text/event-stream"),
+                ("Cache-Control", "no-cache"),
+            ];
+            match body["params"]["name"].as_str().unwrap_or("") {
+                "add" => {
+                    let sum = args["a"].as_i64().unwrap_or(0) + args["b"].as_i64().unwrap_or(0);
+                    resp.json(200, &answer(text(sum.to_string())))
+                }
+                "echo" => {
+                    let mut s = resp.start_chunked_with(200, &headers);
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/message",
+                        "params": {"level": "info", "data": "echoing"}});
+                    s.chunk(&sse_event(&note));
+                    s.chunk(&sse_event(&answer(text(
+                        args["text"].as_str().unwrap_or("").to_string(),
+                    ))));
+                    s.finish();
+                }
+                "ask_ping" => {
+                    let mut s = resp.start_chunked_with(200, &headers);
+                    let ping_id = format!("srv-ping-{id}");
+                    s.chunk(&sse_event(
+                        &json!({"jsonrpc": "2.0", "id": ping_id, "method": "ping"}),
+                    ));
+                    let (lock, cvar) = state;
+                    let st = lock.lock().unwrap();
+                    let (st, _) = cvar
+                        .wait_timeout_while(st, Duration::from_secs(5), |st| !st.pongs.contains(&ping_id))
+                        .unwrap();
+                    let said = if st.pongs.contains(&ping_id) {
+                        "pong answered"
+                    } else {
+                        "no pong"
+                    };
+                    drop(st);
+                    s.chunk(&sse_event(&answer(text(said.to_string()))));
+                    s.finish();
+                }
+                "hang" => {
+                    let mut s = resp.start_chunked_with(200, &headers);
+                    // Keep-alive comments until the client goes (at most a minute).
+                    for _ in 0..600 {
+                        if !s.chunk(b": keep-alive\n\n") {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                "cut" => {
+                    let mut s = resp.start_chunked_with(200, &headers);
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                        "params": {"progressToken": 1, "progress": 1}});
+                    s.chunk(&sse_event(&note));
+                    s.cut();
+                }
+                other => {
+                    let msg = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32602, "message": format!("Unknown tool: {other}")}});
+                    resp.json(200, &msg)
+                }
+            }
+        }
+        other => {
+            let msg = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": format!("Method not found: {other}")}});
+            resp.json(200, &msg)
+        }
+    }
+}
