@@ -211,6 +211,20 @@ impl Server {
         Server::start_on("127.0.0.1:0", handler)
     }
 
+    /// As [`Server::start`], writing each piece at once (`TCP_NODELAY`), as Node's HTTP
+    /// server (the MCP SDK's) does: a response written in several small pieces otherwise
+    /// waits for the client's delayed acknowledgement (40 ms) now and then.
+    pub fn start_nodelay(handler: impl Fn(Request, Responder) + Send + Sync + 'static) -> Server {
+        let acceptor = Acceptor::start("127.0.0.1:0", move |conn: TcpStream| {
+            let _ = conn.set_nodelay(true);
+            serve_conn(conn, &handler)
+        });
+        Server {
+            url: format!("http://127.0.0.1:{}", acceptor.port()),
+            acceptor,
+        }
+    }
+
     /// Serve on a given address (to restart a server on the same port).
     pub fn start_on(addr: &str, handler: impl Fn(Request, Responder) + Send + Sync + 'static) -> Server {
         let acceptor = Acceptor::start(addr, move |conn| serve_conn(conn, &handler));

@@ -78,7 +78,8 @@ impl FakeMcpHttp {
     pub fn start(token: Option<&'static str>) -> FakeMcpHttp {
         let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let st = Arc::clone(&state);
-        let server = Server::start(move |req: Request, resp: Responder| handle(&st, token, req, resp));
+        let server =
+            Server::start_nodelay(move |req: Request, resp: Responder| handle(&st, token, req, resp));
         FakeMcpHttp { server, state }
     }
 
