@@ -150,6 +150,16 @@ pub fn copy_to(workspace: &Path, name: &str, dest: &Path) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a blob name"));
     }
     let bytes = fs::read(dir(workspace).join(name))?;
+    put(&bytes, dest)
+}
+
+/// Write `bytes` at `dest` (a path already confined to the workspace), unless a regular
+/// file there holds them already; under a temporary name first, so no reader sees half.
+pub fn put(bytes: &[u8], dest: &Path) -> io::Result<()> {
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     match fs::symlink_metadata(dest) {
         Ok(m) if m.is_file() && m.len() == bytes.len() as u64 && fs::read(dest)? == bytes => return Ok(()),
         _ => {}
@@ -159,7 +169,7 @@ pub fn copy_to(workspace: &Path, name: &str, dest: &Path) -> io::Result<()> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no folder"))?;
     fs::create_dir_all(folder)?;
     let tmp = folder.join(format!(".{name}.tmp"));
-    let written = fs::write(&tmp, &bytes).and_then(|()| fs::rename(&tmp, dest));
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, dest));
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -181,7 +191,7 @@ pub fn encode(bytes: &[u8]) -> String {
 }
 
 /// The SHA-256 of `bytes` in lowercase hex, by ring (which TLS links in anyway).
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 

@@ -6,7 +6,9 @@
 //! 1. start every server in the background at boot (the agent listens at once), with
 //!    `initialize`, `notifications/initialized` and `tools/list` (following
 //!    `nextCursor`); offer the tools as `SERVER_TOOL`;
-//! 2. carry out `tools/call`, joining text content and marking `isError` results;
+//! 2. carry out `tools/call`, joining text content and marking `isError` results; an
+//!    image a tool returns (a browser's screenshot) becomes a file of the workspace the
+//!    model can send on or look into, named by its content;
 //! 3. bound everything: a server that will not start, dies or stops answering gives a
 //!    clear tool error within its timeout, is killed (its whole process group) and is
 //!    started again on the next call; a cancel ends a call at once;
@@ -46,6 +48,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// `tools/list` pages followed at most.
 const MAX_PAGES: usize = 50;
+/// The workspace folder images returned by tools are kept in.
+const IMAGES: &str = "mcp";
 
 /// How to run one server (agent.json `mcp`, `.aegis/mcp.json` `servers`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -312,6 +316,46 @@ impl Server {
         )))
     }
 
+    /// Keep image `data` (base64) of type `mime` a tool returned as
+    /// `mcp/SERVER-HASH.EXT` in the workspace (resolved as every file tool's path); where.
+    fn save_image(&self, data: &str, mime: &str) -> Result<String, String> {
+        use base64::Engine;
+        if data.len() / 4 * 3 > crate::blobs::MAX_IMAGE {
+            return Err(format!(
+                "larger than {} MB",
+                crate::blobs::MAX_IMAGE / (1024 * 1024)
+            ));
+        }
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| format!("not base64: {e}"))?;
+        let ext = match crate::blobs::sniff(&bytes).unwrap_or(mime) {
+            "image/png" => "png",
+            "image/jpeg" => "jpg",
+            "image/gif" => "gif",
+            "image/webp" => "webp",
+            "image/svg+xml" => "svg",
+            _ => "img",
+        };
+        let server: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let hash = crate::blobs::sha256_hex(&bytes);
+        let rel = format!("{IMAGES}/{server}-{}.{ext}", &hash[..12]);
+        let ws = crate::tools::paths::Workspace::new(&self.workspace).map_err(|e| e.to_string())?;
+        let dest = ws.resolve(&rel).map_err(|e| e.to_string())?;
+        crate::blobs::put(&bytes, &dest).map_err(|e| format!("{rel}: {e}"))?;
+        Ok(rel)
+    }
+
     fn call_timeout(&self) -> Duration {
         self.config.timeout_secs.map_or(CALL_TIMEOUT, Duration::from_secs)
     }
@@ -468,7 +512,7 @@ impl Server {
             let c = conn.as_ref().expect("ensured");
             let stdio = matches!(c, Conn::Stdio(_));
             let e = match c.request("tools/call", &params, self.call_timeout(), cancel) {
-                Ok(result) => return Outcome::Done(call_text(&result)),
+                Ok(result) => return Outcome::Done(call_text(&result, &|d, t| self.save_image(d, t))),
                 Err(McpError::Cancelled) => return Outcome::Cancelled,
                 Err(McpError::SessionEnded) if attempt == 0 => {
                     // The server forgot the session (it restarted, or expired it), so the
@@ -542,12 +586,27 @@ fn read_loop(
     log::info!("MCP [{name}]: server exited");
 }
 
-/// The text the model sees for a `tools/call` result.
-fn call_text(result: &Value) -> String {
+/// Keeps an image a tool returned (base64 data, media type); where, in the workspace.
+type SaveImage<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;
+
+/// The text the model sees for a `tools/call` result; images go through `save`.
+fn call_text(result: &Value, save: &SaveImage) -> String {
     let mut parts: Vec<String> = Vec::new();
     for c in result["content"].as_array().into_iter().flatten() {
         match c["type"].as_str() {
             Some("text") => parts.push(c["text"].as_str().unwrap_or("").to_string()),
+            Some("image") => {
+                let mime = c["mimeType"].as_str().unwrap_or("image");
+                parts.push(match save(c["data"].as_str().unwrap_or(""), mime) {
+                    Ok(path) => format!("[{mime} image from the tool, saved in the workspace as {path}]"),
+                    Err(why) => format!("[{mime} image from the tool, not saved: {why}]"),
+                });
+            }
+            Some("resource_link") => parts.push(format!(
+                "[resource {}: {}]",
+                c["name"].as_str().unwrap_or("?"),
+                c["uri"].as_str().unwrap_or("?")
+            )),
             Some("resource") => parts.push(
                 c["resource"]["text"]
                     .as_str()
@@ -728,12 +787,22 @@ mod tests {
 
     #[test]
     fn call_results_join_text_and_mark_errors() {
-        let r = json!({"content": [{"type": "text", "text": "a"}, {"type": "image", "data": "x", "mimeType": "image/png"}, {"type": "text", "text": "b"}]});
-        assert_eq!(call_text(&r), "a\n[image content]\nb");
-        let r = json!({"content": [{"type": "text", "text": "no such city"}], "isError": true});
-        assert_eq!(call_text(&r), "error: no such city");
+        let saved = |data: &str, _: &str| match data {
+            "x" => Ok("mcp/s-0123.png".to_string()),
+            _ => Err("not base64".to_string()),
+        };
+        let r = json!({"content": [{"type": "text", "text": "a"}, {"type": "image", "data": "x", "mimeType": "image/png"},
+            {"type": "image", "data": "?", "mimeType": "image/jpeg"}, {"type": "audio", "data": "x"},
+            {"type": "resource_link", "uri": "file:///r.txt", "name": "r.txt"}, {"type": "text", "text": "b"}]});
         assert_eq!(
-            call_text(&json!({"content": [], "structuredContent": {"t": 1}})),
+            call_text(&r, &saved),
+            "a\n[image/png image from the tool, saved in the workspace as mcp/s-0123.png]\n\
+             [image/jpeg image from the tool, not saved: not base64]\n[audio content]\n[resource r.txt: file:///r.txt]\nb"
+        );
+        let r = json!({"content": [{"type": "text", "text": "no such city"}], "isError": true});
+        assert_eq!(call_text(&r, &saved), "error: no such city");
+        assert_eq!(
+            call_text(&json!({"content": [], "structuredContent": {"t": 1}}), &saved),
             "{\"t\":1}"
         );
     }

@@ -537,7 +537,8 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
             "fake_hang",
             "fake_crash",
             "fake_pid",
-            "fake_env"
+            "fake_env",
+            "fake_screenshot"
         ],
         "every page"
     );
@@ -560,6 +561,52 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
     let init = log.find("notifications/initialized").expect("initialized sent");
     assert!(init < log.find("tools/list").unwrap());
     assert!(log.contains("\"protocolVersion\":\"2025-06-18\""));
+}
+
+/// An image a tool returns (a browser's screenshot) is a file of the workspace the model can
+/// send on, named by its content; like every file tool's path, an `mcp` folder that leads
+/// out of the workspace gets nothing.
+#[test]
+fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
+    let ws = TempDir::new("tools-mcp-image");
+    let outside = TempDir::new("tools-mcp-image-outside");
+    write_agent_json(&ws, json!({"mcp": {"fake": {"command": bin("fake-mcp")}}}));
+    let shot = || Reply::sse(openai_tool_sse("", &[("c1", "fake_screenshot", "")], 100));
+    let llm = FakeLlm::scripted(vec![
+        shot(),
+        Reply::sse(openai_sse(&["one"])),
+        shot(),
+        Reply::sse(openai_sse(&["two"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("16", "show me", "m1"));
+    assert_eq!(done_text(&a.reply()), "one");
+    let said = tool_results(&llm.requests()[1])[0].1.clone();
+    let path = said
+        .strip_prefix("the screen:\n[image/png image from the tool, saved in the workspace as ")
+        .and_then(|p| p.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(path.starts_with("mcp/fake-") && path.ends_with(".png"), "{path}");
+    assert_eq!(
+        std::fs::read(ws.join(path)).unwrap(),
+        aegis_e2e::agent::MCP_SCREENSHOT
+    );
+
+    std::fs::remove_dir_all(ws.join("mcp")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), ws.join("mcp")).unwrap();
+    a.send(&message("16", "again", "m2"));
+    assert_eq!(done_text(&a.reply()), "two");
+    let said = tool_results(&llm.requests()[3]).last().unwrap().1.clone();
+    assert!(
+        said.contains("[image/png image from the tool, not saved: ")
+            && said.contains("outside the workspace"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "written outside"
+    );
 }
 
 /// agent.json and mcp.json are files the model can write: a server started from them must

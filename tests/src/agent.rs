@@ -10,6 +10,9 @@ use tether::Frame;
 use crate::harness::{collect_until_done, post_to_agent, FakeHarness};
 use crate::proc::{command, free_port, Proc};
 
+/// The image `fake-mcp`'s `screenshot` tool returns (base64 in an `image` content).
+pub const MCP_SCREENSHOT: &[u8] = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR a fake screenshot";
+
 /// How long a reply may take in a test.
 pub const T: Duration = Duration::from_secs(20);
 

@@ -6,7 +6,8 @@
 //! - `fail` → an `isError` result;
 //! - `hang` → never answers; `crash` → the process exits at once;
 //! - `pid` → its process id (so a test can see it was restarted);
-//! - `env {name}` → that environment variable's value, or `(unset)`.
+//! - `env {name}` → that environment variable's value, or `(unset)`;
+//! - `screenshot` → an `image` content (`aegis_e2e::agent::MCP_SCREENSHOT`) and a text.
 //!
 //! `FAKE_MCP_LOG=PATH` appends every received line to PATH; `FAKE_MCP_SLOW_START_MS`
 //! delays the answer to `initialize`.
@@ -23,6 +24,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("crash", "Exits the server"),
     ("pid", "The server's process id"),
     ("env", "An environment variable of the server"),
+    ("screenshot", "A picture of the screen"),
 ];
 
 fn main() {
@@ -97,6 +99,13 @@ fn main() {
                     )),
                     "fail" => Ok(text("this tool always fails", true)),
                     "pid" => Ok(text(&std::process::id().to_string(), false)),
+                    "screenshot" => {
+                        use base64::Engine;
+                        let data = base64::engine::general_purpose::STANDARD
+                            .encode(aegis_e2e::agent::MCP_SCREENSHOT);
+                        Ok(json!({"content": [{"type": "text", "text": "the screen:"},
+                            {"type": "image", "data": data, "mimeType": "image/png"}]}))
+                    }
                     "env" => {
                         let name = args["name"].as_str().unwrap_or("");
                         Ok(text(
