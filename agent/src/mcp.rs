@@ -12,7 +12,9 @@
 //! 3. bound everything: a server that will not start, dies or stops answering gives a
 //!    clear tool error within its timeout, is killed (its whole process group) and is
 //!    started again on the next call; a cancel ends a call at once;
-//! 4. answer the server's own requests (`ping`; anything else: method not found);
+//! 4. answer the server's own requests (`ping`; anything else: method not found), and
+//!    list the tools again before the next model request when the server says they
+//!    changed (`notifications/tools/list_changed`);
 //! 5. keep the agent's own keys from the servers: agent.json and mcp.json are files the
 //!    model can write, so a server is a command run on its behalf, as `bash` is.
 //!
@@ -48,6 +50,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// `tools/list` pages followed at most.
 const MAX_PAGES: usize = 50;
+/// The notification of a server whose tools changed.
+pub const TOOLS_CHANGED: &str = "notifications/tools/list_changed";
 /// The workspace folder images returned by tools are kept in.
 const IMAGES: &str = "mcp";
 
@@ -253,6 +257,8 @@ struct Server {
     /// Tools from the last successful `tools/list`, offered even while the server is down
     /// (a call starts it again).
     tools: Mutex<Vec<RemoteTool>>,
+    /// Set when the server said its tools changed: listed again before they are offered.
+    tools_changed: Arc<AtomicBool>,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
@@ -313,6 +319,7 @@ impl Server {
             &url,
             headers,
             self.call_timeout().max(START_TIMEOUT),
+            Arc::clone(&self.tools_changed),
         )))
     }
 
@@ -386,16 +393,17 @@ impl Server {
             correlator: Arc::new(Correlator::new()),
             alive: Arc::new(AtomicBool::new(true)),
         };
-        let (correlator, stdin, alive, name) = (
+        let (correlator, stdin, alive, name, changed) = (
             Arc::clone(&conn.correlator),
             Arc::clone(&conn.stdin),
             Arc::clone(&conn.alive),
             self.name.clone(),
+            Arc::clone(&self.tools_changed),
         );
         thread::Builder::new()
             .name("mcp-reader".into())
             .stack_size(128 * 1024)
-            .spawn(move || read_loop(&name, stdout, &correlator, &stdin, &alive))
+            .spawn(move || read_loop(&name, stdout, &correlator, &stdin, &alive, &changed))
             .map_err(McpError::Spawn)?;
         Ok(conn)
     }
@@ -429,7 +437,12 @@ impl Server {
             c.agreed(agreed);
         }
         conn.notify("notifications/initialized", &json!({}))?;
+        self.list_tools(conn)
+    }
 
+    /// `tools/list`, every page: the tools offered from now on.
+    fn list_tools(&self, conn: &Conn) -> Result<(), McpError> {
+        let none = never();
         let mut tools = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
@@ -557,6 +570,7 @@ fn read_loop(
     correlator: &Correlator,
     stdin: &Mutex<ChildStdin>,
     alive: &AtomicBool,
+    tools_changed: &AtomicBool,
 ) {
     for m in Messages::new(BufReader::new(stdout)) {
         match m {
@@ -578,7 +592,12 @@ fn read_loop(
                 let mut w = stdin.lock().expect("mcp stdin lock");
                 let _ = w.write_all(&reply.encode()).and_then(|()| w.flush());
             }
-            Message::Notification { method, .. } => log::debug!("MCP [{name}]: notification {method}"),
+            Message::Notification { method, .. } => {
+                log::debug!("MCP [{name}]: notification {method}");
+                if method == TOOLS_CHANGED {
+                    tools_changed.store(true, Ordering::SeqCst);
+                }
+            }
         }
     }
     alive.store(false, Ordering::SeqCst);
@@ -654,6 +673,7 @@ impl McpServers {
                     config,
                     workspace: workspace.to_path_buf(),
                     hidden_env: Arc::clone(&hidden_env),
+                    tools_changed: Arc::default(),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
@@ -701,6 +721,9 @@ impl McpServers {
             if !running && failed_long_ago {
                 start_in_background(s);
             }
+            if running && s.tools_changed.swap(false, Ordering::SeqCst) {
+                s.list_again();
+            }
             specs.extend(
                 s.tools
                     .lock()
@@ -727,6 +750,21 @@ impl McpServers {
             }
         }
         None
+    }
+}
+
+impl Server {
+    /// The tools listed again, unless a call holds the connection: then at the next turn.
+    fn list_again(&self) {
+        let Ok(conn) = self.conn.try_lock() else {
+            self.tools_changed.store(true, Ordering::SeqCst);
+            return;
+        };
+        if let Some(c) = conn.as_ref() {
+            if let Err(e) = self.list_tools(c) {
+                log::warn!("MCP [{}]: listing the changed tools failed: {e}", self.name);
+            }
+        }
     }
 }
 

@@ -55,12 +55,21 @@ struct Inner {
     next_id: AtomicU64,
     /// Cleared when the server forgot the session or could not be reached.
     alive: AtomicBool,
+    /// Set when the server says its tools changed.
+    tools_changed: Arc<AtomicBool>,
 }
 
 impl HttpConn {
     /// A connection to `url` with `headers`; `longest` bounds any one exchange (a call's
-    /// timeout), after which its thread gives up even when no one waits for it.
-    pub fn new(name: &str, url: &str, headers: Vec<(String, String)>, longest: Duration) -> HttpConn {
+    /// timeout), after which its thread gives up even when no one waits for it;
+    /// `tools_changed` is set when the server says its tools changed.
+    pub fn new(
+        name: &str,
+        url: &str,
+        headers: Vec<(String, String)>,
+        longest: Duration,
+        tools_changed: Arc<AtomicBool>,
+    ) -> HttpConn {
         HttpConn {
             inner: Arc::new(Inner {
                 name: name.to_string(),
@@ -71,6 +80,7 @@ impl HttpConn {
                 protocol: Mutex::new(None),
                 next_id: AtomicU64::new(1),
                 alive: AtomicBool::new(true),
+                tools_changed,
             }),
         }
     }
@@ -263,7 +273,10 @@ impl Inner {
                         id: asked, method, ..
                     } => self.answer(asked, &method),
                     Message::Notification { method, .. } => {
-                        log::debug!("MCP [{}]: notification {method}", self.name)
+                        log::debug!("MCP [{}]: notification {method}", self.name);
+                        if method == crate::mcp::TOOLS_CHANGED {
+                            self.tools_changed.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
             }

@@ -495,10 +495,11 @@ fn rounds(
         msg_id,
         system,
     } = r;
-    let specs: Vec<ToolSpec> = shared.tools.specs();
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for _ in 0..shared.max_rounds {
+        // Asked each round: a tool may have made an MCP server change its tools.
+        let specs: Vec<ToolSpec> = shared.tools.specs();
         let round_start = shown.len();
         let mut text = String::new();
         // A reasoning model's thoughts are streaming; they end where the text begins.

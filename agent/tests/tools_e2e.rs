@@ -538,7 +538,8 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
             "fake_crash",
             "fake_pid",
             "fake_env",
-            "fake_screenshot"
+            "fake_screenshot",
+            "fake_grow"
         ],
         "every page"
     );
@@ -561,6 +562,31 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
     let init = log.find("notifications/initialized").expect("initialized sent");
     assert!(init < log.find("tools/list").unwrap());
     assert!(log.contains("\"protocolVersion\":\"2025-06-18\""));
+}
+
+/// A server whose tools change says so; the next model request offers the new list.
+#[test]
+fn tools_a_server_adds_are_offered_from_the_next_round() {
+    let ws = TempDir::new("tools-mcp-grow");
+    write_agent_json(&ws, json!({"mcp": {"fake": {"command": bin("fake-mcp")}}}));
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("c1", "fake_grow", "")], 100)),
+        Reply::sse(openai_tool_sse("", &[("c2", "fake_extra", "")], 100)),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("17", "grow", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    assert!(!offered_tools(&reqs[0]).contains(&"fake_extra".to_string()));
+    assert!(
+        offered_tools(&reqs[1]).contains(&"fake_extra".to_string()),
+        "{:?}",
+        offered_tools(&reqs[1])
+    );
+    let r = tool_results(&reqs[2]);
+    assert_eq!(r[0].1, "grown");
+    assert_eq!(r[1].1, "extra ran");
 }
 
 /// An image a tool returns (a browser's screenshot) is a file of the workspace the model can

@@ -7,7 +7,9 @@
 //! - `hang` → never answers; `crash` → the process exits at once;
 //! - `pid` → its process id (so a test can see it was restarted);
 //! - `env {name}` → that environment variable's value, or `(unset)`;
-//! - `screenshot` → an `image` content (`aegis_e2e::agent::MCP_SCREENSHOT`) and a text.
+//! - `screenshot` → an `image` content (`aegis_e2e::agent::MCP_SCREENSHOT`) and a text;
+//! - `grow` → adds the tool `extra` (→ `extra ran`) and says so with
+//!   `notifications/tools/list_changed` before answering.
 //!
 //! `FAKE_MCP_LOG=PATH` appends every received line to PATH; `FAKE_MCP_SLOW_START_MS`
 //! delays the answer to `initialize`.
@@ -25,7 +27,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("pid", "The server's process id"),
     ("env", "An environment variable of the server"),
     ("screenshot", "A picture of the screen"),
+    ("grow", "Adds a tool"),
 ];
+const EXTRA: (&str, &str) = ("extra", "Added by grow");
 
 fn main() {
     let log_path = std::env::var("FAKE_MCP_LOG").ok();
@@ -36,6 +40,7 @@ fn main() {
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut initialized = false;
+    let mut grown = false;
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if let Some(p) = &log_path {
@@ -77,14 +82,15 @@ fn main() {
                     .as_str()
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
-                let page: Vec<Value> = TOOLS
+                let tools: Vec<(&str, &str)> = TOOLS.iter().copied().chain(grown.then_some(EXTRA)).collect();
+                let page: Vec<Value> = tools
                     .iter()
                     .skip(start)
                     .take(2)
                     .map(|(name, d)| json!({"name": name, "description": d, "inputSchema": {"type": "object", "properties": {}}}))
                     .collect();
                 let mut r = json!({"tools": page});
-                if start + 2 < TOOLS.len() {
+                if start + 2 < tools.len() {
                     r["nextCursor"] = json!((start + 2).to_string());
                 }
                 Ok(r)
@@ -99,6 +105,15 @@ fn main() {
                     )),
                     "fail" => Ok(text("this tool always fails", true)),
                     "pid" => Ok(text(&std::process::id().to_string(), false)),
+                    "grow" => {
+                        grown = true;
+                        reply(
+                            &mut out,
+                            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+                        );
+                        Ok(text("grown", false))
+                    }
+                    "extra" if grown => Ok(text("extra ran", false)),
                     "screenshot" => {
                         use base64::Engine;
                         let data = base64::engine::general_purpose::STANDARD
