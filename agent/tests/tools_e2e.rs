@@ -564,29 +564,37 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
     assert!(log.contains("\"protocolVersion\":\"2025-06-18\""));
 }
 
-/// A server whose tools change says so; the next model request offers the new list.
+/// A server whose tools change says so (a stdio server on its output, a remote one on the
+/// call's stream); the next model request offers the new list.
 #[test]
 fn tools_a_server_adds_are_offered_from_the_next_round() {
-    let ws = TempDir::new("tools-mcp-grow");
-    write_agent_json(&ws, json!({"mcp": {"fake": {"command": bin("fake-mcp")}}}));
-    let llm = FakeLlm::scripted(vec![
-        Reply::sse(openai_tool_sse("", &[("c1", "fake_grow", "")], 100)),
-        Reply::sse(openai_tool_sse("", &[("c2", "fake_extra", "")], 100)),
-        Reply::sse(openai_sse(&["done"])),
-    ]);
-    let a = agent(&ws, &openai(&llm));
-    a.send(&message("17", "grow", "m1"));
-    assert_eq!(done_text(&a.reply()), "done");
-    let reqs = llm.requests();
-    assert!(!offered_tools(&reqs[0]).contains(&"fake_extra".to_string()));
-    assert!(
-        offered_tools(&reqs[1]).contains(&"fake_extra".to_string()),
-        "{:?}",
-        offered_tools(&reqs[1])
-    );
-    let r = tool_results(&reqs[2]);
-    assert_eq!(r[0].1, "grown");
-    assert_eq!(r[1].1, "extra ran");
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start(None);
+    for (server, entry) in [
+        ("fake", json!({"command": bin("fake-mcp")})),
+        ("remote", json!({"url": remote.url()})),
+    ] {
+        let ws = TempDir::new("tools-mcp-grow");
+        write_agent_json(&ws, json!({"mcp": {server: entry}}));
+        let (grow, extra) = (format!("{server}_grow"), format!("{server}_extra"));
+        let llm = FakeLlm::scripted(vec![
+            Reply::sse(openai_tool_sse("", &[("c1", &grow, "")], 100)),
+            Reply::sse(openai_tool_sse("", &[("c2", &extra, "")], 100)),
+            Reply::sse(openai_sse(&["done"])),
+        ]);
+        let a = agent(&ws, &openai(&llm));
+        a.send(&message("17", "grow", "m1"));
+        assert_eq!(done_text(&a.reply()), "done");
+        let reqs = llm.requests();
+        assert!(!offered_tools(&reqs[0]).contains(&extra), "{server}");
+        assert!(
+            offered_tools(&reqs[1]).contains(&extra),
+            "{server}: {:?}",
+            offered_tools(&reqs[1])
+        );
+        let r = tool_results(&reqs[2]);
+        assert_eq!(r[0].1, "grown");
+        assert_eq!(r[1].1, "extra ran", "{server}");
+    }
 }
 
 /// An image a tool returns (a browser's screenshot) is a file of the workspace the model can
@@ -712,7 +720,8 @@ fn a_remote_mcp_server_keeps_its_session_and_gets_a_new_one_when_it_forgets() {
             "remote_add",
             "remote_ask_ping",
             "remote_hang",
-            "remote_cut"
+            "remote_cut",
+            "remote_grow"
         ]
     );
     let r: Vec<String> = tool_results(&reqs[3]).into_iter().map(|(_, t)| t).collect();

@@ -9,7 +9,8 @@
 //! Tools: `echo {text}` (answered in an SSE stream, after a log notification), `add {a, b}`
 //! (answered as plain JSON), `ask_ping` (the server pings the client on the stream and
 //! says whether the answer came), `hang` (a stream that never answers), `cut` (a stream
-//! cut before the answer).
+//! cut before the answer), `grow` (adds the tool `extra`, saying so on the stream with
+//! `notifications/tools/list_changed` before the answer).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
@@ -46,6 +47,8 @@ struct State {
     next_session: u32,
     /// Ids of the client's answers to our pings.
     pongs: HashSet<String>,
+    /// `grow` was called: `extra` is listed.
+    grown: bool,
 }
 
 /// The stand-in.
@@ -54,12 +57,13 @@ pub struct FakeMcpHttp {
     state: Arc<(Mutex<State>, Condvar)>,
 }
 
-const TOOLS: [(&str, &str); 5] = [
+const TOOLS: [(&str, &str); 6] = [
     ("echo", "Echo the text back"),
     ("add", "Add two numbers"),
     ("ask_ping", "Pings the client first"),
     ("hang", "Never answers"),
     ("cut", "Cuts the stream"),
+    ("grow", "Adds a tool"),
 ];
 
 fn rpc_error(resp: Responder, status: u16, code: i64, message: &str) {
@@ -228,8 +232,10 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
     }
     match what.as_str() {
         "tools/list" => {
+            let grown = state.0.lock().unwrap().grown;
             let tools: Vec<Value> = TOOLS
                 .iter()
+                .chain(grown.then_some(&("extra", "Added by grow")))
                 .map(|(n, d)| json!({"name": n, "description": d, "inputSchema": {"type": "object", "properties": {}}}))
                 .collect();
             resp.json(200, &answer(json!({"tools": tools})))
@@ -285,6 +291,17 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
                         }
                         std::thread::sleep(Duration::from_millis(100));
                     }
+                }
+                "grow" => {
+                    state.0.lock().unwrap().grown = true;
+                    let mut s = resp.start_chunked_with(200, &headers);
+                    let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+                    s.chunk(&sse_event(&note));
+                    s.chunk(&sse_event(&answer(text("grown".to_string()))));
+                    s.finish();
+                }
+                "extra" if state.0.lock().unwrap().grown => {
+                    resp.json(200, &answer(text("extra ran".to_string())))
                 }
                 "cut" => {
                     let mut s = resp.start_chunked_with(200, &headers);
