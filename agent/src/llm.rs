@@ -274,10 +274,8 @@ pub struct Llm {
     /// many compatible servers know only `max_tokens`: OpenAI's own API gets the new name
     /// from the start, any other server once it has refused the old one.
     completion_tokens: Arc<AtomicBool>,
-    /// The model used instead of a retired default (`successor`), once chosen; asked
-    /// for once per process.
-    successor: Arc<std::sync::Mutex<Option<String>>>,
-    successor_sought: Arc<AtomicBool>,
+    /// The model used instead of a retired default, once chosen.
+    successor: crate::successor::Successor,
     /// Anthropic dialect: thinking goes as `{"type": "adaptive"}` although a budget is
     /// configured. The newest Claude models refuse the budget form with a 400; a budget
     /// is kept for those that know only it, until the model refuses it once.
@@ -380,8 +378,7 @@ impl Llm {
             transport,
             completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
             adaptive: Arc::new(AtomicBool::new(false)),
-            successor: Arc::default(),
-            successor_sought: Arc::default(),
+            successor: Default::default(),
         }
     }
 
@@ -414,8 +411,7 @@ impl Llm {
 
     /// The model requests name: the configured one, or its successor.
     fn model(&self) -> String {
-        let successor = self.successor.lock().unwrap_or_else(|e| e.into_inner());
-        successor.clone().unwrap_or_else(|| self.provider.model.clone())
+        self.successor.model(&self.provider.model)
     }
 
     /// When the agent's default model is gone, the model to ask instead (at most one
@@ -424,21 +420,20 @@ impl Llm {
         let Transport::Http(agent) = &self.transport else {
             return None;
         };
-        if !self.provider.default_model
-            || !crate::successor::model_gone(err)
-            || self.successor_sought.swap(true, Ordering::Relaxed)
-        {
+        if !self.provider.default_model || !crate::successor::model_gone(err) {
             return None;
         }
         let gone = self.model();
-        match crate::successor::find(agent, &self.provider) {
+        match self
+            .successor
+            .seek(|| crate::successor::find(agent, &self.provider))?
+        {
             Ok(next) => {
                 log::warn!(
                     "model {gone} is gone ({}); using {next}, the newest of its kind this key can use \
                      (set AEGIS_MODEL or agent.json model to choose)",
                     err.detail
                 );
-                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
                 Some(next)
             }
             Err(e) => {
@@ -1156,10 +1151,7 @@ fn with_adaptive_thinking(body: &serde_json::Value, err: &LlmError) -> Option<se
 }
 
 fn status_error(status: u16, body: &str) -> LlmError {
-    let detail = serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    let detail = tether::http::error_words(body);
     let detail = if detail.is_empty() {
         format!("HTTP {status}")
     } else {

@@ -203,6 +203,18 @@ impl StdioConn {
     }
 }
 
+/// `name` with every character but ASCII letters, digits, `_` and `-` made `_`: fit for a
+/// tool name and a file name.
+fn plain(name: &str) -> impl Iterator<Item = char> + '_ {
+    name.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+            c
+        } else {
+            '_'
+        }
+    })
+}
+
 fn msg_id(msg: &Message) -> Value {
     match msg {
         Message::Request { id, .. } => id.clone(),
@@ -336,25 +348,12 @@ impl Server {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data.trim())
             .map_err(|e| format!("not base64: {e}"))?;
-        let ext = match crate::blobs::sniff(&bytes).unwrap_or(mime) {
-            "image/png" => "png",
-            "image/jpeg" => "jpg",
-            "image/gif" => "gif",
-            "image/webp" => "webp",
-            "image/svg+xml" => "svg",
-            _ => "img",
+        let ext = match crate::blobs::sniff(&bytes) {
+            Some(t) => crate::blobs::extension(t),
+            None if mime == "image/svg+xml" => "svg",
+            None => "img",
         };
-        let server: String = self
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let server: String = plain(&self.name).collect();
         let hash = crate::blobs::sha256_hex(&bytes);
         let rel = format!("{IMAGES}/{server}-{}.{ext}", &hash[..12]);
         let ws = crate::tools::paths::Workspace::new(&self.workspace).map_err(|e| e.to_string())?;
@@ -470,17 +469,7 @@ impl Server {
 
     fn remote_tool(&self, t: &Value) -> Option<RemoteTool> {
         let remote = t["name"].as_str()?.to_string();
-        let exposed: String = format!("{}_{}", self.name, remote)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
+        let exposed: String = plain(&format!("{}_{}", self.name, remote)).take(64).collect();
         let schema = match &t["inputSchema"] {
             s @ Value::Object(_) => s.clone(),
             _ => json!({"type": "object", "properties": {}}),

@@ -198,7 +198,7 @@ impl Inner {
             self.alive.store(false, Ordering::SeqCst);
             return McpError::SessionEnded;
         }
-        McpError::Http(status, refusal_detail(&tether::http::error_text(resp)))
+        McpError::Http(status, tether::http::error_words(&tether::http::error_text(resp)))
     }
 
     /// A message that expects no answer (a notification, our answer to the server).
@@ -328,16 +328,6 @@ fn outcome_value(
     serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string()))
 }
 
-/// What a refusal's body says: the JSON-RPC error's message servers put there, else the
-/// start of the text.
-fn refusal_detail(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_default();
-    v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body.trim().chars().take(200).collect())
-}
-
 /// `text` with each `${NAME}` replaced by that environment variable (`var`), and
 /// `${NAME:-default}` by `default` where it is unset or empty. A variable of `hidden` (the
 /// agent's own keys) is refused: agent.json and mcp.json are files the model can write,
@@ -421,8 +411,11 @@ mod tests {
     #[test]
     fn a_refusal_is_told_in_the_servers_words() {
         let body = r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null}"#;
-        assert_eq!(refusal_detail(body), "Bad Request: No valid session ID provided");
-        assert_eq!(refusal_detail("  Unauthorized\n"), "Unauthorized");
+        assert_eq!(
+            tether::http::error_words(body),
+            "Bad Request: No valid session ID provided"
+        );
+        assert_eq!(tether::http::error_words("  Unauthorized\n"), "Unauthorized");
     }
 
     proptest! {

@@ -8,9 +8,40 @@
 //! is never replaced: that 404 reaches them, with a hint. The same goes for the default
 //! image model (`image_generate`) and speech-to-text model (voice messages).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use serde_json::Value;
 
 use crate::llm::{ErrorKind, LlmError, Provider, ProviderKind};
+
+/// The model chosen in place of a retired default, sought at most once per process: a
+/// server that lists nothing better is not asked again with each message. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Successor {
+    chosen: Arc<Mutex<Option<String>>>,
+    sought: Arc<AtomicBool>,
+}
+
+impl Successor {
+    /// The model to ask for: `configured`, or the one chosen in its place.
+    pub fn model(&self, configured: &str) -> String {
+        let chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        chosen.clone().unwrap_or_else(|| configured.to_string())
+    }
+
+    /// The first time only: what `find` picks, kept for [`Successor::model`] when found.
+    pub fn seek(&self, find: impl FnOnce() -> Result<String, String>) -> Option<Result<String, String>> {
+        if self.sought.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let found = find();
+        if let Ok(next) = &found {
+            *self.chosen.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
+        }
+        Some(found)
+    }
+}
 
 /// Largest model list read.
 const MAX_LIST: u64 = 1024 * 1024;
@@ -23,6 +54,12 @@ pub fn model_gone(err: &LlmError) -> bool {
     err.kind == ErrorKind::Request
         && err.detail.starts_with("HTTP 404")
         && err.detail.to_ascii_lowercase().contains("model")
+}
+
+/// Whether an API's refusal (`status`, its body `text`) says the requested model does not
+/// exist: OpenAI's 404 `model_not_found` for an image or speech-to-text model.
+pub fn refused_as_gone(status: u16, text: &str) -> bool {
+    status == 404 && text.to_ascii_lowercase().contains("model")
 }
 
 /// The model to use instead of `p.model`, asked of the server with `agent`.

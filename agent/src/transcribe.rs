@@ -10,12 +10,9 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use serde_json::Value;
 use ureq::unversioned::multipart::{Form, Part};
 
 use crate::tools::paths::Workspace;
@@ -57,8 +54,7 @@ pub struct Transcriber {
     /// the newest speech-to-text model it lists is used instead (`successor`), sought
     /// once per run.
     default_model: bool,
-    successor: Arc<Mutex<Option<String>>>,
-    successor_sought: Arc<AtomicBool>,
+    successor: crate::successor::Successor,
 }
 
 impl fmt::Debug for Transcriber {
@@ -99,8 +95,7 @@ impl Voice {
                 base,
                 model: c.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string()),
                 default_model: c.model.is_none(),
-                successor: Arc::default(),
-                successor_sought: Arc::default(),
+                successor: Default::default(),
             })
         };
         match (keyed, base_set) {
@@ -169,29 +164,29 @@ fn recording(workspace: &Path, a: &tether::frame::Audio) -> Result<Vec<u8>, Stri
 impl Transcriber {
     /// The model asked for: the configured one, or its successor.
     fn model(&self) -> String {
-        let successor = self.successor.lock().unwrap_or_else(|e| e.into_inner());
-        successor.clone().unwrap_or_else(|| self.model.clone())
+        self.successor.model(&self.model)
     }
 
     /// When the default model is gone (the server's 404 `text` names a model), whether
     /// a successor was found, once per run: OpenAI shuts models down, and an agent left
     /// running would otherwise write down no voice message again.
     fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, text: &str) -> bool {
-        let gone = status == 404 && text.to_ascii_lowercase().contains("model");
-        if !self.default_model || !gone || self.successor_sought.swap(true, Ordering::Relaxed) {
+        if !self.default_model || !crate::successor::refused_as_gone(status, text) {
             return false;
         }
         let current = self.model();
-        match crate::successor::find_transcribe_model(agent, &self.base, self.key.as_deref(), &current) {
-            Ok(next) => {
+        let find =
+            || crate::successor::find_transcribe_model(agent, &self.base, self.key.as_deref(), &current);
+        match self.successor.seek(find) {
+            Some(Ok(next)) => {
                 log::warn!("speech-to-text model {current} is gone; using {next}");
-                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
                 true
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 log::warn!("speech-to-text model {current} is gone, and no other was found: {e}");
                 false
             }
+            None => false,
         }
     }
 
@@ -268,11 +263,7 @@ fn file_name(media_type: &str) -> &'static str {
 
 /// A refusal for the model, in the API's words where it gave them.
 fn status_error(status: u16, body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_default();
-    let detail = v["error"]["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body.trim().chars().take(200).collect());
+    let detail = tether::http::error_words(body);
     let what = match status {
         401 | 403 => "the speech-to-text API rejected the key",
         429 if body.contains("insufficient_quota") => "the OpenAI account has no quota left",
@@ -327,8 +318,7 @@ mod tests {
             base: "http://127.0.0.1:9/v1".into(),
             model: DEFAULT_MODEL.into(),
             default_model: true,
-            successor: Arc::default(),
-            successor_sought: Arc::default(),
+            successor: Default::default(),
         });
         let tmp = crate::testutil::TempDir::new("transcribe-paths");
         assert_eq!(

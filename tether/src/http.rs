@@ -123,6 +123,15 @@ pub fn error_text(resp: ureq::http::Response<ureq::Body>) -> String {
         .unwrap_or_default()
 }
 
+/// What an error body (see [`error_text`]) says: the `error.message` OpenAI, Anthropic and
+/// JSON-RPC servers put there, else its first 200 characters.
+pub fn error_words(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.trim().chars().take(200).collect())
+}
+
 /// Whether `url`'s host is `localhost` or a loopback address (`127.0.0.0/8`, `::1`).
 pub fn is_loopback(url: &str) -> bool {
     let Ok(uri) = url.trim().parse::<ureq::http::Uri>() else {

@@ -12,8 +12,6 @@
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -50,8 +48,7 @@ pub struct ImageGen {
     /// `model` is the default, not agent.json's: when the API no longer has it, the
     /// newest image model it lists is used instead (`successor`), sought once.
     default_model: bool,
-    successor: Arc<Mutex<Option<String>>>,
-    successor_sought: Arc<AtomicBool>,
+    successor: crate::successor::Successor,
 }
 
 impl fmt::Debug for ImageGen {
@@ -96,29 +93,26 @@ impl ImageGen {
             base,
             model: model.unwrap_or(DEFAULT_MODEL).to_string(),
             default_model: model.is_none(),
-            successor: Arc::default(),
-            successor_sought: Arc::default(),
+            successor: Default::default(),
         })
     }
 
     /// The model asked for: the configured one, or its successor.
     fn model(&self) -> String {
-        let successor = self.successor.lock().unwrap_or_else(|e| e.into_inner());
-        successor.clone().unwrap_or_else(|| self.model.clone())
+        self.successor.model(&self.model)
     }
 
     /// When the default model is gone (`refusal` is the API's 404), the one to use
     /// instead, found once.
     fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, refusal: &str) -> Option<String> {
-        let gone = status == 404 && refusal.to_ascii_lowercase().contains("model");
-        if !self.default_model || !gone || self.successor_sought.swap(true, Ordering::Relaxed) {
+        if !self.default_model || !crate::successor::refused_as_gone(status, refusal) {
             return None;
         }
         let current = self.model();
-        match crate::successor::find_image_model(agent, &self.base, &self.key, &current) {
+        let find = || crate::successor::find_image_model(agent, &self.base, &self.key, &current);
+        match self.successor.seek(find)? {
             Ok(next) => {
                 log::warn!("image model {current} is gone ({refusal}); using {next}");
-                *self.successor.lock().unwrap_or_else(|e| e.into_inner()) = Some(next.clone());
                 Some(next)
             }
             Err(e) => {
@@ -340,12 +334,8 @@ fn quota_used_up(body: &str) -> bool {
 /// A refusal, in OpenAI's words (`error.message`) when it gave them.
 fn status_error(status: u16, body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_default();
-    let e = &v["error"];
-    let detail = e["message"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| body.trim().chars().take(200).collect());
-    let code = e["code"].as_str().unwrap_or("");
+    let detail = tether::http::error_words(body);
+    let code = v["error"]["code"].as_str().unwrap_or("");
     let what = match status {
         401 | 403 => "the image API rejected the key",
         400 if matches!(code, "moderation_blocked" | "content_policy_violation") => {
@@ -371,8 +361,7 @@ mod tests {
             base: DEFAULT_BASE.into(),
             model: model.into(),
             default_model: false,
-            successor: Arc::default(),
-            successor_sought: Arc::default(),
+            successor: Default::default(),
         }
     }
 
