@@ -1,13 +1,14 @@
 //! One bot's thread pipeline:
 //!
 //! ```text
-//! poller (getUpdates) ──frames──▶ aegisd            aegisd ──egress stream──▶ stream thread
-//!        │ user message                                                         │ frames
-//!        ▼                                                                      ▼
-//!     renderer (owns every chat's reply state, throttle, typing) ◀──────────────┘
-//!        │ actions                          ▲ message ids
-//!        ▼                                  │
-//!     sender (serialises Bot API calls, honours retry_after) ───┘
+//! poller (getUpdates, journal) ──units──▶ chat threads ──frames──▶ aegisd ──egress──▶ stream thread
+//!                                         (each chat in order)                          │ frames
+//!                                               │ user message                          ▼
+//!                                               └──────▶ renderer (every chat's reply state,
+//!                                                        throttle, typing) ◀────────────┘
+//!                                                  actions │      ▲ message ids
+//!                                                          ▼      │
+//!                                      sender (serialises Bot API calls, honours retry_after)
 //! ```
 
 use std::path::Path;
@@ -19,6 +20,8 @@ use crossbeam_channel::{select, unbounded, Receiver, Sender};
 use tether::{AegisClient, Frame};
 
 use crate::config::BotConfig;
+use crate::ingress::Ingress;
+use crate::journal::Journal;
 use crate::poller::Poller;
 use crate::render::{Action, DraftsRefused, Renderer, ReplyKey, Snapshot};
 use crate::state;
@@ -101,17 +104,17 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         .name("egress".into())
         .spawn(move || stream_loop(&a2, &inst, cursor, &ev, ws))?;
 
-    let poller = Poller {
+    let ingress = Ingress {
         bot,
         tg,
         aegis,
         events: events_tx,
         actions: actions_tx,
-        state_path: dir.join("poll.json"),
-        username: None,
+        username: std::sync::OnceLock::new(),
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
         workspace,
     };
+    let poller = Poller::new(ingress, Journal::open(dir.join("poll.json")));
     thread::Builder::new()
         .name("poller".into())
         .spawn(move || poller.run())?;

@@ -3,6 +3,7 @@
 
 mod annotate;
 mod bot;
+mod chat_queues;
 mod config;
 mod cron;
 mod documents;
@@ -10,6 +11,8 @@ mod exec;
 mod exec_record;
 mod images;
 mod inbox;
+mod ingress;
+mod journal;
 mod lifecycle;
 mod markdown;
 mod poller;

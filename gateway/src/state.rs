@@ -1,7 +1,7 @@
 //! What the gateway remembers across restarts, per bot, under
-//! `~/.aegis/gateway/{bot id}/`: `poll.json` (the next `getUpdates` offset, each chat's
-//! session number, who is in `/exec` mode and the groups that became supergroups,
-//! written by the poller) and `render.json` (the egress cursor and
+//! `~/.aegis/gateway/{bot id}/`: `poll.json` (the next `getUpdates` offset, the updates
+//! read but not handled yet, each chat's session number, who is in `/exec` mode and the
+//! groups that became supergroups, written through the poller's journal) and `render.json` (the egress cursor and
 //! the replies in progress, written by the renderer). Each file has one writer and is
 //! replaced atomically, so a crash leaves either the old or the new version.
 
@@ -16,8 +16,12 @@ use serde::{Deserialize, Serialize};
 /// The poller's state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PollState {
-    /// Next `getUpdates` offset (last handled `update_id` + 1).
+    /// Next `getUpdates` offset: every update before it is handled or in `pending`.
     pub offset: i64,
+    /// What was read from Telegram and is not handled yet, in the order read: each entry
+    /// the updates handled as one (a message, or an album's photos), as Telegram sent them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Vec<serde_json::Value>>,
     /// Session number per chat; `/new` increments it.
     #[serde(default)]
     pub sessions: BTreeMap<i64, u32>,
@@ -61,6 +65,43 @@ impl PollState {
             Some(t) => self.topics.entry(format!("{chat}:t{t}")).or_insert(0),
         };
         *n += 1;
+    }
+}
+
+/// What handling a message changed, saved in the same write that marks it handled (so a
+/// crash never applies it twice, nor the message's notice without it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// `/exec`: (chat, user) now runs commands.
+    EnterExec(i64, i64),
+    /// `/exit`, or a user no longer in `exec_users`: (chat, user) talks to the agent again.
+    LeaveExec(i64, i64),
+    /// `/new` in (chat, topic).
+    NewSession(i64, Option<i64>),
+    /// Group `old` became the supergroup `new`.
+    Migrated {
+        /// The group's id.
+        old: i64,
+        /// The supergroup's id.
+        new: i64,
+    },
+}
+
+impl PollState {
+    /// Apply what handling a message changed.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::EnterExec(chat, user) => {
+                self.exec.insert((chat, user));
+            }
+            Change::LeaveExec(chat, user) => {
+                self.exec.remove(&(chat, user));
+            }
+            Change::NewSession(chat, topic) => self.new_session(chat, topic),
+            Change::Migrated { old, new } => {
+                self.migrated.insert(new, old);
+            }
+        }
     }
 }
 

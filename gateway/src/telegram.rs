@@ -19,6 +19,10 @@ pub struct Update {
     /// A new message (other update kinds are not requested).
     #[serde(default)]
     pub message: Option<Message>,
+    /// The update as Telegram sent it, for the poller's journal: what is written there is
+    /// read back by the next run as it came, fields we do not know included.
+    #[serde(skip)]
+    pub raw: Value,
 }
 
 /// A message.
@@ -267,7 +271,10 @@ pub fn parse_updates(result: &Value) -> (Vec<Update>, Vec<i64>) {
     let mut skipped = Vec::new();
     for item in result.as_array().into_iter().flatten() {
         match serde_json::from_value::<Update>(item.clone()) {
-            Ok(u) => ok.push(u),
+            Ok(mut u) => {
+                u.raw = item.clone();
+                ok.push(u);
+            }
             Err(_) => {
                 if let Some(id) = item.get("update_id").and_then(Value::as_i64) {
                     skipped.push(id);
@@ -635,6 +642,7 @@ mod tests {
         );
         assert!(ok[1].message.is_none());
         assert_eq!(skipped, vec![3]);
+        assert_eq!(ok[1].raw, v[1], "kept whole, the field we do not read too");
     }
 
     #[test]

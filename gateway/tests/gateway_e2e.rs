@@ -1292,6 +1292,95 @@ fn a_voice_message_is_written_down_for_the_model() {
 }
 
 #[test]
+fn a_file_downloading_in_one_chat_holds_no_other_and_a_crash_loses_nothing() {
+    let mut s = stack("gw-chats-side-by-side", FakeLlm::echo_openai());
+    let other = 5151;
+    let asked = |s: &Stack| -> Vec<String> {
+        s.llm
+            .requests()
+            .iter()
+            .map(|r| {
+                aegis_e2e::llm::last_content(r)
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    // A large file on a slow line: its download does not end until released.
+    s.telegram.hold_downloads(true);
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "report.pdf",
+        "application/pdf",
+        b"%PDF-1.7 body",
+        Some("read this"),
+    );
+    s.telegram.wait_downloads(1, T);
+    s.telegram.push_text(other, 8, "Bo", "hello");
+    s.telegram.wait_chat(other, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [Bo]: hello")
+    });
+    assert!(
+        s.telegram.messages(CHAT).is_empty(),
+        "the file's chat still waits for it"
+    );
+
+    // The gateway dies mid-download, after Telegram was told to forget the file's
+    // message (it has read past it): the message is not lost. (Not in the instant
+    // between Telegram creating the other chat's reply and the gateway recording its id,
+    // which no client can close: see gateway_kill_mid_reply_neither_loses_nor_duplicates.)
+    std::thread::sleep(Duration::from_millis(300));
+    s.gateway.as_mut().unwrap().kill9();
+    let later = s.telegram.push_text(CHAT, 7, "Pat", "and this?");
+    s.start_gateway();
+    s.telegram.wait_downloads(2, T);
+    // "and this?" was read (the gateway asked past it), and waits behind the file in
+    // its chat.
+    let deadline = std::time::Instant::now() + T;
+    while !s
+        .telegram
+        .calls_of("getUpdates")
+        .iter()
+        .any(|c| c.body["offset"].as_i64() > Some(later))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted gateway never read on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        asked(&s),
+        ["[Bo]: hello"],
+        "nothing overtook the file in its chat"
+    );
+
+    s.telegram.hold_downloads(false);
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    assert_eq!(
+        asked(&s),
+        [
+            "[Bo]: hello",
+            "[Pat]: read this\n\n[file report.pdf (application/pdf, 1 KB) saved in the workspace as inbox/report.pdf]",
+            "[Pat]: and this?",
+        ],
+        "each message reached the model once, in its chat's order"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        s.telegram.messages(other).len(),
+        1,
+        "the other chat was not answered again"
+    );
+    assert_eq!(s.telegram.messages(CHAT).len(), 2);
+    let inbox = s.instance_dir().join("workspace/inbox");
+    assert_eq!(std::fs::read(inbox.join("report.pdf")).unwrap(), b"%PDF-1.7 body");
+}
+
+#[test]
 fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_workspace() {
     let s = stack("gw-photo-limits", FakeLlm::echo_openai());
     s.telegram.push_photo(CHAT, 7, &[jpeg(800 * 1024, 1)], None);

@@ -5,7 +5,9 @@
 //! `sendMessage` reaching Telegram, next to the same path ending at a plain stream
 //! reader instead of the gateway: the difference is what the gateway adds. Then files:
 //! a 20 MB file sent to the bot until it is in the workspace's inbox, and a 50 MB file
-//! a reply sends until Telegram has it, each with the gateway's peak RSS after.
+//! a reply sends until Telegram has it, each with the gateway's peak RSS after. Last,
+//! chats side by side: how long a text in one chat waits while a file on a slow line
+//! (held 1.5 s) downloads in another.
 
 use std::time::{Duration, Instant};
 
@@ -193,4 +195,64 @@ fn main() {
     );
     assert_eq!(tg.documents(777)[0].1.len(), big.len());
     hwm("after sending it");
+
+    // Chats side by side: the text's typing indicator (sent as the message is delivered),
+    // with nothing else going on, then against a download held for 1.5 s in another chat.
+    let mut alone = Vec::new();
+    for round in 0..5 {
+        let chat = 950 + round;
+        alone.push(until_typing(
+            &tg,
+            chat,
+            || _ = tg.push_text(chat, 1, "Bo", "hi"),
+            || (),
+        ));
+    }
+    stats("text, nothing else going on -> typing", "ms", alone);
+    let mut waited = Vec::new();
+    for round in 0..5 {
+        tg.hold_downloads(true);
+        tg.push_file(
+            800 + round,
+            1,
+            "slow.bin",
+            "application/octet-stream",
+            &[7; 4096],
+            None,
+        );
+        tg.wait_downloads(2 + round as usize, Duration::from_secs(10));
+        let release = Instant::now() + Duration::from_millis(1500);
+        let chat = 900 + round;
+        waited.push(until_typing(
+            &tg,
+            chat,
+            || _ = tg.push_text(chat, 1, "Bo", "hi"),
+            || {
+                if Instant::now() >= release {
+                    tg.hold_downloads(false);
+                }
+            },
+        ));
+        tg.hold_downloads(false);
+    }
+    stats("text while a download is held 1.5 s -> typing", "ms", waited);
+}
+
+/// Milliseconds from `send` (a user writing in `chat`) to the gateway's typing indicator
+/// there, which it sends as the message is delivered; `tick` runs while waiting.
+fn until_typing(tg: &FakeTelegram, chat: i64, send: impl FnOnce(), mut tick: impl FnMut()) -> f64 {
+    let t = Instant::now();
+    send();
+    loop {
+        let calls = tg.calls_of("sendChatAction");
+        if calls.iter().any(|c| c.body["chat_id"] == chat) {
+            return t.elapsed().as_secs_f64() * 1000.0;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "chat {chat} never got its message through"
+        );
+        tick();
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }

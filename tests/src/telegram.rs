@@ -97,6 +97,10 @@ struct State {
     photos: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
     /// Documents sent, by chat: (file name, bytes).
     documents: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
+    /// File downloads wait while set (a large file on a slow line).
+    hold_downloads: bool,
+    /// File downloads asked for so far.
+    downloads: usize,
 }
 
 /// The fake server.
@@ -205,7 +209,10 @@ impl FakeTelegram {
         ));
         let st = Arc::clone(&state);
         let tok = token.to_string();
-        let server = Server::start(move |req: Request, resp: Responder| {
+        // Each piece written at once, as Telegram's servers answer (a head and a body
+        // held back by Nagle until the client's delayed acknowledgement would add 40 ms
+        // to every long poll's answer, which no real bot sees).
+        let server = Server::start_nodelay(move |req: Request, resp: Responder| {
             if let Some(rest) = req.path.strip_prefix("/file/bot") {
                 return download(&st, &tok, rest, resp);
             }
@@ -502,6 +509,31 @@ impl FakeTelegram {
             .unwrap_or_default()
     }
 
+    /// Make file downloads wait (`true`), as a large file on a slow line does, until
+    /// released (`false`; also when the server is dropped).
+    pub fn hold_downloads(&self, hold: bool) {
+        let (lock, cv) = &*self.state;
+        // Also from `drop` after a failed test: never a second panic.
+        lock.lock().unwrap_or_else(|e| e.into_inner()).hold_downloads = hold;
+        cv.notify_all();
+    }
+
+    /// Wait until `n` file downloads were asked for (held ones included).
+    pub fn wait_downloads(&self, n: usize, timeout: Duration) {
+        let (lock, cv) = &*self.state;
+        let deadline = Instant::now() + timeout;
+        let mut s = lock.lock().unwrap();
+        while s.downloads < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let asked = s.downloads;
+                drop(s); // not poisoned for the servers' threads
+                panic!("{asked} downloads asked for, not {n}");
+            }
+            s = cv.wait_timeout(s, left).unwrap().0;
+        }
+    }
+
     /// Every call so far.
     pub fn calls(&self) -> Vec<Call> {
         self.state.0.lock().unwrap().calls.clone()
@@ -525,6 +557,13 @@ impl FakeTelegram {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+impl Drop for FakeTelegram {
+    fn drop(&mut self) {
+        // No server thread stays waiting on a download nobody will release.
+        self.hold_downloads(false);
     }
 }
 
@@ -829,7 +868,13 @@ fn download(state: &Arc<(Mutex<State>, Condvar)>, token: &str, rest: &str, resp:
             &json!({"ok": false, "error_code": 401, "description": "Unauthorized"}),
         );
     }
-    let s = state.0.lock().unwrap();
+    let (lock, cv) = &**state;
+    let mut s = lock.lock().unwrap();
+    s.downloads += 1;
+    cv.notify_all();
+    while s.hold_downloads {
+        s = cv.wait(s).unwrap();
+    }
     match s.files.values().find(|(p, _)| p == path) {
         Some((_, bytes)) => {
             let bytes = bytes.clone();

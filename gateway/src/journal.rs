@@ -1,0 +1,253 @@
+//! The poller's journal, `poll.json`, shared by the poller and the chats' workers.
+//!
+//! Chats are handled side by side, so a message can be read from Telegram long before
+//! the one read before it is handled (a 20 MB file still downloading in another chat).
+//! Telegram forgets every update below the offset of the next `getUpdates`, so each
+//! update is written here before that call, and leaves when it is handled: a crash at
+//! any point loses nothing, and the next run hands out what is left first. What
+//! handling a message changed (`/new`, `/exec`, a migrated group) is saved in the same
+//! write that removes it, so it is applied once, and an `/exec` command starts only
+//! after that write: it runs at most once, as a message to the agent arrives at least
+//! once (and is de-duplicated there by its `msg_id`).
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use crate::state::{self, Change, PollState};
+use crate::telegram::{parse_updates, Update};
+
+/// `poll.json` and the poller's state in it.
+pub struct Journal {
+    path: PathBuf,
+    state: Mutex<Kept>,
+    /// Signalled when a unit leaves (the poller may be waiting for room).
+    room: Condvar,
+}
+
+struct Kept {
+    st: PollState,
+    /// Changed since the last successful write.
+    dirty: bool,
+}
+
+impl Journal {
+    /// The journal at `path`, as the last run left it (fresh when missing or unreadable).
+    pub fn open(path: PathBuf) -> Journal {
+        let st: PollState = state::load(&path);
+        Journal {
+            path,
+            state: Mutex::new(Kept { st, dirty: false }),
+            room: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        // A worker that panicked left the state whole: each change is one assignment.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where it is kept.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// Read the state (what a message's handling decides on).
+    pub fn read<R>(&self, f: impl FnOnce(&PollState) -> R) -> R {
+        f(&self.lock().st)
+    }
+
+    /// The next `getUpdates` offset.
+    pub fn offset(&self) -> i64 {
+        self.lock().st.offset
+    }
+
+    /// What the last run read and did not handle, in the order read. A unit this
+    /// version cannot read (an edited file) is dropped with a warning, so it does not
+    /// take room for good.
+    pub fn pending(&self) -> Vec<Vec<Update>> {
+        let mut kept = self.lock();
+        let mut units = Vec::new();
+        let before = kept.st.pending.len();
+        kept.st.pending.retain(|raw| {
+            let (unit, _) = parse_updates(&serde_json::Value::Array(raw.clone()));
+            let readable = !unit.is_empty();
+            if readable {
+                units.push(unit);
+            } else {
+                // Its id, not its content: the words are the user's.
+                let id = raw.first().and_then(|u| u.get("update_id"));
+                log::warn!("dropping an update the journal kept that cannot be read (update_id {id:?})");
+            }
+            readable
+        });
+        kept.dirty |= kept.st.pending.len() != before;
+        units
+    }
+
+    /// Units in the journal now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().st.pending.len()
+    }
+
+    /// `unit` (updates handled as one) was read: it stays until `done`. Written by the
+    /// next `sync` at the latest.
+    pub fn add(&self, unit: &[Update]) {
+        let (Some(first), Some(last)) = (unit.first(), unit.last()) else {
+            return;
+        };
+        let mut kept = self.lock();
+        if first.update_id < kept.st.offset {
+            return; // read before: already here, or handled
+        }
+        kept.st.pending.push(unit.iter().map(|u| u.raw.clone()).collect());
+        kept.st.offset = last.update_id + 1;
+        kept.dirty = true;
+    }
+
+    /// Update `id` will not be handled (a shape we do not read): not asked for again.
+    pub fn skip(&self, id: i64) {
+        let mut kept = self.lock();
+        if id >= kept.st.offset {
+            kept.st.offset = id + 1;
+            kept.dirty = true;
+        }
+    }
+
+    /// Write what changed; before a `getUpdates` that confirms what was read, this must
+    /// have succeeded.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut kept = self.lock();
+        if !kept.dirty {
+            return Ok(());
+        }
+        state::save(&self.path, &kept.st)?;
+        kept.dirty = false;
+        Ok(())
+    }
+
+    /// The unit that starts with update `first_id` is handled, with `change`: both saved
+    /// in one write. An error means the file still holds it (a crash would handle it
+    /// again), so a command must not start.
+    pub fn done(&self, first_id: i64, change: Option<Change>) -> io::Result<()> {
+        let mut kept = self.lock();
+        let first = |unit: &Vec<serde_json::Value>| {
+            unit.first()
+                .and_then(|u| u.get("update_id"))
+                .and_then(serde_json::Value::as_i64)
+        };
+        kept.st.pending.retain(|unit| first(unit) != Some(first_id));
+        if let Some(change) = change {
+            kept.st.apply(change);
+        }
+        kept.dirty = true;
+        let saved = state::save(&self.path, &kept.st);
+        if saved.is_ok() {
+            kept.dirty = false;
+        }
+        drop(kept);
+        self.room.notify_all();
+        saved
+    }
+
+    /// Wait until fewer than `max` units wait to be handled: what Telegram keeps for us
+    /// (a day) need not be read yet, and the journal stays small.
+    pub fn wait_for_room(&self, max: usize) {
+        let mut kept = self.lock();
+        while kept.st.pending.len() >= max {
+            kept = self.room.wait(kept).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn unit(ids: &[i64], chat: i64) -> Vec<Update> {
+        let raw: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                json!({"update_id": id, "message": {"message_id": id, "chat": {"id": chat}, "text": "hi"}, "extra": id})
+            })
+            .collect();
+        parse_updates(&serde_json::Value::Array(raw)).0
+    }
+
+    #[test]
+    fn what_was_read_survives_until_handled_and_changes_land_with_it() {
+        let dir = aegis_e2e::proc::TempDir::new("journal");
+        let path = dir.path().join("poll.json");
+        let j = Journal::open(path.clone());
+        j.add(&unit(&[10], 1));
+        j.add(&unit(&[11, 12], 2));
+        j.add(&unit(&[10], 1)); // read again: kept once
+        j.skip(13);
+        assert_eq!(j.offset(), 14);
+        // Not written yet: a crash now re-reads from Telegram, which still has them.
+        assert_eq!(Journal::open(path.clone()).offset(), 0);
+        j.sync().unwrap();
+
+        // Handled out of order: the other chat's message stays.
+        j.done(11, Some(Change::NewSession(2, None))).unwrap();
+        let again = Journal::open(path.clone());
+        assert_eq!(again.offset(), 14);
+        let left = again.pending();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0][0].update_id, 10);
+        assert_eq!(left[0][0].raw["extra"], 10, "kept as Telegram sent it");
+        assert_eq!(again.read(|st| st.session_id(2, None)), "2:1");
+        j.done(10, None).unwrap();
+        assert!(Journal::open(path).pending().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_unit_is_dropped_not_kept_for_good() {
+        let dir = aegis_e2e::proc::TempDir::new("journal-odd");
+        let path = dir.path().join("poll.json");
+        std::fs::write(
+            &path,
+            r#"{"offset": 9, "pending": [[{"update_id": "x"}], [{"update_id": 8}]]}"#,
+        )
+        .unwrap();
+        let j = Journal::open(path.clone());
+        let units = j.pending();
+        assert_eq!(units.len(), 1);
+        assert_eq!(units[0][0].update_id, 8);
+        j.sync().unwrap();
+        assert_eq!(Journal::open(path).pending().len(), 1, "and forgotten on disk");
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_written_says_so() {
+        let dir = aegis_e2e::proc::TempDir::new("journal-ro");
+        // A folder where the file should be: no write can replace it.
+        let path = dir.path().join("poll.json");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("x"), "").unwrap();
+        let j = Journal::open(path);
+        j.add(&unit(&[1], 1));
+        assert!(j.sync().is_err());
+        assert!(j.done(1, None).is_err(), "a command must not start");
+        assert!(j.sync().is_err(), "still to be written");
+    }
+
+    #[test]
+    fn the_poller_waits_for_room() {
+        let dir = aegis_e2e::proc::TempDir::new("journal-room");
+        let j = std::sync::Arc::new(Journal::open(dir.path().join("poll.json")));
+        j.add(&unit(&[1], 1));
+        j.add(&unit(&[2], 2));
+        let j2 = j.clone();
+        let waiter = std::thread::spawn(move || {
+            j2.wait_for_room(2);
+            j2.len()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "two units wait: no room for more");
+        j.done(2, None).unwrap();
+        assert_eq!(waiter.join().unwrap(), 1);
+    }
+}
