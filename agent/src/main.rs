@@ -11,6 +11,7 @@ mod agent_file;
 mod blobs;
 mod config;
 mod context;
+mod copies;
 mod direct;
 mod egress;
 mod harness;

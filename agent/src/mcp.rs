@@ -359,6 +359,7 @@ impl Server {
         let ws = crate::tools::paths::Workspace::new(&self.workspace).map_err(|e| e.to_string())?;
         let dest = ws.resolve(&rel).map_err(|e| e.to_string())?;
         crate::blobs::put(&bytes, &dest).map_err(|e| format!("{rel}: {e}"))?;
+        crate::copies::kept(&dest, "");
         Ok(rel)
     }
 

@@ -600,6 +600,15 @@ fn tools_a_server_adds_are_offered_from_the_next_round() {
 /// An image a tool returns (a browser's screenshot) is a file of the workspace the model can
 /// send on, named by its content; like every file tool's path, an `mcp` folder that leads
 /// out of the workspace gets nothing.
+/// A file of `len` bytes that takes no disk (sparse), last changed `age_secs` ago.
+fn sparse_file(path: &std::path::Path, len: u64, age_secs: u64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(age_secs))
+        .unwrap();
+}
+
 #[test]
 fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
     let ws = TempDir::new("tools-mcp-image");
@@ -612,9 +621,15 @@ fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
         shot(),
         Reply::sse(openai_sse(&["two"])),
     ]);
+    // Screenshots of earlier days past the folder's 100 MB, and a file of the user's.
+    let old_shot = ws.join("mcp/fake-000000000001.png");
+    sparse_file(&old_shot, 120 << 20, 86_400);
+    std::fs::write(ws.join("mcp/notes.txt"), "mine").unwrap();
     let a = agent(&ws, &openai(&llm));
     a.send(&message("16", "show me", "m1"));
     assert_eq!(done_text(&a.reply()), "one");
+    assert!(!old_shot.exists(), "the old copies over the budget went");
+    assert!(ws.join("mcp/notes.txt").exists(), "the user's file stays");
     let said = tool_results(&llm.requests()[1])[0].1.clone();
     let path = said
         .strip_prefix("the screen:\n[image/png image from the tool, saved in the workspace as ")
@@ -628,6 +643,8 @@ fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
 
     std::fs::remove_dir_all(ws.join("mcp")).unwrap();
     std::os::unix::fs::symlink(outside.path(), ws.join("mcp")).unwrap();
+    let theirs = outside.path().join("fake-000000000002.png");
+    sparse_file(&theirs, 120 << 20, 86_400);
     a.send(&message("16", "again", "m2"));
     assert_eq!(done_text(&a.reply()), "two");
     let said = tool_results(&llm.requests()[3]).last().unwrap().1.clone();
@@ -638,9 +655,10 @@ fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
     );
     assert_eq!(
         std::fs::read_dir(outside.path()).unwrap().count(),
-        0,
+        1,
         "written outside"
     );
+    assert!(theirs.exists(), "nothing removed outside");
 }
 
 /// agent.json and mcp.json are files the model can write: a server started from them must
@@ -1564,9 +1582,16 @@ fn a_photo_sent_to_the_agent_is_a_file_its_tools_can_open() {
         Reply::sse(openai_sse(&["No copy."])),
     ]);
     let ws = TempDir::new("tools-photo");
+    // Copies of photos of long ago past the folder's 100 MB, and a file the user sent.
+    let old_copy = ws.join("inbox/photo-000000000001.jpg");
+    sparse_file(&old_copy, 120 << 20, 86_400);
+    std::fs::write(ws.join("inbox/report.pdf"), "%PDF").unwrap();
     let a = agent(&ws, &openai(&llm));
     a.send(&photo_msg("m1"));
     assert_eq!(done_text(&a.reply()), "A cat.");
+    assert!(!old_copy.exists(), "the old copies over the budget went");
+    assert!(ws.join("inbox/report.pdf").exists(), "the user's file stays");
+    std::fs::remove_file(ws.join("inbox/report.pdf")).unwrap();
     let told = llm.requests()[0].json()["messages"][1]["content"].to_string();
     assert!(
         told.contains(&format!("[photo saved in the workspace as {copy}]")),

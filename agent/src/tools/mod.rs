@@ -545,7 +545,10 @@ impl Toolbox {
             .resolve(&rel)
             .map_err(|e| e.to_string())
             .and_then(|dest| {
-                crate::blobs::copy_to(self.workspace.root(), blob, &dest).map_err(|e| format!("{rel}: {e}"))
+                crate::blobs::copy_to(self.workspace.root(), blob, &dest)
+                    .map_err(|e| format!("{rel}: {e}"))?;
+                crate::copies::kept(&dest, "photo-");
+                Ok(())
             });
         Some(shared.map(|()| rel))
     }
