@@ -233,18 +233,7 @@ impl Ingress {
             return Handled::default();
         }
         let session = Session::new("telegram", session_id);
-        // A forwarded message is someone else's words: never a command, nor a shell line
-        // in exec mode.
-        let command = match m.forward_origin {
-            Some(_) => "",
-            None => text
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .split('@')
-                .next()
-                .unwrap_or(""),
-        };
+        let command = command_word(m, text);
         let mut change = None;
         match command {
             "/exec" => {
@@ -595,6 +584,24 @@ impl Ingress {
     }
 }
 
+/// The command `text` (of message `m`) starts with (`/new` of `/new@bot hi`), or "".
+/// A forwarded message is someone else's words: never a command, nor a shell line in
+/// exec mode.
+fn command_word<'t>(m: &Message, text: &'t str) -> &'t str {
+    if m.forward_origin.is_some() {
+        return "";
+    }
+    let word = text.split_whitespace().next().unwrap_or("");
+    word.split('@').next().unwrap_or("")
+}
+
+/// Whether `m` asks to stop the reply running now (`/stop`, `/cancel`): it must not wait
+/// behind what its chat has queued (a file still downloading), which it does not mean.
+pub fn stops(m: &Message) -> bool {
+    let text = m.text.as_deref().unwrap_or("");
+    matches!(command_word(m, text), "/stop" | "/cancel")
+}
+
 /// Byte offsets where `mention` (ASCII, as Telegram usernames are) stands in `text` as
 /// a whole name, ignoring ASCII case. ASCII matches sit on character boundaries.
 fn mention_at(text: &str, mention: &str) -> Vec<usize> {
@@ -630,6 +637,23 @@ pub fn strip_mention(text: &str, mention: &str) -> String {
 mod tests {
     use super::strip_mention;
     use proptest::strategy::Strategy;
+
+    #[test]
+    fn stop_is_told_from_other_words() {
+        let m = |text: &str, forwarded: bool| -> crate::telegram::Message {
+            let mut v = serde_json::json!({"message_id": 1, "chat": {"id": 5}, "text": text});
+            if forwarded {
+                v["forward_origin"] =
+                    serde_json::json!({"type": "hidden_user", "date": 0, "sender_user_name": "X"});
+            }
+            serde_json::from_value(v).unwrap()
+        };
+        assert!(super::stops(&m("/stop", false)));
+        assert!(super::stops(&m("/cancel@test_bot now", false)));
+        assert!(!super::stops(&m("/stopwatch", false)));
+        assert!(!super::stops(&m("please /stop", false)));
+        assert!(!super::stops(&m("/stop", true)), "someone else's words");
+    }
 
     #[test]
     fn mentions_are_removed_whole_and_in_any_case() {

@@ -3,7 +3,8 @@
 //! and hands it to its chat's queue ([`crate::ingress`] handles it there).
 //!
 //! Chats are handled side by side and each chat in order: a 20 MB file downloading in
-//! one chat, or a message waiting for its instance to wake, holds no other chat. The
+//! one chat, or a message waiting for its instance to wake, holds no other chat. Only a
+//! `/stop` goes ahead of its chat's queue, as it is about the reply running now. The
 //! journal keeps what was read until it is handled, so a crash loses nothing even though
 //! Telegram is told to forget updates as soon as they are read; what a crash left is
 //! handed out first by the next run.
@@ -170,12 +171,21 @@ impl Poller {
         }
     }
 
-    /// Hand `unit` to its chat's queue.
+    /// Hand `unit` to its chat's queue; a `/stop` is handled at once, on a thread of its
+    /// own: it means the reply running now, not one after what waits in its chat.
     fn dispatch(&self, unit: Vec<Update>) {
-        let chat = unit
-            .first()
-            .and_then(|u| u.message.as_ref())
-            .map_or(0, |m| m.chat.id);
+        let first = unit.first().and_then(|u| u.message.as_ref());
+        let chat = first.map_or(0, |m| m.chat.id);
+        if unit.len() == 1 && first.is_some_and(crate::ingress::stops) {
+            let (ingress, journal, stop) = (self.ingress.clone(), self.journal.clone(), unit.clone());
+            let spawned = thread::Builder::new()
+                .name("tg-stop".into())
+                .spawn(move || ingress.take(&stop, &journal));
+            match spawned {
+                Ok(_) => return,
+                Err(e) => log::warn!("cannot start a thread for /stop ({e}); it waits its turn"),
+            }
+        }
         self.queues.push(chat, unit);
     }
 

@@ -184,6 +184,36 @@ fn stop_cancels_the_reply_in_flight() {
     assert!(msgs[0].visible().starts_with("thinking hard"));
 }
 
+/// `/stop` is about the reply running now: it does not wait behind a file its chat sent
+/// after that reply began and that is still downloading.
+#[test]
+fn stop_goes_ahead_of_a_file_still_downloading_in_its_chat() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::stalls_after("thinking hard"),
+        Reply::sse(openai_sse(&["got the file"])),
+    ]);
+    let s = stack("gw-stop-ahead", llm);
+    s.telegram.push_text(CHAT, 1, "Ann", "tell me everything");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    s.telegram.hold_downloads(true);
+    s.telegram
+        .push_file(CHAT, 1, "big.zip", "application/zip", b"PK\x03\x04", None);
+    s.telegram.wait_downloads(1, T);
+    s.telegram.push_text(CHAT, 1, "Ann", "/stop");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m[0].visible().contains("Reply cancelled"));
+    assert_eq!(s.llm.requests().len(), 1, "the file is still on its way");
+    s.telegram.hold_downloads(false);
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "got the file")
+    });
+    assert_eq!(msgs.len(), 2, "{msgs:#?}");
+    assert!(aegis_e2e::llm::last_content(&s.llm.requests()[1])
+        .as_str()
+        .unwrap()
+        .contains("big.zip"));
+}
+
 #[test]
 fn new_starts_a_fresh_session() {
     let s = stack("gw-new", FakeLlm::echo_openai());
