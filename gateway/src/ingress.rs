@@ -172,7 +172,7 @@ impl Ingress {
         };
         let album: Vec<&Message> = unit.iter().filter_map(|u| u.message.as_ref()).collect();
         let handled = self.handle(&album, journal);
-        let saved = journal.done(first.update_id, handled.change);
+        let saved = journal.done(first.update_id, handled.change, handled.command.is_some());
         if let Err(e) = &saved {
             log::error!("cannot save {}: {e}", journal.path().display());
         }

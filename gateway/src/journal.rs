@@ -3,8 +3,9 @@
 //! Chats are handled side by side, so a message can be read from Telegram long before
 //! the one read before it is handled (a 20 MB file still downloading in another chat).
 //! Telegram forgets every update below the offset of the next `getUpdates`, so each
-//! update is written here before that call, and leaves when it is handled: a crash at
-//! any point loses nothing, and the next run hands out what is left first. What
+//! update is written here, synced to disk, before that call, and leaves when it is
+//! handled: a crash (or a power loss) at any point loses nothing, and the next run hands
+//! out what is left first. One sync per batch read, none while idle. What
 //! handling a message changed (`/new`, `/exec`, a migrated group) is saved in the same
 //! write that removes it, so it is applied once, and an `/exec` command starts only
 //! after that write: it runs at most once, as a message to the agent arrives at least
@@ -29,6 +30,9 @@ struct Kept {
     st: PollState,
     /// Changed since the last successful write.
     dirty: bool,
+    /// Units added since the last write synced to disk: until then a power loss (which
+    /// keeps only what was synced) would lose them once Telegram forgot them.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -37,7 +41,11 @@ impl Journal {
         let st: PollState = state::load(&path);
         Journal {
             path,
-            state: Mutex::new(Kept { st, dirty: false }),
+            state: Mutex::new(Kept {
+                st,
+                dirty: false,
+                unsynced: false,
+            }),
             room: Condvar::new(),
         }
     }
@@ -104,6 +112,7 @@ impl Journal {
         kept.st.pending.push(unit.iter().map(|u| u.raw.clone()).collect());
         kept.st.offset = last.update_id + 1;
         kept.dirty = true;
+        kept.unsynced = true;
     }
 
     /// Update `id` will not be handled (a shape we do not read): not asked for again.
@@ -115,22 +124,25 @@ impl Journal {
         }
     }
 
-    /// Write what changed; before a `getUpdates` that confirms what was read, this must
-    /// have succeeded.
+    /// Write what changed, synced to disk when units were added; before a `getUpdates`
+    /// that confirms what was read, this must have succeeded.
     pub fn sync(&self) -> io::Result<()> {
         let mut kept = self.lock();
-        if !kept.dirty {
-            return Ok(());
+        if kept.unsynced {
+            state::save_synced(&self.path, &kept.st)?;
+        } else if kept.dirty {
+            state::save(&self.path, &kept.st)?;
         }
-        state::save(&self.path, &kept.st)?;
         kept.dirty = false;
+        kept.unsynced = false;
         Ok(())
     }
 
     /// The unit that starts with update `first_id` is handled, with `change`: both saved
-    /// in one write. An error means the file still holds it (a crash would handle it
-    /// again), so a command must not start.
-    pub fn done(&self, first_id: i64, change: Option<Change>) -> io::Result<()> {
+    /// in one write, synced to disk when `durable` (a command starts next: after a power
+    /// loss it must not run again). An error means the file still holds it (a crash
+    /// would handle it again), so a command must not start.
+    pub fn done(&self, first_id: i64, change: Option<Change>, durable: bool) -> io::Result<()> {
         let mut kept = self.lock();
         let first = |unit: &Vec<serde_json::Value>| {
             unit.first()
@@ -142,9 +154,13 @@ impl Journal {
             kept.st.apply(change);
         }
         kept.dirty = true;
-        let saved = state::save(&self.path, &kept.st);
+        let saved = match durable {
+            true => state::save_synced(&self.path, &kept.st),
+            false => state::save(&self.path, &kept.st),
+        };
         if saved.is_ok() {
             kept.dirty = false;
+            kept.unsynced &= !durable;
         }
         drop(kept);
         self.room.notify_all();
@@ -191,7 +207,7 @@ mod tests {
         j.sync().unwrap();
 
         // Handled out of order: the other chat's message stays.
-        j.done(11, Some(Change::NewSession(2, None))).unwrap();
+        j.done(11, Some(Change::NewSession(2, None)), false).unwrap();
         let again = Journal::open(path.clone());
         assert_eq!(again.offset(), 14);
         let left = again.pending();
@@ -199,7 +215,7 @@ mod tests {
         assert_eq!(left[0][0].update_id, 10);
         assert_eq!(left[0][0].raw["extra"], 10, "kept as Telegram sent it");
         assert_eq!(again.read(|st| st.session_id(2, None)), "2:1");
-        j.done(10, None).unwrap();
+        j.done(10, None, true).unwrap();
         assert!(Journal::open(path).pending().is_empty());
     }
 
@@ -230,7 +246,7 @@ mod tests {
         let j = Journal::open(path);
         j.add(&unit(&[1], 1));
         assert!(j.sync().is_err());
-        assert!(j.done(1, None).is_err(), "a command must not start");
+        assert!(j.done(1, None, true).is_err(), "a command must not start");
         assert!(j.sync().is_err(), "still to be written");
     }
 
@@ -247,7 +263,7 @@ mod tests {
         });
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(!waiter.is_finished(), "two units wait: no room for more");
-        j.done(2, None).unwrap();
+        j.done(2, None, false).unwrap();
         assert_eq!(waiter.join().unwrap(), 1);
     }
 }

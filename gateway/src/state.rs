@@ -128,6 +128,12 @@ pub fn save<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     tether::fsutil::replace(path, &serde_json::to_vec(value).map_err(io::Error::other)?)
 }
 
+/// Replace a state file atomically and durably (it survives a power loss too): for what
+/// no one else keeps, such as updates Telegram was told to forget.
+pub fn save_synced<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    tether::fsutil::replace_synced(path, &serde_json::to_vec(value).map_err(io::Error::other)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
