@@ -138,7 +138,7 @@ mod tests {
         (q, done_rx)
     }
 
-    fn wait_idle(q: &ChatQueues<Job>) {
+    fn wait_idle<J: Send + 'static>(q: &ChatQueues<J>) {
         for _ in 0..500 {
             if q.threads() == 0 {
                 return;
@@ -185,6 +185,46 @@ mod tests {
         // Chat 2 runs after chat 1's first job, not after all of chat 1's.
         assert_eq!(order, vec![(1, 1), (2, 1), (1, 2), (1, 3)]);
         wait_idle(&q);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever the chats, timings and ceiling: every job runs once, each chat's in the
+        /// order given, never more threads than allowed, none left at the end.
+        #[test]
+        fn every_job_runs_once_in_its_chats_order(
+            jobs in proptest::collection::vec((0i64..5, 0u64..300), 1..40),
+            max in 1usize..5,
+        ) {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            let running = Arc::new(AtomicUsize::new(0));
+            let most = Arc::new(AtomicUsize::new(0));
+            let (done_tx, done_rx) = unbounded();
+            let (r, m) = (running.clone(), most.clone());
+            let q = ChatQueues::new(max, move |(chat, n, pause): (i64, usize, u64)| {
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                thread::sleep(Duration::from_micros(pause));
+                r.fetch_sub(1, Ordering::SeqCst);
+                let _ = done_tx.send((chat, n));
+            });
+            for (n, &(chat, pause)) in jobs.iter().enumerate() {
+                q.push(chat, (chat, n, pause));
+            }
+            let mut seen: Vec<(i64, usize)> = (0..jobs.len())
+                .map(|_| done_rx.recv_timeout(Duration::from_secs(10)).expect("a job never ran"))
+                .collect();
+            proptest::prop_assert!(done_rx.recv_timeout(Duration::from_millis(5)).is_err(), "a job ran twice");
+            for chat in 0..5 {
+                let order: Vec<usize> = seen.iter().filter(|(c, _)| *c == chat).map(|(_, n)| *n).collect();
+                proptest::prop_assert!(order.windows(2).all(|w| w[0] < w[1]), "chat {} ran out of order: {:?}", chat, order);
+            }
+            seen.sort();
+            let all: Vec<(i64, usize)> = jobs.iter().enumerate().map(|(n, &(c, _))| (c, n)).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            proptest::prop_assert_eq!(seen, all);
+            proptest::prop_assert!(most.load(Ordering::SeqCst) <= max);
+            wait_idle(&q);
+        }
     }
 
     #[test]

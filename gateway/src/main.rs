@@ -191,6 +191,17 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
             Some(ids) if ids.is_empty() => println!("allowed_chats: none (no chat will be answered)"),
             Some(ids) => println!("allowed_chats: {ids:?}"),
         }
+        // What a run that died left to hand on (the next run does it first).
+        let poll = crate::state::dir(tg.bot_id()).join("poll.json");
+        let st: crate::state::PollState = crate::state::load(&poll);
+        match st.pending.len() {
+            0 => println!("state: {} (nothing waiting)", poll.display()),
+            n => println!(
+                "state: {} ({n} message{} read from Telegram and not yet handed on)",
+                poll.display(),
+                if n == 1 { "" } else { "s" }
+            ),
+        }
     }
     println!("ok");
     Ok(())

@@ -316,6 +316,15 @@ fn unavailable_agent_is_reported_to_the_user() {
 fn check_and_bad_config_report_clearly() {
     let s = Stack::new("gw-check", FakeLlm::echo_openai(), &[]);
     let cfg = s.write_gateway_config(json!(["*"]));
+    // A run that died with a message read and not handed on.
+    let poll = s.home.path().join("gateway/123456/poll.json");
+    std::fs::create_dir_all(poll.parent().unwrap()).unwrap();
+    std::fs::write(
+        &poll,
+        json!({"offset": 8, "pending": [[{"update_id": 7, "message": {"message_id": 1, "chat": {"id": CHAT}, "text": "hi"}}]]})
+            .to_string(),
+    )
+    .unwrap();
     let out = s.gateway_command().arg("--check").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -332,6 +341,13 @@ fn check_and_bad_config_report_clearly() {
         stdout.contains(&format!(
             "workspace: {} (files sent to the bot are saved in inbox/)",
             ws.display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "state: {} (1 message read from Telegram and not yet handed on)",
+            poll.display()
         )),
         "{stdout}"
     );
