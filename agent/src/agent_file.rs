@@ -23,12 +23,17 @@ pub struct ToolSetting {
     /// For `web_search` and `image_search`: the variable holding the Brave Search key.
     #[serde(default)]
     pub brave_api_key_env: Option<String>,
-    /// For `image_generate`: the variable holding the OpenAI key.
+    /// For `image_generate` (and, ours, `respond_with_voice`): the variable holding the
+    /// OpenAI key.
     #[serde(default)]
     pub openai_api_key_env: Option<String>,
-    /// [ours] For `image_generate`: the image model (default `gpt-image-1`).
+    /// [ours] For `image_generate`: the image model (default `gpt-image-1`); for
+    /// `respond_with_voice`: the speech model (default `gpt-4o-mini-tts`).
     #[serde(default)]
     pub model: Option<String>,
+    /// [ours] For `respond_with_voice`: the voice (default `coral`).
+    #[serde(default)]
+    pub voice: Option<String>,
 }
 
 /// The file's content. Absent fields are `None`/empty.

@@ -82,7 +82,13 @@ pub fn store(workspace: &Path, media_type: &str, bytes: &[u8]) -> io::Result<Str
             format!("image of {} bytes is too large", bytes.len()),
         ));
     }
-    let name = format!("{}.{}", sha256_hex(bytes), extension(media_type));
+    store_as(workspace, extension(media_type), bytes)
+}
+
+/// Store `bytes` (a recording, of any size the caller allows) as `<sha256>.<ext>`,
+/// written as [`store`] writes; the blob's name.
+pub fn store_as(workspace: &Path, ext: &str, bytes: &[u8]) -> io::Result<String> {
+    let name = format!("{}.{ext}", sha256_hex(bytes));
     let d = dir(workspace);
     fs::create_dir_all(&d)?;
     let path = d.join(&name);

@@ -68,7 +68,9 @@ TOOLS:
     endpoint); image_generate (OpenAI Images API, model gpt-image-1, with the key in
     OPENAI_API_KEY unless OPENAI_BASE_URL points the chat elsewhere, or in the variable
     tools.image_generate.openai_api_key_env names; OPENAI_IMAGES_BASE_URL for another
-    endpoint); memory_store, memory_search, memory_delete
+    endpoint); respond_with_voice (OpenAI text to speech, model gpt-4o-mini-tts,
+    voice coral, with the key found as for image_generate; OPENAI_AUDIO_BASE_URL for
+    another server); memory_store, memory_search, memory_delete
     (DIR/.aegis/memory/memories.jsonl); cron_create, cron_list, cron_delete,
     cron_enable, cron_disable (DIR/.aegis/cron.json, fired by the host);
     self_info (the host's description of this instance); self_restart (the host
@@ -93,7 +95,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort,
     thinking_budget, context_turns, context_chars, system_prompt, max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
-    model}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
+    model, voice}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
@@ -250,15 +252,7 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
 /// agent.json `voice` and `AEGIS_TRANSCRIBE_MODEL`: the key is found as `image_generate`'s.
 fn voice_config(file: &AgentFile) -> crate::transcribe::VoiceConfig {
     let v = file.voice.clone().unwrap_or_default();
-    let key_env = match v.openai_api_key_env.filter(|n| !n.trim().is_empty()) {
-        Some(named) => Some(named),
-        // With the chat model on another OpenAI-compatible server, OPENAI_API_KEY is that
-        // server's key, which OpenAI's speech-to-text API would only refuse.
-        None if env("OPENAI_BASE_URL").is_none() && file.base_url.is_none() => {
-            Some(crate::tools::image_gen::DEFAULT_KEY_ENV.to_string())
-        }
-        None => None,
-    };
+    let key_env = openai_key_env(file, v.openai_api_key_env);
     crate::transcribe::VoiceConfig {
         enabled: v.enabled.unwrap_or(true),
         key_env,
@@ -294,26 +288,19 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
             .unwrap_or_else(|| crate::tools::brave::DEFAULT_KEY_ENV.to_string())
     });
     let image = file.tools.get("image_generate");
-    let image_key_env = match image
-        .and_then(|t| t.openai_api_key_env.clone())
-        .filter(|v| !v.trim().is_empty())
-    {
-        Some(named) => Some(named),
-        // With the chat model on another OpenAI-compatible server, OPENAI_API_KEY is that
-        // server's key, which OpenAI's image API would only refuse.
-        None if env("OPENAI_BASE_URL").is_none() && file.base_url.is_none() => {
-            Some(crate::tools::image_gen::DEFAULT_KEY_ENV.to_string())
-        }
-        None => None,
-    };
-    let image_model = image
-        .and_then(|t| t.model.clone())
-        .filter(|m| !m.trim().is_empty());
+    let image_key_env = openai_key_env(file, image.and_then(|t| t.openai_api_key_env.clone()));
+    let named = |v: Option<&String>| v.filter(|m| !m.trim().is_empty()).cloned();
+    let image_model = named(image.and_then(|t| t.model.as_ref()));
+    let speech = file.tools.get("respond_with_voice");
+    let speech_key_env = openai_key_env(file, speech.and_then(|t| t.openai_api_key_env.clone()));
+    let speech_model = named(speech.and_then(|t| t.model.as_ref()));
+    let speech_voice = named(speech.and_then(|t| t.voice.as_ref()));
     // The agent's own credentials stay out of commands the model runs.
     let mut hidden_env = vec!["ANTHROPIC_API_KEY".to_string(), "OPENAI_API_KEY".to_string()];
     hidden_env.extend(provider.and_then(|p| p.key_env.clone()));
     hidden_env.extend(search_key_env.iter().cloned());
     hidden_env.extend(image_key_env.clone());
+    hidden_env.extend(speech_key_env.clone());
     Ok(ToolConfig {
         selection,
         bash_timeout,
@@ -322,7 +309,23 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         search_key_env,
         image_key_env,
         image_model,
+        speech_key_env,
+        speech_model,
+        speech_voice,
     })
+}
+
+/// The variable holding the OpenAI key of an OpenAI API the agent calls besides its chat
+/// model (images, speech): the one agent.json `named`, else `OPENAI_API_KEY`, unless the
+/// chat model is on another OpenAI-compatible server, whose key OpenAI would only refuse.
+fn openai_key_env(file: &AgentFile, named: Option<String>) -> Option<String> {
+    match named.filter(|v| !v.trim().is_empty()) {
+        Some(named) => Some(named),
+        None if env("OPENAI_BASE_URL").is_none() && file.base_url.is_none() => {
+            Some(crate::tools::image_gen::DEFAULT_KEY_ENV.to_string())
+        }
+        None => None,
+    }
 }
 
 /// The provider: agent.json's `model`, `api_key_env` and `base_url`, overridden by the

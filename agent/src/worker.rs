@@ -140,7 +140,8 @@ fn send_reasoning_done(shared: &Shared, session: &Session, msg_id: &Option<Strin
         .send(reply_frame(kind::REASONING_DONE, session, msg_id));
 }
 
-/// The `assistant.done` of a reply, with the images and files tools attached to it.
+/// The `assistant.done` of a reply, with the images, files and voice messages tools
+/// attached to it.
 fn send_done(shared: &Shared, session: &Session, msg_id: &Option<String>, text: &str, attached: Attachments) {
     if attached.is_empty() {
         return send_text(shared, kind::ASSISTANT_DONE, session, msg_id, text);
@@ -149,6 +150,7 @@ fn send_done(shared: &Shared, session: &Session, msg_id: &Option<String>, text: 
         text: text.to_string(),
         images: attached.images,
         files: attached.files,
+        voice: attached.voice,
     });
     let _ = shared.egress.send(f);
 }

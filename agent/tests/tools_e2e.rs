@@ -1208,6 +1208,115 @@ fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
     assert!(!a.proc.log().contains("sk-img-key"));
 }
 
+/// `respond_with_voice`: OpenAI's text to speech makes an Ogg Opus recording of what the
+/// model wrote, with the voice and key agent.json names (after a rate limit, once more);
+/// it is kept in the blob store and goes with the reply's `assistant.done` as `voice`.
+/// Refusals reach the model in OpenAI's words; text past 4,096 characters never leaves.
+#[test]
+fn respond_with_voice_attaches_a_recording_of_what_the_model_says() {
+    use aegis_e2e::openai_audio::{spoken_audio, FakeSpeech};
+    let speech = FakeSpeech::start(Some("sk-voice"));
+    let long = "a".repeat(4097);
+    let too_long = json!({ "text": long }).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                (
+                    "v1",
+                    "respond_with_voice",
+                    r#"{"text": "Hello Ann, it is sunny.", "instructions": "warm"}"#,
+                ),
+                ("v2", "respond_with_voice", too_long.as_str()),
+                ("v3", "bash", r#"{"command": "echo key=[$MY_VOICE_KEY]"}"#),
+            ],
+            9,
+        )),
+        Reply::sse(openai_sse(&["Said it."])),
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("v4", "respond_with_voice", r#"{"text": "Again."}"#)],
+            9,
+        )),
+        Reply::sse(openai_sse(&["Could not."])),
+    ]);
+    let ws = TempDir::new("tools-voice");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"respond_with_voice": {"openai_api_key_env": "MY_VOICE_KEY", "voice": "marin"}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("MY_VOICE_KEY", "sk-voice".into()));
+    env.push(("OPENAI_AUDIO_BASE_URL", speech.base_url()));
+    let a = agent(&ws, &env);
+    speech
+        .rate_limit_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    a.send(&message("1", "how is the weather? say it", "m1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Said it.");
+    let reqs = llm.requests();
+    assert!(offered_tools(&reqs[0]).contains(&"respond_with_voice".to_string()));
+    let results = tool_results(&reqs[1]);
+    let made: Value = serde_json::from_str(&results[0].1).unwrap_or_else(|_| panic!("{}", results[0].1));
+    assert_eq!(made["ok"], true, "{made}");
+    assert!(
+        results[1]
+            .1
+            .starts_with("error: text is 4097 characters; at most 4096"),
+        "{}",
+        results[1].1
+    );
+    assert_eq!(results[2].1, "key=[]\nexit status: 0", "bash never sees the key");
+    let said = speech.speeches();
+    assert_eq!(said.len(), 2, "once more after the 429, never for the long text");
+    assert_eq!(
+        said[1],
+        json!({"model": "gpt-4o-mini-tts", "input": "Hello Ann, it is sunny.", "voice": "marin",
+               "response_format": "opus", "instructions": "warm"})
+    );
+    let done = frames
+        .iter()
+        .find(|f| f.kind == kind::ASSISTANT_DONE)
+        .unwrap()
+        .payload_as::<tether::frame::Done>()
+        .unwrap();
+    assert_eq!(done.voice.len(), 1, "{done:?}");
+    assert_eq!(done.voice[0].name, "voice.ogg");
+    let kept = std::fs::read(ws.join(".aegis/blobs").join(&done.voice[0].blob)).unwrap();
+    assert_eq!(kept, spoken_audio("Hello Ann, it is sunny.", "opus"));
+    assert_eq!(done.voice[0].size, Some(kept.len() as u64));
+    assert!(done.images.is_empty() && done.files.is_empty());
+
+    // A voice the API does not know: its refusal, in its words, is the model's to tell.
+    write_agent_json(
+        &ws,
+        json!({"tools": {"respond_with_voice": {"openai_api_key_env": "MY_VOICE_KEY", "voice": "robot"}}}),
+    );
+    drop(a);
+    let a = agent(&ws, &env);
+    a.send(&message("1", "again", "m2"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Could not.");
+    let result = &tool_results(&llm.requests()[3]).last().unwrap().1.clone();
+    assert!(
+        result.starts_with("error: the speech API refused the request (HTTP 400: Invalid value: 'robot'."),
+        "{result}"
+    );
+    let done = frames.iter().find(|f| f.kind == kind::ASSISTANT_DONE).unwrap();
+    let done = done.payload_as::<tether::frame::Done>().unwrap();
+    assert!(done.voice.is_empty(), "nothing attached: {done:?}");
+    assert!(!a.proc.log().contains("sk-voice"));
+
+    // The chat model on another server and no key named or server set: not offered.
+    let plain = FakeLlm::echo_openai();
+    let ws2 = TempDir::new("tools-voice-off");
+    let b = agent(&ws2, &openai(&plain));
+    b.send(&message("1", "hi", "m1"));
+    b.reply();
+    assert!(!offered_tools(&plain.requests()[0]).contains(&"respond_with_voice".to_string()));
+}
+
 #[test]
 fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
     use aegis_e2e::openai_images::{fake_image, FakeImages};

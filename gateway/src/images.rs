@@ -180,7 +180,7 @@ mod tests {
         let done = Done {
             text: "two pictures".into(),
             images: vec![img(&name), img("../secret.png")],
-            files: vec![],
+            ..Done::default()
         };
         let mut f =
             Frame::new(kind::ASSISTANT_DONE, Some(tether::Session::new("telegram", "1"))).with_payload(&done);

@@ -1445,6 +1445,7 @@ mod tests {
                 text: "two charts".into(),
                 images: vec![img("AAAA"), img("BBBB")],
                 files: vec![file.clone()],
+                ..Done::default()
             });
         f.seq = Some(1);
         let key: ReplyKey = (5, "m".into());
@@ -1502,8 +1503,8 @@ mod tests {
             .with_msg_id("n")
             .with_payload(&Done {
                 text: String::new(),
-                images: vec![],
                 files: vec![file],
+                ..Done::default()
             });
         f.seq = Some(2);
         r.frame(&f, t0, &mut out);

@@ -201,6 +201,7 @@ pub fn maybe_blast() {
                 blob: blob.trim().to_string(),
                 size: None,
             }],
+            ..Default::default()
         };
         let f = Frame::new(kind::ASSISTANT_DONE, Some(session))
             .with_payload(&done)

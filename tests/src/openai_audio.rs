@@ -5,6 +5,12 @@
 //! rate limit (429 `rate_limit_exceeded`) and a used-up quota (429 `insufficient_quota`).
 //! The "transcript" is what a test registered for the recording's bytes.
 //!
+//! Text to speech too (`POST /v1/audio/speech`, JSON `model`, `input`, `voice`,
+//! `response_format`, `instructions`): 400 for a missing `input`, an input past 4,096
+//! characters (`string_above_max_length`) and an unknown voice, the same key check, rate
+//! limit and quota; the answer is Ogg bytes for `opus` (MP3 for the default `mp3`) made
+//! from the input, so a test can tell which text they are.
+//!
 //! `GET /v1/models` lists the models it serves (in no useful order, as OpenAI's list); a
 //! model in `retired` is answered 404 `model_not_found`, as OpenAI answers one it has shut
 //! down, and left out of the list.
@@ -50,6 +56,82 @@ pub struct FakeSpeech {
     pub retired: Arc<Mutex<Vec<String>>>,
     /// `GET /v1/models` requests so far.
     pub model_lists: Arc<AtomicUsize>,
+    /// The JSON bodies of `POST /v1/audio/speech` so far.
+    spoken: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+/// OpenAI's voices.
+const VOICES: &[&str] = &[
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin",
+    "cedar",
+];
+
+/// The recording the stand-in makes of `input` in `format`.
+pub fn spoken_audio(input: &str, format: &str) -> Vec<u8> {
+    let mut bytes = match format {
+        "opus" => b"OggS\0\x02".to_vec(),
+        _ => b"ID3\x04\0\0".to_vec(),
+    };
+    bytes.extend_from_slice(input.as_bytes());
+    bytes
+}
+
+/// A used-up quota or a rate limit answered (`None`), else `resp` to answer with.
+fn refused(resp: Responder, quota: &AtomicBool, limit: &AtomicUsize) -> Option<Responder> {
+    if quota.load(Ordering::SeqCst) {
+        let msg = "You exceeded your current quota, please check your plan and billing details.";
+        error(resp, 429, msg, "insufficient_quota", "insufficient_quota");
+        return None;
+    }
+    if limit.load(Ordering::SeqCst) > 0 {
+        limit.fetch_sub(1, Ordering::SeqCst);
+        let msg = "Rate limit reached for gpt-4o-mini-transcribe on requests per min (RPM): Limit 3, Used 3.";
+        error(resp, 429, msg, "requests", "rate_limit_exceeded");
+        return None;
+    }
+    Some(resp)
+}
+
+fn spoken_log(req: &Request, spoken: &Mutex<Vec<serde_json::Value>>) {
+    spoken.lock().unwrap().push(req.json());
+}
+
+/// Answer a speech request as OpenAI does.
+fn speech(req: &Request, resp: Responder) {
+    let body = req.json();
+    let bad = |resp: Responder, msg: &str, param: &str, code: &str| {
+        let body =
+            json!({"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": code}});
+        resp.json(400, &body)
+    };
+    let Some(input) = body["input"].as_str() else {
+        return bad(
+            resp,
+            "Missing required parameter: 'input'.",
+            "input",
+            "missing_required_parameter",
+        );
+    };
+    let n = input.chars().count();
+    if n > 4096 {
+        let msg = format!("Invalid 'input': string too long. Expected a string with maximum length 4096, but got a string with length {n} instead.");
+        return bad(resp, &msg, "input", "string_above_max_length");
+    }
+    let voice = body["voice"].as_str().unwrap_or("");
+    if !VOICES.contains(&voice) {
+        let msg = format!(
+            "Invalid value: '{voice}'. Supported values are: {}.",
+            VOICES.join(", ")
+        );
+        return bad(resp, &msg, "voice", "invalid_value");
+    }
+    let format = body["response_format"].as_str().unwrap_or("mp3");
+    let kind = if format == "opus" {
+        "audio/ogg"
+    } else {
+        "audio/mpeg"
+    };
+    resp.send(200, &[("Content-Type", kind)], &spoken_audio(input, format));
 }
 
 /// The models the stand-in lists, with their `created`: a chat model among them, as
@@ -81,6 +163,8 @@ impl FakeSpeech {
         let gone = Arc::clone(&retired);
         let model_lists = Arc::new(AtomicUsize::new(0));
         let lists = Arc::clone(&model_lists);
+        let spoken = Arc::new(Mutex::new(Vec::new()));
+        let speeches = Arc::clone(&spoken);
         let (log, texts, limit, quota) = (
             Arc::clone(&requests),
             Arc::clone(&said),
@@ -102,7 +186,8 @@ impl FakeSpeech {
                     &crate::openai_images::model_list(&MODELS, &gone.lock().unwrap()),
                 );
             }
-            if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/audio/transcriptions") {
+            let speaking = (req.method.as_str(), req.path.as_str()) == ("POST", "/v1/audio/speech");
+            if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/audio/transcriptions") && !speaking {
                 let msg = format!("Invalid URL ({} {})", req.method, req.path);
                 return error(resp, 404, &msg, "invalid_request_error", "");
             }
@@ -118,6 +203,13 @@ impl FakeSpeech {
                     "invalid_request_error",
                     "invalid_api_key",
                 );
+            }
+            if speaking {
+                spoken_log(&req, &speeches);
+                if let Some(resp) = refused(resp, &quota, &limit) {
+                    speech(&req, resp);
+                }
+                return;
             }
             let Some(parts) = multipart(&req) else {
                 let msg = "Could not parse multipart form";
@@ -159,15 +251,9 @@ impl FakeSpeech {
                 let msg = format!("Invalid file format. Supported formats: {FORMATS:?}");
                 return error(resp, 400, &msg, "invalid_request_error", "");
             }
-            if quota.load(Ordering::SeqCst) {
-                let msg = "You exceeded your current quota, please check your plan and billing details.";
-                return error(resp, 429, msg, "insufficient_quota", "insufficient_quota");
-            }
-            if limit.load(Ordering::SeqCst) > 0 {
-                limit.fetch_sub(1, Ordering::SeqCst);
-                let msg = "Rate limit reached for gpt-4o-mini-transcribe on requests per min (RPM): Limit 3, Used 3.";
-                return error(resp, 429, msg, "requests", "rate_limit_exceeded");
-            }
+            let Some(resp) = refused(resp, &quota, &limit) else {
+                return;
+            };
             std::thread::sleep(std::time::Duration::from_millis(
                 delay.load(Ordering::SeqCst) as u64
             ));
@@ -191,7 +277,13 @@ impl FakeSpeech {
             delay_ms,
             retired,
             model_lists,
+            spoken,
         }
+    }
+
+    /// The JSON bodies of every speech request so far.
+    pub fn speeches(&self) -> Vec<serde_json::Value> {
+        self.spoken.lock().unwrap().clone()
     }
 
     /// The API base (`.../v1`), for `OPENAI_AUDIO_BASE_URL`.

@@ -255,6 +255,9 @@ pub struct Done {
     /// [ours] Files that go with it, after the images.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileRef>,
+    /// [ours] Voice messages (Ogg Opus) that go with it, after the files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voice: Vec<FileRef>,
 }
 
 /// Identity of the person behind a `user.message`.

@@ -14,9 +14,11 @@ pub mod cron;
 pub mod files;
 pub mod image_gen;
 pub mod paths;
+pub mod retry;
 pub mod search;
 pub mod self_info;
 pub mod shell;
+pub mod speak;
 pub mod web;
 
 use std::collections::BTreeSet;
@@ -70,6 +72,8 @@ pub enum Builtin {
     ImageGenerate,
     /// `respond_with_image {path}`.
     RespondWithImage,
+    /// `respond_with_voice {text, instructions?}`.
+    RespondWithVoice,
     /// `send_file {path}`.
     SendFile,
     /// `memory_store {text, tags?, scope?}`.
@@ -96,7 +100,7 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 23] = [
+    pub const ALL: [Builtin; 24] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -109,6 +113,7 @@ impl Builtin {
         Builtin::ImageSearch,
         Builtin::ImageGenerate,
         Builtin::RespondWithImage,
+        Builtin::RespondWithVoice,
         Builtin::SendFile,
         Builtin::MemoryStore,
         Builtin::MemorySearch,
@@ -137,6 +142,7 @@ impl Builtin {
             Builtin::ImageSearch => "image_search",
             Builtin::ImageGenerate => "image_generate",
             Builtin::RespondWithImage => "respond_with_image",
+            Builtin::RespondWithVoice => "respond_with_voice",
             Builtin::SendFile => "send_file",
             Builtin::MemoryStore => "memory_store",
             Builtin::MemorySearch => "memory_search",
@@ -155,7 +161,11 @@ impl Builtin {
     pub fn group(self) -> &'static str {
         match self {
             Builtin::Bash => "shell",
-            Builtin::WebFetch | Builtin::WebSearch | Builtin::ImageSearch | Builtin::ImageGenerate => "web",
+            Builtin::WebFetch
+            | Builtin::WebSearch
+            | Builtin::ImageSearch
+            | Builtin::ImageGenerate
+            | Builtin::RespondWithVoice => "web",
             Builtin::MemoryStore | Builtin::MemorySearch | Builtin::MemoryDelete => "memory",
             Builtin::CronCreate
             | Builtin::CronList
@@ -230,6 +240,11 @@ impl Builtin {
                 "Attach an image file of the workspace (.png, .jpg, .gif or .webp, at most 700 KB) to your reply; the user receives it with your text.",
                 json!({"path": s("Image path, relative to the workspace")}),
                 &["path"],
+            ),
+            Builtin::RespondWithVoice => (
+                "Speak text as a voice message, sent after your reply's text (OpenAI text-to-speech): for a user who sent you a voice message or asks to hear the answer. Plain spoken words, no Markdown, lists or code; at most 4096 characters.",
+                json!({"text": s("What to say"), "instructions": s("How to say it, e.g. 'calm and warm' or 'fast, excited'")}),
+                &["text"],
             ),
             Builtin::SendFile => (
                 "Send a file of the workspace to the user as a document, after your reply's text: a report, an archive, a script or data you made (any type, at most 50 MB). For a picture to look at, use respond_with_image.",
@@ -392,6 +407,12 @@ pub struct ToolConfig {
     pub image_key_env: Option<String>,
     /// The model `image_generate` asks for, when agent.json names one.
     pub image_model: Option<String>,
+    /// The variable holding the OpenAI key of `respond_with_voice`, if it has one.
+    pub speech_key_env: Option<String>,
+    /// The model and the voice `respond_with_voice` asks for, when agent.json names them.
+    pub speech_model: Option<String>,
+    /// See `speech_model`.
+    pub speech_voice: Option<String>,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -412,6 +433,8 @@ pub struct Toolbox {
     search: [Option<brave::Brave>; 2],
     /// The Images API for `image_generate`, when its key is set.
     images: Option<image_gen::ImageGen>,
+    /// The speech API for `respond_with_voice`, when its key (or server) is set.
+    speech: Option<speak::Speaker>,
     /// The way to the host, for `self_info`.
     host: Uplink,
 }
@@ -423,18 +446,21 @@ pub struct Attachments {
     pub images: Vec<tether::frame::Image>,
     /// Files, sent as documents after the images.
     pub files: Vec<tether::frame::FileRef>,
+    /// Voice messages, sent after the files.
+    pub voice: Vec<tether::frame::FileRef>,
 }
 
 impl Attachments {
     /// Whether nothing is attached.
     pub fn is_empty(&self) -> bool {
-        self.images.is_empty() && self.files.is_empty()
+        self.images.is_empty() && self.files.is_empty() && self.voice.is_empty()
     }
 
     /// Move everything of `other` to the end of these.
     pub fn append(&mut self, other: &mut Attachments) {
         self.images.append(&mut other.images);
         self.files.append(&mut other.files);
+        self.voice.append(&mut other.voice);
     }
 }
 
@@ -476,6 +502,11 @@ impl Toolbox {
             .image_key_env
             .as_deref()
             .and_then(|var| image_gen::ImageGen::from_env(var, config.image_model.as_deref()));
+        let speech = speak::Speaker::from_env(
+            config.speech_key_env.as_deref(),
+            config.speech_model.as_deref(),
+            config.speech_voice.as_deref(),
+        );
         // A tool without its key is not offered: a model would only learn of the missing
         // key by calling it.
         let builtins = Builtin::ALL
@@ -485,12 +516,14 @@ impl Toolbox {
                 Builtin::WebSearch => search[0].is_some(),
                 Builtin::ImageSearch => search[1].is_some(),
                 Builtin::ImageGenerate => images.is_some(),
+                Builtin::RespondWithVoice => speech.is_some(),
                 _ => true,
             })
             .collect();
         Toolbox {
             search,
             images,
+            speech,
             host,
             shell: shell::Shell {
                 dir: workspace.root().to_path_buf(),
@@ -625,6 +658,21 @@ impl Toolbox {
                 ctx.attachments.images.push(img);
                 note
             }),
+            Builtin::RespondWithVoice => {
+                let Some(speech) = self.speech.clone() else {
+                    return Outcome::Done("error: no OpenAI key is set for respond_with_voice".into());
+                };
+                let root = ws.root().to_path_buf();
+                match off_thread(args.clone(), cancel, move |a, abandoned| {
+                    speech.speak(&root, a, abandoned)
+                }) {
+                    Some(spoken) => spoken.map(|(voice, note)| {
+                        ctx.attachments.voice.push(voice);
+                        note
+                    }),
+                    None => return Outcome::Cancelled,
+                }
+            }
             Builtin::SendFile => files::attach_file(ws, args).map(|(file, note)| {
                 ctx.attachments.files.push(file);
                 note
