@@ -89,12 +89,12 @@ pub enum Action {
         /// Topic of the chat, if any.
         topic: Option<i64>,
     },
-    /// `sendPhoto` or `sendDocument`, once the reply's text is shown; the sender reports
-    /// `AttachmentSent`.
+    /// `sendPhoto`, `sendDocument` or `sendVoice`, once the reply's text is shown; the
+    /// sender reports `AttachmentSent`.
     Attach {
         /// Reply it belongs to.
         key: ReplyKey,
-        /// Index among the reply's attachments (its images, then its files).
+        /// Index among the reply's attachments (its images, files, voice messages).
         index: usize,
         /// Chat.
         chat: i64,
@@ -138,6 +138,8 @@ pub enum Attachment {
     Photo(Image),
     /// A file of the workspace blob store, as a document.
     File(FileRef),
+    /// A recording of the workspace blob store (Ogg Opus), as a voice message.
+    Voice(FileRef),
 }
 
 /// How replies stream (config `stream_mode`).
@@ -210,7 +212,10 @@ pub struct Reply {
     /// Files of the `assistant.done` (by blob), sent as documents after the photos.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileRef>,
-    /// Attachments sent so far (they go out in order: images, then files).
+    /// Voice messages of the `assistant.done` (by blob), sent after the files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub voice: Vec<FileRef>,
+    /// Attachments sent so far (they go out in order: images, files, voice messages).
     #[serde(default, rename = "photos_sent")]
     pub attachments_sent: usize,
     /// A `sendPhoto` or `sendDocument` is in flight.
@@ -226,16 +231,19 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Attachment `index`: its images first, then its files.
+    /// Attachment `index`: its images first, then its files, then its voice messages.
     fn attachment(&self, index: usize) -> Option<Attachment> {
-        match self.images.get(index) {
-            Some(image) => Some(Attachment::Photo(image.clone())),
-            None => self
-                .files
-                .get(index - self.images.len())
-                .cloned()
-                .map(Attachment::File),
+        let (images, files) = (self.images.len(), self.files.len());
+        if let Some(image) = self.images.get(index) {
+            return Some(Attachment::Photo(image.clone()));
         }
+        if let Some(file) = self.files.get(index - images) {
+            return Some(Attachment::File(file.clone()));
+        }
+        self.voice
+            .get(index - images - files)
+            .cloned()
+            .map(Attachment::Voice)
     }
 }
 
@@ -552,6 +560,7 @@ impl Renderer {
                 let reply = self.reply_entry(&key, topic, now);
                 reply.images = done.images.into_iter().filter(|i| i.data.is_some()).collect();
                 reply.files = done.files;
+                reply.voice = done.voice;
                 reply.text = if !t.is_empty() {
                     t
                 } else if let Some(e) = &reply.error {
@@ -1428,7 +1437,7 @@ mod tests {
     }
 
     #[test]
-    fn images_then_files_of_a_reply_go_out_one_at_a_time_after_its_text_and_survive_a_restart() {
+    fn images_files_and_voice_of_a_reply_go_out_one_at_a_time_after_its_text_and_survive_a_restart() {
         let img = |d: &str| Image {
             media_type: "image/png".into(),
             data: Some(d.into()),
@@ -1439,13 +1448,18 @@ mod tests {
             blob: format!("{}.bin", "a".repeat(64)),
             size: Some(3),
         };
+        let voice = FileRef {
+            name: "voice.ogg".into(),
+            blob: format!("{}.ogg", "b".repeat(64)),
+            size: Some(9),
+        };
         let mut f = Frame::new(kind::ASSISTANT_DONE, Some(Session::new("telegram", "5")))
             .with_msg_id("m")
             .with_payload(&Done {
                 text: "two charts".into(),
                 images: vec![img("AAAA"), img("BBBB")],
                 files: vec![file.clone()],
-                ..Done::default()
+                voice: vec![voice.clone()],
             });
         f.seq = Some(1);
         let key: ReplyKey = (5, "m".into());
@@ -1496,6 +1510,20 @@ mod tests {
         assert_eq!(out, vec![document]);
         out.clear();
         r.attachment_sent(&key, 2, t0, &mut out);
+        let spoken = Action::Attach {
+            key: key.clone(),
+            index: 3,
+            chat: 5,
+            topic: None,
+            item: Attachment::Voice(voice),
+        };
+        assert_eq!(out, vec![spoken.clone()], "the voice message last");
+        out.clear();
+        let mut r = Renderer::restore(r.snapshot());
+        r.tick(t0, &mut out);
+        assert_eq!(out, vec![spoken], "and again after a restart with it in flight");
+        out.clear();
+        r.attachment_sent(&key, 3, t0, &mut out);
         assert!(out.is_empty(), "{out:?}");
         assert_eq!(r.in_progress(), 0);
         // A reply that is only a file sends no text message.

@@ -180,26 +180,17 @@ fn execute(
             topic,
             item: Attachment::File(file),
         } => {
-            // The agent's name for it, fit for a header and a message.
-            let name = crate::inbox::safe_name(Some(&file.name));
-            let sent = workspace
-                .get()
-                .ok_or_else(|| "the instance's workspace is unknown".to_string())
-                .and_then(|ws| crate::workspace::open_blob(ws, &file.blob, MAX_DOCUMENT))
-                .and_then(|f| {
-                    retrying(|| tg.send_document(chat, topic, &name, &f)).map_err(|e| e.to_string())
-                });
-            if let Err(e) = sent {
-                // Unlike a picture, a file the user was promised is missed: say so.
-                log::error!("chat {chat}: sendDocument failed, {name} is left out: {e}");
-                let text = format!("⚠️ The file {name} could not be sent ({e}).");
-                let _ = retrying(|| {
-                    tg.call(
-                        "sendMessage",
-                        &in_topic(json!({"chat_id": chat, "text": text}), topic),
-                    )
-                });
-            }
+            send_blob(tg, workspace, chat, topic, &file, false);
+            let _ = events.send(Event::AttachmentSent { key, index });
+        }
+        Action::Attach {
+            key,
+            index,
+            chat,
+            topic,
+            item: Attachment::Voice(file),
+        } => {
+            send_blob(tg, workspace, chat, topic, &file, true);
             let _ = events.send(Event::AttachmentSent { key, index });
         }
         Action::Draft {
@@ -301,6 +292,53 @@ fn call_retrying(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgE
 }
 
 /// `call` again after a 429's wait, and through transient failures for a while.
+/// Send the blob `file` of the instance's workspace: as a voice message (`voice`), or a
+/// document. A user whose privacy settings refuse voice messages gets the recording as a
+/// file; a failure is told to the chat, as the reply's text promised the attachment.
+fn send_blob(
+    tg: &Telegram,
+    workspace: &InstanceWorkspace,
+    chat: i64,
+    topic: Option<i64>,
+    file: &tether::frame::FileRef,
+    voice: bool,
+) {
+    // The agent's name for it, fit for a header and a message.
+    let name = crate::inbox::safe_name(Some(&file.name));
+    let sent = workspace
+        .get()
+        .ok_or_else(|| "the instance's workspace is unknown".to_string())
+        .and_then(|ws| crate::workspace::open_blob(ws, &file.blob, MAX_DOCUMENT))
+        .and_then(|f| {
+            let as_document = || retrying(|| tg.send_document(chat, topic, &name, &f));
+            let sent = match voice.then(|| retrying(|| tg.send_voice(chat, topic, &f))) {
+                Some(Err(TgError::Rejected(400, d))) if d.contains("VOICE_MESSAGES_FORBIDDEN") => {
+                    log::info!(
+                        "chat {chat}: the user does not take voice messages; sending {name} as a file"
+                    );
+                    as_document()
+                }
+                Some(sent) => sent,
+                None => as_document(),
+            };
+            sent.map_err(|e| e.to_string())
+        });
+    if let Err(e) = sent {
+        let what = if voice { "voice message" } else { "file" };
+        log::error!("chat {chat}: the {what} {name} could not be sent: {e}");
+        let text = match voice {
+            true => format!("⚠️ The voice message could not be sent ({e})."),
+            false => format!("⚠️ The file {name} could not be sent ({e})."),
+        };
+        let _ = retrying(|| {
+            tg.call(
+                "sendMessage",
+                &in_topic(json!({"chat_id": chat, "text": text}), topic),
+            )
+        });
+    }
+}
+
 fn retrying(call: impl Fn() -> Result<Value, TgError>) -> Result<Value, TgError> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(500);

@@ -581,16 +581,32 @@ impl Telegram {
         name: &str,
         file: &std::fs::File,
     ) -> Result<Value, TgError> {
+        self.upload(crate::upload::Kind::Document, chat, topic, name, file)
+    }
+
+    /// `sendVoice` of the recording `file` (Ogg Opus) as a voice message.
+    pub fn send_voice(&self, chat: i64, topic: Option<i64>, file: &std::fs::File) -> Result<Value, TgError> {
+        self.upload(crate::upload::Kind::Voice, chat, topic, "voice.ogg", file)
+    }
+
+    fn upload(
+        &self,
+        kind: crate::upload::Kind,
+        chat: i64,
+        topic: Option<i64>,
+        name: &str,
+        file: &std::fs::File,
+    ) -> Result<Value, TgError> {
         self.in_current(chat, topic, |at, t| {
             // The descriptor's own path: the file already opened (and checked), read from
             // its start on every attempt.
             let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(file));
             let body = std::fs::File::open(&path)
-                .and_then(|f| crate::upload::Upload::new(at, t, name, f))
+                .and_then(|f| crate::upload::Upload::new(kind, at, t, name, f))
                 .map_err(|e| TgError::Rejected(400, format!("cannot read the file: {e}")))?;
             let resp = self
                 .agent
-                .post(format!("{}/sendDocument", self.base))
+                .post(format!("{}/{}", self.base, kind.method()))
                 .header("Content-Type", body.content_type())
                 .header("Content-Length", body.len())
                 .send(ureq::SendBody::from_owned_reader(body.into_reader()))

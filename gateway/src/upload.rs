@@ -1,4 +1,4 @@
-//! The body of a `sendDocument`: multipart/form-data streamed from the file, with its
+//! The body of a `sendDocument` or `sendVoice`: multipart/form-data streamed from the file, with its
 //! length known up front. ureq's own multipart form knows a file part's length only
 //! through `Part::file`, which links in its MIME type table (about 200 KB of the gateway
 //! for a type Telegram does not need: a document goes as `application/octet-stream`);
@@ -8,7 +8,34 @@ use std::fs::File;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Cursor, Read};
 
-/// A document upload: the form's fields, then the file, then the closing boundary.
+/// What an upload is: the form field of the file, and the type it is sent as.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// `sendDocument`'s `document`, as `application/octet-stream`.
+    Document,
+    /// `sendVoice`'s `voice`, as `audio/ogg` (Ogg Opus, what Telegram plays as a voice
+    /// message).
+    Voice,
+}
+
+impl Kind {
+    /// The Bot API method.
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Document => "sendDocument",
+            Kind::Voice => "sendVoice",
+        }
+    }
+
+    fn field(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::Document => ("document", "application/octet-stream"),
+            Kind::Voice => ("voice", "audio/ogg"),
+        }
+    }
+}
+
+/// A file upload: the form's fields, then the file, then the closing boundary.
 pub struct Upload {
     boundary: String,
     head: Vec<u8>,
@@ -18,8 +45,8 @@ pub struct Upload {
 }
 
 impl Upload {
-    /// `file` as the `document` field named `name`, for `chat` (and `topic` of it).
-    pub fn new(chat: i64, topic: Option<i64>, name: &str, file: File) -> io::Result<Upload> {
+    /// `file` as the field of `kind`, named `name`, for `chat` (and `topic` of it).
+    pub fn new(kind: Kind, chat: i64, topic: Option<i64>, name: &str, file: File) -> io::Result<Upload> {
         let boundary = boundary();
         let mut head = String::new();
         let mut field = |n: &str, v: &str| {
@@ -31,9 +58,10 @@ impl Upload {
         if let Some(t) = topic {
             field("message_thread_id", &t.to_string());
         }
+        let (field, content_type) = kind.field();
         head.push_str(&format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"document\"; filename=\"{}\"\r\n\
-             Content-Type: application/octet-stream\r\n\r\n",
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{}\"\r\n\
+             Content-Type: {content_type}\r\n\r\n",
             quoted(name)
         ));
         let file_len = file.metadata()?.len();
@@ -93,8 +121,26 @@ mod tests {
             .unwrap()
             .write_all(b"%PDF bytes")
             .unwrap();
-        let up = Upload::new(-100, Some(7), "a \"b\".pdf", File::open(&path).unwrap()).unwrap();
+        let up = Upload::new(
+            Kind::Document,
+            -100,
+            Some(7),
+            "a \"b\".pdf",
+            File::open(&path).unwrap(),
+        )
+        .unwrap();
+        let voice = Upload::new(Kind::Voice, 5, None, "voice.ogg", File::open(&path).unwrap()).unwrap();
         std::fs::remove_file(&path).unwrap();
+        let mut spoken = Vec::new();
+        voice.into_reader().read_to_end(&mut spoken).unwrap();
+        let spoken = String::from_utf8(spoken).unwrap();
+        assert!(
+            spoken.contains(
+                "name=\"voice\"; filename=\"voice.ogg\"\r\nContent-Type: audio/ogg\r\n\r\n%PDF bytes"
+            ),
+            "{spoken}"
+        );
+        assert!(!spoken.contains("message_thread_id"));
         let ct = up.content_type();
         let b = ct
             .strip_prefix("multipart/form-data; boundary=")

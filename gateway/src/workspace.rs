@@ -52,14 +52,15 @@ impl InstanceWorkspace {
 }
 
 /// Whether `name` is a blob name as agents write them: `<sha256 hex>.<ext>`, an image's
-/// extension or `bin` (a file `send_file` stored).
+/// extension, `bin` (a file `send_file` stored), or `ogg`/`mp3` (a `respond_with_voice`
+/// recording).
 pub fn valid_blob_name(name: &str) -> bool {
     let Some((hash, ext)) = name.split_once('.') else {
         return false;
     };
     hash.len() == 64
         && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        && matches!(ext, "png" | "jpg" | "gif" | "webp" | "bin")
+        && matches!(ext, "png" | "jpg" | "gif" | "webp" | "bin" | "ogg" | "mp3")
 }
 
 /// Open blob `name` of `workspace` (at most `cap` bytes), refusing anything that is not a
@@ -105,6 +106,7 @@ mod tests {
         let h = "a".repeat(64);
         assert!(valid_blob_name(&format!("{h}.png")));
         assert!(valid_blob_name(&format!("{h}.bin")));
+        assert!(valid_blob_name(&format!("{h}.ogg")));
         assert!(!valid_blob_name(&format!("{h}.txt")));
         assert!(!valid_blob_name("../../etc/passwd"));
         assert!(!valid_blob_name(&format!("../{}.png", "a".repeat(61))));

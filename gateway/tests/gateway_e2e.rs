@@ -1260,6 +1260,85 @@ fn an_album_reaches_the_model_as_one_message_and_is_answered_once() {
 /// A voice message reaches the agent as a recording; the agent has it written down (here
 /// by a local Whisper server, which needs no key) and the model reads what was said. A
 /// recording too large for the tether is named as left out.
+/// A spoken answer: the model's `respond_with_voice` recording reaches the chat as a voice
+/// message (`sendVoice`, Ogg Opus) after the reply's text; a user whose privacy settings
+/// refuse voice messages gets it as a file.
+#[test]
+fn a_spoken_answer_arrives_as_a_voice_message_after_the_text() {
+    use aegis_e2e::llm::openai_tool_sse;
+    use aegis_e2e::openai_audio::{spoken_audio, FakeSpeech};
+    let speech = FakeSpeech::start(None);
+    let base = speech.base_url();
+    let say = |id: &str, text: &str| {
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(id, "respond_with_voice", &json!({ "text": text }).to_string())],
+            9,
+        ))
+    };
+    let llm = FakeLlm::scripted(vec![
+        say("v1", "It is sunny in Paris."),
+        Reply::sse(openai_sse(&["Sunny."])),
+        say("v2", "Hi Bo."),
+        Reply::sse(openai_sse(&["Hi."])),
+    ]);
+    let mut s = Stack::with_env("gw-speak", llm, &[], &[("OPENAI_AUDIO_BASE_URL", base.as_str())]);
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "weather in Paris? say it");
+    let deadline = std::time::Instant::now() + T;
+    while s.telegram.voices(CHAT).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no voice message: {:?}",
+            s.telegram.messages(CHAT)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let voices = s.telegram.voices(CHAT);
+    assert_eq!(voices.len(), 1);
+    assert_eq!(voices[0].0, "audio/ogg");
+    assert_eq!(voices[0].1, spoken_audio("It is sunny in Paris.", "opus"));
+    let msgs = s.telegram.messages(CHAT);
+    assert_eq!(msgs.len(), 1, "{msgs:#?}");
+    assert_eq!(msgs[0].visible(), "Sunny.");
+    let calls = s.telegram.calls();
+    let last_text = calls
+        .iter()
+        .rposition(|c| c.method == "sendMessage" && c.body["chat_id"] == CHAT)
+        .unwrap();
+    let voice_at = calls.iter().position(|c| c.method == "sendVoice").unwrap();
+    assert!(last_text < voice_at, "the text first");
+
+    let other = 5151;
+    s.telegram.refuse_voice(other);
+    s.telegram.push_text(other, 8, "Bo", "say hi");
+    let deadline = std::time::Instant::now() + T;
+    while s.telegram.documents(other).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing: {:?}",
+            s.telegram.messages(other)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let docs = s.telegram.documents(other);
+    assert_eq!(docs[0].0, "voice.ogg");
+    assert_eq!(docs[0].1, spoken_audio("Hi Bo.", "opus"));
+    assert!(s.telegram.voices(other).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(s.telegram.voices(CHAT).len(), 1, "sent once");
+    assert!(
+        s.telegram
+            .messages(other)
+            .iter()
+            .all(|m| !m.visible().contains("could not be sent")),
+        "{:?}",
+        s.telegram.messages(other)
+    );
+    assert_eq!(speech.speeches().len(), 2);
+}
+
 #[test]
 fn a_voice_message_is_written_down_for_the_model() {
     use aegis_e2e::openai_audio::{fake_ogg, FakeSpeech};

@@ -169,7 +169,8 @@ fn print_reply(
     }
 }
 
-/// Name on stderr the images and files a reply attached, with where they are on this
+/// Name on stderr the images, files and voice messages a reply attached, with where
+/// they are on this
 /// host (the terminal cannot show them).
 fn attachments(c: &AegisClient, o: &ChatOpts, done: &Frame) {
     let Ok(d) = done.payload_as::<tether::frame::Done>() else {
@@ -183,6 +184,11 @@ fn attachments(c: &AegisClient, o: &ChatOpts, done: &Frame) {
             d.files
                 .iter()
                 .map(|f| ("📎", f.name.as_str(), f.blob.as_str(), f.size)),
+        )
+        .chain(
+            d.voice
+                .iter()
+                .map(|f| ("🔊", f.name.as_str(), f.blob.as_str(), f.size)),
         );
     let mut workspace = None;
     for (icon, name, blob, size) in blobs {

@@ -531,19 +531,25 @@ fn chat_shows_a_reasoning_models_thoughts_apart_from_the_answer() {
 }
 
 #[test]
-fn chat_names_a_file_the_agent_sends_and_where_it_is() {
+fn chat_names_a_file_and_a_voice_message_the_agent_sends_and_where_they_are() {
     use aegis_e2e::llm::openai_tool_sse;
+    use aegis_e2e::openai_audio::{spoken_audio, FakeSpeech};
+    let speech = FakeSpeech::start(None);
     let llm = FakeLlm::scripted(vec![
         Reply::sse(openai_tool_sse(
             "",
-            &[("c1", "send_file", r#"{"path":"notes.txt"}"#)],
+            &[
+                ("c1", "send_file", r#"{"path":"notes.txt"}"#),
+                ("c2", "respond_with_voice", r#"{"text":"Here are your notes."}"#),
+            ],
             7,
         )),
         Reply::sse(openai_sse(&["Sent."])),
     ]);
     let home = temp_dir("serve-chat-file");
     let s = start_serve(&home, &[]);
-    s.create_agent("writer", &llm);
+    let body = json!({"name": "writer", "env": {"OPENAI_BASE_URL": llm.url(), "OPENAI_AUDIO_BASE_URL": speech.base_url()}});
+    s.client().request("POST", "/v1/instances", Some(&body)).unwrap();
     let ws = home.path().join("kit/instances/writer/workspace");
     std::fs::create_dir_all(&ws).unwrap();
     std::fs::write(ws.join("notes.txt"), "hello").unwrap();
@@ -557,6 +563,13 @@ fn chat_names_a_file_the_agent_sends_and_where_it_is() {
         .unwrap_or_else(|| panic!("{err}"));
     let path = line.rsplit(": ").next().unwrap();
     assert_eq!(std::fs::read_to_string(path).unwrap(), "hello");
+    let spoken = spoken_audio("Here are your notes.", "opus");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with(&format!("🔊 voice.ogg ({} bytes): ", spoken.len())))
+        .unwrap_or_else(|| panic!("{err}"));
+    let path = line.rsplit(": ").next().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), spoken);
 }
 
 #[test]

@@ -8,7 +8,9 @@
 //! file_id", "file is too big" past 20 MB), downloads from `/file/bot<token>/<path>`, and
 //! `sendPhoto` as multipart/form-data (400 "there is no photo in the request",
 //! "IMAGE_PROCESS_FAILED" for bytes that are no image), `sendDocument` likewise (400
-//! "there is no document in the request", 413 "Request Entity Too Large" past 50 MB).
+//! "there is no document in the request", 413 "Request Entity Too Large" past 50 MB), and
+//! `sendVoice` (400 "there is no voice in the request", and "VOICE_MESSAGES_FORBIDDEN"
+//! for a user whose privacy settings refuse voice messages).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -97,6 +99,10 @@ struct State {
     photos: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
     /// Documents sent, by chat: (file name, bytes).
     documents: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
+    /// Voice messages sent, by chat: (content type of the part, bytes).
+    voices: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
+    /// Chats whose user refuses voice messages.
+    no_voice: std::collections::HashSet<i64>,
     /// File downloads wait while set (a large file on a slow line).
     hold_downloads: bool,
     /// File downloads asked for so far.
@@ -454,7 +460,18 @@ impl FakeTelegram {
             .unwrap_or_default()
     }
 
-    /// Documents the bot sent to `chat`: (file name, bytes).
+    /// Voice messages the bot sent to `chat`: (content type of the part, bytes).
+    pub fn voices(&self, chat: i64) -> Vec<(String, Vec<u8>)> {
+        let s = self.state.0.lock().unwrap();
+        s.voices.get(&chat).cloned().unwrap_or_default()
+    }
+
+    /// The user of `chat` refuses voice messages from bots (a privacy setting).
+    pub fn refuse_voice(&self, chat: i64) {
+        self.state.0.lock().unwrap().no_voice.insert(chat);
+    }
+
+    /// Documents sent to `chat`: (file name, bytes).
     pub fn documents(&self, chat: i64) -> Vec<(String, Vec<u8>)> {
         self.state
             .0
@@ -649,6 +666,7 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             },
             "sendPhoto" => send_photo(&mut s, multipart.as_deref().unwrap_or(&[])),
             "sendDocument" => send_document(&mut s, multipart.as_deref().unwrap_or(&[])),
+            "sendVoice" => send_voice(&mut s, multipart.as_deref().unwrap_or(&[])),
             "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
             "sendChatAction" => ok(json!(true)),
             "sendMessageDraft" if !s.drafts => bad(404, "Not Found: method not found"),
@@ -851,6 +869,28 @@ fn send_document(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
     ok(
         json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat},
         "document": {"file_id": format!("sent{id}"), "file_unique_id": "d", "file_name": name, "file_size": doc.data.len()}}),
+    )
+}
+
+fn send_voice(s: &mut State, parts: &[FormPart]) -> (u16, Value) {
+    let (chat, voice) = match upload(parts, "voice") {
+        Ok(u) => u,
+        Err(answer) => return answer,
+    };
+    if s.no_voice.contains(&chat) {
+        return bad(400, "Bad Request: VOICE_MESSAGES_FORBIDDEN");
+    }
+    if voice.data.is_empty() {
+        return bad(400, "Bad Request: file must be non-empty");
+    }
+    let id = next_upload(s, chat);
+    s.voices
+        .entry(chat)
+        .or_default()
+        .push((voice.content_type.clone().unwrap_or_default(), voice.data.clone()));
+    ok(
+        json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat},
+        "voice": {"file_id": format!("sent{id}"), "file_unique_id": "v", "duration": 1, "mime_type": "audio/ogg", "file_size": voice.data.len()}}),
     )
 }
 
