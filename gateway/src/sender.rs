@@ -173,24 +173,15 @@ fn execute(
             }
             let _ = events.send(Event::AttachmentSent { key, index });
         }
+        // A file or a voice message: a blob of the workspace.
         Action::Attach {
             key,
             index,
             chat,
             topic,
-            item: Attachment::File(file),
+            item,
         } => {
-            send_blob(tg, workspace, chat, topic, &file, false);
-            let _ = events.send(Event::AttachmentSent { key, index });
-        }
-        Action::Attach {
-            key,
-            index,
-            chat,
-            topic,
-            item: Attachment::Voice(file),
-        } => {
-            send_blob(tg, workspace, chat, topic, &file, true);
+            send_blob(tg, workspace, chat, topic, &item);
             let _ = events.send(Event::AttachmentSent { key, index });
         }
         Action::Draft {
@@ -292,17 +283,15 @@ fn call_retrying(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgE
 }
 
 /// `call` again after a 429's wait, and through transient failures for a while.
-/// Send the blob `file` of the instance's workspace: as a voice message (`voice`), or a
-/// document. A user whose privacy settings refuse voice messages gets the recording as a
-/// file; a failure is told to the chat, as the reply's text promised the attachment.
-fn send_blob(
-    tg: &Telegram,
-    workspace: &InstanceWorkspace,
-    chat: i64,
-    topic: Option<i64>,
-    file: &tether::frame::FileRef,
-    voice: bool,
-) {
+/// Send the blob of `item` from the instance's workspace: a voice message, or a document.
+/// A user whose privacy settings refuse voice messages gets the recording as a file; a
+/// failure is told to the chat, as the reply's text promised the attachment.
+fn send_blob(tg: &Telegram, workspace: &InstanceWorkspace, chat: i64, topic: Option<i64>, item: &Attachment) {
+    let (file, voice) = match item {
+        Attachment::File(file) => (file, false),
+        Attachment::Voice(file) => (file, true),
+        Attachment::Photo(_) => return,
+    };
     // The agent's name for it, fit for a header and a message.
     let name = crate::inbox::safe_name(Some(&file.name));
     let sent = workspace
