@@ -190,6 +190,27 @@ impl Ingress {
         }
     }
 
+    /// `unit` was given up: `tries` runs of the gateway began handling it and none lived
+    /// through it. Its chat is told, so the user can send it again.
+    pub fn given_up(&self, unit: &[Update], tries: u32) {
+        let Some(m) = unit.iter().find_map(|u| u.message.as_ref()) else {
+            return;
+        };
+        let chat = m.chat.id;
+        log::error!(
+            "chat {chat}: giving up message {}: the gateway stopped while handling it {} times",
+            m.message_id,
+            tries - 1
+        );
+        let allowed = self.bot.allows(chat);
+        if allowed {
+            self.notice(
+                (chat, m.topic()),
+                "⚠️ A message you sent could not be handled: the gateway stopped each time it tried. Please send it again, perhaps in another form.",
+            );
+        }
+    }
+
     /// Deliver the message (or answer it); a command of a user in exec mode is returned
     /// instead, to be started once the message is marked handled.
     ///

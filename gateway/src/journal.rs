@@ -70,27 +70,42 @@ impl Journal {
         self.lock().st.offset
     }
 
-    /// What the last run read and did not handle, in the order read. A unit this
-    /// version cannot read (an edited file) is dropped with a warning, so it does not
-    /// take room for good.
-    pub fn pending(&self) -> Vec<Vec<Update>> {
+    /// What the last run read and did not handle, in the order read, to handle now; each
+    /// counts one more try (written by the next `sync`, which must come before handling).
+    /// A unit this run would be the `max_tries`th to begin is given up instead (returned
+    /// second): a message whose handling ends the gateway (a bug, a kill each time) must
+    /// not keep the bot from every other chat for good. A unit this version cannot read
+    /// (an edited file) is dropped with a warning.
+    pub fn resume(&self, max_tries: u32) -> (Vec<Vec<Update>>, Vec<Vec<Update>>) {
         let mut kept = self.lock();
-        let mut units = Vec::new();
-        let before = kept.st.pending.len();
-        kept.st.pending.retain(|raw| {
+        let Kept { st, dirty, unsynced } = &mut *kept;
+        let (mut units, mut given_up) = (Vec::new(), Vec::new());
+        st.pending.retain(|raw| {
             let (unit, _) = parse_updates(&serde_json::Value::Array(raw.clone()));
-            let readable = !unit.is_empty();
-            if readable {
-                units.push(unit);
-            } else {
+            let Some(first) = unit.first().map(|u| u.update_id) else {
                 // Its id, not its content: the words are the user's.
                 let id = raw.first().and_then(|u| u.get("update_id"));
                 log::warn!("dropping an update the journal kept that cannot be read (update_id {id:?})");
+                return false;
+            };
+            let tries = st.tries.entry(first).or_insert(0);
+            *tries += 1;
+            if *tries >= max_tries {
+                given_up.push(unit);
+                return false;
             }
-            readable
+            units.push(unit);
+            true
         });
-        kept.dirty |= kept.st.pending.len() != before;
-        units
+        let left: std::collections::BTreeSet<i64> = units
+            .iter()
+            .filter_map(|u| u.first())
+            .map(|u| u.update_id)
+            .collect();
+        st.tries.retain(|id, _| left.contains(id));
+        *dirty = true;
+        *unsynced |= !units.is_empty() || !given_up.is_empty();
+        (units, given_up)
     }
 
     /// Units in the journal now.
@@ -150,6 +165,7 @@ impl Journal {
                 .and_then(serde_json::Value::as_i64)
         };
         kept.st.pending.retain(|unit| first(unit) != Some(first_id));
+        kept.st.tries.remove(&first_id);
         if let Some(change) = change {
             kept.st.apply(change);
         }
@@ -210,13 +226,13 @@ mod tests {
         j.done(11, Some(Change::NewSession(2, None)), false).unwrap();
         let again = Journal::open(path.clone());
         assert_eq!(again.offset(), 14);
-        let left = again.pending();
+        let (left, _) = again.resume(5);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0][0].update_id, 10);
         assert_eq!(left[0][0].raw["extra"], 10, "kept as Telegram sent it");
         assert_eq!(again.read(|st| st.session_id(2, None)), "2:1");
         j.done(10, None, true).unwrap();
-        assert!(Journal::open(path).pending().is_empty());
+        assert!(Journal::open(path).resume(5).0.is_empty());
     }
 
     #[test]
@@ -229,11 +245,40 @@ mod tests {
         )
         .unwrap();
         let j = Journal::open(path.clone());
-        let units = j.pending();
+        let (units, _) = j.resume(5);
         assert_eq!(units.len(), 1);
         assert_eq!(units[0][0].update_id, 8);
         j.sync().unwrap();
-        assert_eq!(Journal::open(path).pending().len(), 1, "and forgotten on disk");
+        assert_eq!(Journal::open(path).resume(5).0.len(), 1, "and forgotten on disk");
+    }
+
+    #[test]
+    fn a_message_every_run_dies_on_is_given_up_and_the_others_go_on() {
+        let dir = aegis_e2e::proc::TempDir::new("journal-tries");
+        let path = dir.path().join("poll.json");
+        let j = Journal::open(path.clone());
+        j.add(&unit(&[1], 1));
+        j.add(&unit(&[2], 2));
+        j.sync().unwrap();
+        // The first run dies while handling both.
+        let first = Journal::open(path.clone());
+        assert_eq!(first.resume(3).0.len(), 2);
+        first.sync().unwrap();
+        // The second handles update 2, and dies on update 1.
+        let second = Journal::open(path.clone());
+        let (units, given_up) = second.resume(3);
+        assert_eq!((units.len(), given_up.len()), (2, 0));
+        second.sync().unwrap();
+        second.done(2, None, false).unwrap();
+        // The third would be the third to begin update 1: it gives it up.
+        let third = Journal::open(path.clone());
+        let (units, given_up) = third.resume(3);
+        assert!(units.is_empty(), "{units:?}");
+        assert_eq!(given_up.len(), 1);
+        assert_eq!(given_up[0][0].update_id, 1);
+        third.sync().unwrap();
+        let st: PollState = state::load(&path);
+        assert!(st.pending.is_empty() && st.tries.is_empty(), "{st:?}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ const MAX_CHAT_THREADS: usize = 8;
 /// updates for a day).
 const MAX_PENDING: usize = 100;
 
+/// Runs that may begin handling one message: the last of them gives it up.
+const MAX_TRIES: u32 = 5;
+
 /// Exit status when Telegram rejects the token (a configuration error).
 pub const EXIT_BAD_TOKEN: i32 = 2;
 
@@ -72,13 +75,21 @@ impl Poller {
             log::debug!("bot {}: setMyCommands failed: {e}", tg.bot_id());
         }
         self.ingress.exec.recover(&self.ingress.actions);
-        let left = self.journal.pending();
+        let (left, given_up) = self.journal.resume(MAX_TRIES);
         if !left.is_empty() {
             log::info!(
                 "bot {}: handling {} messages the last run read and left",
                 tg.bot_id(),
                 left.len()
             );
+        }
+        for unit in &given_up {
+            self.ingress.given_up(unit, MAX_TRIES);
+        }
+        // The tries counted must be on disk before handling begins.
+        while let Err(e) = self.journal.sync() {
+            log::error!("cannot save {}: {e}; retrying", self.journal.path().display());
+            thread::sleep(Duration::from_secs(5));
         }
         for unit in left {
             self.dispatch(unit);

@@ -22,6 +22,10 @@ pub struct PollState {
     /// the updates handled as one (a message, or an album's photos), as Telegram sent them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<Vec<serde_json::Value>>,
+    /// How many runs began with each unit of `pending` (by its first `update_id`) still
+    /// there: one that keeps a gateway from living through its handling is given up.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tries: BTreeMap<i64, u32>,
     /// Session number per chat; `/new` increments it.
     #[serde(default)]
     pub sessions: BTreeMap<i64, u32>,

@@ -1505,6 +1505,55 @@ fn a_file_downloading_in_one_chat_holds_no_other_and_a_crash_loses_nothing() {
     assert_eq!(std::fs::read(inbox.join("report.pdf")).unwrap(), b"%PDF-1.7 body");
 }
 
+/// A message whose handling the gateway never lives through (four runs began it and
+/// died) is given up by the fifth, with a word to its chat; the other chats go on.
+#[test]
+fn a_message_every_run_dies_on_is_given_up_and_its_chat_told() {
+    let mut s = Stack::new("gw-poison", FakeLlm::echo_openai(), &[]);
+    s.write_gateway_config(json!(["*"]));
+    let poll = s.home.path().join("gateway/123456/poll.json");
+    std::fs::create_dir_all(poll.parent().unwrap()).unwrap();
+    let text = |id: i64, chat: i64, words: &str| {
+        json!({"update_id": id, "message": {"message_id": id, "chat": {"id": chat, "type": "private"},
+            "from": {"id": 7, "is_bot": false, "first_name": "Ann"}, "date": 1_700_000_000, "text": words}})
+    };
+    std::fs::write(
+        &poll,
+        json!({"offset": 1000, "pending": [[text(900, CHAT, "the fatal one")], [text(901, 5151, "hello")]],
+               "tries": {"900": 4, "901": 1}})
+        .to_string(),
+    )
+    .unwrap();
+    s.start_gateway();
+    s.telegram.wait_chat(5151, T, |m| {
+        m.last().is_some_and(|m| m.visible() == "echo: [Ann]: hello")
+    });
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
+    assert!(
+        msgs[0]
+            .visible()
+            .starts_with("⚠️ A message you sent could not be handled"),
+        "{msgs:#?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        s.llm.requests().len(),
+        1,
+        "the given-up message never reached the agent"
+    );
+    let left: Value = serde_json::from_str(&std::fs::read_to_string(&poll).unwrap()).unwrap();
+    assert!(
+        left.get("pending").is_none() && left.get("tries").is_none(),
+        "{left}"
+    );
+    let log = s.gateway.as_ref().unwrap().log();
+    assert!(log.contains("giving up message 900"), "{log}");
+    assert!(
+        !log.contains("the fatal one"),
+        "the words are the user's, never logged"
+    );
+}
+
 #[test]
 fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_workspace() {
     let s = stack("gw-photo-limits", FakeLlm::echo_openai());
