@@ -311,7 +311,11 @@ impl Ingress {
             }
             _ => {}
         }
-        self.pass_on(incoming, at, session, text);
+        // Typing from now: fetching a large file takes a while on a slow line.
+        let _ = self.events.send(Event::UserMessage(at.0, at.1));
+        if self.pass_on(incoming, at, session, text).is_none() {
+            let _ = self.events.send(Event::Delivered(at.0, at.1));
+        }
         Handled {
             change,
             command: None,
@@ -466,7 +470,6 @@ impl Ingress {
         let frame = Frame::new(kind::USER_MESSAGE, Some(session))
             .with_payload(&payload)
             .with_msg_id(format!("tg-{chat}-{}", m.message_id));
-        let _ = self.events.send(Event::UserMessage(chat, m.topic()));
         self.deliver(at, &frame);
         Some(())
     }

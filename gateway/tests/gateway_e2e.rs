@@ -1443,6 +1443,20 @@ fn a_file_downloading_in_one_chat_holds_no_other_and_a_crash_loses_nothing() {
         Some("read this"),
     );
     s.telegram.wait_downloads(1, T);
+    // The user sees the bot at work while the file comes.
+    let deadline = std::time::Instant::now() + T;
+    while !s
+        .telegram
+        .calls_of("sendChatAction")
+        .iter()
+        .any(|c| c.body["chat_id"] == CHAT)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no typing while the file downloads"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     s.telegram.push_text(other, 8, "Bo", "hello");
     s.telegram.wait_chat(other, T, |m| {
         m.last().is_some_and(|m| m.visible() == "echo: [Bo]: hello")
@@ -1561,6 +1575,11 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
     assert!(msgs[0].visible().contains("too large"), "{:?}", msgs[0].visible());
     assert!(s.llm.requests().is_empty(), "nothing reached the model");
+    // Nothing is coming: the typing indicator stops (it repeats every 3 s while on).
+    let typing = || s.telegram.calls_of("sendChatAction").len();
+    let before = typing();
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(typing(), before, "typing went on after the note");
 
     let png = b"\x89PNG\r\n\x1a\n document".to_vec();
     s.telegram.push_document(CHAT, 7, "image/png", &png, None);
