@@ -6,7 +6,8 @@
 //! models the key can use (`GET /v1/models`, which Anthropic, OpenAI, Ollama, vLLM and
 //! llama.cpp all answer) and takes the newest of the same family. A model the user named
 //! is never replaced: that 404 reaches them, with a hint. The same goes for the default
-//! image model (`image_generate`) and speech-to-text model (voice messages).
+//! image model (`image_generate`), speech-to-text model (voice messages) and text-to-speech
+//! model (`respond_with_voice`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,6 +125,29 @@ fn choose_transcribe_model(list: &Value, current: &str) -> Option<String> {
     newest(&models, &|id| transcribes(id) && id.contains("mini") == mini)
         .or_else(|| newest(&models, &transcribes))
         .or_else(|| newest(&models, &|id| id.to_ascii_lowercase().contains("whisper")))
+}
+
+/// The text-to-speech model to use instead of `current` at the OpenAI-compatible `base`
+/// (`key` where it needs one).
+pub fn find_speech_model(
+    agent: &ureq::Agent,
+    base: &str,
+    key: Option<&str>,
+    current: &str,
+) -> Result<String, String> {
+    let list = list(agent, &format!("{base}/models"), key, &[])?;
+    choose_speech_model(&list, current).ok_or_else(|| "the server lists no other speech model".to_string())
+}
+
+/// The pick from a model list for text to speech, other than `current`: the newest `*-tts`
+/// model of `current`'s size (a `mini` for a `mini`), else of any size (a local server's
+/// `kokoro`-style names are not guessed at). Never a realtime or audio chat model: they
+/// speak through another API.
+fn choose_speech_model(list: &Value, current: &str) -> Option<String> {
+    let models = listed(list, current);
+    let mini = current.contains("mini");
+    let speaks = |id: &str| id.contains("tts") && !id.contains("realtime") && !id.contains("audio");
+    newest(&models, &|id| speaks(id) && id.contains("mini") == mini).or_else(|| newest(&models, &speaks))
 }
 
 /// `GET url` with the key as a bearer token (`bearer`) and `headers`: the model list.
@@ -312,6 +336,35 @@ mod tests {
             choose(ProviderKind::OpenAi, false, "gpt-4o", &json!("nonsense")),
             None
         );
+    }
+
+    #[test]
+    fn text_to_speech_gets_the_newest_speaker_of_its_size() {
+        let list = json!({"object": "list", "data": [
+            {"id": "tts-1", "created": 1_681_940_951},
+            {"id": "tts-1-hd", "created": 1_699_046_015},
+            {"id": "gpt-4o-mini-tts-2025-12-15", "created": 1_765_000_000},
+            {"id": "gpt-5-tts", "created": 1_790_000_001},
+            {"id": "gpt-5-mini-tts", "created": 1_790_000_000},
+            {"id": "gpt-realtime-mini", "created": 1_790_000_002},
+            {"id": "gpt-audio-mini-tts-preview", "created": 1_790_000_003},
+            {"id": "gpt-6", "created": 1_790_000_004}
+        ]});
+        assert_eq!(
+            choose_speech_model(&list, "gpt-4o-mini-tts").as_deref(),
+            Some("gpt-5-mini-tts")
+        );
+        assert_eq!(
+            choose_speech_model(&list, "gpt-4o-tts").as_deref(),
+            Some("gpt-5-tts")
+        );
+        let old = json!({"data": [{"id": "tts-1"}, {"id": "whisper-1"}]});
+        assert_eq!(
+            choose_speech_model(&old, "gpt-4o-mini-tts").as_deref(),
+            Some("tts-1")
+        );
+        let none = json!({"data": [{"id": "llama3.2:latest"}, {"id": "gpt-4o-mini-tts"}]});
+        assert_eq!(choose_speech_model(&none, "gpt-4o-mini-tts"), None);
     }
 
     #[test]

@@ -1317,6 +1317,63 @@ fn respond_with_voice_attaches_a_recording_of_what_the_model_says() {
     assert!(!offered_tools(&plain.requests()[0]).contains(&"respond_with_voice".to_string()));
 }
 
+/// OpenAI shut the default speech model down: the newest `*-mini-tts` it lists takes its
+/// place, sought once per run; a model agent.json names is never replaced.
+#[test]
+fn a_retired_default_speech_model_gives_way_to_the_newest_of_its_size() {
+    use aegis_e2e::openai_audio::FakeSpeech;
+    let speech = FakeSpeech::start(None);
+    speech.retired.lock().unwrap().push("gpt-4o-mini-tts".into());
+    let say = |id: &str| {
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(id, "respond_with_voice", r#"{"text": "Hi."}"#)],
+            9,
+        ))
+    };
+    let llm = FakeLlm::scripted(vec![
+        say("s1"),
+        Reply::sse(openai_sse(&["One."])),
+        say("s2"),
+        Reply::sse(openai_sse(&["Two."])),
+        say("s3"),
+        Reply::sse(openai_sse(&["Three."])),
+    ]);
+    let ws = TempDir::new("tools-voice-retired");
+    let mut env = openai(&llm).to_vec();
+    env.push(("OPENAI_AUDIO_BASE_URL", speech.base_url()));
+    let a = agent(&ws, &env);
+    for (id, said) in [("m1", "One."), ("m2", "Two.")] {
+        a.send(&message("1", "say hi", id));
+        assert_eq!(done_text(&a.reply()), said);
+    }
+    let models: Vec<String> = speech
+        .speeches()
+        .iter()
+        .map(|b| b["model"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(models, ["gpt-4o-mini-tts", "gpt-5-mini-tts", "gpt-5-mini-tts"]);
+    assert_eq!(speech.model_lists.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(a.proc.log().contains("speech model gpt-4o-mini-tts is gone"));
+    drop(a);
+
+    // Named in agent.json: its 404 is the model's to tell.
+    write_agent_json(
+        &ws,
+        json!({"tools": {"respond_with_voice": {"model": "gpt-4o-mini-tts"}}}),
+    );
+    let a = agent(&ws, &env);
+    a.send(&message("1", "say hi", "m3"));
+    assert_eq!(done_text(&a.reply()), "Three.");
+    let result = tool_results(&llm.requests()[5]).last().unwrap().1.clone();
+    assert!(
+        result.starts_with(
+            "error: the speech API refused the request (HTTP 404: The model `gpt-4o-mini-tts` does not exist"
+        ),
+        "{result}"
+    );
+}
+
 #[test]
 fn image_generate_needs_an_openai_key_and_handles_dalle_and_other_servers() {
     use aegis_e2e::openai_images::{fake_image, FakeImages};

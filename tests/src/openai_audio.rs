@@ -96,9 +96,14 @@ fn spoken_log(req: &Request, spoken: &Mutex<Vec<serde_json::Value>>) {
     spoken.lock().unwrap().push(req.json());
 }
 
-/// Answer a speech request as OpenAI does.
-fn speech(req: &Request, resp: Responder) {
+/// Answer a speech request as OpenAI does; a model in `retired` is gone.
+fn speech(req: &Request, resp: Responder, retired: &[String]) {
     let body = req.json();
+    let model = body["model"].as_str().unwrap_or("");
+    if retired.iter().any(|r| r == model) {
+        let msg = format!("The model `{model}` does not exist or you do not have access to it.");
+        return error(resp, 404, &msg, "invalid_request_error", "model_not_found");
+    }
     let bad = |resp: Responder, msg: &str, param: &str, code: &str| {
         let body =
             json!({"error": {"message": msg, "type": "invalid_request_error", "param": param, "code": code}});
@@ -136,8 +141,10 @@ fn speech(req: &Request, resp: Responder) {
 
 /// The models the stand-in lists, with their `created`: a chat model among them, as
 /// OpenAI lists every model the key may use.
-pub const MODELS: [(&str, i64); 6] = [
+pub const MODELS: [(&str, i64); 8] = [
     ("gpt-4o-mini-transcribe", 1_742_068_596),
+    ("gpt-4o-mini-tts", 1_742_403_959),
+    ("gpt-5-mini-tts", 1_790_000_400),
     ("whisper-1", 1_677_532_384),
     ("gpt-5-mini-transcribe", 1_790_000_000),
     ("gpt-5-transcribe", 1_790_000_100),
@@ -207,7 +214,7 @@ impl FakeSpeech {
             if speaking {
                 spoken_log(&req, &speeches);
                 if let Some(resp) = refused(resp, &quota, &limit) {
-                    speech(&req, resp);
+                    speech(&req, resp, &gone.lock().unwrap());
                 }
                 return;
             }

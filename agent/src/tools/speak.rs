@@ -35,6 +35,10 @@ pub struct Speaker {
     base: String,
     model: String,
     voice: String,
+    /// `model` is the default, not agent.json's: when the API no longer has it, the
+    /// newest speech model it lists is used instead (`successor`), sought once.
+    default_model: bool,
+    successor: crate::successor::Successor,
 }
 
 impl fmt::Debug for Speaker {
@@ -67,17 +71,39 @@ impl Speaker {
             base,
             model: model.unwrap_or(DEFAULT_MODEL).to_string(),
             voice: voice.unwrap_or(DEFAULT_VOICE).to_string(),
+            default_model: model.is_none(),
+            successor: Default::default(),
         })
     }
 
-    /// The request body: `instructions` (how to speak) only for the models that take them.
-    fn body(&self, text: &str, instructions: Option<&str>) -> Value {
-        let mut body =
-            json!({"model": self.model, "input": text, "voice": self.voice, "response_format": "opus"});
-        if let Some(how) = instructions.filter(|_| !self.model.starts_with("tts-1")) {
+    /// The request body for `model`: `instructions` (how to speak) only for the models
+    /// that take them.
+    fn body(&self, model: &str, text: &str, instructions: Option<&str>) -> Value {
+        let mut body = json!({"model": model, "input": text, "voice": self.voice, "response_format": "opus"});
+        if let Some(how) = instructions.filter(|_| !model.starts_with("tts-1")) {
             body["instructions"] = how.into();
         }
         body
+    }
+
+    /// When the default model is gone (`refusal` is the API's 404), the one to use
+    /// instead, found once.
+    fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, refusal: &str) -> Option<String> {
+        if !self.default_model || !crate::successor::refused_as_gone(status, refusal) {
+            return None;
+        }
+        let current = self.successor.model(&self.model);
+        let find = || crate::successor::find_speech_model(agent, &self.base, self.key.as_deref(), &current);
+        match self.successor.seek(find)? {
+            Ok(next) => {
+                log::warn!("speech model {current} is gone ({refusal}); using {next}");
+                Some(next)
+            }
+            Err(e) => {
+                log::warn!("speech model {current} is gone ({refusal}), and no other was found: {e}");
+                None
+            }
+        }
     }
 
     /// `respond_with_voice {text, instructions?}`: the recording stored in the workspace of
@@ -99,7 +125,9 @@ impl Speaker {
                 "text is {chars} characters; at most {MAX_INPUT} can be spoken: say less, or send the rest as text"
             ));
         }
-        let body = self.body(text, arg_opt(args, "instructions")?).to_string();
+        let instructions = arg_opt(args, "instructions")?;
+        let model = self.successor.model(&self.model);
+        let mut body = self.body(&model, text, instructions).to_string();
         let url = format!("{}/audio/speech", self.base);
         let agent = super::api_agent(&url, TIMEOUT);
         let mut attempt = 0;
@@ -119,6 +147,11 @@ impl Speaker {
             let asked = super::retry::asked(&resp);
             let answer = tether::http::error_text(resp);
             let refusal = self.scrub(status_error(status, &answer));
+            if let Some(next) = self.replace_retired_model(&agent, status, &refusal) {
+                body = self.body(&next, text, instructions).to_string();
+                attempt -= 1;
+                continue;
+            }
             match retry_wait(status, (asked.0.as_deref(), asked.1.as_deref()), &answer, attempt) {
                 Retry::After(wait) if attempt < ATTEMPTS => {
                     log::warn!("respond_with_voice: HTTP {status} (attempt {attempt}); retrying in {wait:?}");
@@ -204,22 +237,24 @@ mod tests {
             base: "http://x".into(),
             model: model.into(),
             voice: DEFAULT_VOICE.into(),
+            default_model: false,
+            successor: Default::default(),
         }
     }
 
     #[test]
     fn instructions_go_only_to_models_that_take_them() {
-        let b = speaker(DEFAULT_MODEL).body("hi", Some("cheerful"));
+        let b = speaker(DEFAULT_MODEL).body(DEFAULT_MODEL, "hi", Some("cheerful"));
         assert_eq!(
             b,
             json!({"model": "gpt-4o-mini-tts", "input": "hi", "voice": "coral", "response_format": "opus", "instructions": "cheerful"})
         );
         assert!(speaker("tts-1-hd")
-            .body("hi", Some("cheerful"))
+            .body("tts-1-hd", "hi", Some("cheerful"))
             .get("instructions")
             .is_none());
         assert!(speaker(DEFAULT_MODEL)
-            .body("hi", None)
+            .body(DEFAULT_MODEL, "hi", None)
             .get("instructions")
             .is_none());
     }
