@@ -191,7 +191,11 @@ fn run(
         }
         let now = Instant::now();
         if typed.is_none_or(|t| now - t >= TYPING_EVERY) {
-            let _ = actions.send(Action::Typing { chat, topic });
+            let _ = actions.send(Action::Typing {
+                chat,
+                topic,
+                busy: crate::render::Busy::Typing,
+            });
             typed = Some(now);
         }
         let may_draft = drafts.is_some_and(|refused| !refused.is_set());

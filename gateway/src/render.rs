@@ -82,12 +82,14 @@ pub enum Action {
         /// The same as Telegram HTML, when it has formatting.
         html: Option<String>,
     },
-    /// `sendChatAction typing`.
+    /// `sendChatAction`: typing, or what the agent's tool is making.
     Typing {
         /// Chat.
         chat: i64,
         /// Topic of the chat, if any.
         topic: Option<i64>,
+        /// What the chat shows.
+        busy: Busy,
     },
     /// `sendPhoto`, `sendDocument` or `sendVoice`, once the reply's text is shown; the
     /// sender reports `AttachmentSent`.
@@ -127,6 +129,38 @@ impl Action {
             topic,
             text,
             html,
+        }
+    }
+}
+
+/// What a chat shows while the agent works on its reply (`sendChatAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Busy {
+    /// "typing…": thinking, writing, most tools.
+    #[default]
+    Typing,
+    /// "recording a voice message…": `respond_with_voice` runs.
+    RecordingVoice,
+    /// "sending a photo…": `image_generate` runs (it takes up to a minute).
+    SendingPhoto,
+}
+
+impl Busy {
+    /// The Bot API's name for it.
+    pub fn action(self) -> &'static str {
+        match self {
+            Busy::Typing => "typing",
+            Busy::RecordingVoice => "record_voice",
+            Busy::SendingPhoto => "upload_photo",
+        }
+    }
+
+    /// What an agent's presence state (`thinking`, `tool: NAME`) shows.
+    fn of(state: &str) -> Busy {
+        match state.strip_prefix("tool: ") {
+            Some("respond_with_voice") => Busy::RecordingVoice,
+            Some("image_generate") => Busy::SendingPhoto,
+            _ => Busy::Typing,
         }
     }
 }
@@ -251,6 +285,7 @@ impl Reply {
 struct Typing {
     until: Instant,
     next: Instant,
+    busy: Busy,
 }
 
 /// What a restart needs to carry on exactly where the last run stopped.
@@ -461,9 +496,14 @@ impl Renderer {
             Typing {
                 until: now + TYPING_MAX,
                 next: now + TYPING_EVERY,
+                busy: Busy::Typing,
             },
         );
-        out.push(Action::Typing { chat, topic });
+        out.push(Action::Typing {
+            chat,
+            topic,
+            busy: Busy::Typing,
+        });
     }
 
     /// Stop the typing indicator of `chat`'s `topic` (its message could not be delivered).
@@ -593,6 +633,15 @@ impl Renderer {
                 // and old agents' presences (no field) leave the text alone: the
                 // `assistant.done` carries the whole reply in any case.
                 let p = f.payload_as::<Presence>().unwrap_or_default();
+                // A voice being recorded, a picture being drawn: the chat says so.
+                if let Some(t) = self.typing.get_mut(&(chat, topic)) {
+                    let busy = Busy::of(&p.state);
+                    if busy != t.busy {
+                        t.busy = busy;
+                        t.next = now + TYPING_EVERY;
+                        out.push(Action::Typing { chat, topic, busy });
+                    }
+                }
                 if p.restart == Some(true) {
                     if let Some(r) = self.replies.get_mut(&key) {
                         if !r.done {
@@ -676,7 +725,11 @@ impl Renderer {
         self.typing.retain(|_, t| now < t.until);
         for (&(chat, topic), t) in self.typing.iter_mut() {
             if now >= t.next {
-                out.push(Action::Typing { chat, topic });
+                out.push(Action::Typing {
+                    chat,
+                    topic,
+                    busy: t.busy,
+                });
                 t.next = now + TYPING_EVERY;
             }
         }
@@ -1156,10 +1209,24 @@ mod tests {
         let t0 = Instant::now();
         let mut out = Vec::new();
         r.user_message(5, None, t0, &mut out);
-        assert_eq!(out, vec![Action::Typing { chat: 5, topic: None }]);
+        assert_eq!(
+            out,
+            vec![Action::Typing {
+                chat: 5,
+                topic: None,
+                busy: Busy::Typing
+            }]
+        );
         out.clear();
         r.tick(t0 + Duration::from_secs(3), &mut out);
-        assert_eq!(out, vec![Action::Typing { chat: 5, topic: None }]);
+        assert_eq!(
+            out,
+            vec![Action::Typing {
+                chat: 5,
+                topic: None,
+                busy: Busy::Typing
+            }]
+        );
         out.clear();
         r.tick(t0 + Duration::from_secs(121), &mut out);
         assert!(out.is_empty());
@@ -1168,7 +1235,53 @@ mod tests {
         r.frame(&done("6", "m", 1, "ok"), t0, &mut out);
         out.clear();
         r.tick(t0 + Duration::from_secs(3), &mut out);
-        assert!(!out.contains(&Action::Typing { chat: 6, topic: None }));
+        assert!(!out.contains(&Action::Typing {
+            chat: 6,
+            topic: None,
+            busy: Busy::Typing
+        }));
+    }
+
+    #[test]
+    fn the_chat_shows_a_voice_being_recorded_and_a_picture_being_made() {
+        let mut r = edit_mode();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let busy = |b: Busy| Action::Typing {
+            chat: 5,
+            topic: None,
+            busy: b,
+        };
+        let state = |s: &str, seq: u64| {
+            let mut f = Frame::new(kind::STATUS_PRESENCE, Some(Session::new("telegram", "5")))
+                .with_msg_id("m")
+                .with_payload(&Presence::state(s));
+            f.seq = Some(seq);
+            f
+        };
+        r.user_message(5, None, t0, &mut out);
+        out.clear();
+        r.frame(&state("thinking", 1), t0, &mut out);
+        assert!(
+            !out.contains(&busy(Busy::Typing)),
+            "no change, nothing sent: {out:?}"
+        );
+        out.clear();
+        r.frame(&state("tool: respond_with_voice", 2), t0, &mut out);
+        assert_eq!(out, vec![busy(Busy::RecordingVoice)], "at once");
+        out.clear();
+        r.tick(t0 + Duration::from_secs(3), &mut out);
+        assert_eq!(out, vec![busy(Busy::RecordingVoice)], "and while it lasts");
+        out.clear();
+        r.frame(&state("tool: image_generate", 3), t0, &mut out);
+        assert_eq!(out, vec![busy(Busy::SendingPhoto)]);
+        out.clear();
+        r.frame(&state("tool: bash", 4), t0, &mut out);
+        assert_eq!(out, vec![busy(Busy::Typing)]);
+        assert_eq!(
+            (Busy::RecordingVoice.action(), Busy::SendingPhoto.action()),
+            ("record_voice", "upload_photo")
+        );
     }
 
     fn presence(chat: &str, msg: &str, seq: u64) -> Frame {

@@ -115,8 +115,8 @@ fn execute(
     workspace: &InstanceWorkspace,
 ) {
     match action {
-        Action::Typing { chat, topic } => {
-            let body = in_topic(json!({"chat_id": chat, "action": "typing"}), topic);
+        Action::Typing { chat, topic, busy } => {
+            let body = in_topic(json!({"chat_id": chat, "action": busy.action()}), topic);
             if let Err(e) = call_once_honouring_429(tg, "sendChatAction", &body) {
                 log::debug!("chat {chat}: typing indicator failed: {e}");
             }

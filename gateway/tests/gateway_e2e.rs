@@ -1309,6 +1309,12 @@ fn a_spoken_answer_arrives_as_a_voice_message_after_the_text() {
         .unwrap();
     let voice_at = calls.iter().position(|c| c.method == "sendVoice").unwrap();
     assert!(last_text < voice_at, "the text first");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.method == "sendChatAction" && c.body["action"] == "record_voice"),
+        "the chat showed the voice being recorded"
+    );
 
     let other = 5151;
     s.telegram.refuse_voice(other);

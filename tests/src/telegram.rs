@@ -668,7 +668,14 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             "sendDocument" => send_document(&mut s, multipart.as_deref().unwrap_or(&[])),
             "sendVoice" => send_voice(&mut s, multipart.as_deref().unwrap_or(&[])),
             "sendChatAction" if s.no_chat_action => bad(404, "Not Found: method not found"),
-            "sendChatAction" => ok(json!(true)),
+            "sendChatAction" => match body["action"].as_str() {
+                Some(
+                    "typing" | "upload_photo" | "record_video" | "upload_video" | "record_voice"
+                    | "upload_voice" | "upload_document" | "choose_sticker" | "find_location"
+                    | "record_video_note" | "upload_video_note",
+                ) => ok(json!(true)),
+                _ => bad(400, "Bad Request: wrong parameter action in request"),
+            },
             "sendMessageDraft" if !s.drafts => bad(404, "Not Found: method not found"),
             "sendMessageDraft" => {
                 let chat = body["chat_id"].as_i64().unwrap_or(0);
