@@ -44,7 +44,8 @@ USAGE:
 OPTIONS:
     --config PATH   gateway config [env AEGIS_GATEWAY_CONFIG, default ~/.aegis/gateway.json]
     --socket PATH   aegisd API socket [env AEGIS_SOCKET, default ~/.aegis/aegisd.sock]
-    --check         validate the config, the token (getMe) and the instance, then exit
+    --check         validate the config, the token (getMe) and the instance, say how
+                    many messages a stopped run left to hand on, then exit
     -v, --verbose   debug logging (same as RUST_LOG=debug)
     -h, --help      this help
     -V, --version   the version
@@ -80,7 +81,9 @@ PER-INSTANCE MODE (current AegisVM starts one gateway per instance):
                             (workspace/.aegis/cron.json) unless AEGIS_HOST_SCHEDULES is set
 
 A changed config file (seen within 5 s) or SIGHUP reloads the gateway without losing or
-repeating a message.
+repeating a message. Chats are handled side by side (up to 8 per bot), each in order; what
+was read from Telegram stays in ~/.aegis/gateway/BOT/poll.json until handed on, so a crash
+loses nothing (a message four runs died on is given up by the fifth, and its chat told).
 
 CHAT COMMANDS:
     /stop, /cancel   cancel the reply in progress
@@ -93,7 +96,8 @@ conversation of its own. An album of photos reaches the agent as one message, a 
 instance's workspace as inbox/NAME, a voice or video message, an audio file or a video
 as a recording the agent has written down (over 700 KB through inbox/), a reply with
 what it answers quoted, a forward with whom it is from, a location as its coordinates, a
-sticker as its emoji. Images and files a reply attaches follow its text as photos and documents.";
+sticker as its emoji. Images, files and voice messages a reply attaches follow its text as
+photos, documents and voice messages.";
 
 struct Args {
     config: Option<PathBuf>,
