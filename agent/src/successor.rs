@@ -31,6 +31,33 @@ impl Successor {
         chosen.clone().unwrap_or_else(|| configured.to_string())
     }
 
+    /// When `configured` is a default (`default`, not a model the user named) and a
+    /// refusal (`status`, its words `refusal`) says the server no longer has it: the model
+    /// to use instead, found the first time only with `find(current)`, and logged as the
+    /// `what` ("image model") that gave way.
+    pub fn replace(
+        &self,
+        (default, configured): (bool, &str),
+        (status, refusal): (u16, &str),
+        what: &str,
+        find: impl FnOnce(&str) -> Result<String, String>,
+    ) -> Option<String> {
+        if !default || !refused_as_gone(status, refusal) {
+            return None;
+        }
+        let current = self.model(configured);
+        match self.seek(|| find(&current))? {
+            Ok(next) => {
+                log::warn!("{what} {current} is gone; using {next} (the server said: {refusal})");
+                Some(next)
+            }
+            Err(e) => {
+                log::warn!("{what} {current} is gone ({refusal}), and no other was found: {e}");
+                None
+            }
+        }
+    }
+
     /// The first time only: what `find` picks, kept for [`Successor::model`] when found.
     pub fn seek(&self, find: impl FnOnce() -> Result<String, String>) -> Option<Result<String, String>> {
         if self.sought.swap(true, Ordering::Relaxed) {

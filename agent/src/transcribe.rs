@@ -171,23 +171,15 @@ impl Transcriber {
     /// a successor was found, once per run: OpenAI shuts models down, and an agent left
     /// running would otherwise write down no voice message again.
     fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, text: &str) -> bool {
-        if !self.default_model || !crate::successor::refused_as_gone(status, text) {
-            return false;
-        }
-        let current = self.model();
-        let find =
-            || crate::successor::find_transcribe_model(agent, &self.base, self.key.as_deref(), &current);
-        match self.successor.seek(find) {
-            Some(Ok(next)) => {
-                log::warn!("speech-to-text model {current} is gone; using {next}");
-                true
-            }
-            Some(Err(e)) => {
-                log::warn!("speech-to-text model {current} is gone, and no other was found: {e}");
-                false
-            }
-            None => false,
-        }
+        let found = self.successor.replace(
+            (self.default_model, &self.model),
+            (status, text),
+            "speech-to-text model",
+            |current| {
+                crate::successor::find_transcribe_model(agent, &self.base, self.key.as_deref(), current)
+            },
+        );
+        found.is_some()
     }
 
     /// What is said in `a`, whose bytes are `bytes`.

@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::retry::{quota_used_up, retry_wait, Retry};
+use super::retry::{retry_wait, Retry};
 use super::{arg_str, transport, Abandoned};
 use crate::blobs;
 
@@ -104,21 +104,12 @@ impl ImageGen {
     /// When the default model is gone (`refusal` is the API's 404), the one to use
     /// instead, found once.
     fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, refusal: &str) -> Option<String> {
-        if !self.default_model || !crate::successor::refused_as_gone(status, refusal) {
-            return None;
-        }
-        let current = self.model();
-        let find = || crate::successor::find_image_model(agent, &self.base, &self.key, &current);
-        match self.successor.seek(find)? {
-            Ok(next) => {
-                log::warn!("image model {current} is gone ({refusal}); using {next}");
-                Some(next)
-            }
-            Err(e) => {
-                log::warn!("image model {current} is gone ({refusal}), and no other was found: {e}");
-                None
-            }
-        }
+        self.successor.replace(
+            (self.default_model, &self.model),
+            (status, refusal),
+            "image model",
+            |current| crate::successor::find_image_model(agent, &self.base, &self.key, current),
+        )
     }
 
     /// The request body for `prompt` at `size` from `model`.
@@ -289,21 +280,16 @@ fn size(args: &Value) -> Result<String, String> {
 /// A refusal, in OpenAI's words (`error.message`) when it gave them.
 fn status_error(status: u16, body: &str) -> String {
     let v: Value = serde_json::from_str(body).unwrap_or_default();
-    let detail = tether::http::error_words(body);
     let code = v["error"]["code"].as_str().unwrap_or("");
-    let what = match status {
-        401 | 403 => "the image API rejected the key",
-        400 if matches!(code, "moderation_blocked" | "content_policy_violation") => {
-            "the image API refused the prompt under its content policy"
-        }
-        429 if quota_used_up(body) => {
-            "the OpenAI account's quota is used up; its billing must be seen to before images can be made"
-        }
-        429 => "the image API is rate-limiting requests; try again later",
-        s if s >= 500 => "the image API failed; try again later",
-        _ => "the image API refused the request",
-    };
-    super::refusal(what, status, &detail)
+    if status == 400 && matches!(code, "moderation_blocked" | "content_policy_violation") {
+        let detail = tether::http::error_words(body);
+        return super::refusal(
+            "the image API refused the prompt under its content policy",
+            status,
+            &detail,
+        );
+    }
+    super::retry::refusal("the image API", "images can be made", status, body)
 }
 
 #[cfg(test)]

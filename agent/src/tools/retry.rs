@@ -57,6 +57,22 @@ pub fn quota_used_up(body: &str) -> bool {
     [&v["error"]["code"], &v["error"]["type"]].contains(&&json!("insufficient_quota"))
 }
 
+/// A refusal of OpenAI's `api` ("the image API"), in its words (`error.message`) when it
+/// gave them; `making` says what a used-up quota stops ("images can be made").
+pub fn refusal(api: &str, making: &str, status: u16, body: &str) -> String {
+    let detail = tether::http::error_words(body);
+    let what = match status {
+        401 | 403 => format!("{api} rejected the key"),
+        429 if quota_used_up(body) => {
+            format!("the OpenAI account's quota is used up; its billing must be seen to before {making}")
+        }
+        429 => format!("{api} is rate-limiting requests; try again later"),
+        s if s >= 500 => format!("{api} failed; try again later"),
+        _ => format!("{api} refused the request"),
+    };
+    super::refusal(&what, status, &detail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::retry::{quota_used_up, retry_wait, Retry};
+use super::retry::{retry_wait, Retry};
 use super::{arg_opt, arg_str, transport, Abandoned};
 use crate::blobs;
 
@@ -89,21 +89,12 @@ impl Speaker {
     /// When the default model is gone (`refusal` is the API's 404), the one to use
     /// instead, found once.
     fn replace_retired_model(&self, agent: &ureq::Agent, status: u16, refusal: &str) -> Option<String> {
-        if !self.default_model || !crate::successor::refused_as_gone(status, refusal) {
-            return None;
-        }
-        let current = self.successor.model(&self.model);
-        let find = || crate::successor::find_speech_model(agent, &self.base, self.key.as_deref(), &current);
-        match self.successor.seek(find)? {
-            Ok(next) => {
-                log::warn!("speech model {current} is gone ({refusal}); using {next}");
-                Some(next)
-            }
-            Err(e) => {
-                log::warn!("speech model {current} is gone ({refusal}), and no other was found: {e}");
-                None
-            }
-        }
+        self.successor.replace(
+            (self.default_model, &self.model),
+            (status, refusal),
+            "speech model",
+            |current| crate::successor::find_speech_model(agent, &self.base, self.key.as_deref(), current),
+        )
     }
 
     /// `respond_with_voice {text, instructions?}`: the recording stored in the workspace of
@@ -214,17 +205,7 @@ fn audio_extension(bytes: &[u8]) -> Option<&'static str> {
 
 /// A refusal, in OpenAI's words (`error.message`) when it gave them.
 fn status_error(status: u16, body: &str) -> String {
-    let detail = tether::http::error_words(body);
-    let what = match status {
-        401 | 403 => "the speech API rejected the key",
-        429 if quota_used_up(body) => {
-            "the OpenAI account's quota is used up; its billing must be seen to before speech can be made"
-        }
-        429 => "the speech API is rate-limiting requests; try again later",
-        s if s >= 500 => "the speech API failed; try again later",
-        _ => "the speech API refused the request",
-    };
-    super::refusal(what, status, &detail)
+    super::retry::refusal("the speech API", "speech can be made", status, body)
 }
 
 #[cfg(test)]
