@@ -84,7 +84,7 @@ impl Journal {
             let (unit, _) = parse_updates(&serde_json::Value::Array(raw.clone()));
             let Some(first) = unit.first().map(|u| u.update_id) else {
                 // Its id, not its content: the words are the user's.
-                let id = raw.first().and_then(|u| u.get("update_id"));
+                let id = first_id(raw);
                 log::warn!("dropping an update the journal kept that cannot be read (update_id {id:?})");
                 return false;
             };
@@ -115,19 +115,21 @@ impl Journal {
     }
 
     /// `unit` (updates handled as one) was read: it stays until `done`. Written by the
-    /// next `sync` at the latest.
-    pub fn add(&self, unit: &[Update]) {
+    /// next `sync` at the latest. False when it was read before (already here, or
+    /// handled): it is not to be handed out again.
+    pub fn add(&self, unit: &[Update]) -> bool {
         let (Some(first), Some(last)) = (unit.first(), unit.last()) else {
-            return;
+            return false;
         };
         let mut kept = self.lock();
         if first.update_id < kept.st.offset {
-            return; // read before: already here, or handled
+            return false;
         }
         kept.st.pending.push(unit.iter().map(|u| u.raw.clone()).collect());
         kept.st.offset = last.update_id + 1;
         kept.dirty = true;
         kept.unsynced = true;
+        true
     }
 
     /// Update `id` will not be handled (a shape we do not read): not asked for again.
@@ -143,13 +145,22 @@ impl Journal {
     /// that confirms what was read, this must have succeeded.
     pub fn sync(&self) -> io::Result<()> {
         let mut kept = self.lock();
-        if kept.unsynced {
-            state::save_synced(&self.path, &kept.st)?;
-        } else if kept.dirty {
-            state::save(&self.path, &kept.st)?;
+        match (kept.unsynced, kept.dirty) {
+            (true, _) => self.write(&mut kept, true),
+            (false, true) => self.write(&mut kept, false),
+            (false, false) => Ok(()),
+        }
+    }
+
+    /// Write the state, synced to disk when `durable`; what it saved is no longer to be
+    /// written.
+    fn write(&self, kept: &mut Kept, durable: bool) -> io::Result<()> {
+        match durable {
+            true => state::save_synced(&self.path, &kept.st)?,
+            false => state::save(&self.path, &kept.st)?,
         }
         kept.dirty = false;
-        kept.unsynced = false;
+        kept.unsynced &= !durable;
         Ok(())
     }
 
@@ -159,25 +170,15 @@ impl Journal {
     /// would handle it again), so a command must not start.
     pub fn done(&self, first_id: i64, change: Option<Change>, durable: bool) -> io::Result<()> {
         let mut kept = self.lock();
-        let first = |unit: &Vec<serde_json::Value>| {
-            unit.first()
-                .and_then(|u| u.get("update_id"))
-                .and_then(serde_json::Value::as_i64)
-        };
-        kept.st.pending.retain(|unit| first(unit) != Some(first_id));
+        kept.st
+            .pending
+            .retain(|unit| self::first_id(unit) != Some(first_id));
         kept.st.tries.remove(&first_id);
         if let Some(change) = change {
             kept.st.apply(change);
         }
         kept.dirty = true;
-        let saved = match durable {
-            true => state::save_synced(&self.path, &kept.st),
-            false => state::save(&self.path, &kept.st),
-        };
-        if saved.is_ok() {
-            kept.dirty = false;
-            kept.unsynced &= !durable;
-        }
+        let saved = self.write(&mut kept, durable);
         drop(kept);
         self.room.notify_all();
         saved
@@ -191,6 +192,11 @@ impl Journal {
             kept = self.room.wait(kept).unwrap_or_else(|e| e.into_inner());
         }
     }
+}
+
+/// The `update_id` a journaled unit (raw updates) starts with.
+fn first_id(raw: &[serde_json::Value]) -> Option<i64> {
+    raw.first()?.get("update_id")?.as_i64()
 }
 
 #[cfg(test)]

@@ -174,11 +174,9 @@ impl Poller {
             }
             let unit: Vec<Update> = updates[i..i + n].to_vec();
             i += n;
-            if unit[0].update_id < self.journal.offset() {
-                continue; // read before
+            if self.journal.add(&unit) {
+                self.dispatch(unit);
             }
-            self.journal.add(&unit);
-            self.dispatch(unit);
         }
     }
 

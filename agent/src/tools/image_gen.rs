@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::retry::{retry_wait, Retry};
+use super::retry::{Post, Refused};
 use super::{arg_str, transport, Abandoned};
 use crate::blobs;
 
@@ -35,8 +35,6 @@ const MAX_BODY: u64 = (MAX_IMAGE as u64) * 4 / 3 + 64 * 1024;
 const INLINE_CAP: usize = super::files::ATTACH_CAP as usize;
 /// GPT image models at high quality take a minute or more.
 const TIMEOUT: Duration = Duration::from_secs(180);
-/// Tries at one image, as OpenAI's SDKs make (two retries).
-const ATTEMPTS: u32 = 3;
 
 /// An Images API client. `Debug` never prints the key.
 #[derive(Clone)]
@@ -142,41 +140,21 @@ impl ImageGen {
         let size = size(args)?;
         let url = format!("{}/images/generations", self.base);
         let agent = http_agent(&url);
-        let mut body = Self::body(&self.model(), prompt, &size).to_string();
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            let resp = agent
-                .post(&url)
-                .header("authorization", &format!("Bearer {}", self.key))
-                .content_type("application/json")
-                .send(&body)
-                .map_err(|e| format!("image generation failed: {}", transport(&e)))?;
-            let status = resp.status().as_u16();
-            if status == 200 {
-                break resp;
-            }
-            let asked = super::retry::asked(&resp);
-            let text = tether::http::error_text(resp);
-            let refusal = self.scrub(status_error(status, &text));
-            if let Some(next) = self.replace_retired_model(&agent, status, &refusal) {
-                body = Self::body(&next, prompt, &size).to_string();
-                attempt -= 1;
-                continue;
-            }
-            match retry_wait(status, (asked.0.as_deref(), asked.1.as_deref()), &text, attempt) {
-                Retry::After(wait) if attempt < ATTEMPTS => {
-                    log::warn!("image_generate: HTTP {status} (attempt {attempt}); retrying in {wait:?}");
-                    if !abandoned.wait(wait) {
-                        return Err("cancelled".into());
-                    }
-                }
-                Retry::TooLong(wait) => {
-                    return Err(format!("{refusal}; it asks to wait {} s", wait.as_secs()))
-                }
-                _ => return Err(refusal),
-            }
+        let body = Self::body(&self.model(), prompt, &size).to_string();
+        let post = Post {
+            agent: &agent,
+            url: &url,
+            key: Some(&self.key),
+            tool: "image_generate",
+            failed: "image generation failed",
         };
+        let resp = post.send(body, abandoned, |status, answer| {
+            let refusal = self.scrub(status_error(status, answer));
+            match self.replace_retired_model(&agent, status, &refusal) {
+                Some(next) => Refused::Instead(Self::body(&next, prompt, &size).to_string()),
+                None => Refused::Words(refusal),
+            }
+        })?;
         let v = super::json_answer(resp, MAX_BODY, "the generated image", "the image API")?;
         let first = &v["data"][0];
         let bytes = if let Some(b64) = first["b64_json"].as_str() {

@@ -1,15 +1,94 @@
-//! Trying a refused OpenAI API request again, as OpenAI's SDKs decide (the image and
-//! speech tools share it).
+//! Sending a request to an OpenAI API and trying a refused one again, as OpenAI's SDKs
+//! decide (the image and speech tools share it).
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::{transport, Abandoned};
+
 /// Longest wait a server may ask for before a retry; a longer one goes to the model.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+/// Tries at one request, as OpenAI's SDKs make (two retries).
+const ATTEMPTS: u32 = 3;
+
+/// One JSON `POST` to an OpenAI API.
+pub struct Post<'a> {
+    /// The client (a status comes back as an answer: [`super::api_agent`]).
+    pub agent: &'a ureq::Agent,
+    /// Where.
+    pub url: &'a str,
+    /// The bearer key, if the server needs one.
+    pub key: Option<&'a str>,
+    /// The tool, for the log (`image_generate`).
+    pub tool: &'a str,
+    /// What failed when the server cannot be reached ("image generation failed").
+    pub failed: &'a str,
+}
+
+/// What a refusal means to the caller.
+pub enum Refused {
+    /// This, for the model (the API's words, the key scrubbed).
+    Words(String),
+    /// Send this body instead (the model asked for is gone; another takes its place).
+    Instead(String),
+}
+
+impl Post<'_> {
+    /// `body` sent until answered 200: `refused(status, answer)` says what a refusal means;
+    /// one worth trying again is, up to three tries, after the wait [`retry_wait`] gives,
+    /// unless the call was `abandoned` meanwhile.
+    pub fn send(
+        &self,
+        mut body: String,
+        abandoned: &Abandoned,
+        mut refused: impl FnMut(u16, &str) -> Refused,
+    ) -> Result<ureq::http::Response<ureq::Body>, String> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.agent.post(self.url).content_type("application/json");
+            if let Some(key) = self.key {
+                req = req.header("authorization", &format!("Bearer {key}"));
+            }
+            let resp = req
+                .send(&body)
+                .map_err(|e| format!("{}: {}", self.failed, transport(&e)))?;
+            let status = resp.status().as_u16();
+            if status == 200 {
+                return Ok(resp);
+            }
+            let (ms, secs) = asked(&resp);
+            let answer = tether::http::error_text(resp);
+            let refusal = match refused(status, &answer) {
+                Refused::Instead(next) => {
+                    body = next;
+                    attempt -= 1;
+                    continue;
+                }
+                Refused::Words(words) => words,
+            };
+            match retry_wait(status, (ms.as_deref(), secs.as_deref()), &answer, attempt) {
+                Retry::After(wait) if attempt < ATTEMPTS => {
+                    log::warn!(
+                        "{}: HTTP {status} (attempt {attempt}); retrying in {wait:?}",
+                        self.tool
+                    );
+                    if !abandoned.wait(wait) {
+                        return Err("cancelled".into());
+                    }
+                }
+                Retry::TooLong(wait) => {
+                    return Err(format!("{refusal}; it asks to wait {} s", wait.as_secs()))
+                }
+                _ => return Err(refusal),
+            }
+        }
+    }
+}
 
 /// The waits a refusal asks for: `retry-after-ms`, then `retry-after` (seconds).
-pub fn asked(resp: &ureq::http::Response<ureq::Body>) -> (Option<String>, Option<String>) {
+fn asked(resp: &ureq::http::Response<ureq::Body>) -> (Option<String>, Option<String>) {
     let header = |name: &str| {
         let v = resp.headers().get(name)?;
         v.to_str().ok().map(str::to_string)
@@ -19,7 +98,7 @@ pub fn asked(resp: &ureq::http::Response<ureq::Body>) -> (Option<String>, Option
 
 /// Whether to try a refused request again, and when.
 #[derive(Debug, PartialEq)]
-pub enum Retry {
+enum Retry {
     /// Not worth it: the request itself, the key, or a used-up quota.
     No,
     /// After this wait.
@@ -31,7 +110,7 @@ pub enum Retry {
 /// As OpenAI's SDKs decide: 408, 409, 429 and 5xx are retried, after the wait the server
 /// asks for (`retry-after-ms`, else `retry-after` in seconds: `asked`), else 1 s, then 2 s.
 /// A 429 for a used-up quota (`insufficient_quota`) is not: it waits on billing, not time.
-pub fn retry_wait(status: u16, asked: (Option<&str>, Option<&str>), body: &str, attempt: u32) -> Retry {
+fn retry_wait(status: u16, asked: (Option<&str>, Option<&str>), body: &str, attempt: u32) -> Retry {
     match status {
         408 | 409 | 500..=599 => {}
         429 if !quota_used_up(body) => {}
@@ -52,7 +131,7 @@ pub fn retry_wait(status: u16, asked: (Option<&str>, Option<&str>), body: &str, 
 }
 
 /// Whether an error body says the account's quota is used up (a 429 like a rate limit's).
-pub fn quota_used_up(body: &str) -> bool {
+fn quota_used_up(body: &str) -> bool {
     let v: Value = serde_json::from_str(body).unwrap_or_default();
     [&v["error"]["code"], &v["error"]["type"]].contains(&&json!("insufficient_quota"))
 }

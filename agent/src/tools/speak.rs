@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::retry::{retry_wait, Retry};
-use super::{arg_opt, arg_str, transport, Abandoned};
+use super::retry::{Post, Refused};
+use super::{arg_opt, arg_str, Abandoned};
 use crate::blobs;
 
 /// The model unless agent.json names another (`tools.respond_with_voice.model`).
@@ -25,8 +25,6 @@ const MAX_INPUT: usize = 4096;
 const MAX_AUDIO: u64 = 10 * 1024 * 1024;
 /// Five minutes of speech take the API a while to make.
 const TIMEOUT: Duration = Duration::from_secs(120);
-/// Tries at one recording, as OpenAI's SDKs make (two retries).
-const ATTEMPTS: u32 = 3;
 
 /// A text-to-speech client. `Debug` never prints the key.
 #[derive(Clone)]
@@ -118,44 +116,23 @@ impl Speaker {
         }
         let instructions = arg_opt(args, "instructions")?;
         let model = self.successor.model(&self.model);
-        let mut body = self.body(&model, text, instructions).to_string();
+        let body = self.body(&model, text, instructions).to_string();
         let url = format!("{}/audio/speech", self.base);
         let agent = super::api_agent(&url, TIMEOUT);
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            let mut req = agent.post(&url).content_type("application/json");
-            if let Some(key) = &self.key {
-                req = req.header("authorization", &format!("Bearer {key}"));
-            }
-            let resp = req
-                .send(&body)
-                .map_err(|e| format!("speech failed: {}", transport(&e)))?;
-            let status = resp.status().as_u16();
-            if status == 200 {
-                break resp;
-            }
-            let asked = super::retry::asked(&resp);
-            let answer = tether::http::error_text(resp);
-            let refusal = self.scrub(status_error(status, &answer));
-            if let Some(next) = self.replace_retired_model(&agent, status, &refusal) {
-                body = self.body(&next, text, instructions).to_string();
-                attempt -= 1;
-                continue;
-            }
-            match retry_wait(status, (asked.0.as_deref(), asked.1.as_deref()), &answer, attempt) {
-                Retry::After(wait) if attempt < ATTEMPTS => {
-                    log::warn!("respond_with_voice: HTTP {status} (attempt {attempt}); retrying in {wait:?}");
-                    if !abandoned.wait(wait) {
-                        return Err("cancelled".into());
-                    }
-                }
-                Retry::TooLong(wait) => {
-                    return Err(format!("{refusal}; it asks to wait {} s", wait.as_secs()))
-                }
-                _ => return Err(refusal),
-            }
+        let post = Post {
+            agent: &agent,
+            url: &url,
+            key: self.key.as_deref(),
+            tool: "respond_with_voice",
+            failed: "speech failed",
         };
+        let resp = post.send(body, abandoned, |status, answer| {
+            let refusal = self.scrub(status_error(status, answer));
+            match self.replace_retired_model(&agent, status, &refusal) {
+                Some(next) => Refused::Instead(self.body(&next, text, instructions).to_string()),
+                None => Refused::Words(refusal),
+            }
+        })?;
         let bytes = resp
             .into_body()
             .into_with_config()
