@@ -138,6 +138,12 @@ impl<'a> Incoming<'a> {
 }
 
 impl Ingress {
+    /// Whether `chat` is answered: `allowed_chats` names it, or the group it was before it
+    /// became a supergroup.
+    fn allows(&self, chat: i64, st: &crate::state::PollState) -> bool {
+        self.bot.allows(chat) || st.migrated.get(&chat).is_some_and(|old| self.bot.allows(*old))
+    }
+
     /// Whether this bot sent `m` (its id is the token's prefix).
     fn by_bot(&self, m: &Message) -> bool {
         let bot_id: i64 = self.tg.bot_id().parse().unwrap_or(0);
@@ -192,7 +198,7 @@ impl Ingress {
 
     /// `unit` was given up: `tries` runs of the gateway began handling it and none lived
     /// through it. Its chat is told, so the user can send it again.
-    pub fn given_up(&self, unit: &[Update], tries: u32) {
+    pub fn given_up(&self, unit: &[Update], tries: u32, journal: &Journal) {
         let Some(m) = unit.iter().find_map(|u| u.message.as_ref()) else {
             return;
         };
@@ -202,8 +208,7 @@ impl Ingress {
             m.message_id,
             tries - 1
         );
-        let allowed = self.bot.allows(chat);
-        if allowed {
+        if journal.read(|st| self.allows(chat, st)) {
             self.notice(
                 (chat, m.topic()),
                 "⚠️ A message you sent could not be handled: the gateway stopped each time it tried. Please send it again, perhaps in another form.",
@@ -233,10 +238,8 @@ impl Ingress {
         };
         let user_id = m.from.as_ref().map_or(chat, |u| u.id);
         let (allowed, session_id, in_exec) = journal.read(|st| {
-            let allowed =
-                self.bot.allows(chat) || st.migrated.get(&chat).is_some_and(|old| self.bot.allows(*old));
             (
-                allowed,
+                self.allows(chat, st),
                 st.session_id(chat, m.topic()),
                 st.exec.contains(&(chat, user_id)),
             )

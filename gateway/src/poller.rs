@@ -84,7 +84,7 @@ impl Poller {
             );
         }
         for unit in &given_up {
-            self.ingress.given_up(unit, MAX_TRIES);
+            self.ingress.given_up(unit, MAX_TRIES, &self.journal);
         }
         // The tries counted must be on disk before handling begins.
         while let Err(e) = self.journal.sync() {
