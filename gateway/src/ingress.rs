@@ -169,6 +169,13 @@ impl Ingress {
         })
     }
 
+    /// Whether `m` asks to stop the reply running now (`/stop`, `/cancel`, `@bot /stop` in
+    /// a group): it must not wait behind what its chat has queued (a file still
+    /// downloading), which it does not mean. Whether it may stop anything is for `take`.
+    pub fn stops(&self, m: &Message) -> bool {
+        stops(m, self.username.get().map(String::as_str))
+    }
+
     /// Handle `unit` (updates handled as one) and mark it handled in `journal`, with what
     /// it changed; a command starts only once that is saved, so it runs at most once,
     /// where a message to the agent is delivered at least once (and de-duplicated there).
@@ -622,11 +629,15 @@ fn command_word<'t>(m: &Message, text: &'t str) -> &'t str {
     word.split('@').next().unwrap_or("")
 }
 
-/// Whether `m` asks to stop the reply running now (`/stop`, `/cancel`): it must not wait
-/// behind what its chat has queued (a file still downloading), which it does not mean.
-pub fn stops(m: &Message) -> bool {
+/// Whether `m` starts with `/stop` or `/cancel`, once the bot's `username` (if known) is
+/// taken out of it.
+fn stops(m: &Message, username: Option<&str>) -> bool {
     let text = m.text.as_deref().unwrap_or("");
-    matches!(command_word(m, text), "/stop" | "/cancel")
+    let text = match username {
+        Some(u) => strip_mention(text, &format!("@{u}")),
+        None => text.to_string(),
+    };
+    matches!(command_word(m, &text), "/stop" | "/cancel")
 }
 
 /// Byte offsets where `mention` (ASCII, as Telegram usernames are) stands in `text` as
@@ -675,11 +686,15 @@ mod tests {
             }
             serde_json::from_value(v).unwrap()
         };
-        assert!(super::stops(&m("/stop", false)));
-        assert!(super::stops(&m("/cancel@test_bot now", false)));
-        assert!(!super::stops(&m("/stopwatch", false)));
-        assert!(!super::stops(&m("please /stop", false)));
-        assert!(!super::stops(&m("/stop", true)), "someone else's words");
+        let stops = |m: crate::telegram::Message| super::stops(&m, Some("test_bot"));
+        assert!(stops(m("/stop", false)));
+        assert!(stops(m("/cancel@test_bot now", false)));
+        assert!(stops(m("@Test_Bot /stop", false)), "in a group");
+        assert!(super::stops(&m("/stop", false), None), "before getMe");
+        assert!(!stops(m("@test_botany /stop", false)));
+        assert!(!stops(m("/stopwatch", false)));
+        assert!(!stops(m("please /stop", false)));
+        assert!(!stops(m("/stop", true)), "someone else's words");
     }
 
     #[test]

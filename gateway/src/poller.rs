@@ -185,7 +185,7 @@ impl Poller {
     fn dispatch(&self, unit: Vec<Update>) {
         let first = unit.first().and_then(|u| u.message.as_ref());
         let chat = first.map_or(0, |m| m.chat.id);
-        if unit.len() == 1 && first.is_some_and(crate::ingress::stops) {
+        if unit.len() == 1 && first.is_some_and(|m| self.ingress.stops(m)) {
             let (ingress, journal, stop) = (self.ingress.clone(), self.journal.clone(), unit.clone());
             let spawned = thread::Builder::new()
                 .name("tg-stop".into())

@@ -188,23 +188,39 @@ fn stop_cancels_the_reply_in_flight() {
 /// after that reply began and that is still downloading.
 #[test]
 fn stop_goes_ahead_of_a_file_still_downloading_in_its_chat() {
+    stop_goes_ahead(CHAT, "tell me everything", None, "/stop");
+}
+
+/// In a group, `/stop` is addressed to the bot as any message is: `@bot /stop` goes ahead
+/// as well.
+#[test]
+fn a_mentioned_stop_goes_ahead_in_a_group() {
+    stop_goes_ahead(
+        -1003,
+        "@test_bot tell me everything",
+        Some("@test_bot look"),
+        "@Test_Bot /stop",
+    );
+}
+
+fn stop_goes_ahead(chat: i64, ask: &str, caption: Option<&str>, stop: &str) {
     let llm = FakeLlm::scripted(vec![
         Reply::stalls_after("thinking hard"),
         Reply::sse(openai_sse(&["got the file"])),
     ]);
     let s = stack("gw-stop-ahead", llm);
-    s.telegram.push_text(CHAT, 1, "Ann", "tell me everything");
-    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    s.telegram.push_text(chat, 1, "Ann", ask);
+    s.telegram.wait_chat(chat, T, |m| m.len() == 1);
     s.telegram.hold_downloads(true);
     s.telegram
-        .push_file(CHAT, 1, "big.zip", "application/zip", b"PK\x03\x04", None);
+        .push_file(chat, 1, "big.zip", "application/zip", b"PK\x03\x04", caption);
     s.telegram.wait_downloads(1, T);
-    s.telegram.push_text(CHAT, 1, "Ann", "/stop");
+    s.telegram.push_text(chat, 1, "Ann", stop);
     s.telegram
-        .wait_chat(CHAT, T, |m| m[0].visible().contains("Reply cancelled"));
+        .wait_chat(chat, T, |m| m[0].visible().contains("Reply cancelled"));
     assert_eq!(s.llm.requests().len(), 1, "the file is still on its way");
     s.telegram.hold_downloads(false);
-    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+    let msgs = s.telegram.wait_chat(chat, T, |m| {
         m.last().is_some_and(|m| m.visible() == "got the file")
     });
     assert_eq!(msgs.len(), 2, "{msgs:#?}");
