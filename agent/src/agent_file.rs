@@ -51,6 +51,8 @@ pub struct AgentFile {
     pub context_turns: Option<usize>,
     /// Characters in the context.
     pub context_chars: Option<usize>,
+    /// [ours] Whether turns that fell out of the context are recapped (default true).
+    pub context_recap: Option<bool>,
     /// System prompt.
     pub system_prompt: Option<String>,
     /// [ours] Tool rounds per message.
@@ -78,6 +80,7 @@ const FIELDS: &[&str] = &[
     "max_tokens",
     "context_turns",
     "context_chars",
+    "context_recap",
     "system_prompt",
     "max_tool_rounds",
     "tools",
@@ -108,6 +111,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         max_tokens: get(obj, "max_tokens", &mut problems),
         context_turns: get(obj, "context_turns", &mut problems),
         context_chars: get(obj, "context_chars", &mut problems),
+        context_recap: get(obj, "context_recap", &mut problems),
         system_prompt: get(obj, "system_prompt", &mut problems),
         max_tool_rounds: get(obj, "max_tool_rounds", &mut problems),
         tools: get(obj, "tools", &mut problems).unwrap_or_default(),

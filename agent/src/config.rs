@@ -51,6 +51,9 @@ LLM (environment only, so keys never appear in a process listing):
     AEGIS_SYSTEM_PROMPT system prompt [default \"You are a helpful assistant.\"]
     AEGIS_CONTEXT_TURNS newest turns sent to the model [default 50]
     AEGIS_CONTEXT_CHARS character budget of those turns [default 24000]
+    AEGIS_CONTEXT_RECAP 1: turns that no longer fit are recapped by the model into
+                        the system prompt (sessions/NAME.recap.json); 0: forgotten
+                        [default 1]
     AEGIS_LLM_CONNECT_TIMEOUT  seconds to connect to the LLM API [default 10]
     AEGIS_LLM_READ_TIMEOUT     seconds allowed between streamed chunks [default 120]
     AEGIS_LLM_RETRIES          attempts per model request [default 4]
@@ -93,7 +96,8 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\", \"anthropic/NAME\", or \"host:SERVER/NAME\" for a model
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
     host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort,
-    thinking_budget, context_turns, context_chars, system_prompt, max_tool_rounds,
+    thinking_budget, context_turns, context_chars, context_recap, system_prompt,
+    max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
     model, voice}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
@@ -135,6 +139,8 @@ pub struct Config {
     pub system_prompt: Option<String>,
     /// Context window limits.
     pub budget: Budget,
+    /// Recap what falls out of the window (`recap.rs`).
+    pub recap: bool,
     /// Built-in tool settings.
     pub tools: ToolConfig,
     /// MCP servers to attach.
@@ -178,6 +184,15 @@ fn env_num<T: std::str::FromStr>(name: &str, default: T) -> Result<T, ConfigErro
             .trim()
             .parse()
             .map_err(|_| ConfigError(format!("{name}={v:?} is not a valid number"))),
+    }
+}
+
+fn env_flag(name: &str, default: bool) -> Result<bool, ConfigError> {
+    match env(name).as_deref().map(str::trim) {
+        None => Ok(default),
+        Some("1" | "true" | "on") => Ok(true),
+        Some("0" | "false" | "off") => Ok(false),
+        Some(v) => Err(ConfigError(format!("{name}={v:?} is not 1 or 0"))),
     }
 }
 
@@ -237,6 +252,7 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         provider,
         system_prompt: env("AEGIS_SYSTEM_PROMPT").or(file.system_prompt.clone()),
         budget,
+        recap: env_flag("AEGIS_CONTEXT_RECAP", file.context_recap.unwrap_or(true))?,
         tools,
         mcp: mcp_servers,
         memory: file.memory.clone().unwrap_or_default(),

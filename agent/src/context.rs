@@ -42,16 +42,22 @@ const MIN_TRIMMED: usize = 200;
 
 /// The turns to send for `history` within `budget`, oldest first.
 pub fn context(history: &[Turn], budget: Budget) -> Vec<Turn> {
+    window(history, budget).0
+}
+
+/// [`context`], and how many turns at the start of `history` fell out of it (whole units;
+/// the question put in front by duty 4 counts as fallen out: it goes trimmed, if at all).
+pub fn window(history: &[Turn], budget: Budget) -> (Vec<Turn>, usize) {
     let cap = tool_result_cap(budget);
-    let units: Vec<Vec<Turn>> = repair(history)
+    let (starts, units): (Vec<usize>, Vec<Vec<Turn>>) = repair(history)
         .into_iter()
-        .map(|mut u| {
+        .map(|(at, mut u)| {
             for t in u.iter_mut().filter(|t| t.role == Role::Tool) {
                 trim_content(&mut t.content, cap);
             }
-            u
+            (at, u)
         })
-        .collect();
+        .unzip();
 
     let mut chars = 0;
     let mut turns = 0;
@@ -70,6 +76,7 @@ pub fn context(history: &[Turn], budget: Budget) -> Vec<Turn> {
             break; // the newest unit alone is over budget: it goes, trimmed below
         }
     }
+    let mut fell_out = starts.get(start).copied().unwrap_or(history.len());
     let mut out: Vec<Turn> = units[start..].iter().flatten().cloned().collect();
     if chars > budget.chars {
         shrink_to(&mut out, budget.chars);
@@ -79,6 +86,10 @@ pub fn context(history: &[Turn], budget: Budget) -> Vec<Turn> {
             // The window holds a question: start there (whole units go before it).
             Some(first_user) => {
                 out.drain(..first_user);
+                // A user turn is a unit of its own: the window now starts at one.
+                if let Some(k) = units[start..].iter().position(|u| u[0].role == Role::User) {
+                    fell_out = starts[start + k];
+                }
             }
             // The window is all model and tools (one long tool loop): the question that
             // started it is worth more than the budget's last few characters.
@@ -99,7 +110,7 @@ pub fn context(history: &[Turn], budget: Budget) -> Vec<Turn> {
             }
         }
     }
-    out
+    (out, fell_out)
 }
 
 /// `turns` with each user turn's text opened by the minute it was sent, from its stored
@@ -138,16 +149,18 @@ fn tool_result_cap(budget: Budget) -> usize {
     (budget.chars / 4).clamp(MIN_TRIMMED, 10_000)
 }
 
-/// Group `history` into units and mend broken tool chains.
-fn repair(history: &[Turn]) -> Vec<Vec<Turn>> {
+/// Group `history` into units, each with the index of its first turn, and mend broken
+/// tool chains.
+fn repair(history: &[Turn]) -> Vec<(usize, Vec<Turn>)> {
     let mut units = Vec::new();
     let mut i = 0;
     while i < history.len() {
+        let at = i;
         let turn = &history[i];
         i += 1;
         match turn.role {
             Role::Tool => continue, // a result whose call is not in front of it
-            Role::User => units.push(vec![turn.clone()]),
+            Role::User => units.push((at, vec![turn.clone()])),
             Role::Assistant => {
                 let calls: Vec<(String, String)> = turn
                     .content
@@ -155,7 +168,7 @@ fn repair(history: &[Turn]) -> Vec<Vec<Turn>> {
                     .map(|(id, name, _)| (id.to_string(), name.to_string()))
                     .collect();
                 if calls.is_empty() {
-                    units.push(vec![turn.clone()]);
+                    units.push((at, vec![turn.clone()]));
                     continue;
                 }
                 let mut results = Vec::new();
@@ -170,7 +183,7 @@ fn repair(history: &[Turn]) -> Vec<Vec<Turn>> {
                         None => unit.push(Turn::tool_result(id, INTERRUPTED.to_string())),
                     }
                 }
-                units.push(unit);
+                units.push((at, unit));
             }
         }
     }
@@ -301,9 +314,11 @@ mod tests {
         let h = vec![t(User, 10), t(Assistant, 10), t(User, 10), t(Assistant, 10)];
         assert_eq!(context(&h, b(50, 1000)).len(), 4);
         // 3 turns fit, but the oldest of them is an orphan assistant turn.
-        let c = context(&h, b(3, 1000));
+        let (c, fell_out) = window(&h, b(3, 1000));
         assert_eq!(c[0].role, User);
         assert_eq!(c.len(), 2);
+        assert_eq!(fell_out, 2, "the orphan answer fell out with its question");
+        assert_eq!(window(&h, b(50, 1000)).1, 0);
         assert_eq!(context(&h, b(50, 25)).len(), 2);
     }
 
@@ -411,6 +426,13 @@ mod tests {
             if h.iter().any(|t| t.role == Role::User) {
                 prop_assert!(!c.is_empty());
             }
+            // What fell out is a prefix, and the window's questions are those after it
+            // (or, when none is, the one put in front).
+            let (_, fell_out) = window(&h, b(turns, chars));
+            prop_assert!(fell_out <= h.len());
+            let users = |ts: &[Turn]| ts.iter().filter(|t| t.role == Role::User).count();
+            let after = users(&h[fell_out..]);
+            prop_assert_eq!(users(&c), if after == 0 { usize::from(!c.is_empty()) } else { after });
         }
     }
 }

@@ -21,6 +21,7 @@ mod llm;
 mod mcp;
 mod mcp_http;
 mod memory;
+mod recap;
 mod restart;
 mod router;
 mod session;
@@ -220,6 +221,7 @@ fn main() -> ExitCode {
         sessions: SessionStore::new(&config.workspace),
         system_prompt,
         budget: config.budget,
+        recaps: Arc::new(recap::Recaps::new(config.recap)),
         egress: egress_tx,
         tools,
         max_rounds: config.max_rounds,

@@ -47,6 +47,8 @@ pub struct Shared {
     pub system_prompt: String,
     /// Context limits.
     pub budget: Budget,
+    /// Recaps of what fell out of the window.
+    pub recaps: std::sync::Arc<crate::recap::Recaps>,
     /// Egress frames, in order, to the host.
     pub egress: Sender<Frame>,
     /// The tools on offer.
@@ -304,7 +306,12 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     };
 
     let mut attached = Attachments::default();
-    let system = format!("{}{}", shared.system_prompt, shared.memory.inject(&words));
+    let system = format!(
+        "{}{}{}",
+        shared.system_prompt,
+        shared.recaps.prompt(&shared.sessions.recap_path(session)),
+        shared.memory.inject(&words)
+    );
     let r = ReplyCtx {
         shared,
         session,
@@ -354,6 +361,13 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
         }
     }
+    shared.recaps.after_reply(
+        llm,
+        shared.sessions.recap_path(session),
+        history,
+        shared.budget,
+        || shared.keepalive.busy(),
+    );
 }
 
 /// The reply of a session's message that a cancel can reach, for as long as it lives.

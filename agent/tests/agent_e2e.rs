@@ -623,6 +623,137 @@ fn history_survives_a_restart_and_feeds_the_context() {
     let _ = a.workspace;
 }
 
+/// The system prompt of request `r` (OpenAI shape).
+fn system_of(r: &aegis_e2e::http::Request) -> String {
+    r.json()["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn is_recap_request(r: &aegis_e2e::http::Request) -> bool {
+    system_of(r).starts_with("You keep the memory of a long chat")
+}
+
+/// A model that echoes, and recaps by listing the user lines it was given.
+fn recapping_llm() -> FakeLlm {
+    FakeLlm::with(|req| {
+        let text = aegis_e2e::llm::last_user_text(req);
+        let reply = if is_recap_request(req) {
+            let said: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.split_once("] user: ").map(|(_, s)| s))
+                .collect();
+            format!("RECAP[{}]", said.join(" / "))
+        } else {
+            format!("echo: {text}")
+        };
+        Reply::sse(openai_sse(&[&reply]))
+    })
+}
+
+fn wait_for_file(path: &std::path::Path, what: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if what(&text) {
+                return text;
+            }
+        }
+        assert!(Instant::now() < deadline, "{} never came right", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What falls out of the context window is recapped by the model, once a quarter of a
+/// window's worth has, and the recap rides in the system prompt from then on, across a
+/// restart; the next recap folds the old one in and covers only what came after it.
+#[test]
+fn a_long_conversation_keeps_a_recap_of_what_fell_out_of_the_window() {
+    let llm = recapping_llm();
+    let ws = temp_dir("recap");
+    let env = [
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", llm.url()),
+        ("AEGIS_TOOLS", "none"),
+        ("AEGIS_CONTEXT_TURNS", "4"),
+    ];
+    let recap_file = ws.path().join("sessions/telegram_5.recap.json");
+    let mut a = start_agent(&ws, &env);
+    for (i, text) in ["my code word is walnut", "second", "third"].iter().enumerate() {
+        a.send(&message("5", text, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), format!("echo: {text}"));
+    }
+    // Three exchanges in a window of four turns: the first fell out, and is recapped.
+    let recap = wait_for_file(&recap_file, |t| t.contains("RECAP["));
+    assert!(recap.contains("RECAP[my code word is walnut]"), "{recap}");
+    let asked: Vec<_> = llm.requests().into_iter().filter(is_recap_request).collect();
+    assert_eq!(asked.len(), 1);
+    assert!(
+        !aegis_e2e::llm::last_user_text(&asked[0]).contains("second"),
+        "only what fell out"
+    );
+    assert_eq!(
+        asked[0].json()["tools"],
+        serde_json::Value::Null,
+        "no tools for a recap"
+    );
+
+    a.proc.kill9();
+    let b = start_agent(&ws, &env);
+    b.send(&message("5", "what is my code word?", "m-3"));
+    assert_eq!(done_text(&b.reply()), "echo: what is my code word?");
+    let replies: Vec<_> = llm
+        .requests()
+        .into_iter()
+        .filter(|r| !is_recap_request(r))
+        .collect();
+    let system = system_of(replies.last().unwrap());
+    assert!(system.contains("began before the messages you see"), "{system}");
+    assert!(system.contains("RECAP[my code word is walnut]"), "{system}");
+    assert!(
+        !system_of(&replies[2]).contains("RECAP"),
+        "no recap before one was written"
+    );
+
+    // The window moved on by one exchange: the next recap covers it, given the old one.
+    let recap = wait_for_file(&recap_file, |t| t.contains("RECAP[second]"));
+    let asked: Vec<_> = llm.requests().into_iter().filter(is_recap_request).collect();
+    assert_eq!(asked.len(), 2, "{recap}");
+    let second = aegis_e2e::llm::last_user_text(&asked[1]);
+    assert!(
+        second.starts_with("Recap so far:\nRECAP[my code word is walnut]\n"),
+        "{second}"
+    );
+    assert!(
+        !second.contains("walnut\n[") && !second.contains("user: my code word"),
+        "{second}"
+    );
+    let _ = (a.workspace, b.workspace);
+}
+
+/// `AEGIS_CONTEXT_RECAP=0`: what falls out is forgotten, as upstream's agent does.
+#[test]
+fn recaps_can_be_turned_off() {
+    let llm = recapping_llm();
+    let ws = temp_dir("recap-off");
+    let env = [
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", llm.url()),
+        ("AEGIS_TOOLS", "none"),
+        ("AEGIS_CONTEXT_TURNS", "2"),
+        ("AEGIS_CONTEXT_RECAP", "0"),
+    ];
+    let a = start_agent(&ws, &env);
+    for (i, text) in ["one", "two", "three", "four"].iter().enumerate() {
+        a.send(&message("5", text, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), format!("echo: {text}"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(llm.requests().iter().all(|r| !is_recap_request(r)));
+    assert!(!ws.path().join("sessions/telegram_5.recap.json").exists());
+}
+
 #[test]
 fn hostile_session_names_stay_inside_the_sessions_folder() {
     let llm = FakeLlm::echo_openai();
