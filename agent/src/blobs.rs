@@ -1,6 +1,14 @@
 //! The workspace blob store (`<workspace>/.aegis/blobs/<sha256>.<ext>`, upstream's
 //! layout): images that arrive with messages are kept here once, and session lines refer
-//! to them by name instead of carrying their bytes.
+//! to them by name instead of carrying their bytes; so are what replies attach (generated
+//! images, spoken answers, files for `send_file`) until the gateway has sent them.
+//!
+//! [ours] The store keeps within `MAX_BYTES`: each blob written (or written again) counts
+//! as the newest, and past the budget the oldest go, but never one of the last
+//! `SPARED` (the gateway may still have to send it, and the conversation is using it).
+//! Upstream's store grows for ever: an image a day is gigabytes in a few years, on hosts
+//! with little disk. A session that refers to a blob gone shows the model "[image no
+//! longer available]".
 
 use std::fs;
 use std::io;
@@ -10,6 +18,10 @@ use base64::Engine;
 
 /// Largest image stored from a message.
 pub const MAX_IMAGE: usize = 10 * 1024 * 1024;
+/// Bytes the store keeps, past those of the last `SPARED`.
+pub const MAX_BYTES: u64 = 512 * 1024 * 1024;
+/// How long a blob written or used is kept whatever the budget.
+pub const SPARED: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 fn dir(workspace: &Path) -> PathBuf {
     workspace.join(".aegis/blobs")
@@ -97,7 +109,33 @@ pub fn store_as(workspace: &Path, ext: &str, bytes: &[u8]) -> io::Result<String>
         fs::write(&tmp, bytes)?;
         fs::rename(&tmp, &path)?;
     }
+    kept(&path, MAX_BYTES);
     Ok(name)
+}
+
+/// Whether `name` is one the store gives: `<sha256 hex>.<ext>`.
+fn is_blob(name: &str) -> bool {
+    name.split_once('.').is_some_and(|(hash, ext)| {
+        hash.len() == 64
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && (1..=5).contains(&ext.len())
+            && ext.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// The blob at `path` was just written or used again: it counts as the newest, and the
+/// oldest past `max` bytes go (none of the last `SPARED`).
+fn kept(path: &Path, max: u64) {
+    crate::copies::touch(path);
+    let Some(folder) = path.parent() else { return };
+    let spared = std::time::SystemTime::now()
+        .checked_sub(SPARED)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    if let Err(e) = crate::copies::keep_newest(folder, is_blob, max, path, spared) {
+        log::debug!("cannot look for old blobs in {}: {e}", folder.display());
+    }
 }
 
 /// Store a copy of the file at `src` (at most `cap` bytes), as it is now, whatever
@@ -140,6 +178,7 @@ pub fn store_file(workspace: &Path, src: &Path, cap: u64) -> io::Result<(String,
         }
         let name = format!("{}.bin", hex(hash.finish().as_ref()));
         fs::rename(&tmp, d.join(&name))?;
+        kept(&d.join(&name), MAX_BYTES);
         Ok((name, size))
     })();
     if result.is_err() {
@@ -305,5 +344,40 @@ mod tests {
         assert_eq!(sniff(b"RIFF\x10\0\0\0WAVEfmt "), None);
         assert_eq!(sniff(b"<html>"), None);
         assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn the_store_keeps_its_budget_but_never_a_blob_of_the_last_week() {
+        use std::time::{Duration, SystemTime};
+        let tmp = crate::testutil::TempDir::new("blob-budget");
+        let ws = tmp.path();
+        let day = Duration::from_secs(24 * 3600);
+        let aged = |bytes: &[u8], days: u32| {
+            let name = store_as(ws, "bin", bytes).unwrap();
+            let path = dir(ws).join(&name);
+            let f = fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(SystemTime::now() - day * days).unwrap();
+            path
+        };
+        let old = aged(&[1; 400], 30);
+        let older_used = aged(&[2; 400], 40);
+        let recent = aged(&[3; 400], 6);
+        let foreign = dir(ws).join("notes.txt");
+        fs::write(&foreign, [0; 5000]).unwrap();
+        // Used again (a photo sent twice): it counts as new.
+        store_as(ws, "bin", &[2; 400]).unwrap();
+        assert!(old.exists(), "within the budget nothing goes");
+        let newest = dir(ws).join(store_as(ws, "bin", &[4; 10]).unwrap());
+        kept(&newest, 900);
+        assert!(!old.exists(), "the oldest past 900 bytes went");
+        assert!(older_used.exists() && recent.exists() && newest.exists());
+        assert!(foreign.exists(), "not a blob name: never removed");
+        // Past the budget, a blob of the last week stays all the same.
+        kept(&newest, 10);
+        assert!(recent.exists() && older_used.exists() && newest.exists());
+        assert!(is_blob(&format!("{}.ogg", "a".repeat(64))));
+        assert!(!is_blob(&format!("{}.ogg", "A".repeat(64))));
+        assert!(!is_blob(&format!(".{}.ogg.tmp", "a".repeat(64))));
+        assert!(!is_blob("abc.png"));
     }
 }

@@ -35,13 +35,14 @@ pub fn ours(name: &str, prefix: &str) -> bool {
 pub fn kept(dest: &Path, prefix: &str) {
     touch(dest);
     let Some(folder) = dest.parent() else { return };
-    if let Err(e) = keep_newest(folder, |n| ours(n, prefix), MAX_BYTES, dest) {
+    let mine = |n: &str| ours(n, prefix);
+    if let Err(e) = keep_newest(folder, mine, MAX_BYTES, dest, SystemTime::now()) {
         log::debug!("cannot look for old copies in {}: {e}", folder.display());
     }
 }
 
 /// The file at `path` counts as the newest.
-fn touch(path: &Path) {
+pub fn touch(path: &Path) {
     use std::os::unix::fs::OpenOptionsExt;
     // Never through a link planted in its place since it was checked.
     let touched = fs::OpenOptions::new()
@@ -55,10 +56,16 @@ fn touch(path: &Path) {
 }
 
 /// Remove the oldest copies in `folder` (names `ours` accepts) while they take more than
-/// `max` bytes in all; `newest` stays whatever its size. Only regular files directly in
-/// the folder are looked at: never a link, a folder, or a file the name does not claim.
-/// How many were removed.
-pub fn keep_newest(folder: &Path, ours: impl Fn(&str) -> bool, max: u64, newest: &Path) -> io::Result<usize> {
+/// `max` bytes in all; `newest`, and any changed since `spared`, stay whatever their size.
+/// Only regular files directly in the folder are looked at: never a link, a folder, or a
+/// file the name does not claim. How many were removed.
+pub fn keep_newest(
+    folder: &Path,
+    ours: impl Fn(&str) -> bool,
+    max: u64,
+    newest: &Path,
+    spared: SystemTime,
+) -> io::Result<usize> {
     let mut copies = Vec::new();
     for entry in fs::read_dir(folder)? {
         let entry = entry?;
@@ -80,9 +87,9 @@ pub fn keep_newest(folder: &Path, ours: impl Fn(&str) -> bool, max: u64, newest:
     copies.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
     let mut total = 0u64;
     let mut removed = 0;
-    for (first, _, len, path) in copies {
+    for (first, when, len, path) in copies {
         total = total.saturating_add(len);
-        if total <= max || first {
+        if total <= max || first || when >= spared {
             continue;
         }
         match fs::remove_file(&path) {
@@ -92,7 +99,7 @@ pub fn keep_newest(folder: &Path, ours: impl Fn(&str) -> bool, max: u64, newest:
     }
     if removed > 0 {
         log::info!(
-            "removed {removed} old copies from {} (kept within {} MB)",
+            "removed the {removed} oldest files of {} (kept within {} MB)",
             folder.display(),
             max / (1024 * 1024)
         );
@@ -143,7 +150,8 @@ mod tests {
         let new = file(d, "s-000000000006.png", 40, 0);
 
         let kept = |p: &Path| p.exists();
-        assert_eq!(keep_newest(d, |n| ours(n, ""), 100, &new).unwrap(), 2);
+        let now = SystemTime::now();
+        assert_eq!(keep_newest(d, |n| ours(n, ""), 100, &new, now).unwrap(), 2);
         assert!(kept(&new) && kept(&recent), "the newest within 100 bytes");
         assert!(!kept(&old) && !kept(&mid));
         assert!(kept(&users), "not a name of ours");
@@ -155,7 +163,7 @@ mod tests {
 
         // The one just written stays even when it alone is over.
         let big = file(d, "s-00000000000a.png", 1000, 0);
-        assert_eq!(keep_newest(d, |n| ours(n, ""), 100, &big).unwrap(), 2);
+        assert_eq!(keep_newest(d, |n| ours(n, ""), 100, &big, now).unwrap(), 2);
         assert!(kept(&big) && !kept(&new) && !kept(&recent));
     }
 
@@ -167,7 +175,7 @@ mod tests {
         let other = file(d, "photo-000000000002.jpg", 60, 100);
         touch(&again);
         let new = file(d, "photo-000000000003.jpg", 10, 0);
-        keep_newest(d, |n| ours(n, "photo-"), 80, &new).unwrap();
+        keep_newest(d, |n| ours(n, "photo-"), 80, &new, SystemTime::now()).unwrap();
         assert!(again.exists() && !other.exists());
     }
 }
