@@ -623,19 +623,19 @@ fn history_survives_a_restart_and_feeds_the_context() {
     let _ = a.workspace;
 }
 
-/// The system prompt of request `r` (OpenAI shape).
+/// The system prompt of request `r` (OpenAI's first message, or Anthropic's `system`).
 fn system_of(r: &aegis_e2e::http::Request) -> String {
-    r.json()["messages"][0]["content"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    let j = r.json();
+    let s = j["system"].as_str().or(j["messages"][0]["content"].as_str());
+    s.unwrap_or("").to_string()
 }
 
 fn is_recap_request(r: &aegis_e2e::http::Request) -> bool {
     system_of(r).starts_with("You keep the memory of a long chat")
 }
 
-/// A model that echoes, and recaps by listing the user lines it was given.
+/// A model that echoes, and recaps by listing the user lines it was given; it speaks
+/// Anthropic's stream when asked at `/v1/messages`.
 fn recapping_llm() -> FakeLlm {
     FakeLlm::with(|req| {
         let text = aegis_e2e::llm::last_user_text(req);
@@ -648,7 +648,11 @@ fn recapping_llm() -> FakeLlm {
         } else {
             format!("echo: {text}")
         };
-        Reply::sse(openai_sse(&[&reply]))
+        if req.path.ends_with("/messages") {
+            Reply::sse(anthropic_sse(&[&reply]))
+        } else {
+            Reply::sse(openai_sse(&[&reply]))
+        }
     })
 }
 
@@ -730,6 +734,44 @@ fn a_long_conversation_keeps_a_recap_of_what_fell_out_of_the_window() {
         "{second}"
     );
     let _ = (a.workspace, b.workspace);
+}
+
+/// Claude gets the recap request in its own shape: the instructions as `system`, one
+/// user message, no tools; and the recap in the `system` of later requests.
+#[test]
+fn claude_writes_and_reads_recaps_too() {
+    let llm = recapping_llm();
+    let ws = temp_dir("recap-claude");
+    let env = [
+        ("ANTHROPIC_API_KEY", "k"),
+        ("ANTHROPIC_BASE_URL", llm.url()),
+        ("AEGIS_CONTEXT_TURNS", "2"),
+    ];
+    let a = start_agent(&ws, &env);
+    for (i, text) in ["call me Bo", "and you?"].iter().enumerate() {
+        a.send(&message("5", text, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), format!("echo: {text}"));
+    }
+    wait_for_file(&ws.path().join("sessions/telegram_5.recap.json"), |t| {
+        t.contains("RECAP[call me Bo]")
+    });
+    let recap_request = llm.requests().into_iter().find(is_recap_request).unwrap();
+    let body = recap_request.json();
+    assert_eq!(body["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(body["messages"][0]["role"], "user");
+    assert_eq!(body["tools"], serde_json::Value::Null);
+    a.send(&message("5", "who am I?", "m-2"));
+    assert_eq!(done_text(&a.reply()), "echo: who am I?");
+    let last = llm
+        .requests()
+        .into_iter()
+        .rfind(|r| !is_recap_request(r))
+        .unwrap();
+    assert!(
+        system_of(&last).contains("RECAP[call me Bo]"),
+        "{}",
+        system_of(&last)
+    );
 }
 
 /// `AEGIS_CONTEXT_RECAP=0`: what falls out is forgotten, as upstream's agent does.
