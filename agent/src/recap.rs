@@ -5,11 +5,13 @@
 //! request of that session.
 //!
 //! The recap lives beside the session, in `sessions/<name>.recap.json`
-//! (`{"through": {...}, "text": "..."}`), replaced whole; the session file itself is
-//! untouched, so upstream's agent still reads it. `through` names the last turn it covers
-//! by its time, role and id. It is written after a reply, on a thread of its own that
-//! holds the agent awake: the user never waits for it, and a reply that starts meanwhile
-//! uses the brief there is.
+//! (`{"through": {...}, "text": "...", "session": INODE}`), replaced whole; the session
+//! file itself is untouched, so upstream's agent still reads it. `through` names the last
+//! turn it covers by its time, role and id; `session` is the session file it was written
+//! for, so a session file removed (to forget a conversation) and begun again does not
+//! inherit the recap of the old one. It is written after a reply, on a thread of its own
+//! that holds the agent awake: the user never waits for it, and a reply that starts
+//! meanwhile uses the brief there is.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -74,6 +76,9 @@ pub struct Recap {
     pub through: Mark,
     /// What the model wrote.
     pub text: String,
+    /// The inode of the session file it was written for.
+    #[serde(default)]
+    pub session: Option<u64>,
 }
 
 /// Recaps on or off (agent.json `context_recap`), and the sessions being recapped now.
@@ -92,21 +97,21 @@ impl Recaps {
         }
     }
 
-    /// What to add to the system prompt for the session whose recap is at `path`.
-    pub fn prompt(&self, path: &Path) -> String {
-        match self.on.then(|| load(path)).flatten() {
+    /// What to add to the system prompt for the session kept in `session_file`.
+    pub fn prompt(&self, session_file: &Path) -> String {
+        match self.on.then(|| current(session_file)).flatten() {
             Some(r) => format!("{PREFACE}{}", r.text),
             None => String::new(),
         }
     }
 
-    /// After a reply: when enough of `history` has fallen out of the window since the
-    /// recap at `path` was written, write a new one on a thread of its own (one per
-    /// session at a time). `awake` is held until it is written.
+    /// After a reply: when enough of `history` (kept in `session_file`) has fallen out of
+    /// the window since its recap was written, write a new one on a thread of its own
+    /// (one per session at a time). `awake` is held until it is written.
     pub fn after_reply<A: Send + 'static>(
         self: &Arc<Self>,
         llm: &Llm,
-        path: PathBuf,
+        session_file: &Path,
         history: &[Turn],
         budget: Budget,
         awake: impl FnOnce() -> A,
@@ -115,14 +120,16 @@ impl Recaps {
             return;
         }
         let (_, fell_out) = crate::context::window(history, budget);
-        let previous = load(&path);
+        let previous = current(session_file);
         let fresh = uncovered(&history[..fell_out], previous.as_ref());
         if !due(fresh, budget) {
             return;
         }
+        let path = recap_file(session_file);
         if !self.lock().insert(path.clone()) {
             return; // one is being written; the next reply looks again
         }
+        let session = inode(session_file);
         let (me, llm, turns, key) = (self.clone(), llm.clone(), fresh.to_vec(), path.clone());
         let guard = awake();
         let spawned = thread::Builder::new()
@@ -130,7 +137,7 @@ impl Recaps {
             .stack_size(256 * 1024)
             .spawn(move || {
                 let _awake = guard;
-                me.write(&llm, &path, previous, &turns);
+                me.write(&llm, &path, session, previous, &turns);
                 me.lock().remove(&path);
             });
         if let Err(e) = spawned {
@@ -143,7 +150,7 @@ impl Recaps {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self, llm: &Llm, path: &Path, previous: Option<Recap>, turns: &[Turn]) {
+    fn write(&self, llm: &Llm, path: &Path, session: Option<u64>, previous: Option<Recap>, turns: &[Turn]) {
         let Some(last) = turns.last() else { return };
         let started = Instant::now();
         let request = Turn::new(Role::User, request_text(previous.as_ref(), turns));
@@ -152,6 +159,7 @@ impl Recaps {
                 let recap = Recap {
                     through: Mark::of(last),
                     text: bounded(&text),
+                    session,
                 };
                 let json = serde_json::to_vec(&recap).expect("a recap serialises");
                 match tether::fsutil::replace(path, &json) {
@@ -168,6 +176,30 @@ impl Recaps {
             Err(e) => log::warn!("{}: no recap this time: {e}", path.display()),
         }
     }
+}
+
+/// Where the recap of the session kept in `session_file` (`NAME.jsonl`) lives.
+pub fn recap_file(session_file: &Path) -> PathBuf {
+    session_file.with_extension("recap.json")
+}
+
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// The recap of the session kept in `session_file`, unless it was written for another
+/// file of that name (the session was removed and begun again).
+fn current(session_file: &Path) -> Option<Recap> {
+    let recap = load(&recap_file(session_file))?;
+    if recap.session.is_some() && recap.session != inode(session_file) {
+        log::info!(
+            "{}: the session file was begun again since its recap; recap not used",
+            session_file.display()
+        );
+        return None;
+    }
+    Some(recap)
 }
 
 /// The recap at `path`, if there is a readable one.
@@ -353,6 +385,7 @@ mod tests {
         let recap = Recap {
             through: Mark::of(&h[3]),
             text: "x".into(),
+            session: None,
         };
         assert_eq!(uncovered(&h, Some(&recap))[0].content.text(), "turn 4");
         // The marked turn is older than the turns at hand: the newer ones are fresh.
@@ -362,6 +395,7 @@ mod tests {
         let ahead = Recap {
             through: Mark::of(&turn(Role::User, "later", "2027-01-01T00:00:00.000Z")),
             text: "x".into(),
+            session: None,
         };
         assert!(uncovered(&h, Some(&ahead)).is_empty());
     }
@@ -452,6 +486,7 @@ mod tests {
         let before = Recap {
             through: Mark::of(&h[0]),
             text: "The user is Ann.".into(),
+            session: None,
         };
         let r = request_text(Some(&before), &h[1..]);
         assert_eq!(
@@ -465,19 +500,44 @@ mod tests {
     #[test]
     fn recap_files_round_trip_and_bad_ones_are_ignored() {
         let dir = crate::testutil::TempDir::new("recap-file");
-        let path = dir.path().join("telegram_1.recap.json");
+        let session = dir.path().join("telegram_1.jsonl");
+        std::fs::write(&session, "{}\n").unwrap();
+        let path = recap_file(&session);
+        assert_eq!(path, dir.path().join("telegram_1.recap.json"));
         assert_eq!(load(&path), None);
         let r = Recap {
             through: Mark::of(&talk(1)[0]),
             text: "Ann wants a report on Fridays.".into(),
+            session: inode(&session),
         };
         tether::fsutil::replace(&path, &serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(load(&path), Some(r));
         let on = Recaps::new(true);
-        assert!(on.prompt(&path).ends_with("\nAnn wants a report on Fridays."));
-        assert_eq!(Recaps::new(false).prompt(&path), "", "turned off: not used");
+        assert!(on.prompt(&session).ends_with("\nAnn wants a report on Fridays."));
+        assert_eq!(Recaps::new(false).prompt(&session), "", "turned off: not used");
         std::fs::write(&path, b"{\"text\": 3}").unwrap();
         assert_eq!(load(&path), None);
-        assert_eq!(on.prompt(&path), "");
+        assert_eq!(on.prompt(&session), "");
+    }
+
+    #[test]
+    fn a_session_begun_again_does_not_inherit_the_old_recap() {
+        let dir = crate::testutil::TempDir::new("recap-again");
+        let session = dir.path().join("telegram_1.jsonl");
+        std::fs::write(&session, "{}\n").unwrap();
+        // Holding the old file open keeps its inode from being reused at once.
+        let _old = std::fs::File::open(&session).unwrap();
+        let r = Recap {
+            through: Mark::of(&talk(1)[0]),
+            text: "secret plans".into(),
+            session: inode(&session),
+        };
+        tether::fsutil::replace(&recap_file(&session), &serde_json::to_vec(&r).unwrap()).unwrap();
+        let on = Recaps::new(true);
+        assert!(on.prompt(&session).contains("secret plans"));
+        std::fs::remove_file(&session).unwrap();
+        std::fs::write(&session, "{}\n").unwrap();
+        assert_eq!(on.prompt(&session), "", "written for the removed file");
+        assert_eq!(current(&session), None);
     }
 }

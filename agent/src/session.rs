@@ -297,13 +297,6 @@ impl SessionStore {
         self.dir.join(file_name(session))
     }
 
-    /// The file of `session`'s recap (`recap.rs`).
-    pub fn recap_path(&self, session: &Session) -> PathBuf {
-        let name = file_name(session);
-        let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
-        self.dir.join(format!("{stem}.recap.json"))
-    }
-
     /// The newest `keep` readable turns of `session`, oldest first; a missing file is an
     /// empty history. Reads the file from its end, so the first message of a long-lived
     /// session costs time and memory for the turns it needs, not for the whole history.

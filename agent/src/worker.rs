@@ -309,7 +309,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let system = format!(
         "{}{}{}",
         shared.system_prompt,
-        shared.recaps.prompt(&shared.sessions.recap_path(session)),
+        shared.recaps.prompt(&shared.sessions.path(session)),
         shared.memory.inject(&words)
     );
     let r = ReplyCtx {
@@ -363,7 +363,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     }
     shared.recaps.after_reply(
         llm,
-        shared.sessions.recap_path(session),
+        &shared.sessions.path(session),
         history,
         shared.budget,
         || shared.keepalive.busy(),
