@@ -540,4 +540,20 @@ mod tests {
         assert_eq!(on.prompt(&session), "", "written for the removed file");
         assert_eq!(current(&session), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a recap file holds (the workspace is the model's to write), reading it
+        /// never panics, and only a recap is taken for one.
+        #[test]
+        fn any_file_reads_as_a_recap_or_nothing(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300), text in ".{0,40}") {
+            let dir = crate::testutil::TempDir::new("recap-prop");
+            let path = dir.path().join("x.recap.json");
+            std::fs::write(&path, &bytes).unwrap();
+            let read = load(&path);
+            proptest::prop_assert_eq!(read.is_some(), serde_json::from_slice::<Recap>(&bytes).is_ok());
+            let valid = serde_json::json!({"through": {"ts": "t", "role": "user"}, "text": text});
+            std::fs::write(&path, valid.to_string()).unwrap();
+            proptest::prop_assert_eq!(load(&path).map(|r| r.text), Some(text));
+        }
+    }
 }
