@@ -7,7 +7,8 @@
 //! the peak RSS after that reply (plain HTTP, then HTTPS through a TLS front);
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
-//! call over stdio, one over Streamable HTTP).
+//! call over stdio, one over Streamable HTTP); and what recaps of a long conversation
+//! cost: their share of model requests and request bytes, and reply time with them on.
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -91,6 +92,8 @@ fn main() {
         median(lat) - median(base)
     );
     cancel_latency(&agent);
+    recap_cost(&agent, "1");
+    recap_cost(&agent, "0");
     history_load(&agent);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
@@ -411,6 +414,80 @@ fn baseline_sse(url: &str) -> Vec<f64> {
         lat.push((now - sent) as f64 / 1000.0);
     }
     lat
+}
+
+/// A conversation of 120 messages (a 60-character question, a 400-character answer) with
+/// the default window (50 turns, 24,000 characters): how many model requests are recaps,
+/// their share of request bytes, and user.message → assistant.done with recaps
+/// (`AEGIS_CONTEXT_RECAP`) on or off.
+fn recap_cost(agent: &Path, on: &str) {
+    use std::sync::{Arc, Mutex};
+    let ws = temp_dir("bench-recap");
+    // (recap?, request body bytes) per request.
+    let seen: Arc<Mutex<Vec<(bool, usize)>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let llm = Server::start(move |req, resp| {
+        let recap = String::from_utf8_lossy(&req.body).contains("You keep the memory of a long chat");
+        log.lock().unwrap().push((recap, req.body.len()));
+        let text = if recap {
+            "The user asked about numbers. ".repeat(20)
+        } else {
+            "word ".repeat(80)
+        };
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for p in aegis_e2e::llm::openai_sse(&[&text]) {
+            r.chunk(p.as_bytes());
+        }
+        r.finish();
+    });
+    let env = [
+        ("AEGIS_CONTEXT_RECAP", std::ffi::OsStr::new(on)),
+        ("AEGIS_TOOLS", std::ffi::OsStr::new("none")),
+    ];
+    let (mut child, conn) = direct_agent_with(agent, &ws, Some(&llm.url), &env);
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut times = Vec::new();
+    for i in 0..120 {
+        let text = format!(
+            "question {i:03}: what is {i} times {i}, and why? {}",
+            "-".repeat(20)
+        );
+        let f = Frame::user_message(Session::new("bench", "1"), &text, None).with_msg_id(format!("m{i}"));
+        let t = Instant::now();
+        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+        while let Ok(Some(line)) = lines.next_line() {
+            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                continue;
+            };
+            if fr.kind == "assistant.done" {
+                break;
+            }
+        }
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    // The last recap may still be on its way.
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen.lock().unwrap().clone();
+    let recaps: Vec<usize> = seen.iter().filter(|(r, _)| *r).map(|(_, n)| *n).collect();
+    let all: usize = seen.iter().map(|(_, n)| n).sum();
+    let label = if on == "1" { "on" } else { "off" };
+    stats(
+        &format!("reply time, 120-message chat, recaps {label}"),
+        "ms",
+        times,
+    );
+    println!(
+        "{:<44} {} of {} model requests, {:.1} % of request bytes ({} KiB of {} KiB)",
+        format!("recap requests, recaps {label}"),
+        recaps.len(),
+        seen.len(),
+        100.0 * recaps.iter().sum::<usize>() as f64 / all as f64,
+        recaps.iter().sum::<usize>() / 1024,
+        all / 1024
+    );
 }
 
 /// `control.cancel` written → `assistant.done` back, while the LLM stream is stalled
