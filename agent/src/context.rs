@@ -12,7 +12,14 @@
 //! 4. start with a user turn (Anthropic requires it): if the window would open with the
 //!    model speaking, the nearest earlier user turn is put in front, trimmed if needed;
 //! 5. say when each user turn was sent ([`stamped`]): a model knows no date of its own,
-//!    and "remind me in an hour" or "what did I ask yesterday" need one.
+//!    and "remind me in an hour" or "what did I ask yesterday" need one;
+//! 6. [ours] start where the last request started, as long as that fits: providers reuse
+//!    the prefix of a request they saw (prompt caching, a local server's KV cache), and a
+//!    window that slid by one turn with every message would share none. Once the history
+//!    no longer fits, the window starts at an *anchor* (about one question in four, chosen
+//!    by its words, so the choice never changes), giving up at most a quarter of the
+//!    budget for it; the start then stays while the conversation grows, and jumps to the
+//!    next anchor only when it must.
 
 use crate::session::{Block, Content, Role, Turn};
 
@@ -76,6 +83,11 @@ pub fn window(history: &[Turn], budget: Budget) -> (Vec<Turn>, usize) {
             break; // the newest unit alone is over budget: it goes, trimmed below
         }
     }
+    if start > 0 {
+        let (steady, skipped_chars) = steady_start(&units, start, budget);
+        start = steady;
+        chars -= skipped_chars;
+    }
     let mut fell_out = starts.get(start).copied().unwrap_or(history.len());
     let mut out: Vec<Turn> = units[start..].iter().flatten().cloned().collect();
     if chars > budget.chars {
@@ -111,6 +123,40 @@ pub fn window(history: &[Turn], budget: Budget) -> (Vec<Turn>, usize) {
         }
     }
     (out, fell_out)
+}
+
+/// Questions one in about this many are anchors.
+const ANCHOR_EVERY: u64 = 4;
+
+/// Whether a window may start at `unit`: a question whose words hash to an anchor.
+fn is_anchor(unit: &[Turn]) -> bool {
+    unit.first().is_some_and(|t| {
+        t.role == Role::User
+            && crate::session::fnv1a(t.content.text().as_bytes()).is_multiple_of(ANCHOR_EVERY)
+    })
+}
+
+/// The first anchor from unit `fit` on (the oldest start that fits), skipping at most a
+/// quarter of the budget and never the newest unit; else `fit`. With the characters
+/// skipped.
+fn steady_start(units: &[Vec<Turn>], fit: usize, budget: Budget) -> (usize, usize) {
+    let (mut turns, mut chars) = (0, 0);
+    for (k, u) in units
+        .iter()
+        .enumerate()
+        .take(units.len().saturating_sub(1))
+        .skip(fit)
+    {
+        if is_anchor(u) {
+            return (k, chars);
+        }
+        turns += u.len();
+        chars += u.iter().map(|t| t.content.size()).sum::<usize>();
+        if turns > budget.turns / 4 || chars > budget.chars / 4 {
+            break;
+        }
+    }
+    (fit, 0)
 }
 
 /// `turns` with each user turn's text opened by the minute it was sent, from its stored
@@ -320,6 +366,37 @@ mod tests {
         assert_eq!(fell_out, 2, "the orphan answer fell out with its question");
         assert_eq!(window(&h, b(50, 1000)).1, 0);
         assert_eq!(context(&h, b(50, 25)).len(), 2);
+    }
+
+    /// Once a long chat no longer fits, its window does not slide with every message (no
+    /// request would share a prefix with the one before): it starts at an anchor and
+    /// stays there until it must move, losing at most a quarter of the budget.
+    #[test]
+    fn a_full_window_moves_from_anchor_to_anchor_not_every_message() {
+        let budget = b(50, 1_000_000);
+        let mut h = Vec::new();
+        let mut starts = Vec::new();
+        for i in 0..300 {
+            h.push(Turn::new(Role::User, format!("question {i}: what about it?")));
+            h.push(Turn::new(Role::Assistant, format!("answer {i}")));
+            let (c, fell_out) = window(&h, budget);
+            assert!(c.len() <= 50, "{}", c.len());
+            if fell_out > 0 {
+                assert!(
+                    c.len() >= 50 - 50 / 4 - 1,
+                    "at most a quarter given up: {}",
+                    c.len()
+                );
+                starts.push(c[0].content.text());
+            }
+        }
+        let moves = starts.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(
+            moves * 3 < starts.len(),
+            "the start moved {moves} times in {} messages",
+            starts.len()
+        );
+        assert!(moves > starts.len() / 12, "it does move on ({moves})");
     }
 
     #[test]

@@ -227,6 +227,36 @@ impl LlmError {
     }
 }
 
+/// What a request says besides the conversation, laid out so that what stays the same
+/// from one request to the next comes first and providers' prompt caches can reuse it:
+/// the system prompt (`fixed`, then the session's `recap`, which changes now and then),
+/// and `notes` for this message only (the memories chosen by its words), which go after
+/// the newest question instead of into the system prompt.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prompt<'a> {
+    /// The system prompt proper: the same for every request of the agent.
+    pub fixed: &'a str,
+    /// The session's recap of earlier turns ([`crate::recap`]), or "".
+    pub recap: &'a str,
+    /// Notes for this message, after its question ("" for none).
+    pub notes: &'a str,
+}
+
+impl<'a> Prompt<'a> {
+    /// Just a system prompt.
+    pub fn plain(fixed: &'a str) -> Prompt<'a> {
+        Prompt {
+            fixed,
+            ..Prompt::default()
+        }
+    }
+
+    /// The system prompt as one text.
+    fn system(&self) -> String {
+        format!("{}{}", self.fixed, self.recap)
+    }
+}
+
 /// One item from the reader thread.
 #[derive(Debug)]
 pub enum Chunk {
@@ -383,10 +413,10 @@ impl Llm {
     }
 
     /// Start streaming a reply to `turns` on a new reader thread, offering `tools`.
-    pub fn stream(&self, system: &str, turns: &[Turn], tools: &[ToolSpec]) -> Stream {
+    pub fn stream(&self, prompt: &Prompt, turns: &[Turn], tools: &[ToolSpec]) -> Stream {
         let (tx, rx) = unbounded();
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
-        let body = self.request_body(system, turns, tools);
+        let body = self.request_body(prompt, turns, tools);
         let me = self.clone();
         let spawned = thread::Builder::new()
             .name("llm-reader".into())
@@ -447,12 +477,17 @@ impl Llm {
     }
 
     /// The request body for `turns` (a valid context: see `context.rs`).
-    pub fn request_body(&self, system: &str, turns: &[Turn], tools: &[ToolSpec]) -> serde_json::Value {
+    pub fn request_body(&self, prompt: &Prompt, turns: &[Turn], tools: &[ToolSpec]) -> serde_json::Value {
         let p = &self.provider;
         match p.kind {
             ProviderKind::OpenAi => {
-                let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
+                // OpenAI and local servers (llama.cpp, vLLM, Ollama) reuse the longest
+                // prefix they saw: the notes go last.
+                let mut messages = vec![serde_json::json!({"role": "system", "content": prompt.system()})];
                 messages.extend(turns.iter().map(openai_message));
+                if let Some(i) = turns.iter().rposition(|t| t.role == Role::User) {
+                    add_openai_notes(&mut messages[i + 1], prompt.notes);
+                }
                 let model = self.model();
                 let mut body = serde_json::json!({"model": model, "messages": messages, "stream": true});
                 if let Some(m) = p.max_tokens {
@@ -488,8 +523,8 @@ impl Llm {
                 let mut body = serde_json::json!({
                     "model": self.model(),
                     "max_tokens": max_tokens,
-                    "system": system,
-                    "messages": anthropic_messages(turns),
+                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap),
+                    "messages": anthropic_messages(turns, prompt.notes),
                     "stream": true,
                 });
                 match p.thinking {
@@ -881,6 +916,21 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
     }
 }
 
+/// `notes` at the end of a Chat Completions user message.
+fn add_openai_notes(message: &mut serde_json::Value, notes: &str) {
+    if notes.is_empty() {
+        return;
+    }
+    match &mut message["content"] {
+        serde_json::Value::String(text) => {
+            text.push_str("\n\n");
+            text.push_str(notes);
+        }
+        serde_json::Value::Array(parts) => parts.push(serde_json::json!({"type": "text", "text": notes})),
+        _ => {}
+    }
+}
+
 /// One turn as a Chat Completions message.
 fn openai_message(t: &Turn) -> serde_json::Value {
     match (t.role, &t.content) {
@@ -956,9 +1006,12 @@ fn anthropic_user_blocks(c: &Content) -> Vec<serde_json::Value> {
 /// Turns as Messages API messages: roles alternate, starting with the user. Tool results
 /// are user-side `tool_result` blocks; consecutive turns of one side are merged (a failed
 /// reply leaves two user turns in a row); a side that is all text stays a plain string.
-fn anthropic_messages(turns: &[Turn]) -> Vec<serde_json::Value> {
+fn anthropic_messages(turns: &[Turn], notes: &str) -> Vec<serde_json::Value> {
+    let question = turns.iter().rposition(|t| t.role == Role::User);
+    // Where the newest question ends: (message, block).
+    let mut question_end = None;
     let mut sides: Vec<(&str, Vec<serde_json::Value>)> = Vec::new();
-    for t in turns {
+    for (i, t) in turns.iter().enumerate() {
         let (role, blocks) = match (t.role, &t.content) {
             (Role::Tool, c) => (
                 "user",
@@ -991,11 +1044,22 @@ fn anthropic_messages(turns: &[Turn]) -> Vec<serde_json::Value> {
             Some((r, existing)) if *r == role => existing.extend(blocks),
             _ => sides.push((role, blocks)),
         }
+        if Some(i) == question {
+            let at = sides.len() - 1;
+            let side = &mut sides[at].1;
+            question_end = side.len().checked_sub(1).map(|b| (at, b));
+            if !notes.is_empty() {
+                side.push(serde_json::json!({"type": "text", "text": notes}));
+            }
+        }
     }
+    crate::prompt_cache::mark_anthropic(&mut sides, question_end, !notes.is_empty());
     sides
         .into_iter()
         .map(|(role, blocks)| {
-            let all_text = blocks.iter().all(|b| b["type"] == "text");
+            let all_text = blocks
+                .iter()
+                .all(|b| b["type"] == "text" && b.get("cache_control").is_none());
             if all_text {
                 let text: Vec<&str> = blocks.iter().filter_map(|b| b["text"].as_str()).collect();
                 serde_json::json!({"role": role, "content": text.join("\n\n")})
@@ -1304,12 +1368,12 @@ mod tests {
             p.max_tokens = Some(500);
             Llm::new(p, None)
         };
-        let openai = llm("https://api.openai.com/v1").request_body("s", &[], &[]);
+        let openai = llm("https://api.openai.com/v1").request_body(&Prompt::plain("s"), &[], &[]);
         assert_eq!(
             (openai.get("max_tokens"), &openai["max_completion_tokens"]),
             (None, &500.into())
         );
-        let local = llm("http://localhost:11434/v1").request_body("s", &[], &[]);
+        let local = llm("http://localhost:11434/v1").request_body(&Prompt::plain("s"), &[], &[]);
         assert_eq!(
             (&local["max_tokens"], local.get("max_completion_tokens")),
             (&500.into(), None)
@@ -1331,13 +1395,80 @@ mod tests {
         assert!(with_completion_tokens(&local, &status_error(500, &refusal.detail)).is_none());
     }
 
+    /// What changes from one message to the next comes last: the system prompt is the
+    /// same whatever memories a message brings, and Claude is told where to cache.
+    #[test]
+    fn requests_keep_what_repeats_first_and_mark_it_for_claude() {
+        let prompt = Prompt {
+            fixed: "S.",
+            recap: " R.",
+            notes: "[Memories]\n- (m-1) tea",
+        };
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "ls"}),
+        };
+        let chat = [
+            Turn::new(Role::User, "hi"),
+            Turn::new(Role::Assistant, "hello"),
+            Turn::new(Role::User, "q"),
+        ];
+        let mut in_a_tool_round = chat.to_vec();
+        in_a_tool_round.push(Turn::tool_calls("", std::slice::from_ref(&call)));
+        in_a_tool_round.push(Turn::tool_result("c1", "a.txt".into()));
+
+        let openai = Llm::new(test_provider(ProviderKind::OpenAi), None);
+        let body = openai.request_body(&prompt, &chat, &[]);
+        let m = &body["messages"];
+        assert_eq!(m[0]["content"], "S. R.");
+        assert_eq!(m[1]["content"], "hi");
+        assert_eq!(m[3]["content"], "q\n\n[Memories]\n- (m-1) tea");
+        let body = openai.request_body(&prompt, &in_a_tool_round, &[]);
+        assert_eq!(
+            body["messages"][3]["content"], "q\n\n[Memories]\n- (m-1) tea",
+            "the question keeps them"
+        );
+        assert_eq!(body["messages"][5]["content"], "a.txt");
+
+        let claude = Llm::new(test_provider(ProviderKind::Anthropic), None);
+        let body = claude.request_body(&prompt, &chat, &[]);
+        let cached = serde_json::json!({"type": "ephemeral"});
+        assert_eq!(
+            body["system"],
+            serde_json::json!([{"type": "text", "text": "S.", "cache_control": cached}, {"type": "text", "text": " R."}])
+        );
+        assert_eq!(
+            body["messages"][0]["content"], "hi",
+            "older turns unmarked, as before"
+        );
+        assert_eq!(
+            body["messages"][2]["content"],
+            serde_json::json!([{"type": "text", "text": "q", "cache_control": cached},
+                               {"type": "text", "text": "[Memories]\n- (m-1) tea"}])
+        );
+        let body = claude.request_body(&prompt, &in_a_tool_round, &[]);
+        let last = &body["messages"][4]["content"][0];
+        assert_eq!(last["type"], "tool_result");
+        assert_eq!(
+            last["cache_control"], cached,
+            "the round's results, for the next round"
+        );
+        let marks = body.to_string().matches("cache_control").count();
+        assert_eq!(marks, 3, "at most four are allowed: {body}");
+        // Without notes nor recap: one system block, the question marked.
+        let plain = claude.request_body(&Prompt::plain("S."), &chat, &[]);
+        assert_eq!(plain["system"].as_array().unwrap().len(), 1);
+        assert_eq!(plain["messages"][2]["content"][0]["cache_control"], cached);
+    }
+
     #[test]
     fn claude_thinks_by_budget_until_a_model_wants_adaptive_thinking_and_effort_goes_in_output_config() {
         let claude = |thinking| {
             let mut p = test_provider(ProviderKind::Anthropic);
             p.thinking = thinking;
             p.reasoning_effort = Some("low".into());
-            Llm::new(p, None).request_body("s", &[], &[])
+            Llm::new(p, None).request_body(&Prompt::plain("s"), &[], &[])
         };
         let budget = claude(Some(Thinking::Budget(2048)));
         assert_eq!(

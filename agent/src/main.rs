@@ -21,6 +21,7 @@ mod llm;
 mod mcp;
 mod mcp_http;
 mod memory;
+mod prompt_cache;
 mod recap;
 mod restart;
 mod router;
@@ -113,7 +114,7 @@ fn tool_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
             " You have a long-term memory: use memory_store when the user asks you to remember \
              something or you learn a lasting fact about them or the work; never store secrets, \
              passwords or keys, nor passing details. Delete memories that turn out wrong. \
-             Relevant memories appear below under [Memories].",
+             Memories relevant to a message come after it under [Memories].",
         );
     }
     if names.contains(&"cron_create") {

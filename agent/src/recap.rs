@@ -337,7 +337,11 @@ fn bounded(text: &str) -> String {
 
 /// Ask `llm` for a recap (no tools), waiting at most `TIMEOUT`.
 fn ask(llm: &Llm, request: &Turn) -> Result<String, String> {
-    let stream = llm.stream(INSTRUCTIONS, std::slice::from_ref(request), &[]);
+    let stream = llm.stream(
+        &crate::llm::Prompt::plain(INSTRUCTIONS),
+        std::slice::from_ref(request),
+        &[],
+    );
     let deadline = Instant::now() + TIMEOUT;
     let mut text = String::new();
     loop {

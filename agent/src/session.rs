@@ -268,7 +268,7 @@ fn clean(part: &str) -> String {
 }
 
 /// FNV-1a, 64 bit: stable across builds and platforms, which file names must be.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         h ^= u64::from(b);

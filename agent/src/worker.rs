@@ -306,18 +306,18 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     };
 
     let mut attached = Attachments::default();
-    let system = format!(
-        "{}{}{}",
-        shared.system_prompt,
-        shared.recaps.prompt(&shared.sessions.path(session)),
-        shared.memory.inject(&words)
-    );
+    let recap = shared.recaps.prompt(&shared.sessions.path(session));
+    let memories = shared.memory.inject(&words);
     let r = ReplyCtx {
         shared,
         session,
         out,
         msg_id: &msg_id,
-        system: &system,
+        prompt: crate::llm::Prompt {
+            fixed: &shared.system_prompt,
+            recap: &recap,
+            notes: memories.trim_start(),
+        },
     };
     let ending = rounds(llm, r, history, &cancel_rx, &mut attached);
     drop(inflight);
@@ -486,14 +486,14 @@ pub fn round_limit_note(rounds: usize) -> String {
 }
 
 /// Who a reply is for: the session whose history it extends, the session its frames go
-/// to (a scheduled task's chat), the message it answers, the system prompt to use.
+/// to (a scheduled task's chat), the message it answers, the prompt around the turns.
 #[derive(Clone, Copy)]
 struct ReplyCtx<'a> {
     shared: &'a Shared,
     session: &'a Session,
     out: &'a Session,
     msg_id: &'a Option<String>,
-    system: &'a str,
+    prompt: crate::llm::Prompt<'a>,
 }
 
 /// The model rounds of one reply: stream, run the tools asked for, repeat.
@@ -509,7 +509,7 @@ fn rounds(
         session,
         out,
         msg_id,
-        system,
+        prompt,
     } = r;
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
@@ -523,7 +523,7 @@ fn rounds(
         // Signed thoughts that led to this round's tool calls (Anthropic).
         let mut thoughts = Vec::new();
         let window = with_image_data(shared, stamped(context(history, shared.budget)));
-        let stream = llm.stream(system, &window, &specs);
+        let stream = llm.stream(&prompt, &window, &specs);
         let round = loop {
             select! {
                 recv(stream.chunks) -> chunk => match chunk {

@@ -387,14 +387,18 @@ fn anthropic_stream_with_ping_after_a_529_and_a_429() {
     assert_eq!(r.header("x-api-key"), Some("sk-ant-xyz"));
     assert_eq!(r.header("anthropic-version"), Some("2023-06-01"));
     let body = r.json();
-    assert_eq!(body["system"], "Be brief.");
+    // Marked for Claude's prompt cache: the system prompt, and the question.
+    let cached = json!({"type": "ephemeral"});
+    assert_eq!(
+        body["system"],
+        json!([{"type": "text", "text": "Be brief.", "cache_control": cached}])
+    );
     assert_eq!(body["max_tokens"], 4096);
     assert_eq!(body["model"], "claude-sonnet-4-6");
     assert_eq!(body["messages"][0]["role"], "user");
-    assert_eq!(
-        unstamped(body["messages"][0]["content"].as_str().unwrap()),
-        "Salut"
-    );
+    let question = &body["messages"][0]["content"][0];
+    assert_eq!(unstamped(question["text"].as_str().unwrap()), "Salut");
+    assert_eq!(question["cache_control"], cached);
     assert_eq!(body["messages"].as_array().unwrap().len(), 1);
 }
 
@@ -623,11 +627,14 @@ fn history_survives_a_restart_and_feeds_the_context() {
     let _ = a.workspace;
 }
 
-/// The system prompt of request `r` (OpenAI's first message, or Anthropic's `system`).
+/// The system prompt of request `r` (OpenAI's first message, or Anthropic's `system`
+/// blocks).
 fn system_of(r: &aegis_e2e::http::Request) -> String {
     let j = r.json();
-    let s = j["system"].as_str().or(j["messages"][0]["content"].as_str());
-    s.unwrap_or("").to_string()
+    match j["system"].as_array() {
+        Some(blocks) => blocks.iter().filter_map(|b| b["text"].as_str()).collect(),
+        None => j["messages"][0]["content"].as_str().unwrap_or("").to_string(),
+    }
 }
 
 fn is_recap_request(r: &aegis_e2e::http::Request) -> bool {
@@ -1054,7 +1061,8 @@ fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference()
     content[1]["text"] = words.into();
     assert_eq!(
         content,
-        json!([{"type": "image", "source": source}, {"type": "text", "text": "what is it?"}])
+        json!([{"type": "image", "source": source},
+               {"type": "text", "text": "what is it?", "cache_control": {"type": "ephemeral"}}])
     );
     let history = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
     assert!(!history.contains(b64), "bytes inline in the session: {history}");

@@ -958,16 +958,29 @@ fn memories_are_stored_refused_when_secret_and_injected_after_a_restart() {
     assert_eq!(file.lines().count(), 2);
     drop(a);
 
-    // A new agent, another chat: the relevant memory is in the system prompt.
+    // A new agent, another chat: the relevant memory comes after the question, and the
+    // system prompt stays the same (a provider's prompt cache keeps it).
     let a = agent(&ws, &openai(&llm));
     a.send(&message("2", "Which colour should the new logo be?", "m2"));
     a.reply();
     let req = llm.requests().last().unwrap().json();
-    let system = req["messages"][0]["content"].as_str().unwrap().to_string();
-    let block = &system[system.rfind("\n\n[Memories]").expect("memories injected") + 2..];
+    let asked = req["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (question, block) = asked.split_once("\n\n[Memories]").expect("memories injected");
+    assert!(
+        question.ends_with("Which colour should the new logo be?"),
+        "{asked}"
+    );
     assert_eq!(
-        block, "[Memories]\n- (m-1, pref) User's favourite colour is teal",
+        block, "\n- (m-1, pref) User's favourite colour is teal",
         "only the relevant one"
+    );
+    let first = llm.requests()[0].json();
+    assert_eq!(
+        req["messages"][0], first["messages"][0],
+        "the system prompt is the one sent before there were memories"
     );
     // The tools are offered, and search finds what was stored.
     assert!(offered_tools(&llm.requests()[0]).contains(&"memory_search".to_string()));

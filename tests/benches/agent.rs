@@ -7,8 +7,10 @@
 //! the peak RSS after that reply (plain HTTP, then HTTPS through a TLS front);
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
-//! call over stdio, one over Streamable HTTP); and what recaps of a long conversation
-//! cost: their share of model requests and request bytes, and reply time with them on.
+//! call over stdio, one over Streamable HTTP); what recaps of a long conversation cost:
+//! their share of model requests and request bytes, and reply time with them on; and how
+//! much of a long chat's input Claude's and OpenAI's prompt caches would serve
+//! (`aegis_e2e::prompt_cache`). `AEGIS_BENCH_AGENT=PATH` measures another build instead.
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -41,7 +43,7 @@ fn main() {
         return;
     }
     let dir = release_dir();
-    let agent = dir.join("aegis-agent");
+    let agent = std::env::var_os("AEGIS_BENCH_AGENT").map_or_else(|| dir.join("aegis-agent"), Into::into);
     println!("binary: {}", agent.display());
     println!(
         "{:<44} {} bytes",
@@ -94,6 +96,8 @@ fn main() {
     cancel_latency(&agent);
     recap_cost(&agent, "1");
     recap_cost(&agent, "0");
+    prompt_cache(&agent, true);
+    prompt_cache(&agent, false);
     history_load(&agent);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
@@ -487,6 +491,107 @@ fn recap_cost(agent: &Path, on: &str) {
         100.0 * recaps.iter().sum::<usize>() as f64 / all as f64,
         recaps.iter().sum::<usize>() / 1024,
         all / 1024
+    );
+}
+
+/// A chat of 120 messages with every tool on, 20 memories (each message's words choose
+/// some), a 400-character answer and, every fourth message, a tool round: how much of
+/// the input Claude's cache (`claude`) or OpenAI's would serve.
+fn prompt_cache(agent: &Path, claude: bool) {
+    use aegis_e2e::llm::{anthropic_sse, anthropic_tool_sse, openai_sse, openai_tool_sse};
+    use std::sync::{Arc, Mutex};
+    let ws = temp_dir("bench-cache");
+    let topics = [
+        "teal", "Lyon", "invoices", "Rust", "garden", "piano", "Berlin", "backups", "cats", "tennis",
+        "Kafka", "coffee", "budget", "Friday", "Postgres", "bicycle", "Japan", "printer", "tax", "chess",
+    ];
+    std::fs::create_dir_all(ws.join(".aegis/memory")).unwrap();
+    let memories: String = topics
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let m = serde_json::json!({"id": format!("m-{i}"), "scope": "workspace",
+                "text": format!("The user cares about {t} and wants short answers on {t}"), "tags": [], "ts": "2026-12-01T10:00:00Z"});
+            format!("{m}\n")
+        })
+        .collect();
+    std::fs::write(ws.join(".aegis/memory/memories.jsonl"), memories).unwrap();
+    let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&bodies);
+    let llm = Server::start(move |req, resp| {
+        let body = req.json();
+        let text = body.to_string();
+        log.lock().unwrap().push(body);
+        let answered_tool = text
+            .rfind("tool_result")
+            .max(text.rfind("\"role\":\"tool\""))
+            .unwrap_or(0);
+        let recap = text.contains("You keep the memory of a long chat");
+        let wants_tool = !recap && text.rfind("run it").is_some_and(|at| at > answered_tool);
+        let answer = "The answer, in some detail. ".repeat(14);
+        let call = [("c1", "bash", r#"{"command": "true"}"#)];
+        let pieces = match (claude, wants_tool) {
+            (true, true) => anthropic_tool_sse("", &call, 1000),
+            (true, false) => anthropic_sse(&[&answer]),
+            (false, true) => openai_tool_sse("", &call, 1000),
+            (false, false) => openai_sse(&[&answer]),
+        };
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for p in pieces {
+            r.chunk(p.as_bytes());
+        }
+        r.finish();
+    });
+    let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+    let url = llm.url.clone();
+    if claude {
+        env.push(("ANTHROPIC_API_KEY", std::ffi::OsStr::new("k")));
+        env.push(("ANTHROPIC_BASE_URL", std::ffi::OsStr::new(&url)));
+    }
+    let (mut child, conn) = direct_agent_with(agent, &ws, (!claude).then_some(url.as_str()), &env);
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    for i in 0..120 {
+        let tool = if i % 4 == 3 { " run it" } else { "" };
+        let text = format!(
+            "message {i}: tell me about {} please{tool}",
+            topics[i * 7 % topics.len()]
+        );
+        let f = Frame::user_message(Session::new("bench", "1"), &text, None).with_msg_id(format!("m{i}"));
+        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+        while let Ok(Some(line)) = lines.next_line() {
+            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                continue;
+            };
+            if fr.kind == "assistant.done" {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let bodies = bodies.lock().unwrap().clone();
+    let (name, usage) = if claude {
+        let mut cache = aegis_e2e::prompt_cache::Anthropic::default();
+        bodies.iter().for_each(|b| {
+            cache.request(b);
+        });
+        ("Claude", cache.usage)
+    } else {
+        let mut cache = aegis_e2e::prompt_cache::OpenAi::default();
+        bodies.iter().for_each(|b| {
+            cache.request(b);
+        });
+        ("OpenAI", cache.usage)
+    };
+    println!(
+        "{:<44} {:.1} % of {} KiB input read from the cache, {:.1} % written ({} requests)",
+        format!("prompt cache, {name}, 120-message chat"),
+        usage.read_percent(),
+        usage.input / 1024,
+        100.0 * usage.written as f64 / usage.input.max(1) as f64,
+        bodies.len()
     );
 }
 

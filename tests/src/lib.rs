@@ -6,7 +6,8 @@
 //! what it and aegisd do for `host:` models ([`host_llm`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT
-//! proxy ([`proxy`]) and a SOCKS5 one ([`socks`]).
+//! proxy ([`proxy`]) and a SOCKS5 one ([`socks`]); providers' prompt caches, to measure
+//! what requests would read from them ([`prompt_cache`]).
 
 pub mod aegisd;
 pub mod agent;
@@ -20,6 +21,7 @@ pub mod mcp_http;
 pub mod openai_audio;
 pub mod openai_images;
 pub mod proc;
+pub mod prompt_cache;
 pub mod proxy;
 pub mod socks;
 pub mod stack;

@@ -1,0 +1,136 @@
+//! [ours] Where a Messages API request tells Anthropic what to cache. Claude reuses a
+//! prefix of a request (tools, system, messages, in that order) only up to a block marked
+//! `cache_control`, and bills what it reads from the cache at a tenth of the price; a
+//! request without marks (upstream's agent sends none) pays for the tool definitions, the
+//! system prompt and the whole conversation again on every message and every tool round.
+//!
+//! Three marks of the four allowed, each on what the next request will send again:
+//! 1. the end of the fixed system prompt (it caches the tools too: they come first); the
+//!    session's recap follows unmarked, so a new recap costs only itself;
+//! 2. the end of the newest question, before the notes that came with it (memories chosen
+//!    by its words, different for every message): the next message's request repeats the
+//!    conversation up to here, and Anthropic looks back from its own marks for it;
+//! 3. in a tool loop, the end of the newest tool results: the next round repeats all that.
+//!
+//! OpenAI and OpenAI-compatible servers cache the longest prefix they saw on their own;
+//! what they need, the same order (notes last), `llm.rs` gives every provider.
+
+use serde_json::{json, Value};
+
+fn ephemeral() -> Value {
+    json!({"type": "ephemeral"})
+}
+
+/// The `system` field: the fixed prompt, marked, then the recap.
+pub fn anthropic_system(fixed: &str, recap: &str) -> Value {
+    let mut blocks = Vec::new();
+    if !fixed.is_empty() {
+        blocks.push(json!({"type": "text", "text": fixed, "cache_control": ephemeral()}));
+    }
+    if !recap.is_empty() {
+        blocks.push(json!({"type": "text", "text": recap}));
+    }
+    Value::Array(blocks)
+}
+
+/// Mark `sides` (role, content blocks of each message): the block `question_end` (message,
+/// block) where the newest question ends, and the last block of the last message when it
+/// is another one of the user's side (tool results). `notes`: a notes block follows the
+/// question's end, never marked.
+pub fn mark_anthropic(sides: &mut [(&str, Vec<Value>)], question_end: Option<(usize, usize)>, notes: bool) {
+    if let Some((m, b)) = question_end {
+        sides[m].1[b]["cache_control"] = ephemeral();
+    }
+    let Some(last) = sides.len().checked_sub(1) else {
+        return;
+    };
+    let (role, blocks) = &mut sides[last];
+    let Some(end) = blocks.len().checked_sub(1) else {
+        return;
+    };
+    let after_question = match question_end {
+        Some((m, b)) => m == last && (b == end || (notes && b + 1 == end)),
+        None => false,
+    };
+    if *role == "user" && !after_question {
+        blocks[end]["cache_control"] = ephemeral();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marks(sides: &[(&str, Vec<Value>)]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (m, (_, blocks)) in sides.iter().enumerate() {
+            for (b, block) in blocks.iter().enumerate() {
+                if block.get("cache_control").is_some() {
+                    out.push((m, b));
+                }
+            }
+        }
+        out
+    }
+
+    fn text(t: &str) -> Value {
+        json!({"type": "text", "text": t})
+    }
+
+    #[test]
+    fn the_system_prompt_is_marked_and_the_recap_follows_unmarked() {
+        assert_eq!(
+            anthropic_system("Be brief.", ""),
+            json!([{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
+        );
+        let both = anthropic_system("Be brief.", "\n\nEarlier: ...");
+        assert_eq!(both[1], json!({"type": "text", "text": "\n\nEarlier: ..."}));
+        assert_eq!(
+            anthropic_system("", ""),
+            json!([]),
+            "no empty block: Anthropic refuses them"
+        );
+    }
+
+    #[test]
+    fn the_question_is_marked_before_its_notes_and_tool_results_at_their_end() {
+        // A question with notes, nothing after it: only the question's end.
+        let mut s = vec![
+            ("user", vec![text("hi")]),
+            ("assistant", vec![text("hello")]),
+            ("user", vec![text("q"), text("[Memories]")]),
+        ];
+        mark_anthropic(&mut s, Some((2, 0)), true);
+        assert_eq!(marks(&s), [(2, 0)]);
+        // The same without notes: the end of the question is the end of the message.
+        let mut s = vec![("user", vec![text("q")])];
+        mark_anthropic(&mut s, Some((0, 0)), false);
+        assert_eq!(marks(&s), [(0, 0)]);
+        // A tool round: the question, and the newest results.
+        let mut s = vec![
+            ("user", vec![text("q"), text("[Memories]")]),
+            (
+                "assistant",
+                vec![json!({"type": "tool_use", "id": "a", "name": "bash", "input": {}})],
+            ),
+            (
+                "user",
+                vec![json!({"type": "tool_result", "tool_use_id": "a", "content": "ok"})],
+            ),
+        ];
+        mark_anthropic(&mut s, Some((0, 0)), true);
+        assert_eq!(marks(&s), [(0, 0), (2, 0)]);
+        // Results of an interrupted chain merged before the question: still the question.
+        let mut s = vec![(
+            "user",
+            vec![
+                json!({"type": "tool_result", "tool_use_id": "a", "content": "x"}),
+                text("q"),
+            ],
+        )];
+        mark_anthropic(&mut s, Some((0, 1)), false);
+        assert_eq!(marks(&s), [(0, 1)]);
+        let mut none: Vec<(&str, Vec<Value>)> = Vec::new();
+        mark_anthropic(&mut none, None, false);
+    }
+}
