@@ -781,6 +781,51 @@ fn claude_writes_and_reads_recaps_too() {
     );
 }
 
+/// Replayed through a cache that works as Anthropic documents it, a chat that outgrows
+/// its window still has most of each request served from the cache: the system prompt
+/// stays the same whatever memories a message brings, the window does not slide with
+/// every message, and the marks sit where the next request repeats the prefix.
+#[test]
+fn claude_reads_most_of_a_long_chat_from_its_prompt_cache() {
+    let llm = recapping_llm();
+    let ws = temp_dir("prompt-cache");
+    std::fs::create_dir_all(ws.path().join(".aegis/memory")).unwrap();
+    let memories: String = ["tea", "Lyon", "chess", "piano"]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            format!(
+                "{}\n",
+                json!({"id": format!("m-{i}"), "scope": "workspace", "text": format!("The user likes {w}"), "tags": [], "ts": "2026-12-01T10:00:00Z"})
+            )
+        })
+        .collect();
+    std::fs::write(ws.path().join(".aegis/memory/memories.jsonl"), memories).unwrap();
+    let env = [
+        ("ANTHROPIC_API_KEY", "k"),
+        ("ANTHROPIC_BASE_URL", llm.url()),
+        ("AEGIS_CONTEXT_RECAP", "0"),
+    ];
+    let a = start_agent(&ws, &env);
+    let topics = ["tea", "Lyon", "chess", "piano", "the weather"];
+    // 60 exchanges: the default window (50 turns) is full after 25.
+    for i in 0..60 {
+        let text = format!("message {i}: what about {}?", topics[i % topics.len()]);
+        a.send(&message("5", &text, &format!("m-{i}")));
+        a.reply();
+    }
+    let mut cache = aegis_e2e::prompt_cache::Anthropic::default();
+    let reads: Vec<usize> = llm.requests().iter().map(|r| cache.request(&r.json())).collect();
+    // Every request after the first reads at least the tools and the system prompt.
+    let system_and_tools = *reads[1..].iter().min().unwrap();
+    assert!(system_and_tools > 4096, "{reads:?}");
+    // Most read the conversation too, also once the window is full.
+    let more = |r: &[usize]| r.iter().filter(|&&r| r > system_and_tools).count();
+    assert!(more(&reads) * 4 > reads.len() * 3, "{reads:?}");
+    assert!(more(&reads[30..]) * 3 > 30 * 2, "{reads:?}");
+    let _ = a.workspace;
+}
+
 /// `AEGIS_CONTEXT_RECAP=0`: what falls out is forgotten, as upstream's agent does.
 #[test]
 fn recaps_can_be_turned_off() {
