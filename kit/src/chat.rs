@@ -3,6 +3,10 @@
 //! reply in flight (`control.cancel`) and, when nothing is in flight, quits. Tool activity
 //! and a reasoning model's thoughts go to stderr, so stdout is the reply alone.
 //!
+//! `/new` starts a fresh conversation, as in Telegram: the terminal's session of each
+//! instance is kept in `~/.aegis/kit/chat-sessions.json`, so the next `chat` goes on with
+//! it (`--session ID` picks another; the first is `local`).
+//!
 //! Threads: stdin lines, egress frames, and Ctrl-C each feed a channel; the main loop
 //! selects over them and owns the terminal.
 
@@ -23,8 +27,45 @@ pub struct ChatOpts {
     pub instance: String,
     /// One-shot message (`-m`): send it, print the reply, exit.
     pub message: Option<String>,
-    /// Session id (channel `terminal`).
-    pub session: String,
+    /// Session id (channel `terminal`), if given; else the instance's current one.
+    pub session: Option<String>,
+}
+
+/// Where the terminal's current session of each instance is kept.
+fn sessions_file() -> std::path::PathBuf {
+    tether::paths::aegis_home().join("kit/chat-sessions.json")
+}
+
+/// The terminal's current session with `instance`: the one `/new` began last, else `local`.
+fn current_session(instance: &str) -> String {
+    let saved = std::fs::read(sessions_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    saved
+        .as_ref()
+        .and_then(|v| v[instance].as_str())
+        .filter(|id| !id.is_empty() && id.len() <= 128)
+        .unwrap_or("local")
+        .to_string()
+}
+
+/// Begin a new session with `instance` and keep it as the current one.
+fn new_session(instance: &str) -> Result<String, CliError> {
+    let path = sessions_file();
+    let mut all = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}));
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let id = format!("local-{secs}");
+    all[instance] = id.clone().into();
+    tether::fsutil::replace(&path, all.to_string().as_bytes())
+        .map_err(|e| CliError::Other(format!("{}: {e}", path.display())))?;
+    Ok(id)
 }
 
 fn now_id() -> String {
@@ -44,7 +85,10 @@ pub fn run(c: &AegisClient, o: &ChatOpts) -> Result<(), CliError> {
     // Only frames newer than now: the reply to what we are about to send.
     let after = info["last_seq"].as_u64();
     let frames = spawn_stream(c.clone(), o.instance.clone(), after);
-    let session = Session::new("terminal", o.session.clone());
+    let mut session = Session::new(
+        "terminal",
+        o.session.clone().unwrap_or_else(|| current_session(&o.instance)),
+    );
     let interrupts = interrupts()?;
 
     let lines = match &o.message {
@@ -72,8 +116,24 @@ pub fn run(c: &AegisClient, o: &ChatOpts) -> Result<(), CliError> {
             recv(lines) -> l => match l { Ok(l) => l, Err(_) => return Ok(()) },
             recv(interrupts) -> _ => { eprintln!(); return Ok(()) },
         };
-        if text.trim().is_empty() {
-            continue;
+        match text.trim() {
+            "" => continue,
+            "/new" => {
+                session = Session::new("terminal", new_session(&o.instance)?);
+                eprintln!("🆕 New conversation started.");
+                if interactive {
+                    continue;
+                }
+                return Ok(());
+            }
+            "/stop" | "/cancel" => {
+                eprintln!("Nothing to stop: Ctrl-C stops a reply while it is written.");
+                if interactive {
+                    continue;
+                }
+                return Ok(());
+            }
+            _ => {}
         }
         let msg_id = now_id();
         let frame = Frame::user_message(session.clone(), text.trim(), None).with_msg_id(msg_id.clone());

@@ -57,7 +57,9 @@ COMMANDS:
     logs NAME [-f] [--tail N]       an instance's output
     secret set NAME [VALUE]         store a secret (VALUE from stdin when omitted)
     secret ls | rm NAME
-    chat NAME [-m TEXT] [--session ID]   chat in the terminal; -m sends one message and exits
+    chat NAME [-m TEXT] [--session ID]   chat in the terminal; -m sends one message and exits;
+                                    /new starts a fresh conversation (kept as the
+                                    current one) [default session: the current one]
 
 OPTIONS:
     --socket PATH     aegisd API socket [default ~/.aegis/aegisd.sock; env AEGIS_SOCKET]
@@ -225,12 +227,12 @@ fn run(mut args: Vec<OsString>) -> Result<(), CliError> {
             let mut o = chat::ChatOpts {
                 instance: String::new(),
                 message: None,
-                session: "local".into(),
+                session: None,
             };
             while let Some(a) = p.next()? {
                 match a {
                     Short('m') | Long("message") => o.message = Some(string(p.value()?)?),
-                    Long("session") => o.session = string(p.value()?)?,
+                    Long("session") => o.session = Some(string(p.value()?)?),
                     Value(v) if o.instance.is_empty() => o.instance = string(v)?,
                     other => return Err(other.unexpected().into()),
                 }

@@ -59,7 +59,7 @@ pub fn run(socket: &Path) -> Result<(), CliError> {
         &ChatOpts {
             instance: INSTANCE.into(),
             message: None,
-            session: "local".into(),
+            session: None,
         },
     )
 }

@@ -651,6 +651,55 @@ fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
     assert!(child.wait().unwrap().success());
 }
 
+/// `/new` in the terminal starts a fresh conversation, as in Telegram, and the next `chat`
+/// goes on with it; `--session local` still reaches the first one.
+#[test]
+fn chat_new_starts_a_fresh_conversation_that_later_chats_continue() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-chat-new");
+    let s = start_serve(&home, &[]);
+    s.create_agent("a", &llm);
+    let said = |args: &[&str]| {
+        let out = s.kit(args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let history = |n: usize| -> Vec<String> {
+        let req = &llm.requests()[n];
+        req.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|m| aegis_e2e::llm::unstamped(m["content"].as_str().unwrap()).to_string())
+            .collect()
+    };
+    assert_eq!(
+        said(&["chat", "a", "-m", "my name is Ann"]).0,
+        "echo: my name is Ann"
+    );
+    let (out, err) = said(&["chat", "a", "-m", "/new"]);
+    assert_eq!(out, "", "nothing reached the agent");
+    assert!(err.contains("New conversation started"), "{err}");
+    assert_eq!(llm.requests().len(), 1);
+    said(&["chat", "a", "-m", "who am I?"]);
+    assert_eq!(history(1), ["who am I?"], "a fresh conversation");
+    said(&["chat", "a", "-m", "and now?"]);
+    assert_eq!(
+        history(2),
+        ["who am I?", "echo: who am I?", "and now?"],
+        "it goes on"
+    );
+    said(&["chat", "a", "--session", "local", "-m", "back"]);
+    assert_eq!(history(3)[0], "my name is Ann", "the first one is still there");
+    let (_, err) = said(&["chat", "a", "-m", "/stop"]);
+    assert!(err.contains("Nothing to stop"), "{err}");
+    assert_eq!(llm.requests().len(), 4);
+}
+
 #[test]
 fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
     use aegis_e2e::llm::offered_tools;
