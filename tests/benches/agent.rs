@@ -10,7 +10,7 @@
 //! call over stdio, one over Streamable HTTP); what recaps of a long conversation cost:
 //! their share of model requests and request bytes, and reply time with them on; and how
 //! much of a long chat's input Claude's and OpenAI's prompt caches would serve
-//! (`aegis_e2e::prompt_cache`). `AEGIS_BENCH_AGENT=PATH` measures another build instead.
+//! (`aegis_e2e::prompt_cache`).
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -43,7 +43,7 @@ fn main() {
         return;
     }
     let dir = release_dir();
-    let agent = std::env::var_os("AEGIS_BENCH_AGENT").map_or_else(|| dir.join("aegis-agent"), Into::into);
+    let agent = dir.join("aegis-agent");
     println!("binary: {}", agent.display());
     println!(
         "{:<44} {} bytes",
