@@ -337,15 +337,7 @@ fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_
     let mut lines = LineReader::new(BufReader::new(conn));
     for i in 0..50 {
         let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
-        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
-        while let Ok(Some(line)) = lines.next_line() {
-            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
-                continue;
-            };
-            if fr.kind == "assistant.done" {
-                break;
-            }
-        }
+        exchange(&mut w, &mut lines, &f, "assistant.done");
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -386,6 +378,19 @@ fn direct_agent_with(
     let child = cmd.spawn().unwrap();
     let (conn, _) = listener.accept().unwrap();
     (child, conn)
+}
+
+/// Write `f` on the tether `w`, then read `lines` up to the first frame of `kind`.
+fn exchange(w: &mut UnixStream, lines: &mut LineReader<BufReader<UnixStream>>, f: &Frame, kind: &str) {
+    std::io::Write::write_all(w, &Message::tether_frame(f).encode()).unwrap();
+    while let Ok(Some(line)) = lines.next_line() {
+        let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+            continue;
+        };
+        if fr.kind == kind {
+            return;
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -459,15 +464,7 @@ fn recap_cost(agent: &Path, on: &str) {
         );
         let f = Frame::user_message(Session::new("bench", "1"), &text, None).with_msg_id(format!("m{i}"));
         let t = Instant::now();
-        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
-        while let Ok(Some(line)) = lines.next_line() {
-            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
-                continue;
-            };
-            if fr.kind == "assistant.done" {
-                break;
-            }
-        }
+        exchange(&mut w, &mut lines, &f, "assistant.done");
         times.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     // The last recap may still be on its way.
@@ -558,15 +555,7 @@ fn prompt_cache(agent: &Path, claude: bool) {
             topics[i * 7 % topics.len()]
         );
         let f = Frame::user_message(Session::new("bench", "1"), &text, None).with_msg_id(format!("m{i}"));
-        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
-        while let Ok(Some(line)) = lines.next_line() {
-            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
-                continue;
-            };
-            if fr.kind == "assistant.done" {
-                break;
-            }
-        }
+        exchange(&mut w, &mut lines, &f, "assistant.done");
     }
     std::thread::sleep(Duration::from_millis(300));
     let _ = child.kill();
@@ -635,16 +624,8 @@ fn history_load(agent: &Path) {
             let mut w = conn.try_clone().unwrap();
             let f = Frame::user_message(Session::new("bench", "1"), "hi", None);
             let t = Instant::now();
-            std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
             let mut lines = LineReader::new(BufReader::new(conn));
-            while let Ok(Some(line)) = lines.next_line() {
-                let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
-                    continue;
-                };
-                if fr.kind == "status.presence" {
-                    break;
-                }
-            }
+            exchange(&mut w, &mut lines, &f, "status.presence");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             let _ = child.kill();
             let _ = child.wait();
