@@ -240,13 +240,17 @@ pub struct Prompt<'a> {
     pub recap: &'a str,
     /// Notes for this message, after its question ("" for none).
     pub notes: &'a str,
+    /// Mark for Claude's cache what the next request will repeat
+    /// ([`crate::prompt_cache::worth_marking`]).
+    pub mark: bool,
 }
 
 impl<'a> Prompt<'a> {
-    /// Just a system prompt.
+    /// Just a system prompt, marked for Claude's cache.
     pub fn plain(fixed: &'a str) -> Prompt<'a> {
         Prompt {
             fixed,
+            mark: true,
             ..Prompt::default()
         }
     }
@@ -523,8 +527,8 @@ impl Llm {
                 let mut body = serde_json::json!({
                     "model": self.model(),
                     "max_tokens": max_tokens,
-                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap),
-                    "messages": anthropic_messages(turns, prompt.notes),
+                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap, prompt.mark),
+                    "messages": anthropic_messages(turns, prompt.notes, prompt.mark),
                     "stream": true,
                 });
                 match p.thinking {
@@ -1006,7 +1010,7 @@ fn anthropic_user_blocks(c: &Content) -> Vec<serde_json::Value> {
 /// Turns as Messages API messages: roles alternate, starting with the user. Tool results
 /// are user-side `tool_result` blocks; consecutive turns of one side are merged (a failed
 /// reply leaves two user turns in a row); a side that is all text stays a plain string.
-fn anthropic_messages(turns: &[Turn], notes: &str) -> Vec<serde_json::Value> {
+fn anthropic_messages(turns: &[Turn], notes: &str, mark: bool) -> Vec<serde_json::Value> {
     let question = turns.iter().rposition(|t| t.role == Role::User);
     // Where the newest question ends: (message, block).
     let mut question_end = None;
@@ -1053,7 +1057,9 @@ fn anthropic_messages(turns: &[Turn], notes: &str) -> Vec<serde_json::Value> {
             }
         }
     }
-    crate::prompt_cache::mark_anthropic(&mut sides, question_end, !notes.is_empty());
+    if mark {
+        crate::prompt_cache::mark_anthropic(&mut sides, question_end, !notes.is_empty());
+    }
     sides
         .into_iter()
         .map(|(role, blocks)| {
@@ -1403,6 +1409,7 @@ mod tests {
             fixed: "S.",
             recap: " R.",
             notes: "[Memories]\n- (m-1) tea",
+            mark: true,
         };
         let call = ToolCall {
             id: "c1".into(),
@@ -1460,6 +1467,14 @@ mod tests {
         let plain = claude.request_body(&Prompt::plain("S."), &chat, &[]);
         assert_eq!(plain["system"].as_array().unwrap().len(), 1);
         assert_eq!(plain["messages"][2]["content"][0]["cache_control"], cached);
+        // Not worth marking: the same request without a mark.
+        let unmarked = Prompt {
+            mark: false,
+            ..prompt
+        };
+        let body = claude.request_body(&unmarked, &in_a_tool_round, &[]);
+        assert!(!body.to_string().contains("cache_control"), "{body}");
+        assert_eq!(body["messages"][2]["content"], "q\n\n[Memories]\n- (m-1) tea");
     }
 
     #[test]

@@ -12,20 +12,55 @@
 //!    conversation up to here, and Anthropic looks back from its own marks for it;
 //! 3. in a tool loop, the end of the newest tool results: the next round repeats all that.
 //!
+//! A mark costs: Claude bills what it writes to the cache at 1.25 times the input price,
+//! and keeps it 5 minutes from its last use. So the first request of a reply is marked only
+//! when the conversation is going on (its previous turn is less than 5 minutes old: the
+//! cache it wrote is likely still there to read, and the next message likely to come):
+//! in a chat whose messages come hours apart, marks would only add a quarter to every
+//! request. A tool round is always marked: the next round comes within seconds.
+//!
 //! OpenAI and OpenAI-compatible servers cache the longest prefix they saw on their own;
 //! what they need, the same order (notes last), `llm.rs` gives every provider.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
+
+use crate::session::{Role, Turn};
+
+/// How long Anthropic keeps a cached prefix after its last use.
+const TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Whether round `round` (from 0) of the reply to the newest question of `history` should
+/// mark what it repeats: a tool round always; the first round when the turn before the
+/// question is less than `TTL` older than it.
+pub fn worth_marking(history: &[Turn], round: usize) -> bool {
+    if round > 0 {
+        return true;
+    }
+    let Some(q) = history.iter().rposition(|t| t.role == Role::User) else {
+        return false;
+    };
+    let at = |t: &Turn| humantime::parse_rfc3339_weak(&t.ts).ok();
+    match (q.checked_sub(1).and_then(|p| at(&history[p])), at(&history[q])) {
+        (Some(before), Some(asked)) => asked.duration_since(before).is_ok_and(|gap| gap < TTL),
+        _ => false,
+    }
+}
 
 fn ephemeral() -> Value {
     json!({"type": "ephemeral"})
 }
 
-/// The `system` field: the fixed prompt, marked, then the recap.
-pub fn anthropic_system(fixed: &str, recap: &str) -> Value {
+/// The `system` field: the fixed prompt (marked, if `mark`), then the recap.
+pub fn anthropic_system(fixed: &str, recap: &str, mark: bool) -> Value {
     let mut blocks = Vec::new();
     if !fixed.is_empty() {
-        blocks.push(json!({"type": "text", "text": fixed, "cache_control": ephemeral()}));
+        let mut block = json!({"type": "text", "text": fixed});
+        if mark {
+            block["cache_control"] = ephemeral();
+        }
+        blocks.push(block);
     }
     if !recap.is_empty() {
         blocks.push(json!({"type": "text", "text": recap}));
@@ -80,15 +115,43 @@ mod tests {
     #[test]
     fn the_system_prompt_is_marked_and_the_recap_follows_unmarked() {
         assert_eq!(
-            anthropic_system("Be brief.", ""),
+            anthropic_system("Be brief.", "", true),
             json!([{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}])
         );
-        let both = anthropic_system("Be brief.", "\n\nEarlier: ...");
+        let both = anthropic_system("Be brief.", "\n\nEarlier: ...", true);
         assert_eq!(both[1], json!({"type": "text", "text": "\n\nEarlier: ..."}));
         assert_eq!(
-            anthropic_system("", ""),
+            anthropic_system("", "", true),
             json!([]),
             "no empty block: Anthropic refuses them"
+        );
+        assert_eq!(
+            anthropic_system("Be brief.", "", false),
+            json!([{"type": "text", "text": "Be brief."}])
+        );
+    }
+
+    /// A mark is worth its price when the cache will be read: in a tool round, and when
+    /// the conversation is going on; not for a message that comes after a long pause.
+    #[test]
+    fn marks_are_for_tool_rounds_and_conversations_going_on() {
+        let turn = |role, ts: &str| {
+            let mut t = Turn::new(role, "x");
+            t.ts = ts.into();
+            t
+        };
+        let answered = turn(Role::Assistant, "2026-12-06T10:00:00.000Z");
+        let soon = [answered.clone(), turn(Role::User, "2026-12-06T10:04:59.000Z")];
+        let late = [answered, turn(Role::User, "2026-12-06T10:05:00.000Z")];
+        assert!(worth_marking(&soon, 0));
+        assert!(!worth_marking(&late, 0), "the cache is gone, the pace is slow");
+        assert!(worth_marking(&late, 1), "a tool round reads it seconds later");
+        assert!(!worth_marking(&late[1..], 0), "a first message");
+        let mut round = soon.to_vec();
+        round.push(Turn::tool_result("c1", "ok".into()));
+        assert!(
+            worth_marking(&round, 0),
+            "the question, not the newest turn, is looked at"
         );
     }
 

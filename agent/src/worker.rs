@@ -317,6 +317,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             fixed: &shared.system_prompt,
             recap: &recap,
             notes: memories.trim_start(),
+            mark: false,
         },
     };
     let ending = rounds(llm, r, history, &cancel_rx, &mut attached);
@@ -513,7 +514,7 @@ fn rounds(
     } = r;
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
-    for _ in 0..shared.max_rounds {
+    for round in 0..shared.max_rounds {
         // Asked each round: a tool may have made an MCP server change its tools.
         let specs: Vec<ToolSpec> = shared.tools.specs();
         let round_start = shown.len();
@@ -523,6 +524,10 @@ fn rounds(
         // Signed thoughts that led to this round's tool calls (Anthropic).
         let mut thoughts = Vec::new();
         let window = with_image_data(shared, stamped(context(history, shared.budget)));
+        let prompt = crate::llm::Prompt {
+            mark: crate::prompt_cache::worth_marking(history, round),
+            ..prompt
+        };
         let stream = llm.stream(&prompt, &window, &specs);
         let round = loop {
             select! {
