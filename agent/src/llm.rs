@@ -247,6 +247,7 @@ pub struct Prompt<'a> {
 
 impl<'a> Prompt<'a> {
     /// Just a system prompt, marked for Claude's cache.
+    #[cfg(test)]
     pub fn plain(fixed: &'a str) -> Prompt<'a> {
         Prompt {
             fixed,

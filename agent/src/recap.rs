@@ -337,11 +337,12 @@ fn bounded(text: &str) -> String {
 
 /// Ask `llm` for a recap (no tools), waiting at most `TIMEOUT`.
 fn ask(llm: &Llm, request: &Turn) -> Result<String, String> {
-    let stream = llm.stream(
-        &crate::llm::Prompt::plain(INSTRUCTIONS),
-        std::slice::from_ref(request),
-        &[],
-    );
+    // Nothing of it is asked again: a cache mark would only make it cost more.
+    let prompt = crate::llm::Prompt {
+        fixed: INSTRUCTIONS,
+        ..crate::llm::Prompt::default()
+    };
+    let stream = llm.stream(&prompt, std::slice::from_ref(request), &[]);
     let deadline = Instant::now() + TIMEOUT;
     let mut text = String::new();
     loop {

@@ -764,6 +764,10 @@ fn claude_writes_and_reads_recaps_too() {
     assert_eq!(body["messages"].as_array().unwrap().len(), 1);
     assert_eq!(body["messages"][0]["role"], "user");
     assert_eq!(body["tools"], serde_json::Value::Null);
+    assert!(
+        !body.to_string().contains("cache_control"),
+        "nothing of a recap request is asked again: no cache mark"
+    );
     a.send(&message("5", "who am I?", "m-2"));
     assert_eq!(done_text(&a.reply()), "echo: who am I?");
     let last = llm
