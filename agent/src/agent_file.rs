@@ -193,5 +193,10 @@ mod tests {
         assert!(problems.iter().any(|p| p.contains("`colour`")), "{problems:?}");
         let (_, problems) = parse("{not json");
         assert!(problems[0].contains("not valid JSON"), "{problems:?}");
+        let (f, problems) = parse(r#"{"context_recap": false}"#);
+        assert_eq!((f.context_recap, problems.len()), (Some(false), 0));
+        let (f, problems) = parse(r#"{"context_recap": "no"}"#);
+        assert_eq!(f.context_recap, None);
+        assert!(problems[0].contains("`context_recap`"), "{problems:?}");
     }
 }
