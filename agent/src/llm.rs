@@ -1059,7 +1059,7 @@ fn anthropic_messages(turns: &[Turn], notes: &str, mark: bool) -> Vec<serde_json
         }
     }
     if mark {
-        crate::prompt_cache::mark_anthropic(&mut sides, question_end, !notes.is_empty());
+        crate::prompt_cache::mark_anthropic(&mut sides, question_end);
     }
     sides
         .into_iter()

@@ -70,25 +70,22 @@ pub fn anthropic_system(fixed: &str, recap: &str, mark: bool) -> Value {
 
 /// Mark `sides` (role, content blocks of each message): the block `question_end` (message,
 /// block) where the newest question ends, and the last block of the last message when it
-/// is another one of the user's side (tool results). `notes`: a notes block follows the
-/// question's end, never marked.
-pub fn mark_anthropic(sides: &mut [(&str, Vec<Value>)], question_end: Option<(usize, usize)>, notes: bool) {
+/// is another one of the user's side (tool results).
+pub fn mark_anthropic(sides: &mut [(&str, Vec<Value>)], question_end: Option<(usize, usize)>) {
     if let Some((m, b)) = question_end {
         sides[m].1[b]["cache_control"] = ephemeral();
     }
     let Some(last) = sides.len().checked_sub(1) else {
         return;
     };
-    let (role, blocks) = &mut sides[last];
-    let Some(end) = blocks.len().checked_sub(1) else {
+    // The question is the newest user turn: in its own message only its notes follow it,
+    // and it is marked already.
+    if question_end.is_some_and(|(m, _)| m == last) {
         return;
-    };
-    let after_question = match question_end {
-        Some((m, b)) => m == last && (b == end || (notes && b + 1 == end)),
-        None => false,
-    };
-    if *role == "user" && !after_question {
-        blocks[end]["cache_control"] = ephemeral();
+    }
+    let (role, blocks) = &mut sides[last];
+    if let (true, Some(end)) = (*role == "user", blocks.last_mut()) {
+        end["cache_control"] = ephemeral();
     }
 }
 
@@ -163,11 +160,11 @@ mod tests {
             ("assistant", vec![text("hello")]),
             ("user", vec![text("q"), text("[Memories]")]),
         ];
-        mark_anthropic(&mut s, Some((2, 0)), true);
+        mark_anthropic(&mut s, Some((2, 0)));
         assert_eq!(marks(&s), [(2, 0)]);
         // The same without notes: the end of the question is the end of the message.
         let mut s = vec![("user", vec![text("q")])];
-        mark_anthropic(&mut s, Some((0, 0)), false);
+        mark_anthropic(&mut s, Some((0, 0)));
         assert_eq!(marks(&s), [(0, 0)]);
         // A tool round: the question, and the newest results.
         let mut s = vec![
@@ -181,7 +178,7 @@ mod tests {
                 vec![json!({"type": "tool_result", "tool_use_id": "a", "content": "ok"})],
             ),
         ];
-        mark_anthropic(&mut s, Some((0, 0)), true);
+        mark_anthropic(&mut s, Some((0, 0)));
         assert_eq!(marks(&s), [(0, 0), (2, 0)]);
         // Results of an interrupted chain merged before the question: still the question.
         let mut s = vec![(
@@ -191,9 +188,9 @@ mod tests {
                 text("q"),
             ],
         )];
-        mark_anthropic(&mut s, Some((0, 1)), false);
+        mark_anthropic(&mut s, Some((0, 1)));
         assert_eq!(marks(&s), [(0, 1)]);
         let mut none: Vec<(&str, Vec<Value>)> = Vec::new();
-        mark_anthropic(&mut none, None, false);
+        mark_anthropic(&mut none, None);
     }
 }

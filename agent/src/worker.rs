@@ -317,6 +317,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             fixed: &shared.system_prompt,
             recap: &recap,
             notes: memories.trim_start(),
+            // Decided for each round (`rounds`).
             mark: false,
         },
     };

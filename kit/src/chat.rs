@@ -36,14 +36,19 @@ fn sessions_file() -> std::path::PathBuf {
     tether::paths::aegis_home().join("kit/chat-sessions.json")
 }
 
+/// The sessions file's content: instance name → session id (`{}` when unreadable).
+fn saved_sessions() -> serde_json::Value {
+    std::fs::read(sessions_file())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
 /// The terminal's current session with `instance`: the one `/new` began last, else `local`.
 fn current_session(instance: &str) -> String {
-    let saved = std::fs::read(sessions_file())
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    saved
-        .as_ref()
-        .and_then(|v| v[instance].as_str())
+    saved_sessions()[instance]
+        .as_str()
         .filter(|id| !id.is_empty() && id.len() <= 128)
         .unwrap_or("local")
         .to_string()
@@ -52,11 +57,7 @@ fn current_session(instance: &str) -> String {
 /// Begin a new session with `instance` and keep it as the current one.
 fn new_session(instance: &str) -> Result<String, CliError> {
     let path = sessions_file();
-    let mut all = std::fs::read(&path)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .filter(serde_json::Value::is_object)
-        .unwrap_or_else(|| serde_json::json!({}));
+    let mut all = saved_sessions();
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

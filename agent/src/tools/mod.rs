@@ -644,38 +644,32 @@ impl Toolbox {
                     return Outcome::Done("error: no OpenAI key is set for image_generate".into());
                 };
                 let root = ws.root().to_path_buf();
-                match off_thread(args.clone(), cancel, move |a, abandoned| {
+                let made = off_thread(args.clone(), cancel, move |a, abandoned| {
                     images.generate(&root, a, abandoned)
-                }) {
-                    Some(generated) => generated.map(|(img, note)| {
-                        ctx.attachments.images.push(img);
-                        note
-                    }),
+                });
+                match made {
+                    Some(made) => attach(made, |img| ctx.attachments.images.push(img)),
                     None => return Outcome::Cancelled,
                 }
             }
-            Builtin::RespondWithImage => files::attach_image(ws, args).map(|(img, note)| {
-                ctx.attachments.images.push(img);
-                note
+            Builtin::RespondWithImage => attach(files::attach_image(ws, args), |img| {
+                ctx.attachments.images.push(img)
             }),
             Builtin::RespondWithVoice => {
                 let Some(speech) = self.speech.clone() else {
                     return Outcome::Done("error: no OpenAI key is set for respond_with_voice".into());
                 };
                 let root = ws.root().to_path_buf();
-                match off_thread(args.clone(), cancel, move |a, abandoned| {
+                let made = off_thread(args.clone(), cancel, move |a, abandoned| {
                     speech.speak(&root, a, abandoned)
-                }) {
-                    Some(spoken) => spoken.map(|(voice, note)| {
-                        ctx.attachments.voice.push(voice);
-                        note
-                    }),
+                });
+                match made {
+                    Some(made) => attach(made, |voice| ctx.attachments.voice.push(voice)),
                     None => return Outcome::Cancelled,
                 }
             }
-            Builtin::SendFile => files::attach_file(ws, args).map(|(file, note)| {
-                ctx.attachments.files.push(file);
-                note
+            Builtin::SendFile => attach(files::attach_file(ws, args), |file| {
+                ctx.attachments.files.push(file)
             }),
             Builtin::MemoryStore => self.memory_store(args),
             Builtin::MemorySearch => self.memory_search(args),
@@ -747,6 +741,15 @@ fn cancellable(
         Some(Err(e)) => Outcome::Done(format!("error: {e}")),
         None => Outcome::Cancelled,
     }
+}
+
+/// The note of what a tool made (an image, a recording, a file), once `to_reply` has put
+/// it on the reply.
+fn attach<T>(made: Result<(T, String), String>, to_reply: impl FnOnce(T)) -> Result<String, String> {
+    made.map(|(thing, note)| {
+        to_reply(thing);
+        note
+    })
 }
 
 /// Tells a tool running on a thread of its own that nobody waits for its result any more
