@@ -26,6 +26,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
 use crate::host_llm::{HostLink, LlmFrame, Refused};
+use crate::prompt_cache::{Marks, Ttl};
 use crate::session::{Block, Content, Role, Turn};
 use crate::sse;
 use crate::think::{InlineThink, Split};
@@ -240,9 +241,9 @@ pub struct Prompt<'a> {
     pub recap: &'a str,
     /// Notes for this message, after its question ("" for none).
     pub notes: &'a str,
-    /// Mark for Claude's cache what the next request will repeat
-    /// ([`crate::prompt_cache::worth_marking`]).
-    pub mark: bool,
+    /// Mark for Claude's cache what the next request will repeat, kept this long
+    /// ([`crate::prompt_cache::cache_marks`]); `None`: no marks.
+    pub cache: Option<Marks>,
 }
 
 impl<'a> Prompt<'a> {
@@ -251,7 +252,7 @@ impl<'a> Prompt<'a> {
     pub fn plain(fixed: &'a str) -> Prompt<'a> {
         Prompt {
             fixed,
-            mark: true,
+            cache: Some(Marks::all(Ttl::Minutes5)),
             ..Prompt::default()
         }
     }
@@ -315,6 +316,9 @@ pub struct Llm {
     /// configured. The newest Claude models refuse the budget form with a 400; a budget
     /// is kept for those that know only it, until the model refuses it once.
     adaptive: Arc<AtomicBool>,
+    /// Anthropic dialect: cache marks are kept the default 5 minutes whatever the pace,
+    /// once the server has refused one kept an hour.
+    short_marks: Arc<AtomicBool>,
 }
 
 /// How requests reach the model.
@@ -413,7 +417,17 @@ impl Llm {
             transport,
             completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
             adaptive: Arc::new(AtomicBool::new(false)),
+            short_marks: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
+        }
+    }
+
+    /// How long a mark asking for `ttl` asks for: 5 minutes where an hour was refused.
+    fn kept(&self, ttl: Ttl) -> Ttl {
+        if self.short_marks.load(Ordering::Relaxed) {
+            Ttl::Minutes5
+        } else {
+            ttl
         }
     }
 
@@ -528,8 +542,9 @@ impl Llm {
                 let mut body = serde_json::json!({
                     "model": self.model(),
                     "max_tokens": max_tokens,
-                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap, prompt.mark),
-                    "messages": anthropic_messages(turns, prompt.notes, prompt.mark),
+                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap,
+                        prompt.cache.map(|m| self.kept(m.system))),
+                    "messages": anthropic_messages(turns, prompt.notes, prompt.cache.map(|m| self.kept(m.conversation))),
                     "stream": true,
                 });
                 match p.thinking {
@@ -566,6 +581,11 @@ impl Llm {
             let mut renamed = body.clone();
             renamed["model"] = next.into();
             return Some(renamed);
+        }
+        if let Some(short) = with_short_marks(body, err) {
+            log::info!("the server refuses cache marks kept an hour; asking again with 5-minute ones");
+            self.short_marks.store(true, Ordering::Relaxed);
+            return Some(short);
         }
         let adaptive = with_adaptive_thinking(body, err)?;
         log::info!("the model takes only adaptive thinking, not a budget; asking again");
@@ -626,12 +646,17 @@ impl Llm {
             Transport::Http(agent) => agent,
             Transport::Host(link) => return self.attempt_host(link, body, tx, sent_any),
         };
+        let text = body.to_string();
         let mut req = match p.kind {
             ProviderKind::OpenAi => agent.post(format!("{}/chat/completions", p.base_url)),
             ProviderKind::Anthropic => agent
                 .post(format!("{}/v1/messages", p.base_url))
                 .header("anthropic-version", "2023-06-01"),
         };
+        // A string inside the body is escaped: only a mark reads like this.
+        if p.kind == ProviderKind::Anthropic && text.contains(r#""ttl":"1h""#) {
+            req = req.header("anthropic-beta", crate::prompt_cache::HOUR_BETA);
+        }
         req = req.header("accept", "text/event-stream");
         if let Some(key) = &p.key {
             req = match p.kind {
@@ -641,7 +666,7 @@ impl Llm {
         }
         let resp = req
             .content_type("application/json")
-            .send(body.to_string())
+            .send(text)
             .map_err(|e| transport_error(&e))?;
         let status = resp.status().as_u16();
         if status != 200 {
@@ -1011,7 +1036,7 @@ fn anthropic_user_blocks(c: &Content) -> Vec<serde_json::Value> {
 /// Turns as Messages API messages: roles alternate, starting with the user. Tool results
 /// are user-side `tool_result` blocks; consecutive turns of one side are merged (a failed
 /// reply leaves two user turns in a row); a side that is all text stays a plain string.
-fn anthropic_messages(turns: &[Turn], notes: &str, mark: bool) -> Vec<serde_json::Value> {
+fn anthropic_messages(turns: &[Turn], notes: &str, mark: Option<Ttl>) -> Vec<serde_json::Value> {
     let question = turns.iter().rposition(|t| t.role == Role::User);
     // Where the newest question ends: (message, block).
     let mut question_end = None;
@@ -1058,8 +1083,8 @@ fn anthropic_messages(turns: &[Turn], notes: &str, mark: bool) -> Vec<serde_json
             }
         }
     }
-    if mark {
-        crate::prompt_cache::mark_anthropic(&mut sides, question_end);
+    if let Some(ttl) = mark {
+        crate::prompt_cache::mark_anthropic(&mut sides, question_end, ttl);
     }
     sides
         .into_iter()
@@ -1205,6 +1230,14 @@ fn with_completion_tokens(body: &serde_json::Value, err: &LlmError) -> Option<se
     renamed["max_completion_tokens"] = limit.clone();
     renamed.as_object_mut()?.remove("max_tokens");
     Some(renamed)
+}
+
+/// `body` with cache marks kept the default 5 minutes, when `err` refuses a `ttl` (a
+/// server that speaks the Messages API but not this part of it, or a proxy that drops
+/// the beta header).
+fn with_short_marks(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    let refused = err.kind == ErrorKind::Request && err.detail.contains("ttl");
+    refused.then(|| crate::prompt_cache::without_ttl(body))?
 }
 
 /// `body` with adaptive thinking instead of a budget, when `err` is the refusal of the
@@ -1410,7 +1443,10 @@ mod tests {
             fixed: "S.",
             recap: " R.",
             notes: "[Memories]\n- (m-1) tea",
-            mark: true,
+            cache: Some(Marks {
+                system: Ttl::Hour,
+                conversation: Ttl::Minutes5,
+            }),
         };
         let call = ToolCall {
             id: "c1".into(),
@@ -1442,9 +1478,11 @@ mod tests {
         let claude = Llm::new(test_provider(ProviderKind::Anthropic), None);
         let body = claude.request_body(&prompt, &chat, &[]);
         let cached = serde_json::json!({"type": "ephemeral"});
+        let hour = serde_json::json!({"type": "ephemeral", "ttl": "1h"});
         assert_eq!(
             body["system"],
-            serde_json::json!([{"type": "text", "text": "S.", "cache_control": cached}, {"type": "text", "text": " R."}])
+            serde_json::json!([{"type": "text", "text": "S.", "cache_control": hour}, {"type": "text", "text": " R."}]),
+            "the same for every session: kept an hour while any of them goes on"
         );
         assert_eq!(
             body["messages"][0]["content"], "hi",
@@ -1470,12 +1508,20 @@ mod tests {
         assert_eq!(plain["messages"][2]["content"][0]["cache_control"], cached);
         // Not worth marking: the same request without a mark.
         let unmarked = Prompt {
-            mark: false,
+            cache: None,
             ..prompt
         };
         let body = claude.request_body(&unmarked, &in_a_tool_round, &[]);
         assert!(!body.to_string().contains("cache_control"), "{body}");
         assert_eq!(body["messages"][2]["content"], "q\n\n[Memories]\n- (m-1) tea");
+        // A chat answered now and then: everything kept an hour.
+        let slow = Prompt {
+            cache: Some(Marks::all(Ttl::Hour)),
+            ..prompt
+        };
+        let body = claude.request_body(&slow, &in_a_tool_round, &[]);
+        assert_eq!(body["messages"][2]["content"][0]["cache_control"], hour);
+        assert_eq!(body["messages"][4]["content"][0]["cache_control"], hour);
     }
 
     #[test]

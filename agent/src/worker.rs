@@ -318,7 +318,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             recap: &recap,
             notes: memories.trim_start(),
             // Decided for each round (`rounds`).
-            mark: false,
+            cache: None,
         },
     };
     let ending = rounds(llm, r, history, &cancel_rx, &mut attached);
@@ -526,7 +526,7 @@ fn rounds(
         let mut thoughts = Vec::new();
         let window = with_image_data(shared, stamped(context(history, shared.budget)));
         let prompt = crate::llm::Prompt {
-            mark: crate::prompt_cache::worth_marking(history, round),
+            cache: crate::prompt_cache::cache_marks(history, round),
             ..prompt
         };
         let stream = llm.stream(&prompt, &window, &specs);

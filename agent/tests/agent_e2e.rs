@@ -829,6 +829,100 @@ fn claude_reads_most_of_a_long_chat_from_its_prompt_cache() {
     let _ = a.workspace;
 }
 
+/// A chat answered now and then (here 20 minutes after the last answer) keeps its cache
+/// an hour: the marks ask for it, with the beta header that lets them; one answered within
+/// minutes keeps the cheaper 5-minute marks. A server that refuses `ttl` gets the request
+/// again at once with 5-minute marks, and every later one has them from the start.
+#[test]
+fn a_chat_answered_now_and_then_keeps_its_cache_an_hour() {
+    use aegis_e2e::prompt_cache::anthropic_cache_refusal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let refuse_ttl = Arc::new(AtomicBool::new(false));
+    let refusing = Arc::clone(&refuse_ttl);
+    let llm = FakeLlm::with(move |req| {
+        let body = req.json();
+        let refused = anthropic_cache_refusal(&body).or_else(|| {
+            let asks_ttl = body.to_string().contains(r#""ttl":"1h""#);
+            (refusing.load(Ordering::SeqCst) && asks_ttl)
+                .then(|| "system.0.cache_control.ttl: Extra inputs are not permitted".to_string())
+        });
+        match refused {
+            Some(why) => Reply::Status {
+                code: 400,
+                headers: vec![],
+                body: json!({"type": "error", "error": {"type": "invalid_request_error", "message": why}})
+                    .to_string(),
+            },
+            None => Reply::sse(anthropic_sse(&["ok"])),
+        }
+    });
+    let ago = |minutes: u64| {
+        tether::time::rfc3339(std::time::SystemTime::now() - Duration::from_secs(60 * minutes))
+    };
+    let chat_of = |minutes: u64| {
+        [("user", "hello", minutes + 1), ("assistant", "hi", minutes)]
+            .iter()
+            .map(|(role, text, m)| format!("{}\n", json!({"role": role, "content": text, "ts": ago(*m)})))
+            .collect::<String>()
+    };
+    let ws = temp_dir("cache-hour");
+    std::fs::create_dir_all(ws.path().join("sessions")).unwrap();
+    std::fs::write(ws.path().join("sessions/telegram_5.jsonl"), chat_of(20)).unwrap();
+    std::fs::write(ws.path().join("sessions/telegram_6.jsonl"), chat_of(2)).unwrap();
+    let env = [
+        ("ANTHROPIC_API_KEY", "k"),
+        ("ANTHROPIC_BASE_URL", llm.url()),
+        ("AEGIS_CONTEXT_RECAP", "0"),
+    ];
+    let a = start_agent(&ws, &env);
+    a.send(&message("5", "and now?", "m-1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    a.send(&message("6", "and now?", "m-2"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let reqs = llm.requests();
+    let hour = json!({"type": "ephemeral", "ttl": "1h"});
+    let (slow, fast) = (reqs[0].json(), reqs[1].json());
+    assert_eq!(slow["system"][0]["cache_control"], hour, "{slow}");
+    assert_eq!(slow["messages"][2]["content"][0]["cache_control"], hour, "{slow}");
+    assert_eq!(
+        reqs[0].header("anthropic-beta"),
+        Some("extended-cache-ttl-2025-04-11")
+    );
+    assert_eq!(
+        fast["system"][0]["cache_control"], hour,
+        "the tools and system prompt, for every chat"
+    );
+    assert_eq!(
+        fast["messages"][2]["content"][0]["cache_control"],
+        json!({"type": "ephemeral"})
+    );
+
+    drop(a);
+    refuse_ttl.store(true, Ordering::SeqCst);
+    let b = start_agent(&ws, &env);
+    b.send(&message("5", "still there?", "m-3"));
+    assert_eq!(done_text(&b.reply()), "ok", "asked again without ttl");
+    b.send(&message("6", "still there?", "m-4"));
+    assert_eq!(done_text(&b.reply()), "ok");
+    let reqs = &llm.requests()[2..];
+    let asked_ttl: Vec<bool> = reqs
+        .iter()
+        .map(|r| r.json().to_string().contains("\"ttl\""))
+        .collect();
+    assert_eq!(
+        asked_ttl,
+        [true, false, false],
+        "refused once, then never asked again"
+    );
+    assert!(
+        reqs[1].json().to_string().contains("cache_control"),
+        "still marked"
+    );
+    assert_eq!(reqs[2].header("anthropic-beta"), None);
+    assert!(b.proc.log().contains("refuses cache marks kept an hour"));
+}
+
 /// `AEGIS_CONTEXT_RECAP=0`: what falls out is forgotten, as upstream's agent does.
 #[test]
 fn recaps_can_be_turned_off() {

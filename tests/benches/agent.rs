@@ -9,8 +9,9 @@
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
 //! call over stdio, one over Streamable HTTP); what recaps of a long conversation cost:
 //! their share of model requests and request bytes, and reply time with them on; and how
-//! much of a long chat's input Claude's and OpenAI's prompt caches would serve
-//! (`aegis_e2e::prompt_cache`).
+//! much of a long chat's input Claude's and OpenAI's prompt caches would serve, and what
+//! Claude would bill for it, with the messages all at once, at a messaging pace and hours
+//! apart (`aegis_e2e::prompt_cache`).
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -96,8 +97,10 @@ fn main() {
     cancel_latency(&agent);
     recap_cost(&agent, "1");
     recap_cost(&agent, "0");
-    prompt_cache(&agent, true);
-    prompt_cache(&agent, false);
+    prompt_cache(&agent, true, None);
+    prompt_cache(&agent, false, None);
+    prompt_cache(&agent, true, Some(("messaging pace", messaging_pace())));
+    prompt_cache(&agent, true, Some(("hours apart", hours_apart())));
     history_load(&agent);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
@@ -387,7 +390,8 @@ fn exchange(w: &mut UnixStream, lines: &mut LineReader<BufReader<UnixStream>>, f
         let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
             continue;
         };
-        if fr.kind == kind {
+        // A restarted agent may send again what it had sent before: only this one's.
+        if fr.kind == kind && (f.msg_id.is_none() || fr.msg_id == f.msg_id) {
             return;
         }
     }
@@ -493,9 +497,14 @@ fn recap_cost(agent: &Path, on: &str) {
 
 /// A chat of 120 messages with every tool on, 20 memories (each message's words choose
 /// some), a 400-character answer and, every fourth message, a tool round: how much of
-/// the input Claude's cache (`claude`) or OpenAI's would serve.
-fn prompt_cache(agent: &Path, claude: bool) {
+/// the input Claude's cache (`claude`) or OpenAI's would serve, and what Claude would bill.
+/// `pace`: the pause before each message, in seconds; `None`: all at once. With pauses,
+/// the agent is started for each message and the session's times moved back by the
+/// pause, so it sees the pace (the cache stand-in's clock moves with them, and the time
+/// stamps the moved times change in old turns are taken out before counting).
+fn prompt_cache(agent: &Path, claude: bool, pace: Option<(&str, Vec<u64>)>) {
     use aegis_e2e::llm::{anthropic_sse, anthropic_tool_sse, openai_sse, openai_tool_sse};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
     let ws = temp_dir("bench-cache");
     let topics = [
@@ -513,12 +522,15 @@ fn prompt_cache(agent: &Path, claude: bool) {
         })
         .collect();
     std::fs::write(ws.join(".aegis/memory/memories.jsonl"), memories).unwrap();
-    let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&bodies);
+    let clock = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let bodies: Arc<Mutex<Vec<(serde_json::Value, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let (log, now, busy) = (Arc::clone(&bodies), Arc::clone(&clock), Arc::clone(&in_flight));
     let llm = Server::start(move |req, resp| {
+        busy.fetch_add(1, Ordering::SeqCst);
         let body = req.json();
         let text = body.to_string();
-        log.lock().unwrap().push(body);
+        log.lock().unwrap().push((body, now.load(Ordering::SeqCst)));
         let answered_tool = text
             .rfind("tool_result")
             .max(text.rfind("\"role\":\"tool\""))
@@ -538,6 +550,7 @@ fn prompt_cache(agent: &Path, claude: bool) {
             r.chunk(p.as_bytes());
         }
         r.finish();
+        busy.fetch_sub(1, Ordering::SeqCst);
     });
     let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
     let url = llm.url.clone();
@@ -545,10 +558,33 @@ fn prompt_cache(agent: &Path, claude: bool) {
         env.push(("ANTHROPIC_API_KEY", std::ffi::OsStr::new("k")));
         env.push(("ANTHROPIC_BASE_URL", std::ffi::OsStr::new(&url)));
     }
-    let (mut child, conn) = direct_agent_with(agent, &ws, (!claude).then_some(url.as_str()), &env);
-    let mut w = conn.try_clone().unwrap();
-    let mut lines = LineReader::new(BufReader::new(conn));
+    let start = || direct_agent_with(agent, &ws, (!claude).then_some(url.as_str()), &env);
+    let stop = |mut child: Child| {
+        // Until the recap a reply may start is written.
+        let mut quiet = 0;
+        while quiet < 4 {
+            std::thread::sleep(Duration::from_millis(50));
+            quiet = if in_flight.load(Ordering::SeqCst) == 0 {
+                quiet + 1
+            } else {
+                0
+            };
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let mut running = None;
     for i in 0..120 {
+        if let Some((_, gaps)) = &pace {
+            if let Some((child, _)) = running.take() {
+                stop(child);
+            }
+            clock.fetch_add(gaps[i], Ordering::SeqCst);
+            move_times_back(&ws.join("sessions"), gaps[i]);
+        }
+        let (child, conn) = running.take().unwrap_or_else(start);
+        let mut w = conn.try_clone().unwrap();
+        let mut lines = LineReader::new(BufReader::new(conn.try_clone().unwrap()));
         let tool = if i % 4 == 3 { " run it" } else { "" };
         let text = format!(
             "message {i}: tell me about {} please{tool}",
@@ -556,32 +592,108 @@ fn prompt_cache(agent: &Path, claude: bool) {
         );
         let f = Frame::user_message(Session::new("bench", "1"), &text, None).with_msg_id(format!("m{i}"));
         exchange(&mut w, &mut lines, &f, "assistant.done");
+        running = Some((child, conn));
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = child.kill();
-    let _ = child.wait();
+    if let Some((child, _)) = running {
+        stop(child);
+    }
     let bodies = bodies.lock().unwrap().clone();
     let (name, usage) = if claude {
         let mut cache = aegis_e2e::prompt_cache::Anthropic::default();
-        bodies.iter().for_each(|b| {
-            cache.request(b);
+        bodies.iter().for_each(|(b, at)| {
+            cache.request_at(&without_stamps(b), *at);
         });
         ("Claude", cache.usage)
     } else {
         let mut cache = aegis_e2e::prompt_cache::OpenAi::default();
-        bodies.iter().for_each(|b| {
+        bodies.iter().for_each(|(b, _)| {
             cache.request(b);
         });
         ("OpenAI", cache.usage)
     };
+    let billed = if claude {
+        format!(", billed {:.2}× input", usage.claude_cost())
+    } else {
+        String::new()
+    };
+    let paced = pace.map_or(String::new(), |(what, _)| format!(", {what}"));
     println!(
-        "{:<44} {:.1} % of {} KiB input read from the cache, {:.1} % written ({} requests)",
-        format!("prompt cache, {name}, 120-message chat"),
+        "{:<44} {:.1} % of {} KiB input read from the cache, {:.1} % written{billed} ({} requests)",
+        format!("prompt cache, {name}, 120-message chat{paced}"),
         usage.read_percent(),
         usage.input / 1024,
         100.0 * usage.written as f64 / usage.input.max(1) as f64,
         bodies.len()
     );
+}
+
+/// The pauses before 120 messages of a chat over a messaging app: mostly within minutes,
+/// often after a quarter of an hour or so, now and then after hours (a fixed sequence).
+fn messaging_pace() -> Vec<u64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    (0..120)
+        .map(|_| match next(10) {
+            0..=5 => 20 + next(220),         // 20 s to 4 min
+            6..=8 => 6 * 60 + next(44 * 60), // 6 to 50 min
+            _ => 2 * 3600 + next(10 * 3600), // 2 to 12 h
+        })
+        .collect()
+}
+
+/// The pauses before 120 messages of a chat whose messages come hours apart.
+fn hours_apart() -> Vec<u64> {
+    (0..120u64).map(|i| 3 * 3600 + i * 7919 % (17 * 3600)).collect()
+}
+
+/// The times in the session files under `dir` (turns, a recap's mark) moved `secs` back.
+fn move_times_back(dir: &Path, secs: u64) {
+    fn shift(v: &mut serde_json::Value, secs: u64) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, v) in o.iter_mut() {
+                    match (k.as_str(), v.as_str().map(humantime::parse_rfc3339_weak)) {
+                        ("ts", Some(Ok(t))) => {
+                            *v = tether::time::rfc3339(t - Duration::from_secs(secs)).into()
+                        }
+                        _ => shift(v, secs),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| shift(v, secs)),
+            _ => {}
+        }
+    }
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let moved: String = text
+            .lines()
+            .map(|line| match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(mut v) => {
+                    shift(&mut v, secs);
+                    format!("{v}\n")
+                }
+                Err(_) => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(&path, moved).unwrap();
+    }
+}
+
+/// `body` with the sending times the agent opens user turns with taken out.
+fn without_stamps(body: &serde_json::Value) -> serde_json::Value {
+    match body {
+        serde_json::Value::String(s) => aegis_e2e::llm::unstamped(s).into(),
+        serde_json::Value::Array(a) => a.iter().map(without_stamps).collect(),
+        serde_json::Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), without_stamps(v))).collect(),
+        other => other.clone(),
+    }
 }
 
 /// `control.cancel` written → `assistant.done` back, while the LLM stream is stalled

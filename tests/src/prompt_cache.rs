@@ -5,7 +5,10 @@
 //! message content blocks, in that order. A block marked `cache_control` writes the prefix
 //! that ends with it to the cache; a later request reads the longest prefix some earlier
 //! mark wrote, found by looking back from each of its own marks over at most 20 blocks.
-//! Prefixes under 1,024 tokens are not cached. Nothing is cached without marks.
+//! Prefixes under 1,024 tokens are not cached. Nothing is cached without marks. A written
+//! prefix lives 5 minutes (`"ttl": "1h"`: an hour) from its last use; a write is billed at
+//! 1.25 times the input price (an hour's at 2 times), a read at 0.1. At most 4 marks, and
+//! one kept an hour never after one kept 5 minutes: the API refuses those requests.
 //!
 //! OpenAI (and the prefix caches of OpenAI-compatible servers): automatic; a request
 //! reads the longest prefix it shares with an earlier one, in steps of 128 tokens, from
@@ -13,7 +16,7 @@
 //!
 //! Sizes are counted in characters of the serialized blocks (4 to a token).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use serde_json::Value;
 
@@ -31,6 +34,8 @@ pub struct Usage {
     pub read: usize,
     /// Of it, written to the cache (Claude bills it at 1.25 times).
     pub written: usize,
+    /// Of what was written, kept an hour (billed at 2 times).
+    pub written_hour: usize,
 }
 
 impl Usage {
@@ -38,45 +43,122 @@ impl Usage {
     pub fn read_percent(&self) -> f64 {
         100.0 * self.read as f64 / self.input.max(1) as f64
     }
+
+    /// What the input cost on Claude's prices, as a share of its price uncached.
+    pub fn claude_cost(&self) -> f64 {
+        let plain = self.input - self.read - self.written;
+        let short = self.written - self.written_hour;
+        let cost =
+            plain as f64 + 0.1 * self.read as f64 + 1.25 * short as f64 + 2.0 * self.written_hour as f64;
+        cost / self.input.max(1) as f64
+    }
+}
+
+/// A prefix in Anthropic's cache.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// Seconds it lives after its last use.
+    ttl: u64,
+    /// When it goes, in seconds on the caller's clock.
+    expires: u64,
 }
 
 /// Anthropic's cache, fed one request body at a time.
 #[derive(Debug, Default)]
 pub struct Anthropic {
-    written: HashSet<u64>,
+    written: HashMap<u64, Entry>,
     /// Totals so far.
     pub usage: Usage,
 }
 
 impl Anthropic {
-    /// Count `body` (a Messages API request) in; what it read.
+    /// Count `body` (a Messages API request) in, all requests at one moment; what it read.
     pub fn request(&mut self, body: &Value) -> usize {
+        self.request_at(body, 0)
+    }
+
+    /// Count `body` in, sent `now` (seconds, any origin, never going back); what it read.
+    /// Panics with the API's words on a request the API would refuse.
+    pub fn request_at(&mut self, body: &Value, now: u64) -> usize {
+        if let Some(why) = anthropic_cache_refusal(body) {
+            panic!("Anthropic refuses this request: {why}");
+        }
+        self.written.retain(|_, e| e.expires > now);
         let blocks = anthropic_blocks(body);
-        let sizes: Vec<usize> = blocks.iter().map(|(text, _)| text.len()).collect();
+        let sizes: Vec<usize> = blocks.iter().map(|b| b.text.len()).collect();
         let prefix_len = |end: usize| sizes[..=end].iter().sum::<usize>();
-        let hashes = prefix_hashes(blocks.iter().map(|(t, _)| t.as_str()));
-        let marks: Vec<usize> = (0..blocks.len()).filter(|&i| blocks[i].1).collect();
+        let hashes = prefix_hashes(blocks.iter().map(|b| b.text.as_str()));
+        let marks: Vec<usize> = (0..blocks.len()).filter(|&i| blocks[i].ttl.is_some()).collect();
         let mut read = 0;
+        let mut used = None;
         for &m in &marks {
             for j in (m.saturating_sub(LOOKBACK)..=m).rev() {
-                if self.written.contains(&hashes[j]) {
-                    read = read.max(prefix_len(j));
+                if self.written.contains_key(&hashes[j]) {
+                    if prefix_len(j) > read {
+                        read = prefix_len(j);
+                        used = Some(hashes[j]);
+                    }
                     break;
                 }
             }
         }
-        let mut written = 0;
+        if let Some(e) = used.and_then(|h| self.written.get_mut(&h)) {
+            e.expires = now + e.ttl;
+        }
+        // What each mark writes beyond what is covered already is billed at its rate.
+        let (mut covered, mut written, mut written_hour) = (read, 0, 0);
         for &m in &marks {
-            let len = prefix_len(m);
-            if len >= MIN_TOKENS * CHARS_PER_TOKEN && self.written.insert(hashes[m]) {
-                written = written.max(len.saturating_sub(read));
+            let (len, ttl) = (prefix_len(m), blocks[m].ttl.unwrap_or(300));
+            if len < MIN_TOKENS * CHARS_PER_TOKEN {
+                continue;
             }
+            // A prefix still there is read, and keeps the time it was written with (how
+            // the API treats an hour asked of a prefix kept 5 minutes is not documented;
+            // counted against the longer kind).
+            let entry = self.written.entry(hashes[m]).or_insert_with(|| {
+                let new = len.saturating_sub(covered);
+                written += new;
+                if ttl > 300 {
+                    written_hour += new;
+                }
+                Entry { ttl, expires: 0 }
+            });
+            entry.expires = entry.expires.max(now + entry.ttl);
+            covered = covered.max(len);
         }
         self.usage.input += sizes.iter().sum::<usize>();
         self.usage.read += read;
         self.usage.written += written;
+        self.usage.written_hour += written_hour;
         read
     }
+}
+
+/// The 400 Anthropic answers a request whose cache marks break its rules, in its words;
+/// `None` for a request it takes.
+pub fn anthropic_cache_refusal(body: &Value) -> Option<String> {
+    let marked: Vec<Block> = anthropic_blocks(body)
+        .into_iter()
+        .filter(|b| b.ttl.is_some())
+        .collect();
+    if marked.len() > 4 {
+        return Some(format!(
+            "A maximum of 4 blocks with cache_control may be provided. Found {}.",
+            marked.len()
+        ));
+    }
+    if let Some(b) = marked.iter().find(|b| b.bad_ttl) {
+        return Some(format!(
+            "{}.cache_control.ttl: Input should be '5m' or '1h'",
+            b.at
+        ));
+    }
+    let first_short = marked.iter().position(|b| b.ttl == Some(300))?;
+    let late = marked[first_short..].iter().find(|b| b.ttl == Some(3600))?;
+    Some(format!(
+        "{}.cache_control.ttl: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block. Note that blocks are processed in the following order: `tools`, `system`, `messages`.",
+        late.at
+    ))
 }
 
 /// OpenAI's automatic cache, fed one request body at a time.
@@ -111,35 +193,55 @@ impl OpenAi {
     }
 }
 
-/// The blocks of a Messages API request in cache order, each with whether it is marked.
-fn anthropic_blocks(body: &Value) -> Vec<(String, bool)> {
+/// A block of a Messages API request, as the cache sees it.
+struct Block {
+    /// Its JSON without its mark.
+    text: String,
+    /// Seconds its mark keeps the prefix (`None`: not marked).
+    ttl: Option<u64>,
+    /// Its mark asks for a `ttl` the API does not know.
+    bad_ttl: bool,
+    /// Where it is, in the API's error words (`messages.2.content.0`).
+    at: String,
+}
+
+/// The blocks of a Messages API request in cache order.
+fn anthropic_blocks(body: &Value) -> Vec<Block> {
     let mut out = Vec::new();
-    let mut push = |v: &Value| {
-        let marked = v.get("cache_control").is_some();
+    let mut push = |v: &Value, at: String| {
+        let mark = v.get("cache_control");
+        let ttl = mark.map(|m| m["ttl"].as_str().unwrap_or("5m"));
         let mut plain = v.clone();
         if let Some(o) = plain.as_object_mut() {
             o.remove("cache_control");
         }
-        out.push((plain.to_string(), marked));
+        out.push(Block {
+            text: plain.to_string(),
+            ttl: ttl.map(|t| if t == "1h" { 3600 } else { 300 }),
+            bad_ttl: ttl.is_some_and(|t| t != "5m" && t != "1h"),
+            at,
+        });
     };
-    for t in body["tools"].as_array().into_iter().flatten() {
-        push(t);
+    for (i, t) in body["tools"].as_array().into_iter().flatten().enumerate() {
+        push(t, format!("tools.{i}"));
     }
     match &body["system"] {
-        Value::Array(blocks) => blocks.iter().for_each(&mut push),
-        other => push(other),
+        Value::Array(blocks) => blocks
+            .iter()
+            .enumerate()
+            .for_each(|(i, b)| push(b, format!("system.{i}"))),
+        other => push(other, "system".into()),
     }
     // A string is short for one text block (the API reads both alike); each block is
     // counted with its message's role, as a change of speaker changes the prompt.
-    for m in body["messages"].as_array().into_iter().flatten() {
+    for (i, m) in body["messages"].as_array().into_iter().flatten().enumerate() {
         let blocks = match &m["content"] {
             Value::Array(blocks) => blocks.clone(),
             text => vec![serde_json::json!({"type": "text", "text": text})],
         };
-        for b in blocks {
-            let mut b = b;
+        for (j, mut b) in blocks.into_iter().enumerate() {
             b["role"] = m["role"].clone();
-            push(&b);
+            push(&b, format!("messages.{i}.content.{j}"));
         }
     }
     out
@@ -204,5 +306,68 @@ mod tests {
         assert_eq!(o.request(&a), 0);
         let read = o.request(&b);
         assert!(read >= 4096 && read % 512 == 0 && read <= 5100, "{read}");
+    }
+
+    #[test]
+    fn claude_keeps_a_prefix_5_minutes_or_an_hour_from_its_last_use_and_bills_the_writes() {
+        let long = "x".repeat(5000);
+        let ask = |ttl: Option<&str>, q: &str| {
+            let mut mark = json!({"type": "ephemeral"});
+            if let Some(t) = ttl {
+                mark["ttl"] = t.into();
+            }
+            json!({"system": [{"type": "text", "text": long, "cache_control": mark}],
+                   "messages": [{"role": "user", "content": q}]})
+        };
+        let mut c = Anthropic::default();
+        c.request_at(&ask(None, "a"), 1000);
+        assert!(c.request_at(&ask(None, "b"), 1299) > 0, "4 min 59 s later");
+        assert!(
+            c.request_at(&ask(None, "c"), 1598) > 0,
+            "the read kept it another 5 minutes"
+        );
+        assert_eq!(
+            c.request_at(&ask(None, "d"), 1898),
+            0,
+            "gone after 5 minutes unused"
+        );
+        let mut c = Anthropic::default();
+        c.request_at(&ask(Some("1h"), "a"), 0);
+        assert!(c.request_at(&ask(Some("1h"), "b"), 3599) > 0);
+        assert_eq!(c.request_at(&ask(Some("1h"), "c"), 3599 + 3600), 0);
+        let u = c.usage;
+        assert_eq!(u.written, u.written_hour, "all of it kept an hour");
+        assert!(u.written > 2 * 5000 && u.read > 5000, "{u:?}");
+        // Billing: two writes at 2 times, a read at 0.1, the rest at 1.
+        let expected = (u.input - u.read - u.written) as f64 + 0.1 * u.read as f64 + 2.0 * u.written as f64;
+        assert!((u.claude_cost() - expected / u.input as f64).abs() < 1e-9);
+        // An hour asked of a prefix kept 5 minutes: read, not written again, still 5 minutes.
+        let mut c = Anthropic::default();
+        c.request_at(&ask(None, "a"), 0);
+        c.request_at(&ask(Some("1h"), "b"), 10);
+        assert_eq!(c.usage.written_hour, 0);
+        assert_eq!(c.request_at(&ask(Some("1h"), "c"), 10 + 301), 0);
+    }
+
+    #[test]
+    fn claude_refuses_more_than_4_marks_and_an_hour_after_5_minutes() {
+        let block = |ttl: &str| json!({"type": "text", "text": "t", "cache_control": {"type": "ephemeral", "ttl": ttl}});
+        let body = |system: Vec<Value>| json!({"system": system, "messages": [{"role": "user", "content": [block("5m")]}]});
+        assert_eq!(
+            anthropic_cache_refusal(&body(vec![block("1h"), block("1h")])),
+            None
+        );
+        assert_eq!(
+            anthropic_cache_refusal(&body(vec![block("1h"); 4])).unwrap(),
+            "A maximum of 4 blocks with cache_control may be provided. Found 5."
+        );
+        let late = json!({"system": [block("5m")], "messages": [{"role": "user", "content": [text("a", false), block("1h")]}]});
+        assert!(anthropic_cache_refusal(&late)
+            .unwrap()
+            .starts_with("messages.0.content.1.cache_control.ttl: a ttl='1h' cache_control block must not come after a ttl='5m'"));
+        assert_eq!(
+            anthropic_cache_refusal(&body(vec![block("2h")])).unwrap(),
+            "system.0.cache_control.ttl: Input should be '5m' or '1h'"
+        );
     }
 }
