@@ -110,7 +110,9 @@ VOICE MESSAGES (a recording that comes with a message is written down for the mo
     image_generate; AEGIS_TRANSCRIBE_MODEL another model; OPENAI_AUDIO_BASE_URL
     another server (a local Whisper server needs no key)
 
-Logs go to stderr; RUST_LOG=debug for more.";
+Logs go to stderr; RUST_LOG=debug for more. Each reply logs the tokens its model
+requests took (as the provider counted them); DIR/.aegis/usage.json adds them up by day
+and model.";
 
 /// How ingress arrives and egress leaves.
 #[derive(Debug, Clone)]

@@ -30,6 +30,7 @@ use crate::prompt_cache::{Marks, Ttl};
 use crate::session::{Block, Content, Role, Turn};
 use crate::sse;
 use crate::think::{InlineThink, Split};
+use crate::usage::{Ledger, Tokens};
 
 /// A tool as offered to the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -276,6 +277,9 @@ pub enum Chunk {
     /// Anthropic's signed thinking blocks of the round, in order, just before its end:
     /// to send back before the round's tool calls.
     Thoughts(Vec<crate::session::Block>),
+    /// What the round's request cost, as the server counted it (before `End`, when the
+    /// server said).
+    Usage(Tokens),
     /// The round is complete (with the tool calls it asked for), or failed.
     End(Result<Vec<ToolCall>, LlmError>),
 }
@@ -319,6 +323,11 @@ pub struct Llm {
     /// Anthropic dialect: cache marks are kept the default 5 minutes whatever the pace,
     /// once the server has refused one kept an hour.
     short_marks: Arc<AtomicBool>,
+    /// OpenAI dialect: the server refused `stream_options`, so the stream is asked
+    /// without it (and tells no usage, unless it does anyway).
+    no_stream_options: Arc<AtomicBool>,
+    /// Where every request's usage is added up, if anywhere.
+    ledger: Option<Arc<Ledger>>,
 }
 
 /// How requests reach the model.
@@ -358,6 +367,8 @@ struct Decoder {
     /// Anthropic thinking blocks with their index, as signed (or withheld) by the API, in
     /// the order they came (a list: a turn has one or two).
     signed: Vec<(u64, crate::session::Block)>,
+    /// What the request cost, so far as the stream has told.
+    usage: Tokens,
 }
 
 impl Decoder {
@@ -418,8 +429,35 @@ impl Llm {
             completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
             adaptive: Arc::new(AtomicBool::new(false)),
             short_marks: Arc::new(AtomicBool::new(false)),
+            no_stream_options: Arc::new(AtomicBool::new(false)),
+            ledger: None,
             successor: Default::default(),
         }
+    }
+
+    /// The same client, adding the usage of every request to `ledger`.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Llm {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// The model as the usage record names it (`host:ollama/llama3.2` through the host).
+    fn label(&self) -> String {
+        match &self.provider.host {
+            Some(host) => format!("host:{host}/{}", self.provider.model),
+            None => self.model(),
+        }
+    }
+
+    /// End a round that came whole: its usage recorded and passed on, what is left of
+    /// its text sent, its calls.
+    fn finish(&self, decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
+        if !decoder.usage.is_empty() {
+            if let Some(ledger) = &self.ledger {
+                ledger.record(&self.label(), &decoder.usage);
+            }
+        }
+        complete(decoder, tx, sent_any)
     }
 
     /// How long a mark asking for `ttl` asks for: 5 minutes where an hour was refused.
@@ -509,6 +547,10 @@ impl Llm {
                 }
                 let model = self.model();
                 let mut body = serde_json::json!({"model": model, "messages": messages, "stream": true});
+                if !self.no_stream_options.load(Ordering::Relaxed) {
+                    // Its last chunk then says what the request cost.
+                    body["stream_options"] = serde_json::json!({"include_usage": true});
+                }
                 if let Some(m) = p.max_tokens {
                     let name = if self.completion_tokens.load(Ordering::Relaxed) {
                         "max_completion_tokens"
@@ -581,6 +623,11 @@ impl Llm {
             let mut renamed = body.clone();
             renamed["model"] = next.into();
             return Some(renamed);
+        }
+        if let Some(plain) = without_stream_options(body, err) {
+            log::info!("the server refuses stream_options; asking again without (no usage counts)");
+            self.no_stream_options.store(true, Ordering::Relaxed);
+            return Some(plain);
         }
         if let Some(short) = with_short_marks(body, err) {
             log::info!("the server refuses cache marks kept an hour; asking again with 5-minute ones");
@@ -693,7 +740,7 @@ impl Llm {
                 Ok(n) => n,
                 Err(e) if decoder.finished => {
                     log::debug!("stream closed after its finish_reason: {e}");
-                    return Ok(complete(decoder, tx, sent_any));
+                    return Ok(self.finish(decoder, tx, sent_any));
                 }
                 Err(e) => return Err(read_error(&e)),
             };
@@ -715,12 +762,12 @@ impl Llm {
                 }
             }
             if finished {
-                return Ok(complete(decoder, tx, sent_any));
+                return Ok(self.finish(decoder, tx, sent_any));
             }
         }
         let _ = parser.finish();
         if decoder.finished {
-            return Ok(complete(decoder, tx, sent_any));
+            return Ok(self.finish(decoder, tx, sent_any));
         }
         Err(LlmError::new(
             ErrorKind::Cut,
@@ -779,7 +826,7 @@ impl Llm {
                             }
                         }
                     }
-                    return Ok(complete(decoder, tx, sent_any));
+                    return Ok(self.finish(decoder, tx, sent_any));
                 }
                 "llm.error" => {
                     stream.ended = true;
@@ -830,6 +877,10 @@ fn openai_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError>
             .and_then(|m| m.as_str())
             .unwrap_or("error event");
         return Err(LlmError::new(ErrorKind::Server, msg.to_string()));
+    }
+    // The last chunk of a stream asked with `include_usage` (its `choices` empty).
+    if let Some(t) = v.get("usage").and_then(Tokens::from_openai) {
+        decoder.usage = t;
     }
     let choice = &v["choices"][0];
     if let Some(calls) = choice["delta"]["tool_calls"].as_array() {
@@ -926,6 +977,14 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             }
             _ => Step::Nothing,
         }),
+        "message_start" => {
+            decoder.usage.merge_anthropic(&v["message"]["usage"]);
+            Ok(Step::Nothing)
+        }
+        "message_delta" => {
+            decoder.usage.merge_anthropic(&v["usage"]);
+            Ok(Step::Nothing)
+        }
         "message_stop" => Ok(Step::Done),
         "error" => {
             let etype = v["error"]["type"].as_str().unwrap_or("");
@@ -942,7 +1001,7 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             };
             Err(LlmError::new(kind, msg))
         }
-        _ => Ok(Step::Nothing), // message_start, ping, content_block_start/stop, message_delta
+        _ => Ok(Step::Nothing), // ping, content_block_start/stop
     }
 }
 
@@ -1148,6 +1207,9 @@ fn complete(mut decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Ve
     if !thoughts.is_empty() {
         let _ = tx.send(Chunk::Thoughts(thoughts));
     }
+    if !decoder.usage.is_empty() {
+        let _ = tx.send(Chunk::Usage(decoder.usage));
+    }
     decoder.into_calls()
 }
 
@@ -1230,6 +1292,17 @@ fn with_completion_tokens(body: &serde_json::Value, err: &LlmError) -> Option<se
     renamed["max_completion_tokens"] = limit.clone();
     renamed.as_object_mut()?.remove("max_tokens");
     Some(renamed)
+}
+
+/// `body` without `stream_options`, when `err` refuses it (a server that knows no usage
+/// chunk and refuses what it does not know).
+fn without_stream_options(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    if err.kind != ErrorKind::Request || !err.detail.contains("stream_options") {
+        return None;
+    }
+    let mut plain = body.clone();
+    plain.as_object_mut()?.remove("stream_options")?;
+    Some(plain)
 }
 
 /// `body` with cache marks kept the default 5 minutes, when `err` refuses a `ttl` (a

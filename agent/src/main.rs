@@ -34,6 +34,7 @@ mod think;
 mod tools;
 mod transcribe;
 mod uplink;
+mod usage;
 mod worker;
 
 use std::process::ExitCode;
@@ -218,7 +219,10 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| default_prompt(&config.workspace, &tools, config.tools.timezone.as_deref()));
     let shared = Arc::new(Shared {
-        llm: config.provider.clone().map(|p| Llm::new(p, host)),
+        llm: config
+            .provider
+            .clone()
+            .map(|p| Llm::new(p, host).with_ledger(Arc::new(usage::Ledger::open(&config.workspace)))),
         sessions: SessionStore::new(&config.workspace),
         system_prompt,
         budget: config.budget,

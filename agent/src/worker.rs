@@ -321,8 +321,19 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             cache: None,
         },
     };
-    let ending = rounds(llm, r, history, &cancel_rx, &mut attached);
+    let mut used = crate::usage::Totals::default();
+    let ending = rounds(llm, r, history, &cancel_rx, &mut attached, &mut used);
     drop(inflight);
+    if used.requests > 0 {
+        log::info!(
+            "reply for {}/{}: {} model request{}, {}",
+            session.channel,
+            session.id,
+            used.requests,
+            if used.requests == 1 { "" } else { "s" },
+            used.tokens
+        );
+    }
 
     match ending {
         Ending::Complete(text) => send_done(shared, out, &msg_id, &text, attached),
@@ -505,6 +516,7 @@ fn rounds(
     history: &mut Vec<Turn>,
     cancel: &Receiver<()>,
     attached: &mut Attachments,
+    used: &mut crate::usage::Totals,
 ) -> Ending {
     let ReplyCtx {
         shared,
@@ -552,6 +564,7 @@ fn rounds(
                         thinking = true;
                     }
                     Ok(Chunk::Thoughts(blocks)) => thoughts = blocks,
+                    Ok(Chunk::Usage(t)) => used.add(&t),
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
                         text.clear();

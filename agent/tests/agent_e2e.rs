@@ -923,6 +923,108 @@ fn a_chat_answered_now_and_then_keeps_its_cache_an_hour() {
     assert!(b.proc.log().contains("refuses cache marks kept an hour"));
 }
 
+/// What each request cost, as the provider counted it: a reply's requests are added up in
+/// the log, and every request by day and model in `.aegis/usage.json`.
+#[test]
+fn what_each_reply_costs_is_logged_and_added_up_by_day_and_model() {
+    use aegis_e2e::llm::{anthropic_tool_sse, with_anthropic_usage};
+    let claude = FakeLlm::scripted(vec![
+        Reply::sse(with_anthropic_usage(
+            anthropic_tool_sse("", &[("toolu_1", "bash", r#"{"command":"true"}"#)], 8),
+            json!({"input_tokens": 12, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 9000, "output_tokens": 1}),
+        )),
+        Reply::sse(with_anthropic_usage(
+            anthropic_sse(&["done"]),
+            json!({"input_tokens": 20, "cache_creation_input_tokens": 50, "cache_read_input_tokens": 9300, "output_tokens": 1}),
+        )),
+    ]);
+    let ws = temp_dir("usage");
+    let env = [
+        ("ANTHROPIC_API_KEY", "k"),
+        ("ANTHROPIC_BASE_URL", claude.url()),
+        ("AEGIS_MODEL", "claude-sonnet-4-6"),
+    ];
+    let a = start_agent(&ws, &env);
+    a.send(&message("5", "run it", "m-1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    // The tool round's output counts come from its `message_delta` (30), the answer's (15).
+    a.proc.wait_for(
+        "reply for telegram/5: 2 model requests, 18682 input tokens (18300 from the cache, 350 written to it), 45 output",
+        T,
+    );
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
+    let today = &tether::time::now_rfc3339()[..10];
+    assert_eq!(
+        file[today]["claude-sonnet-4-6"],
+        json!({"requests": 2, "input": 18682, "cache_read": 18300, "cache_write": 350, "output": 45}),
+        "{file}"
+    );
+}
+
+/// OpenAI tells a request's usage only when asked (`stream_options.include_usage`): it is
+/// asked, and a server that refuses the argument is asked again at once without it, and
+/// never with it again.
+#[test]
+fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_without() {
+    use aegis_e2e::llm::{openai_unknown_argument, with_openai_usage};
+    let asking = FakeLlm::with(|_| Reply::sse(with_openai_usage(openai_sse(&["ok"]), 2006, 1920, 300)));
+    let ws = temp_dir("usage-openai");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", asking.url()),
+            ("AEGIS_MODEL", "gpt-test"),
+        ],
+    );
+    a.send(&message("5", "hi", "m-1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    assert_eq!(
+        asking.requests()[0].json()["stream_options"],
+        json!({"include_usage": true})
+    );
+    a.proc.wait_for(
+        "1 model request, 2006 input tokens (1920 from the cache), 300 output",
+        T,
+    );
+    drop(a);
+
+    let refusing = FakeLlm::with(|req| {
+        if req.json().get("stream_options").is_some() {
+            openai_unknown_argument("stream_options")
+        } else {
+            Reply::sse(openai_sse(&["ok"]))
+        }
+    });
+    let b = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", refusing.url()),
+            ("AEGIS_MODEL", "gpt-test"),
+        ],
+    );
+    for i in 0..2 {
+        b.send(&message("5", "hi", &format!("m-{}", i + 2)));
+        assert_eq!(done_text(&b.reply()), "ok");
+    }
+    let asked: Vec<bool> = refusing
+        .requests()
+        .iter()
+        .map(|r| r.json().get("stream_options").is_some())
+        .collect();
+    assert_eq!(asked, [true, false, false]);
+    assert!(b.proc.log().contains("refuses stream_options"));
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
+    let today = &tether::time::now_rfc3339()[..10];
+    assert_eq!(
+        file[today]["gpt-test"]["requests"], 1,
+        "only what a server counted: {file}"
+    );
+}
+
 /// `AEGIS_CONTEXT_RECAP=0`: what falls out is forgotten, as upstream's agent does.
 #[test]
 fn recaps_can_be_turned_off() {

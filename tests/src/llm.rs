@@ -176,6 +176,31 @@ pub fn openai_sse(texts: &[&str]) -> Vec<String> {
     out
 }
 
+/// `pieces` (an OpenAI stream) with the chunk a request asking
+/// `stream_options.include_usage` gets last, before `[DONE]`: no choices, the usage.
+pub fn with_openai_usage(mut pieces: Vec<String>, prompt: u64, cached: u64, completion: u64) -> Vec<String> {
+    let chunk = json!({"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o","choices":[],
+        "usage":{"prompt_tokens":prompt,"completion_tokens":completion,"total_tokens":prompt + completion,
+            "prompt_tokens_details":{"cached_tokens":cached,"audio_tokens":0},
+            "completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,
+                "accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}});
+    let done = pieces.len().saturating_sub(1);
+    pieces.insert(done, format!("data: {chunk}\n\n"));
+    pieces
+}
+
+/// OpenAI's refusal of a request argument it does not know, as older deployments (and
+/// Azure's) answer `stream_options`.
+pub fn openai_unknown_argument(name: &str) -> Reply {
+    Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"error": {"message": format!("Unrecognized request argument supplied: {name}"),
+            "type": "invalid_request_error", "param": null, "code": null}})
+        .to_string(),
+    }
+}
+
 /// A reasoning model's chunks as Ollama's `/v1/chat/completions` streams them: the
 /// thoughts in `delta.reasoning` (`field`; DeepSeek and vLLM name it `reasoning_content`)
 /// with an empty `content`, then the answer in `content`, then `[DONE]`.
@@ -233,6 +258,16 @@ fn anthropic_message_start(id: &str) -> String {
         "message_start",
         json!({"type":"message_start","message":{"id":id,"type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-6","stop_reason":null,"usage":{"input_tokens":10,"output_tokens":1}}}),
     )
+}
+
+/// `pieces` (an Anthropic stream) whose `message_start` counts `usage` (`input_tokens`,
+/// `cache_creation_input_tokens`, `cache_read_input_tokens`, `output_tokens`).
+pub fn with_anthropic_usage(mut pieces: Vec<String>, usage: serde_json::Value) -> Vec<String> {
+    pieces[0] = anthropic_event(
+        "message_start",
+        json!({"type":"message_start","message":{"id":"msg_u","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-6","stop_reason":null,"usage":usage}}),
+    );
+    pieces
 }
 
 /// The Anthropic event sequence for `texts`, with a `ping` as the real API sends.

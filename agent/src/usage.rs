@@ -1,0 +1,335 @@
+//! [ours] What the model was sent and wrote, in tokens, as the provider counted them: each
+//! reply's total goes to the log, and every request is added to `.aegis/usage.json`, by
+//! day (UTC) and model, so what an agent costs, and how much of its input the prompt cache
+//! served, can be read without the provider's console. Upstream's agent counts nothing.
+//!
+//! The file is one JSON object, rewritten whole after each request (a few KB: 400 days
+//! are kept, the oldest dropped first):
+//! `{"2026-12-06": {"claude-sonnet-4-6": {"requests": 12, "input": 41234, "cache_read": 38002, "cache_write": 1204, "output": 612}}}`.
+//! `input` is all of the input, what was read from and written to the cache included.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Days the file keeps.
+const KEEP_DAYS: usize = 400;
+/// Largest file read (400 days of a few models are well under 1 MB; the model can write
+/// in `.aegis`, and a planted giant must not be read whole).
+const MAX_FILE: u64 = 4 * 1024 * 1024;
+
+/// Tokens of one request, or a sum of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tokens {
+    /// All of the input.
+    #[serde(default)]
+    pub input: u64,
+    /// Of it, read from the prompt cache.
+    #[serde(default)]
+    pub cache_read: u64,
+    /// Of it, written to the prompt cache (Anthropic).
+    #[serde(default)]
+    pub cache_write: u64,
+    /// Written by the model (its thoughts included).
+    #[serde(default)]
+    pub output: u64,
+}
+
+impl Tokens {
+    /// Nothing counted (the server sent no usage).
+    pub fn is_empty(&self) -> bool {
+        *self == Tokens::default()
+    }
+
+    /// `other` added (a server's counts are not trusted not to overflow).
+    pub fn add(&mut self, other: &Tokens) {
+        self.input = self.input.saturating_add(other.input);
+        self.cache_read = self.cache_read.saturating_add(other.cache_read);
+        self.cache_write = self.cache_write.saturating_add(other.cache_write);
+        self.output = self.output.saturating_add(other.output);
+    }
+
+    /// A Chat Completions `usage` object (the last chunk of a stream asked with
+    /// `stream_options.include_usage`): `prompt_tokens` counts the cached ones too.
+    pub fn from_openai(u: &Value) -> Option<Tokens> {
+        Some(Tokens {
+            input: Value::as_u64(&u["prompt_tokens"])?,
+            cache_read: Value::as_u64(&u["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0),
+            cache_write: 0,
+            output: Value::as_u64(&u["completion_tokens"]).unwrap_or(0),
+        })
+    }
+
+    /// Take in a Messages API `usage` object: `message_start`'s, then `message_delta`'s,
+    /// whose counts are running totals that replace the earlier ones. Anthropic's
+    /// `input_tokens` leaves out what was read from and written to the cache.
+    pub fn merge_anthropic(&mut self, u: &Value) {
+        let cached = self.cache_read.saturating_add(self.cache_write);
+        let uncached = Value::as_u64(&u["input_tokens"]).unwrap_or(self.input.saturating_sub(cached));
+        self.cache_read = Value::as_u64(&u["cache_read_input_tokens"]).unwrap_or(self.cache_read);
+        self.cache_write = Value::as_u64(&u["cache_creation_input_tokens"]).unwrap_or(self.cache_write);
+        self.input = uncached
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write);
+        self.output = Value::as_u64(&u["output_tokens"]).unwrap_or(self.output);
+    }
+}
+
+impl fmt::Display for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} input tokens", self.input)?;
+        match (self.cache_read, self.cache_write) {
+            (0, 0) => {}
+            (r, 0) => write!(f, " ({r} from the cache)")?,
+            (0, w) => write!(f, " ({w} written to the cache)")?,
+            (r, w) => write!(f, " ({r} from the cache, {w} written to it)")?,
+        }
+        write!(f, ", {} output", self.output)
+    }
+}
+
+/// Requests and their tokens added up (a model's of one day, a reply's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Requests counted.
+    #[serde(default)]
+    pub requests: u64,
+    /// Their tokens.
+    #[serde(flatten)]
+    pub tokens: Tokens,
+}
+
+impl Totals {
+    /// One request more.
+    pub fn add(&mut self, tokens: &Tokens) {
+        self.requests = self.requests.saturating_add(1);
+        self.tokens.add(tokens);
+    }
+}
+
+type Days = BTreeMap<String, BTreeMap<String, Totals>>;
+
+/// `.aegis/usage.json`, held in memory and written after each request.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    days: Mutex<Days>,
+}
+
+impl Ledger {
+    /// The ledger of `workspace`. A file that is not one is set aside as
+    /// `usage.json.bad` (with a warning), not overwritten.
+    pub fn open(workspace: &Path) -> Ledger {
+        let path = workspace.join(".aegis/usage.json");
+        let read = std::fs::File::open(&path).and_then(|f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE + 1), &mut bytes)?;
+            Ok(bytes)
+        });
+        let days = match read {
+            Ok(bytes) => parse(&bytes).unwrap_or_else(|e| {
+                let aside = path.with_extension("json.bad");
+                log::warn!(
+                    "{} is not a usage record ({e}); kept as {}, counting afresh",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, &aside);
+                Days::new()
+            }),
+            Err(_) => Days::new(),
+        };
+        Ledger {
+            path,
+            days: Mutex::new(days),
+        }
+    }
+
+    /// Add one request of `model`, made on `day` (`2026-12-06`), and write the file.
+    pub fn record_on(&self, day: &str, model: &str, tokens: &Tokens) {
+        let mut days = self.days.lock().unwrap_or_else(|p| p.into_inner());
+        let totals = days
+            .entry(day.to_string())
+            .or_default()
+            .entry(model.to_string())
+            .or_default();
+        totals.add(tokens);
+        while days.len() > KEEP_DAYS {
+            days.pop_first();
+        }
+        let json = serde_json::to_vec(&*days).expect("totals serialise");
+        if let Err(e) = tether::fsutil::replace(&self.path, &json) {
+            log::warn!("cannot write {}: {e}", self.path.display());
+        }
+    }
+
+    /// Add one request of `model`, made today.
+    pub fn record(&self, model: &str, tokens: &Tokens) {
+        let now = tether::time::now_rfc3339();
+        self.record_on(&now[..10], model, tokens);
+    }
+}
+
+/// The days of a ledger file.
+fn parse(bytes: &[u8]) -> Result<Days, String> {
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("larger than {} MB", MAX_FILE / (1024 * 1024)));
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_counts_cached_tokens_inside_the_prompt() {
+        let u = json!({"prompt_tokens": 2006, "completion_tokens": 300, "total_tokens": 2306,
+            "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 128}});
+        assert_eq!(
+            Tokens::from_openai(&u),
+            Some(Tokens {
+                input: 2006,
+                cache_read: 1920,
+                cache_write: 0,
+                output: 300
+            })
+        );
+        assert_eq!(
+            Tokens::from_openai(&json!({"prompt_tokens": 5})).map(|t| t.output),
+            Some(0)
+        );
+        assert_eq!(Tokens::from_openai(&json!(null)), None);
+        assert_eq!(Tokens::from_openai(&json!({"prompt_tokens": "many"})), None);
+    }
+
+    #[test]
+    fn anthropic_counts_add_the_cache_to_the_input_and_later_totals_replace_earlier() {
+        let mut t = Tokens::default();
+        t.merge_anthropic(&json!({"input_tokens": 12, "cache_creation_input_tokens": 300,
+            "cache_read_input_tokens": 9000, "output_tokens": 1}));
+        assert_eq!(
+            (t.input, t.cache_read, t.cache_write, t.output),
+            (9312, 9000, 300, 1)
+        );
+        // `message_delta`: the output so far; newer API versions repeat the input counts.
+        t.merge_anthropic(&json!({"output_tokens": 412}));
+        assert_eq!((t.input, t.output), (9312, 412));
+        t.merge_anthropic(&json!({"input_tokens": 12, "cache_creation_input_tokens": 300,
+            "cache_read_input_tokens": 9000, "output_tokens": 415}));
+        assert_eq!(
+            (t.input, t.cache_read, t.cache_write, t.output),
+            (9312, 9000, 300, 415)
+        );
+        assert_eq!(
+            t.to_string(),
+            "9312 input tokens (9000 from the cache, 300 written to it), 415 output"
+        );
+        let plain = Tokens {
+            input: 10,
+            output: 2,
+            ..Tokens::default()
+        };
+        assert_eq!(plain.to_string(), "10 input tokens, 2 output");
+    }
+
+    #[test]
+    fn the_ledger_adds_up_by_day_and_model_keeps_400_days_and_survives_a_restart() {
+        let ws = crate::testutil::TempDir::new("usage");
+        let t = Tokens {
+            input: 100,
+            cache_read: 80,
+            cache_write: 10,
+            output: 7,
+        };
+        let ledger = Ledger::open(ws.path());
+        ledger.record_on("2026-12-06", "m", &t);
+        ledger.record_on("2026-12-06", "m", &t);
+        ledger.record_on("2026-12-06", "other", &t);
+        let again = Ledger::open(ws.path());
+        again.record_on("2026-12-07", "m", &t);
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
+        assert_eq!(
+            file["2026-12-06"]["m"],
+            json!({"requests": 2, "input": 200, "cache_read": 160, "cache_write": 20, "output": 14})
+        );
+        assert_eq!(file["2026-12-06"]["other"]["requests"], 1);
+        assert_eq!(file["2026-12-07"]["m"]["requests"], 1);
+        for d in 0..KEEP_DAYS + 5 {
+            again.record_on(&format!("3000-{:04}", d), "m", &t);
+        }
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
+        let days = file.as_object().unwrap();
+        assert_eq!(days.len(), KEEP_DAYS);
+        assert!(
+            days.contains_key("3000-0404") && !days.contains_key("2026-12-06"),
+            "the oldest go"
+        );
+    }
+
+    #[test]
+    fn counts_near_the_top_of_u64_saturate() {
+        let mut t = Tokens {
+            input: u64::MAX - 1,
+            ..Tokens::default()
+        };
+        t.add(&Tokens {
+            input: 5,
+            output: 1,
+            ..Tokens::default()
+        });
+        assert_eq!((t.input, t.output), (u64::MAX, 1));
+        let mut a = Tokens::default();
+        a.merge_anthropic(&json!({"input_tokens": u64::MAX, "cache_read_input_tokens": 7}));
+        assert_eq!(a.input, u64::MAX);
+        assert!(parse(&vec![b' '; MAX_FILE as usize + 1])
+            .unwrap_err()
+            .contains("larger than 4 MB"));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_ledger_is_set_aside_not_overwritten() {
+        let ws = crate::testutil::TempDir::new("usage-bad");
+        let path = ws.path().join(".aegis/usage.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"{\"2026-12-06\": [1, 2]}").unwrap();
+        let ledger = Ledger::open(ws.path());
+        assert_eq!(
+            std::fs::read(path.with_extension("json.bad")).unwrap(),
+            b"{\"2026-12-06\": [1, 2]}"
+        );
+        ledger.record_on("2026-12-06", "m", &Tokens::default());
+        let file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(file["2026-12-06"]["m"]["requests"], 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever the file or a server's usage object holds, reading it never panics, and
+        /// a record read back is the record written.
+        #[test]
+        fn any_bytes_read_as_a_record_or_an_error(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+            n in proptest::num::u64::ANY,
+            day in "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+        ) {
+            let _ = parse(&bytes);
+            if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let _ = Tokens::from_openai(&v);
+                Tokens::default().merge_anthropic(&v);
+            }
+            let mut days = Days::new();
+            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, output: 1 };
+            days.entry(day).or_default().entry("m".into()).or_default().add(&t);
+            let json = serde_json::to_vec(&days).unwrap();
+            proptest::prop_assert_eq!(parse(&json).unwrap(), days);
+        }
+    }
+}
