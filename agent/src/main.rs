@@ -218,11 +218,13 @@ fn main() -> ExitCode {
         .system_prompt
         .clone()
         .unwrap_or_else(|| default_prompt(&config.workspace, &tools, config.tools.timezone.as_deref()));
+    let ledger = Arc::new(usage::Ledger::open(&config.workspace));
     let shared = Arc::new(Shared {
         llm: config
             .provider
             .clone()
-            .map(|p| Llm::new(p, host).with_ledger(Arc::new(usage::Ledger::open(&config.workspace)))),
+            .map(|p| Llm::new(p, host).with_ledger(Arc::clone(&ledger))),
+        usage: ledger,
         sessions: SessionStore::new(&config.workspace),
         system_prompt,
         budget: config.budget,

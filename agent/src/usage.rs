@@ -109,6 +109,29 @@ impl Totals {
         self.requests = self.requests.saturating_add(1);
         self.tokens.add(tokens);
     }
+
+    /// `other`'s requests added.
+    fn merge(&mut self, other: &Totals) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.tokens.add(&other.tokens);
+    }
+
+    /// For people: `12 requests, 41,234 input tokens (92 % from the cache), 612 output`.
+    fn grouped(&self) -> String {
+        let t = &self.tokens;
+        let mut out = format!(
+            "{} request{}, {} input tokens",
+            grouped(self.requests),
+            if self.requests == 1 { "" } else { "s" },
+            grouped(t.input)
+        );
+        if t.cache_read > 0 {
+            let share = 100 * u128::from(t.cache_read) / u128::from(t.input.max(1));
+            out.push_str(&format!(" ({share} % from the cache)"));
+        }
+        out.push_str(&format!(", {} output", grouped(t.output)));
+        out
+    }
 }
 
 type Days = BTreeMap<String, BTreeMap<String, Totals>>;
@@ -169,9 +192,70 @@ impl Ledger {
 
     /// Add one request of `model`, made today.
     pub fn record(&self, model: &str, tokens: &Tokens) {
-        let now = tether::time::now_rfc3339();
-        self.record_on(&now[..10], model, tokens);
+        self.record_on(&today(), model, tokens);
     }
+
+    /// What `/usage` answers on `today`: the totals of today, the last 7 and 30 days, and
+    /// of each model over 30 days when there are several.
+    pub fn summary(&self, today: &str) -> String {
+        let days = self.days.lock().unwrap_or_else(|p| p.into_inner());
+        let since = |n: u64| {
+            let mut all = Totals::default();
+            let mut models: BTreeMap<&str, Totals> = BTreeMap::new();
+            let from = day_before(today, n - 1).unwrap_or_default();
+            for (_, day) in days.range(from..=today.to_string()) {
+                for (model, t) in day {
+                    all.merge(t);
+                    models.entry(model).or_default().merge(t);
+                }
+            }
+            (all, models)
+        };
+        let (month, models) = since(30);
+        if month.requests == 0 {
+            return "No model requests counted in the last 30 days.".into();
+        }
+        let mut out = String::from("Model use, as the provider counted it (days in UTC):\n");
+        for (label, t) in [
+            ("today", since(1).0),
+            ("last 7 days", since(7).0),
+            ("last 30 days", month),
+        ] {
+            out.push_str(&format!("{label}: {}\n", t.grouped()));
+        }
+        if models.len() > 1 {
+            out.push_str("\nBy model, last 30 days:\n");
+            for (model, t) in models {
+                out.push_str(&format!("{model}: {}\n", t.grouped()));
+            }
+        }
+        out.trim_end().to_string()
+    }
+}
+
+/// Today in UTC, as the file names days (`2026-12-06`).
+pub fn today() -> String {
+    tether::time::now_rfc3339()[..10].to_string()
+}
+
+/// The day `n` days before `day`.
+fn day_before(day: &str, n: u64) -> Option<String> {
+    let t = humantime::parse_rfc3339(&format!("{day}T00:00:00Z")).ok()?;
+    let earlier = t.checked_sub(std::time::Duration::from_secs(n * 86_400))?;
+    Some(tether::time::rfc3339(earlier)[..10].to_string())
+}
+
+/// `n` with its thousands apart (`41,234`).
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The days of a ledger file.
@@ -273,6 +357,44 @@ mod tests {
             days.contains_key("3000-0404") && !days.contains_key("2026-12-06"),
             "the oldest go"
         );
+    }
+
+    #[test]
+    fn usage_sums_today_the_week_and_the_month_and_each_model_when_there_are_several() {
+        let ws = crate::testutil::TempDir::new("usage-summary");
+        let ledger = Ledger::open(ws.path());
+        assert_eq!(
+            ledger.summary("2026-12-06"),
+            "No model requests counted in the last 30 days."
+        );
+        let t = |input, cache_read, output| Tokens {
+            input,
+            cache_read,
+            cache_write: 0,
+            output,
+        };
+        ledger.record_on("2026-12-06", "claude", &t(40_000, 36_000, 500));
+        ledger.record_on("2026-12-06", "claude", &t(2_000, 0, 100));
+        ledger.record_on("2026-12-01", "claude", &t(10_000, 0, 10));
+        ledger.record_on("2026-11-07", "gpt", &t(1_000_000, 0, 1));
+        ledger.record_on("2026-11-06", "gpt", &t(5, 0, 5)); // 31 days before: out
+        ledger.record_on("2026-12-07", "claude", &t(9, 0, 9)); // after today: out
+        assert_eq!(
+            ledger.summary("2026-12-06"),
+            "Model use, as the provider counted it (days in UTC):\n\
+             today: 2 requests, 42,000 input tokens (85 % from the cache), 600 output\n\
+             last 7 days: 3 requests, 52,000 input tokens (69 % from the cache), 610 output\n\
+             last 30 days: 4 requests, 1,052,000 input tokens (3 % from the cache), 611 output\n\
+             \n\
+             By model, last 30 days:\n\
+             claude: 3 requests, 52,000 input tokens (69 % from the cache), 610 output\n\
+             gpt: 1 request, 1,000,000 input tokens, 1 output"
+        );
+        assert_eq!(day_before("2026-03-01", 1).as_deref(), Some("2026-02-28"));
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
     }
 
     #[test]

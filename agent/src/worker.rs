@@ -41,6 +41,8 @@ const CALL_CANCELLED: &str = "error: cancelled by the user before the tool finis
 pub struct Shared {
     /// The LLM client, if configured.
     pub llm: Option<Llm>,
+    /// What the model's requests cost, added up (`/usage`).
+    pub usage: std::sync::Arc<crate::usage::Ledger>,
     /// Session files.
     pub sessions: SessionStore,
     /// System prompt.
@@ -214,6 +216,19 @@ enum Round {
     Cancelled,
 }
 
+/// Whether `text` is the `/usage` command (`/usage@bot` in a group).
+fn is_usage_command(text: &str) -> bool {
+    let text = text.trim();
+    let word = text.split_once('@').map_or(text, |(w, bot)| {
+        if bot.contains(char::is_whitespace) {
+            text
+        } else {
+            w
+        }
+    });
+    word == "/usage"
+}
+
 /// Whether the message of `history[i]` (a user turn) got its final answer: a later
 /// assistant turn that calls no tool, or a later question (the talk moved on).
 fn answered(history: &[Turn], i: usize) -> bool {
@@ -242,6 +257,13 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
             return;
         }
+    }
+    // Answered from the record, without the model, and kept out of the conversation: a
+    // copy delivered again is answered again, with the same numbers.
+    if is_usage_command(&msg.text) {
+        let summary = shared.usage.summary(&crate::usage::today());
+        send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &summary);
+        return;
     }
     // A message can arrive twice: a host redelivers it after a crash, a gateway re-reads
     // it after a restart. Answered already: drop it. Stored but unanswered (perhaps
@@ -669,4 +691,23 @@ fn rounds(
         send_presence(shared, out, msg_id, &Presence::state("thinking"));
     }
     Ending::RoundLimit(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn usage_is_the_command_alone_or_addressed_to_a_bot() {
+        for text in ["/usage", " /usage\n", "/usage@my_bot"] {
+            assert!(super::is_usage_command(text), "{text:?}");
+        }
+        for text in [
+            "/usage please",
+            "/usage@my_bot please",
+            "usage",
+            "/usages",
+            "what is /usage",
+        ] {
+            assert!(!super::is_usage_command(text), "{text:?}");
+        }
+    }
 }

@@ -282,8 +282,8 @@ impl Ingress {
                 return Handled::change(Some(Change::LeaveExec(chat, user_id)));
             }
             // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
-            // their meaning.
-            c if !matches!(c, "/stop" | "/cancel" | "/new" | "/start" | "/exit")
+            // their meaning (`/usage` is the agent's).
+            c if !matches!(c, "/stop" | "/cancel" | "/new" | "/start" | "/exit" | "/usage")
                 && m.text.is_some()
                 && m.forward_origin.is_none()
                 && in_exec =>

@@ -621,7 +621,8 @@ impl Telegram {
             "setMyCommands",
             &json!({"commands": [
                 {"command": "new", "description": "Start a fresh conversation"},
-                {"command": "stop", "description": "Stop the reply in progress"}
+                {"command": "stop", "description": "Stop the reply in progress"},
+                {"command": "usage", "description": "Tokens the model used today, this week, this month"}
             ]}),
         )
         .map(drop)

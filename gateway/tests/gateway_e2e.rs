@@ -813,10 +813,45 @@ fn start_greets_and_the_command_menu_is_set() {
         .iter()
         .map(|c| c["command"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["new", "stop"]);
+    assert_eq!(names, ["new", "stop", "usage"]);
     assert!(
         s.llm.requests().is_empty(),
         "/start is not a question for the agent"
+    );
+}
+
+/// `/usage` is answered by the agent from its record of what the model's requests cost,
+/// without asking the model, and stays out of the conversation.
+#[test]
+fn usage_is_answered_from_the_record_without_the_model() {
+    use aegis_e2e::llm::with_openai_usage;
+    let llm = FakeLlm::with(|_| Reply::sse(with_openai_usage(openai_sse(&["hello"]), 1200, 1024, 5)));
+    let s = stack("gw-usage", llm);
+    s.telegram.push_text(CHAT, 7, "Ann", "hi");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "hello"));
+    s.telegram.push_text(CHAT, 8, "Ann", "/usage");
+    let shown = s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible().starts_with("Model use"))
+    });
+    let answer = shown
+        .iter()
+        .find(|m| m.visible().starts_with("Model use"))
+        .unwrap()
+        .visible();
+    assert!(
+        answer.contains("today: 1 request, 1,200 input tokens (85 % from the cache), 5 output"),
+        "{answer}"
+    );
+    s.telegram.push_text(CHAT, 9, "Ann", "and now?");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().filter(|m| m.visible() == "hello").count() == 2
+    });
+    let requests = s.llm.requests();
+    assert_eq!(requests.len(), 2, "/usage is not a question for the model");
+    assert!(
+        !requests[1].json().to_string().contains("/usage"),
+        "nor part of the conversation"
     );
 }
 
