@@ -23,19 +23,15 @@ const KEEP_DAYS: usize = 400;
 const MAX_FILE: u64 = 4 * 1024 * 1024;
 
 /// Tokens of one request, or a sum of them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Tokens {
     /// All of the input.
-    #[serde(default)]
     pub input: u64,
     /// Of it, read from the prompt cache.
-    #[serde(default)]
     pub cache_read: u64,
     /// Of it, written to the prompt cache (Anthropic).
-    #[serde(default)]
     pub cache_write: u64,
     /// Written by the model (its thoughts included).
-    #[serde(default)]
     pub output: u64,
 }
 
@@ -92,33 +88,57 @@ impl fmt::Display for Tokens {
     }
 }
 
-/// Requests and their tokens added up (a model's of one day, a reply's).
+/// Requests and their tokens added up (a model's of one day, a reply's), as the file
+/// keeps them (flat: serde's `flatten` of a `Tokens` would cost the binary kilobytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Totals {
     /// Requests counted.
-    #[serde(default)]
     pub requests: u64,
-    /// Their tokens.
-    #[serde(flatten)]
-    pub tokens: Tokens,
+    /// Their input.
+    pub input: u64,
+    /// Of it, read from the prompt cache.
+    pub cache_read: u64,
+    /// Of it, written to the prompt cache.
+    pub cache_write: u64,
+    /// Their output.
+    pub output: u64,
 }
 
 impl Totals {
     /// One request more.
     pub fn add(&mut self, tokens: &Tokens) {
-        self.requests = self.requests.saturating_add(1);
-        self.tokens.add(tokens);
+        self.merge(&Totals {
+            requests: 1,
+            input: tokens.input,
+            cache_read: tokens.cache_read,
+            cache_write: tokens.cache_write,
+            output: tokens.output,
+        });
     }
 
     /// `other`'s requests added.
     fn merge(&mut self, other: &Totals) {
         self.requests = self.requests.saturating_add(other.requests);
-        self.tokens.add(&other.tokens);
+        let mut t = self.tokens();
+        t.add(&other.tokens());
+        (self.input, self.cache_read, self.cache_write, self.output) =
+            (t.input, t.cache_read, t.cache_write, t.output);
+    }
+
+    /// The tokens of it all.
+    pub fn tokens(&self) -> Tokens {
+        Tokens {
+            input: self.input,
+            cache_read: self.cache_read,
+            cache_write: self.cache_write,
+            output: self.output,
+        }
     }
 
     /// For people: `12 requests, 41,234 input tokens (92 % from the cache), 612 output`.
     fn grouped(&self) -> String {
-        let t = &self.tokens;
+        let t = self.tokens();
         let mut out = format!(
             "{} request{}, {} input tokens",
             grouped(self.requests),
@@ -136,58 +156,45 @@ impl Totals {
 
 type Days = BTreeMap<String, BTreeMap<String, Totals>>;
 
-/// `.aegis/usage.json`, held in memory and written after each request.
+/// `.aegis/usage.json`, read at its first use (an idle agent never touches it), then
+/// held in memory and written after each request.
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
-    days: Mutex<Days>,
+    days: Mutex<Option<Days>>,
 }
 
 impl Ledger {
-    /// The ledger of `workspace`. A file that is not one is set aside as
-    /// `usage.json.bad` (with a warning), not overwritten.
+    /// The ledger of `workspace`.
     pub fn open(workspace: &Path) -> Ledger {
-        let path = workspace.join(".aegis/usage.json");
-        let read = std::fs::File::open(&path).and_then(|f| {
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE + 1), &mut bytes)?;
-            Ok(bytes)
-        });
-        let days = match read {
-            Ok(bytes) => parse(&bytes).unwrap_or_else(|e| {
-                let aside = path.with_extension("json.bad");
-                log::warn!(
-                    "{} is not a usage record ({e}); kept as {}, counting afresh",
-                    path.display(),
-                    aside.display()
-                );
-                let _ = std::fs::rename(&path, &aside);
-                Days::new()
-            }),
-            Err(_) => Days::new(),
-        };
         Ledger {
-            path,
-            days: Mutex::new(days),
+            path: workspace.join(".aegis/usage.json"),
+            days: Mutex::new(None),
         }
+    }
+
+    /// `f` on the days, read first if they have not been.
+    fn with_days<R>(&self, f: impl FnOnce(&mut Days) -> R) -> R {
+        let mut days = self.days.lock().unwrap_or_else(|p| p.into_inner());
+        f(days.get_or_insert_with(|| read(&self.path)))
     }
 
     /// Add one request of `model`, made on `day` (`2026-12-06`), and write the file.
     pub fn record_on(&self, day: &str, model: &str, tokens: &Tokens) {
-        let mut days = self.days.lock().unwrap_or_else(|p| p.into_inner());
-        let totals = days
-            .entry(day.to_string())
-            .or_default()
-            .entry(model.to_string())
-            .or_default();
-        totals.add(tokens);
-        while days.len() > KEEP_DAYS {
-            days.pop_first();
-        }
-        let json = serde_json::to_vec(&*days).expect("totals serialise");
-        if let Err(e) = tether::fsutil::replace(&self.path, &json) {
-            log::warn!("cannot write {}: {e}", self.path.display());
-        }
+        self.with_days(|days| {
+            days.entry(day.to_string())
+                .or_default()
+                .entry(model.to_string())
+                .or_default()
+                .add(tokens);
+            while days.len() > KEEP_DAYS {
+                days.pop_first();
+            }
+            let json = serde_json::to_vec(days).expect("totals serialise");
+            if let Err(e) = tether::fsutil::replace(&self.path, &json) {
+                log::warn!("cannot write {}: {e}", self.path.display());
+            }
+        });
     }
 
     /// Add one request of `model`, made today.
@@ -198,39 +205,66 @@ impl Ledger {
     /// What `/usage` answers on `today`: the totals of today, the last 7 and 30 days, and
     /// of each model over 30 days when there are several.
     pub fn summary(&self, today: &str) -> String {
-        let days = self.days.lock().unwrap_or_else(|p| p.into_inner());
-        let since = |n: u64| {
-            let mut all = Totals::default();
-            let mut models: BTreeMap<&str, Totals> = BTreeMap::new();
-            let from = day_before(today, n - 1).unwrap_or_default();
-            for (_, day) in days.range(from..=today.to_string()) {
-                for (model, t) in day {
-                    all.merge(t);
-                    models.entry(model).or_default().merge(t);
-                }
-            }
-            (all, models)
-        };
-        let (month, models) = since(30);
-        if month.requests == 0 {
-            return "No model requests counted in the last 30 days.".into();
-        }
-        let mut out = String::from("Model use, as the provider counted it (days in UTC):\n");
-        for (label, t) in [
-            ("today", since(1).0),
-            ("last 7 days", since(7).0),
-            ("last 30 days", month),
-        ] {
-            out.push_str(&format!("{label}: {}\n", t.grouped()));
-        }
-        if models.len() > 1 {
-            out.push_str("\nBy model, last 30 days:\n");
-            for (model, t) in models {
-                out.push_str(&format!("{model}: {}\n", t.grouped()));
-            }
-        }
-        out.trim_end().to_string()
+        self.with_days(|days| summarize(days, today))
     }
+}
+
+/// The file at `path` as days: none when it is missing, or not a record (then set aside
+/// as `usage.json.bad`, with a warning, not overwritten).
+fn read(path: &Path) -> Days {
+    let bytes = std::fs::File::open(path).and_then(|f| {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE + 1), &mut bytes)?;
+        Ok(bytes)
+    });
+    let Ok(bytes) = bytes else {
+        return Days::new();
+    };
+    parse(&bytes).unwrap_or_else(|e| {
+        let aside = path.with_extension("json.bad");
+        log::warn!(
+            "{} is not a usage record ({e}); kept as {}, counting afresh",
+            path.display(),
+            aside.display()
+        );
+        let _ = std::fs::rename(path, &aside);
+        Days::new()
+    })
+}
+
+/// The `/usage` answer from `days` on `today`.
+fn summarize(days: &Days, today: &str) -> String {
+    let since = |n: u64| {
+        let mut all = Totals::default();
+        let mut models: BTreeMap<&str, Totals> = BTreeMap::new();
+        let from = day_before(today, n - 1).unwrap_or_default();
+        for (_, day) in days.range(from..=today.to_string()) {
+            for (model, t) in day {
+                all.merge(t);
+                models.entry(model).or_default().merge(t);
+            }
+        }
+        (all, models)
+    };
+    let (month, models) = since(30);
+    if month.requests == 0 {
+        return "No model requests counted in the last 30 days.".into();
+    }
+    let mut out = String::from("Model use, as the provider counted it (days in UTC):\n");
+    for (label, t) in [
+        ("today", since(1).0),
+        ("last 7 days", since(7).0),
+        ("last 30 days", month),
+    ] {
+        out.push_str(&format!("{label}: {}\n", t.grouped()));
+    }
+    if models.len() > 1 {
+        out.push_str("\nBy model, last 30 days:\n");
+        for (model, t) in models {
+            out.push_str(&format!("{model}: {}\n", t.grouped()));
+        }
+    }
+    out.trim_end().to_string()
 }
 
 /// Today in UTC, as the file names days (`2026-12-06`).
@@ -424,11 +458,12 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"{\"2026-12-06\": [1, 2]}").unwrap();
         let ledger = Ledger::open(ws.path());
+        assert!(path.exists(), "read at its first use, not at start");
+        ledger.record_on("2026-12-06", "m", &Tokens::default());
         assert_eq!(
             std::fs::read(path.with_extension("json.bad")).unwrap(),
             b"{\"2026-12-06\": [1, 2]}"
         );
-        ledger.record_on("2026-12-06", "m", &Tokens::default());
         let file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(file["2026-12-06"]["m"]["requests"], 1);
     }

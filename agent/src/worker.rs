@@ -353,7 +353,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             session.id,
             used.requests,
             if used.requests == 1 { "" } else { "s" },
-            used.tokens
+            used.tokens()
         );
     }
 
