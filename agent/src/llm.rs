@@ -328,6 +328,8 @@ pub struct Llm {
     no_stream_options: Arc<AtomicBool>,
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
+    /// A server's context window was seen cutting a request (said once).
+    warned_window: Arc<AtomicBool>,
 }
 
 /// How requests reach the model.
@@ -431,6 +433,7 @@ impl Llm {
             short_marks: Arc::new(AtomicBool::new(false)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             ledger: None,
+            warned_window: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
         }
     }
@@ -449,15 +452,45 @@ impl Llm {
         }
     }
 
-    /// End a round that came whole: its usage recorded and passed on, what is left of
-    /// its text sent, its calls.
-    fn finish(&self, decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
+    /// End a round of request `body` that came whole: its usage recorded and passed on,
+    /// what is left of its text sent, its calls.
+    fn finish(
+        &self,
+        body: &serde_json::Value,
+        decoder: Decoder,
+        tx: &Sender<Chunk>,
+        sent_any: &mut bool,
+    ) -> Vec<ToolCall> {
         if !decoder.usage.is_empty() {
             if let Some(ledger) = &self.ledger {
                 ledger.record(&self.label(), &decoder.usage);
             }
+            self.check_window(body, &decoder.usage);
         }
         complete(decoder, tx, sent_any)
+    }
+
+    /// Say (once) when a local or compatible server read much less of `body` than was
+    /// sent: its context window is cutting the conversation, and the model forgets
+    /// without a word. OpenAI and Anthropic refuse a request too long instead.
+    fn check_window(&self, body: &serde_json::Value, usage: &Tokens) {
+        let own =
+            self.provider.host.is_none() && self.provider.base_url.starts_with("https://api.openai.com/");
+        if self.provider.kind != ProviderKind::OpenAi || own || self.warned_window.load(Ordering::Relaxed) {
+            return;
+        }
+        let sent = crate::usage::estimated_tokens(body);
+        if crate::usage::cut_short(usage.input, sent) {
+            self.warned_window.store(true, Ordering::Relaxed);
+            log::warn!(
+                "{} read {} tokens of a request of about {sent}: its context window cuts the \
+                 conversation and the tool list, and the model forgets without a word. Raise \
+                 it on the server (Ollama: OLLAMA_CONTEXT_LENGTH=32768, or num_ctx; its default \
+                 is 4096)",
+                self.label(),
+                usage.input
+            );
+        }
     }
 
     /// How long a mark asking for `ttl` asks for: 5 minutes where an hour was refused.
@@ -740,7 +773,7 @@ impl Llm {
                 Ok(n) => n,
                 Err(e) if decoder.finished => {
                     log::debug!("stream closed after its finish_reason: {e}");
-                    return Ok(self.finish(decoder, tx, sent_any));
+                    return Ok(self.finish(body, decoder, tx, sent_any));
                 }
                 Err(e) => return Err(read_error(&e)),
             };
@@ -762,12 +795,12 @@ impl Llm {
                 }
             }
             if finished {
-                return Ok(self.finish(decoder, tx, sent_any));
+                return Ok(self.finish(body, decoder, tx, sent_any));
             }
         }
         let _ = parser.finish();
         if decoder.finished {
-            return Ok(self.finish(decoder, tx, sent_any));
+            return Ok(self.finish(body, decoder, tx, sent_any));
         }
         Err(LlmError::new(
             ErrorKind::Cut,
@@ -826,7 +859,7 @@ impl Llm {
                             }
                         }
                     }
-                    return Ok(self.finish(decoder, tx, sent_any));
+                    return Ok(self.finish(body, decoder, tx, sent_any));
                 }
                 "llm.error" => {
                     stream.ended = true;

@@ -88,6 +88,32 @@ impl fmt::Display for Tokens {
     }
 }
 
+/// About how many tokens a Chat Completions request `body` holds: its text, tool calls
+/// and tool definitions at 4 characters a token (fewer than a tokenizer finds in English
+/// or JSON); images are left out, a server counts them its own way.
+pub fn estimated_tokens(body: &Value) -> u64 {
+    let chars = |s: &str| s.chars().count();
+    let mut n = body.get("tools").map_or(0, |t| chars(&t.to_string()));
+    for m in body["messages"].as_array().into_iter().flatten() {
+        n += match &m["content"] {
+            Value::String(s) => chars(s),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).map(chars).sum(),
+            _ => 0,
+        };
+        n += m.get("tool_calls").map_or(0, |c| chars(&c.to_string()));
+    }
+    n as u64 / 4
+}
+
+/// Whether a server that counted `counted` input tokens of a request of about `sent`
+/// read only part of it: less than three quarters of a request of 2,048 tokens or more
+/// (`sent` counts fewer than tokenizers find, in English, JSON, code, Cyrillic or CJK
+/// alike). Ollama cuts what does not fit its context window (4,096 tokens unless raised)
+/// without a word.
+pub fn cut_short(counted: u64, sent: u64) -> bool {
+    sent >= 2048 && counted.saturating_mul(4) < sent.saturating_mul(3)
+}
+
 /// Requests and their tokens added up (a model's of one day, a reply's), as the file
 /// keeps them (flat: serde's `flatten` of a `Tokens` would cost the binary kilobytes).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -429,6 +455,30 @@ mod tests {
         assert_eq!(grouped(999), "999");
         assert_eq!(grouped(1000), "1,000");
         assert_eq!(grouped(u64::MAX), "18,446,744,073,709,551,615");
+    }
+
+    #[test]
+    fn a_server_that_read_less_than_half_of_a_long_request_cut_it() {
+        let text = "word ".repeat(4000); // 20,000 characters: about 5,000 tokens
+        let body = json!({
+            "messages": [
+                {"role": "system", "content": text},
+                {"role": "user", "content": [{"type": "text", "text": "hi"},
+                    {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "A".repeat(100_000))}}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+                    "function": {"name": "bash", "arguments": "{}"}}]},
+            ],
+            "tools": [{"type": "function", "function": {"name": "bash"}}],
+        });
+        let sent = estimated_tokens(&body);
+        assert!((5000..5100).contains(&sent), "the image is not counted: {sent}");
+        assert!(cut_short(2048, sent), "Ollama's window cut it");
+        assert!(cut_short(3700, sent));
+        assert!(
+            !cut_short(3800, sent),
+            "read in full, by a tokenizer that counts fewer"
+        );
+        assert!(!cut_short(10, 2000), "too short to tell");
     }
 
     #[test]

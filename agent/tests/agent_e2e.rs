@@ -1025,6 +1025,46 @@ fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_wit
     );
 }
 
+/// A local server that reads much less than it was sent (Ollama cuts what does not fit
+/// its 4,096-token window without a word) is named in a warning, once; one that reads it
+/// all is not.
+#[test]
+fn a_server_whose_context_window_cuts_the_request_is_named_once() {
+    use aegis_e2e::llm::with_openai_usage;
+    let cutting = FakeLlm::with(|_| Reply::sse(with_openai_usage(openai_sse(&["ok"]), 2048, 0, 2)));
+    let ws = temp_dir("window-cut");
+    let a = start_agent(
+        &ws,
+        &[("OPENAI_BASE_URL", cutting.url()), ("AEGIS_MODEL", "qwen3:8b")],
+    );
+    // The tools and system prompt are about 2,300 tokens; a pasted page makes it 5,000.
+    let page = "All work and no play makes Jack a dull boy. ".repeat(250);
+    for i in 0..2 {
+        a.send(&message("5", &page, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), "ok");
+    }
+    let log = a.proc.log();
+    assert_eq!(log.matches("context window cuts").count(), 1, "{log}");
+    assert!(
+        log.contains("qwen3:8b read 2048 tokens of a request of about"),
+        "{log}"
+    );
+    assert!(log.contains("OLLAMA_CONTEXT_LENGTH=32768"));
+    drop(a);
+
+    let whole = FakeLlm::with(|req| {
+        let sent = req.body.len() as u64 / 3;
+        Reply::sse(with_openai_usage(openai_sse(&["ok"]), sent, 0, 2))
+    });
+    let b = start_agent(
+        &ws,
+        &[("OPENAI_BASE_URL", whole.url()), ("AEGIS_MODEL", "qwen3:8b")],
+    );
+    b.send(&message("5", &page, "m-9"));
+    assert_eq!(done_text(&b.reply()), "ok");
+    assert!(!b.proc.log().contains("context window cuts"));
+}
+
 /// `AEGIS_CONTEXT_RECAP=0`: what falls out is forgotten, as upstream's agent does.
 #[test]
 fn recaps_can_be_turned_off() {
