@@ -486,7 +486,8 @@ impl Llm {
                 "{} read {} tokens of a request of about {sent}: its context window cuts the \
                  conversation and the tool list, and the model forgets without a word. Raise \
                  it on the server (Ollama: OLLAMA_CONTEXT_LENGTH=32768, or num_ctx; its default \
-                 is 4096)",
+                 is 4096). (A server that leaves what its cache served out of its count can \
+                 look the same.)",
                 self.label(),
                 usage.input
             );

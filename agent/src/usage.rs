@@ -106,12 +106,14 @@ pub fn estimated_tokens(body: &Value) -> u64 {
 }
 
 /// Whether a server that counted `counted` input tokens of a request of about `sent`
-/// read only part of it: less than three quarters of a request of 2,048 tokens or more
+/// read only part of it: at least 1,024 (a window that cuts still reads its fill; a few
+/// servers leave what their cache served out of the count, and a message's new part is
+/// mostly smaller) but less than three quarters of a request of 2,048 tokens or more
 /// (`sent` counts fewer than tokenizers find, in English, JSON, code, Cyrillic or CJK
 /// alike). Ollama cuts what does not fit its context window (4,096 tokens unless raised)
 /// without a word.
 pub fn cut_short(counted: u64, sent: u64) -> bool {
-    sent >= 2048 && counted.saturating_mul(4) < sent.saturating_mul(3)
+    counted >= 1024 && sent >= 2048 && counted.saturating_mul(4) < sent.saturating_mul(3)
 }
 
 /// Requests and their tokens added up (a model's of one day, a reply's), as the file
@@ -479,6 +481,10 @@ mod tests {
             "read in full, by a tokenizer that counts fewer"
         );
         assert!(!cut_short(10, 2000), "too short to tell");
+        assert!(
+            !cut_short(300, sent),
+            "a new part only: a server counting without its cache"
+        );
     }
 
     #[test]
