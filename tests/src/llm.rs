@@ -606,7 +606,23 @@ impl FakeLlm {
         let f: Arc<Handler> = Arc::new(f);
         let server = Server::start(move |req, resp| {
             rec.lock().unwrap().push(req.clone());
-            if !respond(f(&req), resp) {
+            // As the Messages API does, whatever the test's answer would have been.
+            let refused = req
+                .path
+                .ends_with("/v1/messages")
+                .then(|| crate::prompt_cache::anthropic_cache_refusal(&req.json()))
+                .flatten();
+            let reply = match refused {
+                Some(why) => Reply::Status {
+                    code: 400,
+                    headers: vec![],
+                    body:
+                        json!({"type": "error", "error": {"type": "invalid_request_error", "message": why}})
+                            .to_string(),
+                },
+                None => f(&req),
+            };
+            if !respond(reply, resp) {
                 gone.fetch_add(1, Ordering::SeqCst);
             }
         });
