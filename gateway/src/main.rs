@@ -88,6 +88,8 @@ loses nothing (a message four runs died on is given up by the fifth, and its cha
 CHAT COMMANDS:
     /stop, /cancel   cancel the reply in progress
     /new             start a fresh conversation
+    /usage           the tokens the model used today, this week, this month (answered
+                     by the agent from its record)
     /exec, /exit     shell commands in the instance, for the users exec_users names
 
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a

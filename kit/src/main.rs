@@ -59,7 +59,8 @@ COMMANDS:
     secret ls | rm NAME
     chat NAME [-m TEXT] [--session ID]   chat in the terminal; -m sends one message and exits;
                                     /new starts a fresh conversation (kept as the
-                                    current one) [default session: the current one]
+                                    current one), /usage shows what the model used
+                                    [default session: the current one]
 
 OPTIONS:
     --socket PATH     aegisd API socket [default ~/.aegis/aegisd.sock; env AEGIS_SOCKET]
