@@ -167,10 +167,14 @@ pub fn clean_name(given: &str) -> Option<String> {
     if cleaned.chars().count() <= 100 {
         return Some(cleaned.to_string());
     }
-    let (stem, ext) = split_ext(cleaned);
-    let ext: String = ext.chars().take(16).collect();
-    let keep = 100 - ext.chars().count();
-    Some(format!("{}{ext}", stem.chars().take(keep).collect::<String>()))
+    // An extension is kept whole or not at all: one cut to 16 characters (`. 0a   `)
+    // could end in spaces, and is no extension anyway.
+    let (stem, ext) = match split_ext(cleaned) {
+        (stem, ext) if ext.chars().count() <= 16 && !ext.contains(char::is_whitespace) => (stem, ext),
+        _ => (cleaned, ""),
+    };
+    let stem: String = stem.chars().take(100 - ext.chars().count()).collect();
+    Some(format!("{}{ext}", stem.trim_end()))
 }
 
 /// `name` itself for `n` = 1, else `stem (n).ext`.
@@ -474,6 +478,11 @@ mod tests {
         );
         let long = format!("{}.pdf", "é".repeat(300));
         assert_eq!(safe_name(Some(&long)), format!("{}.pdf", "é".repeat(96)));
+        // Found by the property below: a long name whose last dot is followed by words.
+        let words = format!("x. {}", "ab ".repeat(60));
+        assert_eq!(safe_name(Some(&words)), format!("x. {}a", "ab ".repeat(32)));
+        let spaced = format!("{}   .pdf", "a".repeat(120));
+        assert_eq!(safe_name(Some(&spaced)), format!("{}.pdf", "a".repeat(96)));
     }
 
     proptest::proptest! {
