@@ -180,12 +180,15 @@ fn main() -> ExitCode {
         Mode::Harness { harness, .. } => Uplink::Harness(harness.clone()),
         Mode::Direct(_) => Uplink::Tether(link.clone()),
     };
+    // What every model request costs, image and transcription models' too.
+    let ledger = Arc::new(usage::Ledger::open(&config.workspace));
     let tools = Toolbox::new(
         workspace,
         &config.tools,
         Arc::clone(&mcp),
         Arc::clone(&memory),
         uplink.clone(),
+        &ledger,
     );
     let builtins = tools.builtin_names();
     log::info!(
@@ -218,13 +221,12 @@ fn main() -> ExitCode {
         .system_prompt
         .clone()
         .unwrap_or_else(|| default_prompt(&config.workspace, &tools, config.tools.timezone.as_deref()));
-    let ledger = Arc::new(usage::Ledger::open(&config.workspace));
     let shared = Arc::new(Shared {
         llm: config
             .provider
             .clone()
             .map(|p| Llm::new(p, host).with_ledger(Arc::clone(&ledger))),
-        usage: ledger,
+        usage: Arc::clone(&ledger),
         sessions: SessionStore::new(&config.workspace),
         system_prompt,
         budget: config.budget,
@@ -236,7 +238,7 @@ fn main() -> ExitCode {
         workspace: config.workspace.clone(),
         memory,
         restarter,
-        voice: transcribe::Voice::from_config(&config.voice),
+        voice: transcribe::Voice::from_config(&config.voice).with_ledger(Arc::clone(&ledger)),
     });
     restart::announce(&config.workspace, &shared.sessions, &shared.egress);
     let router = match thread::Builder::new()

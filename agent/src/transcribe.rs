@@ -55,6 +55,8 @@ pub struct Transcriber {
     /// once per run.
     default_model: bool,
     successor: crate::successor::Successor,
+    /// Where each transcript's usage is added up (the `gpt-4o` models count tokens).
+    ledger: Option<std::sync::Arc<crate::usage::Ledger>>,
 }
 
 impl fmt::Debug for Transcriber {
@@ -76,6 +78,17 @@ pub enum Voice {
 }
 
 impl Voice {
+    /// The same, adding each transcript's usage to `ledger`.
+    pub fn with_ledger(self, ledger: std::sync::Arc<crate::usage::Ledger>) -> Voice {
+        match self {
+            Voice::On(t) => Voice::On(Transcriber {
+                ledger: Some(ledger),
+                ..t
+            }),
+            off => off,
+        }
+    }
+
     /// From the configuration and the environment: a key (or a base URL of a server that
     /// needs none) turns transcription on.
     pub fn from_config(c: &VoiceConfig) -> Voice {
@@ -96,6 +109,7 @@ impl Voice {
                 model: c.model.clone().unwrap_or_else(|| DEFAULT_MODEL.to_string()),
                 default_model: c.model.is_none(),
                 successor: Default::default(),
+                ledger: None,
             })
         };
         match (keyed, base_set) {
@@ -210,6 +224,12 @@ impl Transcriber {
             let status = resp.status().as_u16();
             if status == 200 {
                 let v = json_answer(resp, MAX_TEXT, "the transcript", "the speech-to-text API")?;
+                if let (Some(ledger), Some(t)) = (
+                    &self.ledger,
+                    v.get("usage").and_then(crate::usage::Tokens::from_api),
+                ) {
+                    ledger.record(&model, &t);
+                }
                 return v["text"]
                     .as_str()
                     .map(str::to_string)
@@ -311,6 +331,7 @@ mod tests {
             model: DEFAULT_MODEL.into(),
             default_model: true,
             successor: Default::default(),
+            ledger: None,
         });
         let tmp = crate::testutil::TempDir::new("transcribe-paths");
         assert_eq!(

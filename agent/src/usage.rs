@@ -60,6 +60,17 @@ impl Tokens {
         })
     }
 
+    /// The `usage` of an Images or Audio API answer (`gpt-image-1`, the `gpt-4o`
+    /// transcription models): `input_tokens`, `output_tokens`. `None` for one counted
+    /// otherwise (`whisper-1`: `{"type": "duration", "seconds": 3}`).
+    pub fn from_api(u: &Value) -> Option<Tokens> {
+        Some(Tokens {
+            input: Value::as_u64(&u["input_tokens"])?,
+            output: Value::as_u64(&u["output_tokens"]).unwrap_or(0),
+            ..Tokens::default()
+        })
+    }
+
     /// Take in a Messages API `usage` object: `message_start`'s, then `message_delta`'s,
     /// whose counts are running totals that replace the earlier ones. Anthropic's
     /// `input_tokens` leaves out what was read from and written to the cache.
@@ -352,6 +363,13 @@ mod tests {
             Some(0)
         );
         assert_eq!(Tokens::from_openai(&json!(null)), None);
+        let image = json!({"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172,
+            "input_tokens_details": {"image_tokens": 0, "text_tokens": 12}});
+        assert_eq!(
+            Tokens::from_api(&image).map(|t| (t.input, t.output)),
+            Some((12, 4160))
+        );
+        assert_eq!(Tokens::from_api(&json!({"type": "duration", "seconds": 3})), None);
         assert_eq!(Tokens::from_openai(&json!({"prompt_tokens": "many"})), None);
     }
 

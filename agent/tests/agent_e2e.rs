@@ -1544,6 +1544,15 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     assert_eq!(sent.len(), 2, "tried once more after the 429");
     assert_eq!(sent[1].key.as_deref(), Some("sk-speech"));
     assert_eq!(sent[1].model, "gpt-4o-mini-transcribe");
+    // What it cost is counted, once (the 429 cost nothing).
+    let usage: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join(".aegis/usage.json")).unwrap()).unwrap();
+    let heard = &usage[&tether::time::now_rfc3339()[..10]]["gpt-4o-mini-transcribe"];
+    assert_eq!(heard["requests"], 1, "{usage}");
+    assert!(
+        heard["input"].as_u64() > Some(10) && heard["output"].as_u64() > Some(1),
+        "{usage}"
+    );
     // The key is never logged.
     assert!(!a.proc.log().contains("sk-speech"), "the key was logged");
 

@@ -270,10 +270,16 @@ impl FakeSpeech {
                 .get(&file.data)
                 .cloned()
                 .unwrap_or_else(|| format!("({} bytes of sound)", file.data.len()));
-            resp.json(
-                200,
-                &json!({"text": text, "usage": {"type": "duration", "seconds": 3}}),
-            );
+            // The gpt-4o transcription models count tokens; whisper-1 the seconds heard.
+            let usage = if model.starts_with("gpt-4o") {
+                let (heard, written) = (file.data.len() as u64 / 100 + 10, text.len() as u64 / 4 + 1);
+                json!({"type": "tokens", "input_tokens": heard, "output_tokens": written,
+                    "total_tokens": heard + written,
+                    "input_token_details": {"text_tokens": 0, "audio_tokens": heard}})
+            } else {
+                json!({"type": "duration", "seconds": 3})
+            };
+            resp.json(200, &json!({"text": text, "usage": usage}));
         });
         FakeSpeech {
             server,

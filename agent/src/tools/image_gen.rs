@@ -46,6 +46,8 @@ pub struct ImageGen {
     /// newest image model it lists is used instead (`successor`), sought once.
     default_model: bool,
     successor: crate::successor::Successor,
+    /// Where each image's usage is added up (`gpt-image-1` counts tokens).
+    ledger: Option<std::sync::Arc<crate::usage::Ledger>>,
 }
 
 impl fmt::Debug for ImageGen {
@@ -91,7 +93,16 @@ impl ImageGen {
             model: model.unwrap_or(DEFAULT_MODEL).to_string(),
             default_model: model.is_none(),
             successor: Default::default(),
+            ledger: None,
         })
+    }
+
+    /// The same client, adding each image's usage to `ledger`.
+    pub fn with_ledger(self, ledger: std::sync::Arc<crate::usage::Ledger>) -> ImageGen {
+        ImageGen {
+            ledger: Some(ledger),
+            ..self
+        }
     }
 
     /// The model asked for: the configured one, or its successor.
@@ -156,6 +167,12 @@ impl ImageGen {
             }
         })?;
         let v = super::json_answer(resp, MAX_BODY, "the generated image", "the image API")?;
+        if let (Some(ledger), Some(t)) = (
+            &self.ledger,
+            v.get("usage").and_then(crate::usage::Tokens::from_api),
+        ) {
+            ledger.record(&self.model(), &t);
+        }
         let first = &v["data"][0];
         let bytes = if let Some(b64) = first["b64_json"].as_str() {
             base64::engine::general_purpose::STANDARD
@@ -281,6 +298,7 @@ mod tests {
             model: model.into(),
             default_model: false,
             successor: Default::default(),
+            ledger: None,
         }
     }
 

@@ -493,6 +493,7 @@ impl Toolbox {
         mcp: Arc<McpServers>,
         memory: Arc<MemoryStore>,
         host: Uplink,
+        ledger: &Arc<crate::usage::Ledger>,
     ) -> Toolbox {
         let search = config
             .search_key_env
@@ -501,7 +502,8 @@ impl Toolbox {
         let images = config
             .image_key_env
             .as_deref()
-            .and_then(|var| image_gen::ImageGen::from_env(var, config.image_model.as_deref()));
+            .and_then(|var| image_gen::ImageGen::from_env(var, config.image_model.as_deref()))
+            .map(|g| g.with_ledger(Arc::clone(ledger)));
         let speech = speak::Speaker::from_env(
             config.speech_key_env.as_deref(),
             config.speech_model.as_deref(),
