@@ -949,13 +949,11 @@ fn what_each_reply_costs_is_logged_and_added_up_by_day_and_model() {
         "reply for telegram/5: 2 model requests, 18682 input tokens (18300 from the cache, 350 written to it), 45 output",
         T,
     );
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
-    let today = &tether::time::now_rfc3339()[..10];
+    let today = aegis_e2e::agent::usage_today(ws.path());
     assert_eq!(
-        file[today]["claude-sonnet-4-6"],
+        today["claude-sonnet-4-6"],
         json!({"requests": 2, "input": 18682, "cache_read": 18300, "cache_write": 350, "output": 45}),
-        "{file}"
+        "{today}"
     );
 }
 
@@ -1013,12 +1011,10 @@ fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_wit
         .collect();
     assert_eq!(asked, [true, false, false]);
     assert!(b.proc.log().contains("refuses stream_options"));
-    let file: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
-    let today = &tether::time::now_rfc3339()[..10];
+    let today = aegis_e2e::agent::usage_today(ws.path());
     assert_eq!(
-        file[today]["gpt-test"]["requests"], 1,
-        "only what a server counted: {file}"
+        today["gpt-test"]["requests"], 1,
+        "only what a server counted: {today}"
     );
 }
 
@@ -1545,13 +1541,11 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     assert_eq!(sent[1].key.as_deref(), Some("sk-speech"));
     assert_eq!(sent[1].model, "gpt-4o-mini-transcribe");
     // What it cost is counted, once (the 429 cost nothing).
-    let usage: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(ws.join(".aegis/usage.json")).unwrap()).unwrap();
-    let heard = &usage[&tether::time::now_rfc3339()[..10]]["gpt-4o-mini-transcribe"];
-    assert_eq!(heard["requests"], 1, "{usage}");
+    let heard = &aegis_e2e::agent::usage_today(&ws)["gpt-4o-mini-transcribe"];
+    assert_eq!(heard["requests"], 1, "{heard}");
     assert!(
         heard["input"].as_u64() > Some(10) && heard["output"].as_u64() > Some(1),
-        "{usage}"
+        "{heard}"
     );
     // The key is never logged.
     assert!(!a.proc.log().contains("sk-speech"), "the key was logged");

@@ -1212,11 +1212,9 @@ fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
     );
     assert!(gens.iter().all(|g| g.key.as_deref() == Some("sk-img-key")));
     // The image that was made is counted with what it cost (the refused one is not).
-    let usage: Value = serde_json::from_slice(&std::fs::read(ws.join(".aegis/usage.json")).unwrap()).unwrap();
     assert_eq!(
-        usage[&tether::time::now_rfc3339()[..10]]["gpt-image-1"],
+        aegis_e2e::agent::usage_today(&ws)["gpt-image-1"],
         json!({"requests": 1, "input": 12, "cache_read": 0, "cache_write": 0, "output": 4160}),
-        "{usage}"
     );
     // The session keeps the image by reference (the tool's result), not its bytes.
     let session = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();

@@ -92,3 +92,13 @@ pub fn texts(frames: &[Frame], kind: &str) -> Vec<String> {
 pub fn done_text(frames: &[Frame]) -> String {
     texts(frames, "assistant.done").pop().expect("a done frame")
 }
+
+/// Today's totals in the agent's usage record (`.aegis/usage.json` of `workspace`), by
+/// model; `Null` when there is no record.
+pub fn usage_today(workspace: &Path) -> serde_json::Value {
+    let file: serde_json::Value = std::fs::read(workspace.join(".aegis/usage.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    file[&tether::time::now_rfc3339()[..10]].clone()
+}
