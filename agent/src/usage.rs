@@ -50,11 +50,18 @@ impl Tokens {
     }
 
     /// A Chat Completions `usage` object (the last chunk of a stream asked with
-    /// `stream_options.include_usage`): `prompt_tokens` counts the cached ones too.
+    /// `stream_options.include_usage`): `prompt_tokens` counts the cached ones too, which
+    /// OpenAI names in `prompt_tokens_details.cached_tokens`, DeepSeek in
+    /// `prompt_cache_hit_tokens`, Moonshot in `cached_tokens`.
     pub fn from_openai(u: &Value) -> Option<Tokens> {
+        let cached = [
+            &u["prompt_tokens_details"]["cached_tokens"],
+            &u["prompt_cache_hit_tokens"],
+            &u["cached_tokens"],
+        ];
         Some(Tokens {
             input: Value::as_u64(&u["prompt_tokens"])?,
-            cache_read: Value::as_u64(&u["prompt_tokens_details"]["cached_tokens"]).unwrap_or(0),
+            cache_read: cached.into_iter().find_map(Value::as_u64).unwrap_or(0),
             cache_write: 0,
             output: Value::as_u64(&u["completion_tokens"]).unwrap_or(0),
         })
@@ -363,6 +370,11 @@ mod tests {
             Some(0)
         );
         assert_eq!(Tokens::from_openai(&json!(null)), None);
+        let deepseek = json!({"prompt_tokens": 900, "completion_tokens": 20, "total_tokens": 920,
+            "prompt_cache_hit_tokens": 768, "prompt_cache_miss_tokens": 132});
+        assert_eq!(Tokens::from_openai(&deepseek).map(|t| t.cache_read), Some(768));
+        let moonshot = json!({"prompt_tokens": 900, "completion_tokens": 20, "cached_tokens": 512});
+        assert_eq!(Tokens::from_openai(&moonshot).map(|t| t.cache_read), Some(512));
         let image = json!({"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172,
             "input_tokens_details": {"image_tokens": 0, "text_tokens": 12}});
         assert_eq!(
