@@ -1343,7 +1343,11 @@ fn without_stream_options(body: &serde_json::Value, err: &LlmError) -> Option<se
 /// server that speaks the Messages API but not this part of it, or a proxy that drops
 /// the beta header).
 fn with_short_marks(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
-    let refused = err.kind == ErrorKind::Request && err.detail.contains("ttl");
+    // `cache_control.ttl: Extra inputs are not permitted`, or the beta header refused.
+    let about_ttl = ["cache_control", crate::prompt_cache::HOUR_BETA]
+        .iter()
+        .any(|w| err.detail.contains(w));
+    let refused = err.kind == ErrorKind::Request && err.detail.contains("ttl") && about_ttl;
     refused.then(|| crate::prompt_cache::without_ttl(body))?
 }
 
@@ -1664,6 +1668,27 @@ mod tests {
         );
         assert!(with_adaptive_thinking(&budget, &status_error(400, "prompt is too long")).is_none());
         assert!(with_adaptive_thinking(&budget, &status_error(529, &refusal.detail)).is_none());
+    }
+
+    #[test]
+    fn a_refusal_of_ttl_or_of_its_beta_header_asks_again_with_5_minute_marks() {
+        let body = serde_json::json!({"system": [{"type": "text", "text": "S",
+            "cache_control": {"type": "ephemeral", "ttl": "1h"}}], "messages": []});
+        let refusal = |message: &str| {
+            status_error(400, &serde_json::json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}}).to_string())
+        };
+        for words in [
+            "system.0.cache_control.ttl: Extra inputs are not permitted",
+            "Unexpected value(s) `extended-cache-ttl-2025-04-11` for the `anthropic-beta` header.",
+        ] {
+            let again = with_short_marks(&body, &refusal(words)).expect(words);
+            assert_eq!(
+                again["system"][0]["cache_control"],
+                serde_json::json!({"type": "ephemeral"})
+            );
+        }
+        assert!(with_short_marks(&body, &refusal("requests are throttled")).is_none());
+        assert!(with_short_marks(&body, &status_error(529, "cache_control.ttl")).is_none());
     }
 
     #[test]
