@@ -457,17 +457,22 @@ impl Llm {
     fn finish(
         &self,
         body: &serde_json::Value,
-        decoder: Decoder,
+        decoder: &mut Decoder,
         tx: &Sender<Chunk>,
         sent_any: &mut bool,
     ) -> Vec<ToolCall> {
         if !decoder.usage.is_empty() {
-            if let Some(ledger) = &self.ledger {
-                ledger.record(&self.label(), &decoder.usage);
-            }
+            self.record(&decoder.usage);
             self.check_window(body, &decoder.usage);
         }
         complete(decoder, tx, sent_any)
+    }
+
+    /// Add one request's `usage` to the record, if there is one.
+    fn record(&self, usage: &Tokens) {
+        if let Some(ledger) = &self.ledger {
+            ledger.record(&self.label(), usage);
+        }
     }
 
     /// Say (once) when a local or compatible server read much less of `body` than was
@@ -763,12 +768,29 @@ impl Llm {
             e.retry_after = retry_after;
             return Err(e);
         }
-        let mut reader = resp.into_body().into_reader();
+        let mut decoder = Decoder::default();
+        let read = self.read_stream(body, resp.into_body().into_reader(), &mut decoder, tx, sent_any);
+        // A reply stopped midway, or a stream cut, was billed for what it had told of
+        // (Anthropic counts the input at its start): that is counted too.
+        if !decoder.usage.is_empty() {
+            self.record(&decoder.usage);
+        }
+        read
+    }
+
+    /// Read the SSE stream of one attempt into `decoder` until the reply is complete.
+    fn read_stream(
+        &self,
+        body: &serde_json::Value,
+        mut reader: impl Read,
+        decoder: &mut Decoder,
+        tx: &Sender<Chunk>,
+        sent_any: &mut bool,
+    ) -> Result<Vec<ToolCall>, LlmError> {
         let mut parser = sse::Parser::new();
         let mut events = Vec::new();
         let mut buf = vec![0u8; 16 * 1024];
         let mut finished = false;
-        let mut decoder = Decoder::default();
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(n) => n,
@@ -785,9 +807,9 @@ impl Llm {
                 .feed(&buf[..n], &mut events)
                 .map_err(|e| LlmError::new(ErrorKind::Malformed, e.to_string()))?;
             for ev in events.drain(..) {
-                match self.step(&ev, &mut decoder)? {
+                match self.step(&ev, decoder)? {
                     Step::Delta(d) => {
-                        if !pass_on(d, &mut decoder, tx, sent_any) {
+                        if !pass_on(d, decoder, tx, sent_any) {
                             return Ok(Vec::new()); // cancelled: nobody listens any more
                         }
                     }
@@ -860,7 +882,7 @@ impl Llm {
                             }
                         }
                     }
-                    return Ok(self.finish(body, decoder, tx, sent_any));
+                    return Ok(self.finish(body, &mut decoder, tx, sent_any));
                 }
                 "llm.error" => {
                     stream.ended = true;
@@ -1231,7 +1253,7 @@ fn pass_on(d: Split, decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut b
 }
 
 /// The round is complete: what the inline split held back goes out, then the tool calls.
-fn complete(mut decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
+fn complete(decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
     let rest = decoder.inline.finish();
     send_split(rest.reasoning, rest.text, tx, sent_any);
     let thoughts: Vec<Block> = std::mem::take(&mut decoder.signed)
@@ -1241,10 +1263,12 @@ fn complete(mut decoder: Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Ve
     if !thoughts.is_empty() {
         let _ = tx.send(Chunk::Thoughts(thoughts));
     }
-    if !decoder.usage.is_empty() {
-        let _ = tx.send(Chunk::Usage(decoder.usage));
+    // Taken: what is left in the decoder was not passed on (an attempt cut short).
+    let usage = std::mem::take(&mut decoder.usage);
+    if !usage.is_empty() {
+        let _ = tx.send(Chunk::Usage(usage));
     }
-    decoder.into_calls()
+    std::mem::take(decoder).into_calls()
 }
 
 fn send_split(reasoning: String, text: String, tx: &Sender<Chunk>, sent_any: &mut bool) -> bool {
@@ -1467,7 +1491,7 @@ mod tests {
             assert!(pass_on(d, &mut decoder, &tx, &mut sent_any));
         }
         assert!(sent_any);
-        let calls = complete(decoder, &tx, &mut sent_any);
+        let calls = complete(&mut decoder, &tx, &mut sent_any);
         assert!(calls.is_empty());
         let got: Vec<String> = rx
             .try_iter()

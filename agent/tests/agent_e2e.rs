@@ -957,6 +957,48 @@ fn what_each_reply_costs_is_logged_and_added_up_by_day_and_model() {
     );
 }
 
+/// A reply stopped midway was billed for its input and what it wrote so far (Anthropic
+/// counts them when its stream starts): the record has them too.
+#[test]
+fn a_reply_stopped_midway_still_counts_what_it_was_billed_for() {
+    use aegis_e2e::llm::with_anthropic_usage;
+    let counted = json!({"input_tokens": 12, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 9000, "output_tokens": 1});
+    let started = with_anthropic_usage(anthropic_sse(&["partial", "rest"]), counted);
+    let llm = FakeLlm::with(move |_| Reply::Sse {
+        pieces: started[..4].to_vec(), // message_start, block start, ping, "partial"
+        delay: Duration::ZERO,
+        // The server goes on for a second, as a real one would until it notices.
+        end: End::Hang(Duration::from_secs(1)),
+    });
+    let ws = temp_dir("usage-cancel");
+    let a = start_agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k"),
+            ("ANTHROPIC_BASE_URL", llm.url()),
+            ("AEGIS_MODEL", "claude-sonnet-4-6"),
+        ],
+    );
+    a.send(&message("9", "long story please", "m-1"));
+    while a.harness.frames().recv_timeout(T).expect("delta").kind != "assistant.delta" {}
+    a.send(&Frame::new("control.cancel", Some(Session::new("telegram", "9"))));
+    assert_eq!(done_text(&a.reply()), "partial\n\n⏹ Reply cancelled.");
+    // Counted when the stream ends.
+    let deadline = Instant::now() + T;
+    let today = loop {
+        let today = aegis_e2e::agent::usage_today(&ws);
+        if !today.is_null() || Instant::now() > deadline {
+            break today;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        today["claude-sonnet-4-6"],
+        json!({"requests": 1, "input": 9312, "cache_read": 9000, "cache_write": 300, "output": 1}),
+        "{today}"
+    );
+}
+
 /// OpenAI tells a request's usage only when asked (`stream_options.include_usage`): it is
 /// asked, and a server that refuses the argument is asked again at once without it, and
 /// never with it again.
