@@ -5,8 +5,9 @@
 //!
 //! The file is one JSON object, rewritten whole after each request (a few KB: 400 days
 //! are kept, the oldest dropped first):
-//! `{"2026-12-06": {"claude-sonnet-4-6": {"requests": 12, "input": 41234, "cache_read": 38002, "cache_write": 1204, "output": 612}}}`.
-//! `input` is all of the input, what was read from and written to the cache included.
+//! `{"2026-12-06": {"claude-sonnet-4-6": {"requests": 12, "input": 41234, "cache_read": 38002, "cache_write": 1204, "cache_write_1h": 900, "output": 612}}}`.
+//! `input` is all of the input, what was read from and written to the cache included;
+//! `cache_write_1h` is the part of `cache_write` kept an hour (billed at 2 times, not 1.25).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,6 +32,9 @@ pub struct Tokens {
     pub cache_read: u64,
     /// Of it, written to the prompt cache (Anthropic).
     pub cache_write: u64,
+    /// Of what was written, kept an hour (billed at 2 times the input price, the rest at
+    /// 1.25).
+    pub cache_write_1h: u64,
     /// Written by the model (its thoughts included).
     pub output: u64,
 }
@@ -46,6 +50,7 @@ impl Tokens {
         self.input = self.input.saturating_add(other.input);
         self.cache_read = self.cache_read.saturating_add(other.cache_read);
         self.cache_write = self.cache_write.saturating_add(other.cache_write);
+        self.cache_write_1h = self.cache_write_1h.saturating_add(other.cache_write_1h);
         self.output = self.output.saturating_add(other.output);
     }
 
@@ -62,8 +67,8 @@ impl Tokens {
         Some(Tokens {
             input: Value::as_u64(&u["prompt_tokens"])?,
             cache_read: cached.into_iter().find_map(Value::as_u64).unwrap_or(0),
-            cache_write: 0,
             output: Value::as_u64(&u["completion_tokens"]).unwrap_or(0),
+            ..Tokens::default()
         })
     }
 
@@ -86,6 +91,9 @@ impl Tokens {
         let uncached = Value::as_u64(&u["input_tokens"]).unwrap_or(self.input.saturating_sub(cached));
         self.cache_read = Value::as_u64(&u["cache_read_input_tokens"]).unwrap_or(self.cache_read);
         self.cache_write = Value::as_u64(&u["cache_creation_input_tokens"]).unwrap_or(self.cache_write);
+        self.cache_write_1h = Value::as_u64(&u["cache_creation"]["ephemeral_1h_input_tokens"])
+            .unwrap_or(self.cache_write_1h)
+            .min(self.cache_write);
         self.input = uncached
             .saturating_add(self.cache_read)
             .saturating_add(self.cache_write);
@@ -147,6 +155,8 @@ pub struct Totals {
     pub cache_read: u64,
     /// Of it, written to the prompt cache.
     pub cache_write: u64,
+    /// Of that, kept an hour.
+    pub cache_write_1h: u64,
     /// Their output.
     pub output: u64,
 }
@@ -159,6 +169,7 @@ impl Totals {
             input: tokens.input,
             cache_read: tokens.cache_read,
             cache_write: tokens.cache_write,
+            cache_write_1h: tokens.cache_write_1h,
             output: tokens.output,
         });
     }
@@ -168,8 +179,13 @@ impl Totals {
         self.requests = self.requests.saturating_add(other.requests);
         let mut t = self.tokens();
         t.add(&other.tokens());
-        (self.input, self.cache_read, self.cache_write, self.output) =
-            (t.input, t.cache_read, t.cache_write, t.output);
+        (
+            self.input,
+            self.cache_read,
+            self.cache_write,
+            self.cache_write_1h,
+            self.output,
+        ) = (t.input, t.cache_read, t.cache_write, t.cache_write_1h, t.output);
     }
 
     /// The tokens of it all.
@@ -178,6 +194,7 @@ impl Totals {
             input: self.input,
             cache_read: self.cache_read,
             cache_write: self.cache_write,
+            cache_write_1h: self.cache_write_1h,
             output: self.output,
         }
     }
@@ -361,8 +378,8 @@ mod tests {
             Some(Tokens {
                 input: 2006,
                 cache_read: 1920,
-                cache_write: 0,
-                output: 300
+                output: 300,
+                ..Tokens::default()
             })
         );
         assert_eq!(
@@ -389,7 +406,9 @@ mod tests {
     fn anthropic_counts_add_the_cache_to_the_input_and_later_totals_replace_earlier() {
         let mut t = Tokens::default();
         t.merge_anthropic(&json!({"input_tokens": 12, "cache_creation_input_tokens": 300,
-            "cache_read_input_tokens": 9000, "output_tokens": 1}));
+            "cache_read_input_tokens": 9000, "output_tokens": 1,
+            "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}));
+        assert_eq!(t.cache_write_1h, 200, "of the 300 written");
         assert_eq!(
             (t.input, t.cache_read, t.cache_write, t.output),
             (9312, 9000, 300, 1)
@@ -422,6 +441,7 @@ mod tests {
             input: 100,
             cache_read: 80,
             cache_write: 10,
+            cache_write_1h: 4,
             output: 7,
         };
         let ledger = Ledger::open(ws.path());
@@ -434,7 +454,7 @@ mod tests {
             serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
         assert_eq!(
             file["2026-12-06"]["m"],
-            json!({"requests": 2, "input": 200, "cache_read": 160, "cache_write": 20, "output": 14})
+            json!({"requests": 2, "input": 200, "cache_read": 160, "cache_write": 20, "cache_write_1h": 8, "output": 14})
         );
         assert_eq!(file["2026-12-06"]["other"]["requests"], 1);
         assert_eq!(file["2026-12-07"]["m"]["requests"], 1);
@@ -462,8 +482,8 @@ mod tests {
         let t = |input, cache_read, output| Tokens {
             input,
             cache_read,
-            cache_write: 0,
             output,
+            ..Tokens::default()
         };
         ledger.record_on("2026-12-06", "claude", &t(40_000, 36_000, 500));
         ledger.record_on("2026-12-06", "claude", &t(2_000, 0, 100));
@@ -569,7 +589,7 @@ mod tests {
                 Tokens::default().merge_anthropic(&v);
             }
             let mut days = Days::new();
-            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, output: 1 };
+            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, cache_write_1h: n / 4, output: 1 };
             days.entry(day).or_default().entry("m".into()).or_default().add(&t);
             let json = serde_json::to_vec(&days).unwrap();
             proptest::prop_assert_eq!(parse(&json).unwrap(), days);

@@ -928,11 +928,13 @@ fn what_each_reply_costs_is_logged_and_added_up_by_day_and_model() {
     let claude = FakeLlm::scripted(vec![
         Reply::sse(with_anthropic_usage(
             anthropic_tool_sse("", &[("toolu_1", "bash", r#"{"command":"true"}"#)], 8),
-            json!({"input_tokens": 12, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 9000, "output_tokens": 1}),
+            json!({"input_tokens": 12, "cache_creation_input_tokens": 300, "cache_read_input_tokens": 9000, "output_tokens": 1,
+                "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200}}),
         )),
         Reply::sse(with_anthropic_usage(
             anthropic_sse(&["done"]),
-            json!({"input_tokens": 20, "cache_creation_input_tokens": 50, "cache_read_input_tokens": 9300, "output_tokens": 1}),
+            json!({"input_tokens": 20, "cache_creation_input_tokens": 50, "cache_read_input_tokens": 9300, "output_tokens": 1,
+                "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 50}}),
         )),
     ]);
     let ws = temp_dir("usage");
@@ -952,7 +954,7 @@ fn what_each_reply_costs_is_logged_and_added_up_by_day_and_model() {
     let today = aegis_e2e::agent::usage_today(ws.path());
     assert_eq!(
         today["claude-sonnet-4-6"],
-        json!({"requests": 2, "input": 18682, "cache_read": 18300, "cache_write": 350, "output": 45}),
+        json!({"requests": 2, "input": 18682, "cache_read": 18300, "cache_write": 350, "cache_write_1h": 250, "output": 45}),
         "{today}"
     );
 }
@@ -994,7 +996,7 @@ fn a_reply_stopped_midway_still_counts_what_it_was_billed_for() {
     };
     assert_eq!(
         today["claude-sonnet-4-6"],
-        json!({"requests": 1, "input": 9312, "cache_read": 9000, "cache_write": 300, "output": 1}),
+        json!({"requests": 1, "input": 9312, "cache_read": 9000, "cache_write": 300, "cache_write_1h": 0, "output": 1}),
         "{today}"
     );
 }

@@ -1214,7 +1214,7 @@ fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
     // The image that was made is counted with what it cost (the refused one is not).
     assert_eq!(
         aegis_e2e::agent::usage_today(&ws)["gpt-image-1"],
-        json!({"requests": 1, "input": 12, "cache_read": 0, "cache_write": 0, "output": 4160}),
+        json!({"requests": 1, "input": 12, "cache_read": 0, "cache_write": 0, "cache_write_1h": 0, "output": 4160}),
     );
     // The session keeps the image by reference (the tool's result), not its bytes.
     let session = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
