@@ -224,12 +224,7 @@ impl Transcriber {
             let status = resp.status().as_u16();
             if status == 200 {
                 let v = json_answer(resp, MAX_TEXT, "the transcript", "the speech-to-text API")?;
-                if let (Some(ledger), Some(t)) = (
-                    &self.ledger,
-                    v.get("usage").and_then(crate::usage::Tokens::from_api),
-                ) {
-                    ledger.record(&model, &t);
-                }
+                crate::usage::record_answer(self.ledger.as_deref(), &model, &v);
                 return v["text"]
                     .as_str()
                     .map(str::to_string)

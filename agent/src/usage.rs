@@ -330,6 +330,14 @@ fn summarize(days: &Days, today: &str) -> String {
     out.trim_end().to_string()
 }
 
+/// Add the `usage` of an Images or Audio API `answer` (see [`Tokens::from_api`]) for
+/// `model` to `ledger`, when there are both.
+pub fn record_answer(ledger: Option<&Ledger>, model: &str, answer: &Value) {
+    if let (Some(ledger), Some(t)) = (ledger, answer.get("usage").and_then(Tokens::from_api)) {
+        ledger.record(model, &t);
+    }
+}
+
 /// Today in UTC, as the file names days (`2026-12-06`).
 pub fn today() -> String {
     tether::time::now_rfc3339()[..10].to_string()

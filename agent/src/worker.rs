@@ -219,14 +219,7 @@ enum Round {
 /// Whether `text` is the `/usage` command (`/usage@bot` in a group).
 fn is_usage_command(text: &str) -> bool {
     let text = text.trim();
-    let word = text.split_once('@').map_or(text, |(w, bot)| {
-        if bot.contains(char::is_whitespace) {
-            text
-        } else {
-            w
-        }
-    });
-    word == "/usage"
+    text.split('@').next() == Some("/usage") && !text.contains(char::is_whitespace)
 }
 
 /// Whether the message of `history[i]` (a user turn) got its final answer: a later

@@ -167,12 +167,7 @@ impl ImageGen {
             }
         })?;
         let v = super::json_answer(resp, MAX_BODY, "the generated image", "the image API")?;
-        if let (Some(ledger), Some(t)) = (
-            &self.ledger,
-            v.get("usage").and_then(crate::usage::Tokens::from_api),
-        ) {
-            ledger.record(&self.model(), &t);
-        }
+        crate::usage::record_answer(self.ledger.as_deref(), &self.model(), &v);
         let first = &v["data"][0];
         let bytes = if let Some(b64) = first["b64_json"].as_str() {
             base64::engine::general_purpose::STANDARD
