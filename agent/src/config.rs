@@ -38,6 +38,10 @@ LLM (environment only, so keys never appear in a process listing):
     ANTHROPIC_API_KEY   use the Anthropic Messages API (model claude-sonnet-4-6)
     OPENAI_API_KEY      else use OpenAI Chat Completions (model gpt-4o)
     OPENAI_BASE_URL     OpenAI-compatible server (Ollama, llama.cpp, vLLM); works without a key
+    OPENROUTER_API_KEY  use OpenRouter (https://openrouter.ai/api/v1; also when OPENAI_BASE_URL
+                        names it): models by its names, anthropic/claude-sonnet-4.6,
+                        openai/gpt-5 [default openai/gpt-4o]; Claude's prompt is marked for
+                        its cache there too
     ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]
     AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
@@ -314,7 +318,9 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     let speech_model = named(speech.and_then(|t| t.model.as_ref()));
     let speech_voice = named(speech.and_then(|t| t.voice.as_ref()));
     // The agent's own credentials stay out of commands the model runs.
-    let mut hidden_env = vec!["ANTHROPIC_API_KEY".to_string(), "OPENAI_API_KEY".to_string()];
+    let mut hidden_env = ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"]
+        .map(String::from)
+        .to_vec();
     hidden_env.extend(provider.and_then(|p| p.key_env.clone()));
     hidden_env.extend(search_key_env.iter().cloned());
     hidden_env.extend(image_key_env.clone());
@@ -378,6 +384,44 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
             key_env.as_deref().unwrap_or("")
         );
     }
+    let openai_base = env("OPENAI_BASE_URL").or(file.base_url.clone());
+    let anthropic_key = match &key_env {
+        Some(_) => from_key_env == Some(ProviderKind::Anthropic) && explicit_key.is_some(),
+        None => env("ANTHROPIC_API_KEY").is_some(),
+    };
+    let router_key_named = key_env
+        .as_deref()
+        .is_some_and(|k| k.to_ascii_lowercase().contains("openrouter"));
+    let via_router = match openai_base.as_deref() {
+        Some(base) => on_openrouter(base),
+        None => {
+            router_key_named
+                || (key_env.is_none()
+                    && env("OPENROUTER_API_KEY").is_some()
+                    && env("OPENAI_API_KEY").is_none()
+                    && !anthropic_key)
+        }
+    };
+    // With Anthropic's own key, `anthropic/NAME` still means Claude at Anthropic.
+    if via_router && !(named == Some(ProviderKind::Anthropic) && anthropic_key) {
+        let (key, key_env) = match key_env {
+            Some(k) => (explicit_key, Some(k)),
+            None => match env("OPENROUTER_API_KEY") {
+                Some(k) => (Some(k), Some("OPENROUTER_API_KEY".to_string())),
+                None => (env("OPENAI_API_KEY"), Some("OPENAI_API_KEY".to_string())),
+            },
+        };
+        let (model, default_model) = openrouter_model(spec.as_deref());
+        let base = openai_base.unwrap_or_else(|| OPENROUTER.to_string());
+        return provider(
+            file,
+            ProviderKind::OpenAi,
+            (key, key_env),
+            base,
+            (model, default_model),
+        )
+        .map(Some);
+    }
     let kind = match named.or(from_key_env) {
         Some(k) => k,
         None if env("ANTHROPIC_API_KEY").is_some() => ProviderKind::Anthropic,
@@ -412,8 +456,48 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         ProviderKind::Anthropic => "claude-sonnet-4-6".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
+    provider(file, kind, (key, key_env), base, (model, default_model)).map(Some)
+}
+
+/// OpenRouter's API, where a key from `OPENROUTER_API_KEY` alone sends the agent.
+const OPENROUTER: &str = "https://openrouter.ai/api/v1";
+
+/// Whether `base` is OpenRouter's API (`https://openrouter.ai/api/v1`).
+fn on_openrouter(base: &str) -> bool {
+    let rest = base.split_once("://").map_or(base, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    host == "openrouter.ai" || host.ends_with(".openrouter.ai")
+}
+
+/// The model asked of OpenRouter for `spec`, and whether it is the agent's default.
+/// OpenRouter names every model `vendor/name` (`anthropic/claude-sonnet-4.6`,
+/// `openai/gpt-5`), which reads like this agent's provider prefix: there the whole name
+/// is the model's, and `openai/` is taken off only in front of another vendor's name
+/// (`openai/anthropic/claude-sonnet-4.6`, the form that picks the dialect explicitly).
+fn openrouter_model(spec: Option<&str>) -> (String, bool) {
+    match spec.map(str::trim).filter(|s| !s.is_empty()) {
+        None => ("openai/gpt-4o".to_string(), true),
+        Some(s) => match s.strip_prefix("openai/") {
+            Some(rest) if rest.contains('/') => (rest.to_string(), false),
+            _ => (s.to_string(), false),
+        },
+    }
+}
+
+/// A provider speaking `kind` at `base` with `key` (from the variable `key_env`), asked
+/// for `model` (the agent's default or not), with the settings of `file` and the
+/// environment.
+fn provider(
+    file: &AgentFile,
+    kind: ProviderKind,
+    (key, key_env): (Option<String>, Option<String>),
+    base: String,
+    (model, default_model): (String, bool),
+) -> Result<Provider, ConfigError> {
     let limit = max_tokens(file)?;
-    Ok(Some(Provider {
+    Ok(Provider {
         kind,
         key,
         key_env,
@@ -427,7 +511,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: None,
-    }))
+    })
 }
 
 fn max_tokens(file: &AgentFile) -> Result<Option<u32>, ConfigError> {
@@ -541,4 +625,53 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: Some(name.to_string()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openrouter_is_known_by_its_host_alone() {
+        for base in [
+            "https://openrouter.ai/api/v1",
+            "https://OpenRouter.ai/api/v1/",
+            "https://openrouter.ai:443/api/v1",
+            "https://eu.openrouter.ai/api/v1",
+            "openrouter.ai/api/v1",
+        ] {
+            assert!(on_openrouter(base), "{base}");
+        }
+        for base in [
+            "https://api.openai.com/v1",
+            "https://openrouter.ai.example.com/v1",
+            "https://notopenrouter.ai/v1",
+            "http://localhost:8080/openrouter.ai",
+            "https://openrouter.ai@proxy.example/v1",
+            "",
+        ] {
+            assert!(!on_openrouter(base), "{base}");
+        }
+    }
+
+    #[test]
+    fn openrouter_gets_its_own_model_names_whole() {
+        let named = |s: &str| openrouter_model(Some(s));
+        assert_eq!(
+            named("anthropic/claude-sonnet-4.6"),
+            ("anthropic/claude-sonnet-4.6".into(), false)
+        );
+        assert_eq!(named("openai/gpt-5"), ("openai/gpt-5".into(), false));
+        assert_eq!(
+            named("openai/anthropic/claude-opus-4.5"),
+            ("anthropic/claude-opus-4.5".into(), false)
+        );
+        assert_eq!(
+            named("meta-llama/llama-3.3-70b-instruct:free"),
+            ("meta-llama/llama-3.3-70b-instruct:free".into(), false)
+        );
+        assert_eq!(named("openrouter/auto"), ("openrouter/auto".into(), false));
+        assert_eq!(openrouter_model(None), ("openai/gpt-4o".into(), true));
+        assert_eq!(openrouter_model(Some("  ")), ("openai/gpt-4o".into(), true));
+    }
 }

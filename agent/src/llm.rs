@@ -323,6 +323,8 @@ pub struct Llm {
     /// Anthropic dialect: cache marks are kept the default 5 minutes whatever the pace,
     /// once the server has refused one kept an hour.
     short_marks: Arc<AtomicBool>,
+    /// The server refused cache marks altogether (`cache_control`): none are sent again.
+    unmarked: Arc<AtomicBool>,
     /// OpenAI dialect: the server refused `stream_options`, so the stream is asked
     /// without it (and tells no usage, unless it does anyway).
     no_stream_options: Arc<AtomicBool>,
@@ -431,6 +433,7 @@ impl Llm {
             completion_tokens: Arc::new(AtomicBool::new(openai_itself)),
             adaptive: Arc::new(AtomicBool::new(false)),
             short_marks: Arc::new(AtomicBool::new(false)),
+            unmarked: Arc::new(AtomicBool::new(false)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
@@ -508,6 +511,19 @@ impl Llm {
         }
     }
 
+    /// The marks `prompt` asks for, unless the server refused marks: Claude's, and in the
+    /// Chat Completions dialect only for a Claude model (a router such as OpenRouter,
+    /// LiteLLM or Portkey passes them on to Anthropic; every other model caches on its own).
+    fn marks(&self, prompt: &Prompt) -> Option<Marks> {
+        let claude = match self.provider.kind {
+            ProviderKind::Anthropic => true,
+            ProviderKind::OpenAi => self.model().to_ascii_lowercase().contains("claude"),
+        };
+        prompt
+            .cache
+            .filter(|_| claude && !self.unmarked.load(Ordering::Relaxed))
+    }
+
     /// Start streaming a reply to `turns` on a new reader thread, offering `tools`.
     pub fn stream(&self, prompt: &Prompt, turns: &[Turn], tools: &[ToolSpec]) -> Stream {
         let (tx, rx) = unbounded();
@@ -578,11 +594,24 @@ impl Llm {
         match p.kind {
             ProviderKind::OpenAi => {
                 // OpenAI and local servers (llama.cpp, vLLM, Ollama) reuse the longest
-                // prefix they saw: the notes go last.
-                let mut messages = vec![serde_json::json!({"role": "system", "content": prompt.system()})];
+                // prefix they saw: the notes go last. Claude behind a router is marked.
+                let marks = self.marks(prompt);
+                let system = match marks {
+                    Some(m) => {
+                        crate::prompt_cache::openai_system(prompt.fixed, prompt.recap, self.kept(m.system))
+                    }
+                    None => prompt.system().into(),
+                };
+                let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
                 messages.extend(turns.iter().map(openai_message));
-                if let Some(i) = turns.iter().rposition(|t| t.role == Role::User) {
-                    add_openai_notes(&mut messages[i + 1], prompt.notes);
+                let question = turns.iter().rposition(|t| t.role == Role::User).map(|i| i + 1);
+                match (marks, question) {
+                    (Some(m), _) => {
+                        let ttl = self.kept(m.conversation);
+                        crate::prompt_cache::mark_openai(&mut messages, question, prompt.notes, ttl);
+                    }
+                    (None, Some(q)) => add_openai_notes(&mut messages[q], prompt.notes),
+                    (None, None) => {}
                 }
                 let model = self.model();
                 let mut body = serde_json::json!({"model": model, "messages": messages, "stream": true});
@@ -624,8 +653,8 @@ impl Llm {
                     "model": self.model(),
                     "max_tokens": max_tokens,
                     "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap,
-                        prompt.cache.map(|m| self.kept(m.system))),
-                    "messages": anthropic_messages(turns, prompt.notes, prompt.cache.map(|m| self.kept(m.conversation))),
+                        self.marks(prompt).map(|m| self.kept(m.system))),
+                    "messages": anthropic_messages(turns, prompt.notes, self.marks(prompt).map(|m| self.kept(m.conversation))),
                     "stream": true,
                 });
                 match p.thinking {
@@ -672,6 +701,14 @@ impl Llm {
             log::info!("the server refuses cache marks kept an hour; asking again with 5-minute ones");
             self.short_marks.store(true, Ordering::Relaxed);
             return Some(short);
+        }
+        if let Some(plain) = without_marks(body, err) {
+            log::warn!(
+                "the server refuses prompt cache marks ({}); asking again without them, from now on",
+                err.detail
+            );
+            self.unmarked.store(true, Ordering::Relaxed);
+            return Some(plain);
         }
         let adaptive = with_adaptive_thinking(body, err)?;
         log::info!("the model takes only adaptive thinking, not a budget; asking again");
@@ -1375,6 +1412,15 @@ fn with_short_marks(body: &serde_json::Value, err: &LlmError) -> Option<serde_js
     refused.then(|| crate::prompt_cache::without_ttl(body))?
 }
 
+/// `body` without cache marks, when `err` refuses them: an OpenAI-compatible server that
+/// checks what a message part may hold, or a router whose provider takes none.
+fn without_marks(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    if err.kind != ErrorKind::Request || !err.detail.contains("cache_control") {
+        return None;
+    }
+    crate::prompt_cache::without_marks(body)
+}
+
 /// `body` with adaptive thinking instead of a budget, when `err` is the refusal of the
 /// budget form by the newest Claude models (400, "\"thinking.type.enabled\" is not
 /// supported for this model. Use \"thinking.type.adaptive\" and \"output_config.effort\"
@@ -1657,6 +1703,95 @@ mod tests {
         let body = claude.request_body(&slow, &in_a_tool_round, &[]);
         assert_eq!(body["messages"][2]["content"][0]["cache_control"], hour);
         assert_eq!(body["messages"][4]["content"][0]["cache_control"], hour);
+    }
+
+    /// Claude behind an OpenAI-compatible router gets the marks Anthropic's API gets, as
+    /// message parts the router passes on; no other model behind it gets any.
+    #[test]
+    fn claude_behind_a_router_is_marked_in_message_parts() {
+        let prompt = Prompt {
+            fixed: "S.",
+            recap: " R.",
+            notes: "[Memories]\n- (m-1) tea",
+            cache: Some(Marks {
+                system: Ttl::Hour,
+                conversation: Ttl::Minutes5,
+            }),
+        };
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "bash".into(),
+            input: serde_json::json!({"command": "ls"}),
+        };
+        let chat = [
+            Turn::new(Role::User, "hi"),
+            Turn::new(Role::Assistant, "hello"),
+            Turn::new(Role::User, "q"),
+        ];
+        let mut in_a_tool_round = chat.to_vec();
+        in_a_tool_round.push(Turn::tool_calls("", std::slice::from_ref(&call)));
+        in_a_tool_round.push(Turn::tool_result("c1", "a.txt".into()));
+        let routed = |model: &str| {
+            let mut p = test_provider(ProviderKind::OpenAi);
+            p.model = model.into();
+            Llm::new(p, None)
+        };
+        let claude = routed("anthropic/claude-sonnet-4.6");
+        let (cached, hour) = (
+            serde_json::json!({"type": "ephemeral"}),
+            serde_json::json!({"type": "ephemeral", "ttl": "1h"}),
+        );
+        let body = claude.request_body(&prompt, &chat, &[]);
+        let m = &body["messages"];
+        assert_eq!(
+            m[0]["content"],
+            serde_json::json!([{"type": "text", "text": "S.", "cache_control": hour}, {"type": "text", "text": " R."}])
+        );
+        assert_eq!(m[1]["content"], "hi", "older turns as they were");
+        assert_eq!(
+            m[3]["content"],
+            serde_json::json!([{"type": "text", "text": "q", "cache_control": cached},
+                               {"type": "text", "text": "[Memories]\n- (m-1) tea"}])
+        );
+        let body = claude.request_body(&prompt, &in_a_tool_round, &[]);
+        assert_eq!(
+            body["messages"][5],
+            serde_json::json!({"role": "tool", "tool_call_id": "c1",
+                "content": [{"type": "text", "text": "a.txt", "cache_control": cached}]})
+        );
+        assert_eq!(body.to_string().matches("cache_control").count(), 3);
+        // An empty tool result takes no mark (Anthropic refuses one on empty text).
+        let mut empty = in_a_tool_round.clone();
+        *empty.last_mut().unwrap() = Turn::tool_result("c1", String::new());
+        let body = claude.request_body(&prompt, &empty, &[]);
+        assert_eq!(body.to_string().matches("cache_control").count(), 2, "{body}");
+
+        for other in ["openai/gpt-5", "meta-llama/llama-3.3-70b-instruct", "m"] {
+            let body = routed(other).request_body(&prompt, &in_a_tool_round, &[]);
+            assert!(!body.to_string().contains("cache_control"), "{other}: {body}");
+            assert_eq!(body["messages"][0]["content"], "S. R.");
+        }
+
+        // A server that refuses the marks is asked again without, and never gets them again.
+        let refusal = status_error(
+            400,
+            r#"{"error": {"message": "Unrecognized request argument supplied: messages[3].content[0].cache_control", "type": "invalid_request_error"}}"#,
+        );
+        let body = claude.request_body(&prompt, &in_a_tool_round, &[]);
+        let plain = claude.corrected(&body, &refusal).expect("asked again");
+        assert!(!plain.to_string().contains("cache_control"), "{plain}");
+        assert_eq!(
+            plain["messages"][3]["content"][1]["text"],
+            "[Memories]\n- (m-1) tea"
+        );
+        let later = claude.request_body(&prompt, &chat, &[]);
+        assert!(!later.to_string().contains("cache_control"), "{later}");
+        assert!(
+            claude.corrected(&later, &refusal).is_none(),
+            "nothing left to take off"
+        );
+        assert!(without_marks(&body, &status_error(500, "cache_control")).is_none());
+        assert!(without_marks(&body, &status_error(400, "context too long")).is_none());
     }
 
     #[test]

@@ -158,7 +158,9 @@ fn main() -> ExitCode {
             )
         }
         Some(p) => log::info!("LLM provider: {} (model {}, {})", p.kind, p.model, p.base_url),
-        None => log::warn!("LLM provider: none (set ANTHROPIC_API_KEY or OPENAI_API_KEY)"),
+        None => {
+            log::warn!("LLM provider: none (set ANTHROPIC_API_KEY, OPENAI_API_KEY or OPENROUTER_API_KEY)")
+        }
     }
 
     let workspace = match Workspace::new(&config.workspace) {

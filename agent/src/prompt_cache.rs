@@ -32,7 +32,11 @@
 //! `ttl` anyway gets 5-minute marks from then on (`llm.rs`).
 //!
 //! OpenAI and OpenAI-compatible servers cache the longest prefix they saw on their own;
-//! what they need, the same order (notes last), `llm.rs` gives every provider.
+//! what they need, the same order (notes last), `llm.rs` gives every provider. Claude
+//! behind an OpenAI-compatible router (OpenRouter, LiteLLM, Portkey) caches only what is
+//! marked, as at Anthropic: the router turns Chat Completions messages into Messages API
+//! blocks and passes a `cache_control` on a message part on to its block. Such a request
+//! gets the same marks as message parts ([`openai_system`], [`mark_openai`]).
 
 use std::time::Duration;
 
@@ -144,30 +148,88 @@ pub fn mark_anthropic(sides: &mut [(&str, Vec<Value>)], question_end: Option<(us
     }
 }
 
+/// The system message's `content` for Claude behind a router: the fixed prompt as a part
+/// marked `mark`, then the recap unmarked (without a fixed prompt, the recap as text).
+pub fn openai_system(fixed: &str, recap: &str, mark: Ttl) -> Value {
+    if fixed.is_empty() {
+        return recap.into();
+    }
+    anthropic_system(fixed, recap, Some(mark))
+}
+
+/// Mark Chat Completions `messages` for Claude behind a router, kept `ttl`, as
+/// [`mark_anthropic`] marks blocks: the end of the newest question (message `question`),
+/// after which its `notes` follow as a part of their own, and the newest tool result when
+/// the messages end with one (a tool round). A part a mark cannot go on (empty text) is
+/// left unmarked.
+pub fn mark_openai(messages: &mut [Value], question: Option<usize>, notes: &str, ttl: Ttl) {
+    fn mark_last(message: &mut Value, ttl: Ttl) {
+        let parts = match message["content"].take() {
+            Value::String(text) if text.is_empty() => Vec::new(),
+            Value::String(text) => vec![json!({"type": "text", "text": text})],
+            Value::Array(parts) => parts,
+            _ => Vec::new(),
+        };
+        message["content"] = Value::Array(parts);
+        if let Some(end) = message["content"].as_array_mut().and_then(|p| p.last_mut()) {
+            let markable = end["type"] == "image_url" || end["text"].as_str().is_some_and(|t| !t.is_empty());
+            if markable {
+                end["cache_control"] = cache_control(ttl);
+            }
+        }
+    }
+    if let Some(q) = question {
+        mark_last(&mut messages[q], ttl);
+        if !notes.is_empty() {
+            if let Some(parts) = messages[q]["content"].as_array_mut() {
+                parts.push(json!({"type": "text", "text": notes}));
+            }
+        }
+    }
+    let last = messages.len().checked_sub(1);
+    if let Some(last) = last.filter(|&l| Some(l) != question && messages[l]["role"] == "tool") {
+        mark_last(&mut messages[last], ttl);
+    }
+}
+
+/// `body` without any cache mark; `None` when it had none.
+pub fn without_marks(body: &Value) -> Option<Value> {
+    let mut out = body.clone();
+    let mut any = false;
+    let mut unmark = |block: &mut Value| {
+        if let Some(o) = block.as_object_mut() {
+            any |= o.remove("cache_control").is_some();
+        }
+    };
+    each_block(&mut out, &mut unmark);
+    any.then_some(out)
+}
+
+/// Apply `f` to every block or part of `body` a mark can be on, in either dialect.
+fn each_block(body: &mut Value, f: &mut dyn FnMut(&mut Value)) {
+    for key in ["tools", "system"] {
+        body[key].as_array_mut().into_iter().flatten().for_each(&mut *f);
+    }
+    for m in body["messages"].as_array_mut().into_iter().flatten() {
+        m["content"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+            .for_each(&mut *f);
+    }
+}
+
 /// `body` with every mark asking for the default 5 minutes: for a server that refuses
 /// `ttl` (an Anthropic-compatible one, or a proxy that drops the beta header).
 pub fn without_ttl(body: &Value) -> Option<Value> {
     let mut out = body.clone();
     let mut any = false;
-    let mut unmark = |block: &mut Value| {
+    let mut shorten = |block: &mut Value| {
         if let Some(c) = block.get_mut("cache_control").and_then(Value::as_object_mut) {
             any |= c.remove("ttl").is_some();
         }
     };
-    for key in ["tools", "system"] {
-        out[key]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .for_each(&mut unmark);
-    }
-    for m in out["messages"].as_array_mut().into_iter().flatten() {
-        m["content"]
-            .as_array_mut()
-            .into_iter()
-            .flatten()
-            .for_each(&mut unmark);
-    }
+    each_block(&mut out, &mut shorten);
     any.then_some(out)
 }
 

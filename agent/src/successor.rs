@@ -71,17 +71,21 @@ impl Successor {
     }
 }
 
-/// Largest model list read.
-const MAX_LIST: u64 = 1024 * 1024;
+/// Largest model list read (OpenRouter's, every vendor's models with their descriptions
+/// and prices, is over 1 MB; read once, when a default model is gone).
+const MAX_LIST: u64 = 4 * 1024 * 1024;
 
 /// Whether `err` says the requested model does not exist (a retired one included):
 /// Anthropic's 404 `not_found_error` ("model: NAME"), OpenAI's 404 `model_not_found`
 /// ("The model `NAME` does not exist or you do not have access to it."), Ollama's
-/// ("model \"NAME\" not found, try pulling it first").
+/// ("model \"NAME\" not found, try pulling it first"), OpenRouter's 400 ("NAME is not a
+/// valid model ID") and 404 ("No endpoints found for NAME.").
 pub fn model_gone(err: &LlmError) -> bool {
+    let detail = err.detail.to_ascii_lowercase();
     err.kind == ErrorKind::Request
-        && err.detail.starts_with("HTTP 404")
-        && err.detail.to_ascii_lowercase().contains("model")
+        && ((detail.starts_with("http 404")
+            && (detail.contains("model") || detail.contains("no endpoints found")))
+            || (detail.starts_with("http 400") && detail.contains("is not a valid model id")))
 }
 
 /// Whether an API's refusal (`status`, its body `text`) says the requested model does not
@@ -225,21 +229,39 @@ fn newest(models: &[(&str, i64)], eligible: &dyn Fn(&str) -> bool) -> Option<Str
 /// The pick from a model list (`{"data": [{"id", ...}]}`), other than `current`.
 /// Anthropic lists newest first: the first of `current`'s family (sonnet, opus, haiku).
 /// OpenAI's own API lists everything it serves: the newest (by `created`) general chat
-/// model, no snapshot, no audio, image, search or small variant. Another server lists
-/// the models it has (Ollama: those pulled): the newest, else the first.
+/// model, no snapshot, no audio, image, search or small variant. A router that names
+/// models by vendor (OpenRouter: `openai/gpt-4o`, among hundreds of every vendor) gets
+/// the vendor's pick by the same rules, among that vendor's models only. Another server
+/// lists the models it has (Ollama: those pulled): the newest, else the first.
 pub fn choose(kind: ProviderKind, openai_itself: bool, current: &str, list: &Value) -> Option<String> {
     let models = listed(list, current);
-    let newest = |eligible: &dyn Fn(&str) -> bool| newest(&models, eligible);
-    match kind {
-        ProviderKind::Anthropic => {
-            let family = ["sonnet", "opus", "haiku"]
-                .into_iter()
-                .find(|f| current.contains(f));
-            newest(&|id| family.is_none_or(|f| id.contains(f))).or_else(|| newest(&|_| true))
-        }
-        ProviderKind::OpenAi if openai_itself => newest(&general_chat_model),
-        ProviderKind::OpenAi => newest(&|_| true),
+    if let (ProviderKind::OpenAi, false, Some((vendor, name))) =
+        (kind, openai_itself, current.split_once('/'))
+    {
+        let own: Vec<(&str, i64)> = models
+            .iter()
+            .filter_map(|&(id, created)| Some((id.strip_prefix(vendor)?.strip_prefix('/')?, created)))
+            .collect();
+        let pick = match vendor {
+            "openai" => newest(&own, &general_chat_model),
+            "anthropic" => claude_of_family(&own, name),
+            _ => newest(&own, &|_| true),
+        };
+        return pick.map(|id| format!("{vendor}/{id}"));
     }
+    match kind {
+        ProviderKind::Anthropic => claude_of_family(&models, current),
+        ProviderKind::OpenAi if openai_itself => newest(&models, &general_chat_model),
+        ProviderKind::OpenAi => newest(&models, &|_| true),
+    }
+}
+
+/// The newest Claude of `current`'s family (sonnet, opus, haiku), else the newest.
+fn claude_of_family(models: &[(&str, i64)], current: &str) -> Option<String> {
+    let family = ["sonnet", "opus", "haiku"]
+        .into_iter()
+        .find(|f| current.contains(f));
+    newest(models, &|id| family.is_none_or(|f| id.contains(f))).or_else(|| newest(models, &|_| true))
 }
 
 /// Whether an OpenAI model id names a general chat model: `gpt-...`, neither a dated
@@ -294,6 +316,18 @@ mod tests {
             "HTTP 400: max_tokens: model limit"
         )));
         assert!(!model_gone(&e(ErrorKind::Request, "HTTP 404: Not Found")));
+        assert!(model_gone(&e(
+            ErrorKind::Request,
+            "HTTP 400: openai/gpt-4o is not a valid model ID"
+        )));
+        assert!(model_gone(&e(
+            ErrorKind::Request,
+            "HTTP 404: No endpoints found for openai/gpt-4o."
+        )));
+        assert!(!model_gone(&e(
+            ErrorKind::Request,
+            "HTTP 400: Provider returned error (Anthropic: messages.1: not a valid model input)"
+        )));
         assert!(!model_gone(&e(ErrorKind::Auth, "HTTP 404: model")));
     }
 
@@ -320,6 +354,37 @@ mod tests {
             pick("claude-sonnet-5").as_deref(),
             Some("claude-sonnet-4-6"),
             "never itself"
+        );
+    }
+
+    #[test]
+    fn a_router_gets_the_newest_of_the_same_vendor_by_its_rules() {
+        // OpenRouter's list: every vendor's models, `created` in seconds.
+        let list = json!({"data": [
+            {"id": "x-ai/grok-9", "created": 1_800_000_000},
+            {"id": "openai/gpt-6-mini", "created": 1_790_000_001},
+            {"id": "openai/gpt-6", "created": 1_780_000_000},
+            {"id": "openai/gpt-realtime-2", "created": 1_790_000_002},
+            {"id": "openai/gpt-4o", "created": 1_715_000_000},
+            {"id": "anthropic/claude-opus-5", "created": 1_795_000_000},
+            {"id": "anthropic/claude-sonnet-5", "created": 1_790_000_000},
+            {"id": "openai-like/gpt-7", "created": 1_800_000_000}
+        ]});
+        let pick = |current| choose(ProviderKind::OpenAi, false, current, &list);
+        assert_eq!(pick("openai/gpt-4o").as_deref(), Some("openai/gpt-6"));
+        assert_eq!(
+            pick("anthropic/claude-sonnet-4.6").as_deref(),
+            Some("anthropic/claude-sonnet-5")
+        );
+        assert_eq!(
+            pick("mistralai/mistral-large").as_deref(),
+            None,
+            "no model of that vendor"
+        );
+        assert_eq!(
+            pick("gpt-4o").as_deref(),
+            Some("x-ai/grok-9"),
+            "a server without vendors: its newest"
         );
     }
 

@@ -57,7 +57,8 @@ impl Tokens {
     /// A Chat Completions `usage` object (the last chunk of a stream asked with
     /// `stream_options.include_usage`): `prompt_tokens` counts the cached ones too, which
     /// OpenAI names in `prompt_tokens_details.cached_tokens`, DeepSeek in
-    /// `prompt_cache_hit_tokens`, Moonshot in `cached_tokens`.
+    /// `prompt_cache_hit_tokens`, Moonshot in `cached_tokens`; OpenRouter names what Claude
+    /// wrote to its cache in `prompt_tokens_details.cache_write_tokens`.
     pub fn from_openai(u: &Value) -> Option<Tokens> {
         let cached = [
             &u["prompt_tokens_details"]["cached_tokens"],
@@ -67,6 +68,8 @@ impl Tokens {
         Some(Tokens {
             input: Value::as_u64(&u["prompt_tokens"])?,
             cache_read: cached.into_iter().find_map(Value::as_u64).unwrap_or(0),
+            // OpenRouter, for a model that bills writing its cache (Claude).
+            cache_write: Value::as_u64(&u["prompt_tokens_details"]["cache_write_tokens"]).unwrap_or(0),
             output: Value::as_u64(&u["completion_tokens"]).unwrap_or(0),
             ..Tokens::default()
         })
@@ -400,6 +403,20 @@ mod tests {
         assert_eq!(Tokens::from_openai(&deepseek).map(|t| t.cache_read), Some(768));
         let moonshot = json!({"prompt_tokens": 900, "completion_tokens": 20, "cached_tokens": 512});
         assert_eq!(Tokens::from_openai(&moonshot).map(|t| t.cache_read), Some(512));
+        // Claude through OpenRouter: what was read and what was written, both inside the
+        // prompt's count.
+        let openrouter = json!({"prompt_tokens": 1500, "completion_tokens": 100, "total_tokens": 1600,
+            "cost": 0.0021, "prompt_tokens_details": {"cached_tokens": 1024, "cache_write_tokens": 476}});
+        assert_eq!(
+            Tokens::from_openai(&openrouter),
+            Some(Tokens {
+                input: 1500,
+                cache_read: 1024,
+                cache_write: 476,
+                output: 100,
+                ..Tokens::default()
+            })
+        );
         let image = json!({"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172,
             "input_tokens_details": {"image_tokens": 0, "text_tokens": 12}});
         assert_eq!(

@@ -5,9 +5,12 @@
 
 use std::net::SocketAddr;
 
-use aegis_e2e::agent::{done_text, message, start_agent};
+use serde_json::{json, Value};
+
+use aegis_e2e::agent::{done_text, message, start_agent, usage_today, Agent};
 use aegis_e2e::llm::FakeLlm;
-use aegis_e2e::proc::{command, temp_dir};
+use aegis_e2e::openrouter::{FakeOpenRouter, BASE};
+use aegis_e2e::proc::{command, temp_dir, TempDir};
 use aegis_e2e::proxy::ConnectProxy;
 use aegis_e2e::socks::Socks5Proxy;
 use aegis_e2e::tls::{fixture, TlsFront};
@@ -224,4 +227,126 @@ fn a_socks5_proxy_from_the_environment_carries_the_model_traffic() {
     );
     // The harness (loopback) never went through it.
     assert_eq!(proxy.targets(), ["model.internal:443".to_string(), lan]);
+}
+
+/// The agent with `env` on top of what reaches `router`.
+fn routed_agent(router: &FakeOpenRouter, name: &str, env: &[(&str, &str)]) -> (TempDir, Agent) {
+    let ws = temp_dir(name);
+    let reach = router.env();
+    let mut all: Vec<(&str, &str)> = reach.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(env);
+    let a = start_agent(&ws, &all);
+    (ws, a)
+}
+
+/// OpenRouter names Claude `anthropic/claude-...`: the agent asks for it by that name
+/// (where it had read the prefix as Anthropic's, and, without Anthropic's key, had no
+/// model at all), marks the prompt for Claude's cache in message parts, and counts what
+/// the cache served and took.
+#[test]
+fn claude_through_openrouter_is_asked_by_its_own_name_and_reads_its_cache() {
+    let router = FakeOpenRouter::start(&["openai/gpt-4o", "anthropic/claude-sonnet-4.6"]);
+    let (ws, a) = routed_agent(
+        &router,
+        "openrouter-claude",
+        &[
+            ("OPENAI_API_KEY", "sk-or-v1-test"),
+            ("OPENAI_BASE_URL", BASE),
+            ("AEGIS_MODEL", "anthropic/claude-sonnet-4.6"),
+        ],
+    );
+    assert!(
+        a.proc.log().contains(
+            "LLM provider: OpenAI (model anthropic/claude-sonnet-4.6, https://openrouter.ai/api/v1)"
+        ),
+        "{}",
+        a.proc.log()
+    );
+    for (i, text) in ["hello", "and then?", "one more"].iter().enumerate() {
+        a.send(&message("1", text, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), format!("echo: {text}"));
+    }
+    let chats = router.chats();
+    assert!(chats.iter().all(|c| c["model"] == "anthropic/claude-sonnet-4.6"));
+    let requests = router.llm.requests();
+    assert_eq!(requests[0].header("authorization"), Some("Bearer sk-or-v1-test"));
+    // The first message of a chat is not marked (nothing is going on to read it back);
+    // the next ones are, the system prompt kept an hour.
+    assert!(!chats[0].to_string().contains("cache_control"));
+    assert_eq!(
+        chats[1]["messages"][0]["content"][0]["cache_control"],
+        json!({"type": "ephemeral", "ttl": "1h"}),
+        "{}",
+        chats[1]
+    );
+    let used = &usage_today(ws.path())["anthropic/claude-sonnet-4.6"];
+    assert_eq!(used["requests"], 3, "{used}");
+    assert!(used["cache_write"].as_u64().unwrap() > 1024, "{used}");
+    assert!(used["cache_read"].as_u64().unwrap() > 1024, "{used}");
+    assert!(a.proc.log().contains("from the cache"), "{}", a.proc.log());
+}
+
+/// `OPENROUTER_API_KEY` alone sends the agent to OpenRouter; its default model there is
+/// `openai/gpt-4o`, and when OpenRouter no longer has it ("not a valid model ID"), the
+/// newest general GPT it lists, never another vendor's newer model.
+#[test]
+fn an_openrouter_key_alone_picks_openrouter_and_its_newest_gpt_when_the_default_is_gone() {
+    let router = FakeOpenRouter::start(&[
+        "openai/gpt-5.5",
+        "openai/gpt-6",
+        "openai/gpt-6-mini",
+        "x-ai/grok-9",
+    ]);
+    let (_ws, a) = routed_agent(
+        &router,
+        "openrouter-key",
+        &[("OPENROUTER_API_KEY", "sk-or-v1-only")],
+    );
+    a.send(&message("1", "hi", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: hi");
+    let models: Vec<Value> = router.chats().iter().map(|c| c["model"].clone()).collect();
+    assert_eq!(models, [json!("openai/gpt-4o"), json!("openai/gpt-6")]);
+    assert_eq!(
+        router.llm.requests()[0].header("authorization"),
+        Some("Bearer sk-or-v1-only")
+    );
+    assert!(
+        a.proc.log().contains("model openai/gpt-4o is gone"),
+        "{}",
+        a.proc.log()
+    );
+}
+
+/// A provider behind the router that takes no cache marks (its refusal wrapped as
+/// OpenRouter wraps it): the request is sent again at once without them, the reply
+/// arrives, and no later request carries any.
+#[test]
+fn a_router_whose_provider_refuses_cache_marks_is_asked_again_without_them() {
+    let router = FakeOpenRouter::refusing_marks(&["anthropic/claude-sonnet-4.6"], "Amazon Bedrock");
+    let (_ws, a) = routed_agent(
+        &router,
+        "openrouter-unmarked",
+        &[
+            ("OPENAI_API_KEY", "sk-or-v1-test"),
+            ("OPENAI_BASE_URL", BASE),
+            ("AEGIS_MODEL", "openai/anthropic/claude-sonnet-4.6"),
+        ],
+    );
+    for (i, text) in ["hello", "and then?", "one more"].iter().enumerate() {
+        a.send(&message("1", text, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), format!("echo: {text}"));
+    }
+    let marked: Vec<bool> = router
+        .chats()
+        .iter()
+        .map(|c| c.to_string().contains("cache_control"))
+        .collect();
+    assert_eq!(marked, [false, true, false, false]);
+    assert!(
+        a.proc
+            .log()
+            .contains("the server refuses prompt cache marks (HTTP 400: Provider returned error (Amazon Bedrock: messages.1.content.0.cache_control: Extra inputs are not permitted))"),
+        "{}",
+        a.proc.log()
+    );
 }

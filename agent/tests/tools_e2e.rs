@@ -1822,3 +1822,32 @@ fn a_photo_sent_to_the_agent_is_a_file_its_tools_can_open() {
         "nothing written outside"
     );
 }
+
+/// Every model key the agent may hold stays out of the commands it runs, also one it does
+/// not use (an OpenRouter key next to the OpenAI one it chats with).
+#[test]
+fn bash_sees_none_of_the_agents_model_keys() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(
+                "k1",
+                "bash",
+                r#"{"command": "echo [$OPENAI_API_KEY][$ANTHROPIC_API_KEY][$OPENROUTER_API_KEY][$OTHER]"}"#,
+            )],
+            5,
+        )),
+        Reply::sse(openai_sse(&["Done."])),
+    ]);
+    let ws = TempDir::new("tools-keys");
+    let mut env = openai(&llm).to_vec();
+    env.push(("ANTHROPIC_API_KEY", "sk-ant-unused".into()));
+    env.push(("OPENROUTER_API_KEY", "sk-or-unused".into()));
+    env.push(("OTHER", "visible".into()));
+    env.push(("AEGIS_MODEL", "openai/gpt-4o".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "keys?", "m1"));
+    assert_eq!(done_text(&a.reply()), "Done.");
+    let results = tool_results(&llm.requests()[1]);
+    assert_eq!(results[0].1, "[][][][visible]\nexit status: 0");
+}

@@ -3,7 +3,7 @@
 //! The one place for the fake services our binaries talk to in tests, each speaking the
 //! real wire format including its errors: LLM APIs ([`llm`]), Telegram's Bot API
 //! ([`telegram`]), Brave Search ([`brave`]), a remote MCP server ([`mcp_http`]), the AegisVM harness and a direct tether host ([`harness`]), with
-//! what it and aegisd do for `host:` models ([`host_llm`]); helpers to
+//! what it and aegisd do for `host:` models ([`host_llm`]), OpenRouter ([`openrouter`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT
 //! proxy ([`proxy`]) and a SOCKS5 one ([`socks`]); providers' prompt caches, to measure
@@ -20,6 +20,7 @@ pub mod llm;
 pub mod mcp_http;
 pub mod openai_audio;
 pub mod openai_images;
+pub mod openrouter;
 pub mod proc;
 pub mod prompt_cache;
 pub mod proxy;

@@ -161,6 +161,90 @@ pub fn anthropic_cache_refusal(body: &Value) -> Option<String> {
     ))
 }
 
+/// The Messages API request a router (OpenRouter) makes of a Chat Completions request for
+/// Claude: the tools as Anthropic's, system messages as `system` blocks, each message's
+/// parts as blocks (a string as one text block, an image's data URL as a base64 image),
+/// tool calls as `tool_use` blocks, tool results as `tool_result` blocks of the user's
+/// side, messages of the same side merged (the API wants them alternating). A mark on a
+/// part stays on its block; one on a tool result's last part goes on its `tool_result`.
+pub fn anthropic_of_openai(body: &Value) -> Value {
+    use serde_json::json;
+    let tools: Vec<Value> = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let f = &t["function"];
+            json!({"name": f["name"], "description": f["description"], "input_schema": f["parameters"]})
+        })
+        .collect();
+    let mark_of = |part: &Value| part.get("cache_control").cloned();
+    let text_blocks = |content: &Value| -> Vec<Value> {
+        match content {
+            Value::String(text) if text.is_empty() => Vec::new(),
+            Value::String(text) => vec![json!({"type": "text", "text": text})],
+            Value::Array(parts) => parts
+                .iter()
+                .map(|p| {
+                    let mut block = match p["type"].as_str() {
+                        Some("image_url") => {
+                            let url = p["image_url"]["url"].as_str().unwrap_or("");
+                            let (head, data) = url.split_once(',').unwrap_or(("", url));
+                            let media = head.trim_start_matches("data:").trim_end_matches(";base64");
+                            json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}})
+                        }
+                        _ => json!({"type": "text", "text": p["text"]}),
+                    };
+                    if let Some(mark) = mark_of(p) {
+                        block["cache_control"] = mark;
+                    }
+                    block
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut system = Vec::new();
+    let mut sides: Vec<(String, Vec<Value>)> = Vec::new();
+    for m in body["messages"].as_array().into_iter().flatten() {
+        let (role, blocks) = match m["role"].as_str().unwrap_or("") {
+            "system" => {
+                system.extend(text_blocks(&m["content"]));
+                continue;
+            }
+            "tool" => {
+                let parts = text_blocks(&m["content"]);
+                let text: Vec<&str> = parts.iter().filter_map(|b| b["text"].as_str()).collect();
+                let mut block = json!({"type": "tool_result", "tool_use_id": m["tool_call_id"], "content": text.join("")});
+                if let Some(mark) = parts.last().and_then(mark_of) {
+                    block["cache_control"] = mark;
+                }
+                ("user", vec![block])
+            }
+            "assistant" => {
+                let mut blocks = text_blocks(&m["content"]);
+                for call in m["tool_calls"].as_array().into_iter().flatten() {
+                    let input: Value =
+                        serde_json::from_str(call["function"]["arguments"].as_str().unwrap_or("{}"))
+                            .unwrap_or(json!({}));
+                    blocks.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
+                }
+                ("assistant", blocks)
+            }
+            _ => ("user", text_blocks(&m["content"])),
+        };
+        match sides.last_mut() {
+            Some((r, existing)) if r == role => existing.extend(blocks),
+            _ => sides.push((role.to_string(), blocks)),
+        }
+    }
+    let messages: Vec<Value> = sides
+        .into_iter()
+        .map(|(role, content)| json!({"role": role, "content": content}))
+        .collect();
+    json!({"model": body["model"], "tools": tools, "system": system, "messages": messages})
+}
+
 /// OpenAI's automatic cache, fed one request body at a time.
 #[derive(Debug, Default)]
 pub struct OpenAi {
@@ -306,6 +390,47 @@ mod tests {
         assert_eq!(o.request(&a), 0);
         let read = o.request(&b);
         assert!(read >= 4096 && read % 512 == 0 && read <= 5100, "{read}");
+    }
+
+    #[test]
+    fn a_router_turns_marked_message_parts_into_marked_blocks() {
+        let mark = json!({"type": "ephemeral", "ttl": "1h"});
+        let long = "x".repeat(5000);
+        let ask = |q: &str, question_marked: bool| {
+            let question = if question_marked {
+                json!([{"type": "text", "text": q, "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "notes"}])
+            } else {
+                json!(q)
+            };
+            json!({"model": "anthropic/claude-sonnet-4.6",
+            "tools": [{"type": "function", "function": {"name": "bash", "description": "d", "parameters": {}}}],
+            "messages": [
+                {"role": "system", "content": [{"type": "text", "text": long, "cache_control": mark}]},
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+                    "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "a.txt", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "tool", "tool_call_id": "c2", "content": "b.txt"}
+            ]})
+        };
+        let converted = anthropic_of_openai(&ask("q", true));
+        assert_eq!(converted["tools"][0]["name"], "bash");
+        assert_eq!(converted["system"][0]["cache_control"], mark);
+        let m = &converted["messages"];
+        assert_eq!(m[0]["content"][0]["cache_control"], json!({"type": "ephemeral"}));
+        assert_eq!(m[1]["content"][0]["input"], json!({"command": "ls"}));
+        assert_eq!(
+            m.as_array().unwrap().len(),
+            3,
+            "both tool results on one user side: {m}"
+        );
+        assert_eq!(m[2]["content"][0]["cache_control"], json!({"type": "ephemeral"}));
+        assert_eq!(m[2]["content"][1]["content"], "b.txt");
+        assert_eq!(anthropic_cache_refusal(&converted), None);
+        // The cache reads what the marks wrote, across the two dialects' shapes.
+        let mut c = Anthropic::default();
+        c.request(&converted);
+        assert!(c.request(&anthropic_of_openai(&ask("q", false))) >= 5000);
     }
 
     #[test]

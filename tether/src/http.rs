@@ -124,12 +124,32 @@ pub fn error_text(resp: ureq::http::Response<ureq::Body>) -> String {
 }
 
 /// What an error body (see [`error_text`]) says: the `error.message` OpenAI, Anthropic and
-/// JSON-RPC servers put there, else its first 200 characters.
+/// JSON-RPC servers put there, else its first 200 characters. A router that passes on a
+/// provider's refusal (OpenRouter: `"Provider returned error"`, the provider's own body in
+/// `error.metadata.raw`) is followed by what the provider said, which is what names the
+/// problem: `Provider returned error (Anthropic: A maximum of 4 blocks ...)`.
 pub fn error_words(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.trim().chars().take(200).collect())
+    let first = |text: &str| text.trim().chars().take(200).collect::<String>();
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return first(body);
+    };
+    let Some(message) = v["error"]["message"].as_str() else {
+        return first(body);
+    };
+    let Some(raw) = v["error"]["metadata"]["raw"].as_str() else {
+        return message.to_string();
+    };
+    // The provider's body: its own error JSON (OpenAI's and Anthropic's `error.message`,
+    // Bedrock's `message`) or plain words.
+    let inner = serde_json::from_str::<serde_json::Value>(raw).ok();
+    let said = inner
+        .as_ref()
+        .and_then(|i| i["error"]["message"].as_str().or(i["message"].as_str()))
+        .map_or_else(|| first(raw), str::to_string);
+    match v["error"]["metadata"]["provider_name"].as_str() {
+        Some(name) => format!("{message} ({name}: {said})"),
+        None => format!("{message} ({said})"),
+    }
 }
 
 /// Whether `url`'s host is `localhost` or a loopback address (`127.0.0.0/8`, `::1`).
@@ -155,7 +175,35 @@ pub fn is_loopback(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{is_loopback, proxy_url};
+    use super::{error_words, is_loopback, proxy_url};
+
+    #[test]
+    fn error_words_follow_a_router_to_the_providers_own_refusal() {
+        assert_eq!(
+            error_words(
+                r#"{"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}}"#
+            ),
+            "Incorrect API key provided"
+        );
+        // OpenRouter's wrapping of Anthropic's 400, as it answers it.
+        let wrapped = r#"{"error":{"message":"Provider returned error","code":400,"metadata":{"raw":"{\"type\":\"error\",\"error\":{\"type\":\"invalid_request_error\",\"message\":\"A maximum of 4 blocks with cache_control may be provided. Found 5.\"}}","provider_name":"Anthropic"}},"user_id":"user_2x"}"#;
+        assert_eq!(
+            error_words(wrapped),
+            "Provider returned error (Anthropic: A maximum of 4 blocks with cache_control may be provided. Found 5.)"
+        );
+        let bedrock = r#"{"error":{"message":"Provider returned error","code":400,"metadata":{"raw":"{\"message\":\"messages.1.content.0.text.text: Input should be a valid string\"}","provider_name":"Amazon Bedrock"}}}"#;
+        assert_eq!(
+            error_words(bedrock),
+            "Provider returned error (Amazon Bedrock: messages.1.content.0.text.text: Input should be a valid string)"
+        );
+        let words = r#"{"error":{"message":"Provider returned error","code":429,"metadata":{"raw":"z-ai/glm is temporarily rate-limited upstream."}}}"#;
+        assert_eq!(
+            error_words(words),
+            "Provider returned error (z-ai/glm is temporarily rate-limited upstream.)"
+        );
+        assert_eq!(error_words("  Bad Gateway\n"), "Bad Gateway");
+        assert_eq!(error_words(&"x".repeat(500)).len(), 200);
+    }
 
     #[test]
     fn the_proxy_is_chosen_by_the_target_scheme_then_all_proxy() {

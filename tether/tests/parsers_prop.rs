@@ -71,6 +71,25 @@ proptest! {
     }
 
     #[test]
+    fn error_words_never_panic_and_always_say_the_routers_and_the_providers_words(
+        text in ".{0,300}",
+        raw in json_value(),
+        message in "[a-zA-Z ]{1,20}",
+        said in "[a-zA-Z ]{1,20}",
+    ) {
+        let _ = tether::http::error_words(&text);
+        // Whatever a router nests in `metadata.raw`, as text or as JSON text.
+        for inner in [raw.to_string(), text.clone()] {
+            let body = serde_json::json!({"error": {"message": message, "metadata": {"raw": inner}}});
+            let words = tether::http::error_words(&body.to_string());
+            prop_assert!(words.starts_with(&message), "{}", words);
+        }
+        let body = serde_json::json!({"error": {"message": message, "metadata": {
+            "raw": serde_json::json!({"error": {"message": said}}).to_string(), "provider_name": "P"}}});
+        prop_assert_eq!(tether::http::error_words(&body.to_string()), format!("{message} (P: {said})"));
+    }
+
+    #[test]
     fn frames_round_trip_with_unknown_fields(f in frame()) {
         let back: Frame = serde_json::from_str(&f.to_json()).unwrap();
         prop_assert_eq!(back, f);

@@ -1,0 +1,175 @@
+//! A stand-in for OpenRouter (`https://openrouter.ai/api/v1`), reached as deployed: by
+//! its host name, through a CONNECT proxy that alone resolves it, over HTTPS with a
+//! certificate of the test CA. As far as the agent uses it, it answers as OpenRouter does:
+//! - `POST /api/v1/chat/completions` for the models of its catalogue, named
+//!   `vendor/name`; any other name gets its 400 (`NAME is not a valid model ID`);
+//! - a Claude model caches as Anthropic does, from the marks on message parts passed on
+//!   (converted as [`crate::prompt_cache::anthropic_of_openai`]), and refuses what
+//!   Anthropic refuses, wrapped as OpenRouter wraps a provider's refusal
+//!   (`Provider returned error`, the provider's body in `metadata.raw`);
+//! - the stream's last chunk is the usage, with what was read from and written to the
+//!   cache (`prompt_tokens_details.cached_tokens`, `cache_write_tokens`) and the `cost`;
+//! - `GET /api/v1/models` lists the catalogue.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::http::Request;
+use crate::llm::{last_user_text, openai_sse, FakeLlm, Reply};
+use crate::prompt_cache::{anthropic_cache_refusal, anthropic_of_openai, Anthropic};
+use crate::proxy::ConnectProxy;
+use crate::tls::{fixture, TlsFront};
+
+/// OpenRouter's API base, as users configure it.
+pub const BASE: &str = "https://openrouter.ai/api/v1";
+
+/// A running stand-in with the proxy and TLS front that reach it.
+pub struct FakeOpenRouter {
+    /// The server behind the TLS front: every request it received.
+    pub llm: FakeLlm,
+    _front: TlsFront,
+    proxy: ConnectProxy,
+}
+
+impl FakeOpenRouter {
+    /// Serve `models` (ids, oldest first); every answer echoes the newest question.
+    pub fn start(models: &[&str]) -> FakeOpenRouter {
+        FakeOpenRouter::serving(models, None)
+    }
+
+    /// The same, with every model served by a provider that refuses cache marks, as
+    /// `provider` answers that (`messages.1.content.0.cache_control: Extra inputs are not
+    /// permitted`).
+    pub fn refusing_marks(models: &[&str], provider: &str) -> FakeOpenRouter {
+        FakeOpenRouter::serving(models, Some(provider.to_string()))
+    }
+
+    fn serving(models: &[&str], refuses_marks: Option<String>) -> FakeOpenRouter {
+        let catalogue: Vec<String> = models.iter().map(|m| m.to_string()).collect();
+        let cache = Mutex::new(Anthropic::default());
+        let llm = FakeLlm::with(move |req| answer(req, &catalogue, &cache, refuses_marks.as_deref()));
+        let front = TlsFront::start(llm.url());
+        let port: u16 = front
+            .url
+            .trim_start_matches("https://localhost:")
+            .parse()
+            .expect("front port");
+        let at = SocketAddr::from(([127, 0, 0, 1], port));
+        let proxy = ConnectProxy::start(move |target| (target == "openrouter.ai:443").then_some(at));
+        FakeOpenRouter {
+            llm,
+            _front: front,
+            proxy,
+        }
+    }
+
+    /// What an agent needs to reach it at [`BASE`]: the proxy, the test CA.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("HTTPS_PROXY", self.proxy.url.clone()),
+            ("SSL_CERT_FILE", fixture("ca.pem").display().to_string()),
+        ]
+    }
+
+    /// The chat requests received, as JSON.
+    pub fn chats(&self) -> Vec<Value> {
+        self.llm
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/api/v1/chat/completions")
+            .map(Request::json)
+            .collect()
+    }
+}
+
+fn json_reply(code: u16, body: Value) -> Reply {
+    Reply::Status {
+        code,
+        headers: vec![],
+        body: body.to_string(),
+    }
+}
+
+/// A provider's refusal, as OpenRouter passes it on.
+fn provider_refusal(provider: &str, message: &str) -> Reply {
+    let raw = json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}});
+    json_reply(
+        400,
+        json!({"error": {"message": "Provider returned error", "code": 400,
+            "metadata": {"raw": raw.to_string(), "provider_name": provider, "is_byok": false}},
+            "user_id": "user_test"}),
+    )
+}
+
+fn answer(
+    req: &Request,
+    catalogue: &[String],
+    cache: &Mutex<Anthropic>,
+    refuses_marks: Option<&str>,
+) -> Reply {
+    if req.method == "GET" && req.path == "/api/v1/models" {
+        let data: Vec<Value> = catalogue
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                json!({"id": id, "name": id, "created": 1_700_000_000 + i as i64, "context_length": 200_000,
+                    "pricing": {"prompt": "0.000003", "completion": "0.000015"}})
+            })
+            .collect();
+        return json_reply(200, json!({"data": data}));
+    }
+    if req.path != "/api/v1/chat/completions" {
+        return json_reply(404, json!({"error": {"message": "Not Found", "code": 404}}));
+    }
+    let body = req.json();
+    let model = body["model"].as_str().unwrap_or("");
+    if !catalogue.iter().any(|m| m == model) {
+        return json_reply(
+            400,
+            json!({"error": {"message": format!("{model} is not a valid model ID"), "code": 400}, "user_id": "user_test"}),
+        );
+    }
+    let marked = body.to_string().contains("cache_control");
+    if let (Some(provider), true) = (refuses_marks, marked) {
+        return provider_refusal(
+            provider,
+            "messages.1.content.0.cache_control: Extra inputs are not permitted",
+        );
+    }
+    let input = body["messages"].to_string().len() + body["tools"].to_string().len();
+    let (read, written) = if model.starts_with("anthropic/") {
+        let converted = anthropic_of_openai(&body);
+        if let Some(why) = anthropic_cache_refusal(&converted) {
+            return provider_refusal("Anthropic", &why);
+        }
+        let mut c = cache.lock().unwrap();
+        let before = c.usage;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let read = c.request_at(&converted, now);
+        (read, c.usage.written - before.written)
+    } else {
+        (0, 0)
+    };
+    let text = format!("echo: {}", last_user_text(req));
+    let tokens = |chars: usize| (chars / 4) as u64;
+    let (prompt, cached, write, completion) =
+        (tokens(input), tokens(read), tokens(written), tokens(text.len()));
+    // Claude Sonnet's prices: $3 per million input tokens, a tenth for cache reads, 1.25
+    // times for writes; $15 per million output.
+    let uncached = prompt.saturating_sub(cached + write);
+    let cost = (3.0 * (uncached as f64 + 0.1 * cached as f64 + 1.25 * write as f64)
+        + 15.0 * completion as f64)
+        / 1e6;
+    let usage = json!({"id": "gen-1", "provider": "Anthropic", "model": model, "object": "chat.completion.chunk",
+        "choices": [], "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "cost": cost, "is_byok": false,
+            "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": write, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0}}});
+    let mut pieces = openai_sse(&[&text]);
+    let done = pieces.len() - 1;
+    pieces.insert(done, format!("data: {usage}\n\n"));
+    Reply::sse(pieces)
+}
