@@ -7,7 +7,9 @@
 //! are kept, the oldest dropped first):
 //! `{"2026-12-06": {"claude-sonnet-4-6": {"requests": 12, "input": 41234, "cache_read": 38002, "cache_write": 1204, "cache_write_1h": 900, "output": 612}}}`.
 //! `input` is all of the input, what was read from and written to the cache included;
-//! `cache_write_1h` is the part of `cache_write` kept an hour (billed at 2 times, not 1.25).
+//! `cache_write_1h` is the part of `cache_write` kept an hour (billed at 2 times, not 1.25);
+//! `cost_micro_usd`, where a provider says what it billed (OpenRouter), in millionths of a
+//! dollar.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +39,9 @@ pub struct Tokens {
     pub cache_write_1h: u64,
     /// Written by the model (its thoughts included).
     pub output: u64,
+    /// What the request was billed, in millionths of a US dollar, where the provider says
+    /// (OpenRouter's `usage.cost`); 0 where it does not.
+    pub cost_micro_usd: u64,
 }
 
 impl Tokens {
@@ -52,6 +57,7 @@ impl Tokens {
         self.cache_write = self.cache_write.saturating_add(other.cache_write);
         self.cache_write_1h = self.cache_write_1h.saturating_add(other.cache_write_1h);
         self.output = self.output.saturating_add(other.output);
+        self.cost_micro_usd = self.cost_micro_usd.saturating_add(other.cost_micro_usd);
     }
 
     /// A Chat Completions `usage` object (the last chunk of a stream asked with
@@ -71,6 +77,9 @@ impl Tokens {
             // OpenRouter, for a model that bills writing its cache (Claude).
             cache_write: Value::as_u64(&u["prompt_tokens_details"]["cache_write_tokens"]).unwrap_or(0),
             output: Value::as_u64(&u["completion_tokens"]).unwrap_or(0),
+            cost_micro_usd: Value::as_f64(&u["cost"])
+                .filter(|c| c.is_finite() && *c > 0.0)
+                .map_or(0, |c| (c * 1e6).round() as u64),
             ..Tokens::default()
         })
     }
@@ -113,7 +122,22 @@ impl fmt::Display for Tokens {
             (0, w) => write!(f, " ({w} written to the cache)")?,
             (r, w) => write!(f, " ({r} from the cache, {w} written to it)")?,
         }
-        write!(f, ", {} output", self.output)
+        write!(f, ", {} output", self.output)?;
+        if self.cost_micro_usd > 0 {
+            write!(f, ", {} billed", dollars(self.cost_micro_usd))?;
+        }
+        Ok(())
+    }
+}
+
+/// `micros` millionths of a dollar for people, without floating point: to the cent from a
+/// cent on (`$1.23`), below it to the hundredth of a cent (`$0.0042`).
+fn dollars(micros: u64) -> String {
+    if micros < 10_000 {
+        format!("$0.{:04}", (micros + 50) / 100)
+    } else {
+        let cents = micros.saturating_add(5_000) / 10_000;
+        format!("${}.{:02}", grouped(cents / 100), cents % 100)
     }
 }
 
@@ -162,6 +186,10 @@ pub struct Totals {
     pub cache_write_1h: u64,
     /// Their output.
     pub output: u64,
+    /// What they were billed, in millionths of a dollar, where the provider said (left
+    /// out of the file while 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub cost_micro_usd: u64,
 }
 
 impl Totals {
@@ -174,6 +202,7 @@ impl Totals {
             cache_write: tokens.cache_write,
             cache_write_1h: tokens.cache_write_1h,
             output: tokens.output,
+            cost_micro_usd: tokens.cost_micro_usd,
         });
     }
 
@@ -188,7 +217,15 @@ impl Totals {
             self.cache_write,
             self.cache_write_1h,
             self.output,
-        ) = (t.input, t.cache_read, t.cache_write, t.cache_write_1h, t.output);
+            self.cost_micro_usd,
+        ) = (
+            t.input,
+            t.cache_read,
+            t.cache_write,
+            t.cache_write_1h,
+            t.output,
+            t.cost_micro_usd,
+        );
     }
 
     /// The tokens of it all.
@@ -199,6 +236,7 @@ impl Totals {
             cache_write: self.cache_write,
             cache_write_1h: self.cache_write_1h,
             output: self.output,
+            cost_micro_usd: self.cost_micro_usd,
         }
     }
 
@@ -216,8 +254,15 @@ impl Totals {
             out.push_str(&format!(" ({share} % from the cache)"));
         }
         out.push_str(&format!(", {} output", grouped(t.output)));
+        if t.cost_micro_usd > 0 {
+            out.push_str(&format!(", {} billed", dollars(t.cost_micro_usd)));
+        }
         out
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 type Days = BTreeMap<String, BTreeMap<String, Totals>>;
@@ -414,9 +459,18 @@ mod tests {
                 cache_read: 1024,
                 cache_write: 476,
                 output: 100,
+                cost_micro_usd: 2100,
                 ..Tokens::default()
             })
         );
+        for odd in [json!(-1.0), json!("0.1"), json!(null)] {
+            let u = json!({"prompt_tokens": 1, "cost": odd});
+            assert_eq!(
+                Tokens::from_openai(&u).map(|t| t.cost_micro_usd),
+                Some(0),
+                "{odd}"
+            );
+        }
         let image = json!({"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172,
             "input_tokens_details": {"image_tokens": 0, "text_tokens": 12}});
         assert_eq!(
@@ -468,6 +522,7 @@ mod tests {
             cache_write: 10,
             cache_write_1h: 4,
             output: 7,
+            cost_micro_usd: 0,
         };
         let ledger = Ledger::open(ws.path());
         ledger.record_on("2026-12-06", "m", &t);
@@ -479,7 +534,8 @@ mod tests {
             serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
         assert_eq!(
             file["2026-12-06"]["m"],
-            json!({"requests": 2, "input": 200, "cache_read": 160, "cache_write": 20, "cache_write_1h": 8, "output": 14})
+            json!({"requests": 2, "input": 200, "cache_read": 160, "cache_write": 20, "cache_write_1h": 8, "output": 14}),
+            "no cost where no provider said it"
         );
         assert_eq!(file["2026-12-06"]["other"]["requests"], 1);
         assert_eq!(file["2026-12-07"]["m"]["requests"], 1);
@@ -527,6 +583,39 @@ mod tests {
              claude: 3 requests, 52,000 input tokens (69 % from the cache), 610 output\n\
              gpt: 1 request, 1,000,000 input tokens, 1 output"
         );
+        // What a router billed is added up and shown where there is any.
+        let billed = |micros| Tokens {
+            input: 1_000,
+            cost_micro_usd: micros,
+            ..Tokens::default()
+        };
+        ledger.record_on("2026-12-06", "anthropic/claude-sonnet-4.6", &billed(1_234_567));
+        ledger.record_on("2026-12-06", "anthropic/claude-sonnet-4.6", &billed(5_000));
+        let summary = ledger.summary("2026-12-06");
+        assert!(
+            summary.contains(
+                "today: 4 requests, 44,000 input tokens (81 % from the cache), 600 output, $1.24 billed\n"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains(
+                "anthropic/claude-sonnet-4.6: 2 requests, 2,000 input tokens, 0 output, $1.24 billed"
+            ),
+            "{summary}"
+        );
+        assert!(
+            summary.contains("claude: 3 requests, 52,000 input tokens (69 % from the cache), 610 output\n")
+        );
+        assert_eq!(
+            billed(4_200).to_string(),
+            "1000 input tokens, 0 output, $0.0042 billed"
+        );
+        assert_eq!(dollars(1), "$0.0000");
+        assert_eq!(dollars(9_999), "$0.0100");
+        assert_eq!(dollars(10_000), "$0.01");
+        assert_eq!(dollars(1_234_567_890), "$1,234.57");
+        assert_eq!(dollars(u64::MAX), "$18,446,744,073,709.55");
         assert_eq!(day_before("2026-03-01", 1).as_deref(), Some("2026-02-28"));
         assert_eq!(grouped(0), "0");
         assert_eq!(grouped(999), "999");
@@ -614,7 +703,7 @@ mod tests {
                 Tokens::default().merge_anthropic(&v);
             }
             let mut days = Days::new();
-            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, cache_write_1h: n / 4, output: 1 };
+            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, cache_write_1h: n / 4, output: 1, cost_micro_usd: n / 5 };
             days.entry(day).or_default().entry("m".into()).or_default().add(&t);
             let json = serde_json::to_vec(&days).unwrap();
             proptest::prop_assert_eq!(parse(&json).unwrap(), days);

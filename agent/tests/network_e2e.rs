@@ -284,6 +284,9 @@ fn claude_through_openrouter_is_asked_by_its_own_name_and_reads_its_cache() {
     assert!(used["cache_write"].as_u64().unwrap() > 1024, "{used}");
     assert!(used["cache_read"].as_u64().unwrap() > 1024, "{used}");
     assert!(a.proc.log().contains("from the cache"), "{}", a.proc.log());
+    // What OpenRouter said each request cost is added up too.
+    assert!(used["cost_micro_usd"].as_u64().unwrap() > 0, "{used}");
+    assert!(a.proc.log().contains(" billed"), "{}", a.proc.log());
 }
 
 /// `OPENROUTER_API_KEY` alone sends the agent to OpenRouter; its default model there is
