@@ -277,6 +277,9 @@ pub enum Chunk {
     /// Anthropic's signed thinking blocks of the round, in order, just before its end:
     /// to send back before the round's tool calls.
     Thoughts(Vec<crate::session::Block>),
+    /// What a Chat Completions server wants back with the round's tool calls, just
+    /// before its end.
+    Carried(Carried),
     /// What the round's request cost, as the server counted it (before `End`, when the
     /// server said).
     Usage(Tokens),
@@ -300,6 +303,51 @@ pub enum Thinking {
     Budget(u32),
     /// Claude decides how much (Claude 4.6 and later; the only form the newest take).
     Adaptive,
+}
+
+/// A reasoning model's thoughts as its Chat Completions server wants them back on the
+/// assistant message of the tool calls they led to, in every later request: DeepSeek's
+/// thinking mode answers 400 ("The reasoning_content in the thinking mode must be passed
+/// back to the API") without its `reasoning_content`, and Gemini through OpenRouter
+/// ("Function call is missing a thought_signature") without OpenRouter's
+/// `reasoning_details`. Each is sent back only to the server that gave it, in its field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Carried {
+    /// `reasoning_content`, as streamed (DeepSeek, Moonshot's Kimi, vLLM).
+    pub content: Option<String>,
+    /// `reasoning_details`, its streamed pieces put together by `index`.
+    pub details: Vec<serde_json::Value>,
+}
+
+impl Carried {
+    /// Nothing to carry.
+    pub fn is_empty(&self) -> bool {
+        self.content.is_none() && self.details.is_empty()
+    }
+
+    /// Take in a streamed piece of `reasoning_details`: a piece with the `index` of an
+    /// earlier one continues it (its `text` or `summary` appended, other fields set).
+    fn add_detail(&mut self, piece: &serde_json::Value) {
+        let Some(fields) = piece.as_object() else {
+            return;
+        };
+        let same =
+            |d: &&mut serde_json::Value| piece.get("index").is_some() && d.get("index") == piece.get("index");
+        let Some(known) = self.details.iter_mut().find(same) else {
+            self.details.push(piece.clone());
+            return;
+        };
+        for (key, value) in fields {
+            match (known.get_mut(key), value) {
+                (Some(serde_json::Value::String(have)), serde_json::Value::String(more))
+                    if key == "text" || key == "summary" =>
+                {
+                    have.push_str(more)
+                }
+                _ => known[key] = value.clone(),
+            }
+        }
+    }
 }
 
 /// An LLM client: provider settings plus the way its requests travel.
@@ -330,6 +378,12 @@ pub struct Llm {
     no_stream_options: Arc<AtomicBool>,
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
+    /// Chat Completions dialect: the server wants thoughts back on tool calls the session
+    /// has none for (written by another model, or before this agent kept them): an empty
+    /// `reasoning_content` goes there.
+    placeholders: Arc<AtomicBool>,
+    /// Chat Completions dialect: the server refused the thoughts sent back; none are.
+    uncarried: Arc<AtomicBool>,
     /// A server's context window was seen cutting a request (said once).
     warned_window: Arc<AtomicBool>,
 }
@@ -371,6 +425,8 @@ struct Decoder {
     /// Anthropic thinking blocks with their index, as signed (or withheld) by the API, in
     /// the order they came (a list: a turn has one or two).
     signed: Vec<(u64, crate::session::Block)>,
+    /// What a Chat Completions server wants back with this round's tool calls.
+    carried: Carried,
     /// What the request cost, so far as the stream has told.
     usage: Tokens,
 }
@@ -434,6 +490,8 @@ impl Llm {
             adaptive: Arc::new(AtomicBool::new(false)),
             short_marks: Arc::new(AtomicBool::new(false)),
             unmarked: Arc::new(AtomicBool::new(false)),
+            placeholders: Arc::new(AtomicBool::new(false)),
+            uncarried: Arc::new(AtomicBool::new(false)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
@@ -604,6 +662,13 @@ impl Llm {
                 };
                 let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
                 messages.extend(turns.iter().map(openai_message));
+                if !self.uncarried.load(Ordering::Relaxed) {
+                    carry(
+                        &mut messages[1..],
+                        turns,
+                        self.placeholders.load(Ordering::Relaxed),
+                    );
+                }
                 let question = turns.iter().rposition(|t| t.role == Role::User).map(|i| i + 1);
                 match (marks, question) {
                     (Some(m), _) => {
@@ -701,6 +766,25 @@ impl Llm {
             log::info!("the server refuses cache marks kept an hour; asking again with 5-minute ones");
             self.short_marks.store(true, Ordering::Relaxed);
             return Some(short);
+        }
+        if let Some(filled) = with_placeholders(body, err).filter(|_| !self.uncarried.load(Ordering::Relaxed))
+        {
+            log::warn!(
+                "the server wants a reasoning model's thoughts back on tool calls the session has none for; \
+                 asking again with empty ones ({})",
+                err.detail
+            );
+            self.placeholders.store(true, Ordering::Relaxed);
+            return Some(filled);
+        }
+        if let Some(plain) = without_carried(body, err) {
+            log::warn!(
+                "the server refuses a reasoning model's thoughts sent back ({}); asking again without them, from now on",
+                err.detail
+            );
+            self.uncarried.store(true, Ordering::Relaxed);
+            self.placeholders.store(false, Ordering::Relaxed);
+            return Some(plain);
         }
         if let Some(plain) = without_marks(body, err) {
             log::warn!(
@@ -995,6 +1079,16 @@ fn openai_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError>
         decoder.finished = true;
     }
     let delta = &choice["delta"];
+    if let Some(piece) = delta["reasoning_content"].as_str() {
+        decoder
+            .carried
+            .content
+            .get_or_insert_with(String::new)
+            .push_str(piece);
+    }
+    for piece in delta["reasoning_details"].as_array().into_iter().flatten() {
+        decoder.carried.add_detail(piece);
+    }
     // Ollama and OpenRouter name the thoughts `reasoning`; DeepSeek, vLLM and LM Studio
     // `reasoning_content`.
     let reasoning = [&delta["reasoning_content"], &delta["reasoning"]]
@@ -1111,6 +1205,74 @@ fn add_openai_notes(message: &mut serde_json::Value, notes: &str) {
         serde_json::Value::Array(parts) => parts.push(serde_json::json!({"type": "text", "text": notes})),
         _ => {}
     }
+}
+
+/// On the assistant messages of tool calls (`messages`, one per turn of `turns`), the
+/// thoughts their server wants back ([`Carried`]); with `placeholders`, an empty
+/// `reasoning_content` where the turn kept none.
+fn carry(messages: &mut [serde_json::Value], turns: &[Turn], placeholders: bool) {
+    for (m, t) in messages.iter_mut().zip(turns) {
+        if m.get("tool_calls").is_none() {
+            continue;
+        }
+        match &t.reasoning_content {
+            Some(c) => m["reasoning_content"] = c.as_str().into(),
+            None if placeholders => m["reasoning_content"] = "".into(),
+            None => {}
+        }
+        if let Some(d) = &t.reasoning_details {
+            m["reasoning_details"] = d.clone();
+        }
+    }
+}
+
+/// Whether a refusal names one of the thoughts' fields.
+fn about_thoughts(err: &LlmError) -> bool {
+    err.kind == ErrorKind::Request
+        && ["reasoning_content", "reasoning_details"]
+            .iter()
+            .any(|f| err.detail.contains(f))
+}
+
+/// Whether a refusal says the thoughts are missing (rather than unwanted).
+fn wants_thoughts(err: &LlmError) -> bool {
+    about_thoughts(err) && ["passed back", "Missing"].iter().any(|w| err.detail.contains(w))
+}
+
+/// `body` with an empty `reasoning_content` on the tool calls that have none, when `err`
+/// is DeepSeek's refusal of a request without them ("The `reasoning_content` in the
+/// thinking mode must be passed back to the API.", "Missing `reasoning_content` field in
+/// the assistant message at message index 2").
+fn with_placeholders(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    if !wants_thoughts(err) {
+        return None;
+    }
+    let mut filled = body.clone();
+    let mut any = false;
+    for m in filled["messages"].as_array_mut().into_iter().flatten() {
+        if m.get("tool_calls").is_some() && m.get("reasoning_content").is_none() {
+            m["reasoning_content"] = "".into();
+            any = true;
+        }
+    }
+    any.then_some(filled)
+}
+
+/// `body` without the thoughts sent back, when `err` refuses them (a server that checks
+/// what a message may hold).
+fn without_carried(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+    if !about_thoughts(err) || wants_thoughts(err) {
+        return None;
+    }
+    let mut plain = body.clone();
+    let mut any = false;
+    for m in plain["messages"].as_array_mut().into_iter().flatten() {
+        if let Some(o) = m.as_object_mut() {
+            any |= o.remove("reasoning_content").is_some();
+            any |= o.remove("reasoning_details").is_some();
+        }
+    }
+    any.then_some(plain)
 }
 
 /// One turn as a Chat Completions message.
@@ -1305,7 +1467,13 @@ fn complete(decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> V
     if !usage.is_empty() {
         let _ = tx.send(Chunk::Usage(usage));
     }
-    std::mem::take(decoder).into_calls()
+    let carried = std::mem::take(&mut decoder.carried);
+    let calls = std::mem::take(decoder).into_calls();
+    // Thoughts behind an answer are not wanted back.
+    if !carried.is_empty() && !calls.is_empty() {
+        let _ = tx.send(Chunk::Carried(carried));
+    }
+    calls
 }
 
 fn send_split(reasoning: String, text: String, tx: &Sender<Chunk>, sent_any: &mut bool) -> bool {
@@ -1514,6 +1682,98 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// What a server wants back with tool calls is put together from the stream and
+    /// passed on at the round's end: DeepSeek's `reasoning_content` in pieces, OpenRouter's
+    /// `reasoning_details` pieces joined by `index`; Ollama's `reasoning` is only shown.
+    #[test]
+    fn thoughts_a_server_wants_back_are_gathered_and_sent_back_on_the_tool_calls() {
+        let mut decoder = Decoder::default();
+        for chunk in [
+            r#"{"choices":[{"delta":{"reasoning_content":"Need "}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"the date."}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning":"ollama's","reasoning_details":[{"type":"reasoning.text","text":"Plan ","index":0,"format":"google-gemini-v1"}]}}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_details":[{"type":"reasoning.text","text":"it.","index":0,"signature":"sig"},{"type":"reasoning.encrypted","data":"QUJD","id":"tool_1","index":1}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"tool_1","function":{"name":"bash","arguments":"{}"}}]}}]}"#,
+        ] {
+            openai_step(&ev(None, chunk), &mut decoder).unwrap();
+        }
+        let (tx, rx) = unbounded();
+        let calls = complete(&mut decoder, &tx, &mut false);
+        assert_eq!(calls.len(), 1);
+        let carried = rx
+            .try_iter()
+            .find_map(|c| match c {
+                Chunk::Carried(c) => Some(c),
+                _ => None,
+            })
+            .expect("carried");
+        assert_eq!(carried.content.as_deref(), Some("Need the date."));
+        assert_eq!(
+            carried.details,
+            [
+                serde_json::json!({"type":"reasoning.text","text":"Plan it.","index":0,"format":"google-gemini-v1","signature":"sig"}),
+                serde_json::json!({"type":"reasoning.encrypted","data":"QUJD","id":"tool_1","index":1}),
+            ]
+        );
+
+        // Sent back on the tool calls' message only, each in its own field.
+        let turns = [
+            Turn::new(Role::User, "date?"),
+            Turn::tool_calls("", &calls).carrying(carried.clone()),
+            Turn::tool_result(&calls[0].id, "Sun".into()),
+        ];
+        let llm = Llm::new(test_provider(ProviderKind::OpenAi), None);
+        let body = llm.request_body(&Prompt::plain("s"), &turns, &[]);
+        let m = &body["messages"];
+        assert_eq!(m[2]["reasoning_content"], "Need the date.");
+        assert_eq!(
+            m[2]["reasoning_details"],
+            serde_json::Value::Array(carried.details.clone())
+        );
+        assert!(m[1].get("reasoning_content").is_none() && m[3].get("reasoning_content").is_none());
+        // And kept by the session file, for every later request.
+        let line = serde_json::to_string(&turns[1]).unwrap();
+        let back: Turn = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.reasoning_content.as_deref(), Some("Need the date."));
+        assert!(serde_json::to_string(&turns[0])
+            .unwrap()
+            .find("reasoning")
+            .is_none());
+
+        // DeepSeek refuses tool calls of the session that kept none (another model's):
+        // they get an empty one, from then on.
+        let older = [
+            Turn::new(Role::User, "date?"),
+            Turn::tool_calls("", &calls),
+            Turn::tool_result(&calls[0].id, "Sun".into()),
+        ];
+        let body = llm.request_body(&Prompt::plain("s"), &older, &[]);
+        let refusal = status_error(
+            400,
+            r#"{"error":{"message":"The `reasoning_content` in the thinking mode must be passed back to the API.","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#,
+        );
+        let filled = llm.corrected(&body, &refusal).expect("asked again");
+        assert_eq!(filled["messages"][2]["reasoning_content"], "");
+        assert_eq!(
+            llm.request_body(&Prompt::plain("s"), &older, &[])["messages"][2]["reasoning_content"],
+            ""
+        );
+        assert!(llm.corrected(&filled, &refusal).is_none(), "once");
+        // A server that refuses the field gets none again.
+        let unknown = status_error(
+            400,
+            r#"{"error":{"message":"messages[2]: unknown field `reasoning_content`"}}"#,
+        );
+        let plain = llm.corrected(&filled, &unknown).expect("asked again");
+        assert!(!plain.to_string().contains("reasoning_"), "{plain}");
+        let later = llm.request_body(&Prompt::plain("s"), &turns, &[]);
+        assert!(!later.to_string().contains("reasoning_"), "{later}");
+        assert!(
+            llm.corrected(&later, &refusal).is_none(),
+            "no loop between the two"
+        );
     }
 
     /// Thoughts in a field of their own, in either name, or inline: reasoning chunks,

@@ -174,6 +174,14 @@ pub struct Turn {
     /// a crash is not stored twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_id: Option<String>,
+    /// [ours] On tool calls of a reasoning model behind Chat Completions: its thoughts
+    /// that led to them, which its server wants back with every later request
+    /// ([`crate::llm::Carried`]: DeepSeek's `reasoning_content`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// [ours] Likewise OpenRouter's `reasoning_details` (Gemini's thought signatures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_details: Option<serde_json::Value>,
 }
 
 impl Turn {
@@ -186,7 +194,17 @@ impl Turn {
             tool_call_id: None,
             cancelled: false,
             msg_id: None,
+            reasoning_content: None,
+            reasoning_details: None,
         }
+    }
+
+    /// The same turn carrying `carried` (see [`crate::llm::Carried`]).
+    pub fn carrying(mut self, carried: crate::llm::Carried) -> Turn {
+        self.reasoning_content = carried.content;
+        self.reasoning_details =
+            (!carried.details.is_empty()).then_some(serde_json::Value::Array(carried.details));
+        self
     }
 
     /// The result of tool call `id`.

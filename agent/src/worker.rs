@@ -549,8 +549,10 @@ fn rounds(
         let mut text = String::new();
         // A reasoning model's thoughts are streaming; they end where the text begins.
         let mut thinking = false;
-        // Signed thoughts that led to this round's tool calls (Anthropic).
+        // Signed thoughts that led to this round's tool calls (Anthropic), or those a
+        // Chat Completions server wants back with them.
         let mut thoughts = Vec::new();
+        let mut carried = crate::llm::Carried::default();
         let window = with_image_data(shared, stamped(context(history, shared.budget)));
         let prompt = crate::llm::Prompt {
             cache: crate::prompt_cache::cache_marks(history, round),
@@ -579,11 +581,13 @@ fn rounds(
                         thinking = true;
                     }
                     Ok(Chunk::Thoughts(blocks)) => thoughts = blocks,
+                    Ok(Chunk::Carried(c)) => carried = c,
                     Ok(Chunk::Usage(t)) => used.add(&t),
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
                         text.clear();
                         thoughts.clear();
+                        carried = Default::default();
                         send_presence(shared, out, msg_id, &Presence::restart(shown.clone()));
                     }
                     Ok(Chunk::End(Ok(calls))) => break Round::Calls(calls),
@@ -628,7 +632,7 @@ fn rounds(
             shared,
             session,
             history,
-            Turn::tool_calls_after(thoughts, &text, &calls),
+            Turn::tool_calls_after(thoughts, &text, &calls).carrying(carried),
         );
         let mut cancelled = false;
         let mut restart = false;

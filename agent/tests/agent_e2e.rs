@@ -1430,7 +1430,7 @@ fn images_go_to_anthropic_as_image_blocks_and_stay_in_the_history_by_reference()
 /// DeepSeek's `reasoning_content`) or inline (`<think>`, as llama.cpp sends them without a
 /// reasoning parser), stream as `reasoning.delta` frames that end with `reasoning.done`,
 /// as upstream's agent sends them; the reply, its history line and the model's next
-/// context hold the answer alone.
+/// context hold the answer alone (the thoughts behind a tool call go with it, apart).
 #[test]
 fn a_reasoning_models_thoughts_stream_apart_and_never_join_the_reply() {
     let mut thinks_then_calls = reasoning_sse("reasoning_content", &["I should look", " at the files."], &[]);
@@ -1514,13 +1514,24 @@ fn a_reasoning_models_thoughts_stream_apart_and_never_join_the_reply() {
     );
     assert_eq!(done_text(&frames), "One file.");
 
-    // What the model is sent next, and what the session keeps, are the answers alone.
+    // What the model is sent next, and what the session keeps, are the answers alone,
+    // but for the thoughts behind the tool call, which go back with it in their own field
+    // (as DeepSeek and Qwen's chat template want them).
     let history = std::fs::read_to_string(ws.join("sessions/telegram_9.jsonl")).unwrap();
-    let sent = llm.requests()[3].json()["messages"].to_string();
-    for thought in ["capital.", "thank me", "look at", "think>"] {
+    let sent = llm.requests()[3].json()["messages"].clone();
+    for thought in ["capital.", "thank me", "think>"] {
         assert!(!history.contains(thought), "{thought} in {history}");
-        assert!(!sent.contains(thought), "{thought} in {sent}");
+        assert!(!sent.to_string().contains(thought), "{thought} in {sent}");
     }
+    let with_call = sent
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m.get("tool_calls").is_some())
+        .unwrap();
+    assert_eq!(with_call["reasoning_content"], "I should look at the files.");
+    assert_eq!(sent.to_string().matches("look at").count(), 1, "{sent}");
+    assert_eq!(history.matches("look at").count(), 1, "{history}");
     assert!(
         history.contains("\"Paris.\"") && history.contains("\"You're welcome!\""),
         "{history}"
@@ -1747,4 +1758,87 @@ fn a_retired_default_speech_model_gives_way_to_the_newest_transcriber_of_its_siz
     );
     assert_eq!(speech.model_lists.load(Ordering::SeqCst), 1);
     assert_eq!(speech.requests().last().unwrap().model, "gpt-4o-mini-transcribe");
+}
+
+/// DeepSeek in thinking mode (its default since V4) refuses every request whose tool
+/// calls come without the thoughts that led to them: the agent keeps them with the
+/// calls, in the session file too, and sends them back in the round after, with the next
+/// message, and after a restart. Tool calls an earlier model made (none kept) get an
+/// empty one once DeepSeek has asked.
+#[test]
+fn deepseeks_thoughts_behind_tool_calls_go_back_with_every_later_request() {
+    use aegis_e2e::llm::{deepseek_sse, deepseek_thinking_refusal, last_user_text, tool_results};
+    let llm = FakeLlm::with(|req| {
+        let body = req.json();
+        if let Some(refusal) = deepseek_thinking_refusal(&body) {
+            return refusal;
+        }
+        let asked = last_user_text(req);
+        if asked.contains("run it") && tool_results(req).is_empty() {
+            return Reply::sse(deepseek_sse(
+                &["The user wants", " the date."],
+                "",
+                Some(("call_00_d", "bash", r#"{"command": "echo Sunday"}"#)),
+            ));
+        }
+        Reply::sse(deepseek_sse(&["Easy."], &format!("done: {asked}"), None))
+    });
+    let ws = temp_dir("deepseek-thinking");
+    let env = [
+        ("OPENAI_API_KEY", "sk-ds"),
+        ("OPENAI_BASE_URL", llm.url()),
+        ("AEGIS_MODEL", "deepseek-v4-flash"),
+    ];
+    let a = start_agent(&ws, &env);
+    a.send(&message("3", "what day is it? run it", "m-1"));
+    assert_eq!(done_text(&a.reply()), "done: what day is it? run it");
+    a.send(&message("3", "thanks", "m-2"));
+    assert_eq!(done_text(&a.reply()), "done: thanks");
+    drop(a);
+    let b = start_agent(&ws, &env);
+    b.send(&message("3", "again", "m-3"));
+    assert_eq!(done_text(&b.reply()), "done: again");
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 4, "no request refused");
+    for r in &reqs[1..] {
+        let calls: Vec<serde_json::Value> = r.json()["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m.get("tool_calls").is_some())
+            .cloned()
+            .collect();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0]["reasoning_content"], "The user wants the date.");
+    }
+    let session = std::fs::read_to_string(ws.path().join("sessions/telegram_3.jsonl")).unwrap();
+    assert_eq!(
+        session
+            .matches(r#""reasoning_content":"The user wants the date.""#)
+            .count(),
+        1
+    );
+    assert!(!session.contains("Easy."), "thoughts behind answers are not kept");
+
+    // A conversation whose tool calls an earlier model made (upstream's line shape).
+    let ws = temp_dir("deepseek-older");
+    std::fs::create_dir_all(ws.path().join("sessions")).unwrap();
+    let lines = [
+        json!({"role": "user", "content": "list", "ts": "2026-12-06T10:00:00Z"}),
+        json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "bash", "input": {"command": "ls"}}], "ts": "2026-12-06T10:00:01Z"}),
+        json!({"role": "tool", "content": "a.txt", "tool_call_id": "t1", "ts": "2026-12-06T10:00:02Z"}),
+        json!({"role": "assistant", "content": "One file.", "ts": "2026-12-06T10:00:03Z"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(ws.path().join("sessions/telegram_4.jsonl"), text).unwrap();
+    let c = start_agent(&ws, &env);
+    c.send(&message("4", "and now?", "m-1"));
+    assert_eq!(done_text(&c.reply()), "done: and now?");
+    assert!(
+        c.proc.log().contains("asking again with empty ones"),
+        "{}",
+        c.proc.log()
+    );
+    let last = llm.requests().pop().unwrap().json();
+    assert_eq!(last["messages"][2]["reasoning_content"], "");
 }

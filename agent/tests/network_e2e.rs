@@ -353,3 +353,29 @@ fn a_router_whose_provider_refuses_cache_marks_is_asked_again_without_them() {
         a.proc.log()
     );
 }
+
+/// Gemini through OpenRouter calls a tool: its thought signature (OpenRouter's
+/// `reasoning_details`) goes back with the call in the round after and with every later
+/// message, as Gemini refuses a tool call without it.
+#[test]
+fn geminis_thought_signature_through_openrouter_goes_back_with_its_tool_call() {
+    let router = FakeOpenRouter::start(&["google/gemini-3-pro-preview"]);
+    let (_ws, a) = routed_agent(
+        &router,
+        "openrouter-gemini",
+        &[
+            ("OPENROUTER_API_KEY", "sk-or-v1-test"),
+            ("AEGIS_MODEL", "google/gemini-3-pro-preview"),
+        ],
+    );
+    a.send(&message("1", "what day is it? run it", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: what day is it? run it");
+    a.send(&message("1", "thanks", "m-2"));
+    assert_eq!(done_text(&a.reply()), "echo: thanks");
+    let chats = router.chats();
+    assert_eq!(chats.len(), 3, "none refused");
+    let sent_back = &chats[2]["messages"][2];
+    assert_eq!(sent_back["tool_calls"][0]["id"], "tool_bash_Xb2k");
+    assert_eq!(sent_back["reasoning_details"][1]["type"], "reasoning.encrypted");
+    assert_eq!(sent_back["reasoning_details"][0]["text"], "Checking the date.");
+}

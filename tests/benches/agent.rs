@@ -97,10 +97,16 @@ fn main() {
     cancel_latency(&agent);
     recap_cost(&agent, "1");
     recap_cost(&agent, "0");
-    prompt_cache(&agent, true, None);
-    prompt_cache(&agent, false, None);
-    prompt_cache(&agent, true, Some(("messaging pace", messaging_pace())));
-    prompt_cache(&agent, true, Some(("hours apart", hours_apart())));
+    prompt_cache(&agent, Api::Claude, None);
+    prompt_cache(&agent, Api::OpenAi, None);
+    prompt_cache(&agent, Api::Claude, Some(("messaging pace", messaging_pace())));
+    prompt_cache(&agent, Api::Claude, Some(("hours apart", hours_apart())));
+    prompt_cache(&agent, Api::ClaudeRouted, None);
+    prompt_cache(
+        &agent,
+        Api::ClaudeRouted,
+        Some(("messaging pace", messaging_pace())),
+    );
     history_load(&agent);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
@@ -497,12 +503,12 @@ fn recap_cost(agent: &Path, on: &str) {
 
 /// A chat of 120 messages with every tool on, 20 memories (each message's words choose
 /// some), a 400-character answer and, every fourth message, a tool round: how much of
-/// the input Claude's cache (`claude`) or OpenAI's would serve, and what Claude would bill.
+/// the input Claude's cache or OpenAI's would serve (by `api`), and what Claude would bill.
 /// `pace`: the pause before each message, in seconds; `None`: all at once. With pauses,
 /// the agent is started for each message and the session's times moved back by the
 /// pause, so it sees the pace (the cache stand-in's clock moves with them, and the time
 /// stamps the moved times change in old turns are taken out before counting).
-fn prompt_cache(agent: &Path, claude: bool, pace: Option<(&str, Vec<u64>)>) {
+fn prompt_cache(agent: &Path, api: Api, pace: Option<(&str, Vec<u64>)>) {
     use aegis_e2e::llm::{anthropic_sse, anthropic_tool_sse, openai_sse, openai_tool_sse};
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
@@ -539,7 +545,7 @@ fn prompt_cache(agent: &Path, claude: bool, pace: Option<(&str, Vec<u64>)>) {
         let wants_tool = !recap && text.rfind("run it").is_some_and(|at| at > answered_tool);
         let answer = "The answer, in some detail. ".repeat(14);
         let call = [("c1", "bash", r#"{"command": "true"}"#)];
-        let pieces = match (claude, wants_tool) {
+        let pieces = match (api == Api::Claude, wants_tool) {
             (true, true) => anthropic_tool_sse("", &call, 1000),
             (true, false) => anthropic_sse(&[&answer]),
             (false, true) => openai_tool_sse("", &call, 1000),
@@ -554,11 +560,20 @@ fn prompt_cache(agent: &Path, claude: bool, pace: Option<(&str, Vec<u64>)>) {
     });
     let mut env: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
     let url = llm.url.clone();
-    if claude {
-        env.push(("ANTHROPIC_API_KEY", std::ffi::OsStr::new("k")));
-        env.push(("ANTHROPIC_BASE_URL", std::ffi::OsStr::new(&url)));
+    match api {
+        Api::Claude => {
+            env.push(("ANTHROPIC_API_KEY", std::ffi::OsStr::new("k")));
+            env.push(("ANTHROPIC_BASE_URL", std::ffi::OsStr::new(&url)));
+        }
+        // A router's name for Claude, in the Chat Completions dialect (the stand-in is
+        // not at openrouter.ai: `openai/` picks the dialect).
+        Api::ClaudeRouted => env.push((
+            "AEGIS_MODEL",
+            std::ffi::OsStr::new("openai/anthropic/claude-sonnet-4.6"),
+        )),
+        Api::OpenAi => {}
     }
-    let start = || direct_agent_with(agent, &ws, (!claude).then_some(url.as_str()), &env);
+    let start = || direct_agent_with(agent, &ws, (api != Api::Claude).then_some(url.as_str()), &env);
     let stop = |mut child: Child| {
         // Until the recap a reply may start is written.
         let mut quiet = 0;
@@ -598,23 +613,37 @@ fn prompt_cache(agent: &Path, claude: bool, pace: Option<(&str, Vec<u64>)>) {
         stop(child);
     }
     let bodies = bodies.lock().unwrap().clone();
-    let (name, usage) = if claude {
-        let mut cache = aegis_e2e::prompt_cache::Anthropic::default();
-        bodies.iter().for_each(|(b, at)| {
-            cache.request_at(&without_stamps(b), *at);
-        });
-        ("Claude", cache.usage)
-    } else {
-        let mut cache = aegis_e2e::prompt_cache::OpenAi::default();
-        bodies.iter().for_each(|(b, _)| {
-            cache.request(b);
-        });
-        ("OpenAI", cache.usage)
+    let (name, usage) = match api {
+        Api::Claude | Api::ClaudeRouted => {
+            let mut cache = aegis_e2e::prompt_cache::Anthropic::default();
+            bodies.iter().for_each(|(b, at)| {
+                let b = without_stamps(b);
+                // What the router sends Anthropic.
+                let b = match api {
+                    Api::ClaudeRouted => aegis_e2e::prompt_cache::anthropic_of_openai(&b),
+                    _ => b,
+                };
+                cache.request_at(&b, *at);
+            });
+            let name = if api == Api::Claude {
+                "Claude"
+            } else {
+                "Claude via a router"
+            };
+            (name, cache.usage)
+        }
+        Api::OpenAi => {
+            let mut cache = aegis_e2e::prompt_cache::OpenAi::default();
+            bodies.iter().for_each(|(b, _)| {
+                cache.request(b);
+            });
+            ("OpenAI", cache.usage)
+        }
     };
-    let billed = if claude {
-        format!(", billed {:.2}× input", usage.claude_cost())
-    } else {
+    let billed = if api == Api::OpenAi {
         String::new()
+    } else {
+        format!(", billed {:.2}× input", usage.claude_cost())
     };
     let paced = pace.map_or(String::new(), |(what, _)| format!(", {what}"));
     println!(
@@ -625,6 +654,18 @@ fn prompt_cache(agent: &Path, claude: bool, pace: Option<(&str, Vec<u64>)>) {
         100.0 * usage.written as f64 / usage.input.max(1) as f64,
         bodies.len()
     );
+}
+
+/// Which API the prompt cache bench speaks and whose cache it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Api {
+    /// Anthropic's Messages API.
+    Claude,
+    /// OpenAI's Chat Completions.
+    OpenAi,
+    /// Claude through an OpenAI-compatible router (OpenRouter): Chat Completions, the
+    /// router's conversion counted against Claude's cache.
+    ClaudeRouted,
 }
 
 /// The pauses before 120 messages of a chat over a messaging app: mostly within minutes,

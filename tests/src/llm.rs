@@ -721,3 +721,58 @@ fn respond(reply: Reply, resp: Responder) -> bool {
     }
     true
 }
+
+/// DeepSeek's refusal of a request whose tool calls lack the thoughts that led to them
+/// (thinking mode, on by default since V4).
+pub fn deepseek_thinking_refusal(body: &serde_json::Value) -> Option<Reply> {
+    let missing = body["messages"].as_array()?.iter().any(|m| {
+        m["role"] == "assistant" && m.get("tool_calls").is_some() && !m["reasoning_content"].is_string()
+    });
+    missing.then(|| Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"error": {"message": "The `reasoning_content` in the thinking mode must be passed back to the API.",
+            "type": "invalid_request_error", "param": null, "code": "invalid_request_error"}})
+        .to_string(),
+    })
+}
+
+/// A DeepSeek stream in thinking mode: `thoughts` as `reasoning_content` pieces, then
+/// `text`, or, with `call`, that tool call (id, name, arguments).
+pub fn deepseek_sse(thoughts: &[&str], text: &str, call: Option<(&str, &str, &str)>) -> Vec<String> {
+    let chunk = |delta: serde_json::Value, finish: serde_json::Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id":"9c1","object":"chat.completion.chunk","created":1764662400,"model":"deepseek-v4-flash",
+                "system_fingerprint":"fp_ds","choices":[{"index":0,"delta":delta,"logprobs":null,"finish_reason":finish}]})
+        )
+    };
+    let mut out = vec![chunk(
+        json!({"role": "assistant", "content": null, "reasoning_content": ""}),
+        json!(null),
+    )];
+    for t in thoughts {
+        out.push(chunk(
+            json!({"content": null, "reasoning_content": t}),
+            json!(null),
+        ));
+    }
+    match call {
+        Some((id, name, args)) => {
+            out.push(chunk(
+                json!({"tool_calls": [{"index": 0, "id": id, "type": "function", "function": {"name": name, "arguments": args}}]}),
+                json!(null),
+            ));
+            out.push(chunk(json!({"content": null}), json!("tool_calls")));
+        }
+        None => {
+            out.push(chunk(
+                json!({"content": text, "reasoning_content": null}),
+                json!(null),
+            ));
+            out.push(chunk(json!({"content": ""}), json!("stop")));
+        }
+    }
+    out.push("data: [DONE]\n\n".into());
+    out
+}

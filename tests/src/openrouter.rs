@@ -9,6 +9,9 @@
 //!   (`Provider returned error`, the provider's body in `metadata.raw`);
 //! - the stream's last chunk is the usage, with what was read from and written to the
 //!   cache (`prompt_tokens_details.cached_tokens`, `cache_write_tokens`) and the `cost`;
+//! - a Gemini model (`google/...`) asked to "run it" calls a tool, with its thought
+//!   signature in `reasoning_details`, and refuses, as Gemini does through OpenRouter, a
+//!   request whose tool calls come back without it;
 //! - `GET /api/v1/models` lists the catalogue.
 
 use std::net::SocketAddr;
@@ -132,6 +135,18 @@ fn answer(
             json!({"error": {"message": format!("{model} is not a valid model ID"), "code": 400}, "user_id": "user_test"}),
         );
     }
+    if model.starts_with("google/") {
+        if let Some(refusal) = gemini_refusal(&body) {
+            return refusal;
+        }
+        let answered = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "tool");
+        if !answered && last_user_text(req).contains("run it") {
+            return Reply::sse(gemini_tool_sse(model));
+        }
+    }
     let marked = body.to_string().contains("cache_control");
     if let (Some(provider), true) = (refuses_marks, marked) {
         return provider_refusal(
@@ -172,4 +187,61 @@ fn answer(
     let done = pieces.len() - 1;
     pieces.insert(done, format!("data: {usage}\n\n"));
     Reply::sse(pieces)
+}
+
+/// Gemini's thought signature on its tool call, as OpenRouter passes it on.
+const SIGNATURE: &str = "CiQBcsjafGx0aG91Z2h0X3NpZ25hdHVyZQ==";
+const CALL_ID: &str = "tool_bash_Xb2k";
+
+/// Gemini thinks, then calls `bash`; the signature comes in `reasoning_details`.
+fn gemini_tool_sse(model: &str) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "gen-2", "provider": "Google AI Studio", "model": model, "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "native_finish_reason": finish}]})
+        )
+    };
+    vec![
+        chunk(
+            json!({"role": "assistant", "content": "", "reasoning": "Checking the date.",
+                "reasoning_details": [{"type": "reasoning.text", "text": "Checking the date.", "format": "google-gemini-v1", "index": 0}]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"role": "assistant", "content": "",
+                "reasoning_details": [{"type": "reasoning.encrypted", "data": SIGNATURE, "id": CALL_ID, "format": "google-gemini-v1", "index": 1}],
+                "tool_calls": [{"index": 0, "id": CALL_ID, "type": "function",
+                    "function": {"name": "bash", "arguments": "{\"command\":\"echo Sunday\"}"}}]}),
+            Value::Null,
+        ),
+        chunk(json!({"role": "assistant", "content": ""}), json!("tool_calls")),
+        "data: [DONE]\n\n".into(),
+    ]
+}
+
+/// The 400 a Gemini model's request gets through OpenRouter when one of its tool calls
+/// comes back without the signature it was given.
+fn gemini_refusal(body: &Value) -> Option<Reply> {
+    let signed = |m: &Value| {
+        m["reasoning_details"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|x| x["data"] == SIGNATURE && x["id"] == CALL_ID))
+    };
+    let unsigned = body["messages"]
+        .as_array()?
+        .iter()
+        .any(|m| m["role"] == "assistant" && m.get("tool_calls").is_some() && !signed(m));
+    let upstream = json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+        "message": "Function call is missing a thought_signature in functionCall parts. This is required for tools to work correctly, and missing thought_signature may lead to degraded model performance."}});
+    let raw = format!(
+        "Gemini models require OpenRouter reasoning details to be preserved in each request. Please refer to our docs: https://openrouter.ai/docs/guides/best-practices/reasoning-tokens#preserving-reasoning-blocks. Upstream error: {upstream}"
+    );
+    unsigned.then(|| {
+        json_reply(
+            400,
+            json!({"error": {"message": "Provider returned error", "code": 400,
+                "metadata": {"raw": raw, "provider_name": "Google AI Studio"}}, "user_id": "user_test"}),
+        )
+    })
 }
