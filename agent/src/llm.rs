@@ -1876,10 +1876,9 @@ mod tests {
         assert!(with_completion_tokens(&local, &status_error(500, &refusal.detail)).is_none());
     }
 
-    /// What changes from one message to the next comes last: the system prompt is the
-    /// same whatever memories a message brings, and Claude is told where to cache.
-    #[test]
-    fn requests_keep_what_repeats_first_and_mark_it_for_claude() {
+    /// A prompt with a recap and notes, marked as for a chat going on; a chat of three
+    /// turns, and the same in a tool round.
+    fn marked_chat() -> (Prompt<'static>, Vec<Turn>, Vec<Turn>) {
         let prompt = Prompt {
             fixed: "S.",
             recap: " R.",
@@ -1894,14 +1893,22 @@ mod tests {
             name: "bash".into(),
             input: serde_json::json!({"command": "ls"}),
         };
-        let chat = [
+        let chat = vec![
             Turn::new(Role::User, "hi"),
             Turn::new(Role::Assistant, "hello"),
             Turn::new(Role::User, "q"),
         ];
-        let mut in_a_tool_round = chat.to_vec();
+        let mut in_a_tool_round = chat.clone();
         in_a_tool_round.push(Turn::tool_calls("", std::slice::from_ref(&call)));
         in_a_tool_round.push(Turn::tool_result("c1", "a.txt".into()));
+        (prompt, chat, in_a_tool_round)
+    }
+
+    /// What changes from one message to the next comes last: the system prompt is the
+    /// same whatever memories a message brings, and Claude is told where to cache.
+    #[test]
+    fn requests_keep_what_repeats_first_and_mark_it_for_claude() {
+        let (prompt, chat, in_a_tool_round) = marked_chat();
 
         let openai = Llm::new(test_provider(ProviderKind::OpenAi), None);
         let body = openai.request_body(&prompt, &chat, &[]);
@@ -1969,28 +1976,7 @@ mod tests {
     /// message parts the router passes on; no other model behind it gets any.
     #[test]
     fn claude_behind_a_router_is_marked_in_message_parts() {
-        let prompt = Prompt {
-            fixed: "S.",
-            recap: " R.",
-            notes: "[Memories]\n- (m-1) tea",
-            cache: Some(Marks {
-                system: Ttl::Hour,
-                conversation: Ttl::Minutes5,
-            }),
-        };
-        let call = ToolCall {
-            id: "c1".into(),
-            name: "bash".into(),
-            input: serde_json::json!({"command": "ls"}),
-        };
-        let chat = [
-            Turn::new(Role::User, "hi"),
-            Turn::new(Role::Assistant, "hello"),
-            Turn::new(Role::User, "q"),
-        ];
-        let mut in_a_tool_round = chat.to_vec();
-        in_a_tool_round.push(Turn::tool_calls("", std::slice::from_ref(&call)));
-        in_a_tool_round.push(Turn::tool_result("c1", "a.txt".into()));
+        let (prompt, chat, in_a_tool_round) = marked_chat();
         let routed = |model: &str| {
             let mut p = test_provider(ProviderKind::OpenAi);
             p.model = model.into();

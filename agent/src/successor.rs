@@ -298,37 +298,29 @@ mod tests {
 
     #[test]
     fn a_retired_model_is_told_from_other_refusals() {
-        let e = |kind, detail: &str| LlmError {
-            kind,
-            detail: detail.into(),
-            retry_after: None,
+        let gone = |kind, detail: &str| {
+            model_gone(&LlmError {
+                kind,
+                detail: detail.into(),
+                retry_after: None,
+            })
         };
-        assert!(model_gone(&e(
-            ErrorKind::Request,
-            "HTTP 404: model: claude-sonnet-4-20250514"
-        )));
-        assert!(model_gone(&e(
-            ErrorKind::Request,
-            "HTTP 404: The model `gpt-4o` does not exist or you do not have access to it."
-        )));
-        assert!(!model_gone(&e(
-            ErrorKind::Request,
-            "HTTP 400: max_tokens: model limit"
-        )));
-        assert!(!model_gone(&e(ErrorKind::Request, "HTTP 404: Not Found")));
-        assert!(model_gone(&e(
-            ErrorKind::Request,
-            "HTTP 400: openai/gpt-4o is not a valid model ID"
-        )));
-        assert!(model_gone(&e(
-            ErrorKind::Request,
-            "HTTP 404: No endpoints found for openai/gpt-4o."
-        )));
-        assert!(!model_gone(&e(
-            ErrorKind::Request,
-            "HTTP 400: Provider returned error (Anthropic: messages.1: not a valid model input)"
-        )));
-        assert!(!model_gone(&e(ErrorKind::Auth, "HTTP 404: model")));
+        for detail in [
+            "HTTP 404: model: claude-sonnet-4-20250514",
+            "HTTP 404: The model `gpt-4o` does not exist or you do not have access to it.",
+            "HTTP 400: openai/gpt-4o is not a valid model ID",
+            "HTTP 404: No endpoints found for openai/gpt-4o.",
+        ] {
+            assert!(gone(ErrorKind::Request, detail), "{detail}");
+        }
+        for detail in [
+            "HTTP 400: max_tokens: model limit",
+            "HTTP 404: Not Found",
+            "HTTP 400: Provider returned error (Anthropic: messages.1: not a valid model input)",
+        ] {
+            assert!(!gone(ErrorKind::Request, detail), "{detail}");
+        }
+        assert!(!gone(ErrorKind::Auth, "HTTP 404: model"));
     }
 
     #[test]
