@@ -73,7 +73,7 @@ TOOLS:
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
     tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
     endpoint); image_generate (OpenAI Images API, model gpt-image-1, with the key in
-    OPENAI_API_KEY unless OPENAI_BASE_URL points the chat elsewhere, or in the variable
+    OPENAI_API_KEY unless the chat goes elsewhere with that key, or in the variable
     tools.image_generate.openai_api_key_env names; OPENAI_IMAGES_BASE_URL for another
     endpoint); respond_with_voice (OpenAI text to speech, model gpt-4o-mini-tts,
     voice coral, with the key found as for image_generate; OPENAI_AUDIO_BASE_URL for
@@ -242,7 +242,7 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
     };
     let provider = provider_from(&file)?;
     let mut tools = tool_config(&file, provider.as_ref())?;
-    let voice = voice_config(&file);
+    let voice = voice_config(&file, provider.as_ref());
     tools.hidden_env.extend(voice.key_env.clone());
     let mut mcp_servers = BTreeMap::new();
     if tools.selection.mcp {
@@ -272,9 +272,9 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
 }
 
 /// agent.json `voice` and `AEGIS_TRANSCRIBE_MODEL`: the key is found as `image_generate`'s.
-fn voice_config(file: &AgentFile) -> crate::transcribe::VoiceConfig {
+fn voice_config(file: &AgentFile, chat: Option<&Provider>) -> crate::transcribe::VoiceConfig {
     let v = file.voice.clone().unwrap_or_default();
-    let key_env = openai_key_env(file, v.openai_api_key_env);
+    let key_env = openai_key_env(v.openai_api_key_env, chat);
     crate::transcribe::VoiceConfig {
         enabled: v.enabled.unwrap_or(true),
         key_env,
@@ -310,11 +310,11 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
             .unwrap_or_else(|| crate::tools::brave::DEFAULT_KEY_ENV.to_string())
     });
     let image = file.tools.get("image_generate");
-    let image_key_env = openai_key_env(file, image.and_then(|t| t.openai_api_key_env.clone()));
+    let image_key_env = openai_key_env(image.and_then(|t| t.openai_api_key_env.clone()), provider);
     let named = |v: Option<&String>| v.filter(|m| !m.trim().is_empty()).cloned();
     let image_model = named(image.and_then(|t| t.model.as_ref()));
     let speech = file.tools.get("respond_with_voice");
-    let speech_key_env = openai_key_env(file, speech.and_then(|t| t.openai_api_key_env.clone()));
+    let speech_key_env = openai_key_env(speech.and_then(|t| t.openai_api_key_env.clone()), provider);
     let speech_model = named(speech.and_then(|t| t.model.as_ref()));
     let speech_voice = named(speech.and_then(|t| t.voice.as_ref()));
     // The agent's own credentials stay out of commands the model runs.
@@ -340,15 +340,22 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
 }
 
 /// The variable holding the OpenAI key of an OpenAI API the agent calls besides its chat
-/// model (images, speech): the one agent.json `named`, else `OPENAI_API_KEY`, unless the
-/// chat model is on another OpenAI-compatible server, whose key OpenAI would only refuse.
-fn openai_key_env(file: &AgentFile, named: Option<String>) -> Option<String> {
+/// model (images, speech): the one agent.json `named`, else `OPENAI_API_KEY`, unless that
+/// variable holds the key of another OpenAI-compatible server the chat model is on, which
+/// OpenAI would only refuse (a chat on OpenRouter with `OPENROUTER_API_KEY` leaves
+/// `OPENAI_API_KEY` OpenAI's).
+fn openai_key_env(named: Option<String>, chat: Option<&Provider>) -> Option<String> {
+    let default = crate::tools::image_gen::DEFAULT_KEY_ENV;
+    let elsewhere = chat.is_some_and(|p| {
+        p.kind == ProviderKind::OpenAi
+            && p.host.is_none()
+            && !p.base_url.starts_with("https://api.openai.com/")
+            && p.key_env.as_deref().is_none_or(|k| k == default)
+    });
     match named.filter(|v| !v.trim().is_empty()) {
         Some(named) => Some(named),
-        None if env("OPENAI_BASE_URL").is_none() && file.base_url.is_none() => {
-            Some(crate::tools::image_gen::DEFAULT_KEY_ENV.to_string())
-        }
-        None => None,
+        None if elsewhere => None,
+        None => Some(default.to_string()),
     }
 }
 

@@ -289,6 +289,52 @@ fn claude_through_openrouter_is_asked_by_its_own_name_and_reads_its_cache() {
     assert!(a.proc.log().contains(" billed"), "{}", a.proc.log());
 }
 
+/// The model's names of the tools a chat request offered.
+fn offered(chat: &Value) -> Vec<String> {
+    chat["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["function"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// A chat on OpenRouter with its own key leaves `OPENAI_API_KEY` OpenAI's: images and
+/// speech use it. When `OPENAI_API_KEY` is the key the chat goes to OpenRouter with, it is
+/// not sent to OpenAI (no image tool without a key named for it).
+#[test]
+fn openai_api_key_stays_openais_when_the_chat_goes_to_openrouter_with_its_own_key() {
+    let router = FakeOpenRouter::start(&["openai/gpt-4o"]);
+    let (_ws, a) = routed_agent(
+        &router,
+        "openrouter-images",
+        &[
+            ("OPENROUTER_API_KEY", "sk-or-v1-test"),
+            ("OPENAI_BASE_URL", BASE),
+            ("OPENAI_API_KEY", "sk-openai"),
+        ],
+    );
+    a.send(&message("1", "hi", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: hi");
+    assert_eq!(
+        router.llm.requests()[0].header("authorization"),
+        Some("Bearer sk-or-v1-test")
+    );
+    assert!(offered(&router.chats()[0]).contains(&"image_generate".to_string()));
+    drop(a);
+
+    let (_ws, b) = routed_agent(
+        &router,
+        "openrouter-no-images",
+        &[("OPENAI_API_KEY", "sk-or-v1-test"), ("OPENAI_BASE_URL", BASE)],
+    );
+    b.send(&message("1", "hi", "m-1"));
+    assert_eq!(done_text(&b.reply()), "echo: hi");
+    let last = router.chats().pop().unwrap();
+    assert!(!offered(&last).contains(&"image_generate".to_string()), "{last}");
+    assert!(offered(&last).contains(&"bash".to_string()));
+}
+
 /// `OPENROUTER_API_KEY` alone sends the agent to OpenRouter; its default model there is
 /// `openai/gpt-4o`, and when OpenRouter no longer has it ("not a valid model ID"), the
 /// newest general GPT it lists, never another vendor's newer model.
