@@ -18,13 +18,14 @@
 
 use std::fmt;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 
+use crate::carry::{Carried, StandIn};
 use crate::host_llm::{HostLink, LlmFrame, Refused};
 use crate::prompt_cache::{Marks, Ttl};
 use crate::session::{Block, Content, Role, Turn};
@@ -305,51 +306,6 @@ pub enum Thinking {
     Adaptive,
 }
 
-/// A reasoning model's thoughts as its Chat Completions server wants them back on the
-/// assistant message of the tool calls they led to, in every later request: DeepSeek's
-/// thinking mode answers 400 ("The reasoning_content in the thinking mode must be passed
-/// back to the API") without its `reasoning_content`, and Gemini through OpenRouter
-/// ("Function call is missing a thought_signature") without OpenRouter's
-/// `reasoning_details`. Each is sent back only to the server that gave it, in its field.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Carried {
-    /// `reasoning_content`, as streamed (DeepSeek, Moonshot's Kimi, vLLM).
-    pub content: Option<String>,
-    /// `reasoning_details`, its streamed pieces put together by `index`.
-    pub details: Vec<serde_json::Value>,
-}
-
-impl Carried {
-    /// Nothing to carry.
-    pub fn is_empty(&self) -> bool {
-        self.content.is_none() && self.details.is_empty()
-    }
-
-    /// Take in a streamed piece of `reasoning_details`: a piece with the `index` of an
-    /// earlier one continues it (its `text` or `summary` appended, other fields set).
-    fn add_detail(&mut self, piece: &serde_json::Value) {
-        let Some(fields) = piece.as_object() else {
-            return;
-        };
-        let same =
-            |d: &&mut serde_json::Value| piece.get("index").is_some() && d.get("index") == piece.get("index");
-        let Some(known) = self.details.iter_mut().find(same) else {
-            self.details.push(piece.clone());
-            return;
-        };
-        for (key, value) in fields {
-            match (known.get_mut(key), value) {
-                (Some(serde_json::Value::String(have)), serde_json::Value::String(more))
-                    if key == "text" || key == "summary" =>
-                {
-                    have.push_str(more)
-                }
-                _ => known[key] = value.clone(),
-            }
-        }
-    }
-}
-
 /// An LLM client: provider settings plus the way its requests travel.
 #[derive(Debug, Clone)]
 pub struct Llm {
@@ -378,10 +334,9 @@ pub struct Llm {
     no_stream_options: Arc<AtomicBool>,
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
-    /// Chat Completions dialect: the server wants thoughts back on tool calls the session
-    /// has none for (written by another model, or before this agent kept them): an empty
-    /// `reasoning_content` goes there.
-    placeholders: Arc<AtomicBool>,
+    /// Chat Completions dialect: what stands in for thoughts the server wants back on tool
+    /// calls the session has none for (a [`StandIn`], once the server asked).
+    stand_in: Arc<AtomicU8>,
     /// Chat Completions dialect: the server refused the thoughts sent back; none are.
     uncarried: Arc<AtomicBool>,
     /// A server's context window was seen cutting a request (said once).
@@ -411,6 +366,8 @@ struct PartialCall {
     id: String,
     name: String,
     arguments: String,
+    /// What the server added to the call for itself (Gemini's thought signature).
+    extra: Option<serde_json::Value>,
 }
 
 /// Per-attempt stream state: tool calls under construction, keyed by the provider's
@@ -490,7 +447,7 @@ impl Llm {
             adaptive: Arc::new(AtomicBool::new(false)),
             short_marks: Arc::new(AtomicBool::new(false)),
             unmarked: Arc::new(AtomicBool::new(false)),
-            placeholders: Arc::new(AtomicBool::new(false)),
+            stand_in: Arc::new(AtomicU8::new(StandIn::Nothing as u8)),
             uncarried: Arc::new(AtomicBool::new(false)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             ledger: None,
@@ -663,11 +620,8 @@ impl Llm {
                 let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
                 messages.extend(turns.iter().map(openai_message));
                 if !self.uncarried.load(Ordering::Relaxed) {
-                    carry(
-                        &mut messages[1..],
-                        turns,
-                        self.placeholders.load(Ordering::Relaxed),
-                    );
+                    let stand_in = StandIn::from_u8(self.stand_in.load(Ordering::Relaxed));
+                    crate::carry::carry(&mut messages[1..], turns, stand_in);
                 }
                 let question = turns.iter().rposition(|t| t.role == Role::User).map(|i| i + 1);
                 match (marks, question) {
@@ -767,23 +721,25 @@ impl Llm {
             self.short_marks.store(true, Ordering::Relaxed);
             return Some(short);
         }
-        if let Some(filled) = with_placeholders(body, err).filter(|_| !self.uncarried.load(Ordering::Relaxed))
+        let asked = StandIn::asked_by(err).filter(|_| !self.uncarried.load(Ordering::Relaxed));
+        if let Some((stand_in, filled)) =
+            asked.and_then(|s| Some((s, crate::carry::with_stand_ins(body, s)?)))
         {
             log::warn!(
                 "the server wants a reasoning model's thoughts back on tool calls the session has none for; \
-                 asking again with empty ones ({})",
+                 asking again with stand-ins ({})",
                 err.detail
             );
-            self.placeholders.store(true, Ordering::Relaxed);
+            self.stand_in.store(stand_in as u8, Ordering::Relaxed);
             return Some(filled);
         }
-        if let Some(plain) = without_carried(body, err) {
+        if let Some(plain) = crate::carry::without_carried(body, err) {
             log::warn!(
                 "the server refuses a reasoning model's thoughts sent back ({}); asking again without them, from now on",
                 err.detail
             );
             self.uncarried.store(true, Ordering::Relaxed);
-            self.placeholders.store(false, Ordering::Relaxed);
+            self.stand_in.store(StandIn::Nothing as u8, Ordering::Relaxed);
             return Some(plain);
         }
         if let Some(plain) = without_marks(body, err) {
@@ -1073,6 +1029,9 @@ fn openai_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError>
             if let Some(args) = c["function"]["arguments"].as_str() {
                 partial.arguments.push_str(args);
             }
+            if let Some(extra) = c.get("extra_content").filter(|e| e.is_object()) {
+                partial.extra = Some(extra.clone());
+            }
         }
     }
     if choice["finish_reason"].is_string() {
@@ -1205,74 +1164,6 @@ fn add_openai_notes(message: &mut serde_json::Value, notes: &str) {
         serde_json::Value::Array(parts) => parts.push(serde_json::json!({"type": "text", "text": notes})),
         _ => {}
     }
-}
-
-/// On the assistant messages of tool calls (`messages`, one per turn of `turns`), the
-/// thoughts their server wants back ([`Carried`]); with `placeholders`, an empty
-/// `reasoning_content` where the turn kept none.
-fn carry(messages: &mut [serde_json::Value], turns: &[Turn], placeholders: bool) {
-    for (m, t) in messages.iter_mut().zip(turns) {
-        if m.get("tool_calls").is_none() {
-            continue;
-        }
-        match &t.reasoning_content {
-            Some(c) => m["reasoning_content"] = c.as_str().into(),
-            None if placeholders => m["reasoning_content"] = "".into(),
-            None => {}
-        }
-        if let Some(d) = &t.reasoning_details {
-            m["reasoning_details"] = d.clone();
-        }
-    }
-}
-
-/// Whether a refusal names one of the thoughts' fields.
-fn about_thoughts(err: &LlmError) -> bool {
-    err.kind == ErrorKind::Request
-        && ["reasoning_content", "reasoning_details"]
-            .iter()
-            .any(|f| err.detail.contains(f))
-}
-
-/// Whether a refusal says the thoughts are missing (rather than unwanted).
-fn wants_thoughts(err: &LlmError) -> bool {
-    about_thoughts(err) && ["passed back", "Missing"].iter().any(|w| err.detail.contains(w))
-}
-
-/// `body` with an empty `reasoning_content` on the tool calls that have none, when `err`
-/// is DeepSeek's refusal of a request without them ("The `reasoning_content` in the
-/// thinking mode must be passed back to the API.", "Missing `reasoning_content` field in
-/// the assistant message at message index 2").
-fn with_placeholders(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
-    if !wants_thoughts(err) {
-        return None;
-    }
-    let mut filled = body.clone();
-    let mut any = false;
-    for m in filled["messages"].as_array_mut().into_iter().flatten() {
-        if m.get("tool_calls").is_some() && m.get("reasoning_content").is_none() {
-            m["reasoning_content"] = "".into();
-            any = true;
-        }
-    }
-    any.then_some(filled)
-}
-
-/// `body` without the thoughts sent back, when `err` refuses them (a server that checks
-/// what a message may hold).
-fn without_carried(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
-    if !about_thoughts(err) || wants_thoughts(err) {
-        return None;
-    }
-    let mut plain = body.clone();
-    let mut any = false;
-    for m in plain["messages"].as_array_mut().into_iter().flatten() {
-        if let Some(o) = m.as_object_mut() {
-            any |= o.remove("reasoning_content").is_some();
-            any |= o.remove("reasoning_details").is_some();
-        }
-    }
-    any.then_some(plain)
 }
 
 /// One turn as a Chat Completions message.
@@ -1467,7 +1358,12 @@ fn complete(decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> V
     if !usage.is_empty() {
         let _ = tx.send(Chunk::Usage(usage));
     }
-    let carried = std::mem::take(&mut decoder.carried);
+    let mut carried = std::mem::take(&mut decoder.carried);
+    for call in decoder.calls.values_mut().filter(|c| !c.name.is_empty()) {
+        if let Some(extra) = call.extra.take() {
+            carried.calls.insert(call.id.clone(), extra);
+        }
+    }
     let calls = std::mem::take(decoder).into_calls();
     // Thoughts behind an answer are not wanted back.
     if !carried.is_empty() && !calls.is_empty() {
@@ -1741,6 +1637,22 @@ mod tests {
             .unwrap()
             .find("reasoning")
             .is_none());
+
+        // Google's own OpenAI-compatible API signs each call in its `extra_content`.
+        let mut google = Decoder::default();
+        let signed = r#"{"choices":[{"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"function-call-1","type":"function","function":{"name":"bash","arguments":"{}"},"extra_content":{"google":{"thought_signature":"Q2lR"}}}]}}]}"#;
+        openai_step(&ev(None, signed), &mut google).unwrap();
+        let (tx, rx) = unbounded();
+        let google_calls = complete(&mut google, &tx, &mut false);
+        let Some(Chunk::Carried(kept)) = rx.try_iter().find(|c| matches!(c, Chunk::Carried(_))) else {
+            panic!("nothing carried")
+        };
+        let turn = Turn::tool_calls("", &google_calls).carrying(kept);
+        let body = llm.request_body(&Prompt::plain("s"), &[Turn::new(Role::User, "q"), turn], &[]);
+        assert_eq!(
+            body["messages"][2]["tool_calls"][0]["extra_content"],
+            serde_json::json!({"google": {"thought_signature": "Q2lR"}})
+        );
 
         // DeepSeek refuses tool calls of the session that kept none (another model's):
         // they get an empty one, from then on.

@@ -9,6 +9,7 @@
 
 mod agent_file;
 mod blobs;
+mod carry;
 mod config;
 mod context;
 mod copies;

@@ -176,12 +176,16 @@ pub struct Turn {
     pub msg_id: Option<String>,
     /// [ours] On tool calls of a reasoning model behind Chat Completions: its thoughts
     /// that led to them, which its server wants back with every later request
-    /// ([`crate::llm::Carried`]: DeepSeek's `reasoning_content`).
+    /// ([`crate::carry::Carried`]: DeepSeek's `reasoning_content`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     /// [ours] Likewise OpenRouter's `reasoning_details` (Gemini's thought signatures).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_details: Option<serde_json::Value>,
+    /// [ours] Likewise each call's `extra_content` by call id (Gemini's thought signature
+    /// on Google's OpenAI-compatible API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra_content: Option<serde_json::Value>,
 }
 
 impl Turn {
@@ -196,14 +200,16 @@ impl Turn {
             msg_id: None,
             reasoning_content: None,
             reasoning_details: None,
+            extra_content: None,
         }
     }
 
-    /// The same turn carrying `carried` (see [`crate::llm::Carried`]).
-    pub fn carrying(mut self, carried: crate::llm::Carried) -> Turn {
+    /// The same turn carrying `carried` (see [`crate::carry::Carried`]).
+    pub fn carrying(mut self, carried: crate::carry::Carried) -> Turn {
         self.reasoning_content = carried.content;
         self.reasoning_details =
             (!carried.details.is_empty()).then_some(serde_json::Value::Array(carried.details));
+        self.extra_content = (!carried.calls.is_empty()).then_some(serde_json::Value::Object(carried.calls));
         self
     }
 

@@ -552,7 +552,7 @@ fn rounds(
         // Signed thoughts that led to this round's tool calls (Anthropic), or those a
         // Chat Completions server wants back with them.
         let mut thoughts = Vec::new();
-        let mut carried = crate::llm::Carried::default();
+        let mut carried = crate::carry::Carried::default();
         let window = with_image_data(shared, stamped(context(history, shared.budget)));
         let prompt = crate::llm::Prompt {
             cache: crate::prompt_cache::cache_marks(history, round),

@@ -1835,7 +1835,7 @@ fn deepseeks_thoughts_behind_tool_calls_go_back_with_every_later_request() {
     c.send(&message("4", "and now?", "m-1"));
     assert_eq!(done_text(&c.reply()), "done: and now?");
     assert!(
-        c.proc.log().contains("asking again with empty ones"),
+        c.proc.log().contains("asking again with stand-ins"),
         "{}",
         c.proc.log()
     );

@@ -425,3 +425,41 @@ fn geminis_thought_signature_through_openrouter_goes_back_with_its_tool_call() {
     assert_eq!(sent_back["reasoning_details"][1]["type"], "reasoning.encrypted");
     assert_eq!(sent_back["reasoning_details"][0]["text"], "Checking the date.");
 }
+
+/// A conversation whose tool calls another model made (no signature kept) continues with
+/// Gemini through OpenRouter: refused once, it is asked again with Google's stand-in for
+/// an unknown signature in OpenRouter's `reasoning_details`.
+#[test]
+fn gemini_through_openrouter_takes_over_a_conversation_with_unsigned_tool_calls() {
+    let router = FakeOpenRouter::start(&["google/gemini-3-pro-preview"]);
+    let ws = temp_dir("openrouter-gemini-older");
+    std::fs::create_dir_all(ws.path().join("sessions")).unwrap();
+    let lines = [
+        json!({"role": "user", "content": "list", "ts": "2026-12-06T10:00:00Z"}),
+        json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "bash", "input": {"command": "ls"}}], "ts": "2026-12-06T10:00:01Z"}),
+        json!({"role": "tool", "content": "a.txt", "tool_call_id": "t1", "ts": "2026-12-06T10:00:02Z"}),
+        json!({"role": "assistant", "content": "One file.", "ts": "2026-12-06T10:00:03Z"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(ws.path().join("sessions/telegram_1.jsonl"), text).unwrap();
+    let reach = router.env();
+    let mut env: Vec<(&str, &str)> = reach.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend([
+        ("OPENROUTER_API_KEY", "sk-or-v1-test"),
+        ("AEGIS_MODEL", "google/gemini-3-pro-preview"),
+    ]);
+    let a = start_agent(&ws, &env);
+    a.send(&message("1", "and now?", "m-1"));
+    assert_eq!(done_text(&a.reply()), "echo: and now?");
+    let chats = router.chats();
+    assert_eq!(chats.len(), 2, "refused once, then taken");
+    assert_eq!(
+        chats[1]["messages"][2]["reasoning_details"][0]["data"],
+        "skip_thought_signature_validator"
+    );
+    assert!(
+        a.proc.log().contains("asking again with stand-ins"),
+        "{}",
+        a.proc.log()
+    );
+}

@@ -223,10 +223,16 @@ fn gemini_tool_sse(model: &str) -> Vec<String> {
 /// The 400 a Gemini model's request gets through OpenRouter when one of its tool calls
 /// comes back without the signature it was given.
 fn gemini_refusal(body: &Value) -> Option<Reply> {
+    // The signature given with the call, or the value Google documents for calls whose
+    // signature is not known (another model made them).
     let signed = |m: &Value| {
-        m["reasoning_details"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|x| x["data"] == SIGNATURE && x["id"] == CALL_ID))
+        let first = &m["tool_calls"][0]["id"];
+        m["reasoning_details"].as_array().is_some_and(|d| {
+            d.iter().any(|x| {
+                (x["data"] == SIGNATURE && x["id"] == CALL_ID)
+                    || (x["data"] == "skip_thought_signature_validator" && x["id"] == *first)
+            })
+        })
     };
     let unsigned = body["messages"]
         .as_array()?
