@@ -1822,15 +1822,7 @@ fn deepseeks_thoughts_behind_tool_calls_go_back_with_every_later_request() {
 
     // A conversation whose tool calls an earlier model made (upstream's line shape).
     let ws = temp_dir("deepseek-older");
-    std::fs::create_dir_all(ws.path().join("sessions")).unwrap();
-    let lines = [
-        json!({"role": "user", "content": "list", "ts": "2026-12-06T10:00:00Z"}),
-        json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "bash", "input": {"command": "ls"}}], "ts": "2026-12-06T10:00:01Z"}),
-        json!({"role": "tool", "content": "a.txt", "tool_call_id": "t1", "ts": "2026-12-06T10:00:02Z"}),
-        json!({"role": "assistant", "content": "One file.", "ts": "2026-12-06T10:00:03Z"}),
-    ];
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(ws.path().join("sessions/telegram_4.jsonl"), text).unwrap();
+    aegis_e2e::agent::write_session_with_tool_calls(ws.path(), "4");
     let c = start_agent(&ws, &env);
     c.send(&message("4", "and now?", "m-1"));
     assert_eq!(done_text(&c.reply()), "done: and now?");

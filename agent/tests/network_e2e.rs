@@ -433,15 +433,7 @@ fn geminis_thought_signature_through_openrouter_goes_back_with_its_tool_call() {
 fn gemini_through_openrouter_takes_over_a_conversation_with_unsigned_tool_calls() {
     let router = FakeOpenRouter::start(&["google/gemini-3-pro-preview"]);
     let ws = temp_dir("openrouter-gemini-older");
-    std::fs::create_dir_all(ws.path().join("sessions")).unwrap();
-    let lines = [
-        json!({"role": "user", "content": "list", "ts": "2026-12-06T10:00:00Z"}),
-        json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "bash", "input": {"command": "ls"}}], "ts": "2026-12-06T10:00:01Z"}),
-        json!({"role": "tool", "content": "a.txt", "tool_call_id": "t1", "ts": "2026-12-06T10:00:02Z"}),
-        json!({"role": "assistant", "content": "One file.", "ts": "2026-12-06T10:00:03Z"}),
-    ];
-    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    std::fs::write(ws.path().join("sessions/telegram_1.jsonl"), text).unwrap();
+    aegis_e2e::agent::write_session_with_tool_calls(ws.path(), "1");
     let reach = router.env();
     let mut env: Vec<(&str, &str)> = reach.iter().map(|(k, v)| (*k, v.as_str())).collect();
     env.extend([

@@ -102,3 +102,18 @@ pub fn usage_today(workspace: &Path) -> serde_json::Value {
         .unwrap_or_default();
     file[&tether::time::now_rfc3339()[..10]].clone()
 }
+
+/// A conversation of telegram chat `chat` in `workspace` in which another model (as
+/// upstream's agent writes its lines) called a tool: no thoughts kept with the call.
+pub fn write_session_with_tool_calls(workspace: &Path, chat: &str) {
+    let lines = [
+        serde_json::json!({"role": "user", "content": "list", "ts": "2026-12-06T10:00:00Z"}),
+        serde_json::json!({"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "bash",
+            "input": {"command": "ls"}}], "ts": "2026-12-06T10:00:01Z"}),
+        serde_json::json!({"role": "tool", "content": "a.txt", "tool_call_id": "t1", "ts": "2026-12-06T10:00:02Z"}),
+        serde_json::json!({"role": "assistant", "content": "One file.", "ts": "2026-12-06T10:00:03Z"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::create_dir_all(workspace.join("sessions")).unwrap();
+    std::fs::write(workspace.join(format!("sessions/telegram_{chat}.jsonl")), text).unwrap();
+}
