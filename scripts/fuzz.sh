@@ -16,6 +16,7 @@ targets=(
   "tether:--test parsers_prop addr_"           # tether addresses, hybrid vsock CONNECT
   "tether:--test parsers_prop loopback_"       # the loopback check on URLs (proxy bypass)
   "aegis-agent:--bin aegis-agent sse::"        # SSE parser
+  "aegis-agent:--bin aegis-agent llm::tests::any_"  # stream chunks: thoughts, tool calls, usage
   "aegis-agent:--bin aegis-agent session::"    # session-name sanitiser
   "aegis-gateway:--bin aegis-gateway telegram::"  # Telegram update parser
   "aegis-gateway:--bin aegis-gateway markdown::"  # Markdown to Telegram HTML

@@ -1688,6 +1688,57 @@ mod tests {
         );
     }
 
+    fn any_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z{}\\[\\]\",: ]{0,10}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("index".to_string()),
+                        Just("text".to_string()),
+                        Just("id".to_string()),
+                        "[a-z_]{1,8}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a server streams in a delta's thoughts, tool calls and usage, the
+        /// decoder neither panics nor loses a piece of `reasoning_content`.
+        #[test]
+        fn any_chat_completions_stream_decodes_without_panic(
+            pieces in proptest::collection::vec(("[a-z ]{0,6}", any_json(), any_json(), any_json()), 0..6),
+        ) {
+            let mut decoder = Decoder::default();
+            let mut thought = String::new();
+            for (text, details, calls, usage) in &pieces {
+                thought.push_str(text);
+                let chunk = serde_json::json!({"usage": usage, "choices": [{"delta": {
+                    "reasoning_content": text, "reasoning_details": details, "tool_calls": calls}}]});
+                let _ = openai_step(&ev(None, &chunk.to_string()), &mut decoder);
+                let _ = anthropic_step(&ev(Some("content_block_delta"), &details.to_string()), &mut Decoder::default());
+            }
+            proptest::prop_assert_eq!(decoder.carried.content.clone().unwrap_or_default(), thought);
+            let (tx, _rx) = unbounded();
+            let calls = complete(&mut decoder, &tx, &mut false);
+            let turn = Turn::tool_calls("", &calls);
+            let llm = Llm::new(test_provider(ProviderKind::OpenAi), None);
+            let _ = llm.request_body(&Prompt::plain("s"), &[Turn::new(Role::User, "q"), turn], &[]);
+        }
+    }
+
     /// Thoughts in a field of their own, in either name, or inline: reasoning chunks,
     /// never text.
     #[test]
