@@ -58,12 +58,14 @@ impl Carried {
 }
 
 /// What stands in for thoughts a server wants back on tool calls the session kept none
-/// for, once it has said so.
+/// for, once it has said so; or that it wants nothing carried back at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum StandIn {
     /// Nothing yet.
     Nothing = 0,
+    /// The server refused what was carried back: nothing is, from then on.
+    Refused = 4,
     /// An empty `reasoning_content` (DeepSeek).
     EmptyReasoning = 1,
     /// Google's `skip_thought_signature_validator` on the first call (`extra_content`).
@@ -79,6 +81,7 @@ impl StandIn {
             1 => StandIn::EmptyReasoning,
             2 => StandIn::SkipSignature,
             3 => StandIn::RouterSkipSignature,
+            4 => StandIn::Refused,
             _ => StandIn::Nothing,
         }
     }
@@ -103,9 +106,8 @@ impl StandIn {
 
     /// Put it on the tool calls' `message` where nothing kept is; whether it did.
     fn fill(self, message: &mut Value) -> bool {
-        let first_call = message["tool_calls"][0]["id"].clone();
         match self {
-            StandIn::Nothing => false,
+            StandIn::Nothing | StandIn::Refused => false,
             StandIn::EmptyReasoning if message.get("reasoning_content").is_none() => {
                 message["reasoning_content"] = "".into();
                 true
@@ -124,6 +126,7 @@ impl StandIn {
                 }
             }
             StandIn::RouterSkipSignature if message.get("reasoning_details").is_none() => {
+                let first_call = message["tool_calls"][0]["id"].clone();
                 message["reasoning_details"] = json!([{"type": "reasoning.encrypted", "data": SKIP_SIGNATURE,
                     "id": first_call, "format": "google-gemini-v1", "index": 0}]);
                 true
@@ -138,8 +141,12 @@ impl StandIn {
 const SKIP_SIGNATURE: &str = "skip_thought_signature_validator";
 
 /// On the assistant messages of tool calls (`messages`, one per turn of `turns`), what
-/// their server wants back; where a turn kept nothing, `stand_in`.
+/// their server wants back; where a turn kept nothing, `stand_in` (nothing at all when
+/// the server refused it).
 pub fn carry(messages: &mut [Value], turns: &[Turn], stand_in: StandIn) {
+    if stand_in == StandIn::Refused {
+        return;
+    }
     for (m, t) in messages.iter_mut().zip(turns) {
         if m.get("tool_calls").is_none() {
             continue;
@@ -250,6 +257,7 @@ mod tests {
             StandIn::EmptyReasoning,
             StandIn::SkipSignature,
             StandIn::RouterSkipSignature,
+            StandIn::Refused,
         ] {
             assert_eq!(StandIn::from_u8(s as u8), s);
         }

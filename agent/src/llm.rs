@@ -335,10 +335,9 @@ pub struct Llm {
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
     /// Chat Completions dialect: what stands in for thoughts the server wants back on tool
-    /// calls the session has none for (a [`StandIn`], once the server asked).
+    /// calls the session has none for (a [`StandIn`], once the server asked), or that it
+    /// refused them.
     stand_in: Arc<AtomicU8>,
-    /// Chat Completions dialect: the server refused the thoughts sent back; none are.
-    uncarried: Arc<AtomicBool>,
     /// A server's context window was seen cutting a request (said once).
     warned_window: Arc<AtomicBool>,
 }
@@ -448,7 +447,6 @@ impl Llm {
             short_marks: Arc::new(AtomicBool::new(false)),
             unmarked: Arc::new(AtomicBool::new(false)),
             stand_in: Arc::new(AtomicU8::new(StandIn::Nothing as u8)),
-            uncarried: Arc::new(AtomicBool::new(false)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
@@ -529,14 +527,24 @@ impl Llm {
     /// The marks `prompt` asks for, unless the server refused marks: Claude's, and in the
     /// Chat Completions dialect only for a Claude model (a router such as OpenRouter,
     /// LiteLLM or Portkey passes them on to Anthropic; every other model caches on its own).
-    fn marks(&self, prompt: &Prompt) -> Option<Marks> {
+    /// Each kept as long as the server allows ([`Llm::kept`]); `model` is the one asked.
+    fn marks(&self, prompt: &Prompt, model: &str) -> Option<Marks> {
         let claude = match self.provider.kind {
             ProviderKind::Anthropic => true,
-            ProviderKind::OpenAi => self.model().to_ascii_lowercase().contains("claude"),
+            ProviderKind::OpenAi => model.to_ascii_lowercase().contains("claude"),
         };
-        prompt
+        let m = prompt
             .cache
-            .filter(|_| claude && !self.unmarked.load(Ordering::Relaxed))
+            .filter(|_| claude && !self.unmarked.load(Ordering::Relaxed))?;
+        Some(Marks {
+            system: self.kept(m.system),
+            conversation: self.kept(m.conversation),
+        })
+    }
+
+    /// What stands in for thoughts the server wants back, as learnt so far.
+    fn stand_in(&self) -> StandIn {
+        StandIn::from_u8(self.stand_in.load(Ordering::Relaxed))
     }
 
     /// Start streaming a reply to `turns` on a new reader thread, offering `tools`.
@@ -606,33 +614,30 @@ impl Llm {
     /// The request body for `turns` (a valid context: see `context.rs`).
     pub fn request_body(&self, prompt: &Prompt, turns: &[Turn], tools: &[ToolSpec]) -> serde_json::Value {
         let p = &self.provider;
+        let model = self.model();
+        let marks = self.marks(prompt, &model);
         match p.kind {
             ProviderKind::OpenAi => {
                 // OpenAI and local servers (llama.cpp, vLLM, Ollama) reuse the longest
                 // prefix they saw: the notes go last. Claude behind a router is marked.
-                let marks = self.marks(prompt);
                 let system = match marks {
-                    Some(m) => {
-                        crate::prompt_cache::openai_system(prompt.fixed, prompt.recap, self.kept(m.system))
-                    }
+                    Some(m) => crate::prompt_cache::openai_system(prompt.fixed, prompt.recap, m.system),
                     None => prompt.system().into(),
                 };
                 let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
                 messages.extend(turns.iter().map(openai_message));
-                if !self.uncarried.load(Ordering::Relaxed) {
-                    let stand_in = StandIn::from_u8(self.stand_in.load(Ordering::Relaxed));
-                    crate::carry::carry(&mut messages[1..], turns, stand_in);
-                }
+                crate::carry::carry(&mut messages[1..], turns, self.stand_in());
                 let question = turns.iter().rposition(|t| t.role == Role::User).map(|i| i + 1);
                 match (marks, question) {
-                    (Some(m), _) => {
-                        let ttl = self.kept(m.conversation);
-                        crate::prompt_cache::mark_openai(&mut messages, question, prompt.notes, ttl);
-                    }
+                    (Some(m), _) => crate::prompt_cache::mark_openai(
+                        &mut messages,
+                        question,
+                        prompt.notes,
+                        m.conversation,
+                    ),
                     (None, Some(q)) => add_openai_notes(&mut messages[q], prompt.notes),
                     (None, None) => {}
                 }
-                let model = self.model();
                 let mut body = serde_json::json!({"model": model, "messages": messages, "stream": true});
                 if !self.no_stream_options.load(Ordering::Relaxed) {
                     // Its last chunk then says what the request cost.
@@ -669,11 +674,10 @@ impl Llm {
                     None => 4096,
                 });
                 let mut body = serde_json::json!({
-                    "model": self.model(),
+                    "model": model,
                     "max_tokens": max_tokens,
-                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap,
-                        self.marks(prompt).map(|m| self.kept(m.system))),
-                    "messages": anthropic_messages(turns, prompt.notes, self.marks(prompt).map(|m| self.kept(m.conversation))),
+                    "system": crate::prompt_cache::anthropic_system(prompt.fixed, prompt.recap, marks.map(|m| m.system)),
+                    "messages": anthropic_messages(turns, prompt.notes, marks.map(|m| m.conversation)),
                     "stream": true,
                 });
                 match p.thinking {
@@ -721,7 +725,7 @@ impl Llm {
             self.short_marks.store(true, Ordering::Relaxed);
             return Some(short);
         }
-        let asked = StandIn::asked_by(err).filter(|_| !self.uncarried.load(Ordering::Relaxed));
+        let asked = StandIn::asked_by(err).filter(|_| self.stand_in() != StandIn::Refused);
         if let Some((stand_in, filled)) =
             asked.and_then(|s| Some((s, crate::carry::with_stand_ins(body, s)?)))
         {
@@ -738,8 +742,7 @@ impl Llm {
                 "the server refuses a reasoning model's thoughts sent back ({}); asking again without them, from now on",
                 err.detail
             );
-            self.uncarried.store(true, Ordering::Relaxed);
-            self.stand_in.store(StandIn::Nothing as u8, Ordering::Relaxed);
+            self.stand_in.store(StandIn::Refused as u8, Ordering::Relaxed);
             return Some(plain);
         }
         if let Some(plain) = without_marks(body, err) {
