@@ -42,7 +42,10 @@ LLM (environment only, so keys never appear in a process listing):
                         names it): models by its names, anthropic/claude-sonnet-4.6,
                         openai/gpt-5 [default openai/gpt-4o]; Claude's prompt is marked for
                         its cache there too
-    ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]
+    ANTHROPIC_AUTH_TOKEN  an Anthropic-compatible gateway's token, sent as a bearer
+                        token (before ANTHROPIC_API_KEY, which is then not sent)
+    ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]; at
+                        https://openrouter.ai/api, OpenRouter's names and bearer token
     AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
     AEGIS_REASONING_EFFORT  how hard a reasoning model works (OpenAI-compatible
@@ -51,7 +54,8 @@ LLM (environment only, so keys never appear in a process listing):
                         [model's default]
     AEGIS_THINKING_BUDGET   Claude's thinking: tokens it may think with (at least
                         1024; 0 = off), or `adaptive` (Claude decides; 4.6 and
-                        later; a model that takes only that gets it) [off]
+                        later; a model that takes only that gets it); through
+                        OpenRouter as its `reasoning` [off]
     AEGIS_SYSTEM_PROMPT system prompt [default \"You are a helpful assistant.\"]
     AEGIS_CONTEXT_TURNS newest turns sent to the model [default 50]
     AEGIS_CONTEXT_CHARS character budget of those turns [default 24000]
@@ -318,9 +322,14 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     let speech_model = named(speech.and_then(|t| t.model.as_ref()));
     let speech_voice = named(speech.and_then(|t| t.voice.as_ref()));
     // The agent's own credentials stay out of commands the model runs.
-    let mut hidden_env = ["ANTHROPIC_API_KEY", "OPENAI_API_KEY", "OPENROUTER_API_KEY"]
-        .map(String::from)
-        .to_vec();
+    let mut hidden_env = [
+        "ANTHROPIC_API_KEY",
+        AUTH_TOKEN,
+        "OPENAI_API_KEY",
+        "OPENROUTER_API_KEY",
+    ]
+    .map(String::from)
+    .to_vec();
     hidden_env.extend(provider.and_then(|p| p.key_env.clone()));
     hidden_env.extend(search_key_env.iter().cloned());
     hidden_env.extend(image_key_env.clone());
@@ -394,7 +403,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     let openai_base = env("OPENAI_BASE_URL").or(file.base_url.clone());
     let anthropic_key = match &key_env {
         Some(_) => from_key_env == Some(ProviderKind::Anthropic) && explicit_key.is_some(),
-        None => env("ANTHROPIC_API_KEY").is_some(),
+        None => anthropic_credential().is_some(),
     };
     let router_key_named = key_env
         .as_deref()
@@ -429,9 +438,16 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         )
         .map(Some);
     }
+    // Claude Code's way to OpenRouter (`ANTHROPIC_BASE_URL=https://openrouter.ai/api`, its
+    // key in `ANTHROPIC_AUTH_TOKEN`) reaches every model there, `openai/gpt-5` included.
+    let anthropic_router = anthropic_key
+        && env("ANTHROPIC_BASE_URL").is_some_and(|b| on_openrouter(&b))
+        && openai_base.is_none()
+        && env("OPENAI_API_KEY").is_none();
     let kind = match named.or(from_key_env) {
+        _ if anthropic_router => ProviderKind::Anthropic,
         Some(k) => k,
-        None if env("ANTHROPIC_API_KEY").is_some() => ProviderKind::Anthropic,
+        None if anthropic_credential().is_some() => ProviderKind::Anthropic,
         None if explicit_key.is_some()
             || env("OPENAI_API_KEY").is_some()
             || env("OPENAI_BASE_URL").is_some()
@@ -443,7 +459,10 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     };
     let (key, key_env) = match (explicit_key, kind) {
         (Some(k), _) => (Some(k), key_env),
-        (None, ProviderKind::Anthropic) => (env("ANTHROPIC_API_KEY"), Some("ANTHROPIC_API_KEY".into())),
+        (None, ProviderKind::Anthropic) => match anthropic_credential() {
+            Some((k, var)) => (Some(k), Some(var.to_string())),
+            None => (None, Some("ANTHROPIC_API_KEY".into())),
+        },
         (None, ProviderKind::OpenAi) => (env("OPENAI_API_KEY"), Some("OPENAI_API_KEY".into())),
     };
     let base = match kind {
@@ -458,12 +477,36 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         ProviderKind::Anthropic => "https://api.anthropic.com".into(),
         ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
     });
+    // OpenRouter's Anthropic-compatible API takes its own names (`anthropic/claude-...`)
+    // and only a bearer token.
+    let router = kind == ProviderKind::Anthropic && on_openrouter(&base);
+    let model_name = if router {
+        spec.filter(|s| !s.trim().is_empty())
+    } else {
+        model_name
+    };
     let default_model = model_name.is_none();
     let model = model_name.unwrap_or_else(|| match kind {
+        ProviderKind::Anthropic if router => "anthropic/claude-sonnet-4.6".into(),
         ProviderKind::Anthropic => "claude-sonnet-4-6".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
-    provider(file, kind, (key, key_env), base, (model, default_model)).map(Some)
+    let bearer = router || key_env.as_deref() == Some(AUTH_TOKEN);
+    let mut p = provider(file, kind, (key, key_env), base, (model, default_model))?;
+    p.bearer = kind == ProviderKind::Anthropic && bearer;
+    Ok(Some(p))
+}
+
+/// The variable of an Anthropic-compatible gateway's token (Claude Code's and Anthropic's
+/// SDKs'), sent as `authorization: Bearer`.
+const AUTH_TOKEN: &str = "ANTHROPIC_AUTH_TOKEN";
+
+/// Anthropic's credential in the environment and its variable: a gateway's token first,
+/// as in Claude Code, else the API key.
+fn anthropic_credential() -> Option<(String, &'static str)> {
+    [AUTH_TOKEN, "ANTHROPIC_API_KEY"]
+        .into_iter()
+        .find_map(|var| Some((env(var)?, var)))
 }
 
 /// OpenRouter's API, where a key from `OPENROUTER_API_KEY` alone sends the agent.
@@ -504,6 +547,17 @@ fn provider(
     (model, default_model): (String, bool),
 ) -> Result<Provider, ConfigError> {
     let limit = max_tokens(file)?;
+    // OpenRouter passes a thinking budget on to Claude (and Gemini) as its `reasoning`.
+    let router = kind == ProviderKind::OpenAi && on_openrouter(&base);
+    let thinking = thinking(file, kind == ProviderKind::Anthropic || router, limit)?;
+    let mut effort = reasoning_effort(file)?;
+    if let (true, Some(Thinking::Budget(budget)), Some(e)) = (router, thinking, &effort) {
+        log::warn!(
+            "OpenRouter takes a thinking budget or a reasoning effort, not both: \
+             the budget ({budget} tokens) is used, not {e:?}"
+        );
+        effort = None;
+    }
     Ok(Provider {
         kind,
         key,
@@ -512,12 +566,13 @@ fn provider(
         model,
         default_model,
         max_tokens: limit,
-        reasoning_effort: reasoning_effort(file)?,
-        thinking: thinking(file, kind, limit)?,
+        reasoning_effort: effort,
+        thinking,
         connect_timeout: Duration::from_secs(env_num("AEGIS_LLM_CONNECT_TIMEOUT", 10)?),
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: None,
+        bearer: false,
     })
 }
 
@@ -564,11 +619,7 @@ fn bad_setting<T>(var: &str, field: &str, from_env: bool, problem: String) -> Re
 /// Claude's thinking (`AEGIS_THINKING_BUDGET`, agent.json `thinking_budget`): the tokens
 /// it may think with, at least 1,024 (the API's minimum) and below the reply limit when
 /// one is set; or `adaptive`, Claude deciding (4.6 and later).
-fn thinking(
-    file: &AgentFile,
-    kind: ProviderKind,
-    max_tokens: Option<u32>,
-) -> Result<Option<Thinking>, ConfigError> {
+fn thinking(file: &AgentFile, taken: bool, max_tokens: Option<u32>) -> Result<Option<Thinking>, ConfigError> {
     let from_env = env("AEGIS_THINKING_BUDGET");
     let given = match (&from_env, &file.thinking_budget) {
         (Some(v), _) => v.trim().to_string(),
@@ -590,8 +641,11 @@ fn thinking(
     if let Some(p) = problem {
         return bad_setting("AEGIS_THINKING_BUDGET", "thinking_budget", from_env.is_some(), p);
     }
-    if kind != ProviderKind::Anthropic {
-        log::warn!("thinking_budget is Claude's thinking; ignored for this model (see reasoning_effort)");
+    if !taken {
+        log::warn!(
+            "thinking_budget is Claude's thinking (at Anthropic or through OpenRouter); \
+             ignored for this model (see reasoning_effort)"
+        );
         return Ok(None);
     }
     Ok(Some(match given.parse() {
@@ -631,6 +685,7 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: Some(name.to_string()),
+        bearer: false,
     })
 }
 

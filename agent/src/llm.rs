@@ -94,7 +94,8 @@ pub struct Provider {
     /// How hard a reasoning model works, when configured: OpenAI's `reasoning_effort`,
     /// Anthropic's `output_config.effort`.
     pub reasoning_effort: Option<String>,
-    /// Claude's thinking, when configured.
+    /// Claude's thinking, when configured: at Anthropic, or through OpenRouter (its
+    /// `reasoning`), for no other server.
     pub thinking: Option<Thinking>,
     /// Connect timeout.
     pub connect_timeout: Duration,
@@ -105,6 +106,21 @@ pub struct Provider {
     /// `host:NAME/MODEL`: the host's model server `NAME` (`ollama`, `lmstudio`, `vllm`),
     /// reached through the host instead of `base_url` (see `host_llm`).
     pub host: Option<String>,
+    /// The Anthropic dialect's key is a gateway's token, sent as `authorization: Bearer`
+    /// (`ANTHROPIC_AUTH_TOKEN`, OpenRouter's Anthropic-compatible API) rather than as
+    /// Anthropic's `x-api-key`.
+    pub bearer: bool,
+}
+
+impl Provider {
+    /// The header that carries the key, if there is one.
+    pub fn key_header(&self) -> Option<(&'static str, String)> {
+        let key = self.key.as_deref()?;
+        Some(match (self.kind, self.bearer) {
+            (ProviderKind::Anthropic, false) => ("x-api-key", key.to_string()),
+            _ => ("authorization", format!("Bearer {key}")),
+        })
+    }
 }
 
 impl fmt::Debug for Provider {
@@ -654,6 +670,14 @@ impl Llm {
                 if let Some(e) = &p.reasoning_effort {
                     body["reasoning_effort"] = e.as_str().into();
                 }
+                // Only OpenRouter's keeps a thinking setting in this dialect (config.rs).
+                match p.thinking {
+                    Some(Thinking::Budget(budget)) => {
+                        body["reasoning"] = serde_json::json!({"max_tokens": budget})
+                    }
+                    Some(Thinking::Adaptive) => body["reasoning"] = serde_json::json!({"enabled": true}),
+                    None => {}
+                }
                 if !tools.is_empty() {
                     body["tools"] = tools
                         .iter()
@@ -824,11 +848,8 @@ impl Llm {
             req = req.header("anthropic-beta", crate::prompt_cache::HOUR_BETA);
         }
         req = req.header("accept", "text/event-stream");
-        if let Some(key) = &p.key {
-            req = match p.kind {
-                ProviderKind::OpenAi => req.header("authorization", format!("Bearer {key}")),
-                ProviderKind::Anthropic => req.header("x-api-key", key),
-            };
+        if let Some((name, value)) = p.key_header() {
+            req = req.header(name, value);
         }
         let resp = req
             .content_type("application/json")
@@ -2114,6 +2135,7 @@ mod tests {
             read_timeout: Duration::from_secs(1),
             attempts: 1,
             host: None,
+            bearer: false,
         }
     }
 

@@ -96,10 +96,16 @@ pub fn refused_as_gone(status: u16, text: &str) -> bool {
 
 /// The model to use instead of `p.model`, asked of the server with `agent`.
 pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
-    let list = match (p.kind, &p.key) {
-        (ProviderKind::OpenAi, key) => list(agent, &format!("{}/models", p.base_url), key.as_deref(), &[])?,
-        (ProviderKind::Anthropic, key) => {
-            let key = key.as_deref().map(|k| ("x-api-key", k));
+    let key = p.key_header();
+    let key = key.as_ref().map(|(name, value)| (*name, value.as_str()));
+    let list = match p.kind {
+        ProviderKind::OpenAi => list(
+            agent,
+            &format!("{}/models", p.base_url),
+            None,
+            &Vec::from_iter(key),
+        )?,
+        ProviderKind::Anthropic => {
             let headers: Vec<(&str, &str)> = key
                 .into_iter()
                 .chain([("anthropic-version", "2023-06-01")])
@@ -235,9 +241,9 @@ fn newest(models: &[(&str, i64)], eligible: &dyn Fn(&str) -> bool) -> Option<Str
 /// lists the models it has (Ollama: those pulled): the newest, else the first.
 pub fn choose(kind: ProviderKind, openai_itself: bool, current: &str, list: &Value) -> Option<String> {
     let models = listed(list, current);
-    if let (ProviderKind::OpenAi, false, Some((vendor, name))) =
-        (kind, openai_itself, current.split_once('/'))
-    {
+    // Anthropic's own names have no `/`: a vendor's name there is a router's (OpenRouter's
+    // Anthropic-compatible API).
+    if let (false, Some((vendor, name))) = (openai_itself, current.split_once('/')) {
         let own: Vec<(&str, i64)> = models
             .iter()
             .filter_map(|&(id, created)| Some((id.strip_prefix(vendor)?.strip_prefix('/')?, created)))
@@ -368,6 +374,16 @@ mod tests {
             pick("anthropic/claude-sonnet-4.6").as_deref(),
             Some("anthropic/claude-sonnet-5")
         );
+        // The same through its Anthropic-compatible API.
+        for (current, next) in [
+            ("anthropic/claude-sonnet-4.6", "anthropic/claude-sonnet-5"),
+            ("openai/gpt-4o", "openai/gpt-6"),
+        ] {
+            assert_eq!(
+                choose(ProviderKind::Anthropic, false, current, &list).as_deref(),
+                Some(next)
+            );
+        }
         assert_eq!(
             pick("mistralai/mistral-large").as_deref(),
             None,

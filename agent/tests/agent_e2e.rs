@@ -209,6 +209,58 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
     assert_eq!(llm.requests().len(), 5, "the named model was not replaced");
 }
 
+/// An Anthropic-compatible gateway (LiteLLM, a company's proxy) takes its own token as a
+/// bearer (`ANTHROPIC_AUTH_TOKEN`, as Claude Code and Anthropic's SDKs send it). The token
+/// comes first, and Anthropic's own key, set as well, never reaches the gateway: neither
+/// with the messages nor when the default model is gone and the models are listed.
+#[test]
+fn a_gateways_token_goes_as_a_bearer_and_anthropics_own_key_is_not_sent_to_it() {
+    let llm = FakeLlm::with(|req| {
+        if req.header("authorization") != Some("Bearer gw-token") {
+            return Reply::unauthorized();
+        }
+        if req.method == "GET" {
+            let data = json!([{"type": "model", "id": "claude-sonnet-5", "display_name": "Claude Sonnet 5",
+                "created_at": "2026-10-01T00:00:00Z"}]);
+            return Reply::Status {
+                code: 200,
+                headers: vec![],
+                body: json!({"data": data, "has_more": false}).to_string(),
+            };
+        }
+        let model = req.json()["model"].as_str().unwrap_or_default().to_string();
+        if model != "claude-sonnet-5" {
+            return Reply::Status {
+                code: 404,
+                headers: vec![],
+                body: json!({"type": "error", "error": {"type": "not_found_error", "message": format!("model: {model}")}})
+                    .to_string(),
+            };
+        }
+        Reply::sse(anthropic_sse(&[&format!("I am {model}.")]))
+    });
+    let ws = temp_dir("gateway-token");
+    let a = start_agent(
+        &ws,
+        &[
+            ("ANTHROPIC_AUTH_TOKEN", "gw-token"),
+            ("ANTHROPIC_API_KEY", "sk-ant-home"),
+            ("ANTHROPIC_BASE_URL", llm.url()),
+        ],
+    );
+    a.send(&message("1", "who are you?", "m-1"));
+    assert_eq!(done_text(&a.reply()), "I am claude-sonnet-5.");
+    let reqs = llm.requests();
+    let methods: Vec<&str> = reqs.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "GET", "POST"],
+        "the default gone, the list, the newest"
+    );
+    assert!(reqs.iter().all(|r| r.header("x-api-key").is_none()));
+    assert!(!a.proc.log().contains("gw-token"), "the token was logged");
+}
+
 /// OpenAI's reasoning models (o-series, GPT-5) refuse `max_tokens`, here as Azure or a
 /// proxy serves them: the agent asks again with `max_completion_tokens`, and keeps to it.
 #[test]

@@ -455,3 +455,105 @@ fn gemini_through_openrouter_takes_over_a_conversation_with_unsigned_tool_calls(
         a.proc.log()
     );
 }
+
+/// OpenRouter as its Claude Code guide sets it up: its Anthropic-compatible API at
+/// `ANTHROPIC_BASE_URL=https://openrouter.ai/api`, its key in `ANTHROPIC_AUTH_TOKEN` (and
+/// `ANTHROPIC_API_KEY` set empty). The key goes as a bearer token, never as `x-api-key`;
+/// models go by OpenRouter's names (Claude's by default, `openai/gpt-5` when named), and
+/// Claude's prompt is marked for its cache there as at Anthropic.
+#[test]
+fn openrouter_set_up_as_for_claude_code_is_reached_through_its_anthropic_api() {
+    let router = FakeOpenRouter::start(&["anthropic/claude-sonnet-4.6", "openai/gpt-5"]);
+    let claude_code = [
+        ("OPENROUTER_API_KEY", "sk-or-v1-cc"),
+        ("ANTHROPIC_BASE_URL", "https://openrouter.ai/api"),
+        ("ANTHROPIC_AUTH_TOKEN", "sk-or-v1-cc"),
+        ("ANTHROPIC_API_KEY", ""),
+    ];
+    let (ws, a) = routed_agent(&router, "openrouter-anthropic", &claude_code);
+    assert!(
+        a.proc.log().contains(
+            "LLM provider: Anthropic (model anthropic/claude-sonnet-4.6, https://openrouter.ai/api)"
+        ),
+        "{}",
+        a.proc.log()
+    );
+    for (i, text) in ["hello", "and then?", "one more"].iter().enumerate() {
+        a.send(&message("1", text, &format!("m-{i}")));
+        assert_eq!(done_text(&a.reply()), format!("echo: {text}"));
+    }
+    let requests = router.llm.requests();
+    assert!(requests.iter().all(|r| r.path == "/api/v1/messages"));
+    assert_eq!(requests[0].header("authorization"), Some("Bearer sk-or-v1-cc"));
+    assert_eq!(requests[0].header("x-api-key"), None);
+    let sent = router.messages();
+    assert!(sent.iter().all(|m| m["model"] == "anthropic/claude-sonnet-4.6"));
+    assert!(sent[1].to_string().contains("cache_control"), "{}", sent[1]);
+    let used = &usage_today(ws.path())["anthropic/claude-sonnet-4.6"];
+    assert!(used["cache_read"].as_u64().unwrap() > 1024, "{used}");
+    drop(a);
+
+    // Any model of OpenRouter's, by its name, through the same API.
+    let mut gpt = claude_code.to_vec();
+    gpt.push(("AEGIS_MODEL", "openai/gpt-5"));
+    let (_ws, b) = routed_agent(&router, "openrouter-anthropic-gpt", &gpt);
+    b.send(&message("1", "hi", "m-1"));
+    assert_eq!(done_text(&b.reply()), "echo: hi");
+    assert_eq!(router.messages().pop().unwrap()["model"], "openai/gpt-5");
+    drop(b);
+
+    // OpenRouter's key in ANTHROPIC_API_KEY: still sent as the bearer token it takes.
+    let (_ws, c) = routed_agent(
+        &router,
+        "openrouter-anthropic-key",
+        &[
+            ("ANTHROPIC_BASE_URL", "https://openrouter.ai/api"),
+            ("ANTHROPIC_API_KEY", "sk-or-v1-in-key"),
+        ],
+    );
+    c.send(&message("1", "hi", "m-1"));
+    assert_eq!(done_text(&c.reply()), "echo: hi");
+    let last = router.llm.requests().pop().unwrap();
+    assert_eq!(last.header("authorization"), Some("Bearer sk-or-v1-in-key"));
+    assert_eq!(last.header("x-api-key"), None);
+}
+
+/// A thinking budget reaches Claude through OpenRouter as its `reasoning.max_tokens`
+/// (where it was dropped as meant for Anthropic alone); `adaptive` as `reasoning.enabled`.
+/// OpenRouter takes a budget or an effort, not both: the budget is sent, and the log says so.
+#[test]
+fn a_thinking_budget_reaches_claude_through_openrouter_as_its_reasoning_setting() {
+    let router = FakeOpenRouter::start(&["anthropic/claude-sonnet-4.6"]);
+    let asked = |name: &str, thinking: &[(&str, &str)]| {
+        let mut env = vec![
+            ("OPENROUTER_API_KEY", "sk-or-v1-think"),
+            ("AEGIS_MODEL", "anthropic/claude-sonnet-4.6"),
+        ];
+        env.extend_from_slice(thinking);
+        let (_ws, a) = routed_agent(&router, name, &env);
+        a.send(&message("1", "think", "m-1"));
+        assert_eq!(done_text(&a.reply()), "echo: think");
+        (router.chats().pop().unwrap(), a.proc.log())
+    };
+    let (chat, _) = asked("openrouter-budget", &[("AEGIS_THINKING_BUDGET", "2048")]);
+    assert_eq!(chat["reasoning"], json!({"max_tokens": 2048}), "{chat}");
+    assert!(chat.get("reasoning_effort").is_none(), "{chat}");
+    let (chat, _) = asked("openrouter-adaptive", &[("AEGIS_THINKING_BUDGET", "adaptive")]);
+    assert_eq!(chat["reasoning"], json!({"enabled": true}), "{chat}");
+    let (chat, log) = asked(
+        "openrouter-both",
+        &[
+            ("AEGIS_THINKING_BUDGET", "4096"),
+            ("AEGIS_REASONING_EFFORT", "high"),
+        ],
+    );
+    assert_eq!(chat["reasoning"], json!({"max_tokens": 4096}), "{chat}");
+    assert!(chat.get("reasoning_effort").is_none(), "{chat}");
+    assert!(
+        log.contains("OpenRouter takes a thinking budget or a reasoning effort, not both"),
+        "{log}"
+    );
+    let (chat, _) = asked("openrouter-effort", &[("AEGIS_REASONING_EFFORT", "high")]);
+    assert_eq!(chat["reasoning_effort"], "high", "{chat}");
+    assert!(chat.get("reasoning").is_none(), "{chat}");
+}

@@ -1833,7 +1833,7 @@ fn bash_sees_none_of_the_agents_model_keys() {
             &[(
                 "k1",
                 "bash",
-                r#"{"command": "echo [$OPENAI_API_KEY][$ANTHROPIC_API_KEY][$OPENROUTER_API_KEY][$OTHER]"}"#,
+                r#"{"command": "echo [$OPENAI_API_KEY][$ANTHROPIC_API_KEY][$ANTHROPIC_AUTH_TOKEN][$OPENROUTER_API_KEY][$OTHER]"}"#,
             )],
             5,
         )),
@@ -1843,11 +1843,12 @@ fn bash_sees_none_of_the_agents_model_keys() {
     let mut env = openai(&llm).to_vec();
     env.push(("ANTHROPIC_API_KEY", "sk-ant-unused".into()));
     env.push(("OPENROUTER_API_KEY", "sk-or-unused".into()));
+    env.push(("ANTHROPIC_AUTH_TOKEN", "gw-unused".into()));
     env.push(("OTHER", "visible".into()));
     env.push(("AEGIS_MODEL", "openai/gpt-4o".into()));
     let a = agent(&ws, &env);
     a.send(&message("1", "keys?", "m1"));
     assert_eq!(done_text(&a.reply()), "Done.");
     let results = tool_results(&llm.requests()[1]);
-    assert_eq!(results[0].1, "[][][][visible]\nexit status: 0");
+    assert_eq!(results[0].1, "[][][][][visible]\nexit status: 0");
 }

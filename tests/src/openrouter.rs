@@ -12,6 +12,10 @@
 //! - a Gemini model (`google/...`) asked to "run it" calls a tool, with its thought
 //!   signature in `reasoning_details`, and refuses, as Gemini does through OpenRouter, a
 //!   request whose tool calls come back without it;
+//! - `POST /api/v1/messages`, its Anthropic-compatible API (Claude Code's way in): the
+//!   same catalogue by the same names, in the Messages dialect, Claude's cache as
+//!   Anthropic keeps it;
+//! - both take the key only as a bearer token (401 `No auth credentials found` else);
 //! - `GET /api/v1/models` lists the catalogue.
 
 use std::net::SocketAddr;
@@ -21,7 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::http::Request;
-use crate::llm::{last_user_text, openai_sse, FakeLlm, Reply};
+use crate::llm::{anthropic_sse, last_user_text, openai_sse, with_anthropic_usage, FakeLlm, Reply};
 use crate::prompt_cache::{anthropic_cache_refusal, anthropic_of_openai, Anthropic};
 use crate::proxy::ConnectProxy;
 use crate::tls::{fixture, TlsFront};
@@ -79,10 +83,19 @@ impl FakeOpenRouter {
 
     /// The chat requests received, as JSON.
     pub fn chats(&self) -> Vec<Value> {
+        self.received("/api/v1/chat/completions")
+    }
+
+    /// The requests its Anthropic-compatible API received, as JSON.
+    pub fn messages(&self) -> Vec<Value> {
+        self.received("/api/v1/messages")
+    }
+
+    fn received(&self, path: &str) -> Vec<Value> {
         self.llm
             .requests()
             .iter()
-            .filter(|r| r.path == "/api/v1/chat/completions")
+            .filter(|r| r.path == path)
             .map(Request::json)
             .collect()
     }
@@ -124,8 +137,17 @@ fn answer(
             .collect();
         return json_reply(200, json!({"data": data}));
     }
-    if req.path != "/api/v1/chat/completions" {
+    if req.path != "/api/v1/chat/completions" && req.path != "/api/v1/messages" {
         return json_reply(404, json!({"error": {"message": "Not Found", "code": 404}}));
+    }
+    if !req
+        .header("authorization")
+        .is_some_and(|a| a.starts_with("Bearer sk-or-"))
+    {
+        return json_reply(
+            401,
+            json!({"error": {"message": "No auth credentials found", "code": 401}}),
+        );
     }
     let body = req.json();
     let model = body["model"].as_str().unwrap_or("");
@@ -134,6 +156,9 @@ fn answer(
             400,
             json!({"error": {"message": format!("{model} is not a valid model ID"), "code": 400}, "user_id": "user_test"}),
         );
+    }
+    if req.path == "/api/v1/messages" {
+        return messages_answer(req, &body, cache);
     }
     if model.starts_with("google/") {
         if let Some(refusal) = gemini_refusal(&body) {
@@ -187,6 +212,27 @@ fn answer(
     let done = pieces.len() - 1;
     pieces.insert(done, format!("data: {usage}\n\n"));
     Reply::sse(pieces)
+}
+
+/// An answer of the Anthropic-compatible API: Claude's cache kept as Anthropic keeps it
+/// (for every model: a router's guess at the others' is not modelled).
+fn messages_answer(req: &Request, body: &Value, cache: &Mutex<Anthropic>) -> Reply {
+    if let Some(why) = anthropic_cache_refusal(body) {
+        return json_reply(
+            400,
+            json!({"type": "error", "error": {"type": "invalid_request_error", "message": why}}),
+        );
+    }
+    let mut c = cache.lock().unwrap();
+    let before = c.usage;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let read = c.request_at(body, now);
+    let (input, written) = (c.usage.input - before.input, c.usage.written - before.written);
+    let tokens = |chars: usize| (chars / 4) as u64;
+    let usage = json!({"input_tokens": tokens(input.saturating_sub(read + written)),
+        "cache_creation_input_tokens": tokens(written), "cache_read_input_tokens": tokens(read), "output_tokens": 1});
+    let text = format!("echo: {}", last_user_text(req));
+    Reply::sse(with_anthropic_usage(anthropic_sse(&[&text]), usage))
 }
 
 /// Gemini's thought signature on its tool call, as OpenRouter passes it on.
