@@ -90,6 +90,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
     let acts = actions_tx.clone();
     let mut renderer = Renderer::restore(snapshot);
     renderer.set_stream_mode(bot.stream_mode);
+    renderer.set_rich_mode(bot.rich_mode);
     thread::Builder::new()
         .name("renderer".into())
         .spawn(move || render_loop(renderer, &events_rx, &acts, &render_path))?;

@@ -22,6 +22,8 @@ pub struct BotConfig {
     pub group_all: bool,
     /// Drafts or edits (`stream_mode`).
     pub stream_mode: crate::render::StreamMode,
+    /// Which finished replies are rich messages (`rich_messages`).
+    pub rich_mode: crate::render::RichMode,
     /// Telegram users who may run shell commands in the instance (`/exec`); `None` means
     /// every user of an allowed chat (`"*"`), empty (the default) no one.
     pub exec_users: Option<Vec<i64>>,
@@ -216,6 +218,17 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
                 ))
             }
         };
+        let rich_mode = match s("rich_messages")?.as_deref() {
+            None | Some("auto") => crate::render::RichMode::Auto,
+            Some("always") => crate::render::RichMode::Always,
+            Some("off") => crate::render::RichMode::Off,
+            Some(other) => {
+                return Err(at(
+                    &field("rich_messages"),
+                    &format!("{other:?}: use \"auto\" (default), \"always\" or \"off\""),
+                ))
+            }
+        };
         bots.push(BotConfig {
             token,
             instance,
@@ -223,6 +236,7 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             api_url,
             group_all,
             stream_mode,
+            rich_mode,
             exec_users,
         });
     }
@@ -331,6 +345,18 @@ mod tests {
     }
 
     #[test]
+    fn rich_messages_are_auto_unless_set() {
+        let mode = |field: &str| {
+            let text = format!(r#"{{"telegram":{{"bot_token":"1:a","instance":"a"{field}}}}}"#);
+            load(&write("rich", &text)).unwrap().remove(0).rich_mode
+        };
+        use crate::render::RichMode;
+        assert_eq!(mode(""), RichMode::Auto);
+        assert_eq!(mode(r#","rich_messages":"always""#), RichMode::Always);
+        assert_eq!(mode(r#","rich_messages":"off""#), RichMode::Off);
+    }
+
+    #[test]
     fn errors_name_the_file_and_field() {
         let cases = [
             ("{", "invalid JSON"),
@@ -362,6 +388,10 @@ mod tests {
             (
                 r#"{"telegram":{"bot_token":"1:a","instance":"a","exec_users":["me"]}}"#,
                 "telegram.exec_users: \"me\" is not a user id",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rich_messages":"yes"}}"#,
+                "telegram.rich_messages: \"yes\": use \"auto\" (default), \"always\" or \"off\"",
             ),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {

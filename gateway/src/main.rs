@@ -57,6 +57,8 @@ CONFIG (~/.aegis/gateway.json):
     allowed_chats    chat ids, or \"*\" for all; absent or empty: no chat is answered
     api_url          Bot API base [default https://api.telegram.org]
     stream_mode      auto (drafts in private chats when available), draft, or edit
+    rich_messages    auto (a reply part with a table goes as a rich message, which
+                     Telegram renders from its Markdown; Bot API 10.1), always, or off
     group_mode       mention (answer only when addressed in groups) or all
     exec_users       Telegram user ids who may send /exec (commands run in the instance
                      with sh -c, without the model; /exit to return); default nobody

@@ -74,6 +74,48 @@ pub fn to_html(md: &str) -> Option<String> {
     formatted.then_some(out)
 }
 
+/// Whether `md` has a table outside its code blocks: a row of cells, then a delimiter row
+/// with as many (`|---|:--:|`), as GitHub's Markdown writes one. A classic message shows
+/// it as rows of pipes; a rich message as a table.
+pub fn has_table(md: &str) -> bool {
+    let mut in_code = false;
+    let mut previous: Option<&str> = None;
+    for line in md.lines() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            in_code = !in_code;
+            previous = None;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        if previous.is_some_and(|row| row.contains('|') && delimiter_row(t) == Some(cells(row).len())) {
+            return true;
+        }
+        previous = Some(t);
+    }
+    false
+}
+
+/// The cells of a table row, without its outer pipes.
+fn cells(row: &str) -> Vec<&str> {
+    let inner = row.strip_prefix('|').unwrap_or(row);
+    let inner = inner.strip_suffix('|').unwrap_or(inner);
+    inner.split('|').map(str::trim).collect()
+}
+
+/// The number of columns `t` sets, if it is a table's delimiter row.
+fn delimiter_row(t: &str) -> Option<usize> {
+    let cells = cells(t);
+    let dashes = |c: &&str| {
+        let c = c.strip_prefix(':').unwrap_or(c);
+        let c = c.strip_suffix(':').unwrap_or(c);
+        !c.is_empty() && c.bytes().all(|b| b == b'-')
+    };
+    (t.contains('|') && cells.iter().all(dashes)).then_some(cells.len())
+}
+
 /// Inline markup of one line.
 fn inline(line: &str, formatted: &mut bool) -> String {
     let chars: Vec<char> = line.chars().collect();
@@ -190,6 +232,23 @@ mod tests {
         assert_eq!(to_html("**a** and **b").unwrap(), "<b>a</b> and **b");
     }
 
+    #[test]
+    fn tables_are_found_outside_code_only() {
+        let table = "Prices:\n\n| Plan | $/month |\n|------|--:|\n| Pro | 20 |";
+        assert!(has_table(table));
+        assert!(has_table("a | b\n--- | :---:\n1 | 2"), "without outer pipes");
+        assert!(has_table("| one |\n|---|\n| 1 |"), "one column");
+        assert!(!has_table("```\n| a | b |\n|---|---|\n```"), "in a code block");
+        assert!(!has_table("| a | b |\n|---|"), "columns differ");
+        assert!(!has_table("a | b\n\n|---|---|"), "rows apart");
+        assert!(
+            !has_table("total\n---\nx | y"),
+            "a heading underline is not a table"
+        );
+        assert!(!has_table("x || y\n- item\n| - |"));
+        assert!(!has_table(""));
+    }
+
     /// Tags our converter writes nest properly and nothing else looks like a tag.
     fn well_formed(html: &str) -> bool {
         let mut stack = Vec::new();
@@ -216,6 +275,34 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn any_rows_under_a_delimiter_row_are_a_table(
+            head in proptest::collection::vec("[a-zA-Z0-9$*_`.][a-zA-Z0-9 $*_`.-]{0,11}", 1..8),
+            align in proptest::collection::vec(0u8..4, 8),
+            before in "[a-z .,\n]{0,40}",
+            outer in any::<bool>(),
+        ) {
+            let row = |cells: Vec<String>| match outer {
+                true => format!("| {} |", cells.join(" | ")),
+                false if cells.len() == 1 => format!("| {} |", cells[0]),
+                false => cells.join(" | "),
+            };
+            let delimiter: Vec<String> = (0..head.len())
+                .map(|i| ["---", ":--", "--:", ":-:"][align[i] as usize].to_string())
+                .collect();
+            let head: Vec<String> = head.iter().map(|c| c.replace('|', "")).collect();
+            let md = format!("{before}\n{}\n{}\n| x |", row(head.clone()), row(delimiter));
+            prop_assert!(has_table(&md), "{md:?}");
+            // The same lines in a code block are code.
+            let fenced = format!("```\n{md}\n```");
+            prop_assert!(!has_table(&fenced), "{fenced:?}");
+        }
+
+        #[test]
+        fn text_without_pipes_has_no_table(s in "[a-z :\n`#*-]{0,80}") {
+            prop_assert!(!has_table(&s));
+        }
+
         #[test]
         fn output_is_always_valid_telegram_html(s in "[a-z *_`~\\[\\]()#<>&\n]{0,60}") {
             if let Some(h) = to_html(&s) {

@@ -62,6 +62,9 @@ pub enum Action {
         text: String,
         /// The same as Telegram HTML, when it has formatting.
         html: Option<String>,
+        /// Sent as a rich message (`sendRichMessage`, the text as its Markdown) when the Bot
+        /// API takes them; else as HTML or plain text.
+        rich: bool,
     },
     /// `editMessageText`. Should the message be gone (deleted, or left behind in a group
     /// that became a supergroup), the sender sends the text anew and reports the new
@@ -81,6 +84,8 @@ pub enum Action {
         text: String,
         /// The same as Telegram HTML, when it has formatting.
         html: Option<String>,
+        /// Edited into a rich message (`rich_message`) when the Bot API takes them.
+        rich: bool,
     },
     /// `sendChatAction`: typing, or what the agent's tool is making.
     Typing {
@@ -129,6 +134,7 @@ impl Action {
             topic,
             text,
             html,
+            rich: false,
         }
     }
 }
@@ -186,6 +192,19 @@ pub enum StreamMode {
     Draft,
     /// Send and edit messages, as Bot APIs before drafts.
     Edit,
+}
+
+/// Which finished replies go out as rich messages (config `rich_messages`; Bot API 10.1),
+/// which Telegram renders from the reply's own Markdown: tables, headings, lists, quotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RichMode {
+    /// A part with a table, which a classic message can only show as rows of pipes.
+    #[default]
+    Auto,
+    /// Every part.
+    Always,
+    /// None: classic messages only.
+    Off,
 }
 
 /// Whether the Bot API refused `sendMessageDraft`, shared by the threads that send drafts
@@ -327,6 +346,8 @@ pub struct Renderer {
     frames_taken: u64,
     /// Drafts or edits.
     mode: StreamMode,
+    /// Which finished parts are rich messages.
+    rich: RichMode,
     /// The Bot API refused `sendMessageDraft`: edits from now on.
     drafts_refused: bool,
 }
@@ -425,6 +446,11 @@ impl Renderer {
     /// Use `mode` for new replies.
     pub fn set_stream_mode(&mut self, mode: StreamMode) {
         self.mode = mode;
+    }
+
+    /// Send finished parts as rich messages as `mode` says.
+    pub fn set_rich_mode(&mut self, mode: RichMode) {
+        self.rich = mode;
     }
 
     /// The Bot API does not know `sendMessageDraft` (or refused it in `chat`): every
@@ -770,6 +796,7 @@ impl Renderer {
     /// Move reply `key` one step closer to showing its text.
     fn progress(&mut self, key: &ReplyKey, now: Instant, out: &mut Vec<Action>) {
         let chat = key.0;
+        let rich = self.rich;
         let may_edit = self
             .last_edit
             .get(&chat)
@@ -799,10 +826,10 @@ impl Renderer {
         if r.text.is_empty() && !r.done {
             return;
         }
-        let desired = desired_parts(r);
+        let desired = desired_parts(r, rich);
         let mut edited = false;
-        for (i, (text, html)) in desired.iter().enumerate() {
-            let shown = html.as_ref().unwrap_or(text);
+        for (i, look) in desired.iter().enumerate() {
+            let shown = &look.shown();
             if i >= r.parts.len() {
                 // Parts are created in order, one sendMessage at a time.
                 if r.parts.iter().any(|p| p.sending) {
@@ -818,8 +845,9 @@ impl Renderer {
                     part: i,
                     chat,
                     topic: r.topic,
-                    text: text.clone(),
-                    html: html.clone(),
+                    text: look.text.clone(),
+                    html: look.html.clone(),
+                    rich: look.rich,
                 });
                 break;
             }
@@ -833,8 +861,9 @@ impl Renderer {
                         chat,
                         topic: r.topic,
                         message_id: id,
-                        text: text.clone(),
-                        html: html.clone(),
+                        text: look.text.clone(),
+                        html: look.html.clone(),
+                        rich: look.rich,
                     });
                     edited = true;
                 }
@@ -847,7 +876,7 @@ impl Renderer {
             || r.parts
                 .iter()
                 .zip(&desired)
-                .any(|(p, (t, h))| p.message_id.is_some() && &p.shown != h.as_ref().unwrap_or(t));
+                .any(|(p, look)| p.message_id.is_some() && p.shown != look.shown());
         let text_shown = r.done
             && !r.behind
             && r.parts.len() == desired.len()
@@ -880,9 +909,33 @@ fn refresh_due(r: &Reply) -> Option<Instant> {
     (due < r.heard? + TYPING_MAX).then_some(due)
 }
 
-/// The messages a reply should show now, as (plain, HTML): plain text while streaming;
-/// once done, each part also as HTML when its Markdown converts.
-fn desired_parts(r: &Reply) -> Vec<(String, Option<String>)> {
+/// How one message of a reply should look.
+#[derive(Debug, Clone, PartialEq)]
+struct Look {
+    /// Its text (Markdown once done).
+    text: String,
+    /// As Telegram HTML, when it converts.
+    html: Option<String>,
+    /// Sent as a rich message.
+    rich: bool,
+}
+
+impl Look {
+    /// What the message shows, to compare with what it should: its HTML when formatted,
+    /// else its text; a rich message's text marked apart from the same text shown plain
+    /// while streaming, so the finished part is edited into a rich one.
+    fn shown(&self) -> String {
+        match (&self.html, self.rich) {
+            (_, true) => format!("\u{1}rich\u{1}{}", self.text),
+            (Some(html), false) => html.clone(),
+            (None, false) => self.text.clone(),
+        }
+    }
+}
+
+/// The messages a reply should show now: plain text while streaming; once done, each
+/// part also as HTML when its Markdown converts, and rich as `mode` says.
+fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
     if r.text.is_empty() && r.done && r.attachment(0).is_some() {
         return Vec::new(); // the photos or files are the reply
     }
@@ -893,9 +946,15 @@ fn desired_parts(r: &Reply) -> Vec<(String, Option<String>)> {
     };
     split(&text, MAX_MESSAGE)
         .into_iter()
-        .map(|p| {
-            let html = r.done.then(|| markdown::to_html(&p)).flatten();
-            (p, html)
+        .map(|text| {
+            let html = r.done.then(|| markdown::to_html(&text)).flatten();
+            let rich = r.done
+                && match mode {
+                    RichMode::Auto => markdown::has_table(&text),
+                    RichMode::Always => true,
+                    RichMode::Off => false,
+                };
+            Look { text, html, rich }
         })
         .collect()
 }
@@ -938,7 +997,8 @@ mod tests {
                 chat: 5,
                 topic: None,
                 text: "Hel".into(),
-                html: None
+                html: None,
+                rich: false
             }]
         );
         out.clear();
@@ -961,7 +1021,8 @@ mod tests {
                 topic: None,
                 message_id: 100,
                 text: "Hello".into(),
-                html: None
+                html: None,
+                rich: false
             }]
         );
         out.clear();
@@ -981,7 +1042,8 @@ mod tests {
                 topic: None,
                 message_id: 100,
                 text: "Hello **world**".into(),
-                html: Some("Hello <b>world</b>".into())
+                html: Some("Hello <b>world</b>".into()),
+                rich: false
             }]
         );
         assert_eq!(r.in_progress(), 0);
@@ -1102,7 +1164,8 @@ mod tests {
                 topic: None,
                 message_id: 100,
                 text: "Hello".into(),
-                html: None
+                html: None,
+                rich: false
             }]
         );
     }
@@ -1184,7 +1247,8 @@ mod tests {
                 topic: None,
                 message_id: 100,
                 text: "full answer".into(),
-                html: None
+                html: None,
+                rich: false
             }]
         );
     }
@@ -1342,13 +1406,85 @@ mod tests {
                 chat: 5,
                 topic: None,
                 text: "Hello **there**".into(),
-                html: Some("Hello <b>there</b>".into())
+                html: Some("Hello <b>there</b>".into()),
+                rich: false
             }]
         );
         out.clear();
         r.sent(&(5, "m".into()), 0, 77, t0 + Duration::from_secs(22), &mut out);
         assert!(out.is_empty(), "no edits in draft mode: {out:?}");
         assert_eq!(r.in_progress(), 0);
+    }
+
+    /// The rich flag of each message the renderer sends or edits for a reply whose deltas
+    /// are `text` then done, in `stream`/`rich` modes.
+    fn rich_flags(stream: StreamMode, rich: RichMode, chat: &str, text: &str) -> Vec<(String, bool)> {
+        let mut r = Renderer::default();
+        r.set_stream_mode(stream);
+        r.set_rich_mode(rich);
+        let key = (chat.parse::<i64>().unwrap(), "m".to_string());
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&delta(chat, "m", 1, text), t0, &mut out);
+        for a in &out {
+            if let Action::Send { part, .. } = a {
+                r.sent(&key, *part, 100 + *part as i64, t0, &mut Vec::new());
+            }
+        }
+        let mut seen = Vec::new();
+        r.frame(&done(chat, "m", 2, text), t0 + Duration::from_secs(2), &mut out);
+        for step in 0..6u64 {
+            for a in std::mem::take(&mut out) {
+                match a {
+                    Action::Send { part, text, rich, .. } => {
+                        seen.push((format!("send {text}"), rich));
+                        r.sent(&key, part, 100 + part as i64, t0, &mut out);
+                    }
+                    Action::Edit { text, rich, .. } => seen.push((format!("edit {text}"), rich)),
+                    _ => {}
+                }
+            }
+            r.tick(t0 + Duration::from_secs(3 + step), &mut out);
+        }
+        assert_eq!(r.in_progress(), 0, "{seen:?}");
+        seen
+    }
+
+    #[test]
+    fn a_finished_part_with_a_table_goes_as_a_rich_message() {
+        let table = "Plans:\n\n| Plan | Price |\n|---|--:|\n| Pro | 20 |";
+        let send = |t: &str, rich| (format!("send {t}"), rich);
+        let edit = |t: &str, rich| (format!("edit {t}"), rich);
+        // Edit mode: streamed as plain text, then edited into a rich message.
+        assert_eq!(
+            rich_flags(StreamMode::Edit, RichMode::Auto, "-5", table),
+            [send(table, false), edit(table, true)]
+        );
+        // A draft: one final message, rich.
+        assert_eq!(
+            rich_flags(StreamMode::Auto, RichMode::Auto, "5", table),
+            [send(table, true)]
+        );
+        // Without a table, classic; `always` makes any text rich; `off` none.
+        assert_eq!(
+            rich_flags(StreamMode::Auto, RichMode::Auto, "5", "Just **text**"),
+            [send("Just **text**", false)]
+        );
+        assert_eq!(
+            rich_flags(StreamMode::Edit, RichMode::Always, "-5", "Just text"),
+            [send("Just text", false), edit("Just text", true)]
+        );
+        assert_eq!(
+            rich_flags(StreamMode::Auto, RichMode::Off, "5", table),
+            [send(table, false)]
+        );
+        // A long reply: only the part holding the table is rich.
+        let long = format!("{}\n\n{table}", "word ".repeat(1000));
+        let flags: Vec<bool> = rich_flags(StreamMode::Auto, RichMode::Auto, "5", &long)
+            .into_iter()
+            .map(|(_, rich)| rich)
+            .collect();
+        assert_eq!(flags, [false, true]);
     }
 
     fn thought(chat: &str, msg: &str, seq: Option<u64>, t: &str) -> Frame {

@@ -2,9 +2,10 @@
 //!
 //! It honours `retry_after` for all calls (a 429 pauses the bot, then the same call is
 //! tried again, so no edit and no final text is lost), retries 5xx and network errors
-//! with backoff, treats "message is not modified" as success, falls back to plain text
-//! when Telegram rejects the formatting, and drops an edit that a newer edit of the same
-//! message has already superseded. A failing `sendChatAction` is logged and forgotten.
+//! with backoff, treats "message is not modified" as success, falls back from a rich
+//! message to HTML, and from HTML to plain text, when Telegram rejects the formatting, and
+//! drops an edit that a newer edit of the same message has already superseded. A failing
+//! `sendChatAction` is logged and forgotten.
 
 use std::collections::VecDeque;
 use std::thread;
@@ -35,6 +36,7 @@ pub fn run(
 ) {
     let mut queue: VecDeque<Action> = VecDeque::new();
     let mut moved = Moved::default();
+    let mut rich = RichMessages::default();
     loop {
         if queue.is_empty() {
             match actions.recv() {
@@ -52,8 +54,15 @@ pub fn run(
                 continue;
             }
         }
-        execute(&tg, action, &events, &drafts, &mut moved, workspace);
+        execute(&tg, action, &events, &drafts, (&mut moved, &mut rich), workspace);
     }
+}
+
+/// What the Bot API has shown of rich messages (Bot API 10.1).
+#[derive(Default)]
+struct RichMessages {
+    /// It does not know them (an older server): classic messages from now on.
+    unknown: bool,
 }
 
 /// Messages of replies that were gone when edited, and the ones sent in their place.
@@ -111,7 +120,7 @@ fn execute(
     action: Action,
     events: &Sender<Event>,
     drafts: &DraftsRefused,
-    moved: &mut Moved,
+    (moved, rich_messages): (&mut Moved, &mut RichMessages),
     workspace: &InstanceWorkspace,
 ) {
     match action {
@@ -128,13 +137,15 @@ fn execute(
             topic,
             text,
             html,
+            rich,
         } => {
             // In a group, the first message of a reply answers the user's message.
             let reply_to = key
                 .as_ref()
                 .filter(|_| part == 0 && chat < 0)
                 .and_then(|(_, msg_id)| msg_id.strip_prefix(&format!("tg-{chat}-"))?.parse::<i64>().ok());
-            let result = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |mut b| {
+            let look = (text.as_str(), html.as_deref(), rich);
+            let result = call_formatted(tg, "sendMessage", chat, look, rich_messages, |mut b| {
                 if let Some(id) = reply_to {
                     b["reply_parameters"] = json!({"message_id": id, "allow_sending_without_reply": true});
                 }
@@ -215,10 +226,12 @@ fn execute(
             message_id,
             text,
             html,
+            rich,
         } => {
             // An edit queued before its message was replaced goes to the replacement.
             let current = moved.current(chat, message_id);
-            let result = call_with_fallback(tg, "editMessageText", chat, &text, html.as_deref(), |mut b| {
+            let look = (text.as_str(), html.as_deref(), rich);
+            let result = call_formatted(tg, "editMessageText", chat, look, rich_messages, |mut b| {
                 b["message_id"] = json!(current);
                 b
             });
@@ -229,7 +242,7 @@ fn execute(
                     log::warn!(
                         "chat {chat}: message {current} is gone (deleted, or the group moved); sending the text anew"
                     );
-                    let sent = call_with_fallback(tg, "sendMessage", chat, &text, html.as_deref(), |b| {
+                    let sent = call_formatted(tg, "sendMessage", chat, look, rich_messages, |b| {
                         in_topic(b, topic)
                     });
                     match sent.map(|v| v["message_id"].as_i64()) {
@@ -249,6 +262,44 @@ fn execute(
             }
         }
     }
+}
+
+/// `method` (`sendMessage`, `editMessageText`) with retries, for a part's (text, HTML,
+/// rich): as a rich message (`sendRichMessage`, or the edit's `rich_message`, the text as
+/// its Markdown) when it is one and the Bot API takes them, else as HTML, else as plain
+/// text. A refused rich message was not sent, so the classic one never doubles it.
+fn call_formatted(
+    tg: &Telegram,
+    method: &str,
+    chat: i64,
+    (text, html, rich): (&str, Option<&str>, bool),
+    known: &mut RichMessages,
+    extra: impl Fn(Value) -> Value,
+) -> Result<Value, TgError> {
+    if rich && !known.unknown {
+        let rich_method = if method == "sendMessage" {
+            "sendRichMessage"
+        } else {
+            method
+        };
+        let body = extra(json!({"chat_id": chat, "rich_message": {"markdown": text}}));
+        match call_retrying(tg, rich_method, &body) {
+            // An older server: it lacks the method, or ignores `rich_message` and finds no
+            // text to edit with.
+            Err(TgError::Rejected(404, e)) => known_unknown(known, &e),
+            Err(TgError::Rejected(400, e)) if e.contains("text is empty") => known_unknown(known, &e),
+            Err(TgError::Rejected(400, e) | TgError::BadEntities(e)) => {
+                log::warn!("chat {chat}: rich message refused ({e}); sending it as a classic message");
+            }
+            other => return other,
+        }
+    }
+    call_with_fallback(tg, method, chat, text, html, extra)
+}
+
+fn known_unknown(known: &mut RichMessages, why: &str) {
+    log::info!("the Bot API has no rich messages ({why}); classic messages from now on");
+    known.unknown = true;
 }
 
 /// Call with retries; if Telegram rejects the HTML, send the plain text instead.

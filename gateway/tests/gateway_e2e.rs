@@ -2324,3 +2324,142 @@ fn exec_through_serve_runs_in_the_instance_workspace() {
         .collect();
     assert!(drafts.first().is_some_and(|d| d == "one\n"), "{drafts:?}");
 }
+
+/// The model's answers for the rich-message tests: a table when asked for one (a wide one,
+/// past Telegram's 20 columns, for "wide"), else an echo; in pieces, as streamed.
+fn tables_llm() -> FakeLlm {
+    FakeLlm::with(|req| {
+        let asked = aegis_e2e::llm::last_user_text(req);
+        let text = if asked.contains("wide") {
+            let cells: Vec<String> = (1..=21).map(|i| format!("c{i}")).collect();
+            format!(
+                "Wide:\n\n| {} |\n|{}\n| {} |",
+                cells.join(" | "),
+                "---|".repeat(21),
+                cells.join(" | ")
+            )
+        } else if asked.contains("table") {
+            TABLE.to_string()
+        } else {
+            format!("echo: {asked}")
+        };
+        let pieces: Vec<String> = text.split_inclusive('\n').map(String::from).collect();
+        let refs: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        Reply::sse(openai_sse(&refs))
+    })
+}
+
+const TABLE: &str =
+    "Our plans:\n\n| Plan | Price |\n|------|------:|\n| Free | 0 |\n| Pro | 20 |\n\nPick **one**.";
+
+/// A gateway on `s` whose config adds `extra` to the usual fields.
+fn gateway_with(s: &mut Stack, extra: Value) {
+    let mut cfg = json!({"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "api_url": s.telegram.url()});
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(s.home.join("gateway.json"), json!({"telegram": cfg}).to_string()).unwrap();
+    s.start_gateway();
+}
+
+/// A reply with a table goes as a rich message (Bot API 10.1), which Telegram renders
+/// from its Markdown: as the final message of a draft, or, streamed with edits, by the
+/// final edit; other replies stay classic. A rich message Telegram refuses (a table past
+/// its 20 columns) arrives as a classic one, once, and the next table is rich again.
+#[test]
+fn a_reply_with_a_table_arrives_as_a_rich_message() {
+    let mut s = Stack::new("gw-rich", tables_llm(), &[]);
+    s.telegram.enable_drafts();
+    s.telegram.enable_rich_messages();
+    gateway_with(&mut s, json!({}));
+    s.telegram.push_text(CHAT, 7, "Ann", "a table please");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
+    assert!(msgs[0].rich, "{msgs:?}");
+    assert_eq!(msgs[0].text, TABLE);
+    s.telegram.push_text(CHAT, 7, "Ann", "hi");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    assert!(!msgs[1].rich, "no table, a classic message");
+    assert_eq!(msgs[1].visible(), "echo: [Ann]: hi");
+    // Past the limit: refused, then sent classic, once.
+    s.telegram.push_text(CHAT, 7, "Ann", "a wide table");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
+    assert!(!msgs[2].rich && msgs[2].text.starts_with("Wide:"), "{msgs:?}");
+    s.telegram.push_text(CHAT, 7, "Ann", "another table");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 4);
+    assert!(msgs[3].rich, "still rich after one refusal");
+    let statuses: Vec<u16> = s
+        .telegram
+        .calls_of("sendRichMessage")
+        .iter()
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(statuses, [200, 400, 200]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(s.telegram.messages(CHAT).len(), 4, "nothing doubled");
+    s.gateway.take();
+
+    // Streamed with edits: plain text as it grows, then the final edit makes it rich.
+    let mut s = Stack::new("gw-rich-edit", tables_llm(), &[]);
+    s.telegram.enable_rich_messages();
+    gateway_with(&mut s, json!({"stream_mode": "edit"}));
+    s.telegram.push_text(CHAT, 7, "Ann", "table");
+    let msgs = s
+        .telegram
+        .wait_chat(CHAT, T, |m| m.first().is_some_and(|m| m.rich));
+    assert_eq!((msgs.len(), msgs[0].text.as_str()), (1, TABLE));
+    let edits = s.telegram.calls_of("editMessageText");
+    let last = edits.last().unwrap();
+    assert_eq!(last.body["rich_message"]["markdown"], TABLE);
+    assert!(
+        edits[..edits.len() - 1]
+            .iter()
+            .all(|e| e.body.get("rich_message").is_none()),
+        "only the finished text is rich"
+    );
+}
+
+/// A Bot API server from before rich messages (a local one not yet updated): the first
+/// rich message meets its 404 (or, as an edit, its "message text is empty"), goes out
+/// classic, and the gateway sends no more rich messages to it.
+#[test]
+fn an_older_bot_api_gets_classic_messages_after_one_refusal() {
+    let mut s = Stack::new("gw-rich-old", tables_llm(), &[]);
+    s.telegram.enable_drafts();
+    gateway_with(&mut s, json!({}));
+    for (i, ask) in ["table", "table again"].iter().enumerate() {
+        s.telegram.push_text(CHAT, 7, "Ann", ask);
+        let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+            m.len() == i + 1 && m[i].visible().ends_with("Pick one.")
+        });
+        assert!(!msgs[i].rich);
+        assert!(msgs[i].visible().contains("| Pro | 20 |"), "{msgs:?}");
+    }
+    assert_eq!(s.telegram.calls_of("sendRichMessage").len(), 1, "learnt at once");
+    s.gateway.take();
+
+    let mut s = Stack::new("gw-rich-old-edit", tables_llm(), &[]);
+    gateway_with(&mut s, json!({"stream_mode": "edit", "rich_messages": "always"}));
+    let edits = |s: &Stack| -> Vec<(bool, u16)> {
+        s.telegram
+            .calls_of("editMessageText")
+            .iter()
+            .map(|c| (c.body.get("rich_message").is_some(), c.status))
+            .collect()
+    };
+    for (i, ask) in ["first", "second"].iter().enumerate() {
+        s.telegram.push_text(CHAT, 7, "Ann", ask);
+        s.telegram.wait_chat(CHAT, T, |m| {
+            m.len() == i + 1 && m[i].visible() == format!("echo: [Ann]: {ask}")
+        });
+        // Its final edit comes a second after the message (the edit throttle).
+        let deadline = std::time::Instant::now() + T;
+        while edits(&s).iter().filter(|(rich, _)| !rich).count() < i + 1 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", edits(&s));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // The first finished text was tried rich ("message text is empty": the server reads
+    // only `text`), then edited classic (already shown: "not modified"); the second, classic.
+    assert_eq!(edits(&s), [(true, 400), (false, 400), (false, 400)]);
+}

@@ -10,7 +10,12 @@
 //! "IMAGE_PROCESS_FAILED" for bytes that are no image), `sendDocument` likewise (400
 //! "there is no document in the request", 413 "Request Entity Too Large" past 50 MB), and
 //! `sendVoice` (400 "there is no voice in the request", and "VOICE_MESSAGES_FORBIDDEN"
-//! for a user whose privacy settings refuse voice messages).
+//! for a user whose privacy settings refuse voice messages). Rich messages (Bot API 10.1,
+//! on demand, like drafts): `sendRichMessage` and `editMessageText` with `rich_message`
+//! (its `markdown` or `html`, exactly one); a table of more than 20 columns, past the
+//! documented limit, is refused with a 400 (its wording ours). A server without them
+//! answers `sendRichMessage` with 404 "method not found" and, ignoring `rich_message`,
+//! an edit with 400 "message text is empty".
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -46,6 +51,8 @@ pub struct Msg {
     pub edits: usize,
     /// The topic it was sent to (`message_thread_id`).
     pub thread: Option<i64>,
+    /// A rich message (`text` is its Markdown or HTML source).
+    pub rich: bool,
 }
 
 impl Msg {
@@ -91,6 +98,8 @@ struct State {
     no_chat_action: bool,
     /// `sendMessageDraft` is known (off: like a Bot API server from before drafts).
     drafts: bool,
+    /// Rich messages are known (off: like a Bot API server from before 10.1).
+    rich: bool,
     /// Per chat, the draft shown now (id, text); a sent message replaces it.
     draft_now: BTreeMap<i64, (i64, String)>,
     /// Uploaded files by `file_id`: (file_path, bytes).
@@ -499,6 +508,12 @@ impl FakeTelegram {
         self.state.0.lock().unwrap().drafts = true;
     }
 
+    /// Know rich messages, as the Bot API does since 10.1 (off by default, like a local
+    /// Bot API server from before them).
+    pub fn enable_rich_messages(&self) {
+        self.state.0.lock().unwrap().rich = true;
+    }
+
     /// The draft a chat shows now, if any: (draft id, text).
     pub fn draft(&self, chat: i64) -> Option<(i64, String)> {
         self.state.0.lock().unwrap().draft_now.get(&chat).cloned()
@@ -653,6 +668,9 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 }
                 ok(Value::Array(s.updates.iter().take(100).cloned().collect()))
             }
+            "sendRichMessage" if !s.rich => bad(404, "Not Found: method not found"),
+            "sendRichMessage" => send_rich(&mut s, &body),
+            "editMessageText" if s.rich && body.get("rich_message").is_some() => send_rich(&mut s, &body),
             "sendMessage" | "editMessageText" => send_or_edit(&mut s, method, &body),
             "getFile" => match s.files.get(body["file_id"].as_str().unwrap_or("")) {
                 None => bad(400, "Bad Request: invalid file_id"),
@@ -732,7 +750,12 @@ fn migrated_chat(s: &State, body: &Value, parts: Option<&[FormPart]>) -> Option<
 fn unknown_thread(s: &State, method: &str, body: &Value, parts: Option<&[FormPart]>) -> Option<(u16, Value)> {
     if !matches!(
         method,
-        "sendMessage" | "sendPhoto" | "sendDocument" | "sendChatAction" | "sendMessageDraft"
+        "sendMessage"
+            | "sendRichMessage"
+            | "sendPhoto"
+            | "sendDocument"
+            | "sendChatAction"
+            | "sendMessageDraft"
     ) {
         return None;
     }
@@ -777,6 +800,7 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
             parse_mode,
             edits: 0,
             thread: body["message_thread_id"].as_i64(),
+            rich: false,
         });
         return ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "text": visible}));
     }
@@ -790,7 +814,7 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     else {
         return bad(400, "Bad Request: message to edit not found");
     };
-    if m.text == text && m.parse_mode == parse_mode {
+    if m.text == text && m.parse_mode == parse_mode && !m.rich {
         return bad(
             400,
             "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
@@ -798,8 +822,82 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     }
     m.text = text;
     m.parse_mode = parse_mode;
+    m.rich = false;
     m.edits += 1;
     ok(json!({"message_id": id, "chat": {"id": chat}, "text": visible}))
+}
+
+/// The columns of the widest table of rich Markdown (its delimiter rows: `|---|:-:|`).
+fn widest_table(md: &str) -> usize {
+    md.lines()
+        .map(str::trim)
+        .filter(|l| l.contains('|') && l.contains('-') && l.chars().all(|c| "|-: ".contains(c)))
+        .map(|l| l.trim_matches('|').split('|').count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// `sendRichMessage`, or `editMessageText` with `rich_message`.
+fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
+    let Some(chat) = body["chat_id"].as_i64() else {
+        return bad(400, "Bad Request: chat_id is empty");
+    };
+    let rich = &body["rich_message"];
+    let source = match (rich["markdown"].as_str(), rich["html"].as_str()) {
+        (Some(md), None) => md,
+        (None, Some(html)) => html,
+        _ => {
+            return bad(
+                400,
+                "Bad Request: exactly one of html and markdown must be specified",
+            )
+        }
+    };
+    if source.trim().is_empty() {
+        return bad(400, "Bad Request: message text is empty");
+    }
+    if source.chars().count() > 32_768 {
+        return bad(400, "Bad Request: rich message is too long");
+    }
+    if widest_table(source) > 20 {
+        return bad(400, "Bad Request: too many table columns");
+    }
+    let text = source.to_string();
+    if body.get("message_id").is_none() {
+        s.draft_now.remove(&chat);
+        let id = s.next_message;
+        s.next_message += 1;
+        s.chats.entry(chat).or_default().push(Msg {
+            id,
+            text,
+            parse_mode: None,
+            edits: 0,
+            thread: body["message_thread_id"].as_i64(),
+            rich: true,
+        });
+        return ok(
+            json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "rich_message": {"blocks": []}}),
+        );
+    }
+    let id = body["message_id"].as_i64().unwrap_or(0);
+    let Some(m) = s
+        .chats
+        .get_mut(&chat)
+        .and_then(|c| c.iter_mut().find(|m| m.id == id))
+    else {
+        return bad(400, "Bad Request: message to edit not found");
+    };
+    if m.rich && m.text == text {
+        return bad(
+            400,
+            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+        );
+    }
+    m.text = text;
+    m.parse_mode = None;
+    m.rich = true;
+    m.edits += 1;
+    ok(json!({"message_id": id, "chat": {"id": chat}, "rich_message": {"blocks": []}}))
 }
 
 /// Whether `b` starts like a JPEG, PNG, GIF or WebP file.
