@@ -205,6 +205,8 @@ fn run(
                 topic,
                 draft_id,
                 text: tail(&live),
+                // A command runs to its end (or its timeout); only the agent stops.
+                can_stop: false,
             });
             drafted = Some(now);
             changed = false;

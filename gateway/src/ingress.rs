@@ -23,7 +23,7 @@ use crate::config::BotConfig;
 use crate::journal::Journal;
 use crate::render::Action;
 use crate::state::Change;
-use crate::telegram::{Message, Telegram, Update};
+use crate::telegram::{GenerationStopped, Message, Telegram, Update};
 use crate::workspace::InstanceWorkspace;
 
 /// Characters of a replied-to message put before the reply.
@@ -184,7 +184,10 @@ impl Ingress {
             return;
         };
         let album: Vec<&Message> = unit.iter().filter_map(|u| u.message.as_ref()).collect();
-        let handled = self.handle(&album, journal);
+        let handled = match &first.stopped_message_generation {
+            Some(stop) => self.stop_pressed(stop, journal),
+            None => self.handle(&album, journal),
+        };
         let saved = journal.done(first.update_id, handled.change, handled.command.is_some());
         if let Err(e) = &saved {
             log::error!("cannot save {}: {e}", journal.path().display());
@@ -221,6 +224,26 @@ impl Ingress {
                 "⚠️ A message you sent could not be handled: the gateway stopped each time it tried. Please send it again, perhaps in another form.",
             );
         }
+    }
+
+    /// The stop button of a reply's draft: cancel that very reply, named by the draft's id,
+    /// which is the id of the message it answers (`render.rs`), even if another has begun.
+    fn stop_pressed(&self, stop: &GenerationStopped, journal: &Journal) -> Handled {
+        let (chat, answered) = (stop.chat.id, stop.draft_id);
+        let at = (chat, stop.message_thread_id);
+        let (allowed, session_id) = journal.read(|st| (self.allows(chat, st), st.session_id(chat, at.1)));
+        if !allowed {
+            return Handled::default();
+        }
+        log::info!("chat {chat}: the stop button of the reply to message {answered} was pressed");
+        let target = Cancel {
+            msg_id: Some(format!("tg-{chat}-{answered}")),
+        };
+        let cancel = Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", session_id)))
+            .with_payload(&target)
+            .with_msg_id(format!("tg-{chat}-stop-{answered}"));
+        self.deliver(at, &cancel);
+        Handled::default()
     }
 
     /// Deliver the message (or answer it); a command of a user in exec mode is returned

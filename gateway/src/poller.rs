@@ -184,8 +184,12 @@ impl Poller {
     /// own: it means the reply running now, not one after what waits in its chat.
     fn dispatch(&self, unit: Vec<Update>) {
         let first = unit.first().and_then(|u| u.message.as_ref());
-        let chat = first.map_or(0, |m| m.chat.id);
-        if unit.len() == 1 && first.is_some_and(|m| self.ingress.stops(m)) {
+        let stop_button = unit.first().and_then(|u| u.stopped_message_generation.as_ref());
+        let chat = first
+            .map(|m| m.chat.id)
+            .or(stop_button.map(|s| s.chat.id))
+            .unwrap_or(0);
+        if unit.len() == 1 && (first.is_some_and(|m| self.ingress.stops(m)) || stop_button.is_some()) {
             let (ingress, journal, stop) = (self.ingress.clone(), self.journal.clone(), unit.clone());
             let spawned = thread::Builder::new()
                 .name("tg-stop".into())

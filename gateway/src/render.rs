@@ -120,6 +120,9 @@ pub enum Action {
         draft_id: i64,
         /// Plain text so far (the part being written).
         text: String,
+        /// The draft shows a stop button (`can_stop`); pressed, Telegram sends an update
+        /// naming `draft_id`.
+        can_stop: bool,
     },
 }
 
@@ -470,11 +473,18 @@ impl Renderer {
         }
     }
 
-    /// Whether a new reply in `chat` streams as a draft, and with which id.
-    fn draft_for(&mut self, chat: i64) -> Option<i64> {
+    /// Whether the new reply `key` streams as a draft, and with which id: the id of the
+    /// message it answers (`tg-CHAT-ID`), so the draft's stop button names the reply to
+    /// cancel (`ingress.rs`); else one of a counter.
+    fn draft_for(&mut self, key: &ReplyKey) -> Option<i64> {
+        let chat = key.0;
         let private = chat > 0;
         if !private || self.mode == StreamMode::Edit || self.drafts_refused {
             return None;
+        }
+        let answered = key.1.strip_prefix(&format!("tg-{chat}-"));
+        if let Some(id) = answered.and_then(|n| n.parse::<i64>().ok()).filter(|n| *n > 0) {
+            return Some(id);
         }
         self.anon_counter += 1;
         // Non-zero and distinct per reply; the counter starts at the clock.
@@ -484,7 +494,7 @@ impl Renderer {
     /// The reply of `key`, created (with its streaming mode, in `topic`) if new.
     fn reply_entry(&mut self, key: &ReplyKey, topic: Option<i64>, now: Instant) -> &mut Reply {
         if !self.replies.contains_key(key) {
-            let draft = self.draft_for(key.0);
+            let draft = self.draft_for(key);
             self.replies.insert(
                 key.clone(),
                 Reply {
@@ -677,7 +687,7 @@ impl Renderer {
                 }
                 // A reply starting in a private chat shows "Thinking…" as a draft.
                 if !self.replies.contains_key(&key) && !key.1.is_empty() {
-                    if let Some(id) = self.draft_for(chat) {
+                    if let Some(id) = self.draft_for(&key) {
                         self.replies.insert(
                             key.clone(),
                             Reply {
@@ -693,6 +703,7 @@ impl Renderer {
                             topic,
                             draft_id: id,
                             text: String::new(),
+                            can_stop: true,
                         });
                         self.last_edit.insert(chat, now);
                     }
@@ -818,6 +829,7 @@ impl Renderer {
                     topic: r.topic,
                     draft_id: id,
                     text,
+                    can_stop: true,
                 });
                 self.last_edit.insert(chat, now);
             }
@@ -1381,7 +1393,8 @@ mod tests {
                 chat: 5,
                 topic: None,
                 draft_id: id,
-                text: "Hel".into()
+                text: "Hel".into(),
+                can_stop: true
             }]
         );
         out.clear();
@@ -1485,6 +1498,30 @@ mod tests {
             .map(|(_, rich)| rich)
             .collect();
         assert_eq!(flags, [false, true]);
+    }
+
+    #[test]
+    fn a_drafts_id_is_the_id_of_the_message_it_answers() {
+        let mut r = Renderer::default();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&presence("5", "tg-5-812", 1), t0, &mut out);
+        r.frame(&presence("5", "cron-7", 2), t0, &mut out);
+        let ids: Vec<(i64, bool)> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::Draft {
+                    draft_id, can_stop, ..
+                } => Some((*draft_id, *can_stop)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids.len(), 2, "{out:?}");
+        assert_eq!(ids[0], (812, true));
+        assert!(
+            ids[1].0 > 0 && ids[1].0 != 812 && ids[1].1,
+            "a counter's for another reply"
+        );
     }
 
     fn thought(chat: &str, msg: &str, seq: Option<u64>, t: &str) -> Frame {

@@ -200,13 +200,17 @@ fn execute(
             topic,
             draft_id,
             text,
+            can_stop,
         } => {
             // A draft is a preview: one attempt (after a 429's wait); the next update or
             // the final message supersedes a lost one.
-            let body = in_topic(
-                json!({"chat_id": chat, "draft_id": draft_id, "text": text}),
-                topic,
-            );
+            let mut body = json!({"chat_id": chat, "draft_id": draft_id, "text": text});
+            if can_stop {
+                // The stopped draft stays up until the reply's final message replaces it.
+                body["can_stop"] = json!(true);
+                body["keep_on_stop"] = json!(true);
+            }
+            let body = in_topic(body, topic);
             match call_once_honouring_429(tg, "sendMessageDraft", &body) {
                 Ok(_) | Err(TgError::RetryAfter(_) | TgError::Transient(_)) => {}
                 Err(e) => {

@@ -16,13 +16,28 @@ use serde_json::{json, Value};
 pub struct Update {
     /// Monotonic id; the next poll asks for `offset = update_id + 1`.
     pub update_id: i64,
-    /// A new message (other update kinds are not requested).
+    /// A new message.
     #[serde(default)]
     pub message: Option<Message>,
+    /// The user pressed the stop button of a draft (other update kinds are not requested).
+    #[serde(default)]
+    pub stopped_message_generation: Option<GenerationStopped>,
     /// The update as Telegram sent it, for the poller's journal: what is written there is
     /// read back by the next run as it came, fields we do not know included.
     #[serde(skip)]
     pub raw: Value,
+}
+
+/// A user stopped a reply with its draft's stop button (`MessageGenerationStopped`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GenerationStopped {
+    /// The private chat.
+    pub chat: Chat,
+    /// Its topic, if the draft was in one.
+    #[serde(default)]
+    pub message_thread_id: Option<i64>,
+    /// The draft's id.
+    pub draft_id: i64,
 }
 
 /// A message.
@@ -632,7 +647,7 @@ impl Telegram {
     pub fn get_updates(&self, offset: i64, timeout_secs: u64) -> Result<Value, TgError> {
         self.call(
             "getUpdates",
-            &json!({"offset": offset, "timeout": timeout_secs, "allowed_updates": ["message"]}),
+            &json!({"offset": offset, "timeout": timeout_secs, "allowed_updates": ["message", "stopped_message_generation"]}),
         )
     }
 }

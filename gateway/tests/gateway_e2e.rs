@@ -2463,3 +2463,80 @@ fn an_older_bot_api_gets_classic_messages_after_one_refusal() {
     // only `text`), then edited classic (already shown: "not modified"); the second, classic.
     assert_eq!(edits(&s), [(true, 400), (false, 400), (false, 400)]);
 }
+
+/// A draft offers Telegram's stop button (Bot API 10.1 `can_stop`): pressed, it stops the
+/// reply it streams, as `/stop` would, and the text so far stays as the final message.
+/// The button names its own reply: pressed on a finished reply's draft, it stops nothing
+/// that began since.
+#[test]
+fn a_drafts_stop_button_stops_that_reply_and_no_other() {
+    let slow: Vec<String> = (0..8).map(|i| format!("w{i} ")).collect();
+    let slow_refs: Vec<&str> = slow.iter().map(String::as_str).collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::stalls_after("thinking hard"),
+        Reply::sse(openai_sse(&["quick answer"])),
+        Reply::Sse {
+            pieces: openai_sse(&slow_refs),
+            delay: Duration::from_millis(200),
+            end: End::Finish,
+        },
+    ]);
+    let mut s = Stack::new("gw-stop-button", llm, &[]);
+    s.telegram.enable_drafts();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    let drafted = |s: &Stack, starts: &str| -> Value {
+        let deadline = std::time::Instant::now() + T;
+        loop {
+            let calls = s.telegram.calls_of("sendMessageDraft");
+            let text = |c: &&aegis_e2e::telegram::Call| c.body["text"].as_str().unwrap_or("").to_string();
+            if let Some(c) = calls
+                .iter()
+                .find(|c| !text(c).is_empty() && text(c).starts_with(starts))
+            {
+                return c.body.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no draft {starts:?}: {calls:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    s.telegram.push_text(CHAT, 7, "Ann", "tell me everything");
+    let draft = drafted(&s, "thinking hard");
+    assert_eq!(draft["can_stop"], true);
+    assert_eq!(draft["keep_on_stop"], true);
+    let first = draft["draft_id"].as_i64().unwrap();
+    s.telegram.press_stop(CHAT, first);
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.last().is_some_and(|m| m.visible().contains("Reply cancelled"))
+    });
+    assert_eq!(msgs.len(), 1);
+    assert!(msgs[0].visible().starts_with("thinking hard"), "{msgs:?}");
+    s.gateway
+        .as_ref()
+        .unwrap()
+        .wait_for("the stop button of the reply to message", T);
+
+    // A finished reply's button, pressed while the next reply streams, stops nothing.
+    s.telegram.push_text(CHAT, 7, "Ann", "quick");
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    let quick = s
+        .telegram
+        .calls_of("sendMessageDraft")
+        .iter()
+        .map(|c| c.body["draft_id"].as_i64().unwrap())
+        .find(|id| *id != first)
+        .expect("the quick reply's draft");
+    s.telegram.push_text(CHAT, 7, "Ann", "count slowly");
+    drafted(&s, "w0");
+    s.telegram.press_stop(CHAT, quick);
+    let full = slow.concat();
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
+    assert_eq!(
+        msgs[2].visible(),
+        full.trim_end(),
+        "the slow reply ran to its end"
+    );
+}

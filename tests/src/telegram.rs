@@ -2,7 +2,7 @@
 //! long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
 //! `editMessageText` (400 "message is not modified", "message to edit not found"),
 //! `sendChatAction`, `setMyCommands`, `sendMessageDraft` (on demand; private chats only,
-//! non-zero id), HTML `parse_mode` validation (400 "can't parse entities"), the 4096
+//! non-zero id; its stop button, pressed, is a `stopped_message_generation` update), HTML `parse_mode` validation (400 "can't parse entities"), the 4096
 //! character limit, 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
 //! Photos: messages with `photo` sizes or an image `document`, `getFile` (400 "invalid
 //! file_id", "file is too big" past 20 MB), downloads from `/file/bot<token>/<path>`, and
@@ -100,6 +100,8 @@ struct State {
     drafts: bool,
     /// Rich messages are known (off: like a Bot API server from before 10.1).
     rich: bool,
+    /// Update kinds the bot asked for (`allowed_updates`); empty: all.
+    allowed_updates: Vec<String>,
     /// Per chat, the draft shown now (id, text); a sent message replaces it.
     draft_now: BTreeMap<i64, (i64, String)>,
     /// Uploaded files by `file_id`: (file_path, bytes).
@@ -271,6 +273,23 @@ impl FakeTelegram {
         }));
         cv.notify_all();
         id
+    }
+
+    /// The user presses the stop button of draft `draft_id` in private `chat` (an update
+    /// `stopped_message_generation`, Bot API 10.1), if the draft offered one.
+    pub fn press_stop(&self, chat: i64, draft_id: i64) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        let offered = s.calls.iter().any(|c| {
+            c.method == "sendMessageDraft" && c.body["draft_id"] == draft_id && c.body["can_stop"] == true
+        });
+        assert!(offered, "draft {draft_id} showed no stop button");
+        let id = s.next_update;
+        s.next_update += 1;
+        s.updates
+            .push(json!({"update_id": id, "stopped_message_generation": {
+            "chat": {"id": chat, "type": "private", "first_name": "Ann"}, "draft_id": draft_id}}));
+        cv.notify_all();
     }
 
     /// A message with any fields (`chat`, `from`, `text`, `reply_to_message`, ...)
@@ -659,12 +678,28 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             "getUpdates" => {
                 let offset = body["offset"].as_i64().unwrap_or(0);
                 let timeout = Duration::from_secs(body["timeout"].as_u64().unwrap_or(0).min(50));
+                // The kinds asked for are kept for later calls, as on Telegram; the others
+                // are never delivered.
+                if let Some(kinds) = body["allowed_updates"].as_array() {
+                    s.allowed_updates = kinds
+                        .iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect();
+                }
                 // An offset confirms every update before it, as on Telegram.
+                let allowed = s.allowed_updates.clone();
+                let wanted = |u: &Value| {
+                    let kind = u
+                        .as_object()
+                        .and_then(|o| o.keys().find(|k| *k != "update_id").cloned());
+                    allowed.is_empty() || kind.is_some_and(|k| allowed.contains(&k))
+                };
                 s.updates
-                    .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset);
+                    .retain(|u| u["update_id"].as_i64().unwrap_or(0) >= offset && wanted(u));
                 let deadline = Instant::now() + timeout;
                 while s.updates.is_empty() && !s.empty_at_once && Instant::now() < deadline {
                     s = cv.wait_timeout(s, deadline - Instant::now()).unwrap().0;
+                    s.updates.retain(|u| wanted(u));
                 }
                 ok(Value::Array(s.updates.iter().take(100).cloned().collect()))
             }
