@@ -147,12 +147,7 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
         }
         let model = req.json()["model"].as_str().unwrap_or_default().to_string();
         if !current.contains(&model.as_str()) {
-            return Reply::Status {
-                code: 404,
-                headers: vec![],
-                body: json!({"type": "error", "error": {"type": "not_found_error", "message": format!("model: {model}")}})
-                    .to_string(),
-            };
+            return Reply::anthropic_model_not_found(&model);
         }
         Reply::sse(anthropic_sse(&[&format!("I am {model}.")]))
     });
@@ -230,12 +225,7 @@ fn a_gateways_token_goes_as_a_bearer_and_anthropics_own_key_is_not_sent_to_it() 
         }
         let model = req.json()["model"].as_str().unwrap_or_default().to_string();
         if model != "claude-sonnet-5" {
-            return Reply::Status {
-                code: 404,
-                headers: vec![],
-                body: json!({"type": "error", "error": {"type": "not_found_error", "message": format!("model: {model}")}})
-                    .to_string(),
-            };
+            return Reply::anthropic_model_not_found(&model);
         }
         Reply::sse(anthropic_sse(&[&format!("I am {model}.")]))
     });

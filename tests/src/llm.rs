@@ -146,6 +146,16 @@ impl Reply {
         }
     }
 
+    /// Anthropic's 404 for a model it does not have (or no longer has).
+    pub fn anthropic_model_not_found(model: &str) -> Reply {
+        Reply::Status {
+            code: 404,
+            headers: vec![],
+            body: json!({"type": "error", "error": {"type": "not_found_error", "message": format!("model: {model}")}})
+                .to_string(),
+        }
+    }
+
     /// HTTP 401 for a bad key.
     pub fn unauthorized() -> Reply {
         Reply::Status {

@@ -839,6 +839,18 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
         });
         return ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "text": visible}));
     }
+    edit(s, chat, body, (text, parse_mode, false), ("text", json!(visible)))
+}
+
+/// Edit message `body.message_id` of `chat` to show `text` (with `parse_mode`, or `rich`);
+/// the answer's message has the field `shown`.
+fn edit(
+    s: &mut State,
+    chat: i64,
+    body: &Value,
+    (text, parse_mode, rich): (String, Option<String>, bool),
+    shown: (&str, Value),
+) -> (u16, Value) {
     let Some(id) = body["message_id"].as_i64() else {
         return bad(400, "Bad Request: message_id is empty");
     };
@@ -849,7 +861,7 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     else {
         return bad(400, "Bad Request: message to edit not found");
     };
-    if m.text == text && m.parse_mode == parse_mode && !m.rich {
+    if (&m.text, &m.parse_mode, m.rich) == (&text, &parse_mode, rich) {
         return bad(
             400,
             "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
@@ -857,9 +869,11 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     }
     m.text = text;
     m.parse_mode = parse_mode;
-    m.rich = false;
+    m.rich = rich;
     m.edits += 1;
-    ok(json!({"message_id": id, "chat": {"id": chat}, "text": visible}))
+    let mut answer = json!({"message_id": id, "chat": {"id": chat}});
+    answer[shown.0] = shown.1;
+    ok(answer)
 }
 
 /// The columns of the widest table of rich Markdown (its delimiter rows: `|---|:-:|`).
@@ -914,25 +928,13 @@ fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
             json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "rich_message": {"blocks": []}}),
         );
     }
-    let id = body["message_id"].as_i64().unwrap_or(0);
-    let Some(m) = s
-        .chats
-        .get_mut(&chat)
-        .and_then(|c| c.iter_mut().find(|m| m.id == id))
-    else {
-        return bad(400, "Bad Request: message to edit not found");
-    };
-    if m.rich && m.text == text {
-        return bad(
-            400,
-            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
-        );
-    }
-    m.text = text;
-    m.parse_mode = None;
-    m.rich = true;
-    m.edits += 1;
-    ok(json!({"message_id": id, "chat": {"id": chat}, "rich_message": {"blocks": []}}))
+    edit(
+        s,
+        chat,
+        body,
+        (text, None, true),
+        ("rich_message", json!({"blocks": []})),
+    )
 }
 
 /// Whether `b` starts like a JPEG, PNG, GIF or WebP file.
