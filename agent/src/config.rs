@@ -491,10 +491,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         ProviderKind::Anthropic => "claude-sonnet-4-6".into(),
         ProviderKind::OpenAi => "gpt-4o".into(),
     });
-    let bearer = router || key_env.as_deref() == Some(AUTH_TOKEN);
-    let mut p = provider(file, kind, (key, key_env), base, (model, default_model))?;
-    p.bearer = kind == ProviderKind::Anthropic && bearer;
-    Ok(Some(p))
+    provider(file, kind, (key, key_env), base, (model, default_model)).map(Some)
 }
 
 /// The variable of an Anthropic-compatible gateway's token (Claude Code's and Anthropic's
@@ -549,6 +546,10 @@ fn provider(
     let limit = max_tokens(file)?;
     // OpenRouter passes a thinking budget on to Claude (and Gemini) as its `reasoning`.
     let router = kind == ProviderKind::OpenAi && on_openrouter(&base);
+    // A gateway's token, and any key OpenRouter's Anthropic-compatible API gets, is a
+    // bearer token there.
+    let bearer =
+        kind == ProviderKind::Anthropic && (on_openrouter(&base) || key_env.as_deref() == Some(AUTH_TOKEN));
     let thinking = thinking(file, kind == ProviderKind::Anthropic || router, limit)?;
     let mut effort = reasoning_effort(file)?;
     if let (true, Some(Thinking::Budget(budget)), Some(e)) = (router, thinking, &effort) {
@@ -572,7 +573,7 @@ fn provider(
         read_timeout: Duration::from_secs(env_num("AEGIS_LLM_READ_TIMEOUT", 120)?),
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: None,
-        bearer: false,
+        bearer,
     })
 }
 

@@ -4,7 +4,10 @@
 //! Private chats stream as a native draft when the Bot API has `sendMessageDraft`
 //! (`stream_mode` auto or draft): an empty draft ("Thinking…") when the reply starts, the
 //! text as it grows (at most once a second, and again every 20 s so the ephemeral preview
-//! stays), then one `sendMessage` per part with the final formatted text. Groups, edit
+//! stays), then one `sendMessage` per part with the final formatted text. A draft shows
+//! Telegram's stop button; its id is the id of the message the reply answers, which is how
+//! a press names the reply to cancel. A finished part with a table (`rich_messages`) goes
+//! as a rich message, which Telegram renders from the Markdown itself. Groups, edit
 //! mode, and servers that do not know the method (remembered after the first refusal)
 //! use the messages-and-edits scheme below.
 //!
