@@ -3,8 +3,9 @@
 //! Telegram rejects a message whose entities do not parse, so the output must be valid by
 //! construction: every character outside our tags is escaped, tags nest properly, and a
 //! marker without its partner stays literal text. Supported: fenced code blocks, inline
-//! code, **bold**/__bold__, *italic*/_italic_, ~~strike~~, [links](https://...), and
-//! `#` headings (shown bold).
+//! code, **bold**/__bold__, *italic*/_italic_, ~~strike~~, [links](https://...), `#`
+//! headings (shown bold), and tables (monospace, their columns aligned: a classic message
+//! has no tables; a rich message, `render.rs`, shows them as tables).
 
 /// Escape text for Telegram HTML.
 pub fn escape(s: &str) -> String {
@@ -60,6 +61,18 @@ pub fn to_html(md: &str) -> Option<String> {
             let _ = closed;
             continue;
         }
+        let columns = cells(line.trim()).len();
+        if let Some(delimiter) =
+            lines.next_if(|next| line.contains('|') && delimiter_row(next.trim()) == Some(columns))
+        {
+            let mut rows = vec![line, delimiter];
+            while let Some(row) = lines.next_if(|l| l.contains('|') && !l.trim().is_empty()) {
+                rows.push(row);
+            }
+            out.push_str(&format!("<pre>{}</pre>", escape(&table(&rows))));
+            formatted = true;
+            continue;
+        }
         let trimmed = line.trim_start();
         let hashes = trimmed.chars().take_while(|&c| c == '#').count();
         if (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
@@ -105,6 +118,73 @@ fn cells(row: &str) -> Vec<&str> {
     inner.split('|').map(str::trim).collect()
 }
 
+/// How each column of a table is aligned, from its delimiter row (`:--`, `:-:`, `--:`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Align {
+    Left,
+    Center,
+    Right,
+}
+
+fn alignments(delimiter: &str) -> Vec<Align> {
+    cells(delimiter)
+        .iter()
+        .map(|c| match (c.starts_with(':'), c.ends_with(':')) {
+            (true, true) => Align::Center,
+            (false, true) => Align::Right,
+            _ => Align::Left,
+        })
+        .collect()
+}
+
+/// A table's lines (header, delimiter row, rows) as monospace text, its columns padded to
+/// one width and aligned as the delimiter row says, a rule under the header; the lines as
+/// written when padding would make it half as long again (a cell far wider than the others
+/// pads every row: more scrolling than reading).
+fn table(lines: &[&str]) -> String {
+    let aligns = alignments(lines[1].trim());
+    let bare = |c: &str| c.replace("**", "").replace('`', "");
+    let grid: Vec<Vec<String>> = [lines[0]]
+        .iter()
+        .chain(&lines[2..])
+        .map(|r| {
+            let mut cells: Vec<String> = cells(r.trim()).into_iter().map(bare).collect();
+            cells.resize(aligns.len(), String::new());
+            cells
+        })
+        .collect();
+    let widths: Vec<usize> = (0..aligns.len())
+        .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .zip(&aligns)
+            .map(|((c, &w), a)| {
+                let room = w - c.chars().count();
+                let (before, after) = match a {
+                    Align::Left => (0, room),
+                    Align::Right => (room, 0),
+                    Align::Center => (room / 2, room - room / 2),
+                };
+                format!("{}{c}{}", " ".repeat(before), " ".repeat(after))
+            })
+            .collect();
+        padded.join(" | ").trim_end().to_string()
+    };
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    let mut text = vec![line(&grid[0]), rule.join("-+-")];
+    text.extend(grid[1..].iter().map(|r| line(r)));
+    let text = text.join("\n");
+    let written = lines.join("\n");
+    if text.chars().count() * 2 <= written.chars().count() * 3 {
+        text
+    } else {
+        written
+    }
+}
+
 /// The number of columns `t` sets, if it is a table's delimiter row.
 fn delimiter_row(t: &str) -> Option<usize> {
     let cells = cells(t);
@@ -114,6 +194,26 @@ fn delimiter_row(t: &str) -> Option<usize> {
         !c.is_empty() && c.bytes().all(|b| b == b'-')
     };
     (t.contains('|') && cells.iter().all(dashes)).then_some(cells.len())
+}
+
+/// The characters `html` (ours: tags and the four entities of [`escape`]) shows, which is
+/// what Telegram's limit counts.
+pub fn visible_len(html: &str) -> usize {
+    let (mut n, mut in_tag, mut in_entity) = (0, false, false);
+    for c in html.chars() {
+        match c {
+            '<' if !in_entity => in_tag = true,
+            '>' if in_tag => in_tag = false,
+            '&' if !in_tag => {
+                in_entity = true;
+                n += 1;
+            }
+            ';' if in_entity => in_entity = false,
+            _ if in_tag || in_entity => {}
+            _ => n += 1,
+        }
+    }
+    n
 }
 
 /// Inline markup of one line.
@@ -233,6 +333,37 @@ mod tests {
     }
 
     #[test]
+    fn a_table_is_monospace_with_its_columns_aligned() {
+        let md = "Plans:\n\n| Plan | **Price** | Note |\n|:--|--:|:-:|\n| Free | 0 | x |\n| Pro `x` | 20 |\nAfter.";
+        assert_eq!(
+            to_html(md).unwrap(),
+            "Plans:\n\n<pre>Plan  | Price | Note\n------+-------+-----\nFree  |     0 |  x\nPro x |    20 |</pre>\nAfter."
+        );
+        // Escaped, and a row that does not fit the header is still the table's.
+        assert_eq!(
+            to_html("a | b\n--- | ---\n<x> | &").unwrap(),
+            "<pre>a   | b\n----+--\n&lt;x&gt; | &amp;</pre>"
+        );
+        // Padding that would lengthen it: the rows as written.
+        let wide = format!(
+            "| a | b |\n|---|---|\n| {} | c |\n| d | {} |",
+            "x".repeat(40),
+            "y".repeat(40)
+        );
+        assert_eq!(to_html(&wide).unwrap(), format!("<pre>{wide}</pre>"));
+    }
+
+    #[test]
+    fn what_html_shows_is_counted_as_telegram_counts_it() {
+        assert_eq!(visible_len("<b>a&amp;b</b> &lt;c&gt;"), 7);
+        assert_eq!(
+            visible_len("<pre><code class=\"language-rust\">x</code></pre>"),
+            1
+        );
+        assert_eq!(visible_len("plain"), 5);
+    }
+
+    #[test]
     fn tables_are_found_outside_code_only() {
         let table = "Prices:\n\n| Plan | $/month |\n|------|--:|\n| Pro | 20 |";
         assert!(has_table(table));
@@ -296,6 +427,13 @@ mod tests {
             // The same lines in a code block are code.
             let fenced = format!("```\n{md}\n```");
             prop_assert!(!has_table(&fenced), "{fenced:?}");
+        }
+
+        #[test]
+        fn markup_without_tables_never_lengthens_what_shows(s in "[a-z *_`~\\[\\]()#<>&\n]{0,80}") {
+            if let Some(h) = to_html(&s) {
+                prop_assert!(visible_len(&h) <= s.chars().count(), "{s:?} -> {h:?}");
+            }
         }
 
         #[test]

@@ -962,7 +962,9 @@ fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
     split(&text, MAX_MESSAGE)
         .into_iter()
         .map(|text| {
+            // An aligned table's padding may lengthen a part past the limit: plain text then.
             let html = r.done.then(|| markdown::to_html(&text)).flatten();
+            let html = html.filter(|h| markdown::visible_len(h) <= MAX_MESSAGE);
             let rich = r.done
                 && match mode {
                     RichMode::Auto => markdown::has_table(&text),
@@ -1525,6 +1527,39 @@ mod tests {
             ids[1].0 > 0 && ids[1].0 != 812 && ids[1].1,
             "a counter's for another reply"
         );
+    }
+
+    #[test]
+    fn a_part_its_aligned_table_would_lengthen_past_the_limit_goes_plain() {
+        let table = |rows: usize| {
+            let mut t = String::from("| key | value |\n|---|---|\n");
+            for i in 0..rows {
+                let key = if i % 2 == 0 { "k".repeat(20) } else { "k".repeat(4) };
+                t.push_str(&format!("| {key} | {} |\n", "v".repeat(10)));
+            }
+            t
+        };
+        let look = |text: String| {
+            let r = Reply {
+                text,
+                done: true,
+                ..Reply::default()
+            };
+            desired_parts(&r, RichMode::Off)
+        };
+        let small = look(table(3));
+        assert!(
+            small[0]
+                .html
+                .as_deref()
+                .is_some_and(|h| h.starts_with("<pre>key ")),
+            "{small:?}"
+        );
+        let big = table(130);
+        assert!(big.chars().count() <= MAX_MESSAGE);
+        let parts = look(big);
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].html, None, "padded, it would pass 4096 characters");
     }
 
     fn thought(chat: &str, msg: &str, seq: Option<u64>, t: &str) -> Frame {

@@ -2432,8 +2432,14 @@ fn an_older_bot_api_gets_classic_messages_after_one_refusal() {
         let msgs = s.telegram.wait_chat(CHAT, T, |m| {
             m.len() == i + 1 && m[i].visible().ends_with("Pick one.")
         });
+        // A classic message: the table monospace, its columns aligned.
         assert!(!msgs[i].rich);
-        assert!(msgs[i].visible().contains("| Pro | 20 |"), "{msgs:?}");
+        assert!(
+            msgs[i]
+                .text
+                .contains("<pre>Plan | Price\n-----+------\nFree |     0\nPro  |    20</pre>"),
+            "{msgs:?}"
+        );
     }
     assert_eq!(s.telegram.calls_of("sendRichMessage").len(), 1, "learnt at once");
     s.gateway.take();
