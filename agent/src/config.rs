@@ -401,9 +401,10 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         );
     }
     let openai_base = env("OPENAI_BASE_URL").or(file.base_url.clone());
+    let anthropic_env = anthropic_credential();
     let anthropic_key = match &key_env {
         Some(_) => from_key_env == Some(ProviderKind::Anthropic) && explicit_key.is_some(),
-        None => anthropic_credential().is_some(),
+        None => anthropic_env.is_some(),
     };
     let router_key_named = key_env
         .as_deref()
@@ -447,7 +448,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     let kind = match named.or(from_key_env) {
         _ if anthropic_router => ProviderKind::Anthropic,
         Some(k) => k,
-        None if anthropic_credential().is_some() => ProviderKind::Anthropic,
+        None if anthropic_env.is_some() => ProviderKind::Anthropic,
         None if explicit_key.is_some()
             || env("OPENAI_API_KEY").is_some()
             || env("OPENAI_BASE_URL").is_some()
@@ -459,7 +460,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     };
     let (key, key_env) = match (explicit_key, kind) {
         (Some(k), _) => (Some(k), key_env),
-        (None, ProviderKind::Anthropic) => match anthropic_credential() {
+        (None, ProviderKind::Anthropic) => match anthropic_env {
             Some((k, var)) => (Some(k), Some(var.to_string())),
             None => (None, Some("ANTHROPIC_API_KEY".into())),
         },
@@ -544,12 +545,12 @@ fn provider(
     (model, default_model): (String, bool),
 ) -> Result<Provider, ConfigError> {
     let limit = max_tokens(file)?;
+    let openrouter = on_openrouter(&base);
     // OpenRouter passes a thinking budget on to Claude (and Gemini) as its `reasoning`.
-    let router = kind == ProviderKind::OpenAi && on_openrouter(&base);
+    let router = kind == ProviderKind::OpenAi && openrouter;
     // A gateway's token, and any key OpenRouter's Anthropic-compatible API gets, is a
     // bearer token there.
-    let bearer =
-        kind == ProviderKind::Anthropic && (on_openrouter(&base) || key_env.as_deref() == Some(AUTH_TOKEN));
+    let bearer = kind == ProviderKind::Anthropic && (openrouter || key_env.as_deref() == Some(AUTH_TOKEN));
     let thinking = thinking(file, kind == ProviderKind::Anthropic || router, limit)?;
     let mut effort = reasoning_effort(file)?;
     if let (true, Some(Thinking::Budget(budget)), Some(e)) = (router, thinking, &effort) {

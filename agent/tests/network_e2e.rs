@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
-use aegis_e2e::agent::{done_text, message, start_agent, usage_today, Agent};
+use aegis_e2e::agent::{done_text, message, start_agent, usage_today, Agent, T};
 use aegis_e2e::llm::FakeLlm;
 use aegis_e2e::openrouter::{FakeOpenRouter, BASE};
 use aegis_e2e::proc::{command, temp_dir, TempDir};
@@ -279,14 +279,15 @@ fn claude_through_openrouter_is_asked_by_its_own_name_and_reads_its_cache() {
         "{}",
         chats[1]
     );
+    // The reply's log line comes after its last frame: waited for, as the record it adds up.
+    a.proc.wait_for("from the cache", T);
+    a.proc.wait_for(" billed", T);
     let used = &usage_today(ws.path())["anthropic/claude-sonnet-4.6"];
     assert_eq!(used["requests"], 3, "{used}");
     assert!(used["cache_write"].as_u64().unwrap() > 1024, "{used}");
     assert!(used["cache_read"].as_u64().unwrap() > 1024, "{used}");
-    assert!(a.proc.log().contains("from the cache"), "{}", a.proc.log());
     // What OpenRouter said each request cost is added up too.
     assert!(used["cost_micro_usd"].as_u64().unwrap() > 0, "{used}");
-    assert!(a.proc.log().contains(" billed"), "{}", a.proc.log());
 }
 
 /// The model's names of the tools a chat request offered.
@@ -489,6 +490,7 @@ fn openrouter_set_up_as_for_claude_code_is_reached_through_its_anthropic_api() {
     let sent = router.messages();
     assert!(sent.iter().all(|m| m["model"] == "anthropic/claude-sonnet-4.6"));
     assert!(sent[1].to_string().contains("cache_control"), "{}", sent[1]);
+    a.proc.wait_for("from the cache", T);
     let used = &usage_today(ws.path())["anthropic/claude-sonnet-4.6"];
     assert!(used["cache_read"].as_u64().unwrap() > 1024, "{used}");
     drop(a);

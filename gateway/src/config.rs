@@ -197,38 +197,22 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
         let exec_users = ids(e.get("exec_users"), "user", &|why| at(&field("exec_users"), why))?;
         let api_url =
             over("TELEGRAM_API_URL", s("api_url")?).unwrap_or_else(|| "https://api.telegram.org".into());
-        let group_all = match s("group_mode")?.as_deref() {
-            None | Some("mention") => false,
-            Some("all") => true,
-            Some(other) => {
-                return Err(at(
-                    &field("group_mode"),
-                    &format!("{other:?}: use \"mention\" (default) or \"all\""),
-                ))
-            }
-        };
-        let stream_mode = match s("stream_mode")?.as_deref() {
-            None | Some("auto") => crate::render::StreamMode::Auto,
-            Some("draft") => crate::render::StreamMode::Draft,
-            Some("edit") => crate::render::StreamMode::Edit,
-            Some(other) => {
-                return Err(at(
-                    &field("stream_mode"),
-                    &format!("{other:?}: use \"auto\" (default), \"draft\" or \"edit\""),
-                ))
-            }
-        };
-        let rich_mode = match s("rich_messages")?.as_deref() {
-            None | Some("auto") => crate::render::RichMode::Auto,
-            Some("always") => crate::render::RichMode::Always,
-            Some("off") => crate::render::RichMode::Off,
-            Some(other) => {
-                return Err(at(
-                    &field("rich_messages"),
-                    &format!("{other:?}: use \"auto\" (default), \"always\" or \"off\""),
-                ))
-            }
-        };
+        use crate::render::{RichMode, StreamMode};
+        let pick = |name: &str, why: String| at(&field(name), &why);
+        let group_all = one_of(s("group_mode")?, &[("mention", false), ("all", true)])
+            .map_err(|w| pick("group_mode", w))?;
+        let modes = [
+            ("auto", StreamMode::Auto),
+            ("draft", StreamMode::Draft),
+            ("edit", StreamMode::Edit),
+        ];
+        let stream_mode = one_of(s("stream_mode")?, &modes).map_err(|w| pick("stream_mode", w))?;
+        let rich = [
+            ("auto", RichMode::Auto),
+            ("always", RichMode::Always),
+            ("off", RichMode::Off),
+        ];
+        let rich_mode = one_of(s("rich_messages")?, &rich).map_err(|w| pick("rich_messages", w))?;
         bots.push(BotConfig {
             token,
             instance,
@@ -241,6 +225,22 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
         });
     }
     Ok(bots)
+}
+
+/// The value of the word `given` names among `words` (the first is the default, taken
+/// when none is given), or why it names none.
+fn one_of<T: Copy>(given: Option<String>, words: &[(&str, T)]) -> Result<T, String> {
+    let Some(given) = given else {
+        return Ok(words[0].1);
+    };
+    if let Some((_, value)) = words.iter().find(|(w, _)| *w == given) {
+        return Ok(*value);
+    }
+    let quoted: Vec<String> = words.iter().map(|(w, _)| format!("{w:?}")).collect();
+    let (last, rest) = quoted.split_last().expect("a word at least");
+    let mut choices = rest.to_vec();
+    choices[0].push_str(" (default)");
+    Err(format!("{given:?}: use {} or {last}", choices.join(", ")))
 }
 
 /// A list of Telegram ids (`allowed_chats`, `exec_users`): numbers or numeric strings, or
@@ -388,6 +388,14 @@ mod tests {
             (
                 r#"{"telegram":{"bot_token":"1:a","instance":"a","exec_users":["me"]}}"#,
                 "telegram.exec_users: \"me\" is not a user id",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","group_mode":"some"}}"#,
+                "telegram.group_mode: \"some\": use \"mention\" (default) or \"all\"",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","stream_mode":"fast"}}"#,
+                "telegram.stream_mode: \"fast\": use \"auto\" (default), \"draft\" or \"edit\"",
             ),
             (
                 r#"{"telegram":{"bot_token":"1:a","instance":"a","rich_messages":"yes"}}"#,

@@ -237,7 +237,7 @@ impl Ingress {
         }
         log::info!("chat {chat}: the stop button of the reply to message {answered} was pressed");
         let target = Cancel {
-            msg_id: Some(format!("tg-{chat}-{answered}")),
+            msg_id: Some(crate::render::msg_id_of(chat, answered)),
         };
         let cancel = Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", session_id)))
             .with_payload(&target)
@@ -330,7 +330,7 @@ impl Ingress {
             "/stop" | "/cancel" => {
                 let cancel = Frame::new(kind::CONTROL_CANCEL, Some(session))
                     .with_payload(&Cancel::default())
-                    .with_msg_id(format!("tg-{chat}-{}", m.message_id));
+                    .with_msg_id(crate::render::msg_id_of(chat, m.message_id));
                 self.deliver(at, &cancel);
                 return Handled::default();
             }
@@ -502,7 +502,7 @@ impl Ingress {
         };
         let frame = Frame::new(kind::USER_MESSAGE, Some(session))
             .with_payload(&payload)
-            .with_msg_id(format!("tg-{chat}-{}", m.message_id));
+            .with_msg_id(crate::render::msg_id_of(chat, m.message_id));
         self.deliver(at, &frame);
         Some(())
     }

@@ -61,10 +61,7 @@ pub fn to_html(md: &str) -> Option<String> {
             let _ = closed;
             continue;
         }
-        let columns = cells(line.trim()).len();
-        if let Some(delimiter) =
-            lines.next_if(|next| line.contains('|') && delimiter_row(next.trim()) == Some(columns))
-        {
+        if let Some(delimiter) = lines.next_if(|next| table_starts(line, next)) {
             let mut rows = vec![line, delimiter];
             while let Some(row) = lines.next_if(|l| l.contains('|') && !l.trim().is_empty()) {
                 rows.push(row);
@@ -103,12 +100,17 @@ pub fn has_table(md: &str) -> bool {
         if in_code {
             continue;
         }
-        if previous.is_some_and(|row| row.contains('|') && delimiter_row(t) == Some(cells(row).len())) {
+        if previous.is_some_and(|row| table_starts(row, t)) {
             return true;
         }
         previous = Some(t);
     }
     false
+}
+
+/// Whether a table starts with the row `row`: `next` is a delimiter row of as many cells.
+fn table_starts(row: &str, next: &str) -> bool {
+    row.contains('|') && delimiter_row(next.trim()) == Some(cells(row.trim()).len())
 }
 
 /// The cells of a table row, without its outer pipes.

@@ -48,6 +48,20 @@ const SNAPSHOT_SEEN: usize = 256;
 /// Identifies a reply: chat id and the `msg_id` answered ("" for an old agent).
 pub type ReplyKey = (i64, String);
 
+/// The `msg_id` of Telegram message `id` of `chat`, as the gateway names what it passes on.
+pub fn msg_id_of(chat: i64, id: i64) -> String {
+    format!("tg-{chat}-{id}")
+}
+
+/// The Telegram message of `chat` a reply answers, if its `msg_id` names one.
+pub fn answered(chat: i64, msg_id: &str) -> Option<i64> {
+    msg_id
+        .strip_prefix(&format!("tg-{chat}-"))?
+        .parse()
+        .ok()
+        .filter(|id| *id > 0)
+}
+
 /// Something for the Telegram sender to do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -485,8 +499,7 @@ impl Renderer {
         if !private || self.mode == StreamMode::Edit || self.drafts_refused {
             return None;
         }
-        let answered = key.1.strip_prefix(&format!("tg-{chat}-"));
-        if let Some(id) = answered.and_then(|n| n.parse::<i64>().ok()).filter(|n| *n > 0) {
+        if let Some(id) = answered(chat, &key.1) {
             return Some(id);
         }
         self.anon_counter += 1;

@@ -143,7 +143,7 @@ fn execute(
             let reply_to = key
                 .as_ref()
                 .filter(|_| part == 0 && chat < 0)
-                .and_then(|(_, msg_id)| msg_id.strip_prefix(&format!("tg-{chat}-"))?.parse::<i64>().ok());
+                .and_then(|(_, msg_id)| crate::render::answered(chat, msg_id));
             let look = (text.as_str(), html.as_deref(), rich);
             let result = call_formatted(tg, "sendMessage", chat, look, rich_messages, |mut b| {
                 if let Some(id) = reply_to {
