@@ -19,6 +19,7 @@ use tether::lines::LineError;
 use tether::slots::Slots;
 use tether::AegisClient;
 
+use crate::markdown::escape;
 use crate::render::{Action, DraftsRefused};
 
 /// The answer to `/exec`.
@@ -204,6 +205,8 @@ fn run(
                 chat,
                 topic,
                 draft_id,
+                // Monospace, as the output will be shown when the command ends.
+                html: Some(format!("<pre>{}</pre>", escape(&tail(&live)))),
                 text: tail(&live),
                 // A command runs to its end (or its timeout); only the agent stops.
                 can_stop: false,
@@ -313,10 +316,6 @@ fn format(o: &Outcome) -> (String, Option<String>) {
         escape(&status)
     );
     (plain, Some(html))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //!
 //! Private chats stream as a native draft when the Bot API has `sendMessageDraft`
 //! (`stream_mode` auto or draft): an empty draft ("Thinking…") when the reply starts, the
-//! text as it grows (at most once a second, and again every 20 s so the ephemeral preview
-//! stays), then one `sendMessage` per part with the final formatted text. A draft shows
+//! text as it grows, formatted as it will end (at most once a second, and again every 20 s
+//! so the ephemeral preview stays), then one `sendMessage` per part with the final text. A draft shows
 //! Telegram's stop button; its id is the id of the message the reply answers, which is how
 //! a press names the reply to cancel. A finished part with a table (`rich_messages`) goes
 //! as a rich message, which Telegram renders from the Markdown itself. Groups, edit
@@ -13,7 +13,7 @@
 //!
 //! Per reply (a chat and the `msg_id` it answers): the first delta → `sendMessage`; later
 //! deltas → `editMessageText` at most once a second per chat; `assistant.done` → the final
-//! edit with the full text, formatted when the Markdown converts; text past 4096
+//! edit with the full text. Every step is formatted when its Markdown converts; text past 4096
 //! characters continues in new messages split at paragraph, line, sentence or word
 //! boundaries. Per chat: a typing indicator every 3 s from the user's message until the
 //! reply completes, for as long as the agent is heard from: it and a draft's refresh stop
@@ -137,6 +137,8 @@ pub enum Action {
         draft_id: i64,
         /// Plain text so far (the part being written).
         text: String,
+        /// The same as Telegram HTML, when it has formatting (see [`formatted`]).
+        html: Option<String>,
         /// The draft shows a stop button (`can_stop`); pressed, Telegram sends an update
         /// naming `draft_id`.
         can_stop: bool,
@@ -719,6 +721,7 @@ impl Renderer {
                             topic,
                             draft_id: id,
                             text: String::new(),
+                            html: None,
                             can_stop: true,
                         });
                         self.last_edit.insert(chat, now);
@@ -844,6 +847,7 @@ impl Renderer {
                     chat,
                     topic: r.topic,
                     draft_id: id,
+                    html: formatted(&text),
                     text,
                     can_stop: true,
                 });
@@ -963,6 +967,15 @@ impl Look {
 
 /// The messages a reply should show now: plain text while streaming; once done, each
 /// part also as HTML when its Markdown converts, and rich as `mode` says.
+/// `text` (one part) as Telegram HTML, when it has formatting and fits: an aligned table's
+/// padding may lengthen a part past the limit, which goes plain then. Text still being
+/// written converts too: a marker without its partner stays literal until its partner
+/// arrives, and an unclosed code block runs to the end, so a reply looks formatted as it
+/// streams instead of showing its Markdown until the end.
+fn formatted(text: &str) -> Option<String> {
+    markdown::to_html(text).filter(|h| markdown::visible_len(h) <= MAX_MESSAGE)
+}
+
 fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
     if r.text.is_empty() && r.done && r.attachment(0).is_some() {
         return Vec::new(); // the photos or files are the reply
@@ -975,9 +988,7 @@ fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
     split(&text, MAX_MESSAGE)
         .into_iter()
         .map(|text| {
-            // An aligned table's padding may lengthen a part past the limit: plain text then.
-            let html = r.done.then(|| markdown::to_html(&text)).flatten();
-            let html = html.filter(|h| markdown::visible_len(h) <= MAX_MESSAGE);
+            let html = formatted(&text);
             let rich = r.done
                 && match mode {
                     RichMode::Auto => markdown::has_table(&text),
@@ -1412,6 +1423,7 @@ mod tests {
                 topic: None,
                 draft_id: id,
                 text: "Hel".into(),
+                html: None,
                 can_stop: true
             }]
         );
@@ -1445,6 +1457,52 @@ mod tests {
         r.sent(&(5, "m".into()), 0, 77, t0 + Duration::from_secs(22), &mut out);
         assert!(out.is_empty(), "no edits in draft mode: {out:?}");
         assert_eq!(r.in_progress(), 0);
+    }
+
+    /// What a reply shows while it streams, as (text, html) of each draft, send or edit.
+    fn streamed(mode: StreamMode, deltas: &[&str]) -> Vec<(String, Option<String>)> {
+        let mut r = Renderer::default();
+        r.set_stream_mode(mode);
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        for (i, d) in deltas.iter().enumerate() {
+            let at = t0 + Duration::from_secs(2 * i as u64);
+            r.frame(&delta("5", "m", i as u64 + 1, d), at, &mut out);
+            r.tick(at + Duration::from_secs(1), &mut out);
+            if let Some(Action::Send { key: Some(k), .. }) = out.last() {
+                let k = k.clone();
+                r.sent(&k, 0, 77, at + Duration::from_secs(1), &mut out);
+            }
+        }
+        out.into_iter()
+            .filter_map(|a| match a {
+                Action::Draft { text, html, .. }
+                | Action::Send { text, html, .. }
+                | Action::Edit { text, html, .. } => Some((text, html)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reply_is_formatted_while_it_streams_in_drafts_and_in_edits() {
+        let deltas = ["Use **bo", "ld** and", " `x`\n```sh\nls"];
+        for mode in [StreamMode::Draft, StreamMode::Edit] {
+            let shown = streamed(mode, &deltas);
+            let html: Vec<Option<&str>> = shown.iter().map(|(_, h)| h.as_deref()).collect();
+            assert_eq!(
+                &html[html.len() - 3..],
+                [
+                    // A marker without its partner yet stays literal (and plain).
+                    None,
+                    Some("Use <b>bold</b> and"),
+                    // An unclosed code block runs to the end, as it will when closed.
+                    Some("Use <b>bold</b> and <code>x</code>\n<pre><code class=\"language-sh\">ls</code></pre>"),
+                ],
+                "{mode:?}: {shown:?}"
+            );
+            assert_eq!(shown.last().unwrap().0, "Use **bold** and `x`\n```sh\nls");
+        }
     }
 
     /// The rich flag of each message the renderer sends or edits for a reply whose deltas

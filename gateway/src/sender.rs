@@ -200,18 +200,30 @@ fn execute(
             topic,
             draft_id,
             text,
+            html,
             can_stop,
         } => {
             // A draft is a preview: one attempt (after a 429's wait); the next update or
             // the final message supersedes a lost one.
-            let mut body = json!({"chat_id": chat, "draft_id": draft_id, "text": text});
-            if can_stop {
-                // The stopped draft stays up until the reply's final message replaces it.
-                body["can_stop"] = json!(true);
-                body["keep_on_stop"] = json!(true);
+            let draft = |html: Option<&str>| {
+                let mut body = json!({"chat_id": chat, "draft_id": draft_id, "text": html.unwrap_or(&text)});
+                if html.is_some() {
+                    body["parse_mode"] = json!("HTML");
+                }
+                if can_stop {
+                    // The stopped draft stays up until the reply's final message replaces it.
+                    body["can_stop"] = json!(true);
+                    body["keep_on_stop"] = json!(true);
+                }
+                call_once_honouring_429(tg, "sendMessageDraft", &in_topic(body, topic))
+            };
+            let mut result = draft(html.as_deref());
+            if let (Err(TgError::BadEntities(e)), Some(_)) = (&result, &html) {
+                // Formatting refused is no reason to give drafts up: this one goes plain.
+                log::warn!("chat {chat}: draft formatting rejected ({e}); sending it plain");
+                result = draft(None);
             }
-            let body = in_topic(body, topic);
-            match call_once_honouring_429(tg, "sendMessageDraft", &body) {
+            match result {
                 Ok(_) | Err(TgError::RetryAfter(_) | TgError::Transient(_)) => {}
                 Err(e) => {
                     // 404 method not found (an older Bot API server), or a chat where

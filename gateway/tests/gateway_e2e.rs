@@ -927,6 +927,110 @@ fn private_replies_stream_as_native_drafts_and_end_in_one_message() {
     );
 }
 
+/// The pieces of a reply with formatting, streamed slowly enough to be seen growing.
+fn formatted_reply() -> Reply {
+    Reply::Sse {
+        pieces: openai_sse(&[
+            "Here is **bold",
+            " text** and",
+            " `code`",
+            " to",
+            " see",
+            " it end.",
+        ]),
+        delay: Duration::from_millis(400),
+        end: End::Finish,
+    }
+}
+
+/// A reply looks as it will end while it streams (bold as bold, code as code), not like
+/// Markdown until its last edit; a draft whose formatting Telegram refuses goes plain,
+/// and the drafts go on.
+#[test]
+fn a_draft_is_formatted_as_the_reply_streams() {
+    let llm = FakeLlm::scripted(vec![formatted_reply(), formatted_reply()]);
+    let mut s = Stack::new("gw-formatted-drafts", llm, &[]);
+    s.telegram.enable_drafts();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "show me");
+    let end = "Here is bold text and code to see it end.";
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 1);
+    let drafts = s.telegram.calls_of("sendMessageDraft");
+    let formatted: Vec<&str> = drafts
+        .iter()
+        .filter(|d| d.body["parse_mode"] == "HTML" && d.status == 200)
+        .map(|d| d.body["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        formatted
+            .iter()
+            .any(|t| t.starts_with("Here is <b>bold text</b> and") && !t.contains("end.")),
+        "a draft before the end showed bold as bold: {drafts:#?}"
+    );
+    assert!(drafts.iter().all(|d| d.status == 200), "{drafts:#?}");
+
+    // Telegram refuses the next formatted draft.
+    let before = drafts.len();
+    s.telegram.fail_next("sendMessageDraft", Fault::BadEntities);
+    s.telegram.push_text(CHAT, 7, "Ann", "again");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 2);
+    assert_eq!(msgs[1].visible(), end);
+    let drafts = &s.telegram.calls_of("sendMessageDraft")[before..];
+    let refused = drafts
+        .iter()
+        .position(|d| d.status == 400)
+        .expect("the fault was met");
+    assert_eq!(drafts[refused].body["parse_mode"], "HTML");
+    let plain = &drafts[refused + 1];
+    assert!(
+        plain.body.get("parse_mode").is_none() && plain.status == 200,
+        "the refused draft went again plain: {plain:#?}"
+    );
+    assert!(plain.body["text"].as_str().unwrap().contains("**bold"));
+    assert!(
+        drafts[refused + 2..]
+            .iter()
+            .any(|d| d.body["parse_mode"] == "HTML" && d.status == 200),
+        "drafts went on, formatted: {drafts:#?}"
+    );
+    assert!(
+        s.telegram.calls_of("editMessageText").is_empty(),
+        "no fallback to edits"
+    );
+}
+
+/// The same with edits (a Bot API without drafts): each edit is formatted, not only the last.
+#[test]
+fn a_streaming_edit_is_formatted_before_the_reply_ends() {
+    let s = stack("gw-formatted-edits", FakeLlm::scripted(vec![formatted_reply()]));
+    s.telegram.push_text(CHAT, 7, "Ann", "show me");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.first().is_some_and(|m| m.visible().ends_with("end."))
+    });
+    assert_eq!(msgs.len(), 1);
+    let shown: Vec<(String, Value)> = s
+        .telegram
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "sendMessage" || c.method == "editMessageText")
+        .map(|c| {
+            (
+                c.body["text"].as_str().unwrap().to_string(),
+                c.body["parse_mode"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .any(|(t, mode)| t.starts_with("Here is <b>bold text</b> and")
+                && !t.contains("end.")
+                && mode == "HTML"),
+        "an edit before the end showed bold as bold: {shown:#?}"
+    );
+}
+
 /// A reasoning model through the whole stack: its thoughts stream to the gateway, which
 /// shows Telegram's "Thinking…" for them and never their text; the message is the answer.
 #[test]
@@ -2309,20 +2413,31 @@ fn exec_through_serve_runs_in_the_instance_workspace() {
     let made = s.home.join("kit/instances/my-agent/workspace/f.txt");
     assert_eq!(std::fs::read_to_string(made).unwrap(), "made\n");
 
-    // A long command's output shows as a draft while it runs (a private chat).
+    // A long command's output shows as a draft while it runs (a private chat), monospace
+    // as it will end.
     let before = s.telegram.calls_of("sendMessageDraft").len();
     s.telegram
         .push_text(CHAT, 7, "Ann", "echo one; sleep 1.5; echo two");
     let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() == 3);
     assert_eq!(msgs[2].visible(), "one\ntwo\nexit: 0");
-    let drafts: Vec<String> = s
+    let drafts: Vec<(String, Value)> = s
         .telegram
         .calls_of("sendMessageDraft")
         .iter()
         .skip(before)
-        .map(|c| c.body["text"].as_str().unwrap_or("").to_string())
+        .map(|c| {
+            (
+                c.body["text"].as_str().unwrap_or("").to_string(),
+                c.body["parse_mode"].clone(),
+            )
+        })
         .collect();
-    assert!(drafts.first().is_some_and(|d| d == "one\n"), "{drafts:?}");
+    assert!(
+        drafts
+            .first()
+            .is_some_and(|(d, mode)| d == "<pre>one\n</pre>" && mode == "HTML"),
+        "{drafts:?}"
+    );
 }
 
 /// The model's answers for the rich-message tests: a table when asked for one (a wide one,
