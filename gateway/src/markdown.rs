@@ -108,6 +108,43 @@ pub fn has_table(md: &str) -> bool {
     false
 }
 
+/// A construct a piece of Markdown leaves open at its end, which the next message of a long
+/// reply must open again to read on as written: otherwise a code block's second half shows
+/// as text and its closing fence opens a block that swallows what follows, and a table's
+/// rows past the cut, without their header, show as rows of pipes.
+#[derive(Debug, PartialEq)]
+pub enum Open<'a> {
+    /// A code block, by its opening fence line (```` ```rust ````).
+    Code(&'a str),
+    /// A table, by its header and delimiter rows.
+    Table(&'a str, &'a str),
+}
+
+/// What `md` leaves open at its end, read as [`to_html`] reads it.
+pub fn open_at_end(md: &str) -> Option<Open<'_>> {
+    let mut open = None;
+    let mut lines = md.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.trim_start().starts_with("```") {
+            open = match open {
+                Some(Open::Code(_)) => None,
+                _ => Some(Open::Code(line.trim())),
+            };
+            continue;
+        }
+        match open {
+            Some(Open::Code(_)) => {}
+            Some(Open::Table(..)) if line.contains('|') && !line.trim().is_empty() => {}
+            _ => {
+                open = lines
+                    .next_if(|next| table_starts(line, next))
+                    .map(|delimiter| Open::Table(line, delimiter));
+            }
+        }
+    }
+    open
+}
+
 /// Whether a table starts with the row `row`: `next` is a delimiter row of as many cells.
 fn table_starts(row: &str, next: &str) -> bool {
     row.contains('|') && delimiter_row(next.trim()) == Some(cells(row.trim()).len())
@@ -323,6 +360,17 @@ mod tests {
             to_html("see [docs](https://x.y/a?b=1&c=2)").unwrap(),
             "see <a href=\"https://x.y/a?b=1&amp;c=2\">docs</a>"
         );
+    }
+
+    #[test]
+    fn what_a_piece_leaves_open_at_its_end() {
+        assert_eq!(open_at_end("text\n```rust\nfn a()"), Some(Open::Code("```rust")));
+        assert_eq!(open_at_end("```\na\n```\nafter"), None);
+        let table = "| a | b |\n|---|---|\n| 1 | 2 |";
+        assert_eq!(open_at_end(table), Some(Open::Table("| a | b |", "|---|---|")));
+        assert_eq!(open_at_end(&format!("{table}\n\nafter")), None);
+        assert_eq!(open_at_end(&format!("```\n{table}")), Some(Open::Code("```")));
+        assert_eq!(open_at_end(&format!("```\n{table}\n```")), None);
     }
 
     #[test]

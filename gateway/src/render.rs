@@ -15,7 +15,7 @@
 //! deltas → `editMessageText` at most once a second per chat; `assistant.done` → the final
 //! edit with the full text. Every step is formatted when its Markdown converts; text past 4096
 //! characters continues in new messages split at paragraph, line, sentence or word
-//! boundaries. Per chat: a typing indicator every 3 s from the user's message until the
+//! boundaries (a code block or a table cut there reads on in the next message). Per chat: a typing indicator every 3 s from the user's message until the
 //! reply completes, for as long as the agent is heard from: it and a draft's refresh stop
 //! 2 minutes after the reply's last frame (a reasoning model's thoughts count; they are not
 //! shown, Telegram's "Thinking…" stands for them). Frames at or below the cursor are
@@ -395,24 +395,74 @@ fn fingerprint(f: &Frame) -> u64 {
 
 /// Split `text` into messages of at most `max` characters, preferring a paragraph break,
 /// then a line break, then a sentence end, then a space, in the last half of each piece.
+/// A code block or a table cut in two reads on in the next message: the block is closed
+/// at the cut and opened again, in its language, after it (its lines keep their indent);
+/// the table's header and delimiter rows come again above its next rows.
 pub fn split(text: &str, max: usize) -> Vec<String> {
+    const CLOSE: &str = "\n```";
     let mut parts = Vec::new();
-    let mut rest = text;
+    let mut rest = text.to_string();
     while rest.chars().count() > max {
-        let cut_byte = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
-        let window = &rest[..cut_byte];
-        let half = window.char_indices().nth(max / 2).map_or(0, |(i, _)| i);
-        let at = ["\n\n", "\n", ". ", " "]
-            .iter()
-            .find_map(|sep| window[half..].rfind(sep).map(|i| half + i + sep.len()))
-            .unwrap_or(cut_byte);
-        parts.push(rest[..at].trim_end().to_string());
-        rest = rest[at..].trim_start_matches(['\n', ' ']);
+        let mut at = cut(&rest, max);
+        let mut part = rest[..at].trim_end();
+        if matches!(markdown::open_at_end(part), Some(markdown::Open::Code(_)))
+            && part.chars().count() + CLOSE.len() > max
+        {
+            // Room for the closing fence.
+            at = cut(&rest, max.saturating_sub(CLOSE.len()).max(1));
+            part = rest[..at].trim_end();
+        }
+        let consumed = rest[..at].chars().count();
+        let mut next = &rest[at..];
+        let mut reopen = String::new();
+        let mut closed = part.to_string();
+        match markdown::open_at_end(part) {
+            Some(markdown::Open::Code(fence)) if closed.chars().count() + CLOSE.len() <= max => {
+                closed.push_str(CLOSE);
+                next = next.trim_start_matches('\n');
+                let (first, after) = next.split_once('\n').unwrap_or((next, ""));
+                if first.trim() == "```" {
+                    // The block ends right at the cut: its closing fence is the one added.
+                    next = after;
+                } else {
+                    reopen = format!("{}\n", if fence.len() <= 64 { fence } else { "```" });
+                }
+            }
+            Some(markdown::Open::Table(head, delimiter)) => {
+                next = next.trim_start_matches(['\n', ' ']);
+                if next.lines().next().is_some_and(|row| row.contains('|')) {
+                    reopen = format!("{head}\n{delimiter}\n");
+                }
+            }
+            _ => next = next.trim_start_matches(['\n', ' ']),
+        }
+        // Every piece must shrink what is left: a header as long as half the piece is not
+        // repeated. Nor is anything opened again for nothing.
+        if next.trim().is_empty() {
+            next = "";
+        }
+        if reopen.chars().count() * 2 > consumed || next.is_empty() {
+            reopen.clear();
+        }
+        parts.push(closed);
+        rest = reopen + next;
     }
     if !rest.is_empty() || parts.is_empty() {
         parts.push(rest.trim_end().to_string());
     }
     parts
+}
+
+/// Where to end a piece of `rest` of at most `max` characters: the last paragraph break,
+/// line break, sentence end or space in its second half, else at `max`.
+fn cut(rest: &str, max: usize) -> usize {
+    let cut_byte = rest.char_indices().nth(max).map_or(rest.len(), |(i, _)| i);
+    let window = &rest[..cut_byte];
+    let half = window.char_indices().nth(max / 2).map_or(0, |(i, _)| i);
+    ["\n\n", "\n", ". ", " "]
+        .iter()
+        .find_map(|sep| window[half..].rfind(sep).map(|i| half + i + sep.len()))
+        .unwrap_or(cut_byte)
 }
 
 impl Renderer {
@@ -1306,6 +1356,97 @@ mod tests {
         let parts = split(&"é".repeat(5000), 4096);
         assert!(parts.iter().all(|p| p.chars().count() <= 4096));
         assert_eq!(split("", 10), vec![""]);
+    }
+
+    #[test]
+    fn a_code_block_cut_in_two_is_closed_and_opened_again() {
+        let code: Vec<String> = (0..500).map(|i| format!("    x{i} = {i}  # indented")).collect();
+        let text = format!(
+            "Here:\n\n```python\ndef f():\n{}\n```\n\nAfter the *code*.",
+            code.join("\n")
+        );
+        let parts = split(&text, 4096);
+        assert!(parts.len() >= 3, "{}", parts.len());
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.chars().count() <= 4096);
+            assert_eq!(markdown::open_at_end(p), None, "part {i} leaves nothing open");
+            let html = markdown::to_html(p).unwrap();
+            if i > 0 {
+                assert!(
+                    p.starts_with("```python\n    x"),
+                    "opened again, indent kept: {p:.40}"
+                );
+            }
+            if i + 1 < parts.len() {
+                assert!(p.ends_with("\n```"));
+                assert!(html.ends_with("</code></pre>") && !html.contains("After"));
+            }
+        }
+        let last = markdown::to_html(parts.last().unwrap()).unwrap();
+        assert!(
+            last.ends_with("</code></pre>\n\nAfter the <i>code</i>."),
+            "{last}"
+        );
+        // Every line of code is in exactly one part.
+        let all = parts.join("\n");
+        assert!(code.iter().all(|l| all.matches(&format!("{l}\n")).count() == 1));
+    }
+
+    #[test]
+    fn a_code_block_ending_at_the_cut_is_not_opened_again() {
+        let body = "y".repeat(60);
+        let lines: Vec<&str> = std::iter::repeat_n(body.as_str(), 40).collect();
+        let code = format!("```\n{}", lines.join("\n"));
+        // The piece ends at the line break before the closing fence, with just the room
+        // to close the block there.
+        let max = code.chars().count() + "\n```".len();
+        let parts = split(&format!("{code}\n```\n{}", "z ".repeat(200)), max);
+        assert_eq!(
+            parts,
+            [format!("{code}\n```"), "z ".repeat(200).trim_end().to_string()]
+        );
+        // So with nothing after it but spaces: no empty block, no empty message.
+        let parts = split(&format!("{code}\n```   \n \n"), max);
+        assert_eq!(parts, [format!("{code}\n```")]);
+    }
+
+    #[test]
+    fn a_table_cut_in_two_has_its_header_again() {
+        let rows: Vec<String> = (0..200).map(|i| format!("| row {i} | {} |", i * i)).collect();
+        let text = format!("Squares:\n\n| n | n² |\n|---|--:|\n{}\n\nDone.", rows.join("\n"));
+        let parts = split(&text, 1000);
+        assert!(parts.len() >= 4, "{}", parts.len());
+        for p in &parts[1..parts.len() - 1] {
+            assert!(p.starts_with("| n | n² |\n|---|--:|\n| row"), "{p:.40}");
+            assert!(markdown::has_table(p));
+        }
+        let all = parts.join("\n");
+        assert!(rows.iter().all(|r| all.matches(&format!("{r}\n")).count() == 1));
+    }
+
+    proptest::proptest! {
+        /// Whatever the text, the pieces fit, nothing of it is lost, and none ends inside
+        /// a code block (the cut closes it).
+        #[test]
+        fn split_fits_loses_nothing_and_closes_code(
+            lines in proptest::collection::vec("(```[a-z]{0,3}|\\| [a-z]{1,5} \\| [a-z]{1,5} \\||\\|--\\|--\\||[a-z .]{0,30}|)", 0..120),
+            max in 40usize..300,
+        ) {
+            let text = lines.join("\n");
+            let parts = split(&text, max);
+            for p in &parts {
+                proptest::prop_assert!(p.chars().count() <= max, "{} > {max}: {p:?}", p.chars().count());
+            }
+            for p in &parts[..parts.len() - 1] {
+                let open = markdown::open_at_end(p);
+                proptest::prop_assert!(!matches!(open, Some(markdown::Open::Code(_))), "{p:?}");
+            }
+            // Every non-space character of the text, in order, in the pieces.
+            let mut all = parts.concat().chars().filter(|c| !c.is_whitespace()).collect::<Vec<_>>().into_iter();
+            for c in text.chars().filter(|c| !c.is_whitespace()) {
+                proptest::prop_assert!(all.any(|d| d == c), "lost {c:?} of {text:?} in {parts:?}");
+            }
+        }
     }
 
     #[test]

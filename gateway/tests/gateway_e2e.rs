@@ -1031,6 +1031,48 @@ fn a_streaming_edit_is_formatted_before_the_reply_ends() {
     );
 }
 
+/// A long program in a reply goes over several messages, each a code block of its own,
+/// in its language (the block is closed at the cut and opened again), and the words after
+/// it are words, not code.
+#[test]
+fn a_code_block_longer_than_a_message_stays_code_in_every_message() {
+    let code: Vec<String> = (0..300)
+        .map(|i| format!("    total += {i}  # step {i}"))
+        .collect();
+    let text = format!(
+        "Here it is:\n\n```python\ndef f():\n{}\n```\n\nRun it with **python3**.",
+        code.join("\n")
+    );
+    let pieces: Vec<String> = text.split_inclusive('\n').map(String::from).collect();
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(
+        &pieces.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))]);
+    let s = stack("gw-long-code", llm);
+    s.telegram.push_text(CHAT, 7, "Ann", "write it");
+    // Each message's last edit is formatted.
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.len() == 3
+            && m[2].visible().ends_with("Run it with python3.")
+            && m.iter()
+                .all(|m| m.text.ends_with("</pre>") || m.text.ends_with("</b>."))
+    });
+    for (i, m) in msgs.iter().enumerate() {
+        assert_eq!(m.parse_mode.as_deref(), Some("HTML"), "message {i}");
+        let start = if i == 0 { "Here it is:\n\n<pre>" } else { "<pre>" };
+        assert!(
+            m.text
+                .starts_with(&format!("{start}<code class=\"language-python\">")),
+            "message {i}: {:.80}",
+            m.text
+        );
+    }
+    assert!(msgs[2]
+        .text
+        .ends_with("</code></pre>\n\nRun it with <b>python3</b>."));
+    let shown: String = msgs.iter().map(|m| m.visible() + "\n").collect();
+    assert!(code.iter().all(|l| shown.matches(&format!("{l}\n")).count() == 1));
+}
+
 /// A reasoning model through the whole stack: its thoughts stream to the gateway, which
 /// shows Telegram's "Thinking…" for them and never their text; the message is the answer.
 #[test]
