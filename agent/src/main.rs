@@ -20,6 +20,7 @@ mod host_llm;
 mod keepalive;
 mod llm;
 mod mcp;
+mod mcp_era;
 mod mcp_http;
 mod memory;
 mod prompt_cache;

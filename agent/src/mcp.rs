@@ -1,11 +1,12 @@
-//! MCP client (protocol revision 2025-06-18): each configured server is a child process
-//! speaking newline-delimited JSON-RPC on its stdin/stdout (stdio), or a URL speaking
-//! Streamable HTTP ([`crate::mcp_http`]).
+//! MCP client (protocol revisions 2025-06-18 and 2026-07-28, [`crate::mcp_era`]): each
+//! configured server is a child process speaking newline-delimited JSON-RPC on its
+//! stdin/stdout (stdio), or a URL speaking Streamable HTTP ([`crate::mcp_http`]).
 //!
 //! Duties:
-//! 1. start every server in the background at boot (the agent listens at once), with
-//!    `initialize`, `notifications/initialized` and `tools/list` (following
-//!    `nextCursor`); offer the tools as `SERVER_TOOL`;
+//! 1. start every server in the background at boot (the agent listens at once), find out
+//!    which generation it speaks (`initialize` and `notifications/initialized`, or the
+//!    stateless `server/discover`), and list its tools (`tools/list`, following
+//!    `nextCursor`); offer them as `SERVER_TOOL`;
 //! 2. carry out `tools/call`, joining text content and marking `isError` results; an
 //!    image a tool returns (a browser's screenshot) becomes a file of the workspace the
 //!    model can send on or look into, named by its content;
@@ -14,7 +15,7 @@
 //!    started again on the next call; a cancel ends a call at once;
 //! 4. answer the server's own requests (`ping`; anything else: method not found), and
 //!    list the tools again before the next model request when the server says they
-//!    changed (`notifications/tools/list_changed`);
+//!    changed (`notifications/tools/list_changed`) or their `ttlMs` has passed;
 //! 5. keep the agent's own keys from the servers: agent.json and mcp.json are files the
 //!    model can write, so a server is a command run on its behalf, as `bash` is.
 //!
@@ -38,9 +39,11 @@ use serde_json::{json, Value};
 use tether::rpc::{Correlator, Message, Messages};
 
 use crate::llm::ToolSpec;
+use crate::mcp_era::{Era, ParamHeader};
 use crate::tools::Outcome;
 
-/// The MCP revision we speak.
+/// The MCP revision we speak with a server that wants a handshake (the newest of the
+/// stateless kind is [`crate::mcp_era::MODERN`]).
 pub const PROTOCOL_VERSION: &str = "2025-06-18";
 /// Longest wait for `initialize` and each `tools/list` page.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,10 +105,14 @@ pub enum McpError {
     Transport(String),
     /// It refused a message with this HTTP status (and its words).
     Http(u16, String),
+    /// It refused a message with this HTTP status and a JSON-RPC error.
+    HttpRpc(u16, tether::rpc::RpcError),
     /// It no longer knows the session (HTTP 404): a new one is needed.
     SessionEnded,
     /// Its configuration cannot be used.
     Config(String),
+    /// It asks for input the agent cannot give (a modern server's `input_required`).
+    NeedsInput(String),
 }
 
 impl fmt::Display for McpError {
@@ -125,8 +132,10 @@ impl fmt::Display for McpError {
             ),
             McpError::Http(status, e) if e.is_empty() => write!(f, "HTTP {status}"),
             McpError::Http(status, e) => write!(f, "HTTP {status}: {e}"),
+            McpError::HttpRpc(status, e) => McpError::Http(*status, e.message.clone()).fmt(f),
             McpError::SessionEnded => f.write_str("it ended the session"),
             McpError::Config(e) => f.write_str(e),
+            McpError::NeedsInput(asked) => write!(f, "the tool asks for input the agent cannot give ({asked})"),
         }
     }
 }
@@ -138,6 +147,8 @@ struct RemoteTool {
     remote: String,
     /// As offered to the model (`SERVER_TOOL`).
     spec: ToolSpec,
+    /// The arguments a modern server over HTTP wants mirrored into headers.
+    marks: Vec<ParamHeader>,
 }
 
 /// A running server process.
@@ -222,10 +233,54 @@ fn msg_id(msg: &Message) -> Value {
     }
 }
 
-/// A server's connection, by transport.
-enum Conn {
+/// A server's link, by transport.
+enum Link {
     Stdio(StdioConn),
     Http(crate::mcp_http::HttpConn),
+}
+
+impl Link {
+    /// Request `method` as a server of `era` expects it (with `headers` too, over HTTP);
+    /// its result if complete.
+    fn request(
+        &self,
+        era: Era,
+        method: &'static str,
+        params: &Value,
+        headers: Vec<(String, String)>,
+        timeout: Duration,
+        cancel: &Receiver<()>,
+    ) -> Result<Value, McpError> {
+        let params = match era {
+            Era::Modern => crate::mcp_era::with_meta(params),
+            Era::Legacy => params.clone(),
+        };
+        let result = match self {
+            Link::Stdio(c) => c.request(method, &params, timeout, cancel),
+            Link::Http(c) => c.request(method, &params, headers, timeout, cancel),
+        }?;
+        crate::mcp_era::complete(result)
+    }
+
+    fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
+        match self {
+            Link::Stdio(c) => c.send(&Message::notification(method, params)),
+            Link::Http(c) => c.notify(method, params),
+        }
+    }
+
+    fn alive(&self) -> bool {
+        match self {
+            Link::Stdio(c) => c.alive.load(Ordering::SeqCst),
+            Link::Http(c) => c.alive(),
+        }
+    }
+}
+
+/// A running server (a process, or a URL) and the generation of MCP it speaks.
+struct Conn {
+    link: Link,
+    era: Era,
 }
 
 impl Conn {
@@ -233,27 +288,20 @@ impl Conn {
         &self,
         method: &'static str,
         params: &Value,
+        headers: Vec<(String, String)>,
         timeout: Duration,
         cancel: &Receiver<()>,
     ) -> Result<Value, McpError> {
-        match self {
-            Conn::Stdio(c) => c.request(method, params, timeout, cancel),
-            Conn::Http(c) => c.request(method, params, timeout, cancel),
-        }
-    }
-
-    fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
-        match self {
-            Conn::Stdio(c) => c.send(&Message::notification(method, params)),
-            Conn::Http(c) => c.notify(method, params),
-        }
+        self.link
+            .request(self.era, method, params, headers, timeout, cancel)
     }
 
     fn alive(&self) -> bool {
-        match self {
-            Conn::Stdio(c) => c.alive.load(Ordering::SeqCst),
-            Conn::Http(c) => c.alive(),
-        }
+        self.link.alive()
+    }
+
+    fn stdio(&self) -> bool {
+        matches!(self.link, Link::Stdio(_))
     }
 }
 
@@ -271,6 +319,12 @@ struct Server {
     tools: Mutex<Vec<RemoteTool>>,
     /// Set when the server said its tools changed: listed again before they are offered.
     tools_changed: Arc<AtomicBool>,
+    /// Until when the listed tools are fresh, as a modern server says (`ttlMs`): listed
+    /// again before they are offered after it.
+    fresh_until: Mutex<Option<Instant>>,
+    /// The generation a server at a URL was found to speak (a process is asked anew each
+    /// time it starts): the next connection goes straight to it.
+    era: Mutex<Option<Era>>,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
@@ -288,7 +342,7 @@ impl Server {
                 ))
             }
             (None | Some("http" | "streamable-http" | "streamable_http"), Some(url)) => self.open(url)?,
-            (None | Some("stdio"), None) if !self.config.command.is_empty() => Conn::Stdio(self.spawn()?),
+            (None | Some("stdio"), None) if !self.config.command.is_empty() => Link::Stdio(self.spawn()?),
             (Some("http" | "streamable-http" | "streamable_http"), None) => {
                 return Err(McpError::Config("`url` is missing".into()))
             }
@@ -303,12 +357,120 @@ impl Server {
                 )))
             }
         };
-        self.handshake(&conn)?;
+        let era = match &conn {
+            Link::Stdio(_) => self.agree_stdio(&conn)?,
+            Link::Http(http) => self.agree_http(&conn, http)?,
+        };
+        let conn = Conn { link: conn, era };
+        self.list_tools(&conn)?;
+        if let (Era::Modern, Link::Stdio(c)) = (era, &conn.link) {
+            listen_for_tool_changes(c);
+        }
         Ok(conn)
     }
 
+    /// Which generation a process speaks. `initialize` first: a handshake server (most,
+    /// and AegisVM's `aegis-mcp-guest`, which leaves any other first message unanswered)
+    /// takes it at once, so probing it costs no wait; a modern one refuses it, and then
+    /// answers `server/discover`.
+    fn agree_stdio(&self, link: &Link) -> Result<Era, McpError> {
+        let refusal = match self.initialize(link) {
+            Ok(()) => return Ok(Era::Legacy),
+            Err(McpError::Rpc(e)) => e,
+            Err(e) => return Err(e),
+        };
+        match self.discover(link) {
+            Ok(Era::Modern) => Ok(Era::Modern),
+            Ok(Era::Legacy) => Err(McpError::Rpc(refusal)),
+            Err(e @ McpError::Protocol(_)) => Err(e),
+            Err(e) => {
+                log::debug!("MCP [{}]: server/discover: {e}", self.name);
+                Err(McpError::Rpc(refusal))
+            }
+        }
+    }
+
+    /// Which generation a server at a URL speaks: a modern request first, as the
+    /// 2026-07-28 revision asks; a refusal that is not a modern server's error means a
+    /// handshake server, and a session is opened. What was found is remembered.
+    fn agree_http(&self, link: &Link, http: &crate::mcp_http::HttpConn) -> Result<Era, McpError> {
+        let known = *self.era.lock().expect("mcp era lock");
+        if known != Some(Era::Legacy) {
+            http.set_modern(true);
+            let fallback = match self.discover(link) {
+                Ok(Era::Modern) => {
+                    *self.era.lock().expect("mcp era lock") = Some(Era::Modern);
+                    return Ok(Era::Modern);
+                }
+                Ok(Era::Legacy) => None,
+                Err(e @ (McpError::Http(401 | 403, _) | McpError::HttpRpc(401 | 403, _))) => return Err(e),
+                Err(
+                    e @ (McpError::Transport(_)
+                    | McpError::Timeout(..)
+                    | McpError::Spawn(_)
+                    | McpError::Protocol(_)),
+                ) => return Err(e),
+                Err(e) => Some(e),
+            };
+            if let Some(e) = &fallback {
+                log::debug!(
+                    "MCP [{}]: not a {} server ({e}); opening a session",
+                    self.name,
+                    crate::mcp_era::MODERN
+                );
+            }
+            http.set_modern(false);
+            http.forget_session();
+        }
+        self.initialize(link)?;
+        *self.era.lock().expect("mcp era lock") = Some(Era::Legacy);
+        Ok(Era::Legacy)
+    }
+
+    /// `server/discover`, as a modern server expects it: the era its answer shows. A
+    /// modern server's refusal (it speaks other versions) says which it speaks.
+    fn discover(&self, link: &Link) -> Result<Era, McpError> {
+        let answer = link.request(
+            Era::Modern,
+            "server/discover",
+            &json!({}),
+            Vec::new(),
+            START_TIMEOUT,
+            &never(),
+        );
+        match answer {
+            Ok(result) => {
+                let era = crate::mcp_era::discovered(&result)?;
+                if era == Era::Modern {
+                    let server = &result["_meta"]["io.modelcontextprotocol/serverInfo"];
+                    log::info!(
+                        "MCP [{}]: server {} {} speaks {}",
+                        self.name,
+                        server["name"].as_str().unwrap_or("?"),
+                        server["version"].as_str().unwrap_or("?"),
+                        crate::mcp_era::MODERN
+                    );
+                }
+                Ok(era)
+            }
+            Err(McpError::Rpc(e) | McpError::HttpRpc(_, e)) if crate::mcp_era::is_modern_error(e.code) => {
+                match crate::mcp_era::supported(&e) {
+                    Some(v) if v.iter().any(|v| v.as_str() < crate::mcp_era::MODERN) => Ok(Era::Legacy),
+                    Some(v) => Err(crate::mcp_era::unspoken(
+                        &v.iter().map(String::as_str).collect::<Vec<_>>(),
+                    )),
+                    None => Err(McpError::Protocol(format!(
+                        "server/discover refused: {}",
+                        e.message
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A session with the server at `url`.
-    fn open(&self, url: &str) -> Result<Conn, McpError> {
+    fn open(&self, url: &str) -> Result<Link, McpError> {
         let var = |name: &str| std::env::var(name).ok();
         let expand = |what: &str, text: &str| {
             crate::mcp_http::expand(text, &self.hidden_env, var)
@@ -326,7 +488,7 @@ impl Server {
             .iter()
             .map(|(k, v)| Ok((k.clone(), expand(&format!("header {k}"), v)?)))
             .collect::<Result<Vec<_>, McpError>>()?;
-        Ok(Conn::Http(crate::mcp_http::HttpConn::new(
+        Ok(Link::Http(crate::mcp_http::HttpConn::new(
             &self.name,
             &url,
             headers,
@@ -408,16 +570,18 @@ impl Server {
         Ok(conn)
     }
 
-    /// `initialize`, `notifications/initialized` and the tool list.
-    fn handshake(&self, conn: &Conn) -> Result<(), McpError> {
+    /// `initialize` and `notifications/initialized`.
+    fn initialize(&self, link: &Link) -> Result<(), McpError> {
         let none = never();
-        let init = conn.request(
+        let init = link.request(
+            Era::Legacy,
             "initialize",
             &json!({
                 "protocolVersion": PROTOCOL_VERSION,
                 "capabilities": {},
                 "clientInfo": {"name": "aegis-agent", "version": env!("CARGO_PKG_VERSION")},
             }),
+            Vec::new(),
             START_TIMEOUT,
             &none,
         )?;
@@ -433,11 +597,10 @@ impl Server {
                 ))
             }
         };
-        if let Conn::Http(c) = conn {
+        if let Link::Http(c) = link {
             c.agreed(agreed);
         }
-        conn.notify("notifications/initialized", &json!({}))?;
-        self.list_tools(conn)
+        link.notify("notifications/initialized", &json!({}))
     }
 
     /// `tools/list`, every page: the tools offered from now on.
@@ -450,11 +613,20 @@ impl Server {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
-            let page = conn.request("tools/list", &params, START_TIMEOUT, &none)?;
+            let page = conn.request("tools/list", &params, Vec::new(), START_TIMEOUT, &none)?;
             let listed = page["tools"]
                 .as_array()
                 .ok_or_else(|| McpError::Protocol("tools/list result has no tools".into()))?;
-            tools.extend(listed.iter().filter_map(|t| self.remote_tool(t)));
+            let marked = conn.era == Era::Modern && !conn.stdio();
+            tools.extend(listed.iter().filter_map(|t| self.remote_tool(t, marked)));
+            // A modern server says how long its list stays fresh; the first page's word
+            // stands for the list (a second at least, so one turn lists it once).
+            if cursor.is_none() {
+                let ttl = page["ttlMs"]
+                    .as_u64()
+                    .map(|ms| Duration::from_millis(ms.max(1000)));
+                *self.fresh_until.lock().expect("mcp fresh lock") = ttl.map(|t| Instant::now() + t);
+            }
             cursor = page["nextCursor"]
                 .as_str()
                 .filter(|c| !c.is_empty())
@@ -468,14 +640,28 @@ impl Server {
         Ok(())
     }
 
-    fn remote_tool(&self, t: &Value) -> Option<RemoteTool> {
+    /// A listed tool as offered; with `marked` (a modern server over HTTP), its
+    /// `x-mcp-header` marks, and none at all if they break the rules.
+    fn remote_tool(&self, t: &Value, marked: bool) -> Option<RemoteTool> {
         let remote = t["name"].as_str()?.to_string();
         let exposed: String = plain(&format!("{}_{}", self.name, remote)).take(64).collect();
         let schema = match &t["inputSchema"] {
             s @ Value::Object(_) => s.clone(),
             _ => json!({"type": "object", "properties": {}}),
         };
+        let marks = if marked {
+            match crate::mcp_era::param_headers(&schema) {
+                Ok(m) => m,
+                Err(why) => {
+                    log::warn!("MCP [{}]: tool {remote} left out: {why}", self.name);
+                    return None;
+                }
+            }
+        } else {
+            Vec::new()
+        };
         Some(RemoteTool {
+            marks,
             remote,
             spec: ToolSpec {
                 name: exposed,
@@ -500,6 +686,8 @@ impl Server {
             Err(e) => {
                 log::warn!("MCP [{}]: {e}", self.name);
                 *self.failed_at.lock().expect("mcp failed lock") = Some(Instant::now());
+                // What it was found to speak may be what failed: ask again next time.
+                *self.era.lock().expect("mcp era lock") = None;
                 Err(e)
             }
         }
@@ -513,8 +701,16 @@ impl Server {
                 return Outcome::Done(format!("error: MCP server {} is unavailable: {e}", self.name));
             }
             let c = conn.as_ref().expect("ensured");
-            let stdio = matches!(c, Conn::Stdio(_));
-            let e = match c.request("tools/call", &params, self.call_timeout(), cancel) {
+            let stdio = c.stdio();
+            let marks = self
+                .tools
+                .lock()
+                .expect("mcp tools lock")
+                .iter()
+                .find(|t| t.remote == remote)
+                .map(|t| crate::mcp_era::header_values(&t.marks, args))
+                .unwrap_or_default();
+            let e = match c.request("tools/call", &params, marks, self.call_timeout(), cancel) {
                 Ok(result) => return Outcome::Done(call_text(&result, &|d, t| self.save_image(d, t))),
                 Err(McpError::Cancelled) => return Outcome::Cancelled,
                 Err(McpError::SessionEnded) if attempt == 0 => {
@@ -524,6 +720,27 @@ impl Server {
                         "MCP [{}]: the server ended the session; starting a new one",
                         self.name
                     );
+                    *conn = None;
+                    continue;
+                }
+                Err(McpError::Rpc(e) | McpError::HttpRpc(_, e))
+                    if attempt == 0 && e.code == crate::mcp_era::HEADER_MISMATCH =>
+                {
+                    // The tool's header marks changed since it was listed (the call was
+                    // refused before it ran): list again, and call as it now asks.
+                    log::info!("MCP [{}]: {}; listing the tools again", self.name, e.message);
+                    match self.list_tools(c) {
+                        Ok(()) => continue,
+                        Err(e) => e,
+                    }
+                }
+                Err(McpError::Rpc(e) | McpError::HttpRpc(_, e))
+                    if attempt == 0 && e.code == crate::mcp_era::UNSUPPORTED_VERSION =>
+                {
+                    // It no longer speaks what it was found to (it was updated): find out
+                    // again on a new connection, which runs the call.
+                    log::info!("MCP [{}]: {}; connecting again", self.name, e.message);
+                    *self.era.lock().expect("mcp era lock") = None;
                     *conn = None;
                     continue;
                 }
@@ -551,6 +768,18 @@ impl Server {
             "error: MCP server {} ended two sessions in a row",
             self.name
         ))
+    }
+}
+
+/// Ask a modern process to say when its tools change (`subscriptions/listen`): its
+/// notifications arrive on stdout like any other, and [`read_loop`] sees them. The
+/// subscription lasts as long as the process; nothing waits for its end.
+fn listen_for_tool_changes(c: &StdioConn) {
+    let params = crate::mcp_era::with_meta(&json!({"notifications": {"toolsListChanged": true}}));
+    let (msg, ended) = c.correlator.start("subscriptions/listen", &params);
+    drop(ended);
+    if let Err(e) = c.send(&msg) {
+        log::debug!("MCP: subscriptions/listen: {e}");
     }
 }
 
@@ -664,6 +893,8 @@ impl McpServers {
                     workspace: workspace.to_path_buf(),
                     hidden_env: Arc::clone(&hidden_env),
                     tools_changed: Arc::default(),
+                    fresh_until: Mutex::new(None),
+                    era: Mutex::new(None),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
@@ -711,7 +942,12 @@ impl McpServers {
             if !running && failed_long_ago {
                 start_in_background(s);
             }
-            if running && s.tools_changed.swap(false, Ordering::SeqCst) {
+            let stale = s
+                .fresh_until
+                .lock()
+                .expect("mcp fresh lock")
+                .is_some_and(|t| Instant::now() >= t);
+            if running && (s.tools_changed.swap(false, Ordering::SeqCst) || stale) {
                 s.list_again();
             }
             specs.extend(

@@ -1,5 +1,5 @@
-//! MCP over Streamable HTTP (revision 2025-06-18): a server at a URL (a hosted one, or one
-//! on the LAN) instead of a child process.
+//! MCP over Streamable HTTP (revisions 2025-06-18 and 2026-07-28): a server at a URL (a
+//! hosted one, or one on the LAN) instead of a child process.
 //!
 //! Every message is a `POST` to the server's one endpoint, accepting JSON or an SSE
 //! stream. A request's answer is either one JSON message, or a stream whose events may
@@ -15,6 +15,11 @@
 //!    ends without the answer is an error, never a hang;
 //! 3. end the session with `DELETE` when the connection is dropped;
 //! 4. never log a header's value: they carry the user's tokens.
+//!
+//! With a modern server ([`HttpConn::set_modern`]) there is no session: every request
+//! carries `MCP-Protocol-Version: 2026-07-28`, `Mcp-Method`, `Mcp-Name` (a call's tool)
+//! and the `Mcp-Param-*` headers its caller gives, and a request given up on has its
+//! response stream closed, which is how that revision cancels.
 //!
 //! Header values and the URL may name environment variables (`${GITHUB_TOKEN}`,
 //! `${NAME:-default}`), so tokens stay in secrets rather than agent.json ([`expand`]).
@@ -55,6 +60,8 @@ struct Inner {
     next_id: AtomicU64,
     /// Cleared when the server forgot the session or could not be reached.
     alive: AtomicBool,
+    /// The server speaks the stateless revision.
+    modern: AtomicBool,
     /// Set when the server says its tools changed.
     tools_changed: Arc<AtomicBool>,
 }
@@ -80,6 +87,7 @@ impl HttpConn {
                 protocol: Mutex::new(None),
                 next_id: AtomicU64::new(1),
                 alive: AtomicBool::new(true),
+                modern: AtomicBool::new(false),
                 tools_changed,
             }),
         }
@@ -95,33 +103,66 @@ impl HttpConn {
         *lock(&self.inner.protocol) = Some(version.to_string());
     }
 
-    /// Send request `method` and wait for its answer, at most `timeout`, or until `cancel`.
+    /// Speak the stateless revision from now on (and forget a session a probe was given).
+    pub fn set_modern(&self, modern: bool) {
+        self.inner.modern.store(modern, Ordering::SeqCst);
+        if modern {
+            *lock(&self.inner.session) = None;
+        }
+    }
+
+    /// Forget the session a refused modern request may have opened on a legacy server.
+    pub fn forget_session(&self) {
+        *lock(&self.inner.session) = None;
+    }
+
+    /// Send request `method` (with `headers` too) and wait for its answer, at most
+    /// `timeout`, or until `cancel`.
     pub fn request(
         &self,
         method: &'static str,
         params: &Value,
+        headers: Vec<(String, String)>,
         timeout: Duration,
         cancel: &Receiver<()>,
     ) -> Result<Value, McpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut headers = headers;
+        if self.inner.modern.load(Ordering::SeqCst) {
+            headers.push(("mcp-method".into(), method.into()));
+            if let Some(name) = params["name"].as_str().filter(|_| method == "tools/call") {
+                headers.push(("mcp-name".into(), crate::mcp_era::header_value(name)));
+            }
+        }
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
         let (tx, rx) = bounded(1);
         let inner = Arc::clone(&self.inner);
+        let given_up = Arc::new(AtomicBool::new(false));
+        let stop = Arc::clone(&given_up);
         thread::Builder::new()
             .name("mcp-http".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = tx.send(inner.exchange(id, &body));
+                let _ = tx.send(inner.exchange(id, &body, &headers, &stop));
             })
             .map_err(McpError::Spawn)?;
+        let give_up = |reason: &'static str| {
+            if self.inner.modern.load(Ordering::SeqCst) {
+                // The stream is closed when its next bytes arrive: closing it is the
+                // stateless revision's cancellation.
+                given_up.store(true, Ordering::SeqCst);
+            } else {
+                self.inner.cancelled(id, reason);
+            }
+        };
         select! {
             recv(rx) -> r => r.unwrap_or(Err(McpError::Gone)),
             recv(cancel) -> _ => {
-                self.inner.cancelled(id, "the user stopped the reply");
+                give_up("the user stopped the reply");
                 Err(McpError::Cancelled)
             }
             recv(after(timeout)) -> _ => {
-                self.inner.cancelled(id, "timed out");
+                give_up("timed out");
                 Err(McpError::Timeout(method, timeout))
             }
         }
@@ -130,7 +171,7 @@ impl HttpConn {
     /// Send notification `method`.
     pub fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
         let body = json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string();
-        self.inner.post_expecting_nothing(&body)
+        self.inner.post_expecting_nothing(&body, &[])
     }
 }
 
@@ -168,20 +209,29 @@ impl Drop for HttpConn {
 }
 
 impl Inner {
-    /// `POST body` with the session's headers.
-    fn post(&self, body: &str) -> Result<ureq::http::Response<ureq::Body>, McpError> {
+    /// `POST body` with the session's headers (the revision's, for a modern server) and
+    /// `extra`.
+    fn post(
+        &self,
+        body: &str,
+        extra: &[(String, String)],
+    ) -> Result<ureq::http::Response<ureq::Body>, McpError> {
         let mut req = self
             .agent
             .post(&self.url)
             .header("accept", "application/json, text/event-stream")
             .content_type("application/json");
-        if let Some(s) = lock(&self.session).as_deref() {
-            req = req.header("mcp-session-id", s);
+        if self.modern.load(Ordering::SeqCst) {
+            req = req.header("mcp-protocol-version", crate::mcp_era::MODERN);
+        } else {
+            if let Some(s) = lock(&self.session).as_deref() {
+                req = req.header("mcp-session-id", s);
+            }
+            if let Some(v) = lock(&self.protocol).as_deref() {
+                req = req.header("mcp-protocol-version", v);
+            }
         }
-        if let Some(v) = lock(&self.protocol).as_deref() {
-            req = req.header("mcp-protocol-version", v);
-        }
-        for (k, v) in &self.headers {
+        for (k, v) in self.headers.iter().chain(extra) {
             req = req.header(k, v);
         }
         req.send(body).map_err(|e| {
@@ -190,33 +240,50 @@ impl Inner {
         })
     }
 
-    /// A refusal, or the end of the session (404 to a message that carried it).
+    /// A refusal, or the end of the session (404 to a message that carried it). A body
+    /// holding a JSON-RPC error is kept whole: a modern server's error names what it
+    /// wants (the versions it speaks).
     fn refused(&self, resp: ureq::http::Response<ureq::Body>) -> McpError {
         let status = resp.status().as_u16();
-        if status == 404 && lock(&self.session).take().is_some() {
+        if status == 404 && !self.modern.load(Ordering::SeqCst) && lock(&self.session).take().is_some() {
             // Over on the server's side: nothing to end with a DELETE.
             self.alive.store(false, Ordering::SeqCst);
             return McpError::SessionEnded;
         }
-        McpError::Http(status, tether::http::error_words(&tether::http::error_text(resp)))
+        let text = tether::http::error_text(resp);
+        let rpc = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::from_value::<tether::rpc::RpcError>(v["error"].clone()).ok());
+        match rpc {
+            Some(e) => McpError::HttpRpc(status, e),
+            None => McpError::Http(status, tether::http::error_words(&text)),
+        }
     }
 
     /// A message that expects no answer (a notification, our answer to the server).
-    fn post_expecting_nothing(&self, body: &str) -> Result<(), McpError> {
-        let resp = self.post(body)?;
+    fn post_expecting_nothing(&self, body: &str, extra: &[(String, String)]) -> Result<(), McpError> {
+        let resp = self.post(body, extra)?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             _ => Err(self.refused(resp)),
         }
     }
 
-    /// One request `id` (`body`) and its answer.
-    fn exchange(&self, id: u64, body: &str) -> Result<Value, McpError> {
-        let resp = self.post(body)?;
+    /// One request `id` (`body`, with `headers`) and its answer; `stop` set closes the
+    /// response stream at its next bytes.
+    fn exchange(
+        &self,
+        id: u64,
+        body: &str,
+        headers: &[(String, String)],
+        stop: &AtomicBool,
+    ) -> Result<Value, McpError> {
+        let resp = self.post(body, headers)?;
         if resp.status().as_u16() != 200 {
             return Err(self.refused(resp));
         }
-        if let Some(s) = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+        let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
+        if let Some(s) = session.filter(|_| !self.modern.load(Ordering::SeqCst)) {
             *lock(&self.session) = Some(s.to_string());
         }
         let streamed = resp
@@ -226,7 +293,7 @@ impl Inner {
             .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
         let reader = resp.into_body().into_with_config().limit(MAX_ANSWER).reader();
         if streamed {
-            self.answer_from_stream(id, reader)
+            self.answer_from_stream(id, reader, stop)
         } else {
             let mut text = Vec::new();
             { reader }
@@ -243,7 +310,12 @@ impl Inner {
 
     /// Read an SSE stream until the response to `id`, answering what the server asks on
     /// the way.
-    fn answer_from_stream(&self, id: u64, mut reader: impl Read) -> Result<Value, McpError> {
+    fn answer_from_stream(
+        &self,
+        id: u64,
+        mut reader: impl Read,
+        stop: &AtomicBool,
+    ) -> Result<Value, McpError> {
         let mut parser = crate::sse::Parser::new();
         let mut events = Vec::new();
         let mut buf = [0u8; 8192];
@@ -251,6 +323,11 @@ impl Inner {
             let n = reader
                 .read(&mut buf)
                 .map_err(|e| McpError::Transport(format!("reading the stream: {e}")))?;
+            if stop.load(Ordering::SeqCst) {
+                // Dropping the reader closes the connection (a stream read halfway is
+                // never pooled).
+                return Err(McpError::Cancelled);
+            }
             if n == 0 {
                 return Err(McpError::Protocol("the stream ended without the answer".into()));
             }
@@ -291,7 +368,7 @@ impl Inner {
             let message = format!("method {method} is not supported by aegis-agent");
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": message}})
         };
-        if let Err(e) = self.post_expecting_nothing(&reply.to_string()) {
+        if let Err(e) = self.post_expecting_nothing(&reply.to_string(), &[]) {
             log::debug!("MCP [{}]: answering {method} failed: {e}", self.name);
         }
     }
@@ -305,7 +382,7 @@ impl Inner {
             .spawn(move || {
                 let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                     "params": {"requestId": id, "reason": reason}});
-                if let Err(e) = inner.post_expecting_nothing(&note.to_string()) {
+                if let Err(e) = inner.post_expecting_nothing(&note.to_string(), &[]) {
                     log::debug!("MCP [{}]: notifications/cancelled failed: {e}", inner.name);
                 }
             });

@@ -663,6 +663,203 @@ fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
 
 /// agent.json and mcp.json are files the model can write: a server started from them must
 /// not get the agent's own keys (as `bash` does not), only what its entry gives it.
+/// A server of the stateless revision (2026-07-28) as a process: it refuses the handshake,
+/// so the agent asks it `server/discover`, sends every request with the version and its
+/// capabilities, subscribes to tool changes and hears of them; a tool asking for input
+/// the agent cannot give is a clear error.
+#[test]
+fn a_modern_mcp_process_is_spoken_to_without_a_handshake() {
+    let ws = TempDir::new("tools-mcp-modern");
+    let log = ws.join("mcp.log");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {"next": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_LOG": log, "FAKE_MCP_ERA": "modern"}}}}),
+    );
+    let round = |calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse("", calls, 2));
+    let llm = FakeLlm::scripted(vec![
+        round(&[
+            ("c1", "next_echo", r#"{"text": "ping"}"#),
+            ("c2", "next_grow", ""),
+            ("c3", "next_ask", ""),
+        ]),
+        round(&[("c4", "next_extra", "")]),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("10", "use it", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    assert!(offered_tools(&reqs[0]).contains(&"next_ask".to_string()));
+    let r = tool_results(&reqs[1]);
+    assert_eq!((r[0].1.as_str(), r[1].1.as_str()), ("ping", "grown"));
+    assert_eq!(
+        r[2].1,
+        "error: MCP server next failed: the tool asks for input the agent cannot give (elicitation/create: Which account?)"
+    );
+    assert!(
+        offered_tools(&reqs[1]).contains(&"next_extra".to_string()),
+        "listed again after the subscription's notice"
+    );
+    assert_eq!(tool_results(&reqs[2]).last().unwrap().1, "extra ran");
+    let sent: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let methods: Vec<&str> = sent.iter().map(|m| m["method"].as_str().unwrap_or("")).collect();
+    assert_eq!(&methods[..2], ["initialize", "server/discover"], "{methods:?}");
+    assert!(methods.contains(&"subscriptions/listen"), "{methods:?}");
+    assert!(!methods.contains(&"notifications/initialized"), "{methods:?}");
+    for m in sent[1..].iter().filter(|m| m.get("id").is_some()) {
+        let meta = &m["params"]["_meta"];
+        assert_eq!(
+            meta["io.modelcontextprotocol/protocolVersion"], "2026-07-28",
+            "{m}"
+        );
+        assert!(
+            meta["io.modelcontextprotocol/clientCapabilities"].is_object(),
+            "{m}"
+        );
+    }
+    assert!(a
+        .proc
+        .log()
+        .contains("MCP [next]: server fake-mcp 2.0.0 speaks 2026-07-28"));
+}
+
+/// A remote server of the stateless revision only: the agent sends no handshake and keeps
+/// no session; each request names its method, its tool (Base64 when not plain ASCII) and
+/// the arguments the tool marks in headers, and a tool whose marks break the rules is left
+/// out. A call given up on has its stream closed (that revision's cancellation, instead of
+/// a notification); the list is fetched again when its `ttlMs` has passed, and when a
+/// call is refused because the tool's marks changed, after which the call goes through. A
+/// server speaking only versions the agent does not is named with them.
+#[test]
+fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
+    use aegis_e2e::mcp_modern::{FakeMcpModern, Speaks};
+    let remote = FakeMcpModern::start(Speaks {
+        ttl_ms: 1000,
+        ..Speaks::default()
+    });
+    let future = FakeMcpModern::start(Speaks {
+        versions: vec!["2027-03-01"],
+        ..Speaks::default()
+    });
+    let ws = TempDir::new("tools-mcp-modern-http");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {"svc": {"url": remote.url(), "timeout_secs": 1}, "future": {"url": future.url()}}}),
+    );
+    let round = |calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse("", calls, 3));
+    let llm = FakeLlm::scripted(vec![
+        round(&[
+            ("c1", "svc_echo", r#"{"text": "hi"}"#),
+            ("c2", "svc_weather", r#"{"region": "eu-west-1", "city": "Paris"}"#),
+            ("c3", "svc_m_t_o", "{}"),
+            ("c4", "svc_ask", "{}"),
+        ]),
+        round(&[("c5", "svc_hang", "{}")]),
+        round(&[
+            ("c6", "svc_reshape", "{}"),
+            (
+                "c7",
+                "svc_weather",
+                r#"{"region": "Île-de-France", "city": "Paris"}"#,
+            ),
+        ]),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("10", "use it", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    let offered: Vec<String> = offered_tools(&reqs[0])
+        .into_iter()
+        .filter(|n| n.starts_with("svc_") || n.starts_with("future_"))
+        .collect();
+    assert_eq!(
+        offered,
+        [
+            "svc_echo",
+            "svc_weather",
+            "svc_m_t_o",
+            "svc_hang",
+            "svc_ask",
+            "svc_reshape"
+        ],
+        "bad_mark left out, nothing from the server of another version"
+    );
+    let r: Vec<String> = tool_results(&reqs[3]).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(r[0], "hi");
+    assert_eq!(r[1], "sunny in Paris (header eu-west-1)");
+    assert_eq!(r[2], "ensoleillé");
+    assert!(
+        r[3].contains("asks for input the agent cannot give (elicitation/create: Which account?)"),
+        "{}",
+        r[3]
+    );
+    assert_eq!(
+        r[4],
+        "error: MCP server svc failed: no answer to tools/call within 1 s"
+    );
+    assert!(
+        remote.hang_closed(T).is_some(),
+        "the hung call's stream was closed"
+    );
+    assert_eq!(r[5], "reshaped");
+    assert_eq!(r[6], "sunny in Paris (header =?base64?w45sZS1kZS1GcmFuY2U=?=)");
+
+    let seen = remote.seen();
+    let methods: Vec<&str> = seen.iter().map(|s| s.what.as_str()).collect();
+    assert_eq!(methods[0], "server/discover", "{methods:?}");
+    for s in &seen {
+        assert_eq!(s.http, "POST");
+        assert_eq!(
+            s.headers.get("mcp-protocol-version").map(String::as_str),
+            Some("2026-07-28")
+        );
+        assert_eq!(s.headers.get("mcp-method"), Some(&s.what), "{s:?}");
+        assert!(!s.headers.contains_key("mcp-session-id"), "{s:?}");
+    }
+    assert!(
+        !methods
+            .iter()
+            .any(|m| *m == "initialize" || m.starts_with("notifications/")),
+        "{methods:?}"
+    );
+    let name_of =
+        |s: &aegis_e2e::mcp_modern::Seen| s.body["params"]["name"].as_str().unwrap_or("").to_string();
+    let meteo = seen.iter().find(|s| name_of(s) == "météo").unwrap();
+    assert_eq!(meteo.headers["mcp-name"], "=?base64?bcOpdMOpbw==?=");
+    let at = |what: &str, name: &str| {
+        seen.iter()
+            .position(|s| s.what == what && name_of(s) == name)
+            .unwrap()
+    };
+    assert!(
+        seen[at("tools/call", "hang")..at("tools/call", "reshape")]
+            .iter()
+            .any(|s| s.what == "tools/list"),
+        "listed again once its ttlMs had passed: {methods:?}"
+    );
+    let weather: Vec<(u16, bool)> = seen
+        .iter()
+        .filter(|s| name_of(s) == "weather")
+        .map(|s| (s.status, s.headers.contains_key("mcp-param-zone")))
+        .collect();
+    assert_eq!(
+        weather,
+        [(200, false), (400, false), (200, true)],
+        "refused, listed again, called as asked"
+    );
+    let log = a.proc.log();
+    assert!(
+        log.contains("MCP [future]: unexpected answer: the server speaks MCP 2027-03-01, and the agent speaks 2026-07-28 and 2025-06-18"),
+        "{log}"
+    );
+    assert!(log.contains("MCP [svc]: tool bad_mark left out: x-mcp-header \"N\" is on a property that is not a string, an integer or a boolean"), "{log}");
+}
+
 #[test]
 fn an_mcp_server_never_sees_the_agents_keys() {
     let ws = TempDir::new("tools-mcp-env");
@@ -783,7 +980,20 @@ fn a_remote_mcp_server_keeps_its_session_and_gets_a_new_one_when_it_forgets() {
         2,
         "one session, kept after a hang and a cut stream, and one after the restart"
     );
-    for s in seen.iter().filter(|s| s.what != "initialize") {
+    // Asked once what it speaks (a modern request first, which a handshake server
+    // refuses); the new session after its restart went straight to `initialize`.
+    let probes: Vec<&aegis_e2e::mcp_http::Seen> =
+        seen.iter().filter(|s| s.what == "server/discover").collect();
+    assert_eq!(probes.len(), 1, "{probes:?}");
+    assert_eq!(
+        (probes[0].status, probes[0].protocol.as_deref()),
+        (400, Some("2026-07-28"))
+    );
+    assert_eq!(seen[1].what, "initialize", "{seen:?}");
+    for s in seen
+        .iter()
+        .filter(|s| s.what != "initialize" && s.what != "server/discover")
+    {
         assert!(s.session.is_some(), "{s:?}");
         assert_eq!(s.protocol.as_deref(), Some("2025-06-18"), "{s:?}");
     }

@@ -18,6 +18,7 @@ pub mod host_llm;
 pub mod http;
 pub mod llm;
 pub mod mcp_http;
+pub mod mcp_modern;
 pub mod openai_audio;
 pub mod openai_images;
 pub mod openrouter;

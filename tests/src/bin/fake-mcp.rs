@@ -13,6 +13,15 @@
 //!
 //! `FAKE_MCP_LOG=PATH` appends every received line to PATH; `FAKE_MCP_SLOW_START_MS`
 //! delays the answer to `initialize`.
+//!
+//! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
+//! that revision describes one: `initialize` is refused with an error naming the version
+//! it speaks; every request must carry `_meta` with `io.modelcontextprotocol/protocolVersion`
+//! (another version: `-32022` listing the supported ones) and `clientCapabilities` (else
+//! `-32602`); `server/discover` answers; results carry `resultType`, `tools/list` its
+//! `ttlMs` and `cacheScope`; change notifications go only to a `subscriptions/listen`
+//! subscription, acknowledged first and tagged with its id; `ask` answers
+//! `input_required` (an elicitation).
 
 use std::io::{BufRead, Write};
 
@@ -28,6 +37,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("env", "An environment variable of the server"),
     ("screenshot", "A picture of the screen"),
     ("grow", "Adds a tool"),
+    ("ask", "Asks the user first (2026-07-28 only)"),
 ];
 const EXTRA: (&str, &str) = ("extra", "Added by grow");
 
@@ -39,8 +49,11 @@ fn main() {
         .unwrap_or(0);
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
+    let modern = std::env::var("FAKE_MCP_ERA").is_ok_and(|e| e == "modern");
     let mut initialized = false;
     let mut grown = false;
+    // The `subscriptions/listen` request that asked for tool changes, if any.
+    let mut subscription: Option<Value> = None;
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if let Some(p) = &log_path {
@@ -63,7 +76,44 @@ fn main() {
             }
             continue;
         };
+        let meta = &msg["params"]["_meta"];
+        let version = meta["io.modelcontextprotocol/protocolVersion"].as_str();
         let result = match method {
+            "initialize" if modern => Err((
+                -32601,
+                "initialize is not a method of MCP 2026-07-28, the only version this server speaks",
+            )),
+            _ if modern && version.is_none() => {
+                Err((-32602, "missing _meta io.modelcontextprotocol/protocolVersion"))
+            }
+            _ if modern && version != Some("2026-07-28") => {
+                let e = json!({"code": -32022, "message": "Unsupported protocol version",
+                    "data": {"supported": ["2026-07-28"], "requested": version}});
+                reply(&mut out, json!({"jsonrpc": "2.0", "id": id, "error": e}));
+                continue;
+            }
+            _ if modern && !meta["io.modelcontextprotocol/clientCapabilities"].is_object() => {
+                Err((-32602, "missing _meta io.modelcontextprotocol/clientCapabilities"))
+            }
+            "server/discover" if modern => Ok(json!({
+                "supportedVersions": ["2026-07-28"],
+                "capabilities": {"tools": {"listChanged": true}},
+                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "fake-mcp", "version": "2.0.0"}}
+            })),
+            "subscriptions/listen" if modern => {
+                let wanted = msg["params"]["notifications"]["toolsListChanged"] == true;
+                reply(
+                    &mut out,
+                    json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                        "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": id},
+                                   "notifications": {"toolsListChanged": wanted}}}),
+                );
+                if wanted {
+                    subscription = Some(id);
+                }
+                continue;
+            }
+            "ping" if modern => Err((-32601, "method not found")),
             "initialize" => {
                 std::thread::sleep(std::time::Duration::from_millis(slow_start));
                 Ok(json!({
@@ -73,7 +123,7 @@ fn main() {
                 }))
             }
             "ping" => Ok(json!({})),
-            "tools/list" | "tools/call" if !initialized => Err((
+            "tools/list" | "tools/call" if !initialized && !modern => Err((
                 -32002,
                 "server not initialized: send notifications/initialized first",
             )),
@@ -82,7 +132,12 @@ fn main() {
                     .as_str()
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
-                let tools: Vec<(&str, &str)> = TOOLS.iter().copied().chain(grown.then_some(EXTRA)).collect();
+                let tools: Vec<(&str, &str)> = TOOLS
+                    .iter()
+                    .copied()
+                    .filter(|(name, _)| modern || *name != "ask")
+                    .chain(grown.then_some(EXTRA))
+                    .collect();
                 let page: Vec<Value> = tools
                     .iter()
                     .skip(start)
@@ -90,6 +145,10 @@ fn main() {
                     .map(|(name, d)| json!({"name": name, "description": d, "inputSchema": {"type": "object", "properties": {}}}))
                     .collect();
                 let mut r = json!({"tools": page});
+                if modern {
+                    r["ttlMs"] = json!(3_600_000);
+                    r["cacheScope"] = json!("private");
+                }
                 if start + 2 < tools.len() {
                     r["nextCursor"] = json!((start + 2).to_string());
                 }
@@ -107,12 +166,25 @@ fn main() {
                     "pid" => Ok(text(&std::process::id().to_string(), false)),
                     "grow" => {
                         grown = true;
-                        reply(
-                            &mut out,
-                            json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
-                        );
+                        match (&subscription, modern) {
+                            (_, false) => reply(
+                                &mut out,
+                                json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+                            ),
+                            // Only a subscriber hears of it.
+                            (Some(sub), true) => reply(
+                                &mut out,
+                                json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed",
+                                    "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": sub}}}),
+                            ),
+                            (None, true) => {}
+                        }
                         Ok(text("grown", false))
                     }
+                    "ask" if modern => Ok(json!({"resultType": "input_required", "inputRequests": {
+                        "who": {"method": "elicitation/create", "params": {"mode": "form",
+                            "message": "Which account?", "requestedSchema": {"type": "object",
+                            "properties": {"account": {"type": "string"}}}}}}})),
                     "extra" if grown => Ok(text("extra ran", false)),
                     "screenshot" => {
                         use base64::Engine;
@@ -136,7 +208,12 @@ fn main() {
             _ => Err((-32601, "method not found")),
         };
         let msg = match result {
-            Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
+            Ok(mut r) => {
+                if modern && r.get("resultType").is_none() {
+                    r["resultType"] = json!("complete");
+                }
+                json!({"jsonrpc": "2.0", "id": id, "result": r})
+            }
             Err((code, m)) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": m}}),
         };
         reply(&mut out, msg);
