@@ -7,7 +7,8 @@
 //! the peak RSS after that reply (plain HTTP, then HTTPS through a TLS front);
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
 //! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
-//! call over stdio, one over Streamable HTTP); what recaps of a long conversation cost:
+//! call over stdio, one over Streamable HTTP, each with a server of the handshake
+//! revision and one of the stateless 2026-07-28); what recaps of a long conversation cost:
 //! their share of model requests and request bytes, and reply time with them on; and how
 //! much of a long chat's input Claude's and OpenAI's prompt caches would serve, and what
 //! Claude would bill for it, with the messages all at once, at a messaging pace and hours
@@ -125,6 +126,22 @@ fn main() {
         "fake_echo",
         r#"{"text": "hi"}"#,
         Some(("MCP call over HTTP", http)),
+    );
+    let modern =
+        serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp"), "env": {"FAKE_MCP_ERA": "modern"}});
+    tool_overhead(
+        &agent,
+        "fake_echo",
+        r#"{"text": "hi"}"#,
+        Some(("MCP call, 2026-07-28", modern)),
+    );
+    let stateless = aegis_e2e::mcp_modern::FakeMcpModern::start(aegis_e2e::mcp_modern::Speaks::default());
+    let http = serde_json::json!({"url": stateless.url()});
+    tool_overhead(
+        &agent,
+        "fake_echo",
+        r#"{"text": "hi"}"#,
+        Some(("MCP call over HTTP, 2026-07-28", http)),
     );
 }
 
