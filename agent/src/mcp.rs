@@ -113,6 +113,9 @@ pub enum McpError {
     Config(String),
     /// It asks for input the agent cannot give (a modern server's `input_required`).
     NeedsInput(String),
+    /// A modern server that cannot be spoken to (it speaks only other versions): no use
+    /// trying the handshake.
+    Unusable(String),
 }
 
 impl fmt::Display for McpError {
@@ -136,6 +139,7 @@ impl fmt::Display for McpError {
             McpError::SessionEnded => f.write_str("it ended the session"),
             McpError::Config(e) => f.write_str(e),
             McpError::NeedsInput(asked) => write!(f, "the tool asks for input the agent cannot give ({asked})"),
+            McpError::Unusable(why) => f.write_str(why),
         }
     }
 }
@@ -382,7 +386,7 @@ impl Server {
         match self.discover(link) {
             Ok(Era::Modern) => Ok(Era::Modern),
             Ok(Era::Legacy) => Err(McpError::Rpc(refusal)),
-            Err(e @ McpError::Protocol(_)) => Err(e),
+            Err(e @ McpError::Unusable(_)) => Err(e),
             Err(e) => {
                 log::debug!("MCP [{}]: server/discover: {e}", self.name);
                 Err(McpError::Rpc(refusal))
@@ -408,7 +412,7 @@ impl Server {
                     e @ (McpError::Transport(_)
                     | McpError::Timeout(..)
                     | McpError::Spawn(_)
-                    | McpError::Protocol(_)),
+                    | McpError::Unusable(_)),
                 ) => return Err(e),
                 Err(e) => Some(e),
             };
@@ -459,8 +463,8 @@ impl Server {
                     Some(v) => Err(crate::mcp_era::unspoken(
                         &v.iter().map(String::as_str).collect::<Vec<_>>(),
                     )),
-                    None => Err(McpError::Protocol(format!(
-                        "server/discover refused: {}",
+                    None => Err(McpError::Unusable(format!(
+                        "it refused server/discover: {}",
                         e.message
                     ))),
                 }

@@ -124,7 +124,7 @@ pub fn discovered(result: &Value) -> Result<Era, McpError> {
 
 /// The error for a server that speaks none of our versions.
 pub fn unspoken(versions: &[&str]) -> McpError {
-    McpError::Protocol(format!(
+    McpError::Unusable(format!(
         "the server speaks MCP {}, and the agent speaks {MODERN} and {}",
         versions.join(", "),
         crate::mcp::PROTOCOL_VERSION
