@@ -145,8 +145,39 @@ pub struct ParamHeader {
 /// two alike, a mark on a non-primitive or a `number`, or one not reachable from the root
 /// through `properties` alone).
 pub fn param_headers(schema: &Value) -> Result<Vec<ParamHeader>, String> {
-    let mut found = Vec::new();
-    walk(schema, Some(Vec::new()), &mut found)?;
+    let mut found: Vec<ParamHeader> = Vec::new();
+    // Each node with its chain of `properties` keys from the root, `None` once the chain
+    // passed anything else (an array's items, a composition, a `$ref`). A loop, not
+    // recursion: the schema is the server's, and it is read on a small stack.
+    let mut todo: Vec<(&Value, Option<Vec<String>>)> = vec![(schema, Some(Vec::new()))];
+    while let Some((node, path)) = todo.pop() {
+        match node {
+            Value::Object(map) => {
+                if let Some(mark) = map.get("x-mcp-header") {
+                    found.push(mark_at(mark, map.get("type"), path.clone())?);
+                }
+                for (key, child) in map {
+                    if key == "properties" {
+                        for (prop, schema) in child.as_object().into_iter().flatten() {
+                            let deeper = path.clone().map(|mut p| {
+                                p.push(prop.clone());
+                                p
+                            });
+                            todo.push((schema, deeper));
+                        }
+                    } else if !matches!(
+                        key.as_str(),
+                        "x-mcp-header" | "default" | "const" | "enum" | "examples"
+                    ) {
+                        // (Those four hold values, not schemas.)
+                        todo.push((child, None));
+                    }
+                }
+            }
+            Value::Array(items) => todo.extend(items.iter().map(|i| (i, None))),
+            _ => {}
+        }
+    }
     let mut seen = std::collections::HashSet::new();
     for h in &found {
         if !seen.insert(h.header.to_ascii_lowercase()) {
@@ -156,50 +187,26 @@ pub fn param_headers(schema: &Value) -> Result<Vec<ParamHeader>, String> {
     Ok(found)
 }
 
-/// Find marks in `node`; `path` is its chain of `properties` keys from the root, `None`
-/// once the chain passed anything else (an array's items, a composition, a `$ref`).
-fn walk(node: &Value, path: Option<Vec<String>>, found: &mut Vec<ParamHeader>) -> Result<(), String> {
-    match node {
-        Value::Object(map) => {
-            if let Some(mark) = map.get("x-mcp-header") {
-                let name = mark.as_str().unwrap_or("");
-                let Some(path) = path.clone().filter(|p| !p.is_empty()) else {
-                    return Err(format!(
-                        "x-mcp-header {name:?} is not on a property reachable through `properties`"
-                    ));
-                };
-                if name.is_empty() || !name.bytes().all(is_tchar) {
-                    return Err(format!("x-mcp-header {name:?} is not a header name"));
-                }
-                if !matches!(
-                    map.get("type").and_then(Value::as_str),
-                    Some("string" | "integer" | "boolean")
-                ) {
-                    return Err(format!("x-mcp-header {name:?} is on a property that is not a string, an integer or a boolean"));
-                }
-                found.push(ParamHeader {
-                    header: name.to_string(),
-                    path,
-                });
-            }
-            for (key, child) in map {
-                if key == "properties" {
-                    for (prop, schema) in child.as_object().into_iter().flatten() {
-                        let deeper = path.clone().map(|mut p| {
-                            p.push(prop.clone());
-                            p
-                        });
-                        walk(schema, deeper, found)?;
-                    }
-                } else if key != "x-mcp-header" {
-                    walk(child, None, found)?;
-                }
-            }
-            Ok(())
-        }
-        Value::Array(items) => items.iter().try_for_each(|i| walk(i, None, found)),
-        _ => Ok(()),
+/// The mark `mark` on a property of type `ty` reached by `path`, if it keeps the rules.
+fn mark_at(mark: &Value, ty: Option<&Value>, path: Option<Vec<String>>) -> Result<ParamHeader, String> {
+    let name = mark.as_str().unwrap_or("");
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return Err(format!(
+            "x-mcp-header {name:?} is not on a property reachable through `properties`"
+        ));
+    };
+    if name.is_empty() || !name.bytes().all(is_tchar) {
+        return Err(format!("x-mcp-header {name:?} is not a header name"));
     }
+    if !matches!(ty.and_then(Value::as_str), Some("string" | "integer" | "boolean")) {
+        return Err(format!(
+            "x-mcp-header {name:?} is on a property that is not a string, an integer or a boolean"
+        ));
+    }
+    Ok(ParamHeader {
+        header: name.to_string(),
+        path,
+    })
 }
 
 /// RFC 9110's token characters.
@@ -321,6 +328,9 @@ mod tests {
             header_values(&marks, &json!({"region": null})).is_empty(),
             "null: no header"
         );
+        let data = json!({"type": "object", "properties": {"q": {"type": "object",
+            "default": {"x-mcp-header": "not a mark"}, "examples": [{"x-mcp-header": 1}]}}});
+        assert_eq!(param_headers(&data).unwrap(), [], "values are not schemas");
         let bad =
             |prop: Value| param_headers(&json!({"type": "object", "properties": {"p": prop}})).unwrap_err();
         assert!(bad(json!({"type": "number", "x-mcp-header": "N"})).contains("not a string"));
@@ -348,7 +358,60 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_schema_of_any_depth_is_read_on_a_small_stack() {
+        // The marks are looked for on the start thread, whose stack is 128 KiB; far deeper
+        // than the 128 levels serde_json reads, and than debug frames would allow if the
+        // search recursed.
+        let mut schema = json!({"type": "string", "x-mcp-header": "Deep"});
+        for i in 0..400 {
+            schema = json!({"type": "object", "properties": {format!("p{i}"): {"anyOf": [schema]}}});
+        }
+        let got = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn_scoped(scope, || param_headers(&schema))
+                .unwrap()
+                .join()
+                .unwrap()
+        });
+        assert!(got.unwrap_err().contains("not on a property reachable"));
+    }
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            "(string|integer|number|boolean|object|[a-zA-Z -]{0,6})".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(
+                    "(type|properties|x-mcp-header|items|anyOf|[a-z]{1,3})",
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        #[test]
+        fn any_schema_gives_marks_or_a_reason_and_every_mark_is_sound(schema in any_json(), args in any_json()) {
+            if let Ok(marks) = param_headers(&schema) {
+                for m in &marks {
+                    prop_assert!(!m.path.is_empty() && m.header.bytes().all(is_tchar));
+                }
+                for (name, value) in header_values(&marks, &args) {
+                    prop_assert!(name.starts_with("Mcp-Param-"));
+                    prop_assert!(value.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b)));
+                }
+            }
+        }
+
         #[test]
         fn any_header_value_is_safe_and_decodes_back(text in "\\PC{0,40}|[ -~\t\n\r]{0,40}") {
             let v = header_value(&text);
