@@ -190,7 +190,7 @@ impl StdioConn {
         self.send(&msg)?;
         select! {
             recv(rx) -> r => match r {
-                Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
+                Ok(Ok(raw)) => crate::mcp_era::result_value(raw.get()),
                 Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
                 Ok(Err(e)) => Err(McpError::Rpc(e)),
                 Err(_) => Err(McpError::Gone),

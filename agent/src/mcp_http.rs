@@ -401,8 +401,7 @@ fn decode(bytes: &[u8]) -> Result<Message, McpError> {
 fn outcome_value(
     outcome: Result<Box<serde_json::value::RawValue>, tether::rpc::RpcError>,
 ) -> Result<Value, McpError> {
-    let raw = outcome.map_err(McpError::Rpc)?;
-    serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string()))
+    crate::mcp_era::result_value(outcome.map_err(McpError::Rpc)?.get())
 }
 
 /// `text` with each `${NAME}` replaced by that environment variable (`var`), and

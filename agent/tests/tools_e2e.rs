@@ -862,6 +862,39 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
     assert!(log.contains("MCP [svc]: tool bad_mark left out: x-mcp-header \"N\" is on a property that is not a string, an integer or a boolean"), "{log}");
 }
 
+/// Answers nested deeper than a server needs (a hostile or broken server's) are refused
+/// with a clear error, never read by the recursive code that would overflow a thread's
+/// stack and abort the agent; a deep but sane schema and answer work.
+#[test]
+fn an_mcp_server_nesting_too_deep_is_refused_not_fatal() {
+    let ws = TempDir::new("tools-mcp-deep");
+    let server = |levels: &str| json!({"command": bin("fake-mcp"), "env": {"FAKE_MCP_DEEP": levels}});
+    // 25 levels of properties: 54 of JSON in the tool list; 60: 124, as deep as serde_json reads.
+    write_agent_json(&ws, json!({"mcp": {"sane": server("25"), "deep": server("60")}}));
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "sane_echo", r#"{"text": "still here"}"#)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("14", "go deep", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    let offered = offered_tools(&reqs[0]);
+    assert!(offered.contains(&"sane_echo".to_string()), "{offered:?}");
+    assert!(!offered.iter().any(|t| t.starts_with("deep_")), "{offered:?}");
+    assert_eq!(tool_results(&reqs[1])[0].1, "still here");
+    let log = a.proc.log();
+    assert!(
+        log.contains("MCP [deep]: unexpected answer: the answer is nested")
+            && log.contains("more than the 64 the agent reads"),
+        "{log}"
+    );
+}
+
 #[test]
 fn an_mcp_server_never_sees_the_agents_keys() {
     let ws = TempDir::new("tools-mcp-env");

@@ -12,7 +12,8 @@
 //!   `notifications/tools/list_changed` before answering.
 //!
 //! `FAKE_MCP_LOG=PATH` appends every received line to PATH; `FAKE_MCP_SLOW_START_MS`
-//! delays the answer to `initialize`.
+//! delays the answer to `initialize`; `FAKE_MCP_DEEP=N` gives every tool a schema, and
+//! `echo`'s answer a `structuredContent`, of N nested properties.
 //!
 //! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
 //! that revision describes one: `initialize` is refused with an error naming the version
@@ -138,11 +139,15 @@ fn main() {
                     .filter(|(name, _)| modern || *name != "ask")
                     .chain(grown.then_some(EXTRA))
                     .collect();
+                let schema = match deep() {
+                    Some(levels) => deep_schema(levels),
+                    None => json!({"type": "object", "properties": {}}),
+                };
                 let page: Vec<Value> = tools
                     .iter()
                     .skip(start)
                     .take(2)
-                    .map(|(name, d)| json!({"name": name, "description": d, "inputSchema": {"type": "object", "properties": {}}}))
+                    .map(|(name, d)| json!({"name": name, "description": d, "inputSchema": schema}))
                     .collect();
                 let mut r = json!({"tools": page});
                 if modern {
@@ -157,6 +162,11 @@ fn main() {
             "tools/call" => {
                 let args = &msg["params"]["arguments"];
                 match msg["params"]["name"].as_str().unwrap_or("") {
+                    "echo" if deep().is_some() => {
+                        let mut r = text(args["text"].as_str().unwrap_or(""), false);
+                        r["structuredContent"] = deep_schema(deep().unwrap_or(0));
+                        Ok(r)
+                    }
                     "echo" => Ok(text(args["text"].as_str().unwrap_or(""), false)),
                     "add" => Ok(text(
                         &(args["a"].as_f64().unwrap_or(0.0) + args["b"].as_f64().unwrap_or(0.0)).to_string(),
@@ -218,6 +228,22 @@ fn main() {
         };
         reply(&mut out, msg);
     }
+}
+
+/// `FAKE_MCP_DEEP`: how many levels of properties the deep schemas have.
+fn deep() -> Option<usize> {
+    std::env::var("FAKE_MCP_DEEP").ok()?.parse().ok()
+}
+
+/// A schema of `levels` nested properties (two JSON levels each): 60 is as deep as a line
+/// may be and still be read by serde_json (128 levels, the envelope's included), a hostile
+/// or broken server's.
+fn deep_schema(levels: usize) -> Value {
+    let mut schema = json!({"type": "string", "x-mcp-header": "Deep"});
+    for i in 0..levels {
+        schema = json!({"type": "object", "properties": {format!("p{i}"): schema}});
+    }
+    schema
 }
 
 fn text(t: &str, is_error: bool) -> Value {
