@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, select, Receiver};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tether::rpc::{Correlator, Message, Messages};
+use tether::rpc::{Correlator, Message};
 
 use crate::llm::ToolSpec;
 use crate::mcp_era::{Era, ParamHeader};
@@ -190,7 +190,7 @@ impl StdioConn {
         self.send(&msg)?;
         select! {
             recv(rx) -> r => match r {
-                Ok(Ok(raw)) => crate::mcp_era::result_value(raw.get()),
+                Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
                 Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
                 Ok(Err(e)) => Err(McpError::Rpc(e)),
                 Err(_) => Err(McpError::Gone),
@@ -795,7 +795,30 @@ fn read_loop(
     alive: &AtomicBool,
     tools_changed: &AtomicBool,
 ) {
-    for m in Messages::new(BufReader::new(stdout)) {
+    let mut lines = tether::lines::LineReader::new(BufReader::new(stdout));
+    loop {
+        let m = match lines.next_line() {
+            Ok(Some(line)) => match Message::decode(line) {
+                Ok(m) => m,
+                Err(e @ tether::rpc::DecodeError::TooDeep(_)) => {
+                    // Whichever request it answers must not wait for its timeout: a server
+                    // that sends such a thing is told of in every call in flight.
+                    log::warn!("MCP [{name}]: {e}");
+                    correlator.fail_all(&format!("the server sent {e}"));
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("MCP [{name}]: {e}");
+                    continue;
+                }
+            },
+            Ok(None) => break,
+            Err(e) if e.is_recoverable() => {
+                log::warn!("MCP [{name}]: {e}");
+                continue;
+            }
+            Err(_) => break,
+        };
         match m {
             Message::Response { id, outcome } => {
                 if !correlator.complete(&id, outcome) {

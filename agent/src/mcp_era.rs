@@ -90,51 +90,6 @@ pub fn complete(result: Value) -> Result<Value, McpError> {
     }
 }
 
-/// Deepest nesting of arrays and objects read from a server. Its answers are parsed, kept,
-/// cloned, shown to the model and dropped by recursive code on small thread stacks; one
-/// nested as deep as serde_json reads (128 levels) overflowed them in a debug build, and
-/// an overflow aborts the agent. An envelope takes four levels and a tool's schema a few
-/// more: 64 is far more than a server needs.
-pub const MAX_NESTING: usize = 64;
-
-/// A result's raw JSON as a value, refused with a clear error when nested deeper than
-/// [`MAX_NESTING`].
-pub fn result_value(raw: &str) -> Result<Value, McpError> {
-    let depth = nesting(raw);
-    if depth > MAX_NESTING {
-        return Err(McpError::Protocol(format!(
-            "the answer is nested {depth} levels deep, more than the {MAX_NESTING} the agent reads"
-        )));
-    }
-    serde_json::from_str(raw).map_err(|e| McpError::Protocol(e.to_string()))
-}
-
-/// How deep arrays and objects nest in `json` (brackets inside strings do not count).
-pub fn nesting(json: &str) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in json.bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
 /// The versions an `UnsupportedProtocolVersionError` says the server supports.
 pub fn supported(e: &RpcError) -> Option<Vec<String>> {
     if e.code != UNSUPPORTED_VERSION {
@@ -314,32 +269,6 @@ mod tests {
         );
         assert_eq!(p["_meta"]["progressToken"], 1, "what was there stays");
         assert!(with_meta(&Value::Null)["_meta"].is_object());
-    }
-
-    #[test]
-    fn nesting_counts_brackets_outside_strings() {
-        assert_eq!(nesting("{}"), 1);
-        assert_eq!(nesting(r#"{"a": [1, {"b": "[[[{{"}], "c": "\\"}"#), 3);
-        assert_eq!(nesting(r#""\"[" "#), 0);
-        let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
-        let e = result_value(&deep).unwrap_err().to_string();
-        assert!(e.contains("nested 65 levels deep"), "{e}");
-        let fine = format!("{}1{}", "[".repeat(64), "]".repeat(64));
-        assert!(result_value(&fine).is_ok());
-    }
-
-    proptest! {
-        #[test]
-        fn nesting_is_what_serde_json_sees(v in any_json()) {
-            fn depth(v: &Value) -> usize {
-                match v {
-                    Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-                    Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-                    _ => 0,
-                }
-            }
-            prop_assert_eq!(nesting(&v.to_string()), depth(&v));
-        }
     }
 
     #[test]

@@ -401,7 +401,8 @@ fn decode(bytes: &[u8]) -> Result<Message, McpError> {
 fn outcome_value(
     outcome: Result<Box<serde_json::value::RawValue>, tether::rpc::RpcError>,
 ) -> Result<Value, McpError> {
-    crate::mcp_era::result_value(outcome.map_err(McpError::Rpc)?.get())
+    let raw = outcome.map_err(McpError::Rpc)?;
+    serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string()))
 }
 
 /// `text` with each `${NAME}` replaced by that environment variable (`var`), and

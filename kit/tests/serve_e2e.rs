@@ -813,6 +813,22 @@ fn a_keepalive_lease_holds_off_the_idle_pause_until_released() {
     s.wait_state("held", "paused");
 }
 
+/// A guest's message nested as deep as JSON is read is handled like any other: it must
+/// not overflow the stack of the thread that reads the tether, which would abort serve
+/// and every instance with it.
+#[test]
+fn a_guests_deepest_message_does_not_take_serve_down() {
+    let home = aegis_e2e::proc::TempDir::new("serve-deep");
+    let s = start_serve_with(home.path(), &bin("lease-agent"), &[], &["--pause-after", "30"]);
+    let c = s.client();
+    let body = json!({"name": "deep", "env": {"LEASE_DEEP": "1", "LEASE_HOLD_MS": "500"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    c.request("POST", "/v1/instances/deep/start", None).unwrap();
+    s.wait_state("deep", "running");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(s.info("deep")["state"], "running", "serve still answers");
+}
+
 #[test]
 fn requests_past_the_cap_get_a_503_with_a_json_error_and_the_cap_frees_up() {
     use std::io::{Read, Write};

@@ -137,6 +137,8 @@ pub enum FrameError {
         /// What is wrong, e.g. "text must be a non-empty string".
         reason: String,
     },
+    /// Nested deeper than [`crate::depth::MAX_NESTING`] (this many levels).
+    TooDeep(usize),
 }
 
 impl fmt::Display for FrameError {
@@ -148,6 +150,11 @@ impl fmt::Display for FrameError {
             FrameError::EmptySession => write!(f, "session channel and id must be non-empty"),
             FrameError::MissingSession(k) => write!(f, "{k} frame has no session"),
             FrameError::BadPayload { kind, reason } => write!(f, "{kind} payload: {reason}"),
+            FrameError::TooDeep(d) => write!(
+                f,
+                "frame nested {d} levels deep, more than the {} read",
+                crate::depth::MAX_NESTING
+            ),
         }
     }
 }
@@ -416,6 +423,7 @@ impl Frame {
 
     /// Decode and validate one frame from JSON bytes.
     pub fn parse(bytes: &[u8]) -> Result<Frame, FrameError> {
+        crate::depth::check(bytes).map_err(FrameError::TooDeep)?;
         let frame: Frame = serde_json::from_slice(bytes)?;
         frame.validate()?;
         Ok(frame)
@@ -584,6 +592,22 @@ mod tests {
     use super::*;
 
     const SAMPLE: &str = r#"{"v":1,"type":"user.message","ts":"2026-02-22T00:00:00.000Z","session":{"channel":"telegram","id":"123456"},"msg_id":"m1","seq":1,"payload":{"text":"Hello!","user":{"id":"123","username":"johndoe","name":"John"}}}"#;
+
+    #[test]
+    fn a_frame_nested_too_deep_is_refused_before_it_is_read() {
+        let deep = SAMPLE.replace(
+            r#""text":"Hello!""#,
+            &format!(r#""text":"Hello!","x":{}1{}"#, "[".repeat(62), "]".repeat(62)),
+        );
+        assert!(Frame::parse(deep.as_bytes()).is_ok(), "64 levels are read...");
+        let deeper = deep.replacen('[', "[[", 1).replacen(']', "]]", 1);
+        let e = Frame::parse(deeper.as_bytes()).unwrap_err();
+        assert!(matches!(e, FrameError::TooDeep(65)), "...65 are not");
+        assert_eq!(
+            e.to_string(),
+            "frame nested 65 levels deep, more than the 64 read"
+        );
+    }
 
     #[test]
     fn sample_frame_round_trips_byte_for_byte() {

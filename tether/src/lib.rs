@@ -4,7 +4,8 @@
 //! (see PROTOCOL.md in the project's shared docs):
 //!
 //! - [`frame`]: the frame model, typed payloads, validation;
-//! - [`rpc`] and [`lines`]: JSON-RPC 2.0 over newline-delimited JSON, with a size limit;
+//! - [`rpc`] and [`lines`]: JSON-RPC 2.0 over newline-delimited JSON, with a size limit,
+//!   and [`depth`], the nesting limit every message is held to;
 //! - [`transport`] and [`hybrid`]: unix socket, TCP and AF_VSOCK streams, and the host
 //!   side of Firecracker-style hybrid vsock;
 //! - [`store`]: the per-instance egress history with sequence cursors, and [`disklog`],
@@ -21,6 +22,7 @@
 pub mod at;
 pub mod client;
 pub mod cron;
+pub mod depth;
 pub mod disklog;
 pub mod frame;
 pub mod fsutil;

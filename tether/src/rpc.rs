@@ -77,6 +77,8 @@ pub enum DecodeError {
     WrongVersion(Option<String>),
     /// Neither `method` nor `id`, or a response with neither `result` nor `error`.
     Shape(&'static str),
+    /// Nested deeper than [`crate::depth::MAX_NESTING`] (this many levels).
+    TooDeep(usize),
 }
 
 impl fmt::Display for DecodeError {
@@ -85,6 +87,11 @@ impl fmt::Display for DecodeError {
             DecodeError::Json(e) => write!(f, "invalid JSON-RPC line: {e}"),
             DecodeError::WrongVersion(v) => write!(f, "jsonrpc must be \"2.0\", got {v:?}"),
             DecodeError::Shape(s) => write!(f, "invalid JSON-RPC message: {s}"),
+            DecodeError::TooDeep(d) => write!(
+                f,
+                "a message nested {d} levels deep, more than the {} read",
+                crate::depth::MAX_NESTING
+            ),
         }
     }
 }
@@ -173,6 +180,7 @@ impl Message {
 
     /// Decode one line (without its newline).
     pub fn decode(line: &[u8]) -> Result<Message, DecodeError> {
+        crate::depth::check(line).map_err(DecodeError::TooDeep)?;
         let w: Wire = serde_json::from_slice(line).map_err(DecodeError::Json)?;
         if w.jsonrpc.as_deref() != Some("2.0") {
             return Err(DecodeError::WrongVersion(w.jsonrpc));
@@ -381,6 +389,18 @@ mod tests {
         assert!(matches!(
             Message::decode(br#"{"jsonrpc":"2.0","method":5}"#),
             Err(DecodeError::Json(_))
+        ));
+        let deep = |n: usize| {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"x","params":{{"a":{}1{}}}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        assert!(Message::decode(deep(62).as_bytes()).is_ok(), "64 levels in all");
+        assert!(matches!(
+            Message::decode(deep(63).as_bytes()),
+            Err(DecodeError::TooDeep(65))
         ));
     }
 
