@@ -419,6 +419,11 @@ impl Decoder {
                 let raw = c.arguments.trim();
                 let input = if raw.is_empty() {
                     serde_json::json!({})
+                } else if tether::depth::check(raw.as_bytes()).is_err() {
+                    // Kept as the text it is, like arguments that are not JSON: arguments
+                    // nested that deep (a prompt injection's) would be read, kept and
+                    // dropped by code that recurses once per level on a small stack.
+                    serde_json::Value::String(raw.to_string())
                 } else {
                     serde_json::from_str(raw).unwrap_or_else(|_| serde_json::Value::String(raw.to_string()))
                 };
@@ -1607,6 +1612,30 @@ mod tests {
     /// What a server wants back with tool calls is put together from the stream and
     /// passed on at the round's end: DeepSeek's `reasoning_content` in pieces, OpenRouter's
     /// `reasoning_details` pieces joined by `index`; Ollama's `reasoning` is only shown.
+    #[test]
+    fn tool_arguments_too_deep_to_read_are_kept_as_text() {
+        let call = |arguments: String| {
+            let mut d = Decoder::default();
+            d.calls.insert(
+                0,
+                PartialCall {
+                    id: "c1".into(),
+                    name: "bash".into(),
+                    arguments,
+                    extra: None,
+                },
+            );
+            d.into_calls().remove(0).input
+        };
+        let nested = |n: usize| format!(r#"{{"a":{}1{}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(call(nested(63)).is_object(), "64 levels are read");
+        assert_eq!(call(nested(64)), serde_json::Value::String(nested(64)));
+        assert_eq!(
+            call("{not json".into()),
+            serde_json::Value::String("{not json".into())
+        );
+    }
+
     #[test]
     fn thoughts_a_server_wants_back_are_gathered_and_sent_back_on_the_tool_calls() {
         let mut decoder = Decoder::default();
