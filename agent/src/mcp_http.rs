@@ -171,7 +171,7 @@ impl HttpConn {
     /// Send notification `method`.
     pub fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
         let body = json!({"jsonrpc": "2.0", "method": method, "params": params}).to_string();
-        self.inner.post_expecting_nothing(&body, &[])
+        self.inner.post_expecting_nothing(&body)
     }
 }
 
@@ -261,8 +261,8 @@ impl Inner {
     }
 
     /// A message that expects no answer (a notification, our answer to the server).
-    fn post_expecting_nothing(&self, body: &str, extra: &[(String, String)]) -> Result<(), McpError> {
-        let resp = self.post(body, extra)?;
+    fn post_expecting_nothing(&self, body: &str) -> Result<(), McpError> {
+        let resp = self.post(body, &[])?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             _ => Err(self.refused(resp)),
@@ -368,7 +368,7 @@ impl Inner {
             let message = format!("method {method} is not supported by aegis-agent");
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": message}})
         };
-        if let Err(e) = self.post_expecting_nothing(&reply.to_string(), &[]) {
+        if let Err(e) = self.post_expecting_nothing(&reply.to_string()) {
             log::debug!("MCP [{}]: answering {method} failed: {e}", self.name);
         }
     }
@@ -382,7 +382,7 @@ impl Inner {
             .spawn(move || {
                 let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
                     "params": {"requestId": id, "reason": reason}});
-                if let Err(e) = inner.post_expecting_nothing(&note.to_string(), &[]) {
+                if let Err(e) = inner.post_expecting_nothing(&note.to_string()) {
                     log::debug!("MCP [{}]: notifications/cancelled failed: {e}", inner.name);
                 }
             });
