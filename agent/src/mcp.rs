@@ -55,6 +55,10 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 const MAX_PAGES: usize = 50;
 /// The notification of a server whose tools changed.
 pub const TOOLS_CHANGED: &str = "notifications/tools/list_changed";
+/// Characters of a server's `instructions` put into the system prompt: enough for a real
+/// server's (AegisVM's `aegis-mcp-guest` gives about 900), not for one that would crowd
+/// out the conversation.
+const MAX_INSTRUCTIONS: usize = 4000;
 /// The workspace folder images returned by tools are kept in.
 const IMAGES: &str = "mcp";
 
@@ -329,6 +333,8 @@ struct Server {
     /// The generation a server at a URL was found to speak (a process is asked anew each
     /// time it starts): the next connection goes straight to it.
     era: Mutex<Option<Era>>,
+    /// What the server says about using its tools (`instructions`), for the system prompt.
+    instructions: Mutex<Option<String>>,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
@@ -446,6 +452,7 @@ impl Server {
             Ok(result) => {
                 let era = crate::mcp_era::discovered(&result)?;
                 if era == Era::Modern {
+                    self.keep_instructions(&result);
                     let server = &result["_meta"]["io.modelcontextprotocol/serverInfo"];
                     log::info!(
                         "MCP [{}]: server {} {} speaks {}",
@@ -471,6 +478,20 @@ impl Server {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Keep the `instructions` of an `initialize` or `server/discover` result, at most
+    /// [`MAX_INSTRUCTIONS`] characters of them.
+    fn keep_instructions(&self, result: &Value) {
+        let text = result["instructions"]
+            .as_str()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let kept = text.map(|t| match t.char_indices().nth(MAX_INSTRUCTIONS) {
+            Some((cut, _)) => format!("{}…", &t[..cut]),
+            None => t.to_string(),
+        });
+        *self.instructions.lock().expect("mcp instructions lock") = kept;
     }
 
     /// A session with the server at `url`.
@@ -604,6 +625,7 @@ impl Server {
         if let Link::Http(c) = link {
             c.agreed(agreed);
         }
+        self.keep_instructions(&init);
         link.notify("notifications/initialized", &json!({}))
     }
 
@@ -922,6 +944,7 @@ impl McpServers {
                     tools_changed: Arc::default(),
                     fresh_until: Mutex::new(None),
                     era: Mutex::new(None),
+                    instructions: Mutex::new(None),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
@@ -950,16 +973,40 @@ impl McpServers {
         self.servers.iter().map(|s| s.name.as_str()).collect()
     }
 
-    /// Every server's tools. Waits for servers still starting (each bounded by its start
-    /// timeouts); a server that failed is tried again in the background now and then.
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        let mut specs = Vec::new();
+    /// Wait for the servers still starting, each bounded by its start timeouts.
+    pub fn wait_started(&self) {
         let deadline = Instant::now() + START_TIMEOUT + Duration::from_secs(5);
         for s in &self.servers {
             let starting = s.starting.lock().expect("mcp starting lock").clone();
             if let Some(done) = starting {
                 let _ = done.recv_deadline(deadline);
             }
+        }
+    }
+
+    /// What the servers say about using their tools, as a section for the end of the
+    /// system prompt (empty when none says anything). Servers still starting are waited
+    /// for, so the first reply after a start has it too.
+    pub fn instructions(&self) -> String {
+        self.wait_started();
+        let mut section = String::new();
+        for s in &self.servers {
+            if let Some(text) = s.instructions.lock().expect("mcp instructions lock").as_deref() {
+                if section.is_empty() {
+                    section.push_str("\n\n# Instructions from the MCP servers whose tools you have\n");
+                }
+                section.push_str(&format!("\n## {}\n{text}\n", s.name));
+            }
+        }
+        section
+    }
+
+    /// Every server's tools. Waits for servers still starting (each bounded by its start
+    /// timeouts); a server that failed is tried again in the background now and then.
+    pub fn specs(&self) -> Vec<ToolSpec> {
+        let mut specs = Vec::new();
+        self.wait_started();
+        for s in &self.servers {
             let running = s.conn.lock().expect("mcp conn lock").is_some();
             let failed_long_ago = s
                 .failed_at

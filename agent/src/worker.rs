@@ -322,6 +322,9 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
 
     let mut attached = Attachments::default();
     let recap = shared.recaps.prompt(&shared.sessions.path(session));
+    // The servers' word on their tools closes the fixed part: the same from one reply to
+    // the next, so the prompt cache still serves it.
+    let fixed = format!("{}{}", shared.system_prompt, shared.tools.mcp_instructions());
     let memories = shared.memory.inject(&words);
     let r = ReplyCtx {
         shared,
@@ -329,7 +332,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         out,
         msg_id: &msg_id,
         prompt: crate::llm::Prompt {
-            fixed: &shared.system_prompt,
+            fixed: &fixed,
             recap: &recap,
             notes: memories.trim_start(),
             // Decided for each round (`rounds`).

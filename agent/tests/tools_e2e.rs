@@ -862,6 +862,55 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
     assert!(log.contains("MCP [svc]: tool bad_mark left out: x-mcp-header \"N\" is on a property that is not a string, an integer or a boolean"), "{log}");
 }
 
+/// What the servers say about using their tools (`instructions`, from `initialize` or
+/// `server/discover`) closes the system prompt, from the first reply on, each under its
+/// server's name and at most 4,000 characters of it (`old` is slow to start: the first
+/// reply waits for it).
+#[test]
+fn mcp_servers_instructions_close_the_system_prompt() {
+    let ws = TempDir::new("tools-mcp-instructions");
+    let long = "x".repeat(5000);
+    write_agent_json(
+        &ws,
+        json!({"mcp": {
+            "old": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_INSTRUCTIONS": "Use echo to repeat things.", "FAKE_MCP_SLOW_START_MS": "300"}},
+            "new": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_ERA": "modern", "FAKE_MCP_INSTRUCTIONS": long}},
+            "quiet": {"command": bin("fake-mcp")}
+        }}),
+    );
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_sse(&["one"])),
+        Reply::sse(openai_sse(&["two"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("16", "hi", "m1"));
+    assert_eq!(done_text(&a.reply()), "one");
+    a.send(&message("16", "again", "m2"));
+    assert_eq!(done_text(&a.reply()), "two");
+    let system = |i: usize| {
+        llm.requests()[i].json()["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    let first = system(0);
+    let expected = format!(
+        "\n\n# Instructions from the MCP servers whose tools you have\n\n## new\n{}…\n\n## old\nUse echo to repeat things.\n",
+        "x".repeat(4000)
+    );
+    assert!(
+        first.ends_with(&expected),
+        "{}",
+        &first[first.len().saturating_sub(300)..]
+    );
+    assert!(!first.contains("## quiet"));
+    assert_eq!(
+        system(1),
+        first,
+        "the same from one reply to the next (the prompt cache serves it)"
+    );
+}
+
 /// Answers nested deeper than a server needs (a hostile or broken server's) are refused
 /// with a clear error, never read by the recursive code that would overflow a thread's
 /// stack and abort the agent; a deep but sane schema and answer work.

@@ -596,6 +596,12 @@ impl Toolbox {
         specs
     }
 
+    /// What the MCP servers say about using their tools, for the end of the system prompt
+    /// (see [`crate::mcp::McpServers::instructions`]); empty without any.
+    pub fn mcp_instructions(&self) -> String {
+        self.mcp.instructions()
+    }
+
     /// Carry out `call`; a cancel on `ctx.cancel` ends it early.
     pub fn run(&self, call: &ToolCall, ctx: &mut CallContext) -> Outcome {
         let cancel = ctx.cancel;

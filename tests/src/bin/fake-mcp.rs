@@ -13,7 +13,9 @@
 //!
 //! `FAKE_MCP_LOG=PATH` appends every received line to PATH; `FAKE_MCP_SLOW_START_MS`
 //! delays the answer to `initialize`; `FAKE_MCP_DEEP=N` gives every tool a schema, and
-//! `echo`'s answer a `structuredContent`, of N nested properties.
+//! `echo`'s answer a `structuredContent`, of N nested properties; `FAKE_MCP_INSTRUCTIONS`
+//! is what the server says about its tools (`instructions` of `initialize` and
+//! `server/discover`).
 //!
 //! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
 //! that revision describes one: `initialize` is refused with an error naming the version
@@ -96,11 +98,11 @@ fn main() {
             _ if modern && !meta["io.modelcontextprotocol/clientCapabilities"].is_object() => {
                 Err((-32602, "missing _meta io.modelcontextprotocol/clientCapabilities"))
             }
-            "server/discover" if modern => Ok(json!({
+            "server/discover" if modern => Ok(with_instructions(json!({
                 "supportedVersions": ["2026-07-28"],
                 "capabilities": {"tools": {"listChanged": true}},
                 "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "fake-mcp", "version": "2.0.0"}}
-            })),
+            }))),
             "subscriptions/listen" if modern => {
                 let wanted = msg["params"]["notifications"]["toolsListChanged"] == true;
                 reply(
@@ -117,11 +119,11 @@ fn main() {
             "ping" if modern => Err((-32601, "method not found")),
             "initialize" => {
                 std::thread::sleep(std::time::Duration::from_millis(slow_start));
-                Ok(json!({
+                Ok(with_instructions(json!({
                     "protocolVersion": "2025-06-18",
                     "capabilities": {"tools": {"listChanged": false}},
                     "serverInfo": {"name": "fake-mcp", "version": "1.0.0"}
-                }))
+                })))
             }
             "ping" => Ok(json!({})),
             "tools/list" | "tools/call" if !initialized && !modern => Err((
@@ -228,6 +230,14 @@ fn main() {
         };
         reply(&mut out, msg);
     }
+}
+
+/// `result` with `instructions` from `FAKE_MCP_INSTRUCTIONS`, when set.
+fn with_instructions(mut result: Value) -> Value {
+    if let Ok(text) = std::env::var("FAKE_MCP_INSTRUCTIONS") {
+        result["instructions"] = json!(text);
+    }
+    result
 }
 
 /// `FAKE_MCP_DEEP`: how many levels of properties the deep schemas have.
