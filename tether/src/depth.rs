@@ -40,6 +40,13 @@ pub fn nesting(json: &[u8]) -> usize {
 
 /// `Err(depth)` when `json` nests deeper than [`MAX_NESTING`].
 pub fn check(json: &[u8]) -> Result<(), usize> {
+    // A text with no more opening brackets than the limit cannot nest past it: the common
+    // case, settled by a count the compiler vectorises (the full scan cost a sixth of the
+    // frame codec's throughput).
+    let opening: usize = json.iter().map(|&b| usize::from((b == b'[') | (b == b'{'))).sum();
+    if opening <= MAX_NESTING {
+        return Ok(());
+    }
     match nesting(json) {
         d if d > MAX_NESTING => Err(d),
         _ => Ok(()),
@@ -65,6 +72,11 @@ mod tests {
             check(format!("{}1{}", "[".repeat(65), "]".repeat(65)).as_bytes()),
             Err(65)
         );
+        // Many brackets, side by side or in strings, are not depth.
+        let wide = format!("[{}1]", "[1],".repeat(200));
+        assert_eq!(check(wide.as_bytes()), Ok(()));
+        let quoted = format!(r#"["{}"]"#, "{[".repeat(100));
+        assert_eq!(check(quoted.as_bytes()), Ok(()));
     }
 
     fn any_json() -> impl Strategy<Value = Value> {

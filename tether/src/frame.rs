@@ -424,6 +424,12 @@ impl Frame {
     /// Decode and validate one frame from JSON bytes.
     pub fn parse(bytes: &[u8]) -> Result<Frame, FrameError> {
         crate::depth::check(bytes).map_err(FrameError::TooDeep)?;
+        Frame::parse_measured(bytes)
+    }
+
+    /// [`Frame::parse`] for bytes already held to the nesting limit (a frame inside a
+    /// JSON-RPC message that [`crate::rpc::Message::decode`] measured whole).
+    pub(crate) fn parse_measured(bytes: &[u8]) -> Result<Frame, FrameError> {
         let frame: Frame = serde_json::from_slice(bytes)?;
         frame.validate()?;
         Ok(frame)

@@ -172,7 +172,8 @@ impl Message {
         match self {
             Message::Notification { method, params } if method == TETHER_FRAME => {
                 let raw = params.as_ref().map(|p| p.get()).unwrap_or("null");
-                Some(Frame::parse(raw.as_bytes()))
+                // The message's params: measured with the line it came in.
+                Some(Frame::parse_measured(raw.as_bytes()))
             }
             _ => None,
         }
