@@ -4,21 +4,22 @@
 //! Private chats stream as a native draft when the Bot API has `sendMessageDraft`
 //! (`stream_mode` auto or draft): an empty draft ("Thinking…") when the reply starts, the
 //! text as it grows, formatted as it will end (at most once a second, and again every 20 s
-//! so the ephemeral preview stays), then one `sendMessage` per part with the final text. A draft shows
-//! Telegram's stop button; its id is the id of the message the reply answers, which is how
-//! a press names the reply to cancel. A finished part with a table (`rich_messages`) goes
-//! as a rich message, which Telegram renders from the Markdown itself. Groups, edit
-//! mode, and servers that do not know the method (remembered after the first refusal)
-//! use the messages-and-edits scheme below.
+//! so the ephemeral preview stays), then one `sendMessage` per part with the final text.
+//! A draft shows Telegram's stop button; its id is the id of the message the reply
+//! answers, which is how a press names the reply to cancel. A finished part with a table
+//! (`rich_messages`) goes as a rich message, which Telegram renders from the Markdown
+//! itself. Groups, edit mode, and servers that do not know the method (remembered after
+//! the first refusal) use the messages-and-edits scheme below.
 //!
 //! Per reply (a chat and the `msg_id` it answers): the first delta → `sendMessage`; later
 //! deltas → `editMessageText` at most once a second per chat; `assistant.done` → the final
-//! edit with the full text. Every step is formatted when its Markdown converts; text past 4096
-//! characters continues in new messages split at paragraph, line, sentence or word
-//! boundaries (a code block or a table cut there reads on in the next message). Per chat: a typing indicator every 3 s from the user's message until the
-//! reply completes, for as long as the agent is heard from: it and a draft's refresh stop
-//! 2 minutes after the reply's last frame (a reasoning model's thoughts count; they are not
-//! shown, Telegram's "Thinking…" stands for them). Frames at or below the cursor are
+//! edit with the full text. Every step is formatted when its Markdown converts; text past
+//! 4096 characters continues in new messages split at paragraph, line, sentence or word
+//! boundaries (a code block or a table cut there reads on in the next message). Per chat:
+//! a typing indicator every 3 s from the user's message until the reply completes, for as
+//! long as the agent is heard from: it and a draft's refresh stop 2 minutes after the
+//! reply's last frame (a reasoning model's thoughts count; they are not shown, Telegram's
+//! "Thinking…" stands for them). Frames at or below the cursor are
 //! replays and are ignored, so a reconnect or a restart never renders anything twice.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -399,58 +400,66 @@ fn fingerprint(f: &Frame) -> u64 {
 /// at the cut and opened again, in its language, after it (its lines keep their indent);
 /// the table's header and delimiter rows come again above its next rows.
 pub fn split(text: &str, max: usize) -> Vec<String> {
-    const CLOSE: &str = "\n```";
     let mut parts = Vec::new();
     let mut rest = text.to_string();
     while rest.chars().count() > max {
-        let mut at = cut(&rest, max);
-        let mut part = rest[..at].trim_end();
-        if matches!(markdown::open_at_end(part), Some(markdown::Open::Code(_)))
-            && part.chars().count() + CLOSE.len() > max
-        {
-            // Room for the closing fence.
-            at = cut(&rest, max.saturating_sub(CLOSE.len()).max(1));
-            part = rest[..at].trim_end();
-        }
-        let consumed = rest[..at].chars().count();
-        let mut next = &rest[at..];
-        let mut reopen = String::new();
-        let mut closed = part.to_string();
-        match markdown::open_at_end(part) {
-            Some(markdown::Open::Code(fence)) if closed.chars().count() + CLOSE.len() <= max => {
-                closed.push_str(CLOSE);
-                next = next.trim_start_matches('\n');
-                let (first, after) = next.split_once('\n').unwrap_or((next, ""));
-                if first.trim() == "```" {
-                    // The block ends right at the cut: its closing fence is the one added.
-                    next = after;
-                } else {
-                    reopen = format!("{}\n", if fence.len() <= 64 { fence } else { "```" });
-                }
-            }
-            Some(markdown::Open::Table(head, delimiter)) => {
-                next = next.trim_start_matches(['\n', ' ']);
-                if next.lines().next().is_some_and(|row| row.contains('|')) {
-                    reopen = format!("{head}\n{delimiter}\n");
-                }
-            }
-            _ => next = next.trim_start_matches(['\n', ' ']),
-        }
-        // Every piece must shrink what is left: a header as long as half the piece is not
-        // repeated. Nor is anything opened again for nothing.
-        if next.trim().is_empty() {
-            next = "";
-        }
-        if reopen.chars().count() * 2 > consumed || next.is_empty() {
-            reopen.clear();
-        }
-        parts.push(closed);
-        rest = reopen + next;
+        let (part, next) = piece(&rest, max);
+        parts.push(part);
+        rest = next;
     }
     if !rest.is_empty() || parts.is_empty() {
         parts.push(rest.trim_end().to_string());
     }
     parts
+}
+
+/// The first piece of `rest` (at most `max` characters), closed if it cuts a code block,
+/// and what is left, opening again what the cut left open. What is left is always
+/// shorter than `rest`.
+fn piece(rest: &str, max: usize) -> (String, String) {
+    const CLOSE: &str = "\n```";
+    let mut at = cut(rest, max);
+    let mut part = rest[..at].trim_end();
+    if matches!(markdown::open_at_end(part), Some(markdown::Open::Code(_)))
+        && part.chars().count() + CLOSE.len() > max
+    {
+        // Room for the closing fence.
+        at = cut(rest, max.saturating_sub(CLOSE.len()).max(1));
+        part = rest[..at].trim_end();
+    }
+    let consumed = rest[..at].chars().count();
+    let mut next = &rest[at..];
+    let mut reopen = String::new();
+    let mut closed = part.to_string();
+    match markdown::open_at_end(part) {
+        Some(markdown::Open::Code(fence)) if closed.chars().count() + CLOSE.len() <= max => {
+            closed.push_str(CLOSE);
+            next = next.trim_start_matches('\n');
+            let (first, after) = next.split_once('\n').unwrap_or((next, ""));
+            if first.trim() == "```" {
+                // The block ends right at the cut: its closing fence is the one added.
+                next = after;
+            } else {
+                reopen = format!("{}\n", if fence.len() <= 64 { fence } else { "```" });
+            }
+        }
+        Some(markdown::Open::Table(head, delimiter)) => {
+            next = next.trim_start_matches(['\n', ' ']);
+            if next.lines().next().is_some_and(|row| row.contains('|')) {
+                reopen = format!("{head}\n{delimiter}\n");
+            }
+        }
+        _ => next = next.trim_start_matches(['\n', ' ']),
+    }
+    if next.trim().is_empty() {
+        next = "";
+    }
+    // What is left must shrink: a header as long as half the piece is not repeated. Nor
+    // is anything opened again for nothing.
+    if reopen.chars().count() * 2 > consumed || next.is_empty() {
+        reopen.clear();
+    }
+    (closed, reopen + next)
 }
 
 /// Where to end a piece of `rest` of at most `max` characters: the last paragraph break,
