@@ -2,7 +2,8 @@
 //!
 //! The one place for the fake services our binaries talk to in tests, each speaking the
 //! real wire format including its errors: LLM APIs ([`llm`]), Telegram's Bot API
-//! ([`telegram`]), Brave Search ([`brave`]), a remote MCP server ([`mcp_http`]), the AegisVM harness and a direct tether host ([`harness`]), with
+//! ([`telegram`]), Brave Search ([`brave`]), remote MCP servers of both generations
+//! ([`mcp_http`], [`mcp_modern`]), the AegisVM harness and a direct tether host ([`harness`]), with
 //! what it and aegisd do for `host:` models ([`host_llm`]), OpenRouter ([`openrouter`]); helpers to
 //! run the real binaries ([`proc`]) and a whole kit at once ([`stack`]), over a tiny raw
 //! HTTP server ([`http`]), HTTPS through a TLS front ([`tls`]), a CONNECT

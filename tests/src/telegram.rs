@@ -2,8 +2,10 @@
 //! long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
 //! `editMessageText` (400 "message is not modified", "message to edit not found"),
 //! `sendChatAction`, `setMyCommands`, `sendMessageDraft` (on demand; private chats only,
-//! non-zero id, HTML like messages; its stop button, pressed, is a `stopped_message_generation` update), HTML `parse_mode` validation (400 "can't parse entities"), the 4096
-//! character limit, 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
+//! non-zero id, HTML like messages; its stop button, pressed, is a
+//! `stopped_message_generation` update), HTML `parse_mode` validation (400 "can't parse
+//! entities", also injected once with [`Fault::BadEntities`]), the 4096 character limit,
+//! 401 for a wrong token, and injected 429 (`retry_after`) and 5xx.
 //! Photos: messages with `photo` sizes or an image `document`, `getFile` (400 "invalid
 //! file_id", "file is too big" past 20 MB), downloads from `/file/bot<token>/<path>`, and
 //! `sendPhoto` as multipart/form-data (400 "there is no photo in the request",
