@@ -22,6 +22,7 @@ mod llm;
 mod mcp;
 mod mcp_era;
 mod mcp_http;
+mod mcp_resources;
 mod memory;
 mod prompt_cache;
 mod recap;

@@ -40,6 +40,7 @@ use tether::rpc::{Correlator, Message};
 
 use crate::llm::ToolSpec;
 use crate::mcp_era::{Era, ParamHeader};
+use crate::mcp_resources::ResourceTool;
 use crate::tools::Outcome;
 
 /// The MCP revision we speak with a server that wants a handshake (the newest of the
@@ -157,6 +158,8 @@ struct RemoteTool {
     spec: ToolSpec,
     /// The arguments a modern server over HTTP wants mirrored into headers.
     marks: Vec<ParamHeader>,
+    /// One of the two tools for the server's resources, not a tool of its own.
+    resource: Option<ResourceTool>,
 }
 
 /// A running server process.
@@ -335,6 +338,8 @@ struct Server {
     era: Mutex<Option<Era>>,
     /// What the server says about using its tools (`instructions`), for the system prompt.
     instructions: Mutex<Option<String>>,
+    /// It declared the `resources` capability: its resources are offered as two tools.
+    resources: AtomicBool,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
@@ -453,6 +458,8 @@ impl Server {
                 let era = crate::mcp_era::discovered(&result)?;
                 if era == Era::Modern {
                     self.keep_instructions(&result);
+                    let resources = result["capabilities"]["resources"].is_object();
+                    self.resources.store(resources, Ordering::SeqCst);
                     let server = &result["_meta"]["io.modelcontextprotocol/serverInfo"];
                     log::info!(
                         "MCP [{}]: server {} {} speaks {}",
@@ -626,6 +633,8 @@ impl Server {
             c.agreed(agreed);
         }
         self.keep_instructions(&init);
+        self.resources
+            .store(init["capabilities"]["resources"].is_object(), Ordering::SeqCst);
         link.notify("notifications/initialized", &json!({}))
     }
 
@@ -661,6 +670,22 @@ impl Server {
                 break;
             }
         }
+        if self.resources.load(Ordering::SeqCst) {
+            // The server's own tools of those names come first.
+            for kind in [ResourceTool::List, ResourceTool::Read] {
+                if !tools.iter().any(|t| t.remote == kind.name()) {
+                    let exposed: String = plain(&format!("{}_{}", self.name, kind.name()))
+                        .take(64)
+                        .collect();
+                    tools.push(RemoteTool {
+                        remote: kind.name().to_string(),
+                        spec: kind.spec(&self.name, exposed),
+                        marks: Vec::new(),
+                        resource: Some(kind),
+                    });
+                }
+            }
+        }
         log::info!("MCP [{}]: {} tools", self.name, tools.len());
         *self.tools.lock().expect("mcp tools lock") = tools;
         Ok(())
@@ -688,6 +713,7 @@ impl Server {
         };
         Some(RemoteTool {
             marks,
+            resource: None,
             remote,
             spec: ToolSpec {
                 name: exposed,
@@ -720,25 +746,75 @@ impl Server {
     }
 
     fn call(&self, remote: &str, args: &Value, cancel: &Receiver<()>) -> Outcome {
-        let mut conn = self.conn.lock().expect("mcp conn lock");
         let params = json!({"name": remote, "arguments": args});
+        match self.ask("tools/call", &params, Some((remote, args)), cancel) {
+            Ok(result) => Outcome::Done(call_text(&result, &|d, t| self.save_image(d, t))),
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// One of the resource tools ([`crate::mcp_resources`]).
+    fn resource_call(&self, tool: ResourceTool, args: &Value, cancel: &Receiver<()>) -> Outcome {
+        match tool {
+            ResourceTool::List => {
+                let cursor = args["cursor"].as_str().filter(|c| !c.is_empty());
+                let params = cursor.map_or_else(|| json!({}), |c| json!({"cursor": c}));
+                let resources = match self.ask("resources/list", &params, None, cancel) {
+                    Ok(r) => r,
+                    Err(outcome) => return outcome,
+                };
+                // With the first page, the templates, from a server that has them.
+                let templates = cursor
+                    .is_none()
+                    .then(|| {
+                        self.ask("resources/templates/list", &json!({}), None, cancel)
+                            .ok()
+                    })
+                    .flatten();
+                Outcome::Done(crate::mcp_resources::listing(&resources, templates.as_ref()))
+            }
+            ResourceTool::Read => {
+                let Some(uri) = args["uri"].as_str().filter(|u| !u.is_empty()) else {
+                    return Outcome::Done("error: `uri` is required".into());
+                };
+                match self.ask("resources/read", &json!({"uri": uri}), None, cancel) {
+                    Ok(r) => Outcome::Done(crate::mcp_resources::contents(&r, &|d, t| self.save_image(d, t))),
+                    Err(outcome) => outcome,
+                }
+            }
+        }
+    }
+
+    /// Request `method` of the server, starting it first if need be, within the call
+    /// timeout; `marked` (a tool and its arguments) adds the headers the tool's marks ask
+    /// for. Its result, or what the model is told instead (cancelled, or why it failed).
+    fn ask(
+        &self,
+        method: &'static str,
+        params: &Value,
+        marked: Option<(&str, &Value)>,
+        cancel: &Receiver<()>,
+    ) -> Result<Value, Outcome> {
+        let mut conn = self.conn.lock().expect("mcp conn lock");
         for attempt in 0..2 {
             if let Err(e) = self.ensure(&mut conn) {
-                return Outcome::Done(format!("error: MCP server {} is unavailable: {e}", self.name));
+                return Err(Outcome::Done(format!(
+                    "error: MCP server {} is unavailable: {e}",
+                    self.name
+                )));
             }
             let c = conn.as_ref().expect("ensured");
             let stdio = c.stdio();
-            let marks = self
-                .tools
-                .lock()
-                .expect("mcp tools lock")
-                .iter()
-                .find(|t| t.remote == remote)
-                .map(|t| crate::mcp_era::header_values(&t.marks, args))
+            let marks = marked
+                .and_then(|(remote, args)| {
+                    let tools = self.tools.lock().expect("mcp tools lock");
+                    let tool = tools.iter().find(|t| t.remote == remote)?;
+                    Some(crate::mcp_era::header_values(&tool.marks, args))
+                })
                 .unwrap_or_default();
-            let e = match c.request("tools/call", &params, marks, self.call_timeout(), cancel) {
-                Ok(result) => return Outcome::Done(call_text(&result, &|d, t| self.save_image(d, t))),
-                Err(McpError::Cancelled) => return Outcome::Cancelled,
+            let e = match c.request(method, params, marks, self.call_timeout(), cancel) {
+                Ok(result) => return Ok(result),
+                Err(McpError::Cancelled) => return Err(Outcome::Cancelled),
                 Err(McpError::SessionEnded) if attempt == 0 => {
                     // The server forgot the session (it restarted, or expired it), so the
                     // call never ran there: a new session runs it.
@@ -788,12 +864,15 @@ impl Server {
                 (true, true) => " (it will be restarted on the next call)",
                 (true, false) => " (it will be connected again on the next call)",
             };
-            return Outcome::Done(format!("error: MCP server {} failed: {e}{next}", self.name));
+            return Err(Outcome::Done(format!(
+                "error: MCP server {} failed: {e}{next}",
+                self.name
+            )));
         }
-        Outcome::Done(format!(
+        Err(Outcome::Done(format!(
             "error: MCP server {} ended two sessions in a row",
             self.name
-        ))
+        )))
     }
 }
 
@@ -945,6 +1024,7 @@ impl McpServers {
                     fresh_until: Mutex::new(None),
                     era: Mutex::new(None),
                     instructions: Mutex::new(None),
+                    resources: AtomicBool::new(false),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
@@ -1038,15 +1118,17 @@ impl McpServers {
     /// Run `name` if a server offers it; `None` if none does.
     pub fn call(&self, name: &str, args: &Value, cancel: &Receiver<()>) -> Option<Outcome> {
         for s in &self.servers {
-            let remote = s
+            let found = s
                 .tools
                 .lock()
                 .expect("mcp tools lock")
                 .iter()
                 .find(|t| t.spec.name == name)
-                .map(|t| t.remote.clone());
-            if let Some(remote) = remote {
-                return Some(s.call(&remote, args, cancel));
+                .map(|t| (t.remote.clone(), t.resource));
+            match found {
+                Some((_, Some(kind))) => return Some(s.resource_call(kind, args, cancel)),
+                Some((remote, None)) => return Some(s.call(&remote, args, cancel)),
+                None => {}
             }
         }
         None

@@ -130,7 +130,12 @@ impl HttpConn {
         let mut headers = headers;
         if self.inner.modern.load(Ordering::SeqCst) {
             headers.push(("mcp-method".into(), method.into()));
-            if let Some(name) = params["name"].as_str().filter(|_| method == "tools/call") {
+            let name = match method {
+                "tools/call" | "prompts/get" => params["name"].as_str(),
+                "resources/read" => params["uri"].as_str(),
+                _ => None,
+            };
+            if let Some(name) = name {
                 headers.push(("mcp-name".into(), crate::mcp_era::header_value(name)));
             }
         }

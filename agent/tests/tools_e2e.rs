@@ -911,6 +911,103 @@ fn mcp_servers_instructions_close_the_system_prompt() {
     );
 }
 
+/// A server's resources are two tools: the listing (page by page, with the URI templates)
+/// and the reading (text; an image kept as a workspace file); an unknown URI gets the
+/// server's refusal. To a 2026-07-28 server over HTTP the URI travels in `Mcp-Name`, and
+/// one without templates is listed without them.
+#[test]
+fn an_mcp_servers_resources_are_listed_and_read() {
+    use aegis_e2e::mcp_modern::{FakeMcpModern, Speaks};
+    let remote = FakeMcpModern::start(Speaks {
+        resources: true,
+        ..Speaks::default()
+    });
+    let ws = TempDir::new("tools-mcp-resources");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {
+            "notes": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_RESOURCES": "1"}},
+            "docs": {"url": remote.url()},
+            "plain": {"command": bin("fake-mcp")}
+        }}),
+    );
+    let round = |calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse("", calls, 3));
+    let llm = FakeLlm::scripted(vec![
+        round(&[
+            ("c1", "notes_list_resources", "{}"),
+            ("c2", "notes_list_resources", r#"{"cursor": "2"}"#),
+            ("c3", "notes_read_resource", r#"{"uri": "notes://today"}"#),
+            ("c4", "notes_read_resource", r#"{"uri": "file:///chart.png"}"#),
+            ("c5", "notes_read_resource", r#"{"uri": "notes://nope"}"#),
+        ]),
+        round(&[
+            ("c6", "docs_list_resources", "{}"),
+            ("c7", "docs_read_resource", r#"{"uri": "docs://café/menu"}"#),
+        ]),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("17", "what do we have", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    let offered = offered_tools(&reqs[0]);
+    for t in [
+        "notes_list_resources",
+        "notes_read_resource",
+        "docs_list_resources",
+        "docs_read_resource",
+    ] {
+        assert!(offered.contains(&t.to_string()), "{t}: {offered:?}");
+    }
+    assert!(
+        !offered
+            .iter()
+            .any(|t| t.starts_with("plain_") && t.contains("resource")),
+        "no resources, no tools for them"
+    );
+    let r: Vec<String> = tool_results(&reqs[1]).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        r[0],
+        "notes://today — Today's notes (text/markdown)\ntemplates (fill in the {names} to make a URI):\n\
+         notes://{day} — notes of a day\n(more: list again with cursor \"2\")"
+    );
+    assert_eq!(
+        r[1],
+        format!(
+            "file:///chart.png — chart.png (image/png, {} bytes)",
+            aegis_e2e::agent::MCP_SCREENSHOT.len()
+        )
+    );
+    assert_eq!(r[2], "# Today\nship it");
+    let path = r[3]
+        .strip_prefix("[image/png resource file:///chart.png, saved in the workspace as ")
+        .and_then(|p| p.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{}", r[3]));
+    assert_eq!(
+        std::fs::read(ws.join(path)).unwrap(),
+        aegis_e2e::agent::MCP_SCREENSHOT
+    );
+    assert_eq!(
+        r[4],
+        "error: MCP server notes failed: rpc error -32002: Resource not found"
+    );
+    let r: Vec<String> = tool_results(&reqs[2])
+        .into_iter()
+        .map(|(_, t)| t)
+        .skip(5)
+        .collect();
+    assert_eq!(r, ["docs://café/menu — menu", "soup, bread"]);
+    let read = remote
+        .seen()
+        .into_iter()
+        .find(|s| s.what == "resources/read")
+        .unwrap();
+    assert_eq!(
+        (read.status, read.headers["mcp-name"].as_str()),
+        (200, "=?base64?ZG9jczovL2NhZsOpL21lbnU=?=")
+    );
+}
+
 /// Answers nested deeper than a server needs (a hostile or broken server's) are refused
 /// with a clear error, never read by the recursive code that would overflow a thread's
 /// stack and abort the agent; a deep but sane schema and answer work.

@@ -15,7 +15,7 @@
 //! name that needs Base64 in `Mcp-Name`), `bad_mark {n}` (marked on a `number`, which a
 //! client must leave out), `hang` (a stream of keep-alive comments, noting when the client
 //! closes it), `ask` (`input_required`: an elicitation), `reshape` (renames `weather`'s
-//! mark to `Zone` without telling).
+//! mark to `Zone` without telling). With [`Speaks::resources`], one resource (below).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +62,9 @@ pub struct Speaks {
     pub versions: Vec<&'static str>,
     /// The `ttlMs` of its tool list.
     pub ttl_ms: u64,
+    /// It has resources: `docs://café/menu` (read with its URI in `Mcp-Name`, in Base64),
+    /// and no templates (`resources/templates/list` is an unknown method).
+    pub resources: bool,
 }
 
 impl Default for Speaks {
@@ -69,6 +72,7 @@ impl Default for Speaks {
         Speaks {
             versions: vec!["2026-07-28"],
             ttl_ms: 3_600_000,
+            resources: false,
         }
     }
 }
@@ -220,6 +224,15 @@ fn handle(state: &(Mutex<State>, Condvar), speaks: &Speaks, req: Request, resp: 
     }
     let name = body["params"]["name"].as_str().unwrap_or("").to_string();
     let reshaped = state.0.lock().unwrap().reshaped;
+    if what == "resources/read" {
+        let uri = body["params"]["uri"].as_str().unwrap_or("");
+        let given = req.header("mcp-name").and_then(decoded);
+        if given.as_deref() != Some(uri) {
+            record(400);
+            let m = format!("Header mismatch: Mcp-Name {given:?} does not match body value {uri:?}");
+            return error(resp, 400, &id, -32020, &m, None);
+        }
+    }
     if what == "tools/call" {
         let given = req.header("mcp-name").and_then(decoded);
         if given.as_deref() != Some(name.as_str()) {
@@ -248,8 +261,42 @@ fn handle(state: &(Mutex<State>, Condvar), speaks: &Speaks, req: Request, resp: 
     match what.as_str() {
         "server/discover" => {
             record(200);
-            resp.json(200, &complete(json!({"supportedVersions": speaks.versions, "capabilities": {"tools": {}},
+            let mut capabilities = json!({"tools": {}});
+            if speaks.resources {
+                capabilities["resources"] = json!({});
+            }
+            resp.json(200, &complete(json!({"supportedVersions": speaks.versions, "capabilities": capabilities,
                 "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "fake-modern", "version": "2.0.0"}}})));
+        }
+        "resources/list" if speaks.resources => {
+            record(200);
+            resp.json(
+                200,
+                &complete(json!({"resources": [{"uri": "docs://café/menu", "name": "menu"}],
+                "ttlMs": speaks.ttl_ms, "cacheScope": "private"})),
+            );
+        }
+        "resources/read" if speaks.resources => {
+            record(200);
+            let uri = body["params"]["uri"].as_str().unwrap_or("");
+            if uri == "docs://café/menu" {
+                resp.json(
+                    200,
+                    &complete(
+                        json!({"contents": [{"uri": uri, "mimeType": "text/plain", "text": "soup, bread"}],
+                    "ttlMs": speaks.ttl_ms, "cacheScope": "private"}),
+                    ),
+                );
+            } else {
+                error(
+                    resp,
+                    200,
+                    &id,
+                    -32602,
+                    "Resource not found",
+                    Some(json!({"uri": uri})),
+                );
+            }
         }
         "tools/list" => {
             record(200);

@@ -15,7 +15,9 @@
 //! delays the answer to `initialize`; `FAKE_MCP_DEEP=N` gives every tool a schema, and
 //! `echo`'s answer a `structuredContent`, of N nested properties; `FAKE_MCP_INSTRUCTIONS`
 //! is what the server says about its tools (`instructions` of `initialize` and
-//! `server/discover`).
+//! `server/discover`); `FAKE_MCP_RESOURCES` gives it resources: `notes://today` (text,
+//! listed on the first page, which has a next one) and `file:///chart.png` (an image, on
+//! the second), a template `notes://{day}`, and `Resource not found` for any other URI.
 //!
 //! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
 //! that revision describes one: `initialize` is refused with an error naming the version
@@ -98,11 +100,11 @@ fn main() {
             _ if modern && !meta["io.modelcontextprotocol/clientCapabilities"].is_object() => {
                 Err((-32602, "missing _meta io.modelcontextprotocol/clientCapabilities"))
             }
-            "server/discover" if modern => Ok(with_instructions(json!({
+            "server/discover" if modern => Ok(with_resources(with_instructions(json!({
                 "supportedVersions": ["2026-07-28"],
                 "capabilities": {"tools": {"listChanged": true}},
                 "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "fake-mcp", "version": "2.0.0"}}
-            }))),
+            })))),
             "subscriptions/listen" if modern => {
                 let wanted = msg["params"]["notifications"]["toolsListChanged"] == true;
                 reply(
@@ -119,13 +121,43 @@ fn main() {
             "ping" if modern => Err((-32601, "method not found")),
             "initialize" => {
                 std::thread::sleep(std::time::Duration::from_millis(slow_start));
-                Ok(with_instructions(json!({
+                Ok(with_resources(with_instructions(json!({
                     "protocolVersion": "2025-06-18",
                     "capabilities": {"tools": {"listChanged": false}},
                     "serverInfo": {"name": "fake-mcp", "version": "1.0.0"}
-                })))
+                }))))
             }
             "ping" => Ok(json!({})),
+            "resources/list" | "resources/templates/list" | "resources/read" if !initialized && !modern => {
+                Err((
+                    -32002,
+                    "server not initialized: send notifications/initialized first",
+                ))
+            }
+            "resources/list" if resources() => match msg["params"]["cursor"].as_str() {
+                None => Ok(json!({"resources": [{"uri": "notes://today", "name": "today",
+                    "title": "Today's notes", "mimeType": "text/markdown"}], "nextCursor": "2"})),
+                Some(_) => Ok(
+                    json!({"resources": [{"uri": "file:///chart.png", "name": "chart.png",
+                    "mimeType": "image/png", "size": aegis_e2e::agent::MCP_SCREENSHOT.len()}]}),
+                ),
+            },
+            "resources/templates/list" if resources() => Ok(json!({"resourceTemplates": [
+                {"uriTemplate": "notes://{day}", "name": "notes of a day"}]})),
+            "resources/read" if resources() => match msg["params"]["uri"].as_str().unwrap_or("") {
+                "notes://today" => Ok(json!({"contents": [{"uri": "notes://today",
+                    "mimeType": "text/markdown", "text": "# Today\nship it"}]})),
+                "file:///chart.png" => {
+                    use base64::Engine;
+                    let data =
+                        base64::engine::general_purpose::STANDARD.encode(aegis_e2e::agent::MCP_SCREENSHOT);
+                    Ok(
+                        json!({"contents": [{"uri": "file:///chart.png", "mimeType": "image/png", "blob": data}]}),
+                    )
+                }
+                _ if modern => Err((-32602, "Resource not found")),
+                _ => Err((-32002, "Resource not found")),
+            },
             "tools/list" | "tools/call" if !initialized && !modern => Err((
                 -32002,
                 "server not initialized: send notifications/initialized first",
@@ -230,6 +262,19 @@ fn main() {
         };
         reply(&mut out, msg);
     }
+}
+
+/// `FAKE_MCP_RESOURCES`: the server has resources.
+fn resources() -> bool {
+    std::env::var("FAKE_MCP_RESOURCES").is_ok()
+}
+
+/// `result` declaring the resources capability, when the server has resources.
+fn with_resources(mut result: Value) -> Value {
+    if resources() {
+        result["capabilities"]["resources"] = json!({});
+    }
+    result
 }
 
 /// `result` with `instructions` from `FAKE_MCP_INSTRUCTIONS`, when set.
