@@ -10,8 +10,8 @@ use crate::llm::ToolSpec;
 
 /// Resources and templates listed per call, at most (the rest: ask again with the cursor).
 pub const MAX_LISTED: usize = 200;
-/// Characters of a resource's text the model reads, at most.
-pub const MAX_TEXT: usize = 100_000;
+/// Characters of a resource's text the model reads, at most (as `read_file`'s bytes).
+pub const MAX_TEXT: usize = 50_000;
 
 /// Which of the two tools.
 #[derive(Debug, Clone, Copy, PartialEq)]
