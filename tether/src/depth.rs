@@ -38,13 +38,31 @@ pub fn nesting(json: &[u8]) -> usize {
     deepest
 }
 
+/// How many `[` and `{` bytes `json` holds, eight bytes at a time: the release build is
+/// optimised for size, which leaves a byte loop unvectorised, and this count runs on every
+/// message (a byte loop cost a tenth of the frame codec's throughput).
+fn opening_brackets(json: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let mut chunks = json.chunks_exact(8);
+    let mut n = 0;
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().expect("eight bytes"));
+        // `[` (0x5B) and `{` (0x7B) differ only in bit 5: set it, and the bytes that were
+        // either become zero after the xor; count zero bytes exactly (no borrow between
+        // bytes, unlike the usual "has a zero byte" test).
+        let y = (w | (0x20 * ONES)) ^ (u64::from(b'{') * ONES);
+        let zero = !(((y & (0x7F * ONES)) + 0x7F * ONES) | y | (0x7F * ONES));
+        n += zero.count_ones() as usize;
+    }
+    n + chunks.remainder().iter().filter(|&&b| b | 0x20 == b'{').count()
+}
+
 /// `Err(depth)` when `json` nests deeper than [`MAX_NESTING`].
 pub fn check(json: &[u8]) -> Result<(), usize> {
     // A text with no more opening brackets than the limit cannot nest past it: the common
     // case, settled by a count the compiler vectorises (the full scan cost a sixth of the
     // frame codec's throughput).
-    let opening: usize = json.iter().map(|&b| usize::from((b == b'[') | (b == b'{'))).sum();
-    if opening <= MAX_NESTING {
+    if opening_brackets(json) <= MAX_NESTING {
         return Ok(());
     }
     match nesting(json) {
@@ -104,6 +122,15 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn brackets_are_counted_as_a_byte_loop_counts_them(bytes in proptest::collection::vec(
+            prop_oneof![Just(b'['), Just(b'{'), Just(b';'), Just(0xDB), Just(0xFB), Just(0x7A), Just(0x5C), any::<u8>()],
+            0..100,
+        )) {
+            let naive = bytes.iter().filter(|&&b| b == b'[' || b == b'{').count();
+            prop_assert_eq!(opening_brackets(&bytes), naive);
+        }
+
         #[test]
         fn nesting_is_the_depth_serde_json_reads(v in any_json()) {
             prop_assert_eq!(nesting(v.to_string().as_bytes()), depth(&v));
