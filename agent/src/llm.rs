@@ -262,6 +262,9 @@ pub struct Prompt<'a> {
     /// Mark for Claude's cache what the next request will repeat, kept this long
     /// ([`crate::prompt_cache::cache_marks`]); `None`: no marks.
     pub cache: Option<Marks>,
+    /// The conversation's `prompt_cache_key` for Chat Completions servers
+    /// ([`crate::prompt_cache::conversation_key`]); `None`: none sent.
+    pub cache_key: Option<&'a str>,
 }
 
 impl<'a> Prompt<'a> {
@@ -345,6 +348,8 @@ pub struct Llm {
     short_marks: Arc<AtomicBool>,
     /// The server refused cache marks altogether (`cache_control`): none are sent again.
     unmarked: Arc<AtomicBool>,
+    /// OpenAI dialect: the server refused `prompt_cache_key`: not sent again.
+    no_cache_key: Arc<AtomicBool>,
     /// OpenAI dialect: the server refused `stream_options`, so the stream is asked
     /// without it (and tells no usage, unless it does anyway).
     no_stream_options: Arc<AtomicBool>,
@@ -469,6 +474,7 @@ impl Llm {
             unmarked: Arc::new(AtomicBool::new(false)),
             stand_in: Arc::new(AtomicU8::new(StandIn::Nothing as u8)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
+            no_cache_key: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
@@ -664,6 +670,12 @@ impl Llm {
                     // Its last chunk then says what the request cost.
                     body["stream_options"] = serde_json::json!({"include_usage": true});
                 }
+                if let Some(key) = prompt
+                    .cache_key
+                    .filter(|_| !self.no_cache_key.load(Ordering::Relaxed))
+                {
+                    body["prompt_cache_key"] = key.into();
+                }
                 if let Some(m) = p.max_tokens {
                     let name = if self.completion_tokens.load(Ordering::Relaxed) {
                         "max_completion_tokens"
@@ -744,9 +756,14 @@ impl Llm {
             renamed["model"] = next.into();
             return Some(renamed);
         }
-        if let Some(plain) = without_stream_options(body, err) {
+        if let Some(plain) = without(body, err, "stream_options") {
             log::info!("the server refuses stream_options; asking again without (no usage counts)");
             self.no_stream_options.store(true, Ordering::Relaxed);
+            return Some(plain);
+        }
+        if let Some(plain) = without(body, err, "prompt_cache_key") {
+            log::info!("the server refuses prompt_cache_key; asking again without");
+            self.no_cache_key.store(true, Ordering::Relaxed);
             return Some(plain);
         }
         if let Some(short) = with_short_marks(body, err) {
@@ -1482,14 +1499,14 @@ fn with_completion_tokens(body: &serde_json::Value, err: &LlmError) -> Option<se
     Some(renamed)
 }
 
-/// `body` without `stream_options`, when `err` refuses it (a server that knows no usage
-/// chunk and refuses what it does not know).
-fn without_stream_options(body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
-    if err.kind != ErrorKind::Request || !err.detail.contains("stream_options") {
+/// `body` without the argument `name`, when `err` refuses it (a server that refuses what
+/// it does not know: `stream_options` where there is no usage chunk, `prompt_cache_key`).
+fn without(body: &serde_json::Value, err: &LlmError, name: &str) -> Option<serde_json::Value> {
+    if err.kind != ErrorKind::Request || !err.detail.contains(name) {
         return None;
     }
     let mut plain = body.clone();
-    plain.as_object_mut()?.remove("stream_options")?;
+    plain.as_object_mut()?.remove(name)?;
     Some(plain)
 }
 
@@ -1858,6 +1875,35 @@ mod tests {
     }
 
     #[test]
+    fn a_conversation_key_goes_to_chat_completions_until_a_server_refuses_it() {
+        let llm = Llm::new(test_provider(ProviderKind::OpenAi), None);
+        let key = crate::prompt_cache::conversation_key("telegram", "5");
+        let prompt = Prompt {
+            cache_key: Some(&key),
+            ..Prompt::plain("s")
+        };
+        let body = llm.request_body(&prompt, &[], &[]);
+        assert_eq!(body["prompt_cache_key"], key.as_str());
+        let refusal = status_error(
+            400,
+            r#"{"error": {"message": "Unrecognized request argument supplied: prompt_cache_key"}}"#,
+        );
+        let again = llm.corrected(&body, &refusal).unwrap();
+        assert!(again.get("prompt_cache_key").is_none());
+        assert!(
+            llm.request_body(&prompt, &[], &[])
+                .get("prompt_cache_key")
+                .is_none(),
+            "not sent again"
+        );
+        let claude = Llm::new(test_provider(ProviderKind::Anthropic), None);
+        assert!(claude
+            .request_body(&prompt, &[], &[])
+            .get("prompt_cache_key")
+            .is_none());
+    }
+
+    #[test]
     fn openai_itself_gets_max_completion_tokens_and_others_max_tokens_until_refused() {
         let llm = |base: &str| {
             let mut p = test_provider(ProviderKind::OpenAi);
@@ -1903,6 +1949,7 @@ mod tests {
                 system: Ttl::Hour,
                 conversation: Ttl::Minutes5,
             }),
+            cache_key: None,
         };
         let call = ToolCall {
             id: "c1".into(),

@@ -40,6 +40,17 @@
 
 use std::time::Duration;
 
+/// The `prompt_cache_key` of a conversation (channel and id): OpenAI routes requests with
+/// the same key and prefix to the same cache, so a chat's next message finds its
+/// conversation there even when other chats share the system prompt; gateways (Mistral,
+/// routers) use it the same way. A hash: no chat id leaves the agent.
+pub fn conversation_key(channel: &str, id: &str) -> String {
+    let mut named = channel.as_bytes().to_vec();
+    named.push(0);
+    named.extend_from_slice(id.as_bytes());
+    format!("aegis-{:016x}", crate::session::fnv1a(&named))
+}
+
 use serde_json::{json, Value};
 
 use crate::session::{Role, Turn};
@@ -251,6 +262,15 @@ mod tests {
 
     fn text(t: &str) -> Value {
         json!({"type": "text", "text": t})
+    }
+
+    #[test]
+    fn a_conversation_key_is_stable_its_own_and_names_no_chat() {
+        let key = conversation_key("telegram", "123456789");
+        assert_eq!(key, conversation_key("telegram", "123456789"));
+        assert_ne!(key, conversation_key("telegram", "123456780"));
+        assert_ne!(conversation_key("a", "bc"), conversation_key("ab", "c"));
+        assert!(key.starts_with("aegis-") && key.len() == 22 && !key.contains("123456789"));
     }
 
     #[test]

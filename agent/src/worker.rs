@@ -325,6 +325,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // The servers' word on their tools closes the fixed part: the same from one reply to
     // the next, so the prompt cache still serves it.
     let fixed = format!("{}{}", shared.system_prompt, shared.tools.mcp_instructions());
+    let cache_key = crate::prompt_cache::conversation_key(&session.channel, &session.id);
     let memories = shared.memory.inject(&words);
     let r = ReplyCtx {
         shared,
@@ -337,6 +338,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             notes: memories.trim_start(),
             // Decided for each round (`rounds`).
             cache: None,
+            cache_key: Some(&cache_key),
         },
     };
     let mut used = crate::usage::Totals::default();

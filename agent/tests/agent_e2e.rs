@@ -1104,6 +1104,58 @@ fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_wit
     );
 }
 
+/// Each conversation's Chat Completions requests carry its own `prompt_cache_key` (the
+/// same on every message of that chat, another for another chat, and no chat id in it),
+/// so OpenAI keeps a chat's prefix in one cache; a server that refuses the argument is
+/// asked again at once without it, and never with it again.
+#[test]
+fn each_chat_has_its_own_prompt_cache_key_unless_the_server_refuses_it() {
+    use aegis_e2e::llm::openai_unknown_argument;
+    let llm = FakeLlm::with(|_| Reply::sse(openai_sse(&["ok"])));
+    let ws = temp_dir("cache-key");
+    let env = |url| {
+        [
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", url),
+            ("AEGIS_MODEL", "gpt-test"),
+        ]
+    };
+    let a = start_agent(&ws, &env(llm.url()));
+    for (chat, id) in [("5", "m-1"), ("6", "m-2"), ("5", "m-3")] {
+        a.send(&message(chat, "hi", id));
+        assert_eq!(done_text(&a.reply()), "ok");
+    }
+    let keys: Vec<String> = llm
+        .requests()
+        .iter()
+        .map(|r| r.json()["prompt_cache_key"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(keys.iter().all(|k| k.starts_with("aegis-")), "{keys:?}");
+    assert_eq!(keys[0], keys[2], "the same chat, the same key");
+    assert_ne!(keys[0], keys[1], "another chat, another key");
+    drop(a);
+
+    let refusing = FakeLlm::with(|req| {
+        if req.json().get("prompt_cache_key").is_some() {
+            openai_unknown_argument("prompt_cache_key")
+        } else {
+            Reply::sse(openai_sse(&["ok"]))
+        }
+    });
+    let b = start_agent(&ws, &env(refusing.url()));
+    for i in 0..2 {
+        b.send(&message("5", "hi", &format!("m-{}", i + 4)));
+        assert_eq!(done_text(&b.reply()), "ok");
+    }
+    let sent: Vec<bool> = refusing
+        .requests()
+        .iter()
+        .map(|r| r.json().get("prompt_cache_key").is_some())
+        .collect();
+    assert_eq!(sent, [true, false, false]);
+    assert!(b.proc.log().contains("refuses prompt_cache_key"));
+}
+
 /// A local server that reads much less than it was sent (Ollama cuts what does not fit
 /// its 4,096-token window without a word) is named in a warning, once; one that reads it
 /// all is not.
