@@ -295,18 +295,6 @@ struct Conn {
 }
 
 impl Conn {
-    fn request(
-        &self,
-        method: &'static str,
-        params: &Value,
-        headers: Vec<(String, String)>,
-        timeout: Duration,
-        cancel: &Receiver<()>,
-    ) -> Result<Value, McpError> {
-        self.link
-            .request(self.era, method, params, headers, timeout, cancel)
-    }
-
     fn alive(&self) -> bool {
         self.link.alive()
     }
@@ -435,7 +423,6 @@ impl Server {
                 );
             }
             http.set_modern(false);
-            http.forget_session();
         }
         self.initialize(link)?;
         *self.era.lock().expect("mcp era lock") = Some(Era::Legacy);
@@ -648,7 +635,9 @@ impl Server {
                 Some(c) => json!({"cursor": c}),
                 None => json!({}),
             };
-            let page = conn.request("tools/list", &params, Vec::new(), START_TIMEOUT, &none)?;
+            let page =
+                conn.link
+                    .request(conn.era, "tools/list", &params, Vec::new(), START_TIMEOUT, &none)?;
             let listed = page["tools"]
                 .as_array()
                 .ok_or_else(|| McpError::Protocol("tools/list result has no tools".into()))?;
@@ -812,7 +801,10 @@ impl Server {
                     Some(crate::mcp_era::header_values(&tool.marks, args))
                 })
                 .unwrap_or_default();
-            let e = match c.request(method, params, marks, self.call_timeout(), cancel) {
+            let e = match c
+                .link
+                .request(c.era, method, params, marks, self.call_timeout(), cancel)
+            {
                 Ok(result) => return Ok(result),
                 Err(McpError::Cancelled) => return Err(Outcome::Cancelled),
                 Err(McpError::SessionEnded) if attempt == 0 => {

@@ -103,17 +103,13 @@ impl HttpConn {
         *lock(&self.inner.protocol) = Some(version.to_string());
     }
 
-    /// Speak the stateless revision from now on (and forget a session a probe was given).
+    /// Speak the stateless revision from now on (and forget any session: none is kept
+    /// while modern, so a refused probe leaves none behind either).
     pub fn set_modern(&self, modern: bool) {
         self.inner.modern.store(modern, Ordering::SeqCst);
         if modern {
             *lock(&self.inner.session) = None;
         }
-    }
-
-    /// Forget the session a refused modern request may have opened on a legacy server.
-    pub fn forget_session(&self) {
-        *lock(&self.inner.session) = None;
     }
 
     /// Send request `method` (with `headers` too) and wait for its answer, at most
