@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, never, select, Receiver};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tether::rpc::{Correlator, Message};
+use tether::rpc::{Correlator, Message, Messages};
 
 use crate::llm::ToolSpec;
 use crate::mcp_era::{Era, ParamHeader};
@@ -888,29 +888,21 @@ fn read_loop(
     alive: &AtomicBool,
     tools_changed: &AtomicBool,
 ) {
-    let mut lines = tether::lines::LineReader::new(BufReader::new(stdout));
-    loop {
-        let m = match lines.next_line() {
-            Ok(Some(line)) => match Message::decode(line) {
-                Ok(m) => m,
-                Err(e @ tether::rpc::DecodeError::TooDeep(_)) => {
-                    // Whichever request it answers must not wait for its timeout: a server
-                    // that sends such a thing is told of in every call in flight.
-                    log::warn!("MCP [{name}]: {e}");
-                    correlator.fail_all(&format!("the server sent {e}"));
-                    continue;
-                }
-                Err(e) => {
-                    log::warn!("MCP [{name}]: {e}");
-                    continue;
-                }
-            },
-            Ok(None) => break,
-            Err(e) if e.is_recoverable() => {
+    let mut messages = Messages::new(BufReader::new(stdout));
+    while let Some(decoded) = messages.next_decoded() {
+        let m = match decoded {
+            Ok(m) => m,
+            Err(e @ tether::rpc::DecodeError::TooDeep(_)) => {
+                // Whichever request it answers must not wait for its timeout: a server
+                // that sends such a thing is told of in every call in flight.
+                log::warn!("MCP [{name}]: {e}");
+                correlator.fail_all(&format!("the server sent {e}"));
+                continue;
+            }
+            Err(e) => {
                 log::warn!("MCP [{name}]: {e}");
                 continue;
             }
-            Err(_) => break,
         };
         match m {
             Message::Response { id, outcome } => {

@@ -263,22 +263,33 @@ impl<R: std::io::BufRead> Messages<R> {
     }
 }
 
-impl<R: std::io::BufRead> Iterator for Messages<R> {
-    type Item = Message;
-
-    fn next(&mut self) -> Option<Message> {
+impl<R: std::io::BufRead> Messages<R> {
+    /// The next message, or the next line that does not decode, with why (a reader that
+    /// must answer a refused line, not only skip it); lines too long are logged and
+    /// skipped; `None` when the stream ends or fails.
+    pub fn next_decoded(&mut self) -> Option<Result<Message, DecodeError>> {
         loop {
             match self.lines.next_line() {
-                Ok(Some(line)) => match Message::decode(line) {
-                    Ok(m) => return Some(m),
-                    Err(e) => log::warn!("tether: {e}"),
-                },
+                Ok(Some(line)) => return Some(Message::decode(line)),
                 Ok(None) => return None,
                 Err(e) if e.is_recoverable() => log::warn!("tether: {e}"),
                 Err(e) => {
                     log::debug!("tether read ended: {e}");
                     return None;
                 }
+            }
+        }
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for Messages<R> {
+    type Item = Message;
+
+    fn next(&mut self) -> Option<Message> {
+        loop {
+            match self.next_decoded()? {
+                Ok(m) => return Some(m),
+                Err(e) => log::warn!("tether: {e}"),
             }
         }
     }
