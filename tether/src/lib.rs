@@ -11,8 +11,9 @@
 //! - [`store`]: the per-instance egress history with sequence cursors, and [`disklog`],
 //!   its durable on-disk continuation;
 //! - [`client`]: the aegisd HTTP API over its unix socket, and [`http`], the settings
-//!   every HTTP client of the kit starts from, and (feature `tls`) [`trust`], the
-//!   certificate authorities they trust;
+//!   every HTTP client of the kit starts from, [`cut`], stopping a request in flight
+//!   from another thread, and (feature `tls`) [`trust`], the certificate authorities
+//!   they trust;
 //! - [`cron`]: scheduled tasks, the `cron.json` the agent writes and the host fires,
 //!   [`at`], when a one-time task runs, and (feature `schedule`) `schedule`, which runs
 //!   are due when.
@@ -22,6 +23,7 @@
 pub mod at;
 pub mod client;
 pub mod cron;
+pub mod cut;
 pub mod depth;
 pub mod disklog;
 pub mod frame;
