@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, select, unbounded, Receiver, RecvTimeoutError, Sender};
+use tether::cut::{Cut, Lanes};
 
 use crate::carry::{Carried, StandIn};
 use crate::host_llm::{HostLink, LlmFrame, Refused};
@@ -307,13 +308,23 @@ pub enum Chunk {
     End(Result<Vec<ToolCall>, LlmError>),
 }
 
-/// A reply being streamed. Dropping it cancels the request.
+/// A reply being streamed. Dropping it cancels the request: the connection closes at
+/// once, even while the model is silent (thinking), so the server stops generating.
 #[derive(Debug)]
 pub struct Stream {
     /// Chunks from the reader thread, in order; ends with one `Chunk::End`.
     pub chunks: Receiver<Chunk>,
     /// Dropped to tell the reader thread to stop.
     _cancel: Sender<()>,
+    /// Fired when dropped: ends the read the reader thread is blocked on.
+    cut: Cut,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // After the last chunk the request is over and the cut reaches nothing.
+        self.cut.fire();
+    }
 }
 
 /// How Claude thinks before it answers.
@@ -366,8 +377,8 @@ pub struct Llm {
 /// How requests reach the model.
 #[derive(Debug, Clone)]
 enum Transport {
-    /// Straight to `base_url` (TLS, connection pool).
-    Http(ureq::Agent),
+    /// Straight to `base_url` (TLS, a connection kept per lane).
+    Http(Lanes),
     /// Through the host, for `host:` models.
     Host(Arc<HostLink>),
 }
@@ -453,16 +464,15 @@ impl Llm {
     pub fn new(provider: Provider, host: Option<Arc<HostLink>>) -> Llm {
         let transport = match host {
             Some(link) => Transport::Host(link),
-            None => Transport::Http(
+            None => Transport::Http(Lanes::new(
                 tether::http::agent_config(&provider.base_url)
                     .http_status_as_error(false)
                     .timeout_connect(Some(provider.connect_timeout))
                     .timeout_recv_response(Some(provider.read_timeout))
                     .timeout_per_read(Some(provider.read_timeout))
                     .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .new_agent(),
-            ),
+                    .build(),
+            )),
         };
         let openai_itself = provider.base_url.starts_with("https://api.openai.com/");
         Llm {
@@ -578,12 +588,14 @@ impl Llm {
     pub fn stream(&self, prompt: &Prompt, turns: &[Turn], tools: &[ToolSpec]) -> Stream {
         let (tx, rx) = unbounded();
         let (cancel_tx, cancel_rx) = bounded::<()>(0);
+        let cut = Cut::new();
         let body = self.request_body(prompt, turns, tools);
         let me = self.clone();
+        let reader_cut = cut.clone();
         let spawned = thread::Builder::new()
             .name("llm-reader".into())
             .stack_size(256 * 1024)
-            .spawn(move || me.run(&body, &tx, &cancel_rx));
+            .spawn(move || me.run(&body, &tx, &cancel_rx, &reader_cut));
         if let Err(e) = spawned {
             let (tx, rx2) = unbounded();
             let _ = tx.send(Chunk::End(Err(LlmError::new(
@@ -593,11 +605,13 @@ impl Llm {
             return Stream {
                 chunks: rx2,
                 _cancel: cancel_tx,
+                cut,
             };
         }
         Stream {
             chunks: rx,
             _cancel: cancel_tx,
+            cut,
         }
     }
 
@@ -609,7 +623,7 @@ impl Llm {
     /// When the agent's default model is gone, the model to ask instead (at most one
     /// search per process: a server that lists nothing better is not asked each message).
     fn replace_retired_model(&self, err: &LlmError) -> Option<String> {
-        let Transport::Http(agent) = &self.transport else {
+        let Transport::Http(lanes) = &self.transport else {
             return None;
         };
         if !self.provider.default_model || !crate::successor::model_gone(err) {
@@ -618,7 +632,7 @@ impl Llm {
         let gone = self.model();
         match self
             .successor
-            .seek(|| crate::successor::find(agent, &self.provider))?
+            .seek(|| crate::successor::find(&lanes.any(), &self.provider))?
         {
             Ok(next) => {
                 log::warn!(
@@ -805,18 +819,19 @@ impl Llm {
         Some(adaptive)
     }
 
-    fn run(&self, body: &serde_json::Value, tx: &Sender<Chunk>, cancel: &Receiver<()>) {
+    fn run(&self, body: &serde_json::Value, tx: &Sender<Chunk>, cancel: &Receiver<()>, cut: &Cut) {
         let mut body = std::borrow::Cow::Borrowed(body);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut sent_any = false;
-            let result = self.attempt(&body, tx, &mut sent_any);
+            let result = self.attempt(&body, tx, &mut sent_any, (cancel, cut));
             let err = match result {
                 Ok(calls) => {
                     let _ = tx.send(Chunk::End(Ok(calls)));
                     return;
                 }
+                Err(_) if cut.fired() => return, // cancelled: nobody listens any more
                 Err(e) => e,
             };
             if let Some(corrected) = self.corrected(&body, &err) {
@@ -852,11 +867,15 @@ impl Llm {
         body: &serde_json::Value,
         tx: &Sender<Chunk>,
         sent_any: &mut bool,
+        (cancel, cut): (&Receiver<()>, &Cut),
     ) -> Result<Vec<ToolCall>, LlmError> {
         let p = &self.provider;
-        let agent = match &self.transport {
-            Transport::Http(agent) => agent,
-            Transport::Host(link) => return self.attempt_host(link, body, tx, sent_any),
+        let lanes = match &self.transport {
+            Transport::Http(lanes) => lanes,
+            Transport::Host(link) => return self.attempt_host(link, body, tx, sent_any, cancel),
+        };
+        let Some(agent) = lanes.lend(cut) else {
+            return Ok(Vec::new()); // cancelled before it began
         };
         let text = body.to_string();
         let mut req = match p.kind {
@@ -955,13 +974,15 @@ impl Llm {
     }
 
     /// One attempt through the host: the request goes up once, its chunks come back as
-    /// `llm.frame`s (OpenAI chunks, as from `/chat/completions`).
+    /// `llm.frame`s (OpenAI chunks, as from `/chat/completions`). A cancel ends it at once,
+    /// telling the host, even while no chunk comes.
     fn attempt_host(
         &self,
         link: &HostLink,
         body: &serde_json::Value,
         tx: &Sender<Chunk>,
         sent_any: &mut bool,
+        cancel: &Receiver<()>,
     ) -> Result<Vec<ToolCall>, LlmError> {
         let name = self.provider.host.as_deref().unwrap_or_default();
         let ours = link.next_id();
@@ -981,14 +1002,17 @@ impl Llm {
         };
         let mut decoder = Decoder::default();
         loop {
-            let frame = match route.frames.recv_timeout(self.provider.read_timeout) {
-                Ok(f) => f,
-                Err(_) => {
-                    return Err(LlmError::new(
-                        ErrorKind::Timeout,
-                        format!("no chunk from host:{name} within the read timeout"),
-                    ))
-                }
+            let frame = select! {
+                recv(route.frames) -> f => f.ok(),
+                // Nothing is ever sent: the `Stream` dropped its end.
+                recv(cancel) -> _ => return Ok(Vec::new()),
+                default(self.provider.read_timeout) => None,
+            };
+            let Some(frame) = frame else {
+                return Err(LlmError::new(
+                    ErrorKind::Timeout,
+                    format!("no chunk from host:{name} within the read timeout"),
+                ));
             };
             match frame.kind.as_str() {
                 "llm.delta" => {

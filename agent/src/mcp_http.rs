@@ -11,15 +11,16 @@
 //!    answer goes with every later message, with `MCP-Protocol-Version`; a 404 for it
 //!    means the session is over, and the caller starts a new one;
 //! 2. bound every exchange as the stdio transport does (timeout, cancel), telling the
-//!    server with `notifications/cancelled` when the agent stops waiting; a stream that
-//!    ends without the answer is an error, never a hang;
+//!    server with `notifications/cancelled` when the agent stops waiting, and closing the
+//!    exchange's connection at once ([`tether::cut`]); a stream that ends without the
+//!    answer is an error, never a hang;
 //! 3. end the session with `DELETE` when the connection is dropped;
 //! 4. never log a header's value: they carry the user's tokens.
 //!
 //! With a modern server ([`HttpConn::set_modern`]) there is no session: every request
 //! carries `MCP-Protocol-Version: 2026-07-28`, `Mcp-Method`, `Mcp-Name` (a call's tool)
 //! and the `Mcp-Param-*` headers its caller gives, and a request given up on has its
-//! response stream closed, which is how that revision cancels.
+//! connection closed at once, which is how that revision cancels.
 //!
 //! Header values and the URL may name environment variables (`${GITHUB_TOKEN}`,
 //! `${NAME:-default}`), so tokens stay in secrets rather than agent.json ([`expand`]).
@@ -32,6 +33,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{after, bounded, select, Receiver};
 use serde_json::{json, Value};
+use tether::cut::{Cut, Lanes};
 use tether::rpc::Message;
 
 use crate::mcp::McpError;
@@ -52,7 +54,8 @@ struct Inner {
     url: String,
     /// Extra headers (`Authorization`), values expanded; never logged.
     headers: Vec<(String, String)>,
-    agent: ureq::Agent,
+    /// An agent per exchange in flight, so one given up on can be closed alone.
+    lanes: Lanes,
     /// `Mcp-Session-Id` once the server gave one.
     session: Mutex<Option<String>>,
     /// The revision agreed in `initialize`, sent as `MCP-Protocol-Version` after it.
@@ -82,7 +85,7 @@ impl HttpConn {
                 name: name.to_string(),
                 url: url.to_string(),
                 headers,
-                agent: crate::tools::api_agent(url, longest + SHORT_TIMEOUT),
+                lanes: Lanes::new(crate::tools::api_config(url, longest + SHORT_TIMEOUT)),
                 session: Mutex::new(None),
                 protocol: Mutex::new(None),
                 next_id: AtomicU64::new(1),
@@ -138,23 +141,23 @@ impl HttpConn {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string();
         let (tx, rx) = bounded(1);
         let inner = Arc::clone(&self.inner);
-        let given_up = Arc::new(AtomicBool::new(false));
-        let stop = Arc::clone(&given_up);
+        let cut = Cut::new();
+        let exchange_cut = cut.clone();
         thread::Builder::new()
             .name("mcp-http".into())
             .stack_size(256 * 1024)
             .spawn(move || {
-                let _ = tx.send(inner.exchange(id, &body, &headers, &stop));
+                let _ = tx.send(inner.exchange(id, &body, &headers, &exchange_cut));
             })
             .map_err(McpError::Spawn)?;
         let give_up = |reason: &'static str| {
-            if self.inner.modern.load(Ordering::SeqCst) {
-                // The stream is closed when its next bytes arrive: closing it is the
-                // stateless revision's cancellation.
-                given_up.store(true, Ordering::SeqCst);
-            } else {
+            // Closing the connection is the stateless revision's cancellation; the older
+            // one asks for the notification (a closed stream is not a cancel there), and
+            // closing frees the exchange's thread and connection all the same.
+            if !self.inner.modern.load(Ordering::SeqCst) {
                 self.inner.cancelled(id, reason);
             }
+            cut.fire();
         };
         select! {
             recv(rx) -> r => r.unwrap_or(Err(McpError::Gone)),
@@ -187,7 +190,8 @@ impl Drop for HttpConn {
             .name("mcp-http-end".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                let mut req = inner.agent.delete(&inner.url).header("mcp-session-id", &session);
+                let lane = inner.lanes.any();
+                let mut req = lane.delete(&inner.url).header("mcp-session-id", &session);
                 if let Some(v) = lock(&inner.protocol).as_deref() {
                     req = req.header("mcp-protocol-version", v);
                 }
@@ -210,15 +214,15 @@ impl Drop for HttpConn {
 }
 
 impl Inner {
-    /// `POST body` with the session's headers (the revision's, for a modern server) and
-    /// `extra`.
+    /// `POST body` on `agent` with the session's headers (the revision's, for a modern
+    /// server) and `extra`.
     fn post(
         &self,
+        agent: &ureq::Agent,
         body: &str,
         extra: &[(String, String)],
-    ) -> Result<ureq::http::Response<ureq::Body>, McpError> {
-        let mut req = self
-            .agent
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let mut req = agent
             .post(&self.url)
             .header("accept", "application/json, text/event-stream")
             .content_type("application/json");
@@ -235,10 +239,13 @@ impl Inner {
         for (k, v) in self.headers.iter().chain(extra) {
             req = req.header(k, v);
         }
-        req.send(body).map_err(|e| {
-            self.alive.store(false, Ordering::SeqCst);
-            McpError::Transport(crate::tools::transport(&e))
-        })
+        req.send(body)
+    }
+
+    /// The server could not be reached (`e`): the connection is over.
+    fn unreachable(&self, e: &ureq::Error) -> McpError {
+        self.alive.store(false, Ordering::SeqCst);
+        McpError::Transport(crate::tools::transport(e))
     }
 
     /// A refusal, or the end of the session (404 to a message that carried it). A body
@@ -263,23 +270,29 @@ impl Inner {
 
     /// A message that expects no answer (a notification, our answer to the server).
     fn post_expecting_nothing(&self, body: &str) -> Result<(), McpError> {
-        let resp = self.post(body, &[])?;
+        let lane = self.lanes.any();
+        let resp = self.post(&lane, body, &[]).map_err(|e| self.unreachable(&e))?;
         match resp.status().as_u16() {
             200..=299 => Ok(()),
             _ => Err(self.refused(resp)),
         }
     }
 
-    /// One request `id` (`body`, with `headers`) and its answer; `stop` set closes the
-    /// response stream at its next bytes.
+    /// One request `id` (`body`, with `headers`) and its answer, on a connection `cut`
+    /// closes.
     fn exchange(
         &self,
         id: u64,
         body: &str,
         headers: &[(String, String)],
-        stop: &AtomicBool,
+        cut: &Cut,
     ) -> Result<Value, McpError> {
-        let resp = self.post(body, headers)?;
+        let lane = self.lanes.lend(cut).ok_or(McpError::Cancelled)?;
+        // Not reaching the server ends the connection; our own cut does not.
+        let resp = self.post(&lane, body, headers).map_err(|e| match cut.fired() {
+            true => McpError::Cancelled,
+            false => self.unreachable(&e),
+        })?;
         if resp.status().as_u16() != 200 {
             return Err(self.refused(resp));
         }
@@ -294,12 +307,13 @@ impl Inner {
             .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
         let reader = resp.into_body().into_with_config().limit(MAX_ANSWER).reader();
         if streamed {
-            self.answer_from_stream(id, reader, stop)
+            self.answer_from_stream(id, reader)
+                .map_err(|e| cancelled_or(cut, e))
         } else {
             let mut text = Vec::new();
             { reader }
                 .read_to_end(&mut text)
-                .map_err(|e| McpError::Transport(format!("reading the answer: {e}")))?;
+                .map_err(|e| cancelled_or(cut, McpError::Transport(format!("reading the answer: {e}"))))?;
             match decode(&text)? {
                 Message::Response { id: got, outcome } if got == json!(id) => outcome_value(outcome),
                 _ => Err(McpError::Protocol(
@@ -311,12 +325,7 @@ impl Inner {
 
     /// Read an SSE stream until the response to `id`, answering what the server asks on
     /// the way.
-    fn answer_from_stream(
-        &self,
-        id: u64,
-        mut reader: impl Read,
-        stop: &AtomicBool,
-    ) -> Result<Value, McpError> {
+    fn answer_from_stream(&self, id: u64, mut reader: impl Read) -> Result<Value, McpError> {
         let mut parser = crate::sse::Parser::new();
         let mut events = Vec::new();
         let mut buf = [0u8; 8192];
@@ -324,11 +333,6 @@ impl Inner {
             let n = reader
                 .read(&mut buf)
                 .map_err(|e| McpError::Transport(format!("reading the stream: {e}")))?;
-            if stop.load(Ordering::SeqCst) {
-                // Dropping the reader closes the connection (a stream read halfway is
-                // never pooled).
-                return Err(McpError::Cancelled);
-            }
             if n == 0 {
                 return Err(McpError::Protocol("the stream ended without the answer".into()));
             }
@@ -387,6 +391,15 @@ impl Inner {
                     log::debug!("MCP [{}]: notifications/cancelled failed: {e}", inner.name);
                 }
             });
+    }
+}
+
+/// `e`, or `Cancelled` when it is what closing the connection under `cut` caused.
+fn cancelled_or(cut: &Cut, e: McpError) -> McpError {
+    if cut.fired() {
+        McpError::Cancelled
+    } else {
+        e
     }
 }
 

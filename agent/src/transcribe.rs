@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
+use tether::cut::Cut;
 use ureq::unversioned::multipart::{Form, Part};
 
 use crate::tools::paths::Workspace;
@@ -126,20 +127,29 @@ impl Voice {
 
     /// The text of a user message with recordings: its own text (a caption, or the
     /// gateway's `[voice message, 12 s]`), then each transcript, or why there is none.
-    /// A recording given by path is read from `workspace`.
-    pub fn text_with(&self, workspace: &Path, text: &str, audio: &[tether::frame::Audio]) -> String {
+    /// A recording given by path is read from `workspace`. Firing `cut` closes the
+    /// connection of a transcription in progress (the user stopped the reply).
+    pub fn text_with(
+        &self,
+        workspace: &Path,
+        text: &str,
+        audio: &[tether::frame::Audio],
+        cut: &Cut,
+    ) -> String {
         let mut out = text.to_string();
         for a in audio {
             let line = match self {
                 Voice::Off(why) => format!("[not transcribed: {why}]"),
-                Voice::On(t) => match recording(workspace, a).and_then(|bytes| t.transcribe(a, &bytes)) {
-                    Ok(said) if said.trim().is_empty() => "[transcript: nothing was said]".to_string(),
-                    Ok(said) => format!("🎤 {}", said.trim()),
-                    Err(e) => {
-                        log::warn!("voice message not transcribed: {e}");
-                        format!("[not transcribed: {e}]")
+                Voice::On(t) => {
+                    match recording(workspace, a).and_then(|bytes| t.transcribe(a, &bytes, cut)) {
+                        Ok(said) if said.trim().is_empty() => "[transcript: nothing was said]".to_string(),
+                        Ok(said) => format!("🎤 {}", said.trim()),
+                        Err(e) => {
+                            log::warn!("voice message not transcribed: {e}");
+                            format!("[not transcribed: {e}]")
+                        }
                     }
-                },
+                }
             };
             out.push('\n');
             out.push_str(&line);
@@ -196,10 +206,11 @@ impl Transcriber {
         found.is_some()
     }
 
-    /// What is said in `a`, whose bytes are `bytes`.
-    fn transcribe(&self, a: &tether::frame::Audio, bytes: &[u8]) -> Result<String, String> {
+    /// What is said in `a`, whose bytes are `bytes`, unless `cut` fires first.
+    fn transcribe(&self, a: &tether::frame::Audio, bytes: &[u8], cut: &Cut) -> Result<String, String> {
         let url = format!("{}/audio/transcriptions", self.base);
         let agent = crate::tools::api_agent(&url, TIMEOUT);
+        let _armed = cut.arm(&agent).ok_or("cancelled")?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -304,16 +315,16 @@ mod tests {
         let ws = Path::new("/nonexistent");
         let off = Voice::from_config(&config(false, Some("PATH")));
         assert_eq!(
-            off.text_with(ws, "[voice message, 3 s]", &audio),
+            off.text_with(ws, "[voice message, 3 s]", &audio, &Cut::new()),
             "[voice message, 3 s]\n[not transcribed: voice messages are turned off in agent.json]"
         );
         let none = Voice::from_config(&config(true, Some("AEGIS_TEST_NO_SUCH_KEY")));
         assert!(
-            none.text_with(ws, "hi", &audio)
+            none.text_with(ws, "hi", &audio, &Cut::new())
                 .ends_with("no OpenAI key (AEGIS_TEST_NO_SUCH_KEY)]"),
             "{none:?}"
         );
-        assert_eq!(none.text_with(ws, "plain", &[]), "plain");
+        assert_eq!(none.text_with(ws, "plain", &[], &Cut::new()), "plain");
     }
 
     #[test]
@@ -330,7 +341,7 @@ mod tests {
         });
         let tmp = crate::testutil::TempDir::new("transcribe-paths");
         assert_eq!(
-            on.text_with(tmp.path(), &m.text, &m.audio),
+            on.text_with(tmp.path(), &m.text, &m.audio, &Cut::new()),
             "[voice message]\n[not transcribed: the recording came without its bytes]"
         );
         // A recording by path is read from the workspace only, and only a file.
@@ -339,7 +350,7 @@ mod tests {
                 path: Some(p.into()),
                 ..Default::default()
             };
-            on.text_with(tmp.path(), "[voice message]", &[a])
+            on.text_with(tmp.path(), "[voice message]", &[a], &Cut::new())
         };
         assert!(
             by_path("../../etc/passwd").contains("is outside the workspace"),

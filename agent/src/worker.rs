@@ -440,18 +440,23 @@ fn written_down(
     let (tx, rx) = bounded(1);
     let (voice, text, audio) = (shared.voice.clone(), msg.text.clone(), msg.audio.clone());
     let workspace = shared.workspace.clone();
+    let cut = tether::cut::Cut::new();
+    let listening = cut.clone();
     let spawned = std::thread::Builder::new()
         .name("transcribe".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(voice.text_with(&workspace, &text, &audio));
+            let _ = tx.send(voice.text_with(&workspace, &text, &audio, &listening));
         });
     if let Err(e) = spawned {
         return Some(format!("{}\n[not transcribed: no thread: {e}]", msg.text));
     }
     select! {
         recv(rx) -> said => Some(said.unwrap_or_else(|_| format!("{}\n[not transcribed: it failed]", msg.text))),
-        recv(cancel) -> _ => None,
+        recv(cancel) -> _ => {
+            cut.fire();
+            None
+        }
     }
 }
 

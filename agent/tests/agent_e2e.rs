@@ -638,6 +638,32 @@ fn cancel_stops_the_stream_and_keeps_the_partial_reply_marked_cancelled() {
 }
 
 #[test]
+fn cancel_closes_the_model_connection_at_once_even_while_the_model_is_silent() {
+    // A reasoning model sends nothing while it thinks: the reader learns of the cancel
+    // only from the connection being closed under it, and the server, which would go on
+    // generating (and billing) for minutes, only from that close.
+    let llm = FakeLlm::scripted(vec![Reply::quiet(), Reply::sse(openai_sse(&["next"]))]);
+    let ws = temp_dir("cancel-quiet");
+    let a = start_agent(&ws, &[("OPENAI_API_KEY", "k"), ("OPENAI_BASE_URL", llm.url())]);
+    a.send(&message("9", "think hard", "m-1"));
+    llm.wait_request(1, T);
+    a.send(&Frame::new("control.cancel", Some(Session::new("telegram", "9"))));
+    assert_eq!(done_text(&a.reply()), "⏹ Reply cancelled.");
+    let deadline = Instant::now() + T;
+    while llm.abandoned() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        llm.abandoned(),
+        1,
+        "the server saw its client go while it was silent"
+    );
+    // The next request goes out on a connection of its own and is answered.
+    a.send(&message("9", "go on", "m-2"));
+    assert_eq!(done_text(&a.reply()), "next");
+}
+
+#[test]
 fn history_survives_a_restart_and_feeds_the_context() {
     let llm = FakeLlm::echo_openai();
     let ws = temp_dir("restart");
@@ -1700,8 +1726,8 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     assert!(!a.proc.log().contains("sk-speech"), "the key was logged");
 
     // Stopped while the service listens (for a minute, longer than the reply is waited
-    // for): the reply ends at once, the model is not asked, and the message is not stored
-    // half-heard.
+    // for): the reply ends at once, the service sees the connection close, the model is
+    // not asked, and the message is not stored half-heard.
     speech.delay_ms.store(60_000, std::sync::atomic::Ordering::SeqCst);
     let asked = llm.requests().len();
     a.send(&voice("1", "v-slow", &fake_ogg(4_000, 9)));
@@ -1711,6 +1737,11 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     a.send(&Frame::new("control.cancel", Some(Session::new("telegram", "1"))));
     let frames = a.reply();
     assert_eq!(done_text(&frames), "⏹ Reply cancelled.");
+    let deadline = Instant::now() + T;
+    while speech.walked_away.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(speech.walked_away.load(std::sync::atomic::Ordering::SeqCst), 1);
     assert_eq!(llm.requests().len(), asked);
     let history = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
     assert!(!history.contains("v-slow"), "{history}");

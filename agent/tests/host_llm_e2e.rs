@@ -295,3 +295,43 @@ fn on_a_direct_tether_a_stream_lost_with_its_connection_is_asked_again_and_answe
         "one reply only"
     );
 }
+
+#[test]
+fn a_cancel_tells_the_host_at_once_even_while_no_chunk_comes() {
+    // The host's model may think for minutes before its first chunk: the agent must not
+    // wait for one to notice that the user stopped the reply.
+    let dir = temp_dir("host-llm-cancel");
+    let sock = dir.join("tether.sock");
+    let host = FakeTetherHost::bind(&sock);
+    let mut cmd = command("aegis-agent");
+    cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
+        .env("AEGIS_WORKSPACE", dir.path())
+        .env("AEGIS_MODEL", "host:ollama/m");
+    let _agent = Proc::spawn(cmd);
+    host.wait_connected(1, T);
+    host.send(&message("1", "think hard", "m-1"));
+    let (req_id, _) = next_chat(&host);
+    host.send(&tether::Frame::new(
+        "control.cancel",
+        Some(tether::Session::new("telegram", "1")),
+    ));
+    let deadline = std::time::Instant::now() + T;
+    let cancelled = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match host.responses().recv_timeout(left) {
+            Ok(tether::Message::Notification { method, params }) if method == "llm.cancel" => {
+                let p: serde_json::Value = serde_json::from_str(params.unwrap().get()).unwrap();
+                break p["req_id"].as_str().map(str::to_string);
+            }
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    assert_eq!(
+        cancelled.as_deref(),
+        Some(req_id.as_str()),
+        "llm.cancel for the stream"
+    );
+    let frames = collect_until_done(host.frames(), 1, T);
+    assert_eq!(done_text(&frames), "⏹ Reply cancelled.");
+}

@@ -772,6 +772,7 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
     let a = agent(&ws, &openai(&llm));
     a.send(&message("10", "use it", "m1"));
     assert_eq!(done_text(&a.reply()), "done");
+    let done_at = std::time::Instant::now();
     let reqs = llm.requests();
     let offered: Vec<String> = offered_tools(&reqs[0])
         .into_iter()
@@ -802,9 +803,11 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
         r[4],
         "error: MCP server svc failed: no answer to tools/call within 1 s"
     );
+    // At once, while the server sends nothing: not at the exchange's own time limit,
+    // seconds after the reply was over.
     assert!(
-        remote.hang_closed(T).is_some(),
-        "the hung call's stream was closed"
+        remote.hang_closed(T).is_some_and(|at| at <= done_at),
+        "the hung call's stream was closed when the call was given up on"
     );
     assert_eq!(r[5], "reshaped");
     assert_eq!(r[6], "sunny in Paris (header =?base64?w45sZS1kZS1GcmFuY2U=?=)");
@@ -2021,6 +2024,51 @@ fn a_cancelled_image_generation_is_not_retried() {
     std::thread::sleep(Duration::from_millis(2600));
     assert_eq!(images.requests().len(), 1, "no request after the cancel");
     assert_eq!(llm.requests().len(), 1);
+}
+
+#[test]
+fn a_cancelled_image_generation_closes_its_connection_at_once() {
+    // The API sends nothing until the image is done: only a closed connection tells it
+    // nobody waits for the image any more.
+    use aegis_e2e::openai_images::FakeImages;
+    use std::sync::atomic::Ordering::SeqCst;
+    let images = FakeImages::start("sk-openai");
+    images.slow.store(true, SeqCst);
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_tool_sse(
+        "Drawing.",
+        &[("g1", "image_generate", r#"{"prompt": "a lighthouse"}"#)],
+        4,
+    ))]);
+    let ws = TempDir::new("tools-imagegen-close");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "IMAGES_KEY"}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    env.push(("IMAGES_KEY", "sk-openai".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("5", "draw", "m1"));
+    let deadline = Instant::now() + T;
+    while images.requests().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(Instant::now() < deadline, "the tool did not run");
+    }
+    a.send(&Frame::new(
+        kind::CONTROL_CANCEL,
+        Some(Session::new("telegram", "5")),
+    ));
+    let frames = collect_until_done(a.harness.frames(), 1, T);
+    assert_eq!(done_text(&frames), "Drawing.\n\n⏹ Reply cancelled.");
+    let deadline = Instant::now() + T;
+    while images.walked_away.load(SeqCst) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        images.walked_away.load(SeqCst),
+        1,
+        "the image API saw the client go"
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! test controls every byte: chunk boundaries, flush timing, abrupt cuts, odd statuses.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,17 +44,43 @@ pub struct Responder {
 pub trait Conn: Write + Send {
     /// Close both directions at once.
     fn shutdown(&self);
+    /// Whether the client closes its end within `max` (sending nothing more meanwhile),
+    /// as a server notices a client that went away without having to write to it.
+    fn closed_within(&self, max: Duration) -> bool;
 }
 
 impl Conn for TcpStream {
     fn shutdown(&self) {
         let _ = TcpStream::shutdown(self, std::net::Shutdown::Both);
     }
+
+    fn closed_within(&self, max: Duration) -> bool {
+        let _ = self.set_read_timeout(Some(max.max(Duration::from_millis(1))));
+        let gone = ended(&mut &*self);
+        let _ = self.set_read_timeout(None);
+        gone
+    }
 }
 
 impl Conn for std::os::unix::net::UnixStream {
     fn shutdown(&self) {
         let _ = std::os::unix::net::UnixStream::shutdown(self, std::net::Shutdown::Both);
+    }
+
+    fn closed_within(&self, max: Duration) -> bool {
+        let _ = self.set_read_timeout(Some(max.max(Duration::from_millis(1))));
+        let gone = ended(&mut &*self);
+        let _ = self.set_read_timeout(None);
+        gone
+    }
+}
+
+/// Whether reading `conn` (its read timeout set) meets its end or a reset.
+fn ended(conn: &mut impl Read) -> bool {
+    match conn.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
     }
 }
 
@@ -134,6 +160,11 @@ impl Responder {
     /// Close the connection abruptly (a cut stream).
     pub fn cut(self) {
         self.stream.shutdown();
+    }
+
+    /// Whether the client closes the connection within `max` (see [`Conn::closed_within`]).
+    pub fn closed_within(&self, max: Duration) -> bool {
+        self.stream.closed_within(max)
     }
 }
 

@@ -75,6 +75,13 @@ pub enum Reply {
         /// Sent after.
         rest: Vec<String>,
     },
+    /// An SSE stream that sends `first` and then nothing, as a model does while it thinks
+    /// before its first visible token, until the client closes the connection (counted
+    /// in [`FakeLlm::abandoned`]) or a minute passes.
+    Quiet {
+        /// Sent at once.
+        first: Vec<String>,
+    },
 }
 
 impl Reply {
@@ -116,6 +123,11 @@ impl Reply {
             delay: Duration::ZERO,
             end: End::Hang(Duration::from_secs(30)),
         }
+    }
+
+    /// Response headers, then silence until the client goes away (see [`Reply::Quiet`]).
+    pub fn quiet() -> Reply {
+        Reply::Quiet { first: vec![] }
     }
 
     /// HTTP 429 with `retry-after` seconds, OpenAI's body.
@@ -708,6 +720,18 @@ fn respond(reply: Reply, resp: Responder) -> bool {
                 }
             }
             r.finish();
+        }
+        Reply::Quiet { first } => {
+            let mut r = resp.start_chunked(200, "text/event-stream");
+            for p in first {
+                if !r.chunk(p.as_bytes()) {
+                    return false;
+                }
+            }
+            if r.closed_within(Duration::from_secs(60)) {
+                return false;
+            }
+            r.cut();
         }
         Reply::Sse { pieces, delay, end } => {
             let mut r = resp.start_chunked(200, "text/event-stream");

@@ -13,8 +13,8 @@
 //! Tools: `echo {text}` (answered in an SSE stream), `weather {region, city}` (`region`
 //! marked `x-mcp-header: Region`; the answer repeats the header as received), `météo` (a
 //! name that needs Base64 in `Mcp-Name`), `bad_mark {n}` (marked on a `number`, which a
-//! client must leave out), `hang` (a stream of keep-alive comments, noting when the client
-//! closes it), `ask` (`input_required`: an elicitation), `reshape` (renames `weather`'s
+//! client must leave out), `hang` (a stream that stays silent, noting when the client closes
+//! it), `ask` (`input_required`: an elicitation), `reshape` (renames `weather`'s
 //! mark to `Zone` without telling). With [`Speaks::resources`], one resource (below).
 
 use std::sync::{Arc, Condvar, Mutex};
@@ -337,15 +337,13 @@ fn handle(state: &(Mutex<State>, Condvar), speaks: &Speaks, req: Request, resp: 
                         "message": "Which account?", "requestedSchema": {"type": "object"}}}}}}),
                 ),
                 "hang" => {
-                    let mut s = resp.start_chunked_with(200, &sse);
-                    for _ in 0..600 {
-                        if !s.chunk(b": keep-alive\n\n") {
-                            let (lock, cvar) = state;
-                            lock.lock().unwrap().hang_closed = Some(Instant::now());
-                            cvar.notify_all();
-                            return;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
+                    // Silent, as a server is while it works: the client's close is all
+                    // that can tell it the call was given up on.
+                    let s = resp.start_chunked_with(200, &sse);
+                    if s.closed_within(Duration::from_secs(60)) {
+                        let (lock, cvar) = state;
+                        lock.lock().unwrap().hang_closed = Some(Instant::now());
+                        cvar.notify_all();
                     }
                 }
                 other => error(resp, 200, &id, -32602, &format!("Unknown tool: {other}"), None),

@@ -50,8 +50,11 @@ pub struct FakeSpeech {
     pub rate_limit_next: Arc<AtomicUsize>,
     /// Answer every request with 429 `insufficient_quota`.
     pub quota_used_up: Arc<AtomicBool>,
-    /// Milliseconds to listen before answering (a long recording).
+    /// Milliseconds to listen before answering (a long recording), unless the client
+    /// closes the connection first.
     pub delay_ms: Arc<AtomicUsize>,
+    /// Transcriptions whose client closed the connection while the service listened.
+    pub walked_away: Arc<AtomicUsize>,
     /// Models answered with 404 `model_not_found`, and left out of the model list.
     pub retired: Arc<Mutex<Vec<String>>>,
     /// `GET /v1/models` requests so far.
@@ -166,6 +169,8 @@ impl FakeSpeech {
         let quota_used_up = Arc::new(AtomicBool::new(false));
         let delay_ms = Arc::new(AtomicUsize::new(0));
         let delay = Arc::clone(&delay_ms);
+        let walked_away = Arc::new(AtomicUsize::new(0));
+        let left = Arc::clone(&walked_away);
         let retired = Arc::new(Mutex::new(Vec::<String>::new()));
         let gone = Arc::clone(&retired);
         let model_lists = Arc::new(AtomicUsize::new(0));
@@ -261,9 +266,11 @@ impl FakeSpeech {
             let Some(resp) = refused(resp, &quota, &limit) else {
                 return;
             };
-            std::thread::sleep(std::time::Duration::from_millis(
-                delay.load(Ordering::SeqCst) as u64
-            ));
+            let listening = std::time::Duration::from_millis(delay.load(Ordering::SeqCst) as u64);
+            if !listening.is_zero() && resp.closed_within(listening) {
+                left.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             let text = texts
                 .lock()
                 .unwrap()
@@ -288,6 +295,7 @@ impl FakeSpeech {
             rate_limit_next,
             quota_used_up,
             delay_ms,
+            walked_away,
             retired,
             model_lists,
             spoken,

@@ -15,6 +15,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
@@ -47,6 +48,11 @@ pub struct FakeImages {
     pub image_bytes: Arc<AtomicUsize>,
     /// Models answered with 404 `model_not_found`, and left out of the model list.
     pub retired: Arc<Mutex<Vec<String>>>,
+    /// Generations take a minute, with nothing sent meanwhile (as the API sends nothing
+    /// until the image is done), unless the client closes the connection first.
+    pub slow: Arc<AtomicBool>,
+    /// Slow generations whose client closed the connection before the image was done.
+    pub walked_away: Arc<AtomicUsize>,
 }
 
 /// The models the stand-in serves, with their `created`.
@@ -116,6 +122,8 @@ impl FakeImages {
         let (wait, quota) = (Arc::clone(&rate_limit_wait), Arc::clone(&quota_used_up));
         let retired = Arc::new(Mutex::new(Vec::<String>::new()));
         let gone = Arc::clone(&retired);
+        let (slow, walked_away) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (drawing, left) = (Arc::clone(&slow), Arc::clone(&walked_away));
         let server = Server::start(move |req: Request, resp| {
             let n = len.load(Ordering::SeqCst);
             if req.method == "GET" && req.path.starts_with("/files/") {
@@ -177,6 +185,10 @@ impl FakeImages {
                 ];
                 return error_with(resp, 429, &headers, &msg, "requests", None, "rate_limit_exceeded");
             }
+            if drawing.load(Ordering::SeqCst) && resp.closed_within(Duration::from_secs(60)) {
+                left.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
             answer(&body, n, &req, resp);
         });
         FakeImages {
@@ -187,6 +199,8 @@ impl FakeImages {
             quota_used_up,
             image_bytes,
             retired,
+            slow,
+            walked_away,
         }
     }
 

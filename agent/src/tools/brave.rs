@@ -119,6 +119,7 @@ impl Brave {
         }
         let url = format!("{}/{path}", self.base);
         let agent = super::api_agent(&url, Duration::from_secs(15));
+        let _armed = abandoned.arm(&agent)?;
         let mut retried = false;
         loop {
             let mut req = agent

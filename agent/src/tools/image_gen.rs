@@ -151,6 +151,7 @@ impl ImageGen {
         let size = size(args)?;
         let url = format!("{}/images/generations", self.base);
         let agent = http_agent(&url);
+        let _armed = abandoned.arm(&agent)?;
         let body = Self::body(&self.model(), prompt, &size).to_string();
         let post = Post {
             agent: &agent,
@@ -174,7 +175,7 @@ impl ImageGen {
                 .decode(b64.trim())
                 .map_err(|e| format!("the image API sent an image that is not base64: {e}"))?
         } else if let Some(link) = first["url"].as_str() {
-            download(link)?
+            download(link, abandoned)?
         } else {
             return Err("the image API answered without an image".into());
         };
@@ -219,11 +220,13 @@ fn http_agent(url: &str) -> ureq::Agent {
 }
 
 /// The image a server linked to instead of sending it (DALL-E's default).
-fn download(link: &str) -> Result<Vec<u8>, String> {
+fn download(link: &str, abandoned: &Abandoned) -> Result<Vec<u8>, String> {
     if !(link.starts_with("https://") || link.starts_with("http://")) {
         return Err("the image API linked to an image that is not http(s)".into());
     }
-    let resp = http_agent(link)
+    let agent = http_agent(link);
+    let _armed = abandoned.arm(&agent)?;
+    let resp = agent
         .get(link)
         .call()
         .map_err(|e| format!("downloading the generated image failed: {}", transport(&e)))?;

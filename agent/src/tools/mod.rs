@@ -34,6 +34,7 @@ use crate::mcp::McpServers;
 use crate::memory::MemoryStore;
 use crate::uplink::Uplink;
 use paths::Workspace;
+use tether::cut::{Armed, Cut};
 use tether::Session;
 
 /// What running a tool call came to.
@@ -633,7 +634,7 @@ impl Toolbox {
             Builtin::ListFiles => files::list_files(ws, args),
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
-            Builtin::WebFetch => return cancellable(args.clone(), cancel, |a, _| web::fetch(a)),
+            Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
             Builtin::WebSearch | Builtin::ImageSearch => {
                 let images = *builtin == Builtin::ImageSearch;
                 let Some(brave) = self.search[usize::from(images)].clone() else {
@@ -761,15 +762,35 @@ fn attach<T>(made: Result<(T, String), String>, to_reply: impl FnOnce(T)) -> Res
 }
 
 /// Tells a tool running on a thread of its own that nobody waits for its result any more
-/// (the reply was cancelled), so it starts no further request: a retried image generation
-/// would be paid for and never seen.
-pub struct Abandoned(Receiver<()>);
+/// (the reply was cancelled), so it starts no further request (a retried image generation
+/// would be paid for and never seen), and closes the connections of the requests it has
+/// in flight.
+pub struct Abandoned {
+    gone: Receiver<()>,
+    cut: Cut,
+}
 
 impl Abandoned {
     /// Sleep `d`; false, at once, when the call was abandoned meanwhile.
     pub fn wait(&self, d: Duration) -> bool {
         // Nothing is ever sent: the sender's end is dropped when the caller stops waiting.
-        self.0.recv_timeout(d) == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+        self.gone.recv_timeout(d) == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+    }
+
+    /// Requests on `agent` end the moment the call is abandoned, until the guard drops:
+    /// a model waiting minutes for an image must not keep the server drawing it. An error
+    /// when the call is abandoned already.
+    pub fn arm(&self, agent: &ureq::Agent) -> Result<Armed, String> {
+        self.cut.arm(agent).ok_or_else(|| "cancelled".to_string())
+    }
+
+    /// A call nobody abandons (unit tests).
+    #[cfg(test)]
+    pub fn never() -> Abandoned {
+        Abandoned {
+            gone: crossbeam_channel::never(),
+            cut: Cut::new(),
+        }
     }
 }
 
@@ -781,19 +802,27 @@ fn off_thread<T: Send + 'static>(
     f: impl FnOnce(&Value, &Abandoned) -> Result<T, String> + Send + 'static,
 ) -> Option<Result<T, String>> {
     let (tx, rx) = bounded(1);
-    let (_waiting, abandoned) = bounded::<()>(0);
+    let (_waiting, gone) = bounded::<()>(0);
+    let cut = Cut::new();
+    let abandoned = Abandoned {
+        gone,
+        cut: cut.clone(),
+    };
     let spawned = thread::Builder::new()
         .name("tool".into())
         .stack_size(256 * 1024)
         .spawn(move || {
-            let _ = tx.send(f(&args, &Abandoned(abandoned)));
+            let _ = tx.send(f(&args, &abandoned));
         });
     if let Err(e) = spawned {
         return Some(Err(format!("cannot start the tool: {e}")));
     }
     select! {
         recv(rx) -> r => Some(r.unwrap_or_else(|_| Err("the tool stopped unexpectedly".into()))),
-        recv(cancel) -> _ => None,
+        recv(cancel) -> _ => {
+            cut.fire();
+            None
+        }
     }
 }
 
@@ -809,13 +838,17 @@ pub fn api_from_env(key_env: &str, base_env: &str, default: &str) -> Option<(Str
 /// A client for calls to a web API at `url`: a status comes back as an answer (the caller
 /// reads the API's error body), 10 s to connect, `timeout` for the whole call.
 pub fn api_agent(url: &str, timeout: Duration) -> ureq::Agent {
+    api_config(url, timeout).into()
+}
+
+/// The settings of [`api_agent`], for clients that make agents of their own.
+pub fn api_config(url: &str, timeout: Duration) -> ureq::config::Config {
     tether::http::agent_config(url)
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_global(Some(timeout))
         .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
         .build()
-        .into()
 }
 
 /// The JSON of a web API's answer (`api`, as "the search API"), read up to `limit` bytes;

@@ -119,6 +119,7 @@ impl Speaker {
         let body = self.body(&model, text, instructions).to_string();
         let url = format!("{}/audio/speech", self.base);
         let agent = super::api_agent(&url, TIMEOUT);
+        let _armed = abandoned.arm(&agent)?;
         let post = Post {
             agent: &agent,
             url: &url,
@@ -253,8 +254,7 @@ mod tests {
             ..speaker(DEFAULT_MODEL)
         };
         let long = "é".repeat(MAX_INPUT + 1);
-        let (_tx, rx) = crossbeam_channel::bounded::<()>(1);
-        let abandoned = Abandoned(rx);
+        let abandoned = Abandoned::never();
         let e = s
             .speak(Path::new("/nonexistent"), &json!({"text": long}), &abandoned)
             .unwrap_err();

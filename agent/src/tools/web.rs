@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{arg_str, cap_text};
+use super::{arg_str, cap_text, Abandoned};
 
 /// Characters of text returned.
 pub const TEXT_CAP: usize = 10_000;
 /// Bytes of body downloaded at most.
 const BODY_CAP: u64 = 2 * 1024 * 1024;
 
-/// `web_fetch {url}`.
-pub fn fetch(args: &Value) -> Result<String, String> {
+/// `web_fetch {url}`; its connection closes when the call is `abandoned`.
+pub fn fetch(args: &Value, abandoned: &Abandoned) -> Result<String, String> {
     let url = arg_str(args, "url")?.trim();
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
@@ -27,6 +27,7 @@ pub fn fetch(args: &Value) -> Result<String, String> {
         .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
         .build()
         .into();
+    let _armed = abandoned.arm(&agent)?;
     let resp = agent
         .get(url)
         .call()

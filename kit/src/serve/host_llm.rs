@@ -11,9 +11,11 @@
 //! ends with the connection that asked for it.
 //!
 //! [ours] An `llm.cancel {req_id}` notification (a reply the user stopped, or one the
-//! agent gave up on) ends that stream at the server's next line: the connection to the
-//! model server closes, which stops Ollama, llama.cpp and vLLM generating. aegisd has no
-//! such message, and an agent under it sends none.
+//! agent gave up on) ends that stream at once, even while the server sends nothing (a
+//! model loading, or thinking): the connection to the model server closes
+//! ([`tether::cut`]), which stops Ollama, llama.cpp and vLLM generating. So does the end
+//! of the agent's connection. aegisd has no such message, and an agent under it sends
+//! none.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader, Read};
@@ -24,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tether::cut::{Cut, Lanes};
 use tether::rpc::Message;
 
 /// The servers aegisd knows, by name: Ollama, LM Studio and vLLM at their default ports.
@@ -46,7 +49,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct HostModels {
     /// Base URLs (`.../v1`) by name.
     servers: BTreeMap<String, String>,
-    agent: ureq::Agent,
+    /// An agent per stream, so one stream can be closed alone.
+    lanes: Lanes,
 }
 
 /// One agent connection's side: where frames go and whether it still stands.
@@ -60,18 +64,18 @@ pub struct Conn {
     pub streams: Arc<Streams>,
 }
 
-/// The streams of one connection, by `req_id`, each with its cancel flag.
+/// The streams of one connection, by `req_id`, each with the cut that ends it.
 #[derive(Debug, Default)]
-pub struct Streams(Mutex<HashMap<String, Arc<AtomicBool>>>);
+pub struct Streams(Mutex<HashMap<String, Cut>>);
 
 impl Streams {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<AtomicBool>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Cut>> {
         // Every change is one call: a panic elsewhere cannot leave the map half-changed.
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Count `req_id` in, unless the connection has its fill or that id runs already.
-    fn begin(&self, req_id: &str) -> Result<Arc<AtomicBool>, String> {
+    fn begin(&self, req_id: &str) -> Result<Cut, String> {
         let mut running = self.lock();
         if running.len() >= MAX_STREAMS {
             return Err(format!("too many model requests at once (at most {MAX_STREAMS})"));
@@ -79,24 +83,25 @@ impl Streams {
         if running.contains_key(req_id) {
             return Err(format!("a request {req_id} is already streaming"));
         }
-        let flag = Arc::new(AtomicBool::new(false));
-        running.insert(req_id.to_string(), Arc::clone(&flag));
-        Ok(flag)
+        let cut = Cut::new();
+        running.insert(req_id.to_string(), cut.clone());
+        Ok(cut)
     }
 
     fn end(&self, req_id: &str) {
         self.lock().remove(req_id);
     }
 
-    /// Stop stream `req_id` at its next line; false when none runs (it ended already).
+    /// Stop stream `req_id` now; false when none runs (it ended already).
     pub fn cancel(&self, req_id: &str) -> bool {
-        match self.lock().get(req_id) {
-            Some(flag) => {
-                flag.store(true, Ordering::SeqCst);
-                true
-            }
-            None => false,
-        }
+        let cut = self.lock().get(req_id).cloned();
+        cut.inspect(Cut::fire).is_some()
+    }
+
+    /// Stop every stream now (their connection ended).
+    pub fn cancel_all(&self) {
+        let cuts: Vec<Cut> = self.lock().values().cloned().collect();
+        cuts.iter().for_each(Cut::fire);
     }
 
     /// How many run.
@@ -145,16 +150,18 @@ impl HostModels {
             .map(|(n, u)| (n.to_string(), u.to_string()))
             .collect();
         servers.extend(extra.iter().cloned());
-        let agent = tether::http::agent_config("http://localhost")
+        let config = tether::http::agent_config("http://localhost")
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(READ_TIMEOUT))
             .timeout_per_read(Some(READ_TIMEOUT))
             // A finished stream leaves no connection behind.
             .max_idle_connections(0)
-            .build()
-            .into();
-        HostModels { servers, agent }
+            .build();
+        HostModels {
+            servers,
+            lanes: Lanes::new(config),
+        }
     }
 
     /// `name=url, ...` for serve's start-up line.
@@ -187,8 +194,8 @@ impl HostModels {
         if !chat.body.get().trim_start().starts_with('{') {
             return fail("llm.chat: body must be a JSON object (a chat completions request)".into());
         }
-        let cancelled = match conn.streams.begin(&req_id) {
-            Ok(flag) => flag,
+        let cut = match conn.streams.begin(&req_id) {
+            Ok(cut) => cut,
             Err(why) => return fail(why),
         };
         let (me, conn2, body) = (Arc::clone(self), conn.clone(), chat.body.get().to_string());
@@ -197,7 +204,7 @@ impl HostModels {
             .name("host-llm".into())
             .stack_size(128 * 1024)
             .spawn(move || {
-                me.stream(&name, &base, &body, &id2, &conn2, &cancelled);
+                me.stream(&name, &base, &body, &id2, &conn2, &cut);
                 conn2.streams.end(&id2);
             });
         if let Err(e) = spawned {
@@ -222,16 +229,19 @@ impl HostModels {
         }
     }
 
-    fn stream(&self, name: &str, base: &str, body: &str, req_id: &str, conn: &Conn, cancelled: &AtomicBool) {
+    fn stream(&self, name: &str, base: &str, body: &str, req_id: &str, conn: &Conn, cut: &Cut) {
         let send = |typ: &str, key: &str, value: &str| (conn.send)(frame(typ, req_id, key, value));
-        let resp = self
-            .agent
+        let Some(agent) = self.lanes.lend(cut) else {
+            return log::debug!("llm {req_id}: cancelled before it began");
+        };
+        let resp = agent
             .post(format!("{base}/chat/completions"))
             .content_type("application/json")
             .header("accept", "text/event-stream")
             .send(body);
         let resp = match resp {
             Ok(r) => r,
+            Err(_) if cut.fired() => return log::debug!("llm {req_id}: cancelled; request dropped"),
             Err(e) => return send("llm.error", "error", &format!("{name}: {e}")),
         };
         let status = resp.status().as_u16();
@@ -252,7 +262,7 @@ impl HostModels {
             if conn.closed.load(Ordering::SeqCst) {
                 return log::debug!("llm {req_id}: the agent's connection ended; stream dropped");
             }
-            if cancelled.load(Ordering::SeqCst) {
+            if cut.fired() {
                 return log::debug!("llm {req_id}: cancelled; stream dropped");
             }
             match read {
@@ -516,6 +526,50 @@ mod tests {
         }
         assert_eq!(c.streams.len(), 0);
         assert!(!c.streams.cancel("r1"), "nothing left to cancel");
+    }
+
+    #[test]
+    fn a_silent_stream_is_closed_at_once_by_a_cancel_or_the_end_of_its_connection() {
+        // A model loading from disk, or thinking, sends nothing for minutes: the stream
+        // must not wait for its next line to learn it is unwanted.
+        let (gone_tx, gone_rx) = unbounded::<()>();
+        let server = Server::start(move |_, resp| {
+            let r = resp.start_chunked(200, "text/event-stream");
+            if r.closed_within(Duration::from_secs(30)) {
+                let _ = gone_tx.send(());
+            }
+        });
+        let m = models(&server);
+        let (c, rx) = conn();
+        let p = RawValue::from_string(r#"{"req_id":"r1"}"#.to_string()).unwrap();
+        m.start(Some(&chat("local", "r1", "{}")), &c);
+        m.start(Some(&chat("local", "r2", "{}")), &c);
+        while c.streams.len() < 2 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_millis(100));
+        HostModels::cancel(Some(&p), &c);
+        gone_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("r1's server connection closed");
+        assert!(
+            gone_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "r2 still runs"
+        );
+        // The agent's connection ends: what it asked for ends with it.
+        c.closed.store(true, Ordering::SeqCst);
+        c.streams.cancel_all();
+        gone_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("r2's server connection closed");
+        while c.streams.len() > 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing reaches the agent: {:?}",
+            rx.try_recv()
+        );
     }
 
     #[test]

@@ -1174,6 +1174,7 @@ fn read_egress(stream: Stream, n: u64, r: &Readers) {
         }
     }
     host_conn.closed.store(true, Ordering::SeqCst);
+    host_conn.streams.cancel_all();
     let _ = tx.send(Cmd::Disconnected(n));
 }
 
