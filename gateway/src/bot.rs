@@ -111,7 +111,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         aegis,
         events: events_tx,
         actions: actions_tx,
-        username: std::sync::OnceLock::new(),
+        usernames: std::sync::OnceLock::new(),
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
         workspace,
     };

@@ -3,9 +3,9 @@
 //! bot command answered here, or a shell command in `/exec` mode.
 //!
 //! In groups the bot answers only what is addressed to it: a message mentioning
-//! `@username` (learned with `getMe`, and removed from the text), a reply to one of its
-//! messages, or a command addressed to it (`/new@username`), unless `group_mode` is
-//! `all`. The frame's `msg_id` is derived from the Telegram message
+//! `@username` (any of the bot's active usernames, learned with `getMe`, and removed from
+//! the text), a reply to one of its messages, or a command addressed to it
+//! (`/new@username`), unless `group_mode` is `all`. The frame's `msg_id` is derived from the Telegram message
 //! (`tg-{chat}-{message_id}`), so a message handled again after a crash is recognised
 //! downstream. While the instance wakes (503), the post is retried with backoff; after
 //! that the user is told the agent is unavailable.
@@ -54,8 +54,9 @@ pub struct Ingress {
     pub events: Sender<Event>,
     /// To the Telegram sender (notices).
     pub actions: Sender<Action>,
-    /// The bot's `@username`, lowercased, once `getMe` answered.
-    pub username: OnceLock<String>,
+    /// The bot's usernames, lowercased, once `getMe` answered: its `username` first, then
+    /// the other active ones (collectible usernames, Bot API 10.5 `active_usernames`).
+    pub usernames: OnceLock<Vec<String>>,
     /// Who runs shell commands instead of talking to the agent (`/exec`).
     pub exec: crate::exec::ExecMode,
     /// The instance's workspace on this host (files sent to the bot are saved there).
@@ -156,24 +157,21 @@ impl Ingress {
             return Some(text.to_string());
         }
         let reply_to_bot = m.reply_to_message.as_deref().is_some_and(|r| self.by_bot(r));
-        let mention = self.username.get().map(|u| format!("@{u}"));
-        let mentioned = mention
-            .as_ref()
-            .is_some_and(|mn| !mention_at(text, mn).is_empty());
+        let names = self.usernames.get().map_or(&[][..], Vec::as_slice);
+        let mentioned = names
+            .iter()
+            .any(|u| !mention_at(text, &format!("@{u}")).is_empty());
         if !reply_to_bot && !mentioned {
             return None;
         }
-        Some(match &mention {
-            Some(mn) => strip_mention(text, mn),
-            None => text.to_string(),
-        })
+        Some(strip_mentions(text, names))
     }
 
     /// Whether `m` asks to stop the reply running now (`/stop`, `/cancel`, `@bot /stop` in
     /// a group): it must not wait behind what its chat has queued (a file still
     /// downloading), which it does not mean. Whether it may stop anything is for `take`.
     pub fn stops(&self, m: &Message) -> bool {
-        stops(m, self.username.get().map(String::as_str))
+        stops(m, self.usernames.get().map_or(&[][..], Vec::as_slice))
     }
 
     /// Handle `unit` (updates handled as one) and mark it handled in `journal`, with what
@@ -652,14 +650,10 @@ fn command_word<'t>(m: &Message, text: &'t str) -> &'t str {
     word.split('@').next().unwrap_or("")
 }
 
-/// Whether `m` starts with `/stop` or `/cancel`, once the bot's `username` (if known) is
-/// taken out of it.
-fn stops(m: &Message, username: Option<&str>) -> bool {
-    let text = m.text.as_deref().unwrap_or("");
-    let text = match username {
-        Some(u) => strip_mention(text, &format!("@{u}")),
-        None => text.to_string(),
-    };
+/// Whether `m` starts with `/stop` or `/cancel`, once the bot's `usernames` (those known)
+/// are taken out of it.
+fn stops(m: &Message, usernames: &[String]) -> bool {
+    let text = strip_mentions(m.text.as_deref().unwrap_or(""), usernames);
     matches!(command_word(m, &text), "/stop" | "/cancel")
 }
 
@@ -694,6 +688,14 @@ pub fn strip_mention(text: &str, mention: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// `text` without a mention of any of `usernames` (without their `@`), spaces tidied.
+fn strip_mentions(text: &str, usernames: &[String]) -> String {
+    let tidy = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    usernames
+        .iter()
+        .fold(tidy, |t, u| strip_mention(&t, &format!("@{u}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::strip_mention;
@@ -709,11 +711,17 @@ mod tests {
             }
             serde_json::from_value(v).unwrap()
         };
-        let stops = |m: crate::telegram::Message| super::stops(&m, Some("test_bot"));
+        let names = ["test_bot".to_string(), "aegishelperbot".to_string()];
+        let stops = |m: crate::telegram::Message| super::stops(&m, &names);
         assert!(stops(m("/stop", false)));
         assert!(stops(m("/cancel@test_bot now", false)));
         assert!(stops(m("@Test_Bot /stop", false)), "in a group");
-        assert!(super::stops(&m("/stop", false), None), "before getMe");
+        assert!(
+            stops(m("@AegisHelperBot /stop", false)),
+            "by another active username"
+        );
+        assert!(stops(m("/stop@aegishelperbot", false)));
+        assert!(super::stops(&m("/stop", false), &[]), "before getMe");
         assert!(!stops(m("@test_botany /stop", false)));
         assert!(!stops(m("/stopwatch", false)));
         assert!(!stops(m("please /stop", false)));

@@ -174,10 +174,14 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
     for bot in bots {
         let token = resolve_token(bot, aegis, false)?;
         let tg = Telegram::new(&bot.api_url, &token);
-        let name = tg
+        let names = tg
             .get_me()
             .map_err(|e| format!("token rejected by getMe: {}", redact(&e.to_string(), &token)))?;
-        println!("bot: @{name} (token from {:?})", bot.token);
+        let (name, others) = names
+            .split_first()
+            .map_or(("?", &[][..]), |(n, o)| (n.as_str(), o));
+        let also: String = others.iter().map(|o| format!(", also @{o}")).collect();
+        println!("bot: @{name}{also} (token from {:?})", bot.token);
         let instance = aegis
             .request(
                 "GET",

@@ -106,10 +106,10 @@ impl Poller {
                 backoff = (backoff * 2).min(Duration::from_secs(60));
                 continue;
             }
-            if self.ingress.username.get().is_none() {
+            if self.ingress.usernames.get().is_none() {
                 match tg.get_me() {
-                    Ok(name) => {
-                        let _ = self.ingress.username.set(name.to_lowercase());
+                    Ok(names) => {
+                        let _ = self.ingress.usernames.set(names);
                     }
                     Err(e) => self.trouble(&e, &mut failures, &mut backoff),
                 }

@@ -279,6 +279,24 @@ impl TgUser {
     }
 }
 
+/// The usernames of `getMe`'s answer (a `User`, or since Bot API 10.5 a `BotFullInfo`),
+/// lowercased: `username` first, then the other `active_usernames` (a bot can own more,
+/// collectible ones, and be mentioned by any), each once.
+pub fn usernames(me: &Value) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let active = me["active_usernames"].as_array().into_iter().flatten();
+    for name in std::iter::once(&me["username"])
+        .chain(active)
+        .filter_map(Value::as_str)
+    {
+        let name = name.trim().to_ascii_lowercase();
+        if !name.is_empty() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
 /// Parse a `getUpdates` result array, skipping (and counting) entries that do not parse,
 /// so one odd update never blocks the ones after it.
 pub fn parse_updates(result: &Value) -> (Vec<Update>, Vec<i64>) {
@@ -501,10 +519,9 @@ impl Telegram {
         })
     }
 
-    /// `getMe`: the bot's username.
-    pub fn get_me(&self) -> Result<String, TgError> {
-        let r = self.call("getMe", &json!({}))?;
-        Ok(r["username"].as_str().unwrap_or("?").to_string())
+    /// `getMe`: the bot's usernames, lowercased, its `username` first.
+    pub fn get_me(&self) -> Result<Vec<String>, TgError> {
+        Ok(usernames(&self.call("getMe", &json!({}))?))
     }
 
     /// `getFile` then the download of the file: its bytes (at most `cap`).
@@ -656,6 +673,19 @@ impl Telegram {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn usernames_come_from_a_user_or_a_bot_full_info() {
+        let old = json!({"id": 1, "is_bot": true, "first_name": "B", "username": "Test_Bot"});
+        assert_eq!(usernames(&old), ["test_bot"]);
+        let full = json!({"id": 1, "is_bot": true, "first_name": "B", "username": "Test_Bot",
+            "active_usernames": ["test_bot", "AegisHelperBot", "", 7, "aegishelperbot"]});
+        assert_eq!(usernames(&full), ["test_bot", "aegishelperbot"]);
+        assert!(
+            usernames(&json!({"id": 1})).is_empty(),
+            "no name: no mention can match"
+        );
+    }
 
     #[test]
     fn updates_parse_and_odd_ones_are_skipped() {

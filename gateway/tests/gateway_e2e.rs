@@ -536,6 +536,48 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
     );
 }
 
+/// A bot with collectible usernames (Bot API 10.5 lists them in `getMe`'s
+/// `active_usernames`) is mentioned by any of them in a group, and commands addressed to
+/// any of them are its own.
+#[test]
+fn in_groups_the_bot_answers_to_every_active_username() {
+    const GROUP: i64 = -1002;
+    let mut s = Stack::new("gw-usernames", FakeLlm::echo_openai(), &[]);
+    s.telegram.add_usernames(&["AegisHelperBot"]);
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    let group = json!({"id": GROUP, "type": "supergroup", "title": "Team"});
+    let say = |text: &str| {
+        s.telegram.push_message(
+            json!({"chat": group, "from": {"id": 7, "is_bot": false, "first_name": "Ann"}, "text": text}),
+        )
+    };
+    say("@aegishelperbotany is someone else");
+    say("@AegisHelperBot what is up?");
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: what is up?")
+    });
+    say("/new@aegishelperbot");
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible().contains("New conversation"))
+    });
+    say("@test_bot and @AegisHelperBot both?");
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Ann]: and both?")
+    });
+    let asked: Vec<String> = s
+        .llm
+        .requests()
+        .iter()
+        .map(aegis_e2e::llm::last_user_text)
+        .collect();
+    assert_eq!(
+        asked,
+        ["[Ann]: what is up?", "[Ann]: and both?"],
+        "the mentions are taken out, and a longer name is someone else"
+    );
+}
+
 /// Topics (a forum supergroup's, and a private chat's with topics on, Bot API 9.3): each
 /// answer, its draft, typing and the bot's notices go to the topic the message came from,
 /// and each topic is a conversation of its own.

@@ -1,5 +1,5 @@
-//! A fake Telegram Bot API server with the real JSON shapes and errors: `getMe`,
-//! long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
+//! A fake Telegram Bot API server with the real JSON shapes and errors: `getMe` (a
+//! `BotFullInfo` with `active_usernames`, Bot API 10.5), long-polling `getUpdates` (offset confirms, timeout waits), `sendMessage`,
 //! `editMessageText` (400 "message is not modified", "message to edit not found"),
 //! `sendChatAction`, `setMyCommands`, `sendMessageDraft` (on demand; private chats only,
 //! non-zero id, HTML like messages; its stop button, pressed, is a
@@ -123,6 +123,8 @@ struct State {
     hold_downloads: bool,
     /// File downloads asked for so far.
     downloads: usize,
+    /// The bot's other active usernames (collectible ones), after `test_bot`.
+    more_usernames: Vec<String>,
 }
 
 /// The fake server.
@@ -532,6 +534,13 @@ impl FakeTelegram {
         self.state.0.lock().unwrap().drafts = true;
     }
 
+    /// Give the bot more active usernames (collectible ones, bought on Fragment), as
+    /// `getMe` lists them since Bot API 10.5.
+    pub fn add_usernames(&self, names: &[&str]) {
+        let mut st = self.state.0.lock().unwrap();
+        st.more_usernames.extend(names.iter().map(|n| n.to_string()));
+    }
+
     /// Know rich messages, as the Bot API does since 10.1 (off by default, like a local
     /// Bot API server from before them).
     pub fn enable_rich_messages(&self) {
@@ -683,8 +692,16 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
         e
     } else {
         match method {
+            // A `BotFullInfo`, as since Bot API 10.5: the bot's own settings left `User`.
             "getMe" => {
-                ok(json!({"id": 123456, "is_bot": true, "first_name": "Test Bot", "username": "test_bot"}))
+                let active: Vec<&str> = std::iter::once("test_bot")
+                    .chain(s.more_usernames.iter().map(String::as_str))
+                    .collect();
+                ok(
+                    json!({"id": 123456, "is_bot": true, "first_name": "Test Bot", "username": "test_bot",
+                    "active_usernames": active, "can_join_groups": true,
+                    "can_read_all_group_messages": false, "supports_inline_queries": false}),
+                )
             }
             "getUpdates" => {
                 let offset = body["offset"].as_i64().unwrap_or(0);
