@@ -559,3 +559,35 @@ fn a_thinking_budget_reaches_claude_through_openrouter_as_its_reasoning_setting(
     assert_eq!(chat["reasoning_effort"], "high", "{chat}");
     assert!(chat.get("reasoning").is_none(), "{chat}");
 }
+
+/// A stopped reply closes the model's connection at once over TLS too (the socket under
+/// the TLS session is shut): the front sees its client go and closes the model's side.
+#[test]
+fn a_cancel_closes_a_silent_https_model_stream_at_once() {
+    use aegis_e2e::llm::{openai_sse, Reply};
+    let llm = FakeLlm::scripted(vec![Reply::quiet(), Reply::sse(openai_sse(&["after"]))]);
+    let front = TlsFront::start(llm.url());
+    let ws = temp_dir("tls-cancel");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &front.url),
+            ("SSL_CERT_FILE", &ca("ca.pem")),
+        ],
+    );
+    a.send(&message("1", "think", "m-1"));
+    llm.wait_request(1, T);
+    a.send(&tether::Frame::new(
+        "control.cancel",
+        Some(tether::Session::new("telegram", "1")),
+    ));
+    assert_eq!(done_text(&a.reply()), "⏹ Reply cancelled.");
+    let deadline = std::time::Instant::now() + T;
+    while llm.abandoned() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(llm.abandoned(), 1, "the model saw its client go");
+    a.send(&message("1", "again", "m-2"));
+    assert_eq!(done_text(&a.reply()), "after");
+}
