@@ -27,6 +27,9 @@ pub struct BotConfig {
     /// Telegram users who may run shell commands in the instance (`/exec`); `None` means
     /// every user of an allowed chat (`"*"`), empty (the default) no one.
     pub exec_users: Option<Vec<i64>>,
+    /// A message its sender edits is answered again (`edited_messages`: `answer`), or
+    /// the edit goes unseen (`ignore`, as upstream).
+    pub answer_edits: bool,
 }
 
 /// Token source; `Debug` never shows an inline token.
@@ -213,6 +216,8 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             ("off", RichMode::Off),
         ];
         let rich_mode = one_of(s("rich_messages")?, &rich).map_err(|w| pick("rich_messages", w))?;
+        let answer_edits = one_of(s("edited_messages")?, &[("answer", true), ("ignore", false)])
+            .map_err(|w| pick("edited_messages", w))?;
         bots.push(BotConfig {
             token,
             instance,
@@ -222,6 +227,7 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             stream_mode,
             rich_mode,
             exec_users,
+            answer_edits,
         });
     }
     Ok(bots)
@@ -357,6 +363,17 @@ mod tests {
     }
 
     #[test]
+    fn edits_are_answered_unless_ignored() {
+        let answered = |field: &str| {
+            let text = format!(r#"{{"telegram":{{"bot_token":"1:a","instance":"a"{field}}}}}"#);
+            load(&write("edits", &text)).unwrap().remove(0).answer_edits
+        };
+        assert!(answered(""));
+        assert!(answered(r#","edited_messages":"answer""#));
+        assert!(!answered(r#","edited_messages":"ignore""#));
+    }
+
+    #[test]
     fn errors_name_the_file_and_field() {
         let cases = [
             ("{", "invalid JSON"),
@@ -400,6 +417,10 @@ mod tests {
             (
                 r#"{"telegram":{"bot_token":"1:a","instance":"a","rich_messages":"yes"}}"#,
                 "telegram.rich_messages: \"yes\": use \"auto\" (default), \"always\" or \"off\"",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","edited_messages":"reply"}}"#,
+                "telegram.edited_messages: \"reply\": use \"answer\" (default) or \"ignore\"",
             ),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {

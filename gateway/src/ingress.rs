@@ -10,7 +10,8 @@
 //! downstream. While the instance wakes (503), the post is retried with backoff; after
 //! that the user is told the agent is unavailable.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub const UNAVAILABLE: &str = "⚠️ The agent is unavailable right now. Please
 /// The answer to `/start`.
 pub const GREETING: &str = "👋 Hi! I'm an AI agent. Send me a message and I'll answer. /new starts a fresh conversation, /stop stops a reply in progress.";
 
+/// What the model reads before the text of an edited message.
+pub const EDITED: &str = "[edited message: it replaces its earlier version]";
+
 /// The text of a message that is only an image.
 const IMAGE_TEXT: &str = "[image]";
 /// The text of a message that is only a file (replaced by the file's text or note).
@@ -61,7 +65,15 @@ pub struct Ingress {
     pub exec: crate::exec::ExecMode,
     /// The instance's workspace on this host (files sent to the bot are saved there).
     pub workspace: Arc<InstanceWorkspace>,
+    /// The last message passed on per chat and topic: its Telegram id and `msg_id` (an
+    /// edit's, once edited), so an edit of it stops the reply running for its words, and
+    /// the stop button of a draft names the version answered. In memory: after a restart
+    /// an edit is answered in its turn, stopping nothing.
+    pub latest: Mutex<HashMap<(i64, Option<i64>), Passed>>,
 }
+
+/// A message passed on to the instance: its Telegram id and the `msg_id` it went as.
+type Passed = (i64, String);
 
 /// What handling a message left to do once it is marked handled.
 #[derive(Default)]
@@ -171,7 +183,7 @@ impl Ingress {
     /// a group): it must not wait behind what its chat has queued (a file still
     /// downloading), which it does not mean. Whether it may stop anything is for `take`.
     pub fn stops(&self, m: &Message) -> bool {
-        stops(m, self.usernames.get().map_or(&[][..], Vec::as_slice))
+        m.edit_date.is_none() && stops(m, self.usernames.get().map_or(&[][..], Vec::as_slice))
     }
 
     /// Handle `unit` (updates handled as one) and mark it handled in `journal`, with what
@@ -234,8 +246,9 @@ impl Ingress {
             return Handled::default();
         }
         log::info!("chat {chat}: the stop button of the reply to message {answered} was pressed");
+        let latest = self.latest_of(at, answered);
         let target = Cancel {
-            msg_id: Some(crate::render::msg_id_of(chat, answered)),
+            msg_id: Some(latest.unwrap_or_else(|| crate::render::msg_id_of(chat, answered))),
         };
         let cancel = Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", session_id)))
             .with_payload(&target)
@@ -286,6 +299,21 @@ impl Ingress {
         }
         let session = Session::new("telegram", session_id);
         let command = command_word(m, text);
+        let msg_id = match m.edit_date {
+            Some(date) => crate::render::msg_id_of_edit(chat, m.message_id, date),
+            None => crate::render::msg_id_of(chat, m.message_id),
+        };
+        if m.edit_date.is_some() {
+            // A command acts once, when sent; so does a line typed in exec mode.
+            if !self.bot.answer_edits || command.starts_with('/') || in_exec {
+                log::info!(
+                    "chat {chat}: message {} was edited; not passed on again",
+                    m.message_id
+                );
+                return Handled::default();
+            }
+            self.steer(at, &session, m.message_id, &msg_id);
+        }
         let mut change = None;
         match command {
             "/exec" => {
@@ -344,7 +372,7 @@ impl Ingress {
         }
         // Typing from now: fetching a large file takes a while on a slow line.
         let _ = self.events.send(Event::UserMessage(at.0, at.1));
-        if self.pass_on(incoming, at, session, text).is_none() {
+        if self.pass_on(incoming, at, (session, &msg_id), text).is_none() {
             let _ = self.events.send(Event::Delivered(at.0, at.1));
         }
         Handled {
@@ -354,13 +382,13 @@ impl Ingress {
     }
 
     /// Fetch what the message brings (images, files, a recording) and deliver it to the
-    /// instance as `text` in `session`; `None` when something could not be fetched (the
-    /// chat at `at` was told).
+    /// instance as `text` in `session`, named `msg_id`; `None` when something could not be
+    /// fetched (the chat at `at` was told).
     fn pass_on(
         &self,
         incoming: Incoming<'_>,
         at: (i64, Option<i64>),
-        session: Session,
+        (session, msg_id): (Session, &str),
         text: &str,
     ) -> Option<()> {
         let Incoming {
@@ -372,7 +400,6 @@ impl Ingress {
             recording,
             recording_text,
         } = incoming;
-        let chat = at.0;
         // What a reply answers is part of the question: "@bot what is this?" under a photo
         // or under someone's message means that photo, that message.
         let replied = m.replied_to();
@@ -445,6 +472,10 @@ impl Ingress {
             Some(f) => format!("{f}\n{text}"),
             None => text,
         };
+        let text = match m.edit_date {
+            Some(_) => format!("{EDITED}\n{text}"),
+            None => text,
+        };
         let text = text.as_str();
         let user = m.from.as_ref().map(|u| User {
             id: Some(u.id.to_string()),
@@ -500,9 +531,37 @@ impl Ingress {
         };
         let frame = Frame::new(kind::USER_MESSAGE, Some(session))
             .with_payload(&payload)
-            .with_msg_id(crate::render::msg_id_of(chat, m.message_id));
+            .with_msg_id(msg_id);
         self.deliver(at, &frame);
+        lock(&self.latest).insert(at, (m.message_id, msg_id.to_string()));
         Some(())
+    }
+
+    /// The `msg_id` of the version of message `id` last passed on at `at`, if it is the
+    /// last message passed on there.
+    fn latest_of(&self, at: (i64, Option<i64>), id: i64) -> Option<String> {
+        let latest = lock(&self.latest);
+        latest
+            .get(&at)
+            .filter(|(last, _)| *last == id)
+            .map(|(_, msg_id)| msg_id.clone())
+    }
+
+    /// Message `id`, edited into `edit` (its new `msg_id`), was the last passed on at `at`:
+    /// the reply running or waiting for its words answers what the user has since changed,
+    /// so it stops, and the edit is answered instead. (An earlier message's edit stops
+    /// nothing: a later one's reply runs, and the edit is answered in its turn.)
+    fn steer(&self, at: (i64, Option<i64>), session: &Session, id: i64, edit: &str) {
+        let Some(running) = self.latest_of(at, id) else {
+            return;
+        };
+        log::info!("chat {}: message {id} was edited; its reply stops", at.0);
+        let cancel = Frame::new(kind::CONTROL_CANCEL, Some(session.clone()))
+            .with_payload(&Cancel {
+                msg_id: Some(running),
+            })
+            .with_msg_id(format!("{edit}-steer"));
+        self.deliver(at, &cancel);
     }
 
     /// Save `file` into the instance's workspace: the note for the model, saying where or
@@ -648,6 +707,11 @@ fn command_word<'t>(m: &Message, text: &'t str) -> &'t str {
     }
     let word = text.split_whitespace().next().unwrap_or("");
     word.split('@').next().unwrap_or("")
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each change is one insert: a panic elsewhere cannot leave the map half-changed.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `m` starts with `/stop` or `/cancel`, once the bot's `usernames` (those known)

@@ -60,6 +60,8 @@ CONFIG (~/.aegis/gateway.json):
     rich_messages    auto (a reply part with a table goes as a rich message, which
                      Telegram renders from its Markdown; Bot API 10.1), always, or off
     group_mode       mention (answer only when addressed in groups) or all
+    edited_messages  answer (an edited message is passed on again, stopping the reply
+                     to its old words if it is the chat's last) or ignore
     exec_users       Telegram user ids who may send /exec (commands run in the instance
                      with sh -c, without the model; /exit to return); default nobody
     \"telegram\" may also be a list of such objects, one per bot.

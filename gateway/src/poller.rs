@@ -39,6 +39,10 @@ const MAX_PENDING: usize = 100;
 /// Runs that may begin handling one message: the last of them gives it up.
 const MAX_TRIES: u32 = 5;
 
+/// The update kinds read: messages and the drafts' stop button, and edited messages when
+/// the bot answers edits (`edited_messages`).
+const KINDS: [&str; 3] = ["message", "stopped_message_generation", "edited_message"];
+
 /// Exit status when Telegram rejects the token (a configuration error).
 pub const EXIT_BAD_TOKEN: i32 = 2;
 
@@ -59,6 +63,15 @@ impl Poller {
             ingress,
             journal,
             queues,
+        }
+    }
+
+    /// The update kinds this bot asks Telegram for.
+    fn kinds(&self) -> &'static [&'static str] {
+        if self.ingress.bot.answer_edits {
+            &KINDS
+        } else {
+            &KINDS[..2]
         }
     }
 
@@ -115,7 +128,7 @@ impl Poller {
                 }
             }
             let asked = Instant::now();
-            match tg.get_updates(self.journal.offset(), POLL_TIMEOUT_SECS) {
+            match tg.get_updates(self.journal.offset(), POLL_TIMEOUT_SECS, self.kinds()) {
                 Ok(result) => {
                     backoff = Duration::from_secs(1);
                     if failures > 0 {
@@ -160,7 +173,7 @@ impl Poller {
                 // be on its way: read again from its first photo until it stops growing.
                 polls += 1;
                 thread::sleep(ALBUM_WAIT);
-                if let Ok(again) = self.ingress.tg.get_updates(updates[i].update_id, 0) {
+                if let Ok(again) = self.ingress.tg.get_updates(updates[i].update_id, 0, self.kinds()) {
                     let (more, _) = parse_updates(&again);
                     if more.first().map(|u| u.update_id) == Some(updates[i].update_id) {
                         if album_len(&more) == n {
@@ -232,16 +245,18 @@ impl Poller {
     }
 }
 
-/// Whether `u` is a photo of an album.
+/// Whether `u` is a photo of an album (as sent: an edited one stands alone).
 fn is_album(u: &Update) -> bool {
-    u.message.as_ref().is_some_and(|m| m.media_group_id.is_some())
+    u.message
+        .as_ref()
+        .is_some_and(|m| m.media_group_id.is_some() && m.edit_date.is_none())
 }
 
 /// How many updates from the first are one album (the same chat and `media_group_id`, at
 /// most Telegram's 10); 1 for anything else, 0 for none.
 fn album_len(updates: &[Update]) -> usize {
     let key = |u: &Update| {
-        let m = u.message.as_ref()?;
+        let m = u.message.as_ref().filter(|m| m.edit_date.is_none())?;
         Some((m.chat.id, m.media_group_id.clone()?))
     };
     match updates.first().map(key) {

@@ -54,13 +54,23 @@ pub fn msg_id_of(chat: i64, id: i64) -> String {
     format!("tg-{chat}-{id}")
 }
 
-/// The Telegram message of `chat` a reply answers, if its `msg_id` names one.
+/// The `msg_id` of message `id` of `chat` as its sender edited it at `date`: each version
+/// is a message of its own to the agent.
+pub fn msg_id_of_edit(chat: i64, id: i64, date: i64) -> String {
+    format!("tg-{chat}-{id}-edit-{date}")
+}
+
+/// Whether `msg_id` names an edited message.
+pub fn is_edit(msg_id: &str) -> bool {
+    msg_id.starts_with("tg-") && msg_id.contains("-edit-")
+}
+
+/// The Telegram message of `chat` a reply answers (any version of it), if its `msg_id`
+/// names one.
 pub fn answered(chat: i64, msg_id: &str) -> Option<i64> {
-    msg_id
-        .strip_prefix(&format!("tg-{chat}-"))?
-        .parse()
-        .ok()
-        .filter(|id| *id > 0)
+    let rest = msg_id.strip_prefix(&format!("tg-{chat}-"))?;
+    let id = rest.split_once("-edit-").map_or(rest, |(id, _)| id);
+    id.parse().ok().filter(|id| *id > 0)
 }
 
 /// Something for the Telegram sender to do.
@@ -1070,6 +1080,18 @@ mod tests {
         r
     }
     use tether::frame::Session;
+
+    #[test]
+    fn a_reply_names_the_message_it_answers_whichever_version() {
+        assert_eq!(answered(-5, &msg_id_of(-5, 42)), Some(42));
+        let edit = msg_id_of_edit(-5, 42, 1_700_000_100);
+        assert_eq!(edit, "tg--5-42-edit-1700000100");
+        assert_eq!(answered(-5, &edit), Some(42));
+        assert!(is_edit(&edit) && !is_edit(&msg_id_of(-5, 42)));
+        assert_eq!(answered(-6, &edit), None, "another chat's");
+        assert_eq!(answered(-5, "tg--5-stop-42"), None);
+        assert_eq!(answered(-5, "cron-1"), None);
+    }
 
     fn delta(chat: &str, id: &str, seq: u64, t: &str) -> Frame {
         let mut f = Frame::text(kind::ASSISTANT_DELTA, Session::new("telegram", chat), t).with_msg_id(id);

@@ -139,10 +139,11 @@ fn execute(
             html,
             rich,
         } => {
-            // In a group, the first message of a reply answers the user's message.
+            // In a group, the first message of a reply answers the user's message; so does
+            // an edit's anywhere: the words it answers may be far up the chat.
             let reply_to = key
                 .as_ref()
-                .filter(|_| part == 0 && chat < 0)
+                .filter(|(_, msg_id)| part == 0 && (chat < 0 || crate::render::is_edit(msg_id)))
                 .and_then(|(_, msg_id)| crate::render::answered(chat, msg_id));
             let look = (text.as_str(), html.as_deref(), rich);
             let result = call_formatted(tg, "sendMessage", chat, look, rich_messages, |mut b| {

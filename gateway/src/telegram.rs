@@ -19,9 +19,13 @@ pub struct Update {
     /// A new message.
     #[serde(default)]
     pub message: Option<Message>,
-    /// The user pressed the stop button of a draft (other update kinds are not requested).
+    /// The user pressed the stop button of a draft.
     #[serde(default)]
     pub stopped_message_generation: Option<GenerationStopped>,
+    /// A message its sender edited (asked for only when the gateway answers edits); moved
+    /// to `message` by [`parse_updates`], marked by its `edit_date`.
+    #[serde(default)]
+    pub edited_message: Option<Message>,
     /// The update as Telegram sent it, for the poller's journal: what is written there is
     /// read back by the next run as it came, fields we do not know included.
     #[serde(skip)]
@@ -105,6 +109,9 @@ pub struct Message {
     /// Set on each message of an album (photos sent together), the same for all of them.
     #[serde(default)]
     pub media_group_id: Option<String>,
+    /// When its sender last edited it (unix time): set on an edited message.
+    #[serde(default)]
+    pub edit_date: Option<i64>,
     /// Service message in a group that became the supergroup of this id.
     #[serde(default)]
     pub migrate_to_chat_id: Option<i64>,
@@ -306,6 +313,11 @@ pub fn parse_updates(result: &Value) -> (Vec<Update>, Vec<i64>) {
         match serde_json::from_value::<Update>(item.clone()) {
             Ok(mut u) => {
                 u.raw = item.clone();
+                if let (None, Some(mut edited)) = (&u.message, u.edited_message.take()) {
+                    // Telegram sets it; a message without one must still read as an edit.
+                    edited.edit_date.get_or_insert(0);
+                    u.message = Some(edited);
+                }
                 ok.push(u);
             }
             Err(_) => {
@@ -660,11 +672,11 @@ impl Telegram {
         .map(drop)
     }
 
-    /// `getUpdates` long poll.
-    pub fn get_updates(&self, offset: i64, timeout_secs: u64) -> Result<Value, TgError> {
+    /// `getUpdates` long poll for updates of `kinds` (`allowed_updates`).
+    pub fn get_updates(&self, offset: i64, timeout_secs: u64, kinds: &[&str]) -> Result<Value, TgError> {
         self.call(
             "getUpdates",
-            &json!({"offset": offset, "timeout": timeout_secs, "allowed_updates": ["message", "stopped_message_generation"]}),
+            &json!({"offset": offset, "timeout": timeout_secs, "allowed_updates": kinds}),
         )
     }
 }
@@ -692,12 +704,15 @@ mod tests {
         let v = json!([
             {"update_id": 1, "message": {"message_id": 5, "chat": {"id": -100, "type": "group"},
                 "from": {"id": 7, "first_name": "John", "last_name": "Doe", "username": "jd"}, "text": "hi"}},
-            {"update_id": 2, "edited_message": {"message_id": 5}},
+            {"update_id": 2, "message_reaction": {"message_id": 5}},
             {"update_id": 3, "message": {"message_id": "bad"}},
-            {"no_id": true}
+            {"no_id": true},
+            {"update_id": 4, "edited_message": {"message_id": 5, "chat": {"id": -100},
+                "text": "hi!", "edit_date": 1700000100}},
+            {"update_id": 5, "edited_message": {"message_id": 6, "chat": {"id": -100}, "text": "x"}}
         ]);
         let (ok, skipped) = parse_updates(&v);
-        assert_eq!(ok.len(), 2);
+        assert_eq!(ok.len(), 4);
         assert_eq!(
             ok[0].message.as_ref().unwrap().from.as_ref().unwrap().full_name(),
             "John Doe"
@@ -705,6 +720,15 @@ mod tests {
         assert!(ok[1].message.is_none());
         assert_eq!(skipped, vec![3]);
         assert_eq!(ok[1].raw, v[1], "kept whole, the field we do not read too");
+        // An edit reads as its message, marked by when it was edited.
+        let edited = ok[2].message.as_ref().unwrap();
+        assert_eq!((edited.message_id, edited.edit_date), (5, Some(1700000100)));
+        assert_eq!(ok[2].raw, v[4]);
+        assert_eq!(
+            ok[3].message.as_ref().unwrap().edit_date,
+            Some(0),
+            "an edit without a date"
+        );
     }
 
     #[test]

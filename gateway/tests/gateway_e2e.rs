@@ -2746,3 +2746,125 @@ fn a_drafts_stop_button_stops_that_reply_and_no_other() {
         "the slow reply ran to its end"
     );
 }
+
+/// A message its sender edits is answered again, told to the model as an edit; the reply
+/// still running for its old words stops. An earlier message's edit stops no one's reply
+/// and is answered in its turn; an edit into a command runs nothing.
+#[test]
+fn an_edited_message_is_answered_again_and_stops_the_reply_to_its_old_words() {
+    use aegis_e2e::llm::last_user_text;
+    let (gate, slow) = (aegis_e2e::llm::Gate::default(), aegis_e2e::llm::Gate::default());
+    let (held, held_slow) = (gate.clone(), slow.clone());
+    let llm = FakeLlm::with(move |req| {
+        let text = last_user_text(req);
+        if text.contains("frnace") {
+            return Reply::held(&["Par"], &held, &["is"]);
+        }
+        if text.contains("slowly") {
+            return Reply::held(&["Slo"], &held_slow, &["wly"]);
+        }
+        Reply::sse(openai_sse(&["echo: ", &text]))
+    });
+    let s = stack("gw-edits", llm);
+    let john = json!({"id": 7, "is_bot": false, "first_name": "John"});
+    let chat = json!({"id": CHAT, "type": "private", "first_name": "John"});
+    let first = json!({"chat": chat, "from": john, "text": "whats the capital of frnace"});
+    let id = s.telegram.push_message(first.clone());
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("Par")));
+    let mut edited = first.clone();
+    edited["message_id"] = json!(id);
+    s.telegram
+        .push_edit(edited.clone(), "what is the capital of France?");
+    let want =
+        "echo: [John]: [edited message: it replaces its earlier version]\nwhat is the capital of France?";
+    let msgs = s
+        .telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == want));
+    gate.open();
+    assert_eq!(
+        msgs[0].visible(),
+        "Par\n\n⏹ Reply cancelled.",
+        "the old words' reply stopped"
+    );
+    let sent = s.telegram.calls_of("sendMessage");
+    let replies = sent
+        .iter()
+        .filter(|c| c.body["reply_parameters"]["message_id"] == id)
+        .count();
+    assert_eq!(replies, 1, "the edit's answer replies to the edited message");
+    // The model saw the question, its stopped answer, and the edit.
+    let asked = s.llm.requests();
+    let msgs_seen = asked[1].json()["messages"].clone();
+    let contents: Vec<String> = msgs_seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| aegis_e2e::llm::unstamped(m["content"].as_str().unwrap_or("")).to_string())
+        .collect();
+    assert_eq!(contents[1], "[John]: whats the capital of frnace");
+    assert_eq!(contents[2], "Par");
+    assert!(
+        contents[3].ends_with("what is the capital of France?"),
+        "{contents:?}"
+    );
+
+    // An earlier message's edit, while a later message's reply runs: that reply goes on,
+    // and the edit is answered after it. An edit into a command runs nothing.
+    let later = s.telegram.push_text(CHAT, 7, "John", "tell me slowly");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("Slo")));
+    s.telegram.push_edit(edited.clone(), "and what of Italy?");
+    std::thread::sleep(Duration::from_millis(300));
+    slow.open();
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible().ends_with("]\nand what of Italy?"))
+    });
+    let later_msg = json!({"chat": chat, "from": john, "message_id": later, "text": "tell me slowly"});
+    s.telegram.push_edit(later_msg, "/new");
+    s.telegram.push_text(CHAT, 7, "John", "last");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "echo: [John]: last"));
+    let all: Vec<String> = s.telegram.messages(CHAT).iter().map(|m| m.visible()).collect();
+    assert!(
+        all.contains(&"Slowly".to_string()),
+        "the later reply went on: {all:?}"
+    );
+    assert_eq!(
+        all.iter().filter(|t| t.contains("Reply cancelled")).count(),
+        1,
+        "{all:?}"
+    );
+    assert!(!all.iter().any(|t| t.contains("New conversation")), "{all:?}");
+    assert_eq!(s.llm.requests().len(), 5, "the command's edit reached no one");
+}
+
+/// With `edited_messages: ignore` edits are not even asked for, as upstream.
+#[test]
+fn edits_go_unseen_when_the_config_says_ignore() {
+    let mut s = Stack::new("gw-edits-off", FakeLlm::echo_openai(), &[]);
+    let cfg = json!({"telegram": {"bot_token_secret": "TELEGRAM_BOT_TOKEN", "instance": "my-agent",
+        "allowed_chats": ["*"], "api_url": s.telegram.url(), "edited_messages": "ignore"}});
+    std::fs::write(s.home.join("gateway.json"), cfg.to_string()).unwrap();
+    s.start_gateway();
+    let john = json!({"id": 7, "is_bot": false, "first_name": "John"});
+    let chat = json!({"id": CHAT, "type": "private", "first_name": "John"});
+    let id = s
+        .telegram
+        .push_message(json!({"chat": chat, "from": john, "text": "one"}));
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "echo: [John]: one"));
+    s.telegram.push_edit(
+        json!({"chat": chat, "from": john, "message_id": id, "text": "one"}),
+        "two",
+    );
+    s.telegram.push_text(CHAT, 7, "John", "three");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [John]: three")
+    });
+    assert_eq!(s.llm.requests().len(), 2, "the edit reached no one");
+    let polls = s.telegram.calls_of("getUpdates");
+    assert!(polls
+        .iter()
+        .all(|c| !c.body["allowed_updates"].to_string().contains("edited_message")));
+}

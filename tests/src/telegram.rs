@@ -323,6 +323,22 @@ impl FakeTelegram {
         message_id
     }
 
+    /// The sender of `message` (as pushed, with its `message_id`) edits it to `text`: an
+    /// `edited_message` update with `edit_date`, delivered only to a bot that asks for
+    /// that kind, as on Telegram.
+    pub fn push_edit(&self, mut message: Value, text: &str) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        let id = s.next_update;
+        s.next_update += 1;
+        message["date"] = json!(1_700_000_000);
+        message["edit_date"] = json!(1_700_000_000 + id);
+        message["text"] = json!(text);
+        s.updates
+            .push(json!({"update_id": id, "edited_message": message}));
+        cv.notify_all();
+    }
+
     /// Group `old` becomes the supergroup `new` (as when topics are turned on): both
     /// service messages arrive, and calls for `old` are refused with the new id from now.
     pub fn migrate_group(&self, old: i64, new: i64) {
