@@ -179,7 +179,7 @@ impl fmt::Display for LlmError {
 }
 
 impl LlmError {
-    fn new(kind: ErrorKind, detail: impl Into<String>) -> LlmError {
+    pub(crate) fn new(kind: ErrorKind, detail: impl Into<String>) -> LlmError {
         LlmError {
             kind,
             detail: detail.into(),
@@ -364,6 +364,9 @@ pub struct Llm {
     /// OpenAI dialect: the server refused `stream_options`, so the stream is asked
     /// without it (and tells no usage, unless it does anyway).
     no_stream_options: Arc<AtomicBool>,
+    /// OpenAI dialect: Chat Completions does not serve the model (the pro and codex
+    /// models), so requests go to the Responses API ([`crate::responses`]).
+    responses: Arc<AtomicBool>,
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
     /// Chat Completions dialect: what stands in for thoughts the server wants back on tool
@@ -485,6 +488,7 @@ impl Llm {
             stand_in: Arc::new(AtomicU8::new(StandIn::Nothing as u8)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             no_cache_key: Arc::new(AtomicBool::new(false)),
+            responses: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
@@ -759,6 +763,14 @@ impl Llm {
     /// `body` as it is to be sent again at once, when `err` is a refusal that says what
     /// to change; what was learnt holds for every later request of this process.
     fn corrected(&self, body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
+        let openai = self.provider.kind == ProviderKind::OpenAi;
+        if openai && crate::responses::wanted(err) && !self.responses.swap(true, Ordering::Relaxed) {
+            log::info!(
+                "Chat Completions does not serve {}; asking OpenAI's Responses API from now on",
+                self.model()
+            );
+            return Some(body.clone());
+        }
         if let Some(renamed) = with_completion_tokens(body, err) {
             // A reasoning model behind a server that is not OpenAI's own (Azure, a proxy).
             log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
@@ -877,8 +889,14 @@ impl Llm {
         let Some(agent) = lanes.lend(cut) else {
             return Ok(Vec::new()); // cancelled before it began
         };
-        let text = body.to_string();
+        // Read once: another session's refusal may turn it on while this stream runs.
+        let responses = p.kind == ProviderKind::OpenAi && self.responses.load(Ordering::Relaxed);
+        let text = match responses {
+            true => crate::responses::request(body).to_string(),
+            false => body.to_string(),
+        };
         let mut req = match p.kind {
+            ProviderKind::OpenAi if responses => agent.post(format!("{}/responses", p.base_url)),
             ProviderKind::OpenAi => agent.post(format!("{}/chat/completions", p.base_url)),
             ProviderKind::Anthropic => agent
                 .post(format!("{}/v1/messages", p.base_url))
@@ -911,7 +929,8 @@ impl Llm {
             return Err(e);
         }
         let mut decoder = Decoder::default();
-        let read = self.read_stream(body, resp.into_body().into_reader(), &mut decoder, tx, sent_any);
+        let reader = resp.into_body().into_reader();
+        let read = self.read_stream((body, responses), reader, &mut decoder, tx, sent_any);
         // A reply stopped midway, or a stream cut, was billed for what it had told of
         // (Anthropic counts the input at its start): that is counted too.
         if !decoder.usage.is_empty() {
@@ -920,10 +939,11 @@ impl Llm {
         read
     }
 
-    /// Read the SSE stream of one attempt into `decoder` until the reply is complete.
+    /// Read the SSE stream of one attempt (of `body`, asked of the Responses API or not)
+    /// into `decoder` until the reply is complete.
     fn read_stream(
         &self,
-        body: &serde_json::Value,
+        (body, responses): (&serde_json::Value, bool),
         mut reader: impl Read,
         decoder: &mut Decoder,
         tx: &Sender<Chunk>,
@@ -949,7 +969,7 @@ impl Llm {
                 .feed(&buf[..n], &mut events)
                 .map_err(|e| LlmError::new(ErrorKind::Malformed, e.to_string()))?;
             for ev in events.drain(..) {
-                match self.step(&ev, decoder)? {
+                match self.step(&ev, decoder, responses)? {
                     Step::Delta(d) => {
                         if !pass_on(d, decoder, tx, sent_any) {
                             return Ok(Vec::new()); // cancelled: nobody listens any more
@@ -1040,8 +1060,9 @@ impl Llm {
         }
     }
 
-    fn step(&self, ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
+    fn step(&self, ev: &sse::Event, decoder: &mut Decoder, responses: bool) -> Result<Step, LlmError> {
         match self.provider.kind {
+            ProviderKind::OpenAi if responses => responses_step(ev, decoder),
             ProviderKind::OpenAi => openai_step(ev, decoder),
             ProviderKind::Anthropic => anthropic_step(ev, decoder),
         }
@@ -1131,6 +1152,37 @@ fn openai_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError>
         reasoning: reasoning.unwrap_or_default().to_string(),
         text: text.unwrap_or_default().to_string(),
     }))
+}
+
+/// One event of a Responses API stream, into `decoder` as a Chat Completions chunk would go.
+fn responses_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {
+    use crate::responses::Event;
+    let delta = |reasoning: String, text: String| Step::Delta(Split { reasoning, text });
+    Ok(match crate::responses::step(&ev.data)? {
+        Event::Text(t) => delta(String::new(), t),
+        Event::Reasoning(r) => delta(r, String::new()),
+        Event::Call(index, id, name) => {
+            let call = decoder.calls.entry(index).or_default();
+            (call.id, call.name) = (id, name);
+            Step::Nothing
+        }
+        Event::Arguments(index, piece) => {
+            decoder.calls.entry(index).or_default().arguments.push_str(&piece);
+            Step::Nothing
+        }
+        Event::AllArguments(index, all) => {
+            decoder.calls.entry(index).or_default().arguments = all;
+            Step::Nothing
+        }
+        Event::Done(usage) => {
+            if let Some(t) = usage.as_ref().and_then(Tokens::from_openai) {
+                decoder.usage = t;
+            }
+            decoder.finished = true;
+            Step::Done
+        }
+        Event::Nothing => Step::Nothing,
+    })
 }
 
 fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmError> {

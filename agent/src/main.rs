@@ -26,6 +26,7 @@ mod mcp_resources;
 mod memory;
 mod prompt_cache;
 mod recap;
+mod responses;
 mod restart;
 mod router;
 mod session;

@@ -1959,3 +1959,90 @@ fn deepseeks_thoughts_behind_tool_calls_go_back_with_every_later_request() {
     let last = llm.requests().pop().unwrap().json();
     assert_eq!(last["messages"][2]["reasoning_content"], "");
 }
+
+/// A model Chat Completions does not serve (the pro and codex models) is asked through
+/// the Responses API instead, learnt from the refusal: its reasoning summary, its text,
+/// a tool round with the call and its output sent back as input items, the usage; the
+/// next message goes there at once.
+#[test]
+fn a_model_served_only_by_the_responses_api_is_asked_there() {
+    use aegis_e2e::llm::{responses_only, responses_refusal, responses_sse};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let round = AtomicUsize::new(0);
+    let llm = FakeLlm::with(move |req| {
+        if req.path.ends_with("/chat/completions") {
+            return responses_only();
+        }
+        if let Some(refused) = responses_refusal(&req.json()) {
+            return refused;
+        }
+        match round.fetch_add(1, SeqCst) {
+            0 => Reply::sse(responses_sse(
+                &["Checking", " the shell."],
+                &["Let me look."],
+                &[("call_1", "bash", r#"{"command": "echo from-responses"}"#)],
+                (200, 0, 20),
+            )),
+            1 => Reply::sse(responses_sse(
+                &[],
+                &["It says ", "from-responses."],
+                &[],
+                (300, 200, 10),
+            )),
+            _ => Reply::sse(responses_sse(&[], &["Again."], &[], (400, 300, 5))),
+        }
+    });
+    let ws = temp_dir("responses-api");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_MODEL", "gpt-5.5-pro"),
+        ],
+    );
+    a.send(&message("1", "what does echo say?", "m-1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Let me look.\n\nIt says from-responses.");
+    assert_eq!(texts(&frames, "reasoning.delta").concat(), "Checking the shell.");
+    assert!(a.proc.log().contains("Responses API"), "{}", a.proc.log());
+    a.send(&message("1", "once more", "m-2"));
+    assert_eq!(done_text(&a.reply()), "Again.");
+
+    let reqs = llm.requests();
+    let paths: Vec<&str> = reqs.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/chat/completions", "/responses", "/responses", "/responses"],
+        "asked there from the refusal on"
+    );
+    let body = reqs[2].json();
+    assert_eq!(
+        (body["store"].as_bool(), body["stream"].as_bool()),
+        (Some(false), Some(true))
+    );
+    let input = body["input"].as_array().unwrap();
+    let call = input.iter().find(|i| i["type"] == "function_call").unwrap();
+    assert_eq!(
+        (call["call_id"].as_str(), call["name"].as_str()),
+        (Some("call_1"), Some("bash"))
+    );
+    let output = input
+        .iter()
+        .find(|i| i["type"] == "function_call_output")
+        .unwrap();
+    assert_eq!(output["call_id"], "call_1");
+    assert!(
+        output["output"].as_str().unwrap().contains("from-responses"),
+        "{output}"
+    );
+    assert!(body["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["strict"] == false));
+    assert_eq!(
+        aegis_e2e::agent::usage_today(&ws)["gpt-5.5-pro"],
+        json!({"requests": 3, "input": 900, "cache_read": 500, "cache_write": 0, "cache_write_1h": 0, "output": 35})
+    );
+}

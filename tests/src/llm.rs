@@ -198,6 +198,137 @@ pub fn openai_sse(texts: &[&str]) -> Vec<String> {
     out
 }
 
+/// Chat Completions' refusal of a model it does not serve (the pro and codex models).
+pub fn responses_only() -> Reply {
+    Reply::Status {
+        code: 404,
+        headers: vec![],
+        body: json!({"error": {"message": "This model is only supported in v1/responses and not in v1/chat/completions.",
+            "type": "invalid_request_error", "param": "model", "code": null}})
+        .to_string(),
+    }
+}
+
+/// One event of a Responses API stream, as OpenAI writes it (`event:` and `data:`).
+fn responses_event(data: serde_json::Value) -> String {
+    format!(
+        "event: {}\ndata: {data}\n\n",
+        data["type"].as_str().unwrap_or("message")
+    )
+}
+
+/// A Responses API stream: a reasoning summary (`thoughts`, if any), the answer in
+/// `texts`, then tool `calls` (id, name, arguments, each sent in two pieces), ending with
+/// `response.completed` and its usage (`usage`: input, cached, output).
+pub fn responses_sse(
+    thoughts: &[&str],
+    texts: &[&str],
+    calls: &[(&str, &str, &str)],
+    usage: (u64, u64, u64),
+) -> Vec<String> {
+    let mut out = vec![responses_event(
+        json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "status": "in_progress"}}),
+    )];
+    let mut index = 0;
+    if !thoughts.is_empty() {
+        out.push(responses_event(
+            json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"id": "rs_1", "type": "reasoning", "summary": []}}),
+        ));
+        for t in thoughts {
+            out.push(responses_event(
+                json!({"type": "response.reasoning_summary_text.delta",
+                "item_id": "rs_1", "output_index": index, "summary_index": 0, "delta": t}),
+            ));
+        }
+        index += 1;
+    }
+    if !texts.is_empty() {
+        out.push(responses_event(json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}})));
+        for t in texts {
+            out.push(responses_event(
+                json!({"type": "response.output_text.delta", "item_id": "msg_1",
+                "output_index": index, "content_index": 0, "delta": t, "logprobs": []}),
+            ));
+        }
+        out.push(responses_event(
+            json!({"type": "response.output_text.done", "item_id": "msg_1",
+            "output_index": index, "content_index": 0, "text": texts.concat()}),
+        ));
+        index += 1;
+    }
+    for (id, name, args) in calls {
+        out.push(responses_event(
+            json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"id": format!("fc_{id}"), "type": "function_call", "status": "in_progress",
+                "call_id": id, "name": name, "arguments": ""}}),
+        ));
+        let half = args.len() / 2;
+        let half = (0..=half).rev().find(|&i| args.is_char_boundary(i)).unwrap_or(0);
+        for piece in [&args[..half], &args[half..]] {
+            out.push(responses_event(
+                json!({"type": "response.function_call_arguments.delta",
+                "item_id": format!("fc_{id}"), "output_index": index, "delta": piece}),
+            ));
+        }
+        out.push(responses_event(
+            json!({"type": "response.function_call_arguments.done",
+            "item_id": format!("fc_{id}"), "output_index": index, "arguments": args}),
+        ));
+        index += 1;
+    }
+    let (input, cached, output) = usage;
+    out.push(responses_event(json!({"type": "response.completed", "response": {"id": "resp_1",
+        "status": "completed", "usage": {"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input + output}}})));
+    out
+}
+
+/// What the Responses API refuses in `body`, in its words: Chat Completions' `messages`,
+/// a request without `input`, or a function tool left strict (the default) whose schema
+/// strict mode cannot take (not every property required, or other properties allowed).
+pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
+    let refuse = |message: String, param: &str, code: &str| {
+        Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}})
+            .to_string(),
+    }
+    };
+    if body.get("messages").is_some() {
+        return Some(refuse(
+            "Unsupported parameter: 'messages'. In the Responses API, this parameter has moved to 'input'. Try again with the new parameter. See the API documentation for more information: https://platform.openai.com/docs/api-reference/responses/create.".into(),
+            "messages",
+            "unsupported_parameter",
+        ));
+    }
+    if !body["input"].is_array() && !body["input"].is_string() {
+        return Some(refuse(
+            "Missing required parameter: 'input'.".into(),
+            "input",
+            "missing_required_parameter",
+        ));
+    }
+    for t in body["tools"].as_array().into_iter().flatten() {
+        let strict = t["strict"].as_bool().unwrap_or(true);
+        let p = &t["parameters"];
+        let props = p["properties"].as_object().map_or(0, |o| o.len());
+        let required = p["required"].as_array().map_or(0, |r| r.len());
+        if strict && (p["additionalProperties"] != json!(false) || required != props) {
+            let name = t["name"].as_str().unwrap_or("?");
+            return Some(refuse(
+                format!("Invalid schema for function '{name}': In context=(), 'additionalProperties' is required to be supplied and to be false."),
+                "tools[0].parameters",
+                "invalid_function_parameters",
+            ));
+        }
+    }
+    None
+}
+
 /// `pieces` (an OpenAI stream) with the chunk a request asking
 /// `stream_options.include_usage` gets last, before `[DONE]`: no choices, the usage.
 pub fn with_openai_usage(mut pieces: Vec<String>, prompt: u64, cached: u64, completion: u64) -> Vec<String> {

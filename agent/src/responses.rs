@@ -1,0 +1,323 @@
+//! OpenAI's Responses API (`POST {base}/responses`), for the models that speak nothing
+//! else: Chat Completions refuses the pro and codex models with a 404, "This model is only
+//! supported in v1/responses and not in v1/chat/completions." The client learns that
+//! from the refusal (no setting), and from then on asks there.
+//!
+//! A request is built as for Chat Completions and translated here ([`request`]), so what
+//! the client knows about building one (the prompt's order for the cache, the cache key,
+//! notes, images, tool turns) holds unchanged; the stream's events become the same steps
+//! as Chat Completions chunks ([`step`]). Requests go with `store: false`: OpenAI keeps no
+//! copy of the conversation, which lives in the session file as before.
+
+use serde_json::{json, Map, Value};
+
+use crate::llm::{ErrorKind, LlmError};
+
+/// What Chat Completions answers for a model it does not serve, in its words.
+const ONLY_HERE: &str = "v1/responses";
+
+/// Whether `err` is Chat Completions saying the model is served by the Responses API only.
+pub fn wanted(err: &LlmError) -> bool {
+    err.kind == ErrorKind::Request && err.detail.contains(ONLY_HERE) && err.detail.contains("only")
+}
+
+/// The Responses request for the Chat Completions request `chat`.
+pub fn request(chat: &Value) -> Value {
+    let mut out = json!({
+        "model": chat["model"],
+        "input": input(chat["messages"].as_array().map_or(&[][..], Vec::as_slice)),
+        "stream": true,
+        "store": false,
+    });
+    let limit = chat
+        .get("max_completion_tokens")
+        .or_else(|| chat.get("max_tokens"));
+    if let Some(m) = limit {
+        out["max_output_tokens"] = m.clone();
+    }
+    if let Some(e) = chat.get("reasoning_effort") {
+        out["reasoning"] = json!({"effort": e});
+    }
+    if let Some(k) = chat.get("prompt_cache_key") {
+        out["prompt_cache_key"] = k.clone();
+    }
+    if let Some(tools) = chat["tools"].as_array() {
+        out["tools"] = tools.iter().map(tool).collect();
+    }
+    out
+}
+
+/// A Chat Completions tool as a Responses one. `strict` is off: it is on unless said, and
+/// then a schema must name every property as required and forbid any other, which MCP
+/// servers' schemas rarely do.
+fn tool(t: &Value) -> Value {
+    let f = &t["function"];
+    json!({"type": "function", "name": f["name"], "description": f["description"],
+        "parameters": f["parameters"], "strict": false})
+}
+
+/// Chat Completions messages as Responses input items.
+fn input(messages: &[Value]) -> Vec<Value> {
+    let mut items = Vec::with_capacity(messages.len());
+    for m in messages {
+        let role = m["role"].as_str().unwrap_or("user");
+        match role {
+            "tool" => items.push(json!({
+                "type": "function_call_output",
+                "call_id": m["tool_call_id"],
+                "output": text_of(&m["content"]),
+            })),
+            "assistant" => {
+                let text = text_of(&m["content"]);
+                if !text.is_empty() {
+                    items.push(json!({"role": "assistant", "content": text}));
+                }
+                for c in m["tool_calls"].as_array().into_iter().flatten() {
+                    items.push(json!({
+                        "type": "function_call",
+                        "call_id": c["id"],
+                        "name": c["function"]["name"],
+                        "arguments": c["function"]["arguments"],
+                    }));
+                }
+            }
+            _ => items.push(json!({"role": role, "content": content(&m["content"])})),
+        }
+    }
+    items
+}
+
+/// A system or user message's content: its text, or its parts as input parts.
+fn content(c: &Value) -> Value {
+    let Some(parts) = c.as_array() else {
+        return Value::String(text_of(c));
+    };
+    let parts: Vec<Value> = parts
+        .iter()
+        .filter_map(|p| match p["type"].as_str() {
+            Some("text") => Some(json!({"type": "input_text", "text": p["text"]})),
+            Some("image_url") => Some(json!({"type": "input_image", "image_url": p["image_url"]["url"]})),
+            _ => None,
+        })
+        .collect();
+    Value::Array(parts)
+}
+
+/// The text of a message's content, a string or text parts.
+fn text_of(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => String::new(),
+    }
+}
+
+/// What one event of a Responses stream means, in the terms of a Chat Completions chunk:
+/// the reply's text and thoughts, a tool call's pieces (by `output_index`), the usage,
+/// the end.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// Text of the answer.
+    Text(String),
+    /// A summary of the model's reasoning (shown, never stored).
+    Reasoning(String),
+    /// A tool call begins at this output index, with its call id and name.
+    Call(u64, String, String),
+    /// More of the arguments of the call at this index.
+    Arguments(u64, String),
+    /// The whole arguments of the call at this index (they replace the pieces).
+    AllArguments(u64, String),
+    /// The reply is over (complete, or cut short by its token limit), with its usage
+    /// in Chat Completions' terms.
+    Done(Option<Value>),
+    /// Nothing the reply needs.
+    Nothing,
+}
+
+/// Read one event's data (`type` names it).
+pub fn step(data: &str) -> Result<Event, LlmError> {
+    let v: Value = serde_json::from_str(data.trim())
+        .map_err(|e| LlmError::new(ErrorKind::Malformed, format!("malformed event: {e}")))?;
+    let index = || v["output_index"].as_u64().unwrap_or(0);
+    let text = |key: &str| v[key].as_str().unwrap_or_default().to_string();
+    Ok(match v["type"].as_str().unwrap_or_default() {
+        "response.output_text.delta" => Event::Text(text("delta")),
+        "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
+            Event::Reasoning(text("delta"))
+        }
+        "response.output_item.added" if v["item"]["type"] == "function_call" => Event::Call(
+            index(),
+            v["item"]["call_id"].as_str().unwrap_or_default().to_string(),
+            v["item"]["name"].as_str().unwrap_or_default().to_string(),
+        ),
+        "response.function_call_arguments.delta" => Event::Arguments(index(), text("delta")),
+        "response.function_call_arguments.done" => Event::AllArguments(index(), text("arguments")),
+        "response.completed" | "response.incomplete" => Event::Done(usage(&v["response"]["usage"])),
+        "response.failed" => {
+            let e = &v["response"]["error"];
+            return Err(failure(e["code"].as_str(), e["message"].as_str()));
+        }
+        "error" => return Err(failure(v["code"].as_str(), v["message"].as_str())),
+        _ => Event::Nothing,
+    })
+}
+
+/// A failure the stream reported: retried like a server error, unless it says the request
+/// itself is wrong.
+fn failure(code: Option<&str>, message: Option<&str>) -> LlmError {
+    let code = code.unwrap_or("server_error");
+    let kind = match code {
+        c if c.contains("rate_limit") => ErrorKind::RateLimited,
+        c if c.starts_with("invalid") || c.contains("not_found") => ErrorKind::Request,
+        _ => ErrorKind::Server,
+    };
+    LlmError::new(
+        kind,
+        format!("{code}: {}", message.unwrap_or("the response failed")),
+    )
+}
+
+/// A Responses usage as Chat Completions tells it (`prompt_tokens` with their cached
+/// part, `completion_tokens`), for the usage record.
+fn usage(u: &Value) -> Option<Value> {
+    let input = u["input_tokens"].as_u64()?;
+    let mut out = Map::new();
+    out.insert("prompt_tokens".into(), input.into());
+    out.insert(
+        "completion_tokens".into(),
+        u["output_tokens"].as_u64().unwrap_or(0).into(),
+    );
+    if let Some(cached) = u["input_tokens_details"]["cached_tokens"].as_u64() {
+        out.insert("prompt_tokens_details".into(), json!({"cached_tokens": cached}));
+    }
+    Some(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chat_request_becomes_a_responses_request() {
+        let chat = json!({
+            "model": "gpt-5.5-pro", "stream": true, "stream_options": {"include_usage": true},
+            "max_completion_tokens": 900, "reasoning_effort": "low", "prompt_cache_key": "aegis-1",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+                {"role": "assistant", "content": "Let me look.", "reasoning_content": "hmm",
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_2", "type": "function",
+                    "function": {"name": "read_file", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_2", "content": "hello"},
+                {"role": "user", "content": "And now?"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "bash", "description": "Run",
+                "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}]
+        });
+        let r = request(&chat);
+        assert_eq!(
+            r,
+            json!({
+                "model": "gpt-5.5-pro", "stream": true, "store": false, "max_output_tokens": 900,
+                "reasoning": {"effort": "low"}, "prompt_cache_key": "aegis-1",
+                "input": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
+                        {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+                    {"role": "assistant", "content": "Let me look."},
+                    {"type": "function_call", "call_id": "call_1", "name": "bash", "arguments": "{\"command\":\"ls\"}"},
+                    {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
+                    {"type": "function_call", "call_id": "call_2", "name": "read_file", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "call_2", "output": "hello"},
+                    {"role": "user", "content": "And now?"}
+                ],
+                "tools": [{"type": "function", "name": "bash", "description": "Run", "strict": false,
+                    "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}]
+            })
+        );
+        let plain = request(&json!({"model": "m", "messages": [], "max_tokens": 5}));
+        assert_eq!(plain["max_output_tokens"], 5);
+        assert!(plain.get("reasoning").is_none() && plain.get("tools").is_none());
+    }
+
+    #[test]
+    fn stream_events_map_to_steps() {
+        let e = |data: Value| step(&data.to_string());
+        assert_eq!(
+            e(
+                json!({"type": "response.output_text.delta", "item_id": "m", "output_index": 1,
+                "content_index": 0, "delta": "Hel", "sequence_number": 4})
+            )
+            .unwrap(),
+            Event::Text("Hel".into())
+        );
+        assert_eq!(
+            e(json!({"type": "response.reasoning_summary_text.delta", "delta": "Thinking", "output_index": 0}))
+                .unwrap(),
+            Event::Reasoning("Thinking".into())
+        );
+        assert_eq!(
+            e(json!({"type": "response.output_item.added", "output_index": 2, "item": {"type": "function_call",
+                "id": "fc_1", "call_id": "call_9", "name": "bash", "arguments": "", "status": "in_progress"}}))
+            .unwrap(),
+            Event::Call(2, "call_9".into(), "bash".into())
+        );
+        assert_eq!(
+            e(json!({"type": "response.output_item.added", "output_index": 0, "item": {"type": "reasoning"}}))
+                .unwrap(),
+            Event::Nothing
+        );
+        assert_eq!(
+            e(json!({"type": "response.function_call_arguments.delta", "output_index": 2, "delta": "{\"a"}))
+                .unwrap(),
+            Event::Arguments(2, "{\"a".into())
+        );
+        assert_eq!(
+            e(json!({"type": "response.function_call_arguments.done", "output_index": 2, "arguments": "{\"a\":1}"}))
+                .unwrap(),
+            Event::AllArguments(2, "{\"a\":1}".into())
+        );
+        let done = e(
+            json!({"type": "response.completed", "response": {"status": "completed", "usage": {
+            "input_tokens": 120, "input_tokens_details": {"cached_tokens": 100},
+            "output_tokens": 30, "output_tokens_details": {"reasoning_tokens": 12}, "total_tokens": 150}}}),
+        )
+        .unwrap();
+        assert_eq!(
+            done,
+            Event::Done(Some(json!({"prompt_tokens": 120, "completion_tokens": 30,
+                "prompt_tokens_details": {"cached_tokens": 100}})))
+        );
+        assert_eq!(
+            e(json!({"type": "response.incomplete", "response": {"incomplete_details": {"reason": "max_output_tokens"}}}))
+                .unwrap(),
+            Event::Done(None)
+        );
+        let failed = e(
+            json!({"type": "response.failed", "response": {"error": {"code": "server_error",
+            "message": "The server had an error."}}}),
+        )
+        .unwrap_err();
+        assert_eq!(failed.kind, ErrorKind::Server);
+        assert!(failed.detail.contains("The server had an error."));
+        let limited =
+            e(json!({"type": "error", "code": "rate_limit_exceeded", "message": "Slow down"})).unwrap_err();
+        assert_eq!(limited.kind, ErrorKind::RateLimited);
+        assert_eq!(e(json!({"type": "response.created"})).unwrap(), Event::Nothing);
+        assert_eq!(step("{oops").unwrap_err().kind, ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn the_refusal_that_sends_a_model_here_is_recognised() {
+        let refused = |detail: &str| LlmError::new(ErrorKind::Request, detail);
+        assert!(wanted(&refused(
+            "HTTP 404: This model is only supported in v1/responses and not in v1/chat/completions."
+        )));
+        assert!(!wanted(&refused("HTTP 404: The model `x` does not exist")));
+        assert!(!wanted(&LlmError::new(ErrorKind::Server, "only v1/responses")));
+    }
+}
