@@ -367,6 +367,8 @@ pub struct Llm {
     /// OpenAI dialect: Chat Completions does not serve the model (the pro and codex
     /// models), so requests go to the Responses API ([`crate::responses`]).
     responses: Arc<AtomicBool>,
+    /// Responses API: the model refused to give its reasoning encrypted: not asked again.
+    no_encrypted: Arc<AtomicBool>,
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
     /// Chat Completions dialect: what stands in for thoughts the server wants back on tool
@@ -489,6 +491,7 @@ impl Llm {
             no_stream_options: Arc::new(AtomicBool::new(false)),
             no_cache_key: Arc::new(AtomicBool::new(false)),
             responses: Arc::new(AtomicBool::new(false)),
+            no_encrypted: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
@@ -771,6 +774,14 @@ impl Llm {
             );
             return Some(body.clone());
         }
+        let responses = openai && self.responses.load(Ordering::Relaxed);
+        if responses
+            && crate::responses::refuses_encrypted(err)
+            && !self.no_encrypted.swap(true, Ordering::Relaxed)
+        {
+            log::info!("the model gives no encrypted reasoning; asking again without it, from now on");
+            return Some(body.clone());
+        }
         if let Some(renamed) = with_completion_tokens(body, err) {
             // A reasoning model behind a server that is not OpenAI's own (Azure, a proxy).
             log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
@@ -892,7 +903,7 @@ impl Llm {
         // Read once: another session's refusal may turn it on while this stream runs.
         let responses = p.kind == ProviderKind::OpenAi && self.responses.load(Ordering::Relaxed);
         let text = match responses {
-            true => crate::responses::request(body).to_string(),
+            true => crate::responses::request(body, !self.no_encrypted.load(Ordering::Relaxed)).to_string(),
             false => body.to_string(),
         };
         let mut req = match p.kind {
@@ -1172,6 +1183,10 @@ fn responses_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
         }
         Event::AllArguments(index, all) => {
             decoder.calls.entry(index).or_default().arguments = all;
+            Step::Nothing
+        }
+        Event::Thought(item) => {
+            decoder.carried.details.push(item);
             Step::Nothing
         }
         Event::Done(usage) => {

@@ -7,7 +7,10 @@
 //! the client knows about building one (the prompt's order for the cache, the cache key,
 //! notes, images, tool turns) holds unchanged; the stream's events become the same steps
 //! as Chat Completions chunks ([`step`]). Requests go with `store: false`: OpenAI keeps no
-//! copy of the conversation, which lives in the session file as before.
+//! copy of the conversation, which lives in the session file as before. So the model's
+//! reasoning before a tool call is asked for encrypted (`include`), kept with the call as
+//! the thoughts other servers want back are ([`crate::carry`], in `reasoning_details`),
+//! and sent back before the call in the next rounds, as OpenAI asks of a stateless client.
 
 use serde_json::{json, Map, Value};
 
@@ -21,14 +24,29 @@ pub fn wanted(err: &LlmError) -> bool {
     err.kind == ErrorKind::Request && err.detail.contains(ONLY_HERE) && err.detail.contains("only")
 }
 
-/// The Responses request for the Chat Completions request `chat`.
-pub fn request(chat: &Value) -> Value {
+/// What `include` asks for: the reasoning, encrypted, to be sent back with tool calls.
+const ENCRYPTED: &str = "reasoning.encrypted_content";
+
+/// Whether `err` refuses the encrypted reasoning asked for (a model that does not reason).
+pub fn refuses_encrypted(err: &LlmError) -> bool {
+    let d = &err.detail;
+    let about = d.contains("encrypted_content")
+        || d.contains("include") && d.to_ascii_lowercase().contains("encrypted");
+    err.kind == ErrorKind::Request && about
+}
+
+/// The Responses request for the Chat Completions request `chat`; `encrypted`: ask for the
+/// reasoning, encrypted.
+pub fn request(chat: &Value, encrypted: bool) -> Value {
     let mut out = json!({
         "model": chat["model"],
         "input": input(chat["messages"].as_array().map_or(&[][..], Vec::as_slice)),
         "stream": true,
         "store": false,
     });
+    if encrypted {
+        out["include"] = json!([ENCRYPTED]);
+    }
     let limit = chat
         .get("max_completion_tokens")
         .or_else(|| chat.get("max_tokens"));
@@ -68,6 +86,9 @@ fn input(messages: &[Value]) -> Vec<Value> {
                 "output": text_of(&m["content"]),
             })),
             "assistant" => {
+                // The reasoning that led to the calls, as it came, before them.
+                let thoughts = m["reasoning_details"].as_array().into_iter().flatten();
+                items.extend(thoughts.filter(|d| d["type"] == "reasoning").cloned());
                 let text = text_of(&m["content"]);
                 if !text.is_empty() {
                     items.push(json!({"role": "assistant", "content": text}));
@@ -127,6 +148,8 @@ pub enum Event {
     Arguments(u64, String),
     /// The whole arguments of the call at this index (they replace the pieces).
     AllArguments(u64, String),
+    /// A reasoning item, encrypted, to go back with the calls it led to.
+    Thought(Value),
     /// The reply is over (complete, or cut short by its token limit), with its usage
     /// in Chat Completions' terms.
     Done(Option<Value>),
@@ -152,6 +175,14 @@ pub fn step(data: &str) -> Result<Event, LlmError> {
         ),
         "response.function_call_arguments.delta" => Event::Arguments(index(), text("delta")),
         "response.function_call_arguments.done" => Event::AllArguments(index(), text("arguments")),
+        "response.output_item.done"
+            if v["item"]["type"] == "reasoning" && v["item"]["encrypted_content"].is_string() =>
+        {
+            let item = &v["item"];
+            let summary = item.get("summary").filter(|s| s.is_array()).cloned();
+            Event::Thought(json!({"type": "reasoning", "id": item["id"],
+                "encrypted_content": item["encrypted_content"], "summary": summary.unwrap_or(json!([]))}))
+        }
         "response.completed" | "response.incomplete" => Event::Done(usage(&v["response"]["usage"])),
         "response.failed" => {
             let e = &v["response"]["error"];
@@ -207,6 +238,8 @@ mod tests {
                 {"role": "user", "content": [{"type": "text", "text": "What is this?"},
                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
                 {"role": "assistant", "content": "Let me look.", "reasoning_content": "hmm",
+                    "reasoning_details": [{"type": "reasoning", "id": "rs_1", "encrypted_content": "e1", "summary": []},
+                        {"type": "reasoning.text", "text": "a router's"}],
                     "tool_calls": [{"id": "call_1", "type": "function",
                         "function": {"name": "bash", "arguments": "{\"command\":\"ls\"}"}}]},
                 {"role": "tool", "tool_call_id": "call_1", "content": "a.txt"},
@@ -218,16 +251,18 @@ mod tests {
             "tools": [{"type": "function", "function": {"name": "bash", "description": "Run",
                 "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}]
         });
-        let r = request(&chat);
+        let r = request(&chat, true);
         assert_eq!(
             r,
             json!({
                 "model": "gpt-5.5-pro", "stream": true, "store": false, "max_output_tokens": 900,
+                "include": ["reasoning.encrypted_content"],
                 "reasoning": {"effort": "low"}, "prompt_cache_key": "aegis-1",
                 "input": [
                     {"role": "system", "content": "Be brief."},
                     {"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
                         {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]},
+                    {"type": "reasoning", "id": "rs_1", "encrypted_content": "e1", "summary": []},
                     {"role": "assistant", "content": "Let me look."},
                     {"type": "function_call", "call_id": "call_1", "name": "bash", "arguments": "{\"command\":\"ls\"}"},
                     {"type": "function_call_output", "call_id": "call_1", "output": "a.txt"},
@@ -239,9 +274,13 @@ mod tests {
                     "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}]
             })
         );
-        let plain = request(&json!({"model": "m", "messages": [], "max_tokens": 5}));
+        let plain = request(&json!({"model": "m", "messages": [], "max_tokens": 5}), false);
         assert_eq!(plain["max_output_tokens"], 5);
-        assert!(plain.get("reasoning").is_none() && plain.get("tools").is_none());
+        assert!(
+            plain.get("reasoning").is_none()
+                && plain.get("tools").is_none()
+                && plain.get("include").is_none()
+        );
     }
 
     #[test]
@@ -307,8 +346,34 @@ mod tests {
         let limited =
             e(json!({"type": "error", "code": "rate_limit_exceeded", "message": "Slow down"})).unwrap_err();
         assert_eq!(limited.kind, ErrorKind::RateLimited);
+        assert_eq!(
+            e(json!({"type": "response.output_item.done", "output_index": 0, "item": {"type": "reasoning",
+                "id": "rs_7", "encrypted_content": "gAAA", "summary": [{"type": "summary_text", "text": "t"}]}}))
+            .unwrap(),
+            Event::Thought(json!({"type": "reasoning", "id": "rs_7", "encrypted_content": "gAAA",
+                "summary": [{"type": "summary_text", "text": "t"}]}))
+        );
+        assert_eq!(
+            e(json!({"type": "response.output_item.done", "output_index": 0, "item": {"type": "reasoning", "id": "rs_8"}}))
+                .unwrap(),
+            Event::Nothing,
+            "nothing to send back without its encrypted content"
+        );
         assert_eq!(e(json!({"type": "response.created"})).unwrap(), Event::Nothing);
         assert_eq!(step("{oops").unwrap_err().kind, ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn a_refusal_of_encrypted_reasoning_is_recognised() {
+        let refused = LlmError::new(
+            ErrorKind::Request,
+            "HTTP 400: Encrypted content is not supported with this model. (param: include)",
+        );
+        assert!(refuses_encrypted(&refused));
+        assert!(!refuses_encrypted(&LlmError::new(
+            ErrorKind::Request,
+            "HTTP 400: bad tools"
+        )));
     }
 
     #[test]

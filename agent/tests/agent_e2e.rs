@@ -2016,13 +2016,22 @@ fn a_model_served_only_by_the_responses_api_is_asked_there() {
         ["/chat/completions", "/responses", "/responses", "/responses"],
         "asked there from the refusal on"
     );
+    assert_eq!(reqs[1].json()["include"], json!(["reasoning.encrypted_content"]));
     let body = reqs[2].json();
     assert_eq!(
         (body["store"].as_bool(), body["stream"].as_bool()),
         (Some(false), Some(true))
     );
     let input = body["input"].as_array().unwrap();
-    let call = input.iter().find(|i| i["type"] == "function_call").unwrap();
+    // The reasoning that led to the call goes back before it, as it came.
+    let thought = input
+        .iter()
+        .position(|i| i["type"] == "reasoning")
+        .expect("the reasoning sent back");
+    assert_eq!(input[thought]["encrypted_content"], "enc:Checking the shell.");
+    let at_call = input.iter().position(|i| i["type"] == "function_call").unwrap();
+    assert!(thought < at_call, "{input:?}");
+    let call = &input[at_call];
     assert_eq!(
         (call["call_id"].as_str(), call["name"].as_str()),
         (Some("call_1"), Some("bash"))

@@ -217,9 +217,10 @@ fn responses_event(data: serde_json::Value) -> String {
     )
 }
 
-/// A Responses API stream: a reasoning summary (`thoughts`, if any), the answer in
-/// `texts`, then tool `calls` (id, name, arguments, each sent in two pieces), ending with
-/// `response.completed` and its usage (`usage`: input, cached, output).
+/// A Responses API stream: a reasoning summary (`thoughts`, if any, its item done with
+/// `encrypted_content` `enc:` and the thoughts, as a request that `include`s it gets), the
+/// answer in `texts`, then tool `calls` (id, name, arguments, each sent in two pieces),
+/// ending with `response.completed` and its usage (`usage`: input, cached, output).
 pub fn responses_sse(
     thoughts: &[&str],
     texts: &[&str],
@@ -241,6 +242,12 @@ pub fn responses_sse(
                 "item_id": "rs_1", "output_index": index, "summary_index": 0, "delta": t}),
             ));
         }
+        let all = thoughts.concat();
+        out.push(responses_event(
+            json!({"type": "response.output_item.done", "output_index": index,
+            "item": {"id": "rs_1", "type": "reasoning", "encrypted_content": format!("enc:{all}"),
+                "summary": [{"type": "summary_text", "text": all}]}}),
+        ));
         index += 1;
     }
     if !texts.is_empty() {
@@ -311,6 +318,22 @@ pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
             "input",
             "missing_required_parameter",
         ));
+    }
+    // Without `store`, an item is known by what it carries, never by its id.
+    let forgotten = body["input"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["type"] == "reasoning" && !i["encrypted_content"].is_string());
+    if let Some(item) = forgotten {
+        let id = item["id"].as_str().unwrap_or("?");
+        return Some(Reply::Status {
+            code: 404,
+            headers: vec![],
+            body: json!({"error": {"message": format!("Item with id '{id}' not found. Items are not persisted when `store` is set to false. Try again with `store` set to true, or remove this item from your input."),
+                "type": "invalid_request_error", "param": "input", "code": null}})
+            .to_string(),
+        });
     }
     for t in body["tools"].as_array().into_iter().flatten() {
         let strict = t["strict"].as_bool().unwrap_or(true);
