@@ -96,6 +96,7 @@ fn main() {
         median(lat) - median(base)
     );
     cancel_latency(&agent);
+    cancel_reaches_the_model(&agent);
     recap_cost(&agent, "1");
     recap_cost(&agent, "0");
     prompt_cache(&agent, Api::Claude, None);
@@ -769,6 +770,58 @@ fn cancel_latency(agent: &Path) {
         Duration::ZERO,
         |f| f.kind == "assistant.delta",
     );
+}
+
+/// `control.cancel` written → the model's server sees its connection close, while the
+/// model sends nothing (a reasoning model thinking): how soon it can stop generating.
+/// Builds before 2026-12-06 (eighth stop) close it only at the read timeout.
+fn cancel_reaches_the_model(agent: &Path) {
+    let (tx, closed) = std::sync::mpsc::channel::<Instant>();
+    let llm = Server::start(move |_req, resp| {
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        r.chunk(b"data: {\"choices\":[{\"delta\":{\"content\":\"partial\"}}]}\n\n");
+        if r.closed_within(Duration::from_secs(20)) {
+            let _ = tx.send(Instant::now());
+        }
+    });
+    let ws = temp_dir("bench-cancel-model");
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut times = Vec::new();
+    for i in 0..20 {
+        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
+        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
+        let mut sent = None;
+        while let Ok(Some(line)) = lines.next_line() {
+            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                continue;
+            };
+            if sent.is_none() && fr.kind == "assistant.delta" {
+                let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
+                sent = Some(Instant::now());
+                std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
+            } else if fr.kind == "assistant.done" {
+                break;
+            }
+        }
+        match closed.recv_timeout(Duration::from_secs(10)) {
+            Ok(at) => times.push(at.duration_since(sent.unwrap()).as_secs_f64() * 1000.0),
+            Err(_) => {
+                println!("control.cancel -> model sees its connection close: not within 10 s");
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if !times.is_empty() {
+        stats(
+            "control.cancel -> model sees its connection close (silent model)",
+            "ms",
+            times,
+        );
+    }
 }
 
 /// First message of a session after a cold start, as its history grows: user.message
