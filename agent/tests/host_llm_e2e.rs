@@ -10,7 +10,7 @@ use aegis_e2e::host_llm::{HostModels, Order};
 use aegis_e2e::llm::{
     last_user_text, openai_sse, openai_tool_sse, reasoning_sse, tool_results, unstamped, FakeLlm, Reply,
 };
-use aegis_e2e::proc::{command, temp_dir, Proc};
+use aegis_e2e::proc::{command, temp_dir, Proc, TempDir};
 
 /// A harness whose host has one model server, `ollama`, at `llm`.
 fn harness(llm: &FakeLlm, order: Order) -> FakeHarness {
@@ -244,17 +244,24 @@ fn chunk(text: &str) -> String {
     serde_json::json!({"choices": [{"index": 0, "delta": {"content": text}}]}).to_string()
 }
 
-#[test]
-fn on_a_direct_tether_a_stream_lost_with_its_connection_is_asked_again_and_answered_once() {
-    let dir = temp_dir("host-llm-direct");
+/// An agent with the `host:ollama/m` model on a direct tether to a host stand-in, in
+/// a workspace of its own (named `name`), once connected.
+fn on_a_direct_tether(name: &str) -> (FakeTetherHost, Proc, TempDir) {
+    let dir = temp_dir(name);
     let sock = dir.join("tether.sock");
     let host = FakeTetherHost::bind(&sock);
     let mut cmd = command("aegis-agent");
     cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
         .env("AEGIS_WORKSPACE", dir.path())
         .env("AEGIS_MODEL", "host:ollama/m");
-    let _agent = Proc::spawn(cmd);
+    let agent = Proc::spawn(cmd);
     host.wait_connected(1, T);
+    (host, agent, dir)
+}
+
+#[test]
+fn on_a_direct_tether_a_stream_lost_with_its_connection_is_asked_again_and_answered_once() {
+    let (host, _agent, _dir) = on_a_direct_tether("host-llm-direct");
     host.send(&message("1", "hi", "m-1"));
     let (first, params) = next_chat(&host);
     assert_eq!(
@@ -300,15 +307,7 @@ fn on_a_direct_tether_a_stream_lost_with_its_connection_is_asked_again_and_answe
 fn a_cancel_tells_the_host_at_once_even_while_no_chunk_comes() {
     // The host's model may think for minutes before its first chunk: the agent must not
     // wait for one to notice that the user stopped the reply.
-    let dir = temp_dir("host-llm-cancel");
-    let sock = dir.join("tether.sock");
-    let host = FakeTetherHost::bind(&sock);
-    let mut cmd = command("aegis-agent");
-    cmd.env("AEGIS_TETHER", format!("unix:{}", sock.display()))
-        .env("AEGIS_WORKSPACE", dir.path())
-        .env("AEGIS_MODEL", "host:ollama/m");
-    let _agent = Proc::spawn(cmd);
-    host.wait_connected(1, T);
+    let (host, _agent, _dir) = on_a_direct_tether("host-llm-cancel");
     host.send(&message("1", "think hard", "m-1"));
     let (req_id, _) = next_chat(&host);
     host.send(&tether::Frame::new(

@@ -1983,6 +1983,27 @@ fn a_retired_default_image_model_gives_way_to_the_newest_one() {
     assert_eq!(images.requests().len(), 4);
 }
 
+/// An agent (workspace `name`) with `image_generate` at `images`, asked by `llm` to draw,
+/// once its generation request has come.
+fn drawing(name: &str, images: &aegis_e2e::openai_images::FakeImages, llm: &FakeLlm) -> (TempDir, Agent) {
+    let ws = TempDir::new(name);
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "IMAGES_KEY"}}}),
+    );
+    let mut env = openai(llm).to_vec();
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    env.push(("IMAGES_KEY", "sk-openai".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("5", "draw", "m1"));
+    let deadline = Instant::now() + T;
+    while images.requests().is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+        assert!(Instant::now() < deadline, "the tool did not run");
+    }
+    (ws, a)
+}
+
 #[test]
 fn a_cancelled_image_generation_is_not_retried() {
     use aegis_e2e::openai_images::FakeImages;
@@ -1998,21 +2019,7 @@ fn a_cancelled_image_generation_is_not_retried() {
         )),
         Reply::sse(openai_sse(&["never asked"])),
     ]);
-    let ws = TempDir::new("tools-imagegen-cancel");
-    write_agent_json(
-        &ws,
-        json!({"tools": {"image_generate": {"openai_api_key_env": "IMAGES_KEY"}}}),
-    );
-    let mut env = openai(&llm).to_vec();
-    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
-    env.push(("IMAGES_KEY", "sk-openai".into()));
-    let a = agent(&ws, &env);
-    a.send(&message("5", "draw", "m1"));
-    let deadline = Instant::now() + T;
-    while images.requests().is_empty() {
-        std::thread::sleep(Duration::from_millis(10));
-        assert!(Instant::now() < deadline, "the tool did not run");
-    }
+    let (_ws, a) = drawing("tools-imagegen-cancel", &images, &llm);
     let cancel =
         Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", "5"))).with_payload(&Cancel {
             msg_id: Some("m1".into()),
@@ -2039,21 +2046,7 @@ fn a_cancelled_image_generation_closes_its_connection_at_once() {
         &[("g1", "image_generate", r#"{"prompt": "a lighthouse"}"#)],
         4,
     ))]);
-    let ws = TempDir::new("tools-imagegen-close");
-    write_agent_json(
-        &ws,
-        json!({"tools": {"image_generate": {"openai_api_key_env": "IMAGES_KEY"}}}),
-    );
-    let mut env = openai(&llm).to_vec();
-    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
-    env.push(("IMAGES_KEY", "sk-openai".into()));
-    let a = agent(&ws, &env);
-    a.send(&message("5", "draw", "m1"));
-    let deadline = Instant::now() + T;
-    while images.requests().is_empty() {
-        std::thread::sleep(Duration::from_millis(10));
-        assert!(Instant::now() < deadline, "the tool did not run");
-    }
+    let (_ws, a) = drawing("tools-imagegen-close", &images, &llm);
     a.send(&Frame::new(
         kind::CONTROL_CANCEL,
         Some(Session::new("telegram", "5")),

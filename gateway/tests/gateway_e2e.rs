@@ -520,20 +520,20 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
         m.iter().any(|m| m.visible().contains("New conversation"))
     });
     std::thread::sleep(Duration::from_millis(300));
-    let asked_llm: Vec<String> = s
-        .llm
-        .requests()
-        .iter()
-        .map(aegis_e2e::llm::last_user_text)
-        .collect();
     assert_eq!(
-        asked_llm,
+        questions(&s),
         [
             "[Ann]: what is up?",
             "[Bob]: > you: echo: [Ann]: what is up?\nand you?"
         ],
         "nothing else reached the agent"
     );
+}
+
+/// What the model was asked, message by message (the last user text of each request).
+fn questions(s: &Stack) -> Vec<String> {
+    let requests = s.llm.requests();
+    requests.iter().map(aegis_e2e::llm::last_user_text).collect()
 }
 
 /// A bot with collectible usernames (Bot API 10.5 lists them in `getMe`'s
@@ -565,14 +565,8 @@ fn in_groups_the_bot_answers_to_every_active_username() {
     s.telegram.wait_chat(GROUP, T, |m| {
         m.iter().any(|m| m.visible() == "echo: [Ann]: and both?")
     });
-    let asked: Vec<String> = s
-        .llm
-        .requests()
-        .iter()
-        .map(aegis_e2e::llm::last_user_text)
-        .collect();
     assert_eq!(
-        asked,
+        questions(&s),
         ["[Ann]: what is up?", "[Ann]: and both?"],
         "the mentions are taken out, and a longer name is someone else"
     );

@@ -210,6 +210,20 @@ fn cancel_during_tool(agent: &Path) {
 /// Send 20 messages; when `ready` says the reply is under way, wait `settle` (so a tool's
 /// process is running), write a cancel and time it until the `assistant.done`.
 fn measure_cancel(agent: &Path, llm: &Server, label: &str, settle: Duration, ready: fn(&Frame) -> bool) {
+    let times = cancelled_replies(agent, llm, settle, ready, |_| true);
+    stats(label, "ms", times);
+}
+
+/// Up to 20 replies of the agent at `llm`, each cancelled once `ready` says it is under way
+/// (after `settle`): cancel → `assistant.done` in ms. `after(cancel sent)` runs once each
+/// reply is done; false ends the runs.
+fn cancelled_replies(
+    agent: &Path,
+    llm: &Server,
+    settle: Duration,
+    ready: fn(&Frame) -> bool,
+    mut after: impl FnMut(Instant) -> bool,
+) -> Vec<f64> {
     let ws = temp_dir("bench-cancel");
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
@@ -232,11 +246,15 @@ fn measure_cancel(agent: &Path, llm: &Server, label: &str, settle: Duration, rea
                 break;
             }
         }
-        times.push(sent.unwrap().elapsed().as_secs_f64() * 1000.0);
+        let sent = sent.unwrap();
+        times.push(sent.elapsed().as_secs_f64() * 1000.0);
+        if !after(sent) {
+            break;
+        }
     }
     let _ = child.kill();
     let _ = child.wait();
-    stats(label, "ms", times);
+    times
 }
 
 /// Start the agent `n` times on `ws` (harness mode): exec → listening in ms, and for the
@@ -784,37 +802,20 @@ fn cancel_reaches_the_model(agent: &Path) {
             let _ = tx.send(Instant::now());
         }
     });
-    let ws = temp_dir("bench-cancel-model");
-    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
-    let mut w = conn.try_clone().unwrap();
-    let mut lines = LineReader::new(BufReader::new(conn));
     let mut times = Vec::new();
-    for i in 0..20 {
-        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
-        std::io::Write::write_all(&mut w, &Message::tether_frame(&f).encode()).unwrap();
-        let mut sent = None;
-        while let Ok(Some(line)) = lines.next_line() {
-            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
-                continue;
-            };
-            if sent.is_none() && fr.kind == "assistant.delta" {
-                let c = Frame::new("control.cancel", Some(Session::new("bench", "1")));
-                sent = Some(Instant::now());
-                std::io::Write::write_all(&mut w, &Message::tether_frame(&c).encode()).unwrap();
-            } else if fr.kind == "assistant.done" {
-                break;
-            }
-        }
+    let delta = |f: &Frame| f.kind == "assistant.delta";
+    cancelled_replies(agent, &llm, Duration::ZERO, delta, |sent| {
         match closed.recv_timeout(Duration::from_secs(10)) {
-            Ok(at) => times.push(at.duration_since(sent.unwrap()).as_secs_f64() * 1000.0),
+            Ok(at) => {
+                times.push(at.duration_since(sent).as_secs_f64() * 1000.0);
+                true
+            }
             Err(_) => {
                 println!("control.cancel -> model sees its connection close: not within 10 s");
-                break;
+                false
             }
         }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    });
     if !times.is_empty() {
         stats(
             "control.cancel -> model sees its connection close (silent model)",

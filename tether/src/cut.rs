@@ -283,10 +283,15 @@ mod tests {
     /// Send `/hold` on a lane under `cut` from another thread; the thread's result says
     /// whether reading the body failed.
     fn hold(lanes: &Lanes, cut: &Cut, url: &str) -> thread::JoinHandle<bool> {
-        let lane = lanes.lend(cut).expect("not fired");
+        hold_on(lanes.lend(cut).expect("not fired"), url)
+    }
+
+    /// Send `/hold` on `agent` (a lane, or an agent) from another thread; the thread's
+    /// result says whether reading the body failed.
+    fn hold_on(agent: impl Deref<Target = Agent> + Send + 'static, url: &str) -> thread::JoinHandle<bool> {
         let url = format!("{url}/hold");
         thread::spawn(move || {
-            let resp = lane.get(&url).call().expect("headers");
+            let resp = agent.get(&url).call().expect("headers");
             let mut body = Vec::new();
             resp.into_body().into_reader().read_to_end(&mut body).is_err()
         })
@@ -388,16 +393,7 @@ mod tests {
         assert!(!armed.next().unwrap().disarm());
         let held: Vec<_> = agents[1..]
             .iter()
-            .map(|a| {
-                let (a, url) = (a.clone(), format!("{}/hold", s.url));
-                thread::spawn(move || {
-                    let resp = a.get(&url).call().expect("headers");
-                    resp.into_body()
-                        .into_reader()
-                        .read_to_end(&mut Vec::new())
-                        .is_err()
-                })
-            })
+            .map(|a| hold_on(Box::new(a.clone()), &s.url))
             .collect();
         for _ in 0..2 {
             s.accepted.recv_timeout(Duration::from_secs(10)).unwrap();
