@@ -308,6 +308,10 @@ pub enum Chunk {
     End(Result<Vec<ToolCall>, LlmError>),
 }
 
+/// Requests corrected after a refusal (a setting the server wants otherwise), at most, in
+/// one reply's round: more would be a server refusing what it was just given.
+const MAX_CORRECTIONS: u32 = 8;
+
 /// A reply being streamed. Dropping it cancels the request: the connection closes at
 /// once, even while the model is silent (thinking), so the server stops generating.
 #[derive(Debug)]
@@ -767,11 +771,14 @@ impl Llm {
     /// to change; what was learnt holds for every later request of this process.
     fn corrected(&self, body: &serde_json::Value, err: &LlmError) -> Option<serde_json::Value> {
         let openai = self.provider.kind == ProviderKind::OpenAi;
-        if openai && crate::responses::wanted(err) && !self.responses.swap(true, Ordering::Relaxed) {
-            log::info!(
-                "Chat Completions does not serve {}; asking OpenAI's Responses API from now on",
-                self.model()
-            );
+        if openai && crate::responses::wanted(err) {
+            // Another session's request may have learnt it first: this one goes there too.
+            if !self.responses.swap(true, Ordering::Relaxed) {
+                log::info!(
+                    "Chat Completions does not serve {}; asking OpenAI's Responses API from now on",
+                    self.model()
+                );
+            }
             return Some(body.clone());
         }
         let responses = openai && self.responses.load(Ordering::Relaxed);
@@ -844,7 +851,7 @@ impl Llm {
 
     fn run(&self, body: &serde_json::Value, tx: &Sender<Chunk>, cancel: &Receiver<()>, cut: &Cut) {
         let mut body = std::borrow::Cow::Borrowed(body);
-        let mut attempt = 0;
+        let (mut attempt, mut corrections) = (0, 0);
         loop {
             attempt += 1;
             let mut sent_any = false;
@@ -857,9 +864,12 @@ impl Llm {
                 Err(_) if cut.fired() => return, // cancelled: nobody listens any more
                 Err(e) => e,
             };
-            if let Some(corrected) = self.corrected(&body, &err) {
+            // A server that keeps refusing what was corrected is not asked forever.
+            let correctable = corrections < MAX_CORRECTIONS;
+            if let Some(corrected) = self.corrected(&body, &err).filter(|_| correctable) {
                 body = std::borrow::Cow::Owned(corrected);
                 attempt -= 1;
+                corrections += 1;
                 continue;
             }
             if !err.retryable() || attempt >= self.provider.attempts {

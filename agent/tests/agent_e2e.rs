@@ -2055,3 +2055,23 @@ fn a_model_served_only_by_the_responses_api_is_asked_there() {
         json!({"requests": 3, "input": 900, "cache_read": 500, "cache_write": 0, "cache_write_1h": 0, "output": 35})
     );
 }
+
+/// A server that refuses what the agent corrected a request to (here: it answers the
+/// Responses API as Chat Completions did) is not asked forever: the user gets the refusal.
+#[test]
+fn a_server_refusing_every_correction_is_not_asked_forever() {
+    let llm = FakeLlm::with(|_| aegis_e2e::llm::responses_only());
+    let ws = temp_dir("responses-loop");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_MODEL", "gpt-5.5-pro"),
+        ],
+    );
+    a.send(&message("1", "hi", "m-1"));
+    let done = done_text(&a.reply());
+    assert!(done.contains("only supported in v1/responses"), "{done}");
+    assert_eq!(llm.requests().len(), 9, "the first request and eight corrections");
+}

@@ -5,10 +5,13 @@
 //! In groups the bot answers only what is addressed to it: a message mentioning
 //! `@username` (any of the bot's active usernames, learned with `getMe`, and removed from
 //! the text), a reply to one of its messages, or a command addressed to it
-//! (`/new@username`), unless `group_mode` is `all`. The frame's `msg_id` is derived from the Telegram message
-//! (`tg-{chat}-{message_id}`), so a message handled again after a crash is recognised
-//! downstream. While the instance wakes (503), the post is retried with backoff; after
-//! that the user is told the agent is unavailable.
+//! (`/new@username`), unless `group_mode` is `all`. The frame's `msg_id` is derived from
+//! the Telegram message (`tg-{chat}-{message_id}`, and `...-edit-{edit_date}` for each
+//! edited version), so a message handled again after a crash is recognised downstream.
+//! An edited message is passed on again, marked as an edit; if it is the last its chat
+//! passed on, the reply to its old words is cancelled first. While the instance wakes
+//! (503), the post is retried with backoff; after that the user is told the agent is
+//! unavailable.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
