@@ -373,6 +373,9 @@ pub struct Llm {
     responses: Arc<AtomicBool>,
     /// Responses API: the model refused to give its reasoning encrypted: not asked again.
     no_encrypted: Arc<AtomicBool>,
+    /// Responses API: reasoning summaries were refused (an organization OpenAI has not
+    /// verified): not asked again.
+    no_summaries: Arc<AtomicBool>,
     /// Where every request's usage is added up, if anywhere.
     ledger: Option<Arc<Ledger>>,
     /// Chat Completions dialect: what stands in for thoughts the server wants back on tool
@@ -496,6 +499,7 @@ impl Llm {
             no_cache_key: Arc::new(AtomicBool::new(false)),
             responses: Arc::new(AtomicBool::new(false)),
             no_encrypted: Arc::new(AtomicBool::new(false)),
+            no_summaries: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
@@ -789,6 +793,17 @@ impl Llm {
             log::info!("the model gives no encrypted reasoning; asking again without it, from now on");
             return Some(body.clone());
         }
+        if responses
+            && crate::responses::refuses_summaries(err)
+            && !self.no_summaries.swap(true, Ordering::Relaxed)
+        {
+            log::warn!(
+                "OpenAI gives no reasoning summaries here ({}); asking again without them, from now on: \
+                 the model's thinking stays hidden",
+                err.detail
+            );
+            return Some(body.clone());
+        }
         if let Some(renamed) = with_completion_tokens(body, err) {
             // A reasoning model behind a server that is not OpenAI's own (Azure, a proxy).
             log::info!("the model wants max_completion_tokens instead of max_tokens; asking again");
@@ -913,7 +928,13 @@ impl Llm {
         // Read once: another session's refusal may turn it on while this stream runs.
         let responses = p.kind == ProviderKind::OpenAi && self.responses.load(Ordering::Relaxed);
         let text = match responses {
-            true => crate::responses::request(body, !self.no_encrypted.load(Ordering::Relaxed)).to_string(),
+            true => {
+                let asks = crate::responses::Asks {
+                    encrypted: !self.no_encrypted.load(Ordering::Relaxed),
+                    summaries: !self.no_summaries.load(Ordering::Relaxed),
+                };
+                crate::responses::request(body, asks).to_string()
+            }
             false => body.to_string(),
         };
         let mut req = match p.kind {

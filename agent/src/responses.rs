@@ -27,6 +27,24 @@ pub fn wanted(err: &LlmError) -> bool {
 /// What `include` asks for: the reasoning, encrypted, to be sent back with tool calls.
 const ENCRYPTED: &str = "reasoning.encrypted_content";
 
+/// What a request asks for beside the answer, unless refused before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Asks {
+    /// The reasoning, encrypted, to send back with tool calls.
+    pub encrypted: bool,
+    /// Summaries of the reasoning as it goes, shown as thoughts (`reasoning.summary`); an
+    /// organization OpenAI has not verified is refused them.
+    pub summaries: bool,
+}
+
+/// Whether `err` refuses reasoning summaries (an organization OpenAI has not verified:
+/// 400 "Your organization must be verified to generate reasoning summaries", param
+/// `reasoning.summary`; or a model that does not reason).
+pub fn refuses_summaries(err: &LlmError) -> bool {
+    let d = &err.detail;
+    err.kind == ErrorKind::Request && (d.contains("reasoning.summary") || d.contains("reasoning summaries"))
+}
+
 /// Whether `err` refuses the encrypted reasoning asked for (a model that does not reason).
 pub fn refuses_encrypted(err: &LlmError) -> bool {
     let d = &err.detail;
@@ -35,17 +53,20 @@ pub fn refuses_encrypted(err: &LlmError) -> bool {
     err.kind == ErrorKind::Request && about
 }
 
-/// The Responses request for the Chat Completions request `chat`; `encrypted`: ask for the
-/// reasoning, encrypted.
-pub fn request(chat: &Value, encrypted: bool) -> Value {
+/// The Responses request for the Chat Completions request `chat`, asking for what `asks`
+/// says beside the answer.
+pub fn request(chat: &Value, asks: Asks) -> Value {
     let mut out = json!({
         "model": chat["model"],
         "input": input(chat["messages"].as_array().map_or(&[][..], Vec::as_slice)),
         "stream": true,
         "store": false,
     });
-    if encrypted {
+    if asks.encrypted {
         out["include"] = json!([ENCRYPTED]);
+    }
+    if asks.summaries {
+        out["reasoning"] = json!({"summary": "auto"});
     }
     let limit = chat
         .get("max_completion_tokens")
@@ -54,7 +75,7 @@ pub fn request(chat: &Value, encrypted: bool) -> Value {
         out["max_output_tokens"] = m.clone();
     }
     if let Some(e) = chat.get("reasoning_effort") {
-        out["reasoning"] = json!({"effort": e});
+        out["reasoning"]["effort"] = e.clone();
     }
     if let Some(k) = chat.get("prompt_cache_key") {
         out["prompt_cache_key"] = k.clone();
@@ -251,13 +272,17 @@ mod tests {
             "tools": [{"type": "function", "function": {"name": "bash", "description": "Run",
                 "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}}]
         });
-        let r = request(&chat, true);
+        let all = Asks {
+            encrypted: true,
+            summaries: true,
+        };
+        let r = request(&chat, all);
         assert_eq!(
             r,
             json!({
                 "model": "gpt-5.5-pro", "stream": true, "store": false, "max_output_tokens": 900,
                 "include": ["reasoning.encrypted_content"],
-                "reasoning": {"effort": "low"}, "prompt_cache_key": "aegis-1",
+                "reasoning": {"effort": "low", "summary": "auto"}, "prompt_cache_key": "aegis-1",
                 "input": [
                     {"role": "system", "content": "Be brief."},
                     {"role": "user", "content": [{"type": "input_text", "text": "What is this?"},
@@ -274,7 +299,11 @@ mod tests {
                     "parameters": {"type": "object", "properties": {"command": {"type": "string"}}}}]
             })
         );
-        let plain = request(&json!({"model": "m", "messages": [], "max_tokens": 5}), false);
+        let none = Asks {
+            encrypted: false,
+            summaries: false,
+        };
+        let plain = request(&json!({"model": "m", "messages": [], "max_tokens": 5}), none);
         assert_eq!(plain["max_output_tokens"], 5);
         assert!(
             plain.get("reasoning").is_none()
@@ -361,6 +390,23 @@ mod tests {
         );
         assert_eq!(e(json!({"type": "response.created"})).unwrap(), Event::Nothing);
         assert_eq!(step("{oops").unwrap_err().kind, ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn a_refusal_of_reasoning_summaries_is_recognised() {
+        let refused = LlmError::new(
+            ErrorKind::Request,
+            "HTTP 400: Your organization must be verified to generate reasoning summaries. Please go to: https://platform.openai.com/settings/organization/general and click on Verify Organization. (param: reasoning.summary)",
+        );
+        assert!(refuses_summaries(&refused));
+        assert!(!refuses_summaries(&LlmError::new(
+            ErrorKind::Request,
+            "HTTP 400: bad tools"
+        )));
+        assert!(!refuses_summaries(&LlmError::new(
+            ErrorKind::Server,
+            "reasoning summaries"
+        )));
     }
 
     #[test]

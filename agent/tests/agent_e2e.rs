@@ -1976,9 +1976,16 @@ fn a_model_served_only_by_the_responses_api_is_asked_there() {
         if let Some(refused) = responses_refusal(&req.json()) {
             return refused;
         }
+        // Summaries of the reasoning come only to a request that asks for them.
+        let summaries = req.json()["reasoning"]["summary"] == "auto";
+        let thoughts: &[&str] = if summaries {
+            &["Checking", " the shell."]
+        } else {
+            &[]
+        };
         match round.fetch_add(1, SeqCst) {
             0 => Reply::sse(responses_sse(
-                &["Checking", " the shell."],
+                thoughts,
                 &["Let me look."],
                 &[("call_1", "bash", r#"{"command": "echo from-responses"}"#)],
                 (200, 0, 20),
@@ -2074,4 +2081,43 @@ fn a_server_refusing_every_correction_is_not_asked_forever() {
     let done = done_text(&a.reply());
     assert!(done.contains("only supported in v1/responses"), "{done}");
     assert_eq!(llm.requests().len(), 9, "the first request and eight corrections");
+}
+
+/// OpenAI refuses reasoning summaries to an organization it has not verified: the agent
+/// asks again without them, and from then on, and the answer comes.
+#[test]
+fn an_organization_openai_has_not_verified_is_answered_without_reasoning_summaries() {
+    use aegis_e2e::llm::{responses_only, responses_refusal, responses_sse, unverified_summaries};
+    let llm = FakeLlm::with(|req| {
+        if req.path.ends_with("/chat/completions") {
+            return responses_only();
+        }
+        let body = req.json();
+        responses_refusal(&body)
+            .or_else(|| unverified_summaries(&body))
+            .unwrap_or_else(|| Reply::sse(responses_sse(&[], &["Fine."], &[], (10, 0, 1))))
+    });
+    let ws = temp_dir("responses-unverified");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_MODEL", "gpt-5.5-pro"),
+        ],
+    );
+    a.send(&message("1", "hi", "m-1"));
+    assert_eq!(done_text(&a.reply()), "Fine.");
+    a.send(&message("1", "again", "m-2"));
+    assert_eq!(done_text(&a.reply()), "Fine.");
+    let summaries: Vec<bool> = llm.requests()[1..]
+        .iter()
+        .map(|r| r.json()["reasoning"].get("summary").is_some())
+        .collect();
+    assert_eq!(summaries, [true, false, false], "asked once, then never again");
+    assert!(
+        a.proc.log().contains("no reasoning summaries"),
+        "{}",
+        a.proc.log()
+    );
 }

@@ -293,6 +293,19 @@ pub fn responses_sse(
     out
 }
 
+/// The Responses API's refusal of reasoning summaries to an organization OpenAI has not
+/// verified, when `body` asks for them.
+pub fn unverified_summaries(body: &serde_json::Value) -> Option<Reply> {
+    body["reasoning"].get("summary")?;
+    Some(Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"error": {"message": "Your organization must be verified to generate reasoning summaries. Please go to: https://platform.openai.com/settings/organization/general and click on Verify Organization. If you just verified, it can take up to 15 minutes for access to propagate.",
+            "type": "invalid_request_error", "param": "reasoning.summary", "code": "unsupported_value"}})
+        .to_string(),
+    })
+}
+
 /// What the Responses API refuses in `body`, in its words: Chat Completions' `messages`,
 /// a request without `input`, or a function tool left strict (the default) whose schema
 /// strict mode cannot take (not every property required, or other properties allowed).
