@@ -181,11 +181,17 @@ impl HttpConn {
 
 impl Drop for HttpConn {
     fn drop(&mut self) {
-        // The server may keep state per session: end it, without making anyone wait.
-        let Some(session) = lock(&self.inner.session).take() else {
-            return;
-        };
-        let inner = Arc::clone(&self.inner);
+        if let Some(session) = lock(&self.inner.session).take() {
+            self.inner.end(session);
+        }
+    }
+}
+
+impl Inner {
+    /// End `session` with a `DELETE`, in the background: the server may keep state per
+    /// session, and nobody should wait for it.
+    fn end(self: &Arc<Self>, session: String) {
+        let inner = Arc::clone(self);
         let ended = thread::Builder::new()
             .name("mcp-http-end".into())
             .stack_size(128 * 1024)
@@ -208,12 +214,10 @@ impl Drop for HttpConn {
                 }
             });
         if let Err(e) = ended {
-            log::debug!("MCP [{}]: cannot end the session: {e}", self.inner.name);
+            log::debug!("MCP [{}]: cannot end the session: {e}", self.name);
         }
     }
-}
 
-impl Inner {
     /// `POST body` on `agent` with the session's headers (the revision's, for a modern
     /// server) and `extra`.
     fn post(
@@ -281,7 +285,7 @@ impl Inner {
     /// One request `id` (`body`, with `headers`) and its answer, on a connection `cut`
     /// closes.
     fn exchange(
-        &self,
+        self: &Arc<Self>,
         id: u64,
         body: &str,
         headers: &[(String, String)],
@@ -293,12 +297,16 @@ impl Inner {
             true => McpError::Cancelled,
             false => self.unreachable(&e),
         })?;
+        let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
+        match session.map(str::to_string) {
+            // A server of the earlier kind may open a session for the era probe too (any
+            // first request): nothing will use it, so it ends at once rather than live on.
+            Some(s) if self.modern.load(Ordering::SeqCst) => self.end(s),
+            Some(s) if resp.status().as_u16() == 200 => *lock(&self.session) = Some(s),
+            _ => {}
+        }
         if resp.status().as_u16() != 200 {
             return Err(self.refused(resp));
-        }
-        let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok());
-        if let Some(s) = session.filter(|_| !self.modern.load(Ordering::SeqCst)) {
-            *lock(&self.session) = Some(s.to_string());
         }
         let streamed = resp
             .headers()

@@ -564,6 +564,46 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
     assert!(log.contains("\"protocolVersion\":\"2025-06-18\""));
 }
 
+/// A server of the 2025-06-18 kind that opens a session for any first request opens one for
+/// the agent's `server/discover` probe too: the agent ends it (`DELETE`) instead of leaving
+/// one more session on the server at every start, and works in the session it opens.
+#[test]
+fn a_session_opened_for_the_era_probe_is_ended() {
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start(None);
+    remote.open_sessions_for_anything();
+    let ws = TempDir::new("tools-mcp-probe-session");
+    write_agent_json(&ws, json!({"mcp": {"remote": {"url": remote.url()}}}));
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "remote_add", r#"{"a": 2, "b": 3}"#)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("18", "add", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    assert_eq!(tool_results(&llm.requests()[1])[0].1, "5");
+    let deadline = Instant::now() + T;
+    while remote.sessions().len() > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = remote.seen();
+    let probe = seen
+        .iter()
+        .find(|s| s.what == "server/discover")
+        .expect("the probe");
+    assert_eq!(probe.status, 400);
+    let ended: Vec<Option<String>> = seen
+        .iter()
+        .filter(|s| s.http == "DELETE")
+        .map(|s| s.session.clone())
+        .collect();
+    assert_eq!(ended, [Some("sess-1".to_string())], "the probe's session ended");
+    assert_eq!(remote.sessions(), ["sess-2"], "the agent's own session stays");
+}
+
 /// A server whose tools change says so (a stdio server on its output, a remote one on the
 /// call's stream); the next model request offers the new list.
 #[test]

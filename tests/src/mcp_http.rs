@@ -4,7 +4,9 @@
 //! a session id given with the `initialize` answer and required afterwards (400 without
 //! it, 404 `Session not found` for one it does not know), 400 for an unsupported
 //! `MCP-Protocol-Version`, 202 for notifications and responses, `DELETE` to end a session,
-//! 405 for `GET` (it offers no stream of its own).
+//! 405 for `GET` (it offers no stream of its own). With [`FakeMcpHttp::open_sessions_for_anything`],
+//! it opens a session for any first request, as some servers do, and answers one that is
+//! not `initialize` with a 400 that carries the new session's id.
 //!
 //! Tools: `echo {text}` (answered in an SSE stream, after a log notification), `add {a, b}`
 //! (answered as plain JSON), `ask_ping` (the server pings the client on the stream and
@@ -49,6 +51,8 @@ struct State {
     pongs: HashSet<String>,
     /// `grow` was called: `extra` is listed.
     grown: bool,
+    /// A first request of any method opens a session.
+    opens_for_anything: bool,
 }
 
 /// The stand-in.
@@ -95,6 +99,18 @@ impl FakeMcpHttp {
     /// Everything received so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.0.lock().unwrap().seen.clone()
+    }
+
+    /// Open a session for any first request, not only `initialize`.
+    pub fn open_sessions_for_anything(&self) {
+        self.state.0.lock().unwrap().opens_for_anything = true;
+    }
+
+    /// The sessions open now.
+    pub fn sessions(&self) -> Vec<String> {
+        let mut open: Vec<String> = self.state.0.lock().unwrap().sessions.iter().cloned().collect();
+        open.sort();
+        open
     }
 
     /// Forget every session, as a restarted server does.
@@ -193,6 +209,23 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
             200,
             &[("Content-Type", "application/json"), ("mcp-session-id", &id)],
             result.to_string().as_bytes(),
+        );
+    }
+    if session.is_none() && state.0.lock().unwrap().opens_for_anything {
+        let id = {
+            let mut st = state.0.lock().unwrap();
+            st.next_session += 1;
+            let id = format!("sess-{}", st.next_session);
+            st.sessions.insert(id.clone());
+            id
+        };
+        record(400);
+        let body = json!({"jsonrpc": "2.0", "id": body["id"],
+            "error": {"code": -32600, "message": "Bad Request: Session not initialized"}});
+        return resp.send(
+            400,
+            &[("Content-Type", "application/json"), ("mcp-session-id", &id)],
+            body.to_string().as_bytes(),
         );
     }
     if session.is_none() {
