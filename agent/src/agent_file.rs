@@ -71,6 +71,8 @@ pub struct AgentFile {
     pub reasoning_effort: Option<String>,
     /// [ours] Claude's thinking: the tokens it may think with, or `"adaptive"`.
     pub thinking_budget: Option<Value>,
+    /// [ours] `chat` or `responses`: the OpenAI API requests go to.
+    pub openai_api: Option<String>,
 }
 
 const FIELDS: &[&str] = &[
@@ -90,6 +92,7 @@ const FIELDS: &[&str] = &[
     "voice",
     "reasoning_effort",
     "thinking_budget",
+    "openai_api",
 ];
 
 /// Parse the text of an agent.json; problems come back as messages naming the field.
@@ -121,6 +124,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         voice: get(obj, "voice", &mut problems),
         reasoning_effort: get(obj, "reasoning_effort", &mut problems),
         thinking_budget: get(obj, "thinking_budget", &mut problems),
+        openai_api: get(obj, "openai_api", &mut problems),
     };
     (file, problems)
 }

@@ -52,6 +52,10 @@ LLM (environment only, so keys never appear in a process listing):
                         reasoning_effort: minimal, low, medium, high; Claude's
                         output_config.effort: low, medium, high, xhigh, max)
                         [model's default]
+    AEGIS_OPENAI_API    chat (Chat Completions) or responses (OpenAI's Responses API:
+                        its reasoning summaries shown, reasoning kept across tool
+                        rounds); a model only the latter serves is asked there
+                        anyway [chat]
     AEGIS_THINKING_BUDGET   Claude's thinking: tokens it may think with (at least
                         1024; 0 = off), or `adaptive` (Claude decides; 4.6 and
                         later; a model that takes only that gets it); through
@@ -103,7 +107,7 @@ NETWORK (as for Go programs, curl and OpenSSL):
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\", \"anthropic/NAME\", or \"host:SERVER/NAME\" for a model
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
-    host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort,
+    host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort, openai_api,
     thinking_budget, context_turns, context_chars, context_recap, system_prompt,
     max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
@@ -575,7 +579,23 @@ fn provider(
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: None,
         bearer,
+        responses_api: kind == ProviderKind::OpenAi && openai_api(file)?,
     })
+}
+
+/// Whether requests go to OpenAI's Responses API from the start (`AEGIS_OPENAI_API`,
+/// agent.json `openai_api`: `chat`, the default, or `responses`).
+fn openai_api(file: &AgentFile) -> Result<bool, ConfigError> {
+    let from_env = env("AEGIS_OPENAI_API");
+    match from_env.as_deref().or(file.openai_api.as_deref()).map(str::trim) {
+        None | Some("chat") => Ok(false),
+        Some("responses") => Ok(true),
+        Some(other) => {
+            let problem = format!("{other:?}: use \"chat\" (Chat Completions, the default) or \"responses\"");
+            bad_setting("AEGIS_OPENAI_API", "openai_api", from_env.is_some(), problem)
+                .map(|_: Option<()>| false)
+        }
+    }
 }
 
 fn max_tokens(file: &AgentFile) -> Result<Option<u32>, ConfigError> {
@@ -688,6 +708,7 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         attempts: env_num("AEGIS_LLM_RETRIES", 4u32)?.max(1),
         host: Some(name.to_string()),
         bearer: false,
+        responses_api: false,
     })
 }
 

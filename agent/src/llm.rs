@@ -111,6 +111,9 @@ pub struct Provider {
     /// (`ANTHROPIC_AUTH_TOKEN`, OpenRouter's Anthropic-compatible API) rather than as
     /// Anthropic's `x-api-key`.
     pub bearer: bool,
+    /// OpenAI dialect: ask the Responses API from the start (`AEGIS_OPENAI_API`), not
+    /// only once Chat Completions refuses the model.
+    pub responses_api: bool,
 }
 
 impl Provider {
@@ -487,6 +490,8 @@ impl Llm {
             )),
         };
         let openai_itself = provider.base_url.starts_with("https://api.openai.com/");
+        // A host's model server is asked as the host asks it (Chat Completions).
+        let responses = provider.responses_api && provider.host.is_none();
         Llm {
             provider,
             transport,
@@ -497,7 +502,7 @@ impl Llm {
             stand_in: Arc::new(AtomicU8::new(StandIn::Nothing as u8)),
             no_stream_options: Arc::new(AtomicBool::new(false)),
             no_cache_key: Arc::new(AtomicBool::new(false)),
-            responses: Arc::new(AtomicBool::new(false)),
+            responses: Arc::new(AtomicBool::new(responses)),
             no_encrypted: Arc::new(AtomicBool::new(false)),
             no_summaries: Arc::new(AtomicBool::new(false)),
             ledger: None,
@@ -2334,6 +2339,7 @@ mod tests {
             attempts: 1,
             host: None,
             bearer: false,
+            responses_api: false,
         }
     }
 

@@ -2121,3 +2121,56 @@ fn an_organization_openai_has_not_verified_is_answered_without_reasoning_summari
         a.proc.log()
     );
 }
+
+/// `AEGIS_OPENAI_API=responses` asks the Responses API from the first request (its
+/// reasoning summaries shown) for a model Chat Completions serves too; a value that is
+/// neither stops the agent with a message naming the variable.
+#[test]
+fn the_responses_api_can_be_chosen_from_the_start() {
+    use aegis_e2e::llm::{responses_refusal, responses_sse};
+    let llm = FakeLlm::with(|req| {
+        let body = req.json();
+        if let Some(refused) = req
+            .path
+            .ends_with("/responses")
+            .then(|| responses_refusal(&body))
+            .flatten()
+        {
+            return refused;
+        }
+        match req.path.ends_with("/responses") {
+            true => Reply::sse(responses_sse(&["Weighing it."], &["Fine."], &[], (10, 0, 1))),
+            false => Reply::sse(openai_sse(&["chat"])),
+        }
+    });
+    let ws = temp_dir("responses-chosen");
+    let a = start_agent(
+        &ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", llm.url()),
+            ("AEGIS_MODEL", "gpt-5.5"),
+            ("AEGIS_OPENAI_API", "responses"),
+        ],
+    );
+    a.send(&message("1", "hi", "m-1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Fine.");
+    assert_eq!(texts(&frames, "reasoning.delta").concat(), "Weighing it.");
+    let paths: Vec<String> = llm.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/responses"]);
+
+    let bad = temp_dir("responses-bad");
+    let out = command("aegis-agent")
+        .env("AEGIS_WORKSPACE", bad.path())
+        .env("OPENAI_API_KEY", "k")
+        .env("AEGIS_OPENAI_API", "completions")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("AEGIS_OPENAI_API") && err.contains("\"responses\""),
+        "{err}"
+    );
+}
