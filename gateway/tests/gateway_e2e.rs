@@ -2428,6 +2428,22 @@ fn forwards_and_locations_reach_the_model_and_a_forward_never_runs() {
     let ls = msgs.last().unwrap().visible();
     assert!(!ls.contains("forwarded-ran"), "{ls}");
     assert!(!s.instance_dir().join("workspace/forwarded-ran").exists());
+    // A line of exec mode, edited: it ran once, when sent, and its edit runs nothing, nor
+    // reaches the model.
+    let ran = s.telegram.push_text(CHAT, 7, "Ann", "echo once");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("once")));
+    s.telegram.push_edit(
+        json!({"chat": chat, "from": ann, "message_id": ran, "text": "echo once"}),
+        "touch edited-ran",
+    );
+    let before = s.telegram.messages(CHAT).len();
+    s.telegram.push_text(CHAT, 7, "Ann", "ls");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| m.len() > before);
+    let ls = msgs.last().unwrap().visible();
+    assert!(!ls.contains("edited-ran"), "{ls}");
+    assert!(!s.instance_dir().join("workspace/edited-ran").exists());
+    assert_eq!(s.llm.requests().len(), 5, "the edit reached no model");
 }
 
 /// A gateway killed while a command runs: the next one tells the chat the output is lost
