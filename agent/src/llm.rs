@@ -790,24 +790,30 @@ impl Llm {
             }
             return Some(body.clone());
         }
-        let responses = openai && self.responses.load(Ordering::Relaxed);
-        if responses
-            && crate::responses::refuses_encrypted(err)
-            && !self.no_encrypted.swap(true, Ordering::Relaxed)
-        {
-            log::info!("the model gives no encrypted reasoning; asking again without it, from now on");
-            return Some(body.clone());
-        }
-        if responses
-            && crate::responses::refuses_summaries(err)
-            && !self.no_summaries.swap(true, Ordering::Relaxed)
-        {
-            log::warn!(
-                "OpenAI gives no reasoning summaries here ({}); asking again without them, from now on: \
-                 the model's thinking stays hidden",
-                err.detail
-            );
-            return Some(body.clone());
+        // What a Responses request asks for beside the answer, each dropped once refused.
+        type Refuses = fn(&LlmError) -> bool;
+        let extras: [(Refuses, &AtomicBool, &str); 2] = [
+            (
+                crate::responses::refuses_encrypted,
+                &self.no_encrypted,
+                "no encrypted reasoning",
+            ),
+            (
+                crate::responses::refuses_summaries,
+                &self.no_summaries,
+                "no reasoning summaries",
+            ),
+        ];
+        if openai && self.responses.load(Ordering::Relaxed) {
+            for (refuses, dropped, what) in extras {
+                if refuses(err) && !dropped.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "OpenAI gives {what} here ({}); asking again without, from now on",
+                        err.detail
+                    );
+                    return Some(body.clone());
+                }
+            }
         }
         if let Some(renamed) = with_completion_tokens(body, err) {
             // A reasoning model behind a server that is not OpenAI's own (Azure, a proxy).

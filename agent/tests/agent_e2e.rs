@@ -1069,22 +1069,50 @@ fn a_reply_stopped_midway_still_counts_what_it_was_billed_for() {
     );
 }
 
+/// The environment of an agent asking model `model` of the OpenAI-compatible server at
+/// `url`, with a key.
+fn openai_at<'a>(url: &'a str, model: &'a str) -> [(&'a str, &'a str); 3] {
+    [
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", url),
+        ("AEGIS_MODEL", model),
+    ]
+}
+
+/// The agent of `ws` (model `gpt-test`) asks twice, in chat 5 from message `m-{first}`, a
+/// server that refuses `argument` as OpenAI refuses one it does not know: whether each
+/// request carried it, once both are answered, and the agent.
+fn asked_of_a_server_refusing(
+    ws: &aegis_e2e::proc::TempDir,
+    argument: &'static str,
+    first: usize,
+) -> (Vec<bool>, aegis_e2e::agent::Agent) {
+    let refusing = FakeLlm::with(move |req| match req.json().get(argument) {
+        Some(_) => aegis_e2e::llm::openai_unknown_argument(argument),
+        None => Reply::sse(openai_sse(&["ok"])),
+    });
+    let b = start_agent(ws, &openai_at(refusing.url(), "gpt-test"));
+    for i in first..first + 2 {
+        b.send(&message("5", "hi", &format!("m-{i}")));
+        assert_eq!(done_text(&b.reply()), "ok");
+    }
+    let carried = refusing
+        .requests()
+        .iter()
+        .map(|r| r.json().get(argument).is_some())
+        .collect();
+    (carried, b)
+}
+
 /// OpenAI tells a request's usage only when asked (`stream_options.include_usage`): it is
 /// asked, and a server that refuses the argument is asked again at once without it, and
 /// never with it again.
 #[test]
 fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_without() {
-    use aegis_e2e::llm::{openai_unknown_argument, with_openai_usage};
+    use aegis_e2e::llm::with_openai_usage;
     let asking = FakeLlm::with(|_| Reply::sse(with_openai_usage(openai_sse(&["ok"]), 2006, 1920, 300)));
     let ws = temp_dir("usage-openai");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", asking.url()),
-            ("AEGIS_MODEL", "gpt-test"),
-        ],
-    );
+    let a = start_agent(&ws, &openai_at(asking.url(), "gpt-test"));
     a.send(&message("5", "hi", "m-1"));
     assert_eq!(done_text(&a.reply()), "ok");
     assert_eq!(
@@ -1097,30 +1125,7 @@ fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_wit
     );
     drop(a);
 
-    let refusing = FakeLlm::with(|req| {
-        if req.json().get("stream_options").is_some() {
-            openai_unknown_argument("stream_options")
-        } else {
-            Reply::sse(openai_sse(&["ok"]))
-        }
-    });
-    let b = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", refusing.url()),
-            ("AEGIS_MODEL", "gpt-test"),
-        ],
-    );
-    for i in 0..2 {
-        b.send(&message("5", "hi", &format!("m-{}", i + 2)));
-        assert_eq!(done_text(&b.reply()), "ok");
-    }
-    let asked: Vec<bool> = refusing
-        .requests()
-        .iter()
-        .map(|r| r.json().get("stream_options").is_some())
-        .collect();
+    let (asked, b) = asked_of_a_server_refusing(&ws, "stream_options", 2);
     assert_eq!(asked, [true, false, false]);
     assert!(b.proc.log().contains("refuses stream_options"));
     let today = aegis_e2e::agent::usage_today(ws.path());
@@ -1136,16 +1141,9 @@ fn openai_is_asked_for_usage_and_a_server_that_refuses_the_question_is_asked_wit
 /// asked again at once without it, and never with it again.
 #[test]
 fn each_chat_has_its_own_prompt_cache_key_unless_the_server_refuses_it() {
-    use aegis_e2e::llm::openai_unknown_argument;
     let llm = FakeLlm::with(|_| Reply::sse(openai_sse(&["ok"])));
     let ws = temp_dir("cache-key");
-    let env = |url| {
-        [
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", url),
-            ("AEGIS_MODEL", "gpt-test"),
-        ]
-    };
+    let env = |url| openai_at(url, "gpt-test");
     let a = start_agent(&ws, &env(llm.url()));
     for (chat, id) in [("5", "m-1"), ("6", "m-2"), ("5", "m-3")] {
         a.send(&message(chat, "hi", id));
@@ -1161,23 +1159,7 @@ fn each_chat_has_its_own_prompt_cache_key_unless_the_server_refuses_it() {
     assert_ne!(keys[0], keys[1], "another chat, another key");
     drop(a);
 
-    let refusing = FakeLlm::with(|req| {
-        if req.json().get("prompt_cache_key").is_some() {
-            openai_unknown_argument("prompt_cache_key")
-        } else {
-            Reply::sse(openai_sse(&["ok"]))
-        }
-    });
-    let b = start_agent(&ws, &env(refusing.url()));
-    for i in 0..2 {
-        b.send(&message("5", "hi", &format!("m-{}", i + 4)));
-        assert_eq!(done_text(&b.reply()), "ok");
-    }
-    let sent: Vec<bool> = refusing
-        .requests()
-        .iter()
-        .map(|r| r.json().get("prompt_cache_key").is_some())
-        .collect();
+    let (sent, b) = asked_of_a_server_refusing(&ws, "prompt_cache_key", 4);
     assert_eq!(sent, [true, false, false]);
     assert!(b.proc.log().contains("refuses prompt_cache_key"));
 }
@@ -2000,14 +1982,7 @@ fn a_model_served_only_by_the_responses_api_is_asked_there() {
         }
     });
     let ws = temp_dir("responses-api");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", llm.url()),
-            ("AEGIS_MODEL", "gpt-5.5-pro"),
-        ],
-    );
+    let a = start_agent(&ws, &openai_at(llm.url(), "gpt-5.5-pro"));
     a.send(&message("1", "what does echo say?", "m-1"));
     let frames = a.reply();
     assert_eq!(done_text(&frames), "Let me look.\n\nIt says from-responses.");
@@ -2069,14 +2044,7 @@ fn a_model_served_only_by_the_responses_api_is_asked_there() {
 fn a_server_refusing_every_correction_is_not_asked_forever() {
     let llm = FakeLlm::with(|_| aegis_e2e::llm::responses_only());
     let ws = temp_dir("responses-loop");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", llm.url()),
-            ("AEGIS_MODEL", "gpt-5.5-pro"),
-        ],
-    );
+    let a = start_agent(&ws, &openai_at(llm.url(), "gpt-5.5-pro"));
     a.send(&message("1", "hi", "m-1"));
     let done = done_text(&a.reply());
     assert!(done.contains("only supported in v1/responses"), "{done}");
@@ -2098,14 +2066,7 @@ fn an_organization_openai_has_not_verified_is_answered_without_reasoning_summari
             .unwrap_or_else(|| Reply::sse(responses_sse(&[], &["Fine."], &[], (10, 0, 1))))
     });
     let ws = temp_dir("responses-unverified");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", llm.url()),
-            ("AEGIS_MODEL", "gpt-5.5-pro"),
-        ],
-    );
+    let a = start_agent(&ws, &openai_at(llm.url(), "gpt-5.5-pro"));
     a.send(&message("1", "hi", "m-1"));
     assert_eq!(done_text(&a.reply()), "Fine.");
     a.send(&message("1", "again", "m-2"));

@@ -19,19 +19,25 @@ fn ca(name: &str) -> String {
     fixture(name).display().to_string()
 }
 
+/// An agent in `ws` whose model is behind `front`, trusting the test CA (`SSL_CERT_FILE`).
+fn behind_the_test_ca(ws: &TempDir, front: &TlsFront) -> Agent {
+    let ca = ca("ca.pem");
+    start_agent(
+        ws,
+        &[
+            ("OPENAI_API_KEY", "k"),
+            ("OPENAI_BASE_URL", &front.url),
+            ("SSL_CERT_FILE", &ca),
+        ],
+    )
+}
+
 #[test]
 fn a_model_behind_a_private_ca_is_reached_with_ssl_cert_file_or_ssl_cert_dir() {
     let llm = FakeLlm::echo_openai();
     let front = TlsFront::start(llm.url());
     let ws = temp_dir("tls-file");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", &front.url),
-            ("SSL_CERT_FILE", &ca("ca.pem")),
-        ],
-    );
+    let a = behind_the_test_ca(&ws, &front);
     assert!(
         a.proc.log().contains(&format!(
             "trusting 1 certificate from SSL_CERT_FILE={} instead",
@@ -568,14 +574,7 @@ fn a_cancel_closes_a_silent_https_model_stream_at_once() {
     let llm = FakeLlm::scripted(vec![Reply::quiet(), Reply::sse(openai_sse(&["after"]))]);
     let front = TlsFront::start(llm.url());
     let ws = temp_dir("tls-cancel");
-    let a = start_agent(
-        &ws,
-        &[
-            ("OPENAI_API_KEY", "k"),
-            ("OPENAI_BASE_URL", &front.url),
-            ("SSL_CERT_FILE", &ca("ca.pem")),
-        ],
-    );
+    let a = behind_the_test_ca(&ws, &front);
     a.send(&message("1", "think", "m-1"));
     llm.wait_request(1, T);
     a.send(&tether::Frame::new(

@@ -55,10 +55,7 @@ impl Conn for TcpStream {
     }
 
     fn closed_within(&self, max: Duration) -> bool {
-        let _ = self.set_read_timeout(Some(max.max(Duration::from_millis(1))));
-        let gone = ended(&mut &*self);
-        let _ = self.set_read_timeout(None);
-        gone
+        closed_within(self, TcpStream::set_read_timeout, max)
     }
 }
 
@@ -68,20 +65,24 @@ impl Conn for std::os::unix::net::UnixStream {
     }
 
     fn closed_within(&self, max: Duration) -> bool {
-        let _ = self.set_read_timeout(Some(max.max(Duration::from_millis(1))));
-        let gone = ended(&mut &*self);
-        let _ = self.set_read_timeout(None);
-        gone
+        closed_within(self, std::os::unix::net::UnixStream::set_read_timeout, max)
     }
 }
 
-/// Whether reading `conn` (its read timeout set) meets its end or a reset.
-fn ended(conn: &mut impl Read) -> bool {
-    match conn.read(&mut [0u8; 1]) {
+/// Whether `conn` meets its end or a reset within `max`, read with its read timeout set
+/// by `timeout` (then cleared).
+fn closed_within<S>(conn: &S, timeout: fn(&S, Option<Duration>) -> io::Result<()>, max: Duration) -> bool
+where
+    for<'a> &'a S: Read,
+{
+    let _ = timeout(conn, Some(max.max(Duration::from_millis(1))));
+    let gone = match (&mut &*conn).read(&mut [0u8; 1]) {
         Ok(0) => true,
         Ok(_) => false,
         Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut),
-    }
+    };
+    let _ = timeout(conn, None);
+    gone
 }
 
 impl Responder {

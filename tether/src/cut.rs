@@ -221,6 +221,16 @@ mod tests {
         held: mpsc::Receiver<Seen>,
     }
 
+    impl Server {
+        /// A held response's client closes, within 10 s.
+        fn sees_close(&self) {
+            assert_eq!(
+                self.held.recv_timeout(Duration::from_secs(10)).unwrap(),
+                Seen::Closed
+            );
+        }
+    }
+
     fn server() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -307,10 +317,7 @@ mod tests {
         // Without the shutdown the server would hold its 20 s and then see no close.
         thread::sleep(Duration::from_millis(100));
         cut.fire();
-        assert_eq!(
-            s.held.recv_timeout(Duration::from_secs(10)).unwrap(),
-            Seen::Closed
-        );
+        s.sees_close();
         assert!(reading.join().unwrap(), "the read fails instead of waiting");
         assert!(cut.fired());
         assert_eq!(lanes.idle(), 0, "a cut agent is not lent again");
@@ -329,20 +336,14 @@ mod tests {
         }
         thread::sleep(Duration::from_millis(100));
         mine.fire();
-        assert_eq!(
-            s.held.recv_timeout(Duration::from_secs(10)).unwrap(),
-            Seen::Closed
-        );
+        s.sees_close();
         assert!(cut_one.join().unwrap());
         assert!(
             s.held.recv_timeout(Duration::from_secs(1)).is_err(),
             "the other request is still held"
         );
         other.fire();
-        assert_eq!(
-            s.held.recv_timeout(Duration::from_secs(10)).unwrap(),
-            Seen::Closed
-        );
+        s.sees_close();
         assert!(left_one.join().unwrap());
     }
 
@@ -401,10 +402,7 @@ mod tests {
         thread::sleep(Duration::from_millis(100));
         cut.fire();
         for _ in 0..2 {
-            assert_eq!(
-                s.held.recv_timeout(Duration::from_secs(10)).unwrap(),
-                Seen::Closed
-            );
+            s.sees_close();
         }
         assert!(held.into_iter().all(|h| h.join().unwrap()));
         let body = agents[0]
