@@ -55,6 +55,16 @@ struct State {
     opens_for_anything: bool,
 }
 
+impl State {
+    /// A new session: its id (`sess-1`, `sess-2`, ...).
+    fn open_session(&mut self) -> String {
+        self.next_session += 1;
+        let id = format!("sess-{}", self.next_session);
+        self.sessions.insert(id.clone());
+        id
+    }
+}
+
 /// The stand-in.
 pub struct FakeMcpHttp {
     server: Server,
@@ -193,13 +203,7 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
         return rpc_error(resp, 406, -32000, msg);
     }
     if what == "initialize" {
-        let id = {
-            let mut st = state.0.lock().unwrap();
-            st.next_session += 1;
-            let id = format!("sess-{}", st.next_session);
-            st.sessions.insert(id.clone());
-            id
-        };
+        let id = state.0.lock().unwrap().open_session();
         record(200);
         let result = json!({"jsonrpc": "2.0", "id": body["id"], "result": {
             "protocolVersion": "2025-06-18",
@@ -212,13 +216,7 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
         );
     }
     if session.is_none() && state.0.lock().unwrap().opens_for_anything {
-        let id = {
-            let mut st = state.0.lock().unwrap();
-            st.next_session += 1;
-            let id = format!("sess-{}", st.next_session);
-            st.sessions.insert(id.clone());
-            id
-        };
+        let id = state.0.lock().unwrap().open_session();
         record(400);
         let body = json!({"jsonrpc": "2.0", "id": body["id"],
             "error": {"code": -32600, "message": "Bad Request: Session not initialized"}});

@@ -286,6 +286,12 @@ mod tests {
         }
     }
 
+    /// The body of `/quick`, asked on `agent`.
+    fn quick(agent: &Agent, url: &str) -> String {
+        let resp = agent.get(format!("{url}/quick")).call().unwrap();
+        resp.into_body().read_to_string().unwrap()
+    }
+
     fn lanes() -> Lanes {
         Lanes::new(crate::http::agent_config("http://127.0.0.1/").build())
     }
@@ -353,14 +359,7 @@ mod tests {
         let lanes = lanes();
         let cut = Cut::new();
         for _ in 0..3 {
-            let lane = lanes.lend(&cut).unwrap();
-            let body = lane
-                .get(format!("{}/quick", s.url))
-                .call()
-                .unwrap()
-                .into_body()
-                .read_to_string();
-            assert_eq!(body.unwrap(), "ok");
+            assert_eq!(quick(&lanes.lend(&cut).unwrap(), &s.url), "ok");
         }
         assert_eq!(lanes.idle(), 1);
         s.accepted.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -371,14 +370,7 @@ mod tests {
         // A cut fired once its requests are over reaches no agent: the next request on the
         // agent it gave back still works.
         cut.fire();
-        let lane = lanes.any();
-        let body = lane
-            .get(format!("{}/quick", s.url))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string();
-        assert_eq!(body.unwrap(), "ok");
+        assert_eq!(quick(&lanes.any(), &s.url), "ok");
     }
 
     #[test]
@@ -405,13 +397,7 @@ mod tests {
             s.sees_close();
         }
         assert!(held.into_iter().all(|h| h.join().unwrap()));
-        let body = agents[0]
-            .get(format!("{}/quick", s.url))
-            .call()
-            .unwrap()
-            .into_body()
-            .read_to_string();
-        assert_eq!(body.unwrap(), "ok", "the disarmed agent still works");
+        assert_eq!(quick(&agents[0], &s.url), "ok", "the disarmed agent still works");
         assert!(armed.all(Armed::disarm), "the others know they were cut");
         assert!(cut.arm(&agents[0]).is_none());
     }
