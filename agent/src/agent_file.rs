@@ -147,7 +147,7 @@ fn get<T: DeserializeOwned>(
 /// Read `path`; a missing file is an empty configuration. Problems are logged with the
 /// file's path and the field.
 pub fn load(path: &Path) -> AgentFile {
-    let text = match std::fs::read_to_string(path) {
+    let text = match crate::regular::read_to_string(path, crate::regular::CONFIG_CAP) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return AgentFile::default(),
         Err(e) => {

@@ -143,14 +143,7 @@ fn kept(path: &Path, max: u64) {
 /// is refused rather than waited on.
 pub fn store_file(workspace: &Path, src: &Path, cap: u64) -> io::Result<(String, u64)> {
     use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut from = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(src)?;
-    if !from.metadata()?.is_file() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
-    }
+    let mut from = crate::regular::open(src)?;
     let d = dir(workspace);
     fs::create_dir_all(&d)?;
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

@@ -26,6 +26,7 @@ mod mcp_resources;
 mod memory;
 mod prompt_cache;
 mod recap;
+mod regular;
 mod responses;
 mod restart;
 mod router;

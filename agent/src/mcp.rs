@@ -1156,7 +1156,7 @@ fn start_in_background(server: &Arc<Server>) {
 /// The servers named in `<workspace>/.aegis/mcp.json` (`{"servers": {NAME: {...}}}`).
 pub fn servers_file(workspace: &Path) -> BTreeMap<String, ServerConfig> {
     let path = workspace.join(".aegis/mcp.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    let Ok(text) = crate::regular::read_to_string(&path, crate::regular::CONFIG_CAP) else {
         return BTreeMap::new();
     };
     #[derive(Deserialize)]

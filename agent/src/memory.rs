@@ -128,7 +128,7 @@ impl MemoryStore {
             Err(e) => return Err(e),
         };
         if cache.stamp != stamp || stamp.is_none() {
-            let text = match fs::read_to_string(&self.path) {
+            let text = match crate::regular::read_to_string(&self.path, u64::MAX) {
                 Ok(t) => t,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
                 Err(e) => return Err(e),

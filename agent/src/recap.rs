@@ -205,7 +205,7 @@ fn current(session_file: &Path) -> Option<Recap> {
 /// The recap at `path`, if there is a readable one.
 pub fn load(path: &Path) -> Option<Recap> {
     use std::io::Read;
-    let file = match std::fs::File::open(path) {
+    let file = match crate::regular::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
         Err(e) => {

@@ -326,7 +326,7 @@ impl SessionStore {
     /// session costs time and memory for the turns it needs, not for the whole history.
     pub fn load(&self, session: &Session, keep: usize) -> io::Result<Vec<Turn>> {
         let path = self.path(session);
-        let mut file = match File::open(&path) {
+        let mut file = match crate::regular::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),

@@ -175,7 +175,7 @@ fn recording(workspace: &Path, a: &tether::frame::Audio) -> Result<Vec<u8>, Stri
                 MAX_RECORDING / (1024 * 1024)
             ));
         }
-        return std::fs::read(&path).map_err(|e| format!("the recording {given}: {e}"));
+        return crate::regular::read(&path, MAX_RECORDING).map_err(|e| format!("the recording {given}: {e}"));
     }
     if a.data.trim().is_empty() {
         return Err("the recording came without its bytes".into());

@@ -323,11 +323,7 @@ impl Ledger {
 /// The file at `path` as days: none when it is missing, or not a record (then set aside
 /// as `usage.json.bad`, with a warning, not overwritten).
 fn read(path: &Path) -> Days {
-    let bytes = std::fs::File::open(path).and_then(|f| {
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE + 1), &mut bytes)?;
-        Ok(bytes)
-    });
+    let bytes = crate::regular::read(path, MAX_FILE + 1);
     let Ok(bytes) = bytes else {
         return Days::new();
     };

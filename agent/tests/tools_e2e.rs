@@ -262,6 +262,65 @@ fn hostile_paths_are_refused_as_tool_errors() {
     );
 }
 
+/// A FIFO the model (or anyone) planted under a file's name: opened plainly it would block
+/// until someone writes to it, on the reply's own thread, where no cancel reaches.
+#[test]
+fn a_fifo_under_a_files_name_is_refused_not_waited_on() {
+    let ws = TempDir::new("tools-fifo");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    for name in [
+        "notes.md",
+        "pic.png",
+        ".aegis/agent.json",
+        ".aegis/mcp.json",
+        ".aegis/cron.json",
+    ] {
+        let made = std::process::Command::new("mkfifo")
+            .arg(ws.join(name))
+            .status()
+            .unwrap();
+        assert!(made.success(), "mkfifo {name}");
+    }
+    let calls = [
+        ("c1", "read_file", json!({"path": "notes.md"})),
+        ("c2", "read_file", json!({"path": "notes.md", "start_line": 1})),
+        (
+            "c3",
+            "edit_file",
+            json!({"path": "notes.md", "old_text": "a", "new_text": "b"}),
+        ),
+        ("c4", "respond_with_image", json!({"path": "pic.png"})),
+        ("c5", "send_file", json!({"path": "notes.md"})),
+        ("c6", "grep", json!({"pattern": "x", "path": "notes.md"})),
+        ("c7", "cron_list", json!({})),
+    ];
+    let args: Vec<String> = calls.iter().map(|c| c.2.to_string()).collect();
+    let refs: Vec<(&str, &str, &str)> = calls
+        .iter()
+        .zip(&args)
+        .map(|(c, a)| (c.0, c.1, a.as_str()))
+        .collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &refs, 7)),
+        Reply::sse(openai_sse(&["ok"])),
+        Reply::sse(openai_sse(&["still here"])),
+    ]);
+    // The agent starts with agent.json and mcp.json being FIFOs: each is reported, not waited on.
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("3", "read my notes", "m1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let results = tool_results(&llm.requests()[1]);
+    assert_eq!(results.len(), calls.len());
+    for (id, text) in &results {
+        // grep walks what it is given: a FIFO holds no files, so nothing matches.
+        let expected = if id == "c6" { "no matches" } else { "error:" };
+        assert!(text.starts_with(expected), "{id} was not refused: {text}");
+    }
+    assert!(results[0].1.contains("not a regular file"), "{}", results[0].1);
+    a.send(&message("3", "and now?", "m2"));
+    assert_eq!(done_text(&a.reply()), "still here");
+}
+
 #[test]
 fn bash_times_out_and_its_processes_are_killed() {
     let llm = FakeLlm::scripted(vec![

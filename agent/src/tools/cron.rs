@@ -3,7 +3,6 @@
 //! host reads it and sends each run as a `user.message`, so the instance may sleep
 //! between runs (see `tether::cron`).
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -37,7 +36,7 @@ impl CronTools {
     }
 
     fn load(&self) -> Result<CronFile, String> {
-        match fs::read_to_string(&self.path) {
+        match crate::regular::read_to_string(&self.path, crate::regular::CONFIG_CAP) {
             Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{} is damaged: {e}", self.path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CronFile::default()),
             Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
@@ -260,7 +259,8 @@ mod tests {
         )
         .unwrap();
         let file: CronFile =
-            serde_json::from_str(&fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap())
+                .unwrap();
         assert_eq!(file.entries.len(), 2);
         assert_eq!(file.entries[0].reply_to, Some(chat.clone()));
         assert_eq!(file.entries[0].session, "cron-1");
@@ -324,7 +324,8 @@ mod tests {
         c.create(&json!({"schedule": "0 9 * * *", "text": "daily"}), &chat)
             .unwrap();
         let file: CronFile =
-            serde_json::from_str(&fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap())
+                .unwrap();
         let at = file.entries[0].at.clone().unwrap();
         assert_eq!(file.entries[0].schedule, format!("once at {at}"));
         assert_eq!(file.entries[1].at, None);

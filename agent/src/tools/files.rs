@@ -33,7 +33,7 @@ fn load(ws: &Workspace, path: &Path, limit: u64) -> Result<Vec<u8>, String> {
         return Err(format!("{shown} is too large ({} bytes)", meta.len()));
     }
     let mut bytes = Vec::new();
-    fs::File::open(path)
+    crate::regular::open(path)
         .and_then(|f| f.take(limit).read_to_end(&mut bytes))
         .map_err(|e| format!("{shown}: {e}"))?;
     if is_binary(&bytes) {
@@ -44,7 +44,7 @@ fn load(ws: &Workspace, path: &Path, limit: u64) -> Result<Vec<u8>, String> {
 
 fn partial(ws: &Workspace, path: &Path) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
-    fs::File::open(path)
+    crate::regular::open(path)
         .and_then(|f| f.take(READ_CAP as u64 + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("{}: {e}", ws.display(path)))?;
     if is_binary(&bytes) {
@@ -234,7 +234,7 @@ pub fn attach_image(ws: &Workspace, args: &Value) -> Result<(tether::frame::Imag
             "{given} is too large to send ({size} bytes; at most {ATTACH_CAP})"
         ));
     }
-    let bytes = fs::read(&path).map_err(|e| format!("{given}: {e}"))?;
+    let bytes = crate::regular::read(&path, ATTACH_CAP).map_err(|e| format!("{given}: {e}"))?;
     // Also in the blob store: a gateway that reads blobs from the workspace (upstream's)
     // finds it there; ours uses the inline bytes.
     let blob = crate::blobs::store(ws.root(), media_type, &bytes).map_err(|e| format!("{given}: {e}"))?;

@@ -149,7 +149,7 @@ pub fn grep(ws: &Workspace, args: &Value) -> Result<String, String> {
             return false;
         }
         let mut bytes = Vec::new();
-        if fs::File::open(path)
+        if crate::regular::open(path)
             .and_then(|f| f.take(GREP_FILE_CAP).read_to_end(&mut bytes))
             .is_err()
             || bytes[..bytes.len().min(8192)].contains(&0)
