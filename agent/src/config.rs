@@ -72,7 +72,7 @@ LLM (environment only, so keys never appear in a process listing):
 
 TOOLS:
     AEGIS_TOOLS         which tools are on: comma-separated names or groups (shell,
-                        files, web, memory, cron, self, mcp), `all`, `none`, `-NAME` to
+                        files, skills, web, memory, cron, self, mcp), `all`, `none`, `-NAME` to
                         remove; a list starting with a name selects exactly those
                         [default all]
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]

@@ -15,6 +15,7 @@ mod context;
 mod copies;
 mod direct;
 mod egress;
+mod frontmatter;
 mod harness;
 mod host_llm;
 mod keepalive;
@@ -31,6 +32,7 @@ mod responses;
 mod restart;
 mod router;
 mod session;
+mod skills;
 mod sse;
 mod successor;
 #[cfg(test)]

@@ -324,9 +324,20 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let recap = shared.recaps.prompt(&shared.sessions.path(session));
     // The servers' word on their tools closes the fixed part: the same from one reply to
     // the next, so the prompt cache still serves it.
-    let fixed = format!("{}{}", shared.system_prompt, shared.tools.mcp_instructions());
+    let fixed = format!(
+        "{}{}{}",
+        shared.system_prompt,
+        shared.tools.skills_prompt(),
+        shared.tools.mcp_instructions()
+    );
     let cache_key = crate::prompt_cache::conversation_key(&session.channel, &session.id);
     let memories = shared.memory.inject(&words);
+    // A skill the message asks for by `/NAME` comes with it, before the memories.
+    let notes = match (shared.tools.skill_asked(&msg.text), memories.trim_start()) {
+        (Some(skill), "") => skill,
+        (Some(skill), memories) => format!("{skill}\n\n{memories}"),
+        (None, memories) => memories.to_string(),
+    };
     let r = ReplyCtx {
         shared,
         session,
@@ -335,7 +346,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         prompt: crate::llm::Prompt {
             fixed: &fixed,
             recap: &recap,
-            notes: memories.trim_start(),
+            notes: &notes,
             // Decided for each round (`rounds`).
             cache: None,
             cache_key: Some(&cache_key),

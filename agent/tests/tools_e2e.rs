@@ -1013,6 +1013,119 @@ fn mcp_servers_instructions_close_the_system_prompt() {
     );
 }
 
+/// Agent Skills: the catalog (names and descriptions) ends the system prompt, the model
+/// loads a skill's instructions with `activate_skill` and runs the script beside them; a
+/// skill added while the agent runs is there at the next message, and `/NAME` brings its
+/// instructions with the message. Without skills, neither the catalog nor the tool.
+#[test]
+fn skills_are_listed_loaded_by_the_model_and_asked_for_by_name() {
+    let ws = TempDir::new("tools-skills");
+    let dir = ws.join(".agents/skills/csv-report");
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::write(
+        dir.join("SKILL.md"),
+        "---\nname: csv-report\ndescription: Summarise a CSV file. Use when: the user sends a CSV\n---\n# CSV report\n\nCount the rows with scripts/count.sh FILE.\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("scripts/count.sh"), "wc -l < \"$1\"\n").unwrap();
+    std::fs::write(ws.join("data.csv"), "a\nb\nc\n").unwrap();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "activate_skill", r#"{"name": "csv-report"}"#)],
+            9,
+        )),
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(
+                "c2",
+                "bash",
+                r#"{"command": "sh .agents/skills/csv-report/scripts/count.sh data.csv"}"#,
+            )],
+            9,
+        )),
+        Reply::sse(openai_sse(&["3 rows."])),
+        Reply::sse(openai_sse(&["Weekly."])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("5", "how many rows in data.csv?", "m1"));
+    assert_eq!(done_text(&a.reply()), "3 rows.");
+    let reqs = llm.requests();
+    let system = |i: usize| {
+        reqs[i].json()["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        system(0).contains("<available_skills>\n<skill>\n<name>csv-report</name>\n<description>Summarise a CSV file. Use when: the user sends a CSV</description>\n</skill>\n</available_skills>"),
+        "{}",
+        system(0)
+    );
+    assert!(
+        !system(0).contains("Count the rows"),
+        "instructions load only when asked for"
+    );
+    assert!(offered_tools(&reqs[0]).contains(&"activate_skill".to_string()));
+    let loaded = &tool_results(&reqs[1])[0].1;
+    assert!(
+        loaded.starts_with("<skill_content name=\"csv-report\">\n# CSV report\n\nCount the rows"),
+        "{loaded}"
+    );
+    assert!(
+        loaded.contains("The skill's folder is .agents/skills/csv-report")
+            && loaded.contains("scripts/count.sh"),
+        "{loaded}"
+    );
+    assert_eq!(tool_results(&reqs[2]).last().unwrap().1, "3\nexit status: 0");
+
+    // Added while the agent runs, asked for by name (as Telegram writes commands).
+    let weekly = ws.join(".aegis/skills/weekly");
+    std::fs::create_dir_all(&weekly).unwrap();
+    std::fs::write(
+        weekly.join("SKILL.md"),
+        "---\nname: weekly\ndescription: Only when asked\ndisable-model-invocation: true\n---\nWrite the weekly report in three lines.\n",
+    )
+    .unwrap();
+    a.send(&message("5", "/weekly@my_bot for March", "m2"));
+    assert_eq!(done_text(&a.reply()), "Weekly.");
+    let reqs = llm.requests();
+    let last = reqs[3].json()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let content = last["content"].to_string();
+    assert!(
+        content.contains("[The user asks for the skill weekly: its instructions follow.]"),
+        "{content}"
+    );
+    assert!(
+        content.contains("Write the weekly report in three lines."),
+        "{content}"
+    );
+    let system = reqs[3].json()["messages"][0]["content"].to_string();
+    assert!(
+        !system.contains("<name>weekly</name>"),
+        "not listed for the model: {system}"
+    );
+    // The session keeps what the user said, not the instructions.
+    let lines = session_lines(&ws, "5");
+    let user = lines.iter().rev().find(|l| l["role"] == "user").unwrap();
+    assert!(!user.to_string().contains("three lines"), "{user}");
+
+    let bare = TempDir::new("tools-no-skills");
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["hi"]))]);
+    let a = agent(&bare, &openai(&llm));
+    a.send(&message("5", "hello", "m1"));
+    assert_eq!(done_text(&a.reply()), "hi");
+    let req = &llm.requests()[0];
+    assert!(!offered_tools(req).contains(&"activate_skill".to_string()));
+    let system = req.json()["messages"][0]["content"].to_string();
+    assert!(!system.contains("available_skills"), "{system}");
+}
+
 /// A server's resources are two tools: the listing (page by page, with the URI templates)
 /// and the reading (text; an image kept as a workspace file); an unknown URI gets the
 /// server's refusal. To a 2026-07-28 server over HTTP the URI travels in `Mcp-Name`, and

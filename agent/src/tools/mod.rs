@@ -63,6 +63,8 @@ pub enum Builtin {
     Glob,
     /// `grep {pattern, path?, include?}`.
     Grep,
+    /// `activate_skill {name}`.
+    ActivateSkill,
     /// `web_fetch {url}`.
     WebFetch,
     /// `web_search {query, count?, freshness?}`.
@@ -101,7 +103,7 @@ pub enum Builtin {
 
 impl Builtin {
     /// Every built-in, in the order they are offered.
-    pub const ALL: [Builtin; 24] = [
+    pub const ALL: [Builtin; 25] = [
         Builtin::Bash,
         Builtin::ReadFile,
         Builtin::WriteFile,
@@ -109,6 +111,7 @@ impl Builtin {
         Builtin::ListFiles,
         Builtin::Glob,
         Builtin::Grep,
+        Builtin::ActivateSkill,
         Builtin::WebFetch,
         Builtin::WebSearch,
         Builtin::ImageSearch,
@@ -138,6 +141,7 @@ impl Builtin {
             Builtin::ListFiles => "list_files",
             Builtin::Glob => "glob",
             Builtin::Grep => "grep",
+            Builtin::ActivateSkill => "activate_skill",
             Builtin::WebFetch => "web_fetch",
             Builtin::WebSearch => "web_search",
             Builtin::ImageSearch => "image_search",
@@ -174,6 +178,7 @@ impl Builtin {
             | Builtin::CronEnable
             | Builtin::CronDisable => "cron",
             Builtin::SelfInfo | Builtin::SelfRestart => "self",
+            Builtin::ActivateSkill => "skills",
             _ => "files",
         }
     }
@@ -216,6 +221,11 @@ impl Builtin {
                 "Search file contents in the workspace with a regular expression. Up to 50 matches as file:line: text.",
                 json!({"pattern": s("Regular expression"), "path": s("File or folder to search (default: the workspace)"), "include": s("Glob for file names, e.g. '*.rs'")}),
                 &["pattern"],
+            ),
+            Builtin::ActivateSkill => (
+                "Load a skill's instructions by its name, from the skills listed in the system prompt: call it before a task a skill's description matches. Returns the instructions, the skill's folder and the files in it.",
+                json!({"name": s("The skill's name")}),
+                &["name"],
             ),
             Builtin::WebFetch => (
                 "Fetch an http(s) URL and return its text (HTML reduced to readable text), up to 10,000 characters.",
@@ -376,7 +386,7 @@ impl Selection {
                         .collect();
                     if hits.is_empty() {
                         return Err(format!(
-                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, web, memory, cron, self, mcp; or all, none)"
+                            "AEGIS_TOOLS: unknown tool or group {other:?} (groups: shell, files, skills, web, memory, cron, self, mcp; or all, none)"
                         ));
                     }
                     for b in hits {
@@ -438,6 +448,8 @@ pub struct Toolbox {
     speech: Option<speak::Speaker>,
     /// The way to the host, for `self_info`.
     host: Uplink,
+    /// The workspace's skills, for `activate_skill`.
+    skills: crate::skills::Shelf,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -534,6 +546,7 @@ impl Toolbox {
                 hidden_env: config.hidden_env.clone(),
             },
             cron: cron::CronTools::new(workspace.root(), config.timezone.as_deref()),
+            skills: crate::skills::Shelf::new(workspace.clone()),
             workspace,
             builtins,
             mcp,
@@ -592,7 +605,14 @@ impl Toolbox {
     /// The tools to offer the model now: built-ins, then every MCP server's tools (this
     /// waits, boundedly, for servers still starting).
     pub fn specs(&self) -> Vec<ToolSpec> {
-        let mut specs: Vec<ToolSpec> = self.builtins.iter().map(|b| b.spec()).collect();
+        // `activate_skill` without a skill to name would only puzzle the model.
+        let skills = self.skills.current().iter().any(|s| s.listed);
+        let mut specs: Vec<ToolSpec> = self
+            .builtins
+            .iter()
+            .filter(|&&b| b != Builtin::ActivateSkill || skills)
+            .map(|b| b.spec())
+            .collect();
         specs.extend(self.mcp.specs());
         specs
     }
@@ -601,6 +621,35 @@ impl Toolbox {
     /// (see [`crate::mcp::McpServers::instructions`]); empty without any.
     pub fn mcp_instructions(&self) -> String {
         self.mcp.instructions()
+    }
+
+    /// The skills catalog for the system prompt, the skills looked for again ("" without
+    /// any, or with `activate_skill` off).
+    pub fn skills_prompt(&self) -> String {
+        if !self.builtins.contains(&Builtin::ActivateSkill) {
+            return String::new();
+        }
+        crate::skills::catalog(&self.skills.refresh())
+    }
+
+    /// For a message starting with `/NAME` of a skill: that skill's instructions, for the
+    /// model to read with the message (or why they could not be read).
+    pub fn skill_asked(&self, text: &str) -> Option<String> {
+        if !self.builtins.contains(&Builtin::ActivateSkill) {
+            return None;
+        }
+        let skill = self.skills.asked(text)?;
+        log::info!("the message asks for the skill {}", skill.name);
+        Some(match self.skills.activate(&skill.name) {
+            Ok(content) => format!(
+                "[The user asks for the skill {}: its instructions follow.]\n{content}",
+                skill.name
+            ),
+            Err(e) => format!(
+                "[The user asks for the skill {}, which could not be read: {e}]",
+                skill.name
+            ),
+        })
     }
 
     /// Carry out `call`; a cancel on `ctx.cancel` ends it early.
@@ -634,6 +683,7 @@ impl Toolbox {
             Builtin::ListFiles => files::list_files(ws, args),
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
+            Builtin::ActivateSkill => arg_str(args, "name").and_then(|n| self.skills.activate(n)),
             Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
             Builtin::WebSearch | Builtin::ImageSearch => {
                 let images = *builtin == Builtin::ImageSearch;

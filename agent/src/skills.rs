@@ -1,0 +1,616 @@
+//! Agent Skills (the open format of agentskills.io, which Claude, Codex, Gemini CLI and
+//! others read): a folder holding a `SKILL.md`, YAML front matter naming and describing
+//! the skill, then Markdown instructions, often with scripts and references beside it.
+//!
+//! The model sees each skill's name and description only (the catalog, at the end of the
+//! system prompt) and loads a skill's instructions with `activate_skill` when a task
+//! matches, so twenty skills cost twenty descriptions, not twenty sets of instructions.
+//! A message starting with `/NAME` asks for a skill by name. Skills live in the workspace,
+//! under `.aegis/skills/` (ours), `.agents/skills/` (shared between agents) and
+//! `.claude/skills/` (where many are published for), looked for again at every message,
+//! so a skill added (by hand, or by the model itself) is there for the next one.
+//!
+//! Everything is read through [`Workspace::resolve`]: a skills folder, or a skill, that
+//! leads out of the workspace by a link is left out, and files are opened as regular
+//! files only ([`crate::regular`]).
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::tools::paths::Workspace;
+
+/// Where skills are looked for, in order: a name found twice is the first one's.
+pub const ROOTS: [&str; 3] = [".aegis/skills", ".agents/skills", ".claude/skills"];
+/// Skills offered at most: the catalog stays a small part of every request.
+const MAX_SKILLS: usize = 64;
+/// Entries of a skills folder looked at.
+const MAX_ENTRIES: usize = 1000;
+/// Largest SKILL.md read (the format asks for under 500 lines).
+const SKILL_CAP: u64 = 256 * 1024;
+/// Bytes of instructions returned (as `read_file` returns at most).
+const BODY_CAP: usize = crate::tools::files::READ_CAP;
+/// Characters of a description (the format's limit).
+const DESCRIPTION_CAP: usize = 1024;
+/// Files of a skill's folder listed for the model, and how deep.
+const RESOURCES_CAP: usize = 50;
+const RESOURCES_DEPTH: usize = 3;
+
+/// One skill found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Skill {
+    /// From the front matter (the folder's name when it has none).
+    pub name: String,
+    /// What it does and when to use it.
+    pub description: String,
+    /// Its folder, relative to the workspace (`.agents/skills/pdf`), as tools take paths.
+    pub folder: String,
+    /// In the catalog; `false` for `disable-model-invocation: true` (asked for by
+    /// `/NAME` only).
+    pub listed: bool,
+}
+
+/// The workspace's skills, as last looked for.
+#[derive(Debug)]
+pub struct Shelf {
+    ws: Workspace,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    skills: Arc<Vec<Skill>>,
+    /// Problems logged already: a broken skill is reported once, not at every message.
+    reported: BTreeSet<String>,
+}
+
+impl Shelf {
+    /// The skills of `ws` (none looked for yet).
+    pub fn new(ws: Workspace) -> Shelf {
+        Shelf {
+            ws,
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// Look for the skills again: those found (logged when they change); each problem
+    /// (a skill without a description, a name taken, a link out) is logged once.
+    pub fn refresh(&self) -> Arc<Vec<Skill>> {
+        let (skills, problems) = scan(&self.ws);
+        let mut seen = lock(&self.seen);
+        for p in problems {
+            if seen.reported.insert(p.clone()) {
+                log::warn!("skills: {p}");
+            }
+        }
+        if *seen.skills != skills {
+            let names: Vec<&str> = skills.iter().map(|s| s.name.as_str()).collect();
+            log::info!("skills: {} ({})", names.len(), names.join(", "));
+            seen.skills = Arc::new(skills);
+        }
+        Arc::clone(&seen.skills)
+    }
+
+    /// The skills as last looked for.
+    pub fn current(&self) -> Arc<Vec<Skill>> {
+        Arc::clone(&lock(&self.seen).skills)
+    }
+
+    /// Skill `name`'s instructions for the model, with its folder and the files in it;
+    /// looked for again when it is not (yet) known, since the model may have just made it.
+    pub fn activate(&self, name: &str) -> Result<String, String> {
+        let find = |skills: &[Skill]| find(skills, name).cloned();
+        let Some(skill) = find(&self.current()).or_else(|| find(&self.refresh())) else {
+            let skills = self.current();
+            let names: Vec<&str> = skills
+                .iter()
+                .filter(|s| s.listed)
+                .map(|s| s.name.as_str())
+                .collect();
+            return Err(format!("no skill named {name:?} (skills: {})", names.join(", ")));
+        };
+        let file = format!("{}/SKILL.md", skill.folder);
+        let path = self.ws.resolve(&file).map_err(|e| e.to_string())?;
+        let text = crate::regular::read_to_string(&path, SKILL_CAP).map_err(|e| format!("{file}: {e}"))?;
+        let body = crate::frontmatter::split(&text).map_or(text.as_str(), |(_, body)| body);
+        let body = crate::tools::cap_text(body.to_string(), BODY_CAP, body.len());
+        let (files, more) = resources(&path.with_file_name(""));
+        let (name, folder) = (escape(&skill.name), &skill.folder);
+        let example = files.first().map_or("scripts/run.py", String::as_str);
+        let mut out = format!(
+            "<skill_content name=\"{name}\">\n{body}\n</skill_content>\n\
+             The skill's folder is {folder}: a path in its instructions is relative to it \
+             ({example} is {folder}/{example} for the file tools; bash starts in the workspace)."
+        );
+        if !files.is_empty() {
+            out.push_str("\n<skill_resources>\n");
+            for f in &files {
+                out.push_str(&escape(f));
+                out.push('\n');
+            }
+            if more {
+                out.push_str("(more files, not listed)\n");
+            }
+            out.push_str("</skill_resources>");
+        }
+        Ok(out)
+    }
+
+    /// The skill a message starting with `/NAME` (or `/NAME@bot`, `_` for `-` as Telegram's
+    /// commands are written) asks for, looked for again.
+    pub fn asked(&self, text: &str) -> Option<Skill> {
+        let word = text.trim_start().strip_prefix('/')?.split_whitespace().next()?;
+        let name = word.split('@').next()?.to_lowercase().replace('_', "-");
+        find(&self.refresh(), &name).cloned()
+    }
+}
+
+/// The catalog for the end of the system prompt: how to use skills, and the name and
+/// description of each listed one; "" when none is.
+pub fn catalog(skills: &[Skill]) -> String {
+    let listed: Vec<&Skill> = skills.iter().filter(|s| s.listed).collect();
+    if listed.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\n\nSkills are folders of instructions for particular tasks, in your workspace. When a task \
+         matches a skill's description, call activate_skill with its name before you start, and \
+         follow the instructions it returns.\n<available_skills>\n",
+    );
+    for s in listed {
+        out.push_str(&format!(
+            "<skill>\n<name>{}</name>\n<description>{}</description>\n</skill>\n",
+            escape(&s.name),
+            escape(&s.description)
+        ));
+    }
+    out.push_str("</available_skills>");
+    out
+}
+
+/// The skill called `name` (`-` and `_` alike, any case).
+fn find<'s>(skills: &'s [Skill], name: &str) -> Option<&'s Skill> {
+    let wanted = name
+        .trim()
+        .trim_start_matches('/')
+        .to_lowercase()
+        .replace('_', "-");
+    skills
+        .iter()
+        .find(|s| s.name == name || s.name.to_lowercase().replace('_', "-") == wanted)
+}
+
+/// The skills of the workspace, and what was wrong with those left out.
+fn scan(ws: &Workspace) -> (Vec<Skill>, Vec<String>) {
+    let mut skills: Vec<Skill> = Vec::new();
+    let mut problems = Vec::new();
+    for root in ROOTS {
+        let dir = match ws.resolve(root) {
+            Ok(dir) => dir,
+            Err(e) => {
+                problems.push(format!("{e}; the skills in it are not offered"));
+                continue;
+            }
+        };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut names: Vec<String> = entries
+            .take(MAX_ENTRIES)
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        for entry in names {
+            let folder = format!("{root}/{entry}");
+            match read_skill(ws, &folder, &entry) {
+                Ok(None) => {}
+                Ok(Some((skill, mut warnings))) => {
+                    problems.append(&mut warnings);
+                    if let Some(first) = skills.iter().find(|s| s.name == skill.name) {
+                        problems.push(format!(
+                            "{folder}: the name {:?} is {}'s already; this one is not offered",
+                            skill.name, first.folder
+                        ));
+                    } else if skills.len() == MAX_SKILLS {
+                        problems.push(format!(
+                            "more than {MAX_SKILLS} skills; {folder} and the rest are not offered"
+                        ));
+                        return (skills, problems);
+                    } else {
+                        skills.push(skill);
+                    }
+                }
+                Err(problem) => problems.push(problem),
+            }
+        }
+    }
+    (skills, problems)
+}
+
+/// The skill in `folder` (`entry` of a skills folder), with what is odd about it;
+/// `Ok(None)` for an entry that is no skill and says nothing about one.
+fn read_skill(ws: &Workspace, folder: &str, entry: &str) -> Result<Option<(Skill, Vec<String>)>, String> {
+    let dir = ws.resolve(folder).map_err(|e| format!("{e}; not offered"))?;
+    if !dir.is_dir() {
+        if entry.ends_with(".md") {
+            return Err(format!(
+                "{folder} is not a skill: a skill is a folder holding SKILL.md ({folder} would be \
+                 {}/SKILL.md)",
+                folder.trim_end_matches(".md")
+            ));
+        }
+        return Ok(None);
+    }
+    let file = format!("{folder}/SKILL.md");
+    let path = ws.resolve(&file).map_err(|e| format!("{e}; not offered"))?;
+    let text = match crate::regular::read_to_string(&path, SKILL_CAP + 1) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{file}: {e}; not offered")),
+    };
+    if text.len() as u64 > SKILL_CAP {
+        return Err(format!(
+            "{file} is larger than {} KB; not offered",
+            SKILL_CAP / 1024
+        ));
+    }
+    let Some((fields, _)) = crate::frontmatter::split(&text) else {
+        return Err(format!(
+            "{file} does not start with front matter (---, name: and description: lines, ---); not offered"
+        ));
+    };
+    let mut warnings = Vec::new();
+    let description: String = fields.get("description").map_or("", |d| d.trim()).into();
+    if description.is_empty() {
+        return Err(format!(
+            "{file} has no description, which is how a skill is chosen; not offered"
+        ));
+    }
+    if description.chars().count() > DESCRIPTION_CAP {
+        warnings.push(format!(
+            "{file}: the description is cut to {DESCRIPTION_CAP} characters"
+        ));
+    }
+    let name = match fields.get("name").map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        Some(name) => name.to_string(),
+        None => {
+            warnings.push(format!("{file} has no name; the folder's, {entry:?}, is used"));
+            entry.to_string()
+        }
+    };
+    if name != entry {
+        warnings.push(format!(
+            "{file}: the name {name:?} is not the folder's ({entry:?}); offered as {name:?}"
+        ));
+    }
+    if !valid_name(&name) {
+        warnings.push(format!(
+            "{file}: the name {name:?} is not lowercase letters, digits and single hyphens (at most 64)"
+        ));
+    }
+    let listed = fields.get("disable-model-invocation").map(|v| v.trim()) != Some("true");
+    Ok(Some((
+        Skill {
+            name,
+            description: description.chars().take(DESCRIPTION_CAP).collect(),
+            folder: folder.to_string(),
+            listed,
+        },
+        warnings,
+    )))
+}
+
+/// A name as the format wants it: `a-z`, `0-9` and `-`, not at either end nor doubled,
+/// 64 characters at most.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+/// The files of a skill's folder (relative to it, sorted, without SKILL.md and hidden
+/// files), at most [`RESOURCES_CAP`] of them, [`RESOURCES_DEPTH`] folders deep; and whether
+/// there were more. Links are listed, never followed.
+fn resources(dir: &Path) -> (Vec<String>, bool) {
+    let mut files = Vec::new();
+    let mut folders = vec![(dir.to_path_buf(), String::new(), 0)];
+    let mut more = false;
+    while let Some((path, rel, depth)) = folders.pop() {
+        let Ok(entries) = fs::read_dir(&path) else {
+            continue;
+        };
+        let mut entries: Vec<_> = entries
+            .take(MAX_ENTRIES)
+            .filter_map(|e| {
+                let e = e.ok()?;
+                Some((e.file_name().into_string().ok()?, e.file_type().ok()?))
+            })
+            .filter(|(n, _)| !n.starts_with('.') && n != "node_modules" && n != "__pycache__")
+            .collect();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in entries {
+            let shown = format!("{rel}{name}");
+            if kind.is_dir() {
+                if depth + 1 < RESOURCES_DEPTH {
+                    folders.push((path.join(&name), format!("{shown}/"), depth + 1));
+                } else {
+                    more = true;
+                }
+            } else if shown != "SKILL.md" {
+                files.push(shown);
+            }
+        }
+    }
+    files.sort();
+    if files.len() > RESOURCES_CAP {
+        files.truncate(RESOURCES_CAP);
+        more = true;
+    }
+    (files, more)
+}
+
+/// `text` safe inside the catalog's tags.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn lock(m: &Mutex<Seen>) -> MutexGuard<'_, Seen> {
+    // Each change is whole (one assignment): a panic elsewhere leaves nothing half-done.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+
+    fn skill(ws: &Path, folder: &str, front: &str, body: &str) {
+        let dir = ws.join(folder);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("SKILL.md"), format!("---\n{front}\n---\n{body}")).unwrap();
+    }
+
+    fn shelf(dir: &TempDir) -> Shelf {
+        Shelf::new(Workspace::new(dir.path()).unwrap())
+    }
+
+    #[test]
+    fn skills_are_found_in_each_folder_the_first_of_a_name_winning() {
+        let d = TempDir::new("skills-found");
+        let ws = d.path();
+        skill(
+            ws,
+            ".agents/skills/pdf",
+            "name: pdf\ndescription: Read PDFs. Use when: a PDF comes",
+            "Use pdftotext.",
+        );
+        skill(
+            ws,
+            ".aegis/skills/pdf",
+            "name: pdf\ndescription: Ours wins",
+            "Ours.",
+        );
+        skill(
+            ws,
+            ".claude/skills/review",
+            "name: review\ndescription: >\n  Review code\n  changes",
+            "",
+        );
+        skill(
+            ws,
+            ".aegis/skills/quiet",
+            "name: quiet\ndescription: Only when asked\ndisable-model-invocation: true",
+            "",
+        );
+        skill(ws, ".aegis/skills/broken", "name: broken", "");
+        fs::create_dir_all(ws.join(".aegis/skills/empty-folder")).unwrap();
+        fs::write(
+            ws.join(".aegis/skills/flat.md"),
+            "---\nname: flat\ndescription: x\n---\n",
+        )
+        .unwrap();
+        let skills = shelf(&d).refresh();
+        let got: Vec<(&str, &str, &str, bool)> = skills
+            .iter()
+            .map(|s| {
+                (
+                    s.name.as_str(),
+                    s.description.as_str(),
+                    s.folder.as_str(),
+                    s.listed,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("pdf", "Ours wins", ".aegis/skills/pdf", true),
+                ("quiet", "Only when asked", ".aegis/skills/quiet", false),
+                ("review", "Review code changes", ".claude/skills/review", true),
+            ]
+        );
+        let (_, problems) = scan(&Workspace::new(ws).unwrap());
+        let said = problems.join("\n");
+        assert!(
+            said.contains(".aegis/skills/broken/SKILL.md has no description"),
+            "{said}"
+        );
+        assert!(
+            said.contains(".agents/skills/pdf: the name \"pdf\" is .aegis/skills/pdf's already"),
+            "{said}"
+        );
+        assert!(said.contains(".aegis/skills/flat.md is not a skill"), "{said}");
+        assert!(!said.contains("empty-folder"), "{said}");
+    }
+
+    #[test]
+    fn the_catalog_lists_names_and_descriptions_escaped_and_nothing_without_skills() {
+        assert_eq!(catalog(&[]), "");
+        let s = |name: &str, listed| Skill {
+            name: name.into(),
+            description: "Use for <b>&</b> tables".into(),
+            folder: format!(".aegis/skills/{name}"),
+            listed,
+        };
+        assert_eq!(catalog(&[s("hidden", false)]), "");
+        let c = catalog(&[s("csv", true), s("hidden", false)]);
+        assert!(c.contains("<skill>\n<name>csv</name>\n<description>Use for &lt;b&gt;&amp;&lt;/b&gt; tables</description>\n</skill>"), "{c}");
+        assert!(c.contains("call activate_skill") && !c.contains("hidden"), "{c}");
+    }
+
+    #[test]
+    fn activating_returns_the_instructions_the_folder_and_its_files() {
+        let d = TempDir::new("skills-activate");
+        let ws = d.path();
+        skill(
+            ws,
+            ".agents/skills/pdf",
+            "name: pdf\ndescription: PDFs",
+            "# PDF\n\nRun scripts/extract.py.\n",
+        );
+        for f in [
+            "scripts/extract.py",
+            "references/guide.md",
+            ".hidden",
+            "a/b/c/deep.txt",
+        ] {
+            let p = ws.join(".agents/skills/pdf").join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, "x").unwrap();
+        }
+        let shelf = shelf(&d);
+        shelf.refresh();
+        let out = shelf.activate("pdf").unwrap();
+        assert!(
+            out.starts_with(
+                "<skill_content name=\"pdf\">\n# PDF\n\nRun scripts/extract.py.\n</skill_content>"
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("description: PDFs"),
+            "the front matter is not repeated: {out}"
+        );
+        assert!(out.contains("The skill's folder is .agents/skills/pdf:"), "{out}");
+        assert!(
+            out.contains(
+                "(references/guide.md is .agents/skills/pdf/references/guide.md for the file tools;"
+            ),
+            "{out}"
+        );
+        assert!(out.ends_with("<skill_resources>\nreferences/guide.md\nscripts/extract.py\n(more files, not listed)\n</skill_resources>"), "{out}");
+        // Made after the last look: found on activation.
+        skill(
+            ws,
+            ".aegis/skills/new-one",
+            "name: new-one\ndescription: Fresh",
+            "Fresh steps.",
+        );
+        assert!(shelf.activate("new_one").unwrap().contains("Fresh steps."));
+        let err = shelf.activate("nope").unwrap_err();
+        assert!(
+            err.contains("no skill named \"nope\"") && err.contains("new-one, pdf"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_slash_command_asks_for_a_skill_by_name() {
+        let d = TempDir::new("skills-slash");
+        skill(
+            d.path(),
+            ".aegis/skills/weekly-report",
+            "name: weekly-report\ndescription: Reports",
+            "",
+        );
+        let shelf = shelf(&d);
+        for text in [
+            "/weekly-report",
+            "  /weekly_report for March",
+            "/Weekly-Report@my_bot now",
+        ] {
+            assert_eq!(
+                shelf.asked(text).map(|s| s.name),
+                Some("weekly-report".into()),
+                "{text}"
+            );
+        }
+        for text in ["weekly-report", "/weekly", "please /weekly-report", "/usage", "/"] {
+            assert_eq!(shelf.asked(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn skills_leading_out_of_the_workspace_are_not_read() {
+        let d = TempDir::new("skills-outside");
+        let outside = d.path().join("outside");
+        let ws = d.path().join("ws");
+        skill(
+            &outside,
+            "evil",
+            "name: evil\ndescription: Read the host",
+            "SECRET STEPS",
+        );
+        skill(
+            &outside,
+            "skills/planted",
+            "name: planted\ndescription: Planted",
+            "SECRET STEPS",
+        );
+        fs::create_dir_all(ws.join(".aegis/skills")).unwrap();
+        fs::create_dir_all(&ws).unwrap();
+        std::os::unix::fs::symlink(outside.join("evil"), ws.join(".aegis/skills/evil")).unwrap();
+        fs::create_dir_all(ws.join(".agents")).unwrap();
+        std::os::unix::fs::symlink(outside.join("skills"), ws.join(".agents/skills")).unwrap();
+        // A link inside the workspace is followed.
+        skill(
+            &ws,
+            "mine/local",
+            "name: local\ndescription: Mine",
+            "Local steps.",
+        );
+        std::os::unix::fs::symlink(ws.join("mine/local"), ws.join(".aegis/skills/local")).unwrap();
+        let shelf = Shelf::new(Workspace::new(&ws).unwrap());
+        let names: Vec<String> = shelf.refresh().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, vec!["local"]);
+        assert!(shelf.activate("evil").is_err() && shelf.activate("planted").is_err());
+        assert!(shelf.activate("local").unwrap().contains("Local steps."));
+        let (_, problems) = scan(&Workspace::new(&ws).unwrap());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(".aegis/skills/evil") && p.contains("outside")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains(".agents/skills") && p.contains("outside")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn names_are_checked_and_problems_reported_once() {
+        for ok in ["pdf", "data-analysis", "a1"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["PDF", "-pdf", "pdf-", "pdf--x", "a b", "", &"a".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+        let d = TempDir::new("skills-once");
+        skill(d.path(), ".aegis/skills/broken", "name: broken", "");
+        let shelf = shelf(&d);
+        shelf.refresh();
+        shelf.refresh();
+        assert_eq!(lock(&shelf.seen).reported.len(), 1);
+    }
+}
