@@ -12,7 +12,8 @@
 //! their share of model requests and request bytes, and reply time with them on; and how
 //! much of a long chat's input Claude's and OpenAI's prompt caches would serve, and what
 //! Claude would bill for it, with the messages all at once, at a messaging pace and hours
-//! apart (`aegis_e2e::prompt_cache`).
+//! apart (`aegis_e2e::prompt_cache`); and what 64 skills in the workspace add to each
+//! message's first model request (time and bytes).
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -110,6 +111,8 @@ fn main() {
         Some(("messaging pace", messaging_pace())),
     );
     history_load(&agent);
+    skills_cost(&agent, 0);
+    skills_cost(&agent, 64);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
     cancel_during_tool(&agent);
@@ -393,6 +396,64 @@ fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_
         .map(|p| p[1].0.duration_since(p[0].1).as_secs_f64() * 1000.0)
         .collect();
     stats(&label, "ms", samples);
+}
+
+/// What skills in the workspace cost each message: the time from the user message leaving
+/// the host to the model's request arriving (the skills are looked for again in between,
+/// and their list ends the system prompt), and the bytes of that request, with `n` skills
+/// of a realistic description (about 200 characters) against none.
+fn skills_cost(agent: &Path, n: usize) {
+    use std::sync::{Arc, Mutex};
+    let ws = temp_dir("bench-skills");
+    for i in 0..n {
+        let dir = ws.join(format!(".agents/skills/skill-{i:02}"));
+        std::fs::create_dir_all(dir.join("scripts")).unwrap();
+        std::fs::write(
+            dir.join("SKILL.md"),
+            format!(
+                "---\nname: skill-{i:02}\ndescription: Turn a spreadsheet of sales figures into a short weekly report with totals per region and the three biggest changes. Use when: the user sends an .xlsx or .csv of sales, or asks for report number {i}.\n---\n# Instructions\n\n{}\n",
+                "Step. ".repeat(400)
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("scripts/run.py"), "print('hi')\n").unwrap();
+    }
+    // (request arrived, its body's bytes) per request, in order.
+    let log: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&log);
+    let llm = Server::start(move |req, resp| {
+        seen.lock().unwrap().push((Instant::now(), req.body.len()));
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for p in aegis_e2e::llm::openai_sse(&["ok"]) {
+            r.chunk(p.as_bytes());
+        }
+        r.finish();
+    });
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut sent = Vec::new();
+    for i in 0..50 {
+        // A session each: the request holds the system prompt and this one message.
+        let f = Frame::user_message(Session::new("bench", i.to_string()), "go", None)
+            .with_msg_id(format!("m{i}"));
+        sent.push(Instant::now());
+        exchange(&mut w, &mut lines, &f, "assistant.done");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.lock().unwrap().clone();
+    let samples: Vec<f64> = sent
+        .iter()
+        .zip(&log)
+        .map(|(s, (arrived, _))| arrived.duration_since(*s).as_secs_f64() * 1000.0)
+        .collect();
+    stats(&format!("message -> model request, {n} skills"), "ms", samples);
+    println!(
+        "{:<46} {} bytes",
+        format!("request size, {n} skills"),
+        log.first().map_or(0, |(_, b)| *b)
+    );
 }
 
 /// Start the agent in direct mode against a unix socket in `ws`; returns the process and
