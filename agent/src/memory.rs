@@ -2,6 +2,12 @@
 //! `<workspace>/.aegis/memory/memories.jsonl` (upstream's file and line shape), and the
 //! few most relevant to each message put into the system prompt.
 //!
+//! A memory's scope says where it is recalled: `workspace` in every conversation,
+//! `session` in the conversation it was kept in, `user` wherever the person it is about
+//! speaks (and in their conversation's scheduled runs). One agent answers many chats: a
+//! fact someone told it in private is not for the next group it answers. Lines kept
+//! before scopes were followed (upstream's) have no conversation and stay everywhere.
+//!
 //! Appends are one `write(2)` of a whole line followed by `fsync`, so a crash leaves at
 //! worst a torn last line, which loading skips. Deletes, pruning and the compaction of
 //! a file with torn or unreadable lines rewrite it to a temporary file that is synced and
@@ -30,7 +36,7 @@ pub const MAX_RESULTS: usize = 20;
 pub struct Memory {
     /// `m-N`.
     pub id: String,
-    /// `user`, `workspace` or `session` (stored, not used for filtering).
+    /// `user`, `workspace` or `session`: where it is recalled ([`Here::sees`]).
     #[serde(default = "workspace_scope")]
     pub scope: String,
     /// The fact.
@@ -41,6 +47,46 @@ pub struct Memory {
     /// RFC 3339 creation time.
     #[serde(default)]
     pub ts: String,
+    /// [ours] The conversation a `session` or `user` memory was kept in (`telegram/123`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// [ours] Who a `user` memory is about: their user id on the channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// Where memories are kept and recalled: the conversation (the chat a reply goes to) and
+/// who is speaking, when the channel says.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Here {
+    /// `channel/id` of the conversation.
+    pub session: String,
+    /// The speaker's user id.
+    pub user: Option<String>,
+}
+
+impl Here {
+    /// Conversation `session` (`channel/id`), spoken in by `user`.
+    pub fn new(session: &tether::Session, user: Option<&str>) -> Here {
+        Here {
+            session: format!("{}/{}", session.channel, session.id),
+            user: user.map(str::to_string),
+        }
+    }
+
+    /// Whether memory `m` is recalled here.
+    pub fn sees(&self, m: &Memory) -> bool {
+        let this_conversation = m.session.as_ref().is_none_or(|s| *s == self.session);
+        match (m.scope.as_str(), &m.user) {
+            ("session", _) | ("user", None) => this_conversation,
+            // A scheduled run has no speaker: its conversation's people are its own.
+            ("user", Some(u)) => match &self.user {
+                Some(me) => me == u,
+                None => m.session.as_ref() == Some(&self.session),
+            },
+            _ => true,
+        }
+    }
 }
 
 fn workspace_scope() -> String {
@@ -165,9 +211,15 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// Keep `text` (with `tags`); the new memory's id. Refuses empty, over-long and
-    /// secret-looking text.
-    pub fn store(&self, text: &str, tags: &[String], scope: Option<&str>) -> Result<String, String> {
+    /// Keep `text` (with `tags`), kept `here`; the new memory's id. Refuses empty,
+    /// over-long and secret-looking text.
+    pub fn store(
+        &self,
+        text: &str,
+        tags: &[String],
+        scope: Option<&str>,
+        here: &Here,
+    ) -> Result<String, String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("text is empty".into());
@@ -204,6 +256,8 @@ impl MemoryStore {
                 .filter(|t| !t.is_empty())
                 .collect(),
             ts: now_rfc3339(),
+            session: (scope != "workspace").then(|| here.session.clone()),
+            user: (scope == "user").then(|| here.user.clone()).flatten(),
         };
         let cap = self.config.max_total.max(1);
         if cache.entries.len() >= cap || cache.bad_lines > 0 {
@@ -228,9 +282,9 @@ impl MemoryStore {
         Ok(memory.id)
     }
 
-    /// Memories whose text contains `query` (case-insensitive) and that carry `tag`, newest
-    /// first, at most [`MAX_RESULTS`].
-    pub fn search(&self, query: Option<&str>, tag: Option<&str>) -> Result<Vec<Memory>, String> {
+    /// Memories recalled `here` whose text contains `query` (case-insensitive) and that
+    /// carry `tag`, newest first, at most [`MAX_RESULTS`].
+    pub fn search(&self, query: Option<&str>, tag: Option<&str>, here: &Here) -> Result<Vec<Memory>, String> {
         let mut guard = self.cache.lock().expect("memory lock");
         let cache = self.load(&mut guard).map_err(|e| e.to_string())?;
         let query = query.map(str::to_lowercase).filter(|q| !q.trim().is_empty());
@@ -238,6 +292,7 @@ impl MemoryStore {
             .entries
             .iter()
             .rev()
+            .filter(|m| here.sees(m))
             .filter(|m| {
                 query
                     .as_ref()
@@ -249,21 +304,22 @@ impl MemoryStore {
             .collect())
     }
 
-    /// Forget memory `id`.
-    pub fn delete(&self, id: &str) -> Result<(), String> {
+    /// Forget memory `id`, if it is recalled `here` (another conversation's is not known
+    /// here).
+    pub fn delete(&self, id: &str, here: &Here) -> Result<(), String> {
         let mut guard = self.cache.lock().expect("memory lock");
         let cache = self.load(&mut guard).map_err(|e| e.to_string())?;
         let before = cache.entries.len();
-        cache.entries.retain(|m| m.id != id);
+        cache.entries.retain(|m| m.id != id || !here.sees(m));
         if cache.entries.len() == before {
             return Err(format!("no memory {id:?}"));
         }
         self.rewrite(cache).map_err(|e| e.to_string())
     }
 
-    /// The block for the system prompt for a message saying `message` ("" when nothing
-    /// goes in).
-    pub fn inject(&self, message: &str) -> String {
+    /// The block for the system prompt for a message saying `message`, from the memories
+    /// recalled `here` ("" when nothing goes in).
+    pub fn inject(&self, message: &str, here: &Here) -> String {
         if self.config.inject_mode == InjectMode::Off {
             return String::new();
         }
@@ -271,14 +327,15 @@ impl MemoryStore {
         let Ok(cache) = self.load(&mut guard) else {
             return String::new();
         };
-        let newest = || cache.entries.iter().rev().take(5).collect::<Vec<_>>();
+        let seen: Vec<&Memory> = cache.entries.iter().filter(|m| here.sees(m)).collect();
+        let newest = || seen.iter().rev().take(5).copied().collect::<Vec<_>>();
         let chosen: Vec<&Memory> = match self.config.inject_mode {
-            InjectMode::RecentOnly => cache.entries.iter().rev().collect(),
+            InjectMode::RecentOnly => seen.iter().rev().copied().collect(),
             _ => {
                 let words = words(message);
-                let mut scored: Vec<(usize, usize, &Memory)> = cache
-                    .entries
+                let mut scored: Vec<(usize, usize, &Memory)> = seen
                     .iter()
+                    .copied()
                     .enumerate()
                     .map(|(i, m)| (words.intersection(&self::words(&m.text)).count(), i, m))
                     .filter(|(score, _, _)| *score > 0)
@@ -381,6 +438,13 @@ pub fn looks_like_secret(text: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn here() -> Here {
+        Here {
+            session: "telegram/1".into(),
+            user: Some("42".into()),
+        }
+    }
     use crate::testutil::TempDir;
     use proptest::prelude::*;
 
@@ -389,44 +453,115 @@ mod tests {
     }
 
     #[test]
+    fn each_scope_is_recalled_where_it_belongs() {
+        let d = crate::testutil::TempDir::new("memory-scopes");
+        let s = store(&d, MemoryConfig::default());
+        let at = |session: &str, user: Option<&str>| Here {
+            session: session.into(),
+            user: user.map(str::to_string),
+        };
+        let alice_private = at("telegram/1", Some("42"));
+        s.store("The team meets on Mondays", &[], None, &alice_private)
+            .unwrap();
+        s.store(
+            "We are planning the Lisbon trip",
+            &[],
+            Some("session"),
+            &alice_private,
+        )
+        .unwrap();
+        s.store("Alice is allergic to peanuts", &[], Some("user"), &alice_private)
+            .unwrap();
+        let line = std::fs::read_to_string(d.path().join(".aegis/memory/memories.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = line.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(
+            lines[0].get("session").is_none() && lines[0].get("user").is_none(),
+            "{line}"
+        );
+        assert_eq!(
+            (&lines[2]["session"], &lines[2]["user"]),
+            (&json!("telegram/1"), &json!("42"))
+        );
+        let seen = |here: &Here| -> Vec<String> {
+            s.search(None, None, here)
+                .unwrap()
+                .into_iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        assert_eq!(seen(&alice_private), ["m-3", "m-2", "m-1"]);
+        assert_eq!(seen(&at("telegram/2", Some("7"))), ["m-1"], "Bob's chat");
+        assert_eq!(
+            seen(&at("telegram/-100", Some("42"))),
+            ["m-3", "m-1"],
+            "Alice in a group"
+        );
+        assert_eq!(
+            seen(&at("telegram/1", None)),
+            ["m-3", "m-2", "m-1"],
+            "a scheduled run of her chat"
+        );
+        assert_eq!(
+            seen(&at("telegram/9", None)),
+            ["m-1"],
+            "another chat's scheduled run"
+        );
+        let bob = at("telegram/2", Some("7"));
+        assert!(!s.inject("peanuts Lisbon trip", &bob).contains("Alice"));
+        assert!(!s.inject("peanuts Lisbon trip", &bob).contains("Lisbon"));
+        assert!(s.inject("peanuts", &alice_private).contains("allergic"));
+        assert!(s.delete("m-3", &bob).unwrap_err().contains("no memory"));
+        assert_eq!(seen(&alice_private).len(), 3, "not deleted from elsewhere");
+        s.delete("m-3", &alice_private).unwrap();
+        assert_eq!(seen(&alice_private), ["m-2", "m-1"]);
+        // A line kept before scopes were followed (upstream's) is recalled everywhere.
+        std::fs::write(
+            d.path().join(".aegis/memory/memories.jsonl"),
+            "{\"id\":\"m-1\",\"scope\":\"user\",\"text\":\"Likes tea\",\"tags\":[],\"ts\":\"2026-01-01T00:00:00Z\"}\n",
+        )
+        .unwrap();
+        assert_eq!(seen(&bob), ["m-1"]);
+    }
+
+    #[test]
     fn stored_memories_survive_a_new_store_and_deletes() {
         let d = TempDir::new("memory-basic");
         let s = store(&d, MemoryConfig::default());
         assert_eq!(
-            s.store("User prefers tabs over spaces", &["pref".into()], None)
+            s.store("User prefers tabs over spaces", &["pref".into()], None, &here())
                 .unwrap(),
             "m-1"
         );
         assert_eq!(
-            s.store("Database is PostgreSQL 16 on port 5432", &[], None)
+            s.store("Database is PostgreSQL 16 on port 5432", &[], None, &here())
                 .unwrap(),
             "m-2"
         );
         let s2 = store(&d, MemoryConfig::default());
-        let found = s2.search(Some("postgresql"), None).unwrap();
+        let found = s2.search(Some("postgresql"), None, &here()).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].id, "m-2");
-        assert_eq!(s2.search(None, Some("PREF")).unwrap()[0].id, "m-1");
-        s2.delete("m-1").unwrap();
+        assert_eq!(s2.search(None, Some("PREF"), &here()).unwrap()[0].id, "m-1");
+        s2.delete("m-1", &here()).unwrap();
         assert!(
-            s.search(Some("tabs"), None).unwrap().is_empty(),
+            s.search(Some("tabs"), None, &here()).unwrap().is_empty(),
             "the other store sees the delete"
         );
-        assert!(s.delete("m-1").unwrap_err().contains("no memory"));
-        assert_eq!(s.store("Another fact", &[], None).unwrap(), "m-3");
+        assert!(s.delete("m-1", &here()).unwrap_err().contains("no memory"));
+        assert_eq!(s.store("Another fact", &[], None, &here()).unwrap(), "m-3");
     }
 
     #[test]
     fn a_torn_line_is_skipped_then_compacted_away() {
         let d = TempDir::new("memory-torn");
         let s = store(&d, MemoryConfig::default());
-        s.store("first fact", &[], None).unwrap();
+        s.store("first fact", &[], None, &here()).unwrap();
         let path = d.path().join(".aegis/memory/memories.jsonl");
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(br#"{"id":"m-2","text":"half"#).unwrap();
         let s = store(&d, MemoryConfig::default());
-        assert_eq!(s.search(None, None).unwrap().len(), 1);
-        s.store("second fact", &[], None).unwrap();
+        assert_eq!(s.search(None, None, &here()).unwrap().len(), 1);
+        s.store("second fact", &[], None, &here()).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.lines().all(|l| serde_json::from_str::<Memory>(l).is_ok()));
@@ -443,9 +578,14 @@ mod tests {
             },
         );
         for i in 1..=5 {
-            s.store(&format!("fact number {i}"), &[], None).unwrap();
+            s.store(&format!("fact number {i}"), &[], None, &here()).unwrap();
         }
-        let ids: Vec<String> = s.search(None, None).unwrap().into_iter().map(|m| m.id).collect();
+        let ids: Vec<String> = s
+            .search(None, None, &here())
+            .unwrap()
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
         assert_eq!(ids, ["m-5", "m-4", "m-3"]);
     }
 
@@ -464,7 +604,7 @@ mod tests {
             "Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
             "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3fG5",
         ] {
-            let e = s.store(secret, &[], None).unwrap_err();
+            let e = s.store(secret, &[], None, &here()).unwrap_err();
             assert!(e.contains("secret"), "{secret}: {e}");
         }
         for fine in [
@@ -473,13 +613,14 @@ mod tests {
             "The password manager we use is 1Password",
             "Meeting every Monday at 9:30 in room B-12",
         ] {
-            s.store(fine, &[], None).unwrap_or_else(|e| panic!("{fine}: {e}"));
+            s.store(fine, &[], None, &here())
+                .unwrap_or_else(|e| panic!("{fine}: {e}"));
         }
         assert!(s
-            .store(&"x".repeat(501), &[], None)
+            .store(&"x".repeat(501), &[], None, &here())
             .unwrap_err()
             .contains("at most 500"));
-        assert!(s.store("  ", &[], None).is_err());
+        assert!(s.store("  ", &[], None, &here()).is_err());
     }
 
     #[test]
@@ -494,18 +635,20 @@ mod tests {
             "User prefers tabs over spaces for indentation",
             &["style".into()],
             None,
+            &here(),
         )
         .unwrap();
-        s.store("Database is PostgreSQL on port 5432", &[], None).unwrap();
-        s.store("The cat is called Miso", &[], None).unwrap();
-        let block = s.inject("Which indentation should I use?");
+        s.store("Database is PostgreSQL on port 5432", &[], None, &here())
+            .unwrap();
+        s.store("The cat is called Miso", &[], None, &here()).unwrap();
+        let block = s.inject("Which indentation should I use?", &here());
         assert!(
             block.starts_with("\n\n[Memories]\n- (m-1, style) User prefers tabs"),
             "{block}"
         );
         assert!(!block.contains("PostgreSQL"), "{block}");
         // Nothing shared: the newest, within the count.
-        let block = s.inject("hello there");
+        let block = s.inject("hello there", &here());
         assert_eq!(block.matches("\n- ").count(), 2, "{block}");
         assert!(block.contains("Miso"));
         let off = store(
@@ -515,7 +658,7 @@ mod tests {
                 ..config.clone()
             },
         );
-        assert_eq!(off.inject("indentation"), "");
+        assert_eq!(off.inject("indentation", &here()), "");
         let tight = store(
             &d,
             MemoryConfig {
@@ -524,7 +667,7 @@ mod tests {
             },
         );
         assert_eq!(
-            tight.inject("cat Miso"),
+            tight.inject("cat Miso", &here()),
             "\n\n[Memories]\n- (m-3) The cat is called Miso"
         );
     }

@@ -331,7 +331,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         shared.tools.mcp_instructions()
     );
     let cache_key = crate::prompt_cache::conversation_key(&session.channel, &session.id);
-    let memories = shared.memory.inject(&words);
+    let here = crate::memory::Here::new(out, msg.user.as_ref().and_then(|u| u.id.as_deref()));
+    let memories = shared.memory.inject(&words, &here);
     // A skill the message asks for by `/NAME` comes with it, before the memories.
     let notes = match (shared.tools.skill_asked(&msg.text), memories.trim_start()) {
         (Some(skill), "") => skill,
@@ -342,6 +343,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         shared,
         session,
         out,
+        here: &here,
         msg_id: &msg_id,
         prompt: crate::llm::Prompt {
             fixed: &fixed,
@@ -541,6 +543,8 @@ struct ReplyCtx<'a> {
     shared: &'a Shared,
     session: &'a Session,
     out: &'a Session,
+    /// Where memories are kept and recalled: the chat, and who wrote the message.
+    here: &'a crate::memory::Here,
     msg_id: &'a Option<String>,
     prompt: crate::llm::Prompt<'a>,
 }
@@ -558,6 +562,7 @@ fn rounds(
         shared,
         session,
         out,
+        here,
         msg_id,
         prompt,
     } = r;
@@ -677,6 +682,7 @@ fn rounds(
             let mut ctx = CallContext {
                 cancel,
                 origin: out,
+                here,
                 attachments: Attachments::default(),
                 restart: false,
             };

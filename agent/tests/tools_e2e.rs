@@ -1591,6 +1591,66 @@ fn memories_are_stored_refused_when_secret_and_injected_after_a_restart() {
     assert!(offered_tools(&llm.requests()[0]).contains(&"memory_search".to_string()));
 }
 
+/// One agent answers many chats: what a person said in private (a `user` memory) comes
+/// back where that person writes, what belongs to one conversation (`session`) only
+/// there, and the rest (`workspace`) everywhere.
+#[test]
+fn memories_of_one_chat_or_one_person_stay_there() {
+    let ws = TempDir::new("tools-memory-scopes");
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                ("c1", "memory_store", r#"{"text": "The office is in Lisbon"}"#),
+                (
+                    "c2",
+                    "memory_store",
+                    r#"{"text": "We plan the Lisbon offsite for May", "scope": "session"}"#,
+                ),
+                (
+                    "c3",
+                    "memory_store",
+                    r#"{"text": "Alice drinks tea when in Lisbon", "scope": "user"}"#,
+                ),
+            ],
+            9,
+        )),
+        Reply::sse(openai_sse(&["Noted."])),
+        Reply::sse(openai_sse(&["Bob."])),
+        Reply::sse(openai_sse(&["Group."])),
+    ]);
+    let from = |chat: &str, user: &str, text: &str, id: &str| {
+        let who = tether::frame::User {
+            id: Some(user.into()),
+            ..Default::default()
+        };
+        Frame::user_message(Session::new("telegram", chat), text, Some(who)).with_msg_id(id)
+    };
+    let a = agent(&ws, &openai(&llm));
+    a.send(&from("1", "42", "remember all that", "m1"));
+    assert_eq!(done_text(&a.reply()), "Noted.");
+    let memories = |i: usize| {
+        let req = llm.requests()[i].json();
+        let last = req["messages"].as_array().unwrap().last().unwrap()["content"].to_string();
+        last.split_once("[Memories]")
+            .map_or(String::new(), |(_, m)| m.to_string())
+    };
+    a.send(&from("2", "7", "What about Lisbon?", "m2"));
+    assert_eq!(done_text(&a.reply()), "Bob.");
+    let bob = memories(2);
+    assert!(
+        bob.contains("office is in Lisbon") && !bob.contains("offsite") && !bob.contains("tea"),
+        "{bob}"
+    );
+    a.send(&from("-100", "42", "What about Lisbon?", "m3"));
+    assert_eq!(done_text(&a.reply()), "Group.");
+    let group = memories(3);
+    assert!(
+        group.contains("office") && group.contains("tea") && !group.contains("offsite"),
+        "{group}"
+    );
+}
+
 #[test]
 fn web_and_image_search_go_to_brave_with_the_key_that_bash_cannot_see() {
     use aegis_e2e::brave::FakeBrave;

@@ -264,7 +264,7 @@ impl Builtin {
             ),
             Builtin::MemoryStore => (
                 "Remember a stable fact for later conversations (at most 500 characters): something the user asked you to remember, or a lasting fact about the user or the work. Never store secrets, keys, tokens or passwords.",
-                json!({"text": s("The fact to remember"), "tags": {"type": "array", "items": {"type": "string"}, "description": "Up to 5 labels"}, "scope": s("'user', 'workspace' (default) or 'session'")}),
+                json!({"text": s("The fact to remember"), "tags": {"type": "array", "items": {"type": "string"}, "description": "Up to 5 labels"}, "scope": s("'workspace' (default): recalled in every conversation; 'user': about the person writing, recalled only where they write; 'session': this conversation only")}),
                 &["text"],
             ),
             Builtin::MemorySearch => (
@@ -483,6 +483,8 @@ pub struct CallContext<'a> {
     pub cancel: &'a Receiver<()>,
     /// The chat being answered (scheduled tasks reply there).
     pub origin: &'a Session,
+    /// Where memories are kept and recalled.
+    pub here: &'a crate::memory::Here,
     /// Images and files attached to the reply.
     pub attachments: Attachments,
     /// `self_restart` was called: the agent restarts once the reply is done.
@@ -730,10 +732,10 @@ impl Toolbox {
             Builtin::SendFile => attach(files::attach_file(ws, args), |file| {
                 ctx.attachments.files.push(file)
             }),
-            Builtin::MemoryStore => self.memory_store(args),
-            Builtin::MemorySearch => self.memory_search(args),
+            Builtin::MemoryStore => self.memory_store(args, ctx.here),
+            Builtin::MemorySearch => self.memory_search(args, ctx.here),
             Builtin::MemoryDelete => arg_str(args, "id")
-                .and_then(|id| self.memory.delete(id))
+                .and_then(|id| self.memory.delete(id, ctx.here))
                 .map(|()| json!({"ok": true}).to_string()),
             Builtin::CronCreate => self.cron.create(args, ctx.origin),
             Builtin::CronList => self.cron.list(),
@@ -757,7 +759,7 @@ impl Toolbox {
 }
 
 impl Toolbox {
-    fn memory_store(&self, args: &Value) -> Result<String, String> {
+    fn memory_store(&self, args: &Value, here: &crate::memory::Here) -> Result<String, String> {
         let text = arg_str(args, "text")?;
         let tags: Vec<String> = match args.get("tags") {
             None | Some(Value::Null) => Vec::new(),
@@ -768,14 +770,14 @@ impl Toolbox {
             Some(Value::String(t)) => vec![t.clone()],
             Some(other) => return Err(format!("tags must be a list of strings, got {other}")),
         };
-        let id = self.memory.store(text, &tags, arg_opt(args, "scope")?)?;
+        let id = self.memory.store(text, &tags, arg_opt(args, "scope")?, here)?;
         Ok(json!({"ok": true, "id": id}).to_string())
     }
 
-    fn memory_search(&self, args: &Value) -> Result<String, String> {
+    fn memory_search(&self, args: &Value, here: &crate::memory::Here) -> Result<String, String> {
         let found = self
             .memory
-            .search(arg_opt(args, "query")?, arg_opt(args, "tag")?)?;
+            .search(arg_opt(args, "query")?, arg_opt(args, "tag")?, here)?;
         Ok(crate::memory::search_result(&found))
     }
 }
@@ -989,9 +991,12 @@ mod tests {
         let names = |s: &Selection| s.builtins.iter().map(|b| b.name()).collect::<Vec<_>>();
         let mut s = Selection::all();
         s.narrow("all,-shell,-files").unwrap();
-        assert_eq!(names(&s)[0], "web_fetch");
+        assert_eq!(names(&s)[..2], ["activate_skill", "web_fetch"]);
         assert!(names(&s).contains(&"memory_store") && names(&s).contains(&"cron_create"));
         assert!(!names(&s).contains(&"respond_with_image") && !names(&s).contains(&"bash"));
+        let mut s = Selection::all();
+        s.narrow("all,-skills").unwrap();
+        assert!(!names(&s).contains(&"activate_skill") && names(&s).contains(&"grep"));
         assert!(s.mcp);
         let mut s = Selection::all();
         s.narrow("all,-memory,-cron").unwrap();
