@@ -76,6 +76,8 @@ TOOLS:
                         remove; a list starting with a name selects exactly those
                         [default all]
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
+    AEGIS_SKILLS_PATH   folders of skills besides the workspace's, `:`-separated
+                        (skills shipped in the image: /opt/skills)
     Built-in: bash; read_file, write_file, edit_file, list_files, glob, grep,
     respond_with_image, send_file; web_fetch, web_search, image_search (these two with a
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
@@ -349,6 +351,14 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         speech_key_env,
         speech_model,
         speech_voice,
+        skills_path: env("AEGIS_SKILLS_PATH")
+            .map(|p| {
+                p.split(':')
+                    .filter(|d| !d.trim().is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }
 

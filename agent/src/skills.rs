@@ -8,11 +8,14 @@
 //! A message starting with `/NAME` asks for a skill by name. Skills live in the workspace,
 //! under `.aegis/skills/` (ours), `.agents/skills/` (shared between agents) and
 //! `.claude/skills/` (where many are published for), looked for again at every message,
-//! so a skill added (by hand, or by the model itself) is there for the next one.
+//! so a skill added (by hand, or by the model itself) is there for the next one. Folders
+//! the operator names in `AEGIS_SKILLS_PATH` (skills shipped in an image) come after them.
 //!
-//! Everything is read through [`Workspace::resolve`]: a skills folder, or a skill, that
-//! leads out of the workspace by a link is left out, and files are opened as regular
-//! files only ([`crate::regular`]).
+//! The workspace's skills are read through [`Workspace::resolve`]: a skills folder, or a
+//! skill, that leads out of the workspace by a link is left out. Files are opened as
+//! regular files only ([`crate::regular`]).
+
+use std::path::PathBuf;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -44,8 +47,11 @@ pub struct Skill {
     pub name: String,
     /// What it does and when to use it.
     pub description: String,
-    /// Its folder, relative to the workspace (`.agents/skills/pdf`), as tools take paths.
+    /// Its folder, relative to the workspace (`.agents/skills/pdf`), as tools take paths;
+    /// absolute for one of `AEGIS_SKILLS_PATH` (`/opt/skills/pdf`).
     pub folder: String,
+    /// In a folder of `AEGIS_SKILLS_PATH`, outside the workspace.
+    pub outside: bool,
     /// In the catalog; `false` for `disable-model-invocation: true` (asked for by
     /// `/NAME` only).
     pub listed: bool,
@@ -55,6 +61,8 @@ pub struct Skill {
 #[derive(Debug)]
 pub struct Shelf {
     ws: Workspace,
+    /// `AEGIS_SKILLS_PATH`.
+    extra: Vec<PathBuf>,
     seen: Mutex<Seen>,
 }
 
@@ -66,10 +74,11 @@ struct Seen {
 }
 
 impl Shelf {
-    /// The skills of `ws` (none looked for yet).
-    pub fn new(ws: Workspace) -> Shelf {
+    /// The skills of `ws`, then of the folders `extra` (none looked for yet).
+    pub fn new(ws: Workspace, extra: Vec<PathBuf>) -> Shelf {
         Shelf {
             ws,
+            extra,
             seen: Mutex::new(Seen::default()),
         }
     }
@@ -77,7 +86,7 @@ impl Shelf {
     /// Look for the skills again: those found (logged when they change); each problem
     /// (a skill without a description, a name taken, a link out) is logged once.
     pub fn refresh(&self) -> Arc<Vec<Skill>> {
-        let (skills, problems) = scan(&self.ws);
+        let (skills, problems) = scan(&self.ws, &self.extra);
         let mut seen = lock(&self.seen);
         for p in problems {
             if seen.reported.insert(p.clone()) {
@@ -111,18 +120,29 @@ impl Shelf {
             return Err(format!("no skill named {name:?} (skills: {})", names.join(", ")));
         };
         let file = format!("{}/SKILL.md", skill.folder);
-        let path = self.ws.resolve(&file).map_err(|e| e.to_string())?;
+        let path = if skill.outside {
+            PathBuf::from(&file)
+        } else {
+            self.ws.resolve(&file).map_err(|e| e.to_string())?
+        };
         let text = crate::regular::read_to_string(&path, SKILL_CAP).map_err(|e| format!("{file}: {e}"))?;
         let body = crate::frontmatter::split(&text).map_or(text.as_str(), |(_, body)| body);
         let body = crate::tools::cap_text(body.to_string(), BODY_CAP, body.len());
         let (files, more) = resources(&path.with_file_name(""));
         let (name, folder) = (escape(&skill.name), &skill.folder);
         let example = files.first().map_or("scripts/run.py", String::as_str);
-        let mut out = format!(
-            "<skill_content name=\"{name}\">\n{body}\n</skill_content>\n\
-             The skill's folder is {folder}: a path in its instructions is relative to it \
-             ({example} is {folder}/{example} for the file tools; bash starts in the workspace)."
-        );
+        let mut out = format!("<skill_content name=\"{name}\">\n{body}\n</skill_content>\n");
+        out.push_str(&if skill.outside {
+            format!(
+                "The skill's folder is {folder}, outside the workspace: a path in its instructions is \
+                 relative to it ({example} is {folder}/{example}); read and run its files with bash."
+            )
+        } else {
+            format!(
+                "The skill's folder is {folder}: a path in its instructions is relative to it \
+                 ({example} is {folder}/{example} for the file tools; bash starts in the workspace)."
+            )
+        });
         if !files.is_empty() {
             out.push_str("\n<skill_resources>\n");
             for f in &files {
@@ -181,20 +201,34 @@ fn find<'s>(skills: &'s [Skill], name: &str) -> Option<&'s Skill> {
         .find(|s| s.name == name || s.name.to_lowercase().replace('_', "-") == wanted)
 }
 
-/// The skills of the workspace, and what was wrong with those left out.
-fn scan(ws: &Workspace) -> (Vec<Skill>, Vec<String>) {
+/// The skills of the workspace, then of the folders `extra`, and what was wrong with
+/// those left out.
+fn scan(ws: &Workspace, extra: &[PathBuf]) -> (Vec<Skill>, Vec<String>) {
     let mut skills: Vec<Skill> = Vec::new();
     let mut problems = Vec::new();
-    for root in ROOTS {
-        let dir = match ws.resolve(root) {
-            Ok(dir) => dir,
-            Err(e) => {
-                problems.push(format!("{e}; the skills in it are not offered"));
-                continue;
+    let roots = ROOTS
+        .iter()
+        .map(|r| (r.to_string(), false))
+        .chain(extra.iter().map(|d| (d.display().to_string(), true)));
+    for (root, outside) in roots {
+        let dir = if outside {
+            PathBuf::from(&root)
+        } else {
+            match ws.resolve(&root) {
+                Ok(dir) => dir,
+                Err(e) => {
+                    problems.push(format!("{e}; the skills in it are not offered"));
+                    continue;
+                }
             }
         };
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if outside => {
+                problems.push(format!("AEGIS_SKILLS_PATH: {root}: {e}"));
+                continue;
+            }
+            Err(_) => continue,
         };
         let mut names: Vec<String> = entries
             .take(MAX_ENTRIES)
@@ -203,8 +237,21 @@ fn scan(ws: &Workspace) -> (Vec<Skill>, Vec<String>) {
             .collect();
         names.sort();
         for entry in names {
-            let folder = format!("{root}/{entry}");
-            match read_skill(ws, &folder, &entry) {
+            let folder = format!("{}/{entry}", root.trim_end_matches('/'));
+            let found = if outside {
+                let dir = dir.join(&entry);
+                read_skill(Ok(dir.clone()), Ok(dir.join("SKILL.md")), &folder, &entry)
+            } else {
+                let file = format!("{folder}/SKILL.md");
+                let not_offered = |e: crate::tools::paths::PathError| format!("{e}; not offered");
+                read_skill(
+                    ws.resolve(&folder).map_err(not_offered),
+                    ws.resolve(&file).map_err(not_offered),
+                    &folder,
+                    &entry,
+                )
+            };
+            match found.map(|f| f.map(|(skill, w)| (Skill { outside, ..skill }, w))) {
                 Ok(None) => {}
                 Ok(Some((skill, mut warnings))) => {
                     problems.append(&mut warnings);
@@ -229,11 +276,16 @@ fn scan(ws: &Workspace) -> (Vec<Skill>, Vec<String>) {
     (skills, problems)
 }
 
-/// The skill in `folder` (`entry` of a skills folder), with what is odd about it;
-/// `Ok(None)` for an entry that is no skill and says nothing about one.
-fn read_skill(ws: &Workspace, folder: &str, entry: &str) -> Result<Option<(Skill, Vec<String>)>, String> {
-    let dir = ws.resolve(folder).map_err(|e| format!("{e}; not offered"))?;
-    if !dir.is_dir() {
+/// The skill in `folder` (`entry` of a skills folder; `dir` on disk, with its SKILL.md
+/// at `path`), with what is odd about it; `Ok(None)` for an entry that is no skill and
+/// says nothing about one.
+fn read_skill(
+    dir: Result<PathBuf, String>,
+    path: Result<PathBuf, String>,
+    folder: &str,
+    entry: &str,
+) -> Result<Option<(Skill, Vec<String>)>, String> {
+    if !dir?.is_dir() {
         if entry.ends_with(".md") {
             return Err(format!(
                 "{folder} is not a skill: a skill is a folder holding SKILL.md ({folder} would be \
@@ -244,8 +296,7 @@ fn read_skill(ws: &Workspace, folder: &str, entry: &str) -> Result<Option<(Skill
         return Ok(None);
     }
     let file = format!("{folder}/SKILL.md");
-    let path = ws.resolve(&file).map_err(|e| format!("{e}; not offered"))?;
-    let text = match crate::regular::read_to_string(&path, SKILL_CAP + 1) {
+    let text = match crate::regular::read_to_string(&path?, SKILL_CAP + 1) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{file}: {e}; not offered")),
@@ -296,6 +347,7 @@ fn read_skill(ws: &Workspace, folder: &str, entry: &str) -> Result<Option<(Skill
             name,
             description: description.chars().take(DESCRIPTION_CAP).collect(),
             folder: folder.to_string(),
+            outside: false,
             listed,
         },
         warnings,
@@ -379,7 +431,7 @@ mod tests {
     }
 
     fn shelf(dir: &TempDir) -> Shelf {
-        Shelf::new(Workspace::new(dir.path()).unwrap())
+        Shelf::new(Workspace::new(dir.path()).unwrap(), Vec::new())
     }
 
     #[test]
@@ -437,7 +489,7 @@ mod tests {
                 ("review", "Review code changes", ".claude/skills/review", true),
             ]
         );
-        let (_, problems) = scan(&Workspace::new(ws).unwrap());
+        let (_, problems) = scan(&Workspace::new(ws).unwrap(), &[]);
         let said = problems.join("\n");
         assert!(
             said.contains(".aegis/skills/broken/SKILL.md has no description"),
@@ -458,6 +510,7 @@ mod tests {
             name: name.into(),
             description: "Use for <b>&</b> tables".into(),
             folder: format!(".aegis/skills/{name}"),
+            outside: false,
             listed,
         };
         assert_eq!(catalog(&[s("hidden", false)]), "");
@@ -578,12 +631,12 @@ mod tests {
             "Local steps.",
         );
         std::os::unix::fs::symlink(ws.join("mine/local"), ws.join(".aegis/skills/local")).unwrap();
-        let shelf = Shelf::new(Workspace::new(&ws).unwrap());
+        let shelf = Shelf::new(Workspace::new(&ws).unwrap(), Vec::new());
         let names: Vec<String> = shelf.refresh().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names, vec!["local"]);
         assert!(shelf.activate("evil").is_err() && shelf.activate("planted").is_err());
         assert!(shelf.activate("local").unwrap().contains("Local steps."));
-        let (_, problems) = scan(&Workspace::new(&ws).unwrap());
+        let (_, problems) = scan(&Workspace::new(&ws).unwrap(), &[]);
         assert!(
             problems
                 .iter()
@@ -612,5 +665,52 @@ mod tests {
         shelf.refresh();
         shelf.refresh();
         assert_eq!(lock(&shelf.seen).reported.len(), 1);
+    }
+
+    #[test]
+    fn skills_of_the_image_come_after_the_workspaces_and_say_where_they_are() {
+        let d = TempDir::new("skills-extra");
+        let ws = d.path().join("ws");
+        let image = d.path().join("opt-skills");
+        skill(
+            &ws,
+            ".agents/skills/pdf",
+            "name: pdf\ndescription: The workspace's",
+            "Mine.",
+        );
+        skill(&image, "pdf", "name: pdf\ndescription: The image's", "Theirs.");
+        skill(
+            &image,
+            "xlsx",
+            "name: xlsx\ndescription: Spreadsheets",
+            "Use openpyxl.",
+        );
+        fs::create_dir_all(image.join("xlsx/scripts")).unwrap();
+        fs::write(image.join("xlsx/scripts/recalc.py"), "x").unwrap();
+        let missing = d.path().join("nowhere");
+        let shelf = Shelf::new(Workspace::new(&ws).unwrap(), vec![image.clone(), missing.clone()]);
+        let skills = shelf.refresh();
+        let got: Vec<(&str, &str, bool)> = skills
+            .iter()
+            .map(|s| (s.name.as_str(), s.description.as_str(), s.outside))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("pdf", "The workspace's", false), ("xlsx", "Spreadsheets", true)]
+        );
+        let out = shelf.activate("xlsx").unwrap();
+        let folder = image.join("xlsx").display().to_string();
+        assert!(out.contains("Use openpyxl."), "{out}");
+        assert!(
+            out.contains(&format!("The skill's folder is {folder}, outside the workspace: a path in its instructions is relative to it (scripts/recalc.py is {folder}/scripts/recalc.py); read and run its files with bash.")),
+            "{out}"
+        );
+        let (_, problems) = scan(&Workspace::new(&ws).unwrap(), &[missing]);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("AEGIS_SKILLS_PATH: ") && p.contains("nowhere")),
+            "{problems:?}"
+        );
     }
 }

@@ -1124,6 +1124,39 @@ fn skills_are_listed_loaded_by_the_model_and_asked_for_by_name() {
     assert!(!offered_tools(req).contains(&"activate_skill".to_string()));
     let system = req.json()["messages"][0]["content"].to_string();
     assert!(!system.contains("available_skills"), "{system}");
+
+    // Skills shipped in the image, outside the workspace.
+    let image = TempDir::new("tools-skills-image");
+    std::fs::create_dir_all(image.join("xlsx")).unwrap();
+    std::fs::write(
+        image.join("xlsx/SKILL.md"),
+        "---\nname: xlsx\ndescription: Spreadsheets\n---\nUse openpyxl.\n",
+    )
+    .unwrap();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "activate_skill", r#"{"name": "xlsx"}"#)],
+            9,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let mut env = openai(&llm).to_vec();
+    env.push((
+        "AEGIS_SKILLS_PATH",
+        format!("{}:/nonexistent-skills", image.display()),
+    ));
+    let a = agent(&bare, &env);
+    a.send(&message("6", "sum the sheet", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let reqs = llm.requests();
+    let system = reqs[0].json()["messages"][0]["content"].to_string();
+    assert!(system.contains("<name>xlsx</name>"), "{system}");
+    let loaded = &tool_results(&reqs[1])[0].1;
+    assert!(
+        loaded.contains("Use openpyxl.") && loaded.contains("outside the workspace"),
+        "{loaded}"
+    );
 }
 
 /// A server's resources are two tools: the listing (page by page, with the URI templates)

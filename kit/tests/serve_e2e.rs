@@ -736,6 +736,7 @@ fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
     );
     // Unsandboxed: no shell, no file tools; web, memory and tasks (files of its own
     // .aegis only) stay.
+    // (activate_skill is on, but not offered: the workspace has no skill.)
     let plain = offered_tools(&reqs[1]);
     assert_eq!(plain[0], "web_fetch");
     assert!(
@@ -753,7 +754,7 @@ fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
     assert!(offered_tools(&reqs[2]).contains(&"bash".to_string()));
     let log = std::fs::read_to_string(home.join("kit/instances/plain/instance.log")).unwrap_or_default();
     assert!(
-        log.contains("tools: web_fetch"),
+        log.contains("tools: activate_skill, web_fetch"),
         "the agent logs which tools are on: {log}"
     );
     assert_eq!(

@@ -424,6 +424,8 @@ pub struct ToolConfig {
     pub speech_model: Option<String>,
     /// See `speech_model`.
     pub speech_voice: Option<String>,
+    /// Folders of skills outside the workspace (`AEGIS_SKILLS_PATH`).
+    pub skills_path: Vec<std::path::PathBuf>,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -548,7 +550,7 @@ impl Toolbox {
                 hidden_env: config.hidden_env.clone(),
             },
             cron: cron::CronTools::new(workspace.root(), config.timezone.as_deref()),
-            skills: crate::skills::Shelf::new(workspace.clone()),
+            skills: crate::skills::Shelf::new(workspace.clone(), config.skills_path.clone()),
             workspace,
             builtins,
             mcp,
