@@ -242,14 +242,12 @@ fn scan(ws: &Workspace, extra: &[PathBuf]) -> (Vec<Skill>, Vec<String>) {
                 let dir = dir.join(&entry);
                 read_skill(Ok(dir.clone()), Ok(dir.join("SKILL.md")), &folder, &entry)
             } else {
-                let file = format!("{folder}/SKILL.md");
                 let not_offered = |e: crate::tools::paths::PathError| format!("{e}; not offered");
-                read_skill(
-                    ws.resolve(&folder).map_err(not_offered),
-                    ws.resolve(&file).map_err(not_offered),
-                    &folder,
-                    &entry,
-                )
+                let dir = within(ws, &dir, &entry, &folder).map_err(not_offered);
+                let file = dir.as_ref().map_err(String::clone).and_then(|d| {
+                    within(ws, d, "SKILL.md", &format!("{folder}/SKILL.md")).map_err(not_offered)
+                });
+                read_skill(dir, file, &folder, &entry)
             };
             match found.map(|f| f.map(|(skill, w)| (Skill { outside, ..skill }, w))) {
                 Ok(None) => {}
@@ -274,6 +272,23 @@ fn scan(ws: &Workspace, extra: &[PathBuf]) -> (Vec<Skill>, Vec<String>) {
         }
     }
     (skills, problems)
+}
+
+/// `name` in `dir`, a real folder inside the workspace, shown to the model as `shown`: as
+/// it is, unless it is a link, which must lead back inside (only a link can lead out of
+/// a real folder, and resolving every path whole costs a `realpath` per component, 64
+/// skills at every message).
+fn within(
+    ws: &Workspace,
+    dir: &Path,
+    name: &str,
+    shown: &str,
+) -> Result<PathBuf, crate::tools::paths::PathError> {
+    let path = dir.join(name);
+    match path.symlink_metadata() {
+        Ok(m) if m.file_type().is_symlink() => ws.resolve(shown),
+        _ => Ok(path),
+    }
 }
 
 /// The skill in `folder` (`entry` of a skills folder; `dir` on disk, with its SKILL.md
@@ -623,6 +638,12 @@ mod tests {
         std::os::unix::fs::symlink(outside.join("evil"), ws.join(".aegis/skills/evil")).unwrap();
         fs::create_dir_all(ws.join(".agents")).unwrap();
         std::os::unix::fs::symlink(outside.join("skills"), ws.join(".agents/skills")).unwrap();
+        fs::create_dir_all(ws.join(".aegis/skills/linked-file")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.join("evil/SKILL.md"),
+            ws.join(".aegis/skills/linked-file/SKILL.md"),
+        )
+        .unwrap();
         // A link inside the workspace is followed.
         skill(
             &ws,
@@ -635,6 +656,7 @@ mod tests {
         let names: Vec<String> = shelf.refresh().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names, vec!["local"]);
         assert!(shelf.activate("evil").is_err() && shelf.activate("planted").is_err());
+        assert!(shelf.activate("linked-file").is_err());
         assert!(shelf.activate("local").unwrap().contains("Local steps."));
         let (_, problems) = scan(&Workspace::new(&ws).unwrap(), &[]);
         assert!(
