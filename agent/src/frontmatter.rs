@@ -144,23 +144,7 @@ fn plain_line(line: &str) -> &str {
 /// A quoted scalar's text over its lines: each line break and the indentation after it
 /// fold into a space, a blank line into a line break.
 fn joined(rest: &str, more: &[&str]) -> String {
-    let mut out = rest.to_string();
-    let mut breaks = 0;
-    for line in more {
-        let line = line.trim();
-        if line.is_empty() {
-            breaks += 1;
-            continue;
-        }
-        if breaks == 0 {
-            out.push(' ');
-        } else {
-            out.extend(std::iter::repeat_n('\n', breaks));
-        }
-        breaks = 0;
-        out.push_str(line);
-    }
-    out
+    fold(std::iter::once(rest).chain(more.iter().map(|l| l.trim())))
 }
 
 /// The text between `q` and its closing quote (to the end when unclosed): `''` stands
