@@ -253,8 +253,8 @@ impl LlmError {
 /// What a request says besides the conversation, laid out so that what stays the same
 /// from one request to the next comes first and providers' prompt caches can reuse it:
 /// the system prompt (`fixed`, then the session's `recap`, which changes now and then),
-/// and `notes` for this message only (the memories chosen by its words), which go after
-/// the newest question instead of into the system prompt.
+/// and `notes` for this message only (the memories chosen by its words, a skill it asks
+/// for by name), which go after the newest question instead of into the system prompt.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prompt<'a> {
     /// The system prompt proper: the same for every request of the agent.

@@ -322,8 +322,9 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
 
     let mut attached = Attachments::default();
     let recap = shared.recaps.prompt(&shared.sessions.path(session));
-    // The servers' word on their tools closes the fixed part: the same from one reply to
-    // the next, so the prompt cache still serves it.
+    // The skills' list and the servers' word on their tools close the fixed part: the same
+    // from one reply to the next (until a skill comes or goes), so the prompt cache still
+    // serves it.
     let fixed = format!(
         "{}{}{}",
         shared.system_prompt,

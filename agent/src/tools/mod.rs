@@ -2,7 +2,8 @@
 //!
 //! Built-in tools are named and shaped like upstream AegisVM's, so prompts and sessions
 //! carry over: `bash` (shell.rs), `read_file`, `write_file`, `edit_file`, `list_files`
-//! (files.rs), `glob`, `grep` (search.rs), `web_fetch` (web.rs), `web_search`,
+//! (files.rs), `glob`, `grep` (search.rs), `activate_skill` (ours; `crate::skills`),
+//! `web_fetch` (web.rs), `web_search`,
 //! `image_search` (brave.rs, offered when a Brave Search key is set), `image_generate`
 //! (image_gen.rs, offered when an OpenAI key is set). MCP servers add theirs
 //! as `SERVER_TOOL` (see `mcp.rs`). Every path a model names goes through
