@@ -108,8 +108,10 @@ impl Shelf {
 
     /// Skill `name`'s instructions for the model, with its folder and the files in it;
     /// looked for again when it is not (yet) known, since the model may have just made it.
-    pub fn activate(&self, name: &str) -> Result<String, String> {
-        let find = |skills: &[Skill]| find(skills, name).cloned();
+    /// A skill kept off the list (`disable-model-invocation`) is the user's to ask for:
+    /// only `by_user` finds it.
+    pub fn activate(&self, name: &str, by_user: bool) -> Result<String, String> {
+        let find = |skills: &[Skill]| find(skills, name).filter(|s| s.listed || by_user).cloned();
         let Some(skill) = find(&self.current()).or_else(|| find(&self.refresh())) else {
             let skills = self.current();
             let names: Vec<&str> = skills
@@ -174,7 +176,7 @@ pub fn catalog(skills: &[Skill]) -> String {
         return String::new();
     }
     let mut out = String::from(
-        "\n\nSkills are folders of instructions for particular tasks, in your workspace. When a task \
+        "\n\nSkills are folders of instructions for particular tasks. When a task \
          matches a skill's description, call activate_skill with its name before you start, and \
          follow the instructions it returns.\n<available_skills>\n",
     );
@@ -556,7 +558,7 @@ mod tests {
         }
         let shelf = shelf(&d);
         shelf.refresh();
-        let out = shelf.activate("pdf").unwrap();
+        let out = shelf.activate("pdf", false).unwrap();
         assert!(
             out.starts_with(
                 "<skill_content name=\"pdf\">\n# PDF\n\nRun scripts/extract.py.\n</skill_content>"
@@ -582,8 +584,8 @@ mod tests {
             "name: new-one\ndescription: Fresh",
             "Fresh steps.",
         );
-        assert!(shelf.activate("new_one").unwrap().contains("Fresh steps."));
-        let err = shelf.activate("nope").unwrap_err();
+        assert!(shelf.activate("new_one", false).unwrap().contains("Fresh steps."));
+        let err = shelf.activate("nope", false).unwrap_err();
         assert!(
             err.contains("no skill named \"nope\"") && err.contains("new-one, pdf"),
             "{err}"
@@ -614,6 +616,19 @@ mod tests {
         for text in ["weekly-report", "/weekly", "please /weekly-report", "/usage", "/"] {
             assert_eq!(shelf.asked(text), None, "{text}");
         }
+        skill(
+            d.path(),
+            ".aegis/skills/quiet",
+            "name: quiet\ndescription: Asked for only\ndisable-model-invocation: true",
+            "Quiet steps.",
+        );
+        assert_eq!(shelf.asked("/quiet").map(|s| s.listed), Some(false));
+        assert!(shelf.activate("quiet", true).unwrap().contains("Quiet steps."));
+        let err = shelf.activate("quiet", false).unwrap_err();
+        assert!(
+            err.contains("no skill named \"quiet\"") && !err.contains("quiet,"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -655,9 +670,9 @@ mod tests {
         let shelf = Shelf::new(Workspace::new(&ws).unwrap(), Vec::new());
         let names: Vec<String> = shelf.refresh().iter().map(|s| s.name.clone()).collect();
         assert_eq!(names, vec!["local"]);
-        assert!(shelf.activate("evil").is_err() && shelf.activate("planted").is_err());
-        assert!(shelf.activate("linked-file").is_err());
-        assert!(shelf.activate("local").unwrap().contains("Local steps."));
+        assert!(shelf.activate("evil", false).is_err() && shelf.activate("planted", false).is_err());
+        assert!(shelf.activate("linked-file", false).is_err());
+        assert!(shelf.activate("local", false).unwrap().contains("Local steps."));
         let (_, problems) = scan(&Workspace::new(&ws).unwrap(), &[]);
         assert!(
             problems
@@ -720,7 +735,7 @@ mod tests {
             got,
             vec![("pdf", "The workspace's", false), ("xlsx", "Spreadsheets", true)]
         );
-        let out = shelf.activate("xlsx").unwrap();
+        let out = shelf.activate("xlsx", false).unwrap();
         let folder = image.join("xlsx").display().to_string();
         assert!(out.contains("Use openpyxl."), "{out}");
         assert!(

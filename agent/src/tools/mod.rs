@@ -645,7 +645,7 @@ impl Toolbox {
         }
         let skill = self.skills.asked(text)?;
         log::info!("the message asks for the skill {}", skill.name);
-        Some(match self.skills.activate(&skill.name) {
+        Some(match self.skills.activate(&skill.name, true) {
             Ok(content) => format!(
                 "[The user asks for the skill {}: its instructions follow.]\n{content}",
                 skill.name
@@ -688,7 +688,7 @@ impl Toolbox {
             Builtin::ListFiles => files::list_files(ws, args),
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
-            Builtin::ActivateSkill => arg_str(args, "name").and_then(|n| self.skills.activate(n)),
+            Builtin::ActivateSkill => arg_str(args, "name").and_then(|n| self.skills.activate(n, false)),
             Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
             Builtin::WebSearch | Builtin::ImageSearch => {
                 let images = *builtin == Builtin::ImageSearch;
