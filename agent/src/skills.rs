@@ -36,6 +36,8 @@ const SKILL_CAP: u64 = 256 * 1024;
 const BODY_CAP: usize = crate::tools::files::READ_CAP;
 /// Characters of a description (the format's limit).
 const DESCRIPTION_CAP: usize = 1024;
+/// Characters of a description in the `/skills` answer.
+const LISTING_CHARS: usize = 160;
 /// Files of a skill's folder listed for the model, and how deep.
 const RESOURCES_CAP: usize = 50;
 const RESOURCES_DEPTH: usize = 3;
@@ -188,6 +190,27 @@ pub fn catalog(skills: &[Skill]) -> String {
         ));
     }
     out.push_str("</available_skills>");
+    out
+}
+
+/// The answer to `/skills` in a chat: each skill as the command that asks for it, with
+/// the start of its description.
+pub fn listing(skills: &[Skill]) -> String {
+    if skills.is_empty() {
+        return "No skills yet. A skill is a folder holding a SKILL.md (name and description, then \
+                instructions) in the workspace's .agents/skills/, .aegis/skills/ or .claude/skills/."
+            .into();
+    }
+    let mut out =
+        String::from("Skills (start a message with one to use it; the agent also picks them itself):");
+    for s in skills {
+        let mut description: String = s.description.chars().take(LISTING_CHARS).collect();
+        if description.len() < s.description.len() {
+            description.push('…');
+        }
+        let only = if s.listed { "" } else { " (only when asked for)" };
+        out.push_str(&format!("\n/{} — {description}{only}", s.name));
+    }
     out
 }
 
@@ -534,6 +557,34 @@ mod tests {
         let c = catalog(&[s("csv", true), s("hidden", false)]);
         assert!(c.contains("<skill>\n<name>csv</name>\n<description>Use for &lt;b&gt;&amp;&lt;/b&gt; tables</description>\n</skill>"), "{c}");
         assert!(c.contains("call activate_skill") && !c.contains("hidden"), "{c}");
+    }
+
+    #[test]
+    fn the_listing_names_each_skill_as_its_command() {
+        assert!(listing(&[]).starts_with("No skills yet."));
+        let long = "x".repeat(300);
+        let skills = [
+            Skill {
+                name: "csv".into(),
+                description: "Summarise a CSV".into(),
+                folder: ".aegis/skills/csv".into(),
+                outside: false,
+                listed: true,
+            },
+            Skill {
+                name: "weekly".into(),
+                description: long,
+                folder: ".aegis/skills/weekly".into(),
+                outside: false,
+                listed: false,
+            },
+        ];
+        let l = listing(&skills);
+        assert!(l.contains("\n/csv — Summarise a CSV\n/weekly — "), "{l}");
+        assert!(
+            l.ends_with(&format!("{}… (only when asked for)", "x".repeat(160))),
+            "{l}"
+        );
     }
 
     #[test]

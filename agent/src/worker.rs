@@ -216,10 +216,10 @@ enum Round {
     Cancelled,
 }
 
-/// Whether `text` is the `/usage` command (`/usage@bot` in a group).
-fn is_usage_command(text: &str) -> bool {
+/// Whether `text` is the command `name` alone (`/usage`, `/usage@bot` in a group).
+fn is_command(text: &str, name: &str) -> bool {
     let text = text.trim();
-    text.split('@').next() == Some("/usage") && !text.contains(char::is_whitespace)
+    text.split('@').next() == Some(name) && !text.contains(char::is_whitespace)
 }
 
 /// Whether the message of `history[i]` (a user turn) got its final answer: a later
@@ -253,9 +253,19 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     }
     // Answered from the record, without the model, and kept out of the conversation: a
     // copy delivered again is answered again, with the same numbers.
-    if is_usage_command(&msg.text) {
+    if is_command(&msg.text, "/usage") {
         let summary = shared.usage.summary(&crate::usage::today());
         send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &summary);
+        return;
+    }
+    if is_command(&msg.text, "/skills") {
+        send_text(
+            shared,
+            kind::ASSISTANT_DONE,
+            out,
+            &msg_id,
+            &shared.tools.skills_list(),
+        );
         return;
     }
     // A message can arrive twice: a host redelivers it after a crash, a gateway re-reads
@@ -723,7 +733,7 @@ mod tests {
     #[test]
     fn usage_is_the_command_alone_or_addressed_to_a_bot() {
         for text in ["/usage", " /usage\n", "/usage@my_bot"] {
-            assert!(super::is_usage_command(text), "{text:?}");
+            assert!(super::is_command(text, "/usage"), "{text:?}");
         }
         for text in [
             "/usage please",
@@ -732,7 +742,7 @@ mod tests {
             "/usages",
             "what is /usage",
         ] {
-            assert!(!super::is_usage_command(text), "{text:?}");
+            assert!(!super::is_command(text, "/usage"), "{text:?}");
         }
     }
 }

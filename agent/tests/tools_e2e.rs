@@ -1114,6 +1114,16 @@ fn skills_are_listed_loaded_by_the_model_and_asked_for_by_name() {
     let lines = session_lines(&ws, "5");
     let user = lines.iter().rev().find(|l| l["role"] == "user").unwrap();
     assert!(!user.to_string().contains("three lines"), "{user}");
+    // `/skills` is answered by the agent itself, without the model.
+    a.send(&message("5", "/skills", "m3"));
+    let listed = done_text(&a.reply());
+    assert!(
+        listed.contains(
+            "\n/weekly — Only when asked (only when asked for)\n/csv-report — Summarise a CSV file."
+        ),
+        "{listed}"
+    );
+    assert_eq!(llm.requests().len(), 4, "no model request for /skills");
 
     let bare = TempDir::new("tools-no-skills");
     let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["hi"]))]);

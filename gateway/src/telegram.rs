@@ -666,7 +666,8 @@ impl Telegram {
             &json!({"commands": [
                 {"command": "new", "description": "Start a fresh conversation"},
                 {"command": "stop", "description": "Stop the reply in progress"},
-                {"command": "usage", "description": "Tokens the model used today, this week, this month"}
+                {"command": "usage", "description": "Tokens the model used today, this week, this month"},
+                {"command": "skills", "description": "The agent's skills, to start a message with"}
             ]}),
         )
         .map(drop)

@@ -849,7 +849,7 @@ fn start_greets_and_the_command_menu_is_set() {
         .iter()
         .map(|c| c["command"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["new", "stop", "usage"]);
+    assert_eq!(names, ["new", "stop", "usage", "skills"]);
     assert!(
         s.llm.requests().is_empty(),
         "/start is not a question for the agent"

@@ -637,6 +637,14 @@ impl Toolbox {
         crate::skills::catalog(&self.skills.refresh())
     }
 
+    /// The answer to `/skills`: the skills and how to ask for one, or why there are none.
+    pub fn skills_list(&self) -> String {
+        if !self.builtins.contains(&Builtin::ActivateSkill) {
+            return "Skills are turned off for this agent (AEGIS_TOOLS or agent.json).".into();
+        }
+        crate::skills::listing(&self.skills.refresh())
+    }
+
     /// For a message starting with `/NAME` of a skill: that skill's instructions, for the
     /// model to read with the message (or why they could not be read).
     pub fn skill_asked(&self, text: &str) -> Option<String> {
