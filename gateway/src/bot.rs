@@ -112,7 +112,6 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         events: events_tx,
         actions: actions_tx,
         usernames: std::sync::OnceLock::new(),
-        latest: Default::default(),
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
         workspace,
     };

@@ -13,8 +13,7 @@
 //! (503), the post is retried with backoff; after that the user is told the agent is
 //! unavailable.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -68,15 +67,7 @@ pub struct Ingress {
     pub exec: crate::exec::ExecMode,
     /// The instance's workspace on this host (files sent to the bot are saved there).
     pub workspace: Arc<InstanceWorkspace>,
-    /// The last message passed on per chat and topic: its Telegram id and `msg_id` (an
-    /// edit's, once edited), so an edit of it stops the reply running for its words, and
-    /// the stop button of a draft names the version answered. In memory: after a restart
-    /// an edit is answered in its turn, stopping nothing.
-    pub latest: Mutex<HashMap<(i64, Option<i64>), Passed>>,
 }
-
-/// A message passed on to the instance: its Telegram id and the `msg_id` it went as.
-type Passed = (i64, String);
 
 /// What handling a message left to do once it is marked handled.
 #[derive(Default)]
@@ -249,7 +240,7 @@ impl Ingress {
             return Handled::default();
         }
         log::info!("chat {chat}: the stop button of the reply to message {answered} was pressed");
-        let latest = self.latest_of(at, answered);
+        let latest = Self::latest_of(journal, at, answered);
         let target = Cancel {
             msg_id: Some(latest.unwrap_or_else(|| crate::render::msg_id_of(chat, answered))),
         };
@@ -315,7 +306,7 @@ impl Ingress {
                 );
                 return Handled::default();
             }
-            self.steer(at, &session, m.message_id, &msg_id);
+            self.steer(journal, at, &session, m.message_id, &msg_id);
         }
         let mut change = None;
         match command {
@@ -375,8 +366,14 @@ impl Ingress {
         }
         // Typing from now: fetching a large file takes a while on a slow line.
         let _ = self.events.send(Event::UserMessage(at.0, at.1));
-        if self.pass_on(incoming, at, (session, &msg_id), text).is_none() {
-            let _ = self.events.send(Event::Delivered(at.0, at.1));
+        let id = m.message_id;
+        match self.pass_on(incoming, at, (session, &msg_id), text) {
+            // Kept with the message's handling (the same write): an edit after a restart
+            // still finds it.
+            Some(()) => journal.note(|st| st.passed(at.0, at.1, id, &msg_id)),
+            None => {
+                let _ = self.events.send(Event::Delivered(at.0, at.1));
+            }
         }
         Handled {
             change,
@@ -536,26 +533,21 @@ impl Ingress {
             .with_payload(&payload)
             .with_msg_id(msg_id);
         self.deliver(at, &frame);
-        lock(&self.latest).insert(at, (m.message_id, msg_id.to_string()));
         Some(())
     }
 
     /// The `msg_id` of the version of message `id` last passed on at `at`, if it is the
     /// last message passed on there.
-    fn latest_of(&self, at: (i64, Option<i64>), id: i64) -> Option<String> {
-        let latest = lock(&self.latest);
-        latest
-            .get(&at)
-            .filter(|(last, _)| *last == id)
-            .map(|(_, msg_id)| msg_id.clone())
+    fn latest_of(journal: &Journal, at: (i64, Option<i64>), id: i64) -> Option<String> {
+        journal.read(|st| st.last_passed(at.0, at.1, id))
     }
 
     /// Message `id`, edited into `edit` (its new `msg_id`), was the last passed on at `at`:
     /// the reply running or waiting for its words answers what the user has since changed,
     /// so it stops, and the edit is answered instead. (An earlier message's edit stops
     /// nothing: a later one's reply runs, and the edit is answered in its turn.)
-    fn steer(&self, at: (i64, Option<i64>), session: &Session, id: i64, edit: &str) {
-        let Some(running) = self.latest_of(at, id) else {
+    fn steer(&self, journal: &Journal, at: (i64, Option<i64>), session: &Session, id: i64, edit: &str) {
+        let Some(running) = Self::latest_of(journal, at, id) else {
             return;
         };
         log::info!("chat {}: message {id} was edited; its reply stops", at.0);
@@ -710,11 +702,6 @@ fn command_word<'t>(m: &Message, text: &'t str) -> &'t str {
     }
     let word = text.split_whitespace().next().unwrap_or("");
     word.split('@').next().unwrap_or("")
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each change is one insert: a panic elsewhere cannot leave the map half-changed.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `m` starts with `/stop` or `/cancel`, once the bot's `usernames` (those known)

@@ -132,6 +132,14 @@ impl Journal {
         true
     }
 
+    /// Change the state in memory: written with the next `done` (the handling of the
+    /// message that changed it) or `sync`.
+    pub fn note(&self, change: impl FnOnce(&mut PollState)) {
+        let mut kept = self.lock();
+        change(&mut kept.st);
+        kept.dirty = true;
+    }
+
     /// Update `id` will not be handled (a shape we do not read): not asked for again.
     pub fn skip(&self, id: i64) {
         let mut kept = self.lock();

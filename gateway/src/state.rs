@@ -41,6 +41,12 @@ pub struct PollState {
     /// a chat message.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub exec: BTreeSet<(i64, i64)>,
+    /// [ours] The message last passed on per chat (`"123"`) and topic (`"123:t45"`): its
+    /// Telegram id and the `msg_id` it went as (an edit's, once edited). An edit of it
+    /// stops the reply running for its old words, and a draft's stop button names the
+    /// version answered, also after a restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latest: BTreeMap<String, (i64, String)>,
 }
 
 impl PollState {
@@ -51,7 +57,7 @@ impl PollState {
         let (base, n) = match topic {
             None => (chat.to_string(), self.sessions.get(&chat)),
             Some(t) => {
-                let base = format!("{chat}:t{t}");
+                let base = place(chat, Some(t));
                 let n = self.topics.get(&base);
                 (base, n)
             }
@@ -62,13 +68,35 @@ impl PollState {
         }
     }
 
+    /// Message `id` went to the instance as `msg_id`, the last at (`chat`, `topic`).
+    pub fn passed(&mut self, chat: i64, topic: Option<i64>, id: i64, msg_id: &str) {
+        self.latest.insert(place(chat, topic), (id, msg_id.to_string()));
+    }
+
+    /// The `msg_id` message `id` last went as, if it is the last passed on at (`chat`,
+    /// `topic`).
+    pub fn last_passed(&self, chat: i64, topic: Option<i64>, id: i64) -> Option<String> {
+        self.latest
+            .get(&place(chat, topic))
+            .filter(|(last, _)| *last == id)
+            .map(|(_, msg_id)| msg_id.clone())
+    }
+
     /// `/new` in `chat` (or in `topic` of it): the next message starts a new session.
     pub fn new_session(&mut self, chat: i64, topic: Option<i64>) {
         let n = match topic {
             None => self.sessions.entry(chat).or_insert(0),
-            Some(t) => self.topics.entry(format!("{chat}:t{t}")).or_insert(0),
+            Some(t) => self.topics.entry(place(chat, Some(t))).or_insert(0),
         };
         *n += 1;
+    }
+}
+
+/// The key of a chat (`"123"`) or of a topic in it (`"123:t45"`).
+fn place(chat: i64, topic: Option<i64>) -> String {
+    match topic {
+        None => chat.to_string(),
+        Some(t) => format!("{chat}:t{t}"),
     }
 }
 

@@ -2849,6 +2849,49 @@ fn an_edited_message_is_answered_again_and_stops_the_reply_to_its_old_words() {
     assert_eq!(s.llm.requests().len(), 5, "the command's edit reached no one");
 }
 
+/// What was last passed on in a chat is kept with the bot's state: an edit after the
+/// gateway restarted still stops the reply running for the old words, rather than
+/// waiting behind it and leaving the user two answers.
+#[test]
+fn an_edit_after_a_gateway_restart_still_stops_the_reply_to_its_old_words() {
+    use aegis_e2e::llm::last_user_text;
+    let gate = aegis_e2e::llm::Gate::default();
+    let held = gate.clone();
+    let llm = FakeLlm::with(move |req| {
+        let text = last_user_text(req);
+        if text.contains("frnace") {
+            return Reply::held(&["Par"], &held, &["is"]);
+        }
+        Reply::sse(openai_sse(&["echo: ", &text]))
+    });
+    let mut s = stack("gw-edit-restart", llm);
+    let john = json!({"id": 7, "is_bot": false, "first_name": "John"});
+    let chat = json!({"id": CHAT, "type": "private", "first_name": "John"});
+    let first = json!({"chat": chat, "from": john, "text": "whats the capital of frnace"});
+    let id = s.telegram.push_message(first.clone());
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("Par")));
+    s.gateway.as_mut().unwrap().kill9();
+    s.start_gateway();
+    let mut edited = first;
+    edited["message_id"] = json!(id);
+    s.telegram.push_edit(edited, "what is the capital of France?");
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter()
+            .any(|m| m.visible().ends_with("]\nwhat is the capital of France?"))
+    });
+    s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible().contains("Reply cancelled"))
+    });
+    gate.open();
+    std::thread::sleep(Duration::from_millis(300));
+    let all: Vec<String> = s.telegram.messages(CHAT).iter().map(|m| m.visible()).collect();
+    assert!(
+        !all.iter().any(|t| t.starts_with("Paris")),
+        "the old words' reply ran on: {all:?}"
+    );
+}
+
 /// With `edited_messages: ignore` edits are not even asked for, as upstream.
 #[test]
 fn edits_go_unseen_when_the_config_says_ignore() {
