@@ -263,18 +263,16 @@ fn scan(ws: &Workspace, extra: &[PathBuf]) -> (Vec<Skill>, Vec<String>) {
         names.sort();
         for entry in names {
             let folder = format!("{}/{entry}", root.trim_end_matches('/'));
-            let found = if outside {
+            // (its folder, its SKILL.md) on disk
+            let paths = if outside {
                 let dir = dir.join(&entry);
-                read_skill(Ok(dir.clone()), Ok(dir.join("SKILL.md")), &folder, &entry)
+                Ok((dir.join("SKILL.md"), dir))
             } else {
-                let not_offered = |e: crate::tools::paths::PathError| format!("{e}; not offered");
-                let dir = within(ws, &dir, &entry, &folder).map_err(not_offered);
-                let file = dir.as_ref().map_err(String::clone).and_then(|d| {
-                    within(ws, d, "SKILL.md", &format!("{folder}/SKILL.md")).map_err(not_offered)
-                });
-                read_skill(dir, file, &folder, &entry)
+                within(ws, &dir, &entry, &folder)
+                    .and_then(|d| Ok((within(ws, &d, "SKILL.md", &format!("{folder}/SKILL.md"))?, d)))
+                    .map_err(|e| format!("{e}; not offered"))
             };
-            match found.map(|f| f.map(|(skill, w)| (Skill { outside, ..skill }, w))) {
+            match paths.and_then(|(file, dir)| read_skill(&dir, &file, &folder, &entry, outside)) {
                 Ok(None) => {}
                 Ok(Some((skill, mut warnings))) => {
                     problems.append(&mut warnings);
@@ -316,16 +314,17 @@ fn within(
     }
 }
 
-/// The skill in `folder` (`entry` of a skills folder; `dir` on disk, with its SKILL.md
-/// at `path`), with what is odd about it; `Ok(None)` for an entry that is no skill and
-/// says nothing about one.
+/// The skill in `folder` (`entry` of a skills folder, of the workspace unless `outside`;
+/// `dir` on disk, with its SKILL.md at `path`), with what is odd about it; `Ok(None)` for
+/// an entry that is no skill and says nothing about one.
 fn read_skill(
-    dir: Result<PathBuf, String>,
-    path: Result<PathBuf, String>,
+    dir: &Path,
+    path: &Path,
     folder: &str,
     entry: &str,
+    outside: bool,
 ) -> Result<Option<(Skill, Vec<String>)>, String> {
-    if !dir?.is_dir() {
+    if !dir.is_dir() {
         if entry.ends_with(".md") {
             return Err(format!(
                 "{folder} is not a skill: a skill is a folder holding SKILL.md ({folder} would be \
@@ -336,7 +335,7 @@ fn read_skill(
         return Ok(None);
     }
     let file = format!("{folder}/SKILL.md");
-    let text = match crate::regular::read_to_string(&path?, SKILL_CAP + 1) {
+    let text = match crate::regular::read_to_string(path, SKILL_CAP + 1) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{file}: {e}; not offered")),
@@ -387,7 +386,7 @@ fn read_skill(
             name,
             description: description.chars().take(DESCRIPTION_CAP).collect(),
             folder: folder.to_string(),
-            outside: false,
+            outside,
             listed,
         },
         warnings,
@@ -410,35 +409,35 @@ fn valid_name(name: &str) -> bool {
 /// files), at most [`RESOURCES_CAP`] of them, [`RESOURCES_DEPTH`] folders deep; and whether
 /// there were more. Links are listed, never followed.
 fn resources(dir: &Path) -> (Vec<String>, bool) {
+    use crate::tools::search::{walk, Step};
     let mut files = Vec::new();
-    let mut folders = vec![(dir.to_path_buf(), String::new(), 0)];
-    let mut more = false;
-    while let Some((path, rel, depth)) = folders.pop() {
-        let Ok(entries) = fs::read_dir(&path) else {
-            continue;
+    let mut deeper = false;
+    let truncated = walk(dir, |path, kind| {
+        let Ok(rel) = path.strip_prefix(dir) else {
+            return Step::Skip;
         };
-        let mut entries: Vec<_> = entries
-            .take(MAX_ENTRIES)
-            .filter_map(|e| {
-                let e = e.ok()?;
-                Some((e.file_name().into_string().ok()?, e.file_type().ok()?))
-            })
-            .filter(|(n, _)| !n.starts_with('.') && n != "node_modules" && n != "__pycache__")
-            .collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, kind) in entries {
-            let shown = format!("{rel}{name}");
-            if kind.is_dir() {
-                if depth + 1 < RESOURCES_DEPTH {
-                    folders.push((path.join(&name), format!("{shown}/"), depth + 1));
-                } else {
-                    more = true;
-                }
-            } else if shown != "SKILL.md" {
-                files.push(shown);
-            }
+        let parts: Option<Vec<&str>> = rel.iter().map(|p| p.to_str()).collect();
+        let Some(parts) = parts else {
+            return Step::Skip;
+        };
+        let name = parts.last().copied().unwrap_or("");
+        if name.starts_with('.') || name == "node_modules" || name == "__pycache__" {
+            return Step::Skip;
         }
-    }
+        if !kind.is_dir() {
+            if rel != Path::new("SKILL.md") {
+                files.push(parts.join("/"));
+            }
+            return Step::Go;
+        }
+        if parts.len() < RESOURCES_DEPTH {
+            Step::Go
+        } else {
+            deeper = true;
+            Step::Skip
+        }
+    });
+    let mut more = truncated || deeper;
     files.sort();
     if files.len() > RESOURCES_CAP {
         files.truncate(RESOURCES_CAP);

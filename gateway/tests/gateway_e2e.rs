@@ -2757,6 +2757,26 @@ fn a_drafts_stop_button_stops_that_reply_and_no_other() {
     );
 }
 
+/// John, and his private chat with the bot.
+fn john_in_private() -> (Value, Value) {
+    (
+        json!({"id": 7, "is_bot": false, "first_name": "John"}),
+        json!({"id": CHAT, "type": "private", "first_name": "John"}),
+    )
+}
+
+/// John's question about "frnace", sent and being answered (its reply shows "Par"): the
+/// message, with its id, to edit.
+fn question_being_answered(s: &Stack) -> Value {
+    let (john, chat) = john_in_private();
+    let mut first = json!({"chat": chat, "from": john, "text": "whats the capital of frnace"});
+    let id = s.telegram.push_message(first.clone());
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("Par")));
+    first["message_id"] = json!(id);
+    first
+}
+
 /// A message its sender edits is answered again, told to the model as an edit; the reply
 /// still running for its old words stops. An earlier message's edit stops no one's reply
 /// and is answered in its turn; an edit into a command runs nothing.
@@ -2776,14 +2796,9 @@ fn an_edited_message_is_answered_again_and_stops_the_reply_to_its_old_words() {
         Reply::sse(openai_sse(&["echo: ", &text]))
     });
     let s = stack("gw-edits", llm);
-    let john = json!({"id": 7, "is_bot": false, "first_name": "John"});
-    let chat = json!({"id": CHAT, "type": "private", "first_name": "John"});
-    let first = json!({"chat": chat, "from": john, "text": "whats the capital of frnace"});
-    let id = s.telegram.push_message(first.clone());
-    s.telegram
-        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("Par")));
-    let mut edited = first.clone();
-    edited["message_id"] = json!(id);
+    let (john, chat) = john_in_private();
+    let edited = question_being_answered(&s);
+    let id = edited["message_id"].clone();
     s.telegram
         .push_edit(edited.clone(), "what is the capital of France?");
     let want =
@@ -2865,16 +2880,9 @@ fn an_edit_after_a_gateway_restart_still_stops_the_reply_to_its_old_words() {
         Reply::sse(openai_sse(&["echo: ", &text]))
     });
     let mut s = stack("gw-edit-restart", llm);
-    let john = json!({"id": 7, "is_bot": false, "first_name": "John"});
-    let chat = json!({"id": CHAT, "type": "private", "first_name": "John"});
-    let first = json!({"chat": chat, "from": john, "text": "whats the capital of frnace"});
-    let id = s.telegram.push_message(first.clone());
-    s.telegram
-        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("Par")));
+    let edited = question_being_answered(&s);
     s.gateway.as_mut().unwrap().kill9();
     s.start_gateway();
-    let mut edited = first;
-    edited["message_id"] = json!(id);
     s.telegram.push_edit(edited, "what is the capital of France?");
     s.telegram.wait_chat(CHAT, T, |m| {
         m.iter()

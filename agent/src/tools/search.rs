@@ -30,9 +30,19 @@ const MATCH: MatchOptions = MatchOptions {
     require_literal_leading_dot: false,
 };
 
+/// What a walk does after visiting an entry.
+pub enum Step {
+    /// Go on (into it, for a folder).
+    Go,
+    /// Go on, but not into this folder.
+    Skip,
+    /// Stop the walk.
+    Stop,
+}
+
 /// Files and folders below `base`, depth first in name order, without following
 /// symlinks; `true` when the walk stopped at `WALK_CAP`.
-fn walk(base: &Path, mut visit: impl FnMut(&Path, &fs::FileType) -> bool) -> bool {
+pub fn walk(base: &Path, mut visit: impl FnMut(&Path, &fs::FileType) -> Step) -> bool {
     let mut stack: Vec<PathBuf> = vec![base.to_path_buf()];
     let mut seen = 0;
     while let Some(dir) = stack.pop() {
@@ -41,19 +51,32 @@ fn walk(base: &Path, mut visit: impl FnMut(&Path, &fs::FileType) -> bool) -> boo
             .filter_map(Result::ok)
             .filter_map(|e| e.file_type().ok().map(|t| (e.path(), t)))
             .collect();
-        entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-        for (path, kind) in entries.iter().rev() {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut deeper = Vec::new();
+        for (path, kind) in entries {
             seen += 1;
             if seen > WALK_CAP {
                 return true;
             }
-            if !visit(path, kind) {
-                return false;
+            match visit(&path, &kind) {
+                Step::Stop => return false,
+                Step::Go if kind.is_dir() => deeper.push(path),
+                Step::Go | Step::Skip => {}
             }
         }
-        stack.extend(entries.into_iter().filter(|(_, t)| t.is_dir()).map(|(p, _)| p));
+        // Last pushed, first walked: the first name first.
+        stack.extend(deeper.into_iter().rev());
     }
     false
+}
+
+/// Go on while `more`.
+fn go_on(more: bool) -> Step {
+    if more {
+        Step::Go
+    } else {
+        Step::Stop
+    }
 }
 
 fn base_dir(ws: &Workspace, args: &Value) -> Result<PathBuf, String> {
@@ -85,11 +108,11 @@ pub fn glob(ws: &Workspace, args: &Value) -> Result<String, String> {
         if compiled.matches_with(&relative(&base, path), MATCH) {
             if found.len() == GLOB_CAP {
                 more = true;
-                return false;
+                return Step::Stop;
             }
             found.push(ws.display(path));
         }
-        true
+        Step::Go
     });
     if found.is_empty() {
         return Ok(format!("no files match {pattern:?}"));
@@ -173,7 +196,7 @@ pub fn grep(ws: &Workspace, args: &Value) -> Result<String, String> {
         search_file(&base, &mut matches);
     } else {
         let truncated = walk(&base, |path, kind| {
-            !kind.is_file() || search_file(path, &mut matches)
+            go_on(!kind.is_file() || search_file(path, &mut matches))
         });
         if truncated && stopped.is_none() {
             stopped = Some(format!("the search stopped after {WALK_CAP} entries"));
