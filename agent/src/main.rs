@@ -23,6 +23,7 @@ mod llm;
 mod mcp;
 mod mcp_era;
 mod mcp_http;
+mod mcp_prompts;
 mod mcp_resources;
 mod memory;
 mod prompt_cache;

@@ -17,7 +17,9 @@
 //!    list the tools again before the next model request when the server says they
 //!    changed (`notifications/tools/list_changed`) or their `ttlMs` has passed;
 //! 5. keep the agent's own keys from the servers: agent.json and mcp.json are files the
-//!    model can write, so a server is a command run on its behalf, as `bash` is.
+//!    model can write, so a server is a command run on its behalf, as `bash` is;
+//! 6. run a server's prompt when a message names it (`/SERVER_PROMPT`, listed then, so
+//!    always current; [`crate::mcp_prompts`]).
 //!
 //! One reader thread per running server pairs responses with requests (the
 //! [`Correlator`]); calls to one server are serialised by its connection lock.
@@ -40,6 +42,7 @@ use tether::rpc::{Correlator, Message, Messages};
 
 use crate::llm::ToolSpec;
 use crate::mcp_era::{Era, ParamHeader};
+use crate::mcp_prompts::{Asked, Prompt};
 use crate::mcp_resources::ResourceTool;
 use crate::tools::Outcome;
 
@@ -143,7 +146,7 @@ impl fmt::Display for McpError {
             McpError::HttpRpc(status, e) => McpError::Http(*status, e.message.clone()).fmt(f),
             McpError::SessionEnded => f.write_str("it ended the session"),
             McpError::Config(e) => f.write_str(e),
-            McpError::NeedsInput(asked) => write!(f, "the tool asks for input the agent cannot give ({asked})"),
+            McpError::NeedsInput(asked) => write!(f, "the server asks for input the agent cannot give ({asked})"),
             McpError::Unusable(why) => f.write_str(why),
         }
     }
@@ -328,6 +331,8 @@ struct Server {
     instructions: Mutex<Option<String>>,
     /// It declared the `resources` capability: its resources are offered as two tools.
     resources: AtomicBool,
+    /// It declared the `prompts` capability: its prompts are chat commands.
+    prompts: AtomicBool,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
@@ -445,8 +450,7 @@ impl Server {
                 let era = crate::mcp_era::discovered(&result)?;
                 if era == Era::Modern {
                     self.keep_instructions(&result);
-                    let resources = result["capabilities"]["resources"].is_object();
-                    self.resources.store(resources, Ordering::SeqCst);
+                    self.keep_capabilities(&result);
                     let server = &result["_meta"]["io.modelcontextprotocol/serverInfo"];
                     log::info!(
                         "MCP [{}]: server {} {} speaks {}",
@@ -486,6 +490,13 @@ impl Server {
             None => t.to_string(),
         });
         *self.instructions.lock().expect("mcp instructions lock") = kept;
+    }
+
+    /// What an `initialize` or `server/discover` result says the server has besides tools.
+    fn keep_capabilities(&self, result: &Value) {
+        let has = |what: &str| result["capabilities"][what].is_object();
+        self.resources.store(has("resources"), Ordering::SeqCst);
+        self.prompts.store(has("prompts"), Ordering::SeqCst);
     }
 
     /// A session with the server at `url`.
@@ -620,8 +631,7 @@ impl Server {
             c.agreed(agreed);
         }
         self.keep_instructions(&init);
-        self.resources
-            .store(init["capabilities"]["resources"].is_object(), Ordering::SeqCst);
+        self.keep_capabilities(&init);
         link.notify("notifications/initialized", &json!({}))
     }
 
@@ -941,34 +951,12 @@ type SaveImage<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;
 
 /// The text the model sees for a `tools/call` result; images go through `save`.
 fn call_text(result: &Value, save: &SaveImage) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for c in result["content"].as_array().into_iter().flatten() {
-        match c["type"].as_str() {
-            Some("text") => parts.push(c["text"].as_str().unwrap_or("").to_string()),
-            Some("image") => {
-                let mime = c["mimeType"].as_str().unwrap_or("image");
-                parts.push(match save(c["data"].as_str().unwrap_or(""), mime) {
-                    Ok(path) => format!("[{mime} image from the tool, saved in the workspace as {path}]"),
-                    Err(why) => format!("[{mime} image from the tool, not saved: {why}]"),
-                });
-            }
-            Some("resource_link") => parts.push(format!(
-                "[resource {}: {}]",
-                c["name"].as_str().unwrap_or("?"),
-                c["uri"].as_str().unwrap_or("?")
-            )),
-            Some("resource") => parts.push(
-                c["resource"]["text"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| {
-                        format!("[resource {}]", c["resource"]["uri"].as_str().unwrap_or("?"))
-                    }),
-            ),
-            Some(other) => parts.push(format!("[{other} content]")),
-            None => {}
-        }
-    }
+    let mut parts: Vec<String> = result["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| content_text(c, "the tool", save))
+        .collect();
     if parts.is_empty() {
         if let Some(s) = result.get("structuredContent") {
             parts.push(s.to_string());
@@ -980,6 +968,31 @@ fn call_text(result: &Value, save: &SaveImage) -> String {
     } else {
         text
     }
+}
+
+/// The text the model sees for one content item (of a tool's result, or a prompt's
+/// message, as `from` says); images go through `save`.
+fn content_text(c: &Value, from: &str, save: &SaveImage) -> Option<String> {
+    Some(match c["type"].as_str()? {
+        "text" => c["text"].as_str().unwrap_or("").to_string(),
+        "image" => {
+            let mime = c["mimeType"].as_str().unwrap_or("image");
+            match save(c["data"].as_str().unwrap_or(""), mime) {
+                Ok(path) => format!("[{mime} image from {from}, saved in the workspace as {path}]"),
+                Err(why) => format!("[{mime} image from {from}, not saved: {why}]"),
+            }
+        }
+        "resource_link" => format!(
+            "[resource {}: {}]",
+            c["name"].as_str().unwrap_or("?"),
+            c["uri"].as_str().unwrap_or("?")
+        ),
+        "resource" => c["resource"]["text"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("[resource {}]", c["resource"]["uri"].as_str().unwrap_or("?"))),
+        other => format!("[{other} content]"),
+    })
 }
 
 /// Every MCP server of the agent.
@@ -1009,6 +1022,7 @@ impl McpServers {
                     era: Mutex::new(None),
                     instructions: Mutex::new(None),
                     resources: AtomicBool::new(false),
+                    prompts: AtomicBool::new(false),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
@@ -1099,6 +1113,58 @@ impl McpServers {
         specs
     }
 
+    /// The prompts of every server that has them (for `/skills`), listed now; a server
+    /// that cannot list them is left out (the log says why). `None` when cancelled.
+    pub fn prompts(&self, cancel: &Receiver<()>) -> Option<Vec<(String, Prompt)>> {
+        let mut all = Vec::new();
+        for s in self.with_prompts(|_| true) {
+            match s.list_prompts(cancel) {
+                Ok(list) => all.extend(list.into_iter().map(|p| (s.name.clone(), p))),
+                Err(Outcome::Cancelled) => return None,
+                Err(Outcome::Done(why)) => log::warn!("MCP [{}]: listing its prompts: {why}", s.name),
+            }
+        }
+        Some(all)
+    }
+
+    /// For a message starting with `/SERVER_PROMPT`: that prompt run (see
+    /// [`Server::run_prompt`]); `None` when it names no prompt. Only servers whose name
+    /// the command starts with are asked, so `/start` or `/weather` cost nothing.
+    pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<Asked> {
+        let (word, _) = crate::mcp_prompts::asked(text)?;
+        let mut unlisted = None;
+        for s in self.with_prompts(|name| word.starts_with(&crate::mcp_prompts::command(name, ""))) {
+            match s.list_prompts(cancel) {
+                Ok(list) => {
+                    if let Some(p) = list.iter().find(|p| p.command == word) {
+                        return Some(s.run_prompt(p, text, cancel));
+                    }
+                }
+                Err(Outcome::Cancelled) => return Some(Asked::Cancelled),
+                Err(Outcome::Done(why)) => {
+                    unlisted = Some(format!(
+                        "/{word} did not run: its prompts could not be listed ({})",
+                        why.trim_start_matches("error: ")
+                    ));
+                }
+            }
+        }
+        unlisted.map(Asked::Answer)
+    }
+
+    /// The servers whose name `named` accepts and that have prompts (servers still
+    /// starting are waited for, as only then is it known).
+    fn with_prompts(&self, named: impl Fn(&str) -> bool) -> Vec<&Arc<Server>> {
+        let named: Vec<&Arc<Server>> = self.servers.iter().filter(|s| named(&s.name)).collect();
+        if !named.is_empty() {
+            self.wait_started();
+        }
+        named
+            .into_iter()
+            .filter(|s| s.prompts.load(Ordering::SeqCst))
+            .collect()
+    }
+
     /// Run `name` if a server offers it; `None` if none does.
     pub fn call(&self, name: &str, args: &Value, cancel: &Receiver<()>) -> Option<Outcome> {
         for s in &self.servers {
@@ -1120,6 +1186,58 @@ impl McpServers {
 }
 
 impl Server {
+    /// Its prompts, listed now (every page, [`crate::mcp_prompts::MAX_PROMPTS`] at most):
+    /// asked for only when a message names one, so always the server's current list.
+    fn list_prompts(&self, cancel: &Receiver<()>) -> Result<Vec<Prompt>, Outcome> {
+        let mut prompts = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let params = cursor.map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let page = self.ask("prompts/list", &params, None, cancel)?;
+            prompts.extend(crate::mcp_prompts::listed(&page, &self.name));
+            cursor = page["nextCursor"]
+                .as_str()
+                .filter(|c| !c.is_empty())
+                .map(str::to_string);
+            if cursor.is_none() || prompts.len() >= crate::mcp_prompts::MAX_PROMPTS {
+                break;
+            }
+        }
+        prompts.truncate(crate::mcp_prompts::MAX_PROMPTS);
+        Ok(prompts)
+    }
+
+    /// `/COMMAND` of one of its prompts, as sent in `text`: what the user's turn says, or
+    /// the answer the user gets instead (how to give the arguments, why it failed).
+    fn run_prompt(&self, prompt: &Prompt, text: &str, cancel: &Receiver<()>) -> Asked {
+        let rest = crate::mcp_prompts::asked(text).map_or("", |(_, rest)| rest);
+        let given = match crate::mcp_prompts::arguments(prompt, rest) {
+            Ok(g) => g,
+            Err(usage) => return Asked::Answer(usage),
+        };
+        log::info!(
+            "MCP [{}]: the message runs the prompt {}",
+            self.name,
+            prompt.remote
+        );
+        let params = json!({"name": prompt.remote, "arguments": given.args});
+        match self.ask("prompts/get", &params, None, cancel) {
+            Ok(result) => {
+                let save = |d: &str, t: &str| self.save_image(d, t);
+                let part = |c: &Value| content_text(c, "the prompt", &save);
+                Asked::Expanded(crate::mcp_prompts::expansion(
+                    text, &self.name, prompt, &given, &result, &part,
+                ))
+            }
+            Err(Outcome::Cancelled) => Asked::Cancelled,
+            Err(Outcome::Done(why)) => Asked::Answer(format!(
+                "/{} did not run: {}",
+                prompt.command,
+                why.trim_start_matches("error: ")
+            )),
+        }
+    }
+
     /// The tools listed again, unless a call holds the connection: then at the next turn.
     fn list_again(&self) {
         let Ok(conn) = self.conn.try_lock() else {

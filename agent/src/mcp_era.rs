@@ -283,7 +283,7 @@ mod tests {
         let e = complete(asked).unwrap_err().to_string();
         assert_eq!(
             e,
-            "the tool asks for input the agent cannot give (elicitation/create: Your GitHub name?)"
+            "the server asks for input the agent cannot give (elicitation/create: Your GitHub name?)"
         );
         assert!(complete(json!({"resultType": "task"})).is_err());
     }

@@ -204,14 +204,21 @@ pub fn listing(skills: &[Skill]) -> String {
     let mut out =
         String::from("Skills (start a message with one to use it; the agent also picks them itself):");
     for s in skills {
-        let mut description: String = s.description.chars().take(LISTING_CHARS).collect();
-        if description.len() < s.description.len() {
-            description.push('…');
-        }
         let only = if s.listed { "" } else { " (only when asked for)" };
-        out.push_str(&format!("\n/{} — {description}{only}", s.name));
+        // As Telegram writes a command, so that it can be tapped.
+        let command = s.name.replace('-', "_");
+        out.push_str(&format!("\n/{command} — {}{only}", first_words(&s.description)));
     }
     out
+}
+
+/// The start of `description`, for a list in a chat.
+pub fn first_words(description: &str) -> String {
+    let mut start: String = description.chars().take(LISTING_CHARS).collect();
+    if start.len() < description.len() {
+        start.push('…');
+    }
+    start
 }
 
 /// The skill called `name` (`-` and `_` alike, any case).
@@ -571,15 +578,16 @@ mod tests {
                 listed: true,
             },
             Skill {
-                name: "weekly".into(),
+                name: "weekly-report".into(),
                 description: long,
-                folder: ".aegis/skills/weekly".into(),
+                folder: ".aegis/skills/weekly-report".into(),
                 outside: false,
                 listed: false,
             },
         ];
         let l = listing(&skills);
-        assert!(l.contains("\n/csv — Summarise a CSV\n/weekly — "), "{l}");
+        // As Telegram writes a command: a tap on it sends it whole.
+        assert!(l.contains("\n/csv — Summarise a CSV\n/weekly_report — "), "{l}");
         assert!(
             l.ends_with(&format!("{}… (only when asked for)", "x".repeat(160))),
             "{l}"

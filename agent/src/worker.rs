@@ -22,6 +22,7 @@ use tether::{Frame, Session};
 use crate::context::{context, stamped, Budget};
 use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
+use crate::mcp_prompts::Asked;
 use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
 use crate::tools::{Attachments, CallContext, Outcome, Toolbox};
 
@@ -258,16 +259,6 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &summary);
         return;
     }
-    if is_command(&msg.text, "/skills") {
-        send_text(
-            shared,
-            kind::ASSISTANT_DONE,
-            out,
-            &msg_id,
-            &shared.tools.skills_list(),
-        );
-        return;
-    }
     // A message can arrive twice: a host redelivers it after a crash, a gateway re-reads
     // it after a restart. Answered already: drop it. Stored but unanswered (perhaps
     // halfway through its tools): answer it, without storing it a second time.
@@ -281,6 +272,15 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let _busy = shared.keepalive.busy();
     let (cancel_tx, cancel_rx) = bounded::<()>(1);
     let inflight = InFlightGuard::set(state, &msg_id, cancel_tx);
+    // Answered without the model and kept out of the conversation, as `/usage`; listing
+    // the servers' prompts can take a while, so `/stop` reaches it.
+    if is_command(&msg.text, "/skills") {
+        match shared.tools.skills_list(&cancel_rx) {
+            Some(list) => send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &list),
+            None => send_cancelled(shared, out, &msg_id, "the reply was cancelled", ""),
+        }
+        return;
+    }
     // What memories are chosen by: the words of the message, a recording's included.
     let mut words = msg.text.clone();
     match earlier {
@@ -311,7 +311,21 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
                 send_cancelled(shared, out, &msg_id, "the reply was cancelled", "");
                 return;
             };
-            let text = user_content(&said, msg.user.as_ref());
+            // `/SERVER_PROMPT`: the turn says what the server's prompt says, and later turns
+            // still have it. A prompt that cannot run is answered here, and not stored.
+            let turn_text = match shared.tools.prompt_asked(&said, &cancel_rx) {
+                None => said.clone(),
+                Some(Asked::Expanded(text)) => text,
+                Some(Asked::Answer(answer)) => {
+                    send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer);
+                    return;
+                }
+                Some(Asked::Cancelled) => {
+                    send_cancelled(shared, out, &msg_id, "the reply was cancelled", "");
+                    return;
+                }
+            };
+            let text = user_content(&turn_text, msg.user.as_ref());
             words = said;
             let mut turn = Turn::new(Role::User, user_turn(shared, text, &msg.images));
             turn.msg_id = msg_id.clone();

@@ -793,7 +793,7 @@ fn a_modern_mcp_process_is_spoken_to_without_a_handshake() {
     assert_eq!((r[0].1.as_str(), r[1].1.as_str()), ("ping", "grown"));
     assert_eq!(
         r[2].1,
-        "error: MCP server next failed: the tool asks for input the agent cannot give (elicitation/create: Which account?)"
+        "error: MCP server next failed: the server asks for input the agent cannot give (elicitation/create: Which account?)"
     );
     assert!(
         offered_tools(&reqs[1]).contains(&"next_extra".to_string()),
@@ -1119,7 +1119,7 @@ fn skills_are_listed_loaded_by_the_model_and_asked_for_by_name() {
     let listed = done_text(&a.reply());
     assert!(
         listed.contains(
-            "\n/weekly — Only when asked (only when asked for)\n/csv-report — Summarise a CSV file."
+            "\n/weekly — Only when asked (only when asked for)\n/csv_report — Summarise a CSV file."
         ),
         "{listed}"
     );
@@ -1263,6 +1263,174 @@ fn an_mcp_servers_resources_are_listed_and_read() {
     assert_eq!(
         (read.status, read.headers["mcp-name"].as_str()),
         (200, "=?base64?ZG9jczovL2NhZsOpL21lbnU=?=")
+    );
+}
+
+/// An MCP server's prompts are chat commands: `/SERVER_PROMPT` with its arguments in the
+/// words after it runs the prompt, and the model answers what it says (kept in the
+/// session); a missing argument, a prompt that cannot run or a server asking for input is
+/// answered without the model; `/skills` lists the prompts; a command of no server's
+/// prompts is the model's, and asks no server; `/stop` ends a prompt that hangs.
+#[test]
+fn an_mcp_servers_prompts_are_chat_commands() {
+    let ws = TempDir::new("tools-mcp-prompts");
+    let log = ws.join("gh.log");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {
+            "gh": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_PROMPTS": "1", "FAKE_MCP_LOG": log}},
+            "next": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_PROMPTS": "1", "FAKE_MCP_ERA": "modern"}},
+            "plain": {"command": bin("fake-mcp")}
+        }}),
+    );
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_sse(&["LGTM"])),
+        Reply::sse(openai_sse(&["and the docs too"])),
+        Reply::sse(openai_sse(&["stand-up written"])),
+        Reply::sse(openai_sse(&["a chart"])),
+        Reply::sse(openai_sse(&["hello"])),
+        Reply::sse(openai_sse(&["no such prompt"])),
+        Reply::sse(openai_sse(&["modern LGTM"])),
+        Reply::sse(openai_sse(&["the daily stand-up"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    let gets = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"prompts/"))
+            .count()
+    };
+
+    a.send(&message(
+        "8",
+        "/gh_review@my_bot 42 the error handling\nand the tests",
+        "m1",
+    ));
+    assert_eq!(done_text(&a.reply()), "LGTM");
+    let reqs = llm.requests();
+    let said = aegis_e2e::llm::last_user_text(&reqs[0]);
+    assert_eq!(
+        said,
+        "/gh_review@my_bot 42 the error handling\nand the tests\n[This runs the prompt review of MCP server gh, \
+         given pr: 42; focus: the error handling\nand the tests. It says:]\n[user]\nReview pull request #42, \
+         looking at the error handling\nand the tests.\n\n[user]\n-old line\n+new line\n\n[assistant]\nI will \
+         read the diff first."
+    );
+    // Kept in the session: the next question still has the diff.
+    a.send(&message("8", "what about the docs?", "m2"));
+    assert_eq!(done_text(&a.reply()), "and the docs too");
+    let history = llm.requests()[1].json()["messages"].to_string();
+    assert!(history.contains("+new line"), "{history}");
+
+    // A required argument missing: how to give it, from the agent; nothing stored.
+    a.send(&message("8", "/gh_review", "m3"));
+    assert_eq!(
+        done_text(&a.reply()),
+        "/gh_review needs pr.\n/gh_review PR [FOCUS] — Review a pull request\n  pr: Its number\n  focus: What to look at"
+    );
+    assert_eq!(llm.requests().len(), 2, "no model request");
+    assert!(!json!(session_lines(&ws, "8"))
+        .to_string()
+        .contains("\"/gh_review\""));
+
+    // Words after a prompt without arguments are the user's own; a prompt's image is a
+    // workspace file.
+    a.send(&message("8", "/gh_standup in three lines", "m4"));
+    assert_eq!(done_text(&a.reply()), "stand-up written");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[2]);
+    assert!(
+        said.ends_with("It says:]\nWrite today's stand-up from the notes.\n[The user adds:]\nin three lines"),
+        "{said}"
+    );
+    a.send(&message("8", "/gh_picture", "m5"));
+    assert_eq!(done_text(&a.reply()), "a chart");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[3]);
+    let path = said
+        .split("[image/png image from the prompt, saved in the workspace as ")
+        .nth(1)
+        .and_then(|p| p.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("{said}"));
+    assert_eq!(
+        std::fs::read(ws.join(path)).unwrap(),
+        aegis_e2e::agent::MCP_SCREENSHOT
+    );
+
+    // A command of no server's prompts goes to the model as it is, and asks no server.
+    let before = gets();
+    a.send(&message("8", "/start", "m6"));
+    assert_eq!(done_text(&a.reply()), "hello");
+    assert_eq!(aegis_e2e::llm::last_user_text(&llm.requests()[4]), "/start");
+    assert_eq!(gets(), before, "no server asked for /start");
+    // A name the server does not have: the model's too.
+    a.send(&message("8", "/gh_nothing", "m7"));
+    assert_eq!(done_text(&a.reply()), "no such prompt");
+    assert_eq!(aegis_e2e::llm::last_user_text(&llm.requests()[5]), "/gh_nothing");
+
+    // `/skills` lists the prompts of every server that has them.
+    a.send(&message("8", "/skills", "m8"));
+    let listed = done_text(&a.reply());
+    assert!(
+        listed.contains(
+            "Prompts of the MCP servers (words after the command fill its arguments):\n\
+             /gh_review PR [FOCUS] — Review a pull request\n/gh_standup — Today's stand-up\n\
+             /gh_picture — A picture to talk about\n/gh_hang — Never answers\n/next_review PR [FOCUS]"
+        ),
+        "{listed}"
+    );
+    assert!(listed.contains("/next_ask — Asks the user first"), "{listed}");
+    assert!(!listed.contains("/plain_"), "{listed}");
+
+    // A 2026-07-28 server: the same; one asking for input is answered by the agent.
+    a.send(&message("8", "/next_review 7", "m9"));
+    assert_eq!(done_text(&a.reply()), "modern LGTM");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[6]);
+    assert!(
+        said.contains("Review pull request #7, looking at everything."),
+        "{said}"
+    );
+    a.send(&message("8", "/next_ask", "m10"));
+    assert_eq!(
+        done_text(&a.reply()),
+        "/next_ask did not run: MCP server next failed: the server asks for input the agent cannot give \
+         (elicitation/create: Which repository?)"
+    );
+
+    // A scheduled task whose text is a prompt's command runs the prompt, answering in its chat.
+    let run = Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", "daily")))
+        .with_payload(&tether::frame::UserMessage {
+            text: "/gh_standup".into(),
+            reply_to: Some(Session::new("telegram", "8")),
+            ..Default::default()
+        })
+        .with_msg_id("cron-daily-29000000");
+    a.send(&run);
+    let r = a.reply();
+    assert_eq!(done_text(&r), "the daily stand-up");
+    assert_eq!(r.last().unwrap().session.as_ref().unwrap().id, "8");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[7]);
+    assert!(said.ends_with("Write today's stand-up from the notes."), "{said}");
+
+    // `/stop` reaches a prompt that never comes.
+    a.send(&message("8", "/gh_hang", "m11"));
+    let deadline = Instant::now() + T;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("\"hang\"")
+    {
+        assert!(Instant::now() < deadline, "prompts/get hang was not sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let cancel =
+        Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", "8"))).with_payload(&Cancel {
+            msg_id: Some("m11".into()),
+        });
+    a.send(&cancel);
+    assert_eq!(done_text(&a.reply()), "⏹ Reply cancelled.");
+    assert_eq!(
+        llm.requests().len(),
+        8,
+        "the model is asked only for prompts that ran"
     );
 }
 

@@ -667,7 +667,7 @@ impl Telegram {
                 {"command": "new", "description": "Start a fresh conversation"},
                 {"command": "stop", "description": "Stop the reply in progress"},
                 {"command": "usage", "description": "Tokens the model used today, this week, this month"},
-                {"command": "skills", "description": "The agent's skills, to start a message with"}
+                {"command": "skills", "description": "The agent's skills and prompts, to start a message with"}
             ]}),
         )
         .map(drop)

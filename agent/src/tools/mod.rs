@@ -637,21 +637,43 @@ impl Toolbox {
         crate::skills::catalog(&self.skills.refresh())
     }
 
-    /// The answer to `/skills`: the skills and how to ask for one, or why there are none.
-    pub fn skills_list(&self) -> String {
-        if !self.builtins.contains(&Builtin::ActivateSkill) {
-            return "Skills are turned off for this agent (AEGIS_TOOLS or agent.json).".into();
+    /// The answer to `/skills`: the skills and how to ask for one, or why there are none,
+    /// then the MCP servers' prompts; `None` when cancelled while they were listed.
+    pub fn skills_list(&self, cancel: &Receiver<()>) -> Option<String> {
+        let skills = if self.builtins.contains(&Builtin::ActivateSkill) {
+            crate::skills::listing(&self.skills.refresh())
+        } else {
+            "Skills are turned off for this agent (AEGIS_TOOLS or agent.json).".into()
+        };
+        let prompts = crate::mcp_prompts::listing(&self.mcp.prompts(cancel)?);
+        Some(if prompts.is_empty() {
+            skills
+        } else {
+            format!("{skills}\n\n{prompts}")
+        })
+    }
+
+    /// For a message starting with `/SERVER_PROMPT` of an MCP server's prompt: that prompt
+    /// run (see [`crate::mcp::McpServers::prompt_asked`]). A skill of that name comes first.
+    pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<crate::mcp_prompts::Asked> {
+        if self.skill_asked_name(text).is_some() {
+            return None;
         }
-        crate::skills::listing(&self.skills.refresh())
+        self.mcp.prompt_asked(text, cancel)
+    }
+
+    /// The skill a message starting with `/NAME` asks for, when skills are on.
+    fn skill_asked_name(&self, text: &str) -> Option<crate::skills::Skill> {
+        if !self.builtins.contains(&Builtin::ActivateSkill) {
+            return None;
+        }
+        self.skills.asked(text)
     }
 
     /// For a message starting with `/NAME` of a skill: that skill's instructions, for the
     /// model to read with the message (or why they could not be read).
     pub fn skill_asked(&self, text: &str) -> Option<String> {
-        if !self.builtins.contains(&Builtin::ActivateSkill) {
-            return None;
-        }
-        let skill = self.skills.asked(text)?;
+        let skill = self.skill_asked_name(text)?;
         log::info!("the message asks for the skill {}", skill.name);
         Some(match self.skills.activate(&skill.name, true) {
             Ok(content) => format!(

@@ -19,6 +19,12 @@
 //! listed on the first page, which has a next one) and `file:///chart.png` (an image, on
 //! the second), a template `notes://{day}`, and `Resource not found` for any other URI.
 //!
+//! `FAKE_MCP_PROMPTS` gives it prompts, two a page: `review` (argument `pr` required,
+//! `focus` optional; a user message naming them, an embedded resource, and the
+//! assistant's first words), `standup` (no argument), `picture` (an image), `hang` (never
+//! answers) and, in 2026-07-28 only, `ask` (`input_required`); any other name is refused
+//! with `-32602`.
+//!
 //! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
 //! that revision describes one: `initialize` is refused with an error naming the version
 //! it speaks; every request must carry `_meta` with `io.modelcontextprotocol/protocolVersion`
@@ -128,6 +134,66 @@ fn main() {
                 }))))
             }
             "ping" => Ok(json!({})),
+            "prompts/list" | "prompts/get" if !initialized && !modern => Err((
+                -32002,
+                "server not initialized: send notifications/initialized first",
+            )),
+            "prompts/list" if prompts() => {
+                let start: usize = msg["params"]["cursor"]
+                    .as_str()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let all = [
+                    json!({"name": "review", "title": "Review", "description": "Review a pull request",
+                        "arguments": [{"name": "pr", "description": "Its number", "required": true},
+                                      {"name": "focus", "description": "What to look at"}]}),
+                    json!({"name": "standup", "description": "Today's stand-up"}),
+                    json!({"name": "picture", "description": "A picture to talk about"}),
+                    json!({"name": "hang", "description": "Never answers"}),
+                    json!({"name": "ask", "description": "Asks the user first"}),
+                ];
+                let listed: Vec<&Value> = all.iter().filter(|p| modern || p["name"] != "ask").collect();
+                let mut r = json!({"prompts": listed.iter().skip(start).take(2).collect::<Vec<_>>()});
+                if start + 2 < listed.len() {
+                    r["nextCursor"] = json!((start + 2).to_string());
+                }
+                Ok(r)
+            }
+            "prompts/get" if prompts() => {
+                let args = &msg["params"]["arguments"];
+                match msg["params"]["name"].as_str().unwrap_or("") {
+                    "review" => match args["pr"].as_str() {
+                        Some(pr) => {
+                            let focus = args["focus"].as_str().unwrap_or("everything");
+                            Ok(json!({"description": "Review", "messages": [
+                                {"role": "user", "content": {"type": "text",
+                                    "text": format!("Review pull request #{pr}, looking at {focus}.")}},
+                                {"role": "user", "content": {"type": "resource", "resource": {
+                                    "uri": format!("pr://{pr}/diff"), "mimeType": "text/x-diff",
+                                    "text": "-old line\n+new line"}}},
+                                {"role": "assistant", "content": {"type": "text",
+                                    "text": "I will read the diff first."}}
+                            ]}))
+                        }
+                        None => Err((-32602, "missing required argument pr")),
+                    },
+                    "standup" => Ok(json!({"messages": [{"role": "user", "content":
+                        {"type": "text", "text": "Write today's stand-up from the notes."}}]})),
+                    "picture" => {
+                        use base64::Engine;
+                        let data = base64::engine::general_purpose::STANDARD
+                            .encode(aegis_e2e::agent::MCP_SCREENSHOT);
+                        Ok(json!({"messages": [{"role": "user", "content":
+                            {"type": "image", "data": data, "mimeType": "image/png"}}]}))
+                    }
+                    "hang" => continue,
+                    "ask" if modern => Ok(json!({"resultType": "input_required", "inputRequests": {
+                        "who": {"method": "elicitation/create", "params": {"mode": "form",
+                            "message": "Which repository?", "requestedSchema": {"type": "object",
+                            "properties": {"repo": {"type": "string"}}}}}}})),
+                    _ => Err((-32602, "Invalid prompt name")),
+                }
+            }
             "resources/list" | "resources/templates/list" | "resources/read" if !initialized && !modern => {
                 Err((
                     -32002,
@@ -269,10 +335,18 @@ fn resources() -> bool {
     std::env::var("FAKE_MCP_RESOURCES").is_ok()
 }
 
-/// `result` declaring the resources capability, when the server has resources.
+/// `FAKE_MCP_PROMPTS`: the server has prompts.
+fn prompts() -> bool {
+    std::env::var("FAKE_MCP_PROMPTS").is_ok()
+}
+
+/// `result` declaring the resources and prompts capabilities, when the server has them.
 fn with_resources(mut result: Value) -> Value {
     if resources() {
         result["capabilities"]["resources"] = json!({});
+    }
+    if prompts() {
+        result["capabilities"]["prompts"] = json!({"listChanged": false});
     }
     result
 }
