@@ -47,6 +47,11 @@ pub const INTERRUPTED: &str = "error: the tool did not finish (the agent was sto
 /// Smallest share of the budget a trimmed text keeps.
 const MIN_TRIMMED: usize = 200;
 
+/// Tools whose results are instructions the model is to follow (a skill's), which a cut
+/// in their middle would break: the cap on one result does not apply to them, the budget
+/// still does.
+const WHOLE_RESULTS: [&str; 1] = [crate::tools::ACTIVATE_SKILL];
+
 /// The turns to send for `history` within `budget`, oldest first.
 pub fn context(history: &[Turn], budget: Budget) -> Vec<Turn> {
     window(history, budget).0
@@ -59,8 +64,16 @@ pub fn window(history: &[Turn], budget: Budget) -> (Vec<Turn>, usize) {
     let (starts, units): (Vec<usize>, Vec<Vec<Turn>>) = repair(history)
         .into_iter()
         .map(|(at, mut u)| {
+            let whole: Vec<String> = u[0]
+                .content
+                .tool_uses()
+                .filter(|(_, name, _)| WHOLE_RESULTS.contains(name))
+                .map(|(id, _, _)| id.to_string())
+                .collect();
             for t in u.iter_mut().filter(|t| t.role == Role::Tool) {
-                trim_content(&mut t.content, cap);
+                if !t.tool_call_id.as_ref().is_some_and(|id| whole.contains(id)) {
+                    trim_content(&mut t.content, cap);
+                }
             }
             (at, u)
         })
@@ -468,6 +481,31 @@ mod tests {
         assert!(c[2].content.size() <= 6_000, "{}", c[2].content.size());
         assert_eq!(h[2].content.size(), 100_000);
         assert_eq!(c[0].role, Role::User);
+    }
+
+    #[test]
+    fn a_skills_instructions_are_not_cut_by_the_cap_on_one_result() {
+        let skill = ToolCall {
+            id: "s".into(),
+            name: "activate_skill".into(),
+            input: json!({"name": "docx"}),
+        };
+        let h = vec![
+            t(Role::User, 5),
+            Turn::tool_calls("", &[skill, call("a")]),
+            Turn::tool_result("s", "i".repeat(15_000)),
+            Turn::tool_result("a", "r".repeat(15_000)),
+        ];
+        let c = context(&h, b(50, 24_000));
+        assert_eq!(
+            c[2].content.text(),
+            "i".repeat(15_000),
+            "the skill's instructions whole"
+        );
+        assert!(c[3].content.size() <= 6_000, "{}", c[3].content.size());
+        // The budget still bounds them.
+        let c = context(&h, b(50, 8_000));
+        assert!(c[2].content.size() < 8_000, "{}", c[2].content.size());
     }
 
     fn arb_turn() -> impl Strategy<Value = Turn> {

@@ -22,6 +22,7 @@ use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::session::{Role, Turn};
 use crate::tools::paths::Workspace;
 
 /// Where skills are looked for, in order: a name found twice is the first one's.
@@ -210,6 +211,42 @@ pub fn listing(skills: &[Skill]) -> String {
         out.push_str(&format!("\n/{command} — {}{only}", first_words(&s.description)));
     }
     out
+}
+
+/// A note for the model when the instructions of skills it loaded fell out of the
+/// conversation's window (`history[..fell_out]`), looking back `look_back` turns from
+/// there: which they are, so that it loads one again if the task goes on; "" when none
+/// did. Only skills still listed in `skills` count, and not one loaded again in view.
+pub fn out_of_view(history: &[Turn], fell_out: usize, look_back: usize, skills: &[Skill]) -> String {
+    let loaded = |turns: &[Turn]| -> Vec<String> {
+        turns
+            .iter()
+            .filter(|t| t.role == Role::Assistant)
+            .flat_map(|t| t.content.tool_uses())
+            .filter(|(_, tool, _)| *tool == crate::tools::ACTIVATE_SKILL)
+            .filter_map(|(_, _, input)| input["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let fell_out = fell_out.min(history.len());
+    let in_view = loaded(&history[fell_out..]);
+    let mut gone: Vec<String> = Vec::new();
+    for name in loaded(&history[fell_out.saturating_sub(look_back)..fell_out])
+        .into_iter()
+        .rev()
+    {
+        let listed = find(skills, &name).is_some_and(|s| s.listed);
+        if listed && !in_view.contains(&name) && !gone.contains(&name) {
+            gone.push(name);
+        }
+    }
+    if gone.is_empty() {
+        return String::new();
+    }
+    format!(
+        "[Skills you loaded earlier in this conversation whose instructions are no longer in view: {}. \
+         If the task still needs one, call activate_skill for it again.]",
+        gone.join(", ")
+    )
 }
 
 /// The start of `description`, for a list in a chat.
@@ -592,6 +629,61 @@ mod tests {
             l.ends_with(&format!("{}… (only when asked for)", "x".repeat(160))),
             "{l}"
         );
+    }
+
+    #[test]
+    fn skills_whose_instructions_fell_out_of_view_are_named_once_each() {
+        let listed = |name: &str, listed: bool| Skill {
+            name: name.into(),
+            description: "d".into(),
+            folder: format!(".aegis/skills/{name}"),
+            outside: false,
+            listed,
+        };
+        let skills = [listed("csv", true), listed("docx", true), listed("quiet", false)];
+        let load = |id: &str, name: &str| {
+            vec![
+                Turn::tool_calls(
+                    "",
+                    &[crate::llm::ToolCall {
+                        id: id.into(),
+                        name: crate::tools::ACTIVATE_SKILL.into(),
+                        input: serde_json::json!({"name": name}),
+                    }],
+                ),
+                Turn::tool_result(id, "instructions".into()),
+            ]
+        };
+        let ask = |n: usize| Turn::new(Role::User, format!("question {n}"));
+        // 0: question, 1-2: csv, 3-4: docx, 5-6: csv again, 7-8: gone, 9-10: quiet, 11: question.
+        let mut h = vec![ask(0)];
+        for (id, name) in [
+            ("a", "csv"),
+            ("b", "docx"),
+            ("c", "csv"),
+            ("d", "gone"),
+            ("e", "quiet"),
+        ] {
+            h.extend(load(id, name));
+        }
+        h.push(ask(11));
+        let note = out_of_view(&h, 11, 50, &skills);
+        assert_eq!(
+            note,
+            "[Skills you loaded earlier in this conversation whose instructions are no longer in view: \
+             csv, docx. If the task still needs one, call activate_skill for it again.]",
+            "the newest first, each once, only skills still listed"
+        );
+        assert_eq!(out_of_view(&h, 0, 50, &skills), "", "nothing fell out");
+        assert_eq!(
+            out_of_view(&h, 11, 4, &skills),
+            "",
+            "loaded too long before the window"
+        );
+        // docx loaded again, in view: only csv is gone.
+        h.extend(load("f", "docx"));
+        assert!(out_of_view(&h, 11, 50, &skills).contains("view: csv. If"));
+        assert!(out_of_view(&h, 99, 50, &skills).contains("view: docx, csv. If"));
     }
 
     #[test]

@@ -358,12 +358,20 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let cache_key = crate::prompt_cache::conversation_key(&session.channel, &session.id);
     let here = crate::memory::Here::new(out, msg.user.as_ref().and_then(|u| u.id.as_deref()));
     let memories = shared.memory.inject(&words, &here);
-    // A skill the message asks for by `/NAME` comes with it, before the memories.
-    let notes = match (shared.tools.skill_asked(&msg.text), memories.trim_start()) {
-        (Some(skill), "") => skill,
-        (Some(skill), memories) => format!("{skill}\n\n{memories}"),
-        (None, memories) => memories.to_string(),
-    };
+    // A skill the message asks for by `/NAME` comes with it, then which skills the model
+    // loaded fell out of view (recently: within one window's turns), then the memories.
+    let (_, fell_out) = crate::context::window(history, shared.budget);
+    let notes: Vec<String> = [
+        shared.tools.skill_asked(&msg.text).unwrap_or_default(),
+        shared
+            .tools
+            .skills_out_of_view(history, fell_out, shared.budget.turns),
+        memories.trim_start().to_string(),
+    ]
+    .into_iter()
+    .filter(|n| !n.is_empty())
+    .collect();
+    let notes = notes.join("\n\n");
     let r = ReplyCtx {
         shared,
         session,

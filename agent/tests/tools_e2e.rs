@@ -1169,6 +1169,60 @@ fn skills_are_listed_loaded_by_the_model_and_asked_for_by_name() {
     );
 }
 
+/// A skill's instructions reach the model whole, however long, and once they have
+/// fallen out of the conversation's window the model is told which skill it had loaded.
+#[test]
+fn a_skills_instructions_stay_whole_and_are_named_when_they_fall_out_of_view() {
+    let ws = TempDir::new("tools-skills-window");
+    std::fs::create_dir_all(ws.join(".aegis/skills/docx")).unwrap();
+    let body = format!(
+        "# Documents\n{}\nEND OF THE SKILL",
+        "Use python-docx. ".repeat(500)
+    );
+    std::fs::write(
+        ws.join(".aegis/skills/docx/SKILL.md"),
+        format!("---\nname: docx\ndescription: Word documents\n---\n{body}\n"),
+    )
+    .unwrap();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "activate_skill", r#"{"name": "docx"}"#)],
+            3,
+        )),
+        Reply::sse(openai_sse(&["report.docx written"])),
+        Reply::sse(openai_sse(&["ok"])),
+        Reply::sse(openai_sse(&["ok again"])),
+    ]);
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_CONTEXT_TURNS", "6".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("3", "write the report as a Word file", "m1"));
+    assert_eq!(done_text(&a.reply()), "report.docx written");
+    let loaded = &tool_results(&llm.requests()[1])[0].1;
+    assert!(
+        loaded.contains(&body) && !loaded.contains("characters trimmed"),
+        "{} characters: {}",
+        loaded.len(),
+        &loaded[loaded.len().saturating_sub(200)..]
+    );
+    let note =
+        "[Skills you loaded earlier in this conversation whose instructions are no longer in view: docx.";
+    a.send(&message("3", "thanks", "m2"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let r = llm.requests()[2].json().to_string();
+    assert!(
+        r.contains("END OF THE SKILL") && !r.contains(note),
+        "still in view: {r}"
+    );
+    a.send(&message("3", "and a title page?", "m3"));
+    assert_eq!(done_text(&a.reply()), "ok again");
+    let r = llm.requests()[3].json().to_string();
+    assert!(!r.contains("END OF THE SKILL") && r.contains(note), "{r}");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[3]);
+    assert!(said.contains(note), "with the newest question: {said}");
+}
+
 /// A server's resources are two tools: the listing (page by page, with the URI templates)
 /// and the reading (text; an image kept as a workspace file); an unknown URI gets the
 /// server's refusal. To a 2026-07-28 server over HTTP the URI travels in `Mcp-Name`, and

@@ -38,6 +38,9 @@ use paths::Workspace;
 use tether::cut::{Armed, Cut};
 use tether::Session;
 
+/// The tool that loads a skill's instructions (its results are kept whole in the context).
+pub const ACTIVATE_SKILL: &str = "activate_skill";
+
 /// What running a tool call came to.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
@@ -142,7 +145,7 @@ impl Builtin {
             Builtin::ListFiles => "list_files",
             Builtin::Glob => "glob",
             Builtin::Grep => "grep",
-            Builtin::ActivateSkill => "activate_skill",
+            Builtin::ActivateSkill => ACTIVATE_SKILL,
             Builtin::WebFetch => "web_fetch",
             Builtin::WebSearch => "web_search",
             Builtin::ImageSearch => "image_search",
@@ -668,6 +671,20 @@ impl Toolbox {
             return None;
         }
         self.skills.asked(text)
+    }
+
+    /// The note telling the model which skills it loaded fell out of the window (see
+    /// [`crate::skills::out_of_view`]); "" with skills off.
+    pub fn skills_out_of_view(
+        &self,
+        history: &[crate::session::Turn],
+        fell_out: usize,
+        look_back: usize,
+    ) -> String {
+        if !self.builtins.contains(&Builtin::ActivateSkill) {
+            return String::new();
+        }
+        crate::skills::out_of_view(history, fell_out, look_back, &self.skills.current())
     }
 
     /// For a message starting with `/NAME` of a skill: that skill's instructions, for the
