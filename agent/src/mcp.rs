@@ -333,6 +333,9 @@ struct Server {
     resources: AtomicBool,
     /// It declared the `prompts` capability: its prompts are chat commands.
     prompts: AtomicBool,
+    /// Its prompts as last listed (when it started, and whenever a message named one),
+    /// for the chat's command menu.
+    prompts_seen: Mutex<Vec<Prompt>>,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
@@ -371,6 +374,18 @@ impl Server {
         };
         let conn = Conn { link: conn, era };
         self.list_tools(&conn)?;
+        if self.prompts.load(Ordering::SeqCst) {
+            // For the command menu; a server that cannot list them still has its tools.
+            let none = never();
+            let listed = self.page_prompts(|params| {
+                conn.link
+                    .request(conn.era, "prompts/list", params, Vec::new(), START_TIMEOUT, &none)
+            });
+            match listed {
+                Ok(p) => log::info!("MCP [{}]: {} prompts", self.name, p.len()),
+                Err(e) => log::warn!("MCP [{}]: listing its prompts: {e}", self.name),
+            }
+        }
         if let (Era::Modern, Link::Stdio(c)) = (era, &conn.link) {
             listen_for_tool_changes(c);
         }
@@ -1023,6 +1038,7 @@ impl McpServers {
                     instructions: Mutex::new(None),
                     resources: AtomicBool::new(false),
                     prompts: AtomicBool::new(false),
+                    prompts_seen: Mutex::new(Vec::new()),
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
@@ -1152,6 +1168,14 @@ impl McpServers {
         unlisted.map(Asked::Answer)
     }
 
+    /// Every server's prompts as last listed, without asking (for the command menu).
+    pub fn prompts_seen(&self) -> Vec<Prompt> {
+        self.servers
+            .iter()
+            .flat_map(|s| s.prompts_seen.lock().expect("mcp prompts lock").clone())
+            .collect()
+    }
+
     /// The servers whose name `named` accepts and that have prompts (servers still
     /// starting are waited for, as only then is it known).
     fn with_prompts(&self, named: impl Fn(&str) -> bool) -> Vec<&Arc<Server>> {
@@ -1186,14 +1210,20 @@ impl McpServers {
 }
 
 impl Server {
-    /// Its prompts, listed now (every page, [`crate::mcp_prompts::MAX_PROMPTS`] at most):
-    /// asked for only when a message names one, so always the server's current list.
+    /// Its prompts, listed now: asked for when a message names one, so always the
+    /// server's current list.
     fn list_prompts(&self, cancel: &Receiver<()>) -> Result<Vec<Prompt>, Outcome> {
+        self.page_prompts(|params| self.ask("prompts/list", params, None, cancel))
+    }
+
+    /// Its prompts as `request` lists them (every page, [`crate::mcp_prompts::MAX_PROMPTS`]
+    /// at most), kept for the command menu.
+    fn page_prompts<E>(&self, mut request: impl FnMut(&Value) -> Result<Value, E>) -> Result<Vec<Prompt>, E> {
         let mut prompts = Vec::new();
         let mut cursor: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let params = cursor.map_or_else(|| json!({}), |c| json!({"cursor": c}));
-            let page = self.ask("prompts/list", &params, None, cancel)?;
+            let page = request(&params)?;
             prompts.extend(crate::mcp_prompts::listed(&page, &self.name));
             cursor = page["nextCursor"]
                 .as_str()
@@ -1204,6 +1234,7 @@ impl Server {
             }
         }
         prompts.truncate(crate::mcp_prompts::MAX_PROMPTS);
+        *self.prompts_seen.lock().expect("mcp prompts lock") = prompts.clone();
         Ok(prompts)
     }
 

@@ -194,6 +194,15 @@ fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Tu
     }
 }
 
+/// The agent's own commands, for the chat's menu, when they changed since last told.
+fn send_menu(shared: &Shared, session: &Session, msg_id: &Option<String>) {
+    if let Some(commands) = shared.tools.menu_changed() {
+        let f = reply_frame(kind::STATUS_COMMANDS, session, msg_id)
+            .with_payload(&tether::frame::Commands { commands });
+        let _ = shared.egress.send(f);
+    }
+}
+
 fn send_presence(shared: &Shared, session: &Session, msg_id: &Option<String>, p: &Presence) {
     let _ = shared
         .egress
@@ -279,6 +288,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             Some(list) => send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &list),
             None => send_cancelled(shared, out, &msg_id, "the reply was cancelled", ""),
         }
+        send_menu(shared, out, &msg_id);
         return;
     }
     // What memories are chosen by: the words of the message, a recording's included.
@@ -372,6 +382,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     .filter(|n| !n.is_empty())
     .collect();
     let notes = notes.join("\n\n");
+    // The skills were just looked at: the chat's menu follows them.
+    send_menu(shared, out, &msg_id);
     let r = ReplyCtx {
         shared,
         session,

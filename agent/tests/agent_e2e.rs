@@ -325,6 +325,8 @@ fn harness_mode_streams_an_openai_reply_in_protocol_order() {
         vec![
             "event.ack",
             "status.presence",
+            // Once after a start: the agent's own commands (none here).
+            "status.commands",
             "assistant.delta",
             "assistant.delta",
             "assistant.done"
@@ -484,6 +486,8 @@ fn a_cut_stream_is_retried_and_the_reply_visibly_starts_over() {
         vec![
             "event.ack",
             "status.presence",
+            // Once after a start: the agent's own commands (none here).
+            "status.commands",
             "assistant.delta",
             "assistant.delta",
             "status.presence",
@@ -492,7 +496,7 @@ fn a_cut_stream_is_retried_and_the_reply_visibly_starts_over() {
             "assistant.done"
         ]
     );
-    let restart: tether::frame::Presence = frames[4].payload_as().unwrap();
+    let restart: tether::frame::Presence = frames[5].payload_as().unwrap();
     assert_eq!(restart.restart, Some(true));
     assert_eq!(restart.text.as_deref(), Some(""));
     assert_eq!(done_text(&frames), "The answer is 4");
@@ -1347,6 +1351,8 @@ fn egress_waits_for_a_harness_that_is_briefly_unavailable() {
         vec![
             "event.ack",
             "status.presence",
+            // Once after a start: the agent's own commands (none here).
+            "status.commands",
             "assistant.delta",
             "assistant.delta",
             "assistant.done"
@@ -1569,6 +1575,8 @@ fn a_reasoning_models_thoughts_stream_apart_and_never_join_the_reply() {
         vec![
             "event.ack",
             "status.presence",
+            // Once after a start: the agent's own commands (none here).
+            "status.commands",
             "reasoning.delta",
             "reasoning.delta",
             "reasoning.delta",

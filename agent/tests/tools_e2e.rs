@@ -1361,7 +1361,34 @@ fn an_mcp_servers_prompts_are_chat_commands() {
         "/gh_review@my_bot 42 the error handling\nand the tests",
         "m1",
     ));
-    assert_eq!(done_text(&a.reply()), "LGTM");
+    let first = a.reply();
+    assert_eq!(done_text(&first), "LGTM");
+    // The chat's menu gets every prompt (listed when the servers started), once.
+    let menus: Vec<tether::frame::Commands> = first
+        .iter()
+        .filter(|f| f.kind == kind::STATUS_COMMANDS)
+        .map(|f| f.payload_as().unwrap())
+        .collect();
+    assert_eq!(menus.len(), 1);
+    let menu: Vec<(&str, &str)> = menus[0]
+        .commands
+        .iter()
+        .map(|c| (c.command.as_str(), c.description.as_str()))
+        .collect();
+    assert_eq!(
+        menu,
+        [
+            ("gh_review", "Review a pull request"),
+            ("gh_standup", "Today's stand-up"),
+            ("gh_picture", "A picture to talk about"),
+            ("gh_hang", "Never answers"),
+            ("next_review", "Review a pull request"),
+            ("next_standup", "Today's stand-up"),
+            ("next_picture", "A picture to talk about"),
+            ("next_hang", "Never answers"),
+            ("next_ask", "Asks the user first"),
+        ]
+    );
     let reqs = llm.requests();
     let said = aegis_e2e::llm::last_user_text(&reqs[0]);
     assert_eq!(
@@ -1373,7 +1400,12 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     );
     // Kept in the session: the next question still has the diff.
     a.send(&message("8", "what about the docs?", "m2"));
-    assert_eq!(done_text(&a.reply()), "and the docs too");
+    let second = a.reply();
+    assert_eq!(done_text(&second), "and the docs too");
+    assert!(
+        !kinds(&second).contains(&kind::STATUS_COMMANDS.to_string()),
+        "the menu is told once"
+    );
     let history = llm.requests()[1].json()["messages"].to_string();
     assert!(history.contains("+new line"), "{history}");
 

@@ -123,6 +123,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
 }
 
 fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Action>, path: &Path) {
+    let _ = actions.send(r.menu());
     let mut out = Vec::new();
     let mut saved_frames = r.frames_taken();
     let mut last_save = Instant::now();

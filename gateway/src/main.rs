@@ -15,6 +15,7 @@ mod ingress;
 mod journal;
 mod lifecycle;
 mod markdown;
+mod menu;
 mod poller;
 mod render;
 mod sender;

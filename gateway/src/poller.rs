@@ -84,9 +84,6 @@ impl Poller {
         let mut backoff = Duration::from_secs(1);
         let mut idle = Duration::from_millis(50);
         let mut failures = 0u32;
-        if let Err(e) = tg.set_my_commands() {
-            log::debug!("bot {}: setMyCommands failed: {e}", tg.bot_id());
-        }
         self.ingress.exec.recover(&self.ingress.actions);
         let (left, given_up) = self.journal.resume(MAX_TRIES);
         if !left.is_empty() {

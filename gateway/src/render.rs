@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tether::frame::{kind, Done, ErrorPayload, FileRef, Image, Presence};
+use tether::frame::{kind, Command, Commands, Done, ErrorPayload, FileRef, Image, Presence};
 use tether::Frame;
 
 use crate::markdown;
@@ -138,6 +138,8 @@ pub enum Action {
         /// What to send.
         item: Attachment,
     },
+    /// `setMyCommands`: the bot's command menu is now these.
+    Menu(Vec<Command>),
     /// `sendMessageDraft`: show `text` as the reply being written (empty: "Thinking…").
     Draft {
         /// Chat.
@@ -351,6 +353,10 @@ pub struct Snapshot {
     /// gateway restart is recognised too.
     #[serde(default)]
     pub seen: Vec<u64>,
+    /// The commands the agent last said it answers (`status.commands`), for the menu
+    /// after a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_commands: Vec<Command>,
 }
 
 /// The renderer of one bot.
@@ -383,6 +389,8 @@ pub struct Renderer {
     rich: RichMode,
     /// The Bot API refused `sendMessageDraft`: edits from now on.
     drafts_refused: bool,
+    /// The commands the agent last said it answers.
+    agent_commands: Vec<Command>,
 }
 
 /// The chat and topic of a session id (`PollState::session_id`): `"123"`, `"123:2"`
@@ -491,6 +499,7 @@ impl Renderer {
             seen: snap.seen.iter().copied().collect(),
             seen_order: snap.seen.iter().copied().collect(),
             cursor: snap.cursor,
+            agent_commands: snap.agent_commands,
             anon_counter: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64),
@@ -526,6 +535,7 @@ impl Renderer {
                 .copied()
                 .collect(),
             cursor: self.cursor,
+            agent_commands: self.agent_commands.clone(),
             replies: self
                 .replies
                 .iter()
@@ -672,7 +682,27 @@ impl Renderer {
         true
     }
 
+    /// The bot's command menu as it should be now: sent once at the start (the agent's
+    /// commands as last heard, kept across restarts), then whenever they change.
+    pub fn menu(&self) -> Action {
+        Action::Menu(crate::menu::merged(&self.agent_commands))
+    }
+
     fn render(&mut self, f: &Frame, now: Instant, out: &mut Vec<Action>) {
+        // The agent's, not a chat's, whichever session carries it.
+        if f.kind == kind::STATUS_COMMANDS {
+            match f.payload_as::<Commands>() {
+                Ok(c) if c.commands != self.agent_commands => {
+                    log::info!("the agent answers {} commands of its own", c.commands.len());
+                    self.agent_commands = c.commands;
+                    self.dirty = true;
+                    out.push(self.menu());
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("status.commands: {e}"),
+            }
+            return;
+        }
         let Some(session) = &f.session else { return };
         if session.channel != "telegram" {
             return;

@@ -124,6 +124,32 @@ fn execute(
     workspace: &InstanceWorkspace,
 ) {
     match action {
+        Action::Menu(mut commands) => {
+            // A menu Telegram refuses (too many commands for it, which some bots see well
+            // below the documented 100, or one it does not take) is tried again with half
+            // the agent's, down to the gateway's own.
+            loop {
+                match retrying(|| tg.call("setMyCommands", &json!({ "commands": commands }))) {
+                    Ok(_) => {
+                        log::debug!("command menu set: {} commands", commands.len());
+                        break;
+                    }
+                    Err(TgError::Rejected(status, why)) if commands.len() > crate::menu::OWN.len() => {
+                        let own = crate::menu::OWN.len();
+                        let keep = own + (commands.len() - own) / 2;
+                        log::warn!(
+                            "command menu of {} commands refused ({status} {why}); trying {keep}",
+                            commands.len()
+                        );
+                        commands.truncate(keep);
+                    }
+                    Err(e) => {
+                        log::warn!("command menu: {e}");
+                        break;
+                    }
+                }
+            }
+        }
         Action::Typing { chat, topic, busy } => {
             let body = in_topic(json!({"chat_id": chat, "action": busy.action()}), topic);
             if let Err(e) = call_once_honouring_429(tg, "sendChatAction", &body) {
@@ -350,7 +376,6 @@ fn call_retrying(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgE
     retrying(|| tg.call(method, body))
 }
 
-/// `call` again after a 429's wait, and through transient failures for a while.
 /// Send the blob of `item` from the instance's workspace: a voice message, or a document.
 /// A user whose privacy settings refuse voice messages gets the recording as a file; a
 /// failure is told to the chat, as the reply's text promised the attachment.
@@ -396,6 +421,7 @@ fn send_blob(tg: &Telegram, workspace: &InstanceWorkspace, chat: i64, topic: Opt
     }
 }
 
+/// `call` again after a 429's wait, and through transient failures for a while.
 fn retrying(call: impl Fn() -> Result<Value, TgError>) -> Result<Value, TgError> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(500);

@@ -659,20 +659,6 @@ impl Telegram {
         })
     }
 
-    /// `setMyCommands`: the menu Telegram shows for `/`.
-    pub fn set_my_commands(&self) -> Result<(), TgError> {
-        self.call(
-            "setMyCommands",
-            &json!({"commands": [
-                {"command": "new", "description": "Start a fresh conversation"},
-                {"command": "stop", "description": "Stop the reply in progress"},
-                {"command": "usage", "description": "Tokens the model used today, this week, this month"},
-                {"command": "skills", "description": "The agent's skills and prompts, to start a message with"}
-            ]}),
-        )
-        .map(drop)
-    }
-
     /// `getUpdates` long poll for updates of `kinds` (`allowed_updates`).
     pub fn get_updates(&self, offset: i64, timeout_secs: u64, kinds: &[&str]) -> Result<Value, TgError> {
         self.call(

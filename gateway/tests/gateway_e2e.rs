@@ -856,6 +856,68 @@ fn start_greets_and_the_command_menu_is_set() {
     );
 }
 
+/// The commands the agent answers of its own (a skill here) join the bot's menu after the
+/// gateway's, stay there across a gateway restart, and leave it with the skill; a menu
+/// Telegram refuses as too long is set again with fewer of them.
+#[test]
+fn the_agents_skills_join_the_command_menu() {
+    let mut s = stack("gw-menu", FakeLlm::echo_openai());
+    let skills = s.instance_dir().join("workspace/.aegis/skills");
+    let skill = |name: &str| {
+        std::fs::create_dir_all(skills.join(name)).unwrap();
+        std::fs::write(
+            skills.join(format!("{name}/SKILL.md")),
+            format!("---\nname: {name}\ndescription: The {name} skill\n---\nDo it.\n"),
+        )
+        .unwrap();
+    };
+    skill("csv-report");
+    let own = ["new", "stop", "usage", "skills"];
+    let with = |extra: &[&str]| -> Vec<String> { own.iter().chain(extra).map(|c| c.to_string()).collect() };
+    let wait_menu = |s: &Stack, want: &[String]| {
+        let deadline = std::time::Instant::now() + T;
+        while s.telegram.menu() != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "menu {:?}",
+                s.telegram.menu()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(s.telegram.menu(), with(&[]), "the gateway's own at its start");
+    s.telegram.push_text(CHAT, 7, "Ann", "hello");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("echo:")));
+    wait_menu(&s, &with(&["csv_report"]));
+    let set = s.telegram.calls_of("setMyCommands");
+    assert_eq!(set.len(), 2, "set at the start, then once for the skill");
+    assert_eq!(set[1].body["commands"][4]["description"], "The csv-report skill");
+
+    // After a restart the menu is whole from the start.
+    s.gateway.take();
+    s.start_gateway();
+    let deadline = std::time::Instant::now() + T;
+    while s.telegram.calls_of("setMyCommands").len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "no menu after the restart");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(s.telegram.menu(), with(&["csv_report"]));
+
+    // More skills than this Telegram takes: halved until it does.
+    for n in 0..6 {
+        skill(&format!("extra-{n}"));
+    }
+    s.telegram.cap_menu(8);
+    s.telegram.push_text(CHAT, 8, "Ann", "more");
+    wait_menu(&s, &with(&["csv_report", "extra_0", "extra_1"]));
+
+    // The skills gone: the gateway's own again.
+    std::fs::remove_dir_all(&skills).unwrap();
+    s.telegram.push_text(CHAT, 9, "Ann", "less");
+    wait_menu(&s, &with(&[]));
+}
+
 /// `/usage` is answered by the agent from its record of what the model's requests cost,
 /// without asking the model, and stays out of the conversation.
 #[test]

@@ -125,6 +125,9 @@ struct State {
     downloads: usize,
     /// The bot's other active usernames (collectible ones), after `test_bot`.
     more_usernames: Vec<String>,
+    /// Commands a menu may hold before `BOT_COMMANDS_TOO_MUCH` (100 when unset; users
+    /// report refusals of smaller menus whose text is long).
+    menu_cap: Option<usize>,
 }
 
 /// The fake server.
@@ -355,6 +358,29 @@ impl FakeTelegram {
         let mut s = self.state.0.lock().unwrap();
         s.topics.remove(&(chat, thread));
         s.deleted_topics.insert((chat, thread));
+    }
+
+    /// Refuse command menus of more than `cap` commands (`BOT_COMMANDS_TOO_MUCH`).
+    pub fn cap_menu(&self, cap: usize) {
+        self.state.0.lock().unwrap().menu_cap = Some(cap);
+    }
+
+    /// The commands of the menu last set (`setMyCommands` answered `true`).
+    pub fn menu(&self) -> Vec<String> {
+        let s = self.state.0.lock().unwrap();
+        s.calls
+            .iter()
+            .rev()
+            .find(|c| c.method == "setMyCommands" && c.status == 200)
+            .map(|c| {
+                c.body["commands"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["command"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Someone deletes message `id` of `chat` (an admin, or the user in a private chat):
@@ -801,7 +827,28 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                     if c.iter()
                         .all(|c| c["command"].is_string() && c["description"].is_string()) =>
                 {
-                    ok(json!(true))
+                    // As Telegram checks them: 1-32 lowercase letters, digits and `_`; a
+                    // description of 1-256 characters; 100 commands at most.
+                    let command_fits = |c: &Value| {
+                        let command = c["command"].as_str().unwrap_or("");
+                        (1..=32).contains(&command.len())
+                            && command
+                                .bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    };
+                    let described = |c: &Value| {
+                        (1..=256).contains(&c["description"].as_str().unwrap_or("").chars().count())
+                    };
+                    let cap = s.menu_cap.unwrap_or(100);
+                    if c.len() > cap {
+                        bad(400, "Bad Request: BOT_COMMANDS_TOO_MUCH")
+                    } else if !c.iter().all(command_fits) {
+                        bad(400, "Bad Request: BOT_COMMAND_INVALID")
+                    } else if !c.iter().all(described) {
+                        bad(400, "Bad Request: BOT_COMMAND_DESCRIPTION_INVALID")
+                    } else {
+                        ok(json!(true))
+                    }
                 }
                 _ => bad(400, "Bad Request: commands must be an array of BotCommand"),
             },

@@ -37,6 +37,9 @@ pub mod kind {
     pub const EVENT_ACK: &str = "event.ack";
     /// A reply that failed, guest → host.
     pub const ERROR: &str = "error";
+    /// [ours] The commands the agent answers besides the gateway's (its skills, its MCP
+    /// servers' prompts), for the chat's command menu, guest → host.
+    pub const STATUS_COMMANDS: &str = "status.commands";
 }
 
 /// Which way a frame flows; decided by the type prefix alone.
@@ -296,6 +299,23 @@ impl User {
 pub struct Text {
     /// A chunk (delta) or the whole reply (done).
     pub text: String,
+}
+
+/// [ours] `status.commands` payload: every command the agent answers of its own, in the
+/// order to show them. Sent when the list changes (and after a start), on the session of
+/// the message being answered; the whole list each time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Commands {
+    pub commands: Vec<Command>,
+}
+
+/// One command: its word without `/` (as Telegram writes commands: `csv_report`) and what
+/// it does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub command: String,
+    #[serde(default)]
+    pub description: String,
 }
 
 /// `status.presence` payload.

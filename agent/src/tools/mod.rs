@@ -456,6 +456,8 @@ pub struct Toolbox {
     host: Uplink,
     /// The workspace's skills, for `activate_skill`.
     skills: crate::skills::Shelf,
+    /// The command menu last told to the host ([`Toolbox::menu_changed`]).
+    menu_told: std::sync::Mutex<Option<Vec<tether::frame::Command>>>,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -555,6 +557,7 @@ impl Toolbox {
             },
             cron: cron::CronTools::new(workspace.root(), config.timezone.as_deref()),
             skills: crate::skills::Shelf::new(workspace.clone(), config.skills_path.clone()),
+            menu_told: std::sync::Mutex::new(None),
             workspace,
             builtins,
             mcp,
@@ -671,6 +674,45 @@ impl Toolbox {
             return None;
         }
         self.skills.asked(text)
+    }
+
+    /// The commands the agent answers of its own, for the chat's menu: its skills as the
+    /// skills were last looked at, then its MCP servers' prompts as last listed; `Some`
+    /// only when that differs from what was last told (every start tells it once).
+    pub fn menu_changed(&self) -> Option<Vec<tether::frame::Command>> {
+        let skills = if self.builtins.contains(&Builtin::ActivateSkill) {
+            self.skills.current()
+        } else {
+            Arc::default()
+        };
+        let mut menu: Vec<tether::frame::Command> = skills
+            .iter()
+            .map(|s| tether::frame::Command {
+                command: s.name.to_lowercase().replace('-', "_"),
+                description: crate::skills::first_words(&s.description),
+            })
+            .collect();
+        menu.extend(
+            self.mcp
+                .prompts_seen()
+                .into_iter()
+                .map(|p| tether::frame::Command {
+                    description: match p.description.as_str() {
+                        "" => "A prompt of an MCP server".into(),
+                        d => crate::skills::first_words(d),
+                    },
+                    command: p.command,
+                }),
+        );
+        let mut told = self
+            .menu_told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if told.as_ref() == Some(&menu) {
+            return None;
+        }
+        *told = Some(menu.clone());
+        Some(menu)
     }
 
     /// The note telling the model which skills it loaded fell out of the window (see
