@@ -74,6 +74,9 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
     let render_path = dir.join("render.json");
     let snapshot: Snapshot = state::load(&render_path);
     let cursor = snapshot.cursor;
+    // Set by the poller before it polls, on its own connection: a call from the sender
+    // at the start would hold a second TLS connection (and its buffers) for good.
+    let menu = crate::menu::merged(&snapshot.agent_commands);
     let (events_tx, events_rx) = unbounded();
     let (actions_tx, actions_rx) = unbounded();
 
@@ -115,7 +118,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
         workspace,
     };
-    let poller = Poller::new(ingress, Journal::open(dir.join("poll.json")));
+    let poller = Poller::new(ingress, Journal::open(dir.join("poll.json")), menu);
     thread::Builder::new()
         .name("poller".into())
         .spawn(move || poller.run())?;
@@ -123,7 +126,6 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
 }
 
 fn render_loop(mut r: Renderer, events: &Receiver<Event>, actions: &Sender<Action>, path: &Path) {
-    let _ = actions.send(r.menu());
     let mut out = Vec::new();
     let mut saved_frames = r.frames_taken();
     let mut last_save = Instant::now();

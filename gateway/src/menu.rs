@@ -4,7 +4,10 @@
 //! takes: a command of 1 to 32 lowercase letters, digits and `_`, a description of 1 to
 //! 256 characters, 100 commands at most. What does not fit is left out, not refused.
 
+use serde_json::{json, Value};
 use tether::frame::Command;
+
+use crate::telegram::TgError;
 
 /// The gateway's own commands, first in the menu.
 pub const OWN: [(&str, &str); 4] = [
@@ -57,6 +60,33 @@ pub fn merged(agent: &[Command]) -> Vec<Command> {
         });
     }
     menu
+}
+
+/// Set `menu` (one of [`merged`]) with `call` (`setMyCommands` with the body given). A
+/// menu Telegram refuses (too many commands for it, which some bots see well below the
+/// documented 100, or one it does not take) is tried again with half the agent's
+/// commands, down to the gateway's own.
+pub fn set(mut menu: Vec<Command>, call: impl Fn(&Value) -> Result<Value, TgError>) {
+    loop {
+        match call(&json!({ "commands": menu })) {
+            Ok(_) => {
+                log::debug!("command menu set: {} commands", menu.len());
+                return;
+            }
+            Err(TgError::Rejected(status, why)) if menu.len() > OWN.len() => {
+                let keep = OWN.len() + (menu.len() - OWN.len()) / 2;
+                log::warn!(
+                    "command menu of {} commands refused ({status} {why}); trying {keep}",
+                    menu.len()
+                );
+                menu.truncate(keep);
+            }
+            Err(e) => {
+                log::warn!("command menu: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// 1 to 32 lowercase English letters, digits and underscores.

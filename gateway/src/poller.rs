@@ -51,11 +51,14 @@ pub struct Poller {
     ingress: Arc<Ingress>,
     journal: Arc<Journal>,
     queues: ChatQueues<Vec<Update>>,
+    /// The command menu to set before polling.
+    menu: Vec<tether::frame::Command>,
 }
 
 impl Poller {
-    /// A poller handing what it reads to `ingress`, with `journal` as its memory.
-    pub fn new(ingress: Ingress, journal: Journal) -> Poller {
+    /// A poller handing what it reads to `ingress`, with `journal` as its memory, that
+    /// sets the bot's command `menu` first.
+    pub fn new(ingress: Ingress, journal: Journal, menu: Vec<tether::frame::Command>) -> Poller {
         let (ingress, journal) = (Arc::new(ingress), Arc::new(journal));
         let (i, j) = (ingress.clone(), journal.clone());
         let queues = ChatQueues::new(MAX_CHAT_THREADS, move |unit: Vec<Update>| i.take(&unit, &j));
@@ -63,6 +66,7 @@ impl Poller {
             ingress,
             journal,
             queues,
+            menu,
         }
     }
 
@@ -84,6 +88,7 @@ impl Poller {
         let mut backoff = Duration::from_secs(1);
         let mut idle = Duration::from_millis(50);
         let mut failures = 0u32;
+        crate::menu::set(self.menu.clone(), |body| tg.call("setMyCommands", body));
         self.ingress.exec.recover(&self.ingress.actions);
         let (left, given_up) = self.journal.resume(MAX_TRIES);
         if !left.is_empty() {

@@ -682,9 +682,9 @@ impl Renderer {
         true
     }
 
-    /// The bot's command menu as it should be now: sent once at the start (the agent's
-    /// commands as last heard, kept across restarts), then whenever they change.
-    pub fn menu(&self) -> Action {
+    /// The bot's command menu as it should be now (the poller sets it at the start, from
+    /// the agent's commands as last heard, kept across restarts; this, when they change).
+    fn menu(&self) -> Action {
         Action::Menu(crate::menu::merged(&self.agent_commands))
     }
 

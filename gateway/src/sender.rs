@@ -124,31 +124,8 @@ fn execute(
     workspace: &InstanceWorkspace,
 ) {
     match action {
-        Action::Menu(mut commands) => {
-            // A menu Telegram refuses (too many commands for it, which some bots see well
-            // below the documented 100, or one it does not take) is tried again with half
-            // the agent's, down to the gateway's own.
-            loop {
-                match retrying(|| tg.call("setMyCommands", &json!({ "commands": commands }))) {
-                    Ok(_) => {
-                        log::debug!("command menu set: {} commands", commands.len());
-                        break;
-                    }
-                    Err(TgError::Rejected(status, why)) if commands.len() > crate::menu::OWN.len() => {
-                        let own = crate::menu::OWN.len();
-                        let keep = own + (commands.len() - own) / 2;
-                        log::warn!(
-                            "command menu of {} commands refused ({status} {why}); trying {keep}",
-                            commands.len()
-                        );
-                        commands.truncate(keep);
-                    }
-                    Err(e) => {
-                        log::warn!("command menu: {e}");
-                        break;
-                    }
-                }
-            }
+        Action::Menu(commands) => {
+            crate::menu::set(commands, |body| call_retrying(tg, "setMyCommands", body));
         }
         Action::Typing { chat, topic, busy } => {
             let body = in_topic(json!({"chat_id": chat, "action": busy.action()}), topic);
