@@ -15,7 +15,8 @@
 //!    started again on the next call; a cancel ends a call at once;
 //! 4. answer the server's own requests (`ping`; anything else: method not found), and
 //!    list the tools again before the next model request when the server says they
-//!    changed (`notifications/tools/list_changed`) or their `ttlMs` has passed;
+//!    changed (`notifications/tools/list_changed`) or their `ttlMs` has passed, and its
+//!    prompts before the next look at the command menu when it says they changed;
 //! 5. keep the agent's own keys from the servers: agent.json and mcp.json are files the
 //!    model can write, so a server is a command run on its behalf, as `bash` is;
 //! 6. run a server's prompt when a message names it (`/SERVER_PROMPT`, listed then, so
@@ -59,6 +60,28 @@ const RETRY_AFTER: Duration = Duration::from_secs(30);
 const MAX_PAGES: usize = 50;
 /// The notification of a server whose tools changed.
 pub const TOOLS_CHANGED: &str = "notifications/tools/list_changed";
+/// The notification of a server whose prompts changed.
+pub const PROMPTS_CHANGED: &str = "notifications/prompts/list_changed";
+
+/// What a server said changed since its lists were taken.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Its tools: listed again before they are offered.
+    pub tools: AtomicBool,
+    /// Its prompts: listed again before the command menu is looked at.
+    pub prompts: AtomicBool,
+}
+
+impl Changes {
+    /// A notification `method` from the server.
+    pub fn heard(&self, method: &str) {
+        match method {
+            TOOLS_CHANGED => self.tools.store(true, Ordering::SeqCst),
+            PROMPTS_CHANGED => self.prompts.store(true, Ordering::SeqCst),
+            _ => {}
+        }
+    }
+}
 /// Characters of a server's `instructions` put into the system prompt: enough for a real
 /// server's (AegisVM's `aegis-mcp-guest` gives about 900), not for one that would crowd
 /// out the conversation.
@@ -320,7 +343,7 @@ struct Server {
     /// (a call starts it again).
     tools: Mutex<Vec<RemoteTool>>,
     /// Set when the server said its tools changed: listed again before they are offered.
-    tools_changed: Arc<AtomicBool>,
+    changed: Arc<Changes>,
     /// Until when the listed tools are fresh, as a modern server says (`ttlMs`): listed
     /// again before they are offered after it.
     fresh_until: Mutex<Option<Instant>>,
@@ -375,19 +398,10 @@ impl Server {
         let conn = Conn { link: conn, era };
         self.list_tools(&conn)?;
         if self.prompts.load(Ordering::SeqCst) {
-            // For the command menu; a server that cannot list them still has its tools.
-            let none = never();
-            let listed = self.page_prompts(|params| {
-                conn.link
-                    .request(conn.era, "prompts/list", params, Vec::new(), START_TIMEOUT, &none)
-            });
-            match listed {
-                Ok(p) => log::info!("MCP [{}]: {} prompts", self.name, p.len()),
-                Err(e) => log::warn!("MCP [{}]: listing its prompts: {e}", self.name),
-            }
+            self.list_prompts_on(&conn);
         }
         if let (Era::Modern, Link::Stdio(c)) = (era, &conn.link) {
-            listen_for_tool_changes(c);
+            listen_for_changes(c, self.prompts.load(Ordering::SeqCst));
         }
         Ok(conn)
     }
@@ -538,7 +552,7 @@ impl Server {
             &url,
             headers,
             self.call_timeout().max(START_TIMEOUT),
-            Arc::clone(&self.tools_changed),
+            Arc::clone(&self.changed),
         )))
     }
 
@@ -605,7 +619,7 @@ impl Server {
             Arc::clone(&conn.stdin),
             Arc::clone(&conn.alive),
             self.name.clone(),
-            Arc::clone(&self.tools_changed),
+            Arc::clone(&self.changed),
         );
         thread::Builder::new()
             .name("mcp-reader".into())
@@ -893,11 +907,14 @@ impl Server {
     }
 }
 
-/// Ask a modern process to say when its tools change (`subscriptions/listen`): its
-/// notifications arrive on stdout like any other, and [`read_loop`] sees them. The
-/// subscription lasts as long as the process; nothing waits for its end.
-fn listen_for_tool_changes(c: &StdioConn) {
-    let params = crate::mcp_era::with_meta(&json!({"notifications": {"toolsListChanged": true}}));
+/// Ask a modern process to say when its tools change, and its prompts when it has them
+/// (`subscriptions/listen`): its notifications arrive on stdout like any other, and
+/// [`read_loop`] sees them. The subscription lasts as long as the process; nothing waits
+/// for its end.
+fn listen_for_changes(c: &StdioConn, prompts: bool) {
+    let params = crate::mcp_era::with_meta(
+        &json!({"notifications": {"toolsListChanged": true, "promptsListChanged": prompts}}),
+    );
     let (msg, ended) = c.correlator.start("subscriptions/listen", &params);
     drop(ended);
     if let Err(e) = c.send(&msg) {
@@ -911,7 +928,7 @@ fn read_loop(
     correlator: &Correlator,
     stdin: &Mutex<ChildStdin>,
     alive: &AtomicBool,
-    tools_changed: &AtomicBool,
+    changed: &Changes,
 ) {
     let mut messages = Messages::new(BufReader::new(stdout));
     while let Some(decoded) = messages.next_decoded() {
@@ -950,9 +967,7 @@ fn read_loop(
             }
             Message::Notification { method, .. } => {
                 log::debug!("MCP [{name}]: notification {method}");
-                if method == TOOLS_CHANGED {
-                    tools_changed.store(true, Ordering::SeqCst);
-                }
+                changed.heard(&method);
             }
         }
     }
@@ -1032,7 +1047,7 @@ impl McpServers {
                     config,
                     workspace: workspace.to_path_buf(),
                     hidden_env: Arc::clone(&hidden_env),
-                    tools_changed: Arc::default(),
+                    changed: Arc::default(),
                     fresh_until: Mutex::new(None),
                     era: Mutex::new(None),
                     instructions: Mutex::new(None),
@@ -1115,7 +1130,7 @@ impl McpServers {
                 .lock()
                 .expect("mcp fresh lock")
                 .is_some_and(|t| Instant::now() >= t);
-            if running && (s.tools_changed.swap(false, Ordering::SeqCst) || stale) {
+            if running && (s.changed.tools.swap(false, Ordering::SeqCst) || stale) {
                 s.list_again();
             }
             specs.extend(
@@ -1168,8 +1183,22 @@ impl McpServers {
         unlisted.map(Asked::Answer)
     }
 
-    /// Every server's prompts as last listed, without asking (for the command menu).
+    /// Every server's prompts as last listed (for the command menu); those of a server
+    /// that said they changed are listed again first, unless a call holds it (then at
+    /// the next look).
     pub fn prompts_seen(&self) -> Vec<Prompt> {
+        for s in &self.servers {
+            if s.changed.prompts.swap(false, Ordering::SeqCst) {
+                match s.conn.try_lock() {
+                    Ok(conn) => {
+                        if let Some(c) = conn.as_ref() {
+                            s.list_prompts_on(c);
+                        }
+                    }
+                    Err(_) => s.changed.prompts.store(true, Ordering::SeqCst),
+                }
+            }
+        }
         self.servers
             .iter()
             .flat_map(|s| s.prompts_seen.lock().expect("mcp prompts lock").clone())
@@ -1214,6 +1243,20 @@ impl Server {
     /// server's current list.
     fn list_prompts(&self, cancel: &Receiver<()>) -> Result<Vec<Prompt>, Outcome> {
         self.page_prompts(|params| self.ask("prompts/list", params, None, cancel))
+    }
+
+    /// Its prompts listed on `conn`, which the caller holds, for the command menu; a
+    /// server that cannot list them still has its tools.
+    fn list_prompts_on(&self, conn: &Conn) {
+        let none = never();
+        let listed = self.page_prompts(|params| {
+            conn.link
+                .request(conn.era, "prompts/list", params, Vec::new(), START_TIMEOUT, &none)
+        });
+        match listed {
+            Ok(p) => log::info!("MCP [{}]: {} prompts", self.name, p.len()),
+            Err(e) => log::warn!("MCP [{}]: listing its prompts: {e}", self.name),
+        }
     }
 
     /// Its prompts as `request` lists them (every page, [`crate::mcp_prompts::MAX_PROMPTS`]
@@ -1272,7 +1315,7 @@ impl Server {
     /// The tools listed again, unless a call holds the connection: then at the next turn.
     fn list_again(&self) {
         let Ok(conn) = self.conn.try_lock() else {
-            self.tools_changed.store(true, Ordering::SeqCst);
+            self.changed.tools.store(true, Ordering::SeqCst);
             return;
         };
         if let Some(c) = conn.as_ref() {

@@ -65,20 +65,20 @@ struct Inner {
     alive: AtomicBool,
     /// The server speaks the stateless revision.
     modern: AtomicBool,
-    /// Set when the server says its tools changed.
-    tools_changed: Arc<AtomicBool>,
+    /// Set when the server says its tools or prompts changed.
+    changed: Arc<crate::mcp::Changes>,
 }
 
 impl HttpConn {
     /// A connection to `url` with `headers`; `longest` bounds any one exchange (a call's
     /// timeout), after which its thread gives up even when no one waits for it;
-    /// `tools_changed` is set when the server says its tools changed.
+    /// `changed` says what the server said changed (its tools, its prompts).
     pub fn new(
         name: &str,
         url: &str,
         headers: Vec<(String, String)>,
         longest: Duration,
-        tools_changed: Arc<AtomicBool>,
+        changed: Arc<crate::mcp::Changes>,
     ) -> HttpConn {
         HttpConn {
             inner: Arc::new(Inner {
@@ -91,7 +91,7 @@ impl HttpConn {
                 next_id: AtomicU64::new(1),
                 alive: AtomicBool::new(true),
                 modern: AtomicBool::new(false),
-                tools_changed,
+                changed,
             }),
         }
     }
@@ -364,9 +364,7 @@ impl Inner {
                     } => self.answer(asked, &method),
                     Message::Notification { method, .. } => {
                         log::debug!("MCP [{}]: notification {method}", self.name);
-                        if method == crate::mcp::TOOLS_CHANGED {
-                            self.tools_changed.store(true, Ordering::SeqCst);
-                        }
+                        self.changed.heard(&method);
                     }
                 }
             }

@@ -1346,6 +1346,13 @@ fn an_mcp_servers_prompts_are_chat_commands() {
         Reply::sse(openai_sse(&["no such prompt"])),
         Reply::sse(openai_sse(&["modern LGTM"])),
         Reply::sse(openai_sse(&["the daily stand-up"])),
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("c1", "gh_grow", "{}"), ("c2", "next_grow", "{}")],
+            3,
+        )),
+        Reply::sse(openai_sse(&["grown"])),
+        Reply::sse(openai_sse(&["see the menu"])),
     ]);
     let a = agent(&ws, &openai(&llm));
     let gets = || {
@@ -1517,6 +1524,37 @@ fn an_mcp_servers_prompts_are_chat_commands() {
         llm.requests().len(),
         8,
         "the model is asked only for prompts that ran"
+    );
+
+    // Servers that say their prompts changed have them listed again for the menu (a
+    // 2026-07-28 process says so to the subscription that asked).
+    a.send(&message("8", "grow them", "m12"));
+    assert_eq!(done_text(&a.reply()), "grown");
+    a.send(&message("8", "and now?", "m13"));
+    let r = a.reply();
+    assert_eq!(done_text(&r), "see the menu");
+    let menu: tether::frame::Commands = r
+        .iter()
+        .find(|f| f.kind == kind::STATUS_COMMANDS)
+        .expect("the menu changed")
+        .payload_as()
+        .unwrap();
+    let names: Vec<&str> = menu.commands.iter().map(|c| c.command.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "gh_review",
+            "gh_standup",
+            "gh_picture",
+            "gh_hang",
+            "gh_extra",
+            "next_review",
+            "next_standup",
+            "next_picture",
+            "next_hang",
+            "next_ask",
+            "next_extra"
+        ]
     );
 }
 

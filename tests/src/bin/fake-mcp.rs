@@ -23,7 +23,8 @@
 //! `focus` optional; a user message naming them, an embedded resource, and the
 //! assistant's first words), `standup` (no argument), `picture` (an image), `hang` (never
 //! answers) and, in 2026-07-28 only, `ask` (`input_required`); any other name is refused
-//! with `-32602`.
+//! with `-32602`. `grow` adds the prompt `extra` too, and says so with
+//! `notifications/prompts/list_changed` (in 2026-07-28, to a subscription that asked).
 //!
 //! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
 //! that revision describes one: `initialize` is refused with an error naming the version
@@ -63,8 +64,10 @@ fn main() {
     let modern = std::env::var("FAKE_MCP_ERA").is_ok_and(|e| e == "modern");
     let mut initialized = false;
     let mut grown = false;
-    // The `subscriptions/listen` request that asked for tool changes, if any.
+    // The `subscriptions/listen` request that asked for tool changes, if any, and whether
+    // it asked for prompt changes too.
     let mut subscription: Option<Value> = None;
+    let mut prompt_changes = false;
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if let Some(p) = &log_path {
@@ -113,11 +116,13 @@ fn main() {
             })))),
             "subscriptions/listen" if modern => {
                 let wanted = msg["params"]["notifications"]["toolsListChanged"] == true;
+                prompt_changes = prompts() && msg["params"]["notifications"]["promptsListChanged"] == true;
                 reply(
                     &mut out,
                     json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                         "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": id},
-                                   "notifications": {"toolsListChanged": wanted}}}),
+                                   "notifications": {"toolsListChanged": wanted,
+                                                     "promptsListChanged": prompt_changes}}}),
                 );
                 if wanted {
                     subscription = Some(id);
@@ -152,7 +157,12 @@ fn main() {
                     json!({"name": "hang", "description": "Never answers"}),
                     json!({"name": "ask", "description": "Asks the user first"}),
                 ];
-                let listed: Vec<&Value> = all.iter().filter(|p| modern || p["name"] != "ask").collect();
+                let extra = json!({"name": "extra", "description": "Added by grow"});
+                let listed: Vec<&Value> = all
+                    .iter()
+                    .filter(|p| modern || p["name"] != "ask")
+                    .chain(grown.then_some(&extra))
+                    .collect();
                 let mut r = json!({"prompts": listed.iter().skip(start).take(2).collect::<Vec<_>>()});
                 if start + 2 < listed.len() {
                     r["nextCursor"] = json!((start + 2).to_string());
@@ -288,6 +298,18 @@ fn main() {
                                     "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": sub}}}),
                             ),
                             (None, true) => {}
+                        }
+                        match (&subscription, modern) {
+                            (_, false) if prompts() => reply(
+                                &mut out,
+                                json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed"}),
+                            ),
+                            (Some(sub), true) if prompt_changes => reply(
+                                &mut out,
+                                json!({"jsonrpc": "2.0", "method": "notifications/prompts/list_changed",
+                                    "params": {"_meta": {"io.modelcontextprotocol/subscriptionId": sub}}}),
+                            ),
+                            _ => {}
                         }
                         Ok(text("grown", false))
                     }
