@@ -82,6 +82,7 @@ impl Changes {
         }
     }
 }
+
 /// Characters of a server's `instructions` put into the system prompt: enough for a real
 /// server's (AegisVM's `aegis-mcp-guest` gives about 900), not for one that would crowd
 /// out the conversation.
@@ -342,7 +343,8 @@ struct Server {
     /// Tools from the last successful `tools/list`, offered even while the server is down
     /// (a call starts it again).
     tools: Mutex<Vec<RemoteTool>>,
-    /// Set when the server said its tools changed: listed again before they are offered.
+    /// What the server said changed: its tools are listed again before they are offered,
+    /// its prompts before the command menu is looked at.
     changed: Arc<Changes>,
     /// Until when the listed tools are fresh, as a modern server says (`ttlMs`): listed
     /// again before they are offered after it.

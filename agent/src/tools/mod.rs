@@ -634,10 +634,15 @@ impl Toolbox {
         self.mcp.instructions()
     }
 
+    /// Skills are on (`activate_skill` is: `/NAME`, the catalog and the menu go with it).
+    fn skills_on(&self) -> bool {
+        self.builtins.contains(&Builtin::ActivateSkill)
+    }
+
     /// The skills catalog for the system prompt, the skills looked for again ("" without
     /// any, or with `activate_skill` off).
     pub fn skills_prompt(&self) -> String {
-        if !self.builtins.contains(&Builtin::ActivateSkill) {
+        if !self.skills_on() {
             return String::new();
         }
         crate::skills::catalog(&self.skills.refresh())
@@ -646,7 +651,7 @@ impl Toolbox {
     /// The answer to `/skills`: the skills and how to ask for one, or why there are none,
     /// then the MCP servers' prompts; `None` when cancelled while they were listed.
     pub fn skills_list(&self, cancel: &Receiver<()>) -> Option<String> {
-        let skills = if self.builtins.contains(&Builtin::ActivateSkill) {
+        let skills = if self.skills_on() {
             crate::skills::listing(&self.skills.refresh())
         } else {
             "Skills are turned off for this agent (AEGIS_TOOLS or agent.json).".into()
@@ -670,7 +675,7 @@ impl Toolbox {
 
     /// The skill a message starting with `/NAME` asks for, when skills are on.
     fn skill_asked_name(&self, text: &str) -> Option<crate::skills::Skill> {
-        if !self.builtins.contains(&Builtin::ActivateSkill) {
+        if !self.skills_on() {
             return None;
         }
         self.skills.asked(text)
@@ -680,7 +685,7 @@ impl Toolbox {
     /// skills were last looked at, then its MCP servers' prompts as last listed; `Some`
     /// only when that differs from what was last told (every start tells it once).
     pub fn menu_changed(&self) -> Option<Vec<tether::frame::Command>> {
-        let skills = if self.builtins.contains(&Builtin::ActivateSkill) {
+        let skills = if self.skills_on() {
             self.skills.current()
         } else {
             Arc::default()
@@ -723,7 +728,7 @@ impl Toolbox {
         fell_out: usize,
         look_back: usize,
     ) -> String {
-        if !self.builtins.contains(&Builtin::ActivateSkill) {
+        if !self.skills_on() {
             return String::new();
         }
         crate::skills::out_of_view(history, fell_out, look_back, &self.skills.current())
