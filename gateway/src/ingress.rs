@@ -728,31 +728,40 @@ fn mention_at(text: &str, mention: &str) -> Vec<usize> {
         .collect()
 }
 
-/// `text` without any `@username` mention (case-insensitive), spaces tidied.
+/// `text` without any `@username` mention (case-insensitive) and the spaces around it
+/// (one stays between the words it stood between), trimmed. Every other space and line
+/// break stays as written: code sent to the bot in a group keeps its lines and indents.
 pub fn strip_mention(text: &str, mention: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     for at in mention_at(text, mention) {
-        if at >= i {
-            out.push_str(&text[i..at]);
-            i = at + mention.len();
+        if at < i {
+            continue;
+        }
+        out.push_str(&text[i..at]);
+        out.truncate(out.trim_end_matches([' ', '\t']).len());
+        let rest = &text[at + mention.len()..];
+        let after = rest.trim_start_matches([' ', '\t']);
+        i = text.len() - after.len();
+        if !out.is_empty() && !out.ends_with('\n') && !after.is_empty() && !after.starts_with(['\n', '\r']) {
+            out.push(' ');
         }
     }
     out.push_str(&text[i..]);
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    out.trim().to_string()
 }
 
-/// `text` without a mention of any of `usernames` (without their `@`), spaces tidied.
+/// `text` without a mention of any of `usernames` (without their `@`); see
+/// [`strip_mention`].
 fn strip_mentions(text: &str, usernames: &[String]) -> String {
-    let tidy = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    usernames
-        .iter()
-        .fold(tidy, |t, u| strip_mention(&t, &format!("@{u}")))
+    usernames.iter().fold(text.trim().to_string(), |t, u| {
+        strip_mention(&t, &format!("@{u}"))
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::strip_mention;
+    use super::{mention_at, strip_mention};
     use proptest::strategy::Strategy;
 
     #[test]
@@ -795,6 +804,22 @@ mod tests {
         );
         assert_eq!(strip_mention("@test_bot", "@test_bot"), "");
         assert_eq!(strip_mention("İstanbul @TEST_BOT ok", "@test_bot"), "İstanbul ok");
+        // Lines and indents stay as written.
+        assert_eq!(
+            strip_mention(
+                "@test_bot fix this:\n```\nfn main() {\n    run();\n}\n```",
+                "@test_bot"
+            ),
+            "fix this:\n```\nfn main() {\n    run();\n}\n```"
+        );
+        assert_eq!(
+            strip_mention("first line\n@test_bot\nthird", "@test_bot"),
+            "first line\n\nthird"
+        );
+        assert_eq!(
+            strip_mention("a  @test_bot   @test_bot  b\n  c", "@test_bot"),
+            "a b\n  c"
+        );
     }
 
     proptest::proptest! {
@@ -811,6 +836,31 @@ mod tests {
             let out = strip_mention(&text, "@test_bot");
             let kept: Vec<&str> = parts.iter().map(String::as_str).filter(|p| !p.eq_ignore_ascii_case("@test_bot")).collect();
             proptest::prop_assert_eq!(out, kept.join(" "));
+        }
+
+        /// A text without the mention comes back as written, but for the ends' spaces.
+        #[test]
+        fn a_text_without_the_mention_is_left_as_written(text in "[ a-z\n\t{}();@]{0,60}") {
+            proptest::prop_assume!(mention_at(&text, "@test_bot").is_empty());
+            proptest::prop_assert_eq!(strip_mention(&text, "@test_bot"), text.trim());
+        }
+
+        /// Around mentions anywhere, the words and line breaks between them stay.
+        #[test]
+        fn line_breaks_and_words_stay(lines in proptest::collection::vec(proptest::collection::vec(
+            proptest::prop_oneof!["[a-z]{1,5}".prop_map(|w| w), proptest::strategy::Just("@test_bot".to_string())],
+            1..5), 1..5)) {
+            let text = lines.iter().map(|l| l.join(" ")).collect::<Vec<_>>().join("\n");
+            let out = strip_mention(&text, "@test_bot");
+            let words = |t: &str| t.split_whitespace().filter(|w| !w.eq_ignore_ascii_case("@test_bot")).map(str::to_string).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(words(&out), words(&text));
+            // Line breaks between the first and the last word (a line of only the mention
+            // at either end goes with the ends' spaces).
+            let breaks = |t: &str| {
+                let worded: Vec<usize> = t.split('\n').enumerate().filter(|(_, l)| !words(l).is_empty()).map(|(i, _)| i).collect();
+                worded.last().map_or(0, |last| last - worded[0])
+            };
+            proptest::prop_assert_eq!(breaks(&out), breaks(&text));
         }
     }
 }

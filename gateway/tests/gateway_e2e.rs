@@ -519,12 +519,17 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
     s.telegram.wait_chat(GROUP, T, |m| {
         m.iter().any(|m| m.visible().contains("New conversation"))
     });
+    // Code sent with a mention keeps its lines and indents.
+    say("@test_bot fix this:\n```\nfn main() {\n    run();\n}\n```");
+    s.telegram
+        .wait_chat(GROUP, T, |m| m.iter().any(|m| m.visible().contains("run();")));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         questions(&s),
         [
             "[Ann]: what is up?",
-            "[Bob]: > you: echo: [Ann]: what is up?\nand you?"
+            "[Bob]: > you: echo: [Ann]: what is up?\nand you?",
+            "[Ann]: fix this:\n```\nfn main() {\n    run();\n}\n```"
         ],
         "nothing else reached the agent"
     );
