@@ -58,6 +58,9 @@ pub struct Skill {
     /// In the catalog; `false` for `disable-model-invocation: true` (asked for by
     /// `/NAME` only).
     pub listed: bool,
+    /// The user's to ask for (`/NAME`, `/skills`, the command menu); `false` for
+    /// `user-invocable: false`, as Claude Code writes a skill only the model uses.
+    pub invocable: bool,
 }
 
 /// The workspace's skills, as last looked for.
@@ -167,7 +170,7 @@ impl Shelf {
     pub fn asked(&self, text: &str) -> Option<Skill> {
         let word = text.trim_start().strip_prefix('/')?.split_whitespace().next()?;
         let name = word.split('@').next()?.to_lowercase().replace('_', "-");
-        find(&self.refresh(), &name).cloned()
+        find(&self.refresh(), &name).filter(|s| s.invocable).cloned()
     }
 }
 
@@ -202,13 +205,26 @@ pub fn listing(skills: &[Skill]) -> String {
                 instructions) in the workspace's .agents/skills/, .aegis/skills/ or .claude/skills/."
             .into();
     }
-    let mut out =
-        String::from("Skills (start a message with one to use it; the agent also picks them itself):");
-    for s in skills {
+    let (commands, own): (Vec<&Skill>, Vec<&Skill>) = skills.iter().partition(|s| s.invocable);
+    let mut out = String::new();
+    if !commands.is_empty() {
+        out.push_str("Skills (start a message with one to use it; the agent also picks them itself):");
+    }
+    for s in commands {
         let only = if s.listed { "" } else { " (only when asked for)" };
         // As Telegram writes a command, so that it can be tapped.
         let command = s.name.replace('-', "_");
         out.push_str(&format!("\n/{command} — {}{only}", first_words(&s.description)));
+    }
+    if !own.is_empty() {
+        let names: Vec<&str> = own.iter().map(|s| s.name.as_str()).collect();
+        if !out.is_empty() {
+            out.push_str("\n\n");
+        }
+        out.push_str(&format!(
+            "Skills the agent uses on its own: {}.",
+            names.join(", ")
+        ));
     }
     out
 }
@@ -424,14 +440,15 @@ fn read_skill(
             "{file}: the name {name:?} is not lowercase letters, digits and single hyphens (at most 64)"
         ));
     }
-    let listed = fields.get("disable-model-invocation").map(|v| v.trim()) != Some("true");
+    let flag = |field: &str| fields.get(field).map(|v| v.trim());
     Ok(Some((
         Skill {
             name,
             description: description.chars().take(DESCRIPTION_CAP).collect(),
             folder: folder.to_string(),
             outside,
-            listed,
+            listed: flag("disable-model-invocation") != Some("true"),
+            invocable: flag("user-invocable") != Some("false"),
         },
         warnings,
     )))
@@ -595,6 +612,7 @@ mod tests {
             folder: format!(".aegis/skills/{name}"),
             outside: false,
             listed,
+            invocable: true,
         };
         assert_eq!(catalog(&[s("hidden", false)]), "");
         let c = catalog(&[s("csv", true), s("hidden", false)]);
@@ -613,6 +631,7 @@ mod tests {
                 folder: ".aegis/skills/csv".into(),
                 outside: false,
                 listed: true,
+                invocable: true,
             },
             Skill {
                 name: "weekly-report".into(),
@@ -620,6 +639,7 @@ mod tests {
                 folder: ".aegis/skills/weekly-report".into(),
                 outside: false,
                 listed: false,
+                invocable: true,
             },
         ];
         let l = listing(&skills);
@@ -639,6 +659,7 @@ mod tests {
             folder: format!(".aegis/skills/{name}"),
             outside: false,
             listed,
+            invocable: true,
         };
         let skills = [listed("csv", true), listed("docx", true), listed("quiet", false)];
         let load = |id: &str, name: &str| {
@@ -779,6 +800,26 @@ mod tests {
             err.contains("no skill named \"quiet\"") && !err.contains("quiet,"),
             "{err}"
         );
+        // A skill only the model uses is no command: `/NAME` is the user's words, and
+        // `/skills` names it apart.
+        skill(
+            d.path(),
+            ".aegis/skills/house-style",
+            "name: house-style\ndescription: How we write\nuser-invocable: false",
+            "Short sentences.",
+        );
+        assert_eq!(shelf.asked("/house_style"), None);
+        assert!(shelf
+            .activate("house-style", false)
+            .unwrap()
+            .contains("Short sentences."));
+        let listed = listing(&shelf.refresh());
+        assert!(
+            listed.contains("/weekly_report — Reports")
+                && listed.ends_with("\n\nSkills the agent uses on its own: house-style."),
+            "{listed}"
+        );
+        assert!(!listed.contains("/house_style"), "{listed}");
     }
 
     #[test]

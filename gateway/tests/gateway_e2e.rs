@@ -877,6 +877,13 @@ fn the_agents_skills_join_the_command_menu() {
         .unwrap();
     };
     skill("csv-report");
+    // A skill only the model uses is no command.
+    std::fs::create_dir_all(skills.join("house-style")).unwrap();
+    std::fs::write(
+        skills.join("house-style/SKILL.md"),
+        "---\nname: house-style\ndescription: How we write\nuser-invocable: false\n---\nShort.\n",
+    )
+    .unwrap();
     let own = ["new", "stop", "usage", "skills"];
     let with = |extra: &[&str]| -> Vec<String> { own.iter().chain(extra).map(|c| c.to_string()).collect() };
     let wait_menu = |s: &Stack, want: &[String]| {

@@ -692,6 +692,7 @@ impl Toolbox {
         };
         let mut menu: Vec<tether::frame::Command> = skills
             .iter()
+            .filter(|s| s.invocable)
             .map(|s| tether::frame::Command {
                 command: s.name.to_lowercase().replace('-', "_"),
                 description: crate::skills::first_words(&s.description),
