@@ -92,6 +92,8 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
 
     let acts = actions_tx.clone();
     let mut renderer = Renderer::restore(snapshot);
+    let menu_words = crate::menu::Words::default();
+    renderer.share_menu(menu_words.clone());
     renderer.set_stream_mode(bot.stream_mode);
     renderer.set_rich_mode(bot.rich_mode);
     thread::Builder::new()
@@ -117,6 +119,7 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
         usernames: std::sync::OnceLock::new(),
         exec: crate::exec::ExecMode::new(drafts_refused, dir.join("exec-running")),
         workspace,
+        menu_words,
     };
     let poller = Poller::new(ingress, Journal::open(dir.join("poll.json")), menu);
     thread::Builder::new()

@@ -67,6 +67,8 @@ pub struct Ingress {
     pub exec: crate::exec::ExecMode,
     /// The instance's workspace on this host (files sent to the bot are saved there).
     pub workspace: Arc<InstanceWorkspace>,
+    /// The words of the bot's command menu: in a group, a bare `/word` of it is the bot's.
+    pub menu_words: crate::menu::Words,
 }
 
 /// What handling a message left to do once it is marked handled.
@@ -167,7 +169,13 @@ impl Ingress {
         let mentioned = names
             .iter()
             .any(|u| !mention_at(text, &format!("@{u}")).is_empty());
-        if !reply_to_bot && !mentioned {
+        // A command of the bot's menu without `@bot`, as Telegram sends one picked from
+        // the menu in a group where the bot is the only one: the bot's. (`/new@other_bot`
+        // is the other bot's.)
+        let first = text.split_whitespace().next().unwrap_or("");
+        let bare_command =
+            m.forward_origin.is_none() && first.strip_prefix('/').is_some_and(|w| self.menu_words.has(w));
+        if !reply_to_bot && !mentioned && !bare_command {
             return None;
         }
         Some(strip_mentions(text, names))

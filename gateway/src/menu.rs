@@ -62,6 +62,28 @@ pub fn merged(agent: &[Command]) -> Vec<Command> {
     menu
 }
 
+/// The command words of the bot's menu now (without `/`), shared by the renderer, which
+/// learns the agent's, and the ingress, which takes a bare one in a group as the bot's.
+#[derive(Debug, Clone, Default)]
+pub struct Words(std::sync::Arc<std::sync::RwLock<Vec<String>>>);
+
+impl Words {
+    /// The words of `menu`.
+    pub fn set(&self, menu: &[Command]) {
+        let words = menu.iter().map(|c| c.command.clone()).collect();
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = words;
+    }
+
+    /// Whether `word` (without `/`) is one of them.
+    pub fn has(&self, word: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|w| w == word)
+    }
+}
+
 /// Set `menu` (one of [`merged`]) with `call` (`setMyCommands` with the body given). A
 /// menu Telegram refuses (too many commands for it, which some bots see well below the
 /// documented 100, or one it does not take) is tried again with half the agent's

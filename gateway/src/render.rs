@@ -391,6 +391,8 @@ pub struct Renderer {
     drafts_refused: bool,
     /// The commands the agent last said it answers.
     agent_commands: Vec<Command>,
+    /// The menu's words, for the ingress.
+    menu_words: crate::menu::Words,
 }
 
 /// The chat and topic of a session id (`PollState::session_id`): `"123"`, `"123:2"`
@@ -683,9 +685,17 @@ impl Renderer {
     }
 
     /// The bot's command menu as it should be now (the poller sets it at the start, from
-    /// the agent's commands as last heard, kept across restarts; this, when they change).
+    /// the agent's commands as last heard, kept across restarts; this, when they change);
+    /// its words go to `words`, from now on and whenever it changes.
+    pub fn share_menu(&mut self, words: crate::menu::Words) {
+        words.set(&crate::menu::merged(&self.agent_commands));
+        self.menu_words = words;
+    }
+
     fn menu(&self) -> Action {
-        Action::Menu(crate::menu::merged(&self.agent_commands))
+        let menu = crate::menu::merged(&self.agent_commands);
+        self.menu_words.set(&menu);
+        Action::Menu(menu)
     }
 
     fn render(&mut self, f: &Frame, now: Instant, out: &mut Vec<Action>) {

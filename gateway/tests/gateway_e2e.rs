@@ -523,6 +523,16 @@ fn in_groups_the_bot_answers_mentions_replies_and_commands_addressed_to_it() {
     say("@test_bot fix this:\n```\nfn main() {\n    run();\n}\n```");
     s.telegram
         .wait_chat(GROUP, T, |m| m.iter().any(|m| m.visible().contains("run();")));
+    // A command of the bot's menu without `@bot` (as Telegram sends one picked from the
+    // menu where the bot is the only one) is the bot's; another bare command is not.
+    say("/help");
+    say("/new");
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter()
+            .filter(|m| m.visible().contains("New conversation"))
+            .count()
+            == 2
+    });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         questions(&s),
@@ -905,6 +915,18 @@ fn the_agents_skills_join_the_command_menu() {
     let set = s.telegram.calls_of("setMyCommands");
     assert_eq!(set.len(), 2, "set at the start, then once for the skill");
     assert_eq!(set[1].body["commands"][4]["description"], "The csv-report skill");
+    // In a group, the skill's command picked from the menu (no `@bot`) is the bot's.
+    const GROUP: i64 = -1003;
+    s.telegram.push_message(
+        json!({"chat": {"id": GROUP, "type": "supergroup", "title": "Team"},
+        "from": {"id": 7, "is_bot": false, "first_name": "Ann"}, "text": "/csv_report sales.csv"}),
+    );
+    s.telegram.wait_chat(GROUP, T, |m| {
+        m.iter().any(|m| {
+            m.visible()
+                .starts_with("echo: [Ann]: /csv_report sales.csv\n\n[The user asks for the skill csv-report")
+        })
+    });
 
     // After a restart the menu is whole from the start.
     s.gateway.take();
