@@ -210,6 +210,7 @@ fn run(
                 text: tail(&live),
                 // A command runs to its end (or its timeout); only the agent stops.
                 can_stop: false,
+                rich: false,
             });
             drafted = Some(now);
             changed = false;

@@ -8,7 +8,7 @@
 //! A draft shows Telegram's stop button; its id is the id of the message the reply
 //! answers, which is how a press names the reply to cancel. A finished part with a table
 //! (`rich_messages`) goes as a rich message, which Telegram renders from the Markdown
-//! itself. Groups, edit mode, and servers that do not know the method (remembered after
+//! itself, and its draft as a rich draft, so the table is one while it streams. Groups, edit mode, and servers that do not know the method (remembered after
 //! the first refusal) use the messages-and-edits scheme below.
 //!
 //! Per reply (a chat and the `msg_id` it answers): the first delta → `sendMessage`; later
@@ -155,6 +155,10 @@ pub enum Action {
         /// The draft shows a stop button (`can_stop`); pressed, Telegram sends an update
         /// naming `draft_id`.
         can_stop: bool,
+        /// Streamed as a rich message (`sendRichMessageDraft`, `text` as its Markdown)
+        /// when the Bot API has them: the part will end as one, and a table shows as a
+        /// table while it streams.
+        rich: bool,
     },
 }
 
@@ -832,6 +836,7 @@ impl Renderer {
                             text: String::new(),
                             html: None,
                             can_stop: true,
+                            rich: false,
                         });
                         self.last_edit.insert(chat, now);
                     }
@@ -957,6 +962,7 @@ impl Renderer {
                     topic: r.topic,
                     draft_id: id,
                     html: formatted(&text),
+                    rich: rich_part(&text, rich),
                     text,
                     can_stop: true,
                 });
@@ -1085,6 +1091,16 @@ fn formatted(text: &str) -> Option<String> {
     markdown::to_html(text).filter(|h| markdown::visible_len(h) <= MAX_MESSAGE)
 }
 
+/// Whether a part with `text` is a rich message under `mode` (once finished; its draft
+/// is one already).
+fn rich_part(text: &str, mode: RichMode) -> bool {
+    match mode {
+        RichMode::Auto => markdown::has_table(text),
+        RichMode::Always => !text.is_empty(),
+        RichMode::Off => false,
+    }
+}
+
 fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
     if r.text.is_empty() && r.done && r.attachment(0).is_some() {
         return Vec::new(); // the photos or files are the reply
@@ -1098,12 +1114,7 @@ fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
         .into_iter()
         .map(|text| {
             let html = formatted(&text);
-            let rich = r.done
-                && match mode {
-                    RichMode::Auto => markdown::has_table(&text),
-                    RichMode::Always => true,
-                    RichMode::Off => false,
-                };
+            let rich = r.done && rich_part(&text, mode);
             Look { text, html, rich }
         })
         .collect()
@@ -1610,6 +1621,37 @@ mod tests {
     }
 
     #[test]
+    fn a_part_that_will_end_rich_streams_as_a_rich_draft() {
+        let table = "Prices:\n\n| fruit | € |\n|---|---|\n| apple | 1 |";
+        for (mode, text, rich) in [
+            (RichMode::Auto, table, true),
+            (RichMode::Auto, "no table here", false),
+            (RichMode::Always, "no table here", true),
+            (RichMode::Off, table, false),
+        ] {
+            let mut r = Renderer::default();
+            r.set_rich_mode(mode);
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            r.frame(&presence("5", "m", 1), t0, &mut out);
+            assert!(
+                matches!(&out[..], [Action::Draft { rich: false, .. }]),
+                "Thinking… is classic"
+            );
+            out.clear();
+            r.frame(&delta("5", "m", 2, text), t0 + Duration::from_secs(1), &mut out);
+            let drafts: Vec<bool> = out
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Draft { rich, .. } => Some(*rich),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(drafts, [rich], "{mode:?} {text:?}");
+        }
+    }
+
+    #[test]
     fn private_replies_stream_as_a_draft_then_one_final_message() {
         let mut r = Renderer::default();
         let t0 = Instant::now();
@@ -1636,7 +1678,8 @@ mod tests {
                 draft_id: id,
                 text: "Hel".into(),
                 html: None,
-                can_stop: true
+                can_stop: true,
+                rich: false
             }]
         );
         out.clear();

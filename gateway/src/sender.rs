@@ -206,20 +206,35 @@ fn execute(
             text,
             html,
             can_stop,
+            rich,
         } => {
             // A draft is a preview: one attempt (after a 429's wait); the next update or
             // the final message supersedes a lost one.
-            let draft = |html: Option<&str>| {
-                let mut body = json!({"chat_id": chat, "draft_id": draft_id, "text": html.unwrap_or(&text)});
-                if html.is_some() {
-                    body["parse_mode"] = json!("HTML");
-                }
+            let ask = |method: &str, mut body: Value| {
                 if can_stop {
                     // The stopped draft stays up until the reply's final message replaces it.
                     body["can_stop"] = json!(true);
                     body["keep_on_stop"] = json!(true);
                 }
-                call_once_honouring_429(tg, "sendMessageDraft", &in_topic(body, topic))
+                call_once_honouring_429(tg, method, &in_topic(body, topic))
+            };
+            if rich && !rich_messages.unknown {
+                let body = json!({"chat_id": chat, "draft_id": draft_id, "rich_message": {"markdown": text}});
+                match ask("sendRichMessageDraft", body) {
+                    Ok(_) | Err(TgError::RetryAfter(_) | TgError::Transient(_)) => return,
+                    // Rich drafts came with rich messages (Bot API 10.1).
+                    Err(TgError::Rejected(404, e)) => known_unknown(rich_messages, &e),
+                    // A part Telegram does not take as a rich message (too many columns)
+                    // streams as a classic draft, as it will end as a classic message.
+                    Err(e) => log::debug!("chat {chat}: rich draft refused ({e}); a classic one instead"),
+                }
+            }
+            let draft = |html: Option<&str>| {
+                let mut body = json!({"chat_id": chat, "draft_id": draft_id, "text": html.unwrap_or(&text)});
+                if html.is_some() {
+                    body["parse_mode"] = json!("HTML");
+                }
+                ask("sendMessageDraft", body)
             };
             let mut result = draft(html.as_deref());
             if let (Err(TgError::BadEntities(e)), Some(_)) = (&result, &html) {

@@ -14,7 +14,8 @@
 //! `sendVoice` (400 "there is no voice in the request", and "VOICE_MESSAGES_FORBIDDEN"
 //! for a user whose privacy settings refuse voice messages). Rich messages (Bot API 10.1,
 //! on demand, like drafts): `sendRichMessage` and `editMessageText` with `rich_message`
-//! (its `markdown` or `html`, exactly one); a table of more than 20 columns, past the
+//! (its `markdown` or `html`, exactly one), and `sendRichMessageDraft` when drafts are
+//! on too (private chats, a non-zero id, checked as a message); a table of more than 20 columns, past the
 //! documented limit, is refused with a 400 (its wording ours). A server without them
 //! answers `sendRichMessage` with 404 "method not found" and, ignoring `rich_message`,
 //! an edit with 400 "message text is empty".
@@ -291,7 +292,9 @@ impl FakeTelegram {
         let (lock, cv) = &*self.state;
         let mut s = lock.lock().unwrap();
         let offered = s.calls.iter().any(|c| {
-            c.method == "sendMessageDraft" && c.body["draft_id"] == draft_id && c.body["can_stop"] == true
+            matches!(c.method.as_str(), "sendMessageDraft" | "sendRichMessageDraft")
+                && c.body["draft_id"] == draft_id
+                && c.body["can_stop"] == true
         });
         assert!(offered, "draft {draft_id} showed no stop button");
         let id = s.next_update;
@@ -799,6 +802,27 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 ) => ok(json!(true)),
                 _ => bad(400, "Bad Request: wrong parameter action in request"),
             },
+            "sendRichMessageDraft" if !s.drafts || !s.rich => bad(404, "Not Found: method not found"),
+            "sendRichMessageDraft" => {
+                let chat = body["chat_id"].as_i64().unwrap_or(0);
+                let id = body["draft_id"].as_i64().unwrap_or(0);
+                if chat <= 0 {
+                    bad(
+                        400,
+                        "Bad Request: sendRichMessageDraft can be used only in private chats",
+                    )
+                } else if id == 0 {
+                    bad(400, "Bad Request: draft_id must be non-zero")
+                } else {
+                    match rich_source(&body) {
+                        Ok(text) => {
+                            s.draft_now.insert(chat, (id, text));
+                            ok(json!(true))
+                        }
+                        Err(e) => e,
+                    }
+                }
+            }
             "sendMessageDraft" if !s.drafts => bad(404, "Not Found: method not found"),
             "sendMessageDraft" => {
                 let chat = body["chat_id"].as_i64().unwrap_or(0);
@@ -886,6 +910,7 @@ fn unknown_thread(s: &State, method: &str, body: &Value, parts: Option<&[FormPar
             | "sendDocument"
             | "sendChatAction"
             | "sendMessageDraft"
+            | "sendRichMessageDraft"
     ) {
         return None;
     }
@@ -986,27 +1011,10 @@ fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
     let Some(chat) = body["chat_id"].as_i64() else {
         return bad(400, "Bad Request: chat_id is empty");
     };
-    let rich = &body["rich_message"];
-    let source = match (rich["markdown"].as_str(), rich["html"].as_str()) {
-        (Some(md), None) => md,
-        (None, Some(html)) => html,
-        _ => {
-            return bad(
-                400,
-                "Bad Request: exactly one of html and markdown must be specified",
-            )
-        }
+    let text = match rich_source(body) {
+        Ok(t) => t,
+        Err(e) => return e,
     };
-    if source.trim().is_empty() {
-        return bad(400, "Bad Request: message text is empty");
-    }
-    if source.chars().count() > 32_768 {
-        return bad(400, "Bad Request: rich message is too long");
-    }
-    if widest_table(source) > 20 {
-        return bad(400, "Bad Request: too many table columns");
-    }
-    let text = source.to_string();
     if body.get("message_id").is_none() {
         s.draft_now.remove(&chat);
         let id = s.next_message;
@@ -1030,6 +1038,32 @@ fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
         (text, None, true),
         ("rich_message", json!({"blocks": []})),
     )
+}
+
+/// The source of a request's `rich_message`, checked as Telegram checks it (a message
+/// and a draft alike), or the refusal.
+fn rich_source(body: &Value) -> Result<String, (u16, Value)> {
+    let rich = &body["rich_message"];
+    let source = match (rich["markdown"].as_str(), rich["html"].as_str()) {
+        (Some(md), None) => md,
+        (None, Some(html)) => html,
+        _ => {
+            return Err(bad(
+                400,
+                "Bad Request: exactly one of html and markdown must be specified",
+            ))
+        }
+    };
+    if source.trim().is_empty() {
+        return Err(bad(400, "Bad Request: message text is empty"));
+    }
+    if source.chars().count() > 32_768 {
+        return Err(bad(400, "Bad Request: rich message is too long"));
+    }
+    if widest_table(source) > 20 {
+        return Err(bad(400, "Bad Request: too many table columns"));
+    }
+    Ok(source.to_string())
 }
 
 /// Whether `b` starts like a JPEG, PNG, GIF or WebP file.
