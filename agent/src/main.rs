@@ -38,6 +38,7 @@ mod sse;
 mod successor;
 #[cfg(test)]
 mod testutil;
+mod text;
 mod think;
 mod tools;
 mod transcribe;

@@ -516,10 +516,7 @@ impl Server {
             .as_str()
             .map(str::trim)
             .filter(|t| !t.is_empty());
-        let kept = text.map(|t| match t.char_indices().nth(MAX_INSTRUCTIONS) {
-            Some((cut, _)) => format!("{}…", &t[..cut]),
-            None => t.to_string(),
-        });
+        let kept = text.map(|t| crate::text::clip(t, MAX_INSTRUCTIONS));
         *self.instructions.lock().expect("mcp instructions lock") = kept;
     }
 
@@ -1164,7 +1161,7 @@ impl McpServers {
     /// [`Server::run_prompt`]); `None` when it names no prompt. Only servers whose name
     /// the command starts with are asked, so `/start` or `/weather` cost nothing.
     pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<Asked> {
-        let (word, _) = crate::mcp_prompts::asked(text)?;
+        let (word, _) = crate::text::slash_command(text)?;
         let mut unlisted = None;
         for s in self.with_prompts(|name| word.starts_with(&crate::mcp_prompts::command(name, ""))) {
             match s.list_prompts(cancel) {
@@ -1286,7 +1283,7 @@ impl Server {
     /// `/COMMAND` of one of its prompts, as sent in `text`: what the user's turn says, or
     /// the answer the user gets instead (how to give the arguments, why it failed).
     fn run_prompt(&self, prompt: &Prompt, text: &str, cancel: &Receiver<()>) -> Asked {
-        let rest = crate::mcp_prompts::asked(text).map_or("", |(_, rest)| rest);
+        let rest = crate::text::slash_command(text).map_or("", |(_, rest)| rest);
         let given = match crate::mcp_prompts::arguments(prompt, rest) {
             Ok(g) => g,
             Err(usage) => return Asked::Answer(usage),

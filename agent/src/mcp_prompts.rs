@@ -93,18 +93,6 @@ fn text_of(v: &Value) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The command a message starts with (`/name`, `/name@bot`), lower case, and the text
-/// after it; `None` for a message that is not a command.
-pub fn asked(text: &str) -> Option<(String, &str)> {
-    let text = text.trim_start().strip_prefix('/')?;
-    let end = text.find(char::is_whitespace).unwrap_or(text.len());
-    let word = text[..end].split('@').next()?;
-    if word.is_empty() {
-        return None;
-    }
-    Some((word.to_ascii_lowercase(), text[end..].trim()))
-}
-
 /// What a message gives a prompt.
 #[derive(Debug, Default, PartialEq)]
 pub struct Given {
@@ -315,6 +303,7 @@ pub fn listing(prompts: &[(String, Prompt)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::slash_command as asked;
     use proptest::prelude::*;
     use serde_json::json;
 

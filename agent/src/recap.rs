@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::context::Budget;
 use crate::llm::{Chunk, Llm};
 use crate::session::{Block, Content, Role, Turn};
+use crate::text::clip;
 
 /// Longest recap kept, in characters: it rides along with every request.
 pub const MAX_TEXT: usize = 3_000;
@@ -319,15 +320,6 @@ fn text_of(content: &Content) -> String {
         }
     }
     out
-}
-
-/// `text` cut to `max` characters, marked where it was cut.
-fn clip(text: &str, max: usize) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(max) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
 }
 
 /// The model's recap, trimmed and within `MAX_TEXT`.

@@ -168,9 +168,10 @@ impl Shelf {
     /// The skill a message starting with `/NAME` (or `/NAME@bot`, `_` for `-` as Telegram's
     /// commands are written) asks for, looked for again.
     pub fn asked(&self, text: &str) -> Option<Skill> {
-        let word = text.trim_start().strip_prefix('/')?.split_whitespace().next()?;
-        let name = word.split('@').next()?.to_lowercase().replace('_', "-");
-        find(&self.refresh(), &name).filter(|s| s.invocable).cloned()
+        let (word, _) = crate::text::slash_command(text)?;
+        find(&self.refresh(), &word.replace('_', "-"))
+            .filter(|s| s.invocable)
+            .cloned()
     }
 }
 
@@ -267,11 +268,7 @@ pub fn out_of_view(history: &[Turn], fell_out: usize, look_back: usize, skills: 
 
 /// The start of `description`, for a list in a chat.
 pub fn first_words(description: &str) -> String {
-    let mut start: String = description.chars().take(LISTING_CHARS).collect();
-    if start.len() < description.len() {
-        start.push('…');
-    }
-    start
+    crate::text::clip(description, LISTING_CHARS)
 }
 
 /// The skill called `name` (`-` and `_` alike, any case).

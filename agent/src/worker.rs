@@ -291,6 +291,9 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         send_menu(shared, out, &msg_id);
         return;
     }
+    // A skill the message asks for by `/NAME` comes with it (and a prompt of that name
+    // gives way to it).
+    let skill_asked = shared.tools.skill_asked(&msg.text);
     // What memories are chosen by: the words of the message, a recording's included.
     let mut words = msg.text.clone();
     match earlier {
@@ -323,7 +326,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             };
             // `/SERVER_PROMPT`: the turn says what the server's prompt says, and later turns
             // still have it. A prompt that cannot run is answered here, and not stored.
-            let turn_text = match shared.tools.prompt_asked(&said, &cancel_rx) {
+            let prompt = skill_asked
+                .is_none()
+                .then(|| shared.tools.prompt_asked(&said, &cancel_rx))
+                .flatten();
+            let turn_text = match prompt {
                 None => said.clone(),
                 Some(Asked::Expanded(text)) => text,
                 Some(Asked::Answer(answer)) => {
@@ -368,14 +375,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let cache_key = crate::prompt_cache::conversation_key(&session.channel, &session.id);
     let here = crate::memory::Here::new(out, msg.user.as_ref().and_then(|u| u.id.as_deref()));
     let memories = shared.memory.inject(&words, &here);
-    // A skill the message asks for by `/NAME` comes with it, then which skills the model
-    // loaded fell out of view (recently: within one window's turns), then the memories.
-    let (_, fell_out) = crate::context::window(history, shared.budget);
+    // The skill asked for, then which skills the model loaded fell out of view
+    // (recently: within one window's turns), then the memories.
     let notes: Vec<String> = [
-        shared.tools.skill_asked(&msg.text).unwrap_or_default(),
-        shared
-            .tools
-            .skills_out_of_view(history, fell_out, shared.budget.turns),
+        skill_asked.unwrap_or_default(),
+        shared.tools.skills_out_of_view(history, shared.budget),
         memories.trim_start().to_string(),
     ]
     .into_iter()

@@ -665,20 +665,9 @@ impl Toolbox {
     }
 
     /// For a message starting with `/SERVER_PROMPT` of an MCP server's prompt: that prompt
-    /// run (see [`crate::mcp::McpServers::prompt_asked`]). A skill of that name comes first.
+    /// run (see [`crate::mcp::McpServers::prompt_asked`]).
     pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<crate::mcp_prompts::Asked> {
-        if self.skill_asked_name(text).is_some() {
-            return None;
-        }
         self.mcp.prompt_asked(text, cancel)
-    }
-
-    /// The skill a message starting with `/NAME` asks for, when skills are on.
-    fn skill_asked_name(&self, text: &str) -> Option<crate::skills::Skill> {
-        if !self.skills_on() {
-            return None;
-        }
-        self.skills.asked(text)
     }
 
     /// The commands the agent answers of its own, for the chat's menu: its skills as the
@@ -721,24 +710,35 @@ impl Toolbox {
         Some(menu)
     }
 
-    /// The note telling the model which skills it loaded fell out of the window (see
-    /// [`crate::skills::out_of_view`]); "" with skills off.
+    /// The note telling the model which skills it loaded fell out of `budget`'s window of
+    /// `history`, looking back one window's turns (see [`crate::skills::out_of_view`]); ""
+    /// with skills off. The window is worked out only for a history where a skill was
+    /// loaded.
     pub fn skills_out_of_view(
         &self,
         history: &[crate::session::Turn],
-        fell_out: usize,
-        look_back: usize,
+        budget: crate::context::Budget,
     ) -> String {
-        if !self.skills_on() {
+        let loaded = || {
+            history
+                .iter()
+                .flat_map(|t| t.content.tool_uses())
+                .any(|(_, tool, _)| tool == ACTIVATE_SKILL)
+        };
+        if !self.skills_on() || !loaded() {
             return String::new();
         }
-        crate::skills::out_of_view(history, fell_out, look_back, &self.skills.current())
+        let (_, fell_out) = crate::context::window(history, budget);
+        crate::skills::out_of_view(history, fell_out, budget.turns, &self.skills.current())
     }
 
     /// For a message starting with `/NAME` of a skill: that skill's instructions, for the
     /// model to read with the message (or why they could not be read).
     pub fn skill_asked(&self, text: &str) -> Option<String> {
-        let skill = self.skill_asked_name(text)?;
+        if !self.skills_on() {
+            return None;
+        }
+        let skill = self.skills.asked(text)?;
         log::info!("the message asks for the skill {}", skill.name);
         Some(match self.skills.activate(&skill.name, true) {
             Ok(content) => format!(

@@ -1,0 +1,23 @@
+//! Small pieces of text handling several modules share: a text cut for a list or a
+//! prompt, and the command a chat message starts with.
+
+/// `text`, trimmed, cut to `max` characters, marked where it was cut.
+pub fn clip(text: &str, max: usize) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(max) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// The command a message starts with (`/name`, `/name@bot`), lower case, and the text
+/// after it; `None` for a message that is not a command.
+pub fn slash_command(text: &str) -> Option<(String, &str)> {
+    let text = text.trim_start().strip_prefix('/')?;
+    let end = text.find(char::is_whitespace).unwrap_or(text.len());
+    let word = text[..end].split('@').next()?;
+    if word.is_empty() {
+        return None;
+    }
+    Some((word.to_ascii_lowercase(), text[end..].trim()))
+}
