@@ -8,6 +8,7 @@
 //! process and a reader thread each) started in the background.
 
 mod agent_file;
+mod asking;
 mod blobs;
 mod carry;
 mod config;
@@ -15,6 +16,7 @@ mod context;
 mod copies;
 mod direct;
 mod egress;
+mod elicit;
 mod frontmatter;
 mod harness;
 mod host_llm;
@@ -23,6 +25,7 @@ mod llm;
 mod mcp;
 mod mcp_era;
 mod mcp_http;
+mod mcp_input;
 mod mcp_prompts;
 mod mcp_resources;
 mod memory;

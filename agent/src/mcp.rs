@@ -13,7 +13,9 @@
 //! 3. bound everything: a server that will not start, dies or stops answering gives a
 //!    clear tool error within its timeout, is killed (its whole process group) and is
 //!    started again on the next call; a cancel ends a call at once;
-//! 4. answer the server's own requests (`ping`; anything else: method not found), and
+//! 4. answer the server's own requests (`ping`, `roots/list`; a question for the user,
+//!    [`crate::mcp_input`], by asking the user of the reply the call is for; anything else:
+//!    method not found), and
 //!    list the tools again before the next model request when the server says they
 //!    changed (`notifications/tools/list_changed`) or their `ttlMs` has passed, and its
 //!    prompts before the next look at the command menu when it says they changed;
@@ -36,13 +38,15 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, never, select, Receiver};
+use crossbeam_channel::{at, never, select, Receiver};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tether::rpc::{Correlator, Message, Messages};
 
+use crate::elicit::{Unanswered, User};
 use crate::llm::ToolSpec;
 use crate::mcp_era::{Era, ParamHeader};
+use crate::mcp_input::{Desk, NoInput, Question};
 use crate::mcp_prompts::{Asked, Prompt};
 use crate::mcp_resources::ResourceTool;
 use crate::tools::Outcome;
@@ -58,6 +62,25 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// `tools/list` pages followed at most.
 const MAX_PAGES: usize = 50;
+/// How long a server's question waits for the user's answer (the call's own timeout
+/// stands still meanwhile). The agent stays awake while it waits.
+pub const ASK_WAIT: Duration = Duration::from_secs(300);
+
+/// Who answers a server's question during a request, and for which server: the user of
+/// the chat a reply is for. A scheduled task's run, or the agent's own requests (listing
+/// tools), have nobody.
+#[derive(Clone, Copy)]
+pub struct Asker<'a> {
+    server: &'a str,
+    user: &'a dyn User,
+}
+
+impl Asker<'_> {
+    /// Put a handshake server's question: the answer, or why there is none.
+    pub fn put(&self, q: &Question) -> Result<Value, McpError> {
+        crate::elicit::put(self.server, &q.params, self.user).map_err(McpError::Unanswered)
+    }
+}
 /// The notification of a server whose tools changed.
 pub const TOOLS_CHANGED: &str = "notifications/tools/list_changed";
 /// The notification of a server whose prompts changed.
@@ -145,6 +168,8 @@ pub enum McpError {
     Config(String),
     /// It asks for input the agent cannot give (a modern server's `input_required`).
     NeedsInput(String),
+    /// It asked the user, who stopped the reply or did not answer.
+    Unanswered(Unanswered),
     /// A modern server that cannot be spoken to (it speaks only other versions): no use
     /// trying the handshake.
     Unusable(String),
@@ -171,6 +196,12 @@ impl fmt::Display for McpError {
             McpError::SessionEnded => f.write_str("it ended the session"),
             McpError::Config(e) => f.write_str(e),
             McpError::NeedsInput(asked) => write!(f, "the server asks for input the agent cannot give ({asked})"),
+            McpError::Unanswered(Unanswered::Stopped) => f.write_str("the user stopped the reply instead of answering its question"),
+            McpError::Unanswered(Unanswered::Silent) => write!(
+                f,
+                "the user did not answer its question within {} minutes",
+                ASK_WAIT.as_secs() / 60
+            ),
             McpError::Unusable(why) => f.write_str(why),
         }
     }
@@ -196,6 +227,8 @@ struct StdioConn {
     correlator: Arc<Correlator>,
     /// Cleared by the reader thread when stdout ends.
     alive: Arc<AtomicBool>,
+    /// Where the reader thread leaves the server's questions for the call in flight.
+    desk: Arc<Desk>,
 }
 
 impl Drop for StdioConn {
@@ -210,37 +243,67 @@ impl Drop for StdioConn {
 }
 
 impl StdioConn {
+    /// Request `method`, putting the server's questions meanwhile to `asker`'s user.
     fn request(
         &self,
         method: &'static str,
         params: &Value,
         timeout: Duration,
         cancel: &Receiver<()>,
+        asker: Option<Asker>,
     ) -> Result<Value, McpError> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err(McpError::Gone);
         }
+        let (open, questions) = match asker {
+            Some(_) => {
+                let (open, q) = self.desk.open();
+                (Some(open), q)
+            }
+            None => (None, never()),
+        };
         let (msg, rx) = self.correlator.start(method, params);
         self.send(&msg)?;
-        select! {
-            recv(rx) -> r => match r {
-                Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
-                Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
-                Ok(Err(e)) => Err(McpError::Rpc(e)),
-                Err(_) => Err(McpError::Gone),
-            },
-            recv(cancel) -> _ => {
-                // The server may stop its work; its late answer is dropped.
-                let id = msg_id(&msg);
-                self.correlator.abandon(&id);
-                let _ = self.send(&Message::notification(
-                    "notifications/cancelled",
-                    &json!({"requestId": id, "reason": "the user stopped the reply"}),
-                ));
-                Err(McpError::Cancelled)
+        let mut deadline = Instant::now() + timeout;
+        let give_up = |reason: &str| {
+            // The server may stop its work; its late answer is dropped.
+            let id = msg_id(&msg);
+            self.correlator.abandon(&id);
+            let _ = self.send(&Message::notification(
+                "notifications/cancelled",
+                &json!({"requestId": id, "reason": reason}),
+            ));
+        };
+        let result = loop {
+            select! {
+                recv(rx) -> r => break match r {
+                    Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
+                    Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
+                    Ok(Err(e)) => Err(McpError::Rpc(e)),
+                    Err(_) => Err(McpError::Gone),
+                },
+                recv(questions) -> q => {
+                    let (Ok(q), Some(asker)) = (q, asker) else { continue };
+                    let asked_at = Instant::now();
+                    let answer = asker.put(&q);
+                    // The user's time is not the server's.
+                    deadline += asked_at.elapsed();
+                    let reply = answer.as_ref().unwrap_or(&crate::elicit::cancelled()).clone();
+                    self.send(&Message::result(q.id, &reply))?;
+                    if let Err(e) = answer {
+                        give_up("the user did not answer");
+                        break Err(e);
+                    }
+                }
+                recv(cancel) -> _ => {
+                    give_up("the user stopped the reply");
+                    break Err(McpError::Cancelled);
+                }
+                recv(at(deadline)) -> _ => break Err(McpError::Timeout(method, timeout)),
             }
-            recv(after(timeout)) -> _ => Err(McpError::Timeout(method, timeout)),
-        }
+        };
+        drop(open);
+        result
     }
 
     fn send(&self, msg: &Message) -> Result<(), McpError> {
@@ -279,7 +342,7 @@ enum Link {
 
 impl Link {
     /// Request `method` as a server of `era` expects it (with `headers` too, over HTTP);
-    /// its result if complete.
+    /// its result if complete. Nobody is asked anything meanwhile.
     fn request(
         &self,
         era: Era,
@@ -289,15 +352,29 @@ impl Link {
         timeout: Duration,
         cancel: &Receiver<()>,
     ) -> Result<Value, McpError> {
+        let result = self.exchange(era, method, params, headers, (timeout, cancel), None)?;
+        crate::mcp_era::complete(result)
+    }
+
+    /// Request `method`, whatever its result says it is (a modern server's
+    /// `input_required` too), a handshake server's questions put to `asker`'s user.
+    fn exchange(
+        &self,
+        era: Era,
+        method: &'static str,
+        params: &Value,
+        headers: Vec<(String, String)>,
+        (timeout, cancel): (Duration, &Receiver<()>),
+        asker: Option<Asker>,
+    ) -> Result<Value, McpError> {
         let params = match era {
-            Era::Modern => crate::mcp_era::with_meta(params),
+            Era::Modern => crate::mcp_era::with_meta(params, asker.is_some()),
             Era::Legacy => params.clone(),
         };
-        let result = match self {
-            Link::Stdio(c) => c.request(method, &params, timeout, cancel),
-            Link::Http(c) => c.request(method, &params, headers, timeout, cancel),
-        }?;
-        crate::mcp_era::complete(result)
+        match self {
+            Link::Stdio(c) => c.request(method, &params, timeout, cancel, asker),
+            Link::Http(c) => c.request(method, &params, headers, (timeout, cancel), asker),
+        }
     }
 
     fn notify(&self, method: &str, params: &Value) -> Result<(), McpError> {
@@ -550,8 +627,9 @@ impl Server {
             &self.name,
             &url,
             headers,
-            self.call_timeout().max(START_TIMEOUT),
+            self.call_timeout().max(START_TIMEOUT) + ASK_WAIT,
             Arc::clone(&self.changed),
+            self.workspace.clone(),
         )))
     }
 
@@ -612,18 +690,21 @@ impl Server {
             stdin: Arc::new(Mutex::new(stdin)),
             correlator: Arc::new(Correlator::new()),
             alive: Arc::new(AtomicBool::new(true)),
+            desk: Arc::new(Desk::default()),
         };
-        let (correlator, stdin, alive, name, changed) = (
-            Arc::clone(&conn.correlator),
-            Arc::clone(&conn.stdin),
-            Arc::clone(&conn.alive),
-            self.name.clone(),
-            Arc::clone(&self.changed),
-        );
+        let reader = Reader {
+            name: self.name.clone(),
+            correlator: Arc::clone(&conn.correlator),
+            stdin: Arc::clone(&conn.stdin),
+            alive: Arc::clone(&conn.alive),
+            changed: Arc::clone(&self.changed),
+            desk: Arc::clone(&conn.desk),
+            workspace: self.workspace.clone(),
+        };
         thread::Builder::new()
             .name("mcp-reader".into())
             .stack_size(128 * 1024)
-            .spawn(move || read_loop(&name, stdout, &correlator, &stdin, &alive, &changed))
+            .spawn(move || reader.run(stdout))
             .map_err(McpError::Spawn)?;
         Ok(conn)
     }
@@ -636,7 +717,7 @@ impl Server {
             "initialize",
             &json!({
                 "protocolVersion": PROTOCOL_VERSION,
-                "capabilities": {},
+                "capabilities": crate::mcp_input::handshake_capabilities(),
                 "clientInfo": {"name": "aegis-agent", "version": env!("CARGO_PKG_VERSION")},
             }),
             Vec::new(),
@@ -772,21 +853,27 @@ impl Server {
         }
     }
 
-    fn call(&self, remote: &str, args: &Value, cancel: &Receiver<()>) -> Outcome {
+    fn call(&self, remote: &str, args: &Value, cancel: &Receiver<()>, user: Option<&dyn User>) -> Outcome {
         let params = json!({"name": remote, "arguments": args});
-        match self.ask("tools/call", &params, Some((remote, args)), cancel) {
+        match self.ask("tools/call", &params, Some((remote, args)), cancel, user) {
             Ok(result) => Outcome::Done(call_text(&result, &|d, t| self.save_image(d, t))),
             Err(outcome) => outcome,
         }
     }
 
     /// One of the resource tools ([`crate::mcp_resources`]).
-    fn resource_call(&self, tool: ResourceTool, args: &Value, cancel: &Receiver<()>) -> Outcome {
+    fn resource_call(
+        &self,
+        tool: ResourceTool,
+        args: &Value,
+        cancel: &Receiver<()>,
+        user: Option<&dyn User>,
+    ) -> Outcome {
         match tool {
             ResourceTool::List => {
                 let cursor = args["cursor"].as_str().filter(|c| !c.is_empty());
                 let params = cursor.map_or_else(|| json!({}), |c| json!({"cursor": c}));
-                let resources = match self.ask("resources/list", &params, None, cancel) {
+                let resources = match self.ask("resources/list", &params, None, cancel, None) {
                     Ok(r) => r,
                     Err(outcome) => return outcome,
                 };
@@ -794,7 +881,7 @@ impl Server {
                 let templates = cursor
                     .is_none()
                     .then(|| {
-                        self.ask("resources/templates/list", &json!({}), None, cancel)
+                        self.ask("resources/templates/list", &json!({}), None, cancel, None)
                             .ok()
                     })
                     .flatten();
@@ -804,7 +891,7 @@ impl Server {
                 let Some(uri) = args["uri"].as_str().filter(|u| !u.is_empty()) else {
                     return Outcome::Done("error: `uri` is required".into());
                 };
-                match self.ask("resources/read", &json!({"uri": uri}), None, cancel) {
+                match self.ask("resources/read", &json!({"uri": uri}), None, cancel, user) {
                     Ok(r) => Outcome::Done(crate::mcp_resources::contents(&r, &|d, t| self.save_image(d, t))),
                     Err(outcome) => outcome,
                 }
@@ -814,13 +901,52 @@ impl Server {
 
     /// Request `method` of the server, starting it first if need be, within the call
     /// timeout; `marked` (a tool and its arguments) adds the headers the tool's marks ask
-    /// for. Its result, or what the model is told instead (cancelled, or why it failed).
+    /// for. What the server asks meanwhile is answered (`user`, when there is one, answers
+    /// its questions), and a stateless server asked again with the answers. Its result, or
+    /// what the model is told instead (cancelled, or why it failed).
     fn ask(
         &self,
         method: &'static str,
         params: &Value,
         marked: Option<(&str, &Value)>,
         cancel: &Receiver<()>,
+        user: Option<&dyn User>,
+    ) -> Result<Value, Outcome> {
+        let asker = user.map(|user| Asker {
+            server: &self.name,
+            user,
+        });
+        let failed = |e: McpError| Outcome::Done(format!("error: MCP server {} failed: {e}", self.name));
+        let mut params = params.clone();
+        for _ in 0..crate::mcp_input::MAX_ROUNDS {
+            let result = self.ask_once(method, &params, marked, cancel, asker)?;
+            if result["resultType"] != "input_required" {
+                return crate::mcp_era::complete(result).map_err(failed);
+            }
+            // The connection is free while the user thinks: other chats' calls go on.
+            let answers = crate::mcp_input::input_responses(&self.name, &result, &self.workspace, user);
+            params = match answers {
+                Ok(answers) => crate::mcp_input::retried(&params, &result, answers),
+                Err(NoInput::Unanswered(Unanswered::Stopped)) => return Err(Outcome::Cancelled),
+                Err(NoInput::Unanswered(why)) => return Err(failed(McpError::Unanswered(why))),
+                Err(NoInput::Unsupported(what)) => return Err(failed(McpError::NeedsInput(what))),
+            };
+        }
+        Err(Outcome::Done(format!(
+            "error: MCP server {} asked for input {} times in a row; given up",
+            self.name,
+            crate::mcp_input::MAX_ROUNDS
+        )))
+    }
+
+    /// One request of [`Server::ask`]: its result as it came, whatever it says it is.
+    fn ask_once(
+        &self,
+        method: &'static str,
+        params: &Value,
+        marked: Option<(&str, &Value)>,
+        cancel: &Receiver<()>,
+        asker: Option<Asker>,
     ) -> Result<Value, Outcome> {
         let mut conn = self.conn.lock().expect("mcp conn lock");
         for attempt in 0..2 {
@@ -841,10 +967,12 @@ impl Server {
                 .unwrap_or_default();
             let e = match c
                 .link
-                .request(c.era, method, params, marks, self.call_timeout(), cancel)
+                .exchange(c.era, method, params, marks, (self.call_timeout(), cancel), asker)
             {
                 Ok(result) => return Ok(result),
-                Err(McpError::Cancelled) => return Err(Outcome::Cancelled),
+                Err(McpError::Cancelled | McpError::Unanswered(Unanswered::Stopped)) => {
+                    return Err(Outcome::Cancelled)
+                }
                 Err(McpError::SessionEnded) if attempt == 0 => {
                     // The server forgot the session (it restarted, or expired it), so the
                     // call never ran there: a new session runs it.
@@ -913,6 +1041,7 @@ impl Server {
 fn listen_for_changes(c: &StdioConn, prompts: bool) {
     let params = crate::mcp_era::with_meta(
         &json!({"notifications": {"toolsListChanged": true, "promptsListChanged": prompts}}),
+        false,
     );
     let (msg, ended) = c.correlator.start("subscriptions/listen", &params);
     drop(ended);
@@ -921,58 +1050,91 @@ fn listen_for_changes(c: &StdioConn, prompts: bool) {
     }
 }
 
-fn read_loop(
-    name: &str,
-    stdout: std::process::ChildStdout,
-    correlator: &Correlator,
-    stdin: &Mutex<ChildStdin>,
-    alive: &AtomicBool,
-    changed: &Changes,
-) {
-    let mut messages = Messages::new(BufReader::new(stdout));
-    while let Some(decoded) = messages.next_decoded() {
-        let m = match decoded {
-            Ok(m) => m,
-            Err(e @ tether::rpc::DecodeError::TooDeep(_)) => {
-                // Whichever request it answers must not wait for its timeout: a server
-                // that sends such a thing is told of in every call in flight.
-                log::warn!("MCP [{name}]: {e}");
-                correlator.fail_all(&format!("the server sent {e}"));
-                continue;
-            }
-            Err(e) => {
-                log::warn!("MCP [{name}]: {e}");
-                continue;
-            }
-        };
-        match m {
-            Message::Response { id, outcome } => {
-                if !correlator.complete(&id, outcome) {
-                    log::debug!("MCP [{name}]: response to unknown request {id}");
+/// A server process's stdout, read on a thread of its own: responses go to the requests
+/// waiting for them, questions to the call in flight, notifications to what changed.
+struct Reader {
+    name: String,
+    correlator: Arc<Correlator>,
+    stdin: Arc<Mutex<ChildStdin>>,
+    alive: Arc<AtomicBool>,
+    changed: Arc<Changes>,
+    desk: Arc<Desk>,
+    /// The roots the server is told of.
+    workspace: PathBuf,
+}
+
+impl Reader {
+    fn run(self, stdout: std::process::ChildStdout) {
+        let Reader {
+            name,
+            correlator,
+            stdin,
+            alive,
+            changed,
+            desk,
+            workspace,
+        } = self;
+        let name = name.as_str();
+        let mut messages = Messages::new(BufReader::new(stdout));
+        while let Some(decoded) = messages.next_decoded() {
+            let m = match decoded {
+                Ok(m) => m,
+                Err(e @ tether::rpc::DecodeError::TooDeep(_)) => {
+                    // Whichever request it answers must not wait for its timeout: a server
+                    // that sends such a thing is told of in every call in flight.
+                    log::warn!("MCP [{name}]: {e}");
+                    correlator.fail_all(&format!("the server sent {e}"));
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("MCP [{name}]: {e}");
+                    continue;
+                }
+            };
+            match m {
+                Message::Response { id, outcome } => {
+                    if !correlator.complete(&id, outcome) {
+                        log::debug!("MCP [{name}]: response to unknown request {id}");
+                    }
+                }
+                Message::Request { id, method, params } => {
+                    let reply = match crate::mcp_input::answered_alone(&method, &workspace) {
+                        Some(result) => Message::result(id, &result),
+                        None if method == "elicitation/create" => {
+                            let params = params.and_then(|p| serde_json::from_str(p.get()).ok());
+                            let q = Question {
+                                id,
+                                params: params.unwrap_or(Value::Null),
+                            };
+                            match desk.hand(q) {
+                                Ok(()) => continue,
+                                Err(q) => {
+                                    log::info!(
+                                        "MCP [{name}]: a question with no user to ask (answered cancel)"
+                                    );
+                                    Message::result(q.id, &crate::elicit::cancelled())
+                                }
+                            }
+                        }
+                        None => Message::error(
+                            id,
+                            -32601,
+                            format!("method {method} is not supported by aegis-agent"),
+                        ),
+                    };
+                    let mut w = stdin.lock().expect("mcp stdin lock");
+                    let _ = w.write_all(&reply.encode()).and_then(|()| w.flush());
+                }
+                Message::Notification { method, .. } => {
+                    log::debug!("MCP [{name}]: notification {method}");
+                    changed.heard(&method);
                 }
             }
-            Message::Request { id, method, .. } => {
-                let reply = if method == "ping" {
-                    Message::result(id, &json!({}))
-                } else {
-                    Message::error(
-                        id,
-                        -32601,
-                        format!("method {method} is not supported by aegis-agent"),
-                    )
-                };
-                let mut w = stdin.lock().expect("mcp stdin lock");
-                let _ = w.write_all(&reply.encode()).and_then(|()| w.flush());
-            }
-            Message::Notification { method, .. } => {
-                log::debug!("MCP [{name}]: notification {method}");
-                changed.heard(&method);
-            }
         }
+        alive.store(false, Ordering::SeqCst);
+        correlator.fail_all("the MCP server exited");
+        log::info!("MCP [{name}]: server exited");
     }
-    alive.store(false, Ordering::SeqCst);
-    correlator.fail_all("the MCP server exited");
-    log::info!("MCP [{name}]: server exited");
 }
 
 /// Keeps an image a tool returned (base64 data, media type); where, in the workspace.
@@ -1217,8 +1379,15 @@ impl McpServers {
             .collect()
     }
 
-    /// Run `name` if a server offers it; `None` if none does.
-    pub fn call(&self, name: &str, args: &Value, cancel: &Receiver<()>) -> Option<Outcome> {
+    /// Run `name` if a server offers it; `None` if none does. `user`, when there is one,
+    /// answers the server's questions.
+    pub fn call(
+        &self,
+        name: &str,
+        args: &Value,
+        cancel: &Receiver<()>,
+        user: Option<&dyn User>,
+    ) -> Option<Outcome> {
         for s in &self.servers {
             let found = s
                 .tools
@@ -1228,8 +1397,8 @@ impl McpServers {
                 .find(|t| t.spec.name == name)
                 .map(|t| (t.remote.clone(), t.resource));
             match found {
-                Some((_, Some(kind))) => return Some(s.resource_call(kind, args, cancel)),
-                Some((remote, None)) => return Some(s.call(&remote, args, cancel)),
+                Some((_, Some(kind))) => return Some(s.resource_call(kind, args, cancel, user)),
+                Some((remote, None)) => return Some(s.call(&remote, args, cancel, user)),
                 None => {}
             }
         }
@@ -1241,7 +1410,7 @@ impl Server {
     /// Its prompts, listed now: asked for when a message names one, so always the
     /// server's current list.
     fn list_prompts(&self, cancel: &Receiver<()>) -> Result<Vec<Prompt>, Outcome> {
-        self.page_prompts(|params| self.ask("prompts/list", params, None, cancel))
+        self.page_prompts(|params| self.ask("prompts/list", params, None, cancel, None))
     }
 
     /// Its prompts listed on `conn`, which the caller holds, for the command menu; a
@@ -1294,7 +1463,7 @@ impl Server {
             prompt.remote
         );
         let params = json!({"name": prompt.remote, "arguments": given.args});
-        match self.ask("prompts/get", &params, None, cancel) {
+        match self.ask("prompts/get", &params, None, cancel, None) {
             Ok(result) => {
                 let save = |d: &str, t: &str| self.save_image(d, t);
                 let part = |c: &Value| content_text(c, "the prompt", &save);

@@ -40,16 +40,16 @@ pub fn is_modern_error(code: i64) -> bool {
 }
 
 /// `params` with the per-request fields of a modern request in `_meta`: the version, the
-/// client's capabilities (none: the agent answers no sampling, elicitation or roots
-/// requests) and who it is.
-pub fn with_meta(params: &Value) -> Value {
+/// client's capabilities (the roots; questions for the user when `can_ask`, see
+/// [`crate::mcp_input`]) and who it is.
+pub fn with_meta(params: &Value, can_ask: bool) -> Value {
     let mut p = match params {
         Value::Object(_) => params.clone(),
         _ => json!({}),
     };
     let meta = json!({
         "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientCapabilities": crate::mcp_input::capabilities(can_ask),
         "io.modelcontextprotocol/clientInfo": {"name": "aegis-agent", "version": env!("CARGO_PKG_VERSION")},
     });
     match p.get_mut("_meta").and_then(Value::as_object_mut) {
@@ -66,8 +66,8 @@ pub fn with_meta(params: &Value) -> Value {
 
 /// A result as the caller can use it: complete (a server of an earlier revision sends no
 /// `resultType`, which means complete), or an error saying what else it is. A server asking
-/// for input (`input_required`: a form for the user, a model completion) is told no by
-/// the capabilities the agent declares; one that asks anyway gets the model a clear error.
+/// for input (`input_required`) where none can be given (listing its tools, say) gets the
+/// model a clear error; where it can, [`crate::mcp`] answers before it gets here.
 pub fn complete(result: Value) -> Result<Value, McpError> {
     match result.get("resultType").and_then(Value::as_str) {
         None | Some("complete") => Ok(result),
@@ -256,19 +256,25 @@ mod tests {
 
     #[test]
     fn a_modern_request_carries_its_version_and_capabilities() {
-        let p = with_meta(&json!({"name": "echo", "_meta": {"progressToken": 1}}));
+        let p = with_meta(&json!({"name": "echo", "_meta": {"progressToken": 1}}), false);
         assert_eq!(p["name"], "echo");
         assert_eq!(p["_meta"]["io.modelcontextprotocol/protocolVersion"], MODERN);
         assert_eq!(
             p["_meta"]["io.modelcontextprotocol/clientCapabilities"],
-            json!({})
+            json!({"roots": {}})
+        );
+        let asking = with_meta(&json!({}), true);
+        assert_eq!(
+            asking["_meta"]["io.modelcontextprotocol/clientCapabilities"]["elicitation"],
+            json!({"form": {}, "url": {}}),
+            "questions declared where a user can answer"
         );
         assert_eq!(
             p["_meta"]["io.modelcontextprotocol/clientInfo"]["name"],
             "aegis-agent"
         );
         assert_eq!(p["_meta"]["progressToken"], 1, "what was there stays");
-        assert!(with_meta(&Value::Null)["_meta"].is_object());
+        assert!(with_meta(&Value::Null, true)["_meta"].is_object());
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //!
 //! Every message is a `POST` to the server's one endpoint, accepting JSON or an SSE
 //! stream. A request's answer is either one JSON message, or a stream whose events may
-//! carry the server's own requests (`ping`, answered with a `POST` of their own) and
-//! notifications before the answer. A notification is acknowledged with 202.
+//! carry the server's own requests (`ping`, `roots/list`, a question for the user: each
+//! answered with a `POST` of its own) and notifications before the answer. A
+//! notification is acknowledged with 202.
 //!
 //! Duties:
 //! 1. keep the session: the `Mcp-Session-Id` the server gives with its `initialize`
@@ -26,17 +27,19 @@
 //! `${NAME:-default}`), so tokens stay in secrets rather than agent.json ([`expand`]).
 
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, bounded, select, Receiver};
+use crossbeam_channel::{at, bounded, never, select, Receiver};
 use serde_json::{json, Value};
 use tether::cut::{Cut, Lanes};
 use tether::rpc::Message;
 
-use crate::mcp::McpError;
+use crate::mcp::{Asker, McpError};
+use crate::mcp_input::{Desk, Question};
 
 /// Largest answer read, JSON or a whole stream.
 const MAX_ANSWER: u64 = 8 * 1024 * 1024;
@@ -67,18 +70,24 @@ struct Inner {
     modern: AtomicBool,
     /// Set when the server says its tools or prompts changed.
     changed: Arc<crate::mcp::Changes>,
+    /// Where a stream's reader leaves the server's questions for the request waiting.
+    desk: Desk,
+    /// The roots the server is told of.
+    workspace: PathBuf,
 }
 
 impl HttpConn {
     /// A connection to `url` with `headers`; `longest` bounds any one exchange (a call's
-    /// timeout), after which its thread gives up even when no one waits for it;
-    /// `changed` says what the server said changed (its tools, its prompts).
+    /// timeout, and the user's time to answer a question), after which its thread gives
+    /// up even when no one waits for it; `changed` says what the server said changed (its
+    /// tools, its prompts); `workspace` is the root it is told of.
     pub fn new(
         name: &str,
         url: &str,
         headers: Vec<(String, String)>,
         longest: Duration,
         changed: Arc<crate::mcp::Changes>,
+        workspace: PathBuf,
     ) -> HttpConn {
         HttpConn {
             inner: Arc::new(Inner {
@@ -92,6 +101,8 @@ impl HttpConn {
                 alive: AtomicBool::new(true),
                 modern: AtomicBool::new(false),
                 changed,
+                desk: Desk::default(),
+                workspace,
             }),
         }
     }
@@ -116,16 +127,24 @@ impl HttpConn {
     }
 
     /// Send request `method` (with `headers` too) and wait for its answer, at most
-    /// `timeout`, or until `cancel`.
+    /// `timeout` (the time `asker`'s user takes to answer a question of the server's
+    /// aside), or until `cancel`.
     pub fn request(
         &self,
         method: &'static str,
         params: &Value,
         headers: Vec<(String, String)>,
-        timeout: Duration,
-        cancel: &Receiver<()>,
+        (timeout, cancel): (Duration, &Receiver<()>),
+        asker: Option<Asker>,
     ) -> Result<Value, McpError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (open, questions) = match asker {
+            Some(_) => {
+                let (open, q) = self.inner.desk.open();
+                (Some(open), q)
+            }
+            None => (None, never()),
+        };
         let mut headers = headers;
         if self.inner.modern.load(Ordering::SeqCst) {
             headers.push(("mcp-method".into(), method.into()));
@@ -159,17 +178,34 @@ impl HttpConn {
             }
             cut.fire();
         };
-        select! {
-            recv(rx) -> r => r.unwrap_or(Err(McpError::Gone)),
-            recv(cancel) -> _ => {
-                give_up("the user stopped the reply");
-                Err(McpError::Cancelled)
+        let mut deadline = Instant::now() + timeout;
+        let result = loop {
+            select! {
+                recv(rx) -> r => break r.unwrap_or(Err(McpError::Gone)),
+                recv(questions) -> q => {
+                    let (Ok(q), Some(asker)) = (q, asker) else { continue };
+                    let asked_at = Instant::now();
+                    let answer = asker.put(&q);
+                    // The user's time is not the server's.
+                    deadline += asked_at.elapsed();
+                    self.inner.reply(q.id, answer.as_ref().unwrap_or(&crate::elicit::cancelled()));
+                    if let Err(e) = answer {
+                        give_up("the user did not answer");
+                        break Err(e);
+                    }
+                }
+                recv(cancel) -> _ => {
+                    give_up("the user stopped the reply");
+                    break Err(McpError::Cancelled);
+                }
+                recv(at(deadline)) -> _ => {
+                    give_up("timed out");
+                    break Err(McpError::Timeout(method, timeout));
+                }
             }
-            recv(after(timeout)) -> _ => {
-                give_up("timed out");
-                Err(McpError::Timeout(method, timeout))
-            }
-        }
+        };
+        drop(open);
+        result
     }
 
     /// Send notification `method`.
@@ -360,8 +396,10 @@ impl Inner {
                         log::debug!("MCP [{}]: response to unknown request {got}", self.name)
                     }
                     Message::Request {
-                        id: asked, method, ..
-                    } => self.answer(asked, &method),
+                        id: asked,
+                        method,
+                        params,
+                    } => self.answer(asked, &method, params),
                     Message::Notification { method, .. } => {
                         log::debug!("MCP [{}]: notification {method}", self.name);
                         self.changed.heard(&method);
@@ -371,16 +409,39 @@ impl Inner {
         }
     }
 
-    /// Answer the server's request: `ping`; nothing else is offered.
-    fn answer(&self, id: Value, method: &str) {
-        let reply = if method == "ping" {
-            json!({"jsonrpc": "2.0", "id": id, "result": {}})
-        } else {
-            let message = format!("method {method} is not supported by aegis-agent");
-            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": message}})
-        };
-        if let Err(e) = self.post_expecting_nothing(&reply.to_string()) {
+    /// Answer the server's request: `ping`, the roots; a question goes to the request
+    /// waiting (`cancel` when there is none); nothing else is offered.
+    fn answer(&self, id: Value, method: &str, params: Option<Box<serde_json::value::RawValue>>) {
+        if let Some(result) = crate::mcp_input::answered_alone(method, &self.workspace) {
+            return self.reply(id, &result);
+        }
+        if method == "elicitation/create" {
+            let params = params.and_then(|p| serde_json::from_str(p.get()).ok());
+            let q = Question {
+                id,
+                params: params.unwrap_or(Value::Null),
+            };
+            if let Err(q) = self.desk.hand(q) {
+                log::info!(
+                    "MCP [{}]: a question with no user to ask (answered cancel)",
+                    self.name
+                );
+                self.reply(q.id, &crate::elicit::cancelled());
+            }
+            return;
+        }
+        let message = format!("method {method} is not supported by aegis-agent");
+        let refusal = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": message}});
+        if let Err(e) = self.post_expecting_nothing(&refusal.to_string()) {
             log::debug!("MCP [{}]: answering {method} failed: {e}", self.name);
+        }
+    }
+
+    /// Send `result` as the answer to the server's request `id`.
+    fn reply(&self, id: Value, result: &Value) {
+        let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
+        if let Err(e) = self.post_expecting_nothing(&reply.to_string()) {
+            log::debug!("MCP [{}]: answering its request failed: {e}", self.name);
         }
     }
 

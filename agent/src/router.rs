@@ -1,7 +1,8 @@
 //! The router: one thread that receives every ingress frame, acknowledges it, and hands
 //! it to the worker of its session (starting one if needed), so sessions run in
 //! parallel while each session's messages are answered in order. Cancels bypass the
-//! queue and go straight to the reply in flight.
+//! queue and go straight to the reply in flight, as does the answer to a question that
+//! reply put to the user ([`crate::asking`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -57,6 +58,14 @@ fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shar
             });
             ack.msg_id = frame.msg_id.clone();
             let _ = shared.egress.send(ack);
+            // The answer to a question the reply in flight put to this user.
+            let frame = match workers.get(&session) {
+                Some(w) => match w.state.hand_answer(frame) {
+                    None => return,
+                    Some(frame) => frame,
+                },
+                None => frame,
+            };
             if !workers.contains_key(&session) {
                 match spawn(shared) {
                     Ok(w) => {

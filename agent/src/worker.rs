@@ -9,7 +9,8 @@
 //! with `assistant.done` carrying all the text the user saw. A cancel (delivered on a
 //! channel installed for the reply in flight) stops the stream or the tool at once; the
 //! partial reply is kept, marked cancelled. While the reply runs, the worker holds a
-//! share of the keepalive lease.
+//! share of the keepalive lease. A tool's server may ask the user something mid-way: the
+//! reply then moves on to the answer's message ([`crate::asking`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use tether::frame::{kind, ErrorPayload, Presence, UserMessage};
 use tether::{Frame, Session};
 
+use crate::asking::ChatAsker;
 use crate::context::{context, stamped, Budget};
 use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
@@ -79,11 +81,22 @@ pub struct InFlight {
     pub cancel: Sender<()>,
 }
 
+/// A question put to the user, waiting for their next message.
+#[derive(Debug)]
+pub struct Waiting {
+    /// Whose message answers (`None`: anyone's).
+    pub user: Option<String>,
+    /// Where the router hands the answer.
+    pub answer: Sender<Frame>,
+}
+
 /// State shared by the router and one session's worker.
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// The reply being streamed, if any.
     pub inflight: Mutex<Option<InFlight>>,
+    /// The question a reply waits on the answer to, if any.
+    pub waiting: Mutex<Option<Waiting>>,
     /// Queued messages cancelled before they started.
     pub skip: Mutex<HashSet<String>>,
     /// Messages queued or being handled; the router retires a worker only at zero.
@@ -147,7 +160,13 @@ fn send_reasoning_done(shared: &Shared, session: &Session, msg_id: &Option<Strin
 
 /// The `assistant.done` of a reply, with the images, files and voice messages tools
 /// attached to it.
-fn send_done(shared: &Shared, session: &Session, msg_id: &Option<String>, text: &str, attached: Attachments) {
+pub fn send_done(
+    shared: &Shared,
+    session: &Session,
+    msg_id: &Option<String>,
+    text: &str,
+    attached: Attachments,
+) {
     if attached.is_empty() {
         return send_text(shared, kind::ASSISTANT_DONE, session, msg_id, text);
     }
@@ -217,6 +236,9 @@ enum Ending {
     RoundLimit(String),
     /// `self_restart` was called: the reply ends after its tools, then the agent restarts.
     Restart(String),
+    /// A question to the user went unanswered: its message ended what was shown, and
+    /// there is no message to answer any more.
+    Unanswered,
 }
 
 /// How one model call ended.
@@ -361,7 +383,6 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         return;
     };
 
-    let mut attached = Attachments::default();
     let recap = shared.recaps.prompt(&shared.sessions.path(session));
     // The skills' list and the servers' word on their tools close the fixed part: the same
     // from one reply to the next (until a skill comes or goes), so the prompt cache still
@@ -388,12 +409,19 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let notes = notes.join("\n\n");
     // The skills were just looked at: the chat's menu follows them.
     send_menu(shared, out, &msg_id);
+    let asker = ChatAsker::new(
+        shared,
+        state,
+        out,
+        (msg_id.clone(), msg.user.as_ref().and_then(|u| u.id.clone())),
+        &cancel_rx,
+    );
     let r = ReplyCtx {
         shared,
         session,
         out,
         here: &here,
-        msg_id: &msg_id,
+        asker: &asker,
         prompt: crate::llm::Prompt {
             fixed: &fixed,
             recap: &recap,
@@ -404,8 +432,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         },
     };
     let mut used = crate::usage::Totals::default();
-    let ending = rounds(llm, r, history, &cancel_rx, &mut attached, &mut used);
+    let ending = rounds(llm, r, history, &cancel_rx, &mut used);
     drop(inflight);
+    // A question may have moved the reply to the answer's message.
+    let msg_id = asker.msg_id();
+    let attached = asker.take_attachments();
     if used.requests > 0 {
         log::info!(
             "reply for {}/{}: {} model request{}, {}",
@@ -455,6 +486,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             };
             send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &done);
         }
+        Ending::Unanswered => log::info!(
+            "reply for {}/{} ended with a question unanswered",
+            session.channel,
+            session.id
+        ),
     }
     shared.recaps.after_reply(
         llm,
@@ -487,7 +523,7 @@ impl Drop for InFlightGuard<'_> {
 /// The message's text with its recordings written down (`transcribe.rs`), on a thread of
 /// its own so a cancel ends the wait at once; `None` when cancelled (the request runs out
 /// on its thread, bounded by its timeout, and its answer is dropped).
-fn written_down(
+pub fn written_down(
     shared: &Shared,
     out: &Session,
     msg_id: &Option<String>,
@@ -594,7 +630,8 @@ struct ReplyCtx<'a> {
     out: &'a Session,
     /// Where memories are kept and recalled: the chat, and who wrote the message.
     here: &'a crate::memory::Here,
-    msg_id: &'a Option<String>,
+    /// The message answered (a question moves it on), and the user the tools may ask.
+    asker: &'a ChatAsker<'a>,
     prompt: crate::llm::Prompt<'a>,
 }
 
@@ -604,7 +641,6 @@ fn rounds(
     r: ReplyCtx,
     history: &mut Vec<Turn>,
     cancel: &Receiver<()>,
-    attached: &mut Attachments,
     used: &mut crate::usage::Totals,
 ) -> Ending {
     let ReplyCtx {
@@ -612,14 +648,17 @@ fn rounds(
         session,
         out,
         here,
-        msg_id,
+        asker,
         prompt,
     } = r;
+    // A scheduled task's run has nobody to ask: its chat's messages are another session's.
+    let user: Option<&dyn crate::elicit::User> = (session == out).then_some(asker);
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for round in 0..shared.max_rounds {
         // Asked each round: a tool may have made an MCP server change its tools.
         let specs: Vec<ToolSpec> = shared.tools.specs();
+        let msg_id = &asker.msg_id();
         let round_start = shown.len();
         let mut text = String::new();
         // A reasoning model's thoughts are streaming; they end where the text begins.
@@ -724,7 +763,7 @@ fn rounds(
             send_presence(
                 shared,
                 out,
-                msg_id,
+                &asker.msg_id(),
                 &Presence::state(format!("tool: {}", call.name)),
             );
             let started = std::time::Instant::now();
@@ -734,17 +773,27 @@ fn rounds(
                 here,
                 attachments: Attachments::default(),
                 restart: false,
+                user,
             };
+            asker.set_shown(&shown);
             let outcome = shared.tools.run(call, &mut ctx);
-            attached.append(&mut ctx.attachments);
+            asker.attach(std::mem::take(&mut ctx.attachments));
             restart |= ctx.restart;
-            let result = match outcome {
+            let mut result = match outcome {
                 Outcome::Done(r) => r,
                 Outcome::Cancelled => {
                     cancelled = true;
                     CALL_CANCELLED.to_string()
                 }
             };
+            if let Some(heard) = asker.take_moved() {
+                // The user's answer began a new message: what it shows starts there.
+                shown.clear();
+                result = format!("{}\n\n{result}", heard.join("\n\n"));
+            }
+            if asker.ended() {
+                cancelled = true;
+            }
             log::info!(
                 "{}/{}: tool {} took {:?}, {} bytes of result",
                 session.channel,
@@ -755,13 +804,16 @@ fn rounds(
             );
             persist(shared, session, history, Turn::tool_result(&call.id, result));
         }
+        if asker.ended() {
+            return Ending::Unanswered;
+        }
         if cancelled {
             return Ending::Cancelled(shown);
         }
         if restart {
             return Ending::Restart(shown);
         }
-        send_presence(shared, out, msg_id, &Presence::state("thinking"));
+        send_presence(shared, out, &asker.msg_id(), &Presence::state("thinking"));
     }
     Ending::RoundLimit(shown)
 }

@@ -598,7 +598,9 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
             "fake_pid",
             "fake_env",
             "fake_screenshot",
-            "fake_grow"
+            "fake_grow",
+            "fake_ask",
+            "fake_ask_url"
         ],
         "every page"
     );
@@ -764,8 +766,7 @@ fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
 /// not get the agent's own keys (as `bash` does not), only what its entry gives it.
 /// A server of the stateless revision (2026-07-28) as a process: it refuses the handshake,
 /// so the agent asks it `server/discover`, sends every request with the version and its
-/// capabilities, subscribes to tool changes and hears of them; a tool asking for input
-/// the agent cannot give is a clear error.
+/// capabilities, subscribes to tool changes and hears of them.
 #[test]
 fn a_modern_mcp_process_is_spoken_to_without_a_handshake() {
     let ws = TempDir::new("tools-mcp-modern");
@@ -779,7 +780,6 @@ fn a_modern_mcp_process_is_spoken_to_without_a_handshake() {
         round(&[
             ("c1", "next_echo", r#"{"text": "ping"}"#),
             ("c2", "next_grow", ""),
-            ("c3", "next_ask", ""),
         ]),
         round(&[("c4", "next_extra", "")]),
         Reply::sse(openai_sse(&["done"])),
@@ -791,10 +791,6 @@ fn a_modern_mcp_process_is_spoken_to_without_a_handshake() {
     assert!(offered_tools(&reqs[0]).contains(&"next_ask".to_string()));
     let r = tool_results(&reqs[1]);
     assert_eq!((r[0].1.as_str(), r[1].1.as_str()), ("ping", "grown"));
-    assert_eq!(
-        r[2].1,
-        "error: MCP server next failed: the server asks for input the agent cannot give (elicitation/create: Which account?)"
-    );
     assert!(
         offered_tools(&reqs[1]).contains(&"next_extra".to_string()),
         "listed again after the subscription's notice"
@@ -855,7 +851,6 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
             ("c1", "svc_echo", r#"{"text": "hi"}"#),
             ("c2", "svc_weather", r#"{"region": "eu-west-1", "city": "Paris"}"#),
             ("c3", "svc_m_t_o", "{}"),
-            ("c4", "svc_ask", "{}"),
         ]),
         round(&[("c5", "svc_hang", "{}")]),
         round(&[
@@ -893,13 +888,8 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
     assert_eq!(r[0], "hi");
     assert_eq!(r[1], "sunny in Paris (header eu-west-1)");
     assert_eq!(r[2], "ensoleillé");
-    assert!(
-        r[3].contains("asks for input the agent cannot give (elicitation/create: Which account?)"),
-        "{}",
-        r[3]
-    );
     assert_eq!(
-        r[4],
+        r[3],
         "error: MCP server svc failed: no answer to tools/call within 1 s"
     );
     // At once, while the server sends nothing: not at the exchange's own time limit,
@@ -908,8 +898,8 @@ fn a_modern_remote_mcp_server_gets_the_stateless_revisions_headers() {
         remote.hang_closed(T).is_some_and(|at| at <= done_at),
         "the hung call's stream was closed when the call was given up on"
     );
-    assert_eq!(r[5], "reshaped");
-    assert_eq!(r[6], "sunny in Paris (header =?base64?w45sZS1kZS1GcmFuY2U=?=)");
+    assert_eq!(r[4], "reshaped");
+    assert_eq!(r[5], "sunny in Paris (header =?base64?w45sZS1kZS1GcmFuY2U=?=)");
 
     let seen = remote.seen();
     let methods: Vec<&str> = seen.iter().map(|s| s.what.as_str()).collect();
@@ -1664,6 +1654,7 @@ fn a_remote_mcp_server_keeps_its_session_and_gets_a_new_one_when_it_forgets() {
             "remote_echo",
             "remote_add",
             "remote_ask_ping",
+            "remote_ask_user",
             "remote_hang",
             "remote_cut",
             "remote_grow"
@@ -2889,4 +2880,207 @@ fn bash_sees_none_of_the_agents_model_keys() {
     assert_eq!(done_text(&a.reply()), "Done.");
     let results = tool_results(&llm.requests()[1]);
     assert_eq!(results[0].1, "[][][][][visible]\nexit status: 0");
+}
+
+/// A message in group chat `chat` from user `who`.
+fn from(chat: &str, who: &str, text: &str, msg_id: &str) -> Frame {
+    let user = tether::frame::User {
+        id: Some(who.into()),
+        ..Default::default()
+    };
+    Frame::user_message(Session::new("telegram", chat), text, Some(user)).with_msg_id(msg_id)
+}
+
+/// The `assistant.done` texts of `frames`, with the message each answers.
+fn dones(frames: &[Frame]) -> Vec<(String, String)> {
+    frames
+        .iter()
+        .filter(|f| f.kind == kind::ASSISTANT_DONE)
+        .map(|f| {
+            (
+                f.msg_id.clone().unwrap_or_default(),
+                f.text_payload().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// MCP servers ask the user mid-call (elicitation), in all four ways a server can: a
+/// process of 2025-06-18 and one at a URL send `elicitation/create` while the call is
+/// open; one of 2026-07-28, as a process and at a URL, answers `input_required` and is
+/// asked again with the answer and its state. The question ends the reply so far (its
+/// text first); the same user's next message answers it, another member's waits its turn;
+/// an answer that does not fit is asked again, saying why; `/decline` declines; the reply
+/// goes on as the answer's; the model sees what was asked and answered; answers are not
+/// turns of the conversation; the time the user takes does not count against the call's
+/// timeout. Every server is told the workspace as its root. `/stop`
+/// during a question ends the call (the server hears the cancel) and the reply, with
+/// nothing more sent.
+#[test]
+fn mcp_servers_ask_the_user_in_the_chat() {
+    use aegis_e2e::mcp_modern::{FakeMcpModern, Speaks};
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start(None);
+    let svc = FakeMcpModern::start(Speaks::default());
+    let ws = TempDir::new("tools-mcp-elicit");
+    let log = ws.join("old.log");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {
+            "old": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_LOG": log}, "timeout_secs": 1},
+            "next": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_ERA": "modern"}},
+            "remote": {"url": remote.url(), "timeout_secs": 1},
+            "svc": {"url": svc.url()},
+        }}),
+    );
+    let round = |text: &str, calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse(text, calls, 3));
+    let llm = FakeLlm::scripted(vec![
+        round("Let me check.", &[("c1", "old_ask", "{}")]),
+        round("", &[("c2", "next_ask", "{}")]),
+        round("", &[("c3", "remote_ask_user", "{}")]),
+        round("Last one.", &[("c4", "svc_ask", "{}")]),
+        Reply::sse(openai_sse(&["all set"])),
+        Reply::sse(openai_sse(&["hello u2"])),
+        round("", &[("c5", "old_ask", "{}"), ("c6", "old_pid", "{}")]),
+        Reply::sse(openai_sse(&["fine"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    let chat = "-100";
+    a.send(&from(chat, "u1", "connect my accounts", "m1"));
+    let q1 = dones(&a.reply());
+    assert_eq!(q1.len(), 1);
+    assert_eq!(q1[0].0, "m1");
+    assert_eq!(
+        q1[0].1,
+        "Let me check.\n\n❓ The MCP server “old” asks: Which account?\n\n\
+         • `account`: Your login (text, required)\n\
+         • `plan` (one of free, pro, if left out: free)\n\n\
+         Answer one per line as `name: value` (or the values in this order, one per line); \
+         leave out what you do not want to give. /decline to refuse."
+    );
+    // Another member's message is not the answer: it waits for the reply to end. The
+    // user takes longer than the call's timeout: their time is not the server's.
+    a.send(&from(chat, "u2", "hi all", "m2"));
+    std::thread::sleep(Duration::from_millis(1200));
+    a.send(&from(chat, "u1", "plan: enterprise\naccount: octocat", "m3"));
+    let q2 = dones(&a.reply());
+    assert_eq!(q2[0].0, "m3", "asked again as the bad answer's reply");
+    assert!(
+        q2[0]
+            .1
+            .starts_with("⚠️ `plan`: “enterprise” is not one of free, pro.\n\n❓ The MCP server “old” asks"),
+        "{}",
+        q2[0].1
+    );
+    a.send(&from(chat, "u1", "account: octocat\nplan: pro", "m4"));
+    let q3 = a.reply();
+    assert!(
+        presences(&q3).contains(&"tool: next_ask".to_string()),
+        "the reply goes on as the answer's: {:?}",
+        kinds(&q3)
+    );
+    let q3 = dones(&q3);
+    assert_eq!(q3[0].0, "m4");
+    assert!(
+        q3[0]
+            .1
+            .starts_with("❓ The MCP server “next” asks: Which account?"),
+        "{}",
+        q3[0].1
+    );
+    a.send(&from(chat, "u1", "ada", "m5"));
+    let q4 = dones(&a.reply());
+    assert!(
+        q4[0]
+            .1
+            .starts_with("❓ The MCP server “remote” asks: Which account?"),
+        "{}",
+        q4[0].1
+    );
+    std::thread::sleep(Duration::from_millis(1200));
+    a.send(&from(chat, "u1", "/decline", "m6"));
+    let q5 = dones(&a.reply());
+    assert_eq!(
+        q5[0].1,
+        "Last one.\n\n❓ The MCP server “svc” asks: Which account?\n\n`account` (text, required)\n\n\
+         Answer with the value. /decline to refuse."
+    );
+    a.send(&from(chat, "u1", "grace", "m7"));
+    assert_eq!(dones(&a.reply()), [("m7".to_string(), "all set".to_string())]);
+    assert_eq!(dones(&a.reply()), [("m2".to_string(), "hello u2".to_string())]);
+
+    let reqs = llm.requests();
+    let root = format!("file://{}", ws.path().display());
+    let results: Vec<String> = tool_results(&reqs[4]).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        results,
+        [
+            format!(
+                "[asked in the chat: ❓ The MCP server “old” asks: Which account? The user answered: “plan: enterprise\naccount: octocat”]\n\n\
+                 [asked in the chat: ❓ The MCP server “old” asks: Which account? The user answered: “account: octocat\nplan: pro”]\n\n\
+                 account octocat, plan pro; roots {root}"
+            ),
+            format!(
+                "[asked in the chat: ❓ The MCP server “next” asks: Which account? The user answered: “ada”]\n\n\
+                 account ada, plan free; roots {root}"
+            ),
+            format!(
+                "[asked in the chat: ❓ The MCP server “remote” asks: Which account? The user answered: “/decline”]\n\n\
+                 decline; roots {root}"
+            ),
+            "[asked in the chat: ❓ The MCP server “svc” asks: Which account? The user answered: “grace”]\n\n\
+             accept grace"
+                .to_string(),
+        ]
+    );
+    // The answers are the tools' business, not turns of the conversation.
+    let users: Vec<String> = session_lines(&ws, chat)
+        .iter()
+        .filter(|l| l["role"] == "user" && l["msg_id"].is_string())
+        .map(|l| l["msg_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(users, ["m1", "m2"]);
+
+    // `/stop` while a question waits: the call is cancelled at the server, the reply ends
+    // with the question, and the next message finds the call's end in the conversation.
+    a.send(&from(chat, "u1", "once more", "m8"));
+    let q6 = dones(&a.reply());
+    assert_eq!(q6[0].0, "m8");
+    a.send(
+        &Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", chat)))
+            .with_payload(&Cancel::default()),
+    );
+    let deadline = Instant::now() + T;
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("notifications/cancelled")
+    {
+        assert!(Instant::now() < deadline, "the server never heard of the cancel");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.send(&from(chat, "u1", "ok?", "m9"));
+    let after = a.reply();
+    assert_eq!(dones(&after), [("m9".to_string(), "fine".to_string())]);
+    assert!(
+        after.iter().all(|f| f.msg_id.as_deref() != Some("m8")),
+        "nothing more for the question's message: {:?}",
+        kinds(&after)
+    );
+    let last: Vec<String> = tool_results(&llm.requests()[7])
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(
+        &last[last.len() - 2..],
+        [
+            "error: cancelled by the user before the tool finished",
+            "error: cancelled by the user before the tool finished"
+        ],
+        "the call and the one after it"
+    );
+    let init = std::fs::read_to_string(&log).unwrap();
+    let init: Value = serde_json::from_str(init.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        init["params"]["capabilities"],
+        json!({"roots": {}, "elicitation": {}})
+    );
 }

@@ -10,7 +10,9 @@
 //!
 //! Tools: `echo {text}` (answered in an SSE stream, after a log notification), `add {a, b}`
 //! (answered as plain JSON), `ask_ping` (the server pings the client on the stream and
-//! says whether the answer came), `hang` (a stream that never answers), `cut` (a stream
+//! says whether the answer came), `ask_user` (the server asks the client its roots and
+//! the user for an account on the stream, as `fake-mcp`'s `ask`, and answers what came
+//! back within a minute), `hang` (a stream that never answers), `cut` (a stream
 //! cut before the answer), `grow` (adds the tool `extra`, saying so on the stream with
 //! `notifications/tools/list_changed` before the answer).
 
@@ -49,6 +51,8 @@ struct State {
     next_session: u32,
     /// Ids of the client's answers to our pings.
     pongs: HashSet<String>,
+    /// The client's answers to our requests, by id.
+    answers: std::collections::HashMap<String, Value>,
     /// `grow` was called: `extra` is listed.
     grown: bool,
     /// A first request of any method opens a session.
@@ -71,10 +75,11 @@ pub struct FakeMcpHttp {
     state: Arc<(Mutex<State>, Condvar)>,
 }
 
-const TOOLS: [(&str, &str); 6] = [
+const TOOLS: [(&str, &str); 7] = [
     ("echo", "Echo the text back"),
     ("add", "Add two numbers"),
     ("ask_ping", "Pings the client first"),
+    ("ask_user", "Asks the user first"),
     ("hang", "Never answers"),
     ("cut", "Cuts the stream"),
     ("grow", "Adds a tool"),
@@ -154,6 +159,7 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
         if what == "response" {
             if let Some(id) = body["id"].as_str() {
                 st.pongs.insert(id.to_string());
+                st.answers.insert(id.to_string(), body["result"].clone());
             }
         }
         cvar.notify_all();
@@ -311,6 +317,43 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
                     };
                     drop(st);
                     s.chunk(&sse_event(&answer(text(said.to_string()))));
+                    s.finish();
+                }
+                "ask_user" => {
+                    let mut s = resp.start_chunked_with(200, &headers);
+                    let (roots_id, ask_id) = (format!("srv-roots-{id}"), format!("srv-ask-{id}"));
+                    s.chunk(&sse_event(
+                        &json!({"jsonrpc": "2.0", "id": roots_id, "method": "roots/list"}),
+                    ));
+                    s.chunk(&sse_event(&json!({"jsonrpc": "2.0", "id": ask_id,
+                        "method": "elicitation/create", "params": {"message": "Which account?",
+                            "requestedSchema": {"type": "object", "properties": {
+                                "account": {"type": "string"},
+                                "plan": {"type": "string", "enum": ["free", "pro"], "default": "free"}},
+                            "required": ["account"]}}})));
+                    let (lock, cvar) = state;
+                    let st = lock.lock().unwrap();
+                    let (st, _) = cvar
+                        .wait_timeout_while(st, Duration::from_secs(60), |st| {
+                            !(st.answers.contains_key(&ask_id) && st.answers.contains_key(&roots_id))
+                        })
+                        .unwrap();
+                    let (user, roots) = (
+                        st.answers.get(&ask_id).cloned().unwrap_or_default(),
+                        st.answers.get(&roots_id).cloned().unwrap_or_default(),
+                    );
+                    drop(st);
+                    let said = match user["action"].as_str() {
+                        Some("accept") => format!(
+                            "account {}, plan {}",
+                            user["content"]["account"].as_str().unwrap_or("?"),
+                            user["content"]["plan"].as_str().unwrap_or("?")
+                        ),
+                        Some(other) => other.to_string(),
+                        None => "no answer".to_string(),
+                    };
+                    let roots = roots["roots"][0]["uri"].as_str().unwrap_or("none").to_string();
+                    s.chunk(&sse_event(&answer(text(format!("{said}; roots {roots}")))));
                     s.finish();
                 }
                 "hang" => {

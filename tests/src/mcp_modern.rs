@@ -330,12 +330,29 @@ fn handle(state: &(Mutex<State>, Condvar), speaks: &Speaks, req: Request, resp: 
                     state.0.lock().unwrap().reshaped = true;
                     resp.json(200, &complete(text("reshaped".into())));
                 }
-                "ask" => resp.json(
-                    200,
-                    &json!({"jsonrpc": "2.0", "id": id, "result": {"resultType": "input_required",
-                    "inputRequests": {"who": {"method": "elicitation/create", "params": {"mode": "form",
-                        "message": "Which account?", "requestedSchema": {"type": "object"}}}}}}),
-                ),
+                // Multi round-trip: asks the user, then answers what the retry carries,
+                // which must echo the state it was given.
+                "ask" => match &body["params"]["inputResponses"]["who"] {
+                    Value::Null => resp.json(
+                        200,
+                        &json!({"jsonrpc": "2.0", "id": id, "result": {"resultType": "input_required",
+                        "requestState": "st-1",
+                        "inputRequests": {"who": {"method": "elicitation/create", "params": {"mode": "form",
+                            "message": "Which account?", "requestedSchema": {"type": "object",
+                            "properties": {"account": {"type": "string"}}, "required": ["account"]}}}}}}),
+                    ),
+                    _ if body["params"]["requestState"] != "st-1" => {
+                        error(resp, 200, &id, -32602, "requestState missing or altered", None)
+                    }
+                    who => resp.json(
+                        200,
+                        &complete(text(format!(
+                            "{} {}",
+                            who["action"].as_str().unwrap_or("?"),
+                            who["content"]["account"].as_str().unwrap_or("-")
+                        ))),
+                    ),
+                },
                 "hang" => {
                     // Silent, as a server is while it works: the client's close is all
                     // that can tell it the call was given up on.

@@ -497,6 +497,8 @@ pub struct CallContext<'a> {
     pub attachments: Attachments,
     /// `self_restart` was called: the agent restarts once the reply is done.
     pub restart: bool,
+    /// Who answers an MCP server's questions during the call (a chat's user), if anyone.
+    pub user: Option<&'a dyn crate::elicit::User>,
 }
 
 impl std::fmt::Debug for Toolbox {
@@ -764,7 +766,7 @@ impl Toolbox {
             ));
         }
         let Some(builtin) = self.builtins.iter().find(|b| b.name() == call.name) else {
-            return match self.mcp.call(&call.name, args, cancel) {
+            return match self.mcp.call(&call.name, args, cancel, ctx.user) {
                 Some(outcome) => outcome,
                 None => Outcome::Done(format!("error: unknown tool {:?}", call.name)),
             };

@@ -32,8 +32,14 @@
 //! (another version: `-32022` listing the supported ones) and `clientCapabilities` (else
 //! `-32602`); `server/discover` answers; results carry `resultType`, `tools/list` its
 //! `ttlMs` and `cacheScope`; change notifications go only to a `subscriptions/listen`
-//! subscription, acknowledged first and tagged with its id; `ask` answers
-//! `input_required` (an elicitation).
+//! subscription, acknowledged first and tagged with its id.
+//!
+//! `ask` asks the user [`ASK_FORM`] (an account, and a plan with a default) and the client
+//! its roots, and answers what came back (`account A, plan P`, `declined`, `cancelled`,
+//! then `; roots URI`). In 2025-06-18 it sends `roots/list` and `elicitation/create`
+//! requests of its own while the call is open (refused when the client did not declare
+//! `elicitation` in `initialize`); in 2026-07-28 it answers `input_required` with both and
+//! a `requestState`, which the retry must echo. `ask_url` asks the user to open a page.
 
 use std::io::{BufRead, Write};
 
@@ -49,9 +55,40 @@ const TOOLS: &[(&str, &str)] = &[
     ("env", "An environment variable of the server"),
     ("screenshot", "A picture of the screen"),
     ("grow", "Adds a tool"),
-    ("ask", "Asks the user first (2026-07-28 only)"),
+    ("ask", "Asks the user first"),
+    ("ask_url", "Asks the user to open a page"),
 ];
 const EXTRA: (&str, &str) = ("extra", "Added by grow");
+
+/// The form `ask` puts to the user.
+fn ask_form() -> Value {
+    json!({"mode": "form", "message": "Which account?", "requestedSchema": {"type": "object",
+        "properties": {"account": {"type": "string", "description": "Your login"},
+            "plan": {"type": "string", "enum": ["free", "pro"], "default": "free"}},
+        "required": ["account"]}})
+}
+
+/// What `ask` answers, given the user's `ElicitResult` and the client's roots.
+fn asked(answer: &Value, roots: &Value) -> Value {
+    let said = match answer["action"].as_str() {
+        Some("accept") if answer["content"].is_object() => format!(
+            "account {}, plan {}",
+            answer["content"]["account"].as_str().unwrap_or("?"),
+            answer["content"]["plan"].as_str().unwrap_or("?")
+        ),
+        Some("accept") => "accepted".to_string(),
+        Some("decline") => "declined".to_string(),
+        Some("cancel") => "cancelled".to_string(),
+        _ => format!("unexpected answer {answer}"),
+    };
+    text(
+        &format!(
+            "{said}; roots {}",
+            roots["roots"][0]["uri"].as_str().unwrap_or("none")
+        ),
+        false,
+    )
+}
 
 fn main() {
     let log_path = std::env::var("FAKE_MCP_LOG").ok();
@@ -68,6 +105,11 @@ fn main() {
     // it asked for prompt changes too.
     let mut subscription: Option<Value> = None;
     let mut prompt_changes = false;
+    // 2025-06-18: the client's capabilities, the `ask` call waiting for the user's answer,
+    // and the roots the client gave.
+    let mut client_caps = json!({});
+    let mut asking: Option<Value> = None;
+    let mut roots = Value::Null;
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         if let Some(p) = &log_path {
@@ -83,6 +125,27 @@ fn main() {
             continue;
         };
         let method = msg["method"].as_str().unwrap_or("");
+        if msg.get("method").is_none() && msg.get("id").is_some() {
+            // The client's answer to a request of ours.
+            match msg["id"].as_str() {
+                Some("roots-1") => roots = msg["result"].clone(),
+                Some("ask-1") => {
+                    if let Some(call) = asking.take() {
+                        let answer = match msg.get("error") {
+                            Some(e) => text(&format!("the client refused: {e}"), true),
+                            None => asked(&msg["result"], &roots),
+                        };
+                        reply(&mut out, json!({"jsonrpc": "2.0", "id": call, "result": answer}));
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if method == "notifications/cancelled" && asking.is_some() {
+            asking = None;
+            continue;
+        }
         let id = msg.get("id").cloned();
         let Some(id) = id else {
             if method == "notifications/initialized" {
@@ -131,6 +194,7 @@ fn main() {
             }
             "ping" if modern => Err((-32601, "method not found")),
             "initialize" => {
+                client_caps = msg["params"]["capabilities"].clone();
                 std::thread::sleep(std::time::Duration::from_millis(slow_start));
                 Ok(with_resources(with_instructions(json!({
                     "protocolVersion": "2025-06-18",
@@ -243,12 +307,7 @@ fn main() {
                     .as_str()
                     .and_then(|c| c.parse().ok())
                     .unwrap_or(0);
-                let tools: Vec<(&str, &str)> = TOOLS
-                    .iter()
-                    .copied()
-                    .filter(|(name, _)| modern || *name != "ask")
-                    .chain(grown.then_some(EXTRA))
-                    .collect();
+                let tools: Vec<(&str, &str)> = TOOLS.iter().copied().chain(grown.then_some(EXTRA)).collect();
                 let schema = match deep() {
                     Some(levels) => deep_schema(levels),
                     None => json!({"type": "object", "properties": {}}),
@@ -313,10 +372,53 @@ fn main() {
                         }
                         Ok(text("grown", false))
                     }
-                    "ask" if modern => Ok(json!({"resultType": "input_required", "inputRequests": {
-                        "who": {"method": "elicitation/create", "params": {"mode": "form",
-                            "message": "Which account?", "requestedSchema": {"type": "object",
-                            "properties": {"account": {"type": "string"}}}}}}})),
+                    "ask" | "ask_url" if modern => {
+                        let responses = &msg["params"]["inputResponses"];
+                        let caps = &meta["io.modelcontextprotocol/clientCapabilities"];
+                        let question = match msg["params"]["name"] == "ask_url" {
+                            true => json!({"mode": "url", "url": "https://accounts.example.com/connect?s=1",
+                                "message": "Connect your account."}),
+                            false => ask_form(),
+                        };
+                        if responses.is_null() {
+                            let mut requests = json!({"where": {"method": "roots/list", "params": {}}});
+                            if caps["elicitation"].is_object() {
+                                requests["who"] = json!({"method": "elicitation/create", "params": question});
+                            }
+                            Ok(json!({"resultType": "input_required", "requestState": "state-1",
+                                "inputRequests": requests}))
+                        } else if msg["params"]["requestState"] != "state-1" {
+                            Err((-32602, "requestState missing or altered"))
+                        } else if responses["who"].is_null() {
+                            Ok(text("no user to ask", true))
+                        } else {
+                            Ok(asked(&responses["who"], &responses["where"]))
+                        }
+                    }
+                    "ask" | "ask_url" => {
+                        if client_caps["elicitation"].is_null() {
+                            Ok(text("the client takes no questions", true))
+                        } else {
+                            let question = match msg["params"]["name"] == "ask_url" {
+                                true => {
+                                    json!({"mode": "url", "url": "https://accounts.example.com/connect?s=1",
+                                    "message": "Connect your account."})
+                                }
+                                false => ask_form(),
+                            };
+                            reply(
+                                &mut out,
+                                json!({"jsonrpc": "2.0", "id": "roots-1", "method": "roots/list"}),
+                            );
+                            reply(
+                                &mut out,
+                                json!({"jsonrpc": "2.0", "id": "ask-1",
+                                "method": "elicitation/create", "params": question}),
+                            );
+                            asking = Some(id);
+                            continue;
+                        }
+                    }
                     "extra" if grown => Ok(text("extra ran", false)),
                     "screenshot" => {
                         use base64::Engine;
