@@ -122,10 +122,15 @@ impl User for ChatAsker<'_> {
         });
         let (msg_id, text, attached) = {
             let mut t = self.target.borrow_mut();
-            let text = match t.shown.trim_end() {
+            let mut text = match t.shown.trim_end() {
                 "" => question.to_string(),
                 shown => format!("{shown}\n\n{question}"),
             };
+            // A group's gateway may pass on only what is addressed to the bot (Telegram's
+            // groups are negative ids).
+            if self.out.id.starts_with('-') {
+                text.push_str(" In a group, reply to this message to answer.");
+            }
             (t.msg_id.clone(), text, std::mem::take(&mut t.attached))
         };
         crate::worker::send_done(self.shared, self.out, &msg_id, &text, attached);

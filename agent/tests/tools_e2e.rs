@@ -2955,7 +2955,8 @@ fn mcp_servers_ask_the_user_in_the_chat() {
          • `account`: Your login (text, required)\n\
          • `plan` (one of free, pro, if left out: free)\n\n\
          Answer one per line as `name: value` (or the values in this order, one per line); \
-         leave out what you do not want to give. /decline to refuse."
+         leave out what you do not want to give. /decline to refuse. \
+         In a group, reply to this message to answer."
     );
     // Another member's message is not the answer: it waits for the reply to end. The
     // user takes longer than the call's timeout: their time is not the server's.
@@ -3002,7 +3003,7 @@ fn mcp_servers_ask_the_user_in_the_chat() {
     assert_eq!(
         q5[0].1,
         "Last one.\n\n❓ The MCP server “svc” asks: Which account?\n\n`account` (text, required)\n\n\
-         Answer with the value. /decline to refuse."
+         Answer with the value. /decline to refuse. In a group, reply to this message to answer."
     );
     a.send(&from(chat, "u1", "grace", "m7"));
     assert_eq!(dones(&a.reply()), [("m7".to_string(), "all set".to_string())]);
