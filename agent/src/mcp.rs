@@ -76,9 +76,21 @@ pub struct Asker<'a> {
 }
 
 impl Asker<'_> {
-    /// Put a handshake server's question: the answer, or why there is none.
-    pub fn put(&self, q: &Question) -> Result<Value, McpError> {
-        crate::elicit::put(self.server, &q.params, self.user).map_err(McpError::Unanswered)
+    /// Put a handshake server's question `q`, which came while a request waits until
+    /// `deadline`, and send the answer back with `reply` (`cancel` when there is none).
+    /// The time the user took is added to `deadline`: it is not the server's. An error
+    /// when no answer came, which ends the request.
+    pub fn answer(
+        &self,
+        q: Question,
+        deadline: &mut Instant,
+        reply: impl FnOnce(Value, &Value) -> Result<(), McpError>,
+    ) -> Result<(), McpError> {
+        let asked_at = Instant::now();
+        let answer = crate::elicit::put(self.server, &q.params, self.user).map_err(McpError::Unanswered);
+        *deadline += asked_at.elapsed();
+        reply(q.id, answer.as_ref().unwrap_or(&crate::elicit::cancelled()))?;
+        answer.map(drop)
     }
 }
 /// The notification of a server whose tools changed.
@@ -284,13 +296,8 @@ impl StdioConn {
                 },
                 recv(questions) -> q => {
                     let (Ok(q), Some(asker)) = (q, asker) else { continue };
-                    let asked_at = Instant::now();
-                    let answer = asker.put(&q);
-                    // The user's time is not the server's.
-                    deadline += asked_at.elapsed();
-                    let reply = answer.as_ref().unwrap_or(&crate::elicit::cancelled()).clone();
-                    self.send(&Message::result(q.id, &reply))?;
-                    if let Err(e) = answer {
+                    let sent = asker.answer(q, &mut deadline, |id, r| self.send(&Message::result(id, r)));
+                    if let Err(e) = sent {
                         give_up("the user did not answer");
                         break Err(e);
                     }

@@ -184,12 +184,11 @@ impl HttpConn {
                 recv(rx) -> r => break r.unwrap_or(Err(McpError::Gone)),
                 recv(questions) -> q => {
                     let (Ok(q), Some(asker)) = (q, asker) else { continue };
-                    let asked_at = Instant::now();
-                    let answer = asker.put(&q);
-                    // The user's time is not the server's.
-                    deadline += asked_at.elapsed();
-                    self.inner.reply(q.id, answer.as_ref().unwrap_or(&crate::elicit::cancelled()));
-                    if let Err(e) = answer {
+                    let sent = asker.answer(q, &mut deadline, |id, r| {
+                        self.inner.reply(id, r);
+                        Ok(())
+                    });
+                    if let Err(e) = sent {
                         give_up("the user did not answer");
                         break Err(e);
                     }

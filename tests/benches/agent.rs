@@ -12,8 +12,11 @@
 //! their share of model requests and request bytes, and reply time with them on; and how
 //! much of a long chat's input Claude's and OpenAI's prompt caches would serve, and what
 //! Claude would bill for it, with the messages all at once, at a messaging pace and hours
-//! apart (`aegis_e2e::prompt_cache`); and what 64 skills in the workspace add to each
-//! message's first model request (time and bytes).
+//! apart (`aegis_e2e::prompt_cache`); what 64 skills in the workspace add to each
+//! message's first model request (time and bytes); and what an MCP server's question for
+//! the user adds: the user's answer sent → the agent's next model request, for a server of
+//! each revision over stdio (the form read, the server answered or asked again, the result
+//! stored).
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 use aegis_e2e::bench::{
     cached_kib, evict_from_page_cache, major_faults, read_ahead_kib, release_dir, rss_kib, stats,
 };
-use aegis_e2e::http::Server;
+use aegis_e2e::http::{Responder, Server};
 use aegis_e2e::proc::{free_port, temp_dir};
 use aegis_e2e::tls::{self, TlsFront};
 use tether::lines::LineReader;
@@ -146,6 +149,61 @@ fn main() {
         "fake_echo",
         r#"{"text": "hi"}"#,
         Some(("MCP call over HTTP, 2026-07-28", http)),
+    );
+    let stdio = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp")});
+    question_overhead(&agent, "2025-06-18", stdio);
+    let modern =
+        serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp"), "env": {"FAKE_MCP_ERA": "modern"}});
+    question_overhead(&agent, "2026-07-28", modern);
+}
+
+/// The user's answer to MCP server `fake`'s question (its `ask` tool, `server` its entry)
+/// sent → the agent's next model request arrives, over 50 messages (direct mode): what the
+/// agent and the server take between the answer and the model.
+fn question_overhead(agent: &Path, revision: &str, server: serde_json::Value) {
+    use std::sync::{Arc, Mutex};
+    let ws = temp_dir("bench-question");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        serde_json::json!({"mcp": {"fake": server}}).to_string(),
+    )
+    .unwrap();
+    // When each model request arrived, in order.
+    let arrived: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&arrived);
+    let llm = Server::start(move |_req, resp| {
+        let n = {
+            let mut a = log.lock().unwrap();
+            a.push(Instant::now());
+            a.len() - 1
+        };
+        tool_then_ok(resp, n, "fake_ask", "{}");
+    });
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut answered = Vec::new();
+    for i in 0..50 {
+        let chat = Session::new("bench", "1");
+        let go = Frame::user_message(chat.clone(), "go", None).with_msg_id(format!("m{i}"));
+        exchange(&mut w, &mut lines, &go, "assistant.done");
+        let answer = Frame::user_message(chat, "account: octocat", None).with_msg_id(format!("a{i}"));
+        answered.push(Instant::now());
+        exchange(&mut w, &mut lines, &answer, "assistant.done");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let arrived = arrived.lock().unwrap().clone();
+    let samples: Vec<f64> = answered
+        .iter()
+        .zip(arrived.iter().skip(1).step_by(2))
+        .map(|(sent, next)| next.duration_since(*sent).as_secs_f64() * 1000.0)
+        .collect();
+    stats(
+        &format!("MCP question, {revision}: answer -> next model request"),
+        "ms",
+        samples,
     );
 }
 
@@ -368,16 +426,7 @@ fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_
     let llm = Server::start(move |_req, resp| {
         let arrived = Instant::now();
         let n = log.lock().unwrap().len();
-        let pieces = if n.is_multiple_of(2) {
-            aegis_e2e::llm::openai_tool_sse("", &[("c1", &tool, &args)], 1000)
-        } else {
-            aegis_e2e::llm::openai_sse(&["ok"])
-        };
-        let mut r = resp.start_chunked(200, "text/event-stream");
-        for p in pieces {
-            r.chunk(p.as_bytes());
-        }
-        r.finish();
+        tool_then_ok(resp, n, &tool, &args);
         log.lock().unwrap().push((arrived, Instant::now()));
     });
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
@@ -487,6 +536,20 @@ fn direct_agent_with(
 }
 
 /// Write `f` on the tether `w`, then read `lines` up to the first frame of `kind`.
+/// The model's answer to request `n` of a message's two: a call of `tool`, then "ok".
+fn tool_then_ok(resp: Responder, n: usize, tool: &str, args: &str) {
+    let pieces = if n.is_multiple_of(2) {
+        aegis_e2e::llm::openai_tool_sse("", &[("c1", tool, args)], 1000)
+    } else {
+        aegis_e2e::llm::openai_sse(&["ok"])
+    };
+    let mut r = resp.start_chunked(200, "text/event-stream");
+    for p in pieces {
+        r.chunk(p.as_bytes());
+    }
+    r.finish();
+}
+
 fn exchange(w: &mut UnixStream, lines: &mut LineReader<BufReader<UnixStream>>, f: &Frame, kind: &str) {
     std::io::Write::write_all(w, &Message::tether_frame(f).encode()).unwrap();
     while let Ok(Some(line)) = lines.next_line() {
