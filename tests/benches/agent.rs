@@ -169,16 +169,20 @@ fn question_overhead(agent: &Path, revision: &str, server: serde_json::Value) {
         serde_json::json!({"mcp": {"fake": server}}).to_string(),
     )
     .unwrap();
-    // When each model request arrived, in order.
+    // When each model request with the tool's result arrived.
     let arrived: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&arrived);
-    let llm = Server::start(move |_req, resp| {
-        let n = {
-            let mut a = log.lock().unwrap();
-            a.push(Instant::now());
-            a.len() - 1
-        };
-        tool_then_ok(resp, n, "fake_ask", "{}");
+    let llm = Server::start(move |req, resp| {
+        let at = Instant::now();
+        let body = req.json();
+        let after_tool = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "tool");
+        if after_tool {
+            log.lock().unwrap().push(at);
+        }
+        tool_then_ok(resp, usize::from(after_tool), "fake_ask", "{}");
     });
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
@@ -197,8 +201,10 @@ fn question_overhead(agent: &Path, revision: &str, server: serde_json::Value) {
     let arrived = arrived.lock().unwrap().clone();
     let samples: Vec<f64> = answered
         .iter()
-        .zip(arrived.iter().skip(1).step_by(2))
-        .map(|(sent, next)| next.duration_since(*sent).as_secs_f64() * 1000.0)
+        .filter_map(|sent| {
+            let next = arrived.iter().find(|at| *at >= sent)?;
+            Some(next.duration_since(*sent).as_secs_f64() * 1000.0)
+        })
         .collect();
     stats(
         &format!("MCP question, {revision}: answer -> next model request"),
