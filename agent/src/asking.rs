@@ -113,7 +113,7 @@ impl<'a> ChatAsker<'a> {
 }
 
 impl User for ChatAsker<'_> {
-    fn ask(&self, question: &str) -> Heard {
+    fn ask(&self, question: &str, picks: &[String]) -> Heard {
         let (tx, answers) = bounded(1);
         // Before the question goes out: a quick answer must not miss the desk.
         *self.state.waiting.lock().expect("waiting lock") = Some(Waiting {
@@ -133,7 +133,16 @@ impl User for ChatAsker<'_> {
             }
             (t.msg_id.clone(), text, std::mem::take(&mut t.attached))
         };
-        crate::worker::send_done(self.shared, self.out, &msg_id, &text, attached);
+        let mut done =
+            Frame::new(kind::ASSISTANT_DONE, Some(self.out.clone())).with_payload(&tether::frame::Done {
+                text,
+                images: attached.images,
+                files: attached.files,
+                voice: attached.voice,
+                answers: picks.to_vec(),
+            });
+        done.msg_id = msg_id;
+        let _ = self.shared.egress.send(done);
         let got = self.wait(&answers);
         self.state.waiting.lock().expect("waiting lock").take();
         let frame = match got {

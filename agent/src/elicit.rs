@@ -26,9 +26,15 @@ const MAX_CHOICES: usize = 50;
 
 /// Who answers: the user of the chat a reply is for.
 pub trait User {
-    /// Put `question` to the user; what they said, or why no answer will come.
-    fn ask(&self, question: &str) -> Heard;
+    /// Put `question` to the user, with `answers` they may pick rather than type (a
+    /// chat's buttons); what they said, or why no answer will come.
+    fn ask(&self, question: &str, answers: &[String]) -> Heard;
 }
+
+/// Choices offered as answers to pick at most (a longer list is typed).
+const MAX_BUTTONS: usize = 8;
+/// A choice longer than this is typed too (a button shows little of it).
+const MAX_BUTTON_TEXT: usize = 64;
 
 /// What came of a question.
 #[derive(Debug, Clone, PartialEq)]
@@ -372,6 +378,32 @@ pub enum Reading {
     Again(String),
 }
 
+/// The answers `ask` can be given by a pick rather than typed (each reads back as that
+/// answer): yes or no, the choices of a field asked alone, going on after a page; and
+/// always `/decline`.
+pub fn answers(ask: &Ask) -> Vec<String> {
+    let mut picks: Vec<String> = match ask {
+        Ask::Url { .. } => vec!["Done".into()],
+        Ask::Form { fields, .. } => match fields.as_slice() {
+            [] => vec!["OK".into()],
+            [f] => match &f.kind {
+                Kind::YesNo => vec!["Yes".into(), "No".into()],
+                Kind::Choice(o)
+                    if o.len() <= MAX_BUTTONS
+                        && o.iter()
+                            .all(|(_, t)| t.chars().count() <= MAX_BUTTON_TEXT && !t.trim().is_empty()) =>
+                {
+                    o.iter().map(|(_, t)| t.trim().to_string()).collect()
+                }
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        },
+    };
+    picks.push("/decline".into());
+    picks
+}
+
 /// The result of `/decline`.
 pub fn declined() -> Value {
     json!({"action": "decline"})
@@ -650,9 +682,10 @@ pub fn put(server: &str, params: &Value, user: &dyn User) -> Result<Value, Unans
         }
     };
     let asked = question(server, &ask);
+    let picks = answers(&ask);
     let mut q = asked.clone();
     for _ in 0..MAX_TRIES {
-        match user.ask(&q) {
+        match user.ask(&q, &picks) {
             Heard::Said(text) => match read(&ask, &text) {
                 Reading::Result(r) => {
                     log::info!(
@@ -835,6 +868,34 @@ mod tests {
     }
 
     #[test]
+    fn picks_are_offered_where_a_tap_can_answer_and_read_back_as_that_answer() {
+        let yes_no = form(json!({"properties": {"ok": {"type": "boolean"}}}));
+        let env = form(json!({"properties": {"env": {"type": "string", "oneOf": [
+            {"const": "stg", "title": "Staging"}, {"const": "prd", "title": " Production "}]}}}));
+        let page = parse(&json!({"mode": "url", "url": "https://x.org/c"})).unwrap();
+        let text = form(json!({"properties": {"name": {"type": "string"}}}));
+        let many: Vec<String> = (0..9).map(|i| format!("o{i}")).collect();
+        let long = form(json!({"properties": {"c": {"type": "string", "enum": many}}}));
+        assert_eq!(answers(&yes_no), ["Yes", "No", "/decline"]);
+        assert_eq!(answers(&env), ["Staging", "Production", "/decline"]);
+        assert_eq!(answers(&page), ["Done", "/decline"]);
+        assert_eq!(answers(&text), ["/decline"], "typed");
+        assert_eq!(answers(&long), ["/decline"], "nine choices are typed");
+        // Whatever is picked reads as what it says.
+        for (ask, pick, content) in [
+            (&yes_no, "Yes", json!({"ok": true})),
+            (&yes_no, "No", json!({"ok": false})),
+            (&env, "Production", json!({"env": "prd"})),
+        ] {
+            assert_eq!(accepted(read(ask, pick)), content);
+        }
+        assert_eq!(read(&page, "Done"), Reading::Result(json!({"action": "accept"})));
+        for ask in [&yes_no, &env, &page, &text] {
+            assert_eq!(read(ask, "/decline"), Reading::Result(declined()));
+        }
+    }
+
+    #[test]
     fn forms_the_agent_cannot_put_are_refused_with_why() {
         assert!(parse(&json!({"mode": "telepathy"}))
             .unwrap_err()
@@ -855,7 +916,7 @@ mod tests {
 
     struct Script(std::cell::RefCell<Vec<Heard>>, std::cell::RefCell<Vec<String>>);
     impl User for Script {
-        fn ask(&self, question: &str) -> Heard {
+        fn ask(&self, question: &str, _: &[String]) -> Heard {
             self.1.borrow_mut().push(question.to_string());
             self.0.borrow_mut().remove(0)
         }

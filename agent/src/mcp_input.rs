@@ -164,7 +164,7 @@ mod tests {
 
     struct Says(&'static str);
     impl User for Says {
-        fn ask(&self, _: &str) -> Heard {
+        fn ask(&self, _: &str, _: &[String]) -> Heard {
             Heard::Said(self.0.into())
         }
     }

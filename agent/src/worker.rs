@@ -175,6 +175,7 @@ pub fn send_done(
         images: attached.images,
         files: attached.files,
         voice: attached.voice,
+        answers: Vec::new(),
     });
     let _ = shared.egress.send(f);
 }

@@ -2946,7 +2946,17 @@ fn mcp_servers_ask_the_user_in_the_chat() {
     let a = agent(&ws, &openai(&llm));
     let chat = "-100";
     a.send(&from(chat, "u1", "connect my accounts", "m1"));
-    let q1 = dones(&a.reply());
+    let q1 = a.reply();
+    let picks = q1
+        .iter()
+        .find(|f| f.kind == kind::ASSISTANT_DONE)
+        .map(|f| f.payload_as::<tether::frame::Done>().unwrap().answers);
+    assert_eq!(
+        picks,
+        Some(vec!["/decline".to_string()]),
+        "a form of two fields is typed"
+    );
+    let q1 = dones(&q1);
     assert_eq!(q1.len(), 1);
     assert_eq!(q1[0].0, "m1");
     assert_eq!(

@@ -2110,6 +2110,7 @@ mod tests {
                 images: vec![img("AAAA"), img("BBBB")],
                 files: vec![file.clone()],
                 voice: vec![voice.clone()],
+                answers: Vec::new(),
             });
         f.seq = Some(1);
         let key: ReplyKey = (5, "m".into());

@@ -244,11 +244,20 @@ fn streamed_reply(
         }
     }
     // The anonymous part is the agent's own memory; the rest is code and data of the
-    // binary mapped from the page cache.
+    // binary mapped from the page cache. At the done, threads of the reply (the model's
+    // stream reader) may still be ending, their stacks counted: a moment later they are not.
+    let rss = |pid: u32| {
+        format!(
+            "{:.2} MiB (anon {} KiB)",
+            rss_kib(pid) as f64 / 1024.0,
+            aegis_e2e::bench::status_kib(pid, "RssAnon")
+        )
+    };
+    let at_done = rss(child.id());
+    std::thread::sleep(Duration::from_millis(300));
     println!(
-        "peak RSS after a {N}-delta reply{label}: {:.2} MiB (anon {} KiB)",
-        rss_kib(child.id()) as f64 / 1024.0,
-        aegis_e2e::bench::status_kib(child.id(), "RssAnon")
+        "peak RSS after a {N}-delta reply{label}: {at_done}; 0.3 s later {}",
+        rss(child.id())
     );
     let _ = child.kill();
     let _ = child.wait();

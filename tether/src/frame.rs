@@ -268,6 +268,10 @@ pub struct Done {
     /// [ours] Voice messages (Ogg Opus) that go with it, after the files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub voice: Vec<FileRef>,
+    /// [ours] The reply ends with a question: answers the user may pick instead of typing
+    /// one, each coming back as the user's message with exactly this text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
 }
 
 /// Identity of the person behind a `user.message`.
