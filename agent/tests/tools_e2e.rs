@@ -600,7 +600,8 @@ fn mcp_tools_are_offered_called_and_a_dead_or_hung_server_is_restarted() {
             "fake_screenshot",
             "fake_grow",
             "fake_ask",
-            "fake_ask_url"
+            "fake_ask_url",
+            "fake_confirm"
         ],
         "every page"
     );

@@ -204,6 +204,9 @@ impl Ingress {
         if let Err(e) = &saved {
             log::error!("cannot save {}: {e}", journal.path().display());
         }
+        if let Some(tap) = &first.callback_query {
+            self.tapped(tap, first.message.is_some());
+        }
         if let Some(c) = handled.command {
             match saved {
                 Ok(()) => {
@@ -215,6 +218,25 @@ impl Ingress {
                     &format!("⚠️ Not run: the gateway cannot save its state ({e}), so it could not make sure the command runs only once."),
                 ),
             }
+        }
+    }
+
+    /// After a tap on a button: the user's app stops waiting, and a question's answers go
+    /// once one was picked (it was passed on as the user's message, `answered`), so the
+    /// question is answered once.
+    fn tapped(&self, tap: &crate::telegram::CallbackQuery, answered: bool) {
+        if let Err(e) = self.tg.call(
+            "answerCallbackQuery",
+            &serde_json::json!({"callback_query_id": tap.id}),
+        ) {
+            log::debug!("answerCallbackQuery failed: {e}");
+        }
+        let Some((chat, message_id)) = tap.question().filter(|_| answered) else {
+            return;
+        };
+        let body = serde_json::json!({"chat_id": chat, "message_id": message_id, "reply_markup": {"inline_keyboard": []}});
+        if let Err(e) = self.tg.call("editMessageReplyMarkup", &body) {
+            log::debug!("chat {chat}: removing the answers of message {message_id} failed: {e}");
         }
     }
 

@@ -39,9 +39,14 @@ const MAX_PENDING: usize = 100;
 /// Runs that may begin handling one message: the last of them gives it up.
 const MAX_TRIES: u32 = 5;
 
-/// The update kinds read: messages and the drafts' stop button, and edited messages when
-/// the bot answers edits (`edited_messages`).
-const KINDS: [&str; 3] = ["message", "stopped_message_generation", "edited_message"];
+/// The update kinds read: messages, the drafts' stop button and taps on a question's
+/// answers, and edited messages when the bot answers edits (`edited_messages`).
+const KINDS: [&str; 4] = [
+    "message",
+    "stopped_message_generation",
+    "callback_query",
+    "edited_message",
+];
 
 /// Exit status when Telegram rejects the token (a configuration error).
 pub const EXIT_BAD_TOKEN: i32 = 2;
@@ -75,7 +80,7 @@ impl Poller {
         if self.ingress.bot.answer_edits {
             &KINDS
         } else {
-            &KINDS[..2]
+            &KINDS[..3]
         }
     }
 

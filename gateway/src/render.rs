@@ -93,6 +93,8 @@ pub enum Action {
         /// Sent as a rich message (`sendRichMessage`, the text as its Markdown) when the Bot
         /// API takes them; else as HTML or plain text.
         rich: bool,
+        /// The answers to pick under it (the reply's last part ends with a question).
+        keyboard: Vec<String>,
     },
     /// `editMessageText`. Should the message be gone (deleted, or left behind in a group
     /// that became a supergroup), the sender sends the text anew and reports the new
@@ -114,6 +116,8 @@ pub enum Action {
         html: Option<String>,
         /// Edited into a rich message (`rich_message`) when the Bot API takes them.
         rich: bool,
+        /// The answers to pick under it; none removes them.
+        keyboard: Vec<String>,
     },
     /// `sendChatAction`: typing, or what the agent's tool is making.
     Typing {
@@ -174,6 +178,7 @@ impl Action {
             text,
             html,
             rich: false,
+            keyboard: Vec::new(),
         }
     }
 }
@@ -307,6 +312,10 @@ pub struct Reply {
     /// Voice messages of the `assistant.done` (by blob), sent after the files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub voice: Vec<FileRef>,
+    /// The answers the reply's question offers (`assistant.done` `answers`), shown as
+    /// buttons under its last message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<String>,
     /// Attachments sent so far (they go out in order: images, files, voice messages).
     #[serde(default, rename = "photos_sent")]
     pub attachments_sent: usize,
@@ -768,6 +777,7 @@ impl Renderer {
                 reply.images = done.images.into_iter().filter(|i| i.data.is_some()).collect();
                 reply.files = done.files;
                 reply.voice = done.voice;
+                reply.answers = done.answers;
                 reply.text = if !t.is_empty() {
                     t
                 } else if let Some(e) = &reply.error {
@@ -995,6 +1005,7 @@ impl Renderer {
                     text: look.text.clone(),
                     html: look.html.clone(),
                     rich: look.rich,
+                    keyboard: look.keyboard.clone(),
                 });
                 break;
             }
@@ -1011,6 +1022,7 @@ impl Renderer {
                         text: look.text.clone(),
                         html: look.html.clone(),
                         rich: look.rich,
+                        keyboard: look.keyboard.clone(),
                     });
                     edited = true;
                 }
@@ -1065,18 +1077,25 @@ struct Look {
     html: Option<String>,
     /// Sent as a rich message.
     rich: bool,
+    /// Answers to pick, as buttons under it.
+    keyboard: Vec<String>,
 }
 
 impl Look {
     /// What the message shows, to compare with what it should: its HTML when formatted,
     /// else its text; a rich message's text marked apart from the same text shown plain
-    /// while streaming, so the finished part is edited into a rich one.
+    /// while streaming, so the finished part is edited into a rich one; the answers under
+    /// it too, so a part that already shows the question's text gets them.
     fn shown(&self) -> String {
-        match (&self.html, self.rich) {
+        let mut shown = match (&self.html, self.rich) {
             (_, true) => format!("\u{1}rich\u{1}{}", self.text),
             (Some(html), false) => html.clone(),
             (None, false) => self.text.clone(),
+        };
+        for a in &self.keyboard {
+            shown.push_str(&format!("\u{1}answer\u{1}{a}"));
         }
+        shown
     }
 }
 
@@ -1110,14 +1129,23 @@ fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
     } else {
         r.text.clone()
     };
-    split(&text, MAX_MESSAGE)
+    let mut looks: Vec<Look> = split(&text, MAX_MESSAGE)
         .into_iter()
         .map(|text| {
             let html = formatted(&text);
             let rich = r.done && rich_part(&text, mode);
-            Look { text, html, rich }
+            Look {
+                text,
+                html,
+                rich,
+                keyboard: Vec::new(),
+            }
         })
-        .collect()
+        .collect();
+    if let (true, Some(last)) = (r.done, looks.last_mut()) {
+        last.keyboard = r.answers.clone();
+    }
+    looks
 }
 
 #[cfg(test)]
@@ -1157,6 +1185,55 @@ mod tests {
     }
 
     #[test]
+    fn a_questions_answers_go_under_its_last_message_and_survive_a_restart() {
+        let question = |seq: u64, text: &str| {
+            let mut f = Frame::new(kind::ASSISTANT_DONE, Some(Session::new("telegram", "5")))
+                .with_msg_id("m")
+                .with_payload(&Done {
+                    text: text.into(),
+                    answers: vec!["Yes".into(), "No".into()],
+                    ..Done::default()
+                });
+            f.seq = Some(seq);
+            f
+        };
+        let keyboards = |out: &[Action]| -> Vec<(usize, Vec<String>)> {
+            out.iter()
+                .filter_map(|a| match a {
+                    Action::Send { part, keyboard, .. } | Action::Edit { part, keyboard, .. } => {
+                        Some((*part, keyboard.clone()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let yes_no = vec!["Yes".to_string(), "No".to_string()];
+        // Streamed, then done: the edit that ends it brings the answers, even when the
+        // text is already shown.
+        let mut r = edit_mode();
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        r.frame(&delta("5", "m", 1, "Delete?"), t0, &mut out);
+        assert_eq!(keyboards(&out), [(0, vec![])], "none while it streams");
+        out.clear();
+        r.sent(&(5, "m".into()), 0, 100, t0, &mut out);
+        let mut r = Renderer::restore(r.snapshot());
+        r.frame(&question(2, "Delete?"), t0 + Duration::from_secs(2), &mut out);
+        r.tick(t0 + Duration::from_secs(3), &mut out);
+        assert_eq!(keyboards(&out), [(0, yes_no.clone())]);
+        // A question longer than one message: the answers go under the last part only.
+        let mut r = edit_mode();
+        let mut out = Vec::new();
+        let long = format!("{}\n\nDelete?", "x".repeat(MAX_MESSAGE));
+        r.frame(&question(1, &long), t0, &mut out);
+        assert_eq!(keyboards(&out), [(0, vec![])]);
+        out.clear();
+        r.sent(&(5, "m".into()), 0, 100, t0, &mut out);
+        r.tick(t0 + Duration::from_secs(2), &mut out);
+        assert_eq!(keyboards(&out), [(1, yes_no)]);
+    }
+
+    #[test]
     fn first_delta_sends_later_deltas_edit_at_most_once_a_second() {
         let mut r = edit_mode();
         let t0 = Instant::now();
@@ -1171,7 +1248,8 @@ mod tests {
                 topic: None,
                 text: "Hel".into(),
                 html: None,
-                rich: false
+                rich: false,
+                keyboard: Vec::new()
             }]
         );
         out.clear();
@@ -1195,7 +1273,8 @@ mod tests {
                 message_id: 100,
                 text: "Hello".into(),
                 html: None,
-                rich: false
+                rich: false,
+                keyboard: Vec::new()
             }]
         );
         out.clear();
@@ -1216,7 +1295,8 @@ mod tests {
                 message_id: 100,
                 text: "Hello **world**".into(),
                 html: Some("Hello <b>world</b>".into()),
-                rich: false
+                rich: false,
+                keyboard: Vec::new()
             }]
         );
         assert_eq!(r.in_progress(), 0);
@@ -1338,7 +1418,8 @@ mod tests {
                 message_id: 100,
                 text: "Hello".into(),
                 html: None,
-                rich: false
+                rich: false,
+                keyboard: Vec::new()
             }]
         );
     }
@@ -1421,7 +1502,8 @@ mod tests {
                 message_id: 100,
                 text: "full answer".into(),
                 html: None,
-                rich: false
+                rich: false,
+                keyboard: Vec::new()
             }]
         );
     }
@@ -1705,7 +1787,8 @@ mod tests {
                 topic: None,
                 text: "Hello **there**".into(),
                 html: Some("Hello <b>there</b>".into()),
-                rich: false
+                rich: false,
+                keyboard: Vec::new()
             }]
         );
         out.clear();

@@ -141,6 +141,7 @@ fn execute(
             text,
             html,
             rich,
+            keyboard,
         } => {
             // In a group, the first message of a reply answers the user's message; so does
             // an edit's anywhere: the words it answers may be far up the chat.
@@ -153,7 +154,7 @@ fn execute(
                 if let Some(id) = reply_to {
                     b["reply_parameters"] = json!({"message_id": id, "allow_sending_without_reply": true});
                 }
-                in_topic(b, topic)
+                with_answers(in_topic(b, topic), &keyboard)
             });
             match result {
                 Ok(v) => {
@@ -262,13 +263,14 @@ fn execute(
             text,
             html,
             rich,
+            keyboard,
         } => {
             // An edit queued before its message was replaced goes to the replacement.
             let current = moved.current(chat, message_id);
             let look = (text.as_str(), html.as_deref(), rich);
             let result = call_formatted(tg, "editMessageText", chat, look, rich_messages, |mut b| {
                 b["message_id"] = json!(current);
-                b
+                with_answers(b, &keyboard)
             });
             match result {
                 Ok(_) | Err(TgError::NotModified) => {}
@@ -278,7 +280,7 @@ fn execute(
                         "chat {chat}: message {current} is gone (deleted, or the group moved); sending the text anew"
                     );
                     let sent = call_formatted(tg, "sendMessage", chat, look, rich_messages, |b| {
-                        in_topic(b, topic)
+                        with_answers(in_topic(b, topic), &keyboard)
                     });
                     match sent.map(|v| v["message_id"].as_i64()) {
                         Ok(Some(id)) => {
@@ -353,6 +355,14 @@ fn call_with_fallback(
         }
         other => other,
     }
+}
+
+/// `body` with the buttons of a question's `answers`, when it has any.
+fn with_answers(mut body: Value, answers: &[String]) -> Value {
+    if !answers.is_empty() {
+        body["reply_markup"] = crate::telegram::answer_keyboard(answers);
+    }
+    body
 }
 
 fn call_once_honouring_429(tg: &Telegram, method: &str, body: &Value) -> Result<Value, TgError> {

@@ -1,5 +1,7 @@
 //! The Telegram Bot API: the types we read and a blocking client for the calls we make
-//! (getMe, setMyCommands, getUpdates, sendMessage, editMessageText, sendChatAction).
+//! (getMe, setMyCommands, getUpdates, sendMessage, editMessageText, sendChatAction, the
+//! drafts, rich messages and files; answerCallbackQuery and editMessageReplyMarkup for a
+//! question's answer buttons).
 //!
 //! The token is part of every URL, so no error leaving this module may carry a URL:
 //! every message passes through `redact` first.
@@ -26,10 +28,84 @@ pub struct Update {
     /// to `message` by [`parse_updates`], marked by its `edit_date`.
     #[serde(default)]
     pub edited_message: Option<Message>,
+    /// A tap on an inline button of the bot's: one of a question's answers becomes, by
+    /// [`parse_updates`], the `message` of the user who tapped, replying to the question.
+    #[serde(default)]
+    pub callback_query: Option<CallbackQuery>,
     /// The update as Telegram sent it, for the poller's journal: what is written there is
     /// read back by the next run as it came, fields we do not know included.
     #[serde(skip)]
     pub raw: Value,
+}
+
+/// A tap on an inline button (`CallbackQuery`), kept as it came where it becomes a message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CallbackQuery {
+    /// Answered with `answerCallbackQuery`, so the user's app stops waiting.
+    pub id: String,
+    /// Who tapped (a `User`).
+    pub from: Value,
+    /// The bot's message the button belongs to (absent when too old for Telegram).
+    #[serde(default)]
+    pub message: Option<Value>,
+    /// The button's `callback_data`.
+    #[serde(default)]
+    pub data: Option<String>,
+}
+
+/// Prefix of the `callback_data` of a question's answer buttons (then the answer's index).
+pub const ANSWER_DATA: &str = "answer:";
+
+impl CallbackQuery {
+    /// The message the tap stands for: the tapped answer's text from the user who tapped,
+    /// as a reply to the question (so a group in mention mode passes it on); `None` for a
+    /// button that is not an answer of ours.
+    pub fn as_message(&self) -> Option<Message> {
+        let question = self.message.as_ref()?;
+        let data = self.data.as_deref().filter(|d| d.starts_with(ANSWER_DATA))?;
+        let label = question["reply_markup"]["inline_keyboard"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_array)
+            .flatten()
+            .find(|b| b["callback_data"] == data)?["text"]
+            .as_str()?;
+        let mut m = json!({
+            "message_id": question["message_id"],
+            "date": question["date"],
+            "chat": question["chat"],
+            "from": self.from,
+            "text": label,
+            "reply_to_message": question,
+        });
+        for field in ["message_thread_id", "is_topic_message"] {
+            if let Some(v) = question.get(field) {
+                m[field] = v.clone();
+            }
+        }
+        let mut m: Message = serde_json::from_value(m).ok()?;
+        m.tapped = true;
+        Some(m)
+    }
+
+    /// Where the question is: (chat, message id).
+    pub fn question(&self) -> Option<(i64, i64)> {
+        let m = self.message.as_ref()?;
+        Some((m["chat"]["id"].as_i64()?, m["message_id"].as_i64()?))
+    }
+}
+
+/// The inline keyboard of a question's `answers`: short ones side by side (three at most),
+/// else one a row; each button's data names its answer by index.
+pub fn answer_keyboard(answers: &[String]) -> Value {
+    let button = |(i, a): (usize, &String)| json!({"text": a, "callback_data": format!("{ANSWER_DATA}{i}")});
+    let buttons: Vec<Value> = answers.iter().enumerate().map(button).collect();
+    let side_by_side = answers.len() <= 3 && answers.iter().all(|a| a.chars().count() <= 12);
+    let rows: Vec<Value> = match side_by_side {
+        true => vec![Value::Array(buttons)],
+        false => buttons.into_iter().map(|b| json!([b])).collect(),
+    };
+    json!({"inline_keyboard": rows})
 }
 
 /// A user stopped a reply with its draft's stop button (`MessageGenerationStopped`).
@@ -63,6 +139,10 @@ pub struct Message {
     /// The message this one replies to.
     #[serde(default)]
     pub reply_to_message: Option<Box<Message>>,
+    /// Made of a tap on one of a question's answers ([`CallbackQuery::as_message`]): its
+    /// text is the answer alone, the question it replies to not quoted.
+    #[serde(skip)]
+    pub tapped: bool,
     /// The part of it the user quoted, if they chose one.
     #[serde(default)]
     pub quote: Option<TextQuote>,
@@ -122,8 +202,12 @@ pub struct Message {
 
 impl Message {
     /// The message this one answers, unless that is only its topic's first message (every
-    /// message of a forum topic is a reply to it).
+    /// message of a forum topic is a reply to it) or it is a question the user answered
+    /// with a tap.
     pub fn replied_to(&self) -> Option<&Message> {
+        if self.tapped {
+            return None;
+        }
         let r = self.reply_to_message.as_deref()?;
         (Some(r.message_id) != self.message_thread_id).then_some(r)
     }
@@ -317,6 +401,9 @@ pub fn parse_updates(result: &Value) -> (Vec<Update>, Vec<i64>) {
                     // Telegram sets it; a message without one must still read as an edit.
                     edited.edit_date.get_or_insert(0);
                     u.message = Some(edited);
+                }
+                if u.message.is_none() {
+                    u.message = u.callback_query.as_ref().and_then(CallbackQuery::as_message);
                 }
                 ok.push(u);
             }
@@ -671,6 +758,55 @@ impl Telegram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tap_on_an_answer_is_the_tappers_reply_with_that_answer() {
+        let question = json!({"message_id": 9, "date": 1, "chat": {"id": -5, "type": "group"},
+            "from": {"id": 1, "is_bot": true, "first_name": "Bot"}, "text": "Delete?",
+            "message_thread_id": 3,
+            "reply_markup": answer_keyboard(&["Yes".into(), "No".into(), "/decline".into()])});
+        let tap = |data: &str| CallbackQuery {
+            id: "q".into(),
+            from: json!({"id": 7, "is_bot": false, "first_name": "Ann"}),
+            message: Some(question.clone()),
+            data: Some(data.into()),
+        };
+        let m = tap("answer:1").as_message().unwrap();
+        assert_eq!((m.message_id, m.chat.id, m.text.as_deref()), (9, -5, Some("No")));
+        assert_eq!(m.from.as_ref().map(|u| u.id), Some(7));
+        assert_eq!(m.message_thread_id, Some(3));
+        assert!(
+            m.reply_to_message.is_some() && m.replied_to().is_none(),
+            "a reply, not quoted"
+        );
+        assert!(tap("answer:7").as_message().is_none(), "no such button");
+        assert!(tap("vote:1").as_message().is_none(), "not an answer of ours");
+        assert_eq!(tap("answer:0").question(), Some((-5, 9)));
+        let gone = CallbackQuery {
+            message: None,
+            ..tap("answer:0")
+        };
+        assert!(gone.as_message().is_none() && gone.question().is_none());
+    }
+
+    #[test]
+    fn short_answers_sit_side_by_side_long_ones_a_row_each() {
+        let row = |k: &Value, i: usize| k["inline_keyboard"][i].as_array().unwrap().len();
+        let short = answer_keyboard(&["Yes".into(), "No".into(), "/decline".into()]);
+        assert_eq!(short["inline_keyboard"].as_array().unwrap().len(), 1);
+        assert_eq!(row(&short, 0), 3);
+        assert_eq!(short["inline_keyboard"][0][2]["callback_data"], "answer:2");
+        let long = answer_keyboard(&["Staging environment".into(), "Production".into()]);
+        assert_eq!(long["inline_keyboard"].as_array().unwrap().len(), 2);
+        let four: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            answer_keyboard(&four)["inline_keyboard"]
+                .as_array()
+                .unwrap()
+                .len(),
+            4
+        );
+    }
     use proptest::prelude::*;
 
     #[test]

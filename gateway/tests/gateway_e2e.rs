@@ -3095,3 +3095,95 @@ fn edits_go_unseen_when_the_config_says_ignore() {
         .iter()
         .all(|c| !c.body["allowed_updates"].to_string().contains("edited_message")));
 }
+
+/// An MCP server's yes-or-no question shows its answers as buttons under the question
+/// (the reply's last message); a tap is the user's answer: the app stops waiting
+/// (`answerCallbackQuery`), the buttons go, and the reply goes on. In a group whose bot
+/// answers only what is addressed to it, a tap counts as a reply to the question.
+#[test]
+fn a_questions_answers_are_buttons_to_tap() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(aegis_e2e::llm::openai_tool_sse(
+            "Cleaning up.",
+            &[("c1", "fake_confirm", "{}")],
+            3,
+        )),
+        Reply::sse(openai_sse(&["All clean."])),
+        Reply::sse(aegis_e2e::llm::openai_tool_sse(
+            "",
+            &[("c2", "fake_confirm", "{}")],
+            3,
+        )),
+        Reply::sse(openai_sse(&["Nothing deleted."])),
+    ]);
+    let s = stack("gw-answer-buttons", llm);
+    let ws = s.instance_dir().join("workspace");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        json!({"mcp": {"fake": {"command": aegis_e2e::proc::bin("fake-mcp")}}}).to_string(),
+    )
+    .unwrap();
+    s.telegram.push_text(CHAT, 7, "Ann", "clean up");
+    let msgs = s
+        .telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| !m.buttons.is_empty()));
+    let question = msgs.iter().find(|m| !m.buttons.is_empty()).unwrap().clone();
+    assert!(
+        question
+            .visible()
+            .starts_with("Cleaning up.\n\n❓ The MCP server “fake” asks: Delete 3 files?"),
+        "{}",
+        question.visible()
+    );
+    let labels: Vec<Vec<&str>> = question
+        .buttons
+        .iter()
+        .map(|row| row.iter().map(|(t, _)| t.as_str()).collect())
+        .collect();
+    assert_eq!(labels, [["Yes", "No", "/decline"]]);
+    s.telegram.press_button(CHAT, question.id, 7, "Yes");
+    s.telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "All clean."));
+    let after = s.telegram.messages(CHAT);
+    let asked = after.iter().find(|m| m.id == question.id).unwrap();
+    assert!(asked.buttons.is_empty(), "the answers go once one is picked");
+    assert_eq!(
+        asked.visible(),
+        question.visible(),
+        "the question stays as it was"
+    );
+    assert!(s.telegram.open_callbacks().is_empty(), "the tap was answered");
+    let reqs = s.llm.requests();
+    let result = aegis_e2e::llm::tool_results(&reqs[1]);
+    assert_eq!(
+        result[0].1,
+        "[asked in the chat: ❓ The MCP server “fake” asks: Delete 3 files? The user answered: “Yes”]\n\ndeleted"
+    );
+
+    const GROUP: i64 = -1005;
+    s.telegram.push_message(
+        json!({"chat": {"id": GROUP, "type": "supergroup", "title": "Ops"},
+        "from": {"id": 7, "is_bot": false, "first_name": "Ann"}, "text": "@test_bot clean up"}),
+    );
+    let msgs = s
+        .telegram
+        .wait_chat(GROUP, T, |m| m.iter().any(|m| !m.buttons.is_empty()));
+    let question = msgs.iter().find(|m| !m.buttons.is_empty()).unwrap().clone();
+    assert!(
+        question
+            .visible()
+            .ends_with("In a group, reply to this message to answer."),
+        "{}",
+        question.visible()
+    );
+    s.telegram.press_button(GROUP, question.id, 7, "No");
+    s.telegram
+        .wait_chat(GROUP, T, |m| m.iter().any(|m| m.visible() == "Nothing deleted."));
+    let result = aegis_e2e::llm::tool_results(&s.llm.requests()[3]);
+    assert!(
+        result[0].1.ends_with("The user answered: “No”]\n\nkept"),
+        "{}",
+        result[0].1
+    );
+}

@@ -59,7 +59,12 @@ pub struct Msg {
     pub thread: Option<i64>,
     /// A rich message (`text` is its Markdown or HTML source).
     pub rich: bool,
+    /// Its inline keyboard, row by row: (button text, callback data).
+    pub buttons: Keyboard,
 }
+
+/// An inline keyboard, row by row: (button text, callback data).
+pub type Keyboard = Vec<Vec<(String, String)>>;
 
 impl Msg {
     /// The text as displayed (HTML tags removed and entities decoded).
@@ -129,6 +134,8 @@ struct State {
     /// Commands a menu may hold before `BOT_COMMANDS_TOO_MUCH` (100 when unset; users
     /// report refusals of smaller menus whose text is long).
     menu_cap: Option<usize>,
+    /// Callback queries pushed and not yet answered (`answerCallbackQuery`), by id.
+    open_callbacks: std::collections::HashSet<String>,
 }
 
 /// The fake server.
@@ -303,6 +310,58 @@ impl FakeTelegram {
             .push(json!({"update_id": id, "stopped_message_generation": {
             "chat": {"id": chat, "type": "private", "first_name": "Ann"}, "draft_id": draft_id}}));
         cv.notify_all();
+    }
+
+    /// User `user_id` taps the inline button `text` of the bot's message `message_id` in
+    /// `chat`: a `callback_query` update carrying the message as Telegram does (its text
+    /// and keyboard) and the button's data. Returns the query's id.
+    pub fn press_button(&self, chat: i64, message_id: i64, user_id: i64, text: &str) -> String {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        let m = s
+            .chats
+            .get(&chat)
+            .and_then(|c| c.iter().find(|m| m.id == message_id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no message {message_id} in chat {chat}"));
+        let data = m
+            .buttons
+            .iter()
+            .flatten()
+            .find(|(t, _)| t == text)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("message {message_id} has no button {text:?}: {:?}", m.buttons));
+        let id = s.next_update;
+        s.next_update += 1;
+        let query = format!("cb-{id}");
+        s.open_callbacks.insert(query.clone());
+        let kind = if chat < 0 { "group" } else { "private" };
+        let keyboard: Vec<Vec<Value>> = m
+            .buttons
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|(t, d)| json!({"text": t, "callback_data": d}))
+                    .collect()
+            })
+            .collect();
+        s.updates.push(json!({"update_id": id, "callback_query": {
+            "id": query,
+            "from": {"id": user_id, "is_bot": false, "first_name": "Ann", "username": "ann"},
+            "chat_instance": "42",
+            "message": {"message_id": message_id, "date": 1_700_000_000,
+                "chat": {"id": chat, "type": kind},
+                "from": {"id": 123456, "is_bot": true, "first_name": "Test Bot", "username": "test_bot"},
+                "text": m.visible(), "reply_markup": {"inline_keyboard": keyboard}},
+            "data": data}}));
+        cv.notify_all();
+        query
+    }
+
+    /// Callback queries not answered yet.
+    pub fn open_callbacks(&self) -> Vec<String> {
+        let s = self.state.0.lock().unwrap();
+        s.open_callbacks.iter().cloned().collect()
     }
 
     /// A message with any fields (`chat`, `from`, `text`, `reply_to_message`, ...)
@@ -780,6 +839,39 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
             "sendRichMessage" => send_rich(&mut s, &body),
             "editMessageText" if s.rich && body.get("rich_message").is_some() => send_rich(&mut s, &body),
             "sendMessage" | "editMessageText" => send_or_edit(&mut s, method, &body),
+            "answerCallbackQuery" => {
+                let id = body["callback_query_id"].as_str().unwrap_or("");
+                if s.open_callbacks.remove(id) {
+                    ok(json!(true))
+                } else {
+                    bad(
+                        400,
+                        "Bad Request: query is too old and response timeout expired or query ID is invalid",
+                    )
+                }
+            }
+            "editMessageReplyMarkup" => {
+                let chat = body["chat_id"].as_i64().unwrap_or(0);
+                let id = body["message_id"].as_i64().unwrap_or(0);
+                match keyboard_of(&body) {
+                    Err(e) => e,
+                    Ok(buttons) => match s
+                        .chats
+                        .get_mut(&chat)
+                        .and_then(|c| c.iter_mut().find(|m| m.id == id))
+                    {
+                        None => bad(400, "Bad Request: message to edit not found"),
+                        Some(m) if m.buttons == buttons => bad(
+                            400,
+                            "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
+                        ),
+                        Some(m) => {
+                            m.buttons = buttons;
+                            ok(json!({"message_id": id, "chat": {"id": chat}}))
+                        }
+                    },
+                }
+            }
             "getFile" => match s.files.get(body["file_id"].as_str().unwrap_or("")) {
                 None => bad(400, "Bad Request: invalid file_id"),
                 Some((_, bytes)) if bytes.len() > 20 << 20 => bad(400, "Bad Request: file is too big"),
@@ -945,6 +1037,10 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
     if visible.chars().count() > 4096 {
         return bad(400, "Bad Request: message is too long");
     }
+    let buttons = match keyboard_of(body) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
     if method == "sendMessage" {
         s.draft_now.remove(&chat);
         let id = s.next_message;
@@ -956,10 +1052,17 @@ fn send_or_edit(s: &mut State, method: &str, body: &Value) -> (u16, Value) {
             edits: 0,
             thread: body["message_thread_id"].as_i64(),
             rich: false,
+            buttons,
         });
         return ok(json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "text": visible}));
     }
-    edit(s, chat, body, (text, parse_mode, false), ("text", json!(visible)))
+    edit(
+        s,
+        chat,
+        body,
+        (text, parse_mode, false, buttons),
+        ("text", json!(visible)),
+    )
 }
 
 /// Edit message `body.message_id` of `chat` to show `text` (with `parse_mode`, or `rich`);
@@ -968,7 +1071,7 @@ fn edit(
     s: &mut State,
     chat: i64,
     body: &Value,
-    (text, parse_mode, rich): (String, Option<String>, bool),
+    (text, parse_mode, rich, buttons): (String, Option<String>, bool, Keyboard),
     shown: (&str, Value),
 ) -> (u16, Value) {
     let Some(id) = body["message_id"].as_i64() else {
@@ -981,7 +1084,8 @@ fn edit(
     else {
         return bad(400, "Bad Request: message to edit not found");
     };
-    if (&m.text, &m.parse_mode, m.rich) == (&text, &parse_mode, rich) {
+    // An edit without a keyboard removes the message's, as on Telegram.
+    if (&m.text, &m.parse_mode, m.rich, &m.buttons) == (&text, &parse_mode, rich, &buttons) {
         return bad(
             400,
             "Bad Request: message is not modified: specified new message content and reply markup are exactly the same as a current content and reply markup of the message",
@@ -990,6 +1094,7 @@ fn edit(
     m.text = text;
     m.parse_mode = parse_mode;
     m.rich = rich;
+    m.buttons = buttons;
     m.edits += 1;
     let mut answer = json!({"message_id": id, "chat": {"id": chat}});
     answer[shown.0] = shown.1;
@@ -1015,6 +1120,10 @@ fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
         Ok(t) => t,
         Err(e) => return e,
     };
+    let buttons = match keyboard_of(body) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
     if body.get("message_id").is_none() {
         s.draft_now.remove(&chat);
         let id = s.next_message;
@@ -1026,6 +1135,7 @@ fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
             edits: 0,
             thread: body["message_thread_id"].as_i64(),
             rich: true,
+            buttons,
         });
         return ok(
             json!({"message_id": id, "date": 1_700_000_000, "chat": {"id": chat}, "rich_message": {"blocks": []}}),
@@ -1035,9 +1145,37 @@ fn send_rich(s: &mut State, body: &Value) -> (u16, Value) {
         s,
         chat,
         body,
-        (text, None, true),
+        (text, None, true, buttons),
         ("rich_message", json!({"blocks": []})),
     )
+}
+
+/// A request's inline keyboard (`reply_markup.inline_keyboard`), checked as Telegram checks
+/// it: rows of buttons, each with a text and 1-64 bytes of `callback_data`; none: empty.
+fn keyboard_of(body: &Value) -> Result<Keyboard, (u16, Value)> {
+    let Some(markup) = body.get("reply_markup") else {
+        return Ok(Vec::new());
+    };
+    let Some(rows) = markup["inline_keyboard"].as_array() else {
+        return Err(bad(
+            400,
+            "Bad Request: can't parse reply keyboard markup JSON object",
+        ));
+    };
+    rows.iter()
+        .map(|row| {
+            row.as_array()
+                .ok_or_else(|| bad(400, "Bad Request: can't parse inline keyboard button: row is not an array"))?
+                .iter()
+                .map(|b| match (b["text"].as_str(), b["callback_data"].as_str()) {
+                    (Some(""), _) => Err(bad(400, "Bad Request: text buttons are unallowed in the inline keyboard")),
+                    (Some(t), Some(d)) if (1..=64).contains(&d.len()) => Ok((t.to_string(), d.to_string())),
+                    (Some(_), Some(_)) => Err(bad(400, "Bad Request: BUTTON_DATA_INVALID")),
+                    _ => Err(bad(400, "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard")),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The source of a request's `rich_message`, checked as Telegram checks it (a message

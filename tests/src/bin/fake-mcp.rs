@@ -39,7 +39,9 @@
 //! then `; roots URI`). In 2025-06-18 it sends `roots/list` and `elicitation/create`
 //! requests of its own while the call is open (refused when the client did not declare
 //! `elicitation` in `initialize`); in 2026-07-28 it answers `input_required` with both and
-//! a `requestState`, which the retry must echo. `ask_url` asks the user to open a page.
+//! a `requestState`, which the retry must echo. `ask_url` asks the user to open a page;
+//! `confirm` asks yes or no (`Delete 3 files?`) and answers `deleted`, `kept`, `declined`
+//! or `cancelled`.
 
 use std::io::{BufRead, Write};
 
@@ -57,6 +59,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("grow", "Adds a tool"),
     ("ask", "Asks the user first"),
     ("ask_url", "Asks the user to open a page"),
+    ("confirm", "Asks the user yes or no"),
 ];
 const EXTRA: (&str, &str) = ("extra", "Added by grow");
 
@@ -109,6 +112,7 @@ fn main() {
     // and the roots the client gave.
     let mut client_caps = json!({});
     let mut asking: Option<Value> = None;
+    let mut confirming = false;
     let mut roots = Value::Null;
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
@@ -131,9 +135,19 @@ fn main() {
                 Some("roots-1") => roots = msg["result"].clone(),
                 Some("ask-1") => {
                     if let Some(call) = asking.take() {
+                        let r = &msg["result"];
                         let answer = match msg.get("error") {
                             Some(e) => text(&format!("the client refused: {e}"), true),
-                            None => asked(&msg["result"], &roots),
+                            None if std::mem::take(&mut confirming) => text(
+                                match (r["action"].as_str(), r["content"]["ok"].as_bool()) {
+                                    (Some("accept"), Some(true)) => "deleted",
+                                    (Some("accept"), _) => "kept",
+                                    (Some("decline"), _) => "declined",
+                                    _ => "cancelled",
+                                },
+                                false,
+                            ),
+                            None => asked(r, &roots),
                         };
                         reply(&mut out, json!({"jsonrpc": "2.0", "id": call, "result": answer}));
                     }
@@ -394,6 +408,18 @@ fn main() {
                         } else {
                             Ok(asked(&responses["who"], &responses["where"]))
                         }
+                    }
+                    "confirm" if !modern => {
+                        reply(
+                            &mut out,
+                            json!({"jsonrpc": "2.0", "id": "ask-1",
+                            "method": "elicitation/create", "params": {"message": "Delete 3 files?",
+                                "requestedSchema": {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                                "required": ["ok"]}}}),
+                        );
+                        asking = Some(id);
+                        confirming = true;
+                        continue;
                     }
                     "ask" | "ask_url" => {
                         if client_caps["elicitation"].is_null() {
