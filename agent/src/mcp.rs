@@ -93,6 +93,66 @@ impl Asker<'_> {
         answer.map(drop)
     }
 }
+
+/// What a request waits on besides its answer, over either transport: the reply's cancel,
+/// its timeout, and the server's questions, put to `asker`'s user when there is one.
+#[derive(Clone, Copy)]
+pub struct Wait<'a> {
+    pub method: &'static str,
+    pub timeout: Duration,
+    pub cancel: &'a Receiver<()>,
+    pub asker: Option<Asker<'a>>,
+}
+
+impl Wait<'_> {
+    /// Take `desk`'s questions, when someone can answer them, until the guard is dropped
+    /// (opened before the request goes out, so an early question finds it).
+    pub fn open<'d>(&self, desk: &'d Desk) -> (Option<crate::mcp_input::Open<'d>>, Receiver<Question>) {
+        match self.asker {
+            Some(_) => {
+                let (open, q) = desk.open();
+                (Some(open), q)
+            }
+            None => (None, never()),
+        }
+    }
+
+    /// What `answer` brings (as `read` makes of it), or why nothing came: a question
+    /// arriving on `questions` meanwhile is put and answered with `reply` (its time added
+    /// to the timeout); `give_up` tells the server why the request is abandoned.
+    pub fn for_answer<T>(
+        &self,
+        answer: &Receiver<T>,
+        read: impl FnOnce(Result<T, crossbeam_channel::RecvError>) -> Result<Value, McpError>,
+        (questions, reply): (
+            &Receiver<Question>,
+            impl Fn(Value, &Value) -> Result<(), McpError>,
+        ),
+        give_up: impl Fn(&'static str),
+    ) -> Result<Value, McpError> {
+        let mut deadline = Instant::now() + self.timeout;
+        loop {
+            select! {
+                recv(answer) -> r => return read(r),
+                recv(questions) -> q => {
+                    let (Ok(q), Some(asker)) = (q, self.asker) else { continue };
+                    if let Err(e) = asker.answer(q, &mut deadline, &reply) {
+                        give_up("the user did not answer");
+                        return Err(e);
+                    }
+                }
+                recv(self.cancel) -> _ => {
+                    give_up("the user stopped the reply");
+                    return Err(McpError::Cancelled);
+                }
+                recv(at(deadline)) -> _ => {
+                    give_up("timed out");
+                    return Err(McpError::Timeout(self.method, self.timeout));
+                }
+            }
+        }
+    }
+}
 /// The notification of a server whose tools changed.
 pub const TOOLS_CHANGED: &str = "notifications/tools/list_changed";
 /// The notification of a server whose prompts changed.
@@ -255,29 +315,22 @@ impl Drop for StdioConn {
 }
 
 impl StdioConn {
-    /// Request `method`, putting the server's questions meanwhile to `asker`'s user.
-    fn request(
-        &self,
-        method: &'static str,
-        params: &Value,
-        timeout: Duration,
-        cancel: &Receiver<()>,
-        asker: Option<Asker>,
-    ) -> Result<Value, McpError> {
+    /// Request `wait.method` and wait for its answer as `wait` says.
+    fn request(&self, params: &Value, wait: Wait) -> Result<Value, McpError> {
         if !self.alive.load(Ordering::SeqCst) {
             return Err(McpError::Gone);
         }
-        let (open, questions) = match asker {
-            Some(_) => {
-                let (open, q) = self.desk.open();
-                (Some(open), q)
-            }
-            None => (None, never()),
-        };
-        let (msg, rx) = self.correlator.start(method, params);
+        let (_open, questions) = wait.open(&self.desk);
+        let (msg, rx) = self.correlator.start(wait.method, params);
         self.send(&msg)?;
-        let mut deadline = Instant::now() + timeout;
-        let give_up = |reason: &str| {
+        let read = |r: Result<tether::rpc::Outcome, _>| match r {
+            Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
+            Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
+            Ok(Err(e)) => Err(McpError::Rpc(e)),
+            Err(_) => Err(McpError::Gone),
+        };
+        let reply = |id, r: &Value| self.send(&Message::result(id, r));
+        wait.for_answer(&rx, read, (&questions, reply), |reason| {
             // The server may stop its work; its late answer is dropped.
             let id = msg_id(&msg);
             self.correlator.abandon(&id);
@@ -285,32 +338,7 @@ impl StdioConn {
                 "notifications/cancelled",
                 &json!({"requestId": id, "reason": reason}),
             ));
-        };
-        let result = loop {
-            select! {
-                recv(rx) -> r => break match r {
-                    Ok(Ok(raw)) => serde_json::from_str(raw.get()).map_err(|e| McpError::Protocol(e.to_string())),
-                    Ok(Err(e)) if e.code == -32000 && !self.alive.load(Ordering::SeqCst) => Err(McpError::Gone),
-                    Ok(Err(e)) => Err(McpError::Rpc(e)),
-                    Err(_) => Err(McpError::Gone),
-                },
-                recv(questions) -> q => {
-                    let (Ok(q), Some(asker)) = (q, asker) else { continue };
-                    let sent = asker.answer(q, &mut deadline, |id, r| self.send(&Message::result(id, r)));
-                    if let Err(e) = sent {
-                        give_up("the user did not answer");
-                        break Err(e);
-                    }
-                }
-                recv(cancel) -> _ => {
-                    give_up("the user stopped the reply");
-                    break Err(McpError::Cancelled);
-                }
-                recv(at(deadline)) -> _ => break Err(McpError::Timeout(method, timeout)),
-            }
-        };
-        drop(open);
-        result
+        })
     }
 
     fn send(&self, msg: &Message) -> Result<(), McpError> {
@@ -378,9 +406,15 @@ impl Link {
             Era::Modern => crate::mcp_era::with_meta(params, asker.is_some()),
             Era::Legacy => params.clone(),
         };
+        let wait = Wait {
+            method,
+            timeout,
+            cancel,
+            asker,
+        };
         match self {
-            Link::Stdio(c) => c.request(method, &params, timeout, cancel, asker),
-            Link::Http(c) => c.request(method, &params, headers, (timeout, cancel), asker),
+            Link::Stdio(c) => c.request(&params, wait),
+            Link::Http(c) => c.request(&params, headers, wait),
         }
     }
 

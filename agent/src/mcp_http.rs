@@ -31,14 +31,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{at, bounded, never, select, Receiver};
+use crossbeam_channel::bounded;
 use serde_json::{json, Value};
 use tether::cut::{Cut, Lanes};
 use tether::rpc::Message;
 
-use crate::mcp::{Asker, McpError};
+use crate::mcp::{McpError, Wait};
 use crate::mcp_input::{Desk, Question};
 
 /// Largest answer read, JSON or a whole stream.
@@ -126,25 +126,17 @@ impl HttpConn {
         }
     }
 
-    /// Send request `method` (with `headers` too) and wait for its answer, at most
-    /// `timeout` (the time `asker`'s user takes to answer a question of the server's
-    /// aside), or until `cancel`.
+    /// Send request `wait.method` (with `headers` too) and wait for its answer as `wait`
+    /// says.
     pub fn request(
         &self,
-        method: &'static str,
         params: &Value,
         headers: Vec<(String, String)>,
-        (timeout, cancel): (Duration, &Receiver<()>),
-        asker: Option<Asker>,
+        wait: Wait,
     ) -> Result<Value, McpError> {
+        let method = wait.method;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (open, questions) = match asker {
-            Some(_) => {
-                let (open, q) = self.inner.desk.open();
-                (Some(open), q)
-            }
-            None => (None, never()),
-        };
+        let (_open, questions) = wait.open(&self.inner.desk);
         let mut headers = headers;
         if self.inner.modern.load(Ordering::SeqCst) {
             headers.push(("mcp-method".into(), method.into()));
@@ -169,7 +161,12 @@ impl HttpConn {
                 let _ = tx.send(inner.exchange(id, &body, &headers, &exchange_cut));
             })
             .map_err(McpError::Spawn)?;
-        let give_up = |reason: &'static str| {
+        let reply = |id, r: &Value| {
+            self.inner.reply(id, r);
+            Ok(())
+        };
+        let read = |r: Result<_, _>| r.unwrap_or(Err(McpError::Gone));
+        wait.for_answer(&rx, read, (&questions, reply), |reason| {
             // Closing the connection is the stateless revision's cancellation; the older
             // one asks for the notification (a closed stream is not a cancel there), and
             // closing frees the exchange's thread and connection all the same.
@@ -177,34 +174,7 @@ impl HttpConn {
                 self.inner.cancelled(id, reason);
             }
             cut.fire();
-        };
-        let mut deadline = Instant::now() + timeout;
-        let result = loop {
-            select! {
-                recv(rx) -> r => break r.unwrap_or(Err(McpError::Gone)),
-                recv(questions) -> q => {
-                    let (Ok(q), Some(asker)) = (q, asker) else { continue };
-                    let sent = asker.answer(q, &mut deadline, |id, r| {
-                        self.inner.reply(id, r);
-                        Ok(())
-                    });
-                    if let Err(e) = sent {
-                        give_up("the user did not answer");
-                        break Err(e);
-                    }
-                }
-                recv(cancel) -> _ => {
-                    give_up("the user stopped the reply");
-                    break Err(McpError::Cancelled);
-                }
-                recv(at(deadline)) -> _ => {
-                    give_up("timed out");
-                    break Err(McpError::Timeout(method, timeout));
-                }
-            }
-        };
-        drop(open);
-        result
+        })
     }
 
     /// Send notification `method`.
