@@ -3119,9 +3119,13 @@ fn a_questions_answers_are_buttons_to_tap() {
     let s = stack("gw-answer-buttons", llm);
     let ws = s.instance_dir().join("workspace");
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    // In the workspace: a sandboxed instance sees its own /tmp, not the host's (where a
+    // clean clone's build may be).
+    let server = ws.join("fake-mcp");
+    std::fs::copy(aegis_e2e::proc::bin("fake-mcp"), &server).unwrap();
     std::fs::write(
         ws.join(".aegis/agent.json"),
-        json!({"mcp": {"fake": {"command": aegis_e2e::proc::bin("fake-mcp")}}}).to_string(),
+        json!({"mcp": {"fake": {"command": server}}}).to_string(),
     )
     .unwrap();
     s.telegram.push_text(CHAT, 7, "Ann", "clean up");
