@@ -140,6 +140,7 @@ impl User for ChatAsker<'_> {
                 files: attached.files,
                 voice: attached.voice,
                 answers: picks.to_vec(),
+                answerer: self.user.clone().filter(|_| !picks.is_empty()),
             });
         done.msg_id = msg_id;
         let _ = self.shared.egress.send(done);

@@ -176,6 +176,7 @@ pub fn send_done(
         files: attached.files,
         voice: attached.voice,
         answers: Vec::new(),
+        answerer: None,
     });
     let _ = shared.egress.send(f);
 }

@@ -225,10 +225,12 @@ impl Ingress {
     /// once one was picked (it was passed on as the user's message, `answered`), so the
     /// question is answered once.
     fn tapped(&self, tap: &crate::telegram::CallbackQuery, answered: bool) {
-        if let Err(e) = self.tg.call(
-            "answerCallbackQuery",
-            &serde_json::json!({"callback_query_id": tap.id}),
-        ) {
+        let mut body = serde_json::json!({"callback_query_id": tap.id});
+        if tap.for_someone_else() {
+            // Shown to the one who tapped, briefly, as Telegram shows such answers.
+            body["text"] = serde_json::json!("This question is for the person it asks.");
+        }
+        if let Err(e) = self.tg.call("answerCallbackQuery", &body) {
             log::debug!("answerCallbackQuery failed: {e}");
         }
         let Some((chat, message_id)) = tap.question().filter(|_| answered) else {

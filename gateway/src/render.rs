@@ -94,7 +94,7 @@ pub enum Action {
         /// API takes them; else as HTML or plain text.
         rich: bool,
         /// The answers to pick under it (the reply's last part ends with a question).
-        keyboard: Vec<String>,
+        keyboard: Answers,
     },
     /// `editMessageText`. Should the message be gone (deleted, or left behind in a group
     /// that became a supergroup), the sender sends the text anew and reports the new
@@ -117,7 +117,7 @@ pub enum Action {
         /// Edited into a rich message (`rich_message`) when the Bot API takes them.
         rich: bool,
         /// The answers to pick under it; none removes them.
-        keyboard: Vec<String>,
+        keyboard: Answers,
     },
     /// `sendChatAction`: typing, or what the agent's tool is making.
     Typing {
@@ -178,9 +178,16 @@ impl Action {
             text,
             html,
             rich: false,
-            keyboard: Vec::new(),
+            keyboard: Answers::default(),
         }
     }
+}
+
+/// The answers a question offers, as buttons, and whose pick counts (anyone's: `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answers {
+    pub labels: Vec<String>,
+    pub by: Option<String>,
 }
 
 /// What a chat shows while the agent works on its reply (`sendChatAction`).
@@ -316,6 +323,9 @@ pub struct Reply {
     /// buttons under its last message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<String>,
+    /// Whose pick of them counts (`assistant.done` `answerer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answerer: Option<String>,
     /// Attachments sent so far (they go out in order: images, files, voice messages).
     #[serde(default, rename = "photos_sent")]
     pub attachments_sent: usize,
@@ -778,6 +788,7 @@ impl Renderer {
                 reply.files = done.files;
                 reply.voice = done.voice;
                 reply.answers = done.answers;
+                reply.answerer = done.answerer;
                 reply.text = if !t.is_empty() {
                     t
                 } else if let Some(e) = &reply.error {
@@ -1078,7 +1089,7 @@ struct Look {
     /// Sent as a rich message.
     rich: bool,
     /// Answers to pick, as buttons under it.
-    keyboard: Vec<String>,
+    keyboard: Answers,
 }
 
 impl Look {
@@ -1092,7 +1103,7 @@ impl Look {
             (Some(html), false) => html.clone(),
             (None, false) => self.text.clone(),
         };
-        for a in &self.keyboard {
+        for a in &self.keyboard.labels {
             shown.push_str(&format!("\u{1}answer\u{1}{a}"));
         }
         shown
@@ -1138,12 +1149,15 @@ fn desired_parts(r: &Reply, mode: RichMode) -> Vec<Look> {
                 text,
                 html,
                 rich,
-                keyboard: Vec::new(),
+                keyboard: Answers::default(),
             }
         })
         .collect();
     if let (true, Some(last)) = (r.done, looks.last_mut()) {
-        last.keyboard = r.answers.clone();
+        last.keyboard = Answers {
+            labels: r.answers.clone(),
+            by: r.answerer.clone(),
+        };
     }
     looks
 }
@@ -1201,7 +1215,7 @@ mod tests {
             out.iter()
                 .filter_map(|a| match a {
                     Action::Send { part, keyboard, .. } | Action::Edit { part, keyboard, .. } => {
-                        Some((*part, keyboard.clone()))
+                        Some((*part, keyboard.labels.clone()))
                     }
                     _ => None,
                 })
@@ -1249,7 +1263,7 @@ mod tests {
                 text: "Hel".into(),
                 html: None,
                 rich: false,
-                keyboard: Vec::new()
+                keyboard: Answers::default()
             }]
         );
         out.clear();
@@ -1274,7 +1288,7 @@ mod tests {
                 text: "Hello".into(),
                 html: None,
                 rich: false,
-                keyboard: Vec::new()
+                keyboard: Answers::default()
             }]
         );
         out.clear();
@@ -1296,7 +1310,7 @@ mod tests {
                 text: "Hello **world**".into(),
                 html: Some("Hello <b>world</b>".into()),
                 rich: false,
-                keyboard: Vec::new()
+                keyboard: Answers::default()
             }]
         );
         assert_eq!(r.in_progress(), 0);
@@ -1419,7 +1433,7 @@ mod tests {
                 text: "Hello".into(),
                 html: None,
                 rich: false,
-                keyboard: Vec::new()
+                keyboard: Answers::default()
             }]
         );
     }
@@ -1503,7 +1517,7 @@ mod tests {
                 text: "full answer".into(),
                 html: None,
                 rich: false,
-                keyboard: Vec::new()
+                keyboard: Answers::default()
             }]
         );
     }
@@ -1788,7 +1802,7 @@ mod tests {
                 text: "Hello **there**".into(),
                 html: Some("Hello <b>there</b>".into()),
                 rich: false,
-                keyboard: Vec::new()
+                keyboard: Answers::default()
             }]
         );
         out.clear();
@@ -2193,7 +2207,7 @@ mod tests {
                 images: vec![img("AAAA"), img("BBBB")],
                 files: vec![file.clone()],
                 voice: vec![voice.clone()],
-                answers: Vec::new(),
+                ..Done::default()
             });
         f.seq = Some(1);
         let key: ReplyKey = (5, "m".into());

@@ -358,9 +358,9 @@ fn call_with_fallback(
 }
 
 /// `body` with the buttons of a question's `answers`, when it has any.
-fn with_answers(mut body: Value, answers: &[String]) -> Value {
-    if !answers.is_empty() {
-        body["reply_markup"] = crate::telegram::answer_keyboard(answers);
+fn with_answers(mut body: Value, answers: &crate::render::Answers) -> Value {
+    if !answers.labels.is_empty() {
+        body["reply_markup"] = crate::telegram::answer_keyboard(&answers.labels, answers.by.as_deref());
     }
     body
 }

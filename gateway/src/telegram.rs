@@ -63,6 +63,9 @@ impl CallbackQuery {
     pub fn as_message(&self) -> Option<Message> {
         let question = self.message.as_ref()?;
         let data = self.data.as_deref().filter(|d| d.starts_with(ANSWER_DATA))?;
+        if self.for_someone_else() {
+            return None;
+        }
         let label = question["reply_markup"]["inline_keyboard"]
             .as_array()?
             .iter()
@@ -88,6 +91,18 @@ impl CallbackQuery {
         Some(m)
     }
 
+    /// A tap on an answer meant for another user (a bystander in a group): no answer.
+    pub fn for_someone_else(&self) -> bool {
+        let asked = self
+            .data
+            .as_deref()
+            .and_then(|d| d.strip_prefix(ANSWER_DATA))
+            .and_then(|rest| rest.split_once(':'))
+            .map(|(_, user)| user);
+        let tapper = self.from["id"].as_i64().map(|id| id.to_string());
+        asked.is_some_and(|user| tapper.as_deref() != Some(user))
+    }
+
     /// Where the question is: (chat, message id).
     pub fn question(&self) -> Option<(i64, i64)> {
         let m = self.message.as_ref()?;
@@ -96,9 +111,14 @@ impl CallbackQuery {
 }
 
 /// The inline keyboard of a question's `answers`: short ones side by side (three at most),
-/// else one a row; each button's data names its answer by index.
-pub fn answer_keyboard(answers: &[String]) -> Value {
-    let button = |(i, a): (usize, &String)| json!({"text": a, "callback_data": format!("{ANSWER_DATA}{i}")});
+/// else one a row; each button's data names its answer by index, and the user whose pick
+/// counts when there is one (`answer:1:42`).
+pub fn answer_keyboard(answers: &[String], by: Option<&str>) -> Value {
+    let data = |i: usize| match by {
+        Some(user) => format!("{ANSWER_DATA}{i}:{user}"),
+        None => format!("{ANSWER_DATA}{i}"),
+    };
+    let button = |(i, a): (usize, &String)| json!({"text": a, "callback_data": data(i)});
     let buttons: Vec<Value> = answers.iter().enumerate().map(button).collect();
     let side_by_side = answers.len() <= 3 && answers.iter().all(|a| a.chars().count() <= 12);
     let rows: Vec<Value> = match side_by_side {
@@ -764,7 +784,7 @@ mod tests {
         let question = json!({"message_id": 9, "date": 1, "chat": {"id": -5, "type": "group"},
             "from": {"id": 1, "is_bot": true, "first_name": "Bot"}, "text": "Delete?",
             "message_thread_id": 3,
-            "reply_markup": answer_keyboard(&["Yes".into(), "No".into(), "/decline".into()])});
+            "reply_markup": answer_keyboard(&["Yes".into(), "No".into(), "/decline".into()], None)});
         let tap = |data: &str| CallbackQuery {
             id: "q".into(),
             from: json!({"id": 7, "is_bot": false, "first_name": "Ann"}),
@@ -790,17 +810,38 @@ mod tests {
     }
 
     #[test]
+    fn only_the_user_asked_answers_by_a_tap() {
+        let keyboard = answer_keyboard(&["Yes".into(), "No".into()], Some("7"));
+        assert_eq!(keyboard["inline_keyboard"][0][1]["callback_data"], "answer:1:7");
+        let question = json!({"message_id": 9, "date": 1, "chat": {"id": -5, "type": "group"},
+            "text": "Delete?", "reply_markup": keyboard});
+        let tap = |who: i64| CallbackQuery {
+            id: "q".into(),
+            from: json!({"id": who, "is_bot": false, "first_name": "X"}),
+            message: Some(question.clone()),
+            data: Some("answer:1:7".into()),
+        };
+        assert_eq!(tap(7).as_message().and_then(|m| m.text), Some("No".into()));
+        assert!(!tap(7).for_someone_else());
+        assert!(
+            tap(8).for_someone_else() && tap(8).as_message().is_none(),
+            "a bystander's tap"
+        );
+        assert!(tap(77).for_someone_else(), "not a prefix match");
+    }
+
+    #[test]
     fn short_answers_sit_side_by_side_long_ones_a_row_each() {
         let row = |k: &Value, i: usize| k["inline_keyboard"][i].as_array().unwrap().len();
-        let short = answer_keyboard(&["Yes".into(), "No".into(), "/decline".into()]);
+        let short = answer_keyboard(&["Yes".into(), "No".into(), "/decline".into()], None);
         assert_eq!(short["inline_keyboard"].as_array().unwrap().len(), 1);
         assert_eq!(row(&short, 0), 3);
         assert_eq!(short["inline_keyboard"][0][2]["callback_data"], "answer:2");
-        let long = answer_keyboard(&["Staging environment".into(), "Production".into()]);
+        let long = answer_keyboard(&["Staging environment".into(), "Production".into()], None);
         assert_eq!(long["inline_keyboard"].as_array().unwrap().len(), 2);
         let four: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
         assert_eq!(
-            answer_keyboard(&four)["inline_keyboard"]
+            answer_keyboard(&four, None)["inline_keyboard"]
                 .as_array()
                 .unwrap()
                 .len(),

@@ -3099,7 +3099,8 @@ fn edits_go_unseen_when_the_config_says_ignore() {
 /// An MCP server's yes-or-no question shows its answers as buttons under the question
 /// (the reply's last message); a tap is the user's answer: the app stops waiting
 /// (`answerCallbackQuery`), the buttons go, and the reply goes on. In a group whose bot
-/// answers only what is addressed to it, a tap counts as a reply to the question.
+/// answers only what is addressed to it, a tap counts as a reply to the question, and only
+/// the member asked can answer: another's tap is told so, and changes nothing.
 #[test]
 fn a_questions_answers_are_buttons_to_tap() {
     let llm = FakeLlm::scripted(vec![
@@ -3180,6 +3181,30 @@ fn a_questions_answers_are_buttons_to_tap() {
             .ends_with("In a group, reply to this message to answer."),
         "{}",
         question.visible()
+    );
+    let bystander = s.telegram.press_button(GROUP, question.id, 8, "Yes");
+    let deadline = std::time::Instant::now() + T;
+    while s.telegram.open_callbacks().contains(&bystander) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bystander's tap was never answered"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let told = s.telegram.calls_of("answerCallbackQuery");
+    assert_eq!(
+        told.last().unwrap().body["text"],
+        "This question is for the person it asks."
+    );
+    let still = s.telegram.messages(GROUP);
+    assert!(
+        !still
+            .iter()
+            .find(|m| m.id == question.id)
+            .unwrap()
+            .buttons
+            .is_empty(),
+        "the buttons stay for the one asked"
     );
     s.telegram.press_button(GROUP, question.id, 7, "No");
     s.telegram

@@ -272,6 +272,10 @@ pub struct Done {
     /// one, each coming back as the user's message with exactly this text.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub answers: Vec<String>,
+    /// [ours] Whose pick of `answers` counts (the user id of the message the reply
+    /// answers); absent: anyone's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answerer: Option<String>,
 }
 
 /// Identity of the person behind a `user.message`.
