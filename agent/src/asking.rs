@@ -133,17 +133,9 @@ impl User for ChatAsker<'_> {
             }
             (t.msg_id.clone(), text, std::mem::take(&mut t.attached))
         };
-        let mut done =
-            Frame::new(kind::ASSISTANT_DONE, Some(self.out.clone())).with_payload(&tether::frame::Done {
-                text,
-                images: attached.images,
-                files: attached.files,
-                voice: attached.voice,
-                answers: picks.to_vec(),
-                answerer: self.user.clone().filter(|_| !picks.is_empty()),
-            });
-        done.msg_id = msg_id;
-        let _ = self.shared.egress.send(done);
+        let answerer = self.user.clone().filter(|_| !picks.is_empty());
+        let question_ends = (attached, picks.to_vec(), answerer);
+        crate::worker::send_done(self.shared, self.out, &msg_id, &text, question_ends);
         let got = self.wait(&answers);
         self.state.waiting.lock().expect("waiting lock").take();
         let frame = match got {

@@ -159,15 +159,16 @@ fn send_reasoning_done(shared: &Shared, session: &Session, msg_id: &Option<Strin
 }
 
 /// The `assistant.done` of a reply, with the images, files and voice messages tools
-/// attached to it.
+/// attached to it, and, when it ends with a question, the answers to pick and whose pick
+/// counts ([`crate::asking`]).
 pub fn send_done(
     shared: &Shared,
     session: &Session,
     msg_id: &Option<String>,
     text: &str,
-    attached: Attachments,
+    (attached, answers, answerer): (Attachments, Vec<String>, Option<String>),
 ) {
-    if attached.is_empty() {
+    if attached.is_empty() && answers.is_empty() {
         return send_text(shared, kind::ASSISTANT_DONE, session, msg_id, text);
     }
     let f = reply_frame(kind::ASSISTANT_DONE, session, msg_id).with_payload(&tether::frame::Done {
@@ -175,8 +176,8 @@ pub fn send_done(
         images: attached.images,
         files: attached.files,
         voice: attached.voice,
-        answers: Vec::new(),
-        answerer: None,
+        answers,
+        answerer,
     });
     let _ = shared.egress.send(f);
 }
@@ -451,7 +452,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     }
 
     match ending {
-        Ending::Complete(text) => send_done(shared, out, &msg_id, &text, attached),
+        Ending::Complete(text) => send_done(shared, out, &msg_id, &text, (attached, Vec::new(), None)),
         Ending::Failed(e, text) => {
             log::warn!("reply for {}/{} failed: {e}", session.channel, session.id);
             let notice = e.user_message();
@@ -475,7 +476,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             } else {
                 format!("{text}\n\n{note}")
             };
-            send_done(shared, out, &msg_id, &done, attached);
+            send_done(shared, out, &msg_id, &done, (attached, Vec::new(), None));
             shared.restarter.request(out, &shared.egress);
         }
         Ending::RoundLimit(text) => {
