@@ -114,6 +114,17 @@ impl<'a> ChatAsker<'a> {
 
 impl User for ChatAsker<'_> {
     fn ask(&self, question: &str, picks: &[String]) -> Heard {
+        self.put(question, picks, false)
+    }
+
+    fn ask_privately(&self, question: &str, picks: &[String]) -> Heard {
+        self.put(question, picks, true)
+    }
+}
+
+impl ChatAsker<'_> {
+    /// Ask, and wait for the answer; a `private` one is not quoted in the call's result.
+    fn put(&self, question: &str, picks: &[String], private: bool) -> Heard {
         let (tx, answers) = bounded(1);
         // Before the question goes out: a quick answer must not miss the desk.
         *self.state.waiting.lock().expect("waiting lock") = Some(Waiting {
@@ -169,9 +180,12 @@ impl User for ChatAsker<'_> {
                 .rev()
                 .find(|l| l.starts_with(['❓', '🔗']))
                 .unwrap_or("");
+            let answered = match private {
+                true => "(an answer that is not kept)".to_string(),
+                false => format!("“{}”", crate::text::clip(&said, 500)),
+            };
             t.heard.push(format!(
-                "[asked in the chat: {asked} The user answered: “{}”]",
-                crate::text::clip(&said, 500)
+                "[asked in the chat: {asked} The user answered: {answered}]"
             ));
         }
         if let Some(f) = self.state.inflight.lock().expect("inflight lock").as_mut() {

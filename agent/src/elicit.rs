@@ -29,6 +29,12 @@ pub trait User {
     /// Put `question` to the user, with `answers` they may pick rather than type (a
     /// chat's buttons); what they said, or why no answer will come.
     fn ask(&self, question: &str, answers: &[String]) -> Heard;
+
+    /// As [`User::ask`], for an answer that must not be kept anywhere (it carries a
+    /// sign-in's code): only that something was answered is.
+    fn ask_privately(&self, question: &str, answers: &[String]) -> Heard {
+        self.ask(question, answers)
+    }
 }
 
 /// Choices offered as answers to pick at most (a longer list is typed).
@@ -211,7 +217,7 @@ fn options(p: &Value) -> Result<Vec<(String, String)>, String> {
 }
 
 /// The host of an `http(s)` URL, lower case; `None` for anything else.
-fn host_of(url: &str) -> Option<String> {
+pub fn host_of(url: &str) -> Option<String> {
     let lower = url.trim().to_ascii_lowercase();
     let rest = lower
         .strip_prefix("https://")
@@ -225,6 +231,15 @@ fn host_of(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// Which host a page to open is on, with a warning for a name in another alphabet.
+pub fn where_it_is(host: &str) -> String {
+    let mut said = format!("It is on {host}");
+    if host.split('.').any(|label| label.starts_with("xn--")) {
+        said.push_str(" (⚠️ a name written with other alphabets: it may imitate a name you know)");
+    }
+    said
+}
+
 /// The chat message asking `ask` of the user, on behalf of `server`.
 pub fn question(server: &str, ask: &Ask) -> String {
     match ask {
@@ -233,10 +248,7 @@ pub fn question(server: &str, ask: &Ask) -> String {
             if !message.is_empty() {
                 q.push_str(&format!(": {message}"));
             }
-            q.push_str(&format!("\n\n{url}\n\nIt is on {host}"));
-            if host.split('.').any(|label| label.starts_with("xn--")) {
-                q.push_str(" (⚠️ a name written with other alphabets: it may imitate a name you know)");
-            }
+            q.push_str(&format!("\n\n{url}\n\n{}", where_it_is(host)));
             q.push_str(
                 ".\n\nOpen it only if you trust it, then send any message to go on; /decline to refuse.",
             );

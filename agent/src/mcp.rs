@@ -22,7 +22,10 @@
 //! 5. keep the agent's own keys from the servers: agent.json and mcp.json are files the
 //!    model can write, so a server is a command run on its behalf, as `bash` is;
 //! 6. run a server's prompt when a message names it (`/SERVER_PROMPT`, listed then, so
-//!    always current; [`crate::mcp_prompts`]).
+//!    always current; [`crate::mcp_prompts`]);
+//! 7. sign in to a remote server that asks for it ([`sign_in`]): its tokens go with every
+//!    request, are refreshed when they expire or are refused, and until the user has
+//!    signed in the model is offered one tool that asks them to.
 //!
 //! One reader thread per running server pairs responses with requests (the
 //! [`Correlator`]); calls to one server are serialised by its connection lock.
@@ -50,6 +53,8 @@ use crate::mcp_input::{Desk, NoInput, Question};
 use crate::mcp_prompts::{Asked, Prompt};
 use crate::mcp_resources::ResourceTool;
 use crate::tools::Outcome;
+
+mod sign_in;
 
 /// The MCP revision we speak with a server that wants a handshake (the newest of the
 /// stateless kind is [`crate::mcp_era::MODERN`]).
@@ -209,6 +214,9 @@ pub struct ServerConfig {
     /// [ours] Longest `tools/call`, in seconds (default 60).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// [ours] How to sign in to `url` when it asks (OAuth); optional.
+    #[serde(default)]
+    pub oauth: Option<crate::mcp_oauth::OAuthConfig>,
 }
 
 /// Why a request to a server failed.
@@ -245,6 +253,11 @@ pub enum McpError {
     /// A modern server that cannot be spoken to (it speaks only other versions): no use
     /// trying the handshake.
     Unusable(String),
+    /// It refused the request's token, or its lack of one (HTTP 401, or 403 for a scope
+    /// the token lacks), saying this, in these words.
+    Unauthorized(crate::mcp_oauth::Challenge, String),
+    /// The user must sign in first, with this tool.
+    SignIn(String),
 }
 
 impl fmt::Display for McpError {
@@ -275,6 +288,15 @@ impl fmt::Display for McpError {
                 ASK_WAIT.as_secs() / 60
             ),
             McpError::Unusable(why) => f.write_str(why),
+            McpError::Unauthorized(c, words) => McpError::Http(
+                if c.insufficient_scope() { 403 } else { 401 },
+                words.clone(),
+            )
+            .fmt(f),
+            McpError::SignIn(tool) => write!(
+                f,
+                "the user has to sign in to it first: call {tool}, which asks them in the chat"
+            ),
         }
     }
 }
@@ -483,11 +505,16 @@ struct Server {
     failed_at: Mutex<Option<Instant>>,
     /// While a background start runs: disconnects when it is over.
     starting: Mutex<Option<Receiver<()>>>,
+    /// The sign-ins kept, every server's.
+    grants: Arc<crate::oauth_store::Store>,
+    /// It wants the user to sign in, as its refusal said: the sign-in tool is offered.
+    sign_in: Mutex<Option<crate::mcp_oauth::Challenge>>,
 }
 
 impl Server {
-    /// Start the process, or open the session, and run the handshake. Caller holds `conn`.
-    fn connect(&self) -> Result<Conn, McpError> {
+    /// Start the process, or open the session, and run the handshake, once (see
+    /// [`Server::connect`]). Caller holds `conn`.
+    fn connect_once(&self) -> Result<Conn, McpError> {
         let transport = self.config.transport.as_deref().map(str::to_ascii_lowercase);
         let conn = match (transport.as_deref(), &self.config.url) {
             (Some("sse"), _) => {
@@ -560,7 +587,11 @@ impl Server {
                     return Ok(Era::Modern);
                 }
                 Ok(Era::Legacy) => None,
-                Err(e @ (McpError::Http(401 | 403, _) | McpError::HttpRpc(401 | 403, _))) => return Err(e),
+                Err(
+                    e @ (McpError::Http(401 | 403, _)
+                    | McpError::HttpRpc(401 | 403, _)
+                    | McpError::Unauthorized(..)),
+                ) => return Err(e),
                 Err(
                     e @ (McpError::Transport(_)
                     | McpError::Timeout(..)
@@ -645,25 +676,36 @@ impl Server {
         self.prompts.store(has("prompts"), Ordering::SeqCst);
     }
 
-    /// A session with the server at `url`.
-    fn open(&self, url: &str) -> Result<Link, McpError> {
+    /// `text` of the configuration (`what`) with its variables' values.
+    fn expand(&self, what: &str, text: &str) -> Result<String, McpError> {
         let var = |name: &str| std::env::var(name).ok();
-        let expand = |what: &str, text: &str| {
-            crate::mcp_http::expand(text, &self.hidden_env, var)
-                .map_err(|e| McpError::Config(format!("{what}: {e}")))
-        };
-        let url = expand("url", url)?;
+        crate::mcp_http::expand(text, &self.hidden_env, var)
+            .map_err(|e| McpError::Config(format!("{what}: {e}")))
+    }
+
+    /// The endpoint of a server at a URL, its variables expanded.
+    fn endpoint(&self, url: &str) -> Result<String, McpError> {
+        let url = self.expand("url", url)?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             return Err(McpError::Config(
                 "`url` must start with http:// or https://".into(),
             ));
         }
-        let headers = self
+        Ok(url)
+    }
+
+    /// A session with the server at `url`.
+    fn open(&self, url: &str) -> Result<Link, McpError> {
+        let url = self.endpoint(url)?;
+        let mut headers = self
             .config
             .headers
             .iter()
-            .map(|(k, v)| Ok((k.clone(), expand(&format!("header {k}"), v)?)))
+            .map(|(k, v)| Ok((k.clone(), self.expand(&format!("header {k}"), v)?)))
             .collect::<Result<Vec<_>, McpError>>()?;
+        if let Some(token) = self.signed_in_token(&url) {
+            headers.push(("authorization".into(), format!("Bearer {token}")));
+        }
         Ok(Link::Http(crate::mcp_http::HttpConn::new(
             &self.name,
             &url,
@@ -1014,6 +1056,16 @@ impl Server {
                 Err(McpError::Cancelled | McpError::Unanswered(Unanswered::Stopped)) => {
                     return Err(Outcome::Cancelled)
                 }
+                Err(McpError::Unauthorized(..)) if attempt == 0 && self.oauth() => {
+                    // The token expired or was revoked meanwhile: a new connection
+                    // refreshes it (or says the user must sign in again).
+                    log::info!(
+                        "MCP [{}]: the server refused the token; connecting again",
+                        self.name
+                    );
+                    *conn = None;
+                    continue;
+                }
                 Err(McpError::SessionEnded) if attempt == 0 => {
                     // The server forgot the session (it restarted, or expired it), so the
                     // call never ran there: a new session runs it.
@@ -1241,6 +1293,7 @@ impl McpServers {
         hidden_env: &[String],
     ) -> McpServers {
         let hidden_env: Arc<[String]> = hidden_env.into();
+        let grants = Arc::new(crate::oauth_store::Store::new(workspace));
         let servers: Vec<Arc<Server>> = configs
             .into_iter()
             .map(|(name, config)| {
@@ -1260,6 +1313,8 @@ impl McpServers {
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
                     starting: Mutex::new(None),
+                    grants: Arc::clone(&grants),
+                    sign_in: Mutex::new(None),
                 })
             })
             .collect();
@@ -1324,7 +1379,9 @@ impl McpServers {
                 .lock()
                 .expect("mcp failed lock")
                 .is_some_and(|t| t.elapsed() > RETRY_AFTER);
-            if !running && failed_long_ago {
+            // One waiting for the user to sign in would only be refused again.
+            let signing_in = s.sign_in.lock().expect("mcp sign-in lock").is_some();
+            if !running && failed_long_ago && !signing_in {
                 start_in_background(s);
             }
             let stale = s
@@ -1335,13 +1392,13 @@ impl McpServers {
             if running && (s.changed.tools.swap(false, Ordering::SeqCst) || stale) {
                 s.list_again();
             }
-            specs.extend(
-                s.tools
-                    .lock()
-                    .expect("mcp tools lock")
-                    .iter()
-                    .map(|t| t.spec.clone()),
-            );
+            let tools = s.tools.lock().expect("mcp tools lock");
+            specs.extend(tools.iter().map(|t| t.spec.clone()));
+            if let Some(spec) = s.sign_in_spec() {
+                if !tools.iter().any(|t| t.spec.name == spec.name) {
+                    specs.push(spec);
+                }
+            }
         }
         specs
     }
@@ -1440,6 +1497,7 @@ impl McpServers {
             match found {
                 Some((_, Some(kind))) => return Some(s.resource_call(kind, args, cancel, user)),
                 Some((remote, None)) => return Some(s.call(&remote, args, cancel, user)),
+                None if s.oauth() && name == s.sign_in_tool() => return Some(s.sign_in(user)),
                 None => {}
             }
         }

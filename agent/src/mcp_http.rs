@@ -267,7 +267,23 @@ impl Inner {
             self.alive.store(false, Ordering::SeqCst);
             return McpError::SessionEnded;
         }
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(crate::mcp_oauth::Challenge::parse);
         let text = tether::http::error_text(resp);
+        // A token refused (401), or one lacking the scopes this request needs (403 with
+        // the Bearer challenge's word for it): a sign-in may help.
+        match challenge {
+            Some(c) if status == 401 || c.insufficient_scope() => {
+                return McpError::Unauthorized(c, tether::http::error_words(&text))
+            }
+            None if status == 401 => {
+                return McpError::Unauthorized(Default::default(), tether::http::error_words(&text))
+            }
+            _ => {}
+        }
         let rpc = serde_json::from_str::<Value>(&text)
             .ok()
             .and_then(|v| serde_json::from_value::<tether::rpc::RpcError>(v["error"].clone()).ok());

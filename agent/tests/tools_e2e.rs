@@ -3096,3 +3096,183 @@ fn mcp_servers_ask_the_user_in_the_chat() {
         json!({"roots": {}, "elicitation": {}})
     );
 }
+
+/// A remote MCP server that asks its users to sign in (OAuth, as MCP's authorization
+/// says): its 401 names its metadata, which names the authorization server; the agent
+/// registers itself there, offers the model one tool that asks the user to sign in, and
+/// puts the sign-in page in the chat. An answer that is not the address asked for is
+/// asked again; the address the browser went to gives the code, which is traded for
+/// tokens with the PKCE verifier and the server's URI as `resource`. The server's tools
+/// come the same reply. The code never reaches the session, the model or the log; the
+/// tokens are kept (mode 0600) across a restart, refreshed when the server refuses them,
+/// and when even the refresh is refused the user is asked to sign in again. `/decline`
+/// declines.
+#[test]
+fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
+    use aegis_e2e::oauth::FakeAuth;
+    let auth = FakeAuth::start();
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start_protected(&auth);
+    let ws = TempDir::new("tools-mcp-oauth");
+    write_agent_json(&ws, json!({"mcp": {"linear": {"url": remote.url()}}}));
+    let round = |text: &str, calls: &[(&str, &str, &str)]| Reply::sse(openai_tool_sse(text, calls, 3));
+    let echo = r#"{"text": "hi"}"#;
+    let llm = FakeLlm::scripted(vec![
+        round("", &[("c1", "linear_sign_in", "{}")]),
+        Reply::sse(openai_sse(&["As you wish."])),
+        round("Signing in.", &[("c2", "linear_sign_in", "{}")]),
+        round("", &[("c3", "linear_echo", echo)]),
+        Reply::sse(openai_sse(&["connected"])),
+        round("", &[("c4", "linear_echo", echo)]),
+        Reply::sse(openai_sse(&["still fine"])),
+        round("", &[("c5", "linear_echo", echo)]),
+        Reply::sse(openai_sse(&["please sign in"])),
+    ]);
+    let mut env = openai(&llm).to_vec();
+    env.push(("RUST_LOG", "debug".into()));
+    let a = agent(&ws, &env);
+    let chat = "42";
+    a.send(&from(chat, "u1", "connect linear", "m1"));
+    let q = dones(&a.reply());
+    assert!(
+        q[0].1
+            .starts_with("🔗 The MCP server “linear” needs you to sign in before its tools can be used:"),
+        "{}",
+        q[0].1
+    );
+    let reqs = llm.requests();
+    let offered = offered_tools(&reqs[0]);
+    assert!(offered.contains(&"linear_sign_in".to_string()), "{offered:?}");
+    assert!(
+        !offered.iter().any(|t| t == "linear_echo"),
+        "no tools before the sign-in"
+    );
+    a.send(&from(chat, "u1", "/decline", "m2"));
+    assert_eq!(
+        dones(&a.reply()),
+        [("m2".to_string(), "As you wish.".to_string())]
+    );
+
+    a.send(&from(chat, "u1", "try again", "m3"));
+    let q = dones(&a.reply());
+    let page = q[0]
+        .1
+        .lines()
+        .find(|l| l.starts_with(&format!("{}/authorize?", auth.issuer())))
+        .unwrap_or_else(|| panic!("no sign-in page in {}", q[0].1))
+        .to_string();
+    assert!(q[0].1.contains("http://127.0.0.1:33418/callback"), "{}", q[0].1);
+    a.send(&from(chat, "u1", "done, I think", "m4"));
+    let again = dones(&a.reply());
+    assert!(
+        again[0]
+            .1
+            .starts_with("⚠️ That is not the address with the sign-in's code.\n\n🔗 The MCP server “linear”"),
+        "{}",
+        again[0].1
+    );
+    let landed = FakeAuth::browse(&page);
+    assert!(
+        landed.starts_with("http://127.0.0.1:33418/callback?code="),
+        "{landed}"
+    );
+    let code = aegis_e2e::oauth::decode_params(landed.split_once('?').unwrap().1)["code"].clone();
+    a.send(&from(chat, "u1", &format!("here: {landed}"), "m5"));
+    assert_eq!(dones(&a.reply()), [("m5".to_string(), "connected".to_string())]);
+
+    let reqs = llm.requests();
+    let results: Vec<String> = tool_results(&reqs[4]).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(
+        results[..2],
+        [
+            "[asked in the chat: 🔗 The MCP server “linear” needs you to sign in before its tools can be used: \
+             The user answered: (an answer that is not kept)]\n\n\
+             error: not signed in to MCP server linear: the user declined to sign in"
+                .to_string(),
+            "[asked in the chat: 🔗 The MCP server “linear” needs you to sign in before its tools can be used: \
+             The user answered: (an answer that is not kept)]\n\n\
+             [asked in the chat: 🔗 The MCP server “linear” needs you to sign in before its tools can be used: \
+             The user answered: (an answer that is not kept)]\n\n\
+             Signed in to the MCP server linear. Its tools are offered from now on: linear_echo, linear_add, \
+             linear_ask_ping, linear_ask_user, linear_hang, linear_cut, linear_grow."
+                .to_string(),
+        ]
+    );
+    assert_eq!(results[2], "hi");
+    let offered = offered_tools(&reqs[3]);
+    assert!(
+        offered.contains(&"linear_echo".to_string()) && !offered.contains(&"linear_sign_in".to_string()),
+        "{offered:?}"
+    );
+    // Registered, then the code traded with the verifier, for this server.
+    let seen = auth.seen();
+    let register = seen.iter().filter(|s| s.path == "/register").count();
+    assert_eq!(register, 1, "registered once, for both sign-ins");
+    let token = seen.iter().find(|s| s.path == "/token").expect("a token request");
+    assert_eq!(token.params["grant_type"], "authorization_code");
+    assert_eq!(token.params["resource"], remote.url());
+    assert_eq!(token.params["code_verifier"].len(), 43);
+    let authorize = seen.iter().rfind(|s| s.path == "/authorize").unwrap();
+    assert_eq!(
+        authorize.params["scope"], "read offline_access",
+        "the server's scope, and a refresh token"
+    );
+    assert_eq!(authorize.params["resource"], remote.url());
+    let calls: Vec<_> = remote
+        .seen()
+        .into_iter()
+        .filter(|s| s.what == "tools/call")
+        .collect();
+    let used = calls[0].auth.clone().unwrap();
+    assert!(used.starts_with("Bearer at-"), "{used}");
+
+    // The code went to the authorization server alone.
+    let kept = std::fs::read_to_string(ws.join(".aegis/mcp-oauth.json")).unwrap();
+    let mode = std::fs::metadata(ws.join(".aegis/mcp-oauth.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+    let session = std::fs::read_to_string(ws.join(format!("sessions/telegram_{chat}.jsonl"))).unwrap();
+    for (place, text) in [("the session", &session), ("the log", &a.proc.log())] {
+        assert!(!text.contains(&code), "the code in {place}");
+    }
+    let access = used.trim_start_matches("Bearer ");
+    assert!(kept.contains(access), "{kept}");
+    assert!(!a.proc.log().contains(access), "the token in the log");
+    drop(a);
+
+    // A restart: signed in still; the server refuses the token: refreshed, and the call
+    // runs.
+    let a = agent(&ws, &openai(&llm));
+    auth.expire_access();
+    a.send(&from(chat, "u1", "once more", "m6"));
+    assert_eq!(dones(&a.reply()), [("m6".to_string(), "still fine".to_string())]);
+    let reqs = llm.requests();
+    assert!(offered_tools(&reqs[5]).contains(&"linear_echo".to_string()));
+    assert_eq!(tool_results(&reqs[6]).last().unwrap().1, "hi");
+    let refresh = auth.seen().into_iter().rfind(|s| s.path == "/token").unwrap();
+    assert_eq!(refresh.params["grant_type"], "refresh_token");
+    assert_eq!(refresh.params["resource"], remote.url());
+
+    // Every token ended: the user is asked to sign in again.
+    auth.revoke_all();
+    a.send(&from(chat, "u1", "and now?", "m7"));
+    assert_eq!(
+        dones(&a.reply()),
+        [("m7".to_string(), "please sign in".to_string())]
+    );
+    let reqs = llm.requests();
+    assert_eq!(
+        tool_results(&reqs[8]).last().unwrap().1,
+        "error: MCP server linear is unavailable: the user has to sign in to it first: \
+         call linear_sign_in, which asks them in the chat"
+    );
+    assert!(offered_tools(&reqs[8]).contains(&"linear_sign_in".to_string()));
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/mcp-oauth.json")).unwrap()).unwrap();
+    assert_eq!(kept["grants"], json!({}), "the dead grant is forgotten");
+    assert_eq!(
+        kept["clients"].as_object().unwrap().len(),
+        1,
+        "the registration stays"
+    );
+}

@@ -15,6 +15,10 @@
 //! back within a minute), `hang` (a stream that never answers), `cut` (a stream
 //! cut before the answer), `grow` (adds the tool `extra`, saying so on the stream with
 //! `notifications/tools/list_changed` before the answer).
+//!
+//! [`FakeMcpHttp::start_protected`] makes it a protected resource of an authorization
+//! server ([`crate::oauth::FakeAuth`]): its metadata (RFC 9728) at
+//! `/.well-known/oauth-protected-resource/mcp`, named in the `WWW-Authenticate` of its 401s.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
@@ -96,13 +100,48 @@ fn sse_event(msg: &Value) -> Vec<u8> {
     format!("event: message\ndata: {msg}\n\n").into_bytes()
 }
 
+/// Who may use the server.
+enum Guard {
+    Anyone,
+    Token(&'static str),
+    /// Tokens of the authorization server at `issuer` that `valid` accepts.
+    OAuth {
+        issuer: String,
+        valid: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    },
+}
+
+const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/mcp";
+
 impl FakeMcpHttp {
     /// Accept requests with `Authorization: Bearer TOKEN` only (`None`: no check).
     pub fn start(token: Option<&'static str>) -> FakeMcpHttp {
+        FakeMcpHttp::guarded(token.map_or(Guard::Anyone, Guard::Token))
+    }
+
+    /// Accept the tokens of the authorization server `auth` issued for this server.
+    pub fn start_protected(auth: &crate::oauth::FakeAuth) -> FakeMcpHttp {
+        // The resource is known once the port is: the checker asks for it then.
+        let resource: Arc<Mutex<String>> = Arc::default();
+        let res = Arc::clone(&resource);
+        let st = Arc::clone(&auth.shared());
+        let fake = FakeMcpHttp::guarded(Guard::OAuth {
+            issuer: auth.issuer(),
+            valid: Box::new(move |token| crate::oauth::FakeAuth::accepts(&st, token, &res.lock().unwrap())),
+        });
+        *resource.lock().unwrap() = fake.url();
+        fake
+    }
+
+    fn guarded(guard: Guard) -> FakeMcpHttp {
         let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
         let st = Arc::clone(&state);
-        let server =
-            Server::start_nodelay(move |req: Request, resp: Responder| handle(&st, token, req, resp));
+        let base: Arc<Mutex<String>> = Arc::default();
+        let b = Arc::clone(&base);
+        let server = Server::start_nodelay(move |req: Request, resp: Responder| {
+            handle(&st, &guard, &b.lock().unwrap(), req, resp)
+        });
+        *base.lock().unwrap() = server.url.clone();
         FakeMcpHttp { server, state }
     }
 
@@ -136,7 +175,7 @@ impl FakeMcpHttp {
     }
 }
 
-fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, resp: Responder) {
+fn handle(state: &(Mutex<State>, Condvar), guard: &Guard, base: &str, req: Request, resp: Responder) {
     let body = req.json();
     let session = req.header("mcp-session-id").map(str::to_string);
     let what = match (body["method"].as_str(), body.get("id")) {
@@ -164,24 +203,44 @@ fn handle(state: &(Mutex<State>, Condvar), token: Option<&str>, req: Request, re
         }
         cvar.notify_all();
     };
+    if let (Guard::OAuth { issuer, .. }, "GET", METADATA_PATH) =
+        (guard, req.method.as_str(), req.path.as_str())
+    {
+        record(200);
+        return resp.json(
+            200,
+            &json!({"resource": format!("{base}/mcp"), "authorization_servers": [issuer],
+                "scopes_supported": ["read"], "bearer_methods_supported": ["header"]}),
+        );
+    }
     if req.path != "/mcp" {
         record(404);
         return resp.send(404, &[("Content-Type", "text/plain")], b"Not Found");
     }
-    if let Some(t) = token {
-        if req.header("authorization") != Some(&format!("Bearer {t}")) {
-            record(401);
-            let body =
-                json!({"error": "invalid_token", "error_description": "Missing or invalid access token"});
-            return resp.send(
-                401,
-                &[
-                    ("Content-Type", "application/json"),
-                    ("WWW-Authenticate", "Bearer error=\"invalid_token\""),
-                ],
-                body.to_string().as_bytes(),
-            );
-        }
+    let bearer = req
+        .header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "));
+    let (allowed, challenge) = match guard {
+        Guard::Anyone => (true, String::new()),
+        Guard::Token(t) => (bearer == Some(*t), "Bearer error=\"invalid_token\"".to_string()),
+        Guard::OAuth { valid, .. } => (
+            bearer.is_some_and(valid),
+            format!(
+                "Bearer error=\"invalid_token\", resource_metadata=\"{base}{METADATA_PATH}\", scope=\"read\""
+            ),
+        ),
+    };
+    if !allowed {
+        record(401);
+        let body = json!({"error": "invalid_token", "error_description": "Missing or invalid access token"});
+        return resp.send(
+            401,
+            &[
+                ("Content-Type", "application/json"),
+                ("WWW-Authenticate", &challenge),
+            ],
+            body.to_string().as_bytes(),
+        );
     }
     let known = |s: &Option<String>| {
         s.as_ref()
