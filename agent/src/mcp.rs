@@ -254,8 +254,9 @@ pub enum McpError {
     /// trying the handshake.
     Unusable(String),
     /// It refused the request's token, or its lack of one (HTTP 401, or 403 for a scope
-    /// the token lacks), saying this, in these words.
-    Unauthorized(crate::mcp_oauth::Challenge, String),
+    /// the token lacks), saying this, in these words. Boxed: every result of a request
+    /// carries an `McpError`'s room, on threads with small stacks.
+    Unauthorized(Box<crate::mcp_oauth::Challenge>, String),
     /// The user must sign in first, with this tool.
     SignIn(String),
 }

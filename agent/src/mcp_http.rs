@@ -277,10 +277,10 @@ impl Inner {
         // the Bearer challenge's word for it): a sign-in may help.
         match challenge {
             Some(c) if status == 401 || c.insufficient_scope() => {
-                return McpError::Unauthorized(c, tether::http::error_words(&text))
+                return McpError::Unauthorized(Box::new(c), tether::http::error_words(&text))
             }
             None if status == 401 => {
-                return McpError::Unauthorized(Default::default(), tether::http::error_words(&text))
+                return McpError::Unauthorized(Box::default(), tether::http::error_words(&text))
             }
             _ => {}
         }

@@ -139,7 +139,10 @@ impl FakeMcpHttp {
         let base: Arc<Mutex<String>> = Arc::default();
         let b = Arc::clone(&base);
         let server = Server::start_nodelay(move |req: Request, resp: Responder| {
-            handle(&st, &guard, &b.lock().unwrap(), req, resp)
+            // Not held while a request is served: several are at once (a stream, and the
+            // client's answer to what the server asked on it).
+            let base = b.lock().unwrap().clone();
+            handle(&st, &guard, &base, req, resp)
         });
         *base.lock().unwrap() = server.url.clone();
         FakeMcpHttp { server, state }

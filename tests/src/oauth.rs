@@ -76,7 +76,10 @@ impl FakeAuth {
         let st = Arc::clone(&state);
         let issuer: Arc<Mutex<String>> = Arc::default();
         let iss = Arc::clone(&issuer);
-        let server = Server::start(move |req, resp| handle(&st, &iss.lock().unwrap(), req, resp));
+        let server = Server::start(move |req, resp| {
+            let issuer = iss.lock().unwrap().clone();
+            handle(&st, &issuer, req, resp)
+        });
         *issuer.lock().unwrap() = server.url.clone();
         FakeAuth { server, state }
     }

@@ -54,12 +54,12 @@ impl Server {
     pub(super) fn connect(&self) -> Result<Conn, McpError> {
         let first = self.connect_once();
         let challenge = match first {
-            Err(McpError::Unauthorized(c, _)) if self.oauth() => c,
+            Err(McpError::Unauthorized(c, _)) if self.oauth() => *c,
             other => return other,
         };
         if self.refresh_kept() {
             match self.connect_once() {
-                Err(McpError::Unauthorized(c, _)) => return Err(self.needs_sign_in(c)),
+                Err(McpError::Unauthorized(c, _)) => return Err(self.needs_sign_in(*c)),
                 other => return other,
             }
         }
