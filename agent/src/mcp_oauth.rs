@@ -232,6 +232,7 @@ pub fn sign_in(s: &SignIn, user: &dyn User) -> Result<Grant, SignInError> {
             client_id: id.clone(),
             client_secret: s.config.client_secret.clone(),
             redirect_uri: redirect.to_string(),
+            auth_method: None,
         },
         (None, Some(c)) if c.redirect_uri == redirect => c,
         (None, _) => {
@@ -279,14 +280,13 @@ pub fn sign_in(s: &SignIn, user: &dyn User) -> Result<Grant, SignInError> {
             "no address with the sign-in's code came in {MAX_TRIES} answers"
         )));
     };
-    let mut form = vec![
+    let form = vec![
         ("grant_type", "authorization_code".to_string()),
         ("code", code),
         ("redirect_uri", client.redirect_uri.clone()),
         ("code_verifier", verifier),
         ("resource", canonical(s.url)),
     ];
-    form.extend(credentials(&client));
     let grant =
         tokens(&issuer.token_endpoint, &form, s.url, &client, scope.as_deref()).map_err(|e| failed(e.why))?;
     log::info!("MCP [{}]: signed in with {}", s.server, issuer.issuer);
@@ -299,12 +299,11 @@ pub fn refresh(grant: &Grant, client: &Client) -> Result<Grant, TokenError> {
         .refresh_token
         .as_deref()
         .ok_or_else(|| TokenError::failed("no refresh token was given"))?;
-    let mut form = vec![
+    let form = vec![
         ("grant_type", "refresh_token".to_string()),
         ("refresh_token", refresh.to_string()),
         ("resource", canonical(&grant.resource)),
     ];
-    form.extend(credentials(client));
     let mut new = tokens(
         &grant.token_endpoint,
         &form,
@@ -322,13 +321,25 @@ pub fn refresh(grant: &Grant, client: &Client) -> Result<Grant, TokenError> {
     Ok(new)
 }
 
-/// The client's identification in a token request (a public client sends its id alone).
-fn credentials(client: &Client) -> Vec<(&'static str, String)> {
-    let mut c = vec![("client_id", client.client_id.clone())];
-    if let Some(secret) = &client.client_secret {
-        c.push(("client_secret", secret.clone()));
+/// How `client` identifies itself in a token request: form fields, and an
+/// `Authorization` header. A public client sends its id alone; one with a secret uses
+/// HTTP Basic (which every authorization server must take, RFC 6749 §2.3.1, the id and
+/// secret form-encoded first), unless its registration asked for the secret in the body.
+fn credentials(client: &Client) -> (Vec<(&'static str, String)>, Option<String>) {
+    let Some(secret) = &client.client_secret else {
+        return (vec![("client_id", client.client_id.clone())], None);
+    };
+    if client.auth_method.as_deref() == Some("client_secret_post") {
+        let fields = vec![
+            ("client_id", client.client_id.clone()),
+            ("client_secret", secret.clone()),
+        ];
+        return (fields, None);
     }
-    c
+    let encode = |s: &str| utf8_percent_encode(s, QUERY).to_string();
+    let pair = format!("{}:{}", encode(&client.client_id), encode(secret));
+    let basic = base64::engine::general_purpose::STANDARD.encode(pair);
+    (Vec::new(), Some(format!("Basic {basic}")))
 }
 
 /// The scopes asked for: configured, else the refusal's (with those granted before),
@@ -632,6 +643,7 @@ fn register(issuer: &Issuer, redirect: &str) -> Result<Client, String> {
         client_id: client_id.to_string(),
         client_secret: answer["client_secret"].as_str().map(str::to_string),
         redirect_uri: redirect.to_string(),
+        auth_method: answer["token_endpoint_auth_method"].as_str().map(str::to_string),
     })
 }
 
@@ -643,11 +655,14 @@ fn tokens(
     client: &Client,
     asked_scope: Option<&str>,
 ) -> Result<Grant, TokenError> {
+    let (fields, authorization) = credentials(client);
     let agent = crate::tools::api_agent(endpoint, REQUEST_TIMEOUT);
-    let resp = agent
-        .post(endpoint)
-        .header("accept", "application/json")
-        .send_form(form.iter().map(|(k, v)| (*k, v.as_str())))
+    let mut req = agent.post(endpoint).header("accept", "application/json");
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let resp = req
+        .send_form(form.iter().chain(&fields).map(|(k, v)| (*k, v.as_str())))
         .map_err(|e| {
             TokenError::failed(format!(
                 "the token request failed: {}",
@@ -998,6 +1013,35 @@ mod tests {
         let none = aegis_e2e::http::Server::start(|_, resp| resp.send(404, &[], b""));
         let (issuer, _) = protected_resource(&format!("{}/mcp", none.url), &Challenge::default()).unwrap();
         assert_eq!(issuer, none.url);
+    }
+
+    #[test]
+    fn a_secret_goes_in_basic_unless_the_registration_asked_for_the_body() {
+        let mut c = Client {
+            issuer: "i".into(),
+            client_id: "id:1".into(),
+            client_secret: None,
+            redirect_uri: "r".into(),
+            auth_method: None,
+        };
+        assert_eq!(credentials(&c), (vec![("client_id", "id:1".to_string())], None));
+        c.client_secret = Some("s&cret".into());
+        // base64("id%3A1:s%26cret")
+        assert_eq!(
+            credentials(&c),
+            (Vec::new(), Some("Basic aWQlM0ExOnMlMjZjcmV0".to_string()))
+        );
+        c.auth_method = Some("client_secret_post".into());
+        assert_eq!(
+            credentials(&c),
+            (
+                vec![
+                    ("client_id", "id:1".to_string()),
+                    ("client_secret", "s&cret".to_string())
+                ],
+                None
+            )
+        );
     }
 
     proptest! {

@@ -25,6 +25,9 @@ pub struct Client {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret: Option<String>,
     pub redirect_uri: String,
+    /// How the registration said the client authenticates (`client_secret_post`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_method: Option<String>,
 }
 
 /// What a sign-in gave for one server.
@@ -189,6 +192,7 @@ mod tests {
             client_id: "c1".into(),
             client_secret: None,
             redirect_uri: "http://127.0.0.1/cb".into(),
+            auth_method: None,
         };
         store.keep_client(&client);
         store.keep("linear", Some(&grant("https://mcp/a")));

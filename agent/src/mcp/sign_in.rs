@@ -141,6 +141,7 @@ impl Server {
                 redirect_uri: config
                     .redirect_uri
                     .unwrap_or_else(|| crate::mcp_oauth::REDIRECT_URI.to_string()),
+                auth_method: None,
             }),
             None => self.grants.client(issuer),
         }
