@@ -256,7 +256,7 @@ pub enum McpError {
     /// It refused the request's token, or its lack of one (HTTP 401, or 403 for a scope
     /// the token lacks), saying this, in these words. Boxed: every result of a request
     /// carries an `McpError`'s room, on threads with small stacks.
-    Unauthorized(Box<crate::mcp_oauth::Challenge>, String),
+    Unauthorized(Box<crate::oauth_discovery::Challenge>, String),
     /// The user must sign in first, with this tool.
     SignIn(String),
 }
@@ -509,7 +509,7 @@ struct Server {
     /// The sign-ins kept, every server's.
     grants: Arc<crate::oauth_store::Store>,
     /// It wants the user to sign in, as its refusal said: the sign-in tool is offered.
-    sign_in: Mutex<Option<crate::mcp_oauth::Challenge>>,
+    sign_in: Mutex<Option<crate::oauth_discovery::Challenge>>,
 }
 
 impl Server {

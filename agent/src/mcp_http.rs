@@ -271,7 +271,7 @@ impl Inner {
             .headers()
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
-            .map(crate::mcp_oauth::Challenge::parse);
+            .map(crate::oauth_discovery::Challenge::parse);
         let text = tether::http::error_text(resp);
         // A token refused (401), or one lacking the scopes this request needs (403 with
         // the Bearer challenge's word for it): a sign-in may help.

@@ -8,7 +8,8 @@
 use super::{plain, Conn, McpError, Server};
 use crate::elicit::{Unanswered, User};
 use crate::llm::ToolSpec;
-use crate::mcp_oauth::{Challenge, OAuthConfig, SignIn, SignInError};
+use crate::mcp_oauth::{OAuthConfig, SignIn, SignInError};
+use crate::oauth_discovery::Challenge;
 use crate::oauth_store::{Client, Grant};
 use crate::tools::Outcome;
 
