@@ -257,8 +257,9 @@ pub enum McpError {
     /// the token lacks), saying this, in these words. Boxed: every result of a request
     /// carries an `McpError`'s room, on threads with small stacks.
     Unauthorized(Box<crate::oauth_discovery::Challenge>, String),
-    /// The user must sign in first, with this tool.
-    SignIn(String),
+    /// The user must sign in first, with this tool; `more`: again, to allow more than
+    /// they did.
+    SignIn { tool: String, more: bool },
 }
 
 impl fmt::Display for McpError {
@@ -294,9 +295,13 @@ impl fmt::Display for McpError {
                 words.clone(),
             )
             .fmt(f),
-            McpError::SignIn(tool) => write!(
+            McpError::SignIn { tool, more: false } => write!(
                 f,
                 "the user has to sign in to it first: call {tool}, which asks them in the chat"
+            ),
+            McpError::SignIn { tool, more: true } => write!(
+                f,
+                "it needs more access than the user allowed: call {tool}, which asks them to sign in again in the chat"
             ),
         }
     }
@@ -1056,6 +1061,11 @@ impl Server {
                 Ok(result) => return Ok(result),
                 Err(McpError::Cancelled | McpError::Unanswered(Unanswered::Stopped)) => {
                     return Err(Outcome::Cancelled)
+                }
+                Err(McpError::Unauthorized(c, _)) if c.insufficient_scope() && self.oauth() => {
+                    // The token is good but allows too little for this call: the user
+                    // decides whether to allow more (a step-up).
+                    self.needs_sign_in(*c)
                 }
                 Err(McpError::Unauthorized(..)) if attempt == 0 && self.oauth() => {
                     // The token expired or was revoked meanwhile: a new connection

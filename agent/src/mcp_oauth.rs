@@ -10,9 +10,10 @@
 //! PKCE verifier only the agent holds, so an address seen by someone else is of no use.
 //!
 //! Steps: the server's 401 leads to its authorization server ([`crate::oauth_discovery`]);
-//! the client is the one configured (`oauth.client_id`), else the one registered with that issuer before, else
-//! one registered now (RFC 7591); the scopes are the configured ones, else those the 401
-//! asked for (with those granted before, for a step-up), else the server's.
+//! the client is the one configured (`oauth.client_id`), else the one registered with that
+//! issuer before, else one registered now (RFC 7591); the scopes are the configured ones,
+//! else those the refusal asked for (with those granted before, for a step-up), else the
+//! server's.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -3105,7 +3105,8 @@ fn mcp_servers_ask_the_user_in_the_chat() {
 /// tokens with the PKCE verifier and the server's URI as `resource`. The server's tools
 /// come the same reply. The code never reaches the session, the model or the log; the
 /// tokens are kept (mode 0600) across a restart, refreshed when the server refuses them,
-/// and when even the refresh is refused the user is asked to sign in again. `/decline`
+/// and when even the refresh is refused the user is asked to sign in again, as when a
+/// call needs more than the user allowed (a step-up, with the scopes of both). `/decline`
 /// declines.
 #[test]
 fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
@@ -3122,6 +3123,10 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
         round("Signing in.", &[("c2", "linear_sign_in", "{}")]),
         round("", &[("c3", "linear_echo", echo)]),
         Reply::sse(openai_sse(&["connected"])),
+        round("", &[("c6", "linear_add", r#"{"a": 1, "b": 2}"#)]),
+        round("", &[("c7", "linear_sign_in", "{}")]),
+        round("", &[("c8", "linear_add", r#"{"a": 1, "b": 2}"#)]),
+        Reply::sse(openai_sse(&["added"])),
         round("", &[("c4", "linear_echo", echo)]),
         Reply::sse(openai_sse(&["still fine"])),
         round("", &[("c5", "linear_echo", echo)]),
@@ -3238,6 +3243,28 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
     let access = used.trim_start_matches("Bearer ");
     assert!(kept.contains(access), "{kept}");
     assert!(!a.proc.log().contains(access), "the token in the log");
+
+    // A call that needs more than the user allowed (403 insufficient_scope): the user
+    // is asked to sign in again, for what was granted and what the call needs.
+    a.send(&from(chat, "u1", "add 1 and 2", "m8"));
+    let q = dones(&a.reply());
+    let page = q[0]
+        .1
+        .lines()
+        .find(|l| l.contains("/authorize?"))
+        .unwrap()
+        .to_string();
+    let reqs = llm.requests();
+    assert_eq!(
+        tool_results(&reqs[6]).last().unwrap().1,
+        "error: MCP server linear failed: it needs more access than the user allowed: \
+         call linear_sign_in, which asks them to sign in again in the chat"
+    );
+    a.send(&from(chat, "u1", &FakeAuth::browse(&page), "m9"));
+    assert_eq!(dones(&a.reply()), [("m9".to_string(), "added".to_string())]);
+    let authorize = auth.seen().into_iter().rfind(|s| s.path == "/authorize").unwrap();
+    assert_eq!(authorize.params["scope"], "read offline_access write");
+    assert_eq!(tool_results(&llm.requests()[8]).last().unwrap().1, "3");
     drop(a);
 
     // A restart: signed in still; the server refuses the token: refreshed, and the call
@@ -3247,8 +3274,8 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
     a.send(&from(chat, "u1", "once more", "m6"));
     assert_eq!(dones(&a.reply()), [("m6".to_string(), "still fine".to_string())]);
     let reqs = llm.requests();
-    assert!(offered_tools(&reqs[5]).contains(&"linear_echo".to_string()));
-    assert_eq!(tool_results(&reqs[6]).last().unwrap().1, "hi");
+    assert!(offered_tools(&reqs[9]).contains(&"linear_echo".to_string()));
+    assert_eq!(tool_results(&reqs[10]).last().unwrap().1, "hi");
     let refresh = auth.seen().into_iter().rfind(|s| s.path == "/token").unwrap();
     assert_eq!(refresh.params["grant_type"], "refresh_token");
     assert_eq!(refresh.params["resource"], remote.url());
@@ -3262,11 +3289,11 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
     );
     let reqs = llm.requests();
     assert_eq!(
-        tool_results(&reqs[8]).last().unwrap().1,
+        tool_results(&reqs[12]).last().unwrap().1,
         "error: MCP server linear is unavailable: the user has to sign in to it first: \
          call linear_sign_in, which asks them in the chat"
     );
-    assert!(offered_tools(&reqs[8]).contains(&"linear_sign_in".to_string()));
+    assert!(offered_tools(&reqs[12]).contains(&"linear_sign_in".to_string()));
     let kept: Value =
         serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/mcp-oauth.json")).unwrap()).unwrap();
     assert_eq!(kept["grants"], json!({}), "the dead grant is forgotten");

@@ -18,7 +18,9 @@
 //!
 //! [`FakeMcpHttp::start_protected`] makes it a protected resource of an authorization
 //! server ([`crate::oauth::FakeAuth`]): its metadata (RFC 9728) at
-//! `/.well-known/oauth-protected-resource/mcp`, named in the `WWW-Authenticate` of its 401s.
+//! `/.well-known/oauth-protected-resource/mcp`, named in the `WWW-Authenticate` of its 401s;
+//! `add` then needs the scope `write`, and a token without it gets a 403
+//! `insufficient_scope` naming that scope.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Condvar, Mutex};
@@ -104,10 +106,11 @@ fn sse_event(msg: &Value) -> Vec<u8> {
 enum Guard {
     Anyone,
     Token(&'static str),
-    /// Tokens of the authorization server at `issuer` that `valid` accepts.
+    /// Tokens of the authorization server at `issuer` that `valid` accepts (it gives
+    /// their scope).
     OAuth {
         issuer: String,
-        valid: Box<dyn Fn(&str) -> bool + Send + Sync>,
+        valid: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
     },
 }
 
@@ -127,7 +130,7 @@ impl FakeMcpHttp {
         let st = Arc::clone(&auth.shared());
         let fake = FakeMcpHttp::guarded(Guard::OAuth {
             issuer: auth.issuer(),
-            valid: Box::new(move |token| crate::oauth::FakeAuth::accepts(&st, token, &res.lock().unwrap())),
+            valid: Box::new(move |token| crate::oauth::FakeAuth::scope_of(&st, token, &res.lock().unwrap())),
         });
         *resource.lock().unwrap() = fake.url();
         fake
@@ -226,12 +229,35 @@ fn handle(state: &(Mutex<State>, Condvar), guard: &Guard, base: &str, req: Reque
     let (allowed, challenge) = match guard {
         Guard::Anyone => (true, String::new()),
         Guard::Token(t) => (bearer == Some(*t), "Bearer error=\"invalid_token\"".to_string()),
-        Guard::OAuth { valid, .. } => (
-            bearer.is_some_and(valid),
-            format!(
-                "Bearer error=\"invalid_token\", resource_metadata=\"{base}{METADATA_PATH}\", scope=\"read\""
-            ),
-        ),
+        Guard::OAuth { valid, .. } => {
+            let scope = bearer.and_then(valid);
+            let adding = what == "tools/call" && body["params"]["name"] == "add";
+            if adding
+                && scope
+                    .as_ref()
+                    .is_some_and(|s| !s.split(' ').any(|s| s == "write"))
+            {
+                record(403);
+                let challenge = format!(
+                    "Bearer error=\"insufficient_scope\", scope=\"write\", resource_metadata=\"{base}{METADATA_PATH}\""
+                );
+                let body = json!({"error": "insufficient_scope", "error_description": "add needs write"});
+                return resp.send(
+                    403,
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("WWW-Authenticate", &challenge),
+                    ],
+                    body.to_string().as_bytes(),
+                );
+            }
+            (
+                scope.is_some(),
+                format!(
+                    "Bearer error=\"invalid_token\", resource_metadata=\"{base}{METADATA_PATH}\", scope=\"read\""
+                ),
+            )
+        }
     };
     if !allowed {
         record(401);

@@ -39,8 +39,8 @@ pub(crate) struct State {
     /// Registered clients and their redirect addresses.
     clients: HashMap<String, Vec<String>>,
     codes: HashMap<String, Code>,
-    /// Access tokens and the resource each is for.
-    access: HashMap<String, String>,
+    /// Access tokens: the resource each is for, and its scope.
+    access: HashMap<String, (String, String)>,
     /// Refresh tokens: (client, resource, scope).
     refresh: HashMap<String, (String, String, String)>,
     next: u32,
@@ -55,7 +55,8 @@ impl State {
     fn issue(&mut self, client: &str, resource: &str, scope: &str) -> Value {
         let access = self.next("at");
         let refresh = self.next("rt");
-        self.access.insert(access.clone(), resource.to_string());
+        self.access
+            .insert(access.clone(), (resource.to_string(), scope.to_string()));
         self.refresh
             .insert(refresh.clone(), (client.into(), resource.into(), scope.into()));
         json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600,
@@ -94,9 +95,11 @@ impl FakeAuth {
         Arc::clone(&self.state)
     }
 
-    /// Whether `token` is a live access token for `resource` in `state`.
-    pub(crate) fn accepts(state: &Mutex<State>, token: &str, resource: &str) -> bool {
-        state.lock().unwrap().access.get(token).map(String::as_str) == Some(resource)
+    /// The scope of `token` when it is a live access token for `resource` in `state`.
+    pub(crate) fn scope_of(state: &Mutex<State>, token: &str, resource: &str) -> Option<String> {
+        let st = state.lock().unwrap();
+        let (to, scope) = st.access.get(token)?;
+        (to == resource).then(|| scope.clone())
     }
 
     /// End every access token (as expiry or a revocation does); refresh tokens stay.

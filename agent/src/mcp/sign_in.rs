@@ -68,10 +68,18 @@ impl Server {
     }
 
     /// Offer the sign-in tool until the user signs in; the error that says so.
-    fn needs_sign_in(&self, challenge: Challenge) -> McpError {
-        log::info!("MCP [{}]: the user has to sign in", self.name);
+    pub(super) fn needs_sign_in(&self, challenge: Challenge) -> McpError {
+        let more = challenge.insufficient_scope();
+        log::info!(
+            "MCP [{}]: the user has to sign in{}",
+            self.name,
+            if more { " again, for more access" } else { "" }
+        );
         *self.sign_in.lock().expect("mcp sign-in lock") = Some(challenge);
-        McpError::SignIn(self.sign_in_tool())
+        McpError::SignIn {
+            tool: self.sign_in_tool(),
+            more,
+        }
     }
 
     /// The access token kept for the server at `url`, refreshed first when it is about to
