@@ -102,6 +102,9 @@ fn sse_event(msg: &Value) -> Vec<u8> {
     format!("event: message\ndata: {msg}\n\n").into_bytes()
 }
 
+/// The scope of a live token, `None` for any other.
+type ScopeOf = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// Who may use the server.
 enum Guard {
     Anyone,
@@ -110,7 +113,7 @@ enum Guard {
     /// their scope).
     OAuth {
         issuer: String,
-        valid: Box<dyn Fn(&str) -> Option<String> + Send + Sync>,
+        valid: Box<ScopeOf>,
     },
 }
 
