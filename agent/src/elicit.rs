@@ -231,6 +231,16 @@ pub fn host_of(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_string())
 }
 
+/// `url` as a Markdown link showing itself, so a chat that reads Markdown shows and
+/// opens it whole (an `_` or `__` in a query is otherwise taken for emphasis, which cuts
+/// the address); as it is when it cannot be one.
+pub fn link(url: &str) -> String {
+    match url.contains(|c: char| c.is_whitespace() || "[]()".contains(c)) {
+        true => url.to_string(),
+        false => format!("[{url}]({url})"),
+    }
+}
+
 /// Which host a page to open is on, with a warning for a name in another alphabet.
 pub fn where_it_is(host: &str) -> String {
     let mut said = format!("It is on {host}");
@@ -248,7 +258,7 @@ pub fn question(server: &str, ask: &Ask) -> String {
             if !message.is_empty() {
                 q.push_str(&format!(": {message}"));
             }
-            q.push_str(&format!("\n\n{url}\n\n{}", where_it_is(host)));
+            q.push_str(&format!("\n\n{}\n\n{}", link(url), where_it_is(host)));
             q.push_str(
                 ".\n\nOpen it only if you trust it, then send any message to go on; /decline to refuse.",
             );
@@ -871,7 +881,13 @@ mod tests {
     fn a_page_to_open_shows_the_url_and_its_host() {
         let ask = parse(&json!({"mode": "url", "url": "https://user@xn--pple-43d.com:8443/connect?x=1", "message": "Connect your account."})).unwrap();
         let q = question("pay", &ask);
-        assert!(q.starts_with("🔗 The MCP server “pay” asks you to open a page: Connect your account.\n\nhttps://user@xn--pple-43d.com:8443/connect?x=1\n\nIt is on xn--pple-43d.com (⚠️"), "{q}");
+        let url = "https://user@xn--pple-43d.com:8443/connect?x=1";
+        assert!(q.starts_with(&format!("🔗 The MCP server “pay” asks you to open a page: Connect your account.\n\n[{url}]({url})\n\nIt is on xn--pple-43d.com (⚠️")), "{q}");
+        assert_eq!(
+            link("https://a/b?c=(d)"),
+            "https://a/b?c=(d)",
+            "not a link that would end early"
+        );
         assert_eq!(read(&ask, "done"), Reading::Result(json!({"action": "accept"})));
         assert_eq!(read(&ask, "/decline"), Reading::Result(declined()));
         assert!(parse(&json!({"mode": "url", "url": "javascript:alert(1)"})).is_err());

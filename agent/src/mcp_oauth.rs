@@ -262,9 +262,10 @@ fn question(server: &str, page: &str, redirect: &str) -> String {
     let host = crate::elicit::host_of(page).unwrap_or_default();
     format!(
         "🔗 The MCP server “{server}” needs you to sign in before its tools can be used:\n\n\
-         {page}\n\n{}.\n\nOpen it and allow access. Your browser then goes to an address \
+         {}\n\n{}.\n\nOpen it and allow access. Your browser then goes to an address \
          starting with {redirect}, which may not load: copy that whole address and send it \
          here. /decline to skip.",
+        crate::elicit::link(page),
         crate::elicit::where_it_is(&host)
     )
 }

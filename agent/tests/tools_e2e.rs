@@ -3097,6 +3097,19 @@ fn mcp_servers_ask_the_user_in_the_chat() {
     );
 }
 
+/// The sign-in page a question links to.
+fn page_of(question: &str) -> String {
+    let link = question
+        .lines()
+        .find(|l| l.contains("/authorize?"))
+        .expect("a sign-in page");
+    link.trim_end_matches(')')
+        .split_once("](")
+        .expect("a link")
+        .1
+        .to_string()
+}
+
 /// A remote MCP server that asks its users to sign in (OAuth, as MCP's authorization
 /// says): its 401 names its metadata, which names the authorization server; the agent
 /// registers itself there, offers the model one tool that asks the user to sign in, and
@@ -3159,12 +3172,15 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
 
     a.send(&from(chat, "u1", "try again", "m3"));
     let q = dones(&a.reply());
-    let page = q[0]
+    // A Markdown link to itself, so the page's address is shown and opened whole.
+    let link = q[0]
         .1
         .lines()
-        .find(|l| l.starts_with(&format!("{}/authorize?", auth.issuer())))
-        .unwrap_or_else(|| panic!("no sign-in page in {}", q[0].1))
-        .to_string();
+        .find(|l| l.starts_with(&format!("[{}/authorize?", auth.issuer())))
+        .unwrap_or_else(|| panic!("no sign-in page in {}", q[0].1));
+    let (shown, page) = link.trim_end_matches(')').split_once("](").unwrap();
+    assert_eq!(&shown[1..], page);
+    let page = page.to_string();
     assert!(q[0].1.contains("http://127.0.0.1:33418/callback"), "{}", q[0].1);
     a.send(&from(chat, "u1", "done, I think", "m4"));
     let again = dones(&a.reply());
@@ -3248,12 +3264,7 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
     // is asked to sign in again, for what was granted and what the call needs.
     a.send(&from(chat, "u1", "add 1 and 2", "m8"));
     let q = dones(&a.reply());
-    let page = q[0]
-        .1
-        .lines()
-        .find(|l| l.contains("/authorize?"))
-        .unwrap()
-        .to_string();
+    let page = page_of(&q[0].1);
     let reqs = llm.requests();
     assert_eq!(
         tool_results(&reqs[6]).last().unwrap().1,

@@ -343,6 +343,17 @@ fn link(s: &[char]) -> Option<(String, String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_linked_to_itself_stays_whole_underscores_and_all() {
+        // A sign-in page: base64url values may hold `_` after `=`, and `__`.
+        let url = "https://auth.example/authorize?response_type=code&state=_ab_&code_challenge=__x__y";
+        let html = to_html(&format!("Open:\n\n[{url}]({url})")).unwrap();
+        let escaped = url.replace('&', "&amp;");
+        assert_eq!(html, format!("Open:\n\n<a href=\"{escaped}\">{escaped}</a>"));
+        // Bare, the same address is taken for emphasis: why the agent links it.
+        assert!(to_html(url).is_some_and(|h| h.contains("<i>") || h.contains("<b>")));
+    }
     use proptest::prelude::*;
 
     #[test]

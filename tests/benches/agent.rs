@@ -13,7 +13,8 @@
 //! much of a long chat's input Claude's and OpenAI's prompt caches would serve, and what
 //! Claude would bill for it, with the messages all at once, at a messaging pace and hours
 //! apart (`aegis_e2e::prompt_cache`); what 64 skills in the workspace add to each
-//! message's first model request (time and bytes); and what an MCP server's question for
+//! message's first model request (time and bytes); what a sign-in to a remote MCP server
+//! costs once the user sent the address back; and what an MCP server's question for
 //! the user adds: the user's answer sent → the agent's next model request, for a server of
 //! each revision over stdio (the form read, the server answered or asked again, the result
 //! stored).
@@ -155,6 +156,69 @@ fn main() {
     let modern =
         serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp"), "env": {"FAKE_MCP_ERA": "modern"}});
     question_overhead(&agent, "2026-07-28", modern);
+    sign_in_overhead(&agent);
+}
+
+/// The address the user's browser went to after a sign-in (a remote MCP server's OAuth,
+/// stand-ins for the server and its authorization server) sent → the agent's next model
+/// request, over 30 sign-ins (direct mode): the code traded for tokens, the tokens kept, a
+/// new session with the server and its tool list.
+fn sign_in_overhead(agent: &Path) {
+    use std::sync::{Arc, Mutex};
+    let auth = aegis_e2e::oauth::FakeAuth::start();
+    let remote = aegis_e2e::mcp_http::FakeMcpHttp::start_protected(&auth);
+    let ws = temp_dir("bench-sign-in");
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        serde_json::json!({"mcp": {"linear": {"url": remote.url()}}}).to_string(),
+    )
+    .unwrap();
+    let arrived: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&arrived);
+    let llm = Server::start(move |req, resp| {
+        let at = Instant::now();
+        let body = req.json();
+        let after_tool = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "tool");
+        if after_tool {
+            log.lock().unwrap().push(at);
+        }
+        tool_then_ok(resp, usize::from(after_tool), "linear_sign_in", "{}");
+    });
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    let mut answered = Vec::new();
+    for i in 0..30 {
+        let chat = Session::new("bench", "1");
+        let go = Frame::user_message(chat.clone(), "connect", None).with_msg_id(format!("m{i}"));
+        let asked = exchange(&mut w, &mut lines, &go, "assistant.done")
+            .text_payload()
+            .unwrap_or_default();
+        let link = asked
+            .lines()
+            .find(|l| l.contains("/authorize?"))
+            .expect("a sign-in page");
+        let page = link.trim_end_matches(')').split_once("](").expect("a link").1;
+        let landed = aegis_e2e::oauth::FakeAuth::browse(page);
+        let answer = Frame::user_message(chat, &landed, None).with_msg_id(format!("a{i}"));
+        answered.push(Instant::now());
+        exchange(&mut w, &mut lines, &answer, "assistant.done");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let arrived = arrived.lock().unwrap().clone();
+    let samples: Vec<f64> = answered
+        .iter()
+        .filter_map(|sent| {
+            let next = arrived.iter().find(|at| *at >= sent)?;
+            Some(next.duration_since(*sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    stats("MCP sign-in: address sent -> next model request", "ms", samples);
 }
 
 /// The user's answer to MCP server `fake`'s question (its `ask` tool, `server` its entry)
@@ -565,7 +629,13 @@ fn tool_then_ok(resp: Responder, n: usize, tool: &str, args: &str) {
     r.finish();
 }
 
-fn exchange(w: &mut UnixStream, lines: &mut LineReader<BufReader<UnixStream>>, f: &Frame, kind: &str) {
+/// Send `f` and wait for the first frame of `kind` for it, which is returned.
+fn exchange(
+    w: &mut UnixStream,
+    lines: &mut LineReader<BufReader<UnixStream>>,
+    f: &Frame,
+    kind: &str,
+) -> Frame {
     std::io::Write::write_all(w, &Message::tether_frame(f).encode()).unwrap();
     while let Ok(Some(line)) = lines.next_line() {
         let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
@@ -573,9 +643,10 @@ fn exchange(w: &mut UnixStream, lines: &mut LineReader<BufReader<UnixStream>>, f
         };
         // A restarted agent may send again what it had sent before: only this one's.
         if fr.kind == kind && (f.msg_id.is_none() || fr.msg_id == f.msg_id) {
-            return;
+            return fr;
         }
     }
+    panic!("the agent closed the connection before {kind}");
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
