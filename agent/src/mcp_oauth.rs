@@ -416,6 +416,13 @@ fn tokens(
         });
     }
     let answer = answer.map_err(TokenError::failed)?;
+    // GitHub answers a refusal with 200 and the error in the body.
+    if answer["error"].is_string() {
+        return Err(TokenError {
+            refused: true,
+            why: format!("the token request was refused: {}", oauth_error(status, &answer)),
+        });
+    }
     if status != 200 {
         return Err(TokenError::failed(format!(
             "the token request failed: {}",
@@ -605,6 +612,52 @@ mod tests {
             "https://a/authorize?x=1&scope=a%20b%2Fc&s=%C3%A9"
         );
     }
+    #[test]
+    fn a_refusal_is_one_whatever_its_status_and_body() {
+        let client = Client {
+            issuer: "i".into(),
+            client_id: "c".into(),
+            client_secret: None,
+            redirect_uri: "r".into(),
+            auth_method: None,
+        };
+        let answering = |status: u16, body: &'static str| {
+            aegis_e2e::http::Server::start(move |_, resp| {
+                resp.send(status, &[("Content-Type", "application/json")], body.as_bytes())
+            })
+        };
+        let github = answering(
+            200,
+            r#"{"error":"bad_verification_code","error_description":"The code passed is incorrect or expired."}"#,
+        );
+        let e = tokens(&github.url, &[], "https://mcp", &client, None).unwrap_err();
+        assert!(e.refused);
+        assert_eq!(
+            e.why,
+            "the token request was refused: HTTP 200: bad_verification_code: The code passed is incorrect or expired."
+        );
+        let plain = answering(401, "Unauthorized");
+        let e = tokens(&plain.url, &[], "https://mcp", &client, None).unwrap_err();
+        assert!(e.refused, "{}", e.why);
+        let down = answering(503, "{}");
+        assert!(
+            !tokens(&down.url, &[], "https://mcp", &client, None)
+                .unwrap_err()
+                .refused
+        );
+        let mac = answering(200, r#"{"access_token":"a","token_type":"mac"}"#);
+        let e = tokens(&mac.url, &[], "https://mcp", &client, None).unwrap_err();
+        assert!(e.why.contains("not Bearer"), "{}", e.why);
+        let ok = answering(
+            200,
+            r#"{"access_token":"a","token_type":"bearer","expires_in":60}"#,
+        );
+        let before = now();
+        let g = tokens(&ok.url, &[], "https://mcp", &client, Some("read")).unwrap();
+        assert_eq!((g.access_token.as_str(), g.scope.as_deref()), ("a", Some("read")));
+        assert!((before + 60..=now() + 60).contains(&g.expires_at.unwrap()));
+    }
+
     #[test]
     fn a_secret_goes_in_basic_unless_the_registration_asked_for_the_body() {
         let mut c = Client {
