@@ -67,6 +67,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// `tools/list` pages followed at most.
 const MAX_PAGES: usize = 50;
+/// Longest `/skills` waits for a server's prompts ([`McpServers::prompts`]).
+pub const LISTING_WAIT: Duration = Duration::from_secs(5);
 /// How long a server's question waits for the user's answer (the call's own timeout
 /// stands still meanwhile). The agent stays awake while it waits.
 pub const ASK_WAIT: Duration = Duration::from_secs(300);
@@ -1290,6 +1292,14 @@ fn content_text(c: &Value, from: &str, save: &SaveImage) -> Option<String> {
     })
 }
 
+/// The servers' prompts for `/skills` ([`McpServers::prompts`]).
+pub struct Listed {
+    /// Each with its server's name.
+    pub prompts: Vec<(String, Prompt)>,
+    /// The servers that did not answer in time (their prompts are as last listed).
+    pub late: Vec<String>,
+}
+
 /// Every MCP server of the agent.
 #[derive(Default)]
 pub struct McpServers {
@@ -1414,18 +1424,61 @@ impl McpServers {
         specs
     }
 
-    /// The prompts of every server that has them (for `/skills`), listed now; a server
-    /// that cannot list them is left out (the log says why). `None` when cancelled.
-    pub fn prompts(&self, cancel: &Receiver<()>) -> Option<Vec<(String, Prompt)>> {
-        let mut all = Vec::new();
-        for s in self.with_prompts(|_| true) {
-            match s.list_prompts(cancel) {
-                Ok(list) => all.extend(list.into_iter().map(|p| (s.name.clone(), p))),
-                Err(Outcome::Cancelled) => return None,
-                Err(Outcome::Done(why)) => log::warn!("MCP [{}]: listing its prompts: {why}", s.name),
+    /// The prompts of every server that has them (for `/skills`), listed now, every
+    /// server at once. One that has not answered within [`LISTING_WAIT`] is given with its
+    /// prompts as last listed, and named in the second list (a server hung on something
+    /// else would otherwise hold the answer up to its call timeout); one that cannot list
+    /// them is left out (the log says why). `None` when cancelled.
+    pub fn prompts(&self, cancel: &Receiver<()>) -> Option<Listed> {
+        let servers = self.with_prompts(|_| true);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for (i, s) in servers.iter().enumerate() {
+            let (s, tx) = (Arc::clone(s), tx.clone());
+            // Left to end on its own when nobody waits any more: the call's timeout
+            // bounds it.
+            let spawned = thread::Builder::new()
+                .name("mcp-prompts".into())
+                .stack_size(256 * 1024)
+                .spawn(move || drop(tx.send((i, s.list_prompts(&never())))));
+            if let Err(e) = spawned {
+                log::error!("MCP [{}]: cannot start a thread: {e}", servers[i].name);
             }
         }
-        Some(all)
+        drop(tx);
+        let mut answered: Vec<Option<Result<Vec<Prompt>, Outcome>>> = servers.iter().map(|_| None).collect();
+        let deadline = at(Instant::now() + LISTING_WAIT);
+        for _ in 0..servers.len() {
+            select! {
+                recv(rx) -> got => match got {
+                    Ok((i, listed)) => answered[i] = Some(listed),
+                    Err(_) => break,
+                },
+                recv(cancel) -> _ => return None,
+                recv(deadline) -> _ => break,
+            }
+        }
+        let (mut all, mut late) = (Vec::new(), Vec::new());
+        for (s, got) in servers.iter().zip(answered) {
+            let list = match got {
+                Some(Ok(list)) => list,
+                Some(Err(Outcome::Done(why))) => {
+                    log::warn!("MCP [{}]: listing its prompts: {why}", s.name);
+                    continue;
+                }
+                Some(Err(Outcome::Cancelled)) => continue,
+                None => {
+                    log::warn!(
+                        "MCP [{}]: its prompts were not listed within {} s; showing them as last listed",
+                        s.name,
+                        LISTING_WAIT.as_secs()
+                    );
+                    late.push(s.name.clone());
+                    s.prompts_seen.lock().expect("mcp prompts lock").clone()
+                }
+            };
+            all.extend(list.into_iter().map(|p| (s.name.clone(), p)));
+        }
+        Some(Listed { prompts: all, late })
     }
 
     /// For a message starting with `/SERVER_PROMPT`: that prompt run (see

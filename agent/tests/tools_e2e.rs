@@ -1552,6 +1552,39 @@ fn an_mcp_servers_prompts_are_chat_commands() {
 /// Answers nested deeper than a server needs (a hostile or broken server's) are refused
 /// with a clear error, never read by the recursive code that would overflow a thread's
 /// stack and abort the agent; a deep but sane schema and answer work.
+/// `/skills` does not wait for a server that stopped answering (up to its call timeout,
+/// a minute): after 5 s it shows that server's prompts as last listed, and says so.
+#[test]
+fn skills_does_not_wait_for_a_server_that_stopped_answering() {
+    let ws = TempDir::new("tools-mcp-prompts-hung");
+    let prompts = |hang: &str| {
+        json!({"command": bin("fake-mcp"), "timeout_secs": 60,
+        "env": {"FAKE_MCP_PROMPTS": "1", "FAKE_MCP_PROMPTS_HANG_AFTER": hang}})
+    };
+    // Two pages listed at the start; then the slow one answers no more.
+    write_agent_json(
+        &ws,
+        json!({"mcp": {"quick": prompts("100"), "slow": prompts("2")}}),
+    );
+    let llm = FakeLlm::scripted(vec![]);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("8", "/skills", "m1"));
+    let listed = done_text(&a.reply());
+    assert!(
+        listed.contains("/quick_review PR [FOCUS] — Review a pull request"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("/slow_review PR [FOCUS] — Review a pull request"),
+        "{listed}"
+    );
+    assert!(
+        listed.ends_with("\n(The MCP server slow did not answer within 5 s: its prompts as last listed.)"),
+        "{listed}"
+    );
+    assert!(!listed.contains("server quick did not"), "{listed}");
+}
+
 #[test]
 fn an_mcp_server_nesting_too_deep_is_refused_not_fatal() {
     let ws = TempDir::new("tools-mcp-deep");

@@ -658,11 +658,17 @@ impl Toolbox {
         } else {
             "Skills are turned off for this agent (AEGIS_TOOLS or agent.json).".into()
         };
-        let prompts = crate::mcp_prompts::listing(&self.mcp.prompts(cancel)?);
-        Some(if prompts.is_empty() {
-            skills
-        } else {
-            format!("{skills}\n\n{prompts}")
+        let listed = self.mcp.prompts(cancel)?;
+        let mut prompts = crate::mcp_prompts::listing(&listed.prompts);
+        for name in listed.late {
+            prompts.push_str(&format!(
+                "\n(The MCP server {name} did not answer within {} s: its prompts as last listed.)",
+                crate::mcp::LISTING_WAIT.as_secs()
+            ));
+        }
+        Some(match prompts.trim_start() {
+            "" => skills,
+            prompts => format!("{skills}\n\n{prompts}"),
         })
     }
 

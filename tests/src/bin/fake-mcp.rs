@@ -23,7 +23,8 @@
 //! `focus` optional; a user message naming them, an embedded resource, and the
 //! assistant's first words), `standup` (no argument), `picture` (an image), `hang` (never
 //! answers) and, in 2026-07-28 only, `ask` (`input_required`); any other name is refused
-//! with `-32602`. `grow` adds the prompt `extra` too, and says so with
+//! with `-32602`; `FAKE_MCP_PROMPTS_HANG_AFTER=N` leaves every `prompts/list` page after
+//! the Nth unanswered. `grow` adds the prompt `extra` too, and says so with
 //! `notifications/prompts/list_changed` (in 2026-07-28, to a subscription that asked).
 //!
 //! `FAKE_MCP_ERA=modern` makes it a server of the stateless revision 2026-07-28 only, as
@@ -222,6 +223,9 @@ fn main() {
                 "server not initialized: send notifications/initialized first",
             )),
             "prompts/list" if prompts() => {
+                if listing_hangs() {
+                    continue;
+                }
                 let start: usize = msg["params"]["cursor"]
                     .as_str()
                     .and_then(|c| c.parse().ok())
@@ -488,6 +492,19 @@ fn resources() -> bool {
 /// `FAKE_MCP_PROMPTS`: the server has prompts.
 fn prompts() -> bool {
     std::env::var("FAKE_MCP_PROMPTS").is_ok()
+}
+
+/// With `FAKE_MCP_PROMPTS_HANG_AFTER=N`, whether this `prompts/list` comes after the Nth
+/// and is never answered (a server that stopped answering after it started).
+fn listing_hangs() -> bool {
+    static LISTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let Some(n) = std::env::var("FAKE_MCP_PROMPTS_HANG_AFTER")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    else {
+        return false;
+    };
+    LISTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= n
 }
 
 /// `result` declaring the resources and prompts capabilities, when the server has them.
