@@ -164,60 +164,18 @@ fn main() {
 /// request, over 30 sign-ins (direct mode): the code traded for tokens, the tokens kept, a
 /// new session with the server and its tool list.
 fn sign_in_overhead(agent: &Path) {
-    use std::sync::{Arc, Mutex};
     let auth = aegis_e2e::oauth::FakeAuth::start();
     let remote = aegis_e2e::mcp_http::FakeMcpHttp::start_protected(&auth);
-    let ws = temp_dir("bench-sign-in");
-    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
-    std::fs::write(
-        ws.join(".aegis/agent.json"),
-        serde_json::json!({"mcp": {"linear": {"url": remote.url()}}}).to_string(),
-    )
-    .unwrap();
-    let arrived: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
-    let log = Arc::clone(&arrived);
-    let llm = Server::start(move |req, resp| {
-        let at = Instant::now();
-        let body = req.json();
-        let after_tool = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .is_some_and(|m| m["role"] == "tool");
-        if after_tool {
-            log.lock().unwrap().push(at);
-        }
-        tool_then_ok(resp, usize::from(after_tool), "linear_sign_in", "{}");
-    });
-    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
-    let mut w = conn.try_clone().unwrap();
-    let mut lines = LineReader::new(BufReader::new(conn));
-    let mut answered = Vec::new();
-    for i in 0..30 {
-        let chat = Session::new("bench", "1");
-        let go = Frame::user_message(chat.clone(), "connect", None).with_msg_id(format!("m{i}"));
-        let asked = exchange(&mut w, &mut lines, &go, "assistant.done")
-            .text_payload()
-            .unwrap_or_default();
+    let landed = |asked: &str| {
         let link = asked
             .lines()
             .find(|l| l.contains("/authorize?"))
             .expect("a sign-in page");
         let page = link.trim_end_matches(')').split_once("](").expect("a link").1;
-        let landed = aegis_e2e::oauth::FakeAuth::browse(page);
-        let answer = Frame::user_message(chat, &landed, None).with_msg_id(format!("a{i}"));
-        answered.push(Instant::now());
-        exchange(&mut w, &mut lines, &answer, "assistant.done");
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let arrived = arrived.lock().unwrap().clone();
-    let samples: Vec<f64> = answered
-        .iter()
-        .filter_map(|sent| {
-            let next = arrived.iter().find(|at| *at >= sent)?;
-            Some(next.duration_since(*sent).as_secs_f64() * 1000.0)
-        })
-        .collect();
+        aegis_e2e::oauth::FakeAuth::browse(page)
+    };
+    let servers = serde_json::json!({"linear": {"url": remote.url()}});
+    let samples = answer_overhead(agent, servers, "linear_sign_in", 30, landed);
     stats("MCP sign-in: address sent -> next model request", "ms", samples);
 }
 
@@ -225,12 +183,32 @@ fn sign_in_overhead(agent: &Path) {
 /// sent → the agent's next model request arrives, over 50 messages (direct mode): what the
 /// agent and the server take between the answer and the model.
 fn question_overhead(agent: &Path, revision: &str, server: serde_json::Value) {
+    let servers = serde_json::json!({"fake": server});
+    let samples = answer_overhead(agent, servers, "fake_ask", 50, |_| "account: octocat".into());
+    stats(
+        &format!("MCP question, {revision}: answer -> next model request"),
+        "ms",
+        samples,
+    );
+}
+
+/// `n` times: a message the model answers by calling `tool` of the MCP `servers`, which
+/// asks the user something; the answer `answer_to` gives for the question is sent, and the
+/// time until the agent's next model request (with the tool's result) arrives is taken,
+/// in ms.
+fn answer_overhead(
+    agent: &Path,
+    servers: serde_json::Value,
+    tool: &'static str,
+    n: usize,
+    answer_to: impl Fn(&str) -> String,
+) -> Vec<f64> {
     use std::sync::{Arc, Mutex};
-    let ws = temp_dir("bench-question");
+    let ws = temp_dir("bench-answer");
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
     std::fs::write(
         ws.join(".aegis/agent.json"),
-        serde_json::json!({"mcp": {"fake": server}}).to_string(),
+        serde_json::json!({"mcp": servers}).to_string(),
     )
     .unwrap();
     // When each model request with the tool's result arrived.
@@ -246,35 +224,32 @@ fn question_overhead(agent: &Path, revision: &str, server: serde_json::Value) {
         if after_tool {
             log.lock().unwrap().push(at);
         }
-        tool_then_ok(resp, usize::from(after_tool), "fake_ask", "{}");
+        tool_then_ok(resp, usize::from(after_tool), tool, "{}");
     });
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
     let mut lines = LineReader::new(BufReader::new(conn));
     let mut answered = Vec::new();
-    for i in 0..50 {
+    for i in 0..n {
         let chat = Session::new("bench", "1");
         let go = Frame::user_message(chat.clone(), "go", None).with_msg_id(format!("m{i}"));
-        exchange(&mut w, &mut lines, &go, "assistant.done");
-        let answer = Frame::user_message(chat, "account: octocat", None).with_msg_id(format!("a{i}"));
+        let asked = exchange(&mut w, &mut lines, &go, "assistant.done")
+            .text_payload()
+            .unwrap_or_default();
+        let answer = Frame::user_message(chat, &answer_to(&asked), None).with_msg_id(format!("a{i}"));
         answered.push(Instant::now());
         exchange(&mut w, &mut lines, &answer, "assistant.done");
     }
     let _ = child.kill();
     let _ = child.wait();
     let arrived = arrived.lock().unwrap().clone();
-    let samples: Vec<f64> = answered
+    answered
         .iter()
         .filter_map(|sent| {
             let next = arrived.iter().find(|at| *at >= sent)?;
             Some(next.duration_since(*sent).as_secs_f64() * 1000.0)
         })
-        .collect();
-    stats(
-        &format!("MCP question, {revision}: answer -> next model request"),
-        "ms",
-        samples,
-    );
+        .collect()
 }
 
 /// One {N}-delta reply from `url` in direct mode: prints the agent's peak RSS after it and
