@@ -35,25 +35,32 @@ pub fn start_agent(workspace: &Path, env: &[(&str, &str)]) -> Agent {
 
 /// The same, with a given harness stand-in.
 pub fn start_agent_with(workspace: &Path, env: &[(&str, &str)], harness: FakeHarness) -> Agent {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut cmd = command("aegis-agent");
-    cmd.env("AEGIS_AGENT_ADDR", &addr)
-        .env("AEGIS_HARNESS_URL", harness.url())
-        .env("AEGIS_WORKSPACE", workspace);
-    for (k, v) in env {
-        cmd.env(k, v);
+    // A port found free can be taken by a parallel test's server before the agent binds
+    // it: then again on another.
+    for _ in 0..5 {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = command("aegis-agent");
+        cmd.env("AEGIS_AGENT_ADDR", &addr)
+            .env("AEGIS_HARNESS_URL", harness.url())
+            .env("AEGIS_WORKSPACE", workspace);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(m) = &harness.host_models {
+            *m.agent_addr.lock().unwrap() = Some(addr.clone());
+        }
+        let proc = Proc::spawn(cmd);
+        let listening = format!("agent listening on {addr}");
+        if proc.wait_for_any(&[&listening, "Address already in use"], T) == 0 {
+            return Agent {
+                proc,
+                addr,
+                harness,
+                workspace: workspace.to_path_buf(),
+            };
+        }
     }
-    if let Some(m) = &harness.host_models {
-        *m.agent_addr.lock().unwrap() = Some(addr.clone());
-    }
-    let proc = Proc::spawn(cmd);
-    proc.wait_for(&format!("agent listening on {addr}"), T);
-    Agent {
-        proc,
-        addr,
-        harness,
-        workspace: workspace.to_path_buf(),
-    }
+    panic!("no free port for the agent in 5 tries")
 }
 
 /// A `user.message` on telegram chat `chat`.

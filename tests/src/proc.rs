@@ -174,10 +174,20 @@ impl Proc {
 
     /// Wait until the output contains `needle`; panics with the log on timeout.
     pub fn wait_for(&self, needle: &str, timeout: Duration) {
+        self.wait_for_any(&[needle], timeout);
+    }
+
+    /// Wait until the output contains one of `needles`: which one (the first in the list
+    /// when several did); panics with the log on timeout.
+    pub fn wait_for_any(&self, needles: &[&str], timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
+        loop {
+            let log = self.log();
+            if let Some(i) = needles.iter().position(|n| log.contains(n)) {
+                return i;
+            }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {needle:?}; log:\n{}", self.log());
+                panic!("timed out waiting for {needles:?}; log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -238,7 +248,9 @@ impl Drop for Proc {
     }
 }
 
-/// A free TCP port on loopback (bound then released).
+/// A free TCP port on loopback (bound then released: another process may take it before
+/// the one it is for binds it, so a caller starting a server on it retries on a new one
+/// when that happens, as [`crate::agent::start_agent_with`] does).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
