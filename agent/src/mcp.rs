@@ -694,7 +694,7 @@ impl Server {
     /// The endpoint of a server at a URL, its variables expanded.
     fn endpoint(&self, url: &str) -> Result<String, McpError> {
         let url = self.expand("url", url)?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if !crate::oauth_discovery::is_http_url(&url) {
             return Err(McpError::Config(
                 "`url` must start with http:// or https://".into(),
             ));

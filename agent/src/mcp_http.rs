@@ -271,18 +271,13 @@ impl Inner {
             .headers()
             .get("www-authenticate")
             .and_then(|v| v.to_str().ok())
-            .map(crate::oauth_discovery::Challenge::parse);
+            .map(crate::oauth_discovery::Challenge::parse)
+            .unwrap_or_default();
         let text = tether::http::error_text(resp);
         // A token refused (401), or one lacking the scopes this request needs (403 with
         // the Bearer challenge's word for it): a sign-in may help.
-        match challenge {
-            Some(c) if status == 401 || c.insufficient_scope() => {
-                return McpError::Unauthorized(Box::new(c), tether::http::error_words(&text))
-            }
-            None if status == 401 => {
-                return McpError::Unauthorized(Box::default(), tether::http::error_words(&text))
-            }
-            _ => {}
+        if status == 401 || challenge.insufficient_scope() {
+            return McpError::Unauthorized(Box::new(challenge), tether::http::error_words(&text));
         }
         let rpc = serde_json::from_str::<Value>(&text)
             .ok()

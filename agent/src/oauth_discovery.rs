@@ -185,99 +185,99 @@ pub fn canonical(url: &str) -> String {
 /// The issuer the server names, and the scopes it says it needs; a server without
 /// metadata (MCP 2025-03-26) is its own authorization server.
 pub fn protected_resource(url: &str, challenge: &Challenge) -> Result<(String, Vec<String>), String> {
-    let mut last = String::new();
-    for candidate in resource_metadata_urls(url, challenge) {
-        let meta = match get_json(&candidate) {
-            Ok(m) => m,
-            Err(e) => {
-                log::debug!("protected resource metadata at {candidate}: {e}");
-                last = e;
-                continue;
-            }
-        };
-        // RFC 9728 §3.3: metadata for another resource is not this server's.
-        if let Some(resource) = meta["resource"].as_str() {
-            let ours = canonical(url);
-            let theirs = canonical(resource);
-            if !(ours == theirs || ours.starts_with(&format!("{theirs}/"))) {
-                return Err(format!(
-                    "its metadata is for another resource ({})",
-                    clean(resource)
-                ));
-            }
+    let meta = match first_document(
+        resource_metadata_urls(url, challenge),
+        "protected resource metadata",
+    ) {
+        Ok(meta) => meta,
+        Err(last) if challenge.resource_metadata.is_some() => {
+            return Err(format!("its metadata could not be read: {last}"))
         }
-        let issuer = meta["authorization_servers"][0]
-            .as_str()
-            .ok_or("its metadata names no authorization server")?;
-        if !is_http_url(issuer) {
+        Err(_) => return Ok((split_origin(url).0.to_string(), Vec::new())),
+    };
+    // RFC 9728 §3.3: metadata for another resource is not this server's.
+    if let Some(resource) = meta["resource"].as_str() {
+        let ours = canonical(url);
+        let theirs = canonical(resource);
+        if !(ours == theirs || ours.starts_with(&format!("{theirs}/"))) {
             return Err(format!(
-                "its authorization server is not an http(s) URL: {}",
-                clean(issuer)
+                "its metadata is for another resource ({})",
+                clean(resource)
             ));
         }
-        let scopes = meta["scopes_supported"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|s| s.as_str().map(str::to_string))
-            .collect();
-        return Ok((issuer.to_string(), scopes));
     }
-    if challenge.resource_metadata.is_some() {
-        return Err(format!("its metadata could not be read: {last}"));
+    let issuer = meta["authorization_servers"][0]
+        .as_str()
+        .ok_or("its metadata names no authorization server")?;
+    if !is_http_url(issuer) {
+        return Err(format!(
+            "its authorization server is not an http(s) URL: {}",
+            clean(issuer)
+        ));
     }
-    let (origin, _) = split_origin(url);
-    Ok((origin.to_string(), Vec::new()))
+    let scopes = meta["scopes_supported"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
+    Ok((issuer.to_string(), scopes))
+}
+
+/// The first of `urls` that gives a JSON document (`what`, for the log), or why the last
+/// one did not.
+fn first_document(urls: Vec<String>, what: &str) -> Result<Value, String> {
+    let mut last = String::new();
+    for candidate in urls {
+        match get_json(&candidate) {
+            Ok(document) => return Ok(document),
+            Err(e) => {
+                log::debug!("{what} at {candidate}: {e}");
+                last = e;
+            }
+        }
+    }
+    Err(last)
 }
 
 /// The authorization server at `issuer`, from the first of its metadata addresses that
 /// answers; it must name itself `issuer` and offer PKCE with S256.
 pub fn authorization_server(issuer: &str) -> Result<Issuer, String> {
-    let mut last = String::new();
-    for candidate in issuer_metadata_urls(issuer) {
-        let meta = match get_json(&candidate) {
-            Ok(m) => m,
-            Err(e) => {
-                log::debug!("authorization server metadata at {candidate}: {e}");
-                last = e;
-                continue;
-            }
-        };
-        let named = meta["issuer"].as_str().unwrap_or("");
-        if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
-            return Err(format!(
-                "the authorization server's metadata names another issuer ({})",
-                clean(named)
-            ));
-        }
-        let endpoint = |name: &str| {
-            meta[name]
-                .as_str()
-                .filter(|u| is_http_url(u))
-                .map(str::to_string)
-                .ok_or(format!("the authorization server's metadata has no {name}"))
-        };
-        let s256 = meta["code_challenge_methods_supported"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m == "S256"));
-        if !s256 {
-            return Err("the authorization server does not say it supports PKCE with S256".into());
-        }
-        let offline_access = meta["scopes_supported"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|s| s == "offline_access"));
-        return Ok(Issuer {
-            issuer: named.to_string(),
-            authorization_endpoint: endpoint("authorization_endpoint")?,
-            token_endpoint: endpoint("token_endpoint")?,
-            registration_endpoint: endpoint("registration_endpoint").ok(),
-            iss_supported: meta["authorization_response_iss_parameter_supported"] == true,
-            offline_access,
-        });
+    let meta =
+        first_document(issuer_metadata_urls(issuer), "authorization server metadata").map_err(|last| {
+            format!("the authorization server's metadata could not be read at {issuer}: {last}")
+        })?;
+    let named = meta["issuer"].as_str().unwrap_or("");
+    if named.trim_end_matches('/') != issuer.trim_end_matches('/') {
+        return Err(format!(
+            "the authorization server's metadata names another issuer ({})",
+            clean(named)
+        ));
     }
-    Err(format!(
-        "the authorization server's metadata could not be read at {issuer}: {last}"
-    ))
+    let endpoint = |name: &str| {
+        meta[name]
+            .as_str()
+            .filter(|u| is_http_url(u))
+            .map(str::to_string)
+            .ok_or(format!("the authorization server's metadata has no {name}"))
+    };
+    let s256 = meta["code_challenge_methods_supported"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m == "S256"));
+    if !s256 {
+        return Err("the authorization server does not say it supports PKCE with S256".into());
+    }
+    let offline_access = meta["scopes_supported"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|s| s == "offline_access"));
+    Ok(Issuer {
+        issuer: named.to_string(),
+        authorization_endpoint: endpoint("authorization_endpoint")?,
+        token_endpoint: endpoint("token_endpoint")?,
+        registration_endpoint: endpoint("registration_endpoint").ok(),
+        iss_supported: meta["authorization_response_iss_parameter_supported"] == true,
+        offline_access,
+    })
 }
 
 /// A metadata document.
