@@ -55,6 +55,7 @@ use crate::mcp_resources::ResourceTool;
 use crate::tools::Outcome;
 
 mod sign_in;
+mod status;
 
 /// The MCP revision we speak with a server that wants a handshake (the newest of the
 /// stateless kind is [`crate::mcp_era::MODERN`]).
@@ -511,6 +512,11 @@ struct Server {
     prompts_seen: Mutex<Vec<Prompt>>,
     /// When the last start failed, to pace retries.
     failed_at: Mutex<Option<Instant>>,
+    /// Why it failed then (for `/mcp`).
+    last_error: Mutex<Option<String>>,
+    /// The connection is to go at its next use (the user signed out: it carries the old
+    /// token).
+    reconnect: AtomicBool,
     /// While a background start runs: disconnects when it is over.
     starting: Mutex<Option<Receiver<()>>>,
     /// The sign-ins kept, every server's.
@@ -924,7 +930,8 @@ impl Server {
 
     /// Make sure the server runs; on failure remember when, and say why.
     fn ensure(&self, conn: &mut Option<Conn>) -> Result<(), McpError> {
-        if conn.as_ref().is_some_and(Conn::alive) {
+        let reconnect = self.reconnect.swap(false, Ordering::SeqCst);
+        if !reconnect && conn.as_ref().is_some_and(Conn::alive) {
             return Ok(());
         }
         *conn = None; // reaps a dead one
@@ -932,11 +939,13 @@ impl Server {
             Ok(c) => {
                 *conn = Some(c);
                 *self.failed_at.lock().expect("mcp failed lock") = None;
+                *self.last_error.lock().expect("mcp error lock") = None;
                 Ok(())
             }
             Err(e) => {
                 log::warn!("MCP [{}]: {e}", self.name);
                 *self.failed_at.lock().expect("mcp failed lock") = Some(Instant::now());
+                *self.last_error.lock().expect("mcp error lock") = Some(e.to_string());
                 // What it was found to speak may be what failed: ask again next time.
                 *self.era.lock().expect("mcp era lock") = None;
                 Err(e)
@@ -1333,6 +1342,8 @@ impl McpServers {
                     conn: Mutex::new(None),
                     tools: Mutex::new(Vec::new()),
                     failed_at: Mutex::new(None),
+                    last_error: Mutex::new(None),
+                    reconnect: AtomicBool::new(false),
                     starting: Mutex::new(None),
                     grants: Arc::clone(&grants),
                     sign_in: Mutex::new(None),

@@ -389,20 +389,8 @@ fn tokens(
     client: &Client,
     asked_scope: Option<&str>,
 ) -> Result<Grant, TokenError> {
-    let (fields, authorization) = credentials(client);
-    let agent = crate::tools::api_agent(endpoint, REQUEST_TIMEOUT);
-    let mut req = agent.post(endpoint).header("accept", "application/json");
-    if let Some(a) = authorization {
-        req = req.header("authorization", a);
-    }
-    let resp = req
-        .send_form(form.iter().chain(&fields).map(|(k, v)| (*k, v.as_str())))
-        .map_err(|e| {
-            TokenError::failed(format!(
-                "the token request failed: {}",
-                crate::tools::transport(&e)
-            ))
-        })?;
+    let resp = post_form(endpoint, form, client)
+        .map_err(|e| TokenError::failed(format!("the token request failed: {e}")))?;
     let status = resp.status().as_u16();
     // An error answer need not be JSON; a refusal is one whatever its body.
     let answer = crate::tools::json_answer(resp, MAX_ANSWER, "the tokens", "the authorization server");
@@ -453,6 +441,44 @@ fn tokens(
             .map(str::to_string)
             .or(asked_scope.map(str::to_string)),
     })
+}
+
+/// Revoke `grant` at `endpoint` (RFC 7009) as `client`: its refresh token first (which
+/// ends the grant's access tokens too, where the server ties them), then its access token.
+/// A token the server no longer knows counts as revoked (it answers 200 for that too).
+pub fn revoke(grant: &Grant, client: &Client, endpoint: &str) -> Result<(), String> {
+    let refresh = grant.refresh_token.iter().map(|t| (t, "refresh_token"));
+    for (token, hint) in refresh.chain([(&grant.access_token, "access_token")]) {
+        let form = [("token", token.clone()), ("token_type_hint", hint.to_string())];
+        let resp = post_form(endpoint, &form, client)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let answer =
+                crate::tools::json_answer(resp, MAX_ANSWER, "the answer", "the authorization server");
+            return Err(format!(
+                "revoking the {} was refused: {}",
+                hint.replace('_', " "),
+                oauth_error(status, answer.as_ref().unwrap_or(&Value::Null))
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A form POST to the authorization server's `endpoint`, `client` identifying itself.
+fn post_form(
+    endpoint: &str,
+    form: &[(&str, String)],
+    client: &Client,
+) -> Result<ureq::http::Response<ureq::Body>, String> {
+    let (fields, authorization) = credentials(client);
+    let agent = crate::tools::api_agent(endpoint, REQUEST_TIMEOUT);
+    let mut req = agent.post(endpoint).header("accept", "application/json");
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    req.send_form(form.iter().chain(&fields).map(|(k, v)| (*k, v.as_str())))
+        .map_err(|e| crate::tools::transport(&e))
 }
 
 /// An OAuth error answer in words (`invalid_grant: the code expired`).
@@ -512,6 +538,7 @@ mod tests {
             authorization_endpoint: String::new(),
             token_endpoint: String::new(),
             registration_endpoint: None,
+            revocation_endpoint: None,
             iss_supported,
             offline_access: false,
         }
@@ -656,6 +683,60 @@ mod tests {
         let g = tokens(&ok.url, &[], "https://mcp", &client, Some("read")).unwrap();
         assert_eq!((g.access_token.as_str(), g.scope.as_deref()), ("a", Some("read")));
         assert!((before + 60..=now() + 60).contains(&g.expires_at.unwrap()));
+    }
+
+    #[test]
+    fn revoking_sends_the_refresh_token_then_the_access_token_and_says_a_refusal() {
+        use std::sync::{Arc, Mutex};
+        let client = Client {
+            issuer: "i".into(),
+            client_id: "c1".into(),
+            client_secret: None,
+            redirect_uri: "r".into(),
+            auth_method: None,
+        };
+        let mut grant = Grant {
+            resource: "https://mcp".into(),
+            issuer: "i".into(),
+            token_endpoint: "t".into(),
+            access_token: "at-1".into(),
+            refresh_token: Some("rt-1".into()),
+            expires_at: None,
+            scope: None,
+        };
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let answering = |status: u16, body: &'static str| {
+            let seen = Arc::clone(&seen);
+            aegis_e2e::http::Server::start(move |req, resp| {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&req.body).into_owned());
+                resp.send(status, &[("Content-Type", "application/json")], body.as_bytes())
+            })
+        };
+        let ok = answering(200, "");
+        assert_eq!(revoke(&grant, &client, &ok.url), Ok(()));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "token=rt-1&token_type_hint=refresh_token&client_id=c1",
+                "token=at-1&token_type_hint=access_token&client_id=c1"
+            ]
+        );
+        seen.lock().unwrap().clear();
+        grant.refresh_token = None;
+        assert_eq!(revoke(&grant, &client, &ok.url), Ok(()));
+        assert_eq!(seen.lock().unwrap().len(), 1, "the access token alone");
+        let refused = answering(400, r#"{"error":"unsupported_token_type"}"#);
+        assert_eq!(
+            revoke(&grant, &client, &refused.url),
+            Err("revoking the access token was refused: HTTP 400: unsupported_token_type".into())
+        );
+        let down = answering(503, "busy");
+        assert_eq!(
+            revoke(&grant, &client, &down.url),
+            Err("revoking the access token was refused: HTTP 503".into())
+        );
     }
 
     #[test]

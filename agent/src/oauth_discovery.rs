@@ -120,6 +120,8 @@ pub struct Issuer {
     pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub registration_endpoint: Option<String>,
+    /// Where tokens are revoked (RFC 7009), if it says.
+    pub revocation_endpoint: Option<String>,
     pub iss_supported: bool,
     pub offline_access: bool,
 }
@@ -275,6 +277,7 @@ pub fn authorization_server(issuer: &str) -> Result<Issuer, String> {
         authorization_endpoint: endpoint("authorization_endpoint")?,
         token_endpoint: endpoint("token_endpoint")?,
         registration_endpoint: endpoint("registration_endpoint").ok(),
+        revocation_endpoint: endpoint("revocation_endpoint").ok(),
         iss_supported: meta["authorization_response_iss_parameter_supported"] == true,
         offline_access,
     })

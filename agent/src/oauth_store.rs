@@ -100,6 +100,12 @@ impl Store {
         self.read().grants.remove(name).filter(|g| g.resource == resource)
     }
 
+    /// The grant of server `name`, whatever URL it is for (to sign out of it).
+    pub fn grant_of(&self, name: &str) -> Option<Grant> {
+        let _held = self.lock.lock().expect("oauth store lock");
+        self.read().grants.remove(name)
+    }
+
     /// The client registered with `issuer`.
     pub fn client(&self, issuer: &str) -> Option<Client> {
         let _held = self.lock.lock().expect("oauth store lock");

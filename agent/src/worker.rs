@@ -316,6 +316,18 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         send_menu(shared, out, &msg_id);
         return;
     }
+    // The MCP servers' state, and signing out of one (which revokes its tokens over the
+    // network, hence after the busy mark), are the agent's own, as `/usage`. So is a
+    // sign-in's address that arrives when no sign-in waits for it: its code stays out of
+    // the conversation.
+    let own = match crate::text::slash_command(&msg.text) {
+        Some((word, rest)) if word == "mcp" => Some(shared.tools.mcp_command(rest)),
+        _ => shared.tools.late_sign_in(&msg.text),
+    };
+    if let Some(answer) = own {
+        send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer);
+        return;
+    }
     // A skill the message asks for by `/NAME` comes with it (and a prompt of that name
     // gives way to it).
     let skill_asked = shared.tools.skill_asked(&msg.text);

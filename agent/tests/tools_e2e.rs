@@ -1376,6 +1376,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     assert_eq!(
         menu,
         [
+            ("mcp", "The MCP servers: which run, their tools, sign-ins"),
             ("gh_review", "Review a pull request"),
             ("gh_standup", "Today's stand-up"),
             ("gh_picture", "A picture to talk about"),
@@ -1534,6 +1535,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     assert_eq!(
         names,
         [
+            "mcp",
             "gh_review",
             "gh_standup",
             "gh_picture",
@@ -3346,4 +3348,165 @@ fn a_remote_mcp_server_that_asks_for_a_sign_in_gets_one_from_the_chat() {
         1,
         "the registration stays"
     );
+}
+
+/// `/mcp` shows the MCP servers without the model and keeps out of the conversation:
+/// which runs, which failed and why, whom the agent is signed in as (never a token,
+/// a program's arguments or a URL's query). `/mcp sign_out NAME` revokes the server's
+/// tokens at its authorization server (RFC 7009: the refresh token, then the access
+/// token) and forgets them; the server's tools go and its sign-in tool comes back, so
+/// the next use asks for a sign-in. A sign-in's address that comes when no sign-in waits
+/// for it is answered without the model and never stored.
+#[test]
+fn mcp_shows_the_servers_and_signs_out_of_one() {
+    use aegis_e2e::mcp_http::FakeMcpHttp;
+    use aegis_e2e::oauth::FakeAuth;
+    let auth = FakeAuth::start();
+    let remote = FakeMcpHttp::start_protected(&auth);
+    let keyed = FakeMcpHttp::start(Some("k"));
+    let ws = TempDir::new("tools-mcp-status");
+    write_agent_json(
+        &ws,
+        json!({"mcp": {
+            "linear": {"url": remote.url()},
+            "local": {"command": bin("fake-mcp")},
+            "broken": {"command": "/nonexistent/mcp-server", "args": ["--token", "sk-in-args"]},
+            "keyed": {"url": keyed.url(), "headers": {"Authorization": "Bearer k"}},
+        }}),
+    );
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("c1", "linear_sign_in", "{}")], 3)),
+        Reply::sse(openai_sse(&["connected"])),
+        Reply::sse(openai_sse(&["sign in first"])),
+    ]);
+    let a = agent(&ws, &openai(&llm));
+    let chat = "42";
+    let ask = |text: &str, id: &str| {
+        a.send(&from(chat, "u1", text, id));
+        let d = dones(&a.reply());
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].0, id);
+        d[0].1.clone()
+    };
+    let q = ask("connect linear", "m1");
+    assert_eq!(ask(&FakeAuth::browse(&page_of(&q)), "m2"), "connected");
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/mcp-oauth.json")).unwrap()).unwrap();
+    let grant = &kept["grants"]["linear"];
+    let (access, refresh) = (
+        grant["access_token"].as_str().unwrap(),
+        grant["refresh_token"].as_str().unwrap(),
+    );
+
+    let status = ask("/mcp", "m3");
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(lines[0], "MCP servers (4):");
+    assert!(
+        lines[1].starts_with("• broken (program mcp-server): failed: cannot start: ")
+            && lines[1].ends_with(". Tried again at its next use."),
+        "{status}"
+    );
+    assert!(
+        lines[2].starts_with("• keyed (127.0.0.1): connected. "),
+        "{status}"
+    );
+    assert!(
+        lines[3].starts_with("• linear (127.0.0.1): connected. 7 tools. Signed in with 127.0.0.1 (read offline_access); its token ends in ")
+            && lines[3].ends_with(" min and is renewed then."),
+        "{status}"
+    );
+    assert!(
+        lines[4].starts_with("• local (program fake-mcp): running. "),
+        "{status}"
+    );
+    assert_eq!(
+        lines[5..],
+        [
+            "",
+            "`/mcp sign_out NAME` signs out of a server (to sign in with another account, say)."
+        ]
+    );
+    for secret in [access, refresh, "sk-in-args", "/mcp\n"] {
+        assert!(!status.contains(secret), "{secret} in {status}");
+    }
+    assert_eq!(
+        ask("/mcp sign_out nobody", "m4"),
+        "No MCP server is named “nobody”. They are: broken, keyed, linear, local."
+    );
+    assert_eq!(
+        ask("/mcp@my_bot sign_out keyed", "m5"),
+        "The MCP server keyed is not signed in from the chat: its credentials are agent.json's `headers`."
+    );
+    assert_eq!(
+        ask("/mcp restart", "m6"),
+        "`/mcp` shows the MCP servers; `/mcp sign_out NAME` signs out of one."
+    );
+    assert_eq!(llm.requests().len(), 2, "no model for /mcp");
+
+    assert_eq!(
+        ask("/mcp sign_out Linear", "m7"),
+        "Signed out of the MCP server linear: its tokens are forgotten here and were revoked at 127.0.0.1. \
+         The next time it is needed, you are asked to sign in again (with any account)."
+    );
+    let revoked: Vec<(String, String)> = auth
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/revoke")
+        .map(|s| (s.params["token"].clone(), s.params["token_type_hint"].clone()))
+        .collect();
+    assert_eq!(
+        revoked,
+        [
+            (refresh.to_string(), "refresh_token".to_string()),
+            (access.to_string(), "access_token".to_string())
+        ]
+    );
+    let kept: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/mcp-oauth.json")).unwrap()).unwrap();
+    assert_eq!(kept["grants"], json!({}), "forgotten");
+    assert_eq!(
+        kept["clients"].as_object().unwrap().len(),
+        1,
+        "the registration stays"
+    );
+    // Connected again without a token: refused, so it waits for a sign-in.
+    let deadline = Instant::now() + T;
+    let mut n = 0;
+    let linear = loop {
+        n += 1;
+        let status = ask("/mcp", &format!("s{n}"));
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("• linear"))
+            .unwrap()
+            .to_string();
+        if !line.contains("starting") || Instant::now() > deadline {
+            break line;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        linear,
+        "• linear (127.0.0.1): waits for you to sign in: ask me to use it, and I send you its sign-in page."
+    );
+    assert_eq!(ask("what can linear do?", "m8"), "sign in first");
+    let offered = offered_tools(&llm.requests()[2]);
+    assert!(
+        offered.contains(&"linear_sign_in".to_string()) && !offered.contains(&"linear_echo".to_string()),
+        "{offered:?}"
+    );
+    assert_eq!(
+        ask("/mcp sign_out linear", "m9"),
+        "You are not signed in to the MCP server linear."
+    );
+
+    // The address of a sign-in nobody waits for (the agent restarted while it waited).
+    let late = "here you go http://127.0.0.1:33418/callback?code=code-late-1&state=s&iss=x";
+    assert!(ask(late, "m10")
+        .starts_with("That is the address of a sign-in, but no sign-in waits for it any more"));
+    assert_eq!(llm.requests().len(), 3, "no model for the late address");
+    let session = std::fs::read_to_string(ws.join(format!("sessions/telegram_{chat}.jsonl"))).unwrap();
+    for kept_out in ["code-late-1", "/mcp", "sign_out"] {
+        assert!(!session.contains(kept_out), "{kept_out} in the session");
+    }
 }

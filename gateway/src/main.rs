@@ -95,6 +95,9 @@ CHAT COMMANDS:
     /new             start a fresh conversation
     /usage           the tokens the model used today, this week, this month (answered
                      by the agent from its record)
+    /skills          the agent's skills and its MCP servers' prompts (answered by the agent)
+    /mcp             the agent's MCP servers: which run, their tools, sign-ins;
+                     /mcp sign_out NAME signs out of one (answered by the agent)
     /exec, /exit     shell commands in the instance, for the users exec_users names
 
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a

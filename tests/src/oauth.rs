@@ -4,8 +4,10 @@
 //! user who allows access (a 302 to the client's redirect address with the code, the
 //! state and, when it says so in its metadata, `iss`), and `/token` for the code (checked
 //! against the client, the redirect address, the PKCE verifier with S256 and the
-//! `resource`) and for a refresh token (rotated on use). Its refusals are OAuth's: 400
-//! with `{"error": "invalid_grant", ...}`.
+//! `resource`) and for a refresh token (rotated on use), and `/revoke` (RFC 7009: a
+//! refresh token revoked ends its grant's access tokens too; a token of another client
+//! is refused, an unknown one taken). Its refusals are OAuth's: 400 with
+//! `{"error": "invalid_grant", ...}`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,8 @@ pub(crate) struct State {
     codes: HashMap<String, Code>,
     /// Access tokens: the resource each is for, and its scope.
     access: HashMap<String, (String, String)>,
+    /// The refresh token each access token was given with, and its client.
+    given_with: HashMap<String, (String, String)>,
     /// Refresh tokens: (client, resource, scope).
     refresh: HashMap<String, (String, String, String)>,
     next: u32,
@@ -57,6 +61,8 @@ impl State {
         let refresh = self.next("rt");
         self.access
             .insert(access.clone(), (resource.to_string(), scope.to_string()));
+        self.given_with
+            .insert(access.clone(), (refresh.clone(), client.to_string()));
         self.refresh
             .insert(refresh.clone(), (client.into(), resource.into(), scope.into()));
         json!({"access_token": access, "token_type": "Bearer", "expires_in": 3600,
@@ -180,6 +186,8 @@ fn handle(state: &Mutex<State>, issuer: &str, req: Request, resp: Responder) {
                 "authorization_endpoint": format!("{issuer}/authorize"),
                 "token_endpoint": format!("{issuer}/token"),
                 "registration_endpoint": format!("{issuer}/register"),
+                "revocation_endpoint": format!("{issuer}/revoke"),
+                "revocation_endpoint_auth_methods_supported": ["none"],
                 "response_types_supported": ["code"],
                 "grant_types_supported": ["authorization_code", "refresh_token"],
                 "code_challenge_methods_supported": ["S256"],
@@ -280,6 +288,33 @@ fn handle(state: &Mutex<State>, issuer: &str, req: Request, resp: Responder) {
                 }
                 _ => oauth_error(resp, "unsupported_grant_type", "unknown grant_type"),
             }
+        }
+        ("POST", "/revoke") => {
+            let mut st = state.lock().unwrap();
+            let token = get("token");
+            let client = match (st.refresh.get(&token), st.given_with.get(&token)) {
+                (Some((client, ..)), _) | (None, Some((_, client))) => Some(client.clone()),
+                (None, None) => None,
+            };
+            if client.as_ref().is_some_and(|c| *c != get("client_id")) {
+                return resp.json(
+                    401,
+                    &json!({"error": "invalid_client", "error_description": "the token is another client's"}),
+                );
+            }
+            // A refresh token takes its grant's access tokens with it.
+            st.refresh.remove(&token);
+            st.access.remove(&token);
+            let ended: Vec<String> = st
+                .given_with
+                .iter()
+                .filter(|(_, (refresh, _))| *refresh == token)
+                .map(|(access, _)| access.clone())
+                .collect();
+            for access in ended {
+                st.access.remove(&access);
+            }
+            resp.send(200, &[], b"");
         }
         _ => resp.send(404, &[("Content-Type", "text/plain")], b"Not Found"),
     }

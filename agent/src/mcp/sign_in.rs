@@ -5,11 +5,14 @@
 //! A server signs in this way when it is at a URL and its configuration gives no
 //! `Authorization` header (one that does keeps its own credentials).
 
-use super::{plain, Conn, McpError, Server};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{plain, start_in_background, Conn, McpError, McpServers, Server};
 use crate::elicit::{Unanswered, User};
 use crate::llm::ToolSpec;
 use crate::mcp_oauth::{OAuthConfig, SignIn, SignInError};
-use crate::oauth_discovery::Challenge;
+use crate::oauth_discovery::{authorization_server, Challenge};
 use crate::oauth_store::{Client, Grant};
 use crate::tools::Outcome;
 
@@ -235,5 +238,136 @@ impl Server {
             self.name,
             tools.join(", ")
         ))
+    }
+
+    /// Sign the user out (`/mcp sign_out NAME`): the grant revoked at its authorization
+    /// server where that offers it (RFC 7009), forgotten here, and the connection, which
+    /// carries its token, replaced; its tools go with it, so the next use asks for a
+    /// sign-in again (with another account, if the user likes). What the user is told.
+    pub(super) fn sign_out(self: &Arc<Self>) -> String {
+        if !self.oauth() {
+            let why = match self.config.url {
+                None => "it is a program the agent runs",
+                Some(_) => "its credentials are agent.json's `headers`",
+            };
+            return format!(
+                "The MCP server {} is not signed in from the chat: {why}.",
+                self.name
+            );
+        }
+        let Some(grant) = self.grants.grant_of(&self.name) else {
+            return format!("You are not signed in to the MCP server {}.", self.name);
+        };
+        let at = crate::elicit::host_of(&grant.issuer).unwrap_or_default();
+        let revoked = self
+            .client_of(&grant.issuer)
+            .ok_or_else(|| "the client it signed in as is not known any more".to_string())
+            .and_then(|client| {
+                let endpoint = authorization_server(&grant.issuer)?.revocation_endpoint;
+                match endpoint {
+                    Some(endpoint) => crate::mcp_oauth::revoke(&grant, &client, &endpoint).map(|()| true),
+                    None => Ok(false),
+                }
+            });
+        self.grants.keep(&self.name, None);
+        self.tools.lock().expect("mcp tools lock").clear();
+        self.reconnect.store(true, Ordering::SeqCst);
+        start_in_background(self);
+        log::info!("MCP [{}]: signed out", self.name);
+        let forgotten = format!(
+            "Signed out of the MCP server {}: its tokens are forgotten here",
+            self.name
+        );
+        let then = "The next time it is needed, you are asked to sign in again (with any account).";
+        match revoked {
+            Ok(true) => format!("{forgotten} and were revoked at {at}. {then}"),
+            Ok(false) => format!(
+                "{forgotten}. {at} offers no way to revoke them: the access you allowed stays until \
+                 it ends, or until you remove it in your account's settings there. {then}"
+            ),
+            Err(why) => format!(
+                "{forgotten}, but revoking them at {at} failed ({why}): remove the access in your \
+                 account's settings there. {then}"
+            ),
+        }
+    }
+}
+
+impl McpServers {
+    /// For a message holding a sign-in's address (a redirect address with a `code` or an
+    /// `error`) when no sign-in waits for it (the agent restarted meanwhile, or the
+    /// question ended), what the user is told. Such a message is answered without the
+    /// model and kept out of the conversation: its code is of no use any more (the PKCE
+    /// verifier died with the sign-in), but it is not the conversation's either.
+    pub fn late_sign_in(&self, text: &str) -> Option<String> {
+        let redirects: Vec<String> = self
+            .servers
+            .iter()
+            .filter(|s| s.oauth())
+            .map(|s| {
+                let configured = s.config.oauth.as_ref().and_then(|o| o.redirect_uri.clone());
+                configured.unwrap_or_else(|| crate::mcp_oauth::REDIRECT_URI.to_string())
+            })
+            .collect();
+        let late = text.split_whitespace().any(|word| {
+            redirects.iter().any(|r| {
+                let query = word
+                    .strip_prefix(r.as_str())
+                    .and_then(|rest| rest.strip_prefix('?'));
+                query.is_some_and(|q| {
+                    q.split('&')
+                        .any(|p| p.starts_with("code=") || p.starts_with("error="))
+                })
+            })
+        });
+        late.then(|| {
+            "That is the address of a sign-in, but no sign-in waits for it any more (the agent \
+             restarted, or the question ended), so it was not kept, and its code is of no use \
+             now. Ask me again to use the server, and you get a new sign-in page."
+                .to_string()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers(configs: serde_json::Value) -> McpServers {
+        let configs = serde_json::from_value(configs).unwrap();
+        McpServers::new(configs, std::path::Path::new("/nonexistent"), &[])
+    }
+
+    #[test]
+    fn a_late_sign_in_address_is_one_with_a_code_or_error_at_a_redirect_address() {
+        let s = servers(serde_json::json!({
+            "linear": {"url": "https://mcp.linear.app/mcp"},
+            "gh": {"url": "https://api.example.com/mcp", "oauth": {"client_id": "x", "redirect_uri": "https://me.example/cb"}},
+        }));
+        for late in [
+            "http://127.0.0.1:33418/callback?code=abc&state=s",
+            "here:\nhttp://127.0.0.1:33418/callback?state=s&code=abc thanks",
+            "http://127.0.0.1:33418/callback?error=access_denied&state=s",
+            "https://me.example/cb?code=1",
+        ] {
+            assert!(s.late_sign_in(late).is_some(), "{late}");
+        }
+        for not in [
+            "http://127.0.0.1:33418/callback",
+            "http://127.0.0.1:33418/callback?state=s",
+            "http://127.0.0.1:33418/callbacks?code=abc",
+            "http://127.0.0.1:33418/other?code=abc",
+            "see https://me.example/cb?scode=1",
+            "what is a code=abc?",
+        ] {
+            assert!(s.late_sign_in(not).is_none(), "{not}");
+        }
+        // Without a server that signs in, such a message is the conversation's.
+        let plain = servers(serde_json::json!({
+            "linear": {"url": "https://mcp.linear.app/mcp", "headers": {"Authorization": "Bearer t"}},
+        }));
+        assert!(plain
+            .late_sign_in("http://127.0.0.1:33418/callback?code=abc")
+            .is_none());
     }
 }

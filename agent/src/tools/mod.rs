@@ -672,14 +672,25 @@ impl Toolbox {
         })
     }
 
+    /// The answer to `/mcp REST` (see [`crate::mcp::McpServers::command`]).
+    pub fn mcp_command(&self, rest: &str) -> String {
+        self.mcp.command(rest)
+    }
+
+    /// What to tell the user of a message holding a sign-in's address no sign-in waits
+    /// for (see [`crate::mcp::McpServers::late_sign_in`]).
+    pub fn late_sign_in(&self, text: &str) -> Option<String> {
+        self.mcp.late_sign_in(text)
+    }
+
     /// For a message starting with `/SERVER_PROMPT` of an MCP server's prompt: that prompt
     /// run (see [`crate::mcp::McpServers::prompt_asked`]).
     pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<crate::mcp_prompts::Asked> {
         self.mcp.prompt_asked(text, cancel)
     }
 
-    /// The commands the agent answers of its own, for the chat's menu: its skills as the
-    /// skills were last looked at, then its MCP servers' prompts as last listed; `Some`
+    /// The commands the agent answers of its own, for the chat's menu: `/mcp` with MCP
+    /// servers, its skills as the skills were last looked at, then its MCP servers' prompts as last listed; `Some`
     /// only when that differs from what was last told (every start tells it once).
     pub fn menu_changed(&self) -> Option<Vec<tether::frame::Command>> {
         let skills = if self.skills_on() {
@@ -687,13 +698,22 @@ impl Toolbox {
         } else {
             Arc::default()
         };
-        let mut menu: Vec<tether::frame::Command> = skills
-            .iter()
-            .filter(|s| s.invocable)
-            .map(|s| tether::frame::Command {
-                command: s.name.to_lowercase().replace('-', "_"),
-                description: crate::skills::first_words(&s.description),
-            })
+        // `/mcp` where there is a server to look at.
+        let mcp = (!self.mcp.is_empty()).then(|| tether::frame::Command {
+            command: "mcp".into(),
+            description: "The MCP servers: which run, their tools, sign-ins".into(),
+        });
+        let mut menu: Vec<tether::frame::Command> = mcp
+            .into_iter()
+            .chain(
+                skills
+                    .iter()
+                    .filter(|s| s.invocable)
+                    .map(|s| tether::frame::Command {
+                        command: s.name.to_lowercase().replace('-', "_"),
+                        description: crate::skills::first_words(&s.description),
+                    }),
+            )
             .collect();
         menu.extend(
             self.mcp
