@@ -357,9 +357,11 @@ impl Ingress {
                 return Handled::change(Some(Change::LeaveExec(chat, user_id)));
             }
             // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
-            // their meaning (`/usage` is the agent's).
-            c if !matches!(c, "/stop" | "/cancel" | "/new" | "/start" | "/exit" | "/usage")
-                && m.text.is_some()
+            // their meaning (`/usage`, `/skills` and `/mcp` are the agent's).
+            c if !matches!(
+                c,
+                "/stop" | "/cancel" | "/new" | "/start" | "/exit" | "/usage" | "/skills" | "/mcp"
+            ) && m.text.is_some()
                 && m.forward_origin.is_none()
                 && in_exec =>
             {

@@ -2440,6 +2440,9 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     let drafts = tg.calls_of("sendMessageDraft").len();
     tg.push_text(ADMIN, ADMIN, "Ann", "echo still a command");
     assert_eq!(last(ADMIN, 5), "still a command\nexit: 0");
+    // The agent's own commands keep their meaning: `/mcp` goes to the agent, not to sh.
+    tg.push_text(ADMIN, ADMIN, "Ann", "/mcp");
+    reply(ADMIN, 6, "echo: /mcp");
 
     // In a group, exec mode is the admin's own: another member still talks to the agent.
     let group = json!({"id": GROUP, "type": "supergroup", "title": "Ops"});
@@ -2460,9 +2463,9 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
 
     // /exit: back to the agent.
     tg.push_text(ADMIN, ADMIN, "Ann", "/exit");
-    assert_eq!(last(ADMIN, 6), "💬 Back to chat mode.");
+    assert_eq!(last(ADMIN, 7), "💬 Back to chat mode.");
     tg.push_text(ADMIN, ADMIN, "Ann", "ls");
-    reply(ADMIN, 7, "echo: ls");
+    reply(ADMIN, 8, "echo: ls");
     // The new process learns again that drafts are refused, once for /exec and replies
     // (a group's reply never drafts).
     let since = tg.calls_of("sendMessageDraft").len() - drafts;
