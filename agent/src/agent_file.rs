@@ -34,6 +34,13 @@ pub struct ToolSetting {
     /// [ours] For `respond_with_voice`: the voice (default `coral`).
     #[serde(default)]
     pub voice: Option<String>,
+    /// [ours] For `web_search`: search with the model provider's own tool (Anthropic's)
+    /// instead of Brave Search.
+    #[serde(default)]
+    pub native: Option<bool>,
+    /// [ours] For a native `web_search`: searches per model request (default 5).
+    #[serde(default)]
+    pub max_uses: Option<u32>,
 }
 
 /// The file's content. Absent fields are `None`/empty.

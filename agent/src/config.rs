@@ -82,7 +82,9 @@ TOOLS:
     respond_with_image, send_file; web_fetch, web_search, image_search (these two with a
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
     tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
-    endpoint); image_generate (OpenAI Images API, model gpt-image-1, with the key in
+    endpoint; AEGIS_WEB_SEARCH=native, or tools.web_search.native, has a Claude model
+    search with Anthropic's own web search tool instead, max_uses searches a request
+    [default 5]); image_generate (OpenAI Images API, model gpt-image-1, with the key in
     OPENAI_API_KEY unless the chat goes elsewhere with that key, or in the variable
     tools.image_generate.openai_api_key_env names; OPENAI_IMAGES_BASE_URL for another
     endpoint); respond_with_voice (OpenAI text to speech, model gpt-4o-mini-tts,
@@ -113,7 +115,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     thinking_budget, context_turns, context_chars, context_recap, system_prompt,
     max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
-    model, voice}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
+    model, voice, native, max_uses}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
@@ -250,8 +252,9 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         turns: env_num("AEGIS_CONTEXT_TURNS", file.context_turns.unwrap_or(50))?,
         chars: env_num("AEGIS_CONTEXT_CHARS", file.context_chars.unwrap_or(24_000))?,
     };
-    let provider = provider_from(&file)?;
+    let mut provider = provider_from(&file)?;
     let mut tools = tool_config(&file, provider.as_ref())?;
+    native_search(&file, provider.as_mut(), &mut tools)?;
     let voice = voice_config(&file, provider.as_ref());
     tools.hidden_env.extend(voice.key_env.clone());
     let mut mcp_servers = BTreeMap::new();
@@ -290,6 +293,50 @@ fn voice_config(file: &AgentFile, chat: Option<&Provider>) -> crate::transcribe:
         key_env,
         model: env("AEGIS_TRANSCRIBE_MODEL").or(v.model.filter(|m| !m.trim().is_empty())),
     }
+}
+
+/// Whether the model searches the web with its provider's own tool instead of Brave
+/// Search (`AEGIS_WEB_SEARCH=native`, agent.json `tools.web_search.native`): only a
+/// Claude model asked at an Anthropic API does (Anthropic's web search tool), and only
+/// while `web_search` is on.
+fn native_search(
+    file: &AgentFile,
+    provider: Option<&mut Provider>,
+    tools: &mut ToolConfig,
+) -> Result<(), ConfigError> {
+    let setting = file.tools.get("web_search");
+    let native = match env("AEGIS_WEB_SEARCH").as_deref().map(str::trim) {
+        Some("native") => true,
+        Some("brave") => false,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "AEGIS_WEB_SEARCH: expected native or brave, not {other:?}"
+            )))
+        }
+        None => setting.and_then(|t| t.native).unwrap_or(false),
+    };
+    if !native || !tools.selection.builtins.contains(&Builtin::WebSearch) {
+        return Ok(());
+    }
+    match provider {
+        Some(p) if p.kind == ProviderKind::Anthropic && p.host.is_none() => {
+            let max_uses = setting
+                .and_then(|t| t.max_uses)
+                .unwrap_or(crate::native_search::DEFAULT_MAX_USES)
+                .clamp(1, crate::native_search::MAX_USES);
+            p.web_search = Some(max_uses);
+            tools.native_search = true;
+        }
+        p => log::warn!(
+            "web_search: only a Claude model asked at Anthropic searches the web with its provider's \
+             tool, not {}; Brave Search is used where its key is set",
+            p.map_or("a missing model".to_string(), |p| format!(
+                "{} ({})",
+                p.model, p.kind
+            ))
+        ),
+    }
+    Ok(())
 }
 
 fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConfig, ConfigError> {
@@ -351,6 +398,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         speech_key_env,
         speech_model,
         speech_voice,
+        native_search: false,
         skills_path: env("AEGIS_SKILLS_PATH")
             .map(|p| {
                 p.split(':')
@@ -590,6 +638,7 @@ fn provider(
         host: None,
         bearer,
         responses_api: kind == ProviderKind::OpenAi && openai_api(file)?,
+        web_search: None,
     })
 }
 
@@ -719,6 +768,7 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
         host: Some(name.to_string()),
         bearer: false,
         responses_api: false,
+        web_search: None,
     })
 }
 

@@ -114,6 +114,9 @@ pub struct Provider {
     /// OpenAI dialect: ask the Responses API from the start (`AEGIS_OPENAI_API`), not
     /// only once Chat Completions refuses the model.
     pub responses_api: bool,
+    /// Anthropic dialect: the model searches the web with Anthropic's own tool, this many
+    /// searches per request at most (agent.json `tools.web_search.native`).
+    pub web_search: Option<u32>,
 }
 
 impl Provider {
@@ -269,6 +272,9 @@ pub struct Prompt<'a> {
     /// The conversation's `prompt_cache_key` for Chat Completions servers
     /// ([`crate::prompt_cache::conversation_key`]); `None`: none sent.
     pub cache_key: Option<&'a str>,
+    /// A reply's request: the provider's own web search is offered where it is on (a
+    /// recap's request searches nothing).
+    pub reply: bool,
 }
 
 impl<'a> Prompt<'a> {
@@ -304,6 +310,12 @@ pub enum Chunk {
     /// What a Chat Completions server wants back with the round's tool calls, just
     /// before its end.
     Carried(Carried),
+    /// What the reply is doing now, for the chat (`tool: web_search` while Anthropic
+    /// searches for the model, `thinking` once the results are in).
+    Presence(String),
+    /// Anthropic paused a long turn of its own tools (`pause_turn`): the round's content
+    /// goes back as it is, and the model carries on (before `End`).
+    Paused,
     /// What the round's request cost, as the server counted it (before `End`, when the
     /// server said).
     Usage(Tokens),
@@ -402,6 +414,8 @@ enum Transport {
 enum Step {
     /// Thoughts and text, as the event carries them (the content still to be split).
     Delta(Split),
+    /// What the reply is doing now ([`Chunk::Presence`]).
+    Presence(String),
     Done,
     Nothing,
 }
@@ -425,9 +439,17 @@ struct Decoder {
     finished: bool,
     /// Thoughts written inline at the start of the content.
     inline: InlineThink,
-    /// Anthropic thinking blocks with their index, as signed (or withheld) by the API, in
-    /// the order they came (a list: a turn has one or two).
+    /// Anthropic thinking blocks with their index, as signed (or withheld) by the API,
+    /// and the blocks of the tools it ran itself, in the order they came.
     signed: Vec<(u64, crate::session::Block)>,
+    /// The input of a tool Anthropic runs itself, by block index, while it arrives.
+    server_input: std::collections::BTreeMap<u64, String>,
+    /// The sources Anthropic's answer cites (URL, title), numbered from 1 in this order.
+    sources: Vec<(String, String)>,
+    /// The numbers of the sources each text block cites, by block index, until it ends.
+    cited: std::collections::BTreeMap<u64, Vec<usize>>,
+    /// Why Anthropic ended the message (`pause_turn`...).
+    stop_reason: Option<String>,
     /// What a Chat Completions server wants back with this round's tool calls.
     carried: Carried,
     /// What the request cost, so far as the stream has told.
@@ -765,11 +787,15 @@ impl Llm {
                 if let Some(e) = &p.reasoning_effort {
                     body["output_config"] = serde_json::json!({"effort": e});
                 }
-                if !tools.is_empty() {
-                    body["tools"] = tools
-                        .iter()
-                        .map(|t| serde_json::json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
-                        .collect();
+                let mut offered: Vec<serde_json::Value> = tools
+                    .iter()
+                    .map(|t| serde_json::json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
+                    .collect();
+                if let Some(max_uses) = p.web_search.filter(|_| prompt.reply) {
+                    offered.push(crate::native_search::anthropic_tool(max_uses));
+                }
+                if !offered.is_empty() {
+                    body["tools"] = offered.into();
                 }
                 body
             }
@@ -1028,6 +1054,11 @@ impl Llm {
                             return Ok(Vec::new()); // cancelled: nobody listens any more
                         }
                     }
+                    Step::Presence(state) => {
+                        if tx.send(Chunk::Presence(state)).is_err() {
+                            return Ok(Vec::new()); // cancelled
+                        }
+                    }
                     Step::Done => finished = true,
                     Step::Nothing => {}
                 }
@@ -1271,6 +1302,36 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             partial.name = block["name"].as_str().unwrap_or_default().to_string();
             Ok(Step::Nothing)
         }
+        // A tool Anthropic runs itself (its web search): kept to go back as it came; its
+        // input arrives in pieces like a client tool's.
+        "content_block_start" if v["content_block"]["type"] == "server_tool_use" => {
+            let block = v["content_block"].clone();
+            let name = block["name"].as_str().unwrap_or("a server tool").to_string();
+            decoder.server_input.insert(index, String::new());
+            decoder.signed.push((index, Block::Server { block }));
+            Ok(Step::Presence(format!("tool: {name}")))
+        }
+        "content_block_start" if crate::native_search::is_server_result(&v["content_block"]) => {
+            crate::native_search::log_result(&v["content_block"]);
+            let block = v["content_block"].clone();
+            decoder.signed.push((index, Block::Server { block }));
+            Ok(Step::Presence("thinking".into()))
+        }
+        "content_block_stop" => {
+            if let Some(input) = decoder.server_input.remove(&index) {
+                if let Some(Block::Server { block }) = decoder.signed_block(index) {
+                    block["input"] = crate::native_search::input_of(&input);
+                }
+            }
+            // A passage that cites sources ends with their numbers.
+            Ok(match decoder.cited.remove(&index) {
+                Some(numbers) => Step::Delta(Split {
+                    text: crate::native_search::marks(&numbers),
+                    ..Split::default()
+                }),
+                None => Step::Nothing,
+            })
+        }
         "content_block_delta" => Ok(match v["delta"]["type"].as_str() {
             Some("text_delta") => Step::Delta(Split {
                 text: v["delta"]["text"].as_str().unwrap_or_default().to_string(),
@@ -1294,9 +1355,22 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
                 Step::Nothing
             }
             Some("input_json_delta") => {
+                let piece = v["delta"]["partial_json"].as_str().unwrap_or_default();
                 if let Some(p) = decoder.calls.get_mut(&index) {
-                    p.arguments
-                        .push_str(v["delta"]["partial_json"].as_str().unwrap_or_default());
+                    p.arguments.push_str(piece);
+                } else if let Some(input) = decoder.server_input.get_mut(&index) {
+                    input.push_str(piece);
+                }
+                Step::Nothing
+            }
+            Some("citations_delta") => {
+                let number =
+                    crate::native_search::source_number(&mut decoder.sources, &v["delta"]["citation"]);
+                if let Some(n) = number {
+                    let numbers = decoder.cited.entry(index).or_default();
+                    if !numbers.contains(&n) {
+                        numbers.push(n);
+                    }
                 }
                 Step::Nothing
             }
@@ -1308,6 +1382,9 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
         }
         "message_delta" => {
             decoder.usage.merge_anthropic(&v["usage"]);
+            if let Some(why) = v["delta"]["stop_reason"].as_str() {
+                decoder.stop_reason = Some(why.to_string());
+            }
             Ok(Step::Nothing)
         }
         "message_stop" => Ok(Step::Done),
@@ -1449,6 +1526,7 @@ fn anthropic_messages(turns: &[Turn], notes: &str, mark: Option<Ttl>) -> Vec<ser
                         Block::RedactedThinking { data } => {
                             Some(serde_json::json!({"type": "redacted_thinking", "data": data}))
                         }
+                        Block::Server { block } => Some(block.clone()),
                         _ => None,
                     })
                     .collect(),
@@ -1510,7 +1588,7 @@ fn host_delta(
     }
     Ok(match openai_step(&ev, decoder)? {
         Step::Delta(d) => pass_on(d, decoder, tx, sent_any),
-        Step::Done | Step::Nothing => true,
+        Step::Presence(_) | Step::Done | Step::Nothing => true,
     })
 }
 
@@ -1525,6 +1603,20 @@ fn pass_on(d: Split, decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut b
 fn complete(decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
     let rest = decoder.inline.finish();
     send_split(rest.reasoning, rest.text, tx, sent_any);
+    // What the answer cites, listed under it (Anthropic asks that an answer shown to
+    // people show its sources).
+    let sources = std::mem::take(&mut decoder.sources);
+    if !sources.is_empty() {
+        send_split(
+            String::new(),
+            crate::native_search::listing(&sources),
+            tx,
+            sent_any,
+        );
+    }
+    if decoder.stop_reason.as_deref() == Some("pause_turn") {
+        let _ = tx.send(Chunk::Paused);
+    }
     let thoughts: Vec<Block> = std::mem::take(&mut decoder.signed)
         .into_iter()
         .map(|(_, b)| b)
@@ -2083,6 +2175,7 @@ mod tests {
                 conversation: Ttl::Minutes5,
             }),
             cache_key: None,
+            reply: true,
         };
         let call = ToolCall {
             id: "c1".into(),
@@ -2346,7 +2439,27 @@ mod tests {
             host: None,
             bearer: false,
             responses_api: false,
+            web_search: None,
         }
+    }
+
+    #[test]
+    fn anthropics_own_search_goes_with_a_replys_request_only() {
+        let mut p = test_provider(ProviderKind::Anthropic);
+        p.web_search = Some(3);
+        let llm = Llm::new(p, None);
+        let turns = [Turn::new(Role::User, "q")];
+        let reply = Prompt {
+            reply: true,
+            ..Prompt::plain("s")
+        };
+        let body = llm.request_body(&reply, &turns, &[]);
+        assert_eq!(
+            body["tools"],
+            serde_json::json!([{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}])
+        );
+        let recap = llm.request_body(&Prompt::plain("s"), &turns, &[]);
+        assert!(recap.get("tools").is_none(), "{recap}");
     }
 
     #[test]

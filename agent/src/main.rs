@@ -30,6 +30,7 @@ mod mcp_oauth;
 mod mcp_prompts;
 mod mcp_resources;
 mod memory;
+mod native_search;
 mod oauth_discovery;
 mod oauth_store;
 mod prompt_cache;

@@ -343,7 +343,14 @@ fn ask(llm: &Llm, request: &Turn) -> Result<String, String> {
             Ok(Chunk::Delta(t)) => text.push_str(&t),
             Ok(Chunk::Restart) => text.clear(),
             // The usage is recorded by the client.
-            Ok(Chunk::Reasoning(_) | Chunk::Thoughts(_) | Chunk::Carried(_) | Chunk::Usage(_)) => {}
+            Ok(
+                Chunk::Reasoning(_)
+                | Chunk::Thoughts(_)
+                | Chunk::Carried(_)
+                | Chunk::Usage(_)
+                | Chunk::Presence(_)
+                | Chunk::Paused,
+            ) => {}
             Ok(Chunk::End(Ok(_))) if text.trim().is_empty() => return Err("the model wrote nothing".into()),
             Ok(Chunk::End(Ok(_))) => return Ok(text),
             Ok(Chunk::End(Err(e))) => return Err(e.to_string()),

@@ -76,6 +76,15 @@ pub enum Block {
         /// As the API gave it.
         data: String,
     },
+    /// A block of a tool Anthropic ran itself (its web search: `server_tool_use`,
+    /// `web_search_tool_result`), as the API gave it: wanted back unchanged while the
+    /// reply goes on (a paused turn, a client tool called beside it), like thinking.
+    /// Kept in memory for that, never written to the session file.
+    #[serde(skip_deserializing)]
+    Server {
+        /// The block, whole.
+        block: serde_json::Value,
+    },
     /// A block this agent does not use: kept out of the context rather than failing the
     /// whole line.
     #[serde(other)]
@@ -135,7 +144,10 @@ impl Content {
                     Block::Image { .. } => IMAGE_COST,
                     // The API strips thoughts of earlier turns; those of the turn going on
                     // count against the model's budget, not this one.
-                    Block::Thinking { .. } | Block::RedactedThinking { .. } | Block::Other => 0,
+                    Block::Thinking { .. }
+                    | Block::RedactedThinking { .. }
+                    | Block::Server { .. }
+                    | Block::Other => 0,
                 })
                 .sum(),
         }
@@ -243,12 +255,18 @@ impl Turn {
         Turn::new(Role::Assistant, Content::Blocks(blocks))
     }
 
-    /// The turn as the session file keeps it: thoughts are not part of the conversation.
+    /// The turn as the session file keeps it: thoughts, and the blocks of tools the API
+    /// ran, are not part of the conversation.
     pub fn without_thoughts(&self) -> std::borrow::Cow<'_, Turn> {
         let Content::Blocks(blocks) = &self.content else {
             return std::borrow::Cow::Borrowed(self);
         };
-        let thought = |b: &Block| matches!(b, Block::Thinking { .. } | Block::RedactedThinking { .. });
+        let thought = |b: &Block| {
+            matches!(
+                b,
+                Block::Thinking { .. } | Block::RedactedThinking { .. } | Block::Server { .. }
+            )
+        };
         if !blocks.iter().any(thought) {
             return std::borrow::Cow::Borrowed(self);
         }

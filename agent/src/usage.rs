@@ -42,6 +42,9 @@ pub struct Tokens {
     /// What the request was billed, in millionths of a US dollar, where the provider says
     /// (OpenRouter's `usage.cost`); 0 where it does not.
     pub cost_micro_usd: u64,
+    /// Web searches the provider ran for the model (Anthropic's web search tool), billed
+    /// apart from the tokens.
+    pub web_searches: u64,
 }
 
 impl Tokens {
@@ -58,6 +61,7 @@ impl Tokens {
         self.cache_write_1h = self.cache_write_1h.saturating_add(other.cache_write_1h);
         self.output = self.output.saturating_add(other.output);
         self.cost_micro_usd = self.cost_micro_usd.saturating_add(other.cost_micro_usd);
+        self.web_searches = self.web_searches.saturating_add(other.web_searches);
     }
 
     /// A Chat Completions `usage` object (the last chunk of a stream asked with
@@ -110,6 +114,8 @@ impl Tokens {
             .saturating_add(self.cache_read)
             .saturating_add(self.cache_write);
         self.output = Value::as_u64(&u["output_tokens"]).unwrap_or(self.output);
+        self.web_searches =
+            Value::as_u64(&u["server_tool_use"]["web_search_requests"]).unwrap_or(self.web_searches);
     }
 }
 
@@ -123,6 +129,9 @@ impl fmt::Display for Tokens {
             (r, w) => write!(f, " ({r} from the cache, {w} written to it)")?,
         }
         write!(f, ", {} output", self.output)?;
+        if self.web_searches > 0 {
+            write!(f, ", {}", searches(self.web_searches))?;
+        }
         if self.cost_micro_usd > 0 {
             write!(f, ", {} billed", dollars(self.cost_micro_usd))?;
         }
@@ -190,6 +199,9 @@ pub struct Totals {
     /// out of the file while 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub cost_micro_usd: u64,
+    /// Web searches the provider ran for the model (left out of the file while 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub web_searches: u64,
 }
 
 impl Totals {
@@ -203,6 +215,7 @@ impl Totals {
             cache_write_1h: tokens.cache_write_1h,
             output: tokens.output,
             cost_micro_usd: tokens.cost_micro_usd,
+            web_searches: tokens.web_searches,
         });
     }
 
@@ -218,6 +231,7 @@ impl Totals {
             self.cache_write_1h,
             self.output,
             self.cost_micro_usd,
+            self.web_searches,
         ) = (
             t.input,
             t.cache_read,
@@ -225,6 +239,7 @@ impl Totals {
             t.cache_write_1h,
             t.output,
             t.cost_micro_usd,
+            t.web_searches,
         );
     }
 
@@ -237,6 +252,7 @@ impl Totals {
             cache_write_1h: self.cache_write_1h,
             output: self.output,
             cost_micro_usd: self.cost_micro_usd,
+            web_searches: self.web_searches,
         }
     }
 
@@ -254,10 +270,21 @@ impl Totals {
             out.push_str(&format!(" ({share} % from the cache)"));
         }
         out.push_str(&format!(", {} output", grouped(t.output)));
+        if t.web_searches > 0 {
+            out.push_str(&format!(", {}", searches(t.web_searches)));
+        }
         if t.cost_micro_usd > 0 {
             out.push_str(&format!(", {} billed", dollars(t.cost_micro_usd)));
         }
         out
+    }
+}
+
+/// `n` web searches, for people.
+fn searches(n: u64) -> String {
+    match n {
+        1 => "1 web search".into(),
+        n => format!("{} web searches", grouped(n)),
     }
 }
 
@@ -507,6 +534,13 @@ mod tests {
             ..Tokens::default()
         };
         assert_eq!(plain.to_string(), "10 input tokens, 2 output");
+        // Anthropic's own web search, counted in the last `message_delta`.
+        t.merge_anthropic(&json!({"output_tokens": 420, "server_tool_use": {"web_search_requests": 2}}));
+        t.merge_anthropic(&json!({"output_tokens": 421}));
+        assert_eq!(
+            t.to_string(),
+            "9312 input tokens (9000 from the cache, 300 written to it), 421 output, 2 web searches"
+        );
     }
 
     #[test]
@@ -519,6 +553,7 @@ mod tests {
             cache_write_1h: 4,
             output: 7,
             cost_micro_usd: 0,
+            web_searches: 0,
         };
         let ledger = Ledger::open(ws.path());
         ledger.record_on("2026-12-06", "m", &t);
@@ -535,6 +570,19 @@ mod tests {
         );
         assert_eq!(file["2026-12-06"]["other"]["requests"], 1);
         assert_eq!(file["2026-12-07"]["m"]["requests"], 1);
+        let searched = Tokens { web_searches: 3, ..t };
+        again.record_on("2026-12-07", "m", &searched);
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(ws.path().join(".aegis/usage.json")).unwrap()).unwrap();
+        assert_eq!(file["2026-12-07"]["m"]["web_searches"], 3);
+        assert_eq!(
+            Ledger::open(ws.path())
+                .summary("2026-12-07")
+                .matches("3 web searches")
+                .count(),
+            4,
+            "today, 7 and 30 days, model m"
+        );
         for d in 0..KEEP_DAYS + 5 {
             again.record_on(&format!("3000-{:04}", d), "m", &t);
         }
@@ -699,7 +747,7 @@ mod tests {
                 Tokens::default().merge_anthropic(&v);
             }
             let mut days = Days::new();
-            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, cache_write_1h: n / 4, output: 1, cost_micro_usd: n / 5 };
+            let t = Tokens { input: n, cache_read: n / 2, cache_write: n / 3, cache_write_1h: n / 4, output: 1, cost_micro_usd: n / 5, web_searches: n / 6 };
             days.entry(day).or_default().entry("m".into()).or_default().add(&t);
             let json = serde_json::to_vec(&days).unwrap();
             proptest::prop_assert_eq!(parse(&json).unwrap(), days);

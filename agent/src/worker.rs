@@ -197,7 +197,15 @@ fn keep(shared: &Shared) -> usize {
 }
 
 fn persist(shared: &Shared, session: &Session, history: &mut Vec<Turn>, turn: Turn) {
-    if let Err(e) = shared.sessions.append(session, &turn.without_thoughts()) {
+    let kept = turn.without_thoughts();
+    // A paused turn that said nothing yet holds only what the API ran for itself: nothing
+    // of the conversation to write down.
+    let nothing = matches!(&kept.content, crate::session::Content::Blocks(b) if b.is_empty());
+    if nothing {
+        history.push(turn);
+        return;
+    }
+    if let Err(e) = shared.sessions.append(session, &kept) {
         // The reply still goes out; only the record of it is missing. The error frame
         // carries no msg_id: it is about the session, not a failed reply.
         log::error!("cannot write {}: {e}", shared.sessions.path(session).display());
@@ -444,6 +452,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             // Decided for each round (`rounds`).
             cache: None,
             cache_key: Some(&cache_key),
+            reply: true,
         },
     };
     let mut used = crate::usage::Totals::default();
@@ -682,6 +691,8 @@ fn rounds(
         // Chat Completions server wants back with them.
         let mut thoughts = Vec::new();
         let mut carried = crate::carry::Carried::default();
+        // Anthropic paused a long turn of the tools it runs itself.
+        let mut paused = false;
         let window = with_image_data(shared, stamped(context(history, shared.budget)));
         let prompt = crate::llm::Prompt {
             cache: crate::prompt_cache::cache_marks(history, round),
@@ -711,12 +722,15 @@ fn rounds(
                     }
                     Ok(Chunk::Thoughts(blocks)) => thoughts = blocks,
                     Ok(Chunk::Carried(c)) => carried = c,
+                    Ok(Chunk::Presence(state)) => send_presence(shared, out, msg_id, &Presence::state(state)),
+                    Ok(Chunk::Paused) => paused = true,
                     Ok(Chunk::Usage(t)) => used.add(&t),
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
                         text.clear();
                         thoughts.clear();
                         carried = Default::default();
+                        paused = false;
                         send_presence(shared, out, msg_id, &Presence::restart(shown.clone()));
                     }
                     Ok(Chunk::End(Ok(calls))) => break Round::Calls(calls),
@@ -737,6 +751,22 @@ fn rounds(
         }
 
         let calls = match round {
+            Round::Calls(calls) if calls.is_empty() && paused => {
+                // The turn so far goes back as it came (the searches and their results
+                // with it), and the model carries on from there in the next round.
+                log::info!(
+                    "{}/{}: the API paused the model's turn; continuing it",
+                    session.channel,
+                    session.id
+                );
+                persist(
+                    shared,
+                    session,
+                    history,
+                    Turn::tool_calls_after(thoughts, &text, &[]),
+                );
+                continue;
+            }
             Round::Calls(calls) if calls.is_empty() => {
                 persist(shared, session, history, Turn::new(Role::Assistant, text));
                 return Ending::Complete(shown);

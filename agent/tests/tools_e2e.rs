@@ -3510,3 +3510,191 @@ fn mcp_shows_the_servers_and_signs_out_of_one() {
         assert!(!session.contains(kept_out), "{kept_out} in the session");
     }
 }
+
+/// Claude searching the web with Anthropic's own tool (agent.json
+/// `tools.web_search.native`): the request offers `web_search_20250305` in place of Brave's
+/// tool (none of whose key is set); while Anthropic searches, the chat shows
+/// `tool: web_search`; the answer's citations become numbered marks and a list of its
+/// sources under it, as Anthropic asks of answers shown to people. The searches' blocks
+/// go back unchanged while the reply goes on (beside a client tool's call, and when the
+/// API pauses the turn, `pause_turn`), and never reach the session file.
+#[test]
+fn claude_searches_the_web_itself_and_cites_its_sources() {
+    use aegis_e2e::llm::{anthropic_search_sse, Search};
+    let rust = Search {
+        query: "rust 1.95 release",
+        results: &[
+            (
+                "https://blog.rust-lang.org/2026/rust-1.95",
+                "Announcing Rust 1.95",
+            ),
+            ("https://example.com/news (1)", "News [about] Rust"),
+        ],
+    };
+    let weather = Search {
+        query: "weather in Lisbon",
+        results: &[("https://weather.example/lisbon", "Lisbon")],
+    };
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(anthropic_search_sse(
+            "Let me look.",
+            &[rust],
+            false,
+            &[
+                ("Rust 1.95 is out.", Some((0, 0))),
+                (" It adds things.", Some((0, 1))),
+                (" The blog says so too.", Some((0, 0))),
+            ],
+            &[],
+            "end_turn",
+        )),
+        // A search and a client tool in one turn: the search runs when the tool's
+        // result goes back.
+        Reply::sse(anthropic_search_sse(
+            "",
+            &[weather],
+            true,
+            &[],
+            &[("toolu_1", "bash", r#"{"command": "echo 21"}"#)],
+            "tool_use",
+        )),
+        Reply::sse(anthropic_sse(&["It is 21 degrees."])),
+        // A long turn paused after its search, then carried on.
+        Reply::sse(anthropic_search_sse("", &[rust], false, &[], &[], "pause_turn")),
+        Reply::sse(anthropic_sse(&["Rust 1.95 it is."])),
+    ]);
+    let ws = TempDir::new("tools-native-search");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"web_search": {"native": true, "max_uses": 3}}}),
+    );
+    let a = agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k".into()),
+            ("ANTHROPIC_BASE_URL", llm.url().into()),
+            ("BRAVE_SEARCH_API_KEY", "brave-key".into()),
+        ],
+    );
+    a.send(&message("5", "what's new in rust?", "m1"));
+    let frames = a.reply();
+    assert_eq!(
+        done_text(&frames),
+        "Let me look.Rust 1.95 is out.[1] It adds things.[2] The blog says so too.[1]\n\n\
+         Sources:\n1. [Announcing Rust 1.95](https://blog.rust-lang.org/2026/rust-1.95)\n\
+         2. [News (about) Rust](https://example.com/news%20%281%29)"
+    );
+    let shown = presences(&frames);
+    let searching = shown
+        .iter()
+        .position(|p| p == "tool: web_search")
+        .expect("searching shown");
+    assert_eq!(shown[searching + 1], "thinking", "{shown:?}");
+    let reqs = llm.requests();
+    let tools = reqs[0].json()["tools"].clone();
+    let native: Vec<&Value> = tools
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "web_search")
+        .collect();
+    assert_eq!(
+        native,
+        [&json!({"type": "web_search_20250305", "name": "web_search", "max_uses": 3})],
+        "Anthropic's tool alone, not Brave's"
+    );
+    assert!(
+        offered_tools(&reqs[0]).contains(&"image_search".to_string()),
+        "Brave's image search stays"
+    );
+    // Billed apart from the tokens, so counted apart.
+    assert!(a.proc.log().contains(" output, 1 web search"), "{}", a.proc.log());
+
+    a.send(&message("5", "and the weather?", "m2"));
+    assert_eq!(done_text(&a.reply()), "It is 21 degrees.");
+    let reqs = llm.requests();
+    let msgs = reqs[2].json()["messages"].clone();
+    let turn = msgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "assistant")
+        .unwrap();
+    let kinds: Vec<&str> = turn["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["server_tool_use", "tool_use"], "{turn}");
+    assert_eq!(
+        turn["content"][0],
+        json!({"type": "server_tool_use", "id": "srvtoolu_0", "name": "web_search", "input": {"query": "weather in Lisbon"}})
+    );
+    assert_eq!(
+        tool_results(&reqs[2]),
+        [("toolu_1".to_string(), "21\nexit status: 0".to_string())]
+    );
+
+    a.send(&message("5", "once more", "m3"));
+    assert_eq!(done_text(&a.reply()), "Rust 1.95 it is.");
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 5);
+    let msgs = reqs[4].json()["messages"].clone();
+    let last = msgs.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["role"], "assistant",
+        "the paused turn goes back last: {msgs}"
+    );
+    let kinds: Vec<&str> = last["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["server_tool_use", "web_search_tool_result"]);
+    assert_eq!(
+        last["content"][1]["content"][0]["encrypted_content"], "EqgfCioIARgB-Announcing Rust 1.95",
+        "unchanged"
+    );
+
+    // The conversation on disk: what was said, the sources included; nothing of the
+    // searches' blocks.
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
+    assert!(session.contains("Sources:"), "{session}");
+    assert!(
+        !session.contains(r#""content":[]"#),
+        "the paused turn said nothing: {session}"
+    );
+    for kept_out in ["server_tool_use", "web_search_tool_result", "EqgfCioI"] {
+        assert!(!session.contains(kept_out), "{kept_out} in {session}");
+    }
+}
+
+/// Only a Claude model asked at Anthropic searches with its provider's tool: another
+/// keeps Brave's `web_search` (its key set), and the log says why.
+#[test]
+fn a_native_search_setting_leaves_other_models_with_brave() {
+    let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["ok"]))]);
+    let ws = TempDir::new("tools-native-openai");
+    write_agent_json(&ws, json!({"tools": {"web_search": {"native": true}}}));
+    let mut env = openai(&llm).to_vec();
+    env.push(("BRAVE_SEARCH_API_KEY", "brave-key".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("6", "hi", "m1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let req = &llm.requests()[0];
+    assert!(offered_tools(req).contains(&"web_search".to_string()));
+    assert!(
+        !req.json()["tools"].to_string().contains("web_search_20250305"),
+        "no Anthropic tool for OpenAI"
+    );
+    assert!(
+        a.proc
+            .log()
+            .contains("web_search: only a Claude model asked at Anthropic searches the web"),
+        "{}",
+        a.proc.log()
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::http::{Request, Responder, Server};
 
@@ -480,6 +480,125 @@ pub fn anthropic_sse(texts: &[&str]) -> Vec<String> {
         json!({"type":"content_block_stop","index":0}),
     ));
     out.push(anthropic_event("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}})));
+    out.push(anthropic_event("message_stop", json!({"type":"message_stop"})));
+    out
+}
+
+/// One search of [`anthropic_search_sse`]: the query, and the results (URL, title).
+#[derive(Clone, Copy)]
+pub struct Search<'a> {
+    pub query: &'a str,
+    pub results: &'a [(&'a str, &'a str)],
+}
+
+/// An Anthropic stream in which Claude searches the web with Anthropic's own tool, as
+/// the Messages API streams it: `intro` as a text block (when not empty); the
+/// `server_tool_use` (id `srvtoolu_N`, its query in pieces) and, unless `unanswered`,
+/// its `web_search_tool_result` (each result with its `encrypted_content`), for each
+/// search; then the answer's passages, each citing the result it names (search, result)
+/// with a `citations_delta` before its text; then the client tool `calls`; ending with
+/// `stop` (`end_turn`, `pause_turn`, `tool_use`) and the searches counted in the usage.
+pub fn anthropic_search_sse(
+    intro: &str,
+    searches: &[Search],
+    unanswered: bool,
+    answer: &[(&str, Option<(usize, usize)>)],
+    calls: &[(&str, &str, &str)],
+    stop: &str,
+) -> Vec<String> {
+    let mut out = vec![anthropic_message_start("msg_s")];
+    let mut index = 0;
+    let text_block = |out: &mut Vec<String>, index: usize, text: &str, citation: Option<Value>| {
+        out.push(anthropic_event(
+            "content_block_start",
+            json!({"type":"content_block_start","index":index,"content_block":{"type":"text","text":"","citations":[]}}),
+        ));
+        if let Some(c) = citation {
+            out.push(anthropic_event(
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":index,"delta":{"type":"citations_delta","citation":c}}),
+            ));
+        }
+        out.push(anthropic_event(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"text_delta","text":text}}),
+        ));
+        out.push(anthropic_event(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":index}),
+        ));
+    };
+    if !intro.is_empty() {
+        text_block(&mut out, index, intro, None);
+        index += 1;
+    }
+    for (n, search) in searches.iter().enumerate() {
+        let id = format!("srvtoolu_{n}");
+        out.push(anthropic_event(
+            "content_block_start",
+            json!({"type":"content_block_start","index":index,"content_block":{"type":"server_tool_use","id":id,"name":"web_search","input":{}}}),
+        ));
+        for piece in pieces_of(&json!({"query": search.query}).to_string(), 7) {
+            out.push(anthropic_event(
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
+            ));
+        }
+        out.push(anthropic_event(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":index}),
+        ));
+        index += 1;
+        if unanswered {
+            continue;
+        }
+        let results: Vec<Value> = search
+            .results
+            .iter()
+            .map(|(url, title)| {
+                json!({"type":"web_search_result","url":url,"title":title,
+                    "encrypted_content":format!("EqgfCioIARgB-{title}"),"page_age":"April 30, 2025"})
+            })
+            .collect();
+        out.push(anthropic_event(
+            "content_block_start",
+            json!({"type":"content_block_start","index":index,"content_block":{"type":"web_search_tool_result","tool_use_id":id,"content":results}}),
+        ));
+        out.push(anthropic_event(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":index}),
+        ));
+        index += 1;
+    }
+    for (text, cites) in answer {
+        let citation = cites.map(|(s, r)| {
+            let (url, title) = searches[s].results[r];
+            json!({"type":"web_search_result_location","url":url,"title":title,
+                "encrypted_index":"Eo8BCioIAhgBIiQ","cited_text":"..."})
+        });
+        text_block(&mut out, index, text, citation);
+        index += 1;
+    }
+    for (id, name, input) in calls {
+        out.push(anthropic_event(
+            "content_block_start",
+            json!({"type":"content_block_start","index":index,"content_block":{"type":"tool_use","id":id,"name":name,"input":{}}}),
+        ));
+        out.push(anthropic_event(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":input}}),
+        ));
+        out.push(anthropic_event(
+            "content_block_stop",
+            json!({"type":"content_block_stop","index":index}),
+        ));
+        index += 1;
+    }
+    out.push(anthropic_event(
+        "message_delta",
+        json!({"type":"message_delta","delta":{"stop_reason":stop,"stop_sequence":null},
+            "usage":{"output_tokens":40,"server_tool_use":{"web_search_requests":searches.len()}}}),
+    ));
     out.push(anthropic_event("message_stop", json!({"type":"message_stop"})));
     out
 }

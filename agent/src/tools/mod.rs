@@ -430,6 +430,9 @@ pub struct ToolConfig {
     pub speech_voice: Option<String>,
     /// Folders of skills outside the workspace (`AEGIS_SKILLS_PATH`).
     pub skills_path: Vec<std::path::PathBuf>,
+    /// The model searches with its provider's own tool: Brave's `web_search` is not
+    /// offered (the name is the provider's tool's).
+    pub native_search: bool,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -540,7 +543,7 @@ impl Toolbox {
             .into_iter()
             .filter(|b| config.selection.builtins.contains(b))
             .filter(|b| match b {
-                Builtin::WebSearch => search[0].is_some(),
+                Builtin::WebSearch => search[0].is_some() && !config.native_search,
                 Builtin::ImageSearch => search[1].is_some(),
                 Builtin::ImageGenerate => images.is_some(),
                 Builtin::RespondWithVoice => speech.is_some(),
