@@ -399,6 +399,9 @@ pub struct Llm {
     stand_in: Arc<AtomicU8>,
     /// A server's context window was seen cutting a request (said once).
     warned_window: Arc<AtomicBool>,
+    /// Anthropic refused its own web search for this key (an organization that has not
+    /// allowed it): not offered again.
+    no_web_search: Arc<AtomicBool>,
 }
 
 /// How requests reach the model.
@@ -529,6 +532,7 @@ impl Llm {
             no_summaries: Arc::new(AtomicBool::new(false)),
             ledger: None,
             warned_window: Arc::new(AtomicBool::new(false)),
+            no_web_search: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
         }
     }
@@ -791,7 +795,10 @@ impl Llm {
                     .iter()
                     .map(|t| serde_json::json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
                     .collect();
-                if let Some(max_uses) = p.web_search.filter(|_| prompt.reply) {
+                if let Some(max_uses) = p
+                    .web_search
+                    .filter(|_| prompt.reply && !self.no_web_search.load(Ordering::Relaxed))
+                {
                     offered.push(crate::native_search::anthropic_tool(max_uses));
                 }
                 if !offered.is_empty() {
@@ -851,6 +858,15 @@ impl Llm {
             let mut renamed = body.clone();
             renamed["model"] = next.into();
             return Some(renamed);
+        }
+        let search_refused = matches!(err.kind, ErrorKind::Request | ErrorKind::Auth);
+        if let Some(plain) = crate::native_search::without_it(body, &err.detail).filter(|_| search_refused) {
+            log::warn!(
+                "Anthropic refuses its web search here ({}); asking without it, from now on",
+                err.detail
+            );
+            self.no_web_search.store(true, Ordering::Relaxed);
+            return Some(plain);
         }
         if let Some(plain) = without(body, err, "stream_options") {
             log::info!("the server refuses stream_options; asking again without (no usage counts)");
@@ -1526,7 +1542,10 @@ fn anthropic_messages(turns: &[Turn], notes: &str, mark: Option<Ttl>) -> Vec<ser
                         Block::RedactedThinking { data } => {
                             Some(serde_json::json!({"type": "redacted_thinking", "data": data}))
                         }
-                        Block::Server { block } => Some(block.clone()),
+                        // Only the reply going on carries them on; an earlier reply's
+                        // may hold a search whose result came in a later round, whose
+                        // blocks were not kept.
+                        Block::Server { block } if question.is_some_and(|q| i > q) => Some(block.clone()),
                         _ => None,
                     })
                     .collect(),

@@ -21,6 +21,27 @@ pub fn anthropic_tool(max_uses: u32) -> Value {
     json!({"type": "web_search_20250305", "name": "web_search", "max_uses": max_uses})
 }
 
+/// `body` without Anthropic's web search, when `refusal` (a 400 or 403's words) is about
+/// it: an organization whose admin has not allowed web search is refused every request
+/// that offers it, and the model is better off answering without.
+pub fn without_it(body: &Value, refusal: &str) -> Option<Value> {
+    let words = refusal.to_ascii_lowercase();
+    if !words.contains("web search") && !words.contains("web_search") {
+        return None;
+    }
+    let mut plain = body.clone();
+    let tools = plain.get_mut("tools")?.as_array_mut()?;
+    let before = tools.len();
+    tools.retain(|t| !t["type"].as_str().is_some_and(|t| t.starts_with("web_search_")));
+    if tools.len() == before {
+        return None;
+    }
+    if tools.is_empty() {
+        plain.as_object_mut()?.remove("tools");
+    }
+    Some(plain)
+}
+
 /// Whether `block` (a response's content block) is the result of a tool Anthropic ran
 /// (`web_search_tool_result`, and the like of its other server tools).
 pub fn is_server_result(block: &Value) -> bool {
@@ -179,6 +200,21 @@ mod tests {
         for broken in ["", "{\"query\": ", "[1]", &"[".repeat(200)] {
             assert_eq!(input_of(broken), json!({}), "{broken}");
         }
+    }
+
+    #[test]
+    fn a_refusal_of_the_search_drops_it_and_nothing_else() {
+        let body = json!({"model": "m", "tools": [{"name": "bash"}, anthropic_tool(5)]});
+        let refusal = "HTTP 400: Web search is not enabled for this organization";
+        assert_eq!(
+            without_it(&body, refusal),
+            Some(json!({"model": "m", "tools": [{"name": "bash"}]}))
+        );
+        let alone = json!({"model": "m", "tools": [anthropic_tool(5)]});
+        assert_eq!(without_it(&alone, refusal), Some(json!({"model": "m"})));
+        assert_eq!(without_it(&body, "HTTP 400: max_tokens: too large"), None);
+        let searchless = json!({"model": "m", "tools": [{"name": "bash"}]});
+        assert_eq!(without_it(&searchless, refusal), None, "nothing to drop");
     }
 
     proptest! {

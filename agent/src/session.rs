@@ -182,6 +182,10 @@ pub struct Turn {
     /// [ours] The reply was cut short by `control.cancel`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    /// [ours] The API paused this turn of the model's (`pause_turn`, a long run of the
+    /// tools it runs itself) and the model carries on in the next: not an answer yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
     /// [ours] `msg_id` of the ingress frame, so a message the host delivers again after
     /// a crash is not stored twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,6 +213,7 @@ impl Turn {
             ts: tether::time::now_rfc3339(),
             tool_call_id: None,
             cancelled: false,
+            paused: false,
             msg_id: None,
             reasoning_content: None,
             reasoning_details: None,

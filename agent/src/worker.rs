@@ -266,10 +266,12 @@ fn is_command(text: &str, name: &str) -> bool {
 }
 
 /// Whether the message of `history[i]` (a user turn) got its final answer: a later
-/// assistant turn that calls no tool, or a later question (the talk moved on).
+/// assistant turn that calls no tool and was not paused, or a later question (the talk
+/// moved on).
 fn answered(history: &[Turn], i: usize) -> bool {
     history[i + 1..].iter().any(|t| {
-        t.role == Role::User || (t.role == Role::Assistant && t.content.tool_uses().next().is_none())
+        let answer = t.role == Role::Assistant && t.content.tool_uses().next().is_none() && !t.paused;
+        t.role == Role::User || answer
     })
 }
 
@@ -759,12 +761,9 @@ fn rounds(
                     session.channel,
                     session.id
                 );
-                persist(
-                    shared,
-                    session,
-                    history,
-                    Turn::tool_calls_after(thoughts, &text, &[]),
-                );
+                let mut turn = Turn::tool_calls_after(thoughts, &text, &[]);
+                turn.paused = true;
+                persist(shared, session, history, turn);
                 continue;
             }
             Round::Calls(calls) if calls.is_empty() => {
@@ -865,6 +864,19 @@ fn rounds(
 
 #[cfg(test)]
 mod tests {
+    use crate::session::{Role, Turn};
+
+    #[test]
+    fn a_paused_turn_is_no_answer_yet() {
+        let mut paused = Turn::new(Role::Assistant, "Searching.");
+        paused.paused = true;
+        let history = vec![Turn::new(Role::User, "q"), paused];
+        assert!(!super::answered(&history, 0));
+        let mut done = history.clone();
+        done.push(Turn::new(Role::Assistant, "Found it."));
+        assert!(super::answered(&done, 0));
+    }
+
     #[test]
     fn usage_is_the_command_alone_or_addressed_to_a_bot() {
         for text in ["/usage", " /usage\n", "/usage@my_bot"] {

@@ -3535,7 +3535,7 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
         query: "weather in Lisbon",
         results: &[("https://weather.example/lisbon", "Lisbon")],
     };
-    let llm = FakeLlm::scripted(vec![
+    let script = std::sync::Mutex::new(std::collections::VecDeque::from(vec![
         Reply::sse(anthropic_search_sse(
             "Let me look.",
             &[rust],
@@ -3562,7 +3562,13 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
         // A long turn paused after its search, then carried on.
         Reply::sse(anthropic_search_sse("", &[rust], false, &[], &[], "pause_turn")),
         Reply::sse(anthropic_sse(&["Rust 1.95 it is."])),
-    ]);
+        Reply::sse(anthropic_search_sse("Searching.", &[rust], false, &[], &[], "pause_turn")),
+        Reply::sse(anthropic_sse(&["Still 1.95."])),
+    ]));
+    let llm = FakeLlm::with(move |req| {
+        aegis_e2e::llm::anthropic_search_refusal(&req.json())
+            .unwrap_or_else(|| script.lock().unwrap().pop_front().expect("a reply left"))
+    });
     let ws = TempDir::new("tools-native-search");
     write_agent_json(
         &ws,
@@ -3658,6 +3664,15 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
         last["content"][1]["content"][0]["encrypted_content"], "EqgfCioIARgB-Announcing Rust 1.95",
         "unchanged"
     );
+
+    // Paused after saying something: that is kept, marked as no answer yet (a message
+    // delivered again after a crash then is answered, not taken as done).
+    a.send(&message("5", "sure?", "m4"));
+    assert_eq!(done_text(&a.reply()), "Searching.\n\nStill 1.95.");
+    let lines = session_lines(&ws, "5");
+    let paused: Vec<&Value> = lines.iter().filter(|l| l["paused"] == true).collect();
+    assert_eq!(paused.len(), 1, "{lines:?}");
+    assert_eq!(paused[0]["content"], json!([{"type": "text", "text": "Searching."}]));
 
     // The conversation on disk: what was said, the sources included; nothing of the
     // searches' blocks.

@@ -768,6 +768,43 @@ pub fn anthropic_thinking_refusal(body: &serde_json::Value) -> Option<Reply> {
     })
 }
 
+/// Anthropic's rule for the tools it runs itself, as its API enforces it: each
+/// `server_tool_use` has its result (a `*_tool_result` block naming it) in the same
+/// assistant message, but in the message the request carries on (the last one, or the
+/// one the tool results sent back answer: a search beside a client tool runs then). The
+/// 400 it answers otherwise, else `None`.
+pub fn anthropic_search_refusal(body: &serde_json::Value) -> Option<Reply> {
+    let messages = body["messages"].as_array()?;
+    let n = messages.len();
+    let open = (1..=2.min(n))
+        .map(|back| n - back)
+        .find(|&i| messages[i]["role"] == "assistant");
+    for (i, m) in messages.iter().enumerate() {
+        let blocks = m["content"].as_array();
+        if m["role"] != "assistant" || Some(i) == open || blocks.is_none() {
+            continue;
+        }
+        let blocks = blocks.unwrap();
+        for b in blocks.iter().filter(|b| b["type"] == "server_tool_use") {
+            let answered = blocks.iter().any(|r| {
+                r["type"].as_str().is_some_and(|t| t.ends_with("_tool_result")) && r["tool_use_id"] == b["id"]
+            });
+            if !answered {
+                let name = b["name"].as_str().unwrap_or_default();
+                return Some(Reply::Status {
+                    code: 400,
+                    headers: vec![],
+                    body: json!({"type": "error", "error": {"type": "invalid_request_error", "message": format!(
+                        "messages.{i}: `{name}` tool use with id `{}` was found without a corresponding `{name}_tool_result` block",
+                        b["id"].as_str().unwrap_or_default())}})
+                    .to_string(),
+                });
+            }
+        }
+    }
+    None
+}
+
 /// The refusal the newest Claude models (Opus 4.7 and later, the Claude 5 family) answer a
 /// request that asks for extended thinking with a budget, in the API's words.
 pub fn anthropic_budget_refusal(body: &serde_json::Value) -> Option<Reply> {
