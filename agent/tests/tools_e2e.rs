@@ -3562,7 +3562,14 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
         // A long turn paused after its search, then carried on.
         Reply::sse(anthropic_search_sse("", &[rust], false, &[], &[], "pause_turn")),
         Reply::sse(anthropic_sse(&["Rust 1.95 it is."])),
-        Reply::sse(anthropic_search_sse("Searching.", &[rust], false, &[], &[], "pause_turn")),
+        Reply::sse(anthropic_search_sse(
+            "Searching.",
+            &[rust],
+            false,
+            &[],
+            &[],
+            "pause_turn",
+        )),
         Reply::sse(anthropic_sse(&["Still 1.95."])),
     ]));
     let llm = FakeLlm::with(move |req| {
@@ -3672,7 +3679,10 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
     let lines = session_lines(&ws, "5");
     let paused: Vec<&Value> = lines.iter().filter(|l| l["paused"] == true).collect();
     assert_eq!(paused.len(), 1, "{lines:?}");
-    assert_eq!(paused[0]["content"], json!([{"type": "text", "text": "Searching."}]));
+    assert_eq!(
+        paused[0]["content"],
+        json!([{"type": "text", "text": "Searching."}])
+    );
 
     // The conversation on disk: what was said, the sources included; nothing of the
     // searches' blocks.
@@ -3709,6 +3719,44 @@ fn a_native_search_setting_leaves_other_models_with_brave() {
         a.proc
             .log()
             .contains("web_search: only a Claude model asked at Anthropic searches the web"),
+        "{}",
+        a.proc.log()
+    );
+}
+
+/// An organization whose admin has not allowed web search is refused every request that
+/// offers it: the agent asks again without it, and from then on (said in the log). The
+/// refusal's words here are the stand-in's: what counts is that they name the search.
+#[test]
+fn a_refused_native_search_is_dropped_and_the_reply_goes_on() {
+    let llm = FakeLlm::with(|req| {
+        if req.json()["tools"].to_string().contains("web_search_20250305") {
+            return Reply::Status {
+                code: 400,
+                headers: vec![],
+                body: json!({"type": "error", "error": {"type": "invalid_request_error",
+                    "message": "Web search is not enabled for this organization."}})
+                .to_string(),
+            };
+        }
+        Reply::sse(anthropic_sse(&["From what I know: yes."]))
+    });
+    let ws = TempDir::new("tools-native-refused");
+    write_agent_json(&ws, json!({"tools": {"web_search": {"native": true}}}));
+    let a = agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k".into()),
+            ("ANTHROPIC_BASE_URL", llm.url().into()),
+        ],
+    );
+    for (n, id) in ["m1", "m2"].iter().enumerate() {
+        a.send(&message("7", "is it out?", id));
+        assert_eq!(done_text(&a.reply()), "From what I know: yes.", "message {n}");
+    }
+    assert_eq!(llm.requests().len(), 3, "refused once, then not offered again");
+    assert!(
+        a.proc.log().contains("Anthropic refuses its web search here"),
         "{}",
         a.proc.log()
     );
