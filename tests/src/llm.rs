@@ -491,6 +491,54 @@ pub struct Search<'a> {
     pub results: &'a [(&'a str, &'a str)],
 }
 
+/// A text block at `index`: its start, the citation it makes (if any, as a
+/// `citations_delta` before the text, as the API sends it), its text, its stop.
+fn anthropic_text_block(out: &mut Vec<String>, index: usize, text: &str, citation: Option<Value>) {
+    let mut start = json!({"type":"text","text":""});
+    if citation.is_some() {
+        start["citations"] = json!([]);
+    }
+    out.push(anthropic_event(
+        "content_block_start",
+        json!({"type":"content_block_start","index":index,"content_block":start}),
+    ));
+    if let Some(c) = citation {
+        out.push(anthropic_event(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"citations_delta","citation":c}}),
+        ));
+    }
+    out.push(anthropic_event(
+        "content_block_delta",
+        json!({"type":"content_block_delta","index":index,"delta":{"type":"text_delta","text":text}}),
+    ));
+    out.push(anthropic_event(
+        "content_block_stop",
+        json!({"type":"content_block_stop","index":index}),
+    ));
+}
+
+/// A tool call's block at `index` (`block`: a `tool_use` or `server_tool_use` with an
+/// empty input): its start, a ping, its `input` as `input_json_delta` pieces of `split`
+/// characters, its stop.
+fn anthropic_input_block(out: &mut Vec<String>, index: usize, block: Value, input: &str, split: usize) {
+    out.push(anthropic_event(
+        "content_block_start",
+        json!({"type":"content_block_start","index":index,"content_block":block}),
+    ));
+    out.push(anthropic_event("ping", json!({"type": "ping"})));
+    for piece in pieces_of(input, split) {
+        out.push(anthropic_event(
+            "content_block_delta",
+            json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
+        ));
+    }
+    out.push(anthropic_event(
+        "content_block_stop",
+        json!({"type":"content_block_stop","index":index}),
+    ));
+}
+
 /// An Anthropic stream in which Claude searches the web with Anthropic's own tool, as
 /// the Messages API streams it: `intro` as a text block (when not empty); the
 /// `server_tool_use` (id `srvtoolu_N`, its query in pieces) and, unless `unanswered`,
@@ -508,46 +556,15 @@ pub fn anthropic_search_sse(
 ) -> Vec<String> {
     let mut out = vec![anthropic_message_start("msg_s")];
     let mut index = 0;
-    let text_block = |out: &mut Vec<String>, index: usize, text: &str, citation: Option<Value>| {
-        out.push(anthropic_event(
-            "content_block_start",
-            json!({"type":"content_block_start","index":index,"content_block":{"type":"text","text":"","citations":[]}}),
-        ));
-        if let Some(c) = citation {
-            out.push(anthropic_event(
-                "content_block_delta",
-                json!({"type":"content_block_delta","index":index,"delta":{"type":"citations_delta","citation":c}}),
-            ));
-        }
-        out.push(anthropic_event(
-            "content_block_delta",
-            json!({"type":"content_block_delta","index":index,"delta":{"type":"text_delta","text":text}}),
-        ));
-        out.push(anthropic_event(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":index}),
-        ));
-    };
     if !intro.is_empty() {
-        text_block(&mut out, index, intro, None);
+        anthropic_text_block(&mut out, index, intro, None);
         index += 1;
     }
     for (n, search) in searches.iter().enumerate() {
         let id = format!("srvtoolu_{n}");
-        out.push(anthropic_event(
-            "content_block_start",
-            json!({"type":"content_block_start","index":index,"content_block":{"type":"server_tool_use","id":id,"name":"web_search","input":{}}}),
-        ));
-        for piece in pieces_of(&json!({"query": search.query}).to_string(), 7) {
-            out.push(anthropic_event(
-                "content_block_delta",
-                json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
-            ));
-        }
-        out.push(anthropic_event(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":index}),
-        ));
+        let block = json!({"type":"server_tool_use","id":id,"name":"web_search","input":{}});
+        let query = json!({"query": search.query}).to_string();
+        anthropic_input_block(&mut out, index, block, &query, 7);
         index += 1;
         if unanswered {
             continue;
@@ -576,22 +593,12 @@ pub fn anthropic_search_sse(
             json!({"type":"web_search_result_location","url":url,"title":title,
                 "encrypted_index":"Eo8BCioIAhgBIiQ","cited_text":"..."})
         });
-        text_block(&mut out, index, text, citation);
+        anthropic_text_block(&mut out, index, text, citation);
         index += 1;
     }
     for (id, name, input) in calls {
-        out.push(anthropic_event(
-            "content_block_start",
-            json!({"type":"content_block_start","index":index,"content_block":{"type":"tool_use","id":id,"name":name,"input":{}}}),
-        ));
-        out.push(anthropic_event(
-            "content_block_delta",
-            json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":input}}),
-        ));
-        out.push(anthropic_event(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":index}),
-        ));
+        let block = json!({"type":"tool_use","id":id,"name":name,"input":{}});
+        anthropic_input_block(&mut out, index, block, input, usize::MAX);
         index += 1;
     }
     out.push(anthropic_event(
@@ -647,36 +654,12 @@ pub fn anthropic_tool_sse(text: &str, calls: &[(&str, &str, &str)], split: usize
     let mut out = vec![anthropic_message_start("msg_2")];
     let mut index = 0;
     if !text.is_empty() {
-        out.push(anthropic_event(
-            "content_block_start",
-            json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
-        ));
-        out.push(anthropic_event(
-            "content_block_delta",
-            json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":text}}),
-        ));
-        out.push(anthropic_event(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":0}),
-        ));
+        anthropic_text_block(&mut out, 0, text, None);
         index = 1;
     }
     for (id, name, input) in calls {
-        out.push(anthropic_event(
-            "content_block_start",
-            json!({"type":"content_block_start","index":index,"content_block":{"type":"tool_use","id":id,"name":name,"input":{}}}),
-        ));
-        out.push(anthropic_event("ping", json!({"type": "ping"})));
-        for piece in pieces_of(input, split) {
-            out.push(anthropic_event(
-                "content_block_delta",
-                json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
-            ));
-        }
-        out.push(anthropic_event(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":index}),
-        ));
+        let block = json!({"type":"tool_use","id":id,"name":name,"input":{}});
+        anthropic_input_block(&mut out, index, block, input, split);
         index += 1;
     }
     out.push(anthropic_event("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":30}})));
