@@ -274,22 +274,25 @@ impl Server {
         self.reconnect.store(true, Ordering::SeqCst);
         start_in_background(self);
         log::info!("MCP [{}]: signed out", self.name);
-        let forgotten = format!(
-            "Signed out of the MCP server {}: its tokens are forgotten here",
-            self.name
-        );
-        let then = "The next time it is needed, you are asked to sign in again (with any account).";
-        match revoked {
-            Ok(true) => format!("{forgotten} and were revoked at {at}. {then}"),
-            Ok(false) => format!(
-                "{forgotten}. {at} offers no way to revoke them: the access you allowed stays until \
-                 it ends, or until you remove it in your account's settings there. {then}"
-            ),
-            Err(why) => format!(
-                "{forgotten}, but revoking them at {at} failed ({why}): remove the access in your \
-                 account's settings there. {then}"
-            ),
-        }
+        signed_out_words(&self.name, &at, revoked)
+    }
+}
+
+/// What the user is told of signing out of server `name`, whose authorization server at
+/// `at` revoked its tokens (`Ok(true)`), offers no revocation (`Ok(false)`), or failed to.
+fn signed_out_words(name: &str, at: &str, revoked: Result<bool, String>) -> String {
+    let forgotten = format!("Signed out of the MCP server {name}: its tokens are forgotten here");
+    let then = "The next time it is needed, you are asked to sign in again (with any account).";
+    match revoked {
+        Ok(true) => format!("{forgotten} and were revoked at {at}. {then}"),
+        Ok(false) => format!(
+            "{forgotten}. {at} offers no way to revoke them: the access you allowed stays until \
+             it ends, or until you remove it in your account's settings there. {then}"
+        ),
+        Err(why) => format!(
+            "{forgotten}, but revoking them at {at} failed ({why}): remove the access in your \
+             account's settings there. {then}"
+        ),
     }
 }
 
@@ -336,6 +339,26 @@ mod tests {
     fn servers(configs: serde_json::Value) -> McpServers {
         let configs = serde_json::from_value(configs).unwrap();
         McpServers::new(configs, std::path::Path::new("/nonexistent"), &[])
+    }
+
+    #[test]
+    fn signing_out_says_whether_the_access_was_revoked_or_stays() {
+        let said = |r| signed_out_words("linear", "auth.example.com", r);
+        assert!(said(Ok(true)).contains("forgotten here and were revoked at auth.example.com."));
+        let kept = said(Ok(false));
+        assert!(
+            kept.contains("auth.example.com offers no way to revoke them: the access you allowed stays"),
+            "{kept}"
+        );
+        let failed = said(Err("HTTP 503".into()));
+        assert!(
+            failed.contains("but revoking them at auth.example.com failed (HTTP 503): remove the access"),
+            "{failed}"
+        );
+        for words in [said(Ok(true)), kept, failed] {
+            assert!(words.starts_with("Signed out of the MCP server linear: its tokens are forgotten here"));
+            assert!(words.ends_with("you are asked to sign in again (with any account)."));
+        }
     }
 
     #[test]
