@@ -1493,16 +1493,17 @@ impl McpServers {
     }
 
     /// For a message starting with `/SERVER_PROMPT`: that prompt run (see
-    /// [`Server::run_prompt`]); `None` when it names no prompt. Only servers whose name
-    /// the command starts with are asked, so `/start` or `/weather` cost nothing.
-    pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<Asked> {
+    /// [`Server::run_prompt`]), `user` answering what the server asks meanwhile; `None`
+    /// when it names no prompt. Only servers whose name the command starts with are asked,
+    /// so `/start` or `/weather` cost nothing.
+    pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>, user: Option<&dyn User>) -> Option<Asked> {
         let (word, _) = crate::text::slash_command(text)?;
         let mut unlisted = None;
         for s in self.with_prompts(|name| word.starts_with(&crate::mcp_prompts::command(name, ""))) {
             match s.list_prompts(cancel) {
                 Ok(list) => {
                     if let Some(p) = list.iter().find(|p| p.command == word) {
-                        return Some(s.run_prompt(p, text, cancel));
+                        return Some(s.run_prompt(p, text, cancel, user));
                     }
                 }
                 Err(Outcome::Cancelled) => return Some(Asked::Cancelled),
@@ -1624,8 +1625,15 @@ impl Server {
     }
 
     /// `/COMMAND` of one of its prompts, as sent in `text`: what the user's turn says, or
-    /// the answer the user gets instead (how to give the arguments, why it failed).
-    fn run_prompt(&self, prompt: &Prompt, text: &str, cancel: &Receiver<()>) -> Asked {
+    /// the answer the user gets instead (how to give the arguments, why it failed). The
+    /// server may ask `user` something first (which repository?), as a tool call may.
+    fn run_prompt(
+        &self,
+        prompt: &Prompt,
+        text: &str,
+        cancel: &Receiver<()>,
+        user: Option<&dyn User>,
+    ) -> Asked {
         let rest = crate::text::slash_command(text).map_or("", |(_, rest)| rest);
         let given = match crate::mcp_prompts::arguments(prompt, rest) {
             Ok(g) => g,
@@ -1637,7 +1645,7 @@ impl Server {
             prompt.remote
         );
         let params = json!({"name": prompt.remote, "arguments": given.args});
-        match self.ask("prompts/get", &params, None, cancel, None) {
+        match self.ask("prompts/get", &params, None, cancel, user) {
             Ok(result) => {
                 let save = |d: &str, t: &str| self.save_image(d, t);
                 let part = |c: &Value| content_text(c, "the prompt", &save);

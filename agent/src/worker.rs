@@ -338,6 +338,17 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer);
         return;
     }
+    // Whom the reply's tools (and a prompt's server) may ask; a question moves the reply
+    // on to the answer's message.
+    let asker = ChatAsker::new(
+        shared,
+        state,
+        out,
+        (msg_id.clone(), msg.user.as_ref().and_then(|u| u.id.clone())),
+        &cancel_rx,
+    );
+    // A scheduled task's run has nobody to ask: its chat's messages are another session's.
+    let user: Option<&dyn crate::elicit::User> = (session == out).then_some(&asker);
     // A skill the message asks for by `/NAME` comes with it (and a prompt of that name
     // gives way to it).
     let skill_asked = shared.tools.skill_asked(&msg.text);
@@ -375,17 +386,25 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             // still have it. A prompt that cannot run is answered here, and not stored.
             let prompt = skill_asked
                 .is_none()
-                .then(|| shared.tools.prompt_asked(&said, &cancel_rx))
+                .then(|| shared.tools.prompt_asked(&said, &cancel_rx, user))
                 .flatten();
+            if asker.ended() {
+                // The server's question went unanswered: its message ended the reply.
+                return;
+            }
             let turn_text = match prompt {
                 None => said.clone(),
-                Some(Asked::Expanded(text)) => text,
+                // What the user answered the server is part of what they asked.
+                Some(Asked::Expanded(text)) => match asker.take_moved() {
+                    Some(heard) => format!("{text}\n\n{}", heard.join("\n\n")),
+                    None => text,
+                },
                 Some(Asked::Answer(answer)) => {
-                    send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer);
+                    send_text(shared, kind::ASSISTANT_DONE, out, &asker.msg_id(), &answer);
                     return;
                 }
                 Some(Asked::Cancelled) => {
-                    send_cancelled(shared, out, &msg_id, "the reply was cancelled", "");
+                    send_cancelled(shared, out, &asker.msg_id(), "the reply was cancelled", "");
                     return;
                 }
             };
@@ -401,6 +420,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             }
         }
     }
+    // A prompt's question may have moved the reply to the answer's message.
+    let msg_id = asker.msg_id();
     send_presence(shared, out, &msg_id, &Presence::restart(""));
     let Some(llm) = &shared.llm else {
         send_error(shared, out, &msg_id, "no_provider", NO_PROVIDER);
@@ -434,13 +455,6 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     let notes = notes.join("\n\n");
     // The skills were just looked at: the chat's menu follows them.
     send_menu(shared, out, &msg_id);
-    let asker = ChatAsker::new(
-        shared,
-        state,
-        out,
-        (msg_id.clone(), msg.user.as_ref().and_then(|u| u.id.clone())),
-        &cancel_rx,
-    );
     let r = ReplyCtx {
         shared,
         session,

@@ -1313,8 +1313,9 @@ fn an_mcp_servers_resources_are_listed_and_read() {
 
 /// An MCP server's prompts are chat commands: `/SERVER_PROMPT` with its arguments in the
 /// words after it runs the prompt, and the model answers what it says (kept in the
-/// session); a missing argument, a prompt that cannot run or a server asking for input is
-/// answered without the model; `/skills` lists the prompts; a command of no server's
+/// session); a missing argument or a prompt that cannot run is answered without the
+/// model; a server that asks something first asks the user in the chat, and the prompt
+/// runs with the answer (kept with it); `/skills` lists the prompts; a command of no server's
 /// prompts is the model's, and asks no server; `/stop` ends a prompt that hangs.
 #[test]
 fn an_mcp_servers_prompts_are_chat_commands() {
@@ -1336,6 +1337,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
         Reply::sse(openai_sse(&["hello"])),
         Reply::sse(openai_sse(&["no such prompt"])),
         Reply::sse(openai_sse(&["modern LGTM"])),
+        Reply::sse(openai_sse(&["three open issues"])),
         Reply::sse(openai_sse(&["the daily stand-up"])),
         Reply::sse(openai_tool_sse(
             "",
@@ -1475,11 +1477,52 @@ fn an_mcp_servers_prompts_are_chat_commands() {
         "{said}"
     );
     a.send(&message("8", "/next_ask", "m10"));
-    assert_eq!(
-        done_text(&a.reply()),
-        "/next_ask did not run: MCP server next failed: the server asks for input the agent cannot give \
-         (elicitation/create: Which repository?)"
+    let asked = a.reply();
+    assert!(
+        done_text(&asked).contains("Which repository?"),
+        "{}",
+        done_text(&asked)
     );
+    assert_eq!(llm.requests().len(), 7, "no model before the answer");
+    a.send(&message("8", "aegis", "m10b"));
+    let answered = a.reply();
+    assert_eq!(
+        dones(&answered),
+        [("m10b".to_string(), "three open issues".to_string())]
+    );
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[7]);
+    assert!(
+        said.starts_with("/next_ask\n[This runs the prompt ask of MCP server next"),
+        "{said}"
+    );
+    assert!(said.contains("List the open issues of aegis."), "{said}");
+    assert!(said.ends_with("[asked in the chat: ❓ The MCP server “next” asks: Which repository? The user answered: “aegis”]"), "{said}");
+    assert!(
+        answered.iter().all(|f| f.msg_id.as_deref() != Some("m10")),
+        "nothing more for the question's message: {:?}",
+        kinds(&answered)
+    );
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_8.jsonl")).unwrap();
+    assert!(
+        session.contains("List the open issues of aegis."),
+        "kept with the prompt"
+    );
+    // Stopped instead of answered: the question's message was the reply's end.
+    a.send(&message("8", "/next_ask", "m10c"));
+    assert!(done_text(&a.reply()).contains("Which repository?"));
+    a.send(
+        &Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", "8"))).with_payload(&Cancel {
+            msg_id: Some("m10c".into()),
+        }),
+    );
+    a.send(&message("8", "/usage", "m10d"));
+    let after = a.reply();
+    assert!(
+        after.iter().all(|f| f.msg_id.as_deref() != Some("m10c")),
+        "nothing more for the stopped question's message: {:?}",
+        kinds(&after)
+    );
+    assert_eq!(llm.requests().len(), 8, "no model for a prompt that did not run");
 
     // A scheduled task whose text is a prompt's command runs the prompt, answering in its chat.
     let run = Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", "daily")))
@@ -1493,7 +1536,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     let r = a.reply();
     assert_eq!(done_text(&r), "the daily stand-up");
     assert_eq!(r.last().unwrap().session.as_ref().unwrap().id, "8");
-    let said = aegis_e2e::llm::last_user_text(&llm.requests()[7]);
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[8]);
     assert!(said.ends_with("Write today's stand-up from the notes."), "{said}");
 
     // `/stop` reaches a prompt that never comes.
@@ -1514,7 +1557,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     assert_eq!(done_text(&a.reply()), "⏹ Reply cancelled.");
     assert_eq!(
         llm.requests().len(),
-        8,
+        9,
         "the model is asked only for prompts that ran"
     );
 

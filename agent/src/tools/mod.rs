@@ -687,9 +687,15 @@ impl Toolbox {
     }
 
     /// For a message starting with `/SERVER_PROMPT` of an MCP server's prompt: that prompt
-    /// run (see [`crate::mcp::McpServers::prompt_asked`]).
-    pub fn prompt_asked(&self, text: &str, cancel: &Receiver<()>) -> Option<crate::mcp_prompts::Asked> {
-        self.mcp.prompt_asked(text, cancel)
+    /// run, `user` answering the server's questions (see
+    /// [`crate::mcp::McpServers::prompt_asked`]).
+    pub fn prompt_asked(
+        &self,
+        text: &str,
+        cancel: &Receiver<()>,
+        user: Option<&dyn crate::elicit::User>,
+    ) -> Option<crate::mcp_prompts::Asked> {
+        self.mcp.prompt_asked(text, cancel, user)
     }
 
     /// The commands the agent answers of its own, for the chat's menu: `/mcp` with MCP

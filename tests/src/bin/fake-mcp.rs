@@ -279,10 +279,16 @@ fn main() {
                             {"type": "image", "data": data, "mimeType": "image/png"}}]}))
                     }
                     "hang" => continue,
-                    "ask" if modern => Ok(json!({"resultType": "input_required", "inputRequests": {
-                        "who": {"method": "elicitation/create", "params": {"mode": "form",
-                            "message": "Which repository?", "requestedSchema": {"type": "object",
-                            "properties": {"repo": {"type": "string"}}}}}}})),
+                    "ask" if modern => match msg["params"]["inputResponses"]["who"]["content"]["repo"]
+                        .as_str()
+                    {
+                        Some(repo) => Ok(json!({"messages": [{"role": "user", "content": {"type": "text",
+                            "text": format!("List the open issues of {repo}.")}}]})),
+                        None => Ok(json!({"resultType": "input_required", "inputRequests": {
+                            "who": {"method": "elicitation/create", "params": {"mode": "form",
+                                "message": "Which repository?", "requestedSchema": {"type": "object",
+                                "properties": {"repo": {"type": "string"}}}}}}})),
+                    },
                     _ => Err((-32602, "Invalid prompt name")),
                 }
             }
