@@ -96,8 +96,7 @@ impl Store {
 
     /// The grant of server `name`, if it is for `resource`.
     pub fn grant(&self, name: &str, resource: &str) -> Option<Grant> {
-        let _held = self.lock.lock().expect("oauth store lock");
-        self.read().grants.remove(name).filter(|g| g.resource == resource)
+        self.grant_of(name).filter(|g| g.resource == resource)
     }
 
     /// The grant of server `name`, whatever URL it is for (to sign out of it).

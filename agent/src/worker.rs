@@ -461,6 +461,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         out,
         here: &here,
         asker: &asker,
+        user,
         prompt: crate::llm::Prompt {
             fixed: &fixed,
             recap: &recap,
@@ -672,6 +673,8 @@ struct ReplyCtx<'a> {
     here: &'a crate::memory::Here,
     /// The message answered (a question moves it on), and the user the tools may ask.
     asker: &'a ChatAsker<'a>,
+    /// That user, where there is one to ask (not in a scheduled task's run).
+    user: Option<&'a dyn crate::elicit::User>,
     prompt: crate::llm::Prompt<'a>,
 }
 
@@ -689,10 +692,9 @@ fn rounds(
         out,
         here,
         asker,
+        user,
         prompt,
     } = r;
-    // A scheduled task's run has nobody to ask: its chat's messages are another session's.
-    let user: Option<&dyn crate::elicit::User> = (session == out).then_some(asker);
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for round in 0..shared.max_rounds {
