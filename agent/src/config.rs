@@ -82,9 +82,10 @@ TOOLS:
     respond_with_image, send_file; web_fetch, web_search, image_search (these two with a
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
     tools.web_search.brave_api_key_env names; BRAVE_SEARCH_BASE_URL for another
-    endpoint; AEGIS_WEB_SEARCH=native, or tools.web_search.native, has a Claude model
-    search with Anthropic's own web search tool instead, max_uses searches a request
-    [default 5]); image_generate (OpenAI Images API, model gpt-image-1, with the key in
+    endpoint; AEGIS_WEB_SEARCH=native, or tools.web_search.native, has the model search
+    with its provider's own tool instead: a Claude model at Anthropic, an OpenAI model
+    at OpenAI (its Responses API, then used for every request) or at a server set to
+    AEGIS_OPENAI_API=responses; max_uses searches a request [default 5]); image_generate (OpenAI Images API, model gpt-image-1, with the key in
     OPENAI_API_KEY unless the chat goes elsewhere with that key, or in the variable
     tools.image_generate.openai_api_key_env names; OPENAI_IMAGES_BASE_URL for another
     endpoint); respond_with_voice (OpenAI text to speech, model gpt-4o-mini-tts,
@@ -296,9 +297,10 @@ fn voice_config(file: &AgentFile, chat: Option<&Provider>) -> crate::transcribe:
 }
 
 /// Whether the model searches the web with its provider's own tool instead of Brave
-/// Search (`AEGIS_WEB_SEARCH=native`, agent.json `tools.web_search.native`): only a
-/// Claude model asked at an Anthropic API does (Anthropic's web search tool), and only
-/// while `web_search` is on.
+/// Search (`AEGIS_WEB_SEARCH=native`, agent.json `tools.web_search.native`), while
+/// `web_search` is on: a Claude model asked at an Anthropic API (Anthropic's web search
+/// tool), an OpenAI model asked at OpenAI or at a server said to speak its Responses API
+/// (its `web_search` tool, which only the Responses API offers: the requests go there).
 fn native_search(
     file: &AgentFile,
     provider: Option<&mut Provider>,
@@ -318,18 +320,25 @@ fn native_search(
     if !native || !tools.selection.builtins.contains(&Builtin::WebSearch) {
         return Ok(());
     }
+    let searches = |p: &Provider| match p.kind {
+        _ if p.host.is_some() => false,
+        ProviderKind::Anthropic => true,
+        ProviderKind::OpenAi => p.at_openai() || p.responses_api,
+    };
     match provider {
-        Some(p) if p.kind == ProviderKind::Anthropic && p.host.is_none() => {
+        Some(p) if searches(p) => {
             let max_uses = setting
                 .and_then(|t| t.max_uses)
                 .unwrap_or(crate::native_search::DEFAULT_MAX_USES)
                 .clamp(1, crate::native_search::MAX_USES);
             p.web_search = Some(max_uses);
+            p.responses_api |= p.kind == ProviderKind::OpenAi;
             tools.native_search = true;
         }
         p => log::warn!(
-            "web_search: only a Claude model asked at Anthropic searches the web with its provider's \
-             tool, not {}; Brave Search is used where its key is set",
+            "web_search: only a Claude model asked at Anthropic, or an OpenAI model asked at OpenAI's \
+             Responses API, searches the web with its provider's tool, not {}; Brave Search is used \
+             where its key is set",
             p.map_or("a missing model".to_string(), |p| format!(
                 "{} ({})",
                 p.model, p.kind
@@ -775,6 +784,39 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The setting reaches the provider that offers a search of its own, and turns the
+    /// Responses API on for OpenAI (its search is there only); others keep Brave's.
+    #[test]
+    fn native_search_goes_where_the_provider_offers_one() {
+        let (file, problems) =
+            crate::agent_file::parse(r#"{"tools": {"web_search": {"native": true, "max_uses": 7}}}"#);
+        assert!(problems.is_empty(), "{problems:?}");
+        let at = |kind, base: &str, responses_api: bool| {
+            let mut p = host_provider("ollama/m", &file).unwrap();
+            (p.kind, p.base_url, p.host, p.responses_api) = (kind, base.into(), None, responses_api);
+            p
+        };
+        let cases = [
+            (at(ProviderKind::OpenAi, "https://api.openai.com/v1", false), true),
+            (at(ProviderKind::OpenAi, "http://vllm.local/v1", true), true),
+            (at(ProviderKind::OpenAi, "http://vllm.local/v1", false), false),
+            (
+                at(ProviderKind::Anthropic, "https://api.anthropic.com", false),
+                true,
+            ),
+            (host_provider("ollama/m", &file).unwrap(), false),
+        ];
+        for (mut p, searches) in cases {
+            let mut tools = tool_config(&file, Some(&p)).unwrap();
+            let asked_there = p.responses_api;
+            native_search(&file, Some(&mut p), &mut tools).unwrap();
+            assert_eq!(p.web_search, searches.then_some(7), "{p:?}");
+            assert_eq!(tools.native_search, searches, "{p:?}");
+            let there = asked_there || searches && p.kind == ProviderKind::OpenAi;
+            assert_eq!(p.responses_api, there, "{p:?}");
+        }
+    }
 
     #[test]
     fn openrouter_is_known_by_its_host_alone() {

@@ -114,12 +114,18 @@ pub struct Provider {
     /// OpenAI dialect: ask the Responses API from the start (`AEGIS_OPENAI_API`), not
     /// only once Chat Completions refuses the model.
     pub responses_api: bool,
-    /// Anthropic dialect: the model searches the web with Anthropic's own tool, this many
-    /// searches per request at most (agent.json `tools.web_search.native`).
+    /// The model searches the web with its provider's own tool (Anthropic's, or the
+    /// Responses API's at OpenAI), this many searches per request at most (agent.json
+    /// `tools.web_search.native`).
     pub web_search: Option<u32>,
 }
 
 impl Provider {
+    /// Whether requests go to OpenAI's own API (not a server speaking its dialect).
+    pub fn at_openai(&self) -> bool {
+        self.kind == ProviderKind::OpenAi && self.base_url.starts_with("https://api.openai.com/")
+    }
+
     /// The header that carries the key, if there is one.
     pub fn key_header(&self) -> Option<(&'static str, String)> {
         let key = self.key.as_deref()?;
@@ -399,8 +405,8 @@ pub struct Llm {
     stand_in: Arc<AtomicU8>,
     /// A server's context window was seen cutting a request (said once).
     warned_window: Arc<AtomicBool>,
-    /// Anthropic refused its own web search for this key (an organization that has not
-    /// allowed it): not offered again.
+    /// The provider refused its own web search for this key (an organization that has not
+    /// allowed it, a model that cannot search): not offered again.
     no_web_search: Arc<AtomicBool>,
 }
 
@@ -447,8 +453,12 @@ struct Decoder {
     signed: Vec<(u64, crate::session::Block)>,
     /// The input of a tool Anthropic runs itself, by block index, while it arrives.
     server_input: std::collections::BTreeMap<u64, String>,
-    /// The sources Anthropic's answer cites (URL, title), numbered from 1 in this order.
+    /// The sources the answer cites (URL, title), numbered from 1 in this order: all of
+    /// Anthropic's, the ones OpenAI's answer does not link itself.
     sources: Vec<(String, String)>,
+    /// Responses API: the answer's text so far, to tell the pages it links itself (OpenAI
+    /// writes its citations as links in the text) from the ones it does not.
+    said: String,
     /// The numbers of the sources each text block cites, by block index, until it ends.
     cited: std::collections::BTreeMap<u64, Vec<usize>>,
     /// Why Anthropic ended the message (`pause_turn`...).
@@ -514,7 +524,7 @@ impl Llm {
                     .build(),
             )),
         };
-        let openai_itself = provider.base_url.starts_with("https://api.openai.com/");
+        let openai_itself = provider.at_openai();
         // A host's model server is asked as the host asks it (Chat Completions).
         let responses = provider.responses_api && provider.host.is_none();
         Llm {
@@ -755,14 +765,20 @@ impl Llm {
                     Some(Thinking::Adaptive) => body["reasoning"] = serde_json::json!({"enabled": true}),
                     None => {}
                 }
-                if !tools.is_empty() {
-                    body["tools"] = tools
-                        .iter()
-                        .map(|t| {
-                            serde_json::json!({"type": "function", "function": {
-                                "name": t.name, "description": t.description, "parameters": t.input_schema}})
-                        })
-                        .collect();
+                let mut offered: Vec<serde_json::Value> = tools
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({"type": "function", "function": {
+                            "name": t.name, "description": t.description, "parameters": t.input_schema}})
+                    })
+                    .collect();
+                // Only with the Responses API, which the setting turns on (config.rs).
+                if let Some(max_calls) = self.searches(prompt) {
+                    offered.push(crate::native_search::openai_tool());
+                    body["max_tool_calls"] = max_calls.into();
+                }
+                if !offered.is_empty() {
+                    body["tools"] = offered.into();
                 }
                 body
             }
@@ -795,10 +811,7 @@ impl Llm {
                     .iter()
                     .map(|t| serde_json::json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
                     .collect();
-                if let Some(max_uses) = p
-                    .web_search
-                    .filter(|_| prompt.reply && !self.no_web_search.load(Ordering::Relaxed))
-                {
+                if let Some(max_uses) = self.searches(prompt) {
                     offered.push(crate::native_search::anthropic_tool(max_uses));
                 }
                 if !offered.is_empty() {
@@ -807,6 +820,13 @@ impl Llm {
                 body
             }
         }
+    }
+
+    /// How many searches of its own the provider may run for `prompt`, if it searches: a
+    /// reply's requests only (a recap has no use for the web), unless refused.
+    fn searches(&self, prompt: &Prompt) -> Option<u32> {
+        let refused = self.no_web_search.load(Ordering::Relaxed);
+        self.provider.web_search.filter(|_| prompt.reply && !refused)
     }
 
     /// `body` as it is to be sent again at once, when `err` is a refusal that says what
@@ -862,7 +882,8 @@ impl Llm {
         let search_refused = matches!(err.kind, ErrorKind::Request | ErrorKind::Auth);
         if let Some(plain) = crate::native_search::without_it(body, &err.detail).filter(|_| search_refused) {
             log::warn!(
-                "Anthropic refuses its web search here ({}); asking without it, from now on",
+                "{} refuses its web search here ({}); asking without it, from now on",
+                self.provider.kind,
                 err.detail
             );
             self.no_web_search.store(true, Ordering::Relaxed);
@@ -1259,7 +1280,10 @@ fn responses_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
     use crate::responses::Event;
     let delta = |reasoning: String, text: String| Step::Delta(Split { reasoning, text });
     Ok(match crate::responses::step(&ev.data)? {
-        Event::Text(t) => delta(String::new(), t),
+        Event::Text(t) => {
+            decoder.said.push_str(&t);
+            delta(String::new(), t)
+        }
         Event::Reasoning(r) => delta(r, String::new()),
         Event::Call(index, id, name) => {
             let call = decoder.calls.entry(index).or_default();
@@ -1278,9 +1302,39 @@ fn responses_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             decoder.carried.details.push(item);
             Step::Nothing
         }
+        Event::Searching => Step::Presence("tool: web_search".into()),
+        Event::Searched(item) => {
+            let action = item["action"]["type"].as_str().unwrap_or("search");
+            log::info!(
+                "web_search_call: {action} ({})",
+                item["status"].as_str().unwrap_or("done")
+            );
+            if crate::native_search::openai_searched(&item) {
+                decoder.usage.web_searches += 1;
+            }
+            // Back with the reasoning it came among, should the round end in tool calls.
+            decoder
+                .carried
+                .details
+                .extend(crate::native_search::openai_call(&item));
+            Step::Presence("thinking".into())
+        }
+        Event::Cited(citations) => {
+            for c in citations {
+                let linked = c["url"].as_str().is_some_and(|u| decoder.said.contains(u));
+                if !linked {
+                    crate::native_search::source_number(&mut decoder.sources, &c);
+                }
+            }
+            Step::Nothing
+        }
         Event::Done(usage) => {
             if let Some(t) = usage.as_ref().and_then(Tokens::from_openai) {
-                decoder.usage = t;
+                // The searches were counted from the stream: the usage does not say.
+                decoder.usage = Tokens {
+                    web_searches: decoder.usage.web_searches,
+                    ..t
+                };
             }
             decoder.finished = true;
             Step::Done
@@ -1622,8 +1676,8 @@ fn pass_on(d: Split, decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut b
 fn complete(decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> Vec<ToolCall> {
     let rest = decoder.inline.finish();
     send_split(rest.reasoning, rest.text, tx, sent_any);
-    // What the answer cites, listed under it (Anthropic asks that an answer shown to
-    // people show its sources).
+    // What the answer cites, listed under it (Anthropic and OpenAI ask that an answer
+    // shown to people show its sources).
     let sources = std::mem::take(&mut decoder.sources);
     if !sources.is_empty() {
         send_split(
@@ -2479,6 +2533,40 @@ mod tests {
         );
         let recap = llm.request_body(&Prompt::plain("s"), &turns, &[]);
         assert!(recap.get("tools").is_none(), "{recap}");
+    }
+
+    #[test]
+    fn openais_own_search_goes_with_a_replys_request_only() {
+        let mut p = test_provider(ProviderKind::OpenAi);
+        p.web_search = Some(2);
+        let llm = Llm::new(p, None);
+        let turns = [Turn::new(Role::User, "q")];
+        let reply = Prompt {
+            reply: true,
+            ..Prompt::plain("s")
+        };
+        let bash = ToolSpec {
+            name: "bash".into(),
+            description: "Run".into(),
+            input_schema: serde_json::json!({"type": "object"}),
+        };
+        let body = llm.request_body(&reply, &turns, std::slice::from_ref(&bash));
+        assert_eq!(body["tools"][1], serde_json::json!({"type": "web_search"}));
+        assert_eq!(body["tools"][0]["function"]["name"], "bash");
+        assert_eq!(body["max_tool_calls"], 2);
+        let recap = llm.request_body(&Prompt::plain("s"), &turns, &[bash]);
+        assert_eq!(recap["tools"].as_array().map(Vec::len), Some(1), "{recap}");
+        assert!(recap.get("max_tool_calls").is_none(), "{recap}");
+    }
+
+    #[test]
+    fn only_openais_own_api_is_openai() {
+        let mut p = test_provider(ProviderKind::OpenAi);
+        assert!(!p.at_openai());
+        p.base_url = "https://api.openai.com/v1".into();
+        assert!(p.at_openai());
+        p.kind = ProviderKind::Anthropic;
+        assert!(!p.at_openai());
     }
 
     #[test]

@@ -1,9 +1,10 @@
-//! [ours] Web search by the model's provider: Anthropic's web search tool, which runs the
-//! searches inside the model's turn (no Brave Search key needed; Anthropic bills each
-//! search). This module is the wire's detail: the tool as offered, which blocks are the
-//! results of a tool Anthropic ran, the input of its calls, and the answer's citations
-//! turned into numbered marks and a list of sources under the answer, as Anthropic asks
-//! of an answer shown to people.
+//! [ours] Web search by the model's provider, run inside the model's turn (no Brave Search
+//! key needed; the provider bills each search): Anthropic's web search tool, and the
+//! `web_search` tool of OpenAI's Responses API. This module is the wire's detail: the
+//! tools as offered, which blocks or items are the searches the provider ran and how they
+//! go back, the input of Anthropic's calls, and the answer's citations turned into a list
+//! of sources under the answer (with numbered marks for Anthropic's), as both ask of an
+//! answer shown to people.
 
 use serde_json::{json, Value};
 
@@ -21,9 +22,16 @@ pub fn anthropic_tool(max_uses: u32) -> Value {
     json!({"type": "web_search_20250305", "name": "web_search", "max_uses": max_uses})
 }
 
-/// `body` without Anthropic's web search, when `refusal` (a 400 or 403's words) is about
-/// it: an organization whose admin has not allowed web search is refused every request
-/// that offers it, and the model is better off answering without.
+/// OpenAI's tool as a request offers it (the Responses API's; the request's
+/// `max_tool_calls` bounds its searches).
+pub fn openai_tool() -> Value {
+    json!({"type": "web_search"})
+}
+
+/// `body` without the provider's web search, when `refusal` (a 400 or 403's words) is
+/// about it: an organization whose admin has not allowed web search, or a model that
+/// cannot search ("Hosted tool 'web_search' is not supported with gpt-4.1-nano"), is
+/// refused every request that offers it, and the model is better off answering without.
 pub fn without_it(body: &Value, refusal: &str) -> Option<Value> {
     let words = refusal.to_ascii_lowercase();
     if !words.contains("web search") && !words.contains("web_search") {
@@ -32,14 +40,36 @@ pub fn without_it(body: &Value, refusal: &str) -> Option<Value> {
     let mut plain = body.clone();
     let tools = plain.get_mut("tools")?.as_array_mut()?;
     let before = tools.len();
-    tools.retain(|t| !t["type"].as_str().is_some_and(|t| t.starts_with("web_search_")));
+    // Brave's tool is a `function`: only the provider's own are typed `web_search...`.
+    tools.retain(|t| !t["type"].as_str().is_some_and(|t| t.starts_with("web_search")));
     if tools.len() == before {
         return None;
     }
-    if tools.is_empty() {
-        plain.as_object_mut()?.remove("tools");
+    let none_left = tools.is_empty();
+    let fields = plain.as_object_mut()?;
+    if none_left {
+        fields.remove("tools");
     }
+    fields.remove("max_tool_calls");
     Some(plain)
+}
+
+/// A search OpenAI ran (a `web_search_call` output item) as it goes back in the input of
+/// the reply's next rounds: what it did (`action`), without its id, which a request that
+/// is not stored cannot refer to (OpenAI's own stateless client, Codex, sends none
+/// either), nor the sources a request may have asked listed. `None` for an item that
+/// does not say what it did (the API wants the action back).
+pub fn openai_call(item: &Value) -> Option<Value> {
+    let mut action = item["action"].as_object()?.clone();
+    action.remove("sources");
+    let status = item["status"].as_str().unwrap_or("completed");
+    Some(json!({"type": "web_search_call", "status": status, "action": action}))
+}
+
+/// Whether a `web_search_call` searched (OpenAI bills searches; its other actions open a
+/// page it found, or look for words in one).
+pub fn openai_searched(item: &Value) -> bool {
+    item["action"]["type"].as_str().is_none_or(|t| t == "search")
 }
 
 /// Whether `block` (a response's content block) is the result of a tool Anthropic ran
@@ -215,6 +245,39 @@ mod tests {
         assert_eq!(without_it(&body, "HTTP 400: max_tokens: too large"), None);
         let searchless = json!({"model": "m", "tools": [{"name": "bash"}]});
         assert_eq!(without_it(&searchless, refusal), None, "nothing to drop");
+    }
+
+    #[test]
+    fn openais_search_goes_back_by_what_it_did_not_by_its_id() {
+        let item = json!({"id": "ws_9", "type": "web_search_call", "status": "completed",
+            "action": {"type": "search", "query": "q", "sources": [{"type": "url", "url": "https://a.example"}]}});
+        assert_eq!(
+            openai_call(&item),
+            Some(json!({"type": "web_search_call", "status": "completed",
+                "action": {"type": "search", "query": "q"}}))
+        );
+        assert!(openai_searched(&item));
+        let opened =
+            json!({"type": "web_search_call", "action": {"type": "open_page", "url": "https://a.example"}});
+        assert!(!openai_searched(&opened));
+        assert_eq!(openai_call(&opened).unwrap()["status"], "completed");
+        assert_eq!(
+            openai_call(&json!({"id": "ws_1", "type": "web_search_call", "status": "failed"})),
+            None
+        );
+    }
+
+    #[test]
+    fn a_refusal_of_openais_search_drops_it_and_its_limit() {
+        let body = json!({"model": "gpt-4.1-nano", "max_tool_calls": 5,
+            "tools": [{"type": "function", "function": {"name": "web_search"}}, openai_tool()]});
+        let refusal = "HTTP 400: Hosted tool 'web_search' is not supported with gpt-4.1-nano.";
+        assert_eq!(
+            without_it(&body, refusal),
+            Some(json!({"model": "gpt-4.1-nano",
+                "tools": [{"type": "function", "function": {"name": "web_search"}}]})),
+            "a function of that name is not the provider's"
+        );
     }
 
     proptest! {

@@ -11,6 +11,8 @@
 //! reasoning before a tool call is asked for encrypted (`include`), kept with the call as
 //! the thoughts other servers want back are ([`crate::carry`], in `reasoning_details`),
 //! and sent back before the call in the next rounds, as OpenAI asks of a stateless client.
+//! The searches OpenAI runs itself (its `web_search` tool, [`crate::native_search`]) go
+//! back the same way, in the order they came among the reasoning.
 
 use serde_json::{json, Map, Value};
 
@@ -80,16 +82,22 @@ pub fn request(chat: &Value, asks: Asks) -> Value {
     if let Some(k) = chat.get("prompt_cache_key") {
         out["prompt_cache_key"] = k.clone();
     }
+    if let Some(n) = chat.get("max_tool_calls") {
+        out["max_tool_calls"] = n.clone();
+    }
     if let Some(tools) = chat["tools"].as_array() {
         out["tools"] = tools.iter().map(tool).collect();
     }
     out
 }
 
-/// A Chat Completions tool as a Responses one. `strict` is off: it is on unless said, and
-/// then a schema must name every property as required and forbid any other, which MCP
-/// servers' schemas rarely do.
+/// A Chat Completions tool as a Responses one; a tool OpenAI runs itself (its web search)
+/// is already one. `strict` is off: it is on unless said, and then a schema must name
+/// every property as required and forbid any other, which MCP servers' schemas rarely do.
 fn tool(t: &Value) -> Value {
+    if t["type"] != "function" {
+        return t.clone();
+    }
     let f = &t["function"];
     json!({"type": "function", "name": f["name"], "description": f["description"],
         "parameters": f["parameters"], "strict": false})
@@ -107,9 +115,11 @@ fn input(messages: &[Value]) -> Vec<Value> {
                 "output": text_of(&m["content"]),
             })),
             "assistant" => {
-                // The reasoning that led to the calls, as it came, before them.
+                // The reasoning (and the searches among it) that led to the calls, as it
+                // came, before them.
                 let thoughts = m["reasoning_details"].as_array().into_iter().flatten();
-                items.extend(thoughts.filter(|d| d["type"] == "reasoning").cloned());
+                let ours = |d: &&Value| d["type"] == "reasoning" || d["type"] == "web_search_call";
+                items.extend(thoughts.filter(ours).cloned());
                 let text = text_of(&m["content"]);
                 if !text.is_empty() {
                     items.push(json!({"role": "assistant", "content": text}));
@@ -171,6 +181,14 @@ pub enum Event {
     AllArguments(u64, String),
     /// A reasoning item, encrypted, to go back with the calls it led to.
     Thought(Value),
+    /// OpenAI begins a search of its own.
+    Searching,
+    /// A search OpenAI ran (the `web_search_call` item, as it came).
+    Searched(Value),
+    /// The answer cites web pages (`url_citation` annotations: `url`, `title`), one as it
+    /// is streamed, or all of a message when it is done (the same again, or the ones a
+    /// server did not stream).
+    Cited(Vec<Value>),
     /// The reply is over (complete, or cut short by its token limit), with its usage
     /// in Chat Completions' terms.
     Done(Option<Value>),
@@ -194,6 +212,22 @@ pub fn step(data: &str) -> Result<Event, LlmError> {
             v["item"]["call_id"].as_str().unwrap_or_default().to_string(),
             v["item"]["name"].as_str().unwrap_or_default().to_string(),
         ),
+        "response.output_item.added" if v["item"]["type"] == "web_search_call" => Event::Searching,
+        "response.output_item.done" if v["item"]["type"] == "web_search_call" => {
+            Event::Searched(v["item"].clone())
+        }
+        "response.output_text.annotation.added" if v["annotation"]["type"] == "url_citation" => {
+            Event::Cited(vec![v["annotation"].clone()])
+        }
+        "response.output_item.done" if v["item"]["type"] == "message" => {
+            let parts = v["item"]["content"].as_array().into_iter().flatten();
+            let notes = parts.flat_map(|p| p["annotations"].as_array().into_iter().flatten());
+            let cited: Vec<Value> = notes.filter(|a| a["type"] == "url_citation").cloned().collect();
+            match cited.is_empty() {
+                true => Event::Nothing,
+                false => Event::Cited(cited),
+            }
+        }
         "response.function_call_arguments.delta" => Event::Arguments(index(), text("delta")),
         "response.function_call_arguments.done" => Event::AllArguments(index(), text("arguments")),
         "response.output_item.done"
@@ -390,6 +424,102 @@ mod tests {
         );
         assert_eq!(e(json!({"type": "response.created"})).unwrap(), Event::Nothing);
         assert_eq!(step("{oops").unwrap_err().kind, ErrorKind::Malformed);
+    }
+
+    #[test]
+    fn openais_own_search_goes_in_the_request_and_comes_back_among_the_reasoning() {
+        let search = json!({"type": "web_search_call", "status": "completed",
+            "action": {"type": "search", "query": "rust 1.95"}});
+        let chat = json!({
+            "model": "gpt-5.5", "max_tool_calls": 3,
+            "messages": [
+                {"role": "user", "content": "news?"},
+                {"role": "assistant", "content": null,
+                    "reasoning_details": [{"type": "reasoning", "id": "rs_1", "encrypted_content": "e1", "summary": []},
+                        search, {"type": "reasoning", "id": "rs_2", "encrypted_content": "e2", "summary": []}],
+                    "tool_calls": [{"id": "call_1", "type": "function",
+                        "function": {"name": "bash", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "bash", "description": "Run",
+                "parameters": {"type": "object"}}}, {"type": "web_search"}]
+        });
+        let asks = Asks {
+            encrypted: true,
+            summaries: false,
+        };
+        let r = request(&chat, asks);
+        assert_eq!(r["max_tool_calls"], 3);
+        assert_eq!(r["tools"][1], json!({"type": "web_search"}), "as it is");
+        assert_eq!(r["tools"][0]["name"], "bash");
+        let kinds: Vec<&str> = r["input"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["type"].as_str().unwrap_or("message"))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "message",
+                "reasoning",
+                "web_search_call",
+                "reasoning",
+                "function_call",
+                "function_call_output"
+            ]
+        );
+        assert_eq!(r["input"][2], search);
+    }
+
+    #[test]
+    fn openais_search_events_map_to_steps() {
+        let e = |data: Value| step(&data.to_string()).unwrap();
+        assert_eq!(
+            e(json!({"type": "response.output_item.added", "output_index": 1,
+                "item": {"id": "ws_1", "type": "web_search_call", "status": "in_progress"}})),
+            Event::Searching
+        );
+        let done = json!({"id": "ws_1", "type": "web_search_call", "status": "completed",
+            "action": {"type": "search", "query": "q"}});
+        assert_eq!(
+            e(json!({"type": "response.output_item.done", "output_index": 1, "item": done})),
+            Event::Searched(done.clone())
+        );
+        assert_eq!(
+            e(json!({"type": "response.web_search_call.searching", "output_index": 1, "item_id": "ws_1"})),
+            Event::Nothing
+        );
+        let cite = json!({"type": "url_citation", "start_index": 0, "end_index": 9,
+            "url": "https://a.example/", "title": "A"});
+        assert_eq!(
+            e(
+                json!({"type": "response.output_text.annotation.added", "item_id": "msg_1",
+                "output_index": 2, "content_index": 0, "annotation_index": 0, "annotation": cite})
+            ),
+            Event::Cited(vec![cite.clone()])
+        );
+        assert_eq!(
+            e(json!({"type": "response.output_text.annotation.added",
+                "annotation": {"type": "file_citation", "file_id": "f"}})),
+            Event::Nothing
+        );
+        let file = json!({"type": "file_citation", "file_id": "f", "index": 0});
+        assert_eq!(
+            e(
+                json!({"type": "response.output_item.done", "output_index": 2, "item": {"type": "message",
+                "id": "msg_1", "role": "assistant", "content": [{"type": "output_text", "text": "…",
+                "annotations": [cite, file]}]}})
+            ),
+            Event::Cited(vec![cite])
+        );
+        assert_eq!(
+            e(
+                json!({"type": "response.output_item.done", "output_index": 2, "item": {"type": "message",
+                "content": [{"type": "output_text", "text": "plain", "annotations": []}]}})
+            ),
+            Event::Nothing
+        );
     }
 
     #[test]

@@ -3740,8 +3740,173 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
     }
 }
 
-/// Only a Claude model asked at Anthropic searches with its provider's tool: another
-/// keeps Brave's `web_search` (its key set), and the log says why.
+/// [ours] An OpenAI model searches with OpenAI's own tool when told to (`native`): the
+/// requests go to the Responses API, which alone offers it, with `{"type": "web_search"}`
+/// in place of Brave's tool and `max_tool_calls` as the setting's limit. While OpenAI
+/// searches the chat shows `tool: web_search`; the answer links its sources itself, and
+/// a cited page it does not link is listed under it. A search among the reasoning that
+/// led to a tool call goes back with it, in its place and by what it did (no id: the
+/// request is not stored), in this reply's next round and in later replies' requests.
+#[test]
+fn an_openai_model_searches_the_web_itself() {
+    use aegis_e2e::llm::{responses_refusal, responses_search_sse};
+    let blog = "https://blog.rust-lang.org/2026/rust-1.95?utm_source=openai";
+    let script = std::sync::Mutex::new(std::collections::VecDeque::from(vec![
+        Reply::sse(responses_search_sse(
+            "Looking it up.",
+            &["rust 1.95 release"],
+            &[
+                "Rust 1.95 is out ",
+                &format!("([blog.rust-lang.org]({blog}))."),
+                " It adds things.",
+            ],
+            &[
+                (blog, "Announcing Rust 1.95"),
+                ("https://news.example/rust (2)", "News [about] Rust"),
+            ],
+            &[],
+        )),
+        Reply::sse(responses_search_sse(
+            "Need the shell too.",
+            &["weather in Lisbon"],
+            &[],
+            &[],
+            &[("call_1", "bash", r#"{"command": "echo 21"}"#)],
+        )),
+        Reply::sse(responses_search_sse("", &[], &["It is 21 degrees."], &[], &[])),
+        Reply::sse(responses_search_sse("", &[], &["Still 21."], &[], &[])),
+    ]));
+    let llm = FakeLlm::with(move |req| {
+        responses_refusal(&req.json())
+            .unwrap_or_else(|| script.lock().unwrap().pop_front().expect("a reply left"))
+    });
+    let ws = TempDir::new("tools-openai-search");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"web_search": {"native": true, "max_uses": 2}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_MODEL", "gpt-5.5".into()));
+    env.push(("AEGIS_OPENAI_API", "responses".into()));
+    env.push(("BRAVE_SEARCH_API_KEY", "brave-key".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("8", "what's new in rust?", "m1"));
+    let frames = a.reply();
+    assert_eq!(
+        done_text(&frames),
+        format!(
+            "Rust 1.95 is out ([blog.rust-lang.org]({blog})). It adds things.\n\n\
+             Sources:\n1. [News (about) Rust](https://news.example/rust%20%282%29)"
+        ),
+        "the page the answer links is not listed again"
+    );
+    let shown = presences(&frames);
+    let searching = shown
+        .iter()
+        .position(|p| p == "tool: web_search")
+        .expect("searching shown");
+    assert_eq!(shown[searching + 1], "thinking", "{shown:?}");
+    let reqs = llm.requests();
+    assert_eq!(reqs[0].path, "/responses");
+    let first = reqs[0].json();
+    let tools = first["tools"].as_array().unwrap();
+    assert!(tools.contains(&json!({"type": "web_search"})), "{tools:?}");
+    let names = offered_tools(&reqs[0]);
+    assert!(
+        !names.contains(&"web_search".to_string()),
+        "not Brave's: {names:?}"
+    );
+    assert!(
+        names.contains(&"image_search".to_string()),
+        "Brave's image search stays"
+    );
+    assert_eq!(first["max_tool_calls"], 2);
+    assert!(a.proc.log().contains(" output, 1 web search"), "{}", a.proc.log());
+
+    a.send(&message("8", "and the weather?", "m2"));
+    assert_eq!(done_text(&a.reply()), "It is 21 degrees.");
+    let reqs = llm.requests();
+    let input = reqs[2].json()["input"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = input
+        .iter()
+        .skip_while(|i| {
+            !i["content"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("and the weather?"))
+        })
+        .map(|i| i["type"].as_str().unwrap_or("message"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "message",
+            "reasoning",
+            "web_search_call",
+            "reasoning",
+            "function_call",
+            "function_call_output"
+        ],
+        "{input:?}"
+    );
+    let search = input.iter().find(|i| i["type"] == "web_search_call").unwrap();
+    assert_eq!(
+        search,
+        &json!({"type": "web_search_call", "status": "completed",
+            "action": {"type": "search", "query": "weather in Lisbon"}})
+    );
+
+    // Kept with the call in the session, it goes back in later replies as well; the
+    // first answer's search (no call followed) does not.
+    a.send(&message("8", "still?", "m3"));
+    assert_eq!(done_text(&a.reply()), "Still 21.");
+    let later = llm.requests()[3].json();
+    let searches: Vec<&Value> = later["input"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["type"] == "web_search_call")
+        .collect();
+    assert_eq!(searches, [search]);
+    let log = a.proc.log();
+    assert_eq!(
+        log.matches("web_search_call: search (completed)").count(),
+        2,
+        "{log}"
+    );
+}
+
+/// A model OpenAI does not let search (the nano models) is refused every request that
+/// offers the search: the agent asks again without it, and from then on.
+#[test]
+fn a_model_openai_does_not_let_search_answers_without() {
+    use aegis_e2e::llm::{responses_refusal, responses_sse};
+    let llm = FakeLlm::with(|req| {
+        responses_refusal(&req.json())
+            .unwrap_or_else(|| Reply::sse(responses_sse(&[], &["From what I know: yes."], &[], (10, 0, 5))))
+    });
+    let ws = TempDir::new("tools-openai-search-refused");
+    write_agent_json(&ws, json!({"tools": {"web_search": {"native": true}}}));
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_MODEL", "gpt-4.1-nano".into()));
+    env.push(("AEGIS_OPENAI_API", "responses".into()));
+    let a = agent(&ws, &env);
+    for (n, id) in ["m1", "m2"].iter().enumerate() {
+        a.send(&message("9", "is it out?", id));
+        assert_eq!(done_text(&a.reply()), "From what I know: yes.", "message {n}");
+    }
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 3, "refused once, then not offered again");
+    assert!(reqs[1].json().get("max_tool_calls").is_none());
+    assert!(
+        a.proc.log().contains("OpenAI refuses its web search here"),
+        "{}",
+        a.proc.log()
+    );
+}
+
+/// Only a Claude model asked at Anthropic, or an OpenAI model asked at OpenAI's Responses
+/// API, searches with its provider's tool: a model at another server speaking Chat
+/// Completions keeps Brave's `web_search` (its key set), and the log says why.
 #[test]
 fn a_native_search_setting_leaves_other_models_with_brave() {
     let llm = FakeLlm::scripted(vec![Reply::sse(openai_sse(&["ok"]))]);
@@ -3761,7 +3926,7 @@ fn a_native_search_setting_leaves_other_models_with_brave() {
     assert!(
         a.proc
             .log()
-            .contains("web_search: only a Claude model asked at Anthropic searches the web"),
+            .contains("web_search: only a Claude model asked at Anthropic, or an OpenAI model asked at OpenAI's Responses API"),
         "{}",
         a.proc.log()
     );

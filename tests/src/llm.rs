@@ -227,44 +227,145 @@ pub fn responses_sse(
     calls: &[(&str, &str, &str)],
     usage: (u64, u64, u64),
 ) -> Vec<String> {
-    let mut out = vec![responses_event(
-        json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "status": "in_progress"}}),
-    )];
+    let mut out = vec![responses_created()];
     let mut index = 0;
     if !thoughts.is_empty() {
-        out.push(responses_event(
-            json!({"type": "response.output_item.added", "output_index": index,
-            "item": {"id": "rs_1", "type": "reasoning", "summary": []}}),
-        ));
-        for t in thoughts {
-            out.push(responses_event(
-                json!({"type": "response.reasoning_summary_text.delta",
-                "item_id": "rs_1", "output_index": index, "summary_index": 0, "delta": t}),
-            ));
-        }
-        let all = thoughts.concat();
-        out.push(responses_event(
-            json!({"type": "response.output_item.done", "output_index": index,
-            "item": {"id": "rs_1", "type": "reasoning", "encrypted_content": format!("enc:{all}"),
-                "summary": [{"type": "summary_text", "text": all}]}}),
-        ));
+        responses_reasoning(&mut out, index, "rs_1", thoughts);
         index += 1;
     }
     if !texts.is_empty() {
-        out.push(responses_event(json!({"type": "response.output_item.added", "output_index": index,
-            "item": {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}})));
-        for t in texts {
+        responses_message(&mut out, index, texts, &[]);
+        index += 1;
+    }
+    responses_calls(&mut out, index, calls);
+    out.push(responses_completed(usage));
+    out
+}
+
+/// A Responses API stream of a model that searches with OpenAI's `web_search` tool, as
+/// the API streams it: reasoning (`thought`, encrypted as in [`responses_sse`]), each
+/// search of `queries` (its item added, `in_progress`, `searching`, `completed`, its item
+/// done with the action), more reasoning after them, then the answer in `texts` with
+/// `citations` (URL, title): each an `annotation.added` after the text, spanning the
+/// link to the URL where the text writes one (as OpenAI's answers do), else the whole
+/// text; all again on the message's item when done. Then tool `calls`, the end.
+pub fn responses_search_sse(
+    thought: &str,
+    queries: &[&str],
+    texts: &[&str],
+    citations: &[(&str, &str)],
+    calls: &[(&str, &str, &str)],
+) -> Vec<String> {
+    let mut out = vec![responses_created()];
+    let mut index = 0;
+    if !thought.is_empty() {
+        responses_reasoning(&mut out, index, "rs_1", &[thought]);
+        index += 1;
+    }
+    for (n, query) in queries.iter().enumerate() {
+        let id = format!("ws_{n}");
+        out.push(responses_event(
+            json!({"type": "response.output_item.added", "output_index": index,
+            "item": {"id": id, "type": "web_search_call", "status": "in_progress"}}),
+        ));
+        for stage in ["in_progress", "searching", "completed"] {
             out.push(responses_event(
-                json!({"type": "response.output_text.delta", "item_id": "msg_1",
-                "output_index": index, "content_index": 0, "delta": t, "logprobs": []}),
+                json!({"type": format!("response.web_search_call.{stage}"),
+                "output_index": index, "item_id": id}),
             ));
         }
         out.push(responses_event(
-            json!({"type": "response.output_text.done", "item_id": "msg_1",
-            "output_index": index, "content_index": 0, "text": texts.concat()}),
+            json!({"type": "response.output_item.done", "output_index": index,
+            "item": {"id": id, "type": "web_search_call", "status": "completed",
+                "action": {"type": "search", "query": query}}}),
         ));
         index += 1;
     }
+    if !thought.is_empty() && !queries.is_empty() {
+        responses_reasoning(&mut out, index, "rs_2", &["Found it."]);
+        index += 1;
+    }
+    if !texts.is_empty() {
+        let text = texts.concat();
+        let annotations: Vec<Value> = citations
+            .iter()
+            .map(|(url, title)| {
+                let (start, end) = match text.find(url) {
+                    Some(at) => {
+                        let open = text[..at].rfind('[').unwrap_or(0);
+                        (open, at + url.len() + 1)
+                    }
+                    None => (0, text.len()),
+                };
+                json!({"type": "url_citation", "start_index": start, "end_index": end, "url": url, "title": title})
+            })
+            .collect();
+        responses_message(&mut out, index, texts, &annotations);
+        index += 1;
+    }
+    responses_calls(&mut out, index, calls);
+    out.push(responses_completed((900, 0, 60)));
+    out
+}
+
+fn responses_created() -> String {
+    responses_event(
+        json!({"type": "response.created", "sequence_number": 0, "response": {"id": "resp_1", "status": "in_progress"}}),
+    )
+}
+
+/// A reasoning item at `index`: its summary streamed, then done with it encrypted.
+fn responses_reasoning(out: &mut Vec<String>, index: usize, id: &str, thoughts: &[&str]) {
+    out.push(responses_event(
+        json!({"type": "response.output_item.added", "output_index": index,
+        "item": {"id": id, "type": "reasoning", "summary": []}}),
+    ));
+    for t in thoughts {
+        out.push(responses_event(
+            json!({"type": "response.reasoning_summary_text.delta",
+            "item_id": id, "output_index": index, "summary_index": 0, "delta": t}),
+        ));
+    }
+    let all = thoughts.concat();
+    out.push(responses_event(
+        json!({"type": "response.output_item.done", "output_index": index,
+        "item": {"id": id, "type": "reasoning", "encrypted_content": format!("enc:{all}"),
+            "summary": [{"type": "summary_text", "text": all}]}}),
+    ));
+}
+
+/// The answer's message at `index`: its text in `texts`' pieces, each of `annotations`
+/// after them, the text and the message done (with the annotations).
+fn responses_message(out: &mut Vec<String>, index: usize, texts: &[&str], annotations: &[Value]) {
+    out.push(responses_event(json!({"type": "response.output_item.added", "output_index": index,
+        "item": {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}})));
+    for t in texts {
+        out.push(responses_event(
+            json!({"type": "response.output_text.delta", "item_id": "msg_1",
+            "output_index": index, "content_index": 0, "delta": t, "logprobs": []}),
+        ));
+    }
+    for (n, a) in annotations.iter().enumerate() {
+        out.push(responses_event(
+            json!({"type": "response.output_text.annotation.added", "item_id": "msg_1",
+            "output_index": index, "content_index": 0, "annotation_index": n, "annotation": a}),
+        ));
+    }
+    let text = texts.concat();
+    out.push(responses_event(
+        json!({"type": "response.output_text.done", "item_id": "msg_1",
+        "output_index": index, "content_index": 0, "text": text}),
+    ));
+    let part = json!({"type": "output_text", "text": text, "annotations": annotations});
+    out.push(responses_event(
+        json!({"type": "response.output_item.done", "output_index": index,
+        "item": {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed",
+            "content": [part]}}),
+    ));
+}
+
+/// Function calls from `index` on: each added, its arguments in two pieces, done.
+fn responses_calls(out: &mut Vec<String>, mut index: usize, calls: &[(&str, &str, &str)]) {
     for (id, name, args) in calls {
         out.push(responses_event(
             json!({"type": "response.output_item.added", "output_index": index,
@@ -285,12 +386,13 @@ pub fn responses_sse(
         ));
         index += 1;
     }
-    let (input, cached, output) = usage;
-    out.push(responses_event(json!({"type": "response.completed", "response": {"id": "resp_1",
+}
+
+fn responses_completed((input, cached, output): (u64, u64, u64)) -> String {
+    responses_event(json!({"type": "response.completed", "response": {"id": "resp_1",
         "status": "completed", "usage": {"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
             "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": input + output}}})));
-    out
+            "total_tokens": input + output}}}))
 }
 
 /// The Responses API's refusal of reasoning summaries to an organization OpenAI has not
@@ -307,8 +409,11 @@ pub fn unverified_summaries(body: &serde_json::Value) -> Option<Reply> {
 }
 
 /// What the Responses API refuses in `body`, in its words: Chat Completions' `messages`,
-/// a request without `input`, or a function tool left strict (the default) whose schema
-/// strict mode cannot take (not every property required, or other properties allowed).
+/// a request without `input`, reasoning or a search sent back by an id alone (the request
+/// is not stored) or a search without its action, web search offered to a model that
+/// cannot search (the nano models), or a function tool left strict (the default) whose
+/// schema strict mode cannot take (not every property required, or other properties
+/// allowed).
 pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
     let refuse = |message: String, param: &str, code: &str| {
         Reply::Status {
@@ -348,7 +453,44 @@ pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
             .to_string(),
         });
     }
+    // A search OpenAI ran goes back as what it did: its id names an item a request that
+    // is not stored cannot refer to (OpenAI's own stateless client sends none).
+    let items = body["input"].as_array().into_iter().flatten().enumerate();
+    for (n, item) in items.filter(|(_, i)| i["type"] == "web_search_call") {
+        if let Some(id) = item["id"].as_str() {
+            return Some(Reply::Status {
+                code: 404,
+                headers: vec![],
+                body: json!({"error": {"message": format!("Item with id '{id}' not found. Items are not persisted when `store` is set to false. Try again with `store` set to true, or remove this item from your input."),
+                    "type": "invalid_request_error", "param": "input", "code": null}})
+                .to_string(),
+            });
+        }
+        if !item["action"].is_object() {
+            return Some(refuse(
+                format!("Missing required parameter: 'input[{n}].action'."),
+                &format!("input[{n}].action"),
+                "missing_required_parameter",
+            ));
+        }
+    }
+    let searches = body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["type"] == "web_search");
+    let model = body["model"].as_str().unwrap_or_default();
+    if searches && model.contains("nano") {
+        return Some(refuse(
+            format!("Hosted tool 'web_search' is not supported with {model}."),
+            "tools",
+            "invalid_value",
+        ));
+    }
     for t in body["tools"].as_array().into_iter().flatten() {
+        if t["type"] != "function" {
+            continue;
+        }
         let strict = t["strict"].as_bool().unwrap_or(true);
         let p = &t["parameters"];
         let props = p["properties"].as_object().map_or(0, |o| o.len());
