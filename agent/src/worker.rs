@@ -327,11 +327,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         return;
     }
     // The MCP servers' state, and signing out of one (which revokes its tokens over the
-    // network, hence after the busy mark), are the agent's own, as `/usage`. So is a
-    // sign-in's address that arrives when no sign-in waits for it: its code stays out of
-    // the conversation.
+    // network, hence after the busy mark, and until `/stop`), are the agent's own, as
+    // `/usage`. So is a sign-in's address that arrives when no sign-in waits for it: its
+    // code stays out of the conversation.
     let own = match crate::text::slash_command(&msg.text) {
-        Some((word, rest)) if word == "mcp" => Some(shared.tools.mcp_command(rest)),
+        Some((word, rest)) if word == "mcp" => Some(shared.tools.mcp_command(rest, &cancel_rx)),
         _ => shared.tools.late_sign_in(&msg.text),
     };
     if let Some(answer) = own {

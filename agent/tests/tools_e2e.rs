@@ -3421,6 +3421,8 @@ fn mcp_shows_the_servers_and_signs_out_of_one() {
         Reply::sse(openai_tool_sse("", &[("c1", "linear_sign_in", "{}")], 3)),
         Reply::sse(openai_sse(&["connected"])),
         Reply::sse(openai_sse(&["sign in first"])),
+        Reply::sse(openai_tool_sse("", &[("c2", "linear_sign_in", "{}")], 3)),
+        Reply::sse(openai_sse(&["connected again"])),
     ]);
     let a = agent(&ws, &openai(&llm));
     let chat = "42";
@@ -3552,6 +3554,42 @@ fn mcp_shows_the_servers_and_signs_out_of_one() {
     for kept_out in ["code-late-1", "/mcp", "sign_out"] {
         assert!(!session.contains(kept_out), "{kept_out} in the session");
     }
+
+    // Signed in again, then out while the authorization server does not answer: `/stop`
+    // ends the wait, and the tokens are forgotten all the same.
+    let q = ask("connect linear again", "m9a");
+    assert_eq!(ask(&FakeAuth::browse(&page_of(&q)), "m9b"), "connected again");
+    let gate = auth.hold_revocations();
+    let revocations = || auth.seen().iter().filter(|s| s.path == "/revoke").count();
+    let before = revocations();
+    a.send(&from(chat, "u1", "/mcp sign_out linear", "m9c"));
+    let deadline = Instant::now() + T;
+    while revocations() == before {
+        assert!(Instant::now() < deadline, "no revocation asked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let grants = || -> Value {
+        let kept = std::fs::read_to_string(ws.join(".aegis/mcp-oauth.json")).unwrap();
+        serde_json::from_str::<Value>(&kept).unwrap()["grants"].clone()
+    };
+    assert_eq!(grants(), json!({}), "forgotten before the revocation is answered");
+    a.send(
+        &Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", chat))).with_payload(&Cancel {
+            msg_id: Some("m9c".into()),
+        }),
+    );
+    let d = dones(&a.reply());
+    gate.open();
+    assert_eq!(
+        d,
+        [(
+            "m9c".to_string(),
+            "Signed out of the MCP server linear: its tokens are forgotten here; you stopped waiting \
+             for 127.0.0.1 to revoke them: it may still do so, or remove the access in your account's \
+             settings there. The next time it is needed, you are asked to sign in again (with any account)."
+                .to_string()
+        )]
+    );
 }
 
 /// Claude searching the web with Anthropic's own tool (agent.json

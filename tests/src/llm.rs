@@ -36,7 +36,7 @@ impl Gate {
     }
 
     /// Wait until opened, `max` at most.
-    fn wait(&self, max: Duration) {
+    pub(crate) fn wait(&self, max: Duration) {
         let (lock, cv) = &*self.0;
         let open = lock.lock().unwrap();
         let _ = cv.wait_timeout_while(open, max, |open| !*open).unwrap();

@@ -48,6 +48,8 @@ pub(crate) struct State {
     /// Refresh tokens: (client, resource, scope).
     refresh: HashMap<String, (String, String, String)>,
     next: u32,
+    /// Revocations wait here until it opens, when set (a slow authorization server).
+    revocations: Option<crate::llm::Gate>,
 }
 
 impl State {
@@ -118,6 +120,14 @@ impl FakeAuth {
         let mut st = self.state.lock().unwrap();
         st.access.clear();
         st.refresh.clear();
+    }
+
+    /// Hold every revocation from now on until the gate returned opens (30 s at most), as
+    /// a slow or unreachable authorization server does.
+    pub fn hold_revocations(&self) -> crate::llm::Gate {
+        let gate = crate::llm::Gate::default();
+        self.state.lock().unwrap().revocations = Some(gate.clone());
+        gate
     }
 
     /// Everything received so far.
@@ -290,6 +300,10 @@ fn handle(state: &Mutex<State>, issuer: &str, req: Request, resp: Responder) {
             }
         }
         ("POST", "/revoke") => {
+            let held = state.lock().unwrap().revocations.clone();
+            if let Some(gate) = held {
+                gate.wait(std::time::Duration::from_secs(30));
+            }
             let mut st = state.lock().unwrap();
             let token = get("token");
             let client = match (st.refresh.get(&token), st.given_with.get(&token)) {

@@ -8,6 +8,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crossbeam_channel::Receiver;
+
 use super::{plain, start_in_background, Conn, McpError, McpServers, Server};
 use crate::elicit::{Unanswered, User};
 use crate::llm::ToolSpec;
@@ -240,11 +242,13 @@ impl Server {
         ))
     }
 
-    /// Sign the user out (`/mcp sign_out NAME`): the grant revoked at its authorization
-    /// server where that offers it (RFC 7009), forgotten here, and the connection, which
-    /// carries its token, replaced; its tools go with it, so the next use asks for a
-    /// sign-in again (with another account, if the user likes). What the user is told.
-    pub(super) fn sign_out(self: &Arc<Self>) -> String {
+    /// Sign the user out (`/mcp sign_out NAME`): the grant forgotten here at once
+    /// (whatever becomes of the rest), the connection, which carries its token, replaced,
+    /// its tools gone with it, so the next use asks for a sign-in again (with another
+    /// account, if the user likes); then the grant revoked at its authorization server
+    /// where that offers it (RFC 7009), a wait `cancel` (the user's `/stop`) ends. What
+    /// the user is told.
+    pub(super) fn sign_out(self: &Arc<Self>, cancel: &Receiver<()>) -> String {
         if !self.oauth() {
             let why = match self.config.url {
                 None => "it is a program the agent runs",
@@ -259,39 +263,81 @@ impl Server {
             return format!("You are not signed in to the MCP server {}.", self.name);
         };
         let at = crate::elicit::host_of(&grant.issuer).unwrap_or_default();
-        let revoked = self
-            .client_of(&grant.issuer)
-            .ok_or_else(|| "the client it signed in as is not known any more".to_string())
-            .and_then(|client| {
-                let endpoint = authorization_server(&grant.issuer)?.revocation_endpoint;
-                match endpoint {
-                    Some(endpoint) => crate::mcp_oauth::revoke(&grant, &client, &endpoint).map(|()| true),
-                    None => Ok(false),
-                }
-            });
+        let client = self.client_of(&grant.issuer);
         self.grants.keep(&self.name, None);
         self.tools.lock().expect("mcp tools lock").clear();
         self.reconnect.store(true, Ordering::SeqCst);
         start_in_background(self);
         log::info!("MCP [{}]: signed out", self.name);
+        let revoked = revoke_aside(grant, client, cancel);
         signed_out_words(&self.name, &at, revoked)
     }
 }
 
-/// What the user is told of signing out of server `name`, whose authorization server at
-/// `at` revoked its tokens (`Ok(true)`), offers no revocation (`Ok(false)`), or failed to.
-fn signed_out_words(name: &str, at: &str, revoked: Result<bool, String>) -> String {
+/// What became of a sign-out's revocation.
+#[derive(Debug, PartialEq)]
+enum Revoked {
+    /// The authorization server revoked the tokens.
+    Yes,
+    /// It offers no revocation.
+    NotOffered,
+    /// It failed, for this reason.
+    Failed(String),
+    /// The user stopped waiting (the revocation goes on, unseen).
+    Stopped,
+}
+
+/// Revoke `grant`'s tokens (as `client`) on a thread of their own, so `cancel` ends the
+/// wait at once: the authorization server's metadata and then each revocation may take
+/// up to their timeouts, and the chat waits for nothing else meanwhile.
+fn revoke_aside(grant: Grant, client: Option<Client>, cancel: &Receiver<()>) -> Revoked {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("mcp-revoke".into())
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let revoked = client
+                .ok_or_else(|| "the client it signed in as is not known any more".to_string())
+                .and_then(|client| {
+                    let endpoint = authorization_server(&grant.issuer)?.revocation_endpoint;
+                    match endpoint {
+                        Some(endpoint) => crate::mcp_oauth::revoke(&grant, &client, &endpoint).map(|()| true),
+                        None => Ok(false),
+                    }
+                });
+            let _ = tx.send(match revoked {
+                Ok(true) => Revoked::Yes,
+                Ok(false) => Revoked::NotOffered,
+                Err(why) => Revoked::Failed(why),
+            });
+        });
+    if let Err(e) = spawned {
+        return Revoked::Failed(format!("no thread to ask it on: {e}"));
+    }
+    crossbeam_channel::select! {
+        recv(rx) -> revoked => revoked.unwrap_or_else(|_| Revoked::Failed("it ended without an answer".into())),
+        recv(cancel) -> _ => Revoked::Stopped,
+    }
+}
+
+/// What the user is told of signing out of server `name`, whose authorization server is
+/// at `at`.
+fn signed_out_words(name: &str, at: &str, revoked: Revoked) -> String {
     let forgotten = format!("Signed out of the MCP server {name}: its tokens are forgotten here");
     let then = "The next time it is needed, you are asked to sign in again (with any account).";
+    let remove = "remove the access in your account's settings there";
     match revoked {
-        Ok(true) => format!("{forgotten} and were revoked at {at}. {then}"),
-        Ok(false) => format!(
+        Revoked::Yes => format!("{forgotten} and were revoked at {at}. {then}"),
+        Revoked::NotOffered => format!(
             "{forgotten}. {at} offers no way to revoke them: the access you allowed stays until \
-             it ends, or until you remove it in your account's settings there. {then}"
+             it ends, or until you {remove}. {then}"
         ),
-        Err(why) => format!(
-            "{forgotten}, but revoking them at {at} failed ({why}): remove the access in your \
-             account's settings there. {then}"
+        Revoked::Failed(why) => {
+            format!("{forgotten}, but revoking them at {at} failed ({why}): {remove}. {then}")
+        }
+        Revoked::Stopped => format!(
+            "{forgotten}; you stopped waiting for {at} to revoke them: it may still do so, or \
+             {remove}. {then}"
         ),
     }
 }
@@ -344,18 +390,23 @@ mod tests {
     #[test]
     fn signing_out_says_whether_the_access_was_revoked_or_stays() {
         let said = |r| signed_out_words("linear", "auth.example.com", r);
-        assert!(said(Ok(true)).contains("forgotten here and were revoked at auth.example.com."));
-        let kept = said(Ok(false));
+        assert!(said(Revoked::Yes).contains("forgotten here and were revoked at auth.example.com."));
+        let kept = said(Revoked::NotOffered);
         assert!(
             kept.contains("auth.example.com offers no way to revoke them: the access you allowed stays"),
             "{kept}"
         );
-        let failed = said(Err("HTTP 503".into()));
+        let failed = said(Revoked::Failed("HTTP 503".into()));
         assert!(
             failed.contains("but revoking them at auth.example.com failed (HTTP 503): remove the access"),
             "{failed}"
         );
-        for words in [said(Ok(true)), kept, failed] {
+        let stopped = said(Revoked::Stopped);
+        assert!(
+            stopped.contains("forgotten here; you stopped waiting for auth.example.com to revoke them"),
+            "{stopped}"
+        );
+        for words in [said(Revoked::Yes), kept, failed, stopped] {
             assert!(words.starts_with("Signed out of the MCP server linear: its tokens are forgotten here"));
             assert!(words.ends_with("you are asked to sign in again (with any account)."));
         }

@@ -16,13 +16,14 @@ const SIGN_OUT_HINT: &str =
     "`/mcp sign_out NAME` signs out of a server (to sign in with another account, say).";
 
 impl McpServers {
-    /// The answer to `/mcp` followed by `rest`: the servers' state, or a sign-out.
-    pub fn command(&self, rest: &str) -> String {
+    /// The answer to `/mcp` followed by `rest`: the servers' state, or a sign-out (whose
+    /// revocation `cancel` stops waiting for).
+    pub fn command(&self, rest: &str, cancel: &crossbeam_channel::Receiver<()>) -> String {
         let mut words = rest.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (None, ..) => self.status(),
             (Some("sign_out" | "signout" | "logout"), Some(name), None) => match self.named(name) {
-                Some(s) => s.sign_out(),
+                Some(s) => s.sign_out(cancel),
                 None => format!("No MCP server is named “{name}”. {}", self.names_said()),
             },
             _ => "`/mcp` shows the MCP servers; `/mcp sign_out NAME` signs out of one.".into(),

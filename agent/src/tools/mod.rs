@@ -676,8 +676,8 @@ impl Toolbox {
     }
 
     /// The answer to `/mcp REST` (see [`crate::mcp::McpServers::command`]).
-    pub fn mcp_command(&self, rest: &str) -> String {
-        self.mcp.command(rest)
+    pub fn mcp_command(&self, rest: &str, cancel: &Receiver<()>) -> String {
+        self.mcp.command(rest, cancel)
     }
 
     /// What to tell the user of a message holding a sign-in's address no sign-in waits
