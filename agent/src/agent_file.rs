@@ -80,6 +80,8 @@ pub struct AgentFile {
     pub thinking_budget: Option<Value>,
     /// [ours] `chat` or `responses`: the OpenAI API requests go to.
     pub openai_api: Option<String>,
+    /// [ours] The models a chat may pick with `/model` (else any the provider lists).
+    pub models: Option<Vec<String>>,
 }
 
 const FIELDS: &[&str] = &[
@@ -100,6 +102,7 @@ const FIELDS: &[&str] = &[
     "reasoning_effort",
     "thinking_budget",
     "openai_api",
+    "models",
 ];
 
 /// Parse the text of an agent.json; problems come back as messages naming the field.
@@ -132,6 +135,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         reasoning_effort: get(obj, "reasoning_effort", &mut problems),
         thinking_budget: get(obj, "thinking_budget", &mut problems),
         openai_api: get(obj, "openai_api", &mut problems),
+        models: get(obj, "models", &mut problems),
     };
     (file, problems)
 }

@@ -47,6 +47,9 @@ LLM (environment only, so keys never appear in a process listing):
     ANTHROPIC_BASE_URL  Anthropic API base [default https://api.anthropic.com]; at
                         https://openrouter.ai/api, OpenRouter's names and bearer token
     AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
+    AEGIS_MODELS        the models a chat may pick for itself with /model, comma-separated
+                        (none: every chat talks to the agent's) [any the provider lists
+                        for the key]
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
     AEGIS_REASONING_EFFORT  how hard a reasoning model works (OpenAI-compatible
                         reasoning_effort: minimal, low, medium, high; Claude's
@@ -112,7 +115,8 @@ NETWORK (as for Go programs, curl and OpenSSL):
 DIR/.aegis/agent.json (optional; the variables above override it):
     model (\"openai/NAME\", \"anthropic/NAME\", or \"host:SERVER/NAME\" for a model
     server on the host, reached through it: host:ollama/llama3.2, host:lmstudio/...,
-    host:vllm/...), api_key_env, base_url, max_tokens, reasoning_effort, openai_api,
+    host:vllm/...), models (those a chat may pick), api_key_env, base_url, max_tokens,
+    reasoning_effort, openai_api,
     thinking_budget, context_turns, context_chars, context_recap, system_prompt,
     max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
@@ -170,6 +174,9 @@ pub struct Config {
     pub max_rounds: usize,
     /// Voice messages (speech to text).
     pub voice: crate::transcribe::VoiceConfig,
+    /// The models a chat may pick with `/model` (`AEGIS_MODELS`, agent.json `models`);
+    /// `None`: any the provider lists.
+    pub chat_models: Option<Vec<String>>,
 }
 
 /// A flag or variable with a bad value.
@@ -282,7 +289,34 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         )?
         .max(1),
         voice,
+        chat_models: chat_models(&file)?,
     })))
+}
+
+/// The models a chat may pick (`AEGIS_MODELS`, comma-separated; agent.json `models`): an
+/// operator's bound on what a chat's members can spend. None (`none`, `[]`): every chat
+/// keeps the agent's.
+fn chat_models(file: &AgentFile) -> Result<Option<Vec<String>>, ConfigError> {
+    let from_env = env("AEGIS_MODELS");
+    let given: Vec<String> = match (&from_env, &file.models) {
+        (Some(list), _) if list.trim() == "none" => Vec::new(),
+        (Some(list), _) => list
+            .split(',')
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect(),
+        (None, Some(list)) => list.iter().map(|m| m.trim().to_string()).collect(),
+        (None, None) => return Ok(None),
+    };
+    match given.iter().find(|m| !crate::chat_model::plausible(m)) {
+        Some(bad) => bad_setting(
+            "AEGIS_MODELS",
+            "models",
+            from_env.is_some(),
+            format!("{bad:?} is not a model name"),
+        ),
+        None => Ok(Some(given)),
+    }
 }
 
 /// agent.json `voice` and `AEGIS_TRANSCRIBE_MODEL`: the key is found as `image_generate`'s.
@@ -408,6 +442,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         speech_model,
         speech_voice,
         native_search: false,
+        model_menu: provider.is_some(),
         skills_path: env("AEGIS_SKILLS_PATH")
             .map(|p| {
                 p.split(':')
@@ -784,6 +819,25 @@ fn host_provider(rest: &str, file: &AgentFile) -> Result<Provider, ConfigError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_models_chats_may_pick_are_names_or_none() {
+        let models = |text: &str| chat_models(&crate::agent_file::parse(text).0).unwrap();
+        assert_eq!(models("{}"), None, "any the server lists");
+        assert_eq!(models(r#"{"models": []}"#), Some(vec![]));
+        assert_eq!(
+            models(r#"{"models": [" gpt-5.5-mini ", "anthropic/claude-opus-4.7"]}"#),
+            Some(vec![
+                "gpt-5.5-mini".to_string(),
+                "anthropic/claude-opus-4.7".to_string()
+            ])
+        );
+        assert_eq!(
+            models(r#"{"models": ["gpt 5"]}"#),
+            None,
+            "a bad list is ignored, said in the log"
+        );
+    }
 
     /// The setting reaches the provider that offers a search of its own, and turns the
     /// Responses API on for OpenAI (its search is there only); others keep Brave's.

@@ -247,7 +247,7 @@ impl LlmError {
                 self.detail
             ),
             ErrorKind::Request if crate::successor::model_gone(self) => format!(
-                "⚠️ The LLM provider has no such model ({}). It may have been retired: set AEGIS_MODEL or agent.json \"model\" to a current one.",
+                "⚠️ The LLM provider has no such model ({}). It may have been retired: set AEGIS_MODEL or agent.json \"model\" to a current one, or choose one for this chat with /model.",
                 self.detail
             ),
             ErrorKind::Request => format!("⚠️ The LLM provider refused the request ({}).", self.detail),
@@ -524,6 +524,12 @@ impl Llm {
                     .build(),
             )),
         };
+        Llm::over(provider, transport)
+    }
+
+    /// A client for `provider` whose requests travel by `transport`, knowing nothing yet
+    /// of what the server refuses.
+    fn over(provider: Provider, transport: Transport) -> Llm {
         let openai_itself = provider.at_openai();
         // A host's model server is asked as the host asks it (Chat Completions).
         let responses = provider.responses_api && provider.host.is_none();
@@ -544,6 +550,47 @@ impl Llm {
             warned_window: Arc::new(AtomicBool::new(false)),
             no_web_search: Arc::new(AtomicBool::new(false)),
             successor: Default::default(),
+        }
+    }
+
+    /// A client for `model` at the same server, as a chat chose it (`/model`): it shares
+    /// this one's connections and usage record, and learns the server's refusals for
+    /// itself (what one model refuses, another may take). Never replaced when retired:
+    /// the user named it.
+    pub fn for_model(&self, model: &str) -> Llm {
+        let mut provider = self.provider.clone();
+        provider.model = model.to_string();
+        provider.default_model = false;
+        Llm {
+            ledger: self.ledger.clone(),
+            ..Llm::over(provider, self.transport.clone())
+        }
+    }
+
+    /// The model its requests name (the configured one, or its successor).
+    pub fn model_name(&self) -> String {
+        self.model()
+    }
+
+    /// Where its requests go, for people: the provider and the server's host
+    /// (`OpenAI at api.openai.com`), or the host's model server.
+    pub fn whereabouts(&self) -> String {
+        let p = &self.provider;
+        match &p.host {
+            Some(host) => format!("the host's {host}"),
+            None => {
+                let at = crate::elicit::host_of(&p.base_url).unwrap_or_else(|| p.base_url.clone());
+                format!("{} at {at}", p.kind)
+            }
+        }
+    }
+
+    /// The models the server lists for the key (`GET /models`), as the server orders
+    /// them, with their `created` time where it says.
+    pub fn list_models(&self) -> Result<Vec<(String, i64)>, String> {
+        match &self.transport {
+            Transport::Http(lanes) => crate::successor::models(&lanes.any(), &self.provider),
+            Transport::Host(_) => Err("the host's model servers are not listed from here".into()),
         }
     }
 
@@ -2557,6 +2604,22 @@ mod tests {
         let recap = llm.request_body(&Prompt::plain("s"), &turns, &[bash]);
         assert_eq!(recap["tools"].as_array().map(Vec::len), Some(1), "{recap}");
         assert!(recap.get("max_tool_calls").is_none(), "{recap}");
+    }
+
+    #[test]
+    fn a_chats_model_is_named_never_replaced_and_learns_for_itself() {
+        let mut p = test_provider(ProviderKind::OpenAi);
+        p.default_model = true;
+        let llm = Llm::new(p, None);
+        llm.responses.store(true, Ordering::Relaxed);
+        let chosen = llm.for_model("o3");
+        assert_eq!((chosen.model_name(), llm.model_name()), ("o3".into(), "m".into()));
+        assert!(!chosen.provider.default_model, "the user named it");
+        assert!(
+            !chosen.responses.load(Ordering::Relaxed),
+            "what the server refused the agent's model is not taken as refused for this one"
+        );
+        assert_eq!(chosen.whereabouts(), "OpenAI at x");
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! process and a reader thread each) started in the background.
 
 mod agent_file;
+mod aside;
 mod asking;
 mod blobs;
 mod carry;
+mod chat_model;
 mod config;
 mod context;
 mod copies;
@@ -240,10 +242,10 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| default_prompt(&config.workspace, &tools, config.tools.timezone.as_deref()));
     let shared = Arc::new(Shared {
-        llm: config
-            .provider
-            .clone()
-            .map(|p| Llm::new(p, host).with_ledger(Arc::clone(&ledger))),
+        models: config.provider.clone().map(|p| {
+            let llm = Llm::new(p, host).with_ledger(Arc::clone(&ledger));
+            chat_model::Models::new(llm, &config.workspace, config.chat_models.clone())
+        }),
         usage: Arc::clone(&ledger),
         sessions: SessionStore::new(&config.workspace),
         system_prompt,

@@ -94,17 +94,34 @@ pub fn refused_as_gone(status: u16, text: &str) -> bool {
     status == 404 && text.to_ascii_lowercase().contains("model")
 }
 
+/// The models the server lists for `p`'s key (`GET /models`, Anthropic's `/v1/models`),
+/// in its order, with their `created` time where it says.
+pub fn models(agent: &ureq::Agent, p: &Provider) -> Result<Vec<(String, i64)>, String> {
+    let list = provider_list(agent, p)?;
+    let owned = listed(&list, "")
+        .into_iter()
+        .map(|(id, created)| (id.to_string(), created));
+    Ok(owned.collect())
+}
+
 /// The model to use instead of `p.model`, asked of the server with `agent`.
 pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
+    let list = provider_list(agent, p)?;
+    choose(p.kind, p.at_openai(), &p.model, &list)
+        .ok_or_else(|| "the server lists no model to use instead".to_string())
+}
+
+/// `p`'s server's model list, asked with `p`'s key.
+fn provider_list(agent: &ureq::Agent, p: &Provider) -> Result<Value, String> {
     let key = p.key_header();
     let key = key.as_ref().map(|(name, value)| (*name, value.as_str()));
-    let list = match p.kind {
+    match p.kind {
         ProviderKind::OpenAi => list(
             agent,
             &format!("{}/models", p.base_url),
             None,
             &Vec::from_iter(key),
-        )?,
+        ),
         ProviderKind::Anthropic => {
             let headers: Vec<(&str, &str)> = key
                 .into_iter()
@@ -115,12 +132,9 @@ pub fn find(agent: &ureq::Agent, p: &Provider) -> Result<String, String> {
                 &format!("{}/v1/models?limit=100", p.base_url),
                 None,
                 &headers,
-            )?
+            )
         }
-    };
-    let openai_itself = p.base_url.starts_with("https://api.openai.com/");
-    choose(p.kind, openai_itself, &p.model, &list)
-        .ok_or_else(|| "the server lists no model to use instead".to_string())
+    }
 }
 
 /// The image model to use instead of `current` at the OpenAI-compatible `base`: the

@@ -42,8 +42,8 @@ const CALL_CANCELLED: &str = "error: cancelled by the user before the tool finis
 /// What every worker shares.
 #[derive(Debug)]
 pub struct Shared {
-    /// The LLM client, if configured.
-    pub llm: Option<Llm>,
+    /// The LLM clients (the agent's model, and those chats chose), if configured.
+    pub models: Option<crate::chat_model::Models>,
     /// What the model's requests cost, added up (`/usage`).
     pub usage: std::sync::Arc<crate::usage::Ledger>,
     /// Session files.
@@ -330,8 +330,19 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // network, hence after the busy mark, and until `/stop`), are the agent's own, as
     // `/usage`. So is a sign-in's address that arrives when no sign-in waits for it: its
     // code stays out of the conversation.
+    // So is `/model`, which may list the server's models first.
     let own = match crate::text::slash_command(&msg.text) {
         Some((word, rest)) if word == "mcp" => Some(shared.tools.mcp_command(rest, &cancel_rx)),
+        Some((word, rest)) if word == "model" => match &shared.models {
+            Some(models) => match models.command(out, rest, &cancel_rx) {
+                Some(answer) => Some(answer),
+                None => {
+                    send_cancelled(shared, out, &msg_id, "the reply was cancelled", "");
+                    return;
+                }
+            },
+            None => Some(NO_PROVIDER.to_string()),
+        },
         _ => shared.tools.late_sign_in(&msg.text),
     };
     if let Some(answer) = own {
@@ -423,11 +434,13 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // A prompt's question may have moved the reply to the answer's message.
     let msg_id = asker.msg_id();
     send_presence(shared, out, &msg_id, &Presence::restart(""));
-    let Some(llm) = &shared.llm else {
+    let Some(models) = &shared.models else {
         send_error(shared, out, &msg_id, "no_provider", NO_PROVIDER);
         send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, NO_PROVIDER);
         return;
     };
+    // A scheduled task's run talks to the model of the chat it answers.
+    let llm = &models.for_chat(out);
 
     let recap = shared.recaps.prompt(&shared.sessions.path(session));
     // The skills' list and the servers' word on their tools close the fixed part: the same

@@ -204,6 +204,183 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
     assert_eq!(llm.requests().len(), 5, "the named model was not replaced");
 }
 
+/// [ours] `/model`: a chat sees the model it talks to and the ones the server lists for
+/// the key (chat models only: not OpenAI's image or speech models), and picks one for
+/// itself alone; a name the server does not list is refused with close ones. The choice
+/// holds across a restart, `/model default` goes back, and none of it reaches the
+/// conversation or the model. A chosen model the server no longer has is not replaced:
+/// the user is told, with `/model` in the hint. `/stop` ends a wait for the list.
+#[test]
+fn a_chat_picks_its_own_model_among_those_the_server_lists() {
+    use std::sync::mpsc;
+    let (release, held) = mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(held);
+    let hold_lists = std::sync::atomic::AtomicBool::new(false);
+    let hold_lists = std::sync::Arc::new(hold_lists);
+    let holding = std::sync::Arc::clone(&hold_lists);
+    let llm = FakeLlm::with(move |req| {
+        if req.method == "GET" {
+            if holding.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(20));
+            }
+            let data: Vec<_> = [
+                ("gpt-5.5", 30),
+                ("dall-e-3", 5),
+                ("gpt-5.5-mini", 30),
+                ("whisper-1", 5),
+                ("o3", 20),
+            ]
+            .iter()
+            .map(|(id, created)| json!({"id": id, "object": "model", "created": created, "owned_by": "openai"}))
+            .collect();
+            return Reply::Status {
+                code: 200,
+                headers: vec![],
+                body: json!({"object": "list", "data": data}).to_string(),
+            };
+        }
+        let model = req.json()["model"].as_str().unwrap_or_default().to_string();
+        if model == "o3" {
+            return Reply::openai_model_not_found(&model);
+        }
+        let said = openai_sse(&[&format!("I am {model}.")]);
+        Reply::sse(aegis_e2e::llm::with_openai_usage(said, 100, 0, 5))
+    });
+    let ws = temp_dir("chat-model");
+    let env = openai_at(llm.url(), "gpt-5.5");
+    let a = start_agent(&ws, &env);
+    let ask = |a: &aegis_e2e::agent::Agent, chat: &str, text: &str, id: &str| {
+        a.send(&message(chat, text, id));
+        done_text(&a.reply())
+    };
+    assert_eq!(
+        ask(&a, "1", "/model", "m1"),
+        format!(
+            "This chat talks to gpt-5.5 (OpenAI at 127.0.0.1), the agent's model.\n\n\
+             `/model NAME` switches this chat to another: gpt-5.5, gpt-5.5-mini, o3."
+        )
+    );
+    assert_eq!(
+        ask(&a, "1", "/model gpt-5.5-mnii", "m2"),
+        "OpenAI at 127.0.0.1 lists no model “gpt-5.5-mnii”. Close: gpt-5.5, gpt-5.5-mini."
+    );
+    assert_eq!(
+        ask(&a, "1", "/model@my_bot gpt-5.5-mini", "m3"),
+        "This chat talks to gpt-5.5-mini from now on. `/model default` goes back to gpt-5.5."
+    );
+    assert_eq!(ask(&a, "1", "who are you?", "m4"), "I am gpt-5.5-mini.");
+    assert_eq!(
+        ask(&a, "2", "who are you?", "m1"),
+        "I am gpt-5.5.",
+        "another chat keeps the agent's"
+    );
+    let usage = aegis_e2e::agent::usage_today(&ws);
+    assert!(
+        usage.get("gpt-5.5-mini").is_some() && usage.get("gpt-5.5").is_some(),
+        "{usage}"
+    );
+    drop(a);
+
+    let a = start_agent(&ws, &env);
+    assert_eq!(
+        ask(&a, "1", "still you?", "m5"),
+        "I am gpt-5.5-mini.",
+        "kept across a restart"
+    );
+    assert!(ask(&a, "1", "/model", "m6").starts_with(
+        "This chat talks to gpt-5.5-mini (OpenAI at 127.0.0.1), chosen here; the agent's model is gpt-5.5 \
+         (`/model default` goes back to it)."
+    ));
+    assert_eq!(
+        ask(&a, "1", "/model default", "m7"),
+        "This chat talks to the agent's model again: gpt-5.5."
+    );
+    assert_eq!(ask(&a, "1", "and now?", "m8"), "I am gpt-5.5.");
+
+    // A model that is gone is not replaced: the user is told how to choose another.
+    assert!(ask(&a, "1", "/model o3", "m9").starts_with("This chat talks to o3 from now on."));
+    let gone = ask(&a, "1", "hello", "m10");
+    assert!(
+        gone.contains("has no such model") && gone.contains("/model"),
+        "{gone}"
+    );
+    let posts: Vec<String> = llm
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.json()["model"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(
+        posts,
+        ["gpt-5.5-mini", "gpt-5.5", "gpt-5.5-mini", "gpt-5.5", "o3"],
+        "no model asked for /model, o3 asked once and not replaced"
+    );
+
+    // `/stop` while the server takes its time to list its models.
+    hold_lists.store(true, std::sync::atomic::Ordering::SeqCst);
+    let gets = llm.requests().iter().filter(|r| r.method == "GET").count();
+    a.send(&message("1", "/model", "m11"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while llm.requests().iter().filter(|r| r.method == "GET").count() == gets {
+        assert!(Instant::now() < deadline, "the list was not asked");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.send(
+        &Frame::new(
+            tether::frame::kind::CONTROL_CANCEL,
+            Some(Session::new("telegram", "1")),
+        )
+        .with_payload(&tether::frame::Cancel {
+            msg_id: Some("m11".into()),
+        }),
+    );
+    assert_eq!(done_text(&a.reply()), "⏹ Reply cancelled.");
+    let _ = release.send(());
+
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
+    assert!(!session.contains("/model"), "{session}");
+    let chosen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/chat-models.json")).unwrap()).unwrap();
+    assert_eq!(chosen, json!({"telegram/1": "o3"}));
+    drop(a);
+
+    // The operator bounds what chats may pick (`AEGIS_MODELS`): the server is not asked,
+    // a choice made before and no longer allowed gives way to the agent's model.
+    let gets = llm.requests().iter().filter(|r| r.method == "GET").count();
+    let mut bounded = env.to_vec();
+    bounded.push(("AEGIS_MODELS", "gpt-5.5-mini"));
+    let a = start_agent(&ws, &bounded);
+    assert_eq!(ask(&a, "1", "who now?", "b1"), "I am gpt-5.5.");
+    assert_eq!(
+        ask(&a, "1", "/model", "b2"),
+        "This chat talks to gpt-5.5 (OpenAI at 127.0.0.1), the agent's model.\n\n\
+         `/model NAME` switches this chat to another its operator allows: gpt-5.5-mini.",
+        "o3, chosen before, is no longer allowed"
+    );
+    assert_eq!(
+        ask(&a, "1", "/model o3", "b3"),
+        "`/model NAME` switches this chat to another its operator allows: gpt-5.5-mini."
+    );
+    assert!(
+        ask(&a, "1", "/model gpt-5.5-mini", "b4").starts_with("This chat talks to gpt-5.5-mini from now on.")
+    );
+    assert_eq!(ask(&a, "1", "who now?", "b5"), "I am gpt-5.5-mini.");
+    assert_eq!(
+        llm.requests().iter().filter(|r| r.method == "GET").count(),
+        gets,
+        "the operator's list needs no server's"
+    );
+    drop(a);
+    let mut none = env.to_vec();
+    none.push(("AEGIS_MODELS", "none"));
+    let a = start_agent(&ws, &none);
+    assert_eq!(ask(&a, "1", "who now?", "c1"), "I am gpt-5.5.");
+    assert_eq!(
+        ask(&a, "1", "/model gpt-5.5-mini", "c2"),
+        "Every chat talks to the agent's model here (its operator set `models` to none)."
+    );
+}
+
 /// An Anthropic-compatible gateway (LiteLLM, a company's proxy) takes its own token as a
 /// bearer (`ANTHROPIC_AUTH_TOKEN`, as Claude Code and Anthropic's SDKs send it). The token
 /// comes first, and Anthropic's own key, set as well, never reaches the gateway: neither

@@ -1378,6 +1378,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     assert_eq!(
         menu,
         [
+            ("model", "The model this chat talks to, and another to pick"),
             ("mcp", "The MCP servers: which run, their tools, sign-ins"),
             ("gh_review", "Review a pull request"),
             ("gh_standup", "Today's stand-up"),
@@ -1578,6 +1579,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
     assert_eq!(
         names,
         [
+            "model",
             "mcp",
             "gh_review",
             "gh_standup",

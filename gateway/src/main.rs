@@ -98,6 +98,9 @@ CHAT COMMANDS:
     /skills          the agent's skills and its MCP servers' prompts (answered by the agent)
     /mcp             the agent's MCP servers: which run, their tools, sign-ins;
                      /mcp sign_out NAME signs out of one (answered by the agent)
+    /model           the model this chat talks to; /model NAME picks another the
+                     provider lists, /model default the agent's again (answered by
+                     the agent)
     /exec, /exit     shell commands in the instance, for the users exec_users names
 
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a

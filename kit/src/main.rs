@@ -59,7 +59,8 @@ COMMANDS:
     secret ls | rm NAME
     chat NAME [-m TEXT] [--session ID]   chat in the terminal; -m sends one message and exits;
                                     /new starts a fresh conversation (kept as the
-                                    current one), /usage shows what the model used
+                                    current one), /usage shows what the model used,
+                                    /model shows or picks the session's model
                                     [default session: the current one]
 
 OPTIONS:

@@ -158,6 +158,17 @@ impl Reply {
         }
     }
 
+    /// OpenAI's 404 for a model it does not have (or no longer has).
+    pub fn openai_model_not_found(model: &str) -> Reply {
+        Reply::Status {
+            code: 404,
+            headers: vec![],
+            body: json!({"error": {"message": format!("The model `{model}` does not exist or you do not have access to it."),
+                "type": "invalid_request_error", "param": null, "code": "model_not_found"}})
+            .to_string(),
+        }
+    }
+
     /// Anthropic's 404 for a model it does not have (or no longer has).
     pub fn anthropic_model_not_found(model: &str) -> Reply {
         Reply::Status {

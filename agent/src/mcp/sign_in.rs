@@ -291,33 +291,23 @@ enum Revoked {
 /// wait at once: the authorization server's metadata and then each revocation may take
 /// up to their timeouts, and the chat waits for nothing else meanwhile.
 fn revoke_aside(grant: Grant, client: Option<Client>, cancel: &Receiver<()>) -> Revoked {
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let spawned = std::thread::Builder::new()
-        .name("mcp-revoke".into())
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            let revoked = client
-                .ok_or_else(|| "the client it signed in as is not known any more".to_string())
-                .and_then(|client| {
-                    let endpoint = authorization_server(&grant.issuer)?.revocation_endpoint;
-                    match endpoint {
-                        Some(endpoint) => crate::mcp_oauth::revoke(&grant, &client, &endpoint).map(|()| true),
-                        None => Ok(false),
-                    }
-                });
-            let _ = tx.send(match revoked {
-                Ok(true) => Revoked::Yes,
-                Ok(false) => Revoked::NotOffered,
-                Err(why) => Revoked::Failed(why),
+    let revoke = move || {
+        let revoked = client
+            .ok_or_else(|| "the client it signed in as is not known any more".to_string())
+            .and_then(|client| {
+                let endpoint = authorization_server(&grant.issuer)?.revocation_endpoint;
+                match endpoint {
+                    Some(endpoint) => crate::mcp_oauth::revoke(&grant, &client, &endpoint).map(|()| true),
+                    None => Ok(false),
+                }
             });
-        });
-    if let Err(e) = spawned {
-        return Revoked::Failed(format!("no thread to ask it on: {e}"));
-    }
-    crossbeam_channel::select! {
-        recv(rx) -> revoked => revoked.unwrap_or_else(|_| Revoked::Failed("it ended without an answer".into())),
-        recv(cancel) -> _ => Revoked::Stopped,
-    }
+        match revoked {
+            Ok(true) => Revoked::Yes,
+            Ok(false) => Revoked::NotOffered,
+            Err(why) => Revoked::Failed(why),
+        }
+    };
+    crate::aside::wait("mcp-revoke", revoke, cancel).unwrap_or(Revoked::Stopped)
 }
 
 /// What the user is told of signing out of server `name`, whose authorization server is

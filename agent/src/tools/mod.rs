@@ -433,6 +433,8 @@ pub struct ToolConfig {
     /// The model searches with its provider's own tool: Brave's `web_search` is not
     /// offered (the name is the provider's tool's).
     pub native_search: bool,
+    /// A chat may pick its model (`/model`, in the menu): an LLM provider is set.
+    pub model_menu: bool,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -461,6 +463,8 @@ pub struct Toolbox {
     skills: crate::skills::Shelf,
     /// The command menu last told to the host ([`Toolbox::menu_changed`]).
     menu_told: std::sync::Mutex<Option<Vec<tether::frame::Command>>>,
+    /// `/model` goes in the menu.
+    model_menu: bool,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -563,6 +567,7 @@ impl Toolbox {
             cron: cron::CronTools::new(workspace.root(), config.timezone.as_deref()),
             skills: crate::skills::Shelf::new(workspace.clone(), config.skills_path.clone()),
             menu_told: std::sync::Mutex::new(None),
+            model_menu: config.model_menu,
             workspace,
             builtins,
             mcp,
@@ -712,8 +717,13 @@ impl Toolbox {
             command: "mcp".into(),
             description: "The MCP servers: which run, their tools, sign-ins".into(),
         });
-        let mut menu: Vec<tether::frame::Command> = mcp
+        let model = self.model_menu.then(|| tether::frame::Command {
+            command: "model".into(),
+            description: "The model this chat talks to, and another to pick".into(),
+        });
+        let mut menu: Vec<tether::frame::Command> = model
             .into_iter()
+            .chain(mcp)
             .chain(
                 skills
                     .iter()
