@@ -35,6 +35,17 @@ fn presences(frames: &[Frame]) -> Vec<String> {
         .collect()
 }
 
+/// The provider's own search was shown while it ran (`tool: web_search`), then the
+/// model thinking over what it found.
+fn assert_searching_shown(frames: &[Frame]) {
+    let shown = presences(frames);
+    let searching = shown
+        .iter()
+        .position(|p| p == "tool: web_search")
+        .expect("searching shown");
+    assert_eq!(shown[searching + 1], "thinking", "{shown:?}");
+}
+
 fn session_lines(ws: &TempDir, chat: &str) -> Vec<Value> {
     std::fs::read_to_string(ws.join(format!("sessions/telegram_{chat}.jsonl")))
         .unwrap()
@@ -3680,12 +3691,7 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
          Sources:\n1. [Announcing Rust 1.95](https://blog.rust-lang.org/2026/rust-1.95)\n\
          2. [News (about) Rust](https://example.com/news%20%281%29)"
     );
-    let shown = presences(&frames);
-    let searching = shown
-        .iter()
-        .position(|p| p == "tool: web_search")
-        .expect("searching shown");
-    assert_eq!(shown[searching + 1], "thinking", "{shown:?}");
+    assert_searching_shown(&frames);
     let reqs = llm.requests();
     let tools = reqs[0].json()["tools"].clone();
     let native: Vec<&Value> = tools
@@ -3840,12 +3846,7 @@ fn an_openai_model_searches_the_web_itself() {
         ),
         "the page the answer links is not listed again"
     );
-    let shown = presences(&frames);
-    let searching = shown
-        .iter()
-        .position(|p| p == "tool: web_search")
-        .expect("searching shown");
-    assert_eq!(shown[searching + 1], "thinking", "{shown:?}");
+    assert_searching_shown(&frames);
     let reqs = llm.requests();
     assert_eq!(reqs[0].path, "/responses");
     let first = reqs[0].json();

@@ -455,27 +455,14 @@ pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
         .flatten()
         .find(|i| i["type"] == "reasoning" && !i["encrypted_content"].is_string());
     if let Some(item) = forgotten {
-        let id = item["id"].as_str().unwrap_or("?");
-        return Some(Reply::Status {
-            code: 404,
-            headers: vec![],
-            body: json!({"error": {"message": format!("Item with id '{id}' not found. Items are not persisted when `store` is set to false. Try again with `store` set to true, or remove this item from your input."),
-                "type": "invalid_request_error", "param": "input", "code": null}})
-            .to_string(),
-        });
+        return Some(not_persisted(item["id"].as_str().unwrap_or("?")));
     }
     // A search OpenAI ran goes back as what it did: its id names an item a request that
     // is not stored cannot refer to (OpenAI's own stateless client sends none).
     let items = body["input"].as_array().into_iter().flatten().enumerate();
     for (n, item) in items.filter(|(_, i)| i["type"] == "web_search_call") {
         if let Some(id) = item["id"].as_str() {
-            return Some(Reply::Status {
-                code: 404,
-                headers: vec![],
-                body: json!({"error": {"message": format!("Item with id '{id}' not found. Items are not persisted when `store` is set to false. Try again with `store` set to true, or remove this item from your input."),
-                    "type": "invalid_request_error", "param": "input", "code": null}})
-                .to_string(),
-            });
+            return Some(not_persisted(id));
         }
         if !item["action"].is_object() {
             return Some(refuse(
@@ -516,6 +503,18 @@ pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
         }
     }
     None
+}
+
+/// The Responses API's answer to an item sent back by its `id` alone when nothing is
+/// stored (`store: false`).
+fn not_persisted(id: &str) -> Reply {
+    Reply::Status {
+        code: 404,
+        headers: vec![],
+        body: json!({"error": {"message": format!("Item with id '{id}' not found. Items are not persisted when `store` is set to false. Try again with `store` set to true, or remove this item from your input."),
+            "type": "invalid_request_error", "param": "input", "code": null}})
+        .to_string(),
+    }
 }
 
 /// `pieces` (an OpenAI stream) with the chunk a request asking
