@@ -298,11 +298,7 @@ fn openai_chat_model(id: &str) -> bool {
     let family = id.starts_with("gpt-")
         || id.starts_with("chatgpt-")
         || id.len() > 1 && id.starts_with('o') && id.as_bytes()[1].is_ascii_digit();
-    let dated = id.len() > 11 && {
-        let tail = &id.as_bytes()[id.len() - 11..];
-        tail[0] == b'-' && tail[5] == b'-' && tail[8] == b'-' && tail[1..5].iter().all(u8::is_ascii_digit)
-    };
-    family && !dated && !OTHER.iter().any(|o| id.contains(o))
+    family && !crate::successor::dated(id) && !OTHER.iter().any(|o| id.contains(o))
 }
 
 /// Listed names close to `name`: those holding its longest word, else one of its words,

@@ -303,11 +303,15 @@ fn general_chat_model(id: &str) -> bool {
         "chat",
         "pro",
     ];
-    let dated = id.len() > 11 && {
-        let tail = id.as_bytes()[id.len() - 11..].to_vec();
-        tail[0] == b'-' && tail[5] == b'-' && tail[8] == b'-'
-    };
-    id.starts_with("gpt-") && !dated && !SPECIAL.iter().any(|s| id.contains(s))
+    id.starts_with("gpt-") && !dated(id) && !SPECIAL.iter().any(|s| id.contains(s))
+}
+
+/// Whether a model id names a dated snapshot (`gpt-5.5-2026-08-01`).
+pub fn dated(id: &str) -> bool {
+    id.len() > 11 && {
+        let tail = &id.as_bytes()[id.len() - 11..];
+        tail[0] == b'-' && tail[5] == b'-' && tail[8] == b'-' && tail[1..5].iter().all(u8::is_ascii_digit)
+    }
 }
 
 #[cfg(test)]
