@@ -93,7 +93,8 @@ impl Models {
     /// What the chat talks to, and what it may pick.
     fn status(&self, chat: &Session, cancel: &Receiver<()>) -> Option<String> {
         let agents = self.default.model_name();
-        let mut out = match self.choice(chat) {
+        let choice = self.choice(chat);
+        let mut out = match &choice {
             Some(model) => format!(
                 "This chat talks to {model} ({}), chosen here; the agent's model is {agents} \
                  (`/model default` goes back to it).",
@@ -109,7 +110,7 @@ impl Models {
             out.push_str(&allowed_said(allowed));
             return Some(out);
         }
-        let current = self.choice(chat).unwrap_or(agents);
+        let current = choice.unwrap_or(agents);
         match self.listed(cancel)? {
             Ok(models) => {
                 let shown = choices(&models, &current);

@@ -328,26 +328,21 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     }
     // The MCP servers' state, and signing out of one (which revokes its tokens over the
     // network, hence after the busy mark, and until `/stop`), are the agent's own, as
-    // `/usage`. So is a sign-in's address that arrives when no sign-in waits for it: its
-    // code stays out of the conversation.
-    // So is `/model`, which may list the server's models first.
+    // `/usage`; so is `/model`, which may list the server's models first, and a sign-in's
+    // address that arrives when no sign-in waits for it: its code stays out of the
+    // conversation. `Some(None)`: `/stop` ended the wait.
     let own = match crate::text::slash_command(&msg.text) {
-        Some((word, rest)) if word == "mcp" => Some(shared.tools.mcp_command(rest, &cancel_rx)),
-        Some((word, rest)) if word == "model" => match &shared.models {
-            Some(models) => match models.command(out, rest, &cancel_rx) {
-                Some(answer) => Some(answer),
-                None => {
-                    send_cancelled(shared, out, &msg_id, "the reply was cancelled", "");
-                    return;
-                }
-            },
+        Some((word, rest)) if word == "mcp" => Some(Some(shared.tools.mcp_command(rest, &cancel_rx))),
+        Some((word, rest)) if word == "model" => Some(match &shared.models {
+            Some(models) => models.command(out, rest, &cancel_rx),
             None => Some(NO_PROVIDER.to_string()),
-        },
-        _ => shared.tools.late_sign_in(&msg.text),
+        }),
+        _ => shared.tools.late_sign_in(&msg.text).map(Some),
     };
-    if let Some(answer) = own {
-        send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer);
-        return;
+    match own {
+        Some(Some(answer)) => return send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer),
+        Some(None) => return send_cancelled(shared, out, &msg_id, "the reply was cancelled", ""),
+        None => {}
     }
     // Whom the reply's tools (and a prompt's server) may ask; a question moves the reply
     // on to the answer's message.

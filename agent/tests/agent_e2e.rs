@@ -318,10 +318,11 @@ fn a_chat_picks_its_own_model_among_those_the_server_lists() {
 
     // `/stop` while the server takes its time to list its models.
     hold_lists.store(true, std::sync::atomic::Ordering::SeqCst);
-    let gets = llm.requests().iter().filter(|r| r.method == "GET").count();
+    let lists = || llm.requests().iter().filter(|r| r.method == "GET").count();
+    let gets = lists();
     a.send(&message("1", "/model", "m11"));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while llm.requests().iter().filter(|r| r.method == "GET").count() == gets {
+    while lists() == gets {
         assert!(Instant::now() < deadline, "the list was not asked");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -346,7 +347,7 @@ fn a_chat_picks_its_own_model_among_those_the_server_lists() {
 
     // The operator bounds what chats may pick (`AEGIS_MODELS`): the server is not asked,
     // a choice made before and no longer allowed gives way to the agent's model.
-    let gets = llm.requests().iter().filter(|r| r.method == "GET").count();
+    let gets = lists();
     let mut bounded = env.to_vec();
     bounded.push(("AEGIS_MODELS", "gpt-5.5-mini"));
     let a = start_agent(&ws, &bounded);
@@ -365,11 +366,7 @@ fn a_chat_picks_its_own_model_among_those_the_server_lists() {
         ask(&a, "1", "/model gpt-5.5-mini", "b4").starts_with("This chat talks to gpt-5.5-mini from now on.")
     );
     assert_eq!(ask(&a, "1", "who now?", "b5"), "I am gpt-5.5-mini.");
-    assert_eq!(
-        llm.requests().iter().filter(|r| r.method == "GET").count(),
-        gets,
-        "the operator's list needs no server's"
-    );
+    assert_eq!(lists(), gets, "the operator's list needs no server's");
     drop(a);
     let mut none = env.to_vec();
     none.push(("AEGIS_MODELS", "none"));

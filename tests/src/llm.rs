@@ -627,10 +627,7 @@ pub fn anthropic_sse(texts: &[&str]) -> Vec<String> {
             json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":t}}),
         ));
     }
-    out.push(anthropic_event(
-        "content_block_stop",
-        json!({"type":"content_block_stop","index":0}),
-    ));
+    out.push(anthropic_block_stop(0));
     out.push(anthropic_event("message_delta", json!({"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}})));
     out.push(anthropic_event("message_stop", json!({"type":"message_stop"})));
     out
@@ -664,10 +661,15 @@ fn anthropic_text_block(out: &mut Vec<String>, index: usize, text: &str, citatio
         "content_block_delta",
         json!({"type":"content_block_delta","index":index,"delta":{"type":"text_delta","text":text}}),
     ));
-    out.push(anthropic_event(
+    out.push(anthropic_block_stop(index));
+}
+
+/// The end of the block at `index`.
+fn anthropic_block_stop(index: usize) -> String {
+    anthropic_event(
         "content_block_stop",
         json!({"type":"content_block_stop","index":index}),
-    ));
+    )
 }
 
 /// A tool call's block at `index` (`block`: a `tool_use` or `server_tool_use` with an
@@ -685,10 +687,7 @@ fn anthropic_input_block(out: &mut Vec<String>, index: usize, block: Value, inpu
             json!({"type":"content_block_delta","index":index,"delta":{"type":"input_json_delta","partial_json":piece}}),
         ));
     }
-    out.push(anthropic_event(
-        "content_block_stop",
-        json!({"type":"content_block_stop","index":index}),
-    ));
+    out.push(anthropic_block_stop(index));
 }
 
 /// An Anthropic stream in which Claude searches the web with Anthropic's own tool, as
@@ -733,10 +732,7 @@ pub fn anthropic_search_sse(
             "content_block_start",
             json!({"type":"content_block_start","index":index,"content_block":{"type":"web_search_tool_result","tool_use_id":id,"content":results}}),
         ));
-        out.push(anthropic_event(
-            "content_block_stop",
-            json!({"type":"content_block_stop","index":index}),
-        ));
+        out.push(anthropic_block_stop(index));
         index += 1;
     }
     for (text, cites) in answer {
@@ -846,10 +842,7 @@ pub fn anthropic_thinking_tool_sse(
         "content_block_delta",
         json!({"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":signature}}),
     ));
-    out.push(anthropic_event(
-        "content_block_stop",
-        json!({"type":"content_block_stop","index":0}),
-    ));
+    out.push(anthropic_block_stop(0));
     let mut index = 1;
     if let Some(data) = redacted {
         out.push(anthropic_event(
