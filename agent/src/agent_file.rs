@@ -43,6 +43,16 @@ pub struct ToolSetting {
     pub max_uses: Option<u32>,
 }
 
+/// [ours] `limits`: tokens a UTC day the model's requests may take (see `limits.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsSetting {
+    /// All chats together.
+    pub daily_tokens: Option<u64>,
+    /// Each chat.
+    pub chat_daily_tokens: Option<u64>,
+}
+
 /// The file's content. Absent fields are `None`/empty.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentFile {
@@ -82,6 +92,8 @@ pub struct AgentFile {
     pub openai_api: Option<String>,
     /// [ours] The models a chat may pick with `/model` (else any the provider lists).
     pub models: Option<Vec<String>>,
+    /// [ours] Daily limits on the model's tokens.
+    pub limits: Option<LimitsSetting>,
 }
 
 const FIELDS: &[&str] = &[
@@ -103,6 +115,7 @@ const FIELDS: &[&str] = &[
     "thinking_budget",
     "openai_api",
     "models",
+    "limits",
 ];
 
 /// Parse the text of an agent.json; problems come back as messages naming the field.
@@ -136,6 +149,7 @@ pub fn parse(text: &str) -> (AgentFile, Vec<String>) {
         thinking_budget: get(obj, "thinking_budget", &mut problems),
         openai_api: get(obj, "openai_api", &mut problems),
         models: get(obj, "models", &mut problems),
+        limits: get(obj, "limits", &mut problems),
     };
     (file, problems)
 }

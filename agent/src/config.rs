@@ -124,12 +124,20 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
-    voice {enabled, openai_api_key_env, model}
+    voice {enabled, openai_api_key_env, model}, limits {daily_tokens,
+    chat_daily_tokens}
 
 VOICE MESSAGES (a recording that comes with a message is written down for the model):
     OpenAI speech to text (model gpt-4o-mini-transcribe) with the key found as for
     image_generate; AEGIS_TRANSCRIBE_MODEL another model; OPENAI_AUDIO_BASE_URL
     another server (a local Whisper server needs no key)
+
+DAILY LIMITS (tokens a UTC day as the provider counted them, one read from the prompt
+cache counting a tenth; a message that finds one used up gets a note and is not sent to
+the model, a reply that uses one up stops before its next request) [none]:
+    AEGIS_DAILY_TOKENS       all chats, scheduled tasks, recaps, images, transcripts
+    AEGIS_CHAT_DAILY_TOKENS  each chat, its topics and /new conversations together
+                        (counted in DIR/.aegis/usage-chats.json)
 
 Logs go to stderr; RUST_LOG=debug for more. Each reply logs the tokens its model
 requests took (as the provider counted them); DIR/.aegis/usage.json adds them up by day
@@ -177,6 +185,9 @@ pub struct Config {
     /// The models a chat may pick with `/model` (`AEGIS_MODELS`, agent.json `models`);
     /// `None`: any the provider lists.
     pub chat_models: Option<Vec<String>>,
+    /// Daily limits on the model's tokens (`AEGIS_DAILY_TOKENS`,
+    /// `AEGIS_CHAT_DAILY_TOKENS`, agent.json `limits`).
+    pub limits: crate::limits::LimitConfig,
 }
 
 /// A flag or variable with a bad value.
@@ -290,7 +301,19 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         .max(1),
         voice,
         chat_models: chat_models(&file)?,
+        limits: limits(&file)?,
     })))
+}
+
+/// The daily limits: the variables, else agent.json `limits`; absent or 0, none.
+fn limits(file: &AgentFile) -> Result<crate::limits::LimitConfig, ConfigError> {
+    let set = file.limits.unwrap_or_default();
+    let pick =
+        |name, given: Option<u64>| env_num(name, given.unwrap_or(0)).map(|n| Some(n).filter(|n| *n > 0));
+    Ok(crate::limits::LimitConfig {
+        daily: pick("AEGIS_DAILY_TOKENS", set.daily_tokens)?,
+        chat_daily: pick("AEGIS_CHAT_DAILY_TOKENS", set.chat_daily_tokens)?,
+    })
 }
 
 /// The models a chat may pick (`AEGIS_MODELS`, comma-separated; agent.json `models`): an
@@ -836,6 +859,24 @@ mod tests {
             models(r#"{"models": ["gpt 5"]}"#),
             None,
             "a bad list is ignored, said in the log"
+        );
+    }
+
+    #[test]
+    fn daily_limits_are_tokens_and_zero_is_none() {
+        let limits = |text: &str| {
+            let (file, problems) = crate::agent_file::parse(text);
+            (limits(&file).unwrap(), problems)
+        };
+        let (set, problems) = limits(r#"{"limits": {"daily_tokens": 2000000, "chat_daily_tokens": 0}}"#);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((set.daily, set.chat_daily), (Some(2_000_000), None));
+        assert_eq!(limits("{}").0, crate::limits::LimitConfig::default());
+        let (set, problems) = limits(r#"{"limits": {"daily_token": 5}}"#);
+        assert_eq!(set, crate::limits::LimitConfig::default());
+        assert!(
+            problems[0].contains("unknown field `daily_token`"),
+            "{problems:?}"
         );
     }
 

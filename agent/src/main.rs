@@ -23,6 +23,7 @@ mod frontmatter;
 mod harness;
 mod host_llm;
 mod keepalive;
+mod limits;
 mod llm;
 mod mcp;
 mod mcp_era;
@@ -246,6 +247,7 @@ fn main() -> ExitCode {
             let llm = Llm::new(p, host).with_ledger(Arc::clone(&ledger));
             chat_model::Models::new(llm, &config.workspace, config.chat_models.clone())
         }),
+        limits: limits::Limits::new(config.limits, Arc::clone(&ledger), &config.workspace),
         usage: Arc::clone(&ledger),
         sessions: SessionStore::new(&config.workspace),
         system_prompt,

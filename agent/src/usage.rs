@@ -340,6 +340,15 @@ impl Ledger {
         self.record_on(&today(), model, tokens);
     }
 
+    /// The totals of each model on `day`.
+    pub fn on_day(&self, day: &str) -> Vec<Totals> {
+        self.with_days(|days| {
+            days.get(day)
+                .map(|d| d.values().copied().collect())
+                .unwrap_or_default()
+        })
+    }
+
     /// What `/usage` answers on `today`: the totals of today, the last 7 and 30 days, and
     /// of each model over 30 days when there are several.
     pub fn summary(&self, today: &str) -> String {
@@ -422,7 +431,7 @@ fn day_before(day: &str, n: u64) -> Option<String> {
 }
 
 /// `n` with its thousands apart (`41,234`).
-fn grouped(n: u64) -> String {
+pub fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -46,6 +46,8 @@ pub struct Shared {
     pub models: Option<crate::chat_model::Models>,
     /// What the model's requests cost, added up (`/usage`).
     pub usage: std::sync::Arc<crate::usage::Ledger>,
+    /// The daily limits on what the model's requests take.
+    pub limits: crate::limits::Limits,
     /// Session files.
     pub sessions: SessionStore,
     /// System prompt.
@@ -244,7 +246,9 @@ enum Ending {
     Complete(String),
     Failed(LlmError, String),
     Cancelled(String),
-    RoundLimit(String),
+    /// Ended before its next model request, with a note kept as the model's words: the
+    /// rounds a message may take, or a daily limit, are used up.
+    Stopped(String, String),
     /// `self_restart` was called: the reply ends after its tools, then the agent restarts.
     Restart(String),
     /// A question to the user went unanswered: its message ended what was shown, and
@@ -299,7 +303,10 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // Answered from the record, without the model, and kept out of the conversation: a
     // copy delivered again is answered again, with the same numbers.
     if is_command(&msg.text, "/usage") {
-        let summary = shared.usage.summary(&crate::usage::today());
+        let mut summary = shared.usage.summary(&crate::usage::today());
+        if let Some(limits) = shared.limits.summary(out) {
+            summary = format!("{summary}\n\n{limits}");
+        }
         send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &summary);
         return;
     }
@@ -343,6 +350,13 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         Some(Some(answer)) => return send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer),
         Some(None) => return send_cancelled(shared, out, &msg_id, "the reply was cancelled", ""),
         None => {}
+    }
+    // A daily limit used up: the message is not taken (nor its recording written down);
+    // a copy answered already is dropped below, as ever.
+    if !earlier.is_some_and(|i| answered(history, i)) {
+        if let Some(reached) = shared.limits.reached(out) {
+            return over_limit(shared, session, out, &msg_id, &msg.text, reached);
+        }
     }
     // Whom the reply's tools (and a prompt's server) may ask; a question moves the reply
     // on to the answer's message.
@@ -525,8 +539,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             send_done(shared, out, &msg_id, &done, (attached, Vec::new(), None));
             shared.restarter.request(out, &shared.egress);
         }
-        Ending::RoundLimit(text) => {
-            let note = round_limit_note(shared.max_rounds);
+        Ending::Stopped(text, note) => {
             persist(shared, session, history, Turn::new(Role::Assistant, note.clone()));
             let done = if text.is_empty() {
                 note
@@ -548,6 +561,54 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         shared.budget,
         || shared.keepalive.busy(),
     );
+}
+
+/// Answer a message that found a daily limit used up. A scheduled task's run tells its
+/// chat what the task was to do, once a day per task (a task set to run every minute
+/// would fill the chat otherwise); a later run's end goes to the task's own session,
+/// where no chat sees it but the host learns the run is over. A one-time task is done.
+fn over_limit(
+    shared: &Shared,
+    session: &Session,
+    out: &Session,
+    msg_id: &Option<String>,
+    text: &str,
+    reached: crate::limits::Reached,
+) {
+    log::info!(
+        "{}/{}: daily limit used up ({} of {} tokens); not sent to the model",
+        session.channel,
+        session.id,
+        reached.used,
+        reached.limit
+    );
+    let task = msg_id
+        .as_deref()
+        .and_then(tether::cron::task_of_msg_id)
+        .filter(|_| session.channel == "cron");
+    match task {
+        Some(task) => {
+            if shared.limits.first_telling(task) {
+                send_text(
+                    shared,
+                    kind::ASSISTANT_DONE,
+                    out,
+                    msg_id,
+                    &reached.task_note(text),
+                );
+            } else {
+                send_text(shared, kind::ASSISTANT_DONE, session, msg_id, "");
+            }
+            shared.tools.task_ran(task);
+        }
+        None => send_text(
+            shared,
+            kind::ASSISTANT_DONE,
+            out,
+            msg_id,
+            &reached.refusal(std::time::SystemTime::now()),
+        ),
+    }
 }
 
 /// The reply of a session's message that a cancel can reach, for as long as it lives.
@@ -750,7 +811,10 @@ fn rounds(
                     Ok(Chunk::Carried(c)) => carried = c,
                     Ok(Chunk::Presence(state)) => send_presence(shared, out, msg_id, &Presence::state(state)),
                     Ok(Chunk::Paused) => paused = true,
-                    Ok(Chunk::Usage(t)) => used.add(&t),
+                    Ok(Chunk::Usage(t)) => {
+                        used.add(&t);
+                        shared.limits.spend(out, &t);
+                    }
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
                         text.clear();
@@ -881,9 +945,18 @@ fn rounds(
         if restart {
             return Ending::Restart(shown);
         }
+        // A limit this reply used up ends it before its next request.
+        if let Some(reached) = shared.limits.reached(out) {
+            log::info!(
+                "{}/{}: daily limit used up; reply stopped",
+                session.channel,
+                session.id
+            );
+            return Ending::Stopped(shown, reached.stop_note(std::time::SystemTime::now()));
+        }
         send_presence(shared, out, &asker.msg_id(), &Presence::state("thinking"));
     }
-    Ending::RoundLimit(shown)
+    Ending::Stopped(shown, round_limit_note(shared.max_rounds))
 }
 
 #[cfg(test)]

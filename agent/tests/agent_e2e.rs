@@ -2317,3 +2317,139 @@ fn the_responses_api_can_be_chosen_from_the_start() {
         "{err}"
     );
 }
+
+/// The operator's daily limits: a chat's replies (its topics with it) and the agent's
+/// requests, cache reads counting a tenth. A reply that uses a limit up stops before its
+/// next request; a message that finds one used up is not sent to the model; a scheduled
+/// task tells its chat once what it was to do; the counts outlive a restart.
+#[test]
+fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
+    use aegis_e2e::llm::with_openai_usage;
+    use tether::frame::kind;
+    let llm = FakeLlm::with(|req| match aegis_e2e::llm::last_user_text(req).as_str() {
+        // 400 input, 10 output: 410 a round.
+        "loop tools" => Reply::sse(with_openai_usage(
+            openai_tool_sse("", &[("call_1", "bash", r#"{"command":"true"}"#)], 8),
+            400,
+            0,
+            10,
+        )),
+        // 100 uncached, 500 from the cache (50), 50 output: 200.
+        _ => Reply::sse(with_openai_usage(openai_sse(&["ok"]), 600, 500, 50)),
+    });
+    let ws = temp_dir("limits");
+    let env = [
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", llm.url()),
+        ("AEGIS_TOOLS", "shell"),
+        ("AEGIS_CHAT_DAILY_TOKENS", "1000"),
+        ("AEGIS_DAILY_TOKENS", "1500"),
+    ];
+    // A one-time task, for a run the limit keeps from the model.
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    let task = json!({"id": "stretch", "schedule": "once", "message": "Remind me to stretch.",
+        "session": "stretch", "at": "2026-12-07T10:00:00Z", "reply_to": {"channel": "telegram", "id": "9"}});
+    std::fs::write(
+        ws.join(".aegis/cron.json"),
+        json!({"entries": [task], "next_id": 1}).to_string(),
+    )
+    .unwrap();
+    let mut a = start_agent(&ws, &env);
+    a.send(&message("5", "hi", "m-1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    // 200, then 610: on; then 1,020: stopped after the second round's tool.
+    a.send(&message("5", "loop tools", "m-2"));
+    let stopped = done_text(&a.reply());
+    assert!(
+        stopped.starts_with(
+            "⚠️ Stopped: this chat has used its daily limit (1,020 of 1,000 tokens today). Send a message after 00:00 UTC (in "
+        ),
+        "{stopped}"
+    );
+    assert_eq!(llm.requests().len(), 3);
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
+    assert!(
+        session.contains("⚠️ Stopped: this chat"),
+        "the model will know why"
+    );
+    // The chat, and its topics, are refused without a request; another chat is not.
+    for (chat, id) in [("5", "m-3"), ("5:t9", "m-4")] {
+        a.send(&message(chat, "again", id));
+        let refused = done_text(&a.reply());
+        assert!(
+            refused
+                .starts_with("⚠️ Not sent to the model: this chat has used its daily limit (1,020 of 1,000"),
+            "{chat}: {refused}"
+        );
+    }
+    assert_eq!(llm.requests().len(), 3);
+    let session = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
+    assert!(!session.contains("again"), "a refused message is not taken");
+    a.send(&message("6", "hi", "m-5"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    a.send(&message("6", "/usage", "m-6"));
+    let usage = done_text(&a.reply());
+    assert!(
+        usage.ends_with(
+            "Daily limits (UTC; a token read from the prompt cache counts a tenth): this chat 200 of 1,000 tokens; the agent 1,220 of 1,500 tokens."
+        ),
+        "{usage}"
+    );
+    // The agent's: 1,420, then 1,620 and every chat is refused.
+    for (chat, id) in [("7", "m-7"), ("8", "m-8")] {
+        a.send(&message(chat, "hi", id));
+        assert_eq!(done_text(&a.reply()), "ok");
+    }
+    a.send(&message("9", "hi", "m-9"));
+    let refused = done_text(&a.reply());
+    assert!(
+        refused.starts_with(
+            "⚠️ Not sent to the model: the agent has used its daily limit (1,620 of 1,500 tokens today)."
+        ),
+        "{refused}"
+    );
+    // A task's run tells its chat what it was to do, once; a later run ends unseen.
+    let run = |minute: u64| {
+        Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", "stretch")))
+            .with_payload(&tether::frame::UserMessage {
+                text: "Remind me to stretch.".into(),
+                reply_to: Some(Session::new("telegram", "9")),
+                ..Default::default()
+            })
+            .with_msg_id(format!("cron-stretch-{minute}"))
+    };
+    a.send(&run(29_000_000));
+    let told = a.reply();
+    let done = told.last().unwrap();
+    assert_eq!(done.session.as_ref().unwrap().id, "9");
+    assert!(
+        done_text(&told).starts_with("⚠️ A scheduled task did not run: the agent has used its daily limit")
+            && done_text(&told).ends_with("Its text: Remind me to stretch."),
+        "{}",
+        done_text(&told)
+    );
+    let tasks = std::fs::read_to_string(ws.join(".aegis/cron.json")).unwrap();
+    assert!(!tasks.contains("stretch"), "a one-time task is done: {tasks}");
+    a.send(&run(29_000_001));
+    let unseen = a.reply();
+    let done = unseen.last().unwrap();
+    assert_eq!(
+        (
+            done.session.as_ref().unwrap().channel.as_str(),
+            done_text(&unseen).as_str()
+        ),
+        ("cron", "")
+    );
+    assert_eq!(llm.requests().len(), 6);
+    // Counted across a restart.
+    a.proc.kill9();
+    let b = start_agent(&ws, &env);
+    b.send(&message("5", "/usage", "m-10"));
+    assert!(
+        done_text(&b.reply()).ends_with("this chat 1,020 of 1,000 tokens; the agent 1,620 of 1,500 tokens."),
+        "kept"
+    );
+    b.send(&message("5", "still there?", "m-11"));
+    assert!(done_text(&b.reply()).starts_with("⚠️ Not sent to the model: the agent has used"));
+    assert_eq!(llm.requests().len(), 6);
+}
