@@ -554,6 +554,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             session.id
         ),
     }
+    // A recap waits for a reply within the limits (what fell out stays uncovered until
+    // then, and is recapped with what falls out next).
+    if shared.limits.reached(out).is_some() {
+        return;
+    }
     shared.recaps.after_reply(
         llm,
         &shared.sessions.path(session),

@@ -2344,6 +2344,8 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
         ("AEGIS_TOOLS", "shell"),
         ("AEGIS_CHAT_DAILY_TOKENS", "1000"),
         ("AEGIS_DAILY_TOKENS", "1500"),
+        // The stopped reply pushes the first out of the window: no recap past the limit.
+        ("AEGIS_CONTEXT_TURNS", "4"),
     ];
     // A one-time task, for a run the limit keeps from the model.
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
