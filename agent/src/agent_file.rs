@@ -51,6 +51,8 @@ pub struct LimitsSetting {
     pub daily_tokens: Option<u64>,
     /// Each chat.
     pub chat_daily_tokens: Option<u64>,
+    /// The replies to each person's messages.
+    pub user_daily_tokens: Option<u64>,
 }
 
 /// The file's content. Absent fields are `None`/empty.

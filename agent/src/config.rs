@@ -125,7 +125,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
     voice {enabled, openai_api_key_env, model}, limits {daily_tokens,
-    chat_daily_tokens}
+    chat_daily_tokens, user_daily_tokens}
 
 VOICE MESSAGES (a recording that comes with a message is written down for the model):
     OpenAI speech to text (model gpt-4o-mini-transcribe) with the key found as for
@@ -137,7 +137,8 @@ cache counting a tenth; a message that finds one used up gets a note and is not 
 the model, a reply that uses one up stops before its next request) [none]:
     AEGIS_DAILY_TOKENS       all chats, scheduled tasks, recaps, images, transcripts
     AEGIS_CHAT_DAILY_TOKENS  each chat, its topics and /new conversations together
-                        (counted in DIR/.aegis/usage-chats.json)
+    AEGIS_USER_DAILY_TOKENS  the replies to each person's messages, in every chat
+                        (these two counted in DIR/.aegis/usage-chats.json)
 
 Logs go to stderr; RUST_LOG=debug for more. Each reply logs the tokens its model
 requests took (as the provider counted them); DIR/.aegis/usage.json adds them up by day
@@ -313,6 +314,7 @@ fn limits(file: &AgentFile) -> Result<crate::limits::LimitConfig, ConfigError> {
     Ok(crate::limits::LimitConfig {
         daily: pick("AEGIS_DAILY_TOKENS", set.daily_tokens)?,
         chat_daily: pick("AEGIS_CHAT_DAILY_TOKENS", set.chat_daily_tokens)?,
+        user_daily: pick("AEGIS_USER_DAILY_TOKENS", set.user_daily_tokens)?,
     })
 }
 
@@ -870,7 +872,12 @@ mod tests {
         };
         let (set, problems) = limits(r#"{"limits": {"daily_tokens": 2000000, "chat_daily_tokens": 0}}"#);
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!((set.daily, set.chat_daily), (Some(2_000_000), None));
+        assert_eq!(
+            (set.daily, set.chat_daily, set.user_daily),
+            (Some(2_000_000), None, None)
+        );
+        let (set, _) = limits(r#"{"limits": {"user_daily_tokens": 50000}}"#);
+        assert_eq!(set.user_daily, Some(50_000));
         assert_eq!(limits("{}").0, crate::limits::LimitConfig::default());
         let (set, problems) = limits(r#"{"limits": {"daily_token": 5}}"#);
         assert_eq!(set, crate::limits::LimitConfig::default());

@@ -2,14 +2,15 @@
 //! tools or a task set to run every minute cannot run up a bill: the agent's (every
 //! chat, scheduled task, recap, image and transcript, as `usage.json` counts them) and
 //! each chat's (its replies and its scheduled tasks' runs; a chat's topics and the
-//! conversations `/new` starts in it count together), per UTC day.
+//! conversations `/new` starts in it count together) and each person's (the replies to
+//! their messages, in every chat), per UTC day.
 //!
 //! A token counts as the provider counted it, but one read from the prompt cache counts a
 //! tenth, as Anthropic and OpenAI's newer models bill it: a limit then follows the bill
 //! rather than the length of a conversation that the cache mostly serves. A message that
 //! finds a limit used up is answered with a note and not sent to the model (nor written
 //! down, if a recording); a reply that uses one up stops before its next model request.
-//! Each chat's count is kept in `.aegis/usage-chats.json` (today's only), so a restart,
+//! Each chat's and person's count is kept in `.aegis/usage-chats.json` (today's only), so a restart,
 //! which a paused or stopped instance goes through often, does not reset it.
 
 use std::collections::{BTreeMap, HashSet};
@@ -37,6 +38,8 @@ pub struct LimitConfig {
     pub daily: Option<u64>,
     /// Tokens a UTC day, each chat.
     pub chat_daily: Option<u64>,
+    /// Tokens a UTC day, the replies to each person's messages.
+    pub user_daily: Option<u64>,
 }
 
 /// Whose limit is used up.
@@ -46,6 +49,8 @@ pub enum Whose {
     Agent,
     /// The chat's own.
     Chat,
+    /// The person's whose message is answered.
+    User,
 }
 
 /// A limit used up: whose, what today's requests took, the limit.
@@ -60,11 +65,12 @@ impl Reached {
     /// `this chat has used its daily limit (301,245 of 300,000 tokens today)`.
     fn what(&self) -> String {
         let who = match self.whose {
-            Whose::Agent => "the agent has",
-            Whose::Chat => "this chat has",
+            Whose::Agent => "the agent has used its",
+            Whose::Chat => "this chat has used its",
+            Whose::User => "you have used your",
         };
         format!(
-            "{who} used its daily limit ({} of {} tokens today)",
+            "{who} daily limit ({} of {} tokens today)",
             grouped(self.used),
             grouped(self.limit)
         )
@@ -114,12 +120,29 @@ pub fn chat_of(s: &Session) -> String {
     format!("{}/{id}", s.channel)
 }
 
-/// Each chat's count of one day, as the file keeps it.
+/// Who is counted: the chat, the person whose message is answered (`None` in a scheduled
+/// task's run, or from a host that does not say).
+#[derive(Debug, Clone, Copy)]
+pub struct Payer<'a> {
+    pub chat: &'a Session,
+    pub user: Option<&'a str>,
+}
+
+impl Payer<'_> {
+    /// The person's key: `channel/` and their id.
+    fn user_key(&self) -> Option<String> {
+        self.user.map(|u| format!("{}/{u}", self.chat.channel))
+    }
+}
+
+/// Each chat's and person's count of one day, as the file keeps it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct ChatsToday {
     day: String,
     #[serde(default)]
     chats: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    users: BTreeMap<String, u64>,
 }
 
 /// The limits and what each chat took today.
@@ -151,21 +174,29 @@ impl Limits {
 
     /// Whether any limit is set.
     pub fn any(&self) -> bool {
-        self.config.daily.is_some() || self.config.chat_daily.is_some()
+        self.config.daily.is_some() || self.counted()
     }
 
-    /// Count a request made for `chat` today (the agent's total is the ledger's).
-    pub fn spend(&self, chat: &Session, t: &Tokens) {
-        self.spend_on(&today(), chat, t);
+    /// Whether chats or people are counted (the agent's total is the ledger's).
+    fn counted(&self) -> bool {
+        self.config.chat_daily.is_some() || self.config.user_daily.is_some()
     }
 
-    fn spend_on(&self, day: &str, chat: &Session, t: &Tokens) {
-        if self.config.chat_daily.is_none() {
+    /// Count a request made today for `payer`.
+    pub fn spend(&self, payer: Payer, t: &Tokens) {
+        self.spend_on(&today(), payer, t);
+    }
+
+    fn spend_on(&self, day: &str, payer: Payer, t: &Tokens) {
+        if !self.counted() {
             return;
         }
         self.with_day(day, |today| {
-            let n = today.chats.entry(chat_of(chat)).or_default();
-            *n = n.saturating_add(weight(t));
+            let add = |n: &mut u64| *n = n.saturating_add(weight(t));
+            add(today.chats.entry(chat_of(payer.chat)).or_default());
+            if let Some(user) = payer.user_key() {
+                add(today.users.entry(user).or_default());
+            }
             let json = serde_json::to_vec(today).expect("counts serialise");
             if let Err(e) = tether::fsutil::replace(&self.file, &json) {
                 log::warn!("cannot write {}: {e}", self.file.display());
@@ -173,59 +204,74 @@ impl Limits {
         });
     }
 
-    /// The limit `chat` finds used up today, the agent's first.
-    pub fn reached(&self, chat: &Session) -> Option<Reached> {
-        self.reached_on(&today(), chat)
+    /// The limit `payer` finds used up today: the agent's, the chat's, then the person's.
+    pub fn reached(&self, payer: Payer) -> Option<Reached> {
+        self.reached_on(&today(), payer)
     }
 
-    fn reached_on(&self, day: &str, chat: &Session) -> Option<Reached> {
-        let (agent, this_chat) = self.used_on(day, chat);
-        let over = |whose, used: u64, limit: Option<u64>| {
-            limit
-                .filter(|l| used >= *l)
-                .map(|limit| Reached { whose, used, limit })
-        };
-        over(Whose::Agent, agent, self.config.daily)
-            .or_else(|| over(Whose::Chat, this_chat, self.config.chat_daily))
+    fn reached_on(&self, day: &str, payer: Payer) -> Option<Reached> {
+        self.used_on(day, payer).into_iter().find(|r| r.used >= r.limit)
     }
 
-    /// What the agent and `chat` took on `day`, as counted against the limits.
-    fn used_on(&self, day: &str, chat: &Session) -> (u64, u64) {
-        let agent = match self.config.daily {
-            Some(_) => self
+    /// What was taken on `day` against each limit set that applies to `payer` (a
+    /// person's only where a message has one).
+    fn used_on(&self, day: &str, payer: Payer) -> Vec<Reached> {
+        let mut out = Vec::new();
+        if let Some(limit) = self.config.daily {
+            let used = self
                 .ledger
                 .on_day(day)
                 .iter()
-                .fold(0u64, |n, t| n.saturating_add(weight(&t.tokens()))),
-            None => 0,
-        };
-        let this_chat = match self.config.chat_daily {
-            Some(_) => self.with_day(day, |today| today.chats.get(&chat_of(chat)).copied().unwrap_or(0)),
-            None => 0,
-        };
-        (agent, this_chat)
+                .fold(0u64, |n, t| n.saturating_add(weight(&t.tokens())));
+            out.push(Reached {
+                whose: Whose::Agent,
+                used,
+                limit,
+            });
+        }
+        let user = payer.user_key();
+        self.with_day(day, |today| {
+            if let Some(limit) = self.config.chat_daily {
+                let used = today.chats.get(&chat_of(payer.chat)).copied().unwrap_or(0);
+                out.push(Reached {
+                    whose: Whose::Chat,
+                    used,
+                    limit,
+                });
+            }
+            if let (Some(limit), Some(user)) = (self.config.user_daily, user) {
+                let used = today.users.get(&user).copied().unwrap_or(0);
+                out.push(Reached {
+                    whose: Whose::User,
+                    used,
+                    limit,
+                });
+            }
+        });
+        out
     }
 
-    /// The lines `/usage` ends with in `chat`, when a limit is set.
-    pub fn summary(&self, chat: &Session) -> Option<String> {
-        self.summary_on(&today(), chat)
+    /// The line `/usage` ends with for `payer`, when a limit is set.
+    pub fn summary(&self, payer: Payer) -> Option<String> {
+        self.summary_on(&today(), payer)
     }
 
-    fn summary_on(&self, day: &str, chat: &Session) -> Option<String> {
+    fn summary_on(&self, day: &str, payer: Payer) -> Option<String> {
         if !self.any() {
             return None;
         }
-        let (agent, this_chat) = self.used_on(day, chat);
-        let of = |used, limit: Option<u64>, who: &str| {
-            limit.map(|l| format!("{who} {} of {} tokens", grouped(used), grouped(l)))
-        };
-        let parts: Vec<String> = [
-            of(this_chat, self.config.chat_daily, "this chat"),
-            of(agent, self.config.daily, "the agent"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let parts: Vec<String> = self
+            .used_on(day, payer)
+            .into_iter()
+            .map(|r| {
+                let who = match r.whose {
+                    Whose::Agent => "the agent",
+                    Whose::Chat => "this chat",
+                    Whose::User => "you",
+                };
+                format!("{who} {} of {} tokens", grouped(r.used), grouped(r.limit))
+            })
+            .collect();
         Some(format!(
             "Daily limits (UTC; a token read from the prompt cache counts a tenth): {}.",
             parts.join("; ")
@@ -248,7 +294,7 @@ impl Limits {
         if held.day != day {
             *held = ChatsToday {
                 day: day.to_string(),
-                chats: BTreeMap::new(),
+                ..ChatsToday::default()
             };
         }
         f(held)
@@ -324,12 +370,18 @@ mod tests {
         assert_eq!(chat_of(&Session::new("ui", "default")), "ui/default");
     }
 
+    /// The chat `s`, nobody in particular.
+    fn chat(s: &Session) -> Payer<'_> {
+        Payer { chat: s, user: None }
+    }
+
     #[test]
     fn each_chat_and_the_agent_have_their_limit_and_a_new_day_starts_afresh() {
         let dir = crate::testutil::TempDir::new("limits-count");
         let config = LimitConfig {
             daily: Some(3_000),
             chat_daily: Some(1_000),
+            user_daily: None,
         };
         let l = limits(dir.path(), config);
         let (a, a_topic, b) = (
@@ -338,40 +390,89 @@ mod tests {
             Session::new("telegram", "2"),
         );
         let day = "2026-12-07";
-        l.spend_on(day, &a, &tokens(600, 0, 100));
+        l.spend_on(day, chat(&a), &tokens(600, 0, 100));
         l.ledger.record_on(day, "m", &tokens(600, 0, 100));
-        assert_eq!(l.reached_on(day, &a), None);
-        l.spend_on(day, &a_topic, &tokens(300, 0, 0));
+        assert_eq!(l.reached_on(day, chat(&a)), None);
+        l.spend_on(day, chat(&a_topic), &tokens(300, 0, 0));
         l.ledger.record_on(day, "m", &tokens(300, 0, 0));
-        let chat = Reached {
+        let used_up = Reached {
             whose: Whose::Chat,
             used: 1_000,
             limit: 1_000,
         };
-        assert_eq!(l.reached_on(day, &a), Some(chat), "the topic counts for its chat");
-        assert_eq!(l.reached_on(day, &b), None, "another chat has its own");
+        assert_eq!(
+            l.reached_on(day, chat(&a)),
+            Some(used_up),
+            "the topic counts for its chat"
+        );
+        assert_eq!(l.reached_on(day, chat(&b)), None, "another chat has its own");
         // Images, recaps, transcripts: the ledger's, the agent's only.
         l.ledger.record_on(day, "gpt-image-1", &tokens(0, 0, 2_500));
-        let agent = l.reached_on(day, &b).expect("the agent's limit");
+        let agent = l.reached_on(day, chat(&b)).expect("the agent's limit");
         assert_eq!((agent.whose, agent.used), (Whose::Agent, 3_500));
         assert_eq!(
-            l.reached_on(day, &a).map(|r| r.whose),
+            l.reached_on(day, chat(&a)).map(|r| r.whose),
             Some(Whose::Agent),
             "the agent's first"
         );
         // Kept across a restart; another day starts afresh.
         let again = limits(dir.path(), config);
-        assert_eq!(again.used_on(day, &a), (3_500, 1_000));
-        assert_eq!(again.reached_on("2026-12-08", &a), None);
+        let used: Vec<u64> = again.used_on(day, chat(&a)).iter().map(|r| r.used).collect();
+        assert_eq!(used, [3_500, 1_000]);
+        assert_eq!(again.reached_on("2026-12-08", chat(&a)), None);
         assert!(
             std::fs::read_to_string(dir.path().join(FILE))
                 .unwrap()
                 .contains("2026-12-07"),
             "only a request rewrites the file"
         );
-        again.spend_on("2026-12-08", &a, &tokens(1, 0, 0));
+        again.spend_on("2026-12-08", chat(&a), &tokens(1, 0, 0));
         let file = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
         assert_eq!(file, r#"{"day":"2026-12-08","chats":{"telegram/1":1}}"#);
+    }
+
+    #[test]
+    fn each_person_has_their_limit_in_every_chat() {
+        let dir = crate::testutil::TempDir::new("limits-person");
+        let config = LimitConfig {
+            user_daily: Some(500),
+            ..LimitConfig::default()
+        };
+        let l = limits(dir.path(), config);
+        let (group, private) = (Session::new("telegram", "-100"), Session::new("telegram", "42"));
+        let alice = |chat| Payer {
+            chat,
+            user: Some("42"),
+        };
+        let bob = Payer {
+            chat: &group,
+            user: Some("7"),
+        };
+        let day = "2026-12-07";
+        l.spend_on(day, alice(&group), &tokens(300, 0, 0));
+        l.spend_on(day, alice(&private), &tokens(200, 0, 0));
+        let used_up = Reached {
+            whose: Whose::User,
+            used: 500,
+            limit: 500,
+        };
+        assert_eq!(
+            l.reached_on(day, alice(&group)),
+            Some(used_up),
+            "both chats count"
+        );
+        assert_eq!(l.reached_on(day, bob), None, "Bob has his own");
+        assert_eq!(
+            l.reached_on(day, chat(&group)),
+            None,
+            "a scheduled run, which nobody sent"
+        );
+        let file = std::fs::read_to_string(dir.path().join(FILE)).unwrap();
+        assert!(file.contains(r#""users":{"telegram/42":500}"#), "{file}");
+        assert_eq!(
+            l.summary_on(day, alice(&private)).unwrap(),
+            "Daily limits (UTC; a token read from the prompt cache counts a tenth): you 500 of 500 tokens."
+        );
     }
 
     #[test]
@@ -381,25 +482,27 @@ mod tests {
             dir.path(),
             LimitConfig {
                 daily: Some(10),
-                chat_daily: None,
+                ..LimitConfig::default()
             },
         );
-        l.spend(&Session::new("telegram", "1"), &tokens(100, 0, 0));
+        let one = Session::new("telegram", "1");
+        l.spend(chat(&one), &tokens(100, 0, 0));
         assert!(!dir.path().join(FILE).exists());
         let none = limits(dir.path(), LimitConfig::default());
         assert!(!none.any());
-        assert_eq!(none.summary(&Session::new("telegram", "1")), None);
-        assert_eq!(none.reached(&Session::new("telegram", "1")), None);
+        assert_eq!(none.summary(chat(&one)), None);
+        assert_eq!(none.reached(chat(&one)), None);
     }
 
     #[test]
     fn a_file_that_is_not_counts_is_a_day_without_requests() {
         let dir = crate::testutil::TempDir::new("limits-bad");
         let config = LimitConfig {
-            daily: None,
             chat_daily: Some(5),
+            ..LimitConfig::default()
         };
         std::fs::create_dir_all(dir.path().join(".aegis")).unwrap();
+        let one = Session::new("telegram", "1");
         for bad in [
             "[1]".to_string(),
             "{\"day\": 3}".into(),
@@ -407,7 +510,7 @@ mod tests {
         ] {
             std::fs::write(dir.path().join(FILE), &bad).unwrap();
             let l = limits(dir.path(), config);
-            assert_eq!(l.used_on(&today(), &Session::new("telegram", "1")), (0, 0));
+            assert_eq!(l.used_on(&today(), chat(&one))[0].used, 0);
         }
     }
 
@@ -419,15 +522,20 @@ mod tests {
             LimitConfig {
                 daily: Some(2_000_000),
                 chat_daily: Some(300_000),
+                user_daily: Some(100_000),
             },
         );
-        let chat = Session::new("telegram", "1");
-        l.spend_on("2026-12-07", &chat, &tokens(41_020, 0, 0));
+        let group = Session::new("telegram", "1");
+        let alice = Payer {
+            chat: &group,
+            user: Some("42"),
+        };
+        l.spend_on("2026-12-07", alice, &tokens(41_020, 0, 0));
         l.ledger.record_on("2026-12-07", "m", &tokens(412_300, 0, 0));
         assert_eq!(
-            l.summary_on("2026-12-07", &chat).unwrap(),
-            "Daily limits (UTC; a token read from the prompt cache counts a tenth): this chat 41,020 of \
-             300,000 tokens; the agent 412,300 of 2,000,000 tokens."
+            l.summary_on("2026-12-07", alice).unwrap(),
+            "Daily limits (UTC; a token read from the prompt cache counts a tenth): the agent 412,300 of \
+             2,000,000 tokens; this chat 41,020 of 300,000 tokens; you 41,020 of 100,000 tokens."
         );
     }
 

@@ -294,6 +294,11 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         (Some(chat), "cron") => chat,
         _ => session,
     };
+    // Whose daily limits the reply counts against: the chat's, and the sender's.
+    let payer = crate::limits::Payer {
+        chat: out,
+        user: msg.user.as_ref().and_then(|u| u.id.as_deref()),
+    };
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
             send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
@@ -304,7 +309,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // copy delivered again is answered again, with the same numbers.
     if is_command(&msg.text, "/usage") {
         let mut summary = shared.usage.summary(&crate::usage::today());
-        if let Some(limits) = shared.limits.summary(out) {
+        if let Some(limits) = shared.limits.summary(payer) {
             summary = format!("{summary}\n\n{limits}");
         }
         send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &summary);
@@ -354,7 +359,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // A daily limit used up: the message is not taken (nor its recording written down);
     // a copy answered already is dropped below, as ever.
     if !earlier.is_some_and(|i| answered(history, i)) {
-        if let Some(reached) = shared.limits.reached(out) {
+        if let Some(reached) = shared.limits.reached(payer) {
             return over_limit(shared, session, out, &msg_id, &msg.text, reached);
         }
     }
@@ -556,7 +561,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     }
     // A recap waits for a reply within the limits (what fell out stays uncovered until
     // then, and is recapped with what falls out next).
-    if shared.limits.reached(out).is_some() {
+    if shared.limits.reached(payer).is_some() {
         return;
     }
     shared.recaps.after_reply(
@@ -769,6 +774,10 @@ fn rounds(
         user,
         prompt,
     } = r;
+    let payer = crate::limits::Payer {
+        chat: out,
+        user: here.user.as_deref(),
+    };
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for round in 0..shared.max_rounds {
@@ -818,7 +827,7 @@ fn rounds(
                     Ok(Chunk::Paused) => paused = true,
                     Ok(Chunk::Usage(t)) => {
                         used.add(&t);
-                        shared.limits.spend(out, &t);
+                        shared.limits.spend(payer, &t);
                     }
                     Ok(Chunk::Restart) => {
                         shown.truncate(round_start);
@@ -951,7 +960,7 @@ fn rounds(
             return Ending::Restart(shown);
         }
         // A limit this reply used up ends it before its next request.
-        if let Some(reached) = shared.limits.reached(out) {
+        if let Some(reached) = shared.limits.reached(payer) {
             log::info!(
                 "{}/{}: daily limit used up; reply stopped",
                 session.channel,

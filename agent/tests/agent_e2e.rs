@@ -930,7 +930,7 @@ fn a_long_conversation_keeps_a_recap_of_what_fell_out_of_the_window() {
         ("OPENAI_API_KEY", "k"),
         ("OPENAI_BASE_URL", llm.url()),
         ("AEGIS_TOOLS", "none"),
-        ("AEGIS_CONTEXT_TURNS", "4"),
+        ("AEGIS_CONTEXT_TURNS", "6"),
     ];
     let recap_file = ws.path().join("sessions/telegram_5.recap.json");
     let mut a = start_agent(&ws, &env);
@@ -2343,9 +2343,10 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
         ("OPENAI_BASE_URL", llm.url()),
         ("AEGIS_TOOLS", "shell"),
         ("AEGIS_CHAT_DAILY_TOKENS", "1000"),
-        ("AEGIS_DAILY_TOKENS", "1500"),
+        ("AEGIS_DAILY_TOKENS", "2000"),
+        ("AEGIS_USER_DAILY_TOKENS", "400"),
         // The stopped reply pushes the first out of the window: no recap past the limit.
-        ("AEGIS_CONTEXT_TURNS", "4"),
+        ("AEGIS_CONTEXT_TURNS", "6"),
     ];
     // A one-time task, for a run the limit keeps from the model.
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
@@ -2387,26 +2388,63 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
     assert_eq!(llm.requests().len(), 3);
     let session = std::fs::read_to_string(ws.join("sessions/telegram_5.jsonl")).unwrap();
     assert!(!session.contains("again"), "a refused message is not taken");
+    // A copy of a message answered before is dropped, as ever, not refused.
+    a.send(&message("5", "hi", "m-1"));
+    a.send(&message("5", "/usage", "m-1b"));
+    let next = a.reply();
+    assert_eq!(
+        next.last().unwrap().msg_id.as_deref(),
+        Some("m-1b"),
+        "{:?}",
+        kinds(&next)
+    );
     a.send(&message("6", "hi", "m-5"));
     assert_eq!(done_text(&a.reply()), "ok");
     a.send(&message("6", "/usage", "m-6"));
     let usage = done_text(&a.reply());
     assert!(
         usage.ends_with(
-            "Daily limits (UTC; a token read from the prompt cache counts a tenth): this chat 200 of 1,000 tokens; the agent 1,220 of 1,500 tokens."
+            "Daily limits (UTC; a token read from the prompt cache counts a tenth): the agent 1,220 of 2,000 tokens; this chat 200 of 1,000 tokens."
         ),
         "{usage}"
     );
-    // The agent's: 1,420, then 1,620 and every chat is refused.
-    for (chat, id) in [("7", "m-7"), ("8", "m-8")] {
-        a.send(&message(chat, "hi", id));
+    // Each person's, in a group: Alice's third message is refused, Bob's is not.
+    let from = |user: &str, text: &str, id: &str| {
+        let who = User {
+            id: Some(user.into()),
+            ..Default::default()
+        };
+        Frame::user_message(Session::new("telegram", "-100"), text, Some(who)).with_msg_id(id)
+    };
+    for id in ["m-7", "m-8"] {
+        a.send(&from("42", "hi", id));
         assert_eq!(done_text(&a.reply()), "ok");
     }
-    a.send(&message("9", "hi", "m-9"));
+    a.send(&from("42", "hi", "m-9"));
     let refused = done_text(&a.reply());
     assert!(
         refused.starts_with(
-            "⚠️ Not sent to the model: the agent has used its daily limit (1,620 of 1,500 tokens today)."
+            "⚠️ Not sent to the model: you have used your daily limit (400 of 400 tokens today)."
+        ),
+        "{refused}"
+    );
+    a.send(&from("7", "/usage", "m-10"));
+    assert!(
+        done_text(&a.reply()).ends_with(
+            "the agent 1,620 of 2,000 tokens; this chat 400 of 1,000 tokens; you 0 of 400 tokens."
+        ),
+        "Bob's own"
+    );
+    a.send(&from("7", "hi", "m-11"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    // The agent's: 2,020 and every chat is refused.
+    a.send(&message("8", "hi", "m-12"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    a.send(&message("9", "hi", "m-13"));
+    let refused = done_text(&a.reply());
+    assert!(
+        refused.starts_with(
+            "⚠️ Not sent to the model: the agent has used its daily limit (2,020 of 2,000 tokens today)."
         ),
         "{refused}"
     );
@@ -2442,16 +2480,23 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
         ),
         ("cron", "")
     );
-    assert_eq!(llm.requests().len(), 6);
+    assert_eq!(llm.requests().len(), 8);
     // Counted across a restart.
     a.proc.kill9();
     let b = start_agent(&ws, &env);
-    b.send(&message("5", "/usage", "m-10"));
+    b.send(&message("5", "/usage", "m-14"));
     assert!(
-        done_text(&b.reply()).ends_with("this chat 1,020 of 1,000 tokens; the agent 1,620 of 1,500 tokens."),
+        done_text(&b.reply()).ends_with("the agent 2,020 of 2,000 tokens; this chat 1,020 of 1,000 tokens."),
         "kept"
     );
-    b.send(&message("5", "still there?", "m-11"));
+    b.send(&from("42", "/usage", "m-15"));
+    assert!(
+        done_text(&b.reply()).ends_with(
+            "the agent 2,020 of 2,000 tokens; this chat 600 of 1,000 tokens; you 400 of 400 tokens."
+        ),
+        "kept"
+    );
+    b.send(&message("5", "still there?", "m-16"));
     assert!(done_text(&b.reply()).starts_with("⚠️ Not sent to the model: the agent has used"));
-    assert_eq!(llm.requests().len(), 6);
+    assert_eq!(llm.requests().len(), 8);
 }
