@@ -1,9 +1,10 @@
 //! [ours] Daily limits on what the model's requests may take, so a busy group, a loop of
 //! tools or a task set to run every minute cannot run up a bill: the agent's (every
 //! chat, scheduled task, recap, image and transcript, as `usage.json` counts them) and
-//! each chat's (its replies and its scheduled tasks' runs; a chat's topics and the
-//! conversations `/new` starts in it count together) and each person's (the replies to
-//! their messages, in every chat), per UTC day.
+//! each chat's (its replies, the images they make, its voice messages written down and
+//! its scheduled tasks' runs; a chat's topics and the conversations `/new` starts in it
+//! count together) and each person's (the same for their messages, in every chat), per
+//! UTC day. Recaps count for the agent only.
 //!
 //! A token counts as the provider counted it, but one read from the prompt cache counts a
 //! tenth, as Anthropic and OpenAI's newer models bill it: a limit then follows the bill
@@ -188,7 +189,7 @@ impl Limits {
     }
 
     fn spend_on(&self, day: &str, payer: Payer, t: &Tokens) {
-        if !self.counted() {
+        if !self.counted() || t.is_empty() {
             return;
         }
         self.with_day(day, |today| {

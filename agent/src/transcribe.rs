@@ -18,6 +18,7 @@ use ureq::unversioned::multipart::{Form, Part};
 
 use crate::tools::paths::Workspace;
 use crate::tools::{api_from_env, json_answer, refusal, transport};
+use crate::usage::Tokens;
 
 /// OpenAI's API base; `OPENAI_AUDIO_BASE_URL` replaces it (a local Whisper server).
 pub const DEFAULT_BASE: &str = "https://api.openai.com/v1";
@@ -135,13 +136,18 @@ impl Voice {
         text: &str,
         audio: &[tether::frame::Audio],
         cut: &Cut,
-    ) -> String {
+    ) -> (String, Tokens) {
         let mut out = text.to_string();
+        let mut spent = Tokens::default();
         for a in audio {
             let line = match self {
                 Voice::Off(why) => format!("[not transcribed: {why}]"),
                 Voice::On(t) => {
-                    match recording(workspace, a).and_then(|bytes| t.transcribe(a, &bytes, cut)) {
+                    let heard = recording(workspace, a).and_then(|bytes| t.transcribe(a, &bytes, cut));
+                    if let Ok((_, tokens)) = &heard {
+                        spent.add(tokens);
+                    }
+                    match heard.map(|(said, _)| said) {
                         Ok(said) if said.trim().is_empty() => "[transcript: nothing was said]".to_string(),
                         Ok(said) => format!("🎤 {}", said.trim()),
                         Err(e) => {
@@ -154,7 +160,7 @@ impl Voice {
             out.push('\n');
             out.push_str(&line);
         }
-        out
+        (out, spent)
     }
 }
 
@@ -206,8 +212,14 @@ impl Transcriber {
         found.is_some()
     }
 
-    /// What is said in `a`, whose bytes are `bytes`, unless `cut` fires first.
-    fn transcribe(&self, a: &tether::frame::Audio, bytes: &[u8], cut: &Cut) -> Result<String, String> {
+    /// What is said in `a`, whose bytes are `bytes`, unless `cut` fires first, and the
+    /// tokens the service counted.
+    fn transcribe(
+        &self,
+        a: &tether::frame::Audio,
+        bytes: &[u8],
+        cut: &Cut,
+    ) -> Result<(String, Tokens), String> {
         let url = format!("{}/audio/transcriptions", self.base);
         let agent = crate::tools::api_agent(&url, TIMEOUT);
         let _armed = cut.arm(&agent).ok_or("cancelled")?;
@@ -235,10 +247,10 @@ impl Transcriber {
             let status = resp.status().as_u16();
             if status == 200 {
                 let v = json_answer(resp, MAX_TEXT, "the transcript", "the speech-to-text API")?;
-                crate::usage::record_answer(self.ledger.as_deref(), &model, &v);
+                let spent = crate::usage::record_answer(self.ledger.as_deref(), &model, &v);
                 return v["text"]
                     .as_str()
-                    .map(str::to_string)
+                    .map(|said| (said.to_string(), spent))
                     .ok_or_else(|| "the speech-to-text API answered without a text".to_string());
             }
             let text = tether::http::error_text(resp);
@@ -315,16 +327,17 @@ mod tests {
         let ws = Path::new("/nonexistent");
         let off = Voice::from_config(&config(false, Some("PATH")));
         assert_eq!(
-            off.text_with(ws, "[voice message, 3 s]", &audio, &Cut::new()),
+            off.text_with(ws, "[voice message, 3 s]", &audio, &Cut::new()).0,
             "[voice message, 3 s]\n[not transcribed: voice messages are turned off in agent.json]"
         );
         let none = Voice::from_config(&config(true, Some("AEGIS_TEST_NO_SUCH_KEY")));
         assert!(
             none.text_with(ws, "hi", &audio, &Cut::new())
+                .0
                 .ends_with("no OpenAI key (AEGIS_TEST_NO_SUCH_KEY)]"),
             "{none:?}"
         );
-        assert_eq!(none.text_with(ws, "plain", &[], &Cut::new()), "plain");
+        assert_eq!(none.text_with(ws, "plain", &[], &Cut::new()).0, "plain");
     }
 
     #[test]
@@ -341,7 +354,7 @@ mod tests {
         });
         let tmp = crate::testutil::TempDir::new("transcribe-paths");
         assert_eq!(
-            on.text_with(tmp.path(), &m.text, &m.audio, &Cut::new()),
+            on.text_with(tmp.path(), &m.text, &m.audio, &Cut::new()).0,
             "[voice message]\n[not transcribed: the recording came without its bytes]"
         );
         // A recording by path is read from the workspace only, and only a file.
@@ -350,7 +363,7 @@ mod tests {
                 path: Some(p.into()),
                 ..Default::default()
             };
-            on.text_with(tmp.path(), "[voice message]", &[a], &Cut::new())
+            on.text_with(tmp.path(), "[voice message]", &[a], &Cut::new()).0
         };
         assert!(
             by_path("../../etc/passwd").contains("is outside the workspace"),

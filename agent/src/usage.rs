@@ -411,11 +411,14 @@ fn summarize(days: &Days, today: &str) -> String {
 }
 
 /// Add the `usage` of an Images or Audio API `answer` (see [`Tokens::from_api`]) for
-/// `model` to `ledger`, when there are both.
-pub fn record_answer(ledger: Option<&Ledger>, model: &str, answer: &Value) {
-    if let (Some(ledger), Some(t)) = (ledger, answer.get("usage").and_then(Tokens::from_api)) {
-        ledger.record(model, &t);
+/// `model` to `ledger`, when there are both; the tokens it counts (none when it counts
+/// otherwise), for the chat's limits.
+pub fn record_answer(ledger: Option<&Ledger>, model: &str, answer: &Value) -> Tokens {
+    let counted = answer.get("usage").and_then(Tokens::from_api).unwrap_or_default();
+    if let Some(ledger) = ledger.filter(|_| !counted.is_empty()) {
+        ledger.record(model, &counted);
     }
+    counted
 }
 
 /// Today in UTC, as the file names days (`2026-12-06`).

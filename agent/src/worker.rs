@@ -670,7 +670,18 @@ pub fn written_down(
         return Some(format!("{}\n[not transcribed: no thread: {e}]", msg.text));
     }
     select! {
-        recv(rx) -> said => Some(said.unwrap_or_else(|_| format!("{}\n[not transcribed: it failed]", msg.text))),
+        recv(rx) -> said => Some(match said {
+            Ok((said, spent)) => {
+                // What the service counted is the sender's and the chat's, as the reply's.
+                let payer = crate::limits::Payer {
+                    chat: out,
+                    user: msg.user.as_ref().and_then(|u| u.id.as_deref()),
+                };
+                shared.limits.spend(payer, &spent);
+                said
+            }
+            Err(_) => format!("{}\n[not transcribed: it failed]", msg.text),
+        }),
         recv(cancel) -> _ => {
             cut.fire();
             None
@@ -918,12 +929,14 @@ fn rounds(
                 origin: out,
                 here,
                 attachments: Attachments::default(),
+                spent: Default::default(),
                 restart: false,
                 user,
             };
             asker.set_shown(&shown);
             let outcome = shared.tools.run(call, &mut ctx);
             asker.attach(std::mem::take(&mut ctx.attachments));
+            shared.limits.spend(payer, &ctx.spent);
             restart |= ctx.restart;
             let mut result = match outcome {
                 Outcome::Done(r) => r,

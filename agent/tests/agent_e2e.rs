@@ -1833,6 +1833,11 @@ fn voice(chat: &str, id: &str, bytes: &[u8]) -> Frame {
             duration: Some(2),
             path: None,
         }],
+        // A sender known by id only, as a host may give one: no name in the text.
+        user: Some(User {
+            id: Some("7".into()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     Frame::new("user.message", Some(Session::new("telegram", chat)))
@@ -1863,6 +1868,7 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
             ("MY_OPENAI_KEY", "sk-speech"),
             ("OPENAI_AUDIO_BASE_URL", base.as_str()),
             ("AEGIS_TOOLS", "bash"),
+            ("AEGIS_USER_DAILY_TOKENS", "100000"),
         ],
     );
     let ogg = fake_ogg(5_000, 1);
@@ -1885,6 +1891,15 @@ fn voice_messages_are_transcribed_or_the_model_is_told_why_not() {
     assert!(
         heard["input"].as_u64() > Some(10) && heard["output"].as_u64() > Some(1),
         "{heard}"
+    );
+    // ... for the chat's and the sender's daily limits too (the echo counts nothing).
+    let counted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join(".aegis/usage-chats.json")).unwrap()).unwrap();
+    let both = heard["input"].as_u64().unwrap() + heard["output"].as_u64().unwrap();
+    assert_eq!(
+        (&counted["chats"]["telegram/1"], &counted["users"]["telegram/7"]),
+        (&json!(both), &json!(both)),
+        "{counted}"
     );
     // The key is never logged.
     assert!(!a.proc.log().contains("sk-speech"), "the key was logged");

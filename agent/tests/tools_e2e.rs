@@ -2247,6 +2247,8 @@ fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
     let mut env = openai(&llm).to_vec();
     env.push(("MY_OPENAI", "sk-img-key".into()));
     env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    // The image counts for the chat's daily limit, as the model's tokens do.
+    env.push(("AEGIS_CHAT_DAILY_TOKENS", "100000".into()));
     let a = agent(&ws, &env);
     a.send(&message("1", "draw a fox", "m1"));
     let frames = a.reply();
@@ -2299,6 +2301,9 @@ fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
         aegis_e2e::agent::usage_today(&ws)["gpt-image-1"],
         json!({"requests": 1, "input": 12, "cache_read": 0, "cache_write": 0, "cache_write_1h": 0, "output": 4160}),
     );
+    let counted: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/usage-chats.json")).unwrap()).unwrap();
+    assert_eq!(counted["chats"]["telegram/1"], 4172, "{counted}");
     // The session keeps the image by reference (the tool's result), not its bytes.
     let session = std::fs::read_to_string(ws.join("sessions/telegram_1.jsonl")).unwrap();
     assert!(session.contains(made["blob"].as_str().unwrap()), "{session}");

@@ -143,7 +143,7 @@ impl ImageGen {
         root: &Path,
         args: &Value,
         abandoned: &Abandoned,
-    ) -> Result<(tether::frame::Image, String), String> {
+    ) -> Result<(tether::frame::Image, String, crate::usage::Tokens), String> {
         let prompt = arg_str(args, "prompt")?.trim();
         if prompt.is_empty() {
             return Err("prompt is required".into());
@@ -168,7 +168,7 @@ impl ImageGen {
             }
         })?;
         let v = super::json_answer(resp, MAX_BODY, "the generated image", "the image API")?;
-        crate::usage::record_answer(self.ledger.as_deref(), &self.model(), &v);
+        let spent = crate::usage::record_answer(self.ledger.as_deref(), &self.model(), &v);
         let first = &v["data"][0];
         let bytes = if let Some(b64) = first["b64_json"].as_str() {
             base64::engine::general_purpose::STANDARD
@@ -206,7 +206,7 @@ impl ImageGen {
             note["attached"] =
                 "the image is attached by its workspace file only (too large to travel inline); the chat receives it if the gateway can read the workspace".into();
         }
-        Ok((image, note.to_string()))
+        Ok((image, note.to_string(), spent))
     }
 
     /// `text` without the key, should a server ever echo it.

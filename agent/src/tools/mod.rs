@@ -502,6 +502,8 @@ pub struct CallContext<'a> {
     pub here: &'a crate::memory::Here,
     /// Images and files attached to the reply.
     pub attachments: Attachments,
+    /// Tokens a service counted for the call (an image made), for the chat's limits.
+    pub spent: crate::usage::Tokens,
     /// `self_restart` was called: the agent restarts once the reply is done.
     pub restart: bool,
     /// Who answers an MCP server's questions during the call (a chat's user), if anyone.
@@ -853,10 +855,14 @@ impl Toolbox {
                 let made = off_thread(args.clone(), cancel, move |a, abandoned| {
                     images.generate(&root, a, abandoned)
                 });
-                match made {
-                    Some(made) => attach(made, |img| ctx.attachments.images.push(img)),
-                    None => return Outcome::Cancelled,
-                }
+                let Some(made) = made else {
+                    return Outcome::Cancelled;
+                };
+                let made = made.map(|(img, text, spent)| {
+                    ctx.spent.add(&spent);
+                    (img, text)
+                });
+                attach(made, |img| ctx.attachments.images.push(img))
             }
             Builtin::RespondWithImage => attach(files::attach_image(ws, args), |img| {
                 ctx.attachments.images.push(img)
