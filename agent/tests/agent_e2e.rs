@@ -930,7 +930,7 @@ fn a_long_conversation_keeps_a_recap_of_what_fell_out_of_the_window() {
         ("OPENAI_API_KEY", "k"),
         ("OPENAI_BASE_URL", llm.url()),
         ("AEGIS_TOOLS", "none"),
-        ("AEGIS_CONTEXT_TURNS", "6"),
+        ("AEGIS_CONTEXT_TURNS", "4"),
     ];
     let recap_file = ws.path().join("sessions/telegram_5.recap.json");
     let mut a = start_agent(&ws, &env);
