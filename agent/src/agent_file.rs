@@ -41,6 +41,15 @@ pub struct ToolSetting {
     /// [ours] For a native `web_search`: searches per model request (default 5).
     #[serde(default)]
     pub max_uses: Option<u32>,
+    /// [ours] For `web_search`: only results of these sites.
+    #[serde(default)]
+    pub allowed_domains: Option<Vec<String>>,
+    /// [ours] For `web_search`: never results of these sites.
+    #[serde(default)]
+    pub blocked_domains: Option<Vec<String>>,
+    /// [ours] For a native `web_search`: the user's approximate place.
+    #[serde(default)]
+    pub user_location: Option<crate::search_scope::Location>,
 }
 
 /// [ours] `limits`: tokens a UTC day the model's requests may take (see `limits.rs`).

@@ -120,7 +120,8 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     thinking_budget, context_turns, context_chars, context_recap, system_prompt,
     max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
-    model, voice, native, max_uses}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
+    model, voice, native, max_uses, allowed_domains, blocked_domains, user_location
+    {city, region, country, timezone}}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
@@ -391,7 +392,16 @@ fn native_search(
                 .and_then(|t| t.max_uses)
                 .unwrap_or(crate::native_search::DEFAULT_MAX_USES)
                 .clamp(1, crate::native_search::MAX_USES);
-            p.web_search = Some(max_uses);
+            if p.kind == ProviderKind::OpenAi && !tools.search_scope.blocked.is_empty() {
+                log::warn!(
+                    "agent.json: tools.web_search.blocked_domains: OpenAI's own search takes only \
+                     allowed_domains; its results are not filtered"
+                );
+            }
+            p.web_search = Some(crate::native_search::NativeSearch {
+                max_uses,
+                scope: tools.search_scope.clone(),
+            });
             p.responses_api |= p.kind == ProviderKind::OpenAi;
             tools.native_search = true;
         }
@@ -456,6 +466,13 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     hidden_env.extend(search_key_env.iter().cloned());
     hidden_env.extend(image_key_env.clone());
     hidden_env.extend(speech_key_env.clone());
+    let (search_scope, problems) = crate::search_scope::SearchScope::from_setting(
+        file.tools.get("web_search"),
+        file.timezone.as_deref(),
+    );
+    for p in problems {
+        log::warn!("agent.json: {p}");
+    }
     Ok(ToolConfig {
         selection,
         bash_timeout,
@@ -468,6 +485,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         speech_model,
         speech_voice,
         native_search: false,
+        search_scope,
         model_menu: provider.is_some(),
         skills_path: env("AEGIS_SKILLS_PATH")
             .map(|p| {
@@ -914,7 +932,7 @@ mod tests {
             let mut tools = tool_config(&file, Some(&p)).unwrap();
             let asked_there = p.responses_api;
             native_search(&file, Some(&mut p), &mut tools).unwrap();
-            assert_eq!(p.web_search, searches.then_some(7), "{p:?}");
+            assert_eq!(p.web_search.as_ref().map(|s| s.max_uses), searches.then_some(7));
             assert_eq!(tools.native_search, searches, "{p:?}");
             let there = asked_there || searches && p.kind == ProviderKind::OpenAi;
             assert_eq!(p.responses_api, there, "{p:?}");

@@ -116,8 +116,8 @@ pub struct Provider {
     pub responses_api: bool,
     /// The model searches the web with its provider's own tool (Anthropic's, or the
     /// Responses API's at OpenAI), this many searches per request at most (agent.json
-    /// `tools.web_search.native`).
-    pub web_search: Option<u32>,
+    /// `tools.web_search.native`), where agent.json lets it look.
+    pub web_search: Option<crate::native_search::NativeSearch>,
 }
 
 impl Provider {
@@ -820,9 +820,9 @@ impl Llm {
                     })
                     .collect();
                 // Only with the Responses API, which the setting turns on (config.rs).
-                if let Some(max_calls) = self.searches(prompt) {
-                    offered.push(crate::native_search::openai_tool());
-                    body["max_tool_calls"] = max_calls.into();
+                if let Some(search) = self.searches(prompt) {
+                    offered.push(crate::native_search::openai_tool(search));
+                    body["max_tool_calls"] = search.max_uses.into();
                 }
                 if !offered.is_empty() {
                     body["tools"] = offered.into();
@@ -858,8 +858,8 @@ impl Llm {
                     .iter()
                     .map(|t| serde_json::json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
                     .collect();
-                if let Some(max_uses) = self.searches(prompt) {
-                    offered.push(crate::native_search::anthropic_tool(max_uses));
+                if let Some(search) = self.searches(prompt) {
+                    offered.push(crate::native_search::anthropic_tool(search));
                 }
                 if !offered.is_empty() {
                     body["tools"] = offered.into();
@@ -871,9 +871,12 @@ impl Llm {
 
     /// How many searches of its own the provider may run for `prompt`, if it searches: a
     /// reply's requests only (a recap has no use for the web), unless refused.
-    fn searches(&self, prompt: &Prompt) -> Option<u32> {
+    fn searches(&self, prompt: &Prompt) -> Option<&crate::native_search::NativeSearch> {
         let refused = self.no_web_search.load(Ordering::Relaxed);
-        self.provider.web_search.filter(|_| prompt.reply && !refused)
+        self.provider
+            .web_search
+            .as_ref()
+            .filter(|_| prompt.reply && !refused)
     }
 
     /// `body` as it is to be sent again at once, when `err` is a refusal that says what
@@ -2566,7 +2569,10 @@ mod tests {
     #[test]
     fn anthropics_own_search_goes_with_a_replys_request_only() {
         let mut p = test_provider(ProviderKind::Anthropic);
-        p.web_search = Some(3);
+        p.web_search = Some(crate::native_search::NativeSearch {
+            max_uses: 3,
+            scope: Default::default(),
+        });
         let llm = Llm::new(p, None);
         let turns = [Turn::new(Role::User, "q")];
         let reply = Prompt {
@@ -2585,7 +2591,10 @@ mod tests {
     #[test]
     fn openais_own_search_goes_with_a_replys_request_only() {
         let mut p = test_provider(ProviderKind::OpenAi);
-        p.web_search = Some(2);
+        p.web_search = Some(crate::native_search::NativeSearch {
+            max_uses: 2,
+            scope: Default::default(),
+        });
         let llm = Llm::new(p, None);
         let turns = [Turn::new(Role::User, "q")];
         let reply = Prompt {

@@ -42,6 +42,7 @@ mod regular;
 mod responses;
 mod restart;
 mod router;
+mod search_scope;
 mod session;
 mod skills;
 mod sse;

@@ -17,15 +17,26 @@ const MAX_TITLE: usize = 100;
 /// Most sources listed under one answer.
 const MAX_SOURCES: usize = 20;
 
+/// The provider's search as agent.json sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeSearch {
+    /// Searches per request at most.
+    pub max_uses: u32,
+    /// Where it looks, and from where.
+    pub scope: crate::search_scope::SearchScope,
+}
+
 /// The tool as the Messages API takes it.
-pub fn anthropic_tool(max_uses: u32) -> Value {
-    json!({"type": "web_search_20250305", "name": "web_search", "max_uses": max_uses})
+pub fn anthropic_tool(search: &NativeSearch) -> Value {
+    search
+        .scope
+        .anthropic(json!({"type": "web_search_20250305", "name": "web_search", "max_uses": search.max_uses}))
 }
 
 /// OpenAI's tool as a request offers it (the Responses API's; the request's
 /// `max_tool_calls` bounds its searches).
-pub fn openai_tool() -> Value {
-    json!({"type": "web_search"})
+pub fn openai_tool(search: &NativeSearch) -> Value {
+    search.scope.openai(json!({"type": "web_search"}))
 }
 
 /// `body` without the provider's web search, when `refusal` (a 400 or 403's words) is
@@ -181,6 +192,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A search of `max_uses` anywhere.
+    fn plain(max_uses: u32) -> NativeSearch {
+        NativeSearch {
+            max_uses,
+            scope: Default::default(),
+        }
+    }
+
     #[test]
     fn citations_are_numbered_once_per_address_and_listed_as_links() {
         let mut sources = Vec::new();
@@ -234,13 +253,13 @@ mod tests {
 
     #[test]
     fn a_refusal_of_the_search_drops_it_and_nothing_else() {
-        let body = json!({"model": "m", "tools": [{"name": "bash"}, anthropic_tool(5)]});
+        let body = json!({"model": "m", "tools": [{"name": "bash"}, anthropic_tool(&plain(5))]});
         let refusal = "HTTP 400: Web search is not enabled for this organization";
         assert_eq!(
             without_it(&body, refusal),
             Some(json!({"model": "m", "tools": [{"name": "bash"}]}))
         );
-        let alone = json!({"model": "m", "tools": [anthropic_tool(5)]});
+        let alone = json!({"model": "m", "tools": [anthropic_tool(&plain(5))]});
         assert_eq!(without_it(&alone, refusal), Some(json!({"model": "m"})));
         assert_eq!(without_it(&body, "HTTP 400: max_tokens: too large"), None);
         let searchless = json!({"model": "m", "tools": [{"name": "bash"}]});
@@ -270,7 +289,7 @@ mod tests {
     #[test]
     fn a_refusal_of_openais_search_drops_it_and_its_limit() {
         let body = json!({"model": "gpt-4.1-nano", "max_tool_calls": 5,
-            "tools": [{"type": "function", "function": {"name": "web_search"}}, openai_tool()]});
+            "tools": [{"type": "function", "function": {"name": "web_search"}}, openai_tool(&plain(5))]});
         let refusal = "HTTP 400: Hosted tool 'web_search' is not supported with gpt-4.1-nano.";
         assert_eq!(
             without_it(&body, refusal),

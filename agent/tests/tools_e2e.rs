@@ -2149,6 +2149,67 @@ fn web_and_image_search_go_to_brave_with_the_key_that_bash_cannot_see() {
     assert!(!a.proc.log().contains("BSA-test-key"));
 }
 
+/// agent.json's sites for `web_search`: Brave's results of other sites are never shown,
+/// Brave being asked for all it gives at once (and for one allowed site by name).
+#[test]
+fn brave_results_keep_to_the_sites_agent_json_allows() {
+    use aegis_e2e::brave::FakeBrave;
+    let brave = FakeBrave::start("BSA-test-key");
+    let search = |setting: Value, query: &str| {
+        let llm = FakeLlm::scripted(vec![
+            Reply::sse(openai_tool_sse(
+                "",
+                &[(
+                    "s1",
+                    "web_search",
+                    &json!({"query": query, "count": 5}).to_string(),
+                )],
+                3,
+            )),
+            Reply::sse(openai_sse(&["ok"])),
+        ]);
+        let ws = TempDir::new("tools-search-sites");
+        write_agent_json(&ws, json!({"tools": {"web_search": setting}}));
+        let mut env = openai(&llm).to_vec();
+        env.push(("BRAVE_SEARCH_API_KEY", "BSA-test-key".into()));
+        env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
+        let a = agent(&ws, &env);
+        a.send(&message("1", "search", "m1"));
+        assert_eq!(done_text(&a.reply()), "ok");
+        let found: Value = serde_json::from_str(&tool_results(&llm.requests()[1])[0].1).unwrap();
+        let urls: Vec<String> = found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["url"].as_str().unwrap().to_string())
+            .collect();
+        (
+            found["query"].clone(),
+            urls,
+            brave.searches().pop().unwrap().params,
+        )
+    };
+    let (query, urls, asked) = search(json!({"blocked_domains": ["pinterest.com"]}), "rust");
+    assert_eq!(query, "rust", "the model's own words");
+    assert_eq!((asked["q"].as_str(), asked["count"].as_str()), ("rust", "20"));
+    assert_eq!(urls.len(), 5);
+    assert!(urls.iter().all(|u| !u.contains("pinterest.com")), "{urls:?}");
+    let (_, urls, asked) = search(json!({"allowed_domains": ["https://docs.rs/"]}), "serde");
+    assert_eq!(asked["q"], "serde site:docs.rs");
+    assert!(
+        urls.len() == 5 && urls.iter().all(|u| u.starts_with("https://docs.rs/")),
+        "{urls:?}"
+    );
+    let (_, urls, asked) = search(json!({"allowed_domains": ["docs.rs", "rust-lang.org"]}), "tokio");
+    assert_eq!(asked["q"], "tokio");
+    assert_eq!(urls.len(), 5, "{urls:?}");
+    assert!(
+        urls.iter()
+            .all(|u| u.starts_with("https://docs.rs/") || u.starts_with("https://blog.rust-lang.org/")),
+        "a subdomain counts with its domain: {urls:?}"
+    );
+}
+
 #[test]
 fn search_tools_need_their_key_and_say_when_brave_refuses_it() {
     use aegis_e2e::brave::FakeBrave;
@@ -3678,7 +3739,8 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
     let ws = TempDir::new("tools-native-search");
     write_agent_json(
         &ws,
-        json!({"tools": {"web_search": {"native": true, "max_uses": 3}}}),
+        json!({"tools": {"web_search": {"native": true, "max_uses": 3, "blocked_domains": ["pinterest.com"],
+            "user_location": {"city": "Lisbon", "country": "pt"}}}, "timezone": "Europe/Lisbon"}),
     );
     let a = agent(
         &ws,
@@ -3707,8 +3769,12 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
         .collect();
     assert_eq!(
         native,
-        [&json!({"type": "web_search_20250305", "name": "web_search", "max_uses": 3})],
-        "Anthropic's tool alone, not Brave's"
+        [
+            &json!({"type": "web_search_20250305", "name": "web_search", "max_uses": 3,
+            "blocked_domains": ["pinterest.com"],
+            "user_location": {"type": "approximate", "city": "Lisbon", "country": "PT", "timezone": "Europe/Lisbon"}})
+        ],
+        "Anthropic's tool alone, not Brave's, with agent.json's sites and place"
     );
     assert!(
         offered_tools(&reqs[0]).contains(&"image_search".to_string()),
@@ -3834,7 +3900,8 @@ fn an_openai_model_searches_the_web_itself() {
     let ws = TempDir::new("tools-openai-search");
     write_agent_json(
         &ws,
-        json!({"tools": {"web_search": {"native": true, "max_uses": 2}}}),
+        json!({"tools": {"web_search": {"native": true, "max_uses": 2, "allowed_domains": ["rust-lang.org"],
+            "user_location": {"country": "DE"}}}}),
     );
     let mut env = openai(&llm).to_vec();
     env.push(("AEGIS_MODEL", "gpt-5.5".into()));
@@ -3856,7 +3923,13 @@ fn an_openai_model_searches_the_web_itself() {
     assert_eq!(reqs[0].path, "/responses");
     let first = reqs[0].json();
     let tools = first["tools"].as_array().unwrap();
-    assert!(tools.contains(&json!({"type": "web_search"})), "{tools:?}");
+    assert!(
+        tools.contains(
+            &json!({"type": "web_search", "filters": {"allowed_domains": ["rust-lang.org"]},
+            "user_location": {"type": "approximate", "country": "DE"}})
+        ),
+        "{tools:?}"
+    );
     let names = offered_tools(&reqs[0]);
     assert!(
         !names.contains(&"web_search".to_string()),

@@ -11,6 +11,9 @@ use serde_json::{json, Value};
 
 use crate::http::{Request, Responder, Server};
 
+/// The sites web results come from, in turn.
+pub const SITES: [&str; 4] = ["example.com", "blog.rust-lang.org", "pinterest.com", "docs.rs"];
+
 /// A recorded search: the endpoint (`web` or `images`) and its query parameters, decoded.
 #[derive(Debug, Clone)]
 pub struct Search {
@@ -108,10 +111,14 @@ impl FakeBrave {
                 );
             }
             let body = if endpoint == "web" {
+                // Results of several sites; `site:NAME` keeps those of that site, as
+                // Brave's search operator does.
+                let site = q.split_whitespace().find_map(|w| w.strip_prefix("site:"));
                 let results: Vec<Value> = (1..=count)
-                    .map(|i| json!({
+                    .map(|i| (i, site.unwrap_or(SITES[(i - 1) % SITES.len()])))
+                    .map(|(i, host)| json!({
                         "title": format!("Result {i} for <strong>{q}</strong>"),
-                        "url": format!("https://example.com/{i}"),
+                        "url": format!("https://{host}/{i}"),
                         "is_source_local": false,
                         "description": format!("All about <strong>{q}</strong> &amp; more, part {i}."),
                         "profile": {"name": "Example", "url": format!("https://example.com/{i}"), "long_name": "example.com"},

@@ -485,6 +485,35 @@ pub fn responses_refusal(body: &serde_json::Value) -> Option<Reply> {
             "invalid_value",
         ));
     }
+    // The search tool's own settings: `filters` takes allowed domains only.
+    let tools = body["tools"].as_array().into_iter().flatten().enumerate();
+    for (n, t) in tools.filter(|(_, t)| t["type"] == "web_search") {
+        let known = ["type", "filters", "user_location", "search_context_size"];
+        let filters = t["filters"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| format!("filters.{k}"));
+        let keys = t.as_object().into_iter().flatten().map(|(k, _)| k.clone());
+        let odd = keys
+            .filter(|k| !known.contains(&k.as_str()))
+            .chain(filters.filter(|k| k != "filters.allowed_domains"))
+            .next();
+        if let Some(k) = odd {
+            return Some(refuse(
+                format!("Unknown parameter: 'tools[{n}].{k}'."),
+                &format!("tools[{n}].{k}"),
+                "unknown_parameter",
+            ));
+        }
+        if t.get("user_location").is_some_and(|l| l["type"] != "approximate") {
+            return Some(refuse(
+                format!("Missing required parameter: 'tools[{n}].user_location.type'."),
+                &format!("tools[{n}].user_location.type"),
+                "missing_required_parameter",
+            ));
+        }
+    }
     for t in body["tools"].as_array().into_iter().flatten() {
         if t["type"] != "function" {
             continue;
@@ -902,6 +931,28 @@ pub fn anthropic_thinking_refusal(body: &serde_json::Value) -> Option<Reply> {
 /// one the tool results sent back answer: a search beside a client tool runs then). The
 /// 400 it answers otherwise, else `None`.
 pub fn anthropic_search_refusal(body: &serde_json::Value) -> Option<Reply> {
+    let invalid = |message: String| Reply::Status {
+        code: 400,
+        headers: vec![],
+        body: json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}})
+            .to_string(),
+    };
+    // The search tool takes one list of sites or the other, and an approximate place.
+    for (n, t) in body["tools"].as_array().into_iter().flatten().enumerate() {
+        if !t["type"].as_str().is_some_and(|k| k.starts_with("web_search_")) {
+            continue;
+        }
+        if t.get("allowed_domains").is_some() && t.get("blocked_domains").is_some() {
+            return Some(invalid(format!(
+                "tools.{n}.web_search_20250305: cannot specify both allowed_domains and blocked_domains"
+            )));
+        }
+        if t.get("user_location").is_some_and(|l| l["type"] != "approximate") {
+            return Some(invalid(format!(
+                "tools.{n}.web_search_20250305.user_location.type: Input should be 'approximate'"
+            )));
+        }
+    }
     let messages = body["messages"].as_array()?;
     let n = messages.len();
     let open = (1..=2.min(n))

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::web::html_to_text;
 use super::{arg_opt, arg_str, transport, Abandoned};
+use crate::search_scope::SearchScope;
 
 /// Brave's API base; `BRAVE_SEARCH_BASE_URL` replaces it (a stand-in, a gateway).
 pub const DEFAULT_BASE: &str = "https://api.search.brave.com/res/v1";
@@ -21,6 +22,8 @@ pub const DEFAULT_BASE: &str = "https://api.search.brave.com/res/v1";
 pub const DEFAULT_KEY_ENV: &str = "BRAVE_SEARCH_API_KEY";
 /// Largest response read.
 const MAX_BODY: u64 = 1 << 20;
+/// Most results Brave gives for one request.
+const MAX_COUNT: u64 = 20;
 /// Longest wait for one rate-limited retry.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 
@@ -29,6 +32,8 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 pub struct Brave {
     key: String,
     base: String,
+    /// The sites results may come from.
+    scope: SearchScope,
 }
 
 impl fmt::Debug for Brave {
@@ -41,13 +46,30 @@ impl Brave {
     /// A client with the key in variable `key_env`, or `None` when it is unset or empty.
     pub fn from_env(key_env: &str) -> Option<Brave> {
         let (key, base) = super::api_from_env(key_env, "BRAVE_SEARCH_BASE_URL", DEFAULT_BASE)?;
-        Some(Brave { key, base })
+        Some(Brave {
+            key,
+            base,
+            scope: SearchScope::default(),
+        })
+    }
+
+    /// The same client, keeping only the results `scope` admits.
+    pub fn within(self, scope: SearchScope) -> Brave {
+        Brave { scope, ..self }
     }
 
     /// `web_search {query, count?, freshness?}`.
     pub fn web(&self, args: &Value, abandoned: &Abandoned) -> Result<String, String> {
         let query = arg_str(args, "query")?.trim();
-        let mut params = vec![("q", query.to_string()), ("count", count(args)?.to_string())];
+        let wanted = count(args)?;
+        // Filtered, Brave is asked for all it gives at once, and for one allowed site
+        // by name (`site:`), so that what is kept still fills the answer.
+        let (q, asked) = match self.scope.allowed.as_slice() {
+            [only] => (format!("{query} site:{only}"), MAX_COUNT),
+            _ if self.scope.filters() => (query.to_string(), MAX_COUNT),
+            _ => (query.to_string(), wanted),
+        };
+        let mut params = vec![("q", q), ("count", asked.to_string())];
         if let Some(f) = arg_opt(args, "freshness")?
             .map(str::trim)
             .filter(|f| !f.is_empty())
@@ -60,6 +82,8 @@ impl Brave {
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
+            .filter(|r| self.scope.admits(r["url"].as_str().unwrap_or("")))
+            .take(wanted as usize)
             .map(|r| {
                 json!({
                     "title": clean(&r["title"]),
@@ -156,7 +180,7 @@ fn count(args: &Value) -> Result<u64, String> {
         Some(v) => v
             .as_u64()
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .map(|n| n.clamp(1, 20))
+            .map(|n| n.clamp(1, MAX_COUNT))
             .ok_or_else(|| format!("count must be a number from 1 to 20, got {v}")),
     }
 }
@@ -268,6 +292,7 @@ mod tests {
         let b = Brave {
             key: "BSA-secret".into(),
             base: DEFAULT_BASE.into(),
+            scope: SearchScope::default(),
         };
         assert!(!format!("{b:?}").contains("BSA-secret"));
     }

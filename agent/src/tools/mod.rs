@@ -433,6 +433,8 @@ pub struct ToolConfig {
     /// The model searches with its provider's own tool: Brave's `web_search` is not
     /// offered (the name is the provider's tool's).
     pub native_search: bool,
+    /// The sites `web_search` may show (Brave's results are filtered by it).
+    pub search_scope: crate::search_scope::SearchScope,
     /// A chat may pick its model (`/model`, in the menu): an LLM provider is set.
     pub model_menu: bool,
 }
@@ -529,10 +531,12 @@ impl Toolbox {
         host: Uplink,
         ledger: &Arc<crate::usage::Ledger>,
     ) -> Toolbox {
-        let search = config
+        // agent.json's sites are `web_search`'s.
+        let [web, images] = config
             .search_key_env
             .clone()
             .map(|var| brave::Brave::from_env(&var));
+        let search = [web.map(|b| b.within(config.search_scope.clone())), images];
         let images = config
             .image_key_env
             .as_deref()
