@@ -4,7 +4,7 @@
 //! each chat's (its replies, the images they make, its voice messages written down and
 //! its scheduled tasks' runs; a chat's topics and the conversations `/new` starts in it
 //! count together) and each person's (the same for their messages, in every chat), per
-//! UTC day. Recaps count for the agent only.
+//! UTC day. A chat's recaps are the chat's too.
 //!
 //! A token counts as the provider counted it, but one read from the prompt cache counts a
 //! tenth, as Anthropic and OpenAI's newer models bill it: a limit then follows the bill

@@ -248,7 +248,11 @@ fn main() -> ExitCode {
             let llm = Llm::new(p, host).with_ledger(Arc::clone(&ledger));
             chat_model::Models::new(llm, &config.workspace, config.chat_models.clone())
         }),
-        limits: limits::Limits::new(config.limits, Arc::clone(&ledger), &config.workspace),
+        limits: Arc::new(limits::Limits::new(
+            config.limits,
+            Arc::clone(&ledger),
+            &config.workspace,
+        )),
         usage: Arc::clone(&ledger),
         sessions: SessionStore::new(&config.workspace),
         system_prompt,

@@ -25,6 +25,7 @@ use crate::context::Budget;
 use crate::llm::{Chunk, Llm};
 use crate::session::{Block, Content, Role, Turn};
 use crate::text::clip;
+use crate::usage::Tokens;
 
 /// Longest recap kept, in characters: it rides along with every request.
 pub const MAX_TEXT: usize = 3_000;
@@ -108,14 +109,15 @@ impl Recaps {
 
     /// After a reply: when enough of `history` (kept in `session_file`) has fallen out of
     /// the window since its recap was written, write a new one on a thread of its own
-    /// (one per session at a time). `awake` is held until it is written.
+    /// (one per session at a time). `awake` is held until it is written; `spent` is told
+    /// what the request was counted (the chat's daily limits).
     pub fn after_reply<A: Send + 'static>(
         self: &Arc<Self>,
         llm: &Llm,
         session_file: &Path,
         history: &[Turn],
         budget: Budget,
-        awake: impl FnOnce() -> A,
+        (awake, spent): (impl FnOnce() -> A, impl Fn(&Tokens) + Send + 'static),
     ) {
         if !self.on {
             return;
@@ -138,7 +140,7 @@ impl Recaps {
             .stack_size(256 * 1024)
             .spawn(move || {
                 let _awake = guard;
-                me.write(&llm, &path, session, previous, &turns);
+                me.write(&llm, &path, session, previous, &turns, &spent);
                 me.lock().remove(&path);
             });
         if let Err(e) = spawned {
@@ -151,11 +153,19 @@ impl Recaps {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self, llm: &Llm, path: &Path, session: Option<u64>, previous: Option<Recap>, turns: &[Turn]) {
+    fn write(
+        &self,
+        llm: &Llm,
+        path: &Path,
+        session: Option<u64>,
+        previous: Option<Recap>,
+        turns: &[Turn],
+        spent: &dyn Fn(&Tokens),
+    ) {
         let Some(last) = turns.last() else { return };
         let started = Instant::now();
         let request = Turn::new(Role::User, request_text(previous.as_ref(), turns));
-        match ask(llm, &request) {
+        match ask(llm, &request, spent) {
             Ok(text) => {
                 let recap = Recap {
                     through: Mark::of(last),
@@ -327,8 +337,9 @@ fn bounded(text: &str) -> String {
     clip(text, MAX_TEXT)
 }
 
-/// Ask `llm` for a recap (no tools), waiting at most `TIMEOUT`.
-fn ask(llm: &Llm, request: &Turn) -> Result<String, String> {
+/// Ask `llm` for a recap (no tools), waiting at most `TIMEOUT`; `spent` is told the
+/// request's usage (the client records it in the ledger itself).
+fn ask(llm: &Llm, request: &Turn, spent: &dyn Fn(&Tokens)) -> Result<String, String> {
     // Nothing of it is asked again: a cache mark would only make it cost more.
     let prompt = crate::llm::Prompt {
         fixed: INSTRUCTIONS,
@@ -342,12 +353,11 @@ fn ask(llm: &Llm, request: &Turn) -> Result<String, String> {
         match stream.chunks.recv_timeout(left) {
             Ok(Chunk::Delta(t)) => text.push_str(&t),
             Ok(Chunk::Restart) => text.clear(),
-            // The usage is recorded by the client.
+            Ok(Chunk::Usage(t)) => spent(&t),
             Ok(
                 Chunk::Reasoning(_)
                 | Chunk::Thoughts(_)
                 | Chunk::Carried(_)
-                | Chunk::Usage(_)
                 | Chunk::Presence(_)
                 | Chunk::Paused,
             ) => {}

@@ -47,7 +47,7 @@ pub struct Shared {
     /// What the model's requests cost, added up (`/usage`).
     pub usage: std::sync::Arc<crate::usage::Ledger>,
     /// The daily limits on what the model's requests take.
-    pub limits: crate::limits::Limits,
+    pub limits: Arc<crate::limits::Limits>,
     /// Session files.
     pub sessions: SessionStore,
     /// System prompt.
@@ -564,12 +564,25 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     if shared.limits.reached(payer).is_some() {
         return;
     }
+    // The recap is the chat's, and the sender's, as the reply was.
+    let (limits, chat, user) = (
+        Arc::clone(&shared.limits),
+        out.clone(),
+        payer.user.map(str::to_string),
+    );
+    let spent = move |t: &crate::usage::Tokens| {
+        let payer = crate::limits::Payer {
+            chat: &chat,
+            user: user.as_deref(),
+        };
+        limits.spend(payer, t);
+    };
     shared.recaps.after_reply(
         llm,
         &shared.sessions.path(session),
         history,
         shared.budget,
-        || shared.keepalive.busy(),
+        (|| shared.keepalive.busy(), spent),
     );
 }
 

@@ -2515,3 +2515,41 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
     assert!(done_text(&b.reply()).starts_with("⚠️ Not sent to the model: the agent has used"));
     assert_eq!(llm.requests().len(), 8);
 }
+
+/// A recap is the chat's as its replies are: its tokens count against the chat's and the
+/// sender's daily limits.
+#[test]
+fn a_recap_counts_for_its_chat_and_sender() {
+    use aegis_e2e::llm::with_openai_usage;
+    let llm = FakeLlm::with(|_| Reply::sse(with_openai_usage(openai_sse(&["ok"]), 150, 0, 50)));
+    let ws = temp_dir("limits-recap");
+    let env = [
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_BASE_URL", llm.url()),
+        ("AEGIS_TOOLS", "none"),
+        ("AEGIS_CONTEXT_TURNS", "2"),
+        ("AEGIS_CHAT_DAILY_TOKENS", "100000"),
+        ("AEGIS_USER_DAILY_TOKENS", "100000"),
+    ];
+    let a = start_agent(&ws, &env);
+    let alice = User {
+        id: Some("42".into()),
+        ..Default::default()
+    };
+    for (text, id) in [("one", "m-1"), ("two", "m-2")] {
+        a.send(
+            &Frame::user_message(Session::new("telegram", "5"), text, Some(alice.clone())).with_msg_id(id),
+        );
+        assert_eq!(done_text(&a.reply()), "ok");
+    }
+    // The first exchange fell out of a window of two turns: recapped, 200 more.
+    wait_for_file(&ws.join("sessions/telegram_5.recap.json"), |t| t.contains("ok"));
+    let counted = wait_for_file(&ws.join(".aegis/usage-chats.json"), |t| t.contains("600"));
+    let counted: serde_json::Value = serde_json::from_str(&counted).unwrap();
+    assert_eq!(
+        (&counted["chats"]["telegram/5"], &counted["users"]["telegram/42"]),
+        (&json!(600), &json!(600)),
+        "{counted}"
+    );
+    assert_eq!(llm.requests().len(), 3);
+}
