@@ -137,8 +137,8 @@ DAILY LIMITS (tokens a UTC day as the provider counted them, one read from the p
 cache counting a tenth; a message that finds one used up gets a note and is not sent to
 the model, a reply that uses one up stops before its next request) [none]:
     AEGIS_DAILY_TOKENS       all chats, scheduled tasks, recaps, images, transcripts
-    AEGIS_CHAT_DAILY_TOKENS  each chat (its images, transcripts, recaps too), its topics and
-                        /new conversations together
+    AEGIS_CHAT_DAILY_TOKENS  each chat (its images, transcripts, recaps too), its
+                        topics and /new conversations together
     AEGIS_USER_DAILY_TOKENS  the replies to each person's messages, in every chat
                         (these two counted in DIR/.aegis/usage-chats.json)
 
