@@ -2415,6 +2415,7 @@ fn respond_with_voice_attaches_a_recording_of_what_the_model_says() {
     let mut env = openai(&llm).to_vec();
     env.push(("MY_VOICE_KEY", "sk-voice".into()));
     env.push(("OPENAI_AUDIO_BASE_URL", speech.base_url()));
+    env.push(("AEGIS_CHAT_DAILY_TOKENS", "100000".into()));
     let a = agent(&ws, &env);
     speech
         .rate_limit_next
@@ -2440,8 +2441,17 @@ fn respond_with_voice_attaches_a_recording_of_what_the_model_says() {
     assert_eq!(
         said[1],
         json!({"model": "gpt-4o-mini-tts", "input": "Hello Ann, it is sunny.", "voice": "marin",
-               "response_format": "opus", "instructions": "warm"})
+               "response_format": "opus", "instructions": "warm", "stream_format": "sse"})
     );
+    // Streamed, the recording says what it cost: counted once (the 429 cost nothing).
+    let (input, output) = aegis_e2e::openai_audio::speech_usage("Hello Ann, it is sunny.");
+    assert_eq!(
+        aegis_e2e::agent::usage_today(&ws)["gpt-4o-mini-tts"],
+        json!({"requests": 1, "input": input, "cache_read": 0, "cache_write": 0, "cache_write_1h": 0, "output": output}),
+    );
+    let counted: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/usage-chats.json")).unwrap()).unwrap();
+    assert_eq!(counted["chats"]["telegram/1"], input + output, "the chat's too");
     let done = frames
         .iter()
         .find(|f| f.kind == kind::ASSISTANT_DONE)
@@ -2482,6 +2492,89 @@ fn respond_with_voice_attaches_a_recording_of_what_the_model_says() {
     b.send(&message("1", "hi", "m1"));
     b.reply();
     assert!(!offered_tools(&plain.requests()[0]).contains(&"respond_with_voice".to_string()));
+}
+
+/// A recording streamed as events is whole or none: a stream cut before its end is an
+/// error for the model, never half a voice message. A server that does not know
+/// `stream_format` is asked without it, and from then on; `tts-1` is never asked for it.
+#[test]
+fn a_streamed_recording_is_whole_and_a_server_without_streams_still_speaks() {
+    use aegis_e2e::openai_audio::{spoken_audio, FakeSpeech};
+    let speech = FakeSpeech::start(None);
+    let say = |id: &str, text: &str| {
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(id, "respond_with_voice", &json!({ "text": text }).to_string())],
+            9,
+        ))
+    };
+    let llm = FakeLlm::scripted(vec![
+        say("s1", "Cut short."),
+        Reply::sse(openai_sse(&["One."])),
+        say("s2", "Plain bytes."),
+        Reply::sse(openai_sse(&["Two."])),
+        say("s3", "Again plain."),
+        Reply::sse(openai_sse(&["Three."])),
+        say("s4", "Old model."),
+        Reply::sse(openai_sse(&["Four."])),
+    ]);
+    let ws = TempDir::new("tools-voice-stream");
+    let mut env = openai(&llm).to_vec();
+    env.push(("OPENAI_AUDIO_BASE_URL", speech.base_url()));
+    let a = agent(&ws, &env);
+    speech.cut_next.store(1, std::sync::atomic::Ordering::SeqCst);
+    a.send(&message("1", "say it", "m1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "One.");
+    let result = tool_results(&llm.requests()[1])[0].1.clone();
+    assert_eq!(
+        result,
+        "error: the speech API's stream ended before the recording was done"
+    );
+    let done = frames.iter().find(|f| f.kind == kind::ASSISTANT_DONE).unwrap();
+    assert!(done.payload_as::<tether::frame::Done>().unwrap().voice.is_empty());
+    assert!(
+        aegis_e2e::agent::usage_today(&ws).is_null(),
+        "nothing billed said"
+    );
+
+    // A server that does not know the setting: asked again without it, and not again.
+    speech.no_events.store(true, std::sync::atomic::Ordering::SeqCst);
+    for (id, said) in [("m2", "Two."), ("m3", "Three.")] {
+        a.send(&message("1", "say it", id));
+        let frames = a.reply();
+        assert_eq!(done_text(&frames), said);
+        let done = frames.iter().find(|f| f.kind == kind::ASSISTANT_DONE).unwrap();
+        assert_eq!(done.payload_as::<tether::frame::Done>().unwrap().voice.len(), 1);
+    }
+    let formats: Vec<bool> = speech
+        .speeches()
+        .iter()
+        .map(|b| b.get("stream_format").is_some())
+        .collect();
+    assert_eq!(formats, [true, true, false, false]);
+    assert!(a.proc.log().contains("the speech API refuses stream_format"));
+    drop(a);
+
+    // tts-1 streams nothing, so is never asked to.
+    speech.no_events.store(false, std::sync::atomic::Ordering::SeqCst);
+    write_agent_json(&ws, json!({"tools": {"respond_with_voice": {"model": "tts-1"}}}));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "say it", "m4"));
+    assert_eq!(done_text(&a.reply()), "Four.");
+    let last = speech.speeches().pop().unwrap();
+    assert_eq!(
+        (last["model"].as_str(), last.get("stream_format")),
+        (Some("tts-1"), None)
+    );
+    let kept: Vec<Vec<u8>> = std::fs::read_dir(ws.join(".aegis/blobs"))
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(kept.len(), 3, "the three whole recordings; none of the cut one");
+    for text in ["Plain bytes.", "Again plain.", "Old model."] {
+        assert!(kept.contains(&spoken_audio(text, "opus")), "{text}");
+    }
 }
 
 /// OpenAI shut the default speech model down: the newest `*-mini-tts` it lists takes its

@@ -9,7 +9,11 @@
 //! `response_format`, `instructions`): 400 for a missing `input`, an input past 4,096
 //! characters (`string_above_max_length`) and an unknown voice, the same key check, rate
 //! limit and quota; the answer is Ogg bytes for `opus` (MP3 for the default `mp3`) made
-//! from the input, so a test can tell which text they are.
+//! from the input, so a test can tell which text they are. With `stream_format: "sse"`
+//! the same bytes come as OpenAI streams them: `speech.audio.delta` events of base64
+//! pieces, then `speech.audio.done` with the tokens billed; `tts-1` refuses the setting
+//! (400), and so does the whole server when `no_events` says (as a server that does not
+//! know it); `cut_next` ends a stream before its `done`.
 //!
 //! `GET /v1/models` lists the models it serves (in no useful order, as OpenAI's list); a
 //! model in `retired` is answered 404 `model_not_found`, as OpenAI answers one it has shut
@@ -59,6 +63,10 @@ pub struct FakeSpeech {
     pub retired: Arc<Mutex<Vec<String>>>,
     /// `GET /v1/models` requests so far.
     pub model_lists: Arc<AtomicUsize>,
+    /// Refuse `stream_format` as an unknown parameter.
+    pub no_events: Arc<AtomicBool>,
+    /// Speech streams to end before their `speech.audio.done`.
+    pub cut_next: Arc<AtomicUsize>,
     /// The JSON bodies of `POST /v1/audio/speech` so far.
     spoken: Arc<Mutex<Vec<serde_json::Value>>>,
 }
@@ -99,8 +107,16 @@ fn spoken_log(req: &Request, spoken: &Mutex<Vec<serde_json::Value>>) {
     spoken.lock().unwrap().push(req.json());
 }
 
-/// Answer a speech request as OpenAI does; a model in `retired` is gone.
-fn speech(req: &Request, resp: Responder, retired: &[String]) {
+/// The tokens OpenAI bills for speaking `input`: its text, and the sound (about 20 a
+/// word, at 1.6 per 100 ms).
+pub fn speech_usage(input: &str) -> (u64, u64) {
+    let words = input.split_whitespace().count() as u64;
+    (input.chars().count() as u64 / 4 + 1, words * 20 + 5)
+}
+
+/// Answer a speech request as OpenAI does; a model in `retired` is gone; `no_events`:
+/// `stream_format` is unknown here; `cut`: the stream ends early.
+fn speech(req: &Request, resp: Responder, retired: &[String], (no_events, cut): (bool, bool)) {
     let body = req.json();
     let model = body["model"].as_str().unwrap_or("");
     if retired.iter().any(|r| r == model) {
@@ -139,7 +155,44 @@ fn speech(req: &Request, resp: Responder, retired: &[String]) {
     } else {
         "audio/mpeg"
     };
-    resp.send(200, &[("Content-Type", kind)], &spoken_audio(input, format));
+    let audio = spoken_audio(input, format);
+    match body["stream_format"].as_str() {
+        None | Some("audio") => resp.send(200, &[("Content-Type", kind)], &audio),
+        Some(_) if no_events => bad(
+            resp,
+            "Unrecognized request argument supplied: stream_format",
+            "stream_format",
+            "unknown_parameter",
+        ),
+        Some("sse") if model.starts_with("tts-1") => bad(
+            resp,
+            &format!("Unsupported value: 'stream_format' does not support 'sse' with model '{model}'."),
+            "stream_format",
+            "unsupported_value",
+        ),
+        Some("sse") => {
+            use base64::Engine;
+            let mut events = String::new();
+            for piece in audio.chunks(7) {
+                let audio = base64::engine::general_purpose::STANDARD.encode(piece);
+                let delta = json!({"type": "speech.audio.delta", "audio": audio});
+                events.push_str(&format!("data: {delta}\n\n"));
+            }
+            if !cut {
+                let (input_tokens, output_tokens) = speech_usage(input);
+                let done = json!({"type": "speech.audio.done", "usage": {"input_tokens": input_tokens,
+                    "output_tokens": output_tokens, "total_tokens": input_tokens + output_tokens}});
+                events.push_str(&format!("data: {done}\n\n"));
+            }
+            resp.send(200, &[("Content-Type", "text/event-stream")], events.as_bytes());
+        }
+        Some(other) => bad(
+            resp,
+            &format!("Invalid value: '{other}'. Supported values are: 'sse' and 'audio'."),
+            "stream_format",
+            "invalid_value",
+        ),
+    }
 }
 
 /// The models the stand-in lists, with their `created`: a chat model among them, as
@@ -177,6 +230,9 @@ impl FakeSpeech {
         let lists = Arc::clone(&model_lists);
         let spoken = Arc::new(Mutex::new(Vec::new()));
         let speeches = Arc::clone(&spoken);
+        let no_events = Arc::new(AtomicBool::new(false));
+        let cut_next = Arc::new(AtomicUsize::new(0));
+        let (plain, cuts) = (Arc::clone(&no_events), Arc::clone(&cut_next));
         let (log, texts, limit, quota) = (
             Arc::clone(&requests),
             Arc::clone(&said),
@@ -219,7 +275,13 @@ impl FakeSpeech {
             if speaking {
                 spoken_log(&req, &speeches);
                 if let Some(resp) = refused(resp, &quota, &limit) {
-                    speech(&req, resp, &gone.lock().unwrap());
+                    let streams = req.json()["stream_format"] == "sse";
+                    let cut = streams
+                        && cuts
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                    let modes = (plain.load(Ordering::SeqCst), cut);
+                    speech(&req, resp, &gone.lock().unwrap(), modes);
                 }
                 return;
             }
@@ -298,6 +360,8 @@ impl FakeSpeech {
             walked_away,
             retired,
             model_lists,
+            no_events,
+            cut_next,
             spoken,
         }
     }

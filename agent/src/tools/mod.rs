@@ -546,7 +546,8 @@ impl Toolbox {
             config.speech_key_env.as_deref(),
             config.speech_model.as_deref(),
             config.speech_voice.as_deref(),
-        );
+        )
+        .map(|s| s.with_ledger(Arc::clone(ledger)));
         // A tool without its key is not offered: a model would only learn of the missing
         // key by calling it.
         let builtins = Builtin::ALL
@@ -879,10 +880,14 @@ impl Toolbox {
                 let made = off_thread(args.clone(), cancel, move |a, abandoned| {
                     speech.speak(&root, a, abandoned)
                 });
-                match made {
-                    Some(made) => attach(made, |voice| ctx.attachments.voice.push(voice)),
-                    None => return Outcome::Cancelled,
-                }
+                let Some(made) = made else {
+                    return Outcome::Cancelled;
+                };
+                let made = made.map(|(voice, text, spent)| {
+                    ctx.spent.add(&spent);
+                    (voice, text)
+                });
+                attach(made, |voice| ctx.attachments.voice.push(voice))
             }
             Builtin::SendFile => attach(files::attach_file(ws, args), |file| {
                 ctx.attachments.files.push(file)
