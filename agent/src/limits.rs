@@ -129,7 +129,15 @@ pub struct Payer<'a> {
     pub user: Option<&'a str>,
 }
 
-impl Payer<'_> {
+impl<'a> Payer<'a> {
+    /// Chat `chat`, where `user` wrote (the host's word for them, if any).
+    pub fn of(chat: &'a Session, user: Option<&'a tether::frame::User>) -> Payer<'a> {
+        Payer {
+            chat,
+            user: user.and_then(|u| u.id.as_deref()),
+        }
+    }
+
     /// The person's key: `channel/` and their id.
     fn user_key(&self) -> Option<String> {
         self.user.map(|u| format!("{}/{u}", self.chat.channel))
@@ -207,6 +215,10 @@ impl Limits {
 
     /// The limit `payer` finds used up today: the agent's, the chat's, then the person's.
     pub fn reached(&self, payer: Payer) -> Option<Reached> {
+        if !self.any() {
+            // Asked several times a message: without a limit, no clock read, no lock.
+            return None;
+        }
         self.reached_on(&today(), payer)
     }
 

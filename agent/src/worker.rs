@@ -295,10 +295,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         _ => session,
     };
     // Whose daily limits the reply counts against: the chat's, and the sender's.
-    let payer = crate::limits::Payer {
-        chat: out,
-        user: msg.user.as_ref().and_then(|u| u.id.as_deref()),
-    };
+    let payer = crate::limits::Payer::of(out, msg.user.as_ref());
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
             send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
@@ -686,11 +683,7 @@ pub fn written_down(
         recv(rx) -> said => Some(match said {
             Ok((said, spent)) => {
                 // What the service counted is the sender's and the chat's, as the reply's.
-                let payer = crate::limits::Payer {
-                    chat: out,
-                    user: msg.user.as_ref().and_then(|u| u.id.as_deref()),
-                };
-                shared.limits.spend(payer, &spent);
+                shared.limits.spend(crate::limits::Payer::of(out, msg.user.as_ref()), &spent);
                 said
             }
             Err(_) => format!("{}\n[not transcribed: it failed]", msg.text),

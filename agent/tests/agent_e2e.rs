@@ -2373,11 +2373,9 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
     )
     .unwrap();
     let mut a = start_agent(&ws, &env);
-    a.send(&message("5", "hi", "m-1"));
-    assert_eq!(done_text(&a.reply()), "ok");
+    assert_eq!(a.answer(&message("5", "hi", "m-1")), "ok");
     // 200, then 610: on; then 1,020: stopped after the second round's tool.
-    a.send(&message("5", "loop tools", "m-2"));
-    let stopped = done_text(&a.reply());
+    let stopped = a.answer(&message("5", "loop tools", "m-2"));
     assert!(
         stopped.starts_with(
             "⚠️ Stopped: this chat has used its daily limit (1,020 of 1,000 tokens today). Send a message after 00:00 UTC (in "
@@ -2392,8 +2390,7 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
     );
     // The chat, and its topics, are refused without a request; another chat is not.
     for (chat, id) in [("5", "m-3"), ("5:t9", "m-4")] {
-        a.send(&message(chat, "again", id));
-        let refused = done_text(&a.reply());
+        let refused = a.answer(&message(chat, "again", id));
         assert!(
             refused
                 .starts_with("⚠️ Not sent to the model: this chat has used its daily limit (1,020 of 1,000"),
@@ -2413,10 +2410,8 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
         "{:?}",
         kinds(&next)
     );
-    a.send(&message("6", "hi", "m-5"));
-    assert_eq!(done_text(&a.reply()), "ok");
-    a.send(&message("6", "/usage", "m-6"));
-    let usage = done_text(&a.reply());
+    assert_eq!(a.answer(&message("6", "hi", "m-5")), "ok");
+    let usage = a.answer(&message("6", "/usage", "m-6"));
     assert!(
         usage.ends_with(
             "Daily limits (UTC; a token read from the prompt cache counts a tenth): the agent 1,220 of 2,000 tokens; this chat 200 of 1,000 tokens."
@@ -2432,31 +2427,25 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
         Frame::user_message(Session::new("telegram", "-100"), text, Some(who)).with_msg_id(id)
     };
     for id in ["m-7", "m-8"] {
-        a.send(&from("42", "hi", id));
-        assert_eq!(done_text(&a.reply()), "ok");
+        assert_eq!(a.answer(&from("42", "hi", id)), "ok");
     }
-    a.send(&from("42", "hi", "m-9"));
-    let refused = done_text(&a.reply());
+    let refused = a.answer(&from("42", "hi", "m-9"));
     assert!(
         refused.starts_with(
             "⚠️ Not sent to the model: you have used your daily limit (400 of 400 tokens today)."
         ),
         "{refused}"
     );
-    a.send(&from("7", "/usage", "m-10"));
     assert!(
-        done_text(&a.reply()).ends_with(
+        a.answer(&from("7", "/usage", "m-10")).ends_with(
             "the agent 1,620 of 2,000 tokens; this chat 400 of 1,000 tokens; you 0 of 400 tokens."
         ),
         "Bob's own"
     );
-    a.send(&from("7", "hi", "m-11"));
-    assert_eq!(done_text(&a.reply()), "ok");
+    assert_eq!(a.answer(&from("7", "hi", "m-11")), "ok");
     // The agent's: 2,020 and every chat is refused.
-    a.send(&message("8", "hi", "m-12"));
-    assert_eq!(done_text(&a.reply()), "ok");
-    a.send(&message("9", "hi", "m-13"));
-    let refused = done_text(&a.reply());
+    assert_eq!(a.answer(&message("8", "hi", "m-12")), "ok");
+    let refused = a.answer(&message("9", "hi", "m-13"));
     assert!(
         refused.starts_with(
             "⚠️ Not sent to the model: the agent has used its daily limit (2,020 of 2,000 tokens today)."
@@ -2499,20 +2488,20 @@ fn daily_limits_stop_replies_and_refuse_messages_until_the_next_day() {
     // Counted across a restart.
     a.proc.kill9();
     let b = start_agent(&ws, &env);
-    b.send(&message("5", "/usage", "m-14"));
     assert!(
-        done_text(&b.reply()).ends_with("the agent 2,020 of 2,000 tokens; this chat 1,020 of 1,000 tokens."),
+        b.answer(&message("5", "/usage", "m-14"))
+            .ends_with("the agent 2,020 of 2,000 tokens; this chat 1,020 of 1,000 tokens."),
         "kept"
     );
-    b.send(&from("42", "/usage", "m-15"));
     assert!(
-        done_text(&b.reply()).ends_with(
+        b.answer(&from("42", "/usage", "m-15")).ends_with(
             "the agent 2,020 of 2,000 tokens; this chat 600 of 1,000 tokens; you 400 of 400 tokens."
         ),
         "kept"
     );
-    b.send(&message("5", "still there?", "m-16"));
-    assert!(done_text(&b.reply()).starts_with("⚠️ Not sent to the model: the agent has used"));
+    assert!(b
+        .answer(&message("5", "still there?", "m-16"))
+        .starts_with("⚠️ Not sent to the model: the agent has used"));
     assert_eq!(llm.requests().len(), 8);
 }
 

@@ -79,6 +79,12 @@ impl Agent {
     pub fn reply(&self) -> Vec<Frame> {
         collect_until_done(self.harness.frames(), 1, T)
     }
+
+    /// Deliver `f`, and the text of the reply's `assistant.done`.
+    pub fn answer(&self, f: &Frame) -> String {
+        self.send(f);
+        done_text(&self.reply())
+    }
 }
 
 /// The frame types, in order.
