@@ -294,8 +294,10 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         (Some(chat), "cron") => chat,
         _ => session,
     };
-    // Whose daily limits the reply counts against: the chat's, and the sender's.
-    let payer = crate::limits::Payer::of(out, msg.user.as_ref());
+    // Whose daily limits the reply counts against: the chat's, and the sender's. A
+    // scheduled run is nobody's message (hosts name its sender `cron`): its chat's only.
+    let sender = msg.user.as_ref().filter(|_| session.channel != "cron");
+    let payer = crate::limits::Payer::of(out, sender);
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
             send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
@@ -483,6 +485,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         shared,
         session,
         out,
+        payer,
         here: &here,
         asker: &asker,
         user,
@@ -765,6 +768,8 @@ struct ReplyCtx<'a> {
     shared: &'a Shared,
     session: &'a Session,
     out: &'a Session,
+    /// Whose daily limits the reply counts against.
+    payer: crate::limits::Payer<'a>,
     /// Where memories are kept and recalled: the chat, and who wrote the message.
     here: &'a crate::memory::Here,
     /// The message answered (a question moves it on), and the user the tools may ask.
@@ -786,15 +791,12 @@ fn rounds(
         shared,
         session,
         out,
+        payer,
         here,
         asker,
         user,
         prompt,
     } = r;
-    let payer = crate::limits::Payer {
-        chat: out,
-        user: here.user.as_deref(),
-    };
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for round in 0..shared.max_rounds {

@@ -2533,12 +2533,27 @@ fn a_recap_counts_for_its_chat_and_sender() {
     }
     // The first exchange fell out of a window of two turns: recapped, 200 more.
     wait_for_file(&ws.join("sessions/telegram_5.recap.json"), |t| t.contains("ok"));
-    let counted = wait_for_file(&ws.join(".aegis/usage-chats.json"), |t| t.contains("600"));
-    let counted: serde_json::Value = serde_json::from_str(&counted).unwrap();
+    wait_for_file(&ws.join(".aegis/usage-chats.json"), |t| t.contains("600"));
+    // A scheduled run, which hosts send as from `cron`, is its chat's and nobody's.
+    let run = Frame::new("user.message", Some(Session::new("cron", "daily")))
+        .with_payload(&tether::frame::UserMessage {
+            text: "Daily summary.".into(),
+            user: Some(User {
+                id: Some("cron".into()),
+                name: Some("Scheduled Task".into()),
+                ..Default::default()
+            }),
+            reply_to: Some(Session::new("telegram", "5")),
+            ..Default::default()
+        })
+        .with_msg_id("cron-daily-29000000");
+    assert_eq!(a.answer(&run), "ok");
+    let counted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ws.join(".aegis/usage-chats.json")).unwrap()).unwrap();
     assert_eq!(
-        (&counted["chats"]["telegram/5"], &counted["users"]["telegram/42"]),
-        (&json!(600), &json!(600)),
+        (&counted["chats"]["telegram/5"], &counted["users"]),
+        (&json!(800), &json!({"telegram/42": 600})),
         "{counted}"
     );
-    assert_eq!(llm.requests().len(), 3);
+    assert_eq!(llm.requests().len(), 4);
 }
