@@ -863,11 +863,9 @@ impl Toolbox {
                 let Some(made) = made else {
                     return Outcome::Cancelled;
                 };
-                let made = made.map(|(img, text, spent)| {
-                    ctx.spent.add(&spent);
-                    (img, text)
-                });
-                attach(made, |img| ctx.attachments.images.push(img))
+                attach(counted(made, &mut ctx.spent), |img| {
+                    ctx.attachments.images.push(img)
+                })
             }
             Builtin::RespondWithImage => attach(files::attach_image(ws, args), |img| {
                 ctx.attachments.images.push(img)
@@ -883,11 +881,9 @@ impl Toolbox {
                 let Some(made) = made else {
                     return Outcome::Cancelled;
                 };
-                let made = made.map(|(voice, text, spent)| {
-                    ctx.spent.add(&spent);
-                    (voice, text)
-                });
-                attach(made, |voice| ctx.attachments.voice.push(voice))
+                attach(counted(made, &mut ctx.spent), |voice| {
+                    ctx.attachments.voice.push(voice)
+                })
             }
             Builtin::SendFile => attach(files::attach_file(ws, args), |file| {
                 ctx.attachments.files.push(file)
@@ -970,6 +966,17 @@ fn attach<T>(made: Result<(T, String), String>, to_reply: impl FnOnce(T)) -> Res
     made.map(|(thing, note)| {
         to_reply(thing);
         note
+    })
+}
+
+/// What a paid service made, its tokens added to `spent` (the chat's daily limits).
+fn counted<T>(
+    made: Result<(T, String, crate::usage::Tokens), String>,
+    spent: &mut crate::usage::Tokens,
+) -> Result<(T, String), String> {
+    made.map(|(thing, note, tokens)| {
+        spent.add(&tokens);
+        (thing, note)
     })
 }
 
