@@ -274,32 +274,12 @@ fn choices(models: &[(String, i64)], current: &str) -> Vec<String> {
         .enumerate()
         .filter(|(_, (id, _))| match (&vendor, openai) {
             (Some(v), _) => id.starts_with(v.as_str()),
-            (None, true) => openai_chat_model(id),
+            (None, true) => crate::successor::openai_chat_model(id),
             (None, false) => true,
         })
         .collect();
     kept.sort_by_key(|(i, (_, created))| (std::cmp::Reverse(*created), *i));
     kept.into_iter().map(|(_, (id, _))| id.clone()).collect()
-}
-
-/// Whether an OpenAI model id is one a chat can talk to: `gpt-`, `o1`..`o9`, `chatgpt-`,
-/// neither a dated snapshot nor a model of another kind.
-fn openai_chat_model(id: &str) -> bool {
-    const OTHER: [&str; 9] = [
-        "audio",
-        "realtime",
-        "transcribe",
-        "tts",
-        "image",
-        "embedding",
-        "search",
-        "moderation",
-        "instruct",
-    ];
-    let family = id.starts_with("gpt-")
-        || id.starts_with("chatgpt-")
-        || id.len() > 1 && id.starts_with('o') && id.as_bytes()[1].is_ascii_digit();
-    family && !crate::successor::dated(id) && !OTHER.iter().any(|o| id.contains(o))
 }
 
 /// Listed names close to `name`: those holding its longest word, else one of its words,

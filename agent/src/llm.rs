@@ -2569,10 +2569,7 @@ mod tests {
     #[test]
     fn anthropics_own_search_goes_with_a_replys_request_only() {
         let mut p = test_provider(ProviderKind::Anthropic);
-        p.web_search = Some(crate::native_search::NativeSearch {
-            max_uses: 3,
-            scope: Default::default(),
-        });
+        p.web_search = Some(crate::native_search::NativeSearch::anywhere(3));
         let llm = Llm::new(p, None);
         let turns = [Turn::new(Role::User, "q")];
         let reply = Prompt {
@@ -2591,10 +2588,7 @@ mod tests {
     #[test]
     fn openais_own_search_goes_with_a_replys_request_only() {
         let mut p = test_provider(ProviderKind::OpenAi);
-        p.web_search = Some(crate::native_search::NativeSearch {
-            max_uses: 2,
-            scope: Default::default(),
-        });
+        p.web_search = Some(crate::native_search::NativeSearch::anywhere(2));
         let llm = Llm::new(p, None);
         let turns = [Turn::new(Role::User, "q")];
         let reply = Prompt {

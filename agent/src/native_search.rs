@@ -26,6 +26,17 @@ pub struct NativeSearch {
     pub scope: crate::search_scope::SearchScope,
 }
 
+#[cfg(test)]
+impl NativeSearch {
+    /// A search of `max_uses` a request, anywhere.
+    pub fn anywhere(max_uses: u32) -> NativeSearch {
+        NativeSearch {
+            max_uses,
+            scope: Default::default(),
+        }
+    }
+}
+
 /// The tool as the Messages API takes it.
 pub fn anthropic_tool(search: &NativeSearch) -> Value {
     search
@@ -192,14 +203,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A search of `max_uses` anywhere.
-    fn plain(max_uses: u32) -> NativeSearch {
-        NativeSearch {
-            max_uses,
-            scope: Default::default(),
-        }
-    }
-
     #[test]
     fn citations_are_numbered_once_per_address_and_listed_as_links() {
         let mut sources = Vec::new();
@@ -253,13 +256,14 @@ mod tests {
 
     #[test]
     fn a_refusal_of_the_search_drops_it_and_nothing_else() {
-        let body = json!({"model": "m", "tools": [{"name": "bash"}, anthropic_tool(&plain(5))]});
+        let body =
+            json!({"model": "m", "tools": [{"name": "bash"}, anthropic_tool(&NativeSearch::anywhere(5))]});
         let refusal = "HTTP 400: Web search is not enabled for this organization";
         assert_eq!(
             without_it(&body, refusal),
             Some(json!({"model": "m", "tools": [{"name": "bash"}]}))
         );
-        let alone = json!({"model": "m", "tools": [anthropic_tool(&plain(5))]});
+        let alone = json!({"model": "m", "tools": [anthropic_tool(&NativeSearch::anywhere(5))]});
         assert_eq!(without_it(&alone, refusal), Some(json!({"model": "m"})));
         assert_eq!(without_it(&body, "HTTP 400: max_tokens: too large"), None);
         let searchless = json!({"model": "m", "tools": [{"name": "bash"}]});
@@ -289,7 +293,7 @@ mod tests {
     #[test]
     fn a_refusal_of_openais_search_drops_it_and_its_limit() {
         let body = json!({"model": "gpt-4.1-nano", "max_tool_calls": 5,
-            "tools": [{"type": "function", "function": {"name": "web_search"}}, openai_tool(&plain(5))]});
+            "tools": [{"type": "function", "function": {"name": "web_search"}}, openai_tool(&NativeSearch::anywhere(5))]});
         let refusal = "HTTP 400: Hosted tool 'web_search' is not supported with gpt-4.1-nano.";
         assert_eq!(
             without_it(&body, refusal),

@@ -284,26 +284,31 @@ fn claude_of_family(models: &[(&str, i64)], current: &str) -> Option<String> {
     newest(models, &|id| family.is_none_or(|f| id.contains(f))).or_else(|| newest(models, &|_| true))
 }
 
-/// Whether an OpenAI model id names a general chat model: `gpt-...`, neither a dated
-/// snapshot nor a special variant.
-fn general_chat_model(id: &str) -> bool {
-    const SPECIAL: [&str; 14] = [
+/// Whether an OpenAI model id is one a chat can talk to: `gpt-`, `o1`..`o9`, `chatgpt-`,
+/// neither a dated snapshot nor a model of another kind.
+pub fn openai_chat_model(id: &str) -> bool {
+    const OTHER: [&str; 9] = [
         "audio",
         "realtime",
         "transcribe",
         "tts",
-        "search",
         "image",
-        "instruct",
-        "codex",
         "embedding",
-        "mini",
-        "nano",
-        "preview",
-        "chat",
-        "pro",
+        "search",
+        "moderation",
+        "instruct",
     ];
-    id.starts_with("gpt-") && !dated(id) && !SPECIAL.iter().any(|s| id.contains(s))
+    let family = id.starts_with("gpt-")
+        || id.starts_with("chatgpt-")
+        || id.len() > 1 && id.starts_with('o') && id.as_bytes()[1].is_ascii_digit();
+    family && !dated(id) && !OTHER.iter().any(|o| id.contains(o))
+}
+
+/// Whether an OpenAI model id names a general chat model: a `gpt-...` chat model that is
+/// not a size or a variant of one.
+fn general_chat_model(id: &str) -> bool {
+    const VARIANT: [&str; 6] = ["codex", "mini", "nano", "preview", "chat", "pro"];
+    id.starts_with("gpt-") && openai_chat_model(id) && !VARIANT.iter().any(|s| id.contains(s))
 }
 
 /// Whether a model id names a dated snapshot (`gpt-5.5-2026-08-01`).
