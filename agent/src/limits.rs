@@ -335,14 +335,7 @@ fn read(path: &Path) -> ChatsToday {
 /// How long until the next UTC day, for people: `in 5 h 12 min`.
 fn until_midnight(now: SystemTime) -> String {
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let left = 86_400 - secs % 86_400;
-    let (h, m) = (left / 3600, left % 3600 / 60);
-    match (h, m) {
-        (0, 0) => "in under a minute".into(),
-        (0, m) => format!("in {m} min"),
-        (h, 0) => format!("in {h} h"),
-        (h, m) => format!("in {h} h {m} min"),
-    }
+    tether::time::wait_in_words(86_400 - secs % 86_400)
 }
 
 #[cfg(test)]
@@ -584,7 +577,7 @@ mod tests {
         assert!(r.task_note("call mom").ends_with("Its text: call mom"));
         assert_eq!(
             until_midnight(at + Duration::from_secs(5 * 3600 + 11 * 60 + 30)),
-            "in under a minute"
+            "in 30 s"
         );
         assert_eq!(
             until_midnight(UNIX_EPOCH + Duration::from_secs(86_400 - 120)),

@@ -30,6 +30,9 @@ pub struct BotConfig {
     /// A message its sender edits is answered again (`edited_messages`: `answer`), or
     /// the edit goes unseen (`ignore`, as upstream).
     pub answer_edits: bool,
+    /// [ours] How many messages each person may send the agent (`rate_limit`,
+    /// `rate_limit_exempt`); no rules by default.
+    pub rate: crate::rate::RateLimit,
 }
 
 /// Token source; `Debug` never shows an inline token.
@@ -218,6 +221,16 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
         let rich_mode = one_of(s("rich_messages")?, &rich).map_err(|w| pick("rich_messages", w))?;
         let answer_edits = one_of(s("edited_messages")?, &[("answer", true), ("ignore", false)])
             .map_err(|w| pick("edited_messages", w))?;
+        let rules = rules(e.get("rate_limit"), &|why| at(&field("rate_limit"), why))?;
+        let exempt = ids(e.get("rate_limit_exempt"), "user", &|why| {
+            at(&field("rate_limit_exempt"), why)
+        })?
+        .ok_or_else(|| {
+            at(
+                &field("rate_limit_exempt"),
+                "\"*\" would exempt everyone: leave rate_limit out instead",
+            )
+        })?;
         bots.push(BotConfig {
             token,
             instance,
@@ -228,9 +241,58 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             rich_mode,
             exec_users,
             answer_edits,
+            rate: crate::rate::RateLimit { rules, exempt },
         });
     }
     Ok(bots)
+}
+
+/// `rate_limit`: one rule `{"messages": 20, "minutes": 60}` or a list of them; absent,
+/// none.
+fn rules(v: Option<&Value>, at: &dyn Fn(&str) -> ConfigError) -> Result<Vec<crate::rate::Rule>, ConfigError> {
+    use crate::rate::{Rule, MAX_MESSAGES, MAX_MINUTES, MAX_RULES};
+    let items = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items.as_slice(),
+        Some(one @ Value::Object(_)) => std::slice::from_ref(one),
+        Some(_) => {
+            return Err(at(
+                "must be {\"messages\": N, \"minutes\": M} or a list of such rules",
+            ))
+        }
+    };
+    if items.len() > MAX_RULES {
+        return Err(at(&format!("{} rules; {MAX_RULES} at most", items.len())));
+    }
+    let number = |rule: &Value, name: &str, max: u32| -> Result<u32, ConfigError> {
+        let n = rule
+            .get(name)
+            .ok_or_else(|| at(&format!("a rule without {name:?}")))?;
+        n.as_u64()
+            .filter(|n| (1..=u64::from(max)).contains(n))
+            .map(|n| n as u32)
+            .ok_or_else(|| at(&format!("{name}: {n} is not a whole number from 1 to {max}")))
+    };
+    items
+        .iter()
+        .map(|rule| {
+            let fields = rule
+                .as_object()
+                .ok_or_else(|| at("each rule is {\"messages\": N, \"minutes\": M}"))?;
+            if let Some(other) = fields
+                .keys()
+                .find(|k| !matches!(k.as_str(), "messages" | "minutes"))
+            {
+                return Err(at(&format!(
+                    "{other:?} is not a field of a rule (messages, minutes)"
+                )));
+            }
+            Ok(Rule {
+                messages: number(rule, "messages", MAX_MESSAGES)?,
+                minutes: number(rule, "minutes", MAX_MINUTES)?,
+            })
+        })
+        .collect()
 }
 
 /// The value of the word `given` names among `words` (the first is the default, taken
@@ -374,6 +436,30 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limit_is_one_rule_or_a_list_of_them() {
+        use crate::rate::Rule;
+        let rate = |field: &str| {
+            let text = format!(r#"{{"telegram":{{"bot_token":"1:a","instance":"a"{field}}}}}"#);
+            load(&write("rate", &text)).unwrap().remove(0).rate
+        };
+        assert!(!rate("").any(), "no limit unless set");
+        let one = rate(r#","rate_limit":{"messages":20,"minutes":60},"rate_limit_exempt":[7,"8"]"#);
+        assert_eq!(
+            (one.rules, one.exempt),
+            (
+                vec![Rule {
+                    messages: 20,
+                    minutes: 60
+                }],
+                vec![7, 8]
+            )
+        );
+        let two = rate(r#","rate_limit":[{"messages":5,"minutes":1},{"messages":100,"minutes":1440}]"#);
+        assert_eq!(two.rules.len(), 2);
+        assert_eq!(two.rules[1].minutes, 1440);
+    }
+
+    #[test]
     fn errors_name_the_file_and_field() {
         let cases = [
             ("{", "invalid JSON"),
@@ -421,6 +507,34 @@ mod tests {
             (
                 r#"{"telegram":{"bot_token":"1:a","instance":"a","edited_messages":"reply"}}"#,
                 "telegram.edited_messages: \"reply\": use \"answer\" (default) or \"ignore\"",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit":20}}"#,
+                "telegram.rate_limit: must be {\"messages\": N, \"minutes\": M}",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit":{"messages":20,"hours":1}}}"#,
+                "telegram.rate_limit: \"hours\" is not a field of a rule",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit":{"messages":20}}}"#,
+                "telegram.rate_limit: a rule without \"minutes\"",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit":{"messages":0,"minutes":5}}}"#,
+                "telegram.rate_limit: messages: 0 is not a whole number from 1 to 10000",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit":{"messages":2,"minutes":50000}}}"#,
+                "telegram.rate_limit: minutes: 50000 is not a whole number from 1 to 43200",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit":[1,2,3,4,5,6]}}"#,
+                "telegram.rate_limit: 6 rules; 5 at most",
+            ),
+            (
+                r#"{"telegram":{"bot_token":"1:a","instance":"a","rate_limit_exempt":["*"]}}"#,
+                "telegram.rate_limit_exempt: \"*\" would exempt everyone",
             ),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {

@@ -198,7 +198,7 @@ impl Ingress {
         let album: Vec<&Message> = unit.iter().filter_map(|u| u.message.as_ref()).collect();
         let handled = match &first.stopped_message_generation {
             Some(stop) => self.stop_pressed(stop, journal),
-            None => self.handle(&album, journal),
+            None => self.handle(&album, first.update_id, journal),
         };
         let saved = journal.done(first.update_id, handled.change, handled.command.is_some());
         if let Err(e) = &saved {
@@ -288,8 +288,9 @@ impl Ingress {
     ///
     /// `album` is one message, or the messages of an album (photos sent together, which
     /// Telegram delivers one by one): they reach the agent as one message with all its
-    /// images and its caption, answered once.
-    fn handle(&self, album: &[&Message], journal: &Journal) -> Handled {
+    /// images and its caption, answered once. `update` (the first update's id) names it
+    /// for `rate_limit`'s count.
+    fn handle(&self, album: &[&Message], update: i64, journal: &Journal) -> Handled {
         let Some(&m) = album.first() else {
             return Handled::default();
         };
@@ -397,6 +398,14 @@ impl Ingress {
                 return Handled::default();
             }
             _ => {}
+        }
+        // A tap answers a question a reply is waiting on: holding it back would hold the
+        // reply.
+        if !m.tapped && self.held_back(journal, m, user_id, update) {
+            return Handled {
+                change,
+                command: None,
+            };
         }
         // Typing from now: fetching a large file takes a while on a slow line.
         let _ = self.events.send(Event::UserMessage(at.0, at.1));
@@ -692,6 +701,35 @@ impl Ingress {
             log::info!("group {old} became the supergroup {new}");
         }
         Some(Change::Migrated { old, new })
+    }
+
+    /// Whether `rate_limit` holds back message `m` of `user` (update `update`): then it
+    /// goes no further, and its sender is told the first time.
+    fn held_back(&self, journal: &Journal, m: &Message, user: i64, update: i64) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let verdict = journal.note(|st| self.bot.rate.admit(&mut st.rates, user, update, now));
+        let crate::rate::Verdict::Refuse { rule, wait, tell } = verdict else {
+            return false;
+        };
+        let chat = m.chat.id;
+        log::info!(
+            "chat {chat}: message {} of user {user} not passed on: {} messages in {} min, the rate_limit ({wait} s to wait)",
+            m.message_id,
+            rule.messages,
+            rule.minutes
+        );
+        if tell {
+            let name = m
+                .from
+                .as_ref()
+                .filter(|_| m.chat.is_group())
+                .map(|u| u.first_name.as_str())
+                .filter(|n| !n.is_empty());
+            self.notice((chat, m.topic()), &crate::rate::refusal(rule, wait, name));
+        }
+        true
     }
 
     /// A message of the gateway's own at `at` (chat, topic).

@@ -132,12 +132,14 @@ impl Journal {
         true
     }
 
-    /// Change the state in memory: written with the next `done` (the handling of the
-    /// message that changed it) or `sync`.
-    pub fn note(&self, change: impl FnOnce(&mut PollState)) {
+    /// Change the state in memory, deciding on it under the same lock (no other chat's
+    /// handling in between): written with the next `done` (the handling of the message
+    /// that changed it) or `sync`.
+    pub fn note<R>(&self, change: impl FnOnce(&mut PollState) -> R) -> R {
         let mut kept = self.lock();
-        change(&mut kept.st);
+        let r = change(&mut kept.st);
         kept.dirty = true;
+        r
     }
 
     /// Update `id` will not be handled (a shape we do not read): not asked for again.

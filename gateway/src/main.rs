@@ -17,6 +17,7 @@ mod lifecycle;
 mod markdown;
 mod menu;
 mod poller;
+mod rate;
 mod render;
 mod sender;
 mod state;
@@ -65,6 +66,11 @@ CONFIG (~/.aegis/gateway.json):
                      to its old words if it is the chat's last) or ignore
     exec_users       Telegram user ids who may send /exec (commands run in the instance
                      with sh -c, without the model; /exit to return); default nobody
+    rate_limit       {\"messages\": 20, \"minutes\": 60}, or a list of such rules: how many
+                     messages each person may send the agent, counted on the host
+                     before the instance wakes; past it a message is not passed on
+                     (the sender told once); default none
+    rate_limit_exempt  Telegram user ids no rate_limit holds back
     \"telegram\" may also be a list of such objects, one per bot.
 
 ENVIRONMENT (override the single-bot config):

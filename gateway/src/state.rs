@@ -47,6 +47,10 @@ pub struct PollState {
     /// version answered, also after a restart.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub latest: BTreeMap<String, (i64, String)>,
+    /// [ours] What each sender sent lately, by Telegram user id, for `rate_limit`
+    /// ([`crate::rate`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rates: BTreeMap<i64, crate::rate::Sent>,
 }
 
 impl PollState {

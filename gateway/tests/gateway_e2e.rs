@@ -3108,7 +3108,8 @@ fn edits_go_unseen_when_the_config_says_ignore() {
 /// (the reply's last message); a tap is the user's answer: the app stops waiting
 /// (`answerCallbackQuery`), the buttons go, and the reply goes on. In a group whose bot
 /// answers only what is addressed to it, a tap counts as a reply to the question, and only
-/// the member asked can answer: another's tap is told so, and changes nothing.
+/// the member asked can answer: another's tap is told so, and changes nothing. A tap is
+/// none of the messages `rate_limit` counts (holding it back would hold the reply).
 #[test]
 fn a_questions_answers_are_buttons_to_tap() {
     let llm = FakeLlm::scripted(vec![
@@ -3125,7 +3126,9 @@ fn a_questions_answers_are_buttons_to_tap() {
         )),
         Reply::sse(openai_sse(&["Nothing deleted."])),
     ]);
-    let s = stack("gw-answer-buttons", llm);
+    let mut s = Stack::new("gw-answer-buttons", llm, &[]);
+    // Ann asks twice; her taps answer questions and are no messages of the limit's.
+    gateway_with(&mut s, json!({"rate_limit": {"messages": 2, "minutes": 60}}));
     let ws = s.instance_dir().join("workspace");
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
     // In the workspace: a sandboxed instance sees its own /tmp, not the host's (where a
@@ -3222,5 +3225,107 @@ fn a_questions_answers_are_buttons_to_tap() {
         result[0].1.ends_with("The user answered: “No”]\n\nkept"),
         "{}",
         result[0].1
+    );
+}
+
+/// [ours] `rate_limit`: past it, a sender is told once, and what they send then reaches
+/// neither the instance nor the model; nobody else is held back by their count (another
+/// person, the exempt owner), nor are the bot's own commands; in a group the note names
+/// whom it is for; a kill -9 of the gateway resets no count. (Taps on a question's
+/// answers: `a_questions_answers_are_buttons_to_tap`.)
+#[test]
+fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
+    const GROUP: i64 = -1002;
+    let mut s = Stack::new("gw-rate", FakeLlm::echo_openai(), &[]);
+    let limit = json!({"rate_limit": [{"messages": 2, "minutes": 60}, {"messages": 50, "minutes": 1440}],
+        "rate_limit_exempt": [9]});
+    gateway_with(&mut s, limit);
+    let tg = &s.telegram;
+    tg.push_text(CHAT, 7, "Ann", "one");
+    tg.push_text(CHAT, 7, "Ann", "two");
+    tg.push_text(CHAT, 7, "Ann", "three");
+    tg.push_text(CHAT, 7, "Ann", "four");
+    // Handled after "four" (a chat's messages are handled in order), and not held back.
+    tg.push_text(CHAT, 7, "Ann", "/new");
+    // The notice is the gateway's own, so it may come before the agent's replies.
+    let want = [
+        "echo: [Ann]: one",
+        "echo: [Ann]: two",
+        "⚠️ Not passed on: You have sent 2 messages in the last hour, the most this bot takes. Send it again in 1 h.",
+        "🆕 New conversation started.",
+    ];
+    let shown = |m: &[aegis_e2e::telegram::Msg]| {
+        let mut texts: Vec<String> = m.iter().map(|m| m.visible()).collect();
+        texts.sort();
+        texts
+    };
+    let mut sorted = want.map(String::from).to_vec();
+    sorted.sort();
+    let msgs = tg.wait_chat(CHAT, T, |m| shown(m) == sorted);
+    assert_eq!(
+        shown(&msgs),
+        sorted,
+        "told once, about the rule that holds her back"
+    );
+    // Another person, and the owner, are answered as usual.
+    tg.push_text(4343, 8, "Bob", "hi");
+    tg.wait_chat(4343, T, |m| m.len() == 1 && m[0].visible() == "echo: [Bob]: hi");
+    for i in 0..3 {
+        tg.push_text(4344, 9, "Owner", &format!("check {i}"));
+    }
+    tg.wait_chat(4344, T, |m| {
+        m.len() == 3 && m[2].visible() == "echo: [Owner]: check 2"
+    });
+    // In a group the note says whom it is for; there, as in private, the day's rule
+    // counts Ann's messages everywhere.
+    let group = json!({"id": GROUP, "type": "supergroup", "title": "Team"});
+    let from = |name: &str, id: i64| json!({"id": id, "is_bot": false, "first_name": name});
+    for text in ["@test_bot a", "@test_bot b", "@test_bot c"] {
+        tg.push_message(json!({"chat": group, "from": from("Carl", 10), "text": text}));
+    }
+    tg.push_message(json!({"chat": group, "from": from("Ann", 7), "text": "@test_bot me too"}));
+    tg.push_message(json!({"chat": group, "from": from("Carl", 10), "text": "/start@test_bot"}));
+    let msgs = tg.wait_chat(GROUP, T, |m| {
+        m.len() == 4 && m.iter().any(|m| m.visible() == "echo: [Carl]: b")
+    });
+    let texts = shown(&msgs);
+    assert_eq!(texts[..2], ["echo: [Carl]: a", "echo: [Carl]: b"], "{texts:?}");
+    assert!(
+        texts[2].starts_with("⚠️ Not passed on: Carl, you have sent 2 messages in the last hour"),
+        "{texts:?}"
+    );
+    assert!(
+        texts[3].starts_with("👋"),
+        "Ann, told in private, is not told again: {texts:?}"
+    );
+
+    // Killed and started again: the counts are where they were.
+    s.gateway.as_mut().unwrap().kill9();
+    s.start_gateway();
+    let tg = &s.telegram;
+    tg.push_text(CHAT, 7, "Ann", "five");
+    tg.push_text(CHAT, 7, "Ann", "/start");
+    let msgs = tg.wait_chat(CHAT, T, |m| m.len() == 5);
+    assert!(msgs[4].visible().starts_with("👋"), "{msgs:?}");
+    assert_eq!(shown(&msgs[..4]), sorted, "nothing more for Ann's messages");
+    tg.push_text(4343, 8, "Bob", "again");
+    tg.wait_chat(4343, T, |m| m.len() == 2);
+    let asked: Vec<String> = s
+        .llm
+        .requests()
+        .iter()
+        .map(aegis_e2e::llm::last_user_text)
+        .collect();
+    assert_eq!(asked.len(), 2 + 1 + 3 + 2 + 1, "{asked:?}");
+    for held in ["three", "four", "five", "me too", "[Carl]: c"] {
+        assert!(
+            !asked.iter().any(|a| a.contains(held)),
+            "{held:?} reached the model: {asked:?}"
+        );
+    }
+    let log = s.gateway.as_ref().unwrap().log();
+    assert!(
+        log.contains("of user 7 not passed on: 2 messages in 60 min, the rate_limit"),
+        "{log}"
     );
 }

@@ -12,10 +12,46 @@ pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// How long a wait of `secs` seconds is, for people: `in 40 s`, `in 12 min`, `in 5 h 12
+/// min`. Minutes are rounded up, so whoever comes back when told is not early.
+pub fn wait_in_words(secs: u64) -> String {
+    if secs < 60 {
+        return format!("in {secs} s");
+    }
+    let minutes = secs.div_ceil(60);
+    match (minutes / 60, minutes % 60) {
+        (0, m) => format!("in {m} min"),
+        (h, 0) => format!("in {h} h"),
+        (h, m) => format!("in {h} h {m} min"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn waits_are_said_in_the_largest_units_rounded_up() {
+        let said: Vec<String> = [0, 59, 60, 61, 719, 3600, 3601, 18_720, 86_400]
+            .into_iter()
+            .map(wait_in_words)
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "in 0 s",
+                "in 59 s",
+                "in 1 min",
+                "in 2 min",
+                "in 12 min",
+                "in 1 h",
+                "in 1 h 1 min",
+                "in 5 h 12 min",
+                "in 24 h"
+            ]
+        );
+    }
 
     #[test]
     fn formats_with_millis_and_z() {
