@@ -47,7 +47,8 @@ OPTIONS:
     --config PATH   gateway config [env AEGIS_GATEWAY_CONFIG, default ~/.aegis/gateway.json]
     --socket PATH   aegisd API socket [env AEGIS_SOCKET, default ~/.aegis/aegisd.sock]
     --check         validate the config, the token (getMe) and the instance, say how
-                    many messages a stopped run left to hand on, then exit
+                    many messages a stopped run left to hand on and how many people
+                    rate_limit holds back now, then exit
     -v, --verbose   debug logging (same as RUST_LOG=debug)
     -h, --help      this help
     -V, --version   the version
@@ -221,6 +222,13 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
         // What a run that died left to hand on (the next run does it first).
         let poll = crate::state::dir(tg.bot_id()).join("poll.json");
         let st: crate::state::PollState = crate::state::load(&poll);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match bot.rate.held(&st.rates, now) {
+            _ if !bot.rate.any() => println!("rate_limit: {}", bot.rate.describe()),
+            held => println!("rate_limit: {}; {held} held back now", bot.rate.describe()),
+        }
         match st.pending.len() {
             0 => println!("state: {} (nothing waiting)", poll.display()),
             n => println!(

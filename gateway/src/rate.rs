@@ -92,6 +92,50 @@ impl RateLimit {
         self.rules.iter().map(Rule::window).max().unwrap_or(0)
     }
 
+    /// Whether a rule holds back `s`'s next message at `now`: for how long, by which
+    /// rule. A rule holds while its window holds `messages` counted ones, until the oldest
+    /// of those leaves it.
+    fn hold(&self, s: &Sent, now: u64) -> Option<(u64, Rule)> {
+        self.rules
+            .iter()
+            .filter_map(|r| {
+                let n = r.messages as usize;
+                let nth = s.at.len().checked_sub(n).map(|i| s.at[i].0)?;
+                let leaves = nth.saturating_add(r.window());
+                (leaves > now).then(|| (leaves - now, *r))
+            })
+            .max_by_key(|(wait, _)| *wait)
+    }
+
+    /// How many senders of `sent` are held back at `now` (`--check`).
+    pub fn held(&self, sent: &BTreeMap<i64, Sent>, now: u64) -> usize {
+        sent.iter()
+            .filter(|(user, s)| !self.exempt.contains(user) && self.hold(s, now).is_some())
+            .count()
+    }
+
+    /// The rules, for `--check`: `2 messages in 60 min, 50 in 1440 min per person (1
+    /// exempt)`, or `none`.
+    pub fn describe(&self) -> String {
+        if !self.any() {
+            return "none (every message is passed on)".into();
+        }
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match i {
+                0 => format!("{} messages in {} min", r.messages, r.minutes),
+                _ => format!("{} in {} min", r.messages, r.minutes),
+            })
+            .collect();
+        let exempt = match self.exempt.len() {
+            0 => String::new(),
+            n => format!(" ({n} exempt)"),
+        };
+        format!("{} per person{exempt}", rules.join(", "))
+    }
+
     /// May `user` send the message of `update` at `now` (unix seconds)? A message to pass
     /// is counted in `sent`; one counted before (handled again after a crash) passes
     /// without being counted twice. Senders whose every message is out of every window
@@ -113,18 +157,7 @@ impl RateLimit {
         if mine.at.iter().any(|(_, id)| *id == update) {
             return Verdict::Pass;
         }
-        // A rule holds the message back while its window holds `messages` counted ones;
-        // the wait is until the oldest of those leaves it.
-        let held = self
-            .rules
-            .iter()
-            .filter_map(|r| {
-                let n = r.messages as usize;
-                let nth = mine.at.len().checked_sub(n).map(|i| mine.at[i].0)?;
-                let leaves = nth.saturating_add(r.window());
-                (leaves > now).then(|| (leaves - now, *r))
-            })
-            .max_by_key(|(wait, _)| *wait);
+        let held = self.hold(mine, now);
         match held {
             None => {
                 mine.at.push((now, update));

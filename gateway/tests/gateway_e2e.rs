@@ -3310,13 +3310,15 @@ fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
     assert_eq!(shown(&msgs[..4]), sorted, "nothing more for Ann's messages");
     tg.push_text(4343, 8, "Bob", "again");
     tg.wait_chat(4343, T, |m| m.len() == 2);
+    tg.push_text(4345, 11, "Dave", "hello");
+    tg.wait_chat(4345, T, |m| m.len() == 1);
     let asked: Vec<String> = s
         .llm
         .requests()
         .iter()
         .map(aegis_e2e::llm::last_user_text)
         .collect();
-    assert_eq!(asked.len(), 2 + 1 + 3 + 2 + 1, "{asked:?}");
+    assert_eq!(asked.len(), 2 + 1 + 3 + 2 + 1 + 1, "{asked:?}");
     for held in ["three", "four", "five", "me too", "[Carl]: c"] {
         assert!(
             !asked.iter().any(|a| a.contains(held)),
@@ -3327,5 +3329,15 @@ fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
     assert!(
         log.contains("of user 7 not passed on: 2 messages in 60 min, the rate_limit"),
         "{log}"
+    );
+    // --check says the rules, and how many are held back now: Ann, Carl, and Bob, who
+    // has sent two (not Dave, who has sent one).
+    let out = s.gateway_command().arg("--check").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "rate_limit: 2 messages in 60 min, 50 in 1440 min per person (1 exempt); 3 held back now"
+        ),
+        "{stdout}"
     );
 }
