@@ -298,6 +298,9 @@ fn main() -> ExitCode {
             );
         }
         log::info!("bot {} → instance {}", tg.bot_id(), bot.instance);
+        if bot.rate.any() {
+            log::info!("bot {}: rate_limit {}", tg.bot_id(), bot.rate.describe());
+        }
         if let Err(e) = bot::start(bot, tg, aegis.clone()) {
             eprintln!("aegis-gateway: cannot start threads: {e}");
             return ExitCode::FAILURE;
