@@ -147,9 +147,27 @@ fn tool_prompt(workspace: &std::path::Path, tools: &Toolbox) -> String {
     prompt
 }
 
+/// The model's commands and the MCP servers run as the agent's user, without its keys in
+/// their environment; but the kernel shows any process of that user the environment this
+/// one started with (`/proc/PID/environ`, the keys among it) and its memory. A process
+/// that is not dumpable shows them only to one that may trace any process (root outside
+/// a user namespace, `CAP_SYS_PTRACE`), which the sandbox's processes are not. It also
+/// means no core dump, which would hold the keys too. Children get their own flag back
+/// when they exec.
+fn keep_keys_from_children() {
+    // SAFETY: prctl on this process only, with no pointers.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        log::warn!(
+            "cannot keep the keys from the model's commands (prctl PR_SET_DUMPABLE: {})",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn main() -> ExitCode {
     // Logging first: reading agent.json already reports problems.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    keep_keys_from_children();
     let action = match config::from_args_and_env(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(e) => {

@@ -763,6 +763,43 @@ fn sandboxed_instances_get_every_tool_and_unsandboxed_ones_must_opt_in() {
     );
 }
 
+/// The model's commands run without the agent's keys, and cannot read them where the
+/// kernel keeps them either: the environment every process of the instance started with
+/// (`/proc/PID/environ`: the agent's, and the sandbox's PID 1, which started it) and their
+/// memory (`/proc/PID/mem`).
+#[test]
+fn the_models_commands_cannot_read_the_agents_keys_from_any_process() {
+    use aegis_e2e::llm::{openai_tool_sse, tool_results};
+    const KEY: &str = "sk-kit-never-shown-4711";
+    let look = "echo \"[$OPENAI_API_KEY]\"; for p in /proc/[0-9]*; do echo \"$p $(cat $p/cmdline | tr '\\0' ' ')\"; \
+        cat $p/environ | tr '\\0' '\\n' | grep API_KEY; \
+        grep -a -c sk-kit $p/mem; done 2>&1; echo end";
+    let call = serde_json::to_string(&json!({"command": look})).unwrap();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("c1", "bash", &call)], 8)),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let home = aegis_e2e::proc::TempDir::new("serve-keys");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    c.put_secret("OPENAI_API_KEY", KEY).unwrap();
+    let body = json!({"name": "keys", "secrets": ["OPENAI_API_KEY"], "env": {"OPENAI_BASE_URL": llm.url()}});
+    let made = c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    assert!(
+        made["sandbox_in_force"].as_str().unwrap().contains("namespaces"),
+        "{made}"
+    );
+    let rx = stream(&c, "keys", None);
+    c.post_frame("keys", &msg("1", "look around", "m1")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m1")), "done");
+    let seen = &tool_results(&llm.requests()[1])[0].1;
+    assert!(
+        seen.contains("[]") && seen.contains("aegis-agent") && seen.contains("end"),
+        "{seen}"
+    );
+    assert!(!seen.contains(KEY), "a command read the key: {seen}");
+}
+
 #[test]
 fn a_long_tool_run_completes_and_the_instance_pauses_afterwards() {
     use aegis_e2e::llm::{openai_tool_sse, tool_results};

@@ -259,16 +259,35 @@ fn kill_orphan(dir: &Path) {
     let Ok(text) = fs::read_to_string(&pidfile) else {
         return;
     };
-    if let Ok(pid) = text.trim().parse::<i32>() {
-        // Only our own children: the pid file names the process group we created.
-        let cmdline = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let marker = format!("AEGIS_TETHER=unix:{}", dir.join("tether.sock").display());
-        if pid > 1 && cmdline.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+    let mut words = text.split_whitespace();
+    if let Some(pid) = words.next().and_then(|w| w.parse::<i32>().ok()) {
+        // Only our own children: the pid file names the process group we created, and
+        // when it started (a pid is used again once its process is gone).
+        let ours = match words.next().and_then(|w| w.parse::<u64>().ok()) {
+            Some(started) => start_time(pid as u32) == Some(started),
+            // Written by an older serve: the agent's environment names its tether.
+            None => {
+                let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                let marker = format!("AEGIS_TETHER=unix:{}", dir.join("tether.sock").display());
+                environ.windows(marker.len()).any(|w| w == marker.as_bytes())
+            }
+        };
+        if pid > 1 && ours {
             log::warn!("killing orphaned instance process group {pid}");
             signal_group(pid as u32, libc::SIGKILL);
         }
     }
     let _ = fs::remove_file(pidfile);
+}
+
+/// When process `pid` started (`/proc/PID/stat` field 22, clock ticks after boot): with
+/// the pid it names one process for good, and anyone may read it, where an agent's
+/// environment is shown to nobody but root (the agent makes itself undumpable to keep its
+/// keys from its commands).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses: field 3 onwards.
+    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 pub(super) fn signal_group(pid: u32, sig: i32) {
@@ -862,7 +881,8 @@ impl Supervisor {
             .spawn()
             .map_err(|e| err(503, format!("wake failed: cannot run {}: {e}", program.display())))?;
         let pid = child.id();
-        let _ = fs::write(self.dir.join("pid"), pid.to_string());
+        let started = start_time(pid).map_or(String::new(), |t| format!(" {t}"));
+        let _ = fs::write(self.dir.join("pid"), format!("{pid}{started}"));
         log::info!("{}: started {} (pid {pid})", self.def.name, program.display());
         let tx = self.tx.clone();
         thread::Builder::new()
@@ -1224,6 +1244,64 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A process group leader that is nobody's orphan until killed.
+    struct Sleeper(std::process::Child);
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn an_orphan_is_known_by_its_pid_and_start_time_and_nothing_else_is_killed() {
+        let dir = Scratch(PathBuf::from(format!("/tmp/aegis-orphan-{}", std::process::id())));
+        fs::create_dir_all(&dir.0).unwrap();
+        let spawn = || {
+            Sleeper(
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .process_group(0)
+                    .spawn()
+                    .unwrap(),
+            )
+        };
+        // SIGKILL is sent before kill_orphan returns: the process is gone within moments.
+        let gone = |s: &mut Sleeper, within: Duration| {
+            let deadline = Instant::now() + within;
+            while Instant::now() < deadline {
+                if s.0.try_wait().unwrap().is_some() {
+                    return true;
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            false
+        };
+        let mut other = spawn();
+        let pid = other.0.id();
+        let started = start_time(pid).expect("a live process has a start time");
+        assert_eq!(start_time(pid), Some(started), "the same process, the same time");
+        // The pid names a process that started at another time: someone else's.
+        fs::write(dir.0.join("pid"), format!("{pid} {}", started + 1)).unwrap();
+        kill_orphan(&dir.0);
+        assert!(
+            !gone(&mut other, Duration::from_millis(300)),
+            "a process that is not ours was killed"
+        );
+        assert!(!dir.0.join("pid").exists(), "the stale pid file is removed");
+        // An older serve's file, and a process whose environment names no tether of ours.
+        fs::write(dir.0.join("pid"), pid.to_string()).unwrap();
+        kill_orphan(&dir.0);
+        assert!(other.0.try_wait().unwrap().is_none(), "killed without a marker");
+        // Ours: the pid and its start time.
+        let mut orphan = spawn();
+        let pid = orphan.0.id();
+        fs::write(dir.0.join("pid"), format!("{pid} {}", start_time(pid).unwrap())).unwrap();
+        kill_orphan(&dir.0);
+        assert!(gone(&mut orphan, Duration::from_secs(10)), "the orphan lives on");
+        assert!(other.0.try_wait().unwrap().is_none());
     }
 
     #[test]
