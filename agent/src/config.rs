@@ -81,6 +81,9 @@ TOOLS:
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
     AEGIS_SKILLS_PATH   folders of skills besides the workspace's, `:`-separated
                         (skills shipped in the image: /opt/skills)
+    AEGIS_WEB_PRIVATE_HOSTS  hosts web_fetch may reach at a private address (this
+                        machine, its networks, link-local), comma-separated names or
+                        addresses, or `*`; by default it reaches public addresses only
     Built-in: bash; read_file, write_file, edit_file, list_files, glob, grep,
     respond_with_image, send_file; web_fetch, web_search, image_search (these two with a
     Brave Search key in BRAVE_SEARCH_API_KEY, or the variable agent.json's
@@ -473,7 +476,24 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     for p in problems {
         log::warn!("agent.json: {p}");
     }
+    // From the environment only: agent.json is in the workspace, which the model can
+    // write, and this opens the operator's network to it.
+    let private_hosts: Vec<String> = env("AEGIS_WEB_PRIVATE_HOSTS")
+        .map(|v| {
+            v.split(',')
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if !private_hosts.is_empty() {
+        log::info!(
+            "web_fetch may reach private addresses of: {}",
+            private_hosts.join(", ")
+        );
+    }
     Ok(ToolConfig {
+        web_reach: std::sync::Arc::new(crate::tools::reach::Reach::new(&private_hosts)),
         selection,
         bash_timeout,
         hidden_env,

@@ -4181,3 +4181,118 @@ fn a_refused_native_search_is_dropped_and_the_reply_goes_on() {
         a.proc.log()
     );
 }
+
+/// `web_fetch` reaches the public web only: the machine's own and its network's addresses
+/// (a cloud's metadata service among them) are refused, named by address or by a name
+/// that resolves there, also as a redirect's next hop, and no connection is made; the
+/// operator opens a host with `AEGIS_WEB_PRIVATE_HOSTS`. Through a proxy, a name only the
+/// proxy resolves is fetched, and a private address still refused.
+#[test]
+fn web_fetch_reaches_public_addresses_only_unless_the_operator_names_a_host() {
+    use std::sync::{Arc, Mutex, OnceLock};
+    let port = Arc::new(OnceLock::<u16>::new());
+    let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (p, seen) = (Arc::clone(&port), Arc::clone(&asked));
+    let site = aegis_e2e::http::Server::start(move |req, resp| {
+        seen.lock().unwrap().push(req.path.clone());
+        match req.path.as_str() {
+            "/secret" => resp.send(200, &[("content-type", "text/plain")], b"the admin password"),
+            "/jump" => {
+                let to = format!("http://127.0.0.1:{}/secret", p.get().unwrap());
+                resp.send(302, &[("location", &to)], b"")
+            }
+            "/metadata" => resp.send(
+                301,
+                &[("location", "http://169.254.169.254/latest/meta-data/")],
+                b"",
+            ),
+            _ => resp.send(
+                200,
+                &[("content-type", "text/html")],
+                b"<html><body><p>Public news</p></body></html>",
+            ),
+        }
+    });
+    port.set(site.port()).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", site.port()).parse().unwrap();
+    let proxy = aegis_e2e::proxy::ConnectProxy::start(move |target| {
+        (target == "news.example.test:80").then_some(addr)
+    });
+    let local = format!("127.0.0.1:{}", site.port());
+    let calls: Vec<(String, String)> = [
+        format!("http://{local}/secret"),
+        format!("http://localhost:{}/secret", site.port()),
+        format!("http://[::1]:{}/secret", site.port()),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://news.example.test/".to_string(),
+        "http://news.example.test/jump".to_string(),
+        "http://news.example.test/metadata".to_string(),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, url)| (format!("c{i}"), json!({"url": url}).to_string()))
+    .collect();
+    let call_refs: Vec<(&str, &str, &str)> = calls
+        .iter()
+        .map(|(id, a)| (id.as_str(), "web_fetch", a.as_str()))
+        .collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &call_refs, 100)),
+        Reply::sse(openai_sse(&["done"])),
+        Reply::sse(openai_tool_sse("", &call_refs[..1], 100)),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let ws = TempDir::new("tools-web-reach");
+    let mut env = openai(&llm).to_vec();
+    env.push(("HTTP_PROXY", proxy.url.clone()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "look", "m1"));
+    assert_eq!(done_text(&a.reply()), "done");
+    let results = tool_results(&llm.requests()[1]);
+    let text: Vec<&str> = results.iter().map(|(_, t)| t.as_str()).collect();
+    let refused = |i: usize, what: &str| {
+        assert!(
+            text[i].starts_with("error: ")
+                && text[i].contains(what)
+                && text[i].contains("web_fetch reaches public addresses only"),
+            "{i}: {}",
+            text[i]
+        );
+    };
+    refused(0, "127.0.0.1 is at 127.0.0.1, this machine");
+    refused(1, "this machine");
+    refused(2, "this machine");
+    refused(
+        3,
+        "169.254.169.254 is at 169.254.169.254, a link-local address (a cloud's metadata service is one)",
+    );
+    assert!(text[4].contains("Public news"), "{}", text[4]);
+    refused(5, "127.0.0.1 is at 127.0.0.1, this machine");
+    // A hop through the proxy is checked before the proxy is asked.
+    refused(6, "169.254.169.254 is at 169.254.169.254, a link-local address");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["/", "/jump", "/metadata"],
+        "only the public page and the redirect reached the server"
+    );
+    assert!(
+        !proxy.targets().iter().any(|t| t.starts_with("169.254")),
+        "{:?}",
+        proxy.targets()
+    );
+    drop(a);
+
+    // The operator opens this machine's address.
+    env.push(("AEGIS_WEB_PRIVATE_HOSTS", "nas.lan, 127.0.0.1".to_string()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "again", "m2"));
+    assert_eq!(done_text(&a.reply()), "done");
+    // (The conversation's earlier results come first.)
+    let results = tool_results(&llm.requests()[3]);
+    assert_eq!(results.last().unwrap().1, "the admin password");
+    let log = a.proc.log();
+    assert!(
+        log.contains("web_fetch may reach private addresses of: nas.lan, 127.0.0.1"),
+        "{log}"
+    );
+}

@@ -15,6 +15,7 @@ pub mod cron;
 pub mod files;
 pub mod image_gen;
 pub mod paths;
+pub mod reach;
 pub mod retry;
 pub mod search;
 pub mod self_info;
@@ -437,6 +438,8 @@ pub struct ToolConfig {
     pub search_scope: crate::search_scope::SearchScope,
     /// A chat may pick its model (`/model`, in the menu): an LLM provider is set.
     pub model_menu: bool,
+    /// What `web_fetch` may reach besides the public internet (`AEGIS_WEB_PRIVATE_HOSTS`).
+    pub web_reach: Arc<reach::Reach>,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -467,6 +470,8 @@ pub struct Toolbox {
     menu_told: std::sync::Mutex<Option<Vec<tether::frame::Command>>>,
     /// `/model` goes in the menu.
     model_menu: bool,
+    /// What `web_fetch` may reach.
+    web_reach: Arc<reach::Reach>,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -575,6 +580,7 @@ impl Toolbox {
             skills: crate::skills::Shelf::new(workspace.clone(), config.skills_path.clone()),
             menu_told: std::sync::Mutex::new(None),
             model_menu: config.model_menu,
+            web_reach: Arc::clone(&config.web_reach),
             workspace,
             builtins,
             mcp,
@@ -838,7 +844,12 @@ impl Toolbox {
             Builtin::Glob => search::glob(ws, args),
             Builtin::Grep => search::grep(ws, args),
             Builtin::ActivateSkill => arg_str(args, "name").and_then(|n| self.skills.activate(n, false)),
-            Builtin::WebFetch => return cancellable(args.clone(), cancel, web::fetch),
+            Builtin::WebFetch => {
+                let reach = Arc::clone(&self.web_reach);
+                return cancellable(args.clone(), cancel, move |args, abandoned| {
+                    web::fetch(args, abandoned, &reach)
+                });
+            }
             Builtin::WebSearch | Builtin::ImageSearch => {
                 let images = *builtin == Builtin::ImageSearch;
                 let Some(brave) = self.search[usize::from(images)].clone() else {

@@ -1,10 +1,12 @@
 //! The `web_fetch` tool: one HTTP(S) GET, the body reduced to readable text.
 
 use std::io::Read;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use super::reach::Reach;
 use super::{arg_str, cap_text, Abandoned};
 
 /// Characters of text returned.
@@ -12,26 +14,33 @@ pub const TEXT_CAP: usize = 10_000;
 /// Bytes of body downloaded at most.
 const BODY_CAP: u64 = 2 * 1024 * 1024;
 
-/// `web_fetch {url}`; its connection closes when the call is `abandoned`.
-pub fn fetch(args: &Value, abandoned: &Abandoned) -> Result<String, String> {
-    let url = arg_str(args, "url")?.trim();
-    let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err("only http:// and https:// URLs can be fetched".into());
-    }
-    let agent: ureq::Agent = tether::http::agent_config(url)
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_global(Some(Duration::from_secs(30)))
-        .max_redirects(5)
-        .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    let _armed = abandoned.arm(&agent)?;
-    let resp = agent
-        .get(url)
-        .call()
-        .map_err(|e| format!("cannot fetch {url}: {e}"))?;
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 5;
+
+/// `web_fetch {url}`, reaching only what `reach` allows; its connection closes when the
+/// call is `abandoned`.
+pub fn fetch(args: &Value, abandoned: &Abandoned, reach: &Arc<Reach>) -> Result<String, String> {
+    let first = arg_str(args, "url")?.trim();
+    let mut url = first.to_string();
+    let mut hops = 0;
+    let resp = loop {
+        let resp = get(&url, abandoned, reach)?;
+        let location = resp.headers().get("location").and_then(|v| v.to_str().ok());
+        match (resp.status().as_u16(), location) {
+            (301 | 302 | 303 | 307 | 308, Some(to)) if hops < MAX_REDIRECTS => {
+                url = joined(&url, to)
+                    .ok_or_else(|| format!("{url} redirects to {to:?}, which is not an http(s) URL"))?;
+                hops += 1;
+            }
+            (301 | 302 | 303 | 307 | 308, Some(_)) => {
+                return Err(format!(
+                    "cannot fetch {first}: more than {MAX_REDIRECTS} redirects"
+                ))
+            }
+            _ => break resp,
+        }
+    };
+    let url = url.as_str();
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()
@@ -69,6 +78,91 @@ pub fn fetch(args: &Value, abandoned: &Abandoned) -> Result<String, String> {
         return Err(format!("HTTP {status} from {url}\n{text}"));
     }
     Ok(text)
+}
+
+/// One GET of `url`, redirects not followed, through a client (and a proxy, chosen for
+/// this URL) that reaches only what `reach` allows.
+fn get(
+    url: &str,
+    abandoned: &Abandoned,
+    reach: &Arc<Reach>,
+) -> Result<ureq::http::Response<ureq::Body>, String> {
+    let lower = url.to_ascii_lowercase();
+    if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+        return Err("only http:// and https:// URLs can be fetched".into());
+    }
+    let uri: ureq::http::Uri = url.parse().map_err(|e| format!("{url} is not a URL: {e}"))?;
+    let host = uri.host().unwrap_or("");
+    let config = tether::http::agent_config(url)
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(30)))
+        .max_redirects(0)
+        .user_agent(concat!("aegis-agent/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let proxy = config.proxy().filter(|p| !p.is_no_proxy(&uri));
+    if proxy.is_some() {
+        let port = uri
+            .port_u16()
+            .unwrap_or(if lower.starts_with("https") { 443 } else { 80 });
+        reach.check_proxied(host, port)?;
+    }
+    let resolver = reach.resolver(proxy.map(|p| (p.host().to_string(), p.port())));
+    let agent = ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        resolver,
+    );
+    let _armed = abandoned.arm(&agent)?;
+    agent.get(url).call().map_err(|e| match e {
+        // The resolver's refusal says it all.
+        ureq::Error::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied => e.to_string(),
+        e => format!("cannot fetch {url}: {e}"),
+    })
+}
+
+/// Where a redirect's `location` leads from `base`: an absolute http(s) URL, one of the
+/// same scheme (`//host/...`), a path on the same host, or one relative to `base`'s.
+fn joined(base: &str, location: &str) -> Option<String> {
+    let location = location.trim();
+    let lower = location.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        return Some(location.to_string());
+    }
+    if lower.split_once(':').is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    }) {
+        return None;
+    }
+    let (scheme, rest) = base.split_once("://")?;
+    if let Some(net) = location.strip_prefix("//") {
+        return Some(format!("{scheme}://{net}"));
+    }
+    let path_at = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(path_at);
+    if location.starts_with('/') {
+        return Some(format!("{scheme}://{authority}{location}"));
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let dir = if location.starts_with('?') {
+        path
+    } else {
+        path.rsplit_once('/').map_or("/", |(dir, _)| dir)
+    };
+    let sep = if location.starts_with('?') || dir.ends_with('/') {
+        ""
+    } else {
+        "/"
+    };
+    let dir = if dir.is_empty() && !location.starts_with('?') {
+        ""
+    } else {
+        dir
+    };
+    Some(format!("{scheme}://{authority}{dir}{sep}{location}"))
 }
 
 /// Readable text of an HTML page: scripts, styles and tags gone, block elements on lines
@@ -193,6 +287,31 @@ fn fold_space(s: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_redirect_leads_where_a_browser_would_go() {
+        let base = "http://a.example/docs/guide/page?x=1#top";
+        let cases = [
+            ("https://b.example/x", Some("https://b.example/x")),
+            ("//c.example/y", Some("http://c.example/y")),
+            ("/root", Some("http://a.example/root")),
+            ("next", Some("http://a.example/docs/guide/next")),
+            ("?y=2", Some("http://a.example/docs/guide/page?y=2")),
+            ("file:///etc/passwd", None),
+            ("gopher://a.example/", None),
+        ];
+        for (location, want) in cases {
+            assert_eq!(joined(base, location).as_deref(), want, "{location}");
+        }
+        assert_eq!(
+            joined("http://a.example", "next").as_deref(),
+            Some("http://a.example/next")
+        );
+        assert_eq!(
+            joined("http://a.example/", "next").as_deref(),
+            Some("http://a.example/next")
+        );
+    }
 
     #[test]
     fn html_becomes_readable_text() {
