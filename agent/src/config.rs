@@ -476,6 +476,22 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     for p in problems {
         log::warn!("agent.json: {p}");
     }
+    // Images come from the sites image_search's own lists name, else web_search's.
+    let image_setting = file
+        .tools
+        .get("image_search")
+        .filter(|s| s.allowed_domains.is_some() || s.blocked_domains.is_some());
+    let image_scope = match image_setting {
+        Some(setting) => {
+            let (scope, problems) =
+                crate::search_scope::SearchScope::of_tool("image_search", Some(setting), None);
+            for p in problems {
+                log::warn!("agent.json: {p}");
+            }
+            scope
+        }
+        None => search_scope.clone(),
+    };
     // From the environment only: agent.json is in the workspace, which the model can
     // write, and this opens the operator's network to it.
     let private_hosts: Vec<String> = env("AEGIS_WEB_PRIVATE_HOSTS")
@@ -506,6 +522,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         speech_voice,
         native_search: false,
         search_scope,
+        image_scope,
         model_menu: provider.is_some(),
         skills_path: env("AEGIS_SKILLS_PATH")
             .map(|p| {

@@ -41,6 +41,16 @@ impl SearchScope {
     /// The scope agent.json's `web_search` entry sets (the agent's `timezone` standing for
     /// the location's when it names none), and what was wrong in it (left out).
     pub fn from_setting(setting: Option<&ToolSetting>, timezone: Option<&str>) -> (SearchScope, Vec<String>) {
+        Self::of_tool("web_search", setting, timezone)
+    }
+
+    /// The same for the setting of `tool` (`image_search` takes the site lists; a place
+    /// is for the providers' web searches).
+    pub fn of_tool(
+        tool: &str,
+        setting: Option<&ToolSetting>,
+        timezone: Option<&str>,
+    ) -> (SearchScope, Vec<String>) {
         let mut problems = Vec::new();
         let mut list = |name: &str, given: Option<&Vec<String>>| -> Vec<String> {
             let mut out: Vec<String> = Vec::new();
@@ -49,13 +59,13 @@ impl SearchScope {
                     Some(d) if !out.contains(&d) => out.push(d),
                     Some(_) => {}
                     None => problems.push(format!(
-                        "tools.web_search.{name}: {raw:?} is not a domain (like \"docs.rs\"); left out"
+                        "tools.{tool}.{name}: {raw:?} is not a domain (like \"docs.rs\"); left out"
                     )),
                 }
             }
             if out.len() > MAX_DOMAINS {
                 problems.push(format!(
-                    "tools.web_search.{name}: {} domains, {MAX_DOMAINS} kept",
+                    "tools.{tool}.{name}: {} domains, {MAX_DOMAINS} kept",
                     out.len()
                 ));
                 out.truncate(MAX_DOMAINS);
@@ -72,10 +82,9 @@ impl SearchScope {
         );
         if !allowed.is_empty() && !blocked.is_empty() {
             // The providers take one list or the other; the allowed one says more.
-            problems.push(
-                "tools.web_search: allowed_domains and blocked_domains together; only allowed_domains applies"
-                    .into(),
-            );
+            problems.push(format!(
+                "tools.{tool}: allowed_domains and blocked_domains together; only allowed_domains applies"
+            ));
             blocked.clear();
         }
         let mut location = setting.and_then(|s| s.user_location.clone()).unwrap_or_default();
@@ -89,7 +98,7 @@ impl SearchScope {
             match c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()) {
                 true => location.country = Some(c.to_ascii_uppercase()),
                 false => problems.push(format!(
-                    "tools.web_search.user_location.country: {c:?} is not a two-letter country code (like \"FR\"); left out"
+                    "tools.{tool}.user_location.country: {c:?} is not a two-letter country code (like \"FR\"); left out"
                 )),
             }
         }

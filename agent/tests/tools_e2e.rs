@@ -2210,6 +2210,69 @@ fn brave_results_keep_to_the_sites_agent_json_allows() {
     );
 }
 
+/// `image_search` keeps to sites as `web_search` does, by the page a picture is on: its
+/// own lists in agent.json, else `web_search`'s.
+#[test]
+fn pictures_come_from_the_sites_agent_json_allows() {
+    use aegis_e2e::brave::FakeBrave;
+    let brave = FakeBrave::start("BSA-test-key");
+    let pictures = |tools: Value| {
+        let llm = FakeLlm::scripted(vec![
+            Reply::sse(openai_tool_sse(
+                "",
+                &[(
+                    "i1",
+                    "image_search",
+                    &json!({"query": "ferris", "count": 6}).to_string(),
+                )],
+                3,
+            )),
+            Reply::sse(openai_sse(&["ok"])),
+        ]);
+        let ws = TempDir::new("tools-picture-sites");
+        write_agent_json(&ws, json!({"tools": tools}));
+        let mut env = openai(&llm).to_vec();
+        env.push(("BRAVE_SEARCH_API_KEY", "BSA-test-key".into()));
+        env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
+        let a = agent(&ws, &env);
+        a.send(&message("1", "pictures", "m1"));
+        assert_eq!(done_text(&a.reply()), "ok");
+        let found: Value = serde_json::from_str(&tool_results(&llm.requests()[1])[0].1).unwrap();
+        let pages: Vec<String> = found["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["source_page"].as_str().unwrap().to_string())
+            .collect();
+        (pages, brave.searches().pop().unwrap().params)
+    };
+    // web_search's list holds for pictures too.
+    let (pages, asked) = pictures(json!({"web_search": {"blocked_domains": ["pinterest.com"]}}));
+    assert_eq!((asked["q"].as_str(), asked["count"].as_str()), ("ferris", "100"));
+    assert_eq!(pages.len(), 6, "{pages:?}");
+    assert!(pages.iter().all(|p| !p.contains("pinterest.com")), "{pages:?}");
+    // image_search's own list wins.
+    let (pages, asked) = pictures(json!({"web_search": {"blocked_domains": ["pinterest.com"]},
+        "image_search": {"allowed_domains": ["pinterest.com", "docs.rs"]}}));
+    assert_eq!(asked["q"], "ferris");
+    assert_eq!(pages.len(), 6, "{pages:?}");
+    assert!(
+        pages
+            .iter()
+            .all(|p| p.starts_with("https://pinterest.com/") || p.starts_with("https://docs.rs/")),
+        "{pages:?}"
+    );
+    let (pages, asked) = pictures(json!({"image_search": {"allowed_domains": ["docs.rs"]}}));
+    assert_eq!(asked["q"], "ferris site:docs.rs");
+    assert!(
+        pages.len() == 6 && pages.iter().all(|p| p.starts_with("https://docs.rs/")),
+        "{pages:?}"
+    );
+    // Without a list: as many as asked, from anywhere.
+    let (pages, asked) = pictures(json!({}));
+    assert_eq!((asked["count"].as_str(), pages.len()), ("6", 6));
+}
+
 #[test]
 fn search_tools_need_their_key_and_say_when_brave_refuses_it() {
     use aegis_e2e::brave::FakeBrave;

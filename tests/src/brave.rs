@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::http::{Request, Responder, Server};
 
-/// The sites web results come from, in turn.
+/// The sites web results and pictures come from, in turn.
 pub const SITES: [&str; 4] = ["example.com", "blog.rust-lang.org", "pinterest.com", "docs.rs"];
 
 /// A recorded search: the endpoint (`web` or `images`) and its query parameters, decoded.
@@ -101,7 +101,9 @@ impl FakeBrave {
             }
             let q = params.get("q").cloned().unwrap_or_default();
             let count: usize = params.get("count").and_then(|c| c.parse().ok()).unwrap_or(20);
-            if q.is_empty() || !(1..=20).contains(&count) {
+            // Brave gives 20 web results at most, 200 pictures.
+            let most = if endpoint == "web" { 20 } else { 200 };
+            if q.is_empty() || !(1..=most).contains(&count) {
                 return error(
                     resp,
                     422,
@@ -110,12 +112,13 @@ impl FakeBrave {
                     &[],
                 );
             }
+            // Results of several sites; `site:NAME` keeps those of that site, as Brave's
+            // search operator does.
+            let site = q.split_whitespace().find_map(|w| w.strip_prefix("site:"));
+            let host_of = |i: usize| site.unwrap_or(SITES[(i - 1) % SITES.len()]);
             let body = if endpoint == "web" {
-                // Results of several sites; `site:NAME` keeps those of that site, as
-                // Brave's search operator does.
-                let site = q.split_whitespace().find_map(|w| w.strip_prefix("site:"));
                 let results: Vec<Value> = (1..=count)
-                    .map(|i| (i, site.unwrap_or(SITES[(i - 1) % SITES.len()])))
+                    .map(|i| (i, host_of(i)))
                     .map(|(i, host)| json!({
                         "title": format!("Result {i} for <strong>{q}</strong>"),
                         "url": format!("https://{host}/{i}"),
@@ -131,9 +134,10 @@ impl FakeBrave {
                     "web": {"type": "search", "results": results, "family_friendly": true}})
             } else {
                 let results: Vec<Value> = (1..=count)
-                    .map(|i| json!({
+                    .map(|i| (i, host_of(i)))
+                    .map(|(i, host)| json!({
                         "type": "image_result", "title": format!("Picture {i} of {q}"),
-                        "url": format!("https://example.com/gallery/{i}"), "source": "example.com",
+                        "url": format!("https://{host}/gallery/{i}"), "source": host,
                         "page_fetched": "2026-11-30T10:00:00Z",
                         "thumbnail": {"src": format!("https://imgs.search.brave.com/t{i}.jpg")},
                         "properties": {"url": format!("https://example.com/img/{i}.jpg"), "placeholder": "https://imgs.search.brave.com/p.jpg", "width": 1200, "height": 800 + i},

@@ -24,6 +24,8 @@ pub const DEFAULT_KEY_ENV: &str = "BRAVE_SEARCH_API_KEY";
 const MAX_BODY: u64 = 1 << 20;
 /// Most results Brave gives for one request.
 const MAX_COUNT: u64 = 20;
+/// Pictures asked for at once when filtering (Brave gives up to 200).
+const MAX_IMAGES_ASKED: u64 = 100;
 /// Longest wait for one rate-limited retry.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(2);
 
@@ -62,13 +64,7 @@ impl Brave {
     pub fn web(&self, args: &Value, abandoned: &Abandoned) -> Result<String, String> {
         let query = arg_str(args, "query")?.trim();
         let wanted = count(args)?;
-        // Filtered, Brave is asked for all it gives at once, and for one allowed site
-        // by name (`site:`), so that what is kept still fills the answer.
-        let (q, asked) = match self.scope.allowed.as_slice() {
-            [only] => (format!("{query} site:{only}"), MAX_COUNT),
-            _ if self.scope.filters() => (query.to_string(), MAX_COUNT),
-            _ => (query.to_string(), wanted),
-        };
+        let (q, asked) = self.asking(query, wanted, MAX_COUNT);
         let mut params = vec![("q", q), ("count", asked.to_string())];
         if let Some(f) = arg_opt(args, "freshness")?
             .map(str::trim)
@@ -98,9 +94,11 @@ impl Brave {
     /// `image_search {query, count?}`.
     pub fn images(&self, args: &Value, abandoned: &Abandoned) -> Result<String, String> {
         let query = arg_str(args, "query")?.trim();
+        let wanted = count(args)?;
+        let (q, asked) = self.asking(query, wanted, MAX_IMAGES_ASKED);
         let params = [
-            ("q", query.to_string()),
-            ("count", count(args)?.to_string()),
+            ("q", q),
+            ("count", asked.to_string()),
             ("safesearch", "strict".to_string()),
         ];
         let v = self.get("images/search", query, &params, abandoned)?;
@@ -109,6 +107,9 @@ impl Brave {
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
+            // By the page the picture is on: the site that shows it.
+            .filter(|r| self.scope.admits(r["url"].as_str().unwrap_or("")))
+            .take(wanted as usize)
             .map(|r| {
                 let p = &r["properties"];
                 let image = p["url"].as_str().or(r["url"].as_str()).unwrap_or("");
@@ -127,6 +128,17 @@ impl Brave {
             })
             .collect();
         Ok(json!({"query": query, "count": results.len(), "results": results}).to_string())
+    }
+
+    /// The query and the count to ask Brave for `wanted` results of `query`: filtered,
+    /// as many as it gives at once (`most`), and one allowed site by name (`site:`), so
+    /// that what is kept still fills the answer.
+    fn asking(&self, query: &str, wanted: u64, most: u64) -> (String, u64) {
+        match self.scope.allowed.as_slice() {
+            [only] => (format!("{query} site:{only}"), most),
+            _ if self.scope.filters() => (query.to_string(), most),
+            _ => (query.to_string(), wanted),
+        }
     }
 
     /// The rate-limited retry is skipped when the call was `abandoned` meanwhile: each

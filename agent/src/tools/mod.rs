@@ -436,6 +436,9 @@ pub struct ToolConfig {
     pub native_search: bool,
     /// The sites `web_search` may show (Brave's results are filtered by it).
     pub search_scope: crate::search_scope::SearchScope,
+    /// The sites `image_search`'s pictures may come from (`image_search`'s own lists, else
+    /// `web_search`'s).
+    pub image_scope: crate::search_scope::SearchScope,
     /// A chat may pick its model (`/model`, in the menu): an LLM provider is set.
     pub model_menu: bool,
     /// What `web_fetch` may reach besides the public internet (`AEGIS_WEB_PRIVATE_HOSTS`).
@@ -541,7 +544,10 @@ impl Toolbox {
             .search_key_env
             .clone()
             .map(|var| brave::Brave::from_env(&var));
-        let search = [web.map(|b| b.within(config.search_scope.clone())), images];
+        let search = [
+            web.map(|b| b.within(config.search_scope.clone())),
+            images.map(|b| b.within(config.image_scope.clone())),
+        ];
         let images = config
             .image_key_env
             .as_deref()
