@@ -81,6 +81,11 @@ TOOLS:
     AEGIS_MAX_TOOL_ROUNDS  model calls per message [default 20]
     AEGIS_SKILLS_PATH   folders of skills besides the workspace's, `:`-separated
                         (skills shipped in the image: /opt/skills)
+    AEGIS_TRUSTED_USERS  user ids (or channel/id) whose messages get every tool; set, it
+                        makes everyone else a guest [default: everyone is trusted]
+    AEGIS_GUEST_TOOLS   a guest's tools, as AEGIS_TOOLS names them, within the agent's
+                        [default web_fetch,web_search,image_search,memory]; a scheduled
+                        task's run gets its creator's
     AEGIS_WEB_PRIVATE_HOSTS  hosts web_fetch may reach at a private address (this
                         machine, its networks, link-local), comma-separated names or
                         addresses, or `*`; by default it reaches public addresses only
@@ -508,7 +513,15 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
             private_hosts.join(", ")
         );
     }
+    let guests = crate::tools::guests::Guests::from_env(env, &selection).map_err(ConfigError)?;
+    if let Some(g) = &guests {
+        log::info!(
+            "a guest's reply (not AEGIS_TRUSTED_USERS) may use: {}",
+            g.describe()
+        );
+    }
     Ok(ToolConfig {
+        guests,
         web_reach: std::sync::Arc::new(crate::tools::reach::Reach::new(&private_hosts)),
         selection,
         bash_timeout,

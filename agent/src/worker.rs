@@ -26,12 +26,17 @@ use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
 use crate::mcp_prompts::Asked;
 use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
-use crate::tools::{Attachments, CallContext, Outcome, Toolbox};
+use crate::tools::guests::Allowed;
+use crate::tools::{Attachments, Builtin, CallContext, Outcome, Toolbox};
 
 /// The reply text when no provider is configured.
 pub const NO_PROVIDER: &str = "⚠️ No LLM is configured for this agent. Set ANTHROPIC_API_KEY or \
 OPENAI_API_KEY (or OPENAI_BASE_URL for an OpenAI-compatible server such as Ollama) in the agent's \
 environment and restart it.";
+
+/// The answer to a guest's `/mcp sign_out`.
+const GUESTS_SIGN_OUT: &str =
+    "⚠️ Only the agent's trusted users (AEGIS_TRUSTED_USERS) can sign it out of an MCP server.";
 
 /// Shown when a reply is cancelled before any text arrived.
 pub const CANCELLED: &str = "⏹ Reply cancelled.";
@@ -298,6 +303,16 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // scheduled run is nobody's message (hosts name its sender `cron`): its chat's only.
     let sender = msg.user.as_ref().filter(|_| session.channel != "cron");
     let payer = crate::limits::Payer::of(out, sender);
+    // Whom the reply acts for, and so which tools it may use (`AEGIS_TRUSTED_USERS`): a
+    // scheduled run's creator, found before a one-time task's run deletes it.
+    let task = msg_id
+        .as_deref()
+        .and_then(tether::cron::task_of_msg_id)
+        .filter(|_| session.channel == "cron");
+    let on_behalf = shared
+        .tools
+        .acting_for(msg.user.as_ref().and_then(|u| u.id.as_deref()), task);
+    let allowed = shared.tools.allowed_for(out, on_behalf.as_deref());
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
             send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
@@ -343,6 +358,12 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // address that arrives when no sign-in waits for it: its code stays out of the
     // conversation. `Some(None)`: `/stop` ended the wait.
     let own = match crate::text::slash_command(&msg.text) {
+        // Signing the agent out of a server is the trusted people's to do.
+        Some((word, rest))
+            if word == "mcp" && rest.trim_start().starts_with("sign_out") && allowed != Allowed::All =>
+        {
+            Some(Some(GUESTS_SIGN_OUT.to_string()))
+        }
         Some((word, rest)) if word == "mcp" => Some(Some(shared.tools.mcp_command(rest, &cancel_rx))),
         Some((word, rest)) if word == "model" => Some(match &shared.models {
             Some(models) => models.command(out, rest, &cancel_rx),
@@ -408,8 +429,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             };
             // `/SERVER_PROMPT`: the turn says what the server's prompt says, and later turns
             // still have it. A prompt that cannot run is answered here, and not stored.
-            let prompt = skill_asked
-                .is_none()
+            let prompt = (skill_asked.is_none() && allowed.mcp())
                 .then(|| shared.tools.prompt_asked(&said, &cancel_rx, user))
                 .flatten();
             if asker.ended() {
@@ -489,6 +509,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         here: &here,
         asker: &asker,
         user,
+        allowed: &allowed,
+        on_behalf: on_behalf.as_deref(),
         prompt: crate::llm::Prompt {
             fixed: &fixed,
             recap: &recap,
@@ -496,7 +518,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             // Decided for each round (`rounds`).
             cache: None,
             cache_key: Some(&cache_key),
-            reply: true,
+            // The provider's own search is `web_search`, which a guest may lack.
+            reply: allowed.builtin(Builtin::WebSearch),
         },
     };
     let mut used = crate::usage::Totals::default();
@@ -776,6 +799,10 @@ struct ReplyCtx<'a> {
     asker: &'a ChatAsker<'a>,
     /// That user, where there is one to ask (not in a scheduled task's run).
     user: Option<&'a dyn crate::elicit::User>,
+    /// The tools the reply may use (a guest's, or all).
+    allowed: &'a Allowed,
+    /// On whose behalf it acts (the sender, a scheduled run's creator).
+    on_behalf: Option<&'a str>,
     prompt: crate::llm::Prompt<'a>,
 }
 
@@ -795,13 +822,15 @@ fn rounds(
         here,
         asker,
         user,
+        allowed,
+        on_behalf,
         prompt,
     } = r;
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
     for round in 0..shared.max_rounds {
         // Asked each round: a tool may have made an MCP server change its tools.
-        let specs: Vec<ToolSpec> = shared.tools.specs();
+        let specs: Vec<ToolSpec> = shared.tools.specs_for(allowed);
         let msg_id = &asker.msg_id();
         let round_start = shown.len();
         let mut text = String::new();
@@ -936,13 +965,29 @@ fn rounds(
                 cancel,
                 origin: out,
                 here,
+                on_behalf,
                 attachments: Attachments::default(),
                 spent: Default::default(),
                 restart: false,
                 user,
             };
             asker.set_shown(&shown);
-            let outcome = shared.tools.run(call, &mut ctx);
+            // Offered or not: a guest's model may name a tool it saw earlier in the chat.
+            let outcome = match shared.tools.permits(&call.name, allowed) {
+                true => shared.tools.run(call, &mut ctx),
+                false => {
+                    log::warn!(
+                        "{}/{}: {} refused: not a guest's tool (AEGIS_GUEST_TOOLS)",
+                        session.channel,
+                        session.id,
+                        call.name
+                    );
+                    Outcome::Done(format!(
+                        "error: {} is not available in this conversation: the operator keeps it for trusted users",
+                        call.name
+                    ))
+                }
+            };
             asker.attach(std::mem::take(&mut ctx.attachments));
             shared.limits.spend(payer, &ctx.spent);
             restart |= ctx.restart;

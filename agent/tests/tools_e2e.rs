@@ -4359,3 +4359,186 @@ fn web_fetch_reaches_public_addresses_only_unless_the_operator_names_a_host() {
         "{log}"
     );
 }
+
+/// [ours] `AEGIS_TRUSTED_USERS`: a guest's reply is offered the guests' tools only, and a
+/// call of another (a model talked into it) is refused, not run; a trusted person's gets
+/// every tool; a scheduled task's run gets its creator's, and one with no creator recorded
+/// a guest's. A guest cannot sign the agent out of an MCP server either.
+#[test]
+fn a_guest_gets_the_guests_tools_and_a_task_its_creators() {
+    use tether::frame::{User, UserMessage};
+    let bash = |file: &str| json!({"command": format!("touch {file}")}).to_string();
+    let (guest_bash, owner_bash, task_bash, orphan_bash) = (
+        bash("guest-was-here"),
+        bash("owner-was-here"),
+        bash("task-ran"),
+        bash("orphan-ran"),
+    );
+    let read = json!({"path": ".aegis/cron.json"}).to_string();
+    let schedule = json!({"in_minutes": 60, "text": "Check the disk."}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("g1", "bash", &guest_bash), ("g2", "read_file", &read)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("o1", "bash", &owner_bash), ("o2", "cron_create", &schedule)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["done"])),
+        Reply::sse(openai_tool_sse("", &[("t1", "bash", &task_bash)], 100)),
+        Reply::sse(openai_sse(&["done"])),
+        Reply::sse(openai_tool_sse("", &[("x1", "bash", &orphan_bash)], 100)),
+        Reply::sse(openai_sse(&["done"])),
+    ]);
+    let ws = TempDir::new("tools-guests");
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_TRUSTED_USERS", "7".into()));
+    let a = agent(&ws, &env);
+    let from = |chat: &str, user: &str, text: &str, id: &str| {
+        let who = User {
+            id: Some(user.into()),
+            name: Some(format!("user {user}")),
+            ..Default::default()
+        };
+        Frame::user_message(Session::new("telegram", chat), text, Some(who)).with_msg_id(id)
+    };
+    // A guest in a group.
+    assert_eq!(a.answer(&from("-100", "8", "clean up", "m1")), "done");
+    let reqs = llm.requests();
+    let offered = offered_tools(&reqs[0]);
+    assert!(
+        offered.contains(&"web_fetch".to_string()) && offered.contains(&"memory_store".to_string()),
+        "{offered:?}"
+    );
+    for kept in ["bash", "read_file", "cron_create", "send_file"] {
+        assert!(
+            !offered.contains(&kept.to_string()),
+            "{kept} offered to a guest: {offered:?}"
+        );
+    }
+    let results = tool_results(&reqs[1]);
+    for (_, r) in &results {
+        assert!(
+            r.starts_with("error: ") && r.contains("is not available in this conversation"),
+            "{r}"
+        );
+    }
+    assert!(!ws.join("guest-was-here").exists(), "a guest's command ran");
+    let signed_out = a.answer(&from("-100", "8", "/mcp sign_out docs", "m2"));
+    assert!(
+        signed_out.contains("Only the agent's trusted users"),
+        "{signed_out}"
+    );
+    // The owner, in the same group.
+    assert_eq!(
+        a.answer(&from("-100", "7", "clean up and remind me", "m3")),
+        "done"
+    );
+    let reqs = llm.requests();
+    assert!(offered_tools(&reqs[2]).contains(&"bash".to_string()));
+    assert!(ws.join("owner-was-here").exists());
+    let tasks: Value =
+        serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/cron.json")).unwrap()).unwrap();
+    assert_eq!(tasks["entries"][0]["created_by"], "7", "{tasks}");
+    // A task written by hand, nobody's.
+    let mut tasks = tasks;
+    let mut orphan = tasks["entries"][0].clone();
+    orphan["id"] = json!("cron-99");
+    orphan["session"] = json!("cron-99");
+    orphan.as_object_mut().unwrap().remove("created_by");
+    tasks["entries"].as_array_mut().unwrap().push(orphan);
+    std::fs::write(ws.join(".aegis/cron.json"), tasks.to_string()).unwrap();
+    let run = |task: &str| {
+        Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", task)))
+            .with_payload(&UserMessage {
+                text: "Check the disk.".into(),
+                user: Some(User {
+                    id: Some("cron".into()),
+                    ..Default::default()
+                }),
+                reply_to: Some(Session::new("telegram", "-100")),
+                ..Default::default()
+            })
+            .with_msg_id(format!("cron-{task}-29000000"))
+    };
+    // The owner's task runs with the owner's tools (and, run once, is deleted).
+    assert_eq!(a.answer(&run("cron-1")), "done");
+    assert!(offered_tools(&llm.requests()[4]).contains(&"bash".to_string()));
+    assert!(ws.join("task-ran").exists());
+    // Nobody's task runs with a guest's.
+    assert_eq!(a.answer(&run("cron-99")), "done");
+    assert!(!offered_tools(&llm.requests()[6]).contains(&"bash".to_string()));
+    assert!(!ws.join("orphan-ran").exists());
+    let log = a.proc.log();
+    assert!(
+        log.contains("a guest's reply (not AEGIS_TRUSTED_USERS) may use: web_fetch"),
+        "{log}"
+    );
+    assert!(log.contains("bash refused: not a guest's tool"), "{log}");
+}
+
+/// [ours] The provider's own search is `web_search` too: a guest whose tools leave it out
+/// (`AEGIS_GUEST_TOOLS`) is not offered Claude's search, a trusted person is; nor does a
+/// guest without `mcp` run a server's prompt by its command.
+#[test]
+fn a_guests_reply_searches_and_asks_servers_only_with_those_tools() {
+    use tether::frame::User;
+    let llm = FakeLlm::with(|_| Reply::sse(anthropic_sse(&["ok"])));
+    let ws = TempDir::new("tools-guest-search");
+    let log = ws.join("gh.log");
+    write_agent_json(
+        &ws,
+        json!({"tools": {"web_search": {"native": true}},
+            "mcp": {"gh": {"command": bin("fake-mcp"), "env": {"FAKE_MCP_PROMPTS": "1", "FAKE_MCP_LOG": log}}}}),
+    );
+    let a = agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k".into()),
+            ("ANTHROPIC_BASE_URL", llm.url().into()),
+            ("AEGIS_TRUSTED_USERS", "7".into()),
+            ("AEGIS_GUEST_TOOLS", "memory".into()),
+        ],
+    );
+    let from = |user: &str, text: &str, id: &str| {
+        let who = User {
+            id: Some(user.into()),
+            ..Default::default()
+        };
+        Frame::user_message(Session::new("telegram", "-100"), text, Some(who)).with_msg_id(id)
+    };
+    let gets = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"prompts/get"))
+            .count()
+    };
+    assert_eq!(a.answer(&from("8", "what is new in rust?", "m1")), "ok");
+    assert_eq!(a.answer(&from("8", "/gh_review 42", "m2")), "ok");
+    assert_eq!(gets(), 0, "a guest's command reached the server");
+    assert_eq!(a.answer(&from("7", "what is new in rust?", "m3")), "ok");
+    assert_eq!(a.answer(&from("7", "/gh_review 42", "m4")), "ok");
+    assert_eq!(gets(), 1);
+    let reqs = llm.requests();
+    let tools = |i: usize| reqs[i].json()["tools"].to_string();
+    assert!(
+        !tools(0).contains("web_search_20250305") && !tools(0).contains("gh_"),
+        "{}",
+        tools(0)
+    );
+    assert!(
+        tools(2).contains("web_search_20250305") && tools(2).contains("gh_grow"),
+        "{}",
+        tools(2)
+    );
+    assert_eq!(
+        aegis_e2e::llm::last_user_text(&reqs[1]),
+        "/gh_review 42",
+        "as the guest wrote it"
+    );
+}

@@ -57,6 +57,10 @@ pub struct Entry {
     /// [ours] The chat the task was created from: its replies are shown there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<Session>,
+    /// [ours] The user whose message asked for the task: its runs get that person's tools
+    /// (the agent's `AEGIS_TRUSTED_USERS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     /// [ours] A one-time task: when it runs ([`crate::at::At`]); `schedule` then only
     /// describes it ("once at ..."), for upstream's tools, which cannot fire it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

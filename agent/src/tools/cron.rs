@@ -54,7 +54,8 @@ impl CronTools {
     /// `cron_create {schedule | at | in_minutes, text (or message), session?,
     /// on_conflict?}` from `origin`, the chat whose message is being answered: the task's
     /// replies go there.
-    pub fn create(&self, args: &Value, origin: &Session) -> Result<String, String> {
+    /// `creator` is whose message asked for it: its runs get that person's tools.
+    pub fn create(&self, args: &Value, origin: &Session, creator: Option<&str>) -> Result<String, String> {
         let when = When::from_args(args, now_secs())?;
         let text = match (args.get("text"), args.get("message")) {
             (Some(_), _) => arg_str(args, "text")?,
@@ -107,6 +108,7 @@ impl CronTools {
             enabled: true,
             created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             reply_to,
+            created_by: creator.map(str::to_string),
         });
         self.save(&file)?;
         Ok(match (&when, at) {
@@ -118,6 +120,12 @@ impl CronTools {
             _ => json!({"ok": true, "id": id, "schedule": schedule, "note": self.zone_note}),
         }
         .to_string())
+    }
+
+    /// Who asked for task `id` (`None`: nobody recorded, or no such task).
+    pub fn creator(&self, id: &str) -> Option<String> {
+        let file = self.load().ok()?;
+        file.entries.into_iter().find(|e| e.id == id)?.created_by
     }
 
     /// Delete one-time task `id` once its run has reached the agent; false when it is not
@@ -246,6 +254,7 @@ mod tests {
             .create(
                 &json!({"schedule": "0 9 * * 1-5", "text": "Standup summary"}),
                 &chat,
+                Some("7"),
             )
             .unwrap();
         assert!(
@@ -256,6 +265,7 @@ mod tests {
         c.create(
             &json!({"schedule": "*/5 * * * *", "message": "ping", "on_conflict": "queue"}),
             &chat,
+            None,
         )
         .unwrap();
         let file: CronFile =
@@ -265,6 +275,12 @@ mod tests {
         assert_eq!(file.entries[0].reply_to, Some(chat.clone()));
         assert_eq!(file.entries[0].session, "cron-1");
         assert_eq!(file.entries[1].on_conflict, OnConflict::Queue);
+        // Whose message asked for each is kept, for its runs' tools.
+        assert_eq!(
+            (c.creator("cron-1").as_deref(), c.creator("cron-2")),
+            (Some("7"), None)
+        );
+        assert_eq!(c.creator("cron-9"), None);
         c.set_enabled(&json!({"id": "cron-1"}), false).unwrap();
         assert!(c.list().unwrap().contains("\"enabled\":false"));
         c.delete(&json!({"id": "cron-1"})).unwrap();
@@ -274,7 +290,7 @@ mod tests {
             .contains("no scheduled task"));
         // Ids are never reused.
         let out = c
-            .create(&json!({"schedule": "0 0 * * *", "text": "x"}), &chat)
+            .create(&json!({"schedule": "0 0 * * *", "text": "x"}), &chat, None)
             .unwrap();
         assert!(out.contains("cron-3"), "{out}");
     }
@@ -316,12 +332,14 @@ mod tests {
         let d = TempDir::new("cron-tools-once");
         let c = CronTools::new(d.path(), None);
         let chat = Session::new("telegram", "42");
-        let out = c.create(&json!({"in_minutes": 5, "text": "tea"}), &chat).unwrap();
+        let out = c
+            .create(&json!({"in_minutes": 5, "text": "tea"}), &chat, None)
+            .unwrap();
         assert!(
             out.contains("runs_once_at") && out.contains("deleted once it has run"),
             "{out}"
         );
-        c.create(&json!({"schedule": "0 9 * * *", "text": "daily"}), &chat)
+        c.create(&json!({"schedule": "0 9 * * *", "text": "daily"}), &chat, None)
             .unwrap();
         let file: CronFile =
             serde_json::from_str(&std::fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap())
@@ -340,7 +358,7 @@ mod tests {
         let d = TempDir::new("cron-tools-bad");
         let c = CronTools::new(d.path(), None);
         let chat = Session::new("telegram", "42");
-        let e = |args: Value| c.create(&args, &chat).unwrap_err();
+        let e = |args: Value| c.create(&args, &chat, None).unwrap_err();
         assert!(e(json!({"schedule": "0 25 * * *", "text": "x"})).contains("hour"));
         assert!(e(json!({"schedule": "0 9 * * *"})).contains("text is required"));
         assert!(
@@ -348,8 +366,12 @@ mod tests {
         );
         assert!(e(json!({"schedule": "0 9 * * *", "text": "y".repeat(1001)})).contains("longer"));
         for i in 0..MAX_ENTRIES {
-            c.create(&json!({"schedule": "0 9 * * *", "text": format!("t{i}")}), &chat)
-                .unwrap();
+            c.create(
+                &json!({"schedule": "0 9 * * *", "text": format!("t{i}")}),
+                &chat,
+                None,
+            )
+            .unwrap();
         }
         assert!(e(json!({"schedule": "0 9 * * *", "text": "one more"})).contains("already 20"));
     }

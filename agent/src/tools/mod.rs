@@ -13,6 +13,7 @@
 pub mod brave;
 pub mod cron;
 pub mod files;
+pub mod guests;
 pub mod image_gen;
 pub mod paths;
 pub mod reach;
@@ -443,6 +444,9 @@ pub struct ToolConfig {
     pub model_menu: bool,
     /// What `web_fetch` may reach besides the public internet (`AEGIS_WEB_PRIVATE_HOSTS`).
     pub web_reach: Arc<reach::Reach>,
+    /// Who is trusted with every tool, and what the others get (`AEGIS_TRUSTED_USERS`,
+    /// `AEGIS_GUEST_TOOLS`); `None`: everyone is trusted.
+    pub guests: Option<guests::Guests>,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -475,6 +479,8 @@ pub struct Toolbox {
     model_menu: bool,
     /// What `web_fetch` may reach.
     web_reach: Arc<reach::Reach>,
+    /// Who gets which tools.
+    guests: Option<guests::Guests>,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -510,6 +516,9 @@ pub struct CallContext<'a> {
     pub origin: &'a Session,
     /// Where memories are kept and recalled.
     pub here: &'a crate::memory::Here,
+    /// On whose behalf the reply acts (the sender, or a scheduled run's creator): a task
+    /// it schedules is theirs.
+    pub on_behalf: Option<&'a str>,
     /// Images and files attached to the reply.
     pub attachments: Attachments,
     /// Tokens a service counted for the call (an image made), for the chat's limits.
@@ -587,6 +596,7 @@ impl Toolbox {
             menu_told: std::sync::Mutex::new(None),
             model_menu: config.model_menu,
             web_reach: Arc::clone(&config.web_reach),
+            guests: config.guests.clone(),
             workspace,
             builtins,
             mcp,
@@ -642,19 +652,46 @@ impl Toolbox {
         Some(shared.map(|()| rel))
     }
 
-    /// The tools to offer the model now: built-ins, then every MCP server's tools (this
-    /// waits, boundedly, for servers still starting).
-    pub fn specs(&self) -> Vec<ToolSpec> {
+    /// The tools to offer the model now in a reply that may use `allowed`: built-ins, then
+    /// every MCP server's tools (this waits, boundedly, for servers still starting).
+    pub fn specs_for(&self, allowed: &guests::Allowed) -> Vec<ToolSpec> {
         // `activate_skill` without a skill to name would only puzzle the model.
         let skills = self.skills.current().iter().any(|s| s.listed);
-        let mut specs: Vec<ToolSpec> = self
-            .builtins
-            .iter()
+        let mut specs: Vec<ToolSpec> = allowed
+            .builtins_of(&self.builtins)
             .filter(|&&b| b != Builtin::ActivateSkill || skills)
             .map(|b| b.spec())
             .collect();
-        specs.extend(self.mcp.specs());
+        if allowed.mcp() {
+            specs.extend(self.mcp.specs());
+        }
         specs
+    }
+
+    /// On whose behalf a reply acts: the sender of its message, or for a scheduled run
+    /// (of `task`) the task's creator. Asked before a one-time task's run deletes it.
+    pub fn acting_for(&self, sender: Option<&str>, task: Option<&str>) -> Option<String> {
+        match task {
+            Some(task) => self.cron.creator(task),
+            None => sender.map(str::to_string),
+        }
+    }
+
+    /// What a reply in chat `out` on behalf of `who` may use.
+    pub fn allowed_for(&self, out: &Session, who: Option<&str>) -> guests::Allowed {
+        match (&self.guests, who) {
+            (None, _) => guests::Allowed::All,
+            (Some(g), Some(user)) if g.trusts(&out.channel, user) => guests::Allowed::All,
+            (Some(g), _) => guests::Allowed::Guest(g.tools.clone()),
+        }
+    }
+
+    /// Whether a call of tool `name` may run in a reply that may use `allowed`.
+    pub fn permits(&self, name: &str, allowed: &guests::Allowed) -> bool {
+        match self.builtins.iter().find(|b| b.name() == name) {
+            Some(b) => allowed.builtin(*b),
+            None => allowed.mcp(),
+        }
     }
 
     /// What the MCP servers say about using their tools, for the end of the system prompt
@@ -910,7 +947,7 @@ impl Toolbox {
             Builtin::MemoryDelete => arg_str(args, "id")
                 .and_then(|id| self.memory.delete(id, ctx.here))
                 .map(|()| json!({"ok": true}).to_string()),
-            Builtin::CronCreate => self.cron.create(args, ctx.origin),
+            Builtin::CronCreate => self.cron.create(args, ctx.origin, ctx.on_behalf),
             Builtin::CronList => self.cron.list(),
             Builtin::CronDelete => self.cron.delete(args),
             Builtin::CronEnable => self.cron.set_enabled(args, true),
