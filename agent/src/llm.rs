@@ -311,7 +311,8 @@ pub enum Chunk {
     /// far is void.
     Restart,
     /// Anthropic's signed thinking blocks of the round, in order, just before its end:
-    /// to send back before the round's tool calls.
+    /// to send back before the round's tool calls; with the blocks of its own tools (a
+    /// search), and the round's text among them in its place, the turn as it came.
     Thoughts(Vec<crate::session::Block>),
     /// What a Chat Completions server wants back with the round's tool calls, just
     /// before its end.
@@ -449,7 +450,7 @@ struct Decoder {
     /// Thoughts written inline at the start of the content.
     inline: InlineThink,
     /// Anthropic thinking blocks with their index, as signed (or withheld) by the API,
-    /// and the blocks of the tools it ran itself, in the order they came.
+    /// the blocks of the tools it ran itself, and its text blocks, in the order they came.
     signed: Vec<(u64, crate::session::Block)>,
     /// The input of a tool Anthropic runs itself, by block index, while it arrives.
     server_input: std::collections::BTreeMap<u64, String>,
@@ -1415,6 +1416,16 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             decoder.signed.push((index, Block::RedactedThinking { data }));
             Ok(Step::Nothing)
         }
+        // Text in its place among the round's blocks: a turn with Anthropic's own searches
+        // goes back in the order it came (see `complete`).
+        "content_block_start" if v["content_block"]["type"] == "text" => {
+            let text = v["content_block"]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            decoder.signed.push((index, Block::Text { text }));
+            Ok(Step::Nothing)
+        }
         "content_block_start" if v["content_block"]["type"] == "tool_use" => {
             let block = &v["content_block"];
             let partial = decoder.calls.entry(index).or_default();
@@ -1445,18 +1456,30 @@ fn anthropic_step(ev: &sse::Event, decoder: &mut Decoder) -> Result<Step, LlmErr
             }
             // A passage that cites sources ends with their numbers.
             Ok(match decoder.cited.remove(&index) {
-                Some(numbers) => Step::Delta(Split {
-                    text: crate::native_search::marks(&numbers),
-                    ..Split::default()
-                }),
+                Some(numbers) => {
+                    let marks = crate::native_search::marks(&numbers);
+                    if let Some(Block::Text { text }) = decoder.signed_block(index) {
+                        text.push_str(&marks);
+                    }
+                    Step::Delta(Split {
+                        text: marks,
+                        ..Split::default()
+                    })
+                }
                 None => Step::Nothing,
             })
         }
         "content_block_delta" => Ok(match v["delta"]["type"].as_str() {
-            Some("text_delta") => Step::Delta(Split {
-                text: v["delta"]["text"].as_str().unwrap_or_default().to_string(),
-                ..Split::default()
-            }),
+            Some("text_delta") => {
+                let piece = v["delta"]["text"].as_str().unwrap_or_default();
+                if let Some(Block::Text { text }) = decoder.signed_block(index) {
+                    text.push_str(piece);
+                }
+                Step::Delta(Split {
+                    text: piece.to_string(),
+                    ..Split::default()
+                })
+            }
             // Extended thinking, for a request that turned it on.
             Some("thinking_delta") => {
                 let piece = v["delta"]["thinking"].as_str().unwrap_or_default();
@@ -1740,9 +1763,21 @@ fn complete(decoder: &mut Decoder, tx: &Sender<Chunk>, sent_any: &mut bool) -> V
     if decoder.stop_reason.as_deref() == Some("pause_turn") {
         let _ = tx.send(Chunk::Paused);
     }
+    // The round's text goes back in its place only around blocks of Anthropic's own
+    // tools, which want the turn as it came (a paused turn above all); otherwise after
+    // the thoughts, as the worker puts it.
+    let searched = decoder
+        .signed
+        .iter()
+        .any(|(_, b)| matches!(b, Block::Server { .. }));
     let thoughts: Vec<Block> = std::mem::take(&mut decoder.signed)
         .into_iter()
         .map(|(_, b)| b)
+        .filter(|b| match b {
+            // The API refuses an empty text block.
+            Block::Text { text } => searched && !text.is_empty(),
+            _ => true,
+        })
         .collect();
     if !thoughts.is_empty() {
         let _ = tx.send(Chunk::Thoughts(thoughts));
@@ -2220,6 +2255,74 @@ mod tests {
         };
         assert_eq!(err.kind, ErrorKind::Overloaded);
         assert!(err.retryable());
+    }
+
+    /// The thoughts of a round with Anthropic's own search hold its text in its place,
+    /// never an empty text block (the API refuses one); without a search, no text.
+    #[test]
+    fn a_searched_rounds_text_goes_back_in_its_place() {
+        let round = |events: &[&str]| {
+            let mut d = Decoder::default();
+            for e in events {
+                let v: serde_json::Value = serde_json::from_str(e).unwrap();
+                let kind = v["type"].as_str().unwrap().to_string();
+                anthropic_step(&ev(Some(&kind), e), &mut d).unwrap();
+            }
+            let (tx, rx) = crossbeam_channel::unbounded();
+            complete(&mut d, &tx, &mut false);
+            drop(tx);
+            rx.iter()
+                .find_map(|c| match c {
+                    Chunk::Thoughts(t) => Some(t),
+                    _ => None,
+                })
+                .unwrap_or_default()
+        };
+        let text = |i: u32, t: &str| {
+            [
+                format!(
+                    r#"{{"type":"content_block_start","index":{i},"content_block":{{"type":"text","text":""}}}}"#
+                ),
+                format!(
+                    r#"{{"type":"content_block_delta","index":{i},"delta":{{"type":"text_delta","text":"{t}"}}}}"#
+                ),
+                format!(r#"{{"type":"content_block_stop","index":{i}}}"#),
+            ]
+        };
+        let search = [
+            r#"{"type":"content_block_start","index":2,"content_block":{"type":"server_tool_use","id":"srvtoolu_1","name":"web_search","input":{}}}"#.to_string(),
+            r#"{"type":"content_block_stop","index":2}"#.to_string(),
+            r#"{"type":"content_block_start","index":3,"content_block":{"type":"web_search_tool_result","tool_use_id":"srvtoolu_1","content":[]}}"#.to_string(),
+            r#"{"type":"content_block_stop","index":3}"#.to_string(),
+        ];
+        let mut events: Vec<String> = text(0, "").to_vec();
+        events.extend(text(1, "Let me look."));
+        events.extend(search.iter().cloned());
+        events.extend(text(4, "Found it."));
+        let refs: Vec<&str> = events.iter().map(String::as_str).collect();
+        let kinds: Vec<String> = round(&refs)
+            .iter()
+            .map(|b| match b {
+                Block::Text { text } => format!("text {text}"),
+                Block::Server { block } => block["type"].as_str().unwrap().to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "text Let me look.",
+                "server_tool_use",
+                "web_search_tool_result",
+                "text Found it."
+            ]
+        );
+        let plain: Vec<String> = text(0, "Just words.").to_vec();
+        let refs: Vec<&str> = plain.iter().map(String::as_str).collect();
+        assert!(
+            round(&refs).is_empty(),
+            "text alone goes back as the worker writes it"
+        );
     }
 
     #[test]

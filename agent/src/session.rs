@@ -244,10 +244,14 @@ impl Turn {
     }
 
     /// An assistant turn that called tools, as upstream writes it, after the signed thoughts
-    /// (`Thinking`, `RedactedThinking`) that led to them.
+    /// (`Thinking`, `RedactedThinking`, and the API's own tools' blocks with the text in
+    /// its place among them) that led to them.
     pub fn tool_calls_after(thoughts: Vec<Block>, text: &str, calls: &[crate::llm::ToolCall]) -> Turn {
+        // Thoughts that hold the round's text (around the API's own tools' blocks) have
+        // it in its place already.
+        let placed = thoughts.iter().any(|b| matches!(b, Block::Text { .. }));
         let mut blocks = thoughts;
-        if !text.is_empty() {
+        if !text.is_empty() && !placed {
             blocks.push(Block::Text {
                 text: text.to_string(),
             });

@@ -3992,6 +3992,21 @@ fn claude_searches_the_web_itself_and_cites_its_sources() {
     // delivered again after a crash then is answered, not taken as done).
     a.send(&message("5", "sure?", "m4"));
     assert_eq!(done_text(&a.reply()), "Searching.\n\nStill 1.95.");
+    // It went back as it came: the words said before the search first.
+    let msgs = llm.requests()[6].json()["messages"].clone();
+    let last = msgs.as_array().unwrap().last().unwrap().clone();
+    let kinds: Vec<&str> = last["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["text", "server_tool_use", "web_search_tool_result"],
+        "{last}"
+    );
+    assert_eq!(last["content"][0]["text"], "Searching.");
     let lines = session_lines(&ws, "5");
     let paused: Vec<&Value> = lines.iter().filter(|l| l["paused"] == true).collect();
     assert_eq!(paused.len(), 1, "{lines:?}");
