@@ -38,6 +38,9 @@ environment and restart it.";
 const GUESTS_SIGN_OUT: &str =
     "⚠️ Only the agent's trusted users (AEGIS_TRUSTED_USERS) can sign it out of an MCP server.";
 
+/// The answer to a guest's `/model NAME`.
+const GUESTS_MODEL: &str = "⚠️ Only the agent's trusted users (AEGIS_TRUSTED_USERS) can pick the model this chat talks to; /model shows it.";
+
 /// Shown when a reply is cancelled before any text arrived.
 pub const CANCELLED: &str = "⏹ Reply cancelled.";
 
@@ -365,6 +368,10 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             Some(Some(GUESTS_SIGN_OUT.to_string()))
         }
         Some((word, rest)) if word == "mcp" => Some(Some(shared.tools.mcp_command(rest, &cancel_rx))),
+        // As is picking the model a whole group talks to (seeing it is anyone's).
+        Some((word, rest)) if word == "model" && !rest.trim().is_empty() && allowed != Allowed::All => {
+            Some(Some(GUESTS_MODEL.to_string()))
+        }
         Some((word, rest)) if word == "model" => Some(match &shared.models {
             Some(models) => models.command(out, rest, &cancel_rx),
             None => Some(NO_PROVIDER.to_string()),

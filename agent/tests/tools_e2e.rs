@@ -4448,6 +4448,15 @@ fn a_guest_gets_the_guests_tools_and_a_task_its_creators() {
         signed_out.contains("Only the agent's trusted users"),
         "{signed_out}"
     );
+    let picked = a.answer(&from("-100", "8", "/model gpt-5.5-pro", "m2b"));
+    assert!(
+        picked.contains("Only the agent's trusted users") && picked.contains("pick the model"),
+        "{picked}"
+    );
+    assert!(
+        !ws.join(".aegis/chat-models.json").exists(),
+        "a guest picked the group's model"
+    );
     // The owner, in the same group.
     assert_eq!(
         a.answer(&from("-100", "7", "clean up and remind me", "m3")),
