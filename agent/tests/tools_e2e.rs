@@ -2156,38 +2156,9 @@ fn brave_results_keep_to_the_sites_agent_json_allows() {
     use aegis_e2e::brave::FakeBrave;
     let brave = FakeBrave::start("BSA-test-key");
     let search = |setting: Value, query: &str| {
-        let llm = FakeLlm::scripted(vec![
-            Reply::sse(openai_tool_sse(
-                "",
-                &[(
-                    "s1",
-                    "web_search",
-                    &json!({"query": query, "count": 5}).to_string(),
-                )],
-                3,
-            )),
-            Reply::sse(openai_sse(&["ok"])),
-        ]);
-        let ws = TempDir::new("tools-search-sites");
-        write_agent_json(&ws, json!({"tools": {"web_search": setting}}));
-        let mut env = openai(&llm).to_vec();
-        env.push(("BRAVE_SEARCH_API_KEY", "BSA-test-key".into()));
-        env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
-        let a = agent(&ws, &env);
-        a.send(&message("1", "search", "m1"));
-        assert_eq!(done_text(&a.reply()), "ok");
-        let found: Value = serde_json::from_str(&tool_results(&llm.requests()[1])[0].1).unwrap();
-        let urls: Vec<String> = found["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["url"].as_str().unwrap().to_string())
-            .collect();
-        (
-            found["query"].clone(),
-            urls,
-            brave.searches().pop().unwrap().params,
-        )
+        let args = json!({"query": query, "count": 5});
+        let (found, asked) = brave_call(&brave, json!({"web_search": setting}), "web_search", args);
+        (found["query"].clone(), field_of_results(&found, "url"), asked)
     };
     let (query, urls, asked) = search(json!({"blocked_domains": ["pinterest.com"]}), "rust");
     assert_eq!(query, "rust", "the model's own words");
@@ -2210,6 +2181,40 @@ fn brave_results_keep_to_the_sites_agent_json_allows() {
     );
 }
 
+/// One call of Brave tool `tool` with `args`, by an agent whose agent.json `tools` is
+/// `tools`: the tool's answer, and what Brave was asked.
+fn brave_call(
+    brave: &aegis_e2e::brave::FakeBrave,
+    tools: Value,
+    tool: &str,
+    args: Value,
+) -> (Value, std::collections::HashMap<String, String>) {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("b1", tool, &args.to_string())], 3)),
+        Reply::sse(openai_sse(&["ok"])),
+    ]);
+    let ws = TempDir::new("tools-brave-sites");
+    write_agent_json(&ws, json!({ "tools": tools }));
+    let mut env = openai(&llm).to_vec();
+    env.push(("BRAVE_SEARCH_API_KEY", "BSA-test-key".into()));
+    env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "search", "m1"));
+    assert_eq!(done_text(&a.reply()), "ok");
+    let found = serde_json::from_str(&tool_results(&llm.requests()[1])[0].1).unwrap();
+    (found, brave.searches().pop().unwrap().params)
+}
+
+/// `field` of each of a search's results.
+fn field_of_results(found: &Value, field: &str) -> Vec<String> {
+    found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[field].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// `image_search` keeps to sites as `web_search` does, by the page a picture is on: its
 /// own lists in agent.json, else `web_search`'s.
 #[test]
@@ -2217,34 +2222,9 @@ fn pictures_come_from_the_sites_agent_json_allows() {
     use aegis_e2e::brave::FakeBrave;
     let brave = FakeBrave::start("BSA-test-key");
     let pictures = |tools: Value| {
-        let llm = FakeLlm::scripted(vec![
-            Reply::sse(openai_tool_sse(
-                "",
-                &[(
-                    "i1",
-                    "image_search",
-                    &json!({"query": "ferris", "count": 6}).to_string(),
-                )],
-                3,
-            )),
-            Reply::sse(openai_sse(&["ok"])),
-        ]);
-        let ws = TempDir::new("tools-picture-sites");
-        write_agent_json(&ws, json!({"tools": tools}));
-        let mut env = openai(&llm).to_vec();
-        env.push(("BRAVE_SEARCH_API_KEY", "BSA-test-key".into()));
-        env.push(("BRAVE_SEARCH_BASE_URL", brave.base_url()));
-        let a = agent(&ws, &env);
-        a.send(&message("1", "pictures", "m1"));
-        assert_eq!(done_text(&a.reply()), "ok");
-        let found: Value = serde_json::from_str(&tool_results(&llm.requests()[1])[0].1).unwrap();
-        let pages: Vec<String> = found["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["source_page"].as_str().unwrap().to_string())
-            .collect();
-        (pages, brave.searches().pop().unwrap().params)
+        let args = json!({"query": "ferris", "count": 6});
+        let (found, asked) = brave_call(&brave, tools, "image_search", args);
+        (field_of_results(&found, "source_page"), asked)
     };
     // web_search's list holds for pictures too.
     let (pages, asked) = pictures(json!({"web_search": {"blocked_domains": ["pinterest.com"]}}));
