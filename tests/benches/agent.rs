@@ -6,7 +6,8 @@
 //! a local LLM server to its `assistant.delta` frame arriving at a direct-tether host, with
 //! the peak RSS after that reply (plain HTTP, then HTTPS through a TLS front);
 //! exec → listening with three MCP servers configured; and the tool overhead: the end of
-//! a model response asking for a tool → the next model request (a no-op `bash`, an MCP
+//! a model response asking for a tool → the next model request (a no-op `bash`, a
+//! `web_fetch` of a local page by address and by name, its address checks included, an MCP
 //! call over stdio, one over Streamable HTTP, each with a server of the handshake
 //! revision and one of the stateless 2026-07-28); what recaps of a long conversation cost:
 //! their share of model requests and request bytes, and reply time with them on; and how
@@ -119,6 +120,8 @@ fn main() {
     skills_cost(&agent, 64);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
+    web_fetch_overhead(&agent, "127.0.0.1");
+    web_fetch_overhead(&agent, "localhost");
     cancel_during_tool(&agent);
     let stdio = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp")});
     tool_overhead(
@@ -461,9 +464,41 @@ fn startup_with_mcp(agent: &Path) {
 /// The time the agent takes around `tool` (no-op bash, or the tool of MCP server `fake`
 /// configured as `mcp`'s entry, named by its label).
 fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_json::Value)>) {
+    let kind = mcp.as_ref().map_or("no-op bash", |(label, _)| *label).to_string();
+    tool_overhead_with(agent, (tool, args), mcp, &kind, &[]);
+}
+
+/// `web_fetch` of a small page on this machine, named by `host` (opened with
+/// `AEGIS_WEB_PRIVATE_HOSTS`): the tool's own cost, its address checks included.
+fn web_fetch_overhead(agent: &Path, host: &str) {
+    let page = Server::start(|_req, resp| {
+        resp.send(
+            200,
+            &[("content-type", "text/html")],
+            b"<html><body><p>A page.</p></body></html>",
+        )
+    });
+    let args = serde_json::json!({"url": format!("http://{host}:{}/", page.port())}).to_string();
+    let open = std::ffi::OsStr::new("127.0.0.1,localhost");
+    let kind = format!("web_fetch by {host}");
+    tool_overhead_with(
+        agent,
+        ("web_fetch", &args),
+        None,
+        &kind,
+        &[("AEGIS_WEB_PRIVATE_HOSTS", open)],
+    );
+}
+
+fn tool_overhead_with(
+    agent: &Path,
+    (tool, args): (&str, &str),
+    mcp: Option<(&str, serde_json::Value)>,
+    kind: &str,
+    env: &[(&str, &std::ffi::OsStr)],
+) {
     use std::sync::{Arc, Mutex};
     let ws = temp_dir("bench-tool");
-    let kind = mcp.as_ref().map_or("no-op bash", |(label, _)| *label);
     if let Some((_, server)) = &mcp {
         std::fs::create_dir_all(ws.join(".aegis")).unwrap();
         std::fs::write(
@@ -483,7 +518,7 @@ fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_
         tool_then_ok(resp, n, &tool, &args);
         log.lock().unwrap().push((arrived, Instant::now()));
     });
-    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let (mut child, conn) = direct_agent_with(agent, &ws, Some(&llm.url), env);
     let mut w = conn.try_clone().unwrap();
     let mut lines = LineReader::new(BufReader::new(conn));
     for i in 0..50 {
