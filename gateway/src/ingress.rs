@@ -339,7 +339,6 @@ impl Ingress {
                 );
                 return Handled::default();
             }
-            self.steer(journal, at, &session, m.message_id, &msg_id);
         }
         let mut change = None;
         match command {
@@ -406,6 +405,10 @@ impl Ingress {
                 change,
                 command: None,
             };
+        }
+        // Only an edit that goes on stops the reply to its old words.
+        if m.edit_date.is_some() {
+            self.steer(journal, at, &session, m.message_id, &msg_id);
         }
         // Typing from now: fetching a large file takes a while on a slow line.
         let _ = self.events.send(Event::UserMessage(at.0, at.1));

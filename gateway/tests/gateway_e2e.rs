@@ -3242,7 +3242,7 @@ fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
     gateway_with(&mut s, limit);
     let tg = &s.telegram;
     tg.push_text(CHAT, 7, "Ann", "one");
-    tg.push_text(CHAT, 7, "Ann", "two");
+    let two_update = tg.push_text(CHAT, 7, "Ann", "two");
     tg.push_text(CHAT, 7, "Ann", "three");
     tg.push_text(CHAT, 7, "Ann", "four");
     // Handled after "four" (a chat's messages are handled in order), and not held back.
@@ -3299,14 +3299,35 @@ fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
         "Ann, told in private, is not told again: {texts:?}"
     );
 
+    // An edit is a message too: Ann's, held back, stops nothing (no reply to its old words
+    // is cancelled, nothing reaches the instance).
+    let two = json!({"message_id": 10_000 + two_update, "chat": {"id": CHAT, "type": "private"},
+        "from": {"id": 7, "is_bot": false, "first_name": "Ann"}});
+    tg.push_edit(two, "two, edited");
+    tg.push_message(
+        json!({"chat": {"id": CHAT, "type": "private"}, "from": from("Ann", 7), "text": "/start"}),
+    );
+    tg.wait_chat(CHAT, T, |m| m.len() == 5);
+    let before = s.gateway.as_ref().unwrap().log();
+    assert!(
+        before.contains(&format!(
+            "message {} of user 7 not passed on",
+            10_000 + two_update
+        )) && !before.contains("was edited; its reply stops"),
+        "a held-back edit stopped a reply: {before}"
+    );
+
     // Killed and started again: the counts are where they were.
     s.gateway.as_mut().unwrap().kill9();
     s.start_gateway();
     let tg = &s.telegram;
     tg.push_text(CHAT, 7, "Ann", "five");
     tg.push_text(CHAT, 7, "Ann", "/start");
-    let msgs = tg.wait_chat(CHAT, T, |m| m.len() == 5);
-    assert!(msgs[4].visible().starts_with("👋"), "{msgs:?}");
+    let msgs = tg.wait_chat(CHAT, T, |m| m.len() == 6);
+    assert!(
+        msgs[4].visible().starts_with("👋") && msgs[5].visible().starts_with("👋"),
+        "{msgs:?}"
+    );
     assert_eq!(shown(&msgs[..4]), sorted, "nothing more for Ann's messages");
     tg.push_text(4343, 8, "Bob", "again");
     tg.wait_chat(4343, T, |m| m.len() == 2);
@@ -3319,7 +3340,7 @@ fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
         .map(aegis_e2e::llm::last_user_text)
         .collect();
     assert_eq!(asked.len(), 2 + 1 + 3 + 2 + 1 + 1, "{asked:?}");
-    for held in ["three", "four", "five", "me too", "[Carl]: c"] {
+    for held in ["three", "four", "five", "me too", "[Carl]: c", "two, edited"] {
         assert!(
             !asked.iter().any(|a| a.contains(held)),
             "{held:?} reached the model: {asked:?}"
