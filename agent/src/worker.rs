@@ -641,6 +641,9 @@ fn over_limit(
         .filter(|_| session.channel == "cron");
     match task {
         Some(task) => {
+            // Done with before the run's `assistant.done` says so (a one-time task then
+            // is gone by the time its host hears the run ended).
+            shared.tools.task_ran(task);
             if shared.limits.first_telling(task) {
                 send_text(
                     shared,
@@ -652,7 +655,6 @@ fn over_limit(
             } else {
                 send_text(shared, kind::ASSISTANT_DONE, session, msg_id, "");
             }
-            shared.tools.task_ran(task);
         }
         None => send_text(
             shared,
