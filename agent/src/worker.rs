@@ -38,6 +38,9 @@ environment and restart it.";
 const GUESTS_SIGN_OUT: &str =
     "⚠️ Only the agent's trusted users (AEGIS_TRUSTED_USERS) can sign it out of an MCP server.";
 
+/// What a guest's `/usage` says instead of the agent's record.
+const GUESTS_USAGE: &str = "The agent's usage is shown to its trusted users (AEGIS_TRUSTED_USERS).";
+
 /// The answer to a guest's `/model NAME`.
 const GUESTS_MODEL: &str = "⚠️ Only the agent's trusted users (AEGIS_TRUSTED_USERS) can pick the model this chat talks to; /model shows it.";
 
@@ -325,7 +328,12 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
     // Answered from the record, without the model, and kept out of the conversation: a
     // copy delivered again is answered again, with the same numbers.
     if is_command(&msg.text, "/usage") {
-        let mut summary = shared.usage.summary(&crate::usage::today());
+        // What the agent spends, model by model, is the operator's business, not a
+        // stranger's; a guest still sees the daily limits that hold them.
+        let mut summary = match allowed {
+            Allowed::All => shared.usage.summary(&crate::usage::today()),
+            Allowed::Guest(_) => GUESTS_USAGE.to_string(),
+        };
         if let Some(limits) = shared.limits.summary(payer) {
             summary = format!("{summary}\n\n{limits}");
         }

@@ -4428,6 +4428,11 @@ fn a_guest_gets_the_guests_tools_and_a_task_its_creators() {
         signed_out.contains("Only the agent's trusted users"),
         "{signed_out}"
     );
+    let usage = a.answer(&from("-100", "8", "/usage", "m2a"));
+    assert_eq!(
+        usage,
+        "The agent's usage is shown to its trusted users (AEGIS_TRUSTED_USERS)."
+    );
     let picked = a.answer(&from("-100", "8", "/model gpt-5.5-pro", "m2b"));
     assert!(
         picked.contains("Only the agent's trusted users") && picked.contains("pick the model"),
@@ -4445,6 +4450,11 @@ fn a_guest_gets_the_guests_tools_and_a_task_its_creators() {
     let reqs = llm.requests();
     assert!(offered_tools(&reqs[2]).contains(&"bash".to_string()));
     assert!(ws.join("owner-was-here").exists());
+    let usage = a.answer(&from("-100", "7", "/usage", "m3a"));
+    assert!(
+        usage.contains("model requests") && !usage.contains("shown to its trusted users"),
+        "the owner sees the record: {usage}"
+    );
     let tasks: Value =
         serde_json::from_str(&std::fs::read_to_string(ws.join(".aegis/cron.json")).unwrap()).unwrap();
     assert_eq!(tasks["entries"][0]["created_by"], "7", "{tasks}");
