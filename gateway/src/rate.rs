@@ -146,8 +146,11 @@ impl RateLimit {
             return Verdict::Pass;
         }
         let longest = self.longest();
+        // Oldest first: what left every window is a prefix, found by bisection, so a
+        // message costs each recent sender a look at a few entries, not all of them.
         sent.retain(|_, s| {
-            s.at.retain(|(t, _)| t.saturating_add(longest) > now);
+            let gone = s.at.partition_point(|(t, _)| t.saturating_add(longest) <= now);
+            s.at.drain(..gone);
             !s.at.is_empty() || s.told_until.is_some_and(|t| t > now)
         });
         if self.exempt.contains(&user) {
@@ -160,7 +163,9 @@ impl RateLimit {
         let held = self.hold(mine, now);
         match held {
             None => {
-                mine.at.push((now, update));
+                // Kept oldest first even if the clock steps back (pruning bisects).
+                let at = mine.at.last().map_or(now, |(last, _)| now.max(*last));
+                mine.at.push((at, update));
                 // The largest rule needs no more than its count of messages.
                 let keep = self.rules.iter().map(|r| r.messages as usize).max().unwrap_or(0);
                 let excess = mine.at.len().saturating_sub(keep);
@@ -254,6 +259,18 @@ mod tests {
             assert_eq!(l.admit(&mut sent, 99, id, 601), Verdict::Pass);
         }
         assert!(!sent.contains_key(&99), "an exempt sender is not counted");
+    }
+
+    #[test]
+    fn a_clock_stepping_back_keeps_the_count_whole() {
+        let l = limit(&[(2, 10)]);
+        let mut sent = BTreeMap::new();
+        assert_eq!(l.admit(&mut sent, 7, 1, 10_000), Verdict::Pass);
+        // The clock steps back an hour: the message still counts, and the window still
+        // holds both.
+        assert_eq!(l.admit(&mut sent, 7, 2, 10_000 - 3_600), Verdict::Pass);
+        assert!(matches!(l.admit(&mut sent, 7, 3, 10_001), Verdict::Refuse { .. }));
+        assert_eq!(sent[&7].at.len(), 2);
     }
 
     #[test]
