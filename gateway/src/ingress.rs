@@ -709,9 +709,7 @@ impl Ingress {
     /// Whether `rate_limit` holds back message `m` of `user` (update `update`): then it
     /// goes no further, and its sender is told the first time.
     fn held_back(&self, journal: &Journal, m: &Message, user: i64, update: i64) -> bool {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::rate::now();
         let verdict = journal.note(|st| self.bot.rate.admit(&mut st.rates, user, update, now));
         let crate::rate::Verdict::Refuse { rule, wait, tell } = verdict else {
             return false;

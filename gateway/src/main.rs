@@ -222,12 +222,13 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
         // What a run that died left to hand on (the next run does it first).
         let poll = crate::state::dir(tg.bot_id()).join("poll.json");
         let st: crate::state::PollState = crate::state::load(&poll);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        match bot.rate.held(&st.rates, now) {
-            _ if !bot.rate.any() => println!("rate_limit: {}", bot.rate.describe()),
-            held => println!("rate_limit: {}; {held} held back now", bot.rate.describe()),
+        match bot.rate.any() {
+            false => println!("rate_limit: {}", bot.rate.describe()),
+            true => println!(
+                "rate_limit: {}; {} held back now",
+                bot.rate.describe(),
+                bot.rate.held(&st.rates, crate::rate::now())
+            ),
         }
         match st.pending.len() {
             0 => println!("state: {} (nothing waiting)", poll.display()),

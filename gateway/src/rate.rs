@@ -24,6 +24,13 @@ pub const MAX_MESSAGES: u32 = 10_000;
 /// The longest window of a rule: 30 days.
 pub const MAX_MINUTES: u32 = 43_200;
 
+/// Now, in the unix seconds the counts are kept in.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// "At most `messages` in any `minutes`".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
