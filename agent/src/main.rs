@@ -33,6 +33,7 @@ mod mcp_oauth;
 mod mcp_prompts;
 mod mcp_resources;
 mod memory;
+mod memory_command;
 mod native_search;
 mod oauth_discovery;
 mod oauth_store;

@@ -10,6 +10,12 @@ pub fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// `text` on one line (each run of whitespace a single space), cut as [`clip`] cuts it:
+/// a stored text in a list.
+pub fn one_line(text: &str, max: usize) -> String {
+    clip(&text.split_whitespace().collect::<Vec<_>>().join(" "), max)
+}
+
 /// The command a message starts with (`/name`, `/name@bot`), lower case, and the text
 /// after it; `None` for a message that is not a command.
 pub fn slash_command(text: &str) -> Option<(String, &str)> {

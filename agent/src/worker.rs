@@ -319,6 +319,9 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         .tools
         .acting_for(msg.user.as_ref().and_then(|u| u.id.as_deref()), task);
     let allowed = shared.tools.allowed_for(out, on_behalf.as_deref());
+    // Where memories are kept and recalled, and whether the one speaking is a guest.
+    let here = crate::memory::Here::new(out, msg.user.as_ref().and_then(|u| u.id.as_deref()))
+        .for_guest(allowed != Allowed::All);
     if let Some(id) = &msg_id {
         if state.skip.lock().expect("skip lock").remove(id) {
             send_cancelled(shared, out, &msg_id, "cancelled before it started", "");
@@ -376,6 +379,15 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             Some(Some(GUESTS_SIGN_OUT.to_string()))
         }
         Some((word, rest)) if word == "mcp" => Some(Some(shared.tools.mcp_command(rest, &cancel_rx))),
+        Some((word, rest)) if word == "tasks" => Some(Some(shared.tools.tasks_command(
+            rest,
+            out,
+            on_behalf.as_deref(),
+            &allowed,
+        ))),
+        Some((word, rest)) if word == "memory" => {
+            Some(Some(shared.tools.memory_command(rest, out, &here, &allowed)))
+        }
         // As is picking the model a whole group talks to (seeing it is anyone's).
         Some((word, rest)) if word == "model" && !rest.trim().is_empty() && allowed != Allowed::All => {
             Some(Some(GUESTS_MODEL.to_string()))
@@ -501,7 +513,6 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         shared.tools.mcp_instructions()
     );
     let cache_key = crate::prompt_cache::conversation_key(&session.channel, &session.id);
-    let here = crate::memory::Here::new(out, msg.user.as_ref().and_then(|u| u.id.as_deref()));
     let memories = shared.memory.inject(&words, &here);
     // The skill asked for, then which skills the model loaded fell out of view
     // (recently: within one window's turns), then the memories.

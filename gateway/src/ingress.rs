@@ -357,10 +357,20 @@ impl Ingress {
                 return Handled::change(Some(Change::LeaveExec(chat, user_id)));
             }
             // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
-            // their meaning (`/usage`, `/skills`, `/mcp` and `/model` are the agent's).
+            // their meaning (`/usage`, `/skills`, `/mcp`, `/model`, `/tasks` and `/memory` are the agent's).
             c if !matches!(
                 c,
-                "/stop" | "/cancel" | "/new" | "/start" | "/exit" | "/usage" | "/skills" | "/mcp" | "/model"
+                "/stop"
+                    | "/cancel"
+                    | "/new"
+                    | "/start"
+                    | "/exit"
+                    | "/usage"
+                    | "/skills"
+                    | "/mcp"
+                    | "/model"
+                    | "/tasks"
+                    | "/memory"
             ) && m.text.is_some()
                 && m.forward_origin.is_none()
                 && in_exec =>

@@ -108,6 +108,10 @@ CHAT COMMANDS:
     /model           the model this chat talks to; /model NAME picks another the
                      provider lists, /model default the agent's again (answered by
                      the agent)
+    /tasks           this chat's scheduled tasks; /tasks delete|pause|resume ID
+                     (answered by the agent)
+    /memory          what the agent remembers in this chat; /memory forget ID
+                     (answered by the agent)
     /exec, /exit     shell commands in the instance, for the users exec_users names
 
 In a chat with topics (a forum group, or a private chat with topics on) each topic is a

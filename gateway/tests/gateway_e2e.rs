@@ -871,7 +871,7 @@ fn start_greets_and_the_command_menu_is_set() {
     );
 }
 
-/// The commands the agent answers of its own (`/model`, a skill here) join the bot's menu
+/// The commands the agent answers of its own (`/model`, `/tasks`, a skill here) join the bot's menu
 /// after the gateway's, stay there across a gateway restart, and the skill leaves it with
 /// the skill; a menu Telegram refuses as too long is set again with fewer of them.
 #[test]
@@ -913,10 +913,10 @@ fn the_agents_skills_join_the_command_menu() {
     s.telegram.push_text(CHAT, 7, "Ann", "hello");
     s.telegram
         .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible().starts_with("echo:")));
-    wait_menu(&s, &with(&["model", "csv_report"]));
+    wait_menu(&s, &with(&["model", "tasks", "memory", "csv_report"]));
     let set = s.telegram.calls_of("setMyCommands");
     assert_eq!(set.len(), 2, "set at the start, then once for the agent's");
-    assert_eq!(set[1].body["commands"][5]["description"], "The csv-report skill");
+    assert_eq!(set[1].body["commands"][7]["description"], "The csv-report skill");
     // In a group, the skill's command picked from the menu (no `@bot`) is the bot's.
     const GROUP: i64 = -1003;
     s.telegram.push_message(
@@ -938,20 +938,23 @@ fn the_agents_skills_join_the_command_menu() {
         assert!(std::time::Instant::now() < deadline, "no menu after the restart");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(s.telegram.menu(), with(&["model", "csv_report"]));
+    assert_eq!(
+        s.telegram.menu(),
+        with(&["model", "tasks", "memory", "csv_report"])
+    );
 
     // More skills than this Telegram takes: halved until it does.
     for n in 0..6 {
         skill(&format!("extra-{n}"));
     }
-    s.telegram.cap_menu(8);
+    s.telegram.cap_menu(10);
     s.telegram.push_text(CHAT, 8, "Ann", "more");
-    wait_menu(&s, &with(&["model", "csv_report", "extra_0", "extra_1"]));
+    wait_menu(&s, &with(&["model", "tasks", "memory", "csv_report", "extra_0"]));
 
     // The skills gone: the gateway's own again, and `/model`.
     std::fs::remove_dir_all(&skills).unwrap();
     s.telegram.push_text(CHAT, 9, "Ann", "less");
-    wait_menu(&s, &with(&["model"]));
+    wait_menu(&s, &with(&["model", "tasks", "memory"]));
 }
 
 /// `/usage` is answered by the agent from its record of what the model's requests cost,
@@ -2440,12 +2443,16 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     let drafts = tg.calls_of("sendMessageDraft").len();
     tg.push_text(ADMIN, ADMIN, "Ann", "echo still a command");
     assert_eq!(last(ADMIN, 5), "still a command\nexit: 0");
-    // The agent's own commands keep their meaning: `/mcp` and `/model` go to the agent,
-    // not to sh.
+    // The agent's own commands keep their meaning: `/mcp`, `/model`, `/tasks` and
+    // `/memory` go to the agent, not to sh.
     tg.push_text(ADMIN, ADMIN, "Ann", "/mcp");
     reply(ADMIN, 6, "echo: /mcp");
     tg.push_text(ADMIN, ADMIN, "Ann", "/model gpt-5.5");
     reply(ADMIN, 7, "echo: /model gpt-5.5");
+    tg.push_text(ADMIN, ADMIN, "Ann", "/tasks pause 3");
+    reply(ADMIN, 8, "echo: /tasks pause 3");
+    tg.push_text(ADMIN, ADMIN, "Ann", "/memory");
+    reply(ADMIN, 9, "echo: /memory");
 
     // In a group, exec mode is the admin's own: another member still talks to the agent.
     let group = json!({"id": GROUP, "type": "supergroup", "title": "Ops"});
@@ -2466,9 +2473,9 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
 
     // /exit: back to the agent.
     tg.push_text(ADMIN, ADMIN, "Ann", "/exit");
-    assert_eq!(last(ADMIN, 8), "💬 Back to chat mode.");
+    assert_eq!(last(ADMIN, 10), "💬 Back to chat mode.");
     tg.push_text(ADMIN, ADMIN, "Ann", "ls");
-    reply(ADMIN, 9, "echo: ls");
+    reply(ADMIN, 11, "echo: ls");
     // The new process learns again that drafts are refused, once for /exec and replies
     // (a group's reply never drafts).
     let since = tg.calls_of("sendMessageDraft").len() - drafts;

@@ -142,6 +142,29 @@ impl CronTools {
         Ok(true)
     }
 
+    /// Every task, as the file holds them.
+    pub(super) fn entries(&self) -> Result<Vec<Entry>, String> {
+        Ok(self.load()?.entries)
+    }
+
+    /// What schedules are evaluated in, said with them.
+    pub(super) fn zone_note(&self) -> &str {
+        &self.zone_note
+    }
+
+    /// Change the file under the lock: `change` edits it, and it is written when that
+    /// succeeds.
+    pub(super) fn edit<T>(
+        &self,
+        change: impl FnOnce(&mut CronFile) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let _guard = self.lock.lock().expect("cron lock");
+        let mut file = self.load()?;
+        let out = change(&mut file)?;
+        self.save(&file)?;
+        Ok(out)
+    }
+
     /// `cron_list {}`.
     pub fn list(&self) -> Result<String, String> {
         let file = self.load()?;
@@ -151,30 +174,28 @@ impl CronTools {
     /// `cron_delete {id}`.
     pub fn delete(&self, args: &Value) -> Result<String, String> {
         let id = arg_str(args, "id")?;
-        let _guard = self.lock.lock().expect("cron lock");
-        let mut file = self.load()?;
-        let before = file.entries.len();
-        file.entries.retain(|e| e.id != id);
-        if file.entries.len() == before {
-            return Err(format!("no scheduled task {id:?}"));
-        }
-        self.save(&file)?;
-        Ok(json!({"ok": true}).to_string())
+        self.edit(|file| {
+            let before = file.entries.len();
+            file.entries.retain(|e| e.id != id);
+            match file.entries.len() == before {
+                true => Err(format!("no scheduled task {id:?}")),
+                false => Ok(json!({"ok": true}).to_string()),
+            }
+        })
     }
 
     /// `cron_enable {id}` / `cron_disable {id}`.
     pub fn set_enabled(&self, args: &Value, enabled: bool) -> Result<String, String> {
         let id = arg_str(args, "id")?;
-        let _guard = self.lock.lock().expect("cron lock");
-        let mut file = self.load()?;
-        let entry = file
-            .entries
-            .iter_mut()
-            .find(|e| e.id == id)
-            .ok_or_else(|| format!("no scheduled task {id:?}"))?;
-        entry.enabled = enabled;
-        self.save(&file)?;
-        Ok(json!({"ok": true, "enabled": enabled}).to_string())
+        self.edit(|file| {
+            let entry = file
+                .entries
+                .iter_mut()
+                .find(|e| e.id == id)
+                .ok_or_else(|| format!("no scheduled task {id:?}"))?;
+            entry.enabled = enabled;
+            Ok(json!({"ok": true, "enabled": enabled}).to_string())
+        })
     }
 }
 

@@ -22,6 +22,7 @@ pub mod search;
 pub mod self_info;
 pub mod shell;
 pub mod speak;
+pub mod tasks_command;
 pub mod web;
 
 use std::collections::BTreeSet;
@@ -270,7 +271,7 @@ impl Builtin {
             ),
             Builtin::MemoryStore => (
                 "Remember a stable fact for later conversations (at most 500 characters): something the user asked you to remember, or a lasting fact about the user or the work. Never store secrets, keys, tokens or passwords.",
-                json!({"text": s("The fact to remember"), "tags": {"type": "array", "items": {"type": "string"}, "description": "Up to 5 labels"}, "scope": s("'workspace' (default): recalled in every conversation; 'user': about the person writing, recalled only where they write; 'session': this conversation only")}),
+                json!({"text": s("The fact to remember"), "tags": {"type": "array", "items": {"type": "string"}, "description": "Up to 5 labels"}, "scope": s("'workspace' (default; not for a guest's memories): recalled in every conversation; 'user' (a guest's default): about the person writing, recalled only where they write; 'session': this conversation only")}),
                 &["text"],
             ),
             Builtin::MemorySearch => (
@@ -736,6 +737,40 @@ impl Toolbox {
         })
     }
 
+    /// The answer to `/tasks REST` in chat `out`, asked by `who` who may use `allowed`.
+    pub fn tasks_command(
+        &self,
+        rest: &str,
+        out: &Session,
+        who: Option<&str>,
+        allowed: &guests::Allowed,
+    ) -> String {
+        let asker = tasks_command::Asker {
+            user: who,
+            trusted: *allowed == guests::Allowed::All,
+        };
+        self.cron.command(rest, out, asker)
+    }
+
+    /// The answer to `/memory REST` in chat `out`, asked `here` by someone who may use
+    /// `allowed`.
+    pub fn memory_command(
+        &self,
+        rest: &str,
+        out: &Session,
+        here: &crate::memory::Here,
+        allowed: &guests::Allowed,
+    ) -> String {
+        // A private chat's id is its person's (a topic's session id adds `:tN`).
+        let chat = out.id.split(':').next();
+        let asker = crate::memory_command::Asker {
+            private: here.user.is_some() && here.user.as_deref() == chat,
+            may_list: self.permits(Builtin::MemorySearch.name(), allowed),
+            may_forget: self.permits(Builtin::MemoryDelete.name(), allowed),
+        };
+        self.memory.command(rest, here, asker)
+    }
+
     /// The answer to `/mcp REST` (see [`crate::mcp::McpServers::command`]).
     pub fn mcp_command(&self, rest: &str, cancel: &Receiver<()>) -> String {
         self.mcp.command(rest, cancel)
@@ -777,9 +812,20 @@ impl Toolbox {
             command: "model".into(),
             description: "The model this chat talks to, and another to pick".into(),
         });
+        let has = |b: Builtin| self.builtins.contains(&b);
+        let tasks = has(Builtin::CronCreate).then(|| tether::frame::Command {
+            command: "tasks".into(),
+            description: "This chat's scheduled tasks, to pause or delete".into(),
+        });
+        let memory = has(Builtin::MemorySearch).then(|| tether::frame::Command {
+            command: "memory".into(),
+            description: "What the agent remembers here, to forget".into(),
+        });
         let mut menu: Vec<tether::frame::Command> = model
             .into_iter()
             .chain(mcp)
+            .chain(tasks)
+            .chain(memory)
             .chain(
                 skills
                     .iter()

@@ -1,0 +1,258 @@
+//! `/tasks` in a chat: the scheduled tasks whose replies go to it, and deleting, pausing
+//! or resuming one. Answered by the agent without the model, so it works past a daily
+//! limit, which a task that runs too often may be what used up.
+
+use tether::cron::Entry;
+use tether::Session;
+
+use super::cron::CronTools;
+
+/// Characters of a task's text in the list.
+const TEXT_SHOWN: usize = 150;
+
+/// How to use the command, said after the list and for words it does not know.
+const USAGE: &str =
+    "`/tasks delete ID` deletes one; `/tasks pause ID` and `/tasks resume ID` stop and restart one.";
+
+/// Who asks: the person whose message it is, and whether they are one of the agent's
+/// trusted users (everyone is when none are named).
+#[derive(Debug, Clone, Copy)]
+pub struct Asker<'a> {
+    /// Their user id on the channel, when it says.
+    pub user: Option<&'a str>,
+    /// A trusted user changes any task of the chat; a guest only those they asked for.
+    pub trusted: bool,
+}
+
+/// What `/tasks WORD ID` does to a task.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Change {
+    Delete,
+    Pause,
+    Resume,
+}
+
+impl CronTools {
+    /// The answer to `/tasks REST` in `chat`, asked by `asker`.
+    pub fn command(&self, rest: &str, chat: &Session, asker: Asker) -> String {
+        let mut words = rest.split_whitespace();
+        let change = match words.next() {
+            None => return self.listing(chat, asker),
+            Some(w) => match w.to_ascii_lowercase().as_str() {
+                "delete" | "remove" => Change::Delete,
+                "pause" | "disable" => Change::Pause,
+                "resume" | "enable" => Change::Resume,
+                _ => return format!("/tasks does not know {w:?}. {USAGE}"),
+            },
+        };
+        let (Some(id), None) = (words.next(), words.next()) else {
+            return format!("Name one task by its id, as /tasks lists them. {USAGE}");
+        };
+        // `3` is `cron-3`, as people read the list.
+        let id = match id.parse::<u64>() {
+            Ok(n) => format!("cron-{n}"),
+            Err(_) => id.to_string(),
+        };
+        match self.change(&id, change, chat, asker) {
+            Ok(text) => text,
+            Err(why) => format!("⚠️ {why}"),
+        }
+    }
+
+    fn listing(&self, chat: &Session, asker: Asker) -> String {
+        let entries = match self.entries() {
+            Ok(e) => e,
+            Err(why) => return format!("⚠️ The scheduled tasks cannot be read: {why}"),
+        };
+        let (here, elsewhere): (Vec<&Entry>, Vec<&Entry>) =
+            entries.iter().partition(|e| e.reply_to.as_ref() == Some(chat));
+        let mut out = if here.is_empty() {
+            "No scheduled tasks reply to this chat. Ask the agent for one (\"every weekday at 9, \
+             summarise my open issues\", \"remind me in 20 minutes to call Bob\")."
+                .to_string()
+        } else {
+            let mut out = format!("Scheduled tasks of this chat ({}):", self.zone_note());
+            for e in &here {
+                out.push_str(&format!("\n{}", line(e)));
+            }
+            out.push_str(&format!("\n{USAGE}"));
+            out
+        };
+        // Other chats' tasks are the operator's to know of, not a guest's.
+        if asker.trusted && !elsewhere.is_empty() {
+            out.push_str(&format!(
+                "\n({} more reply to other chats or to none; the agent's cron_list shows every task.)",
+                elsewhere.len()
+            ));
+        }
+        out
+    }
+
+    fn change(&self, id: &str, change: Change, chat: &Session, asker: Asker) -> Result<String, String> {
+        self.edit(|file| {
+            let Some(i) = file
+                .entries
+                .iter()
+                .position(|e| e.id == id && e.reply_to.as_ref() == Some(chat))
+            else {
+                return Err(format!("No task {id} replies to this chat (/tasks lists them)."));
+            };
+            let entry = &mut file.entries[i];
+            if !asker.trusted && (asker.user.is_none() || entry.created_by.as_deref() != asker.user) {
+                return Err(format!(
+                    "{id} was scheduled by someone else: only they or the agent's trusted users can change it."
+                ));
+            }
+            let text = shortened(&entry.message);
+            Ok(match change {
+                Change::Delete => {
+                    file.entries.remove(i);
+                    format!("🗑 Deleted {id}: {text}")
+                }
+                Change::Pause => {
+                    entry.enabled = false;
+                    format!("⏸ Paused {id}: it does not run until `/tasks resume {id}`.")
+                }
+                Change::Resume => {
+                    entry.enabled = true;
+                    format!("▶️ Resumed {id}: {}", when(entry))
+                }
+            })
+        })
+    }
+}
+
+/// A task as one line of the list: its id (monospace, which Telegram copies on a tap),
+/// when it runs, and what it does.
+fn line(e: &Entry) -> String {
+    let paused = if e.enabled { "" } else { " (paused)" };
+    format!("`{}` {}{paused}: {}", e.id, when(e), shortened(&e.message))
+}
+
+fn when(e: &Entry) -> String {
+    match &e.at {
+        Some(at) => format!("once at {at}"),
+        None => format!("every `{}`", e.schedule),
+    }
+}
+
+fn shortened(text: &str) -> String {
+    crate::text::one_line(text, TEXT_SHOWN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::TempDir;
+    use serde_json::json;
+
+    fn trusted() -> Asker<'static> {
+        Asker {
+            user: Some("1"),
+            trusted: true,
+        }
+    }
+
+    #[test]
+    fn a_chat_lists_and_changes_its_own_tasks_only() {
+        let d = TempDir::new("tasks-command");
+        let c = CronTools::new(d.path(), Some("Europe/Paris"));
+        let private = Session::new("telegram", "1");
+        let group = Session::new("telegram", "-100");
+        c.create(
+            &json!({"schedule": "0 9 * * 1-5", "text": "Summarise\nmy issues"}),
+            &private,
+            Some("1"),
+        )
+        .unwrap();
+        c.create(
+            &json!({"at": "2099-01-01T09:00", "text": "Call Bob"}),
+            &group,
+            Some("7"),
+        )
+        .unwrap();
+        c.create(
+            &json!({"schedule": "*/5 * * * *", "text": "x".repeat(400)}),
+            &group,
+            Some("1"),
+        )
+        .unwrap();
+
+        let list = c.command("", &private, trusted());
+        assert!(
+            list.starts_with("Scheduled tasks of this chat (schedules are evaluated in the Europe/Paris"),
+            "{list}"
+        );
+        assert!(
+            list.contains("\n`cron-1` every `0 9 * * 1-5`: Summarise my issues\n"),
+            "{list}"
+        );
+        assert!(!list.contains("Call Bob"), "{list}");
+        assert!(list.contains("(2 more reply to other chats"), "{list}");
+        let guest = Asker {
+            user: Some("7"),
+            trusted: false,
+        };
+        let seen_by_guest = c.command("", &group, guest);
+        assert!(
+            seen_by_guest.contains("`cron-2` once at 2099-01-01T09:00: Call Bob"),
+            "{seen_by_guest}"
+        );
+        assert!(seen_by_guest.contains(&format!("`cron-3` every `*/5 * * * *`: {}…", "x".repeat(150))));
+        assert!(
+            !seen_by_guest.contains("more reply to other chats"),
+            "{seen_by_guest}"
+        );
+
+        // Only this chat's tasks, and a guest only their own.
+        assert_eq!(
+            c.command("delete cron-1", &group, trusted()),
+            "⚠️ No task cron-1 replies to this chat (/tasks lists them)."
+        );
+        assert!(c
+            .command("pause 3", &group, guest)
+            .contains("scheduled by someone else"));
+        let nobody = Asker {
+            user: None,
+            trusted: false,
+        };
+        assert!(c.command("pause 2", &group, nobody).contains("someone else"));
+        // Nobody's task (written by hand) is no one's to change but the trusted users'.
+        c.create(&json!({"schedule": "0 0 * * *", "text": "nightly"}), &group, None)
+            .unwrap();
+        assert!(c.command("delete 4", &group, nobody).contains("someone else"));
+        assert!(c
+            .command("delete 4", &group, trusted())
+            .starts_with("🗑 Deleted cron-4"));
+        assert_eq!(
+            c.command("pause 2", &group, guest),
+            "⏸ Paused cron-2: it does not run until `/tasks resume cron-2`."
+        );
+        assert!(c
+            .command("", &group, guest)
+            .contains("`cron-2` once at 2099-01-01T09:00 (paused): Call Bob"));
+        assert_eq!(
+            c.command("RESUME cron-2", &group, guest),
+            "▶️ Resumed cron-2: once at 2099-01-01T09:00"
+        );
+        assert_eq!(
+            c.command("delete cron-3", &group, trusted()),
+            format!("🗑 Deleted cron-3: {}…", "x".repeat(150))
+        );
+        let file = std::fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap();
+        assert!(!file.contains("xxxx") && file.contains("Call Bob"), "{file}");
+
+        assert!(c
+            .command("snooze 2", &group, guest)
+            .starts_with("/tasks does not know \"snooze\""));
+        assert!(c.command("delete", &group, guest).starts_with("Name one task"));
+        assert!(c
+            .command("delete 2 3", &group, guest)
+            .starts_with("Name one task"));
+        let empty = c.command("", &Session::new("telegram", "5"), guest);
+        assert!(
+            empty.starts_with("No scheduled tasks reply to this chat."),
+            "{empty}"
+        );
+    }
+}
