@@ -20,6 +20,9 @@ pub struct ToolSetting {
     /// [ours] For `bash`: longest run in seconds (default 60).
     #[serde(default)]
     pub timeout_secs: Option<u64>,
+    /// [ours] For `bash`: longest run of a background job in seconds (default 7200).
+    #[serde(default)]
+    pub background_timeout_secs: Option<u64>,
     /// For `web_search` and `image_search`: the variable holding the Brave Search key.
     #[serde(default)]
     pub brave_api_key_env: Option<String>,

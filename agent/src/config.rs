@@ -127,7 +127,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     reasoning_effort, openai_api,
     thinking_budget, context_turns, context_chars, context_recap, system_prompt,
     max_tool_rounds,
-    tools {NAME: {enabled, timeout_secs, brave_api_key_env, openai_api_key_env,
+    tools {NAME: {enabled, timeout_secs, background_timeout_secs, brave_api_key_env, openai_api_key_env,
     model, voice, native, max_uses, allowed_domains, blocked_domains, user_location
     {city, region, country, timezone}}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
@@ -441,11 +441,15 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     if let Some(spec) = env("AEGIS_TOOLS") {
         selection.narrow(&spec).map_err(ConfigError)?;
     }
-    let bash_timeout = file
-        .tools
-        .get("bash")
+    let bash = file.tools.get("bash");
+    let bash_timeout = bash
         .and_then(|t| t.timeout_secs)
         .map_or(Duration::from_secs(60), |s| Duration::from_secs(s.max(1)));
+    let background_timeout = bash
+        .and_then(|t| t.background_timeout_secs)
+        .map_or(crate::tools::jobs::DEFAULT_TIMEOUT, |s| {
+            Duration::from_secs(s.max(1))
+        });
     let search_key_env = ["web_search", "image_search"].map(|tool| {
         file.tools
             .get(tool)
@@ -525,6 +529,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
         web_reach: std::sync::Arc::new(crate::tools::reach::Reach::new(&private_hosts)),
         selection,
         bash_timeout,
+        background_timeout,
         hidden_env,
         timezone: file.timezone.clone(),
         search_key_env,

@@ -223,7 +223,7 @@ fn main() -> ExitCode {
     };
     // What every model request costs, image and transcription models' too.
     let ledger = Arc::new(usage::Ledger::open(&config.workspace));
-    let tools = Toolbox::new(
+    let mut tools = Toolbox::new(
         workspace,
         &config.tools,
         Arc::clone(&mcp),
@@ -255,6 +255,8 @@ fn main() -> ExitCode {
         .map(|_| HostLink::new(uplink.clone(), routes.clone()));
     let restarter = restart::Restarter::new(uplink.clone(), &config.workspace);
     let keepalive = Keepalive::start(uplink);
+    let (own_tx, own_rx) = unbounded();
+    tools.run_jobs(config.tools.background_timeout, own_tx, keepalive.clone());
 
     let (ingress_tx, ingress_rx) = unbounded();
     let (egress_tx, egress_rx) = unbounded();
@@ -287,9 +289,10 @@ fn main() -> ExitCode {
         voice: transcribe::Voice::from_config(&config.voice).with_ledger(Arc::clone(&ledger)),
     });
     restart::announce(&config.workspace, &shared.sessions, &shared.egress);
+    shared.tools.recover_jobs();
     let router = match thread::Builder::new()
         .name("router".into())
-        .spawn(move || router::run(ingress_rx, shared))
+        .spawn(move || router::run(ingress_rx, own_rx, shared))
     {
         Ok(r) => r,
         Err(e) => {

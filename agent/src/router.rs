@@ -25,15 +25,19 @@ struct Worker {
     last_used: Instant,
 }
 
-/// Route frames from `ingress` until it closes.
-pub fn run(ingress: Receiver<Frame>, shared: Arc<Shared>) {
+/// Route frames from `ingress` until it closes, and the agent's own messages from `own`
+/// (a background job's end), which no host sent and so none is acknowledged.
+pub fn run(ingress: Receiver<Frame>, own: Receiver<Frame>, shared: Arc<Shared>) {
     let mut workers: HashMap<Session, Worker> = HashMap::new();
     let sweep = tick(Duration::from_secs(30));
     loop {
         select! {
             recv(ingress) -> frame => match frame {
-                Ok(frame) => route(frame, &mut workers, &shared),
+                Ok(frame) => route(frame, &mut workers, &shared, true),
                 Err(_) => return,
+            },
+            recv(own) -> frame => if let Ok(frame) = frame {
+                route(frame, &mut workers, &shared, false);
             },
             recv(sweep) -> _ => {
                 // Retire only idle workers: nothing queued, nothing in flight.
@@ -45,7 +49,7 @@ pub fn run(ingress: Receiver<Frame>, shared: Arc<Shared>) {
     }
 }
 
-fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shared>) {
+fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shared>, from_host: bool) {
     log::debug!("ingress {} frame (msg_id {:?})", frame.kind, frame.msg_id);
     let Some(session) = frame.session.clone() else {
         log::warn!("ignoring {} frame without session", frame.kind);
@@ -53,11 +57,13 @@ fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shar
     };
     match frame.kind.as_str() {
         kind::USER_MESSAGE => {
-            let mut ack = Frame::new(kind::EVENT_ACK, Some(session.clone())).with_payload(&Ack {
-                msg_id: frame.msg_id.clone(),
-            });
-            ack.msg_id = frame.msg_id.clone();
-            let _ = shared.egress.send(ack);
+            if from_host {
+                let mut ack = Frame::new(kind::EVENT_ACK, Some(session.clone())).with_payload(&Ack {
+                    msg_id: frame.msg_id.clone(),
+                });
+                ack.msg_id = frame.msg_id.clone();
+                let _ = shared.egress.send(ack);
+            }
             // The answer to a question the reply in flight put to this user.
             let frame = match workers.get(&session) {
                 Some(w) => match w.state.hand_answer(frame) {

@@ -135,6 +135,9 @@ pub fn run(state: Arc<SessionState>, work: Receiver<Frame>, shared: Arc<Shared>)
             }
         });
         handle(&session, &state, &shared, history, &frame);
+        if let Some(id) = &frame.msg_id {
+            shared.tools.answered(id);
+        }
         state.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }

@@ -4685,3 +4685,200 @@ fn a_guests_reply_searches_and_asks_servers_only_with_those_tools() {
         "as the guest wrote it"
     );
 }
+
+/// Kills background jobs' process groups when a test ends, passed or failed: a job lives
+/// in a group of its own, past the agent.
+struct JobGroups(Vec<u32>);
+
+impl Drop for JobGroups {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            // SAFETY: kill(2) on a process group the test's jobs made; no memory involved.
+            unsafe {
+                libc::kill(-(*pid as i32), libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The `pid` of the `bash` results in `req` that started a background job.
+fn job_pids(req: &aegis_e2e::http::Request) -> Vec<u32> {
+    tool_results(req)
+        .iter()
+        .filter_map(|(_, r)| serde_json::from_str::<Value>(r).ok())
+        .filter_map(|v| v["pid"].as_u64().map(|p| p as u32))
+        .collect()
+}
+
+/// [ours] `bash` with `background: true` returns at once; the job runs on with the host's
+/// lease held, and when it ends its chat gets a message with its exit status and the end
+/// of its output, which the model answers there, once; then the lease goes.
+#[test]
+fn a_background_job_tells_its_chat_how_it_ended() {
+    let job = json!({"command": "echo building; sleep 2; echo 'error: `tests` failed' >&2; head -c 4000 /dev/zero | tr '\\0' x; exit 3", "background": true}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("b1", "bash", &job)], 100)),
+        Reply::sse(openai_sse(&["Started; I will tell you."])),
+        Reply::sse(openai_sse(&["The build failed: the tests did not pass."])),
+    ]);
+    let ws = TempDir::new("tools-jobs");
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("1", "build it and tell me", "m1"));
+    assert_eq!(done_text(&a.reply()), "Started; I will tell you.");
+    let reqs = llm.requests();
+    let _groups = JobGroups(job_pids(&reqs[1]));
+    let started: Value = serde_json::from_str(&tool_results(&reqs[1])[0].1).unwrap();
+    assert_eq!(
+        (&started["ok"], &started["job"], &started["log"]),
+        (&json!(true), &json!("job-1"), &json!(".aegis/jobs/job-1.log")),
+        "{started}"
+    );
+    // The job holds the host's lease after the reply that started it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let leases = a.harness.leases();
+    assert!(
+        leases.last().is_some_and(|l| l.starts_with("acquire")),
+        "{leases:?}"
+    );
+
+    let told = a.reply();
+    assert_eq!(done_text(&told), "The build failed: the tests did not pass.");
+    assert_eq!(told.last().unwrap().session, Some(Session::new("telegram", "1")));
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[2]);
+    assert!(
+        said.starts_with(
+            "[Background job job-1 ended: exit status 3, after 2 s.]\nCommand: ```\necho building;"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.ends_with(&format!(
+            "The last 3000 of its 4031 bytes of output (the first 1024 KiB are in .aegis/jobs/job-1.log):\n```\n{}\n```",
+            "x".repeat(3000)
+        )),
+        "{said}"
+    );
+    let log = std::fs::read_to_string(ws.join(".aegis/jobs/job-1.log")).unwrap();
+    assert!(
+        log.starts_with("building\nerror: `tests` failed\nxxx") && log.len() == 4031,
+        "{}",
+        log.len()
+    );
+    // No host sent it: nothing acknowledged to the host.
+    assert!(
+        !told.iter().any(|f| f.kind == kind::EVENT_ACK),
+        "{:?}",
+        kinds(&told)
+    );
+    // Told once: the record goes, and the lease with the last reply.
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let book = std::fs::read_to_string(ws.join(".aegis/jobs/jobs.json")).unwrap();
+        let leases = a.harness.leases();
+        if !book.contains("job-1") && leases.last().is_some_and(|l| l == "release") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{book} {leases:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(llm.requests().len(), 3);
+}
+
+/// [ours] Background jobs are bounded: three at once, each stopped (its whole process
+/// group) after agent.json's `background_timeout_secs`; and a job the agent stopped
+/// following (it was killed) is ended at the next start and its chat told, once.
+#[test]
+fn background_jobs_are_bounded_and_survive_an_agent_restart_as_a_message() {
+    let sleeper = |marker: &str| {
+        json!({"command": format!("echo {marker}; sleep 60.417 & sleep 60.417; echo never"), "background": true}).to_string()
+    };
+    let (j1, j2, j3, j4) = (sleeper("one"), sleeper("two"), sleeper("three"), sleeper("four"));
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                ("a", "bash", &j1),
+                ("b", "bash", &j2),
+                ("c", "bash", &j3),
+                ("d", "bash", &j4),
+            ],
+            100,
+        )),
+        Reply::sse(openai_sse(&["three started"])),
+        Reply::sse(openai_sse(&["a job stopped"])),
+        Reply::sse(openai_sse(&["a job stopped"])),
+        Reply::sse(openai_sse(&["a job stopped"])),
+        Reply::sse(openai_tool_sse("", &[("e", "bash", &sleeper("five"))], 100)),
+        Reply::sse(openai_sse(&["five started"])),
+        Reply::sse(openai_sse(&["five was cut short"])),
+    ]);
+    let ws = TempDir::new("tools-jobs-bounds");
+    write_agent_json(&ws, json!({"tools": {"bash": {"background_timeout_secs": 2}}}));
+    let mut a = agent(&ws, &openai(&llm));
+    a.send(&message("1", "start four", "m1"));
+    assert_eq!(done_text(&a.reply()), "three started");
+    let mut groups = JobGroups(job_pids(&llm.requests()[1]));
+    assert_eq!(groups.0.len(), 3);
+    let results = tool_results(&llm.requests()[1]);
+    assert!(
+        results[3]
+            .1
+            .starts_with("error: 3 background jobs are running, the most at once"),
+        "{results:?}"
+    );
+    // Each is stopped at its timeout, with what it started.
+    for _ in 0..3 {
+        assert_eq!(done_text(&a.reply()), "a job stopped");
+    }
+    let reqs = llm.requests();
+    for req in &reqs[2..5] {
+        let said = aegis_e2e::llm::last_user_text(req);
+        assert!(
+            said.contains("ended: stopped at the longest a job may run (agent.json tools.bash.background_timeout_secs), after 2 s.]")
+                && said.contains(" bytes):\n```\n") && !said.contains("```\nnever"),
+            "{said}"
+        );
+    }
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let deadline = Instant::now() + T;
+    while groups.0.iter().any(|&p| alive(p)) {
+        assert!(std::time::Instant::now() < deadline, "a stopped job still runs");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        processes_with("sleep 60.417"),
+        Vec::<u32>::new(),
+        "a job's own child outlived its stop"
+    );
+
+    // A job running when the agent is killed: ended at the next start, its chat told.
+    a.send(&message("1", "start five", "m2"));
+    assert_eq!(done_text(&a.reply()), "five started");
+    // (The request holds the earlier rounds' results too.)
+    let five = *job_pids(&llm.requests()[6]).last().unwrap();
+    groups.0.push(five);
+    a.proc.kill9();
+    assert!(alive(five), "the job outlives the agent's death");
+    let a = agent(&ws, &openai(&llm));
+    assert_eq!(done_text(&a.reply()), "five was cut short");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[7]);
+    assert!(
+        said.starts_with("[Background job job-4 ended: stopped: the agent restarted while it ran, after")
+            && said.contains("Its output (5 bytes):\n```\nfive\n```"),
+        "{said}"
+    );
+    let deadline = std::time::Instant::now() + T;
+    while alive(five) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphaned job still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Told once: another start tells nothing.
+    drop(a);
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("1", "/usage", "m3"));
+    assert!(done_text(&a.reply()).contains("model requests"));
+    assert_eq!(llm.requests().len(), 8);
+}

@@ -107,12 +107,7 @@ pub fn fenced(name: &str, bytes: &[u8]) -> Result<String, String> {
         .ok()
         .filter(|t| !t.contains('\0'))
         .ok_or_else(|| format!("[file {name} not passed on: it is not UTF-8 text]"))?;
-    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
-    let fence = "`".repeat(longest.max(2) + 1);
-    Ok(format!(
-        "[file {name}]\n{fence}\n{}\n{fence}",
-        text.trim_end_matches('\n')
-    ))
+    Ok(format!("[file {name}]\n{}", tether::quote::fenced(text)))
 }
 
 #[cfg(test)]

@@ -32,6 +32,8 @@ pub mod http;
 pub mod hybrid;
 pub mod lines;
 pub mod paths;
+pub mod process;
+pub mod quote;
 pub mod rpc;
 #[cfg(feature = "schedule")]
 pub mod schedule;

@@ -26,10 +26,39 @@ pub fn wait_in_words(secs: u64) -> String {
     }
 }
 
+/// How long something took, for people: `45 s`, `12 min 3 s`, `2 h 5 min`.
+pub fn duration_in_words(secs: u64) -> String {
+    match (secs / 3600, secs % 3600 / 60, secs % 60) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, s) => format!("{m} min {s} s"),
+        (h, m, _) => format!("{h} h {m} min"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn durations_are_said_in_two_units_at_most() {
+        let said: Vec<String> = [0, 45, 60, 723, 3599, 3600, 7500]
+            .into_iter()
+            .map(duration_in_words)
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "0 s",
+                "45 s",
+                "1 min 0 s",
+                "12 min 3 s",
+                "59 min 59 s",
+                "1 h 0 min",
+                "2 h 5 min"
+            ]
+        );
+    }
 
     #[test]
     fn waits_are_said_in_the_largest_units_rounded_up() {

@@ -15,6 +15,7 @@ pub mod cron;
 pub mod files;
 pub mod guests;
 pub mod image_gen;
+pub mod jobs;
 pub mod paths;
 pub mod reach;
 pub mod retry;
@@ -30,7 +31,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, select, Receiver};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 use serde_json::{json, Value};
 
 use crate::llm::{ToolCall, ToolSpec};
@@ -195,8 +196,8 @@ impl Builtin {
         let n = |d: &str| json!({"type": "integer", "description": d});
         let (description, properties, required): (&str, Value, &[&str]) = match self {
             Builtin::Bash => (
-                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes.",
-                json!({"command": s("The shell command to run")}),
+                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes. With background: true it runs on after this call returns, for work longer than the timeout (a build, tests, a download, a training run; not a server, which runs with nohup ... &): you get a message in this chat when it ends, with its exit status and the end of its output, and answer it then. At most 3 at once, each stopped after 2 hours by default.",
+                json!({"command": s("The shell command to run"), "background": {"type": "boolean", "description": "Run it in the background and be told in this chat when it ends"}}),
                 &["command"],
             ),
             Builtin::ReadFile => (
@@ -415,6 +416,8 @@ pub struct ToolConfig {
     pub selection: Selection,
     /// Longest `bash` run.
     pub bash_timeout: Duration,
+    /// Longest run of a background job (`bash` with `background`).
+    pub background_timeout: Duration,
     /// Variables `bash` must not see (the agent's own LLM key).
     pub hidden_env: Vec<String>,
     /// agent.json `timezone`, which the host evaluates schedules in.
@@ -464,6 +467,9 @@ pub struct Toolbox {
     memory: Arc<MemoryStore>,
     /// Scheduled tasks.
     cron: cron::CronTools,
+    /// Background jobs, once the agent has somewhere to tell their ends
+    /// ([`Toolbox::run_jobs`]).
+    jobs: Option<Arc<jobs::Jobs>>,
     /// Brave Search for `web_search` and for `image_search`, when their keys are set.
     search: [Option<brave::Brave>; 2],
     /// The Images API for `image_generate`, when its key is set.
@@ -593,6 +599,7 @@ impl Toolbox {
                 hidden_env: config.hidden_env.clone(),
             },
             cron: cron::CronTools::new(workspace.root(), config.timezone.as_deref()),
+            jobs: None,
             skills: crate::skills::Shelf::new(workspace.clone(), config.skills_path.clone()),
             menu_told: std::sync::Mutex::new(None),
             model_menu: config.model_menu,
@@ -735,6 +742,32 @@ impl Toolbox {
             "" => skills,
             prompts => format!("{skills}\n\n{prompts}"),
         })
+    }
+
+    /// Run background jobs (`bash` with `background`), each stopped after `timeout`, their
+    /// ends sent on `tell` as messages, `keepalive` held while one runs.
+    pub fn run_jobs(
+        &mut self,
+        timeout: Duration,
+        tell: Sender<tether::Frame>,
+        keepalive: crate::keepalive::Keepalive,
+    ) {
+        self.jobs = Some(jobs::Jobs::new(self.shell.clone(), timeout, tell, keepalive));
+    }
+
+    /// At the agent's start: tell the chats of jobs that ended (or were cut short) while
+    /// it was not running (see [`jobs::Jobs::recover`]).
+    pub fn recover_jobs(&self) {
+        if let Some(jobs) = &self.jobs {
+            jobs.recover();
+        }
+    }
+
+    /// The reply to message `msg_id` is done (a job's message is then forgotten).
+    pub fn answered(&self, msg_id: &str) {
+        if let Some(jobs) = &self.jobs {
+            jobs.answered(msg_id);
+        }
     }
 
     /// The answer to `/tasks REST` in chat `out`, asked by `who` who may use `allowed`.
@@ -921,10 +954,18 @@ impl Toolbox {
         let ws = &self.workspace;
         let result = match builtin {
             Builtin::Bash => {
-                return match arg_str(args, "command") {
-                    Ok(c) => self.shell.run(c, cancel),
-                    Err(e) => Outcome::Done(format!("error: {e}")),
-                }
+                let background = args.get("background").and_then(Value::as_bool) == Some(true);
+                return match (arg_str(args, "command"), &self.jobs) {
+                    (Err(e), _) => Outcome::Done(format!("error: {e}")),
+                    (Ok(c), Some(jobs)) if background => Outcome::Done(
+                        jobs.start(c, ctx.origin, ctx.on_behalf)
+                            .unwrap_or_else(|e| format!("error: {e}")),
+                    ),
+                    (Ok(_), None) if background => {
+                        Outcome::Done("error: background jobs are not available in this agent".into())
+                    }
+                    (Ok(c), _) => self.shell.run(c, cancel),
+                };
             }
             Builtin::ReadFile => files::read_file(ws, args),
             Builtin::WriteFile => files::write_file(ws, args),

@@ -67,19 +67,25 @@ enum End {
 }
 
 impl Shell {
-    /// Run `command`. A cancel on `cancel` kills it and returns `Outcome::Cancelled`.
-    pub fn run(&self, command: &str, cancel: &Receiver<()>) -> Outcome {
+    /// `sh -c command` in the workspace, in a process group of its own, with no input
+    /// and without the agent's keys; its output is the caller's to direct.
+    pub(super) fn command(&self, command: &str) -> Command {
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
             .arg(command)
             .current_dir(&self.dir)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .process_group(0);
         for k in &self.hidden_env {
             cmd.env_remove(k);
         }
+        cmd
+    }
+
+    /// Run `command`. A cancel on `cancel` kills it and returns `Outcome::Cancelled`.
+    pub fn run(&self, command: &str, cancel: &Receiver<()>) -> Outcome {
+        let mut cmd = self.command(command);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return Outcome::Done(format!("error: cannot start sh: {e}")),
@@ -156,7 +162,7 @@ impl Shell {
     }
 }
 
-fn kill_group(pgid: i32) {
+pub(super) fn kill_group(pgid: i32) {
     // SAFETY: kill(2) with a negative pid signals a process group; no memory involved.
     unsafe {
         libc::kill(-pgid, libc::SIGKILL);

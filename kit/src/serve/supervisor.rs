@@ -264,7 +264,7 @@ fn kill_orphan(dir: &Path) {
         // Only our own children: the pid file names the process group we created, and
         // when it started (a pid is used again once its process is gone).
         let ours = match words.next().and_then(|w| w.parse::<u64>().ok()) {
-            Some(started) => start_time(pid as u32) == Some(started),
+            Some(started) => tether::process::start_time(pid as u32) == Some(started),
             // Written by an older serve: the agent's environment names its tether.
             None => {
                 let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -278,16 +278,6 @@ fn kill_orphan(dir: &Path) {
         }
     }
     let _ = fs::remove_file(pidfile);
-}
-
-/// When process `pid` started (`/proc/PID/stat` field 22, clock ticks after boot): with
-/// the pid it names one process for good, and anyone may read it, where an agent's
-/// environment is shown to nobody but root (the agent makes itself undumpable to keep its
-/// keys from its commands).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name, which may hold spaces and parentheses: field 3 onwards.
-    stat.rsplit_once(") ")?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 pub(super) fn signal_group(pid: u32, sig: i32) {
@@ -881,7 +871,7 @@ impl Supervisor {
             .spawn()
             .map_err(|e| err(503, format!("wake failed: cannot run {}: {e}", program.display())))?;
         let pid = child.id();
-        let started = start_time(pid).map_or(String::new(), |t| format!(" {t}"));
+        let started = tether::process::start_time(pid).map_or(String::new(), |t| format!(" {t}"));
         let _ = fs::write(self.dir.join("pid"), format!("{pid}{started}"));
         log::info!("{}: started {} (pid {pid})", self.def.name, program.display());
         let tx = self.tx.clone();
@@ -1281,8 +1271,12 @@ mod tests {
         };
         let mut other = spawn();
         let pid = other.0.id();
-        let started = start_time(pid).expect("a live process has a start time");
-        assert_eq!(start_time(pid), Some(started), "the same process, the same time");
+        let started = tether::process::start_time(pid).expect("a live process has a start time");
+        assert_eq!(
+            tether::process::start_time(pid),
+            Some(started),
+            "the same process, the same time"
+        );
         // The pid names a process that started at another time: someone else's.
         fs::write(dir.0.join("pid"), format!("{pid} {}", started + 1)).unwrap();
         kill_orphan(&dir.0);
@@ -1298,7 +1292,11 @@ mod tests {
         // Ours: the pid and its start time.
         let mut orphan = spawn();
         let pid = orphan.0.id();
-        fs::write(dir.0.join("pid"), format!("{pid} {}", start_time(pid).unwrap())).unwrap();
+        fs::write(
+            dir.0.join("pid"),
+            format!("{pid} {}", tether::process::start_time(pid).unwrap()),
+        )
+        .unwrap();
         kill_orphan(&dir.0);
         assert!(gone(&mut orphan, Duration::from_secs(10)), "the orphan lives on");
         assert!(other.0.try_wait().unwrap().is_none());
