@@ -388,6 +388,7 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             on_behalf.as_deref(),
             &allowed,
         ))),
+        Some((word, rest)) if word == "jobs" => Some(Some(shared.tools.jobs_command(rest, out, &allowed))),
         Some((word, rest)) if word == "memory" => {
             Some(Some(shared.tools.memory_command(rest, out, &here, &allowed)))
         }

@@ -1392,6 +1392,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
             ("model", "The model this chat talks to, and another to pick"),
             ("mcp", "The MCP servers: which run, their tools, sign-ins"),
             ("tasks", "This chat's scheduled tasks, to pause or delete"),
+            ("jobs", "Background jobs that run for this chat, to stop"),
             ("memory", "What the agent remembers here, to forget"),
             ("gh_review", "Review a pull request"),
             ("gh_standup", "Today's stand-up"),
@@ -1595,6 +1596,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
             "model",
             "mcp",
             "tasks",
+            "jobs",
             "memory",
             "gh_review",
             "gh_standup",
@@ -4881,4 +4883,71 @@ fn background_jobs_are_bounded_and_survive_an_agent_restart_as_a_message() {
     a.send(&message("1", "/usage", "m3"));
     assert!(done_text(&a.reply()).contains("model requests"));
     assert_eq!(llm.requests().len(), 8);
+}
+
+/// [ours] `/jobs` lists the background jobs of the chat and `/jobs stop ID` stops one
+/// (its whole process group), without the model; its message then says it was stopped
+/// from the chat. A guest sees none of it.
+#[test]
+fn a_chat_lists_and_stops_its_background_jobs() {
+    use tether::frame::User;
+    let job = json!({"command": "echo started; sleep 60.733 & sleep 60.733", "background": true}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("b1", "bash", &job)], 100)),
+        Reply::sse(openai_sse(&["Running."])),
+        Reply::sse(openai_sse(&["You stopped it."])),
+    ]);
+    let ws = TempDir::new("tools-jobs-command");
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_TRUSTED_USERS", "7".into()));
+    let a = agent(&ws, &env);
+    let from = |chat: &str, user: &str, text: &str, id: &str| {
+        let who = User {
+            id: Some(user.into()),
+            ..Default::default()
+        };
+        Frame::user_message(Session::new("telegram", chat), text, Some(who)).with_msg_id(id)
+    };
+    assert_eq!(a.answer(&from("-100", "7", "train it", "m1")), "Running.");
+    let _groups = JobGroups(job_pids(&llm.requests()[1]));
+    let listed = a.answer(&from("-100", "7", "/jobs", "m2"));
+    assert!(
+        listed.starts_with(
+            "Background jobs of this chat (the instance stays awake while one runs):\n`job-1` for "
+        ) && listed.contains(": echo started; sleep 60.733 & sleep 60.733\n`/jobs stop ID` stops one."),
+        "{listed}"
+    );
+    assert!(a
+        .answer(&from("5", "5", "/jobs", "o1"))
+        .contains("trusted users'"));
+    assert!(a
+        .answer(&from("-100", "8", "/jobs stop 1", "g1"))
+        .contains("trusted users'"));
+    assert!(a
+        .answer(&from("9", "7", "/jobs stop job-1", "o2"))
+        .contains("No job job-1 runs for this chat"));
+    assert!(
+        a.answer(&from("9", "7", "/jobs", "o3"))
+            .starts_with("No background jobs run for this chat."),
+        "another chat's job is not listed"
+    );
+    assert_eq!(
+        a.answer(&from("-100", "7", "/jobs stop 1", "m3")),
+        "⏹ Stopping job-1; the agent hears how it ended."
+    );
+    assert_eq!(done_text(&a.reply()), "You stopped it.");
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[2]);
+    assert!(
+        said.starts_with("[Background job job-1 ended: stopped from the chat (/jobs stop), after"),
+        "{said}"
+    );
+    let deadline = Instant::now() + T;
+    while !processes_with("sleep 60.733").is_empty() {
+        assert!(Instant::now() < deadline, "a stopped job's process still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(a
+        .answer(&from("-100", "7", "/jobs", "m4"))
+        .starts_with("No background jobs run for this chat."));
+    assert_eq!(llm.requests().len(), 3, "no command asked the model");
 }

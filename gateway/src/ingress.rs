@@ -357,7 +357,7 @@ impl Ingress {
                 return Handled::change(Some(Change::LeaveExec(chat, user_id)));
             }
             // Exec mode runs what is typed (`/usr/bin/env` too); the bot's own commands keep
-            // their meaning (`/usage`, `/skills`, `/mcp`, `/model`, `/tasks` and `/memory` are the agent's).
+            // their meaning (`/usage`, `/skills`, `/mcp`, `/model`, `/tasks`, `/jobs` and `/memory` are the agent's).
             c if !matches!(
                 c,
                 "/stop"
@@ -370,6 +370,7 @@ impl Ingress {
                     | "/mcp"
                     | "/model"
                     | "/tasks"
+                    | "/jobs"
                     | "/memory"
             ) && m.text.is_some()
                 && m.forward_origin.is_none()

@@ -110,6 +110,8 @@ CHAT COMMANDS:
                      the agent)
     /tasks           this chat's scheduled tasks; /tasks delete|pause|resume ID
                      (answered by the agent)
+    /jobs            the background jobs that run for this chat; /jobs stop ID
+                     (answered by the agent)
     /memory          what the agent remembers in this chat; /memory forget ID
                      (answered by the agent)
     /exec, /exit     shell commands in the instance, for the users exec_users names

@@ -2443,8 +2443,8 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     let drafts = tg.calls_of("sendMessageDraft").len();
     tg.push_text(ADMIN, ADMIN, "Ann", "echo still a command");
     assert_eq!(last(ADMIN, 5), "still a command\nexit: 0");
-    // The agent's own commands keep their meaning: `/mcp`, `/model`, `/tasks` and
-    // `/memory` go to the agent, not to sh.
+    // The agent's own commands keep their meaning: `/mcp`, `/model`, `/tasks`, `/memory`
+    // and `/jobs` go to the agent, not to sh.
     tg.push_text(ADMIN, ADMIN, "Ann", "/mcp");
     reply(ADMIN, 6, "echo: /mcp");
     tg.push_text(ADMIN, ADMIN, "Ann", "/model gpt-5.5");
@@ -2453,6 +2453,8 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
     reply(ADMIN, 8, "echo: /tasks pause 3");
     tg.push_text(ADMIN, ADMIN, "Ann", "/memory");
     reply(ADMIN, 9, "echo: /memory");
+    tg.push_text(ADMIN, ADMIN, "Ann", "/jobs stop 2");
+    reply(ADMIN, 10, "echo: /jobs stop 2");
 
     // In a group, exec mode is the admin's own: another member still talks to the agent.
     let group = json!({"id": GROUP, "type": "supergroup", "title": "Ops"});
@@ -2473,9 +2475,9 @@ fn exec_mode_runs_commands_for_the_users_named_and_no_one_else() {
 
     // /exit: back to the agent.
     tg.push_text(ADMIN, ADMIN, "Ann", "/exit");
-    assert_eq!(last(ADMIN, 10), "💬 Back to chat mode.");
+    assert_eq!(last(ADMIN, 11), "💬 Back to chat mode.");
     tg.push_text(ADMIN, ADMIN, "Ann", "ls");
-    reply(ADMIN, 11, "echo: ls");
+    reply(ADMIN, 12, "echo: ls");
     // The new process learns again that drafts are refused, once for /exec and replies
     // (a group's reply never drafts).
     let since = tg.calls_of("sendMessageDraft").len() - drafts;

@@ -120,6 +120,7 @@ fn main() {
     skills_cost(&agent, 64);
     startup_with_mcp(&agent);
     tool_overhead(&agent, "bash", r#"{"command": "true"}"#, None);
+    background_job_told(&agent);
     web_fetch_overhead(&agent, "127.0.0.1");
     web_fetch_overhead(&agent, "localhost");
     cancel_during_tool(&agent);
@@ -466,6 +467,69 @@ fn startup_with_mcp(agent: &Path) {
 fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_json::Value)>) {
     let kind = mcp.as_ref().map_or("no-op bash", |(label, _)| *label).to_string();
     tool_overhead_with(agent, (tool, args), mcp, &kind, &[]);
+}
+
+/// A background job's end → the model asked about it, over 20 jobs (direct mode): the
+/// job prints the time it ends (`date +%s%N`), and the model's request that brings its
+/// message arrives; in between the agent reaps it, records it (`jobs.json`, synced),
+/// makes its message and answers it as any.
+fn background_job_told(agent: &Path) {
+    use std::sync::{Arc, Mutex};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let ws = temp_dir("bench-job");
+    let seen: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let llm = Server::start(move |req, resp| {
+        let arrived = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        // Answered by what the request ends with, not by counting (a request sent again on
+        // a fresh connection counts twice).
+        let body = req.json();
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .cloned()
+            .unwrap_or_default();
+        let said = aegis_e2e::llm::last_user_text(&req);
+        let pieces = if last["role"] == "tool" {
+            aegis_e2e::llm::openai_sse(&["ok"])
+        } else if said.starts_with("[Background job") {
+            let ended: Option<u128> = said.lines().find_map(|l| l.trim().parse().ok());
+            if let Some(ended) = ended {
+                log.lock()
+                    .unwrap()
+                    .push(arrived.saturating_sub(ended) as f64 / 1e6);
+            }
+            aegis_e2e::llm::openai_sse(&["ok"])
+        } else {
+            let args = r#"{"command": "date +%s%N", "background": true}"#;
+            aegis_e2e::llm::openai_tool_sse("", &[("c1", "bash", args)], 1000)
+        };
+        let mut r = resp.start_chunked(200, "text/event-stream");
+        for p in pieces {
+            r.chunk(p.as_bytes());
+        }
+        r.finish();
+    });
+    let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
+    let mut w = conn.try_clone().unwrap();
+    let mut lines = LineReader::new(BufReader::new(conn));
+    for i in 0..20 {
+        let f = Frame::user_message(Session::new("bench", "1"), "go", None).with_msg_id(format!("m{i}"));
+        exchange(&mut w, &mut lines, &f, "assistant.done");
+        // Then the job's own reply.
+        while let Ok(Some(line)) = lines.next_line() {
+            let Some(Ok(fr)) = Message::decode(line).unwrap().as_tether_frame() else {
+                continue;
+            };
+            if fr.kind == "assistant.done" && fr.msg_id.as_deref().is_some_and(|m| m.starts_with("job-")) {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let samples = seen.lock().unwrap().clone();
+    stats("background job ends -> model asked about it", "ms", samples);
 }
 
 /// `web_fetch` of a small page on this machine, named by `host` (opened with

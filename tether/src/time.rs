@@ -26,11 +26,12 @@ pub fn wait_in_words(secs: u64) -> String {
     }
 }
 
-/// How long something took, for people: `45 s`, `12 min 3 s`, `2 h 5 min`.
+/// How long something took, for people: `45 s`, `12 min 3 s`, `2 h`, `2 h 5 min`.
 pub fn duration_in_words(secs: u64) -> String {
     match (secs / 3600, secs % 3600 / 60, secs % 60) {
         (0, 0, s) => format!("{s} s"),
         (0, m, s) => format!("{m} min {s} s"),
+        (h, 0, _) => format!("{h} h"),
         (h, m, _) => format!("{h} h {m} min"),
     }
 }
@@ -54,7 +55,7 @@ mod tests {
                 "1 min 0 s",
                 "12 min 3 s",
                 "59 min 59 s",
-                "1 h 0 min",
+                "1 h",
                 "2 h 5 min"
             ]
         );

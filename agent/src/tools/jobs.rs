@@ -93,6 +93,8 @@ pub struct Jobs {
     timeout: Duration,
     /// Serialises the readers and writers of `jobs.json`.
     book: Mutex<()>,
+    /// Jobs stopped from their chat (`/jobs stop`), so their message says so.
+    stopped: Mutex<Vec<String>>,
     /// Where a job's message goes: the router, as if the host had sent it.
     tell: Sender<Frame>,
     keepalive: Keepalive,
@@ -119,6 +121,7 @@ impl Jobs {
             shell,
             timeout,
             book: Mutex::new(()),
+            stopped: Mutex::default(),
             tell,
             keepalive,
         })
@@ -257,7 +260,14 @@ impl Jobs {
             let _ = exit_rx.recv_timeout(Duration::from_secs(5));
         }
         let _ = eof_rx.recv_timeout(PIPE_GRACE);
+        let stopped = {
+            let mut stopped = self.stopped.lock().expect("stopped jobs");
+            let was = stopped.contains(&job.id);
+            stopped.retain(|id| *id != job.id);
+            was
+        };
         let how = match end {
+            End::Exited(_) if stopped => "stopped from the chat (/jobs stop)".into(),
             End::Exited(s) => exit_words(s),
             End::TimedOut => {
                 "stopped at the longest a job may run (agent.json tools.bash.background_timeout_secs)".into()
@@ -324,6 +334,39 @@ impl Jobs {
         for job in &book.jobs {
             let _ = self.tell.send(message(job));
         }
+    }
+
+    /// The jobs of `chat` that run: id, command, unix start.
+    pub(super) fn running_in(&self, chat: &Session) -> Result<Vec<(String, String, u64)>, String> {
+        let _guard = self.book.lock().expect("jobs lock");
+        Ok(self
+            .load()?
+            .jobs
+            .into_iter()
+            .filter(|j| j.ended.is_none() && j.chat == *chat)
+            .map(|j| (j.id, j.command, j.started))
+            .collect())
+    }
+
+    /// Stop job `id` of `chat` (its whole process group); its message then says so.
+    pub(super) fn stop(&self, id: &str, chat: &Session) -> Result<(), String> {
+        let _guard = self.book.lock().expect("jobs lock");
+        let book = self.load()?;
+        let Some(job) = book
+            .jobs
+            .iter()
+            .find(|j| j.id == id && j.chat == *chat && j.ended.is_none())
+        else {
+            return Err(format!("No job {id} runs for this chat (/jobs lists them)."));
+        };
+        // A pid is the job's only while it has the job's start time.
+        if job.start_time.is_none() || tether::process::start_time(job.pid) != job.start_time {
+            return Err(format!("{id} is ending already."));
+        }
+        self.stopped.lock().expect("stopped jobs").push(id.to_string());
+        kill_group(job.pid as i32);
+        log::info!("{id} stopped from its chat");
+        Ok(())
     }
 
     /// The reply to message `msg_id` is done: when it was a job's, the job is forgotten.

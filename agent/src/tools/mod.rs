@@ -16,6 +16,7 @@ pub mod files;
 pub mod guests;
 pub mod image_gen;
 pub mod jobs;
+pub mod jobs_command;
 pub mod paths;
 pub mod reach;
 pub mod retry;
@@ -763,6 +764,23 @@ impl Toolbox {
         }
     }
 
+    /// The answer to `/jobs REST` in chat `out`, asked by someone who may use `allowed`:
+    /// a job's command is the trusted users' to see, as `bash` is theirs to run.
+    pub fn jobs_command(&self, rest: &str, out: &Session, allowed: &guests::Allowed) -> String {
+        match &self.jobs {
+            _ if *allowed != guests::Allowed::All => {
+                "Background jobs are the agent's trusted users' to see and stop (AEGIS_TRUSTED_USERS).".into()
+            }
+            Some(jobs) if self.builtins.contains(&Builtin::Bash) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                jobs.command(rest, out, now)
+            }
+            _ => "This agent runs no background jobs (its bash tool is off).".into(),
+        }
+    }
+
     /// The reply to message `msg_id` is done (a job's message is then forgotten).
     pub fn answered(&self, msg_id: &str) {
         if let Some(jobs) = &self.jobs {
@@ -850,6 +868,10 @@ impl Toolbox {
             command: "tasks".into(),
             description: "This chat's scheduled tasks, to pause or delete".into(),
         });
+        let jobs = has(Builtin::Bash).then(|| tether::frame::Command {
+            command: "jobs".into(),
+            description: "Background jobs that run for this chat, to stop".into(),
+        });
         let memory = has(Builtin::MemorySearch).then(|| tether::frame::Command {
             command: "memory".into(),
             description: "What the agent remembers here, to forget".into(),
@@ -858,6 +880,7 @@ impl Toolbox {
             .into_iter()
             .chain(mcp)
             .chain(tasks)
+            .chain(jobs)
             .chain(memory)
             .chain(
                 skills
