@@ -4914,7 +4914,9 @@ fn a_chat_lists_and_stops_its_background_jobs() {
     assert!(
         listed.starts_with(
             "Background jobs of this chat (the instance stays awake while one runs):\n`job-1` for "
-        ) && listed.contains(": echo started; sleep 60.733 & sleep 60.733\n`/jobs stop ID` stops one."),
+        ) && listed.contains(
+            ": echo started; sleep 60.733 & sleep 60.733\n    last output: started\n`/jobs stop ID` stops one."
+        ),
         "{listed}"
     );
     assert!(a

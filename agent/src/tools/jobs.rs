@@ -95,6 +95,8 @@ pub struct Jobs {
     book: Mutex<()>,
     /// Jobs stopped from their chat (`/jobs stop`), so their message says so.
     stopped: Mutex<Vec<String>>,
+    /// The output of each job this process follows, for `/jobs` to show its last line.
+    live: Mutex<Vec<(String, Arc<Mutex<Output>>)>>,
     /// Where a job's message goes: the router, as if the host had sent it.
     tell: Sender<Frame>,
     keepalive: Keepalive,
@@ -122,6 +124,7 @@ impl Jobs {
             timeout,
             book: Mutex::new(()),
             stopped: Mutex::default(),
+            live: Mutex::default(),
             tell,
             keepalive,
         })
@@ -185,7 +188,7 @@ impl Jobs {
             .try_clone()
             .map_err(|e| format!("cannot make a pipe: {e}"))?;
         cmd.stdout(writer).stderr(second);
-        let child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start sh: {e}"))?;
         // The command holds the pipe's writing ends: dropped, the job's exit closes it.
         drop(cmd);
         let pid = child.id();
@@ -200,8 +203,10 @@ impl Jobs {
             ended: None,
         };
         book.jobs.push(job.clone());
+        // Unrecorded, it could never be told: it does not run.
         if let Err(e) = self.save(&book) {
             kill_group(pid as i32);
+            let _ = child.wait();
             return Err(e);
         }
         let busy = self.keepalive.busy();
@@ -231,6 +236,10 @@ impl Jobs {
     fn watch(&self, job: Job, mut child: Child, pipe: std::io::PipeReader, log: File, busy: Busy) {
         let begun = Instant::now();
         let output = Arc::new(Mutex::new(Output::default()));
+        self.live
+            .lock()
+            .expect("live jobs")
+            .push((job.id.clone(), Arc::clone(&output)));
         let (eof_tx, eof_rx) = bounded::<()>(1);
         let copier = Arc::clone(&output);
         let _ = thread::Builder::new()
@@ -274,6 +283,10 @@ impl Jobs {
             }
         };
         let (tail, total) = output.lock().expect("job output").tail_and_total();
+        self.live
+            .lock()
+            .expect("live jobs")
+            .retain(|(id, _)| *id != job.id);
         self.ended(
             &job.id,
             Ended {
@@ -336,15 +349,24 @@ impl Jobs {
         }
     }
 
-    /// The jobs of `chat` that run: id, command, unix start.
-    pub(super) fn running_in(&self, chat: &Session) -> Result<Vec<(String, String, u64)>, String> {
+    /// The jobs of `chat` that run.
+    pub(super) fn running_in(&self, chat: &Session) -> Result<Vec<Running>, String> {
         let _guard = self.book.lock().expect("jobs lock");
+        let live = self.live.lock().expect("live jobs");
         Ok(self
             .load()?
             .jobs
             .into_iter()
             .filter(|j| j.ended.is_none() && j.chat == *chat)
-            .map(|j| (j.id, j.command, j.started))
+            .map(|j| Running {
+                last_line: live
+                    .iter()
+                    .find(|(id, _)| *id == j.id)
+                    .and_then(|(_, o)| o.lock().expect("job output").last_line()),
+                id: j.id,
+                command: j.command,
+                started: j.started,
+            })
             .collect())
     }
 
@@ -432,6 +454,16 @@ fn exit_words(s: ExitStatus) -> String {
     }
 }
 
+/// A job that runs, as `/jobs` shows it.
+pub(super) struct Running {
+    pub id: String,
+    pub command: String,
+    /// Unix seconds.
+    pub started: u64,
+    /// The last line it wrote, if any: how far it got.
+    pub last_line: Option<String>,
+}
+
 /// A job's output as it is copied: how much, and its end.
 #[derive(Default)]
 struct Output {
@@ -451,6 +483,15 @@ impl Output {
 
     fn tail_and_total(&self) -> (String, u64) {
         (text_of_tail(&self.tail), self.total)
+    }
+
+    /// The last line with something on it; a progress bar redrawn with `\r` shows as
+    /// it is now.
+    fn last_line(&self) -> Option<String> {
+        let tail = text_of_tail(&self.tail);
+        let line = tail.lines().rev().find(|l| !l.trim().is_empty())?;
+        let now = line.rsplit('\r').find(|p| !p.trim().is_empty())?;
+        Some(now.trim().to_string())
     }
 }
 
@@ -534,6 +575,18 @@ mod tests {
         let (from_file, length) = log_tail(&path);
         assert_eq!(length, log.len() as u64);
         assert!(from_file.ends_with("the rest was not kept]\n"), "{from_file:.20}");
+    }
+
+    #[test]
+    fn the_last_line_is_where_a_job_got_to() {
+        let mut o = Output::default();
+        assert_eq!(o.last_line(), None);
+        o.add(b"Downloading model\n 10%\r 55%\r");
+        assert_eq!(o.last_line().as_deref(), Some("55%"));
+        o.add(b"\n\n  \n");
+        assert_eq!(o.last_line().as_deref(), Some("55%"));
+        o.add(b"saved to out.bin\n");
+        assert_eq!(o.last_line().as_deref(), Some("saved to out.bin"));
     }
 
     #[test]

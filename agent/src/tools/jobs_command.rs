@@ -8,6 +8,8 @@ use super::jobs::Jobs;
 
 /// Characters of a job's command in the list.
 const COMMAND_SHOWN: usize = 100;
+/// Characters of a job's last line of output in the list.
+const LINE_SHOWN: usize = 120;
 
 impl Jobs {
     /// The answer to `/jobs REST` in `chat`, at unix time `now`.
@@ -48,12 +50,19 @@ impl Jobs {
                 .into();
         }
         let mut out = "Background jobs of this chat (the instance stays awake while one runs):".to_string();
-        for (id, command, started) in &running {
+        for job in &running {
             out.push_str(&format!(
-                "\n`{id}` for {}: {}",
-                tether::time::duration_in_words(now.saturating_sub(*started)),
-                crate::text::one_line(command, COMMAND_SHOWN)
+                "\n`{}` for {}: {}",
+                job.id,
+                tether::time::duration_in_words(now.saturating_sub(job.started)),
+                crate::text::one_line(&job.command, COMMAND_SHOWN)
             ));
+            if let Some(line) = &job.last_line {
+                out.push_str(&format!(
+                    "\n    last output: {}",
+                    crate::text::one_line(line, LINE_SHOWN)
+                ));
+            }
         }
         out.push_str("\n`/jobs stop ID` stops one.");
         out
