@@ -32,7 +32,7 @@ use serde_json::json;
 use tether::frame::User;
 use tether::{Frame, Session};
 
-use super::shell::{kill_group, Shell};
+use super::shell::{exit_of, kill_group, Shell};
 use crate::keepalive::{Busy, Keepalive};
 
 /// Jobs running at once, at most.
@@ -112,6 +112,8 @@ impl std::fmt::Debug for Jobs {
 enum End {
     Exited(ExitStatus),
     TimedOut,
+    /// Its exit could not be waited for: it was stopped.
+    Lost,
 }
 
 impl Jobs {
@@ -233,7 +235,7 @@ impl Jobs {
     }
 
     /// Follow job `job` (`child`, its output on `pipe`) to its end, then tell its chat.
-    fn watch(&self, job: Job, mut child: Child, pipe: std::io::PipeReader, log: File, busy: Busy) {
+    fn watch(&self, job: Job, child: Child, pipe: std::io::PipeReader, log: File, busy: Busy) {
         let begun = Instant::now();
         let output = Arc::new(Mutex::new(Output::default()));
         self.live
@@ -250,18 +252,20 @@ impl Jobs {
                 let _ = eof_tx.send(());
             });
         let pid = child.id();
-        let (exit_tx, exit_rx) = bounded(1);
-        let _ = thread::Builder::new()
-            .name("job-wait".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let _ = exit_tx.send(child.wait());
-            });
+        let exit_rx = match exit_of(child) {
+            Ok(rx) => rx,
+            Err(e) => {
+                // Not followed, it could never be told: it does not run.
+                log::error!("{}: cannot wait for the job ({e}); stopping it", job.id);
+                kill_group(pid as i32);
+                bounded(0).1
+            }
+        };
         let end = select! {
-            recv(exit_rx) -> s => End::Exited(match s {
-                Ok(Ok(status)) => status,
-                _ => ExitStatus::from_raw(0xff00),
-            }),
+            recv(exit_rx) -> s => match s {
+                Ok(Ok(status)) => End::Exited(status),
+                _ => End::Lost,
+            },
             recv(after(self.timeout)) -> _ => End::TimedOut,
         };
         if matches!(end, End::TimedOut) {
@@ -278,6 +282,7 @@ impl Jobs {
         let how = match end {
             End::Exited(_) if stopped => "stopped from the chat (/jobs stop)".into(),
             End::Exited(s) => exit_words(s),
+            End::Lost => "stopped: the agent could not follow it".into(),
             End::TimedOut => {
                 "stopped at the longest a job may run (agent.json tools.bash.background_timeout_secs)".into()
             }
@@ -291,7 +296,7 @@ impl Jobs {
             &job.id,
             Ended {
                 how,
-                secs: begun.elapsed().as_secs(),
+                secs: begun.elapsed().as_secs_f64().round() as u64,
                 tail,
                 total,
             },

@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::Duration;
 
@@ -117,17 +117,13 @@ impl Shell {
             }
         }
         drop(out_tx);
-        let (exit_tx, exit_rx) = bounded(1);
-        let spawned = thread::Builder::new()
-            .name("bash-wait".into())
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let _ = exit_tx.send(child.wait());
-            });
-        if let Err(e) = spawned {
-            kill_group(pgid);
-            return Outcome::Done(format!("error: cannot wait for the command: {e}"));
-        }
+        let exit_rx = match exit_of(child) {
+            Ok(rx) => rx,
+            Err(e) => {
+                kill_group(pgid);
+                return Outcome::Done(format!("error: cannot wait for the command: {e}"));
+            }
+        };
 
         let end = select! {
             recv(exit_rx) -> s => match s {
@@ -160,6 +156,19 @@ impl Shell {
         let [stdout, stderr] = streams;
         Outcome::Done(render(stdout, stderr, &end, self.timeout))
     }
+}
+
+/// `child`'s exit, waited for on a thread of its own, so the caller can wait for it and
+/// for a timeout or a cancel at once.
+pub(super) fn exit_of(mut child: Child) -> std::io::Result<Receiver<std::io::Result<ExitStatus>>> {
+    let (exit_tx, exit_rx) = bounded(1);
+    thread::Builder::new()
+        .name("command-wait".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = exit_tx.send(child.wait());
+        })?;
+    Ok(exit_rx)
 }
 
 pub(super) fn kill_group(pgid: i32) {
