@@ -3371,3 +3371,36 @@ fn a_sender_past_the_rate_limit_is_told_once_and_reaches_no_model() {
         "{stdout}"
     );
 }
+
+/// [ours] A background job's end reaches the chat as a message of its own, long after the
+/// reply that started it: the agent (in serve, shell on) answers a message it made
+/// itself, and the gateway sends that reply though no user message asked for it.
+#[test]
+fn a_background_jobs_end_reaches_the_chat_as_a_new_message() {
+    let job = json!({"command": "sleep 1; echo built-ok", "background": true}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(aegis_e2e::llm::openai_tool_sse("", &[("b1", "bash", &job)], 100)),
+        Reply::sse(openai_sse(&["Started; I will tell you."])),
+        Reply::sse(openai_sse(&["The build is done."])),
+    ]);
+    let mut s = Stack::with_env("gw-job", llm, &[], &[("AEGIS_TOOLS", "all")]);
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "build it and tell me");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible() == "The build is done.")
+    });
+    let texts: Vec<String> = msgs.iter().map(|m| m.visible()).collect();
+    assert_eq!(
+        texts,
+        ["Started; I will tell you.", "The build is done."],
+        "two messages, each once"
+    );
+    let said = aegis_e2e::llm::last_user_text(&s.llm.requests()[2]);
+    assert!(
+        said.contains("[Background job job-1 ended: exit status 0") && said.contains("built-ok"),
+        "{said}"
+    );
+    let log = std::fs::read_to_string(s.instance_dir().join("workspace/.aegis/jobs/job-1.log")).unwrap();
+    assert_eq!(log, "built-ok\n");
+}
