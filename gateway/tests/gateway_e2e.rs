@@ -3387,9 +3387,9 @@ fn a_background_jobs_end_reaches_the_chat_as_a_new_message() {
     s.write_gateway_config(json!(["*"]));
     s.start_gateway();
     s.telegram.push_text(CHAT, 7, "Ann", "build it and tell me");
-    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
-        m.iter().any(|m| m.visible() == "The build is done.")
-    });
+    let msgs = s
+        .telegram
+        .wait_chat(CHAT, T, |m| m.iter().any(|m| m.visible() == "The build is done."));
     let texts: Vec<String> = msgs.iter().map(|m| m.visible()).collect();
     assert_eq!(
         texts,

@@ -113,9 +113,23 @@ pub fn run(c: &AegisClient, o: &ChatOpts) -> Result<(), CliError> {
             eprint!("> ");
             let _ = std::io::stderr().flush();
         }
-        let text = select! {
-            recv(lines) -> l => match l { Ok(l) => l, Err(_) => return Ok(()) },
-            recv(interrupts) -> _ => { eprintln!(); return Ok(()) },
+        // Between replies, a reply nobody typed for (a background job's end, a scheduled
+        // task's) is shown when it is done.
+        let text = loop {
+            select! {
+                recv(lines) -> l => match l { Ok(l) => break l, Err(_) => return Ok(()) },
+                recv(interrupts) -> _ => { eprintln!(); return Ok(()) },
+                recv(frames) -> f => match f {
+                    Ok(Ok(f)) => {
+                        if show_unasked(c, o, &session, &f) {
+                            eprint!("> ");
+                            let _ = std::io::stderr().flush();
+                        }
+                    }
+                    Ok(Err(e)) => return Err(CliError::Other(e)),
+                    Err(_) => return Err(CliError::Other("the egress stream ended".into())),
+                },
+            }
         };
         match text.trim() {
             "" => continue,
@@ -173,6 +187,7 @@ fn print_reply(
                     Err(_) => return Err(CliError::Other("the egress stream ended".into())),
                 };
                 if f.session.as_ref() != Some(session) || f.msg_id.as_deref() != Some(msg_id) {
+                    show_unasked(c, o, session, &f);
                     continue;
                 }
                 if thinking && f.kind != kind::REASONING_DELTA {
@@ -228,6 +243,26 @@ fn print_reply(
             },
         }
     }
+}
+
+/// Print `f` when it completes a reply of `session` that no message typed in a terminal
+/// asked for (theirs are `chat-…`): a background job's end, a scheduled task's run. True
+/// when it printed.
+fn show_unasked(c: &AegisClient, o: &ChatOpts, session: &Session, f: &Frame) -> bool {
+    // A one-shot chat's stdout is its one reply.
+    let unasked = o.message.is_none()
+        && f.session.as_ref() == Some(session)
+        && f.kind == kind::ASSISTANT_DONE
+        && f.msg_id.as_deref().is_some_and(|m| !m.starts_with("chat-"));
+    if !unasked {
+        return false;
+    }
+    let text = f.text_payload().unwrap_or_default();
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "\n{text}");
+    let _ = out.flush();
+    attachments(c, o, f);
+    true
 }
 
 /// Name on stderr the images, files and voice messages a reply attached, with where

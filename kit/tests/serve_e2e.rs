@@ -594,9 +594,6 @@ fn cancel_through_serve_stops_the_reply_in_flight() {
 
 #[test]
 fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
-    use std::io::{Read, Write};
-    use std::process::Stdio;
-    use std::sync::{Arc, Mutex};
     let llm = FakeLlm::scripted(vec![
         Reply::stalls_after("partial"),
         Reply::sse(openai_sse(&["second ", "answer"])),
@@ -604,51 +601,117 @@ fn interactive_chat_streams_live_and_ctrl_c_cancels_the_reply() {
     let home = temp_dir("serve-chat");
     let s = start_serve(&home, &[]);
     s.create_agent("a", &llm);
-    let mut child = command("aegis-kit")
-        .env("AEGIS_HOME", &home)
-        .arg("--socket")
-        .arg(&s.socket)
-        .args(["chat", "a"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+    let mut t = Terminal::open(&home, &s.socket, "a");
+    t.type_line("first question");
+    t.wait_out("partial"); // streamed before the reply is complete
+    std::process::Command::new("kill")
+        .args(["-INT", &t.child.id().to_string()])
+        .status()
         .unwrap();
-    let out = Arc::new(Mutex::new(String::new()));
-    let mut stdout = child.stdout.take().unwrap();
-    let out2 = Arc::clone(&out);
-    std::thread::spawn(move || {
-        let mut b = [0u8; 256];
-        while let Ok(n) = stdout.read(&mut b) {
-            if n == 0 {
-                break;
+    t.wait_out("Reply cancelled");
+    t.type_line("again");
+    t.wait_out("second answer");
+    assert!(t.close().success());
+}
+
+/// [ours] A reply nobody typed for (a background job's end) shows in an open terminal
+/// chat when it is done, between the replies asked for; a one-shot chat prints its own
+/// reply only.
+#[test]
+fn an_open_chat_shows_a_background_jobs_end() {
+    let job = json!({"command": "sleep 1; echo built", "background": true}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(aegis_e2e::llm::openai_tool_sse("", &[("b1", "bash", &job)], 100)),
+        Reply::sse(openai_sse(&["Started."])),
+        Reply::sse(openai_sse(&["The build is done."])),
+        Reply::sse(openai_sse(&["Yes, all good."])),
+    ]);
+    let home = temp_dir("serve-chat-job");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    c.put_secret("OPENAI_API_KEY", "sk-kit-test").unwrap();
+    let body = json!({"name": "a", "secrets": ["OPENAI_API_KEY"],
+        "env": {"OPENAI_BASE_URL": llm.url(), "AEGIS_TOOLS": "all"}});
+    c.request("POST", "/v1/instances", Some(&body)).unwrap();
+    let mut t = Terminal::open(&home, &s.socket, "a");
+    t.type_line("build it");
+    t.wait_out("Started.");
+    t.wait_out("The build is done.");
+    t.type_line("all good?");
+    t.wait_out("Yes, all good.");
+    assert!(t.close().success());
+    let out = t.out.lock().unwrap().clone();
+    assert_eq!(out.matches("The build is done.").count(), 1, "{out}");
+}
+
+/// `aegis-kit chat NAME` at a terminal: what is typed into it, and what it prints as it
+/// comes; killed if a test ends first.
+struct Terminal {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Terminal {
+    fn open(home: &std::path::Path, socket: &std::path::Path, name: &str) -> Terminal {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = command("aegis-kit")
+            .env("AEGIS_HOME", home)
+            .arg("--socket")
+            .arg(socket)
+            .args(["chat", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stdout = child.stdout.take().unwrap();
+        let sink = std::sync::Arc::clone(&out);
+        std::thread::spawn(move || {
+            let mut b = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut b) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
             }
-            out2.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
-        }
-    });
-    let wait_out = |needle: &str| {
+        });
+        let stdin = child.stdin.take();
+        Terminal { child, stdin, out }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("open");
+        stdin.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+
+    fn wait_out(&self, needle: &str) {
         let deadline = Instant::now() + T;
-        while !out.lock().unwrap().contains(needle) {
+        while !self.out.lock().unwrap().contains(needle) {
             assert!(
                 Instant::now() < deadline,
                 "no {needle:?} in {:?}",
-                out.lock().unwrap()
+                self.out.lock().unwrap()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"first question\n").unwrap();
-    wait_out("partial"); // streamed before the reply is complete
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    wait_out("Reply cancelled");
-    stdin.write_all(b"again\n").unwrap();
-    wait_out("second answer");
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    }
+
+    /// End of input: the chat quits.
+    fn close(&mut self) -> std::process::ExitStatus {
+        self.stdin.take();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `/new` in the terminal starts a fresh conversation, as in Telegram, and the next `chat`
