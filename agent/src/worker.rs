@@ -587,7 +587,15 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             send_cancelled(shared, out, &msg_id, "the reply was cancelled", &text);
         }
         Ending::Restart(text) => {
-            let note = crate::restart::RESTARTING.to_string();
+            // A restart ends the jobs it cannot follow: whoever asked for it should know.
+            let note = match shared.tools.running_jobs() {
+                jobs if jobs.is_empty() => crate::restart::RESTARTING.to_string(),
+                jobs => format!(
+                    "{} It stops the background jobs that run ({}); their chats are told how they ended.",
+                    crate::restart::RESTARTING,
+                    jobs.join(", ")
+                ),
+            };
             persist(shared, session, history, Turn::new(Role::Assistant, note.clone()));
             let done = if text.is_empty() {
                 note

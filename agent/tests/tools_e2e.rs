@@ -4879,6 +4879,7 @@ fn a_chat_lists_and_stops_its_background_jobs() {
     let llm = FakeLlm::scripted(vec![
         Reply::sse(openai_tool_sse("", &[("b1", "bash", &job)], 100)),
         Reply::sse(openai_sse(&["Running."])),
+        Reply::sse(openai_tool_sse("", &[("r1", "self_restart", "{}")], 100)),
         Reply::sse(openai_sse(&["You stopped it."])),
     ]);
     let ws = TempDir::new("tools-jobs-command");
@@ -4887,6 +4888,12 @@ fn a_chat_lists_and_stops_its_background_jobs() {
     let a = agent(&ws, &env);
     assert_eq!(a.answer(&from("-100", "7", "train it", "m1")), "Running.");
     let _groups = JobGroups(job_pids(&llm.requests()[1]));
+    // A restart would end it: whoever asks for one is told.
+    assert_eq!(
+        a.answer(&from("-100", "7", "reload your config", "r1")),
+        "Restarting to apply configuration changes... It stops the background jobs that run (job-1); \
+         their chats are told how they ended."
+    );
     let listed = a.answer(&from("-100", "7", "/jobs", "m2"));
     assert!(
         listed.starts_with(
@@ -4915,7 +4922,7 @@ fn a_chat_lists_and_stops_its_background_jobs() {
         "⏹ Stopping job-1; the agent hears how it ended."
     );
     assert_eq!(done_text(&a.reply()), "You stopped it.");
-    let said = aegis_e2e::llm::last_user_text(&llm.requests()[2]);
+    let said = aegis_e2e::llm::last_user_text(&llm.requests()[3]);
     assert!(
         said.starts_with("[Background job job-1 ended: stopped from the chat (/jobs stop), after"),
         "{said}"
@@ -4928,5 +4935,5 @@ fn a_chat_lists_and_stops_its_background_jobs() {
     assert!(a
         .answer(&from("-100", "7", "/jobs", "m4"))
         .starts_with("No background jobs run for this chat."));
-    assert_eq!(llm.requests().len(), 3, "no command asked the model");
+    assert_eq!(llm.requests().len(), 4, "no command asked the model");
 }

@@ -354,6 +354,20 @@ impl Jobs {
         }
     }
 
+    /// The ids of every job that runs.
+    pub fn running(&self) -> Vec<String> {
+        let _guard = self.book.lock().expect("jobs lock");
+        self.load()
+            .map(|b| {
+                b.jobs
+                    .into_iter()
+                    .filter(|j| j.ended.is_none())
+                    .map(|j| j.id)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The jobs of `chat` that run.
     pub(super) fn running_in(&self, chat: &Session) -> Result<Vec<Running>, String> {
         let _guard = self.book.lock().expect("jobs lock");

@@ -781,6 +781,11 @@ impl Toolbox {
         }
     }
 
+    /// The ids of the background jobs that run.
+    pub fn running_jobs(&self) -> Vec<String> {
+        self.jobs.as_ref().map(|j| j.running()).unwrap_or_default()
+    }
+
     /// The reply to message `msg_id` is done (a job's message is then forgotten).
     pub fn answered(&self, msg_id: &str) {
         if let Some(jobs) = &self.jobs {
