@@ -687,13 +687,15 @@ fn over_limit(
                 send_text(shared, kind::ASSISTANT_DONE, session, msg_id, "");
             }
         }
-        None => send_text(
-            shared,
-            kind::ASSISTANT_DONE,
-            out,
-            msg_id,
-            &reached.refusal(std::time::SystemTime::now()),
-        ),
+        None => {
+            let mut note = reached.refusal(std::time::SystemTime::now());
+            // A job's end would otherwise go unsaid: its chat gets the first line.
+            let job = msg_id.as_deref().and_then(crate::tools::jobs::job_of_msg_id);
+            if let (Some(_), Some(head)) = (job, text.lines().next()) {
+                note = format!("{head}\n{note}");
+            }
+            send_text(shared, kind::ASSISTANT_DONE, out, msg_id, &note)
+        }
     }
 }
 

@@ -4937,3 +4937,33 @@ fn a_chat_lists_and_stops_its_background_jobs() {
         .starts_with("No background jobs run for this chat."));
     assert_eq!(llm.requests().len(), 4, "no command asked the model");
 }
+
+/// [ours] A job that ends past the chat's daily limit is not sent to the model, but its
+/// chat still hears how it ended, with why the model was not asked.
+#[test]
+fn a_jobs_end_past_a_daily_limit_still_reaches_its_chat() {
+    let job = json!({"command": "echo done", "background": true}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("b1", "bash", &job)], 100)),
+        Reply::sse(aegis_e2e::llm::with_openai_usage(
+            openai_sse(&["Started."]),
+            100,
+            0,
+            10,
+        )),
+    ]);
+    let ws = TempDir::new("tools-jobs-limit");
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_CHAT_DAILY_TOKENS", "50".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("1", "go", "m1"));
+    assert_eq!(done_text(&a.reply()), "Started.");
+    let _groups = JobGroups(job_pids(&llm.requests()[1]));
+    let told = done_text(&a.reply());
+    assert!(
+        told.starts_with("[Background job job-1 ended: exit status 0, after ")
+            && told.contains(" s.]\n⚠️ Not sent to the model: this chat has used its daily limit"),
+        "{told}"
+    );
+    assert_eq!(llm.requests().len(), 2);
+}

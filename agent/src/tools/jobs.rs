@@ -412,11 +412,7 @@ impl Jobs {
 
     /// The reply to message `msg_id` is done: when it was a job's, the job is forgotten.
     pub fn answered(&self, msg_id: &str) {
-        let Some(id) = msg_id
-            .split_once('@')
-            .map(|(id, _)| id)
-            .filter(|id| id.starts_with("job-"))
-        else {
+        let Some(id) = job_of_msg_id(msg_id) else {
             return;
         };
         let _guard = self.book.lock().expect("jobs lock");
@@ -429,6 +425,14 @@ impl Jobs {
             }
         }
     }
+}
+
+/// The job whose end message `msg_id` names (`job-3@1796651910`), if it is one.
+pub fn job_of_msg_id(msg_id: &str) -> Option<&str> {
+    msg_id
+        .split_once('@')
+        .map(|(id, _)| id)
+        .filter(|id| id.strip_prefix("job-").is_some_and(|n| n.parse::<u64>().is_ok()))
 }
 
 /// The message telling `job`'s chat how it ended. Its id is the job's and its start, so a
