@@ -292,13 +292,10 @@ impl MemoryStore {
                 .flatten(),
         };
         let gone = self.to_make_room(&cache.entries, here)?;
-        if !gone.is_empty() || cache.bad_lines > 0 {
+        if gone.contains(&true) || cache.bad_lines > 0 {
             // Prune (or drop torn lines) in one rewrite, then append.
-            let mut i = 0;
-            cache.entries.retain(|_| {
-                i += 1;
-                !gone.contains(&(i - 1))
-            });
+            let mut going = gone.into_iter();
+            cache.entries.retain(|_| going.next() != Some(true));
             cache.entries.push(memory.clone());
             self.rewrite(cache).map_err(|e| e.to_string())?;
             return Ok(memory.id);
@@ -317,28 +314,29 @@ impl MemoryStore {
         Ok(memory.id)
     }
 
-    /// Which of `entries` (their indexes, ascending) go so that one more memory kept
-    /// `here` fits: past `max_total` the oldest; past a guest's [`GUEST_SHARE`] their own
-    /// oldest; and a guest's memory never pushes out one every conversation recalls.
-    fn to_make_room(&self, entries: &[Memory], here: &Here) -> Result<Vec<usize>, String> {
-        let mut gone: Vec<usize> = Vec::new();
+    /// Which of `entries` go (`true` at their index) so that one more memory kept `here`
+    /// fits: past `max_total` the oldest; past a guest's [`GUEST_SHARE`] their own oldest;
+    /// and a guest's memory never pushes out one every conversation recalls.
+    fn to_make_room(&self, entries: &[Memory], here: &Here) -> Result<Vec<bool>, String> {
+        let mut gone = vec![false; entries.len()];
+        let mut going = 0;
         if let (true, Some(me)) = (here.guest, &here.user) {
-            let mine: Vec<usize> = (0..entries.len())
-                .filter(|&i| entries[i].user.as_ref() == Some(me))
-                .collect();
-            let over = (mine.len() + 1).saturating_sub(GUEST_SHARE);
-            gone.extend(&mine[..over]);
+            let mine = entries.iter().filter(|m| m.user.as_ref() == Some(me)).count();
+            let mut over = (mine + 1).saturating_sub(GUEST_SHARE);
+            for (i, m) in entries.iter().enumerate() {
+                if over > 0 && m.user.as_ref() == Some(me) {
+                    gone[i] = true;
+                    going += 1;
+                    over -= 1;
+                }
+            }
         }
         let cap = self.config.max_total.max(1);
-        let mut over = (entries.len() + 1 - gone.len()).saturating_sub(cap);
+        let mut over = (entries.len() + 1 - going).saturating_sub(cap);
         for (i, m) in entries.iter().enumerate() {
-            if over == 0 {
-                break;
-            }
             // A guest's memory never pushes out one every conversation recalls.
-            let skip = gone.contains(&i) || (here.guest && m.everyones());
-            if !skip {
-                gone.push(i);
+            if over > 0 && !gone[i] && !(here.guest && m.everyones()) {
+                gone[i] = true;
                 over -= 1;
             }
         }
@@ -347,7 +345,6 @@ impl MemoryStore {
                 "memory is full ({cap} memories, all kept for every conversation); a trusted user can delete some"
             ));
         }
-        gone.sort_unstable();
         Ok(gone)
     }
 
@@ -752,6 +749,19 @@ mod tests {
         assert!(s.search(Some("Fridays"), None, &owner).unwrap().len() == 1);
         let everything = std::fs::read_to_string(d.path().join(".aegis/memory/memories.jsonl")).unwrap();
         assert_eq!(everything.lines().count(), 60);
+        // A cap lowered below what is kept: one store brings it down to the cap, the guest's
+        // own oldest counted once.
+        let lowered = store(
+            &d,
+            MemoryConfig {
+                max_total: 40,
+                ..MemoryConfig::default()
+            },
+        );
+        lowered.store("Carol fact again", &[], None, &guest("9")).unwrap();
+        let everything = std::fs::read_to_string(d.path().join(".aegis/memory/memories.jsonl")).unwrap();
+        assert_eq!(everything.lines().count(), 40);
+        assert!(everything.contains("Fridays"), "never everyone's for a guest");
         // A store holding only everyone's memories is full for a guest, not for the owner.
         let full = TempDir::new("memory-full");
         let s = store(
