@@ -33,11 +33,14 @@ pub fn run(ingress: Receiver<Frame>, own: Receiver<Frame>, shared: Arc<Shared>) 
     loop {
         select! {
             recv(ingress) -> frame => match frame {
-                Ok(frame) => route(frame, &mut workers, &shared, true),
+                Ok(frame) => {
+                    acknowledge(&frame, &shared);
+                    route(frame, &mut workers, &shared);
+                }
                 Err(_) => return,
             },
             recv(own) -> frame => if let Ok(frame) = frame {
-                route(frame, &mut workers, &shared, false);
+                route(frame, &mut workers, &shared);
             },
             recv(sweep) -> _ => {
                 // Retire only idle workers: nothing queued, nothing in flight.
@@ -49,7 +52,22 @@ pub fn run(ingress: Receiver<Frame>, own: Receiver<Frame>, shared: Arc<Shared>) 
     }
 }
 
-fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shared>, from_host: bool) {
+/// Tell the host a user message of its has arrived (upstream's `event.ack`).
+fn acknowledge(frame: &Frame, shared: &Shared) {
+    if frame.kind != kind::USER_MESSAGE {
+        return;
+    }
+    let Some(session) = frame.session.clone() else {
+        return;
+    };
+    let mut ack = Frame::new(kind::EVENT_ACK, Some(session)).with_payload(&Ack {
+        msg_id: frame.msg_id.clone(),
+    });
+    ack.msg_id = frame.msg_id.clone();
+    let _ = shared.egress.send(ack);
+}
+
+fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shared>) {
     log::debug!("ingress {} frame (msg_id {:?})", frame.kind, frame.msg_id);
     let Some(session) = frame.session.clone() else {
         log::warn!("ignoring {} frame without session", frame.kind);
@@ -57,13 +75,6 @@ fn route(frame: Frame, workers: &mut HashMap<Session, Worker>, shared: &Arc<Shar
     };
     match frame.kind.as_str() {
         kind::USER_MESSAGE => {
-            if from_host {
-                let mut ack = Frame::new(kind::EVENT_ACK, Some(session.clone())).with_payload(&Ack {
-                    msg_id: frame.msg_id.clone(),
-                });
-                ack.msg_id = frame.msg_id.clone();
-                let _ = shared.egress.send(ack);
-            }
             // The answer to a question the reply in flight put to this user.
             let frame = match workers.get(&session) {
                 Some(w) => match w.state.hand_answer(frame) {
