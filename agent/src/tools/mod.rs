@@ -197,8 +197,8 @@ impl Builtin {
         let n = |d: &str| json!({"type": "integer", "description": d});
         let (description, properties, required): (&str, Value, &[&str]) = match self {
             Builtin::Bash => (
-                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes. With background: true it runs on after this call returns, for work longer than the timeout (a build, tests, a download, a training run; not a server, which runs with nohup ... &): you get a message in this chat when it ends, with its exit status and the end of its output, and answer it then. At most 3 at once, each stopped after 2 hours by default.",
-                json!({"command": s("The shell command to run"), "background": {"type": "boolean", "description": "Run it in the background and be told in this chat when it ends"}}),
+                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes.",
+                json!({"command": s("The shell command to run"), "background": {"type": "boolean", "description": "Run past the timeout (a build, tests, a download; not a server): a message in this chat tells you when it ends"}}),
                 &["command"],
             ),
             Builtin::ReadFile => (
