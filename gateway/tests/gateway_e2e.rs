@@ -876,7 +876,15 @@ fn start_greets_and_the_command_menu_is_set() {
 /// the skill; a menu Telegram refuses as too long is set again with fewer of them.
 #[test]
 fn the_agents_skills_join_the_command_menu() {
-    let mut s = stack("gw-menu", FakeLlm::echo_openai());
+    // Without the shell whether or not this machine can sandbox (`/jobs` comes with it).
+    let mut s = Stack::with_env(
+        "gw-menu",
+        FakeLlm::echo_openai(),
+        &[],
+        &[("AEGIS_TOOLS", "all,-shell")],
+    );
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
     let skills = s.instance_dir().join("workspace/.aegis/skills");
     let skill = |name: &str| {
         std::fs::create_dir_all(skills.join(name)).unwrap();
