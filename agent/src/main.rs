@@ -22,6 +22,7 @@ mod elicit;
 mod frontmatter;
 mod harness;
 mod host_llm;
+mod json_file;
 mod keepalive;
 mod limits;
 mod llm;

@@ -82,11 +82,7 @@ impl MemoryStore {
     }
 
     fn forget(&self, id: &str, here: &Here) -> String {
-        // `3` is `m-3`, as people read the list.
-        let id = match id.parse::<u64>() {
-            Ok(n) => format!("m-{n}"),
-            Err(_) => id.to_string(),
-        };
+        let id = crate::text::full_id(id, "m-");
         let text = self
             .recalled(here)
             .ok()

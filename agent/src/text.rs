@@ -16,6 +16,15 @@ pub fn one_line(text: &str, max: usize) -> String {
     clip(&text.split_whitespace().collect::<Vec<_>>().join(" "), max)
 }
 
+/// An id as a command names it: `3` is `PREFIX3` (`cron-3`), as people read a list;
+/// anything else is taken as it is.
+pub fn full_id(word: &str, prefix: &str) -> String {
+    match word.parse::<u64>() {
+        Ok(n) => format!("{prefix}{n}"),
+        Err(_) => word.to_string(),
+    }
+}
+
 /// The command a message starts with (`/name`, `/name@bot`), lower case, and the text
 /// after it; `None` for a message that is not a command.
 pub fn slash_command(text: &str) -> Option<(String, &str)> {

@@ -36,19 +36,12 @@ impl CronTools {
     }
 
     fn load(&self) -> Result<CronFile, String> {
-        match crate::regular::read_to_string(&self.path, crate::regular::CONFIG_CAP) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{} is damaged: {e}", self.path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CronFile::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", self.path.display())),
-        }
+        crate::json_file::load(&self.path)
     }
 
-    /// Write the file whole: temporary file, fsync, rename, so the host never reads half.
+    /// Write the file whole, so the host never reads half.
     fn save(&self, file: &CronFile) -> Result<(), String> {
-        serde_json::to_string_pretty(file)
-            .map_err(std::io::Error::other)
-            .and_then(|text| tether::fsutil::replace_synced(&self.path, text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        crate::json_file::save(&self.path, file)
     }
 
     /// `cron_create {schedule | at | in_minutes, text (or message), session?,

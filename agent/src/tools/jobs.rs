@@ -133,20 +133,11 @@ impl Jobs {
     }
 
     fn load(&self) -> Result<Book, String> {
-        let path = self.dir.join("jobs.json");
-        match crate::regular::read_to_string(&path, crate::regular::CONFIG_CAP) {
-            Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{} is damaged: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Book::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
-        }
+        crate::json_file::load(&self.dir.join("jobs.json"))
     }
 
     fn save(&self, book: &Book) -> Result<(), String> {
-        let path = self.dir.join("jobs.json");
-        serde_json::to_string_pretty(book)
-            .map_err(std::io::Error::other)
-            .and_then(|text| tether::fsutil::replace_synced(&path, text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        crate::json_file::save(&self.dir.join("jobs.json"), book)
     }
 
     /// `bash {command, background: true}` in a reply to `chat` on behalf of `user`: the

@@ -22,11 +22,7 @@ impl Jobs {
         ) {
             (None, _, _) => self.listing(chat, now),
             (Some("stop" | "kill"), Some(id), None) => {
-                // `3` is `job-3`, as people read the list.
-                let id = match id.parse::<u64>() {
-                    Ok(n) => format!("job-{n}"),
-                    Err(_) => id.to_string(),
-                };
+                let id = crate::text::full_id(id, "job-");
                 match self.stop(&id, chat) {
                     Ok(()) => format!("⏹ Stopping {id}; the agent hears how it ended."),
                     Err(why) => format!("⚠️ {why}"),

@@ -48,11 +48,7 @@ impl CronTools {
         let (Some(id), None) = (words.next(), words.next()) else {
             return format!("Name one task by its id, as /tasks lists them. {USAGE}");
         };
-        // `3` is `cron-3`, as people read the list.
-        let id = match id.parse::<u64>() {
-            Ok(n) => format!("cron-{n}"),
-            Err(_) => id.to_string(),
-        };
+        let id = crate::text::full_id(id, "cron-");
         match self.change(&id, change, chat, asker) {
             Ok(text) => text,
             Err(why) => format!("⚠️ {why}"),
