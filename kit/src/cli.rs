@@ -25,6 +25,9 @@ pub struct StartOpts {
     pub command: Vec<String>,
     /// Sandbox settings (`--sandbox`, `--net`, `--memory`, `--max-procs`).
     pub sandbox: serde_json::Map<String, Value>,
+    /// `--workspace`: a name, or a folder (made absolute here, against our working folder
+    /// rather than the host's).
+    pub workspace: Option<String>,
 }
 
 /// `instance start`: create the instance if it does not exist, then boot it.
@@ -56,15 +59,43 @@ pub fn instance_start(c: &AegisClient, o: &StartOpts) -> Result<(), CliError> {
             .clone()
             .or(preset.as_ref().and_then(|m| m.image.base.clone()));
         let env: serde_json::Map<String, Value> = o.env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let workspace = match o.workspace.as_deref() {
+            Some(w) if w.contains('/') || w.starts_with('.') => Some(
+                std::path::absolute(w)
+                    .map_err(|e| CliError::Usage(format!("--workspace {w}: {e}")))?
+                    .display()
+                    .to_string(),
+            ),
+            other => other.map(str::to_string),
+        };
         let body = json!({
             "name": name, "kit": o.kit, "image": image, "command": command,
-            "secrets": o.secrets, "env": env, "sandbox": o.sandbox,
+            "secrets": o.secrets, "env": env, "sandbox": o.sandbox, "workspace": workspace,
         });
-        c.request("POST", "/v1/instances", Some(&body))?;
-        println!("instance {name} created");
-    } else if !o.secrets.is_empty() || !o.env.is_empty() || !o.command.is_empty() || !o.sandbox.is_empty() {
+        let created = c.request("POST", "/v1/instances", Some(&body))?;
+        if workspace.is_some() {
+            println!(
+                "instance {name} created, working in {}",
+                created["workspace"].as_str().unwrap_or("?")
+            );
+        } else if created["workspace_reused"] == json!(true) {
+            println!(
+                "instance {name} created, with the workspace an earlier {name} left ({}): \
+                 its conversations, memories, tasks and files",
+                created["workspace"].as_str().unwrap_or("?")
+            );
+        } else {
+            println!("instance {name} created");
+        }
+    } else if !o.secrets.is_empty()
+        || !o.env.is_empty()
+        || !o.command.is_empty()
+        || !o.sandbox.is_empty()
+        || o.workspace.is_some()
+    {
         eprintln!(
-            "note: instance {name} already exists; --secret/--env/--sandbox/--net/command apply only when it is created"
+            "note: instance {name} already exists; --secret/--env/--sandbox/--net/--workspace/command \
+             apply only when it is created"
         );
     }
     let info = c.request("POST", &format!("/v1/instances/{}/start", enc(name)), None)?;
@@ -116,10 +147,30 @@ pub fn instance_action(c: &AegisClient, name: &str, action: &str) -> Result<(), 
     Ok(())
 }
 
-/// `instance rm NAME`.
-pub fn instance_rm(c: &AegisClient, name: &str) -> Result<(), CliError> {
-    c.request("DELETE", &format!("/v1/instances/{}", enc(name)), None)?;
-    println!("instance {name} deleted");
+/// `instance rm NAME [--purge]`: the workspace stays unless purged (serve's answer says
+/// which, and where; aegisd's says nothing of it).
+pub fn instance_rm(c: &AegisClient, name: &str, purge: bool) -> Result<(), CliError> {
+    let query = if purge { "?purge=1" } else { "" };
+    let done = c.request("DELETE", &format!("/v1/instances/{}{query}", enc(name)), None)?;
+    let workspace = done["workspace"].as_str().unwrap_or("its workspace folder");
+    match (done["workspace_kept"].as_bool(), done["deleted"].is_null()) {
+        (Some(false), true) => println!("the workspace instance {name} left is deleted ({workspace})"),
+        (Some(false), false) => println!("instance {name} deleted, with its workspace"),
+        (Some(true), _) if done["workspace_chosen"] == json!(true) => println!(
+            "instance {name} deleted; its workspace {workspace} was chosen with --workspace \
+             and stays (serve never deletes one)"
+        ),
+        (Some(true), _) => println!(
+            "instance {name} deleted; its workspace is kept at {workspace} (conversations, \
+             memories, scheduled tasks, files): a new instance named {name} takes it up, \
+             `aegis-kit instance rm {name} --purge` deletes it"
+        ),
+        (None, _) if purge => println!(
+            "instance {name} deleted; the host did not say what became of its workspace \
+             (aegisd deletes the one it made and keeps one chosen with --workspace)"
+        ),
+        (None, _) => println!("instance {name} deleted"),
+    }
     Ok(())
 }
 

@@ -49,9 +49,15 @@ COMMANDS:
                                     vllm=http://localhost:8000/v1 [repeatable]
     instance start --name NAME [--kit KIT] [--secret NAME]... [--env K=V]... [--image IMG]
                    [--sandbox auto|strict|none] [--net host|none|PORT,...] [--memory MiB]
-                   [--max-procs N] [-- CMD...]
+                   [--max-procs N] [--workspace NAME|PATH] [-- CMD...]
+                                    --workspace: a named workspace of serve's, or a folder
+                                    of yours (a project) for the instance to work in;
+                                    never deleted by rm
     instance start NAME             boot an existing instance
-    instance list | info NAME | stop NAME | pause NAME | rm NAME
+    instance list | info NAME | stop NAME | pause NAME
+    instance rm NAME [--purge]      delete an instance; its workspace (conversations,
+                                    memories, tasks, files) is kept for a new instance of
+                                    that name unless --purge
     instance exec NAME -- CMD...    run a command in the instance's sandbox and workspace
                                     (its output streams; exits with its status)
     logs NAME [-f] [--tail N]       an instance's output
@@ -355,6 +361,7 @@ fn serve_cmd(p: &mut lexopt::Parser, socket: PathBuf) -> Result<(), CliError> {
             hide_files,
         }),
         host_models: std::sync::Arc::new(serve::host_llm::HostModels::new(&host_llm)),
+        chosen: Default::default(),
     };
     log::info!(
         "models on the host (host:NAME/MODEL): {}",
@@ -390,12 +397,15 @@ fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -
         ..Default::default()
     };
     let mut positional = Vec::new();
+    let mut purge = false;
     while let Some(a) = p.next()? {
         match a {
+            Long("purge") if matches!(sub.as_str(), "rm" | "delete") => purge = true,
             Long("name") => o.name = Some(string(p.value()?)?),
             Long("kit") => o.kit = Some(string(p.value()?)?),
             Long("secret") => o.secrets.push(string(p.value()?)?),
             Long("image") => o.image = Some(string(p.value()?)?),
+            Long("workspace") => o.workspace = Some(string(p.value()?)?),
             Long("sandbox") => {
                 let level: sandbox::Level = string(p.value()?)?.parse().map_err(CliError::Usage)?;
                 o.sandbox.insert("level".into(), serde_json::json!(level));
@@ -453,7 +463,7 @@ fn instance_cmd(p: &mut lexopt::Parser, c: &AegisClient, command: Vec<String>) -
         "info" => cli::instance_info(c, &one("info")?),
         "stop" => cli::instance_action(c, &one("stop")?, "stop"),
         "pause" => cli::instance_action(c, &one("pause")?, "pause"),
-        "rm" | "delete" => cli::instance_rm(c, &one("rm")?),
+        "rm" | "delete" => cli::instance_rm(c, &one("rm")?, purge),
         "exec" => {
             if o.command.is_empty() {
                 return Err(CliError::Usage(

@@ -87,10 +87,11 @@ impl Serve {
     }
 }
 
-const ATTEMPTS: [&str; 11] = [
+const ATTEMPTS: [&str; 12] = [
     "read-master-key",
     "read-secrets",
     "read-other-instance",
+    "read-other-chosen-workspace",
     "read-serve-log",
     "write-home",
     "see-serve-process",
@@ -123,6 +124,19 @@ fn escapes_fail_in_the_sandbox_and_succeed_without_it() {
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("private.txt"), "other's data").unwrap();
     std::fs::write(s.home.join("serve.log"), "serve log").unwrap();
+    // An instance working in a folder of the user's, outside serve's state (and outside
+    // /tmp, which every sandbox replaces anyway).
+    let chosen = HostDir(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("escape-chosen-{}", std::process::id())),
+    );
+    std::fs::create_dir_all(&chosen.0).unwrap();
+    std::fs::write(chosen.0.join("private.txt"), "their project").unwrap();
+    c.request(
+        "POST",
+        "/v1/instances",
+        Some(&json!({"name": "theirs", "command": ["sh", "-c", "true"], "workspace": chosen.0})),
+    )
+    .unwrap();
     let host_home = HostDir(
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("escape-home-{}", std::process::id())),
     );
@@ -145,6 +159,10 @@ fn escapes_fail_in_the_sandbox_and_succeed_without_it() {
                 other.join("private.txt").display().to_string(),
             ),
             ("PROBE_SERVE_LOG", s.home.join("serve.log").display().to_string()),
+            (
+                "PROBE_OTHER_CHOSEN_FILE",
+                chosen.0.join("private.txt").display().to_string(),
+            ),
             (
                 "PROBE_HOME_FILE",
                 host_home.0.join("escaped.txt").display().to_string(),

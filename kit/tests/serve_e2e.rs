@@ -717,6 +717,258 @@ impl Drop for Terminal {
 /// `/new` in the terminal starts a fresh conversation, as in Telegram, and the next `chat`
 /// goes on with it; `--session local` still reaches the first one.
 #[test]
+fn removing_an_instance_keeps_its_workspace_for_the_next_of_its_name_unless_purged() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-rm-keeps");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    c.put_secret("OPENAI_API_KEY", "sk-kit-test").unwrap();
+    let base = format!("OPENAI_BASE_URL={}", llm.url());
+    let said = |args: &[&str]| {
+        let out = s.kit(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let start = [
+        "instance",
+        "start",
+        "--name",
+        "a",
+        "--secret",
+        "OPENAI_API_KEY",
+        "--env",
+        &base,
+    ];
+    assert!(said(&start).starts_with("instance a created\n"));
+    said(&["chat", "a", "-m", "my name is Ann"]);
+    let workspace = PathBuf::from(s.info("a")["workspace"].as_str().unwrap());
+
+    let out = said(&["instance", "rm", "a"]);
+    assert!(
+        out.contains(&format!("its workspace is kept at {}", workspace.display()))
+            && out.contains("instance rm a --purge"),
+        "{out}"
+    );
+    let dir = home.join("kit/instances/a");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["workspace"], "the instance's own files are gone");
+    assert!(workspace.join("sessions").is_dir(), "the conversation is not");
+    let gone = c.request("GET", "/v1/instances/a", None).unwrap_err();
+    assert_eq!(gone.status(), Some(404));
+    let list = said(&["instance", "list"]);
+    assert!(
+        !list.lines().any(|l| l.starts_with("a ")),
+        "no longer listed: {list}"
+    );
+
+    let out = said(&start);
+    assert!(out.contains("with the workspace an earlier a left"), "{out}");
+    said(&["chat", "a", "-m", "who am I?"]);
+    let history = llm.requests().last().unwrap().json()["messages"].to_string();
+    assert!(
+        history.contains("my name is Ann"),
+        "the conversation goes on: {history}"
+    );
+
+    let out = said(&["instance", "rm", "a", "--purge"]);
+    assert_eq!(out, "instance a deleted, with its workspace");
+    assert!(!dir.exists());
+
+    // A workspace kept earlier is purged by its name; then nothing is left to delete.
+    s.create_agent("b", &llm);
+    said(&["instance", "rm", "b"]);
+    let out = s.kit(&["instance", "rm", "b"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("instance rm b --purge"),
+        "{err}"
+    );
+    let out = said(&["instance", "rm", "b", "--purge"]);
+    assert!(
+        out.starts_with("the workspace instance b left is deleted"),
+        "{out}"
+    );
+    assert!(!home.join("kit/instances/b").exists());
+    let out = s.kit(&["instance", "rm", "b", "--purge"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    let out = s.kit(&["instance", "stop", "a", "--purge"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--purge"),
+        "only rm takes it"
+    );
+
+    // A name is a path under the instances folder: `..` (which would be serve's whole
+    // state, here with a `workspace` folder in it) is never one.
+    std::fs::create_dir_all(home.join("kit/workspace")).unwrap();
+    for path in ["/v1/instances/..?purge=1", "/v1/instances/%2e%2e?purge=1"] {
+        let err = c.request("DELETE", path, None).unwrap_err();
+        assert_eq!(err.status(), Some(404), "{path}");
+    }
+    assert!(home.join("kit/instances").is_dir() && home.join("kit/workspace").is_dir());
+    let err = c
+        .request("DELETE", "/v1/instances/x?purge=yes", None)
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400));
+}
+
+#[test]
+fn an_instance_works_in_a_chosen_folder_that_never_holds_what_confines_it() {
+    let home = temp_dir("serve-chosen");
+    let root = temp_dir("serve-chosen-projects");
+    let root = root.canonicalize().unwrap();
+    // serve's agent is named through a linked folder (`alias` → `bins`) and is a link
+    // there, to a link in `deep`: each folder the path passes through holds a program
+    // serve runs, as much as the folder of the file it leads to does.
+    let (bins, deep) = (root.join("bins"), root.join("deep"));
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::create_dir_all(&deep).unwrap();
+    std::os::unix::fs::symlink(bin("aegis-agent"), deep.join("aegis-agent")).unwrap();
+    std::os::unix::fs::symlink("../deep/aegis-agent", bins.join("aegis-agent")).unwrap();
+    std::os::unix::fs::symlink(&bins, root.join("alias")).unwrap();
+    let s = start_serve_with(&home, &root.join("alias/aegis-agent"), &[], &[]);
+    let c = s.client();
+    let proj = root.join("projects/proj");
+    std::fs::create_dir_all(&proj).unwrap();
+    std::fs::write(proj.join("README.txt"), "hello\n").unwrap();
+
+    // A relative folder is taken from where the command is typed.
+    let out = command("aegis-kit")
+        .env("AEGIS_HOME", &home)
+        .current_dir(root.join("projects"))
+        .args([
+            "--socket",
+            s.socket.to_str().unwrap(),
+            "instance",
+            "start",
+            "--name",
+            "w",
+        ])
+        .args([
+            "--workspace",
+            "./proj",
+            "--",
+            "sh",
+            "-c",
+            "cat README.txt > copy.txt; sleep 30",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("working in {}", proj.display())), "{said}");
+    assert_eq!(s.info("w")["workspace"], json!(proj));
+    let deadline = Instant::now() + T;
+    while std::fs::read_to_string(proj.join("copy.txt")).unwrap_or_default() != "hello\n" {
+        assert!(
+            Instant::now() < deadline,
+            "the instance never worked in its folder"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let refused = |workspace: &str| {
+        let body = json!({"name": "x", "command": ["sh", "-c", "sleep 30"], "workspace": workspace});
+        let err = c.request("POST", "/v1/instances", Some(&body)).unwrap_err();
+        (err.status().unwrap(), err.to_string())
+    };
+    let link = root.join("link");
+    std::os::unix::fs::symlink(home.join("kit"), &link).unwrap();
+    let cases = [
+        (bins.to_str().unwrap().to_string(), 400, "a program serve runs"),
+        (
+            root.join("alias").to_str().unwrap().to_string(),
+            400,
+            "a program serve runs",
+        ),
+        (deep.to_str().unwrap().to_string(), 400, "a program serve runs"),
+        (home.to_str().unwrap().to_string(), 400, "serve's state"),
+        (
+            home.join("kit/instances/w").to_str().unwrap().to_string(),
+            400,
+            "serve's state",
+        ),
+        (link.to_str().unwrap().to_string(), 400, "serve's state"),
+        (
+            home.parent().unwrap().to_str().unwrap().to_string(),
+            400,
+            "serve's state: secrets",
+        ),
+        ("/".into(), 400, "the whole filesystem"),
+        ("rel/dir".into(), 400, "neither a name nor an absolute path"),
+        ("bad name".into(), 400, "invalid"),
+        (proj.to_str().unwrap().to_string(), 409, "instance w's workspace"),
+        (
+            proj.join("sub").to_str().unwrap().to_string(),
+            409,
+            "instance w's workspace",
+        ),
+        (
+            root.join("projects").to_str().unwrap().to_string(),
+            409,
+            "instance w's workspace",
+        ),
+        (root.to_str().unwrap().to_string(), 400, "a program serve runs"),
+    ];
+    for (workspace, status, why) in cases {
+        let (got, message) = refused(&workspace);
+        assert_eq!(got, status, "{workspace}: {message}");
+        assert!(message.contains(why), "{workspace}: {message}");
+    }
+    assert!(
+        s.client().request("GET", "/v1/instances/x", None).is_err(),
+        "none was made"
+    );
+
+    // A named workspace is serve's, one instance's at a time, and outlives it.
+    let create = |name: &str, workspace: &str| {
+        let body = json!({"name": name, "command": ["sh", "-c", "echo one > one.txt; sleep 30"], "workspace": workspace});
+        c.request("POST", "/v1/instances", Some(&body))
+    };
+    create("n1", "shared").unwrap();
+    c.request("POST", "/v1/instances/n1/start", None).unwrap();
+    let shared = home.join("kit/workspaces/shared");
+    let deadline = Instant::now() + T;
+    while !shared.join("one.txt").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "n1 never wrote into its named workspace"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(create("n2", "shared").unwrap_err().status(), Some(409));
+    let out = s.kit(&["instance", "rm", "n1", "--purge"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("was chosen with --workspace and stays"), "{said}");
+    assert!(
+        shared.join("one.txt").is_file(),
+        "purge leaves a chosen workspace"
+    );
+    assert!(!home.join("kit/instances/n1").exists(), "nothing else is left");
+    create("n2", "shared").unwrap();
+
+    s.kit(&["instance", "rm", "w"]);
+    assert!(proj.join("copy.txt").is_file() && proj.join("README.txt").is_file());
+    assert!(!home.join("kit/instances/w").exists());
+
+    // A chosen folder turned into a link (here into serve's state) is not booted into.
+    let later = root.join("later");
+    create("l", later.to_str().unwrap()).unwrap();
+    std::fs::remove_dir(&later).unwrap();
+    std::os::unix::fs::symlink(home.join("kit"), &later).unwrap();
+    let err = c.request("POST", "/v1/instances/l/start", None).unwrap_err();
+    assert!(err.to_string().contains("not the folder it was"), "{err}");
+    assert_ne!(s.info("l")["state"], "running");
+}
+
+#[test]
 fn chat_new_starts_a_fresh_conversation_that_later_chats_continue() {
     let llm = FakeLlm::echo_openai();
     let home = temp_dir("serve-chat-new");

@@ -127,7 +127,7 @@ fn handle(mut req: Request, host: &Host) {
         (Method::Post, ["v1", "instances", id, action @ ("start" | "stop" | "pause")]) => {
             action_cmd(host, id, action)
         }
-        (Method::Delete, ["v1", "instances", id]) => delete(host, id),
+        (Method::Delete, ["v1", "instances", id]) => delete(host, id, &query),
         (Method::Get, ["v1", "instances", id, "logs"]) => logs(host, id, &query),
         (Method::Get, ["v1", "status"]) => Ok((
             200,
@@ -283,6 +283,17 @@ fn create(host: &Host, body: &[u8]) -> Reply {
             .collect::<Result<_, _>>()?,
         _ => return Err(e(400, "\"env\" must be an object of strings")),
     };
+    let workspace = match &v["workspace"] {
+        Value::Null => None,
+        Value::String(w) if w.is_empty() => None,
+        Value::String(w) => Some(chosen_workspace(host, w)?),
+        _ => {
+            return Err(e(
+                400,
+                "\"workspace\" must be a string: a name or an absolute path",
+            ))
+        }
+    };
     let def = InstanceDef {
         name: name.to_string(),
         id: format!("inst-{:x}", super::first_seq()),
@@ -297,14 +308,36 @@ fn create(host: &Host, body: &[u8]) -> Reply {
             other => serde_json::from_value(other.clone())
                 .map_err(|err| e(400, format!("\"sandbox\": {err} (fields: level auto|strict|none, net host|none|{{ports: [443]}}, memory_mb, max_procs)")))?,
         },
+        workspace,
     };
+    let reused = def.workspace.is_none() && host.registry.kept_workspace(name).is_some();
     host.registry
         .save(&def)
         .map_err(|err| e(500, format!("cannot save instance: {err}")))?;
     let h = host
         .adopt(def)
         .map_err(|err| e(500, format!("cannot supervise instance: {err}")))?;
-    Ok((201, json!(info(&h)?)))
+    let mut created = json!(info(&h)?);
+    created["workspace_reused"] = json!(reused);
+    Ok((201, created))
+}
+
+/// The workspace the user chose, checked against what confines every instance.
+fn chosen_workspace(host: &Host, requested: &str) -> Result<std::path::PathBuf, ApiError> {
+    let taken: Vec<(String, std::path::PathBuf)> = host
+        .handles()
+        .iter()
+        .map(|h| (h.def.name.clone(), host.registry.workspace_of(&h.def)))
+        .collect();
+    let sandbox = &host.config.sandbox;
+    let binaries = [sandbox.exe.clone(), host.config.agent_bin.clone()];
+    let guarded = super::chosen_workspace::Guarded {
+        hidden: &sandbox.hide_dirs,
+        hidden_files: &sandbox.hide_files,
+        binaries: &binaries,
+        taken: &taken,
+    };
+    super::chosen_workspace::resolve(requested, &host.registry, &guarded)
 }
 
 fn list(host: &Host) -> Reply {
@@ -323,8 +356,43 @@ fn action_cmd(host: &Host, id: &str, action: &str) -> Reply {
     Ok((200, json!(info(&h)?)))
 }
 
-fn delete(host: &Host, id: &str) -> Reply {
-    let h = with(host, id)?;
+/// `DELETE /v1/instances/{id}[?purge=1]`. The instance's own workspace stays for an
+/// instance of that name to take up again, unless `purge` (aegisd deletes the one it
+/// made, which lost users their agent's memory when they re-created it to change a
+/// setting); `purge` also deletes the workspace a removed instance left (by its name). A
+/// chosen workspace (`--workspace`) is never deleted, as aegisd keeps it.
+fn delete(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {
+    let purge = match query.get("purge").copied() {
+        None | Some("0" | "false") => false,
+        Some("1" | "true") => true,
+        Some(other) => return Err(e(400, format!("purge is 1 or 0, not {other:?}"))),
+    };
+    let Some(h) = host.find(id) else {
+        // The name is checked first: it becomes a path under the instances folder.
+        let kept = valid_name(id)
+            .ok()
+            .and_then(|()| host.registry.kept_workspace(id));
+        return match kept {
+            Some(workspace) if purge => {
+                host.registry
+                    .remove(id, true)
+                    .map_err(|err| e(500, format!("cannot remove {}: {err}", workspace.display())))?;
+                Ok((
+                    200,
+                    json!({"deleted": null, "workspace": workspace, "workspace_kept": false}),
+                ))
+            }
+            Some(workspace) => Err(e(
+                404,
+                format!(
+                    "instance {id:?} not found; the workspace an earlier {id} left is kept at {} \
+                     (`aegis-kit instance rm {id} --purge` deletes it)",
+                    workspace.display()
+                ),
+            )),
+            None => Err(e(404, format!("instance {id:?} not found"))),
+        };
+    };
     host.stop_daemons(&h.def.name);
     ask(&h, Cmd::Shutdown, Duration::from_secs(15))?;
     host.instances
@@ -332,10 +400,20 @@ fn delete(host: &Host, id: &str) -> Reply {
         .expect("instances lock")
         .remove(&h.def.name);
     h.store.close();
+    host.config.chosen.set(&h.def.name, None);
     host.registry
-        .remove(&h.def.name)
+        .remove(&h.def.name, purge)
         .map_err(|err| e(500, format!("cannot remove files: {err}")))?;
-    Ok((200, json!({"deleted": h.def.name})))
+    let chosen = h.def.workspace.is_some();
+    Ok((
+        200,
+        json!({
+            "deleted": h.def.name,
+            "workspace": host.registry.workspace_of(&h.def),
+            "workspace_kept": !purge || chosen,
+            "workspace_chosen": chosen,
+        }),
+    ))
 }
 
 fn logs(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {

@@ -88,7 +88,7 @@ struct Batch {
 /// Send one instance's runs due at `minute` (and any it missed); `None` when none are.
 fn send_due(h: &Handle, dir: &Path, minute: i64, clock: &Clock) -> Option<Batch> {
     let due = match schedule::due(
-        &dir.join("workspace"),
+        &h.def.workspace_in(dir),
         &dir.join("cron-state.json"),
         minute,
         clock,

@@ -8,6 +8,7 @@
 //! orderly shutdown of every instance.
 
 pub mod api;
+pub mod chosen_workspace;
 pub mod cron;
 pub mod daemons;
 pub mod exec;
@@ -80,6 +81,8 @@ pub struct ServeConfig {
     pub sandbox: Arc<SandboxSettings>,
     /// Model servers on this machine that `host:` models reach (`--host-llm`).
     pub host_models: Arc<host_llm::HostModels>,
+    /// The workspaces chosen for instances, which the other instances' sandboxes hide.
+    pub chosen: chosen_workspace::Chosen,
 }
 
 /// Serve's sandbox defaults and what the kernel offers.
@@ -187,6 +190,7 @@ impl Host {
                 )
             }
         };
+        self.config.chosen.set(&def.name, def.workspace.as_deref());
         let h = supervisor::spawn(
             def.clone(),
             self.registry.instance_dir(&def.name),

@@ -36,6 +36,11 @@ pub struct InstanceDef {
     /// Sandbox settings that differ from serve's defaults.
     #[serde(default, skip_serializing_if = "InstanceSandbox::is_default")]
     pub sandbox: InstanceSandbox,
+    /// A workspace the user chose (`--workspace`: a named one of serve's, or a folder of
+    /// theirs), resolved and checked at creation ([`super::chosen_workspace`]); `None`:
+    /// the instance's own, in its folder. Serve never deletes a chosen one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<PathBuf>,
 }
 
 /// An instance's own sandbox settings; `None` fields take serve's defaults.
@@ -53,6 +58,14 @@ pub struct InstanceSandbox {
     /// Processes in the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_procs: Option<u64>,
+}
+
+impl InstanceDef {
+    /// The workspace it runs in, given its folder `dir`: the one chosen for it, else its
+    /// own.
+    pub fn workspace_in(&self, dir: &Path) -> PathBuf {
+        self.workspace.clone().unwrap_or_else(|| dir.join(WORKSPACE))
+    }
 }
 
 impl InstanceSandbox {
@@ -84,6 +97,8 @@ pub fn valid_name(name: &str) -> Result<(), String> {
 pub struct Registry {
     /// `{state}/instances`.
     dir: PathBuf,
+    /// `{state}/workspaces`: the named workspaces (`--workspace NAME`).
+    named: PathBuf,
 }
 
 impl Registry {
@@ -91,7 +106,18 @@ impl Registry {
     pub fn new(state_dir: &Path) -> Registry {
         Registry {
             dir: state_dir.join("instances"),
+            named: state_dir.join("workspaces"),
         }
+    }
+
+    /// Where the named workspace `name` (already checked with [`valid_name`]) lives.
+    pub fn named_workspace(&self, name: &str) -> PathBuf {
+        self.named.join(name)
+    }
+
+    /// The workspace `def` runs in: the one chosen for it, else its own.
+    pub fn workspace_of(&self, def: &InstanceDef) -> PathBuf {
+        def.workspace_in(&self.instance_dir(&def.name))
     }
 
     /// Folder of instance `name`.
@@ -107,10 +133,16 @@ impl Registry {
         let mut defs = Vec::new();
         for e in entries.flatten() {
             let path = e.path().join("instance.json");
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<InstanceDef>(&b).map_err(|e| e.to_string()))
-            {
+            let bytes = match fs::read(&path) {
+                Ok(b) => b,
+                // What a removed instance left: its workspace alone.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    log::warn!("skipping {}: {e}", path.display());
+                    continue;
+                }
+            };
+            match serde_json::from_slice::<InstanceDef>(&bytes) {
                 Ok(d) => defs.push(d),
                 Err(e) => log::warn!("skipping {}: {e}", path.display()),
             }
@@ -122,18 +154,119 @@ impl Registry {
     /// Write `def` (atomically: temp file, then rename).
     pub fn save(&self, def: &InstanceDef) -> io::Result<()> {
         let dir = self.instance_dir(&def.name);
-        fs::create_dir_all(dir.join("workspace"))?;
+        fs::create_dir_all(self.workspace_of(def))?;
+        fs::create_dir_all(&dir)?;
         tether::fsutil::replace_synced(
             &dir.join("instance.json"),
             &serde_json::to_vec_pretty(def).expect("def serialises"),
         )
     }
 
-    /// Delete the instance's folder, workspace included.
-    pub fn remove(&self, name: &str) -> io::Result<()> {
-        match fs::remove_dir_all(self.instance_dir(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// The instance's own workspace, on the host.
+    pub fn workspace(&self, name: &str) -> PathBuf {
+        self.instance_dir(name).join(WORKSPACE)
+    }
+
+    /// The workspace a removed instance `name` left, if there is one (a new instance of
+    /// that name takes it up).
+    pub fn kept_workspace(&self, name: &str) -> Option<PathBuf> {
+        let dir = self.instance_dir(name);
+        let workspace = self.workspace(name);
+        (!dir.join("instance.json").exists() && workspace.is_dir()).then_some(workspace)
+    }
+
+    /// Delete the instance's files. Its workspace (conversations, memories, tasks, the
+    /// agent's files) is kept unless `purge`: a user who removes an instance to change
+    /// its settings must not lose them. `instance.json` goes last, so a crash midway
+    /// leaves an instance that is still there, not half of one.
+    pub fn remove(&self, name: &str, purge: bool) -> io::Result<()> {
+        let dir = self.instance_dir(name);
+        if purge {
+            return match fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
         }
+        let entries = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            other => other?,
+        };
+        for entry in entries {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == WORKSPACE || name == "instance.json" {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(&path)?;
+            } else {
+                fs::remove_file(&path)?;
+            }
+        }
+        match fs::remove_file(dir.join("instance.json")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        // Gone unless it keeps a workspace (an instance with a chosen one has none here).
+        let _ = fs::remove_dir(&dir);
+        Ok(())
+    }
+}
+
+/// The workspace's folder name inside an instance's.
+const WORKSPACE: &str = "workspace";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aegis_e2e::proc::temp_dir;
+
+    fn def(name: &str) -> InstanceDef {
+        InstanceDef {
+            name: name.into(),
+            id: format!("inst-{name}"),
+            command: vec!["aegis-agent".into()],
+            env: BTreeMap::new(),
+            secrets: Vec::new(),
+            kit: None,
+            image: None,
+            created_at: String::new(),
+            sandbox: InstanceSandbox::default(),
+            workspace: None,
+        }
+    }
+
+    #[test]
+    fn a_removed_instance_leaves_its_workspace_alone_and_purge_takes_everything() {
+        let state = temp_dir("registry-remove");
+        let r = Registry::new(&state);
+        r.save(&def("a")).unwrap();
+        let dir = r.instance_dir("a");
+        fs::create_dir_all(dir.join("egress")).unwrap();
+        fs::write(dir.join("egress/1.log"), "1\t{}\n").unwrap();
+        fs::write(dir.join("instance.log"), "boot\n").unwrap();
+        fs::create_dir_all(r.workspace("a").join("sessions")).unwrap();
+        fs::write(r.workspace("a").join("sessions/x.jsonl"), "{}\n").unwrap();
+        assert_eq!(r.kept_workspace("a"), None, "a live instance's is not kept");
+
+        r.remove("a", false).unwrap();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["workspace"], "only the workspace stays");
+        assert!(r.workspace("a").join("sessions/x.jsonl").is_file());
+        assert_eq!(r.kept_workspace("a"), Some(r.workspace("a")));
+        assert!(r.load_all().is_empty(), "what is left is no instance");
+
+        r.save(&def("a")).unwrap();
+        assert_eq!(r.load_all(), [def("a")], "a new one of that name takes it up");
+        assert!(r.workspace("a").join("sessions/x.jsonl").is_file());
+
+        r.remove("a", true).unwrap();
+        assert!(!dir.exists());
+        r.remove("a", true).unwrap();
+        r.remove("a", false).unwrap();
     }
 }

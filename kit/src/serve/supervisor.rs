@@ -201,6 +201,8 @@ struct Supervisor {
     sandbox: Arc<SandboxSettings>,
     /// Model servers for `host:` models.
     host_models: Arc<HostModels>,
+    /// The workspaces chosen for instances: the others' are hidden from this one.
+    chosen: super::chosen_workspace::Chosen,
     /// The agent asked for a restart: boot again as soon as it has exited.
     restart_requested: bool,
 }
@@ -244,6 +246,7 @@ pub fn spawn(
         lease_until: None,
         sandbox: Arc::clone(&config.sandbox),
         host_models: Arc::clone(&config.host_models),
+        chosen: config.chosen.clone(),
         restart_requested: false,
     };
     thread::Builder::new()
@@ -845,8 +848,7 @@ impl Supervisor {
             .append(true)
             .open(&log_path)
             .map_err(|e| err(503, format!("wake failed: {}: {e}", log_path.display())))?;
-        let workspace = self.dir.join("workspace");
-        let _ = fs::create_dir_all(&workspace);
+        let workspace = self.workspace("wake failed")?;
 
         let program = match self.def.command.first().map(String::as_str) {
             Some("aegis-agent") | None => self.agent_bin.clone(),
@@ -948,7 +950,13 @@ impl Supervisor {
                     .canonicalize()
                     .unwrap_or_else(|_| workspace.to_path_buf()),
                 tether: tether.map(|t| t.canonicalize().unwrap_or_else(|_| t.to_path_buf())),
-                hide_dirs: self.sandbox.hide_dirs.clone(),
+                hide_dirs: self
+                    .sandbox
+                    .hide_dirs
+                    .iter()
+                    .cloned()
+                    .chain(self.chosen.others(&self.def.name))
+                    .collect(),
                 hide_files: self.sandbox.hide_files.clone(),
                 keep_files: program
                     .is_absolute()
@@ -983,6 +991,27 @@ impl Supervisor {
         Ok(cmd)
     }
 
+    /// The workspace, created if missing. A chosen one must still be the folder that was
+    /// checked when the instance was created: a link put in its place (by anyone who can
+    /// write its parent) would take the sandbox's one writable mount wherever it points,
+    /// serve's state included.
+    fn workspace(&self, why: &str) -> Result<PathBuf, ApiError> {
+        let workspace = self.def.workspace_in(&self.dir);
+        let _ = fs::create_dir_all(&workspace);
+        if self.def.workspace.is_some() && workspace.canonicalize().ok().as_ref() != Some(&workspace) {
+            return Err(err(
+                503,
+                format!(
+                    "{why}: the workspace {} is not the folder it was when {} was created \
+                     (a link now, or gone)",
+                    workspace.display(),
+                    self.def.name
+                ),
+            ));
+        }
+        Ok(workspace)
+    }
+
     /// The command of an exec request (aegisd's `POST /v1/instances/{id}/exec`): `argv`
     /// in the instance's sandbox, in its workspace, with its environment but not its
     /// secrets. Refused for an instance the sandbox does not isolate: there it would be a
@@ -998,8 +1027,7 @@ impl Supervisor {
                 ),
             ));
         }
-        let workspace = self.dir.join("workspace");
-        let _ = fs::create_dir_all(&workspace);
+        let workspace = self.workspace("exec failed")?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -1053,7 +1081,7 @@ impl Supervisor {
                 .count(),
             last_seq: self.store.last_seq(),
             dir: self.dir.clone(),
-            workspace: self.dir.join("workspace"),
+            workspace: self.def.workspace_in(&self.dir),
             sandbox_in_force: self.sandbox_line(),
         }
     }

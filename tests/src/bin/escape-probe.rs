@@ -48,6 +48,7 @@ fn main() {
         ("read-master-key", var("PROBE_MASTER_KEY")),
         ("read-secrets", var("PROBE_SECRETS")),
         ("read-other-instance", var("PROBE_OTHER_FILE")),
+        ("read-other-chosen-workspace", var("PROBE_OTHER_CHOSEN_FILE")),
         ("read-serve-log", var("PROBE_SERVE_LOG")),
     ] {
         report(name, std::fs::read(&path).map(drop).map_err(|e| e.to_string()));
