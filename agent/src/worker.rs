@@ -27,7 +27,7 @@ use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
 use crate::mcp_prompts::Asked;
 use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
 use crate::tools::guests::Allowed;
-use crate::tools::{Attachments, Builtin, CallContext, Outcome, Toolbox};
+use crate::tools::{together, Attachments, Builtin, CallContext, Outcome, Toolbox};
 
 /// The reply text when no provider is configured.
 pub const NO_PROVIDER: &str = "⚠️ No LLM is configured for this agent. Set ANTHROPIC_API_KEY or \
@@ -986,7 +986,8 @@ fn rounds(
         );
         let mut cancelled = false;
         let mut restart = false;
-        for call in &calls {
+        let mut next = 0;
+        while let Some(call) = calls.get(next) {
             if cancelled {
                 persist(
                     shared,
@@ -994,8 +995,47 @@ fn rounds(
                     history,
                     Turn::tool_result(&call.id, CALL_CANCELLED.into()),
                 );
+                next += 1;
                 continue;
             }
+            let batch = together::leading(&calls[next..], |c| {
+                shared.tools.runs_together(&c.name) && shared.tools.permits(&c.name, allowed)
+            });
+            if batch > 1 {
+                let batch = &calls[next..next + batch];
+                next += batch.len();
+                let names: Vec<&str> = batch.iter().map(|c| c.name.as_str()).collect();
+                send_presence(
+                    shared,
+                    out,
+                    &asker.msg_id(),
+                    &Presence::state(format!("tool: {}", names.join(", "))),
+                );
+                let started = std::time::Instant::now();
+                let ran = together::run(&shared.tools, batch, cancel, out, here, on_behalf);
+                cancelled = ran.cancelled;
+                for (call, outcome) in batch.iter().zip(ran.outcomes) {
+                    let result = match outcome {
+                        Outcome::Done(r) => r,
+                        Outcome::Cancelled => {
+                            cancelled = true;
+                            CALL_CANCELLED.to_string()
+                        }
+                    };
+                    log::info!(
+                        "{}/{}: tool {} took {:?} (with {} more at once), {} bytes of result",
+                        session.channel,
+                        session.id,
+                        call.name,
+                        started.elapsed(),
+                        batch.len() - 1,
+                        result.len()
+                    );
+                    persist(shared, session, history, Turn::tool_result(&call.id, result));
+                }
+                continue;
+            }
+            next += 1;
             send_presence(
                 shared,
                 out,

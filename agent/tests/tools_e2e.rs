@@ -4967,3 +4967,152 @@ fn a_jobs_end_past_a_daily_limit_still_reaches_its_chat() {
     );
     assert_eq!(llm.requests().len(), 2);
 }
+
+/// A site whose pages under `/page/` are answered only once `together` of them are being
+/// asked for at the same time (or, after 15 s, alone), each saying which; `/hold/` pages
+/// wait until `release` is set. Pages carry their own path.
+fn gathering_site(
+    together: usize,
+    release: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> aegis_e2e::http::Server {
+    use std::sync::{Arc, Condvar, Mutex};
+    let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
+    aegis_e2e::http::Server::start(move |req, resp| {
+        let path = req.path.clone();
+        let company = if path.starts_with("/hold/") {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !release.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            "held"
+        } else {
+            let (count, cv) = &*arrived;
+            let mut n = count.lock().unwrap();
+            *n += 1;
+            let (n, _) = cv
+                .wait_timeout_while(n, Duration::from_secs(15), |n| *n < together)
+                .unwrap();
+            cv.notify_all();
+            if *n >= together {
+                "in company"
+            } else {
+                "alone"
+            }
+        };
+        let body = format!("<html><body><p>{path} {company}</p></body></html>");
+        resp.send(200, &[("content-type", "text/html")], body.as_bytes())
+    })
+}
+
+#[test]
+fn reading_tools_of_one_round_run_at_once_and_answer_in_order() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let site = gathering_site(3, Arc::new(AtomicBool::new(false)));
+    let url = |p: &str| json!({"url": format!("http://127.0.0.1:{}{p}", site.port())}).to_string();
+    let (p1, p2, p3) = (url("/page/1"), url("/page/2"), url("/page/3"));
+    let calls = [
+        ("c1", "web_fetch", p1.as_str()),
+        ("c2", "read_file", r#"{"path": "notes.txt"}"#),
+        ("c3", "web_fetch", p2.as_str()),
+        ("c4", "web_fetch", p3.as_str()),
+        // A write ends what runs together: the read after it sees what it wrote.
+        (
+            "c5",
+            "write_file",
+            r#"{"path": "notes.txt", "content": "second"}"#,
+        ),
+        ("c6", "read_file", r#"{"path": "notes.txt"}"#),
+        ("c7", "grep", r#"{"pattern": "sec"}"#),
+    ];
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("Reading.", &calls, 7)),
+        Reply::sse(openai_sse(&["Read them."])),
+    ]);
+    let ws = TempDir::new("tools-together");
+    std::fs::write(ws.join("notes.txt"), "first").unwrap();
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_WEB_PRIVATE_HOSTS", "127.0.0.1".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("31", "read the three pages and my notes", "m1"));
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Reading.\n\nRead them.");
+    let results = tool_results(&llm.requests()[1]);
+    let ids: Vec<&str> = results.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["c1", "c2", "c3", "c4", "c5", "c6", "c7"],
+        "in the order asked"
+    );
+    for (i, page) in [(0, "/page/1"), (2, "/page/2"), (3, "/page/3")] {
+        assert!(
+            results[i].1.contains(&format!("{page} in company")),
+            "the three fetches were in flight together: {}",
+            results[i].1
+        );
+    }
+    assert!(results[1].1.contains("first"), "{}", results[1].1);
+    assert!(results[5].1.contains("second"), "{}", results[5].1);
+    assert!(results[6].1.contains("notes.txt"), "{}", results[6].1);
+    let shown = presences(&frames);
+    assert!(
+        shown.contains(&"tool: web_fetch, read_file, web_fetch, web_fetch".to_string())
+            && shown.contains(&"tool: write_file".to_string()),
+        "{shown:?}"
+    );
+}
+
+#[test]
+fn a_cancel_reaches_every_tool_running_at_once() {
+    use std::sync::{atomic::AtomicBool, Arc};
+    let release = Arc::new(AtomicBool::new(false));
+    let site = gathering_site(9, Arc::clone(&release));
+    let url = |p: &str| json!({"url": format!("http://127.0.0.1:{}{p}", site.port())}).to_string();
+    let (h1, h2, h3) = (url("/hold/1"), url("/hold/2"), url("/hold/3"));
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "Fetching.",
+            &[
+                ("h1", "web_fetch", &h1),
+                ("h2", "web_fetch", &h2),
+                ("h3", "web_fetch", &h3),
+            ],
+            50,
+        )),
+        Reply::sse(openai_sse(&["next answer"])),
+    ]);
+    let ws = TempDir::new("tools-together-cancel");
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_WEB_PRIVATE_HOSTS", "127.0.0.1".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("32", "fetch them", "m1"));
+    let mut frames = Vec::new();
+    loop {
+        let f = a.harness.frames().recv_timeout(T).expect("frames");
+        let running = f.kind == kind::STATUS_PRESENCE
+            && f.payload_as::<Presence>().unwrap().state == "tool: web_fetch, web_fetch, web_fetch";
+        frames.push(f);
+        if running {
+            break;
+        }
+    }
+    a.send(
+        &Frame::new(kind::CONTROL_CANCEL, Some(Session::new("telegram", "32"))).with_payload(&Cancel {
+            msg_id: Some("m1".into()),
+        }),
+    );
+    // The pages stay held until the reply has ended: only the cancel can end it.
+    frames.extend(collect_until_done(a.harness.frames(), 1, Duration::from_secs(10)));
+    release.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(done_text(&frames), "Fetching.\n\n⏹ Reply cancelled.");
+    assert_eq!(llm.requests().len(), 1, "no model call after a cancel");
+    let lines = session_lines(&ws, "32");
+    let results: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["role"] == "tool")
+        .map(|l| l["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(results.len(), 3, "the chain stays whole: {lines:?}");
+    assert!(results.iter().all(|r| r.contains("cancelled")), "{results:?}");
+    a.send(&message("32", "anything else?", "m2"));
+    assert_eq!(done_text(&a.reply()), "next answer");
+}

@@ -123,6 +123,7 @@ fn main() {
     background_job_told(&agent);
     web_fetch_overhead(&agent, "127.0.0.1");
     web_fetch_overhead(&agent, "localhost");
+    fetches_in_one_round(&agent);
     cancel_during_tool(&agent);
     let stdio = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp")});
     tool_overhead(
@@ -228,7 +229,7 @@ fn answer_overhead(
         if after_tool {
             log.lock().unwrap().push(at);
         }
-        tool_then_ok(resp, usize::from(after_tool), tool, "{}");
+        tool_then_ok(resp, usize::from(after_tool), &[(tool, "{}")]);
     });
     let (mut child, conn) = direct_agent(agent, &ws, Some(&llm.url));
     let mut w = conn.try_clone().unwrap();
@@ -466,7 +467,7 @@ fn startup_with_mcp(agent: &Path) {
 /// configured as `mcp`'s entry, named by its label).
 fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_json::Value)>) {
     let kind = mcp.as_ref().map_or("no-op bash", |(label, _)| *label).to_string();
-    tool_overhead_with(agent, (tool, args), mcp, &kind, &[]);
+    tool_overhead_with(agent, &[(tool, args)], mcp, &kind, &[]);
 }
 
 /// A background job's end → the model asked about it, over 20 jobs (direct mode): the
@@ -557,16 +558,42 @@ fn web_fetch_overhead(agent: &Path, host: &str) {
     let kind = format!("web_fetch by {host}");
     tool_overhead_with(
         agent,
-        ("web_fetch", &args),
+        &[("web_fetch", &args)],
         None,
         &kind,
         &[("AEGIS_WEB_PRIVATE_HOSTS", open)],
     );
 }
 
+/// Three `web_fetch` calls the model asks for in one round, each page taking 200 ms to
+/// answer: the time from the model's request that asked for them to its next one. Run
+/// one after another they take the sum; at once, the slowest.
+fn fetches_in_one_round(agent: &Path) {
+    let page = Server::start(|_req, resp| {
+        std::thread::sleep(Duration::from_millis(200));
+        resp.send(
+            200,
+            &[("content-type", "text/html")],
+            b"<html><body><p>A slow page.</p></body></html>",
+        )
+    });
+    let args: Vec<String> = (1..=3)
+        .map(|i| serde_json::json!({"url": format!("http://127.0.0.1:{}/{i}", page.port())}).to_string())
+        .collect();
+    let calls: Vec<(&str, &str)> = args.iter().map(|a| ("web_fetch", a.as_str())).collect();
+    let open = std::ffi::OsStr::new("127.0.0.1");
+    tool_overhead_with(
+        agent,
+        &calls,
+        None,
+        "three 200 ms pages in one round",
+        &[("AEGIS_WEB_PRIVATE_HOSTS", open)],
+    );
+}
+
 fn tool_overhead_with(
     agent: &Path,
-    (tool, args): (&str, &str),
+    calls: &[(&str, &str)],
     mcp: Option<(&str, serde_json::Value)>,
     kind: &str,
     env: &[(&str, &std::ffi::OsStr)],
@@ -584,12 +611,16 @@ fn tool_overhead_with(
     // (request arrived, response fully written) per request, in order.
     let times: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&times);
-    let label = format!("tool overhead, {kind} ({tool})");
-    let (tool, args) = (tool.to_string(), args.to_string());
+    let label = format!("tool overhead, {kind} ({})", calls[0].0);
+    let calls: Vec<(String, String)> = calls
+        .iter()
+        .map(|(t, a)| (t.to_string(), a.to_string()))
+        .collect();
     let llm = Server::start(move |_req, resp| {
         let arrived = Instant::now();
         let n = log.lock().unwrap().len();
-        tool_then_ok(resp, n, &tool, &args);
+        let calls: Vec<(&str, &str)> = calls.iter().map(|(t, a)| (t.as_str(), a.as_str())).collect();
+        tool_then_ok(resp, n, &calls);
         log.lock().unwrap().push((arrived, Instant::now()));
     });
     let (mut child, conn) = direct_agent_with(agent, &ws, Some(&llm.url), env);
@@ -699,10 +730,17 @@ fn direct_agent_with(
 }
 
 /// Write `f` on the tether `w`, then read `lines` up to the first frame of `kind`.
-/// The model's answer to request `n` of a message's two: a call of `tool`, then "ok".
-fn tool_then_ok(resp: Responder, n: usize, tool: &str, args: &str) {
+/// The model's answer to request `n` of a message's two: `calls` (tool, arguments) in
+/// one round, then "ok".
+fn tool_then_ok(resp: Responder, n: usize, calls: &[(&str, &str)]) {
+    let ids: Vec<String> = (1..=calls.len()).map(|i| format!("c{i}")).collect();
+    let calls: Vec<(&str, &str, &str)> = ids
+        .iter()
+        .zip(calls)
+        .map(|(id, (tool, args))| (id.as_str(), *tool, *args))
+        .collect();
     let pieces = if n.is_multiple_of(2) {
-        aegis_e2e::llm::openai_tool_sse("", &[("c1", tool, args)], 1000)
+        aegis_e2e::llm::openai_tool_sse("", &calls, 1000)
     } else {
         aegis_e2e::llm::openai_sse(&["ok"])
     };

@@ -25,6 +25,7 @@ pub mod self_info;
 pub mod shell;
 pub mod speak;
 pub mod tasks_command;
+pub mod together;
 pub mod web;
 
 use std::collections::BTreeSet;
@@ -693,6 +694,16 @@ impl Toolbox {
             (Some(g), Some(user)) if g.trusts(&out.channel, user) => guests::Allowed::All,
             (Some(g), _) => guests::Allowed::Guest(g.tools.clone()),
         }
+    }
+
+    /// Whether calls of `name` may run at the same time as others of the same kind
+    /// ([`together`]): a built-in tool that only reads. An MCP server's never do (one may
+    /// ask the user, or act in ways the model orders).
+    pub fn runs_together(&self, name: &str) -> bool {
+        self.builtins
+            .iter()
+            .find(|b| b.name() == name)
+            .is_some_and(|b| together::only_reads(*b))
     }
 
     /// Whether a call of tool `name` may run in a reply that may use `allowed`.
