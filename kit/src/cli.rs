@@ -130,6 +130,34 @@ pub fn instance_list(c: &AegisClient) -> Result<(), CliError> {
                 .unwrap_or_default()
         );
     }
+    // serve's only: aegisd's list has neither.
+    let kept = v["kept_workspaces"].as_array().filter(|k| !k.is_empty());
+    if let Some(kept) = kept {
+        println!(
+            "\nworkspaces removed instances left (a new instance of that name takes its \
+             up; `instance rm NAME --purge` deletes one):"
+        );
+        for k in kept {
+            println!(
+                "  {:<20} {}",
+                k["name"].as_str().unwrap_or("?"),
+                k["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    if let Some(named) = v["named_workspaces"].as_array().filter(|n| !n.is_empty()) {
+        println!("\nnamed workspaces (--workspace NAME):");
+        for n in named {
+            let user = n["used_by"]
+                .as_str()
+                .map_or("not in use".to_string(), |u| format!("used by {u}"));
+            println!(
+                "  {:<20} {} ({user})",
+                n["name"].as_str().unwrap_or("?"),
+                n["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -767,6 +767,11 @@ fn removing_an_instance_keeps_its_workspace_for_the_next_of_its_name_unless_purg
         !list.lines().any(|l| l.starts_with("a ")),
         "no longer listed: {list}"
     );
+    let kept = format!("  a                    {}", workspace.display());
+    assert!(
+        list.contains("workspaces removed instances left") && list.lines().any(|l| l == kept),
+        "its workspace is: {list}"
+    );
 
     let out = said(&start);
     assert!(out.contains("with the workspace an earlier a left"), "{out}");
@@ -953,6 +958,12 @@ fn an_instance_works_in_a_chosen_folder_that_never_holds_what_confines_it() {
     );
     assert!(!home.join("kit/instances/n1").exists(), "nothing else is left");
     create("n2", "shared").unwrap();
+    let list = String::from_utf8_lossy(&s.kit(&["instance", "list"]).stdout).to_string();
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("  shared ") && l.ends_with("(used by n2)")),
+        "{list}"
+    );
 
     s.kit(&["instance", "rm", "w"]);
     assert!(proj.join("copy.txt").is_file() && proj.join("README.txt").is_file());

@@ -608,20 +608,31 @@ fn tool_overhead_with(
         )
         .unwrap();
     }
-    // (request arrived, response fully written) per request, in order.
-    let times: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
+    // Per request in the order they arrived: whether it brings the tools' results, when it
+    // arrived, when its response was written. The next request can arrive before the
+    // handler of this one is done, so each is told apart by what it brings.
+    type Times = Vec<(bool, Instant, Option<Instant>)>;
+    let times: Arc<Mutex<Times>> = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&times);
     let label = format!("tool overhead, {kind} ({})", calls[0].0);
     let calls: Vec<(String, String)> = calls
         .iter()
         .map(|(t, a)| (t.to_string(), a.to_string()))
         .collect();
-    let llm = Server::start(move |_req, resp| {
+    let llm = Server::start(move |req, resp| {
         let arrived = Instant::now();
-        let n = log.lock().unwrap().len();
+        let after_tool = req.json()["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "tool");
+        let n = {
+            let mut log = log.lock().unwrap();
+            log.push((after_tool, arrived, None));
+            log.len() - 1
+        };
         let calls: Vec<(&str, &str)> = calls.iter().map(|(t, a)| (t.as_str(), a.as_str())).collect();
-        tool_then_ok(resp, n, &calls);
-        log.lock().unwrap().push((arrived, Instant::now()));
+        tool_then_ok(resp, usize::from(after_tool), &calls);
+        log.lock().unwrap()[n].2 = Some(Instant::now());
     });
     let (mut child, conn) = direct_agent_with(agent, &ws, Some(&llm.url), env);
     let mut w = conn.try_clone().unwrap();
@@ -634,9 +645,13 @@ fn tool_overhead_with(
     let _ = child.wait();
     let t = times.lock().unwrap().clone();
     let samples: Vec<f64> = t
-        .chunks(2)
-        .filter(|p| p.len() == 2)
-        .map(|p| p[1].0.duration_since(p[0].1).as_secs_f64() * 1000.0)
+        .windows(2)
+        .filter_map(|p| match (p[0], p[1]) {
+            ((false, _, Some(asked)), (true, arrived, _)) => {
+                Some(arrived.duration_since(asked).as_secs_f64() * 1000.0)
+            }
+            _ => None,
+        })
         .collect();
     stats(&label, "ms", samples);
 }

@@ -340,9 +340,35 @@ fn chosen_workspace(host: &Host, requested: &str) -> Result<std::path::PathBuf, 
     super::chosen_workspace::resolve(requested, &host.registry, &guarded)
 }
 
+/// `GET /v1/instances`: the instances, and [ours] the workspaces no instance has (those
+/// removed instances left) and the named workspaces, with the instance using each.
 fn list(host: &Host) -> Reply {
-    let infos: Vec<Info> = host.handles().iter().filter_map(|h| info(h).ok()).collect();
-    Ok((200, json!({"instances": infos})))
+    let handles = host.handles();
+    let infos: Vec<Info> = handles.iter().filter_map(|h| info(h).ok()).collect();
+    let kept: Vec<Value> = host
+        .registry
+        .kept_workspaces()
+        .into_iter()
+        .map(|(name, path)| json!({"name": name, "path": path}))
+        .collect();
+    let named: Vec<Value> = host
+        .registry
+        .named_workspaces()
+        .into_iter()
+        .map(|(name, path)| {
+            // A chosen workspace is kept resolved.
+            let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+            let user = handles
+                .iter()
+                .find(|h| h.def.workspace.as_ref() == Some(&real))
+                .map(|h| h.def.name.clone());
+            json!({"name": name, "path": path, "used_by": user})
+        })
+        .collect();
+    Ok((
+        200,
+        json!({"instances": infos, "kept_workspaces": kept, "named_workspaces": named}),
+    ))
 }
 
 fn action_cmd(host: &Host, id: &str, action: &str) -> Reply {

@@ -175,6 +175,26 @@ impl Registry {
         (!dir.join("instance.json").exists() && workspace.is_dir()).then_some(workspace)
     }
 
+    /// The workspaces removed instances left, by instance name.
+    pub fn kept_workspaces(&self) -> Vec<(String, PathBuf)> {
+        let names = folder_names(&self.dir);
+        names
+            .into_iter()
+            .filter_map(|n| self.kept_workspace(&n).map(|w| (n, w)))
+            .collect()
+    }
+
+    /// The named workspaces (`--workspace NAME`), by name.
+    pub fn named_workspaces(&self) -> Vec<(String, PathBuf)> {
+        folder_names(&self.named)
+            .into_iter()
+            .map(|n| {
+                let path = self.named_workspace(&n);
+                (n, path)
+            })
+            .collect()
+    }
+
     /// Delete the instance's files. Its workspace (conversations, memories, tasks, the
     /// agent's files) is kept unless `purge`: a user who removes an instance to change
     /// its settings must not lose them. `instance.json` goes last, so a crash midway
@@ -212,6 +232,20 @@ impl Registry {
         let _ = fs::remove_dir(&dir);
         Ok(())
     }
+}
+
+/// The names of the folders in `dir` that could be an instance's or a workspace's, sorted.
+fn folder_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| valid_name(n).is_ok())
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 /// The workspace's folder name inside an instance's.
@@ -264,6 +298,15 @@ mod tests {
         assert_eq!(r.load_all(), [def("a")], "a new one of that name takes it up");
         assert!(r.workspace("a").join("sessions/x.jsonl").is_file());
 
+        r.remove("a", false).unwrap();
+        assert_eq!(r.kept_workspaces(), [("a".to_string(), r.workspace("a"))]);
+        fs::create_dir_all(r.named_workspace("shared")).unwrap();
+        assert_eq!(
+            r.named_workspaces(),
+            [("shared".to_string(), r.named_workspace("shared"))]
+        );
+        r.save(&def("a")).unwrap();
+        assert!(r.kept_workspaces().is_empty(), "taken up again");
         r.remove("a", true).unwrap();
         assert!(!dir.exists());
         r.remove("a", true).unwrap();
