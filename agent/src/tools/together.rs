@@ -16,7 +16,9 @@ use tether::frame::Session;
 pub const AT_ONCE: usize = 4;
 
 /// The built-in tools whose calls may run together: they change nothing another call of
-/// the round could read.
+/// the round could read. Not Brave's searches: its free plan answers one request a
+/// second, and two searches sent at once would have one refused where one after the other
+/// both get through (see [`super::brave`]).
 pub fn only_reads(b: Builtin) -> bool {
     matches!(
         b,
@@ -25,8 +27,6 @@ pub fn only_reads(b: Builtin) -> bool {
             | Builtin::Glob
             | Builtin::Grep
             | Builtin::WebFetch
-            | Builtin::WebSearch
-            | Builtin::ImageSearch
             | Builtin::MemorySearch
     )
 }
@@ -150,11 +150,10 @@ mod tests {
                 Builtin::Glob,
                 Builtin::Grep,
                 Builtin::WebFetch,
-                Builtin::WebSearch,
-                Builtin::ImageSearch,
                 Builtin::MemorySearch
             ],
-            "nothing that writes, runs a command, asks, or attaches to the reply"
+            "nothing that writes, runs a command, asks, attaches to the reply or meets \
+             a rate limit of one request a second"
         );
     }
 }
