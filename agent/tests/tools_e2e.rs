@@ -54,6 +54,15 @@ fn session_lines(ws: &TempDir, chat: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The tool results the session file of chat `chat` keeps, in order.
+fn kept_tool_results(ws: &TempDir, chat: &str) -> Vec<String> {
+    session_lines(ws, chat)
+        .iter()
+        .filter(|l| l["role"] == "tool")
+        .map(|l| l["content"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn write_agent_json(ws: &TempDir, v: Value) {
     std::fs::create_dir_all(ws.join(".aegis")).unwrap();
     std::fs::write(ws.join(".aegis/agent.json"), v.to_string()).unwrap();
@@ -402,13 +411,8 @@ fn cancel_during_a_tool_kills_its_process_group_and_ends_the_reply() {
     assert!(processes_with("sleep 30.45").is_empty(), "processes left behind");
     println!("cancel during a tool: done after {took:?}");
     assert_eq!(llm.requests().len(), 1, "no model call after a cancel");
-    let lines = session_lines(&ws, "5");
-    let results: Vec<&str> = lines
-        .iter()
-        .filter(|l| l["role"] == "tool")
-        .map(|l| l["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(results.len(), 2, "the chain stays whole: {lines:?}");
+    let results = kept_tool_results(&ws, "5");
+    assert_eq!(results.len(), 2, "the chain stays whole: {results:?}");
     assert!(results.iter().all(|r| r.contains("cancelled")), "{results:?}");
     // The next message is answered normally, from a valid history.
     a.send(&message("5", "anything else?", "m2"));
@@ -5105,13 +5109,8 @@ fn a_cancel_reaches_every_tool_running_at_once() {
     release.store(true, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(done_text(&frames), "Fetching.\n\n⏹ Reply cancelled.");
     assert_eq!(llm.requests().len(), 1, "no model call after a cancel");
-    let lines = session_lines(&ws, "32");
-    let results: Vec<&str> = lines
-        .iter()
-        .filter(|l| l["role"] == "tool")
-        .map(|l| l["content"].as_str().unwrap())
-        .collect();
-    assert_eq!(results.len(), 3, "the chain stays whole: {lines:?}");
+    let results = kept_tool_results(&ws, "32");
+    assert_eq!(results.len(), 3, "the chain stays whole: {results:?}");
     assert!(results.iter().all(|r| r.contains("cancelled")), "{results:?}");
     a.send(&message("32", "anything else?", "m2"));
     assert_eq!(done_text(&a.reply()), "next answer");
