@@ -92,11 +92,10 @@ fn openai_tool_calls_split_anywhere_run_and_feed_the_next_round() {
             vec![
                 "thinking",
                 "tool: bash",
-                "tool: read_file",
-                "tool: list_files",
+                "tool: read_file, list_files",
                 "thinking"
             ],
-            "split {split}"
+            "split {split}: the two reads ran together, after the command"
         );
         assert_eq!(done_text(&frames), "Let me check.\n\nIt says hi.");
         let reqs = llm.requests();
@@ -4338,8 +4337,11 @@ fn web_fetch_reaches_public_addresses_only_unless_the_operator_names_a_host() {
     refused(5, "127.0.0.1 is at 127.0.0.1, this machine");
     // A hop through the proxy is checked before the proxy is asked.
     refused(6, "169.254.169.254 is at 169.254.169.254, a link-local address");
+    // The fetches ran together (four at a time), so in no set order.
+    let mut asked = asked.lock().unwrap().clone();
+    asked.sort();
     assert_eq!(
-        *asked.lock().unwrap(),
+        asked,
         ["/", "/jump", "/metadata"],
         "only the public page and the redirect reached the server"
     );
@@ -4382,9 +4384,14 @@ fn a_guest_gets_the_guests_tools_and_a_task_its_creators() {
     let read = json!({"path": ".aegis/cron.json"}).to_string();
     let schedule = json!({"in_minutes": 60, "text": "Check the disk."}).to_string();
     let llm = FakeLlm::scripted(vec![
+        // A guest's tool and a refused one that could run together are not batched.
         Reply::sse(openai_tool_sse(
             "",
-            &[("g1", "bash", &guest_bash), ("g2", "read_file", &read)],
+            &[
+                ("g1", "bash", &guest_bash),
+                ("g3", "web_fetch", r#"{"url": "http://127.0.0.1:9/"}"#),
+                ("g2", "read_file", &read),
+            ],
             100,
         )),
         Reply::sse(openai_sse(&["done"])),
@@ -4418,7 +4425,8 @@ fn a_guest_gets_the_guests_tools_and_a_task_its_creators() {
         );
     }
     let results = tool_results(&reqs[1]);
-    for (_, r) in &results {
+    assert_eq!(results.len(), 3);
+    for (_, r) in results.iter().filter(|(id, _)| id != "g3") {
         assert!(
             r.starts_with("error: ") && r.contains("is not available in this conversation"),
             "{r}"
