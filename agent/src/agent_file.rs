@@ -53,6 +53,10 @@ pub struct ToolSetting {
     /// [ours] For a native `web_search`: the user's approximate place.
     #[serde(default)]
     pub user_location: Option<crate::search_scope::Location>,
+    /// [ours] For `read_file`: show a PDF to the model whole (default: where the model's
+    /// server is Anthropic's, OpenAI's or OpenRouter's).
+    #[serde(default)]
+    pub pdf: Option<bool>,
 }
 
 /// [ours] `limits`: tokens a UTC day the model's requests may take (see `limits.rs`).

@@ -129,7 +129,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, background_timeout_secs, brave_api_key_env, openai_api_key_env,
     model, voice, native, max_uses, allowed_domains, blocked_domains, user_location
-    {city, region, country, timezone}}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
+    {city, region, country, timezone}, pdf}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
@@ -524,7 +524,15 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
             g.describe()
         );
     }
+    // A PDF goes whole only to servers known to read them; agent.json says otherwise for
+    // another (a gateway in front of one of them).
+    let pdf = file
+        .tools
+        .get("read_file")
+        .and_then(|t| t.pdf)
+        .unwrap_or_else(|| provider.is_some_and(reads_pdfs));
     Ok(ToolConfig {
+        pdf,
         guests,
         web_reach: std::sync::Arc::new(crate::tools::reach::Reach::new(&private_hosts)),
         selection,
@@ -551,6 +559,13 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
             })
             .unwrap_or_default(),
     })
+}
+
+/// Whether the model's server reads PDFs sent whole: Anthropic's Messages API (and those
+/// that speak it), OpenAI's, and OpenRouter's (which reads them for any model); not a
+/// model server on the host (`host:NAME` is none of these).
+fn reads_pdfs(p: &Provider) -> bool {
+    p.kind == ProviderKind::Anthropic || p.at_openai() || p.base_url.starts_with("https://openrouter.ai/")
 }
 
 /// The variable holding the OpenAI key of an OpenAI API the agent calls besides its chat
@@ -959,6 +974,49 @@ mod tests {
             problems[0].contains("unknown field `daily_token`"),
             "{problems:?}"
         );
+    }
+
+    /// `read_file` shows PDFs whole to the servers known to read them, unless agent.json
+    /// says otherwise either way.
+    #[test]
+    fn pdfs_go_where_they_are_read_or_where_agent_json_says() {
+        let at = |kind, base: &str, file: &AgentFile| {
+            let mut p = host_provider("ollama/m", file).unwrap();
+            (p.kind, p.base_url, p.host) = (kind, base.into(), None);
+            p
+        };
+        for (setting, expect_local, expect_known) in [
+            ("", false, true),
+            (r#"{"tools": {"read_file": {"pdf": true}}}"#, true, true),
+            (r#"{"tools": {"read_file": {"pdf": false}}}"#, false, false),
+        ] {
+            let (file, problems) = crate::agent_file::parse(if setting.is_empty() { "{}" } else { setting });
+            assert!(problems.is_empty(), "{problems:?}");
+            let known = [
+                at(ProviderKind::Anthropic, "https://api.anthropic.com", &file),
+                at(ProviderKind::OpenAi, "https://api.openai.com/v1", &file),
+                at(ProviderKind::OpenAi, "https://openrouter.ai/api/v1", &file),
+            ];
+            for p in &known {
+                assert_eq!(
+                    tool_config(&file, Some(p)).unwrap().pdf,
+                    expect_known,
+                    "{setting} {p:?}"
+                );
+            }
+            let local = [
+                at(ProviderKind::OpenAi, "http://localhost:11434/v1", &file),
+                host_provider("ollama/m", &file).unwrap(),
+            ];
+            for p in &local {
+                assert_eq!(
+                    tool_config(&file, Some(p)).unwrap().pdf,
+                    expect_local,
+                    "{setting} {p:?}"
+                );
+            }
+            assert_eq!(tool_config(&file, None).unwrap().pdf, expect_local, "no model");
+        }
     }
 
     /// The setting reaches the provider that offers a search of its own, and turns the

@@ -783,6 +783,8 @@ impl Llm {
                     (None, Some(q)) => add_openai_notes(&mut messages[q], prompt.notes),
                     (None, None) => {}
                 }
+                // Last: the messages it inserts shift those after them.
+                crate::shown::openai_follow_ups(&mut messages, turns);
                 let mut body = serde_json::json!({"model": model, "messages": messages, "stream": true});
                 if !self.no_stream_options.load(Ordering::Relaxed) {
                     // Its last chunk then says what the request cost.
@@ -1568,10 +1570,10 @@ fn add_openai_notes(message: &mut serde_json::Value, notes: &str) {
 /// One turn as a Chat Completions message.
 fn openai_message(t: &Turn) -> serde_json::Value {
     match (t.role, &t.content) {
-        (Role::Tool, c) => serde_json::json!({
+        (Role::Tool, _) => serde_json::json!({
             "role": "tool",
             "tool_call_id": t.tool_call_id.clone().unwrap_or_default(),
-            "content": c.text(),
+            "content": crate::shown::result_text(t),
         }),
         (Role::Assistant, c @ Content::Blocks(_)) if c.tool_uses().next().is_some() => {
             let text = c.text();
@@ -1647,10 +1649,11 @@ fn anthropic_messages(turns: &[Turn], notes: &str, mark: Option<Ttl>) -> Vec<ser
     let mut sides: Vec<(&str, Vec<serde_json::Value>)> = Vec::new();
     for (i, t) in turns.iter().enumerate() {
         let (role, blocks) = match (t.role, &t.content) {
-            (Role::Tool, c) => (
+            (Role::Tool, _) => (
                 "user",
                 vec![serde_json::json!({"type": "tool_result",
-                    "tool_use_id": t.tool_call_id.clone().unwrap_or_default(), "content": c.text()})],
+                    "tool_use_id": t.tool_call_id.clone().unwrap_or_default(),
+                    "content": crate::shown::anthropic_result(t)})],
             ),
             (Role::User, c) => ("user", anthropic_user_blocks(c)),
             (Role::Assistant, Content::Text(text)) => ("assistant", text_block(text)),

@@ -46,6 +46,7 @@ mod restart;
 mod router;
 mod search_scope;
 mod session;
+mod shown;
 mod skills;
 mod sse;
 mod successor;

@@ -149,6 +149,8 @@ fn content(c: &Value) -> Value {
         .filter_map(|p| match p["type"].as_str() {
             Some("text") => Some(json!({"type": "input_text", "text": p["text"]})),
             Some("image_url") => Some(json!({"type": "input_image", "image_url": p["image_url"]["url"]})),
+            Some("file") => Some(json!({"type": "input_file", "filename": p["file"]["filename"],
+                "file_data": p["file"]["file_data"]})),
             _ => None,
         })
         .collect();

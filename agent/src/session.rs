@@ -202,6 +202,38 @@ pub struct Turn {
     /// on Google's OpenAI-compatible API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_content: Option<serde_json::Value>,
+    /// [ours] On a tool result: documents the tool showed the model (a PDF `read_file`
+    /// opened), by blob. They go to the model with the reply they belong to only; later
+    /// requests name them (see [`Document`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub documents: Vec<Document>,
+}
+
+/// A document shown to the model whole (its server reads the pages: text and images),
+/// kept in the workspace blob store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    /// `application/pdf`.
+    pub media_type: String,
+    /// The file's name, for the model (`report.pdf`).
+    pub name: String,
+    /// Name in `<workspace>/.aegis/blobs`.
+    pub blob: String,
+    /// The bytes as base64, filled in just before a request of the reply it belongs to;
+    /// never stored. Without them the document is named, not shown.
+    #[serde(skip)]
+    pub data: Option<String>,
+}
+
+impl Document {
+    /// What a request says in the document's place once its reply is over, or when its
+    /// blob is gone.
+    pub fn note(&self) -> String {
+        format!(
+            "[{} was shown to you here; it is no longer attached (read it again to see it)]",
+            self.name
+        )
+    }
 }
 
 impl Turn {
@@ -218,6 +250,7 @@ impl Turn {
             reasoning_content: None,
             reasoning_details: None,
             extra_content: None,
+            documents: Vec::new(),
         }
     }
 

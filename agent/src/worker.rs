@@ -26,6 +26,7 @@ use crate::keepalive::Keepalive;
 use crate::llm::{Chunk, ErrorKind, Llm, LlmError, ToolCall, ToolSpec};
 use crate::mcp_prompts::Asked;
 use crate::session::{user_content, Block, Content, Role, SessionStore, Turn};
+use crate::tools::files::PDF_CAP;
 use crate::tools::guests::Allowed;
 use crate::tools::{together, Attachments, Builtin, CallContext, Outcome, Toolbox};
 
@@ -807,12 +808,20 @@ fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> 
 
 /// Fill the image blocks of `turns` with their bytes for a request.
 fn with_image_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
-    for t in &mut turns {
+    // Documents go with the reply they belong to only (the turns after its question):
+    // sent with every later request they would cost their pages' tokens each time.
+    let question = turns.iter().rposition(|t| t.role == Role::User);
+    for (i, t) in turns.iter_mut().enumerate() {
         if let Content::Blocks(blocks) = &mut t.content {
             for b in blocks {
                 if let Block::Image { blob, data, .. } = b {
                     *data = crate::blobs::load_base64(&shared.workspace, blob, crate::blobs::MAX_IMAGE);
                 }
+            }
+        }
+        if question.is_some_and(|q| i > q) {
+            for d in &mut t.documents {
+                d.data = crate::blobs::load_base64(&shared.workspace, &d.blob, PDF_CAP as usize);
             }
         }
     }
@@ -1014,12 +1023,12 @@ fn rounds(
                 let started = std::time::Instant::now();
                 let ran = together::run(&shared.tools, batch, cancel, out, here, on_behalf);
                 cancelled = ran.cancelled;
-                for (call, outcome) in batch.iter().zip(ran.outcomes) {
-                    let result = match outcome {
-                        Outcome::Done(r) => r,
+                for (call, (outcome, shown)) in batch.iter().zip(ran.outcomes) {
+                    let (result, shown) = match outcome {
+                        Outcome::Done(r) => (r, shown),
                         Outcome::Cancelled => {
                             cancelled = true;
-                            CALL_CANCELLED.to_string()
+                            (CALL_CANCELLED.to_string(), Vec::new())
                         }
                     };
                     log::info!(
@@ -1031,7 +1040,9 @@ fn rounds(
                         batch.len() - 1,
                         result.len()
                     );
-                    persist(shared, session, history, Turn::tool_result(&call.id, result));
+                    let mut turn = Turn::tool_result(&call.id, result);
+                    turn.documents = shown;
+                    persist(shared, session, history, turn);
                 }
                 continue;
             }
@@ -1052,6 +1063,7 @@ fn rounds(
                 spent: Default::default(),
                 restart: false,
                 user,
+                shown: Vec::new(),
             };
             asker.set_shown(&shown);
             // Offered or not: a guest's model may name a tool it saw earlier in the chat.
@@ -1096,7 +1108,11 @@ fn rounds(
                 started.elapsed(),
                 result.len()
             );
-            persist(shared, session, history, Turn::tool_result(&call.id, result));
+            let mut turn = Turn::tool_result(&call.id, result);
+            if !cancelled {
+                turn.documents = std::mem::take(&mut ctx.shown);
+            }
+            persist(shared, session, history, turn);
         }
         if asker.ended() {
             return Ending::Unanswered;

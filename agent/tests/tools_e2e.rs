@@ -5123,3 +5123,256 @@ fn a_cancel_reaches_every_tool_running_at_once() {
     a.send(&message("32", "anything else?", "m2"));
     assert_eq!(done_text(&a.reply()), "next answer");
 }
+
+/// A small PDF as a user would send one: the signature, then bytes that are no text.
+fn pdf_bytes() -> Vec<u8> {
+    let mut pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n".to_vec();
+    pdf.extend((0u8..=255).cycle().take(3000));
+    pdf.extend(b"\n%%EOF\n");
+    pdf
+}
+
+fn decoded(data: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(data).unwrap()
+}
+
+/// [ours] A PDF `read_file` opens reaches Claude whole, as a `document` in the tool's
+/// result, in the requests of that reply only: the next message's request names it.
+#[test]
+fn a_pdf_read_file_opens_reaches_claude_with_that_reply_only() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(anthropic_tool_sse(
+            "",
+            &[("r1", "read_file", r#"{"path": "inbox/report.pdf"}"#)],
+            40,
+        )),
+        Reply::sse(anthropic_sse(&["A quarterly report."])),
+        Reply::sse(anthropic_sse(&["Page two, as I said."])),
+    ]);
+    let ws = TempDir::new("tools-pdf-claude");
+    std::fs::create_dir_all(ws.join("inbox")).unwrap();
+    let pdf = pdf_bytes();
+    std::fs::write(ws.join("inbox/report.pdf"), &pdf).unwrap();
+    let a = agent(
+        &ws,
+        &[
+            ("ANTHROPIC_API_KEY", "k".into()),
+            ("ANTHROPIC_BASE_URL", llm.url().into()),
+        ],
+    );
+    a.send(&message("41", "what is in the report I sent?", "m1"));
+    assert_eq!(done_text(&a.reply()), "A quarterly report.");
+    let reqs = llm.requests();
+    let read_file = reqs[0].json()["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "read_file")
+        .cloned()
+        .unwrap();
+    assert!(
+        read_file["description"]
+            .as_str()
+            .unwrap()
+            .ends_with("A PDF is shown to you whole."),
+        "{read_file}"
+    );
+    let last = reqs[1].json()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    let result = &last["content"][0];
+    assert_eq!(result["type"], "tool_result");
+    let content = result["content"].as_array().expect("blocks");
+    assert!(
+        content[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("inbox/report.pdf: a PDF of 3 KB, attached"),
+        "{content:?}"
+    );
+    assert_eq!(content[1]["type"], "document");
+    assert_eq!(content[1]["title"], "report.pdf");
+    assert_eq!(content[1]["source"]["media_type"], "application/pdf");
+    assert_eq!(decoded(content[1]["source"]["data"].as_str().unwrap()), pdf);
+
+    a.send(&message("41", "and page two?", "m2"));
+    assert_eq!(done_text(&a.reply()), "Page two, as I said.");
+    let reqs = llm.requests();
+    let earlier = reqs[2].json()["messages"].to_string();
+    assert!(!earlier.contains("\"document\""), "not sent again: {earlier}");
+    assert!(
+        earlier.contains("report.pdf was shown to you here; it is no longer attached"),
+        "{earlier}"
+    );
+    let kept = kept_tool_results(&ws, "41");
+    assert_eq!(kept.len(), 1);
+    let lines = session_lines(&ws, "41");
+    let doc = &lines.iter().find(|l| l["role"] == "tool").unwrap()["documents"][0];
+    let blob = ws.join(".aegis/blobs").join(doc["blob"].as_str().unwrap());
+    assert_eq!(std::fs::read(blob).unwrap(), pdf, "kept as it was read");
+    assert!(doc.get("data").is_none(), "the bytes are not in the session file");
+}
+
+/// Chat Completions takes text only from a tool, so the PDF follows the round's tool
+/// messages as a user message with a `file` part; the Responses API gets it as an
+/// `input_file`. agent.json turns PDFs on for a server not known to read them.
+#[test]
+fn a_pdf_follows_the_tool_messages_in_chat_completions_and_the_responses_api() {
+    use aegis_e2e::llm::responses_sse;
+    for api in ["chat", "responses"] {
+        let replies = if api == "chat" {
+            vec![
+                Reply::sse(openai_tool_sse(
+                    "",
+                    &[
+                        ("r1", "read_file", r#"{"path": "a.pdf"}"#),
+                        ("r2", "read_file", r#"{"path": "notes.txt"}"#),
+                        ("r3", "read_file", r#"{"path": "b.pdf"}"#),
+                    ],
+                    30,
+                )),
+                Reply::sse(openai_sse(&["Two PDFs and a note."])),
+            ]
+        } else {
+            vec![
+                Reply::sse(responses_sse(
+                    &[],
+                    &[],
+                    &[
+                        ("r1", "read_file", r#"{"path": "a.pdf"}"#),
+                        ("r2", "read_file", r#"{"path": "notes.txt"}"#),
+                        ("r3", "read_file", r#"{"path": "b.pdf"}"#),
+                    ],
+                    (10, 0, 5),
+                )),
+                Reply::sse(responses_sse(&[], &["Two PDFs and a note."], &[], (10, 0, 5))),
+            ]
+        };
+        let llm = FakeLlm::scripted(replies);
+        let ws = TempDir::new("tools-pdf-openai");
+        std::fs::write(ws.join("a.pdf"), pdf_bytes()).unwrap();
+        let mut b = pdf_bytes();
+        b.extend(b"second");
+        std::fs::write(ws.join("b.pdf"), &b).unwrap();
+        std::fs::write(ws.join("notes.txt"), "buy milk").unwrap();
+        write_agent_json(&ws, json!({"tools": {"read_file": {"pdf": true}}}));
+        let mut env = openai(&llm).to_vec();
+        if api == "responses" {
+            env.push(("AEGIS_OPENAI_API", "responses".into()));
+        }
+        let a = agent(&ws, &env);
+        a.send(&message("42", "read them", "m1"));
+        assert_eq!(done_text(&a.reply()), "Two PDFs and a note.", "{api}");
+        let body = llm.requests()[1].json();
+        let (items, file) = if api == "chat" {
+            (body["messages"].as_array().unwrap().clone(), "file")
+        } else {
+            (body["input"].as_array().unwrap().clone(), "input_file")
+        };
+        let tail: Vec<&Value> = items.iter().rev().take(4).rev().collect();
+        let shape: Vec<String> = tail
+            .iter()
+            .map(|m| {
+                m["role"]
+                    .as_str()
+                    .or(m["type"].as_str())
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
+        let result_kind = if api == "chat" {
+            "tool"
+        } else {
+            "function_call_output"
+        };
+        assert_eq!(
+            shape,
+            [result_kind, result_kind, result_kind, "user"],
+            "{api}: {tail:?}"
+        );
+        let parts = tail[3]["content"].as_array().unwrap();
+        assert!(
+            parts[0]
+                .to_string()
+                .contains("[attached by the tool results above: a.pdf, b.pdf]"),
+            "{api}: {parts:?}"
+        );
+        let data_of = |p: &Value| -> Vec<u8> {
+            let (url, name) = if api == "chat" {
+                (
+                    p["file"]["file_data"].as_str().unwrap(),
+                    p["file"]["filename"].clone(),
+                )
+            } else {
+                (p["file_data"].as_str().unwrap(), p["filename"].clone())
+            };
+            assert_eq!(p["type"], file, "{api}");
+            assert!(name == "a.pdf" || name == "b.pdf", "{api}: {name}");
+            decoded(url.strip_prefix("data:application/pdf;base64,").unwrap())
+        };
+        assert_eq!(data_of(&parts[1]), pdf_bytes(), "{api}");
+        assert_eq!(data_of(&parts[2]), b, "{api}");
+        let note = tail[1]["content"]
+            .as_str()
+            .or(tail[1]["output"].as_str())
+            .unwrap();
+        assert_eq!(note, "buy milk", "{api}: the text file stays text");
+    }
+}
+
+/// A server not known to read PDFs (a local one) is not sent one: `read_file` says why,
+/// and its description says nothing of PDFs; one over 10 MB is not sent anywhere.
+#[test]
+fn a_pdf_goes_only_where_it_is_read_and_not_too_large() {
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("r1", "read_file", r#"{"path": "report.pdf"}"#)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["I cannot read it."])),
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("r2", "read_file", r#"{"path": "big.pdf"}"#)],
+            100,
+        )),
+        Reply::sse(openai_sse(&["Too big."])),
+    ]);
+    let ws = TempDir::new("tools-pdf-local");
+    std::fs::write(ws.join("report.pdf"), pdf_bytes()).unwrap();
+    let mut big = pdf_bytes();
+    big.resize(10 * 1024 * 1024 + 1, b' ');
+    std::fs::write(ws.join("big.pdf"), &big).unwrap();
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("43", "read the report", "m1"));
+    assert_eq!(done_text(&a.reply()), "I cannot read it.");
+    let reqs = llm.requests();
+    let described = reqs[0].json()["tools"].to_string();
+    assert!(!described.contains("A PDF is shown"), "{described}");
+    let results = tool_results(&reqs[1]);
+    assert!(
+        results[0]
+            .1
+            .starts_with("error: report.pdf is a PDF, which this model's server is not sent"),
+        "{results:?}"
+    );
+    assert!(!reqs[1].json().to_string().contains("application/pdf"));
+
+    write_agent_json(&ws, json!({"tools": {"read_file": {"pdf": true}}}));
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("43", "the big one?", "m2"));
+    assert_eq!(done_text(&a.reply()), "Too big.");
+    let results = tool_results(&llm.requests()[3]);
+    assert!(
+        results
+            .last()
+            .unwrap()
+            .1
+            .contains("is a PDF too large to show you whole (at most 10 MB)"),
+        "{results:?}"
+    );
+}

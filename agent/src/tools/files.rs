@@ -53,6 +53,49 @@ fn partial(ws: &Workspace, path: &Path) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
+/// Largest PDF `read_file` shows the model: its base64 goes in every request of the reply
+/// (a third larger), and the providers take 32 MB a request.
+pub const PDF_CAP: u64 = 10 * 1024 * 1024;
+
+/// The file `read_file {path}` names, when it is a PDF (by its first bytes, whatever its
+/// name); any problem with the path is left for `read_file` to report.
+pub fn pdf_at(ws: &Workspace, args: &Value) -> Option<std::path::PathBuf> {
+    let path = ws.resolve(arg_str(args, "path").ok()?).ok()?;
+    let mut head = [0u8; 5];
+    crate::regular::open(&path).ok()?.read_exact(&mut head).ok()?;
+    (&head == b"%PDF-").then_some(path)
+}
+
+/// `read_file` of the PDF at `path`: kept in the blob store as it is now, the document
+/// the model is shown with the result, and the result's text.
+pub fn show_pdf(ws: &Workspace, path: &Path) -> Result<(crate::session::Document, String), String> {
+    let shown = ws.display(path);
+    let (blob, size) = crate::blobs::store_file(ws.root(), path, PDF_CAP).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            format!(
+                "{shown} is a PDF too large to show you whole (at most {} MB); extract its text with a command if the workspace has one (pdftotext)",
+                PDF_CAP >> 20
+            )
+        } else {
+            format!("{shown}: {e}")
+        }
+    })?;
+    let name = path
+        .file_name()
+        .map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
+    let document = crate::session::Document {
+        media_type: "application/pdf".into(),
+        name,
+        blob,
+        data: None,
+    };
+    let text = format!(
+        "{shown}: a PDF of {} KB, attached to this result whole (its pages as text and images).",
+        size.div_ceil(1024)
+    );
+    Ok((document, text))
+}
+
 /// `read_file {path, start_line?, end_line?}`.
 pub fn read_file(ws: &Workspace, args: &Value) -> Result<String, String> {
     let path = ws.resolve(arg_str(args, "path")?).map_err(|e| e.to_string())?;

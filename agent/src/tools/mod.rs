@@ -453,6 +453,9 @@ pub struct ToolConfig {
     /// Who is trusted with every tool, and what the others get (`AEGIS_TRUSTED_USERS`,
     /// `AEGIS_GUEST_TOOLS`); `None`: everyone is trusted.
     pub guests: Option<guests::Guests>,
+    /// `read_file` shows a PDF to the model whole: its server reads them (Anthropic's,
+    /// OpenAI's, OpenRouter's), or agent.json `tools.read_file.pdf` says so.
+    pub pdf: bool,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -490,6 +493,8 @@ pub struct Toolbox {
     web_reach: Arc<reach::Reach>,
     /// Who gets which tools.
     guests: Option<guests::Guests>,
+    /// `read_file` shows PDFs whole ([`ToolConfig::pdf`]).
+    pdf: bool,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -536,6 +541,8 @@ pub struct CallContext<'a> {
     pub restart: bool,
     /// Who answers an MCP server's questions during the call (a chat's user), if anyone.
     pub user: Option<&'a dyn crate::elicit::User>,
+    /// Documents shown to the model with the call's result (a PDF `read_file` opened).
+    pub shown: Vec<crate::session::Document>,
 }
 
 impl std::fmt::Debug for Toolbox {
@@ -607,6 +614,7 @@ impl Toolbox {
             model_menu: config.model_menu,
             web_reach: Arc::clone(&config.web_reach),
             guests: config.guests.clone(),
+            pdf: config.pdf,
             workspace,
             builtins,
             mcp,
@@ -670,7 +678,13 @@ impl Toolbox {
         let mut specs: Vec<ToolSpec> = allowed
             .builtins_of(&self.builtins)
             .filter(|&&b| b != Builtin::ActivateSkill || skills)
-            .map(|b| b.spec())
+            .map(|&b| {
+                let mut spec = b.spec();
+                if b == Builtin::ReadFile && self.pdf {
+                    spec.description.push_str(" A PDF is shown to you whole.");
+                }
+                spec
+            })
             .collect();
         if allowed.mcp() {
             specs.extend(self.mcp.specs());
@@ -1006,7 +1020,19 @@ impl Toolbox {
                     (Ok(c), _) => self.shell.run(c, cancel),
                 };
             }
-            Builtin::ReadFile => files::read_file(ws, args),
+            Builtin::ReadFile => match files::pdf_at(ws, args) {
+                Some(path) if self.pdf => files::show_pdf(ws, &path).map(|(document, text)| {
+                    ctx.shown.push(document);
+                    text
+                }),
+                Some(path) => Err(format!(
+                    "{} is a PDF, which this model's server is not sent (Anthropic's, OpenAI's and \
+                     OpenRouter's are; agent.json tools.read_file.pdf turns it on for another); \
+                     extract its text with a command if the workspace has one (pdftotext)",
+                    ws.display(&path)
+                )),
+                None => files::read_file(ws, args),
+            },
             Builtin::WriteFile => files::write_file(ws, args),
             Builtin::EditFile => files::edit_file(ws, args),
             Builtin::ListFiles => files::list_files(ws, args),

@@ -10,6 +10,7 @@ use crossbeam_channel::{bounded, select, Receiver};
 use super::{Builtin, CallContext, Outcome, Toolbox};
 use crate::llm::ToolCall;
 use crate::memory::Here;
+use crate::session::Document;
 use tether::frame::Session;
 
 /// Calls run at once at most (each `web_fetch` may hold 2 MiB while it reads).
@@ -37,11 +38,12 @@ pub fn leading(calls: &[ToolCall], may: impl Fn(&ToolCall) -> bool) -> usize {
     calls.iter().take(AT_ONCE).take_while(|c| may(c)).count()
 }
 
-/// What a batch came to: each call's outcome, in order, and whether the reply was
-/// cancelled meanwhile (also when every call had already finished).
+/// What a batch came to: each call's outcome (and the documents shown with its result),
+/// in order, and whether the reply was cancelled meanwhile (also when every call had
+/// already finished).
 pub struct Ran {
     /// One per call.
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<(Outcome, Vec<Document>)>,
     /// The reply's cancel arrived.
     pub cancelled: bool,
 }
@@ -92,18 +94,23 @@ pub fn run(
                             spent: Default::default(),
                             restart: false,
                             user: None,
+                            shown: Vec::new(),
                         };
-                        tools.run(call, &mut ctx)
+                        let outcome = tools.run(call, &mut ctx);
+                        (outcome, ctx.shown)
                     })
             })
             .collect();
-        let outcomes: Vec<Outcome> = running
+        let outcomes: Vec<(Outcome, Vec<Document>)> = running
             .into_iter()
             .map(|t| match t {
                 Ok(t) => t
                     .join()
-                    .unwrap_or_else(|_| Outcome::Done("error: the tool failed".into())),
-                Err(e) => Outcome::Done(format!("error: cannot start the tool: {e}")),
+                    .unwrap_or_else(|_| (Outcome::Done("error: the tool failed".into()), Vec::new())),
+                Err(e) => (
+                    Outcome::Done(format!("error: cannot start the tool: {e}")),
+                    Vec::new(),
+                ),
             })
             .collect();
         drop(finished);
