@@ -223,16 +223,24 @@ pub struct Document {
     /// never stored. Without them the document is named, not shown.
     #[serde(skip)]
     pub data: Option<String>,
+    /// The same file was attached earlier in the reply: named, not sent twice.
+    #[serde(skip)]
+    pub repeat: bool,
 }
 
 impl Document {
-    /// What a request says in the document's place once its reply is over, or when its
-    /// blob is gone.
+    /// What a request says in the document's place when it is not attached: once its
+    /// reply is over (or its blob is gone), or when an earlier result of the reply holds
+    /// the same file.
     pub fn note(&self) -> String {
-        format!(
-            "[{} was shown to you here; it is no longer attached (read it again to see it)]",
-            self.name
-        )
+        if self.repeat {
+            format!("[{}: the same file as attached above]", self.name)
+        } else {
+            format!(
+                "[{} was shown to you here; it is no longer attached (read it again to see it)]",
+                self.name
+            )
+        }
     }
 }
 

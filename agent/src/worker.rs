@@ -809,8 +809,10 @@ fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> 
 /// Fill the image blocks of `turns` with their bytes for a request.
 fn with_image_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
     // Documents go with the reply they belong to only (the turns after its question):
-    // sent with every later request they would cost their pages' tokens each time.
+    // sent with every later request they would cost their pages' tokens each time. A file
+    // read again in the same reply goes once.
     let question = turns.iter().rposition(|t| t.role == Role::User);
+    let mut attached = HashSet::new();
     for (i, t) in turns.iter_mut().enumerate() {
         if let Content::Blocks(blocks) = &mut t.content {
             for b in blocks {
@@ -821,7 +823,10 @@ fn with_image_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
         }
         if question.is_some_and(|q| i > q) {
             for d in &mut t.documents {
-                d.data = crate::blobs::load_base64(&shared.workspace, &d.blob, PDF_CAP as usize);
+                d.repeat = !attached.insert(d.blob.clone());
+                if !d.repeat {
+                    d.data = crate::blobs::load_base64(&shared.workspace, &d.blob, PDF_CAP as usize);
+                }
             }
         }
     }

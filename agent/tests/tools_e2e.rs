@@ -5232,6 +5232,7 @@ fn a_pdf_follows_the_tool_messages_in_chat_completions_and_the_responses_api() {
                         ("r1", "read_file", r#"{"path": "a.pdf"}"#),
                         ("r2", "read_file", r#"{"path": "notes.txt"}"#),
                         ("r3", "read_file", r#"{"path": "b.pdf"}"#),
+                        ("r4", "read_file", r#"{"path": "a.pdf"}"#),
                     ],
                     30,
                 )),
@@ -5246,6 +5247,7 @@ fn a_pdf_follows_the_tool_messages_in_chat_completions_and_the_responses_api() {
                         ("r1", "read_file", r#"{"path": "a.pdf"}"#),
                         ("r2", "read_file", r#"{"path": "notes.txt"}"#),
                         ("r3", "read_file", r#"{"path": "b.pdf"}"#),
+                        ("r4", "read_file", r#"{"path": "a.pdf"}"#),
                     ],
                     (10, 0, 5),
                 )),
@@ -5273,7 +5275,7 @@ fn a_pdf_follows_the_tool_messages_in_chat_completions_and_the_responses_api() {
         } else {
             (body["input"].as_array().unwrap().clone(), "input_file")
         };
-        let tail: Vec<&Value> = items.iter().rev().take(4).rev().collect();
+        let tail: Vec<&Value> = items.iter().rev().take(5).rev().collect();
         let shape: Vec<String> = tail
             .iter()
             .map(|m| {
@@ -5291,10 +5293,11 @@ fn a_pdf_follows_the_tool_messages_in_chat_completions_and_the_responses_api() {
         };
         assert_eq!(
             shape,
-            [result_kind, result_kind, result_kind, "user"],
+            [result_kind, result_kind, result_kind, result_kind, "user"],
             "{api}: {tail:?}"
         );
-        let parts = tail[3]["content"].as_array().unwrap();
+        let parts = tail[4]["content"].as_array().unwrap();
+        assert_eq!(parts.len(), 3, "{api}: a.pdf once, read twice");
         assert!(
             parts[0]
                 .to_string()
@@ -5316,11 +5319,19 @@ fn a_pdf_follows_the_tool_messages_in_chat_completions_and_the_responses_api() {
         };
         assert_eq!(data_of(&parts[1]), pdf_bytes(), "{api}");
         assert_eq!(data_of(&parts[2]), b, "{api}");
-        let note = tail[1]["content"]
-            .as_str()
-            .or(tail[1]["output"].as_str())
-            .unwrap();
-        assert_eq!(note, "buy milk", "{api}: the text file stays text");
+        let text = |m: &Value| {
+            m["content"]
+                .as_str()
+                .or(m["output"].as_str())
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(text(tail[1]), "buy milk", "{api}: the text file stays text");
+        assert!(
+            text(tail[3]).ends_with("[a.pdf: the same file as attached above]"),
+            "{api}: {}",
+            text(tail[3])
+        );
     }
 }
 

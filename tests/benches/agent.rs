@@ -124,6 +124,7 @@ fn main() {
     web_fetch_overhead(&agent, "127.0.0.1");
     web_fetch_overhead(&agent, "localhost");
     fetches_in_one_round(&agent);
+    pdf_shown(&agent);
     cancel_during_tool(&agent);
     let stdio = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp")});
     tool_overhead(
@@ -467,7 +468,16 @@ fn startup_with_mcp(agent: &Path) {
 /// configured as `mcp`'s entry, named by its label).
 fn tool_overhead(agent: &Path, tool: &str, args: &str, mcp: Option<(&str, serde_json::Value)>) {
     let kind = mcp.as_ref().map_or("no-op bash", |(label, _)| *label).to_string();
-    tool_overhead_with(agent, &[(tool, args)], mcp, &kind, &[]);
+    let ws = temp_dir("bench-tool");
+    if let Some((_, server)) = &mcp {
+        std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+        std::fs::write(
+            ws.join(".aegis/agent.json"),
+            serde_json::json!({"mcp": {"fake": server}}).to_string(),
+        )
+        .unwrap();
+    }
+    tool_overhead_with(agent, &ws, &[(tool, args)], &kind, &[]);
 }
 
 /// A background job's end → the model asked about it, over 20 jobs (direct mode): the
@@ -558,8 +568,8 @@ fn web_fetch_overhead(agent: &Path, host: &str) {
     let kind = format!("web_fetch by {host}");
     tool_overhead_with(
         agent,
+        &temp_dir("bench-tool"),
         &[("web_fetch", &args)],
-        None,
         &kind,
         &[("AEGIS_WEB_PRIVATE_HOSTS", open)],
     );
@@ -584,30 +594,46 @@ fn fetches_in_one_round(agent: &Path) {
     let open = std::ffi::OsStr::new("127.0.0.1");
     tool_overhead_with(
         agent,
+        &temp_dir("bench-tool"),
         &calls,
-        None,
         "three 200 ms pages in one round",
         &[("AEGIS_WEB_PRIVATE_HOSTS", open)],
     );
 }
 
+/// `read_file` of a 2 MB PDF shown whole (agent.json turns PDFs on for the stand-in): the
+/// copy into the blob store, its base64 and the request that carries it, from the
+/// response asking for it to the request with it.
+fn pdf_shown(agent: &Path) {
+    let ws = temp_dir("bench-tool");
+    let mut pdf = b"%PDF-1.7\n".to_vec();
+    pdf.extend((0u32..2 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    std::fs::write(ws.join("report.pdf"), pdf).unwrap();
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        serde_json::json!({"tools": {"read_file": {"pdf": true}}}).to_string(),
+    )
+    .unwrap();
+    tool_overhead_with(
+        agent,
+        &ws,
+        &[("read_file", r#"{"path": "report.pdf"}"#)],
+        "a 2 MB PDF shown whole",
+        &[],
+    );
+}
+
+/// The time from the model's response asking for `calls` to the request with their
+/// results, over 50 messages, in the workspace `ws` (set up by the caller).
 fn tool_overhead_with(
     agent: &Path,
+    ws: &Path,
     calls: &[(&str, &str)],
-    mcp: Option<(&str, serde_json::Value)>,
     kind: &str,
     env: &[(&str, &std::ffi::OsStr)],
 ) {
     use std::sync::{Arc, Mutex};
-    let ws = temp_dir("bench-tool");
-    if let Some((_, server)) = &mcp {
-        std::fs::create_dir_all(ws.join(".aegis")).unwrap();
-        std::fs::write(
-            ws.join(".aegis/agent.json"),
-            serde_json::json!({"mcp": {"fake": server}}).to_string(),
-        )
-        .unwrap();
-    }
     // Per request in the order they arrived: whether it brings the tools' results, when it
     // arrived, when its response was written. The next request can arrive before the
     // handler of this one is done, so each is told apart by what it brings.
@@ -621,9 +647,17 @@ fn tool_overhead_with(
         .collect();
     let llm = Server::start(move |req, resp| {
         let arrived = Instant::now();
+        // The round's results end the request, or a message showing the documents they
+        // attached follows them.
+        let attaching = |m: &&serde_json::Value| {
+            m["role"] == "user"
+                && m["content"]
+                    .as_array()
+                    .is_some_and(|parts| parts.iter().any(|p| p["type"] == "file"))
+        };
         let after_tool = req.json()["messages"]
             .as_array()
-            .and_then(|m| m.last())
+            .and_then(|m| m.iter().rev().find(|m| !attaching(m)))
             .is_some_and(|m| m["role"] == "tool");
         let n = {
             let mut log = log.lock().unwrap();
@@ -634,7 +668,7 @@ fn tool_overhead_with(
         tool_then_ok(resp, usize::from(after_tool), &calls);
         log.lock().unwrap()[n].2 = Some(Instant::now());
     });
-    let (mut child, conn) = direct_agent_with(agent, &ws, Some(&llm.url), env);
+    let (mut child, conn) = direct_agent_with(agent, ws, Some(&llm.url), env);
     let mut w = conn.try_clone().unwrap();
     let mut lines = LineReader::new(BufReader::new(conn));
     for i in 0..50 {

@@ -88,6 +88,7 @@ pub fn show_pdf(ws: &Workspace, path: &Path) -> Result<(crate::session::Document
         name,
         blob,
         data: None,
+        repeat: false,
     };
     let text = format!(
         "{shown}: a PDF of {} KB, attached to this result whole (its pages as text and images).",
