@@ -22,6 +22,13 @@ fn openai(llm: &FakeLlm) -> [(&'static str, String); 2] {
     ]
 }
 
+fn anthropic(llm: &FakeLlm) -> [(&'static str, String); 2] {
+    [
+        ("ANTHROPIC_API_KEY", "k".into()),
+        ("ANTHROPIC_BASE_URL", llm.url().to_string()),
+    ]
+}
+
 fn agent(ws: &TempDir, env: &[(&str, String)]) -> Agent {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     start_agent(ws, &env)
@@ -165,13 +172,7 @@ fn anthropic_tool_use_with_split_input_runs_and_feeds_the_next_round() {
         Reply::sse(anthropic_sse(&["Saved."])),
     ]);
     let ws = TempDir::new("tools-anthropic");
-    let a = agent(
-        &ws,
-        &[
-            ("ANTHROPIC_API_KEY", "k".into()),
-            ("ANTHROPIC_BASE_URL", llm.url().into()),
-        ],
-    );
+    let a = agent(&ws, &anthropic(&llm));
     a.send(&message("2", "note milk and bread", "m1"));
     let frames = a.reply();
     assert_eq!(done_text(&frames), "Saved.");
@@ -553,13 +554,7 @@ fn a_chain_cut_mid_tool_is_repaired_in_the_next_request() {
     let text: String = lines.iter().map(|l| l.to_string() + "\n").collect();
     std::fs::write(ws.join("sessions/telegram_9.jsonl"), text).unwrap();
     let llm = FakeLlm::scripted(vec![Reply::sse(anthropic_sse(&["Sorry, I was interrupted."]))]);
-    let a = agent(
-        &ws,
-        &[
-            ("ANTHROPIC_API_KEY", "k".into()),
-            ("ANTHROPIC_BASE_URL", llm.url().into()),
-        ],
-    );
+    let a = agent(&ws, &anthropic(&llm));
     a.send(&message("9", "hello again", "m2"));
     assert_eq!(done_text(&a.reply()), "Sorry, I was interrupted.");
     let msgs = llm.requests()[0].json()["messages"].clone();
@@ -4230,13 +4225,7 @@ fn a_refused_native_search_is_dropped_and_the_reply_goes_on() {
     });
     let ws = TempDir::new("tools-native-refused");
     write_agent_json(&ws, json!({"tools": {"web_search": {"native": true}}}));
-    let a = agent(
-        &ws,
-        &[
-            ("ANTHROPIC_API_KEY", "k".into()),
-            ("ANTHROPIC_BASE_URL", llm.url().into()),
-        ],
-    );
+    let a = agent(&ws, &anthropic(&llm));
     for (n, id) in ["m1", "m2"].iter().enumerate() {
         a.send(&message("7", "is it out?", id));
         assert_eq!(done_text(&a.reply()), "From what I know: yes.", "message {n}");
@@ -5154,13 +5143,7 @@ fn a_pdf_read_file_opens_reaches_claude_with_that_reply_only() {
     std::fs::create_dir_all(ws.join("inbox")).unwrap();
     let pdf = pdf_bytes();
     std::fs::write(ws.join("inbox/report.pdf"), &pdf).unwrap();
-    let a = agent(
-        &ws,
-        &[
-            ("ANTHROPIC_API_KEY", "k".into()),
-            ("ANTHROPIC_BASE_URL", llm.url().into()),
-        ],
-    );
+    let a = agent(&ws, &anthropic(&llm));
     a.send(&message("41", "what is in the report I sent?", "m1"));
     assert_eq!(done_text(&a.reply()), "A quarterly report.");
     let reqs = llm.requests();
