@@ -806,7 +806,45 @@ fn user_turn(shared: &Shared, text: String, images: &[tether::frame::Image]) -> 
     Content::Blocks(blocks)
 }
 
-/// Fill the image blocks of `turns` with their bytes for a request.
+/// Run `batch`, calls that only read, at once ([`together`]) and record their results
+/// in order; whether the reply was cancelled meanwhile.
+fn run_together(r: ReplyCtx, batch: &[ToolCall], cancel: &Receiver<()>, history: &mut Vec<Turn>) -> bool {
+    let names: Vec<&str> = batch.iter().map(|c| c.name.as_str()).collect();
+    send_presence(
+        r.shared,
+        r.out,
+        &r.asker.msg_id(),
+        &Presence::state(format!("tool: {}", names.join(", "))),
+    );
+    let started = std::time::Instant::now();
+    let ran = together::run(&r.shared.tools, batch, cancel, r.out, r.here, r.on_behalf);
+    let mut cancelled = ran.cancelled;
+    for (call, (outcome, shown)) in batch.iter().zip(ran.outcomes) {
+        let (result, shown) = match outcome {
+            Outcome::Done(text) => (text, shown),
+            Outcome::Cancelled => {
+                cancelled = true;
+                (CALL_CANCELLED.to_string(), Vec::new())
+            }
+        };
+        log::info!(
+            "{}/{}: tool {} took {:?} (with {} more at once), {} bytes of result",
+            r.session.channel,
+            r.session.id,
+            call.name,
+            started.elapsed(),
+            batch.len() - 1,
+            result.len()
+        );
+        let mut turn = Turn::tool_result(&call.id, result);
+        turn.documents = shown;
+        persist(r.shared, r.session, history, turn);
+    }
+    cancelled
+}
+
+/// Fill the image blocks of `turns` with their bytes for a request, and the documents of
+/// the reply going on (see [`crate::shown`]).
 fn with_image_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
     // Documents go with the reply they belong to only (the turns after its question):
     // sent with every later request they would cost their pages' tokens each time. A file
@@ -1016,39 +1054,8 @@ fn rounds(
                 shared.tools.runs_together(&c.name) && shared.tools.permits(&c.name, allowed)
             });
             if batch > 1 {
-                let batch = &calls[next..next + batch];
-                next += batch.len();
-                let names: Vec<&str> = batch.iter().map(|c| c.name.as_str()).collect();
-                send_presence(
-                    shared,
-                    out,
-                    &asker.msg_id(),
-                    &Presence::state(format!("tool: {}", names.join(", "))),
-                );
-                let started = std::time::Instant::now();
-                let ran = together::run(&shared.tools, batch, cancel, out, here, on_behalf);
-                cancelled = ran.cancelled;
-                for (call, (outcome, shown)) in batch.iter().zip(ran.outcomes) {
-                    let (result, shown) = match outcome {
-                        Outcome::Done(r) => (r, shown),
-                        Outcome::Cancelled => {
-                            cancelled = true;
-                            (CALL_CANCELLED.to_string(), Vec::new())
-                        }
-                    };
-                    log::info!(
-                        "{}/{}: tool {} took {:?} (with {} more at once), {} bytes of result",
-                        session.channel,
-                        session.id,
-                        call.name,
-                        started.elapsed(),
-                        batch.len() - 1,
-                        result.len()
-                    );
-                    let mut turn = Turn::tool_result(&call.id, result);
-                    turn.documents = shown;
-                    persist(shared, session, history, turn);
-                }
+                cancelled = run_together(r, &calls[next..next + batch], cancel, history);
+                next += batch;
                 continue;
             }
             next += 1;
