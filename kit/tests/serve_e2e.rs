@@ -980,6 +980,40 @@ fn an_instance_works_in_a_chosen_folder_that_never_holds_what_confines_it() {
 }
 
 #[test]
+fn requests_creating_one_instance_at_once_make_it_once() {
+    let home = temp_dir("serve-create-race");
+    let s = start_serve(&home, &[]);
+    for round in 0..5 {
+        let name = format!("twin{round}");
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let answers: Vec<Option<u16>> = (0..8)
+            .map(|i| {
+                let (c, barrier, name) = (s.client(), barrier.clone(), name.clone());
+                std::thread::spawn(move || {
+                    let body = json!({"name": name, "command": ["sh", "-c", format!("sleep 30 # {i}")]});
+                    barrier.wait();
+                    match c.request("POST", "/v1/instances", Some(&body)) {
+                        Ok(_) => Some(201),
+                        Err(e) => e.status(),
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let made = answers.iter().filter(|a| **a == Some(201)).count();
+        assert_eq!(made, 1, "round {round}: {answers:?}");
+        assert!(
+            answers.iter().all(|a| matches!(a, Some(201 | 409))),
+            "{answers:?}"
+        );
+    }
+    let list = s.client().request("GET", "/v1/instances", None).unwrap();
+    assert_eq!(list["instances"].as_array().unwrap().len(), 5, "{list}");
+}
+
+#[test]
 fn chat_new_starts_a_fresh_conversation_that_later_chats_continue() {
     let llm = FakeLlm::echo_openai();
     let home = temp_dir("serve-chat-new");

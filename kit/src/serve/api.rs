@@ -244,6 +244,7 @@ fn create(host: &Host, body: &[u8]) -> Reply {
         .as_str()
         .ok_or_else(|| e(400, "\"name\" (string) is required"))?;
     valid_name(name).map_err(|m| e(400, m))?;
+    let _changing = host.changing.lock().expect("changing lock");
     if host.find(name).is_some() {
         return Err(e(409, format!("instance {name:?} already exists")));
     }
@@ -394,6 +395,7 @@ fn delete(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {
         Some(other) => return Err(e(400, format!("purge is 1 or 0, not {other:?}"))),
     };
     let Some(h) = host.find(id) else {
+        let _changing = host.changing.lock().expect("changing lock");
         // The name is checked first: it becomes a path under the instances folder.
         let kept = valid_name(id)
             .ok()
@@ -421,6 +423,7 @@ fn delete(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {
     };
     host.stop_daemons(&h.def.name);
     ask(&h, Cmd::Shutdown, Duration::from_secs(15))?;
+    let _changing = host.changing.lock().expect("changing lock");
     host.instances
         .write()
         .expect("instances lock")

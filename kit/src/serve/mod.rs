@@ -132,6 +132,10 @@ pub struct Host {
     pub config: ServeConfig,
     /// Per-instance daemons, by instance name; dropping an entry stops them.
     pub daemons: std::sync::Mutex<BTreeMap<String, daemons::Daemons>>,
+    /// Held while an instance is created or its folder removed: two requests naming one
+    /// instance (or overlapping workspaces) cannot both pass the checks before either
+    /// acts, and a removal cannot delete what a create just wrote.
+    pub changing: std::sync::Mutex<()>,
 }
 
 /// First egress seq of a store created now: microseconds since the epoch. Seqs then stay
@@ -249,6 +253,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         secrets: Arc::new(secrets),
         config: config.clone(),
         daemons: std::sync::Mutex::new(BTreeMap::new()),
+        changing: std::sync::Mutex::new(()),
     });
     let clock = tether::schedule::Clock::from_env().map_err(ServeError::Setup)?;
     for def in host.registry.load_all() {
