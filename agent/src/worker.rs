@@ -845,7 +845,7 @@ fn run_together(r: ReplyCtx, batch: &[ToolCall], cancel: &Receiver<()>, history:
 
 /// Fill the image blocks of `turns` with their bytes for a request, and the documents of
 /// the reply going on (see [`crate::shown`]).
-fn with_image_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
+fn with_blob_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
     // Documents go with the reply they belong to only (the turns after its question):
     // sent with every later request they would cost their pages' tokens each time. A file
     // read again in the same reply goes once.
@@ -936,7 +936,7 @@ fn rounds(
         let mut carried = crate::carry::Carried::default();
         // Anthropic paused a long turn of the tools it runs itself.
         let mut paused = false;
-        let window = with_image_data(shared, stamped(context(history, shared.budget)));
+        let window = with_blob_data(shared, stamped(context(history, shared.budget)));
         let prompt = crate::llm::Prompt {
             cache: crate::prompt_cache::cache_marks(history, round),
             ..prompt

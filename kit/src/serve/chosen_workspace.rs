@@ -55,8 +55,8 @@ fn refused(status: u16, message: String) -> ApiError {
     ApiError { status, message }
 }
 
-/// The folder `requested` names, created if missing and resolved (no link left in it),
-/// or why it cannot be a workspace.
+/// The folder `requested` names, resolved (no link left in it) and, once it passes every
+/// check, created if missing; or why it cannot be a workspace.
 pub fn resolve(requested: &str, registry: &Registry, guarded: &Guarded) -> Result<PathBuf, ApiError> {
     let named = !requested.contains('/') && !requested.starts_with('.');
     let path = if named {
@@ -70,9 +70,8 @@ pub fn resolve(requested: &str, registry: &Registry, guarded: &Guarded) -> Resul
             format!("workspace {requested:?} is neither a name nor an absolute path"),
         ));
     };
-    let path = fs::create_dir_all(&path)
-        .and_then(|()| path.canonicalize())
-        .map_err(|e| refused(400, format!("workspace {}: {e}", path.display())))?;
+    // Checked before anything is created, so a refused folder leaves nothing behind.
+    let path = resolved(&path).map_err(|e| refused(400, format!("workspace {}: {e}", path.display())))?;
     if path.parent().is_none() {
         return Err(refused(400, "workspace /: the whole filesystem".into()));
     }
@@ -122,7 +121,47 @@ pub fn resolve(requested: &str, registry: &Registry, guarded: &Guarded) -> Resul
             ));
         }
     }
-    Ok(path)
+    let made = fs::create_dir_all(&path).and_then(|()| path.canonicalize());
+    match made {
+        Ok(real) if real == path => Ok(path),
+        Ok(real) => Err(refused(
+            400,
+            format!(
+                "workspace {} became {} while it was made",
+                path.display(),
+                real.display()
+            ),
+        )),
+        Err(e) => Err(refused(400, format!("workspace {}: {e}", path.display()))),
+    }
+}
+
+/// `path` as it will be once made: its deepest part that exists, links resolved, then the
+/// rest as written (`..` taken back by name, which is sound: none of the rest exists, so
+/// none of it is a link). A dangling link counts as existing, so it fails to resolve.
+fn resolved(path: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let parts: Vec<Component> = path.components().collect();
+    let mut exists = parts.len();
+    while exists > 0 {
+        let prefix: PathBuf = parts[..exists].iter().collect();
+        if fs::symlink_metadata(&prefix).is_ok() {
+            break;
+        }
+        exists -= 1;
+    }
+    let prefix: PathBuf = parts[..exists].iter().collect();
+    let mut out = prefix.canonicalize()?;
+    for part in &parts[exists..] {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(name) => out.push(name),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 /// Every file `path` is reached through: at each step its folders resolved, then, while
