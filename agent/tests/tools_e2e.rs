@@ -4552,7 +4552,7 @@ fn a_chat_sees_and_changes_its_tasks_and_memories_without_the_model() {
 
     let tasks = a.answer(&from("7", "7", "/tasks", "o3"));
     assert!(
-        tasks.contains("\n`cron-1` every `0 9 * * 1-5`: Summarise my open issues\n"),
+        tasks.contains("\n`cron-1` at 09:00, Monday to Friday (`0 9 * * 1-5`): Summarise my open issues\n"),
         "{tasks}"
     );
     let in_group = a.answer(&from("-100", "8", "/tasks@my_bot", "g2"));

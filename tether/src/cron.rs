@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::frame::Session;
 
+mod words;
+
 /// Most entries a file may hold; the host ignores the rest.
 pub const MAX_ENTRIES: usize = 20;
 /// Longest task text.
@@ -185,6 +187,14 @@ impl Schedule {
 
 /// The bit set of one field.
 fn field(text: &str, lo: u8, hi: u8) -> Result<u64, String> {
+    // Quartz's and some crons' marks: a model that knows them reaches for them first.
+    if text.contains(['L', 'W', '#', '?']) {
+        return Err(
+            "L (last), W (weekday), # (nth weekday) and ? are not supported; for the last day \
+             of the month, run on days 28-31 and have the task check whether tomorrow is the 1st"
+                .into(),
+        );
+    }
     let mut set = 0u64;
     for item in text.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -296,6 +306,8 @@ mod tests {
         assert!(e("5-1 * * * *").contains("backwards"));
         assert!(e("0 0 0 * *").contains("day of month"));
         assert!(e("1,,2 * * * *").contains("empty"));
+        assert!(e("0 9 L * *").contains("L (last), W (weekday), # (nth weekday) and ? are not supported"));
+        assert!(e("0 9 ? * 1#2").contains("not supported"));
     }
 
     #[test]

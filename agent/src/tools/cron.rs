@@ -110,7 +110,8 @@ impl CronTools {
             }
             (When::Once(_), Some(at)) => json!({"ok": true, "id": id, "runs_once_at": at,
                 "note": format!("{}; the task is deleted once it has run", self.zone_note)}),
-            _ => json!({"ok": true, "id": id, "schedule": schedule, "note": self.zone_note}),
+            _ => json!({"ok": true, "id": id, "schedule": schedule, "runs": in_words(&schedule),
+                "note": format!("{}; tell the user when it runs, in words", self.zone_note)}),
         }
         .to_string())
     }
@@ -161,7 +162,18 @@ impl CronTools {
     /// `cron_list {}`.
     pub fn list(&self) -> Result<String, String> {
         let file = self.load()?;
-        Ok(json!({"count": file.entries.len(), "entries": file.entries, "note": self.zone_note}).to_string())
+        let entries: Vec<Value> = file
+            .entries
+            .iter()
+            .map(|e| {
+                let mut v = json!(e);
+                if e.at.is_none() {
+                    v["runs"] = json!(in_words(&e.schedule));
+                }
+                v
+            })
+            .collect();
+        Ok(json!({"count": entries.len(), "entries": entries, "note": self.zone_note}).to_string())
     }
 
     /// `cron_delete {id}`.
@@ -214,7 +226,14 @@ impl When {
         match given[..] {
             ["schedule"] => {
                 let expr = arg_str(args, "schedule")?.trim().to_string();
-                Schedule::parse(&expr).map_err(|e| format!("invalid schedule: {e}"))?;
+                let schedule = Schedule::parse(&expr).map_err(|e| format!("invalid schedule: {e}"))?;
+                // Kept, it would stay silent for ever while the user waits for it.
+                if schedule.never_runs() {
+                    return Err(format!(
+                        "schedule {expr:?} never runs: no month has the day it names ({})",
+                        schedule.in_words()
+                    ));
+                }
                 Ok(When::Every(expr))
             }
             ["at"] => {
@@ -248,6 +267,16 @@ impl When {
     }
 }
 
+/// A recurring task's schedule in words ("at 09:00, Monday to Friday"); one that never
+/// runs (a file edited by hand) says so, as the host logs it.
+pub(super) fn in_words(expr: &str) -> String {
+    match Schedule::parse(expr) {
+        Ok(s) if s.never_runs() => format!("never: {}, a date no month has", s.in_words()),
+        Ok(s) => s.in_words(),
+        Err(e) => format!("never: {e}"),
+    }
+}
+
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -275,6 +304,8 @@ mod tests {
             out.contains("\"id\":\"cron-1\"") && out.contains("Europe/Paris"),
             "{out}"
         );
+        // Said back in words, so the model can see what it scheduled.
+        assert!(out.contains("\"runs\":\"at 09:00, Monday to Friday\""), "{out}");
         // Upstream's argument name works too.
         c.create(
             &json!({"schedule": "*/5 * * * *", "message": "ping", "on_conflict": "queue"}),
@@ -296,7 +327,18 @@ mod tests {
         );
         assert_eq!(c.creator("cron-9"), None);
         c.set_enabled(&json!({"id": "cron-1"}), false).unwrap();
-        assert!(c.list().unwrap().contains("\"enabled\":false"));
+        let list = c.list().unwrap();
+        assert!(list.contains("\"enabled\":false"), "{list}");
+        assert!(list.contains("\"runs\":\"every 5 minutes\""), "{list}");
+        // A date no month has would stay silent for ever: refused, and said why.
+        assert_eq!(
+            c.create(&json!({"schedule": "0 9 30 2 *", "text": "never"}), &chat, None),
+            Err(
+                "schedule \"0 9 30 2 *\" never runs: no month has the day it names \
+                 (at 09:00, on the 30th, in February)"
+                    .into()
+            )
+        );
         c.delete(&json!({"id": "cron-1"})).unwrap();
         assert!(c
             .delete(&json!({"id": "cron-1"}))

@@ -125,10 +125,11 @@ fn line(e: &Entry) -> String {
     format!("`{}` {}{paused}: {}", e.id, when(e), shortened(&e.message))
 }
 
+/// When it runs, in words, with the expression for those who know cron.
 fn when(e: &Entry) -> String {
     match &e.at {
         Some(at) => format!("once at {at}"),
-        None => format!("every `{}`", e.schedule),
+        None => format!("{} (`{}`)", super::cron::in_words(&e.schedule), e.schedule),
     }
 }
 
@@ -180,7 +181,7 @@ mod tests {
             "{list}"
         );
         assert!(
-            list.contains("\n`cron-1` every `0 9 * * 1-5`: Summarise my issues\n"),
+            list.contains("\n`cron-1` at 09:00, Monday to Friday (`0 9 * * 1-5`): Summarise my issues\n"),
             "{list}"
         );
         assert!(!list.contains("Call Bob"), "{list}");
@@ -194,7 +195,10 @@ mod tests {
             seen_by_guest.contains("`cron-2` once at 2099-01-01T09:00: Call Bob"),
             "{seen_by_guest}"
         );
-        assert!(seen_by_guest.contains(&format!("`cron-3` every `*/5 * * * *`: {}…", "x".repeat(150))));
+        assert!(seen_by_guest.contains(&format!(
+            "`cron-3` every 5 minutes (`*/5 * * * *`): {}…",
+            "x".repeat(150)
+        )));
         assert!(
             !seen_by_guest.contains("more reply to other chats"),
             "{seen_by_guest}"
@@ -231,6 +235,11 @@ mod tests {
             c.command("RESUME cron-2", &group, guest),
             "▶️ Resumed cron-2: once at 2099-01-01T09:00"
         );
+        c.command("pause 1", &private, trusted());
+        assert_eq!(
+            c.command("resume 1", &private, trusted()),
+            "▶️ Resumed cron-1: at 09:00, Monday to Friday (`0 9 * * 1-5`)"
+        );
         assert_eq!(
             c.command("delete cron-3", &group, trusted()),
             format!("🗑 Deleted cron-3: {}…", "x".repeat(150))
@@ -249,6 +258,32 @@ mod tests {
         assert!(
             empty.starts_with("No scheduled tasks reply to this chat."),
             "{empty}"
+        );
+    }
+
+    #[test]
+    fn a_task_written_by_hand_that_never_runs_says_so() {
+        let d = TempDir::new("tasks-by-hand");
+        let chat = json!({"channel": "telegram", "id": "1"});
+        std::fs::create_dir_all(d.path().join(".aegis")).unwrap();
+        std::fs::write(
+            d.path().join(".aegis/cron.json"),
+            json!({"entries": [
+                {"id": "cron-1", "schedule": "0 9 31 4 *", "message": "April's end", "session": "cron-1", "reply_to": chat},
+                {"id": "cron-2", "schedule": "61 * * * *", "message": "typo", "session": "cron-2", "reply_to": chat}
+            ], "next_id": 3})
+            .to_string(),
+        )
+        .unwrap();
+        let c = CronTools::new(d.path(), None);
+        let list = c.command("", &Session::new("telegram", "1"), trusted());
+        assert!(
+            list.contains("`cron-1` never: at 09:00, on the 31st, in April, a date no month has (`0 9 31 4 *`): April's end"),
+            "{list}"
+        );
+        assert!(
+            list.contains("`cron-2` never: minute \"61\": 61 is outside 0-59 (`61 * * * *`): typo"),
+            "{list}"
         );
     }
 }
