@@ -489,10 +489,8 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             let mut turn = Turn::new(Role::User, user_turn(shared, text, &msg.images));
             turn.msg_id = msg_id.clone();
             persist(shared, session, history, turn);
-            if let Some(task) = msg_id.as_deref().and_then(tether::cron::task_of_msg_id) {
-                if session.channel == "cron" {
-                    shared.tools.task_ran(task);
-                }
+            if let Some(id) = msg_id.as_deref().filter(|_| session.channel == "cron") {
+                shared.tools.task_ran(id);
             }
         }
     }
@@ -675,8 +673,10 @@ fn over_limit(
         Some(task) => {
             // Done with before the run's `assistant.done` says so (a one-time task then
             // is gone by the time its host hears the run ended).
-            shared.tools.task_ran(task);
-            if shared.limits.first_telling(task) {
+            let id = msg_id.as_deref().unwrap_or_default();
+            shared.tools.task_ran(id);
+            // A run asked for in the chat is told every time: someone waits for it.
+            if tether::cron::is_run_now(id) || shared.limits.first_telling(task) {
                 send_text(
                     shared,
                     kind::ASSISTANT_DONE,

@@ -1389,7 +1389,7 @@ fn an_mcp_servers_prompts_are_chat_commands() {
         [
             ("model", "The model this chat talks to, and another to pick"),
             ("mcp", "The MCP servers: which run, their tools, sign-ins"),
-            ("tasks", "This chat's scheduled tasks, to pause or delete"),
+            ("tasks", "This chat's scheduled tasks, to run, pause or delete"),
             ("jobs", "Background jobs that run for this chat, to stop"),
             ("memory", "What the agent remembers here, to forget"),
             ("gh_review", "Review a pull request"),
@@ -4608,6 +4608,145 @@ fn a_chat_sees_and_changes_its_tasks_and_memories_without_the_model() {
             "{chat}: {lines}"
         );
     }
+}
+
+/// [ours] `/tasks run ID` runs a task now, as if it were due: the chat is told at once,
+/// the run's reply follows in that chat, and a run the agent died during is run again at
+/// its next start and answered once.
+#[test]
+fn a_task_run_now_answers_in_its_chat_once_also_across_a_crash() {
+    let schedule = json!({"schedule": "0 9 * * 1-5", "text": "Summarise my open issues"}).to_string();
+    let reminder = json!({"in_minutes": 600, "text": "Remind me to call Bob"}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("c1", "cron_create", &schedule)], 100)),
+        Reply::sse(openai_sse(&["Scheduled."])),
+        Reply::stalls_after("Looking"),
+        Reply::sse(openai_sse(&["Two issues are open."])),
+        Reply::sse(openai_tool_sse("", &[("c2", "cron_create", &reminder)], 100)),
+        Reply::sse(openai_sse(&["I will remind you."])),
+        Reply::stalls_after("Time"),
+        Reply::sse(openai_sse(&["Time to call Bob."])),
+    ]);
+    let ws = TempDir::new("tools-task-run-now");
+    let mut a = agent(&ws, &openai(&llm));
+    assert_eq!(
+        a.answer(&from("7", "7", "every weekday at 9, summarise my issues", "m1")),
+        "Scheduled."
+    );
+    assert_eq!(
+        a.answer(&from("7", "7", "/tasks run 1", "m2")),
+        "▶️ Running cron-1 now: Summarise my open issues"
+    );
+    let deadline = Instant::now() + T;
+    while llm.requests().len() < 3 {
+        assert!(Instant::now() < deadline, "the run never reached the model");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        aegis_e2e::llm::last_user_text(&llm.requests()[2]).contains("Summarise my open issues"),
+        "{}",
+        aegis_e2e::llm::last_user_text(&llm.requests()[2])
+    );
+    a.proc.kill9();
+
+    let a = agent(&ws, &openai(&llm));
+    let told = a.reply();
+    assert_eq!(done_text(&told), "Two issues are open.");
+    let done = told.last().unwrap();
+    assert_eq!(done.session, Some(Session::new("telegram", "7")));
+    assert!(
+        done.msg_id
+            .as_deref()
+            .is_some_and(|m| m.starts_with("cron-cron-1-now")),
+        "{:?}",
+        done.msg_id
+    );
+    // Answered: the record goes, the recurring task stays.
+    let deadline = Instant::now() + T;
+    loop {
+        let file = std::fs::read_to_string(ws.join(".aegis/cron.json")).unwrap();
+        if !file.contains("run_now") {
+            assert!(
+                file.contains("\"id\": \"cron-1\"") || file.contains("\"id\":\"cron-1\""),
+                "{file}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{file}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The run's conversation holds it once.
+    let lines = std::fs::read_to_string(ws.join("sessions/cron_cron-1.jsonl")).unwrap();
+    assert_eq!(lines.matches("\"role\":\"user\"").count(), 1, "{lines}");
+
+    // A reminder run early is done once answered, not when it arrives: a crash in between
+    // still finds it, and runs it again.
+    let mut a = a;
+    assert_eq!(
+        a.answer(&from("7", "7", "remind me in 10 hours to call Bob", "m3")),
+        "I will remind you."
+    );
+    assert_eq!(
+        a.answer(&from("7", "7", "/tasks run 2", "m4")),
+        "▶️ Running cron-2 now (a one-time task: done once this run is answered): Remind me to call Bob"
+    );
+    let deadline = Instant::now() + T;
+    while llm.requests().len() < 7 {
+        assert!(Instant::now() < deadline, "the reminder never reached the model");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    a.proc.kill9();
+    let a = agent(&ws, &openai(&llm));
+    assert_eq!(done_text(&a.reply()), "Time to call Bob.");
+    let deadline = Instant::now() + T;
+    while std::fs::read_to_string(ws.join(".aegis/cron.json"))
+        .unwrap()
+        .contains("cron-2")
+    {
+        assert!(Instant::now() < deadline, "the reminder stays after its run");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Another start runs nothing.
+    drop(a);
+    let a = agent(&ws, &openai(&llm));
+    assert!(a
+        .answer(&from("7", "7", "/usage", "m5"))
+        .contains("model requests"));
+    assert_eq!(llm.requests().len(), 8);
+}
+
+/// [ours] A task run now past its chat's daily limit says so each time it is asked for
+/// (someone waits for it), where the host's runs say it once a day.
+#[test]
+fn a_task_run_now_past_a_daily_limit_says_why_every_time() {
+    let schedule = json!({"schedule": "0 9 * * *", "text": "Water the plants"}).to_string();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse("", &[("c1", "cron_create", &schedule)], 100)),
+        Reply::sse(aegis_e2e::llm::with_openai_usage(
+            openai_sse(&["Scheduled."]),
+            100,
+            0,
+            10,
+        )),
+    ]);
+    let ws = TempDir::new("tools-task-run-now-limit");
+    let mut env = openai(&llm).to_vec();
+    env.push(("AEGIS_CHAT_DAILY_TOKENS", "50".into()));
+    let a = agent(&ws, &env);
+    assert_eq!(a.answer(&from("7", "7", "water them daily", "m1")), "Scheduled.");
+    for (n, id) in ["m2", "m3"].into_iter().enumerate() {
+        assert_eq!(
+            a.answer(&from("7", "7", "/tasks run 1", id)),
+            "▶️ Running cron-1 now: Water the plants"
+        );
+        let note = done_text(&a.reply());
+        assert!(
+            note.starts_with("⚠️ A scheduled task did not run: ")
+                && note.ends_with("Its text: Water the plants"),
+            "run {n}: {note}"
+        );
+    }
+    assert_eq!(llm.requests().len(), 2);
 }
 
 /// [ours] The provider's own search is `web_search` too: a guest whose tools leave it out

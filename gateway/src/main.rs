@@ -108,7 +108,7 @@ CHAT COMMANDS:
     /model           the model this chat talks to; /model NAME picks another the
                      provider lists, /model default the agent's again (answered by
                      the agent)
-    /tasks           this chat's scheduled tasks; /tasks delete|pause|resume ID
+    /tasks           this chat's scheduled tasks; /tasks run|delete|pause|resume ID
                      (answered by the agent)
     /jobs            the background jobs that run for this chat; /jobs stop ID
                      (answered by the agent)

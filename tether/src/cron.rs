@@ -14,7 +14,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::Session;
+use crate::frame::{kind, Session, User, UserMessage};
+use crate::Frame;
 
 mod words;
 
@@ -67,6 +68,10 @@ pub struct Entry {
     /// describes it ("once at ..."), for upstream's tools, which cannot fire it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<String>,
+    /// [ours] A run a chat asked for now (`/tasks run ID`), until it is answered: its
+    /// `msg_id` ([`now_msg_id`]), so an agent that stopped before answering sends it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_now: Option<String>,
 }
 
 fn yes() -> bool {
@@ -251,11 +256,40 @@ pub fn run_msg_id(id: &str, unix_minute: i64) -> String {
     format!("cron-{id}-{unix_minute}")
 }
 
-/// The task id of a run's `msg_id`, if it is one.
+/// The `user.message` of a run of `entry` under `msg_id`: channel `cron`, the task's
+/// session, user "Scheduled Task", the chat to answer in.
+pub fn run_frame(entry: &Entry, msg_id: String) -> Frame {
+    Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", &entry.session)))
+        .with_payload(&UserMessage {
+            text: entry.message.clone(),
+            user: Some(User {
+                id: Some("cron".into()),
+                username: None,
+                name: Some("Scheduled Task".into()),
+            }),
+            reply_to: entry.reply_to.clone(),
+            ..UserMessage::default()
+        })
+        .with_msg_id(msg_id)
+}
+
+/// [ours] The `msg_id` of a run of task `id` a chat asked for at unix second `secs`: never
+/// one a host sends, so neither is taken for a copy of the other.
+pub fn now_msg_id(id: &str, secs: i64) -> String {
+    format!("cron-{id}-now{secs}")
+}
+
+/// Whether `msg_id` is a run a chat asked for ([`now_msg_id`]).
+pub fn is_run_now(msg_id: &str) -> bool {
+    task_of_msg_id(msg_id).is_some() && msg_id.rsplit_once('-').is_some_and(|(_, t)| t.starts_with("now"))
+}
+
+/// The task id of a run's `msg_id` (a host's or one asked for now), if it is one.
 pub fn task_of_msg_id(msg_id: &str) -> Option<&str> {
     let rest = msg_id.strip_prefix("cron-")?;
     let (id, minute) = rest.rsplit_once('-')?;
-    minute.parse::<i64>().ok().map(|_| id)
+    let minute = minute.strip_prefix("now").unwrap_or(minute);
+    (!minute.starts_with(['+', '-']) && minute.parse::<i64>().is_ok()).then_some(id)
 }
 
 #[cfg(test)]
@@ -315,6 +349,12 @@ mod tests {
         assert_eq!(run_msg_id("cron-3", 29_000_000), "cron-cron-3-29000000");
         assert_eq!(task_of_msg_id("cron-cron-3-29000000"), Some("cron-3"));
         assert_eq!(task_of_msg_id("tg-1-2"), None);
+        let now = now_msg_id("cron-3", 1_796_284_800);
+        assert_eq!(now, "cron-cron-3-now1796284800");
+        assert_eq!(task_of_msg_id(&now), Some("cron-3"));
+        assert!(is_run_now(&now) && !is_run_now("cron-cron-3-29000000"));
+        assert!(!is_run_now("tg-now-now1") && task_of_msg_id("cron-cron-3-now").is_none());
+        assert_eq!(task_of_msg_id("cron-cron-3-now+5"), None);
     }
 
     proptest! {

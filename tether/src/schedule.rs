@@ -20,8 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::at::At;
 use crate::cron::{CronFile, Entry, Minute, Schedule, MAX_ENTRIES, MAX_FILE};
-use crate::frame::{kind, User, UserMessage};
-use crate::{Frame, Session};
+use crate::Frame;
 
 /// How far back a restarted host catches up on runs it missed.
 pub const CATCH_UP_MINUTES: i64 = 60;
@@ -192,18 +191,7 @@ pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> R
 /// The `user.message` of the run of `entry` at unix `minute`: channel `cron`, the task's
 /// session, user "Scheduled Task", the chat to answer in, `msg_id` `cron-<id>-<minute>`.
 pub fn run_frame(entry: &Entry, minute: i64) -> Frame {
-    Frame::new(kind::USER_MESSAGE, Some(Session::new("cron", &entry.session)))
-        .with_payload(&UserMessage {
-            text: entry.message.clone(),
-            user: Some(User {
-                id: Some("cron".into()),
-                username: None,
-                name: Some("Scheduled Task".into()),
-            }),
-            reply_to: entry.reply_to.clone(),
-            ..UserMessage::default()
-        })
-        .with_msg_id(crate::cron::run_msg_id(&entry.id, minute))
+    crate::cron::run_frame(entry, crate::cron::run_msg_id(&entry.id, minute))
 }
 
 /// The unix minute a one-time task runs in: an instant's, or a wall time's in `tz` (a

@@ -4,12 +4,14 @@
 //! between runs (see `tether::cron`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+use crossbeam_channel::Sender;
 
 use serde_json::{json, Value};
 use tether::at::At;
 use tether::cron::{CronFile, Entry, OnConflict, Schedule, MAX_ENTRIES, MAX_TEXT};
-use tether::Session;
+use tether::{Frame, Session};
 
 use super::arg_str;
 
@@ -20,6 +22,9 @@ pub struct CronTools {
     lock: Mutex<()>,
     /// Said with every schedule so the model knows what "9:00" means.
     zone_note: String,
+    /// Where a run a chat asks for now goes: the router's queue of the agent's own
+    /// messages (set once the router exists).
+    tell: OnceLock<Sender<Frame>>,
 }
 
 impl CronTools {
@@ -32,7 +37,58 @@ impl CronTools {
                 Some(tz) => format!("schedules are evaluated in the {tz} time zone (agent.json timezone)"),
                 None => "schedules are evaluated in the host's local time".into(),
             },
+            tell: OnceLock::new(),
         }
+    }
+
+    /// Runs asked for now (`/tasks run ID`) go to `tell`, the router's own queue.
+    pub fn send_runs_to(&self, tell: Sender<Frame>) {
+        let _ = self.tell.set(tell);
+    }
+
+    /// Queue the run of `entry` asked for now under its `run_now` id.
+    pub(super) fn send_run(&self, entry: &Entry, msg_id: &str) -> Result<(), String> {
+        let tell = self.tell.get().ok_or("this agent cannot start runs itself")?;
+        tell.send(tether::cron::run_frame(entry, msg_id.to_string()))
+            .map_err(|_| "the agent is stopping".to_string())
+    }
+
+    /// At the agent's start: send again the runs asked for now that were not answered
+    /// when it stopped (a stored but unanswered one is answered; one answered already,
+    /// its record not yet cleared, is recognised and dropped).
+    pub fn recover_runs(&self) {
+        let Ok(file) = self.load() else { return };
+        for e in &file.entries {
+            if let Some(msg_id) = &e.run_now {
+                log::info!("task {}: sending again the run asked for ({msg_id})", e.id);
+                if let Err(why) = self.send_run(e, msg_id) {
+                    log::warn!("task {}: run asked for not sent again: {why}", e.id);
+                }
+            }
+        }
+    }
+
+    /// The run asked for as `msg_id` is answered: its record goes, and a one-time task
+    /// with it, as after a run its host sent.
+    pub fn run_answered(&self, msg_id: &str) -> Result<(), String> {
+        self.forget_run(msg_id, true)
+    }
+
+    /// Clear the record of the run asked for as `msg_id`; `done`: it ran, and a one-time
+    /// task is deleted.
+    pub(super) fn forget_run(&self, msg_id: &str, done: bool) -> Result<(), String> {
+        self.edit(|file| {
+            file.entries
+                .retain(|e| !done || e.run_now.as_deref() != Some(msg_id) || e.at.is_none());
+            if let Some(e) = file
+                .entries
+                .iter_mut()
+                .find(|e| e.run_now.as_deref() == Some(msg_id))
+            {
+                e.run_now = None;
+            }
+            Ok(())
+        })
     }
 
     fn load(&self) -> Result<CronFile, String> {
@@ -102,6 +158,7 @@ impl CronTools {
             created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             reply_to,
             created_by: creator.map(str::to_string),
+            run_now: None,
         });
         self.save(&file)?;
         Ok(match (&when, at) {
@@ -277,7 +334,7 @@ pub(super) fn in_words(expr: &str) -> String {
     }
 }
 
-fn now_secs() -> i64 {
+pub(super) fn now_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -632,9 +632,17 @@ impl Toolbox {
         !self.builtins.is_empty() || !self.mcp.is_empty()
     }
 
-    /// A run of scheduled task `id` has arrived: a one-time task is done with and goes
-    /// from the task file (the host never sends its run twice).
-    pub fn task_ran(&self, id: &str) {
+    /// A run of a scheduled task has arrived (`msg_id`, a host's): a one-time task is done
+    /// with and goes from the task file (the host never sends its run twice). A run a chat
+    /// asked for is done with once answered ([`Toolbox::answered`]): the agent sends it
+    /// again after a crash, and it must still be there then.
+    pub fn task_ran(&self, msg_id: &str) {
+        let Some(id) = tether::cron::task_of_msg_id(msg_id) else {
+            return;
+        };
+        if tether::cron::is_run_now(msg_id) {
+            return;
+        }
         match self.cron.ran(id) {
             Ok(true) => log::info!("one-time task {id} ran; deleted"),
             Ok(false) => {}
@@ -778,15 +786,18 @@ impl Toolbox {
         tell: Sender<tether::Frame>,
         keepalive: crate::keepalive::Keepalive,
     ) {
+        self.cron.send_runs_to(tell.clone());
         self.jobs = Some(jobs::Jobs::new(self.shell.clone(), timeout, tell, keepalive));
     }
 
     /// At the agent's start: tell the chats of jobs that ended (or were cut short) while
-    /// it was not running (see [`jobs::Jobs::recover`]).
+    /// it was not running (see [`jobs::Jobs::recover`]), and send again the tasks' runs
+    /// asked for and not answered.
     pub fn recover_jobs(&self) {
         if let Some(jobs) = &self.jobs {
             jobs.recover();
         }
+        self.cron.recover_runs();
     }
 
     /// The answer to `/jobs REST` in chat `out`, asked by someone who may use `allowed`:
@@ -811,10 +822,16 @@ impl Toolbox {
         self.jobs.as_ref().map(|j| j.running()).unwrap_or_default()
     }
 
-    /// The reply to message `msg_id` is done (a job's message is then forgotten).
+    /// The reply to message `msg_id` is done (a job's message, a task's run asked for
+    /// now, are then forgotten).
     pub fn answered(&self, msg_id: &str) {
         if let Some(jobs) = &self.jobs {
             jobs.answered(msg_id);
+        }
+        if tether::cron::is_run_now(msg_id) {
+            if let Err(e) = self.cron.run_answered(msg_id) {
+                log::warn!("run {msg_id} answered, but its record stays: {e}");
+            }
         }
     }
 
@@ -896,7 +913,7 @@ impl Toolbox {
         let has = |b: Builtin| self.builtins.contains(&b);
         let tasks = has(Builtin::CronCreate).then(|| tether::frame::Command {
             command: "tasks".into(),
-            description: "This chat's scheduled tasks, to pause or delete".into(),
+            description: "This chat's scheduled tasks, to run, pause or delete".into(),
         });
         let jobs = has(Builtin::Bash).then(|| tether::frame::Command {
             command: "jobs".into(),

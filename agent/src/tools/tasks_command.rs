@@ -11,8 +11,8 @@ use super::cron::CronTools;
 const TEXT_SHOWN: usize = 150;
 
 /// How to use the command, said after the list and for words it does not know.
-const USAGE: &str =
-    "`/tasks delete ID` deletes one; `/tasks pause ID` and `/tasks resume ID` stop and restart one.";
+const USAGE: &str = "`/tasks run ID` runs one now; `/tasks delete ID` deletes one; `/tasks pause ID` and \
+     `/tasks resume ID` stop and restart one.";
 
 /// Who asks: the person whose message it is, and whether they are one of the agent's
 /// trusted users (everyone is when none are named).
@@ -30,6 +30,8 @@ enum Change {
     Delete,
     Pause,
     Resume,
+    /// Run it now, as if it were due (to try a new task, or do a reminder early).
+    Run,
 }
 
 impl CronTools {
@@ -42,6 +44,7 @@ impl CronTools {
                 "delete" | "remove" => Change::Delete,
                 "pause" | "disable" => Change::Pause,
                 "resume" | "enable" => Change::Resume,
+                "run" | "now" => Change::Run,
                 _ => return format!("/tasks does not know {w:?}. {USAGE}"),
             },
         };
@@ -85,7 +88,8 @@ impl CronTools {
     }
 
     fn change(&self, id: &str, change: Change, chat: &Session, asker: Asker) -> Result<String, String> {
-        self.edit(|file| {
+        let mut run = None;
+        let said = self.edit(|file| {
             let Some(i) = file
                 .entries
                 .iter()
@@ -113,8 +117,31 @@ impl CronTools {
                     entry.enabled = true;
                     format!("▶️ Resumed {id}: {}", when(entry))
                 }
+                Change::Run => {
+                    if entry.run_now.is_some() {
+                        return Err(format!("{id} is running already at a chat's request; its reply follows."));
+                    }
+                    // Recorded before it is sent, so an agent that stops first sends it again.
+                    let msg_id = tether::cron::now_msg_id(id, super::cron::now_secs());
+                    entry.run_now = Some(msg_id.clone());
+                    run = Some((entry.clone(), msg_id));
+                    let once = if entry.at.is_some() {
+                        " (a one-time task: done once this run is answered)"
+                    } else {
+                        ""
+                    };
+                    format!("▶️ Running {id} now{once}: {text}")
+                }
             })
-        })
+        })?;
+        if let Some((entry, msg_id)) = run {
+            if let Err(why) = self.send_run(&entry, &msg_id) {
+                // Never sent: its record must not send it at the next start either.
+                let _ = self.forget_run(&msg_id, false);
+                return Err(format!("{id} cannot run now: {why}"));
+            }
+        }
+        Ok(said)
     }
 }
 
@@ -285,5 +312,79 @@ mod tests {
             list.contains("`cron-2` never: minute \"61\": 61 is outside 0-59 (`61 * * * *`): typo"),
             "{list}"
         );
+    }
+
+    #[test]
+    fn a_task_run_now_is_sent_once_until_answered_and_again_after_a_stop() {
+        let d = TempDir::new("tasks-run-now");
+        let chat = Session::new("telegram", "1");
+        let c = CronTools::new(d.path(), None);
+        c.create(
+            &json!({"schedule": "0 9 * * 1-5", "text": "Summarise"}),
+            &chat,
+            Some("1"),
+        )
+        .unwrap();
+        c.create(&json!({"in_minutes": 60, "text": "Call Bob"}), &chat, Some("1"))
+            .unwrap();
+        // Without the router's queue, it says so and keeps no record.
+        assert_eq!(
+            c.command("run 1", &chat, trusted()),
+            "⚠️ cron-1 cannot run now: this agent cannot start runs itself"
+        );
+        assert!(c.entries().unwrap()[0].run_now.is_none());
+
+        let (tx, rx) = crossbeam_channel::unbounded();
+        c.send_runs_to(tx);
+        let guest = Asker {
+            user: Some("9"),
+            trusted: false,
+        };
+        assert!(c
+            .command("run 1", &chat, guest)
+            .contains("scheduled by someone else"));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(
+            c.command("run 1", &chat, trusted()),
+            "▶️ Running cron-1 now: Summarise"
+        );
+        let run = rx.try_recv().unwrap();
+        let msg_id = run.msg_id.clone().unwrap();
+        assert!(msg_id.starts_with("cron-cron-1-now"), "{msg_id}");
+        assert_eq!(run.session, Some(Session::new("cron", "cron-1")));
+        let msg: tether::frame::UserMessage = run.payload_as().unwrap();
+        assert_eq!(
+            (msg.text.as_str(), msg.reply_to),
+            ("Summarise", Some(chat.clone()))
+        );
+        // Once on its way, not twice.
+        assert!(c.command("now 1", &chat, trusted()).contains("running already"));
+        assert!(rx.try_recv().is_err());
+
+        // An agent that stopped before answering sends it again, under the same id.
+        let again = CronTools::new(d.path(), None);
+        let (tx2, rx2) = crossbeam_channel::unbounded();
+        again.send_runs_to(tx2);
+        again.recover_runs();
+        assert_eq!(rx2.try_recv().unwrap().msg_id, Some(msg_id.clone()));
+        // Answered: the record goes, the recurring task stays.
+        again.run_answered(&msg_id).unwrap();
+        again.recover_runs();
+        assert!(rx2.try_recv().is_err());
+        assert_eq!(again.entries().unwrap().len(), 2);
+        assert!(again
+            .command("run 1", &chat, trusted())
+            .starts_with("▶️ Running cron-1 now"));
+
+        // A one-time task run now is done with once answered.
+        assert_eq!(
+            again.command("run 2", &chat, trusted()),
+            "▶️ Running cron-2 now (a one-time task: done once this run is answered): Call Bob"
+        );
+        let _ = rx2.try_recv().unwrap();
+        let once = rx2.try_recv().unwrap().msg_id.unwrap();
+        again.run_answered(&once).unwrap();
+        let left: Vec<String> = again.entries().unwrap().into_iter().map(|e| e.id).collect();
+        assert_eq!(left, ["cron-1"]);
     }
 }
