@@ -57,6 +57,10 @@ pub struct ToolSetting {
     /// server is Anthropic's, OpenAI's or OpenRouter's).
     #[serde(default)]
     pub pdf: Option<bool>,
+    /// [ours] For `read_file` and MCP tools: show an image to the model (default: as for
+    /// `pdf`); off for a model without vision, whose server refuses one.
+    #[serde(default)]
+    pub images: Option<bool>,
 }
 
 /// [ours] `limits`: tokens a UTC day the model's requests may take (see `limits.rs`).

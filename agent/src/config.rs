@@ -129,7 +129,7 @@ DIR/.aegis/agent.json (optional; the variables above override it):
     max_tool_rounds,
     tools {NAME: {enabled, timeout_secs, background_timeout_secs, brave_api_key_env, openai_api_key_env,
     model, voice, native, max_uses, allowed_domains, blocked_domains, user_location
-    {city, region, country, timezone}, pdf}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
+    {city, region, country, timezone}, pdf, images}}, mcp {NAME: {command, args, env, timeout_secs} or {url, headers,
     timeout_secs}},
     memory {inject_mode (relevant, recent_only, off), max_inject_chars,
     max_inject_count, max_total}, timezone (IANA name, for scheduled tasks),
@@ -526,13 +526,15 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     }
     // A PDF goes whole only to servers known to read them; agent.json says otherwise for
     // another (a gateway in front of one of them).
-    let pdf = file
-        .tools
-        .get("read_file")
-        .and_then(|t| t.pdf)
-        .unwrap_or_else(|| provider.is_some_and(reads_pdfs));
+    let read_file = file.tools.get("read_file");
+    let known = provider.is_some_and(reads_pdfs);
+    let pdf = read_file.and_then(|t| t.pdf).unwrap_or(known);
+    // So do images, where a model without vision makes its server refuse them (then the
+    // request goes again without: see `worker::rounds`).
+    let images = read_file.and_then(|t| t.images).unwrap_or(known);
     Ok(ToolConfig {
         pdf,
+        images,
         guests,
         web_reach: std::sync::Arc::new(crate::tools::reach::Reach::new(&private_hosts)),
         selection,
@@ -990,6 +992,9 @@ mod tests {
             (r#"{"tools": {"read_file": {"pdf": true}}}"#, true, true),
             (r#"{"tools": {"read_file": {"pdf": false}}}"#, false, false),
         ] {
+            let images_setting = setting.replace("pdf", "images");
+            let (images_file, _) =
+                crate::agent_file::parse(if setting.is_empty() { "{}" } else { &images_setting });
             let (file, problems) = crate::agent_file::parse(if setting.is_empty() { "{}" } else { setting });
             assert!(problems.is_empty(), "{problems:?}");
             let known = [
@@ -1003,6 +1008,11 @@ mod tests {
                     expect_known,
                     "{setting} {p:?}"
                 );
+                assert_eq!(
+                    tool_config(&images_file, Some(p)).unwrap().images,
+                    expect_known,
+                    "{images_setting} {p:?}"
+                );
             }
             let local = [
                 at(ProviderKind::OpenAi, "http://localhost:11434/v1", &file),
@@ -1013,6 +1023,11 @@ mod tests {
                     tool_config(&file, Some(p)).unwrap().pdf,
                     expect_local,
                     "{setting} {p:?}"
+                );
+                assert_eq!(
+                    tool_config(&images_file, Some(p)).unwrap().images,
+                    expect_local,
+                    "{images_setting} {p:?}"
                 );
             }
             assert_eq!(tool_config(&file, None).unwrap().pdf, expect_local, "no model");

@@ -953,12 +953,26 @@ impl Server {
         }
     }
 
-    fn call(&self, remote: &str, args: &Value, cancel: &Receiver<()>, user: Option<&dyn User>) -> Outcome {
+    fn call(
+        &self,
+        remote: &str,
+        args: &Value,
+        cancel: &Receiver<()>,
+        user: Option<&dyn User>,
+        saved: &Saved,
+    ) -> Outcome {
         let params = json!({"name": remote, "arguments": args});
         match self.ask("tools/call", &params, Some((remote, args)), cancel, user) {
-            Ok(result) => Outcome::Done(call_text(&result, &|d, t| self.save_image(d, t))),
+            Ok(result) => Outcome::Done(call_text(&result, &|d, t| self.save_image_into(d, t, saved))),
             Err(outcome) => outcome,
         }
+    }
+
+    /// [`Self::save_image`], noting where it went in `saved`.
+    fn save_image_into(&self, data: &str, mime: &str, saved: &Saved) -> Result<String, String> {
+        let at = self.save_image(data, mime)?;
+        saved.borrow_mut().push(at.clone());
+        Ok(at)
     }
 
     /// One of the resource tools ([`crate::mcp_resources`]).
@@ -968,6 +982,7 @@ impl Server {
         args: &Value,
         cancel: &Receiver<()>,
         user: Option<&dyn User>,
+        saved: &Saved,
     ) -> Outcome {
         match tool {
             ResourceTool::List => {
@@ -992,7 +1007,9 @@ impl Server {
                     return Outcome::Done("error: `uri` is required".into());
                 };
                 match self.ask("resources/read", &json!({"uri": uri}), None, cancel, user) {
-                    Ok(r) => Outcome::Done(crate::mcp_resources::contents(&r, &|d, t| self.save_image(d, t))),
+                    Ok(r) => Outcome::Done(crate::mcp_resources::contents(&r, &|d, t| {
+                        self.save_image_into(d, t, saved)
+                    })),
                     Err(outcome) => outcome,
                 }
             }
@@ -1254,6 +1271,10 @@ impl Reader {
 
 /// Keeps an image a tool returned (base64 data, media type); where, in the workspace.
 type SaveImage<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;
+
+/// Where the images a call returned were saved, in the workspace (for the caller to show
+/// them to the model).
+pub type Saved = std::cell::RefCell<Vec<String>>;
 
 /// The text the model sees for a `tools/call` result; images go through `save`.
 fn call_text(result: &Value, save: &SaveImage) -> String {
@@ -1561,6 +1582,7 @@ impl McpServers {
         args: &Value,
         cancel: &Receiver<()>,
         user: Option<&dyn User>,
+        saved: &Saved,
     ) -> Option<Outcome> {
         for s in &self.servers {
             let found = s
@@ -1571,8 +1593,8 @@ impl McpServers {
                 .find(|t| t.spec.name == name)
                 .map(|t| (t.remote.clone(), t.resource));
             match found {
-                Some((_, Some(kind))) => return Some(s.resource_call(kind, args, cancel, user)),
-                Some((remote, None)) => return Some(s.call(&remote, args, cancel, user)),
+                Some((_, Some(kind))) => return Some(s.resource_call(kind, args, cancel, user, saved)),
+                Some((remote, None)) => return Some(s.call(&remote, args, cancel, user, saved)),
                 None if s.oauth() && name == s.sign_in_tool() => return Some(s.sign_in(user)),
                 None => {}
             }

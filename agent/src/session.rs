@@ -202,20 +202,20 @@ pub struct Turn {
     /// on Google's OpenAI-compatible API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_content: Option<serde_json::Value>,
-    /// [ours] On a tool result: documents the tool showed the model (a PDF `read_file`
-    /// opened), by blob. They go to the model with the reply they belong to only; later
+    /// [ours] On a tool result: documents the tool showed the model (a PDF or an image
+    /// `read_file` opened, an image an MCP tool returned), by blob. They go to the model with the reply they belong to only; later
     /// requests name them (see [`Document`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<Document>,
 }
 
-/// A document shown to the model whole (its server reads the pages: text and images),
-/// kept in the workspace blob store.
+/// A document shown to the model whole (a PDF, whose pages its server reads as text and
+/// images, or an image), kept in the workspace blob store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Document {
-    /// `application/pdf`.
+    /// `application/pdf`, `image/png`, ...
     pub media_type: String,
-    /// The file's name, for the model (`report.pdf`).
+    /// The file's name, for the model (`report.pdf`, `chart.png`).
     pub name: String,
     /// Name in `<workspace>/.aegis/blobs`.
     pub blob: String,
@@ -226,6 +226,9 @@ pub struct Document {
     /// The same file was attached earlier in the reply: named, not sent twice.
     #[serde(skip)]
     pub repeat: bool,
+    /// The model's server refused a request with it attached (why): named, not sent.
+    #[serde(skip)]
+    pub refused: Option<String>,
 }
 
 impl Document {
@@ -233,7 +236,12 @@ impl Document {
     /// reply is over (or its blob is gone), or when an earlier result of the reply holds
     /// the same file.
     pub fn note(&self) -> String {
-        if self.repeat {
+        if let Some(why) = &self.refused {
+            format!(
+                "[{} could not be shown to you: the model's server refused the request with it attached ({why})]",
+                self.name
+            )
+        } else if self.repeat {
             format!("[{}: the same file as attached above]", self.name)
         } else {
             format!(

@@ -1,16 +1,18 @@
-//! Documents a tool showed the model (a PDF `read_file` opened, see `tools::files`), in
-//! each API's terms. Only the reply they belong to carries their bytes (the worker fills
+//! Documents a tool showed the model (a PDF or an image `read_file` opened, see
+//! `tools::files`; an image an MCP tool returned), in each API's terms. Only the reply they belong to carries their bytes (the worker fills
 //! them in for the turns after its question); elsewhere they are named in the result's
 //! text, so a later request costs none of their pages.
 //!
-//! - Messages API: `document` blocks inside the `tool_result`, after its text;
+//! - Messages API: `document` (a PDF) and `image` blocks inside the `tool_result`, after
+//!   its text;
 //! - Chat Completions (OpenAI, OpenRouter): a tool message holds text only, so a user
-//!   message with `file` parts follows the round's tool messages;
-//! - Responses API: the same message, its parts as `input_file` (see `responses.rs`).
+//!   message with `file` and `image_url` parts follows the round's tool messages;
+//! - Responses API: the same message, its parts as `input_file` and `input_image` (see
+//!   `responses.rs`).
 
 use serde_json::{json, Value};
 
-use crate::session::Turn;
+use crate::session::{Document, Turn};
 
 /// A tool result's text, with a note for each of its documents not attached.
 pub fn result_text(t: &Turn) -> String {
@@ -22,15 +24,24 @@ pub fn result_text(t: &Turn) -> String {
     text
 }
 
+/// Whether `d` is a picture (else a PDF).
+fn is_image(d: &Document) -> bool {
+    d.media_type.starts_with("image/")
+}
+
 /// A tool result's `content` for the Messages API: its text, or with documents attached,
-/// the text then a `document` block each.
+/// the text then a `document` or `image` block each.
 pub fn anthropic_result(t: &Turn) -> Value {
     let text = result_text(t);
     let mut blocks = Vec::new();
     for d in &t.documents {
         if let Some(data) = &d.data {
-            blocks.push(json!({"type": "document", "title": d.name,
-                "source": {"type": "base64", "media_type": d.media_type, "data": data}}));
+            let source = json!({"type": "base64", "media_type": d.media_type, "data": data});
+            blocks.push(if is_image(d) {
+                json!({"type": "image", "source": source})
+            } else {
+                json!({"type": "document", "title": d.name, "source": source})
+            });
         }
     }
     if blocks.is_empty() {
@@ -47,16 +58,20 @@ pub fn openai_follow_ups(messages: &mut Vec<Value>, turns: &[Turn]) {
         log::warn!("documents not attached: the messages do not match the turns");
         return;
     }
-    // (index of the run's last tool message, the parts to show after it)
-    let mut after: Vec<(usize, Vec<Value>)> = Vec::new();
+    // (index of the run's last tool message, the names and parts to show after it)
+    let mut after: Vec<(usize, Vec<(String, Value)>)> = Vec::new();
     for (i, t) in turns.iter().enumerate() {
-        let parts: Vec<Value> = t
+        let parts: Vec<(String, Value)> = t
             .documents
             .iter()
             .filter_map(|d| {
-                let data = d.data.as_ref()?;
-                Some(json!({"type": "file", "file": {"filename": d.name,
-                    "file_data": format!("data:{};base64,{data}", d.media_type)}}))
+                let url = format!("data:{};base64,{}", d.media_type, d.data.as_ref()?);
+                let part = if is_image(d) {
+                    json!({"type": "image_url", "image_url": {"url": url}})
+                } else {
+                    json!({"type": "file", "file": {"filename": d.name, "file_data": url}})
+                };
+                Some((d.name.clone(), part))
             })
             .collect();
         if parts.is_empty() {
@@ -72,13 +87,10 @@ pub fn openai_follow_ups(messages: &mut Vec<Value>, turns: &[Turn]) {
         }
     }
     for (end, files) in after.into_iter().rev() {
-        let names: Vec<&str> = files
-            .iter()
-            .filter_map(|f| f["file"]["filename"].as_str())
-            .collect();
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
         let mut parts = vec![json!({"type": "text",
             "text": format!("[attached by the tool results above: {}]", names.join(", "))})];
-        parts.extend(files);
+        parts.extend(files.into_iter().map(|(_, part)| part));
         messages.insert(end + 1, json!({"role": "user", "content": parts}));
     }
 }

@@ -844,8 +844,9 @@ fn run_together(r: ReplyCtx, batch: &[ToolCall], cancel: &Receiver<()>, history:
 }
 
 /// Fill the image blocks of `turns` with their bytes for a request, and the documents of
-/// the reply going on (see [`crate::shown`]).
-fn with_blob_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
+/// the reply going on (see [`crate::shown`]); `refused`: the model's server refused them
+/// (why), so they are named instead.
+fn with_blob_data(shared: &Shared, mut turns: Vec<Turn>, refused: Option<&str>) -> Vec<Turn> {
     // Documents go with the reply they belong to only (the turns after its question):
     // sent with every later request they would cost their pages' tokens each time. A file
     // read again in the same reply goes once.
@@ -862,7 +863,9 @@ fn with_blob_data(shared: &Shared, mut turns: Vec<Turn>) -> Vec<Turn> {
         if question.is_some_and(|q| i > q) {
             for d in &mut t.documents {
                 d.repeat = !attached.insert(d.blob.clone());
-                if !d.repeat {
+                if let Some(why) = refused {
+                    d.refused = Some(why.to_string());
+                } else if !d.repeat {
                     d.data = crate::blobs::load_base64(&shared.workspace, &d.blob, PDF_CAP as usize);
                 }
             }
@@ -922,6 +925,9 @@ fn rounds(
     } = r;
     // All the text the user has seen, across rounds.
     let mut shown = String::new();
+    // Why the model's server refused a request that carried the tools' documents (a
+    // model without vision sent an image): the reply goes on with them named instead.
+    let mut refused: Option<String> = None;
     for round in 0..shared.max_rounds {
         // Asked each round: a tool may have made an MCP server change its tools.
         let specs: Vec<ToolSpec> = shared.tools.specs_for(allowed);
@@ -936,7 +942,14 @@ fn rounds(
         let mut carried = crate::carry::Carried::default();
         // Anthropic paused a long turn of the tools it runs itself.
         let mut paused = false;
-        let window = with_blob_data(shared, stamped(context(history, shared.budget)));
+        let window = with_blob_data(
+            shared,
+            stamped(context(history, shared.budget)),
+            refused.as_deref(),
+        );
+        let attached = window
+            .iter()
+            .any(|t| t.documents.iter().any(|d| d.data.is_some()));
         let prompt = crate::llm::Prompt {
             cache: crate::prompt_cache::cache_marks(history, round),
             ..prompt
@@ -1015,6 +1028,17 @@ fn rounds(
                 return Ending::Complete(shown);
             }
             Round::Calls(calls) => calls,
+            Round::Failed(e) if attached && text.is_empty() && e.kind == ErrorKind::Request => {
+                log::warn!(
+                    "{}/{}: the model's server refused the request with the tools' files attached \
+                     ({}); asking again without them",
+                    session.channel,
+                    session.id,
+                    e.detail
+                );
+                refused = Some(crate::text::clip(&e.detail, 300));
+                continue;
+            }
             Round::Failed(e) => {
                 if !text.is_empty() {
                     persist(shared, session, history, Turn::new(Role::Assistant, text));

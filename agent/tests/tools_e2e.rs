@@ -708,9 +708,6 @@ fn tools_a_server_adds_are_offered_from_the_next_round() {
     }
 }
 
-/// An image a tool returns (a browser's screenshot) is a file of the workspace the model can
-/// send on, named by its content; like every file tool's path, an `mcp` folder that leads
-/// out of the workspace gets nothing.
 /// A file of `len` bytes that takes no disk (sparse), last changed `age_secs` ago.
 fn sparse_file(path: &std::path::Path, len: u64, age_secs: u64) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -720,6 +717,9 @@ fn sparse_file(path: &std::path::Path, len: u64, age_secs: u64) {
         .unwrap();
 }
 
+/// An image a tool returns (a browser's screenshot) is a file of the workspace the model can
+/// send on, named by its content; like every file tool's path, an `mcp` folder that leads
+/// out of the workspace gets nothing.
 #[test]
 fn an_image_a_tool_returns_is_a_workspace_file_never_one_outside() {
     let ws = TempDir::new("tools-mcp-image");
@@ -5297,7 +5297,7 @@ fn a_pdf_read_file_opens_reaches_claude_with_that_reply_only() {
         read_file["description"]
             .as_str()
             .unwrap()
-            .ends_with("A PDF is shown to you whole."),
+            .ends_with("A PDF is shown to you whole, an image (PNG, JPEG, GIF, WebP) as a picture."),
         "{read_file}"
     );
     let last = reqs[1].json()["messages"]
@@ -5337,6 +5337,189 @@ fn a_pdf_read_file_opens_reaches_claude_with_that_reply_only() {
     let blob = ws.join(".aegis/blobs").join(doc["blob"].as_str().unwrap());
     assert_eq!(std::fs::read(blob).unwrap(), pdf, "kept as it was read");
     assert!(doc.get("data").is_none(), "the bytes are not in the session file");
+}
+
+/// A small PNG, as a chart a command drew would be.
+fn png_bytes() -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    png.extend((0u8..=255).cycle().take(2000));
+    png
+}
+
+/// [ours] An image `read_file` opens, and one an MCP tool returns (a browser's
+/// screenshot), reach Claude as `image` blocks in the tools' results, in that reply only.
+#[test]
+fn an_image_read_or_returned_by_a_tool_is_shown_to_claude_in_that_reply() {
+    let ws = TempDir::new("tools-image-claude");
+    write_agent_json(&ws, json!({"mcp": {"fake": {"command": bin("fake-mcp")}}}));
+    std::fs::write(ws.join("chart.webp.png"), png_bytes()).unwrap();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(anthropic_tool_sse(
+            "",
+            &[
+                ("r1", "read_file", r#"{"path": "chart.webp.png"}"#),
+                ("r2", "fake_screenshot", "{}"),
+            ],
+            40,
+        )),
+        Reply::sse(anthropic_sse(&["A rising chart and a login page."])),
+        Reply::sse(anthropic_sse(&["As I said."])),
+    ]);
+    let a = agent(&ws, &anthropic(&llm));
+    a.send(&message("44", "what do the chart and the site look like?", "m1"));
+    assert_eq!(done_text(&a.reply()), "A rising chart and a login page.");
+    let reqs = llm.requests();
+    let described = reqs[0].json()["tools"].to_string();
+    assert!(
+        described.contains("an image (PNG, JPEG, GIF, WebP) as a picture."),
+        "{described}"
+    );
+    let last = reqs[1].json()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    let results = last["content"].as_array().unwrap();
+    let (read, shot) = (&results[0]["content"], &results[1]["content"]);
+    assert!(
+        read[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("chart.webp.png: a PNG image of 2 KB, attached"),
+        "{read}"
+    );
+    assert_eq!(read[1]["type"], "image", "{read}");
+    assert_eq!(read[1]["source"]["media_type"], "image/png");
+    assert_eq!(decoded(read[1]["source"]["data"].as_str().unwrap()), png_bytes());
+    assert!(
+        shot[0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("saved in the workspace as mcp/fake-"),
+        "{shot}"
+    );
+    assert_eq!(shot[1]["type"], "image", "{shot}");
+    assert_eq!(
+        decoded(shot[1]["source"]["data"].as_str().unwrap()),
+        aegis_e2e::agent::MCP_SCREENSHOT
+    );
+
+    a.send(&message("44", "and now?", "m2"));
+    assert_eq!(done_text(&a.reply()), "As I said.");
+    let later = llm.requests()[2].json()["messages"].to_string();
+    assert!(!later.contains("\"type\":\"image\""), "not sent again: {later}");
+    assert!(
+        later.contains("chart.webp.png was shown to you here; it is no longer attached"),
+        "{later}"
+    );
+}
+
+/// [ours] Chat Completions and the Responses API get an image a tool showed as an
+/// `image_url` / `input_image` part of the user message after the tools' results; a model
+/// whose server refuses it (no vision) gets the request again without it, and is told why;
+/// a server not known to take images is not sent one unless agent.json says.
+#[test]
+fn an_image_follows_the_tool_messages_and_a_server_that_refuses_it_is_asked_without() {
+    use aegis_e2e::llm::responses_sse;
+    for api in ["chat", "responses"] {
+        let read = [("r1", "read_file", r#"{"path": "plot.png"}"#)];
+        let replies = if api == "chat" {
+            vec![
+                Reply::sse(openai_tool_sse("", &read, 30)),
+                Reply::sse(openai_sse(&["A plot."])),
+            ]
+        } else {
+            vec![
+                Reply::sse(responses_sse(&[], &[], &read, (10, 0, 5))),
+                Reply::sse(responses_sse(&[], &["A plot."], &[], (10, 0, 5))),
+            ]
+        };
+        let llm = FakeLlm::scripted(replies);
+        let ws = TempDir::new("tools-image-openai");
+        std::fs::write(ws.join("plot.png"), png_bytes()).unwrap();
+        write_agent_json(&ws, json!({"tools": {"read_file": {"images": true}}}));
+        let mut env = openai(&llm).to_vec();
+        if api == "responses" {
+            env.push(("AEGIS_OPENAI_API", "responses".into()));
+        }
+        let a = agent(&ws, &env);
+        a.send(&message("45", "look at the plot", "m1"));
+        assert_eq!(done_text(&a.reply()), "A plot.", "{api}");
+        let body = llm.requests()[1].json();
+        let items = body["messages"].as_array().or(body["input"].as_array()).unwrap();
+        let follow_up = items.last().unwrap();
+        assert_eq!(follow_up["role"], "user", "{api}: {follow_up}");
+        let part = &follow_up["content"][1];
+        let url = if api == "chat" {
+            assert_eq!(part["type"], "image_url", "{api}: {part}");
+            part["image_url"]["url"].as_str().unwrap()
+        } else {
+            assert_eq!(part["type"], "input_image", "{api}: {part}");
+            part["image_url"].as_str().unwrap()
+        };
+        assert_eq!(
+            decoded(url.strip_prefix("data:image/png;base64,").unwrap()),
+            png_bytes(),
+            "{api}"
+        );
+    }
+
+    // A model without vision: its server refuses the request with the image.
+    let llm = FakeLlm::with(|req| {
+        let body = req.json().to_string();
+        if body.contains("\"type\":\"image_url\"") {
+            Reply::openai_no_vision()
+        } else if body.contains("\"role\":\"tool\"") {
+            Reply::sse(openai_sse(&["I cannot see images."]))
+        } else {
+            Reply::sse(openai_tool_sse(
+                "",
+                &[("r1", "read_file", r#"{"path": "plot.png"}"#)],
+                30,
+            ))
+        }
+    });
+    let ws = TempDir::new("tools-image-refused");
+    std::fs::write(ws.join("plot.png"), png_bytes()).unwrap();
+    write_agent_json(&ws, json!({"tools": {"read_file": {"images": true}}}));
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("46", "look at the plot", "m1"));
+    assert_eq!(done_text(&a.reply()), "I cannot see images.");
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 3, "asked once more, without the image");
+    let again = reqs[2].json().to_string();
+    assert!(!again.contains("\"type\":\"image_url\""), "{again}");
+    assert!(
+        again.contains(
+            "plot.png could not be shown to you: the model's server refused the request with it attached ("
+        ) && again.contains("image_url is only supported by certain models"),
+        "{again}"
+    );
+
+    // A server not known to take images (a local one) is not sent one, and says why.
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[("r1", "read_file", r#"{"path": "plot.png"}"#)],
+            30,
+        )),
+        Reply::sse(openai_sse(&["No picture."])),
+    ]);
+    let ws = TempDir::new("tools-image-local");
+    std::fs::write(ws.join("plot.png"), png_bytes()).unwrap();
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("47", "look at the plot", "m1"));
+    assert_eq!(done_text(&a.reply()), "No picture.");
+    let reqs = llm.requests();
+    assert!(!reqs[0].json()["tools"].to_string().contains("as a picture"));
+    let results = tool_results(&reqs[1]);
+    assert!(
+        results[0]
+            .1
+            .starts_with("error: plot.png is a PNG image, which this model's server is not sent"),
+        "{results:?}"
+    );
 }
 
 /// Chat Completions takes text only from a tool, so the PDF follows the round's tool

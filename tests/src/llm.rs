@@ -179,6 +179,17 @@ impl Reply {
         }
     }
 
+    /// OpenAI's 400 for an image sent to a model without vision (`o3-mini`).
+    pub fn openai_no_vision() -> Reply {
+        Reply::Status {
+            code: 400,
+            headers: vec![],
+            body: json!({"error": {"message": "Invalid content type. image_url is only supported by certain models.",
+                "type": "invalid_request_error", "param": "messages.[3].content.[1].type", "code": null}})
+            .to_string(),
+        }
+    }
+
     /// HTTP 401 for a bad key.
     pub fn unauthorized() -> Reply {
         Reply::Status {

@@ -56,25 +56,108 @@ fn partial(ws: &Workspace, path: &Path) -> Result<Vec<u8>, String> {
 /// Largest PDF `read_file` shows the model: its base64 goes in every request of the reply
 /// (a third larger), and the providers take 32 MB a request.
 pub const PDF_CAP: u64 = 10 * 1024 * 1024;
+/// Largest image `read_file` shows the model: Anthropic's API refuses larger ones.
+pub const IMAGE_CAP: u64 = 5 * 1024 * 1024;
 
-/// The file `read_file {path}` names, when it is a PDF (by its first bytes, whatever its
-/// name); any problem with the path is left for `read_file` to report.
-pub fn pdf_at(ws: &Workspace, args: &Value) -> Option<std::path::PathBuf> {
-    let path = ws.resolve(arg_str(args, "path").ok()?).ok()?;
-    let mut head = [0u8; 5];
-    crate::regular::open(&path).ok()?.read_exact(&mut head).ok()?;
-    (&head == b"%PDF-").then_some(path)
+/// A file `read_file` shows the model rather than reads to it as text, known by its
+/// first bytes whatever its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visual {
+    /// `%PDF-`: its pages, as text and images.
+    Pdf,
+    /// A PNG, JPEG, GIF or WebP image (its media type).
+    Image(&'static str),
 }
 
-/// `read_file` of the PDF at `path`: kept in the blob store as it is now, the document
-/// the model is shown with the result, and the result's text.
-pub fn show_pdf(ws: &Workspace, path: &Path) -> Result<(crate::session::Document, String), String> {
+impl Visual {
+    /// What the file's first bytes say it is, if one of these.
+    pub fn of(head: &[u8]) -> Option<Visual> {
+        if head.starts_with(b"%PDF-") {
+            return Some(Visual::Pdf);
+        }
+        crate::blobs::sniff(head).map(Visual::Image)
+    }
+
+    /// Its media type.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Visual::Pdf => "application/pdf",
+            Visual::Image(t) => t,
+        }
+    }
+
+    /// Largest file of the kind shown.
+    pub fn cap(self) -> u64 {
+        match self {
+            Visual::Pdf => PDF_CAP,
+            Visual::Image(_) => IMAGE_CAP,
+        }
+    }
+
+    /// The kind in words, for the model: "a PDF", "a PNG image".
+    pub fn described(self) -> String {
+        match self {
+            Visual::Pdf => "a PDF".into(),
+            Visual::Image(t) => format!("a {} image", crate::blobs::extension(t).to_uppercase()),
+        }
+    }
+
+    /// What the model can do instead when the file is not shown.
+    fn instead(self) -> &'static str {
+        match self {
+            Visual::Pdf => "extract its text with a command if the workspace has one (pdftotext)",
+            Visual::Image(_) => {
+                "describe it from its name and context, or make a smaller copy with a command if the workspace has one (convert -resize)"
+            }
+        }
+    }
+}
+
+/// The file `read_file {path}` names, when it is one it shows ([`Visual`]); any problem
+/// with the path is left for `read_file` to report.
+pub fn visual_at(ws: &Workspace, args: &Value) -> Option<(std::path::PathBuf, Visual)> {
+    let path = ws.resolve(arg_str(args, "path").ok()?).ok()?;
+    visual_of(&path).map(|v| (path, v))
+}
+
+/// What the file at `path` is by its first bytes, when one [`Visual`].
+pub fn visual_of(path: &Path) -> Option<Visual> {
+    let mut head = Vec::with_capacity(12);
+    crate::regular::open(path)
+        .ok()?
+        .take(12)
+        .read_to_end(&mut head)
+        .ok()?;
+    Visual::of(&head)
+}
+
+/// Why `read_file` does not show the `kind` file at `path` to this model.
+pub fn not_shown(ws: &Workspace, path: &Path, kind: Visual) -> String {
+    let switch = match kind {
+        Visual::Pdf => "pdf",
+        Visual::Image(_) => "images",
+    };
+    format!(
+        "{} is {}, which this model's server is not sent (Anthropic's, OpenAI's and OpenRouter's \
+         are; agent.json tools.read_file.{switch} turns it on for another); {}",
+        ws.display(path),
+        kind.described(),
+        kind.instead()
+    )
+}
+
+/// `read_file` of the `kind` file at `path`: kept in the blob store as it is now, the
+/// document the model is shown with the result, and the result's text.
+pub fn show(ws: &Workspace, path: &Path, kind: Visual) -> Result<(crate::session::Document, String), String> {
     let shown = ws.display(path);
-    let (blob, size) = crate::blobs::store_file(ws.root(), path, PDF_CAP).map_err(|e| {
+    let (blob, size) = crate::blobs::store_file(ws.root(), path, kind.cap()).map_err(|e| {
         if e.kind() == std::io::ErrorKind::InvalidData {
             format!(
-                "{shown} is a PDF too large to show you whole (at most {} MB); extract its text with a command if the workspace has one (pdftotext)",
-                PDF_CAP >> 20
+                "{shown} is {} too large to show you{} (at most {} MB); {}",
+                kind.described(),
+                if kind == Visual::Pdf { " whole" } else { "" },
+                kind.cap() >> 20,
+                kind.instead()
             )
         } else {
             format!("{shown}: {e}")
@@ -84,14 +167,20 @@ pub fn show_pdf(ws: &Workspace, path: &Path) -> Result<(crate::session::Document
         .file_name()
         .map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
     let document = crate::session::Document {
-        media_type: "application/pdf".into(),
+        media_type: kind.media_type().into(),
         name,
         blob,
         data: None,
         repeat: false,
+        refused: None,
+    };
+    let what = match kind {
+        Visual::Pdf => "attached to this result whole (its pages as text and images)",
+        Visual::Image(_) => "attached to this result",
     };
     let text = format!(
-        "{shown}: a PDF of {} KB, attached to this result whole (its pages as text and images).",
+        "{shown}: {} of {} KB, {what}.",
+        kind.described(),
         size.div_ceil(1024)
     );
     Ok((document, text))

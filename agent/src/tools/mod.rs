@@ -456,6 +456,9 @@ pub struct ToolConfig {
     /// `read_file` shows a PDF to the model whole: its server reads them (Anthropic's,
     /// OpenAI's, OpenRouter's), or agent.json `tools.read_file.pdf` says so.
     pub pdf: bool,
+    /// `read_file` shows an image to the model, and so does an MCP tool that returns one:
+    /// the same servers, or agent.json `tools.read_file.images`.
+    pub images: bool,
 }
 
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
@@ -495,6 +498,8 @@ pub struct Toolbox {
     guests: Option<guests::Guests>,
     /// `read_file` shows PDFs whole ([`ToolConfig::pdf`]).
     pdf: bool,
+    /// Images are shown to the model ([`ToolConfig::images`]).
+    show_images: bool,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -615,10 +620,35 @@ impl Toolbox {
             web_reach: Arc::clone(&config.web_reach),
             guests: config.guests.clone(),
             pdf: config.pdf,
+            show_images: config.images,
             workspace,
             builtins,
             mcp,
             memory,
+        }
+    }
+
+    /// Show the model the images an MCP tool returned (a browser's screenshot), saved in
+    /// the workspace at `saved`: its result names each already.
+    fn show_saved(&self, saved: Vec<String>, ctx: &mut CallContext) {
+        for at in saved {
+            let path = self.workspace.resolve(&at).map_err(|e| e.to_string());
+            let shown = path.and_then(|path| match files::visual_of(&path) {
+                Some(kind @ files::Visual::Image(_)) => files::show(&self.workspace, &path, kind),
+                _ => Err(format!("{at} is no image the model is shown")),
+            });
+            match shown {
+                Ok((document, _)) => ctx.shown.push(document),
+                Err(why) => log::info!("an MCP tool's image not shown to the model: {why}"),
+            }
+        }
+    }
+
+    /// Whether a file of `kind` is shown to this model.
+    fn shows(&self, kind: files::Visual) -> bool {
+        match kind {
+            files::Visual::Pdf => self.pdf,
+            files::Visual::Image(_) => self.show_images,
         }
     }
 
@@ -688,8 +718,15 @@ impl Toolbox {
             .filter(|&&b| b != Builtin::ActivateSkill || skills)
             .map(|&b| {
                 let mut spec = b.spec();
-                if b == Builtin::ReadFile && self.pdf {
-                    spec.description.push_str(" A PDF is shown to you whole.");
+                if b == Builtin::ReadFile {
+                    spec.description.push_str(match (self.pdf, self.show_images) {
+                        (true, true) => {
+                            " A PDF is shown to you whole, an image (PNG, JPEG, GIF, WebP) as a picture."
+                        }
+                        (true, false) => " A PDF is shown to you whole.",
+                        (false, true) => " An image (PNG, JPEG, GIF, WebP) is shown to you as a picture.",
+                        (false, false) => "",
+                    });
                 }
                 spec
             })
@@ -1016,8 +1053,14 @@ impl Toolbox {
             ));
         }
         let Some(builtin) = self.builtins.iter().find(|b| b.name() == call.name) else {
-            return match self.mcp.call(&call.name, args, cancel, ctx.user) {
-                Some(outcome) => outcome,
+            let saved = crate::mcp::Saved::default();
+            return match self.mcp.call(&call.name, args, cancel, ctx.user, &saved) {
+                Some(outcome) => {
+                    if self.show_images {
+                        self.show_saved(saved.into_inner(), ctx);
+                    }
+                    outcome
+                }
                 None => Outcome::Done(format!("error: unknown tool {:?}", call.name)),
             };
         };
@@ -1037,17 +1080,14 @@ impl Toolbox {
                     (Ok(c), _) => self.shell.run(c, cancel),
                 };
             }
-            Builtin::ReadFile => match files::pdf_at(ws, args) {
-                Some(path) if self.pdf => files::show_pdf(ws, &path).map(|(document, text)| {
-                    ctx.shown.push(document);
-                    text
-                }),
-                Some(path) => Err(format!(
-                    "{} is a PDF, which this model's server is not sent (Anthropic's, OpenAI's and \
-                     OpenRouter's are; agent.json tools.read_file.pdf turns it on for another); \
-                     extract its text with a command if the workspace has one (pdftotext)",
-                    ws.display(&path)
-                )),
+            Builtin::ReadFile => match files::visual_at(ws, args) {
+                Some((path, kind)) if self.shows(kind) => {
+                    files::show(ws, &path, kind).map(|(document, text)| {
+                        ctx.shown.push(document);
+                        text
+                    })
+                }
+                Some((path, kind)) => Err(files::not_shown(ws, &path, kind)),
                 None => files::read_file(ws, args),
             },
             Builtin::WriteFile => files::write_file(ws, args),
