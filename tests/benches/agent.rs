@@ -125,6 +125,7 @@ fn main() {
     web_fetch_overhead(&agent, "localhost");
     fetches_in_one_round(&agent);
     pdf_shown(&agent);
+    image_shown(&agent);
     cancel_during_tool(&agent);
     let stdio = serde_json::json!({"command": env!("CARGO_BIN_EXE_fake-mcp")});
     tool_overhead(
@@ -624,6 +625,28 @@ fn pdf_shown(agent: &Path) {
     );
 }
 
+/// `read_file` of a 1 MB PNG shown as a picture (agent.json turns images on for the
+/// stand-in), timed as [`pdf_shown`].
+fn image_shown(agent: &Path) {
+    let ws = temp_dir("bench-tool");
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    png.extend((0u32..1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    std::fs::write(ws.join("chart.png"), png).unwrap();
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    std::fs::write(
+        ws.join(".aegis/agent.json"),
+        serde_json::json!({"tools": {"read_file": {"images": true}}}).to_string(),
+    )
+    .unwrap();
+    tool_overhead_with(
+        agent,
+        &ws,
+        &[("read_file", r#"{"path": "chart.png"}"#)],
+        "a 1 MB PNG shown",
+        &[],
+    );
+}
+
 /// The time from the model's response asking for `calls` to the request with their
 /// results, over 50 messages, in the workspace `ws` (set up by the caller).
 fn tool_overhead_with(
@@ -651,9 +674,11 @@ fn tool_overhead_with(
         // attached follows them.
         let attaching = |m: &&serde_json::Value| {
             m["role"] == "user"
-                && m["content"]
-                    .as_array()
-                    .is_some_and(|parts| parts.iter().any(|p| p["type"] == "file"))
+                && m["content"].as_array().is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .any(|p| p["type"] == "file" || p["type"] == "image_url")
+                })
         };
         let after_tool = req.json()["messages"]
             .as_array()
