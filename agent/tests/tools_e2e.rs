@@ -5522,6 +5522,102 @@ fn an_image_follows_the_tool_messages_and_a_server_that_refuses_it_is_asked_with
     );
 }
 
+/// [ours] `web_fetch` of a PDF (a paper's link, also one served as a download without a
+/// name) or an image is shown to the model as `read_file` shows one, in that reply's
+/// requests only; one too large, or for a server not sent them, says what to do instead.
+#[test]
+fn a_pdf_or_an_image_web_fetch_gets_is_shown_to_the_model() {
+    let mut big = pdf_bytes();
+    big.resize(10 * 1024 * 1024 + 10, b' ');
+    let site = aegis_e2e::http::Server::start(move |req, resp| {
+        let (kind, body) = match req.path.as_str() {
+            "/pdf/2401.12345" => ("application/pdf", pdf_bytes()),
+            "/get?id=7" => ("application/octet-stream", pdf_bytes()),
+            "/plot.png" => ("image/png", png_bytes()),
+            "/big.pdf" => ("application/pdf", big.clone()),
+            _ => ("text/plain", b"gone".to_vec()),
+        };
+        resp.send(200, &[("content-type", kind)], &body)
+    });
+    let url = |p: &str| json!({"url": format!("http://127.0.0.1:{}{p}", site.port())}).to_string();
+    let calls = [
+        url("/pdf/2401.12345"),
+        url("/get?id=7"),
+        url("/plot.png"),
+        url("/big.pdf"),
+    ];
+    let calls: Vec<(String, &str, &str)> = calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (format!("f{i}"), "web_fetch", c.as_str()))
+        .collect();
+    let calls: Vec<(&str, &str, &str)> = calls.iter().map(|(i, t, a)| (i.as_str(), *t, *a)).collect();
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(anthropic_tool_sse("", &calls, 40)),
+        Reply::sse(anthropic_sse(&["A paper, the same paper, a plot."])),
+        Reply::sse(anthropic_tool_sse("", &calls[..1], 40)),
+        Reply::sse(anthropic_sse(&["Not for this model."])),
+    ]);
+    let ws = TempDir::new("tools-fetch-visual");
+    let mut env = anthropic(&llm).to_vec();
+    env.push(("AEGIS_WEB_PRIVATE_HOSTS", "127.0.0.1".into()));
+    let a = agent(&ws, &env);
+    a.send(&message("48", "what are these?", "m1"));
+    assert_eq!(done_text(&a.reply()), "A paper, the same paper, a plot.");
+    let described = llm.requests()[0].json()["tools"].to_string();
+    assert!(
+        described.contains("(HTML reduced to readable text), up to 10,000 characters. A PDF or an image is shown to you instead."),
+        "{described}"
+    );
+    let last = llm.requests()[1].json()["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .cloned()
+        .unwrap();
+    let results = last["content"].as_array().unwrap();
+    let shown = |i: usize| results[i]["content"].clone();
+    let (paper, download, plot, big) = (shown(0), shown(1), shown(2), shown(3));
+    assert!(
+        paper[0]["text"].as_str().unwrap().ends_with(
+            "/pdf/2401.12345: a PDF of 3 KB, attached to this result whole (its pages as text and images)."
+        ),
+        "{paper}"
+    );
+    assert_eq!(
+        (&paper[1]["type"], &paper[1]["title"]),
+        (&json!("document"), &json!("2401.12345.pdf"))
+    );
+    assert_eq!(decoded(paper[1]["source"]["data"].as_str().unwrap()), pdf_bytes());
+    // The download is the same file: named, not attached twice.
+    let download = download.as_str().unwrap_or_else(|| panic!("{download}"));
+    assert!(
+        download.ends_with("/get?id=7: a PDF of 3 KB, attached to this result whole (its pages as text and images).\n\n[get.pdf: the same file as attached above]"),
+        "{download}"
+    );
+    assert_eq!(plot[1]["type"], "image", "{plot}");
+    assert_eq!(decoded(plot[1]["source"]["data"].as_str().unwrap()), png_bytes());
+    let big = big.as_str().unwrap_or_else(|| panic!("{big}"));
+    assert!(
+        big.starts_with("error: ")
+            && big.contains("/big.pdf is a PDF larger than 10 MB, too large to show you; download it"),
+        "{big}"
+    );
+
+    // A server not sent PDFs: the model is told why, and what to do.
+    write_agent_json(&ws, json!({"tools": {"read_file": {"pdf": false}}}));
+    let a = agent(&ws, &env);
+    a.send(&message("48", "and this one?", "m2"));
+    assert_eq!(done_text(&a.reply()), "Not for this model.");
+    let said = tool_results(&llm.requests()[3]).last().unwrap().1.clone();
+    assert!(
+        said.contains(
+            "/pdf/2401.12345 is a PDF, which this model's server is not sent (see read_file); download it"
+        ),
+        "{said}"
+    );
+}
+
 /// Chat Completions takes text only from a tool, so the PDF follows the round's tool
 /// messages as a user message with a `file` part; the Responses API gets it as an
 /// `input_file`. agent.json turns PDFs on for a server not known to read them.

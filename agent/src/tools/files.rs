@@ -113,6 +113,45 @@ impl Visual {
     }
 }
 
+/// Which [`Visual`] files the model is shown (its server takes them, or agent.json says).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ModelSees {
+    /// PDFs, whole.
+    pub pdf: bool,
+    /// Images, as pictures.
+    pub images: bool,
+}
+
+impl ModelSees {
+    /// Whether a file of `kind` is shown to the model.
+    pub fn sees(self, kind: Visual) -> bool {
+        match kind {
+            Visual::Pdf => self.pdf,
+            Visual::Image(_) => self.images,
+        }
+    }
+}
+
+/// A `kind` file named `name` that came as `bytes` (`web_fetch` got it), kept in the blob
+/// store: the document the model is shown with the result.
+pub fn document_of(
+    ws: &Workspace,
+    kind: Visual,
+    name: String,
+    bytes: &[u8],
+) -> Result<crate::session::Document, String> {
+    let blob =
+        crate::blobs::store_as(ws.root(), "bin", bytes).map_err(|e| format!("cannot keep {name}: {e}"))?;
+    Ok(crate::session::Document {
+        media_type: kind.media_type().into(),
+        name,
+        blob,
+        data: None,
+        repeat: false,
+        refused: None,
+    })
+}
+
 /// The file `read_file {path}` names, when it is one it shows ([`Visual`]); any problem
 /// with the path is left for `read_file` to report.
 pub fn visual_at(ws: &Workspace, args: &Value) -> Option<(std::path::PathBuf, Visual)> {

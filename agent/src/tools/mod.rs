@@ -496,10 +496,9 @@ pub struct Toolbox {
     web_reach: Arc<reach::Reach>,
     /// Who gets which tools.
     guests: Option<guests::Guests>,
-    /// `read_file` shows PDFs whole ([`ToolConfig::pdf`]).
-    pdf: bool,
-    /// Images are shown to the model ([`ToolConfig::images`]).
-    show_images: bool,
+    /// Which PDFs and images `read_file`, `web_fetch` and MCP tools show the model
+    /// ([`ToolConfig::pdf`], [`ToolConfig::images`]).
+    sees: files::ModelSees,
 }
 
 /// What tools attached to a reply, sent with its `assistant.done`.
@@ -619,8 +618,10 @@ impl Toolbox {
             model_menu: config.model_menu,
             web_reach: Arc::clone(&config.web_reach),
             guests: config.guests.clone(),
-            pdf: config.pdf,
-            show_images: config.images,
+            sees: files::ModelSees {
+                pdf: config.pdf,
+                images: config.images,
+            },
             workspace,
             builtins,
             mcp,
@@ -641,14 +642,6 @@ impl Toolbox {
                 Ok((document, _)) => ctx.shown.push(document),
                 Err(why) => log::info!("an MCP tool's image not shown to the model: {why}"),
             }
-        }
-    }
-
-    /// Whether a file of `kind` is shown to this model.
-    fn shows(&self, kind: files::Visual) -> bool {
-        match kind {
-            files::Visual::Pdf => self.pdf,
-            files::Visual::Image(_) => self.show_images,
         }
     }
 
@@ -718,15 +711,25 @@ impl Toolbox {
             .filter(|&&b| b != Builtin::ActivateSkill || skills)
             .map(|&b| {
                 let mut spec = b.spec();
+                if b == Builtin::WebFetch {
+                    spec.description
+                        .push_str(match (self.sees.pdf, self.sees.images) {
+                            (true, true) => " A PDF or an image is shown to you instead.",
+                            (true, false) => " A PDF is shown to you whole instead.",
+                            (false, true) => " An image is shown to you instead.",
+                            (false, false) => "",
+                        });
+                }
                 if b == Builtin::ReadFile {
-                    spec.description.push_str(match (self.pdf, self.show_images) {
-                        (true, true) => {
-                            " A PDF is shown to you whole, an image (PNG, JPEG, GIF, WebP) as a picture."
-                        }
-                        (true, false) => " A PDF is shown to you whole.",
-                        (false, true) => " An image (PNG, JPEG, GIF, WebP) is shown to you as a picture.",
-                        (false, false) => "",
-                    });
+                    spec.description
+                        .push_str(match (self.sees.pdf, self.sees.images) {
+                            (true, true) => {
+                                " A PDF is shown to you whole, an image (PNG, JPEG, GIF, WebP) as a picture."
+                            }
+                            (true, false) => " A PDF is shown to you whole.",
+                            (false, true) => " An image (PNG, JPEG, GIF, WebP) is shown to you as a picture.",
+                            (false, false) => "",
+                        });
                 }
                 spec
             })
@@ -1056,7 +1059,7 @@ impl Toolbox {
             let saved = crate::mcp::Saved::default();
             return match self.mcp.call(&call.name, args, cancel, ctx.user, &saved) {
                 Some(outcome) => {
-                    if self.show_images {
+                    if self.sees.images {
                         self.show_saved(saved.into_inner(), ctx);
                     }
                     outcome
@@ -1081,7 +1084,7 @@ impl Toolbox {
                 };
             }
             Builtin::ReadFile => match files::visual_at(ws, args) {
-                Some((path, kind)) if self.shows(kind) => {
+                Some((path, kind)) if self.sees.sees(kind) => {
                     files::show(ws, &path, kind).map(|(document, text)| {
                         ctx.shown.push(document);
                         text
@@ -1098,9 +1101,20 @@ impl Toolbox {
             Builtin::ActivateSkill => arg_str(args, "name").and_then(|n| self.skills.activate(n, false)),
             Builtin::WebFetch => {
                 let reach = Arc::clone(&self.web_reach);
-                return cancellable(args.clone(), cancel, move |args, abandoned| {
-                    web::fetch(args, abandoned, &reach)
+                let sees = self.sees;
+                let fetched = off_thread(args.clone(), cancel, move |args, abandoned| {
+                    web::fetch(args, abandoned, &reach, |kind| sees.sees(kind))
                 });
+                let Some(fetched) = fetched else {
+                    return Outcome::Cancelled;
+                };
+                fetched.and_then(|(text, got)| {
+                    if let Some(got) = got {
+                        ctx.shown
+                            .push(files::document_of(ws, got.kind, got.name, &got.bytes)?);
+                    }
+                    Ok(text)
+                })
             }
             Builtin::WebSearch | Builtin::ImageSearch => {
                 let images = *builtin == Builtin::ImageSearch;

@@ -1,4 +1,6 @@
-//! The `web_fetch` tool: one HTTP(S) GET, the body reduced to readable text.
+//! The `web_fetch` tool: one HTTP(S) GET, the body reduced to readable text; [ours] a
+//! PDF or an image (a paper's link, a picture's) shown to the model as `read_file` shows
+//! one of the workspace, where its server takes them.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -6,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::files::Visual;
 use super::reach::Reach;
 use super::{arg_str, cap_text, Abandoned};
 
@@ -17,9 +20,26 @@ const BODY_CAP: u64 = 2 * 1024 * 1024;
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;
 
+/// A PDF or an image `web_fetch` got, for the model to be shown.
+#[derive(Debug)]
+pub struct Got {
+    /// What it is.
+    pub kind: Visual,
+    /// Its name, from the URL (`2401.12345.pdf`).
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// `web_fetch {url}`, reaching only what `reach` allows; its connection closes when the
-/// call is `abandoned`.
-pub fn fetch(args: &Value, abandoned: &Abandoned, reach: &Arc<Reach>) -> Result<String, String> {
+/// call is `abandoned`. A PDF or an image the model is shown (`shows` says which) comes
+/// back whole, with the text that names it.
+pub fn fetch(
+    args: &Value,
+    abandoned: &Abandoned,
+    reach: &Arc<Reach>,
+    shows: impl Fn(Visual) -> bool,
+) -> Result<(String, Option<Got>), String> {
     let first = arg_str(args, "url")?.trim();
     let mut url = first.to_string();
     let mut hops = 0;
@@ -48,17 +68,23 @@ pub fn fetch(args: &Value, abandoned: &Abandoned, reach: &Arc<Reach>) -> Result<
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let mut body = Vec::new();
-    resp.into_body()
-        .into_reader()
-        .take(BODY_CAP)
-        .read_to_end(&mut body)
-        .map_err(|e| format!("reading {url} failed: {e}"))?;
     let textual = content_type.is_empty()
         || content_type.starts_with("text/")
         || content_type.contains("json")
         || content_type.contains("xml")
         || content_type.contains("javascript");
+    // Anything else may be a PDF or an image (also one served as a download): read as
+    // far as the larger of them may go, and know it by its first bytes.
+    let cap = if textual { BODY_CAP } else { Visual::Pdf.cap() + 1 };
+    let mut body = Vec::new();
+    resp.into_body()
+        .into_reader()
+        .take(cap)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("reading {url} failed: {e}"))?;
+    if let Some(kind) = Visual::of(&body[..body.len().min(12)]).filter(|_| !textual) {
+        return visual(url, status, kind, body, &shows).map(|(text, got)| (text, Some(got)));
+    }
     if !textual || body[..body.len().min(8192)].contains(&0) {
         return Err(format!(
             "{url} is not text ({content_type}, {} bytes)",
@@ -77,7 +103,75 @@ pub fn fetch(args: &Value, abandoned: &Abandoned, reach: &Arc<Reach>) -> Result<
     if status >= 400 {
         return Err(format!("HTTP {status} from {url}\n{text}"));
     }
-    Ok(text)
+    Ok((text, None))
+}
+
+/// The `kind` file `url` answered with `body`: shown to the model when `shows` says and
+/// it is not too large.
+fn visual(
+    url: &str,
+    status: u16,
+    kind: Visual,
+    body: Vec<u8>,
+    shows: &impl Fn(Visual) -> bool,
+) -> Result<(String, Got), String> {
+    let what = kind.described();
+    if status >= 400 {
+        return Err(format!("HTTP {status} from {url} ({what})"));
+    }
+    let save = "download it into the workspace with bash (curl -o) to work on it with a command";
+    if !shows(kind) {
+        return Err(format!(
+            "{url} is {what}, which this model's server is not sent (see read_file); {save}"
+        ));
+    }
+    if body.len() as u64 > kind.cap() {
+        return Err(format!(
+            "{url} is {what} larger than {} MB, too large to show you; {save}",
+            kind.cap() >> 20
+        ));
+    }
+    let name = name_of(url, kind);
+    let text = format!(
+        "{url}: {what} of {} KB, attached to this result{}.",
+        body.len().div_ceil(1024),
+        if kind == Visual::Pdf {
+            " whole (its pages as text and images)"
+        } else {
+            ""
+        }
+    );
+    Ok((
+        text,
+        Got {
+            kind,
+            name,
+            bytes: body,
+        },
+    ))
+}
+
+/// A file name for what `url` served: its path's last part, with the extension of its
+/// kind when it has none (arXiv's `/pdf/2401.12345` is `2401.12345.pdf`).
+fn name_of(url: &str, kind: Visual) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let after_host = path.split_once("://").map_or(path, |(_, rest)| rest);
+    let last = after_host
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("download");
+    let ext = match kind {
+        Visual::Pdf => "pdf",
+        Visual::Image(t) => crate::blobs::extension(t),
+    };
+    let lower = last.to_ascii_lowercase();
+    let has_ext = lower.ends_with(&format!(".{ext}")) || (ext == "jpg" && lower.ends_with(".jpeg"));
+    let name: String = last.chars().take(100).collect();
+    if has_ext {
+        name
+    } else {
+        format!("{name}.{ext}")
+    }
 }
 
 /// One GET of `url`, redirects not followed, through a client (and a proxy, chosen for
