@@ -2322,6 +2322,140 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// [ours] `image_generate` with `images` makes the picture from files of the workspace (a
+/// photo someone sent, a logo): OpenAI's edits endpoint gets them as `image[]` parts of a
+/// form; files that are no PNG, JPEG or WebP, or outside the workspace, never leave.
+#[test]
+fn image_generate_makes_a_picture_from_workspace_images() {
+    use aegis_e2e::openai_images::{fake_image, FakeImages};
+    let images = FakeImages::start("sk-openai");
+    let two = r#"{"prompt": "put the logo on the cat's hat", "images": ["inbox/photo-1e8f927ea0c2.jpg", "logo.png"]}"#;
+    let llm = FakeLlm::scripted(vec![
+        Reply::sse(openai_tool_sse(
+            "",
+            &[
+                ("e1", "image_generate", two),
+                (
+                    "e2",
+                    "image_generate",
+                    r#"{"prompt": "x", "images": ["anim.gif"]}"#,
+                ),
+                (
+                    "e3",
+                    "image_generate",
+                    r#"{"prompt": "x", "images": ["../../etc/passwd"]}"#,
+                ),
+                ("e4", "image_generate", r#"{"prompt": "x", "images": "logo.png"}"#),
+            ],
+            9,
+        )),
+        Reply::sse(openai_sse(&["Here is your cat."])),
+        Reply::sse(openai_tool_sse(
+            "",
+            &[(
+                "e5",
+                "image_generate",
+                r#"{"prompt": "x", "images": ["logo.png"]}"#,
+            )],
+            9,
+        )),
+        Reply::sse(openai_sse(&["DALL-E 3 cannot."])),
+    ]);
+    let ws = TempDir::new("tools-image-edit");
+    // A photo sent to the agent: with image_generate the only tool that can use its file,
+    // it is copied into inbox/ all the same.
+    let photo = vec![0xff, 0xd8, 0xff, 0xe0, b'c', b'a', b't'];
+    let photo_msg = Frame::user_message_with_images(
+        Session::new("telegram", "49"),
+        "put my logo on the cat's hat",
+        None,
+        vec![tether::frame::Image {
+            media_type: "image/jpeg".into(),
+            data: Some("/9j/4GNhdA==".into()),
+            ..Default::default()
+        }],
+    )
+    .with_msg_id("m1");
+    let logo = fake_image("png", 1000);
+    std::fs::write(ws.join("logo.png"), &logo).unwrap();
+    std::fs::write(ws.join("anim.gif"), b"GIF89a and the rest").unwrap();
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "MY_OPENAI"}}}),
+    );
+    let mut env = openai(&llm).to_vec();
+    env.push(("MY_OPENAI", "sk-openai".into()));
+    env.push(("OPENAI_IMAGES_BASE_URL", images.base_url()));
+    env.push(("AEGIS_TOOLS", "image_generate".into()));
+    let a = agent(&ws, &env);
+    a.send(&photo_msg);
+    let frames = a.reply();
+    assert_eq!(done_text(&frames), "Here is your cat.");
+    assert_eq!(done_images(&frames).len(), 1);
+    let results = tool_results(&llm.requests()[1]);
+    let made: Value = serde_json::from_str(&results[0].1).unwrap_or_else(|_| panic!("{results:?}"));
+    assert_eq!(
+        made["made_from"],
+        json!(["photo-1e8f927ea0c2.jpg", "logo.png"]),
+        "{made}"
+    );
+    assert_eq!(
+        results[1].1,
+        "error: anim.gif is image/gif; make a PNG of it first (convert)"
+    );
+    assert!(
+        results[2].1.starts_with("error: ") && results[2].1.contains("outside the workspace"),
+        "{}",
+        results[2].1
+    );
+    assert!(
+        results[3]
+            .1
+            .starts_with("error: images must be a list of workspace paths"),
+        "{}",
+        results[3].1
+    );
+    let edits = images.requests();
+    assert_eq!(edits.len(), 1, "only the good call reached OpenAI");
+    assert_eq!(
+        edits[0].body,
+        json!({"model": "gpt-image-1", "prompt": "put the logo on the cat's hat", "n": "1", "size": "1024x1024",
+               "output_format": "jpeg", "output_compression": "90"})
+    );
+    let sent: Vec<(&str, &str, &str, &[u8])> = edits[0]
+        .uploads
+        .iter()
+        .map(|(f, n, t, b)| (f.as_str(), n.as_str(), t.as_str(), b.as_slice()))
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (
+                "image[]",
+                "photo-1e8f927ea0c2.jpg",
+                "image/jpeg",
+                photo.as_slice()
+            ),
+            ("image[]", "logo.png", "image/png", logo.as_slice())
+        ]
+    );
+
+    // A model that edits nothing: OpenAI's words reach the model.
+    write_agent_json(
+        &ws,
+        json!({"tools": {"image_generate": {"openai_api_key_env": "MY_OPENAI", "model": "dall-e-3"}}}),
+    );
+    let a = agent(&ws, &env);
+    a.send(&message("49", "again with DALL-E", "m2"));
+    assert_eq!(done_text(&a.reply()), "DALL-E 3 cannot.");
+    let said = tool_results(&llm.requests()[3]).last().unwrap().1.clone();
+    assert!(
+        said.contains("Invalid value: 'dall-e-3'. Value must be 'dall-e-2'."),
+        "{said}"
+    );
+    assert_eq!(images.requests()[1].uploads[0].0, "image", "DALL-E's field");
+}
+
 #[test]
 fn image_generate_attaches_a_jpeg_from_openai_with_a_key_bash_cannot_see() {
     use aegis_e2e::openai_images::{fake_image, FakeImages, FORBIDDEN};

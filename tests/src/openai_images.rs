@@ -1,4 +1,6 @@
-//! A stand-in for the OpenAI Images API (`POST /v1/images/generations`): the bearer key
+//! A stand-in for the OpenAI Images API (`POST /v1/images/generations`, and
+//! `POST /v1/images/edits` with its multipart form of fields and `image[]` files: a model
+//! that takes no images, a file of another type, none at all are refused): the bearer key
 //! check (401 `invalid_api_key`), each model family's parameters and sizes (400
 //! `unknown_parameter`, `invalid_value`), the safety system's refusal (400
 //! `moderation_blocked`), the rate limit (429 `rate_limit_exceeded` with `retry-after` and
@@ -25,13 +27,16 @@ use crate::http::{Request, Responder, Server};
 /// A prompt containing this is refused by the "safety system".
 pub const FORBIDDEN: &str = "FORBIDDEN";
 
-/// A recorded request: its JSON body and the bearer key sent.
+/// A recorded request: its JSON body (an edit's text fields, as strings) and the bearer
+/// key sent.
 #[derive(Debug, Clone)]
 pub struct Generation {
     /// The request body.
     pub body: Value,
     /// The `Authorization: Bearer` key, if any.
     pub key: Option<String>,
+    /// An edit's files: field, file name, content type, bytes.
+    pub uploads: Vec<(String, String, String, Vec<u8>)>,
 }
 
 /// The stand-in.
@@ -143,18 +148,44 @@ impl FakeImages {
                 }
                 return resp.json(200, &model_list(&MODELS, &gone.lock().unwrap()));
             }
-            if (req.method.as_str(), req.path.as_str()) != ("POST", "/v1/images/generations") {
-                let msg = format!("Invalid URL ({} {})", req.method, req.path);
-                return error(resp, 404, &msg, "invalid_request_error", None, "");
-            }
+            let edit = match (req.method.as_str(), req.path.as_str()) {
+                ("POST", "/v1/images/generations") => false,
+                ("POST", "/v1/images/edits") => true,
+                _ => {
+                    let msg = format!("Invalid URL ({} {})", req.method, req.path);
+                    return error(resp, 404, &msg, "invalid_request_error", None, "");
+                }
+            };
             let sent = req
                 .header("authorization")
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .map(str::to_string);
-            let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+            let (body, uploads) = if edit {
+                let Some(parts) = crate::http::multipart(&req) else {
+                    let msg = "Invalid Content-Type header (application/json), expected multipart/form-data.";
+                    return error(resp, 400, msg, "invalid_request_error", None, "invalid_value");
+                };
+                let mut fields = serde_json::Map::new();
+                let mut files = Vec::new();
+                for p in parts {
+                    match p.filename {
+                        Some(name) => files.push((p.name, name, p.content_type.unwrap_or_default(), p.data)),
+                        None => {
+                            fields.insert(p.name, String::from_utf8_lossy(&p.data).into_owned().into());
+                        }
+                    }
+                }
+                (Value::Object(fields), files)
+            } else {
+                (
+                    serde_json::from_slice(&req.body).unwrap_or(Value::Null),
+                    Vec::new(),
+                )
+            };
             log.lock().unwrap().push(Generation {
                 body: body.clone(),
                 key: sent.clone(),
+                uploads: uploads.clone(),
             });
             if sent.as_deref() != Some(key) {
                 let shown = sent.as_deref().map_or("".into(), |k| {
@@ -185,6 +216,12 @@ impl FakeImages {
                 ];
                 return error_with(resp, 429, &headers, &msg, "requests", None, "rate_limit_exceeded");
             }
+            if edit {
+                if let Some(refusal) = refused_edit(&body, &uploads) {
+                    let (msg, param, code) = refusal;
+                    return error(resp, 400, &msg, "invalid_request_error", Some(param), code);
+                }
+            }
             if drawing.load(Ordering::SeqCst) && resp.closed_within(Duration::from_secs(60)) {
                 left.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -213,6 +250,43 @@ impl FakeImages {
     pub fn requests(&self) -> Vec<Generation> {
         self.requests.lock().unwrap().clone()
     }
+}
+
+/// Why OpenAI refuses an edit (message, param, code): DALL-E 3 edits nothing, DALL-E 2
+/// one PNG, GPT image models PNG, JPEG or WebP files in `image` or `image[]`.
+fn refused_edit(
+    body: &Value,
+    uploads: &[(String, String, String, Vec<u8>)],
+) -> Option<(String, &'static str, &'static str)> {
+    let model = body["model"].as_str().unwrap_or("dall-e-2");
+    if !(model == "dall-e-2" || model.starts_with("gpt-image")) {
+        return Some((
+            format!("Invalid value: '{model}'. Value must be 'dall-e-2'."),
+            "model",
+            "invalid_value",
+        ));
+    }
+    let images: Vec<_> = uploads
+        .iter()
+        .filter(|u| u.0 == "image" || u.0 == "image[]")
+        .collect();
+    if images.is_empty() {
+        return Some((
+            "Missing required parameter: 'image'.".into(),
+            "image",
+            "missing_required_parameter",
+        ));
+    }
+    for (_, _, kind, _) in &images {
+        if !["image/png", "image/jpeg", "image/webp"].contains(&kind.as_str()) {
+            return Some((
+                format!("Invalid file 'image': unsupported mimetype ('{kind}'). Supported file formats are 'image/jpeg', 'image/png', and 'image/webp'."),
+                "image",
+                "unsupported_file_mimetype",
+            ));
+        }
+    }
+    None
 }
 
 /// The answer to a well-authorised request: a refusal of what this model does not take,

@@ -391,6 +391,59 @@ pub fn unified_diff(name: &str, old: &str, new: &str) -> String {
     out
 }
 
+/// Images `image_generate` makes a picture from, at most (OpenAI's limit).
+const EDIT_INPUTS: usize = 16;
+/// Largest image it sends (OpenAI takes 50 MB; a photo from a chat is well under 1 MB).
+const EDIT_CAP: u64 = 20 * 1024 * 1024;
+
+/// `image_generate`'s `images`: each a PNG, JPEG or WebP file of the workspace (by its
+/// first bytes), read for the form field `field`. None given: none.
+pub fn edit_inputs(
+    ws: &Workspace,
+    args: &Value,
+    field: &'static str,
+) -> Result<Vec<super::retry::Upload>, String> {
+    let paths = match args.get("images") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(a)) => a,
+        Some(other) => return Err(format!("images must be a list of workspace paths, got {other}")),
+    };
+    if paths.len() > EDIT_INPUTS {
+        return Err(format!("at most {EDIT_INPUTS} images, not {}", paths.len()));
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let given = p
+                .as_str()
+                .ok_or_else(|| format!("images must be paths (strings), got {p}"))?;
+            let path = ws.resolve(given).map_err(|e| e.to_string())?;
+            let shown = ws.display(&path);
+            let mut bytes = Vec::new();
+            crate::regular::open(&path)
+                .and_then(|f| f.take(EDIT_CAP + 1).read_to_end(&mut bytes))
+                .map_err(|e| format!("{shown}: {e}"))?;
+            if bytes.len() as u64 > EDIT_CAP {
+                return Err(format!("{shown} is larger than {} MB", EDIT_CAP >> 20));
+            }
+            let media_type = match crate::blobs::sniff(&bytes) {
+                Some(t @ ("image/png" | "image/jpeg" | "image/webp")) => t,
+                Some(t) => return Err(format!("{shown} is {t}; make a PNG of it first (convert)")),
+                None => return Err(format!("{shown} is not a PNG, JPEG or WebP image")),
+            };
+            let name = path
+                .file_name()
+                .map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
+            Ok(super::retry::Upload {
+                field,
+                name,
+                media_type,
+                bytes,
+            })
+        })
+        .collect()
+}
+
 /// Largest image `respond_with_image` attaches: its base64 must fit a 1 MiB tether line.
 pub const ATTACH_CAP: u64 = 700 * 1024;
 

@@ -1,5 +1,8 @@
 //! `image_generate`: a picture from the OpenAI Images API (`POST {base}/images/generations`),
 //! as upstream AegisVM's agent makes it, attached to the reply like `respond_with_image`.
+//! [ours] With `images` (files of the workspace: a photo someone sent, a picture a tool
+//! made), the picture is made from them (`POST {base}/images/edits`, multipart): "put a
+//! hat on my cat", "combine these two logos".
 //!
 //! GPT image models are asked for JPEG: Telegram recompresses every photo to JPEG anyway,
 //! and a JPEG of 1024x1024 fits the tether's 1 MiB line (base64) where a PNG of it often
@@ -17,7 +20,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::retry::{Post, Refused};
+use super::retry::{Body, Post, Refused, Upload};
 use super::{arg_str, transport, Abandoned};
 use crate::blobs;
 
@@ -135,6 +138,40 @@ impl ImageGen {
         body
     }
 
+    /// The request for `prompt` at `size` from `model`: JSON to make a picture, a form
+    /// with the `inputs` to make one from them.
+    fn request<'a>(model: &str, prompt: &str, size: &str, inputs: &'a [Upload]) -> Body<'a> {
+        let body = Self::body(model, prompt, size);
+        if inputs.is_empty() {
+            return Body::Json(body.to_string());
+        }
+        let fields = [
+            "model",
+            "prompt",
+            "n",
+            "size",
+            "output_format",
+            "output_compression",
+            "response_format",
+        ]
+        .into_iter()
+        .filter_map(|k| {
+            let v = body.get(k)?;
+            Some((k, v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+        })
+        .collect();
+        Body::Form(fields, inputs)
+    }
+
+    /// The form field of an image to edit: GPT image models take several (`image[]`, as
+    /// OpenAI's SDKs send them), DALL-E 2 one.
+    pub fn input_field(&self) -> &'static str {
+        match Family::of(&self.model()) {
+            Family::GptImage => "image[]",
+            _ => "image",
+        }
+    }
+
     /// `image_generate {prompt, size?}`: the image stored in the workspace of `root`, to
     /// attach, and the text for the model. A refusal worth retrying is retried as OpenAI's
     /// SDKs do (`retry_wait`), unless the call was `abandoned` meanwhile.
@@ -142,6 +179,7 @@ impl ImageGen {
         &self,
         root: &Path,
         args: &Value,
+        inputs: &[Upload],
         abandoned: &Abandoned,
     ) -> Result<(tether::frame::Image, String, crate::usage::Tokens), String> {
         let prompt = arg_str(args, "prompt")?.trim();
@@ -149,10 +187,11 @@ impl ImageGen {
             return Err("prompt is required".into());
         }
         let size = size(args)?;
-        let url = format!("{}/images/generations", self.base);
+        let endpoint = if inputs.is_empty() { "generations" } else { "edits" };
+        let url = format!("{}/images/{endpoint}", self.base);
         let agent = http_agent(&url);
         let _armed = abandoned.arm(&agent)?;
-        let body = Self::body(&self.model(), prompt, &size).to_string();
+        let body = Self::request(&self.model(), prompt, &size, inputs);
         let post = Post {
             agent: &agent,
             url: &url,
@@ -163,7 +202,7 @@ impl ImageGen {
         let resp = post.send(body, abandoned, |status, answer| {
             let refusal = self.scrub(status_error(status, answer));
             match self.replace_retired_model(&agent, status, &refusal) {
-                Some(next) => Refused::Instead(Self::body(&next, prompt, &size).to_string()),
+                Some(next) => Refused::Instead(Self::request(&next, prompt, &size, inputs)),
                 None => Refused::Words(refusal),
             }
         })?;
@@ -201,6 +240,9 @@ impl ImageGen {
         });
         if let Some(revised) = first["revised_prompt"].as_str().filter(|r| !r.is_empty()) {
             note["revised_prompt"] = revised.into();
+        }
+        if !inputs.is_empty() {
+            note["made_from"] = inputs.iter().map(|i| i.name.clone()).collect::<Vec<_>>().into();
         }
         if !inline {
             note["attached"] =

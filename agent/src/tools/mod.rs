@@ -253,8 +253,9 @@ impl Builtin {
                 &["query"],
             ),
             Builtin::ImageGenerate => (
-                "Generate an image from a text description (OpenAI Images API). The image is attached to your reply and kept in the workspace; say in your text what you made.",
-                json!({"prompt": s("What the image shows, in detail"), "size": s("'1024x1024' (default), '1536x1024' (landscape) or '1024x1536' (portrait)")}),
+                "Generate an image from a text description (OpenAI Images API), or from images of the workspace (edit a photo, combine pictures). The image is attached to your reply and kept in the workspace; say in your text what you made.",
+                json!({"prompt": s("What the image shows, in detail; with images, what to make of them"), "size": s("'1024x1024' (default), '1536x1024' (landscape) or '1024x1536' (portrait)"),
+                    "images": {"type": "array", "items": {"type": "string"}, "description": "Workspace paths of PNG, JPEG or WebP images to make it from (a photo sent to you is in inbox/), at most 16"}}),
                 &["prompt"],
             ),
             Builtin::RespondWithImage => (
@@ -677,11 +678,12 @@ impl Toolbox {
     /// relative to the workspace. `None` when no tool on offer could do anything with a
     /// picture's file (no shell, no file sending, no MCP server): then nothing is copied.
     pub fn share_photo(&self, blob: &str) -> Option<Result<String, String>> {
-        let useful = self
-            .builtins
-            .iter()
-            .any(|b| matches!(b, Builtin::Bash | Builtin::SendFile | Builtin::RespondWithImage))
-            || !self.mcp.is_empty();
+        let useful = self.builtins.iter().any(|b| {
+            matches!(
+                b,
+                Builtin::Bash | Builtin::SendFile | Builtin::RespondWithImage | Builtin::ImageGenerate
+            )
+        }) || !self.mcp.is_empty();
         if !useful {
             return None;
         }
@@ -1133,9 +1135,13 @@ impl Toolbox {
                 let Some(images) = self.images.clone() else {
                     return Outcome::Done("error: no OpenAI key is set for image_generate".into());
                 };
+                let inputs = match files::edit_inputs(ws, args, images.input_field()) {
+                    Ok(inputs) => inputs,
+                    Err(e) => return Outcome::Done(format!("error: {e}")),
+                };
                 let root = ws.root().to_path_buf();
                 let made = off_thread(args.clone(), cancel, move |a, abandoned| {
-                    images.generate(&root, a, abandoned)
+                    images.generate(&root, a, &inputs, abandoned)
                 });
                 let Some(made) = made else {
                     return Outcome::Cancelled;

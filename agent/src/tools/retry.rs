@@ -26,34 +26,71 @@ pub struct Post<'a> {
     pub failed: &'a str,
 }
 
+/// A file sent in a multipart body (an image to edit).
+#[derive(Debug)]
+pub struct Upload {
+    /// The form field (`image[]`).
+    pub field: &'static str,
+    /// Its file name.
+    pub name: String,
+    /// Its media type.
+    pub media_type: &'static str,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A request body: JSON, or a multipart form of text fields and files.
+pub enum Body<'a> {
+    /// `application/json`.
+    Json(String),
+    /// `multipart/form-data`.
+    Form(Vec<(&'static str, String)>, &'a [Upload]),
+}
+
 /// What a refusal means to the caller.
-pub enum Refused {
+pub enum Refused<'a> {
     /// This, for the model (the API's words, the key scrubbed).
     Words(String),
     /// Send this body instead (the model asked for is gone; another takes its place).
-    Instead(String),
+    Instead(Body<'a>),
 }
 
 impl Post<'_> {
     /// `body` sent until answered 200: `refused(status, answer)` says what a refusal means;
     /// one worth trying again is, up to three tries, after the wait [`retry_wait`] gives,
     /// unless the call was `abandoned` meanwhile.
-    pub fn send(
+    pub fn send<'a>(
         &self,
-        mut body: String,
+        mut body: Body<'a>,
         abandoned: &Abandoned,
-        mut refused: impl FnMut(u16, &str) -> Refused,
+        mut refused: impl FnMut(u16, &str) -> Refused<'a>,
     ) -> Result<ureq::http::Response<ureq::Body>, String> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut req = self.agent.post(self.url).content_type("application/json");
+            let mut req = self.agent.post(self.url);
             if let Some(key) = self.key {
                 req = req.header("authorization", &format!("Bearer {key}"));
             }
-            let resp = req
-                .send(&body)
-                .map_err(|e| format!("{}: {}", self.failed, transport(&e)))?;
+            let sent = match &body {
+                Body::Json(json) => req.content_type("application/json").send(json.as_str()),
+                Body::Form(fields, files) => {
+                    use ureq::unversioned::multipart::{Form, Part};
+                    let mut form = Form::new();
+                    for (name, value) in fields {
+                        form = form.text(name, value);
+                    }
+                    for f in files.iter() {
+                        let part = Part::bytes(&f.bytes)
+                            .file_name(&f.name)
+                            .mime_str(f.media_type)
+                            .map_err(|e| format!("{}: {e}", self.failed))?;
+                        form = form.part(f.field, part);
+                    }
+                    req.send(form)
+                }
+            };
+            let resp = sent.map_err(|e| format!("{}: {}", self.failed, transport(&e)))?;
             let status = resp.status().as_u16();
             if status == 200 {
                 return Ok(resp);

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::retry::{Post, Refused};
+use super::retry::{Body, Post, Refused};
 use super::{arg_opt, arg_str, Abandoned};
 use crate::blobs;
 use crate::usage::{Ledger, Tokens};
@@ -155,17 +155,17 @@ impl Speaker {
             failed: "speech failed",
         };
         let mut model = model;
-        let resp = post.send(body, abandoned, |status, answer| {
+        let resp = post.send(Body::Json(body), abandoned, |status, answer| {
             if status == 400 && answer.contains("stream_format") && !self.plain.swap(true, Ordering::Relaxed)
             {
                 log::info!("the speech API refuses stream_format; recordings come without their usage");
-                return Refused::Instead(self.body(&model, text, instructions).to_string());
+                return Refused::Instead(Body::Json(self.body(&model, text, instructions).to_string()));
             }
             let refusal = self.scrub(status_error(status, answer));
             match self.replace_retired_model(&agent, status, &refusal) {
                 Some(next) => {
                     model = next;
-                    Refused::Instead(self.body(&model, text, instructions).to_string())
+                    Refused::Instead(Body::Json(self.body(&model, text, instructions).to_string()))
                 }
                 None => Refused::Words(refusal),
             }
