@@ -193,6 +193,14 @@ impl CronTools {
         Ok(true)
     }
 
+    /// The workspace the tasks are of.
+    pub(super) fn workspace(&self) -> &Path {
+        self.path
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or_else(|| Path::new("."))
+    }
+
     /// Every task, as the file holds them.
     pub(super) fn entries(&self) -> Result<Vec<Entry>, String> {
         Ok(self.load()?.entries)

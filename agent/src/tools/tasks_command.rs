@@ -71,8 +71,9 @@ impl CronTools {
                 .to_string()
         } else {
             let mut out = format!("Scheduled tasks of this chat ({}):", self.zone_note());
+            let now = std::time::SystemTime::now();
             for e in &here {
-                out.push_str(&format!("\n{}", line(e)));
+                out.push_str(&format!("\n{}", line(e, self.last_ran(e, now).as_deref())));
             }
             out.push_str(&format!("\n{USAGE}"));
             out
@@ -146,10 +147,40 @@ impl CronTools {
 }
 
 /// A task as one line of the list: its id (monospace, which Telegram copies on a tap),
-/// when it runs, and what it does.
-fn line(e: &Entry) -> String {
+/// when it runs, how long ago it last did, and what it does.
+fn line(e: &Entry, last: Option<&str>) -> String {
     let paused = if e.enabled { "" } else { " (paused)" };
-    format!("`{}` {}{paused}: {}", e.id, when(e), shortened(&e.message))
+    let last = last.map_or_else(String::new, |ago| format!(", last ran {ago}"));
+    format!("`{}` {}{paused}{last}: {}", e.id, when(e), shortened(&e.message))
+}
+
+/// Bytes at the end of a task's conversation looked through for its last run.
+const TAIL: u64 = 64 * 1024;
+
+impl CronTools {
+    /// How long ago `e` last ran ("3 h 12 min ago"): its conversation's newest message,
+    /// which is a run's (the host's or one asked for now).
+    fn last_ran(&self, e: &Entry, now: std::time::SystemTime) -> Option<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let session = Session::new("cron", &e.session);
+        let path = self
+            .workspace()
+            .join("sessions")
+            .join(crate::session::file_name(&session));
+        let mut f = crate::regular::open(&path).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
+        let mut tail = Vec::new();
+        f.take(TAIL).read_to_end(&mut tail).ok()?;
+        let tail = String::from_utf8_lossy(&tail);
+        let ts = tail.lines().rev().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["role"] == "user").then(|| v["ts"].as_str().map(str::to_string))?
+        })?;
+        let at = humantime::parse_rfc3339_weak(&ts).ok()?;
+        let ago = now.duration_since(at).ok()?.as_secs();
+        Some(format!("{} ago", tether::time::duration_in_words(ago)))
+    }
 }
 
 /// When it runs, in words, with the expression for those who know cron.
@@ -202,13 +233,27 @@ mod tests {
         )
         .unwrap();
 
+        // cron-1 ran 3 h 5 min ago: its conversation's last question says when.
+        let ran = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600 + 300);
+        std::fs::create_dir_all(d.path().join("sessions")).unwrap();
+        std::fs::write(
+            d.path().join("sessions/cron_cron-1.jsonl"),
+            format!(
+                "{}\n{}\n",
+                json!({"role": "user", "content": "Summarise", "ts": tether::time::rfc3339(ran)}),
+                json!({"role": "assistant", "content": "Done.", "ts": tether::time::now_rfc3339()})
+            ),
+        )
+        .unwrap();
         let list = c.command("", &private, trusted());
         assert!(
             list.starts_with("Scheduled tasks of this chat (schedules are evaluated in the Europe/Paris"),
             "{list}"
         );
         assert!(
-            list.contains("\n`cron-1` at 09:00, Monday to Friday (`0 9 * * 1-5`): Summarise my issues\n"),
+            list.contains(
+                "\n`cron-1` at 09:00, Monday to Friday (`0 9 * * 1-5`), last ran 3 h 5 min ago: Summarise my issues\n"
+            ),
             "{list}"
         );
         assert!(!list.contains("Call Bob"), "{list}");
