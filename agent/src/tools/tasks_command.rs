@@ -239,7 +239,8 @@ mod tests {
         std::fs::write(
             d.path().join("sessions/cron_cron-1.jsonl"),
             format!(
-                "{}\n{}\n",
+                "{}\n{}\n{}\n",
+                json!({"role": "user", "content": "Summarise", "ts": "2026-01-05T09:00:00Z"}),
                 json!({"role": "user", "content": "Summarise", "ts": tether::time::rfc3339(ran)}),
                 json!({"role": "assistant", "content": "Done.", "ts": tether::time::now_rfc3339()})
             ),
