@@ -232,6 +232,18 @@ pub struct Document {
 }
 
 impl Document {
+    /// The document of `media_type` named `name`, kept as blob `blob`, not yet filled in.
+    pub fn new(media_type: &str, name: String, blob: String) -> Document {
+        Document {
+            media_type: media_type.into(),
+            name,
+            blob,
+            data: None,
+            repeat: false,
+            refused: None,
+        }
+    }
+
     /// What a request says in the document's place when it is not attached: once its
     /// reply is over (or its blob is gone), or when an earlier result of the reply holds
     /// the same file.

@@ -142,14 +142,7 @@ pub fn document_of(
 ) -> Result<crate::session::Document, String> {
     let blob =
         crate::blobs::store_as(ws.root(), "bin", bytes).map_err(|e| format!("cannot keep {name}: {e}"))?;
-    Ok(crate::session::Document {
-        media_type: kind.media_type().into(),
-        name,
-        blob,
-        data: None,
-        repeat: false,
-        refused: None,
-    })
+    Ok(crate::session::Document::new(kind.media_type(), name, blob))
 }
 
 /// The file `read_file {path}` names, when it is one it shows ([`Visual`]); any problem
@@ -205,14 +198,7 @@ pub fn show(ws: &Workspace, path: &Path, kind: Visual) -> Result<(crate::session
     let name = path
         .file_name()
         .map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
-    let document = crate::session::Document {
-        media_type: kind.media_type().into(),
-        name,
-        blob,
-        data: None,
-        repeat: false,
-        refused: None,
-    };
+    let document = crate::session::Document::new(kind.media_type(), name, blob);
     let what = match kind {
         Visual::Pdf => "attached to this result whole (its pages as text and images)",
         Visual::Image(_) => "attached to this result",

@@ -676,7 +676,8 @@ impl Toolbox {
 
     /// Copy the photo kept as blob `blob` into `inbox/` for the tools; where it now is,
     /// relative to the workspace. `None` when no tool on offer could do anything with a
-    /// picture's file (no shell, no file sending, no MCP server): then nothing is copied.
+    /// picture's file (no shell, no file sending, no picture making, no MCP server): then
+    /// nothing is copied.
     pub fn share_photo(&self, blob: &str) -> Option<Result<String, String>> {
         let useful = self.builtins.iter().any(|b| {
             matches!(
