@@ -359,6 +359,19 @@ mod tests {
 
     proptest! {
         #[test]
+        fn run_ids_name_their_task_whatever_the_id(id in "[a-z0-9-]{1,20}", n in 0i64..i64::MAX) {
+            let (host, now) = (run_msg_id(&id, n), now_msg_id(&id, n));
+            prop_assert_eq!(task_of_msg_id(&host), Some(id.as_str()));
+            prop_assert_eq!(task_of_msg_id(&now), Some(id.as_str()));
+            prop_assert!(is_run_now(&now) && !is_run_now(&host));
+        }
+
+        #[test]
+        fn any_msg_id_is_read_without_panicking(s in "\\PC{0,60}") {
+            let _ = (task_of_msg_id(&s), is_run_now(&s));
+        }
+
+        #[test]
         fn any_text_parses_or_errors_without_panicking(s in "\\PC{0,40}") {
             let _ = Schedule::parse(&s);
         }

@@ -414,7 +414,36 @@ mod tests {
         assert_eq!(html_to_text(html), "T\nHello & welcome\nOne two three\na\nb ☺");
     }
 
+    #[test]
+    fn a_fetched_file_is_named_from_its_url() {
+        for (url, kind, name) in [
+            ("https://arxiv.org/pdf/2401.12345", Visual::Pdf, "2401.12345.pdf"),
+            (
+                "https://arxiv.org/pdf/2401.12345v2/",
+                Visual::Pdf,
+                "2401.12345v2.pdf",
+            ),
+            ("https://x.example/Report.PDF?dl=1#p2", Visual::Pdf, "Report.PDF"),
+            ("https://x.example", Visual::Pdf, "x.example.pdf"),
+            (
+                "https://x.example/a/photo.jpeg",
+                Visual::Image("image/jpeg"),
+                "photo.jpeg",
+            ),
+            ("https://x.example/plot", Visual::Image("image/png"), "plot.png"),
+        ] {
+            assert_eq!(name_of(url, kind), name, "{url}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_url_names_a_file_without_a_slash(url in "\\PC{0,200}") {
+            let name = name_of(&url, Visual::Pdf);
+            prop_assert!(!name.is_empty() && !name.contains('/'), "{url:?} -> {name:?}");
+            prop_assert!(name.to_ascii_lowercase().ends_with(".pdf"), "{url:?} -> {name:?}");
+        }
+
         #[test]
         fn html_to_text_never_panics_and_drops_tags(s in ".{0,400}") {
             let text = html_to_text(&s);
