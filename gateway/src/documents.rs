@@ -55,11 +55,14 @@ impl ToSave {
     }
 }
 
-/// The document of `m` that is not an image (images go the photo way), if any.
-pub fn attached(m: &Message) -> Option<Attached> {
+/// The document of `m` that is not an image of at most `cap` bytes (those go the photo
+/// way), if any.
+pub fn attached(m: &Message, cap: u64) -> Option<Attached> {
     let d = m.document.as_ref()?;
     let mime = d.mime_type.as_deref().unwrap_or("");
-    if mime.starts_with("image/") && crate::images::pick(m, u64::MAX).is_some() {
+    // An image that fits the line (`cap`, its share of it) goes to the model as an image;
+    // a larger one is saved like any file.
+    if mime.starts_with("image/") && matches!(crate::images::pick(m, cap), Some(Ok(_))) {
         return None;
     }
     let name = crate::inbox::safe_name(d.file_name.as_deref());
@@ -113,6 +116,7 @@ pub fn fenced(name: &str, bytes: &[u8]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::images::MAX_IMAGE_IN;
 
     fn doc(name: Option<&str>, mime: Option<&str>, size: Option<u64>) -> Message {
         serde_json::from_value(serde_json::json!({
@@ -131,7 +135,7 @@ mod tests {
 
     #[test]
     fn text_files_are_read_and_the_rest_is_saved_unless_too_large() {
-        let text = |n, m| attached(&doc(n, m, Some(100)));
+        let text = |n, m| attached(&doc(n, m, Some(100)), MAX_IMAGE_IN);
         assert_eq!(
             text(Some("app.log"), Some("text/plain")),
             Some(Attached::Text("f".into(), "app.log".into()))
@@ -151,17 +155,38 @@ mod tests {
         );
         // A binary type keeps a text-like name from passing as text.
         assert!(saved_as(text(Some("x.txt"), Some("application/zip"))).is_some());
-        let big = attached(&doc(Some("big.csv"), Some("text/csv"), Some(MAX_TEXT_FILE + 1)));
+        let big = attached(
+            &doc(Some("big.csv"), Some("text/csv"), Some(MAX_TEXT_FILE + 1)),
+            MAX_IMAGE_IN,
+        );
         assert_eq!(saved_as(big).as_deref(), Some("big.csv (text/csv, 33 KB)"));
-        let huge = attached(&doc(Some("a.iso"), None, Some(crate::inbox::MAX_FILE + 1)));
+        let huge = attached(
+            &doc(Some("a.iso"), None, Some(crate::inbox::MAX_FILE + 1)),
+            MAX_IMAGE_IN,
+        );
         assert!(
             matches!(&huge, Some(Attached::LeftOut(n)) if n == "[file a.iso (unknown type, 20481 KB) not passed on: bots can fetch files of at most 20 MB]"),
             "{huge:?}"
         );
         // Images go the photo way.
-        assert_eq!(attached(&doc(Some("a.png"), Some("image/png"), Some(100))), None);
+        assert_eq!(
+            attached(&doc(Some("a.png"), Some("image/png"), Some(100)), MAX_IMAGE_IN),
+            None
+        );
+        // Too large for the line: saved, for `read_file` to show.
+        let big_png = attached(
+            &doc(Some("shot.png"), Some("image/png"), Some(MAX_IMAGE_IN + 1)),
+            MAX_IMAGE_IN,
+        );
+        assert!(
+            matches!(&big_png, Some(Attached::Save(f)) if f.name == "shot.png" && f.about == "image/png, 701 KB"),
+            "{big_png:?}"
+        );
         // A name cannot break the message's lines or fences.
-        let odd = attached(&doc(Some("a\n```b.txt"), Some("text/plain"), Some(1)));
+        let odd = attached(
+            &doc(Some("a\n```b.txt"), Some("text/plain"), Some(1)),
+            MAX_IMAGE_IN,
+        );
         assert_eq!(odd, Some(Attached::Text("f".into(), "ab.txt".into())));
     }
 

@@ -110,11 +110,19 @@ impl<'a> Incoming<'a> {
     fn read(album: &'a [&'a Message]) -> Option<(Incoming<'a>, String)> {
         let m = *album.first()?;
         let cap = crate::images::MAX_IMAGE_IN / album.len() as u64;
-        let picked: Vec<_> = album.iter().filter_map(|a| crate::images::pick(a, cap)).collect();
+        // An image sent as a file too large for the line is saved into the workspace
+        // instead (below), where the agent's `read_file` can show it.
+        let picked: Vec<_> = album
+            .iter()
+            .filter_map(|a| match crate::images::pick(a, cap) {
+                Some(Err(_)) if a.photo.is_empty() => None,
+                picked => picked,
+            })
+            .collect();
         // Files sent together arrive as an album too.
         let files: Vec<_> = album
             .iter()
-            .filter_map(|a| crate::documents::attached(a))
+            .filter_map(|a| crate::documents::attached(a, cap))
             .collect();
         let recording = crate::voice::recorded(m).filter(|_| album.len() == 1);
         let recording_text = recording.as_ref().map(|r| match r {

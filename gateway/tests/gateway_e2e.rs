@@ -1949,6 +1949,23 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     // for the agent's tools, and the message says where.
     let asked = |n: usize| aegis_e2e::llm::last_content(&s.llm.wait_request(n, T));
     let inbox = s.instance_dir().join("workspace/inbox");
+    // So is an image sent as a file too large for the line (a screenshot sent
+    // uncompressed), where `read_file` shows it, rather than refused as a photo is.
+    let mut shot = b"\x89PNG\r\n\x1a\n".to_vec();
+    shot.resize(800 * 1024, 7);
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "screen.png",
+        "image/png",
+        &shot,
+        Some("what is wrong here?"),
+    );
+    assert_eq!(
+        asked(2),
+        "[Pat]: what is wrong here?\n\n[file screen.png (image/png, 800 KB) saved in the workspace as inbox/screen.png]"
+    );
+    assert!(std::fs::read(inbox.join("screen.png")).unwrap() == shot);
     s.telegram.push_file(
         CHAT,
         7,
@@ -1958,7 +1975,7 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
         Some("read this"),
     );
     assert_eq!(
-        asked(2),
+        asked(3),
         "[Pat]: read this\n\n[file report.pdf (application/pdf, 1 KB) saved in the workspace as inbox/report.pdf]"
     );
     assert_eq!(std::fs::read(inbox.join("report.pdf")).unwrap(), b"%PDF-1.7 body");
@@ -1972,12 +1989,12 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
         Some("what's wrong?"),
     );
     assert_eq!(
-        asked(3),
+        asked(4),
         "[Pat]: what's wrong?\n\n[file app.log]\n```\nboot ok\nERROR: disk full\n```"
     );
     s.telegram
         .push_file(CHAT, 7, "notes.md", "text/markdown", b"# todo", None);
-    assert_eq!(asked(4), "[Pat]: [file notes.md]\n```\n# todo\n```");
+    assert_eq!(asked(5), "[Pat]: [file notes.md]\n```\n# todo\n```");
     s.telegram.push_file(
         CHAT,
         7,
@@ -1987,7 +2004,7 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
         Some("sum it"),
     );
     assert_eq!(
-        asked(5),
+        asked(6),
         "[Pat]: sum it\n\n[file big.csv (text/csv, 40 KB) saved in the workspace as inbox/big.csv]"
     );
     assert_eq!(std::fs::read(inbox.join("big.csv")).unwrap().len(), 40 * 1024);
@@ -2001,7 +2018,7 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
         None,
     );
     assert_eq!(
-        asked(6),
+        asked(7),
         "[Pat]: [file disk.img (application/octet-stream, 20481 KB) not passed on: bots can fetch files of at most 20 MB]"
     );
     // Files sent together arrive one message each, as an album: all of them are saved,
@@ -2009,7 +2026,7 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     s.telegram.push_album_file(CHAT, 7, "a.bin", b"first", "files-1");
     s.telegram.push_album_file(CHAT, 7, "b.bin", b"second", "files-1");
     assert_eq!(
-        asked(7),
+        asked(8),
         "[Pat]: [file a.bin (application/octet-stream, 1 KB) saved in the workspace as inbox/a.bin]\n\n\
          [file b.bin (application/octet-stream, 1 KB) saved in the workspace as inbox/b.bin]"
     );
@@ -2022,11 +2039,11 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     s.telegram
         .push_file(CHAT, 7, "notes.zip", "application/zip", b"PK\x03\x04", None);
     assert_eq!(
-        asked(8),
+        asked(9),
         "[Pat]: [file notes.zip (application/zip, 1 KB) not passed on: the workspace's inbox is not a folder]"
     );
     assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
-    assert_eq!(s.llm.requests().len(), 8, "each message answered once");
+    assert_eq!(s.llm.requests().len(), 9, "each message answered once");
 }
 
 #[test]
