@@ -101,9 +101,11 @@ impl CronTools {
     }
 
     /// `cron_create {schedule | at | in_minutes, text (or message), session?,
-    /// on_conflict?}` from `origin`, the chat whose message is being answered: the task's
-    /// replies go there.
+    /// on_conflict?, id?}` from `origin`, the chat whose message is being answered: the
+    /// task's replies go there.
     /// `creator` is whose message asked for it: its runs get that person's tools.
+    /// [ours] With `id`, that task is changed instead: its new time and text, its
+    /// conversation, chat and creator kept.
     pub fn create(&self, args: &Value, origin: &Session, creator: Option<&str>) -> Result<String, String> {
         let when = When::from_args(args, now_secs())?;
         let text = match (args.get("text"), args.get("message")) {
@@ -129,6 +131,31 @@ impl CronTools {
         };
         let _guard = self.lock.lock().expect("cron lock");
         let mut file = self.load()?;
+        let (schedule, at) = match &when {
+            When::Every(expr) => (expr.clone(), None),
+            When::Once(at) => (format!("once at {at}"), Some(at.to_string())),
+        };
+        let changing = match args.get("id").and_then(Value::as_str).map(str::trim) {
+            Some(given) if !given.is_empty() => Some(crate::text::full_id(given, "cron-")),
+            _ => None,
+        };
+        if let Some(id) = changing {
+            let entry = file
+                .entries
+                .iter_mut()
+                .find(|e| e.id == id)
+                .ok_or_else(|| format!("no scheduled task {id:?} to change (cron_list lists them)"))?;
+            entry.schedule = schedule.clone();
+            entry.at = at.clone();
+            entry.message = text;
+            entry.on_conflict = on_conflict;
+            entry.enabled = true;
+            // The host runs a task for no minute before this: a new time never fires for
+            // one that passed while the task said otherwise.
+            entry.created_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+            self.save(&file)?;
+            return Ok(Self::made(&id, &when, at, &schedule, &self.zone_note, true));
+        }
         if file.entries.len() >= MAX_ENTRIES {
             return Err(format!(
                 "there are already {MAX_ENTRIES} scheduled tasks, the most allowed; delete one first"
@@ -143,10 +170,6 @@ impl CronTools {
         };
         // Replies go to the chat the task came from, unless that was itself a task run.
         let reply_to = (origin.channel != "cron").then(|| origin.clone());
-        let (schedule, at) = match &when {
-            When::Every(expr) => (expr.clone(), None),
-            When::Once(at) => (format!("once at {at}"), Some(at.to_string())),
-        };
         file.entries.push(Entry {
             id: id.clone(),
             schedule: schedule.clone(),
@@ -161,16 +184,31 @@ impl CronTools {
             run_now: None,
         });
         self.save(&file)?;
-        Ok(match (&when, at) {
+        Ok(Self::made(&id, &when, at, &schedule, &self.zone_note, false))
+    }
+
+    /// `cron_create`'s answer for task `id`, made or `changed`.
+    fn made(
+        id: &str,
+        when: &When,
+        at: Option<String>,
+        schedule: &str,
+        zone_note: &str,
+        changed: bool,
+    ) -> String {
+        let mut out = match (when, at) {
             (When::Once(At::Instant(_)), Some(at)) => {
                 json!({"ok": true, "id": id, "runs_once_at": at, "note": "a time in UTC; the task is deleted once it has run"})
             }
             (When::Once(_), Some(at)) => json!({"ok": true, "id": id, "runs_once_at": at,
-                "note": format!("{}; the task is deleted once it has run", self.zone_note)}),
-            _ => json!({"ok": true, "id": id, "schedule": schedule, "runs": in_words(&schedule),
-                "note": format!("{}; tell the user when it runs, in words", self.zone_note)}),
+                "note": format!("{zone_note}; the task is deleted once it has run")}),
+            _ => json!({"ok": true, "id": id, "schedule": schedule, "runs": in_words(schedule),
+                "note": format!("{zone_note}; tell the user when it runs, in words")}),
+        };
+        if changed {
+            out["changed"] = true.into();
         }
-        .to_string())
+        out.to_string()
     }
 
     /// Who asked for task `id` (`None`: nobody recorded, or no such task).
@@ -414,6 +452,91 @@ mod tests {
             .create(&json!({"schedule": "0 0 * * *", "text": "x"}), &chat, None)
             .unwrap();
         assert!(out.contains("cron-3"), "{out}");
+    }
+
+    #[test]
+    fn a_task_changed_by_id_keeps_its_conversation_chat_and_creator() {
+        let d = TempDir::new("cron-change");
+        let c = CronTools::new(d.path(), None);
+        let chat = Session::new("telegram", "42");
+        c.create(
+            &json!({"schedule": "0 9 * * 1-5", "text": "Standup"}),
+            &chat,
+            Some("7"),
+        )
+        .unwrap();
+        // Twenty tasks, the most: changing one still works.
+        for i in 2..=20 {
+            c.create(
+                &json!({"schedule": "0 0 * * *", "text": format!("t{i}")}),
+                &chat,
+                None,
+            )
+            .unwrap();
+        }
+        // Paused, and made long ago.
+        c.set_enabled(&json!({"id": "cron-1"}), false).unwrap();
+        let path = d.path().join(".aegis/cron.json");
+        let old = std::fs::read_to_string(&path).unwrap();
+        let made = serde_json::from_str::<CronFile>(&old).unwrap().entries[0]
+            .created_at
+            .clone();
+        std::fs::write(&path, old.replace(&made, "2026-01-05T00:00:00Z")).unwrap();
+        let other = Session::new("telegram", "99");
+        let out = c
+            .create(
+                &json!({"id": "1", "schedule": "30 8 * * 1-5", "text": "Standup, earlier"}),
+                &other,
+                Some("8"),
+            )
+            .unwrap();
+        let said: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (&said["id"], &said["changed"], &said["runs"]),
+            (
+                &json!("cron-1"),
+                &json!(true),
+                &json!("at 08:30, Monday to Friday")
+            ),
+            "{said}"
+        );
+        let file: CronFile =
+            serde_json::from_str(&std::fs::read_to_string(d.path().join(".aegis/cron.json")).unwrap())
+                .unwrap();
+        let e = &file.entries[0];
+        assert_eq!(file.entries.len(), 20);
+        assert_eq!(file.next_id, 21, "no id taken");
+        assert_eq!(
+            (e.schedule.as_str(), e.message.as_str(), e.session.as_str()),
+            ("30 8 * * 1-5", "Standup, earlier", "cron-1")
+        );
+        assert_eq!(
+            (e.reply_to.as_ref(), e.created_by.as_deref()),
+            (Some(&chat), Some("7"))
+        );
+        // On again, and made now for the host: no minute before the change runs it.
+        assert!(e.enabled);
+        assert!(e.created_at.as_str() > "2026-01-05T00:00:00Z", "{}", e.created_at);
+        // Into a reminder, and an id that is no task.
+        let once = c
+            .create(
+                &json!({"id": "cron-1", "in_minutes": 5, "text": "Call"}),
+                &chat,
+                None,
+            )
+            .unwrap();
+        assert!(
+            once.contains("\"runs_once_at\"") && once.contains("\"changed\":true"),
+            "{once}"
+        );
+        assert_eq!(
+            c.create(
+                &json!({"id": "cron-77", "in_minutes": 5, "text": "x"}),
+                &chat,
+                None
+            ),
+            Err("no scheduled task \"cron-77\" to change (cron_list lists them)".into())
+        );
     }
 
     #[test]

@@ -289,13 +289,14 @@ impl Builtin {
                 &["id"],
             ),
             Builtin::CronCreate => (
-                "Schedule a task: recurring (schedule) or once, such as a reminder (at, or in_minutes); give exactly one of the three. When it is due, text is sent to you as a message and your reply goes to this chat; a one-time task is deleted once it has run. At most 20 tasks.",
+                "Schedule a task: recurring (schedule) or once, such as a reminder (at, or in_minutes); give exactly one of the three. When it is due, text is sent to you as a message and your reply goes to this chat; a one-time task is deleted once it has run. At most 20 tasks. With id, that task is changed instead (its conversation goes on).",
                 json!({
                     "schedule": s("Recurring: 5-field cron expression (minute hour day-of-month month day-of-week), e.g. '0 9 * * 1-5' for weekdays at 9:00, in the tasks' time zone"),
                     "at": s("Once, at this time: '2026-12-03T09:00' (the tasks' time zone), '2026-12-03T08:00Z' (UTC) or with an offset, '2026-12-03T09:00+01:00'"),
                     "in_minutes": {"type": "integer", "description": "Once, this many minutes from now (1 to 527040)"},
                     "text": s("What to do when it runs (at most 1000 characters)"),
-                    "on_conflict": s("Recurring only. 'skip' (default): skip a run while the previous one is unanswered; 'queue': run anyway")
+                    "on_conflict": s("Recurring only. 'skip' (default): skip a run while the previous one is unanswered; 'queue': run anyway"),
+                    "id": s("A task to change (e.g. 'cron-2'), given all its settings anew")
                 }),
                 &["text"],
             ),
