@@ -186,8 +186,21 @@ impl CronTools {
 /// When it runs, in words, with the expression for those who know cron.
 fn when(e: &Entry) -> String {
     match &e.at {
-        Some(at) => format!("once at {at}"),
+        Some(at) => format!("once at {at}{}", how_soon(at, super::cron::now_secs())),
         None => format!("{} (`{}`)", super::cron::in_words(&e.schedule), e.schedule),
+    }
+}
+
+/// How soon a one-time task at `at` runs, seen at unix second `now`: " (in 12 min)" for
+/// an instant ("remind me in 20 minutes" makes one); nothing for a wall time, which only
+/// the host's time zone places.
+fn how_soon(at: &str, now: i64) -> String {
+    match tether::at::At::parse(at) {
+        Ok(tether::at::At::Instant(secs)) if secs > now => {
+            format!(" ({})", tether::time::wait_in_words((secs - now) as u64))
+        }
+        Ok(tether::at::At::Instant(_)) => " (due now)".into(),
+        _ => String::new(),
     }
 }
 
@@ -373,6 +386,11 @@ mod tests {
         .unwrap();
         c.create(&json!({"in_minutes": 60, "text": "Call Bob"}), &chat, Some("1"))
             .unwrap();
+        let listed = c.command("", &chat, trusted());
+        assert!(
+            listed.contains("`cron-2` once at ") && listed.contains(" (in 1 h): Call Bob"),
+            "{listed}"
+        );
         // Without the router's queue, it says so and keeps no record.
         assert_eq!(
             c.command("run 1", &chat, trusted()),
@@ -432,5 +450,19 @@ mod tests {
         again.run_answered(&once).unwrap();
         let left: Vec<String> = again.entries().unwrap().into_iter().map(|e| e.id).collect();
         assert_eq!(left, ["cron-1"]);
+    }
+
+    #[test]
+    fn a_reminder_at_an_instant_says_how_soon() {
+        let now = 1_796_284_800; // 2026-12-03T08:00:00Z
+        assert_eq!(how_soon("2026-12-03T08:20:00Z", now), " (in 20 min)");
+        assert_eq!(how_soon("2026-12-03T10:05:00+01:00", now), " (in 1 h 5 min)");
+        assert_eq!(how_soon("2026-12-03T07:59:00Z", now), " (due now)");
+        assert_eq!(
+            how_soon("2026-12-03T09:00", now),
+            "",
+            "a wall time the host places"
+        );
+        assert_eq!(how_soon("tomorrow", now), "");
     }
 }
