@@ -527,7 +527,7 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     // A PDF goes whole only to servers known to read them; agent.json says otherwise for
     // another (a gateway in front of one of them).
     let read_file = file.tools.get("read_file");
-    let known = provider.is_some_and(reads_pdfs);
+    let known = provider.is_some_and(takes_files);
     let pdf = read_file.and_then(|t| t.pdf).unwrap_or(known);
     // So do images, where a model without vision makes its server refuse them (then the
     // request goes again without: see `worker::rounds`).
@@ -563,10 +563,10 @@ fn tool_config(file: &AgentFile, provider: Option<&Provider>) -> Result<ToolConf
     })
 }
 
-/// Whether the model's server reads PDFs sent whole: Anthropic's Messages API (and those
-/// that speak it), OpenAI's, and OpenRouter's (which reads them for any model); not a
-/// model server on the host (`host:NAME` is none of these).
-fn reads_pdfs(p: &Provider) -> bool {
+/// Whether the model's server takes the files tools show (PDFs whole, images):
+/// Anthropic's Messages API (and those that speak it), OpenAI's, and OpenRouter's (which
+/// reads PDFs for any model); not a model server on the host (`host:NAME` is none of these).
+fn takes_files(p: &Provider) -> bool {
     p.kind == ProviderKind::Anthropic || p.at_openai() || p.base_url.starts_with("https://openrouter.ai/")
 }
 

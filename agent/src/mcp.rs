@@ -733,6 +733,11 @@ impl Server {
     /// Keep image `data` (base64) of type `mime` a tool returned as
     /// `mcp/SERVER-HASH.EXT` in the workspace (resolved as every file tool's path); where.
     fn save_image(&self, data: &str, mime: &str) -> Result<String, String> {
+        self.keep_image(data, mime).map(|(at, _)| at)
+    }
+
+    /// [`Self::save_image`], with the image's bytes.
+    fn keep_image(&self, data: &str, mime: &str) -> Result<(String, Vec<u8>), String> {
         use base64::Engine;
         if data.len() / 4 * 3 > crate::blobs::MAX_IMAGE {
             return Err(format!(
@@ -755,7 +760,7 @@ impl Server {
         let dest = ws.resolve(&rel).map_err(|e| e.to_string())?;
         crate::blobs::put(&bytes, &dest).map_err(|e| format!("{rel}: {e}"))?;
         crate::copies::kept(&dest, "");
-        Ok(rel)
+        Ok((rel, bytes))
     }
 
     fn call_timeout(&self) -> Duration {
@@ -968,10 +973,10 @@ impl Server {
         }
     }
 
-    /// [`Self::save_image`], noting where it went in `saved`.
+    /// [`Self::keep_image`], noting where it went and its bytes in `saved`.
     fn save_image_into(&self, data: &str, mime: &str, saved: &Saved) -> Result<String, String> {
-        let at = self.save_image(data, mime)?;
-        saved.borrow_mut().push(at.clone());
+        let (at, bytes) = self.keep_image(data, mime)?;
+        saved.borrow_mut().push((at.clone(), bytes));
         Ok(at)
     }
 
@@ -1272,9 +1277,9 @@ impl Reader {
 /// Keeps an image a tool returned (base64 data, media type); where, in the workspace.
 type SaveImage<'a> = dyn Fn(&str, &str) -> Result<String, String> + 'a;
 
-/// Where the images a call returned were saved, in the workspace (for the caller to show
-/// them to the model).
-pub type Saved = std::cell::RefCell<Vec<String>>;
+/// The images a call returned: where each was saved in the workspace, and its bytes (for
+/// the caller to show them to the model without reading them back).
+pub type Saved = std::cell::RefCell<Vec<(String, Vec<u8>)>>;
 
 /// The text the model sees for a `tools/call` result; images go through `save`.
 fn call_text(result: &Value, save: &SaveImage) -> String {

@@ -203,8 +203,9 @@ pub struct Turn {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra_content: Option<serde_json::Value>,
     /// [ours] On a tool result: documents the tool showed the model (a PDF or an image
-    /// `read_file` opened, an image an MCP tool returned), by blob. They go to the model with the reply they belong to only; later
-    /// requests name them (see [`Document`]).
+    /// `read_file` or `web_fetch` opened, an image an MCP tool returned), by blob. They go
+    /// to the model with the reply they belong to only; later requests name them (see
+    /// [`Document`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub documents: Vec<Document>,
 }

@@ -1,7 +1,8 @@
-//! Documents a tool showed the model (a PDF or an image `read_file` opened, see
-//! `tools::files`; an image an MCP tool returned), in each API's terms. Only the reply they belong to carries their bytes (the worker fills
-//! them in for the turns after its question); elsewhere they are named in the result's
-//! text, so a later request costs none of their pages.
+//! Documents a tool showed the model (a PDF or an image `read_file` or `web_fetch`
+//! opened, see `tools::files`; an image an MCP tool returned), in each API's terms. Only
+//! the reply they belong to carries their bytes (the worker fills them in for the turns
+//! after its question); elsewhere they are named in the result's text, so a later request
+//! costs none of their pages.
 //!
 //! - Messages API: `document` (a PDF) and `image` blocks inside the `tool_result`, after
 //!   its text;

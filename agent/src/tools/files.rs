@@ -102,6 +102,19 @@ impl Visual {
         }
     }
 
+    /// The result's words for such a file of `size` bytes named `shown`, attached to it.
+    pub fn attached_note(self, shown: &str, size: u64) -> String {
+        let how = match self {
+            Visual::Pdf => " whole (its pages as text and images)",
+            Visual::Image(_) => "",
+        };
+        format!(
+            "{shown}: {} of {} KB, attached to this result{how}.",
+            self.described(),
+            size.div_ceil(1024)
+        )
+    }
+
     /// What the model can do instead when the file is not shown.
     fn instead(self) -> &'static str {
         match self {
@@ -178,6 +191,12 @@ pub fn not_shown(ws: &Workspace, path: &Path, kind: Visual) -> String {
     )
 }
 
+/// The name of the file at `path` (`shown` when it has none).
+fn file_name(path: &Path, shown: &str) -> String {
+    path.file_name()
+        .map_or_else(|| shown.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 /// `read_file` of the `kind` file at `path`: kept in the blob store as it is now, the
 /// document the model is shown with the result, and the result's text.
 pub fn show(ws: &Workspace, path: &Path, kind: Visual) -> Result<(crate::session::Document, String), String> {
@@ -195,20 +214,8 @@ pub fn show(ws: &Workspace, path: &Path, kind: Visual) -> Result<(crate::session
             format!("{shown}: {e}")
         }
     })?;
-    let name = path
-        .file_name()
-        .map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
-    let document = crate::session::Document::new(kind.media_type(), name, blob);
-    let what = match kind {
-        Visual::Pdf => "attached to this result whole (its pages as text and images)",
-        Visual::Image(_) => "attached to this result",
-    };
-    let text = format!(
-        "{shown}: {} of {} KB, {what}.",
-        kind.described(),
-        size.div_ceil(1024)
-    );
-    Ok((document, text))
+    let document = crate::session::Document::new(kind.media_type(), file_name(path, &shown), blob);
+    Ok((document, kind.attached_note(&shown, size)))
 }
 
 /// `read_file {path, start_line?, end_line?}`.
@@ -417,12 +424,9 @@ pub fn edit_inputs(
                 Some(t) => return Err(format!("{shown} is {t}; make a PNG of it first (convert)")),
                 None => return Err(format!("{shown} is not a PNG, JPEG or WebP image")),
             };
-            let name = path
-                .file_name()
-                .map_or_else(|| shown.clone(), |n| n.to_string_lossy().into_owned());
             Ok(super::retry::Upload {
                 field,
-                name,
+                name: file_name(&path, &shown),
                 media_type,
                 bytes,
             })

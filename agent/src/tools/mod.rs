@@ -463,6 +463,21 @@ pub struct ToolConfig {
     pub images: bool,
 }
 
+/// What `b`'s description adds about the PDFs and images the model is shown ([`files::ModelSees`]).
+fn shown_hint(b: Builtin, sees: files::ModelSees) -> &'static str {
+    match (b, sees.pdf, sees.images) {
+        (Builtin::ReadFile, true, true) => {
+            " A PDF is shown to you whole, an image (PNG, JPEG, GIF, WebP) as a picture."
+        }
+        (Builtin::ReadFile, true, false) => " A PDF is shown to you whole.",
+        (Builtin::ReadFile, false, true) => " An image (PNG, JPEG, GIF, WebP) is shown to you as a picture.",
+        (Builtin::WebFetch, true, true) => " A PDF or an image is shown to you instead.",
+        (Builtin::WebFetch, true, false) => " A PDF is shown to you whole instead.",
+        (Builtin::WebFetch, false, true) => " An image is shown to you instead.",
+        _ => "",
+    }
+}
+
 /// The tools of one agent: built-ins over the workspace, plus MCP servers.
 pub struct Toolbox {
     /// Where file tools may look.
@@ -631,17 +646,19 @@ impl Toolbox {
         }
     }
 
-    /// Show the model the images an MCP tool returned (a browser's screenshot), saved in
-    /// the workspace at `saved`: its result names each already.
-    fn show_saved(&self, saved: Vec<String>, ctx: &mut CallContext) {
-        for at in saved {
-            let path = self.workspace.resolve(&at).map_err(|e| e.to_string());
-            let shown = path.and_then(|path| match files::visual_of(&path) {
-                Some(kind @ files::Visual::Image(_)) => files::show(&self.workspace, &path, kind),
-                _ => Err(format!("{at} is no image the model is shown")),
-            });
+    /// Show the model the images an MCP tool returned (a browser's screenshot), `saved`
+    /// in the workspace: its result names each already.
+    fn show_saved(&self, saved: Vec<(String, Vec<u8>)>, ctx: &mut CallContext) {
+        for (at, bytes) in saved {
+            let name = at.rsplit('/').next().unwrap_or(&at).to_string();
+            let shown = match files::Visual::of(&bytes) {
+                Some(kind @ files::Visual::Image(_)) if bytes.len() as u64 <= kind.cap() => {
+                    files::document_of(&self.workspace, kind, name, &bytes)
+                }
+                _ => Err(format!("{at} is no image the model is shown (or over its size)")),
+            };
             match shown {
-                Ok((document, _)) => ctx.shown.push(document),
+                Ok(document) => ctx.shown.push(document),
                 Err(why) => log::info!("an MCP tool's image not shown to the model: {why}"),
             }
         }
@@ -715,26 +732,7 @@ impl Toolbox {
             .filter(|&&b| b != Builtin::ActivateSkill || skills)
             .map(|&b| {
                 let mut spec = b.spec();
-                if b == Builtin::WebFetch {
-                    spec.description
-                        .push_str(match (self.sees.pdf, self.sees.images) {
-                            (true, true) => " A PDF or an image is shown to you instead.",
-                            (true, false) => " A PDF is shown to you whole instead.",
-                            (false, true) => " An image is shown to you instead.",
-                            (false, false) => "",
-                        });
-                }
-                if b == Builtin::ReadFile {
-                    spec.description
-                        .push_str(match (self.sees.pdf, self.sees.images) {
-                            (true, true) => {
-                                " A PDF is shown to you whole, an image (PNG, JPEG, GIF, WebP) as a picture."
-                            }
-                            (true, false) => " A PDF is shown to you whole.",
-                            (false, true) => " An image (PNG, JPEG, GIF, WebP) is shown to you as a picture.",
-                            (false, false) => "",
-                        });
-                }
+                spec.description.push_str(shown_hint(b, self.sees));
                 spec
             })
             .collect();

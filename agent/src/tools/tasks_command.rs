@@ -154,30 +154,23 @@ fn line(e: &Entry, last: Option<&str>) -> String {
     format!("`{}` {}{paused}{last}: {}", e.id, when(e), shortened(&e.message))
 }
 
-/// Bytes at the end of a task's conversation looked through for its last run.
-const TAIL: u64 = 64 * 1024;
+/// Turns at the end of a task's conversation looked through for its last run (a run's
+/// rounds of tools follow its question).
+const LAST_TURNS: usize = 64;
 
 impl CronTools {
-    /// How long ago `e` last ran ("3 h 12 min ago"): its conversation's newest message,
+    /// How long ago `e` last ran ("3 h 12 min ago"): its conversation's newest question,
     /// which is a run's (the host's or one asked for now).
     fn last_ran(&self, e: &Entry, now: std::time::SystemTime) -> Option<String> {
-        use std::io::{Read, Seek, SeekFrom};
         let session = Session::new("cron", &e.session);
-        let path = self
-            .workspace()
-            .join("sessions")
-            .join(crate::session::file_name(&session));
-        let mut f = crate::regular::open(&path).ok()?;
-        let len = f.metadata().ok()?.len();
-        f.seek(SeekFrom::Start(len.saturating_sub(TAIL))).ok()?;
-        let mut tail = Vec::new();
-        f.take(TAIL).read_to_end(&mut tail).ok()?;
-        let tail = String::from_utf8_lossy(&tail);
-        let ts = tail.lines().rev().find_map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            (v["role"] == "user").then(|| v["ts"].as_str().map(str::to_string))?
-        })?;
-        let at = humantime::parse_rfc3339_weak(&ts).ok()?;
+        let turns = crate::session::SessionStore::new(self.workspace())
+            .load(&session, LAST_TURNS)
+            .ok()?;
+        let asked = turns
+            .iter()
+            .rev()
+            .find(|t| t.role == crate::session::Role::User)?;
+        let at = humantime::parse_rfc3339_weak(&asked.ts).ok()?;
         let ago = now.duration_since(at).ok()?.as_secs();
         Some(format!("{} ago", tether::time::duration_in_words(ago)))
     }

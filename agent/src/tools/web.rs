@@ -82,7 +82,7 @@ pub fn fetch(
         .take(cap)
         .read_to_end(&mut body)
         .map_err(|e| format!("reading {url} failed: {e}"))?;
-    if let Some(kind) = Visual::of(&body[..body.len().min(12)]).filter(|_| !textual) {
+    if let Some(kind) = Visual::of(&body).filter(|_| !textual) {
         return visual(url, status, kind, body, &shows).map(|(text, got)| (text, Some(got)));
     }
     if !textual || body[..body.len().min(8192)].contains(&0) {
@@ -132,15 +132,7 @@ fn visual(
         ));
     }
     let name = name_of(url, kind);
-    let text = format!(
-        "{url}: {what} of {} KB, attached to this result{}.",
-        body.len().div_ceil(1024),
-        if kind == Visual::Pdf {
-            " whole (its pages as text and images)"
-        } else {
-            ""
-        }
-    );
+    let text = kind.attached_note(url, body.len() as u64);
     Ok((
         text,
         Got {
