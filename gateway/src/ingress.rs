@@ -203,6 +203,12 @@ impl Ingress {
         let Some(first) = unit.first() else {
             return;
         };
+        if let Some(tap) = &first.callback_query {
+            // Before the answer goes on: the user's app stops waiting at once (even while
+            // a stopped instance wakes), and the buttons are gone before any reply to the
+            // answer can show, so nobody taps a second answer under a question answered.
+            self.tapped(tap, first.message.is_some());
+        }
         let album: Vec<&Message> = unit.iter().filter_map(|u| u.message.as_ref()).collect();
         let handled = match &first.stopped_message_generation {
             Some(stop) => self.stop_pressed(stop, journal),
@@ -211,9 +217,6 @@ impl Ingress {
         let saved = journal.done(first.update_id, handled.change, handled.command.is_some());
         if let Err(e) = &saved {
             log::error!("cannot save {}: {e}", journal.path().display());
-        }
-        if let Some(tap) = &first.callback_query {
-            self.tapped(tap, first.message.is_some());
         }
         if let Some(c) = handled.command {
             match saved {

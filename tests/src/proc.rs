@@ -198,6 +198,13 @@ impl Proc {
         self.child.id()
     }
 
+    /// SIGSTOP: the process holds still (its sockets stay open, nothing answers) until
+    /// the guard returned is dropped, also when a test fails in between.
+    pub fn pause(&self) -> Paused {
+        signal(self.pid(), "-STOP");
+        Paused(self.pid())
+    }
+
     /// SIGKILL and reap.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
@@ -218,10 +225,7 @@ impl Proc {
 
     /// SIGTERM, then wait up to `timeout` for exit; returns the exit status if it exited.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        signal(self.pid(), "-TERM");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
@@ -231,6 +235,20 @@ impl Proc {
         }
         None
     }
+}
+
+/// A process stopped by [`Proc::pause`]; it goes on (SIGCONT) when this is dropped.
+#[must_use = "the process goes on as soon as this is dropped"]
+pub struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
 }
 
 impl Drop for Proc {
