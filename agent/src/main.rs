@@ -259,6 +259,10 @@ fn main() -> ExitCode {
     let keepalive = Keepalive::start(uplink);
     let (own_tx, own_rx) = unbounded();
     tools.run_jobs(config.tools.background_timeout, own_tx, keepalive.clone());
+    // Behind AegisVM's harness, the harness runs them when it boots the VM.
+    if let Mode::Direct(_) = config.mode {
+        tools.run_startup();
+    }
 
     let (ingress_tx, ingress_rx) = unbounded();
     let (egress_tx, egress_rx) = unbounded();

@@ -5922,3 +5922,24 @@ fn a_pdf_goes_only_where_it_is_read_and_not_too_large() {
         "{results:?}"
     );
 }
+
+/// [ours] Behind AegisVM's harness the agent leaves `.aegis/startup/` to the harness,
+/// which runs it when it boots the VM: run by both, a service would start twice. (Under
+/// `aegis-kit serve`, which has no harness, the agent runs them: `serve_e2e`.)
+#[test]
+fn behind_the_harness_the_startup_scripts_are_left_to_it() {
+    let llm = FakeLlm::echo_openai();
+    let ws = TempDir::new("tools-startup-harness");
+    let dir = ws.join(".aegis/startup");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.start"), "echo ran > ran.txt").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("app.start"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let a = agent(&ws, &openai(&llm));
+    a.send(&message("6", "hi", "m1"));
+    assert_eq!(done_text(&a.reply()), "echo: hi");
+    // A script the agent ran would have written by now (they take milliseconds).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!ws.join("ran.txt").exists());
+    assert!(!a.proc.log().contains("startup:"), "{}", a.proc.log());
+}

@@ -1703,3 +1703,81 @@ fn exec_runs_in_the_instance_sandbox_without_its_secrets_and_dies_with_its_clien
     let refused = err("bare", json!({"command": ["id"]}));
     assert!(refused.contains("exec needs the sandbox"), "{refused}");
 }
+
+/// [ours] A server the model started dies when the idle instance is stopped; the
+/// executable scripts of `.aegis/startup/` bring it back: they run at each start of the
+/// instance, in name order (a script without `#!` as a shell script), as the model's
+/// commands run (without the agent's key, which the instance's environment holds), their
+/// output in a log beside them; one that is not executable is named in the log, not run.
+/// With `bash` off they are not run at all: they are the model's code.
+#[test]
+fn startup_scripts_bring_services_back_at_each_start_without_the_keys() {
+    let llm = FakeLlm::echo_openai();
+    let home = temp_dir("serve-startup");
+    let s = start_serve(&home, &[]);
+    let c = s.client();
+    for name in ["svc", "nobash"] {
+        s.create_agent(name, &llm);
+        let dir = home.join(format!("kit/instances/{name}/workspace/.aegis/startup"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = |file: &str, text: &str, mode: u32| {
+            std::fs::write(dir.join(file), text).unwrap();
+            std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        script(
+            "10-app.start",
+            "#!/bin/sh\necho \"boot\" >> boots.txt\nenv > env.txt\necho app up\n",
+            0o755,
+        );
+        script("20-plain.start", "echo second >> boots.txt", 0o755);
+        script("30-draft.start", "echo never >> boots.txt", 0o644);
+    }
+    std::fs::write(
+        home.join("kit/instances/nobash/workspace/.aegis/agent.json"),
+        json!({"tools": {"bash": {"enabled": false}}}).to_string(),
+    )
+    .unwrap();
+    let (rx, quiet) = (stream(&c, "svc", None), stream(&c, "nobash", None));
+    let ws = home.join("kit/instances/svc/workspace");
+    let boots = || std::fs::read_to_string(ws.join("boots.txt")).unwrap_or_default();
+    let wait_boots = |want: &str| {
+        let deadline = Instant::now() + T;
+        while boots() != want {
+            assert!(Instant::now() < deadline, "boots.txt: {:?}", boots());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    c.post_frame("svc", &msg("1", "hi", "m1")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m1")), "echo: hi");
+    wait_boots("boot\nsecond\n");
+    let env = std::fs::read_to_string(ws.join("env.txt")).unwrap();
+    assert!(env.contains("OPENAI_BASE_URL="), "{env}");
+    assert!(
+        !env.contains("OPENAI_API_KEY") && !env.contains("sk-kit-test"),
+        "{env}"
+    );
+    let log = std::fs::read_to_string(ws.join(".aegis/startup/10-app.start.log")).unwrap();
+    assert_eq!(log, "app up\n");
+    // Stopped (as an idle instance is) and started again by the next message.
+    c.request("POST", "/v1/instances/svc/stop", None).unwrap();
+    s.wait_state("svc", "stopped");
+    c.post_frame("svc", &msg("1", "again", "m2")).unwrap();
+    assert_eq!(done_text(&until_done(&rx, "m2")), "echo: again");
+    wait_boots("boot\nsecond\nboot\nsecond\n");
+    let logs = String::from_utf8_lossy(&s.kit(&["logs", "svc"]).stdout).into_owned();
+    assert!(logs.contains("startup: 10-app.start exited 0 after"), "{logs}");
+    assert!(
+        logs.contains(
+            "startup: 30-draft.start not run: not executable (chmod +x .aegis/startup/30-draft.start)"
+        ),
+        "{logs}"
+    );
+    c.post_frame("nobash", &msg("1", "hi", "m3")).unwrap();
+    assert_eq!(done_text(&until_done(&quiet, "m3")), "echo: hi");
+    let logs = String::from_utf8_lossy(&s.kit(&["logs", "nobash"]).stdout).into_owned();
+    assert!(
+        logs.contains("startup: the scripts of .aegis/startup are not run: the bash tool is off"),
+        "{logs}"
+    );
+    assert!(!home.join("kit/instances/nobash/workspace/boots.txt").exists());
+}

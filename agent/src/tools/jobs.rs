@@ -518,7 +518,14 @@ fn text_of_tail(bytes: &[u8]) -> String {
 }
 
 /// Copy `pipe` into `log` (its first [`LOG_CAP`] bytes) and `output`, until the pipe ends.
-fn copy(mut pipe: impl Read, mut log: File, output: &Mutex<Output>) {
+fn copy(pipe: impl Read, log: File, output: &Mutex<Output>) {
+    log_head(pipe, log, |bytes| output.lock().expect("job output").add(bytes));
+}
+
+/// Copy `pipe` into `log` until the pipe ends: its first [`LOG_CAP`] bytes, then a note
+/// that the rest was not kept; `seen` sees every byte. The pipe is read to its end, so
+/// the writer never blocks on it.
+pub(super) fn log_head(mut pipe: impl Read, mut log: File, mut seen: impl FnMut(&[u8])) {
     let mut buf = [0u8; 8192];
     let mut logged = 0u64;
     let mut full = false;
@@ -527,7 +534,7 @@ fn copy(mut pipe: impl Read, mut log: File, output: &Mutex<Output>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        output.lock().expect("job output").add(&buf[..n]);
+        seen(&buf[..n]);
         let room = (LOG_CAP - logged).min(n as u64) as usize;
         if room > 0 {
             let _ = log.write_all(&buf[..room]);

@@ -24,6 +24,7 @@ pub mod search;
 pub mod self_info;
 pub mod shell;
 pub mod speak;
+pub mod startup;
 pub mod tasks_command;
 pub mod together;
 pub mod web;
@@ -198,7 +199,7 @@ impl Builtin {
         let n = |d: &str| json!({"type": "integer", "description": d});
         let (description, properties, required): (&str, Value, &[&str]) = match self {
             Builtin::Bash => (
-                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes.",
+                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes. A server started with nohup CMD & runs until the instance stops (an idle one is stopped, and started again by the next message): to have it come back, also write an executable .aegis/startup/NAME.start that starts it in the background; those run at each start.",
                 json!({"command": s("The shell command to run"), "background": {"type": "boolean", "description": "Run past the timeout (a build, tests, a download; not a server): a message in this chat tells you when it ends"}}),
                 &["command"],
             ),
@@ -830,6 +831,19 @@ impl Toolbox {
     ) {
         self.cron.send_runs_to(tell.clone());
         self.jobs = Some(jobs::Jobs::new(self.shell.clone(), timeout, tell, keepalive));
+    }
+
+    /// At the instance's start, where no harness does it: run the scripts that bring its
+    /// services back ([`startup`]), when `bash` is on (they are the model's commands).
+    pub fn run_startup(&self) {
+        if self.builtins.contains(&Builtin::Bash) {
+            startup::spawn(self.shell.clone());
+        } else if startup::any_in(&self.shell.dir) {
+            log::warn!(
+                "startup: the scripts of {} are not run: the bash tool is off",
+                startup::DIR
+            );
+        }
     }
 
     /// At the agent's start: tell the chats of jobs that ended (or were cut short) while

@@ -70,12 +70,16 @@ impl Shell {
     /// `sh -c command` in the workspace, in a process group of its own, with no input
     /// and without the agent's keys; its output is the caller's to direct.
     pub(super) fn command(&self, command: &str) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(command)
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .process_group(0);
+        let mut cmd = self.program("sh");
+        cmd.arg("-c").arg(command);
+        cmd
+    }
+
+    /// `program` as the model's commands run: in the workspace, in a process group of its
+    /// own, with no input and without the agent's keys.
+    pub(super) fn program(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.current_dir(&self.dir).stdin(Stdio::null()).process_group(0);
         for k in &self.hidden_env {
             cmd.env_remove(k);
         }
