@@ -146,7 +146,7 @@ pub fn instance_list(c: &AegisClient) -> Result<(), CliError> {
         }
     }
     if let Some(named) = v["named_workspaces"].as_array().filter(|n| !n.is_empty()) {
-        println!("\nnamed workspaces (--workspace NAME):");
+        println!("\nnamed workspaces (--workspace NAME; `workspace rm NAME` deletes one not in use):");
         for n in named {
             let user = n["used_by"]
                 .as_str()
@@ -199,6 +199,14 @@ pub fn instance_rm(c: &AegisClient, name: &str, purge: bool) -> Result<(), CliEr
         ),
         (None, _) => println!("instance {name} deleted"),
     }
+    Ok(())
+}
+
+/// `workspace rm NAME`: a named workspace no instance uses, deleted by serve.
+pub fn workspace_rm(c: &AegisClient, name: &str) -> Result<(), CliError> {
+    let done = c.request("DELETE", &format!("/v1/workspaces/{}", enc(name)), None)?;
+    let path = done["path"].as_str().unwrap_or("its folder");
+    println!("workspace {name} deleted ({path})");
     Ok(())
 }
 

@@ -60,6 +60,8 @@ COMMANDS:
                                     that name unless --purge
     instance exec NAME -- CMD...    run a command in the instance's sandbox and workspace
                                     (its output streams; exits with its status)
+    workspace rm NAME               delete a named workspace (--workspace NAME) that no
+                                    instance uses; `instance list` names them
     logs NAME [-f] [--tail N]       an instance's output
     secret set NAME [VALUE]         store a secret (VALUE from stdin when omitted)
     secret ls | rm NAME
@@ -209,6 +211,21 @@ fn run(mut args: Vec<OsString>) -> Result<(), CliError> {
             }
             let name = name.ok_or_else(|| CliError::Usage("logs needs an instance name".into()))?;
             cli::logs(&client(), &name, follow, tail)
+        }
+        "workspace" => {
+            let mut rest = Vec::new();
+            while let Some(a) = p.next()? {
+                match a {
+                    Value(v) => rest.push(string(v)?),
+                    other => return Err(other.unexpected().into()),
+                }
+            }
+            match rest.as_slice() {
+                [sub, name] if matches!(sub.as_str(), "rm" | "delete") => cli::workspace_rm(&client(), name),
+                _ => Err(CliError::Usage(
+                    "workspace: expected `rm NAME` (a named workspace; `instance list` names them)".into(),
+                )),
+            }
         }
         "secret" => {
             let sub = p

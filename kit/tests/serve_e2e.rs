@@ -964,6 +964,39 @@ fn an_instance_works_in_a_chosen_folder_that_never_holds_what_confines_it() {
             .any(|l| l.starts_with("  shared ") && l.ends_with("(used by n2)")),
         "{list}"
     );
+    // `workspace rm` deletes one no instance uses, and nothing else.
+    let rm = |name: &str| {
+        let out = s.kit(&["workspace", "rm", name]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), said)
+    };
+    let (ok, said) = rm("shared");
+    assert!(!ok && said.contains("is instance n2's"), "{said}");
+    assert!(shared.join("one.txt").is_file());
+    s.kit(&["instance", "rm", "n2"]);
+    let (ok, said) = rm("shared");
+    assert!(ok && said.contains("workspace shared deleted"), "{said}");
+    assert!(!shared.exists());
+    let (ok, said) = rm("shared");
+    assert!(!ok && said.contains("no named workspace"), "{said}");
+    let (ok, said) = rm("..");
+    assert!(!ok && said.contains("workspace name"), "{said}");
+    assert!(home.join("kit/workspaces").is_dir());
+    let kept = root.join("kept");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::fs::write(kept.join("keep.txt"), "mine").unwrap();
+    std::os::unix::fs::symlink(&kept, home.join("kit/workspaces/trap")).unwrap();
+    let (ok, said) = rm("trap");
+    assert!(ok, "{said}");
+    assert!(!home.join("kit/workspaces/trap").exists());
+    assert!(
+        kept.join("keep.txt").is_file(),
+        "a link goes, never what it points to"
+    );
 
     s.kit(&["instance", "rm", "w"]);
     assert!(proj.join("copy.txt").is_file() && proj.join("README.txt").is_file());

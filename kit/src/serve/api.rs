@@ -129,6 +129,7 @@ fn handle(mut req: Request, host: &Host) {
         }
         (Method::Delete, ["v1", "instances", id]) => delete(host, id, &query),
         (Method::Get, ["v1", "instances", id, "logs"]) => logs(host, id, &query),
+        (Method::Delete, ["v1", "workspaces", name]) => delete_workspace(host, name),
         (Method::Get, ["v1", "status"]) => Ok((
             200,
             json!({"server": "aegis-kit serve", "version": env!("CARGO_PKG_VERSION")}),
@@ -443,6 +444,39 @@ fn delete(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {
             "workspace_chosen": chosen,
         }),
     ))
+}
+
+/// [ours] `DELETE /v1/workspaces/{name}`: a named workspace (`--workspace NAME`) that no
+/// instance uses, with everything in it. One an instance uses is refused (409): delete
+/// that instance first, so no agent ever runs in a folder deleted under it.
+fn delete_workspace(host: &Host, name: &str) -> Reply {
+    // The name becomes a path under the workspaces folder.
+    valid_name(name).map_err(|why| e(400, format!("workspace name {name:?}: {why}")))?;
+    let _changing = host.changing.lock().expect("changing lock");
+    let path = host.registry.named_workspace(name);
+    // Not `exists()`: that follows a link, and a link put there is deleted as a link.
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(e(404, format!("no named workspace {name:?}")));
+    }
+    let real = path.canonicalize().unwrap_or_else(|_| path.clone());
+    let user = host
+        .handles()
+        .into_iter()
+        .find(|h| h.def.workspace.as_ref() == Some(&real))
+        .map(|h| h.def.name.clone());
+    if let Some(user) = user {
+        return Err(e(
+            409,
+            format!(
+                "workspace {name:?} is instance {user}'s: `aegis-kit instance rm {user}` first                  (which keeps the workspace)"
+            ),
+        ));
+    }
+    // A link put there goes itself, never what it points to (remove_dir_all follows none).
+    std::fs::remove_dir_all(&path)
+        .map_err(|err| e(500, format!("cannot delete {}: {err}", path.display())))?;
+    log::info!("named workspace {name} deleted ({})", path.display());
+    Ok((200, json!({"deleted": name, "path": path})))
 }
 
 fn logs(host: &Host, id: &str, query: &BTreeMap<&str, &str>) -> Reply {
