@@ -370,6 +370,18 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         send_menu(shared, out, &msg_id);
         return;
     }
+    // The chat's scheduled tasks, as `/usage`. A run it asks for is queued once the
+    // answer is on its way, so the run's reply never shows before "Running now".
+    if let Some((_, rest)) = crate::text::slash_command(&msg.text).filter(|(w, _)| w == "tasks") {
+        let (answer, run) = shared
+            .tools
+            .tasks_command(rest, out, on_behalf.as_deref(), &allowed);
+        send_text(shared, kind::ASSISTANT_DONE, out, &msg_id, &answer);
+        if let Some(run) = run {
+            shared.tools.start_task_run(run);
+        }
+        return;
+    }
     // The MCP servers' state, and signing out of one (which revokes its tokens over the
     // network, hence after the busy mark, and until `/stop`), are the agent's own, as
     // `/usage`; so is `/model`, which may list the server's models first, and a sign-in's
@@ -383,12 +395,6 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
             Some(Some(GUESTS_SIGN_OUT.to_string()))
         }
         Some((word, rest)) if word == "mcp" => Some(Some(shared.tools.mcp_command(rest, &cancel_rx))),
-        Some((word, rest)) if word == "tasks" => Some(Some(shared.tools.tasks_command(
-            rest,
-            out,
-            on_behalf.as_deref(),
-            &allowed,
-        ))),
         Some((word, rest)) if word == "jobs" => Some(Some(shared.tools.jobs_command(rest, out, &allowed))),
         Some((word, rest)) if word == "memory" => {
             Some(Some(shared.tools.memory_command(rest, out, &here, &allowed)))

@@ -46,6 +46,11 @@ impl CronTools {
         let _ = self.tell.set(tell);
     }
 
+    /// Whether runs asked for now can be queued (the router's queue is known).
+    pub(super) fn starts_runs(&self) -> bool {
+        self.tell.get().is_some()
+    }
+
     /// Queue the run of `entry` asked for now under its `run_now` id.
     pub(super) fn send_run(&self, entry: &Entry, msg_id: &str) -> Result<(), String> {
         let tell = self.tell.get().ok_or("this agent cannot start runs itself")?;

@@ -898,12 +898,17 @@ impl Toolbox {
         out: &Session,
         who: Option<&str>,
         allowed: &guests::Allowed,
-    ) -> String {
+    ) -> (String, Option<tasks_command::RunAsked>) {
         let asker = tasks_command::Asker {
             user: who,
             trusted: *allowed == guests::Allowed::All,
         };
-        self.cron.command(rest, out, asker)
+        self.cron.command_then(rest, out, asker)
+    }
+
+    /// Queue a task's run `/tasks run` asked for, once its answer is sent.
+    pub fn start_task_run(&self, run: tasks_command::RunAsked) {
+        self.cron.start_run(run);
     }
 
     /// The answer to `/memory REST` in chat `out`, asked `here` by someone who may use

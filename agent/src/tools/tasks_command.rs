@@ -34,27 +34,62 @@ enum Change {
     Run,
 }
 
+/// A run asked for with `/tasks run ID`, recorded in `cron.json` and not yet queued:
+/// queued ([`CronTools::start_run`]) once the command's answer is on its way, so the
+/// run's reply (or its note past a daily limit) never shows before that answer.
+#[derive(Debug)]
+pub struct RunAsked {
+    entry: Entry,
+    msg_id: String,
+}
+
 impl CronTools {
-    /// The answer to `/tasks REST` in `chat`, asked by `asker`.
+    /// The answer to `/tasks REST` in `chat`, asked by `asker`, with the run it starts
+    /// at once.
+    #[cfg(test)]
     pub fn command(&self, rest: &str, chat: &Session, asker: Asker) -> String {
+        let (said, run) = self.command_then(rest, chat, asker);
+        if let Some(run) = run {
+            self.start_run(run);
+        }
+        said
+    }
+
+    /// The answer to `/tasks REST` in `chat`, asked by `asker`, and the run it asks for,
+    /// for the caller to start after sending the answer.
+    pub fn command_then(&self, rest: &str, chat: &Session, asker: Asker) -> (String, Option<RunAsked>) {
         let mut words = rest.split_whitespace();
         let change = match words.next() {
-            None => return self.listing(chat, asker),
+            None => return (self.listing(chat, asker), None),
             Some(w) => match w.to_ascii_lowercase().as_str() {
                 "delete" | "remove" => Change::Delete,
                 "pause" | "disable" => Change::Pause,
                 "resume" | "enable" => Change::Resume,
                 "run" | "now" => Change::Run,
-                _ => return format!("/tasks does not know {w:?}. {USAGE}"),
+                _ => return (format!("/tasks does not know {w:?}. {USAGE}"), None),
             },
         };
         let (Some(id), None) = (words.next(), words.next()) else {
-            return format!("Name one task by its id, as /tasks lists them. {USAGE}");
+            return (
+                format!("Name one task by its id, as /tasks lists them. {USAGE}"),
+                None,
+            );
         };
         let id = crate::text::full_id(id, "cron-");
         match self.change(&id, change, chat, asker) {
-            Ok(text) => text,
-            Err(why) => format!("⚠️ {why}"),
+            Ok(said) => said,
+            Err(why) => (format!("⚠️ {why}"), None),
+        }
+    }
+
+    /// Queue a run asked for. One that cannot be queued (the agent is stopping) stays
+    /// recorded, and is sent at the next start.
+    pub fn start_run(&self, run: RunAsked) {
+        if let Err(why) = self.send_run(&run.entry, &run.msg_id) {
+            log::warn!(
+                "task {}: its run asked for is sent at the next start ({why})",
+                run.entry.id
+            );
         }
     }
 
@@ -88,7 +123,18 @@ impl CronTools {
         out
     }
 
-    fn change(&self, id: &str, change: Change, chat: &Session, asker: Asker) -> Result<String, String> {
+    fn change(
+        &self,
+        id: &str,
+        change: Change,
+        chat: &Session,
+        asker: Asker,
+    ) -> Result<(String, Option<RunAsked>), String> {
+        if change == Change::Run && !self.starts_runs() {
+            return Err(format!(
+                "{id} cannot run now: this agent cannot start runs itself"
+            ));
+        }
         let mut run = None;
         let said = self.edit(|file| {
             let Some(i) = file
@@ -125,7 +171,10 @@ impl CronTools {
                     // Recorded before it is sent, so an agent that stops first sends it again.
                     let msg_id = tether::cron::now_msg_id(id, super::cron::now_secs());
                     entry.run_now = Some(msg_id.clone());
-                    run = Some((entry.clone(), msg_id));
+                    run = Some(RunAsked {
+                        entry: entry.clone(),
+                        msg_id,
+                    });
                     let once = if entry.at.is_some() {
                         " (a one-time task: done once this run is answered)"
                     } else {
@@ -135,14 +184,7 @@ impl CronTools {
                 }
             })
         })?;
-        if let Some((entry, msg_id)) = run {
-            if let Err(why) = self.send_run(&entry, &msg_id) {
-                // Never sent: its record must not send it at the next start either.
-                let _ = self.forget_run(&msg_id, false);
-                return Err(format!("{id} cannot run now: {why}"));
-            }
-        }
-        Ok(said)
+        Ok((said, run))
     }
 }
 
