@@ -1,8 +1,10 @@
 //! [ours] `/model`: the model each chat talks to. A chat that chose none talks to the
 //! agent's (`AEGIS_MODEL`, agent.json `model`, else the provider's default); `/model NAME`
 //! picks another of the models the provider lists for the key, for that chat alone, and
-//! it stays chosen across `/new` and restarts (`.aegis/chat-models.json`). The provider,
-//! its key and its settings stay the agent's: a chat picks among one server's models.
+//! it stays chosen across `/new` and restarts (`.aegis/chat-models.json`). Where the
+//! environment holds another provider's key too, `/model anthropic/NAME` or `/model
+//! openai/NAME` picks one of that provider's models, with the agent's settings
+//! (`config::others`); a choice is kept as it was named.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::sync::Mutex;
 use crossbeam_channel::Receiver;
 use tether::frame::Session;
 
-use crate::llm::Llm;
+use crate::llm::{Llm, ProviderKind};
 
 /// Where the chats' choices are kept, under the workspace.
 const FILE: &str = ".aegis/chat-models.json";
@@ -37,12 +39,41 @@ pub struct Models {
     /// A client per model chosen, kept so what the server refused for a model is learnt
     /// once per run.
     clients: Mutex<HashMap<String, Llm>>,
+    /// The other providers a chat may pick from (`anthropic/NAME`, `openai/NAME`).
+    others: Vec<Llm>,
+}
+
+/// Where a model a chat names is.
+#[derive(Debug, PartialEq)]
+enum Target<'n> {
+    /// At the agent's provider: this name there.
+    Agents(&'n str),
+    /// At `others[i]`: this name there.
+    Other(usize, &'n str),
+    /// At a provider whose key the environment does not hold.
+    Missing(ProviderKind),
+}
+
+/// The prefix that names a provider in a chat's choice.
+fn prefix(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::OpenAi => "openai",
+    }
+}
+
+/// The variable a provider's key is read from, for people.
+fn key_var(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+        ProviderKind::OpenAi => "OPENAI_API_KEY",
+    }
 }
 
 impl Models {
     /// The agent's model `default`, the choices kept in `workspace`, and the models a
     /// chat may pick (`allowed`; `None`: any the server lists).
-    pub fn new(default: Llm, workspace: &Path, allowed: Option<Vec<String>>) -> Models {
+    pub fn new(default: Llm, workspace: &Path, allowed: Option<Vec<String>>, others: Vec<Llm>) -> Models {
         let file = workspace.join(FILE);
         let chosen = load(&file);
         if !chosen.is_empty() {
@@ -54,6 +85,38 @@ impl Models {
             allowed,
             chosen: Mutex::new(chosen),
             clients: Mutex::default(),
+            others,
+        }
+    }
+
+    /// Where `name` is: `anthropic/` or `openai/` names another provider, except at
+    /// OpenRouter, whose own names begin so; the agent's own prefix stays part of the
+    /// name (a server speaking OpenAI's API may name a model `openai/gpt-oss-20b`), as
+    /// does one the host's model server is asked for when that provider's key is not set.
+    fn target<'n>(&self, name: &'n str) -> Target<'n> {
+        let agents = self.default.kind();
+        let named = name.split_once('/').and_then(|(p, rest)| {
+            let kind = [ProviderKind::Anthropic, ProviderKind::OpenAi]
+                .into_iter()
+                .find(|k| prefix(*k) == p)?;
+            Some((kind, rest))
+        });
+        let Some((kind, rest)) = named.filter(|(k, _)| !self.default.on_openrouter() && agents != Some(*k))
+        else {
+            return Target::Agents(name);
+        };
+        match self.others.iter().position(|o| o.kind() == Some(kind)) {
+            Some(i) => Target::Other(i, rest),
+            None if agents.is_some() => Target::Missing(kind),
+            None => Target::Agents(name),
+        }
+    }
+
+    /// The client of `target` (the agent's own for one whose key is gone since).
+    fn client_of(&self, target: &Target) -> &Llm {
+        match target {
+            Target::Other(i, _) => &self.others[*i],
+            _ => &self.default,
         }
     }
 
@@ -66,7 +129,21 @@ impl Models {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry(model.clone())
-            .or_insert_with(|| self.default.for_model(&model))
+            .or_insert_with(|| {
+                let target = self.target(&model);
+                match target {
+                    Target::Agents(name) | Target::Other(_, name) => self.client_of(&target).for_model(name),
+                    Target::Missing(kind) => {
+                        log::warn!(
+                            "{}/{}: its model {model} needs {kind}'s key, which is not set any more: \
+                             the agent's model answers",
+                            chat.channel,
+                            chat.id
+                        );
+                        self.default.clone()
+                    }
+                }
+            })
             .clone()
     }
 
@@ -98,7 +175,7 @@ impl Models {
             Some(model) => format!(
                 "This chat talks to {model} ({}), chosen here; the agent's model is {agents} \
                  (`/model default` goes back to it).",
-                self.default.whereabouts()
+                self.client_of(&self.target(model)).whereabouts()
             ),
             None => format!(
                 "This chat talks to {agents} ({}), the agent's model.",
@@ -111,7 +188,7 @@ impl Models {
             return Some(out);
         }
         let current = choice.unwrap_or(agents);
-        match self.listed(cancel)? {
+        match self.listed(&self.default, cancel)? {
             Ok(models) => {
                 let shown = choices(&models, &current);
                 let more = shown.len().saturating_sub(MAX_SHOWN);
@@ -131,6 +208,25 @@ impl Models {
                  could not be read: {why})."
             )),
         }
+        for other in &self.others {
+            let kind = other.kind().map_or("openai", prefix);
+            let names = match self.listed(other, cancel)? {
+                Ok(models) => {
+                    let shown = choices(&models, "");
+                    let more = shown.len().saturating_sub(MAX_SHOWN);
+                    let mut names = shown[..shown.len().min(MAX_SHOWN)].join(", ");
+                    if more > 0 {
+                        names.push_str(&format!(" and {more} more"));
+                    }
+                    names
+                }
+                Err(why) => format!("its list could not be read: {why}"),
+            };
+            out.push_str(&format!(
+                "\n\n`/model {kind}/NAME` switches it to a model of {}: {names}.",
+                other.whereabouts()
+            ));
+        }
         Some(out)
     }
 
@@ -143,7 +239,18 @@ impl Models {
             ));
         }
         let agents = self.default.model_name();
-        if name == agents {
+        let target = self.target(name);
+        let there = match target {
+            Target::Missing(kind) => {
+                return Some(format!(
+                    "“{name}” is a model of {kind}, and the agent has no {kind} key ({} is not \
+                     set in its environment).",
+                    key_var(kind)
+                ))
+            }
+            Target::Other(_, there) | Target::Agents(there) => there,
+        };
+        if matches!(target, Target::Agents(_)) && there == agents {
             self.set(chat, None);
             return Some(format!("This chat talks to the agent's model: {agents}."));
         }
@@ -151,7 +258,7 @@ impl Models {
             // The operator named the models: the server need not be asked.
             Some(allowed) if allowed.iter().any(|m| m == name) => Check::Listed,
             Some(allowed) => return Some(allowed_said(allowed)),
-            None => self.check(name, cancel)?,
+            None => self.check(self.client_of(&target), there, cancel)?,
         };
         let unchecked = match check {
             Check::NotListed(answer) => return Some(answer),
@@ -161,20 +268,25 @@ impl Models {
                  wrong one shows in the next reply"
             ),
         };
+        // Kept as named: a prefix says where it is.
         self.set(chat, Some(name));
         log::info!(
             "{}/{}: talks to {name} from now on (/model)",
             chat.channel,
             chat.id
         );
+        let at = match target {
+            Target::Other(..) => format!(" ({})", self.client_of(&target).whereabouts()),
+            _ => String::new(),
+        };
         Some(format!(
-            "This chat talks to {name} from now on{unchecked}. `/model default` goes back to {agents}."
+            "This chat talks to {name}{at} from now on{unchecked}. `/model default` goes back to {agents}."
         ))
     }
 
     /// What the server's list says of `name`; `None` when `cancel` ended the wait.
-    fn check(&self, name: &str, cancel: &Receiver<()>) -> Option<Check> {
-        Some(match self.listed(cancel)? {
+    fn check(&self, llm: &Llm, name: &str, cancel: &Receiver<()>) -> Option<Check> {
+        Some(match self.listed(llm, cancel)? {
             Ok(models) if models.iter().any(|(id, _)| id == name) => Check::Listed,
             Ok(models) => {
                 let close = close_names(&models, name);
@@ -182,10 +294,7 @@ impl Models {
                     true => "`/model` lists the ones it has.".to_string(),
                     false => format!("Close: {}.", close.join(", ")),
                 };
-                Check::NotListed(format!(
-                    "{} lists no model “{name}”. {hint}",
-                    self.default.whereabouts()
-                ))
+                Check::NotListed(format!("{} lists no model “{name}”. {hint}", llm.whereabouts()))
             }
             Err(why) => Check::Unchecked(why),
         })
@@ -219,8 +328,8 @@ impl Models {
 
     /// The server's models, asked on a thread of its own so `cancel` ends the wait;
     /// `None` when it did.
-    fn listed(&self, cancel: &Receiver<()>) -> Option<Result<Vec<(String, i64)>, String>> {
-        let llm = self.default.clone();
+    fn listed(&self, llm: &Llm, cancel: &Receiver<()>) -> Option<Result<Vec<(String, i64)>, String>> {
+        let llm = llm.clone();
         crate::aside::wait("model-list", move || llm.list_models(), cancel)
     }
 }

@@ -196,6 +196,9 @@ pub struct Config {
     /// The models a chat may pick with `/model` (`AEGIS_MODELS`, agent.json `models`);
     /// `None`: any the provider lists.
     pub chat_models: Option<Vec<String>>,
+    /// [ours] The other providers whose keys the environment holds, for a chat's
+    /// `/model anthropic/NAME` or `/model openai/NAME` (their model is a placeholder).
+    pub other_providers: Vec<Provider>,
     /// Daily limits on the model's tokens (`AEGIS_DAILY_TOKENS`,
     /// `AEGIS_CHAT_DAILY_TOKENS`, agent.json `limits`).
     pub limits: crate::limits::LimitConfig,
@@ -285,6 +288,8 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
     let mut provider = provider_from(&file)?;
     let mut tools = tool_config(&file, provider.as_ref())?;
     native_search(&file, provider.as_mut(), &mut tools)?;
+    // Their keys are among those the model's commands never see (`tool_config`).
+    let other_providers = others(&file, provider.as_ref())?;
     let voice = voice_config(&file, provider.as_ref());
     tools.hidden_env.extend(voice.key_env.clone());
     let mut mcp_servers = BTreeMap::new();
@@ -312,6 +317,7 @@ pub fn from_args_and_env(args: impl IntoIterator<Item = std::ffi::OsString>) -> 
         .max(1),
         voice,
         chat_models: chat_models(&file)?,
+        other_providers,
         limits: limits(&file)?,
     })))
 }
@@ -717,6 +723,80 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     provider(file, kind, (key, key_env), base, (model, default_model)).map(Some)
 }
 
+/// [ours] The providers besides the agent's that a chat may talk to (`/model
+/// anthropic/NAME`): Anthropic's where its credential is set, OpenAI's (or the server of
+/// `OPENAI_BASE_URL`) where `OPENAI_API_KEY` or that URL is, each with the agent's settings
+/// (reply limit, reasoning effort; Claude's thinking for Claude only) and its own web
+/// search where the agent's is the provider's. None besides a provider of the same kind
+/// as the agent's, and none on OpenRouter, whose model names begin with those vendors'
+/// names (`anthropic/claude-sonnet-4.6` is a model there).
+fn others(file: &AgentFile, agent: Option<&Provider>) -> Result<Vec<Provider>, ConfigError> {
+    let Some(agent) = agent else {
+        return Ok(Vec::new());
+    };
+    let anthropic = anthropic_credential().map(|(key, var)| {
+        let credential = (Some(key), var.to_string());
+        (credential, env("ANTHROPIC_BASE_URL"))
+    });
+    let (key, base) = (env("OPENAI_API_KEY"), env("OPENAI_BASE_URL"));
+    let openai = (key.is_some() || base.is_some()).then(|| ((key, "OPENAI_API_KEY".to_string()), base));
+    let mut found = Vec::new();
+    for (kind, set) in [
+        (ProviderKind::Anthropic, anthropic),
+        (ProviderKind::OpenAi, openai),
+    ] {
+        if let Some((credential, base)) = set {
+            found.extend(other(file, agent, kind, credential, base)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Another provider of `kind` beside `agent`, with `credential` (the key and its
+/// variable), at `base` (else the provider's own API); `None` where a chat may not pick
+/// from it (see [`others`]).
+fn other(
+    file: &AgentFile,
+    agent: &Provider,
+    kind: ProviderKind,
+    (key, key_env): (Option<String>, String),
+    base: Option<String>,
+) -> Result<Option<Provider>, ConfigError> {
+    let base = base.unwrap_or_else(|| match kind {
+        ProviderKind::Anthropic => "https://api.anthropic.com".into(),
+        ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
+    });
+    let same = agent.host.is_none() && agent.kind == kind;
+    if same || on_openrouter(&agent.base_url) || on_openrouter(&base) {
+        return Ok(None);
+    }
+    let placeholder = match kind {
+        ProviderKind::Anthropic => "claude-sonnet-4-6",
+        ProviderKind::OpenAi => "gpt-4o",
+    };
+    let mut p = provider_of(
+        file,
+        kind,
+        (key, Some(key_env)),
+        base,
+        (placeholder.to_string(), false),
+        false,
+    )?;
+    // The agent's model searches with its provider's tool (so Brave's is not offered):
+    // another provider's does too, where it has one.
+    if let Some(search) = &agent.web_search {
+        match kind {
+            ProviderKind::Anthropic => p.web_search = Some(search.clone()),
+            ProviderKind::OpenAi if p.at_openai() => {
+                p.web_search = Some(search.clone());
+                p.responses_api = true;
+            }
+            ProviderKind::OpenAi => {}
+        }
+    }
+    Ok(Some(p))
+}
+
 /// The variable of an Anthropic-compatible gateway's token (Claude Code's and Anthropic's
 /// SDKs'), sent as `authorization: Bearer`.
 const AUTH_TOKEN: &str = "ANTHROPIC_AUTH_TOKEN";
@@ -762,9 +842,22 @@ fn openrouter_model(spec: Option<&str>) -> (String, bool) {
 fn provider(
     file: &AgentFile,
     kind: ProviderKind,
+    key: (Option<String>, Option<String>),
+    base: String,
+    model: (String, bool),
+) -> Result<Provider, ConfigError> {
+    provider_of(file, kind, key, base, model, true)
+}
+
+/// [`provider`], for the agent's own (`agents`: a thinking budget it cannot use is said
+/// in the log) or for another a chat may pick ([`others`]: it just goes without).
+fn provider_of(
+    file: &AgentFile,
+    kind: ProviderKind,
     (key, key_env): (Option<String>, Option<String>),
     base: String,
     (model, default_model): (String, bool),
+    agents: bool,
 ) -> Result<Provider, ConfigError> {
     let limit = max_tokens(file)?;
     let openrouter = on_openrouter(&base);
@@ -773,7 +866,11 @@ fn provider(
     // A gateway's token, and any key OpenRouter's Anthropic-compatible API gets, is a
     // bearer token there.
     let bearer = kind == ProviderKind::Anthropic && (openrouter || key_env.as_deref() == Some(AUTH_TOKEN));
-    let thinking = thinking(file, kind == ProviderKind::Anthropic || router, limit)?;
+    let takes_thinking = kind == ProviderKind::Anthropic || router;
+    let thinking = match agents || takes_thinking {
+        true => thinking(file, takes_thinking, limit)?,
+        false => None,
+    };
     let mut effort = reasoning_effort(file)?;
     if let (true, Some(Thinking::Budget(budget)), Some(e)) = (router, thinking, &effort) {
         log::warn!(
@@ -1065,6 +1162,84 @@ mod tests {
             let there = asked_there || searches && p.kind == ProviderKind::OpenAi;
             assert_eq!(p.responses_api, there, "{p:?}");
         }
+    }
+
+    #[test]
+    fn a_chat_may_pick_another_providers_model_with_its_search_and_not_at_openrouter() {
+        let (file, _) = crate::agent_file::parse(
+            r#"{"max_tokens": 2000, "thinking_budget": 1024, "tools": {"web_search": {"native": true}}}"#,
+        );
+        let at = |kind, base: &str| {
+            let mut p = host_provider("ollama/m", &file).unwrap();
+            (p.kind, p.base_url, p.host) = (kind, base.into(), None);
+            let mut tools = tool_config(&file, Some(&p)).unwrap();
+            native_search(&file, Some(&mut p), &mut tools).unwrap();
+            p
+        };
+        let key = |var: &str| (Some("k".to_string()), var.to_string());
+        let openai = at(ProviderKind::OpenAi, "https://api.openai.com/v1");
+        let claude = other(
+            &file,
+            &openai,
+            ProviderKind::Anthropic,
+            key("ANTHROPIC_API_KEY"),
+            None,
+        )
+        .unwrap()
+        .expect("Claude beside OpenAI");
+        assert_eq!(claude.base_url, "https://api.anthropic.com");
+        assert_eq!(claude.key_env.as_deref(), Some("ANTHROPIC_API_KEY"));
+        assert!(claude.web_search.is_some(), "the agent's own search goes with it");
+        assert_eq!(
+            (claude.max_tokens, claude.thinking),
+            (Some(2000), Some(Thinking::Budget(1024)))
+        );
+        let anthropic = at(ProviderKind::Anthropic, "https://api.anthropic.com");
+        let gpt = other(
+            &file,
+            &anthropic,
+            ProviderKind::OpenAi,
+            key("OPENAI_API_KEY"),
+            None,
+        )
+        .unwrap()
+        .expect("OpenAI beside Claude");
+        assert!(
+            gpt.web_search.is_some() && gpt.responses_api,
+            "OpenAI searches in the Responses API"
+        );
+        assert_eq!(gpt.thinking, None, "Claude's thinking is Claude's");
+        let local = other(
+            &file,
+            &anthropic,
+            ProviderKind::OpenAi,
+            (None, "OPENAI_API_KEY".into()),
+            Some("http://vllm.local/v1".into()),
+        )
+        .unwrap()
+        .expect("a local server");
+        assert!(local.web_search.is_none() && !local.responses_api);
+        let none = |agent: &Provider, kind, base: Option<&str>| {
+            other(&file, agent, kind, key("K"), base.map(String::from))
+                .unwrap()
+                .is_none()
+        };
+        assert!(none(&openai, ProviderKind::OpenAi, None), "the agent's own kind");
+        let router = at(ProviderKind::OpenAi, "https://openrouter.ai/api/v1");
+        assert!(
+            none(&router, ProviderKind::Anthropic, None),
+            "names there are OpenRouter's"
+        );
+        assert!(none(
+            &openai,
+            ProviderKind::Anthropic,
+            Some("https://openrouter.ai/api")
+        ));
+        let host = host_provider("ollama/m", &file).unwrap();
+        assert!(
+            !none(&host, ProviderKind::OpenAi, None),
+            "a host model's agent may pick OpenAI's"
+        );
     }
 
     #[test]

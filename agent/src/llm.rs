@@ -568,6 +568,17 @@ impl Llm {
         }
     }
 
+    /// The API it speaks, for a provider reached over HTTP (`None`: the host's model
+    /// server, `host:NAME`).
+    pub fn kind(&self) -> Option<ProviderKind> {
+        self.provider.host.is_none().then_some(self.provider.kind)
+    }
+
+    /// Whether it asks OpenRouter, whose model names begin with their vendor's.
+    pub fn on_openrouter(&self) -> bool {
+        self.provider.base_url.starts_with("https://openrouter.ai/")
+    }
+
     /// The model its requests name (the configured one, or its successor).
     pub fn model_name(&self) -> String {
         self.model()

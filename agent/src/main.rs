@@ -273,7 +273,12 @@ fn main() -> ExitCode {
     let shared = Arc::new(Shared {
         models: config.provider.clone().map(|p| {
             let llm = Llm::new(p, host).with_ledger(Arc::clone(&ledger));
-            chat_model::Models::new(llm, &config.workspace, config.chat_models.clone())
+            let others = config
+                .other_providers
+                .iter()
+                .map(|o| Llm::new(o.clone(), None).with_ledger(Arc::clone(&ledger)))
+                .collect();
+            chat_model::Models::new(llm, &config.workspace, config.chat_models.clone(), others)
         }),
         limits: Arc::new(limits::Limits::new(
             config.limits,

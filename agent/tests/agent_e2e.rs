@@ -1257,6 +1257,138 @@ fn openai_at<'a>(url: &'a str, model: &'a str) -> [(&'a str, &'a str); 3] {
     ]
 }
 
+/// [ours] With Anthropic's key in the environment too, an agent on OpenAI lets a chat
+/// talk to Claude: `/model` lists Anthropic's models beside OpenAI's, `/model
+/// anthropic/NAME` is checked against Anthropic's list and asked there, with Anthropic's
+/// key and API, for that chat alone and across a restart. The model's commands see that
+/// key no more than the agent's own. Without it, `/model anthropic/…` names the variable.
+#[test]
+fn a_chat_picks_a_model_of_another_provider_whose_key_is_set() {
+    let openai = FakeLlm::with(|req| {
+        if req.method == "GET" {
+            let data = json!([{"id": "gpt-5.5", "object": "model", "created": 30, "owned_by": "openai"},
+                {"id": "gpt-5.5-mini", "object": "model", "created": 30, "owned_by": "openai"},
+                {"id": "dall-e-3", "object": "model", "created": 5, "owned_by": "openai"}]);
+            return Reply::Status {
+                code: 200,
+                headers: vec![],
+                body: json!({"object": "list", "data": data}).to_string(),
+            };
+        }
+        let model = req.json()["model"].as_str().unwrap_or_default().to_string();
+        Reply::sse(openai_sse(&[&format!("I am {model}.")]))
+    });
+    let claude = FakeLlm::with(|req| {
+        if req.method == "GET" {
+            let data = json!([{"type": "model", "id": "claude-opus-4-5", "display_name": "Claude Opus 4.5"},
+                {"type": "model", "id": "claude-sonnet-4-6", "display_name": "Claude Sonnet 4.6"}]);
+            return Reply::Status {
+                code: 200,
+                headers: vec![],
+                body: json!({"data": data, "has_more": false}).to_string(),
+            };
+        }
+        let body = req.json();
+        let model = body["model"].as_str().unwrap_or_default().to_string();
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .cloned()
+            .unwrap_or_default();
+        let result = last["content"]
+            .as_array()
+            .and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result"))
+            .map(|b| b["content"].to_string());
+        let asked = aegis_e2e::llm::last_content(req).to_string();
+        match (result, asked.contains("your keys")) {
+            (Some(seen), _) => {
+                let first = seen
+                    .trim_matches('"')
+                    .split("\\n")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                Reply::sse(anthropic_sse(&[&format!("saw {first}")]))
+            }
+            (None, true) => Reply::sse(aegis_e2e::llm::anthropic_tool_sse(
+                "",
+                &[(
+                    "t1",
+                    "bash",
+                    r#"{"command": "echo \"[$ANTHROPIC_API_KEY][$OPENAI_API_KEY]\""}"#,
+                )],
+                7,
+            )),
+            (None, false) => Reply::sse(anthropic_sse(&[&format!("I am {model}.")])),
+        }
+    });
+    let ws = temp_dir("chat-model-other");
+    let env = [
+        ("OPENAI_API_KEY", "sk-o"),
+        ("OPENAI_BASE_URL", openai.url()),
+        ("AEGIS_MODEL", "openai/gpt-5.5"),
+        ("ANTHROPIC_API_KEY", "sk-ant-e2e"),
+        ("ANTHROPIC_BASE_URL", claude.url()),
+    ];
+    let a = start_agent(&ws, &env);
+    let ask = |a: &aegis_e2e::agent::Agent, chat: &str, text: &str, id: &str| {
+        a.send(&message(chat, text, id));
+        done_text(&a.reply())
+    };
+    assert_eq!(
+        ask(&a, "1", "/model", "m1"),
+        "This chat talks to gpt-5.5 (OpenAI at 127.0.0.1), the agent's model.\n\n\
+         `/model NAME` switches this chat to another: gpt-5.5, gpt-5.5-mini.\n\n\
+         `/model anthropic/NAME` switches it to a model of Anthropic at 127.0.0.1: claude-opus-4-5, claude-sonnet-4-6."
+    );
+    assert_eq!(
+        ask(&a, "1", "/model anthropic/claude-sonnet-4-7", "m2"),
+        "Anthropic at 127.0.0.1 lists no model “claude-sonnet-4-7”. Close: claude-opus-4-5, claude-sonnet-4-6."
+    );
+    assert_eq!(
+        ask(&a, "1", "/model anthropic/claude-sonnet-4-6", "m3"),
+        "This chat talks to anthropic/claude-sonnet-4-6 (Anthropic at 127.0.0.1) from now on. \
+         `/model default` goes back to gpt-5.5."
+    );
+    assert_eq!(ask(&a, "1", "who are you?", "m4"), "I am claude-sonnet-4-6.");
+    assert_eq!(ask(&a, "2", "who are you?", "m5"), "I am gpt-5.5.");
+    let asked = claude.requests();
+    let post = asked.iter().find(|r| r.method == "POST").unwrap();
+    assert_eq!(post.header("x-api-key"), Some("sk-ant-e2e"));
+    assert!(post.path.ends_with("/v1/messages"), "{}", post.path);
+    assert!(
+        openai.requests().iter().all(|r| r.header("x-api-key").is_none()),
+        "each key goes to its own provider"
+    );
+    assert_eq!(
+        ask(&a, "1", "what are your keys?", "m6"),
+        "saw [][]",
+        "the model's commands see neither key"
+    );
+    drop(a);
+    let a = start_agent(&ws, &env);
+    assert_eq!(ask(&a, "1", "still Claude?", "m7"), "I am claude-sonnet-4-6.");
+    assert!(ask(&a, "1", "/model", "m8")
+        .starts_with("This chat talks to anthropic/claude-sonnet-4-6 (Anthropic at 127.0.0.1), chosen here"));
+    drop(a);
+    let without: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .filter(|(k, _)| !k.starts_with("ANTHROPIC"))
+        .collect();
+    let a = start_agent(&ws, &without);
+    assert_eq!(
+        ask(&a, "3", "/model anthropic/claude-sonnet-4-6", "m9"),
+        "“anthropic/claude-sonnet-4-6” is a model of Anthropic, and the agent has no Anthropic key \
+         (ANTHROPIC_API_KEY is not set in its environment)."
+    );
+    assert_eq!(
+        ask(&a, "1", "and now?", "m10"),
+        "I am gpt-5.5.",
+        "a chat whose provider's key is gone talks to the agent's model"
+    );
+}
+
 /// The agent of `ws` (model `gpt-test`) asks twice, in chat 5 from message `m-{first}`, a
 /// server that refuses `argument` as OpenAI refuses one it does not know: whether each
 /// request carried it, once both are answered, and the agent.
