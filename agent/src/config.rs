@@ -49,7 +49,8 @@ LLM (environment only, so keys never appear in a process listing):
     AEGIS_MODEL         model override (NAME, openai/NAME, anthropic/NAME, host:SERVER/NAME)
     AEGIS_MODELS        the models a chat may pick for itself with /model, comma-separated
                         (none: every chat talks to the agent's) [any the provider lists
-                        for the key]
+                        for the key, and another provider's (anthropic/NAME, openai/NAME)
+                        whose key is set too]
     AEGIS_MAX_TOKENS    reply token limit [Anthropic default 4096]
     AEGIS_REASONING_EFFORT  how hard a reasoning model works (OpenAI-compatible
                         reasoning_effort: minimal, low, medium, high; Claude's
