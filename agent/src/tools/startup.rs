@@ -39,8 +39,12 @@ pub enum Ran {
 }
 
 /// Run the scripts of `workspace`'s [`DIR`] on a thread of their own, as `shell` runs
-/// commands, so the agent answers meanwhile.
+/// commands, so the agent answers meanwhile; no thread where there are none (most
+/// instances: an idle agent's memory is counted).
 pub fn spawn(shell: Shell) {
+    if !any_in(&shell.dir) {
+        return;
+    }
     let spawned = thread::Builder::new()
         .name("startup".into())
         .stack_size(128 * 1024)
