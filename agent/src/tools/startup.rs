@@ -8,8 +8,8 @@
 //!
 //! A script is the model's code, run without a model call, so it runs as `bash` runs a
 //! command (the same sandbox, without the agent's keys, a process group of its own, no
-//! input) and only when `bash` is on. Its output goes to `.aegis/startup/NAME.log` (the
-//! first MiB, as a background job's). The next script waits for it [`WAIT`] at most: one
+//! input) and only when `bash` is on. Its output goes to `.aegis/startup/NAME.start.log`
+//! (the first MiB, as a background job's). The next script waits for it [`WAIT`] at most: one
 //! that keeps running (a server started in the foreground) runs on with the instance.
 
 use std::fs::{self, File, OpenOptions};
@@ -72,12 +72,11 @@ pub fn run_all(shell: &Shell, wait: Duration) -> Vec<Ran> {
             return Vec::new();
         }
     };
-    let ran: Vec<Ran> = names
-        .into_iter()
-        .map(|name| run_one(shell, &dir, name, wait))
-        .collect();
-    for r in &ran {
-        match r {
+    let mut ran = Vec::new();
+    for name in names {
+        // Said as each ends: the next may keep the thread a while.
+        let r = run_one(shell, &dir, name, wait);
+        match &r {
             Ran::Exited { name, code: 0, secs } => {
                 log::info!("startup: {name} exited 0 after {secs:.1} s")
             }
@@ -90,6 +89,7 @@ pub fn run_all(shell: &Shell, wait: Duration) -> Vec<Ran> {
             ),
             Ran::Skipped { name, why } => log::warn!("startup: {name} not run: {why}"),
         }
+        ran.push(r);
     }
     ran
 }
