@@ -204,6 +204,11 @@ fn a_retired_default_model_gives_way_to_the_newest_of_its_family_and_a_named_one
     assert_eq!(llm.requests().len(), 5, "the named model was not replaced");
 }
 
+/// What `a` answers to `text` in chat `chat` (message `id`).
+fn ask(a: &aegis_e2e::agent::Agent, chat: &str, text: &str, id: &str) -> String {
+    a.answer(&message(chat, text, id))
+}
+
 /// [ours] `/model`: a chat sees the model it talks to and the ones the server lists for
 /// the key (chat models only: not OpenAI's image or speech models), and picks one for
 /// itself alone; a name the server does not list is refused with close ones. The choice
@@ -249,10 +254,6 @@ fn a_chat_picks_its_own_model_among_those_the_server_lists() {
     let ws = temp_dir("chat-model");
     let env = openai_at(llm.url(), "gpt-5.5");
     let a = start_agent(&ws, &env);
-    let ask = |a: &aegis_e2e::agent::Agent, chat: &str, text: &str, id: &str| {
-        a.send(&message(chat, text, id));
-        done_text(&a.reply())
-    };
     assert_eq!(
         ask(&a, "1", "/model", "m1"),
         format!(
@@ -1331,10 +1332,6 @@ fn a_chat_picks_a_model_of_another_provider_whose_key_is_set() {
         ("ANTHROPIC_BASE_URL", claude.url()),
     ];
     let a = start_agent(&ws, &env);
-    let ask = |a: &aegis_e2e::agent::Agent, chat: &str, text: &str, id: &str| {
-        a.send(&message(chat, text, id));
-        done_text(&a.reply())
-    };
     assert_eq!(
         ask(&a, "1", "/model", "m1"),
         "This chat talks to gpt-5.5 (OpenAI at 127.0.0.1), the agent's model.\n\n\
