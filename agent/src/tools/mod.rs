@@ -199,7 +199,7 @@ impl Builtin {
         let n = |d: &str| json!({"type": "integer", "description": d});
         let (description, properties, required): (&str, Value, &[&str]) = match self {
             Builtin::Bash => (
-                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes. A server started with nohup CMD & runs until the instance stops (an idle one is stopped, and started again by the next message): to have it come back, also write an executable .aegis/startup/NAME.start that starts it in the background; those run at each start.",
+                "Run a shell command (sh -c) in the workspace. Returns stdout, stderr and the exit status. Times out after 60 s by default; output is capped at 10,000 bytes. A server started with nohup CMD & stops when the idle instance does; to have it back at each start, also write an executable .aegis/startup/NAME.start that starts it in the background.",
                 json!({"command": s("The shell command to run"), "background": {"type": "boolean", "description": "Run past the timeout (a build, tests, a download; not a server): a message in this chat tells you when it ends"}}),
                 &["command"],
             ),
