@@ -391,28 +391,30 @@ fn choices(models: &[(String, i64)], current: &str) -> Vec<String> {
     kept.into_iter().map(|(_, (id, _))| id.clone()).collect()
 }
 
-/// Listed names close to `name`: those holding its longest word, else one of its words,
-/// at most [`MAX_CLOSE`].
+/// Listed names close to `name`: those holding the most of its words (of two characters
+/// or more: `claude-sonnet-4-7` finds `claude-sonnet-4-6` before `claude-opus-4-5`), in
+/// the server's order, at most [`MAX_CLOSE`].
 fn close_names(models: &[(String, i64)], name: &str) -> Vec<String> {
     let lower = name.to_ascii_lowercase();
-    let mut words: Vec<&str> = lower
+    let words: Vec<&str> = lower
         .split(|c: char| !c.is_ascii_alphanumeric())
         .filter(|w| w.len() >= 2)
         .collect();
-    words.sort_by_key(|w| std::cmp::Reverse(w.len()));
-    for word in words {
-        let close: Vec<String> = models
-            .iter()
-            .map(|(id, _)| id)
-            .filter(|id| id.to_ascii_lowercase().contains(word))
-            .take(MAX_CLOSE)
-            .cloned()
-            .collect();
-        if !close.is_empty() {
-            return close;
-        }
+    let shared = |id: &str| {
+        let id = id.to_ascii_lowercase();
+        words.iter().filter(|w| id.contains(**w)).count()
+    };
+    let most = models.iter().map(|(id, _)| shared(id)).max().unwrap_or(0);
+    if most == 0 {
+        return Vec::new();
     }
-    Vec::new()
+    models
+        .iter()
+        .map(|(id, _)| id)
+        .filter(|id| shared(id) == most)
+        .take(MAX_CLOSE)
+        .cloned()
+        .collect()
 }
 
 /// The choices kept in `file`; none when it is missing or unreadable (said in the log).
@@ -506,8 +508,13 @@ mod tests {
         assert_eq!(close_names(&models, "sonnet"), ["claude-sonnet-4-6"]);
         assert_eq!(
             close_names(&models, "claude-opus-5"),
+            ["claude-opus-4-7"],
+            "the one sharing most of its words"
+        );
+        assert_eq!(
+            close_names(&models, "Claude"),
             ["claude-sonnet-4-6", "claude-opus-4-7", "claude-haiku-4-5"],
-            "its longest word first"
+            "all that share as many, in the server's order"
         );
         assert!(close_names(&models, "gpt").is_empty());
     }

@@ -1340,7 +1340,7 @@ fn a_chat_picks_a_model_of_another_provider_whose_key_is_set() {
     );
     assert_eq!(
         ask(&a, "1", "/model anthropic/claude-sonnet-4-7", "m2"),
-        "Anthropic at 127.0.0.1 lists no model “claude-sonnet-4-7”. Close: claude-opus-4-5, claude-sonnet-4-6."
+        "Anthropic at 127.0.0.1 lists no model “claude-sonnet-4-7”. Close: claude-sonnet-4-6."
     );
     assert_eq!(
         ask(&a, "1", "/model anthropic/claude-sonnet-4-6", "m3"),
