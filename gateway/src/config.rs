@@ -33,6 +33,9 @@ pub struct BotConfig {
     /// [ours] How many messages each person may send the agent (`rate_limit`,
     /// `rate_limit_exempt`); no rules by default.
     pub rate: crate::rate::RateLimit,
+    /// [ours] The most the instance's `inbox/` may hold, in bytes (`inbox_max_mb`): a
+    /// file past it is not saved, and the model is told why.
+    pub inbox_max: u64,
 }
 
 /// Token source; `Debug` never shows an inline token.
@@ -231,6 +234,18 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
                 "\"*\" would exempt everyone: leave rate_limit out instead",
             )
         })?;
+        let inbox_max = match e.get("inbox_max_mb") {
+            None | Some(Value::Null) => crate::inbox::DEFAULT_MAX_TOTAL,
+            Some(v) => match v.as_u64().filter(|mb| (1..=1_048_576).contains(mb)) {
+                Some(mb) => mb * 1024 * 1024,
+                None => {
+                    return Err(at(
+                        &field("inbox_max_mb"),
+                        &format!("{v}: a whole number of megabytes from 1 to 1048576"),
+                    ))
+                }
+            },
+        };
         bots.push(BotConfig {
             token,
             instance,
@@ -242,6 +257,7 @@ pub fn load(path: &Path) -> Result<Vec<BotConfig>, ConfigError> {
             exec_users,
             answer_edits,
             rate: crate::rate::RateLimit { rules, exempt },
+            inbox_max,
         });
     }
     Ok(bots)
@@ -433,6 +449,25 @@ mod tests {
         assert!(answered(""));
         assert!(answered(r#","edited_messages":"answer""#));
         assert!(!answered(r#","edited_messages":"ignore""#));
+    }
+
+    #[test]
+    fn the_inbox_holds_a_gigabyte_unless_said() {
+        let max = |field: &str| {
+            let text = format!(r#"{{"telegram":{{"bot_token":"1:a","instance":"a"{field}}}}}"#);
+            load(&write("inbox", &text)).map(|mut b| b.remove(0).inbox_max)
+        };
+        assert_eq!(max(""), Ok(1 << 30));
+        assert_eq!(max(r#","inbox_max_mb":5"#), Ok(5 << 20));
+        for bad in ["0", "-1", "1.5", "\"big\"", "2000000"] {
+            let e = max(&format!(r#","inbox_max_mb":{bad}"#)).unwrap_err();
+            assert!(
+                e.0.ends_with(&format!(
+                    "telegram.inbox_max_mb: {bad}: a whole number of megabytes from 1 to 1048576"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

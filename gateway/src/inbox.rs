@@ -28,6 +28,10 @@ pub const MAX_FILE: u64 = 20 * 1024 * 1024;
 /// small host's disk otherwise.
 pub const MIN_FREE: u64 = 64 * 1024 * 1024;
 
+/// The most the inbox holds by default (`inbox_max_mb`): a chat open to strangers cannot
+/// fill the host's disk through it, nor one chat's files crowd out the instance's work.
+pub const DEFAULT_MAX_TOTAL: u64 = 1024 * 1024 * 1024;
+
 /// Names tried for one file (`report.pdf`, `report (2).pdf`, ...) before giving up.
 const MAX_NAMES: u32 = 100;
 
@@ -38,6 +42,8 @@ pub enum InboxError {
     NotAFolder,
     /// The file would leave less than [`MIN_FREE`] on the disk.
     DiskFull { free: u64 },
+    /// The inbox would hold more than its limit (`inbox_max_mb`).
+    InboxFull { holds: u64, max: u64 },
     /// Every candidate name is taken by other content.
     NoName,
     /// Fetching the file's bytes failed (the source's error).
@@ -56,6 +62,13 @@ impl fmt::Display for InboxError {
                 free / (1024 * 1024),
                 MIN_FREE / (1024 * 1024)
             ),
+            InboxError::InboxFull { holds, max } => write!(
+                f,
+                "{FOLDER}/ holds {:.1} MB, and the gateway keeps it under {} MB (its inbox_max_mb): \
+                 files there no longer needed can be deleted to make room",
+                *holds as f64 / (1024.0 * 1024.0),
+                max / (1024 * 1024)
+            ),
             InboxError::NoName => write!(f, "{MAX_NAMES} files of that name are in {FOLDER} already"),
             InboxError::Source(e) => write!(f, "{e}"),
             InboxError::Io(what, e) => write!(f, "{what}: {e}"),
@@ -72,13 +85,14 @@ pub struct Saved {
     pub size: u64,
 }
 
-/// Save a file called `name` (already safe: see [`safe_name`]) into `workspace`'s inbox.
-/// `fill` writes its bytes (at most [`MAX_FILE`]); `size_hint`, when known, is checked
-/// against the free space first.
+/// Save a file called `name` (already safe: see [`safe_name`]) into `workspace`'s inbox,
+/// which holds `max` bytes at most. `fill` writes its bytes (at most [`MAX_FILE`]);
+/// `size_hint`, when known, is checked against the free space first.
 pub fn save(
     workspace: &Path,
     name: &str,
     size_hint: Option<u64>,
+    max: u64,
     fill: impl FnOnce(&mut dyn Write) -> Result<(), String>,
 ) -> Result<Saved, InboxError> {
     let ws = open_at(None, workspace.as_os_str().as_bytes(), libc::O_DIRECTORY)
@@ -101,6 +115,7 @@ pub fn save(
     if free < MIN_FREE + size_hint.unwrap_or(0) {
         return Err(InboxError::DiskFull { free });
     }
+    let holds = bytes_in(&dir).map_err(|e| InboxError::Io("cannot read the inbox folder", e))?;
 
     let tmp = temp_name();
     let file = open_at(
@@ -132,6 +147,11 @@ pub fn save(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // A link, a folder, something unreadable: not ours to replace.
             Err(_) => continue,
+        }
+        // Only a file not there already counts against the limit: one saved before a
+        // crash is found above, whatever the inbox holds now.
+        if holds.saturating_add(size) > max {
+            return Err(InboxError::InboxFull { holds, max });
         }
         rename_at(&dir, &tmp, &candidate).map_err(|e| InboxError::Io("cannot name the file", e))?;
         return Ok(saved(&candidate, size));
@@ -326,6 +346,60 @@ fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes the regular files of `dir` hold (not its links, nor what is in its folders:
+/// what the gateway saves lands at its top), unfinished uploads included.
+fn bytes_in(dir: &OwnedFd) -> io::Result<u64> {
+    // SAFETY: dup of a descriptor we own; the copy is given to fdopendir, which owns it
+    // from then on and closes it in closedir.
+    let stream = unsafe {
+        let copy = libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0);
+        if copy < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = libc::fdopendir(copy);
+        if stream.is_null() {
+            let e = io::Error::last_os_error();
+            libc::close(copy);
+            return Err(e);
+        }
+        // A descriptor read before starts at its end otherwise.
+        libc::rewinddir(stream);
+        stream
+    };
+    let mut total = 0u64;
+    loop {
+        // SAFETY: `stream` is open until closedir below; each entry is read before the
+        // next readdir.
+        let entry = unsafe { libc::readdir(stream) };
+        if entry.is_null() {
+            break;
+        }
+        // SAFETY: d_name is NUL-terminated within the entry.
+        let name = unsafe { std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()) };
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: a valid descriptor, a NUL-terminated name and a buffer written in full
+        // by a successful call, read only then.
+        let ok = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            ) == 0
+        };
+        if ok {
+            // SAFETY: fstatat succeeded.
+            let st = unsafe { st.assume_init() };
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                total = total.saturating_add(st.st_size as u64);
+            }
+        }
+    }
+    // SAFETY: opened above, closed once.
+    unsafe { libc::closedir(stream) };
+    Ok(total)
+}
+
 /// Bytes an unprivileged writer may still use on `dir`'s file system.
 fn free_bytes(dir: &OwnedFd) -> io::Result<u64> {
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
@@ -384,7 +458,7 @@ mod tests {
     #[test]
     fn files_are_saved_whole_numbered_when_the_name_is_taken_and_never_twice() {
         let s = Scratch::new("names");
-        let a = save(&s.ws(), "report.pdf", Some(3), bytes(b"one")).unwrap();
+        let a = save(&s.ws(), "report.pdf", Some(3), DEFAULT_MAX_TOTAL, bytes(b"one")).unwrap();
         assert_eq!(
             a,
             Saved {
@@ -394,14 +468,14 @@ mod tests {
         );
         assert_eq!(fs::read(s.ws().join("inbox/report.pdf")).unwrap(), b"one");
         // Other content under the same name gets the next free name.
-        let b = save(&s.ws(), "report.pdf", None, bytes(b"two")).unwrap();
+        let b = save(&s.ws(), "report.pdf", None, DEFAULT_MAX_TOTAL, bytes(b"two")).unwrap();
         assert_eq!(b.path, "inbox/report (2).pdf");
         // The same content again (sent twice, or read again after a crash) is found.
-        let again = save(&s.ws(), "report.pdf", None, bytes(b"two")).unwrap();
+        let again = save(&s.ws(), "report.pdf", None, DEFAULT_MAX_TOTAL, bytes(b"two")).unwrap();
         assert_eq!(again.path, "inbox/report (2).pdf");
         assert_eq!(s.names(), ["report (2).pdf", "report.pdf"], "no temporary left");
         // A failing source leaves nothing behind.
-        let failed = save(&s.ws(), "x.zip", None, |out| {
+        let failed = save(&s.ws(), "x.zip", None, DEFAULT_MAX_TOTAL, |out| {
             out.write_all(b"half").unwrap();
             Err("the connection dropped".into())
         });
@@ -413,7 +487,7 @@ mod tests {
     fn an_inbox_linked_out_of_the_workspace_is_refused() {
         let s = Scratch::new("link");
         symlink(s.host(), s.ws().join(FOLDER)).unwrap();
-        let r = save(&s.ws(), "a.txt", None, bytes(b"planted"));
+        let r = save(&s.ws(), "a.txt", None, DEFAULT_MAX_TOTAL, bytes(b"planted"));
         assert!(matches!(r, Err(InboxError::NotAFolder)), "{r:?}");
         assert_eq!(
             fs::read_dir(s.host()).unwrap().count(),
@@ -431,7 +505,14 @@ mod tests {
         let victim = s.host().join("authorized_keys");
         fs::write(&victim, "ssh-ed25519 AAAA").unwrap();
         symlink(&victim, s.ws().join("inbox/keys")).unwrap();
-        let r = save(&s.ws(), "keys", None, bytes(b"ssh-ed25519 AAAA")).unwrap();
+        let r = save(
+            &s.ws(),
+            "keys",
+            None,
+            DEFAULT_MAX_TOTAL,
+            bytes(b"ssh-ed25519 AAAA"),
+        )
+        .unwrap();
         assert_eq!(r.path, "inbox/keys (2)");
         assert!(fs::symlink_metadata(s.ws().join("inbox/keys"))
             .unwrap()
@@ -441,16 +522,22 @@ mod tests {
         let fifo = CString::new(s.ws().join("inbox/notes.md").as_os_str().as_bytes()).unwrap();
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        let r = save(&s.ws(), "notes.md", None, bytes(b"notes")).unwrap();
+        let r = save(&s.ws(), "notes.md", None, DEFAULT_MAX_TOTAL, bytes(b"notes")).unwrap();
         assert_eq!(r.path, "inbox/notes (2).md");
     }
 
     #[test]
     fn size_and_free_space_are_capped() {
         let s = Scratch::new("caps");
-        let r = save(&s.ws(), "big.bin", Some(u64::MAX / 2), bytes(b"x"));
+        let r = save(
+            &s.ws(),
+            "big.bin",
+            Some(u64::MAX / 2),
+            DEFAULT_MAX_TOTAL,
+            bytes(b"x"),
+        );
         assert!(matches!(r, Err(InboxError::DiskFull { .. })), "{r:?}");
-        let r = save(&s.ws(), "big.bin", None, |out| {
+        let r = save(&s.ws(), "big.bin", None, DEFAULT_MAX_TOTAL, |out| {
             let chunk = vec![0u8; 1024 * 1024];
             for _ in 0..=MAX_FILE / chunk.len() as u64 {
                 out.write_all(&chunk).map_err(|e| e.to_string())?;
@@ -462,6 +549,39 @@ mod tests {
             "{r:?}"
         );
         assert!(s.names().is_empty(), "{:?}", s.names());
+    }
+
+    #[test]
+    fn the_inbox_holds_its_limit_at_most_and_a_file_saved_before_is_still_found() {
+        let s = Scratch::new("limit");
+        let max = 10;
+        save(&s.ws(), "a.txt", None, max, bytes(b"123456")).unwrap();
+        // Neither what is in its folders nor a link's target counts: only its own files.
+        fs::create_dir_all(s.ws().join("inbox/sub")).unwrap();
+        fs::write(s.ws().join("inbox/sub/big"), [0u8; 64]).unwrap();
+        fs::write(s.host().join("target"), [0u8; 64]).unwrap();
+        symlink(s.host().join("target"), s.ws().join("inbox/link")).unwrap();
+        save(&s.ws(), "b.txt", None, max, bytes(b"7890")).unwrap();
+        let r = save(&s.ws(), "c.txt", None, max, bytes(b"x"));
+        let Err(InboxError::InboxFull { holds: 10, max: 10 }) = r else {
+            panic!("{r:?}")
+        };
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("inbox/ holds 0.0 MB, and the gateway keeps it under 0 MB"));
+        assert_eq!(s.names(), ["a.txt", "b.txt", "link", "sub"], "no temporary left");
+        // Read again after a crash: the file it saved is found, not refused.
+        let again = save(&s.ws(), "b.txt", None, max, bytes(b"7890")).unwrap();
+        assert_eq!(again.path, "inbox/b.txt");
+        // Counted through one descriptor, twice: the same (the copy shares its offset).
+        let dir = open_at(
+            None,
+            s.ws().join(FOLDER).as_os_str().as_bytes(),
+            libc::O_DIRECTORY,
+        )
+        .unwrap();
+        assert_eq!((bytes_in(&dir).unwrap(), bytes_in(&dir).unwrap()), (10, 10));
     }
 
     #[test]

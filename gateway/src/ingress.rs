@@ -649,7 +649,7 @@ impl Ingress {
         let Some(ws) = self.workspace.get() else {
             return Err("the gateway does not know the instance's workspace".into());
         };
-        let saved = crate::inbox::save(ws, name, size, |out| {
+        let saved = crate::inbox::save(ws, name, size, self.bot.inbox_max, |out| {
             self.tg
                 .download_to(file_id, crate::inbox::MAX_FILE, out)
                 .map(drop)

@@ -1919,7 +1919,9 @@ fn a_message_every_run_dies_on_is_given_up_and_its_chat_told() {
 
 #[test]
 fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_workspace() {
-    let s = stack("gw-photo-limits", FakeLlm::echo_openai());
+    let mut s = Stack::new("gw-photo-limits", FakeLlm::echo_openai(), &[]);
+    // [ours] The inbox holds 1 MB here: the files below fill most of it.
+    gateway_with(&mut s, json!({"inbox_max_mb": 1}));
     s.telegram.push_photo(CHAT, 7, &[jpeg(800 * 1024, 1)], None);
     let msgs = s.telegram.wait_chat(CHAT, T, |m| !m.is_empty());
     assert!(msgs[0].visible().contains("too large"), "{:?}", msgs[0].visible());
@@ -2031,6 +2033,23 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
          [file b.bin (application/octet-stream, 1 KB) saved in the workspace as inbox/b.bin]"
     );
     assert_eq!(std::fs::read(inbox.join("b.bin")).unwrap(), b"second");
+    // Past the inbox's limit a file is not saved, and the model is told why, and how to
+    // make room.
+    s.telegram.push_file(
+        CHAT,
+        7,
+        "more.bin",
+        "application/octet-stream",
+        &vec![1; 300 * 1024],
+        None,
+    );
+    assert_eq!(
+        asked(9),
+        "[Pat]: [file more.bin (application/octet-stream, 300 KB) not passed on: inbox/ holds 0.8 MB, \
+         and the gateway keeps it under 1 MB (its inbox_max_mb): files there no longer needed can be \
+         deleted to make room]"
+    );
+    assert!(!inbox.join("more.bin").exists());
     // A guest that turned the inbox into a link to a host folder gets nothing written
     // there, and the model is told.
     let host = temp_dir("gw-inbox-host");
@@ -2039,11 +2058,11 @@ fn an_image_too_large_gets_a_note_and_files_reach_the_model_as_text_or_in_the_wo
     s.telegram
         .push_file(CHAT, 7, "notes.zip", "application/zip", b"PK\x03\x04", None);
     assert_eq!(
-        asked(9),
+        asked(10),
         "[Pat]: [file notes.zip (application/zip, 1 KB) not passed on: the workspace's inbox is not a folder]"
     );
     assert_eq!(std::fs::read_dir(host.path()).unwrap().count(), 0);
-    assert_eq!(s.llm.requests().len(), 9, "each message answered once");
+    assert_eq!(s.llm.requests().len(), 10, "each message answered once");
 }
 
 #[test]
