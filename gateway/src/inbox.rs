@@ -95,22 +95,13 @@ pub fn save(
     max: u64,
     fill: impl FnOnce(&mut dyn Write) -> Result<(), String>,
 ) -> Result<Saved, InboxError> {
-    let ws = open_at(None, workspace.as_os_str().as_bytes(), libc::O_DIRECTORY)
-        .map_err(|e| InboxError::Io("cannot open the workspace", e))?;
+    let ws = open_workspace(workspace)?;
     match mkdir_at(&ws, FOLDER) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(InboxError::Io("cannot make the inbox folder", e)),
     }
-    let dir = open_at(
-        Some(&ws),
-        FOLDER.as_bytes(),
-        libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-    )
-    .map_err(|e| match e.raw_os_error() {
-        Some(libc::ELOOP | libc::ENOTDIR) => InboxError::NotAFolder,
-        _ => InboxError::Io("cannot open the inbox folder", e),
-    })?;
+    let dir = open_inbox(&ws)?;
     let free = free_bytes(&dir).map_err(|e| InboxError::Io("cannot read the free space", e))?;
     if free < MIN_FREE + size_hint.unwrap_or(0) {
         return Err(InboxError::DiskFull { free });
@@ -157,6 +148,34 @@ pub fn save(
         return Ok(saved(&candidate, size));
     }
     Err(InboxError::NoName)
+}
+
+/// What `workspace`'s inbox holds now, in bytes (for `--check`); 0 while it has none.
+pub fn holds(workspace: &Path) -> Result<u64, InboxError> {
+    let ws = open_workspace(workspace)?;
+    match open_inbox(&ws) {
+        Err(InboxError::Io(_, e)) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+        Ok(dir) => bytes_in(&dir).map_err(|e| InboxError::Io("cannot read the inbox folder", e)),
+    }
+}
+
+fn open_workspace(workspace: &Path) -> Result<OwnedFd, InboxError> {
+    open_at(None, workspace.as_os_str().as_bytes(), libc::O_DIRECTORY)
+        .map_err(|e| InboxError::Io("cannot open the workspace", e))
+}
+
+/// The workspace's inbox folder itself, never through a link put in its place.
+fn open_inbox(ws: &OwnedFd) -> Result<OwnedFd, InboxError> {
+    open_at(
+        Some(ws),
+        FOLDER.as_bytes(),
+        libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::ELOOP | libc::ENOTDIR) => InboxError::NotAFolder,
+        _ => InboxError::Io("cannot open the inbox folder", e),
+    })
 }
 
 fn saved(name: &str, size: u64) -> Saved {
@@ -574,6 +593,7 @@ mod tests {
         // Read again after a crash: the file it saved is found, not refused.
         let again = save(&s.ws(), "b.txt", None, max, bytes(b"7890")).unwrap();
         assert_eq!(again.path, "inbox/b.txt");
+        assert_eq!(holds(&s.ws()).unwrap(), 10, "as --check says it");
         // Counted through one descriptor, twice: the same (the copy shares its offset).
         let dir = open_at(
             None,

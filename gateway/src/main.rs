@@ -214,7 +214,14 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
         println!("instance: {} reachable", bot.instance);
         // Files go through the workspace both ways.
         match instance["workspace"].as_str().filter(|w| !w.is_empty()) {
-            Some(ws) => println!("workspace: {ws} (files sent to the bot are saved in inbox/)"),
+            Some(ws) => {
+                let max = bot.inbox_max as f64 / (1024.0 * 1024.0);
+                let holds = match crate::inbox::holds(std::path::Path::new(ws)) {
+                    Ok(b) => format!("{:.1} MB of its {max:.0} MB", b as f64 / (1024.0 * 1024.0)),
+                    Err(e) => format!("{e}"),
+                };
+                println!("workspace: {ws} (files sent to the bot are saved in inbox/: {holds})")
+            }
             None => println!(
                 "workspace: not reported by aegisd (files sent to the bot other than text and images, \
                  recordings over 700 KB and files the agent sends cannot pass)"

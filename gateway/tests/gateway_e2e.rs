@@ -341,6 +341,10 @@ fn check_and_bad_config_report_clearly() {
             .to_string(),
     )
     .unwrap();
+    // What the inbox holds against its limit.
+    let inbox = s.instance_dir().join("workspace/inbox");
+    std::fs::create_dir_all(&inbox).unwrap();
+    std::fs::write(inbox.join("big.bin"), vec![0u8; 3 << 19]).unwrap();
     let out = s.gateway_command().arg("--check").output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -355,7 +359,7 @@ fn check_and_bad_config_report_clearly() {
     let ws = s.instance_dir().join("workspace");
     assert!(
         stdout.contains(&format!(
-            "workspace: {} (files sent to the bot are saved in inbox/)",
+            "workspace: {} (files sent to the bot are saved in inbox/: 1.5 MB of its 1024 MB)",
             ws.display()
         )),
         "{stdout}"
