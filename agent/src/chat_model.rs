@@ -190,12 +190,7 @@ impl Models {
         let current = choice.unwrap_or(agents);
         match self.listed(&self.default, cancel)? {
             Ok(models) => {
-                let shown = choices(&models, &current);
-                let more = shown.len().saturating_sub(MAX_SHOWN);
-                let mut names = shown[..shown.len().min(MAX_SHOWN)].join(", ");
-                if more > 0 {
-                    names.push_str(&format!(" and {more} more"));
-                }
+                let names = shown(&models, &current);
                 match names.is_empty() {
                     true => out.push_str("\n\nThe server lists no other model to talk to."),
                     false => out.push_str(&format!(
@@ -211,15 +206,7 @@ impl Models {
         for other in &self.others {
             let kind = other.kind().map_or("openai", prefix);
             let names = match self.listed(other, cancel)? {
-                Ok(models) => {
-                    let shown = choices(&models, "");
-                    let more = shown.len().saturating_sub(MAX_SHOWN);
-                    let mut names = shown[..shown.len().min(MAX_SHOWN)].join(", ");
-                    if more > 0 {
-                        names.push_str(&format!(" and {more} more"));
-                    }
-                    names
-                }
+                Ok(models) => shown(&models, ""),
                 Err(why) => format!("its list could not be read: {why}"),
             };
             out.push_str(&format!(
@@ -389,6 +376,17 @@ fn choices(models: &[(String, i64)], current: &str) -> Vec<String> {
         .collect();
     kept.sort_by_key(|(i, (_, created))| (std::cmp::Reverse(*created), *i));
     kept.into_iter().map(|(_, (id, _))| id.clone()).collect()
+}
+
+/// The [`choices`] among `models` as `/model` names them: [`MAX_SHOWN`] at most, and how
+/// many more.
+fn shown(models: &[(String, i64)], current: &str) -> String {
+    let all = choices(models, current);
+    let mut names = all[..all.len().min(MAX_SHOWN)].join(", ");
+    if all.len() > MAX_SHOWN {
+        names.push_str(&format!(" and {} more", all.len() - MAX_SHOWN));
+    }
+    names
 }
 
 /// Listed names close to `name`: those holding the most of its words (of two characters

@@ -703,10 +703,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     if key.is_none() && (kind == ProviderKind::Anthropic || base.is_none()) {
         return Ok(None);
     }
-    let base = base.unwrap_or_else(|| match kind {
-        ProviderKind::Anthropic => "https://api.anthropic.com".into(),
-        ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
-    });
+    let base = base.unwrap_or_else(|| own_api(kind).into());
     // OpenRouter's Anthropic-compatible API takes its own names (`anthropic/claude-...`)
     // and only a bearer token.
     let router = kind == ProviderKind::Anthropic && on_openrouter(&base);
@@ -718,10 +715,25 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     let default_model = model_name.is_none();
     let model = model_name.unwrap_or_else(|| match kind {
         ProviderKind::Anthropic if router => "anthropic/claude-sonnet-4.6".into(),
-        ProviderKind::Anthropic => "claude-sonnet-4-6".into(),
-        ProviderKind::OpenAi => "gpt-4o".into(),
+        _ => default_model_of(kind).into(),
     });
     provider(file, kind, (key, key_env), base, (model, default_model)).map(Some)
+}
+
+/// The provider's own API, where no base URL is set.
+fn own_api(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Anthropic => "https://api.anthropic.com",
+        ProviderKind::OpenAi => "https://api.openai.com/v1",
+    }
+}
+
+/// The model asked of the provider's own API when none is named.
+fn default_model_of(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Anthropic => "claude-sonnet-4-6",
+        ProviderKind::OpenAi => "gpt-4o",
+    }
 }
 
 /// [ours] The providers besides the agent's that a chat may talk to (`/model
@@ -763,24 +775,18 @@ fn other(
     (key, key_env): (Option<String>, String),
     base: Option<String>,
 ) -> Result<Option<Provider>, ConfigError> {
-    let base = base.unwrap_or_else(|| match kind {
-        ProviderKind::Anthropic => "https://api.anthropic.com".into(),
-        ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
-    });
+    let base = base.unwrap_or_else(|| own_api(kind).into());
     let same = agent.host.is_none() && agent.kind == kind;
     if same || on_openrouter(&agent.base_url) || on_openrouter(&base) {
         return Ok(None);
     }
-    let placeholder = match kind {
-        ProviderKind::Anthropic => "claude-sonnet-4-6",
-        ProviderKind::OpenAi => "gpt-4o",
-    };
+    // The model is a placeholder: a chat names its own.
     let mut p = provider_of(
         file,
         kind,
         (key, Some(key_env)),
         base,
-        (placeholder.to_string(), false),
+        (default_model_of(kind).to_string(), false),
         false,
     )?;
     // The agent's model searches with its provider's tool (so Brave's is not offered):

@@ -64,9 +64,9 @@ impl fmt::Display for InboxError {
             ),
             InboxError::InboxFull { holds, max } => write!(
                 f,
-                "{FOLDER}/ holds {:.1} MB, and the gateway keeps it under {} MB (its inbox_max_mb): \
+                "{FOLDER}/ holds {} MB, and the gateway keeps it under {} MB (its inbox_max_mb): \
                  files there no longer needed can be deleted to make room",
-                *holds as f64 / (1024.0 * 1024.0),
+                megabytes(*holds),
                 max / (1024 * 1024)
             ),
             InboxError::NoName => write!(f, "{MAX_NAMES} files of that name are in {FOLDER} already"),
@@ -148,6 +148,11 @@ pub fn save(
         return Ok(saved(&candidate, size));
     }
     Err(InboxError::NoName)
+}
+
+/// `bytes` in MB, to a tenth.
+pub fn megabytes(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// What `workspace`'s inbox holds now, in bytes (for `--check`); 0 while it has none.

@@ -215,10 +215,10 @@ fn check(bots: &[BotConfig], aegis: &AegisClient, path: &std::path::Path) -> Res
         // Files go through the workspace both ways.
         match instance["workspace"].as_str().filter(|w| !w.is_empty()) {
             Some(ws) => {
-                let max = bot.inbox_max as f64 / (1024.0 * 1024.0);
+                let max = bot.inbox_max / (1024 * 1024);
                 let holds = match crate::inbox::holds(std::path::Path::new(ws)) {
-                    Ok(b) => format!("{:.1} MB of its {max:.0} MB", b as f64 / (1024.0 * 1024.0)),
-                    Err(e) => format!("{e}"),
+                    Ok(b) => format!("{} MB of its {max} MB", crate::inbox::megabytes(b)),
+                    Err(e) => e.to_string(),
                 };
                 println!("workspace: {ws} (files sent to the bot are saved in inbox/: {holds})")
             }

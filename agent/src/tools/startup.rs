@@ -42,14 +42,17 @@ pub enum Ran {
 /// commands, so the agent answers meanwhile; no thread where there are none (most
 /// instances: an idle agent's memory is counted).
 pub fn spawn(shell: Shell) {
-    if !any_in(&shell.dir) {
-        return;
-    }
+    let dir = shell.dir.join(DIR);
+    let names = match scripts(&dir) {
+        Ok(names) if names.is_empty() => return,
+        Ok(names) => names,
+        Err(why) => return log::warn!("startup: {DIR} not read: {why}"),
+    };
     let spawned = thread::Builder::new()
         .name("startup".into())
         .stack_size(128 * 1024)
         .spawn(move || {
-            run_all(&shell, WAIT);
+            run_these(&shell, &dir, names, WAIT);
         });
     if let Err(e) = spawned {
         log::error!("cannot run the startup scripts of {DIR}: {e}");
@@ -61,21 +64,24 @@ pub fn any_in(workspace: &Path) -> bool {
     scripts(&workspace.join(DIR)).is_ok_and(|s| !s.is_empty())
 }
 
-/// Run the scripts one after the other, each waited for `wait` at most; what became of
-/// each, also logged.
+/// Run the scripts of the workspace's [`DIR`] one after the other (as [`spawn`] does,
+/// here on the caller's thread).
+#[cfg(test)]
 pub fn run_all(shell: &Shell, wait: Duration) -> Vec<Ran> {
     let dir = shell.dir.join(DIR);
-    let names = match scripts(&dir) {
-        Ok(names) => names,
-        Err(why) => {
-            log::warn!("startup: {DIR} not read: {why}");
-            return Vec::new();
-        }
-    };
+    match scripts(&dir) {
+        Ok(names) => run_these(shell, &dir, names, wait),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Run the scripts `names` of `dir`, each waited for `wait` at most; what became of each,
+/// also logged.
+fn run_these(shell: &Shell, dir: &Path, names: Vec<String>, wait: Duration) -> Vec<Ran> {
     let mut ran = Vec::new();
     for name in names {
         // Said as each ends: the next may keep the thread a while.
-        let r = run_one(shell, &dir, name, wait);
+        let r = run_one(shell, dir, name, wait);
         match &r {
             Ran::Exited { name, code: 0, secs } => {
                 log::info!("startup: {name} exited 0 after {secs:.1} s")

@@ -358,12 +358,7 @@ fn list(host: &Host) -> Reply {
         .named_workspaces()
         .into_iter()
         .map(|(name, path)| {
-            // A chosen workspace is kept resolved.
-            let real = path.canonicalize().unwrap_or_else(|_| path.clone());
-            let user = handles
-                .iter()
-                .find(|h| h.def.workspace.as_ref() == Some(&real))
-                .map(|h| h.def.name.clone());
+            let user = user_of(&handles, &path);
             json!({"name": name, "path": path, "used_by": user})
         })
         .collect();
@@ -371,6 +366,16 @@ fn list(host: &Host) -> Reply {
         200,
         json!({"instances": infos, "kept_workspaces": kept, "named_workspaces": named}),
     ))
+}
+
+/// The instance among `handles` that works in the named workspace at `path`, if any.
+fn user_of(handles: &[Handle], path: &std::path::Path) -> Option<String> {
+    // A chosen workspace is kept resolved.
+    let real = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    handles
+        .iter()
+        .find(|h| h.def.workspace.as_ref() == Some(&real))
+        .map(|h| h.def.name.clone())
 }
 
 fn action_cmd(host: &Host, id: &str, action: &str) -> Reply {
@@ -458,13 +463,7 @@ fn delete_workspace(host: &Host, name: &str) -> Reply {
     if std::fs::symlink_metadata(&path).is_err() {
         return Err(e(404, format!("no named workspace {name:?}")));
     }
-    let real = path.canonicalize().unwrap_or_else(|_| path.clone());
-    let user = host
-        .handles()
-        .into_iter()
-        .find(|h| h.def.workspace.as_ref() == Some(&real))
-        .map(|h| h.def.name.clone());
-    if let Some(user) = user {
+    if let Some(user) = user_of(&host.handles(), &path) {
         return Err(e(
             409,
             format!(
