@@ -129,7 +129,7 @@ impl<'a> Incoming<'a> {
             crate::voice::Recorded::Pass(s) => s.label.clone(),
             crate::voice::Recorded::LeftOut(note) => note.clone(),
         });
-        let aside = crate::annotate::shared_place(m).or_else(|| crate::annotate::wordless(m));
+        let aside = crate::annotate::shared(m).or_else(|| crate::annotate::wordless(m));
         let text = album
             .iter()
             .find_map(|a| {
@@ -531,7 +531,7 @@ impl Ingress {
             }
             _ => {}
         }
-        let text = match replied.and_then(|r| self.quoted(m, r)) {
+        let text = match self.quoted(m, replied) {
             Some(q) => format!("{q}\n{text}"),
             None => text.to_string(),
         };
@@ -688,19 +688,46 @@ impl Ingress {
         }
     }
 
-    /// The message `m` replies to, `r`, as a quote to put before `m`'s text: the part the
-    /// user quoted, else `r`'s text or caption (at most `MAX_QUOTE` characters), with who
-    /// wrote it (`you` for the bot itself); `None` when `r` has no text.
-    fn quoted(&self, m: &Message, r: &Message) -> Option<String> {
-        let whole = r.text.as_deref().or(r.caption.as_deref());
-        let text = m.quote.as_ref().map(|q| q.text.as_str()).or(whole)?.trim();
-        if text.is_empty() {
-            return None;
-        }
-        let who = match &r.from {
-            _ if self.by_bot(r) => "you".to_string(),
-            Some(u) => u.full_name(),
-            None => "someone".to_string(),
+    /// The message `m` replies to (`replied`, in this chat, or one of another chat), as a
+    /// quote to put before `m`'s text: the part the user quoted, else the message's text
+    /// or caption (at most `MAX_QUOTE` characters) or what it shares (a location, a
+    /// poll...), with who wrote it (`you` for the bot itself); `None` when there is
+    /// nothing to quote.
+    fn quoted(&self, m: &Message, replied: Option<&Message>) -> Option<String> {
+        let chosen = m.quote.as_ref().map(|q| q.text.trim()).filter(|q| !q.is_empty());
+        let (who, text) = match (replied, &m.external_reply) {
+            (Some(r), _) => {
+                let who = match &r.from {
+                    _ if self.by_bot(r) => "you".to_string(),
+                    Some(u) => u.full_name(),
+                    None => "someone".to_string(),
+                };
+                let whole = r.text.as_deref().or(r.caption.as_deref()).map(str::trim);
+                let text = match chosen.or(whole.filter(|t| !t.is_empty())) {
+                    Some(t) => t.to_string(),
+                    None => crate::annotate::shared(r)?,
+                };
+                (who, text)
+            }
+            // Another chat's message: its words come only as the part quoted.
+            (None, Some(x)) => {
+                let who = x
+                    .origin
+                    .as_ref()
+                    .map(crate::annotate::origin_name)
+                    .unwrap_or_default();
+                let who = if who.is_empty() {
+                    "someone".to_string()
+                } else {
+                    who
+                };
+                let text = chosen
+                    .map(str::to_string)
+                    .or_else(|| crate::annotate::shared(x))
+                    .unwrap_or_else(|| "[a message the agent cannot see]".to_string());
+                (format!("{who} (in another chat)"), text)
+            }
+            (None, None) => return None,
         };
         let mut shown: String = text.chars().take(MAX_QUOTE).collect();
         if shown.len() < text.len() {

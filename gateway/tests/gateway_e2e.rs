@@ -838,6 +838,36 @@ fn a_reply_brings_what_it_answers_to_the_model() {
         "forum_topic_created": {"name": "Builds", "icon_color": 7322096}});
     ask(json!({"reply_to_message": root, "message_thread_id": 60, "is_topic_message": true}));
     assert_eq!(last_request(4), "[Ann]: why?");
+    // Under something shared without words: what it shares.
+    let pin = json!({"message_id": 52, "chat": group, "from": from("Bob", 8),
+        "location": {"latitude": 52.52, "longitude": 13.405}});
+    ask(json!({"reply_to_message": pin, "text": "@test_bot how far is it?"}));
+    assert_eq!(
+        last_request(5),
+        "[Ann]: > Bob: [location: 52.52, 13.405]\nhow far is it?"
+    );
+    // A message of another chat (Telegram's "reply in another chat"): its words come as
+    // the part quoted, its author as its origin.
+    let news = json!({"type": "channel", "date": 1, "message_id": 9,
+        "chat": {"id": -1009, "type": "channel", "title": "Daily News"}});
+    ask(json!({"external_reply": {"origin": news}, "quote": {"text": "rates rise 0.25%", "position": 0}}));
+    assert_eq!(
+        last_request(6),
+        "[Ann]: > the channel Daily News (in another chat): rates rise 0.25%\nwhy?"
+    );
+    let poll = json!({"id": "p", "question": "Lunch?", "options": [{"text": "Pizza", "voter_count": 2},
+        {"text": "Sushi", "voter_count": 1}], "total_voter_count": 3, "is_closed": false,
+        "is_anonymous": true, "type": "regular", "allows_multiple_answers": false});
+    ask(json!({"external_reply": {"origin": news, "poll": poll}}));
+    assert_eq!(
+        last_request(7),
+        "[Ann]: > the channel Daily News (in another chat): [poll: Lunch? — Pizza: 2 / Sushi: 1 (3 voters)]\nwhy?"
+    );
+    ask(json!({"external_reply": {"origin": news, "photo": photo}}));
+    assert_eq!(
+        last_request(8),
+        "[Ann]: > the channel Daily News (in another chat): [a message the agent cannot see]\nwhy?"
+    );
 }
 
 #[test]
@@ -2574,14 +2604,42 @@ fn forwards_and_locations_reach_the_model_and_a_forward_never_runs() {
     s.telegram.push_message(json!({"chat": chat, "from": ann, "sticker": {"file_id": "CAAC", "file_unique_id": "u",
         "type": "regular", "width": 512, "height": 512, "is_animated": false, "is_video": false, "emoji": "👍"}}));
     assert_eq!(asked(3), "[Ann]: [sticker 👍]");
+    // A contact card, a poll, a checklist, a dice: each written out.
+    s.telegram.push_message(
+        json!({"chat": chat, "from": ann, "contact": {"phone_number": "+33612345678",
+        "first_name": "Bob", "last_name": "Smith", "user_id": 8}}),
+    );
+    assert_eq!(
+        asked(4),
+        "[Ann]: [contact: Bob Smith, +33612345678 (Telegram user 8)]"
+    );
+    s.telegram.push_message(
+        json!({"chat": chat, "from": ann, "poll": {"id": "p", "question": "Which day?",
+        "options": [{"text": "Mon", "voter_count": 0}, {"text": "Tue", "voter_count": 0}],
+        "total_voter_count": 0, "is_closed": false, "is_anonymous": false, "type": "regular",
+        "allows_multiple_answers": true}}),
+    );
+    assert_eq!(
+        asked(5),
+        "[Ann]: [poll: Which day? — Mon / Tue (several answers allowed)]"
+    );
+    s.telegram
+        .push_message(json!({"chat": chat, "from": ann, "checklist": {"title": "Trip",
+        "tasks": [{"id": 1, "text": "passport", "completion_date": 1_700_000_000,
+        "completed_by_user": {"id": 7, "is_bot": false, "first_name": "Ann"}},
+        {"id": 2, "text": "tickets", "completion_date": 0}]}}));
+    assert_eq!(asked(6), "[Ann]: [checklist: Trip — ✓ passport / tickets]");
+    s.telegram
+        .push_message(json!({"chat": chat, "from": ann, "dice": {"emoji": "🎯", "value": 6}}));
+    assert_eq!(asked(7), "[Ann]: [dice 🎯: 6 of 6]");
 
     s.telegram.push_text(CHAT, 7, "Ann", "/exec");
-    s.telegram.wait_chat(CHAT, T, |m| m.len() == 4);
+    s.telegram.wait_chat(CHAT, T, |m| m.len() == 8);
     for text in ["touch forwarded-ran", "/exit"] {
         s.telegram
             .push_message(json!({"chat": chat, "from": ann, "forward_origin": bob, "text": text}));
     }
-    assert_eq!(asked(5), "[Ann]: [forwarded from Bob Smith]\n/exit");
+    assert_eq!(asked(9), "[Ann]: [forwarded from Bob Smith]\n/exit");
     s.telegram.push_text(CHAT, 7, "Ann", "ls");
     let msgs = s
         .telegram
@@ -2604,7 +2662,7 @@ fn forwards_and_locations_reach_the_model_and_a_forward_never_runs() {
     let ls = msgs.last().unwrap().visible();
     assert!(!ls.contains("edited-ran"), "{ls}");
     assert!(!s.instance_dir().join("workspace/edited-ran").exists());
-    assert_eq!(s.llm.requests().len(), 5, "the edit reached no model");
+    assert_eq!(s.llm.requests().len(), 9, "the edit reached no model");
 }
 
 /// A gateway killed while a command runs: the next one tells the chat the output is lost
