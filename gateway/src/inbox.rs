@@ -9,14 +9,12 @@
 //! renamed when complete, so the agent never sees half of one. The same file sent again
 //! (or a message read again after a crash) finds its copy and is not saved twice.
 
-use std::ffi::CString;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use tether::dirfd::{self, mkdir_at, open_at, rename_at};
 
 /// The folder of the workspace that files are saved in.
 pub const FOLDER: &str = "inbox";
@@ -108,7 +106,7 @@ pub fn save(
     }
     let holds = bytes_in(&dir).map_err(|e| InboxError::Io("cannot read the inbox folder", e))?;
 
-    let tmp = temp_name();
+    let tmp = dirfd::temp_name("upload");
     let file = open_at(
         Some(&dir),
         tmp.as_bytes(),
@@ -166,18 +164,12 @@ pub fn holds(workspace: &Path) -> Result<u64, InboxError> {
 }
 
 fn open_workspace(workspace: &Path) -> Result<OwnedFd, InboxError> {
-    open_at(None, workspace.as_os_str().as_bytes(), libc::O_DIRECTORY)
-        .map_err(|e| InboxError::Io("cannot open the workspace", e))
+    dirfd::open_dir(workspace).map_err(|e| InboxError::Io("cannot open the workspace", e))
 }
 
 /// The workspace's inbox folder itself, never through a link put in its place.
 fn open_inbox(ws: &OwnedFd) -> Result<OwnedFd, InboxError> {
-    open_at(
-        Some(ws),
-        FOLDER.as_bytes(),
-        libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-    )
-    .map_err(|e| match e.raw_os_error() {
+    dirfd::subdir(ws, FOLDER).map_err(|e| match e.raw_os_error() {
         Some(libc::ELOOP | libc::ENOTDIR) => InboxError::NotAFolder,
         _ => InboxError::Io("cannot open the inbox folder", e),
     })
@@ -236,16 +228,6 @@ fn split_ext(name: &str) -> (&str, &str) {
         Some(i) if i > 0 => name.split_at(i),
         _ => (name, ""),
     }
-}
-
-/// A temporary name no other save of this process or another uses.
-fn temp_name() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        ".upload-{}-{}.part",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Whether `name` in `dir` is a regular file (not a link) of `size` bytes holding what
@@ -324,50 +306,9 @@ struct Unlink<'a> {
 
 impl Drop for Unlink<'_> {
     fn drop(&mut self) {
-        if let Ok(c) = CString::new(self.name) {
-            // SAFETY: a valid descriptor and a NUL-terminated name; the result is only a
-            // status.
-            unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
-        }
+        // Gone already when the file was renamed into place.
+        let _ = dirfd::unlink_at(self.dir, self.name);
     }
-}
-
-fn cstr(path: &[u8]) -> io::Result<CString> {
-    CString::new(path).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a path"))
-}
-
-/// `openat(dir or the working folder, path, flags | O_CLOEXEC, 0644)`.
-fn open_at(dir: Option<&OwnedFd>, path: &[u8], flags: libc::c_int) -> io::Result<OwnedFd> {
-    let c = cstr(path)?;
-    let at = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: `at` is a descriptor we own (or AT_FDCWD) and `c` is NUL-terminated.
-    let fd = unsafe { libc::openat(at, c.as_ptr(), flags | libc::O_CLOEXEC, 0o644 as libc::c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just opened and is owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn mkdir_at(dir: &OwnedFd, name: &str) -> io::Result<()> {
-    let c = cstr(name.as_bytes())?;
-    // SAFETY: a valid descriptor and a NUL-terminated name.
-    if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// `renameat` within `dir`: the names are looked up in that folder itself, whatever
-/// became of its path meanwhile.
-fn rename_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
-    let (a, b) = (cstr(from.as_bytes())?, cstr(to.as_bytes())?);
-    let fd = dir.as_raw_fd();
-    // SAFETY: valid descriptors and NUL-terminated names.
-    if unsafe { libc::renameat(fd, a.as_ptr(), fd, b.as_ptr()) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Bytes the regular files of `dir` hold (not its links, nor what is in its folders:
@@ -440,7 +381,9 @@ fn free_bytes(dir: &OwnedFd) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CString;
     use std::fs;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
     use std::path::PathBuf;
 

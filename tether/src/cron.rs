@@ -89,6 +89,38 @@ pub struct CronFile {
     pub next_id: u64,
 }
 
+/// [ours] The host that fires the tasks tells the agent what it alone knows
+/// (`.aegis/cron-next.json`, rewritten when it changes): the time zone it evaluates them
+/// in, which may be the host's own, and when each runs next. Only for showing: a file the
+/// guest can write decides nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NextRuns {
+    /// The zone's name (`Europe/Paris`), or how far from UTC it is when the host's own
+    /// has no name (`UTC+01:00`).
+    #[serde(default)]
+    pub zone: String,
+    /// By task id, the enabled tasks that run again within [`NEXT_HORIZON_DAYS`].
+    #[serde(default)]
+    pub tasks: std::collections::BTreeMap<String, NextRun>,
+}
+
+/// When one task runs next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NextRun {
+    /// The task's `schedule` (or `at`) this was worked out from: a task changed since
+    /// is not shown this time.
+    pub when: String,
+    /// Unix seconds.
+    pub unix: i64,
+    /// The wall time in the zone, `Tue 2026-12-08 09:00`.
+    pub local: String,
+}
+
+/// Where [`NextRuns`] is kept, in the workspace's `.aegis`.
+pub const NEXT_FILE: &str = "cron-next.json";
+/// How far ahead a next run is looked for (a task for 29 February runs within 8 years).
+pub const NEXT_HORIZON_DAYS: i64 = 8 * 366;
+
 /// Why an expression was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduleError(String);
@@ -179,15 +211,28 @@ impl Schedule {
 
     /// Whether the task runs in minute `m`.
     pub fn matches(&self, m: Minute) -> bool {
-        let bit = |set: u64, v: u8| set & (1u64 << v) != 0;
+        self.runs_on(m) && bit(self.hour, m.hour) && bit(self.minute, m.minute)
+    }
+
+    /// Whether the task runs on `m`'s day (its month, day of month and day of week).
+    pub fn runs_on(&self, m: Minute) -> bool {
         let dom = bit(self.dom, m.day);
         let dow = bit(self.dow, m.weekday);
         let day = match (self.dom_any, self.dow_any) {
             (false, false) => dom || dow,
             _ => dom && dow,
         };
-        bit(self.minute, m.minute) && bit(self.hour, m.hour) && bit(self.month, m.month) && day
+        bit(self.month, m.month) && day
     }
+
+    /// Whether the task runs in some minute of `m`'s hour, on a day it runs.
+    pub fn runs_in_hour(&self, m: Minute) -> bool {
+        self.runs_on(m) && bit(self.hour, m.hour)
+    }
+}
+
+fn bit(set: u64, v: u8) -> bool {
+    set & (1u64 << v) != 0
 }
 
 /// The bit set of one field.

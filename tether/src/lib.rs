@@ -25,6 +25,9 @@ pub mod client;
 pub mod cron;
 pub mod cut;
 pub mod depth;
+// Hosts that write into a guest's workspace are the ones that fire its tasks.
+#[cfg(feature = "schedule")]
+pub mod dirfd;
 pub mod disklog;
 pub mod frame;
 pub mod fsutil;
