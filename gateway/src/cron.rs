@@ -70,6 +70,9 @@ fn tick(
     minute: i64,
     clock: &Clock,
 ) {
+    if let Err(e) = schedule::publish_next(ws, minute) {
+        log::debug!("scheduled tasks: cannot tell the agent their next runs: {e}");
+    }
     let due = match schedule::due(ws, state, minute, clock) {
         Ok(Some(d)) => d,
         Ok(None) => return,

@@ -2335,6 +2335,82 @@ fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
     assert!(gw.log().contains("task cron-1 runs"), "{}", gw.log());
     assert!(!s.serve.log().contains("task cron-1 runs"), "serve fired too");
     assert!(dir.join("cron-state.json").exists());
+    // The gateway tells the agent when the task runs next: tomorrow's 09:00.
+    let next = aegis.join("cron-next.json");
+    let said = || -> serde_json::Value {
+        std::fs::read(&next)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while said()["tasks"]["cron-1"]["local"] != "Tue 2026-11-24 09:00" {
+        assert!(std::time::Instant::now() < deadline, "{}", said());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(said()["zone"], "UTC");
+    assert_eq!(said()["tasks"]["cron-1"]["unix"], START + 60 + 86_400);
+}
+
+/// `/tasks` says when each task runs next, in the zone the host evaluates it in, which
+/// only the host knows (here serve's `TZ`; agent.json names none).
+#[test]
+fn the_tasks_list_says_when_each_runs_next_in_the_hosts_zone() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    // serve's clock two days ahead (a next run the agent's own clock sees as ahead), fast.
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let clock = format!("{},{},20", now.as_secs() + 2 * 86_400, now.as_millis());
+    let mut s = Stack::with_serve_env(
+        "gw-cron-next",
+        FakeLlm::echo_openai(),
+        &[],
+        &[],
+        &[("AEGIS_KIT_CLOCK", &clock), ("TZ", "Asia/Tokyo")],
+    );
+    let aegis = s.instance_dir().join("workspace/.aegis");
+    std::fs::create_dir_all(&aegis).unwrap();
+    let task = json!({"entries": [{"id": "cron-1", "schedule": "0 9 * * *", "message": "good morning",
+        "session": "cron-1", "enabled": true, "created_at": "2026-11-01T00:00:00Z",
+        "reply_to": {"channel": "telegram", "id": CHAT.to_string()}}], "next_id": 2});
+    std::fs::write(aegis.join("cron.json"), task.to_string()).unwrap();
+    let next = aegis.join("cron-next.json");
+    let deadline = std::time::Instant::now() + T;
+    while !next.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve wrote no {}",
+            next.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said: serde_json::Value = serde_json::from_slice(&std::fs::read(&next).unwrap()).unwrap();
+    assert_eq!(said["zone"], "Asia/Tokyo");
+    let local = said["tasks"]["cron-1"]["local"].as_str().unwrap().to_string();
+    assert!(local.ends_with(" 09:00"), "{said}");
+    assert_eq!(
+        said["tasks"]["cron-1"]["unix"].as_i64().unwrap() % 86_400,
+        0,
+        "09:00 in Tokyo is 00:00 UTC"
+    );
+
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    s.telegram.push_text(CHAT, 7, "Ann", "/tasks");
+    let msgs = s.telegram.wait_chat(CHAT, T, |m| {
+        m.iter().any(|m| m.visible().starts_with("Scheduled tasks"))
+    });
+    let list = msgs.last().unwrap().visible();
+    assert!(
+        list.starts_with(
+            "Scheduled tasks of this chat (schedules are evaluated in the host's time zone, Asia/Tokyo"
+        ),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!("(0 9 * * *), next {local} (in ")),
+        "{list}"
+    );
+    assert!(s.llm.requests().is_empty(), "answered without the model");
 }
 
 #[test]

@@ -19,7 +19,10 @@ use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
 use crate::at::At;
-use crate::cron::{CronFile, Entry, Minute, Schedule, MAX_ENTRIES, MAX_FILE};
+use crate::cron::{
+    CronFile, Entry, Minute, NextRun, NextRuns, Schedule, MAX_ENTRIES, MAX_FILE, NEXT_FILE, NEXT_HORIZON_DAYS,
+};
+use crate::dirfd;
 use crate::Frame;
 
 /// How far back a restarted host catches up on runs it missed.
@@ -192,6 +195,109 @@ pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> R
 /// session, user "Scheduled Task", the chat to answer in, `msg_id` `cron-<id>-<minute>`.
 pub fn run_frame(entry: &Entry, minute: i64) -> Frame {
     crate::cron::run_frame(entry, crate::cron::run_msg_id(&entry.id, minute))
+}
+
+/// Tell the agent of `workspace` in which time zone its tasks are evaluated and when each
+/// runs next after unix `minute` ([`NextRuns`] in `.aegis/cron-next.json`), when that
+/// changed: the guest cannot know the host's zone, and a reminder an hour off is found
+/// out only when it comes. The file is the guest's folder's: written through a
+/// descriptor of `.aegis`, never through a link put there.
+pub fn publish_next(workspace: &Path, minute: i64) -> Result<(), String> {
+    let Some(file) = read_cron_file(&workspace.join(".aegis/cron.json"))? else {
+        return Ok(());
+    };
+    let (tz, _) = time_zone(workspace);
+    let mut next = NextRuns {
+        zone: zone_name(&tz, minute),
+        tasks: Default::default(),
+    };
+    for entry in file.entries.into_iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
+        let (when, m) = match &entry.at {
+            Some(at) => (at.clone(), once_minute(at, &tz).ok().filter(|m| *m > minute)),
+            None => {
+                let m = Schedule::parse(&entry.schedule)
+                    .ok()
+                    .and_then(|s| next_minute(&s, minute, &tz));
+                (entry.schedule.clone(), m)
+            }
+        };
+        if let Some((m, local)) = m.and_then(|m| Some((m, local_text(m, &tz)?))) {
+            next.tasks.insert(
+                entry.id,
+                NextRun {
+                    when,
+                    unix: m * 60,
+                    local,
+                },
+            );
+        }
+    }
+    let bytes = serde_json::to_vec_pretty(&next).map_err(|e| e.to_string())?;
+    let io = |e: std::io::Error| format!("{}: {e}", workspace.join(".aegis").join(NEXT_FILE).display());
+    let aegis = dirfd::subdir(&dirfd::open_dir(workspace).map_err(io)?, ".aegis").map_err(io)?;
+    // Unchanged most minutes: nothing written then. What cannot be read (a link planted
+    // there) is replaced.
+    if dirfd::read_file(&aegis, NEXT_FILE, MAX_FILE)
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some(&bytes[..])
+    {
+        return Ok(());
+    }
+    dirfd::replace_at(&aegis, NEXT_FILE, &bytes).map_err(io)
+}
+
+/// The first unix minute after `after` in which `schedule` runs in `tz`, within
+/// [`NEXT_HORIZON_DAYS`]. Days and hours it does not run in are skipped whole, so a task
+/// for 29 February is found in a few thousand steps.
+fn next_minute(schedule: &Schedule, after: i64, tz: &TimeZone) -> Option<i64> {
+    let end = after + NEXT_HORIZON_DAYS * 24 * 60;
+    let mut m = after + 1;
+    while m <= end {
+        let w = wall(m, tz)?;
+        if !schedule.runs_on(w) {
+            // To the next midnight, an hour short while more than an hour is left: a day
+            // is 23 hours long when clocks go forward, and overshooting would skip one.
+            let left = (23 - i64::from(w.hour)) * 60 + (60 - i64::from(w.minute));
+            m += if left > 60 { left - 60 } else { left };
+        } else if !schedule.runs_in_hour(w) {
+            m += 60 - i64::from(w.minute);
+        } else if due_at(schedule, m, tz) {
+            return Some(m);
+        } else {
+            m += 1;
+        }
+    }
+    None
+}
+
+/// Unix minute `m` as a wall time in `tz`: `Tue 2026-12-08 09:00`.
+fn local_text(m: i64, tz: &TimeZone) -> Option<String> {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    let z = jiff::Timestamp::from_second(m * 60).ok()?.to_zoned(tz.clone());
+    Some(format!(
+        "{} {:04}-{:02}-{:02} {:02}:{:02}",
+        DAYS[z.weekday().to_sunday_zero_offset() as usize],
+        z.year(),
+        z.month(),
+        z.day(),
+        z.hour(),
+        z.minute()
+    ))
+}
+
+/// `tz`'s name, or for a host zone without one its distance from UTC at unix minute `m`.
+fn zone_name(tz: &TimeZone, m: i64) -> String {
+    if let Some(name) = tz.iana_name() {
+        return name.to_string();
+    }
+    let offset = jiff::Timestamp::from_second(m * 60)
+        .map(|t| tz.to_offset(t).seconds())
+        .unwrap_or(0);
+    let sign = if offset < 0 { '-' } else { '+' };
+    let (h, mm) = (offset.abs() / 3600, offset.abs() % 3600 / 60);
+    format!("UTC{sign}{h:02}:{mm:02}")
 }
 
 /// The unix minute a one-time task runs in: an instant's, or a wall time's in `tz` (a
@@ -443,5 +549,127 @@ mod tests {
         let n = c.now_ms();
         assert!((1_000_000..1_000_000 + 60_000).contains(&n), "{n}");
         assert!(c.until(n / 1000 + 60) <= Duration::from_secs(1));
+    }
+
+    /// The first run after `after` found minute by minute, up to `limit` minutes ahead.
+    fn next_by_minutes(s: &Schedule, after: i64, tz: &TimeZone, limit: i64) -> Option<i64> {
+        (after + 1..=after + limit).find(|m| due_at(s, *m, tz))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Skipping whole days and hours finds the run a minute-by-minute search finds,
+        /// across clock changes and in zones half an hour off whole hours.
+        #[test]
+        fn the_next_run_skips_nothing(
+            minute in proptest::sample::select(vec!["*", "0", "30", "*/15", "5,45"]),
+            hour in proptest::sample::select(vec!["*", "9", "2", "0-6", "*/6", "23"]),
+            dom in proptest::sample::select(vec!["*", "1", "15", "29", "31"]),
+            month in proptest::sample::select(vec!["*", "3", "3,10", "11", "4"]),
+            dow in proptest::sample::select(vec!["*", "1-5", "0", "6"]),
+            zone in proptest::sample::select(vec!["UTC", "Europe/Paris", "Asia/Kolkata", "Australia/Lord_Howe", "America/New_York"]),
+            // 2026-01-01 plus up to a year, in minutes.
+            offset in 0i64..366 * 24 * 60,
+        ) {
+            let s = Schedule::parse(&format!("{minute} {hour} {dom} {month} {dow}")).unwrap();
+            let tz = TimeZone::get(zone).unwrap();
+            let after = 1_767_225_600 / 60 + offset;
+            const LIMIT: i64 = 62 * 24 * 60;
+            let fast = next_minute(&s, after, &tz);
+            match next_by_minutes(&s, after, &tz, LIMIT) {
+                Some(m) => proptest::prop_assert_eq!(fast, Some(m)),
+                None => proptest::prop_assert!(fast.is_none_or(|m| m > after + LIMIT)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_host_zone_without_a_name_is_said_as_its_distance_from_utc() {
+        let fixed = |secs| TimeZone::fixed(jiff::tz::Offset::from_seconds(secs).unwrap());
+        assert_eq!(zone_name(&fixed(5 * 3600 + 1800), 0), "UTC+05:30");
+        assert_eq!(zone_name(&fixed(-(3 * 3600 + 1800)), 0), "UTC-03:30");
+        assert_eq!(
+            zone_name(&TimeZone::get("Europe/Paris").unwrap(), 0),
+            "Europe/Paris"
+        );
+    }
+
+    #[test]
+    fn a_task_for_29_february_is_found_years_ahead_and_one_that_never_runs_is_not() {
+        let tz = TimeZone::get("Europe/Paris").unwrap();
+        let after = 1_795_424_400 / 60; // 2026-11-23 09:00 UTC
+        let leap = next_minute(&Schedule::parse("0 9 29 2 *").unwrap(), after, &tz).unwrap();
+        assert_eq!(local_text(leap, &tz).unwrap(), "Tue 2028-02-29 09:00");
+        assert_eq!(
+            next_minute(&Schedule::parse("0 9 30 2 *").unwrap(), after, &tz),
+            None
+        );
+        // 2026-03-29 is 23 hours long in Paris: from 01:00 that day, midnight is 22 hours
+        // away, not 23.
+        let one_am = jiff::civil::date(2026, 3, 29)
+            .at(1, 0, 0, 0)
+            .to_zoned(tz.clone())
+            .unwrap();
+        let after = one_am.timestamp().as_second() / 60 - 1;
+        let midnight = next_minute(&Schedule::parse("0 0 30 3 *").unwrap(), after, &tz).unwrap();
+        assert_eq!(local_text(midnight, &tz).unwrap(), "Mon 2026-03-30 00:00");
+        // 02:30 happens twice on 2026-10-25 and runs the first time only: after it, the
+        // next run is the next day's.
+        let first = jiff::civil::date(2026, 10, 25)
+            .at(0, 30, 0, 0)
+            .to_zoned(TimeZone::UTC)
+            .unwrap();
+        let after = first.timestamp().as_second() / 60;
+        let next = next_minute(&Schedule::parse("30 2 * * *").unwrap(), after, &tz).unwrap();
+        assert_eq!(local_text(next, &tz).unwrap(), "Mon 2026-10-26 02:30");
+    }
+
+    #[test]
+    fn the_agent_is_told_the_zone_and_each_tasks_next_run_once_it_changes() {
+        let cron = r#"{"entries": [
+            {"id": "cron-1", "schedule": "0 9 * * 1-5", "message": "standup", "session": "cron-1"},
+            {"id": "cron-2", "schedule": "0 9 * * *", "message": "off", "session": "cron-2", "enabled": false},
+            {"id": "cron-3", "schedule": "once at 2026-11-24T08:30", "at": "2026-11-24T08:30", "message": "call", "session": "cron-3"},
+            {"id": "cron-4", "schedule": "once", "at": "2026-11-20T08:30", "message": "past", "session": "cron-4"}
+        ], "next_id": 5}"#;
+        let d = workspace("next", cron);
+        fs::write(d.0.join(".aegis/agent.json"), r#"{"timezone": "Europe/Paris"}"#).unwrap();
+        let path = d.0.join(".aegis").join(NEXT_FILE);
+        // Monday 2026-11-23 09:00 UTC, 10:00 in Paris: today's standup is over.
+        let minute = 1_795_424_400 / 60;
+        publish_next(&d.0, minute).unwrap();
+        let next: NextRuns = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(next.zone, "Europe/Paris");
+        let ids: Vec<&str> = next.tasks.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            ["cron-1", "cron-3"],
+            "nothing for a paused task or one run already"
+        );
+        let standup = &next.tasks["cron-1"];
+        assert_eq!(standup.local, "Tue 2026-11-24 09:00");
+        assert_eq!(standup.when, "0 9 * * 1-5");
+        assert_eq!(standup.unix, 1_795_507_200, "08:00 UTC");
+        assert_eq!(next.tasks["cron-3"].local, "Tue 2026-11-24 08:30");
+        assert_eq!(next.tasks["cron-3"].when, "2026-11-24T08:30");
+
+        // Unchanged: not written again.
+        let before = fs::metadata(&path).unwrap();
+        publish_next(&d.0, minute + 1).unwrap();
+        let after = fs::metadata(&path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (before.ino(), before.mtime_nsec()),
+            (after.ino(), after.mtime_nsec())
+        );
+
+        // A link the guest planted under the name: replaced, the host file untouched.
+        let host_file = d.0.join("host-file");
+        fs::write(&host_file, "host").unwrap();
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&host_file, &path).unwrap();
+        publish_next(&d.0, minute).unwrap();
+        assert_eq!(fs::read_to_string(&host_file).unwrap(), "host");
+        assert!(fs::symlink_metadata(&path).unwrap().is_file());
     }
 }

@@ -3,6 +3,7 @@
 //! host reads it and sends each run as a `user.message`, so the instance may sleep
 //! between runs (see `tether::cron`).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -10,18 +11,23 @@ use crossbeam_channel::Sender;
 
 use serde_json::{json, Value};
 use tether::at::At;
-use tether::cron::{CronFile, Entry, OnConflict, Schedule, MAX_ENTRIES, MAX_TEXT};
+use tether::cron::{
+    CronFile, Entry, NextRun, NextRuns, OnConflict, Schedule, MAX_ENTRIES, MAX_TEXT, NEXT_FILE,
+};
 use tether::{Frame, Session};
 
 use super::arg_str;
+
+/// Largest next-runs file read (20 tasks take about 3 KB).
+const MAX_NEXT_FILE: u64 = 64 * 1024;
 
 /// The task file and the lock that serialises its writers.
 #[derive(Debug)]
 pub struct CronTools {
     path: PathBuf,
     lock: Mutex<()>,
-    /// Said with every schedule so the model knows what "9:00" means.
-    zone_note: String,
+    /// agent.json's `timezone`, which the host evaluates schedules in.
+    timezone: Option<String>,
     /// Where a run a chat asks for now goes: the router's queue of the agent's own
     /// messages (set once the router exists).
     tell: OnceLock<Sender<Frame>>,
@@ -33,10 +39,7 @@ impl CronTools {
         CronTools {
             path: workspace.join(".aegis/cron.json"),
             lock: Mutex::new(()),
-            zone_note: match timezone {
-                Some(tz) => format!("schedules are evaluated in the {tz} time zone (agent.json timezone)"),
-                None => "schedules are evaluated in the host's local time".into(),
-            },
+            timezone: timezone.map(str::to_string),
             tell: OnceLock::new(),
         }
     }
@@ -159,7 +162,7 @@ impl CronTools {
             // one that passed while the task said otherwise.
             entry.created_at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
             self.save(&file)?;
-            return Ok(Self::made(&id, &when, at, &schedule, &self.zone_note, true));
+            return Ok(Self::made(&id, &when, at, &schedule, &self.zone_note(), true));
         }
         if file.entries.len() >= MAX_ENTRIES {
             return Err(format!(
@@ -189,7 +192,7 @@ impl CronTools {
             run_now: None,
         });
         self.save(&file)?;
-        Ok(Self::made(&id, &when, at, &schedule, &self.zone_note, false))
+        Ok(Self::made(&id, &when, at, &schedule, &self.zone_note(), false))
     }
 
     /// `cron_create`'s answer for task `id`, made or `changed`.
@@ -249,9 +252,40 @@ impl CronTools {
         Ok(self.load()?.entries)
     }
 
-    /// What schedules are evaluated in, said with them.
-    pub(super) fn zone_note(&self) -> &str {
-        &self.zone_note
+    /// What schedules are evaluated in, said with them so the model knows what "9:00"
+    /// means: agent.json's zone, else the host's as the host says (once it has evaluated
+    /// the tasks; see [`NextRuns`]).
+    pub(super) fn zone_note(&self) -> String {
+        match (&self.timezone, self.host_says()) {
+            (Some(tz), _) => format!("schedules are evaluated in the {tz} time zone (agent.json timezone)"),
+            (None, Some(host)) if !host.zone.is_empty() => format!(
+                "schedules are evaluated in the host's time zone, {} (agent.json timezone sets another)",
+                host.zone
+            ),
+            (None, _) => "schedules are evaluated in the host's local time".into(),
+        }
+    }
+
+    /// What the host that fires the tasks last said of them: its zone and their next
+    /// runs. Absent under a host that does not say (upstream's).
+    pub(super) fn host_says(&self) -> Option<NextRuns> {
+        let path = self.path.with_file_name(NEXT_FILE);
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .ok()?
+            .take(MAX_NEXT_FILE)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// When `e` runs next, as the host said, seen at unix second `now`: `None` for a
+    /// paused task, one changed since the host looked, or a time gone by (the host is
+    /// down, or has not looked since).
+    pub(super) fn next_run<'a>(e: &Entry, host: &'a NextRuns, now: i64) -> Option<&'a NextRun> {
+        let next = host.tasks.get(&e.id)?;
+        let when = e.at.as_deref().unwrap_or(&e.schedule);
+        (e.enabled && next.when == when && next.unix > now).then_some(next)
     }
 
     /// Change the file under the lock: `change` edits it, and it is written when that
@@ -270,6 +304,8 @@ impl CronTools {
     /// `cron_list {}`.
     pub fn list(&self) -> Result<String, String> {
         let file = self.load()?;
+        let host = self.host_says().unwrap_or_default();
+        let now = now_secs();
         let entries: Vec<Value> = file
             .entries
             .iter()
@@ -278,10 +314,13 @@ impl CronTools {
                 if e.at.is_none() {
                     v["runs"] = json!(in_words(&e.schedule));
                 }
+                if let Some(next) = Self::next_run(e, &host, now) {
+                    v["next_run"] = json!(format!("{} {}", next.local, host.zone));
+                }
                 v
             })
             .collect();
-        Ok(json!({"count": entries.len(), "entries": entries, "note": self.zone_note}).to_string())
+        Ok(json!({"count": entries.len(), "entries": entries, "note": self.zone_note()}).to_string())
     }
 
     /// `cron_delete {id}`.

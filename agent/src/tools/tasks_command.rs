@@ -2,7 +2,7 @@
 //! or resuming one. Answered by the agent without the model, so it works past a daily
 //! limit, which a task that runs too often may be what used up.
 
-use tether::cron::Entry;
+use tether::cron::{Entry, NextRun};
 use tether::Session;
 
 use super::cron::CronTools;
@@ -107,8 +107,21 @@ impl CronTools {
         } else {
             let mut out = format!("Scheduled tasks of this chat ({}):", self.zone_note());
             let now = std::time::SystemTime::now();
+            let host = self.host_says().unwrap_or_default();
+            let secs = super::cron::now_secs();
             for e in &here {
-                out.push_str(&format!("\n{}", line(e, self.last_ran(e, now).as_deref())));
+                // A reminder set for an instant says how soon already.
+                let instant = matches!(
+                    e.at.as_deref().map(tether::at::At::parse),
+                    Some(Ok(tether::at::At::Instant(_)))
+                );
+                let next = CronTools::next_run(e, &host, secs)
+                    .filter(|_| !instant)
+                    .map(|n| next_text(n, secs));
+                out.push_str(&format!(
+                    "\n{}",
+                    line(e, next.as_deref(), self.last_ran(e, now).as_deref())
+                ));
             }
             out.push_str(&format!("\n{USAGE}"));
             out
@@ -189,11 +202,23 @@ impl CronTools {
 }
 
 /// A task as one line of the list: its id (monospace, which Telegram copies on a tap),
-/// when it runs, how long ago it last did, and what it does.
-fn line(e: &Entry, last: Option<&str>) -> String {
+/// when it runs, when next (as the host said), how long ago it last did, and what it does.
+fn line(e: &Entry, next: Option<&str>, last: Option<&str>) -> String {
     let paused = if e.enabled { "" } else { " (paused)" };
+    let next = next.map_or_else(String::new, |n| format!(", next {n}"));
     let last = last.map_or_else(String::new, |ago| format!(", last ran {ago}"));
-    format!("`{}` {}{paused}{last}: {}", e.id, when(e), shortened(&e.message))
+    format!(
+        "`{}` {}{paused}{next}{last}: {}",
+        e.id,
+        when(e),
+        shortened(&e.message)
+    )
+}
+
+/// `Tue 2026-12-08 09:00 (in 9 h 12 min)`, seen at unix second `now`.
+fn next_text(next: &NextRun, now: i64) -> String {
+    let wait = (next.unix - now).max(0) as u64;
+    format!("{} ({})", next.local, tether::time::wait_in_words(wait))
 }
 
 /// Turns at the end of a task's conversation looked through for its last run (a run's
@@ -254,6 +279,93 @@ mod tests {
             user: Some("1"),
             trusted: true,
         }
+    }
+
+    #[test]
+    fn the_next_runs_and_zone_the_host_said_are_shown_while_they_hold() {
+        let d = TempDir::new("tasks-next");
+        let c = CronTools::new(d.path(), None);
+        let chat = Session::new("telegram", "1");
+        for args in [
+            json!({"schedule": "0 9 * * 1-5", "text": "standup"}),
+            json!({"schedule": "0 18 * * *", "text": "changed since"}),
+            json!({"schedule": "0 7 * * *", "text": "gone by"}),
+            json!({"at": "2099-01-01T09:00", "text": "Call Bob"}),
+            json!({"in_minutes": 30, "text": "tea"}),
+            json!({"schedule": "0 8 * * *", "text": "paused"}),
+        ] {
+            c.create(&args, &chat, Some("1")).unwrap();
+        }
+        c.set_enabled(&json!({"id": "cron-6"}), false).unwrap();
+        let before = c.command("", &chat, trusted());
+        assert!(
+            before.starts_with(
+                "Scheduled tasks of this chat (schedules are evaluated in the host's local time):"
+            ),
+            "{before}"
+        );
+        assert!(!before.contains(", next "), "nothing said yet: {before}");
+
+        let now = super::super::cron::now_secs();
+        let tea = c.entries().unwrap()[4].at.clone().unwrap();
+        let run = |when: &str, unix: i64, local: &str| json!({"when": when, "unix": unix, "local": local});
+        let host = json!({"zone": "Asia/Tokyo", "tasks": {
+            "cron-1": run("0 9 * * 1-5", now + 9 * 3600 + 720, "Tue 2026-12-08 09:00"),
+            "cron-2": run("0 19 * * *", now + 3600, "Mon 2026-12-07 19:00"),
+            "cron-3": run("0 7 * * *", now - 120, "Mon 2026-12-07 07:00"),
+            "cron-4": run("2099-01-01T09:00", 4_070_944_800, "Thu 2099-01-01 09:00"),
+            "cron-5": run(&tea, now + 1800, "Mon 2026-12-07 10:30"),
+            "cron-6": run("0 8 * * *", now + 3600, "Tue 2026-12-08 08:00"),
+        }});
+        std::fs::write(d.path().join(".aegis/cron-next.json"), host.to_string()).unwrap();
+        let list = c.command("", &chat, trusted());
+        assert!(
+            list.starts_with(
+                "Scheduled tasks of this chat (schedules are evaluated in the host's time zone, Asia/Tokyo (agent.json timezone sets another)):"
+            ),
+            "{list}"
+        );
+        let lines: Vec<&str> = list.lines().collect();
+        assert!(
+            lines[1].starts_with(
+                "`cron-1` at 09:00, Monday to Friday (`0 9 * * 1-5`), next Tue 2026-12-08 09:00 (in 9 h 1"
+            ),
+            "{list}"
+        );
+        assert!(
+            !lines[2].contains("next"),
+            "cron-2 was changed since the host looked: {list}"
+        );
+        assert!(!lines[3].contains("next"), "cron-3's time has gone by: {list}");
+        assert!(
+            lines[4].contains("once at 2099-01-01T09:00, next Thu 2099-01-01 09:00 (in "),
+            "{list}"
+        );
+        assert!(
+            !lines[5].contains("next"),
+            "a reminder at an instant says how soon already: {list}"
+        );
+        assert!(!lines[6].contains("next"), "a paused task: {list}");
+        // The model is told the same.
+        let listed: serde_json::Value = serde_json::from_str(&c.list().unwrap()).unwrap();
+        assert_eq!(
+            listed["entries"][0]["next_run"],
+            "Tue 2026-12-08 09:00 Asia/Tokyo"
+        );
+        assert_eq!(listed["entries"][1].get("next_run"), None);
+        assert!(listed["note"]
+            .as_str()
+            .unwrap()
+            .contains("host's time zone, Asia/Tokyo"));
+        let made = c
+            .create(&json!({"schedule": "0 10 * * *", "text": "x"}), &chat, None)
+            .unwrap();
+        assert!(made.contains("host's time zone, Asia/Tokyo"), "{made}");
+        // agent.json's zone is the one the host evaluates in.
+        let c = CronTools::new(d.path(), Some("Europe/Paris"));
+        assert!(c
+            .command("", &chat, trusted())
+            .contains("evaluated in the Europe/Paris time zone"));
     }
 
     #[test]

@@ -87,12 +87,14 @@ struct Batch {
 
 /// Send one instance's runs due at `minute` (and any it missed); `None` when none are.
 fn send_due(h: &Handle, dir: &Path, minute: i64, clock: &Clock) -> Option<Batch> {
-    let due = match schedule::due(
-        &h.def.workspace_in(dir),
-        &dir.join("cron-state.json"),
-        minute,
-        clock,
-    ) {
+    let workspace = h.def.workspace_in(dir);
+    if let Err(e) = schedule::publish_next(&workspace, minute) {
+        log::debug!(
+            "{}: scheduled tasks: cannot tell the agent their next runs: {e}",
+            h.def.name
+        );
+    }
+    let due = match schedule::due(&workspace, &dir.join("cron-state.json"), minute, clock) {
         Ok(Some(d)) => d,
         Ok(None) => return None,
         Err(e) => {
