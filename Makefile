@@ -19,5 +19,5 @@ test:
 	@scripts/test.sh
 
 bench:
-	cargo bench -p tether
+	cargo bench -p tether --features schedule
 	cargo bench -p aegis-e2e

@@ -95,10 +95,65 @@ fn store_fanout(subscribers: usize) -> f64 {
     rate(N, t.elapsed())
 }
 
+/// What working out the next runs costs the host each minute (`schedule::publish_next`),
+/// for 20 tasks in Europe/Paris, among them one for 29 February (the longest search):
+/// the first call, which writes the file, and the usual minute, which finds it unchanged.
+#[cfg(feature = "schedule")]
+fn next_runs() {
+    let ws = std::env::temp_dir().join(format!("tether-bench-next-{}", std::process::id()));
+    std::fs::create_dir_all(ws.join(".aegis")).unwrap();
+    let schedules = [
+        "0 9 * * *",
+        "0 9 * * 1-5",
+        "*/15 * * * *",
+        "0 9 29 2 *",
+        "30 18 31 * *",
+        "0 0 1 1 *",
+        "5 4 * * 0",
+    ];
+    let entries: Vec<serde_json::Value> = (0..20)
+        .map(|i| {
+            serde_json::json!({"id": format!("cron-{i}"), "schedule": schedules[i % schedules.len()],
+                "message": "x", "session": format!("cron-{i}")})
+        })
+        .collect();
+    let cron = serde_json::json!({"entries": entries, "next_id": 21});
+    std::fs::write(ws.join(".aegis/cron.json"), cron.to_string()).unwrap();
+    std::fs::write(ws.join(".aegis/agent.json"), r#"{"timezone": "Europe/Paris"}"#).unwrap();
+    let minute = 1_795_424_400 / 60; // 2026-11-23 09:00 UTC
+    let mut first = Vec::new();
+    let mut same = Vec::new();
+    for i in 0..21 {
+        let _ = std::fs::remove_file(ws.join(".aegis/cron-next.json"));
+        let t = Instant::now();
+        tether::schedule::publish_next(&ws, minute + i).unwrap();
+        first.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        tether::schedule::publish_next(&ws, minute + i).unwrap();
+        same.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    for (name, mut runs) in [
+        ("next runs of 20 tasks, written", first),
+        ("next runs of 20 tasks, unchanged", same),
+    ] {
+        runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "{name:<40} median {:>8.2} ms   (min {:.2}, max {:.2}, {} runs)",
+            runs[runs.len() / 2],
+            runs[0],
+            runs[runs.len() - 1],
+            runs.len()
+        );
+    }
+    std::fs::remove_dir_all(&ws).unwrap();
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    #[cfg(feature = "schedule")]
+    next_runs();
     report("frame encode+decode", (0..5).map(|_| frame_codec()).collect());
     report(
         "json-rpc line encode+read+decode",
