@@ -3,7 +3,6 @@
 //! host reads it and sends each run as a `user.message`, so the instance may sleep
 //! between runs (see `tether::cron`).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -269,13 +268,8 @@ impl CronTools {
     /// What the host that fires the tasks last said of them: its zone and their next
     /// runs. Absent under a host that does not say (upstream's).
     pub(super) fn host_says(&self) -> Option<NextRuns> {
-        let path = self.path.with_file_name(NEXT_FILE);
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .ok()?
-            .take(MAX_NEXT_FILE)
-            .read_to_end(&mut bytes)
-            .ok()?;
+        // The model can put a FIFO there: never waited on.
+        let bytes = crate::regular::read(&self.path.with_file_name(NEXT_FILE), MAX_NEXT_FILE).ok()?;
         serde_json::from_slice(&bytes).ok()
     }
 

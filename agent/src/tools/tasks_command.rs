@@ -366,6 +366,21 @@ mod tests {
         assert!(c
             .command("", &chat, trusted())
             .contains("evaluated in the Europe/Paris time zone"));
+        // A FIFO the model put under the file's name is not waited on.
+        let next = d.path().join(".aegis/cron-next.json");
+        std::fs::remove_file(&next).unwrap();
+        let fifo = std::ffi::CString::new(next.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let c = CronTools::new(d.path(), None);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(c.command("", &chat, trusted()));
+        });
+        let list = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("/tasks hung on a FIFO");
+        assert!(list.contains("host's local time"), "{list}");
     }
 
     #[test]
