@@ -232,7 +232,7 @@ pub fn publish_next(workspace: &Path, minute: i64) -> Result<(), String> {
             );
         }
     }
-    let bytes = serde_json::to_vec_pretty(&next).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
     let io = |e: std::io::Error| format!("{}: {e}", workspace.join(".aegis").join(NEXT_FILE).display());
     let aegis = dirfd::subdir(&dirfd::open_dir(workspace).map_err(io)?, ".aegis").map_err(io)?;
     // Unchanged most minutes: nothing written then. What cannot be read (a link planted
