@@ -5,9 +5,9 @@
 //! and answers come from other people: they lose line breaks and brackets, so they cannot
 //! pose as more of the message.
 
-use crate::telegram::{
-    Chat, Checklist, Contact, Dice, ExternalReply, Location, Message, Origin, Poll, Venue,
-};
+use serde_json::Value;
+
+use crate::telegram::{Chat, ExternalReply, Location, Message, Origin, Venue};
 
 /// Longest name or title repeated.
 const MAX_NAME: usize = 100;
@@ -66,10 +66,10 @@ pub fn wordless(m: &Message) -> Option<String> {
 pub struct Shared<'a> {
     location: Option<&'a Location>,
     venue: Option<&'a Venue>,
-    contact: Option<&'a Contact>,
-    poll: Option<&'a Poll>,
-    dice: Option<&'a Dice>,
-    checklist: Option<&'a Checklist>,
+    contact: Option<&'a Value>,
+    poll: Option<&'a Value>,
+    dice: Option<&'a Value>,
+    checklist: Option<&'a Value>,
 }
 
 impl<'a> From<&'a Message> for Shared<'a> {
@@ -126,48 +126,45 @@ pub fn shared<'a>(s: impl Into<Shared<'a>>) -> Option<String> {
     s.dice.map(dice)
 }
 
-fn contact(c: &Contact) -> String {
-    let name = joined(
-        [
-            clean(&c.first_name),
-            c.last_name.as_deref().map(clean).unwrap_or_default(),
-        ],
-        " ",
-    );
-    let mut card = joined([name, clean(&c.phone_number)], ", ");
-    if let Some(id) = c.user_id {
+/// Telegram's `Contact`: `phone_number`, `first_name`, `last_name`, `user_id`.
+fn contact(c: &Value) -> String {
+    let name = joined([text(&c["first_name"]), text(&c["last_name"])], " ");
+    let mut card = joined([name, text(&c["phone_number"])], ", ");
+    if let Some(id) = c["user_id"].as_i64() {
         card.push_str(&format!(" (Telegram user {id})"));
     }
     format!("[contact: {card}]")
 }
 
-fn poll(p: &Poll) -> String {
+/// Telegram's `Poll`: `question`, `options` (`text`, `voter_count`), `total_voter_count`,
+/// `is_closed`, `type` (`regular` or `quiz`), `allows_multiple_answers`.
+fn poll(p: &Value) -> String {
     // Counts mean something once someone voted (Telegram sends 0s to a bot that has not
     // seen the votes).
-    let counted = p.total_voter_count > 0;
-    let answers: Vec<String> = p
-        .options
-        .iter()
-        .map(|o| match counted {
-            true => format!("{}: {}", clean(&o.text), o.voter_count),
-            false => clean(&o.text),
+    let votes = p["total_voter_count"].as_u64().unwrap_or(0);
+    let answers: Vec<String> = p["options"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| match votes > 0 {
+            true => format!("{}: {}", text(&o["text"]), o["voter_count"].as_u64().unwrap_or(0)),
+            false => text(&o["text"]),
         })
         .collect();
     let mut notes = Vec::new();
-    if p.kind == "quiz" {
+    if p["type"] == "quiz" {
         notes.push("a quiz".to_string());
     }
-    if p.allows_multiple_answers {
+    if p["allows_multiple_answers"] == true {
         notes.push("several answers allowed".to_string());
     }
-    if counted {
-        let votes = p.total_voter_count;
+    if votes > 0 {
         notes.push(format!("{votes} {}", if votes == 1 { "voter" } else { "voters" }));
     }
-    if p.is_closed {
+    if p["is_closed"] == true {
         notes.push("closed".to_string());
     }
-    let question: String = clean_to(&p.question, MAX_QUESTION);
+    let question = clean_to(p["question"].as_str().unwrap_or(""), MAX_QUESTION);
     let notes = match notes.is_empty() {
         true => String::new(),
         false => format!(" ({})", notes.join(", ")),
@@ -175,21 +172,27 @@ fn poll(p: &Poll) -> String {
     format!("[poll: {question} — {}{notes}]", answers.join(" / "))
 }
 
-fn checklist(c: &Checklist) -> String {
-    let tasks: Vec<String> = c
-        .tasks
-        .iter()
+/// Telegram's `Checklist`: `title`, `tasks` (`text`, `completion_date`: 0 or absent while
+/// not done).
+fn checklist(c: &Value) -> String {
+    let tasks: Vec<String> = c["tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .take(MAX_TASKS)
-        .map(|t| match t.done() {
-            true => format!("✓ {}", clean(&t.text)),
-            false => clean(&t.text),
+        .map(|t| match t["completion_date"].as_i64().unwrap_or(0) > 0 {
+            true => format!("✓ {}", text(&t["text"])),
+            false => text(&t["text"]),
         })
         .collect();
-    format!("[checklist: {} — {}]", clean(&c.title), tasks.join(" / "))
+    format!("[checklist: {} — {}]", text(&c["title"]), tasks.join(" / "))
 }
 
-fn dice(d: &Dice) -> String {
-    let emoji = clean(&d.emoji);
+/// Telegram's `Dice`: `emoji`, `value` (1–6 for 🎲, 🎯 and 🎳, 1–5 for 🏀 and ⚽, 1–64
+/// for 🎰).
+fn dice(d: &Value) -> String {
+    let emoji = text(&d["emoji"]);
+    let value = d["value"].as_u64().unwrap_or(0);
     let faces = match emoji.as_str() {
         "🎲" | "🎯" | "🎳" => Some(6),
         "🏀" | "⚽" => Some(5),
@@ -197,9 +200,14 @@ fn dice(d: &Dice) -> String {
         _ => None,
     };
     match faces {
-        Some(n) => format!("[dice {emoji}: {} of {n}]", d.value),
-        None => format!("[dice {emoji}: {}]", d.value),
+        Some(n) => format!("[dice {emoji}: {value} of {n}]"),
+        None => format!("[dice {emoji}: {value}]"),
     }
+}
+
+/// A string field of someone else's, cleaned; empty when absent.
+fn text(v: &Value) -> String {
+    clean(v.as_str().unwrap_or(""))
 }
 
 /// The parts of `parts` that are not empty, joined with `sep`.
@@ -326,6 +334,13 @@ mod tests {
                 {"text": "5", "voter_count": 0}]})
             ),
             Some("[poll: 2+2? — 4: 1 / 5: 0 (a quiz, 1 voter, closed)]".into())
+        );
+        assert_eq!(
+            p(
+                serde_json::json!({"question": "When?", "allows_multiple_answers": true,
+                "options": [{"text": "Mon"}, {"text": "Tue"}]})
+            ),
+            Some("[poll: When? — Mon / Tue (several answers allowed)]".into())
         );
         // Someone else's words: one line, no brackets, the question capped.
         let long = "why ".repeat(100);

@@ -199,18 +199,20 @@ pub struct Message {
     /// A shared place (a location with a name and an address).
     #[serde(default)]
     pub venue: Option<Venue>,
-    /// A shared contact card.
+    /// A shared contact card, a poll (or quiz), a thrown dice, a checklist (Bot API 9.1):
+    /// rare, and only written out for the model (`annotate`), so kept as JSON rather than
+    /// given derived deserializers (about 20 KiB of code for the four).
     #[serde(default)]
-    pub contact: Option<Contact>,
-    /// A poll (or quiz), sent or forwarded.
+    pub contact: Option<Value>,
+    /// See `contact`.
     #[serde(default)]
-    pub poll: Option<Poll>,
-    /// A thrown dice (🎲, 🎯, 🏀, ⚽, 🎳, 🎰) and where it landed.
+    pub poll: Option<Value>,
+    /// See `contact`.
     #[serde(default)]
-    pub dice: Option<Dice>,
-    /// A checklist (Bot API 9.1).
+    pub dice: Option<Value>,
+    /// See `contact`.
     #[serde(default)]
-    pub checklist: Option<Checklist>,
+    pub checklist: Option<Value>,
     /// The message this one replies to when it is in another chat (or a topic of its
     /// own): who wrote it, and what it shares besides words (its words are in `quote`).
     #[serde(default)]
@@ -360,97 +362,6 @@ pub struct Venue {
     pub address: String,
 }
 
-/// A contact card.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Contact {
-    /// As the sender's phone book has it.
-    #[serde(default)]
-    pub phone_number: String,
-    /// First name.
-    #[serde(default)]
-    pub first_name: String,
-    /// Last name.
-    #[serde(default)]
-    pub last_name: Option<String>,
-    /// Their Telegram user id, when they are on Telegram.
-    #[serde(default)]
-    pub user_id: Option<i64>,
-}
-
-/// A poll or a quiz.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Poll {
-    /// What it asks.
-    #[serde(default)]
-    pub question: String,
-    /// Its answers, with their votes so far.
-    #[serde(default)]
-    pub options: Vec<PollOption>,
-    /// People who voted.
-    #[serde(default)]
-    pub total_voter_count: u64,
-    /// No more votes are taken.
-    #[serde(default)]
-    pub is_closed: bool,
-    /// `regular` or `quiz`.
-    #[serde(default, rename = "type")]
-    pub kind: String,
-    /// One may pick more than one answer.
-    #[serde(default)]
-    pub allows_multiple_answers: bool,
-}
-
-/// One answer of a poll.
-#[derive(Debug, Clone, Deserialize)]
-pub struct PollOption {
-    /// The answer.
-    #[serde(default)]
-    pub text: String,
-    /// Votes for it.
-    #[serde(default)]
-    pub voter_count: u64,
-}
-
-/// An animated emoji with a random value.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Dice {
-    /// Which one was thrown.
-    #[serde(default)]
-    pub emoji: String,
-    /// Where it landed (1–6 for 🎲, 🎯 and 🎳, 1–5 for 🏀 and ⚽, 1–64 for 🎰).
-    #[serde(default)]
-    pub value: u32,
-}
-
-/// A checklist.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Checklist {
-    /// Its title.
-    #[serde(default)]
-    pub title: String,
-    /// Its tasks.
-    #[serde(default)]
-    pub tasks: Vec<ChecklistTask>,
-}
-
-/// One task of a checklist.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ChecklistTask {
-    /// The task.
-    #[serde(default)]
-    pub text: String,
-    /// When it was done (unix time; absent or 0 while it is not).
-    #[serde(default)]
-    pub completion_date: Option<i64>,
-}
-
-impl ChecklistTask {
-    /// Whether someone marked it done.
-    pub fn done(&self) -> bool {
-        self.completion_date.is_some_and(|d| d > 0)
-    }
-}
-
 /// A message of another chat replied to (`ExternalReplyInfo`): the fields that matter
 /// here; the part quoted is the replying message's `quote`.
 #[derive(Debug, Clone, Deserialize)]
@@ -464,18 +375,18 @@ pub struct ExternalReply {
     /// A shared place.
     #[serde(default)]
     pub venue: Option<Venue>,
-    /// A contact card.
+    /// A contact card, as `Message`'s.
     #[serde(default)]
-    pub contact: Option<Contact>,
-    /// A poll.
+    pub contact: Option<Value>,
+    /// A poll, as `Message`'s.
     #[serde(default)]
-    pub poll: Option<Poll>,
-    /// A dice.
+    pub poll: Option<Value>,
+    /// A dice, as `Message`'s.
     #[serde(default)]
-    pub dice: Option<Dice>,
-    /// A checklist.
+    pub dice: Option<Value>,
+    /// A checklist, as `Message`'s.
     #[serde(default)]
-    pub checklist: Option<Checklist>,
+    pub checklist: Option<Value>,
 }
 
 /// A chat.
