@@ -10,12 +10,15 @@ use crossbeam_channel::Sender;
 
 use serde_json::{json, Value};
 use tether::at::At;
-use tether::cron::{
-    CronFile, Entry, NextRun, NextRuns, OnConflict, Schedule, MAX_ENTRIES, MAX_TEXT, NEXT_FILE,
-};
+use tether::cron::{CronFile, Entry, OnConflict, Schedule, MAX_ENTRIES, MAX_TEXT, NEXT_FILE};
 use tether::{Frame, Session};
 
 use super::arg_str;
+
+/// The zone the host said it evaluates the tasks in, if it said.
+fn host_zone(host: &Value) -> Option<&str> {
+    host["zone"].as_str().filter(|z| !z.is_empty())
+}
 
 /// Largest next-runs file read (20 tasks take about 3 KB).
 const MAX_NEXT_FILE: u64 = 64 * 1024;
@@ -253,33 +256,37 @@ impl CronTools {
 
     /// What schedules are evaluated in, said with them so the model knows what "9:00"
     /// means: agent.json's zone, else the host's as the host says (once it has evaluated
-    /// the tasks; see [`NextRuns`]).
+    /// the tasks; see `tether::cron::NextRuns`).
     pub(super) fn zone_note(&self) -> String {
-        match (&self.timezone, self.host_says()) {
+        let host = self.host_says();
+        match (&self.timezone, host_zone(&host)) {
             (Some(tz), _) => format!("schedules are evaluated in the {tz} time zone (agent.json timezone)"),
-            (None, Some(host)) if !host.zone.is_empty() => format!(
-                "schedules are evaluated in the host's time zone, {} (agent.json timezone sets another)",
-                host.zone
+            (None, Some(zone)) => format!(
+                "schedules are evaluated in the host's time zone, {zone} (agent.json timezone sets another)"
             ),
-            (None, _) => "schedules are evaluated in the host's local time".into(),
+            (None, None) => "schedules are evaluated in the host's local time".into(),
         }
     }
 
-    /// What the host that fires the tasks last said of them: its zone and their next
-    /// runs. Absent under a host that does not say (upstream's).
-    pub(super) fn host_says(&self) -> Option<NextRuns> {
+    /// What the host that fires the tasks last said of them (`tether::cron::NextRuns`):
+    /// its zone and their next runs; `Null` under a host that does not say (upstream's).
+    /// Read as JSON: the typed form's deserializers would cost the guest 7 KiB of code.
+    pub(super) fn host_says(&self) -> Value {
         // The model can put a FIFO there: never waited on.
-        let bytes = crate::regular::read(&self.path.with_file_name(NEXT_FILE), MAX_NEXT_FILE).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        crate::regular::read(&self.path.with_file_name(NEXT_FILE), MAX_NEXT_FILE)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
-    /// When `e` runs next, as the host said, seen at unix second `now`: `None` for a
-    /// paused task, one changed since the host looked, or a time gone by (the host is
-    /// down, or has not looked since).
-    pub(super) fn next_run<'a>(e: &Entry, host: &'a NextRuns, now: i64) -> Option<&'a NextRun> {
-        let next = host.tasks.get(&e.id)?;
+    /// When `e` runs next, as the host said (`host`), seen at unix second `now`: the wall
+    /// time and the unix second; `None` for a paused task, one changed since the host
+    /// looked, or a time gone by (the host is down, or has not looked since).
+    pub(super) fn next_run<'a>(e: &Entry, host: &'a Value, now: i64) -> Option<(&'a str, i64)> {
+        let next = &host["tasks"][&e.id];
         let when = e.at.as_deref().unwrap_or(&e.schedule);
-        (e.enabled && next.when == when && next.unix > now).then_some(next)
+        let (local, unix) = (next["local"].as_str()?, next["unix"].as_i64()?);
+        (e.enabled && next["when"] == when && unix > now).then_some((local, unix))
     }
 
     /// Change the file under the lock: `change` edits it, and it is written when that
@@ -298,7 +305,8 @@ impl CronTools {
     /// `cron_list {}`.
     pub fn list(&self) -> Result<String, String> {
         let file = self.load()?;
-        let host = self.host_says().unwrap_or_default();
+        let host = self.host_says();
+        let zone = host_zone(&host).unwrap_or_default();
         let now = now_secs();
         let entries: Vec<Value> = file
             .entries
@@ -308,8 +316,8 @@ impl CronTools {
                 if e.at.is_none() {
                     v["runs"] = json!(in_words(&e.schedule));
                 }
-                if let Some(next) = Self::next_run(e, &host, now) {
-                    v["next_run"] = json!(format!("{} {}", next.local, host.zone));
+                if let Some((local, _)) = Self::next_run(e, &host, now) {
+                    v["next_run"] = json!(format!("{local} {zone}"));
                 }
                 v
             })

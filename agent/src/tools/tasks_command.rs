@@ -2,7 +2,7 @@
 //! or resuming one. Answered by the agent without the model, so it works past a daily
 //! limit, which a task that runs too often may be what used up.
 
-use tether::cron::{Entry, NextRun};
+use tether::cron::Entry;
 use tether::Session;
 
 use super::cron::CronTools;
@@ -107,7 +107,7 @@ impl CronTools {
         } else {
             let mut out = format!("Scheduled tasks of this chat ({}):", self.zone_note());
             let now = std::time::SystemTime::now();
-            let host = self.host_says().unwrap_or_default();
+            let host = self.host_says();
             let secs = super::cron::now_secs();
             for e in &here {
                 // A reminder set for an instant says how soon already.
@@ -117,7 +117,7 @@ impl CronTools {
                 );
                 let next = CronTools::next_run(e, &host, secs)
                     .filter(|_| !instant)
-                    .map(|n| next_text(n, secs));
+                    .map(|(local, unix)| next_text(local, unix, secs));
                 out.push_str(&format!(
                     "\n{}",
                     line(e, next.as_deref(), self.last_ran(e, now).as_deref())
@@ -215,10 +215,11 @@ fn line(e: &Entry, next: Option<&str>, last: Option<&str>) -> String {
     )
 }
 
-/// `Tue 2026-12-08 09:00 (in 9 h 12 min)`, seen at unix second `now`.
-fn next_text(next: &NextRun, now: i64) -> String {
-    let wait = (next.unix - now).max(0) as u64;
-    format!("{} ({})", next.local, tether::time::wait_in_words(wait))
+/// `Tue 2026-12-08 09:00 (in 9 h 12 min)`: the wall time `local` of unix second `unix`,
+/// seen at unix second `now`.
+fn next_text(local: &str, unix: i64, now: i64) -> String {
+    let wait = (unix - now).max(0) as u64;
+    format!("{local} ({})", tether::time::wait_in_words(wait))
 }
 
 /// Turns at the end of a task's conversation looked through for its last run (a run's
