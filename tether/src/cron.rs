@@ -99,6 +99,10 @@ pub struct NextRuns {
     /// has no name (`UTC+01:00`).
     #[serde(default)]
     pub zone: String,
+    /// Why that is not agent.json's `timezone` when agent.json names one (a name the
+    /// host's time zone database does not know).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
     /// By task id, the enabled tasks that run again within [`NEXT_HORIZON_DAYS`].
     #[serde(default)]
     pub tasks: std::collections::BTreeMap<String, NextRun>,

@@ -206,9 +206,10 @@ pub fn publish_next(workspace: &Path, minute: i64) -> Result<(), String> {
     let Some(file) = read_cron_file(&workspace.join(".aegis/cron.json"))? else {
         return Ok(());
     };
-    let (tz, _) = time_zone(workspace);
+    let (tz, problems) = time_zone(workspace);
     let mut next = NextRuns {
         zone: zone_name(&tz, minute),
+        problem: problems.into_iter().next(),
         tasks: Default::default(),
     };
     for entry in file.entries.into_iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
@@ -671,5 +672,16 @@ mod tests {
         publish_next(&d.0, minute).unwrap();
         assert_eq!(fs::read_to_string(&host_file).unwrap(), "host");
         assert!(fs::symlink_metadata(&path).unwrap().is_file());
+
+        // A zone the host does not know: the host's own, and why.
+        fs::write(d.0.join(".aegis/agent.json"), r#"{"timezone": "Europe/Pariss"}"#).unwrap();
+        publish_next(&d.0, minute).unwrap();
+        let next: NextRuns = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(next.zone, zone_name(&TimeZone::system(), minute));
+        let problem = next.problem.unwrap();
+        assert!(
+            problem.starts_with("agent.json timezone \"Europe/Pariss\""),
+            "{problem}"
+        );
     }
 }

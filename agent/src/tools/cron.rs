@@ -259,12 +259,23 @@ impl CronTools {
     /// the tasks; see `tether::cron::NextRuns`).
     pub(super) fn zone_note(&self) -> String {
         let host = self.host_says();
-        match (&self.timezone, host_zone(&host)) {
-            (Some(tz), _) => format!("schedules are evaluated in the {tz} time zone (agent.json timezone)"),
-            (None, Some(zone)) => format!(
+        // The host's word goes first: it evaluates them, and reads agent.json afresh.
+        match (
+            self.timezone.as_deref(),
+            host_zone(&host),
+            host["problem"].as_str(),
+        ) {
+            (_, Some(zone), Some(why)) => format!("schedules are evaluated in the {zone} time zone ({why})"),
+            (Some(tz), Some(zone), _) if tz != zone => {
+                format!("schedules are evaluated in the {zone} time zone, as the host says")
+            }
+            (Some(tz), _, _) => {
+                format!("schedules are evaluated in the {tz} time zone (agent.json timezone)")
+            }
+            (None, Some(zone), _) => format!(
                 "schedules are evaluated in the host's time zone, {zone} (agent.json timezone sets another)"
             ),
-            (None, None) => "schedules are evaluated in the host's local time".into(),
+            (None, None, _) => "schedules are evaluated in the host's local time".into(),
         }
     }
 

@@ -362,11 +362,35 @@ mod tests {
             .create(&json!({"schedule": "0 10 * * *", "text": "x"}), &chat, None)
             .unwrap();
         assert!(made.contains("host's time zone, Asia/Tokyo"), "{made}");
-        // agent.json's zone is the one the host evaluates in.
+        // With agent.json's zone, the host's word goes first: it reads agent.json afresh
+        // (the model may have changed it since the start), and says when it cannot use it.
         let c = CronTools::new(d.path(), Some("Europe/Paris"));
+        let mut said = host.clone();
+        said["zone"] = json!("Asia/Tokyo");
+        std::fs::write(d.path().join(".aegis/cron-next.json"), said.to_string()).unwrap();
         assert!(c
             .command("", &chat, trusted())
-            .contains("evaluated in the Europe/Paris time zone"));
+            .contains("(schedules are evaluated in the Asia/Tokyo time zone, as the host says)"));
+        said["zone"] = json!("Europe/Paris");
+        assert!(
+            c.command("", &chat, trusted())
+                .contains("evaluated in the Asia/Tokyo"),
+            "file not yet rewritten"
+        );
+        std::fs::write(d.path().join(".aegis/cron-next.json"), said.to_string()).unwrap();
+        assert!(c
+            .command("", &chat, trusted())
+            .contains("(schedules are evaluated in the Europe/Paris time zone (agent.json timezone))"));
+        said["zone"] = json!("UTC");
+        said["problem"] = json!("agent.json timezone \"Europe/Pariss\": unknown; using the host's");
+        std::fs::write(d.path().join(".aegis/cron-next.json"), said.to_string()).unwrap();
+        assert!(
+            c.command("", &chat, trusted()).contains(
+                "(schedules are evaluated in the UTC time zone (agent.json timezone \"Europe/Pariss\": unknown; using the host's))"
+            ),
+            "{}",
+            c.command("", &chat, trusted())
+        );
         // A FIFO the model put under the file's name is not waited on.
         let next = d.path().join(".aegis/cron-next.json");
         std::fs::remove_file(&next).unwrap();
