@@ -342,8 +342,9 @@ fn wall(m: i64, tz: &TimeZone) -> Option<Minute> {
 
 /// agent.json's `timezone`, else the host's (with a problem when the name is unknown).
 fn time_zone(workspace: &Path) -> (TimeZone, Vec<String>) {
-    let name = fs::read(workspace.join(".aegis/agent.json"))
+    let name = read_guest_file(&workspace.join(".aegis/agent.json"))
         .ok()
+        .flatten()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["timezone"].as_str().map(str::to_string));
     match name {
@@ -358,29 +359,11 @@ fn time_zone(workspace: &Path) -> (TimeZone, Vec<String>) {
     }
 }
 
-/// The task file, if there is one. The guest owns the workspace, so the file is opened
-/// without following a link, must be a regular file, and is read up to a size cap.
+/// The task file, if there is one.
 fn read_cron_file(path: &Path) -> Result<Option<CronFile>, String> {
-    let f = match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open cron.json: {e}")),
+    let Some(bytes) = read_guest_file(path)? else {
+        return Ok(None);
     };
-    let meta = f.metadata().map_err(|e| format!("cron.json: {e}"))?;
-    if !meta.is_file() {
-        return Err("cron.json is not a regular file".into());
-    }
-    if meta.len() > MAX_FILE {
-        return Err(format!("cron.json is larger than {MAX_FILE} bytes"));
-    }
-    let mut bytes = Vec::new();
-    f.take(MAX_FILE)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cron.json: {e}"))?;
     // Only the position of a syntax error is reported, never the file's content.
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         format!(
@@ -389,6 +372,35 @@ fn read_cron_file(path: &Path) -> Result<Option<CronFile>, String> {
             e.column()
         )
     })
+}
+
+/// A file of the guest's `.aegis` (cron.json, agent.json), if there is one. The guest
+/// owns the workspace, so the file is opened without following a link and without
+/// waiting (a FIFO there would stop every instance's tasks), must be a regular file, and
+/// is read up to [`MAX_FILE`].
+fn read_guest_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let f = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {name}: {e}")),
+    };
+    let meta = f.metadata().map_err(|e| format!("{name}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{name} is not a regular file"));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("{name} is larger than {MAX_FILE} bytes"));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_FILE)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -683,5 +695,29 @@ mod tests {
             problem.starts_with("agent.json timezone \"Europe/Pariss\""),
             "{problem}"
         );
+    }
+
+    #[test]
+    fn a_fifo_the_guest_put_in_aegis_stops_nothing() {
+        let cron = r#"{"entries": [{"id": "cron-1", "schedule": "* * * * *", "message": "tick", "session": "cron-1"}], "next_id": 2}"#;
+        let d = workspace("fifo", cron);
+        let agent_json = d.0.join(".aegis/agent.json");
+        fs::remove_file(&agent_json).unwrap();
+        let c = std::ffi::CString::new(agent_json.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let ws = d.0.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let minute = 1_795_424_400 / 60;
+            let due =
+                due(&ws, &ws.join("state.json"), minute, &Clock::real()).map(|d| d.map(|d| d.runs.len()));
+            let _ = tx.send((due, publish_next(&ws, minute)));
+        });
+        let (due, published) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the host waited on a FIFO");
+        assert_eq!(due, Ok(Some(1)), "the task still runs, in the host's zone");
+        assert_eq!(published, Ok(()));
     }
 }
