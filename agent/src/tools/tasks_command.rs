@@ -382,11 +382,13 @@ mod tests {
             .command("", &chat, trusted())
             .contains("(schedules are evaluated in the Europe/Paris time zone (agent.json timezone))"));
         said["zone"] = json!("UTC");
-        said["problem"] = json!("agent.json timezone \"Europe/Pariss\": unknown; using the host's");
+        said["problem"] = json!(
+            "agent.json timezone \"Europe/Pariss\" is not in the host's time zone database; using the host's"
+        );
         std::fs::write(d.path().join(".aegis/cron-next.json"), said.to_string()).unwrap();
         assert!(
             c.command("", &chat, trusted()).contains(
-                "(schedules are evaluated in the UTC time zone (agent.json timezone \"Europe/Pariss\": unknown; using the host's))"
+                "(schedules are evaluated in the UTC time zone (agent.json timezone \"Europe/Pariss\" is not in the host's time zone database; using the host's))"
             ),
             "{}",
             c.command("", &chat, trusted())
