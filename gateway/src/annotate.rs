@@ -104,8 +104,7 @@ impl<'a> From<&'a ExternalReply> for Shared<'a> {
 /// Trip — ✓ passport / tickets]`; `[dice 🎲: 4 of 6]`.
 pub fn shared<'a>(s: impl Into<Shared<'a>>) -> Option<String> {
     let s = s.into();
-    // As given (Telegram sends six decimals at most): rounding would need float code the
-    // gateway has no other use for.
+    // As given (Telegram sends six decimals at most).
     let at = |l: &Location| format!("{}, {}", l.latitude, l.longitude);
     if let Some(v) = s.venue {
         let name = joined([clean(&v.title), clean(&v.address)], ", ");

@@ -340,13 +340,14 @@ pub struct Sticker {
     pub emoji: Option<String>,
 }
 
-/// A point on the map.
+/// A point on the map. Only ever written out, so kept as JSON numbers: printing an
+/// `f64` would link Rust's float formatting (about 5 KiB) for this alone.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Location {
     /// Degrees north.
-    pub latitude: f64,
+    pub latitude: serde_json::Number,
     /// Degrees east.
-    pub longitude: f64,
+    pub longitude: serde_json::Number,
 }
 
 /// A named place.
