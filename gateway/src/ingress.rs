@@ -315,7 +315,7 @@ impl Ingress {
             log::debug!("chat {chat}: ignoring a message without text");
             return Handled::default();
         };
-        let user_id = m.from.as_ref().map_or(chat, |u| u.id);
+        let user_id = m.sender().map_or(chat, |u| u.id);
         let (allowed, session_id, in_exec) = journal.read(|st| {
             (
                 self.allows(chat, st),
@@ -545,7 +545,7 @@ impl Ingress {
             None => text,
         };
         let text = text.as_str();
-        let user = m.from.as_ref().map(|u| User {
+        let user = m.sender().map(|u| User {
             id: Some(u.id.to_string()),
             username: u.username.clone(),
             name: Some(u.full_name()).filter(|n| !n.is_empty()),
@@ -697,7 +697,7 @@ impl Ingress {
         let chosen = m.quote.as_ref().map(|q| q.text.trim()).filter(|q| !q.is_empty());
         let (who, text) = match (replied, &m.external_reply) {
             (Some(r), _) => {
-                let who = match &r.from {
+                let who = match r.sender() {
                     _ if self.by_bot(r) => "you".to_string(),
                     Some(u) => u.full_name(),
                     None => "someone".to_string(),
@@ -771,10 +771,9 @@ impl Ingress {
             rule.minutes
         );
         if tell {
-            let name = m
-                .from
+            let sender = m.sender().filter(|_| m.chat.is_group());
+            let name = sender
                 .as_ref()
-                .filter(|_| m.chat.is_group())
                 .map(|u| u.first_name.as_str())
                 .filter(|n| !n.is_empty());
             self.notice((chat, m.topic()), &crate::rate::refusal(rule, wait, name));

@@ -150,6 +150,11 @@ pub struct Message {
     /// Sender (absent for channel posts).
     #[serde(default)]
     pub from: Option<TgUser>,
+    /// The chat it was sent on behalf of: a group's anonymous admin writes as the group
+    /// (`from` is then Telegram's GroupAnonymousBot, the same user in every group), a
+    /// channel's owner as the channel.
+    #[serde(default)]
+    pub sender_chat: Option<Chat>,
     /// Text (absent for stickers, photos without caption...).
     #[serde(default)]
     pub text: Option<String>,
@@ -239,6 +244,21 @@ pub struct Message {
 }
 
 impl Message {
+    /// Who sent it, as one person: the chat it was sent on behalf of (a group's
+    /// anonymous admins, a channel), each its own sender, rather than the placeholder
+    /// user Telegram puts in `from` for all of them; else `from`.
+    pub fn sender(&self) -> Option<TgUser> {
+        match &self.sender_chat {
+            Some(c) => Some(TgUser {
+                id: c.id,
+                first_name: c.title.clone().unwrap_or_default(),
+                last_name: None,
+                username: None,
+            }),
+            None => self.from.clone(),
+        }
+    }
+
     /// The message this one answers, unless that is only its topic's first message (every
     /// message of a forum topic is a reply to it) or it is a question the user answered
     /// with a tap.

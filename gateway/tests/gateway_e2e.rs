@@ -3427,6 +3427,49 @@ fn a_questions_answers_are_buttons_to_tap() {
     );
 }
 
+/// A group's anonymous admins write as the group, and Telegram puts the same placeholder
+/// user (GroupAnonymousBot) in `from` for all of them, in every group: each group is one
+/// sender of its own, for `rate_limit`, for the name the model reads and for a quote.
+#[test]
+fn anonymous_admins_are_their_group_not_one_user_of_every_group() {
+    let mut s = Stack::new("gw-anonymous", FakeLlm::echo_openai(), &[]);
+    gateway_with(&mut s, json!({"rate_limit": {"messages": 1, "minutes": 60}}));
+    let tg = &s.telegram;
+    let anonymous = json!({"id": 1_087_968_824, "is_bot": true, "first_name": "Group",
+        "username": "GroupAnonymousBot"});
+    let group = |id: i64, title: &str| json!({"id": id, "type": "supergroup", "title": title});
+    let (a, b) = (group(-1005, "Team A"), group(-1006, "Team B"));
+    tg.push_message(json!({"chat": a, "from": anonymous, "sender_chat": a, "text": "@test_bot one"}));
+    tg.wait_chat(-1005, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Team A]: one")
+    });
+    tg.push_message(json!({"chat": b, "from": anonymous, "sender_chat": b, "text": "@test_bot two"}));
+    tg.wait_chat(-1006, T, |m| {
+        m.iter().any(|m| m.visible() == "echo: [Team B]: two")
+    });
+    // Team A's second message is past its own count, and the note names the group.
+    tg.push_message(json!({"chat": a, "from": anonymous, "sender_chat": a, "text": "@test_bot three"}));
+    let msgs = tg.wait_chat(-1005, T, |m| m.len() == 2);
+    assert!(
+        msgs[1]
+            .visible()
+            .starts_with("⚠️ Not passed on: Team A, you have sent 1 message"),
+        "{}",
+        msgs[1].visible()
+    );
+    // A reply to an anonymous admin's message quotes the group.
+    let said = json!({"message_id": 77, "chat": b, "from": anonymous, "sender_chat": b, "text": "ship it"});
+    tg.push_message(
+        json!({"chat": b, "from": {"id": 8, "is_bot": false, "first_name": "Bob"},
+        "reply_to_message": said, "text": "@test_bot sure?"}),
+    );
+    tg.wait_chat(-1006, T, |m| {
+        m.iter()
+            .any(|m| m.visible() == "echo: [Bob]: > Team B: ship it\nsure?")
+    });
+    assert_eq!(s.llm.requests().len(), 3);
+}
+
 /// [ours] `rate_limit`: past it, a sender is told once, and what they send then reaches
 /// neither the instance nor the model; nobody else is held back by their count (another
 /// person, the exempt owner), nor are the bot's own commands; in a group the note names
