@@ -414,6 +414,21 @@ fn handle(session: &Session, state: &SessionState, shared: &Shared, history: &mu
         Some(None) => return send_cancelled(shared, out, &msg_id, "the reply was cancelled", ""),
         None => {}
     }
+    // A host's run of a task whose chat the bot can no longer write to (the user blocked
+    // it, the group removed it): not run, so the model and its tools are not paid for a
+    // reply nobody can see. The gateway lifts that once the chat writes again.
+    let host_run = msg_id.as_deref().filter(|id| !tether::cron::is_run_now(id));
+    if let (Some(task), Some(id), true) = (task, host_run, session != out) {
+        if let Some(why) = shared.tools.chat_gone(out) {
+            log::info!(
+                "task {task}: run not sent to the model: its chat {}/{} cannot be written to ({why})",
+                out.channel,
+                out.id
+            );
+            shared.tools.task_ran(id);
+            return send_text(shared, kind::ASSISTANT_DONE, session, &msg_id, "");
+        }
+    }
     // A daily limit used up: the message is not taken (nor its recording written down);
     // a copy answered already is dropped below, as ever.
     if !earlier.is_some_and(|i| answered(history, i)) {

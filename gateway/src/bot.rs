@@ -81,6 +81,8 @@ pub fn start(bot: BotConfig, tg: Telegram, aegis: AegisClient) -> std::io::Resul
     let (actions_tx, actions_rx) = unbounded();
 
     let workspace = Arc::new(InstanceWorkspace::new(aegis.clone(), &bot.instance));
+    let mut tg = tg;
+    tg.watch_gone(Arc::new(crate::gone::GoneChats::new(workspace.clone())));
     let tg2 = tg.clone();
     let ev = events_tx.clone();
     let drafts_refused = DraftsRefused::default();

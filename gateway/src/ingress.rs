@@ -210,6 +210,11 @@ impl Ingress {
             self.tapped(tap, first.message.is_some());
         }
         let album: Vec<&Message> = unit.iter().filter_map(|u| u.message.as_ref()).collect();
+        // Whatever a chat sends (a user pressing Start after unblocking the bot, a group's
+        // note that the bot joined again) says it is reachable.
+        if let Some(m) = album.first() {
+            self.tg.chat_back(m.chat.id);
+        }
         let handled = match &first.stopped_message_generation {
             Some(stop) => self.stop_pressed(stop, journal),
             None => self.handle(&album, first.update_id, journal),

@@ -9,6 +9,7 @@ mod cron;
 mod documents;
 mod exec;
 mod exec_record;
+mod gone;
 mod images;
 mod inbox;
 mod ingress;

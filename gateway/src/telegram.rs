@@ -553,6 +553,8 @@ pub struct Telegram {
     agent: ureq::Agent,
     /// Groups that became supergroups (old id → new id): calls for them go to the new.
     moved: std::sync::Arc<std::sync::Mutex<HashMap<i64, i64>>>,
+    /// Told of a chat Telegram refuses to write to for good (blocked, removed).
+    gone: Option<std::sync::Arc<crate::gone::GoneChats>>,
 }
 
 impl fmt::Debug for Telegram {
@@ -584,6 +586,20 @@ impl Telegram {
             token: token.to_string(),
             agent,
             moved: Default::default(),
+            gone: None,
+        }
+    }
+
+    /// Tell `gone` of each chat Telegram refuses to write to for good, and of each that
+    /// writes again ([`Telegram::chat_back`]).
+    pub fn watch_gone(&mut self, gone: std::sync::Arc<crate::gone::GoneChats>) {
+        self.gone = Some(gone);
+    }
+
+    /// `chat` wrote to the bot: reachable, if it was gone.
+    pub fn chat_back(&self, chat: i64) {
+        if let Some(g) = &self.gone {
+            g.back(chat);
         }
     }
 
@@ -644,7 +660,7 @@ impl Telegram {
             return self.call_as_is(method, body);
         };
         let topic = body["message_thread_id"].as_i64();
-        self.in_current(chat, topic, |at, t| {
+        let result = self.in_current(chat, topic, |at, t| {
             if (at, t) == (chat, topic) {
                 return self.call_as_is(method, body);
             }
@@ -654,7 +670,13 @@ impl Telegram {
                 fields.remove("message_thread_id");
             }
             self.call_as_is(method, &moved)
-        })
+        });
+        if let (Err(TgError::Rejected(403, why)), Some(g)) = (&result, &self.gone) {
+            if crate::gone::says_gone(why) {
+                g.gone(chat, why);
+            }
+        }
+        result
     }
 
     fn call_as_is(&self, method: &str, body: &Value) -> Result<Value, TgError> {

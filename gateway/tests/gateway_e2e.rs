@@ -2352,6 +2352,68 @@ fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
     assert_eq!(said()["tasks"]["cron-1"]["unix"], START + 60 + 86_400);
 }
 
+/// A chat whose user blocked the bot: the first reply refused says so, and the task
+/// replying there no longer runs (nor costs the model) until the chat writes again.
+#[test]
+fn a_task_for_a_chat_that_blocked_the_bot_stops_running_until_it_writes_again() {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    const START: i64 = 1_795_424_340; // 2026-11-23 08:59:00 UTC
+    let anchor = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let clock = format!("{START},{anchor},20");
+    let mut s = Stack::with_serve_env(
+        "gw-gone",
+        FakeLlm::echo_openai(),
+        &[],
+        &[],
+        &[("AEGIS_KIT_CLOCK", &clock)],
+    );
+    let aegis = s.instance_dir().join("workspace/.aegis");
+    std::fs::create_dir_all(&aegis).unwrap();
+    let task = json!({"entries": [{"id": "cron-1", "schedule": "* * * * *", "message": "tick",
+        "session": "cron-1", "enabled": true, "created_at": "2026-11-01T00:00:00Z",
+        "on_conflict": "queue", "reply_to": {"channel": "telegram", "id": CHAT.to_string()}}], "next_id": 2});
+    std::fs::write(aegis.join("cron.json"), task.to_string()).unwrap();
+    s.write_gateway_config(json!(["*"]));
+    s.start_gateway();
+    let ticks = |m: &[aegis_e2e::telegram::Msg]| {
+        m.iter()
+            .filter(|m| m.visible() == "echo: [Scheduled Task]: tick")
+            .count()
+    };
+    s.telegram.wait_chat(CHAT, T, |m| ticks(m) >= 1);
+
+    s.telegram.block(CHAT, true);
+    let gone = aegis.join("gone-chats.json");
+    let said = || -> serde_json::Value {
+        std::fs::read(&gone)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while said()["chats"][CHAT.to_string()]["why"] != "Forbidden: bot was blocked by the user" {
+        assert!(std::time::Instant::now() < deadline, "{}", said());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Three more minutes of this clock: no run reaches the model (one under way when the
+    // file was written may still).
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = s.llm.requests().len();
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(
+        s.llm.requests().len(),
+        asked,
+        "runs for a chat that blocked the bot"
+    );
+
+    // Unblocked, the user presses Start: the task runs and replies again.
+    s.telegram.block(CHAT, false);
+    let before = ticks(&s.telegram.messages(CHAT));
+    s.telegram.push_text(CHAT, 7, "Ann", "/start");
+    s.telegram.wait_chat(CHAT, T, |m| ticks(m) > before);
+    assert!(said()["chats"].get(CHAT.to_string()).is_none(), "{}", said());
+}
+
 /// `/tasks` says when each task runs next, in the zone the host evaluates it in, which
 /// only the host knows (here serve's `TZ`; agent.json names none).
 #[test]

@@ -125,6 +125,9 @@ struct State {
     voices: BTreeMap<i64, Vec<(String, Vec<u8>)>>,
     /// Chats whose user refuses voice messages.
     no_voice: std::collections::HashSet<i64>,
+    /// Chats whose user blocked the bot, or groups that removed it: every call for them
+    /// is refused with 403, as on Telegram.
+    blocked: std::collections::HashSet<i64>,
     /// File downloads wait while set (a large file on a slow line).
     hold_downloads: bool,
     /// File downloads asked for so far.
@@ -610,6 +613,15 @@ impl FakeTelegram {
         self.state.0.lock().unwrap().no_voice.insert(chat);
     }
 
+    /// The user of `chat` blocks the bot (a group: removes it), or no longer does.
+    pub fn block(&self, chat: i64, blocked: bool) {
+        let mut s = self.state.0.lock().unwrap();
+        match blocked {
+            true => s.blocked.insert(chat),
+            false => s.blocked.remove(&chat),
+        };
+    }
+
     /// Documents sent to `chat`: (file name, bytes).
     pub fn documents(&self, chat: i64) -> Vec<(String, Vec<u8>)> {
         self.state
@@ -789,6 +801,11 @@ fn handle(state: &Arc<(Mutex<State>, Condvar)>, token: &str, req: &Request) -> (
                 400,
                 "Bad Request: can't parse entities: Can't find end tag corresponding to start tag \"b\"",
             ),
+        }
+    } else if let Some(chat) = body["chat_id"].as_i64().filter(|c| s.blocked.contains(c)) {
+        match chat > 0 {
+            true => bad(403, "Forbidden: bot was blocked by the user"),
+            false => bad(403, "Forbidden: bot was kicked from the supergroup chat"),
         }
     } else if let Some(e) = migrated_chat(&s, &body, multipart.as_deref()) {
         e

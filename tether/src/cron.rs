@@ -120,6 +120,12 @@ pub struct NextRun {
     pub local: String,
 }
 
+/// [ours] Chats the host's gateway can no longer write to (the user blocked the bot, a
+/// group removed it), in the workspace's `.aegis`: `{"chats": {"42": {"since": RFC3339,
+/// "why": "Forbidden: bot was blocked by the user"}}}`, by the chat part of a session id.
+/// A task whose replies go to one is not run (the agent's worker).
+pub const GONE_FILE: &str = "gone-chats.json";
+
 /// Where [`NextRuns`] is kept, in the workspace's `.aegis`.
 pub const NEXT_FILE: &str = "cron-next.json";
 /// How far ahead a next run is looked for (a task for 29 February runs within 8 years).

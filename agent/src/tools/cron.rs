@@ -290,6 +290,23 @@ impl CronTools {
             .unwrap_or_default()
     }
 
+    /// Why `chat` cannot be written to, as the host's gateway said
+    /// (`.aegis/gone-chats.json`, `tether::cron::GONE_FILE`): its words and since when.
+    pub(super) fn chat_gone(&self, chat: &Session) -> Option<String> {
+        if chat.channel != "telegram" {
+            return None;
+        }
+        let path = self.path.with_file_name(tether::cron::GONE_FILE);
+        // The model can put a FIFO there: never waited on.
+        let bytes = crate::regular::read(&path, MAX_NEXT_FILE).ok()?;
+        let file: Value = serde_json::from_slice(&bytes).ok()?;
+        // `42`, `42:3` after /new, `-100:t7` in a topic: the chat is the first part.
+        let id = chat.id.split(':').next()?;
+        let gone = &file["chats"][id];
+        let why = gone["why"].as_str()?;
+        Some(format!("{why}, since {}", gone["since"].as_str().unwrap_or("?")))
+    }
+
     /// When `e` runs next, as the host said (`host`), seen at unix second `now`: the wall
     /// time and the unix second; `None` for a paused task, one changed since the host
     /// looked, or a time gone by (the host is down, or has not looked since).
@@ -447,6 +464,48 @@ pub(super) fn now_secs() -> i64 {
 mod tests {
     use super::*;
     use crate::testutil::TempDir;
+
+    #[test]
+    fn a_chat_the_gateway_cannot_write_to_is_found_under_every_session_of_it() {
+        let d = TempDir::new("cron-gone");
+        let c = CronTools::new(d.path(), None);
+        let chat = |id: &str| Session::new("telegram", id);
+        assert_eq!(c.chat_gone(&chat("42")), None, "no file");
+        std::fs::create_dir_all(d.path().join(".aegis")).unwrap();
+        let file = d.path().join(".aegis").join(tether::cron::GONE_FILE);
+        std::fs::write(
+            &file,
+            json!({"chats": {"42": {"since": "2026-12-08T00:00:00Z", "why": "Forbidden: bot was blocked by the user"},
+                "-100": {"since": "2026-12-08T00:00:00Z", "why": "Forbidden: bot was kicked from the supergroup chat"}}})
+            .to_string(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.chat_gone(&chat("42")).as_deref(),
+            Some("Forbidden: bot was blocked by the user, since 2026-12-08T00:00:00Z")
+        );
+        assert!(c.chat_gone(&chat("42:3")).is_some(), "after /new");
+        assert!(c.chat_gone(&chat("-100:t7:2")).is_some(), "a topic");
+        assert_eq!(c.chat_gone(&chat("4242")), None);
+        assert_eq!(
+            c.chat_gone(&Session::new("kit", "42")),
+            None,
+            "the file names Telegram's chats"
+        );
+        // A FIFO the model put there is not waited on.
+        std::fs::remove_file(&file).unwrap();
+        let fifo = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(c.chat_gone(&chat("42")));
+        });
+        let gone = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("hung on a FIFO");
+        assert_eq!(gone, None);
+    }
 
     #[test]
     fn tasks_are_created_listed_toggled_and_deleted() {

@@ -693,6 +693,12 @@ impl Toolbox {
         }
     }
 
+    /// Why chat `chat` cannot be written to, when the host's gateway said so (the user
+    /// blocked the bot, a group removed it): a scheduled run replying there is not run.
+    pub fn chat_gone(&self, chat: &Session) -> Option<String> {
+        self.cron.chat_gone(chat)
+    }
+
     /// Copy the photo kept as blob `blob` into `inbox/` for the tools; where it now is,
     /// relative to the workspace. `None` when no tool on offer could do anything with a
     /// picture's file (no shell, no file sending, no picture making, no MCP server): then
