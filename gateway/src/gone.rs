@@ -191,5 +191,24 @@ mod tests {
         let now = read();
         assert!(now["chats"].get("42").is_none(), "{now}");
         assert!(now["chats"].get("-100").is_some(), "{now}");
+
+        // Telegram's word of the bot's membership (`my_chat_member`).
+        let mut tg = crate::telegram::Telegram::new("http://127.0.0.1:9", "1:x");
+        tg.watch_gone(Arc::new(GoneChats::new(Arc::new(InstanceWorkspace::at(&d)))));
+        let status = |chat: i64, status: &str| {
+            tg.membership_changed(
+                &serde_json::json!({"chat": {"id": chat}, "new_chat_member": {"status": status}}),
+            )
+        };
+        status(-200, "left");
+        status(7, "kicked");
+        let now = read();
+        assert_eq!(now["chats"]["-200"]["why"], "the bot was removed from the group");
+        assert_eq!(now["chats"]["7"]["why"], "the user blocked the bot");
+        status(-100, "administrator");
+        status(7, "member");
+        let now = read();
+        let left: Vec<&String> = now["chats"].as_object().unwrap().keys().collect();
+        assert_eq!(left, ["-200"]);
     }
 }

@@ -209,6 +209,9 @@ impl Ingress {
             // answer can show, so nobody taps a second answer under a question answered.
             self.tapped(tap, first.message.is_some());
         }
+        if let Some(change) = &first.my_chat_member {
+            self.tg.membership_changed(change);
+        }
         let album: Vec<&Message> = unit.iter().filter_map(|u| u.message.as_ref()).collect();
         // Whatever a chat sends (a user pressing Start after unblocking the bot, a group's
         // note that the bot joined again) says it is reachable.

@@ -39,12 +39,14 @@ const MAX_PENDING: usize = 100;
 /// Runs that may begin handling one message: the last of them gives it up.
 const MAX_TRIES: u32 = 5;
 
-/// The update kinds read: messages, the drafts' stop button and taps on a question's
-/// answers, and edited messages when the bot answers edits (`edited_messages`).
-const KINDS: [&str; 4] = [
+/// The update kinds read: messages, the drafts' stop button, taps on a question's
+/// answers, the bot's own membership of a chat (blocked, removed, back), and edited
+/// messages when the bot answers edits (`edited_messages`).
+const KINDS: [&str; 5] = [
     "message",
     "stopped_message_generation",
     "callback_query",
+    "my_chat_member",
     "edited_message",
 ];
 
@@ -80,7 +82,7 @@ impl Poller {
         if self.ingress.bot.answer_edits {
             &KINDS
         } else {
-            &KINDS[..3]
+            &KINDS[..4]
         }
     }
 
@@ -205,9 +207,11 @@ impl Poller {
     fn dispatch(&self, unit: Vec<Update>) {
         let first = unit.first().and_then(|u| u.message.as_ref());
         let stop_button = unit.first().and_then(|u| u.stopped_message_generation.as_ref());
+        let membership = unit.first().and_then(|u| u.my_chat_member.as_ref());
         let chat = first
             .map(|m| m.chat.id)
             .or(stop_button.map(|s| s.chat.id))
+            .or(membership.and_then(|c| c["chat"]["id"].as_i64()))
             .unwrap_or(0);
         if unit.len() == 1 && (first.is_some_and(|m| self.ingress.stops(m)) || stop_button.is_some()) {
             let (ingress, journal, stop) = (self.ingress.clone(), self.journal.clone(), unit.clone());

@@ -32,6 +32,11 @@ pub struct Update {
     /// [`parse_updates`], the `message` of the user who tapped, replying to the question.
     #[serde(default)]
     pub callback_query: Option<CallbackQuery>,
+    /// The bot's own membership of a chat changed (`ChatMemberUpdated`): `kicked` when a
+    /// user blocks it, `member` when they unblock it; `left` or `kicked` when a group
+    /// removes it. Only `chat.id` and `new_chat_member.status` are read.
+    #[serde(default)]
+    pub my_chat_member: Option<Value>,
     /// The update as Telegram sent it, for the poller's journal: what is written there is
     /// read back by the next run as it came, fields we do not know included.
     #[serde(skip)]
@@ -594,6 +599,20 @@ impl Telegram {
     /// writes again ([`Telegram::chat_back`]).
     pub fn watch_gone(&mut self, gone: std::sync::Arc<crate::gone::GoneChats>) {
         self.gone = Some(gone);
+    }
+
+    /// The bot's membership of a chat changed (a `my_chat_member` update): gone when it
+    /// was blocked or removed, back when it is a member again.
+    pub fn membership_changed(&self, change: &Value) {
+        let (Some(g), Some(chat)) = (&self.gone, change["chat"]["id"].as_i64()) else {
+            return;
+        };
+        match change["new_chat_member"]["status"].as_str() {
+            Some("kicked" | "left") if chat > 0 => g.gone(chat, "the user blocked the bot"),
+            Some("kicked" | "left") => g.gone(chat, "the bot was removed from the group"),
+            Some(_) => g.back(chat),
+            None => {}
+        }
     }
 
     /// `chat` wrote to the bot: reachable, if it was gone.

@@ -2382,7 +2382,8 @@ fn a_task_for_a_chat_that_blocked_the_bot_stops_running_until_it_writes_again() 
     };
     s.telegram.wait_chat(CHAT, T, |m| ticks(m) >= 1);
 
-    s.telegram.block(CHAT, true);
+    // Blocked while the gateway heard nothing of it: the next reply refused says so.
+    s.telegram.block(CHAT, true, false);
     let gone = aegis.join("gone-chats.json");
     let said = || -> serde_json::Value {
         std::fs::read(&gone)
@@ -2407,11 +2408,29 @@ fn a_task_for_a_chat_that_blocked_the_bot_stops_running_until_it_writes_again() 
     );
 
     // Unblocked, the user presses Start: the task runs and replies again.
-    s.telegram.block(CHAT, false);
+    s.telegram.block(CHAT, false, false);
     let before = ticks(&s.telegram.messages(CHAT));
     s.telegram.push_text(CHAT, 7, "Ann", "/start");
     s.telegram.wait_chat(CHAT, T, |m| ticks(m) > before);
     assert!(said()["chats"].get(CHAT.to_string()).is_none(), "{}", said());
+
+    // Blocked again, with Telegram's word of it (`my_chat_member`): gone at once, without
+    // waiting for a refusal, and nothing more is sent to the chat.
+    let sends = || s.telegram.calls_of("sendMessage").len();
+    s.telegram.block(CHAT, true, true);
+    let deadline = std::time::Instant::now() + T;
+    while said()["chats"][CHAT.to_string()]["why"] != "the user blocked the bot" {
+        assert!(std::time::Instant::now() < deadline, "{}", said());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (asked, sent) = (s.llm.requests().len(), sends());
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!((s.llm.requests().len(), sends()), (asked, sent));
+    // Unblocked the same way: back without a word from the user.
+    s.telegram.block(CHAT, false, true);
+    let before = ticks(&s.telegram.messages(CHAT));
+    s.telegram.wait_chat(CHAT, T, |m| ticks(m) > before);
 }
 
 /// `/tasks` says when each task runs next, in the zone the host evaluates it in, which

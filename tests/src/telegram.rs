@@ -613,13 +613,29 @@ impl FakeTelegram {
         self.state.0.lock().unwrap().no_voice.insert(chat);
     }
 
-    /// The user of `chat` blocks the bot (a group: removes it), or no longer does.
-    pub fn block(&self, chat: i64, blocked: bool) {
-        let mut s = self.state.0.lock().unwrap();
+    /// The user of `chat` blocks the bot (a group: removes it), or no longer does; with
+    /// `tell`, the bot gets the `my_chat_member` update Telegram sends (`kicked`, or
+    /// `member`), without it only refusals (as for a bot that was down for longer than
+    /// Telegram keeps updates).
+    pub fn block(&self, chat: i64, blocked: bool, tell: bool) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
         match blocked {
             true => s.blocked.insert(chat),
             false => s.blocked.remove(&chat),
         };
+        if tell {
+            let id = s.next_update;
+            s.next_update += 1;
+            let kind = if chat > 0 { "private" } else { "supergroup" };
+            let status = if blocked { "kicked" } else { "member" };
+            let bot = json!({"id": 123456, "is_bot": true, "first_name": "Test Bot", "username": "test_bot"});
+            s.updates.push(json!({"update_id": id, "my_chat_member": {
+                "chat": {"id": chat, "type": kind}, "from": {"id": chat.abs(), "is_bot": false, "first_name": "Ann"},
+                "date": 1_700_000_000, "old_chat_member": {"status": "member", "user": bot},
+                "new_chat_member": {"status": status, "user": bot}}}));
+            cv.notify_all();
+        }
     }
 
     /// Documents sent to `chat`: (file name, bytes).
