@@ -9,30 +9,13 @@
 //! The workspace is the guest's: the file is read and replaced through a descriptor of
 //! `.aegis` (`tether::dirfd`), never through a link put there.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 use tether::cron::{GONE_FILE, MAX_FILE};
 use tether::dirfd;
 
 use crate::workspace::InstanceWorkspace;
-
-/// Why a chat is gone, and since when.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Gone {
-    /// RFC 3339.
-    pub since: String,
-    /// Telegram's words: `Forbidden: bot was blocked by the user`.
-    pub why: String,
-}
-
-/// The file's content: by chat id (as the sessions name chats: `42`, `-1001234`).
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct File {
-    #[serde(default)]
-    chats: BTreeMap<String, Gone>,
-}
 
 /// Whether Telegram's refusal `description` (of a 403) says the chat is out of reach for
 /// good, rather than the call being wrong.
@@ -50,8 +33,10 @@ pub fn says_gone(description: &str) -> bool {
 /// The gone chats of one instance's workspace.
 pub struct GoneChats {
     workspace: Arc<InstanceWorkspace>,
-    /// What the file holds, once read (`None` until the workspace is known).
-    known: Mutex<Option<BTreeMap<String, Gone>>>,
+    /// The file's `chats`, once read (`None` until the workspace is known): by chat id
+    /// (as sessions name chats: `42`, `-1001234`), `{"since": RFC3339, "why": ...}`. Kept
+    /// as JSON: derived (de)serializers would be 8 KiB of the gateway for this.
+    known: Mutex<Option<Map<String, Value>>>,
 }
 
 impl GoneChats {
@@ -71,14 +56,7 @@ impl GoneChats {
                 return false;
             }
             log::warn!("chat {chat}: {why}; its scheduled tasks are not run until it writes again");
-            let since = tether::time::now_rfc3339();
-            chats.insert(
-                key,
-                Gone {
-                    since,
-                    why: why.to_string(),
-                },
-            );
+            chats.insert(key, json!({"since": tether::time::now_rfc3339(), "why": why}));
             true
         });
     }
@@ -96,7 +74,7 @@ impl GoneChats {
 
     /// Apply `change` to the chats (read from the file the first time), and write the
     /// file when it says it changed them.
-    fn change(&self, change: impl FnOnce(&mut BTreeMap<String, Gone>) -> bool) {
+    fn change(&self, change: impl FnOnce(&mut Map<String, Value>) -> bool) {
         let mut known = self
             .known
             .lock()
@@ -117,14 +95,17 @@ impl GoneChats {
             dirfd::read_file(&aegis, GONE_FILE, MAX_FILE)
                 .ok()
                 .flatten()
-                .and_then(|b| serde_json::from_slice::<File>(&b).ok())
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|mut v| match v["chats"].take() {
+                    Value::Object(chats) => Some(chats),
+                    _ => None,
+                })
                 .unwrap_or_default()
-                .chats
         });
         if !change(chats) {
             return;
         }
-        let file = File { chats: chats.clone() };
+        let file = json!({"chats": chats});
         let written = serde_json::to_vec(&file)
             .map_err(std::io::Error::other)
             .and_then(|bytes| dirfd::replace_at(&aegis, GONE_FILE, &bytes));
