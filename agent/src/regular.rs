@@ -42,9 +42,16 @@ pub fn read_to_string(path: &Path, cap: u64) -> io::Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// A FIFO at `path`, as the model can make one with `mkfifo`.
+    pub fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
 
     /// `f` finishes within 5 s (run on its own thread, which a hang leaves behind).
     pub fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {

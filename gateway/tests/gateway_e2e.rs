@@ -2337,19 +2337,30 @@ fn under_aegisvm_the_per_instance_gateway_fires_the_instances_tasks() {
     assert!(dir.join("cron-state.json").exists());
     // The gateway tells the agent when the task runs next: tomorrow's 09:00.
     let next = aegis.join("cron-next.json");
-    let said = || -> serde_json::Value {
-        std::fs::read(&next)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    };
+    let said = wait_json(&next, |v| v["tasks"]["cron-1"]["local"] == "Tue 2026-11-24 09:00");
+    assert_eq!(said["zone"], "UTC");
+    assert_eq!(said["tasks"]["cron-1"]["unix"], START + 60 + 86_400);
+}
+
+/// The JSON file at `path` (`Null` while there is none or it does not parse).
+fn json_file(path: &std::path::Path) -> Value {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The JSON file at `path` once `ready` says it is as wanted (within `T`).
+fn wait_json(path: &std::path::Path, ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + T;
-    while said()["tasks"]["cron-1"]["local"] != "Tue 2026-11-24 09:00" {
-        assert!(std::time::Instant::now() < deadline, "{}", said());
-        std::thread::sleep(Duration::from_millis(100));
+    loop {
+        let v = json_file(path);
+        if ready(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}: {v}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(said()["zone"], "UTC");
-    assert_eq!(said()["tasks"]["cron-1"]["unix"], START + 60 + 86_400);
 }
 
 /// A chat whose user blocked the bot: the first reply refused says so, and the task
@@ -2385,17 +2396,8 @@ fn a_task_for_a_chat_that_blocked_the_bot_stops_running_until_it_writes_again() 
     // Blocked while the gateway heard nothing of it: the next reply refused says so.
     s.telegram.block(CHAT, true, false);
     let gone = aegis.join("gone-chats.json");
-    let said = || -> serde_json::Value {
-        std::fs::read(&gone)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    };
-    let deadline = std::time::Instant::now() + T;
-    while said()["chats"][CHAT.to_string()]["why"] != "Forbidden: bot was blocked by the user" {
-        assert!(std::time::Instant::now() < deadline, "{}", said());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let why = |v: &Value| v["chats"][CHAT.to_string()]["why"].clone();
+    wait_json(&gone, |v| why(v) == "Forbidden: bot was blocked by the user");
     // Three more minutes of this clock: no run reaches the model (one under way when the
     // file was written may still).
     std::thread::sleep(Duration::from_secs(3));
@@ -2412,17 +2414,14 @@ fn a_task_for_a_chat_that_blocked_the_bot_stops_running_until_it_writes_again() 
     let before = ticks(&s.telegram.messages(CHAT));
     s.telegram.push_text(CHAT, 7, "Ann", "/start");
     s.telegram.wait_chat(CHAT, T, |m| ticks(m) > before);
-    assert!(said()["chats"].get(CHAT.to_string()).is_none(), "{}", said());
+    let said = json_file(&gone);
+    assert!(said["chats"].get(CHAT.to_string()).is_none(), "{said}");
 
     // Blocked again, with Telegram's word of it (`my_chat_member`): gone at once, without
     // waiting for a refusal, and nothing more is sent to the chat.
     let sends = || s.telegram.calls_of("sendMessage").len();
     s.telegram.block(CHAT, true, true);
-    let deadline = std::time::Instant::now() + T;
-    while said()["chats"][CHAT.to_string()]["why"] != "the user blocked the bot" {
-        assert!(std::time::Instant::now() < deadline, "{}", said());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_json(&gone, |v| why(v) == "the user blocked the bot");
     std::thread::sleep(Duration::from_secs(3));
     let (asked, sent) = (s.llm.requests().len(), sends());
     std::thread::sleep(Duration::from_secs(6));
@@ -2454,17 +2453,7 @@ fn the_tasks_list_says_when_each_runs_next_in_the_hosts_zone() {
         "session": "cron-1", "enabled": true, "created_at": "2026-11-01T00:00:00Z",
         "reply_to": {"channel": "telegram", "id": CHAT.to_string()}}], "next_id": 2});
     std::fs::write(aegis.join("cron.json"), task.to_string()).unwrap();
-    let next = aegis.join("cron-next.json");
-    let deadline = std::time::Instant::now() + T;
-    while !next.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve wrote no {}",
-            next.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let said: serde_json::Value = serde_json::from_slice(&std::fs::read(&next).unwrap()).unwrap();
+    let said = wait_json(&aegis.join("cron-next.json"), |v| !v.is_null());
     assert_eq!(said["zone"], "Asia/Tokyo");
     let local = said["tasks"]["cron-1"]["local"].as_str().unwrap().to_string();
     assert!(local.ends_with(" 09:00"), "{said}");

@@ -494,16 +494,8 @@ mod tests {
         );
         // A FIFO the model put there is not waited on.
         std::fs::remove_file(&file).unwrap();
-        let fifo = std::ffi::CString::new(file.to_str().unwrap()).unwrap();
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _ = tx.send(c.chat_gone(&chat("42")));
-        });
-        let gone = rx
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .expect("hung on a FIFO");
+        crate::regular::tests::mkfifo(&file);
+        let gone = crate::regular::tests::within_5s(move || c.chat_gone(&chat("42")));
         assert_eq!(gone, None);
     }
 

@@ -396,17 +396,9 @@ mod tests {
         // A FIFO the model put under the file's name is not waited on.
         let next = d.path().join(".aegis/cron-next.json");
         std::fs::remove_file(&next).unwrap();
-        let fifo = std::ffi::CString::new(next.to_str().unwrap()).unwrap();
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        crate::regular::tests::mkfifo(&next);
         let c = CronTools::new(d.path(), None);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        std::thread::spawn(move || {
-            let _ = tx.send(c.command("", &chat, trusted()));
-        });
-        let list = rx
-            .recv_timeout(std::time::Duration::from_secs(5))
-            .expect("/tasks hung on a FIFO");
+        let list = crate::regular::tests::within_5s(move || c.command("", &chat, trusted()));
         assert!(list.contains("host's local time"), "{list}");
     }
 
