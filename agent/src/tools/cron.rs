@@ -20,8 +20,8 @@ fn host_zone(host: &Value) -> Option<&str> {
     host["zone"].as_str().filter(|z| !z.is_empty())
 }
 
-/// Largest next-runs file read (20 tasks take about 3 KB).
-const MAX_NEXT_FILE: u64 = 64 * 1024;
+/// Largest file the host writes for the agent read (next runs: 20 tasks take about 3 KB).
+const MAX_HOST_FILE: u64 = 64 * 1024;
 
 /// The task file and the lock that serialises its writers.
 #[derive(Debug)]
@@ -284,7 +284,7 @@ impl CronTools {
     /// Read as JSON: the typed form's deserializers would cost the guest 7 KiB of code.
     pub(super) fn host_says(&self) -> Value {
         // The model can put a FIFO there: never waited on.
-        crate::regular::read(&self.path.with_file_name(NEXT_FILE), MAX_NEXT_FILE)
+        crate::regular::read(&self.path.with_file_name(NEXT_FILE), MAX_HOST_FILE)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -298,7 +298,7 @@ impl CronTools {
         }
         let path = self.path.with_file_name(tether::cron::GONE_FILE);
         // The model can put a FIFO there: never waited on.
-        let bytes = crate::regular::read(&path, MAX_NEXT_FILE).ok()?;
+        let bytes = crate::regular::read(&path, MAX_HOST_FILE).ok()?;
         let file: Value = serde_json::from_slice(&bytes).ok()?;
         // `42`, `42:3` after /new, `-100:t7` in a topic: the chat is the first part.
         let id = chat.id.split(':').next()?;
