@@ -54,22 +54,6 @@ enum Target<'n> {
     Missing(ProviderKind),
 }
 
-/// The prefix that names a provider in a chat's choice.
-fn prefix(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Anthropic => "anthropic",
-        ProviderKind::OpenAi => "openai",
-    }
-}
-
-/// The variable a provider's key is read from, for people.
-fn key_var(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
-        ProviderKind::OpenAi => "OPENAI_API_KEY",
-    }
-}
-
 impl Models {
     /// The agent's model `default`, the choices kept in `workspace`, and the models a
     /// chat may pick (`allowed`; `None`: any the server lists).
@@ -98,7 +82,7 @@ impl Models {
         let named = name.split_once('/').and_then(|(p, rest)| {
             let kind = [ProviderKind::Anthropic, ProviderKind::OpenAi]
                 .into_iter()
-                .find(|k| prefix(*k) == p)?;
+                .find(|k| k.prefix() == p)?;
             Some((kind, rest))
         });
         let Some((kind, rest)) = named.filter(|(k, _)| !self.default.on_openrouter() && agents != Some(*k))
@@ -204,7 +188,7 @@ impl Models {
             )),
         }
         for other in &self.others {
-            let kind = other.kind().map_or("openai", prefix);
+            let kind = other.kind().map_or("openai", ProviderKind::prefix);
             let names = match self.listed(other, cancel)? {
                 Ok(models) => shown(&models, ""),
                 Err(why) => format!("its list could not be read: {why}"),
@@ -232,7 +216,7 @@ impl Models {
                 return Some(format!(
                     "“{name}” is a model of {kind}, and the agent has no {kind} key ({} is not \
                      set in its environment).",
-                    key_var(kind)
+                    kind.key_var()
                 ))
             }
             Target::Other(_, there) | Target::Agents(there) => there,

@@ -691,9 +691,9 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
         (Some(k), _) => (Some(k), key_env),
         (None, ProviderKind::Anthropic) => match anthropic_env {
             Some((k, var)) => (Some(k), Some(var.to_string())),
-            None => (None, Some("ANTHROPIC_API_KEY".into())),
+            None => (None, Some(kind.key_var().into())),
         },
-        (None, ProviderKind::OpenAi) => (env("OPENAI_API_KEY"), Some("OPENAI_API_KEY".into())),
+        (None, ProviderKind::OpenAi) => (env(kind.key_var()), Some(kind.key_var().into())),
     };
     let base = match kind {
         ProviderKind::Anthropic => env("ANTHROPIC_BASE_URL"),
@@ -703,7 +703,7 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     if key.is_none() && (kind == ProviderKind::Anthropic || base.is_none()) {
         return Ok(None);
     }
-    let base = base.unwrap_or_else(|| own_api(kind).into());
+    let base = base.unwrap_or_else(|| kind.own_api().into());
     // OpenRouter's Anthropic-compatible API takes its own names (`anthropic/claude-...`)
     // and only a bearer token.
     let router = kind == ProviderKind::Anthropic && on_openrouter(&base);
@@ -715,25 +715,9 @@ fn provider_from(file: &AgentFile) -> Result<Option<Provider>, ConfigError> {
     let default_model = model_name.is_none();
     let model = model_name.unwrap_or_else(|| match kind {
         ProviderKind::Anthropic if router => "anthropic/claude-sonnet-4.6".into(),
-        _ => default_model_of(kind).into(),
+        _ => kind.default_model().into(),
     });
     provider(file, kind, (key, key_env), base, (model, default_model)).map(Some)
-}
-
-/// The provider's own API, where no base URL is set.
-fn own_api(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Anthropic => "https://api.anthropic.com",
-        ProviderKind::OpenAi => "https://api.openai.com/v1",
-    }
-}
-
-/// The model asked of the provider's own API when none is named.
-fn default_model_of(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Anthropic => "claude-sonnet-4-6",
-        ProviderKind::OpenAi => "gpt-4o",
-    }
 }
 
 /// [ours] The providers besides the agent's that a chat may talk to (`/model
@@ -775,7 +759,7 @@ fn other(
     (key, key_env): (Option<String>, String),
     base: Option<String>,
 ) -> Result<Option<Provider>, ConfigError> {
-    let base = base.unwrap_or_else(|| own_api(kind).into());
+    let base = base.unwrap_or_else(|| kind.own_api().into());
     let same = agent.host.is_none() && agent.kind == kind;
     if same || on_openrouter(&agent.base_url) || on_openrouter(&base) {
         return Ok(None);
@@ -786,7 +770,7 @@ fn other(
         kind,
         (key, Some(key_env)),
         base,
-        (default_model_of(kind).to_string(), false),
+        (kind.default_model().to_string(), false),
         false,
     )?;
     // The agent's model searches with its provider's tool (so Brave's is not offered):

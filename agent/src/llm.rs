@@ -65,6 +65,41 @@ pub enum ProviderKind {
     Anthropic,
 }
 
+/// What each provider is known by: one table, for the configuration and for `/model`.
+impl ProviderKind {
+    /// The prefix that names it in a model's name (`anthropic/claude-sonnet-4-6`).
+    pub fn prefix(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+
+    /// The variable its key is read from.
+    pub fn key_var(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
+            ProviderKind::OpenAi => "OPENAI_API_KEY",
+        }
+    }
+
+    /// Its own API, where no base URL is set.
+    pub fn own_api(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::OpenAi => "https://api.openai.com/v1",
+        }
+    }
+
+    /// The model asked of its own API when none is named.
+    pub fn default_model(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "claude-sonnet-4-6",
+            ProviderKind::OpenAi => "gpt-4o",
+        }
+    }
+}
+
 impl fmt::Display for ProviderKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -70,16 +70,20 @@ fn tick(
     minute: i64,
     clock: &Clock,
 ) {
-    if let Err(e) = schedule::publish_next(ws, minute) {
-        log::debug!("scheduled tasks: cannot tell the agent their next runs: {e}");
-    }
-    let due = match schedule::due(ws, state, minute, clock) {
-        Ok(Some(d)) => d,
+    // One read of the task file (and agent.json) for both.
+    let tasks = match schedule::tasks(ws) {
+        Ok(Some(t)) => t,
         Ok(None) => return,
         Err(e) => {
             log::warn!("scheduled tasks: {e}");
             return;
         }
+    };
+    if let Err(e) = tasks.publish_next(ws, minute) {
+        log::debug!("scheduled tasks: cannot tell the agent their next runs: {e}");
+    }
+    let Some(due) = tasks.due(state, minute, clock) else {
+        return;
     };
     for p in &due.problems {
         log::warn!("scheduled tasks: {p}");

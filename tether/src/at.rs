@@ -2,7 +2,7 @@
 //! UTC (`2026-12-03T08:00:00Z`), or a wall time in the tasks' time zone
 //! (`2026-12-03T09:00`). The agent in the guest knows no time zones, so it turns what it
 //! can (an offset, `Z`, "in 20 minutes") into an instant and leaves a wall time for the
-//! host to place (`schedule::due`), which knows the zone.
+//! host to place (`schedule::Tasks::due`), which knows the zone.
 
 use std::fmt;
 

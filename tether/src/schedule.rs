@@ -123,130 +123,163 @@ impl Due {
     }
 }
 
-/// The runs of `workspace`'s tasks due at unix `minute` and in the minutes missed since
-/// the last evaluation recorded in `state_path`; `None` when the workspace has no tasks
-/// or the minute was evaluated already.
-pub fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> Result<Option<Due>, String> {
+/// A workspace's tasks as read once a minute: its `cron.json`, and the zone they are
+/// evaluated in (agent.json's `timezone`, else the host's), for both what is due
+/// ([`Tasks::due`]) and what the agent is told ([`Tasks::publish_next`]).
+pub struct Tasks {
+    file: CronFile,
+    tz: TimeZone,
+    /// Why the zone is not agent.json's, when it names one the host does not know.
+    zone_problem: Option<String>,
+}
+
+/// `workspace`'s tasks; `None` when it has none.
+pub fn tasks(workspace: &Path) -> Result<Option<Tasks>, String> {
     let Some(file) = read_cron_file(&workspace.join(".aegis/cron.json"))? else {
         return Ok(None);
     };
-    let state: State = fs::read(state_path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    if state.last_minute.is_some_and(|l| l >= minute) {
-        return Ok(None);
+    let (tz, problems) = time_zone(workspace);
+    Ok(Some(Tasks {
+        file,
+        tz,
+        zone_problem: problems.into_iter().next(),
+    }))
+}
+
+/// The runs of `workspace`'s tasks due at unix `minute` (see [`Tasks::due`]).
+#[cfg(test)]
+fn due(workspace: &Path, state_path: &Path, minute: i64, clock: &Clock) -> Result<Option<Due>, String> {
+    Ok(tasks(workspace)?.and_then(|t| t.due(state_path, minute, clock)))
+}
+
+/// Tell the agent of `workspace` when its tasks run next (see [`Tasks::publish_next`]).
+pub fn publish_next(workspace: &Path, minute: i64) -> Result<(), String> {
+    match tasks(workspace)? {
+        Some(t) => t.publish_next(workspace, minute),
+        None => Ok(()),
     }
-    let from = |catch_up: i64| {
-        state
-            .last_minute
-            .map_or(minute, |l| (l + 1).max(minute - catch_up + 1))
-    };
-    let (tz, mut problems) = time_zone(workspace);
-    if file.entries.len() > MAX_ENTRIES {
-        problems.push(format!(
-            "cron.json has {} tasks; only the first {MAX_ENTRIES} run",
-            file.entries.len()
-        ));
-    }
-    let mut runs = Vec::new();
-    for entry in file.entries.into_iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
-        // A task never runs for a minute before it existed (catching up after a pause).
-        // The agent stamps tasks with real time, so a test clock cannot compare.
-        let created = humantime::parse_rfc3339_weak(&entry.created_at)
+}
+
+impl Tasks {
+    /// The runs due at unix `minute` and in the minutes missed since the last evaluation
+    /// recorded in `state_path`; `None` when the minute was evaluated already.
+    pub fn due(&self, state_path: &Path, minute: i64, clock: &Clock) -> Option<Due> {
+        let (file, tz) = (&self.file, &self.tz);
+        let state: State = fs::read(state_path)
             .ok()
-            .filter(|_| clock.is_real())
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(i64::MIN, |d| d.as_secs() as i64 / 60);
-        if let Some(at) = &entry.at {
-            match once_minute(at, &tz) {
-                // Once the minute is evaluated, the state never lets it be sent again.
-                Ok(m) if (from(CATCH_UP_ONCE_MINUTES)..=minute).contains(&m) && m >= created => {
-                    runs.push((entry, m))
-                }
-                Ok(_) => {}
-                Err(e) => problems.push(format!("task {}: {e}", entry.id)),
-            }
-            continue;
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if state.last_minute.is_some_and(|l| l >= minute) {
+            return None;
         }
-        let schedule = match Schedule::parse(&entry.schedule) {
-            Ok(s) => s,
-            Err(e) => {
-                problems.push(format!("task {}: {e}", entry.id));
+        let from = |catch_up: i64| {
+            state
+                .last_minute
+                .map_or(minute, |l| (l + 1).max(minute - catch_up + 1))
+        };
+        let mut problems: Vec<String> = self.zone_problem.iter().cloned().collect();
+        if file.entries.len() > MAX_ENTRIES {
+            problems.push(format!(
+                "cron.json has {} tasks; only the first {MAX_ENTRIES} run",
+                file.entries.len()
+            ));
+        }
+        let mut runs = Vec::new();
+        for entry in file.entries.iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
+            // A task never runs for a minute before it existed (catching up after a pause).
+            // The agent stamps tasks with real time, so a test clock cannot compare.
+            let created = humantime::parse_rfc3339_weak(&entry.created_at)
+                .ok()
+                .filter(|_| clock.is_real())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(i64::MIN, |d| d.as_secs() as i64 / 60);
+            if let Some(at) = &entry.at {
+                match once_minute(at, tz) {
+                    // Once the minute is evaluated, the state never lets it be sent again.
+                    Ok(m) if (from(CATCH_UP_ONCE_MINUTES)..=minute).contains(&m) && m >= created => {
+                        runs.push((entry.clone(), m))
+                    }
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("task {}: {e}", entry.id)),
+                }
                 continue;
             }
-        };
-        if let Some(m) = (from(CATCH_UP_MINUTES)..=minute)
-            .rev()
-            .find(|m| *m >= created && due_at(&schedule, *m, &tz))
-        {
-            runs.push((entry, m));
+            let schedule = match Schedule::parse(&entry.schedule) {
+                Ok(s) => s,
+                Err(e) => {
+                    problems.push(format!("task {}: {e}", entry.id));
+                    continue;
+                }
+            };
+            if let Some(m) = (from(CATCH_UP_MINUTES)..=minute)
+                .rev()
+                .find(|m| *m >= created && due_at(&schedule, *m, tz))
+            {
+                runs.push((entry.clone(), m));
+            }
         }
+        Some(Due {
+            runs,
+            problems,
+            state_path: state_path.to_path_buf(),
+            minute,
+        })
     }
-    Ok(Some(Due {
-        runs,
-        problems,
-        state_path: state_path.to_path_buf(),
-        minute,
-    }))
+
+    /// Tell the agent of `workspace` in which time zone its tasks are evaluated and when each
+    /// runs next after unix `minute` ([`NextRuns`] in `.aegis/cron-next.json`), when that
+    /// changed: the guest cannot know the host's zone, and a reminder an hour off is found
+    /// out only when it comes. The file is the guest's folder's: written through a
+    /// descriptor of `.aegis`, never through a link put there.
+    pub fn publish_next(&self, workspace: &Path, minute: i64) -> Result<(), String> {
+        let tz = &self.tz;
+        let mut next = NextRuns {
+            zone: zone_name(tz, minute),
+            problem: self.zone_problem.clone(),
+            tasks: Default::default(),
+        };
+        for entry in self.file.entries.iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
+            let (when, m) = match &entry.at {
+                Some(at) => (at.clone(), once_minute(at, tz).ok().filter(|m| *m > minute)),
+                None => {
+                    let m = Schedule::parse(&entry.schedule)
+                        .ok()
+                        .and_then(|s| next_minute(&s, minute, tz));
+                    (entry.schedule.clone(), m)
+                }
+            };
+            if let Some((m, local)) = m.and_then(|m| Some((m, local_text(m, tz)?))) {
+                next.tasks.insert(
+                    entry.id.clone(),
+                    NextRun {
+                        when,
+                        unix: m * 60,
+                        local,
+                    },
+                );
+            }
+        }
+        let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
+        let io = |e: std::io::Error| format!("{}: {e}", workspace.join(".aegis").join(NEXT_FILE).display());
+        let aegis = dirfd::subdir(&dirfd::open_dir(workspace).map_err(io)?, ".aegis").map_err(io)?;
+        // Unchanged most minutes: nothing written then. What cannot be read (a link planted
+        // there) is replaced.
+        if dirfd::read_file(&aegis, NEXT_FILE, MAX_FILE)
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(&bytes[..])
+        {
+            return Ok(());
+        }
+        dirfd::replace_at(&aegis, NEXT_FILE, &bytes).map_err(io)
+    }
 }
 
 /// The `user.message` of the run of `entry` at unix `minute`: channel `cron`, the task's
 /// session, user "Scheduled Task", the chat to answer in, `msg_id` `cron-<id>-<minute>`.
 pub fn run_frame(entry: &Entry, minute: i64) -> Frame {
     crate::cron::run_frame(entry, crate::cron::run_msg_id(&entry.id, minute))
-}
-
-/// Tell the agent of `workspace` in which time zone its tasks are evaluated and when each
-/// runs next after unix `minute` ([`NextRuns`] in `.aegis/cron-next.json`), when that
-/// changed: the guest cannot know the host's zone, and a reminder an hour off is found
-/// out only when it comes. The file is the guest's folder's: written through a
-/// descriptor of `.aegis`, never through a link put there.
-pub fn publish_next(workspace: &Path, minute: i64) -> Result<(), String> {
-    let Some(file) = read_cron_file(&workspace.join(".aegis/cron.json"))? else {
-        return Ok(());
-    };
-    let (tz, problems) = time_zone(workspace);
-    let mut next = NextRuns {
-        zone: zone_name(&tz, minute),
-        problem: problems.into_iter().next(),
-        tasks: Default::default(),
-    };
-    for entry in file.entries.into_iter().take(MAX_ENTRIES).filter(|e| e.enabled) {
-        let (when, m) = match &entry.at {
-            Some(at) => (at.clone(), once_minute(at, &tz).ok().filter(|m| *m > minute)),
-            None => {
-                let m = Schedule::parse(&entry.schedule)
-                    .ok()
-                    .and_then(|s| next_minute(&s, minute, &tz));
-                (entry.schedule.clone(), m)
-            }
-        };
-        if let Some((m, local)) = m.and_then(|m| Some((m, local_text(m, &tz)?))) {
-            next.tasks.insert(
-                entry.id,
-                NextRun {
-                    when,
-                    unix: m * 60,
-                    local,
-                },
-            );
-        }
-    }
-    let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
-    let io = |e: std::io::Error| format!("{}: {e}", workspace.join(".aegis").join(NEXT_FILE).display());
-    let aegis = dirfd::subdir(&dirfd::open_dir(workspace).map_err(io)?, ".aegis").map_err(io)?;
-    // Unchanged most minutes: nothing written then. What cannot be read (a link planted
-    // there) is replaced.
-    if dirfd::read_file(&aegis, NEXT_FILE, MAX_FILE)
-        .ok()
-        .flatten()
-        .as_deref()
-        == Some(&bytes[..])
-    {
-        return Ok(());
-    }
-    dirfd::replace_at(&aegis, NEXT_FILE, &bytes).map_err(io)
 }
 
 /// The first unix minute after `after` in which `schedule` runs in `tz`, within

@@ -88,20 +88,21 @@ struct Batch {
 /// Send one instance's runs due at `minute` (and any it missed); `None` when none are.
 fn send_due(h: &Handle, dir: &Path, minute: i64, clock: &Clock) -> Option<Batch> {
     let workspace = h.def.workspace_in(dir);
-    if let Err(e) = schedule::publish_next(&workspace, minute) {
-        log::debug!(
-            "{}: scheduled tasks: cannot tell the agent their next runs: {e}",
-            h.def.name
-        );
-    }
-    let due = match schedule::due(&workspace, &dir.join("cron-state.json"), minute, clock) {
-        Ok(Some(d)) => d,
-        Ok(None) => return None,
+    // One read of the task file (and agent.json) for both.
+    let tasks = match schedule::tasks(&workspace) {
+        Ok(t) => t?,
         Err(e) => {
             log::warn!("{}: scheduled tasks: {e}", h.def.name);
             return None;
         }
     };
+    if let Err(e) = tasks.publish_next(&workspace, minute) {
+        log::debug!(
+            "{}: scheduled tasks: cannot tell the agent their next runs: {e}",
+            h.def.name
+        );
+    }
+    let due = tasks.due(&dir.join("cron-state.json"), minute, clock)?;
     for p in &due.problems {
         log::warn!("{}: scheduled tasks: {p}", h.def.name);
     }
