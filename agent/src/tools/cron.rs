@@ -258,11 +258,16 @@ impl CronTools {
     /// means: agent.json's zone, else the host's as the host says (once it has evaluated
     /// the tasks; see `tether::cron::NextRuns`).
     pub(super) fn zone_note(&self) -> String {
-        let host = self.host_says();
+        self.zone_note_of(&self.host_says())
+    }
+
+    /// [`CronTools::zone_note`] from what the host said (`host`), read once by a caller
+    /// that shows the next runs too.
+    pub(super) fn zone_note_of(&self, host: &Value) -> String {
         // The host's word goes first: it evaluates them, and reads agent.json afresh.
         match (
             self.timezone.as_deref(),
-            host_zone(&host),
+            host_zone(host),
             host["problem"].as_str(),
         ) {
             (_, Some(zone), Some(why)) => format!("schedules are evaluated in the {zone} time zone ({why})"),
@@ -350,7 +355,8 @@ impl CronTools {
                 v
             })
             .collect();
-        Ok(json!({"count": entries.len(), "entries": entries, "note": self.zone_note()}).to_string())
+        let note = self.zone_note_of(&host);
+        Ok(json!({"count": entries.len(), "entries": entries, "note": note}).to_string())
     }
 
     /// `cron_delete {id}`.

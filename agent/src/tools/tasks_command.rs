@@ -105,9 +105,9 @@ impl CronTools {
              summarise my open issues\", \"remind me in 20 minutes to call Bob\")."
                 .to_string()
         } else {
-            let mut out = format!("Scheduled tasks of this chat ({}):", self.zone_note());
-            let now = std::time::SystemTime::now();
             let host = self.host_says();
+            let mut out = format!("Scheduled tasks of this chat ({}):", self.zone_note_of(&host));
+            let now = std::time::SystemTime::now();
             let secs = super::cron::now_secs();
             for e in &here {
                 // A reminder set for an instant says how soon already.
